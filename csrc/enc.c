@@ -1,0 +1,290 @@
+#include "fabric/enc.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack/pack.h>
+
+#include "fabric/common.h"
+
+/* ---- growable byte buffer ------------------------------------------------ */
+
+void fab_buf_init(fab_buf *b)
+{
+    b->data = NULL;
+    b->len = 0;
+    b->cap = 0;
+}
+
+void fab_buf_destroy(fab_buf *b)
+{
+    free(b->data);
+    fab_buf_init(b);
+}
+
+int fab_buf_reserve(fab_buf *b, size_t extra)
+{
+    if (extra > SIZE_MAX - b->len)
+        return FAB_EOVERFLOW;
+    size_t need = b->len + extra;
+    if (need <= b->cap)
+        return FAB_OK;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) {
+            cap = need;
+            break;
+        }
+        cap *= 2;
+    }
+    uint8_t *p = realloc(b->data, cap);
+    if (p == NULL)
+        return FAB_ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return FAB_OK;
+}
+
+int fab_buf_append(fab_buf *b, const void *data, size_t len)
+{
+    if (len == 0)
+        return FAB_OK;
+    int rc = fab_buf_reserve(b, len);
+    if (rc != FAB_OK)
+        return rc;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return FAB_OK;
+}
+
+int fab_buf_sink(void *ctx, const void *data, size_t len)
+{
+    return fab_buf_append(ctx, data, len);
+}
+
+/* ---- digest sink ---------------------------------------------------------- */
+
+void fab_hash_sink_init(fab_hash_sink *s, fab_sha256 *hasher)
+{
+    s->hasher = hasher;
+    s->used = 0;
+}
+
+int fab_hash_sink_flush(fab_hash_sink *s)
+{
+    int rc = FAB_OK;
+    if (s->used) {
+        rc = fab_sha256_update(s->hasher, s->stage, s->used);
+        s->used = 0;
+    }
+    return rc;
+}
+
+int fab_hash_sink_write(void *ctx, const void *data, size_t len)
+{
+    fab_hash_sink *s = ctx;
+    if (len <= FAB_HASH_STAGE - s->used) {
+        memcpy(s->stage + s->used, data, len);
+        s->used += len;
+        return FAB_OK;
+    }
+    int rc = fab_hash_sink_flush(s);
+    if (rc != FAB_OK)
+        return rc;
+    if (len >= FAB_HASH_STAGE)
+        return fab_sha256_update(s->hasher, data, len);
+    memcpy(s->stage, data, len);
+    s->used = len;
+    return FAB_OK;
+}
+
+int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN])
+{
+    int rc = fab_hash_sink_flush(s);
+    if (rc != FAB_OK)
+        return rc;
+    return fab_sha256_final(s->hasher, out);
+}
+
+/* ---- the writer ------------------------------------------------------------ */
+
+/*
+ * msgpack-c's packer produces the shortest forms we require; it calls back
+ * with const char *, so this adapter forwards to our sink.
+ */
+static int packer_write(void *data, const char *buf, size_t len)
+{
+    fab_enc *e = data;
+    return e->sink(e->ctx, buf, len);
+}
+
+#define PACKER(e) msgpack_packer pk = { (e), packer_write }
+
+void fab_enc_init(fab_enc *e, fab_sink_fn sink, void *ctx)
+{
+    e->sink = sink;
+    e->ctx = ctx;
+}
+
+int fab_enc_nil(fab_enc *e)
+{
+    PACKER(e);
+    return msgpack_pack_nil(&pk);
+}
+
+int fab_enc_bool(fab_enc *e, int value)
+{
+    PACKER(e);
+    return value ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+}
+
+int fab_enc_int64(fab_enc *e, int64_t value)
+{
+    PACKER(e);
+    return msgpack_pack_int64(&pk, value);
+}
+
+int fab_enc_uint64(fab_enc *e, uint64_t value)
+{
+    PACKER(e);
+    return msgpack_pack_uint64(&pk, value);
+}
+
+int fab_enc_double(fab_enc *e, double value)
+{
+    uint8_t buf[9];
+    uint64_t bits;
+    if (isnan(value))
+        bits = UINT64_C(0x7ff8000000000000);
+    else
+        memcpy(&bits, &value, 8);
+    buf[0] = 0xcb;
+    fab_store_be64(buf + 1, bits);
+    return e->sink(e->ctx, buf, sizeof(buf));
+}
+
+int fab_enc_str_header(fab_enc *e, size_t len)
+{
+    if (len > UINT32_MAX)
+        return FAB_ERANGE;
+    PACKER(e);
+    return msgpack_pack_str(&pk, len);
+}
+
+int fab_enc_str(fab_enc *e, const char *utf8, size_t len)
+{
+    int rc = fab_enc_str_header(e, len);
+    if (rc == FAB_OK && len)
+        rc = e->sink(e->ctx, utf8, len);
+    return rc;
+}
+
+int fab_enc_bin_header(fab_enc *e, size_t len)
+{
+    if (len > UINT32_MAX)
+        return FAB_ERANGE;
+    PACKER(e);
+    return msgpack_pack_bin(&pk, len);
+}
+
+int fab_enc_bin(fab_enc *e, const void *data, size_t len)
+{
+    int rc = fab_enc_bin_header(e, len);
+    if (rc == FAB_OK && len)
+        rc = e->sink(e->ctx, data, len);
+    return rc;
+}
+
+int fab_enc_array_header(fab_enc *e, size_t count)
+{
+    if (count > UINT32_MAX)
+        return FAB_ERANGE;
+    PACKER(e);
+    return msgpack_pack_array(&pk, count);
+}
+
+int fab_enc_map_header(fab_enc *e, size_t count)
+{
+    if (count > UINT32_MAX)
+        return FAB_ERANGE;
+    PACKER(e);
+    return msgpack_pack_map(&pk, count);
+}
+
+int fab_enc_ext_header(fab_enc *e, int8_t type, size_t len)
+{
+    if (len > UINT32_MAX)
+        return FAB_ERANGE;
+    PACKER(e);
+    return msgpack_pack_ext(&pk, len, type);
+}
+
+int fab_enc_ext(fab_enc *e, int8_t type, const void *data, size_t len)
+{
+    int rc = fab_enc_ext_header(e, type, len);
+    if (rc == FAB_OK && len)
+        rc = e->sink(e->ctx, data, len);
+    return rc;
+}
+
+int fab_enc_raw(fab_enc *e, const void *data, size_t len)
+{
+    return len ? e->sink(e->ctx, data, len) : FAB_OK;
+}
+
+int fab_enc_bigint(fab_enc *e, const uint8_t *be, size_t len)
+{
+    if (len == 0)
+        return FAB_EINVAL;
+    /* Minimal: the first byte may not be a pure sign extension of the next. */
+    if (len > 1 && ((be[0] == 0x00 && !(be[1] & 0x80)) ||
+                    (be[0] == 0xff && (be[1] & 0x80))))
+        return FAB_EINVAL;
+    /* In range for the plain forms: up to 8 bytes signed, or 9 bytes that
+     * are 0x00 followed by a uint64. */
+    if (len <= 8 || (len == 9 && be[0] == 0x00))
+        return FAB_ERANGE;
+    return fab_enc_ext(e, FAB_EXT_BIGINT, be, len);
+}
+
+int fab_enc_secret(fab_enc *e)
+{
+    return fab_enc_ext_header(e, FAB_EXT_SECRET, 0);
+}
+
+/* ---- canonical ordering ------------------------------------------------------ */
+
+static int span_cmp(const void *a, const void *b)
+{
+    const fab_span *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = n ? memcmp(x->p, y->p, n) : 0;
+    if (c)
+        return c;
+    return (x->len > y->len) - (x->len < y->len);
+}
+
+int fab_canon_sort_spans(fab_span *spans, size_t n)
+{
+    if (n < 2)
+        return FAB_OK;
+    if (n <= 16) {
+        /* Insertion sort: the common case is a handful of short keys. */
+        for (size_t i = 1; i < n; i++) {
+            fab_span t = spans[i];
+            size_t j = i;
+            while (j > 0 && span_cmp(&spans[j - 1], &t) > 0) {
+                spans[j] = spans[j - 1];
+                j--;
+            }
+            spans[j] = t;
+        }
+    } else {
+        qsort(spans, n, sizeof(*spans), span_cmp);
+    }
+    for (size_t i = 1; i < n; i++)
+        if (span_cmp(&spans[i - 1], &spans[i]) == 0)
+            return FAB_EDUPKEY;
+    return FAB_OK;
+}

@@ -1,0 +1,41 @@
+/*
+ * SHA-256 through OpenSSL's EVP interface, behind an opaque handle.
+ *
+ * The algorithm is fetched once per process (an implicit fetch per call costs
+ * several times the hash of a short key) and a context is reset, not
+ * re-created, between digests.
+ */
+#ifndef FABRIC_HASH_H
+#define FABRIC_HASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FAB_SHA256_LEN 32
+
+typedef struct fab_sha256 fab_sha256;
+
+/*
+ * Allocates a hasher, ready for fab_sha256_update. *out receives it; the
+ * caller frees it with fab_sha256_free. Returns 0, FAB_ENOMEM or FAB_ECRYPTO.
+ */
+int fab_sha256_new(fab_sha256 **out);
+
+/* Frees a hasher; NULL is a no-op. */
+void fab_sha256_free(fab_sha256 *h);
+
+/* Starts a new digest, discarding any data fed so far. 0 or FAB_ECRYPTO. */
+int fab_sha256_reset(fab_sha256 *h);
+
+/* Feeds len bytes. Thread-compatible: one thread per hasher at a time.
+ * 0 or FAB_ECRYPTO. */
+int fab_sha256_update(fab_sha256 *h, const void *data, size_t len);
+
+/* Writes the 32-byte digest to out and resets the hasher for reuse.
+ * 0 or FAB_ECRYPTO. */
+int fab_sha256_final(fab_sha256 *h, uint8_t out[FAB_SHA256_LEN]);
+
+/* One-shot digest of a buffer. 0, FAB_ENOMEM or FAB_ECRYPTO. */
+int fab_sha256_digest(const void *data, size_t len, uint8_t out[FAB_SHA256_LEN]);
+
+#endif

@@ -1,0 +1,35 @@
+"""stream-fabric: content-addressed distributed evaluation for Python.
+
+Every evaluation request gets a deterministic content key (SHA-256 over a
+canonical msgpack encoding); replies are recorded in a durable cassette and
+shared by a fleet of nodes. This package is imported as ``fabric``; it is not
+the Fabric SSH tool (that one is distributed as ``fabric`` on PyPI and has
+``fabric.Connection``; this one is ``stream-fabric`` and has
+``fabric.EvalRequest``).
+"""
+
+from ._core import (
+    KEY_SCHEME,
+    MAX_DEPTH,
+    ContentKey,
+    DecodeError,
+    EvalRequest,
+    FabricError,
+    FrameError,
+    Secret,
+    canonical_bytes,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KEY_SCHEME",
+    "MAX_DEPTH",
+    "ContentKey",
+    "DecodeError",
+    "EvalRequest",
+    "FabricError",
+    "FrameError",
+    "Secret",
+    "canonical_bytes",
+]

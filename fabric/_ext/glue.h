@@ -1,0 +1,89 @@
+/*
+ * Shared declarations of the CPython glue (the fabric._core extension).
+ *
+ * The glue converts types and maps errors; logic lives in csrc/. Every type
+ * and exception lives in the module state (PEP 489 multi-phase init), never
+ * in a C global. Each part of the glue (keys.c, ...) exports one exec
+ * function that module.c calls in order.
+ */
+#ifndef FABRIC_GLUE_H
+#define FABRIC_GLUE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "fabric/common.h"
+#include "fabric/enc.h"
+#include "fabric/error.h"
+#include "fabric/hash.h"
+
+/*
+ * The exceptions of the package: (name, fabric parent or NONE, builtin base,
+ * doc). Each subclasses its fabric parent and the builtin a user would catch.
+ * Order matters: a parent comes before its children.
+ */
+#define FAB_PY_EXCEPTIONS(XX)                                                  \
+    XX(FabricError, NONE, PyExc_Exception,                                     \
+       "Base class of every error raised by fabric.")                          \
+    XX(DecodeError, FabricError, PyExc_ValueError,                             \
+       "Bytes that are not valid msgpack, or that break a decode limit.")      \
+    XX(FrameError, FabricError, PyExc_ValueError,                              \
+       "A malformed or refused frame; .offset is its stream offset.")
+
+enum fab_py_exc {
+#define FAB__EXC_ENUM(name, parent, base, doc) FAB_PYEXC_##name,
+    FAB_PY_EXCEPTIONS(FAB__EXC_ENUM)
+#undef FAB__EXC_ENUM
+    FAB_PYEXC_COUNT
+};
+
+typedef struct fab_state {
+    PyObject *exc[FAB_PYEXC_COUNT];
+
+    /* keys.c */
+    PyTypeObject *ContentKey_Type;
+    PyTypeObject *EvalRequest_Type;
+    PyTypeObject *Secret_Type;
+    fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
+    PyObject *str_eval;
+    PyObject *str_local_first;
+    PyObject *empty_tuple;
+    PyObject *kw_names[12]; /* interned EvalRequest keyword names */
+} fab_state;
+
+extern PyModuleDef fab_module_def;
+
+/* The module state reached from a module object, or from one of our types
+ * (subclasses included). */
+static inline fab_state *fab_get_state(PyObject *module)
+{
+    return (fab_state *)PyModule_GetState(module);
+}
+
+static inline fab_state *fab_state_from_type(PyTypeObject *tp)
+{
+    PyObject *m = PyType_GetModuleByDef(tp, &fab_module_def);
+    return m ? fab_get_state(m) : NULL;
+}
+
+/* Raises the Python exception that matches a core error code, with the
+ * given context (may be NULL) in front of the message. Returns NULL. */
+PyObject *fab_py_raise_code(fab_state *st, int code, const char *context);
+
+/* Adds a new type made from spec to the module and returns a borrowed
+ * reference (the state keeps its own), or NULL with an exception set. */
+PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base);
+
+/* Part exec functions, called in order by module.c; each returns 0 or -1. */
+int fab_py_errors_exec(PyObject *module, fab_state *st);
+int fab_py_keys_exec(PyObject *module, fab_state *st);
+
+/* Part traverse/clear, for the module's GC support. */
+int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_keys_clear(fab_state *st);
+
+/* keys.c: canonical encoding of an arbitrary value into an encoder, for
+ * other parts (root names the value in error paths). 0 or -1. */
+int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+#endif

@@ -1,0 +1,1674 @@
+/*
+ * Content keys: the canonical encoding of Python values, Secret, ContentKey
+ * and EvalRequest.
+ *
+ * The walker below turns Python objects into calls of the core's canonical
+ * writer (csrc/enc.c). It runs no Python code of the user's: it reads
+ * builtin types through the C API only, so a value cannot change under it,
+ * except while the GIL is released to hash a large buffer; for that window
+ * it holds strong references to everything it still has to visit and checks
+ * container sizes again afterwards.
+ */
+#include "glue.h"
+
+#include <string.h>
+
+#include "fabric/enc.h"
+#include "fabric/hash.h"
+
+/* Buffers at least this large are hashed with the GIL released (CPython's
+ * hashlib uses the same threshold). */
+#define GIL_RELEASE_THRESHOLD 2048
+
+#define KEY_SCHEME_TAG "fabric.key/1"
+
+/* ======================================================================== */
+/* The walker                                                                */
+/* ======================================================================== */
+
+typedef struct walker {
+    fab_state *st;
+    fab_enc *enc;
+    fab_hash_sink *hsink; /* non-NULL when the encoder feeds a digest */
+    int depth;
+    PyObject *stack[FAB_MAX_DEPTH]; /* containers being visited, for cycles */
+    PyObject *err_type;             /* borrowed; set with err_msg */
+    PyObject *err_msg;              /* what went wrong, without the path */
+    PyObject *path;                 /* list of path segments, innermost first */
+} walker;
+
+static int enc_value(walker *w, PyObject *v);
+
+static void walker_init(walker *w, fab_state *st, fab_enc *enc, fab_hash_sink *hsink)
+{
+    w->st = st;
+    w->enc = enc;
+    w->hsink = hsink;
+    w->depth = 0;
+    w->err_type = NULL;
+    w->err_msg = NULL;
+    w->path = NULL;
+}
+
+/* Records an error at the current value; the path is added on the way out. */
+static int fail(walker *w, PyObject *type, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    w->err_msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (w->err_msg == NULL)
+        return -1; /* a MemoryError is already set */
+    w->err_type = type;
+    return -1;
+}
+
+static int fail_code(walker *w, int code)
+{
+    if (code == FAB_ENOMEM) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (code == FAB_EDUPKEY)
+        return fail(w, PyExc_ValueError,
+                    "two distinct keys or members encode identically "
+                    "(for example two NaN objects)");
+    if (code == FAB_ERANGE)
+        return fail(w, PyExc_ValueError, "value too large to encode (4 GiB limit)");
+    return fail(w, w->st->exc[FAB_PYEXC_FabricError], "%s", fab_strerror(code));
+}
+
+/* Adds one path segment (a format string) as the error unwinds. */
+static void add_segment(walker *w, const char *fmt, ...)
+{
+    if (w->err_type == NULL)
+        return; /* an exception from the C API: passed through unchanged */
+    if (w->path == NULL && (w->path = PyList_New(0)) == NULL)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *seg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (seg) {
+        PyList_Append(w->path, seg);
+        Py_DECREF(seg);
+    }
+}
+
+/* A short repr of a mapping key for error paths (never a Secret's value:
+ * Secret's repr hides it). */
+static PyObject *short_repr(PyObject *v)
+{
+    PyObject *r = PyObject_Repr(v);
+    if (r == NULL) {
+        PyErr_Clear();
+        return PyUnicode_FromString("<key>");
+    }
+    if (PyUnicode_GET_LENGTH(r) > 40) {
+        PyObject *cut = PyUnicode_Substring(r, 0, 37);
+        Py_DECREF(r);
+        if (cut == NULL)
+            return NULL;
+        r = PyUnicode_FromFormat("%U...", cut);
+        Py_DECREF(cut);
+    }
+    return r;
+}
+
+/* Turns a walker error into a Python exception "root<path>: message". */
+static int walker_raise(walker *w, const char *root)
+{
+    if (w->err_type == NULL) {
+        Py_CLEAR(w->path);
+        return -1;
+    }
+    PyObject *path = PyUnicode_FromString(root);
+    if (path && w->path) {
+        for (Py_ssize_t i = PyList_GET_SIZE(w->path) - 1; i >= 0 && path; i--) {
+            PyObject *joined = PyUnicode_Concat(path, PyList_GET_ITEM(w->path, i));
+            Py_SETREF(path, joined);
+        }
+    }
+    if (path)
+        PyErr_Format(w->err_type, "%U: %U", path, w->err_msg);
+    Py_XDECREF(path);
+    Py_CLEAR(w->err_msg);
+    Py_CLEAR(w->path);
+    w->err_type = NULL;
+    return -1;
+}
+
+static int enter(walker *w, PyObject *container)
+{
+    for (int i = 0; i < w->depth; i++)
+        if (w->stack[i] == container)
+            return fail(w, PyExc_ValueError, "self-referencing container (a cycle) cannot be keyed");
+    if (w->depth >= FAB_MAX_DEPTH)
+        return fail(w, PyExc_ValueError, "nesting deeper than %d levels", FAB_MAX_DEPTH);
+    w->stack[w->depth++] = container;
+    return 0;
+}
+
+static void leave(walker *w)
+{
+    w->depth--;
+}
+
+static int check(walker *w, int rc)
+{
+    return rc == FAB_OK ? 0 : fail_code(w, rc);
+}
+
+/* Writes raw data, hashing large runs with the GIL released. */
+static int write_body(walker *w, const void *data, size_t len)
+{
+    if (w->hsink && len >= GIL_RELEASE_THRESHOLD) {
+        int rc = fab_hash_sink_flush(w->hsink);
+        if (rc == FAB_OK) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = fab_sha256_update(w->hsink->hasher, data, len);
+            Py_END_ALLOW_THREADS
+        }
+        return check(w, rc);
+    }
+    return check(w, fab_enc_raw(w->enc, data, len));
+}
+
+static int enc_str(walker *w, PyObject *v)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+    if (s == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            PyErr_Clear();
+            return fail(w, PyExc_ValueError,
+                        "str contains a lone surrogate and is not valid UTF-8");
+        }
+        return -1;
+    }
+    if (check(w, fab_enc_str_header(w->enc, (size_t)n)) < 0)
+        return -1;
+    return write_body(w, s, (size_t)n);
+}
+
+static int enc_bigint(walker *w, PyObject *v)
+{
+    /* Bits of the magnitude plus one sign bit, rounded up to bytes. */
+    size_t nbits = _PyLong_NumBits(v);
+    if (nbits == (size_t)-1 && PyErr_Occurred())
+        return -1;
+    size_t nbytes = nbits / 8 + 1;
+    uint8_t small[64];
+    uint8_t *buf = nbytes <= sizeof(small) ? small : PyMem_Malloc(nbytes);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = -1;
+    if (_PyLong_AsByteArray((PyLongObject *)v, buf, nbytes, 0, 1) < 0)
+        goto done;
+    /* Trim redundant sign-extension bytes to the minimal form. */
+    size_t off = 0;
+    while (nbytes - off > 1 &&
+           ((buf[off] == 0x00 && !(buf[off + 1] & 0x80)) ||
+            (buf[off] == 0xff && (buf[off + 1] & 0x80))))
+        off++;
+    rc = check(w, fab_enc_bigint(w->enc, buf + off, nbytes - off));
+done:
+    if (buf != small)
+        PyMem_Free(buf);
+    return rc;
+}
+
+static int enc_int(walker *w, PyObject *v)
+{
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (!overflow)
+        return check(w, fab_enc_int64(w->enc, (int64_t)x));
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (!(u == (unsigned long long)-1 && PyErr_Occurred()))
+            return check(w, fab_enc_uint64(w->enc, (uint64_t)u));
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+    }
+    return enc_bigint(w, v);
+}
+
+static int enc_buffer(walker *w, PyObject *v)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(v, &view, PyBUF_SIMPLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            return fail(w, PyExc_TypeError,
+                        "cannot key a non-contiguous buffer of type %s "
+                        "(make a contiguous copy first)",
+                        Py_TYPE(v)->tp_name);
+        }
+        return -1;
+    }
+    int rc = check(w, fab_enc_bin_header(w->enc, (size_t)view.len));
+    if (rc == 0)
+        rc = write_body(w, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+/* Encodes the items of a sequence as an array. The items are held in a
+ * tuple snapshot so a release of the GIL cannot pull them away. */
+static int enc_sequence(walker *w, PyObject *v)
+{
+    int rc = -1;
+    PyObject *items = NULL;
+    if (enter(w, v) < 0)
+        return -1;
+    if (PyTuple_Check(v)) {
+        items = Py_NewRef(v);
+    } else {
+        items = PyList_AsTuple(v);
+        if (items == NULL)
+            goto done;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    if (check(w, fab_enc_array_header(w->enc, (size_t)n)) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (enc_value(w, PyTuple_GET_ITEM(items, i)) < 0) {
+            add_segment(w, "[%zd]", i);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    Py_XDECREF(items);
+    leave(w);
+    return rc;
+}
+
+/* Encodes one value into a scratch buffer (for sorting keys and members). */
+static int enc_into(walker *w, PyObject *v, fab_buf *scratch)
+{
+    fab_enc sub;
+    fab_enc *saved_enc = w->enc;
+    fab_hash_sink *saved_hsink = w->hsink;
+    fab_enc_init(&sub, fab_buf_sink, scratch);
+    w->enc = &sub;
+    w->hsink = NULL;
+    int rc = enc_value(w, v);
+    w->enc = saved_enc;
+    w->hsink = saved_hsink;
+    return rc;
+}
+
+static int enc_dict(walker *w, PyObject *v)
+{
+    int rc = -1;
+    PyObject *pairs = NULL; /* tuple of (key, value, key, value, ...) */
+    fab_span *spans = NULL;
+    fab_span small_spans[16];
+    fab_buf scratch;
+    fab_buf_init(&scratch);
+    if (enter(w, v) < 0)
+        return -1;
+
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    pairs = PyTuple_New(2 * n);
+    if (pairs == NULL)
+        goto done;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(v, &pos, &key, &value)) {
+        PyTuple_SET_ITEM(pairs, 2 * i, Py_NewRef(key));
+        PyTuple_SET_ITEM(pairs, 2 * i + 1, Py_NewRef(value));
+        i++;
+    }
+    spans = n <= 16 ? small_spans : PyMem_Malloc(sizeof(fab_span) * (size_t)n);
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        size_t start = scratch.len;
+        key = PyTuple_GET_ITEM(pairs, 2 * i);
+        if (enc_into(w, key, &scratch) < 0) {
+            if (w->err_type) {
+                PyObject *r = short_repr(key);
+                if (r) {
+                    add_segment(w, "<key %U>", r);
+                    Py_DECREF(r);
+                }
+            }
+            goto done;
+        }
+        spans[i].p = NULL;
+        spans[i].len = scratch.len - start;
+        spans[i].index = (size_t)i;
+        /* Offsets for now: the scratch buffer may still move. */
+        spans[i].p = (const uint8_t *)(uintptr_t)start;
+    }
+    for (i = 0; i < n; i++)
+        spans[i].p = scratch.data + (uintptr_t)spans[i].p;
+    if (check(w, fab_canon_sort_spans(spans, (size_t)n)) < 0)
+        goto done;
+    if (check(w, fab_enc_map_header(w->enc, (size_t)n)) < 0)
+        goto done;
+    for (i = 0; i < n; i++) {
+        if (check(w, fab_enc_raw(w->enc, spans[i].p, spans[i].len)) < 0)
+            goto done;
+        key = PyTuple_GET_ITEM(pairs, 2 * (Py_ssize_t)spans[i].index);
+        value = PyTuple_GET_ITEM(pairs, 2 * (Py_ssize_t)spans[i].index + 1);
+        if (enc_value(w, value) < 0) {
+            if (w->err_type) {
+                PyObject *r = short_repr(key);
+                if (r) {
+                    add_segment(w, "[%U]", r);
+                    Py_DECREF(r);
+                }
+            }
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    if (spans != small_spans)
+        PyMem_Free(spans);
+    fab_buf_destroy(&scratch);
+    Py_XDECREF(pairs);
+    leave(w);
+    return rc;
+}
+
+static int enc_set(walker *w, PyObject *v)
+{
+    int rc = -1;
+    PyObject *members = NULL;
+    fab_span *spans = NULL;
+    fab_buf scratch, header;
+    fab_buf_init(&scratch);
+    fab_buf_init(&header);
+    if (enter(w, v) < 0)
+        return -1;
+    members = PySequence_Tuple(v); /* iterating a set runs no user code */
+    if (members == NULL)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(members);
+    spans = PyMem_Malloc(sizeof(fab_span) * (size_t)(n ? n : 1));
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t start = scratch.len;
+        if (enc_into(w, PyTuple_GET_ITEM(members, i), &scratch) < 0) {
+            add_segment(w, "<member>");
+            goto done;
+        }
+        spans[i].p = (const uint8_t *)(uintptr_t)start;
+        spans[i].len = scratch.len - start;
+        spans[i].index = (size_t)i;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = scratch.data + (uintptr_t)spans[i].p;
+    if (check(w, fab_canon_sort_spans(spans, (size_t)n)) < 0)
+        goto done;
+    fab_enc hdr;
+    fab_enc_init(&hdr, fab_buf_sink, &header);
+    if (check(w, fab_enc_array_header(&hdr, (size_t)n)) < 0)
+        goto done;
+    if (check(w, fab_enc_ext_header(w->enc, FAB_EXT_SET, header.len + scratch.len)) < 0 ||
+        check(w, fab_enc_raw(w->enc, header.data, header.len)) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (check(w, fab_enc_raw(w->enc, spans[i].p, spans[i].len)) < 0)
+            goto done;
+    rc = 0;
+done:
+    PyMem_Free(spans);
+    fab_buf_destroy(&scratch);
+    fab_buf_destroy(&header);
+    Py_XDECREF(members);
+    leave(w);
+    return rc;
+}
+
+static int enc_value(walker *w, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (v == Py_None)
+        return check(w, fab_enc_nil(w->enc));
+    if (v == Py_True || v == Py_False)
+        return check(w, fab_enc_bool(w->enc, v == Py_True));
+    if (tp == &PyUnicode_Type)
+        return enc_str(w, v);
+    if (tp == &PyLong_Type)
+        return enc_int(w, v);
+    if (tp == &PyFloat_Type)
+        return check(w, fab_enc_double(w->enc, PyFloat_AS_DOUBLE(v)));
+    if (tp == &PyBytes_Type) {
+        size_t n = (size_t)PyBytes_GET_SIZE(v);
+        if (check(w, fab_enc_bin_header(w->enc, n)) < 0)
+            return -1;
+        return write_body(w, PyBytes_AS_STRING(v), n);
+    }
+    if (tp == &PyTuple_Type || tp == &PyList_Type)
+        return enc_sequence(w, v);
+    if (tp == &PyDict_Type)
+        return enc_dict(w, v);
+    if (tp == w->st->Secret_Type)
+        return check(w, fab_enc_secret(w->enc));
+    /* Subclasses of the builtin kinds encode as their kind. */
+    if (PyUnicode_Check(v))
+        return enc_str(w, v);
+    if (PyLong_Check(v))
+        return enc_int(w, v);
+    if (PyFloat_Check(v))
+        return check(w, fab_enc_double(w->enc, PyFloat_AS_DOUBLE(v)));
+    if (PyTuple_Check(v) || PyList_Check(v))
+        return enc_sequence(w, v);
+    if (PyDict_Check(v))
+        return enc_dict(w, v);
+    if (PyAnySet_Check(v))
+        return enc_set(w, v);
+    if (PyObject_CheckBuffer(v))
+        return enc_buffer(w, v);
+    return fail(w, PyExc_TypeError, "cannot key object of type %s", tp->tp_name);
+}
+
+int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
+{
+    walker w;
+    walker_init(&w, st, enc, NULL);
+    if (enc_value(&w, value) < 0)
+        return walker_raise(&w, root);
+    return 0;
+}
+
+/* Takes the state's spare hasher, or makes one. Under the GIL. */
+static fab_sha256 *take_hasher(fab_state *st)
+{
+    fab_sha256 *h = st->spare_hasher;
+    if (h) {
+        st->spare_hasher = NULL;
+        return h;
+    }
+    int rc = fab_sha256_new(&h);
+    if (rc != FAB_OK) {
+        fab_py_raise_code(st, rc, "creating a SHA-256 context");
+        return NULL;
+    }
+    return h;
+}
+
+/* Returns a hasher for reuse, after a digest or an abandoned one. */
+static void give_hasher(fab_state *st, fab_sha256 *h)
+{
+    if (st->spare_hasher == NULL && fab_sha256_reset(h) == FAB_OK)
+        st->spare_hasher = h;
+    else
+        fab_sha256_free(h);
+}
+
+/* ======================================================================== */
+/* canonical_bytes                                                          */
+/* ======================================================================== */
+
+static PyObject *canonical_bytes(PyObject *module, PyObject *value)
+{
+    fab_state *st = fab_get_state(module);
+    fab_buf buf;
+    fab_enc enc;
+    fab_buf_init(&buf);
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    PyObject *out = NULL;
+    if (fab_py_encode_value(st, &enc, value, "value") == 0)
+        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+    fab_buf_destroy(&buf);
+    return out;
+}
+
+/* ======================================================================== */
+/* Secret                                                                    */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;
+} SecretObject;
+
+static PyObject *Secret_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *value;
+    static char *kwlist[] = {"value", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Secret", kwlist, &value))
+        return NULL;
+    SecretObject *self = (SecretObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->value = Py_NewRef(value);
+    return (PyObject *)self;
+}
+
+static int Secret_traverse(SecretObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->value);
+    return 0;
+}
+
+static int Secret_clear(SecretObject *self)
+{
+    Py_CLEAR(self->value);
+    return 0;
+}
+
+static void Secret_dealloc(SecretObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Secret_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *Secret_repr(PyObject *self)
+{
+    FAB_UNUSED(self);
+    return PyUnicode_FromString("Secret('***')");
+}
+
+static PyObject *Secret_reveal(SecretObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self->value);
+}
+
+static PyObject *Secret_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    FAB_UNUSED(self);
+    PyErr_SetString(PyExc_TypeError,
+                    "a Secret cannot be pickled: its value would leave the process "
+                    "(pass the secret to the worker another way)");
+    return NULL;
+}
+
+static PyMethodDef Secret_methods[] = {
+    {"reveal", (PyCFunction)Secret_reveal, METH_NOARGS,
+     "reveal($self, /)\n--\n\nReturn the wrapped value."},
+    {"__reduce__", Secret_reduce, METH_NOARGS, NULL},
+    {"__reduce_ex__", (PyCFunction)Secret_reduce, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Secret_slots[] = {
+    {Py_tp_doc, "Secret(value)\n--\n\n"
+                "A sensitive argument. Its value never enters content-key bytes "
+                "(a fixed marker does), frames, the ledger, logs, exception text "
+                "or repr. Use .reveal() inside the op to read it."},
+    {Py_tp_new, Secret_new},
+    {Py_tp_traverse, Secret_traverse},
+    {Py_tp_clear, Secret_clear},
+    {Py_tp_dealloc, Secret_dealloc},
+    {Py_tp_repr, Secret_repr},
+    {Py_tp_str, Secret_repr},
+    {Py_tp_methods, Secret_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Secret_spec = {
+    .name = "fabric.Secret",
+    .basicsize = sizeof(SecretObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Secret_slots,
+};
+
+/* ======================================================================== */
+/* ContentKey                                                               */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t digest[FAB_SHA256_LEN];
+} ContentKeyObject;
+
+static PyObject *key_from_digest(fab_state *st, const uint8_t *digest)
+{
+    PyTypeObject *tp = st->ContentKey_Type;
+    ContentKeyObject *k = (ContentKeyObject *)tp->tp_alloc(tp, 0);
+    if (k == NULL)
+        return NULL;
+    memcpy(k->digest, digest, FAB_SHA256_LEN);
+    return (PyObject *)k;
+}
+
+static PyObject *ContentKey_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Py_buffer view;
+    static char *kwlist[] = {"digest", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*:ContentKey", kwlist, &view))
+        return NULL;
+    if (view.len != FAB_SHA256_LEN) {
+        PyErr_Format(PyExc_ValueError,
+                     "ContentKey needs a %d-byte SHA-256 digest, got %zd bytes",
+                     FAB_SHA256_LEN, view.len);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ContentKeyObject *k = (ContentKeyObject *)type->tp_alloc(type, 0);
+    if (k)
+        memcpy(k->digest, view.buf, FAB_SHA256_LEN);
+    PyBuffer_Release(&view);
+    return (PyObject *)k;
+}
+
+static void ContentKey_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *ContentKey_hexstr(ContentKeyObject *k, const char *prefix)
+{
+    static const char hexdigits[] = "0123456789abcdef";
+    char buf[8 + 2 * FAB_SHA256_LEN];
+    size_t p = strlen(prefix);
+    memcpy(buf, prefix, p);
+    for (int i = 0; i < FAB_SHA256_LEN; i++) {
+        buf[p++] = hexdigits[k->digest[i] >> 4];
+        buf[p++] = hexdigits[k->digest[i] & 15];
+    }
+    return PyUnicode_FromStringAndSize(buf, (Py_ssize_t)p);
+}
+
+static PyObject *ContentKey_str(PyObject *self)
+{
+    return ContentKey_hexstr((ContentKeyObject *)self, "sha256:");
+}
+
+static PyObject *ContentKey_repr(PyObject *self)
+{
+    PyObject *s = ContentKey_str(self);
+    if (s == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("ContentKey.parse('%U')", s);
+    Py_DECREF(s);
+    return r;
+}
+
+static PyObject *ContentKey_get_hex(PyObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return ContentKey_hexstr((ContentKeyObject *)self, "");
+}
+
+static PyObject *ContentKey_get_digest(PyObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyBytes_FromStringAndSize((const char *)((ContentKeyObject *)self)->digest,
+                                     FAB_SHA256_LEN);
+}
+
+static Py_hash_t ContentKey_hash(PyObject *self)
+{
+    /* The digest is uniformly distributed: its first bytes make a hash. */
+    Py_hash_t h;
+    memcpy(&h, ((ContentKeyObject *)self)->digest, sizeof(h));
+    return h == -1 ? -2 : h;
+}
+
+static PyObject *ContentKey_richcompare(PyObject *a, PyObject *b, int op)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(a));
+    if (st == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (!PyObject_TypeCheck(b, st->ContentKey_Type))
+        Py_RETURN_NOTIMPLEMENTED;
+    int c = memcmp(((ContentKeyObject *)a)->digest, ((ContentKeyObject *)b)->digest,
+                   FAB_SHA256_LEN);
+    Py_RETURN_RICHCOMPARE(c, 0, op);
+}
+
+static int ContentKey_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, self, ((ContentKeyObject *)self)->digest,
+                             FAB_SHA256_LEN, 1, flags);
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1; /* upper case is refused: one spelling per key */
+}
+
+static PyObject *ContentKey_parse(PyObject *cls, PyObject *text)
+{
+    fab_state *st = fab_state_from_type((PyTypeObject *)cls);
+    if (st == NULL)
+        return NULL;
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "ContentKey.parse() takes a str, not %s",
+                     Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    if (s == NULL)
+        return NULL;
+    uint8_t digest[FAB_SHA256_LEN];
+    if (n != 7 + 2 * FAB_SHA256_LEN || memcmp(s, "sha256:", 7) != 0)
+        goto bad;
+    for (int i = 0; i < FAB_SHA256_LEN; i++) {
+        int hi = hexval((unsigned char)s[7 + 2 * i]), lo = hexval((unsigned char)s[8 + 2 * i]);
+        if (hi < 0 || lo < 0)
+            goto bad;
+        digest[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return key_from_digest(st, digest);
+bad:
+    PyErr_Format(PyExc_ValueError,
+                 "not a content key: %.80R (expected 'sha256:' and 64 lower-case hex digits)",
+                 text);
+    return NULL;
+}
+
+static PyObject *ContentKey_of(PyObject *cls, PyObject *request);
+
+static PyObject *ContentKey_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *digest = ContentKey_get_digest(self, NULL);
+    if (digest == NULL)
+        return NULL;
+    return Py_BuildValue("(O(N))", Py_TYPE(self), digest);
+}
+
+static PyObject *ContentKey_repr_html(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ContentKeyObject *k = (ContentKeyObject *)self;
+    PyObject *full = ContentKey_str(self);
+    if (full == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat(
+        "<code title=\"%U\">sha256:%02x%02x%02x%02x%02x%02x&hellip;</code>", full,
+        k->digest[0], k->digest[1], k->digest[2], k->digest[3], k->digest[4], k->digest[5]);
+    Py_DECREF(full);
+    return r;
+}
+
+static PyMethodDef ContentKey_methods[] = {
+    {"of", ContentKey_of, METH_O | METH_CLASS,
+     "of($cls, request, /)\n--\n\nThe content key of an EvalRequest."},
+    {"parse", ContentKey_parse, METH_O | METH_CLASS,
+     "parse($cls, text, /)\n--\n\nParse 'sha256:<64 hex digits>' back into a key."},
+    {"__reduce__", ContentKey_reduce, METH_NOARGS, NULL},
+    {"_repr_html_", ContentKey_repr_html, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ContentKey_getset[] = {
+    {"digest", ContentKey_get_digest, NULL, "The 32 raw digest bytes.", NULL},
+    {"hex", ContentKey_get_hex, NULL, "The digest as 64 lower-case hex digits.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot ContentKey_slots[] = {
+    {Py_tp_doc, "ContentKey(digest)\n--\n\n"
+                "A content key: the SHA-256 digest of a request's canonical identity. "
+                "Hashable, ordered and compared by digest; str() is 'sha256:<hex>'; "
+                "supports the buffer protocol (32 bytes)."},
+    {Py_tp_new, ContentKey_new},
+    {Py_tp_dealloc, ContentKey_dealloc},
+    {Py_tp_repr, ContentKey_repr},
+    {Py_tp_str, ContentKey_str},
+    {Py_tp_hash, ContentKey_hash},
+    {Py_tp_richcompare, ContentKey_richcompare},
+    {Py_tp_methods, ContentKey_methods},
+    {Py_tp_getset, ContentKey_getset},
+    {Py_bf_getbuffer, ContentKey_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec ContentKey_spec = {
+    .name = "fabric.ContentKey",
+    .basicsize = sizeof(ContentKeyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = ContentKey_slots,
+};
+
+/* ======================================================================== */
+/* EvalRequest                                                               */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *op;           /* str */
+    PyObject *args;         /* tuple */
+    PyObject *kwargs;       /* dict (private copy) */
+    PyObject *version;      /* int or str */
+    PyObject *capabilities; /* tuple of str, sorted, unique */
+    PyObject *mode;         /* str */
+    PyObject *answer_limit; /* None or int */
+    PyObject *stream_buffer;/* None or int */
+    PyObject *consistency;  /* str */
+    PyObject *deadline;     /* None or float */
+    PyObject *key;          /* ContentKey, made on first access */
+    char stream;
+    char trace;
+    uint8_t digest[FAB_SHA256_LEN];
+} EvalRequestObject;
+
+enum {
+    KW_OP, KW_ARGS, KW_KWARGS, KW_VERSION, KW_CAPS, KW_MODE, KW_ANSWER_LIMIT,
+    KW_STREAM_BUFFER, KW_STREAM, KW_TRACE, KW_CONSISTENCY, KW_DEADLINE, KW_COUNT
+};
+
+static const char *const kw_strings[KW_COUNT] = {
+    "op", "args", "kwargs", "version", "required_capabilities", "mode", "answer_limit",
+    "stream_buffer", "stream", "trace", "consistency", "deadline",
+};
+
+static const char *const consistency_values[] = {"local-first", "local-only", "no-home", NULL};
+
+static int is_identifier_like(PyObject *s)
+{
+    /* [a-z][a-z0-9_.-]{0,63} */
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(s, &n);
+    if (p == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (n < 1 || n > 64 || !(p[0] >= 'a' && p[0] <= 'z'))
+        return 0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* None, or an int > 0 (bool refused). New reference or NULL. */
+static PyObject *positive_int_or_none(PyObject *v, const char *name)
+{
+    if (v == NULL || v == Py_None)
+        return Py_NewRef(Py_None);
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "EvalRequest %s must be None or an int, not %s",
+                     name, Py_TYPE(v)->tp_name);
+        return NULL;
+    }
+    int sign = _PyLong_Sign(v);
+    if (sign <= 0) {
+        PyErr_Format(PyExc_ValueError, "EvalRequest %s must be positive, got %R", name, v);
+        return NULL;
+    }
+    return PyNumber_Index(v); /* a plain int, even for int subclasses */
+}
+
+static int bool_arg(PyObject *v, const char *name, char *out)
+{
+    if (v == NULL) {
+        *out = 0;
+        return 0;
+    }
+    if (v != Py_True && v != Py_False) {
+        PyErr_Format(PyExc_TypeError, "EvalRequest %s must be True or False, not %.50R",
+                     name, v);
+        return -1;
+    }
+    *out = v == Py_True;
+    return 0;
+}
+
+static PyObject *sorted_capabilities(PyObject *caps)
+{
+    if (caps == NULL)
+        return PyTuple_New(0);
+    if (PyUnicode_Check(caps) || PyBytes_Check(caps)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "EvalRequest required_capabilities must be an iterable of str, "
+                        "not a single string (wrap it in a tuple)");
+        return NULL;
+    }
+    PyObject *set = PySet_New(caps);
+    if (set == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "EvalRequest required_capabilities must be an iterable of str, not %s",
+                         Py_TYPE(caps)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *list = PySequence_List(set);
+    Py_DECREF(set);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(list, i);
+        if (!PyUnicode_CheckExact(c) || PyUnicode_GET_LENGTH(c) == 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "EvalRequest required_capabilities must hold non-empty str, "
+                         "found %.50R", c);
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    if (PyList_Sort(list) < 0) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    PyObject *t = PyList_AsTuple(list);
+    Py_DECREF(list);
+    return t;
+}
+
+/* Streams the identity of a request into a digest. */
+static int request_digest(fab_state *st, EvalRequestObject *r)
+{
+    fab_sha256 *h = take_hasher(st);
+    if (h == NULL)
+        return -1;
+    fab_hash_sink hs;
+    fab_enc enc;
+    walker w;
+    int rc = -1;
+    fab_hash_sink_init(&hs, h);
+    fab_enc_init(&enc, fab_hash_sink_write, &hs);
+    walker_init(&w, st, &enc, &hs);
+
+    if (check(&w, fab_enc_array_header(&enc, 11)) < 0 ||
+        check(&w, fab_enc_str(&enc, KEY_SCHEME_TAG, sizeof(KEY_SCHEME_TAG) - 1)) < 0)
+        goto fail;
+    if (enc_value(&w, r->op) < 0) { walker_raise(&w, "op"); goto out; }
+    if (enc_value(&w, r->version) < 0) { walker_raise(&w, "version"); goto out; }
+    if (enc_value(&w, r->args) < 0) { walker_raise(&w, "args"); goto out; }
+    if (enc_value(&w, r->kwargs) < 0) { walker_raise(&w, "kwargs"); goto out; }
+    if (enc_value(&w, r->capabilities) < 0) { walker_raise(&w, "required_capabilities"); goto out; }
+    if (enc_value(&w, r->mode) < 0) { walker_raise(&w, "mode"); goto out; }
+    if (enc_value(&w, r->answer_limit) < 0) { walker_raise(&w, "answer_limit"); goto out; }
+    if (enc_value(&w, r->stream_buffer) < 0) { walker_raise(&w, "stream_buffer"); goto out; }
+    if (check(&w, fab_enc_bool(&enc, r->stream)) < 0 ||
+        check(&w, fab_enc_bool(&enc, r->trace)) < 0)
+        goto fail;
+    if (check(&w, fab_hash_sink_final(&hs, r->digest)) < 0)
+        goto fail;
+    rc = 0;
+    goto out;
+fail:
+    walker_raise(&w, "request");
+out:
+    give_hasher(st, h);
+    return rc;
+}
+
+static void EvalRequest_clear_fields(EvalRequestObject *r)
+{
+    Py_CLEAR(r->op);
+    Py_CLEAR(r->args);
+    Py_CLEAR(r->kwargs);
+    Py_CLEAR(r->version);
+    Py_CLEAR(r->capabilities);
+    Py_CLEAR(r->mode);
+    Py_CLEAR(r->answer_limit);
+    Py_CLEAR(r->stream_buffer);
+    Py_CLEAR(r->consistency);
+    Py_CLEAR(r->deadline);
+    Py_CLEAR(r->key);
+}
+
+static PyObject *request_build(fab_state *st, PyObject *const *kw)
+{
+    PyTypeObject *tp = st->EvalRequest_Type;
+    EvalRequestObject *r = (EvalRequestObject *)tp->tp_alloc(tp, 0);
+    if (r == NULL)
+        return NULL;
+    PyObject *v;
+
+    /* op */
+    v = kw[KW_OP];
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "EvalRequest() missing required argument 'op'");
+        goto fail;
+    }
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "EvalRequest op must be a str, not %s", Py_TYPE(v)->tp_name);
+        goto fail;
+    }
+    if (PyUnicode_GET_LENGTH(v) == 0) {
+        PyErr_SetString(PyExc_ValueError, "EvalRequest op must not be empty");
+        goto fail;
+    }
+    r->op = Py_NewRef(v);
+
+    /* args */
+    v = kw[KW_ARGS];
+    if (v == NULL)
+        r->args = Py_NewRef(st->empty_tuple);
+    else if (PyTuple_CheckExact(v))
+        r->args = Py_NewRef(v);
+    else if (PyTuple_Check(v) || PyList_Check(v))
+        r->args = PySequence_Tuple(v);
+    else {
+        PyErr_Format(PyExc_TypeError, "EvalRequest args must be a tuple or list, not %s",
+                     Py_TYPE(v)->tp_name);
+        goto fail;
+    }
+    if (r->args == NULL)
+        goto fail;
+
+    /* kwargs: a private copy, so later changes to the caller's dict do not
+     * change a request whose key is already taken. */
+    v = kw[KW_KWARGS];
+    if (v == NULL || v == Py_None) {
+        r->kwargs = PyDict_New();
+    } else if (PyDict_Check(v)) {
+        r->kwargs = PyDict_Copy(v);
+    } else if (PyMapping_Check(v) && !PySequence_Check(v)) {
+        r->kwargs = PyDict_New();
+        if (r->kwargs && PyDict_Merge(r->kwargs, v, 1) < 0)
+            goto fail;
+    } else {
+        PyErr_Format(PyExc_TypeError, "EvalRequest kwargs must be None or a mapping, not %s",
+                     Py_TYPE(v)->tp_name);
+        goto fail;
+    }
+    if (r->kwargs == NULL)
+        goto fail;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        while (PyDict_Next(r->kwargs, &pos, &k, &val)) {
+            if (!PyUnicode_Check(k)) {
+                PyErr_Format(PyExc_TypeError, "EvalRequest kwargs keys must be str, found %.50R", k);
+                goto fail;
+            }
+        }
+    }
+
+    /* version */
+    v = kw[KW_VERSION];
+    if (v == NULL) {
+        r->version = PyLong_FromLong(0);
+    } else if (PyLong_Check(v) && !PyBool_Check(v)) {
+        if (_PyLong_Sign(v) < 0) {
+            PyErr_Format(PyExc_ValueError, "EvalRequest version must be >= 0, got %R", v);
+            goto fail;
+        }
+        r->version = PyNumber_Index(v);
+    } else if (PyUnicode_Check(v) && PyUnicode_GET_LENGTH(v) > 0) {
+        r->version = Py_NewRef(v);
+    } else {
+        PyErr_Format(PyExc_TypeError,
+                     "EvalRequest version must be an int >= 0 or a non-empty str, not %.50R", v);
+        goto fail;
+    }
+    if (r->version == NULL)
+        goto fail;
+
+    r->capabilities = sorted_capabilities(kw[KW_CAPS]);
+    if (r->capabilities == NULL)
+        goto fail;
+
+    v = kw[KW_MODE];
+    if (v == NULL) {
+        r->mode = Py_NewRef(st->str_eval);
+    } else if (PyUnicode_Check(v) && is_identifier_like(v)) {
+        r->mode = Py_NewRef(v);
+    } else {
+        PyErr_Format(PyExc_ValueError,
+                     "EvalRequest mode must be a lower-case name such as 'eval' "
+                     "([a-z][a-z0-9_.-]*, at most 64 characters), got %.50R", v);
+        goto fail;
+    }
+
+    if ((r->answer_limit = positive_int_or_none(kw[KW_ANSWER_LIMIT], "answer_limit")) == NULL)
+        goto fail;
+    if ((r->stream_buffer = positive_int_or_none(kw[KW_STREAM_BUFFER], "stream_buffer")) == NULL)
+        goto fail;
+    if (bool_arg(kw[KW_STREAM], "stream", &r->stream) < 0 ||
+        bool_arg(kw[KW_TRACE], "trace", &r->trace) < 0)
+        goto fail;
+
+    v = kw[KW_CONSISTENCY];
+    if (v == NULL) {
+        r->consistency = Py_NewRef(st->str_local_first);
+    } else {
+        int ok = 0;
+        if (PyUnicode_Check(v))
+            for (int i = 0; consistency_values[i]; i++)
+                if (PyUnicode_CompareWithASCIIString(v, consistency_values[i]) == 0)
+                    ok = 1;
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError,
+                         "EvalRequest consistency must be 'local-first', 'local-only' or "
+                         "'no-home', got %.50R", v);
+            goto fail;
+        }
+        r->consistency = Py_NewRef(v);
+    }
+
+    v = kw[KW_DEADLINE];
+    if (v == NULL || v == Py_None) {
+        r->deadline = Py_NewRef(Py_None);
+    } else {
+        if (PyBool_Check(v) || !(PyLong_Check(v) || PyFloat_Check(v))) {
+            PyErr_Format(PyExc_TypeError,
+                         "EvalRequest deadline must be None or seconds as a number, not %s",
+                         Py_TYPE(v)->tp_name);
+            goto fail;
+        }
+        double d = PyFloat_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred())
+            goto fail;
+        if (!(d > 0) || d == Py_HUGE_VAL) {
+            PyErr_Format(PyExc_ValueError,
+                         "EvalRequest deadline must be a positive, finite number of seconds, got %R", v);
+            goto fail;
+        }
+        r->deadline = PyFloat_FromDouble(d);
+        if (r->deadline == NULL)
+            goto fail;
+    }
+
+    if (request_digest(st, r) < 0)
+        goto fail;
+    return (PyObject *)r;
+fail:
+    Py_DECREF(r);
+    return NULL;
+}
+
+static PyObject *EvalRequest_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+                                        PyObject *kwnames)
+{
+    fab_state *st = fab_state_from_type((PyTypeObject *)type);
+    if (st == NULL)
+        return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *kw[KW_COUNT] = {NULL};
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "EvalRequest() takes at most 3 positional arguments (op, args, kwargs), "
+                     "%zd given", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        kw[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int slot = -1;
+        for (int j = 0; j < KW_COUNT; j++)
+            if (name == st->kw_names[j]) {
+                slot = j;
+                break;
+            }
+        if (slot < 0)
+            for (int j = 0; j < KW_COUNT; j++)
+                if (PyUnicode_Compare(name, st->kw_names[j]) == 0) {
+                    slot = j;
+                    break;
+                }
+        if (slot < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "EvalRequest() got an unexpected keyword argument %R",
+                         name);
+            return NULL;
+        }
+        if (kw[slot] != NULL) {
+            PyErr_Format(PyExc_TypeError, "EvalRequest() got multiple values for argument %R",
+                         name);
+            return NULL;
+        }
+        kw[slot] = args[nargs + i];
+    }
+    return request_build(st, kw);
+}
+
+static PyObject *EvalRequest_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    /* The slow path, for callers that do not use vectorcall. */
+    PyObject *names = NULL, *result = NULL;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    Py_ssize_t nkw = kwargs ? PyDict_GET_SIZE(kwargs) : 0;
+    PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+    if (stack == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        stack[i] = PyTuple_GET_ITEM(args, i);
+    if (nkw) {
+        names = PyTuple_New(nkw);
+        if (names == NULL)
+            goto done;
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(kwargs, &pos, &k, &v)) {
+            PyTuple_SET_ITEM(names, i, Py_NewRef(k));
+            stack[nargs + i] = v;
+            i++;
+        }
+    }
+    result = EvalRequest_vectorcall((PyObject *)type, stack, (size_t)nargs, names);
+done:
+    Py_XDECREF(names);
+    PyMem_Free(stack);
+    return result;
+}
+
+static int EvalRequest_traverse(EvalRequestObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(r));
+    Py_VISIT(r->args);
+    Py_VISIT(r->kwargs);
+    return 0;
+}
+
+static int EvalRequest_clear(EvalRequestObject *r)
+{
+    EvalRequest_clear_fields(r);
+    return 0;
+}
+
+static void EvalRequest_dealloc(EvalRequestObject *r)
+{
+    PyTypeObject *tp = Py_TYPE(r);
+    PyObject_GC_UnTrack(r);
+    EvalRequest_clear_fields(r);
+    tp->tp_free(r);
+    Py_DECREF(tp);
+}
+
+static PyObject *EvalRequest_get_key(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    if (r->key == NULL) {
+        fab_state *st = fab_state_from_type(Py_TYPE(r));
+        if (st == NULL)
+            return NULL;
+        r->key = key_from_digest(st, r->digest);
+        if (r->key == NULL)
+            return NULL;
+    }
+    return Py_NewRef(r->key);
+}
+
+static PyObject *EvalRequest_get_stream(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyBool_FromLong(r->stream);
+}
+
+static PyObject *EvalRequest_get_trace(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyBool_FromLong(r->trace);
+}
+
+static PyObject *EvalRequest_get_kwargs(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyDictProxy_New(r->kwargs);
+}
+
+#define FIELD_GETTER(name)                                                       \
+    static PyObject *EvalRequest_get_##name(EvalRequestObject *r, void *closure) \
+    {                                                                            \
+        FAB_UNUSED(closure);                                                     \
+        return Py_NewRef(r->name);                                               \
+    }
+FIELD_GETTER(op)
+FIELD_GETTER(args)
+FIELD_GETTER(version)
+FIELD_GETTER(mode)
+FIELD_GETTER(answer_limit)
+FIELD_GETTER(stream_buffer)
+FIELD_GETTER(consistency)
+FIELD_GETTER(deadline)
+
+static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return Py_NewRef(r->capabilities);
+}
+
+static PyGetSetDef EvalRequest_getset[] = {
+    {"op", (getter)EvalRequest_get_op, NULL, "The operation's registered name.", NULL},
+    {"args", (getter)EvalRequest_get_args, NULL, "Positional arguments (a tuple).", NULL},
+    {"kwargs", (getter)EvalRequest_get_kwargs, NULL, "Keyword arguments (read-only mapping).", NULL},
+    {"version", (getter)EvalRequest_get_version, NULL, "The op's version (int or str).", NULL},
+    {"required_capabilities", (getter)EvalRequest_get_caps, NULL,
+     "Capabilities the caller must hold, sorted and de-duplicated.", NULL},
+    {"mode", (getter)EvalRequest_get_mode, NULL, "Evaluation mode, 'eval' by default.", NULL},
+    {"answer_limit", (getter)EvalRequest_get_answer_limit, NULL,
+     "Most items a streamed answer may carry, or None.", NULL},
+    {"stream_buffer", (getter)EvalRequest_get_stream_buffer, NULL,
+     "Items buffered ahead of a streaming consumer, or None.", NULL},
+    {"stream", (getter)EvalRequest_get_stream, NULL, "True for a streamed reply.", NULL},
+    {"trace", (getter)EvalRequest_get_trace, NULL, "True to collect a trace.", NULL},
+    {"consistency", (getter)EvalRequest_get_consistency, NULL,
+     "Routing policy (not part of the key).", NULL},
+    {"deadline", (getter)EvalRequest_get_deadline, NULL,
+     "Seconds the caller will wait, or None (not part of the key).", NULL},
+    {"key", (getter)EvalRequest_get_key, NULL, "The request's ContentKey.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static Py_hash_t EvalRequest_hash(EvalRequestObject *r)
+{
+    Py_hash_t h;
+    memcpy(&h, r->digest, sizeof(h));
+    return h == -1 ? -2 : h;
+}
+
+static PyObject *EvalRequest_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if (Py_TYPE(a) != Py_TYPE(b) || (op != Py_EQ && op != Py_NE))
+        Py_RETURN_NOTIMPLEMENTED;
+    /* Two requests are equal when they ask for the same work: the same key
+     * and the same routing policy. */
+    EvalRequestObject *x = (EvalRequestObject *)a, *y = (EvalRequestObject *)b;
+    int eq = memcmp(x->digest, y->digest, FAB_SHA256_LEN) == 0;
+    if (eq) {
+        int c = PyObject_RichCompareBool(x->consistency, y->consistency, Py_EQ);
+        if (c < 0)
+            return NULL;
+        int d = PyObject_RichCompareBool(x->deadline, y->deadline, Py_EQ);
+        if (d < 0)
+            return NULL;
+        eq = c && d;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+/* repr(v), cut to at most max characters. */
+static PyObject *cut_repr(PyObject *v, Py_ssize_t max)
+{
+    PyObject *r = PyObject_Repr(v);
+    if (r == NULL || PyUnicode_GET_LENGTH(r) <= max)
+        return r;
+    PyObject *cut = PyUnicode_Substring(r, 0, max - 3);
+    Py_DECREF(r);
+    if (cut == NULL)
+        return NULL;
+    r = PyUnicode_FromFormat("%U...", cut);
+    Py_DECREF(cut);
+    return r;
+}
+
+static PyObject *EvalRequest_repr(EvalRequestObject *r)
+{
+    PyObject *parts = PyList_New(0), *s = NULL, *sep = NULL, *out = NULL;
+    if (parts == NULL)
+        return NULL;
+#define ADD(fmt, ...)                                                  \
+    do {                                                               \
+        PyObject *t_ = PyUnicode_FromFormat(fmt, __VA_ARGS__);         \
+        if (t_ == NULL || PyList_Append(parts, t_) < 0) {              \
+            Py_XDECREF(t_);                                            \
+            goto done;                                                 \
+        }                                                              \
+        Py_DECREF(t_);                                                 \
+    } while (0)
+    ADD("%R", r->op);
+    if (PyTuple_GET_SIZE(r->args)) {
+        s = cut_repr(r->args, 120);
+        if (s == NULL)
+            goto done;
+        ADD("args=%U", s);
+        Py_CLEAR(s);
+    }
+    if (PyDict_GET_SIZE(r->kwargs)) {
+        s = cut_repr(r->kwargs, 120);
+        if (s == NULL)
+            goto done;
+        ADD("kwargs=%U", s);
+        Py_CLEAR(s);
+    }
+    ADD("version=%R", r->version);
+    if (PyTuple_GET_SIZE(r->capabilities))
+        ADD("required_capabilities=%R", r->capabilities);
+    if (PyUnicode_CompareWithASCIIString(r->mode, "eval") != 0)
+        ADD("mode=%R", r->mode);
+    if (r->answer_limit != Py_None)
+        ADD("answer_limit=%R", r->answer_limit);
+    if (r->stream_buffer != Py_None)
+        ADD("stream_buffer=%R", r->stream_buffer);
+    if (r->stream)
+        ADD("%s", "stream=True");
+    if (r->trace)
+        ADD("%s", "trace=True");
+    if (PyUnicode_CompareWithASCIIString(r->consistency, "local-first") != 0)
+        ADD("consistency=%R", r->consistency);
+    if (r->deadline != Py_None)
+        ADD("deadline=%R", r->deadline);
+    ADD("key=sha256:%02x%02x%02x%02x%02x%02x...", r->digest[0], r->digest[1], r->digest[2],
+        r->digest[3], r->digest[4], r->digest[5]);
+#undef ADD
+    sep = PyUnicode_FromString(", ");
+    if (sep == NULL)
+        goto done;
+    s = PyUnicode_Join(sep, parts);
+    if (s == NULL)
+        goto done;
+    out = PyUnicode_FromFormat("EvalRequest(%U)", s);
+done:
+    Py_XDECREF(s);
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    return out;
+}
+
+static PyObject *EvalRequest_identity_bytes(EvalRequestObject *r, PyObject *Py_UNUSED(ignored))
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(r));
+    if (st == NULL)
+        return NULL;
+    PyObject *fields = Py_BuildValue("[sOOOOOOOOOO]", KEY_SCHEME_TAG, r->op, r->version,
+                                     r->args, r->kwargs, r->capabilities, r->mode,
+                                     r->answer_limit, r->stream_buffer,
+                                     r->stream ? Py_True : Py_False,
+                                     r->trace ? Py_True : Py_False);
+    if (fields == NULL)
+        return NULL;
+    fab_buf buf;
+    fab_enc enc;
+    fab_buf_init(&buf);
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    PyObject *out = NULL;
+    if (fab_py_encode_value(st, &enc, fields, "request") == 0)
+        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+    fab_buf_destroy(&buf);
+    Py_DECREF(fields);
+    return out;
+}
+
+static PyObject *EvalRequest_replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                     PyObject *kwnames)
+{
+    EvalRequestObject *r = (EvalRequestObject *)self;
+    fab_state *st = fab_state_from_type(Py_TYPE(r));
+    if (st == NULL)
+        return NULL;
+    if (nargs) {
+        PyErr_SetString(PyExc_TypeError, "EvalRequest.replace() takes keyword arguments only");
+        return NULL;
+    }
+    PyObject *kw[KW_COUNT];
+    PyObject *owned[3] = {NULL, NULL, NULL};
+    kw[KW_OP] = r->op;
+    kw[KW_ARGS] = r->args;
+    kw[KW_KWARGS] = r->kwargs;
+    kw[KW_VERSION] = r->version;
+    kw[KW_CAPS] = r->capabilities;
+    kw[KW_MODE] = r->mode;
+    kw[KW_ANSWER_LIMIT] = r->answer_limit;
+    kw[KW_STREAM_BUFFER] = r->stream_buffer;
+    kw[KW_STREAM] = owned[0] = PyBool_FromLong(r->stream);
+    kw[KW_TRACE] = owned[1] = PyBool_FromLong(r->trace);
+    kw[KW_CONSISTENCY] = r->consistency;
+    kw[KW_DEADLINE] = r->deadline;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int slot = -1;
+        for (int j = 0; j < KW_COUNT; j++)
+            if (PyUnicode_Compare(name, st->kw_names[j]) == 0)
+                slot = j;
+        if (slot < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "replace() got an unexpected keyword argument %R", name);
+            goto done;
+        }
+        kw[slot] = args[i];
+    }
+    result = request_build(st, kw);
+done:
+    Py_XDECREF(owned[0]);
+    Py_XDECREF(owned[1]);
+    return result;
+}
+
+static PyObject *EvalRequest_reduce(EvalRequestObject *r, PyObject *Py_UNUSED(ignored))
+{
+    /* Pickled as a call with every field by keyword (through the Python
+     * helper fabric._rebuild_request, since keyword-only arguments do not fit
+     * __reduce__'s positional call). */
+    PyObject *mod = PyImport_ImportModule("fabric._pickle");
+    if (mod == NULL)
+        return NULL;
+    PyObject *fn = PyObject_GetAttrString(mod, "rebuild_request");
+    Py_DECREF(mod);
+    if (fn == NULL)
+        return NULL;
+    PyObject *kwargs = Py_BuildValue(
+        "{sOsOsOsOsOsOsOsOsOsOsOsO}", "op", r->op, "args", r->args, "kwargs", r->kwargs,
+        "version", r->version, "required_capabilities", r->capabilities, "mode", r->mode,
+        "answer_limit", r->answer_limit, "stream_buffer", r->stream_buffer, "stream",
+        r->stream ? Py_True : Py_False, "trace", r->trace ? Py_True : Py_False,
+        "consistency", r->consistency, "deadline", r->deadline);
+    if (kwargs == NULL) {
+        Py_DECREF(fn);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, kwargs);
+}
+
+static PyMethodDef EvalRequest_methods[] = {
+    {"identity_bytes", (PyCFunction)EvalRequest_identity_bytes, METH_NOARGS,
+     "identity_bytes($self, /)\n--\n\n"
+     "The canonical msgpack bytes whose SHA-256 is the content key."},
+    {"replace", (PyCFunction)(void (*)(void))EvalRequest_replace, METH_FASTCALL | METH_KEYWORDS,
+     "replace($self, /, **changes)\n--\n\nA copy of the request with some fields changed."},
+    {"__reduce__", (PyCFunction)EvalRequest_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot EvalRequest_slots[] = {
+    {Py_tp_doc,
+     "EvalRequest(op, args=(), kwargs=None, *, version=0, required_capabilities=(), "
+     "mode='eval', answer_limit=None, stream_buffer=None, stream=False, trace=False, "
+     "consistency='local-first', deadline=None)\n--\n\n"
+     "An immutable evaluation request. Its content key (.key) is computed at "
+     "construction from the identity fields; consistency and deadline are routing "
+     "policy and do not change it."},
+    {Py_tp_new, EvalRequest_new},
+    {Py_tp_dealloc, EvalRequest_dealloc},
+    {Py_tp_traverse, EvalRequest_traverse},
+    {Py_tp_clear, EvalRequest_clear},
+    {Py_tp_repr, EvalRequest_repr},
+    {Py_tp_hash, EvalRequest_hash},
+    {Py_tp_richcompare, EvalRequest_richcompare},
+    {Py_tp_getset, EvalRequest_getset},
+    {Py_tp_methods, EvalRequest_methods},
+    {0, NULL},
+};
+
+static PyType_Spec EvalRequest_spec = {
+    .name = "fabric.EvalRequest",
+    .basicsize = sizeof(EvalRequestObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = EvalRequest_slots,
+};
+
+static PyObject *ContentKey_of(PyObject *cls, PyObject *request)
+{
+    fab_state *st = fab_state_from_type((PyTypeObject *)cls);
+    if (st == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(request, st->EvalRequest_Type)) {
+        PyErr_Format(PyExc_TypeError, "ContentKey.of() takes an EvalRequest, not %s",
+                     Py_TYPE(request)->tp_name);
+        return NULL;
+    }
+    return EvalRequest_get_key((EvalRequestObject *)request, NULL);
+}
+
+/* ======================================================================== */
+/* Module part                                                              */
+/* ======================================================================== */
+
+static PyMethodDef keys_functions[] = {
+    {"canonical_bytes", canonical_bytes, METH_O,
+     "canonical_bytes(value, /)\n--\n\n"
+     "The canonical msgpack encoding of value (docs/spec/content-key.md)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int fab_py_keys_exec(PyObject *module, fab_state *st)
+{
+    if (PyModule_AddFunctions(module, keys_functions) < 0)
+        return -1;
+    if ((st->Secret_Type = fab_py_add_type(module, &Secret_spec, NULL)) == NULL)
+        return -1;
+    if ((st->ContentKey_Type = fab_py_add_type(module, &ContentKey_spec, NULL)) == NULL)
+        return -1;
+    if ((st->EvalRequest_Type = fab_py_add_type(module, &EvalRequest_spec, NULL)) == NULL)
+        return -1;
+    /* Calling the type goes straight to the vectorcall constructor. */
+    st->EvalRequest_Type->tp_vectorcall = EvalRequest_vectorcall;
+    if ((st->str_eval = PyUnicode_InternFromString("eval")) == NULL ||
+        (st->str_local_first = PyUnicode_InternFromString("local-first")) == NULL ||
+        (st->empty_tuple = PyTuple_New(0)) == NULL)
+        return -1;
+    for (int i = 0; i < KW_COUNT; i++)
+        if ((st->kw_names[i] = PyUnicode_InternFromString(kw_strings[i])) == NULL)
+            return -1;
+    if (PyModule_AddStringConstant(module, "KEY_SCHEME", KEY_SCHEME_TAG) < 0)
+        return -1;
+    return 0;
+}
+
+int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->Secret_Type);
+    Py_VISIT(st->ContentKey_Type);
+    Py_VISIT(st->EvalRequest_Type);
+    return 0;
+}
+
+void fab_py_keys_clear(fab_state *st)
+{
+    Py_CLEAR(st->Secret_Type);
+    Py_CLEAR(st->ContentKey_Type);
+    Py_CLEAR(st->EvalRequest_Type);
+    Py_CLEAR(st->str_eval);
+    Py_CLEAR(st->str_local_first);
+    Py_CLEAR(st->empty_tuple);
+    for (int i = 0; i < KW_COUNT; i++)
+        Py_CLEAR(st->kw_names[i]);
+    fab_sha256_free(st->spare_hasher);
+    st->spare_hasher = NULL;
+}
