@@ -9,20 +9,30 @@ the Fabric SSH tool (that one is distributed as ``fabric`` on PyPI and has
 """
 
 from ._core import (
+    DEFAULT_DECODE_LIMITS,
     KEY_SCHEME,
+    REDACTED,
     MAX_DEPTH,
     ContentKey,
     DecodeError,
     EvalRequest,
     FabricError,
     FrameError,
+    Ext,
     Secret,
+    Timestamp,
     canonical_bytes,
+    unpack,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_DECODE_LIMITS",
+    "REDACTED",
+    "Ext",
+    "Timestamp",
+    "unpack",
     "KEY_SCHEME",
     "MAX_DEPTH",
     "ContentKey",

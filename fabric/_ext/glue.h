@@ -49,6 +49,11 @@ typedef struct fab_state {
     PyObject *str_local_first;
     PyObject *empty_tuple;
     PyObject *kw_names[12]; /* interned EvalRequest keyword names */
+
+    /* unpack.c */
+    PyTypeObject *Ext_Type;
+    PyTypeObject *Timestamp_Type;
+    PyObject *redacted; /* fabric.REDACTED */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -77,13 +82,31 @@ PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
 /* Part exec functions, called in order by module.c; each returns 0 or -1. */
 int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_keys_exec(PyObject *module, fab_state *st);
+int fab_py_unpack_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_keys_clear(fab_state *st);
+int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_unpack_clear(fab_state *st);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
 int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* unpack.c: decodes one msgpack value from untrusted bytes under limits
+ * (NULL = defaults). Errors raise fabric.DecodeError with .offset, counted
+ * from base_offset (the position of data in the caller's stream). */
+struct fab_mp_limits;
+PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
+                        const struct fab_mp_limits *limits, size_t base_offset);
+
+/* Raises DecodeError("at offset N: what") with .offset = N. Returns NULL. */
+PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what);
+
+/* Fills limits from any object with some of the attributes max_depth,
+ * max_str, max_bin, max_ext, max_array, max_map, max_items (None or NULL:
+ * the defaults). 0 or -1 with ValueError. */
+int fab_py_limits_from_object(PyObject *obj, struct fab_mp_limits *lim);
 
 #endif

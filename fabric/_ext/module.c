@@ -10,6 +10,7 @@ typedef int (*part_exec)(PyObject *module, fab_state *st);
 static const part_exec parts[] = {
     fab_py_errors_exec,
     fab_py_keys_exec,
+    fab_py_unpack_exec,
 };
 
 static int module_exec(PyObject *module)
@@ -30,7 +31,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     fab_state *st = fab_get_state(module);
     for (int i = 0; i < FAB_PYEXC_COUNT; i++)
         Py_VISIT(st->exc[i]);
-    return fab_py_keys_traverse(st, visit, arg);
+    if (fab_py_keys_traverse(st, visit, arg))
+        return -1;
+    return fab_py_unpack_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *module)
@@ -39,6 +42,7 @@ static int module_clear(PyObject *module)
     for (int i = 0; i < FAB_PYEXC_COUNT; i++)
         Py_CLEAR(st->exc[i]);
     fab_py_keys_clear(st);
+    fab_py_unpack_clear(st);
     return 0;
 }
 

@@ -1,0 +1,535 @@
+/*
+ * fabric.unpack: untrusted msgpack bytes to Python values, over the core's
+ * hardened reader (csrc/mpdec.c).
+ *
+ * Every length and count has been checked by the reader before an object is
+ * made, so the memory used is bounded by the input size; recursion depth is
+ * bounded by the reader's depth limit (at most FAB_MAX_DEPTH).
+ */
+#include "glue.h"
+
+#include <string.h>
+
+#include "fabric/mpdec.h"
+
+typedef struct dctx {
+    fab_state *st;
+    fab_mp_reader *r;
+    size_t base; /* offset of r's buffer within the caller's stream */
+} dctx;
+
+static PyObject *dec_value(dctx *d, int in_key);
+
+PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what)
+{
+    PyObject *msg = PyUnicode_FromFormat("at offset %zu: %s", offset, what);
+    if (msg == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallOneArg(st->exc[FAB_PYEXC_DecodeError], msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return NULL;
+    PyObject *off = PyLong_FromSize_t(offset);
+    if (off == NULL || PyObject_SetAttrString(exc, "offset", off) < 0) {
+        Py_XDECREF(off);
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(off);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static PyObject *reader_error(dctx *d, int rc)
+{
+    if (rc == FAB_ESTATE)
+        return fab_py_decode_error(d->st, d->base + d->r->len, "reader used after an error");
+    return fab_py_decode_error(d->st, d->base + d->r->err_offset, d->r->err);
+}
+
+static PyObject *dec_error(dctx *d, size_t offset, const char *fmt, ...)
+{
+    char buf[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    return fab_py_decode_error(d->st, d->base + offset, buf);
+}
+
+static PyObject *dec_set(dctx *d, const fab_mp_item *it)
+{
+    /* The payload is a msgpack array of the members, read with what is left
+     * of the outer limits. */
+    fab_mp_reader sub;
+    fab_mp_limits lim = d->r->lim;
+    if (d->r->depth >= lim.max_depth)
+        return dec_error(d, it->offset, "nesting deeper than the limit of %u", lim.max_depth);
+    lim.max_depth -= d->r->depth;
+    lim.max_items -= d->r->items;
+    if (lim.max_items == 0)
+        return dec_error(d, it->offset, "more than %llu items (the limit)",
+                         (unsigned long long)d->r->lim.max_items);
+    size_t payload_off = (size_t)(it->v.s.p - d->r->data);
+    if (fab_mp_reader_init(&sub, it->v.s.p, it->v.s.len, &lim) != FAB_OK)
+        return dec_error(d, it->offset, "invalid limits");
+    dctx sd = {d->st, &sub, d->base + payload_off};
+    fab_mp_item head;
+    int rc = fab_mp_next(&sub, &head);
+    if (rc != FAB_OK)
+        return reader_error(&sd, rc);
+    if (head.type != FAB_MP_ARRAY)
+        return dec_error(d, it->offset, "set payload is not an array");
+    PyObject *set = PySet_New(NULL);
+    if (set == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < head.v.count; i++) {
+        size_t at = sub.pos;
+        PyObject *m = dec_value(&sd, 1);
+        if (m == NULL)
+            goto fail;
+        Py_ssize_t before = PySet_GET_SIZE(set);
+        if (PySet_Add(set, m) < 0) {
+            Py_DECREF(m);
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                dec_error(&sd, at, "unhashable set member");
+            }
+            goto fail;
+        }
+        Py_DECREF(m);
+        if (PySet_GET_SIZE(set) == before) {
+            dec_error(&sd, at, "duplicate set member");
+            goto fail;
+        }
+    }
+    if (sub.pos != sub.len) {
+        dec_error(&sd, sub.pos, "%zu trailing bytes in a set payload", sub.len - sub.pos);
+        goto fail;
+    }
+    d->r->items += sub.items;
+    PyObject *fs = PyFrozenSet_New(set);
+    Py_DECREF(set);
+    return fs;
+fail:
+    Py_DECREF(set);
+    return NULL;
+}
+
+static PyObject *dec_timestamp(dctx *d, const fab_mp_item *it)
+{
+    const uint8_t *p = it->v.s.p;
+    int64_t sec;
+    uint32_t nsec;
+    switch (it->v.s.len) {
+    case 4:
+        sec = fab_load_be32(p);
+        nsec = 0;
+        break;
+    case 8: {
+        uint64_t v = fab_load_be64(p);
+        nsec = (uint32_t)(v >> 34);
+        sec = (int64_t)(v & ((UINT64_C(1) << 34) - 1));
+        break;
+    }
+    case 12: {
+        nsec = fab_load_be32(p);
+        uint64_t u = fab_load_be64(p + 4);
+        memcpy(&sec, &u, 8);
+        break;
+    }
+    default:
+        return dec_error(d, it->offset, "timestamp extension of %u bytes (4, 8 or 12 expected)",
+                         it->v.s.len);
+    }
+    if (nsec > 999999999u)
+        return dec_error(d, it->offset, "timestamp nanoseconds %u out of range", nsec);
+    PyObject *ts = PyStructSequence_New(d->st->Timestamp_Type);
+    if (ts == NULL)
+        return NULL;
+    PyObject *s = PyLong_FromLongLong(sec), *n = PyLong_FromUnsignedLong(nsec);
+    if (s == NULL || n == NULL) {
+        Py_XDECREF(s);
+        Py_XDECREF(n);
+        Py_DECREF(ts);
+        return NULL;
+    }
+    PyStructSequence_SetItem(ts, 0, s);
+    PyStructSequence_SetItem(ts, 1, n);
+    return ts;
+}
+
+static PyObject *dec_ext(dctx *d, const fab_mp_item *it)
+{
+    switch (it->v.s.ext_type) {
+    case FAB_EXT_BIGINT:
+        if (it->v.s.len == 0)
+            return dec_error(d, it->offset, "empty big-integer extension");
+        return _PyLong_FromByteArray(it->v.s.p, it->v.s.len, 0, 1);
+    case FAB_EXT_SET:
+        return dec_set(d, it);
+    case FAB_EXT_SECRET:
+        if (it->v.s.len != 0)
+            return dec_error(d, it->offset, "secret marker with a payload");
+        return Py_NewRef(d->st->redacted);
+    case -1:
+        return dec_timestamp(d, it);
+    default: {
+        PyObject *ext = PyStructSequence_New(d->st->Ext_Type);
+        if (ext == NULL)
+            return NULL;
+        PyObject *code = PyLong_FromLong(it->v.s.ext_type);
+        PyObject *data = PyBytes_FromStringAndSize((const char *)it->v.s.p, it->v.s.len);
+        if (code == NULL || data == NULL) {
+            Py_XDECREF(code);
+            Py_XDECREF(data);
+            Py_DECREF(ext);
+            return NULL;
+        }
+        PyStructSequence_SetItem(ext, 0, code);
+        PyStructSequence_SetItem(ext, 1, data);
+        return ext;
+    }
+    }
+}
+
+static PyObject *dec_value(dctx *d, int in_key)
+{
+    fab_mp_item it;
+    int rc = fab_mp_next(d->r, &it);
+    if (rc != FAB_OK)
+        return reader_error(d, rc);
+    switch (it.type) {
+    case FAB_MP_NIL:
+        Py_RETURN_NONE;
+    case FAB_MP_BOOL:
+        return PyBool_FromLong(it.v.b);
+    case FAB_MP_INT:
+        return PyLong_FromLongLong(it.v.i);
+    case FAB_MP_UINT:
+        return PyLong_FromUnsignedLongLong(it.v.u);
+    case FAB_MP_FLOAT:
+        return PyFloat_FromDouble(it.v.f);
+    case FAB_MP_STR:
+        return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
+    case FAB_MP_BIN:
+        return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
+    case FAB_MP_EXT:
+        return dec_ext(d, &it);
+    case FAB_MP_ARRAY: {
+        /* Arrays in a key position come back as tuples so they can be keys
+         * (the canonical encoding maps tuple and list alike to an array). */
+        PyObject *seq = in_key ? PyTuple_New(it.v.count) : PyList_New(it.v.count);
+        if (seq == NULL)
+            return NULL;
+        for (uint32_t i = 0; i < it.v.count; i++) {
+            PyObject *x = dec_value(d, in_key);
+            if (x == NULL) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            if (in_key)
+                PyTuple_SET_ITEM(seq, i, x);
+            else
+                PyList_SET_ITEM(seq, i, x);
+        }
+        return seq;
+    }
+    case FAB_MP_MAP: {
+        if (in_key)
+            return dec_error(d, it.offset, "a map cannot be a map key or set member");
+        PyObject *dict = PyDict_New();
+        if (dict == NULL)
+            return NULL;
+        for (uint32_t i = 0; i < it.v.count; i++) {
+            size_t at = d->r->pos;
+            PyObject *k = dec_value(d, 1);
+            if (k == NULL)
+                goto map_fail;
+            PyObject *v = dec_value(d, 0);
+            if (v == NULL) {
+                Py_DECREF(k);
+                goto map_fail;
+            }
+            Py_ssize_t before = PyDict_GET_SIZE(dict);
+            rc = PyDict_SetItem(dict, k, v);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0) {
+                if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                    PyErr_Clear();
+                    dec_error(d, at, "unhashable map key");
+                }
+                goto map_fail;
+            }
+            if (PyDict_GET_SIZE(dict) == before) {
+                dec_error(d, at, "duplicate map key");
+                goto map_fail;
+            }
+        }
+        return dict;
+    map_fail:
+        Py_DECREF(dict);
+        return NULL;
+    }
+    }
+    return dec_error(d, it.offset, "unknown item");
+}
+
+PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
+                        const fab_mp_limits *limits, size_t base_offset)
+{
+    fab_mp_reader r;
+    if (fab_mp_reader_init(&r, data, len, limits) != FAB_OK) {
+        PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
+        return NULL;
+    }
+    dctx d = {st, &r, base_offset};
+    if (len == 0)
+        return fab_py_decode_error(st, base_offset, "empty input (no value)");
+    PyObject *v = dec_value(&d, 0);
+    if (v && r.pos != r.len) {
+        Py_DECREF(v);
+        return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
+    }
+    return v;
+}
+
+/* Reads one limit attribute when the object has it. 0, or -1 on error. */
+static int limit_attr(PyObject *obj, const char *name, uint64_t max, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    if (v == Py_None) {
+        Py_DECREF(v);
+        return 0;
+    }
+    unsigned long long x = 0;
+    int bad = !PyLong_Check(v);
+    if (!bad) {
+        x = PyLong_AsUnsignedLongLong(v);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            bad = 1;
+        }
+    }
+    if (bad || x == 0) {
+        PyErr_Format(PyExc_ValueError, "decode limit %s must be a positive int, got %.50R",
+                     name, v);
+        Py_DECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    *out = x > max ? max : x;
+    return 0;
+}
+
+int fab_py_limits_from_object(PyObject *obj, fab_mp_limits *lim)
+{
+    fab_mp_limits_default(lim);
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    static const char *const known[] = {"max_depth", "max_str", "max_bin", "max_ext",
+                                        "max_array", "max_map", "max_items", NULL};
+    PyObject *ns = NULL;
+    if (PyDict_Check(obj)) {
+        /* A plain dict of limits: every key must be a known limit. */
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        while (PyDict_Next(obj, &pos, &k, &val)) {
+            int ok = 0;
+            for (int i = 0; known[i]; i++)
+                if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, known[i]) == 0)
+                    ok = 1;
+            if (!ok) {
+                PyErr_Format(PyExc_ValueError, "unknown decode limit %.50R (known: max_depth, "
+                             "max_str, max_bin, max_ext, max_array, max_map, max_items)", k);
+                return -1;
+            }
+        }
+        PyObject *types = PyImport_ImportModule("types");
+        if (types == NULL)
+            return -1;
+        PyObject *cls = PyObject_GetAttrString(types, "SimpleNamespace");
+        Py_DECREF(types);
+        if (cls == NULL)
+            return -1;
+        PyObject *empty = PyTuple_New(0);
+        ns = empty ? PyObject_Call(cls, empty, obj) : NULL;
+        Py_XDECREF(empty);
+        Py_DECREF(cls);
+        if (ns == NULL)
+            return -1;
+        obj = ns;
+    }
+    uint64_t v;
+#define ONE(field, name, max)                                   \
+    v = lim->field;                                             \
+    if (limit_attr(obj, name, max, &v) < 0) {                   \
+        Py_XDECREF(ns);                                         \
+        return -1;                                              \
+    }                                                           \
+    lim->field = (__typeof__(lim->field))v;
+    ONE(max_depth, "max_depth", FAB_MAX_DEPTH)
+    ONE(max_str, "max_str", UINT32_MAX)
+    ONE(max_bin, "max_bin", UINT32_MAX)
+    ONE(max_ext, "max_ext", UINT32_MAX)
+    ONE(max_array, "max_array", UINT32_MAX)
+    ONE(max_map, "max_map", UINT32_MAX)
+    ONE(max_items, "max_items", UINT64_MAX)
+#undef ONE
+    Py_XDECREF(ns);
+    return 0;
+}
+
+static PyObject *unpack(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "limits", NULL};
+    PyObject *data = NULL, *limits = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "unpack() takes at most 2 arguments");
+        return NULL;
+    }
+    if (nargs > 0)
+        data = args[0];
+    if (nargs > 1)
+        limits = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(name, names[0]) == 0 && data == NULL)
+            data = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(name, names[1]) == 0 && nargs < 2)
+            limits = args[nargs + i];
+        else {
+            PyErr_Format(PyExc_TypeError, "unpack() got an unexpected keyword argument %R", name);
+            return NULL;
+        }
+    }
+    if (data == NULL) {
+        PyErr_SetString(PyExc_TypeError, "unpack() missing required argument 'data'");
+        return NULL;
+    }
+    fab_state *st = fab_get_state(module);
+    fab_mp_limits lim;
+    if (fab_py_limits_from_object(limits, &lim) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = fab_py_decode(st, view.buf, (size_t)view.len, &lim, 0);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* ---- Ext, Timestamp and the REDACTED sentinel ------------------------------ */
+
+static PyStructSequence_Field ext_fields[] = {
+    {"code", "The extension type code (-128..127)."},
+    {"data", "The extension payload."},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc ext_desc = {
+    "fabric.Ext",
+    "A msgpack extension value of a type fabric does not interpret.",
+    ext_fields,
+    2,
+};
+
+static PyStructSequence_Field ts_fields[] = {
+    {"seconds", "Seconds since the Unix epoch (may be negative)."},
+    {"nanoseconds", "Nanoseconds within the second (0..999999999)."},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc ts_desc = {
+    "fabric.Timestamp",
+    "A msgpack timestamp (extension -1), exact to the nanosecond.",
+    ts_fields,
+    2,
+};
+
+static PyObject *Redacted_repr(PyObject *self)
+{
+    FAB_UNUSED(self);
+    return PyUnicode_FromString("fabric.REDACTED");
+}
+
+static PyType_Slot Redacted_slots[] = {
+    {Py_tp_doc, "The place of a Secret in decoded data: its value never travels."},
+    {Py_tp_repr, Redacted_repr},
+    {0, NULL},
+};
+
+static PyType_Spec Redacted_spec = {
+    .name = "fabric.Redacted",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Redacted_slots,
+};
+
+static PyMethodDef unpack_functions[] = {
+    {"unpack", (PyCFunction)(void (*)(void))unpack, METH_FASTCALL | METH_KEYWORDS,
+     "unpack(data, limits=None)\n--\n\n"
+     "Decode one msgpack value from untrusted bytes under limits (an object with "
+     "any of max_depth, max_str, max_bin, max_ext, max_array, max_map, max_items; "
+     "None for the defaults). Raises DecodeError (a ValueError) with .offset."},
+    {NULL, NULL, 0, NULL},
+};
+
+int fab_py_unpack_exec(PyObject *module, fab_state *st)
+{
+    if (PyModule_AddFunctions(module, unpack_functions) < 0)
+        return -1;
+    st->Ext_Type = PyStructSequence_NewType(&ext_desc);
+    if (st->Ext_Type == NULL || PyModule_AddObjectRef(module, "Ext", (PyObject *)st->Ext_Type) < 0)
+        return -1;
+    st->Timestamp_Type = PyStructSequence_NewType(&ts_desc);
+    if (st->Timestamp_Type == NULL ||
+        PyModule_AddObjectRef(module, "Timestamp", (PyObject *)st->Timestamp_Type) < 0)
+        return -1;
+    PyTypeObject *rt = fab_py_add_type(module, &Redacted_spec, NULL);
+    if (rt == NULL)
+        return -1;
+    st->redacted = PyObject_New(PyObject, rt);
+    Py_DECREF(rt); /* the instance keeps its type alive */
+    if (st->redacted == NULL || PyModule_AddObjectRef(module, "REDACTED", st->redacted) < 0)
+        return -1;
+    fab_mp_limits d;
+    fab_mp_limits_default(&d);
+    PyObject *defaults = Py_BuildValue(
+        "{sIsIsIsIsIsIsK}", "max_depth", d.max_depth, "max_str", d.max_str, "max_bin",
+        d.max_bin, "max_ext", d.max_ext, "max_array", d.max_array, "max_map", d.max_map,
+        "max_items", (unsigned long long)d.max_items);
+    if (defaults == NULL)
+        return -1;
+    int rc = PyModule_AddObjectRef(module, "DEFAULT_DECODE_LIMITS", defaults);
+    Py_DECREF(defaults);
+    if (rc < 0)
+        return -1;
+    return 0;
+}
+
+int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->Ext_Type);
+    Py_VISIT(st->Timestamp_Type);
+    Py_VISIT(st->redacted);
+    return 0;
+}
+
+void fab_py_unpack_clear(fab_state *st)
+{
+    Py_CLEAR(st->Ext_Type);
+    Py_CLEAR(st->Timestamp_Type);
+    Py_CLEAR(st->redacted);
+}
