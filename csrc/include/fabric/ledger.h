@@ -1,0 +1,240 @@
+/*
+ * The cassette ledger: a crash-safe, append-only file of checksummed records
+ * (docs/spec/ledger.md) with an in-memory key -> record index.
+ *
+ * Thread-safe: every function on a fab_ledger may be called from any thread;
+ * a per-ledger mutex guards the state and is released during fdatasync so
+ * concurrent records share one sync (group commit). The file is read through
+ * a read-only shared mapping; fab_ledger_ref hands out pointers into it that
+ * stay valid while the ref holds its mapping (fab_lmap_release).
+ */
+#ifndef FABRIC_LEDGER_H
+#define FABRIC_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "fabric/error.h"
+
+#define FAB_LEDGER_VERSION 1
+#define FAB_LEDGER_HEADER_SIZE 64
+#define FAB_LEDGER_REC_HEADER 20
+#define FAB_LEDGER_KEY_LEN 32
+#define FAB_LEDGER_REC_OVERHEAD (FAB_LEDGER_REC_HEADER + FAB_LEDGER_KEY_LEN)
+#define FAB_LEDGER_MAX_PAYLOAD (((size_t)1 << 31) - FAB_LEDGER_REC_OVERHEAD)
+#define FAB_LEDGER_CREATOR_LEN 32
+
+enum fab_ledger_type {
+    FAB_REC_REPLY = 1,
+    FAB_REC_STREAM_BEGIN = 2,
+    FAB_REC_STREAM_CHUNK = 3,
+    FAB_REC_STREAM_END = 4,
+    FAB_REC_STREAM_ABORT = 5,
+};
+
+enum fab_ledger_mode { FAB_LEDGER_READ = 0, FAB_LEDGER_WRITE = 1 };
+enum fab_ledger_durability { FAB_DUR_OS = 0, FAB_DUR_FSYNC = 1, FAB_DUR_GROUP = 2 };
+enum fab_ledger_recover { FAB_RECOVER_STRICT = 0, FAB_RECOVER_SALVAGE = 1 };
+
+/*
+ * The system calls that change the file, swappable so tests can make the
+ * N-th call fail (fault injection). Each behaves like the libc function:
+ * returns -1 with errno set on failure.
+ */
+typedef struct fab_ledger_io {
+    ssize_t (*pwrite)(int fd, const void *buf, size_t len, off_t off);
+    int (*fdatasync)(int fd);
+    int (*ftruncate)(int fd, off_t len);
+} fab_ledger_io;
+
+/* Called during replay with bytes done and total, about every 16 MiB. */
+typedef void (*fab_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+typedef struct fab_ledger_options {
+    int mode;              /* FAB_LEDGER_READ or FAB_LEDGER_WRITE */
+    int durability;        /* enum fab_ledger_durability */
+    int recover;           /* enum fab_ledger_recover */
+    uint64_t created_ns;   /* creation time for a new ledger; 0 = now */
+    const char *creator;   /* creator text for a new ledger; NULL = "stream-fabric" */
+    const fab_ledger_io *io; /* NULL = the libc calls */
+    fab_ledger_progress_fn progress; /* may be NULL */
+    void *progress_ctx;
+} fab_ledger_options;
+
+/* Everything known about a failure, for precise messages. */
+typedef struct fab_ledger_error {
+    int code;          /* the FAB_E* code returned */
+    int sys_errno;     /* errno of a failed system call, else 0 */
+    int has_offset;    /* 1 when offset names a place in the file */
+    uint64_t offset;
+    long pid;          /* FAB_ELOCKED: the holder's pid, 0 when unknown */
+    int version;       /* FAB_EVERSION: the file's version */
+    char msg[200];
+} fab_ledger_error;
+
+/* A shared mapping of the ledger file, reference counted. */
+typedef struct fab_lmap fab_lmap;
+
+/* Takes another reference to m. */
+void fab_lmap_retain(fab_lmap *m);
+/* Drops a reference; the mapping is unmapped with the last. NULL is a no-op. */
+void fab_lmap_release(fab_lmap *m);
+
+/* A committed reply or stream item found in the ledger. */
+typedef struct fab_ledger_ref {
+    fab_lmap *map;        /* a reference the caller releases, or NULL */
+    const uint8_t *data;  /* the reply bytes (canonical msgpack) */
+    size_t len;
+    uint64_t offset;      /* offset of the committing record */
+    int type;             /* FAB_REC_REPLY or FAB_REC_STREAM_END */
+} fab_ledger_ref;
+
+typedef struct fab_ledger_stats {
+    uint64_t records;        /* valid records in the file */
+    uint64_t keys;           /* committed keys */
+    uint64_t bytes;          /* length of the valid region, header included */
+    uint64_t duplicates;     /* committing records of keys already held */
+    uint64_t torn_tails_cut; /* torn tails cut (writer) or pending (reader) */
+    uint64_t torn_bytes;
+    uint64_t salvage_skips;
+    uint64_t salvage_bytes;
+    uint64_t open_ns;        /* time spent opening and replaying */
+    uint64_t index_bytes;    /* memory of the index */
+    uint64_t created_ns;
+    int version;
+    int failed;              /* 1 after an fdatasync failure: appends refused */
+    char creator[FAB_LEDGER_CREATOR_LEN + 1];
+} fab_ledger_stats;
+
+typedef struct fab_ledger fab_ledger;
+
+/*
+ * Opens (FAB_LEDGER_WRITE: creates when missing) the ledger at path and
+ * replays it. On success *out owns the ledger (fab_ledger_close). Returns 0,
+ * FAB_ENOMEM, FAB_EIO (err->sys_errno says why), FAB_ELOCKED (err->pid),
+ * FAB_EFORMAT / FAB_ETRUNCATED (not a ledger; err->offset), FAB_EVERSION,
+ * FAB_ECORRUPT (err->offset of the bad record) or FAB_EINVAL.
+ */
+int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options *opt,
+                    fab_ledger_error *err);
+
+/* Closes the file, releases the lock and the ledger's mapping reference and
+ * frees the ledger. Mappings still referenced by refs stay valid. NULL ok. */
+void fab_ledger_close(fab_ledger *l);
+
+/*
+ * Appends a REPLY record for key unless the key is already held. Returns 1
+ * when written (and durable per the durability mode), 0 when the key was
+ * already held (nothing written), FAB_ESTATE (read-only, or refused after an
+ * fdatasync failure), FAB_ERANGE (payload too large) or FAB_EIO.
+ */
+int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
+                      fab_ledger_error *err);
+
+/*
+ * Finds the committed record of key. Returns 1 and fills *ref, 0 when not
+ * held. With want_map, ref->map is a new reference that keeps ref->data
+ * valid until released; without it ref->map is NULL and ref->data is only
+ * valid until the ledger is closed. For a stream ref->type is END and
+ * ref->data/len are empty.
+ */
+int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref);
+
+/* Number of committed keys. */
+size_t fab_ledger_count(fab_ledger *l);
+
+/*
+ * Iteration in ledger order. *pos starts at 0; each call that returns 1
+ * fills key and ref (ref->map is a new reference when want_map) and advances
+ * *pos; 0 at the end.
+ */
+int fab_ledger_next(fab_ledger *l, uint64_t *pos, uint8_t key[32], int want_map,
+                    fab_ledger_ref *ref);
+
+/* Statistics. */
+void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st);
+
+/* fdatasync of everything written. 0, FAB_EIO (appends refused after) or FAB_ESTATE. */
+int fab_ledger_sync(fab_ledger *l, fab_ledger_error *err);
+
+/* Reader: replays records appended since the last replay. Returns the number
+ * of new records (>= 0) or FAB_ECORRUPT / FAB_EIO. A writer gets 0. */
+int fab_ledger_refresh(fab_ledger *l, fab_ledger_error *err);
+
+/* Writes the committed records to dest atomically (spec: Compaction).
+ * dest must not be the ledger itself (FAB_EINVAL). 0 or FAB_EIO/FAB_ENOMEM. */
+int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_error *err);
+
+/* ---- streams ------------------------------------------------------------ */
+
+/* Starts a stream for key: 1 and *begin set when started, 0 when the key is
+ * already held (nothing written), or an error as fab_ledger_record. */
+int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begin,
+                            fab_ledger_error *err);
+/* Appends one item (canonical msgpack). 0 or an error. */
+int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                             const void *data, size_t len, fab_ledger_error *err);
+/* Commits the stream (durable per mode). 1 when it now holds the key, 0 when
+ * another record committed the key first (an ABORT is written), or an error. */
+int fab_ledger_stream_end(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                          uint64_t count, fab_ledger_error *err);
+/* Abandons the stream (writes an ABORT record). 0 or an error. */
+int fab_ledger_stream_abort(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                            fab_ledger_error *err);
+
+/* A position inside a committed stream, for reading it item by item. */
+typedef struct fab_ledger_cursor {
+    uint64_t begin;   /* offset of the BEGIN record */
+    uint64_t end;     /* offset of the END record */
+    uint64_t pos;     /* next offset to look at */
+    uint64_t count;   /* items promised by the END record */
+    uint64_t seen;
+} fab_ledger_cursor;
+
+/* Positions c at the start of key's committed stream. 0, FAB_ENOTFOUND (not
+ * held), FAB_ETYPE (held as a single reply). */
+int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_cursor *c);
+
+/*
+ * The next item of the stream: 1 and *item filled (item->map a new reference
+ * when want_map), 0 after the last item, FAB_ECORRUPT when the stream's
+ * records disagree with its END record.
+ */
+int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
+                           fab_ledger_ref *item);
+
+/* ---- in-memory scanning, for tests and tools ---------------------------- */
+
+/* What a replay of a byte image found. */
+typedef struct fab_ledger_scan_result {
+    uint64_t valid_end;   /* end of the last accepted record */
+    uint64_t records;
+    uint64_t torn_at;     /* offset of a torn tail, or UINT64_MAX */
+    uint64_t corrupt_at;  /* first corruption (strict: the error), or UINT64_MAX */
+    uint64_t salvage_skips;
+    uint64_t salvage_bytes;
+} fab_ledger_scan_result;
+
+/* Called for each valid record found by fab_ledger_scan_mem. */
+typedef int (*fab_ledger_record_fn)(void *ctx, uint64_t offset, int type,
+                                    const uint8_t *key, const uint8_t *payload, size_t len);
+
+/*
+ * Validates a whole ledger image in memory (header included), calling fn for
+ * each valid record in order. Returns 0 (a torn tail is not an error),
+ * FAB_EFORMAT/FAB_ETRUNCATED/FAB_EVERSION for the header, FAB_ECORRUPT (strict;
+ * err->offset), or fn's error.
+ */
+int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger_record_fn fn,
+                        void *ctx, fab_ledger_scan_result *res, fab_ledger_error *err);
+
+/* Builds the 64-byte file header (for tests and tools). */
+void fab_ledger_make_header(uint8_t out[FAB_LEDGER_HEADER_SIZE], uint64_t created_ns,
+                            const char *creator);
+
+/* Builds the 20-byte record header for key and payload; returns the record size. */
+size_t fab_ledger_make_rec_header(uint8_t out[FAB_LEDGER_REC_HEADER], int type,
+                                  const uint8_t key[32], const void *payload, size_t len);
+
+#endif

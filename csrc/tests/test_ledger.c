@@ -1,0 +1,765 @@
+/*
+ * The cassette ledger: round trip, torn tails, exhaustive corruption,
+ * fault injection of write / fdatasync / ftruncate, streams, locking,
+ * group commit, reader refresh and compaction.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "fabric/common.h"
+#include "fabric/crc32c.h"
+#include "fabric/ledger.h"
+
+static char tmpdir[] = "/tmp/fab-ledger-test-XXXXXX";
+
+static void key_of(uint8_t key[32], unsigned i)
+{
+    /* Distinct, SHA-like keys without hashing: CRCs of the index. */
+    for (unsigned w = 0; w < 8; w++) {
+        uint32_t v = fab_crc32c(w * 7919u, &i, sizeof(i));
+        memcpy(key + 4 * w, &v, 4);
+    }
+}
+
+static size_t reply_of(uint8_t *buf, unsigned i)
+{
+    size_t n = 1 + (i * 37) % 300;
+    buf[0] = 0xc4; /* msgpack bin8: any bytes are fine for the core */
+    for (size_t j = 1; j < n; j++)
+        buf[j] = (uint8_t)(i * 31 + j);
+    return n;
+}
+
+static void path_for(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", tmpdir, name);
+    unlink(out);
+    char lock[600];
+    snprintf(lock, sizeof(lock), "%s.lock", out);
+    unlink(lock);
+}
+
+static fab_ledger *open_ledger(const char *path, int mode, int dur, int recover,
+                               const fab_ledger_io *io, int *rc_out, fab_ledger_error *err)
+{
+    fab_ledger_options opt = {0};
+    opt.mode = mode;
+    opt.durability = dur;
+    opt.recover = recover;
+    opt.created_ns = 1700000000000000000ull;
+    opt.io = io;
+    fab_ledger *l = NULL;
+    fab_ledger_error e2;
+    int rc = fab_ledger_open(&l, path, &opt, err ? err : &e2);
+    if (rc_out)
+        *rc_out = rc;
+    return l;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat sb;
+    fstat(fd, &sb);
+    uint8_t *buf = malloc((size_t)sb.st_size + 1);
+    *len = (size_t)pread(fd, buf, (size_t)sb.st_size, 0);
+    close(fd);
+    return buf;
+}
+
+static void write_file(const char *path, const uint8_t *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK_EQ(write(fd, data, len), (long long)len);
+    close(fd);
+}
+
+/* ---- round trip ----------------------------------------------------------- */
+
+static void test_round_trip(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "rt.fabl");
+    int rc;
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    uint8_t key[32], buf[400];
+    for (unsigned i = 0; i < 100; i++) {
+        key_of(key, i);
+        size_t n = reply_of(buf, i);
+        CHECK_EQ(fab_ledger_record(l, key, buf, n, NULL), 1);
+    }
+    /* First write wins: a second record of a held key writes nothing. */
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    uint64_t bytes = st.bytes;
+    key_of(key, 5);
+    CHECK_EQ(fab_ledger_record(l, key, "x", 1, NULL), 0);
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.bytes, bytes);
+    CHECK_EQ(fab_ledger_count(l), 100);
+    fab_ledger_close(l);
+
+    l = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(l), 100);
+    for (unsigned i = 0; i < 100; i++) {
+        key_of(key, i);
+        size_t n = reply_of(buf, i);
+        fab_ledger_ref ref;
+        CHECK_EQ(fab_ledger_lookup(l, key, 1, &ref), 1);
+        CHECK_EQ(ref.len, n);
+        CHECK_MEM(ref.data, buf, n);
+        fab_lmap_release(ref.map);
+    }
+    key_of(key, 1000);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 0);
+    /* Iteration follows ledger order. */
+    uint64_t pos = 0;
+    unsigned i = 0;
+    uint8_t got[32];
+    while (fab_ledger_next(l, &pos, got, 0, &ref) == 1) {
+        key_of(key, i++);
+        CHECK_MEM(got, key, 32);
+    }
+    CHECK_EQ(i, 100);
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.records, 100);
+    CHECK_EQ(st.bytes, bytes);
+    CHECK_EQ(st.created_ns, 1700000000000000000ull);
+    CHECK(strcmp(st.creator, "stream-fabric") == 0);
+    CHECK_EQ(fab_ledger_record(l, key, "x", 1, NULL), FAB_ESTATE);
+    fab_ledger_close(l);
+}
+
+/* ---- torn tail at every offset of the last record --------------------------- */
+
+static void test_torn_tail_every_offset(void)
+{
+    char path[512], copy[512];
+    path_for(path, sizeof(path), "torn.fabl");
+    path_for(copy, sizeof(copy), "torn-copy.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32], buf[400];
+    for (unsigned i = 0; i < 10; i++) {
+        key_of(key, i);
+        fab_ledger_record(l, key, buf, reply_of(buf, i), NULL);
+    }
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    uint64_t last_start = st.bytes;
+    key_of(key, 10);
+    CHECK_EQ(fab_ledger_record(l, key, buf, reply_of(buf, 10), NULL), 1);
+    fab_ledger_close(l);
+    size_t len;
+    uint8_t *img = read_file(path, &len);
+    for (uint64_t cut = last_start; cut < len; cut++) {
+        write_file(copy, img, (size_t)cut);
+        int rc;
+        l = open_ledger(copy, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        if (!l)
+            continue;
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.keys, 10);
+        CHECK_EQ(st.torn_tails_cut, cut > last_start ? 1 : 0);
+        CHECK_EQ(st.bytes, last_start);
+        /* The cut is real: the file ends at the last good record, and
+         * appending works again. */
+        CHECK_EQ(fab_ledger_record(l, key, "\xc0", 1, NULL), 1);
+        fab_ledger_close(l);
+        struct stat sb;
+        stat(copy, &sb);
+        CHECK_EQ(sb.st_size, last_start + FAB_LEDGER_REC_OVERHEAD + 1);
+    }
+    free(img);
+}
+
+/* ---- exhaustive corruption (in memory: the scan is what open runs) ---------- */
+
+typedef struct image {
+    uint8_t *data;
+    size_t len;
+    uint64_t starts[1024]; /* record offsets */
+    size_t n;
+} image;
+
+typedef struct collect {
+    const image *orig;
+    size_t got;
+    int changed; /* a record that differs from the original at that offset */
+} collect;
+
+static int collect_rec(void *ctx, uint64_t off, int type, const uint8_t *key,
+                       const uint8_t *payload, size_t len)
+{
+    collect *c = ctx;
+    FAB_UNUSED(type);
+    const uint8_t *o = c->orig->data + off;
+    if (off + FAB_LEDGER_REC_OVERHEAD + len > c->orig->len ||
+        memcmp(o + FAB_LEDGER_REC_HEADER, key, 32) != 0 ||
+        memcmp(o + FAB_LEDGER_REC_OVERHEAD, payload, len) != 0 ||
+        fab_load_le32(o + 8) != len)
+        c->changed = 1;
+    c->got++;
+    return 0;
+}
+
+static size_t record_at(const image *im, uint64_t pos)
+{
+    size_t i = 0;
+    while (i + 1 < im->n && im->starts[i + 1] <= pos)
+        i++;
+    return i;
+}
+
+/* Scans a modified image; checks the classification. Returns 1 when ok. */
+static int check_variant(const image *im, const uint8_t *data, size_t len, uint64_t changed_at,
+                         int truncated)
+{
+    collect c = {im, 0, 0};
+    fab_ledger_scan_result res;
+    fab_ledger_error err;
+    int rc = fab_ledger_scan_mem(data, len, FAB_RECOVER_STRICT, collect_rec, &c, &res, &err);
+    if (c.changed)
+        return 0; /* a changed reply was returned */
+    if (changed_at < FAB_LEDGER_HEADER_SIZE)
+        return rc == FAB_EFORMAT || rc == FAB_EVERSION || rc == FAB_ETRUNCATED;
+    size_t r = record_at(im, changed_at);
+    if (truncated) {
+        /* A cut at a record boundary leaves a clean, shorter ledger. */
+        int boundary = im->starts[r] == changed_at;
+        return rc == 0 && res.records == r &&
+               res.torn_at == (boundary ? UINT64_MAX : im->starts[r]);
+    }
+    if (r == im->n - 1)
+        return rc == 0 && res.torn_at == im->starts[r] && res.records == r;
+    return rc == FAB_ECORRUPT && err.offset == im->starts[r] && err.has_offset;
+}
+
+static void build_image(image *im, const char *name)
+{
+    char path[512];
+    path_for(path, sizeof(path), name);
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32], buf[400];
+    fab_ledger_stats st;
+    im->n = 0;
+    for (unsigned i = 0;; i++) {
+        fab_ledger_get_stats(l, &st);
+        if (st.bytes >= 32768)
+            break;
+        key_of(key, i);
+        im->starts[im->n++] = st.bytes;
+        if (i % 40 == 7) {
+            /* A small stream: BEGIN, two chunks, END (4 records). */
+            uint64_t begin;
+            fab_ledger_stream_begin(l, key, &begin, NULL);
+            fab_ledger_get_stats(l, &st);
+            im->starts[im->n++] = st.bytes;
+            fab_ledger_stream_append(l, key, begin, "\x01", 1, NULL);
+            fab_ledger_get_stats(l, &st);
+            im->starts[im->n++] = st.bytes;
+            fab_ledger_stream_append(l, key, begin, "\x02", 1, NULL);
+            fab_ledger_get_stats(l, &st);
+            im->starts[im->n++] = st.bytes;
+            fab_ledger_stream_end(l, key, begin, 2, NULL);
+            continue;
+        }
+        fab_ledger_record(l, key, buf, reply_of(buf, i), NULL);
+    }
+    fab_ledger_close(l);
+    im->data = read_file(path, &im->len);
+}
+
+static void test_exhaustive_corruption(void)
+{
+    image im;
+    build_image(&im, "corrupt.fabl");
+    CHECK(im.len >= 32768);
+    uint8_t *work = malloc(im.len);
+    size_t bad = 0, variants = 0;
+    for (size_t p = 0; p < im.len; p++) {
+        for (int bit = 0; bit < 10; bit++) {
+            memcpy(work, im.data, im.len);
+            if (bit < 8)
+                work[p] ^= (uint8_t)(1u << bit);  /* every bit flipped */
+            else if (bit == 8)
+                work[p] ^= 0xff;                  /* every byte overwritten */
+            else
+                work[p] = (uint8_t)(work[p] + 0x5b);
+            variants++;
+            if (!check_variant(&im, work, im.len, p, 0)) {
+                if (bad++ < 5)
+                    fprintf(stderr, "    corruption at byte %zu variant %d misclassified\n", p, bit);
+            }
+        }
+        /* Truncation at every offset. */
+        variants++;
+        if (!check_variant(&im, im.data, p, p, 1)) {
+            if (bad++ < 5)
+                fprintf(stderr, "    truncation at %zu misclassified\n", p);
+        }
+    }
+    /* Zero-filled regions never validate: zero the tail from each record on. */
+    for (size_t r = 0; r < im.n; r++) {
+        memcpy(work, im.data, im.len);
+        memset(work + im.starts[r], 0, im.len - im.starts[r]);
+        collect c = {&im, 0, 0};
+        fab_ledger_scan_result res;
+        CHECK_EQ(fab_ledger_scan_mem(work, im.len, 0, collect_rec, &c, &res, NULL), 0);
+        CHECK_EQ(res.records, r);
+        CHECK_EQ(res.torn_at, im.starts[r]);
+    }
+    printf("    %zu variants of a %zu-byte ledger (%zu records), %zu misclassified\n", variants,
+           im.len, im.n, bad);
+    CHECK_EQ(bad, 0);
+    free(work);
+    free(im.data);
+}
+
+static void test_salvage(void)
+{
+    image im;
+    build_image(&im, "salvage.fabl");
+    /* Break the third record's body: strict refuses, salvage skips it. */
+    uint64_t at = im.starts[2] + FAB_LEDGER_REC_OVERHEAD;
+    im.data[at] ^= 0x40;
+    char path[512];
+    path_for(path, sizeof(path), "salvage2.fabl");
+    write_file(path, im.data, im.len);
+    int rc;
+    fab_ledger_error err;
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err);
+    CHECK_EQ(rc, FAB_ECORRUPT);
+    CHECK_EQ(err.offset, im.starts[2]);
+    CHECK(l == NULL);
+    l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, FAB_RECOVER_SALVAGE, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.salvage_skips, 1);
+    CHECK_EQ(st.salvage_bytes, im.starts[3] - im.starts[2]);
+    CHECK_EQ(st.records, im.n - 1);
+    uint8_t key[32], got[32];
+    key_of(key, 2);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 0);
+    /* Iteration steps over the skipped region. */
+    uint64_t pos = 0;
+    size_t n = 0;
+    while (fab_ledger_next(l, &pos, got, 0, &ref) == 1)
+        n++;
+    CHECK_EQ(n, st.keys);
+    /* Compaction drops the bad region; the result opens strictly. */
+    char dest[512];
+    path_for(dest, sizeof(dest), "salvage-compact.fabl");
+    CHECK_EQ(fab_ledger_compact(l, dest, &err), 0);
+    CHECK_EQ(fab_ledger_compact(l, path, &err), FAB_EINVAL);
+    fab_ledger_close(l);
+    l = open_ledger(dest, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
+    fab_ledger_stats st2;
+    fab_ledger_get_stats(l, &st2);
+    CHECK_EQ(st2.keys, st.keys);
+    CHECK_EQ(st2.salvage_skips, 0);
+    fab_ledger_close(l);
+    free(im.data);
+}
+
+/* ---- fault injection ---------------------------------------------------------- */
+
+enum { F_WRITE, F_SYNC, F_TRUNC };
+static struct {
+    int kind;      /* which call fails */
+    int nth;       /* the N-th call of that kind (1-based) fails */
+    int err;       /* errno, or 0 for a short write followed by ENOSPC */
+    int calls[3];
+    int fired;
+    int also_trunc; /* when a write fails, the truncate fails too */
+    int short_pending;
+} fault;
+
+static ssize_t f_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    int n = ++fault.calls[F_WRITE];
+    if (fault.short_pending) {
+        fault.short_pending = 0;
+        errno = ENOSPC;
+        return -1;
+    }
+    if (fault.kind == F_WRITE && n == fault.nth) {
+        fault.fired = 1;
+        if (fault.err == 0 && len > 1) {
+            fault.short_pending = 1;
+            return pwrite(fd, buf, len / 2, off);
+        }
+        errno = fault.err ? fault.err : ENOSPC;
+        return -1;
+    }
+    return pwrite(fd, buf, len, off);
+}
+
+static int f_fdatasync(int fd)
+{
+    int n = ++fault.calls[F_SYNC];
+    if (fault.kind == F_SYNC && n == fault.nth) {
+        fault.fired = 1;
+        errno = fault.err;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static int f_ftruncate(int fd, off_t len)
+{
+    int n = ++fault.calls[F_TRUNC];
+    if ((fault.kind == F_TRUNC && n == fault.nth) || (fault.also_trunc && fault.fired)) {
+        fault.fired = 1;
+        errno = EIO;
+        return -1;
+    }
+    return ftruncate(fd, len);
+}
+
+static const fab_ledger_io fault_io = {f_pwrite, f_fdatasync, f_ftruncate};
+
+/* Runs one workload with the fault armed; checks what survives. Returns 1
+ * while the fault fired (so the caller tries the next N). */
+static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
+{
+    char path[512];
+    path_for(path, sizeof(path), "fault.fabl");
+    memset(&fault, 0, sizeof(fault));
+    fault.kind = kind;
+    fault.nth = nth;
+    fault.err = err;
+    fault.also_trunc = also_trunc;
+    enum { N = 12 };
+    int acked[N] = {0}, stream_acked = 0;
+    int rc;
+    fab_ledger_error e;
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0, &fault_io, &rc, &e);
+    uint8_t key[32], buf[400];
+    if (l) {
+        int sync_failed = 0;
+        for (unsigned i = 0; i < N; i++) {
+            key_of(key, i);
+            size_t n = reply_of(buf, i);
+            if (i == 6) {
+                /* Make the reply large enough to take the two-write path. */
+                static uint8_t big[20000];
+                memset(big, 0x33, sizeof(big));
+                rc = fab_ledger_record(l, key, big, sizeof(big), &e);
+            } else if (i == 8) {
+                uint64_t begin;
+                rc = fab_ledger_stream_begin(l, key, &begin, &e);
+                if (rc == 1)
+                    rc = fab_ledger_stream_append(l, key, begin, "\x07", 1, &e);
+                if (rc == 0)
+                    rc = fab_ledger_stream_end(l, key, begin, 1, &e);
+                stream_acked = rc == 1;
+            } else {
+                rc = fab_ledger_record(l, key, buf, n, &e);
+            }
+            if (rc == 1) {
+                acked[i] = 1;
+                CHECK(!sync_failed); /* no acknowledgement after an fdatasync failure */
+            } else {
+                CHECK(rc < 0);
+                if (rc == FAB_EIO && kind == F_SYNC)
+                    sync_failed = 1;
+                if (sync_failed)
+                    CHECK(rc == FAB_EIO || rc == FAB_ESTATE);
+            }
+        }
+        if (sync_failed) {
+            key_of(key, 99);
+            CHECK_EQ(fab_ledger_record(l, key, "\xc0", 1, NULL), FAB_ESTATE);
+        }
+        fab_ledger_close(l);
+    } else {
+        CHECK(rc == FAB_EIO);
+        CHECK(fault.fired);
+    }
+    /* Reopen with the real calls: it opens (a torn tail at most) and every
+     * acknowledged record is there, byte for byte. */
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        fab_ledger *r = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, &rc, &e);
+        CHECK_EQ(rc, 0);
+        if (r) {
+            for (unsigned i = 0; i < N; i++) {
+                if (!acked[i] || i == 8 || i == 6)
+                    continue;
+                key_of(key, i);
+                size_t n = reply_of(buf, i);
+                fab_ledger_ref ref;
+                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+                CHECK_EQ(ref.len, n);
+                CHECK_MEM(ref.data, buf, n);
+            }
+            if (acked[6]) {
+                key_of(key, 6);
+                fab_ledger_ref ref;
+                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+                CHECK_EQ(ref.len, 20000);
+            }
+            if (stream_acked) {
+                key_of(key, 8);
+                fab_ledger_cursor c;
+                fab_ledger_ref item;
+                CHECK_EQ(fab_ledger_stream_open(r, key, &c), 0);
+                CHECK_EQ(fab_ledger_stream_next(r, &c, 0, &item), 1);
+                CHECK_EQ(fab_ledger_stream_next(r, &c, 0, &item), 0);
+            }
+            fab_ledger_close(r);
+        }
+    }
+    return fault.fired;
+}
+
+static void test_fault_injection(void)
+{
+    static const struct {
+        int kind, err, also_trunc, dur;
+    } plans[] = {
+        {F_WRITE, ENOSPC, 0, FAB_DUR_FSYNC}, {F_WRITE, EIO, 0, FAB_DUR_FSYNC},
+        {F_WRITE, 0, 0, FAB_DUR_FSYNC},      {F_WRITE, ENOSPC, 1, FAB_DUR_FSYNC},
+        {F_SYNC, EIO, 0, FAB_DUR_FSYNC},     {F_SYNC, ENOSPC, 0, FAB_DUR_FSYNC},
+        {F_SYNC, EIO, 0, FAB_DUR_GROUP},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_OS},    {F_WRITE, 0, 1, FAB_DUR_OS},
+    };
+    int rounds = 0;
+    for (size_t p = 0; p < sizeof(plans) / sizeof(plans[0]); p++)
+        for (int nth = 1; nth < 200; nth++) {
+            rounds++;
+            if (!fault_round(plans[p].kind, nth, plans[p].err, plans[p].also_trunc, plans[p].dur))
+                break;
+        }
+    printf("    %d fault-injection rounds\n", rounds);
+}
+
+/* ---- streams, locking, group commit, refresh ------------------------------------ */
+
+static void test_streams(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "streams.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, NULL, NULL);
+    uint8_t a[32], b[32], c[32];
+    key_of(a, 1);
+    key_of(b, 2);
+    key_of(c, 3);
+    uint64_t ba, bb, bc;
+    CHECK_EQ(fab_ledger_stream_begin(l, a, &ba, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_begin(l, b, &bb, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_begin(l, c, &bc, NULL), 1);
+    for (int i = 0; i < 5; i++) {
+        uint8_t item = (uint8_t)i;
+        CHECK_EQ(fab_ledger_stream_append(l, a, ba, &item, 1, NULL), 0);
+        item = (uint8_t)(100 + i);
+        CHECK_EQ(fab_ledger_stream_append(l, b, bb, &item, 1, NULL), 0);
+    }
+    CHECK_EQ(fab_ledger_stream_end(l, a, ba, 5, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_abort(l, b, bb, NULL), 0);
+    /* c stays unterminated, as after a crash. A held key refuses a stream. */
+    uint64_t again;
+    CHECK_EQ(fab_ledger_stream_begin(l, a, &again, NULL), 0);
+    fab_ledger_close(l);
+
+    l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, NULL, NULL);
+    CHECK_EQ(fab_ledger_count(l), 1);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(l, b, 0, &ref), 0);
+    CHECK_EQ(fab_ledger_lookup(l, c, 0, &ref), 0);
+    fab_ledger_cursor cur;
+    CHECK_EQ(fab_ledger_stream_open(l, b, &cur), FAB_ENOTFOUND);
+    CHECK_EQ(fab_ledger_stream_open(l, a, &cur), 0);
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(fab_ledger_stream_next(l, &cur, 1, &ref), 1);
+        CHECK_EQ(ref.len, 1);
+        CHECK_EQ(ref.data[0], i);
+        fab_lmap_release(ref.map);
+    }
+    CHECK_EQ(fab_ledger_stream_next(l, &cur, 0, &ref), 0);
+    /* A reply beats a stream that ends later: the stream gives way. */
+    CHECK_EQ(fab_ledger_stream_begin(l, c, &bc, NULL), 1);
+    CHECK_EQ(fab_ledger_record(l, c, "\xc0", 1, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_end(l, c, bc, 0, NULL), 0);
+    CHECK_EQ(fab_ledger_stream_open(l, c, &cur), FAB_ETYPE);
+    /* Compaction keeps the stream, drops the rest. */
+    char dest[512];
+    path_for(dest, sizeof(dest), "streams-compact.fabl");
+    CHECK_EQ(fab_ledger_compact(l, dest, NULL), 0);
+    fab_ledger_close(l);
+    l = open_ledger(dest, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.keys, 2);
+    CHECK_EQ(st.records, 5 + 2 + 1);
+    CHECK_EQ(fab_ledger_stream_open(l, a, &cur), 0);
+    int n = 0;
+    while (fab_ledger_stream_next(l, &cur, 0, &ref) == 1)
+        CHECK_EQ(ref.data[0], n++);
+    CHECK_EQ(n, 5);
+    fab_ledger_close(l);
+}
+
+static void test_lock(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "lock.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    int rc;
+    fab_ledger_error err;
+    fab_ledger *l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, &err);
+    CHECK(l2 == NULL);
+    CHECK_EQ(rc, FAB_ELOCKED);
+    CHECK_EQ(err.pid, getpid());
+    /* A reader needs no lock and sees the writer's records after refresh. */
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    uint8_t key[32];
+    key_of(key, 1);
+    CHECK_EQ(fab_ledger_record(l, key, "\x01", 1, NULL), 1);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 0);
+    CHECK_EQ(fab_ledger_refresh(r, NULL), 1);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+    CHECK_EQ(fab_ledger_refresh(r, NULL), 0);
+    fab_ledger_close(l);
+    l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_close(l2);
+    fab_ledger_close(r);
+}
+
+static void test_bad_files(void)
+{
+    char path[512];
+    int rc;
+    fab_ledger_error err;
+    path_for(path, sizeof(path), "notledger");
+    write_file(path, (const uint8_t *)"hello, this is not a ledger at all......", 40);
+    CHECK(open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_EFORMAT);
+    CHECK(open_ledger(path, FAB_LEDGER_WRITE, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_EFORMAT);
+    uint8_t h[64];
+    fab_ledger_make_header(h, 1, NULL);
+    write_file(path, h, 30);
+    CHECK(open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_ETRUNCATED);
+    CHECK_EQ(err.offset, 30);
+    h[8] = 2;
+    write_file(path, h, 64);
+    CHECK(open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_EVERSION);
+    CHECK_EQ(err.version, 2);
+    CHECK(open_ledger(tmpdir, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_EIO);
+    CHECK_EQ(err.sys_errno, EISDIR);
+    path_for(path, sizeof(path), "missing.fabl");
+    CHECK(open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err) == NULL);
+    CHECK_EQ(rc, FAB_EIO);
+    CHECK_EQ(err.sys_errno, ENOENT);
+}
+
+typedef struct {
+    fab_ledger *l;
+    unsigned base;
+    int ok;
+} worker;
+
+static void *group_worker(void *arg)
+{
+    worker *w = arg;
+    uint8_t key[32], buf[400];
+    for (unsigned i = 0; i < 100; i++) {
+        key_of(key, w->base + i);
+        if (fab_ledger_record(w->l, key, buf, reply_of(buf, w->base + i), NULL) == 1)
+            w->ok++;
+    }
+    return NULL;
+}
+
+static void test_group_commit(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "group.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_GROUP, 0, NULL, NULL, NULL);
+    pthread_t t[4];
+    worker w[4];
+    for (int i = 0; i < 4; i++) {
+        /* Workers 0 and 1 record the same keys: first write wins. */
+        w[i] = (worker){l, (unsigned)(i == 1 ? 0 : i * 1000), 0};
+        pthread_create(&t[i], NULL, group_worker, &w[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ(w[0].ok + w[1].ok, 100);
+    CHECK_EQ(fab_ledger_count(l), 300);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.records, 300);
+    fab_ledger_close(l);
+    l = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    CHECK_EQ(fab_ledger_count(l), 300);
+    fab_ledger_close(l);
+}
+
+static void test_index_many(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "many.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32];
+    for (unsigned i = 0; i < 50000; i++) {
+        key_of(key, i);
+        fab_ledger_record(l, key, &i, sizeof(i), NULL);
+    }
+    fab_ledger_close(l);
+    l = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    CHECK_EQ(fab_ledger_count(l), 50000);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    CHECK(st.index_bytes <= 64 * 50000);
+    for (unsigned i = 0; i < 50000; i += 7) {
+        key_of(key, i);
+        fab_ledger_ref ref;
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 1);
+        CHECK_MEM(ref.data, &i, sizeof(i));
+    }
+    fab_ledger_close(l);
+}
+
+int main(void)
+{
+    static const check_case cases[] = {
+        {"round_trip", test_round_trip},
+        {"torn_tail_every_offset", test_torn_tail_every_offset},
+        {"exhaustive_corruption", test_exhaustive_corruption},
+        {"salvage", test_salvage},
+        {"fault_injection", test_fault_injection},
+        {"streams", test_streams},
+        {"lock", test_lock},
+        {"bad_files", test_bad_files},
+        {"group_commit", test_group_commit},
+        {"index_many", test_index_many},
+        {NULL, NULL},
+    };
+    if (mkdtemp(tmpdir) == NULL)
+        return 1;
+    int rc = check_run("ledger", cases);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    if (system(cmd) != 0)
+        rc = 1;
+    return rc;
+}
