@@ -24,6 +24,16 @@ from ._core import (
     canonical_bytes,
     unpack,
 )
+from ._core import (  # the cassette
+    CassetteStream,
+    CassetteStreamWriter,
+    EvalCassette,
+    LedgerCorruptionError,
+    LedgerError,
+    LedgerFormatError,
+    LedgerLockedError,
+    LedgerVersionError,
+)
 
 __version__ = "0.1.0"
 
@@ -42,4 +52,12 @@ __all__ = [
     "FrameError",
     "Secret",
     "canonical_bytes",
+    "CassetteStream",
+    "CassetteStreamWriter",
+    "EvalCassette",
+    "LedgerCorruptionError",
+    "LedgerError",
+    "LedgerFormatError",
+    "LedgerLockedError",
+    "LedgerVersionError",
 ]

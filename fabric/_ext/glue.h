@@ -28,7 +28,17 @@
     XX(DecodeError, FabricError, PyExc_ValueError,                             \
        "Bytes that are not valid msgpack, or that break a decode limit.")      \
     XX(FrameError, FabricError, PyExc_ValueError,                              \
-       "A malformed or refused frame; .offset is its stream offset.")
+       "A malformed or refused frame; .offset is its stream offset.")      \
+    XX(LedgerError, FabricError, PyExc_OSError,                                \
+       "A cassette ledger could not be read or written (.path, .errno).")      \
+    XX(LedgerLockedError, LedgerError, PyExc_OSError,                          \
+       "Another process holds the ledger for writing; .pid names it.")         \
+    XX(LedgerFormatError, FabricError, PyExc_ValueError,                       \
+       "The file is not a cassette ledger (.path, .offset).")                  \
+    XX(LedgerVersionError, LedgerFormatError, PyExc_ValueError,                \
+       "The ledger's format version is newer than this code (.version).")      \
+    XX(LedgerCorruptionError, LedgerFormatError, PyExc_ValueError,             \
+       "A bad record followed by valid ones; .offset is the bad record's.")
 
 enum fab_py_exc {
 #define FAB__EXC_ENUM(name, parent, base, doc) FAB_PYEXC_##name,
@@ -54,6 +64,13 @@ typedef struct fab_state {
     PyTypeObject *Ext_Type;
     PyTypeObject *Timestamp_Type;
     PyObject *redacted; /* fabric.REDACTED */
+
+    /* cassette.c */
+    PyTypeObject *EvalCassette_Type;
+    PyTypeObject *CassetteIter_Type;
+    PyTypeObject *CassetteStream_Type;
+    PyTypeObject *CassetteWriter_Type;
+    PyTypeObject *LedgerView_Type;
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -83,12 +100,15 @@ PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
 int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_keys_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
+int fab_py_cassette_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_keys_clear(fab_state *st);
 int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_unpack_clear(fab_state *st);
+int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_cassette_clear(fab_state *st);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */

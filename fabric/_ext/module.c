@@ -11,6 +11,7 @@ static const part_exec parts[] = {
     fab_py_errors_exec,
     fab_py_keys_exec,
     fab_py_unpack_exec,
+    fab_py_cassette_exec,
 };
 
 static int module_exec(PyObject *module)
@@ -33,6 +34,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
         Py_VISIT(st->exc[i]);
     if (fab_py_keys_traverse(st, visit, arg))
         return -1;
+    if (fab_py_cassette_traverse(st, visit, arg))
+        return -1;
     return fab_py_unpack_traverse(st, visit, arg);
 }
 
@@ -43,6 +46,7 @@ static int module_clear(PyObject *module)
         Py_CLEAR(st->exc[i]);
     fab_py_keys_clear(st);
     fab_py_unpack_clear(st);
+    fab_py_cassette_clear(st);
     return 0;
 }
 

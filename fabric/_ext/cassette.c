@@ -1,0 +1,1179 @@
+/*
+ * fabric.EvalCassette: the CPython face of the ledger (csrc/ledger.c).
+ *
+ * The glue converts keys and values and maps errors; the ledger does the
+ * rest. All ledger I/O and replay run with the GIL released; the ledger's
+ * own mutex makes it thread-safe. A cassette counts the threads inside the
+ * ledger (users) so that close() from one thread never frees the ledger
+ * under another: the last user out finishes a deferred close.
+ */
+#include "glue.h"
+
+#include <string.h>
+
+#include "fabric/ledger.h"
+#include "fabric/mpdec.h"
+
+typedef struct {
+    PyObject_HEAD
+    fab_ledger *l;
+    PyObject *path;      /* str */
+    int mode;
+    int durability;
+    int closed;          /* close() was called */
+    int users;           /* threads inside the ledger, GIL released */
+} CassetteObject;
+
+static const char *const durability_names[] = {"os", "fsync", "group"};
+
+/* ======================================================================== */
+/* Errors                                                                    */
+/* ======================================================================== */
+
+static int set_attr(PyObject *exc, const char *name, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(exc, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* Raises the exception for a ledger failure on path (a str). Returns NULL. */
+static PyObject *raise_ledger(fab_state *st, PyObject *path, int rc, const fab_ledger_error *err)
+{
+    if (rc == FAB_ENOMEM)
+        return PyErr_NoMemory();
+    const char *msg = err && err->msg[0] ? err->msg : fab_strerror(rc);
+    PyObject *type, *exc;
+    switch (rc) {
+    case FAB_EIO:
+    case FAB_ESTATE:
+    case FAB_ELOCKED:
+    case FAB_EOVERFLOW: {
+        int e = err && err->sys_errno ? err->sys_errno : EIO;
+        if (rc == FAB_ESTATE && !(err && err->sys_errno))
+            e = EBADF; /* read-only */
+        type = st->exc[rc == FAB_ELOCKED ? FAB_PYEXC_LedgerLockedError : FAB_PYEXC_LedgerError];
+        exc = PyObject_CallFunction(type, "isO", e, msg, path);
+        break;
+    }
+    case FAB_EFORMAT:
+    case FAB_ETRUNCATED:
+    case FAB_EVERSION:
+    case FAB_ECORRUPT:
+        type = st->exc[rc == FAB_EVERSION   ? FAB_PYEXC_LedgerVersionError
+                       : rc == FAB_ECORRUPT ? FAB_PYEXC_LedgerCorruptionError
+                                            : FAB_PYEXC_LedgerFormatError];
+        exc = PyObject_CallNoArgs(type);
+        if (exc) {
+            PyObject *text = err && err->has_offset && rc != FAB_ECORRUPT
+                                 ? PyUnicode_FromFormat("%U: %s (at offset %llu)", path, msg,
+                                                        (unsigned long long)err->offset)
+                                 : PyUnicode_FromFormat("%U: %s", path, msg);
+            PyObject *args = text ? PyTuple_Pack(1, text) : NULL;
+            Py_XDECREF(text);
+            if (args == NULL || PyObject_SetAttrString(exc, "args", args) < 0) {
+                Py_XDECREF(args);
+                Py_DECREF(exc);
+                return NULL;
+            }
+            Py_DECREF(args);
+        }
+        break;
+    case FAB_ERANGE:
+    case FAB_EINVAL:
+        PyErr_Format(PyExc_ValueError, "%U: %s", path, msg);
+        return NULL;
+    default:
+        return fab_py_raise_code(st, rc, msg);
+    }
+    if (exc == NULL)
+        return NULL;
+    if (set_attr(exc, "path", Py_NewRef(path)) < 0 ||
+        set_attr(exc, "offset", err && err->has_offset ? PyLong_FromUnsignedLongLong(err->offset)
+                                                       : Py_NewRef(Py_None)) < 0 ||
+        (rc == FAB_ELOCKED && set_attr(exc, "pid", PyLong_FromLong(err ? err->pid : 0)) < 0) ||
+        (rc == FAB_EVERSION && set_attr(exc, "version", PyLong_FromLong(err ? err->version : 0)) < 0)) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* ======================================================================== */
+/* Helpers                                                                   */
+/* ======================================================================== */
+
+static fab_state *cassette_state(PyObject *self)
+{
+    return fab_state_from_type(Py_TYPE(self));
+}
+
+/* Enters the ledger: refuses a closed cassette, counts the user. */
+static int enter(CassetteObject *c)
+{
+    if (c->closed || c->l == NULL) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on a closed cassette");
+        return -1;
+    }
+    c->users++;
+    return 0;
+}
+
+static void leave(CassetteObject *c)
+{
+    if (--c->users == 0 && c->closed && c->l) {
+        fab_ledger *l = c->l;
+        c->l = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        fab_ledger_close(l);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+/* Reads a key: a ContentKey or any 32-byte buffer. */
+static int get_key(PyObject *obj, uint8_t key[32])
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "a cassette key is a ContentKey or a 32-byte digest, not %s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (view.len != 32) {
+        PyErr_Format(PyExc_ValueError, "a cassette key has 32 bytes, this one has %zd",
+                     view.len);
+        PyBuffer_Release(&view);
+        return -1;
+    }
+    memcpy(key, view.buf, 32);
+    PyBuffer_Release(&view);
+    return 0;
+}
+
+static PyObject *make_key(fab_state *st, const uint8_t key[32])
+{
+    PyObject *digest = PyBytes_FromStringAndSize((const char *)key, 32);
+    if (digest == NULL)
+        return NULL;
+    PyObject *k = PyObject_CallOneArg((PyObject *)st->ContentKey_Type, digest);
+    Py_DECREF(digest);
+    return k;
+}
+
+/* Decodes reply bytes from the ledger. They were written by canonical
+ * encoding and are checksummed, so the limits only scale with the input. */
+static PyObject *decode(fab_state *st, const fab_ledger_ref *ref)
+{
+    fab_mp_limits lim;
+    fab_mp_limits_default(&lim);
+    lim.max_str = lim.max_bin = lim.max_ext = UINT32_MAX;
+    return fab_py_decode(st, ref->data, ref->len, &lim, 0);
+}
+
+static int parse_choice(PyObject *obj, const char *what, const char *const *names, int n,
+                        int *out)
+{
+    if (obj == NULL)
+        return 0;
+    if (PyUnicode_Check(obj)) {
+        const char *s = PyUnicode_AsUTF8(obj);
+        if (s == NULL)
+            return -1;
+        for (int i = 0; i < n; i++)
+            if (strcmp(s, names[i]) == 0) {
+                *out = i;
+                return 0;
+            }
+    }
+    PyObject *choices = PyUnicode_FromString("");
+    for (int i = 0; choices && i < n; i++)
+        Py_SETREF(choices, PyUnicode_FromFormat("%U%s\"%s\"", choices, i ? ", " : "", names[i]));
+    if (choices)
+        PyErr_Format(PyExc_ValueError, "%s must be one of %U, not %R", what, choices, obj);
+    Py_XDECREF(choices);
+    return -1;
+}
+
+/* ======================================================================== */
+/* _LedgerView: a read-only buffer over the mapping                          */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    fab_lmap *map;
+    const uint8_t *data;
+    Py_ssize_t len;
+} ViewObject;
+
+static void View_dealloc(PyObject *self)
+{
+    ViewObject *v = (ViewObject *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    fab_lmap_release(v->map);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int View_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    ViewObject *v = (ViewObject *)self;
+    return PyBuffer_FillInfo(view, self, (void *)v->data, v->len, 1, flags);
+}
+
+static PyType_Slot View_slots[] = {
+    {Py_tp_doc, "The bytes of one reply inside a cassette's mapped ledger (read-only)."},
+    {Py_tp_dealloc, View_dealloc},
+    {Py_bf_getbuffer, View_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec View_spec = {
+    .name = "fabric._LedgerView",
+    .basicsize = sizeof(ViewObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = View_slots,
+};
+
+/* A memoryview over ref's bytes; takes over ref->map. */
+static PyObject *make_view(fab_state *st, fab_ledger_ref *ref)
+{
+    ViewObject *v = PyObject_New(ViewObject, st->LedgerView_Type);
+    if (v == NULL) {
+        fab_lmap_release(ref->map);
+        return NULL;
+    }
+    Py_INCREF(st->LedgerView_Type); /* heap type instances own a type reference */
+    v->map = ref->map;
+    v->data = ref->data;
+    v->len = (Py_ssize_t)ref->len;
+    ref->map = NULL;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)v);
+    Py_DECREF(v);
+    return mv;
+}
+
+/* ======================================================================== */
+/* Iterators and streams                                                     */
+/* ======================================================================== */
+
+enum { ITER_KEYS, ITER_ITEMS };
+
+typedef struct {
+    PyObject_HEAD
+    CassetteObject *c;
+    uint64_t pos;
+    int kind;
+} IterObject;
+
+typedef struct {
+    PyObject_HEAD
+    CassetteObject *c;
+    fab_ledger_cursor cur;
+    int done;
+} StreamObject;
+
+typedef struct {
+    PyObject_HEAD
+    CassetteObject *c;
+    uint8_t key[32];
+    uint64_t begin;
+    uint64_t count;
+    int state; /* 0 open, 1 closed, 2 aborted, 3 no-op (key already held) */
+} WriterObject;
+
+static void child_dealloc(PyObject *self, CassetteObject *c)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(c);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static void Iter_dealloc(PyObject *self) { child_dealloc(self, ((IterObject *)self)->c); }
+static void Stream_dealloc(PyObject *self) { child_dealloc(self, ((StreamObject *)self)->c); }
+
+/* A stream's lazy reader for a key known to be a committed stream. */
+static PyObject *open_stream(CassetteObject *c, fab_state *st, const uint8_t key[32])
+{
+    StreamObject *s = PyObject_New(StreamObject, st->CassetteStream_Type);
+    if (s == NULL)
+        return NULL;
+    Py_INCREF(st->CassetteStream_Type);
+    s->c = (CassetteObject *)Py_NewRef(c);
+    s->done = 0;
+    int rc = fab_ledger_stream_open(c->l, key, &s->cur);
+    if (rc < 0) {
+        Py_DECREF(s);
+        PyErr_SetString(PyExc_KeyError, "not a committed stream");
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+/* The value of a committed record: the decoded reply, or a stream reader. */
+static PyObject *value_of(CassetteObject *c, fab_state *st, const uint8_t key[32],
+                          fab_ledger_ref *ref)
+{
+    if (ref->type == FAB_REC_STREAM_END)
+        return open_stream(c, st, key);
+    return decode(st, ref);
+}
+
+static PyObject *Iter_next(PyObject *self)
+{
+    IterObject *it = (IterObject *)self;
+    CassetteObject *c = it->c;
+    fab_state *st = cassette_state((PyObject *)c);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    uint8_t key[32];
+    fab_ledger_ref ref;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_next(c->l, &it->pos, key, 1, &ref);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc == 1) {
+        PyObject *k = make_key(st, key);
+        if (k && it->kind == ITER_KEYS) {
+            out = k;
+        } else if (k) {
+            PyObject *v = value_of(c, st, key, &ref);
+            if (v)
+                out = PyTuple_Pack(2, k, v);
+            Py_XDECREF(v);
+            Py_DECREF(k);
+        }
+        fab_lmap_release(ref.map);
+    }
+    leave(c);
+    return out; /* NULL without an exception: the end */
+}
+
+static PyType_Slot Iter_slots[] = {
+    {Py_tp_doc, "Iterator over a cassette's keys or items, in ledger order."},
+    {Py_tp_dealloc, Iter_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Iter_next},
+    {0, NULL},
+};
+
+static PyType_Spec Iter_spec = {
+    .name = "fabric._CassetteIterator",
+    .basicsize = sizeof(IterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Iter_slots,
+};
+
+static PyObject *Stream_next(PyObject *self)
+{
+    StreamObject *s = (StreamObject *)self;
+    CassetteObject *c = s->c;
+    if (s->done)
+        return NULL;
+    fab_state *st = cassette_state((PyObject *)c);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_ref item;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_next(c->l, &s->cur, 1, &item);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc == 1) {
+        out = decode(st, &item);
+        fab_lmap_release(item.map);
+    } else {
+        s->done = 1;
+        if (rc < 0) {
+            fab_ledger_error err = {0};
+            snprintf(err.msg, sizeof(err.msg),
+                     "the stream whose END record is at offset %llu promises %llu items "
+                     "but has %llu", (unsigned long long)s->cur.end,
+                     (unsigned long long)s->cur.count, (unsigned long long)s->cur.seen);
+            err.has_offset = 1;
+            err.offset = s->cur.end;
+            raise_ledger(st, c->path, FAB_ECORRUPT, &err);
+        }
+    }
+    leave(c);
+    return out;
+}
+
+static PyType_Slot Stream_slots[] = {
+    {Py_tp_doc, "The items of a streamed reply, read lazily from the ledger."},
+    {Py_tp_dealloc, Stream_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Stream_next},
+    {0, NULL},
+};
+
+static PyType_Spec Stream_spec = {
+    .name = "fabric.CassetteStream",
+    .basicsize = sizeof(StreamObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Stream_slots,
+};
+
+/* ---- stream writer ------------------------------------------------------------ */
+
+static void Writer_dealloc(PyObject *self)
+{
+    child_dealloc(self, ((WriterObject *)self)->c);
+}
+
+static int writer_ready(WriterObject *w)
+{
+    if (w->state == 1 || w->state == 2) {
+        PyErr_SetString(PyExc_ValueError, "the stream writer is already closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Writer_append(PyObject *self, PyObject *item)
+{
+    WriterObject *w = (WriterObject *)self;
+    if (writer_ready(w) < 0)
+        return NULL;
+    CassetteObject *c = w->c;
+    fab_state *st = cassette_state((PyObject *)c);
+    if (st == NULL)
+        return NULL;
+    fab_buf buf;
+    fab_enc enc;
+    fab_buf_init(&buf);
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    if (fab_py_encode_value(st, &enc, item, "item") < 0) {
+        fab_buf_destroy(&buf);
+        return NULL;
+    }
+    if (w->state == 3) { /* the key is held: the stream is a no-op */
+        fab_buf_destroy(&buf);
+        Py_RETURN_NONE;
+    }
+    if (enter(c) < 0) {
+        fab_buf_destroy(&buf);
+        return NULL;
+    }
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_append(c->l, w->key, w->begin, buf.data, buf.len, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    fab_buf_destroy(&buf);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    w->count++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_finish(WriterObject *w, int commit)
+{
+    if (writer_ready(w) < 0)
+        return NULL;
+    CassetteObject *c = w->c;
+    if (w->state == 3) {
+        w->state = commit ? 1 : 2;
+        Py_RETURN_FALSE;
+    }
+    fab_state *st = cassette_state((PyObject *)c);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = commit ? fab_ledger_stream_end(c->l, w->key, w->begin, w->count, &err)
+                : fab_ledger_stream_abort(c->l, w->key, w->begin, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    w->state = commit ? 1 : 2;
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyBool_FromLong(rc == 1);
+}
+
+static PyObject *Writer_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return writer_finish((WriterObject *)self, 1);
+}
+
+static PyObject *Writer_abort(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    WriterObject *w = (WriterObject *)self;
+    if (w->state == 1 || w->state == 2)
+        Py_RETURN_NONE; /* aborting a finished stream is harmless */
+    PyObject *r = writer_finish(w, 0);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Writer_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *Writer_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    WriterObject *w = (WriterObject *)self;
+    if (w->state == 1 || w->state == 2)
+        Py_RETURN_FALSE;
+    int failed = nargs > 0 && args[0] != Py_None;
+    PyObject *r = failed ? Writer_abort(self, NULL) : Writer_close(self, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Writer_get_held(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((WriterObject *)self)->state == 3);
+}
+
+static PyObject *Writer_get_count(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(((WriterObject *)self)->count);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"append", Writer_append, METH_O,
+     "append($self, item, /)\n--\n\nRecords one item of the stream (a chunk record)."},
+    {"close", Writer_close, METH_NOARGS,
+     "close($self, /)\n--\n\nCommits the stream with a terminator record, durable per the "
+     "cassette's mode. True when the stream now holds the key, False when the key was "
+     "already held (first write wins)."},
+    {"abort", Writer_abort, METH_NOARGS,
+     "abort($self, /)\n--\n\nAbandons the stream: the key stays unheld."},
+    {"__enter__", Writer_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Writer_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Writer_getset[] = {
+    {"held", Writer_get_held, NULL,
+     "True when the key was already held: appends are accepted and dropped.", NULL},
+    {"count", Writer_get_count, NULL, "Items appended so far.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Writer_slots[] = {
+    {Py_tp_doc, "Records a streamed reply item by item; see EvalCassette.record_stream."},
+    {Py_tp_dealloc, Writer_dealloc},
+    {Py_tp_methods, Writer_methods},
+    {Py_tp_getset, Writer_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Writer_spec = {
+    .name = "fabric.CassetteStreamWriter",
+    .basicsize = sizeof(WriterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Writer_slots,
+};
+
+/* ======================================================================== */
+/* EvalCassette                                                              */
+/* ======================================================================== */
+
+static void progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *r = PyObject_CallFunction((PyObject *)ctx, "KK", (unsigned long long)done,
+                                        (unsigned long long)total);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)ctx);
+    Py_XDECREF(r);
+    PyGILState_Release(g);
+}
+
+static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode, int durability,
+                               int recover, PyObject *progress, uint64_t created_ns)
+{
+    fab_state *st = fab_state_from_type(type);
+    if (st == NULL)
+        return NULL;
+    PyObject *fs = NULL, *path = NULL;
+    if (!PyUnicode_FSConverter(path_arg, &fs))
+        return NULL;
+    if ((path = PyUnicode_DecodeFSDefault(PyBytes_AS_STRING(fs))) == NULL) {
+        Py_DECREF(fs);
+        return NULL;
+    }
+    fab_ledger_options opt = {0};
+    opt.mode = mode;
+    opt.durability = durability;
+    opt.recover = recover;
+    opt.created_ns = created_ns;
+    if (progress && progress != Py_None) {
+        opt.progress = progress_cb;
+        opt.progress_ctx = progress;
+    }
+    fab_ledger_error err;
+    fab_ledger *l = NULL;
+    int rc;
+    const char *cpath = PyBytes_AS_STRING(fs);
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_open(&l, cpath, &opt, &err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(fs);
+    if (rc < 0) {
+        raise_ledger(st, path, rc, &err);
+        Py_DECREF(path);
+        return NULL;
+    }
+    CassetteObject *c = (CassetteObject *)type->tp_alloc(type, 0);
+    if (c == NULL) {
+        fab_ledger_close(l);
+        Py_DECREF(path);
+        return NULL;
+    }
+    c->l = l;
+    c->path = path;
+    c->mode = mode;
+    c->durability = durability;
+    return (PyObject *)c;
+}
+
+static const char *const mode_names[] = {"r", "a"};
+static const char *const recover_names[] = {"strict", "salvage"};
+
+static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "mode", "durability", "recover", "progress", "created_ns",
+                             NULL};
+    PyObject *path, *mode_o = NULL, *dur_o = NULL, *rec_o = NULL, *progress = NULL;
+    unsigned long long created_ns = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOK:EvalCassette", kwlist, &path,
+                                     &mode_o, &dur_o, &rec_o, &progress, &created_ns))
+        return NULL;
+    int mode = FAB_LEDGER_WRITE, dur = FAB_DUR_GROUP, rec = FAB_RECOVER_STRICT;
+    if (parse_choice(mode_o, "mode", mode_names, 2, &mode) < 0 ||
+        parse_choice(dur_o, "durability", durability_names, 3, &dur) < 0 ||
+        parse_choice(rec_o, "recover", recover_names, 2, &rec) < 0)
+        return NULL;
+    if (progress && progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
+        return NULL;
+    }
+    return cassette_open(type, path, mode, dur, rec, progress, created_ns);
+}
+
+static PyObject *Cassette_from_ledger(PyObject *cls, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "recover", "progress", NULL};
+    PyObject *path, *rec_o = NULL, *progress = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OO:from_ledger", kwlist, &path, &rec_o,
+                                     &progress))
+        return NULL;
+    int rec = FAB_RECOVER_STRICT;
+    if (parse_choice(rec_o, "recover", recover_names, 2, &rec) < 0)
+        return NULL;
+    return cassette_open((PyTypeObject *)cls, path, FAB_LEDGER_READ, FAB_DUR_OS, rec, progress, 0);
+}
+
+static void Cassette_dealloc(PyObject *self)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    /* Children hold a reference, so nobody is inside the ledger now. */
+    fab_ledger_close(c->l);
+    Py_XDECREF(c->path);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "record() takes a key and a reply (%zd given)", nargs);
+        return NULL;
+    }
+    fab_state *st = cassette_state(self);
+    uint8_t key[32];
+    if (st == NULL || get_key(args[0], key) < 0)
+        return NULL;
+    fab_buf buf;
+    fab_buf_init(&buf);
+    fab_enc enc;
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    if (fab_py_encode_value(st, &enc, args[1], "reply") < 0) {
+        fab_buf_destroy(&buf);
+        return NULL;
+    }
+    if (enter(c) < 0) {
+        fab_buf_destroy(&buf);
+        return NULL;
+    }
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_record(c->l, key, buf.data, buf.len, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    fab_buf_destroy(&buf);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyBool_FromLong(rc);
+}
+
+/* Looks key up with the GIL held (a hash probe under the ledger's mutex). */
+static int lookup(CassetteObject *c, PyObject *key_obj, fab_ledger_ref *ref, uint8_t key[32])
+{
+    if (get_key(key_obj, key) < 0 || enter(c) < 0)
+        return -1;
+    int found = fab_ledger_lookup(c->l, key, 1, ref);
+    leave(c);
+    return found;
+}
+
+static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get() takes a key and an optional default (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    fab_ledger_ref ref;
+    uint8_t key[32];
+    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    if (found < 0)
+        return NULL;
+    if (!found)
+        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    PyObject *v = value_of(c, st, key, &ref);
+    fab_lmap_release(ref.map);
+    return v;
+}
+
+static PyObject *Cassette_get_raw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "get_raw() takes a key and an optional default (%zd given)", nargs);
+        return NULL;
+    }
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    fab_ledger_ref ref;
+    uint8_t key[32];
+    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    if (found < 0)
+        return NULL;
+    if (!found)
+        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    if (ref.type != FAB_REC_REPLY) {
+        fab_lmap_release(ref.map);
+        PyErr_SetString(PyExc_TypeError, "the key holds a streamed reply: use get_stream()");
+        return NULL;
+    }
+    return make_view(st, &ref);
+}
+
+static int Cassette_contains(PyObject *self, PyObject *key_obj)
+{
+    fab_ledger_ref ref;
+    uint8_t key[32];
+    int found = lookup((CassetteObject *)self, key_obj, &ref, key);
+    if (found == 1)
+        fab_lmap_release(ref.map);
+    return found;
+}
+
+static Py_ssize_t Cassette_len(PyObject *self)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (enter(c) < 0)
+        return -1;
+    size_t n = fab_ledger_count(c->l);
+    leave(c);
+    return (Py_ssize_t)n;
+}
+
+static PyObject *make_iter(PyObject *self, int kind)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    leave(c);
+    IterObject *it = PyObject_New(IterObject, st->CassetteIter_Type);
+    if (it == NULL)
+        return NULL;
+    Py_INCREF(st->CassetteIter_Type);
+    it->c = (CassetteObject *)Py_NewRef(self);
+    it->pos = 0;
+    it->kind = kind;
+    return (PyObject *)it;
+}
+
+static PyObject *Cassette_iter(PyObject *self) { return make_iter(self, ITER_KEYS); }
+
+static PyObject *Cassette_items(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return make_iter(self, ITER_ITEMS);
+}
+
+static PyObject *Cassette_record_stream(PyObject *self, PyObject *key_obj)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    uint8_t key[32];
+    if (st == NULL || get_key(key_obj, key) < 0 || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    uint64_t begin = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_begin(c->l, key, &begin, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    WriterObject *w = PyObject_New(WriterObject, st->CassetteWriter_Type);
+    if (w == NULL)
+        return NULL;
+    Py_INCREF(st->CassetteWriter_Type);
+    w->c = (CassetteObject *)Py_NewRef(self);
+    memcpy(w->key, key, 32);
+    w->begin = begin;
+    w->count = 0;
+    w->state = rc == 1 ? 0 : 3;
+    return (PyObject *)w;
+}
+
+static PyObject *Cassette_get_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "get_stream() takes a key and an optional default (%zd given)", nargs);
+        return NULL;
+    }
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    fab_ledger_ref ref;
+    uint8_t key[32];
+    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    if (found < 0)
+        return NULL;
+    if (!found)
+        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    fab_lmap_release(ref.map);
+    if (ref.type != FAB_REC_STREAM_END) {
+        PyErr_SetString(PyExc_TypeError, "the key holds a single reply: use get()");
+        return NULL;
+    }
+    if (enter(c) < 0)
+        return NULL;
+    PyObject *s = open_stream(c, st, key);
+    leave(c);
+    return s;
+}
+
+static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (enter(c) < 0)
+        return NULL;
+    fab_ledger_stats s;
+    fab_ledger_get_stats(c->l, &s);
+    leave(c);
+    double per_key = s.keys ? (double)s.index_bytes / (double)s.keys : 0.0;
+    return Py_BuildValue(
+        "{s:O,s:s,s:s,s:i,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:K,s:d,s:O}",
+        "path", c->path, "mode", mode_names[c->mode], "durability",
+        c->mode == FAB_LEDGER_WRITE ? durability_names[c->durability] : "none", "version",
+        s.version, "created_ns", (unsigned long long)s.created_ns, "creator", s.creator,
+        "records", (unsigned long long)s.records, "keys", (unsigned long long)s.keys, "bytes",
+        (unsigned long long)s.bytes, "duplicates", (unsigned long long)s.duplicates,
+        "torn_tails_cut", (unsigned long long)s.torn_tails_cut, "torn_bytes",
+        (unsigned long long)s.torn_bytes, "salvage_skips", (unsigned long long)s.salvage_skips,
+        "salvage_bytes", (unsigned long long)s.salvage_bytes, "open_seconds",
+        (double)s.open_ns / 1e9, "index_bytes", (unsigned long long)s.index_bytes,
+        "index_bytes_per_key", per_key, "failed", s.failed ? Py_True : Py_False);
+}
+
+static PyObject *Cassette_sync(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    if (c->mode != FAB_LEDGER_WRITE) {
+        leave(c);
+        Py_RETURN_NONE;
+    }
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_sync(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cassette_flush(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (enter(c) < 0)
+        return NULL;
+    leave(c);
+    Py_RETURN_NONE; /* every record is handed to the OS before record() returns */
+}
+
+static PyObject *Cassette_refresh(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_refresh(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *Cassette_compact(PyObject *self, PyObject *dest_arg)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    PyObject *fs = NULL;
+    if (st == NULL || !PyUnicode_FSConverter(dest_arg, &fs))
+        return NULL;
+    if (enter(c) < 0) {
+        Py_DECREF(fs);
+        return NULL;
+    }
+    fab_ledger_error err;
+    int rc;
+    const char *dest = PyBytes_AS_STRING(fs);
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_compact(c->l, dest, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0) {
+        PyObject *dp = PyUnicode_DecodeFSDefault(dest);
+        Py_DECREF(fs);
+        if (dp) {
+            raise_ledger(st, dp, rc, &err);
+            Py_DECREF(dp);
+        }
+        return NULL;
+    }
+    Py_DECREF(fs);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cassette_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (c->closed)
+        Py_RETURN_NONE;
+    c->closed = 1;
+    if (c->users == 0 && c->l) {
+        fab_ledger *l = c->l;
+        c->l = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        fab_ledger_close(l);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cassette_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (enter(c) < 0)
+        return NULL;
+    leave(c);
+    return Py_NewRef(self);
+}
+
+static PyObject *Cassette_exit(PyObject *self, PyObject *const *Py_UNUSED(args),
+                               Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *r = Cassette_close(self, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Cassette_repr(PyObject *self)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (c->closed)
+        return PyUnicode_FromFormat("<EvalCassette %R closed>", c->path);
+    return PyUnicode_FromFormat("<EvalCassette %R mode=%s durability=%s keys=%zd>", c->path,
+                                mode_names[c->mode],
+                                c->mode == FAB_LEDGER_WRITE ? durability_names[c->durability]
+                                                            : "none",
+                                (Py_ssize_t)fab_ledger_count(c->l));
+}
+
+static PyObject *Cassette_get_path(PyObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(((CassetteObject *)self)->path);
+}
+
+static PyObject *Cassette_get_closed(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((CassetteObject *)self)->closed);
+}
+
+static PyObject *Cassette_get_mode(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(mode_names[((CassetteObject *)self)->mode]);
+}
+
+static PyObject *Cassette_get_durability(PyObject *self, void *Py_UNUSED(closure))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    if (c->mode != FAB_LEDGER_WRITE)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(durability_names[c->durability]);
+}
+
+static PyMethodDef Cassette_methods[] = {
+    {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL,
+     "record($self, key, reply, /)\n--\n\n"
+     "Records reply (any value canonical_bytes accepts) for key (a ContentKey). Returns True "
+     "once written (and durable per the durability mode), False when the key was already "
+     "held: first write wins and nothing is written."},
+    {"get", (PyCFunction)(void (*)(void))Cassette_get, METH_FASTCALL,
+     "get($self, key, default=None, /)\n--\n\n"
+     "The decoded reply held for key, or default. A streamed reply comes back as a lazy "
+     "CassetteStream."},
+    {"get_raw", (PyCFunction)(void (*)(void))Cassette_get_raw, METH_FASTCALL,
+     "get_raw($self, key, default=None, /)\n--\n\n"
+     "The reply's canonical msgpack bytes as a read-only memoryview into the mapped ledger "
+     "(no copy), or default. The view stays valid after the cassette is closed."},
+    {"items", Cassette_items, METH_NOARGS,
+     "items($self, /)\n--\n\nIterates (key, reply) pairs in ledger order."},
+    {"record_stream", Cassette_record_stream, METH_O,
+     "record_stream($self, key, /)\n--\n\n"
+     "A CassetteStreamWriter recording a streamed reply for key: append(item) per item, then "
+     "close() to commit (or abort()). Used as a context manager it commits on success and "
+     "aborts on an exception. When the key is already held the writer drops everything "
+     "(writer.held is True)."},
+    {"get_stream", (PyCFunction)(void (*)(void))Cassette_get_stream, METH_FASTCALL,
+     "get_stream($self, key, default=None, /)\n--\n\n"
+     "A lazy iterator over the items of key's committed stream, or default."},
+    {"stats", Cassette_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\nA dict: records, keys, bytes, duplicates, torn_tails_cut, "
+     "torn_bytes, salvage_skips, salvage_bytes, open_seconds, index_bytes, ..."},
+    {"sync", Cassette_sync, METH_NOARGS,
+     "sync($self, /)\n--\n\nfdatasync of the ledger (useful with durability=\"os\")."},
+    {"flush", Cassette_flush, METH_NOARGS,
+     "flush($self, /)\n--\n\nNothing to do: records reach the OS before record() returns."},
+    {"refresh", Cassette_refresh, METH_NOARGS,
+     "refresh($self, /)\n--\n\nA reader replays records appended since it opened (or last "
+     "refreshed) and returns how many it found."},
+    {"compact", Cassette_compact, METH_O,
+     "compact($self, dest, /)\n--\n\nWrites the held replies and streams, without torn, "
+     "duplicate or bad records, to dest atomically (temporary file, fsync, rename, fsync of "
+     "the directory). dest must not be this ledger."},
+    {"close", Cassette_close, METH_NOARGS,
+     "close($self, /)\n--\n\nCloses the ledger and releases the writer lock."},
+    {"from_ledger", (PyCFunction)(void (*)(void))Cassette_from_ledger,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_ledger($cls, path, *, recover='strict', progress=None)\n--\n\n"
+     "Opens the ledger at path for replay (read-only, mode=\"r\")."},
+    {"__enter__", Cassette_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Cassette_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Cassette_getset[] = {
+    {"path", Cassette_get_path, NULL, "The ledger's path.", NULL},
+    {"closed", Cassette_get_closed, NULL, "True after close().", NULL},
+    {"mode", Cassette_get_mode, NULL, "\"a\" (writer) or \"r\" (reader).", NULL},
+    {"durability", Cassette_get_durability, NULL, "The writer's durability mode.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Cassette_slots[] = {
+    {Py_tp_doc,
+     "EvalCassette(path, mode='a', durability='group', recover='strict', *, progress=None, "
+     "created_ns=0)\n--\n\n"
+     "A durable, crash-safe record of evaluation replies keyed by ContentKey, kept in an "
+     "append-only ledger file (docs/spec/ledger.md).\n\n"
+     "mode: \"a\" opens for appending (creating the file; one writer process at a time), "
+     "\"r\" for reading. durability: \"fsync\" (fdatasync before record() returns), "
+     "\"group\" (concurrent records share one fdatasync; still durable on return) or \"os\". "
+     "recover: \"strict\" refuses a corrupt ledger with LedgerCorruptionError, \"salvage\" "
+     "skips bad records. progress: callable(done, total) during replay. created_ns: the "
+     "creation time written into a new ledger (0 = now), for reproducible files."},
+    {Py_tp_new, Cassette_new},
+    {Py_tp_dealloc, Cassette_dealloc},
+    {Py_tp_repr, Cassette_repr},
+    {Py_tp_iter, Cassette_iter},
+    {Py_tp_methods, Cassette_methods},
+    {Py_tp_getset, Cassette_getset},
+    {Py_sq_contains, Cassette_contains},
+    {Py_sq_length, Cassette_len},
+    {Py_mp_length, Cassette_len},
+    {0, NULL},
+};
+
+static PyType_Spec Cassette_spec = {
+    .name = "fabric.EvalCassette",
+    .basicsize = sizeof(CassetteObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Cassette_slots,
+};
+
+/* ======================================================================== */
+/* Module part                                                              */
+/* ======================================================================== */
+
+int fab_py_cassette_exec(PyObject *module, fab_state *st)
+{
+    if ((st->EvalCassette_Type = fab_py_add_type(module, &Cassette_spec, NULL)) == NULL ||
+        (st->CassetteIter_Type = fab_py_add_type(module, &Iter_spec, NULL)) == NULL ||
+        (st->CassetteStream_Type = fab_py_add_type(module, &Stream_spec, NULL)) == NULL ||
+        (st->CassetteWriter_Type = fab_py_add_type(module, &Writer_spec, NULL)) == NULL ||
+        (st->LedgerView_Type = fab_py_add_type(module, &View_spec, NULL)) == NULL)
+        return -1;
+    if (PyModule_AddIntConstant(module, "LEDGER_VERSION", FAB_LEDGER_VERSION) < 0)
+        return -1;
+    return 0;
+}
+
+int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->EvalCassette_Type);
+    Py_VISIT(st->CassetteIter_Type);
+    Py_VISIT(st->CassetteStream_Type);
+    Py_VISIT(st->CassetteWriter_Type);
+    Py_VISIT(st->LedgerView_Type);
+    return 0;
+}
+
+void fab_py_cassette_clear(fab_state *st)
+{
+    Py_CLEAR(st->EvalCassette_Type);
+    Py_CLEAR(st->CassetteIter_Type);
+    Py_CLEAR(st->CassetteStream_Type);
+    Py_CLEAR(st->CassetteWriter_Type);
+    Py_CLEAR(st->LedgerView_Type);
+}
