@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run a demonstration of the product")
     p.set_defaults(func=cmd_demo)
 
+    from . import cassette_cli
+
+    cassette_cli.add_parser(sub)
+
     return parser
 
 

@@ -1,0 +1,433 @@
+"""fabric.EvalCassette: API, bad inputs, streams, readers, golden file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import threading
+
+import msgpack
+import pytest
+
+import fabric
+from fabric import ContentKey, EvalCassette, EvalRequest
+
+import cassette_ref
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "ledger-v1.fabl"
+T0 = 1_700_000_000_000_000_000
+
+
+def key(i) -> ContentKey:
+    return EvalRequest("op", [i]).key
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "c.fabl")
+
+
+VALUES = [
+    None, True, False, 0, -1, 2**64 - 1, -(2**63), 2**100, -(2**70), 1.5, float("inf"),
+    "", "héllo", b"", b"\x00\xff", [], [1, [2, [3]]], {"a": 1, "b": [None]},
+    {1, 2, 3}, frozenset({"x"}), (1, 2), {"nested": {"deep": [{"k": b"v"}]}},
+    "x" * 70000, b"y" * 200000,
+]
+
+
+def normalized(v):
+    """What a value decodes back to: tuples become lists, sets frozensets."""
+    if isinstance(v, tuple | list):
+        return [normalized(x) for x in v]
+    if isinstance(v, set | frozenset):
+        return frozenset(v)
+    if isinstance(v, dict):
+        return {k: normalized(x) for k, x in v.items()}
+    return v
+
+
+def test_round_trip_every_value_kind(path):
+    with EvalCassette(path, durability="fsync") as c:
+        for i, v in enumerate(VALUES):
+            assert c.record(key(i), v) is True
+        for i, v in enumerate(VALUES):
+            assert c.get(key(i)) == normalized(v)
+            assert bytes(c.get_raw(key(i))) == fabric.canonical_bytes(v)
+    with EvalCassette(path, "r") as c:
+        assert len(c) == len(VALUES)
+        assert list(c) == [key(i) for i in range(len(VALUES))]
+        assert [k for k, _ in c.items()] == list(c)
+        for i, v in enumerate(VALUES):
+            assert c.get(key(i)) == normalized(v)
+
+
+def test_first_write_wins_and_writes_nothing(path):
+    with EvalCassette(path) as c:
+        assert c.record(key(1), "first")
+        size = os.path.getsize(path)
+        assert c.record(key(1), "second") is False
+        assert os.path.getsize(path) == size
+        assert c.get(key(1)) == "first"
+    with EvalCassette(path) as c:
+        assert c.get(key(1)) == "first"
+        assert c.stats()["duplicates"] == 0
+
+
+def test_get_default_contains_len(path):
+    with EvalCassette(path) as c:
+        sentinel = object()
+        assert c.get(key(9)) is None
+        assert c.get(key(9), sentinel) is sentinel
+        assert key(9) not in c
+        assert len(c) == 0
+        c.record(key(9), 0)
+        assert key(9) in c and key(9).digest in c
+        assert c.get(key(9).digest) == 0
+        assert len(c) == 1
+
+
+def test_get_raw_is_zero_copy_and_outlives_close(path):
+    c = EvalCassette(path)
+    c.record(key(1), {"a": b"b" * 1000})
+    view = c.get_raw(key(1))
+    assert isinstance(view, memoryview) and view.readonly
+    with pytest.raises(TypeError):
+        view[0] = 1
+    c.close()
+    assert msgpack.unpackb(bytes(view)) == {"a": b"b" * 1000}
+
+
+@pytest.mark.parametrize("durability", ["os", "fsync", "group"])
+def test_durability_modes(path, durability):
+    with EvalCassette(path, durability=durability) as c:
+        assert c.durability == durability
+        for i in range(50):
+            c.record(key(i), i)
+        c.flush()
+        c.sync()
+    with EvalCassette(path, "r") as c:
+        assert [c.get(key(i)) for i in range(50)] == list(range(50))
+
+
+def test_group_commit_threads(path):
+    with EvalCassette(path, durability="group") as c:
+        def work(base):
+            for i in range(200):
+                c.record(key(base + i), base + i)
+        threads = [threading.Thread(target=work, args=(b * 1000,)) for b in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(c) == 800
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 800
+        assert c.get(key(3199 - 1000)) == 2199
+
+
+def test_bad_keys_and_values(path):
+    with EvalCassette(path) as c:
+        with pytest.raises(TypeError, match="ContentKey or a 32-byte digest, not int"):
+            c.record(5, 1)
+        with pytest.raises(ValueError, match="32 bytes, this one has 3"):
+            c.get(b"abc")
+        with pytest.raises(TypeError, match="reply"):
+            c.record(key(1), object())
+        with pytest.raises(TypeError):
+            c.record(key(1))
+        assert len(c) == 0
+
+
+def test_bad_options(path):
+    with pytest.raises(ValueError, match='mode must be one of "r", "a"'):
+        EvalCassette(path, "w")
+    with pytest.raises(ValueError, match="durability"):
+        EvalCassette(path, durability="never")
+    with pytest.raises(ValueError, match="recover"):
+        EvalCassette(path, recover="maybe")
+
+
+def test_closed_cassette(path):
+    c = EvalCassette(path)
+    c.close()
+    c.close()
+    assert c.closed
+    for call in (lambda: c.get(key(1)), lambda: len(c), lambda: c.record(key(1), 1),
+                 lambda: key(1) in c, lambda: c.stats()):
+        with pytest.raises(ValueError, match="closed cassette"):
+            call()
+
+
+def test_reader_refuses_writes_and_needs_no_lock(path):
+    EvalCassette(path).close()
+    with EvalCassette(path) as w, EvalCassette(path, "r") as r:
+        with pytest.raises(fabric.LedgerError, match="read-only"):
+            r.record(key(1), 1)
+        w.record(key(1), "v")
+        assert key(1) not in r
+        assert r.refresh() == 1
+        assert r.get(key(1)) == "v"
+        assert r.refresh() == 0
+
+
+def test_two_writers_locked_error_names_pid(path):
+    with EvalCassette(path):
+        with pytest.raises(fabric.LedgerLockedError) as info:
+            EvalCassette(path)
+        assert info.value.pid == os.getpid()
+        assert isinstance(info.value, OSError)
+        assert str(os.getpid()) in str(info.value)
+    EvalCassette(path).close()  # released on close
+
+
+def test_not_a_ledger(tmp_path):
+    p = tmp_path / "junk"
+    p.write_bytes(b"definitely not a ledger, just some text\n" * 3)
+    with pytest.raises(fabric.LedgerFormatError, match="bad magic") as info:
+        EvalCassette(str(p), "r")
+    assert info.value.offset == 0 and info.value.path == str(p)
+    assert isinstance(info.value, ValueError)
+
+
+def test_truncated_header(tmp_path):
+    p = tmp_path / "short"
+    p.write_bytes(cassette_ref.header(T0)[:40])
+    with pytest.raises(fabric.LedgerFormatError, match="truncated") as info:
+        EvalCassette(str(p))
+    assert info.value.offset == 40
+
+
+def test_newer_version(tmp_path):
+    h = bytearray(cassette_ref.header(T0))
+    h[8] = 7
+    p = tmp_path / "new"
+    p.write_bytes(bytes(h))
+    with pytest.raises(fabric.LedgerVersionError, match="version 7 is newer") as info:
+        EvalCassette(str(p), "r")
+    assert info.value.version == 7
+    assert isinstance(info.value, fabric.LedgerFormatError)
+
+
+def test_directory_and_missing(tmp_path):
+    with pytest.raises(fabric.LedgerError) as info:
+        EvalCassette(str(tmp_path), "r")
+    assert info.value.errno == errno.EISDIR and info.value.filename == str(tmp_path)
+    with pytest.raises(fabric.LedgerError) as info:
+        EvalCassette(str(tmp_path / "missing"), "r")
+    assert info.value.errno == errno.ENOENT
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_directory(tmp_path):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        with pytest.raises(fabric.LedgerError) as info:
+            EvalCassette(str(d / "c.fabl"))
+        assert info.value.errno == errno.EACCES
+    finally:
+        d.chmod(0o700)
+
+
+def test_full_disk(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    # /dev/full is not a regular file: refused before any write.
+    with pytest.raises(fabric.LedgerFormatError, match="not a regular file"):
+        EvalCassette("/dev/full")
+
+
+def test_empty_file_becomes_a_ledger(tmp_path):
+    p = tmp_path / "empty"
+    p.write_bytes(b"")
+    with EvalCassette(str(p)) as c:
+        c.record(key(1), 1)
+    with EvalCassette(str(p), "r") as c:
+        assert c.get(key(1)) == 1
+
+
+def test_streams(path):
+    with EvalCassette(path) as c:
+        with c.record_stream(key(1)) as w:
+            for i in range(100):
+                w.append({"i": i})
+            assert w.count == 100
+        assert key(1) in c
+        assert list(c.get_stream(key(1))) == [{"i": i} for i in range(100)]
+        # A held key: the writer is a no-op.
+        w2 = c.record_stream(key(1))
+        assert w2.held
+        w2.append(1)
+        assert w2.close() is False
+        # Abort, and an exception inside the with block, leave the key unheld.
+        w3 = c.record_stream(key(2))
+        w3.append(1)
+        w3.abort()
+        with pytest.raises(RuntimeError):
+            with c.record_stream(key(3)) as w4:
+                w4.append(1)
+                raise RuntimeError
+        assert key(2) not in c and key(3) not in c
+        with pytest.raises(ValueError, match="already closed"):
+            w3.append(2)
+        with pytest.raises(TypeError, match="get_stream"):
+            c.get_raw(key(1))
+        c.record(key(4), "single")
+        with pytest.raises(TypeError, match="get\\(\\)"):
+            c.get_stream(key(4))
+        assert c.get_stream(key(5)) is None
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 2
+        s = c.get(key(1))
+        assert isinstance(s, fabric.CassetteStream)
+        assert next(s) == {"i": 0}
+        assert sum(1 for _ in s) == 99
+
+
+def test_unterminated_stream_not_held(path):
+    c = EvalCassette(path)
+    w = c.record_stream(key(1))
+    w.append(1)
+    c.close()  # as if the process died mid-stream
+    with EvalCassette(path) as c:
+        assert key(1) not in c
+        with c.record_stream(key(1)) as w:
+            w.append("again")
+        assert list(c.get_stream(key(1))) == ["again"]
+
+
+def test_compact(path, tmp_path):
+    dest = str(tmp_path / "compact.fabl")
+    with EvalCassette(path) as c:
+        for i in range(20):
+            c.record(key(i), "v" * i)
+        w = c.record_stream(key(100))
+        w.append(1)
+        w.abort()
+        with c.record_stream(key(101)) as w:
+            w.append("kept")
+        with pytest.raises(ValueError, match="onto itself"):
+            c.compact(path)
+        c.compact(dest)
+    with EvalCassette(dest, "r") as c:
+        assert len(c) == 21
+        assert c.get(key(7)) == "v" * 7
+        assert list(c.get_stream(key(101))) == ["kept"]
+        assert c.stats()["records"] == 20 + 3
+    assert os.path.getsize(dest) < os.path.getsize(path)
+
+
+def test_stats_and_progress(path):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(1000):
+            c.record(key(i), i)
+    calls = []
+    with EvalCassette.from_ledger(path, progress=lambda d, t: calls.append((d, t))) as c:
+        s = c.stats()
+        assert c.mode == "r"
+    size = os.path.getsize(path)
+    assert calls[-1] == (size, size)
+    assert s["records"] == s["keys"] == 1000
+    assert s["bytes"] == size
+    assert s["index_bytes_per_key"] <= 64
+    assert s["torn_tails_cut"] == s["salvage_skips"] == 0
+    assert s["version"] == fabric._core.LEDGER_VERSION == 1
+
+
+def test_torn_tail_cut_and_reported(path):
+    with EvalCassette(path) as c:
+        c.record(key(1), "a")
+        c.record(key(2), "b")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size - 3)
+    with EvalCassette(path, "r") as c:  # a reader does not cut
+        assert len(c) == 1 and c.stats()["torn_bytes"] > 0
+    with EvalCassette(path) as c:
+        s = c.stats()
+        assert s["torn_tails_cut"] == 1 and len(c) == 1
+    assert os.path.getsize(path) < size - 3
+
+
+def test_middle_corruption_and_salvage(path):
+    with EvalCassette(path) as c:
+        for i in range(10):
+            c.record(key(i), "value %d" % i)
+    data = bytearray(open(path, "rb").read())
+    recs = list(cassette_ref.read(bytes(data)))
+    bad_off = recs[4][0]
+    data[bad_off + 53] ^= 1  # inside its payload
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(fabric.LedgerCorruptionError) as info:
+        EvalCassette(path)
+    assert info.value.offset == bad_off and info.value.path == path
+    assert f"offset {bad_off}" in str(info.value)
+    with EvalCassette(path, recover="salvage") as c:
+        assert len(c) == 9 and key(4) not in c
+        assert c.stats()["salvage_skips"] == 1
+
+
+def test_corruption_sampled_never_returns_changed_reply(tmp_path):
+    """Through real files: the exhaustive version runs in C (test_ledger.c)."""
+    base = str(tmp_path / "base.fabl")
+    with EvalCassette(base, durability="os", created_ns=T0) as c:
+        i = 0
+        while os.path.getsize(base) < 32768:
+            c.record(key(i), {"i": i, "pad": "p" * (i % 200)})
+            i += 1
+    n = i
+    original = open(base, "rb").read()
+    expect = {key(j): {"i": j, "pad": "p" * (j % 200)} for j in range(n)}
+    target = str(tmp_path / "t.fabl")
+    for pos in range(64, len(original), 331):
+        data = bytearray(original)
+        data[pos] ^= 0x10
+        open(target, "wb").write(bytes(data))
+        try:
+            with EvalCassette(target, "r") as c:
+                # Only a torn tail (the last record) is acceptable here.
+                assert len(c) == n - 1
+                for k, v in c.items():
+                    assert expect[k] == v
+        except fabric.LedgerCorruptionError as exc:
+            assert exc.offset <= pos
+
+
+def test_golden_ledger():
+    """The committed golden file: written by this code, read by the reference."""
+    data = GOLDEN.read_bytes()
+    tmp = GOLDEN.with_suffix(".tmp")
+    try:
+        write_golden(str(tmp))
+        assert tmp.read_bytes() == data, "the ledger format changed: review the diff"
+    finally:
+        for p in (tmp, pathlib.Path(str(tmp) + ".lock")):
+            if p.exists():
+                p.unlink()
+    recs = list(cassette_ref.read(data))
+    assert data[:64] == cassette_ref.header(T0)
+    assert [r[1] for r in recs] == [1, 1, 2, 3, 3, 4, 1]
+    for off, rtype, k, payload in recs:
+        assert cassette_ref.record(rtype, k, payload) == data[off : off + 52 + len(payload)]
+    assert msgpack.unpackb(recs[0][3]) == {"answer": 42}
+    with EvalCassette(str(GOLDEN), "r") as c:
+        assert c.get(key("golden-1")) == {"answer": 42}
+        assert list(c.get_stream(key("stream"))) == ["a", "b"]
+
+
+def write_golden(p: str) -> None:
+    with EvalCassette(p, durability="os", created_ns=T0) as c:
+        c.record(key("golden-1"), {"answer": 42})
+        c.record(key("golden-2"), [1, -1, 2.5, "s", b"b", None, True, {1, 2}, 2**80])
+        with c.record_stream(key("stream")) as w:
+            w.append("a")
+            w.append("b")
+        c.record(key("golden-3"), "")
+
+
+if __name__ == "__main__":  # python tests/test_cassette.py: rewrite the golden file
+    GOLDEN.unlink(missing_ok=True)
+    write_golden(str(GOLDEN))
+    os.unlink(str(GOLDEN) + ".lock")
