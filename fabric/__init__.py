@@ -34,6 +34,30 @@ from ._core import (  # the cassette
     LedgerLockedError,
     LedgerVersionError,
 )
+from ._core import (  # fabrics' errors
+    CapabilityDenied,
+    ContentNotHeld,
+    DeadlineExceeded,
+    FabricUnavailable,
+    NoHolderError,
+    OpNotFound,
+    RemoteError,
+)
+from .ops import Op, OpRegistry, diagnostic, op
+from .holders import HoldingDelta, HoldingIndex
+from .fabrics import (
+    AsyncEvalStream,
+    ContentPeer,
+    ContentServeFabric,
+    EvalFabric,
+    EvalReply,
+    EvalStream,
+    LedgeredRelayFabric,
+    LocalFabric,
+    RelayFabric,
+    RelayStatus,
+)
+from .resolving import ContentAddressedFabric, Explanation
 
 __version__ = "0.1.0"
 
@@ -60,4 +84,30 @@ __all__ = [
     "LedgerFormatError",
     "LedgerLockedError",
     "LedgerVersionError",
+    # fabrics
+    "AsyncEvalStream",
+    "CapabilityDenied",
+    "ContentAddressedFabric",
+    "ContentNotHeld",
+    "ContentPeer",
+    "ContentServeFabric",
+    "DeadlineExceeded",
+    "EvalFabric",
+    "EvalReply",
+    "EvalStream",
+    "Explanation",
+    "FabricUnavailable",
+    "HoldingDelta",
+    "HoldingIndex",
+    "LedgeredRelayFabric",
+    "LocalFabric",
+    "NoHolderError",
+    "Op",
+    "OpNotFound",
+    "OpRegistry",
+    "RelayFabric",
+    "RelayStatus",
+    "RemoteError",
+    "diagnostic",
+    "op",
 ]

@@ -38,7 +38,23 @@
     XX(LedgerVersionError, LedgerFormatError, PyExc_ValueError,                \
        "The ledger's format version is newer than this code (.version).")      \
     XX(LedgerCorruptionError, LedgerFormatError, PyExc_ValueError,             \
-       "A bad record followed by valid ones; .offset is the bad record's.")
+       "A bad record followed by valid ones; .offset is the bad record's.")    \
+    XX(CapabilityDenied, FabricError, PyExc_PermissionError,                   \
+       "The caller's grants lack a capability the request or op requires.")   \
+    XX(NoHolderError, FabricError, PyExc_LookupError,                          \
+       "No peer held the reply and no home could compute it; .attempts lists " \
+       "(node, what it answered) for every peer asked.")                      \
+    XX(ContentNotHeld, FabricError, PyExc_LookupError,                         \
+       "This node does not hold the reply for the requested content key.")    \
+    XX(RemoteError, FabricError, PyExc_RuntimeError,                           \
+       "The op failed on another node or site; .node and .remote_type say "    \
+       "where and what.")                                                      \
+    XX(OpNotFound, FabricError, PyExc_LookupError,                             \
+       "No op with the request's name and version is registered here.")       \
+    XX(FabricUnavailable, FabricError, PyExc_ConnectionError,                  \
+       "A relay's link is not connected; the request was not sent.")          \
+    XX(DeadlineExceeded, FabricError, PyExc_TimeoutError,                      \
+       "The request's deadline or a per-peer timeout passed.")
 
 enum fab_py_exc {
 #define FAB__EXC_ENUM(name, parent, base, doc) FAB_PYEXC_##name,

@@ -1,0 +1,177 @@
+"""Registered operations: ``@fabric.op`` and the registry fabrics run from.
+
+An op is a plain function given a name and a version. Its requests are
+``EvalRequest`` objects whose key covers the name, the version, the arguments
+and the declared capabilities, so changing the version changes every key (the
+way to say "the function changed, recompute").
+
+A generator function (``def f(...): yield ...``) is a *stream op*: its
+requests carry ``stream=True`` and fabrics stream its items as they are
+produced. ``async def`` functions and async generators are ops too; fabrics
+await them on the caller's event loop.
+
+While an op runs, ``fabric.diagnostic(kind, message, **fields)`` attaches a
+diagnostic to its reply (or, in a stream op, to the stream at that point);
+diagnostics are recorded and replayed with the reply.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from ._core import EvalRequest, OpNotFound
+
+__all__ = ["Op", "OpRegistry", "REGISTRY", "op", "diagnostic"]
+
+# The diagnostics collector of the op running in this context (a list), or
+# None outside an op. A ContextVar keeps threads and asyncio tasks apart.
+_collector: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "fabric_diagnostics", default=None)
+
+
+def diagnostic(kind: str, message: str = "", **fields: Any) -> dict:
+    """Attach a diagnostic to the reply of the op that is running.
+
+    ``kind`` names the diagnostic (``"Diagnostic"``, ``"LimitExceeded"``,
+    ...), ``message`` says what happened, and ``fields`` add keyable detail.
+    Outside an op this raises ``RuntimeError``: a diagnostic must belong to a
+    reply. Returns the diagnostic as recorded (a dict).
+    """
+    sink = _collector.get()
+    if sink is None:
+        raise RuntimeError("fabric.diagnostic() called outside a running op")
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"diagnostic kind must be a non-empty str, not {kind!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"diagnostic message must be a str, not {type(message).__name__}")
+    d = {"kind": kind, "message": message}
+    for name, value in fields.items():
+        if name in d:
+            raise TypeError(f"diagnostic field {name!r} is reserved")
+        d[name] = value
+    sink.append(d)
+    return d
+
+
+class Op:
+    """A registered function: its name, version, capabilities and kind.
+
+    Calling an ``Op`` directly runs the function in this process with no
+    fabric (handy in a notebook); ``op.request(*args, **kwargs)`` builds the
+    ``EvalRequest`` a fabric evaluates, and ``fab.call(op, *args, **kwargs)``
+    does both in one line.
+    """
+
+    def __init__(self, name: str, fn: Callable, *, version: int | str = 0,
+                 capabilities: Iterable[str] = ()):
+        if isinstance(capabilities, str):
+            raise TypeError("capabilities must be an iterable of str, not a single string "
+                            "(wrap it in a tuple)")
+        self.name = name
+        self.version = version
+        self.capabilities = tuple(sorted(set(capabilities)))
+        self.fn = fn
+        self.is_stream = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+        functools.update_wrapper(self, fn, assigned=("__module__", "__name__", "__qualname__"),
+                                 updated=())
+        # Validate name, version and capabilities once, by building a request.
+        EvalRequest(name, (), None, version=version, required_capabilities=self.capabilities,
+                    stream=self.is_stream)
+
+    def request(self, *args: Any, **kwargs: Any) -> EvalRequest:
+        """The ``EvalRequest`` for calling this op with these arguments.
+
+        Request options that are not arguments (``answer_limit``,
+        ``deadline``, ``trace``, ...) are set with ``.replace(...)`` on the
+        result.
+        """
+        return EvalRequest(self.name, args, kwargs, version=self.version,
+                           required_capabilities=self.capabilities, stream=self.is_stream)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        kind = "stream op" if self.is_stream else "op"
+        caps = f", capabilities={self.capabilities!r}" if self.capabilities else ""
+        return f"<{kind} {self.name!r} version={self.version!r}{caps}>"
+
+    def _repr_html_(self) -> str:
+        import html
+        return f"<code>{html.escape(repr(self))}</code>"
+
+
+class OpRegistry:
+    """Ops by (name, version). Thread-safe; registering twice replaces."""
+
+    def __init__(self, ops: Iterable[Op] = ()):
+        self._lock = threading.Lock()
+        self._ops: dict[tuple[str, Any], Op] = {}
+        for o in ops:
+            self.add(o)
+
+    def add(self, o: Op) -> Op:
+        """Register ``o`` (replacing any op with the same name and version)."""
+        if not isinstance(o, Op):
+            raise TypeError(f"OpRegistry holds Op objects (from @fabric.op), not "
+                            f"{type(o).__name__}")
+        with self._lock:
+            self._ops[(o.name, o.version)] = o
+        return o
+
+    def find(self, request: EvalRequest) -> Op:
+        """The op a request names, or ``OpNotFound`` saying what is registered."""
+        o = self._ops.get((request.op, request.version))
+        if o is not None:
+            return o
+        versions = sorted((repr(v) for (n, v) in list(self._ops) if n == request.op))
+        if versions:
+            raise OpNotFound(f"op {request.op!r} version {request.version!r} is not registered "
+                             f"here (registered versions: {', '.join(versions)})")
+        raise OpNotFound(f"op {request.op!r} is not registered here")
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(list(self._ops.values()))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def __contains__(self, o: object) -> bool:
+        return isinstance(o, Op) and self._ops.get((o.name, o.version)) is o
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{o.name}@{o.version}" for o in self)
+        return f"OpRegistry({names})"
+
+
+#: The registry ``@fabric.op`` adds to; ``LocalFabric()`` runs from it.
+REGISTRY = OpRegistry()
+
+
+def op(name: str, *, version: int | str = 0, capabilities: Iterable[str] = (),
+       registry: OpRegistry | None = None) -> Callable[[Callable], Op]:
+    """Register a function as an op: ``@fabric.op("embed", version=1)``.
+
+    ``name`` is the op's identity in every key (``[a-z][a-z0-9_.-]*``);
+    ``version`` changes every key when the function's behaviour changes;
+    ``capabilities`` are the grants a caller needs to run it. A generator
+    function becomes a stream op. The op goes into ``registry`` (the global
+    ``fabric.ops.REGISTRY`` by default).
+    """
+    reg = REGISTRY if registry is None else registry
+
+    def register(fn: Callable) -> Op:
+        if isinstance(fn, Op):
+            fn = fn.fn
+        if not callable(fn):
+            raise TypeError(f"@fabric.op decorates a function, not {type(fn).__name__}")
+        return reg.add(Op(name, fn, version=version, capabilities=capabilities))
+
+    return register
