@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import re
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
 from ._core import EvalRequest, OpNotFound
 
 __all__ = ["Op", "OpRegistry", "REGISTRY", "op", "diagnostic"]
+
+_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 # The diagnostics collector of the op running in this context (a list), or
 # None outside an op. A ContextVar keeps threads and asyncio tasks apart.
@@ -68,6 +71,8 @@ class Op:
 
     def __init__(self, name: str, fn: Callable, *, version: int | str = 0,
                  capabilities: Iterable[str] = ()):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(f"op name must match [a-z][a-z0-9_.-]{{0,63}}, got {name!r}")
         if isinstance(capabilities, str):
             raise TypeError("capabilities must be an iterable of str, not a single string "
                             "(wrap it in a tuple)")

@@ -1,0 +1,446 @@
+"""ContentAddressedFabric: resolution from holders, peers and home.
+
+Mirrors the seed's content-addressed store scenarios with real cassette
+files; peers are in-process ``ContentServeFabric``s over their own ledgers,
+the way a network node will serve them.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import fabric
+from fabric import (CapabilityDenied, ContentAddressedFabric, ContentNotHeld, ContentPeer,
+                    ContentServeFabric, DeadlineExceeded, EvalReply, HoldingIndex,
+                    LocalFabric, NoHolderError, OpRegistry)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Home:
+    """A home site that computes with LocalFabric and counts its calls."""
+
+    def __init__(self, reg, **kw):
+        self.inner = LocalFabric(reg, **kw)
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def evaluate(self, request, *, grants=None):
+        with self.lock:
+            self.calls += 1
+        return self.inner.evaluate(request, grants=grants)
+
+    def stream(self, request, *, grants=None):
+        with self.lock:
+            self.calls += 1
+        return self.inner.stream(request, grants=grants)
+
+
+class Partitioned:
+    """A peer behind a partition: every call fails like a dead link."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def evaluate(self, request, *, grants=None):
+        self.calls += 1
+        raise ConnectionRefusedError("partitioned")
+
+    def stream(self, request, *, grants=None):
+        self.calls += 1
+        raise ConnectionRefusedError("partitioned")
+
+
+class Counting:
+    """Wraps a serve fabric and counts the calls that reach it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def evaluate(self, request, *, grants=None):
+        self.calls += 1
+        return self.inner.evaluate(request, grants=grants)
+
+    def stream(self, request, *, grants=None):
+        self.calls += 1
+        return self.inner.stream(request, grants=grants)
+
+
+@pytest.fixture
+def reg():
+    r = OpRegistry()
+
+    @fabric.op("embed", version=1, registry=r)
+    def embed(text):
+        return [float(len(text)), float(sum(map(ord, text)) % 97)]
+
+    @fabric.op("guarded", capabilities=("model.call",), registry=r)
+    def guarded(x):
+        return x * 2
+
+    @fabric.op("broken", registry=r)
+    def broken(x):
+        raise ValueError(f"cannot handle {x}")
+
+    @fabric.op("tokens", registry=r)
+    def tokens(text):
+        for i, word in enumerate(text.split()):
+            if i == 1:
+                fabric.diagnostic("Diagnostic", "second token")
+            yield word
+
+    return r
+
+
+def node(name, cassette_factory, peers=(), home=None, holders=None, **kw):
+    cas = cassette_factory(name)
+    fab = ContentAddressedFabric(name, cas, peers=peers, home=home, holders=holders, **kw)
+    return fab, ContentPeer(name, ContentServeFabric(cas, node=name))
+
+
+def test_resolves_from_a_peer_holder_with_no_central_router(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = reg.find(fabric.EvalRequest("embed", ("hello",), version=1)).request("hello")
+    computed = a.evaluate(req)
+    assert computed.source == "home" and home.calls == 1
+    b, _ = node("b", cassette_factory, peers=[peer_a])  # no home, no router
+    got = b.evaluate(req)
+    assert got.source == "peer:a" and got == computed
+    assert req.key in b.cassette
+    assert b.stats()["peer_hits"] == 1 and home.calls == 1
+
+
+def test_unheld_content_is_computed_on_home_once_then_held_locally(reg, cassette_factory):
+    home = Home(reg)
+    a, _ = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("x",), version=1)
+    first = a.evaluate(req)
+    again = [a.evaluate(req) for _ in range(3)]
+    assert home.calls == 1
+    assert all(r == first and r.source == "local" for r in again)
+    assert a.holders.holders_of(req.key) == ["a"]
+    s = a.stats()
+    assert s["home_computes"] == 1 and s["local_hits"] == 3 and s["bytes_recorded"] > 0
+
+
+def test_home_capability_denial_and_home_errors_are_not_recorded(reg, cassette_factory):
+    home = Home(reg)
+    a, _ = node("a", cassette_factory, home=home)
+    guarded = fabric.EvalRequest("guarded", (2,), required_capabilities=())
+    with pytest.raises(CapabilityDenied):
+        a.evaluate(guarded)  # the op declares model.call; home denies it
+    assert guarded.key not in a.cassette
+    with pytest.raises(ValueError, match="cannot handle 3"):
+        a.evaluate(fabric.EvalRequest("broken", (3,)))
+    assert fabric.EvalRequest("broken", (3,)).key not in a.cassette
+    assert len(a.cassette) == 0 and len(a.holders) == 0
+    assert a.stats()["failures"] == 2
+
+
+def test_third_node_resolves_from_the_second_after_it_computes(reg, cassette_factory):
+    home = Home(reg)
+    holders = HoldingIndex()
+    a, peer_a = node("a", cassette_factory, home=home, holders=holders)
+    b, peer_b = node("b", cassette_factory, peers=[peer_a], holders=holders)
+    req = fabric.EvalRequest("embed", ("abc",), version=1)
+    a.evaluate(req)
+    assert b.evaluate(req).source == "peer:a"
+    # c knows only b; b became a holder when it recorded the reply.
+    c, _ = node("c", cassette_factory, peers=[peer_b], holders=holders)
+    got = c.evaluate(req)
+    assert got.source == "peer:b" and home.calls == 1
+    assert holders.holders_of(req.key) == ["a", "b", "c"]
+
+
+def test_partitioned_holder_is_skipped_and_another_answers(reg, cassette_factory):
+    home = Home(reg)
+    holders = HoldingIndex()
+    a, peer_a = node("a", cassette_factory, home=home, holders=holders)
+    req = fabric.EvalRequest("embed", ("p",), version=1)
+    a.evaluate(req)
+    dead = Partitioned()
+    holders.announce(req.key, "0a")  # sorted first, but partitioned
+    c, _ = node("c", cassette_factory,
+                peers=[ContentPeer("0a", dead), peer_a], holders=holders)
+    got = c.evaluate(req)
+    assert got.source == "peer:a" and dead.calls == 1
+    assert holders.failures("0a") == 1
+    steps = c.explain(req).steps
+    assert ("holder", "0a", "ConnectionRefusedError: partitioned") in steps
+    # Next time the failed holder is tried last.
+    req2 = fabric.EvalRequest("embed", ("q",), version=1)
+    a.evaluate(req2)
+    holders.announce(req2.key, "0a")
+    assert holders.holders_of(req2.key) == ["a", "0a"]
+    c.evaluate(req2)
+    assert dead.calls == 1
+
+
+def test_two_holders_return_identical_replies(reg, cassette_factory):
+    home_a, home_b = Home(reg), Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home_a)
+    b, peer_b = node("b", cassette_factory, home=home_b)
+    req = fabric.EvalRequest("tokens", ("one two three",), stream=True)
+    ra = a.evaluate(fabric.EvalRequest("embed", ("same",), version=1))
+    rb = b.evaluate(fabric.EvalRequest("embed", ("same",), version=1))
+    assert ra == rb
+    assert peer_a.serve.evaluate(fabric.EvalRequest("embed", ("same",), version=1)) == \
+        peer_b.serve.evaluate(fabric.EvalRequest("embed", ("same",), version=1))
+    assert a.evaluate(req) == b.evaluate(req)
+
+
+def test_local_holdings_survive_a_total_partition(reg, cassette_factory):
+    home = Home(reg)
+    a, _ = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("held",), version=1)
+    a.evaluate(req)
+    dead = [Partitioned() for _ in range(3)]
+    b, _ = node("b", cassette_factory)
+    b.cassette.record(req.key, fabric.fabrics.reply_record(a.evaluate(req)))
+    b = ContentAddressedFabric("b", b.cassette,
+                               peers=[ContentPeer(f"p{i}", d) for i, d in enumerate(dead)])
+    assert b.evaluate(req).source == "local"
+    assert [d.calls for d in dead] == [0, 0, 0]
+
+
+def test_total_partition_without_home_fails_closed_listing_every_peer(reg, cassette_factory):
+    dead = [Partitioned(), Partitioned()]
+    holders = HoldingIndex()
+    empty_cas = cassette_factory("empty")
+    peers = [ContentPeer("p0", dead[0]), ContentPeer("p1", dead[1]),
+             ContentPeer("empty", ContentServeFabric(empty_cas, node="empty"))]
+    b, _ = node("b", cassette_factory, peers=peers, holders=holders)
+    req = fabric.EvalRequest("embed", ("nobody",), version=1)
+    with pytest.raises(NoHolderError) as ei:
+        b.evaluate(req)
+    err = ei.value
+    assert isinstance(err, LookupError)
+    assert [n for n, _ in err.attempts] == ["p0", "p1", "empty"]
+    assert isinstance(err.attempts[0][1], ConnectionRefusedError)
+    assert isinstance(err.attempts[2][1], ContentNotHeld)
+    msg = str(err)
+    assert "p0: ConnectionRefusedError: partitioned" in msg and "empty: not held" in msg
+    assert req.key not in b.cassette
+    ex = b.explain(req)
+    assert ex.source is None and ex.steps[-1] == ("home", "-", "no home")
+
+
+def test_gossip_lets_a_node_ask_only_the_announced_holder(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("gossip",), version=1)
+    a.evaluate(req)
+    others = [Counting(ContentServeFabric(cassette_factory(f"o{i}"))) for i in range(3)]
+    counted_a = Counting(peer_a.serve)
+    # z knows nothing about who holds what until it applies a's delta.
+    z_holders = HoldingIndex()
+    z_holders.apply(a.holders.delta_since(0))
+    z, _ = node("z", cassette_factory, holders=z_holders,
+                peers=[ContentPeer(f"o{i}", o) for i, o in enumerate(others)]
+                + [ContentPeer("a", counted_a)])
+    assert z.evaluate(req).source == "peer:a"
+    assert [o.calls for o in others] == [0, 0, 0] and counted_a.calls == 1
+
+
+def test_stale_announcement_falls_back(reg, cassette_factory):
+    home = Home(reg)
+    holders = HoldingIndex()
+    a, peer_a = node("a", cassette_factory, home=home, holders=holders)
+    req = fabric.EvalRequest("embed", ("stale",), version=1)
+    a.evaluate(req)
+    # "s" announced the key but lost its ledger: its serve holds nothing.
+    holders.announce(req.key, "a-stale")
+    stale = Counting(ContentServeFabric(cassette_factory("stale")))
+    b, _ = node("b", cassette_factory, holders=holders,
+                peers=[ContentPeer("a-stale", stale), peer_a])
+    assert holders.holders_of(req.key) == ["a", "a-stale"]
+    holders.mark_failed("a")  # make the stale holder come first
+    got = b.evaluate(req)
+    assert got.source == "peer:a" and stale.calls == 1
+    assert holders.failures("a-stale") == 1 and holders.failures("a") == 0
+    # And with no live holder at all, home computes.
+    req2 = fabric.EvalRequest("embed", ("stale2",), version=1)
+    holders.announce(req2.key, "a-stale")
+    b2, _ = node("b2", cassette_factory, holders=holders, home=home,
+                 peers=[ContentPeer("a-stale", stale)])
+    assert b2.evaluate(req2).source == "home"
+
+
+def test_grants_are_rechecked_on_a_hit(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = reg.find(fabric.EvalRequest("guarded", version=0)).request(21)
+    assert a.evaluate(req, grants={"model.call"}).value == 42
+    with pytest.raises(CapabilityDenied, match="model.call"):
+        a.evaluate(req)  # held locally, but this caller lacks the grant
+    with pytest.raises(CapabilityDenied):
+        peer_a.serve.evaluate(req)
+    b, _ = node("b", cassette_factory, peers=[peer_a], grants={"model.call"})
+    assert b.evaluate(req).value == 42  # the fabric's default grants apply
+    assert a.stats()["denied"] == 1
+
+
+def test_peer_timeout_and_request_deadline(reg, cassette_factory):
+    release = threading.Event()
+
+    class Hung:
+        calls = 0
+
+        def evaluate(self, request, *, grants=None):
+            Hung.calls += 1
+            release.wait(10)
+            raise ConnectionResetError("late")
+
+        def stream(self, request, *, grants=None):
+            raise ConnectionResetError("late")
+
+    home = Home(reg)
+    try:
+        b, _ = node("b", cassette_factory, peers=[ContentPeer("hung", Hung())], home=home,
+                    peer_timeout=0.05)
+        req = fabric.EvalRequest("embed", ("t",), version=1)
+        assert b.evaluate(req).source == "home"
+        assert ("peer", "hung", "DeadlineExceeded: peer 'hung' did not answer within 0.05 s") \
+            in b.explain(req).steps
+        c, _ = node("c", cassette_factory, peers=[ContentPeer("hung", Hung())], home=home,
+                    peer_timeout=None)
+        with pytest.raises(DeadlineExceeded) as ei:
+            c.evaluate(fabric.EvalRequest("embed", ("u",), version=1, deadline=0.05))
+        assert isinstance(ei.value, TimeoutError)
+        assert [n for n, _ in ei.value.attempts] == ["hung"]
+    finally:
+        release.set()
+
+
+def test_consistency_local_only_and_no_home(reg, cassette_factory):
+    home = Home(reg)
+    a, _ = node("a", cassette_factory, home=home)
+    with pytest.raises(ContentNotHeld, match="local-only"):
+        a.evaluate(fabric.EvalRequest("embed", ("l",), version=1, consistency="local-only"))
+    with pytest.raises(NoHolderError, match="no-home"):
+        a.evaluate(fabric.EvalRequest("embed", ("l",), version=1, consistency="no-home"))
+    assert home.calls == 0
+
+
+def test_a_peer_answering_for_another_key_is_refused(reg, cassette_factory):
+    home = Home(reg)
+
+    class Liar:
+        def evaluate(self, request, *, grants=None):
+            other = fabric.EvalRequest("embed", ("other",), version=1)
+            return EvalReply([0.0], (), None, other.key, "held")
+
+        def stream(self, request, *, grants=None):
+            raise ContentNotHeld("no")
+
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("liar", Liar())], home=home)
+    req = fabric.EvalRequest("embed", ("mine",), version=1)
+    got = b.evaluate(req)
+    assert got.source == "home" and got.value != [0.0]
+    assert "another key" in b.explain(req).steps[1][2]
+
+
+def test_streams_resolve_record_and_replay_through_peers(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("tokens", ("alpha beta gamma",), stream=True)
+    s = a.stream(req)
+    assert s.source == "home"
+    assert list(s) == ["alpha", "beta", "gamma"]
+    assert s.diagnostics == [{"kind": "Diagnostic", "message": "second token"}]
+    assert req.key in a.cassette and a.holders.holders_of(req.key) == ["a"]
+    local = a.stream(req)
+    assert local.source == "local" and list(local) == ["alpha", "beta", "gamma"]
+    assert local.diagnostics == s.diagnostics
+    b, _ = node("b", cassette_factory, peers=[peer_a])
+    viab = b.stream(req)
+    assert viab.source == "peer:a" and list(viab) == ["alpha", "beta", "gamma"]
+    assert viab.diagnostics == s.diagnostics and home.calls == 1
+    # A stream cancelled midway is not held.
+    c, _ = node("c", cassette_factory, peers=[peer_a])
+    partial = c.stream(req)
+    assert next(partial) == "alpha"
+    partial.close()
+    assert req.key not in c.cassette
+    # answer_limit is part of the key: a cut stream is resolved on its own.
+    cut = req.replace(answer_limit=1)
+    assert list(a.stream(cut)) == ["alpha"] and home.calls == 2
+
+
+def test_async_twins(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("async",), version=1)
+
+    async def main():
+        r1 = await a.aevaluate(req)
+        r2 = await a.aevaluate(req)
+        items = [x async for x in a.astream(fabric.EvalRequest("tokens", ("x y",), stream=True))]
+        return r1, r2, items
+
+    r1, r2, items = asyncio.run(main())
+    assert r1.source == "home" and r2.source == "local" and items == ["x", "y"]
+
+
+def test_explain_and_reprs(reg, cassette_factory):
+    home = Home(reg)
+    a, _ = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("e",), version=1)
+    before = a.explain(req)
+    assert before.source is None and ("home", "home", "would compute") in before.steps
+    a.evaluate(req)
+    after = a.explain(req)
+    assert after.source == "local" and after.key == req.key
+    assert ("home", "home", "computed") in after.steps
+    assert "explain sha256:" in repr(after) and "<table>" in after._repr_html_()
+    r = repr(a)
+    assert "node='a'" in r and "home_computes=1" in r
+    assert "HoldingIndex(1 facts" in repr(a.holders)
+    assert "<table>" in a._repr_html_() and "<table>" in a.holders._repr_html_()
+
+
+RESTART_SCRIPT = textwrap.dedent("""
+    import sys
+    import fabric
+    from fabric import ContentAddressedFabric, EvalCassette, EvalRequest
+
+    path, phase = sys.argv[1], sys.argv[2]
+
+    @fabric.op("embed", version=1)
+    def embed(text):
+        if phase == "replay":
+            raise SystemExit("home must not be called after a restart")
+        return [float(len(text))]
+
+    home = fabric.LocalFabric() if phase == "record" else None
+    cas = EvalCassette(path)
+    fab = ContentAddressedFabric("n1", cas, home=home)
+    reqs = [embed.request(t) for t in ("a", "bb", "ccc")]
+    replies = [fab.evaluate(r) for r in reqs]
+    print(phase, [r.source for r in replies], [r.value for r in replies], fab.announce_held())
+    cas.close()
+""")
+
+
+@pytest.mark.skipif(not hasattr(fabric, "EvalCassette"), reason="needs the durable cassette")
+def test_cassette_replays_holdings_after_the_node_restarts(tmp_path):
+    path = str(tmp_path / "node.ledger")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out1 = subprocess.run([sys.executable, "-c", RESTART_SCRIPT, path, "record"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert out1.returncode == 0, out1.stderr
+    assert out1.stdout.split("[")[0].strip() == "record"
+    assert "'home', 'home', 'home'" in out1.stdout
+    out2 = subprocess.run([sys.executable, "-c", RESTART_SCRIPT, path, "replay"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert out2.returncode == 0, out2.stderr
+    assert "'local', 'local', 'local'" in out2.stdout
+    assert "[[1.0], [2.0], [3.0]] 3" in out2.stdout
