@@ -1,0 +1,160 @@
+"""HoldingIndex: grow-only facts, merge, gossip deltas, snapshots, health."""
+
+import random
+import threading
+
+import pytest
+
+import fabric
+from fabric import ContentKey, HoldingIndex
+from fabric.holders import SNAPSHOT_SPEC
+
+
+def key(i):
+    return fabric.EvalRequest("op", (i,)).key
+
+
+def test_announce_is_grow_only_and_idempotent():
+    idx = HoldingIndex()
+    assert idx.announce(key(1), "b") is True
+    assert idx.announce(key(1), "a") is True
+    assert idx.announce(key(1), "b") is False
+    assert idx.holders_of(key(1)) == ["a", "b"]
+    assert idx.holders_of(key(2)) == []
+    assert len(idx) == 2 and idx.version == 2
+    assert (key(1), "a") in idx and (key(2), "a") not in idx
+    with pytest.raises(TypeError):
+        idx.announce("sha256:00", "a")
+    with pytest.raises(TypeError):
+        idx.announce(key(1), "")
+
+
+def test_failed_holders_are_listed_last():
+    idx = HoldingIndex([(key(1), h) for h in ("a", "b", "c")])
+    idx.mark_failed("a")
+    idx.mark_failed("a")
+    idx.mark_failed("b")
+    assert idx.holders_of(key(1)) == ["c", "b", "a"]
+    idx.mark_ok("a")
+    assert idx.holders_of(key(1)) == ["a", "c", "b"]
+    assert idx.failures("b") == 1 and idx.failures("a") == 0
+
+
+def test_merge_is_a_union_and_self_merge_is_a_no_op():
+    a = HoldingIndex([(key(1), "a"), (key(2), "a")])
+    b = HoldingIndex([(key(2), "b"), (key(3), "b")])
+    assert a.merge(b) == 2
+    assert a.merge(b) == 0
+    assert a.merge(a) == 0
+    assert set(a) == {(key(1), "a"), (key(2), "a"), (key(2), "b"), (key(3), "b")}
+    assert a.holders_of(key(2)) == ["a", "b"]
+    with pytest.raises(TypeError):
+        a.merge({"not": "an index"})
+
+
+def test_concurrent_merges_both_ways_and_with_itself_never_deadlock():
+    a = HoldingIndex()
+    b = HoldingIndex()
+    stop = threading.Event()
+    errors = []
+    n = 2000
+
+    def writer(idx, holder):
+        for i in range(n):
+            idx.announce(key(i % 300), f"{holder}{i % 7}")
+
+    def merger(x, y):
+        try:
+            while not stop.is_set():
+                x.merge(y)
+                x.merge(x)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(a, "a")),
+               threading.Thread(target=writer, args=(b, "b")),
+               threading.Thread(target=merger, args=(a, b)),
+               threading.Thread(target=merger, args=(b, a))]
+    for t in threads:
+        t.start()
+    for t in threads[:2]:
+        t.join(60)
+    stop.set()
+    for t in threads[2:]:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a merge deadlocked"
+    assert not errors
+    a.merge(b)
+    b.merge(a)
+    assert set(a) == set(b)
+    assert len(set(a)) == len(a)  # no fact recorded twice
+    expected = {(key(i % 300), f"{h}{i % 7}") for h in "ab" for i in range(n)}
+    assert set(a) == expected
+
+
+def test_delta_since_and_apply_converge_like_gossip():
+    rng = random.Random(7)
+    nodes = {n: HoldingIndex() for n in "abcd"}
+    seen = {(x, y): 0 for x in nodes for y in nodes if x != y}
+    for step in range(400):
+        n = rng.choice("abcd")
+        nodes[n].announce(key(rng.randrange(50)), n)
+        # One gossip exchange: x pulls y's delta since what it saw.
+        x, y = rng.sample("abcd", 2)
+        delta = nodes[y].delta_since(seen[(x, y)])
+        nodes[x].apply(delta)
+        seen[(x, y)] = delta.end
+    for _ in range(3):  # finish with full rounds
+        for (x, y) in seen:
+            delta = nodes[y].delta_since(seen[(x, y)])
+            nodes[x].apply(delta)
+            seen[(x, y)] = delta.end
+    facts = [set(idx) for idx in nodes.values()]
+    assert all(f == facts[0] for f in facts)
+    idx = nodes["a"]
+    assert idx.delta_since(idx.version).facts == ()
+    with pytest.raises(ValueError, match="ahead"):
+        idx.delta_since(idx.version + 1)
+    with pytest.raises(ValueError):
+        idx.delta_since(-1)
+
+
+def test_snapshot_restore_round_trip_keeps_versions():
+    idx = HoldingIndex([(key(i), f"n{i % 3}") for i in range(20)])
+    idx.mark_failed("n1")
+    data = idx.snapshot()
+    assert isinstance(data, bytes)
+    back = HoldingIndex.restore(data)
+    assert back.facts() == idx.facts() and back.version == idx.version
+    assert back.delta_since(5) == idx.delta_since(5)
+    assert back.failures("n1") == 0  # health is local, not part of a snapshot
+    assert HoldingIndex.restore(HoldingIndex().snapshot()).version == 0
+
+
+def test_restore_refuses_missing_or_unknown_version_and_bad_facts():
+    cb = fabric.canonical_bytes
+    with pytest.raises(ValueError, match="no version field"):
+        HoldingIndex.restore(cb({"spec": SNAPSHOT_SPEC, "facts": []}))
+    with pytest.raises(ValueError, match="version 2 is not supported"):
+        HoldingIndex.restore(cb({"spec": SNAPSHOT_SPEC, "version": 2, "facts": []}))
+    with pytest.raises(ValueError, match="spec is 'other'"):
+        HoldingIndex.restore(cb({"spec": "other", "version": 1, "facts": []}))
+    with pytest.raises(ValueError, match=r"facts\[1\]"):
+        HoldingIndex.restore(cb({"spec": SNAPSHOT_SPEC, "version": 1,
+                                 "facts": [[bytes(32), "a"], [bytes(31), "b"]]}))
+    with pytest.raises(ValueError, match="not a map"):
+        HoldingIndex.restore(cb([1, 2]))
+    with pytest.raises(fabric.DecodeError):
+        HoldingIndex.restore(b"\xc1")
+    good = HoldingIndex([(key(1), "a")]).snapshot()
+    with pytest.raises(ValueError):
+        HoldingIndex.restore(good[:-3])
+
+
+def test_repr_names_counts_and_failing_holders():
+    idx = HoldingIndex([(key(1), "a"), (key(2), "b")])
+    idx.mark_failed("b")
+    r = repr(idx)
+    assert "2 facts" in r and "2 keys" in r and "failing=[b]" in r
+    assert "<table>" in idx._repr_html_() and "sha256:" in idx._repr_html_()
+    assert isinstance(idx.keys()[0], ContentKey)
