@@ -61,39 +61,23 @@ DIAG = 1
 # Replies
 # ===========================================================================
 
-class EvalReply:
-    """The answer to an evaluation.
+class EvalReply(_core.EvalReply):
+    """The answer to an evaluation (immutable).
 
     ``value`` is what the op returned (for a stream op evaluated with
     ``evaluate``, the list of its items); ``diagnostics`` the diagnostics it
-    attached (dicts with ``kind`` and ``message``); ``trace`` a list of
-    steps when the request asked for one, else None; ``key`` the request's
-    content key; ``source`` where this reply came from on this call
-    (``"computed"``, ``"local"``, ``"peer:<node>"``, ``"home"``,
-    ``"ledger"``). Two replies are equal when value, diagnostics, trace and
-    key are: the source is not part of the answer.
+    attached (a tuple of dicts with ``kind`` and ``message``); ``trace`` a
+    list of steps when the request asked for one, else None; ``key`` the
+    request's content key; ``source`` where this reply came from on this
+    call (``"computed"``, ``"local"``, ``"peer:<node>"``, ``"home"``,
+    ``"ledger"``, ``"held"``). Two replies are equal when value,
+    diagnostics, trace and key are: the source is not part of the answer.
+
+    The record itself is the C type ``fabric._core.EvalReply`` (a local hit
+    is built without running Python code); this subclass adds the reprs.
     """
 
-    __slots__ = ("value", "diagnostics", "trace", "key", "source")
-
-    def __init__(self, value: Any, diagnostics: Iterable[dict] = (), trace: Any = None,
-                 key: ContentKey | None = None, source: str = "computed"):
-        self.value = value
-        self.diagnostics = tuple(diagnostics)
-        self.trace = trace
-        self.key = key
-        self.source = source
-
-    def _with_source(self, source: str) -> "EvalReply":
-        return EvalReply(self.value, self.diagnostics, self.trace, self.key, source)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EvalReply):
-            return NotImplemented
-        return (self.key == other.key and self.value == other.value
-                and self.diagnostics == other.diagnostics and self.trace == other.trace)
-
-    __hash__ = None  # type: ignore[assignment]  # values may be unhashable
+    __slots__ = ()
 
     def __repr__(self) -> str:
         v = repr(self.value)
@@ -115,6 +99,9 @@ class EvalReply:
         body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
                        for k, v in rows)
         return f"<table><caption>EvalReply</caption>{body}</table>"
+
+
+_core._set_reply_class(EvalReply)
 
 
 def reply_record(reply: EvalReply) -> list:

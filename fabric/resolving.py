@@ -104,8 +104,12 @@ class Explanation:
                 f"<th>target</th><th>outcome</th></tr>{rows}</table>")
 
 
-class ContentAddressedFabric(_FabricBase):
+class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
     """Local cassette, then holders and peers, then home; see the module doc.
+
+    ``evaluate``'s hit path (grants check, key, cassette lookup, reply) is
+    the C base ``fabric._core.ContentAddressedFabricCore``; misses come back
+    here to ``_resolve``.
 
     ``node`` is this node's id; ``cassette`` its ``EvalCassette``; ``peers``
     a sequence of ``ContentPeer``; ``home`` any fabric that computes (or
@@ -119,11 +123,9 @@ class ContentAddressedFabric(_FabricBase):
                  remember: int = 256):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
-        self.node = node
-        self.cassette = cassette
+        _core.ContentAddressedFabricCore.__init__(self, node, cassette, frozenset(grants))
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
-        self.grants = frozenset(grants)
         self.peer_timeout = peer_timeout
         self._peers: dict[str, ContentPeer] = {}
         for p in peers:
@@ -132,8 +134,6 @@ class ContentAddressedFabric(_FabricBase):
         self._trails: collections.OrderedDict[ContentKey, tuple[str, list]] = \
             collections.OrderedDict()
         self._trail_lock = threading.Lock()
-        self._stats = _Counters("local_hits", "peer_hits", "home_computes", "failures",
-                                "denied", "bytes_recorded")
 
     # -- peers ----------------------------------------------------------------
     @property
@@ -167,7 +167,7 @@ class ContentAddressedFabric(_FabricBase):
     def _hold(self, key: ContentKey, reply: EvalReply) -> None:
         record = reply_record(reply)
         self.cassette.record(key, record)
-        self._stats.add("bytes_recorded", len(canonical_bytes(record)))
+        self._count("bytes_recorded", len(canonical_bytes(record)))
         self.holders.announce(key, self.node)
 
     def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
@@ -181,7 +181,7 @@ class ContentAddressedFabric(_FabricBase):
         try:
             check_grants(request, g, f"ContentAddressedFabric {self.node!r}")
         except CapabilityDenied:
-            self._stats.add("denied")
+            self._count("denied")
             raise
 
     @staticmethod
@@ -196,18 +196,14 @@ class ContentAddressedFabric(_FabricBase):
         return left
 
     # -- evaluate ---------------------------------------------------------------
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
-        """Resolve the request: local hit, else holders and peers, else home."""
-        g = self._grants(grants)
+    # evaluate() is the C base's: hit path in C, then these hooks.
+    def _deny(self, request: EvalRequest, g: frozenset) -> None:
+        """Called by the C hit path when grants fall short: raises CapabilityDenied."""
         self._check(request, g)
-        key = request.key
-        if request.stream:
-            return _collect(self.stream(request, grants=g), key)
-        record = self.cassette.get(key)
-        if record is not None:
-            self._stats.add("local_hits")
-            return reply_from_record(record, key, "local")
-        return self._resolve(request, g, key)
+
+    def _evaluate_stream(self, request: EvalRequest, g: frozenset) -> EvalReply:
+        """evaluate() of a stream request: the whole stream as one reply."""
+        return _collect(self.stream(request, grants=g), request.key)
 
     async def aevaluate(self, request: EvalRequest, *,
                         grants: Iterable[str] | None = None) -> EvalReply:
@@ -216,13 +212,9 @@ class ContentAddressedFabric(_FabricBase):
         import asyncio
 
         g = self._grants(grants)
-        self._check(request, g)
-        key = request.key
-        if not request.stream:
-            record = self.cassette.get(key)
-            if record is not None:
-                self._stats.add("local_hits")
-                return reply_from_record(record, key, "local")
+        reply = self._lookup(request, grants=g)  # the C hit path, grants checked
+        if reply is not None:
+            return reply
         return await asyncio.to_thread(self.evaluate, request, grants=g)
 
     def _resolve(self, request: EvalRequest, g: frozenset, key: ContentKey) -> EvalReply:
@@ -231,7 +223,7 @@ class ContentAddressedFabric(_FabricBase):
         try:
             reply = self._resolve_steps(request, g, key, steps, attempts)
         except BaseException:
-            self._stats.add("failures")
+            self._count("failures")
             self._remember_trail(key, None, steps)
             raise
         self._remember_trail(key, reply.source, steps)
@@ -266,7 +258,7 @@ class ContentAddressedFabric(_FabricBase):
                 continue
             self.holders.mark_ok(peer.node)
             self._hold(key, reply)
-            self._stats.add("peer_hits")
+            self._count("peer_hits")
             steps.append((stage, peer.node, "hit"))
             return reply._with_source(f"peer:{peer.node}")
 
@@ -285,7 +277,7 @@ class ContentAddressedFabric(_FabricBase):
                 exc.add_note("peers asked first:" + _attempts_text(attempts))
             raise
         self._hold(key, reply)
-        self._stats.add("home_computes")
+        self._count("home_computes")
         steps.append(("home", "home", "computed"))
         return reply._with_source("home")
 
@@ -303,20 +295,20 @@ class ContentAddressedFabric(_FabricBase):
         self._check(request, g)
         key = request.key
         if key in self.cassette:
-            self._stats.add("local_hits")
+            self._count("local_hits")
             return EvalStream(_replay_events(self.cassette, key), key, "local")
         steps: list[tuple[str, str, str]] = [("local", self.node, "not held")]
         attempts: list[tuple[str, BaseException]] = []
         try:
             source, events, counter = self._open_stream(request, g, key, steps, attempts)
         except BaseException:
-            self._stats.add("failures")
+            self._count("failures")
             self._remember_trail(key, None, steps)
             raise
         self._remember_trail(key, source, steps)
 
         def done() -> None:
-            self._stats.add(counter)
+            self._count(counter)
             self.holders.announce(key, self.node)
 
         return EvalStream(_recording(events, self.cassette, key, done), key, source)

@@ -87,6 +87,17 @@ typedef struct fab_state {
     PyTypeObject *CassetteStream_Type;
     PyTypeObject *CassetteWriter_Type;
     PyTypeObject *LedgerView_Type;
+    /* caf.c */
+    PyTypeObject *EvalReply_Type;   /* the C base */
+    PyTypeObject *CAFCore_Type;     /* ContentAddressedFabric's C base */
+    PyObject *reply_class;          /* the class hits are made of (fabric.EvalReply) */
+    PyObject *str_get;              /* interned "get" */
+    PyObject *str_local;            /* interned "local" */
+    PyObject *str_computed;         /* interned "computed" */
+    PyObject *str_resolve;          /* interned "_resolve" */
+    PyObject *str_deny;             /* interned "_deny" */
+    PyObject *str_evaluate_stream;  /* interned "_evaluate_stream" */
+    PyObject *str_check_grants;     /* interned "_grants" */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -117,6 +128,7 @@ int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_keys_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
 int fab_py_cassette_exec(PyObject *module, fab_state *st);
+int fab_py_caf_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
@@ -125,6 +137,18 @@ int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_unpack_clear(fab_state *st);
 int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_cassette_clear(fab_state *st);
+int fab_py_caf_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_caf_clear(fab_state *st);
+
+/* keys.c: a borrowed view of an EvalRequest for other parts: its 32-byte
+ * digest (valid while req lives), its sorted capability tuple (borrowed) and
+ * its stream flag; any out pointer may be NULL. 0, or -1 with TypeError when
+ * req is not an EvalRequest. */
+int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, PyObject **caps,
+                        int *stream);
+
+/* keys.c: the request's ContentKey (made once, then shared); new reference. */
+PyObject *fab_py_request_key(fab_state *st, PyObject *req);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */

@@ -1672,3 +1672,35 @@ void fab_py_keys_clear(fab_state *st)
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
 }
+
+/* ======================================================================== */
+/* Accessors for other parts of the glue                                     */
+/* ======================================================================== */
+
+int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, PyObject **caps,
+                        int *stream)
+{
+    if (!PyObject_TypeCheck(req, st->EvalRequest_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected an EvalRequest, not %.100s",
+                     Py_TYPE(req)->tp_name);
+        return -1;
+    }
+    EvalRequestObject *r = (EvalRequestObject *)req;
+    if (digest)
+        *digest = r->digest;
+    if (caps)
+        *caps = r->capabilities;
+    if (stream)
+        *stream = r->stream;
+    return 0;
+}
+
+PyObject *fab_py_request_key(fab_state *st, PyObject *req)
+{
+    if (!PyObject_TypeCheck(req, st->EvalRequest_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected an EvalRequest, not %.100s",
+                     Py_TYPE(req)->tp_name);
+        return NULL;
+    }
+    return EvalRequest_get_key((EvalRequestObject *)req, NULL);
+}

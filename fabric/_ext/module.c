@@ -12,6 +12,7 @@ static const part_exec parts[] = {
     fab_py_keys_exec,
     fab_py_unpack_exec,
     fab_py_cassette_exec,
+    fab_py_caf_exec,
 };
 
 static int module_exec(PyObject *module)
@@ -36,6 +37,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
         return -1;
     if (fab_py_cassette_traverse(st, visit, arg))
         return -1;
+    if (fab_py_caf_traverse(st, visit, arg))
+        return -1;
     return fab_py_unpack_traverse(st, visit, arg);
 }
 
@@ -47,6 +50,7 @@ static int module_clear(PyObject *module)
     fab_py_keys_clear(st);
     fab_py_unpack_clear(st);
     fab_py_cassette_clear(st);
+    fab_py_caf_clear(st);
     return 0;
 }
 
