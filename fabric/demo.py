@@ -1,42 +1,148 @@
 """The demonstration run by ``bash dev.sh demo`` (``fabric demo``).
 
-It keys a few requests and shows what a content key captures: identical work
-gets the same key in any process, routing policy does not change it, and a
-Secret's value never enters it.
+Two nodes in one process, each with its own durable ledger under
+``$FABRIC_HOME/demo`` (default ``~/.cache/fabric/demo``):
+
+1. ops are registered with ``@fabric.op``;
+2. node *a* evaluates them through a ``ContentAddressedFabric``: unheld work
+   is computed on its home site and recorded;
+3. the same requests again are local hits (timed);
+4. node *b*, with no home, resolves them from *a* as a peer, then holds them;
+5. a stream op is streamed, recorded frame by frame and replayed;
+6. ``explain`` and ``stats`` say what happened.
+
+Node *a*'s ledger is kept between runs (a second run shows its holdings
+replayed at open); node *b*'s is started afresh each run so step 4 always
+shows peer resolution.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import statistics
 import time
+from pathlib import Path
 
-from . import _core
+import fabric
 
 
-def _show(label: str, request: _core.EvalRequest) -> None:
-    print(f"  {label:<34} {request.key}")
+def fabric_home() -> Path:
+    """``$FABRIC_HOME``, else ``~/.cache/fabric``."""
+    env = os.environ.get("FABRIC_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fabric"
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:8.2f} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:8.2f} µs"
+    return f"{seconds * 1e9:8.0f} ns"
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _median_call(fn, n: int = 2000) -> float:
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def register_ops(registry: fabric.OpRegistry):
+    """The demo's ops: a slow deterministic 'embedding' and a token stream."""
+
+    @fabric.op("demo.embed", version=1, registry=registry)
+    def embed(text: str, dims: int = 4) -> list:
+        # Stands for a model call: deterministic, and slow enough to notice.
+        h = text.encode()
+        for _ in range(60_000):
+            h = hashlib.sha256(h).digest()
+        return [round(b / 255, 3) for b in h[:dims]]
+
+    @fabric.op("demo.tokens", version=1, registry=registry)
+    def tokens(text: str):
+        for i, word in enumerate(text.split()):
+            time.sleep(0.01)  # produced one by one
+            if i == 2:
+                fabric.diagnostic("Diagnostic", "third token reached", index=i)
+            yield word.lower()
+
+    return embed, tokens
 
 
 def main(args=None) -> int:
-    EvalRequest = _core.EvalRequest
-    print("stream-fabric demo: content keys\n")
-    base = EvalRequest("embed", ("the quick brown fox",), {"model": "mini-l6"}, version=1)
-    _show("embed(text, model=mini-l6) v1", base)
-    _show("same work, built again", EvalRequest("embed", ["the quick brown fox"],
-                                                {"model": "mini-l6"}, version=1))
-    _show("version 2 of the op", base.replace(version=2))
-    _show("with a deadline (routing only)", base.replace(deadline=5.0))
-    secret_a = EvalRequest("fetch", ("https://example.invalid/data",),
-                           {"token": _core.Secret("token-A")})
-    secret_b = EvalRequest("fetch", ("https://example.invalid/data",),
-                           {"token": _core.Secret("token-B")})
-    _show("fetch with Secret('token-A')", secret_a)
-    _show("fetch with Secret('token-B')", secret_b)
-    print(f"\n  repr never shows a secret: {secret_a!r}")
+    reg = fabric.OpRegistry()
+    embed, tokens = register_ops(reg)
+    home_dir = fabric_home() / "demo"
+    home_dir.mkdir(parents=True, exist_ok=True)
+    path_a, path_b = home_dir / "node-a.ledger", home_dir / "node-b.ledger"
+    if path_b.exists():
+        path_b.unlink()
 
-    payload = bytes(1 << 20)
-    t0 = time.perf_counter()
-    big = EvalRequest("checksum", (payload,))
-    dt = time.perf_counter() - t0
-    _show("checksum(1 MiB of zeros)", big)
-    print(f"  keyed 1 MiB in {dt * 1e3:.2f} ms ({len(payload) / dt / 1e9:.2f} GB/s)")
+    print("stream-fabric demo: content-addressed evaluation\n")
+    print(f"  ops registered: {embed!r}, {tokens!r}")
+    print(f"  ledgers under {home_dir} (set FABRIC_HOME to move them)\n")
+
+    cas_a = fabric.EvalCassette(str(path_a))
+    cas_b = fabric.EvalCassette(str(path_b))
+    try:
+        held_before = len(cas_a)
+        home = fabric.LocalFabric(reg, name="home")
+        a = fabric.ContentAddressedFabric("a", cas_a, home=home)
+        if held_before:
+            print(f"  node a opened its ledger holding {held_before} replies from earlier runs")
+        texts = ["the quick brown fox", "jumps over", "the lazy dog",
+                 f"run {held_before // 4 + 1}"]
+        requests = [embed.request(t) for t in texts]
+
+        print("1. node a evaluates (home computes what nobody holds):")
+        for t, req in zip(texts, requests):
+            reply, dt = _timed(a.evaluate, req)
+            print(f"   embed({t!r:<24}) -> {reply.value}  from {reply.source:<6} {_fmt(dt)}")
+
+        print("\n2. the same requests again on node a (local hits, no peer, no home):")
+        for t, req in zip(texts, requests):
+            per_call = _median_call(lambda: a.evaluate(req))
+            print(f"   embed({t!r:<24}) from {a.evaluate(req).source:<6} {_fmt(per_call)} per call")
+
+        print("\n3. node b (no home, fresh ledger) resolves from node a as a peer:")
+        b = fabric.ContentAddressedFabric(
+            "b", cas_b, peers=[fabric.ContentPeer("a", fabric.ContentServeFabric(cas_a, node="a"))],
+            holders=a.holders)
+        for t, req in zip(texts, requests):
+            reply, dt = _timed(b.evaluate, req)
+            print(f"   embed({t!r:<24}) from {reply.source:<6} {_fmt(dt)}")
+        reply, dt = _timed(b.evaluate, requests[0])
+        print(f"   and now b holds them too: from {reply.source} in {_fmt(dt).strip()}")
+        print(f"   holders of the first request: {a.holders.holders_of(requests[0].key)}")
+
+        print("\n4. a stream op through node a, recorded frame by frame, then replayed:")
+        sreq = tokens.request("Content never mutates so holders never go stale")
+        s = a.stream(sreq)
+        t0 = time.perf_counter()
+        items = []
+        for item in s:
+            items.append(item)
+        dt = time.perf_counter() - t0
+        print(f"   {s.source:<5} {len(items)} items in {_fmt(dt).strip()}: {' '.join(items)}")
+        s2 = a.stream(sreq)
+        replay, dt2 = _timed(list, s2)
+        print(f"   {s2.source:<5} {len(replay)} items in {_fmt(dt2).strip()} "
+              f"(identical: {replay == items}), diagnostics {s2.diagnostics}")
+
+        print("\n5. why did node b answer the way it did?")
+        print("   " + repr(b.explain(requests[-1])).replace("\n", "\n   "))
+        print(f"\n   {a!r}\n   {b!r}")
+    finally:
+        cas_a.close()
+        cas_b.close()
     return 0

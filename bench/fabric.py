@@ -1,0 +1,147 @@
+"""Fabrics benchmark: the local-hit path and the miss-path overhead.
+
+    python bench/fabric.py [--quick]
+
+1. Local hit: ``ContentAddressedFabric.evaluate`` on a held 10-key request
+   (QUALITY.md goal P8: <= 2 us), side by side in one run with what a user
+   would otherwise reach for, memoizing the same function of 10 keyword
+   arguments: a dict lookup, ``functools.lru_cache``, ``joblib.Memory`` and
+   ``diskcache``'s ``memoize``. Also timed: the one-line ``fab.call(op,
+   **kwargs)``, which keys the request on every call.
+2. Miss path: a trivial op (returns its argument) evaluated through a
+   ``ContentAddressedFabric`` with a home ``LocalFabric`` and a real ledger
+   (OS durability), every request new, against calling the function and
+   against ``LocalFabric`` alone.
+
+Absolute times drift on shared machines; the ratios, measured in one run,
+are the figures. Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fabric  # noqa: E402
+
+KWARGS = {f"k{i}": (i * 7919) % 1000 for i in range(10)}  # the 10-key request
+
+
+def work(**kw):
+    """The memoized function: cheap, so the cache machinery is what is timed."""
+    return [float(v) / 7 for v in sorted(kw.values())][:8]
+
+
+def per_call(fn, n: int, repeat: int = 7) -> float:
+    """Median seconds per call over ``repeat`` runs of ``n`` calls."""
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def fmt(s: float) -> str:
+    return f"{s * 1e9:,.0f} ns" if s < 1e-5 else f"{s * 1e6:,.1f} µs"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer iterations")
+    opts = ap.parse_args()
+    n = 20_000 if opts.quick else 100_000
+    nslow = 2_000 if opts.quick else 10_000
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="fabric-bench-")
+
+    # -- 1. local hit ----------------------------------------------------------
+    reg = fabric.OpRegistry()
+    op = fabric.op("bench.work", version=1, registry=reg)(work)
+    req = op.request(**KWARGS)
+    cas = fabric.EvalCassette(os.path.join(tmp, "hit.ledger"))
+    fab = fabric.ContentAddressedFabric("bench", cas, home=fabric.LocalFabric(reg))
+    assert fab.evaluate(req).source == "home"
+    assert fab.evaluate(req).source == "local"
+    t_caf = per_call(lambda: fab.evaluate(req), n)
+    t_call = per_call(lambda: fab.call(op, **KWARGS), n)
+
+    d = {req.key: work(**KWARGS)}
+    key = req.key
+    t_dict = per_call(lambda: d[key], n)
+
+    cached = functools.lru_cache(maxsize=None)(work)
+    cached(**KWARGS)
+    t_lru = per_call(lambda: cached(**KWARGS), n)
+
+    import diskcache
+    dc = diskcache.Cache(os.path.join(tmp, "diskcache"))
+    dmemo = dc.memoize()(work)
+    dmemo(**KWARGS)
+    t_dc = per_call(lambda: dmemo(**KWARGS), nslow)
+
+    import joblib
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = joblib.Memory(os.path.join(tmp, "joblib"), verbose=0)
+        jmemo = mem.cache(work)
+        jmemo(**KWARGS)
+        t_jl = per_call(lambda: jmemo(**KWARGS), max(200, nslow // 20), repeat=5)
+
+    rows.append(("local hit: `ContentAddressedFabric.evaluate(request)`", t_caf, None))
+    rows.append(("local hit: `fab.call(op, **kwargs)` (keys the request each call)", t_call,
+                 None))
+    rows.append(("dict lookup by content key", t_dict, t_caf / t_dict))
+    rows.append(("`functools.lru_cache` hit", t_lru, t_caf / t_lru))
+    rows.append(("`diskcache` `memoize` hit", t_dc, t_dc / t_caf))
+    rows.append(("`joblib.Memory` hit", t_jl, t_jl / t_caf))
+
+    # -- 2. miss path ----------------------------------------------------------
+    @fabric.op("bench.echo", version=1, registry=reg)
+    def echo(x):
+        return x
+
+    cas_m = fabric.EvalCassette(os.path.join(tmp, "miss.ledger"))
+    fab_m = fabric.ContentAddressedFabric("miss", cas_m, home=fabric.LocalFabric(reg))
+    local = fabric.LocalFabric(reg)
+    counter = iter(range(10**9))
+    m = nslow
+    t_direct = per_call(lambda: echo.fn(next(counter)), m, repeat=5)
+    t_local = per_call(lambda: local.evaluate(echo.request(next(counter))), m, repeat=5)
+    t_miss = per_call(lambda: fab_m.evaluate(echo.request(next(counter))), m, repeat=5)
+    rows.append(("miss: trivial op, direct call", t_direct, None))
+    rows.append(("miss: `LocalFabric.evaluate` (key + run)", t_local, None))
+    rows.append(("miss: `ContentAddressedFabric.evaluate` (key, lookup, home, record, "
+                 "announce)", t_miss, None))
+    for c in (cas, cas_m):
+        c.close()
+    dc.close()
+
+    print(f"Fabrics benchmark (python {sys.version.split()[0]}, "
+          f"{'quick' if opts.quick else 'full'} run)\n")
+    print("| what | per call | ratio |")
+    print("|---|---:|---:|")
+    for name, t, ratio in rows:
+        r = "" if ratio is None else f"{ratio:.1f}×"
+        print(f"| {name} | {fmt(t)} | {r} |")
+    print()
+    goal = "met" if t_caf <= 2e-6 else "NOT met"
+    print(f"P8 local hit through ContentAddressedFabric.evaluate: {fmt(t_caf)} "
+          f"(goal <= 2 µs: {goal})")
+    print(f"vs lru_cache: {t_caf / t_lru:.1f}× slower; vs diskcache memoize: "
+          f"{t_dc / t_caf:.1f}× faster; vs joblib.Memory: {t_jl / t_caf:.0f}× faster")
+    print(f"miss-path overhead over LocalFabric: {fmt(t_miss - t_local)} per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
