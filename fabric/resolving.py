@@ -359,8 +359,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if key in self.cassette:
             with self._trail_lock:
                 trail = self._trails.get(key)
-            steps = list(trail[1]) if trail else []
-            steps.append(("local", self.node, "held"))
+            if trail is None:
+                return Explanation(key, "local", [("local", self.node, "held")])
+            # Resolved here earlier and recorded: say how, then that it is held now.
+            steps = list(trail[1]) + [("local", self.node, f"held now (first from {trail[0]})")]
             return Explanation(key, "local", steps)
         with self._trail_lock:
             trail = self._trails.get(key)

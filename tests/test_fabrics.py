@@ -589,3 +589,23 @@ def test_reprs_and_html(reg, cassette_factory):
     assert "<table>" in reply._repr_html_()
     assert "misses=1" in repr(fab) and "<table>" in fab._repr_html_()
     assert "sha256:" in r.request().key._repr_html_()
+
+
+# ------------------------------------------------------------------------ EvalReply
+
+def test_eval_reply_is_an_immutable_picklable_record():
+    import pickle
+
+    key = EvalRequest("x").key
+    r = EvalReply({"a": [1, 2]}, [{"kind": "Diagnostic", "message": "m"}], None, key, "home")
+    assert isinstance(r, fabric._core.EvalReply)
+    assert r.diagnostics == ({"kind": "Diagnostic", "message": "m"},)  # a tuple
+    with pytest.raises(AttributeError):
+        r.value = 1
+    back = pickle.loads(pickle.dumps(r))
+    assert type(back) is EvalReply and back == r and back.source == "home"
+    assert r == r._with_source("local")  # the source is not part of the answer
+    assert r != EvalReply({"a": [1, 2]}, (), None, key)
+    with pytest.raises(TypeError):
+        hash(r)
+    assert EvalReply(1).source == "computed" and EvalReply(1).key is None

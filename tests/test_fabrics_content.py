@@ -444,3 +444,37 @@ def test_cassette_replays_holdings_after_the_node_restarts(tmp_path):
     assert out2.returncode == 0, out2.stderr
     assert "'local', 'local', 'local'" in out2.stdout
     assert "[[1.0], [2.0], [3.0]] 3" in out2.stdout
+
+
+def test_hit_path_is_the_c_base_and_calls_no_python(reg, cassette_factory):
+    assert ContentAddressedFabric.evaluate is fabric._core.ContentAddressedFabricCore.evaluate
+
+    class Watched(ContentAddressedFabric):
+        resolved = 0
+
+        def _resolve(self, request, g, key):
+            Watched.resolved += 1
+            return super()._resolve(request, g, key)
+
+    cas = cassette_factory("w")
+    fab = Watched("w", cas, home=Home(reg))
+    req = fabric.EvalRequest("embed", ("w",), version=1)
+    assert fab.evaluate(req).source == "home" and Watched.resolved == 1
+    for _ in range(3):
+        assert type(fab.evaluate(req)) is EvalReply
+    assert Watched.resolved == 1 and fab.stats()["local_hits"] == 3
+    with pytest.raises(TypeError, match="expected an EvalRequest"):
+        fab.evaluate("not a request")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        fab.evaluate(req, grant=())
+    with pytest.raises(TypeError, match="single string"):
+        fab.evaluate(req, grants="model.call")
+
+
+def test_a_record_that_is_not_a_reply_is_refused(reg, cassette_factory):
+    cas = cassette_factory("junk")
+    req = fabric.EvalRequest("embed", ("junk",), version=1)
+    cas.record(req.key, "not a reply record")
+    fab = ContentAddressedFabric("j", cas)
+    with pytest.raises(fabric.FabricError, match="not a reply record"):
+        fab.evaluate(req)
