@@ -609,3 +609,12 @@ def test_eval_reply_is_an_immutable_picklable_record():
     with pytest.raises(TypeError):
         hash(r)
     assert EvalReply(1).source == "computed" and EvalReply(1).key is None
+
+
+def test_reply_record_golden_vector_matches_the_spec():
+    from fabric.fabrics import reply_record
+
+    r = EvalReply([0.5, 1.0], [{"kind": "Diagnostic", "message": "rounded"}])
+    assert fabric.canonical_bytes(reply_record(r)).hex() == (
+        "9392cb3fe0000000000000cb3ff00000000000009182a46b696e64aa446961676e6f73746963"
+        "a76d657373616765a7726f756e646564c0")

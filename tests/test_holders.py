@@ -158,3 +158,11 @@ def test_repr_names_counts_and_failing_holders():
     assert "2 facts" in r and "2 keys" in r and "failing=[b]" in r
     assert "<table>" in idx._repr_html_() and "sha256:" in idx._repr_html_()
     assert isinstance(idx.keys()[0], ContentKey)
+
+
+def test_snapshot_golden_vector_matches_the_spec():
+    idx = HoldingIndex([(ContentKey(bytes(32)), "a")])
+    assert idx.snapshot().hex() == (
+        "83a473706563b46661627269632e686f6c64696e672d696e646578a5666163747391"
+        "92c4200000000000000000000000000000000000000000000000000000000000000000"
+        "a161a776657273696f6e01")
