@@ -430,7 +430,6 @@ RESTART_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not hasattr(fabric, "EvalCassette"), reason="needs the durable cassette")
 def test_cassette_replays_holdings_after_the_node_restarts(tmp_path):
     path = str(tmp_path / "node.ledger")
     env = dict(os.environ, PYTHONPATH=ROOT)
