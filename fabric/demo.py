@@ -101,7 +101,7 @@ def main(args=None) -> int:
         if held_before:
             print(f"  node a opened its ledger holding {held_before} replies from earlier runs")
         texts = ["the quick brown fox", "jumps over", "the lazy dog",
-                 f"run {held_before // 4 + 1}"]
+                 time.strftime("run at %H:%M:%S")]  # new each run: always computed
         requests = [embed.request(t) for t in texts]
 
         print("1. node a evaluates (home computes what nobody holds):")
