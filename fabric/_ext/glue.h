@@ -71,6 +71,13 @@ typedef struct fab_state {
     PyTypeObject *CassetteStream_Type;
     PyTypeObject *CassetteWriter_Type;
     PyTypeObject *LedgerView_Type;
+
+    /* frames.c */
+    PyTypeObject *StreamFrameLimits_Type;
+    PyTypeObject *Frame_Type;
+    PyTypeObject *FrameEncoder_Type;
+    PyTypeObject *FrameDecoder_Type;
+    PyObject *default_limits; /* StreamFrameLimits() */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -101,6 +108,7 @@ int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_keys_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
 int fab_py_cassette_exec(PyObject *module, fab_state *st);
+int fab_py_frames_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
@@ -109,6 +117,8 @@ int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_unpack_clear(fab_state *st);
 int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_cassette_clear(fab_state *st);
+int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_frames_clear(fab_state *st);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
@@ -128,5 +138,14 @@ PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what);
  * max_str, max_bin, max_ext, max_array, max_map, max_items (None or NULL:
  * the defaults). 0 or -1 with ValueError. */
 int fab_py_limits_from_object(PyObject *obj, struct fab_mp_limits *lim);
+
+/* frames.c: raises FrameError for a frame decoder's refusal, with .offset,
+ * .frame_offset and .violation set. Returns NULL. */
+struct fab_frame_error;
+PyObject *fab_py_raise_frame_error(fab_state *st, const struct fab_frame_error *err);
+
+/* frames.c: one limit of a StreamFrameLimits object, by its position in
+ * StreamFrameLimits' field order (0 = max_frame_payload_bytes ... 7 = max_items). */
+uint64_t fab_py_limit(PyObject *limits, int which);
 
 #endif

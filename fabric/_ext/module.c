@@ -12,6 +12,7 @@ static const part_exec parts[] = {
     fab_py_keys_exec,
     fab_py_unpack_exec,
     fab_py_cassette_exec,
+    fab_py_frames_exec,
 };
 
 static int module_exec(PyObject *module)
@@ -36,6 +37,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
         return -1;
     if (fab_py_cassette_traverse(st, visit, arg))
         return -1;
+    int r = fab_py_frames_traverse(st, visit, arg);
+    if (r != 0)
+        return r;
     return fab_py_unpack_traverse(st, visit, arg);
 }
 
@@ -47,6 +51,7 @@ static int module_clear(PyObject *module)
     fab_py_keys_clear(st);
     fab_py_unpack_clear(st);
     fab_py_cassette_clear(st);
+    fab_py_frames_clear(st);
     return 0;
 }
 
