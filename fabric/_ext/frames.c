@@ -6,6 +6,7 @@
 #include "glue.h"
 
 #include "fabric/frame.h"
+#include "fabric/mpdec.h"
 
 /* ======================================================================== */
 /* Argument parsing for METH_FASTCALL | METH_KEYWORDS                       */
@@ -704,6 +705,39 @@ static PyObject *frame_reduce(FrameObject *self, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("(N(N))", fn, enc);
 }
 
+/* Decode limits from a StreamFrameLimits (its max_depth and max_items, the
+ * reader's defaults for the rest, each string or blob also bounded by the
+ * frame payload limit), or from anything fabric.unpack accepts. 0 or -1. */
+static int payload_limits(fab_state *st, PyObject *limits, fab_mp_limits *lim)
+{
+    if (limits == NULL || limits == Py_None)
+        limits = st->default_limits;
+    if (!PyObject_TypeCheck(limits, st->StreamFrameLimits_Type))
+        return fab_py_limits_from_object(limits, lim);
+    fab_mp_limits_default(lim);
+    uint64_t depth = fab_py_limit(limits, L_DEPTH), items = fab_py_limit(limits, L_ITEMS);
+    uint64_t payload = fab_py_limit(limits, L_PAYLOAD);
+    lim->max_depth = (uint32_t)(depth < FAB_MAX_DEPTH ? depth : FAB_MAX_DEPTH);
+    lim->max_items = items;
+    if (payload < lim->max_str)
+        lim->max_str = lim->max_bin = lim->max_ext = (uint32_t)payload;
+    return 0;
+}
+
+static PyObject *frame_decode_payload(FrameObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"limits"};
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[1];
+    fab_mp_limits lim;
+    if (st == NULL || parse_args("decode_payload", args, nargs, kwnames, kw, 1, 1, 0, a) < 0 ||
+        payload_limits(st, a[0], &lim) < 0)
+        return NULL;
+    size_t base = self->offset < 0 ? 0 : (size_t)self->offset + FAB_FRAME_HEADER_LEN;
+    return fab_py_decode(st, self->ptr, (size_t)self->len, &lim, base);
+}
+
 static PyGetSetDef frame_getset[] = {
     {"kind", (getter)frame_get_kind, NULL, "The frame kind (an int; see FrameKind).", NULL},
     {"kind_name", (getter)frame_get_kind_name, NULL, "The kind's wire name, e.g. 'STREAM_CHUNK'.", NULL},
@@ -726,6 +760,13 @@ static PyGetSetDef frame_getset[] = {
 static PyMethodDef frame_methods[] = {
     {"encode", (PyCFunction)frame_encode, METH_NOARGS,
      "encode($self, /)\n--\n\nThe frame's wire bytes (header + payload)."},
+    {"decode_payload", (PyCFunction)(void (*)(void))frame_decode_payload,
+     METH_FASTCALL | METH_KEYWORDS,
+     "decode_payload($self, /, limits=None)\n--\n\n"
+     "The payload decoded by the hardened msgpack decoder (fabric.unpack), under\n"
+     "limits: a StreamFrameLimits (its max_depth and max_items; default\n"
+     "StreamFrameLimits()) or any limits fabric.unpack accepts. Raises\n"
+     "DecodeError whose .offset counts from the start of the stream."},
     {"__reduce__", (PyCFunction)frame_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1196,7 +1237,34 @@ static PyObject *frame_from_bytes(PyObject *module, PyObject *data)
     return res;
 }
 
+static PyObject *payload_violation(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    fab_state *st = fab_get_state(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_payload_violation(data, limits)");
+        return NULL;
+    }
+    fab_mp_limits lim;
+    if (payload_limits(st, args[1], &lim) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    char err[160];
+    size_t off = 0;
+    int rc = fab_mp_validate(view.buf, (size_t)view.len, &lim, err, sizeof(err), &off);
+    PyBuffer_Release(&view);
+    if (rc == FAB_OK)
+        Py_RETURN_NONE;
+    const char *which = rc == FAB_EDEPTH ? "max_depth" : rc == FAB_ELIMIT ? "limit" : "format";
+    return Py_BuildValue("(sns)", which, (Py_ssize_t)off, err);
+}
+
 static PyMethodDef frames_functions[] = {
+    {"_payload_violation", (PyCFunction)(void (*)(void))payload_violation, METH_FASTCALL,
+     "_payload_violation(data, limits, /)\n--\n\n"
+     "None when data is one msgpack value within limits, else (which, offset,\n"
+     "message) with which 'max_depth', 'limit' or 'format'."},
     {"_frame_from_bytes", frame_from_bytes, METH_O,
      "_frame_from_bytes(data, /)\n--\n\nOne whole encoded frame back to a Frame (for pickle)."},
     {NULL, NULL, 0, NULL},
