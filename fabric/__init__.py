@@ -27,6 +27,7 @@ from ._core import (
     StreamFrameLimits,
     canonical_bytes,
     unpack,
+    CapabilityDenied,
 )
 from ._core import (  # the cassette
     CassetteStream,
@@ -38,6 +39,15 @@ from ._core import (  # the cassette
     LedgerLockedError,
     LedgerVersionError,
 )
+from .frames import (
+    DIAGNOSTIC_KINDS,
+    FrameKind,
+    StreamDiagnostic,
+    stream_frames_to_events,
+    stream_frames_to_stream,
+    stream_to_frames,
+)
+from .control import StreamControl
 
 __version__ = "0.1.0"
 
@@ -68,4 +78,12 @@ __all__ = [
     "LedgerFormatError",
     "LedgerLockedError",
     "LedgerVersionError",
+    "CapabilityDenied",
+    "DIAGNOSTIC_KINDS",
+    "FrameKind",
+    "StreamControl",
+    "StreamDiagnostic",
+    "stream_frames_to_events",
+    "stream_frames_to_stream",
+    "stream_to_frames",
 ]

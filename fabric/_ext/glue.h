@@ -28,7 +28,7 @@
     XX(DecodeError, FabricError, PyExc_ValueError,                             \
        "Bytes that are not valid msgpack, or that break a decode limit.")      \
     XX(FrameError, FabricError, PyExc_ValueError,                              \
-       "A malformed or refused frame; .offset is its stream offset.")      \
+       "A malformed or refused frame; .offset is its stream offset.")         \
     XX(LedgerError, FabricError, PyExc_OSError,                                \
        "A cassette ledger could not be read or written (.path, .errno).")      \
     XX(LedgerLockedError, LedgerError, PyExc_OSError,                          \
@@ -38,7 +38,9 @@
     XX(LedgerVersionError, LedgerFormatError, PyExc_ValueError,                \
        "The ledger's format version is newer than this code (.version).")      \
     XX(LedgerCorruptionError, LedgerFormatError, PyExc_ValueError,             \
-       "A bad record followed by valid ones; .offset is the bad record's.")
+       "A bad record followed by valid ones; .offset is the bad record's.")    \
+    XX(CapabilityDenied, FabricError, PyExc_PermissionError,                   \
+       "An operation refused for a missing capability; .capability names it.")
 
 enum fab_py_exc {
 #define FAB__EXC_ENUM(name, parent, base, doc) FAB_PYEXC_##name,
