@@ -1149,6 +1149,12 @@ static PyObject *decoder_get_partial(DecoderObject *self, void *closure)
     return PyBool_FromLong(fab_frame_decoder_partial(&self->dec));
 }
 
+static PyObject *decoder_get_capacity(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromSize_t(self->dec.pay_cap);
+}
+
 static PyObject *decoder_get_limits(DecoderObject *self, void *closure)
 {
     FAB_UNUSED(closure);
@@ -1176,6 +1182,8 @@ static PyGetSetDef decoder_getset[] = {
     {"pending", (getter)decoder_get_pending, NULL, "Frames decoded and not yet taken.", NULL},
     {"partial", (getter)decoder_get_partial, NULL, "True while part of a frame is buffered.", NULL},
     {"limits", (getter)decoder_get_limits, NULL, "The StreamFrameLimits in force.", NULL},
+    {"_buffer_capacity", (getter)decoder_get_capacity, NULL,
+     "Bytes the C decoder holds allocated for a partial payload (for tests).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
