@@ -28,6 +28,9 @@ from ._core import (
     canonical_bytes,
     unpack,
     CapabilityDenied,
+    FRAME_FLAG_DIAGNOSTIC,
+    FRAME_HEADER_LEN,
+    FRAME_VERSION,
 )
 from ._core import (  # the cassette
     CassetteStream,
@@ -79,6 +82,9 @@ __all__ = [
     "LedgerLockedError",
     "LedgerVersionError",
     "CapabilityDenied",
+    "FRAME_FLAG_DIAGNOSTIC",
+    "FRAME_HEADER_LEN",
+    "FRAME_VERSION",
     "DIAGNOSTIC_KINDS",
     "FrameKind",
     "StreamControl",

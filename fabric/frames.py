@@ -223,11 +223,13 @@ def stream_to_frames(items: Iterable[Any], *, stream_id: int, metadata: Any = No
             diag = _limit("max_stream_frames", count, limits.max_stream_frames, "data chunks")
             break
         now = clock()
-        elapsed_ms = int((now - start) * 1000)
+        elapsed_ms = int(round((now - start) * 1000))
         if elapsed_ms > limits.max_duration_ms:
             diag = _limit("max_duration_ms", elapsed_ms, limits.max_duration_ms, "ms")
             break
-        while window and now - window[0] >= 1.0:
+        # A chunk one second (to the microsecond) older than this one has
+        # left the window: exactly max_rate_hz per second is allowed.
+        while window and now - window[0] >= 1.0 - 1e-6:
             window.popleft()
         if len(window) + 1 > limits.max_rate_hz:
             diag = _limit("max_rate_hz", len(window) + 1, limits.max_rate_hz,
