@@ -105,3 +105,26 @@ def test_received_refusals_name_field_and_offset():
 def test_secret_in_push_is_not_sent():
     frame = StreamControl.push(1, {"k": fabric.Secret("planted-secret-123")}).to_frame(ALL)
     assert b"planted-secret-123" not in frame.encode()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8)
+                       | st.sampled_from(list(CONTROL_CAPABILITIES) + list(FAULT_KINDS)),
+                       lambda ch: st.lists(ch, max_size=3)
+                       | st.dictionaries(st.sampled_from(["op", "limit", "item", "kind",
+                                                          "count", "reason", "metadata", "x"]),
+                                         ch, max_size=4), max_leaves=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_values.map(fabric.canonical_bytes), st.binary(max_size=40)))
+def test_random_payloads_are_accepted_or_refused_cleanly(payload):
+    frame = Frame(FrameKind.CONTROL, payload, stream_id=1)
+    try:
+        ctl = StreamControl.from_frame(frame, ALL)
+    except (fabric.FrameError, fabric.DecodeError) as exc:
+        assert "offset" in str(exc)
+        return
+    assert StreamControl.from_frame(ctl.to_frame(ALL), ALL) == ctl

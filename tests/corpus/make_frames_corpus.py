@@ -310,6 +310,43 @@ def main():
         json.dump(manifest, fh, indent=1, sort_keys=True)
         fh.write("\n")
     print("%d cases in %s" % (len(manifest), OUT))
+    write_fuzz_seeds()
+
+
+def write_fuzz_seeds():
+    """Seeds of the libFuzzer targets (csrc/fuzz/seeds/<target>/): the corpus
+    cases plus valid inputs, as each target reads them."""
+    root = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc", "fuzz", "seeds")
+    valid_stream = b"".join([
+        ref.frame(K["STREAM_START"], pack({"metadata": {"a": 1}}), stream_id=7),
+        ref.frame(K["STREAM_CHUNK"], pack([1, "two", 3.0]), stream_id=7, seq=1),
+        ref.frame(K["STREAM_END"], pack({"bytes": 9, "chunks": 1, "truncated": False}),
+                  stream_id=7, seq=2)])
+    controls = [pack(b) for b in ({"op": "open"}, {"op": "next", "limit": 8},
+                                  {"op": "push", "item": [1, {"x": b"y"}]},
+                                  {"op": "fault", "kind": "drop", "count": 2},
+                                  {"op": "cancel", "reason": "stop"})]
+    seeds = {"frame": [], "payload": [], "control": []}
+    for c in CASES:
+        if c["layer"] in ("frame", "stream"):
+            seeds["frame"].append((c["name"], b"\x00" + c["data"]))
+        elif c["layer"] == "payload":
+            seeds["payload"].append((c["name"], c["data"][H:]))
+        else:
+            seeds["control"].append((c["name"], c["data"]))
+    seeds["frame"].append(("valid_stream", b"\x07" + valid_stream))
+    seeds["payload"] += [("valid_%d" % i, p) for i, p in enumerate(controls)]
+    seeds["control"] += [("valid_%d" % i, ref.frame(K["CONTROL"], p, stream_id=1))
+                         for i, p in enumerate(controls)]
+    for target, items in seeds.items():
+        d = os.path.join(root, target)
+        if os.path.isdir(d):
+            for old in os.listdir(d):
+                os.remove(os.path.join(d, old))
+        os.makedirs(d, exist_ok=True)
+        for name, data in items:
+            with open(os.path.join(d, name), "wb") as fh:
+                fh.write(data)
 
 
 if __name__ == "__main__":
