@@ -246,7 +246,9 @@ def _grant_set(grants: Iterable[str]) -> frozenset:
 
 
 def _control_error(message: str, frame: Optional[Frame]) -> FrameError:
-    offset = None if frame is None else frame.payload_offset
+    # A frame built locally has no stream position: its payload counts from 0,
+    # as in Frame.decode_payload().
+    offset = None if frame is None else (frame.payload_offset or 0)
     if offset is not None:
         message = "%s (payload at offset %d)" % (message, offset)
     err = FrameError(message)
