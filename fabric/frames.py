@@ -46,6 +46,8 @@ __all__ = [
     "FrameKind",
     "Started",
     "StreamDiagnostic",
+    "cassette_to_stream_frames",
+    "stream_frames_to_cassette",
     "stream_frames_to_events",
     "stream_frames_to_stream",
     "stream_to_frames",
@@ -473,3 +475,46 @@ def stream_frames_to_stream(frames: Any, *, limits: Optional[StreamFrameLimits] 
             yield event.diagnostic
         elif isinstance(event, Failed):
             raise event.error
+
+
+# ---- cassette ------------------------------------------------------------------
+
+
+def stream_frames_to_cassette(frames: Any, cassette: Any, key: Any, *,
+                              limits: Optional[StreamFrameLimits] = None) -> int:
+    """Record one stream's items in ``cassette`` under ``key``, chunk by chunk.
+
+    Only a complete stream is committed: a truncating diagnostic raises it
+    (:class:`StreamDiagnostic`) and a protocol failure raises its error, and
+    in both cases the partial recording is aborted, so an incomplete reply
+    never becomes "held". Informational ``Diagnostic`` chunks are not
+    recorded. Returns the number of items recorded (0 when the key was
+    already held: first write wins).
+    """
+    with cassette.record_stream(key) as writer:
+        for event in stream_frames_to_events(frames, limits=limits):
+            if isinstance(event, Chunk):
+                writer.append(event.item)
+            elif isinstance(event, Diagnostic):
+                if event.diagnostic.kind in _TERMINAL_DIAGNOSTICS:
+                    raise event.diagnostic
+            elif isinstance(event, Failed):
+                raise event.error
+            elif isinstance(event, Done):
+                # Frames after END would show up as a Failed event next.
+                continue
+        return 0 if writer.held else writer.count
+
+
+def cassette_to_stream_frames(cassette: Any, key: Any, *, stream_id: int,
+                              metadata: Any = None,
+                              limits: Optional[StreamFrameLimits] = None,
+                              clock: Callable[[], float] = time.monotonic) -> Iterator[Frame]:
+    """The frames of the stream recorded under ``key``, replayed lazily from
+    the cassette (see :func:`stream_to_frames` for limits). ``KeyError`` when
+    the cassette holds no stream for ``key``."""
+    items = cassette.get_stream(key)
+    if items is None:
+        raise KeyError(key)
+    return stream_to_frames(items, stream_id=stream_id, metadata=metadata, limits=limits,
+                            clock=clock)

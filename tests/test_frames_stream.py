@@ -203,3 +203,36 @@ def test_bad_arguments():
         list(stream_to_frames([1], stream_id=1, metadata=object()))
     with pytest.raises(TypeError):
         list(stream_frames_to_stream([b"not a frame"]))
+
+
+# ---- cassette ------------------------------------------------------------------
+
+
+def _key(n):
+    return fabric.ContentKey.of(fabric.EvalRequest("render", (n,), stream=True))
+
+
+def test_stream_through_a_cassette_file(tmp_path):
+    items = [{"frame": i, "pixels": bytes([i]) * 50} for i in range(20)]
+    path = str(tmp_path / "c.ledger")
+    with fabric.EvalCassette(path) as cas:
+        n = fabric.stream_frames_to_cassette(encode(items), cas, _key(1))
+        assert n == 20
+        # First write wins: the same key again records nothing.
+        assert fabric.stream_frames_to_cassette(encode([9]), cas, _key(1)) == 0
+    with fabric.EvalCassette(path, mode="r") as cas:
+        frames = list(fabric.cassette_to_stream_frames(cas, _key(1), stream_id=11,
+                                                       limits=FAST))
+        assert list(stream_frames_to_stream(frames)) == items
+        with pytest.raises(KeyError):
+            fabric.cassette_to_stream_frames(cas, _key(2), stream_id=1)
+
+
+def test_incomplete_streams_are_never_recorded(tmp_path):
+    with fabric.EvalCassette(str(tmp_path / "c.ledger")) as cas:
+        frames = encode(range(5), FAST.replace(max_stream_frames=2))
+        with pytest.raises(StreamDiagnostic):
+            fabric.stream_frames_to_cassette(frames, cas, _key(3))
+        with pytest.raises(fabric.FrameError, match="cut"):
+            fabric.stream_frames_to_cassette(encode(range(3))[:-1], cas, _key(4))
+        assert cas.get_stream(_key(3)) is None and cas.get_stream(_key(4)) is None
