@@ -21,8 +21,16 @@ from ._core import (
     Ext,
     Secret,
     Timestamp,
+    Frame,
+    FrameDecoder,
+    FrameEncoder,
+    StreamFrameLimits,
     canonical_bytes,
     unpack,
+    CapabilityDenied,
+    FRAME_FLAG_DIAGNOSTIC,
+    FRAME_HEADER_LEN,
+    FRAME_VERSION,
 )
 from ._core import (  # the cassette
     CassetteStream,
@@ -35,7 +43,6 @@ from ._core import (  # the cassette
     LedgerVersionError,
 )
 from ._core import (  # fabrics' errors
-    CapabilityDenied,
     ContentNotHeld,
     DeadlineExceeded,
     FabricUnavailable,
@@ -58,6 +65,17 @@ from .fabrics import (
     RelayStatus,
 )
 from .resolving import ContentAddressedFabric, Explanation
+from .frames import (
+    DIAGNOSTIC_KINDS,
+    FrameKind,
+    StreamDiagnostic,
+    cassette_to_stream_frames,
+    stream_frames_to_cassette,
+    stream_frames_to_events,
+    stream_frames_to_stream,
+    stream_to_frames,
+)
+from .control import StreamControl
 
 __version__ = "0.1.0"
 
@@ -75,6 +93,10 @@ __all__ = [
     "FabricError",
     "FrameError",
     "Secret",
+    "Frame",
+    "FrameDecoder",
+    "FrameEncoder",
+    "StreamFrameLimits",
     "canonical_bytes",
     "CassetteStream",
     "CassetteStreamWriter",
@@ -110,4 +132,16 @@ __all__ = [
     "RemoteError",
     "diagnostic",
     "op",
+    "FRAME_FLAG_DIAGNOSTIC",
+    "FRAME_HEADER_LEN",
+    "FRAME_VERSION",
+    "DIAGNOSTIC_KINDS",
+    "FrameKind",
+    "StreamControl",
+    "StreamDiagnostic",
+    "cassette_to_stream_frames",
+    "stream_frames_to_cassette",
+    "stream_frames_to_events",
+    "stream_frames_to_stream",
+    "stream_to_frames",
 ]

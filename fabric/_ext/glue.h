@@ -28,7 +28,7 @@
     XX(DecodeError, FabricError, PyExc_ValueError,                             \
        "Bytes that are not valid msgpack, or that break a decode limit.")      \
     XX(FrameError, FabricError, PyExc_ValueError,                              \
-       "A malformed or refused frame; .offset is its stream offset.")      \
+       "A malformed or refused frame; .offset is its stream offset.")         \
     XX(LedgerError, FabricError, PyExc_OSError,                                \
        "A cassette ledger could not be read or written (.path, .errno).")      \
     XX(LedgerLockedError, LedgerError, PyExc_OSError,                          \
@@ -40,7 +40,8 @@
     XX(LedgerCorruptionError, LedgerFormatError, PyExc_ValueError,             \
        "A bad record followed by valid ones; .offset is the bad record's.")    \
     XX(CapabilityDenied, FabricError, PyExc_PermissionError,                   \
-       "The caller's grants lack a capability the request or op requires.")   \
+       "The caller's grants lack a capability the request or op requires; "   \
+       ".capability names it.")   \
     XX(NoHolderError, FabricError, PyExc_LookupError,                          \
        "No peer held the reply and no home could compute it; .attempts lists " \
        "(node, what it answered) for every peer asked.")                      \
@@ -98,6 +99,13 @@ typedef struct fab_state {
     PyObject *str_deny;             /* interned "_deny" */
     PyObject *str_evaluate_stream;  /* interned "_evaluate_stream" */
     PyObject *str_check_grants;     /* interned "_grants" */
+
+    /* frames.c */
+    PyTypeObject *StreamFrameLimits_Type;
+    PyTypeObject *Frame_Type;
+    PyTypeObject *FrameEncoder_Type;
+    PyTypeObject *FrameDecoder_Type;
+    PyObject *default_limits; /* StreamFrameLimits() */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -129,6 +137,7 @@ int fab_py_keys_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
 int fab_py_cassette_exec(PyObject *module, fab_state *st);
 int fab_py_caf_exec(PyObject *module, fab_state *st);
+int fab_py_frames_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
@@ -149,6 +158,8 @@ int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, Py
 
 /* keys.c: the request's ContentKey (made once, then shared); new reference. */
 PyObject *fab_py_request_key(fab_state *st, PyObject *req);
+int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_frames_clear(fab_state *st);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
@@ -168,5 +179,14 @@ PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what);
  * max_str, max_bin, max_ext, max_array, max_map, max_items (None or NULL:
  * the defaults). 0 or -1 with ValueError. */
 int fab_py_limits_from_object(PyObject *obj, struct fab_mp_limits *lim);
+
+/* frames.c: raises FrameError for a frame decoder's refusal, with .offset,
+ * .frame_offset and .violation set. Returns NULL. */
+struct fab_frame_error;
+PyObject *fab_py_raise_frame_error(fab_state *st, const struct fab_frame_error *err);
+
+/* frames.c: one limit of a StreamFrameLimits object, by its position in
+ * StreamFrameLimits' field order (0 = max_frame_payload_bytes ... 7 = max_items). */
+uint64_t fab_py_limit(PyObject *limits, int which);
 
 #endif

@@ -13,6 +13,7 @@ static const part_exec parts[] = {
     fab_py_unpack_exec,
     fab_py_cassette_exec,
     fab_py_caf_exec,
+    fab_py_frames_exec,
 };
 
 static int module_exec(PyObject *module)
@@ -39,6 +40,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
         return -1;
     if (fab_py_caf_traverse(st, visit, arg))
         return -1;
+    if (fab_py_frames_traverse(st, visit, arg))
+        return -1;
     return fab_py_unpack_traverse(st, visit, arg);
 }
 
@@ -51,6 +54,7 @@ static int module_clear(PyObject *module)
     fab_py_unpack_clear(st);
     fab_py_cassette_clear(st);
     fab_py_caf_clear(st);
+    fab_py_frames_clear(st);
     return 0;
 }
 

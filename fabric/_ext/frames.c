@@ -1,0 +1,1338 @@
+/*
+ * Frames in Python: Frame, FrameEncoder, FrameDecoder and StreamFrameLimits,
+ * over the C frame codec (csrc/frame.c). The glue converts and maps errors;
+ * the format and its checks live in the core.
+ */
+#include "glue.h"
+
+#include "fabric/frame.h"
+#include "fabric/mpdec.h"
+
+/* ======================================================================== */
+/* Argument parsing for METH_FASTCALL | METH_KEYWORDS                       */
+/* ======================================================================== */
+
+/*
+ * Fills out[0..n) from args/kwnames: names[0..npos) may come by position or
+ * keyword, the rest only by keyword; out[i] stays NULL when not given. The
+ * first nreq are required. 0 or -1 with TypeError.
+ */
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, int n, int npos,
+                      int nreq, PyObject **out)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = NULL;
+    if (nargs > npos) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments (%zd given)",
+                     fname, npos, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int found = -1;
+        for (int i = 0; i < n; i++)
+            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0) {
+                found = i;
+                break;
+            }
+        if (found < 0) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         fname, name);
+            return -1;
+        }
+        if (out[found] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                         fname, names[found]);
+            return -1;
+        }
+        out[found] = args[nargs + k];
+    }
+    for (int i = 0; i < nreq; i++)
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[i]);
+            return -1;
+        }
+    return 0;
+}
+
+/* An unsigned integer argument in [0, max], bools refused. 0 or -1. */
+static int get_uint(PyObject *o, const char *what, uint64_t max, uint64_t *out)
+{
+    if (!PyLong_Check(o) || PyBool_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto range;
+        }
+        if (u > max)
+            goto range;
+        *out = u;
+        return 0;
+    }
+    if (overflow < 0 || v < 0 || (uint64_t)v > max)
+        goto range;
+    *out = (uint64_t)v;
+    return 0;
+range:
+    PyErr_Format(PyExc_ValueError, "%s must be in [0, %llu], got %R", what,
+                 (unsigned long long)max, o);
+    return -1;
+}
+
+/* ======================================================================== */
+/* FrameError                                                               */
+/* ======================================================================== */
+
+PyObject *fab_py_raise_frame_error(fab_state *st, const fab_frame_error *err)
+{
+    if (err->code == FAB_ENOMEM)
+        return PyErr_NoMemory();
+    char msg[320];
+    fab_frame_error_format(err, msg, sizeof(msg));
+    PyObject *exc = PyObject_CallFunction(st->exc[FAB_PYEXC_FrameError], "s", msg);
+    if (exc == NULL)
+        return NULL;
+    PyObject *off = PyLong_FromUnsignedLongLong(err->offset);
+    PyObject *start = PyLong_FromUnsignedLongLong(err->frame_offset);
+    PyObject *viol = PyUnicode_FromString(fab_frame_violation_name(err->violation));
+    if (off && start && viol && PyObject_SetAttrString(exc, "offset", off) == 0 &&
+        PyObject_SetAttrString(exc, "frame_offset", start) == 0 &&
+        PyObject_SetAttrString(exc, "violation", viol) == 0)
+        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
+    Py_XDECREF(off);
+    Py_XDECREF(start);
+    Py_XDECREF(viol);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* A FrameError without a stream position (encoding side): .offset is None. */
+static PyObject *raise_frame_error_at(fab_state *st, const char *violation, PyObject *offset,
+                                      const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (msg == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallOneArg(st->exc[FAB_PYEXC_FrameError], msg);
+    Py_DECREF(msg);
+    if (exc == NULL)
+        return NULL;
+    PyObject *viol = PyUnicode_FromString(violation);
+    if (viol && PyObject_SetAttrString(exc, "offset", offset) == 0 &&
+        PyObject_SetAttrString(exc, "frame_offset", offset) == 0 &&
+        PyObject_SetAttrString(exc, "violation", viol) == 0)
+        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
+    Py_XDECREF(viol);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* ======================================================================== */
+/* StreamFrameLimits                                                        */
+/* ======================================================================== */
+
+#define LIMIT_FIELDS(XX)                                                        \
+    XX(max_frame_payload_bytes, 1u << 20, FAB_FRAME_FORMAT_MAX_PAYLOAD)         \
+    XX(max_stream_frames,       1024,     UINT64_MAX)                           \
+    XX(max_stream_bytes,        64u << 20, UINT64_MAX)                          \
+    XX(max_inflight_frames,     64,       UINT64_MAX)                           \
+    XX(max_duration_ms,         60000,    UINT64_MAX)                           \
+    XX(max_rate_hz,             120,      UINT64_MAX)                           \
+    XX(max_depth,               FAB_MAX_DEPTH, FAB_MAX_DEPTH)                   \
+    XX(max_items,               1u << 20, UINT64_MAX)
+
+static const char *const limit_names[] = {
+#define LIMIT_NAME(name, def, max) #name,
+    LIMIT_FIELDS(LIMIT_NAME)
+#undef LIMIT_NAME
+};
+static const uint64_t limit_defaults[] = {
+#define LIMIT_DEF(name, def, max) (uint64_t)(def),
+    LIMIT_FIELDS(LIMIT_DEF)
+#undef LIMIT_DEF
+};
+static const uint64_t limit_max[] = {
+#define LIMIT_MAX(name, def, max) (uint64_t)(max),
+    LIMIT_FIELDS(LIMIT_MAX)
+#undef LIMIT_MAX
+};
+#define LIMIT_COUNT ((int)(sizeof(limit_names) / sizeof(limit_names[0])))
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long v[LIMIT_COUNT]; /* in LIMIT_FIELDS order */
+} LimitsObject;
+
+/* Sets v[] from keyword arguments over the defaults in base. 0 or -1. */
+static int limits_fill(unsigned long long *v, const unsigned long long *base,
+                       PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                       const char *fname)
+{
+    PyObject *given[LIMIT_COUNT];
+    if (parse_args(fname, args, nargs, kwnames, (const char *const *)limit_names,
+                   LIMIT_COUNT, 0, 0, given) < 0)
+        return -1;
+    for (int i = 0; i < LIMIT_COUNT; i++) {
+        v[i] = base[i];
+        if (given[i] == NULL)
+            continue;
+        PyObject *o = given[i];
+        if (!PyLong_Check(o) || PyBool_Check(o)) {
+            PyErr_Format(PyExc_TypeError, "StreamFrameLimits.%s must be an int, not %s",
+                         limit_names[i], Py_TYPE(o)->tp_name);
+            return -1;
+        }
+        int overflow = 0;
+        long long sv = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (sv == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow < 0 || (overflow == 0 && sv <= 0)) {
+            PyErr_Format(PyExc_ValueError, "StreamFrameLimits.%s must be positive, got %R",
+                         limit_names[i], o);
+            return -1;
+        }
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if ((u == (unsigned long long)-1 && PyErr_Occurred()) || u > limit_max[i]) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "StreamFrameLimits.%s must be at most %llu, got %R",
+                         limit_names[i], (unsigned long long)limit_max[i], o);
+            return -1;
+        }
+        v[i] = u;
+    }
+    return 0;
+}
+
+static PyObject *limits_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    unsigned long long defaults[LIMIT_COUNT], v[LIMIT_COUNT];
+    for (int i = 0; i < LIMIT_COUNT; i++)
+        defaults[i] = limit_defaults[i];
+    if (limits_fill(v, defaults, args, PyVectorcall_NARGS(nargsf), kwnames,
+                    "StreamFrameLimits") < 0)
+        return NULL;
+    PyTypeObject *tp = (PyTypeObject *)type;
+    LimitsObject *self = (LimitsObject *)tp->tp_alloc(tp, 0);
+    if (self == NULL)
+        return NULL;
+    memcpy(self->v, v, sizeof(v));
+    return (PyObject *)self;
+}
+
+/* Calls a vectorcall constructor with tuple/dict arguments (the tp_new path,
+ * reached by Type.__new__(Type, ...)). */
+static PyObject *call_from_tuple(vectorcallfunc fn, PyTypeObject *type, PyObject *args,
+                                 PyObject *kwargs)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    Py_ssize_t nkw = kwargs ? PyDict_GET_SIZE(kwargs) : 0;
+    PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+    PyObject *kwnames = nkw ? PyTuple_New(nkw) : NULL;
+    PyObject *res = NULL;
+    if (stack == NULL || (nkw && kwnames == NULL)) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        stack[i] = PyTuple_GET_ITEM(args, i);
+    Py_ssize_t pos = 0, k = 0;
+    PyObject *key, *value;
+    while (kwargs && PyDict_Next(kwargs, &pos, &key, &value)) {
+        PyTuple_SET_ITEM(kwnames, k, Py_NewRef(key));
+        stack[nargs + k] = value;
+        k++;
+    }
+    res = fn((PyObject *)type, stack, (size_t)nargs, kwnames);
+out:
+    PyMem_Free(stack);
+    Py_XDECREF(kwnames);
+    return res;
+}
+
+static PyObject *limits_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    return call_from_tuple(limits_vectorcall, type, args, kwargs);
+}
+
+static void limits_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *limits_repr(LimitsObject *self)
+{
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL)
+        return NULL;
+    for (int i = 0; i < LIMIT_COUNT; i++) {
+        PyObject *s = PyUnicode_FromFormat("%s=%llu", limit_names[i], self->v[i]);
+        if (s == NULL || PyList_Append(parts, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(parts);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    if (joined == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("StreamFrameLimits(%U)", joined);
+    Py_DECREF(joined);
+    return r;
+}
+
+static PyObject *limits_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if (Py_TYPE(a) != Py_TYPE(b) || (op != Py_EQ && op != Py_NE))
+        Py_RETURN_NOTIMPLEMENTED;
+    int eq = memcmp(((LimitsObject *)a)->v, ((LimitsObject *)b)->v,
+                    sizeof(((LimitsObject *)a)->v)) == 0;
+    if (op == Py_EQ ? eq : !eq)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static Py_hash_t limits_hash(LimitsObject *self)
+{
+    Py_uhash_t h = 0x345678u;
+    for (int i = 0; i < LIMIT_COUNT; i++)
+        h = (h ^ (Py_uhash_t)self->v[i]) * 1000003u;
+    if (h == (Py_uhash_t)-1)
+        h = 2;
+    return (Py_hash_t)h;
+}
+
+static PyObject *limits_replace(LimitsObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    unsigned long long v[LIMIT_COUNT];
+    if (limits_fill(v, self->v, args, nargs, kwnames, "replace") < 0)
+        return NULL;
+    PyTypeObject *tp = Py_TYPE(self);
+    LimitsObject *out = (LimitsObject *)tp->tp_alloc(tp, 0);
+    if (out == NULL)
+        return NULL;
+    memcpy(out->v, v, sizeof(v));
+    return (PyObject *)out;
+}
+
+static PyObject *limits_to_dict(LimitsObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < LIMIT_COUNT; i++) {
+        PyObject *n = PyLong_FromUnsignedLongLong(self->v[i]);
+        if (n == NULL || PyDict_SetItemString(d, limit_names[i], n) < 0) {
+            Py_XDECREF(n);
+            Py_CLEAR(d);
+            break;
+        }
+        Py_DECREF(n);
+    }
+    return d;
+}
+
+static PyObject *limits_reduce(LimitsObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Pickles as StreamFrameLimits(**to_dict()) through copyreg-free means:
+     * (callable, args) with the type rebuilt by replace on a default object. */
+    PyObject *d = limits_to_dict(self, NULL);
+    if (d == NULL)
+        return NULL;
+    PyObject *functools = PyImport_ImportModule("functools");
+    PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
+    Py_XDECREF(functools);
+    if (partial == NULL) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, (PyObject *)Py_TYPE(self));
+    PyObject *fn = args ? PyObject_Call(partial, args, d) : NULL;
+    Py_DECREF(partial);
+    Py_XDECREF(args);
+    Py_DECREF(d);
+    if (fn == NULL)
+        return NULL;
+    PyObject *r = Py_BuildValue("(N())", fn);
+    return r;
+}
+
+static PyMethodDef limits_methods[] = {
+    {"replace", (PyCFunction)(void (*)(void))limits_replace, METH_FASTCALL | METH_KEYWORDS,
+     "replace($self, /, **changes)\n--\n\nA copy with the given limits changed (validated)."},
+    {"to_dict", (PyCFunction)limits_to_dict, METH_NOARGS,
+     "to_dict($self, /)\n--\n\nThe limits as a dict of name to int."},
+    {"__reduce__", (PyCFunction)limits_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *limits_get(LimitsObject *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->v[(intptr_t)closure]);
+}
+
+static PyGetSetDef limits_getset[] = {
+    {"max_frame_payload_bytes", (getter)limits_get, NULL, NULL, (void *)(intptr_t)0},
+    {"max_stream_frames", (getter)limits_get, NULL, NULL, (void *)(intptr_t)1},
+    {"max_stream_bytes", (getter)limits_get, NULL, NULL, (void *)(intptr_t)2},
+    {"max_inflight_frames", (getter)limits_get, NULL, NULL, (void *)(intptr_t)3},
+    {"max_duration_ms", (getter)limits_get, NULL, NULL, (void *)(intptr_t)4},
+    {"max_rate_hz", (getter)limits_get, NULL, NULL, (void *)(intptr_t)5},
+    {"max_depth", (getter)limits_get, NULL, NULL, (void *)(intptr_t)6},
+    {"max_items", (getter)limits_get, NULL, NULL, (void *)(intptr_t)7},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot limits_slots[] = {
+    {Py_tp_doc,
+     "StreamFrameLimits(*, max_frame_payload_bytes=1048576, max_stream_frames=1024, "
+     "max_stream_bytes=67108864, max_inflight_frames=64, max_duration_ms=60000, "
+     "max_rate_hz=120, max_depth=256, max_items=1048576)\n--\n\n"
+     "The limits that bound one stream: payload bytes per frame, data frames and\n"
+     "payload bytes per stream, frames in flight (the credit window), duration,\n"
+     "rate (frames per second, with a burst of one second's worth) and the decode\n"
+     "depth and item count of a payload. Every limit must be a positive int;\n"
+     "immutable, hashable; replace(**changes) makes a changed copy."},
+    {Py_tp_new, limits_new},
+    {Py_tp_dealloc, limits_dealloc},
+    {Py_tp_repr, limits_repr},
+    {Py_tp_richcompare, limits_richcompare},
+    {Py_tp_hash, limits_hash},
+    {Py_tp_methods, limits_methods},
+    {Py_tp_getset, limits_getset},
+    {0, NULL},
+};
+
+static PyType_Spec limits_spec = {
+    .name = "fabric.StreamFrameLimits",
+    .basicsize = sizeof(LimitsObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = limits_slots,
+};
+
+/* The limits object given, or the defaults for None. New reference or NULL. */
+static PyObject *limits_or_default(fab_state *st, PyObject *limits)
+{
+    if (limits == NULL || limits == Py_None)
+        return Py_NewRef(st->default_limits);
+    if (!PyObject_TypeCheck(limits, st->StreamFrameLimits_Type)) {
+        PyErr_Format(PyExc_TypeError, "limits must be a StreamFrameLimits or None, not %s",
+                     Py_TYPE(limits)->tp_name);
+        return NULL;
+    }
+    return Py_NewRef(limits);
+}
+
+enum { L_PAYLOAD = 0, L_FRAMES, L_BYTES, L_INFLIGHT, L_DURATION, L_RATE, L_DEPTH, L_ITEMS };
+
+uint64_t fab_py_limit(PyObject *limits, int which)
+{
+    return ((LimitsObject *)limits)->v[which];
+}
+
+/* ======================================================================== */
+/* Frame                                                                    */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* a bytes object holding the payload */
+    const uint8_t *ptr;
+    Py_ssize_t len;
+    long long offset; /* stream offset of the frame, -1 when built locally */
+    uint64_t stream_id;
+    uint64_t seq;
+    uint16_t flags;
+    uint8_t kind;
+} FrameObject;
+
+static PyObject *frame_make(fab_state *st, const fab_frame_header *h, PyObject *owner,
+                            const uint8_t *ptr, Py_ssize_t len, long long offset)
+{
+    PyTypeObject *tp = st->Frame_Type;
+    FrameObject *f = PyObject_New(FrameObject, tp);
+    if (f == NULL)
+        return NULL;
+    f->owner = Py_NewRef(owner);
+    f->ptr = ptr;
+    f->len = len;
+    f->offset = offset;
+    f->stream_id = h->stream_id;
+    f->seq = h->seq;
+    f->flags = h->flags;
+    f->kind = h->kind;
+    return (PyObject *)f;
+}
+
+/* Checks kind/flags/stream_id/seq arguments into h. 0 or -1. */
+static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObject *seq,
+                       PyObject *flags, fab_frame_header *h)
+{
+    uint64_t v;
+    memset(h, 0, sizeof(*h));
+    if (get_uint(kind, "kind", 255, &v) < 0)
+        return -1;
+    if (fab_frame_kind_name((int)v) == NULL) {
+        raise_frame_error_at(st, "unknown-kind", Py_None, "unknown frame kind %llu",
+                             (unsigned long long)v);
+        return -1;
+    }
+    h->kind = (uint8_t)v;
+    if (stream_id && get_uint(stream_id, "stream_id", UINT64_MAX, &h->stream_id) < 0)
+        return -1;
+    if (seq && get_uint(seq, "seq", UINT64_MAX, &h->seq) < 0)
+        return -1;
+    if (flags) {
+        if (get_uint(flags, "flags", 0xffff, &v) < 0)
+            return -1;
+        if (v & ~FAB_FRAME_FLAGS_KNOWN) {
+            raise_frame_error_at(st, "reserved-flags", Py_None,
+                                 "reserved flag bits 0x%04x set",
+                                 (unsigned)(v & ~FAB_FRAME_FLAGS_KNOWN));
+            return -1;
+        }
+        h->flags = (uint16_t)v;
+    }
+    return 0;
+}
+
+/* A bytes object holding payload: the object itself when it is bytes, else a
+ * copy of its buffer. New reference or NULL. */
+static PyObject *payload_bytes(PyObject *payload)
+{
+    if (payload == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (PyBytes_CheckExact(payload))
+        return Py_NewRef(payload);
+    if (!PyObject_CheckBuffer(payload) || PyUnicode_Check(payload)) {
+        PyErr_Format(PyExc_TypeError, "payload must be a bytes-like object, not %s",
+                     Py_TYPE(payload)->tp_name);
+        return NULL;
+    }
+    return PyBytes_FromObject(payload);
+}
+
+static const char *const frame_kw[] = {"kind", "payload", "stream_id", "seq", "flags"};
+
+static PyObject *frame_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    fab_state *st = fab_state_from_type((PyTypeObject *)type);
+    PyObject *a[5];
+    fab_frame_header h;
+    if (st == NULL || parse_args("Frame", args, PyVectorcall_NARGS(nargsf), kwnames, frame_kw,
+                                 5, 2, 1, a) < 0)
+        return NULL;
+    if (header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+        return NULL;
+    PyObject *owner = payload_bytes(a[1]);
+    if (owner == NULL)
+        return NULL;
+    if ((size_t)PyBytes_GET_SIZE(owner) > FAB_FRAME_FORMAT_MAX_PAYLOAD) {
+        Py_DECREF(owner);
+        return raise_frame_error_at(st, "payload-too-large", Py_None,
+                                    "payload of %zd bytes does not fit a frame",
+                                    PyBytes_GET_SIZE(owner));
+    }
+    PyObject *f = frame_make(st, &h, owner, (const uint8_t *)PyBytes_AS_STRING(owner),
+                             PyBytes_GET_SIZE(owner), -1);
+    Py_DECREF(owner);
+    return f;
+}
+
+static PyObject *frame_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    return call_from_tuple(frame_vectorcall, type, args, kwargs);
+}
+
+static void frame_dealloc(FrameObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->owner);
+    PyObject_Free(self);
+    Py_DECREF(tp);
+}
+
+static int frame_getbuffer(FrameObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->ptr, self->len, 1, flags);
+}
+
+static PyObject *frame_get_payload(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static PyObject *frame_get_kind(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromLong(self->kind);
+}
+
+static PyObject *frame_get_kind_name(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyUnicode_FromString(fab_frame_kind_name(self->kind));
+}
+
+static PyObject *frame_get_flags(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromLong(self->flags);
+}
+
+static PyObject *frame_get_stream_id(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromUnsignedLongLong(self->stream_id);
+}
+
+static PyObject *frame_get_seq(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromUnsignedLongLong(self->seq);
+}
+
+static PyObject *frame_get_offset(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    if (self->offset < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->offset);
+}
+
+static PyObject *frame_get_payload_offset(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    if (self->offset < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->offset + FAB_FRAME_HEADER_LEN);
+}
+
+static PyObject *frame_get_is_diagnostic(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyBool_FromLong((self->flags & FAB_FRAME_FLAG_DIAGNOSTIC) != 0);
+}
+
+static PyObject *frame_get_size(FrameObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromSsize_t(self->len + FAB_FRAME_HEADER_LEN);
+}
+
+static fab_frame_header frame_header(const FrameObject *self)
+{
+    fab_frame_header h = {0};
+    h.kind = self->kind;
+    h.flags = self->flags;
+    h.stream_id = self->stream_id;
+    h.seq = self->seq;
+    return h;
+}
+
+static PyObject *frame_encode(FrameObject *self, PyObject *Py_UNUSED(ignored))
+{
+    fab_frame_header h = frame_header(self);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, FAB_FRAME_HEADER_LEN + self->len);
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    int rc = fab_frame_header_write(p, &h, self->ptr, (size_t)self->len);
+    if (rc != FAB_OK) {
+        Py_DECREF(out);
+        return fab_py_raise_code(fab_state_from_type(Py_TYPE(self)), rc, "encoding a frame");
+    }
+    memcpy(p + FAB_FRAME_HEADER_LEN, self->ptr, (size_t)self->len);
+    return out;
+}
+
+static PyObject *frame_repr(FrameObject *self)
+{
+    return PyUnicode_FromFormat("Frame(%s, stream_id=%llu, seq=%llu, flags=%u, payload=%zd bytes)",
+                                fab_frame_kind_name(self->kind),
+                                (unsigned long long)self->stream_id,
+                                (unsigned long long)self->seq, (unsigned)self->flags, self->len);
+}
+
+static PyObject *frame_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if (Py_TYPE(a) != Py_TYPE(b) || (op != Py_EQ && op != Py_NE))
+        Py_RETURN_NOTIMPLEMENTED;
+    FrameObject *x = (FrameObject *)a, *y = (FrameObject *)b;
+    int eq = x->kind == y->kind && x->flags == y->flags && x->stream_id == y->stream_id &&
+             x->seq == y->seq && x->len == y->len && memcmp(x->ptr, y->ptr, (size_t)x->len) == 0;
+    if (op == Py_EQ ? eq : !eq)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *frame_reduce(FrameObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Keyword-only fields cannot travel in a reduce tuple's args, so a
+     * frame pickles as its wire bytes. */
+    PyObject *enc = frame_encode(self, NULL);
+    if (enc == NULL)
+        return NULL;
+    PyObject *mod = PyType_GetModuleByDef(Py_TYPE(self), &fab_module_def);
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_frame_from_bytes") : NULL;
+    if (fn == NULL) {
+        Py_DECREF(enc);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, enc);
+}
+
+/* Decode limits from a StreamFrameLimits (its max_depth and max_items, the
+ * reader's defaults for the rest, each string or blob also bounded by the
+ * frame payload limit), or from anything fabric.unpack accepts. 0 or -1. */
+static int payload_limits(fab_state *st, PyObject *limits, fab_mp_limits *lim)
+{
+    if (limits == NULL || limits == Py_None)
+        limits = st->default_limits;
+    if (!PyObject_TypeCheck(limits, st->StreamFrameLimits_Type))
+        return fab_py_limits_from_object(limits, lim);
+    fab_mp_limits_default(lim);
+    uint64_t depth = fab_py_limit(limits, L_DEPTH), items = fab_py_limit(limits, L_ITEMS);
+    uint64_t payload = fab_py_limit(limits, L_PAYLOAD);
+    lim->max_depth = (uint32_t)(depth < FAB_MAX_DEPTH ? depth : FAB_MAX_DEPTH);
+    lim->max_items = items;
+    if (payload < lim->max_str)
+        lim->max_str = lim->max_bin = lim->max_ext = (uint32_t)payload;
+    return 0;
+}
+
+static PyObject *frame_decode_payload(FrameObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"limits"};
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[1];
+    fab_mp_limits lim;
+    if (st == NULL || parse_args("decode_payload", args, nargs, kwnames, kw, 1, 1, 0, a) < 0 ||
+        payload_limits(st, a[0], &lim) < 0)
+        return NULL;
+    size_t base = self->offset < 0 ? 0 : (size_t)self->offset + FAB_FRAME_HEADER_LEN;
+    return fab_py_decode(st, self->ptr, (size_t)self->len, &lim, base);
+}
+
+static PyGetSetDef frame_getset[] = {
+    {"kind", (getter)frame_get_kind, NULL, "The frame kind (an int; see FrameKind).", NULL},
+    {"kind_name", (getter)frame_get_kind_name, NULL, "The kind's wire name, e.g. 'STREAM_CHUNK'.", NULL},
+    {"flags", (getter)frame_get_flags, NULL, "The flag bits.", NULL},
+    {"stream_id", (getter)frame_get_stream_id, NULL, "The stream id (u64).", NULL},
+    {"seq", (getter)frame_get_seq, NULL, "The sequence number (u64).", NULL},
+    {"payload", (getter)frame_get_payload, NULL,
+     "The payload as a read-only memoryview (zero-copy: it may share the bytes\n"
+     "fed to the decoder; bytes(frame.payload) detaches a copy).", NULL},
+    {"offset", (getter)frame_get_offset, NULL,
+     "Stream offset of the frame's first byte (None for a frame built locally).", NULL},
+    {"payload_offset", (getter)frame_get_payload_offset, NULL,
+     "Stream offset of the payload's first byte (None for a frame built locally).", NULL},
+    {"is_diagnostic", (getter)frame_get_is_diagnostic, NULL,
+     "True when the DIAGNOSTIC flag is set.", NULL},
+    {"size", (getter)frame_get_size, NULL, "Encoded size in bytes (header + payload).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef frame_methods[] = {
+    {"encode", (PyCFunction)frame_encode, METH_NOARGS,
+     "encode($self, /)\n--\n\nThe frame's wire bytes (header + payload)."},
+    {"decode_payload", (PyCFunction)(void (*)(void))frame_decode_payload,
+     METH_FASTCALL | METH_KEYWORDS,
+     "decode_payload($self, /, limits=None)\n--\n\n"
+     "The payload decoded by the hardened msgpack decoder (fabric.unpack), under\n"
+     "limits: a StreamFrameLimits (its max_depth and max_items; default\n"
+     "StreamFrameLimits()) or any limits fabric.unpack accepts. Raises\n"
+     "DecodeError whose .offset counts from the start of the stream."},
+    {"__reduce__", (PyCFunction)frame_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot frame_slots[] = {
+    {Py_tp_doc, "Frame(kind, payload=b'', *, stream_id=0, seq=0, flags=0)\n--\n\n"
+                "One frame: kind, flags, stream id, sequence number and a msgpack\n"
+                "payload (docs/spec/frames.md). Frames from a FrameDecoder share the\n"
+                "decoder's input bytes where they can (zero-copy). Supports the buffer\n"
+                "protocol over the payload."},
+    {Py_tp_new, frame_new},
+    {Py_tp_dealloc, frame_dealloc},
+    {Py_tp_repr, frame_repr},
+    {Py_tp_richcompare, frame_richcompare},
+    {Py_tp_getset, frame_getset},
+    {Py_tp_methods, frame_methods},
+    {Py_bf_getbuffer, frame_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec frame_spec = {
+    .name = "fabric.Frame",
+    .basicsize = sizeof(FrameObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = frame_slots,
+};
+
+/* ======================================================================== */
+/* FrameEncoder                                                             */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *limits;
+    uint64_t max_payload;
+} EncoderObject;
+
+static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"limits", NULL};
+    PyObject *limits = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:FrameEncoder", kwlist, &limits))
+        return NULL;
+    fab_state *st = fab_state_from_type(type);
+    if (st == NULL || (limits = limits_or_default(st, limits)) == NULL)
+        return NULL;
+    EncoderObject *self = (EncoderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(limits);
+        return NULL;
+    }
+    self->limits = limits;
+    self->max_payload = fab_py_limit(limits, L_PAYLOAD);
+    return (PyObject *)self;
+}
+
+static void encoder_dealloc(EncoderObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->limits);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int check_size(fab_state *st, uint64_t max, size_t len)
+{
+    if (len > max) {
+        raise_frame_error_at(st, "payload-too-large", Py_None,
+                             "payload of %zu bytes exceeds max_frame_payload_bytes=%llu",
+                             len, (unsigned long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *const enc_kw[] = {"kind", "payload", "stream_id", "seq", "flags"};
+
+static PyObject *encoder_encode(EncoderObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[5];
+    fab_frame_header h;
+    if (st == NULL || parse_args("encode", args, nargs, kwnames, enc_kw, 5, 2, 1, a) < 0 ||
+        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+        return NULL;
+    Py_buffer view = {0};
+    if (a[1] && PyObject_GetBuffer(a[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    if (check_size(st, self->max_payload, (size_t)view.len) < 0)
+        goto done;
+    out = PyBytes_FromStringAndSize(NULL, FAB_FRAME_HEADER_LEN + view.len);
+    if (out == NULL)
+        goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    fab_frame_header_write(p, &h, view.buf, (size_t)view.len);
+    if (view.len)
+        memcpy(p + FAB_FRAME_HEADER_LEN, view.buf, (size_t)view.len);
+done:
+    if (a[1])
+        PyBuffer_Release(&view);
+    return out;
+}
+
+/* The canonical encoding of value into buf after a reserved header. 0 or -1. */
+static int encode_value_frame(fab_state *st, uint64_t max, fab_buf *buf,
+                              const fab_frame_header *h, PyObject *value)
+{
+    size_t start = buf->len;
+    fab_enc enc;
+    uint8_t zero[FAB_FRAME_HEADER_LEN] = {0};
+    if (fab_buf_append(buf, zero, sizeof(zero)) != FAB_OK) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    fab_enc_init(&enc, fab_buf_sink, buf);
+    if (fab_py_encode_value(st, &enc, value, "payload") < 0)
+        return -1;
+    size_t plen = buf->len - start - FAB_FRAME_HEADER_LEN;
+    if (check_size(st, max, plen) < 0)
+        return -1;
+    fab_frame_header_write(buf->data + start, h, buf->data + start + FAB_FRAME_HEADER_LEN, plen);
+    return 0;
+}
+
+static PyObject *encoder_encode_value(EncoderObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"kind", "value", "stream_id", "seq", "flags"};
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[5];
+    fab_frame_header h;
+    if (st == NULL || parse_args("encode_value", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
+        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+        return NULL;
+    fab_buf buf;
+    fab_buf_init(&buf);
+    PyObject *out = NULL;
+    if (encode_value_frame(st, self->max_payload, &buf, &h, a[1]) == 0)
+        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+    fab_buf_destroy(&buf);
+    return out;
+}
+
+static PyObject *encoder_encode_many(EncoderObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"kind", "payloads", "stream_id", "first_seq", "flags"};
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[5];
+    fab_frame_header h;
+    if (st == NULL || parse_args("encode_many", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
+        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(a[1], "payloads must be an iterable of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    size_t total = 0;
+    PyObject *out = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_Check(items[i])) {
+            PyErr_Format(PyExc_TypeError, "payloads[%zd] must be bytes, not %s", i,
+                         Py_TYPE(items[i])->tp_name);
+            goto done;
+        }
+        size_t len = (size_t)PyBytes_GET_SIZE(items[i]);
+        if (check_size(st, self->max_payload, len) < 0)
+            goto done;
+        total += FAB_FRAME_HEADER_LEN + len;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL)
+        goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t len = (size_t)PyBytes_GET_SIZE(items[i]);
+        const char *src = PyBytes_AS_STRING(items[i]);
+        fab_frame_header_write(p, &h, src, len);
+        memcpy(p + FAB_FRAME_HEADER_LEN, src, len);
+        p += FAB_FRAME_HEADER_LEN + len;
+        h.seq++;
+    }
+done:
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyObject *encoder_get_limits(EncoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return Py_NewRef(self->limits);
+}
+
+static PyMethodDef encoder_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))encoder_encode, METH_FASTCALL | METH_KEYWORDS,
+     "encode($self, /, kind, payload=b'', *, stream_id=0, seq=0, flags=0)\n--\n\n"
+     "The wire bytes of one frame carrying payload (any bytes-like object).\n"
+     "A payload above limits.max_frame_payload_bytes raises FrameError."},
+    {"encode_value", (PyCFunction)(void (*)(void))encoder_encode_value,
+     METH_FASTCALL | METH_KEYWORDS,
+     "encode_value($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"
+     "One frame whose payload is the canonical msgpack encoding of value."},
+    {"encode_many", (PyCFunction)(void (*)(void))encoder_encode_many,
+     METH_FASTCALL | METH_KEYWORDS,
+     "encode_many($self, /, kind, payloads, *, stream_id=0, first_seq=0, flags=0)\n--\n\n"
+     "The concatenated wire bytes of one frame per bytes payload, with\n"
+     "consecutive sequence numbers from first_seq (batching for throughput)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef encoder_getset[] = {
+    {"limits", (getter)encoder_get_limits, NULL, "The StreamFrameLimits in force.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot encoder_slots[] = {
+    {Py_tp_doc, "FrameEncoder(limits=None)\n--\n\n"
+                "Encodes frames (docs/spec/frames.md), refusing payloads above\n"
+                "limits.max_frame_payload_bytes (default StreamFrameLimits())."},
+    {Py_tp_new, encoder_new},
+    {Py_tp_dealloc, encoder_dealloc},
+    {Py_tp_methods, encoder_methods},
+    {Py_tp_getset, encoder_getset},
+    {0, NULL},
+};
+
+static PyType_Spec encoder_spec = {
+    .name = "fabric.FrameEncoder",
+    .basicsize = sizeof(EncoderObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = encoder_slots,
+};
+
+/* ======================================================================== */
+/* FrameDecoder                                                             */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *limits;
+    PyObject *ready; /* list of decoded frames; ready[head:] not yet taken */
+    Py_ssize_t head;
+    fab_frame_decoder dec;
+} DecoderObject;
+
+static PyObject *decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"limits", NULL};
+    PyObject *limits = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:FrameDecoder", kwlist, &limits))
+        return NULL;
+    fab_state *st = fab_state_from_type(type);
+    if (st == NULL || (limits = limits_or_default(st, limits)) == NULL)
+        return NULL;
+    DecoderObject *self = (DecoderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(limits);
+        return NULL;
+    }
+    self->limits = limits;
+    fab_frame_decoder_init(&self->dec, (uint32_t)fab_py_limit(limits, L_PAYLOAD));
+    if ((self->ready = PyList_New(0)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void decoder_dealloc(DecoderObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->limits);
+    Py_XDECREF(self->ready);
+    fab_frame_decoder_destroy(&self->dec);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    Py_buffer view;
+    if (st == NULL || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    /* Compact the queue before it grows: taken frames are dropped. */
+    if (self->head > 0 && self->head * 2 >= PyList_GET_SIZE(self->ready)) {
+        if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        self->head = 0;
+    }
+    int zero_copy = PyBytes_CheckExact(data);
+    const uint8_t *p = view.buf;
+    size_t len = (size_t)view.len, pos = 0;
+    Py_ssize_t before = PyList_GET_SIZE(self->ready);
+    PyObject *res = NULL;
+    for (;;) {
+        size_t used;
+        fab_frame f;
+        int rc = fab_frame_decoder_next(&self->dec, p + pos, len - pos, &used, &f);
+        pos += used;
+        if (rc == FAB_FRAME_CONTINUE)
+            break;
+        if (rc < 0) {
+            fab_py_raise_frame_error(st, &self->dec.err);
+            goto done;
+        }
+        PyObject *frame;
+        if (f.payload_in_input && zero_copy) {
+            frame = frame_make(st, &f.h, data, f.payload, f.h.payload_len, (long long)f.offset);
+        } else {
+            PyObject *owner = PyBytes_FromStringAndSize((const char *)f.payload, f.h.payload_len);
+            if (owner == NULL)
+                goto done;
+            frame = frame_make(st, &f.h, owner, (const uint8_t *)PyBytes_AS_STRING(owner),
+                               f.h.payload_len, (long long)f.offset);
+            Py_DECREF(owner);
+        }
+        if (frame == NULL)
+            goto done;
+        int err = PyList_Append(self->ready, frame);
+        Py_DECREF(frame);
+        if (err < 0)
+            goto done;
+        if (pos == len)
+            break;
+    }
+    res = PyLong_FromSsize_t(PyList_GET_SIZE(self->ready) - before);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *decoder_iternext(DecoderObject *self)
+{
+    if (self->head >= PyList_GET_SIZE(self->ready))
+        return NULL;
+    PyObject *f = PyList_GET_ITEM(self->ready, self->head);
+    /* Drop the list's reference so a taken frame lives only as long as the
+     * caller keeps it. */
+    PyList_SET_ITEM(self->ready, self->head, Py_NewRef(Py_None));
+    self->head++;
+    if (self->head == PyList_GET_SIZE(self->ready)) {
+        if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        self->head = 0;
+    }
+    return f;
+}
+
+static PyObject *decoder_finish(DecoderObject *self, PyObject *Py_UNUSED(ignored))
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (fab_frame_decoder_finish(&self->dec) != FAB_OK)
+        return fab_py_raise_frame_error(st, &self->dec.err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *decoder_get_offset(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromUnsignedLongLong(self->dec.offset);
+}
+
+static PyObject *decoder_get_pending(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromSsize_t(PyList_GET_SIZE(self->ready) - self->head);
+}
+
+static PyObject *decoder_get_partial(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyBool_FromLong(fab_frame_decoder_partial(&self->dec));
+}
+
+static PyObject *decoder_get_capacity(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyLong_FromSize_t(self->dec.pay_cap);
+}
+
+static PyObject *decoder_get_limits(DecoderObject *self, void *closure)
+{
+    FAB_UNUSED(closure);
+    return Py_NewRef(self->limits);
+}
+
+static PyMethodDef decoder_methods[] = {
+    {"feed", (PyCFunction)decoder_feed, METH_O,
+     "feed($self, data, /)\n--\n\n"
+     "Decode the frames completed by data (any bytes-like object, any split of\n"
+     "the stream) and queue them for iteration; returns how many were queued.\n"
+     "Bad input raises FrameError with .offset (stream offset of the bad field),\n"
+     ".frame_offset and .violation; frames completed before it stay queued, and\n"
+     "the decoder stays failed. Payloads of frames that lie wholly inside a bytes\n"
+     "object share it (zero-copy); other inputs are copied."},
+    {"finish", (PyCFunction)decoder_finish, METH_NOARGS,
+     "finish($self, /)\n--\n\n"
+     "Declare the end of the stream: raises FrameError (violation 'truncated')\n"
+     "when it ends inside a frame."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef decoder_getset[] = {
+    {"offset", (getter)decoder_get_offset, NULL, "Bytes consumed so far.", NULL},
+    {"pending", (getter)decoder_get_pending, NULL, "Frames decoded and not yet taken.", NULL},
+    {"partial", (getter)decoder_get_partial, NULL, "True while part of a frame is buffered.", NULL},
+    {"limits", (getter)decoder_get_limits, NULL, "The StreamFrameLimits in force.", NULL},
+    {"_buffer_capacity", (getter)decoder_get_capacity, NULL,
+     "Bytes the C decoder holds allocated for a partial payload (for tests).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot decoder_slots[] = {
+    {Py_tp_doc, "FrameDecoder(limits=None)\n--\n\n"
+                "Incremental frame decoder: feed(bytes), then iterate to take the\n"
+                "decoded frames. Correct for any split of the stream; refuses a\n"
+                "declared payload above limits.max_frame_payload_bytes before\n"
+                "allocating, and buffers no more than the bytes fed plus 64 KiB."},
+    {Py_tp_new, decoder_new},
+    {Py_tp_dealloc, decoder_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, decoder_iternext},
+    {Py_tp_methods, decoder_methods},
+    {Py_tp_getset, decoder_getset},
+    {0, NULL},
+};
+
+static PyType_Spec decoder_spec = {
+    .name = "fabric.FrameDecoder",
+    .basicsize = sizeof(DecoderObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = decoder_slots,
+};
+
+/* ======================================================================== */
+/* Module part                                                              */
+/* ======================================================================== */
+
+static PyObject *frame_from_bytes(PyObject *module, PyObject *data)
+{
+    fab_state *st = fab_get_state(module);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    fab_frame_decoder dec;
+    fab_frame_decoder_init(&dec, FAB_FRAME_FORMAT_MAX_PAYLOAD);
+    size_t used;
+    fab_frame f;
+    PyObject *res = NULL;
+    int rc = fab_frame_decoder_next(&dec, view.buf, (size_t)view.len, &used, &f);
+    if (rc == FAB_FRAME_CONTINUE)
+        rc = fab_frame_decoder_finish(&dec);
+    if (rc < 0) {
+        fab_py_raise_frame_error(st, &dec.err);
+    } else if (used != (size_t)view.len) {
+        PyErr_Format(st->exc[FAB_PYEXC_FrameError], "%zd bytes after the frame at offset %zu",
+                     view.len - (Py_ssize_t)used, used);
+    } else {
+        PyObject *owner = PyBytes_FromStringAndSize((const char *)f.payload, f.h.payload_len);
+        if (owner) {
+            res = frame_make(st, &f.h, owner, (const uint8_t *)PyBytes_AS_STRING(owner),
+                             f.h.payload_len, -1);
+            Py_DECREF(owner);
+        }
+    }
+    fab_frame_decoder_destroy(&dec);
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *payload_violation(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    fab_state *st = fab_get_state(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_payload_violation(data, limits)");
+        return NULL;
+    }
+    fab_mp_limits lim;
+    if (payload_limits(st, args[1], &lim) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    char err[160];
+    size_t off = 0;
+    int rc = fab_mp_validate(view.buf, (size_t)view.len, &lim, err, sizeof(err), &off);
+    PyBuffer_Release(&view);
+    if (rc == FAB_OK)
+        Py_RETURN_NONE;
+    const char *which = rc == FAB_EDEPTH ? "max_depth" : rc == FAB_ELIMIT ? "limit" : "format";
+    return Py_BuildValue("(sns)", which, (Py_ssize_t)off, err);
+}
+
+static PyMethodDef frames_functions[] = {
+    {"_payload_violation", (PyCFunction)(void (*)(void))payload_violation, METH_FASTCALL,
+     "_payload_violation(data, limits, /)\n--\n\n"
+     "None when data is one msgpack value within limits, else (which, offset,\n"
+     "message) with which 'max_depth', 'limit' or 'format'."},
+    {"_frame_from_bytes", frame_from_bytes, METH_O,
+     "_frame_from_bytes(data, /)\n--\n\nOne whole encoded frame back to a Frame (for pickle)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int fab_py_frames_exec(PyObject *module, fab_state *st)
+{
+    if (PyModule_AddFunctions(module, frames_functions) < 0)
+        return -1;
+    if ((st->StreamFrameLimits_Type = fab_py_add_type(module, &limits_spec, NULL)) == NULL ||
+        (st->Frame_Type = fab_py_add_type(module, &frame_spec, NULL)) == NULL ||
+        (st->FrameEncoder_Type = fab_py_add_type(module, &encoder_spec, NULL)) == NULL ||
+        (st->FrameDecoder_Type = fab_py_add_type(module, &decoder_spec, NULL)) == NULL)
+        return -1;
+    st->StreamFrameLimits_Type->tp_vectorcall = limits_vectorcall;
+    st->Frame_Type->tp_vectorcall = frame_vectorcall;
+    st->default_limits = limits_vectorcall((PyObject *)st->StreamFrameLimits_Type, NULL, 0, NULL);
+    if (st->default_limits == NULL)
+        return -1;
+    PyObject *kinds = PyDict_New();
+    if (kinds == NULL)
+        return -1;
+#define FAB__KIND_ADD(name, value, text)                                       \
+    {                                                                          \
+        PyObject *v = PyLong_FromLong(value);                                  \
+        if (v == NULL || PyDict_SetItemString(kinds, text, v) < 0) {           \
+            Py_XDECREF(v);                                                     \
+            Py_DECREF(kinds);                                                  \
+            return -1;                                                         \
+        }                                                                      \
+        Py_DECREF(v);                                                          \
+    }
+    FAB_FRAME_KINDS(FAB__KIND_ADD)
+#undef FAB__KIND_ADD
+    int added = PyModule_AddObjectRef(module, "FRAME_KINDS", kinds);
+    Py_DECREF(kinds);
+    if (added < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "FRAME_HEADER_LEN", FAB_FRAME_HEADER_LEN) < 0 ||
+        PyModule_AddIntConstant(module, "FRAME_VERSION", FAB_FRAME_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "FRAME_FLAG_DIAGNOSTIC", FAB_FRAME_FLAG_DIAGNOSTIC) < 0)
+        return -1;
+    return 0;
+}
+
+int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->StreamFrameLimits_Type);
+    Py_VISIT(st->Frame_Type);
+    Py_VISIT(st->FrameEncoder_Type);
+    Py_VISIT(st->FrameDecoder_Type);
+    Py_VISIT(st->default_limits);
+    return 0;
+}
+
+void fab_py_frames_clear(fab_state *st)
+{
+    Py_CLEAR(st->StreamFrameLimits_Type);
+    Py_CLEAR(st->Frame_Type);
+    Py_CLEAR(st->FrameEncoder_Type);
+    Py_CLEAR(st->FrameDecoder_Type);
+    Py_CLEAR(st->default_limits);
+}
