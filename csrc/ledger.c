@@ -116,6 +116,7 @@ struct fab_ledger {
 
     uint64_t records, duplicates, torn_cut, torn_bytes, salvage_skips, salvage_bytes;
     uint64_t open_ns;
+    uint64_t syncs;       /* fdatasync calls on the ledger fd since open */
 };
 
 static void set_err(fab_ledger_error *err, int code, int sys_errno, uint64_t offset,
@@ -317,16 +318,48 @@ typedef struct scan_state {
     void *progress_ctx;
     /* salvage regions are reported here when not NULL */
     int (*on_skip)(void *ctx, uint64_t start, uint64_t end);
+    /* base is a file mapping: read it ahead and fill its page tables a
+     * chunk at a time (one madvise per chunk instead of a page fault per
+     * few pages) */
+    int prefault;
 } scan_state;
+
+#define PREFAULT_CHUNK ((uint64_t)8 << 20)
+
+/* Prefaults base[from, from + PREFAULT_CHUNK) of a file mapping (best
+ * effort: errors, e.g. from kernels without MADV_POPULATE_READ, are
+ * ignored and the pages fault in as they are touched). */
+static void prefault(const scan_state *s, uint64_t from)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t a = from & ~(page - 1);
+    if (a >= s->len)
+        return;
+    uint64_t n = s->len - a < PREFAULT_CHUNK ? s->len - a : PREFAULT_CHUNK;
+#ifdef MADV_POPULATE_READ
+    (void)madvise((void *)(s->base + a), (size_t)n, MADV_POPULATE_READ);
+#else
+    (void)madvise((void *)(s->base + a), (size_t)n, MADV_WILLNEED);
+#endif
+}
 
 /* Replays base[start..len) (see the spec's Replay section). */
 static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res,
                 fab_ledger_error *err)
 {
     uint64_t off = start, size, claimed, next_progress = start + PROGRESS_STEP;
+    uint64_t next_prefault = start;
     res->torn_at = NONE;
     res->corrupt_at = NONE;
+    if (s->prefault && s->len > start) {
+        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), a = start & ~(page - 1);
+        (void)madvise((void *)(s->base + a), (size_t)(s->len - a), MADV_SEQUENTIAL);
+    }
     while (off < s->len) {
+        if (s->prefault && off >= next_prefault) {
+            prefault(s, off);
+            next_prefault = (off & ~(PREFAULT_CHUNK - 1)) + PREFAULT_CHUNK;
+        }
         if (rec_valid(s->base, s->len, off, &size, &claimed)) {
             const uint8_t *p = s->base + off;
             if (s->fn) {
@@ -392,7 +425,7 @@ int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger
     int rc = check_header(data, len, err);
     if (rc != FAB_OK)
         return rc;
-    scan_state s = {data, len, recover, fn, ctx, NULL, NULL, NULL};
+    scan_state s = {data, len, recover, fn, ctx, NULL, NULL, NULL, 0};
     return scan(&s, FAB_LEDGER_HEADER_SIZE, res, err);
 }
 
@@ -406,15 +439,92 @@ static int key_eq(void *ctx, uint64_t value, const uint8_t key[32])
     return memcmp(l->map->base + value + FAB_LEDGER_REC_HEADER, key, 32) == 0;
 }
 
+/*
+ * Replay state. Inserting a key into a large index is a cache miss on a
+ * random slot, which dominates replay of small records; the records ahead
+ * are already in the mapping, so their keys are hashed and their slots
+ * prefetched PF_DEPTH records in advance (following the unvalidated length
+ * fields: a wrong guess only wastes a prefetch, since the slot address is
+ * masked into the table). The index is also sized once from an early
+ * estimate instead of doubling its way up, rehashing every key each time.
+ */
+#define PF_DEPTH 8
+
+typedef struct replay_ctx {
+    fab_ledger *l;
+    const uint8_t *base;
+    uint64_t len, start;
+    uint64_t pf;                 /* next offset to hash and prefetch */
+    uint64_t ring_off[PF_DEPTH]; /* offsets hashed ahead, in order */
+    uint64_t ring_hash[PF_DEPTH];
+    unsigned head, n;
+    uint64_t seen;               /* records replayed */
+    int sized;                   /* the size estimate was made */
+} replay_ctx;
+
+/* The index hash of the key of the record at off, from the ring when it
+ * was hashed ahead; then refills the ring. */
+static uint64_t replay_hash(replay_ctx *r, uint64_t off, const uint8_t *key)
+{
+    fab_lindex *ix = &r->l->ix;
+    uint64_t hash = 0;
+    while (r->n && r->ring_off[r->head] <= off) {
+        if (r->ring_off[r->head] == off)
+            hash = r->ring_hash[r->head];
+        r->head = (r->head + 1) % PF_DEPTH;
+        r->n--;
+    }
+    if (hash == 0)
+        hash = fab_lindex_hash(ix, key);
+    if (r->n == 0 || r->pf <= off) { /* out of step (after a skipped region) */
+        r->n = 0;
+        r->pf = off + FAB_LEDGER_REC_OVERHEAD + rec_payload_len(r->base + off);
+    }
+    while (r->n < PF_DEPTH && r->pf < r->len && r->len - r->pf >= FAB_LEDGER_REC_OVERHEAD) {
+        const uint8_t *p = r->base + r->pf;
+        uint64_t h = fab_lindex_hash(ix, p + FAB_LEDGER_REC_HEADER);
+        if (ix->slots)
+            __builtin_prefetch(&ix->slots[(size_t)h & ix->mask], 1);
+        unsigned tail = (r->head + r->n) % PF_DEPTH;
+        r->ring_off[tail] = r->pf;
+        r->ring_hash[tail] = h;
+        r->n++;
+        r->pf += FAB_LEDGER_REC_OVERHEAD + (uint64_t)rec_payload_len(p);
+    }
+    return hash;
+}
+
+/* Once a sixteenth of the bytes are replayed, sizes the index for the
+ * records the rest of the file will hold at the same density. Best effort:
+ * a failure leaves the index to grow as it goes. */
+static void replay_estimate(replay_ctx *r, uint64_t off)
+{
+    uint64_t done = off - r->start, rest = r->len - off;
+    if (r->sized || r->seen < 1024 || done < (r->len - r->start) / 16)
+        return;
+    r->sized = 1;
+    double more = (double)r->seen * (double)rest / (double)done;
+    double cap = (double)rest / FAB_LEDGER_REC_OVERHEAD;
+    if (more > cap)
+        more = cap;
+    size_t want = r->l->ix.count + (size_t)(more * 1.02) + 16;
+    (void)fab_lindex_reserve(&r->l->ix, want);
+}
+
 static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
                          const uint8_t *payload, size_t len)
 {
     FAB_UNUSED(payload);
     FAB_UNUSED(len);
-    fab_ledger *l = ctx;
+    replay_ctx *r = ctx;
+    fab_ledger *l = r->l;
+    r->seen++;
+    if (!r->sized)
+        replay_estimate(r, off);
+    uint64_t hash = replay_hash(r, off, key);
     if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
         return FAB_OK;
-    int rc = fab_lindex_insert(&l->ix, key, fab_lindex_hash(&l->ix, key), off, NULL);
+    int rc = fab_lindex_insert(&l->ix, key, hash, off, NULL);
     if (rc < 0)
         return rc;
     if (rc == 0)
@@ -424,7 +534,7 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
 
 static int replay_skip(void *ctx, uint64_t start, uint64_t end)
 {
-    fab_ledger *l = ctx;
+    fab_ledger *l = ((replay_ctx *)ctx)->l;
     if (l->n_skips == l->cap_skips) {
         size_t cap = l->cap_skips ? l->cap_skips * 2 : 8;
         skip_region *r = realloc(l->skips, cap * sizeof(*r));
@@ -469,7 +579,9 @@ static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress,
     int rc = ensure_map(l, size, err);
     if (rc != FAB_OK)
         return rc;
-    scan_state s = {l->map->base, size, l->recover, replay_record, l, progress, pctx, replay_skip};
+    replay_ctx r = {.l = l, .base = l->map->base, .len = size, .start = l->end};
+    scan_state s = {l->map->base, size, l->recover, replay_record, &r, progress, pctx, replay_skip};
+    s.prefault = 1;
     rc = scan(&s, l->end, res, err);
     if (rc != FAB_OK)
         return rc;
@@ -829,6 +941,7 @@ static int make_durable(fab_ledger *l, uint64_t upto, fab_ledger_error *err)
         }
         uint64_t target = l->end;
         l->syncing++;
+        l->syncs++;
         pthread_mutex_unlock(&l->mu);
         int rc = l->io.fdatasync(l->fd);
         int e = errno;
@@ -906,6 +1019,7 @@ int fab_ledger_sync(fab_ledger *l, fab_ledger_error *err)
     pthread_mutex_lock(&l->mu);
     int rc = refuse(l, err);
     if (rc == FAB_OK) {
+        l->syncs++;
         if (l->io.fdatasync(l->fd) < 0) {
             l->failed = 1;
             l->failed_errno = errno;
@@ -1142,6 +1256,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->salvage_bytes = l->salvage_bytes;
     st->open_ns = l->open_ns;
     st->index_bytes = fab_lindex_memory(&l->ix);
+    st->syncs = l->syncs;
     st->created_ns = fab_load_le64(l->header + 16);
     st->version = l->header[8] | (l->header[9] << 8);
     st->failed = l->failed;

@@ -104,8 +104,14 @@ def test_durability_modes(path, durability):
         assert c.durability == durability
         for i in range(50):
             c.record(key(i), i)
+        # One fdatasync per record alone (fsync, or group with one writer),
+        # none before sync() with os durability.
+        assert c.stats()["syncs"] == (0 if durability == "os" else 50)
+        c.record(key(0), 0)  # already held: writes and syncs nothing
+        assert c.stats()["syncs"] == (0 if durability == "os" else 50)
         c.flush()
         c.sync()
+        assert c.stats()["syncs"] >= 1
     with EvalCassette(path, "r") as c:
         assert [c.get(key(i)) for i in range(50)] == list(range(50))
 
@@ -121,6 +127,7 @@ def test_group_commit_threads(path):
         for t in threads:
             t.join()
         assert len(c) == 800
+        assert 1 <= c.stats()["syncs"] <= 800  # a batch never takes more than one sync
     with EvalCassette(path, "r") as c:
         assert len(c) == 800
         assert c.get(key(3199 - 1000)) == 2199

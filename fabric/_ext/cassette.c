@@ -892,7 +892,7 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
     leave(c);
     double per_key = s.keys ? (double)s.index_bytes / (double)s.keys : 0.0;
     return Py_BuildValue(
-        "{s:O,s:s,s:s,s:i,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:K,s:d,s:O}",
+        "{s:O,s:s,s:s,s:i,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:K,s:d,s:K,s:O}",
         "path", c->path, "mode", mode_names[c->mode], "durability",
         c->mode == FAB_LEDGER_WRITE ? durability_names[c->durability] : "none", "version",
         s.version, "created_ns", (unsigned long long)s.created_ns, "creator", s.creator,
@@ -902,7 +902,8 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
         (unsigned long long)s.torn_bytes, "salvage_skips", (unsigned long long)s.salvage_skips,
         "salvage_bytes", (unsigned long long)s.salvage_bytes, "open_seconds",
         (double)s.open_ns / 1e9, "index_bytes", (unsigned long long)s.index_bytes,
-        "index_bytes_per_key", per_key, "failed", s.failed ? Py_True : Py_False);
+        "index_bytes_per_key", per_key, "syncs",
+        (unsigned long long)s.syncs, "failed", s.failed ? Py_True : Py_False);
 }
 
 static PyObject *Cassette_sync(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -1080,7 +1081,8 @@ static PyMethodDef Cassette_methods[] = {
      "A lazy iterator over the items of key's committed stream, or default."},
     {"stats", Cassette_stats, METH_NOARGS,
      "stats($self, /)\n--\n\nA dict: records, keys, bytes, duplicates, torn_tails_cut, "
-     "torn_bytes, salvage_skips, salvage_bytes, open_seconds, index_bytes, ..."},
+     "torn_bytes, salvage_skips, salvage_bytes, open_seconds, index_bytes, "
+     "syncs (fdatasync calls since open), ..."},
     {"sync", Cassette_sync, METH_NOARGS,
      "sync($self, /)\n--\n\nfdatasync of the ledger (useful with durability=\"os\")."},
     {"flush", Cassette_flush, METH_NOARGS,

@@ -101,6 +101,7 @@ typedef struct fab_ledger_stats {
     uint64_t salvage_bytes;
     uint64_t open_ns;        /* time spent opening and replaying */
     uint64_t index_bytes;    /* memory of the index */
+    uint64_t syncs;          /* fdatasync calls on the ledger since open (group commit: records/syncs = batch size) */
     uint64_t created_ns;
     int version;
     int failed;              /* 1 after an fdatasync failure: appends refused */
