@@ -100,6 +100,10 @@ def test_crash_loop(tmp_path):
                     expect = [{"k": k, "j": j, "pad": "x" * (k % 300)} for j in range(i % 7 + 1)]
                     assert list(c.get_stream(key(k))) == expect, k
     assert len(acked_replies) > LOOPS  # the loop really exercised appends
+    # Shown with pytest -s: the figures docs/benchmarks.md records.
+    print(f"\ncrash loop: {LOOPS} loops, {len(acked_replies)} replies and "
+          f"{len(acked_streams)} streams acknowledged, all present and byte-identical, "
+          f"every reopen succeeded")
 
 
 def test_second_writer_process_is_named(tmp_path):
