@@ -6,6 +6,7 @@ the way a network node will serve them.
 """
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -445,29 +446,60 @@ def test_cassette_replays_holdings_after_the_node_restarts(tmp_path):
     assert "[[1.0], [2.0], [3.0]] 3" in out2.stdout
 
 
+def _python_calls(fn):
+    """(result, [(file, function)]) of every Python frame entered while fn() runs."""
+    calls = []
+
+    def prof(frame, event, arg):
+        if event == "call":
+            calls.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+
+    sys.setprofile(prof)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return result, calls
+
+
 def test_hit_path_is_the_c_base_and_calls_no_python(reg, cassette_factory):
     assert ContentAddressedFabric.evaluate is fabric._core.ContentAddressedFabricCore.evaluate
-
-    class Watched(ContentAddressedFabric):
-        resolved = 0
-
-        def _resolve(self, request, g, key):
-            Watched.resolved += 1
-            return super()._resolve(request, g, key)
-
     cas = cassette_factory("w")
-    fab = Watched("w", cas, home=Home(reg))
+    fab = ContentAddressedFabric("w", cas, home=Home(reg))
     req = fabric.EvalRequest("embed", ("w",), version=1)
-    assert fab.evaluate(req).source == "home" and Watched.resolved == 1
+    assert fab.evaluate(req).source == "home"
     for _ in range(3):
-        assert type(fab.evaluate(req)) is EvalReply
-    assert Watched.resolved == 1 and fab.stats()["local_hits"] == 3
+        reply, calls = _python_calls(functools.partial(fab.evaluate, req))
+        assert type(reply) is EvalReply and reply.source == "local"
+        assert calls == []  # no Python frame at all on a hit
+    assert fab.stats()["local_hits"] == 3
     with pytest.raises(TypeError, match="expected an EvalRequest"):
         fab.evaluate("not a request")
     with pytest.raises(TypeError, match="unexpected keyword"):
         fab.evaluate(req, grant=())
     with pytest.raises(TypeError, match="single string"):
         fab.evaluate(req, grants="model.call")
+
+
+def test_miss_path_order_and_recording_run_in_c(reg, cassette_factory):
+    # The resolution order, the collection of answers, the recording and the
+    # announcing are C: the only Python frames of a miss are the peers', home's,
+    # the holding index's methods and the trail kept for explain().
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("c-path",), version=1)
+    a.evaluate(req)
+    empty = ContentPeer("e", ContentServeFabric(cassette_factory("e"), node="e"))
+    b, _ = node("b", cassette_factory, peers=[empty, peer_a], peer_timeout=None)
+    reply, calls = _python_calls(functools.partial(b.evaluate, req))
+    assert reply.source == "peer:a" and req.key in b.cassette
+    mine = {f for file, f in calls if file == "resolving.py"}
+    assert mine == {"_remember_trail"}
+    assert ("fabrics.py", "evaluate") in calls  # the peers' serve fabrics
+    assert {f for file, f in calls if file == "holders.py"} >= {"holders_of", "announce"}
+    assert b.explain(req).steps == [("local", "b", "not held"), ("peer", "e", "not held"),
+                                    ("peer", "a", "hit"), ("local", "b", "held now (first "
+                                                                        "from peer:a)")]
 
 
 def test_a_record_that_is_not_a_reply_is_refused(reg, cassette_factory):
@@ -477,3 +509,65 @@ def test_a_record_that_is_not_a_reply_is_refused(reg, cassette_factory):
     fab = ContentAddressedFabric("j", cas)
     with pytest.raises(fabric.FabricError, match="not a reply record"):
         fab.evaluate(req)
+
+
+def test_a_failed_record_fails_the_call_and_nothing_is_announced(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("rec",), version=1)
+    a.evaluate(req)
+
+    class FullDisk:
+        """A cassette whose disk is full: lookups work, records fail."""
+
+        def get(self, key):
+            return None
+
+        def __contains__(self, key):
+            return False
+
+        def record(self, key, reply):
+            raise OSError(28, "No space left on device")
+
+    b = ContentAddressedFabric("b", FullDisk(), peers=[peer_a], home=home)
+    with pytest.raises(OSError, match="No space left"):
+        b.evaluate(req)
+    assert b.holders.holders_of(req.key) == []
+    assert b.stats()["failures"] == 1 and b.stats()["peer_hits"] == 0
+    assert b.explain(req).source is None and home.calls == 1
+
+
+def test_a_base_exception_from_a_peer_is_not_swallowed(reg, cassette_factory):
+    class Interrupting:
+        def evaluate(self, request, *, grants=None):
+            raise KeyboardInterrupt
+
+        def stream(self, request, *, grants=None):
+            raise KeyboardInterrupt
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("i", Interrupting())], home=home,
+                peer_timeout=None)
+    req = fabric.EvalRequest("embed", ("kb",), version=1)
+    with pytest.raises(KeyboardInterrupt):
+        b.evaluate(req)
+    assert home.calls == 0 and req.key not in b.cassette
+    assert b.stats()["failures"] == 1
+
+
+def test_resolution_object_refuses_misuse(reg, cassette_factory):
+    b, _ = node("b", cassette_factory, home=Home(reg))
+    req = fabric.EvalRequest("embed", ("misuse",), version=1)
+    res = b._resolution(req)
+    with pytest.raises(RuntimeError, match="call next"):
+        res.accept(None)
+    target, what, timeout = res.next()
+    assert what == "home" and timeout is None
+    with pytest.raises(RuntimeError, match="being asked"):
+        res.next()
+    with pytest.raises(TypeError, match="exception instance"):
+        res.failed("not an exception")
+    reply = res.accept(target.evaluate(req))
+    assert reply.source == "home" and req.key in b.cassette
+    with pytest.raises(RuntimeError, match="finished"):
+        res.next()
