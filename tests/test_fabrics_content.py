@@ -571,3 +571,109 @@ def test_resolution_object_refuses_misuse(reg, cassette_factory):
     assert reply.source == "home" and req.key in b.cassette
     with pytest.raises(RuntimeError, match="finished"):
         res.next()
+
+
+class Flaky:
+    """A peer serving a stream that breaks after `good` items (0: before any)."""
+
+    def __init__(self, items, good):
+        self.items, self.good, self.calls = items, good, 0
+
+    def evaluate(self, request, *, grants=None):
+        raise ConnectionResetError("link dropped")
+
+    def stream(self, request, *, grants=None):
+        self.calls += 1
+
+        def gen():
+            yield from self.items[:self.good]
+            raise ConnectionResetError("link dropped")
+
+        return gen()
+
+
+def test_a_stream_source_failing_before_its_first_item_fails_over(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("tokens", ("alpha beta gamma",), stream=True)
+    assert list(a.stream(req)) == ["alpha", "beta", "gamma"]
+    flaky = Flaky(["alpha"], good=0)
+    holders = HoldingIndex()
+    holders.announce(req.key, "0flaky")
+    b, _ = node("b", cassette_factory, holders=holders,
+                peers=[ContentPeer("0flaky", flaky), peer_a])
+    s = b.stream(req)
+    assert s.source == "peer:a" and list(s) == ["alpha", "beta", "gamma"]
+    assert s.diagnostics == [{"kind": "Diagnostic", "message": "second token"}]
+    assert flaky.calls == 1 and holders.failures("0flaky") == 1
+    assert req.key in b.cassette
+    assert ("holder", "0flaky", "ConnectionResetError: link dropped") in b.explain(req).steps
+
+
+def test_a_stream_failing_after_items_ends_with_remote_error_and_is_not_held(
+        reg, cassette_factory):
+    home = Home(reg)
+    req = fabric.EvalRequest("tokens", ("alpha beta gamma",), stream=True)
+    flaky = Flaky(["alpha", "beta"], good=2)
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("f", flaky)], home=home)
+    s = b.stream(req)
+    assert s.source == "peer:f"
+    got = []
+    with pytest.raises(fabric.RemoteError, match="failed after 2 items") as ei:
+        for x in s:
+            got.append(x)
+    assert got == ["alpha", "beta"]  # given to the caller: no silent restart elsewhere
+    err = ei.value
+    assert err.node == "f" and err.remote_type == "ConnectionResetError"
+    assert isinstance(err.__cause__, ConnectionResetError)
+    assert s.diagnostics[-1]["kind"] == "StreamInterrupted"
+    assert req.key not in b.cassette and home.calls == 0
+    assert b.holders.failures("f") == 1 and b.stats()["failures"] == 1
+    assert b.explain(req).source is None
+    # The failed peer now goes last, so the next call starts from home.
+    flaky.good = 0
+    again = b.stream(req)
+    assert again.source == "home" and list(again) == ["alpha", "beta", "gamma"]
+    assert req.key in b.cassette
+
+
+def test_a_home_stream_failing_midway_keeps_its_error_and_is_not_held(reg, cassette_factory):
+    @fabric.op("breaks", registry=reg)
+    def breaks(n):
+        yield 1
+        raise RuntimeError("broke midway")
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, home=home)
+    req = breaks.request(1)
+    s = b.stream(req)
+    assert next(s) == 1
+    with pytest.raises(RuntimeError, match="broke midway") as ei:
+        next(s)
+    assert any("cannot restart" in n for n in ei.value.__notes__)
+    assert s.diagnostics[-1]["kind"] == "StreamInterrupted"
+    assert req.key not in b.cassette and len(b.holders) == 0
+
+
+def test_stream_deadline_is_checked_per_item(reg, cassette_factory):
+    gate = threading.Event()
+
+    @fabric.op("slow", registry=reg)
+    def slow(n):
+        yield 0
+        gate.wait(10)  # the test opens it once the deadline has passed
+        yield 1
+        yield 2
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, home=home)
+    req = slow.request(3).replace(deadline=0.05)
+    s = b.stream(req)
+    assert next(s) == 0
+    deadline_passed = time.monotonic() + 0.05
+    while time.monotonic() < deadline_passed:
+        time.sleep(0.01)
+    gate.set()
+    with pytest.raises(DeadlineExceeded, match="after 1 items"):
+        next(s)
+    assert req.key not in b.cassette
