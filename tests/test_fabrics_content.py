@@ -677,3 +677,80 @@ def test_stream_deadline_is_checked_per_item(reg, cassette_factory):
     with pytest.raises(DeadlineExceeded, match="after 1 items"):
         next(s)
     assert req.key not in b.cassette
+
+
+def test_aevaluate_awaits_asyncio_peers_and_home_on_the_loop(reg, cassette_factory):
+    home_inner = LocalFabric(reg)
+
+    class AsyncPeer:
+        """An asyncio peer: its aevaluate is awaited; its evaluate must not run."""
+
+        def __init__(self, serve):
+            self.serve, self.threads, self.cancelled = serve, [], False
+            self.hang = False
+
+        def evaluate(self, request, *, grants=None):
+            raise AssertionError("the sync evaluate of an asyncio peer was called")
+
+        def stream(self, request, *, grants=None):
+            raise AssertionError("not used")
+
+        async def aevaluate(self, request, *, grants=None):
+            self.threads.append(threading.get_ident())
+            try:
+                if self.hang:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(0)
+                return self.serve.evaluate(request, grants=grants)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+    class AsyncHome:
+        calls = 0
+
+        def evaluate(self, request, *, grants=None):
+            raise AssertionError("the sync evaluate of an asyncio home was called")
+
+        async def aevaluate(self, request, *, grants=None):
+            AsyncHome.calls += 1
+            return await home_inner.aevaluate(request, grants=grants)
+
+    a, peer_a = node("a", cassette_factory, home=AsyncHome())
+    req = fabric.EvalRequest("embed", ("aio",), version=1)
+    async_a = AsyncPeer(peer_a.serve)
+    hung = AsyncPeer(peer_a.serve)
+    hung.hang = True
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("hung", hung), ContentPeer("a", async_a)],
+                peer_timeout=0.05)
+
+    async def main():
+        loop_thread = threading.get_ident()
+        computed = await a.aevaluate(req)
+        got = await b.aevaluate(req)
+        return loop_thread, computed, got
+
+    loop_thread, computed, got = asyncio.run(main())
+    assert computed.source == "home" and AsyncHome.calls == 1
+    assert got.source == "peer:a" and got == computed and req.key in b.cassette
+    assert async_a.threads == [loop_thread] and hung.threads == [loop_thread]
+    assert hung.cancelled  # the timed-out peer's coroutine was cancelled, not left running
+    assert ("peer", "hung", "DeadlineExceeded: peer 'hung' did not answer within 0.05 s") \
+        in b.explain(req).steps
+    assert b.holders.holders_of(req.key) == ["b"] and b.stats()["peer_hits"] == 1
+
+
+def test_aevaluate_fails_closed_like_evaluate(reg, cassette_factory):
+    dead = Partitioned()
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("p0", dead)])
+    req = fabric.EvalRequest("embed", ("aio-none",), version=1)
+
+    async def main():
+        with pytest.raises(NoHolderError) as ei:
+            await b.aevaluate(req)
+        return ei.value
+
+    err = asyncio.run(main())
+    assert [n for n, _ in err.attempts] == ["p0"] and dead.calls == 1
+    assert "p0: ConnectionRefusedError: partitioned" in str(err)
+    assert b.stats()["failures"] == 1 and req.key not in b.cassette
