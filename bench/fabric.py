@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 import statistics
 import sys
@@ -128,6 +129,30 @@ def main() -> int:
                                m if dur == "os" else max(200, m // 10), repeat=reps)
         rows.append((f"miss: `ContentAddressedFabric.evaluate` (key, lookup, home, record "
                      f"with durability={dur!r}, announce)", t_miss[dur], None))
+    # A miss answered by a peer: the C resolution order asks the (in-process)
+    # peer, records its reply and announces it; against the peer's serve alone.
+    cas_p = fabric.EvalCassette(os.path.join(tmp, "peer.ledger"), durability="os")
+    opened.append(cas_p)
+    serve = fabric.ContentServeFabric(cas_p, node="a")
+    base = 10**8
+    nheld = m * 3 * 2
+    for v in range(base, base + nheld):
+        cas_p.record(echo.request(v).key, [v, [], None])
+    held = itertools.cycle(range(base, base + nheld))
+    t_serve = per_call(lambda: serve.evaluate(echo.request(next(held))), m, repeat=3)
+    rows.append(("peer's `ContentServeFabric.evaluate` alone (key + held reply)", t_serve, None))
+    fresh = iter(range(base, base + nheld))
+    t_peer = {}
+    for label, timeout in (("peer_timeout=None", None), ("peer_timeout=10 s", 10.0)):
+        cas_b = fabric.EvalCassette(os.path.join(tmp, f"peer-miss-{timeout}.ledger"),
+                                    durability="os")
+        opened.append(cas_b)
+        fab_b = fabric.ContentAddressedFabric(
+            "b", cas_b, peers=[fabric.ContentPeer("a", serve)], peer_timeout=timeout)
+        t_peer[label] = per_call(lambda: fab_b.evaluate(echo.request(next(fresh))), m, repeat=3)
+        rows.append((f"miss from a peer: `ContentAddressedFabric.evaluate`, {label} "
+                     f"(order, ask, record with durability='os', announce)", t_peer[label],
+                     None))
     for c in [cas] + opened:
         c.close()
     dc.close()
@@ -147,6 +172,9 @@ def main() -> int:
           f"{t_dc / t_caf:.1f}× faster; vs joblib.Memory: {t_jl / t_caf:.0f}× faster")
     print(f"miss-path overhead over LocalFabric: {fmt(t_miss['os'] - t_local)} per request "
           f"with OS durability, {fmt(t_miss['group'] - t_local)} with group commit")
+    print(f"peer-miss overhead over the peer's serve: "
+          f"{fmt(t_peer['peer_timeout=None'] - t_serve)} without a peer timeout, "
+          f"{fmt(t_peer['peer_timeout=10 s'] - t_serve)} with one (worker thread)")
     return 0
 
 

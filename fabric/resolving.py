@@ -22,20 +22,20 @@ the request's ``deadline`` bounds the whole resolution.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import html
 import itertools
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, NoHolderError, RemoteError, canonical_bytes)
-from .fabrics import (EvalReply, EvalStream, ContentPeer, _collect, _Counters, _events_of,
-                      _FabricBase, _recording, _replay_events, check_grants, reply_from_record,
-                      reply_record)
+                    EvalRequest, RemoteError)
+from .fabrics import (DIAG, ITEM, ContentPeer, EvalReply, EvalStream, _collect, _events_of,
+                      _FabricBase, _recording, _replay_events, check_grants)
 from .holders import HoldingIndex
 
 __all__ = ["ContentAddressedFabric", "Explanation"]
@@ -107,9 +107,15 @@ class Explanation:
 class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
     """Local cassette, then holders and peers, then home; see the module doc.
 
-    ``evaluate``'s hit path (grants check, key, cassette lookup, reply) is
-    the C base ``fabric._core.ContentAddressedFabricCore``; misses come back
-    here to ``_resolve``.
+    ``evaluate`` is the C base ``fabric._core.ContentAddressedFabricCore``'s,
+    hit *and* miss: the grants check, key, cassette lookup and reply, then
+    the resolution order (holders, peers, home), the collection of every
+    peer's answer, the recording and announcing of the success, the
+    counters and the deadline all run in C, calling peers and home as the
+    Python objects they are. A peer call with a timeout goes through
+    ``_call_within`` (a worker thread, so a hung in-process peer cannot hang
+    the caller). ``aevaluate`` and ``stream`` drive the same C resolution
+    (``_resolution``) from Python, awaiting or streaming from each source.
 
     ``node`` is this node's id; ``cassette`` its ``EvalCassette``; ``peers``
     a sequence of ``ContentPeer``; ``home`` any fabric that computes (or
@@ -117,17 +123,22 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
     ``peer_timeout`` (seconds, None for none) bounds each peer call.
     """
 
+    _call_within = staticmethod(_call_within)
+
     def __init__(self, node: str, cassette: Any, peers: Iterable[ContentPeer] = (),
                  home: Any = None, holders: HoldingIndex | None = None, *,
                  grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
                  remember: int = 256):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
+        if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
+                                             and peer_timeout > 0):
+            raise ValueError(f"peer_timeout must be a positive number of seconds or None, "
+                             f"not {peer_timeout!r}")
         _core.ContentAddressedFabricCore.__init__(self, node, cassette, frozenset(grants))
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
         self.peer_timeout = peer_timeout
-        self._peers: dict[str, ContentPeer] = {}
         for p in peers:
             self.add_peer(p)
         self._remember = remember
@@ -153,26 +164,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         restart, so peers learn what the ledger replayed). Returns the count."""
         return self.holders.apply((k, self.node) for k in self.cassette)
 
-    def _order(self, key: ContentKey) -> list[tuple[ContentPeer, bool]]:
-        """Announced holders (healthy first), then the other peers (failed last)."""
-        peers = self._peers
-        announced = [h for h in self.holders.holders_of(key) if h in peers]
-        seen = set(announced)
-        fails = self.holders.failures
-        rest = sorted((p for n, p in peers.items() if n not in seen),
-                      key=lambda p: fails(p.node) > 0)  # stable: given order otherwise
-        return [(peers[h], True) for h in announced] + [(p, False) for p in rest]
-
     # -- bookkeeping ------------------------------------------------------------
-    def _hold(self, key: ContentKey, reply: EvalReply) -> None:
-        record = reply_record(reply)
-        self.cassette.record(key, record)
-        self._count("bytes_recorded", len(canonical_bytes(record)))
-        self.holders.announce(key, self.node)
-
     def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
+        """Called by the C resolution when it ends: what explain() reports."""
         with self._trail_lock:
-            self._trails[key] = (source, steps)
+            self._trails[key] = (source, list(steps))
             self._trails.move_to_end(key)
             while len(self._trails) > self._remember:
                 self._trails.popitem(last=False)
@@ -184,19 +180,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             self._count("denied")
             raise
 
-    @staticmethod
-    def _remaining(t_end: float | None, attempts: list, key: ContentKey) -> float | None:
-        if t_end is None:
-            return None
-        left = t_end - time.monotonic()
-        if left <= 0:
-            raise _with_attempts(DeadlineExceeded(
-                f"the request's deadline passed while resolving {key}"
-                + _attempts_text(attempts)), attempts)
-        return left
-
     # -- evaluate ---------------------------------------------------------------
-    # evaluate() is the C base's: hit path in C, then these hooks.
+    # evaluate() is the C base's: hit and miss path in C, with these hooks.
     def _deny(self, request: EvalRequest, g: frozenset) -> None:
         """Called by the C hit path when grants fall short: raises CapabilityDenied."""
         self._check(request, g)
@@ -207,79 +192,36 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
 
     async def aevaluate(self, request: EvalRequest, *,
                         grants: Iterable[str] | None = None) -> EvalReply:
-        """Async twin: a local hit is answered on the loop; resolution runs in
-        a worker thread so the loop is never blocked."""
-        import asyncio
+        """Async twin of ``evaluate``.
 
+        A local hit is answered on the loop. A miss follows the same C
+        resolution order, awaiting each peer's and home's own ``aevaluate``
+        when it has one (a peer without one runs in a worker thread); the
+        per-peer timeout cancels a peer that does not answer in time. The
+        reply is recorded from a worker thread (recording may fsync).
+        """
         g = self._grants(grants)
         reply = self._lookup(request, grants=g)  # the C hit path, grants checked
         if reply is not None:
             return reply
-        return await asyncio.to_thread(self.evaluate, request, grants=g)
-
-    def _resolve(self, request: EvalRequest, g: frozenset, key: ContentKey) -> EvalReply:
-        steps: list[tuple[str, str, str]] = [("local", self.node, "not held")]
-        attempts: list[tuple[str, BaseException]] = []
+        if request.stream:
+            return await asyncio.to_thread(self.evaluate, request, grants=g)
+        res = self._resolution(request, grants=g)
         try:
-            reply = self._resolve_steps(request, g, key, steps, attempts)
+            while True:
+                target, what, timeout = res.next()
+                try:
+                    reply = await _acall(target, what, timeout, request, g)
+                except Exception as exc:
+                    if res.failed(exc):
+                        raise
+                    continue
+                out = await asyncio.to_thread(res.accept, reply)
+                if out is not None:
+                    return out
         except BaseException:
-            self._count("failures")
-            self._remember_trail(key, None, steps)
+            res.abort()  # a no-op once the resolution has ended
             raise
-        self._remember_trail(key, reply.source, steps)
-        return reply
-
-    def _resolve_steps(self, request, g, key, steps, attempts) -> EvalReply:
-        if request.consistency == "local-only":
-            steps.append(("policy", "local-only", "peers and home not asked"))
-            raise ContentNotHeld(f"node {self.node!r} does not hold {key} and the request "
-                                 f"is local-only")
-        t_end = None if request.deadline is None else time.monotonic() + request.deadline
-        for peer, announced in self._order(key):
-            left = self._remaining(t_end, attempts, key)
-            timeout = self.peer_timeout if left is None else (
-                left if self.peer_timeout is None else min(left, self.peer_timeout))
-            stage = "holder" if announced else "peer"
-            try:
-                reply = _call_within(peer.serve.evaluate, timeout, f"peer {peer.node!r}",
-                                     request, grants=g)
-                rkey = getattr(reply, "key", None)
-                if not isinstance(reply, EvalReply) or (rkey is not None and rkey != key):
-                    raise RemoteError(f"peer {peer.node!r} answered with a reply for "
-                                      f"another key ({rkey})")
-            except Exception as exc:
-                attempts.append((peer.node, exc))
-                steps.append((stage, peer.node, _describe_answer(exc)))
-                # A peer that is not an announced holder may simply not hold the
-                # key; an announced holder that does not (stale), or any peer that
-                # errs or times out, goes to the back of the queue next time.
-                if announced or not isinstance(exc, (ContentNotHeld, CapabilityDenied)):
-                    self.holders.mark_failed(peer.node)
-                continue
-            self.holders.mark_ok(peer.node)
-            self._hold(key, reply)
-            self._count("peer_hits")
-            steps.append((stage, peer.node, "hit"))
-            return reply._with_source(f"peer:{peer.node}")
-
-        if self.home is None or request.consistency == "no-home":
-            why = "no home" if self.home is None else "request is no-home"
-            steps.append(("home", "-", why))
-            raise _with_attempts(NoHolderError(
-                f"no holder answered for {key} ({request.op!r}) and {why}"
-                + _attempts_text(attempts)), attempts)
-        left = self._remaining(t_end, attempts, key)
-        try:
-            reply = _call_within(self.home.evaluate, left, "home", request, grants=g)
-        except Exception as exc:
-            steps.append(("home", "home", _describe_answer(exc)))
-            if attempts:
-                exc.add_note("peers asked first:" + _attempts_text(attempts))
-            raise
-        self._hold(key, reply)
-        self._count("home_computes")
-        steps.append(("home", "home", "computed"))
-        return reply._with_source("home")
 
     # -- streams ------------------------------------------------------------------
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
@@ -287,9 +229,15 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         holder, peer or home that starts it; recorded frame by frame as it is
         consumed and held only once it ends normally.
 
-        Resolution happens here, up to the first event, so a stream nobody
-        holds fails at once. A source that fails after its first item ends the
-        stream with that error (the items already given cannot be taken back).
+        Sources are tried in the C resolution order, here, until one gives its
+        first item (or ends cleanly), so a stream nobody holds fails at once,
+        and a source that fails before its first item is passed over for the
+        next one like a failed ``evaluate``. Once an item has been given to
+        the caller the stream cannot restart elsewhere: a source failing after
+        that ends the stream with a ``StreamInterrupted`` diagnostic and an
+        error (``RemoteError`` from a peer, home's own exception from home),
+        and nothing is recorded. The request's deadline is checked before
+        every event.
         """
         g = self._grants(grants)
         self._check(request, g)
@@ -297,60 +245,75 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if key in self.cassette:
             self._count("local_hits")
             return EvalStream(_replay_events(self.cassette, key), key, "local")
-        steps: list[tuple[str, str, str]] = [("local", self.node, "not held")]
-        attempts: list[tuple[str, BaseException]] = []
+        res = self._resolution(request, grants=g)
         try:
-            source, events, counter = self._open_stream(request, g, key, steps, attempts)
+            while True:
+                target, _what, _timeout = res.next()
+                try:
+                    events = _events_of(target.stream(request, grants=g))
+                    head = _head(events)
+                except Exception as exc:
+                    if res.failed(exc):
+                        raise
+                    continue
+                break
+            left = res.remaining()
+            steps = list(res.steps)
+            source, counter, peer = res.started()
         except BaseException:
-            self._count("failures")
-            self._remember_trail(key, None, steps)
+            res.abort()
             raise
-        self._remember_trail(key, source, steps)
+        t_end = None if left is None else time.monotonic() + left
 
         def done() -> None:
             self._count(counter)
             self.holders.announce(key, self.node)
 
-        return EvalStream(_recording(events, self.cassette, key, done), key, source)
+        relayed = self._relay(head, events, key, source, peer, steps, t_end, request.deadline)
+        return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
 
-    def _open_stream(self, request, g, key, steps, attempts):
-        if request.consistency == "local-only":
-            steps.append(("policy", "local-only", "peers and home not asked"))
-            raise ContentNotHeld(f"node {self.node!r} does not hold {key} and the request "
-                                 f"is local-only")
-        t_end = None if request.deadline is None else time.monotonic() + request.deadline
-        sources: list[tuple[str, str, Any, bool]] = [
-            ("holder" if announced else "peer", peer.node, peer.serve, announced)
-            for peer, announced in self._order(key)]
-        if self.home is not None and request.consistency != "no-home":
-            sources.append(("home", "home", self.home, False))
-        for stage, name, fab, announced in sources:
-            self._remaining(t_end, attempts, key)
-            try:
-                events = _events_of(fab.stream(request, grants=g))
-                first = next(events, None)
-            except Exception as exc:
-                steps.append((stage, name, _describe_answer(exc)))
-                if stage == "home":
-                    if attempts:
-                        exc.add_note("peers asked first:" + _attempts_text(attempts))
-                    raise
-                attempts.append((name, exc))
-                if announced or not isinstance(exc, (ContentNotHeld, CapabilityDenied)):
-                    self.holders.mark_failed(name)
-                continue
-            steps.append((stage, name, "streaming"))
-            if stage != "home":
-                self.holders.mark_ok(name)
-            head = () if first is None else (first,)
-            source = "home" if stage == "home" else f"peer:{name}"
-            counter = "home_computes" if stage == "home" else "peer_hits"
-            return source, itertools.chain(head, events), counter
-        why = "no home" if self.home is None else "request is no-home"
-        steps.append(("home", "-", why))
-        raise _with_attempts(NoHolderError(
-            f"no holder answered for {key} ({request.op!r}) and {why}"
-            + _attempts_text(attempts)), attempts)
+    def _relay(self, head, events, key, source, peer, steps, t_end, deadline):
+        """The events of a started stream: the deadline checked before each; a
+        failure ends the stream with a diagnostic and an error (never a restart)."""
+        items = 0
+        ok = False
+        try:
+            for ev in itertools.chain(head, events):
+                if t_end is not None and time.monotonic() > t_end:
+                    raise DeadlineExceeded(f"the request's deadline of {deadline} s passed "
+                                           f"after {items} items of the stream for {key} from "
+                                           f"{source}")
+                if ev[0] == ITEM:
+                    items += 1
+                yield ev
+            ok = True
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            self._count("failures")
+            what = _describe_answer(exc)
+            message = (f"the stream for {key} from {source} failed after {items} items "
+                       f"({what}); it cannot restart elsewhere and is not recorded")
+            steps.append(("peer" if peer else "home", peer or "home",
+                          f"failed after {items} items: {what}"))
+            self._remember_trail(key, None, steps)
+            if peer is not None and not isinstance(exc, DeadlineExceeded):
+                self.holders.mark_failed(peer)
+                err: BaseException = RemoteError(message)
+                err.node = peer
+                err.remote_type = type(exc).__name__
+            else:
+                err = exc
+                exc.add_note(message)
+            yield DIAG, {"kind": "StreamInterrupted", "message": message}
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            if not ok:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
 
     # -- explain and display ----------------------------------------------------------
     def explain(self, request: EvalRequest) -> Explanation:
@@ -369,8 +332,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if trail is not None:
             return Explanation(key, trail[0], trail[1])
         steps = [("local", self.node, "not held")]
-        for peer, announced in self._order(key):
-            steps.append(("holder" if announced else "peer", peer.node, "would be asked"))
+        for name, _serve, announced in self._order(key):
+            steps.append(("holder" if announced else "peer", name, "would be asked"))
         steps.append(("home", "home" if self.home is not None else "-",
                       "would compute" if self.home is not None else "no home"))
         return Explanation(key, None, steps)
@@ -385,12 +348,34 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"
 
 
-def _attempts_text(attempts: list) -> str:
-    if not attempts:
-        return "; no peer was asked"
-    return "; peers asked: " + "; ".join(f"{n}: {_describe_answer(e)}" for n, e in attempts)
+def _head(events: Iterator[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Pulls a stream's events up to and including its first item (all of them
+    if it has none): until then a failing source can be passed over."""
+    head = []
+    for ev in events:
+        head.append(ev)
+        if ev[0] == ITEM:
+            break
+    return head
 
 
-def _with_attempts(exc: BaseException, attempts: list) -> BaseException:
-    exc.attempts = [(n, e) for n, e in attempts]
-    return exc
+async def _acall(target: Any, what: str, timeout: float | None, request: EvalRequest,
+                 g: frozenset) -> Any:
+    """``await target.aevaluate(...)`` (or its ``evaluate`` in a worker thread),
+    cancelled with ``DeadlineExceeded`` after ``timeout`` seconds."""
+    aevaluate = getattr(target, "aevaluate", None)
+    if aevaluate is not None:
+        task = asyncio.ensure_future(aevaluate(request, grants=g))
+    else:
+        task = asyncio.ensure_future(asyncio.to_thread(target.evaluate, request, grants=g))
+    if timeout is None:
+        return await task
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s")
+    return task.result()

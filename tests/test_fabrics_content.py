@@ -6,6 +6,7 @@ the way a network node will serve them.
 """
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -445,29 +446,60 @@ def test_cassette_replays_holdings_after_the_node_restarts(tmp_path):
     assert "[[1.0], [2.0], [3.0]] 3" in out2.stdout
 
 
+def _python_calls(fn):
+    """(result, [(file, function)]) of every Python frame entered while fn() runs."""
+    calls = []
+
+    def prof(frame, event, arg):
+        if event == "call":
+            calls.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
+
+    sys.setprofile(prof)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return result, calls
+
+
 def test_hit_path_is_the_c_base_and_calls_no_python(reg, cassette_factory):
     assert ContentAddressedFabric.evaluate is fabric._core.ContentAddressedFabricCore.evaluate
-
-    class Watched(ContentAddressedFabric):
-        resolved = 0
-
-        def _resolve(self, request, g, key):
-            Watched.resolved += 1
-            return super()._resolve(request, g, key)
-
     cas = cassette_factory("w")
-    fab = Watched("w", cas, home=Home(reg))
+    fab = ContentAddressedFabric("w", cas, home=Home(reg))
     req = fabric.EvalRequest("embed", ("w",), version=1)
-    assert fab.evaluate(req).source == "home" and Watched.resolved == 1
+    assert fab.evaluate(req).source == "home"
     for _ in range(3):
-        assert type(fab.evaluate(req)) is EvalReply
-    assert Watched.resolved == 1 and fab.stats()["local_hits"] == 3
+        reply, calls = _python_calls(functools.partial(fab.evaluate, req))
+        assert type(reply) is EvalReply and reply.source == "local"
+        assert calls == []  # no Python frame at all on a hit
+    assert fab.stats()["local_hits"] == 3
     with pytest.raises(TypeError, match="expected an EvalRequest"):
         fab.evaluate("not a request")
     with pytest.raises(TypeError, match="unexpected keyword"):
         fab.evaluate(req, grant=())
     with pytest.raises(TypeError, match="single string"):
         fab.evaluate(req, grants="model.call")
+
+
+def test_miss_path_order_and_recording_run_in_c(reg, cassette_factory):
+    # The resolution order, the collection of answers, the recording and the
+    # announcing are C: the only Python frames of a miss are the peers', home's,
+    # the holding index's methods and the trail kept for explain().
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("c-path",), version=1)
+    a.evaluate(req)
+    empty = ContentPeer("e", ContentServeFabric(cassette_factory("e"), node="e"))
+    b, _ = node("b", cassette_factory, peers=[empty, peer_a], peer_timeout=None)
+    reply, calls = _python_calls(functools.partial(b.evaluate, req))
+    assert reply.source == "peer:a" and req.key in b.cassette
+    mine = {f for file, f in calls if file == "resolving.py"}
+    assert mine == {"_remember_trail"}
+    assert ("fabrics.py", "evaluate") in calls  # the peers' serve fabrics
+    assert {f for file, f in calls if file == "holders.py"} >= {"holders_of", "announce"}
+    assert b.explain(req).steps == [("local", "b", "not held"), ("peer", "e", "not held"),
+                                    ("peer", "a", "hit"), ("local", "b", "held now (first "
+                                                                        "from peer:a)")]
 
 
 def test_a_record_that_is_not_a_reply_is_refused(reg, cassette_factory):
@@ -477,3 +509,248 @@ def test_a_record_that_is_not_a_reply_is_refused(reg, cassette_factory):
     fab = ContentAddressedFabric("j", cas)
     with pytest.raises(fabric.FabricError, match="not a reply record"):
         fab.evaluate(req)
+
+
+def test_a_failed_record_fails_the_call_and_nothing_is_announced(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("embed", ("rec",), version=1)
+    a.evaluate(req)
+
+    class FullDisk:
+        """A cassette whose disk is full: lookups work, records fail."""
+
+        def get(self, key):
+            return None
+
+        def __contains__(self, key):
+            return False
+
+        def record(self, key, reply):
+            raise OSError(28, "No space left on device")
+
+    b = ContentAddressedFabric("b", FullDisk(), peers=[peer_a], home=home)
+    with pytest.raises(OSError, match="No space left"):
+        b.evaluate(req)
+    assert b.holders.holders_of(req.key) == []
+    assert b.stats()["failures"] == 1 and b.stats()["peer_hits"] == 0
+    assert b.explain(req).source is None and home.calls == 1
+
+
+def test_a_base_exception_from_a_peer_is_not_swallowed(reg, cassette_factory):
+    class Interrupting:
+        def evaluate(self, request, *, grants=None):
+            raise KeyboardInterrupt
+
+        def stream(self, request, *, grants=None):
+            raise KeyboardInterrupt
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("i", Interrupting())], home=home,
+                peer_timeout=None)
+    req = fabric.EvalRequest("embed", ("kb",), version=1)
+    with pytest.raises(KeyboardInterrupt):
+        b.evaluate(req)
+    assert home.calls == 0 and req.key not in b.cassette
+    assert b.stats()["failures"] == 1
+
+
+def test_resolution_object_refuses_misuse(reg, cassette_factory):
+    b, _ = node("b", cassette_factory, home=Home(reg))
+    req = fabric.EvalRequest("embed", ("misuse",), version=1)
+    res = b._resolution(req)
+    with pytest.raises(RuntimeError, match="call next"):
+        res.accept(None)
+    target, what, timeout = res.next()
+    assert what == "home" and timeout is None
+    with pytest.raises(RuntimeError, match="being asked"):
+        res.next()
+    with pytest.raises(TypeError, match="exception instance"):
+        res.failed("not an exception")
+    reply = res.accept(target.evaluate(req))
+    assert reply.source == "home" and req.key in b.cassette
+    with pytest.raises(RuntimeError, match="finished"):
+        res.next()
+
+
+class Flaky:
+    """A peer serving a stream that breaks after `good` items (0: before any)."""
+
+    def __init__(self, items, good):
+        self.items, self.good, self.calls = items, good, 0
+
+    def evaluate(self, request, *, grants=None):
+        raise ConnectionResetError("link dropped")
+
+    def stream(self, request, *, grants=None):
+        self.calls += 1
+
+        def gen():
+            yield from self.items[:self.good]
+            raise ConnectionResetError("link dropped")
+
+        return gen()
+
+
+def test_a_stream_source_failing_before_its_first_item_fails_over(reg, cassette_factory):
+    home = Home(reg)
+    a, peer_a = node("a", cassette_factory, home=home)
+    req = fabric.EvalRequest("tokens", ("alpha beta gamma",), stream=True)
+    assert list(a.stream(req)) == ["alpha", "beta", "gamma"]
+    flaky = Flaky(["alpha"], good=0)
+    holders = HoldingIndex()
+    holders.announce(req.key, "0flaky")
+    b, _ = node("b", cassette_factory, holders=holders,
+                peers=[ContentPeer("0flaky", flaky), peer_a])
+    s = b.stream(req)
+    assert s.source == "peer:a" and list(s) == ["alpha", "beta", "gamma"]
+    assert s.diagnostics == [{"kind": "Diagnostic", "message": "second token"}]
+    assert flaky.calls == 1 and holders.failures("0flaky") == 1
+    assert req.key in b.cassette
+    assert ("holder", "0flaky", "ConnectionResetError: link dropped") in b.explain(req).steps
+
+
+def test_a_stream_failing_after_items_ends_with_remote_error_and_is_not_held(
+        reg, cassette_factory):
+    home = Home(reg)
+    req = fabric.EvalRequest("tokens", ("alpha beta gamma",), stream=True)
+    flaky = Flaky(["alpha", "beta"], good=2)
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("f", flaky)], home=home)
+    s = b.stream(req)
+    assert s.source == "peer:f"
+    got = []
+    with pytest.raises(fabric.RemoteError, match="failed after 2 items") as ei:
+        for x in s:
+            got.append(x)
+    assert got == ["alpha", "beta"]  # given to the caller: no silent restart elsewhere
+    err = ei.value
+    assert err.node == "f" and err.remote_type == "ConnectionResetError"
+    assert isinstance(err.__cause__, ConnectionResetError)
+    assert s.diagnostics[-1]["kind"] == "StreamInterrupted"
+    assert req.key not in b.cassette and home.calls == 0
+    assert b.holders.failures("f") == 1 and b.stats()["failures"] == 1
+    assert b.explain(req).source is None
+    # The failed peer now goes last, so the next call starts from home.
+    flaky.good = 0
+    again = b.stream(req)
+    assert again.source == "home" and list(again) == ["alpha", "beta", "gamma"]
+    assert req.key in b.cassette
+
+
+def test_a_home_stream_failing_midway_keeps_its_error_and_is_not_held(reg, cassette_factory):
+    @fabric.op("breaks", registry=reg)
+    def breaks(n):
+        yield 1
+        raise RuntimeError("broke midway")
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, home=home)
+    req = breaks.request(1)
+    s = b.stream(req)
+    assert next(s) == 1
+    with pytest.raises(RuntimeError, match="broke midway") as ei:
+        next(s)
+    assert any("cannot restart" in n for n in ei.value.__notes__)
+    assert s.diagnostics[-1]["kind"] == "StreamInterrupted"
+    assert req.key not in b.cassette and len(b.holders) == 0
+
+
+def test_stream_deadline_is_checked_per_item(reg, cassette_factory):
+    gate = threading.Event()
+
+    @fabric.op("slow", registry=reg)
+    def slow(n):
+        yield 0
+        gate.wait(10)  # the test opens it once the deadline has passed
+        yield 1
+        yield 2
+
+    home = Home(reg)
+    b, _ = node("b", cassette_factory, home=home)
+    req = slow.request(3).replace(deadline=0.05)
+    s = b.stream(req)
+    assert next(s) == 0
+    deadline_passed = time.monotonic() + 0.05
+    while time.monotonic() < deadline_passed:
+        time.sleep(0.01)
+    gate.set()
+    with pytest.raises(DeadlineExceeded, match="after 1 items"):
+        next(s)
+    assert req.key not in b.cassette
+
+
+def test_aevaluate_awaits_asyncio_peers_and_home_on_the_loop(reg, cassette_factory):
+    home_inner = LocalFabric(reg)
+
+    class AsyncPeer:
+        """An asyncio peer: its aevaluate is awaited; its evaluate must not run."""
+
+        def __init__(self, serve):
+            self.serve, self.threads, self.cancelled = serve, [], False
+            self.hang = False
+
+        def evaluate(self, request, *, grants=None):
+            raise AssertionError("the sync evaluate of an asyncio peer was called")
+
+        def stream(self, request, *, grants=None):
+            raise AssertionError("not used")
+
+        async def aevaluate(self, request, *, grants=None):
+            self.threads.append(threading.get_ident())
+            try:
+                if self.hang:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(0)
+                return self.serve.evaluate(request, grants=grants)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+    class AsyncHome:
+        calls = 0
+
+        def evaluate(self, request, *, grants=None):
+            raise AssertionError("the sync evaluate of an asyncio home was called")
+
+        async def aevaluate(self, request, *, grants=None):
+            AsyncHome.calls += 1
+            return await home_inner.aevaluate(request, grants=grants)
+
+    a, peer_a = node("a", cassette_factory, home=AsyncHome())
+    req = fabric.EvalRequest("embed", ("aio",), version=1)
+    async_a = AsyncPeer(peer_a.serve)
+    hung = AsyncPeer(peer_a.serve)
+    hung.hang = True
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("hung", hung), ContentPeer("a", async_a)],
+                peer_timeout=0.05)
+
+    async def main():
+        loop_thread = threading.get_ident()
+        computed = await a.aevaluate(req)
+        got = await b.aevaluate(req)
+        return loop_thread, computed, got
+
+    loop_thread, computed, got = asyncio.run(main())
+    assert computed.source == "home" and AsyncHome.calls == 1
+    assert got.source == "peer:a" and got == computed and req.key in b.cassette
+    assert async_a.threads == [loop_thread] and hung.threads == [loop_thread]
+    assert hung.cancelled  # the timed-out peer's coroutine was cancelled, not left running
+    assert ("peer", "hung", "DeadlineExceeded: peer 'hung' did not answer within 0.05 s") \
+        in b.explain(req).steps
+    assert b.holders.holders_of(req.key) == ["b"] and b.stats()["peer_hits"] == 1
+
+
+def test_aevaluate_fails_closed_like_evaluate(reg, cassette_factory):
+    dead = Partitioned()
+    b, _ = node("b", cassette_factory, peers=[ContentPeer("p0", dead)])
+    req = fabric.EvalRequest("embed", ("aio-none",), version=1)
+
+    async def main():
+        with pytest.raises(NoHolderError) as ei:
+            await b.aevaluate(req)
+        return ei.value
+
+    err = asyncio.run(main())
+    assert [n for n, _ in err.attempts] == ["p0"] and dead.calls == 1
+    assert "p0: ConnectionRefusedError: partitioned" in str(err)
+    assert b.stats()["failures"] == 1 and req.key not in b.cassette

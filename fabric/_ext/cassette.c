@@ -692,6 +692,26 @@ static void Cassette_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
+/* Writes an encoded reply under key (GIL held on entry and exit; released
+ * for the ledger write). 1 if new, 0 if already held, -1 with an exception. */
+static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                          const fab_buf *buf)
+{
+    if (enter(c) < 0)
+        return -1;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_record(c->l, key, buf->data, buf->len, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0) {
+        raise_ledger(st, c->path, rc, &err);
+        return -1;
+    }
+    return rc;
+}
+
 static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     CassetteObject *c = (CassetteObject *)self;
@@ -711,20 +731,37 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
         fab_buf_destroy(&buf);
         return NULL;
     }
-    if (enter(c) < 0) {
-        fab_buf_destroy(&buf);
-        return NULL;
-    }
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_record(c->l, key, buf.data, buf.len, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
+    int rc = record_encoded(st, c, key, &buf);
     fab_buf_destroy(&buf);
     if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
+        return NULL;
     return PyBool_FromLong(rc);
+}
+
+int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
+                           size_t *nbytes)
+{
+    fab_buf buf;
+    fab_buf_init(&buf);
+    fab_enc enc;
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    if (fab_py_encode_value(st, &enc, record, "reply") < 0) {
+        fab_buf_destroy(&buf);
+        return -1;
+    }
+    *nbytes = buf.len;
+    int rc;
+    uint8_t k[32];
+    if (Py_IS_TYPE(cassette, st->EvalCassette_Type)) {
+        rc = get_key(key, k) < 0 ? -1 : record_encoded(st, (CassetteObject *)cassette, k, &buf);
+    } else {
+        /* Any other cassette (a subclass, a stand-in): its own record(). */
+        PyObject *r = PyObject_CallMethod(cassette, "record", "OO", key, record);
+        rc = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
+    }
+    fab_buf_destroy(&buf);
+    return rc;
 }
 
 /* Looks key up with the GIL held (a hash probe under the ledger's mutex). */

@@ -95,10 +95,11 @@ typedef struct fab_state {
     PyObject *str_get;              /* interned "get" */
     PyObject *str_local;            /* interned "local" */
     PyObject *str_computed;         /* interned "computed" */
-    PyObject *str_resolve;          /* interned "_resolve" */
     PyObject *str_deny;             /* interned "_deny" */
     PyObject *str_evaluate_stream;  /* interned "_evaluate_stream" */
     PyObject *str_check_grants;     /* interned "_grants" */
+    PyObject *caf_names;            /* tuple of interned names for the resolution (caf.c) */
+    PyTypeObject *Resolution_Type;  /* one miss being resolved (caf.c) */
 
     /* frames.c */
     PyTypeObject *StreamFrameLimits_Type;
@@ -160,6 +161,13 @@ int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, Py
 PyObject *fab_py_request_key(fab_state *st, PyObject *req);
 int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
+
+/* cassette.c: records `record` under `key` in `cassette` (an EvalCassette
+ * is written directly, any other object through its record() method) and
+ * sets *nbytes to the length of its canonical encoding. 1 if the key was
+ * new, 0 if already held, -1 with an exception set. */
+int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
+                           size_t *nbytes);
 
 /* keys.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
