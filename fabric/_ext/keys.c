@@ -940,8 +940,8 @@ static PyObject *sorted_capabilities(PyObject *caps)
                         "not a single string (wrap it in a tuple)");
         return NULL;
     }
-    PyObject *set = PySet_New(caps);
-    if (set == NULL) {
+    PyObject *list = PySequence_List(caps);
+    if (list == NULL) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError,
@@ -950,10 +950,6 @@ static PyObject *sorted_capabilities(PyObject *caps)
         }
         return NULL;
     }
-    PyObject *list = PySequence_List(set);
-    Py_DECREF(set);
-    if (list == NULL)
-        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(list);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *c = PyList_GET_ITEM(list, i);
@@ -965,12 +961,26 @@ static PyObject *sorted_capabilities(PyObject *caps)
             return NULL;
         }
     }
+    /* Exact str only, so sorting and comparing run no user code. */
     if (PyList_Sort(list) < 0) {
         Py_DECREF(list);
         return NULL;
     }
-    PyObject *t = PyList_AsTuple(list);
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    Py_ssize_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(list, i);
+        if (m > 0 && PyUnicode_Compare(PyTuple_GET_ITEM(t, m - 1), c) == 0)
+            continue; /* a duplicate of the previous one */
+        PyTuple_SET_ITEM(t, m++, Py_NewRef(c));
+    }
     Py_DECREF(list);
+    if (m < n && _PyTuple_Resize(&t, m) < 0)
+        return NULL;
     return t;
 }
 
@@ -1126,6 +1136,10 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
         r->mode = Py_NewRef(st->str_eval);
     } else if (PyUnicode_Check(v) && is_identifier_like(v)) {
         r->mode = Py_NewRef(v);
+    } else if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "EvalRequest mode must be a str, not %s",
+                     Py_TYPE(v)->tp_name);
+        goto fail;
     } else {
         PyErr_Format(PyExc_ValueError,
                      "EvalRequest mode must be a lower-case name such as 'eval' "
@@ -1170,8 +1184,12 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
             goto fail;
         }
         double d = PyFloat_AsDouble(v);
-        if (d == -1.0 && PyErr_Occurred())
-            goto fail;
+        if (d == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                goto fail;
+            PyErr_Clear(); /* an int beyond float range: refused below */
+            d = Py_HUGE_VAL;
+        }
         if (!(d > 0) || d == Py_HUGE_VAL) {
             PyErr_Format(PyExc_ValueError,
                          "EvalRequest deadline must be a positive, finite number of seconds, got %R", v);
