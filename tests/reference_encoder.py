@@ -79,7 +79,8 @@ def encode(value, _depth=0, _stack=()):
             out += [encode(v, _depth + 1, inner) for v in value]
             return b"".join(out)
         if isinstance(value, dict):
-            items = sorted((encode(k, _depth + 1, inner), v) for k, v in _pairs(value))
+            items = sorted(((encode(k, _depth + 1, inner), v) for k, v in _pairs(value)),
+                           key=lambda kv: kv[0])
             _refuse_duplicates([k for k, _ in items])
             out = [_packer.pack_map_header(len(items))]
             for k, v in items:
