@@ -217,7 +217,7 @@ def test_non_contiguous_buffers():
             "(make a contiguous copy first)")
     # Contiguous slices are fine, and key their bytes only.
     assert canonical_bytes(memoryview(b"abcdef")[1:3]) == b"\xc4\x02bc"
-    # A Fortran-ordered 2-D view is contiguous, but not in C order: refused.
+    # A C-contiguous 2-D view keys its bytes in memory order.
     m = memoryview(bytes(range(6))).cast("B", (2, 3))
     assert canonical_bytes(m) == b"\xc4\x06" + bytes(range(6))
 
