@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <msgpack/pack.h>
-
 #include "fabric/common.h"
 
 /* ---- growable byte buffer ------------------------------------------------ */
@@ -109,67 +107,51 @@ int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN])
 
 /* ---- the writer ------------------------------------------------------------ */
 
-/*
- * msgpack-c's packer produces the shortest forms we require; it calls back
- * with const char *, so this adapter forwards to our sink.
- */
-static int packer_write(void *data, const char *buf, size_t len)
-{
-    fab_enc *e = data;
-    return e->sink(e->ctx, buf, len);
-}
-
-#define PACKER(e) msgpack_packer pk = { (e), packer_write }
-
 void fab_enc_init(fab_enc *e, fab_sink_fn sink, void *ctx)
 {
     e->sink = sink;
     e->ctx = ctx;
 }
 
+/* Writes one item made by a fab_put_* function. */
+#define PUT(e, expr)                                                        \
+    do {                                                                    \
+        uint8_t put_buf_[FAB_PUT_MAX];                                      \
+        uint8_t *p = put_buf_;                                              \
+        size_t put_len_ = (expr);                                           \
+        return (e)->sink((e)->ctx, put_buf_, put_len_);                     \
+    } while (0)
+
 int fab_enc_nil(fab_enc *e)
 {
-    PACKER(e);
-    return msgpack_pack_nil(&pk);
+    PUT(e, fab_put_nil(p));
 }
 
 int fab_enc_bool(fab_enc *e, int value)
 {
-    PACKER(e);
-    return value ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    PUT(e, fab_put_bool(p, value));
 }
 
 int fab_enc_int64(fab_enc *e, int64_t value)
 {
-    PACKER(e);
-    return msgpack_pack_int64(&pk, value);
+    PUT(e, fab_put_int64(p, value));
 }
 
 int fab_enc_uint64(fab_enc *e, uint64_t value)
 {
-    PACKER(e);
-    return msgpack_pack_uint64(&pk, value);
+    PUT(e, fab_put_uint64(p, value));
 }
 
 int fab_enc_double(fab_enc *e, double value)
 {
-    uint8_t buf[9];
-    uint64_t bits;
-    if (isnan(value))
-        bits = UINT64_C(0x7ff8000000000000);
-    else
-        memcpy(&bits, &value, 8);
-    buf[0] = 0xcb;
-    fab_store_be64(buf + 1, bits);
-    return e->sink(e->ctx, buf, sizeof(buf));
+    PUT(e, fab_put_double(p, value));
 }
 
 int fab_enc_str_header(fab_enc *e, size_t len)
 {
     if (len > UINT32_MAX)
         return FAB_ERANGE;
-    PACKER(e);
-    return msgpack_pack_str(&pk, len);
+    PUT(e, fab_put_str_header(p, (uint32_t)len));
 }
 
 int fab_enc_str(fab_enc *e, const char *utf8, size_t len)
@@ -184,8 +166,7 @@ int fab_enc_bin_header(fab_enc *e, size_t len)
 {
     if (len > UINT32_MAX)
         return FAB_ERANGE;
-    PACKER(e);
-    return msgpack_pack_bin(&pk, len);
+    PUT(e, fab_put_bin_header(p, (uint32_t)len));
 }
 
 int fab_enc_bin(fab_enc *e, const void *data, size_t len)
@@ -200,24 +181,21 @@ int fab_enc_array_header(fab_enc *e, size_t count)
 {
     if (count > UINT32_MAX)
         return FAB_ERANGE;
-    PACKER(e);
-    return msgpack_pack_array(&pk, count);
+    PUT(e, fab_put_array_header(p, (uint32_t)count));
 }
 
 int fab_enc_map_header(fab_enc *e, size_t count)
 {
     if (count > UINT32_MAX)
         return FAB_ERANGE;
-    PACKER(e);
-    return msgpack_pack_map(&pk, count);
+    PUT(e, fab_put_map_header(p, (uint32_t)count));
 }
 
 int fab_enc_ext_header(fab_enc *e, int8_t type, size_t len)
 {
     if (len > UINT32_MAX)
         return FAB_ERANGE;
-    PACKER(e);
-    return msgpack_pack_ext(&pk, len, type);
+    PUT(e, fab_put_ext_header(p, type, (uint32_t)len));
 }
 
 int fab_enc_ext(fab_enc *e, int8_t type, const void *data, size_t len)

@@ -11,9 +11,12 @@
 #ifndef FABRIC_ENC_H
 #define FABRIC_ENC_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "fabric/common.h"
 #include "fabric/hash.h"
 
 /* Extension type tags of the canonical encoding. */
@@ -75,6 +78,159 @@ int fab_hash_sink_flush(fab_hash_sink *s);
 
 /* Flushes and writes the digest; the hasher is reset for reuse. */
 int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN]);
+
+/* ---- in-memory forms ------------------------------------------------------ */
+
+/*
+ * Each fab_put_* writes one canonical item (a scalar, or the header of a
+ * str, bin, array, map or ext) at p, which must have room for FAB_PUT_MAX
+ * bytes, and returns the number of bytes written. They are the single place
+ * where the shortest forms are chosen: the sink writer below uses them, and
+ * so can callers that write straight into their own buffer (the Python
+ * walker does, to skip a call per item). Lengths above UINT32_MAX have no
+ * msgpack form; callers check them first.
+ */
+#define FAB_PUT_MAX 9
+
+static inline size_t fab_put_nil(uint8_t *p)
+{
+    p[0] = 0xc0;
+    return 1;
+}
+
+static inline size_t fab_put_bool(uint8_t *p, int value)
+{
+    p[0] = value ? 0xc3 : 0xc2;
+    return 1;
+}
+
+static inline size_t fab_put_uint64(uint8_t *p, uint64_t v)
+{
+    if (v < 0x80) {
+        p[0] = (uint8_t)v;
+        return 1;
+    }
+    if (v <= UINT8_MAX) {
+        p[0] = 0xcc;
+        p[1] = (uint8_t)v;
+        return 2;
+    }
+    if (v <= UINT16_MAX) {
+        p[0] = 0xcd;
+        fab_store_be16(p + 1, (uint16_t)v);
+        return 3;
+    }
+    if (v <= UINT32_MAX) {
+        p[0] = 0xce;
+        fab_store_be32(p + 1, (uint32_t)v);
+        return 5;
+    }
+    p[0] = 0xcf;
+    fab_store_be64(p + 1, v);
+    return 9;
+}
+
+/* Non-negative values take the unsigned forms (msgpack's shortest rule). */
+static inline size_t fab_put_int64(uint8_t *p, int64_t v)
+{
+    if (v >= 0)
+        return fab_put_uint64(p, (uint64_t)v);
+    if (v >= -32) {
+        p[0] = (uint8_t)(0xe0 | (uint8_t)(v + 32));
+        return 1;
+    }
+    if (v >= INT8_MIN) {
+        p[0] = 0xd0;
+        p[1] = (uint8_t)(int8_t)v;
+        return 2;
+    }
+    if (v >= INT16_MIN) {
+        p[0] = 0xd1;
+        fab_store_be16(p + 1, (uint16_t)(int16_t)v);
+        return 3;
+    }
+    if (v >= INT32_MIN) {
+        p[0] = 0xd2;
+        fab_store_be32(p + 1, (uint32_t)(int32_t)v);
+        return 5;
+    }
+    p[0] = 0xd3;
+    fab_store_be64(p + 1, (uint64_t)v);
+    return 9;
+}
+
+/* float64 always; every NaN as 0x7ff8000000000000; -0.0 keeps its sign. */
+static inline size_t fab_put_double(uint8_t *p, double value)
+{
+    uint64_t bits;
+    if (isnan(value))
+        bits = UINT64_C(0x7ff8000000000000);
+    else
+        memcpy(&bits, &value, 8);
+    p[0] = 0xcb;
+    fab_store_be64(p + 1, bits);
+    return 9;
+}
+
+/* A header with a fix form (prefix | n for n < fixmax), then 8/16/32-bit
+ * lengths under the given type bytes (0 when the format has no 8-bit form). */
+static inline size_t fab__put_len(uint8_t *p, uint32_t n, uint8_t fix, uint32_t fixmax,
+                                  uint8_t t8, uint8_t t16, uint8_t t32)
+{
+    if (n < fixmax) {
+        p[0] = (uint8_t)(fix | n);
+        return 1;
+    }
+    if (t8 && n <= UINT8_MAX) {
+        p[0] = t8;
+        p[1] = (uint8_t)n;
+        return 2;
+    }
+    if (n <= UINT16_MAX) {
+        p[0] = t16;
+        fab_store_be16(p + 1, (uint16_t)n);
+        return 3;
+    }
+    p[0] = t32;
+    fab_store_be32(p + 1, n);
+    return 5;
+}
+
+static inline size_t fab_put_str_header(uint8_t *p, uint32_t n)
+{
+    return fab__put_len(p, n, 0xa0, 32, 0xd9, 0xda, 0xdb);
+}
+
+static inline size_t fab_put_bin_header(uint8_t *p, uint32_t n)
+{
+    return fab__put_len(p, n, 0, 0, 0xc4, 0xc5, 0xc6);
+}
+
+static inline size_t fab_put_array_header(uint8_t *p, uint32_t n)
+{
+    return fab__put_len(p, n, 0x90, 16, 0, 0xdc, 0xdd);
+}
+
+static inline size_t fab_put_map_header(uint8_t *p, uint32_t n)
+{
+    return fab__put_len(p, n, 0x80, 16, 0, 0xde, 0xdf);
+}
+
+/* fixext for payloads of 1, 2, 4, 8 and 16 bytes, else ext8/16/32. */
+static inline size_t fab_put_ext_header(uint8_t *p, int8_t type, uint32_t n)
+{
+    size_t k;
+    switch (n) {
+    case 1: p[0] = 0xd4; k = 1; break;
+    case 2: p[0] = 0xd5; k = 1; break;
+    case 4: p[0] = 0xd6; k = 1; break;
+    case 8: p[0] = 0xd7; k = 1; break;
+    case 16: p[0] = 0xd8; k = 1; break;
+    default: k = fab__put_len(p, n, 0, 0, 0xc7, 0xc8, 0xc9); break;
+    }
+    p[k] = (uint8_t)type;
+    return k + 1;
+}
 
 /* ---- the writer ------------------------------------------------------------ */
 
