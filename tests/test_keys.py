@@ -570,3 +570,28 @@ def test_docstrings_and_signatures():
     for obj in [fabric.canonical_bytes, EvalRequest, ContentKey, Secret, ContentKey.parse,
                 ContentKey.of, EvalRequest.replace, EvalRequest.identity_bytes, Secret.reveal]:
         assert obj.__doc__
+
+
+class HashableDict(dict):
+    """A dict that can be a key: its encoding is built while another key's is."""
+
+    def __hash__(self):
+        return 1
+
+
+def test_containers_nested_inside_keys_match_reference():
+    import reference_encoder
+
+    inner = HashableDict({"b": frozenset({3, 1, frozenset({"z", "y"})}), "a": (1, {2, 1})})
+    values = [
+        {inner: HashableDict({"q": {inner: 1}}), "x": 2},
+        {frozenset({frozenset({1, 2}), frozenset({(3, frozenset({4}))})}): [inner]},
+        {(1, frozenset({"a" * 3000, b"b" * 5000})): {"big": "c" * 70000}},
+        {HashableDict({k: k for k in range(40)}): frozenset(range(40))},
+    ]
+    for v in values:
+        assert canonical_bytes(v) == reference_encoder.encode(v)
+        assert EvalRequest("op", (v,)).identity_bytes() == reference_encoder.identity_bytes(
+            "op", (v,))
+    with pytest.raises(TypeError, match=r"^value<key \{'a': "):
+        canonical_bytes({HashableDict({"a": frozenset({(1, Foo)})}): 1})

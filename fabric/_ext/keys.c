@@ -26,28 +26,62 @@
 /* The walker                                                                */
 /* ======================================================================== */
 
+/*
+ * Where the walker's bytes go. The walker writes headers and scalars straight
+ * into an output window with the core's fab_put_* functions (a call through
+ * a sink per item costs more than the item). A window either grows (the
+ * result of canonical_bytes, and the scratch space for map keys and set
+ * members) or is flushed when full into a hasher or an fab_enc sink.
+ */
+typedef struct wout {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    int heap;           /* data was malloc'd by us (else it is a fixed array) */
+    int grow;           /* grow when full, instead of flushing */
+    fab_sha256 *hasher; /* flush target, or NULL */
+    fab_enc *enc;       /* flush target when there is no hasher */
+} wout;
+
+#define WALK_STAGE 8192   /* bytes staged before a flush to the hasher/sink */
+#define WALK_SMALL 16     /* containers up to this size need no heap array */
+
 typedef struct walker {
     fab_state *st;
-    fab_enc *enc;
-    fab_hash_sink *hsink; /* non-NULL when the encoder feeds a digest */
+    wout *out;       /* current target: &main, or &scratch inside keys/members */
+    wout main;
+    wout scratch;    /* a stack of regions, one per map or set being sorted */
     int depth;
     PyObject *stack[FAB_MAX_DEPTH]; /* containers being visited, for cycles */
     PyObject *err_type;             /* borrowed; set with err_msg */
     PyObject *err_msg;              /* what went wrong, without the path */
     PyObject *path;                 /* list of path segments, innermost first */
+    uint8_t stage[WALK_STAGE];      /* main's memory until it needs more */
 } walker;
 
 static int enc_value(walker *w, PyObject *v);
 
-static void walker_init(walker *w, fab_state *st, fab_enc *enc, fab_hash_sink *hsink)
+/* A walker whose main output is flushed into hasher, or into enc, or (both
+ * NULL) grows in memory. */
+static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *enc)
 {
     w->st = st;
-    w->enc = enc;
-    w->hsink = hsink;
+    w->main = (wout){w->stage, 0, sizeof(w->stage), 0, hasher == NULL && enc == NULL, hasher, enc};
+    w->scratch = (wout){NULL, 0, 0, 0, 1, NULL, NULL};
+    w->out = &w->main;
     w->depth = 0;
     w->err_type = NULL;
     w->err_msg = NULL;
     w->path = NULL;
+}
+
+static void walker_destroy(walker *w)
+{
+    if (w->main.heap)
+        PyMem_Free(w->main.data);
+    PyMem_Free(w->scratch.data);
+    w->main.heap = 0;
+    w->scratch.data = NULL;
 }
 
 /* Records an error at the current value; the path is added on the way out. */
@@ -159,36 +193,136 @@ static int check(walker *w, int rc)
     return rc == FAB_OK ? 0 : fail_code(w, rc);
 }
 
-/* Writes raw data, hashing large runs with the GIL released. */
+/* Hands main's bytes to its hasher or sink. */
+static int out_flush(walker *w, wout *o)
+{
+    int rc = FAB_OK;
+    if (o->len) {
+        if (o->hasher)
+            rc = fab_sha256_update(o->hasher, o->data, o->len);
+        else
+            rc = o->enc->sink(o->enc->ctx, o->data, o->len);
+        o->len = 0;
+    }
+    return check(w, rc);
+}
+
+/* Makes room for n more bytes in o: flushes or grows. */
+static int out_room_slow(walker *w, wout *o, size_t n)
+{
+    if (!o->grow) {
+        if (out_flush(w, o) < 0)
+            return -1;
+        if (n <= o->cap)
+            return 0;
+        /* A single write larger than the stage: switch to a heap stage. */
+    }
+    if (n > (size_t)PY_SSIZE_T_MAX - o->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t need = o->len + n, cap = o->cap ? o->cap : 256;
+    while (cap < need)
+        cap = cap > (size_t)PY_SSIZE_T_MAX / 2 ? need : cap * 2;
+    uint8_t *p;
+    if (o->heap || o->data == NULL) {
+        p = PyMem_Realloc(o->data, cap);
+    } else {
+        p = PyMem_Malloc(cap);
+        if (p)
+            memcpy(p, o->data, o->len);
+    }
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->data = p;
+    o->cap = cap;
+    o->heap = 1;
+    return 0;
+}
+
+static inline int room(walker *w, size_t n)
+{
+    wout *o = w->out;
+    if (o->cap - o->len >= n)
+        return 0;
+    return out_room_slow(w, o, n);
+}
+
+/* Writes one item made by a fab_put_* call: PUT(w, fab_put_x(P, ...)). */
+#define PUT(w, expr)                                    \
+    do {                                                \
+        if (room((w), FAB_PUT_MAX) < 0)                 \
+            return -1;                                  \
+        uint8_t *P = (w)->out->data + (w)->out->len;    \
+        (w)->out->len += (expr);                        \
+    } while (0)
+
+/* Writes raw data. Runs of GIL_RELEASE_THRESHOLD bytes or more bypass the
+ * stage: they are hashed with the GIL released, or passed to the sink. */
 static int write_body(walker *w, const void *data, size_t len)
 {
-    if (w->hsink && len >= GIL_RELEASE_THRESHOLD) {
-        int rc = fab_hash_sink_flush(w->hsink);
-        if (rc == FAB_OK) {
+    wout *o = w->out;
+    if (!o->grow && len >= GIL_RELEASE_THRESHOLD) {
+        if (out_flush(w, o) < 0)
+            return -1;
+        int rc;
+        if (o->hasher) {
             Py_BEGIN_ALLOW_THREADS
-            rc = fab_sha256_update(w->hsink->hasher, data, len);
+            rc = fab_sha256_update(o->hasher, data, len);
             Py_END_ALLOW_THREADS
+        } else {
+            rc = o->enc->sink(o->enc->ctx, data, len);
         }
         return check(w, rc);
     }
-    return check(w, fab_enc_raw(w->enc, data, len));
+    if (room(w, len) < 0)
+        return -1;
+    memcpy(o->data + o->len, data, len);
+    o->len += len;
+    return 0;
 }
 
 static int enc_str(walker *w, PyObject *v)
 {
     Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-    if (s == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            return fail(w, PyExc_ValueError,
-                        "str contains a lone surrogate and is not valid UTF-8");
+    const char *s;
+    if (PyUnicode_IS_COMPACT_ASCII(v)) {
+        /* ASCII is its own UTF-8. */
+        s = (const char *)PyUnicode_DATA(v);
+        n = PyUnicode_GET_LENGTH(v);
+    } else {
+        s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                return fail(w, PyExc_ValueError,
+                            "str contains a lone surrogate and is not valid UTF-8");
+            }
+            return -1;
         }
-        return -1;
     }
-    if (check(w, fab_enc_str_header(w->enc, (size_t)n)) < 0)
-        return -1;
+    if ((size_t)n > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    if (n < 256 && room(w, FAB_PUT_MAX + (size_t)n) == 0) {
+        /* The common short string: header and bytes in one go. */
+        wout *o = w->out;
+        o->len += fab_put_str_header(o->data + o->len, (uint32_t)n);
+        memcpy(o->data + o->len, s, (size_t)n);
+        o->len += (size_t)n;
+        return 0;
+    }
+    PUT(w, fab_put_str_header(P, (uint32_t)n));
     return write_body(w, s, (size_t)n);
+}
+
+static int enc_bin(walker *w, const void *data, size_t n)
+{
+    if (n > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    PUT(w, fab_put_bin_header(P, (uint32_t)n));
+    return write_body(w, data, n);
 }
 
 static int enc_bigint(walker *w, PyObject *v)
@@ -213,7 +347,16 @@ static int enc_bigint(walker *w, PyObject *v)
            ((buf[off] == 0x00 && !(buf[off + 1] & 0x80)) ||
             (buf[off] == 0xff && (buf[off + 1] & 0x80))))
         off++;
-    rc = check(w, fab_enc_bigint(w->enc, buf + off, nbytes - off));
+    /* The core checks the form and range; it writes into a small buffer
+     * sink so its checks stay the one authority. */
+    fab_buf tmp;
+    fab_enc sub;
+    fab_buf_init(&tmp);
+    fab_enc_init(&sub, fab_buf_sink, &tmp);
+    rc = check(w, fab_enc_bigint(&sub, buf + off, nbytes - off));
+    if (rc == 0)
+        rc = write_body(w, tmp.data, tmp.len);
+    fab_buf_destroy(&tmp);
 done:
     if (buf != small)
         PyMem_Free(buf);
@@ -226,12 +369,16 @@ static int enc_int(walker *w, PyObject *v)
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (x == -1 && PyErr_Occurred())
         return -1;
-    if (!overflow)
-        return check(w, fab_enc_int64(w->enc, (int64_t)x));
+    if (!overflow) {
+        PUT(w, fab_put_int64(P, (int64_t)x));
+        return 0;
+    }
     if (overflow > 0) {
         unsigned long long u = PyLong_AsUnsignedLongLong(v);
-        if (!(u == (unsigned long long)-1 && PyErr_Occurred()))
-            return check(w, fab_enc_uint64(w->enc, (uint64_t)u));
+        if (!(u == (unsigned long long)-1 && PyErr_Occurred())) {
+            PUT(w, fab_put_uint64(P, (uint64_t)u));
+            return 0;
+        }
         if (!PyErr_ExceptionMatches(PyExc_OverflowError))
             return -1;
         PyErr_Clear();
@@ -252,90 +399,182 @@ static int enc_buffer(walker *w, PyObject *v)
         }
         return -1;
     }
-    int rc = check(w, fab_enc_bin_header(w->enc, (size_t)view.len));
-    if (rc == 0)
-        rc = write_body(w, view.buf, (size_t)view.len);
+    int rc = enc_bin(w, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return rc;
 }
 
-/* Encodes the items of a sequence as an array. The items are held in a
- * tuple snapshot so a release of the GIL cannot pull them away. */
+/*
+ * Strong references to the items of a container, taken before any of them is
+ * encoded: while the GIL is released to hash a large buffer, another thread
+ * may change the container, and the walker must still own what it visits.
+ */
+typedef struct snapshot {
+    PyObject **items;
+    Py_ssize_t n;
+    PyObject *small[2 * WALK_SMALL];
+} snapshot;
+
+static int snapshot_alloc(snapshot *s, Py_ssize_t n)
+{
+    s->n = 0;
+    if (n <= (Py_ssize_t)(sizeof(s->small) / sizeof(s->small[0]))) {
+        s->items = s->small;
+        return 0;
+    }
+    s->items = PyMem_New(PyObject *, (size_t)n);
+    if (s->items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void snapshot_release(snapshot *s)
+{
+    for (Py_ssize_t i = 0; i < s->n; i++)
+        Py_DECREF(s->items[i]);
+    if (s->items != s->small)
+        PyMem_Free(s->items);
+}
+
 static int enc_sequence(walker *w, PyObject *v)
 {
     int rc = -1;
-    PyObject *items = NULL;
+    snapshot snap;
     if (enter(w, v) < 0)
         return -1;
-    if (PyTuple_Check(v)) {
-        items = Py_NewRef(v);
+    /* A tuple cannot change: one reference to it holds its items. A list
+     * is copied item by item. */
+    int is_tuple = PyTuple_Check(v);
+    Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(v) : PyList_GET_SIZE(v);
+    if (snapshot_alloc(&snap, is_tuple ? 1 : n) < 0)
+        goto out;
+    PyObject **items;
+    if (is_tuple) {
+        snap.items[snap.n++] = Py_NewRef(v);
+        items = ((PyTupleObject *)v)->ob_item;
     } else {
-        items = PyList_AsTuple(v);
-        if (items == NULL)
-            goto done;
+        for (Py_ssize_t i = 0; i < n; i++)
+            snap.items[snap.n++] = Py_NewRef(PyList_GET_ITEM(v, i));
+        items = snap.items;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(items);
-    if (check(w, fab_enc_array_header(w->enc, (size_t)n)) < 0)
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
         goto done;
+    }
+    if (room(w, FAB_PUT_MAX) < 0)
+        goto done;
+    w->out->len += fab_put_array_header(w->out->data + w->out->len, (uint32_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (enc_value(w, PyTuple_GET_ITEM(items, i)) < 0) {
+        if (enc_value(w, items[i]) < 0) {
             add_segment(w, "[%zd]", i);
             goto done;
         }
     }
     rc = 0;
 done:
-    Py_XDECREF(items);
+    snapshot_release(&snap);
+out:
     leave(w);
     return rc;
 }
 
-/* Encodes one value into a scratch buffer (for sorting keys and members). */
-static int enc_into(walker *w, PyObject *v, fab_buf *scratch)
+/* Encodes one value onto the scratch stack (for sorting keys and members). */
+static int enc_into_scratch(walker *w, PyObject *v)
 {
-    fab_enc sub;
-    fab_enc *saved_enc = w->enc;
-    fab_hash_sink *saved_hsink = w->hsink;
-    fab_enc_init(&sub, fab_buf_sink, scratch);
-    w->enc = &sub;
-    w->hsink = NULL;
+    wout *saved = w->out;
+    w->out = &w->scratch;
     int rc = enc_value(w, v);
-    w->enc = saved_enc;
-    w->hsink = saved_hsink;
+    w->out = saved;
     return rc;
+}
+
+/*
+ * Ends a sorted container whose keys or members occupied scratch from base.
+ * When the container itself was being written onto scratch (it is part of
+ * an enclosing key), its output follows the region: move it down.
+ */
+static void scratch_pop(walker *w, size_t base, size_t region_end)
+{
+    wout *s = &w->scratch;
+    if (w->out == s) {
+        size_t emitted = s->len - region_end;
+        memmove(s->data + base, s->data + region_end, emitted);
+        s->len = base + emitted;
+    } else {
+        s->len = base;
+    }
+}
+
+/* Spans for up to WALK_SMALL entries live on the stack. */
+typedef struct span_array {
+    fab_span *spans;
+    fab_span small[WALK_SMALL];
+} span_array;
+
+static int spans_alloc(span_array *a, Py_ssize_t n)
+{
+    if (n <= WALK_SMALL) {
+        a->spans = a->small;
+        return 0;
+    }
+    a->spans = PyMem_New(fab_span, (size_t)n);
+    if (a->spans == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void spans_free(span_array *a)
+{
+    if (a->spans != a->small)
+        PyMem_Free(a->spans);
+}
+
+/* Sorts the n spans encoded on scratch from base (offsets in .p until now)
+ * and turns .p back into offsets afterwards, since scratch may still move. */
+static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
+{
+    uint8_t *data = w->scratch.data;
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = data + (uintptr_t)spans[i].p;
+    int rc = fab_canon_sort_spans(spans, (size_t)n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = (const uint8_t *)(uintptr_t)(spans[i].p - data);
+    return check(w, rc);
 }
 
 static int enc_dict(walker *w, PyObject *v)
 {
     int rc = -1;
-    PyObject *pairs = NULL; /* tuple of (key, value, key, value, ...) */
-    fab_span *spans = NULL;
-    fab_span small_spans[16];
-    fab_buf scratch;
-    fab_buf_init(&scratch);
+    snapshot snap;
+    span_array sa;
+    size_t base = w->scratch.len, region_end = base;
     if (enter(w, v) < 0)
         return -1;
-
     Py_ssize_t n = PyDict_GET_SIZE(v);
-    pairs = PyTuple_New(2 * n);
-    if (pairs == NULL)
-        goto done;
-    Py_ssize_t pos = 0, i = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(v, &pos, &key, &value)) {
-        PyTuple_SET_ITEM(pairs, 2 * i, Py_NewRef(key));
-        PyTuple_SET_ITEM(pairs, 2 * i + 1, Py_NewRef(value));
-        i++;
+    if (snapshot_alloc(&snap, 2 * n) < 0)
+        goto out;
+    if (spans_alloc(&sa, n) < 0) {
+        snapshot_release(&snap);
+        goto out;
     }
-    spans = n <= 16 ? small_spans : PyMem_Malloc(sizeof(fab_span) * (size_t)n);
-    if (spans == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
+            snap.items[snap.n++] = Py_NewRef(key);
+            snap.items[snap.n++] = Py_NewRef(value);
+        }
     }
-    for (i = 0; i < n; i++) {
-        size_t start = scratch.len;
-        key = PyTuple_GET_ITEM(pairs, 2 * i);
-        if (enc_into(w, key, &scratch) < 0) {
+    n = snap.n / 2;
+    fab_span *spans = sa.spans;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t start = w->scratch.len;
+        PyObject *key = snap.items[2 * i];
+        if (enc_into_scratch(w, key) < 0) {
             if (w->err_type) {
                 PyObject *r = short_repr(key);
                 if (r) {
@@ -345,26 +584,32 @@ static int enc_dict(walker *w, PyObject *v)
             }
             goto done;
         }
-        spans[i].p = NULL;
-        spans[i].len = scratch.len - start;
-        spans[i].index = (size_t)i;
         /* Offsets for now: the scratch buffer may still move. */
         spans[i].p = (const uint8_t *)(uintptr_t)start;
+        spans[i].len = w->scratch.len - start;
+        spans[i].index = (size_t)i;
     }
-    for (i = 0; i < n; i++)
-        spans[i].p = scratch.data + (uintptr_t)spans[i].p;
-    if (check(w, fab_canon_sort_spans(spans, (size_t)n)) < 0)
+    region_end = w->scratch.len;
+    if (sort_scratch_spans(w, spans, n) < 0)
         goto done;
-    if (check(w, fab_enc_map_header(w->enc, (size_t)n)) < 0)
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
         goto done;
-    for (i = 0; i < n; i++) {
-        if (check(w, fab_enc_raw(w->enc, spans[i].p, spans[i].len)) < 0)
+    }
+    if (room(w, FAB_PUT_MAX) < 0)
+        goto done;
+    w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* Room first: when out is scratch itself, it may move. */
+        if (room(w, spans[i].len) < 0)
             goto done;
-        key = PyTuple_GET_ITEM(pairs, 2 * (Py_ssize_t)spans[i].index);
-        value = PyTuple_GET_ITEM(pairs, 2 * (Py_ssize_t)spans[i].index + 1);
-        if (enc_value(w, value) < 0) {
+        memcpy(w->out->data + w->out->len, w->scratch.data + (uintptr_t)spans[i].p,
+               spans[i].len);
+        w->out->len += spans[i].len;
+        Py_ssize_t e = (Py_ssize_t)spans[i].index;
+        if (enc_value(w, snap.items[2 * e + 1]) < 0) {
             if (w->err_type) {
-                PyObject *r = short_repr(key);
+                PyObject *r = short_repr(snap.items[2 * e]);
                 if (r) {
                     add_segment(w, "[%U]", r);
                     Py_DECREF(r);
@@ -375,10 +620,13 @@ static int enc_dict(walker *w, PyObject *v)
     }
     rc = 0;
 done:
-    if (spans != small_spans)
-        PyMem_Free(spans);
-    fab_buf_destroy(&scratch);
-    Py_XDECREF(pairs);
+    if (rc == 0)
+        scratch_pop(w, base, region_end);
+    else if (w->out != &w->scratch)
+        w->scratch.len = base;
+    spans_free(&sa);
+    snapshot_release(&snap);
+out:
     leave(w);
     return rc;
 }
@@ -387,50 +635,62 @@ static int enc_set(walker *w, PyObject *v)
 {
     int rc = -1;
     PyObject *members = NULL;
-    fab_span *spans = NULL;
-    fab_buf scratch, header;
-    fab_buf_init(&scratch);
-    fab_buf_init(&header);
+    span_array sa;
+    sa.spans = sa.small;
+    size_t base = w->scratch.len, region_end = base;
     if (enter(w, v) < 0)
         return -1;
     members = PySequence_Tuple(v); /* iterating a set runs no user code */
     if (members == NULL)
         goto done;
     Py_ssize_t n = PyTuple_GET_SIZE(members);
-    spans = PyMem_Malloc(sizeof(fab_span) * (size_t)(n ? n : 1));
-    if (spans == NULL) {
-        PyErr_NoMemory();
+    if (spans_alloc(&sa, n) < 0)
         goto done;
-    }
+    fab_span *spans = sa.spans;
     for (Py_ssize_t i = 0; i < n; i++) {
-        size_t start = scratch.len;
-        if (enc_into(w, PyTuple_GET_ITEM(members, i), &scratch) < 0) {
+        size_t start = w->scratch.len;
+        if (enc_into_scratch(w, PyTuple_GET_ITEM(members, i)) < 0) {
             add_segment(w, "<member>");
             goto done;
         }
         spans[i].p = (const uint8_t *)(uintptr_t)start;
-        spans[i].len = scratch.len - start;
+        spans[i].len = w->scratch.len - start;
         spans[i].index = (size_t)i;
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        spans[i].p = scratch.data + (uintptr_t)spans[i].p;
-    if (check(w, fab_canon_sort_spans(spans, (size_t)n)) < 0)
+    region_end = w->scratch.len;
+    if (sort_scratch_spans(w, spans, n) < 0)
         goto done;
-    fab_enc hdr;
-    fab_enc_init(&hdr, fab_buf_sink, &header);
-    if (check(w, fab_enc_array_header(&hdr, (size_t)n)) < 0)
+    uint8_t header[FAB_PUT_MAX];
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
         goto done;
-    if (check(w, fab_enc_ext_header(w->enc, FAB_EXT_SET, header.len + scratch.len)) < 0 ||
-        check(w, fab_enc_raw(w->enc, header.data, header.len)) < 0)
+    }
+    size_t hlen = fab_put_array_header(header, (uint32_t)n);
+    size_t payload = hlen + (region_end - base);
+    if (payload > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
         goto done;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (check(w, fab_enc_raw(w->enc, spans[i].p, spans[i].len)) < 0)
-            goto done;
+    }
+    if (room(w, 2 * FAB_PUT_MAX + (region_end - base)) < 0)
+        goto done;
+    {
+        /* Room is made: neither buffer moves below. */
+        wout *o = w->out;
+        o->len += fab_put_ext_header(o->data + o->len, FAB_EXT_SET, (uint32_t)payload);
+        memcpy(o->data + o->len, header, hlen);
+        o->len += hlen;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
+            o->len += spans[i].len;
+        }
+    }
     rc = 0;
 done:
-    PyMem_Free(spans);
-    fab_buf_destroy(&scratch);
-    fab_buf_destroy(&header);
+    if (rc == 0)
+        scratch_pop(w, base, region_end);
+    else if (w->out != &w->scratch)
+        w->scratch.len = base;
+    spans_free(&sa);
     Py_XDECREF(members);
     leave(w);
     return rc;
@@ -439,35 +699,41 @@ done:
 static int enc_value(walker *w, PyObject *v)
 {
     PyTypeObject *tp = Py_TYPE(v);
-    if (v == Py_None)
-        return check(w, fab_enc_nil(w->enc));
-    if (v == Py_True || v == Py_False)
-        return check(w, fab_enc_bool(w->enc, v == Py_True));
     if (tp == &PyUnicode_Type)
         return enc_str(w, v);
     if (tp == &PyLong_Type)
         return enc_int(w, v);
-    if (tp == &PyFloat_Type)
-        return check(w, fab_enc_double(w->enc, PyFloat_AS_DOUBLE(v)));
-    if (tp == &PyBytes_Type) {
-        size_t n = (size_t)PyBytes_GET_SIZE(v);
-        if (check(w, fab_enc_bin_header(w->enc, n)) < 0)
-            return -1;
-        return write_body(w, PyBytes_AS_STRING(v), n);
+    if (v == Py_None) {
+        PUT(w, fab_put_nil(P));
+        return 0;
     }
-    if (tp == &PyTuple_Type || tp == &PyList_Type)
-        return enc_sequence(w, v);
+    if (v == Py_True || v == Py_False) {
+        PUT(w, fab_put_bool(P, v == Py_True));
+        return 0;
+    }
+    if (tp == &PyFloat_Type) {
+        PUT(w, fab_put_double(P, PyFloat_AS_DOUBLE(v)));
+        return 0;
+    }
     if (tp == &PyDict_Type)
         return enc_dict(w, v);
-    if (tp == w->st->Secret_Type)
-        return check(w, fab_enc_secret(w->enc));
+    if (tp == &PyTuple_Type || tp == &PyList_Type)
+        return enc_sequence(w, v);
+    if (tp == &PyBytes_Type)
+        return enc_bin(w, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    if (tp == w->st->Secret_Type) {
+        PUT(w, fab_put_ext_header(P, FAB_EXT_SECRET, 0));
+        return 0;
+    }
     /* Subclasses of the builtin kinds encode as their kind. */
     if (PyUnicode_Check(v))
         return enc_str(w, v);
     if (PyLong_Check(v))
         return enc_int(w, v);
-    if (PyFloat_Check(v))
-        return check(w, fab_enc_double(w->enc, PyFloat_AS_DOUBLE(v)));
+    if (PyFloat_Check(v)) {
+        PUT(w, fab_put_double(P, PyFloat_AS_DOUBLE(v)));
+        return 0;
+    }
     if (PyTuple_Check(v) || PyList_Check(v))
         return enc_sequence(w, v);
     if (PyDict_Check(v))
@@ -479,13 +745,19 @@ static int enc_value(walker *w, PyObject *v)
     return fail(w, PyExc_TypeError, "cannot key object of type %s", tp->tp_name);
 }
 
+/* A walker (about 10 KB, most of it the stage) lives on the C stack of
+ * its caller: no allocation for a small value. */
 int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
 {
     walker w;
-    walker_init(&w, st, enc, NULL);
-    if (enc_value(&w, value) < 0)
-        return walker_raise(&w, root);
-    return 0;
+    walker_init(&w, st, NULL, enc);
+    int rc = enc_value(&w, value);
+    if (rc < 0)
+        walker_raise(&w, root);
+    else if ((rc = out_flush(&w, &w.main)) < 0)
+        walker_raise(&w, root);
+    walker_destroy(&w);
+    return rc;
 }
 
 /* Takes the state's spare hasher, or makes one. Under the GIL. */
@@ -520,14 +792,14 @@ static void give_hasher(fab_state *st, fab_sha256 *h)
 static PyObject *canonical_bytes(PyObject *module, PyObject *value)
 {
     fab_state *st = fab_get_state(module);
-    fab_buf buf;
-    fab_enc enc;
-    fab_buf_init(&buf);
-    fab_enc_init(&enc, fab_buf_sink, &buf);
+    walker w;
+    walker_init(&w, st, NULL, NULL);
     PyObject *out = NULL;
-    if (fab_py_encode_value(st, &enc, value, "value") == 0)
-        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
-    fab_buf_destroy(&buf);
+    if (enc_value(&w, value) < 0)
+        walker_raise(&w, "value");
+    else
+        out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
+    walker_destroy(&w);
     return out;
 }
 
@@ -987,19 +1259,17 @@ static PyObject *sorted_capabilities(PyObject *caps)
 /* Streams the identity of a request into a digest. */
 static int request_digest(fab_state *st, EvalRequestObject *r)
 {
+    /* The array header (11 fields) and the scheme tag never change. */
+    static const uint8_t prefix[] = "\x9b\xac" KEY_SCHEME_TAG;
+    _Static_assert(sizeof(KEY_SCHEME_TAG) - 1 == 0xac - 0xa0, "tag length is in the header");
     fab_sha256 *h = take_hasher(st);
     if (h == NULL)
         return -1;
-    fab_hash_sink hs;
-    fab_enc enc;
     walker w;
     int rc = -1;
-    fab_hash_sink_init(&hs, h);
-    fab_enc_init(&enc, fab_hash_sink_write, &hs);
-    walker_init(&w, st, &enc, &hs);
+    walker_init(&w, st, h, NULL);
 
-    if (check(&w, fab_enc_array_header(&enc, 11)) < 0 ||
-        check(&w, fab_enc_str(&enc, KEY_SCHEME_TAG, sizeof(KEY_SCHEME_TAG) - 1)) < 0)
+    if (write_body(&w, prefix, sizeof(prefix) - 1) < 0)
         goto fail;
     if (enc_value(&w, r->op) < 0) { walker_raise(&w, "op"); goto out; }
     if (enc_value(&w, r->version) < 0) { walker_raise(&w, "version"); goto out; }
@@ -1009,16 +1279,18 @@ static int request_digest(fab_state *st, EvalRequestObject *r)
     if (enc_value(&w, r->mode) < 0) { walker_raise(&w, "mode"); goto out; }
     if (enc_value(&w, r->answer_limit) < 0) { walker_raise(&w, "answer_limit"); goto out; }
     if (enc_value(&w, r->stream_buffer) < 0) { walker_raise(&w, "stream_buffer"); goto out; }
-    if (check(&w, fab_enc_bool(&enc, r->stream)) < 0 ||
-        check(&w, fab_enc_bool(&enc, r->trace)) < 0)
+    if (room(&w, 2) < 0)
         goto fail;
-    if (check(&w, fab_hash_sink_final(&hs, r->digest)) < 0)
+    w.out->len += fab_put_bool(w.out->data + w.out->len, r->stream);
+    w.out->len += fab_put_bool(w.out->data + w.out->len, r->trace);
+    if (out_flush(&w, &w.main) < 0 || check(&w, fab_sha256_final(h, r->digest)) < 0)
         goto fail;
     rc = 0;
     goto out;
 fail:
     walker_raise(&w, "request");
 out:
+    walker_destroy(&w);
     give_hasher(st, h);
     return rc;
 }
