@@ -233,20 +233,47 @@ int fab_enc_secret(fab_enc *e)
 
 /* ---- canonical ordering ------------------------------------------------------ */
 
-static int span_cmp(const void *a, const void *b)
+/*
+ * memcmp order with a proper prefix first. key8 holds the first 8 bytes
+ * (zero-padded), so most comparisons of short keys end on one integer
+ * compare. When key8 are equal and one span is at most 8 bytes long, that
+ * span's bytes are a prefix of the other's (the padding matched real zero
+ * bytes or more padding), so the lengths decide.
+ */
+static int span_cmp(const fab_span *x, const fab_span *y)
 {
-    const fab_span *x = a, *y = b;
+    if (x->key8 != y->key8)
+        return x->key8 < y->key8 ? -1 : 1;
     size_t n = x->len < y->len ? x->len : y->len;
-    int c = n ? memcmp(x->p, y->p, n) : 0;
-    if (c)
-        return c;
+    if (n > 8) {
+        int c = memcmp(x->p + 8, y->p + 8, n - 8);
+        if (c)
+            return c;
+    }
     return (x->len > y->len) - (x->len < y->len);
+}
+
+static int span_qsort_cmp(const void *a, const void *b)
+{
+    return span_cmp(a, b);
+}
+
+static uint64_t first8(const uint8_t *p, size_t len)
+{
+    if (len >= 8)
+        return fab_load_be64(p);
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v = v << 8 | (i < len ? p[i] : 0);
+    return v;
 }
 
 int fab_canon_sort_spans(fab_span *spans, size_t n)
 {
     if (n < 2)
         return FAB_OK;
+    for (size_t i = 0; i < n; i++)
+        spans[i].key8 = first8(spans[i].p, spans[i].len);
     if (n <= 16) {
         /* Insertion sort: the common case is a handful of short keys. */
         for (size_t i = 1; i < n; i++) {
@@ -259,7 +286,7 @@ int fab_canon_sort_spans(fab_span *spans, size_t n)
             spans[j] = t;
         }
     } else {
-        qsort(spans, n, sizeof(*spans), span_cmp);
+        qsort(spans, n, sizeof(*spans), span_qsort_cmp);
     }
     for (size_t i = 1; i < n; i++)
         if (span_cmp(&spans[i - 1], &spans[i]) == 0)

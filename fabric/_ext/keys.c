@@ -776,10 +776,11 @@ static fab_sha256 *take_hasher(fab_state *st)
     return h;
 }
 
-/* Returns a hasher for reuse, after a digest or an abandoned one. */
-static void give_hasher(fab_state *st, fab_sha256 *h)
+/* Returns a hasher for reuse. fab_sha256_final leaves it reset already;
+ * an abandoned digest (dirty) is reset here. */
+static void give_hasher(fab_state *st, fab_sha256 *h, int dirty)
 {
-    if (st->spare_hasher == NULL && fab_sha256_reset(h) == FAB_OK)
+    if (st->spare_hasher == NULL && (!dirty || fab_sha256_reset(h) == FAB_OK))
         st->spare_hasher = h;
     else
         fab_sha256_free(h);
@@ -1291,7 +1292,7 @@ fail:
     walker_raise(&w, "request");
 out:
     walker_destroy(&w);
-    give_hasher(st, h);
+    give_hasher(st, h, rc != 0);
     return rc;
 }
 

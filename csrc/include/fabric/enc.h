@@ -274,6 +274,7 @@ typedef struct fab_span {
     const uint8_t *p;
     size_t len;
     size_t index; /* caller's tag, e.g. the position of the entry */
+    uint64_t key8; /* set by fab_canon_sort_spans: the first 8 bytes, big-endian */
 } fab_span;
 
 /*
