@@ -262,10 +262,9 @@ static uint64_t first8(const uint8_t *p, size_t len)
 {
     if (len >= 8)
         return fab_load_be64(p);
-    uint64_t v = 0;
-    for (size_t i = 0; i < 8; i++)
-        v = v << 8 | (i < len ? p[i] : 0);
-    return v;
+    uint8_t padded[8] = {0};
+    memcpy(padded, p, len);
+    return fab_load_be64(padded);
 }
 
 int fab_canon_sort_spans(fab_span *spans, size_t n)
@@ -275,16 +274,27 @@ int fab_canon_sort_spans(fab_span *spans, size_t n)
     for (size_t i = 0; i < n; i++)
         spans[i].key8 = first8(spans[i].p, spans[i].len);
     if (n <= 16) {
-        /* Insertion sort: the common case is a handful of short keys. */
+        /* Insertion sort of one-byte indices: the common case is a handful
+         * of short keys. Moving whole spans instead costs a store-forwarding
+         * stall per step (they are copied in pieces of unequal size). */
+        uint8_t ord[16];
+        fab_span tmp[16];
+        for (size_t i = 0; i < n; i++)
+            ord[i] = (uint8_t)i;
         for (size_t i = 1; i < n; i++) {
-            fab_span t = spans[i];
+            uint8_t t = ord[i];
             size_t j = i;
-            while (j > 0 && span_cmp(&spans[j - 1], &t) > 0) {
-                spans[j] = spans[j - 1];
+            while (j > 0 && span_cmp(&spans[ord[j - 1]], &spans[t]) > 0) {
+                ord[j] = ord[j - 1];
                 j--;
             }
-            spans[j] = t;
+            ord[j] = t;
         }
+        /* Element by element, so each later load matches an earlier store. */
+        for (size_t i = 0; i < n; i++)
+            tmp[i] = spans[i];
+        for (size_t i = 0; i < n; i++)
+            spans[i] = tmp[ord[i]];
     } else {
         qsort(spans, n, sizeof(*spans), span_qsort_cmp);
     }
