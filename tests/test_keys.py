@@ -595,3 +595,29 @@ def test_containers_nested_inside_keys_match_reference():
             "op", (v,))
     with pytest.raises(TypeError, match=r"^value<key \{'a': "):
         canonical_bytes({HashableDict({"a": frozenset({(1, Foo)})}): 1})
+
+
+def test_dicts_of_one_shape_and_near_shapes_match_reference():
+    """Many dicts with the same keys in the same order (the sort is then
+    remembered), mixed with dicts of nearly the same key bytes."""
+    import reference_encoder
+
+    rows = [{"id": i, "name": "n%d" % i, "ok": i % 2 == 0, "z": None, "a": [i]} for i in range(50)]
+    near = [
+        {"id": 1, "name": 2, "ok": 3, "z": 4, "b": 5},          # one key differs
+        {"name": 2, "id": 1, "ok": 3, "z": 4, "a": 5},          # same keys, other order
+        {"id": 1, "name": 2, "ok": 3, "z": 4},                  # one key fewer
+        {"id": 1, "name": 2, "ok": 3, "z": 4, "a": 5, "c": 6},  # one more
+        {b"id": 1, "name": 2, "ok": 3, "z": 4, "a": 5},         # same text, other kind
+    ]
+    value = rows + near + rows[::-1] + near
+    for _ in range(3):
+        assert canonical_bytes(value) == reference_encoder.encode(value)
+        for v in value:
+            assert canonical_bytes(v) == reference_encoder.encode(v)
+            assert EvalRequest("op", (v,)).key.digest == reference_encoder.key_digest("op", (v,))
+    nan = float("nan")
+    shape = {1: 1, "k": 2}
+    assert canonical_bytes([shape, {1: 3, "k": 4}]) == reference_encoder.encode([shape, {1: 3, "k": 4}])
+    with pytest.raises(ValueError, match="encode identically"):
+        canonical_bytes([{nan: 1, "k": 2}, {nan: 1, float("nan"): 2}])

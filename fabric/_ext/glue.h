@@ -72,6 +72,7 @@ typedef struct fab_state {
     PyTypeObject *EvalRequest_Type;
     PyTypeObject *Secret_Type;
     fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
+    struct fab_sort_memo *sort_memo; /* recent map key orders (keys.c), under the GIL */
     PyObject *str_eval;
     PyObject *str_local_first;
     PyObject *empty_tuple;

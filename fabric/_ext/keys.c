@@ -546,6 +546,75 @@ static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
     return check(w, rc);
 }
 
+/*
+ * A memo of recent map key orders. Programs key many dicts with the same
+ * keys inserted in the same order (rows of a table, one config shape per
+ * call); their keys encode to the same bytes, so the sorted order is known
+ * without sorting. Encodings are self-delimiting, so equal bytes for the
+ * same number of keys mean the same keys at the same offsets, and the order
+ * (and the absence of duplicates) found once holds again. Entries are
+ * direct-mapped by a hash of the bytes. It is read and written only while
+ * the GIL is held, between two encodings, never across a GIL release.
+ */
+#define MEMO_ENTRIES 16
+#define MEMO_MAX_BYTES 160
+
+struct fab_sort_memo {
+    struct {
+        uint16_t len;
+        uint8_t n;
+        uint8_t order[WALK_SMALL];
+        uint8_t bytes[MEMO_MAX_BYTES];
+    } e[MEMO_ENTRIES];
+};
+
+static unsigned memo_slot(const uint8_t *p, size_t len, Py_ssize_t n)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)n;
+    for (size_t i = 0; i < len; i += 4)
+        h = (h ^ p[i]) * 16777619u;
+    return (h ^ (uint32_t)len) % MEMO_ENTRIES;
+}
+
+/* Orders spans (offsets into scratch, as left by the key loop) from the
+ * memo when it knows these keys; 1 on a hit, 0 on a miss. */
+static int memo_lookup(walker *w, fab_span *spans, Py_ssize_t n, size_t base, size_t end,
+                       unsigned *slot)
+{
+    struct fab_sort_memo *m = w->st->sort_memo;
+    size_t len = end - base;
+    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES)
+        return 0;
+    const uint8_t *p = w->scratch.data + base;
+    *slot = memo_slot(p, len, n);
+    if (m == NULL || m->e[*slot].n != n || m->e[*slot].len != len ||
+        memcmp(m->e[*slot].bytes, p, len) != 0)
+        return 0;
+    fab_span tmp[WALK_SMALL];
+    for (Py_ssize_t i = 0; i < n; i++)
+        tmp[i] = spans[i];
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i] = tmp[m->e[*slot].order[i]];
+    return 1;
+}
+
+static void memo_store(walker *w, const fab_span *sorted, Py_ssize_t n, size_t base, size_t end,
+                       unsigned slot)
+{
+    size_t len = end - base;
+    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES)
+        return;
+    if (w->st->sort_memo == NULL &&
+        (w->st->sort_memo = PyMem_Calloc(1, sizeof(struct fab_sort_memo))) == NULL)
+        return; /* only an optimization */
+    struct fab_sort_memo *m = w->st->sort_memo;
+    m->e[slot].n = (uint8_t)n;
+    m->e[slot].len = (uint16_t)len;
+    memcpy(m->e[slot].bytes, w->scratch.data + base, len);
+    for (Py_ssize_t i = 0; i < n; i++)
+        m->e[slot].order[i] = (uint8_t)sorted[i].index;
+}
+
 static int enc_dict(walker *w, PyObject *v)
 {
     int rc = -1;
@@ -590,8 +659,12 @@ static int enc_dict(walker *w, PyObject *v)
         spans[i].index = (size_t)i;
     }
     region_end = w->scratch.len;
-    if (sort_scratch_spans(w, spans, n) < 0)
-        goto done;
+    unsigned slot = 0;
+    if (!memo_lookup(w, spans, n, base, region_end, &slot)) {
+        if (sort_scratch_spans(w, spans, n) < 0)
+            goto done;
+        memo_store(w, spans, n, base, region_end, slot);
+    }
     if ((size_t)n > UINT32_MAX) {
         fail_code(w, FAB_ERANGE);
         goto done;
@@ -1962,6 +2035,8 @@ void fab_py_keys_clear(fab_state *st)
         Py_CLEAR(st->kw_names[i]);
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
+    PyMem_Free(st->sort_memo);
+    st->sort_memo = NULL;
 }
 
 /* ======================================================================== */
