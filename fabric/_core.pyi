@@ -1,18 +1,120 @@
-"""Type stubs of the C extension fabric._core (content keys)."""
+"""Type stubs of the C extension fabric._core.
 
-from collections.abc import Iterable, Mapping
-from types import MappingProxyType
-from typing import Any, Literal, final
+One section per part of the glue (fabric/_ext/*.c), in module.c's order:
+errors (glue.h's FAB_PY_EXCEPTIONS table), keys, unpack, cassette, caf,
+frames. ``python -m mypy.stubtest fabric._core`` checks this file against
+the built extension (bash dev.sh test runs it).
+"""
+
+import sys
+from _typeshed import ReadableBuffer, StrOrBytesPath, structseq
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, final, overload
+
+from typing_extensions import Self, TypeAlias, disjoint_base
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+# Type aliases of the stub only (private, so stubtest does not look for
+# them at runtime).
+_Consistency: TypeAlias = Literal["local-first", "local-only", "no-home"]
+# A cassette key: a ContentKey or any 32-byte buffer (the digest).
+_CassetteKey: TypeAlias = ContentKey | ReadableBuffer
+# Decode limits for unpack(): None (the defaults), a dict with some of the
+# keys of DEFAULT_DECODE_LIMITS, or any object with some of those names as
+# attributes (Frame.decode_payload also takes a StreamFrameLimits). "Any
+# object with optional attributes" has no static type, hence object.
+_DecodeLimits: TypeAlias = object
+_Durability: TypeAlias = Literal["os", "fsync", "group"]
+_Recover: TypeAlias = Literal["strict", "salvage"]
 
 KEY_SCHEME: str
 MAX_DEPTH: int
 CRC32C_HARDWARE: int
 
-Consistency = Literal["local-first", "local-only", "no-home"]
+# ---------------------------------------------------------------------------
+# errors (glue.h FAB_PY_EXCEPTIONS): each subclasses its fabric parent and the
+# builtin a user would catch. Attributes are set on the instance when raised.
+# ---------------------------------------------------------------------------
 
-class FabricError(Exception): ...
-class DecodeError(FabricError, ValueError): ...
-class FrameError(FabricError, ValueError): ...
+class FabricError(Exception):
+    """Base class of every error raised by fabric."""
+
+class DecodeError(FabricError, ValueError):
+    """Bytes that are not valid msgpack, or that break a decode limit."""
+
+    offset: int
+
+class FrameError(FabricError, ValueError):
+    """A malformed or refused frame; .offset is its stream offset."""
+
+    # None for an error on the encoding side (no stream position).
+    offset: int | None
+    frame_offset: int | None
+    violation: str
+
+class LedgerError(FabricError, OSError):
+    """A cassette ledger could not be read or written (.path, .errno)."""
+
+    path: str
+    offset: int | None
+
+class LedgerLockedError(LedgerError, OSError):
+    """Another process holds the ledger for writing; .pid names it."""
+
+    pid: int
+
+class LedgerFormatError(FabricError, ValueError):
+    """The file is not a cassette ledger (.path, .offset)."""
+
+    path: str
+    offset: int | None
+
+class LedgerVersionError(LedgerFormatError, ValueError):
+    """The ledger's format version is newer than this code (.version)."""
+
+    version: int
+
+class LedgerCorruptionError(LedgerFormatError, ValueError):
+    """A bad record followed by valid ones; .offset is the bad record's."""
+
+class CapabilityDenied(FabricError, PermissionError):
+    """The caller's grants lack a capability; .capability names it."""
+
+    capability: str
+
+class NoHolderError(FabricError, LookupError):
+    """No peer held the reply and no home could compute it."""
+
+    # (node, what it raised) for every peer asked.
+    attempts: list[tuple[str, BaseException]]
+
+class ContentNotHeld(FabricError, LookupError):
+    """This node does not hold the reply for the requested content key."""
+
+class RemoteError(FabricError, RuntimeError):
+    """The op failed on another node or site (.node, .remote_type)."""
+
+    node: str
+    remote_type: str
+
+class OpNotFound(FabricError, LookupError):
+    """No op with the request's name and version is registered here."""
+
+class FabricUnavailable(FabricError, ConnectionError):
+    """A relay's link is not connected; the request was not sent."""
+
+class DeadlineExceeded(FabricError, TimeoutError):
+    """The request's deadline or a per-peer timeout passed."""
+
+    # The peers asked before the deadline passed (set by the C resolution).
+    attempts: list[tuple[str, BaseException]]
+
+# ---------------------------------------------------------------------------
+# keys.c: canonical encoding, Secret, ContentKey, EvalRequest
+# ---------------------------------------------------------------------------
 
 def canonical_bytes(value: object, /) -> bytes:
     """The canonical msgpack encoding of value (docs/spec/content-key.md)."""
@@ -21,14 +123,14 @@ def canonical_bytes(value: object, /) -> bytes:
 class Secret:
     """A sensitive argument: its value never enters keys, repr or exceptions."""
 
-    def __init__(self, value: object) -> None: ...
+    def __new__(cls, value: object) -> Self: ...
     def reveal(self) -> Any: ...
 
 @final
 class ContentKey:
     """The SHA-256 digest of a request's canonical identity."""
 
-    def __init__(self, digest: bytes | bytearray | memoryview) -> None: ...
+    def __new__(cls, digest: ReadableBuffer) -> Self: ...
     @classmethod
     def of(cls, request: EvalRequest, /) -> ContentKey: ...
     @classmethod
@@ -37,22 +139,23 @@ class ContentKey:
     def digest(self) -> bytes: ...
     @property
     def hex(self) -> str: ...
+    # The buffer protocol (32 bytes); a Python-level dunder only from 3.12.
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __hash__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
-    def __lt__(self, other: ContentKey) -> bool: ...
-    def __le__(self, other: ContentKey) -> bool: ...
-    def __gt__(self, other: ContentKey) -> bool: ...
-    def __ge__(self, other: ContentKey) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __lt__(self, other: ContentKey, /) -> bool: ...
+    def __le__(self, other: ContentKey, /) -> bool: ...
+    def __gt__(self, other: ContentKey, /) -> bool: ...
+    def __ge__(self, other: ContentKey, /) -> bool: ...
     def _repr_html_(self) -> str: ...
 
 @final
 class EvalRequest:
     """An immutable evaluation request with its content key."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         op: str,
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
@@ -64,9 +167,9 @@ class EvalRequest:
         stream_buffer: int | None = None,
         stream: bool = False,
         trace: bool = False,
-        consistency: Consistency = "local-first",
+        consistency: _Consistency = "local-first",
         deadline: float | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def op(self) -> str: ...
     @property
@@ -88,12 +191,13 @@ class EvalRequest:
     @property
     def trace(self) -> bool: ...
     @property
-    def consistency(self) -> Consistency: ...
+    def consistency(self) -> _Consistency: ...
     @property
     def deadline(self) -> float | None: ...
     @property
     def key(self) -> ContentKey: ...
     def identity_bytes(self) -> bytes: ...
+    # At runtime replace($self, /, **changes); these are the names it accepts.
     def replace(
         self,
         *,
@@ -107,8 +211,387 @@ class EvalRequest:
         stream_buffer: int | None = ...,
         stream: bool = ...,
         trace: bool = ...,
-        consistency: Consistency = ...,
+        consistency: _Consistency = ...,
         deadline: float | None = ...,
     ) -> EvalRequest: ...
     def __hash__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+
+# ---------------------------------------------------------------------------
+# unpack.c: the hardened msgpack decoder
+# ---------------------------------------------------------------------------
+
+DEFAULT_DECODE_LIMITS: dict[str, int]
+
+def unpack(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
+    """Decode one msgpack value from untrusted bytes under limits."""
+
+@final
+class Ext(structseq[Any], tuple[int, bytes]):
+    """A msgpack extension value of a type fabric does not interpret."""
+
+    __match_args__: Final = ("code", "data")
+    @property
+    def code(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+
+@final
+class Timestamp(structseq[int], tuple[int, int]):
+    """A msgpack timestamp (extension -1), exact to the nanosecond."""
+
+    __match_args__: Final = ("seconds", "nanoseconds")
+    @property
+    def seconds(self) -> int: ...
+    @property
+    def nanoseconds(self) -> int: ...
+
+@final
+class Redacted:
+    """The place of a Secret in decoded data: its value never travels."""
+
+REDACTED: Redacted
+
+# ---------------------------------------------------------------------------
+# cassette.c: EvalCassette over the ledger
+# ---------------------------------------------------------------------------
+
+LEDGER_VERSION: int
+
+@final
+class EvalCassette:
+    """A durable, crash-safe record of evaluation replies keyed by ContentKey."""
+
+    def __new__(
+        cls,
+        path: StrOrBytesPath,
+        mode: Literal["a", "r"] = "a",
+        durability: _Durability = "group",
+        *,
+        recover: _Recover = "strict",
+        progress: Callable[[int, int], object] | None = None,
+        created_ns: int = 0,
+    ) -> Self: ...
+    @classmethod
+    def from_ledger(
+        cls,
+        path: StrOrBytesPath,
+        *,
+        recover: _Recover = "strict",
+        progress: Callable[[int, int], object] | None = None,
+    ) -> EvalCassette: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def mode(self) -> Literal["a", "r"]: ...
+    @property
+    def durability(self) -> _Durability | None: ...
+    def record(self, key: _CassetteKey, reply: object, /) -> bool: ...
+    # A streamed reply comes back as a CassetteStream, anything else decoded.
+    @overload
+    def get(self, key: _CassetteKey, /) -> Any: ...
+    @overload
+    def get(self, key: _CassetteKey, default: object, /) -> Any: ...
+    @overload
+    def get_raw(self, key: _CassetteKey, /) -> memoryview | None: ...
+    @overload
+    def get_raw(self, key: _CassetteKey, default: _T, /) -> memoryview | _T: ...
+    def items(self) -> _CassetteIterator[tuple[ContentKey, Any]]: ...
+    def record_stream(self, key: _CassetteKey, /) -> CassetteStreamWriter: ...
+    @overload
+    def get_stream(self, key: _CassetteKey, /) -> CassetteStream | None: ...
+    @overload
+    def get_stream(self, key: _CassetteKey, default: _T, /) -> CassetteStream | _T: ...
+    def stats(self) -> dict[str, Any]: ...
+    def sync(self) -> None: ...
+    def flush(self) -> None: ...
+    def refresh(self) -> int: ...
+    def compact(self, dest: StrOrBytesPath, /) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+    def __iter__(self) -> _CassetteIterator[ContentKey]: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
+class _CassetteIterator(Generic[_T_co]):
+    """Iterator over a cassette's keys or items, in ledger order."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> _T_co: ...
+
+@final
+class CassetteStream:
+    """The items of a streamed reply, read lazily from the ledger."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Any: ...
+
+@final
+class CassetteStreamWriter:
+    """Records a streamed reply item by item; see EvalCassette.record_stream."""
+
+    @property
+    def held(self) -> bool: ...
+    @property
+    def count(self) -> int: ...
+    def append(self, item: object, /) -> None: ...
+    def close(self) -> bool: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+
+@final
+class _LedgerView:
+    """The bytes of one reply inside a cassette's mapped ledger (read-only)."""
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+# ---------------------------------------------------------------------------
+# caf.c: EvalReply and ContentAddressedFabric's C base
+# ---------------------------------------------------------------------------
+
+# Both C bases below have their own instance layout (PEP 800): a class can
+# derive from one of them, not from both or from another such base.
+@disjoint_base
+class EvalReply:
+    """The answer to an evaluation (immutable); fabric.EvalReply subclasses it."""
+
+    def __new__(
+        cls,
+        value: Any,
+        diagnostics: Iterable[dict[str, Any]] | None = (),
+        trace: Any = None,
+        key: ContentKey | None = None,
+        source: str = "computed",
+    ) -> Self: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def diagnostics(self) -> tuple[dict[str, Any], ...]: ...
+    @property
+    def trace(self) -> Any: ...
+    @property
+    def key(self) -> ContentKey | None: ...
+    @property
+    def source(self) -> str: ...
+    def _with_source(self, source: str, /) -> Self: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+def _set_reply_class(cls: type[EvalReply], /) -> None: ...
+
+@disjoint_base
+class ContentAddressedFabricCore:
+    """The C base of fabric.ContentAddressedFabric: the local hit path."""
+
+    # Peers, home and holders are Python objects behind the fabric interface
+    # (fabric.fabrics, fabric.holders), duck-typed by the C code.
+    home: Any
+    holders: Any
+    peer_timeout: float | None
+    def __init__(self, node: str, cassette: Any, grants: Iterable[str] = ...) -> None: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def cassette(self) -> Any: ...
+    @property
+    def grants(self) -> frozenset[str]: ...
+    @grants.setter
+    def grants(self, value: Iterable[str]) -> None: ...
+    @property
+    def _peers(self) -> dict[str, Any]: ...
+    def evaluate(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None) -> Any: ...
+    def _lookup(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None) -> EvalReply | None: ...
+    def _resolution(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None) -> _Resolution: ...
+    # (node, serve, announced) per peer.
+    def _order(self, key: ContentKey, /) -> list[tuple[str, Any, bool]]: ...
+    def _count(self, name: str, n: int = 1, /) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+@final
+class _Resolution:
+    """One miss being resolved (made by ContentAddressedFabric._resolution)."""
+
+    @property
+    def steps(self) -> list[tuple[str, str, str]]: ...
+    @property
+    def attempts(self) -> list[tuple[str, BaseException]]: ...
+    # (target, what, timeout): target is a peer's serve callable or home.
+    def next(self) -> tuple[Any, str, float | None]: ...
+    def failed(self, exc: BaseException, /) -> bool: ...
+    def accept(self, reply: EvalReply, /) -> EvalReply | None: ...
+    # (source, counter, node): node is None when home streams.
+    def started(self) -> tuple[str, str, str | None]: ...
+    def abort(self) -> None: ...
+    def remaining(self) -> float | None: ...
+
+# ---------------------------------------------------------------------------
+# frames.c: Frame, FrameEncoder, FrameDecoder, StreamFrameLimits
+# ---------------------------------------------------------------------------
+
+FRAME_KINDS: dict[str, int]
+FRAME_HEADER_LEN: int
+FRAME_VERSION: int
+FRAME_FLAG_DIAGNOSTIC: int
+
+@final
+class StreamFrameLimits:
+    """The limits that bound one stream (immutable, hashable)."""
+
+    def __new__(
+        cls,
+        *,
+        max_frame_payload_bytes: int = 1048576,
+        max_stream_frames: int = 1024,
+        max_stream_bytes: int = 67108864,
+        max_inflight_frames: int = 64,
+        max_duration_ms: int = 60000,
+        max_rate_hz: int = 120,
+        max_depth: int = 256,
+        max_items: int = 1048576,
+    ) -> Self: ...
+    @property
+    def max_frame_payload_bytes(self) -> int: ...
+    @property
+    def max_stream_frames(self) -> int: ...
+    @property
+    def max_stream_bytes(self) -> int: ...
+    @property
+    def max_inflight_frames(self) -> int: ...
+    @property
+    def max_duration_ms(self) -> int: ...
+    @property
+    def max_rate_hz(self) -> int: ...
+    @property
+    def max_depth(self) -> int: ...
+    @property
+    def max_items(self) -> int: ...
+    # At runtime replace($self, /, **changes); these are the names it accepts.
+    def replace(
+        self,
+        *,
+        max_frame_payload_bytes: int = ...,
+        max_stream_frames: int = ...,
+        max_stream_bytes: int = ...,
+        max_inflight_frames: int = ...,
+        max_duration_ms: int = ...,
+        max_rate_hz: int = ...,
+        max_depth: int = ...,
+        max_items: int = ...,
+    ) -> StreamFrameLimits: ...
+    def to_dict(self) -> dict[str, int]: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class Frame:
+    """One frame: kind, flags, stream id, sequence number and a msgpack payload."""
+
+    def __new__(
+        cls,
+        kind: int,
+        payload: ReadableBuffer = b"",
+        *,
+        stream_id: int = 0,
+        seq: int = 0,
+        flags: int = 0,
+    ) -> Self: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def kind_name(self) -> str: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def stream_id(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def payload(self) -> memoryview: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def payload_offset(self) -> int | None: ...
+    @property
+    def is_diagnostic(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
+    def encode(self) -> bytes: ...
+    def decode_payload(self, limits: StreamFrameLimits | _DecodeLimits = None) -> Any: ...
+    # The buffer protocol over the payload; a Python-level dunder only from 3.12.
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+@final
+class FrameEncoder:
+    """Encodes frames, refusing payloads above limits.max_frame_payload_bytes."""
+
+    def __new__(cls, limits: StreamFrameLimits | None = None) -> Self: ...
+    @property
+    def limits(self) -> StreamFrameLimits: ...
+    def encode(
+        self,
+        kind: int,
+        payload: ReadableBuffer = b"",
+        *,
+        stream_id: int = 0,
+        seq: int = 0,
+        flags: int = 0,
+    ) -> bytes: ...
+    def encode_value(
+        self, kind: int, value: object, *, stream_id: int = 0, seq: int = 0, flags: int = 0
+    ) -> bytes: ...
+    def encode_many(
+        self,
+        kind: int,
+        payloads: Iterable[bytes],
+        *,
+        stream_id: int = 0,
+        first_seq: int = 0,
+        flags: int = 0,
+    ) -> bytes: ...
+
+@final
+class FrameDecoder:
+    """Incremental frame decoder: feed(bytes), then iterate to take the frames."""
+
+    def __new__(cls, limits: StreamFrameLimits | None = None) -> Self: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def partial(self) -> bool: ...
+    @property
+    def limits(self) -> StreamFrameLimits: ...
+    @property
+    def _buffer_capacity(self) -> int: ...
+    def feed(self, data: ReadableBuffer, /) -> int: ...
+    def finish(self) -> None: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Frame: ...
+
+def _frame_from_bytes(data: ReadableBuffer, /) -> Frame: ...
+
+# None when data is one msgpack value within limits, else (which, offset,
+# message) with which "max_depth", "limit" or "format".
+def _payload_violation(
+    data: ReadableBuffer, limits: StreamFrameLimits | _DecodeLimits, /
+) -> tuple[str, int, str] | None: ...

@@ -1152,7 +1152,7 @@ static PyGetSetDef Cassette_getset[] = {
 
 static PyType_Slot Cassette_slots[] = {
     {Py_tp_doc,
-     "EvalCassette(path, mode='a', durability='group', recover='strict', *, progress=None, "
+     "EvalCassette(path, mode='a', durability='group', *, recover='strict', progress=None, "
      "created_ns=0)\n--\n\n"
      "A durable, crash-safe record of evaluation replies keyed by ContentKey, kept in an "
      "append-only ledger file (docs/spec/ledger.md).\n\n"
