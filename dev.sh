@@ -79,6 +79,10 @@ case "$cmd" in
             say "fuzz smoke runs (${FUZZ_SECONDS:-60}s per target)"
             make -s -C csrc fuzz-smoke FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
         fi
+        say "stubtest: fabric/_core.pyi against the built extension"
+        "$VENV/bin/python" -m mypy.stubtest fabric._core --allowlist tests/stubtest-allowlist.txt
+        say "mypy over the package"
+        "$VENV/bin/python" -m mypy fabric
         say "pytest"
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;

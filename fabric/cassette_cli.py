@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from typing import Literal
 
 from . import _core
 
@@ -44,7 +45,8 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _open(path: str, recover: str = "strict", label: str = "replaying"):
+def _open(path: str, recover: Literal["strict", "salvage"] = "strict",
+          label: str = "replaying"):
     bar = ProgressBar(f"{label} {os.path.basename(path)}")
     try:
         return _core.EvalCassette.from_ledger(path, recover=recover, progress=bar)

@@ -192,7 +192,8 @@ class StreamControl:
                     "StreamControl %r on stream %d needs capability %r, which is not granted"
                     % (self._op, self._stream_id, cap))
                 err.capability = cap
-                err.op = self._op
+                # The control op too; CapabilityDenied itself declares only .capability.
+                err.op = self._op  # type: ignore[attr-defined]
                 raise err
 
     # -- frames ---------------------------------------------------------------------

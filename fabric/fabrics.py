@@ -35,7 +35,8 @@ import itertools
 import threading
 import time
 from enum import Enum
-from typing import Any, AsyncIterator, Iterable, Iterator, Protocol, runtime_checkable
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, Protocol,
+                    runtime_checkable)
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
@@ -337,6 +338,18 @@ class _FabricBase:
 
     grants: frozenset = _EMPTY
 
+    if TYPE_CHECKING:
+        # What each fabric built on this base provides (the EvalFabric
+        # interface, and the counters of those without a C base); declared
+        # for the type checker only, so the MRO is the same as without it.
+        _stats: _Counters
+
+        def evaluate(self, request: EvalRequest, /, *,
+                     grants: Iterable[str] | None = None) -> EvalReply: ...
+
+        def stream(self, request: EvalRequest, /, *,
+                   grants: Iterable[str] | None = None) -> Iterator: ...
+
     def _grants(self, grants: Iterable[str] | None) -> frozenset:
         if grants is None:
             return self.grants
@@ -484,7 +497,8 @@ class LocalFabric(_FabricBase):
         t0 = time.perf_counter()
         try:
             if op.is_stream:
-                value, diags = [], []
+                value: Any = []
+                diags: list[Any] = []
                 for tag, p in self._op_events(op, request):
                     (value if tag == ITEM else diags).append(p)
             else:

@@ -29,7 +29,7 @@ import html
 import itertools
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
@@ -142,7 +142,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         for p in peers:
             self.add_peer(p)
         self._remember = remember
-        self._trails: collections.OrderedDict[ContentKey, tuple[str, list]] = \
+        self._trails: collections.OrderedDict[ContentKey, tuple[str | None, list]] = \
             collections.OrderedDict()
         self._trail_lock = threading.Lock()
 
@@ -203,7 +203,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         g = self._grants(grants)
         reply = self._lookup(request, grants=g)  # the C hit path, grants checked
         if reply is not None:
-            return reply
+            # The C code builds replies of the class given to _set_reply_class.
+            return cast(EvalReply, reply)
         if request.stream:
             return await asyncio.to_thread(self.evaluate, request, grants=g)
         res = self._resolution(request, grants=g)
@@ -218,7 +219,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
                     continue
                 out = await asyncio.to_thread(res.accept, reply)
                 if out is not None:
-                    return out
+                    return cast(EvalReply, out)
         except BaseException:
             res.abort()  # a no-op once the resolution has ended
             raise
@@ -299,9 +300,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             self._remember_trail(key, None, steps)
             if peer is not None and not isinstance(exc, DeadlineExceeded):
                 self.holders.mark_failed(peer)
-                err: BaseException = RemoteError(message)
-                err.node = peer
-                err.remote_type = type(exc).__name__
+                remote = RemoteError(message)
+                remote.node = peer
+                remote.remote_type = type(exc).__name__
+                err: BaseException = remote
             else:
                 err = exc
                 exc.add_note(message)
@@ -342,7 +344,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         peers = ", ".join(self._peers)
         home = type(self.home).__name__ if self.home is not None else None
         try:
-            held = len(self.cassette)
+            held: int | str = len(self.cassette)
         except Exception:
             held = "?"
         return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"

@@ -24,34 +24,101 @@ def _names(body):
     return names
 
 
-# The names of the content-key part (keys.c) and the module basics; the other
-# parts of the extension add their own names to the stub as they grow.
-KEYS_PART = {"KEY_SCHEME", "MAX_DEPTH", "CRC32C_HARDWARE", "FabricError", "DecodeError",
-             "FrameError", "canonical_bytes", "Secret", "ContentKey", "EvalRequest"}
+# The names of every part of the extension (module.c's parts[]): the stub
+# covers the whole module, so a name added to the C glue must be added to the
+# stub too (bash dev.sh test also runs mypy.stubtest, which checks signatures).
+PARTS = {
+    "module": {"MAX_DEPTH", "CRC32C_HARDWARE"},
+    "errors": {"FabricError", "DecodeError", "FrameError", "LedgerError", "LedgerLockedError",
+               "LedgerFormatError", "LedgerVersionError", "LedgerCorruptionError",
+               "CapabilityDenied", "NoHolderError", "ContentNotHeld", "RemoteError",
+               "OpNotFound", "FabricUnavailable", "DeadlineExceeded"},
+    "keys": {"KEY_SCHEME", "canonical_bytes", "Secret", "ContentKey", "EvalRequest"},
+    "unpack": {"unpack", "DEFAULT_DECODE_LIMITS", "Ext", "Timestamp", "Redacted", "REDACTED"},
+    "cassette": {"EvalCassette", "CassetteStream", "CassetteStreamWriter", "LEDGER_VERSION"},
+    "caf": {"EvalReply", "ContentAddressedFabricCore"},
+    "frames": {"Frame", "FrameEncoder", "FrameDecoder", "StreamFrameLimits", "FRAME_KINDS",
+               "FRAME_HEADER_LEN", "FRAME_VERSION", "FRAME_FLAG_DIAGNOSTIC"},
+}
+
+# Members a struct sequence (Ext, Timestamp) inherits from the stub's
+# _typeshed.structseq base rather than declaring in its own body.
+STRUCTSEQ_MEMBERS = {"n_fields", "n_sequence_fields", "n_unnamed_fields"}
 
 
-def test_stub_names_exist_and_cover_the_keys_part():
+def test_stub_names_match_the_runtime_module():
     stub = {n for n in _names(_stub_tree().body) if not n.startswith("_")}
-    stub.discard("Consistency")  # a type alias of the stub only
     runtime = {n for n in dir(_core) if not n.startswith("_")}
     assert stub <= runtime, "in the stub only: %s" % sorted(stub - runtime)
-    assert KEYS_PART <= stub, "missing from the stub: %s" % sorted(KEYS_PART - stub)
+    assert runtime <= stub, "missing from the stub: %s" % sorted(runtime - stub)
+    every_part = set().union(*PARTS.values())
+    assert every_part <= stub, "missing from the stub: %s" % sorted(every_part - stub)
+
+
+def test_stub_covers_the_private_helpers_other_modules_use():
+    stub = set(_names(_stub_tree().body))
+    for name in ("_set_reply_class", "_frame_from_bytes", "_payload_violation",
+                 "_CassetteIterator", "_LedgerView", "_Resolution"):
+        assert hasattr(_core, name), name
+        assert name in stub, "%s: not in the stub" % name
 
 
 def test_stub_members_exist_at_runtime():
-    dunder_ok = {"__init__", "__hash__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
-                 "__ge__", "__buffer__"}
+    # __buffer__ stands for the C buffer slot, a Python-level method only from 3.12.
+    dunder_ok = {"__buffer__"}
     for name, node in _names(_stub_tree().body).items():
         if not isinstance(node, ast.ClassDef) or not hasattr(_core, name):
             continue
         cls = getattr(_core, name)
-        for member in _names(node.body):
+        is_error = issubclass(cls, BaseException)
+        for member, decl in _names(node.body).items():
             if member in dunder_ok:
+                continue
+            if is_error and isinstance(decl, ast.AnnAssign) and decl.value is None:
+                # An exception's attribute (.offset, .pid, ...) is set on the
+                # instance when raised, so the class does not have it.
                 continue
             assert hasattr(cls, member), "%s.%s is in the stub only" % (name, member)
         public = {m for m in vars(cls) if not m.startswith("__")}
+        if issubclass(cls, tuple):
+            public -= STRUCTSEQ_MEMBERS
         missing = public - set(_names(node.body))
         assert not missing, "%s: not in the stub: %s" % (name, sorted(missing))
+
+
+def test_exception_attributes_are_declared():
+    """The attributes the C glue sets on raised exceptions are in the stub."""
+    declared = {}
+    for name, node in _names(_stub_tree().body).items():
+        if isinstance(node, ast.ClassDef):
+            declared[name] = set(_names(node.body))
+    expected = {
+        "DecodeError": {"offset"},
+        "FrameError": {"offset", "frame_offset", "violation"},
+        "LedgerError": {"path", "offset"},
+        "LedgerLockedError": {"pid"},
+        "LedgerFormatError": {"path", "offset"},
+        "LedgerVersionError": {"version"},
+        "NoHolderError": {"attempts"},
+        "DeadlineExceeded": {"attempts"},
+        "RemoteError": {"node", "remote_type"},
+        "CapabilityDenied": {"capability"},
+    }
+    for name, attrs in expected.items():
+        assert attrs <= declared[name], "%s: %s not declared" % (name, sorted(attrs - declared[name]))
+
+
+def test_exception_bases_match_the_runtime():
+    """Each exception's bases in the stub are its runtime bases."""
+    for name, node in _names(_stub_tree().body).items():
+        if not isinstance(node, ast.ClassDef) or not hasattr(_core, name):
+            continue
+        cls = getattr(_core, name)
+        if not issubclass(cls, BaseException):
+            continue
+        stub_bases = [ast.unparse(b) for b in node.bases]
+        runtime_bases = [b.__name__ for b in cls.__bases__]
+        assert stub_bases == runtime_bases, name
 
 
 def test_py_typed_ships():
