@@ -774,18 +774,28 @@ static int lookup(CassetteObject *c, PyObject *key_obj, fab_ledger_ref *ref, uin
     return found;
 }
 
-static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The shared front of get/get_raw/get_stream: checks the (key[, default])
+ * arguments and looks the key up. -1 with an exception, 0 when not held
+ * (the caller returns the default), 1 when held (ref holds the mapping). */
+static int lookup_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                       const char *name, fab_state **st, fab_ledger_ref *ref, uint8_t key[32])
 {
     if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes a key and an optional default (%zd given)",
-                     nargs);
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s() takes a key and an optional default (%zd given)",
+                     name, nargs);
+        return -1;
     }
+    *st = cassette_state(self);
+    return *st ? lookup((CassetteObject *)self, args[0], ref, key) : -1;
+}
+
+static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
     CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
+    fab_state *st;
     fab_ledger_ref ref;
     uint8_t key[32];
-    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    int found = lookup_call(self, args, nargs, "get", &st, &ref, key);
     if (found < 0)
         return NULL;
     if (!found)
@@ -797,16 +807,10 @@ static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *Cassette_get_raw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "get_raw() takes a key and an optional default (%zd given)", nargs);
-        return NULL;
-    }
-    CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
+    fab_state *st;
     fab_ledger_ref ref;
     uint8_t key[32];
-    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    int found = lookup_call(self, args, nargs, "get_raw", &st, &ref, key);
     if (found < 0)
         return NULL;
     if (!found)
@@ -893,16 +897,11 @@ static PyObject *Cassette_record_stream(PyObject *self, PyObject *key_obj)
 
 static PyObject *Cassette_get_stream(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "get_stream() takes a key and an optional default (%zd given)", nargs);
-        return NULL;
-    }
     CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
+    fab_state *st;
     fab_ledger_ref ref;
     uint8_t key[32];
-    int found = st ? lookup(c, args[0], &ref, key) : -1;
+    int found = lookup_call(self, args, nargs, "get_stream", &st, &ref, key);
     if (found < 0)
         return NULL;
     if (!found)
