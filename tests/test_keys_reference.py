@@ -320,3 +320,38 @@ def test_kinds_never_collide(a, b):
     """Encodings are equal exactly when the values are equal kind by kind.
     The strategy draws from a tiny space, so equal pairs are common."""
     assert (fabric.canonical_bytes(a) == fabric.canonical_bytes(b)) == (_tag(a) == _tag(b))
+
+
+# ---- the key memos: dicts whose keys repeat ------------------------------------
+
+def test_repeated_key_objects_in_any_order_match_reference():
+    """The encoder remembers recent dict shapes by the identity of their key
+    str objects, and recent key orders by their bytes. Reusing the same key
+    objects in other orders, other subsets, with equal-but-distinct copies,
+    and with enough shapes to overwrite remembered entries must always give
+    the reference bytes."""
+    rng = random.Random(7)
+    pool = ["k%d" % i for i in range(40)] + ["", "é", "a" * 40, "b" * 300]
+    copies = ["".join(list(k)) for k in pool]  # equal, usually not identical
+    for round_ in range(6000):
+        n = rng.choice([0, 1, 2, 2, 3, 5, 10, 16, 17])
+        idx = rng.sample(range(len(pool)), min(n, len(pool)))
+        src = copies if round_ % 7 == 0 else pool
+        d = {src[i]: random_value(rng, 2) for i in idx}
+        if round_ % 5 == 0:  # the same keys inserted in another order
+            items = list(d.items())
+            rng.shuffle(items)
+            d = dict(items)
+        c, ref = _both({"row": d, "again": dict(d)})
+        assert c == ref, (round_, d)
+
+
+def test_same_key_objects_mixed_with_other_key_kinds():
+    """A remembered shape of str keys must not match a dict whose keys are
+    the same objects plus or minus one, or with a non-str key in place."""
+    a, b, c = "alpha", "beta", "gamma"
+    dicts = [{a: 1, b: 2, c: 3}, {a: 1, b: 2}, {a: 1, b: 2, c: 3, 4: 4}, {a: 1, 2: 2, c: 3},
+             {b: 1, a: 2, c: 3}, {a: 1, b: 2, c: 3}, {c: 3, b: 2, a: 1}, {a: 1, b: 2, "gam" "ma": 3}]
+    for _ in range(3):
+        for d in dicts:
+            assert fabric.canonical_bytes(d) == reference_encoder.encode(d)

@@ -177,3 +177,15 @@ def test_leak_check_catches_a_leak():
     """The tolerance above is tight enough to see one object per call."""
     hoard = []
     assert _leaks(lambda: hoard.append(object())) >= 2000
+
+
+def test_key_memo_holds_a_bounded_number_of_keys():
+    """Dicts with fresh key strings every call: the memo of dict shapes keeps
+    references to the keys it remembers, a bounded number of them."""
+    counter = iter(range(10**9))
+
+    def fresh_keys():
+        i = next(counter)
+        canonical_bytes({"a%d" % i: 1, "b%d" % i: 2, "c%d" % i: [3]})
+
+    assert _leaks(fresh_keys, n=5000) < 200

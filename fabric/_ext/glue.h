@@ -76,6 +76,7 @@ typedef struct fab_state {
     PyObject *str_eval;
     PyObject *str_local_first;
     PyObject *empty_tuple;
+    PyObject *empty_dict; /* the kwargs of every request without keyword arguments */
     PyObject *kw_names[12]; /* interned EvalRequest keyword names */
 
     /* unpack.c */

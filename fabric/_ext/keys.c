@@ -45,6 +45,7 @@ typedef struct wout {
 
 #define WALK_STAGE 8192   /* bytes staged before a flush to the hasher/sink */
 #define WALK_SMALL 16     /* containers up to this size need no heap array */
+#define WALK_SCRATCH 1024 /* scratch bytes before it moves to the heap */
 
 typedef struct walker {
     fab_state *st;
@@ -57,6 +58,7 @@ typedef struct walker {
     PyObject *err_msg;              /* what went wrong, without the path */
     PyObject *path;                 /* list of path segments, innermost first */
     uint8_t stage[WALK_STAGE];      /* main's memory until it needs more */
+    uint8_t scratch_stage[WALK_SCRATCH]; /* scratch's memory until it needs more */
 } walker;
 
 static int enc_value(walker *w, PyObject *v);
@@ -67,7 +69,7 @@ static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *e
 {
     w->st = st;
     w->main = (wout){w->stage, 0, sizeof(w->stage), 0, hasher == NULL && enc == NULL, hasher, enc};
-    w->scratch = (wout){NULL, 0, 0, 0, 1, NULL, NULL};
+    w->scratch = (wout){w->scratch_stage, 0, sizeof(w->scratch_stage), 0, 1, NULL, NULL};
     w->out = &w->main;
     w->depth = 0;
     w->err_type = NULL;
@@ -79,9 +81,10 @@ static void walker_destroy(walker *w)
 {
     if (w->main.heap)
         PyMem_Free(w->main.data);
-    PyMem_Free(w->scratch.data);
+    if (w->scratch.heap)
+        PyMem_Free(w->scratch.data);
     w->main.heap = 0;
-    w->scratch.data = NULL;
+    w->scratch.heap = 0;
 }
 
 /* Records an error at the current value; the path is added on the way out. */
@@ -547,17 +550,31 @@ static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
 }
 
 /*
- * A memo of recent map key orders. Programs key many dicts with the same
- * keys inserted in the same order (rows of a table, one config shape per
- * call); their keys encode to the same bytes, so the sorted order is known
- * without sorting. Encodings are self-delimiting, so equal bytes for the
- * same number of keys mean the same keys at the same offsets, and the order
- * (and the absence of duplicates) found once holds again. Entries are
- * direct-mapped by a hash of the bytes. It is read and written only while
- * the GIL is held, between two encodings, never across a GIL release.
+ * Two memos of recent map key orders, so that the many dicts a program keys
+ * with the same keys (rows of a table, one config shape per call) are
+ * neither sorted nor, most of the time, even encoded again.
+ *
+ * Shapes: the keys themselves. A dict whose keys are, in its iteration
+ * order, the very same str objects as a remembered dict's (compared by
+ * identity) has the same key encodings and the same order: str objects are
+ * immutable, and the memo holds strong references to the keys it remembers,
+ * so an address cannot be reused by another string while it is remembered.
+ * A hit copies the remembered encodings instead of encoding the keys.
+ *
+ * Orders: the key encodings. Encodings are self-delimiting, so equal bytes
+ * for the same number of keys mean the same keys at the same offsets, and
+ * the order (and the absence of duplicates) found once holds again. This
+ * serves keys that are equal but not identical (parsed from JSON, say).
+ *
+ * Both are direct-mapped, bounded (SHAPE_ENTRIES and MEMO_ENTRIES entries of
+ * at most WALK_SMALL keys) and read and written only while the GIL is held,
+ * between two encodings: a hit is copied out before any value is encoded.
  */
 #define MEMO_ENTRIES 16
 #define MEMO_MAX_BYTES 160
+#define SHAPE_BITS 6
+#define SHAPE_ENTRIES (1 << SHAPE_BITS)
+#define SHAPE_MAX_BYTES 256
 
 struct fab_sort_memo {
     struct {
@@ -566,7 +583,99 @@ struct fab_sort_memo {
         uint8_t order[WALK_SMALL];
         uint8_t bytes[MEMO_MAX_BYTES];
     } e[MEMO_ENTRIES];
+    struct {
+        uint8_t n;
+        uint8_t order[WALK_SMALL];       /* dict positions, in encoded-key order */
+        uint16_t off[WALK_SMALL + 1];    /* where each sorted key starts in bytes */
+        PyObject *keys[WALK_SMALL];      /* strong references, in dict order */
+        uint8_t bytes[SHAPE_MAX_BYTES];  /* the key encodings, sorted */
+    } shape[SHAPE_ENTRIES];
 };
+
+static struct fab_sort_memo *sort_memo(walker *w)
+{
+    if (w->st->sort_memo == NULL)
+        w->st->sort_memo = PyMem_Calloc(1, sizeof(struct fab_sort_memo));
+    return w->st->sort_memo; /* NULL only under memory pressure: no memo then */
+}
+
+static void sort_memo_free(struct fab_sort_memo *m)
+{
+    if (m == NULL)
+        return;
+    for (int s = 0; s < SHAPE_ENTRIES; s++)
+        for (int i = 0; i < m->shape[s].n; i++)
+            Py_DECREF(m->shape[s].keys[i]);
+    PyMem_Free(m);
+}
+
+/* items holds key, value, key, value...: the slot of the n keys' identities. */
+static unsigned shape_slot(PyObject *const *items, Py_ssize_t n)
+{
+    uint64_t h = (uint64_t)n;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ (uint64_t)(uintptr_t)items[2 * i]) * 0x9E3779B97F4A7C15ull;
+    return (unsigned)(h >> (64 - SHAPE_BITS));
+}
+
+/* On a hit, appends the remembered key encodings to scratch and sets the
+ * spans (offsets into scratch) in sorted order: 1. A miss: 0. -1 on error. */
+static int shape_lookup(walker *w, PyObject *const *items, Py_ssize_t n, fab_span *spans)
+{
+    struct fab_sort_memo *m = w->st->sort_memo;
+    if (m == NULL || n < 2 || n > WALK_SMALL)
+        return 0;
+    unsigned slot = shape_slot(items, n);
+    if (m->shape[slot].n != n)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (m->shape[slot].keys[i] != items[2 * i])
+            return 0;
+    size_t len = m->shape[slot].off[n];
+    wout *s = &w->scratch;
+    if (s->cap - s->len < len && out_room_slow(w, s, len) < 0)
+        return -1;
+    size_t at = s->len;
+    memcpy(s->data + at, m->shape[slot].bytes, len);
+    s->len += len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        spans[i].p = (const uint8_t *)(uintptr_t)(at + m->shape[slot].off[i]);
+        spans[i].len = (size_t)(m->shape[slot].off[i + 1] - m->shape[slot].off[i]);
+        spans[i].index = m->shape[slot].order[i];
+    }
+    return 1;
+}
+
+/* Remembers the keys of a dict whose keys are all exact str, with their
+ * sorted encodings (spans: offsets into scratch, sorted). */
+static void shape_store(walker *w, PyObject *const *items, Py_ssize_t n, const fab_span *spans)
+{
+    if (n < 2 || n > WALK_SMALL)
+        return;
+    size_t len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(items[2 * i]))
+            return;
+        len += spans[i].len;
+    }
+    struct fab_sort_memo *m;
+    if (len > SHAPE_MAX_BYTES || (m = sort_memo(w)) == NULL)
+        return;
+    unsigned slot = shape_slot(items, n);
+    /* The old entry's keys are exact str: dropping them runs no Python code. */
+    for (int i = 0; i < m->shape[slot].n; i++)
+        Py_DECREF(m->shape[slot].keys[i]);
+    size_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        m->shape[slot].keys[i] = Py_NewRef(items[2 * i]);
+        m->shape[slot].order[i] = (uint8_t)spans[i].index;
+        m->shape[slot].off[i] = (uint16_t)at;
+        memcpy(m->shape[slot].bytes + at, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
+        at += spans[i].len;
+    }
+    m->shape[slot].off[n] = (uint16_t)at;
+    m->shape[slot].n = (uint8_t)n;
+}
 
 static unsigned memo_slot(const uint8_t *p, size_t len, Py_ssize_t n)
 {
@@ -577,7 +686,7 @@ static unsigned memo_slot(const uint8_t *p, size_t len, Py_ssize_t n)
 }
 
 /* Orders spans (offsets into scratch, as left by the key loop) from the
- * memo when it knows these keys; 1 on a hit, 0 on a miss. */
+ * memo when it knows these key bytes; 1 on a hit, 0 on a miss. */
 static int memo_lookup(walker *w, fab_span *spans, Py_ssize_t n, size_t base, size_t end,
                        unsigned *slot)
 {
@@ -602,12 +711,9 @@ static void memo_store(walker *w, const fab_span *sorted, Py_ssize_t n, size_t b
                        unsigned slot)
 {
     size_t len = end - base;
-    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES)
+    struct fab_sort_memo *m;
+    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES || (m = sort_memo(w)) == NULL)
         return;
-    if (w->st->sort_memo == NULL &&
-        (w->st->sort_memo = PyMem_Calloc(1, sizeof(struct fab_sort_memo))) == NULL)
-        return; /* only an optimization */
-    struct fab_sort_memo *m = w->st->sort_memo;
     m->e[slot].n = (uint8_t)n;
     m->e[slot].len = (uint16_t)len;
     memcpy(m->e[slot].bytes, w->scratch.data + base, len);
@@ -640,31 +746,37 @@ static int enc_dict(walker *w, PyObject *v)
     }
     n = snap.n / 2;
     fab_span *spans = sa.spans;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        size_t start = w->scratch.len;
-        PyObject *key = snap.items[2 * i];
-        if (enc_into_scratch(w, key) < 0) {
-            if (w->err_type) {
-                PyObject *r = short_repr(key);
-                if (r) {
-                    add_segment(w, "<key %U>", r);
-                    Py_DECREF(r);
+    int hit = shape_lookup(w, snap.items, n, spans);
+    if (hit < 0)
+        goto done;
+    if (!hit) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            size_t start = w->scratch.len;
+            PyObject *key = snap.items[2 * i];
+            if (enc_into_scratch(w, key) < 0) {
+                if (w->err_type) {
+                    PyObject *r = short_repr(key);
+                    if (r) {
+                        add_segment(w, "<key %U>", r);
+                        Py_DECREF(r);
+                    }
                 }
+                goto done;
             }
-            goto done;
+            /* Offsets for now: the scratch buffer may still move. */
+            spans[i].p = (const uint8_t *)(uintptr_t)start;
+            spans[i].len = w->scratch.len - start;
+            spans[i].index = (size_t)i;
         }
-        /* Offsets for now: the scratch buffer may still move. */
-        spans[i].p = (const uint8_t *)(uintptr_t)start;
-        spans[i].len = w->scratch.len - start;
-        spans[i].index = (size_t)i;
+        unsigned slot = 0;
+        if (!memo_lookup(w, spans, n, base, w->scratch.len, &slot)) {
+            if (sort_scratch_spans(w, spans, n) < 0)
+                goto done;
+            memo_store(w, spans, n, base, w->scratch.len, slot);
+        }
+        shape_store(w, snap.items, n, spans);
     }
     region_end = w->scratch.len;
-    unsigned slot = 0;
-    if (!memo_lookup(w, spans, n, base, region_end, &slot)) {
-        if (sort_scratch_spans(w, spans, n) < 0)
-            goto done;
-        memo_store(w, spans, n, base, region_end, slot);
-    }
     if ((size_t)n > UINT32_MAX) {
         fail_code(w, FAB_ERANGE);
         goto done;
@@ -1348,8 +1460,24 @@ static int request_digest(fab_state *st, EvalRequestObject *r)
     if (enc_value(&w, r->op) < 0) { walker_raise(&w, "op"); goto out; }
     if (enc_value(&w, r->version) < 0) { walker_raise(&w, "version"); goto out; }
     if (enc_value(&w, r->args) < 0) { walker_raise(&w, "args"); goto out; }
-    if (enc_value(&w, r->kwargs) < 0) { walker_raise(&w, "kwargs"); goto out; }
-    if (enc_value(&w, r->capabilities) < 0) { walker_raise(&w, "required_capabilities"); goto out; }
+    /* Most requests have no kwargs or capabilities: their encodings are
+     * one byte each, with no walk. */
+    if (PyDict_GET_SIZE(r->kwargs) == 0) {
+        if (room(&w, 1) < 0)
+            goto fail;
+        w.out->len += fab_put_map_header(w.out->data + w.out->len, 0);
+    } else if (enc_value(&w, r->kwargs) < 0) {
+        walker_raise(&w, "kwargs");
+        goto out;
+    }
+    if (PyTuple_GET_SIZE(r->capabilities) == 0) {
+        if (room(&w, 1) < 0)
+            goto fail;
+        w.out->len += fab_put_array_header(w.out->data + w.out->len, 0);
+    } else if (enc_value(&w, r->capabilities) < 0) {
+        walker_raise(&w, "required_capabilities");
+        goto out;
+    }
     if (enc_value(&w, r->mode) < 0) { walker_raise(&w, "mode"); goto out; }
     if (enc_value(&w, r->answer_limit) < 0) { walker_raise(&w, "answer_limit"); goto out; }
     if (enc_value(&w, r->stream_buffer) < 0) { walker_raise(&w, "stream_buffer"); goto out; }
@@ -1427,8 +1555,10 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
     /* kwargs: a private copy, so later changes to the caller's dict do not
      * change a request whose key is already taken. */
     v = kw[KW_KWARGS];
-    if (v == NULL || v == Py_None) {
-        r->kwargs = PyDict_New();
+    if (v == NULL || v == Py_None || (PyDict_Check(v) && PyDict_GET_SIZE(v) == 0)) {
+        /* No keyword arguments: one shared empty dict, never handed out
+         * (the kwargs getter returns a read-only proxy). */
+        r->kwargs = Py_NewRef(st->empty_dict);
     } else if (PyDict_Check(v)) {
         r->kwargs = PyDict_Copy(v);
     } else if (PyMapping_Check(v) && !PySequence_Check(v)) {
@@ -2005,7 +2135,8 @@ int fab_py_keys_exec(PyObject *module, fab_state *st)
     st->EvalRequest_Type->tp_vectorcall = EvalRequest_vectorcall;
     if ((st->str_eval = PyUnicode_InternFromString("eval")) == NULL ||
         (st->str_local_first = PyUnicode_InternFromString("local-first")) == NULL ||
-        (st->empty_tuple = PyTuple_New(0)) == NULL)
+        (st->empty_tuple = PyTuple_New(0)) == NULL ||
+        (st->empty_dict = PyDict_New()) == NULL)
         return -1;
     for (int i = 0; i < KW_COUNT; i++)
         if ((st->kw_names[i] = PyUnicode_InternFromString(kw_strings[i])) == NULL)
@@ -2020,6 +2151,7 @@ int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Secret_Type);
     Py_VISIT(st->ContentKey_Type);
     Py_VISIT(st->EvalRequest_Type);
+    Py_VISIT(st->empty_dict);
     return 0;
 }
 
@@ -2031,11 +2163,12 @@ void fab_py_keys_clear(fab_state *st)
     Py_CLEAR(st->str_eval);
     Py_CLEAR(st->str_local_first);
     Py_CLEAR(st->empty_tuple);
+    Py_CLEAR(st->empty_dict);
     for (int i = 0; i < KW_COUNT; i++)
         Py_CLEAR(st->kw_names[i]);
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
-    PyMem_Free(st->sort_memo);
+    sort_memo_free(st->sort_memo);
     st->sort_memo = NULL;
 }
 
