@@ -621,3 +621,39 @@ def test_dicts_of_one_shape_and_near_shapes_match_reference():
     assert canonical_bytes([shape, {1: 3, "k": 4}]) == reference_encoder.encode([shape, {1: 3, "k": 4}])
     with pytest.raises(ValueError, match="encode identically"):
         canonical_bytes([{nan: 1, "k": 2}, {nan: 1, float("nan"): 2}])
+
+
+# ---- the two walks: borrowed first, owned when it gives up ----------------------
+
+
+def test_walk_again_owned_gives_reference_keys():
+    """A value is first walked without taking references, and walked again
+    with them when the first walk meets a set, a foreign buffer, a buffer
+    large enough to be hashed with the GIL released, or an error. Each of
+    these, alone and nested after ordinary items, keys as the reference."""
+    import reference_encoder
+    tails = [{1, 2, "x"}, frozenset(), array.array("i", [1, 2, 3]), bytearray(b"ba"),
+             memoryview(b"mv"), b"L" * 5000, [b"L" * 3000, {"s": {3}}]]
+    for tail in tails:
+        for value in (tail, [1, "a", {"k": tail}], {"a": [1, 2], "b": tail, "c": "after"}):
+            request = EvalRequest("op", (value,), {"kw": value})
+            assert request.key.digest == reference_encoder.key_digest("op", (value,), {"kw": value})
+            assert canonical_bytes(value) == reference_encoder.encode(value)
+
+
+def test_error_path_survives_a_key_repr_that_mutates_the_dict():
+    """The path of an error names the offending key with its repr; a repr
+    that empties the very dict being walked must not crash the walker."""
+    class Evil:
+        def __repr__(self):
+            d.clear()
+            return "Evil()"
+
+    d = {"a": [1, 2], Evil(): 1}
+    with pytest.raises(TypeError) as info:
+        canonical_bytes({"outer": d})
+    assert str(info.value) == "value['outer']<key Evil()>: cannot key object of type Evil"
+    d = {"a": [1, 2], Evil(): 1}
+    with pytest.raises(TypeError) as info:
+        EvalRequest("op", ({"outer": d},))
+    assert str(info.value) == "args[0]['outer']<key Evil()>: cannot key object of type Evil"

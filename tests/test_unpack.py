@@ -5,7 +5,7 @@ import struct
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fabric
@@ -42,6 +42,7 @@ def test_canonical_bytes_round_trip(value):
 
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=64))
+@example(b"\x81\x93\x00\x00\x00\x00")  # {[0, 0, 0]: 0}
 def test_random_bytes_agree_with_msgpack(data):
     """Random bytes: accepted by both with equal values, or refused by fabric
     where msgpack refuses or where fabric is documented stricter (invalid
@@ -52,8 +53,13 @@ def test_random_bytes_agree_with_msgpack(data):
         assert "at offset" in str(exc)
         assert 0 <= exc.offset <= len(data)
         return
-    theirs = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
-                             timestamp=0, ext_hook=lambda code, d: (code, d))
+    options = dict(raw=False, strict_map_key=False, timestamp=0, ext_hook=lambda code, d: (code, d))
+    try:
+        theirs = msgpack.unpackb(data, use_list=True, **options)
+    except TypeError:
+        # An array as a map key: fabric makes it a tuple (documented), while
+        # msgpack's lists are unhashable; compare with msgpack's tuples.
+        theirs = msgpack.unpackb(data, use_list=False, **options)
     _assert_same(ours, theirs)
 
 

@@ -127,6 +127,34 @@ static void test_sort_spans_random(void)
     }
 }
 
+/* fab_copy writes exactly n bytes, equal to the source, for every length
+ * and alignment (the buffers are heap blocks, so ASan sees any overrun). */
+static void test_copy_every_length(void)
+{
+    for (size_t n = 0; n <= 100; n++) {
+        for (size_t skew = 0; skew < 8; skew++) {
+            uint8_t *src = malloc(n + skew + 1), *dst = malloc(n + skew + 2);
+            CHECK(src != NULL && dst != NULL);
+            if (src == NULL || dst == NULL) {
+                free(src);
+                free(dst);
+                return;
+            }
+            for (size_t i = 0; i < n + skew + 1; i++)
+                src[i] = (uint8_t)(i * 37 + n);
+            memset(dst, 0xA5, n + skew + 2);
+            fab_copy(dst + skew, src + skew, n);
+            CHECK(n == 0 || memcmp(dst + skew, src + skew, n) == 0);
+            for (size_t i = 0; i < skew; i++)
+                CHECK_EQ(dst[i], 0xA5);
+            CHECK_EQ(dst[skew + n], 0xA5);
+            CHECK_EQ(dst[skew + n + 1], 0xA5);
+            free(src);
+            free(dst);
+        }
+    }
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -134,6 +162,7 @@ int main(void)
         {"headers_match_msgpack_c", test_headers_match_msgpack_c},
         {"scalars_match_msgpack_c", test_scalars_match_msgpack_c},
         {"sort_spans_random", test_sort_spans_random},
+        {"copy_every_length", test_copy_every_length},
         {NULL, NULL},
     };
     return check_run("enc_put", cases);

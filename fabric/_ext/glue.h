@@ -122,6 +122,12 @@ static inline fab_state *fab_get_state(PyObject *module)
 
 static inline fab_state *fab_state_from_type(PyTypeObject *tp)
 {
+    /* One of our types knows its module: no walk along the MRO. */
+    if (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) {
+        PyObject *own = ((PyHeapTypeObject *)tp)->ht_module;
+        if (own != NULL && PyModule_GetDef(own) == &fab_module_def)
+            return fab_get_state(own);
+    }
     PyObject *m = PyType_GetModuleByDef(tp, &fab_module_def);
     return m ? fab_get_state(m) : NULL;
 }

@@ -53,6 +53,8 @@ typedef struct walker {
     wout main;
     wout scratch;    /* a stack of regions, one per map or set being sorted */
     int depth;
+    int borrowed;    /* items are visited through borrowed references */
+    int restart;     /* a borrowed walk met what it cannot do: walk again owned */
     PyObject *stack[FAB_MAX_DEPTH]; /* containers being visited, for cycles */
     PyObject *err_type;             /* borrowed; set with err_msg */
     PyObject *err_msg;              /* what went wrong, without the path */
@@ -72,6 +74,8 @@ static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *e
     w->scratch = (wout){w->scratch_stage, 0, sizeof(w->scratch_stage), 0, 1, NULL, NULL};
     w->out = &w->main;
     w->depth = 0;
+    w->borrowed = 0;
+    w->restart = 0;
     w->err_type = NULL;
     w->err_msg = NULL;
     w->path = NULL;
@@ -87,9 +91,26 @@ static void walker_destroy(walker *w)
     w->scratch.heap = 0;
 }
 
+/*
+ * A walker is either owned (it holds a strong reference to every item it
+ * still has to visit: safe while the GIL is released to hash a large buffer,
+ * and while an error message calls a key's __repr__) or borrowed (it holds
+ * none: faster, valid only while no Python code can run). A borrowed walk
+ * gives up, with no exception set, at anything that could run Python code
+ * or release the GIL (an error, a set, a foreign buffer, a large buffer to
+ * hash); the caller then walks again, owned, from the start.
+ */
+static int give_up(walker *w)
+{
+    w->restart = 1;
+    return -1;
+}
+
 /* Records an error at the current value; the path is added on the way out. */
 static int fail(walker *w, PyObject *type, const char *fmt, ...)
 {
+    if (w->borrowed)
+        return give_up(w); /* the owned walk says what went wrong, and where */
     va_list ap;
     va_start(ap, fmt);
     w->err_msg = PyUnicode_FromFormatV(fmt, ap);
@@ -268,6 +289,8 @@ static int write_body(walker *w, const void *data, size_t len)
 {
     wout *o = w->out;
     if (!o->grow && len >= GIL_RELEASE_THRESHOLD) {
+        if (w->borrowed)
+            return give_up(w);
         if (out_flush(w, o) < 0)
             return -1;
         int rc;
@@ -282,7 +305,7 @@ static int write_body(walker *w, const void *data, size_t len)
     }
     if (room(w, len) < 0)
         return -1;
-    memcpy(o->data + o->len, data, len);
+    fab_copy(o->data + o->len, data, len);
     o->len += len;
     return 0;
 }
@@ -312,7 +335,7 @@ static int enc_str(walker *w, PyObject *v)
         /* The common short string: header and bytes in one go. */
         wout *o = w->out;
         o->len += fab_put_str_header(o->data + o->len, (uint32_t)n);
-        memcpy(o->data + o->len, s, (size_t)n);
+        fab_copy(o->data + o->len, (const uint8_t *)s, (size_t)n);
         o->len += (size_t)n;
         return 0;
     }
@@ -366,8 +389,31 @@ done:
     return rc;
 }
 
+/* The value of an int of at most one internal digit (|x| < 2**30), read
+ * without a call: most ints in arguments are such. 1 when it is one. */
+static inline int small_int(PyObject *v, long long *x)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    Py_ssize_t size = Py_SIZE(v);
+    if (size < -1 || size > 1)
+        return 0;
+    *x = size == 0 ? 0 : (long long)size * (long long)((PyLongObject *)v)->ob_digit[0];
+    return 1;
+#else
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)v))
+        return 0;
+    *x = (long long)PyUnstable_Long_CompactValue((PyLongObject *)v);
+    return 1;
+#endif
+}
+
 static int enc_int(walker *w, PyObject *v)
 {
+    long long small;
+    if (small_int(v, &small)) {
+        PUT(w, fab_put_int64(P, (int64_t)small));
+        return 0;
+    }
     int overflow = 0;
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (x == -1 && PyErr_Occurred())
@@ -391,6 +437,9 @@ static int enc_int(walker *w, PyObject *v)
 
 static int enc_buffer(walker *w, PyObject *v)
 {
+    /* Exporters other than these two may run Python code. */
+    if (w->borrowed && !PyByteArray_CheckExact(v) && !PyMemoryView_Check(v))
+        return give_up(w);
     Py_buffer view;
     if (PyObject_GetBuffer(v, &view, PyBUF_SIMPLE) < 0) {
         if (PyErr_ExceptionMatches(PyExc_BufferError)) {
@@ -415,12 +464,14 @@ static int enc_buffer(walker *w, PyObject *v)
 typedef struct snapshot {
     PyObject **items;
     Py_ssize_t n;
+    int owned;      /* items are strong references */
     PyObject *small[2 * WALK_SMALL];
 } snapshot;
 
-static int snapshot_alloc(snapshot *s, Py_ssize_t n)
+static int snapshot_alloc(walker *w, snapshot *s, Py_ssize_t n)
 {
     s->n = 0;
+    s->owned = !w->borrowed;
     if (n <= (Py_ssize_t)(sizeof(s->small) / sizeof(s->small[0]))) {
         s->items = s->small;
         return 0;
@@ -433,10 +484,18 @@ static int snapshot_alloc(snapshot *s, Py_ssize_t n)
     return 0;
 }
 
+static inline void snapshot_add(snapshot *s, PyObject *item)
+{
+    if (s->owned)
+        Py_INCREF(item);
+    s->items[s->n++] = item;
+}
+
 static void snapshot_release(snapshot *s)
 {
-    for (Py_ssize_t i = 0; i < s->n; i++)
-        Py_DECREF(s->items[i]);
+    if (s->owned)
+        for (Py_ssize_t i = 0; i < s->n; i++)
+            Py_DECREF(s->items[i]);
     if (s->items != s->small)
         PyMem_Free(s->items);
 }
@@ -451,15 +510,19 @@ static int enc_sequence(walker *w, PyObject *v)
      * is copied item by item. */
     int is_tuple = PyTuple_Check(v);
     Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(v) : PyList_GET_SIZE(v);
-    if (snapshot_alloc(&snap, is_tuple ? 1 : n) < 0)
-        goto out;
     PyObject **items;
-    if (is_tuple) {
-        snap.items[snap.n++] = Py_NewRef(v);
-        items = ((PyTupleObject *)v)->ob_item;
+    if (is_tuple || w->borrowed) {
+        /* Nothing to copy: a borrowed walk runs no Python code, so not even
+         * a list can change under it. */
+        if (snapshot_alloc(w, &snap, 1) < 0)
+            goto out;
+        snapshot_add(&snap, v);
+        items = is_tuple ? ((PyTupleObject *)v)->ob_item : ((PyListObject *)v)->ob_item;
     } else {
+        if (snapshot_alloc(w, &snap, n) < 0)
+            goto out;
         for (Py_ssize_t i = 0; i < n; i++)
-            snap.items[snap.n++] = Py_NewRef(PyList_GET_ITEM(v, i));
+            snapshot_add(&snap, PyList_GET_ITEM(v, i));
         items = snap.items;
     }
     if ((size_t)n > UINT32_MAX) {
@@ -612,9 +675,15 @@ static void sort_memo_free(struct fab_sort_memo *m)
 /* items holds key, value, key, value...: the slot of the n keys' identities. */
 static unsigned shape_slot(PyObject *const *items, Py_ssize_t n)
 {
+    /* Objects are 16-byte aligned: drop the low bits, rotate each address
+     * by its position (so the order counts), mix once at the end. */
     uint64_t h = (uint64_t)n;
-    for (Py_ssize_t i = 0; i < n; i++)
-        h = (h ^ (uint64_t)(uintptr_t)items[2 * i]) * 0x9E3779B97F4A7C15ull;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t a = (uint64_t)(uintptr_t)items[2 * i] >> 4;
+        unsigned r = (unsigned)(i * 7) & 63;
+        h ^= r ? (a << r) | (a >> (64 - r)) : a;
+    }
+    h *= 0x9E3779B97F4A7C15ull;
     return (unsigned)(h >> (64 - SHAPE_BITS));
 }
 
@@ -730,7 +799,7 @@ static int enc_dict(walker *w, PyObject *v)
     if (enter(w, v) < 0)
         return -1;
     Py_ssize_t n = PyDict_GET_SIZE(v);
-    if (snapshot_alloc(&snap, 2 * n) < 0)
+    if (snapshot_alloc(w, &snap, 2 * n) < 0)
         goto out;
     if (spans_alloc(&sa, n) < 0) {
         snapshot_release(&snap);
@@ -740,8 +809,8 @@ static int enc_dict(walker *w, PyObject *v)
         Py_ssize_t pos = 0;
         PyObject *key, *value;
         while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
-            snap.items[snap.n++] = Py_NewRef(key);
-            snap.items[snap.n++] = Py_NewRef(value);
+            snapshot_add(&snap, key);
+            snapshot_add(&snap, value);
         }
     }
     n = snap.n / 2;
@@ -788,8 +857,8 @@ static int enc_dict(walker *w, PyObject *v)
         /* Room first: when out is scratch itself, it may move. */
         if (room(w, spans[i].len) < 0)
             goto done;
-        memcpy(w->out->data + w->out->len, w->scratch.data + (uintptr_t)spans[i].p,
-               spans[i].len);
+        fab_copy(w->out->data + w->out->len, w->scratch.data + (uintptr_t)spans[i].p,
+                 spans[i].len);
         w->out->len += spans[i].len;
         Py_ssize_t e = (Py_ssize_t)spans[i].index;
         if (enc_value(w, snap.items[2 * e + 1]) < 0) {
@@ -823,6 +892,8 @@ static int enc_set(walker *w, PyObject *v)
     span_array sa;
     sa.spans = sa.small;
     size_t base = w->scratch.len, region_end = base;
+    if (w->borrowed)
+        return give_up(w); /* the tuple below may start a collection */
     if (enter(w, v) < 0)
         return -1;
     members = PySequence_Tuple(v); /* iterating a set runs no user code */
@@ -865,7 +936,7 @@ static int enc_set(walker *w, PyObject *v)
         memcpy(o->data + o->len, header, hlen);
         o->len += hlen;
         for (Py_ssize_t i = 0; i < n; i++) {
-            memcpy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
+            fab_copy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
             o->len += spans[i].len;
         }
     }
@@ -980,8 +1051,15 @@ static PyObject *canonical_bytes(PyObject *module, PyObject *value)
     fab_state *st = fab_get_state(module);
     walker w;
     walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    int rc = enc_value(&w, value);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, NULL, NULL);
+        rc = enc_value(&w, value);
+    }
     PyObject *out = NULL;
-    if (enc_value(&w, value) < 0)
+    if (rc < 0)
         walker_raise(&w, "value");
     else
         out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
@@ -1094,10 +1172,12 @@ typedef struct {
 
 static PyObject *key_from_digest(fab_state *st, const uint8_t *digest)
 {
+    /* Every field is set below: no need for tp_alloc's zeroing. */
     PyTypeObject *tp = st->ContentKey_Type;
-    ContentKeyObject *k = (ContentKeyObject *)tp->tp_alloc(tp, 0);
+    ContentKeyObject *k = PyObject_Malloc(sizeof(ContentKeyObject));
     if (k == NULL)
-        return NULL;
+        return PyErr_NoMemory();
+    PyObject_Init((PyObject *)k, tp);
     memcpy(k->digest, digest, FAB_SHA256_LEN);
     return (PyObject *)k;
 }
@@ -1442,56 +1522,87 @@ static PyObject *sorted_capabilities(PyObject *caps)
     return t;
 }
 
-/* Streams the identity of a request into a digest. */
-static int request_digest(fab_state *st, EvalRequestObject *r)
+/* Writes the identity of a request (the key's input) into w. On failure,
+ * *root names the field the walker's error is about. */
+static int request_walk(walker *w, EvalRequestObject *r, const char **root)
 {
     /* The array header (11 fields) and the scheme tag never change. */
     static const uint8_t prefix[] = "\x9b\xac" KEY_SCHEME_TAG;
     _Static_assert(sizeof(KEY_SCHEME_TAG) - 1 == 0xac - 0xa0, "tag length is in the header");
+
+    *root = "request";
+    if (write_body(w, prefix, sizeof(prefix) - 1) < 0)
+        return -1;
+    *root = "op";
+    if (enc_value(w, r->op) < 0)
+        return -1;
+    *root = "version";
+    if (enc_value(w, r->version) < 0)
+        return -1;
+    *root = "args";
+    if (enc_value(w, r->args) < 0)
+        return -1;
+    /* Most requests have no kwargs or capabilities: their encodings are
+     * one byte each, with no walk. */
+    *root = "kwargs";
+    if (PyDict_GET_SIZE(r->kwargs) == 0) {
+        if (room(w, FAB_PUT_MAX) < 0)
+            return -1;
+        w->out->len += fab_put_map_header(w->out->data + w->out->len, 0);
+    } else if (enc_value(w, r->kwargs) < 0) {
+        return -1;
+    }
+    *root = "required_capabilities";
+    if (PyTuple_GET_SIZE(r->capabilities) == 0) {
+        if (room(w, FAB_PUT_MAX) < 0)
+            return -1;
+        w->out->len += fab_put_array_header(w->out->data + w->out->len, 0);
+    } else if (enc_value(w, r->capabilities) < 0) {
+        return -1;
+    }
+    *root = "mode";
+    if (enc_value(w, r->mode) < 0)
+        return -1;
+    *root = "answer_limit";
+    if (enc_value(w, r->answer_limit) < 0)
+        return -1;
+    *root = "stream_buffer";
+    if (enc_value(w, r->stream_buffer) < 0)
+        return -1;
+    *root = "request";
+    if (room(w, 2) < 0)
+        return -1;
+    w->out->len += fab_put_bool(w->out->data + w->out->len, r->stream);
+    w->out->len += fab_put_bool(w->out->data + w->out->len, r->trace);
+    return out_flush(w, &w->main);
+}
+
+/* Streams the identity of a request into a digest: a borrowed walk first,
+ * an owned one when the borrowed walk gives up. */
+static int request_digest(fab_state *st, EvalRequestObject *r)
+{
     fab_sha256 *h = take_hasher(st);
     if (h == NULL)
         return -1;
+    const char *root = "request";
     walker w;
-    int rc = -1;
     walker_init(&w, st, h, NULL);
-
-    if (write_body(&w, prefix, sizeof(prefix) - 1) < 0)
-        goto fail;
-    if (enc_value(&w, r->op) < 0) { walker_raise(&w, "op"); goto out; }
-    if (enc_value(&w, r->version) < 0) { walker_raise(&w, "version"); goto out; }
-    if (enc_value(&w, r->args) < 0) { walker_raise(&w, "args"); goto out; }
-    /* Most requests have no kwargs or capabilities: their encodings are
-     * one byte each, with no walk. */
-    if (PyDict_GET_SIZE(r->kwargs) == 0) {
-        if (room(&w, 1) < 0)
-            goto fail;
-        w.out->len += fab_put_map_header(w.out->data + w.out->len, 0);
-    } else if (enc_value(&w, r->kwargs) < 0) {
-        walker_raise(&w, "kwargs");
-        goto out;
+    w.borrowed = 1;
+    int rc = request_walk(&w, r, &root);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, h, NULL);
+        root = "request";
+        rc = check(&w, fab_sha256_reset(h));
+        if (rc == 0)
+            rc = request_walk(&w, r, &root);
     }
-    if (PyTuple_GET_SIZE(r->capabilities) == 0) {
-        if (room(&w, 1) < 0)
-            goto fail;
-        w.out->len += fab_put_array_header(w.out->data + w.out->len, 0);
-    } else if (enc_value(&w, r->capabilities) < 0) {
-        walker_raise(&w, "required_capabilities");
-        goto out;
+    if (rc == 0 && check(&w, fab_sha256_final(h, r->digest)) < 0) {
+        root = "request";
+        rc = -1;
     }
-    if (enc_value(&w, r->mode) < 0) { walker_raise(&w, "mode"); goto out; }
-    if (enc_value(&w, r->answer_limit) < 0) { walker_raise(&w, "answer_limit"); goto out; }
-    if (enc_value(&w, r->stream_buffer) < 0) { walker_raise(&w, "stream_buffer"); goto out; }
-    if (room(&w, 2) < 0)
-        goto fail;
-    w.out->len += fab_put_bool(w.out->data + w.out->len, r->stream);
-    w.out->len += fab_put_bool(w.out->data + w.out->len, r->trace);
-    if (out_flush(&w, &w.main) < 0 || check(&w, fab_sha256_final(h, r->digest)) < 0)
-        goto fail;
-    rc = 0;
-    goto out;
-fail:
-    walker_raise(&w, "request");
-out:
+    if (rc < 0)
+        walker_raise(&w, root);
     walker_destroy(&w);
     give_hasher(st, h, rc != 0);
     return rc;

@@ -82,6 +82,32 @@ int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN]);
 /* ---- in-memory forms ------------------------------------------------------ */
 
 /*
+ * Copies n bytes to a destination with room for them. The short copies that
+ * dominate encoding (keys, short strings) are done inline with a few
+ * possibly overlapping loads and stores instead of a call into the C
+ * library.
+ */
+static inline void fab_copy(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n > 32) {
+        memcpy(dst, src, n);
+    } else if (n > 16) {
+        memcpy(dst, src, 16);
+        memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(dst, src, 8);
+        memcpy(dst + n - 8, src + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(dst, src, 4);
+        memcpy(dst + n - 4, src + n - 4, 4);
+    } else if (n > 0) {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    }
+}
+
+/*
  * Each fab_put_* writes one canonical item (a scalar, or the header of a
  * str, bin, array, map or ext) at p, which must have room for FAB_PUT_MAX
  * bytes, and returns the number of bytes written. They are the single place
