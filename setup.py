@@ -65,7 +65,7 @@ def _extension():
                + sorted(glob.glob("csrc/*.h"))
                + sorted(glob.glob("fabric/_ext/*.h")))
     cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
-              "-D_GNU_SOURCE", "-O2", "-fvisibility=hidden"]
+              "-D_GNU_SOURCE", "-O2", "-fvisibility=hidden", "-fno-plt"]
     if os.environ.get("CI"):
         # Warnings are errors in CI so a new one cannot slip in unnoticed.
         cflags.append("-Werror")

@@ -355,3 +355,19 @@ def test_same_key_objects_mixed_with_other_key_kinds():
     for _ in range(3):
         for d in dicts:
             assert fabric.canonical_bytes(d) == reference_encoder.encode(d)
+
+
+def test_nested_dicts_sharing_and_overwriting_shapes():
+    """Dicts inside dicts, drawn from a pool of keys much larger than the
+    memo: an enclosing dict written from a remembered shape while inner
+    dicts look up, miss and remember shapes of their own (some landing on
+    the enclosing dict's entry, which must stay intact until it is done)."""
+    rng = random.Random(11)
+    keys = ["k%d" % i for i in range(200)]
+    for _ in range(3000):
+        outer = rng.sample(keys, rng.randrange(2, 7))
+        inners = [dict.fromkeys(rng.sample(keys, rng.randrange(2, 6)), rng.random())
+                  for _ in range(3)]
+        d = {k: (inners[j % 3] if j % 2 else dict.fromkeys(outer, j)) for j, k in enumerate(outer)}
+        for value in (d, [d, d], {"x": d, "y": inners}):
+            assert fabric.canonical_bytes(value) == reference_encoder.encode(value)

@@ -646,8 +646,9 @@ struct fab_sort_memo {
         uint8_t order[WALK_SMALL];
         uint8_t bytes[MEMO_MAX_BYTES];
     } e[MEMO_ENTRIES];
-    struct {
+    struct shape {
         uint8_t n;
+        uint16_t pins;                   /* dicts being written from it now */
         uint8_t order[WALK_SMALL];       /* dict positions, in encoded-key order */
         uint16_t off[WALK_SMALL + 1];    /* where each sorted key starts in bytes */
         PyObject *keys[WALK_SMALL];      /* strong references, in dict order */
@@ -672,47 +673,37 @@ static void sort_memo_free(struct fab_sort_memo *m)
     PyMem_Free(m);
 }
 
-/* items holds key, value, key, value...: the slot of the n keys' identities. */
+/* items holds key, value, key, value...: the slot of the n keys' identities
+ * (the first, middle and last key; a lookup compares all of them). */
 static unsigned shape_slot(PyObject *const *items, Py_ssize_t n)
 {
-    /* Objects are 16-byte aligned: drop the low bits, rotate each address
-     * by its position (so the order counts), mix once at the end. */
     uint64_t h = (uint64_t)n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t a = (uint64_t)(uintptr_t)items[2 * i] >> 4;
-        unsigned r = (unsigned)(i * 7) & 63;
-        h ^= r ? (a << r) | (a >> (64 - r)) : a;
-    }
-    h *= 0x9E3779B97F4A7C15ull;
+    h = (h ^ ((uint64_t)(uintptr_t)items[0] >> 4)) * 0x9E3779B97F4A7C15ull;
+    h = (h ^ ((uint64_t)(uintptr_t)items[2 * (n / 2)] >> 4)) * 0x9E3779B97F4A7C15ull;
+    h = (h ^ ((uint64_t)(uintptr_t)items[2 * (n - 1)] >> 4)) * 0x9E3779B97F4A7C15ull;
     return (unsigned)(h >> (64 - SHAPE_BITS));
 }
 
-/* On a hit, appends the remembered key encodings to scratch and sets the
- * spans (offsets into scratch) in sorted order: 1. A miss: 0. -1 on error. */
-static int shape_lookup(walker *w, PyObject *const *items, Py_ssize_t n, fab_span *spans)
+/* The remembered shape of these keys, pinned (it is not replaced until
+ * shape_unpin), or NULL. */
+static struct shape *shape_find(walker *w, PyObject *const *items, Py_ssize_t n)
 {
     struct fab_sort_memo *m = w->st->sort_memo;
     if (m == NULL || n < 2 || n > WALK_SMALL)
-        return 0;
-    unsigned slot = shape_slot(items, n);
-    if (m->shape[slot].n != n)
-        return 0;
+        return NULL;
+    struct shape *e = &m->shape[shape_slot(items, n)];
+    if (e->n != n)
+        return NULL;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (m->shape[slot].keys[i] != items[2 * i])
-            return 0;
-    size_t len = m->shape[slot].off[n];
-    wout *s = &w->scratch;
-    if (s->cap - s->len < len && out_room_slow(w, s, len) < 0)
-        return -1;
-    size_t at = s->len;
-    memcpy(s->data + at, m->shape[slot].bytes, len);
-    s->len += len;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        spans[i].p = (const uint8_t *)(uintptr_t)(at + m->shape[slot].off[i]);
-        spans[i].len = (size_t)(m->shape[slot].off[i + 1] - m->shape[slot].off[i]);
-        spans[i].index = m->shape[slot].order[i];
-    }
-    return 1;
+        if (e->keys[i] != items[2 * i])
+            return NULL;
+    e->pins++;
+    return e;
+}
+
+static void shape_unpin(struct shape *e)
+{
+    e->pins--;
 }
 
 /* Remembers the keys of a dict whose keys are all exact str, with their
@@ -731,6 +722,8 @@ static void shape_store(walker *w, PyObject *const *items, Py_ssize_t n, const f
     if (len > SHAPE_MAX_BYTES || (m = sort_memo(w)) == NULL)
         return;
     unsigned slot = shape_slot(items, n);
+    if (m->shape[slot].pins)
+        return; /* a dict is being written from it (an enclosing one) */
     /* The old entry's keys are exact str: dropping them runs no Python code. */
     for (int i = 0; i < m->shape[slot].n; i++)
         Py_DECREF(m->shape[slot].keys[i]);
@@ -790,6 +783,61 @@ static void memo_store(walker *w, const fab_span *sorted, Py_ssize_t n, size_t b
         m->e[slot].order[i] = (uint8_t)sorted[i].index;
 }
 
+/* Writes the common scalars inline, into room already made for
+ * FAB_PUT_MAX bytes: 1 when v was one of them, 0 to leave it to enc_value. */
+static inline int put_scalar(wout *o, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    long long x;
+    uint8_t *p = o->data + o->len;
+    if (tp == &PyLong_Type && small_int(v, &x))
+        o->len += fab_put_int64(p, (int64_t)x);
+    else if (tp == &PyFloat_Type)
+        o->len += fab_put_double(p, PyFloat_AS_DOUBLE(v));
+    else if (v == Py_None)
+        o->len += fab_put_nil(p);
+    else if (v == Py_True || v == Py_False)
+        o->len += fab_put_bool(p, v == Py_True);
+    else
+        return 0;
+    return 1;
+}
+
+/* The error path of a dict entry: "[key]". */
+static void dict_value_failed(walker *w, PyObject *key)
+{
+    if (w->err_type) {
+        PyObject *r = short_repr(key);
+        if (r) {
+            add_segment(w, "[%U]", r);
+            Py_DECREF(r);
+        }
+    }
+}
+
+/* Writes a dict whose keys a remembered shape knows: the key encodings are
+ * copied from the shape (pinned by the caller), the values encoded. */
+static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const struct shape *e)
+{
+    if (room(w, FAB_PUT_MAX) < 0)
+        return -1;
+    w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t klen = (size_t)(e->off[i + 1] - e->off[i]);
+        if (room(w, klen + FAB_PUT_MAX) < 0)
+            return -1;
+        wout *o = w->out;
+        fab_copy(o->data + o->len, e->bytes + e->off[i], klen);
+        o->len += klen;
+        Py_ssize_t at = 2 * (Py_ssize_t)e->order[i];
+        if (!put_scalar(o, items[at + 1]) && enc_value(w, items[at + 1]) < 0) {
+            dict_value_failed(w, items[at]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int enc_dict(walker *w, PyObject *v)
 {
     int rc = -1;
@@ -814,37 +862,39 @@ static int enc_dict(walker *w, PyObject *v)
         }
     }
     n = snap.n / 2;
-    fab_span *spans = sa.spans;
-    int hit = shape_lookup(w, snap.items, n, spans);
-    if (hit < 0)
+    struct shape *known = shape_find(w, snap.items, n);
+    if (known) {
+        /* Nothing goes onto scratch: region_end stays base. */
+        rc = enc_dict_known(w, snap.items, n, known);
+        shape_unpin(known);
         goto done;
-    if (!hit) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            size_t start = w->scratch.len;
-            PyObject *key = snap.items[2 * i];
-            if (enc_into_scratch(w, key) < 0) {
-                if (w->err_type) {
-                    PyObject *r = short_repr(key);
-                    if (r) {
-                        add_segment(w, "<key %U>", r);
-                        Py_DECREF(r);
-                    }
-                }
-                goto done;
-            }
-            /* Offsets for now: the scratch buffer may still move. */
-            spans[i].p = (const uint8_t *)(uintptr_t)start;
-            spans[i].len = w->scratch.len - start;
-            spans[i].index = (size_t)i;
-        }
-        unsigned slot = 0;
-        if (!memo_lookup(w, spans, n, base, w->scratch.len, &slot)) {
-            if (sort_scratch_spans(w, spans, n) < 0)
-                goto done;
-            memo_store(w, spans, n, base, w->scratch.len, slot);
-        }
-        shape_store(w, snap.items, n, spans);
     }
+    fab_span *spans = sa.spans;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t start = w->scratch.len;
+        PyObject *key = snap.items[2 * i];
+        if (enc_into_scratch(w, key) < 0) {
+            if (w->err_type) {
+                PyObject *r = short_repr(key);
+                if (r) {
+                    add_segment(w, "<key %U>", r);
+                    Py_DECREF(r);
+                }
+            }
+            goto done;
+        }
+        /* Offsets for now: the scratch buffer may still move. */
+        spans[i].p = (const uint8_t *)(uintptr_t)start;
+        spans[i].len = w->scratch.len - start;
+        spans[i].index = (size_t)i;
+    }
+    unsigned slot = 0;
+    if (!memo_lookup(w, spans, n, base, w->scratch.len, &slot)) {
+        if (sort_scratch_spans(w, spans, n) < 0)
+            goto done;
+        memo_store(w, spans, n, base, w->scratch.len, slot);
+    }
+    shape_store(w, snap.items, n, spans);
     region_end = w->scratch.len;
     if ((size_t)n > UINT32_MAX) {
         fail_code(w, FAB_ERANGE);
@@ -855,29 +905,25 @@ static int enc_dict(walker *w, PyObject *v)
     w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
         /* Room first: when out is scratch itself, it may move. */
-        if (room(w, spans[i].len) < 0)
+        if (room(w, spans[i].len + FAB_PUT_MAX) < 0)
             goto done;
-        fab_copy(w->out->data + w->out->len, w->scratch.data + (uintptr_t)spans[i].p,
-                 spans[i].len);
-        w->out->len += spans[i].len;
-        Py_ssize_t e = (Py_ssize_t)spans[i].index;
-        if (enc_value(w, snap.items[2 * e + 1]) < 0) {
-            if (w->err_type) {
-                PyObject *r = short_repr(snap.items[2 * e]);
-                if (r) {
-                    add_segment(w, "[%U]", r);
-                    Py_DECREF(r);
-                }
-            }
+        wout *o = w->out;
+        fab_copy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
+        o->len += spans[i].len;
+        Py_ssize_t at = 2 * (Py_ssize_t)spans[i].index;
+        if (!put_scalar(o, snap.items[at + 1]) && enc_value(w, snap.items[at + 1]) < 0) {
+            dict_value_failed(w, snap.items[at]);
             goto done;
         }
     }
     rc = 0;
 done:
-    if (rc == 0)
-        scratch_pop(w, base, region_end);
-    else if (w->out != &w->scratch)
+    if (rc == 0) {
+        if (region_end != base)
+            scratch_pop(w, base, region_end);
+    } else if (w->out != &w->scratch) {
         w->scratch.len = base;
+    }
     spans_free(&sa);
     snapshot_release(&snap);
 out:
