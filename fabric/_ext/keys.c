@@ -622,7 +622,9 @@ static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
  * identity) has the same key encodings and the same order: str objects are
  * immutable, and the memo holds strong references to the keys it remembers,
  * so an address cannot be reused by another string while it is remembered.
- * A hit copies the remembered encodings instead of encoding the keys.
+ * A hit writes the remembered encodings instead of encoding the keys; the
+ * entry is pinned meanwhile, so values that are dicts themselves cannot
+ * replace it.
  *
  * Orders: the key encodings. Encodings are self-delimiting, so equal bytes
  * for the same number of keys mean the same keys at the same offsets, and
@@ -630,8 +632,9 @@ static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
  * serves keys that are equal but not identical (parsed from JSON, say).
  *
  * Both are direct-mapped, bounded (SHAPE_ENTRIES and MEMO_ENTRIES entries of
- * at most WALK_SMALL keys) and read and written only while the GIL is held,
- * between two encodings: a hit is copied out before any value is encoded.
+ * at most WALK_SMALL keys) and read and written only while the GIL is held.
+ * An order hit is copied out before any value is encoded; a pinned shape is
+ * only read, by any thread, until its last user unpins it.
  */
 #define MEMO_ENTRIES 16
 #define MEMO_MAX_BYTES 160
@@ -648,7 +651,7 @@ struct fab_sort_memo {
     } e[MEMO_ENTRIES];
     struct shape {
         uint8_t n;
-        uint16_t pins;                   /* dicts being written from it now */
+        uint32_t pins;                   /* dicts being written from it now */
         uint8_t order[WALK_SMALL];       /* dict positions, in encoded-key order */
         uint16_t off[WALK_SMALL + 1];    /* where each sorted key starts in bytes */
         PyObject *keys[WALK_SMALL];      /* strong references, in dict order */
