@@ -371,3 +371,16 @@ def test_nested_dicts_sharing_and_overwriting_shapes():
         d = {k: (inners[j % 3] if j % 2 else dict.fromkeys(outer, j)) for j, k in enumerate(outer)}
         for value in (d, [d, d], {"x": d, "y": inners}):
             assert fabric.canonical_bytes(value) == reference_encoder.encode(value)
+
+
+def test_empty_containers_at_the_depth_limit_match_reference():
+    """Empty containers are written without being entered; at and around
+    the nesting limit they are refused or accepted exactly as the reference
+    does."""
+    for depth in range(250, 262):
+        for leaf in ([], {}, ()):
+            value = leaf
+            for _ in range(depth):
+                value = [value]
+            c, ref = _both(value)
+            assert c == ref, depth

@@ -500,16 +500,27 @@ static void snapshot_release(snapshot *s)
         PyMem_Free(s->items);
 }
 
+/* An empty container is one header byte. It cannot hold itself, so only
+ * the depth limit could refuse it, as enter() would. */
+static inline int empty_container(walker *w, Py_ssize_t n)
+{
+    return n == 0 && w->depth < FAB_MAX_DEPTH;
+}
+
 static int enc_sequence(walker *w, PyObject *v)
 {
     int rc = -1;
     snapshot snap;
-    if (enter(w, v) < 0)
-        return -1;
     /* A tuple cannot change: one reference to it holds its items. A list
      * is copied item by item. */
     int is_tuple = PyTuple_Check(v);
     Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(v) : PyList_GET_SIZE(v);
+    if (empty_container(w, n)) {
+        PUT(w, fab_put_array_header(P, 0));
+        return 0;
+    }
+    if (enter(w, v) < 0)
+        return -1;
     PyObject **items;
     if (is_tuple || w->borrowed) {
         /* Nothing to copy: a borrowed walk runs no Python code, so not even
@@ -806,16 +817,35 @@ static inline int put_scalar(wout *o, PyObject *v)
     return 1;
 }
 
-/* The error path of a dict entry: "[key]". */
-static void dict_value_failed(walker *w, PyObject *key)
+/* The path segment of a dict entry that failed: "[key]" for its value,
+ * "<key key>" for its key. */
+static void entry_failed(walker *w, const char *fmt, PyObject *key)
 {
     if (w->err_type) {
         PyObject *r = short_repr(key);
         if (r) {
-            add_segment(w, "[%U]", r);
+            add_segment(w, fmt, r);
             Py_DECREF(r);
         }
     }
+}
+
+/* Writes one map entry: the key's klen encoded bytes at *base + off (read
+ * after room is made, since *base may be scratch, which may move), then
+ * the value. */
+static int put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen,
+                     PyObject *key, PyObject *value)
+{
+    if (room(w, klen + FAB_PUT_MAX) < 0)
+        return -1;
+    wout *o = w->out;
+    fab_copy(o->data + o->len, *base + off, klen);
+    o->len += klen;
+    if (!put_scalar(o, value) && enc_value(w, value) < 0) {
+        entry_failed(w, "[%U]", key);
+        return -1;
+    }
+    return 0;
 }
 
 /* Writes a dict whose keys a remembered shape knows: the key encodings are
@@ -825,18 +855,12 @@ static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const
     if (room(w, FAB_PUT_MAX) < 0)
         return -1;
     w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    const uint8_t *bytes = e->bytes;
     for (Py_ssize_t i = 0; i < n; i++) {
-        size_t klen = (size_t)(e->off[i + 1] - e->off[i]);
-        if (room(w, klen + FAB_PUT_MAX) < 0)
-            return -1;
-        wout *o = w->out;
-        fab_copy(o->data + o->len, e->bytes + e->off[i], klen);
-        o->len += klen;
         Py_ssize_t at = 2 * (Py_ssize_t)e->order[i];
-        if (!put_scalar(o, items[at + 1]) && enc_value(w, items[at + 1]) < 0) {
-            dict_value_failed(w, items[at]);
+        if (put_entry(w, &bytes, e->off[i], (size_t)(e->off[i + 1] - e->off[i]), items[at],
+                      items[at + 1]) < 0)
             return -1;
-        }
     }
     return 0;
 }
@@ -847,9 +871,13 @@ static int enc_dict(walker *w, PyObject *v)
     snapshot snap;
     span_array sa;
     size_t base = w->scratch.len, region_end = base;
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    if (empty_container(w, n)) {
+        PUT(w, fab_put_map_header(P, 0));
+        return 0;
+    }
     if (enter(w, v) < 0)
         return -1;
-    Py_ssize_t n = PyDict_GET_SIZE(v);
     if (snapshot_alloc(w, &snap, 2 * n) < 0)
         goto out;
     if (spans_alloc(&sa, n) < 0) {
@@ -877,13 +905,7 @@ static int enc_dict(walker *w, PyObject *v)
         size_t start = w->scratch.len;
         PyObject *key = snap.items[2 * i];
         if (enc_into_scratch(w, key) < 0) {
-            if (w->err_type) {
-                PyObject *r = short_repr(key);
-                if (r) {
-                    add_segment(w, "<key %U>", r);
-                    Py_DECREF(r);
-                }
-            }
+            entry_failed(w, "<key %U>", key);
             goto done;
         }
         /* Offsets for now: the scratch buffer may still move. */
@@ -907,17 +929,10 @@ static int enc_dict(walker *w, PyObject *v)
         goto done;
     w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* Room first: when out is scratch itself, it may move. */
-        if (room(w, spans[i].len + FAB_PUT_MAX) < 0)
-            goto done;
-        wout *o = w->out;
-        fab_copy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
-        o->len += spans[i].len;
         Py_ssize_t at = 2 * (Py_ssize_t)spans[i].index;
-        if (!put_scalar(o, snap.items[at + 1]) && enc_value(w, snap.items[at + 1]) < 0) {
-            dict_value_failed(w, snap.items[at]);
+        if (put_entry(w, (const uint8_t *const *)&w->scratch.data, (uintptr_t)spans[i].p,
+                      spans[i].len, snap.items[at], snap.items[at + 1]) < 0)
             goto done;
-        }
     }
     rc = 0;
 done:
@@ -1578,46 +1593,20 @@ static int request_walk(walker *w, EvalRequestObject *r, const char **root)
     /* The array header (11 fields) and the scheme tag never change. */
     static const uint8_t prefix[] = "\x9b\xac" KEY_SCHEME_TAG;
     _Static_assert(sizeof(KEY_SCHEME_TAG) - 1 == 0xac - 0xa0, "tag length is in the header");
+    static const char *const names[] = {"op", "version", "args", "kwargs",
+                                        "required_capabilities", "mode", "answer_limit",
+                                        "stream_buffer"};
+    PyObject *const fields[] = {r->op, r->version, r->args, r->kwargs,
+                                r->capabilities, r->mode, r->answer_limit, r->stream_buffer};
 
     *root = "request";
     if (write_body(w, prefix, sizeof(prefix) - 1) < 0)
         return -1;
-    *root = "op";
-    if (enc_value(w, r->op) < 0)
-        return -1;
-    *root = "version";
-    if (enc_value(w, r->version) < 0)
-        return -1;
-    *root = "args";
-    if (enc_value(w, r->args) < 0)
-        return -1;
-    /* Most requests have no kwargs or capabilities: their encodings are
-     * one byte each, with no walk. */
-    *root = "kwargs";
-    if (PyDict_GET_SIZE(r->kwargs) == 0) {
-        if (room(w, FAB_PUT_MAX) < 0)
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        *root = names[i];
+        if (enc_value(w, fields[i]) < 0)
             return -1;
-        w->out->len += fab_put_map_header(w->out->data + w->out->len, 0);
-    } else if (enc_value(w, r->kwargs) < 0) {
-        return -1;
     }
-    *root = "required_capabilities";
-    if (PyTuple_GET_SIZE(r->capabilities) == 0) {
-        if (room(w, FAB_PUT_MAX) < 0)
-            return -1;
-        w->out->len += fab_put_array_header(w->out->data + w->out->len, 0);
-    } else if (enc_value(w, r->capabilities) < 0) {
-        return -1;
-    }
-    *root = "mode";
-    if (enc_value(w, r->mode) < 0)
-        return -1;
-    *root = "answer_limit";
-    if (enc_value(w, r->answer_limit) < 0)
-        return -1;
-    *root = "stream_buffer";
-    if (enc_value(w, r->stream_buffer) < 0)
-        return -1;
     *root = "request";
     if (room(w, 2) < 0)
         return -1;
