@@ -832,9 +832,11 @@ static void entry_failed(walker *w, const char *fmt, PyObject *key)
 
 /* Writes one map entry: the key's klen encoded bytes at *base + off (read
  * after room is made, since *base may be scratch, which may move), then
- * the value. */
-static int put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen,
-                     PyObject *key, PyObject *value)
+ * the value. Inlined into both map loops: as a call it cost 5-7 % of
+ * keying a small dict. */
+static inline __attribute__((always_inline)) int
+put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen, PyObject *key,
+          PyObject *value)
 {
     if (room(w, klen + FAB_PUT_MAX) < 0)
         return -1;
