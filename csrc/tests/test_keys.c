@@ -183,6 +183,16 @@ static void test_sha256_known_answers(void)
     free(million);
 }
 
+/* The fast path is the one in use, and the fallback is the one forced. */
+static void test_sha256_backend(void)
+{
+#ifdef FAB_SHA256_EVP_ONLY
+    CHECK(strcmp(fab_sha256_backend(), "evp") == 0);
+#else
+    CHECK(strcmp(fab_sha256_backend(), "provider") == 0);
+#endif
+}
+
 static void test_hasher_reuse_and_sink_splits(void)
 {
     fab_sha256 *h = NULL;
@@ -230,6 +240,7 @@ int main(void)
         {"sort_spans", test_sort_spans},
         {"msgpack_c_reads_back", test_msgpack_c_reads_back},
         {"sha256_known_answers", test_sha256_known_answers},
+        {"sha256_backend", test_sha256_backend},
         {"hasher_reuse_and_sink_splits", test_hasher_reuse_and_sink_splits},
         {"error_table", test_error_table},
         {NULL, NULL},

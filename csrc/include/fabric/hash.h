@@ -1,9 +1,11 @@
 /*
- * SHA-256 through OpenSSL's EVP interface, behind an opaque handle.
+ * SHA-256 from OpenSSL, behind an opaque handle.
  *
- * The algorithm is fetched once per process (an implicit fetch per call costs
- * several times the hash of a short key) and a context is reset, not
- * re-created, between digests.
+ * The algorithm is fetched once per process with EVP_MD_fetch (an implicit
+ * fetch per call costs several times the hash of a short key). Digests run
+ * through the fetched implementation's provider functions, or through EVP
+ * when those cannot be found (see hash.c); either way a hasher's context is
+ * re-initialised, not re-created, between digests.
  */
 #ifndef FABRIC_HASH_H
 #define FABRIC_HASH_H
@@ -34,6 +36,10 @@ int fab_sha256_update(fab_sha256 *h, const void *data, size_t len);
 /* Writes the 32-byte digest to out and resets the hasher for reuse.
  * 0 or FAB_ECRYPTO. */
 int fab_sha256_final(fab_sha256 *h, uint8_t out[FAB_SHA256_LEN]);
+
+/* Which path digests take: "provider" (the fetched implementation's own
+ * functions), "evp", or "unavailable" (OpenSSL has no SHA-256). */
+const char *fab_sha256_backend(void);
 
 /* One-shot digest of a buffer. 0, FAB_ENOMEM or FAB_ECRYPTO. */
 int fab_sha256_digest(const void *data, size_t len, uint8_t out[FAB_SHA256_LEN]);
