@@ -1018,31 +1018,18 @@ done:
     return rc;
 }
 
-static int enc_value(walker *w, PyObject *v)
+/* The kinds enc_value does not dispatch itself: ints beyond one digit,
+ * the scalars it had no room for, Secret, subclasses of the builtin kinds, sets, buffers. Out
+ * of line, so that enc_value stays a few compares and a tail call. */
+static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
 {
     PyTypeObject *tp = Py_TYPE(v);
-    if (tp == &PyUnicode_Type)
-        return enc_str(w, v);
     if (tp == &PyLong_Type)
         return enc_int(w, v);
-    if (v == Py_None) {
-        PUT(w, fab_put_nil(P));
-        return 0;
-    }
-    if (v == Py_True || v == Py_False) {
-        PUT(w, fab_put_bool(P, v == Py_True));
-        return 0;
-    }
-    if (tp == &PyFloat_Type) {
-        PUT(w, fab_put_double(P, PyFloat_AS_DOUBLE(v)));
-        return 0;
-    }
-    if (tp == &PyDict_Type)
-        return enc_dict(w, v);
-    if (tp == &PyTuple_Type || tp == &PyList_Type)
-        return enc_sequence(w, v);
-    if (tp == &PyBytes_Type)
-        return enc_bin(w, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    if (room(w, FAB_PUT_MAX) < 0)
+        return -1;
+    if (put_scalar(w->out, v))
+        return 0; /* when enc_value found no room for it */
     if (tp == w->st->Secret_Type) {
         PUT(w, fab_put_ext_header(P, FAB_EXT_SECRET, 0));
         return 0;
@@ -1065,6 +1052,23 @@ static int enc_value(walker *w, PyObject *v)
     if (PyObject_CheckBuffer(v))
         return enc_buffer(w, v);
     return fail(w, PyExc_TypeError, "cannot key object of type %s", tp->tp_name);
+}
+
+static int enc_value(walker *w, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (tp == &PyUnicode_Type)
+        return enc_str(w, v);
+    if (tp == &PyDict_Type)
+        return enc_dict(w, v);
+    if (tp == &PyTuple_Type || tp == &PyList_Type)
+        return enc_sequence(w, v);
+    if (tp == &PyBytes_Type)
+        return enc_bin(w, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    wout *o = w->out;
+    if (o->cap - o->len >= FAB_PUT_MAX && put_scalar(o, v))
+        return 0; /* None, bools, floats, ints of one digit */
+    return enc_other(w, v);
 }
 
 /* A walker (about 10 KB, most of it the stage) lives on the C stack of
