@@ -579,6 +579,31 @@ class HashableDict(dict):
         return 1
 
 
+def test_each_identity_field_alone_matches_reference():
+    """Requests whose optional fields are all at their defaults write those
+    fields as one constant run; a field changed alone, or a default passed
+    explicitly as a fresh object, must give the reference bytes too."""
+    import reference_encoder
+
+    fresh_eval = "".join(["ev", "al"])  # equal to "eval", not the same object
+    variants = [
+        {}, dict(kwargs={}), dict(kwargs={"a": 1}), dict(kwargs=None),
+        dict(required_capabilities=[]), dict(required_capabilities=["gpu", "db", "gpu"]),
+        dict(mode=fresh_eval), dict(mode="explain"), dict(answer_limit=None),
+        dict(answer_limit=3), dict(stream_buffer=None), dict(stream_buffer=7),
+        dict(version=0), dict(version=2**40), dict(version="v2"), dict(stream=True),
+        dict(trace=True), dict(kwargs={"a": 1}, mode="explain", answer_limit=1, stream_buffer=2),
+    ]
+    for fields in variants:
+        for args in [(), (1,), ({"x": [1, 2]},)]:
+            kw = dict(fields)
+            pos_kwargs = kw.pop("kwargs", None)
+            got = EvalRequest("op", args, pos_kwargs, **kw).identity_bytes()
+            want = reference_encoder.identity_bytes("op", args, pos_kwargs, **kw)
+            assert got == want, fields
+    assert EvalRequest("op", (), {}, mode=fresh_eval).key == EvalRequest("op").key
+
+
 def test_containers_nested_inside_keys_match_reference():
     import reference_encoder
 

@@ -1605,10 +1605,25 @@ static int request_walk(walker *w, EvalRequestObject *r, const char **root)
     PyObject *const fields[] = {r->op, r->version, r->args, r->kwargs,
                                 r->capabilities, r->mode, r->answer_limit, r->stream_buffer};
 
+    /* Most requests leave kwargs, capabilities, mode and the two limits at
+     * their defaults: those five fields are then one run of constant bytes
+     * ({}, [], "eval", nil, nil), written after args. */
+    static const uint8_t defaults[] = "\x80\x90\xa4" "eval" "\xc0\xc0";
+    const size_t after_args = 3, count = sizeof(fields) / sizeof(fields[0]);
+    int default_tail = r->kwargs == w->st->empty_dict &&
+                       PyTuple_GET_SIZE(r->capabilities) == 0 && r->mode == w->st->str_eval &&
+                       r->answer_limit == Py_None && r->stream_buffer == Py_None;
+
     *root = "request";
     if (write_body(w, prefix, sizeof(prefix) - 1) < 0)
         return -1;
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+    for (size_t i = 0; i < count; i++) {
+        if (i == after_args && default_tail) {
+            *root = "request";
+            if (write_body(w, defaults, sizeof(defaults) - 1) < 0)
+                return -1;
+            break;
+        }
         *root = names[i];
         if (enc_value(w, fields[i]) < 0)
             return -1;
