@@ -13,6 +13,8 @@
 
 #include <string.h>
 
+#include <structmember.h>
+
 #include "fabric/enc.h"
 #include "fabric/hash.h"
 
@@ -1467,7 +1469,7 @@ typedef struct {
     PyObject *stream_buffer;/* None or int */
     PyObject *consistency;  /* str */
     PyObject *deadline;     /* None or float */
-    PyObject *key;          /* ContentKey, made on first access */
+    PyObject *key;          /* ContentKey */
     char stream;
     char trace;
     uint8_t digest[FAB_SHA256_LEN];
@@ -1848,6 +1850,10 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
 
     if (request_digest(st, r) < 0)
         goto fail;
+    /* Made now, not on first access: every path through a fabric needs it,
+     * and a plain member is the fastest attribute to read. */
+    if ((r->key = key_from_digest(st, r->digest)) == NULL)
+        goto fail;
     return (PyObject *)r;
 fail:
     Py_DECREF(r);
@@ -1954,16 +1960,11 @@ static void EvalRequest_dealloc(EvalRequestObject *r)
     Py_DECREF(tp);
 }
 
-static PyObject *EvalRequest_get_key(EvalRequestObject *r, void *closure)
+static PyObject *EvalRequest_get_key(EvalRequestObject *r)
 {
-    FAB_UNUSED(closure);
-    if (r->key == NULL) {
-        fab_state *st = fab_state_from_type(Py_TYPE(r));
-        if (st == NULL)
-            return NULL;
-        r->key = key_from_digest(st, r->digest);
-        if (r->key == NULL)
-            return NULL;
+    if (r->key == NULL) { /* cleared by the collector */
+        PyErr_SetString(PyExc_AttributeError, "EvalRequest has no key (it was cleared)");
+        return NULL;
     }
     return Py_NewRef(r->key);
 }
@@ -1986,46 +1987,41 @@ static PyObject *EvalRequest_get_kwargs(EvalRequestObject *r, void *closure)
     return PyDictProxy_New(r->kwargs);
 }
 
-#define FIELD_GETTER(name)                                                       \
-    static PyObject *EvalRequest_get_##name(EvalRequestObject *r, void *closure) \
-    {                                                                            \
-        FAB_UNUSED(closure);                                                     \
-        return Py_NewRef(r->name);                                               \
-    }
-FIELD_GETTER(op)
-FIELD_GETTER(args)
-FIELD_GETTER(version)
-FIELD_GETTER(mode)
-FIELD_GETTER(answer_limit)
-FIELD_GETTER(stream_buffer)
-FIELD_GETTER(consistency)
-FIELD_GETTER(deadline)
-
 static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
 {
     FAB_UNUSED(closure);
     return Py_NewRef(r->capabilities);
 }
 
+/* The fields that are plain objects are members: the interpreter reads
+ * them without a call. */
+static PyMemberDef EvalRequest_members[] = {
+    {"op", T_OBJECT_EX, offsetof(EvalRequestObject, op), READONLY,
+     "The operation's registered name."},
+    {"args", T_OBJECT_EX, offsetof(EvalRequestObject, args), READONLY,
+     "Positional arguments (a tuple)."},
+    {"version", T_OBJECT_EX, offsetof(EvalRequestObject, version), READONLY,
+     "The op's version (int or str)."},
+    {"mode", T_OBJECT_EX, offsetof(EvalRequestObject, mode), READONLY,
+     "Evaluation mode, 'eval' by default."},
+    {"answer_limit", T_OBJECT_EX, offsetof(EvalRequestObject, answer_limit), READONLY,
+     "Most items a streamed answer may carry, or None."},
+    {"stream_buffer", T_OBJECT_EX, offsetof(EvalRequestObject, stream_buffer), READONLY,
+     "Items buffered ahead of a streaming consumer, or None."},
+    {"consistency", T_OBJECT_EX, offsetof(EvalRequestObject, consistency), READONLY,
+     "Routing policy (not part of the key)."},
+    {"deadline", T_OBJECT_EX, offsetof(EvalRequestObject, deadline), READONLY,
+     "Seconds the caller will wait, or None (not part of the key)."},
+    {"key", T_OBJECT_EX, offsetof(EvalRequestObject, key), READONLY, "The request's ContentKey."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyGetSetDef EvalRequest_getset[] = {
-    {"op", (getter)EvalRequest_get_op, NULL, "The operation's registered name.", NULL},
-    {"args", (getter)EvalRequest_get_args, NULL, "Positional arguments (a tuple).", NULL},
     {"kwargs", (getter)EvalRequest_get_kwargs, NULL, "Keyword arguments (read-only mapping).", NULL},
-    {"version", (getter)EvalRequest_get_version, NULL, "The op's version (int or str).", NULL},
     {"required_capabilities", (getter)EvalRequest_get_caps, NULL,
      "Capabilities the caller must hold, sorted and de-duplicated.", NULL},
-    {"mode", (getter)EvalRequest_get_mode, NULL, "Evaluation mode, 'eval' by default.", NULL},
-    {"answer_limit", (getter)EvalRequest_get_answer_limit, NULL,
-     "Most items a streamed answer may carry, or None.", NULL},
-    {"stream_buffer", (getter)EvalRequest_get_stream_buffer, NULL,
-     "Items buffered ahead of a streaming consumer, or None.", NULL},
     {"stream", (getter)EvalRequest_get_stream, NULL, "True for a streamed reply.", NULL},
     {"trace", (getter)EvalRequest_get_trace, NULL, "True to collect a trace.", NULL},
-    {"consistency", (getter)EvalRequest_get_consistency, NULL,
-     "Routing policy (not part of the key).", NULL},
-    {"deadline", (getter)EvalRequest_get_deadline, NULL,
-     "Seconds the caller will wait, or None (not part of the key).", NULL},
-    {"key", (getter)EvalRequest_get_key, NULL, "The request's ContentKey.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2255,6 +2251,7 @@ static PyType_Slot EvalRequest_slots[] = {
     {Py_tp_repr, EvalRequest_repr},
     {Py_tp_hash, EvalRequest_hash},
     {Py_tp_richcompare, EvalRequest_richcompare},
+    {Py_tp_members, EvalRequest_members},
     {Py_tp_getset, EvalRequest_getset},
     {Py_tp_methods, EvalRequest_methods},
     {0, NULL},
@@ -2277,7 +2274,7 @@ static PyObject *ContentKey_of(PyObject *cls, PyObject *request)
                      Py_TYPE(request)->tp_name);
         return NULL;
     }
-    return EvalRequest_get_key((EvalRequestObject *)request, NULL);
+    return EvalRequest_get_key((EvalRequestObject *)request);
 }
 
 /* ======================================================================== */
@@ -2371,5 +2368,5 @@ PyObject *fab_py_request_key(fab_state *st, PyObject *req)
                      Py_TYPE(req)->tp_name);
         return NULL;
     }
-    return EvalRequest_get_key((EvalRequestObject *)req, NULL);
+    return EvalRequest_get_key((EvalRequestObject *)req);
 }
