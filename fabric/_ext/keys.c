@@ -891,9 +891,16 @@ static int enc_dict(walker *w, PyObject *v)
     {
         Py_ssize_t pos = 0;
         PyObject *key, *value;
-        while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
-            snapshot_add(&snap, key);
-            snapshot_add(&snap, value);
+        if (snap.owned) {
+            while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
+                snapshot_add(&snap, key);
+                snapshot_add(&snap, value);
+            }
+        } else {
+            PyObject **it = snap.items, **end = snap.items + 2 * n;
+            while (it < end && PyDict_Next(v, &pos, &it[0], &it[1]))
+                it += 2;
+            snap.n = it - snap.items;
         }
     }
     n = snap.n / 2;
