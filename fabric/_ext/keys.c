@@ -898,8 +898,11 @@ static int enc_dict(walker *w, PyObject *v)
             }
         } else {
             PyObject **it = snap.items, **end = snap.items + 2 * n;
-            while (it < end && PyDict_Next(v, &pos, &it[0], &it[1]))
+            while (it < end && PyDict_Next(v, &pos, &key, &value)) {
+                it[0] = key;
+                it[1] = value;
                 it += 2;
+            }
             snap.n = it - snap.items;
         }
     }
