@@ -384,3 +384,22 @@ def test_empty_containers_at_the_depth_limit_match_reference():
                 value = [value]
             c, ref = _both(value)
             assert c == ref, depth
+
+
+def test_scalars_at_every_offset_of_a_full_stage_match_reference():
+    """Scalars are written inline when there are 9 bytes of room and out of
+    line when not. Runs of one scalar longer than the 8 KiB stage (flushed
+    into the hasher when full, grown by canonical_bytes) put one at every
+    offset of its end, inside a list and as dict values."""
+    for s in [None, True, False, 0.5, -3, 7, 2**40]:
+        for pad in range(0, 9):
+            value = ["y" * pad] + [s] * 9000
+            c, ref = _both(value)
+            assert c == ref, (s, pad)
+            got = fabric.EvalRequest("op", (value,)).key.digest
+            assert got == reference_encoder.key_digest("op", (value,)), (s, pad)
+        rows = [{"k": s, "v": s} for _ in range(2000)]
+        c, ref = _both(rows)
+        assert c == ref, s
+        assert fabric.EvalRequest("op", (rows,)).key.digest == reference_encoder.key_digest(
+            "op", (rows,)), s

@@ -1030,9 +1030,10 @@ done:
     return rc;
 }
 
-/* The kinds enc_value does not dispatch itself: ints beyond one digit,
- * the scalars it had no room for, Secret, subclasses of the builtin kinds, sets, buffers. Out
- * of line, so that enc_value stays a few compares and a tail call. */
+/* The kinds enc_value does not dispatch itself: ints beyond one digit, the
+ * scalars it had no room for, Secret, subclasses of the builtin kinds, sets
+ * and buffers. Out of line, so that enc_value stays a few compares and a
+ * tail call. */
 static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
 {
     PyTypeObject *tp = Py_TYPE(v);
@@ -1970,7 +1971,8 @@ static void EvalRequest_dealloc(EvalRequestObject *r)
     Py_DECREF(tp);
 }
 
-static PyObject *EvalRequest_get_key(EvalRequestObject *r)
+/* A new reference to the request's key. */
+static PyObject *request_key(EvalRequestObject *r)
 {
     if (r->key == NULL) { /* cleared by the collector */
         PyErr_SetString(PyExc_AttributeError, "EvalRequest has no key (it was cleared)");
@@ -2284,7 +2286,7 @@ static PyObject *ContentKey_of(PyObject *cls, PyObject *request)
                      Py_TYPE(request)->tp_name);
         return NULL;
     }
-    return EvalRequest_get_key((EvalRequestObject *)request);
+    return request_key((EvalRequestObject *)request);
 }
 
 /* ======================================================================== */
@@ -2378,5 +2380,5 @@ PyObject *fab_py_request_key(fab_state *st, PyObject *req)
                      Py_TYPE(req)->tp_name);
         return NULL;
     }
-    return EvalRequest_get_key((EvalRequestObject *)req);
+    return request_key((EvalRequestObject *)req);
 }
