@@ -175,6 +175,61 @@ def payload_cases():
         pf("utf8_key_" + name, b"\x81" + bytes([0xA0 | len(s)]) + s + b"\x01", 1)
 
 
+def payload_systematic_cases():
+    """Every fixed-width item cut at every length, every length field cut,
+    and the refusals that need a whole item (fabric extensions, duplicate
+    keys and members). The offset is the item at fault: the item that is
+    cut, the second of two equal keys or members, or the first trailing
+    byte."""
+    def pf(name, payload, bad_at):
+        case("payload_" + name, good("STREAM_CHUNK", payload, stream_id=1, seq=1), "payload",
+             "DecodeError", H + bad_at)
+
+    fixed = (("uint8", 0xCC, 1), ("uint16", 0xCD, 2), ("uint32", 0xCE, 4),
+             ("uint64", 0xCF, 8), ("int8", 0xD0, 1), ("int16", 0xD1, 2), ("int32", 0xD2, 4),
+             ("int64", 0xD3, 8), ("float32", 0xCA, 4), ("float64", 0xCB, 8))
+    for name, tag, width in fixed:
+        for have in range(width):
+            pf("cut_%s_%dof%d" % (name, have, width), bytes([tag]) + b"\x01" * have, 0)
+        # The same, as the second element of an array: the offset moves with it.
+        pf("cut_%s_in_array" % name, b"\x92\x01" + bytes([tag]), 2)
+    # Length fields cut short (str, bin, array, map, ext).
+    for name, tag, width in (("str8", 0xD9, 1), ("str16", 0xDA, 2), ("str32", 0xDB, 4),
+                             ("bin8", 0xC4, 1), ("bin16", 0xC5, 2), ("bin32", 0xC6, 4),
+                             ("array16", 0xDC, 2), ("array32", 0xDD, 4),
+                             ("map16", 0xDE, 2), ("map32", 0xDF, 4),
+                             ("ext8", 0xC7, 1), ("ext16", 0xC8, 2), ("ext32", 0xC9, 4)):
+        for have in range(1, width):
+            pf("cut_len_%s_%dof%d" % (name, have, width), bytes([tag]) + b"\x00" * have, 0)
+    # An ext's header whose type byte is missing, and a body shorter than declared.
+    for name, head in (("ext8", b"\xc7\x01"), ("ext16", b"\xc8\x00\x01"),
+                       ("ext32", b"\xc9\x00\x00\x00\x01")):
+        pf("cut_ext_type_" + name, head, 0)
+        pf("cut_ext_body_" + name, head[:-1] + bytes([head[-1] + 4]) + b"\x07ab", 0)
+    for size, tag in ((1, 0xD4), (2, 0xD5), (4, 0xD6), (8, 0xD7), (16, 0xD8)):
+        pf("cut_fixext%d" % size, bytes([tag, 0x07]) + b"a" * (size - 1), 0)
+    # Fabric extensions that are malformed.
+    pf("bigint_empty", b"\xc7\x00\x01", 0)
+    pf("secret_with_payload", b"\xd4\x03\x00", 0)
+    pf("set_payload_not_array", b"\xd4\x02\x01", 0)
+    # Trailing bytes are named at the first of them, as after a whole value.
+    pf("set_payload_trailing", b"\xc7\x03\x02\x91\x01\x01", 5)
+    pf("set_duplicate_member", b"\xc7\x03\x02\x92\x01\x01", 5)
+    pf("set_member_is_map", b"\xc7\x02\x02\x91\x80", 4)
+    pf("timestamp_5_bytes", b"\xc7\x05\xff" + b"\x00" * 5, 0)
+    pf("timestamp64_nanoseconds_1e9", b"\xd7\xff" + ((10**9 << 34) | 5).to_bytes(8, "big"), 0)
+    pf("timestamp96_nanoseconds_1e9",
+       b"\xc7\x0c\xff" + (10**9).to_bytes(4, "big") + (5).to_bytes(8, "big"), 0)
+    # Map keys: equal keys (1, True and 1.0 are equal in Python), a map as a key.
+    pf("duplicate_key_int", b"\x82\x01\xc0\x01\xc0", 3)
+    pf("duplicate_key_str", b"\x82\xa1k\xc0\xa1k\xc0", 4)
+    pf("duplicate_key_1_and_true", b"\x82\x01\xc0\xc3\xc0", 3)
+    pf("duplicate_key_1_and_float", b"\x82\x01\xc0\xcb" + struct.pack(">d", 1.0) + b"\xc0", 3)
+    pf("duplicate_key_array_tuple", b"\x82\x91\x01\xc0\x91\x01\xc0", 4)
+    pf("map_as_key", b"\x81\x80\x01", 1)
+    pf("map_as_key_nested", b"\x81\x91\x80\x01", 2)
+
+
 def _stream(frames):
     """Concatenates frames; returns (bytes, [offset of each frame])."""
     out, offs = b"", []
@@ -293,6 +348,7 @@ def control_cases():
 def main():
     frame_cases()
     payload_cases()
+    payload_systematic_cases()
     stream_cases()
     control_cases()
     if os.path.isdir(OUT):
