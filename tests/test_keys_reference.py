@@ -26,11 +26,15 @@ import random
 # a structural strategy (shrinks failures to a minimal value) at a moderate
 # count, and 10,000 examples that each draw a seed from which a fast
 # generator below builds one random nested value. FABRIC_HYPOTHESIS_EXAMPLES
-# raises the structural count for longer runs.
+# raises the structural count for longer runs. The seeded differential runs
+# 100,000 values under CI (QUALITY.md D6, about 1 minute), 10,000 otherwise;
+# FABRIC_DIFFERENTIAL_EXAMPLES sets it.
 STRUCTURAL = int(os.environ.get("FABRIC_HYPOTHESIS_EXAMPLES", "1000"))
+DIFFERENTIAL = int(os.environ.get("FABRIC_DIFFERENTIAL_EXAMPLES",
+                                  "100000" if os.environ.get("CI") else "10000"))
 EXAMPLES = settings(max_examples=STRUCTURAL, deadline=None,
                     suppress_health_check=list(HealthCheck), database=None)
-SEEDED = settings(max_examples=10000, deadline=None,
+SEEDED = settings(max_examples=DIFFERENTIAL, deadline=None,
                   suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -193,13 +197,30 @@ def random_value(rng, depth=0, hashable=False):
 @SEEDED
 @given(st.integers(0, 2**64))
 def test_c_matches_reference_seeded(seed):
-    """10,000 random nested values: same bytes or the same refusal, and
-    every encoding decodes with msgpack to an equal value."""
+    """Random nested values (DIFFERENTIAL of them): the C encoder and the
+    pure-Python reference give the same bytes or the same refusal; every
+    encoding decodes with msgpack-python to an equal value, and with
+    fabric.unpack to a value that encodes to the same bytes again."""
     value = random_value(random.Random(seed))
     c, ref = _both(value)
     assert c == ref
     if isinstance(c, bytes):
         check_decodes(value, c)
+        ours = fabric.unpack(c)
+        if fabric.REDACTED not in _flatten_unpacked(ours):
+            assert fabric.canonical_bytes(ours) == c
+
+
+def _flatten_unpacked(value):
+    """Every part of a value fabric.unpack returned."""
+    out = [value]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _flatten_unpacked(k) + _flatten_unpacked(v)
+    elif isinstance(value, (list, tuple, frozenset)):
+        for v in value:
+            out += _flatten_unpacked(v)
+    return out
 
 
 def _ext_hook(code, data):
