@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -68,6 +67,29 @@ def spawn(path, base, script=CHILD):
     )
 
 
+def _ack(line, acked_replies, acked_streams):
+    """Records one acknowledgement line; returns True if it was one."""
+    # A line the kill cut short was never an acknowledgement.
+    if not line.endswith("\n"):
+        return False
+    kind, _, k = line.strip().partition(" ")
+    if kind == "r":
+        acked_replies.append(int(k))
+    elif kind == "s":
+        acked_streams.append(int(k))
+    else:
+        return False
+    return True
+
+
+def _readline(child, timeout=120.0):
+    """The child's next stdout line; fails the test (never hangs) when the
+    child says nothing for ``timeout`` seconds."""
+    ready, _, _ = select.select([child.stdout], [], [], timeout)
+    assert ready, f"child {child.pid} wrote nothing within {timeout} s"
+    return child.stdout.readline()
+
+
 def test_crash_loop(tmp_path):
     path = str(tmp_path / "crash.fabl")
     rng = random.Random(1234)
@@ -76,20 +98,23 @@ def test_crash_loop(tmp_path):
     for loop in range(LOOPS):
         base = loop * 1_000_000
         child = spawn(path, base)
-        # Kill at a random moment: sometimes during start-up and replay,
-        # mostly during appends.
-        time.sleep(rng.choice([0.0, 0.02, 0.05]) + rng.random() * 0.06)
+        # Kill at a moment chosen by what the child has said, never by the
+        # clock, so a loaded machine changes nothing: one loop in ten during
+        # start-up and replay, one in ten right after the open, and the rest
+        # after the child has acknowledged a random number of appends (it
+        # keeps appending while the pipe carries the lines to us, so the kill
+        # lands anywhere inside an append).
+        r = rng.random()
+        if r >= 0.1:
+            assert _readline(child).strip() == "open"
+            if r >= 0.2:
+                for _ in range(rng.randint(1, 12)):
+                    line = _readline(child)
+                    assert _ack(line, acked_replies, acked_streams), line
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         for line in out.splitlines(keepends=True):
-            # A line the kill cut short was never an acknowledgement.
-            if not line.endswith("\n"):
-                continue
-            kind, _, k = line.strip().partition(" ")
-            if kind == "r":
-                acked_replies.append(int(k))
-            elif kind == "s":
-                acked_streams.append(int(k))
+            _ack(line, acked_replies, acked_streams)
         # Reopen as the next writer would: it must always open.
         with EvalCassette(path) as c:
             if loop % 20 == 19 or loop == LOOPS - 1:
@@ -110,15 +135,14 @@ def test_second_writer_process_is_named(tmp_path):
     path = str(tmp_path / "locked.fabl")
     child = spawn(path, 0)
     try:
-        ready, _, _ = select.select([child.stdout], [], [], 30)
-        assert ready and child.stdout.readline().strip() == "open"
+        assert _readline(child).strip() == "open"
         with pytest.raises(fabric.LedgerLockedError) as info:
             EvalCassette(path)
         assert info.value.pid == child.pid
         assert f"pid {child.pid}" in str(info.value)
         # A reader is fine alongside, and sees the writer's records.
         with EvalCassette(path, "r") as r:
-            time.sleep(0.05)
+            assert _readline(child)[0] in "rs"  # a record acknowledged
             r.refresh()
             assert len(r) > 0
     finally:
@@ -135,12 +159,16 @@ def test_reader_during_crashing_writer(tmp_path):
     with EvalCassette(path, "r") as r:
         for loop in range(5):
             child = spawn(path, loop * 1_000_000)
-            deadline = time.monotonic() + 0.15
-            while time.monotonic() < deadline:
+            assert _readline(child).strip() == "open"
+            # Refresh between the writer's acknowledgements, so the reader
+            # reads while appends are in flight, then kill it mid-append.
+            for _ in range(5 + loop):
+                _readline(child)
                 r.refresh()
             child.kill()
             child.communicate()
             r.refresh()
+            assert len(r) > 0
             for k, v in r.items():
                 if not isinstance(v, fabric.CassetteStream):
                     assert v == reply(v["k"])
