@@ -27,3 +27,7 @@ def cassette_factory(tmp_path):
             c.close()
         except Exception:
             pass
+
+
+# pytester runs the pytest plugin's own tests (tests/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
