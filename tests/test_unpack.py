@@ -189,3 +189,55 @@ def test_deep_input_is_an_error_not_a_recursion_error():
         fabric.unpack(b"\x91" * 100_000)
     with pytest.raises(fabric.DecodeError):
         fabric.unpack(b"\x81\x01" * 100_000 + b"\x01")
+
+
+# -- hash floods and NaN duplicates (values issue, defects 6 and 7) ----------------
+
+M61 = (1 << 61) - 1  # CPython hashes every multiple of it to 0
+
+
+def _ints_sharing_one_hash(n):
+    keys = [M61 * i for i in range(n)]
+    assert len({hash(k) for k in keys}) == 1
+    return keys
+
+
+def test_map_keys_sharing_one_hash_are_refused_past_the_bound():
+    fabric = pytest.importorskip("fabric")
+    eight = {k: None for k in _ints_sharing_one_hash(8)}
+    assert fabric.unpack(fabric.canonical_bytes(eight)) == eight
+    for n in (9, 8000):
+        data = fabric.canonical_bytes({k: None for k in _ints_sharing_one_hash(n)})
+        with pytest.raises(fabric.DecodeError, match="share one hash") as info:
+            fabric.unpack(data)
+        assert info.value.offset == 0
+    # Ordinary int keys of the same count and size are fine.
+    ordinary = {M61 * n + n for n in range(8000)}
+    assert len({hash(k) for k in ordinary}) == 8000
+    assert fabric.unpack(fabric.canonical_bytes(dict.fromkeys(ordinary))) == dict.fromkeys(ordinary)
+
+
+def test_set_members_and_tuple_keys_sharing_one_hash_are_refused():
+    fabric = pytest.importorskip("fabric")
+    ints = _ints_sharing_one_hash(9)
+    with pytest.raises(fabric.DecodeError, match="set members share one hash"):
+        fabric.unpack(fabric.canonical_bytes(set(ints)))
+    assert fabric.unpack(fabric.canonical_bytes(set(ints[:8]))) == frozenset(ints[:8])
+    with pytest.raises(fabric.DecodeError, match="map keys share one hash") as info:
+        fabric.unpack(fabric.canonical_bytes([0, {(k,): 1 for k in ints}]))
+    assert info.value.offset == 2  # the map, after the array header and the 0
+
+
+def test_nan_duplicates_are_refused_and_distinct_nan_keys_kept():
+    fabric = pytest.importorskip("fabric")
+    msgpack = pytest.importorskip("msgpack")
+    nan = float("nan")
+    for data in (msgpack.packb({nan: 1, float("nan"): 2}),
+                 b"\x82\xca\x7f\xc0\x00\x00\x01\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00\x02",
+                 msgpack.packb({(nan, 1): 1, (float("nan"), 1): 2}, use_bin_type=True)):
+        with pytest.raises(fabric.DecodeError, match="duplicate map key"):
+            fabric.unpack(data)
+    back = fabric.unpack(fabric.canonical_bytes({(nan, 1): "a", (nan, 2): "b", nan: "c"}))
+    assert sorted(map(str, back.values())) == ["a", "b", "c"]
+    # What is accepted can always be encoded again.
+    fabric.canonical_bytes(back)

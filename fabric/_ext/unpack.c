@@ -9,6 +9,8 @@
 #include "glue.h"
 
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "fabric/mpdec.h"
 
@@ -16,9 +18,140 @@ typedef struct dctx {
     fab_state *st;
     fab_mp_reader *r;
     size_t base; /* offset of r's buffer within the caller's stream */
+    size_t nans; /* NaN floats decoded so far (a key holding one needs a byte check) */
 } dctx;
 
 static PyObject *dec_value(dctx *d, int in_key);
+static PyObject *dec_error(dctx *d, size_t offset, const char *fmt, ...);
+
+/*
+ * Map keys and set members are checked as they are added.
+ *
+ * Hash floods: CPython's dict and set cost O(k^2) for k keys that share one
+ * hash (every multiple of 2^61 - 1 hashes to 0), so a hostile map of n bytes
+ * could cost O(n^2) with the GIL held. The hashes of the keys an attacker
+ * can choose (anything but str and bytes, which CPython hashes with a
+ * per-process secret) are counted in a table indexed by a seeded mix of the
+ * hash, and the key that would make more than FAB_MAX_HASH_RUN keys share
+ * one hash is refused before it is added: expected O(n) in all. Keys of
+ * ordinary data share a hash by accident only.
+ *
+ * Duplicates are refused. Equal keys are caught by the dict or set itself;
+ * a NaN is not equal to itself, so a key holding a NaN is compared by its
+ * canonical encoding (one NaN) with the earlier keys that held one.
+ */
+#define FAB_MAX_HASH_RUN 8
+
+typedef struct keycheck {
+    struct hslot { Py_hash_t h; uint32_t count; } *t; /* lazily made */
+    size_t cap;         /* slots in t: a power of two, at least twice the keys */
+    uint32_t expected;  /* keys the container declares */
+    PyObject *nan_keys; /* canonical bytes of the keys that held a NaN, or NULL */
+    const char *what;   /* "map key" or "set member" */
+    size_t at_abs;      /* the container's offset in the caller's stream */
+} keycheck;
+
+static void keycheck_init(keycheck *c, uint32_t expected, const char *what, size_t at_abs)
+{
+    memset(c, 0, sizeof(*c));
+    c->expected = expected;
+    c->what = what;
+    c->at_abs = at_abs;
+}
+
+static void keycheck_destroy(keycheck *c)
+{
+    PyMem_Free(c->t);
+    Py_XDECREF(c->nan_keys);
+}
+
+static uint64_t hash_seed(void)
+{
+    static uint64_t seed; /* per process; set once, under the GIL */
+    if (seed == 0) {
+        uint64_t s = 0;
+        if (getentropy(&s, sizeof(s)) != 0)
+            s = (uint64_t)(uintptr_t)&seed ^ (uint64_t)time(NULL);
+        seed = s | 1;
+    }
+    return seed;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    /* splitmix64's finalizer */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* 0 if key may be added; -1 with an exception (a DecodeError naming the
+ * duplicate or the flood, at offset `at` of d's reader) if not. held_nan:
+ * the key holds a NaN. */
+static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held_nan)
+{
+    if (held_nan) {
+        fab_buf buf;
+        fab_enc enc;
+        fab_buf_init(&buf);
+        fab_enc_init(&enc, fab_buf_sink, &buf);
+        if (fab_py_encode_value(d->st, &enc, key, "key") < 0) {
+            fab_buf_destroy(&buf);
+            return -1;
+        }
+        PyObject *b = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+        fab_buf_destroy(&buf);
+        if (b == NULL)
+            return -1;
+        if (c->nan_keys == NULL && (c->nan_keys = PyList_New(0)) == NULL) {
+            Py_DECREF(b);
+            return -1;
+        }
+        int found = PySequence_Contains(c->nan_keys, b);
+        if (found == 0 && PyList_Append(c->nan_keys, b) < 0)
+            found = -1;
+        Py_DECREF(b);
+        if (found != 0) {
+            if (found > 0)
+                dec_error(d, at, "duplicate %s", c->what);
+            return -1;
+        }
+    }
+    if (PyUnicode_CheckExact(key) || PyBytes_CheckExact(key) || c->expected <= FAB_MAX_HASH_RUN)
+        return 0; /* a secret-keyed hash, or too few keys for a flood */
+    Py_hash_t h = PyObject_Hash(key);
+    if (h == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            dec_error(d, at, "unhashable %s", c->what);
+        }
+        return -1;
+    }
+    if (c->t == NULL) {
+        size_t cap = 16;
+        while (cap < 2 * (size_t)c->expected)
+            cap <<= 1;
+        if ((c->t = PyMem_Calloc(cap, sizeof(*c->t))) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->cap = cap;
+    }
+    size_t j = (size_t)mix64((uint64_t)h ^ hash_seed()) & (c->cap - 1);
+    while (c->t[j].count != 0 && c->t[j].h != h)
+        j = (j + 1) & (c->cap - 1);
+    c->t[j].h = h;
+    if (++c->t[j].count > FAB_MAX_HASH_RUN) {
+        dctx abs = {d->st, d->r, 0, 0};
+        dec_error(&abs, c->at_abs, "more than %d %ss share one hash (refused: building it "
+                  "would cost quadratic time)", FAB_MAX_HASH_RUN, c->what);
+        return -1;
+    }
+    return 0;
+}
 
 PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what)
 {
@@ -74,7 +207,7 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
     size_t payload_off = (size_t)(it->v.s.p - d->r->data);
     if (fab_mp_reader_init(&sub, it->v.s.p, it->v.s.len, &lim) != FAB_OK)
         return dec_error(d, it->offset, "invalid limits");
-    dctx sd = {d->st, &sub, d->base + payload_off};
+    dctx sd = {d->st, &sub, d->base + payload_off, 0};
     fab_mp_item head;
     int rc = fab_mp_next(&sub, &head);
     if (rc != FAB_OK)
@@ -84,11 +217,18 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
     PyObject *set = PySet_New(NULL);
     if (set == NULL)
         return NULL;
+    keycheck kc;
+    keycheck_init(&kc, head.v.count, "set member", d->base + it->offset);
     for (uint32_t i = 0; i < head.v.count; i++) {
         size_t at = sub.pos;
+        size_t nans = sd.nans;
         PyObject *m = dec_value(&sd, 1);
         if (m == NULL)
             goto fail;
+        if (keycheck_add(&sd, &kc, m, at, sd.nans != nans) < 0) {
+            Py_DECREF(m);
+            goto fail;
+        }
         Py_ssize_t before = PySet_GET_SIZE(set);
         if (PySet_Add(set, m) < 0) {
             Py_DECREF(m);
@@ -109,10 +249,13 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
         goto fail;
     }
     d->r->items += sub.items;
+    d->nans += sd.nans;
+    keycheck_destroy(&kc);
     PyObject *fs = PyFrozenSet_New(set);
     Py_DECREF(set);
     return fs;
 fail:
+    keycheck_destroy(&kc);
     Py_DECREF(set);
     return NULL;
 }
@@ -210,6 +353,8 @@ static PyObject *dec_value(dctx *d, int in_key)
     case FAB_MP_UINT:
         return PyLong_FromUnsignedLongLong(it.v.u);
     case FAB_MP_FLOAT:
+        if (it.v.f != it.v.f)
+            d->nans++;
         return PyFloat_FromDouble(it.v.f);
     case FAB_MP_STR:
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
@@ -242,11 +387,18 @@ static PyObject *dec_value(dctx *d, int in_key)
         PyObject *dict = PyDict_New();
         if (dict == NULL)
             return NULL;
+        keycheck kc;
+        keycheck_init(&kc, it.v.count, "map key", d->base + it.offset);
         for (uint32_t i = 0; i < it.v.count; i++) {
             size_t at = d->r->pos;
+            size_t nans = d->nans;
             PyObject *k = dec_value(d, 1);
             if (k == NULL)
                 goto map_fail;
+            if (keycheck_add(d, &kc, k, at, d->nans != nans) < 0) {
+                Py_DECREF(k);
+                goto map_fail;
+            }
             PyObject *v = dec_value(d, 0);
             if (v == NULL) {
                 Py_DECREF(k);
@@ -268,8 +420,10 @@ static PyObject *dec_value(dctx *d, int in_key)
                 goto map_fail;
             }
         }
+        keycheck_destroy(&kc);
         return dict;
     map_fail:
+        keycheck_destroy(&kc);
         Py_DECREF(dict);
         return NULL;
     }
@@ -285,7 +439,7 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
-    dctx d = {st, &r, base_offset};
+    dctx d = {st, &r, base_offset, 0};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);

@@ -228,6 +228,23 @@ def payload_systematic_cases():
     pf("duplicate_key_array_tuple", b"\x82\x91\x01\xc0\x91\x01\xc0", 4)
     pf("map_as_key", b"\x81\x80\x01", 1)
     pf("map_as_key_nested", b"\x81\x91\x80\x01", 2)
+    # A NaN is not equal to itself: duplicates are found by encoding (one NaN).
+    nan64 = b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"
+    nan32 = b"\xca\x7f\xc0\x00\x00"
+    pf("duplicate_key_nan", b"\x82" + nan64 + b"\x01" + nan64 + b"\x02", 11)
+    pf("duplicate_key_nan32_nan64", b"\x82" + nan32 + b"\x01" + nan64 + b"\x02", 7)
+    pf("duplicate_key_nan_in_tuple", b"\x82\x91" + nan64 + b"\x01\x91" + nan64 + b"\x02", 12)
+    pf("set_duplicate_member_nan", b"\xc7\x13\x02\x92" + nan64 + nan64, 13)
+    # Hash floods: keys that all share one Python hash (multiples of 2^61 - 1)
+    # are refused at the container once more than 8 of them share it.
+    m61 = (1 << 61) - 1
+    flood = ([b"\xcf" + (m61 * i).to_bytes(8, "big") for i in range(8)]
+             + [b"\xd3" + (-m61).to_bytes(8, "big", signed=True)])
+    pf("map_keys_share_one_hash", b"\x89" + b"".join(k + b"\xc0" for k in flood), 0)
+    members = b"\x99" + b"".join(flood)
+    pf("set_members_share_one_hash", b"\xc7" + bytes([len(members)]) + b"\x02" + members, 0)
+    pf("map_tuple_keys_share_one_hash",
+       b"\x89" + b"".join(b"\x91" + k + b"\xc0" for k in flood), 0)
 
 
 def _stream(frames):
