@@ -32,6 +32,19 @@ int fab_py_errors_exec(PyObject *module, fab_state *st)
     return 0;
 }
 
+int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    for (int i = 0; i < FAB_PYEXC_COUNT; i++)
+        Py_VISIT(st->exc[i]);
+    return 0;
+}
+
+void fab_py_errors_clear(fab_state *st)
+{
+    for (int i = 0; i < FAB_PYEXC_COUNT; i++)
+        Py_CLEAR(st->exc[i]);
+}
+
 PyObject *fab_py_raise_code(fab_state *st, int code, const char *context)
 {
     PyObject *type;
