@@ -69,7 +69,7 @@ typedef struct fab_state {
 
     /* walk.c */
     fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
-    struct fab_sort_memo *sort_memo; /* recent map key orders, under the GIL */
+    struct fab_keymemo *key_memo; /* recent map key orders, under the GIL */
 
     /* key.c */
     PyTypeObject *ContentKey_Type;

@@ -19,6 +19,8 @@
 
 #include "fabric/enc.h"
 #include "fabric/hash.h"
+#include "fabric/keymemo.h"
+#include "fabric/stage.h"
 
 /* Buffers at least this large are hashed with the GIL released (CPython's
  * hashlib uses the same threshold). */
@@ -29,21 +31,14 @@
 /* ======================================================================== */
 
 /*
- * Where the walker's bytes go. The walker writes headers and scalars straight
- * into an output window with the core's fab_put_* functions (a call through
- * a sink per item costs more than the item). A window either grows (the
- * result of canonical_bytes, and the scratch space for map keys and set
- * members) or is flushed when full into a hasher or an fab_enc sink.
+ * Where the walker's bytes go: staged output windows (csrc/stage.c). The
+ * walker writes headers and scalars straight into a window with the core's
+ * fab_put_* functions (a call through a sink per item costs more than the
+ * item). The main window is flushed into a hasher or a sink, or grows (the
+ * result of canonical_bytes); the scratch window, for map keys and set
+ * members being sorted, grows.
  */
-typedef struct wout {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
-    int heap;           /* data was malloc'd by us (else it is a fixed array) */
-    int grow;           /* grow when full, instead of flushing */
-    fab_sha256 *hasher; /* flush target, or NULL */
-    fab_enc *enc;       /* flush target when there is no hasher */
-} wout;
+typedef fab_stage wout;
 
 #define WALK_STAGE 8192   /* bytes staged before a flush to the hasher/sink */
 #define WALK_SMALL 16     /* containers up to this size need no heap array */
@@ -72,8 +67,9 @@ static int enc_value(walker *w, PyObject *v);
 static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *enc)
 {
     w->st = st;
-    w->main = (wout){w->stage, 0, sizeof(w->stage), 0, hasher == NULL && enc == NULL, hasher, enc};
-    w->scratch = (wout){w->scratch_stage, 0, sizeof(w->scratch_stage), 0, 1, NULL, NULL};
+    fab_stage_init(&w->main, w->stage, sizeof(w->stage), hasher, enc ? enc->sink : NULL,
+                   enc ? enc->ctx : NULL);
+    fab_stage_init(&w->scratch, w->scratch_stage, sizeof(w->scratch_stage), NULL, NULL, NULL);
     w->out = &w->main;
     w->depth = 0;
     w->borrowed = 0;
@@ -85,12 +81,8 @@ static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *e
 
 static void walker_destroy(walker *w)
 {
-    if (w->main.heap)
-        PyMem_Free(w->main.data);
-    if (w->scratch.heap)
-        PyMem_Free(w->scratch.data);
-    w->main.heap = 0;
-    w->scratch.heap = 0;
+    fab_stage_destroy(&w->main);
+    fab_stage_destroy(&w->scratch);
 }
 
 /*
@@ -125,7 +117,7 @@ static int fail(walker *w, PyObject *type, const char *fmt, ...)
 
 static int fail_code(walker *w, int code)
 {
-    if (code == FAB_ENOMEM) {
+    if (code == FAB_ENOMEM || code == FAB_EOVERFLOW) {
         PyErr_NoMemory();
         return -1;
     }
@@ -219,53 +211,9 @@ static int check(walker *w, int rc)
     return rc == FAB_OK ? 0 : fail_code(w, rc);
 }
 
-/* Hands main's bytes to its hasher or sink. */
 static int out_flush(walker *w, wout *o)
 {
-    int rc = FAB_OK;
-    if (o->len) {
-        if (o->hasher)
-            rc = fab_sha256_update(o->hasher, o->data, o->len);
-        else
-            rc = o->enc->sink(o->enc->ctx, o->data, o->len);
-        o->len = 0;
-    }
-    return check(w, rc);
-}
-
-/* Makes room for n more bytes in o: flushes or grows. */
-static int out_room_slow(walker *w, wout *o, size_t n)
-{
-    if (!o->grow) {
-        if (out_flush(w, o) < 0)
-            return -1;
-        if (n <= o->cap)
-            return 0;
-        /* A single write larger than the stage: switch to a heap stage. */
-    }
-    if (n > (size_t)PY_SSIZE_T_MAX - o->len) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    size_t need = o->len + n, cap = o->cap ? o->cap : 256;
-    while (cap < need)
-        cap = cap > (size_t)PY_SSIZE_T_MAX / 2 ? need : cap * 2;
-    uint8_t *p;
-    if (o->heap || o->data == NULL) {
-        p = PyMem_Realloc(o->data, cap);
-    } else {
-        p = PyMem_Malloc(cap);
-        if (p)
-            memcpy(p, o->data, o->len);
-    }
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    o->data = p;
-    o->cap = cap;
-    o->heap = 1;
-    return 0;
+    return check(w, fab_stage_flush(o));
 }
 
 static inline int room(walker *w, size_t n)
@@ -273,7 +221,7 @@ static inline int room(walker *w, size_t n)
     wout *o = w->out;
     if (o->cap - o->len >= n)
         return 0;
-    return out_room_slow(w, o, n);
+    return check(w, fab__stage_room_slow(o, n));
 }
 
 /* Writes one item made by a fab_put_* call: PUT(w, fab_put_x(P, ...)). */
@@ -285,6 +233,9 @@ static inline int room(walker *w, size_t n)
         (w)->out->len += (expr);                        \
     } while (0)
 
+_Static_assert(GIL_RELEASE_THRESHOLD >= FAB_STAGE_DIRECT,
+               "a run hashed with the GIL released bypasses the stage");
+
 /* Writes raw data. Runs of GIL_RELEASE_THRESHOLD bytes or more bypass the
  * stage: they are hashed with the GIL released, or passed to the sink. */
 static int write_body(walker *w, const void *data, size_t len)
@@ -293,15 +244,15 @@ static int write_body(walker *w, const void *data, size_t len)
     if (!o->grow && len >= GIL_RELEASE_THRESHOLD) {
         if (w->borrowed)
             return give_up(w);
-        if (out_flush(w, o) < 0)
-            return -1;
         int rc;
         if (o->hasher) {
+            /* The stage and its hasher are the walker's own: no Python
+             * object is touched in here. */
             Py_BEGIN_ALLOW_THREADS
-            rc = fab_sha256_update(o->hasher, data, len);
+            rc = fab_stage_write(o, data, len);
             Py_END_ALLOW_THREADS
         } else {
-            rc = o->enc->sink(o->enc->ctx, data, len);
+            rc = fab_stage_write(o, data, len);
         }
         return check(w, rc);
     }
@@ -626,177 +577,73 @@ static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
 }
 
 /*
- * Two memos of recent map key orders, so that the many dicts a program keys
- * with the same keys (rows of a table, one config shape per call) are
- * neither sorted nor, most of the time, even encoded again.
- *
- * Shapes: the keys themselves. A dict whose keys are, in its iteration
- * order, the very same str objects as a remembered dict's (compared by
- * identity) has the same key encodings and the same order: str objects are
- * immutable, and the memo holds strong references to the keys it remembers,
- * so an address cannot be reused by another string while it is remembered.
- * A hit writes the remembered encodings instead of encoding the keys; the
- * entry is pinned meanwhile, so values that are dicts themselves cannot
- * replace it.
- *
- * Orders: the key encodings. Encodings are self-delimiting, so equal bytes
- * for the same number of keys mean the same keys at the same offsets, and
- * the order (and the absence of duplicates) found once holds again. This
- * serves keys that are equal but not identical (parsed from JSON, say).
- *
- * Both are direct-mapped, bounded (SHAPE_ENTRIES and MEMO_ENTRIES entries of
- * at most WALK_SMALL keys) and read and written only while the GIL is held.
- * An order hit is copied out before any value is encoded; a pinned shape is
- * only read, by any thread, until its last user unpins it.
+ * The key-order memo (csrc/keymemo.c) remembers the order of the keys of
+ * recent small dicts, by the key objects' identity and by their encodings.
+ * The keys it remembers by identity are exact str: immutable, and held by a
+ * strong reference while remembered, so their address names them. Dropping
+ * one runs no Python code. The memo is used only while the GIL is held.
  */
-#define MEMO_ENTRIES 16
-#define MEMO_MAX_BYTES 160
-#define SHAPE_BITS 6
-#define SHAPE_ENTRIES (1 << SHAPE_BITS)
-#define SHAPE_MAX_BYTES 256
-
-struct fab_sort_memo {
-    struct {
-        uint16_t len;
-        uint8_t n;
-        uint8_t order[WALK_SMALL];
-        uint8_t bytes[MEMO_MAX_BYTES];
-    } e[MEMO_ENTRIES];
-    struct shape {
-        uint8_t n;
-        uint32_t pins;                   /* dicts being written from it now */
-        uint8_t order[WALK_SMALL];       /* dict positions, in encoded-key order */
-        uint16_t off[WALK_SMALL + 1];    /* where each sorted key starts in bytes */
-        PyObject *keys[WALK_SMALL];      /* strong references, in dict order */
-        uint8_t bytes[SHAPE_MAX_BYTES];  /* the key encodings, sorted */
-    } shape[SHAPE_ENTRIES];
-};
-
-static struct fab_sort_memo *sort_memo(walker *w)
+static void retain_key(const void *key)
 {
-    if (w->st->sort_memo == NULL)
-        w->st->sort_memo = PyMem_Calloc(1, sizeof(struct fab_sort_memo));
-    return w->st->sort_memo; /* NULL only under memory pressure: no memo then */
+    Py_INCREF((PyObject *)(uintptr_t)key);
 }
 
-static void sort_memo_free(struct fab_sort_memo *m)
+static void release_key(const void *key)
 {
-    if (m == NULL)
-        return;
-    for (int s = 0; s < SHAPE_ENTRIES; s++)
-        for (int i = 0; i < m->shape[s].n; i++)
-            Py_DECREF(m->shape[s].keys[i]);
-    PyMem_Free(m);
+    Py_DECREF((PyObject *)(uintptr_t)key);
 }
 
-/* items holds key, value, key, value...: the slot of the n keys' identities
- * (the first, middle and last key; a lookup compares all of them). */
-static unsigned shape_slot(PyObject *const *items, Py_ssize_t n)
+/* The state's memo, made on first use; NULL under memory pressure (no memo
+ * then). */
+static fab_keymemo *key_memo(walker *w)
 {
-    uint64_t h = (uint64_t)n;
-    h = (h ^ ((uint64_t)(uintptr_t)items[0] >> 4)) * 0x9E3779B97F4A7C15ull;
-    h = (h ^ ((uint64_t)(uintptr_t)items[2 * (n / 2)] >> 4)) * 0x9E3779B97F4A7C15ull;
-    h = (h ^ ((uint64_t)(uintptr_t)items[2 * (n - 1)] >> 4)) * 0x9E3779B97F4A7C15ull;
-    return (unsigned)(h >> (64 - SHAPE_BITS));
-}
-
-/* The remembered shape of these keys, pinned (it is not replaced until
- * shape_unpin), or NULL. */
-static struct shape *shape_find(walker *w, PyObject *const *items, Py_ssize_t n)
-{
-    struct fab_sort_memo *m = w->st->sort_memo;
-    if (m == NULL || n < 2 || n > WALK_SMALL)
+    if (w->st->key_memo == NULL && fab_keymemo_new(&w->st->key_memo, retain_key, release_key) < 0)
         return NULL;
-    struct shape *e = &m->shape[shape_slot(items, n)];
-    if (e->n != n)
-        return NULL;
+    return w->st->key_memo;
+}
+
+/* items holds key, value, key, value...: the shape of a dict's keys,
+ * pinned, or NULL. The snapshot's PyObject pointers are read as opaque
+ * identities (any object pointer converts to and from void *). */
+static inline fab_keymemo_shape *shape_find(walker *w, PyObject *const *items, Py_ssize_t n)
+{
+    return fab_keymemo_shape_find(w->st->key_memo, (const void *const *)items, 2, (size_t)n);
+}
+
+static int keys_exact_str(PyObject *const *items, Py_ssize_t n)
+{
+    if (n > FAB_KEYMEMO_MAX_KEYS)
+        return 0;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (e->keys[i] != items[2 * i])
-            return NULL;
-    e->pins++;
-    return e;
-}
-
-static void shape_unpin(struct shape *e)
-{
-    e->pins--;
-}
-
-/* Remembers the keys of a dict whose keys are all exact str, with their
- * sorted encodings (spans: offsets into scratch, sorted). */
-static void shape_store(walker *w, PyObject *const *items, Py_ssize_t n, const fab_span *spans)
-{
-    if (n < 2 || n > WALK_SMALL)
-        return;
-    size_t len = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyUnicode_CheckExact(items[2 * i]))
-            return;
-        len += spans[i].len;
-    }
-    struct fab_sort_memo *m;
-    if (len > SHAPE_MAX_BYTES || (m = sort_memo(w)) == NULL)
-        return;
-    unsigned slot = shape_slot(items, n);
-    if (m->shape[slot].pins)
-        return; /* a dict is being written from it (an enclosing one) */
-    /* The old entry's keys are exact str: dropping them runs no Python code. */
-    for (int i = 0; i < m->shape[slot].n; i++)
-        Py_DECREF(m->shape[slot].keys[i]);
-    size_t at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        m->shape[slot].keys[i] = Py_NewRef(items[2 * i]);
-        m->shape[slot].order[i] = (uint8_t)spans[i].index;
-        m->shape[slot].off[i] = (uint16_t)at;
-        memcpy(m->shape[slot].bytes + at, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
-        at += spans[i].len;
-    }
-    m->shape[slot].off[n] = (uint16_t)at;
-    m->shape[slot].n = (uint8_t)n;
-}
-
-static unsigned memo_slot(const uint8_t *p, size_t len, Py_ssize_t n)
-{
-    uint32_t h = 2166136261u ^ (uint32_t)n;
-    for (size_t i = 0; i < len; i += 4)
-        h = (h ^ p[i]) * 16777619u;
-    return (h ^ (uint32_t)len) % MEMO_ENTRIES;
-}
-
-/* Orders spans (offsets into scratch, as left by the key loop) from the
- * memo when it knows these key bytes; 1 on a hit, 0 on a miss. */
-static int memo_lookup(walker *w, fab_span *spans, Py_ssize_t n, size_t base, size_t end,
-                       unsigned *slot)
-{
-    struct fab_sort_memo *m = w->st->sort_memo;
-    size_t len = end - base;
-    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES)
-        return 0;
-    const uint8_t *p = w->scratch.data + base;
-    *slot = memo_slot(p, len, n);
-    if (m == NULL || m->e[*slot].n != n || m->e[*slot].len != len ||
-        memcmp(m->e[*slot].bytes, p, len) != 0)
-        return 0;
-    fab_span tmp[WALK_SMALL];
-    for (Py_ssize_t i = 0; i < n; i++)
-        tmp[i] = spans[i];
-    for (Py_ssize_t i = 0; i < n; i++)
-        spans[i] = tmp[m->e[*slot].order[i]];
+            return 0;
     return 1;
 }
 
-static void memo_store(walker *w, const fab_span *sorted, Py_ssize_t n, size_t base, size_t end,
-                       unsigned slot)
+/* Puts the spans of a dict's n keys (offsets into scratch from base, as
+ * the key loop left them) into canonical order, from the memo or by
+ * sorting, and remembers the order and the shape. The spans are offsets
+ * again afterwards, since scratch may still move. */
+static int order_keys(walker *w, PyObject *const *items, fab_span *spans, Py_ssize_t n,
+                      size_t base)
 {
-    size_t len = end - base;
-    struct fab_sort_memo *m;
-    if (n < 2 || n > WALK_SMALL || len > MEMO_MAX_BYTES || (m = sort_memo(w)) == NULL)
-        return;
-    m->e[slot].n = (uint8_t)n;
-    m->e[slot].len = (uint16_t)len;
-    memcpy(m->e[slot].bytes, w->scratch.data + base, len);
+    uint8_t *data = w->scratch.data;
+    const uint8_t *bytes = data + base;
+    size_t len = w->scratch.len - base;
     for (Py_ssize_t i = 0; i < n; i++)
-        m->e[slot].order[i] = (uint8_t)sorted[i].index;
+        spans[i].p = data + (uintptr_t)spans[i].p;
+    int rc = FAB_OK;
+    fab_keymemo *m = w->st->key_memo;
+    if (!fab_keymemo_order_find(m, bytes, len, spans, (size_t)n)) {
+        rc = fab_canon_sort_spans(spans, (size_t)n);
+        if (rc == FAB_OK && (m = key_memo(w)) != NULL)
+            fab_keymemo_order_store(m, bytes, len, spans, (size_t)n);
+    }
+    if (rc == FAB_OK && m != NULL && keys_exact_str(items, n))
+        fab_keymemo_shape_store(m, (const void *const *)items, 2, (size_t)n, spans);
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = (const uint8_t *)(uintptr_t)(spans[i].p - data);
+    return check(w, rc);
 }
 
 /* Writes the common scalars inline, into room already made for
@@ -854,7 +701,7 @@ put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen, PyObje
 
 /* Writes a dict whose keys a remembered shape knows: the key encodings are
  * copied from the shape (pinned by the caller), the values encoded. */
-static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const struct shape *e)
+static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const fab_keymemo_shape *e)
 {
     if (room(w, FAB_PUT_MAX) < 0)
         return -1;
@@ -907,11 +754,11 @@ static int enc_dict(walker *w, PyObject *v)
         }
     }
     n = snap.n / 2;
-    struct shape *known = shape_find(w, snap.items, n);
+    fab_keymemo_shape *known = shape_find(w, snap.items, n);
     if (known) {
         /* Nothing goes onto scratch: region_end stays base. */
         rc = enc_dict_known(w, snap.items, n, known);
-        shape_unpin(known);
+        fab_keymemo_shape_unpin(known);
         goto done;
     }
     fab_span *spans = sa.spans;
@@ -927,13 +774,8 @@ static int enc_dict(walker *w, PyObject *v)
         spans[i].len = w->scratch.len - start;
         spans[i].index = (size_t)i;
     }
-    unsigned slot = 0;
-    if (!memo_lookup(w, spans, n, base, w->scratch.len, &slot)) {
-        if (sort_scratch_spans(w, spans, n) < 0)
-            goto done;
-        memo_store(w, spans, n, base, w->scratch.len, slot);
-    }
-    shape_store(w, snap.items, n, spans);
+    if (order_keys(w, snap.items, spans, n, base) < 0)
+        goto done;
     region_end = w->scratch.len;
     if ((size_t)n > UINT32_MAX) {
         fail_code(w, FAB_ERANGE);
@@ -1220,6 +1062,6 @@ void fab_py_walk_clear(fab_state *st)
 {
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
-    sort_memo_free(st->sort_memo);
-    st->sort_memo = NULL;
+    fab_keymemo_free(st->key_memo);
+    st->key_memo = NULL;
 }
