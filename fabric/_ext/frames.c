@@ -98,48 +98,30 @@ range:
 
 PyObject *fab_py_raise_frame_error(fab_state *st, const fab_frame_error *err)
 {
-    if (err->code == FAB_ENOMEM)
-        return PyErr_NoMemory();
     char msg[320];
     fab_frame_error_format(err, msg, sizeof(msg));
-    PyObject *exc = PyObject_CallFunction(st->exc[FAB_PYEXC_FrameError], "s", msg);
-    if (exc == NULL)
-        return NULL;
-    PyObject *off = PyLong_FromUnsignedLongLong(err->offset);
-    PyObject *start = PyLong_FromUnsignedLongLong(err->frame_offset);
-    PyObject *viol = PyUnicode_FromString(fab_frame_violation_name(err->violation));
-    if (off && start && viol && PyObject_SetAttrString(exc, "offset", off) == 0 &&
-        PyObject_SetAttrString(exc, "frame_offset", start) == 0 &&
-        PyObject_SetAttrString(exc, "violation", viol) == 0)
-        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
-    Py_XDECREF(off);
-    Py_XDECREF(start);
-    Py_XDECREF(viol);
-    Py_DECREF(exc);
-    return NULL;
+    fab_py_err_info info = {.msg = msg, .has_offset = 1, .offset = err->offset,
+                            .violation = fab_frame_violation_name(err->violation),
+                            .has_frame_offset = 1, .frame_offset = err->frame_offset,
+                            .exc = FAB_PYEXC_FrameError};
+    return fab_py_raise(st, err->code, &info);
 }
 
 /* A FrameError without a stream position (encoding side): .offset is None. */
-static PyObject *raise_frame_error_at(fab_state *st, const char *violation, PyObject *offset,
-                                      const char *fmt, ...)
+static PyObject *raise_frame_error_at(fab_state *st, const char *violation, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    PyObject *text = PyUnicode_FromFormatV(fmt, ap);
     va_end(ap);
-    if (msg == NULL)
+    const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (msg == NULL) {
+        Py_XDECREF(text);
         return NULL;
-    PyObject *exc = PyObject_CallOneArg(st->exc[FAB_PYEXC_FrameError], msg);
-    Py_DECREF(msg);
-    if (exc == NULL)
-        return NULL;
-    PyObject *viol = PyUnicode_FromString(violation);
-    if (viol && PyObject_SetAttrString(exc, "offset", offset) == 0 &&
-        PyObject_SetAttrString(exc, "frame_offset", offset) == 0 &&
-        PyObject_SetAttrString(exc, "violation", viol) == 0)
-        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
-    Py_XDECREF(viol);
-    Py_DECREF(exc);
+    }
+    fab_py_err_info info = {.msg = msg, .violation = violation, .exc = FAB_PYEXC_FrameError};
+    fab_py_raise(st, FAB_EFORMAT, &info);
+    Py_DECREF(text);
     return NULL;
 }
 
@@ -494,7 +476,7 @@ static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObj
     if (get_uint(kind, "kind", 255, &v) < 0)
         return -1;
     if (fab_frame_kind_name((int)v) == NULL) {
-        raise_frame_error_at(st, "unknown-kind", Py_None, "unknown frame kind %llu",
+        raise_frame_error_at(st, "unknown-kind", "unknown frame kind %llu",
                              (unsigned long long)v);
         return -1;
     }
@@ -507,7 +489,7 @@ static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObj
         if (get_uint(flags, "flags", 0xffff, &v) < 0)
             return -1;
         if (v & ~FAB_FRAME_FLAGS_KNOWN) {
-            raise_frame_error_at(st, "reserved-flags", Py_None,
+            raise_frame_error_at(st, "reserved-flags",
                                  "reserved flag bits 0x%04x set",
                                  (unsigned)(v & ~FAB_FRAME_FLAGS_KNOWN));
             return -1;
@@ -551,7 +533,7 @@ static PyObject *frame_vectorcall(PyObject *type, PyObject *const *args, size_t 
         return NULL;
     if ((size_t)PyBytes_GET_SIZE(owner) > FAB_FRAME_FORMAT_MAX_PAYLOAD) {
         Py_DECREF(owner);
-        return raise_frame_error_at(st, "payload-too-large", Py_None,
+        return raise_frame_error_at(st, "payload-too-large",
                                     "payload of %zd bytes does not fit a frame",
                                     PyBytes_GET_SIZE(owner));
     }
@@ -834,7 +816,7 @@ static void encoder_dealloc(EncoderObject *self)
 static int check_size(fab_state *st, uint64_t max, size_t len)
 {
     if (len > max) {
-        raise_frame_error_at(st, "payload-too-large", Py_None,
+        raise_frame_error_at(st, "payload-too-large",
                              "payload of %zu bytes exceeds max_frame_payload_bytes=%llu",
                              len, (unsigned long long)max);
         return -1;

@@ -136,8 +136,42 @@ static inline fab_state *fab_state_from_type(PyTypeObject *tp)
     return m ? fab_get_state(m) : NULL;
 }
 
-/* Raises the Python exception that matches a core error code, with the
- * given context (may be NULL) in front of the message. Returns NULL. */
+/*
+ * Errors: the one mapping from core FAB_E* codes to Python exceptions
+ * (errors.c). Every part of the glue raises a core failure through
+ * fab_py_raise (or fab_py_raise_code when it knows nothing more than the
+ * code); cassette.c's raise_ledger and caf.c's successor are to move over
+ * to it as their owners rewrite them. What a failure was about, beyond its
+ * code: every field is optional (zero / NULL), except exc.
+ */
+typedef struct fab_py_err_info {
+    const char *msg;      /* the core's own message, else fab_strerror(code) */
+    const char *context;  /* what was being done, put in front (no path/offset) */
+    PyObject *path;       /* str, borrowed: the file; sets .path (and .filename, .errno
+                           * for the OSError classes) and selects the Ledger* classes */
+    int has_offset;       /* sets .offset (None when 0 but path or violation is set) */
+    uint64_t offset;
+    int sys_errno;        /* errno of a failed system call (OSError classes) */
+    long pid;             /* FAB_ELOCKED: the process holding the lock (.pid) */
+    long version;         /* FAB_EVERSION: the version found (.version) */
+    const char *violation;/* a frame rule broken: sets .violation and .frame_offset */
+    int has_frame_offset;
+    uint64_t frame_offset;
+    int exc;              /* a FAB_PYEXC_* to raise instead of the code's class, or -1 */
+} fab_py_err_info;
+
+/*
+ * Raises the exception for a core failure. The class follows the code:
+ * FAB_ENOMEM MemoryError, FAB_ETYPE TypeError, FAB_ELOCKED LedgerLockedError;
+ * with a path FAB_EIO/ESTATE/EOVERFLOW LedgerError, FAB_EFORMAT/ETRUNCATED
+ * LedgerFormatError, FAB_EVERSION LedgerVersionError, FAB_ECORRUPT
+ * LedgerCorruptionError; without one FAB_EFORMAT/ETRUNCATED/ECORRUPT
+ * DecodeError, FAB_EIO OSError, FAB_ECRYPTO/ESTATE/EOVERFLOW FabricError;
+ * anything else ValueError. info may be NULL. Returns NULL.
+ */
+PyObject *fab_py_raise(fab_state *st, int code, const fab_py_err_info *info);
+
+/* fab_py_raise with only a context (may be NULL) in front of the message. */
 PyObject *fab_py_raise_code(fab_state *st, int code, const char *context);
 
 /* Adds a new type made from spec to the module and returns a borrowed
