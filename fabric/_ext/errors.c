@@ -164,3 +164,15 @@ PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
     }
     return (PyTypeObject *)tp; /* the caller's state takes this reference */
 }
+
+PyObject *fab_py_reduce(PyObject *self, PyObject *state)
+{
+    if (state == NULL)
+        return NULL;
+    PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_unpickle");
+    if (fn == NULL) {
+        Py_DECREF(state);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, state);
+}

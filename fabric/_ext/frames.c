@@ -337,26 +337,22 @@ static PyObject *limits_to_dict(LimitsObject *self, PyObject *Py_UNUSED(ignored)
 
 static PyObject *limits_reduce(LimitsObject *self, PyObject *Py_UNUSED(ignored))
 {
-    /* Pickles as StreamFrameLimits(**to_dict()) through copyreg-free means:
-     * (callable, args) with the type rebuilt by replace on a default object. */
-    PyObject *d = limits_to_dict(self, NULL);
-    if (d == NULL)
-        return NULL;
-    PyObject *functools = PyImport_ImportModule("functools");
-    PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
-    Py_XDECREF(functools);
-    if (partial == NULL) {
-        Py_DECREF(d);
+    return fab_py_reduce((PyObject *)self, limits_to_dict(self, NULL));
+}
+
+/* StreamFrameLimits(**fields), for pickle. */
+static PyObject *limits_unpickle(PyObject *cls, PyObject *fields)
+{
+    if (!PyDict_Check(fields)) {
+        PyErr_Format(PyExc_TypeError, "StreamFrameLimits._unpickle() takes a dict, not %s",
+                     Py_TYPE(fields)->tp_name);
         return NULL;
     }
-    PyObject *args = PyTuple_Pack(1, (PyObject *)Py_TYPE(self));
-    PyObject *fn = args ? PyObject_Call(partial, args, d) : NULL;
-    Py_DECREF(partial);
-    Py_XDECREF(args);
-    Py_DECREF(d);
-    if (fn == NULL)
+    PyObject *none = PyTuple_New(0);
+    if (none == NULL)
         return NULL;
-    PyObject *r = Py_BuildValue("(N())", fn);
+    PyObject *r = PyObject_Call(cls, none, fields);
+    Py_DECREF(none);
     return r;
 }
 
@@ -366,6 +362,7 @@ static PyMethodDef limits_methods[] = {
     {"to_dict", (PyCFunction)limits_to_dict, METH_NOARGS,
      "to_dict($self, /)\n--\n\nThe limits as a dict of name to int."},
     {"__reduce__", (PyCFunction)limits_reduce, METH_NOARGS, NULL},
+    {"_unpickle", limits_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -671,20 +668,20 @@ static PyObject *frame_richcompare(PyObject *a, PyObject *b, int op)
     Py_RETURN_FALSE;
 }
 
+static PyObject *frame_from_bytes(PyObject *module, PyObject *data);
+
 static PyObject *frame_reduce(FrameObject *self, PyObject *Py_UNUSED(ignored))
 {
-    /* Keyword-only fields cannot travel in a reduce tuple's args, so a
-     * frame pickles as its wire bytes. */
-    PyObject *enc = frame_encode(self, NULL);
-    if (enc == NULL)
-        return NULL;
-    PyObject *mod = PyType_GetModuleByDef(Py_TYPE(self), &fab_module_def);
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_frame_from_bytes") : NULL;
-    if (fn == NULL) {
-        Py_DECREF(enc);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, enc);
+    /* Keyword-only fields cannot travel in a positional call, so a frame
+     * pickles as its wire bytes. */
+    return fab_py_reduce((PyObject *)self, frame_encode(self, NULL));
+}
+
+/* One whole encoded frame back to a Frame, for pickle. */
+static PyObject *frame_unpickle(PyObject *cls, PyObject *data)
+{
+    PyObject *module = PyType_GetModuleByDef((PyTypeObject *)cls, &fab_module_def);
+    return module ? frame_from_bytes(module, data) : NULL;
 }
 
 /* Decode limits from a StreamFrameLimits (its max_depth and max_items, the
@@ -750,6 +747,7 @@ static PyMethodDef frame_methods[] = {
      "StreamFrameLimits()) or any limits fabric.unpack accepts. Raises\n"
      "DecodeError whose .offset counts from the start of the stream."},
     {"__reduce__", (PyCFunction)frame_reduce, METH_NOARGS, NULL},
+    {"_unpickle", frame_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

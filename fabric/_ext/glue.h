@@ -174,6 +174,16 @@ PyObject *fab_py_raise(fab_state *st, int code, const fab_py_err_info *info);
 /* fab_py_raise with only a context (may be NULL) in front of the message. */
 PyObject *fab_py_raise_code(fab_state *st, int code, const char *context);
 
+/*
+ * Pickling: the one strategy. A picklable type's __reduce__ returns a
+ * callable reached through the type itself, never a function of a Python
+ * module: the type, when its constructor takes the state positionally
+ * (ContentKey), else its _unpickle class method, given one state object
+ * (a dict of fields, or bytes). fab_py_reduce builds the latter:
+ * (type(self)._unpickle, (state,)). It steals state; NULL on error.
+ */
+PyObject *fab_py_reduce(PyObject *self, PyObject *state);
+
 /* Adds a new type made from spec to the module and returns a borrowed
  * reference (the state keeps its own), or NULL with an exception set. */
 PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base);

@@ -725,27 +725,32 @@ done:
 
 static PyObject *EvalRequest_reduce(EvalRequestObject *r, PyObject *Py_UNUSED(ignored))
 {
-    /* Pickled as a call with every field by keyword (through the Python
-     * helper fabric._rebuild_request, since keyword-only arguments do not fit
-     * __reduce__'s positional call). */
-    PyObject *mod = PyImport_ImportModule("fabric._pickle");
-    if (mod == NULL)
-        return NULL;
-    PyObject *fn = PyObject_GetAttrString(mod, "rebuild_request");
-    Py_DECREF(mod);
-    if (fn == NULL)
-        return NULL;
-    PyObject *kwargs = Py_BuildValue(
+    /* Every field by name: keyword-only ones do not fit a positional call. */
+    return fab_py_reduce((PyObject *)r, Py_BuildValue(
         "{sOsOsOsOsOsOsOsOsOsOsOsO}", "op", r->op, "args", r->args, "kwargs", r->kwargs,
         "version", r->version, "required_capabilities", r->capabilities, "mode", r->mode,
         "answer_limit", r->answer_limit, "stream_buffer", r->stream_buffer, "stream",
         r->stream ? Py_True : Py_False, "trace", r->trace ? Py_True : Py_False,
-        "consistency", r->consistency, "deadline", r->deadline);
-    if (kwargs == NULL) {
-        Py_DECREF(fn);
+        "consistency", r->consistency, "deadline", r->deadline));
+}
+
+/* The request whose fields __reduce__ gave, checked again as if new. */
+static PyObject *EvalRequest_unpickle(PyObject *cls, PyObject *fields)
+{
+    fab_state *st = fab_state_from_type((PyTypeObject *)cls);
+    if (st == NULL)
+        return NULL;
+    if (!PyDict_Check(fields)) {
+        PyErr_Format(PyExc_TypeError, "EvalRequest._unpickle() takes a dict, not %s",
+                     Py_TYPE(fields)->tp_name);
         return NULL;
     }
-    return Py_BuildValue("(N(N))", fn, kwargs);
+    PyObject *kw[KW_COUNT];
+    for (int i = 0; i < KW_COUNT; i++)
+        kw[i] = PyDict_GetItemWithError(fields, st->kw_names[i]);
+    if (PyErr_Occurred())
+        return NULL;
+    return request_build(st, kw);
 }
 
 static PyMethodDef EvalRequest_methods[] = {
@@ -755,6 +760,7 @@ static PyMethodDef EvalRequest_methods[] = {
     {"replace", (PyCFunction)(void (*)(void))EvalRequest_replace, METH_FASTCALL | METH_KEYWORDS,
      "replace($self, /, **changes)\n--\n\nA copy of the request with some fields changed."},
     {"__reduce__", (PyCFunction)EvalRequest_reduce, METH_NOARGS, NULL},
+    {"_unpickle", EvalRequest_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
