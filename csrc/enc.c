@@ -61,50 +61,6 @@ int fab_buf_sink(void *ctx, const void *data, size_t len)
     return fab_buf_append(ctx, data, len);
 }
 
-/* ---- digest sink ---------------------------------------------------------- */
-
-void fab_hash_sink_init(fab_hash_sink *s, fab_sha256 *hasher)
-{
-    s->hasher = hasher;
-    s->used = 0;
-}
-
-int fab_hash_sink_flush(fab_hash_sink *s)
-{
-    int rc = FAB_OK;
-    if (s->used) {
-        rc = fab_sha256_update(s->hasher, s->stage, s->used);
-        s->used = 0;
-    }
-    return rc;
-}
-
-int fab_hash_sink_write(void *ctx, const void *data, size_t len)
-{
-    fab_hash_sink *s = ctx;
-    if (len <= FAB_HASH_STAGE - s->used) {
-        memcpy(s->stage + s->used, data, len);
-        s->used += len;
-        return FAB_OK;
-    }
-    int rc = fab_hash_sink_flush(s);
-    if (rc != FAB_OK)
-        return rc;
-    if (len >= FAB_HASH_STAGE)
-        return fab_sha256_update(s->hasher, data, len);
-    memcpy(s->stage, data, len);
-    s->used = len;
-    return FAB_OK;
-}
-
-int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN])
-{
-    int rc = fab_hash_sink_flush(s);
-    if (rc != FAB_OK)
-        return rc;
-    return fab_sha256_final(s->hasher, out);
-}
-
 /* ---- the writer ------------------------------------------------------------ */
 
 void fab_enc_init(fab_enc *e, fab_sink_fn sink, void *ctx)

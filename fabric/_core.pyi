@@ -153,6 +153,8 @@ class ContentKey:
 @final
 class EvalRequest:
     """An immutable evaluation request with its content key."""
+    @classmethod
+    def _unpickle(cls, fields: dict[str, Any], /) -> Self: ...
 
     def __new__(
         cls,
@@ -453,6 +455,8 @@ FRAME_FLAG_DIAGNOSTIC: int
 @final
 class StreamFrameLimits:
     """The limits that bound one stream (immutable, hashable)."""
+    @classmethod
+    def _unpickle(cls, fields: dict[str, Any], /) -> Self: ...
 
     def __new__(
         cls,
@@ -502,6 +506,8 @@ class StreamFrameLimits:
 @final
 class Frame:
     """One frame: kind, flags, stream id, sequence number and a msgpack payload."""
+    @classmethod
+    def _unpickle(cls, data: ReadableBuffer, /) -> Self: ...
 
     def __new__(
         cls,

@@ -98,48 +98,30 @@ range:
 
 PyObject *fab_py_raise_frame_error(fab_state *st, const fab_frame_error *err)
 {
-    if (err->code == FAB_ENOMEM)
-        return PyErr_NoMemory();
     char msg[320];
     fab_frame_error_format(err, msg, sizeof(msg));
-    PyObject *exc = PyObject_CallFunction(st->exc[FAB_PYEXC_FrameError], "s", msg);
-    if (exc == NULL)
-        return NULL;
-    PyObject *off = PyLong_FromUnsignedLongLong(err->offset);
-    PyObject *start = PyLong_FromUnsignedLongLong(err->frame_offset);
-    PyObject *viol = PyUnicode_FromString(fab_frame_violation_name(err->violation));
-    if (off && start && viol && PyObject_SetAttrString(exc, "offset", off) == 0 &&
-        PyObject_SetAttrString(exc, "frame_offset", start) == 0 &&
-        PyObject_SetAttrString(exc, "violation", viol) == 0)
-        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
-    Py_XDECREF(off);
-    Py_XDECREF(start);
-    Py_XDECREF(viol);
-    Py_DECREF(exc);
-    return NULL;
+    fab_py_err_info info = {.msg = msg, .has_offset = 1, .offset = err->offset,
+                            .violation = fab_frame_violation_name(err->violation),
+                            .has_frame_offset = 1, .frame_offset = err->frame_offset,
+                            .exc = FAB_PYEXC_FrameError};
+    return fab_py_raise(st, err->code, &info);
 }
 
 /* A FrameError without a stream position (encoding side): .offset is None. */
-static PyObject *raise_frame_error_at(fab_state *st, const char *violation, PyObject *offset,
-                                      const char *fmt, ...)
+static PyObject *raise_frame_error_at(fab_state *st, const char *violation, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    PyObject *text = PyUnicode_FromFormatV(fmt, ap);
     va_end(ap);
-    if (msg == NULL)
+    const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (msg == NULL) {
+        Py_XDECREF(text);
         return NULL;
-    PyObject *exc = PyObject_CallOneArg(st->exc[FAB_PYEXC_FrameError], msg);
-    Py_DECREF(msg);
-    if (exc == NULL)
-        return NULL;
-    PyObject *viol = PyUnicode_FromString(violation);
-    if (viol && PyObject_SetAttrString(exc, "offset", offset) == 0 &&
-        PyObject_SetAttrString(exc, "frame_offset", offset) == 0 &&
-        PyObject_SetAttrString(exc, "violation", viol) == 0)
-        PyErr_SetObject(st->exc[FAB_PYEXC_FrameError], exc);
-    Py_XDECREF(viol);
-    Py_DECREF(exc);
+    }
+    fab_py_err_info info = {.msg = msg, .violation = violation, .exc = FAB_PYEXC_FrameError};
+    fab_py_raise(st, FAB_EFORMAT, &info);
+    Py_DECREF(text);
     return NULL;
 }
 
@@ -355,26 +337,22 @@ static PyObject *limits_to_dict(LimitsObject *self, PyObject *Py_UNUSED(ignored)
 
 static PyObject *limits_reduce(LimitsObject *self, PyObject *Py_UNUSED(ignored))
 {
-    /* Pickles as StreamFrameLimits(**to_dict()) through copyreg-free means:
-     * (callable, args) with the type rebuilt by replace on a default object. */
-    PyObject *d = limits_to_dict(self, NULL);
-    if (d == NULL)
-        return NULL;
-    PyObject *functools = PyImport_ImportModule("functools");
-    PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
-    Py_XDECREF(functools);
-    if (partial == NULL) {
-        Py_DECREF(d);
+    return fab_py_reduce((PyObject *)self, limits_to_dict(self, NULL));
+}
+
+/* StreamFrameLimits(**fields), for pickle. */
+static PyObject *limits_unpickle(PyObject *cls, PyObject *fields)
+{
+    if (!PyDict_Check(fields)) {
+        PyErr_Format(PyExc_TypeError, "StreamFrameLimits._unpickle() takes a dict, not %s",
+                     Py_TYPE(fields)->tp_name);
         return NULL;
     }
-    PyObject *args = PyTuple_Pack(1, (PyObject *)Py_TYPE(self));
-    PyObject *fn = args ? PyObject_Call(partial, args, d) : NULL;
-    Py_DECREF(partial);
-    Py_XDECREF(args);
-    Py_DECREF(d);
-    if (fn == NULL)
+    PyObject *none = PyTuple_New(0);
+    if (none == NULL)
         return NULL;
-    PyObject *r = Py_BuildValue("(N())", fn);
+    PyObject *r = PyObject_Call(cls, none, fields);
+    Py_DECREF(none);
     return r;
 }
 
@@ -384,6 +362,7 @@ static PyMethodDef limits_methods[] = {
     {"to_dict", (PyCFunction)limits_to_dict, METH_NOARGS,
      "to_dict($self, /)\n--\n\nThe limits as a dict of name to int."},
     {"__reduce__", (PyCFunction)limits_reduce, METH_NOARGS, NULL},
+    {"_unpickle", limits_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -494,7 +473,7 @@ static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObj
     if (get_uint(kind, "kind", 255, &v) < 0)
         return -1;
     if (fab_frame_kind_name((int)v) == NULL) {
-        raise_frame_error_at(st, "unknown-kind", Py_None, "unknown frame kind %llu",
+        raise_frame_error_at(st, "unknown-kind", "unknown frame kind %llu",
                              (unsigned long long)v);
         return -1;
     }
@@ -507,7 +486,7 @@ static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObj
         if (get_uint(flags, "flags", 0xffff, &v) < 0)
             return -1;
         if (v & ~FAB_FRAME_FLAGS_KNOWN) {
-            raise_frame_error_at(st, "reserved-flags", Py_None,
+            raise_frame_error_at(st, "reserved-flags",
                                  "reserved flag bits 0x%04x set",
                                  (unsigned)(v & ~FAB_FRAME_FLAGS_KNOWN));
             return -1;
@@ -551,7 +530,7 @@ static PyObject *frame_vectorcall(PyObject *type, PyObject *const *args, size_t 
         return NULL;
     if ((size_t)PyBytes_GET_SIZE(owner) > FAB_FRAME_FORMAT_MAX_PAYLOAD) {
         Py_DECREF(owner);
-        return raise_frame_error_at(st, "payload-too-large", Py_None,
+        return raise_frame_error_at(st, "payload-too-large",
                                     "payload of %zd bytes does not fit a frame",
                                     PyBytes_GET_SIZE(owner));
     }
@@ -689,20 +668,20 @@ static PyObject *frame_richcompare(PyObject *a, PyObject *b, int op)
     Py_RETURN_FALSE;
 }
 
+static PyObject *frame_from_bytes(PyObject *module, PyObject *data);
+
 static PyObject *frame_reduce(FrameObject *self, PyObject *Py_UNUSED(ignored))
 {
-    /* Keyword-only fields cannot travel in a reduce tuple's args, so a
-     * frame pickles as its wire bytes. */
-    PyObject *enc = frame_encode(self, NULL);
-    if (enc == NULL)
-        return NULL;
-    PyObject *mod = PyType_GetModuleByDef(Py_TYPE(self), &fab_module_def);
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_frame_from_bytes") : NULL;
-    if (fn == NULL) {
-        Py_DECREF(enc);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, enc);
+    /* Keyword-only fields cannot travel in a positional call, so a frame
+     * pickles as its wire bytes. */
+    return fab_py_reduce((PyObject *)self, frame_encode(self, NULL));
+}
+
+/* One whole encoded frame back to a Frame, for pickle. */
+static PyObject *frame_unpickle(PyObject *cls, PyObject *data)
+{
+    PyObject *module = PyType_GetModuleByDef((PyTypeObject *)cls, &fab_module_def);
+    return module ? frame_from_bytes(module, data) : NULL;
 }
 
 /* Decode limits from a StreamFrameLimits (its max_depth and max_items, the
@@ -768,6 +747,7 @@ static PyMethodDef frame_methods[] = {
      "StreamFrameLimits()) or any limits fabric.unpack accepts. Raises\n"
      "DecodeError whose .offset counts from the start of the stream."},
     {"__reduce__", (PyCFunction)frame_reduce, METH_NOARGS, NULL},
+    {"_unpickle", frame_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -834,7 +814,7 @@ static void encoder_dealloc(EncoderObject *self)
 static int check_size(fab_state *st, uint64_t max, size_t len)
 {
     if (len > max) {
-        raise_frame_error_at(st, "payload-too-large", Py_None,
+        raise_frame_error_at(st, "payload-too-large",
                              "payload of %zu bytes exceeds max_frame_payload_bytes=%llu",
                              len, (unsigned long long)max);
         return -1;

@@ -3,8 +3,8 @@
  *
  * The glue converts types and maps errors; logic lives in csrc/. Every type
  * and exception lives in the module state (PEP 489 multi-phase init), never
- * in a C global. Each part of the glue (keys.c, ...) exports one exec
- * function that module.c calls in order.
+ * in a C global. Each part of the glue (walk.c, key.c, request.c, ...)
+ * exports exec, traverse and clear functions, listed in module.c's table.
  */
 #ifndef FABRIC_GLUE_H
 #define FABRIC_GLUE_H
@@ -67,12 +67,16 @@ enum fab_py_exc {
 typedef struct fab_state {
     PyObject *exc[FAB_PYEXC_COUNT];
 
-    /* keys.c */
-    PyTypeObject *ContentKey_Type;
-    PyTypeObject *EvalRequest_Type;
-    PyTypeObject *Secret_Type;
+    /* walk.c */
     fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
-    struct fab_sort_memo *sort_memo; /* recent map key orders (keys.c), under the GIL */
+    struct fab_keymemo *key_memo; /* recent map key orders, under the GIL */
+
+    /* key.c */
+    PyTypeObject *ContentKey_Type;
+    PyTypeObject *Secret_Type;
+
+    /* request.c */
+    PyTypeObject *EvalRequest_Type;
     PyObject *str_eval;
     PyObject *str_local_first;
     PyObject *empty_tuple;
@@ -132,9 +136,53 @@ static inline fab_state *fab_state_from_type(PyTypeObject *tp)
     return m ? fab_get_state(m) : NULL;
 }
 
-/* Raises the Python exception that matches a core error code, with the
- * given context (may be NULL) in front of the message. Returns NULL. */
+/*
+ * Errors: the one mapping from core FAB_E* codes to Python exceptions
+ * (errors.c). Every part of the glue raises a core failure through
+ * fab_py_raise (or fab_py_raise_code when it knows nothing more than the
+ * code); cassette.c's raise_ledger and caf.c's successor are to move over
+ * to it as their owners rewrite them. What a failure was about, beyond its
+ * code: every field is optional (zero / NULL), except exc.
+ */
+typedef struct fab_py_err_info {
+    const char *msg;      /* the core's own message, else fab_strerror(code) */
+    const char *context;  /* what was being done, put in front (no path/offset) */
+    PyObject *path;       /* str, borrowed: the file; sets .path (and .filename, .errno
+                           * for the OSError classes) and selects the Ledger* classes */
+    int has_offset;       /* sets .offset (None when 0 but path or violation is set) */
+    uint64_t offset;
+    int sys_errno;        /* errno of a failed system call (OSError classes) */
+    long pid;             /* FAB_ELOCKED: the process holding the lock (.pid) */
+    long version;         /* FAB_EVERSION: the version found (.version) */
+    const char *violation;/* a frame rule broken: sets .violation and .frame_offset */
+    int has_frame_offset;
+    uint64_t frame_offset;
+    int exc;              /* a FAB_PYEXC_* to raise instead of the code's class, or -1 */
+} fab_py_err_info;
+
+/*
+ * Raises the exception for a core failure. The class follows the code:
+ * FAB_ENOMEM MemoryError, FAB_ETYPE TypeError, FAB_ELOCKED LedgerLockedError;
+ * with a path FAB_EIO/ESTATE/EOVERFLOW LedgerError, FAB_EFORMAT/ETRUNCATED
+ * LedgerFormatError, FAB_EVERSION LedgerVersionError, FAB_ECORRUPT
+ * LedgerCorruptionError; without one FAB_EFORMAT/ETRUNCATED/ECORRUPT
+ * DecodeError, FAB_EIO OSError, FAB_ECRYPTO/ESTATE/EOVERFLOW FabricError;
+ * anything else ValueError. info may be NULL. Returns NULL.
+ */
+PyObject *fab_py_raise(fab_state *st, int code, const fab_py_err_info *info);
+
+/* fab_py_raise with only a context (may be NULL) in front of the message. */
 PyObject *fab_py_raise_code(fab_state *st, int code, const char *context);
+
+/*
+ * Pickling: the one strategy. A picklable type's __reduce__ returns a
+ * callable reached through the type itself, never a function of a Python
+ * module: the type, when its constructor takes the state positionally
+ * (ContentKey), else its _unpickle class method, given one state object
+ * (a dict of fields, or bytes). fab_py_reduce builds the latter:
+ * (type(self)._unpickle, (state,)). It steals state; NULL on error.
+ */
+PyObject *fab_py_reduce(PyObject *self, PyObject *state);
 
 /* Adds a new type made from spec to the module and returns a borrowed
  * reference (the state keeps its own), or NULL with an exception set. */
@@ -142,15 +190,22 @@ PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
 
 /* Part exec functions, called in order by module.c; each returns 0 or -1. */
 int fab_py_errors_exec(PyObject *module, fab_state *st);
-int fab_py_keys_exec(PyObject *module, fab_state *st);
+int fab_py_walk_exec(PyObject *module, fab_state *st);
+int fab_py_key_exec(PyObject *module, fab_state *st);
+int fab_py_request_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
 int fab_py_cassette_exec(PyObject *module, fab_state *st);
 int fab_py_caf_exec(PyObject *module, fab_state *st);
 int fab_py_frames_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
-int fab_py_keys_traverse(fab_state *st, visitproc visit, void *arg);
-void fab_py_keys_clear(fab_state *st);
+int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_errors_clear(fab_state *st);
+void fab_py_walk_clear(fab_state *st);
+int fab_py_key_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_key_clear(fab_state *st);
+int fab_py_request_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_request_clear(fab_state *st);
 int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_unpack_clear(fab_state *st);
 int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
@@ -158,14 +213,17 @@ void fab_py_cassette_clear(fab_state *st);
 int fab_py_caf_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_caf_clear(fab_state *st);
 
-/* keys.c: a borrowed view of an EvalRequest for other parts: its 32-byte
+/* key.c: a new ContentKey holding the 32-byte digest. */
+PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest);
+
+/* request.c: a borrowed view of an EvalRequest for other parts: its 32-byte
  * digest (valid while req lives), its sorted capability tuple (borrowed) and
  * its stream flag; any out pointer may be NULL. 0, or -1 with TypeError when
  * req is not an EvalRequest. */
 int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, PyObject **caps,
                         int *stream);
 
-/* keys.c: the request's ContentKey (made once, then shared); new reference. */
+/* request.c: the request's ContentKey (made once, then shared); new reference. */
 PyObject *fab_py_request_key(fab_state *st, PyObject *req);
 int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
@@ -177,9 +235,25 @@ void fab_py_frames_clear(fab_state *st);
 int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
                            size_t *nbytes);
 
-/* keys.c: canonical encoding of an arbitrary value into an encoder, for
+/* walk.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
 int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* walk.c: one piece of a digest's input: a Python value to encode
+ * canonically (value non-NULL; root names it in error messages), or bytes
+ * already in canonical form (value NULL). */
+typedef struct fab_py_piece {
+    PyObject *value;
+    const char *root;
+    const uint8_t *bytes;
+    size_t len;
+} fab_py_piece;
+
+/* walk.c: writes to out the SHA-256 of the pieces' canonical bytes, in
+ * order. An error names the piece's root (or whole) and the path inside
+ * the value. 0, or -1 with an exception set. */
+int fab_py_digest_pieces(fab_state *st, const char *whole, const fab_py_piece *pieces, size_t n,
+                         uint8_t out[FAB_SHA256_LEN]);
 
 /* unpack.c: decodes one msgpack value from untrusted bytes under limits
  * (NULL = defaults). Errors raise fabric.DecodeError with .offset, counted

@@ -1,26 +1,50 @@
 /*
  * fabric._core: module definition and multi-phase initialization.
+ *
+ * GIL and sub-interpreters. The module relies on the GIL: module state (the
+ * spare hasher, the key-order memo) is read and written only while it is
+ * held, and it is released only around work that touches no Python object
+ * (hashing a large buffer, ledger I/O under a per-object lock). Every type
+ * and exception lives in the module state (PEP 489), so each interpreter
+ * that imports the module gets its own copy; nothing of one interpreter is
+ * reachable from another. Python 3.11, the oldest version supported, has
+ * neither Py_mod_multiple_interpreters (3.12) nor Py_mod_gil (3.13); when
+ * the oldest supported version gains them, the slots to declare are
+ * Py_MOD_PER_INTERPRETER_GIL_SUPPORTED (nothing is shared between
+ * interpreters) and Py_MOD_GIL_USED (the state above is not thread-safe
+ * without the GIL).
  */
 #include "glue.h"
 
 #include "fabric/crc32c.h"
 
-typedef int (*part_exec)(PyObject *module, fab_state *st);
-
-static const part_exec parts[] = {
-    fab_py_errors_exec,
-    fab_py_keys_exec,
-    fab_py_unpack_exec,
-    fab_py_cassette_exec,
-    fab_py_caf_exec,
-    fab_py_frames_exec,
+/* Each part of the glue: how it adds its types and functions to the module,
+ * and how the collector reaches (traverse) and drops (clear) what it keeps
+ * in the module state. Parts run in this order; a part's exec may use what
+ * an earlier part made. NULL: the part keeps nothing of that kind. */
+static const struct part {
+    const char *name;
+    int (*exec)(PyObject *module, fab_state *st);
+    int (*traverse)(fab_state *st, visitproc visit, void *arg);
+    void (*clear)(fab_state *st);
+} parts[] = {
+    {"errors", fab_py_errors_exec, fab_py_errors_traverse, fab_py_errors_clear},
+    {"walk", fab_py_walk_exec, NULL, fab_py_walk_clear},
+    {"key", fab_py_key_exec, fab_py_key_traverse, fab_py_key_clear},
+    {"request", fab_py_request_exec, fab_py_request_traverse, fab_py_request_clear},
+    {"unpack", fab_py_unpack_exec, fab_py_unpack_traverse, fab_py_unpack_clear},
+    {"cassette", fab_py_cassette_exec, fab_py_cassette_traverse, fab_py_cassette_clear},
+    {"caf", fab_py_caf_exec, fab_py_caf_traverse, fab_py_caf_clear},
+    {"frames", fab_py_frames_exec, fab_py_frames_traverse, fab_py_frames_clear},
 };
+
+#define NPARTS (sizeof(parts) / sizeof(parts[0]))
 
 static int module_exec(PyObject *module)
 {
     fab_state *st = fab_get_state(module);
-    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-        if (parts[i](module, st) < 0)
+    for (size_t i = 0; i < NPARTS; i++)
+        if (parts[i].exec(module, st) < 0)
             return -1;
     if (PyModule_AddIntConstant(module, "MAX_DEPTH", FAB_MAX_DEPTH) < 0)
         return -1;
@@ -32,29 +56,23 @@ static int module_exec(PyObject *module)
 static int module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     fab_state *st = fab_get_state(module);
-    for (int i = 0; i < FAB_PYEXC_COUNT; i++)
-        Py_VISIT(st->exc[i]);
-    if (fab_py_keys_traverse(st, visit, arg))
-        return -1;
-    if (fab_py_cassette_traverse(st, visit, arg))
-        return -1;
-    if (fab_py_caf_traverse(st, visit, arg))
-        return -1;
-    if (fab_py_frames_traverse(st, visit, arg))
-        return -1;
-    return fab_py_unpack_traverse(st, visit, arg);
+    for (size_t i = 0; i < NPARTS; i++) {
+        if (parts[i].traverse == NULL)
+            continue;
+        int rc = parts[i].traverse(st, visit, arg);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static int module_clear(PyObject *module)
 {
     fab_state *st = fab_get_state(module);
-    for (int i = 0; i < FAB_PYEXC_COUNT; i++)
-        Py_CLEAR(st->exc[i]);
-    fab_py_keys_clear(st);
-    fab_py_unpack_clear(st);
-    fab_py_cassette_clear(st);
-    fab_py_caf_clear(st);
-    fab_py_frames_clear(st);
+    /* In reverse: a part may hold what an earlier one made. */
+    for (size_t i = NPARTS; i-- > 0;)
+        if (parts[i].clear)
+            parts[i].clear(st);
     return 0;
 }
 

@@ -155,23 +155,9 @@ static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held
 
 PyObject *fab_py_decode_error(fab_state *st, size_t offset, const char *what)
 {
-    PyObject *msg = PyUnicode_FromFormat("at offset %zu: %s", offset, what);
-    if (msg == NULL)
-        return NULL;
-    PyObject *exc = PyObject_CallOneArg(st->exc[FAB_PYEXC_DecodeError], msg);
-    Py_DECREF(msg);
-    if (exc == NULL)
-        return NULL;
-    PyObject *off = PyLong_FromSize_t(offset);
-    if (off == NULL || PyObject_SetAttrString(exc, "offset", off) < 0) {
-        Py_XDECREF(off);
-        Py_DECREF(exc);
-        return NULL;
-    }
-    Py_DECREF(off);
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
-    return NULL;
+    fab_py_err_info info = {.msg = what, .has_offset = 1, .offset = offset,
+                            .exc = FAB_PYEXC_DecodeError};
+    return fab_py_raise(st, FAB_EFORMAT, &info);
 }
 
 static PyObject *reader_error(dctx *d, int rc)

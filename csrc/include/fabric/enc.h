@@ -53,32 +53,6 @@ int fab_buf_append(fab_buf *b, const void *data, size_t len);
 /* A fab_sink_fn appending to the fab_buf given as ctx. */
 int fab_buf_sink(void *ctx, const void *data, size_t len);
 
-/* ---- digest sink ---------------------------------------------------------- */
-
-#define FAB_HASH_STAGE 2048
-
-/*
- * Stages small writes and feeds them to a SHA-256 hasher in blocks; writes of
- * at least FAB_HASH_STAGE bytes go straight to the hasher without a copy.
- * The hasher is borrowed, not owned.
- */
-typedef struct fab_hash_sink {
-    fab_sha256 *hasher;
-    size_t used;
-    uint8_t stage[FAB_HASH_STAGE];
-} fab_hash_sink;
-
-void fab_hash_sink_init(fab_hash_sink *s, fab_sha256 *hasher);
-
-/* A fab_sink_fn feeding the fab_hash_sink given as ctx. */
-int fab_hash_sink_write(void *ctx, const void *data, size_t len);
-
-/* Feeds any staged bytes to the hasher. 0 or FAB_ECRYPTO. */
-int fab_hash_sink_flush(fab_hash_sink *s);
-
-/* Flushes and writes the digest; the hasher is reset for reuse. */
-int fab_hash_sink_final(fab_hash_sink *s, uint8_t out[FAB_SHA256_LEN]);
-
 /* ---- in-memory forms ------------------------------------------------------ */
 
 /*

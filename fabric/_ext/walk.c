@@ -1,0 +1,1067 @@
+/*
+ * The object walker: the canonical encoding of Python values
+ * (docs/spec/content-key.md), into bytes, a sink, or a SHA-256 digest.
+ *
+ * The walker turns Python objects into calls of the core's canonical writer
+ * (csrc/enc.c). It runs no Python code of the user's: it reads builtin types
+ * through the C API only, so a value cannot change under it, except while
+ * the GIL is released to hash a large buffer; for that window it holds
+ * strong references to everything it still has to visit and checks
+ * container sizes again afterwards.
+ *
+ * The whole walk stays in this one file so the compiler can inline the
+ * dispatch (enc_value) into each container loop; request.c and the other
+ * parts reach it through fab_py_encode_value and fab_py_digest_pieces.
+ */
+#include "glue.h"
+
+#include <string.h>
+
+#include "fabric/enc.h"
+#include "fabric/hash.h"
+#include "fabric/keymemo.h"
+#include "fabric/stage.h"
+
+/* Buffers at least this large are hashed with the GIL released (CPython's
+ * hashlib uses the same threshold). */
+#define GIL_RELEASE_THRESHOLD 2048
+
+/* ======================================================================== */
+/* The walker                                                                */
+/* ======================================================================== */
+
+/*
+ * Where the walker's bytes go: staged output windows (csrc/stage.c). The
+ * walker writes headers and scalars straight into a window with the core's
+ * fab_put_* functions (a call through a sink per item costs more than the
+ * item). The main window is flushed into a hasher or a sink, or grows (the
+ * result of canonical_bytes); the scratch window, for map keys and set
+ * members being sorted, grows.
+ */
+typedef fab_stage wout;
+
+#define WALK_STAGE 8192   /* bytes staged before a flush to the hasher/sink */
+#define WALK_SMALL 16     /* containers up to this size need no heap array */
+#define WALK_SCRATCH 1024 /* scratch bytes before it moves to the heap */
+
+typedef struct walker {
+    fab_state *st;
+    wout *out;       /* current target: &main, or &scratch inside keys/members */
+    wout main;
+    wout scratch;    /* a stack of regions, one per map or set being sorted */
+    int depth;
+    int borrowed;    /* items are visited through borrowed references */
+    int restart;     /* a borrowed walk met what it cannot do: walk again owned */
+    PyObject *stack[FAB_MAX_DEPTH]; /* containers being visited, for cycles */
+    PyObject *err_type;             /* borrowed; set with err_msg */
+    PyObject *err_msg;              /* what went wrong, without the path */
+    PyObject *path;                 /* list of path segments, innermost first */
+    uint8_t stage[WALK_STAGE];      /* main's memory until it needs more */
+    uint8_t scratch_stage[WALK_SCRATCH]; /* scratch's memory until it needs more */
+} walker;
+
+static int enc_value(walker *w, PyObject *v);
+
+/* A walker whose main output is flushed into hasher, or into enc, or (both
+ * NULL) grows in memory. */
+static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *enc)
+{
+    w->st = st;
+    fab_stage_init(&w->main, w->stage, sizeof(w->stage), hasher, enc ? enc->sink : NULL,
+                   enc ? enc->ctx : NULL);
+    fab_stage_init(&w->scratch, w->scratch_stage, sizeof(w->scratch_stage), NULL, NULL, NULL);
+    w->out = &w->main;
+    w->depth = 0;
+    w->borrowed = 0;
+    w->restart = 0;
+    w->err_type = NULL;
+    w->err_msg = NULL;
+    w->path = NULL;
+}
+
+static void walker_destroy(walker *w)
+{
+    fab_stage_destroy(&w->main);
+    fab_stage_destroy(&w->scratch);
+}
+
+/*
+ * A walker is either owned (it holds a strong reference to every item it
+ * still has to visit: safe while the GIL is released to hash a large buffer,
+ * and while an error message calls a key's __repr__) or borrowed (it holds
+ * none: faster, valid only while no Python code can run). A borrowed walk
+ * gives up, with no exception set, at anything that could run Python code
+ * or release the GIL (an error, a set, a foreign buffer, a large buffer to
+ * hash); the caller then walks again, owned, from the start.
+ */
+static int give_up(walker *w)
+{
+    w->restart = 1;
+    return -1;
+}
+
+/* Records an error at the current value; the path is added on the way out. */
+static int fail(walker *w, PyObject *type, const char *fmt, ...)
+{
+    if (w->borrowed)
+        return give_up(w); /* the owned walk says what went wrong, and where */
+    va_list ap;
+    va_start(ap, fmt);
+    w->err_msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (w->err_msg == NULL)
+        return -1; /* a MemoryError is already set */
+    w->err_type = type;
+    return -1;
+}
+
+static int fail_code(walker *w, int code)
+{
+    if (code == FAB_ENOMEM || code == FAB_EOVERFLOW) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (code == FAB_EDUPKEY)
+        return fail(w, PyExc_ValueError,
+                    "two distinct keys or members encode identically "
+                    "(for example two NaN objects)");
+    if (code == FAB_ERANGE)
+        return fail(w, PyExc_ValueError, "value too large to encode (4 GiB limit)");
+    return fail(w, w->st->exc[FAB_PYEXC_FabricError], "%s", fab_strerror(code));
+}
+
+/* Adds one path segment (a format string) as the error unwinds. */
+static void add_segment(walker *w, const char *fmt, ...)
+{
+    if (w->err_type == NULL)
+        return; /* an exception from the C API: passed through unchanged */
+    if (w->path == NULL && (w->path = PyList_New(0)) == NULL)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *seg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (seg) {
+        PyList_Append(w->path, seg);
+        Py_DECREF(seg);
+    }
+}
+
+/* A short repr of a mapping key for error paths (never a Secret's value:
+ * Secret's repr hides it). */
+static PyObject *short_repr(PyObject *v)
+{
+    PyObject *r = PyObject_Repr(v);
+    if (r == NULL) {
+        PyErr_Clear();
+        return PyUnicode_FromString("<key>");
+    }
+    if (PyUnicode_GET_LENGTH(r) > 40) {
+        PyObject *cut = PyUnicode_Substring(r, 0, 37);
+        Py_DECREF(r);
+        if (cut == NULL)
+            return NULL;
+        r = PyUnicode_FromFormat("%U...", cut);
+        Py_DECREF(cut);
+    }
+    return r;
+}
+
+/* Turns a walker error into a Python exception "root<path>: message". */
+static int walker_raise(walker *w, const char *root)
+{
+    if (w->err_type == NULL) {
+        Py_CLEAR(w->path);
+        return -1;
+    }
+    PyObject *path = PyUnicode_FromString(root);
+    if (path && w->path) {
+        for (Py_ssize_t i = PyList_GET_SIZE(w->path) - 1; i >= 0 && path; i--) {
+            PyObject *joined = PyUnicode_Concat(path, PyList_GET_ITEM(w->path, i));
+            Py_SETREF(path, joined);
+        }
+    }
+    if (path)
+        PyErr_Format(w->err_type, "%U: %U", path, w->err_msg);
+    Py_XDECREF(path);
+    Py_CLEAR(w->err_msg);
+    Py_CLEAR(w->path);
+    w->err_type = NULL;
+    return -1;
+}
+
+static int enter(walker *w, PyObject *container)
+{
+    for (int i = 0; i < w->depth; i++)
+        if (w->stack[i] == container)
+            return fail(w, PyExc_ValueError, "self-referencing container (a cycle) cannot be keyed");
+    if (w->depth >= FAB_MAX_DEPTH)
+        return fail(w, PyExc_ValueError, "nesting deeper than %d levels", FAB_MAX_DEPTH);
+    w->stack[w->depth++] = container;
+    return 0;
+}
+
+static void leave(walker *w)
+{
+    w->depth--;
+}
+
+static int check(walker *w, int rc)
+{
+    return rc == FAB_OK ? 0 : fail_code(w, rc);
+}
+
+static int out_flush(walker *w, wout *o)
+{
+    return check(w, fab_stage_flush(o));
+}
+
+static inline int room(walker *w, size_t n)
+{
+    wout *o = w->out;
+    if (o->cap - o->len >= n)
+        return 0;
+    return check(w, fab__stage_room_slow(o, n));
+}
+
+/* Writes one item made by a fab_put_* call: PUT(w, fab_put_x(P, ...)). */
+#define PUT(w, expr)                                    \
+    do {                                                \
+        if (room((w), FAB_PUT_MAX) < 0)                 \
+            return -1;                                  \
+        uint8_t *P = (w)->out->data + (w)->out->len;    \
+        (w)->out->len += (expr);                        \
+    } while (0)
+
+_Static_assert(GIL_RELEASE_THRESHOLD >= FAB_STAGE_DIRECT,
+               "a run hashed with the GIL released bypasses the stage");
+
+/* Writes raw data. Runs of GIL_RELEASE_THRESHOLD bytes or more bypass the
+ * stage: they are hashed with the GIL released, or passed to the sink. */
+static int write_body(walker *w, const void *data, size_t len)
+{
+    wout *o = w->out;
+    if (!o->grow && len >= GIL_RELEASE_THRESHOLD) {
+        if (w->borrowed)
+            return give_up(w);
+        int rc;
+        if (o->hasher) {
+            /* The stage and its hasher are the walker's own: no Python
+             * object is touched in here. */
+            Py_BEGIN_ALLOW_THREADS
+            rc = fab_stage_write(o, data, len);
+            Py_END_ALLOW_THREADS
+        } else {
+            rc = fab_stage_write(o, data, len);
+        }
+        return check(w, rc);
+    }
+    if (room(w, len) < 0)
+        return -1;
+    fab_copy(o->data + o->len, data, len);
+    o->len += len;
+    return 0;
+}
+
+static int enc_str(walker *w, PyObject *v)
+{
+    Py_ssize_t n;
+    const char *s;
+    if (PyUnicode_IS_COMPACT_ASCII(v)) {
+        /* ASCII is its own UTF-8. */
+        s = (const char *)PyUnicode_DATA(v);
+        n = PyUnicode_GET_LENGTH(v);
+    } else {
+        s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                PyErr_Clear();
+                return fail(w, PyExc_ValueError,
+                            "str contains a lone surrogate and is not valid UTF-8");
+            }
+            return -1;
+        }
+    }
+    if ((size_t)n > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    if (n < 256 && room(w, FAB_PUT_MAX + (size_t)n) == 0) {
+        /* The common short string: header and bytes in one go. */
+        wout *o = w->out;
+        o->len += fab_put_str_header(o->data + o->len, (uint32_t)n);
+        fab_copy(o->data + o->len, (const uint8_t *)s, (size_t)n);
+        o->len += (size_t)n;
+        return 0;
+    }
+    PUT(w, fab_put_str_header(P, (uint32_t)n));
+    return write_body(w, s, (size_t)n);
+}
+
+static int enc_bin(walker *w, const void *data, size_t n)
+{
+    if (n > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    PUT(w, fab_put_bin_header(P, (uint32_t)n));
+    return write_body(w, data, n);
+}
+
+static int enc_bigint(walker *w, PyObject *v)
+{
+    /* Bits of the magnitude plus one sign bit, rounded up to bytes. */
+    size_t nbits = _PyLong_NumBits(v);
+    if (nbits == (size_t)-1 && PyErr_Occurred())
+        return -1;
+    size_t nbytes = nbits / 8 + 1;
+    uint8_t small[64];
+    uint8_t *buf = nbytes <= sizeof(small) ? small : PyMem_Malloc(nbytes);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = -1;
+    if (_PyLong_AsByteArray((PyLongObject *)v, buf, nbytes, 0, 1) < 0)
+        goto done;
+    /* Trim redundant sign-extension bytes to the minimal form. */
+    size_t off = 0;
+    while (nbytes - off > 1 &&
+           ((buf[off] == 0x00 && !(buf[off + 1] & 0x80)) ||
+            (buf[off] == 0xff && (buf[off + 1] & 0x80))))
+        off++;
+    /* The core checks the form and range; it writes into a small buffer
+     * sink so its checks stay the one authority. */
+    fab_buf tmp;
+    fab_enc sub;
+    fab_buf_init(&tmp);
+    fab_enc_init(&sub, fab_buf_sink, &tmp);
+    rc = check(w, fab_enc_bigint(&sub, buf + off, nbytes - off));
+    if (rc == 0)
+        rc = write_body(w, tmp.data, tmp.len);
+    fab_buf_destroy(&tmp);
+done:
+    if (buf != small)
+        PyMem_Free(buf);
+    return rc;
+}
+
+/* The value of an int of at most one internal digit (|x| < 2**30), read
+ * without a call: most ints in arguments are such. 1 when it is one. */
+static inline int small_int(PyObject *v, long long *x)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    Py_ssize_t size = Py_SIZE(v);
+    if (size < -1 || size > 1)
+        return 0;
+    *x = size == 0 ? 0 : (long long)size * (long long)((PyLongObject *)v)->ob_digit[0];
+    return 1;
+#else
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)v))
+        return 0;
+    *x = (long long)PyUnstable_Long_CompactValue((PyLongObject *)v);
+    return 1;
+#endif
+}
+
+static int enc_int(walker *w, PyObject *v)
+{
+    long long small;
+    if (small_int(v, &small)) {
+        PUT(w, fab_put_int64(P, (int64_t)small));
+        return 0;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (!overflow) {
+        PUT(w, fab_put_int64(P, (int64_t)x));
+        return 0;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (!(u == (unsigned long long)-1 && PyErr_Occurred())) {
+            PUT(w, fab_put_uint64(P, (uint64_t)u));
+            return 0;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+    }
+    return enc_bigint(w, v);
+}
+
+static int enc_buffer(walker *w, PyObject *v)
+{
+    /* Exporters other than these two may run Python code. */
+    if (w->borrowed && !PyByteArray_CheckExact(v) && !PyMemoryView_Check(v))
+        return give_up(w);
+    Py_buffer view;
+    if (PyObject_GetBuffer(v, &view, PyBUF_SIMPLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            return fail(w, PyExc_TypeError,
+                        "cannot key a non-contiguous buffer of type %s "
+                        "(make a contiguous copy first)",
+                        Py_TYPE(v)->tp_name);
+        }
+        return -1;
+    }
+    int rc = enc_bin(w, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
+/*
+ * Strong references to the items of a container, taken before any of them is
+ * encoded: while the GIL is released to hash a large buffer, another thread
+ * may change the container, and the walker must still own what it visits.
+ */
+typedef struct snapshot {
+    PyObject **items;
+    Py_ssize_t n;
+    int owned;      /* items are strong references */
+    PyObject *small[2 * WALK_SMALL];
+} snapshot;
+
+static int snapshot_alloc(walker *w, snapshot *s, Py_ssize_t n)
+{
+    s->n = 0;
+    s->owned = !w->borrowed;
+    if (n <= (Py_ssize_t)(sizeof(s->small) / sizeof(s->small[0]))) {
+        s->items = s->small;
+        return 0;
+    }
+    s->items = PyMem_New(PyObject *, (size_t)n);
+    if (s->items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static inline void snapshot_add(snapshot *s, PyObject *item)
+{
+    if (s->owned)
+        Py_INCREF(item);
+    s->items[s->n++] = item;
+}
+
+static void snapshot_release(snapshot *s)
+{
+    if (s->owned)
+        for (Py_ssize_t i = 0; i < s->n; i++)
+            Py_DECREF(s->items[i]);
+    if (s->items != s->small)
+        PyMem_Free(s->items);
+}
+
+/* An empty container is one header byte. It cannot hold itself, so only
+ * the depth limit could refuse it, as enter() would. */
+static inline int empty_container(walker *w, Py_ssize_t n)
+{
+    return n == 0 && w->depth < FAB_MAX_DEPTH;
+}
+
+static int enc_sequence(walker *w, PyObject *v)
+{
+    int rc = -1;
+    snapshot snap;
+    /* A tuple cannot change: one reference to it holds its items. A list
+     * is copied item by item. */
+    int is_tuple = PyTuple_Check(v);
+    Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(v) : PyList_GET_SIZE(v);
+    if (empty_container(w, n)) {
+        PUT(w, fab_put_array_header(P, 0));
+        return 0;
+    }
+    if (enter(w, v) < 0)
+        return -1;
+    PyObject **items;
+    if (is_tuple || w->borrowed) {
+        /* Nothing to copy: a borrowed walk runs no Python code, so not even
+         * a list can change under it. */
+        if (snapshot_alloc(w, &snap, 1) < 0)
+            goto out;
+        snapshot_add(&snap, v);
+        items = is_tuple ? ((PyTupleObject *)v)->ob_item : ((PyListObject *)v)->ob_item;
+    } else {
+        if (snapshot_alloc(w, &snap, n) < 0)
+            goto out;
+        for (Py_ssize_t i = 0; i < n; i++)
+            snapshot_add(&snap, PyList_GET_ITEM(v, i));
+        items = snap.items;
+    }
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
+        goto done;
+    }
+    if (room(w, FAB_PUT_MAX) < 0)
+        goto done;
+    w->out->len += fab_put_array_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (enc_value(w, items[i]) < 0) {
+            add_segment(w, "[%zd]", i);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    snapshot_release(&snap);
+out:
+    leave(w);
+    return rc;
+}
+
+/* Encodes one value onto the scratch stack (for sorting keys and members). */
+static int enc_into_scratch(walker *w, PyObject *v)
+{
+    wout *saved = w->out;
+    w->out = &w->scratch;
+    int rc = enc_value(w, v);
+    w->out = saved;
+    return rc;
+}
+
+/*
+ * Ends a sorted container whose keys or members occupied scratch from base.
+ * When the container itself was being written onto scratch (it is part of
+ * an enclosing key), its output follows the region: move it down.
+ */
+static void scratch_pop(walker *w, size_t base, size_t region_end)
+{
+    wout *s = &w->scratch;
+    if (w->out == s) {
+        size_t emitted = s->len - region_end;
+        memmove(s->data + base, s->data + region_end, emitted);
+        s->len = base + emitted;
+    } else {
+        s->len = base;
+    }
+}
+
+/* Spans for up to WALK_SMALL entries live on the stack. */
+typedef struct span_array {
+    fab_span *spans;
+    fab_span small[WALK_SMALL];
+} span_array;
+
+static int spans_alloc(span_array *a, Py_ssize_t n)
+{
+    if (n <= WALK_SMALL) {
+        a->spans = a->small;
+        return 0;
+    }
+    a->spans = PyMem_New(fab_span, (size_t)n);
+    if (a->spans == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void spans_free(span_array *a)
+{
+    if (a->spans != a->small)
+        PyMem_Free(a->spans);
+}
+
+/* Sorts the n spans encoded on scratch from base (offsets in .p until now)
+ * and turns .p back into offsets afterwards, since scratch may still move. */
+static int sort_scratch_spans(walker *w, fab_span *spans, Py_ssize_t n)
+{
+    uint8_t *data = w->scratch.data;
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = data + (uintptr_t)spans[i].p;
+    int rc = fab_canon_sort_spans(spans, (size_t)n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = (const uint8_t *)(uintptr_t)(spans[i].p - data);
+    return check(w, rc);
+}
+
+/*
+ * The key-order memo (csrc/keymemo.c) remembers the order of the keys of
+ * recent small dicts, by the key objects' identity and by their encodings.
+ * The keys it remembers by identity are exact str: immutable, and held by a
+ * strong reference while remembered, so their address names them. Dropping
+ * one runs no Python code. The memo is used only while the GIL is held.
+ */
+static void retain_key(const void *key)
+{
+    Py_INCREF((PyObject *)(uintptr_t)key);
+}
+
+static void release_key(const void *key)
+{
+    Py_DECREF((PyObject *)(uintptr_t)key);
+}
+
+/* The state's memo, made on first use; NULL under memory pressure (no memo
+ * then). */
+static fab_keymemo *key_memo(walker *w)
+{
+    if (w->st->key_memo == NULL && fab_keymemo_new(&w->st->key_memo, retain_key, release_key) < 0)
+        return NULL;
+    return w->st->key_memo;
+}
+
+/* items holds key, value, key, value...: the shape of a dict's keys,
+ * pinned, or NULL. The snapshot's PyObject pointers are read as opaque
+ * identities (any object pointer converts to and from void *). */
+static inline fab_keymemo_shape *shape_find(walker *w, PyObject *const *items, Py_ssize_t n)
+{
+    return fab_keymemo_shape_find(w->st->key_memo, (const void *const *)items, 2, (size_t)n);
+}
+
+static int keys_exact_str(PyObject *const *items, Py_ssize_t n)
+{
+    if (n > FAB_KEYMEMO_MAX_KEYS)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyUnicode_CheckExact(items[2 * i]))
+            return 0;
+    return 1;
+}
+
+/* Puts the spans of a dict's n keys (offsets into scratch from base, as
+ * the key loop left them) into canonical order, from the memo or by
+ * sorting, and remembers the order and the shape. The spans are offsets
+ * again afterwards, since scratch may still move. */
+static int order_keys(walker *w, PyObject *const *items, fab_span *spans, Py_ssize_t n,
+                      size_t base)
+{
+    uint8_t *data = w->scratch.data;
+    const uint8_t *bytes = data + base;
+    size_t len = w->scratch.len - base;
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = data + (uintptr_t)spans[i].p;
+    int rc = FAB_OK;
+    fab_keymemo *m = w->st->key_memo;
+    if (!fab_keymemo_order_find(m, bytes, len, spans, (size_t)n)) {
+        rc = fab_canon_sort_spans(spans, (size_t)n);
+        if (rc == FAB_OK && (m = key_memo(w)) != NULL)
+            fab_keymemo_order_store(m, bytes, len, spans, (size_t)n);
+    }
+    if (rc == FAB_OK && m != NULL && keys_exact_str(items, n))
+        fab_keymemo_shape_store(m, (const void *const *)items, 2, (size_t)n, spans);
+    for (Py_ssize_t i = 0; i < n; i++)
+        spans[i].p = (const uint8_t *)(uintptr_t)(spans[i].p - data);
+    return check(w, rc);
+}
+
+/* Writes the common scalars inline, into room already made for
+ * FAB_PUT_MAX bytes: 1 when v was one of them, 0 to leave it to enc_value. */
+static inline int put_scalar(wout *o, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    long long x;
+    uint8_t *p = o->data + o->len;
+    if (tp == &PyLong_Type && small_int(v, &x))
+        o->len += fab_put_int64(p, (int64_t)x);
+    else if (tp == &PyFloat_Type)
+        o->len += fab_put_double(p, PyFloat_AS_DOUBLE(v));
+    else if (v == Py_None)
+        o->len += fab_put_nil(p);
+    else if (v == Py_True || v == Py_False)
+        o->len += fab_put_bool(p, v == Py_True);
+    else
+        return 0;
+    return 1;
+}
+
+/* The path segment of a dict entry that failed: "[key]" for its value,
+ * "<key key>" for its key. */
+static void entry_failed(walker *w, const char *fmt, PyObject *key)
+{
+    if (w->err_type) {
+        PyObject *r = short_repr(key);
+        if (r) {
+            add_segment(w, fmt, r);
+            Py_DECREF(r);
+        }
+    }
+}
+
+/* Writes one map entry: the key's klen encoded bytes at *base + off (read
+ * after room is made, since *base may be scratch, which may move), then
+ * the value. Inlined into both map loops: as a call it cost 5-7 % of
+ * keying a small dict. */
+static inline __attribute__((always_inline)) int
+put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen, PyObject *key,
+          PyObject *value)
+{
+    if (room(w, klen + FAB_PUT_MAX) < 0)
+        return -1;
+    wout *o = w->out;
+    fab_copy(o->data + o->len, *base + off, klen);
+    o->len += klen;
+    if (!put_scalar(o, value) && enc_value(w, value) < 0) {
+        entry_failed(w, "[%U]", key);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes a dict whose keys a remembered shape knows: the key encodings are
+ * copied from the shape (pinned by the caller), the values encoded. */
+static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const fab_keymemo_shape *e)
+{
+    if (room(w, FAB_PUT_MAX) < 0)
+        return -1;
+    w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    const uint8_t *bytes = e->bytes;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = 2 * (Py_ssize_t)e->order[i];
+        if (put_entry(w, &bytes, e->off[i], (size_t)(e->off[i + 1] - e->off[i]), items[at],
+                      items[at + 1]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int enc_dict(walker *w, PyObject *v)
+{
+    int rc = -1;
+    snapshot snap;
+    span_array sa;
+    size_t base = w->scratch.len, region_end = base;
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    if (empty_container(w, n)) {
+        PUT(w, fab_put_map_header(P, 0));
+        return 0;
+    }
+    if (enter(w, v) < 0)
+        return -1;
+    if (snapshot_alloc(w, &snap, 2 * n) < 0)
+        goto out;
+    if (spans_alloc(&sa, n) < 0) {
+        snapshot_release(&snap);
+        goto out;
+    }
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        if (snap.owned) {
+            while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
+                snapshot_add(&snap, key);
+                snapshot_add(&snap, value);
+            }
+        } else {
+            PyObject **it = snap.items, **end = snap.items + 2 * n;
+            while (it < end && PyDict_Next(v, &pos, &key, &value)) {
+                it[0] = key;
+                it[1] = value;
+                it += 2;
+            }
+            snap.n = it - snap.items;
+        }
+    }
+    n = snap.n / 2;
+    fab_keymemo_shape *known = shape_find(w, snap.items, n);
+    if (known) {
+        /* Nothing goes onto scratch: region_end stays base. */
+        rc = enc_dict_known(w, snap.items, n, known);
+        fab_keymemo_shape_unpin(known);
+        goto done;
+    }
+    fab_span *spans = sa.spans;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t start = w->scratch.len;
+        PyObject *key = snap.items[2 * i];
+        if (enc_into_scratch(w, key) < 0) {
+            entry_failed(w, "<key %U>", key);
+            goto done;
+        }
+        /* Offsets for now: the scratch buffer may still move. */
+        spans[i].p = (const uint8_t *)(uintptr_t)start;
+        spans[i].len = w->scratch.len - start;
+        spans[i].index = (size_t)i;
+    }
+    if (order_keys(w, snap.items, spans, n, base) < 0)
+        goto done;
+    region_end = w->scratch.len;
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
+        goto done;
+    }
+    if (room(w, FAB_PUT_MAX) < 0)
+        goto done;
+    w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = 2 * (Py_ssize_t)spans[i].index;
+        if (put_entry(w, (const uint8_t *const *)&w->scratch.data, (uintptr_t)spans[i].p,
+                      spans[i].len, snap.items[at], snap.items[at + 1]) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    if (rc == 0) {
+        if (region_end != base)
+            scratch_pop(w, base, region_end);
+    } else if (w->out != &w->scratch) {
+        w->scratch.len = base;
+    }
+    spans_free(&sa);
+    snapshot_release(&snap);
+out:
+    leave(w);
+    return rc;
+}
+
+static int enc_set(walker *w, PyObject *v)
+{
+    int rc = -1;
+    PyObject *members = NULL;
+    span_array sa;
+    sa.spans = sa.small;
+    size_t base = w->scratch.len, region_end = base;
+    if (w->borrowed)
+        return give_up(w); /* the tuple below may start a collection */
+    if (enter(w, v) < 0)
+        return -1;
+    members = PySequence_Tuple(v); /* iterating a set runs no user code */
+    if (members == NULL)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(members);
+    if (spans_alloc(&sa, n) < 0)
+        goto done;
+    fab_span *spans = sa.spans;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t start = w->scratch.len;
+        if (enc_into_scratch(w, PyTuple_GET_ITEM(members, i)) < 0) {
+            add_segment(w, "<member>");
+            goto done;
+        }
+        spans[i].p = (const uint8_t *)(uintptr_t)start;
+        spans[i].len = w->scratch.len - start;
+        spans[i].index = (size_t)i;
+    }
+    region_end = w->scratch.len;
+    if (sort_scratch_spans(w, spans, n) < 0)
+        goto done;
+    uint8_t header[FAB_PUT_MAX];
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
+        goto done;
+    }
+    size_t hlen = fab_put_array_header(header, (uint32_t)n);
+    size_t payload = hlen + (region_end - base);
+    if (payload > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
+        goto done;
+    }
+    if (room(w, 2 * FAB_PUT_MAX + (region_end - base)) < 0)
+        goto done;
+    {
+        /* Room is made: neither buffer moves below. */
+        wout *o = w->out;
+        o->len += fab_put_ext_header(o->data + o->len, FAB_EXT_SET, (uint32_t)payload);
+        memcpy(o->data + o->len, header, hlen);
+        o->len += hlen;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            fab_copy(o->data + o->len, w->scratch.data + (uintptr_t)spans[i].p, spans[i].len);
+            o->len += spans[i].len;
+        }
+    }
+    rc = 0;
+done:
+    if (rc == 0)
+        scratch_pop(w, base, region_end);
+    else if (w->out != &w->scratch)
+        w->scratch.len = base;
+    spans_free(&sa);
+    Py_XDECREF(members);
+    leave(w);
+    return rc;
+}
+
+/* The kinds enc_value does not dispatch itself: ints beyond one digit, the
+ * scalars it had no room for, Secret, subclasses of the builtin kinds, sets
+ * and buffers. Out of line, so that enc_value stays a few compares and a
+ * tail call. */
+static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (tp == &PyLong_Type)
+        return enc_int(w, v);
+    if (room(w, FAB_PUT_MAX) < 0)
+        return -1;
+    if (put_scalar(w->out, v))
+        return 0; /* when enc_value found no room for it */
+    if (tp == w->st->Secret_Type) {
+        PUT(w, fab_put_ext_header(P, FAB_EXT_SECRET, 0));
+        return 0;
+    }
+    /* Subclasses of the builtin kinds encode as their kind. */
+    if (PyUnicode_Check(v))
+        return enc_str(w, v);
+    if (PyLong_Check(v))
+        return enc_int(w, v);
+    if (PyFloat_Check(v)) {
+        PUT(w, fab_put_double(P, PyFloat_AS_DOUBLE(v)));
+        return 0;
+    }
+    if (PyTuple_Check(v) || PyList_Check(v))
+        return enc_sequence(w, v);
+    if (PyDict_Check(v))
+        return enc_dict(w, v);
+    if (PyAnySet_Check(v))
+        return enc_set(w, v);
+    if (PyObject_CheckBuffer(v))
+        return enc_buffer(w, v);
+    return fail(w, PyExc_TypeError, "cannot key object of type %s", tp->tp_name);
+}
+
+static int enc_value(walker *w, PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (tp == &PyUnicode_Type)
+        return enc_str(w, v);
+    if (tp == &PyDict_Type)
+        return enc_dict(w, v);
+    if (tp == &PyTuple_Type || tp == &PyList_Type)
+        return enc_sequence(w, v);
+    if (tp == &PyBytes_Type)
+        return enc_bin(w, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+    wout *o = w->out;
+    if (o->cap - o->len >= FAB_PUT_MAX && put_scalar(o, v))
+        return 0; /* None, bools, floats, ints of one digit */
+    return enc_other(w, v);
+}
+
+/* A walker (about 10 KB, most of it the stage) lives on the C stack of
+ * its caller: no allocation for a small value. */
+int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
+{
+    walker w;
+    walker_init(&w, st, NULL, enc);
+    int rc = enc_value(&w, value);
+    if (rc < 0)
+        walker_raise(&w, root);
+    else if ((rc = out_flush(&w, &w.main)) < 0)
+        walker_raise(&w, root);
+    walker_destroy(&w);
+    return rc;
+}
+
+/* Takes the state's spare hasher, or makes one. Under the GIL. */
+static fab_sha256 *take_hasher(fab_state *st)
+{
+    fab_sha256 *h = st->spare_hasher;
+    if (h) {
+        st->spare_hasher = NULL;
+        return h;
+    }
+    int rc = fab_sha256_new(&h);
+    if (rc != FAB_OK) {
+        fab_py_raise_code(st, rc, "creating a SHA-256 context");
+        return NULL;
+    }
+    return h;
+}
+
+/* Returns a hasher for reuse. fab_sha256_final leaves it reset already;
+ * an abandoned digest (dirty) is reset here. */
+static void give_hasher(fab_state *st, fab_sha256 *h, int dirty)
+{
+    if (st->spare_hasher == NULL && (!dirty || fab_sha256_reset(h) == FAB_OK))
+        st->spare_hasher = h;
+    else
+        fab_sha256_free(h);
+}
+
+/* ======================================================================== */
+/* canonical_bytes                                                          */
+/* ======================================================================== */
+
+static PyObject *canonical_bytes(PyObject *module, PyObject *value)
+{
+    fab_state *st = fab_get_state(module);
+    walker w;
+    walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    int rc = enc_value(&w, value);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, NULL, NULL);
+        rc = enc_value(&w, value);
+    }
+    PyObject *out = NULL;
+    if (rc < 0)
+        walker_raise(&w, "value");
+    else
+        out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
+    walker_destroy(&w);
+    return out;
+}
+
+/* ======================================================================== */
+/* Digests of a sequence of pieces (a request's identity)                    */
+/* ======================================================================== */
+
+static int walk_pieces(walker *w, const fab_py_piece *pieces, size_t n, const char *whole,
+                       const char **root)
+{
+    for (size_t i = 0; i < n; i++) {
+        *root = pieces[i].root ? pieces[i].root : whole;
+        int rc = pieces[i].value ? enc_value(w, pieces[i].value)
+                                 : write_body(w, pieces[i].bytes, pieces[i].len);
+        if (rc < 0)
+            return -1;
+    }
+    *root = whole;
+    return out_flush(w, &w->main);
+}
+
+/* A borrowed walk first, an owned one when the borrowed walk gives up. */
+int fab_py_digest_pieces(fab_state *st, const char *whole, const fab_py_piece *pieces, size_t n,
+                         uint8_t out[FAB_SHA256_LEN])
+{
+    fab_sha256 *h = take_hasher(st);
+    if (h == NULL)
+        return -1;
+    const char *root = whole;
+    walker w;
+    walker_init(&w, st, h, NULL);
+    w.borrowed = 1;
+    int rc = walk_pieces(&w, pieces, n, whole, &root);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, h, NULL);
+        root = whole;
+        rc = check(&w, fab_sha256_reset(h));
+        if (rc == 0)
+            rc = walk_pieces(&w, pieces, n, whole, &root);
+    }
+    if (rc == 0 && check(&w, fab_sha256_final(h, out)) < 0) {
+        root = whole;
+        rc = -1;
+    }
+    if (rc < 0)
+        walker_raise(&w, root);
+    walker_destroy(&w);
+    give_hasher(st, h, rc != 0);
+    return rc;
+}
+
+/* ======================================================================== */
+/* Module part                                                              */
+/* ======================================================================== */
+
+static PyMethodDef walk_functions[] = {
+    {"canonical_bytes", canonical_bytes, METH_O,
+     "canonical_bytes(value, /)\n--\n\n"
+     "The canonical msgpack encoding of value (docs/spec/content-key.md)."},
+    {NULL, NULL, 0, NULL},
+};
+
+int fab_py_walk_exec(PyObject *module, fab_state *st)
+{
+    FAB_UNUSED(st);
+    return PyModule_AddFunctions(module, walk_functions);
+}
+
+void fab_py_walk_clear(fab_state *st)
+{
+    fab_sha256_free(st->spare_hasher);
+    st->spare_hasher = NULL;
+    fab_keymemo_free(st->key_memo);
+    st->key_memo = NULL;
+}
