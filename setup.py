@@ -13,11 +13,12 @@ import sys
 
 from setuptools import Extension, setup
 
-# Each system library: the pkg-config names it may go by, and the Debian
-# package that provides it.
+# Each system library the extension links with: the pkg-config names it may
+# go by, and the Debian package that provides it. Only libcrypto: msgpack-c is
+# used by the C core's own tests (csrc/Makefile, a differential check of the
+# encoder), never by the extension, so building the package does not need it.
 SYSTEM_LIBS = [
     (("libcrypto",), "libssl-dev"),
-    (("msgpack-c", "msgpack"), "libmsgpack-dev"),
 ]
 
 
@@ -26,10 +27,8 @@ def _fail(message):
     raise SystemExit(1)
 
 
-def _pkg_config(names, debian_package):
-    if shutil.which("pkg-config") is None:
-        _fail("pkg-config is not installed. Install it with: "
-              "sudo apt-get install pkg-config " + debian_package)
+def _pkg_config(names):
+    """The flags of the first of ``names`` pkg-config knows, or None."""
     for name in names:
         try:
             out = subprocess.run(["pkg-config", "--cflags", "--libs", name],
@@ -37,14 +36,25 @@ def _pkg_config(names, debian_package):
         except subprocess.CalledProcessError:
             continue
         return out.split()
-    _fail("%s was not found by pkg-config (looked for %s). Install it with: "
-          "sudo apt-get install %s" % (names[0], ", ".join(names), debian_package))
+    return None
 
 
 def _flags():
+    """Compiler and linker flags of SYSTEM_LIBS; every missing library is
+    reported at once, with the Debian packages that bring them."""
+    if shutil.which("pkg-config") is None:
+        packages = ["pkg-config"] + [pkg for _, pkg in SYSTEM_LIBS]
+        _fail("pkg-config is not installed, so the system libraries cannot be found. "
+              "Install what the build needs with:\n    sudo apt-get install "
+              + " ".join(packages))
     include_dirs, library_dirs, libraries, extra = [], [], [], []
+    missing = []
     for names, package in SYSTEM_LIBS:
-        for flag in _pkg_config(names, package):
+        flags = _pkg_config(names)
+        if flags is None:
+            missing.append((names, package))
+            continue
+        for flag in flags:
             if flag.startswith("-I"):
                 include_dirs.append(flag[2:])
             elif flag.startswith("-L"):
@@ -53,6 +63,11 @@ def _flags():
                 libraries.append(flag[2:])
             else:
                 extra.append(flag)
+    if missing:
+        what = "; ".join("%s (pkg-config name %s)" % (names[0], " or ".join(names))
+                         for names, _ in missing)
+        _fail("missing system libraries: %s. Install them with:\n    sudo apt-get install %s"
+              % (what, " ".join(pkg for _, pkg in missing)))
     return include_dirs, library_dirs, libraries, extra
 
 
