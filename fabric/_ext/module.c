@@ -12,7 +12,8 @@ static const part_exec parts[] = {
     fab_py_keys_exec,
     fab_py_unpack_exec,
     fab_py_cassette_exec,
-    fab_py_caf_exec,
+    fab_py_reply_exec,
+    fab_py_addressed_exec,
     fab_py_frames_exec,
 };
 
@@ -38,7 +39,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
         return -1;
     if (fab_py_cassette_traverse(st, visit, arg))
         return -1;
-    if (fab_py_caf_traverse(st, visit, arg))
+    if (fab_py_reply_traverse(st, visit, arg))
+        return -1;
+    if (fab_py_addressed_traverse(st, visit, arg))
         return -1;
     if (fab_py_frames_traverse(st, visit, arg))
         return -1;
@@ -53,7 +56,8 @@ static int module_clear(PyObject *module)
     fab_py_keys_clear(st);
     fab_py_unpack_clear(st);
     fab_py_cassette_clear(st);
-    fab_py_caf_clear(st);
+    fab_py_reply_clear(st);
+    fab_py_addressed_clear(st);
     fab_py_frames_clear(st);
     return 0;
 }
