@@ -82,6 +82,8 @@ def peer_order(key: ContentKey, peers: dict[str, Any],
     """The peers in the order a miss of ``key`` asks them: ``(node, serve,
     announced)`` for the announced holders (as the index sorts them, healthy
     first), then the other peers healthy first, each group in the order given."""
+    if not peers:
+        return []
     order = []
     seen = set()
     if holders is not None:
@@ -455,6 +457,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         self.peer_timeout = peer_timeout
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
+        self._serves: dict[str, Any] = {}  # node id -> its serve fabric, as _peers
         for p in peers:
             self.add_peer(p)
         self._calls: dict[str, _PeerCalls] = {}
@@ -476,6 +479,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             raise TypeError(f"peers are ContentPeer objects, not {type(peer).__name__}")
         if peer.node != self.node:
             self._peers[peer.node] = peer
+            self._serves = {n: p.serve for n, p in self._peers.items()}
 
     def announce_held(self) -> int:
         """Announce every key of the cassette as held by this node (after a
@@ -484,8 +488,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
 
     # -- the shared parts of the drivers -----------------------------------------
     def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
-        return Resolution(request, request.key, node=self.node,
-                          peers={n: p.serve for n, p in self._peers.items()},
+        return Resolution(request, request.key, node=self.node, peers=self._serves,
                           holders=self.holders, home=self.home,
                           peer_timeout=self.peer_timeout, timeout=timeout)
 
@@ -736,8 +739,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if trail is not None:
             return Explanation(key, trail[0], trail[1])
         steps = [("local", self.node, "not held")]
-        peers = {n: p.serve for n, p in self._peers.items()}
-        for name, _serve, announced in peer_order(key, peers, self.holders):
+        for name, _serve, announced in peer_order(key, self._serves, self.holders):
             steps.append(("holder" if announced else "peer", name, "would be asked"))
         steps.append(("home", "home" if self.home is not None else "-",
                       "would compute" if self.home is not None else "no home"))
