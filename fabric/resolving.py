@@ -244,7 +244,7 @@ class Resolution:
         self.steps.append((stage, name, describe_answer(exc)))
         if stage == "home":
             if self.attempts:
-                exc.add_note("peers asked first:" + self._attempts_text())
+                exc.add_note("peers asked first" + self._attempts_text())
             self._end(exc)
             return True
         self.attempts.append((name, exc))

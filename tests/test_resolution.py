@@ -90,7 +90,7 @@ def test_a_hung_peer_costs_only_its_own_calls(reg, cassette_factory):
     hung = Hung()
     try:
         b = ContentAddressedFabric("b", cassette_factory("b"), peers=[ContentPeer("h", hung)],
-                                   peer_timeout=0.01, max_peer_calls=70)
+                                   peer_timeout=0.01, max_peer_calls=65)
         for i in range(65):
             with pytest.raises(NoHolderError) as ei:
                 b.evaluate(fabric.EvalRequest("embed", (f"miss{i}",), version=1))
@@ -312,3 +312,22 @@ def test_streams_skip_a_busy_peer_and_resolve_from_home(reg, cassette_factory):
         assert hung.calls == 1
     finally:
         hung.release.set()
+
+
+def test_home_error_is_raised_with_what_the_peers_said(reg, cassette_factory):
+    r = OpRegistry()
+
+    @fabric.op("broken", registry=r)
+    def broken(x):
+        raise ValueError(f"cannot handle {x}")
+
+    log = []
+    b = ContentAddressedFabric("b", cassette_factory("b"), home=LocalFabric(r),
+                               peer_timeout=None,
+                               peers=[ContentPeer("e", Serving("e", cassette_factory("e"), log))])
+    req = broken.request(3)
+    with pytest.raises(ValueError, match="cannot handle 3") as ei:
+        b.evaluate(req)
+    assert ei.value.__notes__ == ["peers asked first; peers asked: e: not held"]
+    assert req.key not in b.cassette and b.stats()["failures"] == 1
+    assert b.explain(req).steps[-1] == ("home", "home", "ValueError: cannot handle 3")
