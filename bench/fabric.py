@@ -1,20 +1,31 @@
-"""Fabrics benchmark: the local-hit path and the miss-path overhead.
+"""Fabrics benchmark: hits, misses, a peer's answer and streams, as ratios.
 
     python bench/fabric.py [--quick]
 
-1. Local hit: ``ContentAddressedFabric.evaluate`` on a held 10-key request
-   (QUALITY.md goal P8: <= 2 us), side by side in one run with what a user
-   would otherwise reach for, memoizing the same function of 10 keyword
-   arguments: a dict lookup, ``functools.lru_cache``, ``joblib.Memory`` and
-   ``diskcache``'s ``memoize``. Also timed: the one-line ``fab.call(op,
-   **kwargs)``, which keys the request on every call.
-2. Miss path: a trivial op (returns its argument) evaluated through a
-   ``ContentAddressedFabric`` with a home ``LocalFabric`` and a real ledger
-   (OS durability), every request new, against calling the function and
-   against ``LocalFabric`` alone.
+Each figure is measured side by side in one run with the thing a user would
+otherwise pick, and reported as a ratio against it (the goals of issue 12):
 
-Absolute times drift on shared machines; the ratios, measured in one run,
-are the figures. Prints a Markdown table for docs/benchmarks.md.
+1. ``fab.call(op, **kw)`` hit (keys the request each call) against a
+   ``functools.lru_cache`` hit on the same function of 10 keyword arguments
+   [goal <= 2.5x];
+2. ``ContentAddressedFabric.evaluate(request)`` hit against that
+   ``lru_cache`` hit [goal <= 1x];
+3. a miss of a trivial op through ``LocalFabric`` against building its
+   request and key [goal <= 4x];
+4. the same miss through ``ContentAddressedFabric`` with a home and a ledger
+   with durability ``"os"`` against building the request and key [<= 10x];
+5. node b (durability ``"os"``) resolving from node a in-process with the
+   default peer timeout, against a direct ``ContentServeFabric.evaluate`` of
+   a held reply [<= 5x];
+6. a stream op through ``ContentAddressedFabric``, recorded (home computes)
+   and replayed (local hit), in items per second against a plain generator
+   [>= 1/15 and >= 1/5].
+
+These replace the tests that used to pin how the hit path was built (no
+Python frame at all): what matters is its speed, and that is guarded here.
+Absolute times drift on a shared machine; the ratios are the figures. The
+contenders run in interleaved rounds (best of each) so a change of load
+hits them alike. Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,17 +34,16 @@ import argparse
 import functools
 import itertools
 import os
-import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fabric  # noqa: E402
 
-KWARGS = {f"k{i}": (i * 7919) % 1000 for i in range(10)}  # the 10-key request
+KWARGS = {f"k{i}": (i * 7919) % 1000 for i in range(10)}  # the 10-keyword call
+STREAM_ITEMS = 1000
 
 
 def work(**kw):
@@ -41,15 +51,21 @@ def work(**kw):
     return [float(v) / 7 for v in sorted(kw.values())][:8]
 
 
-def per_call(fn, n: int, repeat: int = 7) -> float:
-    """Median seconds per call over ``repeat`` runs of ``n`` calls."""
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n)
-    return statistics.median(samples)
+def timed(fn, n: int) -> float:
+    """Seconds per call of ``n`` calls of ``fn``."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def side_by_side(contenders: dict, n: int, rounds: int) -> dict:
+    """Best seconds per call of each contender over interleaved rounds."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            best[name] = min(best[name], timed(fn, n))
+    return best
 
 
 def fmt(s: float) -> str:
@@ -61,120 +77,123 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
     opts = ap.parse_args()
     n = 20_000 if opts.quick else 100_000
-    nslow = 2_000 if opts.quick else 10_000
-    rows = []
+    m = 2_000 if opts.quick else 10_000
+    rounds = 3 if opts.quick else 7
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
+    rows = []  # (figure, ours, peer's name, peer's time, goal text, goal met)
+    opened = []
 
-    # -- 1. local hit ----------------------------------------------------------
+    def cassette(name, **kw):
+        c = fabric.EvalCassette(os.path.join(tmp, name + ".ledger"), **kw)
+        opened.append(c)
+        return c
+
     reg = fabric.OpRegistry()
+
+    # -- 1, 2: hits -------------------------------------------------------------
     op = fabric.op("bench.work", version=1, registry=reg)(work)
     req = op.request(**KWARGS)
-    cas = fabric.EvalCassette(os.path.join(tmp, "hit.ledger"))
-    fab = fabric.ContentAddressedFabric("bench", cas, home=fabric.LocalFabric(reg))
+    fab = fabric.ContentAddressedFabric("bench", cassette("hit"), home=fabric.LocalFabric(reg))
     assert fab.evaluate(req).source == "home"
     assert fab.evaluate(req).source == "local"
-    t_caf = per_call(lambda: fab.evaluate(req), n)
-    t_call = per_call(lambda: fab.call(op, **KWARGS), n)
-
-    d = {req.key: work(**KWARGS)}
-    key = req.key
-    t_dict = per_call(lambda: d[key], n)
-
     cached = functools.lru_cache(maxsize=None)(work)
     cached(**KWARGS)
-    t_lru = per_call(lambda: cached(**KWARGS), n)
+    t = side_by_side({
+        "lru": lambda: cached(**KWARGS),
+        "evaluate": lambda: fab.evaluate(req),
+        "call": lambda: fab.call(op, **KWARGS),
+    }, n, rounds)
+    rows.append(("`fab.call(op, **kw)` hit (10 kwargs)", t["call"],
+                 "`functools.lru_cache` hit", t["lru"], "<= 2.5", t["call"] / t["lru"] <= 2.5))
+    rows.append(("`ContentAddressedFabric.evaluate(request)` hit", t["evaluate"],
+                 "`functools.lru_cache` hit", t["lru"], "<= 1", t["evaluate"] / t["lru"] <= 1))
 
-    import diskcache
-    dc = diskcache.Cache(os.path.join(tmp, "diskcache"))
-    dmemo = dc.memoize()(work)
-    dmemo(**KWARGS)
-    t_dc = per_call(lambda: dmemo(**KWARGS), nslow)
-
-    import joblib
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mem = joblib.Memory(os.path.join(tmp, "joblib"), verbose=0)
-        jmemo = mem.cache(work)
-        jmemo(**KWARGS)
-        t_jl = per_call(lambda: jmemo(**KWARGS), max(200, nslow // 20), repeat=5)
-
-    rows.append(("local hit: `ContentAddressedFabric.evaluate(request)`", t_caf, None))
-    rows.append(("local hit: `fab.call(op, **kwargs)` (keys the request each call)", t_call,
-                 None))
-    rows.append(("dict lookup by content key", t_dict, t_caf / t_dict))
-    rows.append(("`functools.lru_cache` hit", t_lru, t_caf / t_lru))
-    rows.append(("`diskcache` `memoize` hit", t_dc, t_dc / t_caf))
-    rows.append(("`joblib.Memory` hit", t_jl, t_jl / t_caf))
-
-    # -- 2. miss path ----------------------------------------------------------
+    # -- 3, 4: misses of a trivial op ---------------------------------------------
     @fabric.op("bench.echo", version=1, registry=reg)
     def echo(x):
         return x
 
+    counter = itertools.count()
     local = fabric.LocalFabric(reg)
-    counter = iter(range(10**9))
-    m = nslow
-    t_direct = per_call(lambda: echo.fn(next(counter)), m, repeat=5)
-    t_local = per_call(lambda: local.evaluate(echo.request(next(counter))), m, repeat=5)
-    rows.append(("miss: trivial op, direct call", t_direct, None))
-    rows.append(("miss: `LocalFabric.evaluate` (key + run)", t_local, None))
-    t_miss = {}
-    opened = []
-    for dur in ("os", "group"):
-        cas_m = fabric.EvalCassette(os.path.join(tmp, f"miss-{dur}.ledger"), durability=dur)
-        opened.append(cas_m)
-        fab_m = fabric.ContentAddressedFabric("miss", cas_m, home=fabric.LocalFabric(reg))
-        reps = 5 if dur == "os" else 3
-        t_miss[dur] = per_call(lambda: fab_m.evaluate(echo.request(next(counter))),
-                               m if dur == "os" else max(200, m // 10), repeat=reps)
-        rows.append((f"miss: `ContentAddressedFabric.evaluate` (key, lookup, home, record "
-                     f"with durability={dur!r}, announce)", t_miss[dur], None))
-    # A miss answered by a peer: the C resolution order asks the (in-process)
-    # peer, records its reply and announces it; against the peer's serve alone.
-    cas_p = fabric.EvalCassette(os.path.join(tmp, "peer.ledger"), durability="os")
-    opened.append(cas_p)
-    serve = fabric.ContentServeFabric(cas_p, node="a")
+    caf = fabric.ContentAddressedFabric("miss", cassette("miss-os", durability="os"),
+                                        home=fabric.LocalFabric(reg))
+    t = side_by_side({
+        "build": lambda: echo.request(next(counter)).key,
+        "local": lambda: local.evaluate(echo.request(next(counter))),
+        "caf": lambda: caf.evaluate(echo.request(next(counter))),
+    }, m, rounds)
+    rows.append(("miss of a trivial op through `LocalFabric`", t["local"],
+                 "building its request and key", t["build"], "<= 4",
+                 t["local"] / t["build"] <= 4))
+    rows.append(("miss through `ContentAddressedFabric` (home, durability 'os')", t["caf"],
+                 "building its request and key", t["build"], "<= 10",
+                 t["caf"] / t["build"] <= 10))
+
+    # -- 5: node b resolving from node a --------------------------------------------
+    cas_a = cassette("node-a", durability="os")
+    serve = fabric.ContentServeFabric(cas_a, node="a")
     base = 10**8
-    nheld = m * 3 * 2
+    nheld = m * rounds + 10
     for v in range(base, base + nheld):
-        cas_p.record(echo.request(v).key, [v, [], None])
+        cas_a.record(echo.request(v).key, [v, [], None])
+    b = fabric.ContentAddressedFabric("b", cassette("node-b", durability="os"),
+                                      peers=[fabric.ContentPeer("a", serve)])
     held = itertools.cycle(range(base, base + nheld))
-    t_serve = per_call(lambda: serve.evaluate(echo.request(next(held))), m, repeat=3)
-    rows.append(("peer's `ContentServeFabric.evaluate` alone (key + held reply)", t_serve, None))
     fresh = iter(range(base, base + nheld))
-    t_peer = {}
-    for label, timeout in (("peer_timeout=None", None), ("peer_timeout=10 s", 10.0)):
-        cas_b = fabric.EvalCassette(os.path.join(tmp, f"peer-miss-{timeout}.ledger"),
-                                    durability="os")
-        opened.append(cas_b)
-        fab_b = fabric.ContentAddressedFabric(
-            "b", cas_b, peers=[fabric.ContentPeer("a", serve)], peer_timeout=timeout)
-        t_peer[label] = per_call(lambda: fab_b.evaluate(echo.request(next(fresh))), m, repeat=3)
-        rows.append((f"miss from a peer: `ContentAddressedFabric.evaluate`, {label} "
-                     f"(order, ask, record with durability='os', announce)", t_peer[label],
-                     None))
-    for c in [cas] + opened:
+    got = b.evaluate(echo.request(next(fresh)))
+    assert got.source == "peer:a", got.source
+    t = side_by_side({
+        "serve": lambda: serve.evaluate(echo.request(next(held))),
+        "resolve": lambda: b.evaluate(echo.request(next(fresh))),
+    }, m, rounds)
+    rows.append(("node b resolving from node a in-process (default timeout)", t["resolve"],
+                 "direct `ContentServeFabric.evaluate`", t["serve"], "<= 5",
+                 t["resolve"] / t["serve"] <= 5))
+
+    # -- 6: streams -----------------------------------------------------------------
+    @fabric.op("bench.count", version=1, registry=reg)
+    def count(n, salt):
+        yield from range(n)
+
+    def plain():
+        for _ in count.fn(STREAM_ITEMS, 0):
+            pass
+
+    sfab = fabric.ContentAddressedFabric("s", cassette("stream", durability="os"),
+                                         home=fabric.LocalFabric(reg))
+    salts = itertools.count()
+    held_req = count.request(STREAM_ITEMS, -1)
+    for _ in sfab.stream(held_req):
+        pass
+
+    def recorded():
+        for _ in sfab.stream(count.request(STREAM_ITEMS, next(salts))):
+            pass
+
+    def replayed():
+        for _ in sfab.stream(held_req):
+            pass
+
+    k = max(20, m // 50)
+    t = side_by_side({"plain": plain, "recorded": recorded, "replayed": replayed}, k, rounds)
+    for name, goal in (("recorded", 15), ("replayed", 5)):
+        rows.append((f"stream op through `ContentAddressedFabric`, {name} "
+                     f"({STREAM_ITEMS} items)", t[name], "a plain generator", t["plain"],
+                     f">= 1/{goal} of its items/s", t["plain"] / t[name] >= 1 / goal))
+    for c in opened:
         c.close()
-    dc.close()
 
     print(f"Fabrics benchmark (python {sys.version.split()[0]}, "
-          f"{'quick' if opts.quick else 'full'} run)\n")
-    print("| what | per call | ratio |")
-    print("|---|---:|---:|")
-    for name, t, ratio in rows:
-        r = "" if ratio is None else f"{ratio:.1f}×"
-        print(f"| {name} | {fmt(t)} | {r} |")
-    print()
-    goal = "met" if t_caf <= 2e-6 else "NOT met"
-    print(f"P8 local hit through ContentAddressedFabric.evaluate: {fmt(t_caf)} "
-          f"(goal <= 2 µs: {goal})")
-    print(f"vs lru_cache: {t_caf / t_lru:.1f}× slower; vs diskcache memoize: "
-          f"{t_dc / t_caf:.1f}× faster; vs joblib.Memory: {t_jl / t_caf:.0f}× faster")
-    print(f"miss-path overhead over LocalFabric: {fmt(t_miss['os'] - t_local)} per request "
-          f"with OS durability, {fmt(t_miss['group'] - t_local)} with group commit")
-    print(f"peer-miss overhead over the peer's serve: "
-          f"{fmt(t_peer['peer_timeout=None'] - t_serve)} without a peer timeout, "
-          f"{fmt(t_peer['peer_timeout=10 s'] - t_serve)} with one (worker thread)")
+          f"{'quick' if opts.quick else 'full'} run, best of {rounds} interleaved rounds)\n")
+    print("| figure | ours | against | theirs | ratio (ours/theirs time) | goal | met |")
+    print("|---|---:|---|---:|---:|---|---|")
+    for name, ours, peer, theirs, goal, ok in rows:
+        if goal.startswith(">="):
+            ratio = f"1/{ours / theirs:.1f} of the items/s"
+        else:
+            ratio = f"{ours / theirs:.2f}×"
+        print(f"| {name} | {fmt(ours)} | {peer} | {fmt(theirs)} | {ratio} | {goal} | "
+              f"{'yes' if ok else 'NO'} |")
     return 0
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 from enum import Enum
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, Protocol,
-                    runtime_checkable)
+                    cast, runtime_checkable)
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
@@ -111,11 +111,11 @@ def reply_record(reply: EvalReply) -> list:
 
 
 def reply_from_record(record: Any, key: ContentKey, source: str) -> EvalReply:
-    """The reply a cassette record holds (see ``reply_record``)."""
-    if not isinstance(record, (list, tuple)) or len(record) != 3:
-        raise _core.FabricError(f"cassette record for {key} is not a reply record "
-                                f"[value, diagnostics, trace]")
-    return EvalReply(record[0], record[1] or (), record[2], key, source)
+    """The reply a cassette record holds (see ``reply_record``); ``FabricError``
+    if it is not one. Checked and built by the glue, which the hit path of
+    ContentAddressedFabric shares (the reply is of the class given to
+    ``_set_reply_class``, this module's EvalReply)."""
+    return cast(EvalReply, _core._reply_from_record(record, key, source))
 
 
 # ===========================================================================
@@ -320,17 +320,11 @@ class EvalFabric(Protocol):
 _EMPTY: frozenset[str] = frozenset()
 
 
-def check_grants(request: EvalRequest, grants: frozenset, where: str,
-                 extra: Iterable[str] = ()) -> None:
-    """Raise ``CapabilityDenied`` unless ``grants`` cover what the request
-    declares (and ``extra``, e.g. an op's own capabilities)."""
-    need = request.required_capabilities
-    if extra:
-        need = tuple(sorted(set(need).union(extra)))
-    if need and not grants.issuperset(need):
-        missing = sorted(set(need) - grants)
-        raise CapabilityDenied(f"{where}: {request.op!r} requires capabilities "
-                               f"{', '.join(missing)} not granted to the caller")
+#: ``check_grants(request, grants, where, extra=())``: raise ``CapabilityDenied``
+#: unless ``grants`` (a frozenset) cover what the request declares (and
+#: ``extra``, e.g. an op's own capabilities). One implementation, in the glue,
+#: shared with ContentAddressedFabric's hit path.
+check_grants = _core._check_grants
 
 
 class _FabricBase:
@@ -351,14 +345,7 @@ class _FabricBase:
                    grants: Iterable[str] | None = None) -> Iterator: ...
 
     def _grants(self, grants: Iterable[str] | None) -> frozenset:
-        if grants is None:
-            return self.grants
-        if isinstance(grants, frozenset):
-            return grants
-        if isinstance(grants, str):
-            raise TypeError("grants must be an iterable of capability names, not a single "
-                            "string (wrap it in a tuple)")
-        return frozenset(grants)
+        return _core._as_grants(grants, self.grants)
 
     def call(self, op: Op | str, *args: Any, **kwargs: Any) -> Any:
         """Evaluate ``op(*args, **kwargs)`` through this fabric in one line.
@@ -877,6 +864,9 @@ class ContentServeFabric(_FabricBase):
     capabilities.
     """
 
+    #: It never waits (a cassette lookup), so it meets any ``timeout=``.
+    honours_timeout = True
+
     def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None):
         self.cassette = cassette
         self.grants = frozenset(grants)
@@ -902,7 +892,8 @@ class ContentServeFabric(_FabricBase):
         where = f"node {self.node!r}" if self.node else "this node"
         return ContentNotHeld(f"{where} does not hold {key}")
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
         """The held reply for the request's key, else ``ContentNotHeld``."""
         g = self._grants(grants)
         self._check(request, g)
@@ -915,7 +906,8 @@ class ContentServeFabric(_FabricBase):
         self._stats.add("served")
         return reply_from_record(record, key, "held")
 
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream:
         """Replay a held stream lazily, else ``ContentNotHeld`` (raised at once)."""
         g = self._grants(grants)
         self._check(request, g)

@@ -89,7 +89,20 @@ class HoldingIndex:
 
     def announce(self, key: ContentKey, holder: str) -> bool:
         """Record that ``holder`` holds ``key``; True if the fact is new."""
-        return self._add_many(((key, holder),)) == 1
+        # One fact: the same as _add_many without its list (every miss of a
+        # ContentAddressedFabric announces, so this is on its path).
+        _check_key(key)
+        _check_holder(holder)
+        with self._lock:
+            hs = self._by_key.get(key)
+            if hs is None:
+                self._by_key[key] = {holder}
+            elif holder in hs:
+                return False
+            else:
+                hs.add(holder)
+            self._log.append((key, holder))
+        return True
 
     def holds(self, key: ContentKey, holder: str) -> bool:
         """Whether the fact ``(key, holder)`` is known."""

@@ -142,7 +142,7 @@ class _ReplayFabric(ContentAddressedFabric):
 
     _nodeid = ""
 
-    def _miss(self, request: EvalRequest, exc: NoHolderError) -> CassetteMiss:
+    def _cassette_miss(self, request: EvalRequest, exc: NoHolderError) -> CassetteMiss:
         args = ", ".join([_short(repr(a)) for a in request.args]
                          + [f"{k}={_short(repr(v))}" for k, v in request.kwargs.items()])
         miss = CassetteMiss(
@@ -159,7 +159,7 @@ class _ReplayFabric(ContentAddressedFabric):
         except CassetteMiss:
             raise
         except NoHolderError as exc:
-            raise self._miss(request, exc) from None
+            raise self._cassette_miss(request, exc) from None
 
     async def aevaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -167,7 +167,7 @@ class _ReplayFabric(ContentAddressedFabric):
         except CassetteMiss:
             raise
         except NoHolderError as exc:
-            raise self._miss(request, exc) from None
+            raise self._cassette_miss(request, exc) from None
 
     def stream(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -175,7 +175,7 @@ class _ReplayFabric(ContentAddressedFabric):
         except CassetteMiss:
             raise
         except NoHolderError as exc:
-            raise self._miss(request, exc) from None
+            raise self._cassette_miss(request, exc) from None
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -6,7 +6,7 @@ request from, in order:
 1. its own cassette (a *local hit*: no peer is contacted);
 2. the peers announced as holders of the request's key in the holding index
    (healthy ones first, then the ones that failed before), then the other
-   peers, one at a time;
+   peers (healthy ones first), one at a time;
 3. its home site (which computes).
 
 The first success is recorded in the local cassette and announced in the
@@ -15,9 +15,26 @@ recorded. When no peer answers and there is no home (or the request's
 ``consistency`` is ``"no-home"``), it fails closed with ``NoHolderError``
 whose ``.attempts`` lists every peer asked and what it answered.
 
-Every call, hits included, first checks the caller's grants against the
-request's declared capabilities. ``peer_timeout`` bounds each peer call and
-the request's ``deadline`` bounds the whole resolution.
+This module holds the miss: one sans-IO state machine, ``Resolution``,
+says which source to ask next and what to make of each answer; the sync
+``evaluate``, the async ``aevaluate`` and the ``stream`` drivers of
+``ContentAddressedFabric`` do the calling, waiting and recording. The hit
+is the C base's (``fabric._core.ContentAddressedFabricCore``), which hands
+every miss to ``ContentAddressedFabric._miss``. See docs/architecture.md.
+
+Timeouts. A fabric whose class sets ``honours_timeout = True`` takes
+``timeout=`` (seconds) in ``evaluate``, ``stream`` and their async twins and
+gives up within it by itself (raising ``DeadlineExceeded``); such a peer is
+called with the time left, in the caller's thread. Any other peer that must
+answer within a timeout is called on a worker thread of its own small pool:
+at most ``max_peer_calls`` (default 8) calls to one peer run at once, and a
+peer at that bound is skipped as *busy* (``PeerBusy`` in
+``NoHolderError.attempts`` and in ``explain()``), so a hung peer costs only
+its own calls. A peer called without a timeout (``peer_timeout=None`` and
+no deadline) is called directly, with no thread hand-off.
+
+This module may import ``fabric._core``, ``fabric.fabrics`` and
+``fabric.holders``; nothing imports it but the package's ``__init__``.
 """
 
 from __future__ import annotations
@@ -27,50 +44,732 @@ import collections
 import concurrent.futures
 import html
 import itertools
+import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, RemoteError)
-from .fabrics import (DIAG, ITEM, ContentPeer, EvalReply, EvalStream, _collect, _events_of,
-                      _FabricBase, _recording, _replay_events, check_grants)
+                    EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
+from .fabrics import (DIAG, ITEM, AsyncEvalStream, ContentPeer, EvalReply, EvalStream, _collect, _events_of,
+                      _aevents_from_sync, _FabricBase, _recording, _replay_events, reply_record)
 from .holders import HoldingIndex
 
-__all__ = ["ContentAddressedFabric", "Explanation"]
-
-# Peer calls with a timeout run here, so a hung in-process peer cannot hang
-# the caller (a network client would honour the timeout itself).
-_POOL_LOCK = threading.Lock()
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+__all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask"]
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=64,
-                                                          thread_name_prefix="fabric-peer")
-        return _POOL
+class PeerBusy(FabricUnavailable):
+    """A peer was skipped: as many calls to it as allowed are still running."""
 
 
-def _call_within(fn: Any, timeout: float | None, what: str, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, or ``DeadlineExceeded`` after ``timeout`` seconds."""
-    if timeout is None:
-        return fn(*args, **kwargs)
-    fut = _pool().submit(fn, *args, **kwargs)
-    try:
-        return fut.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        fut.cancel()
-        raise DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s") from None
-
-
-def _describe_answer(exc: BaseException) -> str:
+def describe_answer(exc: BaseException) -> str:
+    """What a source answered, for ``explain()`` and ``NoHolderError``."""
     if isinstance(exc, ContentNotHeld):
         return "not held"
+    if isinstance(exc, PeerBusy):
+        return f"busy: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def honours_timeout(fabric: Any) -> bool:
+    """Whether ``fabric`` takes ``timeout=`` and gives up within it itself."""
+    return getattr(type(fabric), "honours_timeout", False) is True
+
+
+def peer_order(key: ContentKey, peers: dict[str, Any],
+               holders: HoldingIndex | None) -> list[tuple[str, Any, bool]]:
+    """The peers in the order a miss of ``key`` asks them: ``(node, serve,
+    announced)`` for the announced holders (as the index sorts them, healthy
+    first), then the other peers healthy first, each group in the order given."""
+    if not peers:
+        return []
+    order = []
+    seen = set()
+    if holders is not None:
+        for h in holders.holders_of(key):
+            serve = peers.get(h)
+            if serve is not None and h not in seen:
+                order.append((h, serve, True))
+                seen.add(h)
+    late = []
+    for name, serve in peers.items():
+        if name in seen:
+            continue
+        if holders is not None and holders.failures(name):
+            late.append((name, serve, False))
+        else:
+            order.append((name, serve, False))
+    return order + late
+
+
+class Ask(NamedTuple):
+    """The next source to ask: ``stage`` is ``"holder"``, ``"peer"`` or
+    ``"home"``; ``timeout`` the seconds it may take (None: no limit)."""
+
+    name: str
+    stage: str
+    target: Any
+    timeout: float | None
+
+
+_OPEN, _ASKING, _HOLDING, _STREAMING, _DONE = range(5)
+
+
+class Resolution:
+    """One miss being resolved: which source next, and what each answered.
+
+    Sans-IO: it calls no peer and touches no cassette, so the sync, async
+    and stream drivers share it. A driver loops::
+
+        ask = res.next()              # or raises the final error
+        ... call ask.target within ask.timeout ...
+        res.answered(reply)           # a reply to hold (record it), or None: ask next
+        res.failed(exc)               # True: raise exc (home's error); False: ask next
+        res.busy(n) / res.timed_out() # the source was skipped / did not answer in time
+
+    and, once the reply it got from ``answered`` is recorded, ``held()``
+    announces it and gives the reply with its source. A stream's driver
+    calls ``started()`` once the source gave its first item, ``check(items)``
+    before each event, then ``held()`` at its end or ``broke(exc, items)``.
+
+    ``holders`` is the holding index (read for the order, told of failures
+    and of the new holding); ``clock`` the monotonic clock (for tests).
+    """
+
+    __slots__ = ("request", "key", "node", "home", "holders", "peer_timeout", "t_end",
+                 "steps", "attempts", "source", "outcome", "_order", "_idx", "_cur",
+                 "_state", "_clock", "_deadline")
+
+    def __init__(self, request: EvalRequest, key: ContentKey, *, node: str,
+                 peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
+                 peer_timeout: float | None = None, timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.request = request
+        self.key = key
+        self.node = node
+        self.home = home
+        self.holders = holders
+        self.peer_timeout = peer_timeout
+        self._clock = clock
+        deadline = request.deadline
+        if timeout is not None and (deadline is None or timeout < deadline):
+            deadline = timeout
+        self._deadline = deadline
+        self.t_end = None if deadline is None else clock() + deadline
+        self.steps: list[tuple[str, str, str]] = [("local", node, "not held")]
+        self.attempts: list[tuple[str, BaseException]] = []
+        self.source: str | None = None
+        self.outcome: str | None = None  # the counter of a success
+        self._order = peer_order(key, peers, holders)
+        self._idx = 0
+        self._cur: tuple[str, str, bool] = ("home", "home", False)
+        self._state = _OPEN
+
+    # -- asking -----------------------------------------------------------------
+    def _expect(self, state: int, what: str) -> None:
+        if self._state != state:
+            raise RuntimeError(f"Resolution.{what}(): " + {
+                _OPEN: "no source is being asked (call next() first)",
+                _ASKING: "a source is being asked (report its answer first)",
+                _HOLDING: "the reply is being recorded (call held())",
+                _STREAMING: "a stream is being relayed",
+                _DONE: "the resolution is finished"}[self._state])
+
+    def _end(self, exc: BaseException) -> BaseException:
+        self._state = _DONE
+        return exc
+
+    def _with_attempts(self, exc: BaseException) -> BaseException:
+        exc.attempts = list(self.attempts)  # type: ignore[attr-defined]
+        return self._end(exc)
+
+    def _attempts_text(self) -> str:
+        if not self.attempts:
+            return "; no peer was asked"
+        return "; peers asked: " + "; ".join(f"{n}: {describe_answer(e)}"
+                                             for n, e in self.attempts)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (the request's or the call's), or None."""
+        return None if self.t_end is None else self.t_end - self._clock()
+
+    def _left(self) -> float | None:
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise self._with_attempts(DeadlineExceeded(
+                f"the request's deadline passed while resolving {self.key}"
+                + self._attempts_text()))
+        return left
+
+    def next(self) -> Ask:
+        """The next source to ask, or raises the final error: ``ContentNotHeld``
+        (local-only), ``NoHolderError`` (no peer answered, no home to ask) or
+        ``DeadlineExceeded``."""
+        self._expect(_OPEN, "next")
+        consistency = self.request.consistency
+        if consistency == "local-only":
+            self.steps.append(("policy", "local-only", "peers and home not asked"))
+            raise self._end(ContentNotHeld(f"node {self.node!r} does not hold {self.key} "
+                                           f"and the request is local-only"))
+        left = self._left()
+        if self._idx < len(self._order):
+            name, serve, announced = self._order[self._idx]
+            self._idx += 1
+            t = self.peer_timeout
+            if left is not None and (t is None or left < t):
+                t = left
+            self._cur = (name, "holder" if announced else "peer", announced)
+            self._state = _ASKING
+            return Ask(name, self._cur[1], serve, t)
+        if self.home is None or consistency == "no-home":
+            why = "no home" if self.home is None else "request is no-home"
+            self.steps.append(("home", "-", why))
+            raise self._with_attempts(NoHolderError(
+                f"no holder answered for {self.key} ({self.request.op!r}) and {why}"
+                + self._attempts_text()))
+        self._cur = ("home", "home", False)
+        self._state = _ASKING
+        return Ask("home", "home", self.home, left)
+
+    # -- answers ----------------------------------------------------------------
+    def failed(self, exc: BaseException) -> bool:
+        """The source asked raised ``exc``. A peer's answer is noted (False: ask
+        the next); home's ends the resolution (True: raise it, with the peers'
+        answers added as a note)."""
+        self._expect(_ASKING, "failed")
+        if not isinstance(exc, BaseException):
+            raise TypeError("Resolution.failed() takes an exception instance")
+        name, stage, announced = self._cur
+        self.steps.append((stage, name, describe_answer(exc)))
+        if stage == "home":
+            if self.attempts:
+                exc.add_note("peers asked first" + self._attempts_text())
+            self._end(exc)
+            return True
+        self.attempts.append((name, exc))
+        # A peer that is not an announced holder may simply not hold the key;
+        # an announced holder that does not (stale), or any peer that errs or
+        # times out, goes to the back of the queue next time. A busy peer is
+        # only skipped: its hung calls time out (and count) on their own.
+        benign = isinstance(exc, (ContentNotHeld, CapabilityDenied)) and not announced
+        if self.holders is not None and not benign and not isinstance(exc, PeerBusy):
+            self.holders.mark_failed(name)
+        self._state = _OPEN
+        return False
+
+    def busy(self, running: int) -> None:
+        """The source was skipped: ``running`` calls to it are still running."""
+        self.failed(PeerBusy(f"peer {self._cur[0]!r} was skipped: {running} calls to it "
+                             f"are still running"))
+
+    def timed_out(self, timeout: float) -> bool:
+        """The source did not answer within ``timeout`` s; like ``failed``."""
+        what = "home" if self._cur[1] == "home" else f"peer {self._cur[0]!r}"
+        return self.failed(DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s"))
+
+    def answered(self, reply: Any) -> EvalReply | None:
+        """The source asked answered ``reply``: the reply to record, or None if
+        a peer's reply was refused (one for another key: ask the next)."""
+        self._expect(_ASKING, "answered")
+        name, stage, _ = self._cur
+        if stage != "home":
+            rkey = getattr(reply, "key", None)
+            if not isinstance(reply, _core.EvalReply) or (rkey is not None
+                                                           and rkey != self.key):
+                err = RemoteError(f"peer {name!r} answered with a reply for another key "
+                                  f"({rkey})")
+                err.node = name
+                self.failed(err)
+                return None
+        self._state = _HOLDING
+        return reply
+
+    def held(self, reply: EvalReply) -> EvalReply:
+        """The reply is recorded (or a stream ended and is held): announce this
+        node as a holder; the reply with its source."""
+        if self._state != _STREAMING:
+            self._expect(_HOLDING, "held")
+        name, stage, _ = self._cur
+        if stage == "home":
+            self.source, self.outcome = "home", "home_computes"
+        else:
+            self.source, self.outcome = f"peer:{name}", "peer_hits"
+            if self.holders is not None:
+                self.holders.mark_ok(name)
+        if self._state == _HOLDING:
+            self.steps.append((stage, name, "computed" if stage == "home" else "hit"))
+        if self.holders is not None:
+            self.holders.announce(self.key, self.node)
+        self._state = _DONE
+        return reply._with_source(self.source)
+
+    # -- streams ----------------------------------------------------------------
+    def started(self) -> str:
+        """The source asked started its stream (gave its first item, or ended):
+        from now on it cannot be passed over. Returns the stream's source."""
+        self._expect(_ASKING, "started")
+        name, stage, _ = self._cur
+        self.steps.append((stage, name, "streaming"))
+        self.source = "home" if stage == "home" else f"peer:{name}"
+        self._state = _STREAMING
+        return self.source
+
+    def check(self, items: int) -> None:
+        """Before each event of a started stream: ``DeadlineExceeded`` once the
+        deadline has passed."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            self._state = _DONE
+            raise DeadlineExceeded(f"the request's deadline of {self._deadline} s passed "
+                                   f"after {items} items of the stream for {self.key} from "
+                                   f"{self.source}")
+
+    def broke(self, exc: BaseException, items: int) -> tuple[BaseException, str]:
+        """A started stream failed after ``items`` items: it cannot restart
+        elsewhere and is not held. Returns the error to raise and the message
+        of the ``StreamInterrupted`` diagnostic."""
+        name, stage, _ = self._cur
+        what = describe_answer(exc)
+        message = (f"the stream for {self.key} from {self.source} failed after {items} "
+                   f"items ({what}); it cannot restart elsewhere and is not recorded")
+        self.steps.append((stage, name, f"failed after {items} items: {what}"))
+        self.source = None
+        self._state = _DONE
+        if stage == "home" or isinstance(exc, DeadlineExceeded):
+            exc.add_note(message)
+            return exc, message
+        if self.holders is not None:
+            self.holders.mark_failed(name)
+        remote = RemoteError(message)
+        remote.node = name
+        remote.remote_type = type(exc).__name__
+        return remote, message
+
+
+class _PeerCalls:
+    """The calls in flight to one peer that does not honour timeouts itself.
+
+    Each runs on one of at most ``limit`` daemon worker threads of this peer
+    (started when needed, then kept): a call that times out keeps its
+    thread, so a hung peer holds at most ``limit`` threads and every other
+    peer keeps its own. ``submit`` refuses (None) when ``limit`` calls are
+    still running. Daemon threads: a call still hung at interpreter exit is
+    abandoned.
+    """
+
+    def __init__(self, name: str, limit: int):
+        self.name = name
+        self.limit = limit
+        self.running = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future | None:
+        with self._lock:
+            if self.running >= self.limit:
+                return None
+            self.running += 1
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fut, fn, args, kwargs))
+        if spawn:
+            threading.Thread(target=self._work, name=f"fabric-peer-{self.name}",
+                             daemon=True).start()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            fut, fn, args, kwargs = self._jobs.get()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # handed to the waiting caller
+                    fut.set_exception(exc)
+            del fut, fn, args, kwargs
+            with self._lock:
+                self.running -= 1
+                self._idle += 1
+
+
+_BUSY = object()      # a call outcome: the peer was at its bound
+_TIMED_OUT = object()  # a call outcome: no answer within the timeout
+
+
+class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
+    """A node's view of a fleet of cassettes, as one fabric.
+
+    ``ContentAddressedFabric(node, cassette, peers=(), home=None, holders=None)``
+    answers ``evaluate(request)`` from this node's ``cassette`` when it holds
+    the reply (checking the caller's grants first, as on every call), else
+    asks the peers announced in ``holders`` as holders of the key, then the
+    other ``peers``, then ``home``; the first reply is recorded in the
+    cassette and announced, so the next call is a local hit::
+
+        a = ContentAddressedFabric("a", EvalCassette("a.ledger"), home=LocalFabric())
+        b = ContentAddressedFabric("b", EvalCassette("b.ledger"),
+                                   peers=[ContentPeer("a", ContentServeFabric(a.cassette))],
+                                   holders=a.holders)
+        a.evaluate(req).source   # "home", then "local"
+        b.evaluate(req).source   # "peer:a", then "local"
+        b.explain(req)           # where it came from, and what each source said
+
+    ``node`` is this node's id; ``cassette`` its ``EvalCassette``; ``peers``
+    ``ContentPeer`` objects; ``home`` any fabric that computes (None: fail
+    closed with ``NoHolderError``); ``holders`` a shared ``HoldingIndex`` (a
+    new one by default); ``grants`` the default grants of callers that pass
+    none. ``peer_timeout`` (seconds, None for none) bounds each peer call;
+    ``timeout=`` on a call and the request's ``deadline`` bound the whole
+    call. ``max_peer_calls`` bounds the calls in flight to a peer that does
+    not honour timeouts itself (see the module doc). ``stream``, ``aevaluate``
+    and ``astream`` resolve the same way; ``stats()`` counts local hits, peer
+    hits, home computes, failures, denials and bytes recorded.
+    """
+
+    #: This fabric takes ``timeout=`` and gives up within it itself.
+    honours_timeout = True
+
+    if TYPE_CHECKING:
+        def evaluate(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None,
+                     timeout: float | None = None) -> EvalReply: ...
+
+    def __init__(self, node: str, cassette: Any, peers: Iterable[ContentPeer] = (),
+                 home: Any = None, holders: HoldingIndex | None = None, *,
+                 grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
+                 max_peer_calls: int = 8, remember: int = 256):
+        if not isinstance(node, str) or not node:
+            raise TypeError(f"node must be a non-empty str, not {node!r}")
+        if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
+                                             and peer_timeout > 0):
+            raise ValueError(f"peer_timeout must be a positive number of seconds or None, "
+                             f"not {peer_timeout!r}")
+        if not isinstance(max_peer_calls, int) or max_peer_calls < 1:
+            raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
+        # The C base answers hits with cassette.get and hands misses to _miss.
+        _core.ContentAddressedFabricCore.__init__(self, node, cassette, cassette.get,
+                                                  type(self)._miss, frozenset(grants))
+        self.home = home
+        self.holders = HoldingIndex() if holders is None else holders
+        self.peer_timeout = peer_timeout
+        self.max_peer_calls = max_peer_calls
+        self._peers: dict[str, ContentPeer] = {}
+        self._serves: dict[str, Any] = {}  # node id -> its serve fabric, as _peers
+        for p in peers:
+            self.add_peer(p)
+        self._calls: dict[str, _PeerCalls] = {}
+        self._calls_lock = threading.Lock()
+        self._remember = remember
+        self._trails: collections.OrderedDict[ContentKey, tuple[str | None, list]] = \
+            collections.OrderedDict()
+        self._trail_lock = threading.Lock()
+
+    # -- peers ----------------------------------------------------------------
+    @property
+    def peers(self) -> list[ContentPeer]:
+        """The peers this node may ask, in the order given."""
+        return list(self._peers.values())
+
+    def add_peer(self, peer: ContentPeer) -> None:
+        """Add (or replace) a peer; this node itself is never its own peer."""
+        if not isinstance(peer, ContentPeer):
+            raise TypeError(f"peers are ContentPeer objects, not {type(peer).__name__}")
+        if peer.node != self.node:
+            self._peers[peer.node] = peer
+            self._serves = {n: p.serve for n, p in self._peers.items()}
+
+    def announce_held(self) -> int:
+        """Announce every key of the cassette as held by this node (after a
+        restart, so peers learn what the ledger replayed). Returns the count."""
+        return self.holders.apply((k, self.node) for k in self.cassette)
+
+    # -- the shared parts of the drivers -----------------------------------------
+    def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
+        return Resolution(request, request.key, node=self.node, peers=self._serves,
+                          holders=self.holders, home=self.home,
+                          peer_timeout=self.peer_timeout, timeout=timeout)
+
+    def _peer_calls(self, name: str) -> _PeerCalls:
+        calls = self._calls.get(name)
+        if calls is None:
+            with self._calls_lock:
+                calls = self._calls.setdefault(name, _PeerCalls(name, self.max_peer_calls))
+        return calls
+
+    def _call(self, ask: Ask, fn: Callable[..., Any], request: EvalRequest, g: frozenset) -> Any:
+        """``fn(request, grants=g)`` within ``ask.timeout``: directly when there
+        is no timeout or the source honours it, else on the source's own
+        workers (``_BUSY`` at their bound, ``_TIMED_OUT`` past the timeout)."""
+        if ask.timeout is None:
+            return fn(request, grants=g)
+        if honours_timeout(ask.target):
+            return fn(request, grants=g, timeout=ask.timeout)
+        calls = self._peer_calls(ask.name)
+        fut = calls.submit(fn, request, grants=g)
+        if fut is None:
+            return _BUSY
+        try:
+            return fut.result(timeout=ask.timeout)
+        except concurrent.futures.TimeoutError:
+            return _TIMED_OUT
+
+    def _hold(self, key: ContentKey, reply: EvalReply) -> None:
+        """Records a reply in the local cassette and counts its bytes."""
+        self.cassette.record(key, reply_record(reply))
+        get_raw = getattr(self.cassette, "get_raw", None)
+        raw = get_raw(key) if get_raw is not None else None
+        if raw is not None:
+            self._count("bytes_recorded", len(raw))
+
+    def _end(self, res: Resolution) -> None:
+        """A resolution ended (either way): count it and keep its trail."""
+        self._count(res.outcome or "failures")
+        self._remember_trail(res.key, res.source, res.steps)
+
+    def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
+        with self._trail_lock:
+            self._trails[key] = (source, list(steps))
+            self._trails.move_to_end(key)
+            while len(self._trails) > self._remember:
+                self._trails.popitem(last=False)
+
+    # -- evaluate: the C base answers hits and calls this on a miss --------------
+    def _miss(self, request: EvalRequest, g: frozenset, timeout: float | None) -> EvalReply:
+        """evaluate()'s miss (grants already checked): the sync driver."""
+        if request.stream:
+            return _collect(self.stream(request, grants=g, timeout=timeout), request.key)
+        res = self._resolution(request, timeout)
+        try:
+            while True:
+                ask = res.next()
+                try:
+                    reply = self._call(ask, ask.target.evaluate, request, g)
+                except Exception as exc:
+                    if res.failed(exc):
+                        raise
+                    continue
+                if reply is _BUSY:
+                    res.busy(self._peer_calls(ask.name).running)
+                elif reply is _TIMED_OUT:
+                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif res.answered(reply) is not None:
+                    self._hold(res.key, reply)
+                    return res.held(reply)
+        finally:
+            self._end(res)
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``.
+
+        A local hit is answered on the loop. A miss asks the same sources in
+        the same order, awaiting each one's own ``aevaluate`` when it has one
+        (cancelled when its time is up) and running a sync-only one in a
+        worker thread; the reply is recorded from a worker thread (recording
+        may fsync).
+        """
+        g = _core._as_grants(grants, self.grants)
+        reply = self._lookup(request, grants=g)  # the C hit path, grants checked
+        if reply is not None:
+            return reply  # type: ignore[return-value]
+        if request.stream:
+            items = []
+            s = self.astream(request, grants=g, timeout=timeout)
+            async with s:
+                async for x in s:
+                    items.append(x)
+            return EvalReply(items, s.diagnostics, None, request.key, s.source)
+        res = self._resolution(request, timeout)
+        try:
+            while True:
+                ask = res.next()
+                try:
+                    got = await self._acall(ask, request, g)
+                except Exception as exc:
+                    if res.failed(exc):
+                        raise
+                    continue
+                if got is _BUSY:
+                    res.busy(self._peer_calls(ask.name).running)
+                elif got is _TIMED_OUT:
+                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif res.answered(got) is not None:
+                    await asyncio.to_thread(self._hold, res.key, got)
+                    return res.held(got)
+        finally:
+            self._end(res)
+
+    async def _acall(self, ask: Ask, request: EvalRequest, g: frozenset) -> Any:
+        target, t = ask.target, ask.timeout
+        honours = t is not None and honours_timeout(target)
+        kw: dict[str, Any] = {"grants": g}
+        if honours:
+            kw["timeout"] = t
+        aevaluate = getattr(target, "aevaluate", None)
+        if aevaluate is not None:
+            task = asyncio.ensure_future(aevaluate(request, **kw))
+        elif t is None or honours:
+            task = asyncio.ensure_future(asyncio.to_thread(target.evaluate, request, **kw))
+        else:
+            fut = self._peer_calls(ask.name).submit(target.evaluate, request, grants=g)
+            if fut is None:
+                return _BUSY
+            task = asyncio.wrap_future(fut)
+        if t is None or honours:
+            return await task
+        try:
+            done, _ = await asyncio.wait((task,), timeout=t)
+        except BaseException:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            return _TIMED_OUT
+        return task.result()
+
+    # -- streams ----------------------------------------------------------------
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream:
+        """A stream from the local cassette (replayed lazily), else from the first
+        holder, peer or home that starts it; recorded frame by frame as it is
+        consumed and held only once it ends normally.
+
+        Sources are tried in the same order as ``evaluate``'s, until one gives
+        its first item (or ends cleanly), so a stream nobody holds fails at
+        once, and a source that fails before its first item is passed over.
+        Once an item has been given to the caller the stream cannot restart
+        elsewhere: a source failing after that ends the stream with a
+        ``StreamInterrupted`` diagnostic and an error (``RemoteError`` from a
+        peer, home's own exception from home), and nothing is recorded. The
+        deadline (the request's, or ``timeout``) is checked before every event.
+        """
+        g = self._check(request, grants=grants)
+        key = request.key
+        if key in self.cassette:
+            self._count("local_hits")
+            return EvalStream(_replay_events(self.cassette, key), key, "local")
+        res = self._resolution(request, timeout)
+        try:
+            while True:
+                ask = res.next()
+                try:
+                    got = self._call(ask, _stream_head_of(ask.target), request, g)
+                except Exception as exc:
+                    if res.failed(exc):
+                        raise
+                    continue
+                if got is _BUSY:
+                    res.busy(self._peer_calls(ask.name).running)
+                elif got is _TIMED_OUT:
+                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                else:
+                    break
+            source = res.started()
+        except BaseException:
+            self._end(res)
+            raise
+        self._remember_trail(key, source, res.steps)
+        head, events = got
+
+        def done() -> None:
+            res.held(EvalReply(None, (), None, key, source))
+            self._count(res.outcome or "failures")
+
+        relayed = self._relay(res, itertools.chain(head, events), events)
+        return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
+
+    def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:
+        """The events of a started stream, the deadline checked before each; a
+        failure ends the stream with a diagnostic and an error (never a restart)."""
+        items = 0
+        ok = False
+        try:
+            for ev in events:
+                res.check(items)
+                if ev[0] == ITEM:
+                    items += 1
+                yield ev
+            ok = True
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            self._count("failures")
+            err, message = res.broke(exc, items)
+            self._remember_trail(res.key, None, res.steps)
+            yield DIAG, {"kind": "StreamInterrupted", "message": message}
+            if err is exc:
+                raise
+            raise err from exc
+        finally:
+            if not ok:
+                close = getattr(source_events, "close", None)
+                if close is not None:
+                    close()
+
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncEvalStream:
+        """Async twin of ``stream``: the same resolution, started and pulled
+        from worker threads so the event loop never blocks on a source."""
+        g = self._check(request, grants=grants)
+
+        async def events() -> Any:
+            s = await asyncio.to_thread(self.stream, request, grants=g, timeout=timeout)
+            out.source = s.source
+            async for ev in _aevents_from_sync(s.iter_events()):
+                yield ev
+
+        out = AsyncEvalStream(events(), request.key, "unresolved")
+        return out
+
+    # -- explain and display ----------------------------------------------------------
+    def explain(self, request: EvalRequest) -> Explanation:
+        """Where ``request`` was (or would be) answered from, and why each step missed."""
+        key = request.key
+        with self._trail_lock:
+            trail = self._trails.get(key)
+        if key in self.cassette:
+            if trail is None or trail[0] is None:
+                return Explanation(key, "local", [("local", self.node, "held")])
+            # Resolved here earlier and recorded: say how, then that it is held now.
+            steps = list(trail[1]) + [("local", self.node, f"held now (first from {trail[0]})")]
+            return Explanation(key, "local", steps)
+        if trail is not None:
+            return Explanation(key, trail[0], trail[1])
+        steps = [("local", self.node, "not held")]
+        for name, _serve, announced in peer_order(key, self._serves, self.holders):
+            steps.append(("holder" if announced else "peer", name, "would be asked"))
+        steps.append(("home", "home" if self.home is not None else "-",
+                      "would compute" if self.home is not None else "no home"))
+        return Explanation(key, None, steps)
+
+    def _describe(self) -> str:
+        peers = ", ".join(self._peers)
+        home = type(self.home).__name__ if self.home is not None else None
+        try:
+            held: int | str = len(self.cassette)
+        except Exception:
+            held = "?"
+        return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"
+
+
+def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator]]:
+    """A call that starts ``target``'s stream and pulls its events up to and
+    including the first item (all of them if it has none): until then a
+    failing source can be passed over."""
+
+    def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator]:
+        events = _events_of(target.stream(request, **kw))
+        head = []
+        for ev in events:
+            head.append(ev)
+            if ev[0] == ITEM:
+                break
+        return head, events
+
+    return start
 
 
 class Explanation:
@@ -102,282 +801,3 @@ class Explanation:
         src = html.escape(self.source or "not resolved here yet")
         return (f"<b>{html.escape(str(self.key))}</b>: {src}<table><tr><th>stage</th>"
                 f"<th>target</th><th>outcome</th></tr>{rows}</table>")
-
-
-class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
-    """Local cassette, then holders and peers, then home; see the module doc.
-
-    ``evaluate`` is the C base ``fabric._core.ContentAddressedFabricCore``'s,
-    hit *and* miss: the grants check, key, cassette lookup and reply, then
-    the resolution order (holders, peers, home), the collection of every
-    peer's answer, the recording and announcing of the success, the
-    counters and the deadline all run in C, calling peers and home as the
-    Python objects they are. A peer call with a timeout goes through
-    ``_call_within`` (a worker thread, so a hung in-process peer cannot hang
-    the caller). ``aevaluate`` and ``stream`` drive the same C resolution
-    (``_resolution``) from Python, awaiting or streaming from each source.
-
-    ``node`` is this node's id; ``cassette`` its ``EvalCassette``; ``peers``
-    a sequence of ``ContentPeer``; ``home`` any fabric that computes (or
-    None); ``holders`` a shared ``HoldingIndex`` (a new one by default).
-    ``peer_timeout`` (seconds, None for none) bounds each peer call.
-    """
-
-    _call_within = staticmethod(_call_within)
-
-    def __init__(self, node: str, cassette: Any, peers: Iterable[ContentPeer] = (),
-                 home: Any = None, holders: HoldingIndex | None = None, *,
-                 grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
-                 remember: int = 256):
-        if not isinstance(node, str) or not node:
-            raise TypeError(f"node must be a non-empty str, not {node!r}")
-        if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
-                                             and peer_timeout > 0):
-            raise ValueError(f"peer_timeout must be a positive number of seconds or None, "
-                             f"not {peer_timeout!r}")
-        _core.ContentAddressedFabricCore.__init__(self, node, cassette, frozenset(grants))
-        self.home = home
-        self.holders = HoldingIndex() if holders is None else holders
-        self.peer_timeout = peer_timeout
-        for p in peers:
-            self.add_peer(p)
-        self._remember = remember
-        self._trails: collections.OrderedDict[ContentKey, tuple[str | None, list]] = \
-            collections.OrderedDict()
-        self._trail_lock = threading.Lock()
-
-    # -- peers ----------------------------------------------------------------
-    @property
-    def peers(self) -> list[ContentPeer]:
-        """The peers this node may ask, in the order given."""
-        return list(self._peers.values())
-
-    def add_peer(self, peer: ContentPeer) -> None:
-        """Add (or replace) a peer; this node itself is never its own peer."""
-        if not isinstance(peer, ContentPeer):
-            raise TypeError(f"peers are ContentPeer objects, not {type(peer).__name__}")
-        if peer.node != self.node:
-            self._peers[peer.node] = peer
-
-    def announce_held(self) -> int:
-        """Announce every key of the cassette as held by this node (after a
-        restart, so peers learn what the ledger replayed). Returns the count."""
-        return self.holders.apply((k, self.node) for k in self.cassette)
-
-    # -- bookkeeping ------------------------------------------------------------
-    def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
-        """Called by the C resolution when it ends: what explain() reports."""
-        with self._trail_lock:
-            self._trails[key] = (source, list(steps))
-            self._trails.move_to_end(key)
-            while len(self._trails) > self._remember:
-                self._trails.popitem(last=False)
-
-    def _check(self, request: EvalRequest, g: frozenset) -> None:
-        try:
-            check_grants(request, g, f"ContentAddressedFabric {self.node!r}")
-        except CapabilityDenied:
-            self._count("denied")
-            raise
-
-    # -- evaluate ---------------------------------------------------------------
-    # evaluate() is the C base's: hit and miss path in C, with these hooks.
-    def _deny(self, request: EvalRequest, g: frozenset) -> None:
-        """Called by the C hit path when grants fall short: raises CapabilityDenied."""
-        self._check(request, g)
-
-    def _evaluate_stream(self, request: EvalRequest, g: frozenset) -> EvalReply:
-        """evaluate() of a stream request: the whole stream as one reply."""
-        return _collect(self.stream(request, grants=g), request.key)
-
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
-        """Async twin of ``evaluate``.
-
-        A local hit is answered on the loop. A miss follows the same C
-        resolution order, awaiting each peer's and home's own ``aevaluate``
-        when it has one (a peer without one runs in a worker thread); the
-        per-peer timeout cancels a peer that does not answer in time. The
-        reply is recorded from a worker thread (recording may fsync).
-        """
-        g = self._grants(grants)
-        reply = self._lookup(request, grants=g)  # the C hit path, grants checked
-        if reply is not None:
-            # The C code builds replies of the class given to _set_reply_class.
-            return cast(EvalReply, reply)
-        if request.stream:
-            return await asyncio.to_thread(self.evaluate, request, grants=g)
-        res = self._resolution(request, grants=g)
-        try:
-            while True:
-                target, what, timeout = res.next()
-                try:
-                    reply = await _acall(target, what, timeout, request, g)
-                except Exception as exc:
-                    if res.failed(exc):
-                        raise
-                    continue
-                out = await asyncio.to_thread(res.accept, reply)
-                if out is not None:
-                    return cast(EvalReply, out)
-        except BaseException:
-            res.abort()  # a no-op once the resolution has ended
-            raise
-
-    # -- streams ------------------------------------------------------------------
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
-        """A stream from the local cassette (replayed lazily), else from the first
-        holder, peer or home that starts it; recorded frame by frame as it is
-        consumed and held only once it ends normally.
-
-        Sources are tried in the C resolution order, here, until one gives its
-        first item (or ends cleanly), so a stream nobody holds fails at once,
-        and a source that fails before its first item is passed over for the
-        next one like a failed ``evaluate``. Once an item has been given to
-        the caller the stream cannot restart elsewhere: a source failing after
-        that ends the stream with a ``StreamInterrupted`` diagnostic and an
-        error (``RemoteError`` from a peer, home's own exception from home),
-        and nothing is recorded. The request's deadline is checked before
-        every event.
-        """
-        g = self._grants(grants)
-        self._check(request, g)
-        key = request.key
-        if key in self.cassette:
-            self._count("local_hits")
-            return EvalStream(_replay_events(self.cassette, key), key, "local")
-        res = self._resolution(request, grants=g)
-        try:
-            while True:
-                target, _what, _timeout = res.next()
-                try:
-                    events = _events_of(target.stream(request, grants=g))
-                    head = _head(events)
-                except Exception as exc:
-                    if res.failed(exc):
-                        raise
-                    continue
-                break
-            left = res.remaining()
-            steps = list(res.steps)
-            source, counter, peer = res.started()
-        except BaseException:
-            res.abort()
-            raise
-        t_end = None if left is None else time.monotonic() + left
-
-        def done() -> None:
-            self._count(counter)
-            self.holders.announce(key, self.node)
-
-        relayed = self._relay(head, events, key, source, peer, steps, t_end, request.deadline)
-        return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
-
-    def _relay(self, head, events, key, source, peer, steps, t_end, deadline):
-        """The events of a started stream: the deadline checked before each; a
-        failure ends the stream with a diagnostic and an error (never a restart)."""
-        items = 0
-        ok = False
-        try:
-            for ev in itertools.chain(head, events):
-                if t_end is not None and time.monotonic() > t_end:
-                    raise DeadlineExceeded(f"the request's deadline of {deadline} s passed "
-                                           f"after {items} items of the stream for {key} from "
-                                           f"{source}")
-                if ev[0] == ITEM:
-                    items += 1
-                yield ev
-            ok = True
-        except GeneratorExit:
-            raise
-        except Exception as exc:
-            self._count("failures")
-            what = _describe_answer(exc)
-            message = (f"the stream for {key} from {source} failed after {items} items "
-                       f"({what}); it cannot restart elsewhere and is not recorded")
-            steps.append(("peer" if peer else "home", peer or "home",
-                          f"failed after {items} items: {what}"))
-            self._remember_trail(key, None, steps)
-            if peer is not None and not isinstance(exc, DeadlineExceeded):
-                self.holders.mark_failed(peer)
-                remote = RemoteError(message)
-                remote.node = peer
-                remote.remote_type = type(exc).__name__
-                err: BaseException = remote
-            else:
-                err = exc
-                exc.add_note(message)
-            yield DIAG, {"kind": "StreamInterrupted", "message": message}
-            if err is exc:
-                raise
-            raise err from exc
-        finally:
-            if not ok:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
-
-    # -- explain and display ----------------------------------------------------------
-    def explain(self, request: EvalRequest) -> Explanation:
-        """Where ``request`` was (or would be) answered from, and why each step missed."""
-        key = request.key
-        if key in self.cassette:
-            with self._trail_lock:
-                trail = self._trails.get(key)
-            if trail is None:
-                return Explanation(key, "local", [("local", self.node, "held")])
-            # Resolved here earlier and recorded: say how, then that it is held now.
-            steps = list(trail[1]) + [("local", self.node, f"held now (first from {trail[0]})")]
-            return Explanation(key, "local", steps)
-        with self._trail_lock:
-            trail = self._trails.get(key)
-        if trail is not None:
-            return Explanation(key, trail[0], trail[1])
-        steps = [("local", self.node, "not held")]
-        for name, _serve, announced in self._order(key):
-            steps.append(("holder" if announced else "peer", name, "would be asked"))
-        steps.append(("home", "home" if self.home is not None else "-",
-                      "would compute" if self.home is not None else "no home"))
-        return Explanation(key, None, steps)
-
-    def _describe(self) -> str:
-        peers = ", ".join(self._peers)
-        home = type(self.home).__name__ if self.home is not None else None
-        try:
-            held: int | str = len(self.cassette)
-        except Exception:
-            held = "?"
-        return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"
-
-
-def _head(events: Iterator[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    """Pulls a stream's events up to and including its first item (all of them
-    if it has none): until then a failing source can be passed over."""
-    head = []
-    for ev in events:
-        head.append(ev)
-        if ev[0] == ITEM:
-            break
-    return head
-
-
-async def _acall(target: Any, what: str, timeout: float | None, request: EvalRequest,
-                 g: frozenset) -> Any:
-    """``await target.aevaluate(...)`` (or its ``evaluate`` in a worker thread),
-    cancelled with ``DeadlineExceeded`` after ``timeout`` seconds."""
-    aevaluate = getattr(target, "aevaluate", None)
-    if aevaluate is not None:
-        task = asyncio.ensure_future(aevaluate(request, grants=g))
-    else:
-        task = asyncio.ensure_future(asyncio.to_thread(target.evaluate, request, grants=g))
-    if timeout is None:
-        return await task
-    try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
-    except BaseException:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        raise DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s")
-    return task.result()

@@ -94,18 +94,13 @@ typedef struct fab_state {
     PyTypeObject *CassetteStream_Type;
     PyTypeObject *CassetteWriter_Type;
     PyTypeObject *LedgerView_Type;
-    /* caf.c */
+    /* reply.c */
     PyTypeObject *EvalReply_Type;   /* the C base */
-    PyTypeObject *CAFCore_Type;     /* ContentAddressedFabric's C base */
-    PyObject *reply_class;          /* the class hits are made of (fabric.EvalReply) */
-    PyObject *str_get;              /* interned "get" */
-    PyObject *str_local;            /* interned "local" */
+    PyObject *reply_class;          /* the class replies are made of (fabric.EvalReply) */
     PyObject *str_computed;         /* interned "computed" */
-    PyObject *str_deny;             /* interned "_deny" */
-    PyObject *str_evaluate_stream;  /* interned "_evaluate_stream" */
-    PyObject *str_check_grants;     /* interned "_grants" */
-    PyObject *caf_names;            /* tuple of interned names for the resolution (caf.c) */
-    PyTypeObject *Resolution_Type;  /* one miss being resolved (caf.c) */
+    /* addressed.c */
+    PyTypeObject *CAFCore_Type;     /* ContentAddressedFabric's C base */
+    PyObject *str_local;            /* interned "local" */
 
     /* frames.c */
     PyTypeObject *StreamFrameLimits_Type;
@@ -140,7 +135,7 @@ static inline fab_state *fab_state_from_type(PyTypeObject *tp)
  * Errors: the one mapping from core FAB_E* codes to Python exceptions
  * (errors.c). Every part of the glue raises a core failure through
  * fab_py_raise (or fab_py_raise_code when it knows nothing more than the
- * code); cassette.c's raise_ledger and caf.c's successor are to move over
+ * code); cassette.c's raise_ledger and addressed.c are to move over
  * to it as their owners rewrite them. What a failure was about, beyond its
  * code: every field is optional (zero / NULL), except exc.
  */
@@ -195,7 +190,8 @@ int fab_py_key_exec(PyObject *module, fab_state *st);
 int fab_py_request_exec(PyObject *module, fab_state *st);
 int fab_py_unpack_exec(PyObject *module, fab_state *st);
 int fab_py_cassette_exec(PyObject *module, fab_state *st);
-int fab_py_caf_exec(PyObject *module, fab_state *st);
+int fab_py_reply_exec(PyObject *module, fab_state *st);
+int fab_py_addressed_exec(PyObject *module, fab_state *st);
 int fab_py_frames_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
@@ -210,8 +206,10 @@ int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_unpack_clear(fab_state *st);
 int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_cassette_clear(fab_state *st);
-int fab_py_caf_traverse(fab_state *st, visitproc visit, void *arg);
-void fab_py_caf_clear(fab_state *st);
+int fab_py_reply_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_reply_clear(fab_state *st);
+int fab_py_addressed_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_addressed_clear(fab_state *st);
 
 /* key.c: a new ContentKey holding the 32-byte digest. */
 PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest);
@@ -234,6 +232,12 @@ void fab_py_frames_clear(fab_state *st);
  * new, 0 if already held, -1 with an exception set. */
 int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
                            size_t *nbytes);
+
+/* reply.c: the reply (of the reply class) that a cassette record [value,
+ * diagnostics, trace] holds, for key with the given source (all borrowed);
+ * FabricError if record is not such a record. New reference or NULL. */
+PyObject *fab_py_reply_from_record(fab_state *st, PyObject *record, PyObject *key,
+                                   PyObject *source);
 
 /* walk.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */

@@ -34,7 +34,8 @@ static const struct part {
     {"request", fab_py_request_exec, fab_py_request_traverse, fab_py_request_clear},
     {"unpack", fab_py_unpack_exec, fab_py_unpack_traverse, fab_py_unpack_clear},
     {"cassette", fab_py_cassette_exec, fab_py_cassette_traverse, fab_py_cassette_clear},
-    {"caf", fab_py_caf_exec, fab_py_caf_traverse, fab_py_caf_clear},
+    {"reply", fab_py_reply_exec, fab_py_reply_traverse, fab_py_reply_clear},
+    {"addressed", fab_py_addressed_exec, fab_py_addressed_traverse, fab_py_addressed_clear},
     {"frames", fab_py_frames_exec, fab_py_frames_traverse, fab_py_frames_clear},
 };
 

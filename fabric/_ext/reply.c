@@ -1,0 +1,269 @@
+/*
+ * EvalReply: the answer to an evaluation, an immutable record (value,
+ * diagnostics, trace, key, source) that costs one allocation, so a cache
+ * hit can be answered without running Python code. fabric.EvalReply
+ * subclasses it with __slots__ = () to add its reprs; _set_reply_class
+ * names that subclass, and every reply the glue builds (a hit, a reply
+ * read from a cassette record) is of it.
+ */
+#include "glue.h"
+
+#include <stddef.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;
+    PyObject *diagnostics; /* tuple */
+    PyObject *trace;
+    PyObject *key;
+    PyObject *source; /* str */
+} ReplyObject;
+
+/* A new reply of type tp (EvalReply or a subclass); borrows every argument. */
+static PyObject *reply_make(PyTypeObject *tp, PyObject *value, PyObject *diags, PyObject *trace,
+                            PyObject *key, PyObject *source)
+{
+    ReplyObject *r = (ReplyObject *)tp->tp_alloc(tp, 0);
+    if (r == NULL)
+        return NULL;
+    r->value = Py_NewRef(value);
+    r->diagnostics = Py_NewRef(diags);
+    r->trace = Py_NewRef(trace);
+    r->key = Py_NewRef(key);
+    r->source = Py_NewRef(source);
+    return (PyObject *)r;
+}
+
+/* diagnostics as a tuple (a list is copied, None is empty); new reference. */
+static PyObject *as_diagnostics(fab_state *st, PyObject *d)
+{
+    if (d == NULL || d == Py_None)
+        return Py_NewRef(st->empty_tuple);
+    if (PyTuple_CheckExact(d))
+        return Py_NewRef(d);
+    if (PyList_CheckExact(d))
+        return PyList_AsTuple(d);
+    return PySequence_Tuple(d);
+}
+
+static PyObject *EvalReply_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"value", "diagnostics", "trace", "key", "source", NULL};
+    PyObject *value, *diags = NULL, *trace = Py_None, *key = Py_None, *source = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOU:EvalReply", kwlist, &value, &diags,
+                                     &trace, &key, &source))
+        return NULL;
+    fab_state *st = fab_state_from_type(type);
+    if (st == NULL)
+        return NULL;
+    PyObject *d = as_diagnostics(st, diags);
+    if (d == NULL)
+        return NULL;
+    PyObject *r = reply_make(type, value, d, trace, key, source ? source : st->str_computed);
+    Py_DECREF(d);
+    return r;
+}
+
+static int EvalReply_traverse(ReplyObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(r));
+    Py_VISIT(r->value);
+    Py_VISIT(r->diagnostics);
+    Py_VISIT(r->trace);
+    Py_VISIT(r->key);
+    Py_VISIT(r->source);
+    return 0;
+}
+
+static int EvalReply_clear(ReplyObject *r)
+{
+    Py_CLEAR(r->value);
+    Py_CLEAR(r->diagnostics);
+    Py_CLEAR(r->trace);
+    Py_CLEAR(r->key);
+    Py_CLEAR(r->source);
+    return 0;
+}
+
+static void EvalReply_dealloc(ReplyObject *r)
+{
+    PyTypeObject *tp = Py_TYPE(r);
+    PyObject_GC_UnTrack(r);
+    EvalReply_clear(r);
+    tp->tp_free((PyObject *)r);
+    Py_DECREF(tp);
+}
+
+static PyObject *EvalReply_richcompare(PyObject *a, PyObject *b, int op)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(a));
+    if (st == NULL)
+        return NULL;
+    if ((op != Py_EQ && op != Py_NE) || !PyObject_TypeCheck(b, st->EvalReply_Type))
+        Py_RETURN_NOTIMPLEMENTED;
+    /* The source says where a reply came from on one call; it is not part
+     * of the answer. */
+    ReplyObject *x = (ReplyObject *)a, *y = (ReplyObject *)b;
+    PyObject *const xs[] = {x->key, x->value, x->diagnostics, x->trace};
+    PyObject *const ys[] = {y->key, y->value, y->diagnostics, y->trace};
+    int eq = 1;
+    for (int i = 0; i < 4 && eq; i++) {
+        eq = PyObject_RichCompareBool(xs[i], ys[i], Py_EQ);
+        if (eq < 0)
+            return NULL;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyObject *EvalReply_with_source(PyObject *self, PyObject *source)
+{
+    if (!PyUnicode_Check(source)) {
+        PyErr_Format(PyExc_TypeError, "source must be a str, not %.100s",
+                     Py_TYPE(source)->tp_name);
+        return NULL;
+    }
+    ReplyObject *r = (ReplyObject *)self;
+    return reply_make(Py_TYPE(self), r->value, r->diagnostics, r->trace, r->key, source);
+}
+
+static PyObject *EvalReply_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    ReplyObject *r = (ReplyObject *)self;
+    return Py_BuildValue("O(OOOOO)", (PyObject *)Py_TYPE(self), r->value, r->diagnostics,
+                         r->trace, r->key, r->source);
+}
+
+static PyMethodDef EvalReply_methods[] = {
+    {"_with_source", EvalReply_with_source, METH_O,
+     "_with_source($self, source, /)\n--\n\nThe same reply with another source."},
+    {"__reduce__", EvalReply_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef EvalReply_members[] = {
+    {"value", T_OBJECT, offsetof(ReplyObject, value), READONLY,
+     "What the op returned (a stream op's items as a list)."},
+    {"diagnostics", T_OBJECT, offsetof(ReplyObject, diagnostics), READONLY,
+     "Diagnostics attached by the op (a tuple of dicts with kind and message)."},
+    {"trace", T_OBJECT, offsetof(ReplyObject, trace), READONLY,
+     "The trace steps when the request asked for one, else None."},
+    {"key", T_OBJECT, offsetof(ReplyObject, key), READONLY, "The request's ContentKey."},
+    {"source", T_OBJECT, offsetof(ReplyObject, source), READONLY,
+     "Where the reply came from on this call: local, peer:<node>, home, ..."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot EvalReply_slots[] = {
+    {Py_tp_doc, "EvalReply(value, diagnostics=(), trace=None, key=None, source='computed')\n--\n\n"
+                "The answer to an evaluation (immutable). Equal replies have equal value,\n"
+                "diagnostics, trace and key; the source is not compared."},
+    {Py_tp_new, EvalReply_new},
+    {Py_tp_dealloc, EvalReply_dealloc},
+    {Py_tp_traverse, EvalReply_traverse},
+    {Py_tp_clear, EvalReply_clear},
+    {Py_tp_richcompare, EvalReply_richcompare},
+    {Py_tp_hash, PyObject_HashNotImplemented},
+    {Py_tp_methods, EvalReply_methods},
+    {Py_tp_members, EvalReply_members},
+    {0, NULL},
+};
+
+static PyType_Spec EvalReply_spec = {
+    .name = "fabric._core.EvalReply",
+    .basicsize = sizeof(ReplyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = EvalReply_slots,
+};
+
+/* ======================================================================== */
+/* Reply records                                                             */
+/* ======================================================================== */
+
+PyObject *fab_py_reply_from_record(fab_state *st, PyObject *record, PyObject *key,
+                                   PyObject *source)
+{
+    /* A reply record is [value, diagnostics, trace] (fabric.replies' reply_record). */
+    PyObject *value, *diags, *trace;
+    if (PyList_CheckExact(record) && PyList_GET_SIZE(record) == 3) {
+        value = PyList_GET_ITEM(record, 0);
+        diags = PyList_GET_ITEM(record, 1);
+        trace = PyList_GET_ITEM(record, 2);
+    } else if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 3) {
+        value = PyTuple_GET_ITEM(record, 0);
+        diags = PyTuple_GET_ITEM(record, 1);
+        trace = PyTuple_GET_ITEM(record, 2);
+    } else {
+        PyErr_Format(st->exc[FAB_PYEXC_FabricError],
+                     "cassette record for %S is not a reply record [value, diagnostics, trace]",
+                     key);
+        return NULL;
+    }
+    PyObject *d = as_diagnostics(st, diags);
+    if (d == NULL)
+        return NULL;
+    PyObject *reply = reply_make((PyTypeObject *)st->reply_class, value, d, trace, key, source);
+    Py_DECREF(d);
+    return reply;
+}
+
+static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "_reply_from_record(record, key, source: str, /)");
+        return NULL;
+    }
+    return fab_py_reply_from_record(fab_get_state(module), args[0], args[1], args[2]);
+}
+
+static PyObject *set_reply_class(PyObject *module, PyObject *cls)
+{
+    fab_state *st = fab_get_state(module);
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, st->EvalReply_Type)) {
+        PyErr_SetString(PyExc_TypeError, "the reply class must subclass _core.EvalReply");
+        return NULL;
+    }
+    if (((PyTypeObject *)cls)->tp_basicsize != st->EvalReply_Type->tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "the reply class must declare __slots__ = ()");
+        return NULL;
+    }
+    Py_XSETREF(st->reply_class, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef reply_functions[] = {
+    {"_set_reply_class", set_reply_class, METH_O,
+     "_set_reply_class(cls, /)\n--\n\nMake the replies the glue builds instances of cls (an\n"
+     "EvalReply subclass with __slots__ = ())."},
+    {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record, METH_FASTCALL,
+     "_reply_from_record(record, key, source, /)\n--\n\nThe reply a cassette record "
+     "[value, diagnostics, trace] holds;\nFabricError if it is not such a record."},
+    {NULL, NULL, 0, NULL},
+};
+
+int fab_py_reply_exec(PyObject *module, fab_state *st)
+{
+    if (PyModule_AddFunctions(module, reply_functions) < 0)
+        return -1;
+    if ((st->EvalReply_Type = fab_py_add_type(module, &EvalReply_spec, NULL)) == NULL)
+        return -1;
+    st->reply_class = Py_NewRef((PyObject *)st->EvalReply_Type);
+    if ((st->str_computed = PyUnicode_InternFromString("computed")) == NULL)
+        return -1;
+    return 0;
+}
+
+int fab_py_reply_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->EvalReply_Type);
+    Py_VISIT(st->reply_class);
+    return 0;
+}
+
+void fab_py_reply_clear(fab_state *st)
+{
+    Py_CLEAR(st->EvalReply_Type);
+    Py_CLEAR(st->reply_class);
+    Py_CLEAR(st->str_computed);
+}
