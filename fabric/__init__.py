@@ -52,13 +52,11 @@ from ._core import (  # fabrics' errors
 )
 from .ops import Op, OpRegistry, diagnostic, op
 from .holders import HoldingDelta, HoldingIndex
+from .replies import AsyncEvalStream, EvalReply, EvalStream
 from .fabrics import (
-    AsyncEvalStream,
     ContentPeer,
     ContentServeFabric,
     EvalFabric,
-    EvalReply,
-    EvalStream,
     LedgeredRelayFabric,
     LocalFabric,
     RelayFabric,

@@ -104,7 +104,8 @@ class Explanation:
                 f"<th>target</th><th>outcome</th></tr>{rows}</table>")
 
 
-class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
+class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[misc]
+                             _FabricBase):
     """Local cassette, then holders and peers, then home; see the module doc.
 
     ``evaluate`` is the C base ``fabric._core.ContentAddressedFabricCore``'s,
@@ -190,8 +191,12 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         """evaluate() of a stream request: the whole stream as one reply."""
         return _collect(self.stream(request, grants=g), request.key)
 
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
+    # Until the resolution moves out of C (issue 12), the timeout is taken
+    # but not honoured; request.deadline and peer_timeout bound the calls.
+    honours_timeout = False
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate``.
 
         A local hit is answered on the loop. A miss follows the same C
@@ -225,7 +230,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             raise
 
     # -- streams ------------------------------------------------------------------
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream:
         """A stream from the local cassette (replayed lazily), else from the first
         holder, peer or home that starts it; recorded frame by frame as it is
         consumed and held only once it ends normally.
