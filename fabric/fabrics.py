@@ -43,8 +43,8 @@ import math
 import threading
 import time
 from enum import Enum
-from typing import (TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, ClassVar, Coroutine,
-                    Generator, Iterable, Iterator, ParamSpec, Protocol, TypeVar, overload,
+from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
+                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, overload,
                     runtime_checkable)
 
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
@@ -255,10 +255,10 @@ class _FabricBase:
 
     # -- one-line calls -------------------------------------------------------
     @overload
-    def call(self, op: Op[P, Generator[Y, Any, Any]], /, *args: P.args,
+    def call(self, op: Op[P, Iterator[Y]], /, *args: P.args,
              **kwargs: P.kwargs) -> EvalStream[Y]: ...
     @overload
-    def call(self, op: Op[P, AsyncGenerator[Y, Any]], /, *args: P.args,
+    def call(self, op: Op[P, AsyncIterator[Y]], /, *args: P.args,
              **kwargs: P.kwargs) -> EvalStream[Y]: ...
     @overload
     def call(self, op: Op[P, Coroutine[Any, Any, R]], /, *args: P.args,
@@ -284,10 +284,10 @@ class _FabricBase:
         return self.evaluate(request).value
 
     @overload
-    async def acall(self, op: Op[P, Generator[Y, Any, Any]], /, *args: P.args,
+    async def acall(self, op: Op[P, Iterator[Y]], /, *args: P.args,
                     **kwargs: P.kwargs) -> AsyncEvalStream[Y]: ...
     @overload
-    async def acall(self, op: Op[P, AsyncGenerator[Y, Any]], /, *args: P.args,
+    async def acall(self, op: Op[P, AsyncIterator[Y]], /, *args: P.args,
                     **kwargs: P.kwargs) -> AsyncEvalStream[Y]: ...
     @overload
     async def acall(self, op: Op[P, Coroutine[Any, Any, R]], /, *args: P.args,
