@@ -44,6 +44,9 @@ class Workers:
     already running finish on their own (nothing can stop a Python thread).
     """
 
+    #: A thread idle this long ends (a new call starts another).
+    IDLE_SECONDS = 60.0
+
     def __init__(self, max_workers: int | None = None, name: str = "fabric"):
         if max_workers is None:
             max_workers = default_max_workers()
@@ -85,8 +88,10 @@ class Workers:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._idle += 1
-                    self._cond.wait()
+                    woke = self._cond.wait(self.IDLE_SECONDS)
                     self._idle -= 1
+                    if not woke and not self._queue:
+                        break  # idle long enough: a fabric nobody closed leaks no thread
                 if not self._queue:
                     self._threads -= 1
                     return
