@@ -447,10 +447,14 @@ def _sync_within(events: Iterator[Event], bound: float, pool: Workers,
 class _Flight:
     """One computation that identical concurrent requests share."""
 
-    __slots__ = ("future", "waiters", "task", "loop")
+    __slots__ = ("future", "finished", "waiters", "task", "loop")
 
     def __init__(self) -> None:
-        self.future: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
+        # Made only when someone must wait on it (a joiner, a hand-off to a
+        # thread or a loop): the caller that runs the op in its own thread
+        # needs none, which keeps the common miss cheap.
+        self.future: concurrent.futures.Future[EvalReply] | None = None
+        self.finished = False
         self.waiters = 1
         # For an async op: the task running it and its loop, so the last
         # waiter to leave can cancel it.
@@ -627,6 +631,8 @@ class LocalFabric(_FabricBase):
             flight = self._inflight.get(key)
             if flight is not None:
                 flight.waiters += 1
+                if flight.future is None:
+                    flight.future = concurrent.futures.Future()
                 self._stats.add("coalesced")
                 return flight, False
             flight = self._inflight[key] = _Flight()
@@ -637,7 +643,7 @@ class LocalFabric(_FabricBase):
         (True when it did). A sync op cannot be cancelled and runs on."""
         with self._lock:
             flight.waiters -= 1
-            cancel = flight.waiters == 0 and flight.task is not None and not flight.future.done()
+            cancel = flight.waiters == 0 and flight.task is not None and not flight.finished
             if cancel and self._inflight.get(key) is flight:
                 del self._inflight[key]  # a new caller starts afresh
         if cancel:
@@ -659,13 +665,21 @@ class LocalFabric(_FabricBase):
         with self._lock:
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
+            flight.finished = True
+            fut = flight.future
         self._stats.add("errors" if exc is not None else "computed")
-        if flight.future.done():
+        if fut is None or fut.done():
             return
         if exc is not None:
-            flight.future.set_exception(exc)
+            fut.set_exception(exc)
         else:
-            flight.future.set_result(reply)  # type: ignore[arg-type]
+            fut.set_result(reply)  # type: ignore[arg-type]
+
+    def _future(self, flight: _Flight) -> concurrent.futures.Future[EvalReply]:
+        with self._lock:
+            if flight.future is None:
+                flight.future = concurrent.futures.Future()
+            return flight.future
 
     def _settle(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
                 request: EvalRequest) -> None:
@@ -680,9 +694,11 @@ class LocalFabric(_FabricBase):
         self._end(key, flight, reply, None)
 
     async def _settle_async(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
-                            request: EvalRequest) -> None:
+                            request: EvalRequest, reraise: bool = False) -> EvalReply:
         """Runs an async op (or async generator, collected) for a flight on
-        this loop and settles it; cancelled when its last waiter leaves."""
+        this loop and settles it; cancelled when its last waiter leaves.
+        Returns the reply; an error is raised only with ``reraise`` (else
+        it reaches the waiters through the flight's future alone)."""
         task = asyncio.current_task()
         with self._lock:
             flight.task, flight.loop = task, asyncio.get_running_loop()
@@ -708,13 +724,14 @@ class LocalFabric(_FabricBase):
             raise
         except BaseException as exc:
             self._end(key, flight, None, exc)
-            if not isinstance(exc, Exception):
+            if reraise or not isinstance(exc, Exception):
                 raise
-            return
+            return None  # type: ignore[return-value]
         finally:
             _collector.reset(token)
-        self._end(key, flight, EvalReply(value, diags, self._trace(request, t0), key,
-                                         "computed"), None)
+        reply = EvalReply(value, diags, self._trace(request, t0), key, "computed")
+        self._end(key, flight, reply, None)
+        return reply
 
     def _start_in_thread(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
                          request: EvalRequest) -> None:
@@ -739,25 +756,30 @@ class LocalFabric(_FabricBase):
         bound = _bound(request, timeout)
         key = request.key
         flight, owner = self._join(key)
+        if owner and bound is None and not (op.is_async and _loop_running()):
+            # In the caller's thread: no hand-off, no future unless someone joins.
+            if op.is_async:
+                return asyncio.run(self._settle_async(key, flight, op, request, reraise=True))
+            try:
+                reply = self._compute(op, request)
+            except BaseException as exc:
+                self._end(key, flight, None, exc)
+                raise
+            self._end(key, flight, reply, None)
+            return reply
+        fut = self._future(flight)
         left = False
         try:
             if owner:
-                if bound is None and not (op.is_async and _loop_running()):
-                    if op.is_async:
-                        asyncio.run(self._settle_async(key, flight, op, request))
-                    else:
-                        self._settle(key, flight, op, request)
-                else:
-                    self._start_in_thread(key, flight, op, request)
-            fut = flight.future
+                self._start_in_thread(key, flight, op, request)
             if bound is not None and not fut.done():
                 concurrent.futures.wait((fut,), timeout=bound)
                 if not fut.done():
                     left = True
-                    exc = DeadlineExceeded(self._late_message(request, bound))
+                    late = DeadlineExceeded(self._late_message(request, bound))
                     if not self._leave(key, flight):
-                        _pending(exc, fut)
-                    raise exc
+                        _pending(late, fut)
+                    raise late
             return fut.result()
         finally:
             if not left:
@@ -772,6 +794,7 @@ class LocalFabric(_FabricBase):
         bound = _bound(request, timeout)
         key = request.key
         flight, owner = self._join(key)
+        fut = self._future(flight)
         left = False
         try:
             if owner:
@@ -781,15 +804,15 @@ class LocalFabric(_FabricBase):
                     self._start_in_thread(key, flight, op, request)
             # shield: one caller giving up (its deadline, or its task being
             # cancelled) must not cancel the computation the others share.
-            waiter = asyncio.shield(asyncio.wrap_future(flight.future))
+            waiter = asyncio.shield(asyncio.wrap_future(fut))
             if bound is None:
                 try:
                     return await waiter
                 except asyncio.CancelledError as exc:
-                    if not flight.future.done():
+                    if not fut.done():
                         left = True
                         if not self._leave(key, flight):
-                            _pending(exc, flight.future)
+                            _pending(exc, fut)
                     raise
             try:
                 done, _ = await asyncio.wait((waiter,), timeout=bound)
@@ -797,14 +820,14 @@ class LocalFabric(_FabricBase):
                 waiter.cancel()
                 left = True
                 if not self._leave(key, flight):
-                    _pending(exc, flight.future)
+                    _pending(exc, fut)
                 raise
             if not done:
                 waiter.cancel()
                 left = True
                 late = DeadlineExceeded(self._late_message(request, bound))
                 if not self._leave(key, flight):
-                    _pending(late, flight.future)
+                    _pending(late, fut)
                 raise late
             return waiter.result()
         finally:
