@@ -570,3 +570,22 @@ def test_eval_request_timeout_with_deadline_takes_the_shorter(reg):
         fab.evaluate(EvalRequest("slow", (1,), deadline=0.05), timeout=30)
     gate.go.set()
     fab.close()
+
+
+def test_worker_pool_bounds_and_close_cancels_queued_calls():
+    from fabric._workers import Workers
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_workers"):
+            LocalFabric(max_workers=bad)
+    pool = Workers(1, "t")
+    go, started = threading.Event(), threading.Event()
+    running = pool.submit(lambda: (started.set(), go.wait(30))[1])
+    assert started.wait(30)
+    queued = pool.submit(lambda: "never")
+    assert pool.busy() == 2
+    pool.close()
+    assert queued.cancelled()
+    with pytest.raises(FabricUnavailable, match="closed"):
+        pool.submit(lambda: None)
+    go.set()
+    assert running.result(30) is True
