@@ -104,8 +104,11 @@ def test_a_caller_joining_a_running_op_gets_its_reply(reg):
         got = []
         t = threading.Thread(target=lambda: got.append(fab.evaluate(slow.request(1)).value))
         t.start()
-        while fab.stats()["coalesced"] < 1:  # the joiner is waiting on the same op
+        for _ in range(3000):  # until the joiner waits on the same op (bounded)
+            if fab.stats()["coalesced"] == 1:
+                break
             t.join(0.01)
+        assert fab.stats()["coalesced"] == 1
         gate.go.set()
         t.join(30)
         assert got == [2] and gate.runs == 1
@@ -244,8 +247,11 @@ def test_an_async_op_is_cancelled_when_its_last_waiter_goes(reg):
     async def main():
         a = asyncio.ensure_future(fab.aevaluate(forever.request(1)))
         b = asyncio.ensure_future(fab.aevaluate(forever.request(1)))
-        while fab.stats()["coalesced"] < 1:
+        for _ in range(100):  # b joins a within a few loop turns
+            if fab.stats()["coalesced"] == 1:
+                break
             await asyncio.sleep(0)
+        assert fab.stats()["coalesced"] == 1
         a.cancel()
         with pytest.raises(asyncio.CancelledError):
             await a
