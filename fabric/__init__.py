@@ -52,13 +52,11 @@ from ._core import (  # fabrics' errors
 )
 from .ops import Op, OpRegistry, diagnostic, op
 from .holders import HoldingDelta, HoldingIndex
+from .replies import AsyncEvalStream, EvalReply, EvalStream
 from .fabrics import (
-    AsyncEvalStream,
     ContentPeer,
     ContentServeFabric,
     EvalFabric,
-    EvalReply,
-    EvalStream,
     LedgeredRelayFabric,
     LocalFabric,
     RelayFabric,
@@ -145,3 +143,18 @@ __all__ = [
     "stream_frames_to_stream",
     "stream_to_frames",
 ]
+
+
+def _present_public_names_as_fabric() -> None:
+    # Every public class and function reads as fabric.X (repr, help, pickle
+    # by reference, tracebacks), wherever it is defined: the submodules are
+    # how the package is organised, not names for users to depend on.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
+            if getattr(obj, "__module__", "").startswith("fabric.") and \
+                    getattr(obj, "__qualname__", "") == name:
+                obj.__module__ = "fabric"
+
+
+_present_public_names_as_fabric()

@@ -1,8 +1,9 @@
 """Fabrics: the composable objects that evaluate requests.
 
 Every fabric has the ``EvalFabric`` interface: ``evaluate(request, *,
-grants=None) -> EvalReply``, ``stream(request, *, grants=None) -> EvalStream``
-and the async twins ``aevaluate`` / ``astream``. They compose:
+grants=None, timeout=None) -> EvalReply``, ``stream(request, *, grants=None,
+timeout=None) -> EvalStream`` and the async twins ``aevaluate`` /
+``astream``. They compose:
 
 - ``LocalFabric(ops)`` runs registered ops in this process;
 - ``LedgeredRelayFabric(inner, cassette)`` answers from a cassette first and
@@ -10,8 +11,8 @@ and the async twins ``aevaluate`` / ``astream``. They compose:
 - ``RelayFabric(inner, allowed_capabilities)`` gates a (remote) fabric on its
   link status and on capabilities;
 - ``ContentServeFabric(cassette)`` answers only what a cassette holds;
-- ``ContentAddressedFabric(node, cassette, peers, home, holders)`` resolves
-  from the local cassette, then from holders, then from home.
+- ``ContentAddressedFabric`` (``fabric.resolving``) resolves from the local
+  cassette, then from holders, then from home.
 
 Grants: ``grants`` is the set of capabilities the caller holds. ``None``
 means the fabric's own default (the ``grants=`` given to its constructor,
@@ -21,298 +22,97 @@ the one that applies. Every fabric checks the request's declared
 capabilities against the grants, on a cache hit too: caching never weakens
 capability policy.
 
+Time: ``timeout`` (seconds, None for none) bounds how long the caller
+waits, like the request's own ``deadline`` (the shorter of the two
+applies); a caller that runs out gets ``DeadlineExceeded``. Fabrics with
+``honours_timeout = True`` bound the wait themselves; relays pass it on.
+
 Errors are exceptions (``fabric.FabricError`` and its children), never
 recorded: only successful replies become held content.
+
+Replies and streams live in ``fabric.replies`` (re-exported here for the
+modules that imported them from here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import html
-import itertools
+import math
 import threading
 import time
 from enum import Enum
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, Protocol,
-                    cast, runtime_checkable)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
+                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, overload,
+                    runtime_checkable)
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, FabricUnavailable, NoHolderError, canonical_bytes)
-from .holders import HoldingIndex
+                    EvalRequest, FabricError, FabricUnavailable)
+from ._workers import Workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
+from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, Event,
+                      _acollect, _aclose, _aevents_from_sync, _aevents_of, _arecording,
+                      _close_quietly, _collect, _events_of, _recording, _replay_events,
+                      reply_from_record, reply_record)
 
 __all__ = [
-    "EvalFabric", "EvalReply", "EvalStream", "AsyncEvalStream", "Explanation",
-    "LocalFabric", "LedgeredRelayFabric", "RelayFabric", "RelayStatus",
-    "ContentServeFabric", "ContentPeer", "ContentAddressedFabric",
+    "EvalFabric", "LocalFabric", "LedgeredRelayFabric", "RelayFabric", "RelayStatus",
+    "ContentServeFabric", "ContentPeer", "check_grants",
 ]
 
-# Stream events: a stream is a sequence of (tag, payload) where the tag says
-# whether the payload is an item or a diagnostic, so diagnostics keep their
-# place between items when recorded and replayed. On disk each event is the
-# two-element array [tag, payload].
-ITEM = 0
-DIAG = 1
+# Names other modules import from here (they moved to fabric.replies).
+_REEXPORTED = (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _collect, _events_of,
+               _recording, _replay_events, reply_from_record, reply_record)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
 
 
 # ===========================================================================
-# Replies
-# ===========================================================================
-
-class EvalReply(_core.EvalReply):
-    """The answer to an evaluation (immutable).
-
-    ``value`` is what the op returned (for a stream op evaluated with
-    ``evaluate``, the list of its items); ``diagnostics`` the diagnostics it
-    attached (a tuple of dicts with ``kind`` and ``message``); ``trace`` a
-    list of steps when the request asked for one, else None; ``key`` the
-    request's content key; ``source`` where this reply came from on this
-    call (``"computed"``, ``"local"``, ``"peer:<node>"``, ``"home"``,
-    ``"ledger"``, ``"held"``). Two replies are equal when value,
-    diagnostics, trace and key are: the source is not part of the answer.
-
-    The record itself is the C type ``fabric._core.EvalReply`` (a local hit
-    is built without running Python code); this subclass adds the reprs.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        v = repr(self.value)
-        if len(v) > 80:
-            v = v[:77] + "..."
-        extra = f", diagnostics={len(self.diagnostics)}" if self.diagnostics else ""
-        extra += ", trace=[...]" if self.trace is not None else ""
-        key = f", key={str(self.key)[:19]}..." if self.key is not None else ""
-        return f"EvalReply({v}, source={self.source!r}{extra}{key})"
-
-    def _repr_html_(self) -> str:
-        rows = [("value", html.escape(repr(self.value)[:2000])),
-                ("source", html.escape(self.source)),
-                ("key", f"<code>{html.escape(str(self.key))}</code>")]
-        for d in self.diagnostics:
-            rows.append(("diagnostic", html.escape(f"{d.get('kind')}: {d.get('message')}")))
-        if self.trace is not None:
-            rows.append(("trace", html.escape(repr(self.trace)[:2000])))
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
-                       for k, v in rows)
-        return f"<table><caption>EvalReply</caption>{body}</table>"
-
-
-_core._set_reply_class(EvalReply)
-
-
-def reply_record(reply: EvalReply) -> list:
-    """What a cassette stores for a reply: ``[value, diagnostics, trace]``."""
-    return [reply.value, list(reply.diagnostics), reply.trace]
-
-
-def reply_from_record(record: Any, key: ContentKey, source: str) -> EvalReply:
-    """The reply a cassette record holds (see ``reply_record``); ``FabricError``
-    if it is not one. Checked and built by the glue, which the hit path of
-    ContentAddressedFabric shares (the reply is of the class given to
-    ``_set_reply_class``, this module's EvalReply)."""
-    return cast(EvalReply, _core._reply_from_record(record, key, source))
-
-
-# ===========================================================================
-# Streams
-# ===========================================================================
-
-class EvalStream:
-    """A streamed reply: iterate it to get items as they are produced.
-
-    ``diagnostics`` fills in as diagnostics arrive (in order, between items);
-    ``source`` says where the stream comes from; ``close()`` (or
-    ``cancel()``, or leaving a ``with`` block) stops it early, and a stream
-    stopped early is never recorded as held.
-    """
-
-    def __init__(self, events: Iterator[tuple[int, Any]], key: ContentKey | None,
-                 source: str = "computed"):
-        self._events = events
-        self.key = key
-        self.source = source
-        self.diagnostics: list[dict] = []
-        self.items_seen = 0
-        self.done = False
-
-    def __iter__(self) -> "EvalStream":
-        return self
-
-    def __next__(self) -> Any:
-        for tag, payload in self._events:
-            if tag == ITEM:
-                self.items_seen += 1
-                return payload
-            self.diagnostics.append(payload)
-        self.done = True
-        raise StopIteration
-
-    def iter_events(self) -> Iterator[tuple[int, Any]]:
-        """The remaining (tag, payload) events: items and diagnostics in order."""
-        for ev in self._events:
-            if ev[0] == DIAG:
-                self.diagnostics.append(ev[1])
-            else:
-                self.items_seen += 1
-            yield ev
-        self.done = True
-
-    def close(self) -> None:
-        """Stop the stream; the producer is told and nothing is recorded."""
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
-
-    cancel = close
-
-    def __enter__(self) -> "EvalStream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # A stream dropped midway must not stay open (and recorded).
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __repr__(self) -> str:
-        state = "done" if self.done else "open"
-        key = f", key={str(self.key)[:19]}..." if self.key is not None else ""
-        return (f"EvalStream({state}, source={self.source!r}, items={self.items_seen}, "
-                f"diagnostics={len(self.diagnostics)}{key})")
-
-    def _repr_html_(self) -> str:
-        return f"<code>{html.escape(repr(self))}</code>"
-
-
-class AsyncEvalStream:
-    """The async twin of ``EvalStream``: ``async for item in stream``."""
-
-    def __init__(self, events: Any, key: ContentKey | None, source: str = "computed"):
-        self._events = events  # an async iterator of (tag, payload)
-        self.key = key
-        self.source = source
-        self.diagnostics: list[dict] = []
-        self.items_seen = 0
-        self.done = False
-
-    def __aiter__(self) -> "AsyncEvalStream":
-        return self
-
-    async def __anext__(self) -> Any:
-        async for tag, payload in self._events:
-            if tag == ITEM:
-                self.items_seen += 1
-                return payload
-            self.diagnostics.append(payload)
-        self.done = True
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        """Stop the stream; nothing is recorded."""
-        close = getattr(self._events, "aclose", None)
-        if close is not None:
-            await close()
-
-    async def __aenter__(self) -> "AsyncEvalStream":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __repr__(self) -> str:
-        state = "done" if self.done else "open"
-        return f"AsyncEvalStream({state}, source={self.source!r}, items={self.items_seen})"
-
-
-def _events_of(stream: Any) -> Iterator[tuple[int, Any]]:
-    """(tag, payload) events of any stream a fabric returned."""
-    if isinstance(stream, EvalStream):
-        return stream.iter_events()
-    return ((ITEM, x) for x in stream)
-
-
-async def _aevents_from_sync(events: Iterator[tuple[int, Any]]):
-    """Pulls a blocking event iterator from a worker thread, one event at a time,
-    so the event loop never blocks on the producer."""
-    loop = asyncio.get_running_loop()
-    done = object()
-    try:
-        while True:
-            ev = await loop.run_in_executor(None, next, events, done)
-            if ev is done:
-                return
-            yield ev
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            await loop.run_in_executor(None, close)
-
-
-def _replay_events(cassette: Any, key: ContentKey) -> Iterator[tuple[int, Any]]:
-    """Lazily replays a recorded stream as events."""
-    for i, frame in enumerate(cassette.get_stream(key)):
-        if not isinstance(frame, (list, tuple)) or len(frame) != 2 or frame[0] not in (ITEM, DIAG):
-            raise _core.FabricError(f"recorded stream {key}: frame {i} is not [tag, payload]")
-        yield frame[0], frame[1]
-
-
-def _recording(events: Iterator[tuple[int, Any]], cassette: Any, key: ContentKey,
-               on_done: Any = None) -> Iterator[tuple[int, Any]]:
-    """Passes events through while recording them frame by frame.
-
-    The stream becomes held only when it ends normally; an error or an early
-    close aborts the recording, so a partial stream is never held.
-    """
-    writer = cassette.record_stream(key)
-    ok = False
-    try:
-        for ev in events:
-            writer.append([ev[0], ev[1]])
-            yield ev
-        ok = True
-    finally:
-        if ok:
-            writer.close()
-            if on_done is not None:
-                on_done()
-        else:
-            writer.abort()
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
-
-
-# ===========================================================================
-# The interface and the shared base
+# The interface
 # ===========================================================================
 
 @runtime_checkable
 class EvalFabric(Protocol):
-    """What every fabric offers (peers and home sites are any such object)."""
+    """What every fabric offers (peers and home sites are any such object).
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
+    ``grants`` are the caller's capabilities (None: the fabric's default).
+    ``timeout`` is how many seconds the caller waits at most (None: no
+    bound but the request's own ``deadline``); when it passes the caller
+    gets ``DeadlineExceeded``. A fabric that bounds the wait itself says so
+    with the class attribute ``honours_timeout = True``; a fabric without
+    it (or with it False) may block past ``timeout``, and whoever calls it
+    under a deadline (``ContentAddressedFabric``'s resolution) bounds the
+    call on its own.
+
+    A fabric that stops waiting for a computation that goes on (a sync op
+    keeps running in its thread after the caller's deadline, timeout or
+    cancellation) sets ``pending_reply`` on the ``DeadlineExceeded`` or
+    ``CancelledError`` it raises: a ``concurrent.futures.Future`` of the
+    reply still to come, so a recording layer (``LedgeredRelayFabric``)
+    can record it for later callers.
+    """
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
         """Evaluate ``request`` and return its reply, or raise."""
         ...
 
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> Iterator:
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> Iterator[Any]:
         """Evaluate a stream request; items come as they are produced."""
         ...
 
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate``."""
         ...
 
-    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> Any:
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncIterator[Any]:
         """Async twin of ``stream``: an async iterator."""
         ...
 
@@ -322,15 +122,61 @@ _EMPTY: frozenset[str] = frozenset()
 
 #: ``check_grants(request, grants, where, extra=())``: raise ``CapabilityDenied``
 #: unless ``grants`` (a frozenset) cover what the request declares (and
-#: ``extra``, e.g. an op's own capabilities). One implementation, in the glue,
-#: shared with ContentAddressedFabric's hit path.
+#: ``extra``, e.g. an op's own capabilities); ``where`` names the fabric in the
+#: message. One implementation, in the glue, shared with
+#: ContentAddressedFabric's hit path.
 check_grants = _core._check_grants
 
 
-class _FabricBase:
-    """Shared conveniences: grants, one-line calls, async defaults, display."""
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return float(timeout)
 
-    grants: frozenset = _EMPTY
+
+def _bound(request: EvalRequest, timeout: float | None) -> float | None:
+    """The caller's wait: the shorter of the request's deadline and ``timeout``."""
+    t = _check_timeout(timeout)
+    d = request.deadline
+    if d is None:
+        return t
+    return d if t is None else min(d, t)
+
+
+def _t(timeout: float | None) -> dict[str, float]:
+    """The ``timeout=`` keyword for a call to another fabric: given only when
+    set, so fabrics written before the interface took a timeout still work
+    when none is asked for."""
+    return {} if timeout is None else {"timeout": timeout}
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+# ===========================================================================
+# The shared base
+# ===========================================================================
+
+_POOL_LOCK = threading.Lock()
+
+
+class _FabricBase:
+    """Shared conveniences: grants, one-line calls, async defaults, workers,
+    ``close()`` and the context manager, display."""
+
+    grants: frozenset[str] = _EMPTY
+    honours_timeout: ClassVar[bool] = True
+    _max_workers: int | None = None
 
     if TYPE_CHECKING:
         # What each fabric built on this base provides (the EvalFabric
@@ -338,49 +184,135 @@ class _FabricBase:
         # for the type checker only, so the MRO is the same as without it.
         _stats: _Counters
 
-        def evaluate(self, request: EvalRequest, /, *,
-                     grants: Iterable[str] | None = None) -> EvalReply: ...
+        def evaluate(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None,
+                     timeout: float | None = None) -> EvalReply: ...
 
-        def stream(self, request: EvalRequest, /, *,
-                   grants: Iterable[str] | None = None) -> Iterator: ...
+        def stream(self, request: EvalRequest, /, *, grants: Iterable[str] | None = None,
+                   timeout: float | None = None) -> Iterator[Any]: ...
 
-    def _grants(self, grants: Iterable[str] | None) -> frozenset:
+    def _grants(self, grants: Iterable[str] | None) -> frozenset[str]:
         return _core._as_grants(grants, self.grants)
 
-    def call(self, op: Op | str, *args: Any, **kwargs: Any) -> Any:
+    # -- background work ------------------------------------------------------
+    def _pool(self) -> Workers:
+        """This fabric's worker threads (made on first use)."""
+        pool: Workers | None = self.__dict__.get("_workers")
+        if pool is None:
+            with _POOL_LOCK:
+                pool = self.__dict__.get("_workers")
+                if pool is None:
+                    if self.__dict__.get("_closed"):
+                        raise FabricUnavailable(f"{type(self).__name__} is closed")
+                    pool = Workers(self._max_workers, f"fabric-{type(self).__name__}")
+                    self.__dict__["_workers"] = pool
+        return pool
+
+    def close(self) -> None:
+        """Stop this fabric's background work: its worker threads end once
+        idle, and calls that need one fail with ``FabricUnavailable``.
+
+        Work already running in a worker thread (a sync op) cannot be
+        stopped and finishes on its own; its threads are daemon threads, so
+        it never holds up interpreter exit (an op still running then is
+        abandoned and its reply not recorded). A fabric does not close the
+        fabrics it wraps (they may be shared); close each one you made.
+        ``with fab: ...`` closes ``fab`` at the end of the block.
+        """
+        with _POOL_LOCK:
+            self.__dict__["_closed"] = True
+            pool = self.__dict__.pop("_workers", None)
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self: _F) -> _F:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self: _F) -> _F:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def _in_thread(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on a worker thread, awaited. A cancelled
+        caller stops waiting; the call itself runs to its end."""
+        return await asyncio.wrap_future(self._pool().submit(fn, *args, **kwargs))
+
+    # -- one-line calls -------------------------------------------------------
+    @overload
+    def call(self, op: Op[P, Iterator[Y]], /, *args: P.args,
+             **kwargs: P.kwargs) -> EvalStream[Y]: ...
+    @overload
+    def call(self, op: Op[P, AsyncIterator[Y]], /, *args: P.args,
+             **kwargs: P.kwargs) -> EvalStream[Y]: ...
+    @overload
+    def call(self, op: Op[P, Coroutine[Any, Any, R]], /, *args: P.args,
+             **kwargs: P.kwargs) -> R: ...
+    @overload
+    def call(self, op: Op[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def call(self, op: str | EvalRequest, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    def call(self, op: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Evaluate ``op(*args, **kwargs)`` through this fabric in one line.
 
         Returns the value for an ordinary op, and an ``EvalStream`` (iterate
-        it) for a stream op. ``op`` is an ``Op`` or an op name (version 0).
+        it) for a stream op. ``op`` is an ``Op`` (typed: the result has the
+        op's return type), an op name (version 0) or an ``EvalRequest``.
+        An ``async def`` op works here too, even inside a running event loop
+        (a notebook cell): it then runs on a worker thread's own loop while
+        this call blocks; in async code prefer ``await fab.acall(...)``.
         """
         request = _request_for(op, args, kwargs)
         if request.stream:
             return self.stream(request)
         return self.evaluate(request).value
 
-    async def acall(self, op: Op | str, *args: Any, **kwargs: Any) -> Any:
-        """Async twin of ``call`` (a stream op gives an ``AsyncEvalStream``)."""
+    @overload
+    async def acall(self, op: Op[P, Iterator[Y]], /, *args: P.args,
+                    **kwargs: P.kwargs) -> AsyncEvalStream[Y]: ...
+    @overload
+    async def acall(self, op: Op[P, AsyncIterator[Y]], /, *args: P.args,
+                    **kwargs: P.kwargs) -> AsyncEvalStream[Y]: ...
+    @overload
+    async def acall(self, op: Op[P, Coroutine[Any, Any, R]], /, *args: P.args,
+                    **kwargs: P.kwargs) -> R: ...
+    @overload
+    async def acall(self, op: Op[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    async def acall(self, op: str | EvalRequest, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def acall(self, op: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Async twin of ``call``: ``await fab.acall(op, ...)`` gives the
+        value (a stream op gives an ``AsyncEvalStream``: ``async for``)."""
         request = _request_for(op, args, kwargs)
         if request.stream:
             return self.astream(request)
         return (await self.aevaluate(request)).value
 
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
-        """Async twin of ``evaluate``: runs it in a worker thread."""
+    # -- async defaults -----------------------------------------------------------
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: runs it on a worker thread."""
         g = self._grants(grants)
-        return await asyncio.to_thread(self.evaluate, request, grants=g)
+        reply: EvalReply = await self._in_thread(self.evaluate, request, grants=g,
+                                                 **_t(timeout))
+        return reply
 
-    def astream(self, request: EvalRequest, *,
-                grants: Iterable[str] | None = None) -> AsyncEvalStream:
-        """Async twin of ``stream``: the producer runs in worker threads."""
-        s = self.stream(request, grants=self._grants(grants))
-        return AsyncEvalStream(_aevents_from_sync(_events_of(s)), request.key,
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncEvalStream[Any]:
+        """Async twin of ``stream``: the producer is pulled on worker threads."""
+        s = self.stream(request, grants=self._grants(grants), **_t(timeout))
+        return AsyncEvalStream(_aevents_from_sync(_events_of(s), self._pool()), request.key,
                                getattr(s, "source", "computed"))
 
-    def stats(self) -> dict:
-        """Counters of this fabric."""
-        return dict(self._stats)
+    # -- display ------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counters of this fabric (a new dict each call)."""
+        return dict(self._stats.items())
 
     def _describe(self) -> str:
         return ""
@@ -398,7 +330,10 @@ class _FabricBase:
                 f"<table>{rows}</table>")
 
 
-def _request_for(op: Op | str, args: tuple, kwargs: dict) -> EvalRequest:
+_F = TypeVar("_F", bound=_FabricBase)
+
+
+def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> EvalRequest:
     if isinstance(op, Op):
         return op.request(*args, **kwargs)
     if isinstance(op, str):
@@ -422,52 +357,152 @@ class _Counters:
         with self._lock:
             self._d[name] += n
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._d)
 
-    def items(self):
+    def items(self) -> list[tuple[str, int]]:
         with self._lock:
             return list(self._d.items())
 
-    def keys(self):
+    def keys(self) -> Any:
         return self._d.keys()
 
     def __getitem__(self, name: str) -> int:
         return self._d[name]
 
 
+def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:
+    """Says on ``exc`` that the computation goes on (see ``EvalFabric``)."""
+    exc.pending_reply = future  # type: ignore[attr-defined]
+
+
+async def _within(events: AsyncIterator[Event], bound: float, what: str) -> AsyncIterator[Event]:
+    """``events``, each awaited until ``bound`` seconds after the first
+    pull; then ``DeadlineExceeded``, and the producer is cancelled."""
+    loop = asyncio.get_running_loop()
+    t_end = loop.time() + bound
+    try:
+        while True:
+            step = asyncio.ensure_future(events.__anext__())
+            try:
+                done, _ = await asyncio.wait((step,), timeout=max(0.0, t_end - loop.time()))
+            except BaseException:
+                step.cancel()
+                raise
+            if not done:
+                step.cancel()
+                await asyncio.wait((step,))  # the producer is no longer running
+                raise DeadlineExceeded(f"{what} did not finish within {bound:.3g} s")
+            try:
+                ev = step.result()
+            except StopAsyncIteration:
+                return
+            yield ev
+    finally:
+        await _aclose(events)
+
+
+def _sync_within(events: Iterator[Event], bound: float, pool: Workers,
+                 what: str) -> Iterator[Event]:
+    """Sync twin of ``_within``: the producer is pulled on ``pool``; past the
+    bound the caller gets ``DeadlineExceeded`` and the producer is closed
+    once its current step returns."""
+    t_end = time.monotonic() + bound
+    done = object()
+    step: concurrent.futures.Future[Any] | None = None
+    try:
+        while True:
+            step = pool.submit(next, events, done)
+            concurrent.futures.wait((step,), timeout=max(0.0, t_end - time.monotonic()))
+            if not step.done():
+                raise DeadlineExceeded(f"{what} did not finish within {bound:.3g} s")
+            ev = step.result()
+            step = None
+            if ev is done:
+                return
+            yield ev
+    finally:
+        if step is not None and not step.done():
+            step.add_done_callback(lambda _f: _close_quietly(events))
+        else:
+            _close_quietly(events)
+
+
 # ===========================================================================
 # LocalFabric
 # ===========================================================================
 
+class _Flight:
+    """One computation that identical concurrent requests share."""
+
+    __slots__ = ("future", "finished", "waiters", "task", "loop")
+
+    def __init__(self) -> None:
+        # Made only when someone must wait on it (a joiner, a hand-off to a
+        # thread or a loop): the caller that runs the op in its own thread
+        # needs none, which keeps the common miss cheap.
+        self.future: concurrent.futures.Future[EvalReply] | None = None
+        self.finished = False
+        self.waiters = 1
+        # For an async op: the task running it and its loop, so the last
+        # waiter to leave can cancel it.
+        self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
 class LocalFabric(_FabricBase):
     """Runs registered ops in this process.
 
-    ``ops`` is an ``OpRegistry``, an iterable of ``Op`` (default: every op
+    ``ops`` is an ``OpRegistry`` or an iterable of ``Op`` (default: every op
     registered with ``@fabric.op``). The caller's grants must cover the op's
-    declared capabilities and the request's. Concurrent identical requests
-    (same content key) are computed once: every caller gets that reply (or
-    that error). ``aevaluate`` runs the op in a worker thread (or, for an
-    ``async def`` op, on the loop), never blocking the event loop.
+    declared capabilities and the request's.
+
+    Concurrent identical requests (same content key) are computed once:
+    every caller gets that reply (or that error). Each caller waits at most
+    until the request's ``deadline`` (or its ``timeout``, if shorter), then
+    gets ``DeadlineExceeded``; the computation is shared, so one caller
+    giving up does not cancel it for the others.
+
+    Where an op runs:
+
+    - a sync op without a deadline or timeout runs in the caller's thread
+      (no hand-off); with one, it runs on a worker thread so the caller can
+      stop waiting. A sync op keeps running after its callers gave up (a
+      thread cannot be stopped): a caller joining meanwhile gets its reply,
+      and the ``DeadlineExceeded`` carries ``pending_reply`` (see
+      ``EvalFabric``) so a recording layer still records it;
+    - an ``async def`` op runs on the caller's event loop (``aevaluate``),
+      or on a private loop (``evaluate``; inside a running event loop, on a
+      worker thread's loop); it is cancelled when its last waiter leaves;
+    - ``aevaluate`` of a sync op runs it on a worker thread, never blocking
+      the event loop.
+
+    Worker threads come from a bounded pool of this fabric (``max_workers``
+    threads, so hung ops cannot grow without bound; a call waits its turn
+    when all are busy). They are daemon threads: an op still running when
+    the interpreter exits is abandoned and its reply not recorded.
+    ``close()`` (or ``with LocalFabric() as fab:``) stops them.
     """
 
-    def __init__(self, ops: OpRegistry | Iterable[Op] | None = None, *,
-                 grants: Iterable[str] = (), name: str = "local", max_workers: int | None = None):
+    def __init__(self, ops: OpRegistry | Iterable[Op[..., Any]] | None = None, *,
+                 grants: Iterable[str] = (), name: str = "local",
+                 max_workers: int | None = None):
         if ops is None:
             ops = REGISTRY
         self.ops = ops if isinstance(ops, OpRegistry) else OpRegistry(ops)
         self.grants = frozenset(grants)
         self.name = name
+        if max_workers is not None:
+            Workers(max_workers)  # validates it
+        self._max_workers = max_workers
         self._lock = threading.Lock()
-        self._inflight: dict[ContentKey, concurrent.futures.Future] = {}
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="fabric-local")
+        self._inflight: dict[ContentKey, _Flight] = {}
         self._stats = _Counters("computed", "coalesced", "errors", "denied", "streams")
 
     def _describe(self) -> str:
         return f"{len(self.ops)} ops"
 
-    def _op_for(self, request: EvalRequest, g: frozenset) -> Op:
+    def _op_for(self, request: EvalRequest, g: frozenset[str]) -> Op[..., Any]:
         op = self.ops.find(request)
         try:
             check_grants(request, g, f"LocalFabric {self.name!r}", op.capabilities)
@@ -476,10 +511,20 @@ class LocalFabric(_FabricBase):
             raise
         return op
 
+    def _late_message(self, request: EvalRequest, bound: float | None) -> str:
+        return (f"LocalFabric {self.name!r}: {request.op!r} did not finish within "
+                f"{bound:.3g} s (the request's deadline or the caller's timeout)")
+
     # -- computing ------------------------------------------------------------
-    def _compute(self, op: Op, request: EvalRequest) -> EvalReply:
-        """Runs the op once in this thread; returns its reply or raises."""
-        sink: list = []
+    def _trace(self, request: EvalRequest, t0: float) -> list[dict[str, Any]] | None:
+        if not request.trace:
+            return None
+        return [{"site": self.name, "op": request.op, "version": request.version,
+                 "seconds": round(time.perf_counter() - t0, 6)}]
+
+    def _compute(self, op: Op[..., Any], request: EvalRequest) -> EvalReply:
+        """Runs a sync op (or generator) once in this thread; its reply or raises."""
+        sink: list[dict[str, Any]] = []
         token = _collector.set(sink)
         t0 = time.perf_counter()
         try:
@@ -490,27 +535,17 @@ class LocalFabric(_FabricBase):
                     (value if tag == ITEM else diags).append(p)
             else:
                 value = op.fn(*request.args, **request.kwargs)
-                if op.is_async:
-                    value = asyncio.run(value)
                 diags = sink
         finally:
             _collector.reset(token)
         return EvalReply(value, diags, self._trace(request, t0), request.key, "computed")
 
-    def _trace(self, request: EvalRequest, t0: float) -> list | None:
-        if not request.trace:
-            return None
-        return [{"site": self.name, "op": request.op, "version": request.version,
-                 "seconds": round(time.perf_counter() - t0, 6)}]
-
-    def _op_events(self, op: Op, request: EvalRequest):
-        """Events of a stream op run in this thread, cut at ``answer_limit``."""
-        if op.is_async:
-            raise TypeError(f"op {op.name!r} is an async generator: use astream()")
+    def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
+        """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
         gen = op.fn(*request.args, **request.kwargs)
         limit = request.answer_limit
         n = 0
-        mine: list = []
+        mine: list[dict[str, Any]] = []
         try:
             while limit is None or n < limit:
                 token = _collector.set(mine)
@@ -529,118 +564,13 @@ class LocalFabric(_FabricBase):
         finally:
             gen.close()
 
-    def _join(self, key: ContentKey) -> tuple[concurrent.futures.Future, bool]:
-        with self._lock:
-            fut = self._inflight.get(key)
-            if fut is not None:
-                self._stats.add("coalesced")
-                return fut, False
-            fut = concurrent.futures.Future()
-            self._inflight[key] = fut
-            return fut, True
-
-    def _settle(self, key: ContentKey, fut: concurrent.futures.Future, op: Op,
-                request: EvalRequest) -> None:
-        try:
-            reply = self._compute(op, request)
-        except BaseException as exc:
-            self._stats.add("errors")
-            with self._lock:
-                del self._inflight[key]
-            fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._stats.add("computed")
-        with self._lock:
-            del self._inflight[key]
-        fut.set_result(reply)
-
-    # -- the interface --------------------------------------------------------
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
-        """Run the request's op here (coalescing identical concurrent requests)."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        key = request.key
-        fut, owner = self._join(key)
-        if owner:
-            self._settle(key, fut, op, request)
-        try:
-            return fut.result(timeout=request.deadline)
-        except concurrent.futures.TimeoutError:
-            raise DeadlineExceeded(f"LocalFabric {self.name!r}: {request.op!r} did not finish "
-                                   f"within the request's deadline of {request.deadline} s") from None
-
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
-        """Async twin of ``evaluate``: the op runs in a worker thread (an
-        ``async def`` op on this loop), so the loop is never blocked."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        key = request.key
-        fut, owner = self._join(key)
-        if owner:
-            if op.is_async and not op.is_stream:
-                asyncio.ensure_future(self._settle_async(key, fut, op, request))
-            else:
-                self._executor.submit(self._settle, key, fut, op, request)
-        try:
-            # shield: a caller giving up must not cancel the shared computation.
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)),
-                                          request.deadline)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"LocalFabric {self.name!r}: {request.op!r} did not finish "
-                                   f"within the request's deadline of {request.deadline} s") from None
-
-    async def _settle_async(self, key, fut, op, request) -> None:
-        sink: list = []
-        token = _collector.set(sink)
-        t0 = time.perf_counter()
-        try:
-            value = await op.fn(*request.args, **request.kwargs)
-        except BaseException as exc:
-            self._stats.add("errors")
-            with self._lock:
-                del self._inflight[key]
-            fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        finally:
-            _collector.reset(token)
-        self._stats.add("computed")
-        with self._lock:
-            del self._inflight[key]
-        fut.set_result(EvalReply(value, sink, self._trace(request, t0), key, "computed"))
-
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
-        """Run a stream op here; items are yielded as the generator produces them."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        if not op.is_stream:
-            raise TypeError(f"op {op.name!r} is not a stream op (it returns one value): "
-                            f"use evaluate()")
-        self._stats.add("streams")
-        return EvalStream(self._op_events(op, request), request.key, "computed")
-
-    def astream(self, request: EvalRequest, *,
-                grants: Iterable[str] | None = None) -> AsyncEvalStream:
-        """Async twin of ``stream``; an async generator op runs on this loop."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        if not op.is_stream:
-            raise TypeError(f"op {op.name!r} is not a stream op: use aevaluate()")
-        self._stats.add("streams")
-        if op.is_async:
-            return AsyncEvalStream(self._async_op_events(op, request), request.key, "computed")
-        return AsyncEvalStream(_aevents_from_sync(self._op_events(op, request)), request.key,
-                               "computed")
-
-    async def _async_op_events(self, op: Op, request: EvalRequest):
+    async def _async_op_events(self, op: Op[..., Any],
+                               request: EvalRequest) -> AsyncIterator[Event]:
+        """Events of an async generator op, cut at ``answer_limit``."""
         agen = op.fn(*request.args, **request.kwargs)
         limit = request.answer_limit
         n = 0
-        mine: list = []
+        mine: list[dict[str, Any]] = []
         try:
             while limit is None or n < limit:
                 token = _collector.set(mine)
@@ -659,6 +589,284 @@ class LocalFabric(_FabricBase):
         finally:
             await agen.aclose()
 
+    def _drive(self, events: AsyncIterator[Event]) -> Iterator[Event]:
+        """An async event iterator pulled from sync code on a private loop
+        (on a worker thread when this thread already runs a loop)."""
+        loop = asyncio.new_event_loop()
+
+        def run(aw: Any) -> Any:
+            if _loop_running():
+                return self._pool().submit(loop.run_until_complete, aw).result()
+            return loop.run_until_complete(aw)
+
+        try:
+            while True:
+                try:
+                    ev = run(events.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield ev
+        finally:
+            try:
+                run(_aclose(events))
+                run(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    # -- shared computations ------------------------------------------------------
+    def _join(self, key: ContentKey) -> tuple[_Flight, bool]:
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                flight.waiters += 1
+                if flight.future is None:
+                    flight.future = concurrent.futures.Future()
+                self._stats.add("coalesced")
+                return flight, False
+            flight = self._inflight[key] = _Flight()
+            return flight, True
+
+    def _leave(self, key: ContentKey, flight: _Flight) -> bool:
+        """A waiter leaves; the last one cancels an async op still running
+        (True when it did). A sync op cannot be cancelled and runs on."""
+        with self._lock:
+            flight.waiters -= 1
+            cancel = flight.waiters == 0 and flight.task is not None and not flight.finished
+            if cancel and self._inflight.get(key) is flight:
+                del self._inflight[key]  # a new caller starts afresh
+        if cancel:
+            self._cancel(flight)
+        return cancel
+
+    @staticmethod
+    def _cancel(flight: _Flight) -> None:
+        task, loop = flight.task, flight.loop
+        if task is None or loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # its loop is closed: the task is gone with it
+            pass
+
+    def _end(self, key: ContentKey, flight: _Flight, reply: EvalReply | None,
+             exc: BaseException | None) -> None:
+        with self._lock:
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            flight.finished = True
+            fut = flight.future
+        self._stats.add("errors" if exc is not None else "computed")
+        if fut is None or fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(reply)  # type: ignore[arg-type]
+
+    def _future(self, flight: _Flight) -> concurrent.futures.Future[EvalReply]:
+        with self._lock:
+            if flight.future is None:
+                flight.future = concurrent.futures.Future()
+            return flight.future
+
+    def _settle(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
+                request: EvalRequest) -> None:
+        """Runs a sync op for a flight in this thread and settles it."""
+        try:
+            reply = self._compute(op, request)
+        except BaseException as exc:
+            self._end(key, flight, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._end(key, flight, reply, None)
+
+    async def _settle_async(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
+                            request: EvalRequest, reraise: bool = False) -> EvalReply:
+        """Runs an async op (or async generator, collected) for a flight on
+        this loop and settles it; cancelled when its last waiter leaves.
+        Returns the reply; an error is raised only with ``reraise`` (else
+        it reaches the waiters through the flight's future alone)."""
+        task = asyncio.current_task()
+        with self._lock:
+            flight.task, flight.loop = task, asyncio.get_running_loop()
+            orphaned = flight.waiters == 0
+        if orphaned and task is not None:
+            task.cancel()
+        sink: list[dict[str, Any]] = []
+        token = _collector.set(sink)
+        t0 = time.perf_counter()
+        try:
+            if op.is_stream:
+                value: Any = []
+                diags: list[Any] = []
+                async for tag, p in self._async_op_events(op, request):
+                    (value if tag == ITEM else diags).append(p)
+            else:
+                value = await op.fn(*request.args, **request.kwargs)
+                diags = sink
+        except asyncio.CancelledError:
+            self._end(key, flight, None, FabricError(
+                f"LocalFabric {self.name!r}: {request.op!r} was cancelled (its last caller "
+                f"left, or its event loop stopped)"))
+            raise
+        except BaseException as exc:
+            self._end(key, flight, None, exc)
+            if reraise or not isinstance(exc, Exception):
+                raise
+            return None  # type: ignore[return-value]
+        finally:
+            _collector.reset(token)
+        reply = EvalReply(value, diags, self._trace(request, t0), key, "computed")
+        self._end(key, flight, reply, None)
+        return reply
+
+    def _start_in_thread(self, key: ContentKey, flight: _Flight, op: Op[..., Any],
+                         request: EvalRequest) -> None:
+        if op.is_async:
+            run: Any = lambda: asyncio.run(self._settle_async(key, flight, op, request))
+        else:
+            run = lambda: self._settle(key, flight, op, request)
+        try:
+            self._pool().submit(run)
+        except BaseException as exc:
+            self._end(key, flight, None, exc)
+            raise
+
+    # -- the interface --------------------------------------------------------
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Run the request's op here (coalescing identical concurrent requests)
+        and return its reply; ``DeadlineExceeded`` when the request's
+        deadline (or ``timeout``) passes first."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        bound = _bound(request, timeout)
+        key = request.key
+        flight, owner = self._join(key)
+        if owner and bound is None and not (op.is_async and _loop_running()):
+            # In the caller's thread: no hand-off, no future unless someone joins.
+            if op.is_async:
+                return asyncio.run(self._settle_async(key, flight, op, request, reraise=True))
+            try:
+                reply = self._compute(op, request)
+            except BaseException as exc:
+                self._end(key, flight, None, exc)
+                raise
+            self._end(key, flight, reply, None)
+            return reply
+        fut = self._future(flight)
+        left = False
+        try:
+            if owner:
+                self._start_in_thread(key, flight, op, request)
+            if bound is not None and not fut.done():
+                concurrent.futures.wait((fut,), timeout=bound)
+                if not fut.done():
+                    left = True
+                    late = DeadlineExceeded(self._late_message(request, bound))
+                    if not self._leave(key, flight):
+                        _pending(late, fut)
+                    raise late
+            return fut.result()
+        finally:
+            if not left:
+                self._leave(key, flight)
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: a sync op runs on a worker thread, an
+        ``async def`` op on this loop, so the loop is never blocked."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        bound = _bound(request, timeout)
+        key = request.key
+        flight, owner = self._join(key)
+        fut = self._future(flight)
+        left = False
+        try:
+            if owner:
+                if op.is_async:
+                    asyncio.ensure_future(self._settle_async(key, flight, op, request))
+                else:
+                    self._start_in_thread(key, flight, op, request)
+            # shield: one caller giving up (its deadline, or its task being
+            # cancelled) must not cancel the computation the others share.
+            waiter = asyncio.shield(asyncio.wrap_future(fut))
+            if bound is None:
+                try:
+                    return await waiter
+                except asyncio.CancelledError as exc:
+                    if not fut.done():
+                        left = True
+                        if not self._leave(key, flight):
+                            _pending(exc, fut)
+                    raise
+            try:
+                done, _ = await asyncio.wait((waiter,), timeout=bound)
+            except asyncio.CancelledError as exc:
+                waiter.cancel()
+                left = True
+                if not self._leave(key, flight):
+                    _pending(exc, fut)
+                raise
+            if not done:
+                waiter.cancel()
+                left = True
+                late = DeadlineExceeded(self._late_message(request, bound))
+                if not self._leave(key, flight):
+                    _pending(late, fut)
+                raise late
+            return waiter.result()
+        finally:
+            if not left:
+                self._leave(key, flight)
+
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream[Any]:
+        """Run a stream op here; items are yielded as the generator produces them.
+
+        Without a deadline or timeout the generator runs in the consuming
+        thread; with one, on a worker thread, and the consumer gets
+        ``DeadlineExceeded`` once it passes (the generator is then closed).
+        An async generator op runs on a private event loop.
+        """
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        if not op.is_stream:
+            raise TypeError(f"op {op.name!r} is not a stream op (it returns one value): "
+                            f"use evaluate()")
+        bound = _bound(request, timeout)
+        self._stats.add("streams")
+        if op.is_async:
+            events = self._drive(self._async_op_events(op, request))
+        else:
+            events = self._op_events(op, request)
+        if bound is not None:
+            events = _sync_within(events, bound, self._pool(),
+                                  f"LocalFabric {self.name!r}: stream {request.op!r}")
+        return EvalStream(events, request.key, "computed")
+
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncEvalStream[Any]:
+        """Async twin of ``stream``: an async generator op runs on this loop,
+        a sync generator on worker threads. A cancelled consumer gets
+        ``CancelledError`` and the generator is stopped."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        if not op.is_stream:
+            raise TypeError(f"op {op.name!r} is not a stream op: use aevaluate()")
+        bound = _bound(request, timeout)
+        self._stats.add("streams")
+        events: AsyncIterator[Event]
+        if op.is_async:
+            events = self._async_op_events(op, request)
+        else:
+            events = _aevents_from_sync(self._op_events(op, request), self._pool())
+        if bound is not None:
+            events = _within(events, bound, f"LocalFabric {self.name!r}: stream {request.op!r}")
+        return AsyncEvalStream(events, request.key, "computed")
+
 
 # ===========================================================================
 # LedgeredRelayFabric
@@ -667,12 +875,17 @@ class LocalFabric(_FabricBase):
 class LedgeredRelayFabric(_FabricBase):
     """Cassette first, then an inner fabric; the inner's successes are recorded.
 
-    A hit returns the recorded reply without calling ``inner`` (after the
-    caller's grants are checked against the request's capabilities). A miss
-    calls ``inner`` once and records its reply; if recording fails, the call
-    fails too (a reply that could not be made durable is not returned as if
-    it were). Errors are never recorded. Streams are recorded frame by frame
-    and replayed lazily; a stream that fails or is closed early is not held.
+    ``LedgeredRelayFabric(inner, cassette)``: a hit returns the recorded
+    reply without calling ``inner`` (after the caller's grants are checked
+    against the request's capabilities). A miss calls ``inner`` once and
+    records its reply; if recording fails, the call fails too (a reply that
+    could not be made durable is not returned as if it were). Errors are
+    never recorded. Streams are recorded frame by frame and replayed
+    lazily; a stream that fails or is closed early is not held.
+
+    ``timeout`` is passed on to ``inner``. When the caller stops waiting
+    for a computation that goes on (``pending_reply`` on the error, see
+    ``EvalFabric``), its reply is recorded when it comes, for later callers.
     """
 
     def __init__(self, inner: Any, cassette: Any, *, grants: Iterable[str] = ()):
@@ -684,80 +897,135 @@ class LedgeredRelayFabric(_FabricBase):
     def _describe(self) -> str:
         return f"inner={type(self.inner).__name__}"
 
-    def _check(self, request: EvalRequest, g: frozenset) -> None:
+    def _check(self, request: EvalRequest, g: frozenset[str]) -> None:
         try:
             check_grants(request, g, "LedgeredRelayFabric")
         except CapabilityDenied:
             self._stats.add("denied")
             raise
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
-        """The recorded reply, else the inner fabric's (then recorded)."""
-        g = self._grants(grants)
+    def _hit(self, request: EvalRequest, g: frozenset[str]) -> EvalReply | None:
+        """The shared head of ``evaluate`` and ``aevaluate``: grants, then
+        the recorded reply (None on a miss)."""
         self._check(request, g)
-        key = request.key
-        if request.stream:
-            return _collect(self.stream(request, grants=g), key)
-        record = self.cassette.get(key)
+        record = self.cassette.get(request.key)
         if record is not None:
             self._stats.add("hits")
-            return reply_from_record(record, key, "ledger")
+            return reply_from_record(record, request.key, "ledger")
         self._stats.add("misses")
-        try:
-            reply = self.inner.evaluate(request, grants=g)
-        except Exception:
+        return None
+
+    def _failed(self, key: ContentKey, exc: BaseException) -> None:
+        """The shared tail of a failed miss: count it, and record a reply the
+        inner fabric still computes (``pending_reply``) when it comes."""
+        if isinstance(exc, Exception):
             self._stats.add("errors")
+        pending = getattr(exc, "pending_reply", None)
+        if not isinstance(pending, concurrent.futures.Future):
+            return
+        recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
+
+        def record(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                recorded.set_exception(f.exception() if not f.cancelled()
+                                       else FabricError("the computation was cancelled"))
+                return
+            reply = f.result()
+            try:
+                self.cassette.record(key, reply_record(reply))
+            except BaseException as e:
+                self._stats.add("errors")
+                recorded.set_exception(e)
+                return
+            self._stats.add("recorded")
+            recorded.set_result(reply)
+
+        pending.add_done_callback(record)
+        _pending(exc, recorded)
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """The recorded reply, else the inner fabric's (then recorded)."""
+        g = self._grants(grants)
+        if request.stream:
+            self._check(request, g)
+            return _collect(self.stream(request, grants=g, **_t(timeout)), request.key)
+        reply = self._hit(request, g)
+        if reply is not None:
+            return reply
+        try:
+            reply = self.inner.evaluate(request, grants=g, **_t(timeout))
+        except BaseException as exc:
+            self._failed(request.key, exc)
             raise
-        self.cassette.record(key, reply_record(reply))
+        self.cassette.record(request.key, reply_record(reply))
         self._stats.add("recorded")
         return reply
 
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
         """Async twin: a hit is answered on the loop, a miss awaits the inner
         fabric and records from a worker thread (recording may fsync)."""
         g = self._grants(grants)
-        self._check(request, g)
-        key = request.key
         if request.stream:
-            return await asyncio.to_thread(self.evaluate, request, grants=g)
-        record = self.cassette.get(key)
-        if record is not None:
-            self._stats.add("hits")
-            return reply_from_record(record, key, "ledger")
-        self._stats.add("misses")
+            self._check(request, g)
+            return await _acollect(self.astream(request, grants=g, **_t(timeout)),
+                                   request.key)
+        reply = self._hit(request, g)
+        if reply is not None:
+            return reply
         try:
             if hasattr(self.inner, "aevaluate"):
-                reply = await self.inner.aevaluate(request, grants=g)
+                reply = await self.inner.aevaluate(request, grants=g, **_t(timeout))
             else:
-                reply = await asyncio.to_thread(self.inner.evaluate, request, grants=g)
-        except Exception:
-            self._stats.add("errors")
+                reply = await self._in_thread(self.inner.evaluate, request, grants=g,
+                                              **_t(timeout))
+        except BaseException as exc:
+            self._failed(request.key, exc)
             raise
-        await asyncio.to_thread(self.cassette.record, key, reply_record(reply))
+        await self._in_thread(self.cassette.record, request.key, reply_record(reply))
         self._stats.add("recorded")
         return reply
 
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalStream:
+    def _stream_hit(self, request: EvalRequest, g: frozenset[str]) -> bool:
+        self._check(request, g)
+        if request.key in self.cassette:
+            self._stats.add("hits")
+            return True
+        self._stats.add("misses")
+        return False
+
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream[Any]:
         """Replay a recorded stream lazily, else stream from inner while recording."""
         g = self._grants(grants)
-        self._check(request, g)
         key = request.key
-        if key in self.cassette:
-            self._stats.add("hits")
+        if self._stream_hit(request, g):
             return EvalStream(_replay_events(self.cassette, key), key, "ledger")
-        self._stats.add("misses")
-        inner = self.inner.stream(request, grants=g)
+        inner = self.inner.stream(request, grants=g, **_t(timeout))
         return EvalStream(_recording(_events_of(inner), self.cassette, key,
                                      lambda: self._stats.add("recorded")),
                           key, getattr(inner, "source", "computed"))
 
-
-def _collect(stream: EvalStream, key: ContentKey) -> EvalReply:
-    """A whole stream as one reply: the list of its items."""
-    with stream:
-        items = list(stream)
-    return EvalReply(items, stream.diagnostics, None, key, stream.source)
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncEvalStream[Any]:
+        """Async twin of ``stream``: the inner fabric's ``astream`` (so an
+        async generator op streams on this loop), recorded as it goes."""
+        g = self._grants(grants)
+        key = request.key
+        pool = self._pool()
+        if self._stream_hit(request, g):
+            return AsyncEvalStream(_aevents_from_sync(_replay_events(self.cassette, key), pool),
+                                   key, "ledger")
+        if hasattr(self.inner, "astream"):
+            inner: Any = self.inner.astream(request, grants=g, **_t(timeout))
+            events = _aevents_of(inner)
+        else:
+            inner = self.inner.stream(request, grants=g, **_t(timeout))
+            events = _aevents_from_sync(_events_of(inner), pool)
+        return AsyncEvalStream(_arecording(events, self.cassette, key, pool,
+                                           lambda: self._stats.add("recorded")),
+                               key, getattr(inner, "source", "computed"))
 
 
 # ===========================================================================
@@ -775,11 +1043,12 @@ class RelayStatus(str, Enum):
 class RelayFabric(_FabricBase):
     """A gate in front of a (remote) fabric: link status, then capabilities.
 
-    While the link is not ``connected`` every request fails at once with
-    ``FabricUnavailable`` (a ``ConnectionError``) without reaching ``inner``;
-    a request that needs a capability outside ``allowed_capabilities`` (or
-    outside the caller's grants) fails with ``CapabilityDenied``. No caching,
-    no silent retry: each call reaches ``inner`` at most once.
+    ``RelayFabric(inner, allowed_capabilities)``: while the link is not
+    ``connected`` every request fails at once with ``FabricUnavailable`` (a
+    ``ConnectionError``) without reaching ``inner``; a request that needs a
+    capability outside ``allowed_capabilities`` (or outside the caller's
+    grants) fails with ``CapabilityDenied``. No caching, no silent retry:
+    each call reaches ``inner`` at most once, with the caller's ``timeout``.
     """
 
     def __init__(self, inner: Any, allowed_capabilities: Iterable[str] = (), *,
@@ -804,7 +1073,7 @@ class RelayFabric(_FabricBase):
     def _describe(self) -> str:
         return f"status={self._status.value}, inner={type(self.inner).__name__}"
 
-    def _gate(self, request: EvalRequest, grants: Iterable[str] | None) -> frozenset:
+    def _gate(self, request: EvalRequest, grants: Iterable[str] | None) -> frozenset[str]:
         g = self._grants(grants)
         status = self._status
         if status is not RelayStatus.CONNECTED:
@@ -825,31 +1094,48 @@ class RelayFabric(_FabricBase):
         self._stats.add("forwarded")
         return g
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> EvalReply:
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
         """Forward to ``inner`` if the link is up and the capabilities pass."""
         g = self._gate(request, grants)
         try:
-            return self.inner.evaluate(request, grants=g)
+            reply: EvalReply = self.inner.evaluate(request, grants=g, **_t(timeout))
         except Exception:
             self._stats.add("errors")
             raise
+        return reply
 
-    async def aevaluate(self, request: EvalRequest, *,
-                        grants: Iterable[str] | None = None) -> EvalReply:
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate``."""
         g = self._gate(request, grants)
         try:
             if hasattr(self.inner, "aevaluate"):
-                return await self.inner.aevaluate(request, grants=g)
-            return await asyncio.to_thread(self.inner.evaluate, request, grants=g)
+                reply: EvalReply = await self.inner.aevaluate(request, grants=g,
+                                                              **_t(timeout))
+            else:
+                reply = await self._in_thread(self.inner.evaluate, request, grants=g,
+                                              **_t(timeout))
         except Exception:
             self._stats.add("errors")
             raise
+        return reply
 
-    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None) -> Any:
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> Any:
         """Forward a stream request through the same gates."""
         g = self._gate(request, grants)
-        return self.inner.stream(request, grants=g)
+        return self.inner.stream(request, grants=g, **_t(timeout))
+
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> Any:
+        """Async twin of ``stream``: the inner fabric's ``astream``."""
+        g = self._gate(request, grants)
+        if hasattr(self.inner, "astream"):
+            return self.inner.astream(request, grants=g, **_t(timeout))
+        s = self.inner.stream(request, grants=g, **_t(timeout))
+        return AsyncEvalStream(_aevents_from_sync(_events_of(s), self._pool()), request.key,
+                               getattr(s, "source", "computed"))
 
 
 # ===========================================================================
@@ -859,13 +1145,12 @@ class RelayFabric(_FabricBase):
 class ContentServeFabric(_FabricBase):
     """Answers only what a cassette holds, else ``ContentNotHeld``.
 
-    This is what a node serves to its peers: held replies, never compute.
-    The caller's grants are still checked against the request's declared
-    capabilities.
+    ``ContentServeFabric(cassette, node="a")`` is what a node serves to its
+    peers: held replies, never compute. The caller's grants are still
+    checked against the request's declared capabilities (``CapabilityDenied``,
+    counted as ``denied`` in ``stats()``). Answers come from the local
+    cassette at once, so ``timeout`` never needs to cut a wait short.
     """
-
-    #: It never waits (a cassette lookup), so it meets any ``timeout=``.
-    honours_timeout = True
 
     def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None):
         self.cassette = cassette
@@ -880,7 +1165,7 @@ class ContentServeFabric(_FabricBase):
         """Whether the cassette holds ``key``."""
         return key in self.cassette
 
-    def _check(self, request: EvalRequest, g: frozenset) -> None:
+    def _check(self, request: EvalRequest, g: frozenset[str]) -> None:
         try:
             check_grants(request, g, "ContentServeFabric")
         except CapabilityDenied:
@@ -892,23 +1177,38 @@ class ContentServeFabric(_FabricBase):
         where = f"node {self.node!r}" if self.node else "this node"
         return ContentNotHeld(f"{where} does not hold {key}")
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                 timeout: float | None = None) -> EvalReply:
-        """The held reply for the request's key, else ``ContentNotHeld``."""
-        g = self._grants(grants)
+    def _held(self, request: EvalRequest, g: frozenset[str]) -> EvalReply:
+        """The shared body of ``evaluate`` and ``aevaluate`` (single replies)."""
         self._check(request, g)
         key = request.key
-        if request.stream:
-            return _collect(self.stream(request, grants=g), key)
         record = self.cassette.get(key)
         if record is None:
             raise self._not_held(key)
         self._stats.add("served")
         return reply_from_record(record, key, "held")
 
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """The held reply for the request's key, else ``ContentNotHeld``."""
+        _check_timeout(timeout)
+        g = self._grants(grants)
+        if request.stream:
+            return _collect(self.stream(request, grants=g), request.key)
+        return self._held(request, g)
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate`` (a single reply is answered on the loop)."""
+        _check_timeout(timeout)
+        g = self._grants(grants)
+        if request.stream:
+            return await _acollect(self.astream(request, grants=g), request.key)
+        return self._held(request, g)
+
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-               timeout: float | None = None) -> EvalStream:
+               timeout: float | None = None) -> EvalStream[Any]:
         """Replay a held stream lazily, else ``ContentNotHeld`` (raised at once)."""
+        _check_timeout(timeout)
         g = self._grants(grants)
         self._check(request, g)
         key = request.key

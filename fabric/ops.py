@@ -22,21 +22,24 @@ import functools
 import inspect
 import re
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generic, Iterable, Iterator, ParamSpec, TypeVar
 
 from ._core import EvalRequest, OpNotFound
 
 __all__ = ["Op", "OpRegistry", "REGISTRY", "op", "diagnostic"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 _NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 # The diagnostics collector of the op running in this context (a list), or
 # None outside an op. A ContextVar keeps threads and asyncio tasks apart.
-_collector: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+_collector: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
     "fabric_diagnostics", default=None)
 
 
-def diagnostic(kind: str, message: str = "", **fields: Any) -> dict:
+def diagnostic(kind: str, message: str = "", **fields: Any) -> dict[str, Any]:
     """Attach a diagnostic to the reply of the op that is running.
 
     ``kind`` names the diagnostic (``"Diagnostic"``, ``"LimitExceeded"``,
@@ -60,16 +63,22 @@ def diagnostic(kind: str, message: str = "", **fields: Any) -> dict:
     return d
 
 
-class Op:
+class Op(Generic[P, R]):
     """A registered function: its name, version, capabilities and kind.
+
+    Made by ``@fabric.op(name, version=...)``; it keeps the function's
+    signature and return type (``Op[P, R]``), so a type checker checks the
+    arguments of ``op(...)``, ``op.request(...)`` and ``fab.call(op, ...)``
+    and knows what they return.
 
     Calling an ``Op`` directly runs the function in this process with no
     fabric (handy in a notebook); ``op.request(*args, **kwargs)`` builds the
     ``EvalRequest`` a fabric evaluates, and ``fab.call(op, *args, **kwargs)``
-    does both in one line.
+    does both in one line. ``is_stream`` tells a stream op (a generator or
+    async generator function) and ``is_async`` an ``async def`` one.
     """
 
-    def __init__(self, name: str, fn: Callable, *, version: int | str = 0,
+    def __init__(self, name: str, fn: Callable[P, R], *, version: int | str = 0,
                  capabilities: Iterable[str] = ()):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"op name must match [a-z][a-z0-9_.-]{{0,63}}, got {name!r}")
@@ -90,7 +99,7 @@ class Op:
         EvalRequest(name, (), None, version=version, required_capabilities=self.capabilities,
                     stream=self.is_stream)
 
-    def request(self, *args: Any, **kwargs: Any) -> EvalRequest:
+    def request(self, *args: P.args, **kwargs: P.kwargs) -> EvalRequest:
         """The ``EvalRequest`` for calling this op with these arguments.
 
         Request options that are not arguments (``answer_limit``,
@@ -100,7 +109,8 @@ class Op:
         return EvalRequest(self.name, args, kwargs, version=self.version,
                            required_capabilities=self.capabilities, stream=self.is_stream)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here, with no fabric, cassette or key."""
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -114,15 +124,20 @@ class Op:
 
 
 class OpRegistry:
-    """Ops by (name, version). Thread-safe; registering twice replaces."""
+    """Ops by (name, version). Thread-safe; registering twice replaces.
 
-    def __init__(self, ops: Iterable[Op] = ()):
+    ``@fabric.op(..., registry=reg)`` adds to ``reg``; ``LocalFabric(reg)``
+    runs only the ops of ``reg``. ``reg.find(request)`` is the op a request
+    names, ``op in reg`` and ``iter(reg)`` what it holds.
+    """
+
+    def __init__(self, ops: Iterable[Op[..., Any]] = ()):
         self._lock = threading.Lock()
-        self._ops: dict[tuple[str, Any], Op] = {}
+        self._ops: dict[tuple[str, Any], Op[..., Any]] = {}
         for o in ops:
             self.add(o)
 
-    def add(self, o: Op) -> Op:
+    def add(self, o: Op[P, R]) -> Op[P, R]:
         """Register ``o`` (replacing any op with the same name and version)."""
         if not isinstance(o, Op):
             raise TypeError(f"OpRegistry holds Op objects (from @fabric.op), not "
@@ -131,7 +146,7 @@ class OpRegistry:
             self._ops[(o.name, o.version)] = o
         return o
 
-    def find(self, request: EvalRequest) -> Op:
+    def find(self, request: EvalRequest) -> Op[..., Any]:
         """The op a request names, or ``OpNotFound`` saying what is registered."""
         o = self._ops.get((request.op, request.version))
         if o is not None:
@@ -142,7 +157,7 @@ class OpRegistry:
                              f"here (registered versions: {', '.join(versions)})")
         raise OpNotFound(f"op {request.op!r} is not registered here")
 
-    def __iter__(self) -> Iterator[Op]:
+    def __iter__(self) -> Iterator[Op[..., Any]]:
         return iter(list(self._ops.values()))
 
     def __len__(self) -> int:
@@ -161,7 +176,7 @@ REGISTRY = OpRegistry()
 
 
 def op(name: str, *, version: int | str = 0, capabilities: Iterable[str] = (),
-       registry: OpRegistry | None = None) -> Callable[[Callable], Op]:
+       registry: OpRegistry | None = None) -> Callable[[Callable[P, R]], Op[P, R]]:
     """Register a function as an op: ``@fabric.op("embed", version=1)``.
 
     ``name`` is the op's identity in every key (``[a-z][a-z0-9_.-]*``);
@@ -172,7 +187,7 @@ def op(name: str, *, version: int | str = 0, capabilities: Iterable[str] = (),
     """
     reg = REGISTRY if registry is None else registry
 
-    def register(fn: Callable) -> Op:
+    def register(fn: Callable[P, R]) -> Op[P, R]:
         if isinstance(fn, Op):
             fn = fn.fn
         if not callable(fn):

@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import (DIAG, ITEM, AsyncEvalStream, ContentPeer, EvalReply, EvalStream, _collect, _events_of,
-                      _aevents_from_sync, _FabricBase, _recording, _replay_events, reply_record)
+from .fabrics import ContentPeer, _FabricBase
+from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
+                      _collect, _events_of, _recording, _replay_events, reply_record)
 from .holders import HoldingIndex
 
 __all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask"]
@@ -718,10 +719,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         async def events() -> Any:
             s = await asyncio.to_thread(self.stream, request, grants=g, timeout=timeout)
             out.source = s.source
-            async for ev in _aevents_from_sync(s.iter_events()):
+            async for ev in _aevents_from_sync(s.iter_events(), self._pool()):
                 yield ev
 
-        out = AsyncEvalStream(events(), request.key, "unresolved")
+        out: AsyncEvalStream[Any] = AsyncEvalStream(events(), request.key, "unresolved")
         return out
 
     # -- explain and display ----------------------------------------------------------

@@ -145,9 +145,17 @@ def test_extension_types_live_in_fabric():
     assert wrong == []
 
 
-@pytest.mark.xfail(strict=True, reason="classes defined in fabric's Python modules keep "
-                   "their module's name until those modules set __module__ (issue 12, "
-                   "orchestration part)")
 def test_every_public_class_lives_in_fabric():
     wrong = [n for n, c in _public_classes() if c.__module__ != "fabric"]
     assert wrong == []
+
+
+def test_public_python_classes_pickle_by_their_fabric_name():
+    import pickle
+
+    import fabric
+
+    for name, cls in _public_classes():
+        assert getattr(fabric, name) is cls
+    assert pickle.loads(pickle.dumps(fabric.RelayStatus.CONNECTED)) is \
+        fabric.RelayStatus.CONNECTED
