@@ -7,6 +7,8 @@
 #   bash dev.sh bench    run the benchmarks in bench/
 #   bash dev.sh wheel    a wheel repaired by auditwheel (libcrypto bundled),
 #                        installed into a fresh venv and smoke-tested
+#   bash dev.sh sdist    the sdist built, installed into a fresh venv with its
+#                        test extras, and its own test suite run against it
 #
 # System packages come from apt (only when missing, and it says so); Python
 # packages go into .venv, with the package installed in editable mode.
@@ -151,8 +153,28 @@ PY
         )
         rm -rf "$smoke"
         ;;
+    sdist)
+        build_deps
+        python_env "[test,bench]"
+        work=$(mktemp -d)
+        trap 'rm -rf "$work"' EXIT
+        "$VENV/bin/python" -m pip install -q build
+        say "building the sdist"
+        "$VENV/bin/python" -m build --sdist --outdir "$work" . >/dev/null
+        sdist=$(ls "$work"/stream_fabric-*.tar.gz)
+        say "installing $(basename "$sdist") with its test extras into a fresh venv"
+        "$PY" -m venv "$work/venv"
+        "$work/venv/bin/python" -m pip install -q "$sdist[test]"
+        tar xzf "$sdist" -C "$work"
+        src=$(ls -d "$work"/stream_fabric-*/)
+        # The tests must exercise the installed package, not the sources
+        # beside them (which hold no built extension).
+        rm -rf "$src/fabric"
+        say "the sdist's own test suite against the installed package"
+        (cd "$src" && "$work/venv/bin/pytest" -q -p no:cacheprovider tests)
+        ;;
     *)
-        sed -n '2,11p' "$0"
+        sed -n '2,13p' "$0"
         exit 2
         ;;
 esac
