@@ -8,7 +8,28 @@ the Fabric SSH tool (that one is distributed as ``fabric`` on PyPI and has
 ``fabric.EvalRequest``).
 """
 
-from ._core import (
+import os as _os
+
+
+def _refuse_the_ssh_packages_files() -> None:
+    # Both distributions install a package named ``fabric``; installed into
+    # one environment, their files end up in one folder and whichever
+    # __init__.py was written last wins. The SSH tool's own modules beside
+    # this file mean that happened: say so now, not as an AttributeError
+    # later. One stat of a file, no package metadata (that costs ~50 ms).
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.exists(_os.path.join(here, "connection.py")):
+        raise ImportError(
+            f"the package folder {here} also holds the files of the Fabric SSH tool "
+            f"(PyPI 'fabric', with fabric.Connection), which shares the import name "
+            f"'fabric' with stream-fabric. Use one of them per environment: "
+            f"'pip uninstall fabric stream-fabric' and then 'pip install stream-fabric', "
+            f"or make a separate virtual environment for each.")
+
+
+_refuse_the_ssh_packages_files()
+
+from ._core import (  # noqa: E402
     DEFAULT_DECODE_LIMITS,
     KEY_SCHEME,
     REDACTED,
