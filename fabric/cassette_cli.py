@@ -107,26 +107,31 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    """Rewrite the ledger without torn, duplicate or bad records."""
+    """Rewrite the ledger without torn, duplicate or bad records.
+
+    In place, other processes may keep the cassette open and appending:
+    the compaction copies what is there, then, holding the append lock for
+    a moment, what was appended meanwhile, and renames the new file over
+    the ledger; the others move to it at their next append, miss or refresh.
+    """
     dest = args.output
     if dest:
         with _open(args.path, args.recover) as c:
-            c.compact(dest)
+            bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
+            try:
+                c.compact(dest, progress=bar)
+            finally:
+                bar.done()
             stats = c.stats()
         print(f"{args.path} -> {dest}: {stats['keys']} keys")
         return 0
-    # In place: hold the writer lock so no one appends meanwhile, write a
-    # compacted copy next to the ledger, then rename it over the ledger.
-    tmp = args.path + ".compact"
     with _core.EvalCassette(args.path, "a", recover=args.recover) as c:
         before = c.stats()
-        c.compact(tmp)
-        os.replace(tmp, args.path)
-        fd = os.open(os.path.dirname(os.path.abspath(args.path)), os.O_RDONLY)
+        bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
         try:
-            os.fsync(fd)
+            c.compact(progress=bar)
         finally:
-            os.close(fd)
+            bar.done()
     after = os.path.getsize(args.path)
     print(f"{args.path}: {before['keys']} keys, {before['bytes']} -> {after} bytes")
     return 0

@@ -172,20 +172,49 @@ def test_reader_refuses_writes_and_needs_no_lock(path):
         with pytest.raises(fabric.LedgerError, match="read-only"):
             r.record(key(1), 1)
         w.record(key(1), "v")
-        assert key(1) not in r
-        assert r.refresh() == 1
-        assert r.get(key(1)) == "v"
+        w.record(key(2), "w")
+        # A miss looks at the file's tail: no refresh() needed.
+        assert key(1) in r
+        assert r.get(key(2)) == "w"
         assert r.refresh() == 0
+        w.record(key(3), "x")
+        assert r.refresh() == 1
+        assert r.get(key(3)) == "x"
 
 
-def test_two_writers_locked_error_names_pid(path):
-    with EvalCassette(path):
+def test_same_process_twice(path):
+    """A re-run notebook cell opens the path again while the first handle is
+    open: both work, and each sees what the other recorded."""
+    a = EvalCassette(path)
+    b = EvalCassette(path)
+    assert a.record(key(1), "a") is True
+    assert b.record(key(1), "b") is False  # first write wins across handles
+    assert b.record(key(2), "b") is True
+    assert a.get(key(2)) == "b" and b.get(key(1)) == "a"
+    a.close()
+    assert b.record(key(3), "c") is True  # closing one never drops the other's locks
+    b.close()
+    with EvalCassette(path, "r") as r:
+        assert {k: r.get(k) for k in r} == {key(1): "a", key(2): "b", key(3): "c"}
+        assert r.stats()["duplicates"] == 0
+
+
+def test_exclusive_writer_is_alone(path):
+    with EvalCassette(path, exclusive=True) as c:
+        assert c.stats()["exclusive"] is True
         with pytest.raises(fabric.LedgerLockedError) as info:
             EvalCassette(path)
-        assert info.value.pid == os.getpid()
         assert isinstance(info.value, OSError)
-        assert str(os.getpid()) in str(info.value)
-    EvalCassette(path).close()  # released on close
+        assert "exclusively" in str(info.value)
+        assert info.value.pid == os.getpid()
+        with EvalCassette(path, "r") as r:  # readers are welcome
+            c.record(key(1), 1)
+            assert r.get(key(1)) == 1
+    with EvalCassette(path) as w:
+        with pytest.raises(fabric.LedgerLockedError, match="only writer"):
+            EvalCassette(path, exclusive=True)
+        assert w.stats()["writers"] in (1, None)
+    EvalCassette(path, exclusive=True).close()  # released on close
 
 
 def test_not_a_ledger(tmp_path):

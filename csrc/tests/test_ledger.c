@@ -111,19 +111,19 @@ static void test_round_trip(void)
         key_of(key, i);
         size_t n = reply_of(buf, i);
         fab_ledger_ref ref;
-        CHECK_EQ(fab_ledger_lookup(l, key, 1, &ref), 1);
+        CHECK_EQ(fab_ledger_lookup(l, key, 1, &ref, NULL), 1);
         CHECK_EQ(ref.len, n);
         CHECK_MEM(ref.data, buf, n);
         fab_lmap_release(ref.map);
     }
     key_of(key, 1000);
     fab_ledger_ref ref;
-    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 0);
+    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 0);
     /* Iteration follows ledger order. */
-    uint64_t pos = 0;
+    fab_ledger_pos pos = {0};
     unsigned i = 0;
     uint8_t got[32];
-    while (fab_ledger_next(l, &pos, got, 0, &ref) == 1) {
+    while (fab_ledger_next(l, &pos, got, 0, &ref, NULL) == 1) {
         key_of(key, i++);
         CHECK_MEM(got, key, 32);
     }
@@ -349,18 +349,18 @@ static void test_salvage(void)
     uint8_t key[32], got[32];
     key_of(key, 2);
     fab_ledger_ref ref;
-    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 0);
+    CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 0);
     /* Iteration steps over the skipped region. */
-    uint64_t pos = 0;
+    fab_ledger_pos pos = {0};
     size_t n = 0;
-    while (fab_ledger_next(l, &pos, got, 0, &ref) == 1)
+    while (fab_ledger_next(l, &pos, got, 0, &ref, NULL) == 1)
         n++;
     CHECK_EQ(n, st.keys);
     /* Compaction drops the bad region; the result opens strictly. */
     char dest[512];
     path_for(dest, sizeof(dest), "salvage-compact.fabl");
-    CHECK_EQ(fab_ledger_compact(l, dest, &err), 0);
-    CHECK_EQ(fab_ledger_compact(l, path, &err), FAB_EINVAL);
+    CHECK_EQ(fab_ledger_compact(l, dest, NULL, NULL, &err), 0);
+    CHECK_EQ(fab_ledger_compact(l, path, NULL, NULL, &err), FAB_EINVAL);
     fab_ledger_close(l);
     l = open_ledger(dest, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err);
     CHECK_EQ(rc, 0);
@@ -500,14 +500,14 @@ static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
                 key_of(key, i);
                 size_t n = reply_of(buf, i);
                 fab_ledger_ref ref;
-                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
                 CHECK_EQ(ref.len, n);
                 CHECK_MEM(ref.data, buf, n);
             }
             if (acked[6]) {
                 key_of(key, 6);
                 fab_ledger_ref ref;
-                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+                CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
                 CHECK_EQ(ref.len, 20000);
             }
             if (stream_acked) {
@@ -576,8 +576,8 @@ static void test_streams(void)
     l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, NULL, NULL);
     CHECK_EQ(fab_ledger_count(l), 1);
     fab_ledger_ref ref;
-    CHECK_EQ(fab_ledger_lookup(l, b, 0, &ref), 0);
-    CHECK_EQ(fab_ledger_lookup(l, c, 0, &ref), 0);
+    CHECK_EQ(fab_ledger_lookup(l, b, 0, &ref, NULL), 0);
+    CHECK_EQ(fab_ledger_lookup(l, c, 0, &ref, NULL), 0);
     fab_ledger_cursor cur;
     CHECK_EQ(fab_ledger_stream_open(l, b, &cur), FAB_ENOTFOUND);
     CHECK_EQ(fab_ledger_stream_open(l, a, &cur), 0);
@@ -596,7 +596,7 @@ static void test_streams(void)
     /* Compaction keeps the stream, drops the rest. */
     char dest[512];
     path_for(dest, sizeof(dest), "streams-compact.fabl");
-    CHECK_EQ(fab_ledger_compact(l, dest, NULL), 0);
+    CHECK_EQ(fab_ledger_compact(l, dest, NULL, NULL, NULL), 0);
     fab_ledger_close(l);
     l = open_ledger(dest, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
     fab_ledger_stats st;
@@ -611,32 +611,152 @@ static void test_streams(void)
     fab_ledger_close(l);
 }
 
-static void test_lock(void)
+static fab_ledger *open_exclusive(const char *path, int *rc, fab_ledger_error *err)
+{
+    fab_ledger_options opt = {0};
+    opt.mode = FAB_LEDGER_WRITE;
+    opt.exclusive = 1;
+    fab_ledger *l = NULL;
+    *rc = fab_ledger_open(&l, path, &opt, err);
+    return l;
+}
+
+/* Two writer handles on one file (what two processes do): both append,
+ * each sees the other's records without refresh, first write wins across
+ * them, and an exclusive writer excludes every other writer. */
+static void test_many_handles(void)
 {
     char path[512];
     path_for(path, sizeof(path), "lock.fabl");
     fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
     int rc;
     fab_ledger_error err;
-    fab_ledger *l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, &err);
-    CHECK(l2 == NULL);
-    CHECK_EQ(rc, FAB_ELOCKED);
-    CHECK_EQ(err.pid, getpid());
-    /* A reader needs no lock and sees the writer's records after refresh. */
+    fab_ledger *l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
     fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, NULL);
     CHECK_EQ(rc, 0);
     uint8_t key[32];
-    key_of(key, 1);
-    CHECK_EQ(fab_ledger_record(l, key, "\x01", 1, NULL), 1);
     fab_ledger_ref ref;
-    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 0);
-    CHECK_EQ(fab_ledger_refresh(r, NULL), 1);
-    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref), 1);
+    for (unsigned i = 0; i < 50; i++) {
+        key_of(key, i);
+        uint8_t v = (uint8_t)i;
+        CHECK_EQ(fab_ledger_record(i % 2 ? l2 : l, key, &v, 1, NULL), 1);
+        /* first write wins across handles: the other one's record is seen */
+        CHECK_EQ(fab_ledger_record(i % 2 ? l : l2, key, "\xff", 1, NULL), 0);
+    }
+    for (unsigned i = 0; i < 50; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1); /* no refresh needed */
+        CHECK_EQ(ref.data[0], i);
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.data[0], i);
+    }
+    CHECK_EQ(fab_ledger_count(l), 50);
+    CHECK_EQ(fab_ledger_count(l2), 50);
     CHECK_EQ(fab_ledger_refresh(r, NULL), 0);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    CHECK_EQ(st.records, 50);
+    CHECK_EQ(st.foreign_records, 25);
+    CHECK(st.writers == 2 || st.writers == -1);
+    /* exclusive: refused while others write, and refuses them */
+    fab_ledger *x = open_exclusive(path, &rc, &err);
+    CHECK(x == NULL);
+    CHECK_EQ(rc, FAB_ELOCKED);
     fab_ledger_close(l);
+    fab_ledger_close(l2);
+    x = open_exclusive(path, &rc, &err);
+    CHECK_EQ(rc, 0);
+    l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, &err);
+    CHECK(l2 == NULL);
+    CHECK_EQ(rc, FAB_ELOCKED);
+    CHECK(err.pid == getpid() || err.pid == 0);
+    CHECK(strstr(err.msg, "exclusively") != NULL);
+    fab_ledger_close(x);
     l2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
     CHECK_EQ(rc, 0);
     fab_ledger_close(l2);
+    fab_ledger_close(r);
+}
+
+/* Compaction in place while another handle has the ledger open: the other
+ * handle's next append goes to the new file, never to the old inode. */
+static void test_compact_in_place(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "inplace.fabl");
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    uint8_t key[32];
+    for (unsigned i = 0; i < 20; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(a, key, "\x01", 1, NULL), 1);
+        CHECK_EQ(fab_ledger_record(b, key, "\x02", 1, NULL), 0);
+    }
+    uint64_t begin;
+    key_of(key, 999);
+    CHECK_EQ(fab_ledger_stream_begin(b, key, &begin, NULL), 1); /* unfinished */
+    struct stat before, after;
+    CHECK_EQ(stat(path, &before), 0);
+    CHECK_EQ(fab_ledger_compact(a, NULL, NULL, NULL, NULL), 0);
+    CHECK_EQ(stat(path, &after), 0);
+    CHECK(before.st_ino != after.st_ino);
+    CHECK_EQ(fab_ledger_generation(a), 1);
+    /* b's unfinished stream is gone with the old file: a clear refusal */
+    fab_ledger_error err;
+    CHECK_EQ(fab_ledger_stream_append(b, key, begin, "\x01", 1, &err), FAB_ESTATE);
+    CHECK(strstr(err.msg, "compacted") != NULL);
+    key_of(key, 100);
+    CHECK_EQ(fab_ledger_record(b, key, "\x03", 1, NULL), 1);
+    CHECK_EQ(fab_ledger_generation(b), 1);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(a, key, 0, &ref, NULL), 1); /* a sees b's record */
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1); /* the reader moved on a miss */
+    CHECK_EQ(fab_ledger_generation(r), 1);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(st.keys, 21);
+    CHECK_EQ(st.reloads, 1);
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    fab_ledger_close(r);
+    /* no temporary file is left behind */
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.compact.tmp.%ld", path, (long)getpid());
+    CHECK(access(tmp, F_OK) != 0);
+}
+
+/* A file that shrinks under an open handle: lookups move to what is
+ * there now instead of touching the mapping beyond the end (SIGBUS). */
+static void test_shrink(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "shrink.fabl");
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32], buf[400];
+    for (unsigned i = 0; i < 200; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    CHECK_EQ(truncate(path, FAB_LEDGER_HEADER_SIZE), 0);
+    fab_ledger_ref ref;
+    key_of(key, 150);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 0);
+    CHECK_EQ(fab_ledger_count(r), 0);
+    CHECK_EQ(fab_ledger_lookup(w, key, 0, &ref, NULL), 0);
+    /* the writer appends at the new end */
+    CHECK_EQ(fab_ledger_record(w, key, "\x07", 1, NULL), 1);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.data[0], 7);
+    /* shrunk below the header: a clear error, never a fault */
+    CHECK_EQ(truncate(path, 10), 0);
+    fab_ledger_error err;
+    key_of(key, 3);
+    int rc = fab_ledger_lookup(r, key, 0, &ref, &err);
+    CHECK(rc == FAB_ETRUNCATED || rc == FAB_EFORMAT);
+    fab_ledger_close(w);
     fab_ledger_close(r);
 }
 
@@ -733,7 +853,7 @@ static void test_index_many(void)
     for (unsigned i = 0; i < 50000; i += 7) {
         key_of(key, i);
         fab_ledger_ref ref;
-        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref), 1);
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 1);
         CHECK_MEM(ref.data, &i, sizeof(i));
     }
     fab_ledger_close(l);
@@ -748,7 +868,9 @@ int main(void)
         {"salvage", test_salvage},
         {"fault_injection", test_fault_injection},
         {"streams", test_streams},
-        {"lock", test_lock},
+        {"many_handles", test_many_handles},
+        {"compact_in_place", test_compact_in_place},
+        {"shrink", test_shrink},
         {"bad_files", test_bad_files},
         {"group_commit", test_group_commit},
         {"index_many", test_index_many},
