@@ -36,6 +36,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1016,6 +1017,27 @@ static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t le
     return 0;
 }
 
+/* 1 when fd is on a network file system, where locks are unreliable. */
+static int on_network_fs(int fd)
+{
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0)
+        return 0;
+    switch ((unsigned long)fs.f_type) {
+    case 0x6969UL:     /* NFS */
+    case 0x517BUL:     /* SMB */
+    case 0xFF534D42UL: /* CIFS */
+    case 0xFE534D42UL: /* SMB2 */
+    case 0x564c:       /* NCP */
+    case 0x73757245UL: /* Coda */
+    case 0x47504653UL: /* GPFS */
+    case 0x0BD00BD0UL: /* Lustre */
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /*
  * Takes the writers' lock on fd (the file sb describes): shared, or
  * exclusive for an exclusive writer. FAB_ELOCKED (err->pid when known) when
@@ -1024,6 +1046,13 @@ static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t le
 static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
                             fab_ledger_error *err)
 {
+    if (!l->exclusive && on_network_fs(fd)) {
+        set_err(err, FAB_EIO, ENOLCK, 0, 0,
+                "the ledger is on a network file system, where locks between hosts are "
+                "unreliable: several writers are refused; open it with exclusive=True from "
+                "one host");
+        return FAB_EIO;
+    }
     if (ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_WRITERS, 0) == 0) {
         (void)ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_PID, 2);
         return FAB_OK;
