@@ -123,6 +123,17 @@ typedef struct skip_region {
     uint64_t start, end;
 } skip_region;
 
+/* A checkpoint file, mapped read-only (spec: Checkpoint). */
+typedef struct ckpt {
+    uint8_t *base;        /* the whole file, or NULL when none is used */
+    size_t len;
+    const fab_lindex_slot *slots;
+    uint64_t mask, count, covered, records, duplicates;
+    const uint8_t *page_crcs;
+    uint8_t *verified;    /* one bit per page of slots, checked once */
+    int bad;              /* a page failed its checksum: rebuild */
+} ckpt;
+
 struct fab_ledger {
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -139,6 +150,13 @@ struct fab_ledger {
     uint64_t gen;         /* incremented at each move to another file */
     uint64_t scanned_size; /* file size at the last replay */
     uint64_t reloads, foreign_records, leftovers_removed;
+    ckpt ck;              /* the mapped checkpoint, when one is used */
+    int use_ckpt;         /* read (and write) checkpoints */
+    int ckpt_state;       /* enum fab_ledger_ckpt_state */
+    uint64_t ckpt_written;
+    uint64_t last_rec;    /* offset of the last valid record, or 0 */
+    uint64_t open_replayed; /* records replayed at open (not from the checkpoint) */
+    uint64_t lazy_end;    /* records below were not validated at open (checkpoint) */
 
     fab_lmap *map;
     uint64_t end;         /* where the next record goes / end of the replayed region */
@@ -622,7 +640,23 @@ int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger
 static int key_eq(void *ctx, uint64_t value, const uint8_t key[32])
 {
     fab_ledger *l = ctx;
+    if (value > l->end || l->end - value < FAB_LEDGER_REC_OVERHEAD)
+        return 0; /* only a corrupt checkpoint names such an offset */
     return memcmp(l->map->base + value + FAB_LEDGER_REC_HEADER, key, 32) == 0;
+}
+
+static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off);
+static char *path_with(const char *path, const char *suffix);
+static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t len, uint64_t off);
+
+/* Looks key up in the checkpoint and in the index of the records after
+ * it (one seed for both). On a corrupt checkpoint page, l->ck.bad is set
+ * and the answer is "absent": callers rebuild (find_key). */
+static int ix_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    if (fab_lindex_find(&l->ix, key, hash, off))
+        return 1;
+    return l->ck.base != NULL && ckpt_find(l, key, hash, off) == 1;
 }
 
 /*
@@ -708,8 +742,16 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
     if (!r->sized)
         replay_estimate(r, off);
     uint64_t hash = replay_hash(r, off, key);
+    l->last_rec = off;
     if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
         return FAB_OK;
+    uint64_t at;
+    if (l->ck.base != NULL && ckpt_find(l, key, hash, &at) == 1) {
+        l->duplicates++;
+        return FAB_OK;
+    }
+    if (l->ck.bad)
+        return FAB_ECORRUPT;
     int rc = fab_lindex_insert(&l->ix, key, hash, off, NULL);
     if (rc < 0)
         return rc;
@@ -758,8 +800,8 @@ static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
 }
 
 /* Replays [l->end, size) into the index. Under the lock (or before sharing). */
-static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
-                  fab_ledger_scan_result *res, fab_ledger_error *err)
+static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
+                       fab_ledger_scan_result *res, fab_ledger_error *err)
 {
     memset(res, 0, sizeof(*res));
     int rc = ensure_map(l, size, err);
@@ -785,6 +827,333 @@ static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress,
 }
 
 /* ======================================================================== */
+/* Checkpoint (spec: Checkpoint)                                             */
+/* ======================================================================== */
+
+static uint16_t fab_load_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static void fab_store_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static const uint8_t CKPT_MAGIC[8] = {0x89, 'F', 'A', 'B', 'C', 'K', 'P', '\n'};
+#define CKPT_VERSION 1
+#define CKPT_HEAD 4096
+#define CKPT_PAGE 4096
+#define CKPT_MIN_CAP 256      /* slots: a whole number of pages */
+#define CKPT_SAMPLES 16
+#define CKPT_SAMPLE_LEN 512
+#define SEED_CKPT 0x434B5054u  /* "CKPT" */
+#define SEED_CKPT_PAGE 0x50414745u /* "PAGE" */
+/* A handle that replayed at least this many records at open writes a
+ * checkpoint (best effort). */
+#define CKPT_AUTO 65536
+
+static void ckpt_drop(ckpt *c)
+{
+    if (c->base)
+        munmap(c->base, c->len);
+    free(c->verified);
+    int bad = c->bad;
+    memset(c, 0, sizeof(*c));
+    c->bad = bad;
+}
+
+/* CRC32C of CKPT_SAMPLES windows spread evenly over [64, covered) of the
+ * ledger: ties a checkpoint to the ledger's content at a few page reads. */
+static uint32_t ckpt_samples(const uint8_t *base, uint64_t covered)
+{
+    uint32_t crc = SEED_CKPT;
+    uint64_t span = covered - FAB_LEDGER_HEADER_SIZE;
+    for (int i = 0; i < CKPT_SAMPLES; i++) {
+        uint64_t at = FAB_LEDGER_HEADER_SIZE + span * (uint64_t)i / CKPT_SAMPLES;
+        uint64_t n = covered - at < CKPT_SAMPLE_LEN ? covered - at : CKPT_SAMPLE_LEN;
+        crc = fab_crc32c(crc, base + at, (size_t)n);
+    }
+    return crc;
+}
+
+/* Checks the page of slots holding slot i once. 0, or -1 (l->ck.bad). */
+static int ckpt_page_ok(ckpt *c, uint64_t i)
+{
+    uint64_t page = i * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    if (c->verified[page >> 3] & (1u << (page & 7)))
+        return 0;
+    const uint8_t *p = (const uint8_t *)c->slots + page * CKPT_PAGE;
+    if (fab_crc32c(SEED_CKPT_PAGE, p, CKPT_PAGE) != fab_load_le32(c->page_crcs + 4 * page)) {
+        c->bad = 1;
+        return -1;
+    }
+    c->verified[page >> 3] |= (uint8_t)(1u << (page & 7));
+    return 0;
+}
+
+/* Probes the checkpoint: 1 and *off when found, 0 when absent or when a
+ * page is corrupt (then l->ck.bad is set). */
+static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    ckpt *c = &l->ck;
+    for (uint64_t i = hash & c->mask, n = 0; n <= c->mask; i = (i + 1) & c->mask, n++) {
+        if (ckpt_page_ok(c, i) < 0)
+            return 0;
+        const fab_lindex_slot *sl = &c->slots[i];
+        if (sl->hash == 0)
+            return 0;
+        if (sl->hash == hash) {
+            if (sl->value < FAB_LEDGER_HEADER_SIZE || sl->value >= c->covered) {
+                c->bad = 1;
+                return 0;
+            }
+            if (key_eq(l, sl->value, key)) {
+                *off = sl->value;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static char *ckpt_path_of(const char *path)
+{
+    return path_with(path, ".ckpt");
+}
+
+/*
+ * Maps the checkpoint beside the ledger when it describes a prefix of the
+ * file (l->header, size bytes, mapped): sets l->ck and prepares the
+ * replay of the rest. Anything wrong: no checkpoint (ckpt_state says why).
+ */
+static void ckpt_load(fab_ledger *l, uint64_t size)
+{
+    char *cp = ckpt_path_of(l->path);
+    if (cp == NULL)
+        return;
+    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    free(cp);
+    if (fd < 0) {
+        l->ckpt_state = FAB_CKPT_NONE;
+        return;
+    }
+    l->ckpt_state = FAB_CKPT_IGNORED;
+    struct stat sb;
+    uint8_t h[CKPT_HEAD];
+    if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size < CKPT_HEAD ||
+        pread(fd, h, CKPT_HEAD, 0) != CKPT_HEAD)
+        goto out;
+    if (memcmp(h, CKPT_MAGIC, 8) != 0 || fab_load_le16(h + 8) != CKPT_VERSION ||
+        fab_load_le32(h + 12) != CKPT_PAGE ||
+        fab_load_le32(h + CKPT_HEAD - 4) != fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4))
+        goto out;
+    uint64_t cap = fab_load_le64(h + 24), count = fab_load_le64(h + 32);
+    uint64_t covered = fab_load_le64(h + 40), last = fab_load_le64(h + 128);
+    if (cap < CKPT_MIN_CAP || (cap & (cap - 1)) || cap > ((uint64_t)1 << 40) ||
+        count > cap / 4 * 3 || covered > size || covered < FAB_LEDGER_HEADER_SIZE ||
+        memcmp(h + 64, l->header, FAB_LEDGER_HEADER_SIZE) != 0)
+        goto out;
+    uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    uint64_t want = CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages;
+    if ((uint64_t)sb.st_size != want)
+        goto out;
+    /* The last record it covers must end exactly at covered, byte for
+     * byte as then, and the sampled windows must match. */
+    const uint8_t *base = l->map->base;
+    if (covered > FAB_LEDGER_HEADER_SIZE) {
+        if (last < FAB_LEDGER_HEADER_SIZE || last >= covered ||
+            covered - last < FAB_LEDGER_REC_OVERHEAD ||
+            memcmp(base + last, h + 136, FAB_LEDGER_REC_HEADER) != 0 ||
+            last + FAB_LEDGER_REC_OVERHEAD + rec_payload_len(base + last) != covered ||
+            fab_load_le32(base + last + 16) != fab_crc32c(SEED_HEAD, base + last, 16))
+            goto out;
+        if (ckpt_samples(base, covered) != fab_load_le32(h + 156))
+            goto out;
+    }
+    uint8_t *m = mmap(NULL, (size_t)want, PROT_READ, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        goto out;
+    uint8_t *verified = calloc((size_t)(pages + 7) / 8, 1);
+    if (verified == NULL) {
+        munmap(m, (size_t)want);
+        goto out;
+    }
+    (void)madvise(m, (size_t)want, MADV_RANDOM);
+    ckpt *c = &l->ck;
+    c->base = m;
+    c->len = (size_t)want;
+    c->slots = (const fab_lindex_slot *)(m + CKPT_HEAD);
+    c->mask = cap - 1;
+    c->count = count;
+    c->covered = covered;
+    c->records = fab_load_le64(h + 48);
+    c->duplicates = fab_load_le64(h + 56);
+    c->page_crcs = m + CKPT_HEAD + cap * sizeof(fab_lindex_slot);
+    c->verified = verified;
+    c->bad = 0;
+    /* the records after it go to an index with the same seed */
+    l->ix.seed = fab_load_le64(h + 16);
+    l->end = l->visible_end = covered;
+    l->records = c->records;
+    l->duplicates = c->duplicates;
+    l->last_rec = covered > FAB_LEDGER_HEADER_SIZE ? last : 0;
+    l->lazy_end = covered;
+    l->ckpt_state = FAB_CKPT_USED;
+out:
+    close(fd);
+}
+
+/* Raw insert of a (hash, offset) slot into a table known not to hold the
+ * key (no compare). */
+static void slot_put(fab_lindex_slot *slots, uint64_t mask, uint64_t hash, uint64_t value)
+{
+    uint64_t i = hash & mask;
+    while (slots[i].hash != 0)
+        i = (i + 1) & mask;
+    slots[i].hash = hash;
+    slots[i].value = value;
+}
+
+/*
+ * Writes a checkpoint of everything replayed (the checkpoint in use and
+ * the index after it) beside the ledger: a temporary file renamed over
+ * PATH.ckpt. Not synced: a torn one fails its checksums and is rebuilt.
+ * Under the lock. 0, or an error (the ledger is unaffected).
+ */
+static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    if (!l->use_ckpt || l->n_skips || l->n_pending || l->end != l->visible_end ||
+        l->ck.bad) {
+        set_err(err, FAB_ESTATE, 0, 0, 0,
+                "no checkpoint now: the ledger was salvaged, has records waiting for their "
+                "sync, or checkpoints are off");
+        return FAB_ESTATE;
+    }
+    uint64_t count = l->ix.count + (l->ck.base ? l->ck.count : 0);
+    uint64_t cap = CKPT_MIN_CAP;
+    while (cap / 4 * 3 < count + 1)
+        cap *= 2;
+    uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    size_t total = (size_t)(CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages);
+    uint8_t *buf = calloc(1, total);
+    if (buf == NULL)
+        return FAB_ENOMEM;
+    fab_lindex_slot *slots = (fab_lindex_slot *)(buf + CKPT_HEAD);
+    int rc = FAB_OK;
+    if (l->ck.base) {
+        for (uint64_t i = 0; i <= l->ck.mask; i++) {
+            if (ckpt_page_ok(&l->ck, i) < 0) {
+                rc = FAB_ECORRUPT;
+                set_err(err, rc, 0, 0, 0, "the checkpoint in use is corrupt");
+                goto out;
+            }
+            if (l->ck.slots[i].hash)
+                slot_put(slots, cap - 1, l->ck.slots[i].hash, l->ck.slots[i].value);
+        }
+    }
+    for (size_t i = 0; l->ix.slots && i <= l->ix.mask; i++)
+        if (l->ix.slots[i].hash)
+            slot_put(slots, cap - 1, l->ix.slots[i].hash, l->ix.slots[i].value);
+    uint8_t *h = buf;
+    memcpy(h, CKPT_MAGIC, 8);
+    fab_store_le16(h + 8, CKPT_VERSION);
+    fab_store_le32(h + 12, CKPT_PAGE);
+    fab_store_le64(h + 16, l->ix.seed);
+    fab_store_le64(h + 24, cap);
+    fab_store_le64(h + 32, count);
+    fab_store_le64(h + 40, l->end);
+    fab_store_le64(h + 48, l->records);
+    fab_store_le64(h + 56, l->duplicates);
+    memcpy(h + 64, l->header, FAB_LEDGER_HEADER_SIZE);
+    if (l->end > FAB_LEDGER_HEADER_SIZE) {
+        fab_store_le64(h + 128, l->last_rec);
+        memcpy(h + 136, l->map->base + l->last_rec, FAB_LEDGER_REC_HEADER);
+        fab_store_le32(h + 156, ckpt_samples(l->map->base, l->end));
+    }
+    fab_store_le32(h + CKPT_HEAD - 4, fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4));
+    uint8_t *crcs = buf + CKPT_HEAD + cap * sizeof(fab_lindex_slot);
+    for (uint64_t p = 0; p < pages; p++)
+        fab_store_le32(crcs + 4 * p, fab_crc32c(SEED_CKPT_PAGE, (uint8_t *)slots + p * CKPT_PAGE,
+                                                CKPT_PAGE));
+    char *cp = ckpt_path_of(l->path);
+    char suffix[48];
+    snprintf(suffix, sizeof(suffix), ".tmp.%ld", (long)getpid());
+    char *tmp = cp ? path_with(cp, suffix) : NULL;
+    if (tmp == NULL) {
+        free(cp);
+        rc = FAB_ENOMEM;
+        goto out;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int e = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        (void)ofd_lock(fd, F_WRLCK, 0, 0);
+        e = write_all(&default_io, fd, buf, total, 0);
+        close(fd);
+        if (e == 0 && rename(tmp, cp) < 0)
+            e = errno;
+        if (e)
+            unlink(tmp);
+    }
+    free(tmp);
+    free(cp);
+    if (e)
+        rc = sys_fail(err, e, "writing the ledger's checkpoint");
+    else
+        l->ckpt_written++;
+out:
+    free(buf);
+    return rc;
+}
+
+/* Forgets the checkpoint (found corrupt) and rebuilds the index from the
+ * whole ledger. The file and its offsets stay: cursors stay valid. */
+static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger_error *err)
+{
+    ckpt_drop(&l->ck);
+    l->ck.bad = 0;
+    l->lazy_end = 0;
+    l->ckpt_state = FAB_CKPT_REBUILT;
+    fab_lindex_eq_fn eq = l->ix.eq;
+    void *ctx = l->ix.ctx;
+    fab_lindex_destroy(&l->ix);
+    fab_lindex_init(&l->ix, eq, ctx);
+    l->end = FAB_LEDGER_HEADER_SIZE;
+    l->records = l->duplicates = l->last_rec = 0;
+    l->salvage_skips = l->salvage_bytes = 0;
+    l->n_skips = 0;
+    uint64_t size = l->scanned_size;
+    struct stat sb;
+    if (fstat(l->fd, &sb) == 0)
+        size = (uint64_t)sb.st_size;
+    fab_ledger_scan_result mine;
+    return replay_scan(l, size, NULL, NULL, res ? res : &mine, err);
+}
+
+/* Replays [l->end, size) into the index (spec: Replay). A corrupt
+ * checkpoint page met on the way drops the checkpoint and replays the
+ * whole file instead. Under the lock (or before sharing). */
+static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
+                  fab_ledger_scan_result *res, fab_ledger_error *err)
+{
+    int rc = replay_scan(l, size, progress, pctx, res, err);
+    if (rc == FAB_OK || !l->ck.bad)
+        return rc;
+    return rebuild_locked(l, res, err);
+}
+
+/* ix_find, rebuilding first when the checkpoint turned out corrupt. */
+static int find_key(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off,
+                    fab_ledger_error *err)
+{
+    int found = ix_find(l, key, hash, off);
+    if (!l->ck.bad)
+        return found;
+    int rc = rebuild_locked(l, NULL, err);
+    if (rc < 0)
+        return rc;
+    return fab_lindex_find(&l->ix, key, fab_lindex_hash(&l->ix, key), off);
+}
+
+/* ======================================================================== */
 /* Following the file: others' appends, shrinking, replacement               */
 /* ======================================================================== */
 
@@ -804,6 +1173,8 @@ typedef struct file_view {
     size_t n_skips, cap_skips;
     uint64_t records, duplicates, torn_bytes, salvage_skips, salvage_bytes;
     size_t n_pending;
+    ckpt ck;
+    uint64_t lazy_end, last_rec;
     uint8_t header[FAB_LEDGER_HEADER_SIZE];
 } file_view;
 
@@ -826,6 +1197,9 @@ static void view_take(fab_ledger *l, file_view *v)
     v->salvage_skips = l->salvage_skips;
     v->salvage_bytes = l->salvage_bytes;
     v->n_pending = l->n_pending;
+    v->ck = l->ck;
+    v->lazy_end = l->lazy_end;
+    v->last_rec = l->last_rec;
     memcpy(v->header, l->header, sizeof(v->header));
 }
 
@@ -848,6 +1222,9 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->salvage_skips = v->salvage_skips;
     l->salvage_bytes = v->salvage_bytes;
     l->n_pending = v->n_pending;
+    l->ck = v->ck;
+    l->lazy_end = v->lazy_end;
+    l->last_rec = v->last_rec;
     memcpy(l->header, v->header, sizeof(l->header));
 }
 
@@ -858,6 +1235,7 @@ static void view_free(file_view *v)
     fab_lmap_release(v->map);
     fab_lindex_destroy(&v->ix);
     free(v->skips);
+    ckpt_drop(&v->ck);
 }
 
 /*
@@ -905,6 +1283,8 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     l->n_skips = l->cap_skips = 0;
     l->records = l->duplicates = l->torn_bytes = l->salvage_skips = l->salvage_bytes = 0;
     l->n_pending = 0;
+    memset(&l->ck, 0, sizeof(l->ck));
+    l->lazy_end = l->last_rec = 0;
     memcpy(l->header, h, sizeof(h));
     fab_ledger_scan_result res;
     rc = replay(l, (uint64_t)sb.st_size, NULL, NULL, &res, err);
@@ -1079,8 +1459,8 @@ static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
 
 /*
  * Removes the temporary files that dead processes left beside path: a
- * killed compaction's PATH.compact.tmp.PID and a killed creation's
- * PATH.tmp.PID. A file is removed only when its pid is not a live process
+ * killed compaction's PATH.compact.tmp.PID, a killed creation's
+ * PATH.tmp.PID and a killed checkpoint's PATH.ckpt.tmp.PID. A file is removed only when its pid is not a live process
  * and nobody holds a lock on it (a live compaction locks its file).
  * Best effort; returns how many were removed.
  */
@@ -1108,6 +1488,8 @@ static int remove_leftovers(const char *path)
         const char *rest = name + blen;
         if (strncmp(rest, ".compact.tmp.", 13) == 0)
             rest += 13;
+        else if (strncmp(rest, ".ckpt.tmp.", 10) == 0)
+            rest += 10;
         else if (strncmp(rest, ".tmp.", 5) == 0)
             rest += 5;
         else
@@ -1212,6 +1594,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
     l->durability = opt->durability;
     l->recover = opt->recover;
     l->exclusive = opt->mode == FAB_LEDGER_WRITE && opt->exclusive;
+    l->use_ckpt = !opt->no_checkpoint && opt->recover == FAB_RECOVER_STRICT;
     l->io = opt->io ? *opt->io : default_io;
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cond, NULL);
@@ -1293,9 +1676,15 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         if ((rc = check_header(l->header, (uint64_t)got, err)) != FAB_OK)
             goto fail;
         fab_ledger_scan_result res;
-        l->end = FAB_LEDGER_HEADER_SIZE;
+        l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+        if ((rc = ensure_map(l, (uint64_t)sb.st_size, err)) != FAB_OK)
+            goto fail;
+        if (l->use_ckpt)
+            ckpt_load(l, (uint64_t)sb.st_size);
+        uint64_t from_ckpt = l->records;
         if ((rc = replay(l, (uint64_t)sb.st_size, opt->progress, opt->progress_ctx, &res, err)) != FAB_OK)
             goto fail;
+        l->open_replayed = l->ck.base ? l->records - from_ckpt : l->records;
         if (res.torn_at != NONE && writer) {
             /* Cut it now, under the append lock (it may also be another
              * writer's append in progress: then it is complete by the
@@ -1311,6 +1700,13 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         if (opt->progress)
             opt->progress(opt->progress_ctx, (uint64_t)sb.st_size, (uint64_t)sb.st_size);
         break;
+    }
+    if (l->use_ckpt && l->open_replayed >= CKPT_AUTO) {
+        /* Best effort: a read-only directory, a full disk only cost the
+         * next open its time. */
+        pthread_mutex_lock(&l->mu);
+        (void)ckpt_write_locked(l, NULL);
+        pthread_mutex_unlock(&l->mu);
     }
     l->open_ns = now_ns(CLOCK_MONOTONIC) - t0;
     reg_add(l);
@@ -1332,6 +1728,7 @@ void fab_ledger_close(fab_ledger *l)
         close(l->fd); /* releases this handle's OFD locks */
     fab_lmap_release(l->map);
     fab_lindex_destroy(&l->ix);
+    ckpt_drop(&l->ck);
     free(l->skips);
     free(l->path);
     pthread_cond_destroy(&l->cond);
@@ -1502,6 +1899,7 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
+    l->last_rec = off;
     l->records++;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
@@ -1609,17 +2007,19 @@ static int held_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash,
                        fab_ledger_error *err)
 {
     uint64_t off;
-    if (!fab_lindex_find(&l->ix, key, hash, &off))
-        return 0;
+    int found = find_key(l, key, hash, &off, err);
+    if (found <= 0)
+        return found;
     int rc = make_durable(l, off + 1, err);
     return rc < 0 ? rc : 1;
 }
 
-/* Whether key is indexed (no waiting). */
+/* Whether key is indexed (no waiting); a negative code when rebuilding
+ * after a corrupt checkpoint failed. */
 static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
 {
     uint64_t off;
-    return fab_lindex_find(&l->ix, key, hash, &off);
+    return find_key(l, key, hash, &off, NULL);
 }
 
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
@@ -1826,8 +2226,22 @@ static void fill_ref(fab_ledger *l, uint64_t off, int want_map, fab_ledger_ref *
 /* A lookup in the index of what is visible. Under the lock. */
 static int find_visible(fab_ledger *l, const uint8_t key[32], uint64_t *off)
 {
-    return fab_lindex_find(&l->ix, key, fab_lindex_hash(&l->ix, key), off) &&
+    return find_key(l, key, fab_lindex_hash(&l->ix, key), off, NULL) == 1 &&
            *off < l->visible_end;
+}
+
+/* A record below lazy_end was not validated at open (it came from the
+ * checkpoint): validate it the first time... every time it is read (the
+ * CRC of a small reply costs tens of nanoseconds). 0 or FAB_ECORRUPT. */
+static int check_lazy(fab_ledger *l, uint64_t off, fab_ledger_error *err)
+{
+    uint64_t size, claimed;
+    if (off >= l->lazy_end || rec_valid(l->map->base, l->end, off, &size, &claimed))
+        return FAB_OK;
+    set_err(err, FAB_ECORRUPT, 0, off, 1,
+            "ledger corrupt at offset %llu: the record the checkpoint names there is bad",
+            (unsigned long long)off);
+    return FAB_ECORRUPT;
 }
 
 int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
@@ -1846,10 +2260,20 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
             found = rc < 0 ? rc : rc > 0 ? find_visible(l, key, &off) : 0;
         }
     }
-    if (found == 1)
+    if (found == 1 && (found = check_lazy(l, off, err)) == FAB_OK) {
         fill_ref(l, off, want_map, ref);
+        found = 1;
+    }
     pthread_mutex_unlock(&l->mu);
     return found;
+}
+
+int fab_ledger_checkpoint(fab_ledger *l, fab_ledger_error *err)
+{
+    pthread_mutex_lock(&l->mu);
+    int rc = ckpt_write_locked(l, err);
+    pthread_mutex_unlock(&l->mu);
+    return rc;
 }
 
 uint64_t fab_ledger_generation(fab_ledger *l)
@@ -1863,7 +2287,7 @@ uint64_t fab_ledger_generation(fab_ledger *l)
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
-    size_t n = l->ix.count - l->n_pending;
+    size_t n = l->ix.count + (size_t)l->ck.count - l->n_pending;
     pthread_mutex_unlock(&l->mu);
     return n;
 }
@@ -1877,7 +2301,8 @@ static uint64_t skip_bad(const fab_ledger *l, uint64_t pos)
     return pos;
 }
 
-/* The next record at or after *pos below visible_end; 1 or 0 at the end. */
+/* The next record at or after *pos below visible_end; 1, 0 at the end, or
+ * FAB_ECORRUPT (a record named by the checkpoint is bad). */
 static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64_t *size)
 {
     if (*pos < FAB_LEDGER_HEADER_SIZE)
@@ -1886,6 +2311,8 @@ static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64
         *pos = skip_bad(l, *pos);
     if (*pos >= l->visible_end)
         return 0;
+    if (*pos < l->lazy_end && check_lazy(l, *pos, NULL) != FAB_OK)
+        return FAB_ECORRUPT; /* never walk by an unvalidated length */
     const uint8_t *p = l->map->base + *pos;
     *rec = p;
     *size = FAB_LEDGER_REC_OVERHEAD + rec_payload_len(p);
@@ -1909,18 +2336,24 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
     }
     const uint8_t *p;
     uint64_t size;
-    while (next_record(l, &pos->off, &p, &size)) {
+    int more;
+    while ((more = next_record(l, &pos->off, &p, &size)) > 0) {
         uint64_t off = pos->off, at;
         pos->off += size;
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (fab_lindex_find(&l->ix, k, fab_lindex_hash(&l->ix, k), &at) && at == off) {
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) == 1 && at == off) {
             memcpy(key, k, 32);
             fill_ref(l, off, want_map, ref);
             rc = 1;
             break;
         }
+    }
+    if (more < 0) {
+        set_err(err, FAB_ECORRUPT, 0, pos->off, 1, "ledger corrupt at offset %llu",
+                (unsigned long long)pos->off);
+        rc = FAB_ECORRUPT;
     }
 out:
     pthread_mutex_unlock(&l->mu);
@@ -1934,6 +2367,8 @@ int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_curs
     int rc = check_size_locked(l, NULL);
     if (rc == FAB_OK && !find_visible(l, key, &off))
         rc = FAB_ENOTFOUND;
+    if (rc == FAB_OK)
+        rc = check_lazy(l, off, NULL);
     if (rc == FAB_OK && l->map->base[off + 4] != FAB_REC_STREAM_END)
         rc = FAB_ETYPE;
     if (rc == FAB_OK) {
@@ -1964,7 +2399,7 @@ int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
     }
     const uint8_t *p;
     uint64_t size;
-    while (c->pos < c->end && next_record(l, &c->pos, &p, &size)) {
+    while (c->pos < c->end && next_record(l, &c->pos, &p, &size) > 0) {
         uint64_t off = c->pos;
         c->pos += size;
         if (p[4] != FAB_REC_STREAM_CHUNK ||
@@ -1989,7 +2424,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&l->mu);
     st->records = l->records;
-    st->keys = l->ix.count - l->n_pending;
+    st->keys = l->ix.count + l->ck.count - l->n_pending;
     st->bytes = l->end;
     st->duplicates = l->duplicates;
     st->torn_tails_cut = l->torn_cut;
@@ -2006,6 +2441,11 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->foreign_records = l->foreign_records;
     st->leftovers_removed = l->leftovers_removed;
     st->exclusive = l->exclusive;
+    st->ckpt_state = l->ckpt_state;
+    st->ckpt_covered = l->ck.base ? l->ck.covered : 0;
+    st->ckpt_keys = l->ck.base ? l->ck.count : 0;
+    st->ckpt_written = l->ckpt_written;
+    st->open_replayed = l->open_replayed;
     memcpy(st->creator, l->header + 24, FAB_LEDGER_CREATOR_LEN);
     dev_t dev = l->dev;
     ino_t ino = l->ino;
@@ -2090,14 +2530,16 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
         l->visible_end = limit; /* next_record stops at visible_end */
         int more = next_record(l, pos, &p, &size);
         l->visible_end = end_was;
-        if (!more)
+        if (more < 0)
+            o->e = EIO; /* a bad record the checkpoint names: never copy garbage */
+        if (more <= 0)
             break;
         uint64_t off = *pos;
         *pos += size;
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (!fab_lindex_find(&l->ix, k, fab_lindex_hash(&l->ix, k), &at) || at != off)
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) != 1 || at != off)
             continue;
         if (p[4] == FAB_REC_REPLY) {
             out_write(o, p, (size_t)size); /* a REPLY holds no offsets: copy verbatim */
@@ -2117,7 +2559,9 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
             l->visible_end = off;
             int ok = next_record(l, &cpos, &c, &csize);
             l->visible_end = end_was2;
-            if (!ok)
+            if (ok < 0)
+                o->e = EIO;
+            if (ok <= 0)
                 break;
             cpos += csize;
             if (c[4] != FAB_REC_STREAM_CHUNK || fab_load_le64(c + FAB_LEDGER_REC_OVERHEAD) != begin)
@@ -2232,6 +2676,12 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn p
     if (rename(tmp, target) < 0) {
         e = errno;
         goto done;
+    }
+    if (inplace) { /* the checkpoint describes the old file */
+        char *cp = ckpt_path_of(target);
+        if (cp)
+            unlink(cp);
+        free(cp);
     }
     what = "syncing the compacted ledger's directory";
     e = fsync_dir_of(target);

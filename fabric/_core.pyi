@@ -272,6 +272,7 @@ class EvalCassette:
         progress: Callable[[int, int], object] | None = None,
         created_ns: int = 0,
         exclusive: bool = False,
+        checkpoint: bool = True,
     ) -> Self: ...
     @classmethod
     def from_ledger(
@@ -280,6 +281,7 @@ class EvalCassette:
         *,
         recover: _Recover = "strict",
         progress: Callable[[int, int], object] | None = None,
+        checkpoint: bool = True,
     ) -> EvalCassette: ...
     @property
     def path(self) -> str: ...
@@ -309,6 +311,7 @@ class EvalCassette:
     def sync(self) -> None: ...
     def flush(self) -> None: ...
     def refresh(self) -> int: ...
+    def checkpoint(self) -> None: ...
     def compact(
         self,
         dest: StrOrBytesPath | None = None,

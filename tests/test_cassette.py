@@ -438,6 +438,35 @@ def test_corruption_sampled_never_returns_changed_reply(tmp_path):
             assert exc.offset <= pos
 
 
+def test_checkpoint_makes_open_replay_only_the_tail(path):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(500):
+            c.record(key(i), {"i": i})
+        c.checkpoint()
+        for i in range(500, 530):
+            c.record(key(i), {"i": i})
+    ckpt = path + ".ckpt"
+    assert os.path.exists(ckpt)
+    with EvalCassette(path, "r") as r:
+        s = r.stats()
+        assert s["checkpoint"]["state"] == "used" and s["checkpoint"]["keys"] == 500
+        assert s["open_replayed"] == 30 and len(r) == 530
+        assert all(r.get(key(i)) == {"i": i} for i in range(530))
+        assert sorted(v["i"] for _, v in r.items()) == list(range(530))
+    # a damaged checkpoint is never believed: every reply stays right
+    data = bytearray(open(ckpt, "rb").read())
+    for pos in (0, 40, 5000, len(data) - 1):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0xFF
+        open(ckpt, "wb").write(damaged)
+        with EvalCassette(path, "r") as r:
+            assert all(r.get(key(i)) == {"i": i} for i in range(530))
+            assert r.stats()["checkpoint"]["state"] in ("ignored", "rebuilt")
+    os.unlink(ckpt)
+    with EvalCassette(path, "r", checkpoint=False) as r:
+        assert r.stats()["checkpoint"]["state"] == "none" and r.stats()["open_replayed"] == 530
+
+
 def test_golden_ledger():
     """The committed golden file: written by this code, read by the reference."""
     data = GOLDEN.read_bytes()

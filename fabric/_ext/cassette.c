@@ -613,7 +613,7 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
 
 static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode, int durability,
                                int recover, PyObject *progress, uint64_t created_ns,
-                               int exclusive)
+                               int exclusive, int checkpoint)
 {
     fab_state *st = fab_state_from_type(type);
     if (st == NULL)
@@ -631,6 +631,7 @@ static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode,
     opt.recover = recover;
     opt.created_ns = created_ns;
     opt.exclusive = exclusive;
+    opt.no_checkpoint = !checkpoint;
     if (progress && progress != Py_None) {
         opt.progress = progress_cb;
         opt.progress_ctx = progress;
@@ -667,13 +668,13 @@ static const char *const recover_names[] = {"strict", "salvage"};
 static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "mode", "durability", "recover", "progress", "created_ns",
-                             "exclusive", NULL};
+                             "exclusive", "checkpoint", NULL};
     PyObject *path, *mode_o = NULL, *dur_o = NULL, *rec_o = NULL, *progress = NULL;
     unsigned long long created_ns = 0;
-    int exclusive = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOKp:EvalCassette", kwlist, &path,
+    int exclusive = 0, checkpoint = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOKpp:EvalCassette", kwlist, &path,
                                      &mode_o, &dur_o, &rec_o, &progress, &created_ns,
-                                     &exclusive))
+                                     &exclusive, &checkpoint))
         return NULL;
     int mode = FAB_LEDGER_WRITE, dur = FAB_DUR_GROUP, rec = FAB_RECOVER_STRICT;
     if (parse_choice(mode_o, "mode", mode_names, 2, &mode) < 0 ||
@@ -684,21 +685,23 @@ static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
         return NULL;
     }
-    return cassette_open(type, path, mode, dur, rec, progress, created_ns, exclusive);
+    return cassette_open(type, path, mode, dur, rec, progress, created_ns, exclusive,
+                         checkpoint);
 }
 
 static PyObject *Cassette_from_ledger(PyObject *cls, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "recover", "progress", NULL};
+    static char *kwlist[] = {"path", "recover", "progress", "checkpoint", NULL};
     PyObject *path, *rec_o = NULL, *progress = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OO:from_ledger", kwlist, &path, &rec_o,
-                                     &progress))
+    int checkpoint = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOp:from_ledger", kwlist, &path, &rec_o,
+                                     &progress, &checkpoint))
         return NULL;
     int rec = FAB_RECOVER_STRICT;
     if (parse_choice(rec_o, "recover", recover_names, 2, &rec) < 0)
         return NULL;
     return cassette_open((PyTypeObject *)cls, path, FAB_LEDGER_READ, FAB_DUR_OS, rec, progress, 0,
-                         0);
+                         0, checkpoint);
 }
 
 static void Cassette_dealloc(PyObject *self)
@@ -981,6 +984,16 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
               PyDict_SetItemString(d, "foreign_records", fr) < 0 ||
               PyDict_SetItemString(d, "leftovers_removed", lr) < 0 ||
               PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0;
+    static const char *const ckpt_names[] = {"none", "used", "ignored", "rebuilt"};
+    PyObject *ck = bad ? NULL : Py_BuildValue(
+        "{s:s,s:K,s:K,s:K}", "state", ckpt_names[s.ckpt_state & 3], "covered_bytes",
+        (unsigned long long)s.ckpt_covered, "keys", (unsigned long long)s.ckpt_keys, "written",
+        (unsigned long long)s.ckpt_written);
+    PyObject *orp = ck ? PyLong_FromUnsignedLongLong(s.open_replayed) : NULL;
+    bad = bad || orp == NULL || PyDict_SetItemString(d, "checkpoint", ck) < 0 ||
+          PyDict_SetItemString(d, "open_replayed", orp) < 0;
+    Py_XDECREF(ck);
+    Py_XDECREF(orp);
     Py_XDECREF(w);
     Py_XDECREF(r);
     Py_XDECREF(fr);
@@ -1102,6 +1115,23 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
+static PyObject *Cassette_checkpoint(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_checkpoint(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Cassette_close(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     CassetteObject *c = (CassetteObject *)self;
@@ -1219,11 +1249,16 @@ static PyMethodDef Cassette_methods[] = {
      "may keep it open and appending; they move to the new file at their next append, miss "
      "or refresh(). Leftover temporary files of dead processes are removed first. "
      "progress: callable(done, total), called as source bytes are copied."},
+    {"checkpoint", Cassette_checkpoint, METH_NOARGS,
+     "checkpoint($self, /)\n--\n\nWrites a checkpoint of the index beside the ledger "
+     "(PATH.ckpt, docs/spec/ledger.md), so that the next open replays only the records "
+     "appended after it. An open that replays 65,536 records or more writes one by itself. "
+     "Safe to delete at any time; a stale or damaged one is detected and ignored."},
     {"close", Cassette_close, METH_NOARGS,
      "close($self, /)\n--\n\nCloses the ledger (and releases its locks)."},
     {"from_ledger", (PyCFunction)(void (*)(void))Cassette_from_ledger,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_ledger($cls, path, *, recover='strict', progress=None)\n--\n\n"
+     "from_ledger($cls, path, *, recover='strict', progress=None, checkpoint=True)\n--\n\n"
      "Opens the ledger at path for replay (read-only, mode=\"r\")."},
     {"__enter__", Cassette_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Cassette_exit, METH_FASTCALL, NULL},
@@ -1241,7 +1276,7 @@ static PyGetSetDef Cassette_getset[] = {
 static PyType_Slot Cassette_slots[] = {
     {Py_tp_doc,
      "EvalCassette(path, mode='a', durability='group', *, recover='strict', progress=None, "
-     "created_ns=0, exclusive=False)\n--\n\n"
+     "created_ns=0, exclusive=False, checkpoint=True)\n--\n\n"
      "A durable, crash-safe record of evaluation replies keyed by ContentKey, kept in an "
      "append-only ledger file (docs/spec/ledger.md).\n\n"
      "mode: \"a\" opens for appending (creating the file), \"r\" for reading. Any number of "
@@ -1254,7 +1289,9 @@ static PyType_Slot Cassette_slots[] = {
      "\"group\" (concurrent records share one fdatasync; still durable on return) or \"os\". "
      "recover: \"strict\" refuses a corrupt ledger with LedgerCorruptionError, \"salvage\" "
      "skips bad records. progress: callable(done, total) during replay. created_ns: the "
-     "creation time written into a new ledger (0 = now), for reproducible files."},
+     "creation time written into a new ledger (0 = now), for reproducible files. "
+     "checkpoint: use (and write) the index checkpoint PATH.ckpt so that open replays only "
+     "the records after it; False replays (and checks) the whole ledger."},
     {Py_tp_new, Cassette_new},
     {Py_tp_dealloc, Cassette_dealloc},
     {Py_tp_repr, Cassette_repr},

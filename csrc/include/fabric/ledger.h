@@ -72,7 +72,16 @@ typedef struct fab_ledger_options {
     fab_ledger_progress_fn progress; /* may be NULL */
     void *progress_ctx;
     int exclusive;         /* writer: refuse other writers (FAB_ELOCKED) while open */
+    int no_checkpoint;     /* neither use nor write the checkpoint (a full replay) */
 } fab_ledger_options;
+
+/* What became of the checkpoint beside the ledger (spec: Checkpoint). */
+enum fab_ledger_ckpt_state {
+    FAB_CKPT_NONE = 0,     /* none there (or checkpoints off) */
+    FAB_CKPT_USED = 1,     /* open replayed only the records after it */
+    FAB_CKPT_IGNORED = 2,  /* there, but stale, torn or not this ledger's: full replay */
+    FAB_CKPT_REBUILT = 3,  /* a page failed its checksum in use: index rebuilt from the ledger */
+};
 
 /* Everything known about a failure, for precise messages. */
 typedef struct fab_ledger_error {
@@ -118,6 +127,11 @@ typedef struct fab_ledger_stats {
     uint64_t reloads;        /* moves to a replaced file, or re-replays after a shrink */
     uint64_t foreign_records; /* records replayed that other handles appended after open */
     uint64_t leftovers_removed; /* temporary files of dead processes removed */
+    int ckpt_state;          /* enum fab_ledger_ckpt_state */
+    uint64_t ckpt_covered;   /* ledger bytes the checkpoint in use covers, 0 without */
+    uint64_t ckpt_keys;
+    uint64_t ckpt_written;   /* checkpoints written by this handle */
+    uint64_t open_replayed;  /* records open replayed from the ledger itself */
     int writers;             /* handles (any process) open for writing, from /proc/locks; -1 unknown */
     int exclusive;
     int version;
@@ -195,6 +209,11 @@ int fab_ledger_sync(fab_ledger *l, fab_ledger_error *err);
  * restore) or shrank. Returns the number of records replayed (after a move,
  * every record of the new file), or FAB_ECORRUPT / FAB_EIO / FAB_EFORMAT. */
 int fab_ledger_refresh(fab_ledger *l, fab_ledger_error *err);
+
+/* Writes a checkpoint of the index beside the ledger now (PATH.ckpt; spec:
+ * Checkpoint). 0, FAB_ESTATE (salvaged ledger, records waiting for their
+ * sync, or checkpoints off), FAB_EIO or FAB_ENOMEM. */
+int fab_ledger_checkpoint(fab_ledger *l, fab_ledger_error *err);
 
 /* The ledger's generation: incremented each time it moves to another file. */
 uint64_t fab_ledger_generation(fab_ledger *l);
