@@ -640,8 +640,6 @@ int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger
 static int key_eq(void *ctx, uint64_t value, const uint8_t key[32])
 {
     fab_ledger *l = ctx;
-    if (value > l->end || l->end - value < FAB_LEDGER_REC_OVERHEAD)
-        return 0; /* only a corrupt checkpoint names such an offset */
     return memcmp(l->map->base + value + FAB_LEDGER_REC_HEADER, key, 32) == 0;
 }
 
@@ -901,7 +899,8 @@ static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64
         if (sl->hash == 0)
             return 0;
         if (sl->hash == hash) {
-            if (sl->value < FAB_LEDGER_HEADER_SIZE || sl->value >= c->covered) {
+            if (sl->value < FAB_LEDGER_HEADER_SIZE || sl->value >= c->covered ||
+                c->covered - sl->value < FAB_LEDGER_REC_OVERHEAD) {
                 c->bad = 1;
                 return 0;
             }
@@ -1996,8 +1995,8 @@ static int commit_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash, ui
     uint64_t gen = l->gen;
     l->n_pending++;
     int rc = make_durable(l, off + 1, err);
-    if (l->gen == gen)
-        l->n_pending--;
+    if (rc == FAB_OK && l->gen == gen)
+        l->n_pending--; /* a record whose sync failed stays pending: never counted */
     return rc;
 }
 

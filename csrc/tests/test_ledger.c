@@ -901,6 +901,75 @@ static void test_checkpoint(void)
     free(cimg);
 }
 
+/* Replay keeps the first of two committed records of one key (first
+ * write wins on replay): an index insert that overwrote would return the
+ * second. Two records are written by hand after one written by the API. */
+static void test_replay_keeps_first(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "first.fabl");
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32], other[32];
+    key_of(key, 7);
+    key_of(other, 8);
+    CHECK_EQ(fab_ledger_record(l, key, "\x01", 1, NULL), 1);
+    CHECK_EQ(fab_ledger_record(l, other, "\x02", 1, NULL), 1);
+    fab_ledger_close(l);
+    int fd = open(path, O_WRONLY | O_APPEND);
+    uint8_t rec[FAB_LEDGER_REC_OVERHEAD + 1];
+    for (int i = 0; i < 2; i++) { /* a second and a third record for key */
+        uint8_t v = (uint8_t)(0x10 + i);
+        fab_ledger_make_rec_header(rec, FAB_REC_REPLY, key, &v, 1);
+        memcpy(rec + FAB_LEDGER_REC_HEADER, key, 32);
+        rec[FAB_LEDGER_REC_OVERHEAD] = v;
+        CHECK_EQ(write(fd, rec, sizeof(rec)), (long long)sizeof(rec));
+    }
+    close(fd);
+    for (int mode = FAB_LEDGER_READ; mode <= FAB_LEDGER_WRITE; mode++) {
+        l = open_ledger(path, mode, FAB_DUR_OS, 0, NULL, NULL, NULL);
+        fab_ledger_ref ref;
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.data[0], 1);
+        fab_ledger_stats st;
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.keys, 2);
+        CHECK_EQ(st.duplicates, 2);
+        fab_ledger_close(l);
+    }
+}
+
+/* A record whose fdatasync failed stays invisible: the count is unchanged
+ * and the key cannot be looked up (moving the visible end before checking
+ * the sync's result would show it). */
+static int fail_sync(int fd)
+{
+    (void)fd;
+    errno = EIO;
+    return -1;
+}
+
+static void test_failed_sync_invisible(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "nosync.fabl");
+    fab_ledger_io io = {pwrite, fail_sync, ftruncate};
+    for (int dur = FAB_DUR_FSYNC; dur <= FAB_DUR_GROUP; dur++) {
+        unlink(path);
+        fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+        uint8_t key[32];
+        key_of(key, 1);
+        CHECK_EQ(fab_ledger_record(l, key, "\x01", 1, NULL), 1);
+        fab_ledger_close(l);
+        l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0, &io, NULL, NULL);
+        key_of(key, 2);
+        CHECK_EQ(fab_ledger_record(l, key, "\x02", 1, NULL), FAB_EIO);
+        fab_ledger_ref ref;
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 0);
+        CHECK_EQ(fab_ledger_count(l), 1);
+        fab_ledger_close(l);
+    }
+}
+
 static void test_bad_files(void)
 {
     char path[512];
@@ -1013,6 +1082,8 @@ int main(void)
         {"compact_in_place", test_compact_in_place},
         {"shrink", test_shrink},
         {"checkpoint", test_checkpoint},
+        {"replay_keeps_first", test_replay_keeps_first},
+        {"failed_sync_invisible", test_failed_sync_invisible},
         {"bad_files", test_bad_files},
         {"group_commit", test_group_commit},
         {"index_many", test_index_many},
