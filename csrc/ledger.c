@@ -1310,8 +1310,9 @@ static int replaced(const fab_ledger *l)
 }
 
 /*
- * Catches up with the file: moves to a replaced (check_path) or shrunk
- * file, else replays what others appended since the last replay (stopping
+ * Catches up with the file: moves to a replaced or shrunk file (check_path
+ * 1: stat the path; 2: only when the open file has no name left, which a
+ * rename over it causes; 0: never), else replays what others appended since the last replay (stopping
  * before a torn tail, which may be an append in progress). Under the lock.
  * Returns the records replayed (>= 0) or an error.
  */
@@ -1321,7 +1322,9 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
     if (fstat(l->fd, &sb) < 0)
         return sys_fail(err, errno, "examining the ledger");
     uint64_t size = (uint64_t)sb.st_size;
-    if (size < l->end || (check_path && replaced(l)))
+    /* check_path 2 (a miss): only when the open file lost its name */
+    if (size < l->end || (check_path == 1 && replaced(l)) ||
+        (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
         return reload_locked(l, err);
     if (size == l->scanned_size || size <= l->end)
         return 0;
@@ -1818,7 +1821,9 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             return rc;
         }
         uint64_t size = (uint64_t)sb.st_size;
-        if (size < l->end || (!l->exclusive && replaced(l))) {
+        /* A file renamed over ours (a compaction, a restore) leaves ours
+         * with no name: one fstat tells, no path lookup per append. */
+        if (size < l->end || (!l->exclusive && sb.st_nlink == 0 && replaced(l))) {
             end_append(l);
             if ((rc = reload_locked(l, err)) < 0)
                 return rc;
@@ -2255,7 +2260,7 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
         found = find_visible(l, key, &off);
         if (!found) {
             /* A miss looks at the file: others' appends, a replacement. */
-            int rc = catch_up_locked(l, 1, err);
+            int rc = catch_up_locked(l, 2, err);
             found = rc < 0 ? rc : rc > 0 ? find_visible(l, key, &off) : 0;
         }
     }
