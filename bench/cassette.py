@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 import diskcache
 
-import fabric
-from fabric import EvalCassette
+# bench/fabric.py (the fabrics benchmark) would shadow the package when this
+# file runs as a script: drop this directory from the import path.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _here]
+
+import fabric  # noqa: E402
+from fabric import EvalCassette  # noqa: E402
 
 GROUP_THREADS = (8, 16, 32, 64)
 
@@ -166,17 +174,151 @@ def bench_replay(tmp, n, reply_size):
         for _ in range(n):
             record(key(os.urandom(32)), value)
     size = os.path.getsize(p)
-    t = best(lambda: EvalCassette.from_ledger(p).close(), 3)
-    with EvalCassette.from_ledger(p) as c:
+    # checkpoint=False: the full replay (an open with a checkpoint replays
+    # only the tail: bench_open_process)
+    t = best(lambda: EvalCassette.from_ledger(p, checkpoint=False).close(), 3)
+    with EvalCassette.from_ledger(p, checkpoint=False) as c:
         s = c.stats()
     os.unlink(p)
     return n / t, size / t / 1e9, s["index_bytes_per_key"], size
+
+
+OPEN_FABRIC = """
+import sys
+from fabric import ContentKey, EvalCassette
+c = EvalCassette.from_ledger(sys.argv[1])
+assert c.get(ContentKey(bytes.fromhex(sys.argv[2]))) is not None
+print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+"""
+OPEN_SQLITE = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+assert db.execute("select v from t where k = ?", (bytes.fromhex(sys.argv[2]),)).fetchone()
+print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+"""
+OPEN_SQLITE_FABRIC = "import fabric\n" + OPEN_SQLITE
+
+
+def _process(script, *args):
+    """Wall seconds and peak RSS (MiB, the process's own VmHWM, which exec
+    resets: ru_maxrss would count the forking parent) of one short-lived
+    Python process."""
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", script, *args], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    wall = time.perf_counter() - t
+    return wall, int(out.split()[-1]) / 1024 if out.strip() else 0.0
+
+
+def bench_open_process(tmp, n, rounds=7):
+    """A whole short-lived process that opens an n-record store and answers
+    one get, against sqlite3 (open + one indexed select) on the same data,
+    and sqlite3 in a process that also imports fabric. Best wall time and
+    its peak RSS over interleaved rounds; page cache warm."""
+    p = os.path.join(tmp, f"open-{n}.fabl")
+    q = os.path.join(tmp, f"open-{n}.db")
+    value = {"v": 1}
+    ks = [os.urandom(32) for _ in range(n)]
+    with EvalCassette(p, durability="os") as c:
+        record, key = c.record, fabric.ContentKey
+        for k in ks:
+            record(key(k), value)
+        c.checkpoint()
+    db = sqlite3.connect(q, isolation_level=None)
+    db.execute("create table t (k blob primary key, v blob)")
+    db.execute("begin")
+    db.executemany("insert into t values (?, ?)",
+                   ((k, fabric.canonical_bytes(value)) for k in ks))
+    db.execute("commit")
+    db.close()
+    probe = random.Random(n).choice(ks).hex()
+    results = {"fabric": [], "sqlite3": [], "sqlite3 + import fabric": []}
+    for _ in range(rounds):
+        results["fabric"].append(_process(OPEN_FABRIC, p, probe))
+        results["sqlite3"].append(_process(OPEN_SQLITE, q, probe))
+        results["sqlite3 + import fabric"].append(_process(OPEN_SQLITE_FABRIC, q, probe))
+    import_only = min(_process("import fabric")[0] for _ in range(rounds))
+    with EvalCassette.from_ledger(p) as c:
+        assert c.stats()["checkpoint"]["state"] == "used"
+    os.unlink(p)
+    os.unlink(p + ".ckpt")
+    os.unlink(q)
+    return {name: min(r) for name, r in results.items()}, import_only
+
+
+WRITER_PROC = """
+import os, sys, time
+from fabric import ContentKey, EvalCassette
+path, n, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ks = [ContentKey(os.urandom(32)) for _ in range(n)]
+c = EvalCassette(path, durability=mode)
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.perf_counter()
+for k in ks:
+    c.record(k, b"v" * 100)
+print(time.perf_counter() - t, flush=True)
+"""
+
+SQLITE_WRITER = """
+import os, sqlite3, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+db = sqlite3.connect(path, isolation_level=None, timeout=60)
+db.execute("pragma synchronous=normal")
+ks = [os.urandom(32) for _ in range(n)]
+print("ready", flush=True)
+sys.stdin.readline()
+t = time.perf_counter()
+for k in ks:
+    db.execute("insert into t values (?, ?)", (k, b"v" * 100))
+print(time.perf_counter() - t, flush=True)
+"""
+
+
+def _writers(script, n_proc, args):
+    """Starts n_proc writer processes, releases them together (a line on
+    each stdin after every one said ready), returns aggregate records/s."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(n_proc)]
+    for pr in procs:
+        assert pr.stdout.readline() == "ready\n"
+    t = time.perf_counter()
+    for pr in procs:
+        pr.stdin.write("go\n")
+        pr.stdin.flush()
+    for pr in procs:
+        pr.stdout.readline()
+        pr.wait()
+    return time.perf_counter() - t
+
+
+def bench_writer_processes(tmp, n):
+    out = {}
+    for mode, count in (("os", n), ("group", max(200, n // 100))):
+        for n_proc in (1, 2, 4):
+            p = os.path.join(tmp, f"w-{mode}-{n_proc}.fabl")
+            wall = _writers(WRITER_PROC, n_proc, (p, str(count), mode))
+            out[f"{mode}, {n_proc} process(es)"] = n_proc * count / wall
+            with EvalCassette(p, "r") as c:
+                assert len(c) == n_proc * count
+            os.unlink(p)
+    q = os.path.join(tmp, "w.db")
+    db = sqlite3.connect(q, isolation_level=None)
+    db.execute("pragma journal_mode=wal")
+    db.execute("create table t (k blob primary key, v blob)")
+    db.close()
+    count = max(200, n // 20)
+    wall = _writers(SQLITE_WRITER, 2, (q, str(count)))
+    out["sqlite3 WAL autocommit, 2 processes"] = 2 * count / wall
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=200_000, help="appends with os durability")
     ap.add_argument("--replay", type=int, default=1_000_000, help="records in the replay ledgers")
+    ap.add_argument("--open", type=int, nargs="*", default=[1_000_000],
+                    help="store sizes for the open-and-one-get process (e.g. 1000000 5000000)")
     ap.add_argument("--replay-big", type=int, default=1024,
                     help="reply size (bytes) of the second replay ledger (GB/s figure)")
     args = ap.parse_args()
@@ -193,6 +335,18 @@ def main():
                 print(f"  {name:<34} {rate[0]:>12,.0f}   {rate[1]:6.1f} records per fdatasync")
             else:
                 print(f"  {name:<34} {rate:>12,.0f}")
+        for n in args.open:
+            res, imp = bench_open_process(tmp, n)
+            f, sq, sqf = res["fabric"], res["sqlite3"], res["sqlite3 + import fabric"]
+            print(f"a process that opens a {n:,}-record store and answers one get "
+                  f"(checkpoint; best of 7):")
+            print(f"  fabric {f[0]*1e3:6.1f} ms {f[1]:5.1f} MiB   sqlite3 {sq[0]*1e3:6.1f} ms "
+                  f"{sq[1]:5.1f} MiB   sqlite3 + import fabric {sqf[0]*1e3:6.1f} ms "
+                  f"{sqf[1]:5.1f} MiB   -> {f[0]/sq[0]:.2f}x / {f[0]/sqf[0]:.2f}x time, "
+                  f"{f[1]/sq[1]:.2f}x RSS   (python -c 'import fabric': {imp*1e3:.1f} ms)")
+        print("writer processes on one cassette, 100 B replies (aggregate records/s):")
+        for name, rate in bench_writer_processes(tmp, args.records).items():
+            print(f"  {name:<38} {rate:>12,.0f}")
         for reply_size in (100, args.replay_big):
             rps, gbs, per_key, size = bench_replay(tmp, args.replay, reply_size)
             print(f"open/replay of {args.replay:,} records of {reply_size} B replies "

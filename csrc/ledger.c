@@ -6,13 +6,27 @@
  * released only around fdatasync, so concurrent appends can join one sync
  * (group commit). Records become visible to lookups when they are durable
  * per the mode: l->visible_end marks the durable prefix of the file.
+ *
+ * Between processes (spec: Concurrency): open file description (OFD) locks
+ * on two bytes far beyond any real end of the ledger file. LOCK_WRITERS:
+ * every writer holds a shared lock for the life of its handle, an exclusive
+ * writer an exclusive one. LOCK_APPEND: held exclusively for one append
+ * (under l->mu, never across fdatasync); the holder re-reads the file's end
+ * and replays what others appended before it writes. OFD locks belong to
+ * the open file, not the process, so two handles of one process exclude
+ * each other like two processes do, and closing one never drops the
+ * other's lock. A forked child shares its parent's open files (and so
+ * their locks): the pthread_atfork child handler marks every ledger, and
+ * the child's first append reopens the path.
  */
 #include "fabric/ledger.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,6 +35,8 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +55,20 @@ static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 #define PROGRESS_STEP ((uint64_t)16 << 20)
 #define SMALL_RECORD 16384
 #define NONE UINT64_MAX
+
+/* The lock bytes (see the top of this file and the spec). */
+#define LOCK_APPEND ((off_t)1 << 62)
+#define LOCK_WRITERS (LOCK_APPEND + 1)
+/* A classic (per-process) POSIX lock, only a hint for people: it makes
+ * each writer process and its pid visible in /proc/locks (OFD locks show
+ * no pid there). It vanishes when the process closes any descriptor of
+ * the file, so nothing relies on it. */
+#define LOCK_PID (LOCK_APPEND + 2)
+/* Compaction copies this many bytes between progress reports, letting
+ * other threads in. */
+#define COMPACT_STEP ((uint64_t)4 << 20)
+/* A writer retries this often when the file keeps being replaced. */
+#define MAX_MOVES 100
 
 /* ======================================================================== */
 /* Mappings                                                                  */
@@ -93,15 +123,40 @@ typedef struct skip_region {
     uint64_t start, end;
 } skip_region;
 
+/* A checkpoint file, mapped read-only (spec: Checkpoint). */
+typedef struct ckpt {
+    uint8_t *base;        /* the whole file, or NULL when none is used */
+    size_t len;
+    const fab_lindex_slot *slots;
+    uint64_t mask, count, covered, records, duplicates;
+    const uint8_t *page_crcs;
+    uint8_t *verified;    /* one bit per page of slots, checked once */
+    int bad;              /* a page failed its checksum: rebuild */
+} ckpt;
+
 struct fab_ledger {
     pthread_mutex_t mu;
     pthread_cond_t cond;
+    fab_ledger *reg_prev, *reg_next; /* the process's open ledgers (fork) */
     int fd;
-    int lock_fd;
     char *path;
-    int mode, durability, recover;
+    int mode, durability, recover, exclusive;
     fab_ledger_io io;
     uint8_t header[FAB_LEDGER_HEADER_SIZE];
+    dev_t dev;            /* of fd */
+    ino_t ino;
+    int forked;           /* fd and its locks are the parent's (after fork) */
+    int append_locked;    /* LOCK_APPEND held */
+    uint64_t gen;         /* incremented at each move to another file */
+    uint64_t scanned_size; /* file size at the last replay */
+    uint64_t reloads, foreign_records, leftovers_removed;
+    ckpt ck;              /* the mapped checkpoint, when one is used */
+    int use_ckpt;         /* read (and write) checkpoints */
+    int ckpt_state;       /* enum fab_ledger_ckpt_state */
+    uint64_t ckpt_written;
+    uint64_t last_rec;    /* offset of the last valid record, or 0 */
+    uint64_t open_replayed; /* records replayed at open (not from the checkpoint) */
+    uint64_t lazy_end;    /* records below were not validated at open (checkpoint) */
 
     fab_lmap *map;
     uint64_t end;         /* where the next record goes / end of the replayed region */
@@ -164,6 +219,146 @@ static int default_fdatasync(int fd) { return fdatasync(fd); }
 static int default_ftruncate(int fd, off_t len) { return ftruncate(fd, len); }
 
 static const fab_ledger_io default_io = {default_pwrite, default_fdatasync, default_ftruncate};
+
+/* ======================================================================== */
+/* Locks between processes                                                   */
+/* ======================================================================== */
+
+/* An OFD lock on one byte at at: type F_RDLCK, F_WRLCK or F_UNLCK; wait
+ * 1 blocks until granted; wait 2 takes a classic POSIX lock instead (no
+ * waiting). 0 or -1 with errno (EAGAIN: held by another). */
+static int ofd_lock(int fd, short type, off_t at, int wait)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = at;
+    fl.l_len = 1;
+    int rc;
+    do
+        rc = fcntl(fd, wait == 2 ? F_SETLK : wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0 && errno == EACCES)
+        errno = EAGAIN;
+    return rc;
+}
+
+/*
+ * Reads /proc/locks (Linux) for the file dev/ino: returns how many OFD
+ * locks are held on byte LOCK_WRITERS (writer handles, in any process) and
+ * sets *pid to the pid of a process holding an exclusive classic lock on
+ * LOCK_PID (0 when none or unknown). -1 when /proc/locks cannot be read.
+ */
+static int lock_holders(dev_t dev, ino_t ino, long *pid)
+{
+    *pid = 0;
+    FILE *f = fopen("/proc/locks", "re");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    int n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        char kind[16], adv[16], rw[16], start[32];
+        long p;
+        unsigned maj, min;
+        unsigned long long inode;
+        /* "1: OFDLCK ADVISORY  WRITE -1 08:01:5678 4611686018427387905 ..." */
+        char *s = strchr(line, ':');
+        if (s == NULL || strstr(line, "->") != NULL) /* a waiter, not a holder */
+            continue;
+        if (sscanf(s + 1, "%15s %15s %15s %ld %x:%x:%llu %31s", kind, adv, rw, &p, &maj, &min,
+                   &inode, start) != 8)
+            continue;
+        if ((dev_t)makedev(maj, min) != dev || (ino_t)inode != ino)
+            continue;
+        long long at = strtoll(start, NULL, 10);
+        if (strcmp(kind, "OFDLCK") == 0 && at == (long long)LOCK_WRITERS)
+            n++;
+        else if (strcmp(kind, "POSIX") == 0 && at == (long long)LOCK_PID &&
+                 strcmp(rw, "WRITE") == 0)
+            *pid = p;
+    }
+    fclose(f);
+    return n;
+}
+
+/* ======================================================================== */
+/* The process's open ledgers, for fork                                      */
+/* ======================================================================== */
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static fab_ledger *reg_head;
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+
+/* Before fork: no ledger is inside a critical section when the child is
+ * made (a thread in fdatasync holds no mutex). */
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&reg_mu);
+    for (fab_ledger *l = reg_head; l; l = l->reg_next)
+        pthread_mutex_lock(&l->mu);
+}
+
+static void atfork_parent(void)
+{
+    for (fab_ledger *l = reg_head; l; l = l->reg_next)
+        pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&reg_mu);
+}
+
+/* In the child, only the forking thread exists: nobody is syncing or
+ * waiting, and the file descriptors (with their locks) are the parent's. */
+static void atfork_child(void)
+{
+    for (fab_ledger *l = reg_head; l; l = l->reg_next) {
+        l->forked = 1;
+        l->append_locked = 0;
+        l->syncing = 0;
+        l->leader_waiting = 0;
+        l->n_pending = 0;
+        if (l->visible_end < l->end)
+            l->visible_end = l->end; /* the parent makes its own records durable */
+        pthread_cond_init(&l->cond, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&l->lead_cond, &ca);
+        pthread_condattr_destroy(&ca);
+        pthread_mutex_unlock(&l->mu);
+    }
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_init(void)
+{
+    (void)pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static void reg_add(fab_ledger *l)
+{
+    pthread_once(&reg_once, reg_init);
+    pthread_mutex_lock(&reg_mu);
+    l->reg_prev = NULL;
+    l->reg_next = reg_head;
+    if (reg_head)
+        reg_head->reg_prev = l;
+    reg_head = l;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_remove(fab_ledger *l)
+{
+    pthread_mutex_lock(&reg_mu);
+    if (l->reg_prev)
+        l->reg_prev->reg_next = l->reg_next;
+    else if (reg_head == l)
+        reg_head = l->reg_next;
+    if (l->reg_next)
+        l->reg_next->reg_prev = l->reg_prev;
+    l->reg_prev = l->reg_next = NULL;
+    pthread_mutex_unlock(&reg_mu);
+}
 
 /* ======================================================================== */
 /* Format                                                                    */
@@ -448,6 +643,20 @@ static int key_eq(void *ctx, uint64_t value, const uint8_t key[32])
     return memcmp(l->map->base + value + FAB_LEDGER_REC_HEADER, key, 32) == 0;
 }
 
+static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off);
+static char *path_with(const char *path, const char *suffix);
+static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t len, uint64_t off);
+
+/* Looks key up in the checkpoint and in the index of the records after
+ * it (one seed for both). On a corrupt checkpoint page, l->ck.bad is set
+ * and the answer is "absent": callers rebuild (find_key). */
+static int ix_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    if (fab_lindex_find(&l->ix, key, hash, off))
+        return 1;
+    return l->ck.base != NULL && ckpt_find(l, key, hash, off) == 1;
+}
+
 /*
  * Replay state. Inserting a key into a large index is a cache miss on a
  * random slot, which dominates replay of small records; the records ahead
@@ -531,8 +740,16 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
     if (!r->sized)
         replay_estimate(r, off);
     uint64_t hash = replay_hash(r, off, key);
+    l->last_rec = off;
     if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
         return FAB_OK;
+    uint64_t at;
+    if (l->ck.base != NULL && ckpt_find(l, key, hash, &at) == 1) {
+        l->duplicates++;
+        return FAB_OK;
+    }
+    if (l->ck.bad)
+        return FAB_ECORRUPT;
     int rc = fab_lindex_insert(&l->ix, key, hash, off, NULL);
     if (rc < 0)
         return rc;
@@ -581,8 +798,8 @@ static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
 }
 
 /* Replays [l->end, size) into the index. Under the lock (or before sharing). */
-static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
-                  fab_ledger_scan_result *res, fab_ledger_error *err)
+static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
+                       fab_ledger_scan_result *res, fab_ledger_error *err)
 {
     memset(res, 0, sizeof(*res));
     int rc = ensure_map(l, size, err);
@@ -597,9 +814,541 @@ static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress,
     l->records += res->records;
     l->salvage_skips += res->salvage_skips;
     l->salvage_bytes += res->salvage_bytes;
-    l->end = l->visible_end = res->valid_end;
+    l->end = res->valid_end;
+    /* Records of this process still waiting for their sync stay invisible;
+     * the sync that makes them visible covers everything before it. */
+    if (l->n_pending == 0)
+        l->visible_end = l->end;
     l->torn_bytes = res->torn_at != NONE ? size - res->torn_at : 0;
+    l->scanned_size = size;
     return FAB_OK;
+}
+
+/* ======================================================================== */
+/* Checkpoint (spec: Checkpoint)                                             */
+/* ======================================================================== */
+
+static uint16_t fab_load_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static void fab_store_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static const uint8_t CKPT_MAGIC[8] = {0x89, 'F', 'A', 'B', 'C', 'K', 'P', '\n'};
+#define CKPT_VERSION 1
+#define CKPT_HEAD 4096
+#define CKPT_PAGE 4096
+#define CKPT_MIN_CAP 256      /* slots: a whole number of pages */
+#define CKPT_SAMPLES 16
+#define CKPT_SAMPLE_LEN 512
+#define SEED_CKPT 0x434B5054u  /* "CKPT" */
+#define SEED_CKPT_PAGE 0x50414745u /* "PAGE" */
+/* A handle that replayed at least this many records at open writes a
+ * checkpoint (best effort). */
+#define CKPT_AUTO 65536
+
+static void ckpt_drop(ckpt *c)
+{
+    if (c->base)
+        munmap(c->base, c->len);
+    free(c->verified);
+    int bad = c->bad;
+    memset(c, 0, sizeof(*c));
+    c->bad = bad;
+}
+
+/* CRC32C of CKPT_SAMPLES windows spread evenly over [64, covered) of the
+ * ledger: ties a checkpoint to the ledger's content at a few page reads. */
+static uint32_t ckpt_samples(const uint8_t *base, uint64_t covered)
+{
+    uint32_t crc = SEED_CKPT;
+    uint64_t span = covered - FAB_LEDGER_HEADER_SIZE;
+    for (int i = 0; i < CKPT_SAMPLES; i++) {
+        uint64_t at = FAB_LEDGER_HEADER_SIZE + span * (uint64_t)i / CKPT_SAMPLES;
+        uint64_t n = covered - at < CKPT_SAMPLE_LEN ? covered - at : CKPT_SAMPLE_LEN;
+        crc = fab_crc32c(crc, base + at, (size_t)n);
+    }
+    return crc;
+}
+
+/* Checks the page of slots holding slot i once. 0, or -1 (l->ck.bad). */
+static int ckpt_page_ok(ckpt *c, uint64_t i)
+{
+    uint64_t page = i * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    if (c->verified[page >> 3] & (1u << (page & 7)))
+        return 0;
+    const uint8_t *p = (const uint8_t *)c->slots + page * CKPT_PAGE;
+    if (fab_crc32c(SEED_CKPT_PAGE, p, CKPT_PAGE) != fab_load_le32(c->page_crcs + 4 * page)) {
+        c->bad = 1;
+        return -1;
+    }
+    c->verified[page >> 3] |= (uint8_t)(1u << (page & 7));
+    return 0;
+}
+
+/* Probes the checkpoint: 1 and *off when found, 0 when absent or when a
+ * page is corrupt (then l->ck.bad is set). */
+static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    ckpt *c = &l->ck;
+    for (uint64_t i = hash & c->mask, n = 0; n <= c->mask; i = (i + 1) & c->mask, n++) {
+        if (ckpt_page_ok(c, i) < 0)
+            return 0;
+        const fab_lindex_slot *sl = &c->slots[i];
+        if (sl->hash == 0)
+            return 0;
+        if (sl->hash == hash) {
+            if (sl->value < FAB_LEDGER_HEADER_SIZE || sl->value >= c->covered ||
+                c->covered - sl->value < FAB_LEDGER_REC_OVERHEAD) {
+                c->bad = 1;
+                return 0;
+            }
+            if (key_eq(l, sl->value, key)) {
+                *off = sl->value;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static char *ckpt_path_of(const char *path)
+{
+    return path_with(path, ".ckpt");
+}
+
+/*
+ * Maps the checkpoint beside the ledger when it describes a prefix of the
+ * file (l->header, size bytes, mapped): sets l->ck and prepares the
+ * replay of the rest. Anything wrong: no checkpoint (ckpt_state says why).
+ */
+static void ckpt_load(fab_ledger *l, uint64_t size)
+{
+    char *cp = ckpt_path_of(l->path);
+    if (cp == NULL)
+        return;
+    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    free(cp);
+    if (fd < 0) {
+        l->ckpt_state = FAB_CKPT_NONE;
+        return;
+    }
+    l->ckpt_state = FAB_CKPT_IGNORED;
+    struct stat sb;
+    uint8_t h[CKPT_HEAD];
+    if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size < CKPT_HEAD ||
+        pread(fd, h, CKPT_HEAD, 0) != CKPT_HEAD)
+        goto out;
+    if (memcmp(h, CKPT_MAGIC, 8) != 0 || fab_load_le16(h + 8) != CKPT_VERSION ||
+        fab_load_le32(h + 12) != CKPT_PAGE ||
+        fab_load_le32(h + CKPT_HEAD - 4) != fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4))
+        goto out;
+    uint64_t cap = fab_load_le64(h + 24), count = fab_load_le64(h + 32);
+    uint64_t covered = fab_load_le64(h + 40), last = fab_load_le64(h + 128);
+    if (cap < CKPT_MIN_CAP || (cap & (cap - 1)) || cap > ((uint64_t)1 << 40) ||
+        count > cap / 4 * 3 || covered > size || covered < FAB_LEDGER_HEADER_SIZE ||
+        memcmp(h + 64, l->header, FAB_LEDGER_HEADER_SIZE) != 0)
+        goto out;
+    uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    uint64_t want = CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages;
+    if ((uint64_t)sb.st_size != want)
+        goto out;
+    /* The last record it covers must end exactly at covered, byte for
+     * byte as then, and the sampled windows must match. */
+    const uint8_t *base = l->map->base;
+    if (covered > FAB_LEDGER_HEADER_SIZE) {
+        if (last < FAB_LEDGER_HEADER_SIZE || last >= covered ||
+            covered - last < FAB_LEDGER_REC_OVERHEAD ||
+            memcmp(base + last, h + 136, FAB_LEDGER_REC_HEADER) != 0 ||
+            last + FAB_LEDGER_REC_OVERHEAD + rec_payload_len(base + last) != covered ||
+            fab_load_le32(base + last + 16) != fab_crc32c(SEED_HEAD, base + last, 16))
+            goto out;
+        if (ckpt_samples(base, covered) != fab_load_le32(h + 156))
+            goto out;
+    }
+    uint8_t *m = mmap(NULL, (size_t)want, PROT_READ, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        goto out;
+    uint8_t *verified = calloc((size_t)(pages + 7) / 8, 1);
+    if (verified == NULL) {
+        munmap(m, (size_t)want);
+        goto out;
+    }
+    (void)madvise(m, (size_t)want, MADV_RANDOM);
+    ckpt *c = &l->ck;
+    c->base = m;
+    c->len = (size_t)want;
+    c->slots = (const fab_lindex_slot *)(m + CKPT_HEAD);
+    c->mask = cap - 1;
+    c->count = count;
+    c->covered = covered;
+    c->records = fab_load_le64(h + 48);
+    c->duplicates = fab_load_le64(h + 56);
+    c->page_crcs = m + CKPT_HEAD + cap * sizeof(fab_lindex_slot);
+    c->verified = verified;
+    c->bad = 0;
+    /* the records after it go to an index with the same seed */
+    l->ix.seed = fab_load_le64(h + 16);
+    l->end = l->visible_end = covered;
+    l->records = c->records;
+    l->duplicates = c->duplicates;
+    l->last_rec = covered > FAB_LEDGER_HEADER_SIZE ? last : 0;
+    l->lazy_end = covered;
+    l->ckpt_state = FAB_CKPT_USED;
+out:
+    close(fd);
+}
+
+/* Raw insert of a (hash, offset) slot into a table known not to hold the
+ * key (no compare). */
+static void slot_put(fab_lindex_slot *slots, uint64_t mask, uint64_t hash, uint64_t value)
+{
+    uint64_t i = hash & mask;
+    while (slots[i].hash != 0)
+        i = (i + 1) & mask;
+    slots[i].hash = hash;
+    slots[i].value = value;
+}
+
+/*
+ * Writes a checkpoint of everything replayed (the checkpoint in use and
+ * the index after it) beside the ledger: a temporary file renamed over
+ * PATH.ckpt. Not synced: a torn one fails its checksums and is rebuilt.
+ * Under the lock. 0, or an error (the ledger is unaffected).
+ */
+static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    if (!l->use_ckpt || l->n_skips || l->n_pending || l->end != l->visible_end ||
+        l->ck.bad) {
+        set_err(err, FAB_ESTATE, 0, 0, 0,
+                "no checkpoint now: the ledger was salvaged, has records waiting for their "
+                "sync, or checkpoints are off");
+        return FAB_ESTATE;
+    }
+    uint64_t count = l->ix.count + (l->ck.base ? l->ck.count : 0);
+    uint64_t cap = CKPT_MIN_CAP;
+    while (cap / 4 * 3 < count + 1)
+        cap *= 2;
+    uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    size_t total = (size_t)(CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages);
+    uint8_t *buf = calloc(1, total);
+    if (buf == NULL)
+        return FAB_ENOMEM;
+    fab_lindex_slot *slots = (fab_lindex_slot *)(buf + CKPT_HEAD);
+    int rc = FAB_OK;
+    if (l->ck.base) {
+        for (uint64_t i = 0; i <= l->ck.mask; i++) {
+            if (ckpt_page_ok(&l->ck, i) < 0) {
+                rc = FAB_ECORRUPT;
+                set_err(err, rc, 0, 0, 0, "the checkpoint in use is corrupt");
+                goto out;
+            }
+            if (l->ck.slots[i].hash)
+                slot_put(slots, cap - 1, l->ck.slots[i].hash, l->ck.slots[i].value);
+        }
+    }
+    for (size_t i = 0; l->ix.slots && i <= l->ix.mask; i++)
+        if (l->ix.slots[i].hash)
+            slot_put(slots, cap - 1, l->ix.slots[i].hash, l->ix.slots[i].value);
+    uint8_t *h = buf;
+    memcpy(h, CKPT_MAGIC, 8);
+    fab_store_le16(h + 8, CKPT_VERSION);
+    fab_store_le32(h + 12, CKPT_PAGE);
+    fab_store_le64(h + 16, l->ix.seed);
+    fab_store_le64(h + 24, cap);
+    fab_store_le64(h + 32, count);
+    fab_store_le64(h + 40, l->end);
+    fab_store_le64(h + 48, l->records);
+    fab_store_le64(h + 56, l->duplicates);
+    memcpy(h + 64, l->header, FAB_LEDGER_HEADER_SIZE);
+    if (l->end > FAB_LEDGER_HEADER_SIZE) {
+        fab_store_le64(h + 128, l->last_rec);
+        memcpy(h + 136, l->map->base + l->last_rec, FAB_LEDGER_REC_HEADER);
+        fab_store_le32(h + 156, ckpt_samples(l->map->base, l->end));
+    }
+    fab_store_le32(h + CKPT_HEAD - 4, fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4));
+    uint8_t *crcs = buf + CKPT_HEAD + cap * sizeof(fab_lindex_slot);
+    for (uint64_t p = 0; p < pages; p++)
+        fab_store_le32(crcs + 4 * p, fab_crc32c(SEED_CKPT_PAGE, (uint8_t *)slots + p * CKPT_PAGE,
+                                                CKPT_PAGE));
+    char *cp = ckpt_path_of(l->path);
+    char suffix[48];
+    snprintf(suffix, sizeof(suffix), ".tmp.%ld", (long)getpid());
+    char *tmp = cp ? path_with(cp, suffix) : NULL;
+    if (tmp == NULL) {
+        free(cp);
+        rc = FAB_ENOMEM;
+        goto out;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int e = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        (void)ofd_lock(fd, F_WRLCK, 0, 0);
+        e = write_all(&default_io, fd, buf, total, 0);
+        close(fd);
+        if (e == 0 && rename(tmp, cp) < 0)
+            e = errno;
+        if (e)
+            unlink(tmp);
+    }
+    free(tmp);
+    free(cp);
+    if (e)
+        rc = sys_fail(err, e, "writing the ledger's checkpoint");
+    else
+        l->ckpt_written++;
+out:
+    free(buf);
+    return rc;
+}
+
+/* Forgets the checkpoint (found corrupt) and rebuilds the index from the
+ * whole ledger. The file and its offsets stay: cursors stay valid. */
+static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger_error *err)
+{
+    ckpt_drop(&l->ck);
+    l->ck.bad = 0;
+    l->lazy_end = 0;
+    l->ckpt_state = FAB_CKPT_REBUILT;
+    fab_lindex_eq_fn eq = l->ix.eq;
+    void *ctx = l->ix.ctx;
+    fab_lindex_destroy(&l->ix);
+    fab_lindex_init(&l->ix, eq, ctx);
+    l->end = FAB_LEDGER_HEADER_SIZE;
+    l->records = l->duplicates = l->last_rec = 0;
+    l->salvage_skips = l->salvage_bytes = 0;
+    l->n_skips = 0;
+    uint64_t size = l->scanned_size;
+    struct stat sb;
+    if (fstat(l->fd, &sb) == 0)
+        size = (uint64_t)sb.st_size;
+    fab_ledger_scan_result mine;
+    return replay_scan(l, size, NULL, NULL, res ? res : &mine, err);
+}
+
+/* Replays [l->end, size) into the index (spec: Replay). A corrupt
+ * checkpoint page met on the way drops the checkpoint and replays the
+ * whole file instead. Under the lock (or before sharing). */
+static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
+                  fab_ledger_scan_result *res, fab_ledger_error *err)
+{
+    int rc = replay_scan(l, size, progress, pctx, res, err);
+    if (rc == FAB_OK || !l->ck.bad)
+        return rc;
+    return rebuild_locked(l, res, err);
+}
+
+/* ix_find, rebuilding first when the checkpoint turned out corrupt. */
+static int find_key(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off,
+                    fab_ledger_error *err)
+{
+    int found = ix_find(l, key, hash, off);
+    if (!l->ck.bad)
+        return found;
+    int rc = rebuild_locked(l, NULL, err);
+    if (rc < 0)
+        return rc;
+    return fab_lindex_find(&l->ix, key, fab_lindex_hash(&l->ix, key), off);
+}
+
+/* ======================================================================== */
+/* Following the file: others' appends, shrinking, replacement               */
+/* ======================================================================== */
+
+static int check_header(const uint8_t *h, uint64_t avail, fab_ledger_error *err);
+static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
+                            fab_ledger_error *err);
+
+/* The state that belongs to one file, saved while a reload builds the next. */
+typedef struct file_view {
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    fab_lmap *map;
+    fab_lindex ix;
+    uint64_t end, visible_end, scanned_size;
+    skip_region *skips;
+    size_t n_skips, cap_skips;
+    uint64_t records, duplicates, torn_bytes, salvage_skips, salvage_bytes;
+    size_t n_pending;
+    ckpt ck;
+    uint64_t lazy_end, last_rec;
+    uint8_t header[FAB_LEDGER_HEADER_SIZE];
+} file_view;
+
+static void view_take(fab_ledger *l, file_view *v)
+{
+    v->fd = l->fd;
+    v->dev = l->dev;
+    v->ino = l->ino;
+    v->map = l->map;
+    v->ix = l->ix;
+    v->end = l->end;
+    v->visible_end = l->visible_end;
+    v->scanned_size = l->scanned_size;
+    v->skips = l->skips;
+    v->n_skips = l->n_skips;
+    v->cap_skips = l->cap_skips;
+    v->records = l->records;
+    v->duplicates = l->duplicates;
+    v->torn_bytes = l->torn_bytes;
+    v->salvage_skips = l->salvage_skips;
+    v->salvage_bytes = l->salvage_bytes;
+    v->n_pending = l->n_pending;
+    v->ck = l->ck;
+    v->lazy_end = l->lazy_end;
+    v->last_rec = l->last_rec;
+    memcpy(v->header, l->header, sizeof(v->header));
+}
+
+static void view_put(fab_ledger *l, const file_view *v)
+{
+    l->fd = v->fd;
+    l->dev = v->dev;
+    l->ino = v->ino;
+    l->map = v->map;
+    l->ix = v->ix;
+    l->end = v->end;
+    l->visible_end = v->visible_end;
+    l->scanned_size = v->scanned_size;
+    l->skips = v->skips;
+    l->n_skips = v->n_skips;
+    l->cap_skips = v->cap_skips;
+    l->records = v->records;
+    l->duplicates = v->duplicates;
+    l->torn_bytes = v->torn_bytes;
+    l->salvage_skips = v->salvage_skips;
+    l->salvage_bytes = v->salvage_bytes;
+    l->n_pending = v->n_pending;
+    l->ck = v->ck;
+    l->lazy_end = v->lazy_end;
+    l->last_rec = v->last_rec;
+    memcpy(l->header, v->header, sizeof(l->header));
+}
+
+static void view_free(file_view *v)
+{
+    if (v->fd >= 0)
+        close(v->fd); /* drops this handle's OFD locks on the old file */
+    fab_lmap_release(v->map);
+    fab_lindex_destroy(&v->ix);
+    free(v->skips);
+    ckpt_drop(&v->ck);
+}
+
+/*
+ * Moves the ledger to the file now at its path: a fresh replay of that file
+ * (the same inode when the file shrank: its content may be anything now).
+ * On failure the ledger keeps its current file. Waits for syncs in flight,
+ * which use the old descriptor. Under the lock. Returns the records of the
+ * new file (>= 0) or an error.
+ */
+static int reload_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    while (l->syncing)
+        pthread_cond_wait(&l->cond, &l->mu);
+    int writer = l->mode == FAB_LEDGER_WRITE;
+    int fd = open(l->path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0)
+        return sys_fail(err, errno, "reopening the ledger, which was replaced or shrank");
+    struct stat sb;
+    uint8_t h[FAB_LEDGER_HEADER_SIZE];
+    ssize_t got;
+    int rc;
+    if (fstat(fd, &sb) < 0 || (got = pread(fd, h, sizeof(h), 0)) < 0) {
+        rc = sys_fail(err, errno, "reading the replaced ledger");
+        close(fd);
+        return rc;
+    }
+    if ((rc = check_header(h, (uint64_t)got, err)) != FAB_OK) {
+        close(fd);
+        return rc;
+    }
+    if (writer && (rc = take_writer_lock(l, fd, &sb, err)) != FAB_OK) {
+        close(fd);
+        return rc;
+    }
+    file_view old;
+    view_take(l, &old);
+    l->fd = fd;
+    l->dev = sb.st_dev;
+    l->ino = sb.st_ino;
+    l->map = NULL;
+    fab_lindex_init(&l->ix, old.ix.eq, old.ix.ctx);
+    l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+    l->scanned_size = 0;
+    l->skips = NULL;
+    l->n_skips = l->cap_skips = 0;
+    l->records = l->duplicates = l->torn_bytes = l->salvage_skips = l->salvage_bytes = 0;
+    l->n_pending = 0;
+    memset(&l->ck, 0, sizeof(l->ck));
+    l->lazy_end = l->last_rec = 0;
+    memcpy(l->header, h, sizeof(h));
+    fab_ledger_scan_result res;
+    rc = replay(l, (uint64_t)sb.st_size, NULL, NULL, &res, err);
+    if (rc != FAB_OK) {
+        file_view fresh;
+        view_take(l, &fresh);
+        view_put(l, &old);
+        view_free(&fresh);
+        return rc;
+    }
+    view_free(&old);
+    l->gen++;
+    l->reloads++;
+    return (int)(l->records > INT32_MAX ? INT32_MAX : l->records);
+}
+
+/* 1 when the ledger's path names another file than the one open (a
+ * compaction or a restore renamed a new file there), else 0. A path that
+ * no longer exists keeps the open file. */
+static int replaced(const fab_ledger *l)
+{
+    struct stat ps;
+    return stat(l->path, &ps) == 0 && (ps.st_dev != l->dev || ps.st_ino != l->ino);
+}
+
+/*
+ * Catches up with the file: moves to a replaced or shrunk file (check_path
+ * 1: stat the path; 2: only when the open file has no name left, which a
+ * rename over it causes; 0: never), else replays what others appended since the last replay (stopping
+ * before a torn tail, which may be an append in progress). Under the lock.
+ * Returns the records replayed (>= 0) or an error.
+ */
+static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
+{
+    struct stat sb;
+    if (fstat(l->fd, &sb) < 0)
+        return sys_fail(err, errno, "examining the ledger");
+    uint64_t size = (uint64_t)sb.st_size;
+    /* check_path 2 (a miss): only when the open file lost its name */
+    if (size < l->end || (check_path == 1 && replaced(l)) ||
+        (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
+        return reload_locked(l, err);
+    if (size == l->scanned_size || size <= l->end)
+        return 0;
+    uint64_t before = l->records;
+    fab_ledger_scan_result res;
+    int rc = replay(l, size, NULL, NULL, &res, err);
+    if (rc != FAB_OK)
+        return rc;
+    l->foreign_records += l->records - before;
+    return (int)(l->records - before > INT32_MAX ? INT32_MAX : l->records - before);
+}
+
+/* Before reading the mapping: the file must still hold everything indexed
+ * (a shrunk file would fault with SIGBUS). Moves to the file as it is now
+ * when it shrank. Under the lock. 0 or an error. */
+static int check_size_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    struct stat sb;
+    if (fstat(l->fd, &sb) < 0)
+        return sys_fail(err, errno, "examining the ledger");
+    if ((uint64_t)sb.st_size >= l->end)
+        return FAB_OK;
+    int rc = reload_locked(l, err);
+    return rc < 0 ? rc : FAB_OK;
 }
 
 /* ======================================================================== */
@@ -650,51 +1399,126 @@ static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t le
     return 0;
 }
 
-/* Takes the writer lock PATH.lock and records our pid in it. */
-static int take_lock(fab_ledger *l, fab_ledger_error *err)
+/* 1 when fd is on a network file system, where locks are unreliable. */
+static int on_network_fs(int fd)
 {
-    char *lpath = path_with(l->path, ".lock");
-    if (lpath == NULL)
-        return FAB_ENOMEM;
-    int fd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    int e = errno;
-    free(lpath);
-    if (fd < 0)
-        return sys_fail(err, e, "opening the ledger's lock file");
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        e = errno;
-        if (e != EWOULDBLOCK) {
-            close(fd);
-            return sys_fail(err, e, "locking the ledger");
-        }
-        /* The holder writes its pid right after locking; give it a moment. */
-        long pid = 0;
-        for (int tries = 0; tries < 50 && pid == 0; tries++) {
-            char buf[32] = {0};
-            ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-            if (n > 0)
-                pid = strtol(buf, NULL, 10);
-            if (pid == 0) {
-                struct timespec ts = {0, 2000000};
-                nanosleep(&ts, NULL);
-            }
-        }
-        close(fd);
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0)
+        return 0;
+    switch ((unsigned long)fs.f_type) {
+    case 0x6969UL:     /* NFS */
+    case 0x517BUL:     /* SMB */
+    case 0xFF534D42UL: /* CIFS */
+    case 0xFE534D42UL: /* SMB2 */
+    case 0x564c:       /* NCP */
+    case 0x73757245UL: /* Coda */
+    case 0x47504653UL: /* GPFS */
+    case 0x0BD00BD0UL: /* Lustre */
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * Takes the writers' lock on fd (the file sb describes): shared, or
+ * exclusive for an exclusive writer. FAB_ELOCKED (err->pid when known) when
+ * it conflicts.
+ */
+static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
+                            fab_ledger_error *err)
+{
+    if (!l->exclusive && on_network_fs(fd)) {
+        set_err(err, FAB_EIO, ENOLCK, 0, 0,
+                "the ledger is on a network file system, where locks between hosts are "
+                "unreliable: several writers are refused; open it with exclusive=True from "
+                "one host");
+        return FAB_EIO;
+    }
+    if (ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_WRITERS, 0) == 0) {
+        (void)ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_PID, 2);
+        return FAB_OK;
+    }
+    if (errno != EAGAIN)
+        return sys_fail(err, errno, "locking the ledger");
+    long pid = 0;
+    (void)lock_holders(sb->st_dev, sb->st_ino, &pid);
+    if (l->exclusive)
         set_err(err, FAB_ELOCKED, EWOULDBLOCK, 0, 0,
-                "the ledger is open for writing by another process (pid %ld)", pid);
-        if (err)
-            err->pid = pid;
-        return FAB_ELOCKED;
+                pid ? "the ledger is open for writing by another process (pid %ld); "
+                      "exclusive=True needs it to be the only writer"
+                    : "the ledger is open for writing by other handles; exclusive=True "
+                      "needs it to be the only writer",
+                pid);
+    else
+        set_err(err, FAB_ELOCKED, EWOULDBLOCK, 0, 0,
+                "the ledger is open exclusively for writing by another %s (pid %ld)",
+                pid == (long)getpid() ? "handle of this process" : "process", pid);
+    if (err)
+        err->pid = pid;
+    return FAB_ELOCKED;
+}
+
+/*
+ * Removes the temporary files that dead processes left beside path: a
+ * killed compaction's PATH.compact.tmp.PID, a killed creation's
+ * PATH.tmp.PID and a killed checkpoint's PATH.ckpt.tmp.PID. A file is removed only when its pid is not a live process
+ * and nobody holds a lock on it (a live compaction locks its file).
+ * Best effort; returns how many were removed.
+ */
+static int remove_leftovers(const char *path)
+{
+    char *d = strdup(path), *b = strdup(path);
+    int removed = 0;
+    if (d == NULL || b == NULL)
+        goto out;
+    const char *dir = dirname(d), *base = basename(b);
+    size_t blen = strlen(base);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        goto out;
+    DIR *dp = fdopendir(dfd);
+    if (dp == NULL) {
+        close(dfd);
+        goto out;
     }
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
-        e = errno;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        const char *name = e->d_name;
+        if (strncmp(name, base, blen) != 0)
+            continue;
+        const char *rest = name + blen;
+        if (strncmp(rest, ".compact.tmp.", 13) == 0)
+            rest += 13;
+        else if (strncmp(rest, ".ckpt.tmp.", 10) == 0)
+            rest += 10;
+        else if (strncmp(rest, ".tmp.", 5) == 0)
+            rest += 5;
+        else
+            continue;
+        char *endp;
+        errno = 0;
+        long pid = strtol(rest, &endp, 10);
+        if (*rest == '\0' || *endp != '\0' || errno || pid <= 0 || pid == (long)getpid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* alive (or not ours to judge) */
+        int fd = openat(dirfd(dp), name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue;
+        struct flock fl;
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fcntl(fd, F_OFD_SETLK, &fl) == 0 && unlinkat(dirfd(dp), name, 0) == 0)
+            removed++;
         close(fd);
-        return sys_fail(err, e, "writing the ledger's lock file");
     }
-    l->lock_fd = fd;
-    return FAB_OK;
+    closedir(dp);
+out:
+    free(d);
+    free(b);
+    return removed;
 }
 
 /* Creates a new ledger at l->path atomically (spec: File header). */
@@ -713,6 +1537,7 @@ static int create_ledger(fab_ledger *l, const fab_ledger_options *opt, int repla
         e = errno;
         goto done;
     }
+    (void)ofd_lock(fd, F_WRLCK, 0, 0); /* in use: not a leftover */
     uint8_t h[FAB_LEDGER_HEADER_SIZE];
     fab_ledger_make_header(h, opt->created_ns ? opt->created_ns : now_ns(CLOCK_REALTIME),
                            opt->creator);
@@ -727,6 +1552,8 @@ static int create_ledger(fab_ledger *l, const fab_ledger_options *opt, int repla
     what = "naming the new ledger";
     if (replace ? rename(tmp, l->path) < 0 : link(tmp, l->path) < 0) {
         e = errno;
+        if (e == EEXIST && !replace)
+            e = 0; /* another process created it first: open theirs */
         goto done;
     }
     what = "syncing the ledger's directory";
@@ -740,6 +1567,9 @@ done:
         rc = sys_fail(err, e, what);
     return rc;
 }
+
+static int begin_append(fab_ledger *l, fab_ledger_error *err);
+static void end_append(fab_ledger *l);
 
 int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options *opt,
                     fab_ledger_error *err)
@@ -761,10 +1591,12 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
     if (l == NULL)
         return FAB_ENOMEM;
     int rc = FAB_OK;
-    l->fd = l->lock_fd = -1;
+    l->fd = -1;
     l->mode = opt->mode;
     l->durability = opt->durability;
     l->recover = opt->recover;
+    l->exclusive = opt->mode == FAB_LEDGER_WRITE && opt->exclusive;
+    l->use_ckpt = !opt->no_checkpoint && opt->recover == FAB_RECOVER_STRICT;
     l->io = opt->io ? *opt->io : default_io;
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cond, NULL);
@@ -779,12 +1611,17 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         goto fail;
     }
     int writer = opt->mode == FAB_LEDGER_WRITE;
-    if (writer && (rc = take_lock(l, err)) != FAB_OK)
-        goto fail;
+    if (writer)
+        l->leftovers_removed = (uint64_t)remove_leftovers(path);
     for (int attempt = 0;; attempt++) {
+        if (attempt >= MAX_MOVES) {
+            set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced while opening");
+            rc = FAB_EIO;
+            goto fail;
+        }
         l->fd = open(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (l->fd < 0) {
-            if (errno == ENOENT && writer && attempt == 0) {
+            if (errno == ENOENT && writer && attempt < 3) {
                 if ((rc = create_ledger(l, opt, 0, err)) != FAB_OK)
                     goto fail;
                 continue;
@@ -807,14 +1644,30 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
             rc = FAB_EFORMAT;
             goto fail;
         }
-        if (sb.st_size == 0 && writer && attempt == 0) {
-            /* An empty file (made by mkstemp, touch...) becomes a new ledger. */
+        l->dev = sb.st_dev;
+        l->ino = sb.st_ino;
+        if (sb.st_size == 0 && writer) {
+            /* An empty file (made by mkstemp, touch...) becomes a new ledger,
+             * renamed over it by whoever holds its append lock first; the
+             * others find the path replaced and open the new file. */
+            int made = 0;
+            if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0) {
+                rc = sys_fail(err, errno, "locking the ledger");
+                goto fail;
+            }
+            if (fstat(l->fd, &sb) == 0 && sb.st_size == 0 && !replaced(l)) {
+                rc = create_ledger(l, opt, 1, err);
+                made = 1;
+            }
+            (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
             close(l->fd);
             l->fd = -1;
-            if ((rc = create_ledger(l, opt, 1, err)) != FAB_OK)
+            if (made && rc != FAB_OK)
                 goto fail;
             continue;
         }
+        if (writer && (rc = take_writer_lock(l, l->fd, &sb, err)) != FAB_OK)
+            goto fail;
         ssize_t got = pread(l->fd, l->header, sizeof(l->header), 0);
         if (got < 0) {
             rc = sys_fail(err, errno, "reading the ledger header");
@@ -825,21 +1678,40 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         if ((rc = check_header(l->header, (uint64_t)got, err)) != FAB_OK)
             goto fail;
         fab_ledger_scan_result res;
-        l->end = FAB_LEDGER_HEADER_SIZE;
+        l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+        if ((rc = ensure_map(l, (uint64_t)sb.st_size, err)) != FAB_OK)
+            goto fail;
+        if (l->use_ckpt)
+            ckpt_load(l, (uint64_t)sb.st_size);
+        uint64_t from_ckpt = l->records;
         if ((rc = replay(l, (uint64_t)sb.st_size, opt->progress, opt->progress_ctx, &res, err)) != FAB_OK)
             goto fail;
+        l->open_replayed = l->ck.base ? l->records - from_ckpt : l->records;
         if (res.torn_at != NONE && writer) {
-            if (l->io.ftruncate(l->fd, (off_t)res.torn_at) < 0 || l->io.fdatasync(l->fd) < 0) {
-                rc = sys_fail(err, errno, "cutting the ledger's torn tail");
+            /* Cut it now, under the append lock (it may also be another
+             * writer's append in progress: then it is complete by the
+             * time we hold the lock, and replayed instead). */
+            pthread_mutex_lock(&l->mu);
+            rc = begin_append(l, err);
+            if (rc == FAB_OK)
+                end_append(l);
+            pthread_mutex_unlock(&l->mu);
+            if (rc != FAB_OK)
                 goto fail;
-            }
-            l->torn_cut = 1;
         }
         if (opt->progress)
             opt->progress(opt->progress_ctx, (uint64_t)sb.st_size, (uint64_t)sb.st_size);
         break;
     }
+    if (l->use_ckpt && l->open_replayed >= CKPT_AUTO) {
+        /* Best effort: a read-only directory, a full disk only cost the
+         * next open its time. */
+        pthread_mutex_lock(&l->mu);
+        (void)ckpt_write_locked(l, NULL);
+        pthread_mutex_unlock(&l->mu);
+    }
     l->open_ns = now_ns(CLOCK_MONOTONIC) - t0;
+    reg_add(l);
     *out = l;
     return FAB_OK;
 fail:
@@ -853,12 +1725,12 @@ void fab_ledger_close(fab_ledger *l)
 {
     if (l == NULL)
         return;
+    reg_remove(l);
     if (l->fd >= 0)
-        close(l->fd);
-    if (l->lock_fd >= 0)
-        close(l->lock_fd); /* releases the flock */
+        close(l->fd); /* releases this handle's OFD locks */
     fab_lmap_release(l->map);
     fab_lindex_destroy(&l->ix);
+    ckpt_drop(&l->ck);
     free(l->skips);
     free(l->path);
     pthread_cond_destroy(&l->cond);
@@ -885,6 +1757,106 @@ static int refuse(fab_ledger *l, fab_ledger_error *err)
         return FAB_ESTATE;
     }
     return FAB_OK;
+}
+
+/*
+ * In a forked child: stops using the parent's open file (and its locks) by
+ * opening the path again. A replaced file is moved to. Under the lock.
+ */
+static int after_fork_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    int fd = open(l->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return sys_fail(err, errno, "reopening the ledger in a forked child");
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        int rc = sys_fail(err, errno, "examining the ledger");
+        close(fd);
+        return rc;
+    }
+    if (sb.st_dev != l->dev || sb.st_ino != l->ino) {
+        close(fd);
+        int rc = reload_locked(l, err); /* takes its own locks on a new descriptor */
+        if (rc >= 0)
+            l->forked = 0;
+        return rc < 0 ? rc : FAB_OK;
+    }
+    int rc = take_writer_lock(l, fd, &sb, err);
+    if (rc != FAB_OK) {
+        close(fd);
+        return rc;
+    }
+    close(l->fd); /* the parent's locks stay with the parent's descriptor */
+    l->fd = fd;
+    l->forked = 0;
+    return FAB_OK;
+}
+
+/*
+ * Takes the append lock and brings the ledger up to the file's end: moves
+ * to a replaced or shrunk file, replays records other writers appended,
+ * and cuts a torn tail (nobody else can be appending: a torn record under
+ * the lock is a dead writer's). Under l->mu; on success the append lock is
+ * held until end_append. An exclusive writer needs no lock.
+ */
+static int begin_append(fab_ledger *l, fab_ledger_error *err)
+{
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    if (l->forked && (rc = after_fork_locked(l, err)) != FAB_OK)
+        return rc;
+    for (int moves = 0;; moves++) {
+        if (moves >= MAX_MOVES) {
+            set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced");
+            return FAB_EIO;
+        }
+        if (!l->exclusive && ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
+            return sys_fail(err, errno, "locking the ledger for an append");
+        l->append_locked = !l->exclusive;
+        struct stat sb;
+        if (fstat(l->fd, &sb) < 0) {
+            rc = sys_fail(err, errno, "examining the ledger");
+            end_append(l);
+            return rc;
+        }
+        uint64_t size = (uint64_t)sb.st_size;
+        /* A file renamed over ours (a compaction, a restore) leaves ours
+         * with no name: one fstat tells, no path lookup per append. */
+        if (size < l->end || (!l->exclusive && sb.st_nlink == 0 && replaced(l))) {
+            end_append(l);
+            if ((rc = reload_locked(l, err)) < 0)
+                return rc;
+            continue;
+        }
+        if (size > l->end) {
+            uint64_t before = l->records;
+            fab_ledger_scan_result res;
+            if ((rc = replay(l, size, NULL, NULL, &res, err)) != FAB_OK) {
+                end_append(l);
+                return rc;
+            }
+            l->foreign_records += l->records - before;
+            if (res.torn_at != NONE) {
+                if (l->io.ftruncate(l->fd, (off_t)res.torn_at) < 0) {
+                    rc = sys_fail(err, errno, "cutting the ledger's torn tail");
+                    end_append(l);
+                    return rc;
+                }
+                l->torn_cut++;
+                l->torn_bytes = 0;
+                l->scanned_size = res.torn_at;
+            }
+        }
+        return FAB_OK;
+    }
+}
+
+static void end_append(fab_ledger *l)
+{
+    if (l->append_locked)
+        (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
+    l->append_locked = 0;
 }
 
 /*
@@ -931,6 +1903,7 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
+    l->last_rec = off;
     l->records++;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
@@ -966,15 +1939,18 @@ static void gather_batch(fab_ledger *l)
 }
 
 /* Waits until the file is durable up to upto (per the mode). Under the lock,
- * released during fdatasync. */
+ * released during fdatasync. When the ledger moves to another file
+ * meanwhile (generation gen changed), the compaction that replaced it
+ * copied and synced the record: done. */
 static int make_durable(fab_ledger *l, uint64_t upto, fab_ledger_error *err)
 {
+    uint64_t gen = l->gen;
     if (l->durability == FAB_DUR_OS) {
         if (l->visible_end < upto)
             l->visible_end = upto;
         return FAB_OK;
     }
-    while (l->visible_end < upto) {
+    while (l->gen == gen && l->visible_end < upto) {
         if (l->failed)
             return refuse(l, err);
         if (l->durability == FAB_DUR_GROUP && l->syncing) {
@@ -986,11 +1962,12 @@ static int make_durable(fab_ledger *l, uint64_t upto, fab_ledger_error *err)
             gather_batch(l);
         uint64_t target = l->end;
         uint64_t batch = l->records - l->sync_started_records;
+        int fd = l->fd; /* a reload waits for syncing == 0 before closing it */
         l->sync_started_records = l->records;
         l->syncs++;
         pthread_mutex_unlock(&l->mu);
         uint64_t t0 = now_ns(CLOCK_MONOTONIC);
-        int rc = l->io.fdatasync(l->fd);
+        int rc = l->io.fdatasync(fd);
         int e = errno;
         uint64_t t1 = now_ns(CLOCK_MONOTONIC);
         pthread_mutex_lock(&l->mu);
@@ -1003,14 +1980,15 @@ static int make_durable(fab_ledger *l, uint64_t upto, fab_ledger_error *err)
             pthread_cond_broadcast(&l->cond);
             return sys_fail(err, e, "fdatasync of the ledger");
         }
-        if (l->visible_end < target)
+        if (l->gen == gen && l->visible_end < target)
             l->visible_end = target;
         pthread_cond_broadcast(&l->cond);
     }
     return FAB_OK;
 }
 
-/* Commits key at the record just written at off (REPLY or END). */
+/* Commits key at the record just written at off (REPLY or END): indexes it
+ * and waits for its durability. */
 static int commit_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t off,
                          fab_ledger_error *err)
 {
@@ -1019,10 +1997,11 @@ static int commit_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash, ui
     FAB_UNUSED(ins);
     if (l->durability == FAB_DUR_OS)
         return FAB_OK;
+    uint64_t gen = l->gen;
     l->n_pending++;
     int rc = make_durable(l, off + 1, err);
-    if (rc == FAB_OK)
-        l->n_pending--;
+    if (rc == FAB_OK && l->gen == gen)
+        l->n_pending--; /* a record whose sync failed stays pending: never counted */
     return rc;
 }
 
@@ -1032,10 +2011,19 @@ static int held_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash,
                        fab_ledger_error *err)
 {
     uint64_t off;
-    if (!fab_lindex_find(&l->ix, key, hash, &off))
-        return 0;
+    int found = find_key(l, key, hash, &off, err);
+    if (found <= 0)
+        return found;
     int rc = make_durable(l, off + 1, err);
     return rc < 0 ? rc : 1;
+}
+
+/* Whether key is indexed (no waiting); a negative code when rebuilding
+ * after a corrupt checkpoint failed. */
+static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
+{
+    uint64_t off;
+    return find_key(l, key, hash, &off, NULL);
 }
 
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
@@ -1050,11 +2038,23 @@ int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, si
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
+    if ((rc = begin_append(l, err)) != FAB_OK)
+        goto out;
+    hash = fab_lindex_hash(&l->ix, key); /* a move re-seeds the index */
+    if (indexed(l, key, hash)) { /* another writer recorded it first */
+        end_append(l);
+        rc = held_locked(l, key, hash, err);
+        rc = rc == 1 ? 0 : rc;
+        goto out;
+    }
     if ((rc = fab_lindex_reserve(&l->ix, l->ix.count + 1)) != FAB_OK) {
+        end_append(l);
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
     }
-    if ((rc = append_locked(l, FAB_REC_REPLY, key, NULL, 0, data, len, &off, err)) != FAB_OK)
+    rc = append_locked(l, FAB_REC_REPLY, key, NULL, 0, data, len, &off, err);
+    end_append(l);
+    if (rc != FAB_OK)
         goto out;
     rc = commit_locked(l, key, hash, off, err);
     if (rc == FAB_OK)
@@ -1096,7 +2096,17 @@ int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begi
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
+    if ((rc = begin_append(l, err)) != FAB_OK)
+        goto out;
+    hash = fab_lindex_hash(&l->ix, key);
+    if (indexed(l, key, hash)) {
+        end_append(l);
+        rc = held_locked(l, key, hash, err);
+        rc = rc == 1 ? 0 : rc;
+        goto out;
+    }
     rc = append_locked(l, FAB_REC_STREAM_BEGIN, key, NULL, 0, NULL, 0, begin, err);
+    end_append(l);
     if (rc == FAB_OK)
         rc = 1;
 out:
@@ -1104,28 +2114,54 @@ out:
     return rc;
 }
 
-int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
-                             const void *data, size_t len, fab_ledger_error *err)
+/* Whether begin is still this stream's BEGIN record in the file the ledger
+ * has open (a compaction that replaced the file drops unfinished streams). */
+static int stream_alive(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                        fab_ledger_error *err)
+{
+    if (begin >= FAB_LEDGER_HEADER_SIZE && begin < l->end &&
+        l->end - begin >= FAB_LEDGER_REC_OVERHEAD) {
+        const uint8_t *p = l->map->base + begin;
+        if (memcmp(p, REC_MAGIC, 4) == 0 && p[4] == FAB_REC_STREAM_BEGIN &&
+            memcmp(p + FAB_LEDGER_REC_HEADER, key, 32) == 0)
+            return 1;
+    }
+    set_err(err, FAB_ESTATE, 0, begin, 1,
+            "the ledger was compacted or replaced while this stream was being recorded: "
+            "the stream is lost, record it again");
+    return 0;
+}
+
+/* Appends a record of the stream at begin (CHUNK or ABORT). */
+static int stream_record(fab_ledger *l, int type, const uint8_t key[32], uint64_t begin,
+                         const void *data, size_t len, fab_ledger_error *err)
 {
     uint8_t prefix[8];
     fab_store_le64(prefix, begin);
     uint64_t off;
     pthread_mutex_lock(&l->mu);
-    int rc = append_locked(l, FAB_REC_STREAM_CHUNK, key, prefix, 8, data, len, &off, err);
+    int rc = begin_append(l, err);
+    if (rc == FAB_OK) {
+        if (stream_alive(l, key, begin, err))
+            rc = append_locked(l, type, key, prefix, 8, data, len, &off, err);
+        else
+            rc = type == FAB_REC_STREAM_ABORT ? FAB_OK : FAB_ESTATE;
+        end_append(l);
+    }
     pthread_mutex_unlock(&l->mu);
     return rc;
+}
+
+int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                             const void *data, size_t len, fab_ledger_error *err)
+{
+    return stream_record(l, FAB_REC_STREAM_CHUNK, key, begin, data, len, err);
 }
 
 int fab_ledger_stream_abort(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                             fab_ledger_error *err)
 {
-    uint8_t prefix[8];
-    fab_store_le64(prefix, begin);
-    uint64_t off;
-    pthread_mutex_lock(&l->mu);
-    int rc = append_locked(l, FAB_REC_STREAM_ABORT, key, prefix, 8, NULL, 0, &off, err);
-    pthread_mutex_unlock(&l->mu);
-    return rc;
+    return stream_record(l, FAB_REC_STREAM_ABORT, key, begin, NULL, 0, err);
 }
 
 int fab_ledger_stream_end(fab_ledger *l, const uint8_t key[32], uint64_t begin,
@@ -1136,20 +2172,29 @@ int fab_ledger_stream_end(fab_ledger *l, const uint8_t key[32], uint64_t begin,
     fab_store_le64(prefix + 8, count);
     uint64_t off;
     pthread_mutex_lock(&l->mu);
-    uint64_t hash = fab_lindex_hash(&l->ix, key), existing;
-    int rc = refuse(l, err);
+    int rc = begin_append(l, err);
     if (rc != FAB_OK)
         goto out;
-    if (fab_lindex_find(&l->ix, key, hash, &existing)) {
+    if (!stream_alive(l, key, begin, err)) {
+        end_append(l);
+        rc = FAB_ESTATE;
+        goto out;
+    }
+    uint64_t hash = fab_lindex_hash(&l->ix, key);
+    if (indexed(l, key, hash)) {
         /* Another record committed the key first: this stream gives way. */
         rc = append_locked(l, FAB_REC_STREAM_ABORT, key, prefix, 8, NULL, 0, &off, err);
+        end_append(l);
         goto out;
     }
     if ((rc = fab_lindex_reserve(&l->ix, l->ix.count + 1)) != FAB_OK) {
+        end_append(l);
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
     }
-    if ((rc = append_locked(l, FAB_REC_STREAM_END, key, prefix, 16, NULL, 0, &off, err)) != FAB_OK)
+    rc = append_locked(l, FAB_REC_STREAM_END, key, prefix, 16, NULL, 0, &off, err);
+    end_append(l);
+    if (rc != FAB_OK)
         goto out;
     rc = commit_locked(l, key, hash, off, err);
     if (rc == FAB_OK)
@@ -1182,22 +2227,71 @@ static void fill_ref(fab_ledger *l, uint64_t off, int want_map, fab_ledger_ref *
     }
 }
 
-int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref)
+/* A lookup in the index of what is visible. Under the lock. */
+static int find_visible(fab_ledger *l, const uint8_t key[32], uint64_t *off)
+{
+    return find_key(l, key, fab_lindex_hash(&l->ix, key), off, NULL) == 1 &&
+           *off < l->visible_end;
+}
+
+/* A record below lazy_end was not validated at open (it came from the
+ * checkpoint): validate it the first time... every time it is read (the
+ * CRC of a small reply costs tens of nanoseconds). 0 or FAB_ECORRUPT. */
+static int check_lazy(fab_ledger *l, uint64_t off, fab_ledger_error *err)
+{
+    uint64_t size, claimed;
+    if (off >= l->lazy_end || rec_valid(l->map->base, l->end, off, &size, &claimed))
+        return FAB_OK;
+    set_err(err, FAB_ECORRUPT, 0, off, 1,
+            "ledger corrupt at offset %llu: the record the checkpoint names there is bad",
+            (unsigned long long)off);
+    return FAB_ECORRUPT;
+}
+
+int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
+                      fab_ledger_error *err)
 {
     pthread_mutex_lock(&l->mu);
     uint64_t off;
-    int found = fab_lindex_find(&l->ix, key, fab_lindex_hash(&l->ix, key), &off) &&
-                off < l->visible_end;
-    if (found)
+    /* The index compares the full key against the mapping: check first
+     * that the file still holds it. */
+    int found = check_size_locked(l, err);
+    if (found == FAB_OK) {
+        found = find_visible(l, key, &off);
+        if (!found) {
+            /* A miss looks at the file: others' appends, a replacement. */
+            int rc = catch_up_locked(l, 2, err);
+            found = rc < 0 ? rc : rc > 0 ? find_visible(l, key, &off) : 0;
+        }
+    }
+    if (found == 1 && (found = check_lazy(l, off, err)) == FAB_OK) {
         fill_ref(l, off, want_map, ref);
+        found = 1;
+    }
     pthread_mutex_unlock(&l->mu);
     return found;
+}
+
+int fab_ledger_checkpoint(fab_ledger *l, fab_ledger_error *err)
+{
+    pthread_mutex_lock(&l->mu);
+    int rc = ckpt_write_locked(l, err);
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+uint64_t fab_ledger_generation(fab_ledger *l)
+{
+    pthread_mutex_lock(&l->mu);
+    uint64_t g = l->gen;
+    pthread_mutex_unlock(&l->mu);
+    return g;
 }
 
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
-    size_t n = l->ix.count - l->n_pending;
+    size_t n = l->ix.count + (size_t)l->ck.count - l->n_pending;
     pthread_mutex_unlock(&l->mu);
     return n;
 }
@@ -1211,7 +2305,8 @@ static uint64_t skip_bad(const fab_ledger *l, uint64_t pos)
     return pos;
 }
 
-/* The next record at or after *pos below visible_end; 1 or 0 at the end. */
+/* The next record at or after *pos below visible_end; 1, 0 at the end, or
+ * FAB_ECORRUPT (a record named by the checkpoint is bad). */
 static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64_t *size)
 {
     if (*pos < FAB_LEDGER_HEADER_SIZE)
@@ -1220,50 +2315,77 @@ static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64
         *pos = skip_bad(l, *pos);
     if (*pos >= l->visible_end)
         return 0;
+    if (*pos < l->lazy_end && check_lazy(l, *pos, NULL) != FAB_OK)
+        return FAB_ECORRUPT; /* never walk by an unvalidated length */
     const uint8_t *p = l->map->base + *pos;
     *rec = p;
     *size = FAB_LEDGER_REC_OVERHEAD + rec_payload_len(p);
     return 1;
 }
 
-int fab_ledger_next(fab_ledger *l, uint64_t *pos, uint8_t key[32], int want_map,
-                    fab_ledger_ref *ref)
+int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int want_map,
+                    fab_ledger_ref *ref, fab_ledger_error *err)
 {
     int rc = 0;
     pthread_mutex_lock(&l->mu);
+    if (pos->off == 0)
+        pos->gen = l->gen;
+    if ((rc = check_size_locked(l, err)) != FAB_OK)
+        goto out;
+    if (pos->gen != l->gen) {
+        set_err(err, FAB_ESTATE, 0, 0, 0,
+                "the ledger was replaced or shrank during the iteration");
+        rc = FAB_ESTATE;
+        goto out;
+    }
     const uint8_t *p;
     uint64_t size;
-    while (next_record(l, pos, &p, &size)) {
-        uint64_t off = *pos, at;
-        *pos += size;
+    int more;
+    while ((more = next_record(l, &pos->off, &p, &size)) > 0) {
+        uint64_t off = pos->off, at;
+        pos->off += size;
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (fab_lindex_find(&l->ix, k, fab_lindex_hash(&l->ix, k), &at) && at == off) {
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) == 1 && at == off) {
             memcpy(key, k, 32);
             fill_ref(l, off, want_map, ref);
             rc = 1;
             break;
         }
     }
+    if (more < 0) {
+        set_err(err, FAB_ECORRUPT, 0, pos->off, 1, "ledger corrupt at offset %llu",
+                (unsigned long long)pos->off);
+        rc = FAB_ECORRUPT;
+    }
+out:
     pthread_mutex_unlock(&l->mu);
     return rc;
 }
 
 int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_cursor *c)
 {
-    fab_ledger_ref ref;
-    if (!fab_ledger_lookup(l, key, 0, &ref))
-        return FAB_ENOTFOUND;
-    if (ref.type != FAB_REC_STREAM_END)
-        return FAB_ETYPE;
-    const uint8_t *payload = ref.data;
-    c->begin = fab_load_le64(payload);
-    c->count = fab_load_le64(payload + 8);
-    c->end = ref.offset;
-    c->pos = c->begin + FAB_LEDGER_REC_OVERHEAD;
-    c->seen = 0;
-    return FAB_OK;
+    pthread_mutex_lock(&l->mu);
+    uint64_t off;
+    int rc = check_size_locked(l, NULL);
+    if (rc == FAB_OK && !find_visible(l, key, &off))
+        rc = FAB_ENOTFOUND;
+    if (rc == FAB_OK)
+        rc = check_lazy(l, off, NULL);
+    if (rc == FAB_OK && l->map->base[off + 4] != FAB_REC_STREAM_END)
+        rc = FAB_ETYPE;
+    if (rc == FAB_OK) {
+        const uint8_t *payload = l->map->base + off + FAB_LEDGER_REC_OVERHEAD;
+        c->begin = fab_load_le64(payload);
+        c->count = fab_load_le64(payload + 8);
+        c->end = off;
+        c->pos = c->begin + FAB_LEDGER_REC_OVERHEAD;
+        c->seen = 0;
+        c->gen = l->gen;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
 }
 
 int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
@@ -1271,9 +2393,17 @@ int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
 {
     int rc = 0;
     pthread_mutex_lock(&l->mu);
+    if (check_size_locked(l, NULL) != FAB_OK) {
+        rc = FAB_EIO;
+        goto out;
+    }
+    if (c->gen != l->gen) {
+        rc = FAB_ESTATE;
+        goto out;
+    }
     const uint8_t *p;
     uint64_t size;
-    while (c->pos < c->end && next_record(l, &c->pos, &p, &size)) {
+    while (c->pos < c->end && next_record(l, &c->pos, &p, &size) > 0) {
         uint64_t off = c->pos;
         c->pos += size;
         if (p[4] != FAB_REC_STREAM_CHUNK ||
@@ -1288,6 +2418,7 @@ int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
     }
     if (rc == 0 && c->seen != c->count)
         rc = FAB_ECORRUPT;
+out:
     pthread_mutex_unlock(&l->mu);
     return rc;
 }
@@ -1297,7 +2428,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&l->mu);
     st->records = l->records;
-    st->keys = l->ix.count - l->n_pending;
+    st->keys = l->ix.count + l->ck.count - l->n_pending;
     st->bytes = l->end;
     st->duplicates = l->duplicates;
     st->torn_tails_cut = l->torn_cut;
@@ -1310,32 +2441,27 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->created_ns = fab_load_le64(l->header + 16);
     st->version = l->header[8] | (l->header[9] << 8);
     st->failed = l->failed;
+    st->reloads = l->reloads;
+    st->foreign_records = l->foreign_records;
+    st->leftovers_removed = l->leftovers_removed;
+    st->exclusive = l->exclusive;
+    st->ckpt_state = l->ckpt_state;
+    st->ckpt_covered = l->ck.base ? l->ck.covered : 0;
+    st->ckpt_keys = l->ck.base ? l->ck.count : 0;
+    st->ckpt_written = l->ckpt_written;
+    st->open_replayed = l->open_replayed;
     memcpy(st->creator, l->header + 24, FAB_LEDGER_CREATOR_LEN);
+    dev_t dev = l->dev;
+    ino_t ino = l->ino;
     pthread_mutex_unlock(&l->mu);
+    long pid;
+    st->writers = lock_holders(dev, ino, &pid);
 }
 
 int fab_ledger_refresh(fab_ledger *l, fab_ledger_error *err)
 {
-    if (l->mode == FAB_LEDGER_WRITE)
-        return 0;
     pthread_mutex_lock(&l->mu);
-    int rc;
-    struct stat sb;
-    if (fstat(l->fd, &sb) < 0) {
-        rc = sys_fail(err, errno, "examining the ledger");
-        goto out;
-    }
-    uint64_t size = (uint64_t)sb.st_size;
-    if (size <= l->end) {
-        rc = 0;
-        goto out;
-    }
-    uint64_t before = l->records;
-    fab_ledger_scan_result res;
-    rc = replay(l, size, NULL, NULL, &res, err);
-    if (rc == FAB_OK)
-        rc = (int)(l->records - before > INT32_MAX ? INT32_MAX : l->records - before);
-out:
+    int rc = catch_up_locked(l, 1, err);
     pthread_mutex_unlock(&l->mu);
     return rc;
 }
@@ -1394,19 +2520,30 @@ static void out_record(out_file *o, int type, const uint8_t key[32], const void 
     out_write(o, data, dlen);
 }
 
-/* Writes every committed key, in ledger order, to o. Under the lock. */
-static void compact_into(fab_ledger *l, out_file *o)
+/*
+ * Writes the keys committed in [*pos, limit), in ledger order, to o,
+ * stopping after about COMPACT_STEP bytes of the source; advances *pos.
+ * Under the lock. Returns 1 when [*pos, limit) is done.
+ */
+static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t limit)
 {
-    out_write(o, l->header, FAB_LEDGER_HEADER_SIZE);
-    uint64_t pos = 0, size, at;
+    uint64_t size, at, stop = *pos + COMPACT_STEP;
     const uint8_t *p;
-    while (o->e == 0 && next_record(l, &pos, &p, &size)) {
-        uint64_t off = pos;
-        pos += size;
+    while (o->e == 0 && *pos < limit && *pos < stop) {
+        uint64_t end_was = l->visible_end;
+        l->visible_end = limit; /* next_record stops at visible_end */
+        int more = next_record(l, pos, &p, &size);
+        l->visible_end = end_was;
+        if (more < 0)
+            o->e = EIO; /* a bad record the checkpoint names: never copy garbage */
+        if (more <= 0)
+            break;
+        uint64_t off = *pos;
+        *pos += size;
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (!fab_lindex_find(&l->ix, k, fab_lindex_hash(&l->ix, k), &at) || at != off)
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) != 1 || at != off)
             continue;
         if (p[4] == FAB_REC_REPLY) {
             out_write(o, p, (size_t)size); /* a REPLY holds no offsets: copy verbatim */
@@ -1421,10 +2558,16 @@ static void compact_into(fab_ledger *l, out_file *o)
         out_record(o, FAB_REC_STREAM_BEGIN, k, NULL, 0, NULL, 0);
         uint64_t cpos = begin + FAB_LEDGER_REC_OVERHEAD, csize;
         const uint8_t *c;
-        while (cpos < off && next_record(l, &cpos, &c, &csize)) {
-            uint64_t here = cpos;
+        while (cpos < off) {
+            uint64_t end_was2 = l->visible_end;
+            l->visible_end = off;
+            int ok = next_record(l, &cpos, &c, &csize);
+            l->visible_end = end_was2;
+            if (ok < 0)
+                o->e = EIO;
+            if (ok <= 0)
+                break;
             cpos += csize;
-            FAB_UNUSED(here);
             if (c[4] != FAB_REC_STREAM_CHUNK || fab_load_le64(c + FAB_LEDGER_REC_OVERHEAD) != begin)
                 continue;
             out_record(o, FAB_REC_STREAM_CHUNK, k, prefix, 8, c + FAB_LEDGER_REC_OVERHEAD + 8,
@@ -1432,38 +2575,100 @@ static void compact_into(fab_ledger *l, out_file *o)
         }
         out_record(o, FAB_REC_STREAM_END, k, prefix, 16, NULL, 0);
     }
-    out_flush(o);
+    return o->e != 0 || *pos >= limit;
 }
 
-int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_error *err)
+static int compact_moved(fab_ledger_error *err)
 {
+    set_err(err, FAB_ESTATE, 0, 0, 0,
+            "the ledger was replaced or shrank during the compaction; try again");
+    return FAB_ESTATE;
+}
+
+int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
+                       void *progress_ctx, fab_ledger_error *err)
+{
+    int inplace = dest == NULL;
+    if (inplace && l->mode != FAB_LEDGER_WRITE) {
+        set_err(err, FAB_EINVAL, 0, 0, 0,
+                "compacting a ledger in place needs it open for writing");
+        return FAB_EINVAL;
+    }
     struct stat a, b;
-    if (stat(dest, &b) == 0 && fstat(l->fd, &a) == 0 && a.st_dev == b.st_dev &&
+    if (!inplace && stat(dest, &b) == 0 && fstat(l->fd, &a) == 0 && a.st_dev == b.st_dev &&
         a.st_ino == b.st_ino) {
         set_err(err, FAB_EINVAL, 0, 0, 0, "cannot compact a ledger onto itself");
         return FAB_EINVAL;
     }
+    const char *target = inplace ? l->path : dest;
+    l->leftovers_removed += (uint64_t)remove_leftovers(target);
     char suffix[48];
-    snprintf(suffix, sizeof(suffix), ".tmp.%ld", (long)getpid());
-    char *tmp = path_with(dest, suffix);
+    snprintf(suffix, sizeof(suffix), ".compact.tmp.%ld", (long)getpid());
+    char *tmp = path_with(target, suffix);
     if (tmp == NULL)
         return FAB_ENOMEM;
-    int rc = FAB_OK, e = 0;
+    int rc = FAB_OK, e = 0, locked = 0, mu_held = 0;
+    uint64_t gen = 0, pos = 0, total = 0;
     const char *what = "creating the compacted ledger";
     out_file o = {&l->io, -1, 0, NULL, 0, (size_t)1 << 20, 0};
     if ((o.buf = malloc(o.cap)) == NULL) {
         free(tmp);
         return FAB_ENOMEM;
     }
-    o.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    o.fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (o.fd < 0) {
         e = errno;
         goto done;
     }
+    (void)ofd_lock(o.fd, F_WRLCK, 0, 0); /* in use: not a leftover */
+
+    /* Phase 1: copy what is there now, a step at a time, without the
+     * append lock: other writers keep appending. */
     pthread_mutex_lock(&l->mu);
-    compact_into(l, &o);
-    pthread_mutex_unlock(&l->mu);
-    what = "writing the compacted ledger";
+    mu_held = 1;
+    if ((rc = catch_up_locked(l, 1, err)) < 0)
+        goto done;
+    rc = FAB_OK;
+    gen = l->gen;
+    total = l->end;
+    out_write(&o, l->header, FAB_LEDGER_HEADER_SIZE);
+    for (;;) {
+        int finished = compact_range(l, &o, &pos, total);
+        pthread_mutex_unlock(&l->mu);
+        mu_held = 0;
+        if (progress)
+            progress(progress_ctx, pos, total);
+        what = "writing the compacted ledger";
+        if ((e = o.e) != 0)
+            goto done;
+        pthread_mutex_lock(&l->mu);
+        mu_held = 1;
+        if (l->gen != gen) {
+            rc = compact_moved(err);
+            goto done;
+        }
+        if (finished)
+            break;
+    }
+    /* Phase 2: under the append lock (in place), copy what was appended
+     * meanwhile, then sync and rename while still holding it: a writer
+     * that gets the lock next finds the path replaced and moves. */
+    if (inplace) {
+        if ((rc = begin_append(l, err)) != FAB_OK)
+            goto done;
+        locked = 1;
+    } else if ((rc = catch_up_locked(l, 0, err)) < 0) {
+        goto done;
+    }
+    rc = FAB_OK;
+    if (l->gen != gen) {
+        rc = compact_moved(err);
+        goto done;
+    }
+    total = l->end;
+    while (!compact_range(l, &o, &pos, total))
+        ;
+    out_flush(&o);
     if ((e = o.e) != 0)
         goto done;
     what = "syncing the compacted ledger";
@@ -1472,18 +2677,38 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_error *err)
         goto done;
     }
     what = "renaming the compacted ledger";
-    if (rename(tmp, dest) < 0) {
+    if (rename(tmp, target) < 0) {
         e = errno;
         goto done;
     }
+    if (inplace) { /* the checkpoint describes the old file */
+        char *cp = ckpt_path_of(target);
+        if (cp)
+            unlink(cp);
+        free(cp);
+    }
     what = "syncing the compacted ledger's directory";
-    e = fsync_dir_of(dest);
+    e = fsync_dir_of(target);
+    if (locked) {
+        end_append(l);
+        locked = 0;
+        if (e == 0 && reload_locked(l, err) < 0)
+            e = 0; /* the next operation retries the move */
+    }
 done:
+    if (locked)
+        end_append(l);
+    if (mu_held)
+        pthread_mutex_unlock(&l->mu);
     if (o.fd >= 0)
         close(o.fd);
     if (e) {
         unlink(tmp);
         rc = sys_fail(err, e, what);
+    } else if (rc != FAB_OK) {
+        unlink(tmp);
+    } else if (progress) {
+        progress(progress_ctx, total, total);
     }
     free(o.buf);
     free(tmp);

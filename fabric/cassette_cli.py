@@ -46,10 +46,11 @@ class ProgressBar:
 
 
 def _open(path: str, recover: Literal["strict", "salvage"] = "strict",
-          label: str = "replaying"):
+          label: str = "replaying", checkpoint: bool = True):
     bar = ProgressBar(f"{label} {os.path.basename(path)}")
     try:
-        return _core.EvalCassette.from_ledger(path, recover=recover, progress=bar)
+        return _core.EvalCassette.from_ledger(path, recover=recover, progress=bar,
+                                              checkpoint=checkpoint)
     finally:
         bar.done()
 
@@ -65,7 +66,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every checksum and decode every reply; exit 1 on any problem."""
     try:
-        c = _open(args.path, "strict", "verifying")
+        # every record's checksums, not only those after the checkpoint
+        c = _open(args.path, "strict", "verifying", checkpoint=False)
     except (_core.LedgerFormatError, _core.LedgerError) as exc:
         print(f"fabric cassette verify: {exc}", file=sys.stderr)
         return 1
@@ -107,26 +109,31 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    """Rewrite the ledger without torn, duplicate or bad records."""
+    """Rewrite the ledger without torn, duplicate or bad records.
+
+    In place, other processes may keep the cassette open and appending:
+    the compaction copies what is there, then, holding the append lock for
+    a moment, what was appended meanwhile, and renames the new file over
+    the ledger; the others move to it at their next append, miss or refresh.
+    """
     dest = args.output
     if dest:
         with _open(args.path, args.recover) as c:
-            c.compact(dest)
+            bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
+            try:
+                c.compact(dest, progress=bar)
+            finally:
+                bar.done()
             stats = c.stats()
         print(f"{args.path} -> {dest}: {stats['keys']} keys")
         return 0
-    # In place: hold the writer lock so no one appends meanwhile, write a
-    # compacted copy next to the ledger, then rename it over the ledger.
-    tmp = args.path + ".compact"
     with _core.EvalCassette(args.path, "a", recover=args.recover) as c:
         before = c.stats()
-        c.compact(tmp)
-        os.replace(tmp, args.path)
-        fd = os.open(os.path.dirname(os.path.abspath(args.path)), os.O_RDONLY)
+        bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
         try:
-            os.fsync(fd)
+            c.compact(progress=bar)
         finally:
-            os.close(fd)
+            bar.done()
     after = os.path.getsize(args.path)
     print(f"{args.path}: {before['keys']} keys, {before['bytes']} -> {after} bytes")
     return 0

@@ -172,20 +172,49 @@ def test_reader_refuses_writes_and_needs_no_lock(path):
         with pytest.raises(fabric.LedgerError, match="read-only"):
             r.record(key(1), 1)
         w.record(key(1), "v")
-        assert key(1) not in r
-        assert r.refresh() == 1
-        assert r.get(key(1)) == "v"
+        w.record(key(2), "w")
+        # A miss looks at the file's tail: no refresh() needed.
+        assert key(1) in r
+        assert r.get(key(2)) == "w"
         assert r.refresh() == 0
+        w.record(key(3), "x")
+        assert r.refresh() == 1
+        assert r.get(key(3)) == "x"
 
 
-def test_two_writers_locked_error_names_pid(path):
-    with EvalCassette(path):
+def test_same_process_twice(path):
+    """A re-run notebook cell opens the path again while the first handle is
+    open: both work, and each sees what the other recorded."""
+    a = EvalCassette(path)
+    b = EvalCassette(path)
+    assert a.record(key(1), "a") is True
+    assert b.record(key(1), "b") is False  # first write wins across handles
+    assert b.record(key(2), "b") is True
+    assert a.get(key(2)) == "b" and b.get(key(1)) == "a"
+    a.close()
+    assert b.record(key(3), "c") is True  # closing one never drops the other's locks
+    b.close()
+    with EvalCassette(path, "r") as r:
+        assert {k: r.get(k) for k in r} == {key(1): "a", key(2): "b", key(3): "c"}
+        assert r.stats()["duplicates"] == 0
+
+
+def test_exclusive_writer_is_alone(path):
+    with EvalCassette(path, exclusive=True) as c:
+        assert c.stats()["exclusive"] is True
         with pytest.raises(fabric.LedgerLockedError) as info:
             EvalCassette(path)
-        assert info.value.pid == os.getpid()
         assert isinstance(info.value, OSError)
-        assert str(os.getpid()) in str(info.value)
-    EvalCassette(path).close()  # released on close
+        assert "exclusively" in str(info.value)
+        assert info.value.pid == os.getpid()
+        with EvalCassette(path, "r") as r:  # readers are welcome
+            c.record(key(1), 1)
+            assert r.get(key(1)) == 1
+    with EvalCassette(path) as w:
+        with pytest.raises(fabric.LedgerLockedError, match="only writer"):
+            EvalCassette(path, exclusive=True)
+        assert w.stats()["writers"] in (1, None)
+    EvalCassette(path, exclusive=True).close()  # released on close
 
 
 def test_not_a_ledger(tmp_path):
@@ -407,6 +436,35 @@ def test_corruption_sampled_never_returns_changed_reply(tmp_path):
                     assert expect[k] == v
         except fabric.LedgerCorruptionError as exc:
             assert exc.offset <= pos
+
+
+def test_checkpoint_makes_open_replay_only_the_tail(path):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(500):
+            c.record(key(i), {"i": i})
+        c.checkpoint()
+        for i in range(500, 530):
+            c.record(key(i), {"i": i})
+    ckpt = path + ".ckpt"
+    assert os.path.exists(ckpt)
+    with EvalCassette(path, "r") as r:
+        s = r.stats()
+        assert s["checkpoint"]["state"] == "used" and s["checkpoint"]["keys"] == 500
+        assert s["open_replayed"] == 30 and len(r) == 530
+        assert all(r.get(key(i)) == {"i": i} for i in range(530))
+        assert sorted(v["i"] for _, v in r.items()) == list(range(530))
+    # a damaged checkpoint is never believed: every reply stays right
+    data = bytearray(open(ckpt, "rb").read())
+    for pos in (0, 40, 5000, len(data) - 1):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0xFF
+        open(ckpt, "wb").write(damaged)
+        with EvalCassette(path, "r") as r:
+            assert all(r.get(key(i)) == {"i": i} for i in range(530))
+            assert r.stats()["checkpoint"]["state"] in ("ignored", "rebuilt")
+    os.unlink(ckpt)
+    with EvalCassette(path, "r", checkpoint=False) as r:
+        assert r.stats()["checkpoint"]["state"] == "none" and r.stats()["open_replayed"] == 530
 
 
 def test_golden_ledger():

@@ -131,25 +131,58 @@ def test_crash_loop(tmp_path):
           f"every reopen succeeded")
 
 
-def test_second_writer_process_is_named(tmp_path):
-    path = str(tmp_path / "locked.fabl")
+def test_second_writer_process_is_welcome(tmp_path):
+    """Two writer processes both write and both see everything: the child
+    appends in a loop while this process records, and each finds the
+    other's records without refresh()."""
+    path = str(tmp_path / "two.fabl")
     child = spawn(path, 0)
+    try:
+        assert _readline(child).strip() == "open"
+        with EvalCassette(path) as c:
+            for i in range(100):
+                assert c.record(key(-1 - i), {"k": -1 - i}) is True
+            line = _readline(child)  # one more acknowledged by the child
+            kind, _, k = line.strip().partition(" ")
+            assert kind in "rs"
+            assert c.get(key(int(k))) is not None  # a miss reads the child's tail
+        # A reader alongside sees both.
+        with EvalCassette(path, "r") as r:
+            assert r.get(key(-50)) == {"k": -50}
+            assert key(int(k)) in r
+    finally:
+        child.kill()
+        child.communicate()
+    with EvalCassette(path, exclusive=True) as c:  # the child's locks died with it
+        assert len(c) > 100
+
+
+EXCLUSIVE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from fabric import EvalCassette
+    c = EvalCassette(sys.argv[1], exclusive=True)
+    print("open", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_exclusive_writer_process_is_named(tmp_path):
+    path = str(tmp_path / "locked.fabl")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.Popen([sys.executable, "-c", EXCLUSIVE_CHILD, path],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
         assert _readline(child).strip() == "open"
         with pytest.raises(fabric.LedgerLockedError) as info:
             EvalCassette(path)
         assert info.value.pid == child.pid
         assert f"pid {child.pid}" in str(info.value)
-        # A reader is fine alongside, and sees the writer's records.
-        with EvalCassette(path, "r") as r:
-            assert _readline(child)[0] in "rs"  # a record acknowledged
-            r.refresh()
-            assert len(r) > 0
     finally:
         child.kill()
         child.communicate()
-    with EvalCassette(path) as c:  # the lock died with the process
-        assert len(c) > 0
+    EvalCassette(path).close()  # the lock died with the process
 
 
 def test_reader_during_crashing_writer(tmp_path):

@@ -94,12 +94,13 @@ static void check_open(const uint8_t *data, size_t size, int scan_rc, uint64_t r
         fab_ledger_get_stats(l, &st);
         if (recover == FAB_RECOVER_STRICT && st.records != records)
             abort();
-        uint64_t pos = 0, n = 0;
+        fab_ledger_pos pos = {0};
+        uint64_t n = 0;
         uint8_t key[32];
         fab_ledger_ref ref;
-        while (fab_ledger_next(l, &pos, key, 1, &ref) == 1) {
+        while (fab_ledger_next(l, &pos, key, 1, &ref, NULL) == 1) {
             fab_ledger_ref again;
-            if (fab_ledger_lookup(l, key, 0, &again) != 1 || again.offset != ref.offset)
+            if (fab_ledger_lookup(l, key, 0, &again, NULL) != 1 || again.offset != ref.offset)
                 abort();
             if (ref.type == FAB_REC_REPLY && ref.offset + FAB_LEDGER_REC_OVERHEAD + ref.len > size)
                 abort();

@@ -267,7 +267,7 @@ enum { ITER_KEYS, ITER_ITEMS };
 typedef struct {
     PyObject_HEAD
     CassetteObject *c;
-    uint64_t pos;
+    fab_ledger_pos pos;
     int kind;
 } IterObject;
 
@@ -307,10 +307,13 @@ static PyObject *open_stream(CassetteObject *c, fab_state *st, const uint8_t key
     Py_INCREF(st->CassetteStream_Type);
     s->c = (CassetteObject *)Py_NewRef(c);
     s->done = 0;
-    int rc = fab_ledger_stream_open(c->l, key, &s->cur);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_open(c->l, key, &s->cur);
+    Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(s);
-        PyErr_SetString(PyExc_KeyError, "not a committed stream");
+        PyErr_SetString(PyExc_KeyError, "not a committed stream (the ledger changed meanwhile)");
         return NULL;
     }
     return (PyObject *)s;
@@ -334,11 +337,14 @@ static PyObject *Iter_next(PyObject *self)
         return NULL;
     uint8_t key[32];
     fab_ledger_ref ref;
+    fab_ledger_error err = {0};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_next(c->l, &it->pos, key, 1, &ref);
+    rc = fab_ledger_next(c->l, &it->pos, key, 1, &ref, &err);
     Py_END_ALLOW_THREADS
     PyObject *out = NULL;
+    if (rc < 0)
+        raise_ledger(st, c->path, rc, &err);
     if (rc == 1) {
         PyObject *k = make_key(st, key);
         if (k && it->kind == ITER_KEYS) {
@@ -391,7 +397,7 @@ static PyObject *Stream_next(PyObject *self)
         fab_lmap_release(item.map);
     } else {
         s->done = 1;
-        if (rc < 0) {
+        if (rc == FAB_ECORRUPT) {
             fab_ledger_error err = {0};
             snprintf(err.msg, sizeof(err.msg),
                      "the stream whose END record is at offset %llu promises %llu items "
@@ -400,6 +406,15 @@ static PyObject *Stream_next(PyObject *self)
             err.has_offset = 1;
             err.offset = s->cur.end;
             raise_ledger(st, c->path, FAB_ECORRUPT, &err);
+        } else if (rc < 0) {
+            fab_ledger_error err = {0};
+            snprintf(err.msg, sizeof(err.msg), "%s",
+                     rc == FAB_ESTATE
+                         ? "the ledger was replaced (compacted, restored) while this stream "
+                           "was being read: get the stream again"
+                         : "the ledger shrank while this stream was being read");
+            err.sys_errno = rc == FAB_ESTATE ? ESTALE : EIO;
+            raise_ledger(st, c->path, rc == FAB_ESTATE ? FAB_ESTATE : FAB_EIO, &err);
         }
     }
     leave(c);
@@ -597,7 +612,8 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
 }
 
 static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode, int durability,
-                               int recover, PyObject *progress, uint64_t created_ns)
+                               int recover, PyObject *progress, uint64_t created_ns,
+                               int exclusive, int checkpoint)
 {
     fab_state *st = fab_state_from_type(type);
     if (st == NULL)
@@ -614,6 +630,8 @@ static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode,
     opt.durability = durability;
     opt.recover = recover;
     opt.created_ns = created_ns;
+    opt.exclusive = exclusive;
+    opt.no_checkpoint = !checkpoint;
     if (progress && progress != Py_None) {
         opt.progress = progress_cb;
         opt.progress_ctx = progress;
@@ -650,11 +668,13 @@ static const char *const recover_names[] = {"strict", "salvage"};
 static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "mode", "durability", "recover", "progress", "created_ns",
-                             NULL};
+                             "exclusive", "checkpoint", NULL};
     PyObject *path, *mode_o = NULL, *dur_o = NULL, *rec_o = NULL, *progress = NULL;
     unsigned long long created_ns = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOK:EvalCassette", kwlist, &path,
-                                     &mode_o, &dur_o, &rec_o, &progress, &created_ns))
+    int exclusive = 0, checkpoint = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOKpp:EvalCassette", kwlist, &path,
+                                     &mode_o, &dur_o, &rec_o, &progress, &created_ns,
+                                     &exclusive, &checkpoint))
         return NULL;
     int mode = FAB_LEDGER_WRITE, dur = FAB_DUR_GROUP, rec = FAB_RECOVER_STRICT;
     if (parse_choice(mode_o, "mode", mode_names, 2, &mode) < 0 ||
@@ -665,20 +685,23 @@ static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwar
         PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
         return NULL;
     }
-    return cassette_open(type, path, mode, dur, rec, progress, created_ns);
+    return cassette_open(type, path, mode, dur, rec, progress, created_ns, exclusive,
+                         checkpoint);
 }
 
 static PyObject *Cassette_from_ledger(PyObject *cls, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "recover", "progress", NULL};
+    static char *kwlist[] = {"path", "recover", "progress", "checkpoint", NULL};
     PyObject *path, *rec_o = NULL, *progress = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OO:from_ledger", kwlist, &path, &rec_o,
-                                     &progress))
+    int checkpoint = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOp:from_ledger", kwlist, &path, &rec_o,
+                                     &progress, &checkpoint))
         return NULL;
     int rec = FAB_RECOVER_STRICT;
     if (parse_choice(rec_o, "recover", recover_names, 2, &rec) < 0)
         return NULL;
-    return cassette_open((PyTypeObject *)cls, path, FAB_LEDGER_READ, FAB_DUR_OS, rec, progress, 0);
+    return cassette_open((PyTypeObject *)cls, path, FAB_LEDGER_READ, FAB_DUR_OS, rec, progress, 0,
+                         0, checkpoint);
 }
 
 static void Cassette_dealloc(PyObject *self)
@@ -764,13 +787,23 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
     return rc;
 }
 
-/* Looks key up with the GIL held (a hash probe under the ledger's mutex). */
+/* Looks key up with the GIL held: a hit is an fstat and a hash probe
+ * under the ledger's mutex; a miss also looks at the file's tail and
+ * replays what other processes appended since (or the file that replaced
+ * this one). -1 with an exception. */
 static int lookup(CassetteObject *c, PyObject *key_obj, fab_ledger_ref *ref, uint8_t key[32])
 {
     if (get_key(key_obj, key) < 0 || enter(c) < 0)
         return -1;
-    int found = fab_ledger_lookup(c->l, key, 1, ref);
+    fab_ledger_error err = {0};
+    int found = fab_ledger_lookup(c->l, key, 1, ref, &err);
     leave(c);
+    if (found < 0) {
+        fab_state *st = cassette_state((PyObject *)c);
+        if (st)
+            raise_ledger(st, c->path, found, &err);
+        return -1;
+    }
     return found;
 }
 
@@ -855,7 +888,7 @@ static PyObject *make_iter(PyObject *self, int kind)
         return NULL;
     Py_INCREF(st->CassetteIter_Type);
     it->c = (CassetteObject *)Py_NewRef(self);
-    it->pos = 0;
+    it->pos.off = it->pos.gen = 0;
     it->kind = kind;
     return (PyObject *)it;
 }
@@ -927,7 +960,7 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
     fab_ledger_get_stats(c->l, &s);
     leave(c);
     double per_key = s.keys ? (double)s.index_bytes / (double)s.keys : 0.0;
-    return Py_BuildValue(
+    PyObject *d = Py_BuildValue(
         "{s:O,s:s,s:s,s:i,s:K,s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:K,s:d,s:K,s:O}",
         "path", c->path, "mode", mode_names[c->mode], "durability",
         c->mode == FAB_LEDGER_WRITE ? durability_names[c->durability] : "none", "version",
@@ -940,6 +973,36 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
         (double)s.open_ns / 1e9, "index_bytes", (unsigned long long)s.index_bytes,
         "index_bytes_per_key", per_key, "syncs",
         (unsigned long long)s.syncs, "failed", s.failed ? Py_True : Py_False);
+    if (d == NULL)
+        return NULL;
+    PyObject *w = s.writers < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(s.writers);
+    PyObject *r = w ? PyLong_FromUnsignedLongLong(s.reloads) : NULL;
+    PyObject *fr = r ? PyLong_FromUnsignedLongLong(s.foreign_records) : NULL;
+    PyObject *lr = fr ? PyLong_FromUnsignedLongLong(s.leftovers_removed) : NULL;
+    int bad = lr == NULL || PyDict_SetItemString(d, "writers", w) < 0 ||
+              PyDict_SetItemString(d, "reloads", r) < 0 ||
+              PyDict_SetItemString(d, "foreign_records", fr) < 0 ||
+              PyDict_SetItemString(d, "leftovers_removed", lr) < 0 ||
+              PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0;
+    static const char *const ckpt_names[] = {"none", "used", "ignored", "rebuilt"};
+    PyObject *ck = bad ? NULL : Py_BuildValue(
+        "{s:s,s:K,s:K,s:K}", "state", ckpt_names[s.ckpt_state & 3], "covered_bytes",
+        (unsigned long long)s.ckpt_covered, "keys", (unsigned long long)s.ckpt_keys, "written",
+        (unsigned long long)s.ckpt_written);
+    PyObject *orp = ck ? PyLong_FromUnsignedLongLong(s.open_replayed) : NULL;
+    bad = bad || orp == NULL || PyDict_SetItemString(d, "checkpoint", ck) < 0 ||
+          PyDict_SetItemString(d, "open_replayed", orp) < 0;
+    Py_XDECREF(ck);
+    Py_XDECREF(orp);
+    Py_XDECREF(w);
+    Py_XDECREF(r);
+    Py_XDECREF(fr);
+    Py_XDECREF(lr);
+    if (bad) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
 }
 
 static PyObject *Cassette_sync(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -989,34 +1052,83 @@ static PyObject *Cassette_refresh(PyObject *self, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(rc);
 }
 
-static PyObject *Cassette_compact(PyObject *self, PyObject *dest_arg)
+static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
 {
     CassetteObject *c = (CassetteObject *)self;
     fab_state *st = cassette_state(self);
+    if (st == NULL)
+        return NULL;
+    PyObject *dest_arg = NULL, *progress = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "compact() takes at most one positional argument "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        dest_arg = args[0];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "progress") == 0) {
+            progress = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "compact() got an unexpected keyword argument %R",
+                         name);
+            return NULL;
+        }
+    }
+    if (progress == Py_None)
+        progress = NULL;
+    if (progress && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
+        return NULL;
+    }
     PyObject *fs = NULL;
-    if (st == NULL || !PyUnicode_FSConverter(dest_arg, &fs))
+    if (dest_arg && dest_arg != Py_None && !PyUnicode_FSConverter(dest_arg, &fs))
         return NULL;
     if (enter(c) < 0) {
-        Py_DECREF(fs);
+        Py_XDECREF(fs);
         return NULL;
     }
     fab_ledger_error err;
     int rc;
-    const char *dest = PyBytes_AS_STRING(fs);
+    const char *dest = fs ? PyBytes_AS_STRING(fs) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_compact(c->l, dest, &err);
+    rc = fab_ledger_compact(c->l, dest, progress ? progress_cb : NULL, progress, &err);
     Py_END_ALLOW_THREADS
     leave(c);
+    if (PyErr_Occurred()) { /* a KeyboardInterrupt... in the progress callback */
+        Py_XDECREF(fs);
+        return NULL;
+    }
     if (rc < 0) {
-        PyObject *dp = PyUnicode_DecodeFSDefault(dest);
-        Py_DECREF(fs);
+        PyObject *dp = dest ? PyUnicode_DecodeFSDefault(dest) : Py_NewRef(c->path);
+        Py_XDECREF(fs);
         if (dp) {
             raise_ledger(st, dp, rc, &err);
             Py_DECREF(dp);
         }
         return NULL;
     }
-    Py_DECREF(fs);
+    Py_XDECREF(fs);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cassette_checkpoint(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_checkpoint(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
     Py_RETURN_NONE;
 }
 
@@ -1124,17 +1236,29 @@ static PyMethodDef Cassette_methods[] = {
     {"flush", Cassette_flush, METH_NOARGS,
      "flush($self, /)\n--\n\nNothing to do: records reach the OS before record() returns."},
     {"refresh", Cassette_refresh, METH_NOARGS,
-     "refresh($self, /)\n--\n\nA reader replays records appended since it opened (or last "
-     "refreshed) and returns how many it found."},
-    {"compact", Cassette_compact, METH_O,
-     "compact($self, dest, /)\n--\n\nWrites the held replies and streams, without torn, "
-     "duplicate or bad records, to dest atomically (temporary file, fsync, rename, fsync of "
-     "the directory). dest must not be this ledger."},
+     "refresh($self, /)\n--\n\nReplays records other handles and processes appended "
+     "since the last look and returns how many it found. When the file at the path was "
+     "replaced (a compaction, a restore) or shrank, moves to it and returns the number of "
+     "records it holds (stats()[\"reloads\"] counts the moves). A get() that misses does the "
+     "same by itself."},
+    {"compact", (PyCFunction)(void (*)(void))Cassette_compact, METH_FASTCALL | METH_KEYWORDS,
+     "compact($self, dest=None, /, *, progress=None)\n--\n\nWrites the held replies and "
+     "streams, without torn, duplicate or bad records, to dest atomically (temporary file "
+     "DEST.compact.tmp.PID, fsync, rename, fsync of the directory). dest must not be this "
+     "ledger. Without dest (a writer only) the ledger is compacted in place: other processes "
+     "may keep it open and appending; they move to the new file at their next append, miss "
+     "or refresh(). Leftover temporary files of dead processes are removed first. "
+     "progress: callable(done, total), called as source bytes are copied."},
+    {"checkpoint", Cassette_checkpoint, METH_NOARGS,
+     "checkpoint($self, /)\n--\n\nWrites a checkpoint of the index beside the ledger "
+     "(PATH.ckpt, docs/spec/ledger.md), so that the next open replays only the records "
+     "appended after it. An open that replays 65,536 records or more writes one by itself. "
+     "Safe to delete at any time; a stale or damaged one is detected and ignored."},
     {"close", Cassette_close, METH_NOARGS,
-     "close($self, /)\n--\n\nCloses the ledger and releases the writer lock."},
+     "close($self, /)\n--\n\nCloses the ledger (and releases its locks)."},
     {"from_ledger", (PyCFunction)(void (*)(void))Cassette_from_ledger,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_ledger($cls, path, *, recover='strict', progress=None)\n--\n\n"
+     "from_ledger($cls, path, *, recover='strict', progress=None, checkpoint=True)\n--\n\n"
      "Opens the ledger at path for replay (read-only, mode=\"r\")."},
     {"__enter__", Cassette_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Cassette_exit, METH_FASTCALL, NULL},
@@ -1152,15 +1276,22 @@ static PyGetSetDef Cassette_getset[] = {
 static PyType_Slot Cassette_slots[] = {
     {Py_tp_doc,
      "EvalCassette(path, mode='a', durability='group', *, recover='strict', progress=None, "
-     "created_ns=0)\n--\n\n"
+     "created_ns=0, exclusive=False, checkpoint=True)\n--\n\n"
      "A durable, crash-safe record of evaluation replies keyed by ContentKey, kept in an "
      "append-only ledger file (docs/spec/ledger.md).\n\n"
-     "mode: \"a\" opens for appending (creating the file; one writer process at a time), "
-     "\"r\" for reading. durability: \"fsync\" (fdatasync before record() returns), "
+     "mode: \"a\" opens for appending (creating the file), \"r\" for reading. Any number of "
+     "processes (and handles in one process) may append to one ledger at once: each append "
+     "takes a lock on the file for its own duration, first write wins across them, and a "
+     "get() that misses looks for records the others appended. exclusive=True refuses other "
+     "writers (LedgerLockedError) while this handle is open. After os.fork() the child's "
+     "first append reopens the file: it never writes through the parent's descriptor or "
+     "lock. durability: \"fsync\" (fdatasync before record() returns), "
      "\"group\" (concurrent records share one fdatasync; still durable on return) or \"os\". "
      "recover: \"strict\" refuses a corrupt ledger with LedgerCorruptionError, \"salvage\" "
      "skips bad records. progress: callable(done, total) during replay. created_ns: the "
-     "creation time written into a new ledger (0 = now), for reproducible files."},
+     "creation time written into a new ledger (0 = now), for reproducible files. "
+     "checkpoint: use (and write) the index checkpoint PATH.ckpt so that open replays only "
+     "the records after it; False replays (and checks) the whole ledger."},
     {Py_tp_new, Cassette_new},
     {Py_tp_dealloc, Cassette_dealloc},
     {Py_tp_repr, Cassette_repr},

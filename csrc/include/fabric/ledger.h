@@ -7,6 +7,17 @@
  * concurrent records share one sync (group commit). The file is read through
  * a read-only shared mapping; fab_ledger_ref hands out pointers into it that
  * stay valid while the ref holds its mapping (fab_lmap_release).
+ *
+ * Many processes: any number of processes may open one ledger for writing
+ * (unless one opened it exclusively). Appends are serialized by an OFD lock
+ * on the ledger file itself, held only for the append; each appender first
+ * replays what the others appended (spec: Concurrency). Lookups that miss
+ * look at the file's tail before answering. A ledger that shrinks or is
+ * replaced underneath is detected before the mapping is touched and the
+ * ledger moves to the file now at its path (stats: reloads).
+ *
+ * Fork: after fork() the child's ledgers stop using the parent's file
+ * descriptor and locks; the first append in the child reopens the path.
  */
 #ifndef FABRIC_LEDGER_H
 #define FABRIC_LEDGER_H
@@ -60,7 +71,17 @@ typedef struct fab_ledger_options {
     const fab_ledger_io *io; /* NULL = the libc calls */
     fab_ledger_progress_fn progress; /* may be NULL */
     void *progress_ctx;
+    int exclusive;         /* writer: refuse other writers (FAB_ELOCKED) while open */
+    int no_checkpoint;     /* neither use nor write the checkpoint (a full replay) */
 } fab_ledger_options;
+
+/* What became of the checkpoint beside the ledger (spec: Checkpoint). */
+enum fab_ledger_ckpt_state {
+    FAB_CKPT_NONE = 0,     /* none there (or checkpoints off) */
+    FAB_CKPT_USED = 1,     /* open replayed only the records after it */
+    FAB_CKPT_IGNORED = 2,  /* there, but stale, torn or not this ledger's: full replay */
+    FAB_CKPT_REBUILT = 3,  /* a page failed its checksum in use: index rebuilt from the ledger */
+};
 
 /* Everything known about a failure, for precise messages. */
 typedef struct fab_ledger_error {
@@ -103,6 +124,16 @@ typedef struct fab_ledger_stats {
     uint64_t index_bytes;    /* memory of the index */
     uint64_t syncs;          /* fdatasync calls on the ledger since open (group commit: records/syncs = batch size) */
     uint64_t created_ns;
+    uint64_t reloads;        /* moves to a replaced file, or re-replays after a shrink */
+    uint64_t foreign_records; /* records replayed that other handles appended after open */
+    uint64_t leftovers_removed; /* temporary files of dead processes removed */
+    int ckpt_state;          /* enum fab_ledger_ckpt_state */
+    uint64_t ckpt_covered;   /* ledger bytes the checkpoint in use covers, 0 without */
+    uint64_t ckpt_keys;
+    uint64_t ckpt_written;   /* checkpoints written by this handle */
+    uint64_t open_replayed;  /* records open replayed from the ledger itself */
+    int writers;             /* handles (any process) open for writing, from /proc/locks; -1 unknown */
+    int exclusive;
     int version;
     int failed;              /* 1 after an fdatasync failure: appends refused */
     char creator[FAB_LEDGER_CREATOR_LEN + 1];
@@ -112,8 +143,10 @@ typedef struct fab_ledger fab_ledger;
 
 /*
  * Opens (FAB_LEDGER_WRITE: creates when missing) the ledger at path and
- * replays it. On success *out owns the ledger (fab_ledger_close). Returns 0,
- * FAB_ENOMEM, FAB_EIO (err->sys_errno says why), FAB_ELOCKED (err->pid),
+ * replays it. On success *out owns the ledger (fab_ledger_close). A writer
+ * removes temporary files that dead processes left beside path. Returns 0,
+ * FAB_ENOMEM, FAB_EIO (err->sys_errno says why), FAB_ELOCKED (an exclusive
+ * writer holds it, or opt->exclusive and other writers do; err->pid when known),
  * FAB_EFORMAT / FAB_ETRUNCATED (not a ledger; err->offset), FAB_EVERSION,
  * FAB_ECORRUPT (err->offset of the bad record) or FAB_EINVAL.
  */
@@ -135,23 +168,35 @@ int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, si
 
 /*
  * Finds the committed record of key. Returns 1 and fills *ref, 0 when not
- * held. With want_map, ref->map is a new reference that keeps ref->data
- * valid until released; without it ref->map is NULL and ref->data is only
- * valid until the ledger is closed. For a stream ref->type is END and
+ * held, or a negative code (FAB_EIO, FAB_ECORRUPT...) when the file shrank
+ * or was replaced and the new one cannot be read. Before touching the
+ * mapping it checks that the file has not shrunk; on a miss it replays
+ * records other processes appended and moves to a replaced file. With
+ * want_map, ref->map is a new reference that keeps ref->data valid until
+ * released; without it ref->map is NULL and ref->data is only valid until
+ * the ledger is closed or moves. For a stream ref->type is END and
  * ref->data/len are empty.
  */
-int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref);
+int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
+                      fab_ledger_error *err);
 
 /* Number of committed keys. */
 size_t fab_ledger_count(fab_ledger *l);
 
+/* A position in the ledger for fab_ledger_next; zero-initialize to start. */
+typedef struct fab_ledger_pos {
+    uint64_t off;
+    uint64_t gen;  /* the ledger's generation when the iteration started */
+} fab_ledger_pos;
+
 /*
- * Iteration in ledger order. *pos starts at 0; each call that returns 1
- * fills key and ref (ref->map is a new reference when want_map) and advances
- * *pos; 0 at the end.
+ * Iteration in ledger order. Each call that returns 1 fills key and ref
+ * (ref->map is a new reference when want_map) and advances *pos; 0 at the
+ * end; FAB_ESTATE when the ledger moved to another file (replaced or
+ * shrunk) since the iteration started.
  */
-int fab_ledger_next(fab_ledger *l, uint64_t *pos, uint8_t key[32], int want_map,
-                    fab_ledger_ref *ref);
+int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int want_map,
+                    fab_ledger_ref *ref, fab_ledger_error *err);
 
 /* Statistics. */
 void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st);
@@ -159,13 +204,31 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st);
 /* fdatasync of everything written. 0, FAB_EIO (appends refused after) or FAB_ESTATE. */
 int fab_ledger_sync(fab_ledger *l, fab_ledger_error *err);
 
-/* Reader: replays records appended since the last replay. Returns the number
- * of new records (>= 0) or FAB_ECORRUPT / FAB_EIO. A writer gets 0. */
+/* Replays records other handles appended since the last replay, and moves
+ * to the file now at the ledger's path when it was replaced (compaction, a
+ * restore) or shrank. Returns the number of records replayed (after a move,
+ * every record of the new file), or FAB_ECORRUPT / FAB_EIO / FAB_EFORMAT. */
 int fab_ledger_refresh(fab_ledger *l, fab_ledger_error *err);
 
-/* Writes the committed records to dest atomically (spec: Compaction).
- * dest must not be the ledger itself (FAB_EINVAL). 0 or FAB_EIO/FAB_ENOMEM. */
-int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_error *err);
+/* Writes a checkpoint of the index beside the ledger now (PATH.ckpt; spec:
+ * Checkpoint). 0, FAB_ESTATE (salvaged ledger, records waiting for their
+ * sync, or checkpoints off), FAB_EIO or FAB_ENOMEM. */
+int fab_ledger_checkpoint(fab_ledger *l, fab_ledger_error *err);
+
+/* The ledger's generation: incremented each time it moves to another file. */
+uint64_t fab_ledger_generation(fab_ledger *l);
+
+/*
+ * Writes the committed records to dest atomically (spec: Compaction); dest
+ * NULL compacts in place (a writer only), replacing the ledger's file while
+ * other processes keep appending. A temporary file DEST.compact.tmp.PID is
+ * written, synced and renamed. progress (may be NULL) is called without any
+ * lock held with bytes done and total. dest must not be the ledger itself
+ * (FAB_EINVAL). 0, FAB_EIO, FAB_ENOMEM, FAB_ESTATE (the ledger moved
+ * meanwhile; try again) or FAB_EINVAL.
+ */
+int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
+                       void *progress_ctx, fab_ledger_error *err);
 
 /* ---- streams ------------------------------------------------------------ */
 
@@ -173,7 +236,9 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_error *err);
  * already held (nothing written), or an error as fab_ledger_record. */
 int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begin,
                             fab_ledger_error *err);
-/* Appends one item (canonical msgpack). 0 or an error. */
+/* Appends one item (canonical msgpack). 0 or an error; FAB_ESTATE when the
+ * ledger moved to another file (a compaction) since the stream began: the
+ * stream is lost and must be recorded again. */
 int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                              const void *data, size_t len, fab_ledger_error *err);
 /* Commits the stream (durable per mode). 1 when it now holds the key, 0 when
@@ -191,6 +256,7 @@ typedef struct fab_ledger_cursor {
     uint64_t pos;     /* next offset to look at */
     uint64_t count;   /* items promised by the END record */
     uint64_t seen;
+    uint64_t gen;     /* the ledger's generation when opened */
 } fab_ledger_cursor;
 
 /* Positions c at the start of key's committed stream. 0, FAB_ENOTFOUND (not
@@ -200,7 +266,8 @@ int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_curs
 /*
  * The next item of the stream: 1 and *item filled (item->map a new reference
  * when want_map), 0 after the last item, FAB_ECORRUPT when the stream's
- * records disagree with its END record.
+ * records disagree with its END record, FAB_ESTATE when the ledger moved to
+ * another file since the cursor was opened, FAB_EIO when the file shrank.
  */
 int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
                            fab_ledger_ref *item);

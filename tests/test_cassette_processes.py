@@ -1,0 +1,428 @@
+"""One cassette, many processes: real processes, real files, SIGKILL.
+
+Every test synchronizes on lines the other process writes (readiness,
+acknowledgements) and never on the clock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fabric
+from fabric import EvalCassette, EvalRequest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fabric.__file__)))
+
+
+def key(k):
+    return EvalRequest("op", [k]).key
+
+
+def spawn(script, *args, stdin=False):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin else None,
+        env=env, text=True,
+    )
+
+
+def readline(child, timeout=120.0):
+    """The child's next stdout line; fails (never hangs) when it says
+    nothing for ``timeout`` seconds (a dead child gives EOF at once)."""
+    ready, _, _ = select.select([child.stdout], [], [], timeout)
+    assert ready, f"child {child.pid} wrote nothing within {timeout} s"
+    return child.stdout.readline()
+
+
+def tell(child, line):
+    child.stdin.write(line + "\n")
+    child.stdin.flush()
+
+
+# ---- defect 1: fork ------------------------------------------------------------
+
+
+def test_fork_child_never_writes_through_parents_handle(tmp_path):
+    path = str(tmp_path / "fork.fabl")
+    c = EvalCassette(path, durability="fsync")
+    c.record(key(0), "before")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: writes through the inherited object
+        code = 1
+        try:
+            os.close(r)
+            for i in range(1, 200, 2):
+                assert c.record(key(i), f"child {i}") is True
+            assert c.get(key(0)) == "before"
+            code = 0
+        finally:
+            os.write(w, b"done\n")
+            os._exit(code)
+    os.close(w)
+    # The parent writes at the same time (the pipe tells us only the end).
+    for i in range(2, 200, 2):
+        assert c.record(key(i), f"parent {i}") is True
+    with os.fdopen(r) as f:
+        assert f.readline() == "done\n"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert c.record(key(1000), "parent after") is True  # the parent is unaffected
+    # The parent sees the child's records (a miss reads the tail).
+    assert c.get(key(1)) == "child 1"
+    c.close()
+    with EvalCassette(path, "r", recover="strict") as s:  # a strict open: no corruption
+        assert len(s) == 201
+        assert s.get(key(0)) == "before"
+        for i in range(1, 200):
+            assert s.get(key(i)) == ("child" if i % 2 else "parent") + f" {i}"
+        assert s.stats()["duplicates"] == 0
+
+
+_shared: EvalCassette | None = None
+
+
+def _pool_record(i):
+    assert _shared is not None
+    _shared.record(key(i), {"worker": os.getpid(), "i": i})
+    return os.getpid()
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_process_pool_workers_share_a_cassette(tmp_path, start):
+    """A ProcessPoolExecutor whose workers record into one cassette: with
+    fork they inherit the parent's open cassette, with spawn they open it."""
+    global _shared
+    path = str(tmp_path / f"pool-{start}.fabl")
+    ctx = multiprocessing.get_context(start)
+    if start == "fork":
+        _shared = EvalCassette(path)
+        init, initargs = None, ()
+    else:
+        init, initargs = _open_shared, (path,)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, initializer=init,
+                                                    initargs=initargs) as ex:
+            pids = set(ex.map(_pool_record, range(400), chunksize=10))
+            # every worker reads what the others recorded, without refresh
+            seen = list(ex.map(_pool_read_all, [400] * 4))
+        assert all(n == 400 for n in seen)
+        with EvalCassette(path, "r") as c:
+            assert len(c) == 400
+            assert {c.get(key(i))["i"] for i in range(400)} == set(range(400))
+            assert {c.get(key(i))["worker"] for i in range(400)} <= pids
+    finally:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+def _open_shared(path):
+    global _shared
+    _shared = EvalCassette(path)
+
+
+def _pool_read_all(n):
+    assert _shared is not None
+    return sum(1 for i in range(n) if _shared.get(key(i)) is not None)
+
+
+# ---- defect 2: a file that shrinks underneath ------------------------------------
+
+READER = """
+import sys, fabric
+from fabric import EvalCassette, EvalRequest
+c = EvalCassette(sys.argv[1], "r")
+key = lambda k: EvalRequest("op", [k]).key
+assert all(c.get(key(i)) == {"v": i, "pad": "p" * 3000} for i in range(300))
+print("read", flush=True)
+assert sys.stdin.readline() == "go\\n"
+results = []
+for i in range(300):
+    try:
+        results.append(c.get(key(i)))
+    except (fabric.LedgerError, fabric.LedgerFormatError) as exc:
+        results.append(type(exc).__name__)
+n_gone = sum(r is None for r in results)
+n_error = sum(isinstance(r, str) for r in results)
+n_new = sum(bool(isinstance(r, dict) and r.get("restored")) for r in results)
+print(f"gone {n_gone} error {n_error} new {n_new} len {len(c)}", flush=True)
+"""
+
+
+def _fill(path, n, restored=False):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(n):
+            c.record(key(i), {"v": i, "restored": True} if restored else
+                     {"v": i, "pad": "p" * 3000})
+
+
+@pytest.mark.parametrize("how", ["truncate", "header-only", "below-header", "restore"])
+def test_shrink_under_a_reader_never_kills_it(tmp_path, how):
+    path = str(tmp_path / "shrink.fabl")
+    _fill(path, 300)
+    if how == "restore":  # a smaller backup, made from another ledger
+        backup = str(tmp_path / "backup.fabl")
+        _fill(backup, 10, restored=True)
+    child = spawn(READER, path, stdin=True)
+    try:
+        assert readline(child) == "read\n"
+        if how == "truncate":
+            os.truncate(path, os.path.getsize(path) // 3)
+        elif how == "header-only":
+            os.truncate(path, 64)
+        elif how == "below-header":
+            os.truncate(path, 10)
+        else:  # copied over the same inode, as cp or a restore tool does
+            shutil.copyfile(backup, path)
+        tell(child, "go")
+        line = readline(child)
+    finally:
+        out, _ = child.communicate()
+    assert child.returncode == 0, f"the reader died: {child.returncode} ({line!r})"
+    gone, error, new, n = (int(x) for x in line.split()[1::2])
+    if how == "truncate":  # it moved to what is left: a prefix of the records
+        assert error == 0 and 0 < gone < 300 and n == 300 - gone
+    elif how == "header-only":
+        assert (gone, error, n) == (300, 0, 0)
+    elif how == "below-header":  # nothing to move to: a clear error each time
+        assert error == 300
+    else:
+        assert (new, gone, n) == (10, 290, 10)
+
+
+def test_get_raw_view_outlives_a_move(tmp_path):
+    """A view from get_raw() keeps the mapping of the file it came from; after
+    the cassette moves (here: a replacement) the view still reads its bytes."""
+    path = str(tmp_path / "v.fabl")
+    _fill(path, 5)
+    with EvalCassette(path, "r") as c:
+        view = c.get_raw(key(3))
+        expect = bytes(view)
+        other = str(tmp_path / "other.fabl")
+        _fill(other, 2, restored=True)
+        os.replace(other, path)
+        assert c.refresh() == 2
+        assert bytes(view) == expect
+        assert c.get(key(1)) == {"v": 1, "restored": True}
+
+
+# ---- defect 3: stale after compaction --------------------------------------------
+
+
+def test_reader_and_writer_follow_a_compaction(tmp_path):
+    path = str(tmp_path / "compact.fabl")
+    with EvalCassette(path, durability="os") as c:
+        for i in range(50):
+            c.record(key(i), i)
+        # make the compaction worth it: a torn tail it drops
+    with open(path, "ab") as f:
+        f.write(b"\xe7REC torn")
+    reader = EvalCassette(path, "r")
+    writer = EvalCassette(path)
+    it = iter(reader)
+    next(it)
+    ino = os.stat(path).st_ino
+    cli = subprocess.run([sys.executable, "-m", "fabric", "cassette", "compact", path],
+                         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert os.stat(path).st_ino != ino
+    # The writer's next append goes to the new file, never to the old inode.
+    assert writer.record(key(100), "after") is True
+    assert writer.stats()["reloads"] == 1
+    # The reader moves on a miss...
+    assert reader.get(key(100)) == "after"
+    assert reader.stats()["reloads"] == 1
+    # ...and an iteration that began on the old file says so instead of
+    # reading the new one at old offsets.
+    with pytest.raises(fabric.LedgerError, match="replaced"):
+        next(it)
+    # refresh() reports a move: the records of the new file.
+    writer2 = EvalCassette(path, "r")
+    subprocess.run([sys.executable, "-m", "fabric", "cassette", "compact", path],
+                   env=dict(os.environ, PYTHONPATH=ROOT), check=True, capture_output=True)
+    assert writer2.refresh() == 51
+    assert writer2.stats()["reloads"] == 1
+    for c in (reader, writer, writer2):
+        c.close()
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 51 and c.stats()["records"] == 51
+
+
+# ---- defect 4: a killed compaction's leftovers -----------------------------------
+
+COMPACTOR = """
+import sys
+from fabric import EvalCassette
+c = EvalCassette(sys.argv[1])
+def progress(done, total):
+    print(f"progress {done} {total}", flush=True)
+    sys.stdin.readline()  # wait here until killed
+c.compact(progress=progress)
+"""
+
+
+def test_killed_compaction_leaves_nothing_behind(tmp_path):
+    path = str(tmp_path / "k.fabl")
+    _fill(path, 3000)
+    child = spawn(COMPACTOR, path, stdin=True)
+    try:
+        assert readline(child).startswith("progress ")
+        tmp = f"{path}.compact.tmp.{child.pid}"
+        assert os.path.exists(tmp)  # killed midway: the temporary file is there
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+    finally:
+        child.kill()
+    assert os.path.exists(tmp)
+    assert child.returncode == -signal.SIGKILL
+    with EvalCassette(path) as c:  # the next writer's open removes it
+        assert c.stats()["leftovers_removed"] == 1
+        assert len(c) == 3000
+    assert not os.path.exists(tmp)
+    # A live compaction's file is never taken for a leftover.
+    child = spawn(COMPACTOR, path, stdin=True)
+    try:
+        assert readline(child).startswith("progress ")
+        with EvalCassette(path) as c:
+            assert c.stats()["leftovers_removed"] == 0
+            c.compact(str(tmp_path / "copy.fabl"))
+        assert os.path.exists(f"{path}.compact.tmp.{child.pid}")
+    finally:
+        child.kill()
+        child.communicate()
+    # and the next compaction cleans up too
+    with EvalCassette(path) as c:
+        c.compact()
+    assert not [n for n in os.listdir(tmp_path) if ".tmp." in n]
+
+
+# ---- many writers ----------------------------------------------------------------
+
+WRITER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+path, base, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = EvalCassette(path, durability=sys.argv[4])
+key = lambda k: EvalRequest("op", [k]).key
+print("open", flush=True)
+for i in range(n):
+    k = base + i
+    if i % 7 == 6:
+        with c.record_stream(key(k)) as w:
+            for j in range(i % 3 + 1):
+                w.append([k, j])
+        print(f"s {k}", flush=True)
+    else:
+        assert c.record(key(k), {"k": k}) is True
+        print(f"r {k}", flush=True)
+    if i % 50 == 49:  # read what the others wrote (shared keys), no refresh
+        shared = key(-(i // 50))
+        c.record(shared, {"first": base})
+        assert c.get(shared) is not None
+print("done", flush=True)
+"""
+
+
+def _check_all(path, acked, streams, writers_done=()):
+    with EvalCassette(path, "r", recover="strict") as c:
+        for k in acked:
+            assert c.get(key(k)) == {"k": k}, k
+        for k in streams:
+            i = k % 1_000_000
+            assert list(c.get_stream(key(k))) == [[k, j] for j in range(i % 3 + 1)], k
+        # first write wins across processes: a second committing record of a
+        # key is never even written, so replay finds no duplicates
+        assert c.stats()["duplicates"] == 0
+        ks = list(c)
+        assert len(ks) == len(set(ks)) == len(c)
+        return c.stats()
+
+
+def _collect(child, acked, streams):
+    line = readline(child)
+    if not line.endswith("\n"):
+        return None
+    kind, _, k = line.strip().partition(" ")
+    if kind == "r":
+        acked.append(int(k))
+    elif kind == "s":
+        streams.append(int(k))
+    return kind
+
+
+@pytest.mark.parametrize("durability", ["os", "fsync"])
+def test_two_writer_processes_both_write_and_see_everything(tmp_path, durability):
+    path = str(tmp_path / "two.fabl")
+    n = 300
+    kids = [spawn(WRITER, path, b * 1_000_000, n, durability) for b in (1, 2)]
+    acked: list[int] = []
+    streams: list[int] = []
+    for child in kids:
+        assert readline(child) == "open\n"
+    for child in kids:
+        while _collect(child, acked, streams) != "done":
+            pass
+        child.communicate()
+        assert child.returncode == 0
+    assert len(acked) + len(streams) == 2 * n
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 2 * n + n // 50
+        # first write wins across processes: the shared keys hold one value
+        for s in range(n // 50):
+            assert c.get(key(-s))["first"] in (1_000_000, 2_000_000)
+    _check_all(path, acked, streams)
+
+
+def test_writers_killed_in_a_loop_lose_nothing_acknowledged(tmp_path):
+    """Three writer processes append at once; one at a time is SIGKILLed
+    after a number of acknowledgements (so mid-append, possibly holding the
+    append lock) and replaced. The others are never blocked, and every
+    acknowledged record of every process is there after a strict open."""
+    path = str(tmp_path / "kill.fabl")
+    loops = int(os.environ.get("FABRIC_CRASH_LOOPS", "200")) // 10 or 1
+    acked: list[int] = []
+    streams: list[int] = []
+    serial = 0
+
+    def start():
+        nonlocal serial
+        serial += 1
+        child = spawn(WRITER, path, serial * 1_000_000, 1_000_000, "fsync")
+        assert readline(child) == "open\n"
+        return child
+
+    kids = [start() for _ in range(3)]
+    for loop in range(loops):
+        victim = loop % 3
+        # every writer makes progress: none is blocked by a dead one
+        for child in kids:
+            for _ in range(5):
+                assert _collect(child, acked, streams) in ("r", "s")
+        kids[victim].send_signal(signal.SIGKILL)
+        out, _ = kids[victim].communicate()
+        for line in out.splitlines(keepends=True):
+            if line.endswith("\n") and line[:2] in ("r ", "s "):
+                (acked if line[0] == "r" else streams).append(int(line[2:]))
+        kids[victim] = start()
+    for child in kids:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate()
+        for line in out.splitlines(keepends=True):
+            if line.endswith("\n") and line[:2] in ("r ", "s "):
+                (acked if line[0] == "r" else streams).append(int(line[2:]))
+    assert len(acked) > loops * 10
+    with EvalCassette(path) as c:  # a writer's open repairs a torn tail
+        pass
+    _check_all(path, acked, streams)
