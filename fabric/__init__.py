@@ -8,7 +8,16 @@ the Fabric SSH tool (that one is distributed as ``fabric`` on PyPI and has
 ``fabric.EvalRequest``).
 """
 
+from __future__ import annotations
+
+import importlib
 import os as _os
+
+# Not typing.TYPE_CHECKING: importing typing would cost every `import fabric`
+# more than the extension itself (type checkers read the name alike).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _refuse_the_ssh_packages_files() -> None:
@@ -71,30 +80,70 @@ from ._core import (  # fabrics' errors
     OpNotFound,
     RemoteError,
 )
-from .ops import Op, OpRegistry, diagnostic, op
-from .holders import HoldingDelta, HoldingIndex
-from .replies import AsyncEvalStream, EvalReply, EvalStream
-from .fabrics import (
-    ContentPeer,
-    ContentServeFabric,
-    EvalFabric,
-    LedgeredRelayFabric,
-    LocalFabric,
-    RelayFabric,
-    RelayStatus,
-)
-from .resolving import ContentAddressedFabric, Explanation
-from .frames import (
-    DIAGNOSTIC_KINDS,
-    FrameKind,
-    StreamDiagnostic,
-    cassette_to_stream_frames,
-    stream_frames_to_cassette,
-    stream_frames_to_events,
-    stream_frames_to_stream,
-    stream_to_frames,
-)
-from .control import StreamControl
+# The orchestration modules load on first use of one of their names (PEP 562),
+# so `import fabric` costs the extension only: a short-lived process that
+# opens a cassette and answers one get pays for what it uses, not for
+# asyncio and the fabrics.
+_LAZY = {
+    "Op": "ops",
+    "OpRegistry": "ops",
+    "diagnostic": "ops",
+    "op": "ops",
+    "HoldingDelta": "holders",
+    "HoldingIndex": "holders",
+    "AsyncEvalStream": "replies",
+    "EvalReply": "replies",
+    "EvalStream": "replies",
+    "ContentPeer": "fabrics",
+    "ContentServeFabric": "fabrics",
+    "EvalFabric": "fabrics",
+    "LedgeredRelayFabric": "fabrics",
+    "LocalFabric": "fabrics",
+    "RelayFabric": "fabrics",
+    "RelayStatus": "fabrics",
+    "ContentAddressedFabric": "resolving",
+    "Explanation": "resolving",
+    "DIAGNOSTIC_KINDS": "frames",
+    "FrameKind": "frames",
+    "StreamDiagnostic": "frames",
+    "cassette_to_stream_frames": "frames",
+    "stream_frames_to_cassette": "frames",
+    "stream_frames_to_events": "frames",
+    "stream_frames_to_stream": "frames",
+    "stream_to_frames": "frames",
+    "StreamControl": "control",
+}
+
+if TYPE_CHECKING:
+    from .ops import Op, OpRegistry, diagnostic, op
+    from .holders import HoldingDelta, HoldingIndex
+    from .replies import AsyncEvalStream, EvalReply, EvalStream
+    from .fabrics import (ContentPeer, ContentServeFabric, EvalFabric, LedgeredRelayFabric,
+                          LocalFabric, RelayFabric, RelayStatus)
+    from .resolving import ContentAddressedFabric, Explanation
+    from .frames import (DIAGNOSTIC_KINDS, FrameKind, StreamDiagnostic,
+                         cassette_to_stream_frames, stream_frames_to_cassette,
+                         stream_frames_to_events, stream_frames_to_stream, stream_to_frames)
+    from .control import StreamControl
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fabric' has no attribute {name!r}")
+    loaded = importlib.import_module("." + module, __name__)
+    # Every public name of that module at once, so they read alike.
+    for other, where in _LAZY.items():
+        if where == module:
+            value = getattr(loaded, other)
+            _present_as_fabric(other, value)
+            globals()[other] = value
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -166,16 +215,12 @@ __all__ = [
 ]
 
 
-def _present_public_names_as_fabric() -> None:
+def _present_as_fabric(name: str, obj: object) -> None:
     # Every public class and function reads as fabric.X (repr, help, pickle
     # by reference, tracebacks), wherever it is defined: the submodules are
     # how the package is organised, not names for users to depend on.
-    for name in __all__:
-        obj = globals()[name]
-        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
-            if getattr(obj, "__module__", "").startswith("fabric.") and \
-                    getattr(obj, "__qualname__", "") == name:
-                obj.__module__ = "fabric"
+    if getattr(obj, "__module__", "").startswith("fabric.") and \
+            getattr(obj, "__qualname__", "") == name:
+        obj.__module__ = "fabric"
 
-
-_present_public_names_as_fabric()
+del TYPE_CHECKING
