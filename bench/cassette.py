@@ -321,21 +321,26 @@ def main():
                     help="store sizes for the open-and-one-get process (e.g. 1000000 5000000)")
     ap.add_argument("--replay-big", type=int, default=1024,
                     help="reply size (bytes) of the second replay ledger (GB/s figure)")
+    ap.add_argument("--only", choices=["hits", "appends", "open", "writers", "replay"],
+                    help="run one section only")
     args = ap.parse_args()
+    want = (lambda name: args.only in (None, name))
     with tempfile.TemporaryDirectory(dir=os.environ.get("FABRIC_BENCH_DIR")) as tmp:
-        print("get hit (decoded), per call, best of interleaved rounds:")
-        for size in (100, 65536):
+        if want("hits"):
+            print("get hit (decoded), per call, best of interleaved rounds:")
+        for size in (100, 65536) if want("hits") else ():
             c, d, s, cp = bench_hits(tmp, size)
             print(f"  {size:>6} B  cassette {c*1e6:6.2f} us  diskcache {d*1e6:6.2f} us  "
                   f"sqlite3 WAL {s*1e6:6.2f} us   -> {d/c:4.1f}x diskcache, {s/c:4.1f}x sqlite3"
                   f"   (copy floor bytes(get_raw) {cp*1e6:.2f} us)")
-        print("append, 100 B reply (records/s):")
-        for name, rate in bench_appends(tmp, args.records).items():
+        if want("appends"):
+            print("append, 100 B reply (records/s):")
+        for name, rate in (bench_appends(tmp, args.records).items() if want("appends") else ()):
             if isinstance(rate, tuple):
                 print(f"  {name:<34} {rate[0]:>12,.0f}   {rate[1]:6.1f} records per fdatasync")
             else:
                 print(f"  {name:<34} {rate:>12,.0f}")
-        for n in args.open:
+        for n in args.open if want("open") else ():
             res, imp = bench_open_process(tmp, n)
             f, sq, sqf = res["fabric"], res["sqlite3"], res["sqlite3 + import fabric"]
             print(f"a process that opens a {n:,}-record store and answers one get "
@@ -344,10 +349,12 @@ def main():
                   f"{sq[1]:5.1f} MiB   sqlite3 + import fabric {sqf[0]*1e3:6.1f} ms "
                   f"{sqf[1]:5.1f} MiB   -> {f[0]/sq[0]:.2f}x / {f[0]/sqf[0]:.2f}x time, "
                   f"{f[1]/sq[1]:.2f}x RSS   (python -c 'import fabric': {imp*1e3:.1f} ms)")
-        print("writer processes on one cassette, 100 B replies (aggregate records/s):")
-        for name, rate in bench_writer_processes(tmp, args.records).items():
+        if want("writers"):
+            print("writer processes on one cassette, 100 B replies (aggregate records/s):")
+        for name, rate in (bench_writer_processes(tmp, args.records).items()
+                           if want("writers") else ()):
             print(f"  {name:<38} {rate:>12,.0f}")
-        for reply_size in (100, args.replay_big):
+        for reply_size in (100, args.replay_big) if want("replay") else ():
             rps, gbs, per_key, size = bench_replay(tmp, args.replay, reply_size)
             print(f"open/replay of {args.replay:,} records of {reply_size} B replies "
                   f"({size/1e6:.0f} MB, page cache warm): {rps/1e6:.2f} M records/s, "
