@@ -74,6 +74,14 @@ from .frames import (
     stream_to_frames,
 )
 from .control import StreamControl
+from .node import (  # the network node
+    Backpressure,
+    Node,
+    NodeLimits,
+    SecretRef,
+    VersionMismatch,
+    connect,
+)
 
 __version__ = "0.1.0"
 
@@ -142,6 +150,13 @@ __all__ = [
     "stream_frames_to_events",
     "stream_frames_to_stream",
     "stream_to_frames",
+    # the network node
+    "Backpressure",
+    "Node",
+    "NodeLimits",
+    "SecretRef",
+    "VersionMismatch",
+    "connect",
 ]
 
 
