@@ -326,7 +326,7 @@ class NodeClient:
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
         check_grants(request, g, f"connect({self.url})")
-        if self.server_grants and "*" not in self.server_grants:
+        if self.principal is not None and "*" not in self.server_grants:
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
@@ -470,6 +470,7 @@ class NodeClient:
         if w is not None:
             w.transport.abort()
         self._task.cancel()
+        self._set_status("disconnected")
 
     def close(self) -> None:
         """Close the connection; calls in flight fail with ``FabricUnavailable``."""

@@ -289,6 +289,11 @@ class Node:
                 c.writer.close()
             except Exception:
                 pass
+        for c in list(self._conns):
+            try:
+                await asyncio.wait_for(c.writer.wait_closed(), 1.0)
+            except Exception:
+                c.abort()
         for t in pumps:
             t.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -306,11 +311,24 @@ class Node:
             raise FabricError("the node is already started")
 
         def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             try:
-                asyncio.run(self.serve())
+                loop.run_until_complete(self.serve())
             except BaseException as exc:  # reported to start()'s caller
                 self._start_error = exc
                 self._ready.set()
+            finally:
+                # Not asyncio.run: it would wait for the default executor's
+                # threads, and a sync op still running in one must not hold
+                # stop() up (its reply is dropped with the connection).
+                tasks = asyncio.all_tasks(loop)
+                for t in tasks:
+                    t.cancel()
+                if tasks:  # a task waiting on a thread's op is not waited for long
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
         self._thread = threading.Thread(target=run, name=f"fabric-node-{self.node_id}",
                                         daemon=True)
@@ -322,8 +340,12 @@ class Node:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving (in-flight requests are ended with an error) and join."""
-        if self._loop is not None and self._stop_evt is not None:
-            self._loop.call_soon_threadsafe(self._stop_evt.set)
+        if self._loop is not None and self._stop_evt is not None \
+                and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop_evt.set)
+            except RuntimeError:  # the loop closed in between: already stopped
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -342,9 +364,12 @@ class Node:
     # -- peers and gossip --------------------------------------------------------
     async def _add_peer(self, url: str) -> None:
         from .client import NodeClient
+        loop = asyncio.get_running_loop()
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
-                            node_id=self.node_id, on_gossip=self._on_gossip,
-                            loop=asyncio.get_running_loop())
+                            node_id=self.node_id,
+                            # the client's callbacks run on its own loop thread
+                            on_gossip=lambda body: loop.call_soon_threadsafe(
+                                self._on_gossip, body))
         self._clients.append(client)
         await client._connected_once()
         self.fabric.add_peer(ContentPeer(client.node, client))
@@ -352,9 +377,12 @@ class Node:
         self._gossip_wake.set()  # type: ignore[union-attr]
 
     def _on_gossip(self, body: Any) -> None:
-        if isinstance(body, dict) and "facts" in body:
-            facts = [(P.key_of(k), h) for k, h in body["facts"]
-                     if isinstance(h, str) and h]
+        if isinstance(body, dict) and isinstance(body.get("facts"), list):
+            try:
+                facts = [(P.key_of(k), h) for k, h in body["facts"]
+                         if isinstance(h, str) and h]
+            except (P.ProtocolError, TypeError, ValueError) as exc:
+                raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
             new = self.fabric.holders.apply(facts)
             self._stat("gossip_facts_in", len(facts))
             if new:
@@ -368,10 +396,10 @@ class Node:
     async def _gossip_pump(self) -> None:
         assert self._gossip_wake is not None
         while True:
-            try:
-                await asyncio.wait_for(self._gossip_wake.wait(), 0.25)
-            except asyncio.TimeoutError:
-                pass
+            # A short tick, not wait_for(event): this pump must end at once
+            # when cancelled, and a tick also catches announces made by
+            # threads (the holding index has no listener hook).
+            await asyncio.sleep(0.05)
             self._gossip_wake.clear()
             version = self.fabric.holders.version
             for c in list(self._conns):
@@ -423,10 +451,10 @@ class Node:
                 cr.close()
             try:
                 if not conn.closed:
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), 1.0)
                 writer.close()
             except Exception:
-                pass
+                conn.abort()
             conn.closed = True
 
     async def _next_frame(self, conn: _Conn, dec: FrameDecoder, timeout: float | None) -> Any:
