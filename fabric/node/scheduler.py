@@ -118,6 +118,9 @@ class FairQueue:
                 return
             sid, e = victim
             p.streams[sid].remove(e)
+            if not p.streams[sid]:
+                del p.streams[sid]
+                p.order.remove(sid)
             p.bytes -= e.size
             p.count -= 1
             p.stats["evicted"] += 1
