@@ -88,7 +88,7 @@ class NodeClient:
                  timeout: float | None = 30.0, scope: str = "compute",
                  grants: Iterable[str] = (), node_id: str | None = None,
                  window: int = P.DEFAULT_WINDOW, max_frame: int = P.DEFAULT_MAX_FRAME,
-                 on_gossip: Callable[[Any], None] | None = None,
+                 on_gossip: Callable[[Any], object] | None = None,
                  reconnect: bool = True, loop: Any = None,
                  proto: tuple[int, int] = P.PROTOCOL_VERSION):
         u = urlsplit(url)

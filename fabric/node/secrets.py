@@ -27,7 +27,7 @@ __all__ = ["SecretRef", "SecretStore"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
-class SecretRef(tuple):  # type: ignore[type-arg]
+class SecretRef(tuple):
     """A reference to a secret by name, resolved on the node that computes.
 
     ``SecretRef("db-password")`` keys as ``["fabric.SecretRef",

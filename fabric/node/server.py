@@ -372,7 +372,7 @@ class Node:
                                 self._on_gossip, body))
         self._clients.append(client)
         await client._connected_once()
-        self.fabric.add_peer(ContentPeer(client.node, client))
+        self.fabric.add_peer(ContentPeer(client.node or url, client))
         log.info("node %s: peer %s is %s", self.node_id, url, client.node)
         self._gossip_wake.set()  # type: ignore[union-attr]
 
