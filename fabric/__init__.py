@@ -112,6 +112,12 @@ _LAZY = {
     "stream_frames_to_stream": "frames",
     "stream_to_frames": "frames",
     "StreamControl": "control",
+    "Backpressure": "node",
+    "Node": "node",
+    "NodeLimits": "node",
+    "SecretRef": "node",
+    "VersionMismatch": "node",
+    "connect": "node",
 }
 
 if TYPE_CHECKING:
@@ -125,6 +131,7 @@ if TYPE_CHECKING:
                          cassette_to_stream_frames, stream_frames_to_cassette,
                          stream_frames_to_events, stream_frames_to_stream, stream_to_frames)
     from .control import StreamControl
+    from .node import Backpressure, Node, NodeLimits, SecretRef, VersionMismatch, connect
 
 
 def __getattr__(name: str) -> Any:
@@ -212,6 +219,13 @@ __all__ = [
     "stream_frames_to_events",
     "stream_frames_to_stream",
     "stream_to_frames",
+    # the network node
+    "Backpressure",
+    "Node",
+    "NodeLimits",
+    "SecretRef",
+    "VersionMismatch",
+    "connect",
 ]
 
 

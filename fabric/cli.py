@@ -1,4 +1,5 @@
-"""The ``fabric`` command line: ``fabric demo``, ``fabric key``, ``fabric cassette``.
+"""The ``fabric`` command line: ``fabric demo``, ``fabric key``, ``fabric cassette``,
+``fabric serve``.
 
 Each command is a small function taking parsed arguments; ``main`` wires
 them to ``argparse`` sub-commands. An expected failure (a missing file, bad
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cassette_cli
 
     cassette_cli.add_parser(sub)
+
+    from .node import cli as node_cli
+
+    node_cli.add_parser(sub)
 
     return parser
 

@@ -1,0 +1,25 @@
+"""The network node: ``fabric.Node``, ``fabric.connect`` and their protocol.
+
+- ``protocol``: the messages over the frame codec (docs/spec/protocol.md);
+- ``auth``: tokens, TLS subjects, grants;
+- ``credit``: per-stream credit windows and stream epochs;
+- ``scheduler``: the fair queues across principals;
+- ``secrets``: ``SecretRef`` and where a node finds secret values;
+- ``server``: ``Node``; ``client``: ``connect`` / ``NodeClient``.
+
+This package imports the rest of ``fabric``; nothing in ``fabric`` imports it
+but the package's ``__init__``.
+"""
+
+from .client import NodeClient, connect
+from .credit import Credit, StaleStream, StreamTable
+from .protocol import (PROTOCOL_VERSION, Backpressure, LimitExceeded, ProtocolError,
+                       Unauthenticated, VersionMismatch)
+from .scheduler import FairQueue
+from .secrets import SecretRef, SecretStore
+from .server import Node, NodeLimits
+
+__all__ = ["Node", "NodeLimits", "NodeClient", "connect", "SecretRef", "SecretStore",
+           "PROTOCOL_VERSION", "Backpressure", "LimitExceeded", "ProtocolError",
+           "Unauthenticated", "VersionMismatch", "Credit", "StreamTable", "StaleStream",
+           "FairQueue"]

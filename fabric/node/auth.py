@@ -1,0 +1,128 @@
+"""Who a peer is and what it may do: tokens, TLS subjects, grants.
+
+- A tokens file is a JSON object ``{principal: token}``. A presented token
+  is compared with every entry by ``hmac.compare_digest`` (constant time,
+  every entry, so the time does not say which matched); tokens are never
+  logged or put in an error.
+- With mutual TLS the principal is the client certificate's subject
+  (``CN=alice,O=example``), verified against ``--tls-ca``.
+- A grants file is a JSON object ``{principal: [capability, ...]}``; the key
+  ``"*"`` gives the grants of principals not named. ``node.compute`` allows
+  home compute, ``secret:<name>`` a SecretRef's resolution; the rest are
+  the capabilities requests declare. Without a grants file every principal
+  holds ``*`` (everything): the default node binds loopback only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import ssl
+from typing import Any, Iterable, Mapping
+
+__all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COMPUTE"]
+
+#: The grant that allows home compute.
+COMPUTE = "node.compute"
+
+
+def _load_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the {what} file is not valid JSON ({exc.msg} at line "
+                         f"{exc.lineno})") from None
+
+
+class Tokens:
+    """Bearer tokens by principal (from a dict or a JSON tokens file)."""
+
+    def __init__(self, tokens: Mapping[str, str] | str):
+        data = _load_json(tokens, "tokens") if isinstance(tokens, str) else tokens
+        if not isinstance(data, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and len(v) >= 16
+                for k, v in data.items()):
+            raise ValueError("a tokens file is a JSON object of principal -> token "
+                             "(tokens of at least 16 characters)")
+        self._entries = [(p, t.encode()) for p, t in data.items()]
+
+    def principal(self, token: Any) -> str | None:
+        """The principal whose token this is, else None (constant time per entry)."""
+        if not isinstance(token, str):
+            return None
+        given = token.encode()
+        found = None
+        for principal, expected in self._entries:
+            if hmac.compare_digest(given, expected) and found is None:
+                found = principal
+        return found
+
+    def __repr__(self) -> str:
+        return f"Tokens({len(self._entries)} principals)"
+
+
+class Grants:
+    """Capabilities by principal (from a dict or a JSON grants file)."""
+
+    def __init__(self, grants: Mapping[str, Iterable[str]] | str | None = None):
+        data = _load_json(grants, "grants") if isinstance(grants, str) else grants
+        if data is None:
+            data = {"*": ["*"]}
+        if not isinstance(data, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
+                for k, v in data.items()):
+            raise ValueError("a grants file is a JSON object of principal -> [capability]")
+        self._grants = {k: frozenset(v) for k, v in data.items()}
+
+    def of(self, principal: str) -> frozenset[str]:
+        """The grants of ``principal`` (``"*"`` inside means everything)."""
+        g = self._grants.get(principal)
+        return self._grants.get("*", frozenset()) if g is None else g
+
+    @staticmethod
+    def effective(principal_grants: frozenset[str], claimed: Iterable[str]) -> frozenset[str]:
+        """What a request may use: what the caller claims, within the principal's grants."""
+        claimed = frozenset(claimed)
+        if "*" in principal_grants:
+            return claimed | (principal_grants - {"*"})
+        return claimed & principal_grants if claimed else principal_grants
+
+    @staticmethod
+    def allows(grants: frozenset[str], capability: str) -> bool:
+        return "*" in grants or capability in grants
+
+
+def server_tls(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
+    """A server context; with ``ca`` client certificates are required (mutual TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if ca is not None:
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_tls(ca: str | None = None, cert: str | None = None,
+               key: str | None = None) -> ssl.SSLContext:
+    """A client context trusting ``ca`` (else the system's), presenting
+    ``cert``/``key`` when given. Host names are checked against the URL's host."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def tls_principal(peercert: Any) -> str | None:
+    """``CN=alice,O=example`` from ``SSLSocket.getpeercert()``, or None."""
+    if not peercert:
+        return None
+    parts = []
+    for rdn in peercert.get("subject", ()):
+        for name, value in rdn:
+            short = {"commonName": "CN", "organizationName": "O",
+                     "organizationalUnitName": "OU", "countryName": "C"}.get(name, name)
+            parts.append(f"{short}={value}")
+    return ",".join(parts) or None

@@ -1,0 +1,116 @@
+"""``fabric serve``: run a node from the command line.
+
+Prints one readiness line, ``fabric serve: node ID listening on URL``, on
+stdout once it accepts connections (scripts and tests wait for it), logs
+through ``logging`` on stderr, and stops cleanly on SIGTERM or SIGINT:
+requests in flight end with an error frame, connections close, the
+cassette is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "cmd_serve"]
+
+
+def _load(spec: str) -> Any:
+    from ..cli import CLIError
+    if spec.startswith(("fabric://", "fabrics://")):
+        from .client import NodeClient
+        return NodeClient(spec, scope="compute")
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise CLIError(f"--home is MODULE:OBJECT or a node URL, not {spec!r}")
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    if callable(obj) and not hasattr(obj, "evaluate"):
+        obj = obj()
+    if not hasattr(obj, "evaluate"):
+        raise CLIError(f"--home {spec}: {type(obj).__name__} has no fabric interface")
+    return obj
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run a node until SIGTERM / SIGINT."""
+    from ..cli import CLIError
+    from .auth import client_tls, server_tls
+    from .server import Node, NodeLimits
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for m in args.imports:
+        importlib.import_module(m)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CLIError("--tls-cert and --tls-key go together")
+    tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    peer_tls = client_tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    limits = NodeLimits(**{k: v for k, v in (
+        ("max_connections", args.max_connections), ("handshake_timeout",
+                                                     args.handshake_timeout),
+        ("idle_timeout", args.idle_timeout), ("max_frame", args.max_frame),
+        ("window", args.window), ("output_buffer", args.output_buffer),
+        ("max_frame_rate", args.max_frame_rate), ("max_running", args.max_running),
+        ("principal_budget", args.principal_budget)) if v is not None})
+    home = _load(args.home) if args.home else None
+    node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
+                listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
+                secrets=args.secrets, limits=limits, insecure=args.insecure,
+                peer_tls=peer_tls, peer_token=args.peer_token)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.request_stop)
+        task = asyncio.create_task(node.serve())
+        while node._address is None and not task.done():
+            await asyncio.sleep(0.01)
+        if node._address is not None:
+            print(f"fabric serve: node {node.node_id} listening on {node.url}", flush=True)
+        await task
+
+    asyncio.run(run())
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``serve`` to the ``fabric`` command's sub-parsers."""
+    p = sub.add_parser("serve", help="run a network node")
+    p.add_argument("--listen", default="127.0.0.1:7411", metavar="HOST:PORT",
+                   help="where to listen (default 127.0.0.1:7411; port 0 picks one)")
+    p.add_argument("--cassette", default=None, metavar="PATH",
+                   help="the node's cassette (default: a temporary one)")
+    p.add_argument("--node-id", default=None, help="this node's id")
+    p.add_argument("--home", default=None, metavar="MODULE:OBJECT",
+                   help="a fabric that computes (or a node URL); absent: serve held content")
+    p.add_argument("--import", dest="imports", action="append", default=[],
+                   metavar="MODULE", help="import MODULE first (registers ops; repeatable)")
+    p.add_argument("--peer", dest="peers", action="append", default=[], metavar="URL",
+                   help="a node asked for held content (repeatable)")
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
+    p.add_argument("--tls-ca", default=None,
+                   help="CA of client certificates (mutual TLS) and of peers")
+    p.add_argument("--tokens", default=None, metavar="FILE",
+                   help="JSON object principal -> bearer token")
+    p.add_argument("--peer-token", default=None, help="the token this node presents to peers")
+    p.add_argument("--grants", default=None, metavar="FILE",
+                   help="JSON object principal -> [capability]")
+    p.add_argument("--secrets", default=None, metavar="FILE",
+                   help="JSON object secret name -> value, for SecretRef")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback address without TLS or tokens")
+    p.add_argument("--log-level", default="warning")
+    for name, typ in (("max-connections", int), ("handshake-timeout", float),
+                      ("idle-timeout", float), ("max-frame", int), ("window", int),
+                      ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),
+                      ("principal-budget", int)):
+        p.add_argument(f"--{name}", type=typ, default=None, help="a NodeLimits limit")
+    p.set_defaults(func=cmd_serve)

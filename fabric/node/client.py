@@ -1,0 +1,521 @@
+"""``fabric.connect(url)``: a client with the fabric interface, over one connection.
+
+The connection lives on a private event loop thread shared by every client
+of the process, so sync code needs no event loop and async code awaits the
+same calls (``aevaluate``, ``astream``). Each request opens a stream id;
+the client waits at most its ``timeout`` itself (``honours_timeout``), and
+a request in flight when the connection drops fails at once with
+``FabricUnavailable``. The client reconnects by itself (exponential backoff
+with jitter); while it is not connected a request fails at once, never
+silently retried. ``status`` is ``connected`` / ``reconnecting`` /
+``disconnected``; ``relay()`` gives a ``RelayFabric`` whose status follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import random
+import ssl
+import threading
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
+                     FabricUnavailable, FrameDecoder, FrameError, DecodeError, unpack)
+from ..control import StreamControl
+from ..fabrics import RelayFabric, RelayStatus, check_grants
+from ..frames import FrameKind, StreamDiagnostic
+from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
+from . import protocol as P
+from .auth import client_tls
+
+__all__ = ["NodeClient", "connect"]
+
+log = logging.getLogger("fabric.node")
+_OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+_END = object()
+
+
+class _LoopThread:
+    """One event loop on a daemon thread, shared by the clients of a process."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                t = threading.Thread(target=loop.run_forever, name="fabric-client-loop",
+                                     daemon=True)
+                t.start()
+                cls._loop = loop
+            return cls._loop
+
+
+class _Call:
+    """One request in flight: its events, in order, as they arrive."""
+
+    __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
+                 "done", "error", "chunks", "bytes")
+
+    def __init__(self, sid: int, want: str):
+        self.sid = sid
+        self.want = want
+        self.q: asyncio.Queue[Any] = asyncio.Queue()
+        self.source = "remote"
+        self.parts: list[bytes] = []
+        self.consumed = 0
+        self.granted = 0
+        self.started = False
+        self.done = False
+        self.error: BaseException | None = None
+        self.chunks = 0
+        self.bytes = 0
+
+
+class NodeClient:
+    """A connection to a node with the fabric interface (see ``fabric.connect``)."""
+
+    #: The client bounds its own wait (``timeout=``) and cancels what it gave up on.
+    honours_timeout = True
+
+    def __init__(self, url: str, *, tls: Any = None, token: str | None = None,
+                 timeout: float | None = 30.0, scope: str = "compute",
+                 grants: Iterable[str] = (), node_id: str | None = None,
+                 window: int = P.DEFAULT_WINDOW, max_frame: int = P.DEFAULT_MAX_FRAME,
+                 on_gossip: Callable[[Any], object] | None = None,
+                 reconnect: bool = True, loop: Any = None,
+                 proto: tuple[int, int] = P.PROTOCOL_VERSION):
+        u = urlsplit(url)
+        if u.scheme not in ("fabric", "fabrics") or not u.hostname or not u.port:
+            raise ValueError(f"a node URL is fabric://HOST:PORT or fabrics://HOST:PORT "
+                             f"(TLS), not {url!r}")
+        if scope not in P.SCOPES:
+            raise ValueError(f"scope must be one of {P.SCOPES}, not {scope!r}")
+        self.url = url
+        self.host, self.port = u.hostname, u.port
+        if isinstance(tls, dict):
+            tls = client_tls(**tls)
+        if tls is None and u.scheme == "fabrics":
+            tls = client_tls()
+        self.tls: ssl.SSLContext | None = tls
+        self._token = token
+        self.timeout = timeout
+        self.scope = scope
+        self.grants = frozenset(grants)
+        self.node_id = node_id
+        self.window = window
+        self.max_frame = max_frame
+        self.on_gossip = on_gossip
+        self.reconnect = reconnect
+        self.proto = proto
+        self.node: str | None = None  # the remote node's id, after the handshake
+        self.principal: str | None = None
+        self.server_grants: frozenset[str] = frozenset()
+        self.status = "disconnected"
+        self.gossip_sent = 0
+        self._loop = _LoopThread.get()
+        self._writer: asyncio.StreamWriter | None = None
+        self._enc = P.encoder(max_frame)
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._up: asyncio.Event | None = None
+        self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._relays: list[RelayFabric] = []
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
+                               "grants_sent": 0}
+
+    # -- connection management (on the private loop) ---------------------------
+    def _set_status(self, status: str) -> None:
+        self.status = status
+        for r in self._relays:
+            r.set_status(RelayStatus(status))
+
+    async def _run(self) -> None:
+        self._up = asyncio.Event()
+        delay = 0.05
+        first = True
+        while not self._closed:
+            try:
+                await self._session()
+                delay = 0.05
+            except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
+                    ssl.SSLError) as exc:
+                if first and not self._first.done():
+                    self._first.set_exception(exc)
+                    self._closed = True
+                    break
+                log.warning("connection to %s refused: %s", self.url, exc)
+            except (OSError, asyncio.IncompleteReadError, FrameError, DecodeError,
+                    P.ProtocolError, FabricError) as exc:
+                if first and not self._first.done():
+                    self._first.set_exception(FabricUnavailable(
+                        f"cannot connect to {self.url}: {exc}"))
+                    if not self.reconnect:
+                        self._closed = True
+                        break
+                log.info("connection to %s lost: %s", self.url, exc)
+            finally:
+                self._up.clear()
+                self._fail_all(FabricUnavailable(f"connection to {self.url} "
+                                                 f"({self.node}) was lost"))
+            first = False
+            if self._closed or not self.reconnect:
+                break
+            self._set_status("reconnecting")
+            self.stats_counters["reconnects"] += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
+        self._set_status("disconnected")
+
+    def _fail_all(self, exc: BaseException) -> None:
+        w, self._writer = self._writer, None
+        if w is not None:
+            w.transport.abort()
+        calls, self._calls = self._calls, {}
+        for c in calls.values():
+            if not c.done:
+                self.stats_counters["failed_fast"] += 1
+                c.done = True
+                c.q.put_nowait(exc)
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self.tls, limit=1 << 16,
+            server_hostname=self.host if self.tls else None)
+        try:
+            writer.write(self._enc.encode_value(FrameKind.HELLO, P.hello(
+                node=self.node_id, max_frame=self.max_frame, window=self.window,
+                caps=["gossip"] if self.on_gossip else [], token=self._token,
+                proto=self.proto)))
+            dec = FrameDecoder(P.node_limits(self.max_frame))
+            f = await self._frame(reader, dec)
+            if f.kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(dec.limits), self.url)
+            if f.kind != FrameKind.HELLO:
+                raise P.ProtocolError(f"{self.url} answered the handshake with {f.kind_name}")
+            body = P.check_hello(f.decode_payload(dec.limits), server=True)
+            self.node = body["node"]
+            self.principal = body["principal"]
+            self.server_grants = frozenset(body["grants"])
+            self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
+            self._writer = writer
+            if self.on_gossip:
+                writer.write(self._enc.encode_value(FrameKind.GOSSIP, {"pull": 0}))
+            self._set_status("connected")
+            self._up.set()  # type: ignore[union-attr]
+            if not self._first.done():
+                self._first.set_result(None)
+            while True:
+                f = await self._frame(reader, dec)
+                self._dispatch(f, dec)
+        finally:
+            writer.transport.abort()
+
+    async def _frame(self, reader: asyncio.StreamReader, dec: FrameDecoder) -> Any:
+        while True:
+            for f in dec:
+                return f
+            data = await reader.read(1 << 18)
+            if not data:
+                raise ConnectionResetError(f"{self.url} closed the connection")
+            dec.feed(data)
+
+    def _dispatch(self, f: Any, dec: FrameDecoder) -> None:
+        kind, sid = f.kind, f.stream_id
+        if sid == 0:
+            if kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(dec.limits), self.url)
+            if kind == FrameKind.GOSSIP and self.on_gossip is not None:
+                self.on_gossip(f.decode_payload(dec.limits))
+            return
+        c = self._calls.get(sid)
+        if c is None:
+            return  # a frame for a request this side gave up on
+        if kind == FrameKind.STREAM_START:
+            body = f.decode_payload(dec.limits)
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            c.source = f"peer:{self.node}" if not isinstance(meta, dict) else \
+                f"peer:{self.node}" if meta.get("source") in (None, "held", "local") \
+                else str(meta.get("source"))
+            c.started = True
+        elif kind == FrameKind.STREAM_CHUNK:
+            if c.want == "value":
+                c.parts.append(bytes(f.decode_payload(dec.limits)))
+            else:
+                size = len(f.payload)
+                c.chunks += 0 if f.is_diagnostic else 1
+                c.bytes += 0 if f.is_diagnostic else size
+                c.q.put_nowait((DIAG if f.is_diagnostic else ITEM,
+                                f.decode_payload(dec.limits), size))
+        elif kind == FrameKind.STREAM_END:
+            self._calls.pop(sid, None)
+            c.done = True
+            if c.want == "value":
+                try:
+                    record = unpack(b"".join(c.parts))
+                    c.q.put_nowait(record)
+                except DecodeError as exc:
+                    c.q.put_nowait(exc)
+            else:
+                c.q.put_nowait(_END)
+        elif kind == FrameKind.ERROR:
+            self._calls.pop(sid, None)
+            c.done = True
+            c.q.put_nowait(P.error_from_payload(f.decode_payload(dec.limits),
+                                                f"node {self.node}"))
+
+    async def _open(self, request: EvalRequest, want: str, grants: frozenset[str],
+                    timeout: float | None) -> _Call:
+        if self._writer is None:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        sid = next(self._ids)
+        meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
+                               timeout=timeout, via=[self.node_id] if self.node_id else [])
+        frame = StreamControl.open(sid, meta).to_frame(_OPEN).encode()
+        if len(frame) - 36 > self._enc.limits.max_frame_payload_bytes:
+            raise P.LimitExceeded(f"the request {request.op!r} takes {len(frame) - 36} bytes, "
+                                  f"more than the largest frame agreed with {self.url} "
+                                  f"({self._enc.limits.max_frame_payload_bytes})")
+        c = self._calls[sid] = _Call(sid, want)
+        self._writer.write(frame)
+        self.stats_counters["requests"] += 1
+        return c
+
+    def _cancel(self, c: _Call) -> None:
+        if self._calls.pop(c.sid, None) is not None and self._writer is not None:
+            self._writer.write(StreamControl.cancel(c.sid).to_frame(_OPEN).encode())
+
+    def _grant(self, c: _Call, size: int) -> None:
+        c.consumed += size
+        if self._writer is not None and not c.done and (
+                c.consumed - c.granted >= max(1, self.window // 4) or c.q.empty()):
+            c.granted = c.consumed
+            self.stats_counters["grants_sent"] += 1
+            self._writer.write(self._enc.encode_value(FrameKind.CREDIT,
+                                                      {"consumed": c.consumed},
+                                                      stream_id=c.sid))
+
+    def _send_gossip(self, body: Any) -> bool:
+        """Push a holding-index delta to the server (from the node's loop thread)."""
+        if self._writer is None:
+            return False
+        data = self._enc.encode_value(FrameKind.GOSSIP, body)
+        self._loop.call_soon_threadsafe(self._write_if_up, data)
+        return True
+
+    def _write_if_up(self, data: bytes) -> None:
+        if self._writer is not None:
+            self._writer.write(data)
+
+    async def _connected_once(self) -> None:
+        await asyncio.wrap_future(self._first)
+
+    # -- checks shared by every call --------------------------------------------
+    def _prepare(self, request: EvalRequest, grants: Iterable[str] | None,
+                 timeout: float | None) -> tuple[frozenset[str], float | None]:
+        if not isinstance(request, EvalRequest):
+            raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
+        g = self.grants if grants is None else frozenset(grants)
+        check_grants(request, g, f"connect({self.url})")
+        if self.principal is not None and "*" not in self.server_grants:
+            missing = [c for c in request.required_capabilities if c not in self.server_grants]
+            if missing:
+                raise CapabilityDenied(f"node {self.node} does not grant principal "
+                                       f"{self.principal!r} {', '.join(missing)}")
+        P.check_no_secret(request.args, "args")
+        P.check_no_secret(dict(request.kwargs), "kwargs")
+        t = self.timeout if timeout is None else timeout
+        if request.deadline is not None:
+            t = request.deadline if t is None else min(t, request.deadline)
+        return g, t
+
+    # -- the fabric interface ------------------------------------------------
+    async def _evaluate_on_loop(self, request: EvalRequest, g: frozenset[str],
+                                t: float | None) -> EvalReply:
+        c = await self._open(request, "value", g, t)
+        try:
+            got = await asyncio.wait_for(c.q.get(), t)
+        except asyncio.TimeoutError:
+            self._cancel(c)
+            raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
+                                   f"within {t} s") from None
+        except asyncio.CancelledError:
+            self._cancel(c)
+            raise
+        if isinstance(got, BaseException):
+            raise got
+        return reply_from_record(got, request.key, c.source)
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Evaluate on the node; its reply, or its error raised here."""
+        g, t = self._prepare(request, grants, timeout)
+        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
+                                               self._loop)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise FabricUnavailable(f"the call to {self.url} was cancelled") from None
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate`` (from any event loop)."""
+        g, t = self._prepare(request, grants, timeout)
+        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
+                                               self._loop)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    async def _next_events(self, c: _Call, t: float | None) -> list[Any]:
+        """The events that arrived (at least one), granting credit for them."""
+        try:
+            first = await asyncio.wait_for(c.q.get(), t)
+        except asyncio.TimeoutError:
+            self._cancel(c)
+            raise DeadlineExceeded(f"node {self.node} sent nothing within {t} s") from None
+        out = [first]
+        while not c.q.empty() and len(out) < 256:
+            out.append(c.q.get_nowait())
+        for ev in out:
+            if isinstance(ev, tuple):
+                self._grant(c, ev[2])
+        return out
+
+    def _events(self, c: _Call, t: float | None) -> Iterator[Any]:
+        done = False
+        try:
+            while True:
+                batch = asyncio.run_coroutine_threadsafe(self._next_events(c, t),
+                                                         self._loop).result()
+                for ev in batch:
+                    if ev is _END:
+                        done = True
+                        return
+                    if isinstance(ev, BaseException):
+                        done = True
+                        raise ev
+                    yield ev[0], _diag_or_item(ev)
+        finally:
+            if not done:
+                self._loop.call_soon_threadsafe(self._cancel, c)
+
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream[Any]:
+        """A stream from the node; items arrive as it produces them, under
+        per-stream credit. Closing it early cancels the producer."""
+        g, t = self._prepare(request, grants, timeout)
+        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
+                                             self._loop).result()
+        s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")
+        return s
+
+    async def _aevents(self, c: _Call, t: float | None) -> AsyncIterator[Any]:
+        done = False
+        try:
+            while True:
+                fut = asyncio.run_coroutine_threadsafe(self._next_events(c, t), self._loop)
+                batch = await asyncio.wrap_future(fut)
+                for ev in batch:
+                    if ev is _END:
+                        done = True
+                        return
+                    if isinstance(ev, BaseException):
+                        done = True
+                        raise ev
+                    yield ev[0], _diag_or_item(ev)
+        finally:
+            if not done:
+                self._loop.call_soon_threadsafe(self._cancel, c)
+
+    def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                timeout: float | None = None) -> AsyncEvalStream[Any]:
+        """Async twin of ``stream``."""
+        g, t = self._prepare(request, grants, timeout)
+        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
+                                             self._loop).result()
+        return AsyncEvalStream(self._aevents(c, t), request.key, f"peer:{self.node}")
+
+    # -- life cycle ----------------------------------------------------------
+    def wait_connected(self, timeout: float | None = None) -> "NodeClient":
+        """Block until the first handshake completed (or raise why it failed)."""
+        try:
+            self._first.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise FabricUnavailable(f"no handshake with {self.url} within {timeout} s") \
+                from None
+        return self
+
+    def relay(self, allowed_capabilities: Iterable[str] = (), **kw: Any) -> RelayFabric:
+        """A ``RelayFabric`` in front of this client whose status follows the connection."""
+        r = RelayFabric(self, allowed_capabilities, status=self.status, **kw)
+        self._relays.append(r)
+        return r
+
+    async def _aclose(self) -> None:
+        self._closed = True
+        w = self._writer
+        self._fail_all(FabricUnavailable(f"the client of {self.url} was closed"))
+        if w is not None:
+            w.transport.abort()
+        self._task.cancel()
+        self._set_status("disconnected")
+
+    def close(self) -> None:
+        """Close the connection; calls in flight fail with ``FabricUnavailable``."""
+        if self._closed and self._task.done():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(10)
+        except (concurrent.futures.CancelledError, RuntimeError):
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, reconnects, calls failed fast, credit grants sent."""
+        return dict(self.stats_counters, status=self.status, in_flight=len(self._calls))
+
+    def __enter__(self) -> "NodeClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"fabric.connect({self.url!r}) [{self.status}, node={self.node!r}]"
+
+
+def _diag_or_item(ev: tuple[int, Any, int]) -> Any:
+    return ev[1]
+
+
+def connect(url: str, *, tls: Any = None, token: str | None = None,
+            timeout: float | None = 30.0, **options: Any) -> NodeClient:
+    """Connect to a node: ``fabric.connect("fabric://127.0.0.1:7411")``.
+
+    Returns once the handshake is done (``FabricUnavailable`` if the node
+    cannot be reached, ``VersionMismatch`` / ``Unauthenticated`` if it
+    refuses). ``tls``: an ``ssl.SSLContext`` or ``{"ca":..., "cert":...,
+    "key":...}`` (``fabrics://`` URLs use TLS by default); ``token``: a
+    bearer token; ``timeout``: how long a call waits at most (seconds).
+    Options: ``scope`` (``"compute"``, the default, or ``"held"``),
+    ``grants`` (the caller's default grants), ``window``, ``max_frame``,
+    ``reconnect``.
+    """
+    client = NodeClient(url, tls=tls, token=token, timeout=timeout, **options)
+    try:
+        client.wait_connected(timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client

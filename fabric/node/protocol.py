@@ -1,0 +1,311 @@
+"""The node protocol: what the messages between nodes are, over the frame codec.
+
+Every message is one frame of docs/spec/frames.md (or, for a reply larger
+than one frame's payload, several). This module only builds and checks
+payloads; it does no I/O, so the server, the client and the tests share it
+(docs/spec/protocol.md is the spec, tests/golden/protocol.json its vectors).
+
+- ``HELLO`` (stream 0), both ways: the handshake. Client: ``{"proto":
+  [major, minor], "node": str|nil, "max_frame": int, "window": int, "caps":
+  [str], "token": str|nil}``. Server: the same fields without ``token``,
+  plus ``"principal"`` and ``"grants"``.
+- ``CONTROL`` ``open`` on a fresh stream id: a request. ``metadata`` is
+  ``{"request": <request map>, "key": bin32, "want": "value"|"stream",
+  "scope": "held"|"compute", "grants": [str], "timeout": float|nil,
+  "via": [str]}``.
+- ``CONTROL`` ``cancel`` / ``close`` on a request's stream id.
+- The reply on the request's stream id: ``STREAM_START`` ``{"metadata":
+  {"source": str}}``, then ``STREAM_CHUNK`` frames, then ``STREAM_END``.
+  For ``want="value"`` the chunks are bin slices of the reply record's
+  canonical bytes (``[value, diagnostics, trace]``); for ``want="stream"``
+  each chunk is one item, diagnostics as ``DIAGNOSTIC`` chunks.
+- ``ERROR`` on a request's stream id: that request failed, ``{"kind":
+  <exception class>, "message": str}``; on stream 0: the connection is
+  refused or ending, and the sender closes it.
+- ``CREDIT`` on a stream id: ``{"consumed": int}``, the cumulative payload
+  bytes of that stream the receiver has consumed.
+- ``GOSSIP`` (stream 0): ``{"origin": str, "start": int, "end": int,
+  "facts": [[bin32, str]]}`` (a delta of the origin's holding index, from
+  version ``start`` to ``end``) or ``{"pull": int}`` (send me your facts
+  after this version of yours).
+- ``PING`` / ``PONG``: keepalive, payload echoed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from .._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
+                     EvalRequest, FabricError, FabricUnavailable, FrameEncoder,
+                     NoHolderError, OpNotFound, RemoteError, Secret, StreamFrameLimits,
+                     canonical_bytes)
+from ..frames import FrameKind, StreamDiagnostic
+
+__all__ = [
+    "PROTOCOL_VERSION", "DEFAULT_WINDOW", "DEFAULT_MAX_FRAME", "ProtocolError",
+    "VersionMismatch", "Unauthenticated", "LimitExceeded", "Backpressure",
+    "request_to_wire", "request_from_wire", "hello", "check_hello", "error_payload",
+    "error_from_payload", "check_no_secret", "SECRET_REF_TAG",
+]
+
+#: (major, minor). A peer with a newer major version is refused.
+PROTOCOL_VERSION = (1, 0)
+#: Default per-stream credit window in bytes.
+DEFAULT_WINDOW = 4 << 20
+#: Default largest frame payload a node accepts.
+DEFAULT_MAX_FRAME = 1 << 20
+#: The smallest ``max_frame`` a peer may announce.
+MIN_MAX_FRAME = 4096
+#: A SecretRef travels (and keys) as the array [SECRET_REF_TAG, name].
+SECRET_REF_TAG = "fabric.SecretRef"
+
+SCOPES = ("held", "compute")
+WANTS = ("value", "stream")
+
+
+class ProtocolError(FabricError, ValueError):
+    """A peer broke the node protocol (a malformed or unexpected message)."""
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks a protocol major version this node does not."""
+
+
+class Unauthenticated(FabricError, PermissionError):
+    """The handshake's credentials were refused."""
+
+
+class LimitExceeded(FabricError, OSError):
+    """A limit of the node was reached (connections, budget, buffers)."""
+
+
+class Backpressure(FabricError, BlockingIOError):
+    """A non-blocking send found no credit left on its stream."""
+
+
+def encoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameEncoder:
+    """A frame encoder refusing payloads above ``max_frame`` bytes."""
+    return FrameEncoder(node_limits(max_frame))
+
+
+def node_limits(max_frame: int) -> StreamFrameLimits:
+    """The frame limits a node decodes with: ``max_frame`` per payload, the
+    rest wide (streams are bounded by credit and budgets, not frame counts)."""
+    return StreamFrameLimits(max_frame_payload_bytes=max_frame, max_stream_frames=1 << 40,
+                             max_stream_bytes=1 << 62, max_duration_ms=1 << 40,
+                             max_rate_hz=1 << 30)
+
+
+# ---- requests ----------------------------------------------------------------
+
+def check_no_secret(value: Any, where: str = "args", depth: int = 0) -> None:
+    """Raise ``CapabilityDenied`` if ``value`` holds a ``fabric.Secret``: its
+    value never enters frames, so the request cannot be computed remotely."""
+    if depth > 300:
+        return  # the key encoder already refused anything this deep
+    if isinstance(value, Secret):
+        raise CapabilityDenied(
+            f"{where} holds a fabric.Secret: its value never leaves this process, so the "
+            f"request is not sent for remote compute; pass fabric.SecretRef(name) instead "
+            f"and give the computing node the secret (environment FABRIC_SECRET_<NAME> or "
+            f"its --secrets file)")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for i, v in enumerate(value):
+            check_no_secret(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_no_secret(k, f"{where} key {k!r}", depth + 1)
+            check_no_secret(v, f"{where}[{k!r}]", depth + 1)
+
+
+def request_to_wire(request: EvalRequest) -> dict[str, Any]:
+    """The request map (identity fields plus routing policy)."""
+    check_no_secret(request.args, "args")
+    check_no_secret(dict(request.kwargs), "kwargs")
+    return {"op": request.op, "args": list(request.args), "kwargs": dict(request.kwargs),
+            "version": request.version, "caps": list(request.required_capabilities),
+            "mode": request.mode, "answer_limit": request.answer_limit,
+            "stream_buffer": request.stream_buffer, "stream": request.stream,
+            "trace": request.trace, "consistency": request.consistency,
+            "deadline": request.deadline}
+
+
+_REQUEST_FIELDS = frozenset(("op", "args", "kwargs", "version", "caps", "mode",
+                             "answer_limit", "stream_buffer", "stream", "trace",
+                             "consistency", "deadline"))
+
+
+def _refs(value: Any, depth: int = 0) -> Any:
+    """Lists shaped [SECRET_REF_TAG, name] become SecretRef objects again."""
+    from .secrets import SecretRef
+    if depth > 300:
+        return value
+    if isinstance(value, list):
+        if len(value) == 2 and value[0] == SECRET_REF_TAG and isinstance(value[1], str):
+            return SecretRef(value[1])
+        return [_refs(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: _refs(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def request_from_wire(body: Any, key: Any) -> EvalRequest:
+    """The request a peer sent; ``ProtocolError`` if the map is malformed or
+    its content key differs from ``key`` (what the sender computed)."""
+    if not isinstance(body, dict) or set(body) != _REQUEST_FIELDS:
+        got = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise ProtocolError(f"a request map has exactly the fields "
+                            f"{sorted(_REQUEST_FIELDS)}, got {got}")
+    if not isinstance(body["args"], list) or not isinstance(body["kwargs"], dict):
+        raise ProtocolError("request args must be an array and kwargs a map")
+    try:
+        req = EvalRequest(body["op"], tuple(_refs(body["args"])), _refs(body["kwargs"]),
+                          version=body["version"],
+                          required_capabilities=tuple(body["caps"] or ()),
+                          mode=body["mode"], answer_limit=body["answer_limit"],
+                          stream_buffer=body["stream_buffer"], stream=body["stream"],
+                          trace=body["trace"], consistency=body["consistency"],
+                          deadline=body["deadline"])
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed request: {exc}") from None
+    if not isinstance(key, (bytes, bytearray, memoryview)) or bytes(key) != req.key.digest:
+        raise ProtocolError(f"the request's content key does not match its fields "
+                            f"(sent {bytes(key).hex() if isinstance(key, bytes) else key!r}, "
+                            f"computed {req.key})")
+    return req
+
+
+def open_metadata(request: EvalRequest, *, want: str, scope: str, grants: Iterable[str],
+                  timeout: float | None, via: Iterable[str] = ()) -> dict[str, Any]:
+    """The ``metadata`` of the CONTROL ``open`` that carries a request."""
+    return {"request": request_to_wire(request), "key": request.key.digest, "want": want,
+            "scope": scope, "grants": sorted(grants), "timeout": timeout, "via": list(via)}
+
+
+_OPEN_FIELDS = frozenset(("request", "key", "want", "scope", "grants", "timeout", "via"))
+
+
+def check_open(meta: Any) -> tuple[EvalRequest, str, str, frozenset[str], float | None,
+                                   list[str]]:
+    """Check an ``open``'s metadata: (request, want, scope, grants, timeout, via)."""
+    if not isinstance(meta, dict) or set(meta) != _OPEN_FIELDS:
+        got = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise ProtocolError(f"open metadata has exactly the fields {sorted(_OPEN_FIELDS)}, "
+                            f"got {got}")
+    want, scope, timeout = meta["want"], meta["scope"], meta["timeout"]
+    if want not in WANTS:
+        raise ProtocolError(f"want must be one of {WANTS}, not {want!r}")
+    if scope not in SCOPES:
+        raise ProtocolError(f"scope must be one of {SCOPES}, not {scope!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float))
+                                or isinstance(timeout, bool) or not timeout > 0):
+        raise ProtocolError(f"timeout must be a positive number or nil, not {timeout!r}")
+    grants, via = meta["grants"], meta["via"]
+    if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
+        raise ProtocolError("grants must be an array of str")
+    if not isinstance(via, list) or not all(isinstance(v, str) for v in via) or len(via) > 16:
+        raise ProtocolError("via must be an array of at most 16 node ids")
+    return (request_from_wire(meta["request"], meta["key"]), want, scope, frozenset(grants),
+            timeout, via)
+
+
+# ---- handshake ---------------------------------------------------------------
+
+def hello(*, node: str | None, max_frame: int, window: int, caps: Iterable[str] = (),
+          token: str | None = None, principal: str | None = None,
+          grants: Iterable[str] | None = None,
+          proto: tuple[int, int] = PROTOCOL_VERSION) -> dict[str, Any]:
+    """A HELLO payload (client: with ``token``; server: with ``principal``/``grants``)."""
+    body: dict[str, Any] = {"proto": list(proto), "node": node, "max_frame": max_frame,
+                            "window": window, "caps": sorted(caps)}
+    if principal is None:
+        body["token"] = token
+    else:
+        body["principal"] = principal
+        body["grants"] = sorted(grants or ())
+    return body
+
+
+def check_hello(body: Any, *, server: bool) -> dict[str, Any]:
+    """Check a received HELLO (``server``: it came from a server). Raises
+    ``VersionMismatch`` naming both versions for a newer major version,
+    ``ProtocolError`` for anything malformed."""
+    if not isinstance(body, dict):
+        raise ProtocolError(f"HELLO payload must be a map, not {type(body).__name__}")
+    proto = body.get("proto")
+    if (not isinstance(proto, list) or len(proto) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                       for x in proto)):
+        raise ProtocolError(f"HELLO proto must be [major, minor], not {proto!r}")
+    if proto[0] != PROTOCOL_VERSION[0]:
+        raise VersionMismatch(
+            f"peer speaks node protocol {proto[0]}.{proto[1]}, this node speaks "
+            f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: major versions differ")
+    want = {"proto", "node", "max_frame", "window", "caps"} | (
+        {"principal", "grants"} if server else {"token"})
+    if set(body) != want:
+        raise ProtocolError(f"HELLO has exactly the fields {sorted(want)}, got {sorted(body)}")
+    mf, win = body["max_frame"], body["window"]
+    if not isinstance(mf, int) or isinstance(mf, bool) or not MIN_MAX_FRAME <= mf < 1 << 32:
+        raise ProtocolError(f"HELLO max_frame must be an int in [{MIN_MAX_FRAME}, 2**32), "
+                            f"not {mf!r}")
+    if not isinstance(win, int) or isinstance(win, bool) or win < 0:
+        raise ProtocolError(f"HELLO window must be an int >= 0 (0 = unbounded), not {win!r}")
+    if body["node"] is not None and not isinstance(body["node"], str):
+        raise ProtocolError("HELLO node must be a str or nil")
+    caps = body["caps"]
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise ProtocolError("HELLO caps must be an array of str")
+    if server:
+        if not isinstance(body["principal"], str) or not isinstance(body["grants"], list):
+            raise ProtocolError("server HELLO principal must be a str and grants an array")
+    elif body["token"] is not None and not isinstance(body["token"], str):
+        raise ProtocolError("HELLO token must be a str or nil")
+    return body
+
+
+# ---- errors ------------------------------------------------------------------
+
+_ERRORS: Mapping[str, type[BaseException]] = {
+    cls.__name__: cls for cls in (
+        CapabilityDenied, ContentNotHeld, DeadlineExceeded, FabricUnavailable, NoHolderError,
+        OpNotFound, RemoteError, ProtocolError, VersionMismatch, Unauthenticated,
+        LimitExceeded, FabricError)}
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    """An ERROR frame's payload for ``exc`` (never a Secret's value: the
+    message is the exception's text, which fabric keeps secret-free)."""
+    kind = type(exc).__name__
+    if isinstance(exc, StreamDiagnostic):
+        kind = exc.kind
+    elif kind not in _ERRORS:
+        kind = "RemoteError"
+        return {"kind": kind, "message": f"{type(exc).__name__}: {exc}"}
+    return {"kind": kind, "message": str(exc)}
+
+
+def error_from_payload(body: Any, where: str) -> BaseException:
+    """The exception an ERROR payload stands for (``RemoteError`` for kinds
+    this side does not know), its message prefixed with ``where``."""
+    if not isinstance(body, dict):
+        return ProtocolError(f"{where}: ERROR payload is not a map: {body!r}")
+    kind, message = body.get("kind"), body.get("message")
+    text = f"{where}: {message}"
+    if kind == "LimitExceeded":
+        return LimitExceeded(text)
+    cls = _ERRORS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        return RemoteError(f"{where}: {kind}: {message}")
+    return cls(text)
+
+
+def key_of(raw: Any) -> ContentKey:
+    """A ContentKey from a gossip fact's bin32."""
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
+        raise ProtocolError(f"a content key on the wire is 32 bytes, not {raw!r}")
+    return ContentKey(bytes(raw))
+
+
+__all__ += ["FrameKind", "canonical_bytes", "open_metadata", "check_open", "key_of",
+            "node_limits", "encoder"]

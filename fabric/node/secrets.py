@@ -1,0 +1,109 @@
+"""``SecretRef``: a secret named in a request and resolved where the op runs.
+
+A ``fabric.Secret``'s value never leaves the process that holds it, so a
+request holding one is refused for remote compute. ``SecretRef(name)``
+travels instead: its *name* (not a value) enters the content key, as the
+array ``["fabric.SecretRef", name]`` (the key encoder has no way yet to key a
+type of its own; that is the documented tagged form, docs/spec/protocol.md).
+The computing node replaces each ``SecretRef`` with ``fabric.Secret(value)``
+before calling the op, the value read from its environment
+(``FABRIC_SECRET_<NAME>``, the name upper-cased with ``-`` and ``.`` as ``_``)
+or its secrets file (JSON object name -> str). A principal needs the grant
+``secret:<name>`` (or ``secret:*``) for a node to resolve a secret for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+from .._core import CapabilityDenied, EvalRequest, Secret
+from .protocol import SECRET_REF_TAG
+
+__all__ = ["SecretRef", "SecretStore"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class SecretRef(tuple):
+    """A reference to a secret by name, resolved on the node that computes.
+
+    ``SecretRef("db-password")`` keys as ``["fabric.SecretRef",
+    "db-password"]``; the op receives ``fabric.Secret(value)``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> "SecretRef":
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"a SecretRef name is 1-128 of [A-Za-z0-9_.-], not {name!r}")
+        return tuple.__new__(cls, (SECRET_REF_TAG, name))
+
+    @property
+    def name(self) -> str:
+        """The secret's name."""
+        return str(self[1])
+
+    def __repr__(self) -> str:
+        return f"fabric.SecretRef({self.name!r})"
+
+    def __reduce__(self) -> Any:
+        return (SecretRef, (self.name,))
+
+
+class SecretStore:
+    """Where a computing node finds secret values: its environment, then a
+    secrets file (a JSON object of name -> str)."""
+
+    def __init__(self, path: str | None = None, environ: Mapping[str, str] | None = None):
+        self._env = os.environ if environ is None else environ
+        self._file: dict[str, str] = {}
+        if path is not None:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not isinstance(data, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+                raise ValueError(f"{path}: a secrets file is a JSON object of name -> str")
+            self._file = data
+
+    def value(self, name: str) -> str | None:
+        env = "FABRIC_SECRET_" + re.sub(r"[-.]", "_", name).upper()
+        if env in self._env:
+            return self._env[env]
+        return self._file.get(name)
+
+    def resolve(self, request: EvalRequest, grants: Iterable[str]) -> EvalRequest | None:
+        """The request with every SecretRef replaced by a Secret of its value,
+        or None when it holds none. ``CapabilityDenied`` without the grant or
+        when this node does not know the secret."""
+        g = frozenset(grants)
+        found = False
+
+        def sub(v: Any, depth: int) -> Any:
+            nonlocal found
+            if isinstance(v, SecretRef):
+                found = True
+                name = v.name
+                if f"secret:{name}" not in g and "secret:*" not in g and "*" not in g:
+                    raise CapabilityDenied(f"resolving SecretRef({name!r}) needs the grant "
+                                           f"'secret:{name}'")
+                value = self.value(name)
+                if value is None:
+                    raise CapabilityDenied(f"this node has no secret named {name!r}")
+                return Secret(value)
+            if depth > 300:
+                return v
+            if isinstance(v, (list, tuple)):
+                return type(v)(sub(x, depth + 1) for x in v) if type(v) in (list, tuple) \
+                    else [sub(x, depth + 1) for x in v]
+            if isinstance(v, dict):
+                return {k: sub(x, depth + 1) for k, x in v.items()}
+            return v
+
+        args = tuple(sub(a, 0) for a in request.args)
+        kwargs = {k: sub(v, 0) for k, v in request.kwargs.items()}
+        if not found:
+            return None
+        return request.replace(args=args, kwargs=kwargs)

@@ -1,0 +1,745 @@
+"""``fabric.Node``: a node on asyncio that serves its fabric to peers.
+
+A node owns a ``ContentAddressedFabric`` (its cassette, the peers it was
+given, an optional home) and listens on TCP (TLS optional). Each connection
+starts with a handshake (docs/spec/protocol.md); then every request opens a
+stream id and is answered on it. Held content is served to any
+authenticated peer; home compute (scope ``compute``) only to principals
+granted ``node.compute``. Holding-index deltas are pulled on connect and
+pushed when this node's index grows.
+
+Requests wait for a slot (``max_running``) in a fair queue per principal;
+stream data goes out through a second one (deficit round robin, a byte
+budget per principal, oldest-head eviction). Limits: connections,
+handshake and idle timeouts, the largest frame (checked on the header,
+before anything is allocated), a frame-rate cap, an output buffer cap per
+connection. Malformed input gets an ERROR frame and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Iterable
+
+from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
+                     FrameDecoder, FrameError, DecodeError, canonical_bytes,
+                     FRAME_FLAG_DIAGNOSTIC)
+from ..control import StreamControl
+from ..fabrics import ContentPeer, ContentServeFabric
+from ..frames import FrameKind
+from ..replies import DIAG, EvalReply, reply_record
+from ..resolving import ContentAddressedFabric
+from . import protocol as P
+from .auth import COMPUTE, Grants, Tokens, tls_principal
+from .credit import Credit, StreamTable
+from .scheduler import FairQueue
+from .secrets import SecretStore
+
+__all__ = ["Node", "NodeLimits"]
+
+log = logging.getLogger("fabric.node")
+
+_GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "fabric_node_principal_grants", default=frozenset())
+# Control ops a connected principal may send (the node's own protocol needs them).
+_CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """A node's limits (seconds, bytes, counts); every one must be positive."""
+
+    max_connections: int = 1024
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_frame: int = P.DEFAULT_MAX_FRAME
+    window: int = P.DEFAULT_WINDOW
+    output_buffer: int = 64 << 20
+    max_frame_rate: int = 200_000
+    max_running: int = 64
+    principal_budget: int = 64 << 20
+    principal_max_queued: int = 10_000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"NodeLimits.{f.name} must be a positive number, not {v!r}")
+        if self.max_frame < P.MIN_MAX_FRAME or self.max_frame >= 1 << 32:
+            raise ValueError(f"NodeLimits.max_frame must be in [{P.MIN_MAX_FRAME}, 2**32)")
+        if self.window < self.max_frame:
+            raise ValueError(f"NodeLimits.window ({self.window}) must be at least max_frame "
+                             f"({self.max_frame}): a window smaller than one frame stalls")
+
+
+class _SecretHome:
+    """Wraps a home fabric: SecretRefs become Secrets (the principal's grants
+    allowing) before the op runs; the reply keeps the request's own key."""
+
+    honours_timeout = True
+
+    def __init__(self, inner: Any, store: SecretStore):
+        self.inner = inner
+        self.store = store
+
+    def _resolved(self, request: Any) -> Any:
+        return self.store.resolve(request, _GRANTS.get()) or request
+
+    def evaluate(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
+        r = self._resolved(request)
+        rep = self.inner.evaluate(r, grants=grants, **({"timeout": timeout} if timeout else {}))
+        return rep if r is request else EvalReply(rep.value, rep.diagnostics, rep.trace,
+                                                  request.key, rep.source)
+
+    async def aevaluate(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
+        r = self._resolved(request)
+        kw = {"timeout": timeout} if timeout else {}
+        if hasattr(self.inner, "aevaluate"):
+            rep = await self.inner.aevaluate(r, grants=grants, **kw)
+        else:
+            rep = await asyncio.to_thread(self.inner.evaluate, r, grants=grants, **kw)
+        return rep if r is request else EvalReply(rep.value, rep.diagnostics, rep.trace,
+                                                  request.key, rep.source)
+
+    def stream(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
+        return self.inner.stream(self._resolved(request), grants=grants,
+                                 **({"timeout": timeout} if timeout else {}))
+
+    def astream(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
+        return self.inner.astream(self._resolved(request), grants=grants,
+                                  **({"timeout": timeout} if timeout else {}))
+
+
+class _Conn:
+    """One accepted connection's state."""
+
+    def __init__(self, node: "Node", reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter):
+        self.node = node
+        self.reader = reader
+        self.writer = writer
+        self.peer = writer.get_extra_info("peername")
+        self.principal = "anonymous"
+        self.grants: frozenset[str] = frozenset()
+        self.remote_node: str | None = None
+        self.max_frame = node.limits.max_frame  # what the peer accepts from us
+        self.window = node.limits.window
+        self.enc = P.encoder(node.limits.max_frame)
+        self.streams = StreamTable()
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self.credits: dict[int, Credit] = {}
+        self.gossip = False
+        self.gossip_sent = 0
+        self.closed = False
+        self.frames_in = 0
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
+            self.node._stat("disconnected_slow_reader")
+            log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
+                        self.peer, self.node.limits.output_buffer)
+            self.abort()
+
+    def send_error(self, sid: int, exc: BaseException) -> None:
+        try:
+            self.send(self.enc.encode_value(FrameKind.ERROR, P.error_payload(exc),
+                                            stream_id=sid))
+        except (ValueError, TypeError):
+            self.send(self.enc.encode_value(FrameKind.ERROR, {
+                "kind": "RemoteError", "message": "the error could not be encoded"},
+                stream_id=sid))
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.transport.abort()
+
+
+class Node:
+    """A network node serving a ``ContentAddressedFabric``.
+
+    ``Node(cassette, node_id=..., home=None, peers=(), listen="127.0.0.1:7411",
+    tls=None, tokens=None, grants=None, secrets=None, limits=NodeLimits(),
+    insecure=False)``. ``cassette`` is an ``EvalCassette`` or a path (None:
+    a temporary one, removed by ``stop()``); ``home`` a fabric that computes;
+    ``peers`` URLs (``fabric://host:port``) of nodes asked for held content;
+    ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
+    JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
+    secret values for ``SecretRef``. ``peer_tls`` / ``peer_token`` are what
+    this node presents to its peers.
+
+    Run it with ``await node.serve()`` (until cancelled) or
+    ``node.start()`` / ``node.stop()`` (a background thread). ``address``
+    is ``(host, port)`` once listening; ``stats()`` counts connections,
+    requests, refusals and the fair queues' counters.
+    """
+
+    def __init__(self, cassette: Any = None, *, node_id: str | None = None, home: Any = None,
+                 peers: Iterable[str] = (), listen: str = "127.0.0.1:7411",
+                 tls: Any = None, tokens: Any = None, grants: Any = None,
+                 secrets: str | None = None, limits: NodeLimits | None = None,
+                 insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None):
+        self.host, self.port = _split_listen(listen)
+        if not _loopback(self.host) and tls is None and tokens is None and not insecure:
+            raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
+                             f"insecure=True (--insecure)")
+        if not _loopback(self.host) and tls is None and tokens is None:
+            log.warning("listening on %s without TLS or tokens: anyone who can reach it "
+                        "is served", self.host)
+        self._tmp = None
+        if cassette is None:
+            self._tmp = tempfile.mkdtemp(prefix="fabric-node-")
+            cassette = os.path.join(self._tmp, "node.ledger")
+        self._own_cassette = isinstance(cassette, (str, os.PathLike))
+        self.cassette = EvalCassette(cassette) if self._own_cassette else cassette
+        self.node_id = node_id or f"node-{os.getpid()}-{id(self) & 0xffff:x}"
+        self.limits = limits or NodeLimits()
+        self.tls = tls
+        self.tokens = None if tokens is None else Tokens(tokens)
+        self.grants = Grants(grants)
+        self.secrets = SecretStore(secrets)
+        self.home = None if home is None else _SecretHome(home, self.secrets)
+        self.fabric = ContentAddressedFabric(self.node_id, self.cassette, home=self.home)
+        self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
+        self.peer_urls = list(peers)
+        self.peer_tls = peer_tls
+        self.peer_token = peer_token
+        self._clients: list[Any] = []
+        self._conns: set[_Conn] = set()
+        self._stats: dict[str, int] = {}
+        self._address: tuple[str, int] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop_evt: asyncio.Event | None = None
+        self._start_error: BaseException | None = None
+        self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued)
+        self._out_q = FairQueue(budget=self.limits.principal_budget,
+                                max_count=self.limits.principal_max_queued)
+        self._running = 0
+        self._out_wake: asyncio.Event | None = None
+        self._gossip_wake: asyncio.Event | None = None
+        self.fabric.announce_held()
+
+    # -- public ----------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` the node listens on (after it started)."""
+        if self._address is None:
+            raise FabricError("the node is not listening yet")
+        return self._address
+
+    @property
+    def url(self) -> str:
+        """``fabric://host:port`` (``fabrics://`` with TLS)."""
+        h, p = self.address
+        h = f"[{h}]" if ":" in h else h
+        return f"{'fabrics' if self.tls else 'fabric'}://{h}:{p}"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: connections, requests, refusals, queues, the fabric's own."""
+        return {"node": self.node_id, "connections": len(self._conns), **self._stats,
+                "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
+                "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
+
+    def _stat(self, name: str, n: int = 1) -> None:
+        self._stats[name] = self._stats.get(name, 0) + n
+
+    async def serve(self) -> None:
+        """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_evt = asyncio.Event()
+        self._out_wake = asyncio.Event()
+        self._gossip_wake = asyncio.Event()
+        self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                  ssl=self.tls, limit=1 << 16)
+        sock = self._server.sockets[0].getsockname()
+        self._address = (sock[0], sock[1])
+        log.info("node %s listening on %s", self.node_id, self.url)
+        pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
+        for url in self.peer_urls:
+            pumps.append(asyncio.create_task(self._add_peer(url)))
+        self._ready.set()
+        try:
+            await self._stop_evt.wait()
+        finally:
+            await self._shutdown(pumps)
+
+    async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
+        if self._server is not None:
+            self._server.close()
+        for c in list(self._conns):
+            for t in list(c.tasks.values()):
+                t.cancel()
+            c.send_error(0, FabricError(f"node {self.node_id} is shutting down"))
+        for c in list(self._conns):
+            try:
+                c.writer.close()
+            except Exception:
+                pass
+        for c in list(self._conns):
+            try:
+                await asyncio.wait_for(c.writer.wait_closed(), 1.0)
+            except Exception:
+                c.abort()
+        for t in pumps:
+            t.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        for cl in self._clients:
+            await cl._aclose()
+        if self._own_cassette:
+            self.cassette.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        log.info("node %s stopped", self.node_id)
+
+    def start(self) -> "Node":
+        """Serve on a background thread; returns once listening (or raises why not)."""
+        if self._thread is not None:
+            raise FabricError("the node is already started")
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.serve())
+            except BaseException as exc:  # reported to start()'s caller
+                self._start_error = exc
+                self._ready.set()
+            finally:
+                # Not asyncio.run: it would wait for the default executor's
+                # threads, and a sync op still running in one must not hold
+                # stop() up (its reply is dropped with the connection).
+                tasks = asyncio.all_tasks(loop)
+                for t in tasks:
+                    t.cancel()
+                if tasks:  # a task waiting on a thread's op is not waited for long
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fabric-node-{self.node_id}",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (in-flight requests are ended with an error) and join."""
+        if self._loop is not None and self._stop_evt is not None \
+                and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop_evt.set)
+            except RuntimeError:  # the loop closed in between: already stopped
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def request_stop(self) -> None:
+        """Ask ``serve()`` to return (from the loop's thread, e.g. a signal handler)."""
+        if self._stop_evt is not None:
+            self._stop_evt.set()
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- peers and gossip --------------------------------------------------------
+    async def _add_peer(self, url: str) -> None:
+        from .client import NodeClient
+        loop = asyncio.get_running_loop()
+        client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
+                            node_id=self.node_id,
+                            # the client's callbacks run on its own loop thread
+                            on_gossip=lambda body: loop.call_soon_threadsafe(
+                                self._on_gossip, body))
+        self._clients.append(client)
+        await client._connected_once()
+        self.fabric.add_peer(ContentPeer(client.node or url, client))
+        log.info("node %s: peer %s is %s", self.node_id, url, client.node)
+        self._gossip_wake.set()  # type: ignore[union-attr]
+
+    def _on_gossip(self, body: Any) -> None:
+        if isinstance(body, dict) and isinstance(body.get("facts"), list):
+            try:
+                facts = [(P.key_of(k), h) for k, h in body["facts"]
+                         if isinstance(h, str) and h]
+            except (P.ProtocolError, TypeError, ValueError) as exc:
+                raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
+            new = self.fabric.holders.apply(facts)
+            self._stat("gossip_facts_in", len(facts))
+            if new:
+                self._gossip_wake.set()  # type: ignore[union-attr]
+
+    def _delta(self, since: int) -> tuple[dict[str, Any], int]:
+        d = self.fabric.holders.delta_since(since)
+        return ({"origin": self.node_id, "start": d.start, "end": d.end,
+                 "facts": [[k.digest, h] for k, h in d.facts]}, d.end)
+
+    async def _gossip_pump(self) -> None:
+        assert self._gossip_wake is not None
+        while True:
+            # A short tick, not wait_for(event): this pump must end at once
+            # when cancelled, and a tick also catches announces made by
+            # threads (the holding index has no listener hook).
+            await asyncio.sleep(0.05)
+            self._gossip_wake.clear()
+            version = self.fabric.holders.version
+            for c in list(self._conns):
+                if c.gossip and c.gossip_sent < version:
+                    body, c.gossip_sent = self._delta(c.gossip_sent)
+                    c.send(c.enc.encode_value(FrameKind.GOSSIP, body))
+            for cl in self._clients:
+                if cl.gossip_sent < version and cl.status == "connected":
+                    body, end = self._delta(cl.gossip_sent)
+                    if cl._send_gossip(body):
+                        cl.gossip_sent = end
+
+    # -- connections -------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(self, reader, writer)
+        self._stat("connections_accepted")
+        try:
+            if len(self._conns) >= self.limits.max_connections:
+                self._stat("refused_connections")
+                conn.send_error(0, P.LimitExceeded(
+                    f"node {self.node_id} is at max_connections="
+                    f"{self.limits.max_connections}"))
+                return
+            self._conns.add(conn)
+            dec = FrameDecoder(P.node_limits(self.limits.max_frame))
+            try:
+                await asyncio.wait_for(self._handshake(conn, dec),
+                                       self.limits.handshake_timeout)
+            except asyncio.TimeoutError:
+                self._stat("handshake_timeouts")
+                conn.send_error(0, P.ProtocolError(
+                    f"no handshake within {self.limits.handshake_timeout} s"))
+                return
+            await self._read_loop(conn, dec)
+        except (P.ProtocolError, FrameError, DecodeError, P.Unauthenticated,
+                P.LimitExceeded, CapabilityDenied) as exc:
+            self._stat("refused_" + type(exc).__name__)
+            log.info("closing %s: %s", conn.peer, exc)
+            conn.send_error(0, exc if not isinstance(exc, (FrameError, DecodeError))
+                            else P.ProtocolError(str(exc)))
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(conn)
+            for t in list(conn.tasks.values()):
+                t.cancel()
+            for cr in conn.credits.values():
+                cr.close()
+            try:
+                if not conn.closed:
+                    await asyncio.wait_for(writer.drain(), 1.0)
+                writer.close()
+            except Exception:
+                conn.abort()
+            conn.closed = True
+
+    async def _next_frame(self, conn: _Conn, dec: FrameDecoder, timeout: float | None) -> Any:
+        while True:
+            for f in dec:
+                conn.frames_in += 1
+                return f
+            if timeout is None:
+                data = await conn.reader.read(1 << 18)
+            else:
+                data = await asyncio.wait_for(conn.reader.read(1 << 18), timeout)
+            if not data:
+                dec.finish()  # raises FrameError("truncated") inside a frame
+                return None
+            dec.feed(data)
+
+    async def _handshake(self, conn: _Conn, dec: FrameDecoder) -> None:
+        f = await self._next_frame(conn, dec, None)
+        if f is None:
+            raise ConnectionError("closed before the handshake")
+        if f.kind != FrameKind.HELLO or f.stream_id != 0:
+            raise P.ProtocolError(f"the first frame must be HELLO on stream 0, not "
+                                  f"{f.kind_name} on stream {f.stream_id}")
+        body = P.check_hello(f.decode_payload(dec.limits), server=False)
+        principal: str | None = None
+        ssl_obj = conn.writer.get_extra_info("ssl_object")
+        if ssl_obj is not None:
+            principal = tls_principal(ssl_obj.getpeercert())
+        if self.tokens is not None:
+            tp = self.tokens.principal(body["token"])
+            if tp is None:
+                self._stat("auth_failures")
+                raise P.Unauthenticated("the bearer token was refused")
+            principal = tp if principal is None else principal
+        conn.principal = principal or "anonymous"
+        conn.grants = self.grants.of(conn.principal) | _CONTROL_GRANTS
+        conn.remote_node = body["node"]
+        conn.max_frame = min(body["max_frame"], self.limits.max_frame)
+        conn.enc = P.encoder(conn.max_frame)
+        w = body["window"]
+        conn.window = max(w, conn.max_frame) if w else 0
+        caps = set(body["caps"]) & {"gossip", "streams"}
+        conn.gossip = "gossip" in caps
+        shown = sorted(g for g in conn.grants if g not in _CONTROL_GRANTS)
+        conn.send(conn.enc.encode_value(FrameKind.HELLO, P.hello(
+            node=self.node_id, max_frame=self.limits.max_frame, window=conn.window,
+            caps=caps, principal=conn.principal, grants=shown)))
+        log.info("%s connected from %s as %s", conn.remote_node or "client", conn.peer,
+                 conn.principal)
+
+    async def _read_loop(self, conn: _Conn, dec: FrameDecoder) -> None:
+        window_start = time.monotonic()
+        count = 0
+        while not conn.closed:
+            try:
+                f = await self._next_frame(conn, dec, self.limits.idle_timeout)
+            except asyncio.TimeoutError:
+                self._stat("idle_timeouts")
+                conn.send_error(0, P.ProtocolError(
+                    f"idle for {self.limits.idle_timeout} s"))
+                return
+            if f is None:
+                return
+            count += 1
+            if count > self.limits.max_frame_rate:
+                now = time.monotonic()
+                if now - window_start < 1.0:
+                    raise P.LimitExceeded(f"more than max_frame_rate="
+                                          f"{self.limits.max_frame_rate} frames in one second")
+                window_start, count = now, 1
+            self._dispatch(conn, f, dec)
+
+    def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder) -> None:
+        kind, sid = f.kind, f.stream_id
+        if kind == FrameKind.CONTROL:
+            ctl = StreamControl.from_frame(f, conn.grants, limits=dec.limits)
+            if ctl.op == "open":
+                if sid == 0 or sid in conn.tasks:
+                    raise P.ProtocolError(f"open on stream {sid}: stream 0 is the "
+                                          f"connection's and an open id cannot be reused")
+                self._queue_request(conn, sid, ctl.fields.get("metadata"))
+            elif ctl.op in ("cancel", "close"):
+                t = conn.tasks.get(sid)
+                if t is not None:
+                    self._stat("cancels")
+                    t.cancel()
+            else:
+                raise P.ProtocolError(f"control op {ctl.op!r} is not served by nodes")
+        elif kind == FrameKind.CREDIT:
+            body = f.decode_payload(dec.limits)
+            if not isinstance(body, dict) or set(body) != {"consumed"}:
+                raise P.ProtocolError("a CREDIT payload is {\"consumed\": int}")
+            cr = conn.credits.get(sid)
+            if cr is not None:  # a grant for a just-closed stream is dropped
+                cr.grant(body["consumed"])
+            else:
+                conn.streams.dropped_grants += 1
+        elif kind == FrameKind.GOSSIP:
+            body = f.decode_payload(dec.limits)
+            if isinstance(body, dict) and set(body) == {"pull"} and isinstance(body["pull"], int):
+                conn.gossip = True
+                conn.gossip_sent = max(0, min(body["pull"], self.fabric.holders.version))
+                self._gossip_wake.set()  # type: ignore[union-attr]
+            elif isinstance(body, dict) and set(body) == {"origin", "start", "end", "facts"} \
+                    and isinstance(body["facts"], list):
+                self._on_gossip(body)
+            else:
+                raise P.ProtocolError("a GOSSIP payload is a delta or {\"pull\": int}")
+        elif kind == FrameKind.PING:
+            conn.send(conn.enc.encode(FrameKind.PONG, f.payload, stream_id=sid, seq=f.seq))
+        elif kind == FrameKind.PONG:
+            pass
+        else:
+            raise P.ProtocolError(f"unexpected {f.kind_name} frame from a client "
+                                  f"(stream {sid})")
+
+    # -- requests ----------------------------------------------------------------
+    def _queue_request(self, conn: _Conn, sid: int, meta: Any) -> None:
+        parsed = P.check_open(meta)  # malformed: ProtocolError closes the connection
+        self._stat("requests")
+        self._run_q.push(conn.principal, (id(conn), sid), 1, (conn, sid, parsed))
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._running < self.limits.max_running:
+            e = self._run_q.pop()
+            if e is None:
+                return
+            conn, sid, parsed = e.item
+            if conn.closed:
+                continue
+            self._running += 1
+            t = asyncio.get_running_loop().create_task(self._request(conn, sid, parsed))
+            conn.tasks[sid] = t
+
+    async def _request(self, conn: _Conn, sid: int, parsed: Any) -> None:
+        req, want, scope, claimed, timeout, via = parsed
+        token = _GRANTS.set(conn.grants)
+        try:
+            g = Grants.effective(conn.grants - _CONTROL_GRANTS, claimed)
+            if scope == "compute" and not Grants.allows(conn.grants, COMPUTE):
+                self._stat("denied_compute")
+                raise CapabilityDenied(f"principal {conn.principal!r} is not granted "
+                                       f"{COMPUTE!r} on node {self.node_id}")
+            target: Any = self.fabric if scope == "compute" else self.serve_held
+            if scope == "compute" and self.node_id in via:
+                target = self.serve_held  # a loop of nodes: answer what is held only
+            kw = {} if timeout is None else {"timeout": timeout}
+            if want == "value":
+                reply = await target.aevaluate(req, grants=g, **kw)
+                self._send_value(conn, sid, reply)
+            else:
+                await self._send_stream(conn, sid, target.astream(req, grants=g, **kw))
+            self._stat("replies")
+        except asyncio.CancelledError:
+            if not conn.closed:
+                conn.send_error(sid, FabricError("cancelled"))
+        except Exception as exc:
+            self._stat("errors")
+            conn.send_error(sid, exc)
+        finally:
+            _GRANTS.reset(token)
+            conn.tasks.pop(sid, None)
+            cr = conn.credits.pop(sid, None)
+            if cr is not None:
+                cr.close()
+            self._running -= 1
+            self._admit()
+            self._gossip_wake.set()  # type: ignore[union-attr]
+
+    def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
+        data = canonical_bytes(reply_record(reply))
+        part = max(1024, conn.max_frame - 16)
+        parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
+        enc = conn.enc
+        out = [enc.encode_value(FrameKind.STREAM_START,
+                                {"metadata": {"source": reply.source}}, stream_id=sid)]
+        for i, p in enumerate(parts):
+            out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
+        out.append(enc.encode_value(FrameKind.STREAM_END, {
+            "chunks": len(parts), "bytes": len(data), "truncated": False},
+            stream_id=sid, seq=len(parts) + 1))
+        conn.send(b"".join(out))
+
+    async def _send_stream(self, conn: _Conn, sid: int, stream: Any) -> None:
+        credit = conn.credits[sid] = Credit(conn.window)
+        enc = conn.enc
+        key = (id(conn), sid)
+        seq = 0
+        chunks = total = 0
+        events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
+        source = getattr(stream, "source", "computed")
+        self._enqueue(conn, key, enc.encode_value(
+            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
+        truncated = False
+        try:
+            async for tag, payload in (events if events is not None else _items(stream)):
+                body = canonical_bytes(payload)
+                if len(body) > conn.max_frame:
+                    raise P.LimitExceeded(f"an item of {len(body)} bytes is larger than the "
+                                          f"largest frame agreed ({conn.max_frame})")
+                await credit.wait(len(body))
+                if self._out_q.lost(key):
+                    truncated = True
+                    break
+                seq += 1
+                flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
+                if tag != DIAG:
+                    chunks += 1
+                    total += len(body)
+                self._enqueue(conn, key, enc.encode(FrameKind.STREAM_CHUNK, body,
+                                                    stream_id=sid, seq=seq, flags=flags),
+                              len(body))
+        finally:
+            aclose = getattr(events if events is not None else stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self._end_stream(conn, key, sid, seq, chunks, total, truncated)
+
+    def _end_stream(self, conn: _Conn, key: Any, sid: int, seq: int, chunks: int,
+                    total: int, truncated: bool) -> None:
+        # The terminator is never evicted; a stream that lost data says so.
+        self._out_q.push(conn.principal, key, 0, (conn, ("end", sid, seq, chunks, total,
+                                                         truncated)), terminator=True)
+        self._out_wake.set()  # type: ignore[union-attr]
+
+    def _enqueue(self, conn: _Conn, key: Any, data: bytes, size: int) -> None:
+        self._out_q.push(conn.principal, key, max(size, 1), (conn, data))
+        self._out_wake.set()  # type: ignore[union-attr]
+
+    async def _pump(self) -> None:
+        """Writes stream frames in deficit-round-robin order across principals."""
+        assert self._out_wake is not None
+        while True:
+            e = self._out_q.pop()
+            if e is None:
+                self._out_wake.clear()
+                await self._out_wake.wait()
+                continue
+            conn, data = e.item
+            if isinstance(data, tuple):
+                _end, sid, seq, chunks, total, truncated = data
+                lost = self._out_q.lost(e.stream)
+                self._out_q.forget(e.stream)
+                out = b""
+                if lost:
+                    seq += 1
+                    out += conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
+                        "kind": "LimitExceeded", "limit": "principal_budget",
+                        "count": self.limits.principal_budget,
+                        "message": f"principal {conn.principal!r} over its byte budget: "
+                                   f"stream data was evicted"},
+                        stream_id=sid, seq=seq, flags=FRAME_FLAG_DIAGNOSTIC)
+                data = out + conn.enc.encode_value(FrameKind.STREAM_END, {
+                    "chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)},
+                    stream_id=sid, seq=seq + 1)
+            conn.send(data)
+            if len(self._out_q) and not self._out_q._active:
+                await asyncio.sleep(0)
+
+
+async def _items(stream: Any) -> Any:
+    async for x in stream:
+        yield 0, x
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    if not isinstance(listen, str) or ":" not in listen:
+        raise ValueError(f"listen is HOST:PORT, not {listen!r}")
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ValueError(f"listen port must be an int, not {port!r}") from None
+    if not 0 <= p < 65536:
+        raise ValueError(f"listen port must be in [0, 65536), not {p}")
+    return host or "127.0.0.1", p
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

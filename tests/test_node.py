@@ -1,0 +1,407 @@
+"""fabric.Node and fabric.connect in this process, over real loopback sockets:
+auth (tokens, mutual TLS), grants, version mismatch, Secret / SecretRef,
+cancel reaching the producer, credit, limits and malformed input."""
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+import fabric
+from fabric.frames import FrameKind
+from fabric.node import Node, NodeLimits, connect, protocol as P
+from fabric.node.client import NodeClient
+
+import node_ops
+
+TOKEN = "t0ken-for-alice-0123456789"
+
+
+@pytest.fixture
+def node(tmp_path):
+    started = []
+
+    def make(**kw):
+        kw.setdefault("listen", "127.0.0.1:0")
+        kw.setdefault("home", fabric.LocalFabric())
+        n = Node(str(tmp_path / f"n{len(started)}.ledger"), node_id=f"n{len(started)}",
+                 **kw).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def raw_socket(n):
+    s = socket.create_connection(n.address, timeout=30)
+    return s
+
+
+def read_frames(sock, until_close=True, limit=10):
+    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+    out = []
+    while len(out) < limit:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        dec.feed(data)
+        out.extend(dec)
+        if not until_close and out:
+            break
+    return out
+
+
+def hello_bytes(**kw):
+    body = P.hello(node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
+                   **kw)
+    return P.encoder().encode_value(FrameKind.HELLO, body)
+
+
+# ---- the basics ------------------------------------------------------------------
+
+def test_evaluate_stream_and_async_through_a_client(node):
+    n = node()
+    with connect(n.url) as c:
+        assert c.node == n.node_id and c.status == "connected"
+        assert c.evaluate(node_ops.double.request(4)).value == 8
+        assert list(c.stream(node_ops.count.request(5))) == [0, 1, 2, 3, 4]
+
+        async def main():
+            r = await c.aevaluate(node_ops.double.request(5))
+            items = [x async for x in c.astream(node_ops.count.request(3))]
+            return r.value, items
+        assert asyncio.run(main()) == (10, [0, 1, 2])
+    assert n.stats()["replies"] == 4
+
+
+def test_a_reply_larger_than_a_frame_travels_in_several(node):
+    n = node()
+    with connect(n.url) as c:
+        r = c.evaluate(node_ops.double.request("ab" * 400_000))
+        assert r.value == "ab" * 800_000
+
+
+def test_plugs_into_content_peer_and_relay_fabric(node, cassette_factory):
+    n = node()
+    req = node_ops.double.request(9)
+    with connect(n.url) as c:
+        c.evaluate(req)  # n now holds it
+        with connect(n.url, scope="held") as held:
+            b = fabric.ContentAddressedFabric("b", cassette_factory(),
+                                              peers=[fabric.ContentPeer(n.node_id, held)])
+            assert b.evaluate(req).source == f"peer:{n.node_id}"
+        relay = c.relay()
+        assert relay.status == fabric.RelayStatus.CONNECTED
+        assert relay.evaluate(node_ops.double.request(10)).value == 20
+    assert relay.status == fabric.RelayStatus.DISCONNECTED
+    with pytest.raises(fabric.FabricUnavailable):
+        relay.evaluate(req)
+
+
+def test_in_flight_request_fails_fast_when_the_node_goes(node):
+    gate = threading.Event()
+
+    @fabric.op("node.test.block")
+    def block():
+        gate.wait(60)
+        return 1
+
+    n = node()
+    c = connect(n.url, timeout=60, reconnect=False)
+    box = {}
+
+    def call():
+        try:
+            c.evaluate(block.request())
+        except Exception as exc:
+            box["exc"] = exc
+
+    t = threading.Thread(target=call)
+    t.start()
+    while n.stats().get("requests", 0) < 1:
+        pass  # the request reached the node (bounded by the node's own test timeout)
+    n._loop.call_soon_threadsafe(n.request_stop)  # stop without waiting for the op
+    t.join(30)
+    gate.set()
+    n.stop()
+    assert isinstance(box.get("exc"), fabric.FabricUnavailable)
+    assert c.status == "disconnected"
+    c.close()
+
+
+# ---- auth, grants, versions --------------------------------------------------------
+
+def test_tokens(node):
+    n = node(tokens={"alice": TOKEN})
+    with pytest.raises(P.Unauthenticated):
+        connect(n.url, token="wrong-token-wrong-token")
+    with pytest.raises(P.Unauthenticated):
+        connect(n.url)
+    with connect(n.url, token=TOKEN) as c:
+        assert c.principal == "alice"
+        assert c.evaluate(node_ops.double.request(1)).value == 2
+    assert n.stats()["auth_failures"] == 2
+
+
+def test_grants_denial_server_side_and_client_side(node, tmp_path):
+    grants = tmp_path / "grants.json"
+    grants.write_text(json.dumps({"alice": ["gpu"], "bob": []}))
+    n = node(tokens={"alice": TOKEN, "bob": "bob-token-0123456789abc"}, grants=str(grants))
+    req = node_ops.double.request(3)
+    with connect(n.url, token="bob-token-0123456789abc") as bob:
+        with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
+            bob.evaluate(req)  # refused by the server: no node.compute
+        # the client checks too: the server said bob lacks gpu
+        with pytest.raises(fabric.CapabilityDenied, match="gpu"):
+            bob.evaluate(node_ops.gpu.request(1), grants=["gpu"])
+    assert n.stats()["denied_compute"] == 1
+    with connect(n.url, token=TOKEN) as alice:
+        with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
+            alice.evaluate(req)
+        # held content is served to any authenticated peer
+    with connect(n.url, token=TOKEN, scope="held") as alice:
+        with pytest.raises(fabric.ContentNotHeld):
+            alice.evaluate(req)
+
+
+def test_version_mismatch_names_both_versions(node):
+    n = node()
+    with pytest.raises(P.VersionMismatch, match=r"2\.0.*1\.0"):
+        c = NodeClient(n.url, proto=(2, 0), reconnect=False)
+        try:
+            c.wait_connected(30)
+        finally:
+            c.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    for ca in ("ca", "otherca"):
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+            "-subj", f"/CN={ca}")
+
+    def leaf(name, ca, cn, days="2", san=None):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        ext = []
+        if san:
+            (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+            ext = ["-extfile", f"{name}.ext"]
+        # "expired": -days -1 gives a notAfter one day in the past
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey",
+            f"{ca}.key", "-out", f"{name}.pem", "-days", "-1" if days == "expired" else days,
+            *ext)
+
+    leaf("server", "ca", "localhost", san="IP:127.0.0.1,DNS:localhost")
+    leaf("alice", "ca", "alice")
+    leaf("mallory", "otherca", "mallory")
+    leaf("old", "ca", "old", days="expired")
+    return d
+
+
+def test_tls_matrix(node, certs):
+    from fabric.node.auth import client_tls, server_tls
+    n = node(tls=server_tls(str(certs / "server.pem"), str(certs / "server.key"),
+                            str(certs / "ca.pem")))
+    url = n.url
+    assert url.startswith("fabrics://")
+    ca = str(certs / "ca.pem")
+
+    def attempt(cert=None, trust=ca):
+        tls = client_tls(trust, None if cert is None else str(certs / f"{cert}.pem"),
+                         None if cert is None else str(certs / f"{cert}.key"))
+        return connect(url, tls=tls, timeout=30, reconnect=False)
+
+    for bad in (dict(cert=None), dict(cert="mallory"), dict(cert="old"),
+                dict(cert="alice", trust=str(certs / "otherca.pem"))):
+        with pytest.raises((fabric.FabricUnavailable, ssl.SSLError, ConnectionError)):
+            attempt(**bad).close()
+    with attempt("alice") as c:
+        assert c.principal == "CN=alice"
+        assert c.evaluate(node_ops.double.request(2)).value == 4
+
+
+# ---- secrets -----------------------------------------------------------------------
+
+def test_a_secret_is_refused_for_remote_compute(node):
+    n = node()
+    with connect(n.url) as c:
+        with pytest.raises(fabric.CapabilityDenied, match=r"SecretRef\(name\)"):
+            c.evaluate(node_ops.reveal.request(fabric.Secret("hunter2")))
+    assert n.stats().get("requests", 0) == 0  # nothing was sent
+
+
+def test_a_secret_ref_is_resolved_on_the_computing_node(node, tmp_path):
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"db-password": "hunter22"}))
+    n = node(secrets=str(secrets), grants={"*": ["node.compute", "secret:db-password"]})
+    ref = fabric.SecretRef("db-password")
+    req = node_ops.reveal.request(ref)
+    assert req.key == node_ops.reveal.request(["fabric.SecretRef", "db-password"]).key
+    with connect(n.url) as c:
+        assert c.evaluate(req).value == "len=8"
+        with pytest.raises(fabric.CapabilityDenied, match="secret:other"):
+            c.evaluate(node_ops.reveal.request(fabric.SecretRef("other")))
+    raw = bytes(n.cassette.get_raw(req.key))
+    assert b"hunter22" not in raw
+
+
+# ---- streams: cancel, credit -------------------------------------------------------
+
+def test_cancel_reaches_the_producing_op(node):
+    closed = threading.Event()
+    produced = []
+
+    @fabric.op("node.test.endless")
+    def endless():
+        try:
+            i = 0
+            while i < 10_000_000:
+                produced.append(i)
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    n = node()
+    with connect(n.url) as c:
+        s = c.stream(endless.request())
+        assert next(s) == 0
+        s.close()
+        assert closed.wait(30), "the producer was not closed"
+    assert n.stats()["cancels"] == 1
+    # credit kept the producer near the consumer: it never ran far ahead
+    assert len(produced) < 10_000_000
+
+
+def test_credit_window_bounds_what_is_sent_ahead(node):
+    @fabric.op("node.test.big_items")
+    def big_items():
+        for i in range(64):
+            yield bytes(64 * 1024)
+
+    n = node(limits=NodeLimits(window=256 * 1024, max_frame=128 * 1024))
+    with connect(n.url, window=256 * 1024) as c:
+        s = c.stream(big_items.request())
+        assert len(next(s)) == 65536
+        got = 1 + sum(1 for _ in s)
+        assert got == 64
+        assert c.stats()["grants_sent"] >= 1
+
+
+# ---- limits and malformed input -----------------------------------------------------
+
+def test_a_frame_length_of_2_32_minus_1_is_refused_before_allocation(node):
+    n = node()
+    with raw_socket(n) as s:
+        s.sendall(hello_bytes())
+        assert read_frames(s, until_close=False)[0].kind == FrameKind.HELLO
+        header = bytearray(fabric.Frame(FrameKind.PING, b"").encode())
+        header[24:28] = (2**32 - 1).to_bytes(4, "big")
+        from frames_ref import crc32c
+        header[32:36] = crc32c(bytes(header[:32])).to_bytes(4, "big")
+        s.sendall(bytes(header))
+        frames = read_frames(s)
+    assert frames[-1].kind == FrameKind.ERROR
+    assert "payload length 4294967295" in frames[-1].decode_payload()["message"]
+
+
+def test_malformed_input_gets_an_error_frame_and_close(node):
+    n = node()
+    for junk in (b"GET / HTTP/1.1\r\n\r\n", hello_bytes() + b"\x00" * 64,
+                 P.encoder().encode_value(FrameKind.STREAM_CHUNK, 1, stream_id=3)):
+        with raw_socket(n) as s:
+            s.sendall(junk)
+            frames = read_frames(s)
+            assert frames and frames[-1].kind == FrameKind.ERROR
+    with connect(n.url) as c:  # the node is still fine
+        assert c.evaluate(node_ops.double.request(0)).value == 0
+
+
+def test_slowloris_connections_are_closed_at_the_handshake_timeout(node):
+    n = node(limits=NodeLimits(handshake_timeout=0.5))
+    socks = [raw_socket(n) for _ in range(200)]
+    try:
+        with connect(n.url) as c:  # served meanwhile
+            assert c.evaluate(node_ops.double.request(11)).value == 22
+        for s in socks:
+            frames = read_frames(s)  # returns when the node closes it
+            assert frames[-1].kind == FrameKind.ERROR
+    finally:
+        for s in socks:
+            s.close()
+    assert n.stats()["handshake_timeouts"] == 200
+
+
+def test_max_connections_refused_in_the_handshake(node):
+    n = node(limits=NodeLimits(max_connections=2))
+    a = connect(n.url)
+    b = connect(n.url)
+    try:
+        with pytest.raises((P.LimitExceeded, fabric.FabricUnavailable)):
+            connect(n.url, reconnect=False).close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_peer_that_never_reads_is_disconnected(node):
+    n = node(limits=NodeLimits(output_buffer=1 << 20))
+    req = node_ops.double.request("x" * 200_000)  # a 400 kB reply
+    with connect(n.url) as c:
+        c.evaluate(req)
+    with raw_socket(n) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(hello_bytes())
+        meta = P.open_metadata(req, want="value", scope="held", grants=(), timeout=None)
+        for sid in range(1, 200):
+            try:
+                s.sendall(fabric.StreamControl.open(sid, meta).to_frame(
+                    ["stream.open", "stream.remote.network"]).encode())
+            except ConnectionError:  # the node hung up on us: what is tested
+                break
+    assert n.stats()["disconnected_slow_reader"] == 1
+
+
+def test_100000_tiny_frames(node):
+    n = node()
+    with raw_socket(n) as s:
+        s.sendall(hello_bytes())
+        enc = P.encoder()
+        ping = enc.encode(FrameKind.PING, b"", stream_id=0)
+        s.sendall(ping * 100_000)
+        dec = fabric.FrameDecoder()
+        pongs = hello = 0
+        while pongs < 100_000:
+            data = s.recv(1 << 20)
+            assert data
+            dec.feed(data)
+            for f in dec:
+                if f.kind == FrameKind.PONG:
+                    pongs += 1
+                else:
+                    hello += 1
+    assert (pongs, hello) == (100_000, 1)
+    n2 = node(limits=NodeLimits(max_frame_rate=1000))
+    with raw_socket(n2) as s:
+        try:
+            s.sendall(hello_bytes() + ping * 100_000)
+            frames = read_frames(s, limit=10**6)
+        except ConnectionError:  # the node closed with our frames unread: a reset
+            frames = []
+    # what reached us before the close is the handshake, pongs, then the ERROR
+    assert not frames or frames[-1].kind == FrameKind.ERROR
+    assert n2.stats()["refused_LimitExceeded"] == 1

@@ -1,0 +1,141 @@
+"""Nodes as real `fabric serve` processes on loopback: a->b->c resolution,
+gossip, a holder SIGKILLed mid-stream, a restart that re-announces its ledger."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fabric
+from fabric.node import Node, connect
+
+import node_ops
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def serve(tmp_path, name, *args):
+    """Start `fabric serve` and wait for its readiness line; returns (proc, url)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+           "--node-id", name, "--import", "node_ops",
+           "--cassette", str(tmp_path / f"{name}.ledger"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+    line = proc.stdout.readline()  # the readiness line, or '' if it died
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
+                             f"{proc.stderr.read()[-2000:]}")
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def wait_for(cond, what, bound=20.0):
+    """A bounded wait for a condition another process makes true."""
+    end = time.monotonic() + bound
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    procs = []
+
+    def start(name, *args):
+        p, url = serve(tmp_path, name, *args)
+        procs.append(p)
+        return p, url
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_three_processes_resolve_a_to_b_to_c(fleet):
+    pc, c_url = fleet("c", "--home", "node_ops:home")
+    pb, b_url = fleet("b", "--home", c_url)
+    pa, a_url = fleet("a", "--home", b_url)
+    req = node_ops.double.request(21)
+    with connect(a_url) as a:
+        first = a.evaluate(req)
+        assert first.value == 42 and first.source == "home"
+        assert a.evaluate(req).value == 42
+    # every node on the way recorded it: each serves it as held content now
+    for url, node in ((c_url, "c"), (b_url, "b"), (a_url, "a")):
+        with connect(url, scope="held") as cl:
+            assert cl.node == node
+            assert cl.evaluate(req).value == 42
+    # a key nobody holds is not computed for a held-only client
+    with connect(b_url, scope="held") as cl:
+        with pytest.raises(fabric.ContentNotHeld):
+            cl.evaluate(node_ops.double.request(5))
+    for p in (pa, pb, pc):
+        stop(p)
+
+
+def test_gossip_pushes_holdings_so_only_the_holder_is_asked(fleet, tmp_path):
+    pc, c_url = fleet("c", "--home", "node_ops:home")
+    d = Node(str(tmp_path / "d.ledger"), node_id="d", peers=[c_url],
+             listen="127.0.0.1:0").start()
+    try:
+        wait_for(lambda: d.fabric.peers, "d to connect to c")
+        req = node_ops.double.request(100)
+        with connect(c_url) as c:
+            assert c.evaluate(req).value == 200
+        wait_for(lambda: d.fabric.holders.holds(req.key, "c"), "c's announce to reach d")
+        got = d.fabric.evaluate(req)
+        assert got.value == 200 and got.source == "peer:c"
+        assert d.fabric.evaluate(req).source == "local"
+    finally:
+        d.stop()
+        stop(pc)
+
+
+def test_holder_killed_mid_stream_fails_the_stream_not_silently(fleet):
+    pc, c_url = fleet("c", "--home", "node_ops:home")
+    with connect(c_url) as c:
+        s = c.stream(node_ops.first_then_hang.request("x"))
+        assert next(s) == "first"
+        pc.send_signal(signal.SIGKILL)
+        pc.wait()
+        with pytest.raises(fabric.FabricUnavailable):
+            next(s)
+        assert not s.done
+        # and a new request fails at once while the node is gone
+        with pytest.raises(fabric.FabricUnavailable):
+            c.evaluate(node_ops.double.request(1))
+
+
+def test_restart_from_the_ledger_reannounces_holdings(fleet, tmp_path):
+    pc, c_url = fleet("c", "--home", "node_ops:home")
+    req = node_ops.double.request(7)
+    with connect(c_url) as c:
+        assert c.evaluate(req).value == 14
+    stop(pc)
+    pc2, c_url2 = fleet("c")  # same cassette, no home now: held content only
+    d = Node(str(tmp_path / "d.ledger"), node_id="d", peers=[c_url2],
+             listen="127.0.0.1:0").start()
+    try:
+        wait_for(lambda: d.fabric.holders.holds(req.key, "c"), "c's replayed holdings")
+        assert d.fabric.evaluate(req).value == 14
+    finally:
+        d.stop()
+        stop(pc2)

@@ -1,0 +1,191 @@
+"""The node's sans-IO parts: fair queues, credit, stream epochs, the protocol's
+golden vectors (tests/golden/protocol.json, byte for byte) and its checks."""
+
+import json
+import os
+
+import pytest
+
+import fabric
+from fabric.frames import FrameKind
+from fabric.node import protocol as P
+from fabric.node.credit import Credit, StaleStream, StreamTable
+from fabric.node.scheduler import FairQueue
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "protocol.json")
+
+
+# ---- fair queues ------------------------------------------------------------------
+
+def test_5000_principals_of_one_request_each_are_all_served():
+    q = FairQueue(budget=1 << 20)
+    for i in range(5000):
+        q.push(f"p{i}", ("s", i), 100, i)
+    served = []
+    while (e := q.pop()) is not None:
+        served.append(e.item)
+    assert sorted(served) == list(range(5000))
+    assert all(s["served"] == 1 for s in q.stats()["principals"].values())
+
+
+def test_a_flooding_principal_does_not_starve_another():
+    # quantum = max(4 KiB, budget / principals) = 32 KiB: 8 items a turn
+    q = FairQueue(budget=64 * 1024, min_quantum=4096)
+    for i in range(10_000):
+        q.push("flood", ("f", i % 8), 4096, ("flood", i))
+    for i in range(10):
+        q.push("quiet", ("q", 0), 4096, ("quiet", i))
+    order = []
+    while (e := q.pop()) is not None:
+        order.append(e.item[0])
+    assert order.count("quiet") == 10
+    assert max(i for i, who in enumerate(order) if who == "quiet") < 26
+    # the flood stayed within its budget by losing its oldest heads, counted
+    stats = q.stats()["principals"]
+    assert stats["flood"]["evicted"] == 10_000 - 16 and stats["quiet"]["evicted"] == 0
+
+
+def test_eviction_takes_the_oldest_head_and_never_a_terminator():
+    q = FairQueue(budget=10_000, min_quantum=4096)
+    q.push("p", "s1", 4000, "a")
+    q.push("p", "s1", 0, "END1", terminator=True)
+    q.push("p", "s2", 4000, "b")
+    q.push("p", "s2", 4000, "c")  # over budget: evicts s1's "a"? no: the oldest head, "a"
+    assert q.lost("s1") and not q.lost("s2")
+    items = []
+    while (e := q.pop()) is not None:
+        items.append(e.item)
+    assert "END1" in items and "a" not in items and {"b", "c"} <= set(items)
+    assert q.stats()["principals"]["p"]["evicted"] == 1
+
+
+def test_count_cap_refuses_with_limit_exceeded():
+    q = FairQueue(max_count=3)
+    for i in range(3):
+        q.push("p", "s", 1, i)
+    with pytest.raises(P.LimitExceeded, match="cap 3"):
+        q.push("p", "s", 1, 99)
+    q.push("p", "s", 0, "end", terminator=True)  # a terminator is still taken
+
+
+# ---- credit and epochs ----------------------------------------------------------------
+
+def test_credit_grants_are_cumulative_clamped_and_stale_ones_ignored():
+    c = Credit(1000)
+    c.take(600)
+    with pytest.raises(P.Backpressure):
+        c.take(600)
+    assert c.backpressure_events == 1 and c.sent == 600
+    assert c.grant(5000)  # clamped to what was sent
+    assert c.consumed == 600 and c.remaining == 1000
+    assert not c.grant(300)  # stale
+    c.take(1000)
+    assert c.remaining == 0
+    assert Credit(0).remaining == -1  # unbounded
+
+
+def test_async_sender_waits_for_credit():
+    import asyncio
+
+    async def main():
+        c = Credit(100)
+        c.take(100)
+        waiter = asyncio.create_task(c.wait(50))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        c.grant(60)
+        await waiter
+        return c.sent
+
+    assert asyncio.run(main()) == 150
+
+
+def test_stream_epochs_make_old_handles_fail():
+    t = StreamTable()
+    h1 = t.open(7, "first")
+    assert t.get(h1) == "first"
+    t.close(h1)
+    h2 = t.open(7, "second")
+    assert h2 == (7, 2)
+    with pytest.raises(StaleStream, match="epoch 1"):
+        t.get(h1)
+    assert t.find(8) is None  # a grant for an id that is not open is dropped
+
+
+# ---- the protocol --------------------------------------------------------------------
+
+def golden_frames():
+    req = fabric.EvalRequest("double", (21,), version=1)
+    enc = P.encoder()
+    return {
+        "client_hello": enc.encode_value(FrameKind.HELLO, P.hello(
+            node="b", max_frame=1 << 20, window=4 << 20, caps=["gossip"], token=None)),
+        "server_hello": enc.encode_value(FrameKind.HELLO, P.hello(
+            node="a", max_frame=1 << 20, window=4 << 20, caps=["gossip"],
+            principal="alice", grants=["node.compute"])),
+        "request_open": fabric.StreamControl.open(1, P.open_metadata(
+            req, want="value", scope="compute", grants=[], timeout=None)).to_frame(
+            ["stream.open", "stream.remote.network"]).encode(),
+        "cancel": fabric.StreamControl.cancel(1).to_frame(
+            ["stream.cancel", "stream.remote.network"]).encode(),
+        "credit": enc.encode_value(FrameKind.CREDIT, {"consumed": 65536}, stream_id=3),
+        "gossip_delta": enc.encode_value(FrameKind.GOSSIP, {
+            "origin": "a", "start": 0, "end": 1,
+            "facts": [[req.key.digest, "a"]]}),
+        "gossip_pull": enc.encode_value(FrameKind.GOSSIP, {"pull": 0}),
+        "error": enc.encode_value(FrameKind.ERROR, P.error_payload(
+            fabric.ContentNotHeld("node 'a' does not hold it")), stream_id=1),
+    }
+
+
+def test_golden_vectors_byte_for_byte():
+    with open(GOLDEN) as f:
+        golden = json.load(f)
+    made = {k: v.hex() for k, v in golden_frames().items()}
+    assert made == golden["frames"]
+
+
+def test_hello_checks():
+    ok = P.hello(node="x", max_frame=4096, window=0, token=None)
+    assert P.check_hello(ok, server=False)["window"] == 0
+    with pytest.raises(P.VersionMismatch, match=r"2\.3.*1\.0"):
+        P.check_hello(dict(ok, proto=[2, 3]), server=False)
+    for bad in (dict(ok, max_frame=10), dict(ok, max_frame=2**32), dict(ok, window=-1),
+                dict(ok, extra=1), dict(ok, caps="x"), "hello"):
+        with pytest.raises(P.ProtocolError):
+            P.check_hello(bad, server=False)
+
+
+def test_open_checks_the_key_against_the_fields():
+    req = fabric.EvalRequest("double", (21,))
+    meta = P.open_metadata(req, want="value", scope="held", grants=[], timeout=1.5)
+    assert P.check_open(meta)[0] == req
+    meta["key"] = bytes(32)
+    with pytest.raises(P.ProtocolError, match="content key"):
+        P.check_open(meta)
+    for k, v in (("want", "all"), ("scope", "root"), ("timeout", -1), ("via", [1])):
+        m = P.open_metadata(req, want="value", scope="held", grants=[], timeout=None)
+        m[k] = v
+        with pytest.raises(P.ProtocolError):
+            P.check_open(m)
+
+
+def test_error_payload_round_trip_never_leaks_a_secret():
+    exc = P.error_from_payload(P.error_payload(fabric.CapabilityDenied("no")), "node a")
+    assert isinstance(exc, fabric.CapabilityDenied) and "node a: no" in str(exc)
+    other = P.error_from_payload(P.error_payload(KeyError("k")), "node a")
+    assert isinstance(other, fabric.RemoteError)
+
+
+def test_random_frames_never_crash_the_checks():
+    import random
+    rnd = random.Random(13)
+    for _ in range(2000):
+        body = rnd.choice([None, 1, "x", [], {}, {"proto": [1, 0]},
+                           {"request": {}, "key": b"", "want": "value", "scope": "held",
+                            "grants": [], "timeout": None, "via": []}])
+        for check in (lambda b: P.check_hello(b, server=False), P.check_open):
+            try:
+                check(body)
+            except P.ProtocolError:
+                pass
