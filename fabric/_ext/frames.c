@@ -392,7 +392,7 @@ static PyType_Slot limits_slots[] = {
      "payload bytes per stream, frames in flight (the credit window), duration,\n"
      "rate (frames per second, with a burst of one second's worth) and the decode\n"
      "depth and item count of a payload. Every limit must be a positive int;\n"
-     "immutable, hashable; replace(**changes) makes a changed copy."},
+     "immutable, hashable; ``replace(**changes)`` makes a changed copy."},
     {Py_tp_new, limits_new},
     {Py_tp_dealloc, limits_dealloc},
     {Py_tp_repr, limits_repr},
