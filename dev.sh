@@ -63,7 +63,7 @@ python_env() {
     local want
     want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
     # One stamp per set of extras; the test set includes what the demo needs.
-    local stamp="$VENV/.fabric-installed$extras" full="$VENV/.fabric-installed[test,bench]"
+    local stamp="$VENV/.fabric-installed$extras" full="$VENV/.fabric-installed[test,bench,docs]"
     if [ -f "$full" ] && [ "$(cat "$full")" = "$want" ]; then
         stamp=$full
     fi
