@@ -346,29 +346,9 @@ def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Eval
                     f"not {type(op).__name__}")
 
 
-class _Counters:
-    """Thread-safe counters (a plain dict under a lock)."""
-
-    def __init__(self, *names: str):
-        self._lock = threading.Lock()
-        self._d = dict.fromkeys(names, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._d[name] += n
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
-
-    def items(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return list(self._d.items())
-
-    def keys(self) -> Any:
-        return self._d.keys()
-
-    def __getitem__(self, name: str) -> int:
-        return self._d[name]
+#: Thread-safe named counters (``add(name, n=1)``, ``items()``): the one
+#: implementation, in the glue, shared with ContentAddressedFabric's C base.
+_Counters = _core._Counters
 
 
 def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:

@@ -56,6 +56,7 @@ from .fabrics import ContentPeer, _FabricBase
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
 from .holders import HoldingIndex
+from .ops import Op
 
 __all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask"]
 
@@ -451,8 +452,12 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if not isinstance(max_peer_calls, int) or max_peer_calls < 1:
             raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
         # The C base answers hits with cassette.get and hands misses to _miss.
+        # call(op, ...) builds an Op's request with Op.request (kept for
+        # repeated arguments) and hands anything else to _FabricBase.call.
         _core.ContentAddressedFabricCore.__init__(self, node, cassette, cassette.get,
-                                                  type(self)._miss, frozenset(grants))
+                                                  type(self)._miss, frozenset(grants),
+                                                  op_class=Op, request_of=Op.request,
+                                                  general_call=_FabricBase.call)
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
         self.peer_timeout = peer_timeout
@@ -523,11 +528,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         get_raw = getattr(self.cassette, "get_raw", None)
         raw = get_raw(key) if get_raw is not None else None
         if raw is not None:
-            self._count("bytes_recorded", len(raw))
+            self._stats.add("bytes_recorded", len(raw))
 
     def _end(self, res: Resolution) -> None:
         """A resolution ended (either way): count it and keep its trail."""
-        self._count(res.outcome or "failures")
+        self._stats.add(res.outcome or "failures")
         self._remember_trail(res.key, res.source, res.steps)
 
     def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
@@ -650,7 +655,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         g = self._check(request, grants=grants)
         key = request.key
         if key in self.cassette:
-            self._count("local_hits")
+            self._stats.add("local_hits")
             return EvalStream(_replay_events(self.cassette, key), key, "local")
         res = self._resolution(request, timeout)
         try:
@@ -677,7 +682,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
 
         def done() -> None:
             res.held(EvalReply(None, (), None, key, source))
-            self._count(res.outcome or "failures")
+            self._stats.add(res.outcome or "failures")
 
         relayed = self._relay(res, itertools.chain(head, events), events)
         return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
@@ -697,7 +702,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         except GeneratorExit:
             raise
         except Exception as exc:
-            self._count("failures")
+            self._stats.add("failures")
             err, message = res.broke(exc, items)
             self._remember_trail(res.key, None, res.steps)
             yield DIAG, {"kind": "StreamInterrupted", "message": message}

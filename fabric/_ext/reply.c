@@ -208,13 +208,51 @@ PyObject *fab_py_reply_from_record(fab_state *st, PyObject *record, PyObject *ke
     return reply;
 }
 
-static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+PyObject *fab_py_reply_make(fab_state *st, PyObject *value, PyObject *diags, PyObject *trace,
+                            PyObject *key, PyObject *source)
 {
-    if (nargs != 3 || !PyUnicode_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "_reply_from_record(record, key, source: str, /)");
+    return reply_make((PyTypeObject *)st->reply_class, value, diags, trace, key, source);
+}
+
+int fab_py_reply_parts(fab_state *st, PyObject *reply, PyObject **value, PyObject **diags,
+                       PyObject **trace)
+{
+    if (!PyObject_TypeCheck(reply, st->EvalReply_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected an EvalReply, not %.100s",
+                     Py_TYPE(reply)->tp_name);
+        return -1;
+    }
+    ReplyObject *r = (ReplyObject *)reply;
+    *value = r->value;
+    *diags = r->diagnostics;
+    *trace = r->trace;
+    return 0;
+}
+
+PyObject *fab_py_reply_value(fab_state *st, PyObject *reply)
+{
+    PyObject *value, *diags, *trace;
+    if (fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0)
+        return NULL;
+    return Py_NewRef(value);
+}
+
+static const char *const from_record_names[] = {"record", "key", "source"};
+static const fab_py_params from_record_params = {"_reply_from_record", from_record_names, 3,
+                                                  3, 3, 3};
+
+static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+                                   PyObject *kwnames)
+{
+    PyObject *a[3] = {NULL, NULL, NULL};
+    if (fab_py_parse(&from_record_params, args, nargsf, kwnames, a) < 0)
+        return NULL;
+    if (!PyUnicode_Check(a[2])) {
+        PyErr_Format(PyExc_TypeError, "_reply_from_record(): source must be a str, not %.100s",
+                     Py_TYPE(a[2])->tp_name);
         return NULL;
     }
-    return fab_py_reply_from_record(fab_get_state(module), args[0], args[1], args[2]);
+    return fab_py_reply_from_record(fab_get_state(module), a[0], a[1], a[2]);
 }
 
 static PyObject *set_reply_class(PyObject *module, PyObject *cls)
@@ -236,7 +274,8 @@ static PyMethodDef reply_functions[] = {
     {"_set_reply_class", set_reply_class, METH_O,
      "_set_reply_class(cls, /)\n--\n\nMake the replies the glue builds instances of cls (an\n"
      "EvalReply subclass with __slots__ = ())."},
-    {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record, METH_FASTCALL,
+    {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record,
+     METH_FASTCALL | METH_KEYWORDS,
      "_reply_from_record(record, key, source, /)\n--\n\nThe reply a cassette record "
      "[value, diagnostics, trace] holds;\nFabricError if it is not such a record."},
     {NULL, NULL, 0, NULL},
