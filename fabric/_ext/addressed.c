@@ -714,6 +714,17 @@ static int check(fab_state *st, CAFObject *self, PyObject *request, PyObject *g,
     return 0;
 }
 
+/* Whether container holds the request's key (`key in container`). 1, 0, -1. */
+static int fab_py_request_key_in(fab_state *st, PyObject *request, PyObject *container)
+{
+    PyObject *key = fab_py_request_key(st, request);
+    if (key == NULL)
+        return -1;
+    int has = PySequence_Contains(container, key);
+    Py_DECREF(key);
+    return has;
+}
+
 static Py_ssize_t reply_slot_of(const uint8_t *digest)
 {
     return (Py_ssize_t)(((unsigned)digest[0] | (unsigned)digest[1] << 8) % REPLY_SLOTS);
@@ -925,6 +936,20 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
             return NULL;
         }
         if (!stream) {
+            /* In the reply memo and still held: the value alone, no reply. */
+            reply_slot *s = self->replies ? &self->replies[reply_slot_of(digest)] : NULL;
+            if (s != NULL && s->value != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0) {
+                int has = fab_py_request_key_in(st, request, self->cassette);
+                if (has < 0) {
+                    Py_DECREF(request);
+                    return NULL;
+                }
+                if (has) {
+                    Py_DECREF(request);
+                    self->stats->v[CAF_local_hits]++;
+                    return thaw(s->value);
+                }
+            }
             reply = held(st, self, request, digest);
             if (reply == Py_None) {
                 Py_DECREF(reply);

@@ -255,6 +255,31 @@ static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_s
     return fab_py_reply_from_record(fab_get_state(module), a[0], a[1], a[2]);
 }
 
+/* _reply(value, diagnostics, trace, key, source): a reply of the reply
+ * class, without EvalReply()'s keyword parsing (the fabrics' hot paths). */
+static const char *const reply_names[] = {"value", "diagnostics", "trace", "key", "source"};
+static const fab_py_params reply_params = {"_reply", reply_names, 5, 5, 5, 5};
+
+static PyObject *reply_new_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+                                PyObject *kwnames)
+{
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (fab_py_parse(&reply_params, args, nargsf, kwnames, a) < 0)
+        return NULL;
+    if (!PyUnicode_Check(a[4])) {
+        PyErr_Format(PyExc_TypeError, "_reply(): source must be a str, not %.100s",
+                     Py_TYPE(a[4])->tp_name);
+        return NULL;
+    }
+    fab_state *st = fab_get_state(module);
+    PyObject *d = as_diagnostics(st, a[1]);
+    if (d == NULL)
+        return NULL;
+    PyObject *r = reply_make((PyTypeObject *)st->reply_class, a[0], d, a[2], a[3], a[4]);
+    Py_DECREF(d);
+    return r;
+}
+
 static PyObject *set_reply_class(PyObject *module, PyObject *cls)
 {
     fab_state *st = fab_get_state(module);
@@ -274,6 +299,10 @@ static PyMethodDef reply_functions[] = {
     {"_set_reply_class", set_reply_class, METH_O,
      "_set_reply_class(cls, /)\n--\n\nMake the replies the glue builds instances of cls (an\n"
      "EvalReply subclass with __slots__ = ())."},
+    {"_reply", (PyCFunction)(void (*)(void))reply_new_fast, METH_FASTCALL | METH_KEYWORDS,
+     "_reply(value, diagnostics, trace, key, source, /)\n--\n\nEvalReply(value, diagnostics, "
+     "trace, key, source), without keyword\nparsing (diagnostics: any iterable, None for "
+     "none)."},
     {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record,
      METH_FASTCALL | METH_KEYWORDS,
      "_reply_from_record(record, key, source, /)\n--\n\nThe reply a cassette record "
