@@ -746,8 +746,9 @@ class LocalFabric(_FabricBase):
                 sink: list[dict[str, Any]] = []
                 token = _collector.set(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
+                kw = request.kwargs
                 try:
-                    value = op.fn(*request.args, **request.kwargs)
+                    value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
                     _collector.reset(token)
                     self._end(key, flight, None, exc)

@@ -116,6 +116,9 @@ class Ask(NamedTuple):
 
 
 _OPEN, _ASKING, _HOLDING, _STREAMING, _DONE = range(5)
+_HOME = ("home", "home", False)
+# An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
+_new_ask = tuple.__new__
 
 
 class Resolution:
@@ -163,9 +166,9 @@ class Resolution:
         self.attempts: list[tuple[str, BaseException]] = []
         self.source: str | None = None
         self.outcome: str | None = None  # the counter of a success
-        self._order = peer_order(key, peers, holders)
+        self._order = peer_order(key, peers, holders) if peers else ()
         self._idx = 0
-        self._cur: tuple[str, str, bool] = ("home", "home", False)
+        self._cur: tuple[str, str, bool] = _HOME
         self._state = _OPEN
 
     # -- asking -----------------------------------------------------------------
@@ -197,8 +200,10 @@ class Resolution:
         return None if self.t_end is None else self.t_end - self._clock()
 
     def _left(self) -> float | None:
-        left = self.remaining()
-        if left is not None and left <= 0:
+        if self.t_end is None:
+            return None
+        left = self.t_end - self._clock()
+        if left <= 0:
             raise self._with_attempts(DeadlineExceeded(
                 f"the request's deadline passed while resolving {self.key}"
                 + self._attempts_text()))
@@ -208,7 +213,8 @@ class Resolution:
         """The next source to ask, or raises the final error: ``ContentNotHeld``
         (local-only), ``NoHolderError`` (no peer answered, no home to ask) or
         ``DeadlineExceeded``."""
-        self._expect(_OPEN, "next")
+        if self._state != _OPEN:
+            self._expect(_OPEN, "next")
         consistency = self.request.consistency
         if consistency == "local-only":
             self.steps.append(("policy", "local-only", "peers and home not asked"))
@@ -223,16 +229,16 @@ class Resolution:
                 t = left
             self._cur = (name, "holder" if announced else "peer", announced)
             self._state = _ASKING
-            return Ask(name, self._cur[1], serve, t)
+            return _new_ask(Ask, (name, self._cur[1], serve, t))
         if self.home is None or consistency == "no-home":
             why = "no home" if self.home is None else "request is no-home"
             self.steps.append(("home", "-", why))
             raise self._with_attempts(NoHolderError(
                 f"no holder answered for {self.key} ({self.request.op!r}) and {why}"
                 + self._attempts_text()))
-        self._cur = ("home", "home", False)
+        self._cur = _HOME
         self._state = _ASKING
-        return Ask("home", "home", self.home, left)
+        return _new_ask(Ask, ("home", "home", self.home, left))
 
     # -- answers ----------------------------------------------------------------
     def failed(self, exc: BaseException) -> bool:
@@ -273,7 +279,8 @@ class Resolution:
     def answered(self, reply: Any) -> EvalReply | None:
         """The source asked answered ``reply``: the reply to record, or None if
         a peer's reply was refused (one for another key: ask the next)."""
-        self._expect(_ASKING, "answered")
+        if self._state != _ASKING:
+            self._expect(_ASKING, "answered")
         name, stage, _ = self._cur
         if stage != "home":
             rkey = getattr(reply, "key", None)
@@ -290,7 +297,7 @@ class Resolution:
     def held(self, reply: EvalReply) -> EvalReply:
         """The reply is recorded (or a stream ended and is held): announce this
         node as a holder; the reply with its source."""
-        if self._state != _STREAMING:
+        if self._state != _STREAMING and self._state != _HOLDING:
             self._expect(_HOLDING, "held")
         name, stage, _ = self._cur
         if stage == "home":
@@ -522,18 +529,18 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         except concurrent.futures.TimeoutError:
             return _TIMED_OUT
 
-    def _hold(self, key: ContentKey, reply: EvalReply) -> None:
-        """Records a reply in the local cassette and counts its bytes."""
-        self.cassette.record(key, reply_record(reply))
-        get_raw = getattr(self.cassette, "get_raw", None)
-        raw = get_raw(key) if get_raw is not None else None
-        if raw is not None:
-            self._stats.add("bytes_recorded", len(raw))
+    # _hold(key, reply): records a reply in the local cassette and counts its
+    # bytes (bytes_recorded): the C base's, one call.
 
     def _end(self, res: Resolution) -> None:
         """A resolution ended (either way): count it and keep its trail."""
         self._stats.add(res.outcome or "failures")
-        self._remember_trail(res.key, res.source, res.steps)
+        trails = self._trails
+        with self._trail_lock:
+            trails[res.key] = (res.source, res.steps)  # the resolution is over
+            trails.move_to_end(res.key)
+            if len(trails) > self._remember:
+                trails.popitem(last=False)
 
     def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
         with self._trail_lock:
@@ -552,7 +559,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             while True:
                 ask = res.next()
                 try:
-                    reply = self._call(ask, ask.target.evaluate, request, g)
+                    if ask.timeout is None:  # no deadline: called directly
+                        reply = ask.target.evaluate(request, grants=g)
+                    else:
+                        reply = self._call(ask, ask.target.evaluate, request, g)
                 except Exception as exc:
                     if res.failed(exc):
                         raise

@@ -551,7 +551,8 @@ static Py_hash_t call_hash(PyObject *const *args, Py_ssize_t n, PyObject *kwname
 static const char *const counter_names[] = {
     "local_hits", "peer_hits", "home_computes", "failures", "denied", "bytes_recorded",
 };
-enum { CAF_local_hits, CAF_peer_hits, CAF_home_computes, CAF_failures, CAF_denied };
+enum { CAF_local_hits, CAF_peer_hits, CAF_home_computes, CAF_failures, CAF_denied,
+       CAF_bytes_recorded };
 
 typedef struct {
     PyObject_HEAD
@@ -982,6 +983,36 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
     return out;
 }
 
+/* _hold(key, reply): records the reply ([value, diagnostics, trace]) in the
+ * cassette and counts its canonical bytes in bytes_recorded. */
+static PyObject *CAF_hold(CAFObject *self, PyTypeObject *defining_class, PyObject *const *args,
+                          Py_ssize_t nargsf, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "reply"};
+    static const fab_py_params params = {"_hold", names, 2, 2, 2, 2};
+    fab_state *st = PyType_GetModuleState(defining_class);
+    PyObject *a[2] = {NULL, NULL}, *value, *diags, *trace;
+    if (ready(self) < 0 || fab_py_parse(&params, args, nargsf, kwnames, a) < 0 ||
+        fab_py_reply_parts(st, a[1], &value, &diags, &trace) < 0)
+        return NULL;
+    PyObject *d = PySequence_List(diags);
+    PyObject *record = d ? PyList_New(3) : NULL;
+    if (record == NULL) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    PyList_SET_ITEM(record, 0, Py_NewRef(value));
+    PyList_SET_ITEM(record, 1, d);
+    PyList_SET_ITEM(record, 2, Py_NewRef(trace));
+    size_t nbytes = 0;
+    int rc = fab_py_cassette_record(st, self->cassette, a[0], record, &nbytes);
+    Py_DECREF(record);
+    if (rc < 0)
+        return NULL;
+    self->stats->v[CAF_bytes_recorded] += nbytes;
+    Py_RETURN_NONE;
+}
+
 static PyObject *CAF_get_node(CAFObject *self, void *closure)
 {
     FAB_UNUSED(closure);
@@ -1045,6 +1076,9 @@ static PyMethodDef CAF_methods[] = {
      "call($self, op, /, *args, **kwargs)\n--\n\n"
      "Evaluate op(*args, **kwargs) through this fabric in one line: the value\n"
      "for an ordinary op, an EvalStream for a stream op (see EvalFabric.call)."},
+    {"_hold", (PyCFunction)(void (*)(void))CAF_hold, METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "_hold($self, key, reply, /)\n--\n\nRecord reply under key in the cassette (as [value,\n"
+     "diagnostics, trace]) and count its bytes in bytes_recorded."},
     {"_lookup", (PyCFunction)(void (*)(void))CAF_lookup,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "_lookup($self, request, /, *, grants=None)\n--\n\n"
