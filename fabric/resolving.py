@@ -460,10 +460,14 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
         # The C base answers hits with cassette.get and hands misses to _miss.
         # call(op, ...) builds an Op's request with Op.request (kept for
-        # repeated arguments) and hands anything else to _FabricBase.call.
+        # repeated arguments) and evaluates it in C, unless a subclass
+        # overrides evaluate (then every call goes through it):
+        # _FabricBase.call takes anything else.
+        own = type(self).evaluate is ContentAddressedFabric.evaluate
         _core.ContentAddressedFabricCore.__init__(self, node, cassette, cassette.get,
                                                   type(self)._miss, frozenset(grants),
-                                                  op_class=Op, request_of=Op.request,
+                                                  op_class=Op if own else None,
+                                                  request_of=Op.request,
                                                   general_call=_FabricBase.call)
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders

@@ -607,6 +607,12 @@ static int CAF_init(CAFObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "lookup and miss must be callables");
         return -1;
     }
+    if (op_class == Py_None)
+        op_class = NULL;
+    if (request_of == Py_None)
+        request_of = NULL;
+    if (general_call == Py_None)
+        general_call = NULL;
     if ((op_class != NULL && !PyType_Check(op_class)) ||
         (request_of != NULL && !PyCallable_Check(request_of)) ||
         (general_call != NULL && !PyCallable_Check(general_call))) {

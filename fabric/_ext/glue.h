@@ -98,6 +98,8 @@ typedef struct fab_state {
     PyTypeObject *EvalReply_Type;   /* the C base */
     PyObject *reply_class;          /* the class replies are made of (fabric.EvalReply) */
     PyObject *str_computed;         /* interned "computed" */
+    PyTypeObject *EventStream_Type; /* _EventStream: EvalStream's C base */
+    PyTypeObject *Replay_Type;      /* _Replay: recorded frames -> events */
     /* addressed.c */
     PyTypeObject *CAFCore_Type;     /* ContentAddressedFabric's C base */
     PyTypeObject *Counters_Type;    /* _Counters: every fabric's stats */
