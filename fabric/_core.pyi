@@ -399,6 +399,7 @@ class EvalReply:
 def _set_reply_class(cls: type[EvalReply], /) -> None: ...
 def _reply_from_record(record: Any, key: ContentKey, source: str, /) -> EvalReply: ...
 
+@disjoint_base
 class _EventStream:
     """The C base of fabric.EvalStream (use that class)."""
 
@@ -413,6 +414,7 @@ class _EventStream:
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
 
+@final
 class _Replay:
     """The (tag, payload) events of recorded frames."""
 
@@ -431,6 +433,7 @@ def _as_grants(grants: Iterable[str] | None, default: frozenset[str], /) -> froz
 def _check_grants(request: EvalRequest, grants: frozenset[str], where: str,
                   extra: Iterable[str] = ..., /) -> None: ...
 
+@final
 class _Counters:
     """Named counters that only grow (every fabric's stats)."""
 

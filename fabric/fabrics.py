@@ -44,7 +44,7 @@ import threading
 import time
 from enum import Enum
 from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
-                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, overload,
+                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, cast, overload,
                     runtime_checkable)
 
 from . import _core
@@ -520,8 +520,8 @@ class LocalFabric(_FabricBase):
                 diags = sink
         finally:
             _collector.reset(token)
-        return _core._reply(value, diags, self._trace(request, t0) if t0 else None,
-                            request.key, "computed")
+        return cast(EvalReply, _core._reply(value, diags, self._trace(request, t0) if t0
+                                            else None, request.key, "computed"))
 
     def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
         """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
@@ -754,8 +754,8 @@ class LocalFabric(_FabricBase):
                     self._end(key, flight, None, exc)
                     raise
                 _collector.reset(token)
-                reply = _core._reply(value, sink, self._trace(request, t0) if t0 else None,
-                                     key, "computed")
+                reply = cast(EvalReply, _core._reply(
+                    value, sink, self._trace(request, t0) if t0 else None, key, "computed"))
                 with self._lock:
                     if inflight.get(key) is flight:
                         del inflight[key]

@@ -409,7 +409,8 @@ _BUSY = object()      # a call outcome: the peer was at its bound
 _TIMED_OUT = object()  # a call outcome: no answer within the timeout
 
 
-class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
+class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[override]
+                             _FabricBase):
     """A node's view of a fleet of cassettes, as one fabric.
 
     ``ContentAddressedFabric(node, cassette, peers=(), home=None, holders=None)``
