@@ -44,7 +44,7 @@ import threading
 import time
 from enum import Enum
 from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
-                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, overload,
+                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, cast, overload,
                     runtime_checkable)
 
 from . import _core
@@ -346,29 +346,9 @@ def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Eval
                     f"not {type(op).__name__}")
 
 
-class _Counters:
-    """Thread-safe counters (a plain dict under a lock)."""
-
-    def __init__(self, *names: str):
-        self._lock = threading.Lock()
-        self._d = dict.fromkeys(names, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._d[name] += n
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
-
-    def items(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return list(self._d.items())
-
-    def keys(self) -> Any:
-        return self._d.keys()
-
-    def __getitem__(self, name: str) -> int:
-        return self._d[name]
+#: Thread-safe named counters (``add(name, n=1)``, ``items()``): the one
+#: implementation, in the glue, shared with ContentAddressedFabric's C base.
+_Counters = _core._Counters
 
 
 def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:
@@ -433,21 +413,22 @@ def _sync_within(events: Iterator[Event], bound: float, pool: Workers,
 # ===========================================================================
 
 class _Flight:
-    """One computation that identical concurrent requests share."""
+    """One computation that identical concurrent requests share.
 
-    __slots__ = ("future", "finished", "waiters", "task", "loop")
+    Made with no arguments and no ``__init__`` (every miss makes one): the
+    fields start at the class defaults and are set only when needed.
+    """
 
-    def __init__(self) -> None:
-        # Made only when someone must wait on it (a joiner, a hand-off to a
-        # thread or a loop): the caller that runs the op in its own thread
-        # needs none, which keeps the common miss cheap.
-        self.future: concurrent.futures.Future[EvalReply] | None = None
-        self.finished = False
-        self.waiters = 1
-        # For an async op: the task running it and its loop, so the last
-        # waiter to leave can cancel it.
-        self.task: asyncio.Task[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+    # Made only when someone must wait on it (a joiner, a hand-off to a
+    # thread or a loop): the caller that runs the op in its own thread
+    # needs none, which keeps the common miss cheap.
+    future: concurrent.futures.Future[EvalReply] | None = None
+    finished = False
+    waiters = 1
+    # For an async op: the task running it and its loop, so the last
+    # waiter to leave can cancel it.
+    task: asyncio.Task[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class LocalFabric(_FabricBase):
@@ -498,14 +479,15 @@ class LocalFabric(_FabricBase):
         self._lock = threading.Lock()
         self._inflight: dict[ContentKey, _Flight] = {}
         self._stats = _Counters("computed", "coalesced", "errors", "denied", "streams")
+        self._where = f"LocalFabric {name!r}"
 
     def _describe(self) -> str:
         return f"{len(self.ops)} ops"
 
     def _op_for(self, request: EvalRequest, g: frozenset[str]) -> Op[..., Any]:
-        op = self.ops.find(request)
+        op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
         try:
-            check_grants(request, g, f"LocalFabric {self.name!r}", op.capabilities)
+            check_grants(request, g, self._where, op.capabilities)
         except CapabilityDenied:
             self._stats.add("denied")
             raise
@@ -526,7 +508,7 @@ class LocalFabric(_FabricBase):
         """Runs a sync op (or generator) once in this thread; its reply or raises."""
         sink: list[dict[str, Any]] = []
         token = _collector.set(sink)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if request.trace else 0.0
         try:
             if op.is_stream:
                 value: Any = []
@@ -538,7 +520,8 @@ class LocalFabric(_FabricBase):
                 diags = sink
         finally:
             _collector.reset(token)
-        return EvalReply(value, diags, self._trace(request, t0), request.key, "computed")
+        return cast(EvalReply, _core._reply(value, diags, self._trace(request, t0) if t0
+                                            else None, request.key, "computed"))
 
     def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
         """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
@@ -615,16 +598,21 @@ class LocalFabric(_FabricBase):
 
     # -- shared computations ------------------------------------------------------
     def _join(self, key: ContentKey) -> tuple[_Flight, bool]:
+        mine = _Flight()
+        # The common case, no computation of key in flight, takes no lock:
+        # setdefault is atomic. Joining one that is, does.
+        if self._inflight.setdefault(key, mine) is mine:
+            return mine, True
         with self._lock:
             flight = self._inflight.get(key)
-            if flight is not None:
-                flight.waiters += 1
-                if flight.future is None:
-                    flight.future = concurrent.futures.Future()
-                self._stats.add("coalesced")
-                return flight, False
-            flight = self._inflight[key] = _Flight()
-            return flight, True
+            if flight is None:
+                self._inflight[key] = mine
+                return mine, True
+            flight.waiters += 1
+            if flight.future is None:
+                flight.future = concurrent.futures.Future()
+            self._stats.add("coalesced")
+            return flight, False
 
     def _leave(self, key: ContentKey, flight: _Flight) -> bool:
         """A waiter leaves; the last one cancels an async op still running
@@ -739,10 +727,47 @@ class LocalFabric(_FabricBase):
         """Run the request's op here (coalescing identical concurrent requests)
         and return its reply; ``DeadlineExceeded`` when the request's
         deadline (or ``timeout``) passes first."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        bound = _bound(request, timeout)
+        g = self.grants if grants is None else _core._as_grants(grants, self.grants)
+        op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
+        try:
+            check_grants(request, g, self._where, op.capabilities)
+        except CapabilityDenied:
+            self._stats.add("denied")
+            raise
         key = request.key
+        if timeout is None and request.deadline is None and not op.is_async \
+                and not op.is_stream:
+            # The common miss, written out (it is every cache's miss path): a
+            # sync op with no deadline runs in the caller's thread, with no
+            # hand-off and no future unless someone joins.
+            flight = _Flight()
+            inflight = self._inflight
+            if inflight.setdefault(key, flight) is flight:
+                sink: list[dict[str, Any]] = []
+                token = _collector.set(sink)
+                t0 = time.perf_counter() if request.trace else 0.0
+                kw = request.kwargs
+                try:
+                    value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
+                except BaseException as exc:
+                    _collector.reset(token)
+                    self._end(key, flight, None, exc)
+                    raise
+                _collector.reset(token)
+                reply = cast(EvalReply, _core._reply(
+                    value, sink, self._trace(request, t0) if t0 else None, key, "computed"))
+                with self._lock:
+                    if inflight.get(key) is flight:
+                        del inflight[key]
+                    flight.finished = True
+                    fut = flight.future
+                self._stats.add("computed")
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+                return reply
+            del flight
+        bound = None if timeout is None and request.deadline is None else \
+            _bound(request, timeout)
         flight, owner = self._join(key)
         if owner and bound is None and not (op.is_async and _loop_running()):
             # In the caller's thread: no hand-off, no future unless someone joins.

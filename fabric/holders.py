@@ -91,8 +91,10 @@ class HoldingIndex:
         """Record that ``holder`` holds ``key``; True if the fact is new."""
         # One fact: the same as _add_many without its list (every miss of a
         # ContentAddressedFabric announces, so this is on its path).
-        _check_key(key)
-        _check_holder(holder)
+        if type(key) is not ContentKey:
+            _check_key(key)
+        if type(holder) is not str or not holder:
+            _check_holder(holder)
         with self._lock:
             hs = self._by_key.get(key)
             if hs is None:

@@ -99,6 +99,16 @@ class Op(Generic[P, R]):
         EvalRequest(name, (), None, version=version, required_capabilities=self.capabilities,
                     stream=self.is_stream)
 
+    #: What makes an op's requests: fixed once the op is made (a fabric may
+    #: keep the requests it built for repeated arguments).
+    _FIXED = frozenset({"name", "version", "capabilities", "fn", "is_stream", "is_async"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in Op._FIXED and name in self.__dict__:
+            raise AttributeError(f"an op's {name} is fixed when it is made (make a new op "
+                                 f"with @fabric.op instead)")
+        object.__setattr__(self, name, value)
+
     def request(self, *args: P.args, **kwargs: P.kwargs) -> EvalRequest:
         """The ``EvalRequest`` for calling this op with these arguments.
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Generic, Iterator, TypeVar,
-                    cast)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Generic, Iterable,
+                    Iterator, TypeVar, cast)
 
 from . import _core
 from ._core import ContentKey
@@ -113,7 +113,7 @@ def reply_from_record(record: Any, key: ContentKey, source: str) -> EvalReply:
 # Streams
 # ===========================================================================
 
-class EvalStream(Generic[T]):
+class EvalStream(_core._EventStream, Generic[T]):
     """A streamed reply: ``for item in stream`` gets items as they are produced.
 
     ``diagnostics`` fills in as diagnostics arrive (in order, between items);
@@ -121,28 +121,27 @@ class EvalStream(Generic[T]):
     items given so far and ``done`` tells whether the stream ended.
     ``close()`` (or ``cancel()``, or leaving a ``with`` block) stops it
     early, and a stream stopped early is never recorded as held.
+
+    ``EvalStream(events, key, source="computed")``: ``events`` yields
+    ``(tag, payload)`` pairs (``ITEM`` or ``DIAG``). Iteration is the C
+    base's (no Python frame per item).
     """
 
-    def __init__(self, events: Iterator[Event], key: ContentKey | None,
-                 source: str = "computed"):
-        self._events = events
-        self.key = key
-        self.source = source
-        self.diagnostics: list[dict[str, Any]] = []
-        self.items_seen = 0
-        self.done = False
+    if TYPE_CHECKING:
+        diagnostics: list[dict[str, Any]]
+        items_seen: int
+        done: bool
+        key: ContentKey | None
+        source: str
+        _events: Iterator[Event]
+
+        def __init__(self, events: Iterable[Event], key: ContentKey | None,
+                     source: str = "computed") -> None: ...
+
+        def __next__(self) -> T: ...
 
     def __iter__(self) -> EvalStream[T]:
         return self
-
-    def __next__(self) -> T:
-        for tag, payload in self._events:
-            if tag == ITEM:
-                self.items_seen += 1
-                return payload  # type: ignore[no-any-return,unused-ignore]
-            self.diagnostics.append(payload)
-        self.done = True
-        raise StopIteration
 
     def iter_events(self) -> Iterator[Event]:
         """The remaining ``(tag, payload)`` events: items and diagnostics in order."""
@@ -328,11 +327,9 @@ async def _aevents_from_sync(events: Iterator[Event], workers: Workers) -> Async
 
 
 def _replay_events(cassette: Any, key: ContentKey) -> Iterator[Event]:
-    """Lazily replays a recorded stream as events."""
-    for i, frame in enumerate(cassette.get_stream(key)):
-        if not isinstance(frame, (list, tuple)) or len(frame) != 2 or frame[0] not in (ITEM, DIAG):
-            raise _core.FabricError(f"recorded stream {key}: frame {i} is not [tag, payload]")
-        yield frame[0], frame[1]
+    """Lazily replays a recorded stream as events (``FabricError`` for a frame
+    that is not ``[tag, payload]``); the glue's ``_Replay`` iterator."""
+    return cast(Iterator[Event], _core._Replay(cassette.get_stream(key), key))
 
 
 def _recording(events: Iterator[Event], cassette: Any, key: ContentKey,

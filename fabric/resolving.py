@@ -56,6 +56,7 @@ from .fabrics import ContentPeer, _FabricBase
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
 from .holders import HoldingIndex
+from .ops import Op
 
 __all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask"]
 
@@ -115,6 +116,9 @@ class Ask(NamedTuple):
 
 
 _OPEN, _ASKING, _HOLDING, _STREAMING, _DONE = range(5)
+_HOME = ("home", "home", False)
+# An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
+_new_ask = tuple.__new__
 
 
 class Resolution:
@@ -162,9 +166,9 @@ class Resolution:
         self.attempts: list[tuple[str, BaseException]] = []
         self.source: str | None = None
         self.outcome: str | None = None  # the counter of a success
-        self._order = peer_order(key, peers, holders)
+        self._order = peer_order(key, peers, holders) if peers else ()
         self._idx = 0
-        self._cur: tuple[str, str, bool] = ("home", "home", False)
+        self._cur: tuple[str, str, bool] = _HOME
         self._state = _OPEN
 
     # -- asking -----------------------------------------------------------------
@@ -196,8 +200,10 @@ class Resolution:
         return None if self.t_end is None else self.t_end - self._clock()
 
     def _left(self) -> float | None:
-        left = self.remaining()
-        if left is not None and left <= 0:
+        if self.t_end is None:
+            return None
+        left = self.t_end - self._clock()
+        if left <= 0:
             raise self._with_attempts(DeadlineExceeded(
                 f"the request's deadline passed while resolving {self.key}"
                 + self._attempts_text()))
@@ -207,7 +213,8 @@ class Resolution:
         """The next source to ask, or raises the final error: ``ContentNotHeld``
         (local-only), ``NoHolderError`` (no peer answered, no home to ask) or
         ``DeadlineExceeded``."""
-        self._expect(_OPEN, "next")
+        if self._state != _OPEN:
+            self._expect(_OPEN, "next")
         consistency = self.request.consistency
         if consistency == "local-only":
             self.steps.append(("policy", "local-only", "peers and home not asked"))
@@ -222,16 +229,16 @@ class Resolution:
                 t = left
             self._cur = (name, "holder" if announced else "peer", announced)
             self._state = _ASKING
-            return Ask(name, self._cur[1], serve, t)
+            return _new_ask(Ask, (name, self._cur[1], serve, t))
         if self.home is None or consistency == "no-home":
             why = "no home" if self.home is None else "request is no-home"
             self.steps.append(("home", "-", why))
             raise self._with_attempts(NoHolderError(
                 f"no holder answered for {self.key} ({self.request.op!r}) and {why}"
                 + self._attempts_text()))
-        self._cur = ("home", "home", False)
+        self._cur = _HOME
         self._state = _ASKING
-        return Ask("home", "home", self.home, left)
+        return _new_ask(Ask, ("home", "home", self.home, left))
 
     # -- answers ----------------------------------------------------------------
     def failed(self, exc: BaseException) -> bool:
@@ -272,7 +279,8 @@ class Resolution:
     def answered(self, reply: Any) -> EvalReply | None:
         """The source asked answered ``reply``: the reply to record, or None if
         a peer's reply was refused (one for another key: ask the next)."""
-        self._expect(_ASKING, "answered")
+        if self._state != _ASKING:
+            self._expect(_ASKING, "answered")
         name, stage, _ = self._cur
         if stage != "home":
             rkey = getattr(reply, "key", None)
@@ -289,7 +297,7 @@ class Resolution:
     def held(self, reply: EvalReply) -> EvalReply:
         """The reply is recorded (or a stream ended and is held): announce this
         node as a holder; the reply with its source."""
-        if self._state != _STREAMING:
+        if self._state != _STREAMING and self._state != _HOLDING:
             self._expect(_HOLDING, "held")
         name, stage, _ = self._cur
         if stage == "home":
@@ -401,7 +409,8 @@ _BUSY = object()      # a call outcome: the peer was at its bound
 _TIMED_OUT = object()  # a call outcome: no answer within the timeout
 
 
-class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
+class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[override]
+                             _FabricBase):
     """A node's view of a fleet of cassettes, as one fabric.
 
     ``ContentAddressedFabric(node, cassette, peers=(), home=None, holders=None)``
@@ -451,8 +460,16 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         if not isinstance(max_peer_calls, int) or max_peer_calls < 1:
             raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
         # The C base answers hits with cassette.get and hands misses to _miss.
+        # call(op, ...) builds an Op's request with Op.request (kept for
+        # repeated arguments) and evaluates it in C, unless a subclass
+        # overrides evaluate (then every call goes through it):
+        # _FabricBase.call takes anything else.
+        own = type(self).evaluate is ContentAddressedFabric.evaluate
         _core.ContentAddressedFabricCore.__init__(self, node, cassette, cassette.get,
-                                                  type(self)._miss, frozenset(grants))
+                                                  type(self)._miss, frozenset(grants),
+                                                  op_class=Op if own else None,
+                                                  request_of=Op.request,
+                                                  general_call=_FabricBase.call)
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
         self.peer_timeout = peer_timeout
@@ -517,18 +534,18 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         except concurrent.futures.TimeoutError:
             return _TIMED_OUT
 
-    def _hold(self, key: ContentKey, reply: EvalReply) -> None:
-        """Records a reply in the local cassette and counts its bytes."""
-        self.cassette.record(key, reply_record(reply))
-        get_raw = getattr(self.cassette, "get_raw", None)
-        raw = get_raw(key) if get_raw is not None else None
-        if raw is not None:
-            self._count("bytes_recorded", len(raw))
+    # _hold(key, reply): records a reply in the local cassette and counts its
+    # bytes (bytes_recorded): the C base's, one call.
 
     def _end(self, res: Resolution) -> None:
         """A resolution ended (either way): count it and keep its trail."""
-        self._count(res.outcome or "failures")
-        self._remember_trail(res.key, res.source, res.steps)
+        self._stats.add(res.outcome or "failures")
+        trails = self._trails
+        with self._trail_lock:
+            trails[res.key] = (res.source, res.steps)  # the resolution is over
+            trails.move_to_end(res.key)
+            if len(trails) > self._remember:
+                trails.popitem(last=False)
 
     def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
         with self._trail_lock:
@@ -547,7 +564,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
             while True:
                 ask = res.next()
                 try:
-                    reply = self._call(ask, ask.target.evaluate, request, g)
+                    if ask.timeout is None:  # no deadline: called directly
+                        reply = ask.target.evaluate(request, grants=g)
+                    else:
+                        reply = self._call(ask, ask.target.evaluate, request, g)
                 except Exception as exc:
                     if res.failed(exc):
                         raise
@@ -650,7 +670,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         g = self._check(request, grants=grants)
         key = request.key
         if key in self.cassette:
-            self._count("local_hits")
+            self._stats.add("local_hits")
             return EvalStream(_replay_events(self.cassette, key), key, "local")
         res = self._resolution(request, timeout)
         try:
@@ -677,7 +697,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
 
         def done() -> None:
             res.held(EvalReply(None, (), None, key, source))
-            self._count(res.outcome or "failures")
+            self._stats.add(res.outcome or "failures")
 
         relayed = self._relay(res, itertools.chain(head, events), events)
         return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
@@ -697,7 +717,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore, _FabricBase):
         except GeneratorExit:
             raise
         except Exception as exc:
-            self._count("failures")
+            self._stats.add("failures")
             err, message = res.broke(exc, items)
             self._remember_trail(res.key, None, res.steps)
             yield DIAG, {"kind": "StreamInterrupted", "message": message}

@@ -98,8 +98,11 @@ typedef struct fab_state {
     PyTypeObject *EvalReply_Type;   /* the C base */
     PyObject *reply_class;          /* the class replies are made of (fabric.EvalReply) */
     PyObject *str_computed;         /* interned "computed" */
+    PyTypeObject *EventStream_Type; /* _EventStream: EvalStream's C base */
+    PyTypeObject *Replay_Type;      /* _Replay: recorded frames -> events */
     /* addressed.c */
     PyTypeObject *CAFCore_Type;     /* ContentAddressedFabric's C base */
+    PyTypeObject *Counters_Type;    /* _Counters: every fabric's stats */
     PyObject *str_local;            /* interned "local" */
 
     /* frames.c */
@@ -183,6 +186,29 @@ PyObject *fab_py_reduce(PyObject *self, PyObject *state);
  * reference (the state keeps its own), or NULL with an exception set. */
 PyTypeObject *fab_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base);
 
+/*
+ * Arguments (args.c): the one parser of METH_FASTCALL | METH_KEYWORDS calls.
+ * names lists every parameter in order; the first posonly can be given
+ * only by position, the first maxpos by position, the first required must
+ * be given; the rest (from maxpos on) are keyword-only. fname names the
+ * function in errors.
+ */
+typedef struct fab_py_params {
+    const char *fname;
+    const char *const *names;
+    int n;
+    int posonly;
+    int maxpos;
+    int required;
+} fab_py_params;
+
+/* Parses a vectorcall's (args, nargsf, kwnames) into out[0..n): out holds
+ * each parameter's default on entry (NULL for a required one) and gets the
+ * borrowed arguments given. 0, or -1 with TypeError (too many positional
+ * arguments, an unknown or repeated keyword, a missing required one). */
+int fab_py_parse(const fab_py_params *p, PyObject *const *args, Py_ssize_t nargsf,
+                 PyObject *kwnames, PyObject **out);
+
 /* Part exec functions, called in order by module.c; each returns 0 or -1. */
 int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_walk_exec(PyObject *module, fab_state *st);
@@ -238,6 +264,20 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
  * FabricError if record is not such a record. New reference or NULL. */
 PyObject *fab_py_reply_from_record(fab_state *st, PyObject *record, PyObject *key,
                                    PyObject *source);
+
+/* reply.c: a new reply (of the reply class) from its parts, all borrowed;
+ * diags must be a tuple. New reference or NULL. */
+PyObject *fab_py_reply_make(fab_state *st, PyObject *value, PyObject *diags, PyObject *trace,
+                            PyObject *key, PyObject *source);
+
+/* reply.c: the borrowed value, diagnostics and trace of an EvalReply; 0, or
+ * -1 with TypeError when reply is not one. */
+int fab_py_reply_parts(fab_state *st, PyObject *reply, PyObject **value, PyObject **diags,
+                       PyObject **trace);
+
+/* reply.c: the value of an EvalReply (new reference), or NULL with
+ * TypeError when reply is not one. */
+PyObject *fab_py_reply_value(fab_state *st, PyObject *reply);
 
 /* walk.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */

@@ -178,6 +178,284 @@ static PyType_Spec EvalReply_spec = {
 };
 
 /* ======================================================================== */
+/* Streams: the C base of EvalStream, and the replay of recorded frames      */
+/* ======================================================================== */
+
+/*
+ * _EventStream(events, key, source="computed") is the base of
+ * fabric.EvalStream: next() pulls (tag, payload) events from `events` and
+ * gives the items (tag 0), appending diagnostics (tag 1) to .diagnostics on
+ * the way, with no Python frame per item. Everything else of EvalStream
+ * (close, iter_events, the reprs) is Python.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *events;      /* iterator of (tag, payload) */
+    PyObject *key;
+    PyObject *source;
+    PyObject *diagnostics; /* list */
+    Py_ssize_t items_seen;
+    char done;
+    PyObject *dict;
+    PyObject *weakrefs;
+} EventStreamObject;
+
+static int EventStream_init(EventStreamObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"events", "key", "source", NULL};
+    PyObject *events, *key, *source = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|U:EvalStream", kwlist, &events, &key,
+                                     &source))
+        return -1;
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL)
+        return -1;
+    PyObject *it = PyObject_GetIter(events), *diags = PyList_New(0);
+    if (it == NULL || diags == NULL) {
+        Py_XDECREF(it);
+        Py_XDECREF(diags);
+        return -1;
+    }
+    Py_XSETREF(self->events, it);
+    Py_XSETREF(self->key, Py_NewRef(key));
+    Py_XSETREF(self->source, Py_NewRef(source ? source : st->str_computed));
+    Py_XSETREF(self->diagnostics, diags);
+    self->items_seen = 0;
+    self->done = 0;
+    return 0;
+}
+
+static int EventStream_traverse(EventStreamObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->events);
+    Py_VISIT(self->key);
+    Py_VISIT(self->source);
+    Py_VISIT(self->diagnostics);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int EventStream_clear(EventStreamObject *self)
+{
+    Py_CLEAR(self->events);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->diagnostics);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void EventStream_dealloc(EventStreamObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    EventStream_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *EventStream_next(EventStreamObject *self)
+{
+    if (self->events == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "EvalStream.__init__ was not called");
+        return NULL;
+    }
+    iternextfunc next = Py_TYPE(self->events)->tp_iternext;
+    for (;;) {
+        PyObject *ev = next(self->events);
+        if (ev == NULL) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration)) {
+                PyErr_Clear();
+                self->done = 1;
+            }
+            return NULL;
+        }
+        PyObject *tag, *payload;
+        if (PyTuple_CheckExact(ev) && PyTuple_GET_SIZE(ev) == 2) {
+            tag = PyTuple_GET_ITEM(ev, 0);
+            payload = PyTuple_GET_ITEM(ev, 1);
+        } else if (PyList_CheckExact(ev) && PyList_GET_SIZE(ev) == 2) {
+            tag = PyList_GET_ITEM(ev, 0);
+            payload = PyList_GET_ITEM(ev, 1);
+        } else {
+            Py_DECREF(ev);
+            PyErr_SetString(PyExc_TypeError, "a stream event is a (tag, payload) pair");
+            return NULL;
+        }
+        long t = PyLong_Check(tag) ? PyLong_AsLong(tag) : -1;
+        if (t == 0) {
+            Py_INCREF(payload);
+            Py_DECREF(ev);
+            self->items_seen++;
+            return payload;
+        }
+        int rc = PyList_Append(self->diagnostics, payload);
+        Py_DECREF(ev);
+        if (rc < 0)
+            return NULL;
+    }
+}
+
+static PyMemberDef EventStream_members[] = {
+    {"_events", T_OBJECT, offsetof(EventStreamObject, events), READONLY,
+     "The (tag, payload) events still to come."},
+    {"key", T_OBJECT, offsetof(EventStreamObject, key), 0, "The request's ContentKey."},
+    {"source", T_OBJECT, offsetof(EventStreamObject, source), 0,
+     "Where the stream comes from (local, peer:<node>, home, computed, ...)."},
+    {"diagnostics", T_OBJECT, offsetof(EventStreamObject, diagnostics), READONLY,
+     "Diagnostics seen so far, in order (a list)."},
+    {"items_seen", T_PYSSIZET, offsetof(EventStreamObject, items_seen), 0,
+     "Items given so far."},
+    {"done", T_BOOL, offsetof(EventStreamObject, done), 0, "Whether the stream ended."},
+    {"__dictoffset__", T_PYSSIZET, offsetof(EventStreamObject, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(EventStreamObject, weakrefs), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot EventStream_slots[] = {
+    {Py_tp_doc, "_EventStream(events, key, source='computed')\n--\n\n"
+                "The C base of fabric.EvalStream (use that class)."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, EventStream_init},
+    {Py_tp_dealloc, EventStream_dealloc},
+    {Py_tp_traverse, EventStream_traverse},
+    {Py_tp_clear, EventStream_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, EventStream_next},
+    {Py_tp_members, EventStream_members},
+    {0, NULL},
+};
+
+static PyType_Spec EventStream_spec = {
+    .name = "fabric._core._EventStream",
+    .basicsize = sizeof(EventStreamObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = EventStream_slots,
+};
+
+/*
+ * _Replay(frames, key): the events of a recorded stream, from the frames a
+ * cassette's get_stream gives ([tag, payload] each); FabricError for a
+ * frame that is not one, naming its index. The one check of recorded
+ * frames (fabric.replies' _replay_events is this).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *frames; /* iterator */
+    PyObject *key;
+    Py_ssize_t index;
+} ReplayObject;
+
+static PyObject *Replay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"frames", "key", NULL};
+    PyObject *frames, *key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:_Replay", kwlist, &frames, &key))
+        return NULL;
+    PyObject *it = PyObject_GetIter(frames);
+    if (it == NULL)
+        return NULL;
+    ReplayObject *r = (ReplayObject *)type->tp_alloc(type, 0);
+    if (r == NULL) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    r->frames = it;
+    r->key = Py_NewRef(key);
+    return (PyObject *)r;
+}
+
+static int Replay_traverse(ReplayObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(r));
+    Py_VISIT(r->frames);
+    Py_VISIT(r->key);
+    return 0;
+}
+
+static int Replay_clear(ReplayObject *r)
+{
+    Py_CLEAR(r->frames);
+    Py_CLEAR(r->key);
+    return 0;
+}
+
+static void Replay_dealloc(ReplayObject *r)
+{
+    PyTypeObject *tp = Py_TYPE(r);
+    PyObject_GC_UnTrack(r);
+    Replay_clear(r);
+    tp->tp_free((PyObject *)r);
+    Py_DECREF(tp);
+}
+
+static PyObject *Replay_next(ReplayObject *r)
+{
+    if (r->frames == NULL)
+        return NULL;
+    PyObject *f = Py_TYPE(r->frames)->tp_iternext(r->frames);
+    if (f == NULL)
+        return NULL;
+    PyObject *tag = NULL, *payload = NULL;
+    if (PyList_Check(f) && PyList_GET_SIZE(f) == 2) {
+        tag = PyList_GET_ITEM(f, 0);
+        payload = PyList_GET_ITEM(f, 1);
+    } else if (PyTuple_Check(f) && PyTuple_GET_SIZE(f) == 2) {
+        tag = PyTuple_GET_ITEM(f, 0);
+        payload = PyTuple_GET_ITEM(f, 1);
+    }
+    long t = tag != NULL && PyLong_CheckExact(tag) ? PyLong_AsLong(tag) : -1;
+    if (t != 0 && t != 1) {
+        PyErr_Clear();
+        Py_DECREF(f);
+        fab_state *st = fab_state_from_type(Py_TYPE(r));
+        if (st != NULL)
+            PyErr_Format(st->exc[FAB_PYEXC_FabricError],
+                         "recorded stream %S: frame %zd is not [tag, payload]", r->key, r->index);
+        return NULL;
+    }
+    r->index++;
+    PyObject *ev = PyTuple_Pack(2, tag, payload);
+    Py_DECREF(f);
+    return ev;
+}
+
+static PyObject *Replay_close(ReplayObject *r, PyObject *Py_UNUSED(ignored))
+{
+    /* Let go of the frames (and the cassette's mapping they hold). */
+    Py_CLEAR(r->frames);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Replay_methods[] = {
+    {"close", (PyCFunction)Replay_close, METH_NOARGS,
+     "close($self, /)\n--\n\nStop: no more events."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Replay_slots[] = {
+    {Py_tp_doc, "_Replay(frames, key)\n--\n\nThe (tag, payload) events of recorded frames."},
+    {Py_tp_new, Replay_new},
+    {Py_tp_dealloc, Replay_dealloc},
+    {Py_tp_traverse, Replay_traverse},
+    {Py_tp_clear, Replay_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Replay_next},
+    {Py_tp_methods, Replay_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Replay_spec = {
+    .name = "fabric._core._Replay",
+    .basicsize = sizeof(ReplayObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Replay_slots,
+};
+
+/* ======================================================================== */
 /* Reply records                                                             */
 /* ======================================================================== */
 
@@ -208,13 +486,76 @@ PyObject *fab_py_reply_from_record(fab_state *st, PyObject *record, PyObject *ke
     return reply;
 }
 
-static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+PyObject *fab_py_reply_make(fab_state *st, PyObject *value, PyObject *diags, PyObject *trace,
+                            PyObject *key, PyObject *source)
 {
-    if (nargs != 3 || !PyUnicode_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "_reply_from_record(record, key, source: str, /)");
+    return reply_make((PyTypeObject *)st->reply_class, value, diags, trace, key, source);
+}
+
+int fab_py_reply_parts(fab_state *st, PyObject *reply, PyObject **value, PyObject **diags,
+                       PyObject **trace)
+{
+    if (!PyObject_TypeCheck(reply, st->EvalReply_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected an EvalReply, not %.100s",
+                     Py_TYPE(reply)->tp_name);
+        return -1;
+    }
+    ReplyObject *r = (ReplyObject *)reply;
+    *value = r->value;
+    *diags = r->diagnostics;
+    *trace = r->trace;
+    return 0;
+}
+
+PyObject *fab_py_reply_value(fab_state *st, PyObject *reply)
+{
+    PyObject *value, *diags, *trace;
+    if (fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0)
+        return NULL;
+    return Py_NewRef(value);
+}
+
+static const char *const from_record_names[] = {"record", "key", "source"};
+static const fab_py_params from_record_params = {"_reply_from_record", from_record_names, 3,
+                                                  3, 3, 3};
+
+static PyObject *reply_from_record(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+                                   PyObject *kwnames)
+{
+    PyObject *a[3] = {NULL, NULL, NULL};
+    if (fab_py_parse(&from_record_params, args, nargsf, kwnames, a) < 0)
+        return NULL;
+    if (!PyUnicode_Check(a[2])) {
+        PyErr_Format(PyExc_TypeError, "_reply_from_record(): source must be a str, not %.100s",
+                     Py_TYPE(a[2])->tp_name);
         return NULL;
     }
-    return fab_py_reply_from_record(fab_get_state(module), args[0], args[1], args[2]);
+    return fab_py_reply_from_record(fab_get_state(module), a[0], a[1], a[2]);
+}
+
+/* _reply(value, diagnostics, trace, key, source): a reply of the reply
+ * class, without EvalReply()'s keyword parsing (the fabrics' hot paths). */
+static const char *const reply_names[] = {"value", "diagnostics", "trace", "key", "source"};
+static const fab_py_params reply_params = {"_reply", reply_names, 5, 5, 5, 5};
+
+static PyObject *reply_new_fast(PyObject *module, PyObject *const *args, Py_ssize_t nargsf,
+                                PyObject *kwnames)
+{
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (fab_py_parse(&reply_params, args, nargsf, kwnames, a) < 0)
+        return NULL;
+    if (!PyUnicode_Check(a[4])) {
+        PyErr_Format(PyExc_TypeError, "_reply(): source must be a str, not %.100s",
+                     Py_TYPE(a[4])->tp_name);
+        return NULL;
+    }
+    fab_state *st = fab_get_state(module);
+    PyObject *d = as_diagnostics(st, a[1]);
+    if (d == NULL)
+        return NULL;
+    PyObject *r = reply_make((PyTypeObject *)st->reply_class, a[0], d, a[2], a[3], a[4]);
+    Py_DECREF(d);
+    return r;
 }
 
 static PyObject *set_reply_class(PyObject *module, PyObject *cls)
@@ -236,7 +577,12 @@ static PyMethodDef reply_functions[] = {
     {"_set_reply_class", set_reply_class, METH_O,
      "_set_reply_class(cls, /)\n--\n\nMake the replies the glue builds instances of cls (an\n"
      "EvalReply subclass with __slots__ = ())."},
-    {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record, METH_FASTCALL,
+    {"_reply", (PyCFunction)(void (*)(void))reply_new_fast, METH_FASTCALL | METH_KEYWORDS,
+     "_reply(value, diagnostics, trace, key, source, /)\n--\n\nEvalReply(value, diagnostics, "
+     "trace, key, source), without keyword\nparsing (diagnostics: any iterable, None for "
+     "none)."},
+    {"_reply_from_record", (PyCFunction)(void (*)(void))reply_from_record,
+     METH_FASTCALL | METH_KEYWORDS,
      "_reply_from_record(record, key, source, /)\n--\n\nThe reply a cassette record "
      "[value, diagnostics, trace] holds;\nFabricError if it is not such a record."},
     {NULL, NULL, 0, NULL},
@@ -249,6 +595,9 @@ int fab_py_reply_exec(PyObject *module, fab_state *st)
     if ((st->EvalReply_Type = fab_py_add_type(module, &EvalReply_spec, NULL)) == NULL)
         return -1;
     st->reply_class = Py_NewRef((PyObject *)st->EvalReply_Type);
+    if ((st->EventStream_Type = fab_py_add_type(module, &EventStream_spec, NULL)) == NULL ||
+        (st->Replay_Type = fab_py_add_type(module, &Replay_spec, NULL)) == NULL)
+        return -1;
     if ((st->str_computed = PyUnicode_InternFromString("computed")) == NULL)
         return -1;
     return 0;
@@ -258,6 +607,8 @@ int fab_py_reply_traverse(fab_state *st, visitproc visit, void *arg)
 {
     Py_VISIT(st->EvalReply_Type);
     Py_VISIT(st->reply_class);
+    Py_VISIT(st->EventStream_Type);
+    Py_VISIT(st->Replay_Type);
     return 0;
 }
 
@@ -265,5 +616,7 @@ void fab_py_reply_clear(fab_state *st)
 {
     Py_CLEAR(st->EvalReply_Type);
     Py_CLEAR(st->reply_class);
+    Py_CLEAR(st->EventStream_Type);
+    Py_CLEAR(st->Replay_Type);
     Py_CLEAR(st->str_computed);
 }
