@@ -266,7 +266,7 @@ class _FabricBase:
         (a notebook cell): it then runs on a worker thread's own loop while
         this call blocks; in async code prefer ``await fab.acall(...)``.
         """
-        request = _request_for(op, args, kwargs)
+        request = _request_for(op, args, kwargs, getattr(self, "ops", None))
         if request.stream:
             return self.stream(request)
         return self.evaluate(request).value
@@ -288,7 +288,7 @@ class _FabricBase:
     async def acall(self, op: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Async twin of ``call``: ``await fab.acall(op, ...)`` gives the
         value (a stream op gives an ``AsyncEvalStream``: ``async for``)."""
-        request = _request_for(op, args, kwargs)
+        request = _request_for(op, args, kwargs, getattr(self, "ops", None))
         if request.stream:
             return self.astream(request)
         return (await self.aevaluate(request)).value
@@ -333,10 +333,28 @@ class _FabricBase:
 _F = TypeVar("_F", bound=_FabricBase)
 
 
-def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> EvalRequest:
+def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 registry: OpRegistry | None = None) -> EvalRequest:
+    """The request ``call(op, *args, **kwargs)`` evaluates. An op name is
+    looked up in ``registry`` (the fabric's own, else every ``@fabric.op``),
+    so the request declares the op's version, capabilities and stream flag,
+    exactly as ``op.request(...)`` would: a request built from a bare name
+    could otherwise under-declare, and a compute site refuses those."""
     if isinstance(op, Op):
         return op.request(*args, **kwargs)
     if isinstance(op, str):
+        found = (REGISTRY if registry is None else registry).named(op)
+        if len(found) == 1:
+            return found[0].request(*args, **kwargs)
+        if found:
+            zero = [o for o in found if o.version == 0]
+            if zero:
+                return zero[0].request(*args, **kwargs)
+            versions = ", ".join(sorted(repr(o.version) for o in found))
+            raise TypeError(f"op {op!r} is registered in several versions ({versions}): "
+                            f"call it with the Op object of the version you mean")
+        # Not registered here (a remote fabric may know it): the request
+        # declares nothing, and the site that computes it checks.
         return EvalRequest(op, args, kwargs)
     if isinstance(op, EvalRequest):
         if args or kwargs:
@@ -344,6 +362,19 @@ def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Eval
         return op
     raise TypeError(f"call() takes an Op (from @fabric.op), an op name or an EvalRequest, "
                     f"not {type(op).__name__}")
+
+
+def _check_declared(request: EvalRequest, op: Op[..., Any], where: str) -> None:
+    """A compute site refuses a request that declares fewer capabilities than
+    its op requires: its reply would be recorded under a key that does not
+    name them, and every later hit's grants check would miss them."""
+    missing = [c for c in op.capabilities if c not in request.required_capabilities]
+    if missing:
+        raise CapabilityDenied(
+            f"{where}: the request for {request.op!r} declares capabilities "
+            f"{list(request.required_capabilities)} but the op requires "
+            f"{', '.join(missing)} as well; build the request from the op "
+            f"(op.request(...), or fab.call(op, ...)) so it declares them")
 
 
 #: Thread-safe named counters (``add(name, n=1)``, ``items()``): the one
@@ -488,6 +519,8 @@ class LocalFabric(_FabricBase):
         op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
         try:
             check_grants(request, g, self._where, op.capabilities)
+            if op.capabilities:
+                _check_declared(request, op, self._where)
         except CapabilityDenied:
             self._stats.add("denied")
             raise
@@ -731,6 +764,8 @@ class LocalFabric(_FabricBase):
         op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
         try:
             check_grants(request, g, self._where, op.capabilities)
+            if op.capabilities:
+                _check_declared(request, op, self._where)
         except CapabilityDenied:
             self._stats.add("denied")
             raise

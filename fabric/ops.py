@@ -167,6 +167,10 @@ class OpRegistry:
                              f"here (registered versions: {', '.join(versions)})")
         raise OpNotFound(f"op {request.op!r} is not registered here")
 
+    def named(self, name: str) -> list[Op[..., Any]]:
+        """The registered ops called ``name`` (one per version)."""
+        return [o for (n, _v), o in list(self._ops.items()) if n == name]
+
     def __iter__(self) -> Iterator[Op[..., Any]]:
         return iter(list(self._ops.values()))
 
