@@ -95,6 +95,21 @@ from .frames import (
     stream_to_frames,
 )
 from .control import StreamControl
+from ._core import (  # placement (issue 15)
+    PlacementCapability,
+    PlacementResourceLimits,
+    ServerPlacementRequest,
+    redact_placement,
+)
+from .placement import (
+    PlacementError,
+    PlacementFabric,
+    PlacementRefused,
+    RealizeChunk,
+    RealizeDone,
+    RealizeStarted,
+    realize_events,
+)
 
 __version__ = "0.1.0"
 
@@ -163,6 +178,18 @@ __all__ = [
     "stream_frames_to_events",
     "stream_frames_to_stream",
     "stream_to_frames",
+    # placement and home sites (issue 15)
+    "PlacementCapability",
+    "PlacementResourceLimits",
+    "ServerPlacementRequest",
+    "redact_placement",
+    "PlacementError",
+    "PlacementFabric",
+    "PlacementRefused",
+    "RealizeChunk",
+    "RealizeDone",
+    "RealizeStarted",
+    "realize_events",
 ]
 
 
