@@ -110,6 +110,7 @@ from .placement import (
     RealizeStarted,
     realize_events,
 )
+from .replicas import GroupHealth, ReplicaGroup
 
 __version__ = "0.1.0"
 
@@ -190,6 +191,8 @@ __all__ = [
     "RealizeDone",
     "RealizeStarted",
     "realize_events",
+    "GroupHealth",
+    "ReplicaGroup",
 ]
 
 
