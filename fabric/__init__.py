@@ -80,6 +80,12 @@ from ._core import (  # fabrics' errors
     OpNotFound,
     RemoteError,
 )
+from ._core import (  # placement
+    PlacementCapability,
+    PlacementResourceLimits,
+    ServerPlacementRequest,
+    redact_placement,
+)
 # The orchestration modules load on first use of one of their names (PEP 562),
 # so `import fabric` costs the extension only: a short-lived process that
 # opens a cassette and answers one get pays for what it uses, not for
@@ -118,6 +124,15 @@ _LAZY = {
     "SecretRef": "node",
     "VersionMismatch": "node",
     "connect": "node",
+    "PlacementError": "placement",
+    "PlacementFabric": "placement",
+    "PlacementRefused": "placement",
+    "RealizeChunk": "placement",
+    "RealizeDone": "placement",
+    "RealizeStarted": "placement",
+    "realize_events": "placement",
+    "GroupHealth": "replicas",
+    "ReplicaGroup": "replicas",
 }
 
 if TYPE_CHECKING:
@@ -132,6 +147,9 @@ if TYPE_CHECKING:
                          stream_frames_to_events, stream_frames_to_stream, stream_to_frames)
     from .control import StreamControl
     from .node import Backpressure, Node, NodeLimits, SecretRef, VersionMismatch, connect
+    from .placement import (PlacementError, PlacementFabric, PlacementRefused, RealizeChunk,
+                            RealizeDone, RealizeStarted, realize_events)
+    from .replicas import GroupHealth, ReplicaGroup
 
 
 def __getattr__(name: str) -> Any:
@@ -226,6 +244,20 @@ __all__ = [
     "SecretRef",
     "VersionMismatch",
     "connect",
+    # placement and home sites (issue 15)
+    "PlacementCapability",
+    "PlacementResourceLimits",
+    "ServerPlacementRequest",
+    "redact_placement",
+    "PlacementError",
+    "PlacementFabric",
+    "PlacementRefused",
+    "RealizeChunk",
+    "RealizeDone",
+    "RealizeStarted",
+    "realize_events",
+    "GroupHealth",
+    "ReplicaGroup",
 ]
 
 

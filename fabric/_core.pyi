@@ -639,3 +639,112 @@ def _frame_from_bytes(data: ReadableBuffer, /) -> Frame: ...
 def _payload_violation(
     data: ReadableBuffer, limits: StreamFrameLimits | _DecodeLimits, /
 ) -> tuple[str, int, str] | None: ...
+
+# ---- placement (placement.c) ------------------------------------------------
+
+PLACEMENT_REDACTED_TEXT: str
+PLACEMENT_REDACTED_PAYLOAD: str
+PLACEMENT_MAX_BINARY_BYTES: int
+
+@final
+class PlacementResourceLimits(tuple[int | None, ...]):
+    """The limits a placed op runs under (immutable, keyable: a tuple)."""
+    @classmethod
+    def _unpickle(cls, fields: dict[str, Any], /) -> Self: ...
+    def __new__(
+        cls,
+        *,
+        max_cpu_time_ms: int = 5000,
+        max_memory_bytes: int = 67108864,
+        max_frame_payload_bytes: int = 1048576,
+        max_stream_frames: int = 1024,
+        max_duration_ms: int = 60000,
+        max_rate_hz: int = 120,
+        max_inflight_work: int = 64,
+        max_rss_bytes: int | None = None,
+    ) -> Self: ...
+    @property
+    def max_cpu_time_ms(self) -> int: ...
+    @property
+    def max_memory_bytes(self) -> int: ...
+    @property
+    def max_frame_payload_bytes(self) -> int: ...
+    @property
+    def max_stream_frames(self) -> int: ...
+    @property
+    def max_duration_ms(self) -> int: ...
+    @property
+    def max_rate_hz(self) -> int: ...
+    @property
+    def max_inflight_work(self) -> int: ...
+    @property
+    def max_rss_bytes(self) -> int | None: ...
+    def replace(self, **changes: int | None) -> Self: ...
+    def to_dict(self) -> dict[str, int | None]: ...
+    def to_expr(self) -> dict[str, str]: ...
+
+@final
+class PlacementCapability:
+    """The placement capability names (str constants usable as grants)."""
+    RUN_NODE_ON_SERVER: ClassVar[str]
+    RUN_NODE_ON_LAN_PEER: ClassVar[str]
+    REMOTE_RENDER: ClassVar[str]
+    HOST_DEVICE: ClassVar[str]
+    @classmethod
+    def names(cls) -> tuple[str, str, str, str]: ...
+
+@final
+class ServerPlacementRequest:
+    """A fragment (an EvalRequest) to run on a server site under limits."""
+    @classmethod
+    def _unpickle(cls, fields: dict[str, Any], /) -> Self: ...
+    def __new__(
+        cls,
+        fragment: EvalRequest,
+        *,
+        profile: str,
+        report: Any = None,
+        realtime_pinned: bool = False,
+        resource_limits: PlacementResourceLimits | None = None,
+    ) -> Self: ...
+    @classmethod
+    def buffered_preview(
+        cls,
+        fragment: EvalRequest,
+        /,
+        *,
+        report: Any = None,
+        realtime_pinned: bool = False,
+        resource_limits: PlacementResourceLimits | None = None,
+    ) -> Self: ...
+    @classmethod
+    def render_return(
+        cls,
+        fragment: EvalRequest,
+        /,
+        *,
+        report: Any = None,
+        realtime_pinned: bool = False,
+        resource_limits: PlacementResourceLimits | None = None,
+    ) -> Self: ...
+    def with_realtime_pin(self, pinned: bool = True) -> Self: ...
+    def with_resource_limits(self, limits: PlacementResourceLimits, /) -> Self: ...
+    @property
+    def fragment(self) -> EvalRequest: ...
+    @property
+    def report(self) -> Any: ...
+    @property
+    def resource_limits(self) -> PlacementResourceLimits: ...
+    @property
+    def realtime_pinned(self) -> bool: ...
+    @property
+    def profile(self) -> str: ...
+    @property
+    def declared_latency(self) -> str: ...
+    @property
+    def uses_host_device(self) -> bool: ...
+    @property
+    def required_capabilities(self) -> tuple[str, ...]: ...
+
+def redact_placement(value: Any, /) -> Any: ...
+def _mentions_host_device(value: Any, /) -> bool: ...

@@ -132,6 +132,65 @@ class Op(Generic[P, R]):
         import html
         return f"<code>{html.escape(repr(self))}</code>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An op travels to worker processes and Dask workers by reference:
+        # (module, qualified name, name, version), imported there. One
+        # defined in __main__, a notebook or a function body cannot be
+        # imported elsewhere: its function travels by value (cloudpickle).
+        mod, qual = self.__module__, getattr(self, "__qualname__", self.name)
+        if mod in ("__main__", "__mp_main__") or "<locals>" in qual or \
+                _find_op(mod, qual) is not self:
+            try:
+                import cloudpickle  # type: ignore[import-untyped]  # Dask's dependency
+            except ImportError:
+                import pickle
+                raise pickle.PicklingError(
+                    f"op {self.name!r} is defined in {mod} and cannot be imported by "
+                    f"another process: sending it by value needs cloudpickle "
+                    f"(pip install 'stream-fabric[dask]')") from None
+            return (_op_by_value, (self.name, cloudpickle.dumps(self.fn), self.version,
+                                   self.capabilities))
+        return (_op_by_reference, (mod, qual, self.name, self.version))
+
+
+def _find_op(module: str, qualname: str) -> Any:
+    """The object at module.qualname if that module is already imported."""
+    import sys
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _op_by_reference(module: str, qualname: str, name: str, version: Any) -> Op[..., Any]:
+    """Unpickles an op sent by reference: imports it, or ``OpNotFound``."""
+    import importlib
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise OpNotFound(f"op {name!r} version {version!r} cannot be imported here: module "
+                         f"{module!r} is not importable in this process ({exc})") from None
+    found = _find_op(module, qualname)
+    if not isinstance(found, Op) or found.name != name or found.version != version:
+        raise OpNotFound(f"op {name!r} version {version!r} cannot be imported here: "
+                         f"{module}.{qualname} is {_describe(found)}")
+    return found
+
+
+def _describe(obj: Any) -> str:
+    if obj is None:
+        return "missing"
+    if isinstance(obj, Op):
+        return f"op {obj.name!r} version {obj.version!r}"
+    return f"a {type(obj).__name__}, not an op"
+
+
+def _op_by_value(name: str, fn_bytes: bytes, version: Any,
+                 capabilities: tuple[str, ...]) -> Op[..., Any]:
+    """Unpickles an op sent by value (its function pickled by cloudpickle)."""
+    import pickle
+    return Op(name, pickle.loads(fn_bytes), version=version, capabilities=capabilities)
+
 
 class OpRegistry:
     """Ops by (name, version). Thread-safe; registering twice replaces.

@@ -111,6 +111,13 @@ typedef struct fab_state {
     PyTypeObject *FrameEncoder_Type;
     PyTypeObject *FrameDecoder_Type;
     PyObject *default_limits; /* StreamFrameLimits() */
+
+    /* placement.c */
+    PyTypeObject *PlacementResourceLimits_Type;
+    PyTypeObject *PlacementCapability_Type;
+    PyTypeObject *ServerPlacementRequest_Type;
+    PyObject *placement_text;    /* "[redacted placement data]" */
+    PyObject *placement_payload; /* "[redacted placement payload]" */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -219,6 +226,7 @@ int fab_py_cassette_exec(PyObject *module, fab_state *st);
 int fab_py_reply_exec(PyObject *module, fab_state *st);
 int fab_py_addressed_exec(PyObject *module, fab_state *st);
 int fab_py_frames_exec(PyObject *module, fab_state *st);
+int fab_py_placement_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
@@ -251,6 +259,8 @@ int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, Py
 PyObject *fab_py_request_key(fab_state *st, PyObject *req);
 int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
+int fab_py_placement_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_placement_clear(fab_state *st);
 
 /* cassette.c: records `record` under `key` in `cassette` (an EvalCassette
  * is written directly, any other object through its record() method) and

@@ -37,6 +37,7 @@ static const struct part {
     {"reply", fab_py_reply_exec, fab_py_reply_traverse, fab_py_reply_clear},
     {"addressed", fab_py_addressed_exec, fab_py_addressed_traverse, fab_py_addressed_clear},
     {"frames", fab_py_frames_exec, fab_py_frames_traverse, fab_py_frames_clear},
+    {"placement", fab_py_placement_exec, fab_py_placement_traverse, fab_py_placement_clear},
 };
 
 #define NPARTS (sizeof(parts) / sizeof(parts[0]))

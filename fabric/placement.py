@@ -1,0 +1,710 @@
+"""Placement: running an op in a worker process under enforced limits.
+
+``PlacementFabric`` is a home fabric. Each placed op runs in a worker
+process of this fabric under the ``PlacementResourceLimits`` of its
+placement, enforced there, not just declared:
+
+- **CPU time** (``max_cpu_time_ms``): the worker is long-lived, so before
+  each op it sets its soft ``RLIMIT_CPU`` to the CPU it has used so far plus
+  the op's budget, rounded up to the next second (the kernel counts whole
+  seconds); past it the kernel ends the worker with ``SIGXCPU``. An op that
+  finishes is also checked to the millisecond against the CPU it used (the
+  worker reports it). Measured against a fresh process per op in
+  ``bench/engines.py`` (docs/benchmarks.md).
+- **Wall-clock duration** (``max_duration_ms``): the worker is killed
+  (``SIGKILL``) when it passes.
+- **Worker memory** (``max_rss_bytes``, unset by default): the worker's soft
+  ``RLIMIT_DATA`` (heap and private mappings) is set to it for the op; an
+  allocation past it fails with ``MemoryError`` in the op. ``RLIMIT_AS``
+  is not used: address space is not memory, and 64 MiB of it would stop
+  ``import numpy``.
+- **Output caps**: data frames, frames in flight (the start frame included),
+  bytes per frame and accounted bytes of all payloads, checked on each frame
+  in the seed's order; the worker is killed on a breach.
+
+A breach ends the frames with a ``ServerPlacementRefused`` diagnostic frame
+and the end frame; through the fabric interface it raises
+``PlacementRefused`` (after the diagnostic event, for a stream), so a cut
+stream is never recorded. ``realize_events`` turns any fabric's stream into
+``Started`` / ``Chunk`` / ``Done`` events.
+
+This module imports the core, ``ops``, ``replies``, ``frames`` and the
+fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from . import _core
+from ._core import (CapabilityDenied, EvalRequest, FabricError, Frame, OpNotFound,
+                    PlacementResourceLimits, ServerPlacementRequest, canonical_bytes,
+                    redact_placement)
+from .fabrics import _FabricBase, _Counters
+from .frames import FRAME_FLAG_DIAGNOSTIC, FrameKind
+from .ops import REGISTRY, Op, OpRegistry
+from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
+
+__all__ = ["PlacementFabric", "PlacementRefused", "PlacementError", "realize_events",
+           "RealizeStarted", "RealizeChunk", "RealizeDone", "SITE"]
+
+#: The site symbol of server placement.
+SITE = "stream/site/server"
+REQUEST_KIND = "stream/fabric/server-placement-request"
+RESULT_KIND = "stream/fabric/server-placement-result"
+REFUSED = "ServerPlacementRefused"
+
+
+class PlacementError(FabricError, ValueError):
+    """A placement that cannot be made at all (a realtime profile, a bad
+    fragment); raised before any frame, as the seed's hard errors are."""
+
+
+class PlacementRefused(FabricError, RuntimeError):
+    """The placement was refused or cut by a limit; ``.diagnostic`` is the
+    refusal (a dict with ``kind`` ``ServerPlacementRefused``, ``message``,
+    ``limit`` and ``id``), the same as the diagnostic frame carried."""
+
+    def __init__(self, diagnostic: dict[str, Any]):
+        super().__init__(diagnostic["message"])
+        self.diagnostic = diagnostic
+        self.limit = diagnostic.get("limit")
+
+
+# ===========================================================================
+# The worker process
+# ===========================================================================
+
+def _worker_main(conn: Any) -> None:
+    """A worker: runs one op at a time under the limits it is sent.
+
+    Messages in: ``(op, request, limits)``; out: ``("item", x)`` per item of
+    a stream op, ``("value", v, diags)`` for an op's value, ``("end",
+    cpu_ms)``, ``("error", type, message)``, ``("breach", limit, message)``.
+    Single-threaded on purpose: every extra thread's arena and stack would
+    count against ``RLIMIT_DATA``.
+    """
+    import resource
+    import signal
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU must not dump a core
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    data_soft, data_hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # an op that cannot be imported here, say
+            conn.send(("error", type(exc).__name__, str(exc)))
+            continue
+        if msg is None:
+            return
+        op, request, limits = msg
+        used = time.process_time()
+        if limits is None:  # a replica's op: no limits
+            _serve_one(conn, op, request, used)
+            continue
+        soft = math.ceil(used + limits.max_cpu_time_ms / 1000.0)
+        if cpu_hard != resource.RLIM_INFINITY:
+            soft = min(soft, cpu_hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+        if limits.max_rss_bytes is not None:
+            cap = limits.max_rss_bytes
+            if data_hard != resource.RLIM_INFINITY:
+                cap = min(cap, data_hard)
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, data_hard))
+        try:
+            _run_op(conn, op, request)
+        except MemoryError:
+            conn.send(("breach", "max_rss_bytes",
+                       f"memory limit exceeded: the worker's data passed "
+                       f"{limits.max_rss_bytes} bytes"))
+            continue
+        except BaseException as exc:
+            try:
+                conn.send(("error", type(exc).__name__, str(exc)))
+            except Exception:
+                conn.send(("error", type(exc).__name__, "(unpicklable error)"))
+            continue
+        finally:
+            resource.setrlimit(resource.RLIMIT_DATA, (data_soft, data_hard))
+            resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, cpu_hard)
+                               if cpu_hard == resource.RLIM_INFINITY else (cpu_hard, cpu_hard))
+        conn.send(("end", (time.process_time() - used) * 1000.0))
+
+
+def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float) -> None:
+    try:
+        _run_op(conn, op, request)
+    except BaseException as exc:
+        try:
+            conn.send(("error", type(exc).__name__, str(exc)))
+        except Exception:
+            conn.send(("error", type(exc).__name__, "(unpicklable error)"))
+        return
+    conn.send(("end", (time.process_time() - used) * 1000.0))
+
+
+def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest) -> None:
+    from .ops import _collector
+    sink: list[dict[str, Any]] = []
+    token = _collector.set(sink)
+    try:
+        if op.is_stream:
+            limit = request.answer_limit
+            gen = op.fn(*request.args, **request.kwargs)
+            try:
+                for n, item in enumerate(gen):
+                    while sink:
+                        conn.send(("diag", sink.pop(0)))
+                    conn.send(("item", item))
+                    if limit is not None and n + 1 >= limit:
+                        break
+            finally:
+                gen.close()
+            while sink:
+                conn.send(("diag", sink.pop(0)))
+        else:
+            value = op.fn(*request.args, **request.kwargs)
+            conn.send(("value", value, list(sink)))
+    finally:
+        _collector.reset(token)
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, ctx: Any):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                                name="fabric-placement-worker")
+        self.proc.start()
+        child.close()
+        ready = self.conn.recv()  # the handshake: the worker is up
+        if ready[0] != "ready":
+            raise FabricError(f"placement worker did not start: {ready!r}")
+        self.pid = ready[1]
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+# ===========================================================================
+# The placement frames
+# ===========================================================================
+
+class _Cutoff:
+    """The seed's cut-off check on each frame, in its order."""
+
+    def __init__(self, limits: PlacementResourceLimits):
+        self.limits = limits
+        self.data_frames = 0
+        self.frames = 1  # the start frame
+        self.bytes = 0  # accounted: the start frame's payload included
+        self.data_bytes = 0
+
+    def check(self, payload: bytes) -> tuple[str, str] | None:
+        lim = self.limits
+        n = len(payload)
+        if self.data_frames >= lim.max_stream_frames:
+            return ("max_stream_frames", f"stream-size limit exceeded after "
+                                         f"{self.data_frames} chunks")
+        if self.frames >= lim.max_inflight_work:
+            return ("max_inflight_work", f"inflight-work limit exceeded at "
+                                         f"{self.frames} frames")
+        if n > lim.max_frame_payload_bytes:
+            return ("max_frame_payload_bytes", f"frame-size limit exceeded: {n} bytes > "
+                                               f"{lim.max_frame_payload_bytes} bytes")
+        if self.bytes + n > lim.max_memory_bytes:
+            return ("max_memory_bytes", f"memory limit exceeded: {self.bytes + n} bytes > "
+                                        f"{lim.max_memory_bytes} bytes")
+        self.bytes += n
+        self.data_bytes += n
+        self.data_frames += 1
+        self.frames += 1
+        return None
+
+
+def _edge(port: str, placement: ServerPlacementRequest) -> dict[str, Any]:
+    return {"port": redact_placement(port), "clock-domain": "server-frame",
+            "latency-class": placement.declared_latency, "nominal-rate-hz": None,
+            "metadata": {}, "envelopes": []}
+
+
+class PlacementFabric(_FabricBase):
+    """A home fabric that runs each op in a worker process under limits.
+
+    ``site`` names the site in reports (default ``stream/site/server``);
+    ``ops`` are the ops it may run (default: every registered op; the
+    worker imports them by reference); ``limits`` and ``profile`` are what
+    a plain ``evaluate``/``stream`` places a request under (a
+    ``ServerPlacementRequest`` given to ``place`` brings its own);
+    ``grants`` are the capabilities of callers that pass none.
+    ``workers`` worker processes run ops side by side (a request waits for
+    a free one); ``start_method`` is multiprocessing's (``spawn`` by
+    default: forking a threaded parent is unsafe).
+
+    ``place(placement)`` yields the seed's frames: start, the request report
+    (redacted), the result report, the output chunks, the end; a refusal or
+    a breach is a ``ServerPlacementRefused`` diagnostic chunk before the
+    end. ``evaluate`` and ``stream`` run the same path and raise
+    ``PlacementRefused`` on a refusal, so nothing cut is ever recorded.
+    """
+
+    honours_timeout = True
+
+    def __init__(self, site: str = SITE, *, ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
+                 limits: PlacementResourceLimits | None = None,
+                 profile: str = "stream/profile/server-render-return",
+                 grants: Iterable[str] = (), workers: int = 1, start_method: str = "spawn"):
+        if not isinstance(site, str) or not site:
+            raise TypeError(f"PlacementFabric site must be a non-empty str, not {site!r}")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"PlacementFabric workers must be an int >= 1, got {workers!r}")
+        if ops is None:
+            ops = REGISTRY
+        self.site = site
+        self.ops = ops if isinstance(ops, OpRegistry) else OpRegistry(ops)
+        self.limits = limits if limits is not None else PlacementResourceLimits()
+        if not isinstance(self.limits, PlacementResourceLimits):
+            raise TypeError(f"PlacementFabric limits must be a PlacementResourceLimits, not "
+                            f"{type(limits).__name__}")
+        # Validates the profile now, not at the first request.
+        ServerPlacementRequest(EvalRequest("probe"), profile=profile)
+        self.profile = profile
+        self.grants = frozenset(grants)
+        self._ctx = multiprocessing.get_context(start_method)
+        self._idle: list[_Worker] = []
+        self._slots = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids = itertools.count(1)
+        self._stats = _Counters("placed", "refused", "breaches", "workers_started",
+                                "workers_killed")
+
+    def _describe(self) -> str:
+        return f"site={self.site!r}, {len(self.ops)} ops"
+
+    # -- workers ----------------------------------------------------------------
+    def _take(self) -> _Worker:
+        with self._lock:
+            if self._closed:
+                raise _core.FabricUnavailable("PlacementFabric is closed")
+            while self._idle:
+                w = self._idle.pop()
+                if w.proc.is_alive():
+                    return w
+                w.kill()
+        self._stats.add("workers_started")
+        return _Worker(self._ctx)
+
+    def _give_back(self, w: _Worker) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(w)
+                return
+        w.stop()
+
+    def _kill(self, w: _Worker) -> None:
+        self._stats.add("workers_killed")
+        w.kill()
+
+    def close(self) -> None:
+        """Stop the worker processes (idle ones at once)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.stop()
+        super().close()
+
+    # -- placement ------------------------------------------------------------
+    def placement_for(self, request: EvalRequest) -> ServerPlacementRequest:
+        """The placement ``evaluate``/``stream`` make of a plain request."""
+        return ServerPlacementRequest(request, profile=self.profile,
+                                      resource_limits=self.limits)
+
+    def _check(self, placement: ServerPlacementRequest, g: frozenset[str]) -> Op[..., Any]:
+        if not isinstance(placement, ServerPlacementRequest):
+            raise TypeError(f"place() takes a ServerPlacementRequest, not "
+                            f"{type(placement).__name__}")
+        if placement.declared_latency in ("realtime", "sample-exact"):
+            raise PlacementError(f"server placement refuses realtime profile "
+                                 f"{placement.profile!r} (latency "
+                                 f"{placement.declared_latency})")
+        for cap in placement.required_capabilities:
+            if cap not in g:
+                raise CapabilityDenied(f"server placement of {placement.fragment.op!r} needs "
+                                       f"capability {cap!r}, which the caller's grants lack")
+        op = self.ops.find(placement.fragment)
+        _core._check_grants(placement.fragment, g, f"PlacementFabric {self.site!r}",
+                            op.capabilities)
+        return op
+
+    def place(self, placement: ServerPlacementRequest, *,
+              grants: Iterable[str] | None = None) -> Iterator[Frame]:
+        """The frames of running ``placement`` here (see the class doc).
+
+        Capabilities are checked first (``CapabilityDenied``; a realtime
+        profile is a ``PlacementError``); both before any frame.
+        """
+        g = self._grants(grants)
+        op = self._check(placement, g)
+        return self._frames(op, placement)
+
+    def _frames(self, op: Op[..., Any], placement: ServerPlacementRequest) -> Iterator[Frame]:
+        frag = placement.fragment
+        lim = placement.resource_limits
+        stream_id = next(self._ids)
+        name = redact_placement(f"stream/server-placement/{frag.op}")
+        seq = itertools.count()
+        cut = _Cutoff(lim)
+        self._stats.add("placed")
+
+        def end(truncated: bool = False) -> Frame:
+            body = {"chunks": cut.data_frames, "bytes": cut.data_bytes, "truncated": truncated}
+            return Frame(FrameKind.STREAM_END, canonical_bytes(body), stream_id=stream_id,
+                         seq=next(seq))
+
+        def refusal(message: str, limit: str | None) -> Iterator[Frame]:
+            s = next(seq)
+            diag = {"kind": REFUSED, "message": redact_placement(message), "limit": limit,
+                    "count": cut.data_frames, "id": f"{name}#server-placement-{s}"}
+            self._stats.add("refused")
+            yield Frame(FrameKind.STREAM_CHUNK, canonical_bytes(diag), stream_id=stream_id,
+                        seq=s, flags=FRAME_FLAG_DIAGNOSTIC)
+            yield end(True)
+
+        def data(payload: Any) -> tuple[Frame | None, tuple[str, str] | None]:
+            body = canonical_bytes(payload)
+            breach = cut.check(body)
+            if breach is not None:
+                return None, breach
+            return Frame(FrameKind.STREAM_CHUNK, body, stream_id=stream_id,
+                         seq=next(seq)), None
+
+        start = {"metadata": {"stream-id": name, "media": "data", "direction": "source",
+                              "clock": "server-frame",
+                              "buffer": {"bounded": lim.max_inflight_work}}}
+        start_bytes = canonical_bytes(start)
+        cut.bytes += len(start_bytes)
+        yield Frame(FrameKind.STREAM_START, start_bytes, stream_id=stream_id, seq=next(seq))
+        node = redact_placement({"op": frag.op, "version": frag.version,
+                                 "args": list(frag.args), "kwargs": dict(frag.kwargs)})
+        report = {
+            "kind": REQUEST_KIND, "operation": "server-placement-request", "site": self.site,
+            "fragment-id": name, "node": node, "realtime-pinned": placement.realtime_pinned,
+            "placement-report": redact_placement(placement.report),
+            "declared-profile": placement.profile,
+            "declared-latency": placement.declared_latency,
+            "resource-limits": lim.to_expr(),
+            "required-capabilities": list(placement.required_capabilities),
+            "input-edges": [_edge("in", placement)],
+            "output-edges": [_edge("out", placement)],
+        }
+        f, breach = data(report)
+        if breach is not None:
+            yield from refusal(f"server placement resource cutoff: {breach[1]}", breach[0])
+            return
+        yield f  # type: ignore[misc]
+        if placement.realtime_pinned:
+            yield from refusal(f"server placement refused fragment {name}: {self.site} "
+                               f"cannot host a realtime-pinned node", "realtime-pinned")
+            return
+
+        yield from self._run(op, placement, data, refusal, end)
+
+    def _run(self, op: Op[..., Any], placement: ServerPlacementRequest, data: Any,
+             refusal: Any, end: Any) -> Iterator[Frame]:
+        frag = placement.fragment
+        lim = placement.resource_limits
+        self._slots.acquire()
+        w: _Worker | None = None
+        healthy = False
+        try:
+            w = self._take()
+            w.conn.send((op, frag, lim))
+            deadline = time.monotonic() + lim.max_duration_ms / 1000.0
+            result_sent = False
+            items = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not w.conn.poll(left):
+                    self._stats.add("breaches")
+                    yield from refusal(f"server placement resource cutoff: duration limit "
+                                       f"exceeded: {lim.max_duration_ms} ms", "max_duration_ms")
+                    return
+                try:
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    self._stats.add("breaches")
+                    yield from refusal(self._death(w, lim), self._death_limit(w))
+                    return
+                tag = msg[0]
+                if tag == "error":
+                    healthy = True
+                    raise _remote_error(frag, msg[1], msg[2])
+                if tag == "breach":
+                    healthy = True
+                    self._stats.add("breaches")
+                    yield from refusal(f"server placement resource cutoff: {msg[2]}", msg[1])
+                    return
+                if tag == "end":
+                    if msg[1] > lim.max_cpu_time_ms:
+                        healthy = True
+                        self._stats.add("breaches")
+                        yield from refusal(f"server placement resource cutoff: cpu-time "
+                                           f"limit exceeded: {msg[1]:.0f} ms > "
+                                           f"{lim.max_cpu_time_ms} ms", "max_cpu_time_ms")
+                        return
+                    if not result_sent:
+                        f, breach = data(self._result(placement, "stream", items))
+                        if breach is not None:
+                            healthy = True
+                            yield from refusal(f"server placement resource cutoff: "
+                                               f"{breach[1]}", breach[0])
+                            return
+                        yield f
+                    healthy = True
+                    yield end()
+                    return
+                if not result_sent:
+                    count = 1 if tag == "value" else None
+                    f, breach = data(self._result(placement, "completed" if tag == "value"
+                                                  else "stream", count))
+                    if breach is not None:
+                        yield from refusal(f"server placement resource cutoff: {breach[1]}",
+                                           breach[0])
+                        return
+                    result_sent = True
+                    yield f
+                if tag == "diag":
+                    payload = {"diagnostic": redact_placement(msg[1])}
+                elif tag == "value":
+                    payload = {"value": msg[1], "diagnostics": msg[2]}
+                else:
+                    items += 1
+                    payload = {"item": msg[1]}
+                f, breach = data(payload)
+                if breach is not None:
+                    self._stats.add("breaches")
+                    yield from refusal(f"server placement resource cutoff: {breach[1]}",
+                                       breach[0])
+                    return
+                yield f
+        finally:
+            if w is not None:
+                if healthy:
+                    self._give_back(w)
+                else:
+                    self._kill(w)
+            self._slots.release()
+
+    def _result(self, placement: ServerPlacementRequest, result: str,
+                count: int | None) -> dict[str, Any]:
+        return {"kind": RESULT_KIND, "operation": "server-placement-result", "site": self.site,
+                "fragment-id": redact_placement(f"stream/server-placement/"
+                                                f"{placement.fragment.op}"),
+                "node-result": result,
+                "output-envelope-count": None if count is None else str(count),
+                "declared-profile": placement.profile,
+                "declared-latency": placement.declared_latency}
+
+    @staticmethod
+    def _death_limit(w: _Worker) -> str | None:
+        import signal
+        w.proc.join(timeout=5)
+        code = w.proc.exitcode
+        if code == -signal.SIGXCPU:
+            return "max_cpu_time_ms"
+        return None
+
+    @staticmethod
+    def _death(w: _Worker, lim: PlacementResourceLimits) -> str:
+        import signal
+        w.proc.join(timeout=5)
+        code = w.proc.exitcode
+        if code == -signal.SIGXCPU:
+            return (f"server placement resource cutoff: cpu-time limit exceeded: "
+                    f"{lim.max_cpu_time_ms} ms (the worker was stopped by SIGXCPU)")
+        return f"server placement failed: the worker process ended (exit code {code})"
+
+    # -- the fabric interface ------------------------------------------------------
+    def _events(self, placement: ServerPlacementRequest, g: frozenset[str]) -> Iterator[Event]:
+        op = self._check(placement, g)
+        for frame in self._frames(op, placement):
+            if frame.kind != FrameKind.STREAM_CHUNK:
+                continue
+            payload = _core.unpack(frame.payload)
+            if frame.flags & FRAME_FLAG_DIAGNOSTIC:
+                yield DIAG, payload
+                raise PlacementRefused(payload)
+            if isinstance(payload, dict) and "kind" in payload:
+                continue  # the request and result reports
+            if "item" in payload:
+                yield ITEM, payload["item"]
+            elif "diagnostic" in payload:
+                yield DIAG, payload["diagnostic"]
+            else:
+                yield ITEM, payload
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Place ``request`` under this fabric's limits and profile; its reply,
+        or ``PlacementRefused`` when a limit cut it."""
+        g = self._grants(grants)
+        placement = self._bounded(self.placement_for(request), request, timeout)
+        value: Any = [] if request.stream else None
+        diags: list[Any] = []
+        for tag, p in self._events(placement, g):
+            if tag == DIAG:
+                diags.append(p)
+            elif request.stream:
+                value.append(p)
+            else:
+                value = p["value"]
+                diags.extend(p["diagnostics"])
+        return EvalReply(value, diags, None, request.key, "computed")
+
+    def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+               timeout: float | None = None) -> EvalStream[Any]:
+        """Place a stream op; items arrive as the worker yields them. A cut
+        stream ends with a ``ServerPlacementRefused`` diagnostic and raises
+        ``PlacementRefused``, so no recording layer holds it."""
+        g = self._grants(grants)
+        placement = self._bounded(self.placement_for(request), request, timeout)
+        op = self._check(placement, g)
+        if not op.is_stream:
+            raise TypeError(f"op {op.name!r} is not a stream op (it returns one value): "
+                            f"use evaluate()")
+        return EvalStream(self._events(placement, g), request.key, "computed")
+
+    @staticmethod
+    def _bounded(placement: ServerPlacementRequest, request: EvalRequest,
+                 timeout: float | None) -> ServerPlacementRequest:
+        # A deadline or timeout shorter than the duration limit becomes it.
+        bounds = [t for t in (timeout, None if request.deadline is None
+                              else request.deadline - time.time()) if t is not None]
+        if not bounds:
+            return placement
+        ms = max(1, int(min(bounds) * 1000))
+        lim = placement.resource_limits
+        if ms < lim.max_duration_ms:
+            return placement.with_resource_limits(lim.replace(max_duration_ms=ms))
+        return placement
+
+
+def _remote_error(frag: EvalRequest, type_name: str, message: str) -> Exception:
+    if type_name == "OpNotFound":
+        return OpNotFound(message)
+    err = _core.RemoteError(f"placed op {frag.op!r} raised {type_name}: {message}")
+    err.remote_type = type_name
+    err.node = SITE
+    return err
+
+
+# ===========================================================================
+# Realize events (seed 000)
+# ===========================================================================
+
+@dataclass(frozen=True)
+class RealizeStarted:
+    """The realization began: ``seq`` 0 and the request it realizes."""
+
+    seq: int
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RealizeChunk:
+    """One item of the stream (``seq`` 1, 2, ...)."""
+
+    seq: int
+    item: Any
+
+
+@dataclass(frozen=True)
+class RealizeDone:
+    """The stream ended by itself (never emitted when ``answer_limit`` cut it)."""
+
+    seq: int
+
+
+def realize_events(fab: Any, request: EvalRequest, *, buffer_limit: int | None = None,
+                   grants: Iterable[str] | None = None
+                   ) -> Iterator[RealizeStarted | RealizeChunk | RealizeDone]:
+    """Realize a stream request through ``fab`` as events: ``RealizeStarted``,
+    one ``RealizeChunk`` per item, then ``RealizeDone`` only if the stream
+    ended by itself, not when the request's ``answer_limit`` cut it short.
+
+    ``buffer_limit`` (an int > 0 or None) is recorded in the started event
+    (the seed's bounded buffer). The stream is pulled one item beyond the
+    answer limit to learn whether it had more; a replayed stream recorded
+    with its limit tells the same, since the limit is part of its key.
+    """
+    if not isinstance(request, EvalRequest):
+        raise TypeError(f"realize_events takes an EvalRequest, not {type(request).__name__}")
+    if not request.stream:
+        raise ValueError(f"realize_events needs a stream request; {request.op!r} is not one")
+    if buffer_limit is not None and (not isinstance(buffer_limit, int) or
+                                     isinstance(buffer_limit, bool) or buffer_limit <= 0):
+        raise ValueError(f"realize_events buffer_limit must be an int > 0 or None, got "
+                         f"{buffer_limit!r}")
+    limit = request.answer_limit
+    started = {"term": request.op, "observe": "events",
+               "buffer-limit": None if buffer_limit is None else str(buffer_limit),
+               "answer-limit": None if limit is None else str(limit)}
+    yield RealizeStarted(0, started)
+    kwargs = {} if grants is None else {"grants": grants}
+    stream = fab.stream(request, **kwargs)
+    seq = 0
+    ended = False
+    try:
+        it = iter(stream)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                ended = True
+                break
+            seq += 1
+            yield RealizeChunk(seq, item)
+            if limit is not None and seq >= limit:
+                # Let the stream end (so a recording layer commits it); a
+                # fabric that gives more than the limit is stopped here.
+                for _extra in it:
+                    break
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    # A stream cut at its answer limit: the fabric stopped there too, so it
+    # ended exactly at the limit; whether it would have gone on is what a
+    # producer knows. Fabrics here stop a generator at the limit, so a
+    # stream that reached the limit is a cut one.
+    if ended and (limit is None or seq < limit):
+        yield RealizeDone(seq + 1)

@@ -1,0 +1,143 @@
+"""ReplicaGroup: the seed's behaviours on real worker processes."""
+
+import os
+import signal
+
+import pytest
+
+import fabric
+from fabric import ReplicaGroup
+from fabric.replicas import replica_identity
+
+REG = fabric.OpRegistry()
+SEED = bytes([7]) * 32
+
+
+@fabric.op("rep.square", registry=REG)
+def square(x):
+    return x * x
+
+
+@fabric.op("rep.pid", registry=REG)
+def pid(_x):
+    return os.getpid()
+
+
+@fabric.op("rep.die_once", registry=REG)
+def die_once(marker):
+    # The first replica to run this dies (SIGKILL) mid-request; the retry
+    # on another replica finds the marker and answers.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@fabric.op("rep.count", registry=REG)
+def count(n):
+    yield from range(n)
+
+
+@pytest.fixture
+def group():
+    g = ReplicaGroup("squares", 3, group_seed=SEED, ops=REG)
+    yield g
+    g.close()
+
+
+def test_deterministic_identity_and_group_id():
+    assert replica_identity(SEED, 0) == replica_identity(SEED, 0)
+    assert replica_identity(SEED, 0) != replica_identity(SEED, 1)
+    import hashlib
+    import hmac
+    assert replica_identity(SEED, 2) == hmac.new(SEED, b"\x02", hashlib.sha256).digest()
+    with pytest.raises(ValueError):
+        replica_identity(SEED, 255)
+
+
+def test_spawn_group(group):
+    members = group.replicas()
+    assert [m["index"] for m in members] == [0, 1, 2]
+    assert len({m["identity"] for m in members}) == 3
+    assert len({m["pid"] for m in members}) == 3
+    assert group.health() == fabric.GroupHealth("healthy", 3, 3)
+    assert group.evaluate(square.request(9)).value == 81
+    g2 = ReplicaGroup("squares", 1, group_seed=SEED, ops=REG)
+    try:
+        assert g2.group_id == group.group_id
+        assert g2.replicas()[0]["identity"] == members[0]["identity"]
+    finally:
+        g2.close()
+
+
+def test_zero_replicas_rejected(group):
+    with pytest.raises(ValueError, match="must be > 0"):
+        ReplicaGroup("x", 0, group_seed=SEED, ops=REG)
+    with pytest.raises(ValueError, match="must be > 0"):
+        group.scale_to(0)
+    with pytest.raises(ValueError, match="32 bytes"):
+        ReplicaGroup("x", 1, group_seed=b"short", ops=REG)
+    with pytest.raises(ValueError, match="lb_strategy"):
+        ReplicaGroup("x", 1, group_seed=SEED, ops=REG, lb_strategy="random")
+
+
+def test_scale_up_and_down(group):
+    ids = [m["identity"] for m in group.replicas()]
+    group.scale_to(5)
+    assert group.replica_count == 5
+    assert [m["identity"] for m in group.replicas()][:3] == ids
+    group.scale_to(2)
+    assert [m["identity"] for m in group.replicas()] == ids[:2]
+    assert group.health().state == "healthy"
+
+
+def test_crash_respawns_same_identity_and_retries(group, tmp_path):
+    before = {m["index"]: m for m in group.replicas()}
+    assert group.evaluate(die_once.request(str(tmp_path / "marker"))).value == "survived"
+    after = {m["index"]: m for m in group.replicas()}
+    changed = [i for i in before if before[i]["pid"] != after[i]["pid"]]
+    assert len(changed) == 1
+    i = changed[0]
+    assert after[i]["identity"] == before[i]["identity"]
+    assert group.stats()["retried"] == 1
+    assert group.replica_stats()[i]["respawns"] == 1
+    assert group.health().state == "healthy"
+
+
+def test_health_states(group):
+    pids = [m["pid"] for m in group.replicas()]
+    os.kill(pids[0], signal.SIGKILL)
+    group._replicas[0].worker.proc.join()
+    assert group.health() == fabric.GroupHealth("degraded", 2, 3)
+    for p in pids[1:]:
+        os.kill(p, signal.SIGKILL)
+    for r in group._replicas:
+        r.worker.proc.join()
+    assert group.health() == fabric.GroupHealth("dead", 0, 3)
+    assert sorted(group.heal()) == [0, 1, 2]
+    assert group.health().state == "healthy"
+    assert group.evaluate(square.request(3)).value == 9
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "least-loaded", "consistent-hash",
+                                      "power-of-two"])
+def test_strategies_route_to_members(strategy):
+    with ReplicaGroup("s", 3, group_seed=SEED, ops=REG, lb_strategy=strategy) as g:
+        pids = {m["pid"] for m in g.replicas()}
+        seen = {g.evaluate(pid.request(i)).value for i in range(12)}
+        assert seen <= pids
+        if strategy == "round-robin":
+            assert seen == pids
+        assert list(g.stream(count.request(3))) == [0, 1, 2]
+
+
+def test_consistent_hash_is_sticky_and_moves_few_keys():
+    with ReplicaGroup("s", 4, group_seed=SEED, ops=REG, lb_strategy="consistent-hash") as g:
+        reqs = [square.request(i) for i in range(200)]
+        first = [g.route(r) for r in reqs]
+        assert [g.route(r) for r in reqs] == first
+        g.scale_to(5)
+        moved = sum(1 for r, a in zip(reqs, first) if g.route(r) != a)
+        # Rendezvous hashing: only keys that now prefer replica 4 move.
+        assert all(g.route(r) == 4 for r, a in zip(reqs, first) if g.route(r) != a)
+        assert 0 < moved < 100
