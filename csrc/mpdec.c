@@ -35,8 +35,8 @@ int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
         r->lim.max_ext == 0 || r->lim.max_array == 0 || r->lim.max_map == 0 ||
         r->lim.max_items == 0)
         return FAB_EINVAL;
-    if (r->lim.max_depth > FAB_MAX_DEPTH)
-        r->lim.max_depth = FAB_MAX_DEPTH;
+    if (r->lim.max_depth > FAB_MAX_RECORD_DEPTH)
+        r->lim.max_depth = FAB_MAX_RECORD_DEPTH;
     return FAB_OK;
 }
 

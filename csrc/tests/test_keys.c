@@ -108,6 +108,30 @@ static void test_bigint(void)
     CHECK_EQ(out.len, 0);
 }
 
+/* The range boundary: every minimal form of 1..8 bytes fits int64 (or, as
+ * 00 + uint64, 9 bytes) and is refused with FAB_ERANGE; 9 bytes that are not
+ * 00 + uint64 and anything longer are big integers. */
+static void test_bigint_boundary(void)
+{
+    reset();
+    for (size_t len = 1; len <= 8; len++) {
+        uint8_t pos[8] = {0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}; /* max int<len> */
+        uint8_t neg[8] = {0x80, 0, 0, 0, 0, 0, 0, 0};                      /* min int<len> */
+        CHECK_EQ(fab_enc_bigint(&enc, pos, len), FAB_ERANGE);
+        CHECK_EQ(fab_enc_bigint(&enc, neg, len), FAB_ERANGE);
+    }
+    uint8_t one[1] = {0x05};
+    CHECK_EQ(fab_enc_bigint(&enc, one, 1), FAB_ERANGE);
+    CHECK_EQ(out.len, 0);
+    /* -2^64 = ff 00 .. 00: 9 bytes, not 00 + uint64, so a big integer. */
+    uint8_t mneg[9] = {0xff, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ(fab_enc_bigint(&enc, mneg, 9), FAB_OK);
+    CHECK(expect_hex("c70901ff0000000000000000"));
+    uint8_t ten[10] = {0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ(fab_enc_bigint(&enc, ten, 10), FAB_OK);
+    CHECK(expect_hex("c70a0101000000000000000000"));
+}
+
 static void test_sort_spans(void)
 {
     const uint8_t a[] = {0xa1, 'b'}, b[] = {0xa1, 'a'}, c[] = {0xa2, 'a', 'a'}, d[] = {0xa1};
@@ -225,6 +249,7 @@ int main(void)
         {"floats", test_floats},
         {"scalars_and_headers", test_scalars_and_headers},
         {"bigint", test_bigint},
+        {"bigint_boundary", test_bigint_boundary},
         {"sort_spans", test_sort_spans},
         {"msgpack_c_reads_back", test_msgpack_c_reads_back},
         {"sha256_known_answers", test_sha256_known_answers},

@@ -70,15 +70,15 @@ typedef struct fab_mp_reader {
     fab_mp_limits lim;
     uint64_t items;
     uint32_t depth;                      /* open containers */
-    uint64_t remaining[FAB_MAX_DEPTH];   /* children still due per open container */
+    uint64_t remaining[FAB_MAX_RECORD_DEPTH];   /* children still due per open container */
     size_t err_offset;                   /* set with err */
     char err[128];                       /* what went wrong, for messages */
 } fab_mp_reader;
 
 /*
  * Starts reading len bytes (borrowed; they must outlive the reader). limits
- * may be NULL for the defaults; max_depth above FAB_MAX_DEPTH is lowered to
- * it. Returns 0 or FAB_EINVAL for a zero limit.
+ * may be NULL for the defaults; max_depth above FAB_MAX_RECORD_DEPTH is
+ * lowered to it. Returns 0 or FAB_EINVAL for a zero limit.
  */
 int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
                        const fab_mp_limits *limits);
