@@ -26,6 +26,8 @@ from ._core import (
     FrameEncoder,
     StreamFrameLimits,
     canonical_bytes,
+    decode_value,
+    encode_value,
     unpack,
     CapabilityDenied,
     FRAME_FLAG_DIAGNOSTIC,
@@ -50,6 +52,7 @@ from ._core import (  # fabrics' errors
     OpNotFound,
     RemoteError,
 )
+from .values import Opaque, register_dataclass, register_type
 from .ops import Op, OpRegistry, diagnostic, op
 from .holders import HoldingDelta, HoldingIndex
 from .fabrics import (
@@ -98,6 +101,11 @@ __all__ = [
     "FrameEncoder",
     "StreamFrameLimits",
     "canonical_bytes",
+    "decode_value",
+    "encode_value",
+    "Opaque",
+    "register_dataclass",
+    "register_type",
     "CassetteStream",
     "CassetteStreamWriter",
     "EvalCassette",

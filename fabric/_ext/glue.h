@@ -70,6 +70,10 @@ typedef struct fab_state {
     /* walk.c */
     fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
     struct fab_keymemo *key_memo; /* recent map key orders, under the GIL */
+    PyObject *vt_by_type;  /* fabric.values' registry: type -> entry, None or refusal */
+    PyObject *vt_by_name;  /* name -> entry */
+    PyObject *vt_hook;     /* called with a type the registry does not know yet */
+    PyObject *opaque_type; /* fabric.Opaque */
 
     /* key.c */
     PyTypeObject *ContentKey_Type;
@@ -201,6 +205,7 @@ int fab_py_frames_exec(PyObject *module, fab_state *st);
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_errors_clear(fab_state *st);
+int fab_py_walk_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_walk_clear(fab_state *st);
 int fab_py_key_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_key_clear(fab_state *st);
@@ -238,6 +243,19 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
 /* walk.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
 int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* walk.c: the value encoding of a cassette record (docs/spec/values.md),
+ * prefix included, into an encoder: refused at once (ValueError) when a
+ * reader with the cassette's limits could not read it back; a record may
+ * nest FAB_MAX_RECORD_DEPTH deep. 0 or -1. */
+int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* unpack.c: decodes a cassette record or a frame's value payload: the value
+ * encoding when data starts with its prefix, else msgpack as fab_py_decode
+ * (v1 records). */
+struct fab_mp_limits;
+PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
+                               const struct fab_mp_limits *limits, size_t base_offset);
 
 /* walk.c: one piece of a digest's input: a Python value to encode
  * canonically (value non-NULL; root names it in error messages), or bytes
