@@ -20,7 +20,39 @@ typedef struct dctx {
     size_t base; /* offset of r's buffer within the caller's stream */
     size_t nans; /* NaN floats decoded so far (a key holding one needs a byte check) */
     int vmode;   /* the value encoding (docs/spec/values.md): tags are read */
+    PyObject **keys; /* KEY_CACHE recent short ASCII map keys, or NULL */
 } dctx;
+
+/*
+ * Map keys repeat (a list of records has the same few keys in every row):
+ * the str objects of short ASCII keys are remembered for one decode call in
+ * a small direct-mapped table, so a repeated key costs a compare instead of
+ * an allocation and a hash computation. Lives on the caller's stack.
+ */
+#define KEY_CACHE 64
+#define KEY_CACHE_LEN 32
+
+static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
+{
+    uint32_t h = 2166136261u;
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 16777619u;
+    PyObject **slot = &d->keys[(h ^ (h >> 16)) & (KEY_CACHE - 1)];
+    PyObject *k = *slot;
+    if (k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
+        memcmp(PyUnicode_DATA(k), p, len) == 0)
+        return Py_NewRef(k);
+    k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
+    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k))
+        Py_XSETREF(*slot, Py_NewRef(k));
+    return k;
+}
+
+static void key_cache_clear(PyObject **keys)
+{
+    for (int i = 0; i < KEY_CACHE; i++)
+        Py_XDECREF(keys[i]);
+}
 
 static PyObject *dec_value(dctx *d, int in_key);
 static PyObject *dec_error(dctx *d, size_t offset, const char *fmt, ...);
@@ -146,7 +178,7 @@ static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held
         j = (j + 1) & (c->cap - 1);
     c->t[j].h = h;
     if (++c->t[j].count > FAB_MAX_HASH_RUN) {
-        dctx abs = {d->st, d->r, 0, 0, d->vmode};
+        dctx abs = {d->st, d->r, 0, 0, d->vmode, NULL};
         dec_error(&abs, c->at_abs, "more than %d %ss share one hash (refused: building it "
                   "would cost quadratic time)", FAB_MAX_HASH_RUN, c->what);
         return -1;
@@ -195,7 +227,7 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
     if (fab_mp_reader_init(&sub, it->v.s.p, it->v.s.len, &lim) != FAB_OK)
         return dec_error(d, it->offset, "invalid limits");
     sub.tags = d->r->tags; /* read as the enclosing payload is */
-    dctx sd = {d->st, &sub, d->base + payload_off, 0, d->vmode};
+    dctx sd = {d->st, &sub, d->base + payload_off, 0, d->vmode, d->keys};
     fab_mp_item head;
     int rc = fab_mp_next(&sub, &head);
     if (rc != FAB_OK)
@@ -585,6 +617,8 @@ static PyObject *dec_value(dctx *d, int in_key)
             d->nans++;
         return PyFloat_FromDouble(it.v.f);
     case FAB_MP_STR:
+        if (in_key && d->keys && it.v.s.len <= KEY_CACHE_LEN)
+            return cached_key(d, it.v.s.p, it.v.s.len);
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
     case FAB_MP_BIN:
         return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
@@ -667,10 +701,12 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
-    dctx d = {st, &r, base_offset, 0, 0};
+    PyObject *keys[KEY_CACHE] = {NULL};
+    dctx d = {st, &r, base_offset, 0, 0, keys};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
+    key_cache_clear(keys);
     if (v && r.pos != r.len) {
         Py_DECREF(v);
         return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
@@ -695,10 +731,12 @@ PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
         return NULL;
     }
     fab_mp_reader_tags(&r);
-    dctx d = {st, &r, base_offset + 2, 0, 1};
+    PyObject *keys[KEY_CACHE] = {NULL};
+    dctx d = {st, &r, base_offset + 2, 0, 1, keys};
     if (len == 2)
         return fab_py_decode_error(st, base_offset + 2, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
+    key_cache_clear(keys);
     if (v && r.pos != r.len) {
         Py_DECREF(v);
         return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
