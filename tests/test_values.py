@@ -383,6 +383,23 @@ def test_defect_5_redacted_encodes_again(tmp_path):
     assert any(getattr(e, "item", None) == back for e in items)
 
 
+def test_stream_items_keep_their_type_through_frames(tmp_path):
+    items = [(1, 2), {"b": 1, "a": (2,)}, {3}, bytearray(b"x"), np.arange(3, dtype=">i2"),
+             {"token": fabric.REDACTED}]
+    frames = fabric.stream_to_frames(iter(items), stream_id=3)
+    got = list(fabric.stream_frames_to_stream(b"".join(f.encode() for f in frames)))
+    assert all(same(g, i) for g, i in zip(got, items)) and len(got) == len(items)
+    # Recorded, then replayed from the cassette as frames.
+    with EvalCassette(str(tmp_path / "c.fabl")) as c:
+        k = EvalRequest("s", stream=True).key
+        with c.record_stream(k) as w:
+            for i in items:
+                w.append(i)
+        replay = fabric.cassette_to_stream_frames(c, k, stream_id=4)
+        got = list(fabric.stream_frames_to_stream(b"".join(f.encode() for f in replay)))
+    assert all(same(g, i) for g, i in zip(got, items)) and len(got) == len(items)
+
+
 def _v1_key(op, args):
     ident = EvalRequest(op, args).identity_bytes()
     return ContentKey(hashlib.sha256(ident.replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
