@@ -52,7 +52,7 @@ from ._core import (  # fabrics' errors
     OpNotFound,
     RemoteError,
 )
-from .values import Opaque, register_dataclass, register_type
+from .values import Opaque, register_dataclass, register_type, set_commit_key
 from .ops import Op, OpRegistry, diagnostic, op
 from .holders import HoldingDelta, HoldingIndex
 from .fabrics import (
@@ -106,6 +106,7 @@ __all__ = [
     "Opaque",
     "register_dataclass",
     "register_type",
+    "set_commit_key",
     "CassetteStream",
     "CassetteStreamWriter",
     "EvalCassette",

@@ -122,6 +122,7 @@ def canonical_bytes(value: object, /) -> bytes:
 def encode_value(value: object, /) -> bytes:
     """The value encoding of value (docs/spec/values.md)."""
 
+def _set_commit_key(key: bytes | None, /) -> None: ...
 def _install_values(
     by_type: dict[Any, Any], by_name: dict[str, Any], hook: Callable[[type], Any],
     opaque_type: type, /
@@ -131,8 +132,10 @@ def _install_values(
 class Secret:
     """A sensitive argument: its value never enters keys, repr or exceptions."""
 
-    def __new__(cls, value: object) -> Self: ...
+    def __new__(cls, value: object, *, commit: bool = False) -> Self: ...
     def reveal(self) -> Any: ...
+    @property
+    def commit(self) -> bool: ...
 
 @final
 class ContentKey:

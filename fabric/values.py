@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import datetime as _dt
 import decimal
 import pathlib
@@ -29,7 +30,7 @@ from typing import Any, Callable
 
 from . import _core
 
-__all__ = ["Opaque", "register_type", "register_dataclass"]
+__all__ = ["Opaque", "register_type", "register_dataclass", "set_commit_key"]
 
 # Kinds of entry (walk.c reads them).
 _ADAPTER = 0
@@ -307,3 +308,40 @@ def _hook(tp: type) -> Any:
 
 
 _core._install_values(_by_type, _by_name, _hook, Opaque)
+
+
+# ---------------------------------------------------------------------------
+# The commitment key of Secret(commit=True)
+# ---------------------------------------------------------------------------
+
+def set_commit_key(key: bytes | str | None) -> None:
+    """Sets the commitment key that ``Secret(value, commit=True)`` keys with:
+    the key then carries HMAC-SHA256 of the value's canonical bytes under it.
+    Every process that must agree on keys (a fleet) uses the same commitment
+    key; changing it changes every key that holds a committed secret. At
+    least 16 bytes (a str is taken as its UTF-8 bytes); ``None`` unsets it,
+    after which keying a committed secret raises ``ValueError``.
+
+    At import, fabric reads it from the environment: ``FABRIC_COMMIT_KEY``
+    (the key itself) or ``FABRIC_COMMIT_KEY_FILE`` (a file holding it; one
+    trailing newline is dropped).
+    """
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError("a commitment key is bytes, str or None")
+    _core._set_commit_key(key)
+
+
+def _commit_key_from_environment() -> None:
+    key = os.environ.get("FABRIC_COMMIT_KEY")
+    path = os.environ.get("FABRIC_COMMIT_KEY_FILE")
+    if key:
+        set_commit_key(key)
+    elif path:
+        with open(path, "rb") as f:
+            data = f.read()
+        set_commit_key(data[:-1] if data.endswith(b"\n") else data)
+
+
+_commit_key_from_environment()

@@ -130,7 +130,10 @@ def _typed_bytes(value, enc, depth, stack):
             + enc(data, depth + 1, stack + (value,)))
 
 
-def encode(value, _depth=0, _stack=()):
+COMMIT_KEY = None  # the commitment key of Secret(commit=True), when a test sets one
+
+
+def encode(value, _depth=0, _stack=(), commit_key=None):
     """The canonical encoding of value, as bytes.
 
     Raises TypeError for a value of a kind the spec does not list and
@@ -140,6 +143,14 @@ def encode(value, _depth=0, _stack=()):
     """
     if value is None or value is True or value is False:
         return msgpack.packb(value)
+    if isinstance(value, fabric.Secret) and value.commit:
+        import hmac
+
+        key = commit_key or COMMIT_KEY
+        if key is None:
+            raise ValueError("a Secret(commit=True) needs a commitment key")
+        mac = hmac.new(key, encode(value.reveal()), hashlib.sha256).digest()
+        return _ext(4, mac)
     if isinstance(value, fabric.Secret) or value is fabric.REDACTED:
         return _ext(EXT_SECRET, b"")
     if type(value) is complex:

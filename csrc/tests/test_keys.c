@@ -208,6 +208,25 @@ static void test_sha256_known_answers(void)
 }
 
 /* The fast path is the one in use, and the fallback is the one forced. */
+/* RFC 4231 test cases 1, 2 and 6 (a key longer than the block). */
+static void test_hmac_sha256(void)
+{
+    uint8_t out[FAB_SHA256_LEN], want[FAB_SHA256_LEN];
+    uint8_t key1[20], key6[131];
+    memset(key1, 0x0b, sizeof(key1));
+    memset(key6, 0xaa, sizeof(key6));
+    CHECK_EQ(fab_hmac_sha256(key1, sizeof(key1), "Hi There", 8, out), FAB_OK);
+    check_unhex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", want);
+    CHECK(memcmp(out, want, 32) == 0);
+    CHECK_EQ(fab_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, out), FAB_OK);
+    check_unhex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", want);
+    CHECK(memcmp(out, want, 32) == 0);
+    const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
+    CHECK_EQ(fab_hmac_sha256(key6, sizeof(key6), m6, strlen(m6), out), FAB_OK);
+    check_unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", want);
+    CHECK(memcmp(out, want, 32) == 0);
+}
+
 static void test_sha256_backend(void)
 {
 #ifdef FAB_SHA256_EVP_ONLY
@@ -254,6 +273,7 @@ int main(void)
         {"msgpack_c_reads_back", test_msgpack_c_reads_back},
         {"sha256_known_answers", test_sha256_known_answers},
         {"sha256_backend", test_sha256_backend},
+        {"hmac_sha256", test_hmac_sha256},
         {"hasher_reuse", test_hasher_reuse},
         {"error_table", test_error_table},
         {NULL, NULL},

@@ -74,6 +74,7 @@ typedef struct fab_state {
     PyObject *vt_by_name;  /* name -> entry */
     PyObject *vt_hook;     /* called with a type the registry does not know yet */
     PyObject *opaque_type; /* fabric.Opaque */
+    PyObject *commit_key;  /* bytes: the commitment key of Secret(commit=True), or NULL */
 
     /* key.c */
     PyTypeObject *ContentKey_Type;
@@ -217,6 +218,9 @@ int fab_py_cassette_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_cassette_clear(fab_state *st);
 int fab_py_caf_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_caf_clear(fab_state *st);
+
+/* key.c: a Secret's value (borrowed) and whether it is committed. */
+PyObject *fab_py_secret_value(PyObject *secret, int *commit);
 
 /* key.c: a new ContentKey holding the 32-byte digest. */
 PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest);

@@ -1294,6 +1294,56 @@ out:
     return rc;
 }
 
+/* Secret(commit=True) in a key: ext 4 holding HMAC-SHA256 of the value's
+ * canonical bytes under the commitment key. An error inside the value says
+ * nothing about it (its path could show a dict key of the secret). */
+static int enc_committed(walker *w, PyObject *secret)
+{
+    if (w->borrowed)
+        return give_up(w);
+    fab_state *st = w->st;
+    if (st->commit_key == NULL)
+        return fail(w, PyExc_ValueError,
+                    "a Secret(commit=True) needs a commitment key: set FABRIC_COMMIT_KEY "
+                    "or FABRIC_COMMIT_KEY_FILE, or call fabric.set_commit_key()");
+    int commit;
+    PyObject *value = Py_NewRef(fab_py_secret_value(secret, &commit));
+    PyObject *key = Py_NewRef(st->commit_key);
+    walker *inner = PyMem_Malloc(sizeof(walker));
+    int rc = -1;
+    if (inner == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    walker_init(inner, st, NULL, NULL);
+    if (enc_value(inner, value) < 0) {
+        PyObject *type = inner->err_type;
+        Py_CLEAR(inner->err_msg);
+        Py_CLEAR(inner->path);
+        if (type != NULL)
+            fail(w, type, "the value of a committed Secret cannot be keyed");
+        walker_destroy(inner);
+        goto out;
+    }
+    uint8_t mac[FAB_SHA256_LEN];
+    int code = fab_hmac_sha256(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
+                               inner->main.data, inner->main.len, mac);
+    memset(inner->main.data, 0, inner->main.len);
+    walker_destroy(inner);
+    if (check(w, code) < 0 || room(w, 3 + FAB_SHA256_LEN) < 0)
+        goto out;
+    uint8_t *p = w->out->data + w->out->len;
+    p += fab_put_ext_header(p, FAB_EXT_COMMITTED, FAB_SHA256_LEN);
+    memcpy(p, mac, FAB_SHA256_LEN);
+    w->out->len = (size_t)(p + FAB_SHA256_LEN - w->out->data);
+    rc = 0;
+out:
+    PyMem_Free(inner);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
 static int enc_entry(walker *w, PyObject *v, PyObject *entry)
 {
     long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
@@ -1316,6 +1366,11 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
     if (put_scalar(w->out, v, w->vmode))
         return 0; /* when enc_value found no room for it */
     if (tp == w->st->Secret_Type || v == w->st->redacted) {
+        int commit = 0;
+        if (tp == w->st->Secret_Type && !w->vmode)
+            fab_py_secret_value(v, &commit);
+        if (commit)
+            return enc_committed(w, v);
         PUT(w, fab_put_ext_header(P, FAB_EXT_SECRET, 0));
         return 0;
     }
@@ -1510,6 +1565,21 @@ static PyObject *encode_value(PyObject *module, PyObject *value)
     return out;
 }
 
+static PyObject *set_commit_key(PyObject *module, PyObject *key)
+{
+    fab_state *st = fab_get_state(module);
+    if (key == Py_None) {
+        Py_CLEAR(st->commit_key);
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) < 16) {
+        PyErr_SetString(PyExc_ValueError, "a commitment key is bytes of at least 16 bytes");
+        return NULL;
+    }
+    Py_XSETREF(st->commit_key, Py_NewRef(key));
+    Py_RETURN_NONE;
+}
+
 static PyObject *install_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
@@ -1587,6 +1657,9 @@ static PyMethodDef walk_functions[] = {
      "encode_value(value, /)\n--\n\n"
      "The value encoding of value (docs/spec/values.md): decode_value gives back an\n"
      "equal value of the same type, recursively."},
+    {"_set_commit_key", set_commit_key, METH_O,
+     "_set_commit_key(key, /)\n--\n\n"
+     "Internal: the commitment key of Secret(commit=True) (bytes), or None."},
     {"_install_values", (PyCFunction)(void (*)(void))install_values, METH_FASTCALL,
      "_install_values(by_type, by_name, hook, opaque_type, /)\n--\n\n"
      "Internal: hands the type registry of fabric.values to the extension."},
@@ -1614,6 +1687,7 @@ void fab_py_walk_clear(fab_state *st)
     Py_CLEAR(st->vt_by_name);
     Py_CLEAR(st->vt_hook);
     Py_CLEAR(st->opaque_type);
+    Py_CLEAR(st->commit_key);
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
     fab_keymemo_free(st->key_memo);

@@ -23,6 +23,8 @@
 #define FAB_EXT_BIGINT 1 /* integer outside [-2^63, 2^64): big-endian two's complement */
 #define FAB_EXT_SET    2 /* set: payload is an array of members sorted by encoding */
 #define FAB_EXT_SECRET 3 /* a Secret's place: empty payload, the value never enters */
+#define FAB_EXT_COMMITTED 4 /* Secret(commit=True): HMAC-SHA256 of its value's canonical
+                             * bytes under the commitment key (32 bytes) */
 
 /*
  * Tags and extensions of key scheme 2 and of the value encoding
