@@ -477,3 +477,51 @@ def test_golden_value_vectors():
 if __name__ == "__main__":  # rewrite the golden vectors
     GOLDEN_VALUES.write_text(json.dumps({"spec": "docs/spec/values.md",
                                          "vectors": _build_vectors()}, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Malformed value payloads: a DecodeError with the offset, never a crash
+# ---------------------------------------------------------------------------
+
+MALFORMED = [
+    ("no body", "c101", 2, "empty input"),
+    ("unknown version", "c10201", 0, "value encoding version 2 is not known"),
+    ("tag at the end", "c101c70011", 5, "input ends"),
+    ("tuple tag before a map", "c101c7001180", 2, "a tuple tag not followed by an array"),
+    ("bytearray tag before a str", "c101c70014a0", 2, "a bytearray tag not followed by a bin"),
+    ("a tag with a payload", "c101d41100c0", 2, "a tag with a payload"),
+    ("typed value of 3 fields", "c101c7001693a16101c0", 2, "a typed value of 3 fields"),
+    ("typed value name not a str", "c101c700169201c0", 2, "not followed by a str"),
+    ("array dims not ints", "c101c7001593a3" + b"<i8".hex() + "c400c0", 2 + 3 + 1 + 4 + 2,
+     "dimension"),
+    ("array data too short for shape", "c101c7001593a3" + b"<i8".hex() + "c40101" + "05",
+     2, "cannot rebuild a numpy.ndarray value"),
+    ("complex of 8 bytes", "c101d71000000000000000000", 2, None),
+    ("duplicate set members", "c101c70012920101", 7, "duplicate set member"),
+    ("NaN set members", "c101c7001392cb7ff8000000000000cb7ff8000000000001", 15,
+     "duplicate set member"),
+    ("a set as a map key", "c10181c7001290c0", 3, "a set cannot be a map key"),
+    ("trailing bytes", "c101c0c0", 3, "trailing"),
+    ("tuples nested past the depth limit", "c101" + "c7001191" * 300 + "c0", None,
+     "nesting deeper"),
+]
+
+
+@pytest.mark.parametrize("name,hexdata,offset,message", MALFORMED,
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_value_payloads(name, hexdata, offset, message):
+    data = bytes.fromhex(hexdata) if len(hexdata) % 2 == 0 else bytes.fromhex(hexdata + "0")
+    with pytest.raises(fabric.DecodeError) as info:
+        fabric.decode_value(data)
+    if offset is not None:
+        assert info.value.offset == offset, str(info.value)
+    if message is not None:
+        assert message in str(info.value)
+
+
+def test_hash_flood_in_a_tagged_set_is_refused():
+    # Multiples of 2**61 - 1 all hash to 0 (docs/spec/decoding.md).
+    members = [k * (2**61 - 1) for k in range(1, 20)]
+    with pytest.raises(fabric.DecodeError, match="share one hash"):
+        fabric.decode_value(fabric.encode_value(set(members)))
+    assert fabric.decode_value(fabric.encode_value(set(members[:8]))) == set(members[:8])
