@@ -500,6 +500,8 @@ MALFORMED = [
     ("duplicate set members", "c101c70012920101", 7, "duplicate set member"),
     ("NaN set members", "c101c7001392cb7ff8000000000000cb7ff8000000000001", 15,
      "duplicate set member"),
+    ("complex NaN set members", "c101c7001392" + ("d810" + "7ff8000000000000" + "0" * 16) * 2,
+     24, "duplicate set member"),
     ("a set as a map key", "c10181c7001290c0", 3, "a set cannot be a map key"),
     ("trailing bytes", "c101c0c0", 3, "trailing"),
     ("tuples nested past the depth limit", "c101" + "c7001191" * 300 + "c0", None,

@@ -550,6 +550,8 @@ static PyObject *dec_complex(dctx *d, const fab_mp_item *it)
     double x, y;
     memcpy(&x, &re, 8);
     memcpy(&y, &im, 8);
+    if (x != x || y != y)
+        d->nans++; /* a key holding it is compared by its canonical bytes */
     return PyComplex_FromDoubles(x, y);
 }
 
