@@ -215,3 +215,37 @@ int fab_sha256_digest(const void *data, size_t len, uint8_t out[FAB_SHA256_LEN])
     fab_sha256_free(h);
     return rc;
 }
+
+int fab_hmac_sha256(const void *key, size_t klen, const void *data, size_t len,
+                    uint8_t out[FAB_SHA256_LEN])
+{
+    uint8_t k[64] = {0}, pad[64], inner[FAB_SHA256_LEN];
+    int rc = FAB_OK;
+    if (klen > sizeof(k))
+        rc = fab_sha256_digest(key, klen, k);
+    else if (klen)
+        memcpy(k, key, klen);
+    fab_sha256 *h = NULL;
+    if (rc == FAB_OK)
+        rc = fab_sha256_new(&h);
+    for (size_t i = 0; i < sizeof(pad); i++)
+        pad[i] = k[i] ^ 0x36;
+    if (rc == FAB_OK)
+        rc = fab_sha256_update(h, pad, sizeof(pad));
+    if (rc == FAB_OK)
+        rc = fab_sha256_update(h, data, len);
+    if (rc == FAB_OK)
+        rc = fab_sha256_final(h, inner);
+    for (size_t i = 0; i < sizeof(pad); i++)
+        pad[i] = k[i] ^ 0x5c;
+    if (rc == FAB_OK)
+        rc = fab_sha256_update(h, pad, sizeof(pad));
+    if (rc == FAB_OK)
+        rc = fab_sha256_update(h, inner, sizeof(inner));
+    if (rc == FAB_OK)
+        rc = fab_sha256_final(h, out);
+    fab_sha256_free(h);
+    memset(k, 0, sizeof(k));
+    memset(pad, 0, sizeof(pad));
+    return rc;
+}

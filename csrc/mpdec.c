@@ -25,6 +25,8 @@ int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
     r->pos = 0;
     r->items = 0;
     r->depth = 0;
+    r->tags = 0;
+    r->after_tag = 0;
     r->err_offset = 0;
     r->err[0] = '\0';
     if (limits)
@@ -35,8 +37,8 @@ int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
         r->lim.max_ext == 0 || r->lim.max_array == 0 || r->lim.max_map == 0 ||
         r->lim.max_items == 0)
         return FAB_EINVAL;
-    if (r->lim.max_depth > FAB_MAX_DEPTH)
-        r->lim.max_depth = FAB_MAX_DEPTH;
+    if (r->lim.max_depth > FAB_MAX_RECORD_DEPTH)
+        r->lim.max_depth = FAB_MAX_RECORD_DEPTH;
     return FAB_OK;
 }
 
@@ -100,7 +102,7 @@ static int fail(fab_mp_reader *r, int code, size_t offset, const char *fmt, ...)
 
 int fab_mp_complete(const fab_mp_reader *r)
 {
-    return r->depth == 0 && r->items > 0;
+    return r->depth == 0 && r->items > 0 && !r->after_tag;
 }
 
 /* Reads an n-byte big-endian length or count after the type byte. */
@@ -317,6 +319,12 @@ int fab_mp_next(fab_mp_reader *r, fab_mp_item *out)
     if (rc != FAB_OK)
         return rc;
     r->items++;
+    if (r->tags && out->type == FAB_MP_EXT && out->v.s.len == 0 &&
+        out->v.s.ext_type >= FAB_TAG_TUPLE && out->v.s.ext_type <= FAB_TAG_TYPED) {
+        r->after_tag = 1; /* a prefix: the item it qualifies is the child */
+        return FAB_OK;
+    }
+    r->after_tag = 0;
     if (parent > 0) {
         r->remaining[parent - 1]--;
         /* Close every container whose last child this was (only when the
@@ -328,7 +336,12 @@ int fab_mp_next(fab_mp_reader *r, fab_mp_item *out)
     return FAB_OK;
 }
 
-int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
+void fab_mp_reader_tags(fab_mp_reader *r)
+{
+    r->tags = 1;
+}
+
+static int validate(const void *data, size_t len, const fab_mp_limits *limits, int tags,
                     char *err, size_t err_size, size_t *err_offset)
 {
     fab_mp_reader r;
@@ -336,9 +349,10 @@ int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
     int rc = fab_mp_reader_init(&r, data, len, limits);
     if (rc != FAB_OK)
         return rc;
+    r.tags = tags;
     do {
         rc = fab_mp_next(&r, &item);
-    } while (rc == FAB_OK && r.depth > 0);
+    } while (rc == FAB_OK && (r.depth > 0 || r.after_tag));
     if (rc == FAB_OK && r.pos != r.len)
         rc = fail(&r, FAB_EFORMAT, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
     if (rc != FAB_OK) {
@@ -349,4 +363,16 @@ int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
             *err_offset = r.err_offset;
     }
     return rc;
+}
+
+int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
+                    char *err, size_t err_size, size_t *err_offset)
+{
+    return validate(data, len, limits, 0, err, err_size, err_offset);
+}
+
+int fab_mp_validate_tagged(const void *data, size_t len, const fab_mp_limits *limits,
+                           char *err, size_t err_size, size_t *err_offset)
+{
+    return validate(data, len, limits, 1, err, err_size, err_offset);
 }

@@ -56,6 +56,8 @@ from ._core import (  # noqa: E402
     FrameEncoder,
     StreamFrameLimits,
     canonical_bytes,
+    decode_value,
+    encode_value,
     unpack,
     CapabilityDenied,
     FRAME_FLAG_DIAGNOSTIC,
@@ -80,6 +82,10 @@ from ._core import (  # fabrics' errors
     OpNotFound,
     RemoteError,
 )
+# The value table (register_type, numpy and the standard types' adapters,
+# the commitment key from the environment) is installed into the extension
+# at import: the walker consults it for every type it does not know.
+from .values import Opaque, register_dataclass, register_type, set_commit_key  # noqa: E402
 from ._core import (  # placement
     PlacementCapability,
     PlacementResourceLimits,
@@ -191,6 +197,12 @@ __all__ = [
     "FrameEncoder",
     "StreamFrameLimits",
     "canonical_bytes",
+    "decode_value",
+    "encode_value",
+    "Opaque",
+    "register_dataclass",
+    "register_type",
+    "set_commit_key",
     "CassetteStream",
     "CassetteStreamWriter",
     "EvalCassette",
@@ -270,3 +282,8 @@ def _present_as_fabric(name: str, obj: object) -> None:
         obj.__module__ = "fabric"
 
 del TYPE_CHECKING
+
+
+for _name in ("Opaque", "register_dataclass", "register_type", "set_commit_key"):
+    _present_as_fabric(_name, globals()[_name])
+del _name

@@ -119,12 +119,23 @@ class DeadlineExceeded(FabricError, TimeoutError):
 def canonical_bytes(value: object, /) -> bytes:
     """The canonical msgpack encoding of value (docs/spec/content-key.md)."""
 
+def encode_value(value: object, /) -> bytes:
+    """The value encoding of value (docs/spec/values.md)."""
+
+def _set_commit_key(key: bytes | None, /) -> None: ...
+def _install_values(
+    by_type: dict[Any, Any], by_name: dict[str, Any], hook: Callable[[type], Any],
+    opaque_type: type, /
+) -> None: ...
+
 @final
 class Secret:
     """A sensitive argument: its value never enters keys, repr or exceptions."""
 
-    def __new__(cls, value: object) -> Self: ...
+    def __new__(cls, value: object, *, commit: bool = False) -> Self: ...
     def reveal(self) -> Any: ...
+    @property
+    def commit(self) -> bool: ...
 
 @final
 class ContentKey:
@@ -227,6 +238,9 @@ DEFAULT_DECODE_LIMITS: dict[str, int]
 
 def unpack(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
     """Decode one msgpack value from untrusted bytes under limits."""
+
+def decode_value(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
+    """Decode a value-encoded (or plain msgpack) payload from untrusted bytes."""
 
 @final
 class Ext(structseq[Any], tuple[int, bytes]):

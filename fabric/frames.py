@@ -35,6 +35,7 @@ from ._core import (
     StreamFrameLimits,
     _payload_violation,
     canonical_bytes,
+    encode_value,
 )
 
 __all__ = [
@@ -238,7 +239,7 @@ def stream_to_frames(items: Iterable[Any], *, stream_id: int, metadata: Any = No
                           "chunks within one second")
             break
         try:
-            payload = canonical_bytes(item)
+            payload = encode_value(item)
         except (TypeError, ValueError) as exc:
             diag = StreamDiagnostic("ChunkPayloadError",
                                     "item %d cannot be encoded: %s" % (count, exc))

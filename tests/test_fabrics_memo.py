@@ -33,10 +33,10 @@ def test_a_hit_never_hands_out_what_another_caller_mutated(tmp_path, reg):
     first.diagnostics[0]["kind"] = "changed"
     for _ in range(3):
         again = fab.evaluate(req)
-        assert again.value == {"xs": [1, 2, [3]], "t": [1, "a"], "s": "x"}
+        assert again.value == {"xs": [1, 2, [3]], "t": (1, "a"), "s": "x"}
         assert again.diagnostics[0]["kind"] == "Note"
         assert again.value is not first.value
-    assert fab.call(nested) == {"xs": [1, 2, [3]], "t": [1, "a"], "s": "x"}
+    assert fab.call(nested) == {"xs": [1, 2, [3]], "t": (1, "a"), "s": "x"}
     assert fab.stats()["local_hits"] == 5
 
 

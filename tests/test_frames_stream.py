@@ -65,22 +65,22 @@ def test_max_stream_frames_boundary(n):
 
 
 def test_max_frame_payload_boundary():
-    lim = FAST.replace(max_frame_payload_bytes=10)
-    exact = b"x" * 8  # bin8 header (2 bytes) + 8 = 10 bytes
+    lim = FAST.replace(max_frame_payload_bytes=12)
+    exact = b"x" * 8  # value prefix (2 bytes) + bin8 header (2 bytes) + 8 = 12 bytes
     items, diags, _ = _diag(encode([exact], lim))
     assert items == [exact] and diags == []
     items, diags, _ = _diag(encode([exact, exact + b"y"], lim))
     assert items == [exact]
-    assert (diags[0].limit, diags[0].count) == ("max_frame_payload_bytes", 11)
+    assert (diags[0].limit, diags[0].count) == ("max_frame_payload_bytes", 13)
 
 
 def test_max_stream_bytes_boundary():
-    lim = FAST.replace(max_stream_bytes=6)
-    items, diags, _ = _diag(encode([1] * 6, lim))  # six 1-byte payloads
+    lim = FAST.replace(max_stream_bytes=18)
+    items, diags, _ = _diag(encode([1] * 6, lim))  # six 3-byte payloads (prefix + 1 byte)
     assert items == [1] * 6 and diags == []
     items, diags, _ = _diag(encode([1] * 7, lim))
     assert items == [1] * 6
-    assert (diags[0].limit, diags[0].count) == ("max_stream_bytes", 7)
+    assert (diags[0].limit, diags[0].count) == ("max_stream_bytes", 21)
 
 
 def test_max_duration_boundary():

@@ -1,19 +1,22 @@
 /*
  * libFuzzer target: the hardened msgpack reader on frame payloads.
  *
- * Walks every item under the default limits and under small ones; checks that
- * fab_mp_validate agrees with the walk, that string items are valid UTF-8 and
+ * Walks every item under the default limits and under small ones, as plain
+ * msgpack and with the value encoding's tags; checks that fab_mp_validate
+ * (and fab_mp_validate_tagged) agrees with the walk, that string items are valid UTF-8 and
  * lie inside the input, and that errors carry an offset inside the input.
  */
 #include <stdlib.h>
 
 #include "fabric/mpdec.h"
 
-static int walk(const uint8_t *data, size_t len, const fab_mp_limits *lim)
+static int walk(const uint8_t *data, size_t len, const fab_mp_limits *lim, int tags)
 {
     fab_mp_reader r;
     if (fab_mp_reader_init(&r, data, len, lim) != 0)
         abort();
+    if (tags)
+        fab_mp_reader_tags(&r);
     fab_mp_item it;
     int rc;
     do {
@@ -48,8 +51,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             lim.max_array = lim.max_map = 4;
             lim.max_items = 16;
         }
-        int walked = size ? walk(data, size, &lim) : -1;
+        int walked = size ? walk(data, size, &lim, 0) : -1;
         int rc = fab_mp_validate(data, size, &lim, err, sizeof(err), &off);
+        if ((walked == 0) != (rc == 0))
+            abort();
+        if (rc != 0 && off > size)
+            abort();
+        /* The body of a value-encoded payload: tags read as prefixes. */
+        walked = size ? walk(data, size, &lim, 1) : -1;
+        rc = fab_mp_validate_tagged(data, size, &lim, err, sizeof(err), &off);
         if ((walked == 0) != (rc == 0))
             abort();
         if (rc != 0 && off > size)

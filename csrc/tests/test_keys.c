@@ -108,6 +108,30 @@ static void test_bigint(void)
     CHECK_EQ(out.len, 0);
 }
 
+/* The range boundary: every minimal form of 1..8 bytes fits int64 (or, as
+ * 00 + uint64, 9 bytes) and is refused with FAB_ERANGE; 9 bytes that are not
+ * 00 + uint64 and anything longer are big integers. */
+static void test_bigint_boundary(void)
+{
+    reset();
+    for (size_t len = 1; len <= 8; len++) {
+        uint8_t pos[8] = {0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}; /* max int<len> */
+        uint8_t neg[8] = {0x80, 0, 0, 0, 0, 0, 0, 0};                      /* min int<len> */
+        CHECK_EQ(fab_enc_bigint(&enc, pos, len), FAB_ERANGE);
+        CHECK_EQ(fab_enc_bigint(&enc, neg, len), FAB_ERANGE);
+    }
+    uint8_t one[1] = {0x05};
+    CHECK_EQ(fab_enc_bigint(&enc, one, 1), FAB_ERANGE);
+    CHECK_EQ(out.len, 0);
+    /* -2^64 = ff 00 .. 00: 9 bytes, not 00 + uint64, so a big integer. */
+    uint8_t mneg[9] = {0xff, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ(fab_enc_bigint(&enc, mneg, 9), FAB_OK);
+    CHECK(expect_hex("c70901ff0000000000000000"));
+    uint8_t ten[10] = {0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK_EQ(fab_enc_bigint(&enc, ten, 10), FAB_OK);
+    CHECK(expect_hex("c70a0101000000000000000000"));
+}
+
 static void test_sort_spans(void)
 {
     const uint8_t a[] = {0xa1, 'b'}, b[] = {0xa1, 'a'}, c[] = {0xa2, 'a', 'a'}, d[] = {0xa1};
@@ -184,6 +208,25 @@ static void test_sha256_known_answers(void)
 }
 
 /* The fast path is the one in use, and the fallback is the one forced. */
+/* RFC 4231 test cases 1, 2 and 6 (a key longer than the block). */
+static void test_hmac_sha256(void)
+{
+    uint8_t out[FAB_SHA256_LEN], want[FAB_SHA256_LEN];
+    uint8_t key1[20], key6[131];
+    memset(key1, 0x0b, sizeof(key1));
+    memset(key6, 0xaa, sizeof(key6));
+    CHECK_EQ(fab_hmac_sha256(key1, sizeof(key1), "Hi There", 8, out), FAB_OK);
+    check_unhex("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", want);
+    CHECK(memcmp(out, want, 32) == 0);
+    CHECK_EQ(fab_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, out), FAB_OK);
+    check_unhex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", want);
+    CHECK(memcmp(out, want, 32) == 0);
+    const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
+    CHECK_EQ(fab_hmac_sha256(key6, sizeof(key6), m6, strlen(m6), out), FAB_OK);
+    check_unhex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", want);
+    CHECK(memcmp(out, want, 32) == 0);
+}
+
 static void test_sha256_backend(void)
 {
 #ifdef FAB_SHA256_EVP_ONLY
@@ -225,10 +268,12 @@ int main(void)
         {"floats", test_floats},
         {"scalars_and_headers", test_scalars_and_headers},
         {"bigint", test_bigint},
+        {"bigint_boundary", test_bigint_boundary},
         {"sort_spans", test_sort_spans},
         {"msgpack_c_reads_back", test_msgpack_c_reads_back},
         {"sha256_known_answers", test_sha256_known_answers},
         {"sha256_backend", test_sha256_backend},
+        {"hmac_sha256", test_hmac_sha256},
         {"hasher_reuse", test_hasher_reuse},
         {"error_table", test_error_table},
         {NULL, NULL},

@@ -1,4 +1,6 @@
 /* Unit tests of the hardened msgpack reader. */
+#include <string.h>
+
 #include "check.h"
 #include "fabric/mpdec.h"
 
@@ -12,6 +14,52 @@ static int validate_hex(const char *hex, const fab_mp_limits *lim, size_t *off)
     if (off)
         *off = o;
     return rc;
+}
+
+static int validate_tagged_hex(const char *hex, size_t *off)
+{
+    uint8_t buf[2048];
+    size_t n = check_unhex(hex, buf);
+    char err[128];
+    size_t o = 0;
+    int rc = fab_mp_validate_tagged(buf, n, NULL, err, sizeof(err), &o);
+    if (off)
+        *off = o;
+    return rc;
+}
+
+/* Tags (docs/spec/values.md) qualify the next item and are not children of
+ * the enclosing container; the depth bookkeeping follows the real nesting. */
+static void test_tags_are_prefixes(void)
+{
+    /* [1, (2,)]: an array of 2 holding 1, a tag, an array of 1. */
+    CHECK_EQ(validate_tagged_hex("9201c700119102", NULL), FAB_OK);
+    /* Without tag reading the same bytes have a trailing item. */
+    CHECK_EQ(validate_hex("9201c700119102", NULL, NULL), FAB_EFORMAT);
+    /* A root tag, a tagged map key, a tag before a tag. */
+    CHECK_EQ(validate_tagged_hex("c700119100", NULL), FAB_OK);
+    CHECK_EQ(validate_tagged_hex("81c70011920102a176", NULL), FAB_OK);
+    CHECK_EQ(validate_tagged_hex("c70016c70011920102", NULL), FAB_OK);
+    /* A tag must be followed by an item. */
+    size_t off = 0;
+    CHECK_EQ(validate_tagged_hex("c70011", &off), FAB_ETRUNCATED);
+    CHECK_EQ(off, 3);
+    CHECK_EQ(validate_tagged_hex("91c70011", NULL), FAB_ETRUNCATED);
+    /* Other empty exts (the secret marker) are items as before. */
+    CHECK_EQ(validate_tagged_hex("92c70003c70003", NULL), FAB_OK);
+    /* Tuples nested 300 deep break the depth limit like arrays do. */
+    char hex[300 * 8 + 3];
+    for (int i = 0; i < 300; i++)
+        memcpy(hex + 8 * i, "c7001191", 8);
+    memcpy(hex + 2400, "c0", 3);
+    CHECK_EQ(validate_tagged_hex(hex, NULL), FAB_EDEPTH);
+    /* A record may nest one level more than a key: FAB_MAX_RECORD_DEPTH. */
+    fab_mp_limits lim;
+    fab_mp_limits_default(&lim);
+    lim.max_depth = FAB_MAX_RECORD_DEPTH + 10;
+    fab_mp_reader r;
+    CHECK_EQ(fab_mp_reader_init(&r, "\x90", 1, &lim), FAB_OK);
+    CHECK_EQ(r.lim.max_depth, FAB_MAX_RECORD_DEPTH);
 }
 
 static void test_accepts_every_form(void)
@@ -143,6 +191,7 @@ int main(void)
 {
     static const check_case cases[] = {
         {"accepts_every_form", test_accepts_every_form},
+        {"tags_are_prefixes", test_tags_are_prefixes},
         {"refusals_with_offsets", test_refusals_with_offsets},
         {"limits_at_boundaries", test_limits_at_boundaries},
         {"nesting_bookkeeping", test_nesting_bookkeeping},

@@ -173,7 +173,8 @@ static PyObject *decode(fab_state *st, const fab_ledger_ref *ref)
     fab_mp_limits lim;
     fab_mp_limits_default(&lim);
     lim.max_str = lim.max_bin = lim.max_ext = UINT32_MAX;
-    return fab_py_decode(st, ref->data, ref->len, &lim, 0);
+    lim.max_depth = FAB_MAX_RECORD_DEPTH;
+    return fab_py_decode_record(st, ref->data, ref->len, &lim, 0);
 }
 
 static int parse_choice(PyObject *obj, const char *what, const char *const *names, int n,
@@ -465,7 +466,7 @@ static PyObject *Writer_append(PyObject *self, PyObject *item)
     fab_enc enc;
     fab_buf_init(&buf);
     fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_value(st, &enc, item, "item") < 0) {
+    if (fab_py_encode_record(st, &enc, item, "item") < 0) {
         fab_buf_destroy(&buf);
         return NULL;
     }
@@ -750,7 +751,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     fab_buf_init(&buf);
     fab_enc enc;
     fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_value(st, &enc, args[1], "reply") < 0) {
+    if (fab_py_encode_record(st, &enc, args[1], "reply") < 0) {
         fab_buf_destroy(&buf);
         return NULL;
     }
@@ -768,7 +769,7 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
     fab_buf_init(&buf);
     fab_enc enc;
     fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_value(st, &enc, record, "reply") < 0) {
+    if (fab_py_encode_record(st, &enc, record, "reply") < 0) {
         fab_buf_destroy(&buf);
         return -1;
     }

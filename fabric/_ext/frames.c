@@ -714,7 +714,7 @@ static PyObject *frame_decode_payload(FrameObject *self, PyObject *const *args,
         payload_limits(st, a[0], &lim) < 0)
         return NULL;
     size_t base = self->offset < 0 ? 0 : (size_t)self->offset + FAB_FRAME_HEADER_LEN;
-    return fab_py_decode(st, self->ptr, (size_t)self->len, &lim, base);
+    return fab_py_decode_record(st, self->ptr, (size_t)self->len, &lim, base);
 }
 
 static PyGetSetDef frame_getset[] = {
@@ -1240,7 +1240,11 @@ static PyObject *payload_violation(PyObject *module, PyObject *const *args, Py_s
         return NULL;
     char err[160];
     size_t off = 0;
-    int rc = fab_mp_validate(view.buf, (size_t)view.len, &lim, err, sizeof(err), &off);
+    /* A value-encoded payload (docs/spec/values.md) is checked after its prefix. */
+    size_t skip = view.len >= 2 && ((const uint8_t *)view.buf)[0] == FAB_VALUE_MAGIC ? 2 : 0;
+    int rc = (skip ? fab_mp_validate_tagged : fab_mp_validate)(
+        (const uint8_t *)view.buf + skip, (size_t)view.len - skip, &lim, err, sizeof(err), &off);
+    off += skip;
     PyBuffer_Release(&view);
     if (rc == FAB_OK)
         Py_RETURN_NONE;

@@ -70,6 +70,11 @@ typedef struct fab_state {
     /* walk.c */
     fab_sha256 *spare_hasher; /* reused by one keying at a time, under the GIL */
     struct fab_keymemo *key_memo; /* recent map key orders, under the GIL */
+    PyObject *vt_by_type;  /* fabric.values' registry: type -> entry, None or refusal */
+    PyObject *vt_by_name;  /* name -> entry */
+    PyObject *vt_hook;     /* called with a type the registry does not know yet */
+    PyObject *opaque_type; /* fabric.Opaque */
+    PyObject *commit_key;  /* bytes: the commitment key of Secret(commit=True), or NULL */
 
     /* key.c */
     PyTypeObject *ContentKey_Type;
@@ -231,6 +236,7 @@ int fab_py_placement_exec(PyObject *module, fab_state *st);
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_errors_clear(fab_state *st);
+int fab_py_walk_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_walk_clear(fab_state *st);
 int fab_py_key_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_key_clear(fab_state *st);
@@ -244,6 +250,9 @@ int fab_py_reply_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_reply_clear(fab_state *st);
 int fab_py_addressed_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_addressed_clear(fab_state *st);
+
+/* key.c: a Secret's value (borrowed) and whether it is committed. */
+PyObject *fab_py_secret_value(PyObject *secret, int *commit);
 
 /* key.c: a new ContentKey holding the 32-byte digest. */
 PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest);
@@ -292,6 +301,19 @@ PyObject *fab_py_reply_value(fab_state *st, PyObject *reply);
 /* walk.c: canonical encoding of an arbitrary value into an encoder, for
  * other parts (root names the value in error paths). 0 or -1. */
 int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* walk.c: the value encoding of a cassette record (docs/spec/values.md),
+ * prefix included, into an encoder: refused at once (ValueError) when a
+ * reader with the cassette's limits could not read it back; a record may
+ * nest FAB_MAX_RECORD_DEPTH deep. 0 or -1. */
+int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* unpack.c: decodes a cassette record or a frame's value payload: the value
+ * encoding when data starts with its prefix, else msgpack as fab_py_decode
+ * (v1 records). */
+struct fab_mp_limits;
+PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
+                               const struct fab_mp_limits *limits, size_t base_offset);
 
 /* walk.c: one piece of a digest's input: a Python value to encode
  * canonically (value non-NULL; root names it in error messages), or bytes

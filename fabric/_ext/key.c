@@ -15,20 +15,41 @@
 typedef struct {
     PyObject_HEAD
     PyObject *value;
+    int commit; /* keyed by HMAC of the value under the commitment key */
 } SecretObject;
 
 static PyObject *Secret_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *value;
-    static char *kwlist[] = {"value", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Secret", kwlist, &value))
+    int commit = 0;
+    static char *kwlist[] = {"value", "commit", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$p:Secret", kwlist, &value, &commit))
         return NULL;
     SecretObject *self = (SecretObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->value = Py_NewRef(value);
+    self->commit = commit;
     return (PyObject *)self;
 }
+
+PyObject *fab_py_secret_value(PyObject *secret, int *commit)
+{
+    SecretObject *s = (SecretObject *)secret;
+    *commit = s->commit;
+    return s->value;
+}
+
+static PyObject *Secret_get_commit(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((SecretObject *)self)->commit);
+}
+
+static PyGetSetDef Secret_getset[] = {
+    {"commit", Secret_get_commit, NULL,
+     "True when the key carries HMAC-SHA256 of the value under the commitment key.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static int Secret_traverse(SecretObject *self, visitproc visit, void *arg)
 {
@@ -81,10 +102,14 @@ static PyMethodDef Secret_methods[] = {
 };
 
 static PyType_Slot Secret_slots[] = {
-    {Py_tp_doc, "Secret(value)\n--\n\n"
-                "A sensitive argument. Its value never enters content-key bytes "
-                "(a fixed marker does), frames, the ledger, logs, exception text "
-                "or repr. Use .reveal() inside the op to read it."},
+    {Py_tp_doc, "Secret(value, *, commit=False)\n--\n\n"
+                "A sensitive argument. Its value never enters content-key bytes, "
+                "frames, the ledger, logs, exception text or repr. By default a fixed "
+                "marker stands in the key, so requests that differ only in the "
+                "secret share a key; with commit=True the key carries HMAC-SHA256 of "
+                "the value under the commitment key (fabric.set_commit_key, "
+                "FABRIC_COMMIT_KEY or FABRIC_COMMIT_KEY_FILE), so keys differ per "
+                "secret. Use .reveal() inside the op to read it."},
     {Py_tp_new, Secret_new},
     {Py_tp_traverse, Secret_traverse},
     {Py_tp_clear, Secret_clear},
@@ -92,6 +117,7 @@ static PyType_Slot Secret_slots[] = {
     {Py_tp_repr, Secret_repr},
     {Py_tp_str, Secret_repr},
     {Py_tp_methods, Secret_methods},
+    {Py_tp_getset, Secret_getset},
     {0, NULL},
 };
 

@@ -29,7 +29,7 @@ static const struct part {
     void (*clear)(fab_state *st);
 } parts[] = {
     {"errors", fab_py_errors_exec, fab_py_errors_traverse, fab_py_errors_clear},
-    {"walk", fab_py_walk_exec, NULL, fab_py_walk_clear},
+    {"walk", fab_py_walk_exec, fab_py_walk_traverse, fab_py_walk_clear},
     {"key", fab_py_key_exec, fab_py_key_traverse, fab_py_key_clear},
     {"request", fab_py_request_exec, fab_py_request_traverse, fab_py_request_clear},
     {"unpack", fab_py_unpack_exec, fab_py_unpack_traverse, fab_py_unpack_clear},

@@ -13,7 +13,7 @@
 #include "fabric/enc.h"
 #include "fabric/hash.h"
 
-#define KEY_SCHEME_TAG "fabric.key/1"
+#define KEY_SCHEME_TAG "fabric.key/2"
 
 /* ======================================================================== */
 /* EvalRequest                                                               */

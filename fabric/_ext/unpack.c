@@ -19,7 +19,40 @@ typedef struct dctx {
     fab_mp_reader *r;
     size_t base; /* offset of r's buffer within the caller's stream */
     size_t nans; /* NaN floats decoded so far (a key holding one needs a byte check) */
+    int vmode;   /* the value encoding (docs/spec/values.md): tags are read */
+    PyObject **keys; /* KEY_CACHE recent short ASCII map keys, or NULL */
 } dctx;
+
+/*
+ * Map keys repeat (a list of records has the same few keys in every row):
+ * the str objects of short ASCII keys are remembered for one decode call in
+ * a small direct-mapped table, so a repeated key costs a compare instead of
+ * an allocation and a hash computation. Lives on the caller's stack.
+ */
+#define KEY_CACHE 64
+#define KEY_CACHE_LEN 32
+
+static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
+{
+    uint32_t h = 2166136261u;
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 16777619u;
+    PyObject **slot = &d->keys[(h ^ (h >> 16)) & (KEY_CACHE - 1)];
+    PyObject *k = *slot;
+    if (k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
+        memcmp(PyUnicode_DATA(k), p, len) == 0)
+        return Py_NewRef(k);
+    k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
+    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k))
+        Py_XSETREF(*slot, Py_NewRef(k));
+    return k;
+}
+
+static void key_cache_clear(PyObject **keys)
+{
+    for (int i = 0; i < KEY_CACHE; i++)
+        Py_XDECREF(keys[i]);
+}
 
 static PyObject *dec_value(dctx *d, int in_key);
 static PyObject *dec_error(dctx *d, size_t offset, const char *fmt, ...);
@@ -145,7 +178,7 @@ static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held
         j = (j + 1) & (c->cap - 1);
     c->t[j].h = h;
     if (++c->t[j].count > FAB_MAX_HASH_RUN) {
-        dctx abs = {d->st, d->r, 0, 0};
+        dctx abs = {d->st, d->r, 0, 0, d->vmode, NULL};
         dec_error(&abs, c->at_abs, "more than %d %ss share one hash (refused: building it "
                   "would cost quadratic time)", FAB_MAX_HASH_RUN, c->what);
         return -1;
@@ -193,7 +226,8 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
     size_t payload_off = (size_t)(it->v.s.p - d->r->data);
     if (fab_mp_reader_init(&sub, it->v.s.p, it->v.s.len, &lim) != FAB_OK)
         return dec_error(d, it->offset, "invalid limits");
-    dctx sd = {d->st, &sub, d->base + payload_off, 0};
+    sub.tags = d->r->tags; /* read as the enclosing payload is */
+    dctx sd = {d->st, &sub, d->base + payload_off, 0, d->vmode, d->keys};
     fab_mp_item head;
     int rc = fab_mp_next(&sub, &head);
     if (rc != FAB_OK)
@@ -289,8 +323,250 @@ static PyObject *dec_timestamp(dctx *d, const fab_mp_item *it)
     return ts;
 }
 
-static PyObject *dec_ext(dctx *d, const fab_mp_item *it)
+/* ---- the value encoding's tags ------------------------------------------- */
+
+/* Reads the item a tag announces; it must be of type want. 0 or -1. */
+static int tagged_item(dctx *d, const fab_mp_item *tag, fab_mp_type want, const char *what,
+                       fab_mp_item *it)
 {
+    int rc = fab_mp_next(d->r, it);
+    if (rc != FAB_OK) {
+        reader_error(d, rc);
+        return -1;
+    }
+    if (it->type != want) {
+        dec_error(d, tag->offset, "a %s tag not followed by %s", what,
+                  want == FAB_MP_ARRAY ? "an array" : want == FAB_MP_BIN ? "a bin" : "a str");
+        return -1;
+    }
+    return 0;
+}
+
+/* A set or frozenset: the members, checked as map keys are. */
+static PyObject *dec_tagged_set(dctx *d, const fab_mp_item *tag, const fab_mp_item *it,
+                                int frozen)
+{
+    PyObject *set = frozen ? PyFrozenSet_New(NULL) : PySet_New(NULL);
+    if (set == NULL)
+        return NULL;
+    keycheck kc;
+    keycheck_init(&kc, it->v.count, "set member", d->base + tag->offset);
+    for (uint32_t i = 0; i < it->v.count; i++) {
+        size_t at = d->r->pos;
+        size_t nans = d->nans;
+        PyObject *m = dec_value(d, 1);
+        if (m == NULL)
+            goto fail;
+        if (keycheck_add(d, &kc, m, at, d->nans != nans) < 0) {
+            Py_DECREF(m);
+            goto fail;
+        }
+        Py_ssize_t before = PySet_GET_SIZE(set);
+        int rc = PySet_Add(set, m);
+        Py_DECREF(m);
+        if (rc < 0) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                dec_error(d, at, "unhashable set member");
+            }
+            goto fail;
+        }
+        if (PySet_GET_SIZE(set) == before) {
+            dec_error(d, at, "duplicate set member");
+            goto fail;
+        }
+    }
+    keycheck_destroy(&kc);
+    return set;
+fail:
+    keycheck_destroy(&kc);
+    Py_DECREF(set);
+    return NULL;
+}
+
+/* Calls a registered type's from_data; a name this process does not know
+ * makes an inert fabric.Opaque (data never chooses code to run). */
+static PyObject *rebuild(dctx *d, const fab_mp_item *tag, PyObject *name, PyObject *data)
+{
+    fab_state *st = d->st;
+    PyObject *entry = st->vt_by_name ? PyDict_GetItemWithError(st->vt_by_name, name) : NULL;
+    if (entry == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        if (st->opaque_type == NULL)
+            return dec_error(d, tag->offset, "a typed value with no type registry");
+        return PyObject_CallFunctionObjArgs(st->opaque_type, name, data, NULL);
+    }
+    Py_INCREF(entry);
+    PyObject *out = NULL;
+    if (PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 4)
+        out = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 3), data);
+    else
+        PyErr_SetString(PyExc_TypeError, "malformed type registry entry");
+    Py_DECREF(entry);
+    if (out == NULL && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        PyObject *t, *val, *tb;
+        PyErr_Fetch(&t, &val, &tb);
+        PyErr_NormalizeException(&t, &val, &tb);
+        PyObject *msg = val ? PyObject_Str(val) : NULL;
+        const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+        if (m == NULL)
+            PyErr_Clear();
+        const char *n = PyUnicode_AsUTF8(name);
+        if (n == NULL)
+            PyErr_Clear();
+        dec_error(d, tag->offset, "cannot rebuild a %.60s value: %.80s", n ? n : "?",
+                  m ? m : "?");
+        Py_XDECREF(msg);
+        if (val) {
+            PyObject *t2, *v2, *tb2;
+            PyErr_Fetch(&t2, &v2, &tb2);
+            PyErr_NormalizeException(&t2, &v2, &tb2);
+            PyException_SetCause(v2, Py_NewRef(val));
+            PyErr_Restore(t2, v2, tb2);
+        }
+        Py_XDECREF(t);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+    }
+    return out;
+}
+
+static PyObject *dec_tagged(dctx *d, const fab_mp_item *tag, int in_key)
+{
+    fab_mp_item it;
+    int8_t code = tag->v.s.ext_type;
+    switch (code) {
+    case FAB_TAG_TUPLE: {
+        if (tagged_item(d, tag, FAB_MP_ARRAY, "tuple", &it) < 0)
+            return NULL;
+        PyObject *t = PyTuple_New(it.v.count);
+        if (t == NULL)
+            return NULL;
+        for (uint32_t i = 0; i < it.v.count; i++) {
+            PyObject *x = dec_value(d, in_key);
+            if (x == NULL) {
+                Py_DECREF(t);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(t, i, x);
+        }
+        return t;
+    }
+    case FAB_TAG_SET:
+    case FAB_TAG_FROZENSET:
+        if (tagged_item(d, tag, FAB_MP_ARRAY, "set", &it) < 0)
+            return NULL;
+        if (code == FAB_TAG_SET && in_key)
+            return dec_error(d, tag->offset, "a set cannot be a map key or set member");
+        return dec_tagged_set(d, tag, &it, code == FAB_TAG_FROZENSET);
+    case FAB_TAG_BYTEARRAY:
+        if (tagged_item(d, tag, FAB_MP_BIN, "bytearray", &it) < 0)
+            return NULL;
+        if (in_key)
+            return dec_error(d, tag->offset, "a bytearray cannot be a map key or set member");
+        return PyByteArray_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
+    case FAB_TAG_NDARRAY: {
+        fab_mp_item f;
+        if (tagged_item(d, tag, FAB_MP_ARRAY, "array", &it) < 0)
+            return NULL;
+        if (it.v.count < 2 || it.v.count > 66)
+            return dec_error(d, tag->offset, "an array tag with %u fields (2 to 66 expected)",
+                             it.v.count);
+        if (tagged_item(d, tag, FAB_MP_STR, "array", &f) < 0)
+            return NULL;
+        PyObject *dtype = PyUnicode_DecodeUTF8((const char *)f.v.s.p, f.v.s.len, "strict");
+        if (dtype == NULL)
+            return NULL;
+        if (tagged_item(d, tag, FAB_MP_BIN, "array", &f) < 0) {
+            Py_DECREF(dtype);
+            return NULL;
+        }
+        /* A bytearray, so the array built over it is writable without a copy. */
+        PyObject *data = PyByteArray_FromStringAndSize((const char *)f.v.s.p, f.v.s.len);
+        PyObject *shape = PyTuple_New(it.v.count - 2);
+        PyObject *args = NULL, *out = NULL;
+        if (data == NULL || shape == NULL)
+            goto nd_done;
+        for (uint32_t i = 0; i + 2 < it.v.count; i++) {
+            fab_mp_item dim;
+            int rc = fab_mp_next(d->r, &dim);
+            if (rc != FAB_OK) {
+                reader_error(d, rc);
+                goto nd_done;
+            }
+            if (dim.type != FAB_MP_UINT) {
+                dec_error(d, dim.offset, "an array dimension that is not a non-negative int");
+                goto nd_done;
+            }
+            PyObject *n = PyLong_FromUnsignedLongLong(dim.v.u);
+            if (n == NULL)
+                goto nd_done;
+            PyTuple_SET_ITEM(shape, i, n);
+        }
+        args = PyTuple_Pack(3, dtype, data, shape);
+        if (args == NULL)
+            goto nd_done;
+        PyObject *name = PyUnicode_FromString("numpy.ndarray");
+        if (name != NULL) {
+            out = rebuild(d, tag, name, args);
+            Py_DECREF(name);
+        }
+    nd_done:
+        Py_XDECREF(args);
+        Py_XDECREF(shape);
+        Py_XDECREF(data);
+        Py_DECREF(dtype);
+        return out;
+    }
+    case FAB_TAG_TYPED: {
+        fab_mp_item f;
+        if (tagged_item(d, tag, FAB_MP_ARRAY, "typed value", &it) < 0)
+            return NULL;
+        if (it.v.count != 2)
+            return dec_error(d, tag->offset, "a typed value of %u fields (2 expected)",
+                             it.v.count);
+        if (tagged_item(d, tag, FAB_MP_STR, "typed value", &f) < 0)
+            return NULL;
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)f.v.s.p, f.v.s.len, "strict");
+        if (name == NULL)
+            return NULL;
+        PyObject *data = dec_value(d, in_key);
+        PyObject *out = data ? rebuild(d, tag, name, data) : NULL;
+        Py_XDECREF(data);
+        Py_DECREF(name);
+        return out;
+    }
+    default:
+        return dec_error(d, tag->offset, "unknown tag %d", code);
+    }
+}
+
+static PyObject *dec_complex(dctx *d, const fab_mp_item *it)
+{
+    if (it->v.s.len != 16)
+        return dec_error(d, it->offset, "a complex of %u bytes (16 expected)", it->v.s.len);
+    uint64_t re = fab_load_be64(it->v.s.p), im = fab_load_be64(it->v.s.p + 8);
+    double x, y;
+    memcpy(&x, &re, 8);
+    memcpy(&y, &im, 8);
+    if (x != x || y != y)
+        d->nans++; /* a key holding it is compared by its canonical bytes */
+    return PyComplex_FromDoubles(x, y);
+}
+
+static PyObject *dec_ext(dctx *d, const fab_mp_item *it, int in_key)
+{
+    if (d->vmode) {
+        int8_t code = it->v.s.ext_type;
+        if (code == FAB_EXT_COMPLEX)
+            return dec_complex(d, it);
+        if (code >= FAB_TAG_TUPLE && code <= FAB_TAG_TYPED) {
+            if (it->v.s.len != 0)
+                return dec_error(d, it->offset, "a tag with a payload");
+            return dec_tagged(d, it, in_key);
+        }
+    }
     switch (it->v.s.ext_type) {
     case FAB_EXT_BIGINT:
         if (it->v.s.len == 0)
@@ -343,11 +619,13 @@ static PyObject *dec_value(dctx *d, int in_key)
             d->nans++;
         return PyFloat_FromDouble(it.v.f);
     case FAB_MP_STR:
+        if (in_key && d->keys && it.v.s.len <= KEY_CACHE_LEN)
+            return cached_key(d, it.v.s.p, it.v.s.len);
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
     case FAB_MP_BIN:
         return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
     case FAB_MP_EXT:
-        return dec_ext(d, &it);
+        return dec_ext(d, &it, in_key);
     case FAB_MP_ARRAY: {
         /* Arrays in a key position come back as tuples so they can be keys
          * (the canonical encoding maps tuple and list alike to an array). */
@@ -425,10 +703,42 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
-    dctx d = {st, &r, base_offset, 0};
+    PyObject *keys[KEY_CACHE] = {NULL};
+    dctx d = {st, &r, base_offset, 0, 0, keys};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
+    key_cache_clear(keys);
+    if (v && r.pos != r.len) {
+        Py_DECREF(v);
+        return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
+    }
+    return v;
+}
+
+PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
+                               const fab_mp_limits *limits, size_t base_offset)
+{
+    if (len == 0 || data[0] != FAB_VALUE_MAGIC)
+        return fab_py_decode(st, data, len, limits, base_offset);
+    if (len < 2 || data[1] != FAB_VALUE_VERSION) {
+        char msg[80];
+        snprintf(msg, sizeof(msg), "value encoding version %d is not known (1 is)",
+                 len < 2 ? -1 : (int)data[1]);
+        return fab_py_decode_error(st, base_offset, msg);
+    }
+    fab_mp_reader r;
+    if (fab_mp_reader_init(&r, data + 2, len - 2, limits) != FAB_OK) {
+        PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
+        return NULL;
+    }
+    fab_mp_reader_tags(&r);
+    PyObject *keys[KEY_CACHE] = {NULL};
+    dctx d = {st, &r, base_offset + 2, 0, 1, keys};
+    if (len == 2)
+        return fab_py_decode_error(st, base_offset + 2, "empty input (no value)");
+    PyObject *v = dec_value(&d, 0);
+    key_cache_clear(keys);
     if (v && r.pos != r.len) {
         Py_DECREF(v);
         return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
@@ -529,8 +839,23 @@ int fab_py_limits_from_object(PyObject *obj, fab_mp_limits *lim)
     return 0;
 }
 
+static PyObject *unpack_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames, int values);
+
 static PyObject *unpack(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames)
+{
+    return unpack_impl(module, args, nargs, kwnames, 0);
+}
+
+static PyObject *decode_value(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    return unpack_impl(module, args, nargs, kwnames, 1);
+}
+
+static PyObject *unpack_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames, int values)
 {
     static const char *const names[] = {"data", "limits", NULL};
     PyObject *data = NULL, *limits = Py_None;
@@ -565,7 +890,8 @@ static PyObject *unpack(PyObject *module, PyObject *const *args, Py_ssize_t narg
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *out = fab_py_decode(st, view.buf, (size_t)view.len, &lim, 0);
+    PyObject *out = values ? fab_py_decode_record(st, view.buf, (size_t)view.len, &lim, 0)
+                           : fab_py_decode(st, view.buf, (size_t)view.len, &lim, 0);
     PyBuffer_Release(&view);
     return out;
 }
@@ -623,6 +949,12 @@ static PyMethodDef unpack_functions[] = {
      "Decode one msgpack value from untrusted bytes under limits (an object with "
      "any of max_depth, max_str, max_bin, max_ext, max_array, max_map, max_items; "
      "None for the defaults). Raises DecodeError (a ValueError) with .offset."},
+    {"decode_value", (PyCFunction)(void (*)(void))decode_value, METH_FASTCALL | METH_KEYWORDS,
+     "decode_value(data, limits=None)\n--\n\n"
+     "Decode a value from untrusted bytes: the value encoding (docs/spec/values.md)\n"
+     "when data starts with its prefix, else one msgpack value as unpack does.\n"
+     "Registered types are rebuilt by their from_data; a type name this process has\n"
+     "not registered comes back as an inert fabric.Opaque. Raises DecodeError."},
     {NULL, NULL, 0, NULL},
 };
 

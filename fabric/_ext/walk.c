@@ -20,6 +20,7 @@
 #include "fabric/enc.h"
 #include "fabric/hash.h"
 #include "fabric/keymemo.h"
+#include "fabric/mpdec.h"
 #include "fabric/stage.h"
 
 /* Buffers at least this large are hashed with the GIL released (CPython's
@@ -52,7 +53,11 @@ typedef struct walker {
     int depth;
     int borrowed;    /* items are visited through borrowed references */
     int restart;     /* a borrowed walk met what it cannot do: walk again owned */
-    PyObject *stack[FAB_MAX_DEPTH]; /* containers being visited, for cycles */
+    int vmode;       /* the value encoding (docs/spec/values.md), not the canonical one */
+    int max_depth;   /* FAB_MAX_DEPTH, or FAB_MAX_RECORD_DEPTH for a cassette record */
+    int read_limits; /* refuse what a reader with the default limits would refuse */
+    uint64_t items;  /* msgpack items written so far (counted when read_limits) */
+    PyObject *stack[FAB_MAX_RECORD_DEPTH]; /* containers being visited, for cycles */
     PyObject *err_type;             /* borrowed; set with err_msg */
     PyObject *err_msg;              /* what went wrong, without the path */
     PyObject *path;                 /* list of path segments, innermost first */
@@ -74,6 +79,10 @@ static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *e
     w->depth = 0;
     w->borrowed = 0;
     w->restart = 0;
+    w->vmode = 0;
+    w->max_depth = FAB_MAX_DEPTH;
+    w->read_limits = 0;
+    w->items = 1; /* the root */
     w->err_type = NULL;
     w->err_msg = NULL;
     w->path = NULL;
@@ -181,6 +190,16 @@ static int walker_raise(walker *w, const char *root)
             Py_SETREF(path, joined);
         }
     }
+    if (path && PyUnicode_GET_LENGTH(path) > 200) {
+        /* At most 200 characters: the start (the root) and the innermost
+         * segments, which say where to look. */
+        Py_ssize_t n = PyUnicode_GET_LENGTH(path);
+        PyObject *head = PyUnicode_Substring(path, 0, 60);
+        PyObject *tail = PyUnicode_Substring(path, n - 137, n);
+        Py_SETREF(path, head && tail ? PyUnicode_FromFormat("%U...%U", head, tail) : NULL);
+        Py_XDECREF(head);
+        Py_XDECREF(tail);
+    }
     if (path)
         PyErr_Format(w->err_type, "%U: %U", path, w->err_msg);
     Py_XDECREF(path);
@@ -195,8 +214,8 @@ static int enter(walker *w, PyObject *container)
     for (int i = 0; i < w->depth; i++)
         if (w->stack[i] == container)
             return fail(w, PyExc_ValueError, "self-referencing container (a cycle) cannot be keyed");
-    if (w->depth >= FAB_MAX_DEPTH)
-        return fail(w, PyExc_ValueError, "nesting deeper than %d levels", FAB_MAX_DEPTH);
+    if (w->depth >= w->max_depth)
+        return fail(w, PyExc_ValueError, "nesting deeper than %d levels", w->max_depth);
     w->stack[w->depth++] = container;
     return 0;
 }
@@ -457,7 +476,43 @@ static void snapshot_release(snapshot *s)
  * the depth limit could refuse it, as enter() would. */
 static inline int empty_container(walker *w, Py_ssize_t n)
 {
-    return n == 0 && w->depth < FAB_MAX_DEPTH;
+    return n == 0 && w->depth < w->max_depth;
+}
+
+/* The read limits of a cassette (the decoder's defaults), checked as a
+ * value is encoded for one, so that what record() acknowledges get() reads
+ * back: entries per container and items in all. Tags count as the items
+ * they are. */
+#define READ_MAX_ENTRIES (UINT32_C(1) << 24)
+#define READ_MAX_ITEMS (UINT64_C(64) << 20)
+
+static int count_items(walker *w, Py_ssize_t entries, uint64_t per_entry, uint64_t extra)
+{
+    if (!w->read_limits)
+        return 0;
+    if ((uint64_t)entries > READ_MAX_ENTRIES)
+        return fail(w, PyExc_ValueError,
+                    "a container of %zd entries is more than the %u a cassette reads back",
+                    entries, (unsigned)READ_MAX_ENTRIES);
+    w->items += (uint64_t)entries * per_entry + extra;
+    if (w->items > READ_MAX_ITEMS)
+        return fail(w, PyExc_ValueError,
+                    "the value holds more than the %llu items a cassette reads back",
+                    (unsigned long long)READ_MAX_ITEMS);
+    return 0;
+}
+
+/* Writes a tag (an empty ext that says how to read the next item). */
+static inline int put_tag(walker *w, int8_t tag)
+{
+    if (room(w, 3) < 0)
+        return -1;
+    uint8_t *p = w->out->data + w->out->len;
+    p[0] = 0xc7;
+    p[1] = 0;
+    p[2] = (uint8_t)tag;
+    w->out->len += 3;
+    return 0;
 }
 
 static int enc_sequence(walker *w, PyObject *v)
@@ -468,6 +523,12 @@ static int enc_sequence(walker *w, PyObject *v)
      * is copied item by item. */
     int is_tuple = PyTuple_Check(v);
     Py_ssize_t n = is_tuple ? PyTuple_GET_SIZE(v) : PyList_GET_SIZE(v);
+    if (w->vmode) {
+        if (is_tuple && put_tag(w, FAB_TAG_TUPLE) < 0)
+            return -1;
+        if (count_items(w, n, 1, is_tuple) < 0)
+            return -1;
+    }
     if (empty_container(w, n)) {
         PUT(w, fab_put_array_header(P, 0));
         return 0;
@@ -648,7 +709,7 @@ static int order_keys(walker *w, PyObject *const *items, fab_span *spans, Py_ssi
 
 /* Writes the common scalars inline, into room already made for
  * FAB_PUT_MAX bytes: 1 when v was one of them, 0 to leave it to enc_value. */
-static inline int put_scalar(wout *o, PyObject *v)
+static inline int put_scalar(wout *o, PyObject *v, int vmode)
 {
     PyTypeObject *tp = Py_TYPE(v);
     long long x;
@@ -656,7 +717,8 @@ static inline int put_scalar(wout *o, PyObject *v)
     if (tp == &PyLong_Type && small_int(v, &x))
         o->len += fab_put_int64(p, (int64_t)x);
     else if (tp == &PyFloat_Type)
-        o->len += fab_put_double(p, PyFloat_AS_DOUBLE(v));
+        o->len += vmode ? fab_put_double_raw(p, PyFloat_AS_DOUBLE(v))
+                        : fab_put_double(p, PyFloat_AS_DOUBLE(v));
     else if (v == Py_None)
         o->len += fab_put_nil(p);
     else if (v == Py_True || v == Py_False)
@@ -692,7 +754,7 @@ put_entry(walker *w, const uint8_t *const *base, size_t off, size_t klen, PyObje
     wout *o = w->out;
     fab_copy(o->data + o->len, *base + off, klen);
     o->len += klen;
-    if (!put_scalar(o, value) && enc_value(w, value) < 0) {
+    if (!put_scalar(o, value, w->vmode) && enc_value(w, value) < 0) {
         entry_failed(w, "[%U]", key);
         return -1;
     }
@@ -716,8 +778,61 @@ static int enc_dict_known(walker *w, PyObject *const *items, Py_ssize_t n, const
     return 0;
 }
 
+/* A dict in the value encoding: a map in insertion order. */
+static int enc_dict_value(walker *w, PyObject *v)
+{
+    Py_ssize_t n = PyDict_GET_SIZE(v);
+    if ((size_t)n > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    if (count_items(w, n, 2, 0) < 0)
+        return -1;
+    if (empty_container(w, n)) {
+        PUT(w, fab_put_map_header(P, 0));
+        return 0;
+    }
+    if (enter(w, v) < 0)
+        return -1;
+    int rc = -1;
+    snapshot snap;
+    if (snapshot_alloc(w, &snap, 2 * n) < 0)
+        goto out;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (snap.n < 2 * n && PyDict_Next(v, &pos, &key, &value)) {
+            snapshot_add(&snap, key);
+            snapshot_add(&snap, value);
+        }
+    }
+    n = snap.n / 2;
+    if (room(w, FAB_PUT_MAX) < 0)
+        goto done;
+    w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = snap.items[2 * i], *value = snap.items[2 * i + 1];
+        if (enc_value(w, key) < 0) {
+            entry_failed(w, "<key %U>", key);
+            goto done;
+        }
+        if (room(w, FAB_PUT_MAX) < 0)
+            goto done;
+        if (!put_scalar(w->out, value, 1) && enc_value(w, value) < 0) {
+            entry_failed(w, "[%U]", key);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    snapshot_release(&snap);
+out:
+    leave(w);
+    return rc;
+}
+
 static int enc_dict(walker *w, PyObject *v)
 {
+    if (w->vmode)
+        return enc_dict_value(w, v);
     int rc = -1;
     snapshot snap;
     span_array sa;
@@ -805,8 +920,44 @@ out:
     return rc;
 }
 
+/* A set in the value encoding: a tag, then its members in iteration order. */
+static int enc_set_value(walker *w, PyObject *v)
+{
+    if (w->borrowed)
+        return give_up(w); /* the tuple below may start a collection */
+    if (put_tag(w, PyFrozenSet_Check(v) ? FAB_TAG_FROZENSET : FAB_TAG_SET) < 0)
+        return -1;
+    if (enter(w, v) < 0)
+        return -1;
+    int rc = -1;
+    PyObject *members = PySequence_Tuple(v); /* iterating a set runs no user code */
+    if (members == NULL)
+        goto out;
+    Py_ssize_t n = PyTuple_GET_SIZE(members);
+    if ((size_t)n > UINT32_MAX) {
+        fail_code(w, FAB_ERANGE);
+        goto out;
+    }
+    if (count_items(w, n, 1, 1) < 0 || room(w, FAB_PUT_MAX) < 0)
+        goto out;
+    w->out->len += fab_put_array_header(w->out->data + w->out->len, (uint32_t)n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (enc_value(w, PyTuple_GET_ITEM(members, i)) < 0) {
+            add_segment(w, "<member>");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    Py_XDECREF(members);
+    leave(w);
+    return rc;
+}
+
 static int enc_set(walker *w, PyObject *v)
 {
+    if (w->vmode)
+        return enc_set_value(w, v);
     int rc = -1;
     PyObject *members = NULL;
     span_array sa;
@@ -872,6 +1023,335 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* complex, numpy arrays (through the buffer protocol) and registered types */
+/* ------------------------------------------------------------------------ */
+
+static int enc_complex(walker *w, PyObject *v)
+{
+    Py_complex c = PyComplex_AsCComplex(v);
+    if (c.real == -1.0 && PyErr_Occurred())
+        return -1;
+    if (room(w, 18) < 0)
+        return -1;
+    uint8_t *p = w->out->data + w->out->len;
+    p[0] = 0xd8; /* fixext16 */
+    p[1] = FAB_EXT_COMPLEX;
+    uint8_t tmp[9];
+    /* The canonical form has one NaN, as for floats; a value keeps its bits. */
+    (w->vmode ? fab_put_double_raw : fab_put_double)(tmp, c.real);
+    memcpy(p + 2, tmp + 1, 8);
+    (w->vmode ? fab_put_double_raw : fab_put_double)(tmp, c.imag);
+    memcpy(p + 10, tmp + 1, 8);
+    w->out->len += 18;
+    return 0;
+}
+
+/* Registry entries (fabric/values.py): (kind, name, to_data, from_data). */
+#define KIND_ADAPTER 0 /* to_data(v) is encoded under the type's name */
+#define KIND_NDARRAY 1 /* read through the buffer protocol, else to_data(v) gives
+                        * (dtype str, data buffer, shape tuple) */
+#define KIND_OPAQUE  2 /* to_data(v) gives (name, data): an Opaque passed on */
+
+/*
+ * What the registry says about a type: 1 with a new reference to its entry,
+ * 0 when it has none (the builtin kinds decide), -1 on error or refusal.
+ * A type the registry does not know is shown to the hook once (it may
+ * register the type, say numpy's, or return a refusal message); the answer
+ * is kept in the registry.
+ */
+static int lookup_type(walker *w, PyTypeObject *tp, PyObject **entry)
+{
+    fab_state *st = w->st;
+    if (st->vt_by_type == NULL)
+        return 0;
+    if (w->borrowed)
+        return give_up(w); /* adapters and hooks run Python code */
+    PyObject *e = PyDict_GetItemWithError(st->vt_by_type, (PyObject *)tp);
+    if (e != NULL) {
+        Py_INCREF(e);
+    } else {
+        if (PyErr_Occurred())
+            return -1;
+        if (st->vt_hook == NULL)
+            return 0;
+        e = PyObject_CallOneArg(st->vt_hook, (PyObject *)tp);
+        if (e == NULL)
+            return -1;
+        if (PyDict_SetItem(st->vt_by_type, (PyObject *)tp, e) < 0) {
+            Py_DECREF(e);
+            return -1;
+        }
+    }
+    if (e == Py_None) {
+        Py_DECREF(e);
+        return 0;
+    }
+    if (PyUnicode_Check(e)) {
+        fail(w, PyExc_TypeError, "%U", e);
+        Py_DECREF(e);
+        return -1;
+    }
+    if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 4 || !PyLong_Check(PyTuple_GET_ITEM(e, 0)) ||
+        !PyUnicode_CheckExact(PyTuple_GET_ITEM(e, 1))) {
+        Py_DECREF(e);
+        return fail(w, PyExc_TypeError, "malformed type registry entry for %s", tp->tp_name);
+    }
+    *entry = e;
+    return 1;
+}
+
+/* The numpy dtype string ("<f8", "|b1", ">c16") of a buffer's struct format
+ * and item size, for the item kinds that have one; 0 for any other format
+ * (strings, records, objects), which goes through the type's adapter. */
+static int dtype_of(const char *fmt, Py_ssize_t itemsize, char out[16])
+{
+    if (fmt == NULL || itemsize <= 0 || itemsize > 64)
+        return 0;
+    char order = '@';
+    if (*fmt && strchr("@=<>!", *fmt))
+        order = *fmt++;
+    char kind;
+    if (*fmt == 'Z') {
+        fmt++;
+        if (*fmt == '\0' || !strchr("efdg", *fmt))
+            return 0;
+        kind = 'c';
+        fmt++;
+    } else {
+        switch (*fmt++) {
+        case '?': kind = 'b'; break;
+        case 'b': case 'h': case 'i': case 'l': case 'q': case 'n': kind = 'i'; break;
+        case 'B': case 'H': case 'I': case 'L': case 'Q': case 'N': kind = 'u'; break;
+        case 'e': case 'f': case 'd': case 'g': kind = 'f'; break;
+        default: return 0;
+        }
+    }
+    if (*fmt != '\0')
+        return 0;
+    char bo;
+    static const uint16_t one = 1;
+    int little = *(const uint8_t *)&one == 1;
+    if (itemsize == 1)
+        bo = '|';
+    else if (order == '>' || order == '!')
+        bo = '>';
+    else if (order == '<')
+        bo = '<';
+    else
+        bo = little ? '<' : '>';
+    snprintf(out, 16, "%c%c%zd", bo, kind, itemsize);
+    return 1;
+}
+
+/* tag, [dtype, data, dim0, dim1, ...]: one level of nesting. */
+static int write_ndarray(walker *w, const char *dtype, size_t dlen, const void *data, size_t len,
+                         int ndim, const Py_ssize_t *shape)
+{
+    if (w->depth >= w->max_depth)
+        return fail(w, PyExc_ValueError, "nesting deeper than %d levels", w->max_depth);
+    if (len > UINT32_MAX)
+        return fail_code(w, FAB_ERANGE);
+    if (count_items(w, 2 + ndim, 1, 1) < 0 || put_tag(w, FAB_TAG_NDARRAY) < 0)
+        return -1;
+    if (room(w, 2 * FAB_PUT_MAX + dlen) < 0)
+        return -1;
+    wout *o = w->out;
+    o->len += fab_put_array_header(o->data + o->len, (uint32_t)(2 + ndim));
+    o->len += fab_put_str_header(o->data + o->len, (uint32_t)dlen);
+    memcpy(o->data + o->len, dtype, dlen);
+    o->len += dlen;
+    if (enc_bin(w, data, len) < 0)
+        return -1;
+    for (int i = 0; i < ndim; i++)
+        PUT(w, fab_put_uint64(P, (uint64_t)shape[i]));
+    return 0;
+}
+
+/* Runs to_data(v) of an entry; a TypeError or ValueError it raises becomes
+ * the walker's error at the current path. New reference or NULL. */
+static PyObject *call_to_data(walker *w, PyObject *entry, PyObject *v)
+{
+    PyObject *data = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 2), v);
+    if (data == NULL && (PyErr_ExceptionMatches(PyExc_TypeError) ||
+                         PyErr_ExceptionMatches(PyExc_ValueError))) {
+        PyObject *t, *val, *tb;
+        PyErr_Fetch(&t, &val, &tb);
+        PyErr_NormalizeException(&t, &val, &tb);
+        PyObject *type = PyErr_GivenExceptionMatches(t, PyExc_TypeError) ? PyExc_TypeError
+                                                                          : PyExc_ValueError;
+        fail(w, type, "%S", val);
+        Py_XDECREF(t);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+    }
+    return data;
+}
+
+static int enc_ndarray(walker *w, PyObject *v, PyObject *entry)
+{
+    Py_buffer view;
+    char dtype[16];
+    if (PyObject_GetBuffer(v, &view, PyBUF_RECORDS_RO) == 0) {
+        if (view.ndim <= 64 && dtype_of(view.format, view.itemsize, dtype)) {
+            int rc;
+            if (PyBuffer_IsContiguous(&view, 'C')) {
+                rc = write_ndarray(w, dtype, strlen(dtype), view.buf, (size_t)view.len, view.ndim,
+                                   view.shape);
+            } else {
+                /* Fortran-ordered or strided: the C-ordered copy, so that an
+                 * array keys and travels like its C-ordered equal. */
+                void *copy = PyMem_Malloc(view.len ? (size_t)view.len : 1);
+                if (copy == NULL) {
+                    PyBuffer_Release(&view);
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                rc = PyBuffer_ToContiguous(copy, &view, view.len, 'C');
+                if (rc == 0)
+                    rc = write_ndarray(w, dtype, strlen(dtype), copy, (size_t)view.len,
+                                       view.ndim, view.shape);
+                PyMem_Free(copy);
+            }
+            PyBuffer_Release(&view);
+            return rc;
+        }
+        PyBuffer_Release(&view);
+    } else if (PyErr_ExceptionMatches(PyExc_BufferError) ||
+               PyErr_ExceptionMatches(PyExc_ValueError) ||
+               PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear(); /* no buffer for this dtype: the adapter says */
+    } else {
+        return -1;
+    }
+    /* The adapter: (dtype str, data buffer, shape tuple). */
+    PyObject *t = call_to_data(w, entry, v);
+    if (t == NULL)
+        return -1;
+    int rc = -1;
+    Py_ssize_t shape[64];
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(t, 0)) || !PyTuple_Check(PyTuple_GET_ITEM(t, 2)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 2)) > 64) {
+        fail(w, PyExc_TypeError, "the array adapter must return (dtype, data, shape)");
+        goto done;
+    }
+    PyObject *shp = PyTuple_GET_ITEM(t, 2);
+    int ndim = (int)PyTuple_GET_SIZE(shp);
+    for (int i = 0; i < ndim; i++) {
+        shape[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shp, i));
+        if (shape[i] < 0) {
+            if (!PyErr_Occurred())
+                fail(w, PyExc_ValueError, "negative dimension");
+            goto done;
+        }
+    }
+    Py_ssize_t dlen;
+    const char *ds = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(t, 0), &dlen);
+    if (ds == NULL)
+        goto done;
+    Py_buffer data;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 1), &data, PyBUF_SIMPLE) < 0)
+        goto done;
+    rc = write_ndarray(w, ds, (size_t)dlen, data.buf, (size_t)data.len, ndim, shape);
+    PyBuffer_Release(&data);
+done:
+    Py_DECREF(t);
+    return rc;
+}
+
+/* tag, [name, to_data(v)]: a registered type (or an Opaque passed on). */
+static int enc_typed(walker *w, PyObject *v, PyObject *entry, long kind)
+{
+    if (enter(w, v) < 0) /* the [name, data] level; to_data may give v back */
+        return -1;
+    int rc = -1;
+    PyObject *name = PyTuple_GET_ITEM(entry, 1), *data = call_to_data(w, entry, v);
+    if (data == NULL)
+        goto out;
+    if (kind == KIND_OPAQUE) {
+        if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(data, 0))) {
+            fail(w, PyExc_TypeError, "malformed Opaque");
+            goto out;
+        }
+        name = PyTuple_GET_ITEM(data, 0);
+        Py_SETREF(data, Py_NewRef(PyTuple_GET_ITEM(data, 1)));
+    }
+    Py_INCREF(name);
+    if (count_items(w, 2, 1, 1) == 0 && put_tag(w, FAB_TAG_TYPED) == 0 &&
+        room(w, FAB_PUT_MAX) == 0) {
+        w->out->len += fab_put_array_header(w->out->data + w->out->len, 2);
+        if (enc_str(w, name) == 0 && enc_value(w, data) == 0)
+            rc = 0;
+        else
+            add_segment(w, "<%U data>", name);
+    }
+    Py_DECREF(name);
+out:
+    Py_XDECREF(data);
+    leave(w);
+    return rc;
+}
+
+/* Secret(commit=True) in a key: ext 4 holding HMAC-SHA256 of the value's
+ * canonical bytes under the commitment key. An error inside the value says
+ * nothing about it (its path could show a dict key of the secret). */
+static int enc_committed(walker *w, PyObject *secret)
+{
+    if (w->borrowed)
+        return give_up(w);
+    fab_state *st = w->st;
+    if (st->commit_key == NULL)
+        return fail(w, PyExc_ValueError,
+                    "a Secret(commit=True) needs a commitment key: set FABRIC_COMMIT_KEY "
+                    "or FABRIC_COMMIT_KEY_FILE, or call fabric.set_commit_key()");
+    int commit;
+    PyObject *value = Py_NewRef(fab_py_secret_value(secret, &commit));
+    PyObject *key = Py_NewRef(st->commit_key);
+    walker *inner = PyMem_Malloc(sizeof(walker));
+    int rc = -1;
+    if (inner == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    walker_init(inner, st, NULL, NULL);
+    if (enc_value(inner, value) < 0) {
+        PyObject *type = inner->err_type;
+        Py_CLEAR(inner->err_msg);
+        Py_CLEAR(inner->path);
+        if (type != NULL)
+            fail(w, type, "the value of a committed Secret cannot be keyed");
+        walker_destroy(inner);
+        goto out;
+    }
+    uint8_t mac[FAB_SHA256_LEN];
+    int code = fab_hmac_sha256(PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key),
+                               inner->main.data, inner->main.len, mac);
+    memset(inner->main.data, 0, inner->main.len);
+    walker_destroy(inner);
+    if (check(w, code) < 0 || room(w, 3 + FAB_SHA256_LEN) < 0)
+        goto out;
+    uint8_t *p = w->out->data + w->out->len;
+    p += fab_put_ext_header(p, FAB_EXT_COMMITTED, FAB_SHA256_LEN);
+    memcpy(p, mac, FAB_SHA256_LEN);
+    w->out->len = (size_t)(p + FAB_SHA256_LEN - w->out->data);
+    rc = 0;
+out:
+    PyMem_Free(inner);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
+static int enc_entry(walker *w, PyObject *v, PyObject *entry)
+{
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+    if (kind == KIND_NDARRAY)
+        return enc_ndarray(w, v, entry);
+    return enc_typed(w, v, entry, kind);
+}
+
 /* The kinds enc_value does not dispatch itself: ints beyond one digit, the
  * scalars it had no room for, Secret, subclasses of the builtin kinds, sets
  * and buffers. Out of line, so that enc_value stays a few compares and a
@@ -883,11 +1363,34 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
         return enc_int(w, v);
     if (room(w, FAB_PUT_MAX) < 0)
         return -1;
-    if (put_scalar(w->out, v))
+    if (put_scalar(w->out, v, w->vmode))
         return 0; /* when enc_value found no room for it */
-    if (tp == w->st->Secret_Type) {
+    if (tp == w->st->Secret_Type || v == w->st->redacted) {
+        int commit = 0;
+        if (tp == w->st->Secret_Type && !w->vmode)
+            fab_py_secret_value(v, &commit);
+        if (commit)
+            return enc_committed(w, v);
         PUT(w, fab_put_ext_header(P, FAB_EXT_SECRET, 0));
         return 0;
+    }
+    if (tp == &PyComplex_Type)
+        return enc_complex(w, v);
+    if (tp == &PyByteArray_Type) {
+        if (w->vmode && (put_tag(w, FAB_TAG_BYTEARRAY) < 0 || count_items(w, 0, 0, 1) < 0))
+            return -1;
+        return enc_buffer(w, v);
+    }
+    if (tp != &PyMemoryView_Type) {
+        PyObject *entry = NULL;
+        int found = lookup_type(w, tp, &entry);
+        if (found < 0)
+            return -1;
+        if (found) {
+            int rc = enc_entry(w, v, entry);
+            Py_DECREF(entry);
+            return rc;
+        }
     }
     /* Subclasses of the builtin kinds encode as their kind. */
     if (PyUnicode_Check(v))
@@ -904,9 +1407,13 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
         return enc_dict(w, v);
     if (PyAnySet_Check(v))
         return enc_set(w, v);
+    if (PyComplex_Check(v))
+        return enc_complex(w, v);
     if (PyObject_CheckBuffer(v))
-        return enc_buffer(w, v);
-    return fail(w, PyExc_TypeError, "cannot key object of type %s", tp->tp_name);
+        return enc_buffer(w, v); /* any other buffer is bytes */
+    return fail(w, PyExc_TypeError,
+                "cannot %s object of type %.100s (register it with fabric.register_type)",
+                w->vmode ? "encode" : "key", tp->tp_name);
 }
 
 static int enc_value(walker *w, PyObject *v)
@@ -921,7 +1428,7 @@ static int enc_value(walker *w, PyObject *v)
     if (tp == &PyBytes_Type)
         return enc_bin(w, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
     wout *o = w->out;
-    if (o->cap - o->len >= FAB_PUT_MAX && put_scalar(o, v))
+    if (o->cap - o->len >= FAB_PUT_MAX && put_scalar(o, v, w->vmode))
         return 0; /* None, bools, floats, ints of one digit */
     return enc_other(w, v);
 }
@@ -936,6 +1443,47 @@ int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char
     if (rc < 0)
         walker_raise(&w, root);
     else if ((rc = out_flush(&w, &w.main)) < 0)
+        walker_raise(&w, root);
+    walker_destroy(&w);
+    return rc;
+}
+
+/* Sets a walker up for the value encoding and writes the payload prefix. */
+static int value_walker(walker *w, int max_depth)
+{
+    w->vmode = 1;
+    w->read_limits = 1;
+    w->max_depth = max_depth;
+    if (room(w, 2) < 0)
+        return -1;
+    w->out->data[w->out->len++] = FAB_VALUE_MAGIC;
+    w->out->data[w->out->len++] = FAB_VALUE_VERSION;
+    return 0;
+}
+
+int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
+{
+    walker w;
+    /* A borrowed walk in memory first, handed over in one piece; when it
+     * gives up (a registered type, an array, a large buffer), an owned walk
+     * straight into the sink, so large bodies are not copied twice. */
+    walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    int rc = value_walker(&w, FAB_MAX_RECORD_DEPTH);
+    if (rc == 0)
+        rc = enc_value(&w, value);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, NULL, enc);
+        rc = value_walker(&w, FAB_MAX_RECORD_DEPTH);
+        if (rc == 0)
+            rc = enc_value(&w, value);
+        if (rc == 0)
+            rc = out_flush(&w, &w.main);
+    } else if (rc == 0) {
+        rc = check(&w, enc->sink(enc->ctx, w.main.data, w.main.len));
+    }
+    if (rc < 0)
         walker_raise(&w, root);
     walker_destroy(&w);
     return rc;
@@ -990,6 +1538,62 @@ static PyObject *canonical_bytes(PyObject *module, PyObject *value)
         out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
     walker_destroy(&w);
     return out;
+}
+
+static PyObject *encode_value(PyObject *module, PyObject *value)
+{
+    fab_state *st = fab_get_state(module);
+    walker w;
+    walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    int rc = value_walker(&w, FAB_MAX_DEPTH);
+    if (rc == 0)
+        rc = enc_value(&w, value);
+    if (rc < 0 && w.restart) {
+        walker_destroy(&w);
+        walker_init(&w, st, NULL, NULL);
+        rc = value_walker(&w, FAB_MAX_DEPTH);
+        if (rc == 0)
+            rc = enc_value(&w, value);
+    }
+    PyObject *out = NULL;
+    if (rc < 0)
+        walker_raise(&w, "value");
+    else
+        out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
+    walker_destroy(&w);
+    return out;
+}
+
+static PyObject *set_commit_key(PyObject *module, PyObject *key)
+{
+    fab_state *st = fab_get_state(module);
+    if (key == Py_None) {
+        Py_CLEAR(st->commit_key);
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) < 16) {
+        PyErr_SetString(PyExc_ValueError, "a commitment key is bytes of at least 16 bytes");
+        return NULL;
+    }
+    Py_XSETREF(st->commit_key, Py_NewRef(key));
+    Py_RETURN_NONE;
+}
+
+static PyObject *install_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
+        !PyCallable_Check(args[2]) || !PyType_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_install_values(by_type: dict, by_name: dict, hook, opaque_type)");
+        return NULL;
+    }
+    fab_state *st = fab_get_state(module);
+    Py_XSETREF(st->vt_by_type, Py_NewRef(args[0]));
+    Py_XSETREF(st->vt_by_name, Py_NewRef(args[1]));
+    Py_XSETREF(st->vt_hook, Py_NewRef(args[2]));
+    Py_XSETREF(st->opaque_type, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
 }
 
 /* ======================================================================== */
@@ -1049,6 +1653,16 @@ static PyMethodDef walk_functions[] = {
     {"canonical_bytes", canonical_bytes, METH_O,
      "canonical_bytes(value, /)\n--\n\n"
      "The canonical msgpack encoding of value (docs/spec/content-key.md)."},
+    {"encode_value", encode_value, METH_O,
+     "encode_value(value, /)\n--\n\n"
+     "The value encoding of value (docs/spec/values.md): decode_value gives back an\n"
+     "equal value of the same type, recursively."},
+    {"_set_commit_key", set_commit_key, METH_O,
+     "_set_commit_key(key, /)\n--\n\n"
+     "Internal: the commitment key of Secret(commit=True) (bytes), or None."},
+    {"_install_values", (PyCFunction)(void (*)(void))install_values, METH_FASTCALL,
+     "_install_values(by_type, by_name, hook, opaque_type, /)\n--\n\n"
+     "Internal: hands the type registry of fabric.values to the extension."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1058,8 +1672,22 @@ int fab_py_walk_exec(PyObject *module, fab_state *st)
     return PyModule_AddFunctions(module, walk_functions);
 }
 
+int fab_py_walk_traverse(fab_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->vt_by_type);
+    Py_VISIT(st->vt_by_name);
+    Py_VISIT(st->vt_hook);
+    Py_VISIT(st->opaque_type);
+    return 0;
+}
+
 void fab_py_walk_clear(fab_state *st)
 {
+    Py_CLEAR(st->vt_by_type);
+    Py_CLEAR(st->vt_by_name);
+    Py_CLEAR(st->vt_hook);
+    Py_CLEAR(st->opaque_type);
+    Py_CLEAR(st->commit_key);
     fab_sha256_free(st->spare_hasher);
     st->spare_hasher = NULL;
     fab_keymemo_free(st->key_memo);

@@ -23,9 +23,34 @@
 #define FAB_EXT_BIGINT 1 /* integer outside [-2^63, 2^64): big-endian two's complement */
 #define FAB_EXT_SET    2 /* set: payload is an array of members sorted by encoding */
 #define FAB_EXT_SECRET 3 /* a Secret's place: empty payload, the value never enters */
+#define FAB_EXT_COMMITTED 4 /* Secret(commit=True): HMAC-SHA256 of its value's canonical
+                             * bytes under the commitment key (32 bytes) */
+
+/*
+ * Tags and extensions of key scheme 2 and of the value encoding
+ * (docs/spec/content-key.md, docs/spec/values.md). A *tag* is an ext item
+ * with an empty payload (c7 00 <type>) that says how to read the one item
+ * after it; it does not nest, so it adds no depth.
+ */
+#define FAB_EXT_COMPLEX   16 /* fixext16: real and imaginary parts, float64 big-endian */
+#define FAB_TAG_TUPLE     17 /* value encoding: the next array is a tuple */
+#define FAB_TAG_SET       18 /* value encoding: the next array holds a set's members */
+#define FAB_TAG_FROZENSET 19 /* value encoding: the next array holds a frozenset's members */
+#define FAB_TAG_BYTEARRAY 20 /* value encoding: the next bin is a bytearray */
+#define FAB_TAG_NDARRAY   21 /* the next array is [dtype str, data bin, dim...] */
+#define FAB_TAG_TYPED     22 /* the next array is [type name str, data] */
+
+/* A value-encoded payload starts with these two bytes; 0xc1 is never the
+ * first byte of msgpack, so a reader tells it from a v1 canonical payload. */
+#define FAB_VALUE_MAGIC   0xc1
+#define FAB_VALUE_VERSION 1
 
 /* Deepest nesting of containers the encoder and decoders accept. */
 #define FAB_MAX_DEPTH 256
+
+/* A cassette record nests one level deeper: a reply record wraps a value of
+ * FAB_MAX_DEPTH levels in one array ([value, diagnostics, trace]). */
+#define FAB_MAX_RECORD_DEPTH (FAB_MAX_DEPTH + 1)
 
 /* A sink receives encoded bytes in order; it returns 0 or a FAB_E* code. */
 typedef int (*fab_sink_fn)(void *ctx, const void *data, size_t len);
@@ -167,6 +192,16 @@ static inline size_t fab_put_double(uint8_t *p, double value)
         bits = UINT64_C(0x7ff8000000000000);
     else
         memcpy(&bits, &value, 8);
+    p[0] = 0xcb;
+    fab_store_be64(p + 1, bits);
+    return 9;
+}
+
+/* float64 with the value's own bits (the value encoding keeps NaN payloads). */
+static inline size_t fab_put_double_raw(uint8_t *p, double value)
+{
+    uint64_t bits;
+    memcpy(&bits, &value, 8);
     p[0] = 0xcb;
     fab_store_be64(p + 1, bits);
     return 9;

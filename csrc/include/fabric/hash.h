@@ -44,4 +44,9 @@ const char *fab_sha256_backend(void);
 /* One-shot digest of a buffer. 0, FAB_ENOMEM or FAB_ECRYPTO. */
 int fab_sha256_digest(const void *data, size_t len, uint8_t out[FAB_SHA256_LEN]);
 
+/* HMAC-SHA256 (RFC 2104) of data under key (any length; a key longer than
+ * the 64-byte block is hashed first). 0, FAB_ENOMEM or FAB_ECRYPTO. */
+int fab_hmac_sha256(const void *key, size_t klen, const void *data, size_t len,
+                    uint8_t out[FAB_SHA256_LEN]);
+
 #endif

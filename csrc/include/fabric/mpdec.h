@@ -70,15 +70,18 @@ typedef struct fab_mp_reader {
     fab_mp_limits lim;
     uint64_t items;
     uint32_t depth;                      /* open containers */
-    uint64_t remaining[FAB_MAX_DEPTH];   /* children still due per open container */
+    uint64_t remaining[FAB_MAX_RECORD_DEPTH];   /* children still due per open container */
+    int tags;        /* the value encoding's tags (FAB_TAG_*, an empty ext) are read
+                      * as prefixes: not children of the enclosing container */
+    int after_tag;   /* the last item read was such a tag: an item must follow */
     size_t err_offset;                   /* set with err */
     char err[128];                       /* what went wrong, for messages */
 } fab_mp_reader;
 
 /*
  * Starts reading len bytes (borrowed; they must outlive the reader). limits
- * may be NULL for the defaults; max_depth above FAB_MAX_DEPTH is lowered to
- * it. Returns 0 or FAB_EINVAL for a zero limit.
+ * may be NULL for the defaults; max_depth above FAB_MAX_RECORD_DEPTH is
+ * lowered to it. Returns 0 or FAB_EINVAL for a zero limit.
  */
 int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
                        const fab_mp_limits *limits);
@@ -91,6 +94,12 @@ int fab_mp_reader_init(fab_mp_reader *r, const void *data, size_t len,
  */
 int fab_mp_next(fab_mp_reader *r, fab_mp_item *out);
 
+/* Reads tags as prefixes from now on (docs/spec/values.md): an ext item of
+ * type FAB_TAG_TUPLE..FAB_TAG_TYPED with an empty payload qualifies the item
+ * after it and is not counted as a child of the enclosing array or map (it
+ * still counts as an item). */
+void fab_mp_reader_tags(fab_mp_reader *r);
+
 /* 1 when every container opened so far is complete (a whole value was read). */
 int fab_mp_complete(const fab_mp_reader *r);
 
@@ -101,6 +110,11 @@ int fab_mp_complete(const fab_mp_reader *r);
  */
 int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
                     char *err, size_t err_size, size_t *err_offset);
+
+/* fab_mp_validate for the body of a value-encoded payload (tags read as
+ * prefixes; a tag must be followed by the item it qualifies). */
+int fab_mp_validate_tagged(const void *data, size_t len, const fab_mp_limits *limits,
+                           char *err, size_t err_size, size_t *err_offset);
 
 /* 1 when p/len is well-formed UTF-8 (no overlong forms, no surrogates,
  * nothing above U+10FFFF), else 0. */

@@ -1,0 +1,347 @@
+"""The type registry of keys and values: ``register_type``, ``Opaque``.
+
+Owns the table the extension consults for every object that is not one of
+the builtin kinds (docs/spec/values.md, docs/spec/content-key.md): the
+standard library types fabric supports out of the box (Decimal, UUID, the
+datetime family, pure and concrete paths), numpy arrays and scalars when
+numpy is in use, and the user's types. It imports only the standard
+library: numpy is never imported here to *encode* (an array can only exist
+once its owner imported numpy; the hook below sees it then) and only on
+demand to *decode* an array or a numpy scalar.
+
+An entry is ``(kind, name, to_data, from_data)``. ``to_data(obj)`` returns
+plain data (anything the encodings accept); ``from_data(data)`` rebuilds the
+object. Data read from a file or a peer only ever selects an entry by name
+from this table: a name this process has not registered comes back as an
+inert :class:`Opaque`, so bytes never import a module or run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import datetime as _dt
+import decimal
+import pathlib
+import sys
+import uuid
+from typing import Any, Callable
+
+from . import _core
+
+__all__ = ["Opaque", "register_type", "register_dataclass", "set_commit_key"]
+
+# Kinds of entry (walk.c reads them).
+_ADAPTER = 0
+_NDARRAY = 1
+_OPAQUE = 2
+
+_by_type: dict[Any, Any] = {}
+_by_name: dict[str, Any] = {}
+
+# Names fabric gives the types it supports itself. A user's name may not
+# take one of them, nor start with "fabric.".
+_RESERVED_PREFIX = "fabric."
+
+
+class Opaque:
+    """A value of a registered type this process does not know.
+
+    ``name`` is the type's registered name, ``data`` what its ``to_data``
+    returned (as decoded). An Opaque is inert: it holds data, it never imports
+    or runs anything. It encodes back to exactly what it was read from, so a
+    relay passes values of types it does not know through unchanged.
+    """
+
+    __slots__ = ("_name", "_data")
+    _name: str
+    _data: Any
+
+    def __init__(self, name: str, data: Any):
+        if not isinstance(name, str):
+            raise TypeError("Opaque name must be a str")
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_data", data)
+
+    @property
+    def name(self) -> str:
+        """The registered name of the value's type."""
+        return self._name
+
+    @property
+    def data(self) -> Any:
+        """The value's data, as its type's ``to_data`` made it."""
+        return self._data
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Opaque is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Opaque):
+            return NotImplemented
+        return self._name == other._name and _core.canonical_bytes(
+            self._data) == _core.canonical_bytes(other._data)
+
+    def __hash__(self) -> int:
+        return hash((self._name, _core.canonical_bytes(self._data)))
+
+    def __repr__(self) -> str:
+        text = repr(self._data)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return f"Opaque({self._name!r}, {text})"
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError("a registered type name must be a non-empty str")
+    if len(name) > 200 or not name.isprintable():
+        raise ValueError("a registered type name must be printable and at most 200 characters")
+
+
+def _register(cls: type, kind: int, name: str, to_data: Callable[[Any], Any],
+              from_data: Callable[[Any], Any]) -> None:
+    entry = (kind, name, to_data, from_data)
+    _by_type[cls] = entry
+    _by_name[name] = entry
+
+
+def register_type(cls: type, name: str, to_data: Callable[[Any], Any],
+                  from_data: Callable[[Any], Any]) -> None:
+    """Makes instances of ``cls`` keyable and storable under a stable name.
+
+    ``to_data(obj)`` returns plain data that keys and values accept (a tuple
+    or dict of builtins, say); ``from_data(data)`` rebuilds the object from
+    that data when a value is decoded. The key of an instance is the key of
+    ``[name, to_data(obj)]`` under a type tag, so two processes that register
+    the same name and data agree on keys; change the name when the data's
+    meaning changes. Only ``cls`` itself is registered, not its subclasses.
+    The name must be the same for ``cls`` in every process that shares keys
+    or cassettes, may not start with ``"fabric."`` and may not be taken by
+    another class. Registering a class again replaces its functions.
+    """
+    if not isinstance(cls, type):
+        raise TypeError("register_type() needs a class")
+    _check_name(name)
+    if name.startswith(_RESERVED_PREFIX):
+        raise ValueError(f"type names starting with {_RESERVED_PREFIX!r} are fabric's own")
+    if not callable(to_data) or not callable(from_data):
+        raise TypeError("to_data and from_data must be callable")
+    old = _by_name.get(name)
+    if old is not None and _by_type.get(cls) is not old:
+        raise ValueError(f"the type name {name!r} is already registered for another class")
+    previous = _by_type.get(cls)
+    if isinstance(previous, tuple) and previous[1] != name:
+        _by_name.pop(previous[1], None)
+    _register(cls, _ADAPTER, name, to_data, from_data)
+
+
+def register_dataclass(cls: type, name: str | None = None) -> type:
+    """Registers a dataclass by its fields (``name`` defaults to
+    ``module.QualifiedName``). Its data is a dict of the fields that
+    ``__init__`` takes, in declaration order; decoding calls ``cls(**data)``.
+    Returns ``cls``, so it can be used as a decorator.
+    """
+    if not dataclasses.is_dataclass(cls) or not isinstance(cls, type):
+        raise TypeError("register_dataclass() needs a dataclass (the class, not an instance)")
+    names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+    def to_data(obj: Any) -> dict:
+        return {n: getattr(obj, n) for n in names}
+
+    def from_data(data: Any) -> Any:
+        return cls(**data)
+
+    register_type(cls, name or f"{cls.__module__}.{cls.__qualname__}", to_data, from_data)
+    return cls
+
+
+# ---------------------------------------------------------------------------
+# The standard library
+# ---------------------------------------------------------------------------
+
+_MICRO = _dt.timedelta(microseconds=1)
+
+
+def _offset(value: Any) -> Any:
+    off = value.utcoffset()
+    return None if off is None else off // _MICRO
+
+
+def _tz(offset: Any) -> Any:
+    if offset is None:
+        return None
+    return _dt.timezone(_dt.timedelta(microseconds=offset))
+
+
+def _datetime_data(v: _dt.datetime) -> tuple:
+    return (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold,
+            _offset(v))
+
+
+def _datetime_from(d: Any) -> _dt.datetime:
+    y, mo, da, h, mi, s, us, fold, off = d
+    return _dt.datetime(y, mo, da, h, mi, s, us, tzinfo=_tz(off), fold=fold)
+
+
+def _time_data(v: _dt.time) -> tuple:
+    return (v.hour, v.minute, v.second, v.microsecond, v.fold, _offset(v))
+
+
+def _time_from(d: Any) -> _dt.time:
+    h, mi, s, us, fold, off = d
+    return _dt.time(h, mi, s, us, tzinfo=_tz(off), fold=fold)
+
+
+def _decimal_from(d: Any) -> decimal.Decimal:
+    if not isinstance(d, str):
+        raise TypeError("Decimal data must be a str")
+    return decimal.Decimal(d)
+
+
+def _uuid_from(d: Any) -> uuid.UUID:
+    return uuid.UUID(bytes=bytes(d))
+
+
+_register(decimal.Decimal, _ADAPTER, "decimal.Decimal", str, _decimal_from)
+_register(uuid.UUID, _ADAPTER, "uuid.UUID", lambda u: u.bytes, _uuid_from)
+_register(_dt.datetime, _ADAPTER, "datetime.datetime", _datetime_data, _datetime_from)
+_register(_dt.date, _ADAPTER, "datetime.date", lambda v: (v.year, v.month, v.day),
+          lambda d: _dt.date(*d))
+_register(_dt.time, _ADAPTER, "datetime.time", _time_data, _time_from)
+_register(_dt.timedelta, _ADAPTER, "datetime.timedelta",
+          lambda v: (v.days, v.seconds, v.microseconds), lambda d: _dt.timedelta(*d))
+def _path_from(cls: type) -> Callable[[Any], Any]:
+    def from_data(d: Any) -> Any:
+        return cls(_path_str(d))
+    return from_data
+
+
+for _cls in (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath,
+             pathlib.WindowsPath):
+    _register(_cls, _ADAPTER, f"pathlib.{_cls.__name__}", str, _path_from(_cls))
+_register(Opaque, _OPAQUE, "fabric.Opaque", lambda o: (o.name, o.data), lambda d: d)
+_by_name.pop("fabric.Opaque")  # never read back by this name
+
+
+def _path_str(d: Any) -> str:
+    if not isinstance(d, str):
+        raise TypeError("path data must be a str")
+    return d
+
+
+# ---------------------------------------------------------------------------
+# numpy (optional)
+# ---------------------------------------------------------------------------
+
+def _numpy() -> Any:
+    np = sys.modules.get("numpy")
+    if np is None:
+        # Decoding an array needs numpy; data never names a module to import.
+        np = importlib.import_module("numpy")
+    return np
+
+
+def _plain_dtype(np: Any, dtype: Any) -> None:
+    if dtype.hasobject:
+        raise TypeError("numpy arrays and scalars of object dtype cannot be keyed or stored")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise TypeError(f"numpy structured dtype {dtype} is not supported "
+                        "(register a type for it)")
+
+
+def _array_data(a: Any) -> tuple:
+    np = _numpy()
+    _plain_dtype(np, a.dtype)
+    return (a.dtype.str, np.ascontiguousarray(a).tobytes(), tuple(a.shape))
+
+
+def _array_from(d: Any) -> Any:
+    try:
+        np = _numpy()
+    except ImportError:
+        return Opaque("numpy.ndarray", d)
+    dtype_str, data, shape = d
+    dtype = np.dtype(dtype_str)
+    _plain_dtype(np, dtype)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _scalar_data(x: Any) -> tuple:
+    np = _numpy()
+    _plain_dtype(np, x.dtype)
+    return (x.dtype.str, x.tobytes())
+
+
+def _scalar_from(d: Any) -> Any:
+    try:
+        np = _numpy()
+    except ImportError:
+        return Opaque("numpy.generic", d)
+    dtype_str, data = d
+    dtype = np.dtype(dtype_str)
+    _plain_dtype(np, dtype)
+    if len(data) != dtype.itemsize:
+        raise ValueError("numpy scalar data does not match its dtype's size")
+    return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+_by_name["numpy.ndarray"] = (_NDARRAY, "numpy.ndarray", _array_data, _array_from)
+_by_name["numpy.generic"] = (_ADAPTER, "numpy.generic", _scalar_data, _scalar_from)
+
+
+def _hook(tp: type) -> Any:
+    """Says what to do with a type the registry does not know (once per
+    type; walk.c keeps the answer): an entry, None for "its builtin kind
+    decides", or a refusal message."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if tp is np.ndarray:
+            return _by_name["numpy.ndarray"]
+        if issubclass(tp, np.ndarray):
+            return (f"cannot key or store a {tp.__name__} (a numpy.ndarray subclass); "
+                    "pass a plain array or register_type the class")
+        if issubclass(tp, np.generic):
+            return _by_name["numpy.generic"]
+    return None
+
+
+_core._install_values(_by_type, _by_name, _hook, Opaque)
+
+
+# ---------------------------------------------------------------------------
+# The commitment key of Secret(commit=True)
+# ---------------------------------------------------------------------------
+
+def set_commit_key(key: bytes | str | None) -> None:
+    """Sets the commitment key that ``Secret(value, commit=True)`` keys with:
+    the key then carries HMAC-SHA256 of the value's canonical bytes under it.
+    Every process that must agree on keys (a fleet) uses the same commitment
+    key; changing it changes every key that holds a committed secret. At
+    least 16 bytes (a str is taken as its UTF-8 bytes); ``None`` unsets it,
+    after which keying a committed secret raises ``ValueError``.
+
+    At import, fabric reads it from the environment: ``FABRIC_COMMIT_KEY``
+    (the key itself) or ``FABRIC_COMMIT_KEY_FILE`` (a file holding it; one
+    trailing newline is dropped).
+    """
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError("a commitment key is bytes, str or None")
+    _core._set_commit_key(key)
+
+
+def _commit_key_from_environment() -> None:
+    key = os.environ.get("FABRIC_COMMIT_KEY")
+    path = os.environ.get("FABRIC_COMMIT_KEY_FILE")
+    if key:
+        set_commit_key(key)
+    elif path:
+        with open(path, "rb") as f:
+            data = f.read()
+        set_commit_key(data[:-1] if data.endswith(b"\n") else data)
+
+
+_commit_key_from_environment()
