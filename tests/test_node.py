@@ -132,6 +132,7 @@ def test_in_flight_request_fails_fast_when_the_node_goes(node):
     gate.set()
     n.stop()
     assert isinstance(box.get("exc"), fabric.FabricUnavailable)
+    c._task.result(30)  # the main connection noticed too (reconnect=False: it ended)
     assert c.status == "disconnected"
     c.close()
 

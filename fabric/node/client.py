@@ -18,13 +18,17 @@ import concurrent.futures
 import itertools
 import logging
 import random
+import socket
 import ssl
 import threading
+import time
+import weakref
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
-                     FabricUnavailable, FrameDecoder, FrameError, DecodeError, unpack)
+                     FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
+                     unpack)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
@@ -44,6 +48,7 @@ class _LoopThread:
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    thread: threading.Thread | None = None
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
@@ -53,7 +58,7 @@ class _LoopThread:
                 t = threading.Thread(target=loop.run_forever, name="fabric-client-loop",
                                      daemon=True)
                 t.start()
-                cls._loop = loop
+                cls._loop, cls.thread = loop, t
             return cls._loop
 
 
@@ -76,6 +81,126 @@ class _Call:
         self.error: BaseException | None = None
         self.chunks = 0
         self.bytes = 0
+
+
+class _Channel:
+    """A blocking connection owned by one caller thread: a sync ``evaluate``
+    does its whole round trip on the caller's thread (send the request, read
+    the reply), no event loop hand-off. One per thread and client; it carries
+    single replies only (streams and gossip use the client's main connection)."""
+
+    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node",
+                 "__weakref__")
+
+    def __init__(self, client: "NodeClient", timeout: float | None):
+        self.client = client
+        self.busy = False
+        self.dead = False
+        self.ids = itertools.count(1)
+        sock = socket.create_connection((client.host, client.port),
+                                        timeout=10.0 if timeout is None else timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if client.tls is not None:
+                sock = client.tls.wrap_socket(sock, server_hostname=client.host)
+            self.sock = sock
+            self.dec = FrameDecoder(P.node_limits(client.max_frame))
+            sock.sendall(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
+                node=client.node_id, max_frame=client.max_frame, window=client.window,
+                caps=[], token=client._token, proto=client.proto)))
+            f = self._frame()
+            if f.kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(self.dec.limits), client.url)
+            if f.kind != FrameKind.HELLO:
+                raise P.ProtocolError(f"{client.url} answered the handshake with "
+                                      f"{f.kind_name}")
+            body = P.check_hello(f.decode_payload(self.dec.limits), server=True)
+            self.node = body["node"]
+            self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
+        except BaseException:
+            sock.close()
+            raise
+
+    def _frame(self) -> Any:
+        while True:
+            for f in self.dec:
+                return f
+            data = self.sock.recv(1 << 18)
+            if not data:
+                raise ConnectionResetError(f"{self.client.url} closed the connection")
+            self.dec.feed(data)
+
+    def __del__(self) -> None:  # its thread ended: close quietly
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        self.dead = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+        except OSError:
+            pass
+        self.sock.close()
+
+    def evaluate(self, request: EvalRequest, g: frozenset[str], t: float | None) -> EvalReply:
+        client = self.client
+        sid = next(self.ids)
+        frame = client._open_frame(request, "value", g, t, sid, self.enc)
+        deadline = None if t is None else time.monotonic() + t
+        record: Any = None
+        err: BaseException | None = None
+        self.busy = True
+        try:
+            self.sock.settimeout(t)
+            self.sock.sendall(frame)
+            client.stats_counters["requests"] += 1
+            parts: list[bytes] = []
+            source = f"peer:{self.node}"
+            limits = self.dec.limits
+            while True:
+                if deadline is not None:
+                    self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                f = self._frame()
+                if f.stream_id != sid:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        raise FabricUnavailable(f"{client.url} ended the connection: "
+                                                f"{P.error_from_payload(f.decode_payload(limits), client.url)}")
+                    continue  # PONG, or a frame of a call given up on
+                kind = f.kind
+                if kind == FrameKind.STREAM_CHUNK:
+                    parts.append(bytes(f.decode_payload(limits)))
+                elif kind == FrameKind.STREAM_START:
+                    source = _source(f.decode_payload(limits), self.node)
+                elif kind == FrameKind.STREAM_END:
+                    record = unpack(b"".join(parts))
+                    break
+                elif kind == FrameKind.ERROR:
+                    err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
+                    break
+        except socket.timeout:
+            self.close()  # the node's late reply must not reach the next call
+            raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
+                                   f"within {t} s") from None
+        except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
+            self.close()
+            client.stats_counters["failed_fast"] += 1
+            if isinstance(exc, FabricUnavailable):
+                raise
+            raise FabricUnavailable(f"connection to {client.url} ({self.node}) was lost: "
+                                    f"{exc}") from None
+        finally:
+            self.busy = False
+        if err is not None:
+            raise err
+        return reply_from_record(record, request.key, source)
+
+
+def _source(body: Any, node: str | None) -> str:
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(meta, dict) or meta.get("source") in (None, "held", "local"):
+        return f"peer:{node}"
+    return str(meta.get("source"))
 
 
 class NodeClient:
@@ -128,6 +253,11 @@ class NodeClient:
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._relays: list[RelayFabric] = []
+        self._local = threading.local()
+        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
+        self._channels_lock = threading.Lock()
+        self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
+        self._loop_thread = _LoopThread.thread
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0}
@@ -240,11 +370,7 @@ class NodeClient:
         if c is None:
             return  # a frame for a request this side gave up on
         if kind == FrameKind.STREAM_START:
-            body = f.decode_payload(dec.limits)
-            meta = body.get("metadata") if isinstance(body, dict) else None
-            c.source = f"peer:{self.node}" if not isinstance(meta, dict) else \
-                f"peer:{self.node}" if meta.get("source") in (None, "held", "local") \
-                else str(meta.get("source"))
+            c.source = _source(f.decode_payload(dec.limits), self.node)
             c.started = True
         elif kind == FrameKind.STREAM_CHUNK:
             if c.want == "value":
@@ -278,17 +404,34 @@ class NodeClient:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
         sid = next(self._ids)
-        meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
-                               timeout=timeout, via=[self.node_id] if self.node_id else [])
-        frame = StreamControl.open(sid, meta).to_frame(_OPEN).encode()
-        if len(frame) - 36 > self._enc.limits.max_frame_payload_bytes:
-            raise P.LimitExceeded(f"the request {request.op!r} takes {len(frame) - 36} bytes, "
-                                  f"more than the largest frame agreed with {self.url} "
-                                  f"({self._enc.limits.max_frame_payload_bytes})")
+        frame = self._open_frame(request, want, grants, timeout, sid, self._enc)
         c = self._calls[sid] = _Call(sid, want)
         self._writer.write(frame)
         self.stats_counters["requests"] += 1
         return c
+
+    def _open_frame(self, request: EvalRequest, want: str, grants: frozenset[str],
+                    timeout: float | None, sid: int, enc: FrameEncoder) -> bytes:
+        # The open's payload does not name the stream id: a request asked
+        # again (the same object, want, grants and timeout) reuses its bytes.
+        ck = (id(request), want, grants, timeout)
+        hit = self._payloads.get(ck)
+        if hit is not None and hit[0] is request:
+            payload = hit[1]
+        else:
+            meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
+                                   timeout=timeout,
+                                   via=[self.node_id] if self.node_id else [])
+            payload = bytes(StreamControl.open(sid, meta).to_frame(_OPEN).payload)
+            with self._channels_lock:
+                if len(self._payloads) >= 256:
+                    self._payloads.pop(next(iter(self._payloads)))
+                self._payloads[ck] = (request, payload)
+        if len(payload) > enc.limits.max_frame_payload_bytes:
+            raise P.LimitExceeded(f"the request {request.op!r} takes {len(payload)} bytes, "
+                                  f"more than the largest frame agreed with {self.url} "
+                                  f"({enc.limits.max_frame_payload_bytes})")
+        return enc.encode(FrameKind.CONTROL, payload, stream_id=sid)
 
     def _cancel(self, c: _Call) -> None:
         if self._calls.pop(c.sid, None) is not None and self._writer is not None:
@@ -338,6 +481,30 @@ class NodeClient:
             t = request.deadline if t is None else min(t, request.deadline)
         return g, t
 
+    def _channel(self, t: float | None) -> _Channel | None:
+        """This thread's blocking connection (made on first use), or None on
+        the client's own loop thread or in a nested call (they go by the loop)."""
+        ch = getattr(self._local, "channel", None)
+        if ch is not None and not ch.dead:
+            return None if ch.busy else ch
+        if self.status != "connected" or threading.current_thread() is self._loop_thread:
+            if self.status != "connected":
+                self.stats_counters["failed_fast"] += 1
+                raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+            return None
+        try:
+            ch = _Channel(self, t)
+        except (OSError, FrameError, DecodeError) as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"cannot connect to {self.url}: {exc}") from None
+        with self._channels_lock:
+            if self._closed:
+                ch.close()
+                raise FabricUnavailable(f"the client of {self.url} was closed")
+            self._channels.add(ch)
+        self._local.channel = ch
+        return ch
+
     # -- the fabric interface ------------------------------------------------
     async def _evaluate_on_loop(self, request: EvalRequest, g: frozenset[str],
                                 t: float | None) -> EvalReply:
@@ -359,6 +526,9 @@ class NodeClient:
                  timeout: float | None = None) -> EvalReply:
         """Evaluate on the node; its reply, or its error raised here."""
         g, t = self._prepare(request, grants, timeout)
+        ch = self._channel(t)
+        if ch is not None:
+            return ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
         try:
@@ -465,6 +635,10 @@ class NodeClient:
 
     async def _aclose(self) -> None:
         self._closed = True
+        with self._channels_lock:
+            channels = list(self._channels)
+        for ch in channels:
+            ch.close()
         w = self._writer
         self._fail_all(FabricUnavailable(f"the client of {self.url} was closed"))
         if w is not None:

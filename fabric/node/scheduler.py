@@ -71,6 +71,10 @@ class FairQueue:
     def __len__(self) -> int:
         return sum(p.count for p in self._p.values())
 
+    def empty(self) -> bool:
+        """Whether nothing is queued (O(1))."""
+        return not self._active
+
     def lost(self, stream: Hashable) -> bool:
         """Whether ``stream`` lost data to an eviction."""
         return stream in self._lost
