@@ -196,6 +196,173 @@ class _Channel:
         return reply_from_record(record, request.key, source)
 
 
+class _AsyncChannel(asyncio.Protocol):
+    """A connection owned by one caller's event loop: ``aevaluate`` sends and
+    is answered on the caller's loop, with no hop to the client's thread.
+    Single replies only (streams and gossip use the main connection)."""
+
+    def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
+        self.client = client
+        self.loop = loop
+        self.dec = FrameDecoder(P.node_limits(client.max_frame))
+        self.enc = P.encoder(client.max_frame)
+        self.node: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source]
+        self.ids = itertools.count(1)
+        self.dead = False
+        self.closer: AsyncIterator[None] | None = None
+
+    async def connect(self, timeout: float | None) -> None:
+        c = self.client
+        try:
+            infos = await self.loop.getaddrinfo(c.host, c.port, type=socket.SOCK_STREAM)
+            family, _type, proto, _name, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            self.sock = sock
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(self.loop.sock_connect(sock, addr), timeout or 10.0)
+            await self.loop.create_connection(
+                lambda: self, sock=sock, ssl=c.tls,
+                server_hostname=c.host if c.tls is not None else None)
+            await asyncio.wait_for(asyncio.shield(self.ready), timeout or 10.0)
+            # Closed when the loop shuts down its async generators (asyncio.run
+            # does, before it closes the loop): the transport ends on its loop.
+            self.closer = _close_at_loop_end(self)
+            await self.closer.__anext__()
+        except BaseException as exc:
+            self.abort()
+            if not self.ready.done():
+                self.ready.set_exception(exc if isinstance(exc, FabricError) else
+                                         FabricUnavailable(f"cannot connect to {c.url}: "
+                                                           f"{exc!r}"))
+                self.ready.exception()  # retrieved: the waiters raise it
+            raise
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        c = self.client
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.enc.encode_value(  # type: ignore[attr-defined]
+            FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
+                                     caps=[], token=c._token, proto=c.proto)))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.dec.feed(data)
+            for f in self.dec:
+                self._frame(f)
+        except Exception as exc:  # a broken stream or a refusal: the channel ends
+            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
+                       FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
+
+    def _frame(self, f: Any) -> None:
+        limits = self.dec.limits
+        kind, sid = f.kind, f.stream_id
+        if not self.ready.done():
+            if kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(limits), self.client.url)
+            if kind != FrameKind.HELLO:
+                raise P.ProtocolError(f"{self.client.url} answered the handshake with "
+                                      f"{f.kind_name}")
+            body = P.check_hello(f.decode_payload(limits), server=True)
+            self.node = body["node"]
+            self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
+            self.ready.set_result(None)
+            return
+        if sid == 0:
+            if kind == FrameKind.ERROR:
+                raise FabricUnavailable(f"{self.client.url} ended the connection: "
+                                        f"{P.error_from_payload(f.decode_payload(limits), '')}")
+            return
+        call = self.calls.get(sid)
+        if call is None:
+            return  # a call given up on
+        if kind == FrameKind.STREAM_CHUNK:
+            call[1].append(bytes(f.decode_payload(limits)))
+        elif kind == FrameKind.STREAM_START:
+            call[2] = _source(f.decode_payload(limits), self.node)
+        elif kind == FrameKind.STREAM_END:
+            del self.calls[sid]
+            if not call[0].done():
+                try:
+                    call[0].set_result((unpack(b"".join(call[1])), call[2]))
+                except DecodeError as exc:
+                    call[0].set_exception(exc)
+        elif kind == FrameKind.ERROR:
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(P.error_from_payload(f.decode_payload(limits),
+                                                           f"node {self.node}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.dead = True
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            if not call[0].done():
+                self.client.stats_counters["failed_fast"] += 1
+                call[0].set_exception(exc)
+        self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) "
+                                     f"was lost"))
+
+    def abort(self) -> None:
+        """Close from this loop's thread."""
+        self.dead = True
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.sock is not None:
+            self.sock.close()
+
+    def close_from_anywhere(self) -> None:
+        """Close from any thread (the owning loop may have ended)."""
+        self.dead = True
+        if self.loop.is_closed():
+            if self.sock is not None:
+                self.sock.close()
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.abort)
+        except RuntimeError:  # closed in between
+            if self.sock is not None:
+                self.sock.close()
+
+    async def evaluate(self, request: EvalRequest, g: frozenset[str],
+                       t: float | None) -> EvalReply:
+        c = self.client
+        sid = next(self.ids)
+        frame = c._open_frame(request, "value", g, t, sid, self.enc)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.calls[sid] = [fut, [], f"peer:{self.node}"]
+        self.transport.write(frame)  # type: ignore[union-attr]
+        c.stats_counters["requests"] += 1
+        try:
+            record, source = await asyncio.wait_for(fut, t)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if self.calls.pop(sid, None) is not None and not self.dead:
+                self.transport.write(  # type: ignore[union-attr]
+                    StreamControl.cancel(sid).to_frame(_OPEN).encode())
+            if isinstance(exc, asyncio.TimeoutError):
+                raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
+                                       f"within {t} s") from None
+            raise
+        return reply_from_record(record, request.key, source)
+
+
+async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        ch.abort()
+
+
 def _source(body: Any, node: str | None) -> str:
     meta = body.get("metadata") if isinstance(body, dict) else None
     if not isinstance(meta, dict) or meta.get("source") in (None, "held", "local"):
@@ -257,6 +424,8 @@ class NodeClient:
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
         self._channels_lock = threading.Lock()
         self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
+        self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                   _AsyncChannel] = weakref.WeakKeyDictionary()
         self._loop_thread = _LoopThread.thread
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
@@ -505,6 +674,32 @@ class NodeClient:
         self._local.channel = ch
         return ch
 
+    async def _achannel(self, loop: asyncio.AbstractEventLoop,
+                        t: float | None) -> _AsyncChannel:
+        """The running loop's connection (made on first use; concurrent first
+        calls share the one being made)."""
+        ch = self._achannels.get(loop)
+        if ch is not None and not ch.dead:
+            await ch.ready
+            return ch
+        if self.status != "connected":
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        ch = _AsyncChannel(self, loop)
+        with self._channels_lock:
+            if self._closed:
+                raise FabricUnavailable(f"the client of {self.url} was closed")
+            self._achannels[loop] = ch
+        try:
+            await ch.connect(t)
+        except FabricError:
+            self.stats_counters["failed_fast"] += 1
+            raise
+        except (OSError, asyncio.TimeoutError, FrameError, DecodeError) as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"cannot connect to {self.url}: {exc!r}") from None
+        return ch
+
     # -- the fabric interface ------------------------------------------------
     async def _evaluate_on_loop(self, request: EvalRequest, g: frozenset[str],
                                 t: float | None) -> EvalReply:
@@ -540,6 +735,10 @@ class NodeClient:
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
         g, t = self._prepare(request, grants, timeout)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            ch = await self._achannel(loop, t)
+            return await ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
         try:
@@ -637,8 +836,11 @@ class NodeClient:
         self._closed = True
         with self._channels_lock:
             channels = list(self._channels)
+            achannels = list(self._achannels.values())
         for ch in channels:
             ch.close()
+        for ach in achannels:
+            ach.close_from_anywhere()
         w = self._writer
         self._fail_all(FabricUnavailable(f"the client of {self.url} was closed"))
         if w is not None:
