@@ -218,7 +218,8 @@ class Node:
         self._clients: list[Any] = []
         self._conns: set[_Conn] = set()
         self._stats: dict[str, int] = {}
-        self._address: tuple[str, int] | None = None
+        self._address: tuple[str, int] | None = None  # set once ready
+        self._bound: tuple[str, int] = (self.host, self.port)
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -269,11 +270,27 @@ class Node:
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
                                                   ssl=self.tls, limit=1 << 16)
         sock = self._server.sockets[0].getsockname()
-        self._address = (sock[0], sock[1])
-        log.info("node %s listening on %s", self.node_id, self.url)
+        self._bound = (sock[0], sock[1])
+        log.info("node %s listening on %s:%d", self.node_id, *self._bound)
         pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
+        loop = asyncio.get_running_loop()
+        first: list[asyncio.Future[Any]] = []
         for url in self.peer_urls:
-            pumps.append(asyncio.create_task(self._add_peer(url)))
+            first.append(loop.create_future())
+            pumps.append(asyncio.create_task(self._add_peer(url, first[-1])))
+        # Ready once the peers and a node home answered their first handshake
+        # (bounded: one that did not is retried in the background, and logged).
+        inner: Any = getattr(self.home, "inner", None)
+        if hasattr(inner, "_connected_once"):
+            first.append(asyncio.ensure_future(inner._connected_once()))
+        if first:
+            done, _ = await asyncio.wait(first, timeout=self.limits.handshake_timeout)
+            for t in first:
+                if t not in done or t.exception() is not None:
+                    log.warning("node %s: a peer or home was not reachable at start: %s",
+                                self.node_id, t.exception() if t in done else "no handshake "
+                                f"within {self.limits.handshake_timeout} s")
+        self._address = self._bound
         self._ready.set()
         try:
             await self._stop_evt.wait()
@@ -365,7 +382,9 @@ class Node:
         self.stop()
 
     # -- peers and gossip --------------------------------------------------------
-    async def _add_peer(self, url: str) -> None:
+    async def _add_peer(self, url: str, first: asyncio.Future[Any]) -> None:
+        """Connect to a peer and add it once it answered (``first`` resolves
+        with the first outcome; a peer down at start is added when it comes)."""
         from .client import NodeClient
         loop = asyncio.get_running_loop()
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
@@ -374,10 +393,23 @@ class Node:
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 self._on_gossip, body))
         self._clients.append(client)
-        await client._connected_once()
-        self.fabric.add_peer(ContentPeer(client.node or url, client))
-        log.info("node %s: peer %s is %s", self.node_id, url, client.node)
-        self._gossip_wake.set()  # type: ignore[union-attr]
+        try:
+            try:
+                await client._connected_once()
+            except Exception as exc:
+                if not first.done():
+                    first.set_exception(exc)
+                while client.status != "connected":  # it retries with backoff
+                    if client._closed:
+                        log.warning("node %s: peer %s refused: %s", self.node_id, url, exc)
+                        return
+                    await asyncio.sleep(0.1)
+            self.fabric.add_peer(ContentPeer(client.node or url, client))
+            log.info("node %s: peer %s is %s", self.node_id, url, client.node)
+            self._gossip_wake.set()  # type: ignore[union-attr]
+        finally:
+            if not first.done():
+                first.set_result(None)
 
     def _on_gossip(self, body: Any) -> None:
         if isinstance(body, dict) and isinstance(body.get("facts"), list):
