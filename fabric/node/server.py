@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
+                     FabricUnavailable,
                      FrameDecoder, FrameError, DecodeError, canonical_bytes,
                      FRAME_FLAG_DIAGNOSTIC)
 from ..control import StreamControl
@@ -67,6 +68,7 @@ class NodeLimits:
     max_running: int = 64
     principal_budget: int = 64 << 20
     principal_max_queued: int = 10_000
+    drain_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -140,6 +142,7 @@ class _Conn:
         self.gossip_sent = 0
         self.closed = False
         self.frames_in = 0
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def send(self, data: bytes) -> None:
         if self.closed:
@@ -230,6 +233,7 @@ class Node:
         self._out_q = FairQueue(budget=self.limits.principal_budget,
                                 max_count=self.limits.principal_max_queued)
         self._running = 0
+        self._drain = False
         # CONTROL open payloads seen lately -> (control, parsed request): a
         # request asked again skips its decode and key computation.
         self._opens: dict[bytes, tuple[Any, Any]] = {}
@@ -300,20 +304,23 @@ class Node:
     async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
         if self._server is not None:
             self._server.close()
+        if self._drain:
+            await self._drain_requests()
         for c in list(self._conns):
             for t in list(c.tasks.values()):
-                t.cancel()
+                t.cancel()  # each ends with an ERROR frame on its stream
+        await asyncio.sleep(0)  # let the cancelled requests send their ERROR frames
+        for c in list(self._conns):
             c.send_error(0, FabricError(f"node {self.node_id} is shutting down"))
-        for c in list(self._conns):
             try:
-                c.writer.close()
-            except Exception:
-                pass
-        for c in list(self._conns):
-            try:
-                await asyncio.wait_for(c.writer.wait_closed(), 1.0)
+                c.writer.close()  # flushes what is buffered, then closes
             except Exception:
                 c.abort()
+        ended = [c.ended for c in self._conns]
+        if ended:  # bounded: a peer that does not read is not waited for
+            await asyncio.wait(ended, timeout=1.0)
+        for c in list(self._conns):
+            c.abort()
         for t in pumps:
             t.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -370,10 +377,32 @@ class Node:
             self._thread.join(timeout)
             self._thread = None
 
-    def request_stop(self) -> None:
-        """Ask ``serve()`` to return (from the loop's thread, e.g. a signal handler)."""
+    def request_stop(self, drain: bool = False) -> None:
+        """Ask ``serve()`` to return (from the loop's thread, e.g. a signal
+        handler). ``drain``: first let the requests in flight (streams too)
+        finish, for up to ``limits.drain_timeout`` seconds, refusing new
+        ones; what is still running then ends with an error frame."""
+        self._drain = self._drain or drain
         if self._stop_evt is not None:
             self._stop_evt.set()
+
+    async def _drain_requests(self) -> None:
+        busy = self._running + len(self._run_q)
+        if not busy:
+            return
+        bound = self.limits.drain_timeout
+        log.warning("node %s: draining %d request(s) in flight (up to %s s)",
+                    self.node_id, busy, bound)
+        end = time.monotonic() + bound
+        # A short poll, bounded: the requests and the stream pump wake nothing here.
+        while (self._running or len(self._run_q) or not self._out_q.empty()) \
+                and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        left = self._running + len(self._run_q)
+        self._stat("drained_ended" if left else "drained_all")
+        if left:
+            log.warning("node %s: %d request(s) still running after %s s: ended with an "
+                        "error", self.node_id, left, bound)
 
     def __enter__(self) -> "Node":
         return self.start()
@@ -484,6 +513,8 @@ class Node:
             conn.send_error(0, FabricError(f"node {self.node_id} failed on a frame from "
                                            f"this connection: {type(exc).__name__}"))
         finally:
+            if not conn.ended.done():
+                conn.ended.set_result(None)
             self._conns.discard(conn)
             for t in list(conn.tasks.values()):
                 t.cancel()
@@ -628,6 +659,9 @@ class Node:
     # -- requests ----------------------------------------------------------------
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any) -> None:
         self._stat("requests")
+        if self._stop_evt is not None and self._stop_evt.is_set():
+            conn.send_error(sid, FabricUnavailable(f"node {self.node_id} is shutting down"))
+            return
         req, want = parsed[0], parsed[1]
         if (want == "value" and not req.stream and self._running < self.limits.max_running
                 and self._run_q.empty() and req.key in self.cassette):
