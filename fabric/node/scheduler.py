@@ -51,9 +51,12 @@ class FairQueue:
     """Deficit round robin over principals, round robin over their streams."""
 
     def __init__(self, *, budget: int = 64 << 20, max_count: int = 100_000,
-                 min_quantum: int = 4096):
+                 min_quantum: int = 4096, quantum: int | None = None):
         if budget < 1 or max_count < 1:
             raise ValueError("budget and max_count must be >= 1")
+        if quantum is not None and quantum < 1:
+            raise ValueError("quantum must be >= 1")
+        self.fixed_quantum = quantum
         self.budget = budget
         self.max_count = max_count
         self.min_quantum = min_quantum
@@ -65,7 +68,9 @@ class FairQueue:
 
     @property
     def quantum(self) -> int:
-        """max(min_quantum, budget / active principals)."""
+        """max(min_quantum, budget / active principals), or the fixed quantum."""
+        if self.fixed_quantum is not None:
+            return self.fixed_quantum
         return max(self.min_quantum, self.budget // max(1, len(self._active)))
 
     def __len__(self) -> int:

@@ -229,7 +229,10 @@ class Node:
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
         self._start_error: BaseException | None = None
-        self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued)
+        # Requests count 1 each and a principal's turn admits one: round robin
+        # (a budget-sized quantum would let a flooding principal go first for long).
+        self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued,
+                                quantum=1)
         self._out_q = FairQueue(budget=self.limits.principal_budget,
                                 max_count=self.limits.principal_max_queued)
         self._running = 0
