@@ -376,16 +376,13 @@ def section_stream(a, url, out):
         key = bulk.request(mib, 7).key
         block = b"\0" * (CHUNK - 1)
         t0 = time.perf_counter()
-        w = cas.begin_stream(key) if hasattr(cas, "begin_stream") else None
-        if w is not None:
+        with cas.record_stream(key) as w:
             for _ in range(total // CHUNK):
                 w.append(block)
-            w.end()
         rawapp = time.perf_counter() - t0
         cas.close()
         out.append((f"fabric stream, {mib} MiB, recorded by the receiving node", n / rec))
-        if w is not None:
-            out.append((f"raw cassette stream append, {mib} MiB", n / rawapp))
+        out.append((f"raw cassette stream append (record_stream), {mib} MiB", n / rawapp))
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -173,8 +173,10 @@ def _serve(name: str, workdir: Path, *args: str, wait: float = 30.0):
         [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id",
          name, "--cassette", str(workdir / f"{name}.ledger"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    ready, _, _ = select.select([proc.stdout], [], [], wait)
-    line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+    out = proc.stdout
+    assert out is not None
+    ready, _, _ = select.select([out], [], [], wait)
+    line = out.readline() if ready else ""
     if "listening on" not in line:
         proc.kill()
         proc.wait()

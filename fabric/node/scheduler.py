@@ -74,7 +74,8 @@ class FairQueue:
         return max(self.min_quantum, self.budget // max(1, len(self._active)))
 
     def __len__(self) -> int:
-        return sum(p.count for p in self._p.values())
+        # list(): stats() may be called from any thread
+        return sum(p.count for p in list(self._p.values()))
 
     def empty(self) -> bool:
         """Whether nothing is queued (O(1))."""
@@ -174,5 +175,5 @@ class FairQueue:
     def stats(self) -> dict[str, Any]:
         """Counters per principal (queued, served, evicted, refused, bytes)."""
         return {"principals": {n: dict(p.stats, pending=p.count, pending_bytes=p.bytes)
-                               for n, p in self._p.items()},
+                               for n, p in list(self._p.items())},
                 "evictions": self.evictions, "pending": len(self)}
