@@ -115,6 +115,8 @@ case "$cmd" in
         ;;
     bench)
         test_deps
+        # bench/net.py measures redis-py against a real redis-server.
+        apt_install redis-server
         python_env "[test,bench,docs]"
         for b in bench/*.py; do
             say "$b"

@@ -1,33 +1,65 @@
-"""Remote hit latency over loopback: fabric.connect vs a bare socket ping-pong.
+"""The network node over loopback: latency, throughput, streams, TLS, memory.
 
-    PYTHONPATH=. python bench/net.py [--n 2000]
+    PYTHONPATH=. python bench/net.py [--n 2000] [--only hit,redis,stream,fair,tls,mem]
 
-Side by side in one run, p50 and p99 in microseconds: a small held value
-fetched through ``fabric.connect`` from sync code and from asyncio, against
-a bare Python socket ping-pong (blocking sockets, one thread) of the same
-size. Loopback only; bounded in count.
+Side by side in one run (every server a separate process, every socket on
+127.0.0.1, every loop bounded in count):
+
+- ``hit``: p50 / p99 of a small held value (64 B) fetched through
+  ``fabric.connect`` from sync code and from asyncio, against a bare Python
+  socket ping-pong (blocking sockets; the echo server is a process) of the
+  same size;
+- ``redis``: the same hit against redis-py GET on a real ``redis-server``
+  (started here on a free loopback port, stopped at the end; installed
+  with apt-get if missing and allowed), throughput with 1 and 16
+  concurrent clients (threads), TLS and tokens off on both;
+- ``stream``: one 256 MiB stream (``--stream-mib``) to a consumer that does
+  not record it, against a raw socket send loop of the same bytes; the same
+  stream recorded by the receiving node, against raw append speed
+  (``EvalCassette`` stream records written directly) in the same run;
+- ``fair``: 100 concurrent streams on one node, Jain's fairness index of the
+  bytes each received by the time the first one finished;
+- ``tls``: the hit's p50 with TLS against without;
+- ``mem``: the node process's RSS growth per idle connection.
 """
 
 import argparse
 import asyncio
 import os
+import shutil
+import signal
 import socket
 import statistics
-import threading
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 # bench/fabric.py would shadow the package: import it from the repository root
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
-    os.path.abspath(__file__))]
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import fabric  # noqa: E402
-from fabric.node import Node, connect  # noqa: E402
+from fabric.node import Node, NodeLimits, connect  # noqa: E402
+
+VALUE = b"x" * 64
+CHUNK = 1 << 20
 
 
 @fabric.op("bench.small")
 def small(i):
-    return b"x" * 64
+    return VALUE
+
+
+@fabric.op("bench.bulk")
+def bulk(mib, chunk=CHUNK):
+    block = b"\0" * chunk
+    for _ in range(mib * (1 << 20) // chunk):
+        yield block
 
 
 def pct(xs, p):
@@ -35,23 +67,101 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))] * 1e6
 
 
-def ping_pong(n):
+# ---- child processes ---------------------------------------------------------------
+
+def child(args, *, env=None):
+    """Start this file in a child mode; returns (process, its readiness line's last word)."""
+    p = subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args,
+                         stdout=subprocess.PIPE, text=True, env=env,
+                         cwd=ROOT)
+    line = p.stdout.readline()  # the child prints one line when ready (or exits)
+    if not line.startswith("ready "):
+        p.kill()
+        raise SystemExit(f"child {args} did not start: {line!r}")
+    return p, line.split()[-1]
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def serve_echo():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
+    srv.listen(64)
+    print("ready", srv.getsockname()[1], flush=True)
 
-    def echo():
-        c, _ = srv.accept()
+    def echo(c):
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while True:
-            d = c.recv(4096)
-            if not d:
-                return
-            c.sendall(d)
+        with c:
+            while True:
+                d = c.recv(1 << 16)
+                if not d:
+                    return
+                c.sendall(d)
 
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
-    s = socket.create_connection(srv.getsockname())
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+
+def serve_sink():
+    """A raw socket receiver: counts bytes, answers the total on EOF."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    print("ready", srv.getsockname()[1], flush=True)
+    while True:
+        c, _ = srv.accept()
+        n = 0
+        buf = bytearray(1 << 20)
+        while True:
+            k = c.recv_into(buf)
+            if not k:
+                break
+            n += k
+        c.sendall(str(n).encode())
+        c.close()
+
+
+def serve_node(a):
+    from fabric.node.auth import server_tls
+    tls = server_tls(a.tls_cert, a.tls_key) if a.tls_cert else None
+    limits = NodeLimits(max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096),
+                        principal_budget=1 << 30, max_running=256)
+    cassette = a.cassette or None
+    node = Node(cassette, node_id="bench", home=fabric.LocalFabric(), listen="127.0.0.1:0",
+                tls=tls, limits=limits)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, node.request_stop)
+        task = asyncio.create_task(node.serve())
+        while node._address is None and not task.done():
+            await asyncio.sleep(0.01)
+        print("ready", node.url, flush=True)
+        await task
+
+    asyncio.run(run())
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---- sections --------------------------------------------------------------------
+
+def ping_pong(n, port):
+    s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     out = []
     msg = b"x" * 100
@@ -63,44 +173,341 @@ def ping_pong(n):
             got += len(s.recv(4096))
         out.append(time.perf_counter() - t0)
     s.close()
-    srv.close()
     return out
+
+
+def hit_latency(url, n, tls=None):
+    c = connect(url, tls=tls)
+    req = small.request(1)
+    c.evaluate(req)  # now held: every call below is a remote hit
+    for _ in range(min(n, 200)):
+        c.evaluate(req)
+    sync = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        c.evaluate(req)
+        sync.append(time.perf_counter() - t0)
+
+    async def run():
+        for _ in range(min(n, 200)):
+            await c.aevaluate(req)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await c.aevaluate(req)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    asy = asyncio.run(run())
+    c.close()
+    return sync, asy
+
+
+def threads_throughput(clients, n, make_call):
+    """Ops per second of ``clients`` threads each making ``n`` calls."""
+    calls = [make_call() for _ in range(clients)]
+    start = threading.Barrier(clients + 1)
+
+    def work(call):
+        start.wait()
+        for _ in range(n):
+            call()
+
+    ts = [threading.Thread(target=work, args=(c,)) for c in calls]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    return clients * n / (time.perf_counter() - t0)
+
+
+def async_throughput(url, clients, n):
+    c = connect(url)
+    req = small.request(1)
+
+    async def one():
+        for _ in range(n):
+            await c.aevaluate(req)
+
+    async def run():
+        await c.aevaluate(req)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return clients * n / (time.perf_counter() - t0)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        c.close()
+
+
+def start_redis():
+    exe = shutil.which("redis-server")
+    if exe is None and os.environ.get("FABRIC_BENCH_APT", "1") == "1":
+        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        exe = shutil.which("redis-server")
+    if exe is None:
+        return None, None
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = tempfile.mkdtemp(prefix="fabric-bench-redis-")
+    p = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                          "--appendonly", "no", "--dir", d, "--protected-mode", "yes"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(500):  # bounded: up to ~5 s for it to accept
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, port
+        except OSError:
+            if p.poll() is not None:
+                return None, None
+            time.sleep(0.01)
+    p.kill()
+    return None, None
+
+
+def section_hit_redis(a, url, rows, only):
+    echo, eport = child(["--serve-echo"])
+    try:
+        pp = ping_pong(a.n, int(eport))
+    finally:
+        stop(echo)
+    base = statistics.median(pp)
+    sync, asy = hit_latency(url, a.n)
+    rows.append(("socket ping-pong (100 B, echo process)", pp, base))
+    rows.append(("fabric.connect evaluate (sync)", sync, base))
+    rows.append(("fabric.connect aevaluate (asyncio)", asy, base))
+    tput = []
+    if "redis" in only:
+        try:
+            import redis
+        except ImportError:
+            redis = None
+            print("redis-py is not installed (pip install redis): redis rows skipped")
+        rp, rport = start_redis() if redis else (None, None)
+        if redis and rp is None:
+            print("redis-server not found and not installable: redis rows skipped")
+        if rp is not None:
+            try:
+                r = redis.Redis(host="127.0.0.1", port=rport)
+                r.set("k", VALUE)
+                lat = []
+                for _ in range(a.n):
+                    t0 = time.perf_counter()
+                    r.get("k")
+                    lat.append(time.perf_counter() - t0)
+                rows.append(("redis-py GET (64 B)", lat, base))
+                for k in (1, 16):
+                    def mk_redis():
+                        cl = redis.Redis(host="127.0.0.1", port=rport)
+                        return lambda: cl.get("k")
+                    tput.append((f"redis-py GET, {k} client(s)",
+                                 threads_throughput(k, a.n // k or 1, mk_redis)))
+                    conn = connect(url)
+                    req = small.request(1)
+                    conn.evaluate(req)
+                    tput.append((f"fabric evaluate, {k} thread(s), one client",
+                                 threads_throughput(k, a.n // k or 1,
+                                                    lambda: lambda: conn.evaluate(req))))
+                    conn.close()
+                    tput.append((f"fabric aevaluate, {k} task(s), one client",
+                                 async_throughput(url, k, a.n // k or 1)))
+                r.close()
+            finally:
+                rp.terminate()
+                rp.wait(10)
+    return tput
+
+
+def section_stream(a, url, out):
+    mib = a.stream_mib
+    total = mib << 20
+    sink, sport = child(["--serve-sink"])
+    try:
+        block = b"\0" * CHUNK
+        s = socket.create_connection(("127.0.0.1", int(sport)))
+        t0 = time.perf_counter()
+        for _ in range(total // CHUNK):
+            s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+        got = int(s.recv(64))
+        raw = time.perf_counter() - t0
+        s.close()
+        assert got == total, got
+    finally:
+        stop(sink)
+    c = connect(url, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
+    req = bulk.request(mib)
+    t0 = time.perf_counter()
+    n = 0
+    with c.stream(req) as st:
+        for item in st:
+            n += len(item)
+    fab = time.perf_counter() - t0
+    c.close()
+    assert n == total, n
+    out.append((f"raw socket send loop, {mib} MiB (sink process)", total / raw))
+    out.append((f"fabric stream, {mib} MiB, consumer not recording", total / fab))
+    # recorded by the receiving node: a second node with the first as its home
+    d = tempfile.mkdtemp(prefix="fabric-bench-net-")
+    try:
+        home = connect(url, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
+        limits = NodeLimits(max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096),
+                            principal_budget=1 << 30)
+        recv = Node(os.path.join(d, "recv.ledger"), node_id="recv", home=home,
+                    listen="127.0.0.1:0", limits=limits)
+        req2 = bulk.request(mib, CHUNK - 1)  # a new key: not held anywhere yet
+        t0 = time.perf_counter()
+        n = 0
+        with recv.fabric.stream(req2) as st:
+            for item in st:
+                n += len(item)
+        rec = time.perf_counter() - t0
+        assert n == total - total // CHUNK, n
+        assert req2.key in recv.cassette, "the stream was not recorded"
+        home.close()
+        recv.cassette.close()
+        cas = fabric.EvalCassette(os.path.join(d, "raw.ledger"))
+        key = bulk.request(mib, 7).key
+        block = b"\0" * (CHUNK - 1)
+        t0 = time.perf_counter()
+        with cas.record_stream(key) as w:
+            for _ in range(total // CHUNK):
+                w.append(block)
+        rawapp = time.perf_counter() - t0
+        cas.close()
+        out.append((f"fabric stream, {mib} MiB, recorded by the receiving node", n / rec))
+        out.append((f"raw cassette stream append (record_stream), {mib} MiB", n / rawapp))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def section_fair(a, url):
+    """100 concurrent streams; Jain's index of bytes received when the first ends."""
+    k = 100
+    c = connect(url, max_frame=CHUNK + 4096, window=4 * (64 << 10), timeout=600)
+    got = [0] * k
+    first_done = threading.Event()
+    snapshot = []
+    start = threading.Barrier(k)
+
+    def consume(i):
+        req = bulk.request(a.fair_mib, (64 << 10) + i)  # a key of its own
+        start.wait()
+        with c.stream(req) as st:
+            for item in st:
+                got[i] += len(item)
+        if not first_done.is_set():
+            snapshot.append(list(got))
+            first_done.set()
+
+    ts = [threading.Thread(target=consume, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    c.close()
+    xs = snapshot[0]
+    jain = sum(xs) ** 2 / (k * sum(x * x for x in xs)) if any(xs) else 0.0
+    return jain, min(xs), max(xs)
+
+
+def section_tls(a, tmp):
+    from fabric.node.auth import client_tls
+    cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if r.returncode:
+        return None
+    p, url = child(["--serve-node", "--tls-cert", cert, "--tls-key", key])
+    try:
+        sync, asy = hit_latency(url, a.n, tls=client_tls(cert))
+    finally:
+        stop(p)
+    return sync, asy
+
+
+def section_mem(url, pid, k=200):
+    socks = []
+    before = rss_kib(pid)
+    from fabric.node import protocol as P
+    from fabric.frames import FrameKind
+    hello = P.encoder().encode_value(FrameKind.HELLO, P.hello(
+        node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW))
+    port = int(url.rsplit(":", 1)[1])
+    for _ in range(k):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(hello)
+        s.recv(4096)  # the server's HELLO: the connection is established
+        socks.append(s)
+    after = rss_kib(pid)
+    for s in socks:
+        s.close()
+    return (after - before) * 1024 / k
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--only", default="hit,redis,stream,fair,tls,mem")
+    ap.add_argument("--stream-mib", type=int, default=256)
+    ap.add_argument("--fair-mib", type=int, default=4)
+    ap.add_argument("--serve-echo", action="store_true")
+    ap.add_argument("--serve-sink", action="store_true")
+    ap.add_argument("--serve-node", action="store_true")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--cassette")
     a = ap.parse_args()
-    node = Node(node_id="bench", home=fabric.LocalFabric(), listen="127.0.0.1:0").start()
+    if a.serve_echo:
+        return serve_echo()
+    if a.serve_sink:
+        return serve_sink()
+    if a.serve_node:
+        return serve_node(a)
+    only = set(a.only.split(","))
+    tmp = tempfile.mkdtemp(prefix="fabric-bench-")
+    node, url = child(["--serve-node", "--cassette", os.path.join(tmp, "node.ledger")])
     try:
-        c = connect(node.url)
-        req = small.request(1)
-        c.evaluate(req)  # now held: every call below is a remote hit
-        sync = []
-        for _ in range(a.n):
-            t0 = time.perf_counter()
-            c.evaluate(req)
-            sync.append(time.perf_counter() - t0)
-
-        async def run():
-            out = []
-            for _ in range(a.n):
-                t0 = time.perf_counter()
-                await c.aevaluate(req)
-                out.append(time.perf_counter() - t0)
-            return out
-
-        asy = asyncio.run(run())
-        c.close()
+        rows, tput, streams = [], [], []
+        if only & {"hit", "redis"}:
+            tput = section_hit_redis(a, url, rows, only)
+            print(f"{'what':44} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
+            for name, xs, base in rows:
+                print(f"{name:44} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
+                      f"{statistics.median(xs) / base:16.2f}")
+            for name, ops in tput:
+                print(f"{name:44} {ops:12,.0f} ops/s")
+        if "tls" in only:
+            got = section_tls(a, tmp)
+            if got is None:
+                print("tls: openssl not found, skipped")
+            else:
+                plain = hit_latency(url, a.n)
+                for what, xs, ys in (("sync", got[0], plain[0]), ("asyncio", got[1], plain[1])):
+                    print(f"TLS hit p50 ({what}) {pct(xs, .5):9.1f} us vs plain "
+                          f"{pct(ys, .5):9.1f} us: {statistics.median(xs) / statistics.median(ys):.2f}x")
+        if "mem" in only:
+            print(f"memory per idle connection: {section_mem(url, node.pid) / 1024:.1f} KiB "
+                  f"(node RSS growth over 200 handshaken connections)")
+        if "stream" in only:
+            section_stream(a, url, streams)
+            for name, bps in streams:
+                print(f"{name:56} {bps / 2**20:9.1f} MiB/s")
+        if "fair" in only:
+            jain, lo, hi = section_fair(a, url)
+            print(f"100 concurrent streams: Jain's index {jain:.3f} "
+                  f"(bytes received when the first ended: min {lo}, max {hi})")
     finally:
-        node.stop()
-    pp = ping_pong(a.n)
-    base = statistics.median(pp)
-    print(f"{'what':32} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
-    for name, xs in (("socket ping-pong (100 B)", pp), ("fabric.connect evaluate (sync)", sync),
-                     ("fabric.connect aevaluate", asy)):
-        print(f"{name:32} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
-              f"{statistics.median(xs) / base:16.2f}")
+        stop(node)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Two nodes in one process, each with its own durable ledger under
 3. the same requests again are local hits (timed);
 4. node *b*, with no home, resolves them from *a* as a peer, then holds them;
 5. a stream op is streamed, recorded frame by frame and replayed;
-6. ``explain`` and ``stats`` say what happened.
+6. ``explain`` and ``stats`` say what happened;
+7. over the network: two ``fabric serve`` processes on loopback (``net-a``
+   computes, ``net-b`` has no home and ``net-a`` as its peer) and a client
+   that resolves across them with ``fabric.connect``.
 
 Node *a*'s ledger is kept between runs (a second run shows its holdings
 replayed at open); node *b*'s is started afresh each run so step 4 always
@@ -145,4 +148,84 @@ def main(args=None) -> int:
     finally:
         cas_a.close()
         cas_b.close()
+    if getattr(args, "network", True):
+        network_demo(embed, tokens)
     return 0
+
+
+def home() -> fabric.LocalFabric:
+    """The home of the demo's ``fabric serve`` node (``--home fabric.demo:home``)."""
+    reg = fabric.OpRegistry()
+    register_ops(reg)
+    return fabric.LocalFabric(reg, name="home")
+
+
+def _serve(name: str, workdir: Path, *args: str, wait: float = 30.0):
+    """Start ``fabric serve`` on a free loopback port; (process, url) once its
+    readiness line is read (bounded by ``wait`` seconds)."""
+    import select
+    import subprocess
+    import sys
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id",
+         name, "--cassette", str(workdir / f"{name}.ledger"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    out = proc.stdout
+    assert out is not None
+    ready, _, _ = select.select([out], [], [], wait)
+    line = out.readline() if ready else ""
+    if "listening on" not in line:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"fabric serve {name} did not start within {wait} s")
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def _stop(proc) -> None:
+    import signal
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # drains, closes its cassette
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def network_demo(embed, tokens) -> None:
+    """Step 7: two node processes on loopback and a client resolving across them."""
+    import tempfile
+    from .node import connect
+    print("\n7. over the network: two `fabric serve` processes on loopback")
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="fabric-demo-") as tmp:
+        try:
+            pa, url_a = _serve("net-a", Path(tmp), "--home", "fabric.demo:home")
+            procs.append(pa)
+            print(f"   net-a (computes) listening on {url_a}")
+            pb, url_b = _serve("net-b", Path(tmp), "--peer", url_a)
+            procs.append(pb)
+            print(f"   net-b (no home, peer net-a) listening on {url_b}")
+            req = embed.request("sent over the wire")
+            with connect(url_a, timeout=30) as a, connect(url_b, timeout=30) as b:
+                reply, dt = _timed(a.evaluate, req)
+                print(f"   client -> net-a: {reply.value} from {reply.source:<12} {_fmt(dt)}")
+                per_call = _median_call(lambda: a.evaluate(req), n=200)
+                print(f"   client -> net-a again: a remote hit, {_fmt(per_call).strip()} "
+                      f"per call")
+                reply, dt = _timed(b.evaluate, req)
+                print(f"   client -> net-b: resolved from {reply.source:<12} {_fmt(dt)}")
+                reply, dt = _timed(b.evaluate, req)
+                print(f"   client -> net-b again: now held by {reply.source:<7} {_fmt(dt)}")
+                sreq = tokens.request("streams cross processes with credit")
+                with a.stream(sreq) as s:
+                    items = list(s)
+                print(f"   a stream from net-a: {' '.join(items)}")
+        finally:
+            for p in reversed(procs):
+                _stop(p)
+    print("   both nodes stopped (SIGTERM: streams drained, cassettes closed)")

@@ -1,5 +1,6 @@
 """Ops that the node tests' `fabric serve` processes import (``--import node_ops``)."""
 
+import os
 import time
 
 import fabric
@@ -36,3 +37,15 @@ def reveal(secret):
 def home():
     """The home fabric of a `fabric serve --home node_ops:home` process."""
     return fabric.LocalFabric()
+
+
+@fabric.op("node.gated_count")
+def gated_count(n, gate_path):
+    """0, then (once ``gate_path`` exists; the test creates it) 1 .. n-1."""
+    yield 0
+    for _ in range(6000):  # bounded: 60 s
+        if os.path.exists(gate_path):
+            break
+        time.sleep(0.01)
+    for i in range(1, n):
+        yield i

@@ -132,6 +132,7 @@ def test_in_flight_request_fails_fast_when_the_node_goes(node):
     gate.set()
     n.stop()
     assert isinstance(box.get("exc"), fabric.FabricUnavailable)
+    c._task.result(30)  # the main connection noticed too (reconnect=False: it ended)
     assert c.status == "disconnected"
     c.close()
 
@@ -405,3 +406,83 @@ def test_100000_tiny_frames(node):
     # what reached us before the close is the handshake, pongs, then the ERROR
     assert not frames or frames[-1].kind == FrameKind.ERROR
     assert n2.stats()["refused_LimitExceeded"] == 1
+
+
+# ---- fairness over real connections ---------------------------------------------
+
+def test_200_principals_over_real_connections_are_all_served(node):
+    tokens = {f"p{i}": f"token-of-principal-{i:04d}-xyz" for i in range(200)}
+    n = node(tokens=tokens, limits=NodeLimits(max_running=8))
+    clients = [connect(n.url, token=tokens[f"p{i}"]) for i in range(200)]
+    try:
+        async def main():
+            return await asyncio.gather(*(
+                c.aevaluate(node_ops.double.request(1000 + i)) for i, c in enumerate(clients)))
+        replies = asyncio.run(main())
+        assert [r.value for r in replies] == [2 * (1000 + i) for i in range(200)]
+        per = n.stats()["requests_queue"]["principals"]
+        assert sorted(per) == sorted(tokens)
+        assert all(v["served"] == 1 and v["pending"] == 0 for v in per.values())
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_one_principal_flooding_while_another_still_gets_its_replies(node):
+    permits = threading.Semaphore(0)
+    order = []
+
+    @fabric.op("node.test.flood")
+    def flood(i):
+        assert permits.acquire(timeout=60)
+        order.append(("flood", i))
+        return i
+
+    @fabric.op("node.test.calm")
+    def calm(x):
+        order.append("calm")
+        return x
+
+    tokens = {"flood": "token-of-the-flooder-000", "calm": "token-of-the-calm-one-00"}
+    n = node(tokens=tokens, limits=NodeLimits(max_running=2))
+    fc = connect(n.url, token=tokens["flood"], timeout=60)
+    cc = connect(n.url, token=tokens["calm"], timeout=60)
+    flood_done = threading.Event()
+
+    def flooder():
+        async def main():
+            return await asyncio.gather(*(fc.aevaluate(flood.request(i)) for i in range(40)),
+                                        return_exceptions=True)
+        flood_done.result = asyncio.run(main())
+        flood_done.set()
+
+    ft = threading.Thread(target=flooder)
+    ft.start()
+    box = {}
+    ct = None
+    try:
+        while n.stats().get("requests", 0) < 40:  # all 40 arrived: 2 running, 38 queued
+            assert ft.is_alive()
+        ct = threading.Thread(target=lambda: box.setdefault("r", cc.evaluate(calm.request(5))))
+        ct.start()
+        while n.stats().get("requests", 0) < 41:
+            assert ct.is_alive() or "r" in box
+        released = 0
+        while "calm" not in order and released < 40:
+            permits.release()  # one flood op may finish, freeing one slot
+            released += 1
+            while len([o for o in order if o != "calm"]) < released:
+                pass  # that flood op finished (bounded by its own 60 s acquire)
+        ct.join(30)
+        assert box["r"].value == 5
+        # round robin: calm went at the next turn, not behind the 38 queued floods
+        assert order.index("calm") <= 3, order[:6]
+    finally:
+        for _ in range(40):
+            permits.release()
+        ft.join(60)
+        if ct is not None:
+            ct.join(30)
+        fc.close()
+        cc.close()
+    assert flood_done.is_set() and sorted(r.value for r in flood_done.result) == list(range(40))

@@ -139,3 +139,28 @@ def test_restart_from_the_ledger_reannounces_holdings(fleet, tmp_path):
     finally:
         d.stop()
         stop(pc2)
+
+
+def test_sigterm_drains_a_stream_in_flight_then_exits(fleet, tmp_path):
+    pc, c_url = fleet("c", "--home", "node_ops:home", "--log-level", "warning")
+    gate = tmp_path / "gate"
+    with connect(c_url) as c:
+        s = c.stream(node_ops.gated_count.request(50, str(gate)))
+        assert next(s) == 0  # the stream is in flight, its producer held at the gate
+        pc.send_signal(signal.SIGTERM)
+        for _ in range(100):  # bounded: the node logs that it drains
+            line = pc.stderr.readline()
+            if "draining" in line or not line:
+                break
+        assert "draining 1 request" in line
+        # a new request is refused while the node drains
+        with pytest.raises(fabric.FabricUnavailable):
+            c.evaluate(node_ops.double.request(3))
+        gate.touch()
+        assert list(s) == list(range(1, 50)) and s.done
+    assert pc.wait(20) == 0
+    # the drained stream was recorded before the cassette closed: a restart holds it
+    pc2, c_url2 = fleet("c")
+    with connect(c_url2, scope="held") as c:
+        assert list(c.stream(node_ops.gated_count.request(50, str(gate)))) == list(range(50))
+    stop(pc2)

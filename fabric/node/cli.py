@@ -3,8 +3,9 @@
 Prints one readiness line, ``fabric serve: node ID listening on URL``, on
 stdout once it accepts connections (scripts and tests wait for it), logs
 through ``logging`` on stderr, and stops cleanly on SIGTERM or SIGINT:
-requests in flight end with an error frame, connections close, the
-cassette is closed.
+new requests are refused, those in flight (streams too) may finish for up
+to ``--drain-timeout`` seconds (default 10), what still runs then ends with
+an error frame, connections close, the cassette is closed.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("idle_timeout", args.idle_timeout), ("max_frame", args.max_frame),
         ("window", args.window), ("output_buffer", args.output_buffer),
         ("max_frame_rate", args.max_frame_rate), ("max_running", args.max_running),
-        ("principal_budget", args.principal_budget)) if v is not None})
+        ("principal_budget", args.principal_budget),
+        ("drain_timeout", args.drain_timeout)) if v is not None})
     home = _load(args.home) if args.home else None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
@@ -68,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.request_stop)
+            loop.add_signal_handler(sig, node.request_stop, True)  # drain first
         task = asyncio.create_task(node.serve())
         while node._address is None and not task.done():
             await asyncio.sleep(0.01)
@@ -111,6 +113,6 @@ def add_parser(sub: Any) -> None:
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),
-                      ("principal-budget", int)):
+                      ("principal-budget", int), ("drain-timeout", float)):
         p.add_argument(f"--{name}", type=typ, default=None, help="a NodeLimits limit")
     p.set_defaults(func=cmd_serve)

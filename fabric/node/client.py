@@ -18,13 +18,17 @@ import concurrent.futures
 import itertools
 import logging
 import random
+import socket
 import ssl
 import threading
+import time
+import weakref
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
-                     FabricUnavailable, FrameDecoder, FrameError, DecodeError, unpack)
+                     FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
+                     unpack)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
@@ -44,6 +48,7 @@ class _LoopThread:
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
+    thread: threading.Thread | None = None
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
@@ -53,7 +58,7 @@ class _LoopThread:
                 t = threading.Thread(target=loop.run_forever, name="fabric-client-loop",
                                      daemon=True)
                 t.start()
-                cls._loop = loop
+                cls._loop, cls.thread = loop, t
             return cls._loop
 
 
@@ -76,6 +81,293 @@ class _Call:
         self.error: BaseException | None = None
         self.chunks = 0
         self.bytes = 0
+
+
+class _Channel:
+    """A blocking connection owned by one caller thread: a sync ``evaluate``
+    does its whole round trip on the caller's thread (send the request, read
+    the reply), no event loop hand-off. One per thread and client; it carries
+    single replies only (streams and gossip use the client's main connection)."""
+
+    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node",
+                 "__weakref__")
+
+    def __init__(self, client: "NodeClient", timeout: float | None):
+        self.client = client
+        self.busy = False
+        self.dead = False
+        self.ids = itertools.count(1)
+        sock = socket.create_connection((client.host, client.port),
+                                        timeout=10.0 if timeout is None else timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if client.tls is not None:
+                sock = client.tls.wrap_socket(sock, server_hostname=client.host)
+            self.sock = sock
+            self.dec = FrameDecoder(P.node_limits(client.max_frame))
+            sock.sendall(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
+                node=client.node_id, max_frame=client.max_frame, window=client.window,
+                caps=[], token=client._token, proto=client.proto)))
+            f = self._frame()
+            if f.kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(self.dec.limits), client.url)
+            if f.kind != FrameKind.HELLO:
+                raise P.ProtocolError(f"{client.url} answered the handshake with "
+                                      f"{f.kind_name}")
+            body = P.check_hello(f.decode_payload(self.dec.limits), server=True)
+            self.node = body["node"]
+            self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
+        except BaseException:
+            sock.close()
+            raise
+
+    def _frame(self) -> Any:
+        while True:
+            for f in self.dec:
+                return f
+            data = self.sock.recv(1 << 18)
+            if not data:
+                raise ConnectionResetError(f"{self.client.url} closed the connection")
+            self.dec.feed(data)
+
+    def __del__(self) -> None:  # its thread ended: close quietly
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        self.dead = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+        except OSError:
+            pass
+        self.sock.close()
+
+    def evaluate(self, request: EvalRequest, g: frozenset[str], t: float | None) -> EvalReply:
+        client = self.client
+        sid = next(self.ids)
+        frame = client._open_frame(request, "value", g, t, sid, self.enc)
+        deadline = None if t is None else time.monotonic() + t
+        record: Any = None
+        err: BaseException | None = None
+        self.busy = True
+        try:
+            self.sock.settimeout(t)
+            self.sock.sendall(frame)
+            client.stats_counters["requests"] += 1
+            parts: list[bytes] = []
+            source = f"peer:{self.node}"
+            limits = self.dec.limits
+            while True:
+                if deadline is not None:
+                    self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                f = self._frame()
+                if f.stream_id != sid:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        raise FabricUnavailable(f"{client.url} ended the connection: "
+                                                f"{P.error_from_payload(f.decode_payload(limits), client.url)}")
+                    continue  # PONG, or a frame of a call given up on
+                kind = f.kind
+                if kind == FrameKind.STREAM_CHUNK:
+                    parts.append(bytes(f.decode_payload(limits)))
+                elif kind == FrameKind.STREAM_START:
+                    source = _source(f.decode_payload(limits), self.node)
+                elif kind == FrameKind.STREAM_END:
+                    record = unpack(b"".join(parts))
+                    break
+                elif kind == FrameKind.ERROR:
+                    err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
+                    break
+        except socket.timeout:
+            self.close()  # the node's late reply must not reach the next call
+            raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
+                                   f"within {t} s") from None
+        except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
+            self.close()
+            client.stats_counters["failed_fast"] += 1
+            if isinstance(exc, FabricUnavailable):
+                raise
+            raise FabricUnavailable(f"connection to {client.url} ({self.node}) was lost: "
+                                    f"{exc}") from None
+        finally:
+            self.busy = False
+        if err is not None:
+            raise err
+        return reply_from_record(record, request.key, source)
+
+
+class _AsyncChannel(asyncio.Protocol):
+    """A connection owned by one caller's event loop: ``aevaluate`` sends and
+    is answered on the caller's loop, with no hop to the client's thread.
+    Single replies only (streams and gossip use the main connection)."""
+
+    def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
+        self.client = client
+        self.loop = loop
+        self.dec = FrameDecoder(P.node_limits(client.max_frame))
+        self.enc = P.encoder(client.max_frame)
+        self.node: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source]
+        self.ids = itertools.count(1)
+        self.dead = False
+        self.closer: AsyncIterator[None] | None = None
+
+    async def connect(self, timeout: float | None) -> None:
+        c = self.client
+        try:
+            infos = await self.loop.getaddrinfo(c.host, c.port, type=socket.SOCK_STREAM)
+            family, _type, proto, _name, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            self.sock = sock
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(self.loop.sock_connect(sock, addr), timeout or 10.0)
+            await self.loop.create_connection(
+                lambda: self, sock=sock, ssl=c.tls,
+                server_hostname=c.host if c.tls is not None else None)
+            await asyncio.wait_for(asyncio.shield(self.ready), timeout or 10.0)
+            # Closed when the loop shuts down its async generators (asyncio.run
+            # does, before it closes the loop): the transport ends on its loop.
+            self.closer = _close_at_loop_end(self)
+            await self.closer.__anext__()
+        except BaseException as exc:
+            self.abort()
+            if not self.ready.done():
+                self.ready.set_exception(exc if isinstance(exc, FabricError) else
+                                         FabricUnavailable(f"cannot connect to {c.url}: "
+                                                           f"{exc!r}"))
+                self.ready.exception()  # retrieved: the waiters raise it
+            raise
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        c = self.client
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.enc.encode_value(  # type: ignore[attr-defined]
+            FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
+                                     caps=[], token=c._token, proto=c.proto)))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.dec.feed(data)
+            for f in self.dec:
+                self._frame(f)
+        except Exception as exc:  # a broken stream or a refusal: the channel ends
+            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
+                       FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
+
+    def _frame(self, f: Any) -> None:
+        limits = self.dec.limits
+        kind, sid = f.kind, f.stream_id
+        if not self.ready.done():
+            if kind == FrameKind.ERROR:
+                raise P.error_from_payload(f.decode_payload(limits), self.client.url)
+            if kind != FrameKind.HELLO:
+                raise P.ProtocolError(f"{self.client.url} answered the handshake with "
+                                      f"{f.kind_name}")
+            body = P.check_hello(f.decode_payload(limits), server=True)
+            self.node = body["node"]
+            self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
+            self.ready.set_result(None)
+            return
+        if sid == 0:
+            if kind == FrameKind.ERROR:
+                raise FabricUnavailable(f"{self.client.url} ended the connection: "
+                                        f"{P.error_from_payload(f.decode_payload(limits), '')}")
+            return
+        call = self.calls.get(sid)
+        if call is None:
+            return  # a call given up on
+        if kind == FrameKind.STREAM_CHUNK:
+            call[1].append(bytes(f.decode_payload(limits)))
+        elif kind == FrameKind.STREAM_START:
+            call[2] = _source(f.decode_payload(limits), self.node)
+        elif kind == FrameKind.STREAM_END:
+            del self.calls[sid]
+            if not call[0].done():
+                try:
+                    call[0].set_result((unpack(b"".join(call[1])), call[2]))
+                except DecodeError as exc:
+                    call[0].set_exception(exc)
+        elif kind == FrameKind.ERROR:
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(P.error_from_payload(f.decode_payload(limits),
+                                                           f"node {self.node}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.dead = True
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            if not call[0].done():
+                self.client.stats_counters["failed_fast"] += 1
+                call[0].set_exception(exc)
+        self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) "
+                                     f"was lost"))
+
+    def abort(self) -> None:
+        """Close from this loop's thread."""
+        self.dead = True
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.sock is not None:
+            self.sock.close()
+
+    def close_from_anywhere(self) -> None:
+        """Close from any thread (the owning loop may have ended)."""
+        self.dead = True
+        if self.loop.is_closed():
+            if self.sock is not None:
+                self.sock.close()
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.abort)
+        except RuntimeError:  # closed in between
+            if self.sock is not None:
+                self.sock.close()
+
+    async def evaluate(self, request: EvalRequest, g: frozenset[str],
+                       t: float | None) -> EvalReply:
+        c = self.client
+        sid = next(self.ids)
+        frame = c._open_frame(request, "value", g, t, sid, self.enc)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.calls[sid] = [fut, [], f"peer:{self.node}"]
+        self.transport.write(frame)  # type: ignore[union-attr]
+        c.stats_counters["requests"] += 1
+        try:
+            record, source = await asyncio.wait_for(fut, t)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if self.calls.pop(sid, None) is not None and not self.dead:
+                self.transport.write(  # type: ignore[union-attr]
+                    StreamControl.cancel(sid).to_frame(_OPEN).encode())
+            if isinstance(exc, asyncio.TimeoutError):
+                raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
+                                       f"within {t} s") from None
+            raise
+        return reply_from_record(record, request.key, source)
+
+
+async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        ch.abort()
+
+
+def _source(body: Any, node: str | None) -> str:
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(meta, dict) or meta.get("source") in (None, "held", "local"):
+        return f"peer:{node}"
+    return str(meta.get("source"))
 
 
 class NodeClient:
@@ -128,6 +420,13 @@ class NodeClient:
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._relays: list[RelayFabric] = []
+        self._local = threading.local()
+        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
+        self._channels_lock = threading.Lock()
+        self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
+        self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                   _AsyncChannel] = weakref.WeakKeyDictionary()
+        self._loop_thread = _LoopThread.thread
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0}
@@ -240,11 +539,7 @@ class NodeClient:
         if c is None:
             return  # a frame for a request this side gave up on
         if kind == FrameKind.STREAM_START:
-            body = f.decode_payload(dec.limits)
-            meta = body.get("metadata") if isinstance(body, dict) else None
-            c.source = f"peer:{self.node}" if not isinstance(meta, dict) else \
-                f"peer:{self.node}" if meta.get("source") in (None, "held", "local") \
-                else str(meta.get("source"))
+            c.source = _source(f.decode_payload(dec.limits), self.node)
             c.started = True
         elif kind == FrameKind.STREAM_CHUNK:
             if c.want == "value":
@@ -278,17 +573,34 @@ class NodeClient:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
         sid = next(self._ids)
-        meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
-                               timeout=timeout, via=[self.node_id] if self.node_id else [])
-        frame = StreamControl.open(sid, meta).to_frame(_OPEN).encode()
-        if len(frame) - 36 > self._enc.limits.max_frame_payload_bytes:
-            raise P.LimitExceeded(f"the request {request.op!r} takes {len(frame) - 36} bytes, "
-                                  f"more than the largest frame agreed with {self.url} "
-                                  f"({self._enc.limits.max_frame_payload_bytes})")
+        frame = self._open_frame(request, want, grants, timeout, sid, self._enc)
         c = self._calls[sid] = _Call(sid, want)
         self._writer.write(frame)
         self.stats_counters["requests"] += 1
         return c
+
+    def _open_frame(self, request: EvalRequest, want: str, grants: frozenset[str],
+                    timeout: float | None, sid: int, enc: FrameEncoder) -> bytes:
+        # The open's payload does not name the stream id: a request asked
+        # again (the same object, want, grants and timeout) reuses its bytes.
+        ck = (id(request), want, grants, timeout)
+        hit = self._payloads.get(ck)
+        if hit is not None and hit[0] is request:
+            payload = hit[1]
+        else:
+            meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
+                                   timeout=timeout,
+                                   via=[self.node_id] if self.node_id else [])
+            payload = bytes(StreamControl.open(sid, meta).to_frame(_OPEN).payload)
+            with self._channels_lock:
+                if len(self._payloads) >= 256:
+                    self._payloads.pop(next(iter(self._payloads)))
+                self._payloads[ck] = (request, payload)
+        if len(payload) > enc.limits.max_frame_payload_bytes:
+            raise P.LimitExceeded(f"the request {request.op!r} takes {len(payload)} bytes, "
+                                  f"more than the largest frame agreed with {self.url} "
+                                  f"({enc.limits.max_frame_payload_bytes})")
+        return enc.encode(FrameKind.CONTROL, payload, stream_id=sid)
 
     def _cancel(self, c: _Call) -> None:
         if self._calls.pop(c.sid, None) is not None and self._writer is not None:
@@ -338,6 +650,56 @@ class NodeClient:
             t = request.deadline if t is None else min(t, request.deadline)
         return g, t
 
+    def _channel(self, t: float | None) -> _Channel | None:
+        """This thread's blocking connection (made on first use), or None on
+        the client's own loop thread or in a nested call (they go by the loop)."""
+        ch = getattr(self._local, "channel", None)
+        if ch is not None and not ch.dead:
+            return None if ch.busy else ch
+        if self.status != "connected" or threading.current_thread() is self._loop_thread:
+            if self.status != "connected":
+                self.stats_counters["failed_fast"] += 1
+                raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+            return None
+        try:
+            ch = _Channel(self, t)
+        except (OSError, FrameError, DecodeError) as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"cannot connect to {self.url}: {exc}") from None
+        with self._channels_lock:
+            if self._closed:
+                ch.close()
+                raise FabricUnavailable(f"the client of {self.url} was closed")
+            self._channels.add(ch)
+        self._local.channel = ch
+        return ch
+
+    async def _achannel(self, loop: asyncio.AbstractEventLoop,
+                        t: float | None) -> _AsyncChannel:
+        """The running loop's connection (made on first use; concurrent first
+        calls share the one being made)."""
+        ch = self._achannels.get(loop)
+        if ch is not None and not ch.dead:
+            await ch.ready
+            return ch
+        if self.status != "connected":
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        ch = _AsyncChannel(self, loop)
+        with self._channels_lock:
+            if self._closed:
+                raise FabricUnavailable(f"the client of {self.url} was closed")
+            self._achannels[loop] = ch
+        try:
+            await ch.connect(t)
+        except FabricError:
+            self.stats_counters["failed_fast"] += 1
+            raise
+        except (OSError, asyncio.TimeoutError, FrameError, DecodeError) as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"cannot connect to {self.url}: {exc!r}") from None
+        return ch
+
     # -- the fabric interface ------------------------------------------------
     async def _evaluate_on_loop(self, request: EvalRequest, g: frozenset[str],
                                 t: float | None) -> EvalReply:
@@ -359,6 +721,9 @@ class NodeClient:
                  timeout: float | None = None) -> EvalReply:
         """Evaluate on the node; its reply, or its error raised here."""
         g, t = self._prepare(request, grants, timeout)
+        ch = self._channel(t)
+        if ch is not None:
+            return ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
         try:
@@ -370,6 +735,10 @@ class NodeClient:
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
         g, t = self._prepare(request, grants, timeout)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            ch = await self._achannel(loop, t)
+            return await ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
         try:
@@ -465,6 +834,13 @@ class NodeClient:
 
     async def _aclose(self) -> None:
         self._closed = True
+        with self._channels_lock:
+            channels = list(self._channels)
+            achannels = list(self._achannels.values())
+        for ch in channels:
+            ch.close()
+        for ach in achannels:
+            ach.close_from_anywhere()
         w = self._writer
         self._fail_all(FabricUnavailable(f"the client of {self.url} was closed"))
         if w is not None:

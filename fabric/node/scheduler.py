@@ -51,9 +51,12 @@ class FairQueue:
     """Deficit round robin over principals, round robin over their streams."""
 
     def __init__(self, *, budget: int = 64 << 20, max_count: int = 100_000,
-                 min_quantum: int = 4096):
+                 min_quantum: int = 4096, quantum: int | None = None):
         if budget < 1 or max_count < 1:
             raise ValueError("budget and max_count must be >= 1")
+        if quantum is not None and quantum < 1:
+            raise ValueError("quantum must be >= 1")
+        self.fixed_quantum = quantum
         self.budget = budget
         self.max_count = max_count
         self.min_quantum = min_quantum
@@ -65,11 +68,18 @@ class FairQueue:
 
     @property
     def quantum(self) -> int:
-        """max(min_quantum, budget / active principals)."""
+        """max(min_quantum, budget / active principals), or the fixed quantum."""
+        if self.fixed_quantum is not None:
+            return self.fixed_quantum
         return max(self.min_quantum, self.budget // max(1, len(self._active)))
 
     def __len__(self) -> int:
-        return sum(p.count for p in self._p.values())
+        # list(): stats() may be called from any thread
+        return sum(p.count for p in list(self._p.values()))
+
+    def empty(self) -> bool:
+        """Whether nothing is queued (O(1))."""
+        return not self._active
 
     def lost(self, stream: Hashable) -> bool:
         """Whether ``stream`` lost data to an eviction."""
@@ -165,5 +175,5 @@ class FairQueue:
     def stats(self) -> dict[str, Any]:
         """Counters per principal (queued, served, evicted, refused, bytes)."""
         return {"principals": {n: dict(p.stats, pending=p.count, pending_bytes=p.bytes)
-                               for n, p in self._p.items()},
+                               for n, p in list(self._p.items())},
                 "evictions": self.evictions, "pending": len(self)}
