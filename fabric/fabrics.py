@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import logging
 import math
 import threading
 import time
@@ -66,6 +67,12 @@ __all__ = [
 # Names other modules import from here (they moved to fabric.replies).
 _REEXPORTED = (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _collect, _events_of,
                _recording, _replay_events, reply_from_record, reply_record)
+
+#: Decisions of the fabrics at DEBUG (a relay's hit or miss); what a user
+#: must know at WARNING. Records name keys, ops and fabrics, never arguments.
+log = logging.getLogger("fabric.fabrics")
+#: A cassette a fabric was given that cut a torn tail when it opened (WARNING).
+cassette_log = logging.getLogger("fabric.cassette")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -524,6 +531,20 @@ class _FabricBase:
 
 
 _F = TypeVar("_F", bound=_FabricBase)
+
+
+def _warn_torn(cassette: Any, where: str) -> None:
+    """WARNING when ``cassette`` cut a torn tail (a write cut short by a
+    crash) as it opened: those bytes held no complete record and are gone."""
+    stats = getattr(cassette, "stats", None)
+    try:
+        s = stats() if stats is not None else None
+    except Exception:  # a closed cassette, or a stand-in without counters
+        return
+    if isinstance(s, dict) and s.get("torn_tails_cut"):
+        cassette_log.warning("%s: the cassette %s cut a torn tail of %s bytes when it "
+                             "opened (a write cut short by a crash; no complete record lost)",
+                             where, s.get("path"), s.get("torn_bytes"))
 
 
 def _op_label(op: Any) -> str:
@@ -1169,6 +1190,7 @@ class LedgeredRelayFabric(_FabricBase):
         self.cassette = cassette
         self.grants = frozenset(grants)
         self._stats = _Counters("hits", "misses", "recorded", "errors", "denied")
+        _warn_torn(cassette, "LedgeredRelayFabric")
 
     def _describe(self) -> str:
         return f"inner={type(self.inner).__name__}"
@@ -1189,6 +1211,9 @@ class LedgeredRelayFabric(_FabricBase):
             self._stats.add("hits")
             return reply_from_record(record, request.key, "ledger")
         self._stats.add("misses")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("LedgeredRelayFabric: %s (%r) not recorded: asking %s", request.key,
+                      request.op, type(self.inner).__name__)
         return None
 
     def _failed(self, key: ContentKey, exc: BaseException) -> None:
