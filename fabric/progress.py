@@ -29,8 +29,14 @@ __all__ = ["Progress", "watched"]
 
 
 def _in_kernel() -> bool:
-    """True in a Jupyter kernel (its module is loaded only there)."""
-    return "ipykernel" in sys.modules
+    """True in a running Jupyter kernel: IPython's current shell is the
+    kernel's (importing ipykernel, as tools do, is not enough)."""
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    if get_ipython is None:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def watched(stream: IO[str] | None = None) -> bool:

@@ -100,3 +100,9 @@ def test_the_cassette_takes_it_as_its_progress_callback(tmp_path, no_tqdm):
     bar.close()
     assert bar.n > 0 and bar.total is not None and bar.n == bar.total
     assert "opening big.ledger" in out.getvalue() and "100%" in out.getvalue()
+
+
+def test_importing_ipykernel_is_not_being_in_a_kernel():
+    pytest.importorskip("ipykernel")
+    import ipykernel.kernelapp  # noqa: F401  (as nbclient's users do)
+    assert not watched(io.StringIO())
