@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -157,6 +158,12 @@ struct fab_ledger {
     uint64_t last_rec;    /* offset of the last valid record, or 0 */
     uint64_t open_replayed; /* records replayed at open (not from the checkpoint) */
     uint64_t lazy_end;    /* records below were not validated at open (checkpoint) */
+    /* The mapping guard (spec: Files that change underneath): the 8 bytes
+     * at sent_at, which end with the last non-zero byte of the last page
+     * of [0, end), read sent_val while the file still holds everything
+     * indexed. sent_ok 0: no such byte in that page (an fstat instead). */
+    uint64_t sent_at, sent_val;
+    int sent_ok;
 
     fab_lmap *map;
     uint64_t end;         /* where the next record goes / end of the replayed region */
@@ -358,6 +365,81 @@ static void reg_remove(fab_ledger *l)
         l->reg_next->reg_prev = l->reg_prev;
     l->reg_prev = l->reg_next = NULL;
     pthread_mutex_unlock(&reg_mu);
+}
+
+/* ======================================================================== */
+/* Guarded reads of the mappings                                             */
+/* ======================================================================== */
+
+/*
+ * A page of a file mapping that lies wholly beyond the file's end faults
+ * with SIGBUS. A few reads that must survive a file shrunk by another
+ * program (the guard's sentinel, the checkpoint's slots) run between
+ * bus_enter and bus_leave: a SIGBUS raised in that window in that thread
+ * jumps back to the sigsetjmp before it, and the caller treats the file as
+ * changed. The handler is installed once, at the first open, and passes
+ * every other SIGBUS on to the handler it replaced (or the default
+ * action). See the spec: Files that change underneath.
+ */
+typedef struct bus_guard {
+    sigjmp_buf jb;
+} bus_guard;
+
+static __thread bus_guard *tl_bus __attribute__((tls_model("initial-exec")));
+static struct sigaction bus_prev;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+static uint64_t page_size = 4096;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc)
+{
+    bus_guard *g = tl_bus;
+    if (g != NULL) {
+        tl_bus = NULL;
+        siglongjmp(g->jb, 1);
+    }
+    if (bus_prev.sa_flags & SA_SIGINFO) {
+        if (bus_prev.sa_sigaction != NULL) {
+            bus_prev.sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (bus_prev.sa_handler != SIG_DFL && bus_prev.sa_handler != SIG_IGN) {
+        bus_prev.sa_handler(sig);
+        return;
+    }
+    /* The default action: die of SIGBUS, as without this handler. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGBUS, &dfl, NULL);
+    raise(SIGBUS);
+}
+
+static void bus_install(void)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0)
+        page_size = (uint64_t)ps;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = bus_handler;
+    sigemptyset(&sa.sa_mask);
+    /* SA_NODEFER: SIGBUS stays unblocked after the jump out of the handler */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    if (sigaction(SIGBUS, &sa, &bus_prev) < 0)
+        memset(&bus_prev, 0, sizeof(bus_prev));
+}
+
+static inline void bus_enter(bus_guard *g)
+{
+    tl_bus = g;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+static inline void bus_leave(void)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    tl_bus = NULL;
 }
 
 /* ======================================================================== */
@@ -775,6 +857,47 @@ static int replay_skip(void *ctx, uint64_t start, uint64_t end)
     return FAB_OK;
 }
 
+/*
+ * The mapping guard's sentinel for [0, l->end): the 8 bytes that end with
+ * the last non-zero byte of the last page of that range. If the file
+ * shrinks below that byte, reading it faults (its page is beyond the end)
+ * or reads zero (the end's page): either way it differs; if the file
+ * shrinks only above it, every byte below l->end still reads as it was
+ * (the bytes cut were zeros, and no page below l->end lies wholly beyond
+ * the new end), so nothing indexed changed. Called when the file is known
+ * to hold [0, end): just replayed or written. Under the lock.
+ */
+static void sentinel_set(fab_ledger *l)
+{
+    l->sent_ok = 0;
+    if (l->map == NULL || l->end < 8)
+        return;
+    const uint8_t *b = l->map->base;
+    uint64_t lo = (l->end - 1) & ~(page_size - 1);
+    for (uint64_t z = l->end; z > lo; z--) {
+        if (b[z - 1] != 0) {
+            l->sent_at = z >= 8 ? z - 8 : 0;
+            memcpy(&l->sent_val, b + l->sent_at, 8);
+            l->sent_ok = 1;
+            return;
+        }
+    }
+}
+
+/* 1 when the sentinel reads as it was, 0 when it differs, -1 when reading
+ * it faulted (its page is beyond the file's end). Under the lock. */
+static int sentinel_read(const fab_ledger *l)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return -1;
+    bus_enter(&g);
+    uint64_t v;
+    memcpy(&v, l->map->base + l->sent_at, 8);
+    bus_leave();
+    return v == l->sent_val;
+}
+
 /* Makes the mapping cover at least need bytes. Under the lock. */
 static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
 {
@@ -815,6 +938,7 @@ static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn prog
     l->salvage_skips += res->salvage_skips;
     l->salvage_bytes += res->salvage_bytes;
     l->end = res->valid_end;
+    sentinel_set(l);
     /* Records of this process still waiting for their sync stay invisible;
      * the sync that makes them visible covers everything before it. */
     if (l->n_pending == 0)
@@ -887,9 +1011,26 @@ static int ckpt_page_ok(ckpt *c, uint64_t i)
     return 0;
 }
 
+static int ckpt_probe(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off);
+
 /* Probes the checkpoint: 1 and *off when found, 0 when absent or when a
- * page is corrupt (then l->ck.bad is set). */
+ * page is corrupt (then l->ck.bad is set). The checkpoint file may have
+ * been shrunk by another program: a probe that faults counts as a
+ * corrupt page (the index is rebuilt from the ledger). */
 static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0) {
+        l->ck.bad = 1;
+        return 0;
+    }
+    bus_enter(&g);
+    int found = ckpt_probe(l, key, hash, off);
+    bus_leave();
+    return found;
+}
+
+static int ckpt_probe(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
 {
     ckpt *c = &l->ck;
     for (uint64_t i = hash & c->mask, n = 0; n <= c->mask; i = (i + 1) & c->mask, n++) {
@@ -991,6 +1132,7 @@ static void ckpt_load(fab_ledger *l, uint64_t size)
     /* the records after it go to an index with the same seed */
     l->ix.seed = fab_load_le64(h + 16);
     l->end = l->visible_end = covered;
+    l->sent_ok = 0;
     l->records = c->records;
     l->duplicates = c->duplicates;
     l->last_rec = covered > FAB_LEDGER_HEADER_SIZE ? last : 0;
@@ -1116,6 +1258,7 @@ static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger
     fab_lindex_destroy(&l->ix);
     fab_lindex_init(&l->ix, eq, ctx);
     l->end = FAB_LEDGER_HEADER_SIZE;
+    l->sent_ok = 0;
     l->records = l->duplicates = l->last_rec = 0;
     l->salvage_skips = l->salvage_bytes = 0;
     l->n_skips = 0;
@@ -1174,6 +1317,8 @@ typedef struct file_view {
     size_t n_pending;
     ckpt ck;
     uint64_t lazy_end, last_rec;
+    uint64_t sent_at, sent_val;
+    int sent_ok;
     uint8_t header[FAB_LEDGER_HEADER_SIZE];
 } file_view;
 
@@ -1199,6 +1344,9 @@ static void view_take(fab_ledger *l, file_view *v)
     v->ck = l->ck;
     v->lazy_end = l->lazy_end;
     v->last_rec = l->last_rec;
+    v->sent_at = l->sent_at;
+    v->sent_val = l->sent_val;
+    v->sent_ok = l->sent_ok;
     memcpy(v->header, l->header, sizeof(v->header));
 }
 
@@ -1224,6 +1372,9 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->ck = v->ck;
     l->lazy_end = v->lazy_end;
     l->last_rec = v->last_rec;
+    l->sent_at = v->sent_at;
+    l->sent_val = v->sent_val;
+    l->sent_ok = v->sent_ok;
     memcpy(l->header, v->header, sizeof(l->header));
 }
 
@@ -1277,6 +1428,7 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     l->map = NULL;
     fab_lindex_init(&l->ix, old.ix.eq, old.ix.ctx);
     l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+    l->sent_ok = 0;
     l->scanned_size = 0;
     l->skips = NULL;
     l->n_skips = l->cap_skips = 0;
@@ -1323,7 +1475,8 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
         return sys_fail(err, errno, "examining the ledger");
     uint64_t size = (uint64_t)sb.st_size;
     /* check_path 2 (a miss): only when the open file lost its name */
-    if (size < l->end || (check_path == 1 && replaced(l)) ||
+    if (size < l->end || (l->sent_ok && sentinel_read(l) != 1) ||
+        (check_path == 1 && replaced(l)) ||
         (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
         return reload_locked(l, err);
     if (size == l->scanned_size || size <= l->end)
@@ -1339,9 +1492,17 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
 
 /* Before reading the mapping: the file must still hold everything indexed
  * (a shrunk file would fault with SIGBUS). Moves to the file as it is now
- * when it shrank. Under the lock. 0 or an error. */
+ * when it shrank or its indexed bytes changed. The sentinel answers
+ * without a system call; only a ledger whose last page has no non-zero
+ * byte pays an fstat. Under the lock. 0 or an error. */
 static int check_size_locked(fab_ledger *l, fab_ledger_error *err)
 {
+    if (l->sent_ok) {
+        if (sentinel_read(l) == 1)
+            return FAB_OK;
+        int rc = reload_locked(l, err);
+        return rc < 0 ? rc : FAB_OK;
+    }
     struct stat sb;
     if (fstat(l->fd, &sb) < 0)
         return sys_fail(err, errno, "examining the ledger");
@@ -1581,6 +1742,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         memset(err, 0, sizeof(*err));
     *out = NULL;
     uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+    pthread_once(&bus_once, bus_install);
     if ((opt->mode != FAB_LEDGER_READ && opt->mode != FAB_LEDGER_WRITE) ||
         opt->durability < FAB_DUR_OS || opt->durability > FAB_DUR_GROUP ||
         (opt->recover != FAB_RECOVER_STRICT && opt->recover != FAB_RECOVER_SALVAGE)) {
@@ -1903,6 +2065,7 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
+    sentinel_set(l);
     l->last_rec = off;
     l->records++;
     if (l->leader_waiting)

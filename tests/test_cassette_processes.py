@@ -168,7 +168,7 @@ def _fill(path, n, restored=False):
                      {"v": i, "pad": "p" * 3000})
 
 
-@pytest.mark.parametrize("how", ["truncate", "header-only", "below-header", "restore"])
+@pytest.mark.parametrize("how", ["truncate", "last-byte", "header-only", "below-header", "restore"])
 def test_shrink_under_a_reader_never_kills_it(tmp_path, how):
     path = str(tmp_path / "shrink.fabl")
     _fill(path, 300)
@@ -180,6 +180,8 @@ def test_shrink_under_a_reader_never_kills_it(tmp_path, how):
         assert readline(child) == "read\n"
         if how == "truncate":
             os.truncate(path, os.path.getsize(path) // 3)
+        elif how == "last-byte":  # inside the last page: no fault, a zero byte
+            os.truncate(path, os.path.getsize(path) - 1)
         elif how == "header-only":
             os.truncate(path, 64)
         elif how == "below-header":
@@ -194,12 +196,26 @@ def test_shrink_under_a_reader_never_kills_it(tmp_path, how):
     gone, error, new, n = (int(x) for x in line.split()[1::2])
     if how == "truncate":  # it moved to what is left: a prefix of the records
         assert error == 0 and 0 < gone < 300 and n == 300 - gone
+    elif how == "last-byte":  # the last record is a torn tail now
+        assert (gone, error, n) == (1, 0, 299)
     elif how == "header-only":
         assert (gone, error, n) == (300, 0, 0)
     elif how == "below-header":  # nothing to move to: a clear error each time
         assert error == 300
     else:
         assert (new, gone, n) == (10, 290, 10)
+
+
+def test_shrink_under_this_process_with_faulthandler(tmp_path):
+    """A hit reads no file metadata: a guard catches the shrink (pytest runs
+    with faulthandler on, whose SIGBUS handler the guard passes other faults to)."""
+    path = str(tmp_path / "shrink.fabl")
+    _fill(path, 300)
+    with EvalCassette(path, "r") as c:
+        assert c.get(key(299))["v"] == 299
+        os.truncate(path, os.path.getsize(path) // 2)
+        assert c.get(key(3))["v"] == 3
+        assert c.stats()["reloads"] == 1 and 0 < len(c) < 300 and c.get(key(299)) is None
 
 
 def test_get_raw_view_outlives_a_move(tmp_path):
