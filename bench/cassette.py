@@ -146,6 +146,37 @@ def bench_random_hits(tmp, n, sample=200_000, rounds=3):
     return t_cas, t_sq
 
 
+def bench_streams(tmp, n_items=200_000, rounds=5):
+    """Items/s of a stream of small items recorded through record_stream and
+    replayed through get_stream, against a plain generator of the items."""
+    path = os.path.join(tmp, "streams.fabl")
+    cas = EvalCassette(path, durability="os")
+    items = list(range(n_items))
+
+    def plain():
+        for _ in (i for i in items):
+            pass
+
+    def record():
+        with cas.record_stream(fabric.ContentKey(os.urandom(32))) as w:
+            append = w.append
+            for i in items:
+                append(i)
+
+    k = fabric.ContentKey(os.urandom(32))
+    with cas.record_stream(k) as w:
+        for i in items:
+            w.append(i)
+
+    def replay():
+        for _ in cas.get_stream(k):
+            pass
+
+    t_plain, t_rec, t_rep = interleaved((plain, record, replay), rounds)
+    cas.close()
+    return n_items / t_plain, n_items / t_rec, n_items / t_rep
+
+
 def bench_appends(tmp, n):
     value = b"v" * 100
     out = {}
@@ -356,7 +387,8 @@ def main():
                     help="reply size (bytes) of the second replay ledger (GB/s figure)")
     ap.add_argument("--hit-records", type=int, default=1_000_000,
                     help="records in the store of the random-key hit")
-    ap.add_argument("--only", choices=["hits", "appends", "open", "writers", "replay"],
+    ap.add_argument("--only", choices=["hits", "appends", "streams", "open", "writers",
+                                       "replay"],
                     help="run one section only")
     args = ap.parse_args()
     want = (lambda name: args.only in (None, name))
@@ -379,6 +411,10 @@ def main():
                 print(f"  {name:<34} {rate[0]:>12,.0f}   {rate[1]:6.1f} records per fdatasync")
             else:
                 print(f"  {name:<34} {rate:>12,.0f}")
+        if want("streams"):
+            g, r, p = bench_streams(tmp)
+            print(f"stream of 200,000 small ints (items/s): plain generator {g/1e6:.2f} M, "
+                  f"recorded {r/1e6:.2f} M (1/{g/r:.1f}), replayed {p/1e6:.2f} M (1/{g/p:.1f})")
         for n in args.open if want("open") else ():
             res, imp = bench_open_process(tmp, n)
             f, sq, sqf = res["fabric"], res["sqlite3"], res["sqlite3 + import fabric"]

@@ -2321,6 +2321,103 @@ int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begi
     return stream_record(l, FAB_REC_STREAM_CHUNK, key, begin, data, len, err);
 }
 
+/*
+ * Writes the CHUNK records of n items packed as [4-byte length][bytes]...
+ * with one pwrite, under one append lock. Under the lock, the append lock
+ * held. Like append_locked: on failure the file is cut back.
+ */
+static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                const uint8_t *packed, size_t len, fab_ledger_error *err)
+{
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    uint64_t total = 0, n = 0;
+    for (size_t at = 0; at < len; n++) {
+        if (len - at < 4) {
+            set_err(err, FAB_EINVAL, 0, 0, 0, "a packed batch of stream items is malformed");
+            return FAB_EINVAL;
+        }
+        size_t dlen = fab_load_le32(packed + at);
+        if (dlen > len - at - 4) {
+            set_err(err, FAB_EINVAL, 0, 0, 0, "a packed batch of stream items is malformed");
+            return FAB_EINVAL;
+        }
+        if (dlen > FAB_LEDGER_MAX_PAYLOAD - 8) {
+            set_err(err, FAB_ERANGE, 0, 0, 0, "a stream item of %zu bytes is larger than the "
+                    "ledger's limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - 8);
+            return FAB_ERANGE;
+        }
+        total += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
+        at += 4 + dlen;
+    }
+    if (n == 0)
+        return FAB_OK;
+    if (total > SIZE_MAX / 2) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a batch of stream items is too large");
+        return FAB_ERANGE;
+    }
+    uint64_t off = l->end;
+    if ((rc = ensure_map(l, off + total, err)) != FAB_OK)
+        return rc;
+    uint8_t *buf = malloc((size_t)total);
+    if (buf == NULL) {
+        set_err(err, FAB_ENOMEM, 0, 0, 0, "no memory for a batch of stream items");
+        return FAB_ENOMEM;
+    }
+    uint8_t prefix[8];
+    fab_store_le64(prefix, begin);
+    uint64_t pos = 0, last = off;
+    for (size_t at = 0; at < len;) {
+        size_t dlen = fab_load_le32(packed + at);
+        const uint8_t *data = packed + at + 4;
+        uint8_t *h = buf + pos;
+        last = off + pos;
+        rec_header(h, FAB_REC_STREAM_CHUNK, key, prefix, 8, data, dlen);
+        memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, 8);
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD + 8, data, dlen);
+        pos += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
+        at += 4 + dlen;
+    }
+    int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
+    free(buf);
+    if (e != 0) {
+        if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
+            l->failed = 1;
+            l->failed_errno = e;
+        }
+        return sys_fail(err, e, "appending to the ledger");
+    }
+    l->end = off + total;
+    sentinel_set(l);
+    l->last_rec = last;
+    l->records += n;
+    if (l->leader_waiting)
+        pthread_cond_signal(&l->lead_cond);
+    if (l->durability == FAB_DUR_OS)
+        l->visible_end = l->end;
+    return FAB_OK;
+}
+
+int fab_ledger_stream_append_batch(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                   const void *packed, size_t len, fab_ledger_error *err)
+{
+    if (len == 0)
+        return FAB_OK;
+    pthread_mutex_lock(&l->mu);
+    int rc = begin_append(l, err);
+    if (rc == FAB_OK) {
+        if (stream_alive(l, key, begin, err))
+            rc = append_chunks_locked(l, key, begin, packed, len, err);
+        else
+            rc = FAB_ESTATE;
+        end_append(l);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
 int fab_ledger_stream_abort(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                             fab_ledger_error *err)
 {

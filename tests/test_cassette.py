@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 import threading
 
 import msgpack
@@ -339,6 +342,64 @@ def test_unterminated_stream_not_held(path):
         with c.record_stream(key(1)) as w:
             w.append("again")
         assert list(c.get_stream(key(1))) == ["again"]
+
+
+def test_stream_items_written_in_batches(path):
+    """Items are written a batch at a time (by count and bytes) and before
+    the END; an item that fails to encode is not kept; an abort drops the
+    batch; the stream reads back whole."""
+    with EvalCassette(path, durability="os") as c:
+        records = lambda: c.stats()["records"]
+        w = c.record_stream(key(1))
+        base = records()  # the BEGIN
+        for i in range(1500):
+            w.append(i)
+        assert records() == base + 1024  # one batch written, 476 items pending
+        with pytest.raises(TypeError):
+            w.append(object())
+        assert w.count == 1500
+        w.append("big" * 100_000)  # past the byte limit: written at once
+        assert records() == base + 1501
+        w.append(-1)
+        assert w.close() is True
+        assert records() == base + 1503  # the last item and the END
+        assert list(c.get_stream(key(1))) == [*range(1500), "big" * 100_000, -1]
+        w = c.record_stream(key(2))
+        for i in range(10):
+            w.append(i)
+        before = records()
+        w.abort()
+        assert records() == before + 1 and key(2) not in c  # the ABORT alone
+    with EvalCassette(path, "r") as c:
+        assert list(c.get_stream(key(1)))[-3:] == [1499, "big" * 100_000, -1]
+
+
+def test_stream_killed_with_items_pending_is_not_held(tmp_path):
+    """A process killed mid-stream, with a batch written and one pending:
+    the stream has no END, so it is not held, and the ledger opens strictly."""
+    path = str(tmp_path / "killed.fabl")
+    script = textwrap.dedent("""
+        import sys
+        from fabric import EvalCassette, EvalRequest
+        c = EvalCassette(sys.argv[1], durability="os")
+        w = c.record_stream(EvalRequest("op", [1]).key)
+        for i in range(2000):
+            w.append(i)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fabric.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    child = subprocess.Popen([sys.executable, "-c", script, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        child.kill()
+    finally:
+        child.communicate()
+    with EvalCassette(path, "r") as c:
+        assert key(1) not in c and len(c) == 0
+        assert c.stats()["records"] == 1 + 1024
 
 
 def test_compact(path, tmp_path):

@@ -591,6 +591,39 @@ static void test_streams(void)
         fab_lmap_release(ref.map);
     }
     CHECK_EQ(fab_ledger_stream_next(l, &cur, 0, &ref), 0);
+    /* A batch: many items in one append, read back one by one; a
+     * malformed batch writes nothing. */
+    uint8_t d[32], packed[64 * 8];
+    key_of(d, 4);
+    uint64_t bd;
+    size_t plen = 0;
+    for (uint32_t i = 0; i < 64; i++) {
+        uint8_t item[3] = {0xcd, (uint8_t)(i >> 8), (uint8_t)i}; /* msgpack uint16 */
+        uint32_t n3 = i % 2 ? 3 : 0;
+        fab_store_le32(packed + plen, n3);
+        memcpy(packed + plen + 4, item, n3);
+        plen += 4 + n3;
+    }
+    CHECK_EQ(fab_ledger_stream_begin(l, d, &bd, NULL), 1);
+    fab_ledger_stats before, after;
+    fab_ledger_get_stats(l, &before);
+    fab_ledger_error berr;
+    CHECK_EQ(fab_ledger_stream_append_batch(l, d, bd, packed, plen - 1, &berr), FAB_EINVAL);
+    CHECK_EQ(fab_ledger_stream_append_batch(l, d, bd, packed, 2, &berr), FAB_EINVAL);
+    fab_ledger_get_stats(l, &after);
+    CHECK_EQ(after.bytes, before.bytes);
+    CHECK_EQ(fab_ledger_stream_append_batch(l, d, bd, packed, plen, NULL), 0);
+    fab_ledger_get_stats(l, &after);
+    CHECK_EQ(after.records, before.records + 64);
+    CHECK_EQ(fab_ledger_stream_end(l, d, bd, 64, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_open(l, d, &cur), 0);
+    for (uint32_t i = 0; i < 64; i++) {
+        CHECK_EQ(fab_ledger_stream_next(l, &cur, 0, &ref), 1);
+        CHECK_EQ(ref.len, i % 2 ? 3 : 0);
+        if (i % 2)
+            CHECK_EQ(ref.data[2], i);
+    }
+    CHECK_EQ(fab_ledger_stream_next(l, &cur, 0, &ref), 0);
     /* A reply beats a stream that ends later: the stream gives way. */
     CHECK_EQ(fab_ledger_stream_begin(l, c, &bc, NULL), 1);
     CHECK_EQ(fab_ledger_record(l, c, "\xc0", 1, NULL), 1);
@@ -604,8 +637,8 @@ static void test_streams(void)
     l = open_ledger(dest, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
     fab_ledger_stats st;
     fab_ledger_get_stats(l, &st);
-    CHECK_EQ(st.keys, 2);
-    CHECK_EQ(st.records, 5 + 2 + 1);
+    CHECK_EQ(st.keys, 3);
+    CHECK_EQ(st.records, 5 + 2 + 1 + 64 + 2);
     CHECK_EQ(fab_ledger_stream_open(l, a, &cur), 0);
     int n = 0;
     while (fab_ledger_stream_next(l, &cur, 0, &ref) == 1)

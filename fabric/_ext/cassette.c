@@ -285,7 +285,14 @@ typedef struct {
     uint64_t begin;
     uint64_t count;
     int state; /* 0 open, 1 closed, 2 aborted, 3 no-op (key already held) */
+    fab_buf pending; /* items not written yet: [4-byte length][bytes]... */
+    size_t n_pending;
 } WriterObject;
+
+/* A stream writer writes its items in batches of this many items or
+ * bytes (spec: Streams), and before its END. */
+#define WRITER_BATCH_ITEMS 1024
+#define WRITER_BATCH_BYTES ((size_t)256 << 10)
 
 static void child_dealloc(PyObject *self, CassetteObject *c)
 {
@@ -440,7 +447,40 @@ static PyType_Spec Stream_spec = {
 
 static void Writer_dealloc(PyObject *self)
 {
+    fab_buf_destroy(&((WriterObject *)self)->pending);
     child_dealloc(self, ((WriterObject *)self)->c);
+}
+
+/* Writes the pending items (one append). 0, or -1 with an exception set:
+ * then items of the stream are lost, so the writer is finished as
+ * aborted (an ABORT is written if the ledger still takes one) and never
+ * commits a stream with items missing. */
+static int writer_flush(WriterObject *w, fab_state *st)
+{
+    if (w->n_pending == 0)
+        return 0;
+    CassetteObject *c = w->c;
+    if (enter(c) < 0)
+        return -1;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_append_batch(c->l, w->key, w->begin, w->pending.data,
+                                        w->pending.len, &err);
+    if (rc < 0) {
+        fab_ledger_error err2;
+        (void)fab_ledger_stream_abort(c->l, w->key, w->begin, &err2);
+    }
+    Py_END_ALLOW_THREADS
+    leave(c);
+    w->pending.len = 0;
+    w->n_pending = 0;
+    if (rc < 0) {
+        w->state = 2;
+        raise_ledger(st, c->path, rc, &err);
+        return -1;
+    }
+    return 0;
 }
 
 static int writer_ready(WriterObject *w)
@@ -461,32 +501,31 @@ static PyObject *Writer_append(PyObject *self, PyObject *item)
     fab_state *st = cassette_state((PyObject *)c);
     if (st == NULL)
         return NULL;
-    fab_buf buf;
+    /* The item goes to the pending batch, after a 4-byte length. */
+    fab_buf *pending = &w->pending;
+    size_t at = pending->len;
+    if (fab_buf_append(pending, "\0\0\0\0", 4) < 0)
+        return PyErr_NoMemory();
     fab_enc enc;
-    fab_buf_init(&buf);
-    fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_value(st, &enc, item, "item") < 0) {
-        fab_buf_destroy(&buf);
+    fab_enc_init(&enc, fab_buf_sink, pending);
+    int enc_rc = fab_py_encode_value(st, &enc, item, "item");
+    if (enc_rc < 0 || w->state == 3 || pending->len - at - 4 > UINT32_MAX) {
+        /* not kept: a bad item, or the key is held (the stream is a no-op) */
+        pending->len = at;
+        if (enc_rc < 0)
+            return NULL;
+        if (w->state == 3)
+            Py_RETURN_NONE;
+        PyErr_SetString(st->exc[FAB_PYEXC_LedgerError],
+                        "a stream item is larger than the ledger's limit");
         return NULL;
     }
-    if (w->state == 3) { /* the key is held: the stream is a no-op */
-        fab_buf_destroy(&buf);
-        Py_RETURN_NONE;
-    }
-    if (enter(c) < 0) {
-        fab_buf_destroy(&buf);
-        return NULL;
-    }
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_stream_append(c->l, w->key, w->begin, buf.data, buf.len, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
-    fab_buf_destroy(&buf);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
+    fab_store_le32(pending->data + at, (uint32_t)(pending->len - at - 4));
+    w->n_pending++;
     w->count++;
+    if ((w->n_pending >= WRITER_BATCH_ITEMS || pending->len >= WRITER_BATCH_BYTES) &&
+        writer_flush(w, st) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -500,7 +539,17 @@ static PyObject *writer_finish(WriterObject *w, int commit)
         Py_RETURN_FALSE;
     }
     fab_state *st = cassette_state((PyObject *)c);
-    if (st == NULL || enter(c) < 0)
+    if (st == NULL)
+        return NULL;
+    if (!commit) { /* an aborted stream's items are never read */
+        w->pending.len = 0;
+        w->n_pending = 0;
+    }
+    if (writer_flush(w, st) < 0) {
+        w->state = 2;
+        return NULL;
+    }
+    if (enter(c) < 0)
         return NULL;
     fab_ledger_error err;
     int rc;
@@ -925,6 +974,8 @@ static PyObject *Cassette_record_stream(PyObject *self, PyObject *key_obj)
     w->begin = begin;
     w->count = 0;
     w->state = rc == 1 ? 0 : 3;
+    fab_buf_init(&w->pending);
+    w->n_pending = 0;
     return (PyObject *)w;
 }
 

@@ -241,6 +241,13 @@ int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begi
  * stream is lost and must be recorded again. */
 int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                              const void *data, size_t len, fab_ledger_error *err);
+/* Appends a batch of items with one write under one append lock: packed
+ * holds each item (canonical msgpack) as a 4-byte little-endian length and
+ * its bytes, back to back (len bytes in all). 0 or an error as
+ * fab_ledger_stream_append; FAB_EINVAL when packed is malformed (nothing
+ * written). */
+int fab_ledger_stream_append_batch(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                   const void *packed, size_t len, fab_ledger_error *err);
 /* Commits the stream (durable per mode). 1 when it now holds the key, 0 when
  * another record committed the key first (an ABORT is written), or an error. */
 int fab_ledger_stream_end(fab_ledger *l, const uint8_t key[32], uint64_t begin,
