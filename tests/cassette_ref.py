@@ -35,24 +35,31 @@ def crc32c(crc: int, data: bytes) -> int:
     return c ^ 0xFFFFFFFF
 
 
-def header(created_ns: int, creator: str = "stream-fabric") -> bytes:
+def header(created_ns: int, creator: str = "stream-fabric", version: int = 2) -> bytes:
     h = bytearray(64)
     h[0:8] = FILE_MAGIC
-    struct.pack_into("<HHIQ", h, 8, 1, 64, 0, created_ns)
+    struct.pack_into("<HHIQ", h, 8, version, 64, 0, created_ns)
     c = creator.encode()[:32]
     h[24 : 24 + len(c)] = c
     struct.pack_into("<I", h, 60, crc32c(SEED_FILE, bytes(h[:60])))
     return bytes(h)
 
 
-def record(rtype: int, key: bytes, payload: bytes) -> bytes:
+def record(rtype: int, key: bytes, payload: bytes, flags: int = 0) -> bytes:
     body_crc = crc32c(SEED_BODY, key + payload)
-    head = REC_MAGIC + struct.pack("<BBHII", rtype, 0, 0, len(payload), body_crc)
+    head = REC_MAGIC + struct.pack("<BBHII", rtype, flags, 0, len(payload), body_crc)
     return head + struct.pack("<I", crc32c(SEED_HEAD, head)) + key + payload
 
 
 def read(data: bytes):
-    """Yields (offset, type, key, payload) of each record of a clean ledger."""
+    """Yields (offset, type, key, payload) of each record of a clean ledger
+    (``read_flags`` also yields the flags)."""
+    for off, rtype, _flags, key, payload in read_flags(data):
+        yield off, rtype, key, payload
+
+
+def read_flags(data: bytes):
+    """Yields (offset, type, flags, key, payload) of each record."""
     assert data[:8] == FILE_MAGIC
     assert struct.unpack_from("<I", data, 60)[0] == crc32c(SEED_FILE, data[:60])
     off = 64
@@ -61,9 +68,9 @@ def read(data: bytes):
         assert head[:4] == REC_MAGIC, off
         (hcrc,) = struct.unpack_from("<I", data, off + 16)
         assert hcrc == crc32c(SEED_HEAD, head), off
-        rtype, _, _, n, body_crc = struct.unpack_from("<BBHII", data, off + 4)
+        rtype, flags, _, n, body_crc = struct.unpack_from("<BBHII", data, off + 4)
         key = data[off + 20 : off + 52]
         payload = data[off + 52 : off + 52 + n]
         assert len(payload) == n and crc32c(SEED_BODY, key + payload) == body_crc, off
-        yield off, rtype, key, payload
+        yield off, rtype, flags, key, payload
         off += 52 + n

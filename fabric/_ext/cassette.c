@@ -11,6 +11,8 @@
 
 #include <string.h>
 
+#include <time.h>
+
 #include "fabric/ledger.h"
 #include "fabric/mpdec.h"
 
@@ -766,15 +768,17 @@ static void Cassette_dealloc(PyObject *self)
 
 /* Writes an encoded reply under key (GIL held on entry and exit; released
  * for the ledger write). 1 if new, 0 if already held, -1 with an exception. */
-static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
-                          const fab_buf *buf)
+/* Records buf for key, expiring at expires_ns (0: never). 1 written, 0
+ * held, -1 with an exception set. */
+static int record_expiring(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                           const fab_buf *buf, uint64_t expires_ns)
 {
     if (enter(c) < 0)
         return -1;
     fab_ledger_error err;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_record(c->l, key, buf->data, buf->len, &err);
+    rc = fab_ledger_record_ex(c->l, key, buf->data, buf->len, expires_ns, &err);
     Py_END_ALLOW_THREADS
     leave(c);
     if (rc < 0) {
@@ -784,13 +788,60 @@ static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32
     return rc;
 }
 
-static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                          const fab_buf *buf)
+{
+    return record_expiring(st, c, key, buf, 0);
+}
+
+/* The expiry time of expire= (seconds from now, a positive number, or None
+ * for never): 0 for never, else nanoseconds since the epoch; -1 with an
+ * exception set. */
+static int expiry_of(PyObject *expire, uint64_t *out)
+{
+    *out = 0;
+    if (expire == NULL || expire == Py_None)
+        return 0;
+    if (PyBool_Check(expire) || !(PyLong_Check(expire) || PyFloat_Check(expire))) {
+        PyErr_Format(PyExc_TypeError, "expire must be a number of seconds or None, not %.100s",
+                     Py_TYPE(expire)->tp_name);
+        return -1;
+    }
+    double secs = PyFloat_AsDouble(expire);
+    if (secs == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(secs > 0) || secs > 1e11) { /* NaN too; 1e11 s is about 3,000 years */
+        PyErr_Format(PyExc_ValueError, "expire must be a positive number of seconds, not %R",
+                     expire);
+        return -1;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *out = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + (uint64_t)(secs * 1e9);
+    return 0;
+}
+
+static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
     CassetteObject *c = (CassetteObject *)self;
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "record() takes a key and a reply (%zd given)", nargs);
         return NULL;
     }
+    PyObject *expire = NULL;
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "expire") != 0) {
+            PyErr_Format(PyExc_TypeError, "record() got an unexpected keyword argument %R",
+                         name);
+            return NULL;
+        }
+        expire = args[nargs + i];
+    }
+    uint64_t expires_ns;
+    if (expiry_of(expire, &expires_ns) < 0)
+        return NULL;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     if (st == NULL || get_key(args[0], key) < 0)
@@ -803,7 +854,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
         fab_buf_destroy(&buf);
         return NULL;
     }
-    int rc = record_encoded(st, c, key, &buf);
+    int rc = record_expiring(st, c, key, &buf, expires_ns);
     fab_buf_destroy(&buf);
     if (rc < 0)
         return NULL;
@@ -1002,6 +1053,14 @@ static PyObject *Cassette_get_stream(PyObject *self, PyObject *const *args, Py_s
     return s;
 }
 
+static int dict_set_u64(PyObject *d, const char *name, uint64_t v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+    Py_XDECREF(o);
+    return rc;
+}
+
 static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     CassetteObject *c = (CassetteObject *)self;
@@ -1034,6 +1093,7 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
               PyDict_SetItemString(d, "reloads", r) < 0 ||
               PyDict_SetItemString(d, "foreign_records", fr) < 0 ||
               PyDict_SetItemString(d, "leftovers_removed", lr) < 0 ||
+              dict_set_u64(d, "tombstones", s.tombstones) < 0 ||
               PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0;
     static const char *const ckpt_names[] = {"none", "used", "ignored", "rebuilt"};
     PyObject *ck = bad ? NULL : Py_BuildValue(
@@ -1110,7 +1170,7 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     fab_state *st = cassette_state(self);
     if (st == NULL)
         return NULL;
-    PyObject *dest_arg = NULL, *progress = NULL;
+    PyObject *dest_arg = NULL, *progress = NULL, *max_obj = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "compact() takes at most one positional argument "
@@ -1123,6 +1183,9 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "progress") == 0) {
             progress = args[nargs + i];
+        } else if (PyUnicode_Check(name) &&
+                   PyUnicode_CompareWithASCIIString(name, "max_bytes") == 0) {
+            max_obj = args[nargs + i];
         } else {
             PyErr_Format(PyExc_TypeError, "compact() got an unexpected keyword argument %R",
                          name);
@@ -1131,6 +1194,22 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     }
     if (progress == Py_None)
         progress = NULL;
+    unsigned long long max_bytes = 0;
+    if (max_obj && max_obj != Py_None) {
+        if (!PyLong_Check(max_obj) || PyBool_Check(max_obj)) {
+            PyErr_Format(PyExc_TypeError, "max_bytes must be an int or None, not %.100s",
+                         Py_TYPE(max_obj)->tp_name);
+            return NULL;
+        }
+        max_bytes = PyLong_AsUnsignedLongLong(max_obj);
+        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        if (max_bytes < FAB_LEDGER_HEADER_SIZE) {
+            PyErr_Format(PyExc_ValueError, "max_bytes must be at least %d (the ledger header), "
+                         "not %llu", FAB_LEDGER_HEADER_SIZE, max_bytes);
+            return NULL;
+        }
+    }
     if (progress && !PyCallable_Check(progress)) {
         PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
         return NULL;
@@ -1145,8 +1224,10 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     fab_ledger_error err;
     int rc;
     const char *dest = fs ? PyBytes_AS_STRING(fs) : NULL;
+    uint64_t evicted = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_compact(c->l, dest, progress ? progress_cb : NULL, progress, &err);
+    rc = fab_ledger_compact_ex(c->l, dest, max_bytes, progress ? progress_cb : NULL, progress,
+                               &evicted, &err);
     Py_END_ALLOW_THREADS
     leave(c);
     if (PyErr_Occurred()) { /* a KeyboardInterrupt... in the progress callback */
@@ -1163,7 +1244,42 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     Py_XDECREF(fs);
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(evicted);
+}
+
+static PyObject *Cassette_delete(PyObject *self, PyObject *key_obj)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    uint8_t key[32];
+    if (st == NULL || get_key(key_obj, key) < 0 || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_delete(c->l, key, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *Cassette_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_clear(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyLong_FromLong(rc);
 }
 
 static PyObject *Cassette_checkpoint(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -1254,11 +1370,22 @@ static PyObject *Cassette_get_durability(PyObject *self, void *Py_UNUSED(closure
 }
 
 static PyMethodDef Cassette_methods[] = {
-    {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL,
-     "record($self, key, reply, /)\n--\n\n"
+    {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL | METH_KEYWORDS,
+     "record($self, key, reply, /, *, expire=None)\n--\n\n"
      "Records reply (any value canonical_bytes accepts) for key (a ContentKey). Returns True "
      "once written (and durable per the durability mode), False when the key was already "
-     "held: first write wins and nothing is written."},
+     "held: first write wins and nothing is written. expire: seconds after which the reply "
+     "is no longer held (get misses, compaction drops it, the key can be recorded again)."},
+    {"delete", Cassette_delete, METH_O,
+     "delete($self, key, /)\n--\n\n"
+     "Deletes key: writes a durable tombstone (synced per the durability mode) and returns "
+     "True when it was held, False when not (nothing written). This handle sees it at once, "
+     "other handles and processes at their next miss or refresh(); a get() there that hits "
+     "before may still return the reply. The key can be recorded again."},
+    {"clear", Cassette_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\n"
+     "Deletes every key recorded so far (one durable record); returns how many were held. "
+     "Seen by others as delete() is. The file shrinks at the next compact()."},
     {"get", (PyCFunction)(void (*)(void))Cassette_get, METH_FASTCALL,
      "get($self, key, default=None, /)\n--\n\n"
      "The decoded reply held for key, or default. A streamed reply comes back as a lazy "
@@ -1299,7 +1426,10 @@ static PyMethodDef Cassette_methods[] = {
      "ledger. Without dest (a writer only) the ledger is compacted in place: other processes "
      "may keep it open and appending; they move to the new file at their next append, miss "
      "or refresh(). Leftover temporary files of dead processes are removed first. "
-     "progress: callable(done, total), called as source bytes are copied."},
+     "progress: callable(done, total), called as source bytes are copied. max_bytes: keep "
+     "at most that many bytes, leaving out the oldest recorded replies and streams first (a "
+     "stream whole); records others append meanwhile are kept. Deleted and expired replies "
+     "are always left out. Returns the number of keys left out to fit max_bytes."},
     {"checkpoint", Cassette_checkpoint, METH_NOARGS,
      "checkpoint($self, /)\n--\n\nWrites a checkpoint of the index beside the ledger "
      "(PATH.ckpt, docs/spec/ledger.md), so that the next open replays only the records "
