@@ -1420,7 +1420,8 @@ static PyMethodDef Cassette_methods[] = {
      "records it holds (stats()[\"reloads\"] counts the moves). A get() that misses does the "
      "same by itself."},
     {"compact", (PyCFunction)(void (*)(void))Cassette_compact, METH_FASTCALL | METH_KEYWORDS,
-     "compact($self, dest=None, /, *, progress=None)\n--\n\nWrites the held replies and "
+     "compact($self, dest=None, /, *, progress=None, max_bytes=None)\n--\n\nWrites the held "
+     "replies and "
      "streams, without torn, duplicate or bad records, to dest atomically (temporary file "
      "DEST.compact.tmp.PID, fsync, rename, fsync of the directory). dest must not be this "
      "ledger. Without dest (a writer only) the ledger is compacted in place: other processes "
