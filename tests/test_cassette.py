@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 
@@ -677,6 +679,43 @@ def test_golden_v1_ledger_still_read_and_upgraded(tmp_path):
         assert c.get(key("golden-1")) is None and c.get(key("new")) == 1
 
 
+GOLDEN_CKPT = pathlib.Path(str(GOLDEN_V1) + ".ckpt")
+
+
+def test_golden_checkpoint(tmp_path):
+    """The committed checkpoint of the version 1 golden ledger: every field
+    checked by the reference reader; used by an open; and written again by
+    this code byte for byte (a checkpoint in use keeps its seed)."""
+    ledger, ckpt = GOLDEN_V1.read_bytes(), GOLDEN_CKPT.read_bytes()
+    ref = cassette_ref.read_checkpoint(ckpt, ledger)
+    commits = {}
+    for off, rtype, k, _ in cassette_ref.read(ledger):
+        if rtype in (1, 4):
+            commits.setdefault(k, off)
+    assert ref["slots"] == commits and ref["covered"] == len(ledger)
+    p = tmp_path / "g.fabl"
+    p.write_bytes(ledger)
+    pathlib.Path(str(p) + ".ckpt").write_bytes(ckpt)
+    with EvalCassette(str(p)) as c:
+        assert c.stats()["checkpoint"]["state"] == "used"
+        assert c.stats()["open_replayed"] == 0
+        assert c.get(key("golden-1")) == {"answer": 42}
+        c.checkpoint()
+    assert pathlib.Path(str(p) + ".ckpt").read_bytes() == ckpt
+
+
+def write_golden_checkpoint() -> None:
+    """Writes GOLDEN_CKPT (with a fresh seed) beside GOLDEN_V1, read-only."""
+    with EvalCassette(str(GOLDEN_V1), "r") as c:
+        assert c.stats()["checkpoint"]["state"] == "none"
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "g.fabl")
+        shutil.copyfile(GOLDEN_V1, p)
+        with EvalCassette(p) as c:
+            c.checkpoint()
+        shutil.copyfile(p + ".ckpt", GOLDEN_CKPT)
+
+
 def write_golden(p: str) -> None:
     with EvalCassette(p, durability="os", created_ns=T0) as c:
         c.record(key("golden-1"), {"answer": 42})
@@ -694,3 +733,5 @@ def write_golden(p: str) -> None:
 if __name__ == "__main__":  # python tests/test_cassette.py: rewrite the golden file
     GOLDEN.unlink(missing_ok=True)
     write_golden(str(GOLDEN))
+    if not GOLDEN_CKPT.exists():  # its seed is random: written once
+        write_golden_checkpoint()
