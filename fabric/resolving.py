@@ -501,8 +501,12 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     def announce_held(self) -> int:
         """Announce every key of the cassette as held by this node (after a
-        restart, so peers learn what the ledger replayed). Returns the count."""
-        return self.holders.apply((k, self.node) for k in self.cassette)
+        restart, so peers learn what the ledger replayed). Returns the count
+        of new facts. The keys go to the index in one call: packed digests
+        when the cassette offers ``keys_packed()``, else its key iterator."""
+        packed = getattr(self.cassette, "keys_packed", None)
+        keys = packed() if callable(packed) else self.cassette
+        return self.holders.announce_keys(keys, self.node)
 
     # -- the shared parts of the drivers -----------------------------------------
     def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
