@@ -103,6 +103,9 @@ _LAZY = {
     "op": "ops",
     "HoldingDelta": "holders",
     "HoldingIndex": "holders",
+    "PeerGovernor": "governor",
+    "PeerHealth": "governor",
+    "PeerSkipped": "governor",
     "AsyncEvalStream": "replies",
     "EvalReply": "replies",
     "EvalStream": "replies",
@@ -144,6 +147,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .ops import Op, OpRegistry, diagnostic, op
     from .holders import HoldingDelta, HoldingIndex
+    from .governor import PeerGovernor, PeerHealth, PeerSkipped
     from .replies import AsyncEvalStream, EvalReply, EvalStream
     from .fabrics import (ContentPeer, ContentServeFabric, EvalFabric, LedgeredRelayFabric,
                           LocalFabric, RelayFabric, RelayStatus)
@@ -232,6 +236,9 @@ __all__ = [
     "Op",
     "OpNotFound",
     "OpRegistry",
+    "PeerGovernor",
+    "PeerHealth",
+    "PeerSkipped",
     "RelayFabric",
     "RelayStatus",
     "RemoteError",

@@ -55,6 +55,7 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from .fabrics import ContentPeer, _FabricBase
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
+from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
 from .ops import Op
 
@@ -71,6 +72,8 @@ def describe_answer(exc: BaseException) -> str:
         return "not held"
     if isinstance(exc, PeerBusy):
         return f"busy: {exc}"
+    if isinstance(exc, PeerSkipped):
+        return f"skipped: {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -139,22 +142,27 @@ class Resolution:
     before each event, then ``held()`` at its end or ``broke(exc, items)``.
 
     ``holders`` is the holding index (read for the order, told of failures
-    and of the new holding); ``clock`` the monotonic clock (for tests).
+    and of the new holding); ``governor`` a ``PeerGovernor`` (None: every
+    peer is asked), which passes over a refused peer (the skip is an
+    attempt, reported like an answer) and is told of each peer's failures
+    and successes; ``clock`` the monotonic clock (for tests).
     """
 
-    __slots__ = ("request", "key", "node", "home", "holders", "peer_timeout", "t_end",
+    __slots__ = ("request", "key", "node", "home", "holders", "governor", "peer_timeout", "t_end",
                  "steps", "attempts", "source", "outcome", "_order", "_idx", "_cur",
                  "_state", "_clock", "_deadline")
 
     def __init__(self, request: EvalRequest, key: ContentKey, *, node: str,
                  peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
                  peer_timeout: float | None = None, timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 governor: PeerGovernor | None = None):
         self.request = request
         self.key = key
         self.node = node
         self.home = home
         self.holders = holders
+        self.governor = governor
         self.peer_timeout = peer_timeout
         self._clock = clock
         deadline = request.deadline
@@ -221,6 +229,16 @@ class Resolution:
             raise self._end(ContentNotHeld(f"node {self.node!r} does not hold {self.key} "
                                            f"and the request is local-only"))
         left = self._left()
+        governor = self.governor
+        while governor is not None and self._idx < len(self._order):
+            name, serve, announced = self._order[self._idx]
+            refused = governor.skip(name)
+            if refused is None:
+                break
+            self._idx += 1
+            self.steps.append(("holder" if announced else "peer", name,
+                               describe_answer(refused)))
+            self.attempts.append((name, refused))
         if self._idx < len(self._order):
             name, serve, announced = self._order[self._idx]
             self._idx += 1
@@ -261,8 +279,13 @@ class Resolution:
         # times out, goes to the back of the queue next time. A busy peer is
         # only skipped: its hung calls time out (and count) on their own.
         benign = isinstance(exc, (ContentNotHeld, CapabilityDenied)) and not announced
-        if self.holders is not None and not benign and not isinstance(exc, PeerBusy):
-            self.holders.mark_failed(name)
+        if not benign and not isinstance(exc, PeerBusy):
+            if self.holders is not None:
+                self.holders.mark_failed(name)
+            if self.governor is not None:
+                self.governor.failed(name, describe_answer(exc))
+        elif benign and self.governor is not None:
+            self.governor.ok(name)  # it answered: the link and the peer work
         self._state = _OPEN
         return False
 
@@ -306,6 +329,8 @@ class Resolution:
             self.source, self.outcome = f"peer:{name}", "peer_hits"
             if self.holders is not None:
                 self.holders.mark_ok(name)
+            if self.governor is not None:
+                self.governor.ok(name)
         if self._state == _HOLDING:
             self.steps.append((stage, name, "computed" if stage == "home" else "hit"))
         if self.holders is not None:
@@ -350,6 +375,8 @@ class Resolution:
             return exc, message
         if self.holders is not None:
             self.holders.mark_failed(name)
+        if self.governor is not None:
+            self.governor.failed(name, what)
         remote = RemoteError(message)
         remote.node = name
         remote.remote_type = type(exc).__name__
@@ -432,7 +459,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     ``ContentPeer`` objects; ``home`` any fabric that computes (None: fail
     closed with ``NoHolderError``); ``holders`` a shared ``HoldingIndex`` (a
     new one by default); ``grants`` the default grants of callers that pass
-    none. ``peer_timeout`` (seconds, None for none) bounds each peer call;
+    none. ``governor`` a ``PeerGovernor`` (allowlist, blocklist, health and
+    backoff per peer; None: every peer is asked): a peer it refuses is passed
+    over, and the skip is reported in ``NoHolderError.attempts`` and
+    ``explain()``; its counters join ``stats()``.
+    ``peer_timeout`` (seconds, None for none) bounds each peer call;
     ``timeout=`` on a call and the request's ``deadline`` bound the whole
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
     not honour timeouts itself (see the module doc). ``stream``, ``aevaluate``
@@ -450,7 +481,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def __init__(self, node: str, cassette: Any, peers: Iterable[ContentPeer] = (),
                  home: Any = None, holders: HoldingIndex | None = None, *,
                  grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
-                 max_peer_calls: int = 8, remember: int = 256):
+                 max_peer_calls: int = 8, remember: int = 256,
+                 governor: PeerGovernor | None = None):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
@@ -472,6 +504,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                                                   general_call=_FabricBase.call)
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
+        if governor is not None and not isinstance(governor, PeerGovernor):
+            raise TypeError(f"governor must be a PeerGovernor or None, not "
+                            f"{type(governor).__name__}")
+        #: The PeerGovernor (None: every peer is asked, in the holders' order).
+        self.governor = governor
         self.peer_timeout = peer_timeout
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
@@ -512,7 +549,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
         return Resolution(request, request.key, node=self.node, peers=self._serves,
                           holders=self.holders, home=self.home,
-                          peer_timeout=self.peer_timeout, timeout=timeout)
+                          peer_timeout=self.peer_timeout, timeout=timeout,
+                          governor=self.governor)
 
     def _peer_calls(self, name: str) -> _PeerCalls:
         calls = self._calls.get(name)
@@ -764,11 +802,24 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         if trail is not None:
             return Explanation(key, trail[0], trail[1])
         steps = [("local", self.node, "not held")]
+        governor = self.governor
         for name, _serve, announced in peer_order(key, self._serves, self.holders):
-            steps.append(("holder" if announced else "peer", name, "would be asked"))
+            why = governor.would_refuse(name) if governor is not None else None
+            steps.append(("holder" if announced else "peer", name,
+                          "would be asked" if why is None else f"would be skipped: {why}"))
         steps.append(("home", "home" if self.home is not None else "-",
                       "would compute" if self.home is not None else "no home"))
         return Explanation(key, None, steps)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this fabric (a new dict each call), with the governor's
+        (``peers_down``, ``peers_backing_off``, ``peer_skips``,
+        ``peer_penalties``) when it has one; per-peer health is
+        ``governor.peers()``."""
+        out = super().stats()
+        if self.governor is not None:
+            out.update(self.governor.counters())
+        return out
 
     def _describe(self) -> str:
         peers = ", ".join(self._peers)
