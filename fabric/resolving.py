@@ -55,6 +55,7 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from .fabrics import ContentPeer, _FabricBase
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
+from .claims import ClaimRejected, FleetKeys
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
 from .ops import Op
@@ -148,7 +149,8 @@ class Resolution:
     and successes; ``clock`` the monotonic clock (for tests).
     """
 
-    __slots__ = ("request", "key", "node", "home", "holders", "governor", "peer_timeout", "t_end",
+    __slots__ = ("request", "key", "node", "home", "holders", "governor", "trust",
+                 "peer_timeout", "t_end",
                  "steps", "attempts", "source", "outcome", "_order", "_idx", "_cur",
                  "_state", "_clock", "_deadline")
 
@@ -156,8 +158,9 @@ class Resolution:
                  peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
                  peer_timeout: float | None = None, timeout: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 governor: PeerGovernor | None = None):
+                 governor: PeerGovernor | None = None, trust: FleetKeys | None = None):
         self.request = request
+        self.trust = trust
         self.key = key
         self.node = node
         self.home = home
@@ -283,7 +286,8 @@ class Resolution:
             if self.holders is not None:
                 self.holders.mark_failed(name)
             if self.governor is not None:
-                self.governor.failed(name, describe_answer(exc))
+                self.governor.failed(name, describe_answer(exc),
+                                     penalty=isinstance(exc, ClaimRejected))
         elif benign and self.governor is not None:
             self.governor.ok(name)  # it answered: the link and the peer work
         self._state = _OPEN
@@ -314,6 +318,15 @@ class Resolution:
                 err.node = name
                 self.failed(err)
                 return None
+            if self.trust is not None:
+                why = self.trust.check(getattr(reply, "claim", None), self.key, reply, name)
+                if why is not None:
+                    rej = ClaimRejected(f"peer {name!r}'s reply for {self.key} was "
+                                        f"discarded: {why}")
+                    rej.node = name
+                    rej.reason = why
+                    self.failed(rej)
+                    return None
         self._state = _HOLDING
         return reply
 
@@ -462,7 +475,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     none. ``governor`` a ``PeerGovernor`` (allowlist, blocklist, health and
     backoff per peer; None: every peer is asked): a peer it refuses is passed
     over, and the skip is reported in ``NoHolderError.attempts`` and
-    ``explain()``; its counters join ``stats()``.
+    ``explain()``; its counters join ``stats()``. ``trust="fleet-key"`` (the
+    default when ``fleet_keys``, a ``FleetKeys``, is given; else ``"none"``)
+    verifies every peer's reply against the claim it carries
+    (docs/spec/claims.md) before recording it: a reply that fails is
+    discarded (``ClaimRejected`` in the attempts and ``explain()``), the peer
+    penalised in the governor, and the next source asked. Streams from
+    peers are not covered by claims yet.
     ``peer_timeout`` (seconds, None for none) bounds each peer call;
     ``timeout=`` on a call and the request's ``deadline`` bound the whole
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
@@ -482,7 +501,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                  home: Any = None, holders: HoldingIndex | None = None, *,
                  grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
                  max_peer_calls: int = 8, remember: int = 256,
-                 governor: PeerGovernor | None = None):
+                 governor: PeerGovernor | None = None, trust: str | None = None,
+                 fleet_keys: FleetKeys | None = None):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
@@ -509,6 +529,16 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                             f"{type(governor).__name__}")
         #: The PeerGovernor (None: every peer is asked, in the holders' order).
         self.governor = governor
+        if trust is None:
+            trust = "fleet-key" if fleet_keys is not None else "none"
+        if trust not in ("fleet-key", "none"):
+            raise ValueError(f"trust must be 'fleet-key' or 'none', not {trust!r} "
+                             f"('signatures' is not implemented yet)")
+        if trust == "fleet-key" and not isinstance(fleet_keys, FleetKeys):
+            raise ValueError("trust='fleet-key' needs fleet_keys (a FleetKeys)")
+        #: "fleet-key" (every peer's reply is verified against its claim) or "none".
+        self.trust = trust
+        self._verifier = fleet_keys if trust == "fleet-key" else None
         self.peer_timeout = peer_timeout
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
@@ -550,7 +580,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         return Resolution(request, request.key, node=self.node, peers=self._serves,
                           holders=self.holders, home=self.home,
                           peer_timeout=self.peer_timeout, timeout=timeout,
-                          governor=self.governor)
+                          governor=self.governor, trust=self._verifier)
 
     def _peer_calls(self, name: str) -> _PeerCalls:
         calls = self._calls.get(name)
