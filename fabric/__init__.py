@@ -103,6 +103,12 @@ _LAZY = {
     "op": "ops",
     "HoldingDelta": "holders",
     "HoldingIndex": "holders",
+    "Claim": "claims",
+    "ClaimRejected": "claims",
+    "FleetKeys": "claims",
+    "PeerGovernor": "governor",
+    "PeerHealth": "governor",
+    "PeerSkipped": "governor",
     "AsyncEvalStream": "replies",
     "EvalReply": "replies",
     "EvalStream": "replies",
@@ -144,6 +150,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .ops import Op, OpRegistry, diagnostic, op
     from .holders import HoldingDelta, HoldingIndex
+    from .governor import PeerGovernor, PeerHealth, PeerSkipped
+    from .claims import Claim, ClaimRejected, FleetKeys
     from .replies import AsyncEvalStream, EvalReply, EvalStream
     from .fabrics import (ContentPeer, ContentServeFabric, EvalFabric, LedgeredRelayFabric,
                           LocalFabric, RelayFabric, RelayStatus)
@@ -218,12 +226,15 @@ __all__ = [
     "ContentNotHeld",
     "ContentPeer",
     "ContentServeFabric",
+    "Claim",
+    "ClaimRejected",
     "DeadlineExceeded",
     "EvalFabric",
     "EvalReply",
     "EvalStream",
     "Explanation",
     "FabricUnavailable",
+    "FleetKeys",
     "HoldingDelta",
     "HoldingIndex",
     "LedgeredRelayFabric",
@@ -232,6 +243,9 @@ __all__ = [
     "Op",
     "OpNotFound",
     "OpRegistry",
+    "PeerGovernor",
+    "PeerHealth",
+    "PeerSkipped",
     "RelayFabric",
     "RelayStatus",
     "RemoteError",

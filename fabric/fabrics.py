@@ -1451,12 +1451,19 @@ class ContentServeFabric(_FabricBase):
     checked against the request's declared capabilities (``CapabilityDenied``,
     counted as ``denied`` in ``stats()``). Answers come from the local
     cassette at once, so ``timeout`` never needs to cut a wait short.
+    With ``fleet_keys`` (a ``fabric.claims.FleetKeys``) each single reply
+    carries a claim (``reply.claim``) that its receiver verifies.
     """
 
-    def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None):
+    def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None,
+                 fleet_keys: Any = None):
         self.cassette = cassette
         self.grants = frozenset(grants)
         self.node = node
+        if fleet_keys is not None and not node:
+            raise ValueError("a ContentServeFabric that signs claims needs its node id")
+        #: A fabric.claims.FleetKeys: every single reply served carries a claim.
+        self.fleet_keys = fleet_keys
         self._stats = _Counters("served", "not_held", "denied")
 
     def _describe(self) -> str:
@@ -1486,7 +1493,11 @@ class ContentServeFabric(_FabricBase):
         if record is None:
             raise self._not_held(key)
         self._stats.add("served")
-        return reply_from_record(record, key, "held")
+        reply = reply_from_record(record, key, "held")
+        if self.fleet_keys is not None:
+            from .claims import attach
+            return attach(reply, self.fleet_keys.sign(key, reply, self.node))
+        return reply
 
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:

@@ -82,6 +82,11 @@ class PlacementRefused(FabricError, RuntimeError):
 # The worker process
 # ===========================================================================
 
+#: How long a worker may take to receive an op before its duration starts
+#: (unpickling it imports the op's module in a fresh worker).
+_START_TIMEOUT = 60.0
+
+
 def _worker_main(conn: Any) -> None:
     """A worker: runs one op at a time under the limits it is sent.
 
@@ -113,6 +118,9 @@ def _worker_main(conn: Any) -> None:
         if limits is None:  # a replica's op: no limits
             _serve_one(conn, op, request, used)
             continue
+        # The op and its request are here (its module imported, which in a
+        # fresh worker can take longer than the op): its time starts now.
+        conn.send(("started",))
         soft = math.ceil(used + limits.max_cpu_time_ms / 1000.0)
         if cpu_hard != resource.RLIM_INFINITY:
             soft = min(soft, cpu_hard)
@@ -447,6 +455,24 @@ class PlacementFabric(_FabricBase):
         try:
             w = self._take()
             w.conn.send((op, frag, lim))
+            # The duration bounds the op, not its shipping: the clock starts
+            # when the worker has the op (a fresh worker imports its module
+            # first). That wait is bounded too, by _START_TIMEOUT.
+            if not w.conn.poll(_START_TIMEOUT):
+                self._stats.add("breaches")
+                yield from refusal(f"server placement resource cutoff: the worker did not "
+                                   f"start the op within {_START_TIMEOUT:g} s",
+                                   "max_duration_ms")
+                return
+            try:
+                first = w.conn.recv()
+            except (EOFError, OSError):
+                self._stats.add("breaches")
+                yield from refusal(self._death(w, lim), self._death_limit(w))
+                return
+            if first[0] == "error":
+                healthy = True
+                raise _remote_error(frag, first[1], first[2])
             deadline = time.monotonic() + lim.max_duration_ms / 1000.0
             result_sent = False
             items = 0

@@ -56,6 +56,8 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from .fabrics import ContentPeer, _FabricBase, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
+from .claims import ClaimRejected, FleetKeys
+from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
 from .ops import Op
 
@@ -72,6 +74,8 @@ def describe_answer(exc: BaseException) -> str:
         return "not held"
     if isinstance(exc, PeerBusy):
         return f"busy: {exc}"
+    if isinstance(exc, PeerSkipped):
+        return f"skipped: {exc.reason}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -145,22 +149,29 @@ class Resolution:
     before each event, then ``held()`` at its end or ``broke(exc, items)``.
 
     ``holders`` is the holding index (read for the order, told of failures
-    and of the new holding); ``clock`` the monotonic clock (for tests).
+    and of the new holding); ``governor`` a ``PeerGovernor`` (None: every
+    peer is asked), which passes over a refused peer (the skip is an
+    attempt, reported like an answer) and is told of each peer's failures
+    and successes; ``clock`` the monotonic clock (for tests).
     """
 
-    __slots__ = ("request", "key", "node", "home", "holders", "peer_timeout", "t_end",
+    __slots__ = ("request", "key", "node", "home", "holders", "governor", "trust",
+                 "peer_timeout", "t_end",
                  "steps", "attempts", "source", "outcome", "_order", "_idx", "_cur",
                  "_state", "_clock", "_deadline")
 
     def __init__(self, request: EvalRequest, key: ContentKey, *, node: str,
                  peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
                  peer_timeout: float | None = None, timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 governor: PeerGovernor | None = None, trust: FleetKeys | None = None):
         self.request = request
+        self.trust = trust
         self.key = key
         self.node = node
         self.home = home
         self.holders = holders
+        self.governor = governor
         self.peer_timeout = peer_timeout
         self._clock = clock
         deadline = request.deadline
@@ -229,6 +240,16 @@ class Resolution:
             raise self._end(ContentNotHeld(f"node {self.node!r} does not hold {self.key} "
                                            f"and the request is local-only"))
         left = self._left()
+        governor = self.governor
+        while governor is not None and self._idx < len(self._order):
+            name, serve, announced = self._order[self._idx]
+            refused = governor.skip(name)
+            if refused is None:
+                break
+            self._idx += 1
+            self.steps.append(("holder" if announced else "peer", name,
+                               describe_answer(refused)))
+            self.attempts.append((name, refused))
         if self._idx < len(self._order):
             name, serve, announced = self._order[self._idx]
             self._idx += 1
@@ -281,10 +302,16 @@ class Resolution:
         # times out, goes to the back of the queue next time. A busy peer is
         # only skipped: its hung calls time out (and count) on their own.
         benign = isinstance(exc, (ContentNotHeld, CapabilityDenied)) and not announced
-        if self.holders is not None and not benign and not isinstance(exc, PeerBusy):
-            log.warning("node %r marked peer %r failed (%s); it is asked last until it "
-                        "answers again", self.node, name, answer)
-            self.holders.mark_failed(name)
+        if not benign and not isinstance(exc, PeerBusy):
+            if self.holders is not None:
+                log.warning("node %r marked peer %r failed (%s); it is asked last until it "
+                            "answers again", self.node, name, answer)
+                self.holders.mark_failed(name)
+            if self.governor is not None:
+                self.governor.failed(name, describe_answer(exc),
+                                     penalty=isinstance(exc, ClaimRejected))
+        elif benign and self.governor is not None:
+            self.governor.ok(name)  # it answered: the link and the peer work
         self._state = _OPEN
         return False
 
@@ -313,6 +340,15 @@ class Resolution:
                 err.node = name
                 self.failed(err)
                 return None
+            if self.trust is not None:
+                why = self.trust.check(getattr(reply, "claim", None), self.key, reply, name)
+                if why is not None:
+                    rej = ClaimRejected(f"peer {name!r}'s reply for {self.key} was "
+                                        f"discarded: {why}")
+                    rej.node = name
+                    rej.reason = why
+                    self.failed(rej)
+                    return None
         self._state = _HOLDING
         return reply
 
@@ -328,6 +364,8 @@ class Resolution:
             self.source, self.outcome = f"peer:{name}", "peer_hits"
             if self.holders is not None:
                 self.holders.mark_ok(name)
+            if self.governor is not None:
+                self.governor.ok(name)
         if self._state == _HOLDING:
             self.steps.append((stage, name, "computed" if stage == "home" else "hit"))
         if log.isEnabledFor(logging.DEBUG):
@@ -376,6 +414,8 @@ class Resolution:
         if self.holders is not None:
             log.warning("node %r marked peer %r failed: %s", self.node, name, message)
             self.holders.mark_failed(name)
+        if self.governor is not None:
+            self.governor.failed(name, what)
         remote = RemoteError(message)
         remote.node = name
         remote.remote_type = type(exc).__name__
@@ -458,7 +498,17 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     ``ContentPeer`` objects; ``home`` any fabric that computes (None: fail
     closed with ``NoHolderError``); ``holders`` a shared ``HoldingIndex`` (a
     new one by default); ``grants`` the default grants of callers that pass
-    none. ``peer_timeout`` (seconds, None for none) bounds each peer call;
+    none. ``governor`` a ``PeerGovernor`` (allowlist, blocklist, health and
+    backoff per peer; None: every peer is asked): a peer it refuses is passed
+    over, and the skip is reported in ``NoHolderError.attempts`` and
+    ``explain()``; its counters join ``stats()``. ``trust="fleet-key"`` (the
+    default when ``fleet_keys``, a ``FleetKeys``, is given; else ``"none"``)
+    verifies every peer's reply against the claim it carries
+    (docs/spec/claims.md) before recording it: a reply that fails is
+    discarded (``ClaimRejected`` in the attempts and ``explain()``), the peer
+    penalised in the governor, and the next source asked. Streams from
+    peers are not covered by claims yet.
+    ``peer_timeout`` (seconds, None for none) bounds each peer call;
     ``timeout=`` on a call and the request's ``deadline`` bound the whole
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
     not honour timeouts itself (see the module doc). ``stream``, ``aevaluate``
@@ -476,7 +526,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def __init__(self, node: str, cassette: Any, peers: Iterable[ContentPeer] = (),
                  home: Any = None, holders: HoldingIndex | None = None, *,
                  grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
-                 max_peer_calls: int = 8, remember: int = 256):
+                 max_peer_calls: int = 8, remember: int = 256,
+                 governor: PeerGovernor | None = None, trust: str | None = None,
+                 fleet_keys: FleetKeys | None = None):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
@@ -498,6 +550,21 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                                                   general_call=_FabricBase.call)
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
+        if governor is not None and not isinstance(governor, PeerGovernor):
+            raise TypeError(f"governor must be a PeerGovernor or None, not "
+                            f"{type(governor).__name__}")
+        #: The PeerGovernor (None: every peer is asked, in the holders' order).
+        self.governor = governor
+        if trust is None:
+            trust = "fleet-key" if fleet_keys is not None else "none"
+        if trust not in ("fleet-key", "none"):
+            raise ValueError(f"trust must be 'fleet-key' or 'none', not {trust!r} "
+                             f"('signatures' is not implemented yet)")
+        if trust == "fleet-key" and not isinstance(fleet_keys, FleetKeys):
+            raise ValueError("trust='fleet-key' needs fleet_keys (a FleetKeys)")
+        #: "fleet-key" (every peer's reply is verified against its claim) or "none".
+        self.trust = trust
+        self._verifier = fleet_keys if trust == "fleet-key" else None
         self.peer_timeout = peer_timeout
         _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
@@ -528,14 +595,19 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     def announce_held(self) -> int:
         """Announce every key of the cassette as held by this node (after a
-        restart, so peers learn what the ledger replayed). Returns the count."""
-        return self.holders.apply((k, self.node) for k in self.cassette)
+        restart, so peers learn what the ledger replayed). Returns the count
+        of new facts. The keys go to the index in one call: packed digests
+        when the cassette offers ``keys_packed()``, else its key iterator."""
+        packed = getattr(self.cassette, "keys_packed", None)
+        keys = packed() if callable(packed) else self.cassette
+        return self.holders.announce_keys(keys, self.node)
 
     # -- the shared parts of the drivers -----------------------------------------
     def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
         return Resolution(request, request.key, node=self.node, peers=self._serves,
                           holders=self.holders, home=self.home,
-                          peer_timeout=self.peer_timeout, timeout=timeout)
+                          peer_timeout=self.peer_timeout, timeout=timeout,
+                          governor=self.governor, trust=self._verifier)
 
     def _peer_calls(self, name: str) -> _PeerCalls:
         calls = self._calls.get(name)
@@ -787,11 +859,24 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         if trail is not None:
             return Explanation(key, trail[0], trail[1])
         steps = [("local", self.node, "not held")]
+        governor = self.governor
         for name, _serve, announced in peer_order(key, self._serves, self.holders):
-            steps.append(("holder" if announced else "peer", name, "would be asked"))
+            why = governor.would_refuse(name) if governor is not None else None
+            steps.append(("holder" if announced else "peer", name,
+                          "would be asked" if why is None else f"would be skipped: {why}"))
         steps.append(("home", "home" if self.home is not None else "-",
                       "would compute" if self.home is not None else "no home"))
         return Explanation(key, None, steps)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this fabric (a new dict each call), with the governor's
+        (``peers_down``, ``peers_backing_off``, ``peer_skips``,
+        ``peer_penalties``) when it has one; per-peer health is
+        ``governor.peers()``."""
+        out = super().stats()
+        if self.governor is not None:
+            out.update(self.governor.counters())
+        return out
 
     def _describe(self) -> str:
         peers = ", ".join(self._peers)

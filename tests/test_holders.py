@@ -166,3 +166,65 @@ def test_snapshot_golden_vector_matches_the_spec():
         "83a473706563b46661627269632e686f6c64696e672d696e646578a5666163747391"
         "92c4200000000000000000000000000000000000000000000000000000000000000000"
         "a161a776657273696f6e01")
+
+
+def test_announce_keys_from_an_iterable_or_packed_digests():
+    idx = HoldingIndex([(key(0), "me")])
+    assert idx.announce_keys((key(i) for i in range(5)), "me") == 4
+    packed = b"".join(key(i).digest for i in range(3, 8))
+    assert idx.announce_keys(packed, "me") == 3
+    assert idx.announce_keys(memoryview(packed), "other") == 5
+    assert idx.holders_of(key(4)) == ["me", "other"] and len(idx) == 13
+    with pytest.raises(ValueError, match="multiple of 32"):
+        idx.announce_keys(packed[:-1], "me")
+    with pytest.raises(TypeError, match="ContentKey"):
+        idx.announce_keys([key(9), "sha256:00"], "me")
+    with pytest.raises(TypeError, match="holder"):
+        idx.announce_keys([key(9)], "")
+    assert len(idx) == 13  # nothing of a refused call was added
+
+
+def test_a_bad_fact_anywhere_adds_nothing():
+    idx = HoldingIndex()
+    for bad in ([(key(1), "a"), (key(2), "")], [(key(1), "a"), ("k", "a")],
+                [(key(1), "a"), (key(2),)], [(key(1), "a"), 7]):
+        with pytest.raises(TypeError):
+            idx.apply(bad)
+        assert len(idx) == 0 and idx.holders_of(key(1)) == []
+    assert repr(idx).startswith("HoldingIndex(0 facts, 0 keys, holders=[]")
+
+
+def test_many_holders_and_keys_round_trip_through_merge_and_snapshot():
+    rng = random.Random(3)
+    holders = [f"node-{i}" * (1 + i % 20) for i in range(300)]  # names up to 160+ bytes
+    a = HoldingIndex()
+    ref = set()
+    for i in range(20000):
+        fact = (key(rng.randrange(5000)), rng.choice(holders))
+        a.announce(*fact)
+        ref.add(fact)
+    assert set(a) == ref and len(a) == len(ref)
+    b = HoldingIndex([(key(1), "zz")])
+    assert b.merge(a) == len(ref) - ((key(1), "zz") in ref)
+    assert set(b) == ref | {(key(1), "zz")}
+    back = HoldingIndex.restore(b.snapshot())
+    assert back.facts() == b.facts() and back.key_count == b.key_count
+    for k in (key(i) for i in range(0, 5000, 97)):
+        assert back.holders_of(k) == b.holders_of(k) == sorted({h for kk, h in ref | {(key(1), "zz")} if kk == k})
+
+
+def test_restore_accepts_a_valid_non_canonical_encoding():
+    # The core reads the canonical bytes; other valid msgpack of the same
+    # document (here: the facts array with a 16-bit count) goes the long way.
+    good = HoldingIndex([(ContentKey(bytes(32)), "a")]).snapshot()
+    odd = good.replace(b"facts\x91", b"facts\xdc\x00\x01")
+    assert odd != good
+    back = HoldingIndex.restore(odd)
+    assert back.facts() == [(ContentKey(bytes(32)), "a")]
+
+
+def test_display_costs_do_not_grow_with_the_index():
+    idx = HoldingIndex((key(i), "n") for i in range(3000))
+    html_text = idx._repr_html_()
+    assert html_text.count("<tr><td><code>") == 20 and "2980 more keys" in html_text
+    assert "3000 facts" in repr(idx) and idx.memory() > 3000 * 32

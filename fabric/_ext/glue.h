@@ -123,6 +123,9 @@ typedef struct fab_state {
     PyTypeObject *ServerPlacementRequest_Type;
     PyObject *placement_text;    /* "[redacted placement data]" */
     PyObject *placement_payload; /* "[redacted placement payload]" */
+
+    /* holdings.c */
+    PyTypeObject *Holdings_Type;    /* _Holdings: the holding index's fact store */
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -233,6 +236,7 @@ int fab_py_addressed_exec(PyObject *module, fab_state *st);
 int fab_py_frames_exec(PyObject *module, fab_state *st);
 int fab_py_placement_exec(PyObject *module, fab_state *st);
 int fab_py_reprs_exec(PyObject *module, fab_state *st);
+int fab_py_holdings_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
@@ -277,6 +281,8 @@ int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
 int fab_py_placement_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_placement_clear(fab_state *st);
+int fab_py_holdings_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_holdings_clear(fab_state *st);
 
 /* cassette.c: records `record` under `key` in `cassette` (an EvalCassette
  * is written directly, any other object through its record() method) and

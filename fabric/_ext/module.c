@@ -39,6 +39,7 @@ static const struct part {
     {"frames", fab_py_frames_exec, fab_py_frames_traverse, fab_py_frames_clear},
     {"placement", fab_py_placement_exec, fab_py_placement_traverse, fab_py_placement_clear},
     {"reprs", fab_py_reprs_exec, NULL, NULL},
+    {"holdings", fab_py_holdings_exec, fab_py_holdings_traverse, fab_py_holdings_clear},
 };
 
 #define NPARTS (sizeof(parts) / sizeof(parts[0]))

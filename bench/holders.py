@@ -1,0 +1,118 @@
+"""Holding index benchmark: the C fact store behind fabric.HoldingIndex at
+1e6 facts, next to the dict-of-sets a user would otherwise write.
+
+    python bench/holders.py [--facts N] [--holders H]
+
+Prints per-fact build times, snapshot / restore times, repr and
+_repr_html_ times, memory per fact (the store's own count and the process's
+RSS growth) and announce_held() on an N-record cassette. Figures go into
+docs/benchmarks.md (the fleet section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _here]
+
+import fabric  # noqa: E402
+from fabric import ContentKey, ContentAddressedFabric, EvalCassette, HoldingIndex  # noqa: E402
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--facts", type=int, default=1_000_000)
+    ap.add_argument("--holders", type=int, default=10)
+    args = ap.parse_args()
+    n, nh = args.facts, args.holders
+    names = [f"node-{i:02d}" for i in range(nh)]
+    keys = [ContentKey(os.urandom(32)) for _ in range(n)]
+    facts = [(keys[i], names[i % nh]) for i in range(n)]
+    print(f"{n} facts over {n} keys, {nh} holders")
+
+    before = rss_kib()
+    t_build, idx = timed(lambda: HoldingIndex(facts))
+    grown = (rss_kib() - before) * 1024
+    print(f"build HoldingIndex(facts)      {t_build:8.3f} s  {t_build / n * 1e6:6.3f} us/fact")
+    print(f"  store memory                 {idx.memory() / n:8.1f} B/fact"
+          f"   (RSS growth {grown / n:.1f} B/fact)")
+
+    one = HoldingIndex()
+    t_ann, _ = timed(lambda: [one.announce(k, h) for k, h in facts])
+    print(f"announce() one at a time       {t_ann:8.3f} s  {t_ann / n * 1e6:6.3f} us/fact")
+
+    def dict_of_sets():
+        by_key: dict[ContentKey, set[str]] = {}
+        log = []
+        for k, h in facts:
+            s = by_key.get(k)
+            if s is None:
+                by_key[k] = {h}
+            elif h in s:
+                continue
+            else:
+                s.add(h)
+            log.append((k, h))
+        return by_key, log
+
+    before = rss_kib()
+    t_dict, dos = timed(dict_of_sets)
+    grown_dict = (rss_kib() - before) * 1024
+    print(f"dict of sets + log (baseline)  {t_dict:8.3f} s  {t_dict / n * 1e6:6.3f} us/fact"
+          f"   RSS growth {grown_dict / n:.1f} B/fact")
+    del dos
+
+    t_snap, data = timed(idx.snapshot)
+    print(f"snapshot()                     {t_snap:8.3f} s  ({len(data) / 1e6:.1f} MB)")
+    t_rest, back = timed(lambda: HoldingIndex.restore(data))
+    assert back.version == idx.version and back.facts()[-1] == idx.facts()[-1]
+    print(f"restore()                      {t_rest:8.3f} s")
+    t_delta, d = timed(lambda: idx.delta_since(n - 1000))
+    print(f"delta_since(last 1000)         {t_delta * 1e3:8.3f} ms")
+    t_hold, _ = timed(lambda: [idx.holders_of(k) for k in keys[:100_000]])
+    print(f"holders_of()                   {t_hold / 100_000 * 1e6:8.3f} us/call")
+    def best(fn):
+        return min(timed(fn)[0] for _ in range(5))
+
+    t_repr, t_html = best(lambda: repr(idx)), best(idx._repr_html_)
+    small = HoldingIndex(facts[:100])
+    t_repr_s, t_html_s = best(lambda: repr(small)), best(small._repr_html_)
+    print(f"repr / _repr_html_ at {n}:   {t_repr * 1e6:8.1f} / {t_html * 1e6:.1f} us"
+          f"   (at 100 facts: {t_repr_s * 1e6:.1f} / {t_html_s * 1e6:.1f} us)")
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "held.ledger")
+        with EvalCassette(path, "a", durability="os") as cas:
+            for k in keys:
+                cas.record(k, [1, [], None])
+        with EvalCassette(path, "r") as cas:
+            t_iter, _ = timed(lambda: sum(1 for _ in cas))
+            fab = ContentAddressedFabric("self", cassette=cas)
+            t_held, count = timed(fab.announce_held)
+            assert count == n
+            print(f"cassette key iteration alone   {t_iter:8.3f} s")
+            print(f"announce_held() ({n} records) {t_held:8.3f} s")
+
+
+if __name__ == "__main__":
+    main()
