@@ -499,7 +499,8 @@ def key_v1(i) -> ContentKey:
     import hashlib
 
     ident = EvalRequest("op", [i]).identity_bytes()
-    return ContentKey(hashlib.sha256(ident.replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
+    return ContentKey(hashlib.sha256(
+        b"\x9b" + ident[1:-5].replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
 
 
 def write_golden(p: str) -> None:

@@ -86,7 +86,7 @@ typedef struct fab_state {
     PyObject *str_local_first;
     PyObject *empty_tuple;
     PyObject *empty_dict; /* the kwargs of every request without keyword arguments */
-    PyObject *kw_names[12]; /* interned EvalRequest keyword names */
+    PyObject *kw_names[14]; /* interned EvalRequest keyword names */
 
     /* unpack.c */
     PyTypeObject *Ext_Type;
