@@ -528,3 +528,30 @@ def test_hash_flood_in_a_tagged_set_is_refused():
     with pytest.raises(fabric.DecodeError, match="share one hash"):
         fabric.decode_value(fabric.encode_value(set(members)))
     assert fabric.decode_value(fabric.encode_value(set(members[:8]))) == set(members[:8])
+
+
+def test_map_keys_shared_across_decodes_stay_right():
+    """Short ASCII map keys are kept across decode calls (a table in the
+    module state): many distinct keys (more than the table holds, so slots
+    are replaced), non-ASCII and long keys, and dicts of every size all
+    decode to equal values, with keys that are exact str."""
+    values = [{f"k{i}-{j}": j for j in range(n)} for i, n in enumerate((0, 1, 5, 6, 9, 200))]
+    values += [{"é": 1, "ascii": 2, "x" * 33: 3, "x" * 32: 4}, {"a": {"a": {"a": "a"}}}]
+    for _ in range(3):
+        for v in values:
+            got = fabric.decode_value(fabric.encode_value(v))
+            assert got == v and list(got) == list(v)
+            assert all(type(k) is str for k in got)
+
+
+def test_content_key_constructor_paths():
+    digest = bytes(range(32))
+    want = ContentKey(digest)
+    assert ContentKey(bytearray(digest)) == ContentKey(digest=digest) == \
+        ContentKey(memoryview(digest)) == want and want.digest == digest
+    for bad, exc in (((b"x",), ValueError), ((), TypeError), ((1,), TypeError),
+                     ((digest, digest), TypeError), ((bytes(33),), ValueError)):
+        with pytest.raises(exc):
+            ContentKey(*bad)
+    with pytest.raises(TypeError):
+        ContentKey(digest, extra=1)

@@ -92,6 +92,7 @@ typedef struct fab_state {
     PyTypeObject *Ext_Type;
     PyTypeObject *Timestamp_Type;
     PyObject *redacted; /* fabric.REDACTED */
+    PyObject *key_cache[64]; /* recent short ASCII map keys (str), kept across decodes */
 
     /* cassette.c */
     PyTypeObject *EvalCassette_Type;
