@@ -345,3 +345,20 @@ def test_every_sharing_and_volatile_combination_keys_consistently():
         r = EvalRequest("op", (1,), kwargs, required_capabilities=caps, sharing=sharing,
                         volatile_kwargs=vol)
         assert hashlib.sha256(r.identity_bytes()).digest() == r.key.digest
+
+
+def test_the_network_request_map_carries_the_sharing_class():
+    """A peer rebuilds the request from the wire map and checks its key: the
+    sharing class travels (an uncacheable request keeps its key); volatile
+    keyword arguments do not."""
+    from fabric.node import protocol as P
+
+    r = EvalRequest("op", (1,), {"a": 2}, sharing="uncacheable",
+                    volatile_kwargs={"verbose": True})
+    back = P.request_from_wire(P.request_to_wire(r), r.key.digest)
+    assert back.key == r.key and back.sharing == "uncacheable"
+    assert dict(back.volatile_kwargs) == {}
+    wire = P.request_to_wire(r)
+    wire["sharing"] = "pure"
+    with pytest.raises(P.ProtocolError, match="does not match its fields"):
+        P.request_from_wire(wire, r.key.digest)
