@@ -20,6 +20,7 @@ _T_co = TypeVar("_T_co", covariant=True)
 # Type aliases of the stub only (private, so stubtest does not look for
 # them at runtime).
 _Consistency: TypeAlias = Literal["local-first", "local-only", "no-home"]
+_Sharing: TypeAlias = Literal["pure", "recorded", "uncacheable"]
 # A cassette key: a ContentKey or any 32-byte buffer (the digest).
 _CassetteKey: TypeAlias = ContentKey | ReadableBuffer
 # Decode limits for unpack(): None (the defaults), a dict with some of the
@@ -184,6 +185,8 @@ class EvalRequest:
         trace: bool = False,
         consistency: _Consistency = "local-first",
         deadline: float | None = None,
+        sharing: _Sharing = "pure",
+        volatile_kwargs: Mapping[str, Any] | None = None,
     ) -> Self: ...
     @property
     def op(self) -> str: ...
@@ -210,6 +213,10 @@ class EvalRequest:
     @property
     def deadline(self) -> float | None: ...
     @property
+    def sharing(self) -> _Sharing: ...
+    @property
+    def volatile_kwargs(self) -> MappingProxyType[str, Any]: ...
+    @property
     def key(self) -> ContentKey: ...
     def identity_bytes(self) -> bytes: ...
     # At runtime replace($self, /, **changes); these are the names it accepts.
@@ -228,6 +235,8 @@ class EvalRequest:
         trace: bool = ...,
         consistency: _Consistency = ...,
         deadline: float | None = ...,
+        sharing: _Sharing = ...,
+        volatile_kwargs: Mapping[str, Any] | None = ...,
     ) -> EvalRequest: ...
     def __hash__(self) -> int: ...
     def __eq__(self, other: object, /) -> bool: ...

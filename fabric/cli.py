@@ -82,8 +82,9 @@ def cmd_key(args: argparse.Namespace) -> int:
     for module in args.imports:
         importlib.import_module(module)
     if args.imports:
-        # The registered op fills its version, capabilities and stream flag,
-        # so the key is the one Python computes for op.request(...).
+        # The registered op fills its version, capabilities, sharing class and
+        # stream flag and keeps its ignored keyword arguments out, so the key
+        # is the one Python computes for op.request(...).
         request = _find_op(args.op, version).request(*call_args, **call_kwargs)
     else:
         # The same name rules as @fabric.op (validated by building an Op).
@@ -92,7 +93,7 @@ def cmd_key(args: argparse.Namespace) -> int:
         request = _core.EvalRequest(args.op, call_args, call_kwargs,
                                     version=0 if version is None else version,
                                     required_capabilities=tuple(args.capabilities),
-                                    stream=args.stream)
+                                    stream=args.stream, sharing=args.sharing)
     print(request.key)
     if args.verbose:
         print(request)
@@ -125,14 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="?", help="positional arguments as a JSON array")
     p.add_argument("kwargs", nargs="?", help="keyword arguments as a JSON object")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first and take the op's version, capabilities "
-                        "and stream flag from its registration (repeatable)")
+                   help="import MODULE first and take the op's version, capabilities, "
+                        "sharing class, stream flag and ignored keyword arguments from "
+                        "its registration (repeatable)")
     p.add_argument("--op-version", "--version", dest="op_version", default=None,
                    metavar="VERSION", help="op version (an int, or a string; default 0, "
                                            "or the registered one with --import)")
     p.add_argument("--capability", dest="capabilities", action="append", default=[],
                    metavar="NAME", help="a capability the op requires (repeatable)")
     p.add_argument("--stream", action="store_true", help="the op is a stream op")
+    p.add_argument("--sharing", choices=("pure", "recorded", "uncacheable"), default="pure",
+                   help="the op's sharing class (default pure; with --import, the "
+                        "registered one)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the identity bytes")
     p.set_defaults(func=cmd_key)
 

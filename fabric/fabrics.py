@@ -50,7 +50,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, FabricError, FabricUnavailable)
+                    EvalRequest, FabricError, FabricUnavailable, OpNotFound)
 from ._workers import Workers, default_max_workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
 from .progress import Progress
@@ -601,6 +601,24 @@ def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                     f"not {type(op).__name__}")
 
 
+def _check_sharing(request: EvalRequest, op: Op[..., Any], where: str) -> None:
+    """A compute site refuses a request whose sharing class is not its op's:
+    an uncacheable op's reply would otherwise be recorded under a key that
+    calls it pure."""
+    if request.sharing != op.sharing:
+        raise OpNotFound(f"{where}: the request for {request.op!r} declares sharing "
+                         f"{request.sharing!r} but the op's sharing class is {op.sharing!r}; "
+                         f"build the request from the op (op.request(...), or "
+                         f"fab.call(op, ...))")
+
+
+def _op_kwargs(request: EvalRequest) -> Any:
+    """The keyword arguments an op runs with: the keyed ones and the
+    request's volatile ones (``ignore=``)."""
+    vol = request.volatile_kwargs
+    return {**request.kwargs, **vol} if vol else request.kwargs
+
+
 def _check_declared(request: EvalRequest, op: Op[..., Any], where: str) -> None:
     """A compute site refuses a request that declares fewer capabilities than
     its op requires: its reply would be recorded under a key that does not
@@ -761,6 +779,8 @@ class LocalFabric(_FabricBase):
         except CapabilityDenied:
             self._stats.add("denied")
             raise
+        if request.sharing != op.sharing:
+            _check_sharing(request, op, self._where)
         return op
 
     def _late_message(self, request: EvalRequest, bound: float | None) -> str:
@@ -786,7 +806,7 @@ class LocalFabric(_FabricBase):
                 for tag, p in self._op_events(op, request):
                     (value if tag == ITEM else diags).append(p)
             else:
-                value = op.fn(*request.args, **request.kwargs)
+                value = op.fn(*request.args, **_op_kwargs(request))
                 diags = sink
         finally:
             _collector.reset(token)
@@ -795,7 +815,7 @@ class LocalFabric(_FabricBase):
 
     def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
         """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
-        gen = op.fn(*request.args, **request.kwargs)
+        gen = op.fn(*request.args, **_op_kwargs(request))
         limit = request.answer_limit
         n = 0
         mine: list[dict[str, Any]] = []
@@ -820,7 +840,7 @@ class LocalFabric(_FabricBase):
     async def _async_op_events(self, op: Op[..., Any],
                                request: EvalRequest) -> AsyncIterator[Event]:
         """Events of an async generator op, cut at ``answer_limit``."""
-        agen = op.fn(*request.args, **request.kwargs)
+        agen = op.fn(*request.args, **_op_kwargs(request))
         limit = request.answer_limit
         n = 0
         mine: list[dict[str, Any]] = []
@@ -961,7 +981,7 @@ class LocalFabric(_FabricBase):
                 async for tag, p in self._async_op_events(op, request):
                     (value if tag == ITEM else diags).append(p)
             else:
-                value = await op.fn(*request.args, **request.kwargs)
+                value = await op.fn(*request.args, **_op_kwargs(request))
                 diags = sink
         except asyncio.CancelledError:
             self._end(key, flight, None, FabricError(
@@ -1006,6 +1026,8 @@ class LocalFabric(_FabricBase):
         except CapabilityDenied:
             self._stats.add("denied")
             raise
+        if request.sharing != op.sharing:
+            _check_sharing(request, op, self._where)
         key = request.key
         if timeout is None and request.deadline is None and not op.is_async \
                 and not op.is_stream:
@@ -1018,7 +1040,7 @@ class LocalFabric(_FabricBase):
                 sink: list[dict[str, Any]] = []
                 token = _collector.set(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
-                kw = request.kwargs
+                kw = _op_kwargs(request)
                 try:
                     value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
@@ -1206,7 +1228,8 @@ class LedgeredRelayFabric(_FabricBase):
         """The shared head of ``evaluate`` and ``aevaluate``: grants, then
         the recorded reply (None on a miss)."""
         self._check(request, g)
-        record = self.cassette.get(request.key)
+        # An uncacheable op is never recorded, so never looked up either.
+        record = self.cassette.get(request.key) if request.sharing != "uncacheable" else None
         if record is not None:
             self._stats.add("hits")
             return reply_from_record(record, request.key, "ledger")
@@ -1216,13 +1239,14 @@ class LedgeredRelayFabric(_FabricBase):
                       request.op, type(self.inner).__name__)
         return None
 
-    def _failed(self, key: ContentKey, exc: BaseException) -> None:
+    def _failed(self, key: ContentKey, exc: BaseException, keep: bool = True) -> None:
         """The shared tail of a failed miss: count it, and record a reply the
-        inner fabric still computes (``pending_reply``) when it comes."""
+        inner fabric still computes (``pending_reply``) when it comes (unless
+        not ``keep``: an uncacheable op's)."""
         if isinstance(exc, Exception):
             self._stats.add("errors")
         pending = getattr(exc, "pending_reply", None)
-        if not isinstance(pending, concurrent.futures.Future):
+        if not keep or not isinstance(pending, concurrent.futures.Future):
             return
         recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
 
@@ -1257,10 +1281,11 @@ class LedgeredRelayFabric(_FabricBase):
         try:
             reply = self.inner.evaluate(request, grants=g, **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc)
+            self._failed(request.key, exc, request.sharing != "uncacheable")
             raise
-        self.cassette.record(request.key, reply_record(reply))
-        self._stats.add("recorded")
+        if request.sharing != "uncacheable":
+            self.cassette.record(request.key, reply_record(reply))
+            self._stats.add("recorded")
         return reply
 
     async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
@@ -1282,15 +1307,16 @@ class LedgeredRelayFabric(_FabricBase):
                 reply = await self._in_thread(self.inner.evaluate, request, grants=g,
                                               **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc)
+            self._failed(request.key, exc, request.sharing != "uncacheable")
             raise
-        await self._in_thread(self.cassette.record, request.key, reply_record(reply))
-        self._stats.add("recorded")
+        if request.sharing != "uncacheable":
+            await self._in_thread(self.cassette.record, request.key, reply_record(reply))
+            self._stats.add("recorded")
         return reply
 
     def _stream_hit(self, request: EvalRequest, g: frozenset[str]) -> bool:
         self._check(request, g)
-        if request.key in self.cassette:
+        if request.sharing != "uncacheable" and request.key in self.cassette:
             self._stats.add("hits")
             return True
         self._stats.add("misses")
@@ -1304,6 +1330,8 @@ class LedgeredRelayFabric(_FabricBase):
         if self._stream_hit(request, g):
             return EvalStream(_replay_events(self.cassette, key), key, "ledger")
         inner = self.inner.stream(request, grants=g, **_t(timeout))
+        if request.sharing == "uncacheable":
+            return cast(EvalStream[Any], inner)  # passed through, never recorded
         return EvalStream(_recording(_events_of(inner), self.cassette, key,
                                      lambda: self._stats.add("recorded")),
                           key, getattr(inner, "source", "computed"))
@@ -1324,6 +1352,8 @@ class LedgeredRelayFabric(_FabricBase):
         else:
             inner = self.inner.stream(request, grants=g, **_t(timeout))
             events = _aevents_from_sync(_events_of(inner), pool)
+        if request.sharing == "uncacheable":  # passed through, never recorded
+            return AsyncEvalStream(events, key, getattr(inner, "source", "computed"))
         return AsyncEvalStream(_arecording(events, self.cassette, key, pool,
                                            lambda: self._stats.add("recorded")),
                                key, getattr(inner, "source", "computed"))

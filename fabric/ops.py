@@ -1,9 +1,22 @@
 """Registered operations: ``@fabric.op`` and the registry fabrics run from.
 
 An op is a plain function given a name and a version. Its requests are
-``EvalRequest`` objects whose key covers the name, the version, the arguments
-and the declared capabilities, so changing the version changes every key (the
-way to say "the function changed, recompute").
+``EvalRequest`` objects whose key covers the name, the version, the arguments,
+the declared capabilities and the op's sharing class, so changing the version
+changes every key (the way to say "the function changed, recompute").
+
+Sharing classes (``sharing=``): ``"pure"`` (the default) is a function of its
+arguments, recorded and shared freely; ``"recorded"`` is recorded where it is
+computed (what peers may do with it comes with the fleet work);
+``"uncacheable"`` is never recorded by any fabric, so every call computes.
+
+Volatile arguments (``ignore=``): keyword arguments such as ``verbose`` or
+``progress`` that do not change the result. They stay out of the key and
+travel in the request's ``volatile_kwargs``, which a ``LocalFabric`` passes to
+the function with the others. A reply served from a cassette or a peer was
+computed with whatever volatile values its first caller gave, and a request
+sent to another node over the network carries none (the op runs there with
+its defaults).
 
 A generator function (``def f(...): yield ...``) is a *stream op*: its
 requests carry ``stream=True`` and fabrics stream its items as they are
@@ -22,11 +35,14 @@ import functools
 import inspect
 import re
 import threading
-from typing import Any, Callable, Generic, Iterable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Literal, ParamSpec, TypeVar
 
 from ._core import EvalRequest, OpNotFound
 
 __all__ = ["Op", "OpRegistry", "REGISTRY", "op", "diagnostic"]
+
+#: An op's sharing class (see the module docstring).
+Sharing = Literal["pure", "recorded", "uncacheable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,7 +95,8 @@ class Op(Generic[P, R]):
     """
 
     def __init__(self, name: str, fn: Callable[P, R], *, version: int | str = 0,
-                 capabilities: Iterable[str] = ()):
+                 capabilities: Iterable[str] = (), sharing: Sharing = "pure",
+                 ignore: Iterable[str] = ()):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"op name must match [a-z][a-z0-9_.-]{{0,63}}, got {name!r}")
         if isinstance(capabilities, str):
@@ -88,6 +105,8 @@ class Op(Generic[P, R]):
         self.name = name
         self.version = version
         self.capabilities = tuple(sorted(set(capabilities)))
+        self.sharing = sharing
+        self.ignore, self._ignore_from = _volatile_names(name, fn, ignore)
         self.fn = fn
         self.is_stream = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
@@ -97,11 +116,12 @@ class Op(Generic[P, R]):
                                  updated=())
         # Validate name, version and capabilities once, by building a request.
         EvalRequest(name, (), None, version=version, required_capabilities=self.capabilities,
-                    stream=self.is_stream)
+                    stream=self.is_stream, sharing=sharing)
 
     #: What makes an op's requests: fixed once the op is made (a fabric may
     #: keep the requests it built for repeated arguments).
-    _FIXED = frozenset({"name", "version", "capabilities", "fn", "is_stream", "is_async"})
+    _FIXED = frozenset({"name", "version", "capabilities", "sharing", "ignore", "_ignore_from",
+                        "fn", "is_stream", "is_async"})
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in Op._FIXED and name in self.__dict__:
@@ -114,10 +134,22 @@ class Op(Generic[P, R]):
 
         Request options that are not arguments (``answer_limit``,
         ``deadline``, ``trace``, ...) are set with ``.replace(...)`` on the
-        result.
+        result. The op's ``ignore``d keyword arguments go into the request's
+        ``volatile_kwargs``, out of its key; passing one of them by position
+        is a ``TypeError`` (it would be keyed).
         """
+        if not self.ignore:
+            return EvalRequest(self.name, args, kwargs, version=self.version,
+                               required_capabilities=self.capabilities, stream=self.is_stream,
+                               sharing=self.sharing)
+        if self._ignore_from is not None and len(args) > self._ignore_from[0]:
+            raise TypeError(f"op {self.name!r}: pass {self._ignore_from[1]!r} by keyword: "
+                            f"it is ignored by the key (ignore=) and a positional value "
+                            f"would be keyed")
+        volatile = {k: kwargs.pop(k) for k in self.ignore if k in kwargs}
         return EvalRequest(self.name, args, kwargs, version=self.version,
-                           required_capabilities=self.capabilities, stream=self.is_stream)
+                           required_capabilities=self.capabilities, stream=self.is_stream,
+                           sharing=self.sharing, volatile_kwargs=volatile)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, with no fabric, cassette or key."""
@@ -126,7 +158,9 @@ class Op(Generic[P, R]):
     def __repr__(self) -> str:
         kind = "stream op" if self.is_stream else "op"
         caps = f", capabilities={self.capabilities!r}" if self.capabilities else ""
-        return f"<{kind} {self.name!r} version={self.version!r}{caps}>"
+        sharing = f", sharing={self.sharing!r}" if self.sharing != "pure" else ""
+        ignore = f", ignore={self.ignore!r}" if self.ignore else ""
+        return f"<{kind} {self.name!r} version={self.version!r}{caps}{sharing}{ignore}>"
 
     def _repr_html_(self) -> str:
         import html
@@ -149,7 +183,7 @@ class Op(Generic[P, R]):
                     f"another process: sending it by value needs cloudpickle "
                     f"(pip install 'stream-fabric[dask]')") from None
             return (_op_by_value, (self.name, cloudpickle.dumps(self.fn), self.version,
-                                   self.capabilities))
+                                   self.capabilities, self.sharing, self.ignore))
         return (_op_by_reference, (mod, qual, self.name, self.version))
 
 
@@ -185,11 +219,49 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}, not an op"
 
 
-def _op_by_value(name: str, fn_bytes: bytes, version: Any,
-                 capabilities: tuple[str, ...]) -> Op[..., Any]:
+def _op_by_value(name: str, fn_bytes: bytes, version: Any, capabilities: tuple[str, ...],
+                 sharing: Sharing = "pure", ignore: tuple[str, ...] = ()) -> Op[..., Any]:
     """Unpickles an op sent by value (its function pickled by cloudpickle)."""
     import pickle
-    return Op(name, pickle.loads(fn_bytes), version=version, capabilities=capabilities)
+    return Op(name, pickle.loads(fn_bytes), version=version, capabilities=capabilities,
+              sharing=sharing, ignore=ignore)
+
+
+def _volatile_names(name: str, fn: Callable[..., Any], ignore: Iterable[str]
+                    ) -> tuple[tuple[str, ...], tuple[int, str] | None]:
+    """The op's ignored keyword names (sorted, unique), checked against the
+    function's signature, and (position, name) of the first one that can
+    also be passed by position (None if none can)."""
+    if isinstance(ignore, (str, bytes)):
+        raise TypeError("ignore must be an iterable of parameter names, not a single string "
+                        "(wrap it in a tuple)")
+    names = tuple(sorted(set(ignore)))
+    if not names:
+        return (), None
+    for n in names:
+        if not isinstance(n, str) or not n.isidentifier():
+            raise TypeError(f"op {name!r}: ignore holds parameter names (str), found {n!r}")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to check against (a builtin)
+        return names, None
+    by_name = {p.name: (i, p) for i, p in enumerate(params)}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    first: tuple[int, str] | None = None
+    for n in names:
+        found = by_name.get(n)
+        if found is None or found[1].kind in (found[1].VAR_POSITIONAL, found[1].VAR_KEYWORD):
+            if not var_kw:
+                raise TypeError(f"op {name!r}: ignore names {n!r}, which is not a keyword "
+                                f"parameter of {getattr(fn, '__qualname__', fn)!r}")
+            continue
+        i, p = found
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(f"op {name!r}: ignore names {n!r}, a positional-only parameter "
+                            f"(only keyword arguments can be kept out of the key)")
+        if p.kind is p.POSITIONAL_OR_KEYWORD and (first is None or i < first[0]):
+            first = (i, n)
+    return names, first
 
 
 class OpRegistry:
@@ -249,12 +321,18 @@ REGISTRY = OpRegistry()
 
 
 def op(name: str, *, version: int | str = 0, capabilities: Iterable[str] = (),
+       sharing: Sharing = "pure", ignore: Iterable[str] = (),
        registry: OpRegistry | None = None) -> Callable[[Callable[P, R]], Op[P, R]]:
     """Register a function as an op: ``@fabric.op("embed", version=1)``.
 
     ``name`` is the op's identity in every key (``[a-z][a-z0-9_.-]*``);
     ``version`` changes every key when the function's behaviour changes;
-    ``capabilities`` are the grants a caller needs to run it. A generator
+    ``capabilities`` are the grants a caller needs to run it; ``sharing``
+    (``"pure"``, ``"recorded"`` or ``"uncacheable"``) is the op's sharing
+    class, part of every key (an ``"uncacheable"`` reply is never recorded);
+    ``ignore`` names keyword arguments kept out of the key (``verbose``,
+    ``progress``): the function still receives them when it runs, and a
+    recorded reply was computed with its first caller's values. A generator
     function becomes a stream op. The op goes into ``registry`` (the global
     ``fabric.ops.REGISTRY`` by default).
     """
@@ -265,6 +343,7 @@ def op(name: str, *, version: int | str = 0, capabilities: Iterable[str] = (),
             fn = fn.fn
         if not callable(fn):
             raise TypeError(f"@fabric.op decorates a function, not {type(fn).__name__}")
-        return reg.add(Op(name, fn, version=version, capabilities=capabilities))
+        return reg.add(Op(name, fn, version=version, capabilities=capabilities,
+                          sharing=sharing, ignore=ignore))
 
     return register

@@ -138,9 +138,18 @@ def fabric_cassette(request: pytest.FixtureRequest,
 
 
 class _ReplayFabric(ContentAddressedFabric):
-    """A ``ContentAddressedFabric`` with no home whose misses say how to fix them."""
+    """A ``ContentAddressedFabric`` with no home whose misses say how to fix them.
+
+    An ``uncacheable`` op's reply is never recorded, so replaying cannot
+    answer it: it runs here, in a ``LocalFabric``, on every replay."""
 
     _nodeid = ""
+    _local: LocalFabric | None = None
+
+    def _uncacheable(self) -> LocalFabric:
+        if self._local is None:
+            self._local = LocalFabric()
+        return self._local
 
     def _cassette_miss(self, request: EvalRequest, exc: NoHolderError) -> CassetteMiss:
         args = ", ".join([_short(repr(a)) for a in request.args]
@@ -154,6 +163,8 @@ class _ReplayFabric(ContentAddressedFabric):
         return miss
 
     def evaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.sharing == "uncacheable":
+            return self._uncacheable().evaluate(request, *args, **kwargs)
         try:
             return super().evaluate(request, *args, **kwargs)
         except CassetteMiss:
@@ -162,6 +173,8 @@ class _ReplayFabric(ContentAddressedFabric):
             raise self._cassette_miss(request, exc) from None
 
     async def aevaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.sharing == "uncacheable":
+            return await self._uncacheable().aevaluate(request, *args, **kwargs)
         try:
             return await super().aevaluate(request, *args, **kwargs)
         except CassetteMiss:
@@ -170,6 +183,8 @@ class _ReplayFabric(ContentAddressedFabric):
             raise self._cassette_miss(request, exc) from None
 
     def stream(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.sharing == "uncacheable":
+            return self._uncacheable().stream(request, *args, **kwargs)
         try:
             return super().stream(request, *args, **kwargs)
         except CassetteMiss:
@@ -188,9 +203,11 @@ def fabric_fabric(request: pytest.FixtureRequest,
     """A ``ContentAddressedFabric`` over ``fabric_cassette``: a ``LocalFabric``
     home when recording, none when replaying only."""
     if fabric_cassette.mode == "r":
-        fab: ContentAddressedFabric = _ReplayFabric("pytest", fabric_cassette)
-        fab._nodeid = request.node.nodeid  # type: ignore[attr-defined]
+        fab = _ReplayFabric("pytest", fabric_cassette)
+        fab._nodeid = request.node.nodeid
         yield fab
+        if fab._local is not None:
+            fab._local.close()
     else:
         home = LocalFabric()
         yield ContentAddressedFabric("pytest", fabric_cassette, home=home)

@@ -371,8 +371,8 @@ class Resolution:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s (%r): answered by %s, recorded and announced", self.node,
                       self.key, self.request.op, self.source)
-        if self.holders is not None:
-            self.holders.announce(self.key, self.node)
+        if self.holders is not None and self.request.sharing != "uncacheable":
+            self.holders.announce(self.key, self.node)  # (an uncacheable reply is not held)
         self._state = _DONE
         return reply._with_source(self.source)
 
@@ -676,7 +676,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 elif reply is _TIMED_OUT:
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(reply) is not None:
-                    self._hold(res.key, reply)
+                    if request.sharing != "uncacheable":  # never recorded
+                        self._hold(res.key, reply)
                     return res.held(reply)
         finally:
             self._end(res)
@@ -717,7 +718,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 elif got is _TIMED_OUT:
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(got) is not None:
-                    await asyncio.to_thread(self._hold, res.key, got)
+                    if request.sharing != "uncacheable":  # never recorded
+                        await asyncio.to_thread(self._hold, res.key, got)
                     return res.held(got)
         finally:
             self._end(res)
@@ -799,6 +801,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             self._stats.add(res.outcome or "failures")
 
         relayed = self._relay(res, itertools.chain(head, events), events)
+        if request.sharing == "uncacheable":  # never recorded
+            return EvalStream(relayed, key, source)
         return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
 
     def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:

@@ -431,11 +431,12 @@ def _refuse_duplicates(sorted_encodings):
 
 
 def identity(op, args=(), kwargs=None, *, version=0, required_capabilities=(), mode="eval",
-             answer_limit=None, stream_buffer=None, stream=False, trace=False):
+             answer_limit=None, stream_buffer=None, stream=False, trace=False,
+             sharing="pure"):
     """The identity array of a request, already validated by the caller."""
     return [KEY_SCHEME, op, version, tuple(args), dict(kwargs or {}),
             sorted(set(required_capabilities)), mode, answer_limit, stream_buffer,
-            bool(stream), bool(trace)]
+            bool(stream), bool(trace), sharing]
 
 
 def identity_bytes(*args, **kwargs):

@@ -30,8 +30,11 @@ def key_v1(i) -> ContentKey:
     what the version 1 golden file, written before key scheme 2, holds."""
     import hashlib
 
+    # Scheme 2's identity array has a 12th element, the sharing class
+    # ("pure", 5 bytes at the end); scheme 1's has 11 under its own tag.
     ident = EvalRequest("op", [i]).identity_bytes()
-    return ContentKey(hashlib.sha256(ident.replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
+    return ContentKey(hashlib.sha256(
+        b"\x9b" + ident[1:-5].replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
 
 
 def key(i) -> ContentKey:

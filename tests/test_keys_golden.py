@@ -71,5 +71,5 @@ def test_known_keys_pinned():
         "9601a161c40161cb3ff0000000000000c0c3")
     req = fabric.EvalRequest("op")
     assert req.identity_bytes().hex() == (
-        "9bac6661627269632e6b65792f32a26f70009080" "90a46576616cc0c0c2c2")
+        "9cac6661627269632e6b65792f32a26f70009080" "90a46576616cc0c0c2c2" "a470757265")
     assert str(req.key) == next(r["key"] for r in DATA["requests"] if r["name"] == "minimal")

@@ -86,12 +86,13 @@ typedef struct fab_state {
     PyObject *str_local_first;
     PyObject *empty_tuple;
     PyObject *empty_dict; /* the kwargs of every request without keyword arguments */
-    PyObject *kw_names[12]; /* interned EvalRequest keyword names */
+    PyObject *kw_names[14]; /* interned EvalRequest keyword names */
 
     /* unpack.c */
     PyTypeObject *Ext_Type;
     PyTypeObject *Timestamp_Type;
     PyObject *redacted; /* fabric.REDACTED */
+    PyObject *key_cache[64]; /* recent short ASCII map keys (str), kept across decodes */
 
     /* cassette.c */
     PyTypeObject *EvalCassette_Type;

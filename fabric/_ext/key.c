@@ -181,6 +181,44 @@ static PyObject *ContentKey_new(PyTypeObject *type, PyObject *args, PyObject *kw
     return (PyObject *)k;
 }
 
+/* ContentKey(digest) with one positional bytes of the right length (what
+ * a cassette user writes for every fresh key): no argument parsing and no
+ * buffer export. Anything else takes the general constructor. */
+static PyObject *ContentKey_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && kwnames == NULL && PyBytes_CheckExact(args[0]) &&
+        PyBytes_GET_SIZE(args[0]) == FAB_SHA256_LEN) {
+        fab_state *st = fab_state_from_type((PyTypeObject *)type);
+        if (st == NULL)
+            return NULL;
+        return fab_py_key_from_digest(st, (const uint8_t *)PyBytes_AS_STRING(args[0]));
+    }
+    PyObject *tuple = PyTuple_New(nargs);
+    if (tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+    PyObject *kw = NULL;
+    if (kwnames != NULL) {
+        if ((kw = PyDict_New()) == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(tuple);
+                Py_DECREF(kw);
+                return NULL;
+            }
+    }
+    PyObject *out = ContentKey_new((PyTypeObject *)type, tuple, kw);
+    Py_DECREF(tuple);
+    Py_XDECREF(kw);
+    return out;
+}
+
 static void ContentKey_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
@@ -383,6 +421,8 @@ int fab_py_key_exec(PyObject *module, fab_state *st)
         return -1;
     if ((st->ContentKey_Type = fab_py_add_type(module, &ContentKey_spec, NULL)) == NULL)
         return -1;
+    /* Calling the type goes straight to the vectorcall constructor. */
+    st->ContentKey_Type->tp_vectorcall = ContentKey_vectorcall;
     return 0;
 }
 

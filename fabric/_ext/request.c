@@ -31,20 +31,37 @@ typedef struct {
     PyObject *stream_buffer;/* None or int */
     PyObject *consistency;  /* str */
     PyObject *deadline;     /* None or float */
+    PyObject *volatile_kwargs; /* dict (private copy): passed to the op, not keyed */
     PyObject *key;          /* ContentKey */
     char stream;
     char trace;
+    char sharing;           /* SHARING_* */
     uint8_t digest[FAB_SHA256_LEN];
 } EvalRequestObject;
 
 enum {
     KW_OP, KW_ARGS, KW_KWARGS, KW_VERSION, KW_CAPS, KW_MODE, KW_ANSWER_LIMIT,
-    KW_STREAM_BUFFER, KW_STREAM, KW_TRACE, KW_CONSISTENCY, KW_DEADLINE, KW_COUNT
+    KW_STREAM_BUFFER, KW_STREAM, KW_TRACE, KW_CONSISTENCY, KW_DEADLINE, KW_SHARING,
+    KW_VOLATILE, KW_COUNT
 };
+_Static_assert(KW_COUNT <= sizeof(((fab_state *)0)->kw_names) / sizeof(PyObject *),
+               "fab_state.kw_names holds every keyword");
 
 static const char *const kw_strings[KW_COUNT] = {
     "op", "args", "kwargs", "version", "required_capabilities", "mode", "answer_limit",
-    "stream_buffer", "stream", "trace", "consistency", "deadline",
+    "stream_buffer", "stream", "trace", "consistency", "deadline", "sharing",
+    "volatile_kwargs",
+};
+
+/* The sharing classes, by SHARING_* index, and their canonical encodings
+ * (a fixstr each: 0xa0 | length, then the name). */
+enum { SHARING_PURE, SHARING_RECORDED, SHARING_UNCACHEABLE, SHARING_COUNT };
+static const char *const sharing_names[SHARING_COUNT] = {"pure", "recorded", "uncacheable"};
+static const struct {
+    uint8_t len;
+    uint8_t bytes[12];
+} sharing_enc[SHARING_COUNT] = {
+    {5, "\xa4" "pure"}, {9, "\xa8" "recorded"}, {12, "\xab" "uncacheable"},
 };
 
 static const char *const consistency_values[] = {"local-first", "local-only", "no-home", NULL};
@@ -160,16 +177,18 @@ static PyObject *sorted_capabilities(PyObject *caps)
  * its digest into r->digest. */
 static int request_digest(fab_state *st, EvalRequestObject *r)
 {
-    /* The array header (11 fields) and the scheme tag never change. */
-    static const uint8_t prefix[] = "\x9b\xac" KEY_SCHEME_TAG;
+    /* The array header (12 fields) and the scheme tag never change. */
+    static const uint8_t prefix[] = "\x9c\xac" KEY_SCHEME_TAG;
     _Static_assert(sizeof(KEY_SCHEME_TAG) - 1 == 0xac - 0xa0, "tag length is in the header");
     /* Most requests leave kwargs, capabilities, mode and the two limits at
      * their defaults: those five fields are then one run of constant bytes
      * ({}, [], "eval", nil, nil), written after args. */
     static const uint8_t defaults[] = "\x80\x90\xa4" "eval" "\xc0\xc0";
-    uint8_t flags[2];
+    /* stream, trace and the sharing class: the array's last three fields. */
+    uint8_t flags[2 + sizeof(sharing_enc[0].bytes)];
     fab_put_bool(flags, r->stream);
     fab_put_bool(flags + 1, r->trace);
+    memcpy(flags + 2, sharing_enc[(int)r->sharing].bytes, sharing_enc[(int)r->sharing].len);
     fab_py_piece p[11];
     size_t n = 0;
     p[n++] = (fab_py_piece){NULL, NULL, prefix, sizeof(prefix) - 1};
@@ -186,7 +205,7 @@ static int request_digest(fab_state *st, EvalRequestObject *r)
         p[n++] = (fab_py_piece){r->answer_limit, "answer_limit", NULL, 0};
         p[n++] = (fab_py_piece){r->stream_buffer, "stream_buffer", NULL, 0};
     }
-    p[n++] = (fab_py_piece){NULL, NULL, flags, sizeof(flags)};
+    p[n++] = (fab_py_piece){NULL, NULL, flags, 2 + (size_t)sharing_enc[(int)r->sharing].len};
     return fab_py_digest_pieces(st, "request", p, n, r->digest);
 }
 
@@ -202,7 +221,41 @@ static void EvalRequest_clear_fields(EvalRequestObject *r)
     Py_CLEAR(r->stream_buffer);
     Py_CLEAR(r->consistency);
     Py_CLEAR(r->deadline);
+    Py_CLEAR(r->volatile_kwargs);
     Py_CLEAR(r->key);
+}
+
+/* A private copy of a keyword-argument mapping (None or empty: the shared
+ * empty dict, never handed out). New reference or NULL. */
+static PyObject *kwargs_copy(fab_state *st, PyObject *v, const char *name)
+{
+    PyObject *d;
+    if (v == NULL || v == Py_None || (PyDict_Check(v) && PyDict_GET_SIZE(v) == 0)) {
+        return Py_NewRef(st->empty_dict);
+    } else if (PyDict_Check(v)) {
+        d = PyDict_Copy(v);
+    } else if (PyMapping_Check(v) && !PySequence_Check(v)) {
+        d = PyDict_New();
+        if (d && PyDict_Merge(d, v, 1) < 0)
+            Py_CLEAR(d);
+    } else {
+        PyErr_Format(PyExc_TypeError, "EvalRequest %s must be None or a mapping, not %s",
+                     name, Py_TYPE(v)->tp_name);
+        return NULL;
+    }
+    if (d == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *val;
+    while (PyDict_Next(d, &pos, &k, &val)) {
+        if (!PyUnicode_Check(k)) {
+            PyErr_Format(PyExc_TypeError, "EvalRequest %s keys must be str, found %.50R", name,
+                         k);
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
 }
 
 static PyObject *request_build(fab_state *st, PyObject *const *kw)
@@ -247,34 +300,8 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
 
     /* kwargs: a private copy, so later changes to the caller's dict do not
      * change a request whose key is already taken. */
-    v = kw[KW_KWARGS];
-    if (v == NULL || v == Py_None || (PyDict_Check(v) && PyDict_GET_SIZE(v) == 0)) {
-        /* No keyword arguments: one shared empty dict, never handed out
-         * (the kwargs getter returns a read-only proxy). */
-        r->kwargs = Py_NewRef(st->empty_dict);
-    } else if (PyDict_Check(v)) {
-        r->kwargs = PyDict_Copy(v);
-    } else if (PyMapping_Check(v) && !PySequence_Check(v)) {
-        r->kwargs = PyDict_New();
-        if (r->kwargs && PyDict_Merge(r->kwargs, v, 1) < 0)
-            goto fail;
-    } else {
-        PyErr_Format(PyExc_TypeError, "EvalRequest kwargs must be None or a mapping, not %s",
-                     Py_TYPE(v)->tp_name);
+    if ((r->kwargs = kwargs_copy(st, kw[KW_KWARGS], "kwargs")) == NULL)
         goto fail;
-    }
-    if (r->kwargs == NULL)
-        goto fail;
-    {
-        Py_ssize_t pos = 0;
-        PyObject *k, *val;
-        while (PyDict_Next(r->kwargs, &pos, &k, &val)) {
-            if (!PyUnicode_Check(k)) {
-                PyErr_Format(PyExc_TypeError, "EvalRequest kwargs keys must be str, found %.50R", k);
-                goto fail;
-            }
-        }
-    }
 
     /* version */
     v = kw[KW_VERSION];
@@ -367,6 +394,44 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
         r->deadline = PyFloat_FromDouble(d);
         if (r->deadline == NULL)
             goto fail;
+    }
+
+    v = kw[KW_SHARING];
+    if (v == NULL) {
+        r->sharing = SHARING_PURE;
+    } else {
+        int found = -1;
+        if (PyUnicode_Check(v))
+            for (int i = 0; i < SHARING_COUNT; i++)
+                if (PyUnicode_CompareWithASCIIString(v, sharing_names[i]) == 0)
+                    found = i;
+        if (found < 0) {
+            PyErr_Format(PyUnicode_Check(v) ? PyExc_ValueError : PyExc_TypeError,
+                         "EvalRequest sharing must be 'pure', 'recorded' or 'uncacheable', "
+                         "got %.50R", v);
+            goto fail;
+        }
+        r->sharing = (char)found;
+    }
+
+    /* Volatile keyword arguments: passed to the op, never keyed. A name may
+     * not be in both. */
+    if ((r->volatile_kwargs = kwargs_copy(st, kw[KW_VOLATILE], "volatile_kwargs")) == NULL)
+        goto fail;
+    if (r->volatile_kwargs != st->empty_dict && PyDict_GET_SIZE(r->kwargs)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        while (PyDict_Next(r->volatile_kwargs, &pos, &k, &val)) {
+            int in = PyDict_Contains(r->kwargs, k);
+            if (in < 0)
+                goto fail;
+            if (in) {
+                PyErr_Format(PyExc_TypeError,
+                             "EvalRequest keyword argument %R is in both kwargs and "
+                             "volatile_kwargs", k);
+                goto fail;
+            }
+        }
     }
 
     if (request_digest(st, r) < 0)
@@ -463,6 +528,7 @@ static int EvalRequest_traverse(EvalRequestObject *r, visitproc visit, void *arg
     Py_VISIT(Py_TYPE(r));
     Py_VISIT(r->args);
     Py_VISIT(r->kwargs);
+    Py_VISIT(r->volatile_kwargs);
     return 0;
 }
 
@@ -509,6 +575,18 @@ static PyObject *EvalRequest_get_kwargs(EvalRequestObject *r, void *closure)
     return PyDictProxy_New(r->kwargs);
 }
 
+static PyObject *EvalRequest_get_volatile(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyDictProxy_New(r->volatile_kwargs);
+}
+
+static PyObject *EvalRequest_get_sharing(EvalRequestObject *r, void *closure)
+{
+    FAB_UNUSED(closure);
+    return PyUnicode_InternFromString(sharing_names[(int)r->sharing]);
+}
+
 static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
 {
     FAB_UNUSED(closure);
@@ -544,6 +622,10 @@ static PyGetSetDef EvalRequest_getset[] = {
      "Capabilities the caller must hold, sorted and de-duplicated.", NULL},
     {"stream", (getter)EvalRequest_get_stream, NULL, "True for a streamed reply.", NULL},
     {"trace", (getter)EvalRequest_get_trace, NULL, "True to collect a trace.", NULL},
+    {"sharing", (getter)EvalRequest_get_sharing, NULL,
+     "The op's sharing class: 'pure', 'recorded' or 'uncacheable' (part of the key).", NULL},
+    {"volatile_kwargs", (getter)EvalRequest_get_volatile, NULL,
+     "Keyword arguments passed to the op but not part of the key (read-only mapping).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -631,6 +713,15 @@ static PyObject *EvalRequest_repr(EvalRequestObject *r)
         ADD("%s", "stream=True");
     if (r->trace)
         ADD("%s", "trace=True");
+    if (r->sharing != SHARING_PURE)
+        ADD("sharing='%s'", sharing_names[(int)r->sharing]);
+    if (PyDict_GET_SIZE(r->volatile_kwargs)) {
+        s = cut_repr(r->volatile_kwargs, 120);
+        if (s == NULL)
+            goto done;
+        ADD("volatile_kwargs=%U", s);
+        Py_CLEAR(s);
+    }
     if (PyUnicode_CompareWithASCIIString(r->consistency, "local-first") != 0)
         ADD("consistency=%R", r->consistency);
     if (r->deadline != Py_None)
@@ -657,11 +748,12 @@ static PyObject *EvalRequest_identity_bytes(EvalRequestObject *r, PyObject *Py_U
     fab_state *st = fab_state_from_type(Py_TYPE(r));
     if (st == NULL)
         return NULL;
-    PyObject *fields = Py_BuildValue("[sOOOOOOOOOO]", KEY_SCHEME_TAG, r->op, r->version,
+    PyObject *fields = Py_BuildValue("[sOOOOOOOOOOs]", KEY_SCHEME_TAG, r->op, r->version,
                                      r->args, r->kwargs, r->capabilities, r->mode,
                                      r->answer_limit, r->stream_buffer,
                                      r->stream ? Py_True : Py_False,
-                                     r->trace ? Py_True : Py_False);
+                                     r->trace ? Py_True : Py_False,
+                                     sharing_names[(int)r->sharing]);
     if (fields == NULL)
         return NULL;
     fab_buf buf;
@@ -689,6 +781,8 @@ static PyObject *EvalRequest_replace(PyObject *self, PyObject *const *args, Py_s
     }
     PyObject *kw[KW_COUNT];
     PyObject *owned[3] = {NULL, NULL, NULL};
+    PyObject *result = NULL;
+    _Static_assert(KW_COUNT == 14, "replace() sets every field");
     kw[KW_OP] = r->op;
     kw[KW_ARGS] = r->args;
     kw[KW_KWARGS] = r->kwargs;
@@ -701,8 +795,11 @@ static PyObject *EvalRequest_replace(PyObject *self, PyObject *const *args, Py_s
     kw[KW_TRACE] = owned[1] = PyBool_FromLong(r->trace);
     kw[KW_CONSISTENCY] = r->consistency;
     kw[KW_DEADLINE] = r->deadline;
+    kw[KW_SHARING] = owned[2] = PyUnicode_InternFromString(sharing_names[(int)r->sharing]);
+    kw[KW_VOLATILE] = r->volatile_kwargs;
+    if (owned[0] == NULL || owned[1] == NULL || owned[2] == NULL)
+        goto done;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         int slot = -1;
@@ -720,6 +817,7 @@ static PyObject *EvalRequest_replace(PyObject *self, PyObject *const *args, Py_s
 done:
     Py_XDECREF(owned[0]);
     Py_XDECREF(owned[1]);
+    Py_XDECREF(owned[2]);
     return result;
 }
 
@@ -727,11 +825,12 @@ static PyObject *EvalRequest_reduce(EvalRequestObject *r, PyObject *Py_UNUSED(ig
 {
     /* Every field by name: keyword-only ones do not fit a positional call. */
     return fab_py_reduce((PyObject *)r, Py_BuildValue(
-        "{sOsOsOsOsOsOsOsOsOsOsOsO}", "op", r->op, "args", r->args, "kwargs", r->kwargs,
+        "{sOsOsOsOsOsOsOsOsOsOsOsOsssO}", "op", r->op, "args", r->args, "kwargs", r->kwargs,
         "version", r->version, "required_capabilities", r->capabilities, "mode", r->mode,
         "answer_limit", r->answer_limit, "stream_buffer", r->stream_buffer, "stream",
         r->stream ? Py_True : Py_False, "trace", r->trace ? Py_True : Py_False,
-        "consistency", r->consistency, "deadline", r->deadline));
+        "consistency", r->consistency, "deadline", r->deadline, "sharing",
+        sharing_names[(int)r->sharing], "volatile_kwargs", r->volatile_kwargs));
 }
 
 /* The request whose fields __reduce__ gave, checked again as if new. */
@@ -788,10 +887,12 @@ static PyType_Slot EvalRequest_slots[] = {
     {Py_tp_doc,
      "EvalRequest(op, args=(), kwargs=None, *, version=0, required_capabilities=(), "
      "mode='eval', answer_limit=None, stream_buffer=None, stream=False, trace=False, "
-     "consistency='local-first', deadline=None)\n--\n\n"
+     "consistency='local-first', deadline=None, sharing='pure', volatile_kwargs=None)\n"
+     "--\n\n"
      "An immutable evaluation request. Its content key (.key) is computed at "
-     "construction from the identity fields; consistency and deadline are routing "
-     "policy and do not change it."},
+     "construction from the identity fields (sharing included); consistency and "
+     "deadline are routing policy and volatile_kwargs are passed to the op without "
+     "being keyed: none of the three changes the key."},
     {Py_tp_new, EvalRequest_new},
     {Py_tp_dealloc, EvalRequest_dealloc},
     {Py_tp_traverse, EvalRequest_traverse},

@@ -24,12 +24,18 @@ typedef struct dctx {
 } dctx;
 
 /*
- * Map keys repeat (a list of records has the same few keys in every row):
- * the str objects of short ASCII keys are remembered for one decode call in
- * a small direct-mapped table, so a repeated key costs a compare instead of
- * an allocation and a hash computation. Lives on the caller's stack.
+ * Map keys repeat (a list of records has the same few keys in every row, and
+ * the replies of one op the same keys in every reply): the str objects of
+ * short ASCII keys are remembered in a small direct-mapped table in the
+ * module state, kept across decode calls, so a repeated key costs a compare
+ * instead of an allocation, a UTF-8 decode and a hash computation (a str
+ * keeps its hash). Strings are immutable, and a lookup or replacement runs
+ * no Python code, so the GIL makes each one atomic; the table holds at most
+ * KEY_CACHE strings of at most KEY_CACHE_LEN characters.
  */
 #define KEY_CACHE 64
+_Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache) / sizeof(PyObject *),
+               "the key cache's size");
 #define KEY_CACHE_LEN 32
 
 static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
@@ -46,12 +52,6 @@ static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
     if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k))
         Py_XSETREF(*slot, Py_NewRef(k));
     return k;
-}
-
-static void key_cache_clear(PyObject **keys)
-{
-    for (int i = 0; i < KEY_CACHE; i++)
-        Py_XDECREF(keys[i]);
 }
 
 static PyObject *dec_value(dctx *d, int in_key);
@@ -648,7 +648,10 @@ static PyObject *dec_value(dctx *d, int in_key)
     case FAB_MP_MAP: {
         if (in_key)
             return dec_error(d, it.offset, "a map cannot be a map key or set member");
-        PyObject *dict = PyDict_New();
+        /* Sized for its entries, so a 6-key row is not resized while it is
+         * filled (CPython caps the presize, so a hostile count costs
+         * nothing ahead of the entries that back it). */
+        PyObject *dict = _PyDict_NewPresized((Py_ssize_t)it.v.count);
         if (dict == NULL)
             return NULL;
         keycheck kc;
@@ -703,12 +706,10 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
-    PyObject *keys[KEY_CACHE] = {NULL};
-    dctx d = {st, &r, base_offset, 0, 0, keys};
+    dctx d = {st, &r, base_offset, 0, 0, st->key_cache};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
-    key_cache_clear(keys);
     if (v && r.pos != r.len) {
         Py_DECREF(v);
         return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
@@ -733,12 +734,10 @@ PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
         return NULL;
     }
     fab_mp_reader_tags(&r);
-    PyObject *keys[KEY_CACHE] = {NULL};
-    dctx d = {st, &r, base_offset + 2, 0, 1, keys};
+    dctx d = {st, &r, base_offset + 2, 0, 1, st->key_cache};
     if (len == 2)
         return fab_py_decode_error(st, base_offset + 2, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
-    key_cache_clear(keys);
     if (v && r.pos != r.len) {
         Py_DECREF(v);
         return dec_error(&d, r.pos, "%zu trailing bytes after the value", r.len - r.pos);
@@ -996,6 +995,8 @@ int fab_py_unpack_traverse(fab_state *st, visitproc visit, void *arg)
     Py_VISIT(st->Ext_Type);
     Py_VISIT(st->Timestamp_Type);
     Py_VISIT(st->redacted);
+    for (int i = 0; i < KEY_CACHE; i++)
+        Py_VISIT(st->key_cache[i]);
     return 0;
 }
 
@@ -1004,4 +1005,6 @@ void fab_py_unpack_clear(fab_state *st)
     Py_CLEAR(st->Ext_Type);
     Py_CLEAR(st->Timestamp_Type);
     Py_CLEAR(st->redacted);
+    for (int i = 0; i < KEY_CACHE; i++)
+        Py_CLEAR(st->key_cache[i]);
 }

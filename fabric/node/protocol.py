@@ -126,13 +126,13 @@ def request_to_wire(request: EvalRequest) -> dict[str, Any]:
             "version": request.version, "caps": list(request.required_capabilities),
             "mode": request.mode, "answer_limit": request.answer_limit,
             "stream_buffer": request.stream_buffer, "stream": request.stream,
-            "trace": request.trace, "consistency": request.consistency,
-            "deadline": request.deadline}
+            "trace": request.trace, "sharing": request.sharing,
+            "consistency": request.consistency, "deadline": request.deadline}
 
 
 _REQUEST_FIELDS = frozenset(("op", "args", "kwargs", "version", "caps", "mode",
                              "answer_limit", "stream_buffer", "stream", "trace",
-                             "consistency", "deadline"))
+                             "sharing", "consistency", "deadline"))
 
 
 def _refs(value: Any, depth: int = 0) -> Any:
@@ -164,7 +164,8 @@ def request_from_wire(body: Any, key: Any) -> EvalRequest:
                           required_capabilities=tuple(body["caps"] or ()),
                           mode=body["mode"], answer_limit=body["answer_limit"],
                           stream_buffer=body["stream_buffer"], stream=body["stream"],
-                          trace=body["trace"], consistency=body["consistency"],
+                          trace=body["trace"], sharing=body["sharing"],
+                          consistency=body["consistency"],
                           deadline=body["deadline"])
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed request: {exc}") from None

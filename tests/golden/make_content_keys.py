@@ -168,6 +168,10 @@ REQUESTS = [
     ("answer_limit and stream_buffer", "EvalRequest('op', answer_limit=10, stream_buffer=4)"),
     ("stream", "EvalRequest('op', stream=True)"),
     ("trace", "EvalRequest('op', trace=True)"),
+    ("sharing recorded", "EvalRequest('op', sharing='recorded')"),
+    ("sharing uncacheable", "EvalRequest('op', sharing='uncacheable')"),
+    ("volatile kwargs do not change the key",
+     "EvalRequest('op', volatile_kwargs={'verbose': True})"),
     ("consistency and deadline do not change the key",
      "EvalRequest('op', consistency='no-home', deadline=2.5)"),
     ("secret argument", "EvalRequest('fetch', (), {'token': Secret('s3cr3t')})"),
@@ -221,6 +225,12 @@ REQUEST_ERRORS = [
     ("deadline inf", "EvalRequest('op', deadline=inf)"),
     ("deadline nan", "EvalRequest('op', deadline=nan)"),
     ("deadline str", "EvalRequest('op', deadline='5')"),
+    ("sharing unknown", "EvalRequest('op', sharing='shared')"),
+    ("sharing not a str", "EvalRequest('op', sharing=1)"),
+    ("volatile_kwargs not a mapping", "EvalRequest('op', volatile_kwargs=['verbose'])"),
+    ("volatile_kwargs key not a str", "EvalRequest('op', volatile_kwargs={1: 2})"),
+    ("a keyword in kwargs and volatile_kwargs",
+     "EvalRequest('op', (), {'verbose': 1}, volatile_kwargs={'verbose': 2})"),
     ("unknown keyword", "EvalRequest('op', colour='red')"),
     ("too many positional", "EvalRequest('op', (), {}, 1)"),
 ]
@@ -236,7 +246,7 @@ def _request_kwargs(req):
     return dict(op=req.op, args=req.args, kwargs=dict(req.kwargs), version=req.version,
                 required_capabilities=req.required_capabilities, mode=req.mode,
                 answer_limit=req.answer_limit, stream_buffer=req.stream_buffer,
-                stream=req.stream, trace=req.trace)
+                stream=req.stream, trace=req.trace, sharing=req.sharing)
 
 
 def _error(expr, call):
