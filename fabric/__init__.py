@@ -139,6 +139,7 @@ _LAZY = {
     "realize_events": "placement",
     "GroupHealth": "replicas",
     "ReplicaGroup": "replicas",
+    "DaskFabric": "dask_fabric",
 }
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ if TYPE_CHECKING:
     from .placement import (PlacementError, PlacementFabric, PlacementRefused, RealizeChunk,
                             RealizeDone, RealizeStarted, realize_events)
     from .replicas import GroupHealth, ReplicaGroup
+    from .dask_fabric import DaskFabric
 
 
 def __getattr__(name: str) -> Any:
@@ -270,6 +272,7 @@ __all__ = [
     "realize_events",
     "GroupHealth",
     "ReplicaGroup",
+    "DaskFabric",
 ]
 
 
