@@ -26,7 +26,9 @@ records them in its cassette (a hit never reaches the cluster).
 - **Streams** arrive item by item while the task runs, through a
   ``distributed.Queue`` with ``maxsize`` = the window (the request's
   ``stream_buffer``, else ``stream_window``): the worker's ``put`` blocks
-  once the window is full, which is the backpressure. Closing a stream
+  once the window is full, which is the backpressure. The caller takes
+  what the queue holds in one batch, so at most two windows of items lie
+  between the op and the consumer. Closing a stream
   early cancels its task; a task blocked on a full window notices within a
   second and stops. A worker lost before the first item is given out is
   survived (Dask runs the task again elsewhere); after it, the stream ends
@@ -279,7 +281,8 @@ class DaskFabric(_FabricBase):
         would answer the same key with this (failed) future again. One
         round trip through that loop, after the release, settles it."""
         fut.release()
-        self.client.sync(_nothing)
+        if not self.client.asynchronous:  # not on the client's own loop
+            self.client.sync(_nothing)
 
     def _running(self, key: str) -> bool:
         """Whether the task ``key`` has started on a worker (asked of the

@@ -95,11 +95,21 @@ def test_stream_arrives_before_the_task_ends_with_backpressure(client, tmp_path)
         assert next(s) == 0
         distributed.Event(gate, client=client).set()
         assert next(s) == 1
-        # The producer is held by the window: at most the window (2) in
-        # the queue, one blocked in put and one being made past item 1.
+        # Let the producer run until the window is full (the scheduler's
+        # queue for this stream holds 2), then count what it made: the 2
+        # taken, at most 2 the caller fetched but not yet gave, 2 in the
+        # queue and 1 blocked in put. Without backpressure, all 40.
+        def full(dask_scheduler):
+            return [q.qsize() for n, q in dask_scheduler.extensions["queues"].queues.items()
+                    if n.startswith(DaskFabric.task_key(r))]
+        for _ in range(1000):
+            if client.run_on_scheduler(full) == [2]:
+                break
+        else:
+            pytest.fail("the stream's queue never filled")
         with open(log) as f:
             produced = len(f.read().split())
-        assert produced <= 2 + 2 + 2
+        assert produced <= 2 + 2 + 2 + 1
         assert list(s) == list(range(2, 40))
         assert r.key in cas  # recorded by the calling node once it ended
         assert list(node.stream(r)) == list(range(40))
@@ -140,12 +150,19 @@ def test_cancelling_the_caller_cancels_a_pending_task(client, dfab, tmp_path):
 
     asyncio.run(go())
     assert dfab.stats()["cancelled"] == 1
+    # The release reaches the scheduler, then the worker it had queued the
+    # task on, asynchronously: wait until neither holds it.
+    for _ in range(1000):
+        if not _on_scheduler(client, key) and not any(client.run(
+                lambda dask_worker, key=key: key in dask_worker.state.tasks).values()):
+            break
+    else:
+        pytest.fail("the cancelled task stayed on the cluster")
     distributed.Event(release, client=client).set()
     assert len({b.result(timeout=60) for b in blockers}) == 2
     # Both workers free again, and a task submitted after the release has
     # run on each: the cancelled one is gone, never run.
     assert all(client.gather([client.submit(os.getpid, pure=False) for _ in range(4)]))
-    assert not _on_scheduler(client, key)
     assert not mark.exists()
 
 
