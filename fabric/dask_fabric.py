@@ -82,7 +82,7 @@ def _tokenize_request(request: EvalRequest) -> tuple[str, str]:
 # What runs on a worker
 # ===========================================================================
 
-def _events(op: Op[..., Any], request: EvalRequest) -> Iterator[tuple[str, Any]]:
+def _events(op: Op[..., Any], request: EvalRequest) -> Iterator[tuple[Any, ...]]:
     """The op's output: ``("item", x)`` / ``("diag", d)`` for a stream op
     (cut at ``answer_limit``), ``("value", v, diags)`` otherwise."""
     sink: list[dict[str, Any]] = []
@@ -284,7 +284,7 @@ class DaskFabric(_FabricBase):
         if not self.client.asynchronous:  # not on the client's own loop
             self.client.sync(_nothing)
 
-    def _running(self, key: str) -> bool:
+    def _running(self, key: Any) -> bool:
         """Whether the task ``key`` has started on a worker (asked of the
         scheduler, then of the worker it was sent to)."""
         def where(dask_scheduler: Any, key: str = key) -> Any:
