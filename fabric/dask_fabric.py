@@ -29,8 +29,8 @@ records them in its cassette (a hit never reaches the cluster).
   once the window is full, which is the backpressure. The caller takes
   what the queue holds in one batch, so at most two windows of items lie
   between the op and the consumer. Closing a stream
-  early cancels its task; a task blocked on a full window notices within a
-  second and stops. A worker lost before the first item is given out is
+  early releases its task, which stops at its next item (within a second
+  when it is blocked on a full window). A worker lost before the first item is given out is
   survived (Dask runs the task again elsewhere); after it, the stream ends
   with ``FabricError``.
 - **Cancellation.** A caller that stops waiting (its asyncio task
@@ -159,16 +159,21 @@ def _run_stream(op: Op[..., Any], request: EvalRequest, queue_name: str) -> int:
     q = Queue(queue_name, client=worker.client)
     attempt = uuid.uuid4().hex  # a task run again elsewhere starts a new attempt
 
+    def wanted() -> bool:
+        # A local look-up: released by the caller, the task is no longer
+        # executing here (cancelled) though its thread still runs.
+        ts = worker.state.tasks.get(key)
+        return ts is not None and ts.state in ("executing", "long-running")
+
     def put(msg: tuple[Any, ...]) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        while True:
+        while wanted():
             try:
                 q.put(data, timeout=1.0)
                 return
             except TimeoutError:
-                ts = worker.state.tasks.get(key)
-                if ts is None or ts.state not in ("executing", "long-running"):
-                    raise _Stopped() from None
+                pass  # the window is full: look again whether it is wanted
+        raise _Stopped()
 
     n = 0
     try:

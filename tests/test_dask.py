@@ -117,12 +117,20 @@ def test_stream_arrives_before_the_task_ends_with_backpressure(client, tmp_path)
 
 
 def test_closing_a_stream_early_cancels_its_task(client, dfab, tmp_path):
-    gate = _name()
-    s = dfab.stream(ops.gated.request(5, gate, str(tmp_path / "log")))
+    gate, log = _name(), tmp_path / "log"
+    s = dfab.stream(ops.gated.request(5, gate, str(log)))
     assert next(s) == 0
     s.close()
     assert dfab.stats()["cancelled"] == 1
     distributed.Event(gate, client=client).set()
+    # Once its thread is done: it made item 1, found itself released and
+    # stopped (all 5 had it run on).
+    for _ in range(1000):
+        if not any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
+            break
+    else:
+        pytest.fail("the released stream task kept running")
+    assert log.read_text().split() == ["0", "1"]
 
 
 def test_cancelling_the_caller_cancels_a_pending_task(client, dfab, tmp_path):
