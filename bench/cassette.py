@@ -113,6 +113,70 @@ def bench_hits(tmp, size, n=2000, loops=10, rounds=5):
     return t_cas, t_dc, t_sq, t_copy
 
 
+def bench_random_hits(tmp, n, sample=200_000, rounds=3):
+    """A random-key hit in an n-record store (100 B replies): the index
+    probe and the record are cache misses, unlike the 2,000-key loop."""
+    cas = EvalCassette(os.path.join(tmp, f"rand{n}.fabl"), durability="os")
+    ks = keys(n)
+    value = b"v" * 100
+    for k in ks:
+        cas.record(k, value)
+    db = sqlite3.connect(os.path.join(tmp, f"rand{n}.db"), isolation_level=None)
+    db.execute("pragma journal_mode=wal")
+    db.execute("create table t (k blob primary key, v blob)")
+    db.execute("begin")
+    db.executemany("insert into t values (?, ?)", ((k.digest, value) for k in ks))
+    db.execute("commit")
+    pick = random.sample(ks, min(sample, n))
+    digests = [k.digest for k in pick]
+
+    def run_cas():
+        get = cas.get
+        for k in pick:
+            get(k)
+
+    def run_sq():
+        ex = db.execute
+        for d in digests:
+            ex("select v from t where k = ?", (d,)).fetchone()
+
+    t_cas, t_sq = (t / len(pick) for t in interleaved((run_cas, run_sq), rounds))
+    cas.close()
+    db.close()
+    return t_cas, t_sq
+
+
+def bench_streams(tmp, n_items=200_000, rounds=5):
+    """Items/s of a stream of small items recorded through record_stream and
+    replayed through get_stream, against a plain generator of the items."""
+    path = os.path.join(tmp, "streams.fabl")
+    cas = EvalCassette(path, durability="os")
+    items = list(range(n_items))
+
+    def plain():
+        for _ in (i for i in items):
+            pass
+
+    def record():
+        with cas.record_stream(fabric.ContentKey(os.urandom(32))) as w:
+            append = w.append
+            for i in items:
+                append(i)
+
+    k = fabric.ContentKey(os.urandom(32))
+    with cas.record_stream(k) as w:
+        for i in items:
+            w.append(i)
+
+    def replay():
+        for _ in cas.get_stream(k):
+            pass
+
+    t_plain, t_rec, t_rep = interleaved((plain, record, replay), rounds)
+    cas.close()
+    return n_items / t_plain, n_items / t_rec, n_items / t_rep
+
+
 def bench_appends(tmp, n):
     value = b"v" * 100
     out = {}
@@ -321,7 +385,10 @@ def main():
                     help="store sizes for the open-and-one-get process (e.g. 1000000 5000000)")
     ap.add_argument("--replay-big", type=int, default=1024,
                     help="reply size (bytes) of the second replay ledger (GB/s figure)")
-    ap.add_argument("--only", choices=["hits", "appends", "open", "writers", "replay"],
+    ap.add_argument("--hit-records", type=int, default=1_000_000,
+                    help="records in the store of the random-key hit")
+    ap.add_argument("--only", choices=["hits", "appends", "streams", "open", "writers",
+                                       "replay"],
                     help="run one section only")
     args = ap.parse_args()
     want = (lambda name: args.only in (None, name))
@@ -333,6 +400,10 @@ def main():
             print(f"  {size:>6} B  cassette {c*1e6:6.2f} us  diskcache {d*1e6:6.2f} us  "
                   f"sqlite3 WAL {s*1e6:6.2f} us   -> {d/c:4.1f}x diskcache, {s/c:4.1f}x sqlite3"
                   f"   (copy floor bytes(get_raw) {cp*1e6:.2f} us)")
+        if want("hits"):
+            c, sq = bench_random_hits(tmp, args.hit_records)
+            print(f"  random-key hit in a {args.hit_records:,}-record store, 100 B: cassette "
+                  f"{c*1e6:.2f} us  sqlite3 WAL {sq*1e6:.2f} us   -> {sq/c:.1f}x sqlite3")
         if want("appends"):
             print("append, 100 B reply (records/s):")
         for name, rate in (bench_appends(tmp, args.records).items() if want("appends") else ()):
@@ -340,6 +411,10 @@ def main():
                 print(f"  {name:<34} {rate[0]:>12,.0f}   {rate[1]:6.1f} records per fdatasync")
             else:
                 print(f"  {name:<34} {rate:>12,.0f}")
+        if want("streams"):
+            g, r, p = bench_streams(tmp)
+            print(f"stream of 200,000 small ints (items/s): plain generator {g/1e6:.2f} M, "
+                  f"recorded {r/1e6:.2f} M (1/{g/r:.1f}), replayed {p/1e6:.2f} M (1/{g/p:.1f})")
         for n in args.open if want("open") else ():
             res, imp = bench_open_process(tmp, n)
             f, sq, sqf = res["fabric"], res["sqlite3"], res["sqlite3 + import fabric"]

@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -157,6 +158,12 @@ struct fab_ledger {
     uint64_t last_rec;    /* offset of the last valid record, or 0 */
     uint64_t open_replayed; /* records replayed at open (not from the checkpoint) */
     uint64_t lazy_end;    /* records below were not validated at open (checkpoint) */
+    /* The mapping guard (spec: Files that change underneath): the 8 bytes
+     * at sent_at, which end with the last non-zero byte of the last page
+     * of [0, end), read sent_val while the file still holds everything
+     * indexed. sent_ok 0: no such byte in that page (an fstat instead). */
+    uint64_t sent_at, sent_val;
+    int sent_ok;
 
     fab_lmap *map;
     uint64_t end;         /* where the next record goes / end of the replayed region */
@@ -174,6 +181,9 @@ struct fab_ledger {
     int failed;
     int failed_errno;
     size_t n_pending;     /* indexed records not visible yet */
+    /* Index entries that hold no key: tombstones in ix, and checkpoint
+     * entries that an entry of ix shadows (spec: Deleting). */
+    uint64_t tomb, shadow;
     fab_lindex ix;
     skip_region *skips;   /* regions skipped by salvage, in order */
     size_t n_skips, cap_skips;
@@ -361,6 +371,81 @@ static void reg_remove(fab_ledger *l)
 }
 
 /* ======================================================================== */
+/* Guarded reads of the mappings                                             */
+/* ======================================================================== */
+
+/*
+ * A page of a file mapping that lies wholly beyond the file's end faults
+ * with SIGBUS. A few reads that must survive a file shrunk by another
+ * program (the guard's sentinel, the checkpoint's slots) run between
+ * bus_enter and bus_leave: a SIGBUS raised in that window in that thread
+ * jumps back to the sigsetjmp before it, and the caller treats the file as
+ * changed. The handler is installed once, at the first open, and passes
+ * every other SIGBUS on to the handler it replaced (or the default
+ * action). See the spec: Files that change underneath.
+ */
+typedef struct bus_guard {
+    sigjmp_buf jb;
+} bus_guard;
+
+static __thread bus_guard *tl_bus __attribute__((tls_model("initial-exec")));
+static struct sigaction bus_prev;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+static uint64_t page_size = 4096;
+
+static void bus_handler(int sig, siginfo_t *si, void *uc)
+{
+    bus_guard *g = tl_bus;
+    if (g != NULL) {
+        tl_bus = NULL;
+        siglongjmp(g->jb, 1);
+    }
+    if (bus_prev.sa_flags & SA_SIGINFO) {
+        if (bus_prev.sa_sigaction != NULL) {
+            bus_prev.sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (bus_prev.sa_handler != SIG_DFL && bus_prev.sa_handler != SIG_IGN) {
+        bus_prev.sa_handler(sig);
+        return;
+    }
+    /* The default action: die of SIGBUS, as without this handler. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGBUS, &dfl, NULL);
+    raise(SIGBUS);
+}
+
+static void bus_install(void)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0)
+        page_size = (uint64_t)ps;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = bus_handler;
+    sigemptyset(&sa.sa_mask);
+    /* SA_NODEFER: SIGBUS stays unblocked after the jump out of the handler */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    if (sigaction(SIGBUS, &sa, &bus_prev) < 0)
+        memset(&bus_prev, 0, sizeof(bus_prev));
+}
+
+static inline void bus_enter(bus_guard *g)
+{
+    tl_bus = g;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+static inline void bus_leave(void)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    tl_bus = NULL;
+}
+
+/* ======================================================================== */
 /* Format                                                                    */
 /* ======================================================================== */
 
@@ -379,13 +464,15 @@ void fab_ledger_make_header(uint8_t out[FAB_LEDGER_HEADER_SIZE], uint64_t create
     fab_store_le32(out + 60, fab_crc32c(SEED_FILE, out, 60));
 }
 
-static size_t rec_header(uint8_t out[FAB_LEDGER_REC_HEADER], int type, const uint8_t key[32],
-                         const void *prefix, size_t plen, const void *data, size_t dlen)
+static size_t rec_header_f(uint8_t out[FAB_LEDGER_REC_HEADER], int type, int flags,
+                           const uint8_t key[32], const void *prefix, size_t plen,
+                           const void *data, size_t dlen)
 {
     size_t n = plen + dlen;
     memcpy(out, REC_MAGIC, 4);
     out[4] = (uint8_t)type;
-    out[5] = out[6] = out[7] = 0;
+    out[5] = (uint8_t)flags;
+    out[6] = out[7] = 0;
     fab_store_le32(out + 8, (uint32_t)n);
     uint32_t crc = fab_crc32c(SEED_BODY, key, 32);
     crc = fab_crc32c(crc, prefix, plen);
@@ -393,6 +480,12 @@ static size_t rec_header(uint8_t out[FAB_LEDGER_REC_HEADER], int type, const uin
     fab_store_le32(out + 12, crc);
     fab_store_le32(out + 16, fab_crc32c(SEED_HEAD, out, 16));
     return FAB_LEDGER_REC_OVERHEAD + n;
+}
+
+static size_t rec_header(uint8_t out[FAB_LEDGER_REC_HEADER], int type, const uint8_t key[32],
+                         const void *prefix, size_t plen, const void *data, size_t dlen)
+{
+    return rec_header_f(out, type, 0, key, prefix, plen, data, dlen);
 }
 
 size_t fab_ledger_make_rec_header(uint8_t out[FAB_LEDGER_REC_HEADER], int type,
@@ -461,8 +554,17 @@ static int rec_valid(const uint8_t *base, uint64_t len, uint64_t off, uint64_t *
         return 0;
     if (fab_load_le32(p + 16) != fab_crc32c(SEED_HEAD, p, 16))
         return 0;
-    int type = p[4];
-    if (type < FAB_REC_REPLY || type > FAB_REC_STREAM_ABORT || p[5] || p[6] || p[7])
+    int type = p[4], flags = p[5];
+    if (p[6] || p[7])
+        return 0;
+    int skippable = type >= FAB_REC_SKIPPABLE_MIN && type <= FAB_REC_SKIPPABLE_MAX;
+    if (!skippable && (type < FAB_REC_REPLY || type > FAB_REC_REQUEST) &&
+        type != FAB_REC_TOMBSTONE)
+        return 0;
+    int allowed = type == FAB_REC_REPLY ? FAB_REC_FLAG_VALUE | FAB_REC_FLAG_EXPIRES
+                  : type == FAB_REC_STREAM_CHUNK ? FAB_REC_FLAG_VALUE
+                  : skippable ? 0xff : 0;
+    if (flags & ~allowed)
         return 0;
     uint64_t n = rec_payload_len(p);
     if (n > FAB_LEDGER_MAX_PAYLOAD)
@@ -473,8 +575,17 @@ static int rec_valid(const uint8_t *base, uint64_t len, uint64_t off, uint64_t *
         return 0;
     if (fab_load_le32(p + 12) != fab_crc32c(SEED_BODY, p + FAB_LEDGER_REC_HEADER, 32 + n))
         return 0;
+    if (type == FAB_REC_REPLY && (flags & FAB_REC_FLAG_EXPIRES) && n < 8)
+        return 0;
+    if (type == FAB_REC_TOMBSTONE && n != 0) {
+        /* a clear: payload {1} and a zero key */
+        static const uint8_t zero[32];
+        if (n != 1 || p[FAB_LEDGER_REC_OVERHEAD] != 1 ||
+            memcmp(p + FAB_LEDGER_REC_HEADER, zero, 32) != 0)
+            return 0;
+    }
     /* Stream records must name an earlier BEGIN of the same key. */
-    if (type != FAB_REC_REPLY) {
+    if (type >= FAB_REC_STREAM_BEGIN && type <= FAB_REC_STREAM_ABORT) {
         size_t want = type == FAB_REC_STREAM_BEGIN ? 0
                       : type == FAB_REC_STREAM_END ? 16 : 8;
         if (type == FAB_REC_STREAM_CHUNK ? n < 8 : n != want)
@@ -729,6 +840,108 @@ static void replay_estimate(replay_ctx *r, uint64_t off)
     (void)fab_lindex_reserve(&r->l->ix, want);
 }
 
+/* ---- the index's entries (spec: Deleting and expiry) ------------------ */
+
+static uint64_t realtime_ns(void) { return now_ns(CLOCK_REALTIME); }
+
+/* 1 when the record at off (validated) is a REPLY whose expiry has passed. */
+static int rec_expired(const fab_ledger *l, uint64_t off)
+{
+    const uint8_t *p = l->map->base + off;
+    if (p[4] != FAB_REC_REPLY || !(p[5] & FAB_REC_FLAG_EXPIRES))
+        return 0;
+    return realtime_ns() >= fab_load_le64(p + FAB_LEDGER_REC_OVERHEAD);
+}
+
+/* 1 when the record at off (validated) is a commit in force: a REPLY or a
+ * stream END, not expired. */
+static int rec_live(const fab_ledger *l, uint64_t off)
+{
+    int t = l->map->base[off + 4];
+    return (t == FAB_REC_REPLY || t == FAB_REC_STREAM_END) && !rec_expired(l, off);
+}
+
+static int check_lazy(fab_ledger *l, uint64_t off, fab_ledger_error *err);
+static void ckpt_drop(ckpt *c);
+
+/* The entry deciding key: 1 and *at (validated; *in_ix says where), 0
+ * when none, or FAB_ECORRUPT (a corrupt checkpoint page or record). */
+static int index_entry(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *at,
+                       int *in_ix)
+{
+    *in_ix = 0;
+    if (fab_lindex_find(&l->ix, key, hash, at)) {
+        *in_ix = 1;
+        return 1;
+    }
+    if (l->ck.base == NULL)
+        return 0;
+    if (ckpt_find(l, key, hash, at) != 1)
+        return l->ck.bad ? FAB_ECORRUPT : 0;
+    return check_lazy(l, *at, NULL) == FAB_OK ? 1 : FAB_ECORRUPT;
+}
+
+/* A new entry for key (absent from ix); shadows is 1 when it shadows a
+ * checkpoint entry. */
+static int index_insert(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t off,
+                        int shadows)
+{
+    int rc = fab_lindex_insert(&l->ix, key, hash, off, NULL);
+    if (rc < 0)
+        return rc;
+    if (shadows)
+        l->shadow++;
+    return FAB_OK;
+}
+
+/* The commit at off decides key, whose entry (a tombstone or an expired
+ * commit; in ix or else in the checkpoint) it replaces. */
+static int index_commit(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t off,
+                        int in_ix)
+{
+    if (!in_ix)
+        return index_insert(l, key, hash, off, 1);
+    uint64_t at;
+    if (fab_lindex_find(&l->ix, key, hash, &at) && l->map->base[at + 4] == FAB_REC_TOMBSTONE)
+        l->tomb--;
+    fab_lindex_set(&l->ix, key, hash, off);
+    return FAB_OK;
+}
+
+/* The tombstone at off ends key's commit (in ix or else in the checkpoint). */
+static int index_tombstone(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t off,
+                           int in_ix)
+{
+    int rc = in_ix ? (fab_lindex_set(&l->ix, key, hash, off), FAB_OK)
+                   : index_insert(l, key, hash, off, 1);
+    if (rc == FAB_OK)
+        l->tomb++;
+    return rc;
+}
+
+/* A clear: every entry goes (the checkpoint too; its seed stays). */
+static void index_clear(fab_ledger *l)
+{
+    uint64_t seed = l->ix.seed;
+    fab_lindex_eq_fn eq = l->ix.eq;
+    void *ctx = l->ix.ctx;
+    fab_lindex_destroy(&l->ix);
+    fab_lindex_init(&l->ix, eq, ctx);
+    l->ix.seed = seed;
+    if (l->ck.base)
+        ckpt_drop(&l->ck);
+    l->tomb = l->shadow = 0;
+    l->n_pending = 0; /* records waiting for their sync were before it */
+}
+
+/* Keys held by the index (expired ones included until compacted). */
+static uint64_t index_keys(const fab_ledger *l)
+{
+    uint64_t n = l->ix.count + (l->ck.base ? l->ck.count : 0);
+    uint64_t dead = l->tomb + l->shadow + l->n_pending;
+    return n > dead ? n - dead : 0;
+}
+
 static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
                          const uint8_t *payload, size_t len)
 {
@@ -741,21 +954,30 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
         replay_estimate(r, off);
     uint64_t hash = replay_hash(r, off, key);
     l->last_rec = off;
-    if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
-        return FAB_OK;
-    uint64_t at;
-    if (l->ck.base != NULL && ckpt_find(l, key, hash, &at) == 1) {
-        l->duplicates++;
+    if (type == FAB_REC_TOMBSTONE && len == 1) { /* a clear */
+        index_clear(l);
         return FAB_OK;
     }
-    if (l->ck.bad)
-        return FAB_ECORRUPT;
-    int rc = fab_lindex_insert(&l->ix, key, hash, off, NULL);
-    if (rc < 0)
-        return rc;
-    if (rc == 0)
-        l->duplicates++;
-    return FAB_OK;
+    if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END && type != FAB_REC_TOMBSTONE)
+        return FAB_OK;
+    uint64_t at;
+    int in_ix = 0;
+    int found = index_entry(l, key, hash, &at, &in_ix);
+    if (found < 0)
+        return found;
+    if (type == FAB_REC_TOMBSTONE) {
+        /* ends a commit in force or expired; nothing to end otherwise */
+        if (found && l->map->base[at + 4] != FAB_REC_TOMBSTONE)
+            return index_tombstone(l, key, hash, off, in_ix);
+        return FAB_OK;
+    }
+    if (!found)
+        return index_insert(l, key, hash, off, 0);
+    if (l->map->base[at + 4] != FAB_REC_TOMBSTONE && !rec_expired(l, at)) {
+        l->duplicates++; /* first write wins */
+        return FAB_OK;
+    }
+    return index_commit(l, key, hash, off, in_ix); /* after a delete or an expiry */
 }
 
 static int replay_skip(void *ctx, uint64_t start, uint64_t end)
@@ -773,6 +995,47 @@ static int replay_skip(void *ctx, uint64_t start, uint64_t end)
     l->skips[l->n_skips].end = end;
     l->n_skips++;
     return FAB_OK;
+}
+
+/*
+ * The mapping guard's sentinel for [0, l->end): the 8 bytes that end with
+ * the last non-zero byte of the last page of that range. If the file
+ * shrinks below that byte, reading it faults (its page is beyond the end)
+ * or reads zero (the end's page): either way it differs; if the file
+ * shrinks only above it, every byte below l->end still reads as it was
+ * (the bytes cut were zeros, and no page below l->end lies wholly beyond
+ * the new end), so nothing indexed changed. Called when the file is known
+ * to hold [0, end): just replayed or written. Under the lock.
+ */
+static void sentinel_set(fab_ledger *l)
+{
+    l->sent_ok = 0;
+    if (l->map == NULL || l->end < 8)
+        return;
+    const uint8_t *b = l->map->base;
+    uint64_t lo = (l->end - 1) & ~(page_size - 1);
+    for (uint64_t z = l->end; z > lo; z--) {
+        if (b[z - 1] != 0) {
+            l->sent_at = z >= 8 ? z - 8 : 0;
+            memcpy(&l->sent_val, b + l->sent_at, 8);
+            l->sent_ok = 1;
+            return;
+        }
+    }
+}
+
+/* 1 when the sentinel reads as it was, 0 when it differs, -1 when reading
+ * it faulted (its page is beyond the file's end). Under the lock. */
+static int sentinel_read(const fab_ledger *l)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return -1;
+    bus_enter(&g);
+    uint64_t v;
+    memcpy(&v, l->map->base + l->sent_at, 8);
+    bus_leave();
+    return v == l->sent_val;
 }
 
 /* Makes the mapping cover at least need bytes. Under the lock. */
@@ -815,6 +1078,7 @@ static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn prog
     l->salvage_skips += res->salvage_skips;
     l->salvage_bytes += res->salvage_bytes;
     l->end = res->valid_end;
+    sentinel_set(l);
     /* Records of this process still waiting for their sync stay invisible;
      * the sync that makes them visible covers everything before it. */
     if (l->n_pending == 0)
@@ -887,9 +1151,26 @@ static int ckpt_page_ok(ckpt *c, uint64_t i)
     return 0;
 }
 
+static int ckpt_probe(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off);
+
 /* Probes the checkpoint: 1 and *off when found, 0 when absent or when a
- * page is corrupt (then l->ck.bad is set). */
+ * page is corrupt (then l->ck.bad is set). The checkpoint file may have
+ * been shrunk by another program: a probe that faults counts as a
+ * corrupt page (the index is rebuilt from the ledger). */
 static int ckpt_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0) {
+        l->ck.bad = 1;
+        return 0;
+    }
+    bus_enter(&g);
+    int found = ckpt_probe(l, key, hash, off);
+    bus_leave();
+    return found;
+}
+
+static int ckpt_probe(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t *off)
 {
     ckpt *c = &l->ck;
     for (uint64_t i = hash & c->mask, n = 0; n <= c->mask; i = (i + 1) & c->mask, n++) {
@@ -991,6 +1272,7 @@ static void ckpt_load(fab_ledger *l, uint64_t size)
     /* the records after it go to an index with the same seed */
     l->ix.seed = fab_load_le64(h + 16);
     l->end = l->visible_end = covered;
+    l->sent_ok = 0;
     l->records = c->records;
     l->duplicates = c->duplicates;
     l->last_rec = covered > FAB_LEDGER_HEADER_SIZE ? last : 0;
@@ -1026,6 +1308,9 @@ static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
                 "sync, or checkpoints are off");
         return FAB_ESTATE;
     }
+    /* Entries of ix shadow the checkpoint's (a delete, a re-record); the
+     * tombstones themselves are left out: the merged table has nothing
+     * for them to shadow. */
     uint64_t count = l->ix.count + (l->ck.base ? l->ck.count : 0);
     uint64_t cap = CKPT_MIN_CAP;
     while (cap / 4 * 3 < count + 1)
@@ -1037,6 +1322,7 @@ static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
         return FAB_ENOMEM;
     fab_lindex_slot *slots = (fab_lindex_slot *)(buf + CKPT_HEAD);
     int rc = FAB_OK;
+    uint64_t written = 0;
     if (l->ck.base) {
         for (uint64_t i = 0; i <= l->ck.mask; i++) {
             if (ckpt_page_ok(&l->ck, i) < 0) {
@@ -1044,13 +1330,31 @@ static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
                 set_err(err, rc, 0, 0, 0, "the checkpoint in use is corrupt");
                 goto out;
             }
-            if (l->ck.slots[i].hash)
-                slot_put(slots, cap - 1, l->ck.slots[i].hash, l->ck.slots[i].value);
+            const fab_lindex_slot *sl = &l->ck.slots[i];
+            uint64_t at;
+            if (sl->hash == 0)
+                continue;
+            if (sl->value < FAB_LEDGER_HEADER_SIZE || sl->value >= l->ck.covered) {
+                rc = FAB_ECORRUPT;
+                set_err(err, rc, 0, 0, 0, "the checkpoint in use is corrupt");
+                goto out;
+            }
+            if (l->shadow &&
+                fab_lindex_find(&l->ix, l->map->base + sl->value + FAB_LEDGER_REC_HEADER,
+                                sl->hash, &at))
+                continue;
+            slot_put(slots, cap - 1, sl->hash, sl->value);
+            written++;
         }
     }
-    for (size_t i = 0; l->ix.slots && i <= l->ix.mask; i++)
-        if (l->ix.slots[i].hash)
-            slot_put(slots, cap - 1, l->ix.slots[i].hash, l->ix.slots[i].value);
+    for (size_t i = 0; l->ix.slots && i <= l->ix.mask; i++) {
+        const fab_lindex_slot *sl = &l->ix.slots[i];
+        if (sl->hash && l->map->base[sl->value + 4] != FAB_REC_TOMBSTONE) {
+            slot_put(slots, cap - 1, sl->hash, sl->value);
+            written++;
+        }
+    }
+    count = written;
     uint8_t *h = buf;
     memcpy(h, CKPT_MAGIC, 8);
     fab_store_le16(h + 8, CKPT_VERSION);
@@ -1116,6 +1420,8 @@ static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger
     fab_lindex_destroy(&l->ix);
     fab_lindex_init(&l->ix, eq, ctx);
     l->end = FAB_LEDGER_HEADER_SIZE;
+    l->sent_ok = 0;
+    l->tomb = l->shadow = 0;
     l->records = l->duplicates = l->last_rec = 0;
     l->salvage_skips = l->salvage_bytes = 0;
     l->n_skips = 0;
@@ -1172,8 +1478,11 @@ typedef struct file_view {
     size_t n_skips, cap_skips;
     uint64_t records, duplicates, torn_bytes, salvage_skips, salvage_bytes;
     size_t n_pending;
+    uint64_t tomb, shadow;
     ckpt ck;
     uint64_t lazy_end, last_rec;
+    uint64_t sent_at, sent_val;
+    int sent_ok;
     uint8_t header[FAB_LEDGER_HEADER_SIZE];
 } file_view;
 
@@ -1196,9 +1505,14 @@ static void view_take(fab_ledger *l, file_view *v)
     v->salvage_skips = l->salvage_skips;
     v->salvage_bytes = l->salvage_bytes;
     v->n_pending = l->n_pending;
+    v->tomb = l->tomb;
+    v->shadow = l->shadow;
     v->ck = l->ck;
     v->lazy_end = l->lazy_end;
     v->last_rec = l->last_rec;
+    v->sent_at = l->sent_at;
+    v->sent_val = l->sent_val;
+    v->sent_ok = l->sent_ok;
     memcpy(v->header, l->header, sizeof(v->header));
 }
 
@@ -1221,9 +1535,14 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->salvage_skips = v->salvage_skips;
     l->salvage_bytes = v->salvage_bytes;
     l->n_pending = v->n_pending;
+    l->tomb = v->tomb;
+    l->shadow = v->shadow;
     l->ck = v->ck;
     l->lazy_end = v->lazy_end;
     l->last_rec = v->last_rec;
+    l->sent_at = v->sent_at;
+    l->sent_val = v->sent_val;
+    l->sent_ok = v->sent_ok;
     memcpy(l->header, v->header, sizeof(l->header));
 }
 
@@ -1277,11 +1596,13 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     l->map = NULL;
     fab_lindex_init(&l->ix, old.ix.eq, old.ix.ctx);
     l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+    l->sent_ok = 0;
     l->scanned_size = 0;
     l->skips = NULL;
     l->n_skips = l->cap_skips = 0;
     l->records = l->duplicates = l->torn_bytes = l->salvage_skips = l->salvage_bytes = 0;
     l->n_pending = 0;
+    l->tomb = l->shadow = 0;
     memset(&l->ck, 0, sizeof(l->ck));
     l->lazy_end = l->last_rec = 0;
     memcpy(l->header, h, sizeof(h));
@@ -1323,7 +1644,8 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
         return sys_fail(err, errno, "examining the ledger");
     uint64_t size = (uint64_t)sb.st_size;
     /* check_path 2 (a miss): only when the open file lost its name */
-    if (size < l->end || (check_path == 1 && replaced(l)) ||
+    if (size < l->end || (l->sent_ok && sentinel_read(l) != 1) ||
+        (check_path == 1 && replaced(l)) ||
         (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
         return reload_locked(l, err);
     if (size == l->scanned_size || size <= l->end)
@@ -1339,9 +1661,17 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
 
 /* Before reading the mapping: the file must still hold everything indexed
  * (a shrunk file would fault with SIGBUS). Moves to the file as it is now
- * when it shrank. Under the lock. 0 or an error. */
+ * when it shrank or its indexed bytes changed. The sentinel answers
+ * without a system call; only a ledger whose last page has no non-zero
+ * byte pays an fstat. Under the lock. 0 or an error. */
 static int check_size_locked(fab_ledger *l, fab_ledger_error *err)
 {
+    if (l->sent_ok) {
+        if (sentinel_read(l) == 1)
+            return FAB_OK;
+        int rc = reload_locked(l, err);
+        return rc < 0 ? rc : FAB_OK;
+    }
     struct stat sb;
     if (fstat(l->fd, &sb) < 0)
         return sys_fail(err, errno, "examining the ledger");
@@ -1581,6 +1911,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         memset(err, 0, sizeof(*err));
     *out = NULL;
     uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+    pthread_once(&bus_once, bus_install);
     if ((opt->mode != FAB_LEDGER_READ && opt->mode != FAB_LEDGER_WRITE) ||
         opt->durability < FAB_DUR_OS || opt->durability > FAB_DUR_GROUP ||
         (opt->recover != FAB_RECOVER_STRICT && opt->recover != FAB_RECOVER_SALVAGE)) {
@@ -1863,9 +2194,9 @@ static void end_append(fab_ledger *l)
  * Writes one record at l->end. Under the lock. On failure the file is cut
  * back to where it was; if even that fails the ledger refuses appends.
  */
-static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const void *prefix,
-                         size_t plen, const void *data, size_t dlen, uint64_t *off_out,
-                         fab_ledger_error *err)
+static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key[32],
+                           const void *prefix, size_t plen, const void *data, size_t dlen,
+                           uint64_t *off_out, fab_ledger_error *err)
 {
     int rc = refuse(l, err);
     if (rc != FAB_OK)
@@ -1881,7 +2212,7 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
         return rc;
     uint8_t small[SMALL_RECORD];
     uint8_t *h = small;
-    rec_header(h, type, key, prefix, plen, data, dlen);
+    rec_header_f(h, type, flags, key, prefix, plen, data, dlen);
     memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
     if (plen)
         memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
@@ -1903,6 +2234,7 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
+    sentinel_set(l);
     l->last_rec = off;
     l->records++;
     if (l->leader_waiting)
@@ -1910,6 +2242,38 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
     if (l->durability == FAB_DUR_OS)
         l->visible_end = l->end;
     *off_out = off;
+    return FAB_OK;
+}
+
+static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const void *prefix,
+                         size_t plen, const void *data, size_t dlen, uint64_t *off_out,
+                         fab_ledger_error *err)
+{
+    return append_locked_f(l, type, 0, key, prefix, plen, data, dlen, off_out, err);
+}
+
+/*
+ * Before the first record a version 1 reader does not know (a tombstone,
+ * an expiring reply), a version 1 ledger's header is rewritten in place
+ * as version 2 (one 64-byte pwrite; spec: Versions). Under the append lock.
+ */
+static int upgrade_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    if (l->header[8] >= 2)
+        return FAB_OK;
+    uint8_t h[FAB_LEDGER_HEADER_SIZE];
+    if (pread(l->fd, h, sizeof(h), 0) != (ssize_t)sizeof(h))
+        return sys_fail(err, errno ? errno : EIO, "reading the ledger header");
+    if (h[8] < 2) {
+        h[8] = 2;
+        h[9] = 0;
+        fab_store_le32(h + 60, fab_crc32c(SEED_FILE, h, 60));
+        int e = write_all(&l->io, l->fd, h, sizeof(h), 0);
+        if (e != 0)
+            return sys_fail(err, e, "upgrading the ledger header to version 2");
+    }
+    memcpy(l->header, h, sizeof(h));
+    sentinel_set(l); /* it may lie in the header */
     return FAB_OK;
 }
 
@@ -1992,8 +2356,14 @@ static int make_durable(fab_ledger *l, uint64_t upto, fab_ledger_error *err)
 static int commit_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t off,
                          fab_ledger_error *err)
 {
-    int ins = fab_lindex_insert(&l->ix, key, hash, off, NULL);
-    FAB_ASSERT(ins == 1); /* room was reserved and the key was absent */
+    /* The key holds no commit in force: none, a tombstone or an expired
+     * one (room was reserved). */
+    uint64_t at;
+    int in_ix = 0;
+    int found = index_entry(l, key, hash, &at, &in_ix);
+    int ins = found > 0 ? index_commit(l, key, hash, off, in_ix)
+                        : index_insert(l, key, hash, off, 0);
+    FAB_ASSERT(ins == FAB_OK);
     FAB_UNUSED(ins);
     if (l->durability == FAB_DUR_OS)
         return FAB_OK;
@@ -2001,7 +2371,7 @@ static int commit_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash, ui
     l->n_pending++;
     int rc = make_durable(l, off + 1, err);
     if (rc == FAB_OK && l->gen == gen)
-        l->n_pending--; /* a record whose sync failed stays pending: never counted */
+        l->n_pending -= l->n_pending > 0; /* a record whose sync failed stays pending: never counted (a clear meanwhile reset it) */
     return rc;
 }
 
@@ -2014,20 +2384,35 @@ static int held_locked(fab_ledger *l, const uint8_t key[32], uint64_t hash,
     int found = find_key(l, key, hash, &off, err);
     if (found <= 0)
         return found;
+    if (check_lazy(l, off, err) != FAB_OK)
+        return FAB_ECORRUPT;
+    if (!rec_live(l, off))
+        return 0; /* deleted or expired */
     int rc = make_durable(l, off + 1, err);
     return rc < 0 ? rc : 1;
 }
 
-/* Whether key is indexed (no waiting); a negative code when rebuilding
- * after a corrupt checkpoint failed. */
+/* Whether key holds a commit in force (no waiting); a negative code when
+ * rebuilding after a corrupt checkpoint failed or its record is bad. */
 static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
 {
     uint64_t off;
-    return find_key(l, key, hash, &off, NULL);
+    int found = find_key(l, key, hash, &off, NULL);
+    if (found <= 0)
+        return found;
+    if (check_lazy(l, off, NULL) != FAB_OK)
+        return FAB_ECORRUPT;
+    return rec_live(l, off);
 }
 
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                       fab_ledger_error *err)
+{
+    return fab_ledger_record_ex(l, key, data, len, 0, err);
+}
+
+int fab_ledger_record_ex(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
+                         uint64_t expires_ns, fab_ledger_error *err)
 {
     pthread_mutex_lock(&l->mu);
     uint64_t hash = fab_lindex_hash(&l->ix, key), off;
@@ -2052,13 +2437,95 @@ int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, si
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
     }
-    rc = append_locked(l, FAB_REC_REPLY, key, NULL, 0, data, len, &off, err);
+    uint8_t expiry[8];
+    fab_store_le64(expiry, expires_ns);
+    if (expires_ns && (rc = upgrade_locked(l, err)) != FAB_OK) {
+        end_append(l);
+        goto out;
+    }
+    rc = append_locked_f(l, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0, key,
+                         expiry, expires_ns ? 8 : 0, data, len, &off, err);
     end_append(l);
     if (rc != FAB_OK)
         goto out;
     rc = commit_locked(l, key, hash, off, err);
     if (rc == FAB_OK)
         rc = 1;
+out:
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+/* Waits until the record at off is durable per the mode (a tombstone). */
+static int settle_locked(fab_ledger *l, uint64_t off, fab_ledger_error *err)
+{
+    if (l->durability == FAB_DUR_OS)
+        return FAB_OK;
+    return make_durable(l, off + 1, err);
+}
+
+int fab_ledger_delete(fab_ledger *l, const uint8_t key[32], fab_ledger_error *err)
+{
+    pthread_mutex_lock(&l->mu);
+    int rc = begin_append(l, err);
+    if (rc != FAB_OK)
+        goto out;
+    uint64_t hash = fab_lindex_hash(&l->ix, key), at, off;
+    int in_ix = 0;
+    int found = find_key(l, key, hash, &at, err); /* rebuilds a bad checkpoint */
+    if (found >= 0)
+        found = index_entry(l, key, hash, &at, &in_ix);
+    if (found < 0) {
+        end_append(l);
+        rc = found;
+        set_err(err, rc, 0, 0, 0, "looking up the key to delete: %s", fab_strerror(rc));
+        goto out;
+    }
+    if (!found || l->map->base[at + 4] == FAB_REC_TOMBSTONE) {
+        end_append(l);
+        rc = 0; /* not held: nothing to write */
+        goto out;
+    }
+    int live = rec_live(l, at);
+    if ((rc = fab_lindex_reserve(&l->ix, l->ix.count + 1)) != FAB_OK) {
+        end_append(l);
+        set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
+        goto out;
+    }
+    if ((rc = upgrade_locked(l, err)) == FAB_OK)
+        rc = append_locked(l, FAB_REC_TOMBSTONE, key, NULL, 0, NULL, 0, &off, err);
+    end_append(l);
+    if (rc != FAB_OK)
+        goto out;
+    rc = index_tombstone(l, key, hash, off, in_ix);
+    FAB_ASSERT(rc == FAB_OK); /* room was reserved */
+    rc = settle_locked(l, off, err);
+    if (rc == FAB_OK)
+        rc = live;
+out:
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+int fab_ledger_clear(fab_ledger *l, fab_ledger_error *err)
+{
+    static const uint8_t zero[32];
+    static const uint8_t one = 1;
+    pthread_mutex_lock(&l->mu);
+    uint64_t off;
+    int rc = begin_append(l, err);
+    if (rc != FAB_OK)
+        goto out;
+    uint64_t held = index_keys(l);
+    if ((rc = upgrade_locked(l, err)) == FAB_OK)
+        rc = append_locked(l, FAB_REC_TOMBSTONE, zero, NULL, 0, &one, 1, &off, err);
+    end_append(l);
+    if (rc != FAB_OK)
+        goto out;
+    index_clear(l);
+    rc = settle_locked(l, off, err);
+    if (rc == FAB_OK)
+        rc = held > INT32_MAX ? INT32_MAX : (int)held;
 out:
     pthread_mutex_unlock(&l->mu);
     return rc;
@@ -2158,6 +2625,103 @@ int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begi
     return stream_record(l, FAB_REC_STREAM_CHUNK, key, begin, data, len, err);
 }
 
+/*
+ * Writes the CHUNK records of n items packed as [4-byte length][bytes]...
+ * with one pwrite, under one append lock. Under the lock, the append lock
+ * held. Like append_locked: on failure the file is cut back.
+ */
+static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                const uint8_t *packed, size_t len, fab_ledger_error *err)
+{
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    uint64_t total = 0, n = 0;
+    for (size_t at = 0; at < len; n++) {
+        if (len - at < 4) {
+            set_err(err, FAB_EINVAL, 0, 0, 0, "a packed batch of stream items is malformed");
+            return FAB_EINVAL;
+        }
+        size_t dlen = fab_load_le32(packed + at);
+        if (dlen > len - at - 4) {
+            set_err(err, FAB_EINVAL, 0, 0, 0, "a packed batch of stream items is malformed");
+            return FAB_EINVAL;
+        }
+        if (dlen > FAB_LEDGER_MAX_PAYLOAD - 8) {
+            set_err(err, FAB_ERANGE, 0, 0, 0, "a stream item of %zu bytes is larger than the "
+                    "ledger's limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - 8);
+            return FAB_ERANGE;
+        }
+        total += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
+        at += 4 + dlen;
+    }
+    if (n == 0)
+        return FAB_OK;
+    if (total > SIZE_MAX / 2) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a batch of stream items is too large");
+        return FAB_ERANGE;
+    }
+    uint64_t off = l->end;
+    if ((rc = ensure_map(l, off + total, err)) != FAB_OK)
+        return rc;
+    uint8_t *buf = malloc((size_t)total);
+    if (buf == NULL) {
+        set_err(err, FAB_ENOMEM, 0, 0, 0, "no memory for a batch of stream items");
+        return FAB_ENOMEM;
+    }
+    uint8_t prefix[8];
+    fab_store_le64(prefix, begin);
+    uint64_t pos = 0, last = off;
+    for (size_t at = 0; at < len;) {
+        size_t dlen = fab_load_le32(packed + at);
+        const uint8_t *data = packed + at + 4;
+        uint8_t *h = buf + pos;
+        last = off + pos;
+        rec_header(h, FAB_REC_STREAM_CHUNK, key, prefix, 8, data, dlen);
+        memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, 8);
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD + 8, data, dlen);
+        pos += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
+        at += 4 + dlen;
+    }
+    int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
+    free(buf);
+    if (e != 0) {
+        if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
+            l->failed = 1;
+            l->failed_errno = e;
+        }
+        return sys_fail(err, e, "appending to the ledger");
+    }
+    l->end = off + total;
+    sentinel_set(l);
+    l->last_rec = last;
+    l->records += n;
+    if (l->leader_waiting)
+        pthread_cond_signal(&l->lead_cond);
+    if (l->durability == FAB_DUR_OS)
+        l->visible_end = l->end;
+    return FAB_OK;
+}
+
+int fab_ledger_stream_append_batch(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                   const void *packed, size_t len, fab_ledger_error *err)
+{
+    if (len == 0)
+        return FAB_OK;
+    pthread_mutex_lock(&l->mu);
+    int rc = begin_append(l, err);
+    if (rc == FAB_OK) {
+        if (stream_alive(l, key, begin, err))
+            rc = append_chunks_locked(l, key, begin, packed, len, err);
+        else
+            rc = FAB_ESTATE;
+        end_append(l);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
 int fab_ledger_stream_abort(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                             fab_ledger_error *err)
 {
@@ -2213,9 +2777,16 @@ static void fill_ref(fab_ledger *l, uint64_t off, int want_map, fab_ledger_ref *
     const uint8_t *p = l->map->base + off;
     ref->offset = off;
     ref->type = p[4];
+    ref->flags = p[5];
+    ref->expires_ns = 0;
     if (ref->type == FAB_REC_REPLY) {
         ref->data = p + FAB_LEDGER_REC_OVERHEAD;
         ref->len = rec_payload_len(p);
+        if (ref->flags & FAB_REC_FLAG_EXPIRES) {
+            ref->expires_ns = fab_load_le64(ref->data);
+            ref->data += 8;
+            ref->len -= 8;
+        }
     } else {
         ref->data = p + FAB_LEDGER_REC_OVERHEAD;
         ref->len = 0;
@@ -2248,6 +2819,17 @@ static int check_lazy(fab_ledger *l, uint64_t off, fab_ledger_error *err)
     return FAB_ECORRUPT;
 }
 
+/* The visible commit in force of key: 1 and *off, 0 (none, deleted or
+ * expired) or FAB_ECORRUPT. Under the lock, the mapping checked. */
+static int find_live(fab_ledger *l, const uint8_t key[32], uint64_t *off, fab_ledger_error *err)
+{
+    if (!find_visible(l, key, off))
+        return 0;
+    if (check_lazy(l, *off, err) != FAB_OK)
+        return FAB_ECORRUPT;
+    return rec_live(l, *off);
+}
+
 int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
                       fab_ledger_error *err)
 {
@@ -2257,17 +2839,15 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
      * that the file still holds it. */
     int found = check_size_locked(l, err);
     if (found == FAB_OK) {
-        found = find_visible(l, key, &off);
-        if (!found) {
+        found = find_live(l, key, &off, err);
+        if (found == 0) {
             /* A miss looks at the file: others' appends, a replacement. */
             int rc = catch_up_locked(l, 2, err);
-            found = rc < 0 ? rc : rc > 0 ? find_visible(l, key, &off) : 0;
+            found = rc < 0 ? rc : rc > 0 ? find_live(l, key, &off, err) : 0;
         }
     }
-    if (found == 1 && (found = check_lazy(l, off, err)) == FAB_OK) {
+    if (found == 1)
         fill_ref(l, off, want_map, ref);
-        found = 1;
-    }
     pthread_mutex_unlock(&l->mu);
     return found;
 }
@@ -2291,7 +2871,7 @@ uint64_t fab_ledger_generation(fab_ledger *l)
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
-    size_t n = l->ix.count + (size_t)l->ck.count - l->n_pending;
+    size_t n = (size_t)index_keys(l);
     pthread_mutex_unlock(&l->mu);
     return n;
 }
@@ -2347,7 +2927,8 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) == 1 && at == off) {
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) == 1 && at == off &&
+            rec_live(l, off)) {
             memcpy(key, k, 32);
             fill_ref(l, off, want_map, ref);
             rc = 1;
@@ -2369,10 +2950,10 @@ int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_curs
     pthread_mutex_lock(&l->mu);
     uint64_t off;
     int rc = check_size_locked(l, NULL);
-    if (rc == FAB_OK && !find_visible(l, key, &off))
-        rc = FAB_ENOTFOUND;
-    if (rc == FAB_OK)
-        rc = check_lazy(l, off, NULL);
+    if (rc == FAB_OK) {
+        int found = find_live(l, key, &off, NULL);
+        rc = found < 0 ? found : found == 0 ? FAB_ENOTFOUND : FAB_OK;
+    }
     if (rc == FAB_OK && l->map->base[off + 4] != FAB_REC_STREAM_END)
         rc = FAB_ETYPE;
     if (rc == FAB_OK) {
@@ -2428,7 +3009,8 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&l->mu);
     st->records = l->records;
-    st->keys = l->ix.count + l->ck.count - l->n_pending;
+    st->keys = index_keys(l);
+    st->tombstones = l->tomb;
     st->bytes = l->end;
     st->duplicates = l->duplicates;
     st->torn_tails_cut = l->torn_cut;
@@ -2477,10 +3059,16 @@ typedef struct out_file {
     uint8_t *buf;
     size_t used, cap;
     int e;         /* first errno */
+    int dry;       /* count the bytes only (sizing for eviction) */
+    int phase2;    /* copy every tombstone: it may end a commit already copied */
+    uint64_t evict_left; /* leave out the oldest keys until this many bytes were left out */
+    uint64_t evicted;    /* keys left out */
 } out_file;
 
 static void out_flush(out_file *o)
 {
+    if (o->dry)
+        return;
     if (o->e == 0 && o->used)
         o->e = write_all(o->io, o->fd, o->buf, o->used, o->off);
     o->off += o->used;
@@ -2491,6 +3079,10 @@ static void out_write(out_file *o, const void *data, size_t len)
 {
     if (len == 0)
         return;
+    if (o->dry) {
+        o->off += len;
+        return;
+    }
     if (len >= o->cap) {
         out_flush(o);
         if (o->e == 0)
@@ -2509,16 +3101,29 @@ static uint64_t out_pos(const out_file *o)
     return o->off + o->used;
 }
 
-static void out_record(out_file *o, int type, const uint8_t key[32], const void *prefix,
-                       size_t plen, const void *data, size_t dlen)
+static void out_record_f(out_file *o, int type, int flags, const uint8_t key[32],
+                         const void *prefix, size_t plen, const void *data, size_t dlen)
 {
     uint8_t h[FAB_LEDGER_REC_OVERHEAD];
-    rec_header(h, type, key, prefix, plen, data, dlen);
+    if (o->dry) {
+        o->off += sizeof(h) + plen + dlen;
+        return;
+    }
+    rec_header_f(h, type, flags, key, prefix, plen, data, dlen);
     memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
     out_write(o, h, sizeof(h));
     out_write(o, prefix, plen);
     out_write(o, data, dlen);
 }
+
+static void out_record(out_file *o, int type, const uint8_t key[32], const void *prefix,
+                       size_t plen, const void *data, size_t dlen)
+{
+    out_record_f(o, type, 0, key, prefix, plen, data, dlen);
+}
+
+static void copy_stream(fab_ledger *l, out_file *o, const uint8_t *k, const uint8_t *p,
+                        uint64_t off);
 
 /*
  * Writes the keys committed in [*pos, limit), in ledger order, to o,
@@ -2540,16 +3145,43 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
             break;
         uint64_t off = *pos;
         *pos += size;
+        if (p[4] == FAB_REC_TOMBSTONE) {
+            if (o->phase2)
+                out_write(o, p, (size_t)size);
+            continue;
+        }
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
             continue;
         const uint8_t *k = p + FAB_LEDGER_REC_HEADER;
-        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) != 1 || at != off)
+        if (find_key(l, k, fab_lindex_hash(&l->ix, k), &at, NULL) != 1 || at != off ||
+            !rec_live(l, off))
+            continue; /* a duplicate, deleted or expired */
+        if (o->evict_left) { /* the oldest keys go first, a stream whole */
+            uint64_t usize = size;
+            if (p[4] == FAB_REC_STREAM_END) {
+                out_file d = {.dry = 1};
+                copy_stream(l, &d, k, p, off);
+                usize = d.off;
+            }
+            o->evict_left = usize >= o->evict_left ? 0 : o->evict_left - usize;
+            o->evicted++;
             continue;
+        }
         if (p[4] == FAB_REC_REPLY) {
             out_write(o, p, (size_t)size); /* a REPLY holds no offsets: copy verbatim */
             continue;
         }
-        /* A stream: BEGIN, its chunks with the new BEGIN offset, END. */
+        copy_stream(l, o, k, p, off);
+    }
+    return o->e != 0 || *pos >= limit;
+}
+
+/* Writes the stream whose END record p is at off: BEGIN, its chunks with
+ * the new BEGIN offset, END. Under the lock. */
+static void copy_stream(fab_ledger *l, out_file *o, const uint8_t *k, const uint8_t *p,
+                        uint64_t off)
+{
+    {
         uint64_t begin = fab_load_le64(p + FAB_LEDGER_REC_OVERHEAD);
         uint64_t count = fab_load_le64(p + FAB_LEDGER_REC_OVERHEAD + 8);
         uint8_t prefix[16];
@@ -2570,12 +3202,12 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
             cpos += csize;
             if (c[4] != FAB_REC_STREAM_CHUNK || fab_load_le64(c + FAB_LEDGER_REC_OVERHEAD) != begin)
                 continue;
-            out_record(o, FAB_REC_STREAM_CHUNK, k, prefix, 8, c + FAB_LEDGER_REC_OVERHEAD + 8,
-                       (size_t)(csize - FAB_LEDGER_REC_OVERHEAD - 8));
+            out_record_f(o, FAB_REC_STREAM_CHUNK, c[5], k, prefix, 8,
+                         c + FAB_LEDGER_REC_OVERHEAD + 8,
+                         (size_t)(csize - FAB_LEDGER_REC_OVERHEAD - 8));
         }
         out_record(o, FAB_REC_STREAM_END, k, prefix, 16, NULL, 0);
     }
-    return o->e != 0 || *pos >= limit;
 }
 
 static int compact_moved(fab_ledger_error *err)
@@ -2588,6 +3220,20 @@ static int compact_moved(fab_ledger_error *err)
 int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
                        void *progress_ctx, fab_ledger_error *err)
 {
+    return fab_ledger_compact_ex(l, dest, 0, progress, progress_ctx, NULL, err);
+}
+
+int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
+                          fab_ledger_progress_fn progress, void *progress_ctx,
+                          uint64_t *evicted, fab_ledger_error *err)
+{
+    if (evicted)
+        *evicted = 0;
+    if (max_bytes && max_bytes < FAB_LEDGER_HEADER_SIZE) {
+        set_err(err, FAB_EINVAL, 0, 0, 0, "max_bytes must be at least the %d-byte header",
+                FAB_LEDGER_HEADER_SIZE);
+        return FAB_EINVAL;
+    }
     int inplace = dest == NULL;
     if (inplace && l->mode != FAB_LEDGER_WRITE) {
         set_err(err, FAB_EINVAL, 0, 0, 0,
@@ -2631,7 +3277,26 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn p
     rc = FAB_OK;
     gen = l->gen;
     total = l->end;
-    out_write(&o, l->header, FAB_LEDGER_HEADER_SIZE);
+    if (max_bytes) {
+        /* Sizing: what would be kept; the oldest keys go until it fits. */
+        out_file d = {.dry = 1, .off = FAB_LEDGER_HEADER_SIZE};
+        uint64_t dpos = 0;
+        while (!compact_range(l, &d, &dpos, total))
+            ;
+        if (d.e) {
+            e = d.e;
+            what = "reading the ledger to compact";
+            goto done;
+        }
+        o.evict_left = d.off > max_bytes ? d.off - max_bytes : 0;
+    }
+    /* The copy is version 2: it may hold tombstones and expiring replies. */
+    uint8_t h2[FAB_LEDGER_HEADER_SIZE];
+    memcpy(h2, l->header, sizeof(h2));
+    h2[8] = FAB_LEDGER_VERSION;
+    h2[9] = 0;
+    fab_store_le32(h2 + 60, fab_crc32c(SEED_FILE, h2, 60));
+    out_write(&o, h2, FAB_LEDGER_HEADER_SIZE);
     for (;;) {
         int finished = compact_range(l, &o, &pos, total);
         pthread_mutex_unlock(&l->mu);
@@ -2666,8 +3331,12 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn p
         goto done;
     }
     total = l->end;
+    o.phase2 = 1;
+    o.evict_left = 0;
     while (!compact_range(l, &o, &pos, total))
         ;
+    if (evicted)
+        *evicted = o.evicted;
     out_flush(&o);
     if ((e = o.e) != 0)
         goto done;

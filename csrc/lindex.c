@@ -73,6 +73,21 @@ int fab_lindex_find(const fab_lindex *ix, const uint8_t key[32], uint64_t hash, 
     }
 }
 
+int fab_lindex_set(fab_lindex *ix, const uint8_t key[32], uint64_t hash, uint64_t value)
+{
+    if (ix->slots == NULL)
+        return 0;
+    for (size_t i = (size_t)hash & ix->mask;; i = (i + 1) & ix->mask) {
+        fab_lindex_slot *s = &ix->slots[i];
+        if (s->hash == 0)
+            return 0;
+        if (s->hash == hash && ix->eq(ix->ctx, s->value, key)) {
+            s->value = value;
+            return 1;
+        }
+    }
+}
+
 static int grow(fab_lindex *ix)
 {
     size_t cap = ix->slots ? (ix->mask + 1) * 2 : MIN_CAPACITY;

@@ -39,19 +39,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
+import logging
 import math
 import threading
 import time
 from enum import Enum
 from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
-                    Iterable, Iterator, ParamSpec, Protocol, TypeVar, cast, overload,
+                    Iterable, Iterator, Literal, ParamSpec, Protocol, TypeVar, cast, overload,
                     runtime_checkable)
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricError, FabricUnavailable)
-from ._workers import Workers
+from ._workers import Workers, default_max_workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
+from .progress import Progress
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, Event,
                       _acollect, _aclose, _aevents_from_sync, _aevents_of, _arecording,
                       _close_quietly, _collect, _events_of, _recording, _replay_events,
@@ -66,9 +68,16 @@ __all__ = [
 _REEXPORTED = (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _collect, _events_of,
                _recording, _replay_events, reply_from_record, reply_record)
 
+#: Decisions of the fabrics at DEBUG (a relay's hit or miss); what a user
+#: must know at WARNING. Records name keys, ops and fabrics, never arguments.
+log = logging.getLogger("fabric.fabrics")
+#: A cassette a fabric was given that cut a torn tail when it opened (WARNING).
+cassette_log = logging.getLogger("fabric.cassette")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 Y = TypeVar("Y")
+A = TypeVar("A")
 
 
 # ===========================================================================
@@ -293,6 +302,197 @@ class _FabricBase:
             return self.astream(request)
         return (await self.aevaluate(request)).value
 
+    # -- many calls -----------------------------------------------------------
+    @overload
+    def map(self, op: Op[[A], Iterator[Y]] | Op[[A], AsyncIterator[Y]], iterable: Iterable[A],
+            /, *, concurrency: int | None = None, return_exceptions: Literal[False] = False,
+            progress: bool | None = None) -> list[list[Y]]: ...
+    @overload
+    def map(self, op: Op[[A], Iterator[Y]] | Op[[A], AsyncIterator[Y]], iterable: Iterable[A],
+            /, *, concurrency: int | None = None, return_exceptions: Literal[True],
+            progress: bool | None = None) -> list[list[Y] | Exception]: ...
+    @overload
+    def map(self, op: Op[[A], Coroutine[Any, Any, R]], iterable: Iterable[A], /, *,
+            concurrency: int | None = None, return_exceptions: Literal[False] = False,
+            progress: bool | None = None) -> list[R]: ...
+    @overload
+    def map(self, op: Op[[A], Coroutine[Any, Any, R]], iterable: Iterable[A], /, *,
+            concurrency: int | None = None, return_exceptions: Literal[True],
+            progress: bool | None = None) -> list[R | Exception]: ...
+    @overload
+    def map(self, op: Op[[A], R], iterable: Iterable[A], /, *, concurrency: int | None = None,
+            return_exceptions: Literal[False] = False,
+            progress: bool | None = None) -> list[R]: ...
+    @overload
+    def map(self, op: Op[[A], R], iterable: Iterable[A], /, *, concurrency: int | None = None,
+            return_exceptions: Literal[True], progress: bool | None = None) -> list[R | Exception]: ...
+    @overload
+    def map(self, op: str, iterable: Iterable[Any], /, *, concurrency: int | None = None,
+            return_exceptions: bool = False, progress: bool | None = None) -> list[Any]: ...
+
+    def map(self, op: Any, iterable: Iterable[Any], /, *, concurrency: int | None = None,
+            return_exceptions: bool = False, progress: bool | None = None) -> list[Any]:
+        """Evaluate ``op(item)`` for every item of ``iterable`` through this
+        fabric; the values, in the items' order.
+
+        At most ``concurrency`` evaluations are in flight at once (default:
+        the fabric's worker bound, ``min(32, cpu_count + 4)`` unless set),
+        each on a thread of a pool made for this call: an in-process home
+        runs sync ops on those threads; a home with workers of its own (a
+        node, a cluster) computes there while the threads only wait. Items
+        are drawn from ``iterable`` as slots free up. A stream op's value is
+        the list of its items. ``op`` is an ``Op`` (typed like ``call``) or
+        an op name; each item is the op's one positional argument.
+
+        Errors: every item is evaluated whatever the others do. With
+        ``return_exceptions=True`` an item's exception takes its place in the
+        list; otherwise, once all are done, the error of the first failing
+        item (in the items' order) is raised, with a note naming the item.
+        ``progress``: a bar (``fabric.progress``) when True, none when False,
+        by default only on a terminal or in a notebook.
+        """
+        limit = self._map_concurrency(concurrency)
+        registry = getattr(self, "ops", None)
+        results: list[Any] = []
+        failed: list[int] = []
+        pool = Workers(limit, f"fabric-map-{type(self).__name__}")
+        bar = Progress(f"map {_op_label(op)}", _size_of(iterable), enabled=progress)
+        inflight: dict[concurrent.futures.Future[Any], int] = {}
+
+        def settle(done: Iterable[concurrent.futures.Future[Any]]) -> None:
+            for fut in done:
+                i = inflight.pop(fut)
+                exc = fut.exception()
+                if exc is None:
+                    results[i] = fut.result()
+                elif isinstance(exc, Exception):
+                    results[i] = exc
+                    failed.append(i)
+                else:
+                    raise exc  # KeyboardInterrupt, SystemExit: not an item's error
+                bar.update()
+
+        try:
+            for i, item in enumerate(iterable):
+                results.append(None)
+                try:
+                    request = _request_for(op, (item,), {}, registry)
+                except Exception as exc:  # the item cannot make a request
+                    results[i] = exc
+                    failed.append(i)
+                    bar.update()
+                    continue
+                while len(inflight) >= limit:
+                    settle(concurrent.futures.wait(
+                        inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
+                inflight[pool.submit(self._map_one, request)] = i
+            while inflight:
+                settle(concurrent.futures.wait(
+                    inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
+        finally:
+            pool.close()  # an interrupted map cancels what has not started
+            bar.close()
+        return _mapped(results, failed, return_exceptions)
+
+    def _map_one(self, request: EvalRequest) -> Any:
+        if request.stream:
+            return list(self.stream(request))
+        return self.evaluate(request).value
+
+    def _map_concurrency(self, concurrency: int | None) -> int:
+        if concurrency is None:
+            return self._max_workers or default_max_workers()
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1 or None, not {concurrency!r}")
+        return concurrency
+
+    @overload
+    async def amap(self, op: Op[[A], Iterator[Y]] | Op[[A], AsyncIterator[Y]],
+                   iterable: Iterable[A], /, *, concurrency: int | None = None,
+                   return_exceptions: Literal[False] = False,
+                   progress: bool | None = None) -> list[list[Y]]: ...
+    @overload
+    async def amap(self, op: Op[[A], Iterator[Y]] | Op[[A], AsyncIterator[Y]],
+                   iterable: Iterable[A], /, *, concurrency: int | None = None,
+                   return_exceptions: Literal[True],
+                   progress: bool | None = None) -> list[list[Y] | Exception]: ...
+    @overload
+    async def amap(self, op: Op[[A], Coroutine[Any, Any, R]], iterable: Iterable[A], /, *,
+                   concurrency: int | None = None, return_exceptions: Literal[False] = False,
+                   progress: bool | None = None) -> list[R]: ...
+    @overload
+    async def amap(self, op: Op[[A], Coroutine[Any, Any, R]], iterable: Iterable[A], /, *,
+                   concurrency: int | None = None, return_exceptions: Literal[True],
+                   progress: bool | None = None) -> list[R | Exception]: ...
+    @overload
+    async def amap(self, op: Op[[A], R], iterable: Iterable[A], /, *,
+                   concurrency: int | None = None, return_exceptions: Literal[False] = False,
+                   progress: bool | None = None) -> list[R]: ...
+    @overload
+    async def amap(self, op: Op[[A], R], iterable: Iterable[A], /, *,
+                   concurrency: int | None = None, return_exceptions: Literal[True],
+                   progress: bool | None = None) -> list[R | Exception]: ...
+    @overload
+    async def amap(self, op: str, iterable: Iterable[Any], /, *, concurrency: int | None = None,
+                   return_exceptions: bool = False, progress: bool | None = None) -> list[Any]: ...
+
+    async def amap(self, op: Any, iterable: Iterable[Any], /, *, concurrency: int | None = None,
+                   return_exceptions: bool = False, progress: bool | None = None) -> list[Any]:
+        """Async twin of ``map``: at most ``concurrency`` ``aevaluate`` calls
+        (``astream`` for a stream op) in flight on the running loop; the same
+        order, errors and progress. Cancelling it cancels the calls in flight."""
+        limit = self._map_concurrency(concurrency)
+        registry = getattr(self, "ops", None)
+        results: list[Any] = []
+        failed: list[int] = []
+        bar = Progress(f"map {_op_label(op)}", _size_of(iterable), enabled=progress)
+        inflight: dict[asyncio.Future[Any], int] = {}
+
+        def settle(done: Iterable[asyncio.Future[Any]]) -> None:
+            for task in done:
+                i = inflight.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    results[i] = task.result()
+                elif isinstance(exc, Exception):
+                    results[i] = exc
+                    failed.append(i)
+                else:
+                    raise exc
+                bar.update()
+
+        try:
+            for i, item in enumerate(iterable):
+                results.append(None)
+                try:
+                    request = _request_for(op, (item,), {}, registry)
+                except Exception as exc:
+                    results[i] = exc
+                    failed.append(i)
+                    bar.update()
+                    continue
+                while len(inflight) >= limit:
+                    done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    settle(done)
+                inflight[asyncio.ensure_future(self._amap_one(request))] = i
+            while inflight:
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                settle(done)
+        finally:
+            for task in inflight:
+                task.cancel()
+            bar.close()
+        return _mapped(results, failed, return_exceptions)
+
+    async def _amap_one(self, request: EvalRequest) -> Any:
+        if request.stream:
+            items = []
+            async with self.astream(request) as s:
+                async for x in s:
+                    items.append(x)
+            return items
+        return (await self.aevaluate(request)).value
+
     # -- async defaults -----------------------------------------------------------
     async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                         timeout: float | None = None) -> EvalReply:
@@ -331,6 +531,43 @@ class _FabricBase:
 
 
 _F = TypeVar("_F", bound=_FabricBase)
+
+
+def _warn_torn(cassette: Any, where: str) -> None:
+    """WARNING when ``cassette`` cut a torn tail (a write cut short by a
+    crash) as it opened: those bytes held no complete record and are gone."""
+    stats = getattr(cassette, "stats", None)
+    try:
+        s = stats() if stats is not None else None
+    except Exception:  # a closed cassette, or a stand-in without counters
+        return
+    if isinstance(s, dict) and s.get("torn_tails_cut"):
+        cassette_log.warning("%s: the cassette %s cut a torn tail of %s bytes when it "
+                             "opened (a write cut short by a crash; no complete record lost)",
+                             where, s.get("path"), s.get("torn_bytes"))
+
+
+def _op_label(op: Any) -> str:
+    return op if isinstance(op, str) else str(getattr(op, "name", getattr(op, "op", "?")))
+
+
+def _size_of(iterable: Iterable[Any]) -> int | None:
+    """The number of items when the iterable knows it cheaply, else None."""
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _mapped(results: list[Any], failed: list[int], return_exceptions: bool) -> list[Any]:
+    """map's answer: the results, or the first failing item's error raised."""
+    if failed and not return_exceptions:
+        first = min(failed)
+        exc: Exception = results[first]
+        exc.add_note(f"raised for item {first} of map(); {len(failed)} of {len(results)} "
+                     f"items failed (return_exceptions=True gives every item's outcome)")
+        raise exc
+    return results
 
 
 def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -953,6 +1190,7 @@ class LedgeredRelayFabric(_FabricBase):
         self.cassette = cassette
         self.grants = frozenset(grants)
         self._stats = _Counters("hits", "misses", "recorded", "errors", "denied")
+        _warn_torn(cassette, "LedgeredRelayFabric")
 
     def _describe(self) -> str:
         return f"inner={type(self.inner).__name__}"
@@ -973,6 +1211,9 @@ class LedgeredRelayFabric(_FabricBase):
             self._stats.add("hits")
             return reply_from_record(record, request.key, "ledger")
         self._stats.add("misses")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("LedgeredRelayFabric: %s (%r) not recorded: asking %s", request.key,
+                      request.op, type(self.inner).__name__)
         return None
 
     def _failed(self, key: ContentKey, exc: BaseException) -> None:

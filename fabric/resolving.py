@@ -44,6 +44,7 @@ import collections
 import concurrent.futures
 import html
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase
+from .fabrics import ContentPeer, _FabricBase, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
 from .holders import HoldingIndex
@@ -117,6 +118,11 @@ class Ask(NamedTuple):
 
 _OPEN, _ASKING, _HOLDING, _STREAMING, _DONE = range(5)
 _HOME = ("home", "home", False)
+#: The resolution's decisions at DEBUG (which source is asked, why it moved
+#: on, where the reply came from); a peer marked failed at WARNING. Records
+#: name keys, ops, nodes and what a source answered, never arguments.
+log = logging.getLogger("fabric.resolving")
+
 # An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
 _new_ask = tuple.__new__
 
@@ -217,6 +223,8 @@ class Resolution:
             self._expect(_OPEN, "next")
         consistency = self.request.consistency
         if consistency == "local-only":
+            log.debug("%s %s (%r): not held and the request is local-only", self.node,
+                      self.key, self.request.op)
             self.steps.append(("policy", "local-only", "peers and home not asked"))
             raise self._end(ContentNotHeld(f"node {self.node!r} does not hold {self.key} "
                                            f"and the request is local-only"))
@@ -229,15 +237,23 @@ class Resolution:
                 t = left
             self._cur = (name, "holder" if announced else "peer", announced)
             self._state = _ASKING
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s (%r): asking %s %r", self.node, self.key, self.request.op,
+                          self._cur[1], name)
             return _new_ask(Ask, (name, self._cur[1], serve, t))
         if self.home is None or consistency == "no-home":
             why = "no home" if self.home is None else "request is no-home"
+            log.debug("%s %s (%r): no holder answered and %s", self.node, self.key,
+                      self.request.op, why)
             self.steps.append(("home", "-", why))
             raise self._with_attempts(NoHolderError(
                 f"no holder answered for {self.key} ({self.request.op!r}) and {why}"
                 + self._attempts_text()))
         self._cur = _HOME
         self._state = _ASKING
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s (%r): asking home %s", self.node, self.key, self.request.op,
+                      type(self.home).__name__)
         return _new_ask(Ask, ("home", "home", self.home, left))
 
     # -- answers ----------------------------------------------------------------
@@ -249,7 +265,11 @@ class Resolution:
         if not isinstance(exc, BaseException):
             raise TypeError("Resolution.failed() takes an exception instance")
         name, stage, announced = self._cur
-        self.steps.append((stage, name, describe_answer(exc)))
+        answer = describe_answer(exc)
+        self.steps.append((stage, name, answer))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s (%r): %s %r answered %s%s", self.node, self.key, self.request.op,
+                      stage, name, answer, "" if stage == "home" else "; moving on")
         if stage == "home":
             if self.attempts:
                 exc.add_note("peers asked first" + self._attempts_text())
@@ -262,6 +282,8 @@ class Resolution:
         # only skipped: its hung calls time out (and count) on their own.
         benign = isinstance(exc, (ContentNotHeld, CapabilityDenied)) and not announced
         if self.holders is not None and not benign and not isinstance(exc, PeerBusy):
+            log.warning("node %r marked peer %r failed (%s); it is asked last until it "
+                        "answers again", self.node, name, answer)
             self.holders.mark_failed(name)
         self._state = _OPEN
         return False
@@ -308,6 +330,9 @@ class Resolution:
                 self.holders.mark_ok(name)
         if self._state == _HOLDING:
             self.steps.append((stage, name, "computed" if stage == "home" else "hit"))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s (%r): answered by %s, recorded and announced", self.node,
+                      self.key, self.request.op, self.source)
         if self.holders is not None:
             self.holders.announce(self.key, self.node)
         self._state = _DONE
@@ -349,6 +374,7 @@ class Resolution:
             exc.add_note(message)
             return exc, message
         if self.holders is not None:
+            log.warning("node %r marked peer %r failed: %s", self.node, name, message)
             self.holders.mark_failed(name)
         remote = RemoteError(message)
         remote.node = name
@@ -473,6 +499,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         self.home = home
         self.holders = HoldingIndex() if holders is None else holders
         self.peer_timeout = peer_timeout
+        _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
         self._serves: dict[str, Any] = {}  # node id -> its serve fabric, as _peers

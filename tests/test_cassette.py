@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
 
 import msgpack
@@ -15,11 +20,18 @@ from fabric import ContentKey, EvalCassette, EvalRequest
 
 import cassette_ref
 
-GOLDEN = pathlib.Path(__file__).parent / "golden" / "ledger-v1.fabl"
-# What this code writes today (payloads in the value encoding, issue 10);
-# GOLDEN keeps the v1 canonical payloads that must still read.
-GOLDEN_WRITTEN = pathlib.Path(__file__).parent / "golden" / "ledger-v1-values.fabl"
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "ledger-v2.fabl"
+GOLDEN_V1 = pathlib.Path(__file__).parent / "golden" / "ledger-v1.fabl"
 T0 = 1_700_000_000_000_000_000
+
+
+def key_v1(i) -> ContentKey:
+    """The key scheme 1 key of key(i) (the same identity bytes under tag 1):
+    what the version 1 golden file, written before key scheme 2, holds."""
+    import hashlib
+
+    ident = EvalRequest("op", [i]).identity_bytes()
+    return ContentKey(hashlib.sha256(ident.replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
 
 
 def key(i) -> ContentKey:
@@ -344,6 +356,164 @@ def test_unterminated_stream_not_held(path):
         assert list(c.get_stream(key(1))) == ["again"]
 
 
+def test_stream_items_written_in_batches(path):
+    """Items are written a batch at a time (by count and bytes) and before
+    the END; an item that fails to encode is not kept; an abort drops the
+    batch; the stream reads back whole."""
+    with EvalCassette(path, durability="os") as c:
+        records = lambda: c.stats()["records"]
+        w = c.record_stream(key(1))
+        base = records()  # the BEGIN
+        for i in range(1500):
+            w.append(i)
+        assert records() == base + 1024  # one batch written, 476 items pending
+        with pytest.raises(TypeError):
+            w.append(object())
+        assert w.count == 1500
+        w.append("big" * 100_000)  # past the byte limit: written at once
+        assert records() == base + 1501
+        w.append(-1)
+        assert w.close() is True
+        assert records() == base + 1503  # the last item and the END
+        assert list(c.get_stream(key(1))) == [*range(1500), "big" * 100_000, -1]
+        w = c.record_stream(key(2))
+        for i in range(10):
+            w.append(i)
+        before = records()
+        w.abort()
+        assert records() == before + 1 and key(2) not in c  # the ABORT alone
+    with EvalCassette(path, "r") as c:
+        assert list(c.get_stream(key(1)))[-3:] == [1499, "big" * 100_000, -1]
+
+
+def test_stream_killed_with_items_pending_is_not_held(tmp_path):
+    """A process killed mid-stream, with a batch written and one pending:
+    the stream has no END, so it is not held, and the ledger opens strictly."""
+    path = str(tmp_path / "killed.fabl")
+    script = textwrap.dedent("""
+        import sys
+        from fabric import EvalCassette, EvalRequest
+        c = EvalCassette(sys.argv[1], durability="os")
+        w = c.record_stream(EvalRequest("op", [1]).key)
+        for i in range(2000):
+            w.append(i)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fabric.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    child = subprocess.Popen([sys.executable, "-c", script, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        child.kill()
+    finally:
+        child.communicate()
+    with EvalCassette(path, "r") as c:
+        assert key(1) not in c and len(c) == 0
+        assert c.stats()["records"] == 1 + 1024
+
+
+def test_delete_and_clear(path):
+    with EvalCassette(path, durability="fsync") as c:
+        for i in range(5):
+            c.record(key(i), i)
+        r = EvalCassette(path, "r")
+        assert r.get(key(3)) == 3
+        assert c.delete(key(1)) is True
+        assert c.delete(key(1)) is False  # not held: nothing written
+        assert c.delete(key(99)) is False
+        assert key(1) not in c and c.get(key(1)) is None and len(c) == 4
+        assert sorted(c.get(k) for k in c) == [0, 2, 3, 4]
+        assert c.stats()["tombstones"] == 1
+        assert r.get(key(1)) == 1  # a hit does not look at the file: the window
+        assert r.get(key(99)) is None  # a miss does, and finds the tombstone
+        assert r.get(key(1)) is None and len(r) == 4
+        assert c.delete(key(3)) is True
+        assert r.refresh() == 1  # refresh() looks too
+        assert r.get(key(3)) is None
+        assert c.record(key(1), "again") is True  # a deleted key can be recorded again
+        assert c.get(key(1)) == "again" and r.get(key(1)) == "again"
+        with c.record_stream(key(2)) as w:  # held: the stream is a no-op
+            assert w.held
+        assert c.delete(key(2)) is True
+        with c.record_stream(key(2)) as w:
+            w.append("s")
+        assert list(c.get_stream(key(2))) == ["s"]
+        r.close()
+    with pytest.raises(fabric.LedgerError, match="read-only"), EvalCassette(path, "r") as r:
+        r.delete(key(0))
+    with EvalCassette(path) as c:
+        assert {c.get(k) if k != key(2) else "stream" for k in c} == {0, "again", 4, "stream"}
+        assert c.clear() == 4
+        assert len(c) == 0 and key(0) not in c and list(c) == []
+        c.record(key(0), "fresh")
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 1 and c.get(key(0)) == "fresh"
+
+
+def test_expire(path):
+    with EvalCassette(path, durability="os") as c:
+        assert c.record(key(1), 1, expire=1e-9) is True  # past by the next call
+        assert c.get(key(1)) is None and key(1) not in c
+        assert c.record(key(1), "again", expire=3600) is True  # expired: recorded again
+        assert c.get(key(1)) == "again"
+        assert c.record(key(1), "third") is False  # held until it expires
+        assert c.record(key(2), 2, expire=None) is True
+        for bad, exc in ((0, ValueError), (-1, ValueError), (float("nan"), ValueError),
+                         ("1", TypeError), (True, TypeError)):
+            with pytest.raises(exc, match="expire"):
+                c.record(key(3), 3, expire=bad)
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            c.record(key(3), 3, expires=1)
+        c.record(key(4), 4, expire=1e-9)
+        assert c.compact() == 0  # drops the expired reply
+    with EvalCassette(path, "r") as c:
+        assert c.get(key(1)) == "again" and c.get(key(2)) == 2 and c.get(key(4)) is None
+        assert c.stats()["records"] == 2
+
+
+def test_compact_max_bytes_evicts_oldest_first(path, tmp_path):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(200):
+            if i % 20 == 7:
+                with c.record_stream(key(i)) as w:
+                    for j in range(10):
+                        w.append("x" * 30)
+            else:
+                c.record(key(i), "v" * 100)
+        c.delete(key(199))
+        dest = str(tmp_path / "small.fabl")
+        evicted = c.compact(dest, max_bytes=10_000)
+        with pytest.raises(ValueError, match="max_bytes"):
+            c.compact(dest, max_bytes=10)
+        with pytest.raises(TypeError, match="max_bytes"):
+            c.compact(dest, max_bytes=1.5)
+    assert 9_000 < os.path.getsize(dest) <= 10_000
+    with EvalCassette(dest, "r") as c:
+        kept = len(c)
+        assert kept + evicted == 199
+        first = 199 - kept
+        assert [i for i in range(199) if key(i) in c] == list(range(first, 199))
+        for i in range(first, 199):
+            if i % 20 == 7:  # a stream is kept whole
+                assert list(c.get_stream(key(i))) == ["x" * 30] * 10
+    with EvalCassette(dest) as c:  # an evicted key can be recorded again
+        assert c.record(key(0), "back") is True and c.get(key(0)) == "back"
+
+
+def test_compact_keeps_deletes(path):
+    with EvalCassette(path, durability="os") as c:
+        for i in range(10):
+            c.record(key(i), i)
+        c.delete(key(4))
+        c.compact()
+        assert key(4) not in c and len(c) == 9
+        assert c.stats()["tombstones"] == 0
+    with EvalCassette(path, "r") as c:
+        assert key(4) not in c and len(c) == 9 and c.stats()["records"] == 9
+
+
 def test_compact(path, tmp_path):
     dest = str(tmp_path / "compact.fabl")
     with EvalCassette(path) as c:
@@ -379,7 +549,7 @@ def test_stats_and_progress(path):
     assert s["bytes"] == size
     assert s["index_bytes_per_key"] <= 64
     assert s["torn_tails_cut"] == s["salvage_skips"] == 0
-    assert s["version"] == fabric._core.LEDGER_VERSION == 1
+    assert s["version"] == fabric._core.LEDGER_VERSION == 2
 
 
 def test_torn_tail_cut_and_reported(path):
@@ -476,30 +646,85 @@ def test_golden_ledger():
     tmp = GOLDEN.with_suffix(".tmp")
     try:
         write_golden(str(tmp))
-        assert tmp.read_bytes() == GOLDEN_WRITTEN.read_bytes(), \
-            "the ledger format changed: review the diff"
+        assert tmp.read_bytes() == data, "the ledger format changed: review the diff"
     finally:
-        for p in (tmp, pathlib.Path(str(tmp) + ".lock")):
-            if p.exists():
-                p.unlink()
+        tmp.unlink(missing_ok=True)
     recs = list(cassette_ref.read(data))
     assert data[:64] == cassette_ref.header(T0)
-    assert [r[1] for r in recs] == [1, 1, 2, 3, 3, 4, 1]
+    assert [r[1] for r in recs] == [1, 1, 2, 3, 3, 4, 1, 9, 1, 9, 1]
     for off, rtype, k, payload in recs:
         assert cassette_ref.record(rtype, k, payload) == data[off : off + 52 + len(payload)]
-    assert msgpack.unpackb(recs[0][3]) == {"answer": 42}
+    # Replies are in the value encoding (docs/spec/values.md).
+    assert recs[0][3][:2] == b"\xc1\x01"
+    assert fabric.decode_value(recs[0][3]) == {"answer": 42}
+    tomb, clear = recs[7], recs[9]
+    assert tomb[2] == key("golden-2").digest and tomb[3] == b""
+    assert clear[2] == bytes(32) and clear[3] == b"\x01"
     with EvalCassette(str(GOLDEN), "r") as c:
-        # The v1 file holds records under key scheme 1's keys.
+        assert len(c) == 1 and c.get(key("golden-1")) is None
+        assert c.get(key("after-clear")) == 1
+
+
+def test_golden_v1_ledger_still_read_and_upgraded(tmp_path):
+    """A version 1 file (the committed golden file of that version) is read
+    as before, appended to as version 1, and rewritten as version 2 by the
+    first record version 1 does not know (a tombstone)."""
+    data = GOLDEN_V1.read_bytes()
+    assert data[:64] == cassette_ref.header(T0, version=1)
+    with EvalCassette(str(GOLDEN_V1), "r") as c:
+        assert c.stats()["version"] == 1
         assert c.get(key_v1("golden-1")) == {"answer": 42}
         assert list(c.get_stream(key_v1("stream"))) == ["a", "b"]
+    p = tmp_path / "v1.fabl"
+    p.write_bytes(data)
+    with EvalCassette(str(p), durability="os") as c:
+        assert c.record(key("new"), 1) is True
+        assert p.read_bytes()[8] == 1
+        assert c.delete(key_v1("golden-1")) is True
+        assert c.stats()["version"] == 2
+    data2 = p.read_bytes()
+    assert data2[:64] == cassette_ref.header(T0, version=2)
+    assert data2[64:] == data[64:] + data2[len(data):]
+    assert [r[1] for r in cassette_ref.read(data2)][-2:] == [1, 9]
+    with EvalCassette(str(p), "r") as c:
+        assert c.get(key_v1("golden-1")) is None and c.get(key("new")) == 1
 
 
-def key_v1(i) -> ContentKey:
-    """The key scheme 1 key of key(i) (the same identity bytes under tag 1)."""
-    import hashlib
+GOLDEN_CKPT = pathlib.Path(str(GOLDEN_V1) + ".ckpt")
 
-    ident = EvalRequest("op", [i]).identity_bytes()
-    return ContentKey(hashlib.sha256(ident.replace(b"fabric.key/2", b"fabric.key/1", 1)).digest())
+
+def test_golden_checkpoint(tmp_path):
+    """The committed checkpoint of the version 1 golden ledger: every field
+    checked by the reference reader; used by an open; and written again by
+    this code byte for byte (a checkpoint in use keeps its seed)."""
+    ledger, ckpt = GOLDEN_V1.read_bytes(), GOLDEN_CKPT.read_bytes()
+    ref = cassette_ref.read_checkpoint(ckpt, ledger)
+    commits = {}
+    for off, rtype, k, _ in cassette_ref.read(ledger):
+        if rtype in (1, 4):
+            commits.setdefault(k, off)
+    assert ref["slots"] == commits and ref["covered"] == len(ledger)
+    p = tmp_path / "g.fabl"
+    p.write_bytes(ledger)
+    pathlib.Path(str(p) + ".ckpt").write_bytes(ckpt)
+    with EvalCassette(str(p)) as c:
+        assert c.stats()["checkpoint"]["state"] == "used"
+        assert c.stats()["open_replayed"] == 0
+        assert c.get(key_v1("golden-1")) == {"answer": 42}
+        c.checkpoint()
+    assert pathlib.Path(str(p) + ".ckpt").read_bytes() == ckpt
+
+
+def write_golden_checkpoint() -> None:
+    """Writes GOLDEN_CKPT (with a fresh seed) beside GOLDEN_V1, read-only."""
+    with EvalCassette(str(GOLDEN_V1), "r") as c:
+        assert c.stats()["checkpoint"]["state"] == "none"
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "g.fabl")
+        shutil.copyfile(GOLDEN_V1, p)
+        with EvalCassette(p) as c:
+            c.checkpoint()
+        shutil.copyfile(p + ".ckpt", GOLDEN_CKPT)
 
 
 def write_golden(p: str) -> None:
@@ -510,9 +735,14 @@ def write_golden(p: str) -> None:
             w.append("a")
             w.append("b")
         c.record(key("golden-3"), "")
+        c.delete(key("golden-2"))  # a TOMBSTONE
+        c.record(key("golden-2"), "again")  # recorded again after its delete
+        c.clear()  # a TOMBSTONE with a zero key and payload {1}
+        c.record(key("after-clear"), 1)
 
 
 if __name__ == "__main__":  # python tests/test_cassette.py: rewrite the golden file
-    GOLDEN_WRITTEN.unlink(missing_ok=True)
-    write_golden(str(GOLDEN_WRITTEN))
-    os.unlink(str(GOLDEN_WRITTEN) + ".lock")
+    GOLDEN.unlink(missing_ok=True)
+    write_golden(str(GOLDEN))
+    if not GOLDEN_CKPT.exists():  # its seed is random: written once
+        write_golden_checkpoint()

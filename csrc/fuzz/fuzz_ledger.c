@@ -33,7 +33,8 @@ static int on_record(void *ctx, uint64_t offset, int type, const uint8_t *key,
     seen *s = ctx;
     if (offset < s->last_end || offset < FAB_LEDGER_HEADER_SIZE)
         abort(); /* records come in file order and never overlap */
-    if (type < FAB_REC_REPLY || type > FAB_REC_STREAM_ABORT)
+    if ((type < FAB_REC_REPLY || type > FAB_REC_REQUEST) && type != FAB_REC_TOMBSTONE &&
+        (type < FAB_REC_SKIPPABLE_MIN || type > FAB_REC_SKIPPABLE_MAX))
         abort();
     if (key != s->data + offset + FAB_LEDGER_REC_HEADER ||
         payload != key + FAB_LEDGER_KEY_LEN || offset + FAB_LEDGER_REC_OVERHEAD + len > s->len)

@@ -11,6 +11,8 @@
 
 #include <string.h>
 
+#include <time.h>
+
 #include "fabric/ledger.h"
 #include "fabric/mpdec.h"
 
@@ -286,7 +288,14 @@ typedef struct {
     uint64_t begin;
     uint64_t count;
     int state; /* 0 open, 1 closed, 2 aborted, 3 no-op (key already held) */
+    fab_buf pending; /* items not written yet: [4-byte length][bytes]... */
+    size_t n_pending;
 } WriterObject;
+
+/* A stream writer writes its items in batches of this many items or
+ * bytes (spec: Streams), and before its END. */
+#define WRITER_BATCH_ITEMS 1024
+#define WRITER_BATCH_BYTES ((size_t)256 << 10)
 
 static void child_dealloc(PyObject *self, CassetteObject *c)
 {
@@ -441,7 +450,40 @@ static PyType_Spec Stream_spec = {
 
 static void Writer_dealloc(PyObject *self)
 {
+    fab_buf_destroy(&((WriterObject *)self)->pending);
     child_dealloc(self, ((WriterObject *)self)->c);
+}
+
+/* Writes the pending items (one append). 0, or -1 with an exception set:
+ * then items of the stream are lost, so the writer is finished as
+ * aborted (an ABORT is written if the ledger still takes one) and never
+ * commits a stream with items missing. */
+static int writer_flush(WriterObject *w, fab_state *st)
+{
+    if (w->n_pending == 0)
+        return 0;
+    CassetteObject *c = w->c;
+    if (enter(c) < 0)
+        return -1;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_append_batch(c->l, w->key, w->begin, w->pending.data,
+                                        w->pending.len, &err);
+    if (rc < 0) {
+        fab_ledger_error err2;
+        (void)fab_ledger_stream_abort(c->l, w->key, w->begin, &err2);
+    }
+    Py_END_ALLOW_THREADS
+    leave(c);
+    w->pending.len = 0;
+    w->n_pending = 0;
+    if (rc < 0) {
+        w->state = 2;
+        raise_ledger(st, c->path, rc, &err);
+        return -1;
+    }
+    return 0;
 }
 
 static int writer_ready(WriterObject *w)
@@ -462,32 +504,31 @@ static PyObject *Writer_append(PyObject *self, PyObject *item)
     fab_state *st = cassette_state((PyObject *)c);
     if (st == NULL)
         return NULL;
-    fab_buf buf;
+    /* The item goes to the pending batch, after a 4-byte length. */
+    fab_buf *pending = &w->pending;
+    size_t at = pending->len;
+    if (fab_buf_append(pending, "\0\0\0\0", 4) < 0)
+        return PyErr_NoMemory();
     fab_enc enc;
-    fab_buf_init(&buf);
-    fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_record(st, &enc, item, "item") < 0) {
-        fab_buf_destroy(&buf);
+    fab_enc_init(&enc, fab_buf_sink, pending);
+    int enc_rc = fab_py_encode_record(st, &enc, item, "item");
+    if (enc_rc < 0 || w->state == 3 || pending->len - at - 4 > UINT32_MAX) {
+        /* not kept: a bad item, or the key is held (the stream is a no-op) */
+        pending->len = at;
+        if (enc_rc < 0)
+            return NULL;
+        if (w->state == 3)
+            Py_RETURN_NONE;
+        PyErr_SetString(st->exc[FAB_PYEXC_LedgerError],
+                        "a stream item is larger than the ledger's limit");
         return NULL;
     }
-    if (w->state == 3) { /* the key is held: the stream is a no-op */
-        fab_buf_destroy(&buf);
-        Py_RETURN_NONE;
-    }
-    if (enter(c) < 0) {
-        fab_buf_destroy(&buf);
-        return NULL;
-    }
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_stream_append(c->l, w->key, w->begin, buf.data, buf.len, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
-    fab_buf_destroy(&buf);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
+    fab_store_le32(pending->data + at, (uint32_t)(pending->len - at - 4));
+    w->n_pending++;
     w->count++;
+    if ((w->n_pending >= WRITER_BATCH_ITEMS || pending->len >= WRITER_BATCH_BYTES) &&
+        writer_flush(w, st) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -501,7 +542,17 @@ static PyObject *writer_finish(WriterObject *w, int commit)
         Py_RETURN_FALSE;
     }
     fab_state *st = cassette_state((PyObject *)c);
-    if (st == NULL || enter(c) < 0)
+    if (st == NULL)
+        return NULL;
+    if (!commit) { /* an aborted stream's items are never read */
+        w->pending.len = 0;
+        w->n_pending = 0;
+    }
+    if (writer_flush(w, st) < 0) {
+        w->state = 2;
+        return NULL;
+    }
+    if (enter(c) < 0)
         return NULL;
     fab_ledger_error err;
     int rc;
@@ -718,15 +769,17 @@ static void Cassette_dealloc(PyObject *self)
 
 /* Writes an encoded reply under key (GIL held on entry and exit; released
  * for the ledger write). 1 if new, 0 if already held, -1 with an exception. */
-static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
-                          const fab_buf *buf)
+/* Records buf for key, expiring at expires_ns (0: never). 1 written, 0
+ * held, -1 with an exception set. */
+static int record_expiring(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                           const fab_buf *buf, uint64_t expires_ns)
 {
     if (enter(c) < 0)
         return -1;
     fab_ledger_error err;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_record(c->l, key, buf->data, buf->len, &err);
+    rc = fab_ledger_record_ex(c->l, key, buf->data, buf->len, expires_ns, &err);
     Py_END_ALLOW_THREADS
     leave(c);
     if (rc < 0) {
@@ -736,13 +789,60 @@ static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32
     return rc;
 }
 
-static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                          const fab_buf *buf)
+{
+    return record_expiring(st, c, key, buf, 0);
+}
+
+/* The expiry time of expire= (seconds from now, a positive number, or None
+ * for never): 0 for never, else nanoseconds since the epoch; -1 with an
+ * exception set. */
+static int expiry_of(PyObject *expire, uint64_t *out)
+{
+    *out = 0;
+    if (expire == NULL || expire == Py_None)
+        return 0;
+    if (PyBool_Check(expire) || !(PyLong_Check(expire) || PyFloat_Check(expire))) {
+        PyErr_Format(PyExc_TypeError, "expire must be a number of seconds or None, not %.100s",
+                     Py_TYPE(expire)->tp_name);
+        return -1;
+    }
+    double secs = PyFloat_AsDouble(expire);
+    if (secs == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(secs > 0) || secs > 1e11) { /* NaN too; 1e11 s is about 3,000 years */
+        PyErr_Format(PyExc_ValueError, "expire must be a positive number of seconds, not %R",
+                     expire);
+        return -1;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *out = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + (uint64_t)(secs * 1e9);
+    return 0;
+}
+
+static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
 {
     CassetteObject *c = (CassetteObject *)self;
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "record() takes a key and a reply (%zd given)", nargs);
         return NULL;
     }
+    PyObject *expire = NULL;
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "expire") != 0) {
+            PyErr_Format(PyExc_TypeError, "record() got an unexpected keyword argument %R",
+                         name);
+            return NULL;
+        }
+        expire = args[nargs + i];
+    }
+    uint64_t expires_ns;
+    if (expiry_of(expire, &expires_ns) < 0)
+        return NULL;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     if (st == NULL || get_key(args[0], key) < 0)
@@ -755,7 +855,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
         fab_buf_destroy(&buf);
         return NULL;
     }
-    int rc = record_encoded(st, c, key, &buf);
+    int rc = record_expiring(st, c, key, &buf, expires_ns);
     fab_buf_destroy(&buf);
     if (rc < 0)
         return NULL;
@@ -926,6 +1026,8 @@ static PyObject *Cassette_record_stream(PyObject *self, PyObject *key_obj)
     w->begin = begin;
     w->count = 0;
     w->state = rc == 1 ? 0 : 3;
+    fab_buf_init(&w->pending);
+    w->n_pending = 0;
     return (PyObject *)w;
 }
 
@@ -950,6 +1052,14 @@ static PyObject *Cassette_get_stream(PyObject *self, PyObject *const *args, Py_s
     PyObject *s = open_stream(c, st, key);
     leave(c);
     return s;
+}
+
+static int dict_set_u64(PyObject *d, const char *name, uint64_t v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    int rc = o ? PyDict_SetItemString(d, name, o) : -1;
+    Py_XDECREF(o);
+    return rc;
 }
 
 static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -984,6 +1094,7 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
               PyDict_SetItemString(d, "reloads", r) < 0 ||
               PyDict_SetItemString(d, "foreign_records", fr) < 0 ||
               PyDict_SetItemString(d, "leftovers_removed", lr) < 0 ||
+              dict_set_u64(d, "tombstones", s.tombstones) < 0 ||
               PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0;
     static const char *const ckpt_names[] = {"none", "used", "ignored", "rebuilt"};
     PyObject *ck = bad ? NULL : Py_BuildValue(
@@ -1060,7 +1171,7 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     fab_state *st = cassette_state(self);
     if (st == NULL)
         return NULL;
-    PyObject *dest_arg = NULL, *progress = NULL;
+    PyObject *dest_arg = NULL, *progress = NULL, *max_obj = NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "compact() takes at most one positional argument "
@@ -1073,6 +1184,9 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "progress") == 0) {
             progress = args[nargs + i];
+        } else if (PyUnicode_Check(name) &&
+                   PyUnicode_CompareWithASCIIString(name, "max_bytes") == 0) {
+            max_obj = args[nargs + i];
         } else {
             PyErr_Format(PyExc_TypeError, "compact() got an unexpected keyword argument %R",
                          name);
@@ -1081,6 +1195,22 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     }
     if (progress == Py_None)
         progress = NULL;
+    unsigned long long max_bytes = 0;
+    if (max_obj && max_obj != Py_None) {
+        if (!PyLong_Check(max_obj) || PyBool_Check(max_obj)) {
+            PyErr_Format(PyExc_TypeError, "max_bytes must be an int or None, not %.100s",
+                         Py_TYPE(max_obj)->tp_name);
+            return NULL;
+        }
+        max_bytes = PyLong_AsUnsignedLongLong(max_obj);
+        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        if (max_bytes < FAB_LEDGER_HEADER_SIZE) {
+            PyErr_Format(PyExc_ValueError, "max_bytes must be at least %d (the ledger header), "
+                         "not %llu", FAB_LEDGER_HEADER_SIZE, max_bytes);
+            return NULL;
+        }
+    }
     if (progress && !PyCallable_Check(progress)) {
         PyErr_SetString(PyExc_TypeError, "progress must be a callable(done, total) or None");
         return NULL;
@@ -1095,8 +1225,10 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     fab_ledger_error err;
     int rc;
     const char *dest = fs ? PyBytes_AS_STRING(fs) : NULL;
+    uint64_t evicted = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_compact(c->l, dest, progress ? progress_cb : NULL, progress, &err);
+    rc = fab_ledger_compact_ex(c->l, dest, max_bytes, progress ? progress_cb : NULL, progress,
+                               &evicted, &err);
     Py_END_ALLOW_THREADS
     leave(c);
     if (PyErr_Occurred()) { /* a KeyboardInterrupt... in the progress callback */
@@ -1113,7 +1245,42 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     Py_XDECREF(fs);
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(evicted);
+}
+
+static PyObject *Cassette_delete(PyObject *self, PyObject *key_obj)
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    uint8_t key[32];
+    if (st == NULL || get_key(key_obj, key) < 0 || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_delete(c->l, key, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyBool_FromLong(rc);
+}
+
+static PyObject *Cassette_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_error err;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_clear(c->l, &err);
+    Py_END_ALLOW_THREADS
+    leave(c);
+    if (rc < 0)
+        return raise_ledger(st, c->path, rc, &err);
+    return PyLong_FromLong(rc);
 }
 
 static PyObject *Cassette_checkpoint(PyObject *self, PyObject *Py_UNUSED(ignored))
@@ -1204,11 +1371,22 @@ static PyObject *Cassette_get_durability(PyObject *self, void *Py_UNUSED(closure
 }
 
 static PyMethodDef Cassette_methods[] = {
-    {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL,
-     "record($self, key, reply, /)\n--\n\n"
+    {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL | METH_KEYWORDS,
+     "record($self, key, reply, /, *, expire=None)\n--\n\n"
      "Records reply (any value canonical_bytes accepts) for key (a ContentKey). Returns True "
      "once written (and durable per the durability mode), False when the key was already "
-     "held: first write wins and nothing is written."},
+     "held: first write wins and nothing is written. expire: seconds after which the reply "
+     "is no longer held (get misses, compaction drops it, the key can be recorded again)."},
+    {"delete", Cassette_delete, METH_O,
+     "delete($self, key, /)\n--\n\n"
+     "Deletes key: writes a durable tombstone (synced per the durability mode) and returns "
+     "True when it was held, False when not (nothing written). This handle sees it at once, "
+     "other handles and processes at their next miss or refresh(); a get() there that hits "
+     "before may still return the reply. The key can be recorded again."},
+    {"clear", Cassette_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\n"
+     "Deletes every key recorded so far (one durable record); returns how many were held. "
+     "Seen by others as delete() is. The file shrinks at the next compact()."},
     {"get", (PyCFunction)(void (*)(void))Cassette_get, METH_FASTCALL,
      "get($self, key, default=None, /)\n--\n\n"
      "The decoded reply held for key, or default. A streamed reply comes back as a lazy "
@@ -1243,13 +1421,17 @@ static PyMethodDef Cassette_methods[] = {
      "records it holds (stats()[\"reloads\"] counts the moves). A get() that misses does the "
      "same by itself."},
     {"compact", (PyCFunction)(void (*)(void))Cassette_compact, METH_FASTCALL | METH_KEYWORDS,
-     "compact($self, dest=None, /, *, progress=None)\n--\n\nWrites the held replies and "
+     "compact($self, dest=None, /, *, progress=None, max_bytes=None)\n--\n\nWrites the held "
+     "replies and "
      "streams, without torn, duplicate or bad records, to dest atomically (temporary file "
      "DEST.compact.tmp.PID, fsync, rename, fsync of the directory). dest must not be this "
      "ledger. Without dest (a writer only) the ledger is compacted in place: other processes "
      "may keep it open and appending; they move to the new file at their next append, miss "
      "or refresh(). Leftover temporary files of dead processes are removed first. "
-     "progress: callable(done, total), called as source bytes are copied."},
+     "progress: callable(done, total), called as source bytes are copied. max_bytes: keep "
+     "at most that many bytes, leaving out the oldest recorded replies and streams first (a "
+     "stream whole); records others append meanwhile are kept. Deleted and expired replies "
+     "are always left out. Returns the number of keys left out to fit max_bytes."},
     {"checkpoint", Cassette_checkpoint, METH_NOARGS,
      "checkpoint($self, /)\n--\n\nWrites a checkpoint of the index beside the ledger "
      "(PATH.ckpt, docs/spec/ledger.md), so that the next open replays only the records "

@@ -232,6 +232,7 @@ int fab_py_reply_exec(PyObject *module, fab_state *st);
 int fab_py_addressed_exec(PyObject *module, fab_state *st);
 int fab_py_frames_exec(PyObject *module, fab_state *st);
 int fab_py_placement_exec(PyObject *module, fab_state *st);
+int fab_py_reprs_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
@@ -250,6 +251,12 @@ int fab_py_reply_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_reply_clear(fab_state *st);
 int fab_py_addressed_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_addressed_clear(fab_state *st);
+
+/* reprs.c: text escaped for HTML (& < > " '), a new reference; and text
+ * escaped inside <code> (with a title attribute when title is not NULL; the
+ * title is written as given). NULL with an exception on error. */
+PyObject *fab_py_html_escape(PyObject *text);
+PyObject *fab_py_html_code(PyObject *text, const char *title);
 
 /* key.c: a Secret's value (borrowed) and whether it is committed. */
 PyObject *fab_py_secret_value(PyObject *secret, int *commit);

@@ -93,11 +93,23 @@ static PyObject *Secret_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
     return NULL;
 }
 
+/* For notebooks: the same redacted text as repr, never the value. */
+static PyObject *Secret_repr_html(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *text = Secret_repr(self);
+    if (text == NULL)
+        return NULL;
+    PyObject *out = fab_py_html_code(text, "a Secret: its value is never shown");
+    Py_DECREF(text);
+    return out;
+}
+
 static PyMethodDef Secret_methods[] = {
     {"reveal", (PyCFunction)Secret_reveal, METH_NOARGS,
      "reveal($self, /)\n--\n\nReturn the wrapped value."},
     {"__reduce__", Secret_reduce, METH_NOARGS, NULL},
     {"__reduce_ex__", (PyCFunction)Secret_reduce, METH_O, NULL},
+    {"_repr_html_", Secret_repr_html, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

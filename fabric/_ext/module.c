@@ -38,6 +38,7 @@ static const struct part {
     {"addressed", fab_py_addressed_exec, fab_py_addressed_traverse, fab_py_addressed_clear},
     {"frames", fab_py_frames_exec, fab_py_frames_traverse, fab_py_frames_clear},
     {"placement", fab_py_placement_exec, fab_py_placement_traverse, fab_py_placement_clear},
+    {"reprs", fab_py_reprs_exec, NULL, NULL},
 };
 
 #define NPARTS (sizeof(parts) / sizeof(parts[0]))

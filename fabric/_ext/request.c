@@ -753,6 +753,25 @@ static PyObject *EvalRequest_unpickle(PyObject *cls, PyObject *fields)
     return request_build(st, kw);
 }
 
+/* For notebooks: the repr (arguments cut, secrets redacted as in repr) and
+ * the key, bounded whatever the arguments' size. */
+static PyObject *EvalRequest_repr_html(EvalRequestObject *r, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *text = EvalRequest_repr(r), *code = NULL, *key = NULL, *key_text = NULL;
+    PyObject *out = NULL;
+    if (text == NULL || (code = fab_py_html_code(text, NULL)) == NULL ||
+        (key = request_key(r)) == NULL || (key_text = PyObject_Str(key)) == NULL)
+        goto done;
+    out = PyUnicode_FromFormat("<b>EvalRequest</b> %U<br><small>key <code>%U</code></small>",
+                               code, key_text);
+done:
+    Py_XDECREF(text);
+    Py_XDECREF(code);
+    Py_XDECREF(key);
+    Py_XDECREF(key_text);
+    return out;
+}
+
 static PyMethodDef EvalRequest_methods[] = {
     {"identity_bytes", (PyCFunction)EvalRequest_identity_bytes, METH_NOARGS,
      "identity_bytes($self, /)\n--\n\n"
@@ -761,6 +780,7 @@ static PyMethodDef EvalRequest_methods[] = {
      "replace($self, /, **changes)\n--\n\nA copy of the request with some fields changed."},
     {"__reduce__", (PyCFunction)EvalRequest_reduce, METH_NOARGS, NULL},
     {"_unpickle", EvalRequest_unpickle, METH_O | METH_CLASS, NULL},
+    {"_repr_html_", (PyCFunction)EvalRequest_repr_html, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,7 +28,7 @@
 
 #include "fabric/error.h"
 
-#define FAB_LEDGER_VERSION 1
+#define FAB_LEDGER_VERSION 2
 #define FAB_LEDGER_HEADER_SIZE 64
 #define FAB_LEDGER_REC_HEADER 20
 #define FAB_LEDGER_KEY_LEN 32
@@ -42,7 +42,19 @@ enum fab_ledger_type {
     FAB_REC_STREAM_CHUNK = 3,
     FAB_REC_STREAM_END = 4,
     FAB_REC_STREAM_ABORT = 5,
+    FAB_REC_REQUEST = 6,    /* v2: a request's canonical bytes (issue 10); skipped by replay */
+    FAB_REC_TOMBSTONE = 9,  /* v2: ends the key's commit; with a zero key and payload {1}: clear */
 };
+
+/* The first and last skippable record types (v2): read past, never indexed. */
+#define FAB_REC_SKIPPABLE_MIN 64
+#define FAB_REC_SKIPPABLE_MAX 127
+
+/* Record flags (v2). VALUE: the payload is in the value encoding (REPLY,
+ * STREAM_CHUNK); EXPIRES: a REPLY's payload starts with its 8-byte expiry
+ * time (nanoseconds since the Unix epoch), then the reply. */
+#define FAB_REC_FLAG_VALUE 1
+#define FAB_REC_FLAG_EXPIRES 2
 
 enum fab_ledger_mode { FAB_LEDGER_READ = 0, FAB_LEDGER_WRITE = 1 };
 enum fab_ledger_durability { FAB_DUR_OS = 0, FAB_DUR_FSYNC = 1, FAB_DUR_GROUP = 2 };
@@ -109,6 +121,8 @@ typedef struct fab_ledger_ref {
     size_t len;
     uint64_t offset;      /* offset of the committing record */
     int type;             /* FAB_REC_REPLY or FAB_REC_STREAM_END */
+    int flags;            /* the record's flags (FAB_REC_FLAG_*) */
+    uint64_t expires_ns;  /* a REPLY's expiry time, 0 when it has none */
 } fab_ledger_ref;
 
 typedef struct fab_ledger_stats {
@@ -132,6 +146,7 @@ typedef struct fab_ledger_stats {
     uint64_t ckpt_keys;
     uint64_t ckpt_written;   /* checkpoints written by this handle */
     uint64_t open_replayed;  /* records open replayed from the ledger itself */
+    uint64_t tombstones;     /* keys deleted whose tombstone is indexed */
     int writers;             /* handles (any process) open for writing, from /proc/locks; -1 unknown */
     int exclusive;
     int version;
@@ -165,6 +180,24 @@ void fab_ledger_close(fab_ledger *l);
  */
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                       fab_ledger_error *err);
+
+/*
+ * fab_ledger_record with an expiry time (nanoseconds since the Unix epoch,
+ * CLOCK_REALTIME; 0 = never): the reply is not held from that time on (a
+ * get misses, compaction drops it, the key can be recorded again).
+ */
+int fab_ledger_record_ex(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
+                         uint64_t expires_ns, fab_ledger_error *err);
+
+/* Deletes key (a durable TOMBSTONE record, synced per the durability
+ * mode): 1 when it was held, 0 when not (nothing written), or an error as
+ * fab_ledger_record. The key can be recorded again. */
+int fab_ledger_delete(fab_ledger *l, const uint8_t key[32], fab_ledger_error *err);
+
+/* Deletes every key recorded so far (one TOMBSTONE record with a zero key
+ * and payload {1}). Returns the number of keys that were held (>= 0,
+ * saturated at INT32_MAX) or an error. */
+int fab_ledger_clear(fab_ledger *l, fab_ledger_error *err);
 
 /*
  * Finds the committed record of key. Returns 1 and fills *ref, 0 when not
@@ -230,6 +263,15 @@ uint64_t fab_ledger_generation(fab_ledger *l);
 int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
                        void *progress_ctx, fab_ledger_error *err);
 
+/* fab_ledger_compact keeping at most max_bytes (0 = no limit): the oldest
+ * recorded replies and streams (ledger order) are left out until the rest
+ * fits; a stream is kept or left out whole. Records appended by others
+ * during the compaction are kept and may exceed the limit. *evicted (may
+ * be NULL) is set to the number of keys left out. */
+int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
+                          fab_ledger_progress_fn progress, void *progress_ctx,
+                          uint64_t *evicted, fab_ledger_error *err);
+
 /* ---- streams ------------------------------------------------------------ */
 
 /* Starts a stream for key: 1 and *begin set when started, 0 when the key is
@@ -241,6 +283,13 @@ int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begi
  * stream is lost and must be recorded again. */
 int fab_ledger_stream_append(fab_ledger *l, const uint8_t key[32], uint64_t begin,
                              const void *data, size_t len, fab_ledger_error *err);
+/* Appends a batch of items with one write under one append lock: packed
+ * holds each item (canonical msgpack) as a 4-byte little-endian length and
+ * its bytes, back to back (len bytes in all). 0 or an error as
+ * fab_ledger_stream_append; FAB_EINVAL when packed is malformed (nothing
+ * written). */
+int fab_ledger_stream_append_batch(fab_ledger *l, const uint8_t key[32], uint64_t begin,
+                                   const void *packed, size_t len, fab_ledger_error *err);
 /* Commits the stream (durable per mode). 1 when it now holds the key, 0 when
  * another record committed the key first (an ABORT is written), or an error. */
 int fab_ledger_stream_end(fab_ledger *l, const uint8_t key[32], uint64_t begin,

@@ -48,6 +48,10 @@ int fab_lindex_find(const fab_lindex *ix, const uint8_t key[32], uint64_t hash, 
 int fab_lindex_insert(fab_lindex *ix, const uint8_t key[32], uint64_t hash, uint64_t value,
                       uint64_t *existing);
 
+/* Replaces the value of key when present: 1, else 0 (nothing changed).
+ * The new value must name a record with the same key (eq compares it). */
+int fab_lindex_set(fab_lindex *ix, const uint8_t key[32], uint64_t hash, uint64_t value);
+
 /* Makes room for n entries in total, so that the next inserts up to n
  * cannot fail. 0 or FAB_ENOMEM / FAB_EOVERFLOW. */
 int fab_lindex_reserve(fab_lindex *ix, size_t n);

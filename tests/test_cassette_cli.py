@@ -1,0 +1,95 @@
+"""``fabric cassette stats|dump|compact`` as real processes: the summary
+(checkpoint, writers), ``--json``, ``dump --json --key --limit`` and
+``compact --max-bytes``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import fabric
+from fabric import EvalCassette, EvalRequest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fabric.__file__)))
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-m", "fabric", "cassette", *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def key(i):
+    return EvalRequest("op", [i]).key
+
+
+def _fill(path):
+    with EvalCassette(path, durability="os") as c:
+        c.record(key(0), {"a": [1, 2.5, None, True]})
+        c.record(key(1), b"\x00\xff")
+        c.record(key(2), {1: "x", "y": {3, 4}})
+        c.record(key(3), float("nan"))
+        with c.record_stream(key(4)) as w:
+            w.append("s1")
+            w.append(b"s2")
+        c.checkpoint()
+        c.record(key(5), "gone")
+        c.delete(key(5))
+
+
+def test_stats_summary_and_json(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    _fill(path)
+    with EvalCassette(path):  # a writer handle open while stats runs
+        proc = run("stats", path)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout
+        assert "5 keys in" in out and "1 tombstones" in out
+        assert "checkpoint: used, covers" in out and "2 records replayed after it" in out
+        assert "writers now: 1 handle(s) open for writing" in out
+        proc = run("stats", "--json", path)
+    stats = json.loads(proc.stdout)
+    assert stats["keys"] == 5 and stats["checkpoint"]["state"] == "used"
+    assert stats["writers"] == 1 and stats["version"] == 2
+
+
+def test_dump_json_tags_what_json_lacks(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    _fill(path)
+    proc = run("dump", "--json", path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    by_key = {r["key"]: r for r in rows}
+    assert [r["key"] for r in rows] == [str(key(i)) for i in range(5)]
+    assert by_key[str(key(0))]["value"] == {"a": [1, 2.5, None, True]}
+    assert by_key[str(key(1))]["value"] == {"$bytes": base64.b64encode(b"\x00\xff").decode()}
+    v2 = by_key[str(key(2))]["value"]["$map"]
+    assert [1, "x"] in v2 and ["y", {"$set": [3, 4]}] in v2
+    assert by_key[str(key(3))]["value"] == {"$float": "nan"}
+    assert by_key[str(key(4))]["stream"] == ["s1", {"$bytes": base64.b64encode(b"s2").decode()}]
+    proc = run("dump", "--json", "--limit", "2", path)
+    assert [json.loads(x)["key"] for x in proc.stdout.splitlines()] == [str(key(0)), str(key(1))]
+    proc = run("dump", "--json", "--key", str(key(2)), path)
+    assert [json.loads(x)["key"] for x in proc.stdout.splitlines()] == [str(key(2))]
+    assert run("dump", "--key", str(key(5)), path).stdout == ""  # deleted
+    proc = run("dump", "--key", "nonsense", path)
+    assert proc.returncode == 2 and "not a content key" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_compact_max_bytes(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    with EvalCassette(path, durability="os") as c:
+        for i in range(100):
+            c.record(key(i), "v" * 200)
+    proc = run("compact", "--max-bytes", "5000", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "oldest left out to fit 5000 bytes" in proc.stdout
+    assert os.path.getsize(path) <= 5000
+    with EvalCassette(path, "r") as c:
+        assert key(99) in c and key(0) not in c
+        assert proc.stdout.startswith(f"{path}: 100 -> {len(c)} keys, ")
