@@ -118,10 +118,22 @@ def test_stream_arrives_before_the_task_ends_with_backpressure(client, tmp_path)
 
 def test_closing_a_stream_early_cancels_its_task(client, dfab, tmp_path):
     gate, log = _name(), tmp_path / "log"
-    s = dfab.stream(ops.gated.request(5, gate, str(log)))
+    r = ops.gated.request(5, gate, str(log))
+    s = dfab.stream(r)
     assert next(s) == 0
     s.close()
     assert dfab.stats()["cancelled"] == 1
+
+    def states(dask_worker, prefix=DaskFabric.task_key(r)):
+        return [ts.state for k, ts in dask_worker.state.tasks.items()
+                if isinstance(k, str) and k.startswith(prefix)]
+    # The release reaches the worker asynchronously: open the gate once the
+    # worker has the task as cancelled.
+    for _ in range(1000):
+        if "cancelled" in sum(client.run(states).values(), []):
+            break
+    else:
+        pytest.fail("the worker never saw the stream task released")
     distributed.Event(gate, client=client).set()
     # Once its thread is done: it made item 1, found itself released and
     # stopped (all 5 had it run on).
