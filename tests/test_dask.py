@@ -229,3 +229,17 @@ def test_bad_arguments(client):
     fab.close()
     with pytest.raises(fabric.FabricUnavailable):
         fab.evaluate(ops.where.request(1))
+
+
+def test_async_twins(client, dfab, tmp_path):
+    gate, log = _name(), str(tmp_path / "log")
+    distributed.Event(gate, client=client).set()
+
+    async def go():
+        reply = await dfab.aevaluate(ops.where.request(9))
+        items = [x async for x in dfab.astream(ops.gated.request(4, gate, log))]
+        return reply, items
+
+    reply, items = asyncio.run(go())
+    assert reply.value[0] == 81 and reply.value[1] != os.getpid()
+    assert items == [0, 1, 2, 3]
