@@ -1,11 +1,11 @@
 """Home sites side by side: ReplicaGroup against ProcessPoolExecutor with the
 same number of workers (a trivial op and a 10 ms op), and the cost of
 enforcing limits per placed op (PlacementFabric against ReplicaGroup, both
-one worker process per request at a time).
+one worker process per request at a time), and DaskFabric's overhead per
+task against plain ``client.submit`` on the same LocalCluster (two worker
+processes of one thread; tasks one after another, then from 8 threads).
 
-    PYTHONPATH=$PWD python bench/engines.py [--n 400]
-
-DaskFabric is not measured here yet (see docs/benchmarks.md).
+    PYTHONPATH=$PWD python bench/engines.py [--n 400] [--only dask|local]
 """
 
 import argparse
@@ -35,10 +35,63 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", choices=("dask", "local"), default=None)
     a = ap.parse_args()
     w = a.workers
     reg = fabric.OpRegistry([ops.trivial, ops.ten_ms])
     rows = []
+    if a.only != "dask":
+        local_engines(a, w, reg, rows)
+    if a.only != "local":
+        dask_engine(a, w, reg, rows)
+    print(f"{'case':<62} {'fabric':>12} {'peer':>12} {'ratio':>7}")
+    for r in rows:
+        print(f"{r[0]:<62} {r[1]:>12} {r[2]:>12} {r[3]:>7}")
+
+
+def dask_engine(a, w, reg, rows):
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client, \
+            fabric.DaskFabric(client, ops=reg) as dfab:
+        n = a.n
+        for i in range(20):  # warm up: both paths, every worker
+            client.submit(ops.trivial_fn, -i, pure=False).result()
+            dfab.evaluate(ops.trivial.request(-i - 1000))
+
+        def plain(i):
+            return client.submit(ops.trivial_fn, i, pure=False).result()
+
+        def fab(i):
+            return dfab.evaluate(ops.trivial.request(i)).value
+
+        # Alternating rounds, so load from other jobs falls on both alike.
+        t_plain = t_fab = 0.0
+        for rnd in range(4):
+            base = (rnd + 1) * 1_000_000
+            t0 = time.perf_counter()
+            for i in range(n // 4):
+                plain(base + i)
+            t_plain += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(n // 4):
+                fab(base + i)
+            t_fab += time.perf_counter() - t0
+        m = (n // 4) * 4
+        rows.append(("DaskFabric vs client.submit, trivial op, one at a time",
+                     f"{t_fab / m * 1e6:,.0f} us", f"{t_plain / m * 1e6:,.0f} us",
+                     f"{t_fab / t_plain:.2f}x"))
+        t_plain = t_fab = 0.0
+        for rnd in range(4):
+            base = (rnd + 10) * 1_000_000
+            t_plain += (n // 4) / rate(lambda i: plain(base + i), n // 4, 8)
+            t_fab += (n // 4) / rate(lambda i: fab(base + i), n // 4, 8)
+        ppl, pfb = m / t_plain, m / t_fab
+        rows.append(("DaskFabric vs client.submit, trivial op, 8 caller threads",
+                     f"{pfb:,.0f}/s", f"{ppl:,.0f}/s", f"{ppl / pfb:.2f}x"))
+
+
+def local_engines(a, w, reg, rows):
     with cf.ProcessPoolExecutor(w, mp_context=__import__("multiprocessing").get_context("spawn")) as pool, \
             fabric.ReplicaGroup("bench", w, group_seed=b"\1" * 32, ops=reg,
                                 lb_strategy="least-loaded") as group:
@@ -78,9 +131,6 @@ def main():
         rows.append(("fresh spawned process per op vs long-lived worker (placed)",
                      f"{t_fresh * 1e6:,.0f} us", f"{t_placed * 1e6:,.0f} us",
                      f"{t_fresh / t_placed:.1f}x"))
-    print(f"{'case':<62} {'fabric':>12} {'peer':>12} {'ratio':>7}")
-    for r in rows:
-        print(f"{r[0]:<62} {r[1]:>12} {r[2]:>12} {r[3]:>7}")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ _LAZY = {
     "realize_events": "placement",
     "GroupHealth": "replicas",
     "ReplicaGroup": "replicas",
+    "DaskFabric": "dask_fabric",
 }
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ if TYPE_CHECKING:
     from .placement import (PlacementError, PlacementFabric, PlacementRefused, RealizeChunk,
                             RealizeDone, RealizeStarted, realize_events)
     from .replicas import GroupHealth, ReplicaGroup
+    from .dask_fabric import DaskFabric
 
 
 def __getattr__(name: str) -> Any:
@@ -284,6 +286,7 @@ __all__ = [
     "realize_events",
     "GroupHealth",
     "ReplicaGroup",
+    "DaskFabric",
 ]
 
 

@@ -14,7 +14,11 @@ routed among healthy replicas by one of four strategies:
 - ``power-of-two``: the less loaded of two replicas picked at random.
 
 A replica whose process dies is respawned with the same index and identity;
-the request it was running is retried once on another replica. Health is
+the request it was running is retried once on another replica, unless its
+sharing class (``request.sharing``, else the op's) is not ``pure``: running
+it again could repeat what it did. A caller's ``timeout`` (or the request's
+deadline) bounds the wait: past it the replica running the op is restarted
+(the only way to stop it) and the caller gets ``DeadlineExceeded``. Health is
 ``healthy`` (every replica's process alive), ``degraded`` or ``dead``.
 
 This module imports the core, ``ops``, ``replies``, ``placement`` (the
@@ -29,12 +33,13 @@ import itertools
 import multiprocessing
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from . import _core
-from ._core import EvalRequest, FabricError
-from .fabrics import _FabricBase, _Counters
+from ._core import DeadlineExceeded, EvalRequest, FabricError
+from .fabrics import _bound, _FabricBase, _Counters
 from .ops import REGISTRY, Op, OpRegistry
 from .placement import _remote_error, _Worker
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -86,6 +91,21 @@ class _Crashed(Exception):
     pass
 
 
+def _sharing(op: Op[..., Any], request: EvalRequest) -> str:
+    """The request's sharing class (the op's when the request has none);
+    ``pure`` when neither says."""
+    s = getattr(request, "sharing", None)
+    if s is None:
+        s = getattr(op, "sharing", "pure")
+    return str(s)
+
+
+def _t_end(request: EvalRequest, timeout: float | None) -> float | None:
+    """The monotonic time the caller stops waiting (None: no bound)."""
+    bound = _bound(request, timeout)
+    return None if bound is None else time.monotonic() + bound
+
+
 class ReplicaGroup(_FabricBase):
     """A home fabric of ``replica_count`` worker processes running ``ops``.
 
@@ -96,7 +116,7 @@ class ReplicaGroup(_FabricBase):
     the group's health, ``replica_stats()`` the per-replica counters.
     """
 
-    honours_timeout = False
+    honours_timeout = True
 
     def __init__(self, kind: str, replica_count: int, *, group_seed: bytes,
                  lb_strategy: str = "round-robin",
@@ -233,63 +253,88 @@ class ReplicaGroup(_FabricBase):
             raise
         return op
 
-    def _messages(self, r: _Replica, op: Op[..., Any], request: EvalRequest) -> Iterator[Any]:
+    def _messages(self, r: _Replica, op: Op[..., Any], request: EvalRequest,
+                  t_end: float | None) -> Iterator[Any]:
         """The worker's messages for one request on replica ``r`` (held for
-        the duration); ``_Crashed`` if its process dies first."""
-        with r.lock:
-            r.in_flight += 1
-            r.requests += 1
-            finished = False
+        the duration); ``_Crashed`` if its process dies first,
+        ``DeadlineExceeded`` (the replica restarted) past ``t_end``."""
+        wait = -1.0 if t_end is None else max(0.0, t_end - time.monotonic())
+        if not r.lock.acquire(timeout=wait):
+            raise DeadlineExceeded(f"ReplicaGroup {self.kind!r}: replica {r.index} was busy "
+                                   f"until the deadline of {request.op!r}")
+        r.in_flight += 1
+        r.requests += 1
+        finished = False
+        try:
+            if not r.alive():
+                r.respawn()
+                self._stats.add("respawned")
             try:
-                if not r.alive():
-                    r.respawn()
-                    self._stats.add("respawned")
-                try:
-                    r.worker.conn.send((op, request, None))
-                except OSError:
+                r.worker.conn.send((op, request, None))
+            except OSError:
+                finished = True
+                r.errors += 1
+                r.respawn()
+                raise _Crashed() from None
+            while True:
+                if t_end is not None and not r.worker.conn.poll(
+                        max(0.0, t_end - time.monotonic())):
+                    # The op cannot be stopped but by its process.
                     finished = True
                     r.errors += 1
                     r.respawn()
-                    raise _Crashed() from None
-                while True:
-                    try:
-                        msg = r.worker.conn.recv()
-                    except (EOFError, OSError):
-                        finished = True
-                        r.errors += 1
-                        r.respawn()
-                        self._stats.add("respawned")
-                        raise _Crashed() from None
-                    if msg[0] in ("end", "error"):
-                        finished = True
-                    yield msg
-                    if finished:
-                        return
-            finally:
-                r.in_flight -= 1
-                if not finished and r.alive():
-                    # Left midway (a stream closed early): the worker may
-                    # still be producing into the pipe, so it is replaced.
+                    self._stats.add("respawned")
+                    raise DeadlineExceeded(
+                        f"ReplicaGroup {self.kind!r}: {request.op!r} did not finish by its "
+                        f"deadline (the request's or the caller's timeout); replica "
+                        f"{r.index} was restarted to stop it")
+                try:
+                    msg = r.worker.conn.recv()
+                except (EOFError, OSError):
+                    finished = True
+                    r.errors += 1
                     r.respawn()
                     self._stats.add("respawned")
+                    raise _Crashed() from None
+                if msg[0] in ("end", "error"):
+                    finished = True
+                yield msg
+                if finished:
+                    return
+        finally:
+            r.in_flight -= 1
+            if not finished and r.alive():
+                # Left midway (a stream closed early): the worker may
+                # still be producing into the pipe, so it is replaced.
+                r.respawn()
+                self._stats.add("respawned")
+            r.lock.release()
 
-    def _run(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Any]:
+    def _run(self, op: Op[..., Any], request: EvalRequest,
+             t_end: float | None = None) -> Iterator[Any]:
         r = self._pick(request)
         started = False
         try:
-            for msg in self._messages(r, op, request):
+            for msg in self._messages(r, op, request, t_end):
                 started = started or msg[0] in ("item", "diag")
                 yield msg
             return
         except _Crashed:
-            # Retried once, on another replica, unless items already went out.
+            # Retried once, on another replica, unless items already went
+            # out or the op is not pure (running it again could repeat
+            # what it did).
             if started:
                 raise FabricError(f"ReplicaGroup {self.kind!r}: replica {r.index} died "
                                   f"midway through the stream of {request.op!r}") from None
+            sharing = _sharing(op, request)
+            if sharing != "pure":
+                raise FabricError(f"ReplicaGroup {self.kind!r}: replica {r.index} died running "
+                                  f"{request.op!r}; not retried, its sharing class is "
+                                  f"{sharing!r}, not 'pure'") from None
         self._stats.add("retried")
         other = self._pick(request, exclude=r.index if len(self._replicas) > 1 else None)
         try:
-            yield from self._messages(other, op, request)
+            yield from self._messages(other, op, request, t_end)
         except _Crashed:
             raise FabricError(f"ReplicaGroup {self.kind!r}: {request.op!r} crashed replica "
                               f"{r.index} and, retried, replica {other.index}") from None
@@ -299,9 +344,10 @@ class ReplicaGroup(_FabricBase):
         """Run ``request`` on one replica and return its reply."""
         g = self._grants(grants)
         op = self._op_for(request, g)
+        t_end = _t_end(request, timeout)
         value: Any = [] if op.is_stream else None
         diags: list[Any] = []
-        for msg in self._run(op, request):
+        for msg in self._run(op, request, t_end):
             tag = msg[0]
             if tag == "error":
                 self._stats.add("errors")
@@ -322,10 +368,12 @@ class ReplicaGroup(_FabricBase):
         op = self._op_for(request, g)
         if not op.is_stream:
             raise TypeError(f"op {op.name!r} is not a stream op: use evaluate()")
-        return EvalStream(self._events(op, request), request.key, "computed")
+        return EvalStream(self._events(op, request, _t_end(request, timeout)), request.key,
+                          "computed")
 
-    def _events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
-        for msg in self._run(op, request):
+    def _events(self, op: Op[..., Any], request: EvalRequest,
+                t_end: float | None) -> Iterator[Event]:
+        for msg in self._run(op, request, t_end):
             if msg[0] == "error":
                 raise _remote_error(request, msg[1], msg[2])
             if msg[0] == "item":

@@ -33,6 +33,22 @@ def die_once(marker):
     return "survived"
 
 
+@fabric.op("rep.die_once_effect", registry=REG, sharing="recorded")
+def die_once_effect(marker):
+    # Like die_once, for an op whose effects must not be repeated.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "ran twice"
+
+
+@fabric.op("rep.hang", registry=REG)
+def hang(_x):
+    import threading
+    threading.Event().wait(300)  # until the replica is restarted
+    return "woke"
+
+
 @fabric.op("rep.count", registry=REG)
 def count(n):
     yield from range(n)
@@ -102,6 +118,29 @@ def test_crash_respawns_same_identity_and_retries(group, tmp_path):
     assert group.stats()["retried"] == 1
     assert group.replica_stats()[i]["respawns"] == 1
     assert group.health().state == "healthy"
+
+
+def test_crash_of_an_op_that_is_not_pure_is_not_retried(group, tmp_path):
+    r = die_once_effect.request(str(tmp_path / "marker"))
+    assert r.sharing == "recorded"
+    with pytest.raises(fabric.FabricError, match="not retried.*'recorded'"):
+        group.evaluate(r)
+    assert group.stats()["retried"] == 0
+    assert group.health().state == "healthy"  # the dead replica was respawned
+    assert group.evaluate(square.request(4)).value == 16
+
+
+def test_timeout_restarts_the_replica_and_raises(group):
+    assert ReplicaGroup.honours_timeout is True
+    before = {m["index"]: m["pid"] for m in group.replicas()}
+    with pytest.raises(fabric.DeadlineExceeded, match="restarted"):
+        group.evaluate(hang.request(1), timeout=0.2)
+    after = {m["index"]: m["pid"] for m in group.replicas()}
+    assert sum(before[i] != after[i] for i in before) == 1
+    assert group.health().state == "healthy"
+    assert group.evaluate(square.request(5), timeout=60).value == 25
+    with pytest.raises(ValueError):
+        group.evaluate(square.request(5), timeout=-1)
 
 
 def test_health_states(group):

@@ -6,6 +6,10 @@ through ``logging`` on stderr, and stops cleanly on SIGTERM or SIGINT:
 new requests are refused, those in flight (streams too) may finish for up
 to ``--drain-timeout`` seconds (default 10), what still runs then ends with
 an error frame, connections close, the cassette is closed.
+
+``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
+home: requests the node does not hold are computed there, by the ops the
+``--import`` modules registered; the workers stop with the node.
 """
 
 from __future__ import annotations
@@ -61,7 +65,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("max_frame_rate", args.max_frame_rate), ("max_running", args.max_running),
         ("principal_budget", args.principal_budget),
         ("drain_timeout", args.drain_timeout)) if v is not None})
-    home = _load(args.home) if args.home else None
+    if args.workers is not None and args.home:
+        raise CLIError("--workers and --home are two homes: give one")
+    home = _load(args.home) if args.home else _replicas(args) if args.workers is not None \
+        else None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
@@ -78,8 +85,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"fabric serve: node {node.node_id} listening on {node.url}", flush=True)
         await task
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if args.workers is not None and home is not None:
+            home.close()  # the replicas' processes end with the node
     return 0
+
+
+def _replicas(args: argparse.Namespace) -> Any:
+    """``--workers N``: a ReplicaGroup of N worker processes running every
+    registered op (those the ``--import`` modules registered). Its group
+    seed is ``--group-seed`` (64 hex digits), else SHA-256 of the node id,
+    so a restarted node's replicas keep their identities."""
+    import hashlib
+
+    from ..cli import CLIError
+    from ..replicas import ReplicaGroup
+    if args.workers <= 0:
+        raise CLIError(f"--workers must be at least 1, not {args.workers}")
+    if args.group_seed is not None:
+        try:
+            seed = bytes.fromhex(args.group_seed)
+        except ValueError:
+            seed = b""
+        if len(seed) != 32:
+            raise CLIError(f"--group-seed is 64 hex digits (32 bytes), not {args.group_seed!r}")
+    else:
+        seed = hashlib.sha256(f"fabric serve {args.node_id or ''}".encode()).digest()
+    return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy)
 
 
 def add_parser(sub: Any) -> None:
@@ -92,6 +126,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--node-id", default=None, help="this node's id")
     p.add_argument("--home", default=None, metavar="MODULE:OBJECT",
                    help="a fabric that computes (or a node URL); absent: serve held content")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="compute in a ReplicaGroup of N worker processes (the node's home)")
+    p.add_argument("--lb-strategy", default="round-robin",
+                   choices=("round-robin", "least-loaded", "consistent-hash", "power-of-two"),
+                   help="how --workers routes requests (default round-robin)")
+    p.add_argument("--group-seed", default=None, metavar="HEX",
+                   help="--workers' group seed, 64 hex digits (default: from the node id)")
     p.add_argument("--import", dest="imports", action="append", default=[],
                    metavar="MODULE", help="import MODULE first (registers ops; repeatable)")
     p.add_argument("--peer", dest="peers", action="append", default=[], metavar="URL",

@@ -1,0 +1,63 @@
+"""`fabric serve --workers 2`: a real node process whose home is a ReplicaGroup."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fabric.node import connect
+
+import replicas_ops
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _serve(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+           "--node-id", "w", "--import", "replicas_ops",
+           "--cassette", str(tmp_path / "w.ledger"), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+
+
+def test_serve_workers_computes_in_two_worker_processes(tmp_path):
+    proc = _serve(tmp_path, "--workers", "2")
+    try:
+        line = proc.stdout.readline()  # the readiness line, or '' if it died
+        assert "listening on" in line, proc.stderr.read()[-2000:]
+        url = line.rsplit(" ", 1)[1].strip()
+        with connect(url) as node:
+            pids = [node.evaluate(replicas_ops.pid.request(i)).value for i in range(4)]
+            # Held by the node: not computed again (the next replica in
+            # turn, the other one, would answer with its own pid).
+            again = node.evaluate(replicas_ops.pid.request(1))
+        assert proc.pid not in pids
+        assert len(set(pids)) == 2  # round-robin over the two replicas
+        assert again.value == pids[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        for p in set(pids):  # the replicas ended with the node
+            with pytest.raises(ProcessLookupError):
+                os.kill(p, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--home", "replicas_ops:pid"], "two homes"),
+    (["--workers", "1", "--group-seed", "abc"], "64 hex digits"),
+])
+def test_serve_workers_bad_arguments(tmp_path, args, message):
+    proc = _serve(tmp_path, *args)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "listening on" not in out
+    assert message in err
