@@ -749,3 +749,33 @@ if __name__ == "__main__":  # python tests/test_cassette.py: rewrite the golden 
     write_golden(str(GOLDEN))
     if not GOLDEN_CKPT.exists():  # its seed is random: written once
         write_golden_checkpoint()
+
+
+def test_keys_packed_is_every_committed_key_in_ledger_order(tmp_path):
+    path = str(tmp_path / "packed.fabl")
+    with EvalCassette(path, durability="os") as c:
+        assert c.keys_packed() == b""
+        for i in range(50):
+            c.record(key(i), i)
+        with c.record_stream(key("s")) as w:
+            w.append(1)
+        c.record(key(3), "again")  # a duplicate commits nothing
+        w = c.record_stream(key("aborted"))
+        w.append(1)
+        w.abort()
+        packed = c.keys_packed()
+        assert len(packed) == 32 * len(c)
+        assert [packed[i:i + 32] for i in range(0, len(packed), 32)] == [k.digest for k in c]
+    c.close()
+    with pytest.raises(ValueError, match="closed"):
+        c.keys_packed()
+
+
+def test_announce_held_takes_the_packed_keys(tmp_path):
+    path = str(tmp_path / "held.fabl")
+    with EvalCassette(path, durability="os") as c:
+        for i in range(300):
+            c.record(key(i), i)
+        fab = fabric.ContentAddressedFabric("n", c)
+        assert fab.announce_held() == 300
+        assert all(fab.holders.holders_of(key(i)) == ["n"] for i in range(300))

@@ -996,6 +996,48 @@ static PyObject *make_iter(PyObject *self, int kind)
 
 static PyObject *Cassette_iter(PyObject *self) { return make_iter(self, ITER_KEYS); }
 
+/* keys_packed(): every committed key's 32-byte digest, end to end, in ledger
+ * order, as one bytes object; built without a Python object per key and
+ * with the GIL released (what a node announces as its holdings at start). */
+static PyObject *Cassette_keys_packed(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_buf buf;
+    fab_buf_init(&buf);
+    fab_ledger_pos pos = {0};
+    fab_ledger_error err = {0};
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (fab_buf_reserve(&buf, 32 * fab_ledger_count(c->l)) < 0)
+        rc = FAB_ENOMEM;
+    for (;;) {
+        if (rc < 0)
+            break;
+        uint8_t key[32];
+        fab_ledger_ref ref = {0};
+        rc = fab_ledger_next(c->l, &pos, key, 0, &ref, &err);
+        fab_lmap_release(ref.map);
+        if (rc != 1)
+            break; /* 0: the end, or an error */
+        if (fab_buf_append(&buf, key, 32) < 0)
+            rc = FAB_ENOMEM;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc == FAB_ENOMEM)
+        PyErr_NoMemory();
+    else if (rc < 0)
+        raise_ledger(st, c->path, rc, &err);
+    else
+        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+    fab_buf_destroy(&buf);
+    leave(c);
+    return out;
+}
+
 static PyObject *Cassette_items(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     return make_iter(self, ITER_ITEMS);
@@ -1371,6 +1413,11 @@ static PyObject *Cassette_get_durability(PyObject *self, void *Py_UNUSED(closure
 }
 
 static PyMethodDef Cassette_methods[] = {
+    {"keys_packed", Cassette_keys_packed, METH_NOARGS,
+     "keys_packed($self, /)\n--\n\n"
+     "Every committed key's 32-byte digest, end to end, in ledger order, as one bytes "
+     "object (len(result) == 32 * len(self)): a whole store's keys without a ContentKey "
+     "per key, for announcing a node's holdings."},
     {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL | METH_KEYWORDS,
      "record($self, key, reply, /, *, expire=None)\n--\n\n"
      "Records reply (any value canonical_bytes accepts) for key (a ContentKey). Returns True "
