@@ -1216,9 +1216,10 @@ class LedgeredRelayFabric(_FabricBase):
                       request.op, type(self.inner).__name__)
         return None
 
-    def _failed(self, key: ContentKey, exc: BaseException) -> None:
+    def _failed(self, request: EvalRequest, exc: BaseException) -> None:
         """The shared tail of a failed miss: count it, and record a reply the
         inner fabric still computes (``pending_reply``) when it comes."""
+        key = request.key
         if isinstance(exc, Exception):
             self._stats.add("errors")
         pending = getattr(exc, "pending_reply", None)
@@ -1233,7 +1234,7 @@ class LedgeredRelayFabric(_FabricBase):
                 return
             reply = f.result()
             try:
-                self.cassette.record(key, reply_record(reply))
+                self.cassette.record(key, reply_record(reply), request=request)
             except BaseException as e:
                 self._stats.add("errors")
                 recorded.set_exception(e)
@@ -1257,9 +1258,9 @@ class LedgeredRelayFabric(_FabricBase):
         try:
             reply = self.inner.evaluate(request, grants=g, **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc)
+            self._failed(request, exc)
             raise
-        self.cassette.record(request.key, reply_record(reply))
+        self.cassette.record(request.key, reply_record(reply), request=request)
         self._stats.add("recorded")
         return reply
 
@@ -1282,7 +1283,7 @@ class LedgeredRelayFabric(_FabricBase):
                 reply = await self._in_thread(self.inner.evaluate, request, grants=g,
                                               **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc)
+            self._failed(request, exc)
             raise
         await self._in_thread(self.cassette.record, request.key, reply_record(reply))
         self._stats.add("recorded")
@@ -1305,7 +1306,7 @@ class LedgeredRelayFabric(_FabricBase):
             return EvalStream(_replay_events(self.cassette, key), key, "ledger")
         inner = self.inner.stream(request, grants=g, **_t(timeout))
         return EvalStream(_recording(_events_of(inner), self.cassette, key,
-                                     lambda: self._stats.add("recorded")),
+                                     lambda: self._stats.add("recorded"), request),
                           key, getattr(inner, "source", "computed"))
 
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
@@ -1325,7 +1326,7 @@ class LedgeredRelayFabric(_FabricBase):
             inner = self.inner.stream(request, grants=g, **_t(timeout))
             events = _aevents_from_sync(_events_of(inner), pool)
         return AsyncEvalStream(_arecording(events, self.cassette, key, pool,
-                                           lambda: self._stats.add("recorded")),
+                                           lambda: self._stats.add("recorded"), request),
                                key, getattr(inner, "source", "computed"))
 
 

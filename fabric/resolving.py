@@ -604,7 +604,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 elif reply is _TIMED_OUT:
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(reply) is not None:
-                    self._hold(res.key, reply)
+                    self._hold(res.key, reply, res.request)
                     return res.held(reply)
         finally:
             self._end(res)
@@ -645,7 +645,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 elif got is _TIMED_OUT:
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(got) is not None:
-                    await asyncio.to_thread(self._hold, res.key, got)
+                    await asyncio.to_thread(self._hold, res.key, got, res.request)
                     return res.held(got)
         finally:
             self._end(res)
@@ -727,7 +727,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             self._stats.add(res.outcome or "failures")
 
         relayed = self._relay(res, itertools.chain(head, events), events)
-        return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
+        return EvalStream(_recording(relayed, self.cassette, key, done, res.request), key,
+                          source)
 
     def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:
         """The events of a started stream, the deadline checked before each; a
