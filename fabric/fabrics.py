@@ -50,7 +50,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, FabricError, FabricUnavailable)
+                    EvalCassette, EvalRequest, FabricError, FabricUnavailable)
 from ._workers import Workers, default_max_workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
 from .progress import Progress
@@ -1169,6 +1169,15 @@ class LocalFabric(_FabricBase):
 # LedgeredRelayFabric
 # ===========================================================================
 
+def _record(cassette: Any, key: ContentKey, record: Any, request: EvalRequest) -> bool:
+    """``cassette.record(key, record)``, with the request's identity bytes
+    beside it when the cassette is an ``EvalCassette`` (a stand-in keeps its
+    own ``record(key, reply)``)."""
+    if isinstance(cassette, EvalCassette):
+        return cassette.record(key, record, request=request)
+    return bool(cassette.record(key, record))
+
+
 class LedgeredRelayFabric(_FabricBase):
     """Cassette first, then an inner fabric; the inner's successes are recorded.
 
@@ -1234,7 +1243,7 @@ class LedgeredRelayFabric(_FabricBase):
                 return
             reply = f.result()
             try:
-                self.cassette.record(key, reply_record(reply), request=request)
+                _record(self.cassette, key, reply_record(reply), request)
             except BaseException as e:
                 self._stats.add("errors")
                 recorded.set_exception(e)
@@ -1260,7 +1269,7 @@ class LedgeredRelayFabric(_FabricBase):
         except BaseException as exc:
             self._failed(request, exc)
             raise
-        self.cassette.record(request.key, reply_record(reply), request=request)
+        _record(self.cassette, request.key, reply_record(reply), request)
         self._stats.add("recorded")
         return reply
 

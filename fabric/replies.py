@@ -333,8 +333,10 @@ def _replay_events(cassette: Any, key: ContentKey) -> Iterator[Event]:
 
 
 def _stream_writer(cassette: Any, key: ContentKey, request: Any) -> Any:
-    """``cassette.record_stream(key)``, with the request's bytes when given."""
-    if request is None:
+    """``cassette.record_stream(key)``, with the request's identity bytes
+    when given and the cassette is an ``EvalCassette`` (a stand-in keeps its
+    own ``record_stream(key)``)."""
+    if request is None or not isinstance(cassette, _core.EvalCassette):
         return cassette.record_stream(key)
     return cassette.record_stream(key, request=request)
 
