@@ -228,6 +228,37 @@ def bench_appends(tmp, n):
     return out
 
 
+def bench_request_appends(tmp, n, rounds=5):
+    """Appends (os durability, 100 B reply) without and with the request's
+    identity bytes (a REQUEST record before each REPLY), interleaved rounds,
+    each round into fresh files: (rate without, rate with bytes, rate with
+    the EvalRequest (its identity encoded per record), request bytes)."""
+    value = b"v" * 100
+    reqs = [fabric.EvalRequest("bench.op", (i, "x" * 40), {"scale": 1.5}) for i in range(n)]
+    idents = [r.identity_bytes() for r in reqs]
+    ks = [r.key for r in reqs]
+    counter = iter(range(10**9))
+
+    def run(kind):
+        def go():
+            p = os.path.join(tmp, f"req-{kind}-{next(counter)}.fabl")
+            with EvalCassette(p, durability="os") as c:
+                if kind == "none":
+                    for k in ks:
+                        c.record(k, value)
+                elif kind == "bytes":
+                    for k, b in zip(ks, idents):
+                        c.record(k, value, request=b)
+                else:
+                    for k, r in zip(ks, reqs):
+                        c.record(k, value, request=r)
+            os.unlink(p)
+        return go
+
+    t = interleaved([run("none"), run("bytes"), run("request")], rounds)
+    return n / t[0], n / t[1], n / t[2], sum(map(len, idents)) / n
+
+
 def bench_replay(tmp, n, reply_size):
     """Open/replay of an n-record ledger with replies of reply_size bytes,
     page cache warm (the file was just written; best of 3 opens)."""
@@ -387,8 +418,8 @@ def main():
                     help="reply size (bytes) of the second replay ledger (GB/s figure)")
     ap.add_argument("--hit-records", type=int, default=1_000_000,
                     help="records in the store of the random-key hit")
-    ap.add_argument("--only", choices=["hits", "appends", "streams", "open", "writers",
-                                       "replay"],
+    ap.add_argument("--only", choices=["hits", "appends", "requests", "streams", "open",
+                                       "writers", "replay"],
                     help="run one section only")
     args = ap.parse_args()
     want = (lambda name: args.only in (None, name))
@@ -411,6 +442,13 @@ def main():
                 print(f"  {name:<34} {rate[0]:>12,.0f}   {rate[1]:6.1f} records per fdatasync")
             else:
                 print(f"  {name:<34} {rate:>12,.0f}")
+        if want("requests"):
+            n_req = min(args.records, 100_000)
+            none, with_b, with_r, rsize = bench_request_appends(tmp, n_req)
+            print(f"append with the request's identity bytes ({rsize:.0f} B), os durability, "
+                  f"100 B reply, {n_req:,} records (records/s, best of interleaved rounds):")
+            print(f"  without {none:>12,.0f}   with bytes {with_b:>12,.0f} ({with_b/none:.2f}x)"
+                  f"   with the EvalRequest {with_r:>12,.0f} ({with_r/none:.2f}x)")
         if want("streams"):
             g, r, p = bench_streams(tmp)
             print(f"stream of 200,000 small ints (items/s): plain generator {g/1e6:.2f} M, "

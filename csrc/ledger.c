@@ -561,7 +561,9 @@ static int rec_valid(const uint8_t *base, uint64_t len, uint64_t off, uint64_t *
     if (!skippable && (type < FAB_REC_REPLY || type > FAB_REC_REQUEST) &&
         type != FAB_REC_TOMBSTONE)
         return 0;
-    int allowed = type == FAB_REC_REPLY ? FAB_REC_FLAG_VALUE | FAB_REC_FLAG_EXPIRES
+    int allowed = type == FAB_REC_REPLY ? FAB_REC_FLAG_VALUE | FAB_REC_FLAG_EXPIRES |
+                                              FAB_REC_FLAG_REQUESTED
+                  : type == FAB_REC_STREAM_BEGIN ? FAB_REC_FLAG_REQUESTED
                   : type == FAB_REC_STREAM_CHUNK ? FAB_REC_FLAG_VALUE
                   : skippable ? 0xff : 0;
     if (flags & ~allowed)
@@ -2252,6 +2254,88 @@ static int append_locked(fab_ledger *l, int type, const uint8_t key[32], const v
     return append_locked_f(l, type, 0, key, prefix, plen, data, dlen, off_out, err);
 }
 
+static int upgrade_locked(fab_ledger *l, fab_ledger_error *err);
+
+/* The largest record body copied into the one buffer of a request append;
+ * a longer reply is written by a second pwrite right after it. */
+#define REQ_INLINE_MAX (256u * 1024u)
+
+/*
+ * Writes key's REQUEST record (req, rlen) and right after it the record
+ * of type (flagged REQUESTED), as append_locked_f, in one pwrite (two when
+ * the reply is longer than REQ_INLINE_MAX). *off_out is the second
+ * record's offset. Without req (NULL), append_locked_f alone.
+ */
+static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int type, int flags,
+                             const uint8_t key[32], const void *prefix, size_t plen,
+                             const void *data, size_t dlen, uint64_t *off_out,
+                             fab_ledger_error *err)
+{
+    if (req == NULL)
+        return append_locked_f(l, type, flags, key, prefix, plen, data, dlen, off_out, err);
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    if (rlen > FAB_LEDGER_MAX_PAYLOAD) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
+                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
+        return FAB_ERANGE;
+    }
+    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
+                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
+        return FAB_ERANGE;
+    }
+    if ((rc = upgrade_locked(l, err)) != FAB_OK) /* version 1 knows no REQUEST */
+        return rc;
+    flags |= FAB_REC_FLAG_REQUESTED;
+    uint64_t start = l->end;
+    uint64_t rtotal = FAB_LEDGER_REC_OVERHEAD + (uint64_t)rlen;
+    uint64_t off = start + rtotal;
+    uint64_t total = FAB_LEDGER_REC_OVERHEAD + plen + dlen;
+    if ((rc = ensure_map(l, off + total, err)) != FAB_OK)
+        return rc;
+    int inline_data = dlen <= REQ_INLINE_MAX;
+    size_t blen = (size_t)rtotal + FAB_LEDGER_REC_OVERHEAD + plen + (inline_data ? dlen : 0);
+    uint8_t *b = malloc(blen);
+    if (b == NULL) {
+        set_err(err, FAB_ENOMEM, 0, 0, 0, "out of memory for a ledger append");
+        return FAB_ENOMEM;
+    }
+    rec_header_f(b, FAB_REC_REQUEST, 0, key, NULL, 0, req, rlen);
+    memcpy(b + FAB_LEDGER_REC_HEADER, key, 32);
+    if (rlen)
+        memcpy(b + FAB_LEDGER_REC_OVERHEAD, req, rlen);
+    uint8_t *h = b + rtotal;
+    rec_header_f(h, type, flags, key, prefix, plen, data, dlen);
+    memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
+    if (plen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
+    if (inline_data && dlen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
+    int e = write_all(&l->io, l->fd, b, blen, start);
+    free(b);
+    if (e == 0 && !inline_data)
+        e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
+    if (e != 0) {
+        if (l->io.ftruncate(l->fd, (off_t)start) < 0) {
+            l->failed = 1;
+            l->failed_errno = e;
+        }
+        return sys_fail(err, e, "appending to the ledger");
+    }
+    l->end = off + total;
+    sentinel_set(l);
+    l->last_rec = off;
+    l->records += 2;
+    if (l->leader_waiting)
+        pthread_cond_signal(&l->lead_cond);
+    if (l->durability == FAB_DUR_OS)
+        l->visible_end = l->end;
+    *off_out = off;
+    return FAB_OK;
+}
+
 /*
  * Before the first record a version 1 reader does not know (a tombstone,
  * an expiring reply), a version 1 ledger's header is rewritten in place
@@ -2414,6 +2498,13 @@ int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, si
 int fab_ledger_record_ex(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                          uint64_t expires_ns, fab_ledger_error *err)
 {
+    return fab_ledger_record_req(l, key, NULL, 0, data, len, expires_ns, err);
+}
+
+int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req, size_t rlen,
+                          const void *data, size_t len, uint64_t expires_ns,
+                          fab_ledger_error *err)
+{
     pthread_mutex_lock(&l->mu);
     uint64_t hash = fab_lindex_hash(&l->ix, key), off;
     int rc = refuse(l, err);
@@ -2443,8 +2534,8 @@ int fab_ledger_record_ex(fab_ledger *l, const uint8_t key[32], const void *data,
         end_append(l);
         goto out;
     }
-    rc = append_locked_f(l, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0, key,
-                         expiry, expires_ns ? 8 : 0, data, len, &off, err);
+    rc = append_req_locked(l, req, rlen, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0,
+                           key, expiry, expires_ns ? 8 : 0, data, len, &off, err);
     end_append(l);
     if (rc != FAB_OK)
         goto out;
@@ -2554,6 +2645,12 @@ int fab_ledger_sync(fab_ledger *l, fab_ledger_error *err)
 int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begin,
                             fab_ledger_error *err)
 {
+    return fab_ledger_stream_begin_req(l, key, NULL, 0, begin, err);
+}
+
+int fab_ledger_stream_begin_req(fab_ledger *l, const uint8_t key[32], const void *req,
+                                size_t rlen, uint64_t *begin, fab_ledger_error *err)
+{
     pthread_mutex_lock(&l->mu);
     uint64_t hash = fab_lindex_hash(&l->ix, key);
     int rc = refuse(l, err);
@@ -2572,7 +2669,8 @@ int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begi
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
-    rc = append_locked(l, FAB_REC_STREAM_BEGIN, key, NULL, 0, NULL, 0, begin, err);
+    rc = append_req_locked(l, req, rlen, FAB_REC_STREAM_BEGIN, 0, key, NULL, 0, NULL, 0, begin,
+                           err);
     end_append(l);
     if (rc == FAB_OK)
         rc = 1;
@@ -2848,6 +2946,71 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
     }
     if (found == 1)
         fill_ref(l, off, want_map, ref);
+    pthread_mutex_unlock(&l->mu);
+    return found;
+}
+
+/*
+ * The offset of the REQUEST record right before the record at off when it
+ * is flagged REQUESTED, else NONE. The REQUEST ends where off starts and
+ * its length is unknown, so this looks back for its header: the nearest
+ * valid REQUEST of the same key ending exactly at off. A request's bytes
+ * cannot hold such a record of their own key (the key is a hash of those
+ * bytes), so the first found is the one. Costs a look at each byte of the
+ * request. Under the lock.
+ */
+static uint64_t request_before(fab_ledger *l, uint64_t off)
+{
+    const uint8_t *base = l->map->base, *p = base + off;
+    if (p[4] == FAB_REC_STREAM_END)
+        p = base + (off = fab_load_le64(p + FAB_LEDGER_REC_OVERHEAD));
+    if (!(p[5] & FAB_REC_FLAG_REQUESTED) || off < FAB_LEDGER_HEADER_SIZE + FAB_LEDGER_REC_OVERHEAD)
+        return NONE;
+    uint64_t lowest = off - FAB_LEDGER_REC_OVERHEAD - FAB_LEDGER_MAX_PAYLOAD;
+    if (off < FAB_LEDGER_REC_OVERHEAD + FAB_LEDGER_MAX_PAYLOAD + FAB_LEDGER_HEADER_SIZE)
+        lowest = FAB_LEDGER_HEADER_SIZE;
+    for (uint64_t at = off - FAB_LEDGER_REC_OVERHEAD + 1; at-- > lowest;) {
+        const uint8_t *q = base + at;
+        if (q[0] != REC_MAGIC[0] || memcmp(q, REC_MAGIC, 4) != 0 || q[4] != FAB_REC_REQUEST ||
+            rec_payload_len(q) != off - at - FAB_LEDGER_REC_OVERHEAD ||
+            memcmp(q + FAB_LEDGER_REC_HEADER, p + FAB_LEDGER_REC_HEADER, 32) != 0)
+            continue;
+        uint64_t size, claimed;
+        if (rec_valid(base, off, at, &size, &claimed))
+            return at;
+    }
+    return NONE;
+}
+
+int fab_ledger_request(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
+                       fab_ledger_error *err)
+{
+    fab_ledger_ref c;
+    int found = fab_ledger_lookup(l, key, 0, &c, err);
+    if (found != 1)
+        return found;
+    pthread_mutex_lock(&l->mu);
+    found = 0;
+    /* The mapping may have moved since the lookup: look again under the lock. */
+    uint64_t off;
+    if (find_live(l, key, &off, NULL) == 1) {
+        uint64_t at = request_before(l, off);
+        if (at != NONE) {
+            const uint8_t *q = l->map->base + at;
+            ref->offset = at;
+            ref->type = FAB_REC_REQUEST;
+            ref->flags = q[5];
+            ref->expires_ns = 0;
+            ref->data = q + FAB_LEDGER_REC_OVERHEAD;
+            ref->len = (size_t)rec_payload_len(q);
+            ref->map = NULL;
+            if (want_map) {
+                fab_lmap_retain(l->map);
+                ref->map = l->map;
+            }
+            found = 1;
+        }
+    }
     pthread_mutex_unlock(&l->mu);
     return found;
 }
@@ -3168,7 +3331,16 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
             continue;
         }
         if (p[4] == FAB_REC_REPLY) {
-            out_write(o, p, (size_t)size); /* a REPLY holds no offsets: copy verbatim */
+            uint64_t req = request_before(l, off);
+            if (req != NONE) /* its REQUEST goes with it, right before */
+                out_write(o, l->map->base + req, (size_t)(off - req));
+            /* a REPLY holds no offsets: copy verbatim (a lost REQUEST: unflagged) */
+            if (req == NONE && (p[5] & FAB_REC_FLAG_REQUESTED))
+                out_record_f(o, FAB_REC_REPLY, p[5] & ~FAB_REC_FLAG_REQUESTED, k, NULL, 0,
+                             p + FAB_LEDGER_REC_OVERHEAD,
+                             (size_t)(size - FAB_LEDGER_REC_OVERHEAD));
+            else
+                out_write(o, p, (size_t)size);
             continue;
         }
         copy_stream(l, o, k, p, off);
@@ -3187,7 +3359,13 @@ static void copy_stream(fab_ledger *l, out_file *o, const uint8_t *k, const uint
         uint8_t prefix[16];
         fab_store_le64(prefix, out_pos(o));
         fab_store_le64(prefix + 8, count);
-        out_record(o, FAB_REC_STREAM_BEGIN, k, NULL, 0, NULL, 0);
+        uint64_t req = request_before(l, off);
+        if (req != NONE) { /* the REQUEST right before the BEGIN */
+            out_write(o, l->map->base + req, (size_t)(begin - req));
+            fab_store_le64(prefix, out_pos(o));
+        }
+        out_record_f(o, FAB_REC_STREAM_BEGIN, req != NONE ? FAB_REC_FLAG_REQUESTED : 0, k, NULL,
+                     0, NULL, 0);
         uint64_t cpos = begin + FAB_LEDGER_REC_OVERHEAD, csize;
         const uint8_t *c;
         while (cpos < off) {

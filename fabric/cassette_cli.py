@@ -207,6 +207,149 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+# The identity array's fields after the scheme tag, per key scheme
+# (docs/spec/content-key.md): schemes 1 and 2 share one layout.
+_IDENTITY_FIELDS = ("op", "version", "args", "kwargs", "required_capabilities", "mode",
+                    "answer_limit", "stream_buffer", "stream", "trace")
+# Scheme 2 added the sharing class as a 12th element.
+_LAYOUTS = {"fabric.key/1": _IDENTITY_FIELDS, "fabric.key/2": _IDENTITY_FIELDS + ("sharing",)}
+
+
+class RequestDecodeError(ValueError):
+    """Recorded request bytes that do not give back a request."""
+
+
+def identity_scheme(identity: bytes) -> str | None:
+    """The key scheme tag that recorded identity bytes start with, or None
+    when they are not an identity array."""
+    try:
+        fields = _core.unpack(identity)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(fields, list) and fields and isinstance(fields[0], str):
+        return fields[0]
+    return None
+
+
+def identity_fields(identity: bytes) -> tuple[str, dict]:
+    """(scheme tag, {field: value}) of recorded identity bytes, decoded
+    (tuples come back as lists); ``RequestDecodeError`` when they are not
+    the identity array of a known scheme."""
+    try:
+        fields = _core.unpack(identity)
+    except (ValueError, TypeError) as e:
+        raise RequestDecodeError(f"the request bytes do not decode: {e}") from None
+    if not (isinstance(fields, list) and fields and isinstance(fields[0], str)):
+        raise RequestDecodeError("the request bytes are not an identity array")
+    scheme = fields[0]
+    layout = _LAYOUTS.get(scheme)
+    if layout is None or len(fields) != len(layout) + 1:
+        raise RequestDecodeError(f"unknown key scheme {scheme!r} ({len(fields)} fields)")
+    return scheme, dict(zip(layout, fields[1:]))
+
+
+def request_from_identity(identity: bytes) -> tuple[str, _core.EvalRequest]:
+    """(scheme tag, EvalRequest) rebuilt from identity bytes recorded under
+    that scheme, keyed under the current one. ``RequestDecodeError`` when
+    the bytes cannot be rebuilt into the same request: when the rebuilt
+    request, encoded again under the old tag, does not give back the same
+    bytes (a value that does not decode to what it was)."""
+    scheme, f = identity_fields(identity)
+    try:
+        req = _core.EvalRequest(
+            f["op"], tuple(f["args"]), f["kwargs"], version=f["version"],
+            required_capabilities=f["required_capabilities"], mode=f["mode"],
+            answer_limit=f["answer_limit"], stream_buffer=f["stream_buffer"],
+            stream=f["stream"], trace=f["trace"], sharing=f.get("sharing", "pure"))
+    except (TypeError, ValueError) as e:
+        raise RequestDecodeError(f"the request does not rebuild: {e}") from None
+    # The rebuilt request's identity, in the old scheme's layout and tag,
+    # must be the recorded bytes again.
+    fields = _core.unpack(req.identity_bytes())
+    again = _core.canonical_bytes([scheme] + list(fields[1:1 + len(_LAYOUTS[scheme])]))
+    if again != identity:
+        raise RequestDecodeError("the request's values do not decode to the same request")
+    return scheme, req
+
+
+def rekey(path: str, *, drop_unkeyed: bool = False) -> dict[str, int]:
+    """Rewrite the cassette at path with every key under the current key
+    scheme, computed from the request recorded beside each reply, and
+    return counts: ``rekeyed``, ``unchanged`` (already current), ``merged``
+    (a new key another record already took: first wins), ``unkeyed``
+    (recorded without request bytes), ``unreadable`` (request bytes that do
+    not give back a request) and ``dropped``. Records without a usable
+    request keep their old key, unless ``drop_unkeyed``, which leaves them
+    out. The new file is written beside the ledger, synced and renamed over
+    it (atomic); the ledger must not be open elsewhere meanwhile
+    (``LedgerLockedError``). Expiry times are not carried over.
+    """
+    counts = dict.fromkeys(("rekeyed", "unchanged", "merged", "unkeyed", "unreadable",
+                            "dropped"), 0)
+    tmp = f"{path}.rekey.tmp.{os.getpid()}"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    with _core.EvalCassette(path, "a", "os", exclusive=True) as src, \
+            _core.EvalCassette(tmp, "a", "os", exclusive=True, checkpoint=False) as dst:
+        try:
+            for key in src:
+                ident = src.request_bytes(key)
+                req = None
+                if ident is None:
+                    counts["unkeyed"] += 1
+                else:
+                    try:
+                        scheme, req = request_from_identity(ident)
+                    except RequestDecodeError:
+                        counts["unreadable"] += 1
+                if req is None and drop_unkeyed:
+                    counts["dropped"] += 1
+                    continue
+                new_key = req.key if req is not None else key
+                request: _core.EvalRequest | bytes | None = req if req is not None else ident
+                value = src.get(key)
+                if isinstance(value, _core.CassetteStream):
+                    writer = dst.record_stream(new_key, request=request)
+                    new = not writer.held
+                    with writer:
+                        for item in value:
+                            writer.append(item)
+                else:
+                    new = dst.record(new_key, value, request=request)
+                if req is not None:
+                    which = "unchanged" if scheme == _core.KEY_SCHEME else "rekeyed"
+                    counts[which if new else "merged"] += 1
+            dst.sync()
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        os.replace(tmp, path)
+    try:
+        os.unlink(path + ".ckpt")  # describes the old file (it would be ignored)
+    except FileNotFoundError:
+        pass
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return counts
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    """Re-key a cassette under the current key scheme (see ``rekey``)."""
+    counts = rekey(args.path, drop_unkeyed=args.drop_unkeyed)
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        kept = "dropped" if args.drop_unkeyed else "kept under their old keys"
+        print(f"{args.path}: {counts['rekeyed']} re-keyed to {_core.KEY_SCHEME}, "
+              f"{counts['unchanged']} already current, {counts['merged']} merged; "
+              f"{counts['unkeyed']} without request bytes and {counts['unreadable']} "
+              f"unreadable {kept}")
+    return 0
+
+
 def add_parser(sub) -> None:
     """Adds ``cassette`` and its sub-commands to the fabric argument parser."""
     p = sub.add_parser("cassette", help="inspect, verify or compact a cassette ledger")
@@ -216,10 +359,17 @@ def add_parser(sub) -> None:
         ("verify", cmd_verify, "check every record; exit status 1 on a problem"),
         ("dump", cmd_dump, "print every key and reply"),
         ("compact", cmd_compact, "rewrite without torn, duplicate or bad records"),
+        ("rekey", cmd_rekey, "rewrite the keys under the current key scheme from the "
+                             "recorded requests"),
     ]:
         q = csub.add_parser(name, help=text)
         q.add_argument("path", help="the ledger file")
-        if name != "verify":
+        if name == "rekey":
+            q.add_argument("--drop-unkeyed", action="store_true",
+                           help="leave out records without usable request bytes "
+                                "(default: keep them under their old keys)")
+            q.add_argument("--json", action="store_true", help="the counts as JSON")
+        if name not in ("verify", "rekey"):
             q.add_argument("--recover", choices=["strict", "salvage"], default="strict",
                            help="salvage: skip corrupt records instead of failing")
         if name == "compact":

@@ -50,7 +50,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
 
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
-                    EvalRequest, FabricError, FabricUnavailable, OpNotFound)
+                    EvalCassette, EvalRequest, FabricError, FabricUnavailable, OpNotFound)
 from ._workers import Workers, default_max_workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
 from .progress import Progress
@@ -1191,6 +1191,15 @@ class LocalFabric(_FabricBase):
 # LedgeredRelayFabric
 # ===========================================================================
 
+def _record(cassette: Any, key: ContentKey, record: Any, request: EvalRequest) -> bool:
+    """``cassette.record(key, record)``, with the request's identity bytes
+    beside it when the cassette is an ``EvalCassette`` (a stand-in keeps its
+    own ``record(key, reply)``)."""
+    if isinstance(cassette, EvalCassette):
+        return cassette.record(key, record, request=request)
+    return bool(cassette.record(key, record))
+
+
 class LedgeredRelayFabric(_FabricBase):
     """Cassette first, then an inner fabric; the inner's successes are recorded.
 
@@ -1239,10 +1248,12 @@ class LedgeredRelayFabric(_FabricBase):
                       request.op, type(self.inner).__name__)
         return None
 
-    def _failed(self, key: ContentKey, exc: BaseException, keep: bool = True) -> None:
+    def _failed(self, request: EvalRequest, exc: BaseException) -> None:
         """The shared tail of a failed miss: count it, and record a reply the
-        inner fabric still computes (``pending_reply``) when it comes (unless
-        not ``keep``: an uncacheable op's)."""
+        inner fabric still computes (``pending_reply``) when it comes (never
+        an uncacheable op's)."""
+        key = request.key
+        keep = request.sharing != "uncacheable"
         if isinstance(exc, Exception):
             self._stats.add("errors")
         pending = getattr(exc, "pending_reply", None)
@@ -1257,7 +1268,7 @@ class LedgeredRelayFabric(_FabricBase):
                 return
             reply = f.result()
             try:
-                self.cassette.record(key, reply_record(reply))
+                _record(self.cassette, key, reply_record(reply), request)
             except BaseException as e:
                 self._stats.add("errors")
                 recorded.set_exception(e)
@@ -1281,10 +1292,10 @@ class LedgeredRelayFabric(_FabricBase):
         try:
             reply = self.inner.evaluate(request, grants=g, **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc, request.sharing != "uncacheable")
+            self._failed(request, exc)
             raise
         if request.sharing != "uncacheable":
-            self.cassette.record(request.key, reply_record(reply))
+            _record(self.cassette, request.key, reply_record(reply), request)
             self._stats.add("recorded")
         return reply
 
@@ -1307,7 +1318,7 @@ class LedgeredRelayFabric(_FabricBase):
                 reply = await self._in_thread(self.inner.evaluate, request, grants=g,
                                               **_t(timeout))
         except BaseException as exc:
-            self._failed(request.key, exc, request.sharing != "uncacheable")
+            self._failed(request, exc)
             raise
         if request.sharing != "uncacheable":
             await self._in_thread(self.cassette.record, request.key, reply_record(reply))
@@ -1333,7 +1344,7 @@ class LedgeredRelayFabric(_FabricBase):
         if request.sharing == "uncacheable":
             return cast(EvalStream[Any], inner)  # passed through, never recorded
         return EvalStream(_recording(_events_of(inner), self.cassette, key,
-                                     lambda: self._stats.add("recorded")),
+                                     lambda: self._stats.add("recorded"), request),
                           key, getattr(inner, "source", "computed"))
 
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
@@ -1355,7 +1366,7 @@ class LedgeredRelayFabric(_FabricBase):
         if request.sharing == "uncacheable":  # passed through, never recorded
             return AsyncEvalStream(events, key, getattr(inner, "source", "computed"))
         return AsyncEvalStream(_arecording(events, self.cassette, key, pool,
-                                           lambda: self._stats.add("recorded")),
+                                           lambda: self._stats.add("recorded"), request),
                                key, getattr(inner, "source", "computed"))
 
 

@@ -32,6 +32,7 @@ interrupted run leaves the committed cassettes as they were.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -39,7 +40,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from ._core import EvalCassette, EvalRequest, NoHolderError
+from ._core import KEY_SCHEME, EvalCassette, EvalRequest, FabricError, NoHolderError
+from .cassette_cli import RequestDecodeError, identity_fields
 from .fabrics import LocalFabric
 from .resolving import ContentAddressedFabric
 
@@ -158,7 +160,8 @@ class _ReplayFabric(ContentAddressedFabric):
             f"{request.op}({args}) is not in the fabric cassette {self.cassette.path} "
             f"(record mode 'none': replay only).\n"
             f"  key: {request.key}\n"
-            f"  record it with: pytest --fabric-record-mode=new {self._nodeid}")
+            f"  record it with: pytest --fabric-record-mode=new {self._nodeid}"
+            + "".join("\n" + line for line in _explain(self.cassette, request)))
         miss.attempts = getattr(exc, "attempts", [])
         return miss
 
@@ -191,6 +194,61 @@ class _ReplayFabric(ContentAddressedFabric):
             raise
         except NoHolderError as exc:
             raise self._cassette_miss(request, exc) from None
+
+
+def _lines(fields: dict[str, Any]) -> list[str]:
+    """A decoded identity, one field (one argument) a line, for a diff."""
+    out = [f"{name}: {_short(repr(fields[name]))}"
+           for name in ("op", "version", "required_capabilities", "mode", "answer_limit",
+                        "stream_buffer", "stream", "trace")]
+    out += [f"args[{i}]: {_short(repr(a))}" for i, a in enumerate(fields["args"])]
+    out += [f"kwargs[{k!r}]: {_short(repr(v))}" for k, v in sorted(fields["kwargs"].items())]
+    return out
+
+
+def _explain(cassette: Any, request: EvalRequest, limit: int = 40) -> list[str]:
+    """Lines that explain a miss from the cassette's recorded requests: a
+    diff against the closest recorded request of the same op, and a hint to
+    re-key a cassette recorded under an older key scheme. Both sides are
+    decoded identity bytes, so a secret shows as its marker, never its value."""
+    try:
+        recorded = list(cassette.requests())
+        _, wanted = identity_fields(request.identity_bytes())
+    except (FabricError, OSError, RequestDecodeError, AttributeError):
+        return []
+    older: set[str] = set()
+    same_op: list[list[str]] = []
+    for _key, ident in recorded:
+        try:
+            scheme, fields = identity_fields(ident)
+        except RequestDecodeError:
+            continue
+        if scheme != KEY_SCHEME:
+            older.add(scheme)
+        if fields["op"] == request.op:
+            same_op.append(_lines(fields))
+    out = []
+    if older:
+        out.append(f"  the cassette holds records of an older key scheme "
+                   f"({', '.join(sorted(older))}; now {KEY_SCHEME}): re-key it with "
+                   f"`fabric cassette rekey {cassette.path}`")
+    if not recorded:
+        out.append("  (its records carry no request bytes to compare with)")
+    elif not same_op:
+        out.append(f"  no recorded request of {request.op!r} to compare with")
+    else:
+        mine = _lines(wanted)
+        text = "\n".join(mine)
+        # closest: the most similar text (so 4 is closer to 40 than 3 is)
+        closest = max(same_op, key=lambda theirs: difflib.SequenceMatcher(
+            None, "\n".join(theirs), text, autojunk=False).ratio())
+        diff = list(difflib.unified_diff(
+            closest, mine, f"closest recorded request ({len(same_op)} of this op)",
+            "this request", n=1, lineterm=""))
+        out += ["  " + line for line in diff[:limit]]
+        if len(diff) > limit:
+            out.append(f"  ... ({len(diff) - limit} more lines)")
+    return out
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -332,14 +332,25 @@ def _replay_events(cassette: Any, key: ContentKey) -> Iterator[Event]:
     return cast(Iterator[Event], _core._Replay(cassette.get_stream(key), key))
 
 
+def _stream_writer(cassette: Any, key: ContentKey, request: Any) -> Any:
+    """``cassette.record_stream(key)``, with the request's identity bytes
+    when given and the cassette is an ``EvalCassette`` (a stand-in keeps its
+    own ``record_stream(key)``)."""
+    if request is None or not isinstance(cassette, _core.EvalCassette):
+        return cassette.record_stream(key)
+    return cassette.record_stream(key, request=request)
+
+
 def _recording(events: Iterator[Event], cassette: Any, key: ContentKey,
-               on_done: Callable[[], None] | None = None) -> Iterator[Event]:
+               on_done: Callable[[], None] | None = None,
+               request: Any = None) -> Iterator[Event]:
     """Passes events through while recording them frame by frame.
 
     The stream becomes held only when it ends normally; an error or an early
-    close aborts the recording, so a partial stream is never held.
+    close aborts the recording, so a partial stream is never held. request
+    (the EvalRequest) is recorded beside the stream.
     """
-    writer = cassette.record_stream(key)
+    writer = _stream_writer(cassette, key, request)
     ok = False
     try:
         for ev in events:
@@ -358,11 +369,12 @@ def _recording(events: Iterator[Event], cassette: Any, key: ContentKey,
 
 async def _arecording(events: AsyncIterator[Event], cassette: Any, key: ContentKey,
                       workers: Workers,
-                      on_done: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+                      on_done: Callable[[], None] | None = None,
+                      request: Any = None) -> AsyncIterator[Event]:
     """Async twin of ``_recording``. Frames are appended on the loop (an
     append is buffered); the closing write, which may fsync, runs on
     ``workers``."""
-    writer = cassette.record_stream(key)
+    writer = _stream_writer(cassette, key, request)
     ok = False
     try:
         async for ev in events:

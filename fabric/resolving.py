@@ -677,7 +677,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(reply) is not None:
                     if request.sharing != "uncacheable":  # never recorded
-                        self._hold(res.key, reply)
+                        self._hold(res.key, reply, res.request)
                     return res.held(reply)
         finally:
             self._end(res)
@@ -719,7 +719,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     res.timed_out(ask.timeout)  # type: ignore[arg-type]
                 elif res.answered(got) is not None:
                     if request.sharing != "uncacheable":  # never recorded
-                        await asyncio.to_thread(self._hold, res.key, got)
+                        await asyncio.to_thread(self._hold, res.key, got, res.request)
                     return res.held(got)
         finally:
             self._end(res)
@@ -803,7 +803,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         relayed = self._relay(res, itertools.chain(head, events), events)
         if request.sharing == "uncacheable":  # never recorded
             return EvalStream(relayed, key, source)
-        return EvalStream(_recording(relayed, self.cassette, key, done), key, source)
+        return EvalStream(_recording(relayed, self.cassette, key, done, res.request), key,
+                          source)
 
     def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:
         """The events of a started stream, the deadline checked before each; a

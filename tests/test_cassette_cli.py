@@ -93,3 +93,88 @@ def test_compact_max_bytes(tmp_path):
     with EvalCassette(path, "r") as c:
         assert key(99) in c and key(0) not in c
         assert proc.stdout.startswith(f"{path}: 100 -> {len(c)} keys, ")
+
+
+# ------------------------------------------------------------------ rekey
+
+def _old(req):
+    """(key, identity bytes) of req under a fake older scheme: the same
+    identity array as scheme 1 laid it out (no sharing class) under the tag
+    fabric.key/1 (as key_v1 in test_cassette)."""
+    import hashlib
+
+    fields = fabric.unpack(req.identity_bytes())
+    ident = fabric.canonical_bytes(["fabric.key/1"] + list(fields[1:11]))
+    return fabric.ContentKey(hashlib.sha256(ident).digest()), ident
+
+
+def _old_cassette(path):
+    reqs = [EvalRequest("add", (i, [i, "x"]), {"scale": 1.5}, version="v3",
+                        required_capabilities=("net",)) for i in range(3)]
+    sreq = EvalRequest("count", (2,), stream=True)
+    current = EvalRequest("add", (99,))
+    with EvalCassette(path, durability="os") as c:
+        for i, r in enumerate(reqs):
+            k, ident = _old(r)
+            c.record(k, {"sum": i}, request=ident)
+        k, ident = _old(sreq)
+        with c.record_stream(k, request=ident) as w:
+            w.append("a")
+            w.append(("b", 2))
+        c.record(current.key, "now", request=current)
+        c.record(key(7), "no request")
+        c.record(key(8), "junk request", request=b"\x93\x01\x02\x03")
+    return reqs, sreq, current
+
+
+def test_rekey_rewrites_old_scheme_keys_from_their_requests(tmp_path):
+    path = str(tmp_path / "old.fabl")
+    reqs, sreq, current = _old_cassette(path)
+    ino = os.stat(path).st_ino
+    r = run("rekey", path, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"rekeyed": 4, "unchanged": 1, "merged": 0,
+                                    "unkeyed": 1, "unreadable": 1, "dropped": 0}
+    assert os.stat(path).st_ino != ino  # a new file renamed over it
+    assert not [n for n in os.listdir(tmp_path) if "rekey.tmp" in n]
+    with EvalCassette.from_ledger(path) as c:
+        for i, q in enumerate(reqs):
+            assert c.get(q.key) == {"sum": i}
+            assert c.request_bytes(q.key) == q.identity_bytes()
+            assert _old(q)[0] not in c
+        assert list(c.get_stream(sreq.key)) == ["a", ("b", 2)]
+        assert c.request_bytes(sreq.key) == sreq.identity_bytes()
+        assert c.get(current.key) == "now"
+        assert c.get(key(7)) == "no request" and c.get(key(8)) == "junk request"
+        assert len(c) == 7
+    # a second run has nothing left to do
+    r = run("rekey", path)
+    assert r.returncode == 0 and "0 re-keyed" in r.stdout and "5 already current" in r.stdout
+
+
+def test_rekey_drop_unkeyed_and_a_locked_cassette(tmp_path):
+    path = str(tmp_path / "old.fabl")
+    reqs, _sreq, _current = _old_cassette(path)
+    with EvalCassette(path, durability="os"):
+        r = run("rekey", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run("rekey", path, "--drop-unkeyed", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dropped"] == 2
+    with EvalCassette.from_ledger(path) as c:
+        assert len(c) == 5 and key(7) not in c and reqs[0].key in c
+
+
+def test_rekey_merges_two_old_records_of_one_new_key(tmp_path):
+    path = str(tmp_path / "m.fabl")
+    q = EvalRequest("op", (1,))
+    k1, ident = _old(q)
+    with EvalCassette(path, durability="os") as c:
+        c.record(k1, "first", request=ident)
+        c.record(q.key, "current", request=q)
+    r = run("rekey", path, "--json")
+    counts = json.loads(r.stdout)
+    assert counts["rekeyed"] == 1 and counts["merged"] == 1 and counts["unchanged"] == 0
+    with EvalCassette.from_ledger(path) as c:  # ledger order: the old record came first
+        assert len(c) == 1 and c.get(q.key) == "first"

@@ -95,6 +95,54 @@ def test_none_miss_names_op_arguments_and_command(suite):
     assert calls(suite) == ["3", "4"]
 
 
+def test_none_miss_shows_a_diff_against_the_closest_recorded_request(suite):
+    suite.runpytest("--fabric-record-mode=new").assert_outcomes(passed=2)
+    suite.makepyfile(test_suite=SUITE.replace("square, 4) == 16", "square, 40) == 1600"))
+    result = suite.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*CassetteMiss: plugin.square(40) is not in the fabric cassette*",
+        "*--- closest recorded request (2 of this op)*",
+        "*+++ this request*",
+        "*-args[[]0[]]: 4",
+        "*+args[[]0[]]: 40"])
+    # a request of an op the cassette never saw says so
+    suite.makepyfile(test_suite=SUITE.replace("square, 4) == 16", "square, 4) == 16\n"
+                                              "    fabric_fabric.call(count, 9)"))
+    result = suite.runpytest("-k", "test_square")
+    result.stdout.fnmatch_lines(["*no recorded request of 'plugin.count' to compare with*"])
+
+
+def _to_old_scheme(path: str) -> None:
+    """Rewrites the cassette at path as if recorded under a fake older key
+    scheme: each request's identity bytes under the tag fabric.key/1 and
+    keyed by their SHA-256 (as key_v1 in test_cassette)."""
+    import hashlib
+
+    old = path + ".old"
+    with fabric.EvalCassette.from_ledger(path) as c, fabric.EvalCassette(old, durability="os") as o:
+        for k, ident in c.requests():
+            # Scheme 1's layout: the tag, then ten fields (no sharing class).
+            ident = fabric.canonical_bytes(["fabric.key/1"] + list(fabric.unpack(ident)[1:11]))
+            o.record(fabric.ContentKey(hashlib.sha256(ident).digest()), c.get(k), request=ident)
+    os.replace(old, path)
+
+
+def test_none_miss_on_an_older_scheme_cassette_says_to_rekey(suite):
+    from fabric.cassette_cli import rekey
+
+    suite.runpytest("--fabric-record-mode=new").assert_outcomes(passed=2)
+    path = cassette(suite)
+    _to_old_scheme(path)
+    result = suite.runpytest("-k", "test_square")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"*older key scheme (fabric.key/1; now fabric.key/2)*fabric cassette rekey {path}`"])
+    assert rekey(path)["rekeyed"] == 2
+    suite.runpytest("-k", "test_square").assert_outcomes(passed=1)
+    assert calls(suite) == ["3", "4"]  # replayed, never computed again
+
+
 def test_none_miss_redacts_secrets(pytester):
     pytester.makepyfile(test_s="""
         import fabric
@@ -123,6 +171,11 @@ def test_none_miss_redacts_secrets(pytester):
     # failure's own text must not.
     miss = [line for line in result.stdout.lines if "CassetteMiss:" in line]
     assert miss and all("hunter2-secret" not in line for line in miss)
+    # the diff shows the secret's marker on both sides, never its value
+    text = result.stdout.str()
+    start = text.index("CassetteMiss:")
+    assert "hunter2-secret" not in text[start:text.index("short test summary", start)]
+    result.stdout.fnmatch_lines(["*-args[[]0[]]: 'a'", "*+args[[]0[]]: 'b'"])
     assert any("plugin.fetch('b', token=Secret('***'))" in line for line in miss)
 
 

@@ -1411,6 +1411,96 @@ static void test_index_many(void)
     fab_ledger_close(l);
 }
 
+
+/* REQUEST records: written right before their REPLY / BEGIN in one append,
+ * found again by key, kept by replay and compaction, first write wins. */
+static void test_requests(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "requests.fabl");
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32];
+    fab_ledger_ref ref;
+    struct stat sb;
+    key_of(key, 1);
+    CHECK_EQ(fab_ledger_record_req(a, key, "req-one", 7, "\x01", 1, 0, NULL), 1);
+    CHECK_EQ(stat(path, &sb), 0);
+    off_t size = sb.st_size;
+    CHECK_EQ((uint64_t)size, 64 + 52 + 7 + 52 + 1);
+    /* held: neither a second REQUEST nor a REPLY */
+    CHECK_EQ(fab_ledger_record_req(a, key, "req-two", 7, "\x02", 1, 0, NULL), 0);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ(sb.st_size, size);
+    CHECK_EQ(fab_ledger_request(a, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.len, 7);
+    CHECK(memcmp(ref.data, "req-one", 7) == 0);
+    CHECK_EQ(ref.type, FAB_REC_REQUEST);
+    CHECK_EQ(fab_ledger_lookup(a, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.len, 1);
+    CHECK_EQ(ref.data[0], 1);
+    /* without request bytes: none found */
+    key_of(key, 2);
+    CHECK_EQ(fab_ledger_record(a, key, "\x03", 1, NULL), 1);
+    CHECK_EQ(fab_ledger_request(a, key, 0, &ref, NULL), 0);
+    /* an empty request, a reply too long for the one buffer */
+    key_of(key, 3);
+    size_t big = 300 * 1024;
+    uint8_t *data = malloc(big);
+    CHECK(data != NULL);
+    memset(data, 0xab, big);
+    CHECK_EQ(fab_ledger_record_req(a, key, "", 0, data, big, 0, NULL), 1);
+    CHECK_EQ(fab_ledger_request(a, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.len, 0);
+    /* a request whose bytes look like records (magic, REQUEST type) */
+    key_of(key, 4);
+    uint8_t tricky[200];
+    for (size_t i = 0; i < sizeof(tricky); i += 4)
+        memcpy(tricky + i, "\xe7REC", 4);
+    tricky[4] = FAB_REC_REQUEST;
+    CHECK_EQ(fab_ledger_record_req(a, key, tricky, sizeof(tricky), "\x04", 1, 0, NULL), 1);
+    /* a stream with its request; an aborted one first */
+    uint64_t begin;
+    key_of(key, 5);
+    CHECK_EQ(fab_ledger_stream_begin_req(a, key, "aborted", 7, &begin, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_abort(a, key, begin, NULL), 0);
+    CHECK_EQ(fab_ledger_request(a, key, 0, &ref, NULL), 0);
+    CHECK_EQ(fab_ledger_stream_begin_req(a, key, "streamed", 8, &begin, NULL), 1);
+    CHECK_EQ(fab_ledger_stream_append(a, key, begin, "\x05", 1, NULL), 0);
+    CHECK_EQ(fab_ledger_stream_end(a, key, begin, 1, NULL), 1);
+    /* everything again after a reopen (replay) and after a compaction */
+    for (int round = 0; round < 2; round++) {
+        fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+        key_of(key, 1);
+        CHECK_EQ(fab_ledger_request(r, key, 1, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 7);
+        CHECK(memcmp(ref.data, "req-one", 7) == 0);
+        fab_lmap_release(ref.map);
+        key_of(key, 2);
+        CHECK_EQ(fab_ledger_request(r, key, 0, &ref, NULL), 0);
+        key_of(key, 3);
+        CHECK_EQ(fab_ledger_request(r, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 0);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, big);
+        CHECK(ref.data[big - 1] == 0xab);
+        key_of(key, 4);
+        CHECK_EQ(fab_ledger_request(r, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, sizeof(tricky));
+        CHECK(memcmp(ref.data, tricky, sizeof(tricky)) == 0);
+        key_of(key, 5);
+        CHECK_EQ(fab_ledger_request(r, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 8);
+        CHECK(memcmp(ref.data, "streamed", 8) == 0);
+        key_of(key, 6);
+        CHECK_EQ(fab_ledger_request(r, key, 0, &ref, NULL), 0);
+        fab_ledger_close(r);
+        if (round == 0)
+            CHECK_EQ(fab_ledger_compact(a, NULL, NULL, NULL, NULL), 0);
+    }
+    free(data);
+    fab_ledger_close(a);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1432,6 +1522,7 @@ int main(void)
         {"bad_files", test_bad_files},
         {"group_commit", test_group_commit},
         {"index_many", test_index_many},
+        {"requests", test_requests},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)

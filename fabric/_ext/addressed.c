@@ -989,15 +989,16 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
     return out;
 }
 
-/* _hold(key, reply): records the reply ([value, diagnostics, trace]) in the
- * cassette and counts its canonical bytes in bytes_recorded. */
+/* _hold(key, reply, request=None): records the reply ([value, diagnostics,
+ * trace]) in the cassette, with the request's identity bytes beside it, and
+ * counts its canonical bytes in bytes_recorded. */
 static PyObject *CAF_hold(CAFObject *self, PyTypeObject *defining_class, PyObject *const *args,
                           Py_ssize_t nargsf, PyObject *kwnames)
 {
-    static const char *const names[] = {"key", "reply"};
-    static const fab_py_params params = {"_hold", names, 2, 2, 2, 2};
+    static const char *const names[] = {"key", "reply", "request"};
+    static const fab_py_params params = {"_hold", names, 3, 2, 3, 2};
     fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[2] = {NULL, NULL}, *value, *diags, *trace;
+    PyObject *a[3] = {NULL, NULL, Py_None}, *value, *diags, *trace;
     if (ready(self) < 0 || fab_py_parse(&params, args, nargsf, kwnames, a) < 0 ||
         fab_py_reply_parts(st, a[1], &value, &diags, &trace) < 0)
         return NULL;
@@ -1011,7 +1012,7 @@ static PyObject *CAF_hold(CAFObject *self, PyTypeObject *defining_class, PyObjec
     PyList_SET_ITEM(record, 1, d);
     PyList_SET_ITEM(record, 2, Py_NewRef(trace));
     size_t nbytes = 0;
-    int rc = fab_py_cassette_record(st, self->cassette, a[0], record, &nbytes);
+    int rc = fab_py_cassette_record(st, self->cassette, a[0], record, a[2], &nbytes);
     Py_DECREF(record);
     if (rc < 0)
         return NULL;
@@ -1083,7 +1084,7 @@ static PyMethodDef CAF_methods[] = {
      "Evaluate op(*args, **kwargs) through this fabric in one line: the value\n"
      "for an ordinary op, an EvalStream for a stream op (see EvalFabric.call)."},
     {"_hold", (PyCFunction)(void (*)(void))CAF_hold, METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
-     "_hold($self, key, reply, /)\n--\n\nRecord reply under key in the cassette (as [value,\n"
+     "_hold($self, key, reply, /, request=None)\n--\n\nRecord reply under key in the cassette (as [value,\n"
      "diagnostics, trace]) and count its bytes in bytes_recorded."},
     {"_lookup", (PyCFunction)(void (*)(void))CAF_lookup,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,

@@ -265,14 +265,58 @@ static PyObject *make_view(fab_state *st, fab_ledger_ref *ref)
 /* Iterators and streams                                                     */
 /* ======================================================================== */
 
-enum { ITER_KEYS, ITER_ITEMS };
+enum { ITER_KEYS, ITER_ITEMS, ITER_REQUESTS };
 
 typedef struct {
     PyObject_HEAD
     CassetteObject *c;
     fab_ledger_pos pos;
     int kind;
+    PyObject *op; /* ITER_REQUESTS: the op's canonical str bytes, or NULL for all */
 } IterObject;
+
+/* The request bytes of a held key, 0 when it has none, -1 with an exception
+ * (ref holds a mapping reference on 1). */
+static int request_of(fab_state *st, CassetteObject *c, const uint8_t key[32],
+                      fab_ledger_ref *ref)
+{
+    fab_ledger_error err = {0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_request(c->l, key, 1, ref, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        raise_ledger(st, c->path, rc, &err);
+        return -1;
+    }
+    return rc;
+}
+
+/* Whether identity bytes (an array whose first two elements are the
+ * scheme tag and the op, both str) name the op whose canonical str bytes
+ * are op. */
+static int names_op(const uint8_t *p, size_t n, const char *op, size_t oplen)
+{
+    size_t at;
+    if (n >= 1 && p[0] >= 0x90 && p[0] <= 0x9f)
+        at = 1;
+    else if (n >= 3 && p[0] == 0xdc)
+        at = 3;
+    else
+        return 0;
+    if (at >= n)
+        return 0;
+    size_t tag;
+    uint8_t b = p[at];
+    if (b >= 0xa0 && b <= 0xbf)
+        tag = 1 + (size_t)(b - 0xa0);
+    else if (b == 0xd9 && at + 1 < n)
+        tag = 2 + (size_t)p[at + 1];
+    else
+        return 0;
+    at += tag;
+    return at <= n && n - at >= oplen && memcmp(p + at, op, oplen) == 0;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -305,7 +349,11 @@ static void child_dealloc(PyObject *self, CassetteObject *c)
     Py_DECREF(tp);
 }
 
-static void Iter_dealloc(PyObject *self) { child_dealloc(self, ((IterObject *)self)->c); }
+static void Iter_dealloc(PyObject *self)
+{
+    Py_CLEAR(((IterObject *)self)->op);
+    child_dealloc(self, ((IterObject *)self)->c);
+}
 static void Stream_dealloc(PyObject *self) { child_dealloc(self, ((StreamObject *)self)->c); }
 
 /* A stream's lazy reader for a key known to be a committed stream. */
@@ -355,6 +403,35 @@ static PyObject *Iter_next(PyObject *self)
     PyObject *out = NULL;
     if (rc < 0)
         raise_ledger(st, c->path, rc, &err);
+    while (rc == 1 && it->kind == ITER_REQUESTS) {
+        fab_lmap_release(ref.map);
+        fab_ledger_ref req;
+        int got = request_of(st, c, key, &req);
+        if (got < 0) {
+            leave(c);
+            return NULL;
+        }
+        if (got && (it->op == NULL ||
+                    names_op(req.data, req.len, PyBytes_AS_STRING(it->op),
+                             (size_t)PyBytes_GET_SIZE(it->op)))) {
+            PyObject *k = make_key(st, key);
+            PyObject *b = PyBytes_FromStringAndSize((const char *)req.data, (Py_ssize_t)req.len);
+            fab_lmap_release(req.map);
+            if (k && b)
+                out = PyTuple_Pack(2, k, b);
+            Py_XDECREF(k);
+            Py_XDECREF(b);
+            leave(c);
+            return out;
+        }
+        if (got)
+            fab_lmap_release(req.map);
+        Py_BEGIN_ALLOW_THREADS
+        rc = fab_ledger_next(c->l, &it->pos, key, 1, &ref, &err);
+        Py_END_ALLOW_THREADS
+        if (rc < 0)
+            raise_ledger(st, c->path, rc, &err);
+    }
     if (rc == 1) {
         PyObject *k = make_key(st, key);
         if (k && it->kind == ITER_KEYS) {
@@ -767,19 +844,39 @@ static void Cassette_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
+/* The request bytes of request= (None: NULL; an EvalRequest: its identity
+ * bytes; else any bytes-like object) as a new bytes object in *out. -1 with
+ * an exception. */
+static int request_arg(fab_state *st, PyObject *request, PyObject **out)
+{
+    *out = NULL;
+    if (request == NULL || request == Py_None)
+        return 0;
+    if (PyObject_TypeCheck(request, st->EvalRequest_Type))
+        *out = fab_py_request_identity(st, request);
+    else if (PyObject_CheckBuffer(request) && !PyUnicode_Check(request))
+        *out = PyBytes_FromObject(request);
+    else
+        PyErr_Format(PyExc_TypeError, "request must be an EvalRequest, bytes or None, not "
+                     "%.100s", Py_TYPE(request)->tp_name);
+    return *out == NULL ? -1 : 0;
+}
+
 /* Writes an encoded reply under key (GIL held on entry and exit; released
  * for the ledger write). 1 if new, 0 if already held, -1 with an exception. */
 /* Records buf for key, expiring at expires_ns (0: never). 1 written, 0
  * held, -1 with an exception set. */
 static int record_expiring(fab_state *st, CassetteObject *c, const uint8_t key[32],
-                           const fab_buf *buf, uint64_t expires_ns)
+                           const fab_buf *buf, uint64_t expires_ns, PyObject *req)
 {
     if (enter(c) < 0)
         return -1;
     fab_ledger_error err;
     int rc;
+    const char *rdata = req ? PyBytes_AS_STRING(req) : NULL;
+    size_t rlen = req ? (size_t)PyBytes_GET_SIZE(req) : 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_record_ex(c->l, key, buf->data, buf->len, expires_ns, &err);
+    rc = fab_ledger_record_req(c->l, key, rdata, rlen, buf->data, buf->len, expires_ns, &err);
     Py_END_ALLOW_THREADS
     leave(c);
     if (rc < 0) {
@@ -790,9 +887,9 @@ static int record_expiring(fab_state *st, CassetteObject *c, const uint8_t key[3
 }
 
 static int record_encoded(fab_state *st, CassetteObject *c, const uint8_t key[32],
-                          const fab_buf *buf)
+                          const fab_buf *buf, PyObject *req)
 {
-    return record_expiring(st, c, key, buf, 0);
+    return record_expiring(st, c, key, buf, 0, req);
 }
 
 /* The expiry time of expire= (seconds from now, a positive number, or None
@@ -830,22 +927,27 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_Format(PyExc_TypeError, "record() takes a key and a reply (%zd given)", nargs);
         return NULL;
     }
-    PyObject *expire = NULL;
+    PyObject *expire = NULL, *request = NULL;
     for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        if (!PyUnicode_Check(name) || PyUnicode_CompareWithASCIIString(name, "expire") != 0) {
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "expire") == 0) {
+            expire = args[nargs + i];
+        } else if (PyUnicode_Check(name) &&
+                   PyUnicode_CompareWithASCIIString(name, "request") == 0) {
+            request = args[nargs + i];
+        } else {
             PyErr_Format(PyExc_TypeError, "record() got an unexpected keyword argument %R",
                          name);
             return NULL;
         }
-        expire = args[nargs + i];
     }
     uint64_t expires_ns;
     if (expiry_of(expire, &expires_ns) < 0)
         return NULL;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
-    if (st == NULL || get_key(args[0], key) < 0)
+    PyObject *req;
+    if (st == NULL || get_key(args[0], key) < 0 || request_arg(st, request, &req) < 0)
         return NULL;
     fab_buf buf;
     fab_buf_init(&buf);
@@ -853,17 +955,19 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     fab_enc_init(&enc, fab_buf_sink, &buf);
     if (fab_py_encode_record(st, &enc, args[1], "reply") < 0) {
         fab_buf_destroy(&buf);
+        Py_XDECREF(req);
         return NULL;
     }
-    int rc = record_expiring(st, c, key, &buf, expires_ns);
+    int rc = record_expiring(st, c, key, &buf, expires_ns, req);
     fab_buf_destroy(&buf);
+    Py_XDECREF(req);
     if (rc < 0)
         return NULL;
     return PyBool_FromLong(rc);
 }
 
 int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
-                           size_t *nbytes)
+                           PyObject *request, size_t *nbytes)
 {
     fab_buf buf;
     fab_buf_init(&buf);
@@ -877,9 +981,26 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
     int rc;
     uint8_t k[32];
     if (Py_IS_TYPE(cassette, st->EvalCassette_Type)) {
-        rc = get_key(key, k) < 0 ? -1 : record_encoded(st, (CassetteObject *)cassette, k, &buf);
+        PyObject *req = NULL;
+        rc = get_key(key, k) < 0 || request_arg(st, request, &req) < 0
+                 ? -1
+                 : record_encoded(st, (CassetteObject *)cassette, k, &buf, req);
+        Py_XDECREF(req);
+    } else if (request != NULL && request != Py_None &&
+               PyObject_TypeCheck(cassette, st->EvalCassette_Type)) {
+        /* A subclass: its own record(), with the request. */
+        PyObject *r = NULL, *meth = PyObject_GetAttrString(cassette, "record");
+        PyObject *kw = meth ? Py_BuildValue("{sO}", "request", request) : NULL;
+        PyObject *pos = kw ? PyTuple_Pack(2, key, record) : NULL;
+        if (pos)
+            r = PyObject_Call(meth, pos, kw);
+        Py_XDECREF(pos);
+        Py_XDECREF(kw);
+        Py_XDECREF(meth);
+        rc = r == NULL ? -1 : PyObject_IsTrue(r);
+        Py_XDECREF(r);
     } else {
-        /* Any other cassette (a subclass, a stand-in): its own record(). */
+        /* Any other cassette (a stand-in): its own record(key, reply). */
         PyObject *r = PyObject_CallMethod(cassette, "record", "OO", key, record);
         rc = r == NULL ? -1 : PyObject_IsTrue(r);
         Py_XDECREF(r);
@@ -991,6 +1112,7 @@ static PyObject *make_iter(PyObject *self, int kind)
     it->c = (CassetteObject *)Py_NewRef(self);
     it->pos.off = it->pos.gen = 0;
     it->kind = kind;
+    it->op = NULL;
     return (PyObject *)it;
 }
 
@@ -1043,20 +1165,104 @@ static PyObject *Cassette_items(PyObject *self, PyObject *Py_UNUSED(ignored))
     return make_iter(self, ITER_ITEMS);
 }
 
-static PyObject *Cassette_record_stream(PyObject *self, PyObject *key_obj)
+static PyObject *Cassette_requests(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"op", NULL};
+    PyObject *op = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:requests", names, &op))
+        return NULL;
+    PyObject *enc = NULL;
+    if (op != Py_None) {
+        if (!PyUnicode_Check(op)) {
+            PyErr_Format(PyExc_TypeError, "requests(): op must be a str or None, not %.100s",
+                         Py_TYPE(op)->tp_name);
+            return NULL;
+        }
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(op, &n);
+        if (u == NULL)
+            return NULL;
+        /* the msgpack str header of the canonical encoding, then the UTF-8 */
+        uint8_t h[5];
+        size_t hl;
+        if (n < 32) {
+            h[0] = (uint8_t)(0xa0 | n);
+            hl = 1;
+        } else if (n < 256) {
+            h[0] = 0xd9;
+            h[1] = (uint8_t)n;
+            hl = 2;
+        } else if (n < 65536) {
+            h[0] = 0xda;
+            h[1] = (uint8_t)(n >> 8);
+            h[2] = (uint8_t)n;
+            hl = 3;
+        } else {
+            h[0] = 0xdb;
+            h[1] = (uint8_t)((uint64_t)n >> 24);
+            h[2] = (uint8_t)(n >> 16);
+            h[3] = (uint8_t)(n >> 8);
+            h[4] = (uint8_t)n;
+            hl = 5;
+        }
+        if ((enc = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)hl + n)) == NULL)
+            return NULL;
+        memcpy(PyBytes_AS_STRING(enc), h, hl);
+        memcpy(PyBytes_AS_STRING(enc) + hl, u, (size_t)n);
+    }
+    IterObject *it = (IterObject *)make_iter(self, ITER_REQUESTS);
+    if (it == NULL) {
+        Py_XDECREF(enc);
+        return NULL;
+    }
+    it->op = enc;
+    return (PyObject *)it;
+}
+
+static PyObject *Cassette_request_bytes(PyObject *self, PyObject *key_obj)
 {
     CassetteObject *c = (CassetteObject *)self;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     if (st == NULL || get_key(key_obj, key) < 0 || enter(c) < 0)
         return NULL;
+    fab_ledger_ref ref;
+    int got = request_of(st, c, key, &ref);
+    leave(c);
+    if (got <= 0)
+        return got < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)ref.data, (Py_ssize_t)ref.len);
+    fab_lmap_release(ref.map);
+    return out;
+}
+
+
+static PyObject *Cassette_record_stream(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"", "request", NULL};
+    PyObject *key_obj, *request = Py_None, *req;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$O:record_stream", names, &key_obj,
+                                     &request))
+        return NULL;
+    CassetteObject *c = (CassetteObject *)self;
+    fab_state *st = cassette_state(self);
+    uint8_t key[32];
+    if (st == NULL || get_key(key_obj, key) < 0 || request_arg(st, request, &req) < 0)
+        return NULL;
+    if (enter(c) < 0) {
+        Py_XDECREF(req);
+        return NULL;
+    }
     fab_ledger_error err;
     uint64_t begin = 0;
     int rc;
+    const char *rdata = req ? PyBytes_AS_STRING(req) : NULL;
+    size_t rlen = req ? (size_t)PyBytes_GET_SIZE(req) : 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_stream_begin(c->l, key, &begin, &err);
+    rc = fab_ledger_stream_begin_req(c->l, key, rdata, rlen, &begin, &err);
     Py_END_ALLOW_THREADS
     leave(c);
+    Py_XDECREF(req);
     if (rc < 0)
         return raise_ledger(st, c->path, rc, &err);
     WriterObject *w = PyObject_New(WriterObject, st->CassetteWriter_Type);
@@ -1419,11 +1625,13 @@ static PyMethodDef Cassette_methods[] = {
      "object (len(result) == 32 * len(self)): a whole store's keys without a ContentKey "
      "per key, for announcing a node's holdings."},
     {"record", (PyCFunction)(void (*)(void))Cassette_record, METH_FASTCALL | METH_KEYWORDS,
-     "record($self, key, reply, /, *, expire=None)\n--\n\n"
+     "record($self, key, reply, /, *, expire=None, request=None)\n--\n\n"
      "Records reply (any value canonical_bytes accepts) for key (a ContentKey). Returns True "
      "once written (and durable per the durability mode), False when the key was already "
      "held: first write wins and nothing is written. expire: seconds after which the reply "
-     "is no longer held (get misses, compaction drops it, the key can be recorded again)."},
+     "is no longer held (get misses, compaction drops it, the key can be recorded again). "
+     "request: the request's identity bytes (or the EvalRequest), stored beside the reply "
+     "in the same append (request_bytes() gives them back)."},
     {"delete", Cassette_delete, METH_O,
      "delete($self, key, /)\n--\n\n"
      "Deletes key: writes a durable tombstone (synced per the durability mode) and returns "
@@ -1444,8 +1652,17 @@ static PyMethodDef Cassette_methods[] = {
      "(no copy), or default. The view stays valid after the cassette is closed."},
     {"items", Cassette_items, METH_NOARGS,
      "items($self, /)\n--\n\nIterates (key, reply) pairs in ledger order."},
-    {"record_stream", Cassette_record_stream, METH_O,
-     "record_stream($self, key, /)\n--\n\n"
+    {"requests", (PyCFunction)(void (*)(void))Cassette_requests, METH_VARARGS | METH_KEYWORDS,
+     "requests($self, /, op=None)\n--\n\nIterates (key, request bytes) of the held keys "
+     "recorded with their request, in ledger order; with op, only those whose identity "
+     "bytes name that op (the second element of the identity array)."},
+    {"request_bytes", Cassette_request_bytes, METH_O,
+     "request_bytes($self, key, /)\n--\n\nThe identity bytes of the request recorded "
+     "with key's reply, or None (not held, or recorded without them)."},
+    {"record_stream", (PyCFunction)(void (*)(void))Cassette_record_stream,
+     METH_VARARGS | METH_KEYWORDS,
+     "record_stream($self, key, /, *, request=None)\n--\n\n"
+     "request: as for record(), stored before the stream's first record. "
      "A CassetteStreamWriter recording a streamed reply for key: append(item) per item, then "
      "close() to commit (or abort()). Used as a context manager it commits on success and "
      "aborts on an exception. When the key is already held the writer drops everything "

@@ -278,6 +278,10 @@ int fab_py_request_info(fab_state *st, PyObject *req, const uint8_t **digest, Py
 
 /* request.c: the request's ContentKey (made once, then shared); new reference. */
 PyObject *fab_py_request_key(fab_state *st, PyObject *req);
+
+/* request.c: the request's identity bytes (its identity_bytes()); new
+ * reference, or NULL with TypeError when req is not an EvalRequest. */
+PyObject *fab_py_request_identity(fab_state *st, PyObject *req);
 int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
 int fab_py_placement_traverse(fab_state *st, visitproc visit, void *arg);
@@ -287,10 +291,11 @@ void fab_py_holdings_clear(fab_state *st);
 
 /* cassette.c: records `record` under `key` in `cassette` (an EvalCassette
  * is written directly, any other object through its record() method) and
- * sets *nbytes to the length of its canonical encoding. 1 if the key was
+ * sets *nbytes to the length of its canonical encoding; request (NULL, None,
+ * an EvalRequest or bytes) is stored beside it. 1 if the key was
  * new, 0 if already held, -1 with an exception set. */
 int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
-                           size_t *nbytes);
+                           PyObject *request, size_t *nbytes);
 
 /* reply.c: the reply (of the reply class) that a cassette record [value,
  * diagnostics, trace] holds, for key with the given source (all borrowed);

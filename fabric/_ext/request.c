@@ -985,3 +985,10 @@ PyObject *fab_py_request_key(fab_state *st, PyObject *req)
     }
     return request_key((EvalRequestObject *)req);
 }
+
+PyObject *fab_py_request_identity(fab_state *st, PyObject *req)
+{
+    if (fab_py_request_info(st, req, NULL, NULL, NULL) < 0)
+        return NULL;
+    return EvalRequest_identity_bytes((EvalRequestObject *)req, NULL);
+}

@@ -55,6 +55,9 @@ enum fab_ledger_type {
  * time (nanoseconds since the Unix epoch), then the reply. */
 #define FAB_REC_FLAG_VALUE 1
 #define FAB_REC_FLAG_EXPIRES 2
+/* REQUESTED (REPLY, STREAM_BEGIN): the record right before this one is the
+ * key's REQUEST record, written in the same append. */
+#define FAB_REC_FLAG_REQUESTED 4
 
 enum fab_ledger_mode { FAB_LEDGER_READ = 0, FAB_LEDGER_WRITE = 1 };
 enum fab_ledger_durability { FAB_DUR_OS = 0, FAB_DUR_FSYNC = 1, FAB_DUR_GROUP = 2 };
@@ -189,6 +192,16 @@ int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, si
 int fab_ledger_record_ex(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                          uint64_t expires_ns, fab_ledger_error *err);
 
+/*
+ * fab_ledger_record_ex that also stores the request's canonical bytes
+ * (req, rlen; NULL or 0 = none) in a REQUEST record written right before
+ * the REPLY, in the same append (one lock, one pwrite). Nothing is written
+ * when the key is held (first write wins for both).
+ */
+int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req, size_t rlen,
+                          const void *data, size_t len, uint64_t expires_ns,
+                          fab_ledger_error *err);
+
 /* Deletes key (a durable TOMBSTONE record, synced per the durability
  * mode): 1 when it was held, 0 when not (nothing written), or an error as
  * fab_ledger_record. The key can be recorded again. */
@@ -278,6 +291,17 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
  * already held (nothing written), or an error as fab_ledger_record. */
 int fab_ledger_stream_begin(fab_ledger *l, const uint8_t key[32], uint64_t *begin,
                             fab_ledger_error *err);
+/* fab_ledger_stream_begin with the request's canonical bytes, written in a
+ * REQUEST record right before the BEGIN (as fab_ledger_record_req). */
+int fab_ledger_stream_begin_req(fab_ledger *l, const uint8_t key[32], const void *req,
+                                size_t rlen, uint64_t *begin, fab_ledger_error *err);
+
+/* The request bytes recorded for key's commit in force: 1 with ref->data,
+ * ref->len the REQUEST payload (ref->offset its record, ref->type
+ * FAB_REC_REQUEST; ref->map a reference when want_map), 0 when the key is
+ * not held or was recorded without them, or an error. */
+int fab_ledger_request(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
+                       fab_ledger_error *err);
 /* Appends one item (canonical msgpack). 0 or an error; FAB_ESTATE when the
  * ledger moved to another file (a compaction) since the stream began: the
  * stream is lost and must be recorded again. */
