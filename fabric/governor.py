@@ -189,6 +189,49 @@ class PeerGovernor:
             "peer_penalties": penalties,
         }
 
+    # -- snapshot ---------------------------------------------------------------
+    def export_state(self) -> dict[str, object]:
+        """The governor's policy, health and backoff as plain values (for a
+        node snapshot, docs/spec/snapshot.md). Clock times are saved relative
+        to now (``last_ago``, ``retry_in`` seconds): a monotonic clock means
+        nothing in another process."""
+        now = self._clock()
+        with self._lock:
+            hs = sorted(self._health.items())
+            skips, penalties = self._skips, self._penalties
+        return {
+            "allow": None if self.allow is None else sorted(self.allow),
+            "block": sorted(self.block),
+            "down_after": self.down_after, "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap, "jitter": self.jitter,
+            "skips": skips, "penalties": penalties,
+            "health": [[p, h.failures, h.consecutive, h.last_event,
+                        None if h.last_at is None else max(0.0, now - h.last_at), h.down]
+                       for p, h in hs],
+            "backoff": [[p, h.consecutive, max(0.0, h.retry_at - now)]
+                        for p, h in hs if h.retry_at is not None and h.retry_at > now],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, object], *, clock: Callable[[], float] = time.monotonic,
+                   rng: random.Random | None = None) -> "PeerGovernor":
+        """A governor from ``export_state()`` values (already checked by the
+        snapshot decoder); relative times become times of ``clock``."""
+        gov = cls(allow=state["allow"], block=state["block"],  # type: ignore[arg-type]
+                  down_after=state["down_after"],  # type: ignore[arg-type]
+                  backoff_base=state["backoff_base"],  # type: ignore[arg-type]
+                  backoff_cap=state["backoff_cap"],  # type: ignore[arg-type]
+                  jitter=state["jitter"], clock=clock, rng=rng)  # type: ignore[arg-type]
+        now = clock()
+        retry = {p: now + float(r) for p, _n, r in state["backoff"]}  # type: ignore[attr-defined]
+        for p, failures, consecutive, event, ago, down in state["health"]:  # type: ignore[attr-defined]
+            gov._health[p] = PeerHealth(failures, consecutive, event,
+                                        None if ago is None else now - float(ago), down,
+                                        retry.get(p))
+        gov._skips = state["skips"]  # type: ignore[assignment]
+        gov._penalties = state["penalties"]  # type: ignore[assignment]
+        return gov
+
     def __repr__(self) -> str:
         c = self.counters()
         allow = "open" if self.allow is None else f"{len(self.allow)} allowed"

@@ -415,7 +415,8 @@ class NodeClient:
         self._writer: asyncio.StreamWriter | None = None
         self._enc = P.encoder(max_frame)
         self._calls: dict[int, _Call] = {}
-        self._ids = itertools.count(1)
+        #: The next stream id this client opens (saved in a node snapshot).
+        self.next_sid = 1
         self._closed = False
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -572,7 +573,8 @@ class NodeClient:
         if self._writer is None:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
-        sid = next(self._ids)
+        sid = self.next_sid  # on the client's loop thread only
+        self.next_sid = sid + 1
         frame = self._open_frame(request, want, grants, timeout, sid, self._enc)
         c = self._calls[sid] = _Call(sid, want)
         self._writer.write(frame)

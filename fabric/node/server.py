@@ -43,6 +43,9 @@ from .auth import COMPUTE, Grants, Tokens, tls_principal
 from .credit import Credit, StreamTable
 from .scheduler import FairQueue
 from .secrets import SecretStore
+from . import snapshot as _snap
+from .snapshot import NodeState, SnapshotBusy
+from ..governor import PeerGovernor
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -192,7 +195,8 @@ class Node:
                  peers: Iterable[str] = (), listen: str = "127.0.0.1:7411",
                  tls: Any = None, tokens: Any = None, grants: Any = None,
                  secrets: str | None = None, limits: NodeLimits | None = None,
-                 insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None):
+                 insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
+                 governor: PeerGovernor | None = None, _restored: NodeState | None = None):
         self.host, self.port = _split_listen(listen)
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
@@ -207,13 +211,17 @@ class Node:
         self._own_cassette = isinstance(cassette, (str, os.PathLike))
         self.cassette = EvalCassette(cassette) if self._own_cassette else cassette
         self.node_id = node_id or f"node-{os.getpid()}-{id(self) & 0xffff:x}"
+        #: Starts at 0; ``Node.restore`` sets the snapshot's + 1.
+        self.incarnation = 0 if _restored is None else _restored.incarnation + 1
         self.limits = limits or NodeLimits()
         self.tls = tls
         self.tokens = None if tokens is None else Tokens(tokens)
         self.grants = Grants(grants)
         self.secrets = SecretStore(secrets)
         self.home = None if home is None else _SecretHome(home, self.secrets)
-        self.fabric = ContentAddressedFabric(self.node_id, self.cassette, home=self.home)
+        self.fabric = ContentAddressedFabric(
+            self.node_id, self.cassette, home=self.home, governor=governor,
+            holders=None if _restored is None else _restored.holders)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = list(peers)
         self.peer_tls = peer_tls
@@ -242,6 +250,13 @@ class Node:
         self._opens: dict[bytes, tuple[Any, Any]] = {}
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
+        # Per peer URL: where its gossip restarts, and whether it is a redelivery.
+        self._resume: dict[str, tuple[int, bool]] = {}
+        self._peer_streams: dict[str, int] = {}
+        if _restored is not None:
+            self._stats = dict(_restored.counters)
+            self._resume = {p["peer"]: (p["start"], True) for p in _restored.pending}
+            self._peer_streams = dict(_restored.peer_streams)
         self.fabric.announce_held()
 
     # -- public ----------------------------------------------------------------
@@ -261,9 +276,61 @@ class Node:
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections, requests, refusals, queues, the fabric's own."""
-        return {"node": self.node_id, "connections": len(self._conns), **self._stats,
+        return {"node": self.node_id, "incarnation": self.incarnation,
+                "connections": len(self._conns), **self._stats,
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
                 "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
+
+    def snapshot(self) -> bytes:
+        """The node's state as bytes (docs/spec/snapshot.md): holding index,
+        governor (health and backoff table), counters, the gossip each peer
+        has not acknowledged yet (each marked redelivered), the stream id
+        counters of its peer links, its incarnation.
+
+        Refused with ``SnapshotBusy`` while a request runs or waits or stream
+        data is queued: a snapshot never holds half a piece of work. Stop
+        admitting work first (``request_stop(drain=True)``, or simply a
+        quiet moment) and ask again. Safe from any thread.
+        """
+        busy = self._running + len(self._run_q)
+        if busy or not self._out_q.empty():
+            raise SnapshotBusy(f"node {self.node_id}: {busy} request(s) running or queued"
+                               f"{'' if self._out_q.empty() else ' and stream data queued'}"
+                               f"; snapshot refused (drain first)")
+        holders = self.fabric.holders
+        version = holders.version  # before the bytes: they hold at least this much
+        holdings = holders.snapshot()
+        sent = {cl.url: cl.gossip_sent for cl in self._clients}
+        for url, (start, _redo) in self._resume.items():  # not delivered yet
+            sent.setdefault(url, start)
+        for url in self.peer_urls:
+            sent.setdefault(url, 0)
+        pending = [{"peer": url, "start": min(start, version), "end": version,
+                    "redelivered": True}
+                   for url, start in sorted(sent.items()) if start < version]
+        streams = dict(self._peer_streams)
+        streams.update({cl.url: cl.next_sid for cl in self._clients})
+        gov = self.fabric.governor
+        return _snap.encode(self.node_id, self.incarnation, holdings,
+                            None if gov is None else gov.export_state(),
+                            {k: v for k, v in self._stats.items()}, pending, streams)
+
+    @classmethod
+    def restore(cls, data: bytes, cassette: Any = None, **kwargs: Any) -> "Node":
+        """A node from ``snapshot()`` bytes, with incarnation + 1.
+
+        ``cassette`` and ``kwargs`` are ``Node``'s (``node_id`` defaults to
+        the snapshot's; ``governor`` to one rebuilt from it). The whole
+        snapshot is decoded and checked before the node is made: bad bytes
+        raise ``SnapshotError`` (another or a missing spec version too) and
+        change nothing. Gossip a peer had not acknowledged is sent again,
+        marked ``redelivered`` (facts are a set: a repeat is harmless).
+        """
+        state = _snap.decode(data)
+        kwargs.setdefault("node_id", state.node)
+        if "governor" not in kwargs and state.governor is not None:
+            kwargs["governor"] = PeerGovernor.from_state(state.governor)
+        return cls(cassette, _restored=state, **kwargs)
 
     def _stat(self, name: str, n: int = 1) -> None:
         self._stats[name] = self._stats.get(name, 0) + n
@@ -424,6 +491,9 @@ class Node:
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 self._on_gossip, body))
+        start, redo = self._resume.get(url, (0, False))
+        client.gossip_sent = start
+        client.next_sid = max(client.next_sid, self._peer_streams.get(url, 1))
         self._clients.append(client)
         try:
             try:
@@ -476,8 +546,14 @@ class Node:
             for cl in self._clients:
                 if cl.gossip_sent < version and cl.status == "connected":
                     body, end = self._delta(cl.gossip_sent)
+                    # A redelivery goes out as any delta (facts are a set: the
+                    # peer needs no mark); the node counts it.
+                    redo = self._resume.get(cl.url, (0, False))[1]
                     if cl._send_gossip(body):
                         cl.gossip_sent = end
+                        if redo:
+                            self._resume.pop(cl.url, None)
+                            self._stat("gossip_redelivered")
 
     # -- connections -------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader,

@@ -1,0 +1,160 @@
+"""Gossip convergence in an in-process simulation (no sockets), next to a DHT.
+
+    python bench/gossip.py [--nodes 10 100 1000] [--trials 5] [--fanout 3]
+
+N nodes, each starting with two peers it knows (the next node on a ring and
+one random node: connected, nothing more). Rounds are synchronous. In a
+round, every node *hot* with a rumour (facts it learned and still spreads)
+pushes it to ``fanout`` peers drawn at random from its view; a push that
+finds the receiver already knowing the fact counts against the sender, which
+stops spreading after ``stop_after`` such duplicates (rumour mongering with
+feedback). Every ``pull_every`` rounds each node also pulls from one random
+peer (anti-entropy: it sends its per-origin version vector for the origins it
+knows; the peer answers the facts missing), which catches what the rumour
+missed. Every message carries a sample of up to ``sample`` peers of the
+sender's view; the receiver keeps a view of at most ``view`` peers (random
+replacement), so membership spreads by gossip too.
+
+Bytes are modelled on the node protocol's GOSSIP frame (docs/spec/
+protocol.md): 16 B of frame header, 40 B per fact (32-byte key + an 8-byte
+holder reference), 16 B per version-vector entry (origin ref + version),
+12 B per peer in a sample (address).
+
+The DHT column models a Kademlia provider record (k = 20 replicas, lookup
+parallelism alpha = 3): announcing a fact costs an iterative lookup of about
+alpha * ceil(log2 N) request/response pairs plus k STORE pairs, each request
+about 80 B and each response about 80 B + k contacts of 50 B. That is what
+an announcement costs; a DHT gives no node the whole index, so every reader
+pays another lookup per key, where gossip pays nothing more.
+
+Prints one table (markdown) and the holding index's bytes per fact measured
+in the C core when keys are shared by many holders (the fleet envelope).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FRAME = 16
+FACT = 40
+VV_ENTRY = 16
+PEER = 12
+
+
+def simulate(n: int, rng: random.Random, *, fanout: int = 3, stop_after: int = 2,
+             pull_every: int = 4, sample: int = 8, view: int = 32,
+             max_rounds: int = 1000) -> tuple[int, int, int]:
+    """One fact announced on node 0: (rounds, messages, bytes) until all n hold it."""
+    views: list[list[int]] = []
+    for i in range(n):
+        v = {(i + 1) % n, rng.randrange(n)} - {i}
+        views.append(list(v) or [(i + 1) % n])
+    knows = [False] * n
+    knows[0] = True
+    hot = {0: 0}  # node -> duplicates seen
+    have = 1
+    msgs = 0
+    nbytes = 0
+
+    def learn_peers(dst: int, src: int) -> int:
+        """dst merges a sample of src's view (and src itself); returns bytes of the sample."""
+        s = views[src] if len(views[src]) <= sample else rng.sample(views[src], sample)
+        vd = views[dst]
+        for p in s + [src]:
+            if p != dst and p not in vd:
+                if len(vd) < view:
+                    vd.append(p)
+                else:
+                    vd[rng.randrange(view)] = p
+        return len(s) * PEER
+
+    rounds = 0
+    while have < n and rounds < max_rounds:
+        rounds += 1
+        learned: list[int] = []
+        for src, dups in list(hot.items()):
+            for dst in rng.sample(views[src], min(fanout, len(views[src]))):
+                msgs += 1
+                nbytes += FRAME + FACT + learn_peers(dst, src)
+                if knows[dst] or dst in learned:
+                    hot[src] = dups = dups + 1
+                else:
+                    learned.append(dst)
+            if hot.get(src, 0) >= stop_after:
+                del hot[src]
+        if rounds % pull_every == 0:
+            for dst in range(n):
+                src = rng.choice(views[dst])
+                # request: version vector of the origins dst knows (one here: node 0's,
+                # or none) and a peer sample; response: the missing facts and a sample.
+                msgs += 2
+                nbytes += 2 * FRAME + (VV_ENTRY if knows[dst] else 0) + learn_peers(src, dst)
+                nbytes += learn_peers(dst, src)
+                if knows[src] and not knows[dst] and dst not in learned:
+                    nbytes += FACT
+                    learned.append(dst)
+        for d in learned:
+            if not knows[d]:
+                knows[d] = True
+                have += 1
+                hot[d] = 0
+    if have < n:
+        raise RuntimeError(f"no convergence within {max_rounds} rounds at {n} nodes")
+    return rounds, msgs, nbytes
+
+
+def dht_cost(n: int, k: int = 20, alpha: int = 3) -> tuple[int, int]:
+    """Messages and bytes for one provider-record announcement (see the docstring)."""
+    k = min(k, n - 1)
+    lookups = alpha * max(1, math.ceil(math.log2(n)))
+    pairs = lookups + k
+    req, resp = 80, 80 + k * 50
+    return 2 * pairs, lookups * (req + resp) + k * (req + 80)
+
+
+def envelope() -> tuple[float, float]:
+    """The C index's bytes per fact: 1e5 keys each held by 1 and by 10 holders."""
+    from fabric.holders import HoldingIndex
+    r = random.Random(1)
+    keys = r.randbytes(32 * 100_000)
+    one = HoldingIndex()
+    one.announce_keys(keys, "n0")
+    many = HoldingIndex()
+    for h in range(10):
+        many.announce_keys(keys, f"n{h}")
+    return one.memory() / len(one), many.memory() / len(many)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--fanout", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=14)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    print("| nodes | rounds (median, max) | log2 N | messages / fact | bytes / fact "
+          "| msgs / node | DHT announce msgs | DHT announce bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in args.nodes:
+        runs = [simulate(n, rng, fanout=args.fanout) for _ in range(args.trials)]
+        r = [x[0] for x in runs]
+        m = statistics.median(x[1] for x in runs)
+        b = statistics.median(x[2] for x in runs)
+        dm, db = dht_cost(n)
+        print(f"| {n} | {statistics.median(r):g}, {max(r)} | {math.log2(n):.1f} | {m:g} "
+              f"| {b:g} | {m / n:.1f} | {dm} | {db} |")
+    one, many = envelope()
+    print(f"\nC holding index: {one:.1f} B/fact (each key one holder), "
+          f"{many:.1f} B/fact (each key 10 holders), 1e5 keys")
+
+
+if __name__ == "__main__":
+    main()
