@@ -501,18 +501,26 @@ static PyObject *control_get_fields(ControlObject *self, void *closure)
     return PyDict_Copy(self->fields);
 }
 
-/* Attributes first, then the fields by name (ctl.limit, ctl.item...). */
+/* __getattr__: a field by name (ctl.limit, ctl.item...), else AttributeError. */
+static PyObject *control_getattr(ControlObject *self, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(self->fields, name);
+    if (v != NULL)
+        return Py_NewRef(v);
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_AttributeError, "'StreamControl' object has no attribute %R", name);
+    return NULL;
+}
+
+/* Attributes first, then the fields (a C type's __getattr__ is not called
+ * by itself: this slot is what calls it). */
 static PyObject *control_getattro(ControlObject *self, PyObject *name)
 {
     PyObject *v = PyObject_GenericGetAttr((PyObject *)self, name);
     if (v != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError))
         return v;
-    v = PyDict_GetItemWithError(self->fields, name);
-    if (v != NULL) {
-        PyErr_Clear();
-        return Py_NewRef(v);
-    }
-    return NULL; /* the AttributeError stands */
+    PyErr_Clear();
+    return control_getattr(self, name);
 }
 
 static int control_setattro(ControlObject *self, PyObject *name, PyObject *value)
@@ -648,6 +656,8 @@ static PyMethodDef control_methods[] = {
      "to_frame($self, /, grants, *, seq=0)\n--\n\n"
      "The CONTROL frame, after checking grants (the operation's capability\n"
      "and ``stream.remote.network``)."},
+    {"__getattr__", (PyCFunction)control_getattr, METH_O,
+     "__getattr__($self, name, /)\n--\n\nA field of the operation by name (ctl.limit)."},
     {"__reduce__", (PyCFunction)control_reduce, METH_NOARGS, NULL},
     {"_unpickle", (PyCFunction)control_unpickle, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
