@@ -128,3 +128,73 @@ def test_random_payloads_are_accepted_or_refused_cleanly(payload):
         assert "offset" in str(exc)
         return
     assert StreamControl.from_frame(ctl.to_frame(ALL), ALL) == ctl
+
+
+def test_pickle_repr_and_fields_as_attributes():
+    import pickle
+    for ctl in EXAMPLES:
+        back = pickle.loads(pickle.dumps(ctl))
+        assert back == ctl and hash(back) == hash(ctl) and repr(back) == repr(ctl)
+    ctl = StreamControl.next(7, limit=16)
+    assert repr(ctl) == "StreamControl('next', 7, limit=16)"
+    assert ctl.limit == 16 and ctl.fields == {"limit": 16}
+    ctl.fields["limit"] = 99  # a copy
+    assert ctl.limit == 16
+    with pytest.raises(AttributeError):
+        ctl.count
+    assert StreamControl(op="close", stream_id=3) == StreamControl.close(3)
+    assert StreamControl.close(3) != StreamControl.close(4)
+    assert StreamControl.close(3) != StreamControl.cancel(3)
+    assert StreamControl.close(3).__eq__(3) is NotImplemented
+    with pytest.raises(TypeError, match="multiple values"):
+        StreamControl("close", 3, op="close")
+    with pytest.raises(TypeError, match="cannot key object"):
+        StreamControl.push(1, object())
+    with pytest.raises(ValueError, match="stream_id"):
+        StreamControl.close(1 << 64)
+
+
+def test_rules_come_from_the_c_core():
+    from fabric import _core
+    assert dict(CONTROL_CAPABILITIES) == _core.CONTROL_CAPABILITIES
+    assert FAULT_KINDS == _core.FAULT_KINDS and REMOTE_CAPABILITY == _core.REMOTE_CAPABILITY
+    assert StreamControl is _core.StreamControl
+
+
+def _received(payload):
+    head = Frame(FrameKind.PING, b"\xc0").encode()
+    dec = fabric.FrameDecoder()
+    dec.feed(head + Frame(FrameKind.CONTROL, payload, stream_id=3).encode())
+    return list(dec)[1], len(head) + 36
+
+
+@pytest.mark.parametrize("payload, field, code_at", [
+    (bytes.fromhex("82a26f70a5636c6f7365a26f70a5636c6f7365"), "appears twice", 10),
+    (bytes.fromhex("82a26f70a46e657874a56c696d6974ff"), "positive int, got -1", 15),
+    (bytes.fromhex("82a26f70a46e657874a56c696d6974cb3ff0000000000000"), "got a float", 15),
+    (bytes.fromhex("81a26f70a3626f6f"), "unknown control operation 'boo'", 4),
+    (bytes.fromhex("c10181a26f70c70011a5636c6f7365"), "a tagged value", 6),
+])
+def test_received_refusals_say_where_in_the_payload(payload, field, code_at):
+    frame, at = _received(payload)
+    with pytest.raises(fabric.FrameError) as info:
+        StreamControl.from_frame(frame, ALL)
+    assert field in str(info.value)
+    assert info.value.offset == at and info.value.violation == "control"
+    assert info.value.frame_offset == at - 36
+    assert "byte %d of the payload" % code_at in str(info.value)
+
+
+def test_value_encoded_payload_is_read_with_its_tags():
+    # c1 01, then {"op": "push", "item": <tuple tag> [1]}.
+    frame, _ = _received(bytes.fromhex("c10182a26f70a470757368a46974656dc700119101"))
+    ctl = StreamControl.from_frame(frame, ALL)
+    assert ctl.op == "push" and ctl.item == (1,)
+    assert ctl == StreamControl.push(3, (1,))
+
+
+def test_limits_apply_to_received_controls():
+    frame = StreamControl.push(1, [[[[1]]]]).to_frame(ALL)
+    with pytest.raises(fabric.DecodeError, match="offset"):
+        StreamControl.from_frame(frame, ALL, limits=fabric.StreamFrameLimits(max_depth=3))
+    assert StreamControl.from_frame(frame, ALL, limits=fabric.StreamFrameLimits(max_depth=5))

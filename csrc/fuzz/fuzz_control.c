@@ -1,64 +1,61 @@
 /*
- * libFuzzer target: the C path a received CONTROL frame takes before the
- * Python control plane (fabric/control.py) sees it: the frame decoder, then a
- * pull-parse of the payload under the default stream limits that checks the
- * control shape (a map of str keys, an "op" naming one of the eight
- * operations, every key known). Must never crash, leak or read out of bounds,
- * and must give the same verdict for the frame fed whole or byte by byte.
+ * libFuzzer target: the path a received CONTROL frame takes, all of it in
+ * the C core: the frame decoder, then the control codec (csrc/control.c)
+ * under the default stream limits. Must never crash, leak or read out of
+ * bounds; must give the same verdict for the frame fed whole or byte by
+ * byte; an accepted control must encode, and its encoding decode to the same
+ * control (the round trip the Python StreamControl relies on).
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include "fabric/control.h"
 #include "fabric/frame.h"
 #include "fabric/mpdec.h"
 
-static const char *const ops[] = {"open", "next", "push", "close", "cancel", "stats",
-                                  "metadata", "fault", NULL};
-static const char *const fields[] = {"op", "metadata", "limit", "item", "reason", "kind",
-                                     "count", NULL};
-
-static int known(const char *const *names, const uint8_t *p, uint32_t len)
+static void same(const fab_control *a, const fab_control *b)
 {
-    for (int i = 0; names[i]; i++)
-        if (strlen(names[i]) == len && memcmp(names[i], p, len) == 0)
-            return 1;
-    return 0;
+    if (a->op != b->op || a->present != b->present || a->limit != b->limit ||
+        a->count != b->count || ((a->present & FAB_CTL_F_KIND) && a->fault != b->fault) ||
+        a->reason_len != b->reason_len || a->item_len != b->item_len ||
+        a->metadata_len != b->metadata_len ||
+        (a->reason_len && memcmp(a->reason, b->reason, a->reason_len) != 0))
+        abort();
 }
 
-/* 0 for a well-shaped control payload, else -1. */
+/* 0 for an accepted control payload, else the code. */
 static int check_control(const uint8_t *p, size_t len)
 {
     fab_mp_limits lim;
     fab_mp_limits_default(&lim);
     lim.max_depth = 64;
-    if (fab_mp_validate(p, len, &lim, NULL, 0, NULL) != 0)
-        return -1;
-    fab_mp_reader r;
-    fab_mp_item it;
-    fab_mp_reader_init(&r, p, len, &lim);
-    if (fab_mp_next(&r, &it) != 0 || it.type != FAB_MP_MAP)
-        return -1;
-    uint32_t pairs = it.v.count;
-    int have_op = 0;
-    for (uint32_t i = 0; i < pairs; i++) {
-        if (fab_mp_next(&r, &it) != 0 || it.type != FAB_MP_STR ||
-            !known(fields, it.v.s.p, it.v.s.len))
-            return -1;
-        int is_op = it.v.s.len == 2 && memcmp(it.v.s.p, "op", 2) == 0;
-        /* Skip the value: read items until its container closes. */
-        uint32_t depth0 = r.depth;
-        if (fab_mp_next(&r, &it) != 0)
-            return -1;
-        if (is_op) {
-            if (it.type != FAB_MP_STR || !known(ops, it.v.s.p, it.v.s.len))
-                return -1;
-            have_op = 1;
-        }
-        while (r.depth > depth0)
-            if (fab_mp_next(&r, &it) != 0)
-                return -1;
+    fab_control c;
+    fab_control_error err;
+    int rc = fab_control_decode(p, len, &lim, &c, &err);
+    if (rc > 0 || (rc < 0 && err.msg[0] == '\0') || (rc < 0 && err.offset > len))
+        abort();
+    if (rc < 0)
+        return rc;
+    if ((c.item && (c.item < p || c.item + c.item_len > p + len)) ||
+        (c.metadata && (c.metadata < p || c.metadata + c.metadata_len > p + len)))
+        abort();
+    /* Every op has a capability; the encoder takes what the decoder gave.
+     * In the value encoding an item may carry tags, which only tagged
+     * payloads may hold, so only plain payloads are re-read. */
+    if (fab_control_capability(c.op) == NULL)
+        abort();
+    fab_buf b;
+    fab_buf_init(&b);
+    if (fab_control_encode(&c, &b) != 0)
+        abort();
+    if (!c.tagged) {
+        fab_control d;
+        if (fab_control_decode(b.data, b.len, &lim, &d, NULL) != 0)
+            abort();
+        same(&c, &d);
     }
-    return have_op ? 0 : -1;
+    fab_buf_destroy(&b);
+    return 0;
 }
 
 static long long decode(const uint8_t *data, size_t size, size_t piece)

@@ -1320,3 +1320,42 @@ void fab_py_frames_clear(fab_state *st)
     Py_CLEAR(st->FrameDecoder_Type);
     Py_CLEAR(st->default_limits);
 }
+
+/* ======================================================================== */
+/* For other parts (control.c)                                              */
+/* ======================================================================== */
+
+int fab_py_frame_view(fab_state *st, PyObject *obj, fab_py_frame_info *out)
+{
+    if (!PyObject_TypeCheck(obj, st->Frame_Type))
+        return -1;
+    const FrameObject *f = (const FrameObject *)obj;
+    out->payload = f->ptr;
+    out->len = (size_t)f->len;
+    out->offset = f->offset;
+    out->stream_id = f->stream_id;
+    out->kind = f->kind;
+    return 0;
+}
+
+PyObject *fab_py_frame_new(fab_state *st, uint8_t kind, uint64_t stream_id, PyObject *seq,
+                           PyObject *payload)
+{
+    fab_frame_header h;
+    memset(&h, 0, sizeof(h));
+    h.kind = kind;
+    h.stream_id = stream_id;
+    if (seq && get_uint(seq, "seq", UINT64_MAX, &h.seq) < 0)
+        return NULL;
+    if ((size_t)PyBytes_GET_SIZE(payload) > FAB_FRAME_FORMAT_MAX_PAYLOAD)
+        return raise_frame_error_at(st, "payload-too-large",
+                                    "payload of %zd bytes does not fit a frame",
+                                    PyBytes_GET_SIZE(payload));
+    return frame_make(st, &h, payload, (const uint8_t *)PyBytes_AS_STRING(payload),
+                      PyBytes_GET_SIZE(payload), -1);
+}
+
+int fab_py_payload_limits(fab_state *st, PyObject *limits, fab_mp_limits *lim)
+{
+    return payload_limits(st, limits, lim);
+}

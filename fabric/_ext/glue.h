@@ -127,6 +127,9 @@ typedef struct fab_state {
 
     /* holdings.c */
     PyTypeObject *Holdings_Type;    /* _Holdings: the holding index's fact store */
+
+    /* control.c */
+    PyTypeObject *StreamControl_Type;
 } fab_state;
 
 extern PyModuleDef fab_module_def;
@@ -238,6 +241,7 @@ int fab_py_frames_exec(PyObject *module, fab_state *st);
 int fab_py_placement_exec(PyObject *module, fab_state *st);
 int fab_py_reprs_exec(PyObject *module, fab_state *st);
 int fab_py_holdings_exec(PyObject *module, fab_state *st);
+int fab_py_control_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */
 int fab_py_errors_traverse(fab_state *st, visitproc visit, void *arg);
@@ -373,5 +377,36 @@ PyObject *fab_py_raise_frame_error(fab_state *st, const struct fab_frame_error *
 /* frames.c: one limit of a StreamFrameLimits object, by its position in
  * StreamFrameLimits' field order (0 = max_frame_payload_bytes ... 7 = max_items). */
 uint64_t fab_py_limit(PyObject *limits, int which);
+
+/* unpack.c: fab_py_decode_record for a value-encoded body without its two
+ * leading bytes (tags read as prefixes): one value, nothing after it. */
+PyObject *fab_py_decode_tagged(fab_state *st, const uint8_t *data, size_t len,
+                               const struct fab_mp_limits *limits, size_t base_offset);
+
+/* frames.c: a borrowed view of a Frame for other parts. */
+typedef struct fab_py_frame_info {
+    const uint8_t *payload; /* valid while the Frame lives */
+    size_t len;
+    long long offset;       /* stream offset of the frame, -1 when built locally */
+    uint64_t stream_id;
+    uint8_t kind;
+} fab_py_frame_info;
+
+/* frames.c: fills *out when obj is a Frame and returns 0; else -1 (no
+ * exception set). */
+int fab_py_frame_view(fab_state *st, PyObject *obj, fab_py_frame_info *out);
+
+/* frames.c: a new local Frame of kind with payload (a bytes object, kept);
+ * seq (an int, or NULL for 0) is checked as Frame() checks it. */
+PyObject *fab_py_frame_new(fab_state *st, uint8_t kind, uint64_t stream_id, PyObject *seq,
+                           PyObject *payload);
+
+/* frames.c: decode limits from limits (None, a StreamFrameLimits or what
+ * Frame.decode_payload accepts), as decode_payload takes them. 0 or -1. */
+int fab_py_payload_limits(fab_state *st, PyObject *limits, struct fab_mp_limits *lim);
+
+/* control.c */
+int fab_py_control_traverse(fab_state *st, visitproc visit, void *arg);
+void fab_py_control_clear(fab_state *st);
 
 #endif

@@ -40,6 +40,7 @@ static const struct part {
     {"placement", fab_py_placement_exec, fab_py_placement_traverse, fab_py_placement_clear},
     {"reprs", fab_py_reprs_exec, NULL, NULL},
     {"holdings", fab_py_holdings_exec, fab_py_holdings_traverse, fab_py_holdings_clear},
+    {"control", fab_py_control_exec, fab_py_control_traverse, fab_py_control_clear},
 };
 
 #define NPARTS (sizeof(parts) / sizeof(parts[0]))

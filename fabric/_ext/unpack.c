@@ -728,15 +728,21 @@ PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
                  len < 2 ? -1 : (int)data[1]);
         return fab_py_decode_error(st, base_offset, msg);
     }
+    return fab_py_decode_tagged(st, data + 2, len - 2, limits, base_offset + 2);
+}
+
+PyObject *fab_py_decode_tagged(fab_state *st, const uint8_t *data, size_t len,
+                               const fab_mp_limits *limits, size_t base_offset)
+{
     fab_mp_reader r;
-    if (fab_mp_reader_init(&r, data + 2, len - 2, limits) != FAB_OK) {
+    if (fab_mp_reader_init(&r, data, len, limits) != FAB_OK) {
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
     fab_mp_reader_tags(&r);
-    dctx d = {st, &r, base_offset + 2, 0, 1, st->key_cache};
-    if (len == 2)
-        return fab_py_decode_error(st, base_offset + 2, "empty input (no value)");
+    dctx d = {st, &r, base_offset, 0, 1, st->key_cache};
+    if (len == 0)
+        return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
     if (v && r.pos != r.len) {
         Py_DECREF(v);

@@ -1,0 +1,258 @@
+/* Unit tests of the control codec (csrc/control.c). */
+#include <string.h>
+
+#include "check.h"
+#include "fabric/control.h"
+
+static int decode_hex(const char *hex, fab_control *c, fab_control_error *e)
+{
+    static uint8_t buf[512];
+    size_t n = check_unhex(hex, buf);
+    return fab_control_decode(buf, n, NULL, c, e);
+}
+
+/* The golden vector of docs/spec/frames.md §7: next(limit=4). */
+static void test_golden_next(void)
+{
+    fab_control c = {.op = FAB_CTL_NEXT, .present = FAB_CTL_F_LIMIT, .limit = 4};
+    fab_buf b;
+    fab_buf_init(&b);
+    CHECK_EQ(fab_control_encode(&c, &b), FAB_OK);
+    uint8_t want[32];
+    size_t n = check_unhex("82a26f70a46e657874a56c696d697404", want);
+    CHECK_EQ(b.len, n);
+    CHECK_MEM(b.data, want, n);
+    fab_control d;
+    CHECK_EQ(fab_control_decode(b.data, b.len, NULL, &d, NULL), FAB_OK);
+    CHECK_EQ(d.op, FAB_CTL_NEXT);
+    CHECK_EQ(d.present, FAB_CTL_F_LIMIT);
+    CHECK_EQ(d.limit, 4);
+    fab_buf_destroy(&b);
+}
+
+/* Every operation with every field it allows encodes canonically (keys in
+ * encoded-byte order) and decodes back to the same struct. */
+static void test_round_trip_every_op(void)
+{
+    static const uint8_t item[] = {0x92, 0x01, 0xa1, 'x'};     /* [1, "x"] */
+    static const uint8_t meta[] = {0x81, 0xa1, 'w', 0xcd, 0x02, 0x80}; /* {"w": 640} */
+    fab_control cs[] = {
+        {.op = FAB_CTL_OPEN},
+        {.op = FAB_CTL_OPEN, .present = FAB_CTL_F_METADATA, .metadata = meta,
+         .metadata_len = sizeof(meta)},
+        {.op = FAB_CTL_NEXT, .present = FAB_CTL_F_LIMIT, .limit = 1ull << 40},
+        {.op = FAB_CTL_PUSH, .present = FAB_CTL_F_ITEM, .item = item, .item_len = sizeof(item)},
+        {.op = FAB_CTL_CLOSE},
+        {.op = FAB_CTL_CANCEL},
+        {.op = FAB_CTL_CANCEL, .present = FAB_CTL_F_REASON, .reason = (const uint8_t *)"stop",
+         .reason_len = 4},
+        {.op = FAB_CTL_CANCEL, .present = FAB_CTL_F_REASON, .reason = NULL, .reason_len = 0},
+        {.op = FAB_CTL_STATS},
+        {.op = FAB_CTL_METADATA},
+        {.op = FAB_CTL_FAULT, .present = FAB_CTL_F_KIND | FAB_CTL_F_COUNT, .fault = 8,
+         .count = 3},
+    };
+    for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+        fab_buf b;
+        fab_buf_init(&b);
+        CHECK_EQ(fab_control_encode(&cs[i], &b), FAB_OK);
+        fab_control d;
+        fab_control_error e;
+        CHECK_EQ(fab_control_decode(b.data, b.len, NULL, &d, &e), FAB_OK);
+        CHECK_EQ(d.op, cs[i].op);
+        CHECK_EQ(d.present, cs[i].present);
+        CHECK_EQ(d.limit, cs[i].limit);
+        CHECK_EQ(d.count, cs[i].count);
+        if (cs[i].present & FAB_CTL_F_KIND)
+            CHECK_EQ(d.fault, cs[i].fault);
+        CHECK_EQ(d.item_len, cs[i].item_len);
+        if (d.item_len)
+            CHECK_MEM(d.item, cs[i].item, d.item_len);
+        CHECK_EQ(d.metadata_len, cs[i].metadata_len);
+        if (d.metadata_len)
+            CHECK_MEM(d.metadata, cs[i].metadata, d.metadata_len);
+        CHECK_EQ(d.reason_len, cs[i].reason_len);
+        if (d.reason_len)
+            CHECK_MEM(d.reason, cs[i].reason, d.reason_len);
+        /* Every strict prefix is refused as msgpack, never accepted. */
+        for (size_t k = 0; k < b.len; k++) {
+            CHECK(fab_control_decode(b.data, k, NULL, &d, &e) < 0);
+            CHECK_EQ(e.msgpack, 1);
+        }
+        fab_buf_destroy(&b);
+    }
+    /* fault: "kind" (4 bytes) sorts before "count" (5). */
+    fab_buf b;
+    fab_buf_init(&b);
+    CHECK_EQ(fab_control_encode(&cs[10], &b), FAB_OK);
+    uint8_t want[64];
+    size_t n = check_unhex("83a26f70a56661756c74a46b696e64b3756e737570706f727465642d70726f66696c65"
+                           "a5636f756e7403", want);
+    CHECK_EQ(b.len, n);
+    CHECK_MEM(b.data, want, n);
+    fab_buf_destroy(&b);
+}
+
+/* Each refusal: its code, whether msgpack or shape, the field and offset. */
+static void test_refusals(void)
+{
+    static const struct {
+        const char *hex;
+        int code;
+        int msgpack;
+        const char *field;
+        size_t offset;
+        const char *in_msg;
+    } cases[] = {
+        {"", FAB_ETRUNCATED, 1, "", 0, "empty"},
+        {"c1", FAB_EVERSION, 1, "", 0, "version -1"},
+        {"c102", FAB_EVERSION, 1, "", 0, "version 2"},
+        {"82a26f70", FAB_ETRUNCATED, 1, "", 0, "map declares 2"},
+        {"82a26f70a5636c6f7365a178c1", FAB_EFORMAT, 1, "", 12, ""},      /* c1 inside */
+        {"81a26f70a5636c6f7365c0", FAB_EFORMAT, 1, "", 10, "trailing"},  /* trailing byte */
+        {"c0", FAB_ETYPE, 0, "", 0, "must be a map, got nil"},
+        {"9100", FAB_ETYPE, 0, "", 0, "got an array"},
+        {"80", FAB_EFORMAT, 0, "op", 0, "no 'op'"},
+        {"810101", FAB_ETYPE, 0, "", 1, "field name 1 is not a str"},
+        {"81a26f7001", FAB_EFORMAT, 0, "op", 4, "unknown control operation 1"},
+        {"81a26f70a3626f6f", FAB_EFORMAT, 0, "op", 4, "unknown control operation 'boo'"},
+        {"81a26f70a46e657874", FAB_EFORMAT, 0, "limit", 0, "missing its field 'limit'"},
+        {"82a26f70a46e657874a56c696d697400", FAB_ERANGE, 0, "limit", 15, "positive int, got 0"},
+        {"82a26f70a46e657874a56c696d6974ff", FAB_ERANGE, 0, "limit", 15, "got -1"},
+        {"82a26f70a46e657874a56c696d6974c3", FAB_ETYPE, 0, "limit", 15, "got true"},
+        {"82a26f70a46e657874a56c696d6974a131", FAB_ETYPE, 0, "limit", 15, "got '1'"},
+        {"82a26f70a46e657874a56c696d6974cb3ff0000000000000", FAB_ETYPE, 0, "limit", 15,
+         "a float"},
+        {"83a26f70a46e657874a56c696d697401a17802", FAB_EFORMAT, 0, "x", 16,
+         "control 'next' has an unknown field 'x'"},
+        {"82a26f70a5636c6f7365a56c696d697401", FAB_EFORMAT, 0, "limit", 10,
+         "'close' has an unknown field 'limit'"},
+        {"82a26f70a663616e63656ca6726561736f6e01", FAB_ETYPE, 0, "reason", 18, "must be a str"},
+        {"82a26f70a46f70656ea86d657461646174619100", FAB_ETYPE, 0, "metadata", 18,
+         "must be a map"},
+        {"83a26f70a56661756c74a46b696e64a46f6f7073a5636f756e7401", FAB_ERANGE, 0, "kind", 15,
+         "one of drop"},
+        {"82a26f70a56661756c74a46b696e64a464726f70", FAB_EFORMAT, 0, "count", 0,
+         "missing its field 'count'"},
+        {"82a26f70a5636c6f7365a26f70a5636c6f7365", FAB_EFORMAT, 0, "op", 10, "appears twice"},
+        /* A non-str key is refused before anything else. */
+        {"82a26f70a3626f6f0101", FAB_ETYPE, 0, "", 8, "not a str"},
+        /* The value encoding: a tag before the payload map, before the op. */
+        {"c101c7001181a26f70a5636c6f7365", FAB_ETYPE, 0, "", 2, "a tagged value"},
+        {"c10181a26f70c70011a5636c6f7365", FAB_EFORMAT, 0, "op", 6, "a tagged value"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fab_control c;
+        fab_control_error e;
+        int rc = decode_hex(cases[i].hex, &c, &e);
+        if (rc != cases[i].code || e.msgpack != cases[i].msgpack ||
+            strcmp(e.field, cases[i].field) != 0 || e.offset != cases[i].offset ||
+            strstr(e.msg, cases[i].in_msg) == NULL) {
+            fprintf(stderr, "    case %zu (%s): rc %d msgpack %d field '%s' offset %zu: %s\n", i,
+                    cases[i].hex, rc, e.msgpack, e.field, e.offset, e.msg);
+            check_current_failed = 1;
+        }
+    }
+}
+
+/* A tagged item (the value encoding) keeps its tag in the item's span. */
+static void test_tagged_item_span(void)
+{
+    fab_control c;
+    fab_control_error e;
+    /* c1 01 {"op": "push", "item": <tuple tag> [1]} */
+    CHECK_EQ(decode_hex("c10182a26f70a470757368a46974656dc700119101", &c, &e), FAB_OK);
+    CHECK_EQ(c.op, FAB_CTL_PUSH);
+    CHECK_EQ(c.tagged, 1);
+    CHECK_EQ(c.item_len, 5);
+    CHECK_EQ(c.item[0], 0xc7);
+    CHECK_EQ(c.item[4], 0x01);
+}
+
+static void test_limits_apply(void)
+{
+    uint8_t buf[64];
+    size_t n = check_unhex("82a26f70a470757368a46974656d91919191c0", buf);
+    fab_mp_limits lim;
+    fab_mp_limits_default(&lim);
+    lim.max_depth = 3;
+    fab_control c;
+    fab_control_error e;
+    CHECK_EQ(fab_control_decode(buf, n, &lim, &c, &e), FAB_EDEPTH);
+    CHECK_EQ(e.msgpack, 1);
+    CHECK_EQ(e.offset, 16);
+    lim.max_depth = 5;
+    CHECK_EQ(fab_control_decode(buf, n, &lim, &c, &e), FAB_OK);
+    CHECK_EQ(c.item_len, 5);
+}
+
+static void test_capabilities(void)
+{
+    static const char *const names[] = {"stream.open", "stream.read", "stream.push",
+                                        "stream.cancel", "stream.cancel", "stream.stats",
+                                        "stream.stats", "stream.stats"};
+    const char *grants[3];
+    size_t lens[3];
+    const char *missing = "x";
+    for (int op = 0; op < FAB_CTL_NOPS; op++) {
+        CHECK(strcmp(fab_control_capability(op), names[op]) == 0);
+        grants[0] = names[op];
+        grants[1] = NULL;
+        grants[2] = FAB_CTL_REMOTE_CAPABILITY;
+        for (int i = 0; i < 3; i++)
+            lens[i] = grants[i] ? strlen(grants[i]) : 0;
+        CHECK_EQ(fab_control_check(op, grants, lens, 3, 1, &missing), FAB_OK);
+        CHECK(missing == NULL);
+        CHECK_EQ(fab_control_check(op, grants + 1, lens + 1, 2, 1, &missing), FAB_ENOTFOUND);
+        CHECK(strcmp(missing, names[op]) == 0);
+        CHECK_EQ(fab_control_check(op, grants, lens, 2, 1, &missing), FAB_ENOTFOUND);
+        CHECK(strcmp(missing, FAB_CTL_REMOTE_CAPABILITY) == 0);
+        CHECK_EQ(fab_control_check(op, grants, lens, 2, 0, &missing), FAB_OK);
+        /* A prefix of the name is not the name. */
+        lens[0] -= 1;
+        CHECK_EQ(fab_control_check(op, grants, lens, 3, 1, &missing), FAB_ENOTFOUND);
+    }
+    CHECK_EQ(fab_control_check(FAB_CTL_NOPS, grants, lens, 3, 1, &missing), FAB_EINVAL);
+    CHECK_EQ(fab_control_op_lookup("fault", 5), FAB_CTL_FAULT);
+    CHECK_EQ(fab_control_op_lookup("faul", 4), -1);
+    CHECK(fab_control_op_name(FAB_CTL_NOPS) == NULL);
+    CHECK(fab_control_fault_name(FAB_CTL_NFAULTS) == NULL);
+}
+
+static void test_encoder_refuses_broken_structs(void)
+{
+    static const uint8_t item[] = {0x01};
+    fab_control bad[] = {
+        {.op = FAB_CTL_NOPS},
+        {.op = FAB_CTL_NEXT},                                            /* no limit */
+        {.op = FAB_CTL_NEXT, .present = FAB_CTL_F_LIMIT, .limit = 0},
+        {.op = FAB_CTL_CLOSE, .present = FAB_CTL_F_ITEM, .item = item, .item_len = 1},
+        {.op = FAB_CTL_PUSH, .present = FAB_CTL_F_ITEM},                 /* no bytes */
+        {.op = FAB_CTL_FAULT, .present = FAB_CTL_F_KIND | FAB_CTL_F_COUNT, .fault = 9,
+         .count = 1},
+        {.op = FAB_CTL_CANCEL, .present = FAB_CTL_F_REASON, .reason = (const uint8_t *)"\xff",
+         .reason_len = 1},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        fab_buf b;
+        fab_buf_init(&b);
+        CHECK_EQ(fab_control_encode(&bad[i], &b), FAB_EINVAL);
+        CHECK_EQ(b.len, 0);
+        fab_buf_destroy(&b);
+    }
+}
+
+int main(void)
+{
+    static const check_case cases[] = {
+        {"golden_next", test_golden_next},
+        {"round_trip_every_op", test_round_trip_every_op},
+        {"refusals", test_refusals},
+        {"tagged_item_span", test_tagged_item_span},
+        {"limits_apply", test_limits_apply},
+        {"capabilities", test_capabilities},
+        {"encoder_refuses_broken_structs", test_encoder_refuses_broken_structs},
+        {NULL, NULL},
+    };
+    return check_run("control", cases);
+}
