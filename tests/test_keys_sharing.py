@@ -150,6 +150,11 @@ def test_a_hit_for_an_uncacheable_request_never_happens(ops, cassette_factory):
     relay = fabric.LedgeredRelayFabric(fabric.LocalFabric(reg), cas)
     assert relay.call(now, 1) == [1, 1]
     assert relay.stats()["hits"] == 0
+    # Nor does ContentAddressedFabric's hit path (in C), by evaluate or call.
+    caf = fabric.ContentAddressedFabric("a", cas, home=fabric.LocalFabric(reg))
+    assert caf.evaluate(now.request(1)).value == [1, 2]
+    assert caf.call(now, 1) == [1, 3]
+    assert caf.stats()["local_hits"] == 0
 
 
 def test_content_addressed_never_records_or_announces_uncacheable(ops, cassette_factory):

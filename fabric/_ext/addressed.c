@@ -821,7 +821,9 @@ static PyObject *lookup(fab_state *st, CAFObject *self, PyObject *request, PyObj
     /* A hit still checks the caller's grants: caching never weakens policy. */
     if (check(st, self, request, g, &stream, &digest) < 0)
         return NULL;
-    if (stream)
+    /* A stream, or an uncacheable reply (never held: even a record planted
+     * by hand under its key is not served), is resolved by the miss path. */
+    if (stream || fab_py_request_uncacheable(request))
         Py_RETURN_NONE;
     return held(st, self, request, digest);
 }
@@ -943,8 +945,11 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
             return NULL;
         }
         if (!stream) {
-            /* In the reply memo and still held: the value alone, no reply. */
-            reply_slot *s = self->replies ? &self->replies[reply_slot_of(digest)] : NULL;
+            /* In the reply memo and still held: the value alone, no reply.
+             * An uncacheable request is never a hit (the miss path computes). */
+            int cacheable = !fab_py_request_uncacheable(request);
+            reply_slot *s = self->replies && cacheable
+                                ? &self->replies[reply_slot_of(digest)] : NULL;
             if (s != NULL && s->value != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0) {
                 int has = fab_py_request_key_in(st, request, self->cassette);
                 if (has < 0) {
@@ -957,7 +962,7 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
                     return thaw(s->value);
                 }
             }
-            reply = held(st, self, request, digest);
+            reply = cacheable ? held(st, self, request, digest) : Py_NewRef(Py_None);
             if (reply == Py_None) {
                 Py_DECREF(reply);
                 PyObject *argv[] = {(PyObject *)self, request, self->grants, Py_None};

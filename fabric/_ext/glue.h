@@ -286,6 +286,9 @@ PyObject *fab_py_request_key(fab_state *st, PyObject *req);
 /* request.c: the request's identity bytes (its identity_bytes()); new
  * reference, or NULL with TypeError when req is not an EvalRequest. */
 PyObject *fab_py_request_identity(fab_state *st, PyObject *req);
+/* request.c: 1 if the request (an EvalRequest, already checked) is of the
+ * sharing class "uncacheable": never recorded, so never a hit. */
+int fab_py_request_uncacheable(PyObject *req);
 int fab_py_frames_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_frames_clear(fab_state *st);
 int fab_py_placement_traverse(fab_state *st, visitproc visit, void *arg);

@@ -986,6 +986,12 @@ PyObject *fab_py_request_key(fab_state *st, PyObject *req)
     return request_key((EvalRequestObject *)req);
 }
 
+int fab_py_request_uncacheable(PyObject *req)
+{
+    /* req was checked to be an EvalRequest by fab_py_request_info. */
+    return ((EvalRequestObject *)req)->sharing == SHARING_UNCACHEABLE;
+}
+
 PyObject *fab_py_request_identity(fab_state *st, PyObject *req)
 {
     if (fab_py_request_info(st, req, NULL, NULL, NULL) < 0)
