@@ -12,39 +12,24 @@ import json
 import math
 import os
 import sys
-import time
-from typing import Literal
+from typing import Any, Literal
 
 from . import _core
+from .progress import Progress
 
 
-class ProgressBar:
-    """A one-line progress bar on a terminal; silent otherwise."""
+class ProgressBar(Progress):
+    """The cassette tools' progress (``fabric.progress.Progress``): through
+    tqdm when it is installed, else a plain line on a terminal, else
+    nothing; called as the cassette's ``progress=`` callback with ``(done,
+    total)``. ``unit`` is ``"B"`` for bytes replayed or copied."""
 
-    def __init__(self, label: str, stream=None) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
-        self.started = time.monotonic()
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        width = 30
-        filled = min(width, width * done // total)
-        rate = done / max(time.monotonic() - self.started, 1e-9) / 1e6
-        self.stream.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{100 * done // total:3d}% {rate:7.1f} MB/s"
-        )
-        self.stream.flush()
-        self.drawn = True
+    def __init__(self, label: str, unit: str = "B", stream: Any = None) -> None:
+        super().__init__(label, unit=unit, stream=stream)
 
     def done(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Ends the bar (a newline after a plain line that was drawn)."""
+        self.close()
 
 
 def _open(path: str, recover: Literal["strict", "salvage"] = "strict",
@@ -116,7 +101,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     problems = 0
     with c:
-        bar = ProgressBar("decoding")
+        bar = ProgressBar("decoding", unit="key")
         n = len(c)
         for i, key in enumerate(c):
             try:
