@@ -96,7 +96,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         # every record's checksums, not only those after the checkpoint
         c = _open(args.path, "strict", "verifying", checkpoint=False)
-    except (_core.LedgerFormatError, _core.LedgerError) as exc:
+    except (_core.LedgerFormatError, _core.LedgerCorruptionError) as exc:
+        # What verify is for: the file is not a sound ledger (exit 1). Any
+        # other failure (a missing file, ...) is the usual one line, exit 2.
         print(f"fabric cassette verify: {exc}", file=sys.stderr)
         return 1
     problems = 0
@@ -124,18 +126,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _request_json(c: Any, key: Any) -> dict[str, Any]:
+    """What a record's request bytes say, as JSON fields: ``op``, ``args``,
+    ``kwargs`` and ``version`` (empty without request bytes, or when they are
+    of an unknown scheme)."""
+    ident = c.request_bytes(key)
+    if ident is None:
+        return {}
+    try:
+        _scheme, f = identity_fields(ident)
+    except RequestDecodeError:
+        return {}
+    return {"op": f["op"], "version": to_json(f["version"]), "args": to_json(f["args"]),
+            "kwargs": to_json(f["kwargs"])}
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     """Print one line per held key, in ledger order: the key and its reply
-    (repr), or with --json one JSON object {"key", "value"} (a stream:
-    {"key", "stream": [items]}). --key selects one key, --limit the first N."""
+    (repr), or with --json one JSON object per record: ``key``, the request's
+    ``op``, ``version``, ``args`` and ``kwargs`` when the record keeps its
+    request (records since request records exist), and ``value`` (a stream:
+    ``stream``, its items), as JSON where they map and tagged otherwise.
+    --key selects one key, --op the records of one op, --limit the first N."""
     with _open(args.path, args.recover) as c:
         if args.key:
             try:
                 want = _core.ContentKey.parse(args.key)
             except ValueError as exc:
-                print(f"fabric cassette dump: --key: {exc}", file=sys.stderr)
-                return 2
+                raise ValueError(f"--key: {exc}") from None
             pairs = iter([(want, c.get(want))] if want in c else [])
+        elif args.op:
+            pairs = ((k, c.get(k)) for k, _ident in c.requests(op=args.op) if k in c)
         else:
             pairs = c.items()
         for n, (key, value) in enumerate(pairs):
@@ -145,8 +166,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
             if stream:
                 value = list(value)
             if args.json:
-                field = "stream" if stream else "value"
-                print(json.dumps({"key": str(key), field: to_json(value)}, sort_keys=True))
+                row: dict[str, Any] = {"key": str(key)}
+                row.update(_request_json(c, key))
+                row["stream" if stream else "value"] = to_json(value)
+                print(json.dumps(row, sort_keys=True))
             elif stream:
                 print(f"{key} stream {value!r}")
             else:
@@ -367,4 +390,6 @@ def add_parser(sub) -> None:
         if name == "dump":
             q.add_argument("--key", help="only this key (sha256:...)")
             q.add_argument("--limit", type=int, metavar="N", help="only the first N keys")
+            q.add_argument("--op", help="only the records of this op (records that keep "
+                                        "their request)")
         q.set_defaults(func=func)

@@ -76,6 +76,15 @@ def test_dump_json_tags_what_json_lacks(tmp_path):
     proc = run("dump", "--json", "--key", str(key(2)), path)
     assert [json.loads(x)["key"] for x in proc.stdout.splitlines()] == [str(key(2))]
     assert run("dump", "--key", str(key(5)), path).stdout == ""  # deleted
+    # Records that keep their request show it; --op selects by it.
+    with EvalCassette(path, durability="os") as c:
+        req = fabric.EvalRequest("dump.op", (7, "x"), {"k": [1, 2]}, version="v2")
+        c.record(req.key, {"r": 1}, request=req)
+    proc = run("dump", "--json", "--op", "dump.op", path)
+    rows = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert rows == [{"key": str(req.key), "op": "dump.op", "version": "v2", "args": [7, "x"],
+                     "kwargs": {"k": [1, 2]}, "value": {"r": 1}}]
+    assert run("dump", "--json", "--op", "other.op", path).stdout == ""
     proc = run("dump", "--key", "nonsense", path)
     assert proc.returncode == 2 and "not a content key" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

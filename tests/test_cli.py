@@ -44,7 +44,7 @@ def test_missing_cassette_file(tmp_path):
     missing = str(tmp_path / "nope.fabl")
     for sub in ("stats", "dump", "verify"):
         proc = run("cassette", sub, missing)
-        assert proc.returncode in (1, 2), proc
+        assert proc.returncode == 2, proc
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "nope.fabl" in proc.stderr
