@@ -1,6 +1,7 @@
 """Shared fixtures of the test suite."""
 
 import itertools
+import time
 
 import pytest
 
@@ -31,3 +32,13 @@ def cassette_factory(tmp_path):
 
 # pytester runs the pytest plugin's own tests (tests/test_pytest_plugin.py).
 pytest_plugins = ["pytester"]
+
+
+def wait_for(cond, what, bound=20.0):
+    """A bounded wait for a condition another thread or process makes true
+    (polled: the condition is the handshake, never the time it takes)."""
+    end = time.monotonic() + bound
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

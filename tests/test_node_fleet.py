@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ import fabric
 from fabric.node import Node, connect
 
 import node_ops
+from conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -42,15 +42,6 @@ def stop(proc):
         finally:
             if proc.poll() is None:
                 proc.kill()
-
-
-def wait_for(cond, what, bound=20.0):
-    """A bounded wait for a condition another process makes true."""
-    end = time.monotonic() + bound
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from fabric import ContentKey
 from fabric.governor import PeerGovernor
 from fabric.node import Node
 from fabric.node import snapshot as S
+from conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden", "snapshot-v1.bin")
@@ -182,15 +183,6 @@ def test_refused_while_work_is_queued(tmp_path):
         a.snapshot()
     a._running = 0
     assert S.decode(a.snapshot()).node == "a"
-
-
-def wait_for(cond, what, bound=20.0):
-    """A bounded wait for a condition the node's threads make true."""
-    end = time.monotonic() + bound
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_pending_gossip_is_redelivered(tmp_path):
