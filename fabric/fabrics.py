@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from enum import Enum
-from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Coroutine,
                     Iterable, Iterator, Literal, ParamSpec, Protocol, TypeVar, cast, overload,
                     runtime_checkable)
 
@@ -640,6 +640,35 @@ _Counters = _core._Counters
 def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:
     """Says on ``exc`` that the computation goes on (see ``EvalFabric``)."""
     exc.pending_reply = future  # type: ignore[attr-defined]
+
+
+def _record_late(exc: BaseException, record: Callable[[EvalReply], None]) -> None:
+    """A recording layer's part when its source stopped waiting for a
+    computation that goes on: if ``exc`` carries ``pending_reply``, call
+    ``record(reply)`` when the reply comes, and replace ``pending_reply``
+    with a future settled once it is recorded (with the reply, or with the
+    computation's or the recording's error). The one implementation, shared
+    by ``LedgeredRelayFabric`` and ``ContentAddressedFabric``."""
+    pending = getattr(exc, "pending_reply", None)
+    if not isinstance(pending, concurrent.futures.Future):
+        return
+    recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
+
+    def settle(f: concurrent.futures.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            recorded.set_exception(f.exception() if not f.cancelled()
+                                   else FabricError("the computation was cancelled"))
+            return
+        reply = f.result()
+        try:
+            record(reply)
+        except BaseException as e:
+            recorded.set_exception(e)
+            return
+        recorded.set_result(reply)
+
+    pending.add_done_callback(settle)
+    _pending(exc, recorded)
 
 
 async def _within(events: AsyncIterator[Event], bound: float, what: str) -> AsyncIterator[Event]:
@@ -1256,28 +1285,18 @@ class LedgeredRelayFabric(_FabricBase):
         keep = request.sharing != "uncacheable"
         if isinstance(exc, Exception):
             self._stats.add("errors")
-        pending = getattr(exc, "pending_reply", None)
-        if not keep or not isinstance(pending, concurrent.futures.Future):
+        if not keep:
             return
-        recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
 
-        def record(f: concurrent.futures.Future[Any]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                recorded.set_exception(f.exception() if not f.cancelled()
-                                       else FabricError("the computation was cancelled"))
-                return
-            reply = f.result()
+        def record(reply: EvalReply) -> None:
             try:
                 _record(self.cassette, key, reply_record(reply), request)
-            except BaseException as e:
+            except BaseException:
                 self._stats.add("errors")
-                recorded.set_exception(e)
-                return
+                raise
             self._stats.add("recorded")
-            recorded.set_result(reply)
 
-        pending.add_done_callback(record)
-        _pending(exc, recorded)
+        _record_late(exc, record)
 
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _warn_torn
+from .fabrics import ContentPeer, _FabricBase, _record_late, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
 from .claims import ClaimRejected, FleetKeys
@@ -653,6 +653,25 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             while len(self._trails) > self._remember:
                 self._trails.popitem(last=False)
 
+    def _late(self, res: Resolution, exc: BaseException) -> None:
+        """Home stopped waiting for a computation that goes on
+        (``pending_reply`` on ``exc``, see ``EvalFabric``): its reply is
+        recorded and announced when it comes, for later callers (never an
+        uncacheable op's)."""
+        if res.request.sharing == "uncacheable":
+            return
+        key, request = res.key, res.request
+
+        def record(reply: EvalReply) -> None:
+            self._hold(key, reply, request)
+            if self.holders is not None:
+                self.holders.announce(key, self.node)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s (%r): home's late reply recorded and announced", self.node,
+                          key, request.op)
+
+        _record_late(exc, record)
+
     # -- evaluate: the C base answers hits and calls this on a miss --------------
     def _miss(self, request: EvalRequest, g: frozenset, timeout: float | None) -> EvalReply:
         """evaluate()'s miss (grants already checked): the sync driver."""
@@ -669,6 +688,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                         reply = self._call(ask, ask.target.evaluate, request, g)
                 except Exception as exc:
                     if res.failed(exc):
+                        self._late(res, exc)
                         raise
                     continue
                 if reply is _BUSY:
@@ -709,8 +729,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 ask = res.next()
                 try:
                     got = await self._acall(ask, request, g)
+                except asyncio.CancelledError as exc:
+                    if ask.stage == "home":  # the caller left; home may compute on
+                        self._late(res, exc)
+                    raise
                 except Exception as exc:
                     if res.failed(exc):
+                        self._late(res, exc)
                         raise
                     continue
                 if got is _BUSY:
