@@ -34,6 +34,8 @@ fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import math
 import multiprocessing
@@ -41,13 +43,14 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import _core
-from ._core import (CapabilityDenied, EvalRequest, FabricError, Frame, OpNotFound,
+from ._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError, Frame,
+                    OpNotFound,
                     PlacementResourceLimits, ServerPlacementRequest, canonical_bytes,
                     redact_placement)
-from .fabrics import _FabricBase, _Counters
+from .fabrics import _bound, _Counters, _FabricBase, _pending
 from .frames import FRAME_FLAG_DIAGNOSTIC, FrameKind
 from .ops import REGISTRY, Op, OpRegistry
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -221,6 +224,113 @@ class _Worker:
 
 
 # ===========================================================================
+# Identical requests in flight at once: computed once
+# ===========================================================================
+
+class _Shared:
+    """Identical concurrent requests (one content key) computed once.
+
+    The first caller computes, under its own deadline; a caller that comes
+    while it does waits for that computation and gets the same reply, or
+    the same error. A waiter whose own deadline passes first gets
+    ``DeadlineExceeded`` carrying ``pending_reply`` (the shared computation
+    goes on). Never for an op whose sharing class is ``uncacheable``: each
+    of its calls runs.
+    """
+
+    def __init__(self, stats: Any, where: str):
+        self._lock = threading.Lock()
+        self._flights: dict[Any, concurrent.futures.Future[EvalReply]] = {}
+        self._stats = stats
+        self._where = where
+
+    @staticmethod
+    def shareable(op: Op[..., Any], request: EvalRequest) -> bool:
+        return request.sharing != "uncacheable" and op.sharing != "uncacheable"
+
+    def join(self, op: Op[..., Any], request: EvalRequest
+             ) -> tuple[concurrent.futures.Future[EvalReply] | None, bool]:
+        """``(flight, owner)``: the owner computes and settles the flight;
+        ``(None, True)`` for a request that is never shared."""
+        if not self.shareable(op, request):
+            return None, True
+        key = request.key
+        with self._lock:
+            fut = self._flights.get(key)
+            if fut is not None:
+                self._stats.add("coalesced")
+                return fut, False
+            fut = concurrent.futures.Future()
+            self._flights[key] = fut
+            return fut, True
+
+    def settle(self, request: EvalRequest, fut: concurrent.futures.Future[EvalReply] | None,
+               compute: Callable[[], EvalReply]) -> EvalReply:
+        """The owner's part: ``compute()``, its outcome given to the waiters."""
+        if fut is None:
+            return compute()
+        try:
+            reply = compute()
+        except BaseException as exc:
+            with self._lock:
+                self._flights.pop(request.key, None)
+            fut.set_exception(exc)
+            raise
+        with self._lock:
+            self._flights.pop(request.key, None)
+        fut.set_result(reply)
+        return reply
+
+    def late(self, request: EvalRequest, bound: float | None) -> DeadlineExceeded:
+        return DeadlineExceeded(f"{self._where}: the computation of {request.op!r} this "
+                                f"caller shares did not finish within {bound:.3g} s (the "
+                                f"request's deadline or the timeout)")
+
+    def wait(self, request: EvalRequest, fut: concurrent.futures.Future[EvalReply],
+             bound: float | None) -> EvalReply:
+        """A waiter's part: the shared outcome, within ``bound`` seconds."""
+        try:
+            return fut.result(timeout=bound)
+        except concurrent.futures.TimeoutError:
+            exc = self.late(request, bound)
+            _pending(exc, fut)
+            raise exc from None
+
+    def run(self, op: Op[..., Any], request: EvalRequest, bound: float | None,
+            compute: Callable[[], EvalReply]) -> EvalReply:
+        fut, owner = self.join(op, request)
+        if owner:
+            return self.settle(request, fut, compute)
+        assert fut is not None
+        return self.wait(request, fut, bound)
+
+    async def arun(self, fab: _FabricBase, op: Op[..., Any], request: EvalRequest,
+                   bound: float | None, compute: Callable[[], EvalReply]) -> EvalReply:
+        """``run`` for a caller on an event loop: the owner computes on a
+        worker thread, waiters await the flight (no thread each)."""
+        fut, owner = self.join(op, request)
+        if owner:
+            running = fab._pool().submit(self.settle, request, fut, compute)
+            try:
+                return await asyncio.shield(asyncio.wrap_future(running))
+            except asyncio.CancelledError as exc:
+                # The caller left; the computation goes on (its waiters, or
+                # a recording layer, take its reply).
+                _pending(exc, fut if fut is not None else running)
+                raise
+        assert fut is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), bound)
+        except asyncio.TimeoutError:
+            exc = self.late(request, bound)
+            _pending(exc, fut)
+            raise exc from None
+        except asyncio.CancelledError as exc:
+            _pending(exc, fut)
+            raise
+
+
+# ===========================================================================
 # The placement frames
 # ===========================================================================
 
@@ -311,7 +421,8 @@ class PlacementFabric(_FabricBase):
         self._closed = False
         self._ids = itertools.count(1)
         self._stats = _Counters("placed", "refused", "breaches", "workers_started",
-                                "workers_killed")
+                                "workers_killed", "coalesced")
+        self._shared = _Shared(self._stats, f"PlacementFabric {site!r}")
 
     def _describe(self) -> str:
         return f"site={self.site!r}, {len(self.ops)} ops"
@@ -579,8 +690,7 @@ class PlacementFabric(_FabricBase):
         return f"server placement failed: the worker process ended (exit code {code})"
 
     # -- the fabric interface ------------------------------------------------------
-    def _events(self, placement: ServerPlacementRequest, g: frozenset[str]) -> Iterator[Event]:
-        op = self._check(placement, g)
+    def _events(self, op: Op[..., Any], placement: ServerPlacementRequest) -> Iterator[Event]:
         for frame in self._frames(op, placement):
             if frame.kind != FrameKind.STREAM_CHUNK:
                 continue
@@ -597,15 +707,11 @@ class PlacementFabric(_FabricBase):
             else:
                 yield ITEM, payload
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                 timeout: float | None = None) -> EvalReply:
-        """Place ``request`` under this fabric's limits and profile; its reply,
-        or ``PlacementRefused`` when a limit cut it."""
-        g = self._grants(grants)
-        placement = self._bounded(self.placement_for(request), request, timeout)
+    def _reply(self, op: Op[..., Any], placement: ServerPlacementRequest) -> EvalReply:
+        request = placement.fragment
         value: Any = [] if request.stream else None
         diags: list[Any] = []
-        for tag, p in self._events(placement, g):
+        for tag, p in self._events(op, placement):
             if tag == DIAG:
                 diags.append(p)
             elif request.stream:
@@ -615,18 +721,40 @@ class PlacementFabric(_FabricBase):
                 diags.extend(p["diagnostics"])
         return EvalReply(value, diags, None, request.key, "computed")
 
+    def _prepare(self, request: EvalRequest, grants: Iterable[str] | None,
+                 timeout: float | None) -> tuple[Op[..., Any], ServerPlacementRequest]:
+        g = self._grants(grants)
+        placement = self._bounded(self.placement_for(request), request, timeout)
+        return self._check(placement, g), placement
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Place ``request`` under this fabric's limits and profile; its reply,
+        or ``PlacementRefused`` when a limit cut it. Identical requests in
+        flight at once run once (not an ``uncacheable`` op's): a caller that
+        comes while one runs waits for it and gets its reply or error."""
+        op, placement = self._prepare(request, grants, timeout)
+        return self._shared.run(op, request, _bound(request, timeout),
+                                lambda: self._reply(op, placement))
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: the placement runs on a worker thread;
+        callers sharing it await it without a thread each."""
+        op, placement = self._prepare(request, grants, timeout)
+        return await self._shared.arun(self, op, request, _bound(request, timeout),
+                                       lambda: self._reply(op, placement))
+
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                timeout: float | None = None) -> EvalStream[Any]:
         """Place a stream op; items arrive as the worker yields them. A cut
         stream ends with a ``ServerPlacementRefused`` diagnostic and raises
         ``PlacementRefused``, so no recording layer holds it."""
-        g = self._grants(grants)
-        placement = self._bounded(self.placement_for(request), request, timeout)
-        op = self._check(placement, g)
+        op, placement = self._prepare(request, grants, timeout)
         if not op.is_stream:
             raise TypeError(f"op {op.name!r} is not a stream op (it returns one value): "
                             f"use evaluate()")
-        return EvalStream(self._events(placement, g), request.key, "computed")
+        return EvalStream(self._events(op, placement), request.key, "computed")
 
     @staticmethod
     def _bounded(placement: ServerPlacementRequest, request: EvalRequest,

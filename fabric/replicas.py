@@ -41,7 +41,7 @@ from . import _core
 from ._core import DeadlineExceeded, EvalRequest, FabricError
 from .fabrics import _bound, _FabricBase, _Counters
 from .ops import REGISTRY, Op, OpRegistry
-from .placement import _remote_error, _Worker
+from .placement import _remote_error, _Shared, _Worker
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
 
 __all__ = ["ReplicaGroup", "GroupHealth", "replica_identity", "STRATEGIES"]
@@ -143,7 +143,9 @@ class ReplicaGroup(_FabricBase):
         self._rr = itertools.count()
         self._rng = random.Random(self.group_id)
         self._replicas: list[_Replica] = []
-        self._stats = _Counters("computed", "errors", "retried", "respawned", "denied")
+        self._stats = _Counters("computed", "errors", "retried", "respawned", "denied",
+                                "coalesced")
+        self._shared = _Shared(self._stats, f"ReplicaGroup {kind!r}")
         self.scale_to(replica_count)
 
     @staticmethod
@@ -339,12 +341,7 @@ class ReplicaGroup(_FabricBase):
             raise FabricError(f"ReplicaGroup {self.kind!r}: {request.op!r} crashed replica "
                               f"{r.index} and, retried, replica {other.index}") from None
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                 timeout: float | None = None) -> EvalReply:
-        """Run ``request`` on one replica and return its reply."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        t_end = _t_end(request, timeout)
+    def _reply(self, op: Op[..., Any], request: EvalRequest, t_end: float | None) -> EvalReply:
         value: Any = [] if op.is_stream else None
         diags: list[Any] = []
         for msg in self._run(op, request, t_end):
@@ -360,6 +357,28 @@ class ReplicaGroup(_FabricBase):
                 diags.append(msg[1])
         self._stats.add("computed")
         return EvalReply(value, diags, None, request.key, "computed")
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Run ``request`` on one replica and return its reply. Identical
+        requests in flight at once run once (not an ``uncacheable`` op's):
+        a caller that comes while one runs waits for it and gets its reply
+        or error."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        t_end = _t_end(request, timeout)
+        return self._shared.run(op, request, _bound(request, timeout),
+                                lambda: self._reply(op, request, t_end))
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: the request runs on a worker thread;
+        callers sharing it await it without a thread each."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        t_end = _t_end(request, timeout)
+        return await self._shared.arun(self, op, request, _bound(request, timeout),
+                                       lambda: self._reply(op, request, t_end))
 
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                timeout: float | None = None) -> EvalStream[Any]:
