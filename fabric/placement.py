@@ -82,6 +82,107 @@ class PlacementRefused(FabricError, RuntimeError):
 
 
 # ===========================================================================
+# Secrets: a Secret never travels to a worker; a SecretRef is resolved there
+# ===========================================================================
+
+def _is_ref(v: Any) -> bool:
+    # fabric.node.secrets.SecretRef, named without importing the node package.
+    t = type(v)
+    return t.__name__ == "SecretRef" and t.__module__ == "fabric.node.secrets"
+
+
+def secret_refs(request: EvalRequest, where: str) -> list[str]:
+    """The names of the ``SecretRef`` objects ``request`` holds (args and kwargs,
+    nested); ``CapabilityDenied`` if it holds a ``fabric.Secret``: its value
+    never leaves this process, so the request does not travel to a worker."""
+    names: list[str] = []
+
+    def walk(v: Any, path: str, depth: int) -> None:
+        if isinstance(v, _core.Secret):
+            raise CapabilityDenied(
+                f"{where}: {path} of the request for {request.op!r} holds a fabric.Secret: "
+                f"its value never leaves this process, so the request does not travel to a "
+                f"worker; pass fabric.SecretRef(name) instead and give the fabric a secret "
+                f"store (secrets=fabric.node.SecretStore(...)): the worker resolves it")
+        if depth > 300:
+            return  # the key encoder already refused anything this deep
+        if _is_ref(v):
+            names.append(v.name)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]", depth + 1)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k, f"{path} key {k!r}", depth + 1)
+                walk(x, f"{path}[{k!r}]", depth + 1)
+
+    for i, a in enumerate(request.args):
+        walk(a, f"args[{i}]", 0)
+    for k, v in request.kwargs.items():
+        walk(v, f"kwargs[{k!r}]", 0)
+    return names
+
+
+def check_secrets(request: EvalRequest, grants: frozenset[str], store: Any,
+                  where: str) -> bool:
+    """Before a request goes to a worker: no ``Secret`` in it, and each
+    ``SecretRef`` allowed by the caller's grants (``secret:<name>``,
+    ``secret:*`` or ``*``) and known to ``store`` (None: the fabric has no
+    store, so it resolves none). True when the worker has refs to resolve."""
+    names = secret_refs(request, where)
+    for name in names:
+        if store is None:
+            raise CapabilityDenied(
+                f"{where}: the request for {request.op!r} holds SecretRef({name!r}) but this "
+                f"fabric has no secret store to resolve it; give it one "
+                f"(secrets=fabric.node.SecretStore(...))")
+        if f"secret:{name}" not in grants and "secret:*" not in grants and "*" not in grants:
+            raise CapabilityDenied(f"{where}: resolving SecretRef({name!r}) needs the grant "
+                                   f"'secret:{name}'")
+        if store.value(name) is None:
+            raise CapabilityDenied(f"{where}: its secret store has no secret named {name!r}")
+    return bool(names)
+
+
+def _redacted() -> Any:
+    return _core.REDACTED
+
+
+class _RedactedMark:
+    """What a ``Secret`` in an op's output becomes in the worker: it loads
+    as ``fabric.REDACTED`` where the output arrives (the value stays)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Any:
+        return (_redacted, ())
+
+
+_MARK = _RedactedMark()
+
+
+def scrub_secrets(value: Any, depth: int = 0) -> Any:
+    """``value`` with every ``fabric.Secret`` in it (nested in lists,
+    tuples, dicts and sets) replaced by a mark that loads as
+    ``fabric.REDACTED``: what a worker sends back never holds a value."""
+    if isinstance(value, _core.Secret):
+        return _MARK
+    if depth > 300:
+        return value
+    t = type(value)
+    if t is list:
+        return [scrub_secrets(x, depth + 1) for x in value]
+    if t is tuple:
+        return tuple(scrub_secrets(x, depth + 1) for x in value)
+    if t is dict:
+        return {scrub_secrets(k, depth + 1): scrub_secrets(x, depth + 1)
+                for k, x in value.items()}
+    if t in (set, frozenset):
+        return t(scrub_secrets(x, depth + 1) for x in value)
+    return value
+
+
+# ===========================================================================
 # The worker process
 # ===========================================================================
 
@@ -90,9 +191,12 @@ class PlacementRefused(FabricError, RuntimeError):
 _START_TIMEOUT = 60.0
 
 
-def _worker_main(conn: Any) -> None:
+def _worker_main(conn: Any, secrets: Any = None) -> None:
     """A worker: runs one op at a time under the limits it is sent.
 
+    ``secrets`` is the fabric's secret store, sent once at spawn (in the
+    process's start-up arguments, never framed, recorded or logged); it
+    resolves the ``SecretRef`` objects of a request here, where the op runs.
     Messages in: ``(op, request, limits)``; out: ``("item", x)`` per item of
     a stream op, ``("value", v, diags)`` for an op's value, ``("end",
     cpu_ms)``, ``("error", type, message)``, ``("breach", limit, message)``.
@@ -118,8 +222,17 @@ def _worker_main(conn: Any) -> None:
             return
         op, request, limits = msg
         used = time.process_time()
+        scrub = False
+        if secrets is not None:
+            try:
+                resolved = secrets.resolve(request, ("*",))  # grants checked by the fabric
+            except Exception as exc:
+                conn.send(("error", type(exc).__name__, str(exc)))
+                continue
+            if resolved is not None:
+                request, scrub = resolved, True
         if limits is None:  # a replica's op: no limits
-            _serve_one(conn, op, request, used)
+            _serve_one(conn, op, request, used, scrub)
             continue
         # The op and its request are here (its module imported, which in a
         # fresh worker can take longer than the op): its time starts now.
@@ -134,7 +247,7 @@ def _worker_main(conn: Any) -> None:
                 cap = min(cap, data_hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, data_hard))
         try:
-            _run_op(conn, op, request)
+            _run_op(conn, op, request, scrub)
         except MemoryError:
             conn.send(("breach", "max_rss_bytes",
                        f"memory limit exceeded: the worker's data passed "
@@ -153,9 +266,10 @@ def _worker_main(conn: Any) -> None:
         conn.send(("end", (time.process_time() - used) * 1000.0))
 
 
-def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float) -> None:
+def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float,
+               scrub: bool = False) -> None:
     try:
-        _run_op(conn, op, request)
+        _run_op(conn, op, request, scrub)
     except BaseException as exc:
         try:
             conn.send(("error", type(exc).__name__, str(exc)))
@@ -165,10 +279,16 @@ def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float) -
     conn.send(("end", (time.process_time() - used) * 1000.0))
 
 
-def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest) -> None:
+def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest, scrub: bool = False) -> None:
+    """Runs the op, sending its output; with ``scrub`` (its request held
+    resolved secrets) every ``Secret`` in the output becomes the redacted
+    mark first."""
     from .ops import _collector
     sink: list[dict[str, Any]] = []
     token = _collector.set(sink)
+    if scrub:
+        send = conn.send
+        conn = _Scrubbing(send)
     try:
         if op.is_stream:
             limit = request.answer_limit
@@ -191,12 +311,23 @@ def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest) -> None:
         _collector.reset(token)
 
 
-class _Worker:
-    """One worker process and the parent's end of its pipe."""
+class _Scrubbing:
+    """A pipe end whose messages have their secrets scrubbed."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, send: Callable[[Any], None]):
+        self._send = send
+
+    def send(self, msg: Any) -> None:
+        self._send(scrub_secrets(msg))
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe; ``secrets`` (a
+    secret store or None) goes to the process once, at spawn."""
+
+    def __init__(self, ctx: Any, secrets: Any = None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(child, secrets), daemon=True,
                                 name="fabric-placement-worker")
         self.proc.start()
         child.close()
@@ -383,7 +514,11 @@ class PlacementFabric(_FabricBase):
     ``grants`` are the capabilities of callers that pass none.
     ``workers`` worker processes run ops side by side (a request waits for
     a free one); ``start_method`` is multiprocessing's (``spawn`` by
-    default: forking a threaded parent is unsafe).
+    default: forking a threaded parent is unsafe). ``secrets`` (a
+    ``fabric.node.SecretStore``, or None) is sent to each worker once, at
+    spawn: a request's ``SecretRef`` objects are resolved there, where the op
+    runs, and the op gets ``fabric.Secret(value)``; a request holding a
+    ``fabric.Secret`` itself is refused (``CapabilityDenied``).
 
     ``place(placement)`` yields the seed's frames: start, the request report
     (redacted), the result report, the output chunks, the end; a refusal or
@@ -394,10 +529,17 @@ class PlacementFabric(_FabricBase):
 
     honours_timeout = True
 
+    @property
+    def resolves_secret_refs(self) -> bool:
+        """Whether this fabric's workers resolve ``SecretRef`` objects (it was
+        given a secret store): a node then hands them on unresolved."""
+        return self.secrets is not None
+
     def __init__(self, site: str = SITE, *, ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
                  limits: PlacementResourceLimits | None = None,
                  profile: str = "stream/profile/server-render-return",
-                 grants: Iterable[str] = (), workers: int = 1, start_method: str = "spawn"):
+                 grants: Iterable[str] = (), workers: int = 1, start_method: str = "spawn",
+                 secrets: Any = None):
         if not isinstance(site, str) or not site:
             raise TypeError(f"PlacementFabric site must be a non-empty str, not {site!r}")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -414,6 +556,7 @@ class PlacementFabric(_FabricBase):
         ServerPlacementRequest(EvalRequest("probe"), profile=profile)
         self.profile = profile
         self.grants = frozenset(grants)
+        self.secrets = _check_store(secrets, "PlacementFabric")
         self._ctx = multiprocessing.get_context(start_method)
         self._idle: list[_Worker] = []
         self._slots = threading.BoundedSemaphore(workers)
@@ -438,7 +581,7 @@ class PlacementFabric(_FabricBase):
                     return w
                 w.kill()
         self._stats.add("workers_started")
-        return _Worker(self._ctx)
+        return _Worker(self._ctx, self.secrets)
 
     def _give_back(self, w: _Worker) -> None:
         with self._lock:
@@ -479,8 +622,9 @@ class PlacementFabric(_FabricBase):
                 raise CapabilityDenied(f"server placement of {placement.fragment.op!r} needs "
                                        f"capability {cap!r}, which the caller's grants lack")
         op = self.ops.find(placement.fragment)
-        _core._check_grants(placement.fragment, g, f"PlacementFabric {self.site!r}",
-                            op.capabilities)
+        where = f"PlacementFabric {self.site!r}"
+        _core._check_grants(placement.fragment, g, where, op.capabilities)
+        check_secrets(placement.fragment, g, self.secrets, where)
         return op
 
     def place(self, placement: ServerPlacementRequest, *,
@@ -771,9 +915,21 @@ class PlacementFabric(_FabricBase):
         return placement
 
 
+def _check_store(secrets: Any, where: str) -> Any:
+    """A fabric's ``secrets=``: None or a secret store (``value(name)`` and
+    ``resolve(request, grants)``, as ``fabric.node.SecretStore``)."""
+    if secrets is not None and not (callable(getattr(secrets, "value", None)) and
+                                    callable(getattr(secrets, "resolve", None))):
+        raise TypeError(f"{where} secrets must be a fabric.node.SecretStore or None, not "
+                        f"{type(secrets).__name__}")
+    return secrets
+
+
 def _remote_error(frag: EvalRequest, type_name: str, message: str) -> Exception:
     if type_name == "OpNotFound":
         return OpNotFound(message)
+    if type_name == "CapabilityDenied":
+        return CapabilityDenied(message)
     err = _core.RemoteError(f"placed op {frag.op!r} raised {type_name}: {message}")
     err.remote_type = type_name
     err.node = SITE

@@ -41,7 +41,7 @@ from . import _core
 from ._core import DeadlineExceeded, EvalRequest, FabricError
 from .fabrics import _bound, _FabricBase, _Counters
 from .ops import REGISTRY, Op, OpRegistry
-from .placement import _remote_error, _Shared, _Worker
+from .placement import _check_store, _remote_error, _Shared, _Worker, check_secrets
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
 
 __all__ = ["ReplicaGroup", "GroupHealth", "replica_identity", "STRATEGIES"]
@@ -66,16 +66,17 @@ class GroupHealth:
 
 
 class _Replica:
-    def __init__(self, index: int, identity: bytes, ctx: Any):
+    def __init__(self, index: int, identity: bytes, ctx: Any, secrets: Any = None):
         self.index = index
         self.identity = identity
         self.ctx = ctx
+        self.secrets = secrets
         self.lock = threading.Lock()  # one request at a time on its pipe
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
         self.respawns = 0
-        self.worker = _Worker(ctx)
+        self.worker = _Worker(ctx, secrets)
 
     def alive(self) -> bool:
         return self.worker.proc.is_alive()
@@ -83,7 +84,7 @@ class _Replica:
     def respawn(self) -> None:
         """A new process in this slot: same index, same identity."""
         self.worker.kill()
-        self.worker = _Worker(self.ctx)
+        self.worker = _Worker(self.ctx, self.secrets)
         self.respawns += 1
 
 
@@ -114,14 +115,25 @@ class ReplicaGroup(_FabricBase):
     fixes every replica's identity; ``lb_strategy`` is one of
     ``STRATEGIES``. ``replicas()`` lists the members, ``health()`` tells
     the group's health, ``replica_stats()`` the per-replica counters.
+    ``secrets`` (a ``fabric.node.SecretStore``, or None) is sent to each
+    replica once, at spawn: a request's ``SecretRef`` objects are resolved in the
+    replica that runs it; a request holding a ``fabric.Secret`` is refused
+    (``CapabilityDenied``).
     """
 
     honours_timeout = True
 
+    @property
+    def resolves_secret_refs(self) -> bool:
+        """Whether this fabric's workers resolve ``SecretRef`` objects (it was
+        given a secret store): a node then hands them on unresolved."""
+        return self.secrets is not None
+
     def __init__(self, kind: str, replica_count: int, *, group_seed: bytes,
                  lb_strategy: str = "round-robin",
                  ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
-                 grants: Iterable[str] = (), start_method: str = "spawn"):
+                 grants: Iterable[str] = (), start_method: str = "spawn",
+                 secrets: Any = None):
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"ReplicaGroup kind must be a non-empty str, not {kind!r}")
         if not isinstance(group_seed, (bytes, bytearray)) or len(group_seed) != 32:
@@ -138,6 +150,7 @@ class ReplicaGroup(_FabricBase):
             ops = REGISTRY
         self.ops = ops if isinstance(ops, OpRegistry) else OpRegistry(ops)
         self.grants = frozenset(grants)
+        self.secrets = _check_store(secrets, "ReplicaGroup")
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._rr = itertools.count()
@@ -170,7 +183,7 @@ class ReplicaGroup(_FabricBase):
         with self._lock:
             current = len(self._replicas)
         for i in range(current, n):
-            r = _Replica(i, replica_identity(self.group_seed, i), self._ctx)
+            r = _Replica(i, replica_identity(self.group_seed, i), self._ctx, self.secrets)
             with self._lock:
                 self._replicas.append(r)
         while True:
@@ -248,8 +261,10 @@ class ReplicaGroup(_FabricBase):
     # -- running ----------------------------------------------------------------
     def _op_for(self, request: EvalRequest, g: frozenset[str]) -> Op[..., Any]:
         op = self.ops.find(request)
+        where = f"ReplicaGroup {self.kind!r}"
         try:
-            _core._check_grants(request, g, f"ReplicaGroup {self.kind!r}", op.capabilities)
+            _core._check_grants(request, g, where, op.capabilities)
+            check_secrets(request, g, self.secrets, where)
         except _core.CapabilityDenied:
             self._stats.add("denied")
             raise

@@ -113,7 +113,10 @@ def _replicas(args: argparse.Namespace) -> Any:
             raise CLIError(f"--group-seed is 64 hex digits (32 bytes), not {args.group_seed!r}")
     else:
         seed = hashlib.sha256(f"fabric serve {args.node_id or ''}".encode()).digest()
-    return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy)
+    from .secrets import SecretStore
+    # The replicas resolve SecretRefs where the op runs, from the node's store.
+    return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy,
+                        secrets=SecretStore(args.secrets))
 
 
 def add_parser(sub: Any) -> None:

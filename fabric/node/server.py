@@ -96,6 +96,8 @@ class _SecretHome:
         self.store = store
 
     def _resolved(self, request: Any) -> Any:
+        if getattr(self.inner, "resolves_secret_refs", False):
+            return request  # resolved in the worker process that runs the op
         return self.store.resolve(request, _GRANTS.get()) or request
 
     def evaluate(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
