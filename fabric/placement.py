@@ -20,7 +20,8 @@ placement, enforced there, not just declared:
   ``import numpy``.
 - **Output caps**: data frames, frames in flight (the start frame included),
   bytes per frame and accounted bytes of all payloads, checked on each frame
-  in the seed's order; the worker is killed on a breach.
+  in the seed's order, then the rate (``max_rate_hz``: more output chunks
+  than that within any one second); the worker is killed on a breach.
 
 A breach ends the frames with a ``ServerPlacementRefused`` diagnostic frame
 and the end frame; through the fabric interface it raises
@@ -35,6 +36,7 @@ fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import math
@@ -136,12 +138,18 @@ def check_secrets(request: EvalRequest, grants: frozenset[str], store: Any,
                 f"{where}: the request for {request.op!r} holds SecretRef({name!r}) but this "
                 f"fabric has no secret store to resolve it; give it one "
                 f"(secrets=fabric.node.SecretStore(...))")
-        if f"secret:{name}" not in grants and "secret:*" not in grants and "*" not in grants:
-            raise CapabilityDenied(f"{where}: resolving SecretRef({name!r}) needs the grant "
-                                   f"'secret:{name}'")
+        check_ref_grant(name, grants, where)
         if store.value(name) is None:
             raise CapabilityDenied(f"{where}: its secret store has no secret named {name!r}")
     return bool(names)
+
+
+def check_ref_grant(name: str, grants: frozenset[str], where: str) -> None:
+    """``CapabilityDenied`` unless ``grants`` allow resolving the secret
+    ``name`` (``secret:<name>``, ``secret:*`` or ``*``)."""
+    if f"secret:{name}" not in grants and "secret:*" not in grants and "*" not in grants:
+        raise CapabilityDenied(f"{where}: resolving SecretRef({name!r}) needs the grant "
+                               f"'secret:{name}'")
 
 
 def _redacted() -> Any:
@@ -466,7 +474,9 @@ class _Shared:
 # ===========================================================================
 
 class _Cutoff:
-    """The seed's cut-off check on each frame, in its order."""
+    """The seed's cut-off check on each frame, in its order, then the rate:
+    more than ``max_rate_hz`` output chunks within any one second (as the
+    frame limits count it, docs/spec/frames.md) cuts the stream too."""
 
     def __init__(self, limits: PlacementResourceLimits):
         self.limits = limits
@@ -474,8 +484,9 @@ class _Cutoff:
         self.frames = 1  # the start frame
         self.bytes = 0  # accounted: the start frame's payload included
         self.data_bytes = 0
+        self.recent: collections.deque[float] = collections.deque()  # output chunks' times
 
-    def check(self, payload: bytes) -> tuple[str, str] | None:
+    def check(self, payload: bytes, chunk: bool = False) -> tuple[str, str] | None:
         lim = self.limits
         n = len(payload)
         if self.data_frames >= lim.max_stream_frames:
@@ -490,6 +501,15 @@ class _Cutoff:
         if self.bytes + n > lim.max_memory_bytes:
             return ("max_memory_bytes", f"memory limit exceeded: {self.bytes + n} bytes > "
                                         f"{lim.max_memory_bytes} bytes")
+        if chunk:
+            now = time.monotonic()
+            recent = self.recent
+            while recent and recent[0] <= now - 1.0:
+                recent.popleft()
+            if len(recent) >= lim.max_rate_hz:
+                return ("max_rate_hz", f"rate limit exceeded: more than {lim.max_rate_hz} "
+                                       f"chunks within one second")
+            recent.append(now)
         self.bytes += n
         self.data_bytes += n
         self.data_frames += 1
@@ -661,9 +681,10 @@ class PlacementFabric(_FabricBase):
                         seq=s, flags=FRAME_FLAG_DIAGNOSTIC)
             yield end(True)
 
-        def data(payload: Any) -> tuple[Frame | None, tuple[str, str] | None]:
+        def data(payload: Any, chunk: bool = False
+                 ) -> tuple[Frame | None, tuple[str, str] | None]:
             body = canonical_bytes(payload)
-            breach = cut.check(body)
+            breach = cut.check(body, chunk)
             if breach is not None:
                 return None, breach
             return Frame(FrameKind.STREAM_CHUNK, body, stream_id=stream_id,
@@ -789,7 +810,7 @@ class PlacementFabric(_FabricBase):
                 else:
                     items += 1
                     payload = {"item": msg[1]}
-                f, breach = data(payload)
+                f, breach = data(payload, True)
                 if breach is not None:
                     self._stats.add("breaches")
                     yield from refusal(f"server placement resource cutoff: {breach[1]}",

@@ -282,3 +282,30 @@ def test_concurrent_identical_placements_run_once(tmp_path):
         for t in threads:
             t.join(60)
         assert len(out) == 2 and replicas_ops.runs(d) == 2
+
+
+def test_rate_limit_cuts_a_flood_and_lets_a_stream_within_it_through(tmp_path):
+    with PlacementFabric(ops=REG, grants=ALL) as f:
+        lim = PlacementResourceLimits(max_rate_hz=5, max_stream_frames=100_000,
+                                      max_inflight_work=100_000)
+        # An endless flood passes 5 chunks within one second: cut, never recorded.
+        fs = list(f.place(ServerPlacementRequest.render_return(flood.request(),
+                                                               resource_limits=lim),
+                          grants=ALL))
+        d = refusal(fs)
+        assert d["limit"] == "max_rate_hz" and "rate limit exceeded" in d["message"]
+        assert d["count"] == 2 + 5  # the two reports and the five chunks allowed
+        cas = fabric.EvalCassette(str(tmp_path / "c.ledger"))
+        rel = fabric.LedgeredRelayFabric(PlacementFabric(ops=REG, grants=ALL, limits=lim),
+                                         cas, grants=ALL)
+        with pytest.raises(PlacementRefused, match="rate limit"):
+            list(rel.stream(flood.request()))
+        assert flood.request().key not in cas
+        rel.inner.close()
+        cas.close()
+        # Five chunks can never pass five per second.
+        fs = list(f.place(ServerPlacementRequest.render_return(render.request(5),
+                                                               resource_limits=lim),
+                          grants=ALL))
+        assert not any(x.flags & FRAME_FLAG_DIAGNOSTIC for x in fs)
+        assert len(fs) == 1 + 2 + 5 + 1
