@@ -461,11 +461,11 @@ class _Shared:
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), bound)
         except asyncio.TimeoutError:
-            exc = self.late(request, bound)
-            _pending(exc, fut)
-            raise exc from None
-        except asyncio.CancelledError as exc:
-            _pending(exc, fut)
+            late = self.late(request, bound)
+            _pending(late, fut)
+            raise late from None
+        except asyncio.CancelledError as cancelled:
+            _pending(cancelled, fut)
             raise
 
 
