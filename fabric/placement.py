@@ -52,7 +52,8 @@ from ._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError
                     OpNotFound,
                     PlacementResourceLimits, ServerPlacementRequest, canonical_bytes,
                     redact_placement)
-from .fabrics import _bound, _Counters, _FabricBase, _pending
+from .fabrics import (_bound, _check_declared, _check_sharing, _Counters, _FabricBase,
+                      _pending)
 from .frames import FRAME_FLAG_DIAGNOSTIC, FrameKind
 from .ops import REGISTRY, Op, OpRegistry
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -643,8 +644,13 @@ class PlacementFabric(_FabricBase):
                                        f"capability {cap!r}, which the caller's grants lack")
         op = self.ops.find(placement.fragment)
         where = f"PlacementFabric {self.site!r}"
-        _core._check_grants(placement.fragment, g, where, op.capabilities)
-        check_secrets(placement.fragment, g, self.secrets, where)
+        frag = placement.fragment
+        _core._check_grants(frag, g, where, op.capabilities)
+        if op.capabilities:
+            _check_declared(frag, op, where)
+        if frag.sharing != op.sharing:
+            _check_sharing(frag, op, where)
+        check_secrets(frag, g, self.secrets, where)
         return op
 
     def place(self, placement: ServerPlacementRequest, *,

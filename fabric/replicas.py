@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator
 
 from . import _core
 from ._core import DeadlineExceeded, EvalRequest, FabricError
-from .fabrics import _bound, _FabricBase, _Counters
+from .fabrics import _bound, _check_declared, _check_sharing, _Counters, _FabricBase
 from .ops import REGISTRY, Op, OpRegistry
 from .placement import _check_store, _remote_error, _Shared, _Worker, check_secrets
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -264,10 +264,14 @@ class ReplicaGroup(_FabricBase):
         where = f"ReplicaGroup {self.kind!r}"
         try:
             _core._check_grants(request, g, where, op.capabilities)
+            if op.capabilities:
+                _check_declared(request, op, where)
             check_secrets(request, g, self.secrets, where)
         except _core.CapabilityDenied:
             self._stats.add("denied")
             raise
+        if request.sharing != op.sharing:
+            _check_sharing(request, op, where)
         return op
 
     def _messages(self, r: _Replica, op: Op[..., Any], request: EvalRequest,

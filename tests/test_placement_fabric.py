@@ -309,3 +309,16 @@ def test_rate_limit_cuts_a_flood_and_lets_a_stream_within_it_through(tmp_path):
                           grants=ALL))
         assert not any(x.flags & FRAME_FLAG_DIAGNOSTIC for x in fs)
         assert len(fs) == 1 + 2 + 5 + 1
+
+
+@fabric.op("place.fetch", registry=REG, capabilities=["net.fetch"])
+def fetch(x):
+    return x
+
+
+def test_a_fragment_that_under_declares_its_op_is_refused(fab):
+    with pytest.raises(CapabilityDenied, match="net.fetch"):
+        fab.evaluate(EvalRequest("place.fetch", (1,)), grants=ALL + ("net.fetch",))
+    with pytest.raises(fabric.OpNotFound, match="sharing"):
+        fab.evaluate(EvalRequest("place.analyse", (1,), sharing="uncacheable"))
+    assert fab.evaluate(fetch.request(3), grants=ALL + ("net.fetch",)).value == 3

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 import fabric
-from fabric import ReplicaGroup
+from fabric import CapabilityDenied, ReplicaGroup
 from fabric.replicas import replica_identity
 
 REG = fabric.OpRegistry()
@@ -283,3 +283,19 @@ def test_uncacheable_requests_are_never_shared(gated_group, tmp_path):
         t.join(60)
     assert len({r.value for r in out}) == 2
     assert gated_group.stats()["coalesced"] == 0
+
+
+@fabric.op("rep.fetch", registry=REG, capabilities=["net.fetch"])
+def fetch(x):
+    return x
+
+
+def test_a_request_that_under_declares_its_op_is_refused(group):
+    # Its reply would be recorded under a key that does not name what the
+    # op needs (or calls an uncacheable op pure).
+    short = fabric.EvalRequest("rep.fetch", (1,))
+    with pytest.raises(CapabilityDenied, match="net.fetch"):
+        group.evaluate(short, grants=["net.fetch"])
+    with pytest.raises(fabric.OpNotFound, match="sharing"):
+        group.evaluate(fabric.EvalRequest("rep.square", (2,), sharing="uncacheable"))
+    assert group.evaluate(fetch.request(1), grants=["net.fetch"]).value == 1
