@@ -278,3 +278,23 @@ def test_secret_refs_resolve_on_the_worker_and_never_leak(client, tmp_path, capl
     texts.append(caplog.text)
     assert value not in "\n".join(texts)
     fab.close()
+
+
+def test_a_running_tasks_late_reply_is_recorded_by_the_node(client, dfab, tmp_path):
+    # The same through ContentAddressedFabric: home's pending_reply is
+    # recorded and announced when the task ends.
+    started, release = _name(), _name()
+    with EvalCassette(str(tmp_path / "n.fab")) as cas:
+        node = ContentAddressedFabric("n1", cas, home=dfab)
+        r = ops.block.request(started, release)
+        with pytest.raises(fabric.DeadlineExceeded) as info:
+            # The op waits for the release: always late. (The bound leaves the
+            # task time to start; one not started would be cancelled instead.)
+            node.evaluate(r, timeout=3)
+        assert distributed.Event(started, client=client).wait(timeout=60)
+        assert r.key not in cas
+        distributed.Event(release, client=client).set()
+        pid = info.value.pending_reply.result(timeout=60).value
+        assert r.key in cas and "n1" in node.holders.holders_of(r.key)
+        reply = node.evaluate(r)
+        assert reply.value == pid and reply.source == "local"
