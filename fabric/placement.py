@@ -450,7 +450,14 @@ class _Shared:
         worker thread, waiters await the flight (no thread each)."""
         fut, owner = self.join(op, request)
         if owner:
-            running = fab._pool().submit(self.settle, request, fut, compute)
+            try:
+                running = fab._pool().submit(self.settle, request, fut, compute)
+            except BaseException as exc:  # the fabric is closed: nobody computes
+                if fut is not None:
+                    with self._lock:
+                        self._flights.pop(request.key, None)
+                    fut.set_exception(exc)
+                raise
             try:
                 return await asyncio.shield(asyncio.wrap_future(running))
             except asyncio.CancelledError as exc:

@@ -299,3 +299,18 @@ def test_a_request_that_under_declares_its_op_is_refused(group):
     with pytest.raises(fabric.OpNotFound, match="sharing"):
         group.evaluate(fabric.EvalRequest("rep.square", (2,), sharing="uncacheable"))
     assert group.evaluate(fetch.request(1), grants=["net.fetch"]).value == 1
+
+
+def test_a_closed_group_refuses_async_callers_and_leaves_no_flight(tmp_path):
+    g = ReplicaGroup("closed", 1, group_seed=SEED, ops=GATED)
+    g.close()
+    request = replicas_ops.gated_count.request(str(tmp_path))
+
+    async def twice():
+        for _ in range(2):  # the second would wait forever on a flight left behind
+            with pytest.raises(fabric.FabricUnavailable):
+                await asyncio.wait_for(g.aevaluate(request), 30)
+
+    asyncio.run(twice())
+    with pytest.raises(fabric.FabricUnavailable):
+        g.evaluate(request)
