@@ -191,6 +191,8 @@ class _Verifier:
                producer: str, now_ns: int | None) -> str | None:
         if claim is None:
             return "no claim"
+        if isinstance(claim, MalformedClaim):
+            return f"malformed claim ({claim.why})"
         if not isinstance(claim, Claim):
             return f"not a claim ({type(claim).__name__})"
         if claim.version not in (1, 2) or (claim.version == 1 and (
@@ -439,7 +441,8 @@ class NodeKey(_Signer):
         return f"{self.key_id} {self.node} {self.public_key.hex()}"
 
     def __repr__(self) -> str:  # never the seed
-        return f"NodeKey(key_id={self.key_id!r}, node={self.node!r}, public={self.public_key.hex()})"
+        return (f"NodeKey(key_id={self.key_id!r}, node={self.node!r}, "
+                f"public={self.public_key.hex()})")
 
     def _key_id(self) -> str:
         return self.key_id
@@ -568,7 +571,27 @@ def verified_events(events: Any, stream: Any, verifier: Any, key: ContentKey,
         raise rej
 
 
-def attach(reply: Any, claim: Claim) -> Any:
+class MalformedClaim(NamedTuple):
+    """Claim bytes a peer sent that do not decode (``why``): refused as such."""
+
+    why: str
+
+
+def from_wire(raw: Any) -> Claim | MalformedClaim | None:
+    """The claim a node protocol message carried (its ``claim`` field:
+    ``Claim.encode()`` bytes, or absent), or a ``MalformedClaim`` saying why
+    the bytes are not one."""
+    if raw is None:
+        return None
+    if not isinstance(raw, (bytes, bytearray)):
+        return MalformedClaim(f"the claim field is {type(raw).__name__}, not bin")
+    try:
+        return Claim.decode(bytes(raw))
+    except ValueError as exc:  # DecodeError too
+        return MalformedClaim(str(exc))
+
+
+def attach(reply: Any, claim: Claim | MalformedClaim | None) -> Any:
     """``reply`` with ``claim`` attached (as its ``.claim``), for a peer to verify."""
     from .replies import EvalReply
 

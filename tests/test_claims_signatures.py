@@ -234,7 +234,8 @@ class SigMalicious:
             if field == "length":
                 return attach(honest, claim._replace(length=claim.length + rng.choice([-1, 1])))
             if field == "time_ns":
-                return attach(honest, claim._replace(time_ns=claim.time_ns ^ (1 << rng.randrange(40))))
+                t = claim.time_ns ^ (1 << rng.randrange(40))
+                return attach(honest, claim._replace(time_ns=t))
             if field == "kind":
                 return attach(honest, claim._replace(kind="record"))
             return attach(honest, claim._replace(key=other.key))
