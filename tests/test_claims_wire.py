@@ -154,3 +154,60 @@ def test_fleet_key_over_the_wire(nodes):
 def test_a_node_key_must_be_its_own():
     with pytest.raises(ValueError, match="node 'a'.s, this node is 'b'"):
         Node(node_id="b", node_key=NodeKey.generate("k", "a"), listen="127.0.0.1:0")
+
+
+def test_fabric_serve_processes_with_key_files(tmp_path):
+    """`fabric serve --node-key / --trusted-keys`: a node trusting a's key
+    records a's reply; one trusting another key for "a" refuses it."""
+    from test_node_fleet import serve, stop
+
+    import node_ops
+    ka = NodeKey.generate("ka", "a")
+    ka.save(tmp_path / "a.key")
+    (tmp_path / "trusted").write_text(ka.trusted_line() + "\n")
+    (tmp_path / "wrong").write_text(NodeKey.generate("ka", "a").trusted_line() + "\n")
+    (tmp_path / "bad").write_text("ka a nothex\n")
+    procs = []
+    try:
+        pa, a_url = serve(tmp_path, "a", "--node-key", str(tmp_path / "a.key"),
+                          "--home", "node_ops:home")
+        procs.append(pa)
+        req = node_ops.double.request(12)
+        with connect(a_url) as c:
+            got = c.evaluate(req)
+            assert got.value == 24 and TrustedKeys.of(ka).check(got.claim, req.key, got,
+                                                                "a") is None
+        pb, b_url = serve(tmp_path, "b", "--peer", a_url, "--trusted-keys",
+                          str(tmp_path / "trusted"))
+        pc, c_url = serve(tmp_path, "c", "--peer", a_url, "--trusted-keys",
+                          str(tmp_path / "wrong"))
+        procs += [pb, pc]
+        for url in (b_url, c_url):
+            with connect(url) as cl:
+                wait_for(lambda: _asks_a(cl), f"{url} to connect to a")
+        with connect(b_url) as b:
+            assert b.evaluate(req).value == 24
+        with connect(b_url, scope="held") as b:
+            assert b.evaluate(req).value == 24  # b recorded it
+        with connect(c_url) as c:
+            with pytest.raises(NoHolderError, match="bad signature"):
+                c.evaluate(req)
+        with connect(c_url, scope="held") as c:
+            with pytest.raises(fabric.ContentNotHeld):
+                c.evaluate(req)  # c recorded nothing
+        with pytest.raises(AssertionError, match="trusted-keys .*not hex"):
+            serve(tmp_path, "d", "--trusted-keys", str(tmp_path / "bad"))
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def _asks_a(client):
+    """Whether the node asks its peer "a" yet (it connects in the background):
+    a key nobody holds then fails naming "a" among the peers asked."""
+    import node_ops
+    try:
+        client.evaluate(node_ops.double.request(-1))
+    except NoHolderError as exc:
+        return "peers asked: a:" in str(exc)
+    raise AssertionError("nobody holds double(-1)")
