@@ -237,6 +237,13 @@ class Node:
             fleet_keys=fleet_keys if trusted_keys is None else None, trusted_keys=trusted_keys)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = list(peers)
+        if self.fabric.trust == "none":
+            from urllib.parse import urlsplit
+            remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
+            if remote:
+                log.warning("node %s records replies of peers %s without checking claims "
+                            "(no trusted_keys or fleet_keys): any of them can make up "
+                            "replies", self.node_id, ", ".join(remote))
         self.peer_tls = peer_tls
         self.peer_token = peer_token
         self._clients: list[Any] = []
