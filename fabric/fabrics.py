@@ -1511,8 +1511,10 @@ class ContentServeFabric(_FabricBase):
     checked against the request's declared capabilities (``CapabilityDenied``,
     counted as ``denied`` in ``stats()``). Answers come from the local
     cassette at once, so ``timeout`` never needs to cut a wait short.
-    With ``fleet_keys`` (a ``fabric.claims.FleetKeys``) each single reply
-    carries a claim (``reply.claim``) that its receiver verifies.
+    With ``fleet_keys`` (a ``fabric.claims.FleetKeys``, or a ``NodeKey``
+    for signatures) each single reply carries a claim (``reply.claim``) and
+    each stream one over all its events (``stream.claim``, once it ended)
+    that its receiver verifies.
     """
 
     def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None,
@@ -1522,7 +1524,7 @@ class ContentServeFabric(_FabricBase):
         self.node = node
         if fleet_keys is not None and not node:
             raise ValueError("a ContentServeFabric that signs claims needs its node id")
-        #: A fabric.claims.FleetKeys: every single reply served carries a claim.
+        #: A fabric.claims.FleetKeys or NodeKey: every reply served carries a claim.
         self.fleet_keys = fleet_keys
         self._stats = _Counters("served", "not_held", "denied")
 
@@ -1587,6 +1589,10 @@ class ContentServeFabric(_FabricBase):
         if key not in self.cassette:
             raise self._not_held(key)
         self._stats.add("served")
+        if self.fleet_keys is not None:  # a claim over the whole stream, once it ends
+            from .claims import signed_stream
+            return signed_stream(_replay_events(self.cassette, key), key, "held",
+                                 self.fleet_keys, self.node)  # type: ignore[arg-type]
         return EvalStream(_replay_events(self.cassette, key), key, "held")
 
 

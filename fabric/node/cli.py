@@ -67,12 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("drain_timeout", args.drain_timeout)) if v is not None})
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
+    keys = _claim_keys(args)
+    if keys.get("node_key") is not None and args.node_id is None:
+        args.node_id = keys["node_key"].node  # the key names its node
     home = _load(args.home) if args.home else _replicas(args) if args.workers is not None \
         else None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
-                peer_tls=peer_tls, peer_token=args.peer_token)
+                peer_tls=peer_tls, peer_token=args.peer_token, **keys)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -91,6 +94,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.workers is not None and home is not None:
             home.close()  # the replicas' processes end with the node
     return 0
+
+
+def _claim_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """``--node-key`` / ``--trusted-keys`` / ``--fleet-keys``: the claim keys
+    read from their files (docs/spec/claims.md), a CLIError naming the file."""
+    from ..claims import FleetKeys, NodeKey, TrustedKeys
+    from ..cli import CLIError
+    out: dict[str, Any] = {}
+    for opt, name, cls in (("--node-key", "node_key", NodeKey),
+                           ("--trusted-keys", "trusted_keys", TrustedKeys),
+                           ("--fleet-keys", "fleet_keys", FleetKeys)):
+        path = getattr(args, name)
+        if path is not None:
+            try:
+                out[name] = cls.from_file(path)
+            except (OSError, ValueError) as exc:
+                raise CLIError(f"{opt} {path}: {exc}") from None
+    return out
 
 
 def _replicas(args: argparse.Namespace) -> Any:
@@ -151,6 +172,16 @@ def add_parser(sub: Any) -> None:
                    help="JSON object principal -> [capability]")
     p.add_argument("--secrets", default=None, metavar="FILE",
                    help="JSON object secret name -> value, for SecretRef")
+    p.add_argument("--node-key", default=None, metavar="FILE",
+                   help="this node's Ed25519 key (KEY_ID NODE_ID HEX_SEED): it signs the "
+                        "claim of every reply and stream it sends")
+    p.add_argument("--trusted-keys", default=None, metavar="FILE",
+                   help="public keys (KEY_ID NODE_ID HEX_PUBLIC_KEY lines): record a peer's "
+                        "reply only if its signed claim verifies (trust=signatures)")
+    p.add_argument("--fleet-keys", default=None, metavar="FILE",
+                   help="shared fleet keys (KEY_ID HEX_SECRET lines): sign claims with the "
+                        "first, and verify peers' claims (trust=fleet-key) unless "
+                        "--trusted-keys is given")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without TLS or tokens")
     p.add_argument("--log-level", default="warning")

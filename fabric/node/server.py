@@ -46,6 +46,7 @@ from .secrets import SecretStore
 from . import snapshot as _snap
 from .snapshot import NodeState, SnapshotBusy
 from ..governor import PeerGovernor
+from ..claims import StreamDigest
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -185,7 +186,12 @@ class Node:
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
     secret values for ``SecretRef``. ``peer_tls`` / ``peer_token`` are what
-    this node presents to its peers.
+    this node presents to its peers. Claims (docs/spec/claims.md): with
+    ``node_key`` (a ``NodeKey``) or ``fleet_keys`` (a ``FleetKeys``) every
+    reply and stream this node sends carries a claim it signed; with
+    ``trusted_keys`` (a ``TrustedKeys``: ``trust="signatures"``) or
+    ``fleet_keys`` (``trust="fleet-key"``) a peer's reply or stream is
+    recorded only if its claim verifies.
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
@@ -198,7 +204,8 @@ class Node:
                  tls: Any = None, tokens: Any = None, grants: Any = None,
                  secrets: str | None = None, limits: NodeLimits | None = None,
                  insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
-                 governor: PeerGovernor | None = None, _restored: NodeState | None = None):
+                 governor: PeerGovernor | None = None, _restored: NodeState | None = None,
+                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
         self.host, self.port = _split_listen(listen)
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
@@ -221,11 +228,24 @@ class Node:
         self.grants = Grants(grants)
         self.secrets = SecretStore(secrets)
         self.home = None if home is None else _SecretHome(home, self.secrets)
+        if node_key is not None and node_key.node != self.node_id:
+            raise ValueError(f"node key {node_key.key_id!r} is node {node_key.node!r}'s, "
+                             f"this node is {self.node_id!r}")
+        #: What signs the claims this node sends (a NodeKey, a FleetKeys, or None).
+        self.signer = node_key if node_key is not None else fleet_keys
         self.fabric = ContentAddressedFabric(
             self.node_id, self.cassette, home=self.home, governor=governor,
-            holders=None if _restored is None else _restored.holders)
+            holders=None if _restored is None else _restored.holders,
+            fleet_keys=fleet_keys if trusted_keys is None else None, trusted_keys=trusted_keys)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = list(peers)
+        if self.fabric.trust == "none":
+            from urllib.parse import urlsplit
+            remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
+            if remote:
+                log.warning("node %s records replies of peers %s without checking claims "
+                            "(no trusted_keys or fleet_keys): any of them can make up "
+                            "replies", self.node_id, ", ".join(remote))
         self.peer_tls = peer_tls
         self.peer_token = peer_token
         self._clients: list[Any] = []
@@ -817,6 +837,9 @@ class Node:
 
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
         data = canonical_bytes(reply_record(reply))
+        end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
+        if self.signer is not None and reply.key is not None:
+            end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
         part = max(1024, conn.max_frame - 16)
         parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
         enc = conn.enc
@@ -824,9 +847,9 @@ class Node:
                                 {"metadata": {"source": reply.source}}, stream_id=sid)]
         for i, p in enumerate(parts):
             out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
-        out.append(enc.encode_value(FrameKind.STREAM_END, {
-            "chunks": len(parts), "bytes": len(data), "truncated": False},
-            stream_id=sid, seq=len(parts) + 1))
+        end["chunks"] = len(parts)
+        out.append(enc.encode_value(FrameKind.STREAM_END, end,
+                                    stream_id=sid, seq=len(parts) + 1))
         conn.send(b"".join(out))
 
     async def _send_stream(self, conn: _Conn, sid: int, stream: Any) -> None:
@@ -840,9 +863,12 @@ class Node:
         self._enqueue(conn, key, enc.encode_value(
             FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
         truncated = False
+        digest = StreamDigest() if self.signer is not None else None
         try:
             async for tag, payload in (events if events is not None else _items(stream)):
                 body = canonical_bytes(payload)
+                if digest is not None:
+                    digest.update_encoded(tag, body)
                 if len(body) > conn.max_frame:
                     raise P.LimitExceeded(f"an item of {len(body)} bytes is larger than the "
                                           f"largest frame agreed ({conn.max_frame})")
@@ -862,13 +888,16 @@ class Node:
             aclose = getattr(events if events is not None else stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        self._end_stream(conn, key, sid, seq, chunks, total, truncated)
+        claim = None
+        if digest is not None and not truncated and getattr(stream, "key", None) is not None:
+            claim = self.signer.sign_stream(stream.key, digest, self.node_id).encode()
+        self._end_stream(conn, key, sid, seq, chunks, total, truncated, claim)
 
     def _end_stream(self, conn: _Conn, key: Any, sid: int, seq: int, chunks: int,
-                    total: int, truncated: bool) -> None:
+                    total: int, truncated: bool, claim: bytes | None = None) -> None:
         # The terminator is never evicted; a stream that lost data says so.
         self._out_q.push(conn.principal, key, 0, (conn, ("end", sid, seq, chunks, total,
-                                                         truncated)), terminator=True)
+                                                         truncated, claim)), terminator=True)
         self._out_wake.set()  # type: ignore[union-attr]
 
     def _enqueue(self, conn: _Conn, key: Any, data: bytes, size: int) -> None:
@@ -886,7 +915,7 @@ class Node:
                 continue
             conn, data = e.item
             if isinstance(data, tuple):
-                _end, sid, seq, chunks, total, truncated = data
+                _end, sid, seq, chunks, total, truncated, claim = data
                 lost = self._out_q.lost(e.stream)
                 self._out_q.forget(e.stream)
                 out = b""
@@ -898,9 +927,11 @@ class Node:
                         "message": f"principal {conn.principal!r} over its byte budget: "
                                    f"stream data was evicted"},
                         stream_id=sid, seq=seq, flags=FRAME_FLAG_DIAGNOSTIC)
-                data = out + conn.enc.encode_value(FrameKind.STREAM_END, {
-                    "chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)},
-                    stream_id=sid, seq=seq + 1)
+                end = {"chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)}
+                if claim is not None and not lost:
+                    end["claim"] = claim
+                data = out + conn.enc.encode_value(FrameKind.STREAM_END, end,
+                                                   stream_id=sid, seq=seq + 1)
             conn.send(data)
             if len(self._out_q) and not self._out_q._active:
                 await asyncio.sleep(0)
