@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .server import Node
 
 __all__ = ["GossipConfig", "Membership", "Member", "FleetGossip", "MAX_FACTS", "MAX_MEMBERS",
-           "check_members", "split_delta", "link_warning", "shareable", "is_loopback"]
+           "check_members", "split_delta", "link_warning", "warn_link", "shareable", "is_loopback"]
 
 log = logging.getLogger("fabric.node")
 
@@ -177,6 +177,18 @@ def link_warning(host: str, *, tls: bool, token: bool, trust: str = "none",
     return (f"linking to {host} without TLS or a token and with trust 'none': what this "
             f"node records from it is not authenticated (set up TLS, --peer-token or a "
             f"fleet key)")
+
+
+def warn_link(url: str, *, tls: bool, token: bool, trust: str = "none",
+              node: str = "?") -> str | None:
+    """Log (WARNING, logger ``fabric.node``) and return ``link_warning``'s
+    text for a link to the node at ``url``; None when it needs none."""
+    u = urlsplit(url)
+    text = link_warning(u.hostname or "", tls=tls or u.scheme == "fabrics", token=token,
+                        trust=trust)
+    if text:
+        log.warning("node %s: %s", node, text)
+    return text
 
 
 def shareable(request: EvalRequest, via: Iterable[str]) -> None:

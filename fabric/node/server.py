@@ -513,15 +513,10 @@ class Node:
                         learned: bool = False) -> None:
         """Connect to a peer and add it once it answered (``first`` resolves
         with the first outcome; a peer down at start is added when it comes)."""
-        from urllib.parse import urlsplit
-
         from .client import NodeClient
         loop = asyncio.get_running_loop()
-        warn = _gossip.link_warning(urlsplit(url).hostname or "", tls=url.startswith(
-            "fabrics:") or self.peer_tls is not None, token=self.peer_token is not None,
-            trust=getattr(self.fabric, "trust", "none"))
-        if warn:
-            log.warning("node %s: %s", self.node_id, warn)
+        _gossip.warn_link(url, tls=self.peer_tls is not None, token=self.peer_token is not None,
+                          trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
         gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
                             node_id=self.node_id, reconnect=not learned,
