@@ -294,7 +294,8 @@ class FleetGossip:
         """Counters, members known, and the node ids of live links."""
         return {**self.counters, "epoch": self.epoch, "members": len(self.members.members),
                 "links": sorted(cl.node for cl in self.node._clients
-                                if cl.status == "connected" and cl.node)}
+                                if cl.status == "connected" and cl.node),
+                "computing": sorted(self.computing_links())}
 
     def _count_out(self, data: bytes, kind: str = "") -> None:
         self.counters["messages_out"] += 1

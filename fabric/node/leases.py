@@ -43,8 +43,8 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .._core import (CapabilityDenied, ContentKey, DeadlineExceeded, FabricUnavailable,
-                     OpNotFound)
+from .._core import (CapabilityDenied, ContentKey, DeadlineExceeded, FabricError,
+                     FabricUnavailable, OpNotFound)
 from . import protocol as P
 
 if TYPE_CHECKING:
@@ -63,6 +63,11 @@ VIA: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 _FALL_BACK = (FabricUnavailable, DeadlineExceeded, OpNotFound, CapabilityDenied,
               P.LimitExceeded, P.ProtocolError, P.Unauthenticated, ConnectionError,
               asyncio.TimeoutError)
+
+
+def _falls_back(exc: BaseException) -> bool:
+    # A bare FabricError is how a node ends what it runs when it stops.
+    return isinstance(exc, _FALL_BACK) or type(exc) is FabricError
 
 
 def owner(key: ContentKey, nodes: Iterable[str]) -> str | None:
@@ -213,10 +218,15 @@ class LeasedHome:
         if remote is not None:
             self.counters["lease_forwarded"] += 1
             t0 = time.monotonic()
+            lease = self._lease(timeout)
             try:
+                if remote.status != "connected":  # a compute link made just now
+                    await asyncio.wait_for(asyncio.shield(remote._connected_once()), lease)
                 return await remote.aevaluate(request, grants=grants,
-                                              timeout=self._lease(timeout))
-            except _FALL_BACK as exc:
+                                              timeout=max(1e-3, lease - (time.monotonic() - t0)))
+            except Exception as exc:
+                if not _falls_back(exc):
+                    raise
                 self.counters["lease_fallbacks"] += 1
                 log.info("node %s: lease holder %s of %s did not answer (%s): computing it "
                          "here", self.node.node_id, remote.node or remote.url, request.key,
@@ -240,10 +250,21 @@ class LeasedHome:
         kw = {} if timeout is None else {"timeout": timeout}
         if remote is not None:
             self.counters["lease_forwarded"] += 1
+            t0 = time.monotonic()
+            lease = self._lease(timeout)
             try:
-                return remote.evaluate(request, grants=grants, timeout=self._lease(timeout))
-            except _FALL_BACK:
+                remote.wait_connected(lease)
+                return remote.evaluate(request, grants=grants,
+                                       timeout=max(1e-3, lease - (time.monotonic() - t0)))
+            except Exception as exc:
+                if not _falls_back(exc):
+                    raise
                 self.counters["lease_fallbacks"] += 1
+                if timeout is not None:
+                    left = timeout - (time.monotonic() - t0)
+                    if left <= 0:
+                        raise
+                    kw = {"timeout": left}
 
         def compute() -> Any:
             self.counters["lease_local"] += 1
