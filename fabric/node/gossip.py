@@ -367,7 +367,7 @@ class FleetGossip:
                         node._stat("gossip_redelivered")
 
     # -- what comes in ---------------------------------------------------------
-    def _apply(self, body: dict[str, Any]) -> None:
+    def _apply(self, body: dict[str, Any], sender: str | None) -> None:
         facts = body["facts"]
         if len(facts) > MAX_FACTS:
             raise P.ProtocolError(f"a GOSSIP delta carries at most {MAX_FACTS} facts, not "
@@ -378,6 +378,9 @@ class FleetGossip:
         except (P.ProtocolError, TypeError, ValueError) as exc:
             raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
         new = self.node.fabric.holders.apply(parsed)
+        if log.isEnabledFor(logging.DEBUG):  # one line per delta (bench and tests read it)
+            log.debug("node %s: gossip delta from %s: %d fact(s), %d new", self.node.node_id,
+                      sender, len(parsed), new)
         self.counters["facts_in"] += len(parsed)
         self.counters["facts_new"] += new
         self.node._stat("gossip_facts_in", len(parsed))
@@ -407,7 +410,7 @@ class FleetGossip:
             if self.node._gossip_wake is not None:
                 self.node._gossip_wake.set()
         elif self._is_delta(body):
-            self._apply(body)
+            self._apply(body, conn.remote_node)
         elif isinstance(body, dict) and set(body) == {"members"}:
             self.counters["members_in"] += 1
             self.members.learn(check_members(body))
@@ -426,7 +429,7 @@ class FleetGossip:
         if self._is_delta(body):
             epoch = body.get("epoch")
             seen_epoch, seen = self.seen.get(client.url, (None, 0))
-            self._apply(body)
+            self._apply(body, client.node)
             if epoch is not None:
                 if epoch != seen_epoch:
                     seen = 0
