@@ -26,7 +26,7 @@ from conftest import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-LINE = re.compile(r"node (\S+): gossip delta from (\S+): (\d+) fact\(s\), (\d+) new")
+LINE = re.compile(r"node (\S+): gossip delta from (\S+): (\d+) fact\(s\), (\d+) new, (\d+) B")
 
 
 class Fleet:

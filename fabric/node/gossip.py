@@ -271,6 +271,7 @@ class FleetGossip:
         self.seen: dict[str, tuple[int, int]] = {}
         self.learned: set[str] = set()  # URLs of learned links
         self._next_tick = 0.0
+        self._pulled: set[int] = set()  # connections whose pull is not answered yet
         # Keys whose request says 'recorded' (checked once per key).
         self._private: dict[ContentKey, bool] = {}
         self.counters = {k: 0 for k in (
@@ -316,15 +317,19 @@ class FleetGossip:
             self._private[key] = hit
         return hit
 
-    def _deltas(self, since: int, max_frame: int) -> tuple[list[dict[str, Any]], int]:
-        """Messages carrying this node's facts after ``since``, and the version
-        they reach. A fact that this node holds a ``recorded`` reply is left
-        out (never announced); versions still count it, so bookmarks hold."""
+    def _deltas(self, since: int, max_frame: int,
+                to: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Messages carrying this node's facts after ``since`` for node ``to``,
+        and the version they reach. Left out: a fact that this node holds a
+        ``recorded`` reply (never announced) and ``to``'s own holdings (it
+        knows them); versions still count them, so bookmarks hold."""
         d = self.node.fabric.holders.delta_since(since)
         me = self.node.node_id
-        facts = [(k, h) for k, h in d.facts if h != me or not self._withheld(k)]
+        facts = [(k, h) for k, h in d.facts
+                 if h != to and (h != me or not self._withheld(k))]
         if len(facts) != len(d.facts):
-            self.counters["recorded_withheld"] += len(d.facts) - len(facts)
+            self.counters["recorded_withheld"] += sum(
+                1 for k, h in d.facts if h == me and h != to and self._withheld(k))
         if not facts:
             return [], d.end
         if len(facts) == len(d.facts):
@@ -340,9 +345,15 @@ class FleetGossip:
         """Send every gossiping link and connection what it has not had yet."""
         node = self.node
         version = node.fabric.holders.version
+        # A node this one links to gets the pushes on that link only, not also
+        # on the connection it made here (a pull on it is still answered).
+        linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
         for c in list(node._conns):
+            if c.remote_node in linked and id(c) not in self._pulled:
+                continue
+            self._pulled.discard(id(c))
             if c.gossip and c.gossip_sent < version and not c.closed:
-                msgs, end = self._deltas(c.gossip_sent, c.max_frame)
+                msgs, end = self._deltas(c.gossip_sent, c.max_frame, c.remote_node)
                 for body in msgs:
                     data = c.enc.encode_value(FrameKind.GOSSIP, body)
                     c.send(data)
@@ -351,7 +362,8 @@ class FleetGossip:
                 c.gossip_sent = end
         for cl in node._clients:
             if cl.gossip_sent < version and cl.status == "connected":
-                msgs, end = self._deltas(cl.gossip_sent, cl._enc.limits.max_frame_payload_bytes)
+                msgs, end = self._deltas(cl.gossip_sent, cl._enc.limits.max_frame_payload_bytes,
+                                         cl.node)
                 ok = True
                 for body in msgs:
                     ok = cl._send_gossip(body)
@@ -379,8 +391,9 @@ class FleetGossip:
             raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
         new = self.node.fabric.holders.apply(parsed)
         if log.isEnabledFor(logging.DEBUG):  # one line per delta (bench and tests read it)
-            log.debug("node %s: gossip delta from %s: %d fact(s), %d new", self.node.node_id,
-                      sender, len(parsed), new)
+            log.debug("node %s: gossip delta from %s: %d fact(s), %d new, %d B",
+                      self.node.node_id, sender, len(parsed), new,
+                      len(P.canonical_bytes(body)) + 16)  # (+ the frame header)
         self.counters["facts_in"] += len(parsed)
         self.counters["facts_new"] += new
         self.node._stat("gossip_facts_in", len(parsed))
@@ -407,6 +420,7 @@ class FleetGossip:
                 v = 0  # a bookmark of another incarnation's numbering
             conn.gossip = True
             conn.gossip_sent = v
+            self._pulled.add(id(conn))
             if self.node._gossip_wake is not None:
                 self.node._gossip_wake.set()
         elif self._is_delta(body):
