@@ -185,7 +185,11 @@ class Node:
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
     secret values for ``SecretRef``. ``peer_tls`` / ``peer_token`` are what
-    this node presents to its peers.
+    this node presents to its peers. ``gossip`` a ``GossipConfig``
+    (anti-entropy interval, learned-link fanout, view size, lease): the node
+    learns the fleet's members through gossip and links to a few of them,
+    and a miss that reaches home is computed by the key's lease holder
+    (docs/spec/protocol.md section 5).
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
