@@ -29,16 +29,34 @@ pays another lookup per key, where gossip pays nothing more.
 
 Prints one table (markdown) and the holding index's bytes per fact measured
 in the C core when keys are shared by many holders (the fleet envelope).
+
+    python bench/gossip.py --processes 5 [--trials 5] [--fanout 2]
+
+runs the same measurement on real ``fabric serve`` processes on loopback,
+linked only as a chain by ``--peer`` (membership gossip adds up to
+``--fanout`` learned links each): after a warm-up in which every node
+announces one fact and all learn all, one fact is announced on the last node
+of the chain; each node's debug log names the sender of every delta it
+receives and how many facts were new, which gives the relay hops (depth in
+the propagation tree), the delta messages that carried the fact and their
+bytes (frame header included). Membership and anti-entropy messages are
+counted apart (per node per second of the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import os
 import random
+import re
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -132,13 +150,139 @@ def envelope() -> tuple[float, float]:
     return one.memory() / len(one), many.memory() / len(many)
 
 
+_OPS = """
+import fabric
+
+@fabric.op("bench.gossip.fact")
+def fact(x):
+    return x
+
+def home():
+    return fabric.LocalFabric()
+"""
+_LINE = re.compile(r"node (\S+): gossip delta from (\S+): (\d+) fact\(s\), (\d+) new, (\d+) B")
+
+
+def _wait(cond, what, bound=30.0):
+    end = time.monotonic() + bound
+    while not cond():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def processes(n: int, fanout: int, interval: float = 0.1) -> tuple[int, int, int, int]:
+    """One trial on n real processes: (max hops, delta messages carrying the
+    fact, their bytes, other gossip messages per node per second)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from fabric.node import connect
+    from fabric.node.client import NodeClient
+
+    with tempfile.TemporaryDirectory(prefix="fabric-gossip-bench-") as tmp:
+        with open(os.path.join(tmp, "gossip_bench_ops.py"), "w") as f:
+            f.write(_OPS)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, tmp]))
+        sys.path.insert(0, tmp)
+        import gossip_bench_ops as ops  # type: ignore[import-not-found]
+        procs, urls, names = [], {}, [f"n{i}" for i in range(1, n + 1)]
+        seen: dict[str, set] = {}
+        observers = []
+        t0 = time.monotonic()
+        try:
+            for i, name in enumerate(names):
+                cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+                       "--node-id", name, "--import", "gossip_bench_ops",
+                       "--home", "gossip_bench_ops:home", "--log-level", "debug",
+                       "--gossip-interval", str(interval), "--fanout", str(fanout)]
+                if i:
+                    cmd += ["--peer", urls[names[i - 1]]]
+                log = open(os.path.join(tmp, f"{name}.log"), "w")
+                p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env,
+                                     text=True)
+                log.close()
+                procs.append(p)
+                line = p.stdout.readline()
+                if "listening on" not in line:
+                    raise RuntimeError(f"{name} did not start: {line!r}")
+                urls[name] = line.rsplit(" ", 1)[1].strip()
+            for name in names:
+                got: set = set()
+                seen[name] = got
+                observers.append(NodeClient(
+                    urls[name], scope="held",
+                    on_gossip=lambda b, g=got: g.update((bytes(k), h)
+                                                        for k, h in b.get("facts", ()))))
+                observers[-1].wait_connected(20)
+            warm = set()
+            for i, name in enumerate(names):
+                with connect(urls[name]) as c:
+                    r = ops.fact.request(-1 - i)
+                    c.evaluate(r)
+                    warm.add((r.key.digest, name))
+            _wait(lambda: all(warm <= s for s in seen.values()), "the warm-up facts")
+            marks = {nm: os.path.getsize(os.path.join(tmp, f"{nm}.log")) for nm in names}
+            r = ops.fact.request(random.getrandbits(60))
+            with connect(urls[names[-1]]) as c:
+                c.evaluate(r)
+            fact = (r.key.digest, names[-1])
+            _wait(lambda: all(fact in s for s in seen.values()), "the fact")
+            elapsed = time.monotonic() - t0
+        finally:
+            for o in observers:
+                o.close()
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        parent, msgs, nbytes, other = {}, 0, 0, 0
+        for name in names:
+            with open(os.path.join(tmp, f"{name}.log")) as f:
+                text = f.read()
+            for m in _LINE.finditer(text[marks[name]:]):
+                if m.group(1) != name or m.group(3) == "0":
+                    continue
+                msgs += 1
+                nbytes += int(m.group(5))
+                if m.group(4) != "0":
+                    parent.setdefault(name, m.group(2))
+            final = re.search(r"node \S+ gossip: (\{.*\})", text)
+            if final:
+                st = ast.literal_eval(final.group(1))
+                other += st["members_out"] + st["pulls_out"]
+        depth = {names[-1]: 0}
+
+        def d(x: str) -> int:
+            if x not in depth:
+                depth[x] = d(parent[x]) + 1
+            return depth[x]
+
+        return max(d(x) for x in names), msgs, nbytes, round(other / n / elapsed, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--fanout", type=int, default=3)
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--processes", type=int, default=0, metavar="N",
+                    help="measure N real fabric serve processes instead (chain + fanout)")
     args = ap.parse_args()
+    if args.processes:
+        print("| processes | fanout | hops (median, max) | delta messages / fact "
+              "| delta bytes / fact | membership + pull msgs / node / s |")
+        print("|---|---|---|---|---|---|")
+        runs = [processes(args.processes, args.fanout) for _ in range(args.trials)]
+        h = [x[0] for x in runs]
+        print(f"| {args.processes} | {args.fanout} | {statistics.median(h):g}, {max(h)} "
+              f"| {statistics.median(x[1] for x in runs):g} "
+              f"| {statistics.median(x[2] for x in runs):g} "
+              f"| {statistics.median(x[3] for x in runs):g} |")
+        return
     rng = random.Random(args.seed)
     print("| nodes | rounds (median, max) | log2 N | messages / fact | bytes / fact "
           "| msgs / node | DHT announce msgs | DHT announce bytes |")

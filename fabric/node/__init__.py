@@ -5,6 +5,9 @@
 - ``credit``: per-stream credit windows and stream epochs;
 - ``scheduler``: the fair queues across principals;
 - ``secrets``: ``SecretRef`` and where a node finds secret values;
+- ``gossip``: holding-index deltas, anti-entropy, membership, learned links,
+  what may be shared, the unauthenticated-link warning (``GossipConfig``);
+- ``leases``: one computation per fleet (rendezvous lease holders);
 - ``server``: ``Node``; ``client``: ``connect`` / ``NodeClient``.
 
 This package imports the rest of ``fabric``; nothing in ``fabric`` imports it
@@ -13,6 +16,7 @@ but the package's ``__init__``.
 
 from .client import NodeClient, connect
 from .credit import Credit, StaleStream, StreamTable
+from .gossip import GossipConfig
 from .protocol import (PROTOCOL_VERSION, Backpressure, LimitExceeded, ProtocolError,
                        Unauthenticated, VersionMismatch)
 from .scheduler import FairQueue
@@ -22,4 +26,4 @@ from .server import Node, NodeLimits
 __all__ = ["Node", "NodeLimits", "NodeClient", "connect", "SecretRef", "SecretStore",
            "PROTOCOL_VERSION", "Backpressure", "LimitExceeded", "ProtocolError",
            "Unauthenticated", "VersionMismatch", "Credit", "StreamTable", "StaleStream",
-           "FairQueue"]
+           "FairQueue", "GossipConfig"]

@@ -72,10 +72,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.node_id = keys["node_key"].node  # the key names its node
     home = _load(args.home) if args.home else _replicas(args) if args.workers is not None \
         else None
+    from .gossip import GossipConfig
+    try:
+        gossip = GossipConfig(**{k: v for k, v in (
+            ("interval", args.gossip_interval), ("fanout", args.fanout),
+            ("lease", args.lease)) if v is not None}).check()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
-                peer_tls=peer_tls, peer_token=args.peer_token, **keys)
+                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip, **keys)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -184,6 +191,12 @@ def add_parser(sub: Any) -> None:
                         "--trusted-keys is given")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without TLS or tokens")
+    p.add_argument("--gossip-interval", type=float, default=None, metavar="SECONDS",
+                   help="anti-entropy and membership exchange period (default 2)")
+    p.add_argument("--fanout", type=int, default=None, metavar="N",
+                   help="links to members learned through gossip, at most (default 3)")
+    p.add_argument("--lease", type=float, default=None, metavar="SECONDS",
+                   help="how long a miss waits for the key's lease holder (default 30)")
     p.add_argument("--log-level", default="warning")
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),

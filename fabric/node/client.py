@@ -431,6 +431,9 @@ class NodeClient:
         self.server_grants: frozenset[str] = frozenset()
         self.status = "disconnected"
         self.gossip_sent = 0
+        #: What a gossiping client pulls with on each connect (a node sets it:
+        #: its bookmark of this link, docs/spec/protocol.md section 5).
+        self.gossip_pull: Callable[[], Any] | None = None
         self._loop = _LoopThread.get()
         self._writer: asyncio.StreamWriter | None = None
         self._enc = P.encoder(max_frame)
@@ -528,7 +531,8 @@ class NodeClient:
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
             self._writer = writer
             if self.on_gossip:
-                writer.write(self._enc.encode_value(FrameKind.GOSSIP, {"pull": 0}))
+                writer.write(self._enc.encode_value(FrameKind.GOSSIP, self.gossip_pull()
+                                                    if self.gossip_pull else {"pull": 0}))
             self._set_status("connected")
             self._up.set()  # type: ignore[union-attr]
             if not self._first.done():

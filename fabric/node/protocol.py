@@ -24,10 +24,11 @@ payloads; it does no I/O, so the server, the client and the tests share it
   refused or ending, and the sender closes it.
 - ``CREDIT`` on a stream id: ``{"consumed": int}``, the cumulative payload
   bytes of that stream the receiver has consumed.
-- ``GOSSIP`` (stream 0): ``{"origin": str, "start": int, "end": int,
-  "facts": [[bin32, str]]}`` (a delta of the origin's holding index, from
-  version ``start`` to ``end``) or ``{"pull": int}`` (send me your facts
-  after this version of yours).
+- ``GOSSIP`` (stream 0): a delta ``{"origin": str, "start": int, "end": int,
+  "facts": [[bin32, str]], "epoch": int}`` (the origin's holding index from
+  version ``start`` to ``end``), a pull ``{"pull": int, "epoch": int}``
+  (send me your facts after this version of yours), or ``{"members":
+  [[node id, URL, computes]]}``; built and checked in ``fabric.node.gossip``.
 - ``PING`` / ``PONG``: keepalive, payload echoed.
 """
 

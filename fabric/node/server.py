@@ -47,6 +47,8 @@ from . import snapshot as _snap
 from .snapshot import NodeState, SnapshotBusy
 from ..governor import PeerGovernor
 from ..claims import StreamDigest
+from . import gossip as _gossip
+from . import leases as _leases
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -192,6 +194,11 @@ class Node:
     ``trusted_keys`` (a ``TrustedKeys``: ``trust="signatures"``) or
     ``fleet_keys`` (``trust="fleet-key"``) a peer's reply or stream is
     recorded only if its claim verifies.
+    ``gossip`` a ``GossipConfig``
+    (anti-entropy interval, learned-link fanout, view size, lease): the node
+    learns the fleet's members through gossip and links to a few of them,
+    and a miss that reaches home is computed by the key's lease holder
+    (docs/spec/protocol.md section 5).
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
@@ -204,15 +211,18 @@ class Node:
                  tls: Any = None, tokens: Any = None, grants: Any = None,
                  secrets: str | None = None, limits: NodeLimits | None = None,
                  insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
-                 governor: PeerGovernor | None = None, _restored: NodeState | None = None,
+                 governor: PeerGovernor | None = None,
+                 gossip: _gossip.GossipConfig | None = None,
+                 _restored: NodeState | None = None,
                  fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
         self.host, self.port = _split_listen(listen)
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
                              f"insecure=True (--insecure)")
-        if not _loopback(self.host) and tls is None and tokens is None:
-            log.warning("listening on %s without TLS or tokens: anyone who can reach it "
-                        "is served", self.host)
+        warn = _gossip.link_warning(self.host, tls=tls is not None, token=tokens is not None,
+                                    listening=True)
+        if warn:
+            log.warning("node %s: %s", node_id or "?", warn)
         self._tmp = None
         if cassette is None:
             self._tmp = tempfile.mkdtemp(prefix="fabric-node-")
@@ -227,7 +237,8 @@ class Node:
         self.tokens = None if tokens is None else Tokens(tokens)
         self.grants = Grants(grants)
         self.secrets = SecretStore(secrets)
-        self.home = None if home is None else _SecretHome(home, self.secrets)
+        self.home = None if home is None else _leases.LeasedHome(
+            _SecretHome(home, self.secrets), self)
         if node_key is not None and node_key.node != self.node_id:
             raise ValueError(f"node key {node_key.key_id!r} is node {node_key.node!r}'s, "
                              f"this node is {self.node_id!r}")
@@ -246,11 +257,14 @@ class Node:
                 log.warning("node %s records replies of peers %s without checking claims "
                             "(no trusted_keys or fleet_keys): any of them can make up "
                             "replies", self.node_id, ", ".join(remote))
+        #: Membership, deltas and anti-entropy (fabric.node.gossip).
+        self._gossip = _gossip.FleetGossip(self, gossip)
         self.peer_tls = peer_tls
         self.peer_token = peer_token
         self._clients: list[Any] = []
         self._conns: set[_Conn] = set()
         self._stats: dict[str, int] = {}
+        self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
         self._server: asyncio.AbstractServer | None = None
@@ -301,6 +315,8 @@ class Node:
         return {"node": self.node_id, "incarnation": self.incarnation,
                 "connections": len(self._conns), **self._stats,
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
+                "gossip": self._gossip.stats(),
+                "leases": self.home.stats() if self.home is not None else {},
                 "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
 
     def snapshot(self) -> bytes:
@@ -368,12 +384,13 @@ class Node:
         sock = self._server.sockets[0].getsockname()
         self._bound = (sock[0], sock[1])
         log.info("node %s listening on %s:%d", self.node_id, *self._bound)
+        self._gossip.started(self._bound, self.tls is not None)
         pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
         loop = asyncio.get_running_loop()
         first: list[asyncio.Future[Any]] = []
         for url in self.peer_urls:
             first.append(loop.create_future())
-            pumps.append(asyncio.create_task(self._add_peer(url, first[-1])))
+            pumps.append(self._link(url, first[-1]))
         # Ready once the peers and a node home answered their first handshake
         # (bounded: one that did not is retried in the background, and logged).
         inner: Any = getattr(self.home, "inner", None)
@@ -413,11 +430,14 @@ class Node:
             await asyncio.wait(ended, timeout=1.0)
         for c in list(self._conns):
             c.abort()
-        for t in pumps:
+        for t in [*pumps, *self._link_tasks]:
             t.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
         for cl in self._clients:
             await cl._aclose()
+        if self.home is not None:
+            await self.home.aclose()
+        log.info("node %s gossip: %s", self.node_id, self._gossip.stats())
         if self._own_cassette:
             self.cassette.close()
         if self._tmp is not None:
@@ -503,16 +523,34 @@ class Node:
         self.stop()
 
     # -- peers and gossip --------------------------------------------------------
-    async def _add_peer(self, url: str, first: asyncio.Future[Any]) -> None:
+    def _link(self, url: str, first: asyncio.Future[Any] | None = None,
+              learned: bool = False) -> asyncio.Task[Any]:
+        """Start linking to the node at ``url`` (a ``--peer`` URL, or a member
+        gossip named: ``learned``, not re-dialled once it fails)."""
+        loop = asyncio.get_running_loop()
+        if first is None:
+            first = loop.create_future()
+            first.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        task = loop.create_task(self._add_peer(url, first, learned))
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+        return task
+
+    async def _add_peer(self, url: str, first: asyncio.Future[Any],
+                        learned: bool = False) -> None:
         """Connect to a peer and add it once it answered (``first`` resolves
         with the first outcome; a peer down at start is added when it comes)."""
         from .client import NodeClient
         loop = asyncio.get_running_loop()
+        _gossip.warn_link(url, tls=self.peer_tls is not None, token=self.peer_token is not None,
+                          trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
+        gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
-                            node_id=self.node_id,
+                            node_id=self.node_id, reconnect=not learned,
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
-                                self._on_gossip, body))
+                                gossip.on_link, client, body))
+        client.gossip_pull = lambda: gossip.pull_body(url)
         start, redo = self._resume.get(url, (0, False))
         client.gossip_sent = start
         client.next_sid = max(client.next_sid, self._peer_streams.get(url, 1))
@@ -524,8 +562,9 @@ class Node:
                 if not first.done():
                     first.set_exception(exc)
                 while client.status != "connected":  # it retries with backoff
-                    if client._closed:
-                        log.warning("node %s: peer %s refused: %s", self.node_id, url, exc)
+                    if client._closed or client._task.done():
+                        (log.info if learned else log.warning)(
+                            "node %s: peer %s refused: %s", self.node_id, url, exc)
                         return
                     await asyncio.sleep(0.1)
             self.fabric.add_peer(ContentPeer(client.node or url, client))
@@ -535,23 +574,6 @@ class Node:
             if not first.done():
                 first.set_result(None)
 
-    def _on_gossip(self, body: Any) -> None:
-        if isinstance(body, dict) and isinstance(body.get("facts"), list):
-            try:
-                facts = [(P.key_of(k), h) for k, h in body["facts"]
-                         if isinstance(h, str) and h]
-            except (P.ProtocolError, TypeError, ValueError) as exc:
-                raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
-            new = self.fabric.holders.apply(facts)
-            self._stat("gossip_facts_in", len(facts))
-            if new:
-                self._gossip_wake.set()  # type: ignore[union-attr]
-
-    def _delta(self, since: int) -> tuple[dict[str, Any], int]:
-        d = self.fabric.holders.delta_since(since)
-        return ({"origin": self.node_id, "start": d.start, "end": d.end,
-                 "facts": [[k.digest, h] for k, h in d.facts]}, d.end)
-
     async def _gossip_pump(self) -> None:
         assert self._gossip_wake is not None
         while True:
@@ -560,22 +582,10 @@ class Node:
             # threads (the holding index has no listener hook).
             await asyncio.sleep(0.05)
             self._gossip_wake.clear()
-            version = self.fabric.holders.version
-            for c in list(self._conns):
-                if c.gossip and c.gossip_sent < version:
-                    body, c.gossip_sent = self._delta(c.gossip_sent)
-                    c.send(c.enc.encode_value(FrameKind.GOSSIP, body))
-            for cl in self._clients:
-                if cl.gossip_sent < version and cl.status == "connected":
-                    body, end = self._delta(cl.gossip_sent)
-                    # A redelivery goes out as any delta (facts are a set: the
-                    # peer needs no mark); the node counts it.
-                    redo = self._resume.get(cl.url, (0, False))[1]
-                    if cl._send_gossip(body):
-                        cl.gossip_sent = end
-                        if redo:
-                            self._resume.pop(cl.url, None)
-                            self._stat("gossip_redelivered")
+            try:
+                self._gossip.tick()  # deltas, anti-entropy, membership, learned links
+            except Exception:  # a bug must not end gossip for good
+                log.exception("node %s: gossip tick failed", self.node_id)
 
     # -- connections -------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader,
@@ -739,16 +749,7 @@ class Node:
             else:
                 conn.streams.dropped_grants += 1
         elif kind == FrameKind.GOSSIP:
-            body = f.decode_payload(dec.limits)
-            if isinstance(body, dict) and set(body) == {"pull"} and isinstance(body["pull"], int):
-                conn.gossip = True
-                conn.gossip_sent = max(0, min(body["pull"], self.fabric.holders.version))
-                self._gossip_wake.set()  # type: ignore[union-attr]
-            elif isinstance(body, dict) and set(body) == {"origin", "start", "end", "facts"} \
-                    and isinstance(body["facts"], list):
-                self._on_gossip(body)
-            else:
-                raise P.ProtocolError("a GOSSIP payload is a delta or {\"pull\": int}")
+            self._gossip.on_conn(conn, f.decode_payload(dec.limits))
         elif kind == FrameKind.PING:
             conn.send(conn.enc.encode(FrameKind.PONG, f.payload, stream_id=sid, seq=f.seq))
         elif kind == FrameKind.PONG:
@@ -798,6 +799,7 @@ class Node:
     def _target(self, conn: _Conn, parsed: Any) -> tuple[Any, frozenset[str]]:
         """Which fabric answers a request, and with which grants (checks ``node.compute``)."""
         _req, _want, scope, claimed, _timeout, via = parsed
+        _gossip.shareable(_req, via)  # a 'recorded' reply never goes to another node
         g = Grants.effective(conn.grants - _CONTROL_GRANTS, claimed)
         if scope == "compute" and not Grants.allows(conn.grants, COMPUTE):
             self._stat("denied_compute")
@@ -810,6 +812,7 @@ class Node:
     async def _request(self, conn: _Conn, sid: int, parsed: Any) -> None:
         req, want, scope, claimed, timeout, via = parsed
         token = _GRANTS.set(conn.grants)
+        _leases.VIA.set(tuple(via))  # (this task's own context)
         try:
             target, g = self._target(conn, parsed)
             kw = {} if timeout is None else {"timeout": timeout}

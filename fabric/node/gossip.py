@@ -1,0 +1,526 @@
+"""A node's fleet gossip: holding-index deltas in bounded batches, anti-entropy
+pulls, membership (who is in the fleet and where), and the link policy.
+
+Owns what a ``fabric.Node`` says and hears in ``GOSSIP`` frames
+(docs/spec/protocol.md section 5):
+
+- **Deltas** of this node's holding index, pushed to every gossiping link
+  when the index grows, cut into messages of at most ``MAX_FACTS`` facts
+  (and never more than one frame). Each carries the index's *epoch* (a
+  random number drawn when the node starts), so a receiver's bookmark
+  ``(epoch, version)`` of what it has seen from a link survives only as
+  long as the version numbering it refers to.
+- **Anti-entropy**: on connect, and every ``interval`` seconds to one
+  random link, a node pulls what it has not seen from that link (``{"pull":
+  version, "epoch": epoch}``); the other side answers with the facts after
+  that version, or all of them if the epoch is not its own (it restarted).
+  Pushes ride TCP, so this only repairs what a dropped connection lost.
+- **Membership**: every ``interval`` a node sends one random link a sample
+  of at most ``MAX_MEMBERS`` members it knows (``[node id, URL, computes]``,
+  itself first); the receiver merges them into its view (at most ``view``
+  members, a random one replaced when full) and answers with its own
+  sample. A node keeps links to its ``--peer`` URLs and to at most
+  ``fanout`` members drawn at random from its view (*learned links*, not
+  re-dialled when they fail: the member is forgotten until gossip names it
+  again), so a fact crosses a fleet of N nodes in O(log N) relays.
+
+Also here: which replies may leave the node (``shareable``: a ``recorded``
+op's replies are neither served to other nodes nor announced), and the
+warning for unauthenticated non-loopback links (``link_warning``).
+
+May import ``fabric._core``, ``fabric.holders`` and ``fabric.node.protocol``;
+the server calls it, never the other way round (it reaches the node only
+through the ``Node`` object it is given).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+from urllib.parse import urlsplit
+
+from .._core import ContentKey, ContentNotHeld, EvalRequest
+from ..frames import FrameKind
+from . import protocol as P
+
+if TYPE_CHECKING:
+    from .server import Node
+
+__all__ = ["GossipConfig", "Membership", "Member", "FleetGossip", "MAX_FACTS", "MAX_MEMBERS",
+           "check_members", "split_delta", "link_warning", "warn_link", "shareable", "is_loopback"]
+
+log = logging.getLogger("fabric.node")
+
+#: Facts in one delta message at most (40-odd bytes each: ~170 KiB).
+MAX_FACTS = 4096
+#: Members in one membership message at most.
+MAX_MEMBERS = 32
+#: The longest node id and URL a membership entry may carry.
+MAX_NODE_ID = 128
+MAX_URL = 256
+# Bytes of a delta message besides its facts, and per fact, at most
+# (msgpack map, origin id, ints; bin32 + holder id + array headers).
+_DELTA_OVERHEAD = 64 + MAX_NODE_ID
+_FACT_OVERHEAD = 8 + 32
+
+
+class GossipConfig(NamedTuple):
+    """How a node gossips.
+
+    ``interval``: seconds between anti-entropy and membership exchanges
+    (each with one random link); ``fanout``: learned links at most (beyond
+    the ``--peer`` URLs; 0 = none); ``view``: members remembered at most;
+    ``lease``: seconds a node waits for a key's lease holder to compute it
+    before computing it itself (fabric.node.leases).
+    """
+
+    interval: float = 2.0
+    fanout: int = 3
+    view: int = 256
+    lease: float = 30.0
+
+    def check(self) -> "GossipConfig":
+        for name in ("interval", "lease"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"GossipConfig.{name} must be a positive number of seconds, "
+                                 f"not {v!r}")
+        if isinstance(self.fanout, bool) or not isinstance(self.fanout, int) \
+                or not 0 <= self.fanout <= 64:
+            raise ValueError(f"GossipConfig.fanout must be an int in [0, 64], not "
+                             f"{self.fanout!r}")
+        if isinstance(self.view, bool) or not isinstance(self.view, int) \
+                or not 1 <= self.view <= 65536:
+            raise ValueError(f"GossipConfig.view must be an int in [1, 65536], not "
+                             f"{self.view!r}")
+        return self
+
+
+class Member(NamedTuple):
+    """A fleet member: its node id, the URL it listens on, whether it computes."""
+
+    node: str
+    url: str
+    computes: bool
+
+
+def check_members(body: Any) -> list[Member]:
+    """The entries of a ``{"members": [...]}`` message, or ``ProtocolError``."""
+    entries = body.get("members") if isinstance(body, dict) else None
+    if not isinstance(entries, list) or len(entries) > MAX_MEMBERS:
+        raise P.ProtocolError(f"a GOSSIP members message has at most {MAX_MEMBERS} entries")
+    out = []
+    for i, e in enumerate(entries):
+        if (not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], str)
+                or not 0 < len(e[0]) <= MAX_NODE_ID or not isinstance(e[1], str)
+                or not 0 < len(e[1]) <= MAX_URL or not isinstance(e[2], bool)):
+            raise P.ProtocolError(f"GOSSIP members[{i}] is not [node id (1..{MAX_NODE_ID} "
+                                  f"chars), URL (1..{MAX_URL} chars), bool]")
+        u = urlsplit(e[1])
+        try:
+            port = u.port
+        except ValueError:
+            port = None
+        if u.scheme not in ("fabric", "fabrics") or not u.hostname or not port:
+            raise P.ProtocolError(f"GOSSIP members[{i}]: {e[1]!r} is not a node URL")
+        out.append(Member(e[0], e[1], e[2]))
+    return out
+
+
+def split_delta(origin: str, epoch: int, start: int,
+                facts: Iterable[tuple[ContentKey, str]], max_frame: int) -> list[dict[str, Any]]:
+    """A delta of ``origin``'s index from version ``start`` as messages of at
+    most ``MAX_FACTS`` facts, each within ``max_frame`` payload bytes."""
+    out: list[dict[str, Any]] = []
+    batch: list[list[Any]] = []
+    size = _DELTA_OVERHEAD
+    v = start
+    for key, holder in facts:
+        fsize = _FACT_OVERHEAD + len(holder.encode())
+        if batch and (len(batch) >= MAX_FACTS or size + fsize > max_frame):
+            out.append({"origin": origin, "start": v, "end": v + len(batch), "facts": batch,
+                        "epoch": epoch})
+            v += len(batch)
+            batch, size = [], _DELTA_OVERHEAD
+        batch.append([key.digest, holder])
+        size += fsize
+    if batch:
+        out.append({"origin": origin, "start": v, "end": v + len(batch), "facts": batch,
+                    "epoch": epoch})
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def link_warning(host: str, *, tls: bool, token: bool, trust: str = "none",
+                 listening: bool = False) -> str | None:
+    """The warning a node logs for a link to (or, ``listening``, a socket on)
+    ``host`` that crosses the machine's boundary unauthenticated: a
+    non-loopback address, no TLS, no token and claims not checked (trust
+    ``"none"``). None when there is nothing to warn about."""
+    if is_loopback(host) or tls or token or trust != "none":
+        return None
+    if listening:
+        return (f"listening on {host} without TLS or tokens and with trust 'none': anyone "
+                f"who can reach it is served, and replies are not authenticated")
+    return (f"linking to {host} without TLS or a token and with trust 'none': what this "
+            f"node records from it is not authenticated (set up TLS, --peer-token or a "
+            f"fleet key)")
+
+
+def warn_link(url: str, *, tls: bool, token: bool, trust: str = "none",
+              node: str = "?") -> str | None:
+    """Log (WARNING, logger ``fabric.node``) and return ``link_warning``'s
+    text for a link to the node at ``url``; None when it needs none."""
+    u = urlsplit(url)
+    text = link_warning(u.hostname or "", tls=tls or u.scheme == "fabrics", token=token,
+                        trust=trust)
+    if text:
+        log.warning("node %s: %s", node, text)
+    return text
+
+
+def shareable(request: EvalRequest, via: Iterable[str]) -> None:
+    """Raise ``ContentNotHeld`` if the reply to ``request`` may not go to the
+    node(s) in ``via``: a ``recorded`` op's replies (an LLM or tool call)
+    are replayed where they were recorded, never served to other nodes."""
+    if request.sharing == "recorded" and via:
+        raise ContentNotHeld(f"{request.key} ({request.op!r}) is a 'recorded' reply: "
+                             f"replayed where it was recorded, never served to other nodes")
+
+
+def recorded_identity(identity: bytes | None) -> bool:
+    """Whether recorded request identity bytes name the ``recorded`` sharing
+    class (key scheme 2 puts it last: a fixstr of 8 bytes)."""
+    if not identity or not identity.endswith(b"\xa8recorded"):
+        return False
+    from ..cassette_cli import RequestDecodeError, identity_fields
+    try:
+        _scheme, fields = identity_fields(identity)
+    except RequestDecodeError:
+        return False
+    return fields.get("sharing") == "recorded"
+
+
+class Membership:
+    """The members a node knows (sans-IO): a bounded view with random
+    replacement, samples to send, and candidates for learned links."""
+
+    def __init__(self, me: Member | None, *, view: int = 256, rng: random.Random | None = None):
+        self.me = me
+        self.view = view
+        self.rng = rng or random.Random()
+        self.members: dict[str, Member] = {}
+
+    def learn(self, entries: Iterable[Member]) -> list[str]:
+        """Merge ``entries``; returns the ids that were new."""
+        new = []
+        for m in entries:
+            if self.me is not None and (m.node == self.me.node or m.url == self.me.url):
+                continue
+            old = self.members.get(m.node)
+            if old == m:
+                continue
+            if old is None:
+                if len(self.members) >= self.view:
+                    del self.members[self.rng.choice(list(self.members))]
+                new.append(m.node)
+            self.members[m.node] = m
+        return new
+
+    def forget(self, node: str) -> None:
+        self.members.pop(node, None)
+
+    def sample(self, k: int = MAX_MEMBERS) -> list[Member]:
+        """This node (when it has a URL) and up to ``k - 1`` members at random."""
+        head = [self.me] if self.me is not None else []
+        rest = list(self.members.values())
+        if len(rest) > k - len(head):
+            rest = self.rng.sample(rest, k - len(head))
+        return head + rest
+
+    def candidates(self, linked: set[str]) -> list[Member]:
+        """Members not linked yet (by node id or URL), in random order."""
+        out = [m for m in self.members.values() if m.node not in linked and m.url not in linked]
+        self.rng.shuffle(out)
+        return out
+
+
+class FleetGossip:
+    """The gossip of one ``Node`` (runs on the node's event loop)."""
+
+    def __init__(self, node: "Node", config: GossipConfig | None = None):
+        self.node = node
+        self.config = (config or GossipConfig()).check()
+        self.rng = random.Random()
+        #: Changes whenever the holding index's version numbering does (a new process).
+        self.epoch = self.rng.getrandbits(62)
+        self.members = Membership(None, view=self.config.view, rng=self.rng)
+        # Per link URL: (epoch, version) of the linked node's index seen so far.
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.learned: set[str] = set()  # URLs of learned links
+        self._next_tick = 0.0
+        self._pulled: set[int] = set()  # connections whose pull is not answered yet
+        # Keys whose request says 'recorded' (checked once per key).
+        self._private: dict[ContentKey, bool] = {}
+        self.counters = {k: 0 for k in (
+            "messages_out", "messages_in", "bytes_out", "facts_out", "facts_in",
+            "facts_new", "pulls_out", "pulls_in", "members_out", "members_in",
+            "links_learned", "links_dropped", "recorded_withheld")}
+
+    # -- lifecycle -------------------------------------------------------------
+    def started(self, bound: tuple[str, int], tls: bool) -> None:
+        """The node listens on ``bound``; it is advertised to members unless it
+        is a wildcard address (0.0.0.0, ::), which no other node can dial."""
+        host, port = bound
+        if host in ("0.0.0.0", "::", ""):
+            self.members.me = None
+            return
+        h = f"[{host}]" if ":" in host else host
+        url = f"{'fabrics' if tls else 'fabric'}://{h}:{port}"
+        self.members.me = Member(self.node.node_id, url, self.node.home is not None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, members known, and the node ids of live links."""
+        return {**self.counters, "epoch": self.epoch, "members": len(self.members.members),
+                "links": sorted(cl.node for cl in self.node._clients
+                                if cl.status == "connected" and cl.node),
+                "computing": sorted(self.computing_links())}
+
+    def _count_out(self, data: bytes, kind: str = "") -> None:
+        self.counters["messages_out"] += 1
+        self.counters["bytes_out"] += len(data)
+        if kind:
+            self.counters[kind] += 1
+
+    # -- what leaves the node --------------------------------------------------
+    def _withheld(self, key: ContentKey) -> bool:
+        hit = self._private.get(key)
+        if hit is None:
+            try:
+                hit = recorded_identity(self.node.cassette.request_bytes(key))
+            except (ValueError, OSError, TypeError):
+                hit = False
+            if len(self._private) >= 1 << 16:
+                self._private.clear()
+            self._private[key] = hit
+        return hit
+
+    def _deltas(self, since: int, max_frame: int,
+                to: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Messages carrying this node's facts after ``since`` for node ``to``,
+        and the version they reach. Left out: a fact that this node holds a
+        ``recorded`` reply (never announced) and ``to``'s own holdings (it
+        knows them); versions still count them, so bookmarks hold."""
+        d = self.node.fabric.holders.delta_since(since)
+        me = self.node.node_id
+        facts = [(k, h) for k, h in d.facts
+                 if h != to and (h != me or not self._withheld(k))]
+        if len(facts) != len(d.facts):
+            self.counters["recorded_withheld"] += sum(
+                1 for k, h in d.facts if h == me and h != to and self._withheld(k))
+        if not facts:
+            return [], d.end
+        if len(facts) == len(d.facts):
+            return split_delta(me, self.epoch, d.start, facts, max_frame), d.end
+        # Facts were left out: one message per batch, versions spanning the gap.
+        msgs = split_delta(me, self.epoch, d.start, facts, max_frame)
+        msgs[-1]["end"] = d.end
+        for a, b in zip(msgs, msgs[1:]):
+            b["start"] = a["end"]
+        return msgs, d.end
+
+    def push(self) -> None:
+        """Send every gossiping link and connection what it has not had yet."""
+        node = self.node
+        version = node.fabric.holders.version
+        # A node this one links to gets the pushes on that link only, not also
+        # on the connection it made here (a pull on it is still answered).
+        linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
+        for c in list(node._conns):
+            if c.remote_node in linked and id(c) not in self._pulled:
+                continue
+            self._pulled.discard(id(c))
+            if c.gossip and c.gossip_sent < version and not c.closed:
+                msgs, end = self._deltas(c.gossip_sent, c.max_frame, c.remote_node)
+                for body in msgs:
+                    data = c.enc.encode_value(FrameKind.GOSSIP, body)
+                    c.send(data)
+                    self._count_out(data)
+                    self.counters["facts_out"] += len(body["facts"])
+                c.gossip_sent = end
+        for cl in node._clients:
+            if cl.gossip_sent < version and cl.status == "connected":
+                msgs, end = self._deltas(cl.gossip_sent, cl._enc.limits.max_frame_payload_bytes,
+                                         cl.node)
+                ok = True
+                for body in msgs:
+                    ok = cl._send_gossip(body)
+                    if not ok:
+                        break
+                    self._count_out(node_bytes(body))
+                    self.counters["facts_out"] += len(body["facts"])
+                if ok:
+                    cl.gossip_sent = end
+                    if node._resume.get(cl.url, (0, False))[1]:
+                        # A redelivery goes out as any delta (facts are a set).
+                        node._resume.pop(cl.url, None)
+                        node._stat("gossip_redelivered")
+
+    # -- what comes in ---------------------------------------------------------
+    def _apply(self, body: dict[str, Any], sender: str | None) -> None:
+        facts = body["facts"]
+        if len(facts) > MAX_FACTS:
+            raise P.ProtocolError(f"a GOSSIP delta carries at most {MAX_FACTS} facts, not "
+                                  f"{len(facts)}")
+        try:
+            parsed = [(P.key_of(k), h) for k, h in facts
+                      if isinstance(h, str) and 0 < len(h) <= MAX_NODE_ID]
+        except (P.ProtocolError, TypeError, ValueError) as exc:
+            raise P.ProtocolError(f"a malformed GOSSIP delta: {exc}") from None
+        new = self.node.fabric.holders.apply(parsed)
+        if log.isEnabledFor(logging.DEBUG):  # one line per delta (bench and tests read it)
+            log.debug("node %s: gossip delta from %s: %d fact(s), %d new, %d B",
+                      self.node.node_id, sender, len(parsed), new,
+                      len(P.canonical_bytes(body)) + 16)  # (+ the frame header)
+        self.counters["facts_in"] += len(parsed)
+        self.counters["facts_new"] += new
+        self.node._stat("gossip_facts_in", len(parsed))
+        if new and self.node._gossip_wake is not None:
+            self.node._gossip_wake.set()
+
+    @staticmethod
+    def _is_delta(body: Any) -> bool:
+        return (isinstance(body, dict) and {"origin", "start", "end", "facts"} <= set(body)
+                <= {"origin", "start", "end", "facts", "epoch"}
+                and isinstance(body["facts"], list) and isinstance(body["start"], int)
+                and isinstance(body["end"], int) and isinstance(body.get("epoch", 0), int))
+
+    def on_conn(self, conn: Any, body: Any) -> None:
+        """A GOSSIP frame from an accepted connection (a client or a node's link)."""
+        self.counters["messages_in"] += 1
+        if isinstance(body, dict) and "pull" in body and set(body) <= {"pull", "epoch"} \
+                and isinstance(body["pull"], int) and not isinstance(body["pull"], bool) \
+                and isinstance(body.get("epoch", 0), int):
+            self.counters["pulls_in"] += 1
+            version = self.node.fabric.holders.version
+            v = max(0, min(body["pull"], version))
+            if "epoch" in body and body["epoch"] != self.epoch:
+                v = 0  # a bookmark of another incarnation's numbering
+            conn.gossip = True
+            conn.gossip_sent = v
+            self._pulled.add(id(conn))
+            if self.node._gossip_wake is not None:
+                self.node._gossip_wake.set()
+        elif self._is_delta(body):
+            self._apply(body, conn.remote_node)
+        elif isinstance(body, dict) and set(body) == {"members"}:
+            self.counters["members_in"] += 1
+            self.members.learn(check_members(body))
+            # answer with this node's own sample (a push-pull exchange)
+            data = conn.enc.encode_value(FrameKind.GOSSIP, self._members_body())
+            conn.send(data)
+            self._count_out(data, "members_out")
+        else:
+            raise P.ProtocolError("a GOSSIP payload is a delta, a pull or a members list")
+
+    def on_link(self, client: Any, body: Any) -> None:
+        """A GOSSIP frame from one of this node's links (the linked node's side)."""
+        if client._closed:
+            return
+        self.counters["messages_in"] += 1
+        if self._is_delta(body):
+            epoch = body.get("epoch")
+            seen_epoch, seen = self.seen.get(client.url, (None, 0))
+            self._apply(body, client.node)
+            if epoch is not None:
+                if epoch != seen_epoch:
+                    seen = 0
+                if body["start"] <= seen:
+                    seen = max(seen, body["end"])
+                self.seen[client.url] = (epoch, seen)
+        elif isinstance(body, dict) and set(body) == {"members"}:
+            self.counters["members_in"] += 1
+            try:
+                self.members.learn(check_members(body))
+            except P.ProtocolError as exc:
+                log.warning("node %s: link %s sent %s", self.node.node_id, client.url, exc)
+        # anything else from a linked node is ignored (the link is ours, not theirs)
+
+    def pull_body(self, url: str) -> dict[str, Any]:
+        """What a link pulls with when it (re)connects."""
+        epoch, seen = self.seen.get(url, (None, 0))
+        return {"pull": seen} if epoch is None else {"pull": seen, "epoch": epoch}
+
+    def _members_body(self) -> dict[str, Any]:
+        return {"members": [list(m) for m in self.members.sample(MAX_MEMBERS)]}
+
+    # -- the periodic part -----------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Called by the node's gossip pump: push, and every ``interval`` one
+        anti-entropy pull and one membership exchange with a random link,
+        learned links dropped and dialled."""
+        self.push()
+        now = time.monotonic() if now is None else now
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self.config.interval * self.rng.uniform(0.75, 1.25)
+        node = self.node
+        for cl in list(node._clients):  # learned links that ended are dropped
+            if cl.url in self.learned and cl.status != "connected" and (
+                    cl._closed or cl._task.done()):
+                node._clients.remove(cl)
+                self.learned.discard(cl.url)
+                self.counters["links_dropped"] += 1
+                if cl.node:
+                    self.members.forget(cl.node)
+        live = [cl for cl in node._clients if cl.status == "connected"]
+        if live:
+            cl = self.rng.choice(live)
+            for body, kind in ((self._members_body(), "members_out"),
+                               (self.pull_body(cl.url), "pulls_out")):
+                if cl._send_gossip(body):
+                    self._count_out(node_bytes(body), kind)
+        self._dial()
+
+    def linked(self) -> set[str]:
+        out = set()
+        for cl in self.node._clients:
+            out.add(cl.url)
+            if cl.node:
+                out.add(cl.node)
+        return out
+
+    def _dial(self) -> None:
+        room = self.config.fanout - len(self.learned)
+        if room <= 0 or self.node._stop_evt is None or self.node._stop_evt.is_set():
+            return
+        for m in self.members.candidates(self.linked())[:room]:
+            self.learned.add(m.url)
+            self.counters["links_learned"] += 1
+            self.node._link(m.url, learned=True)
+
+    def computing_links(self) -> dict[str, Any]:
+        """Node id -> live link client, for linked members that compute."""
+        out = {}
+        for cl in self.node._clients:
+            m = self.members.members.get(cl.node or "")
+            if cl.status == "connected" and m is not None and m.computes:
+                out[cl.node] = cl
+        return out
+
+
+def node_bytes(body: dict[str, Any]) -> bytes:
+    """The canonical bytes of a message body (its size, for counters)."""
+    return P.canonical_bytes(body)

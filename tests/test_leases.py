@@ -1,0 +1,213 @@
+"""One computation per fleet: two real nodes on loopback that miss the same key at
+once compute it once (at the key's lease holder); a holder that dies or hangs
+delays the key by one lease, never wedges it. The op counts its runs and holds
+at a gate the test opens once both misses are in flight (a handshake)."""
+
+import collections
+import threading
+
+import pytest
+
+import fabric
+from fabric import ContentKey
+from fabric.node import Node
+from fabric.node.gossip import GossipConfig
+from fabric.node.leases import SingleFlight, owner
+
+from conftest import wait_for
+
+RUNS = collections.Counter()
+GATES = collections.defaultdict(threading.Event)
+_lock = threading.Lock()
+
+
+@fabric.op("lease.gated")
+def gated(x):
+    with _lock:
+        RUNS[x] += 1
+    GATES[x].wait(30)  # bounded: the test opens it
+    return x * 10
+
+
+def key_owned_by(who, nodes, start):
+    """An argument whose request's lease holder among ``nodes`` is ``who``."""
+    for x in range(start, start + 1000):
+        if owner(gated.request(x).key, nodes) == who:
+            return x
+    raise AssertionError("no key found")  # 1000 tries at 1/2 each: never
+
+
+def test_owner_is_rendezvous_hashing():
+    k = ContentKey(bytes(range(32)))
+    nodes = [f"n{i}" for i in range(10)]
+    o = owner(k, nodes)
+    assert o in nodes and owner(k, list(reversed(nodes))) == o
+    # removing another node never moves the key; removing the owner moves it
+    assert owner(k, [n for n in nodes if n != ("n0" if o != "n0" else "n1")]) == o
+    assert owner(k, [n for n in nodes if n != o]) != o
+    assert owner(k, []) is None
+    # keys spread over the nodes
+    spread = collections.Counter(owner(ContentKey(bytes([i]) * 32), nodes) for i in range(256))
+    assert len(spread) == 10 and max(spread.values()) < 60
+
+
+def test_single_flight_shares_one_run_and_not_a_failure():
+    sf = SingleFlight()
+    k = ContentKey(b"\1" * 32)
+    started, go = threading.Event(), threading.Event()
+    runs = []
+
+    def slow():
+        runs.append(1)
+        started.set()
+        go.wait(30)
+        return "v"
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(sf.run(k, slow)))
+    t.start()
+    started.wait(30)
+    t2 = threading.Thread(target=lambda: out.append(sf.run(k, slow)))
+    t2.start()
+    wait_for(lambda: sf.joined == 1, "the second caller to join")
+    go.set()
+    t.join(30)
+    t2.join(30)
+    assert out == ["v", "v"] and len(runs) == 1 and sf.runs == 1
+    k2 = ContentKey(b"\2" * 32)
+    with pytest.raises(ZeroDivisionError):
+        sf.run(k2, lambda: 1 / 0)
+    assert sf.run(k2, lambda: "again") == "again"  # a failure is not kept
+
+
+def pair(tmp_path, lease=30.0):
+    cfg = GossipConfig(interval=0.05, fanout=2, lease=lease)
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=cfg).start()
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), peers=[a.url], gossip=cfg).start()
+    wait_for(lambda: a.stats()["gossip"]["computing"] == ["b"]
+             and b.stats()["gossip"]["computing"] == ["a"],
+             "a and b to link to each other and know both compute")
+    return a, b
+
+
+def ask_both(a, b, x):
+    """Evaluate gated(x) through a user client of each node at once."""
+    out = {}
+
+    def call(name, node):
+        with fabric.connect(node.url) as c:
+            out[name] = c.evaluate(gated.request(x)).value
+
+    ts = [threading.Thread(target=call, args=(n, node)) for n, node in (("a", a), ("b", b))]
+    for t in ts:
+        t.start()
+    return ts, out
+
+
+def test_two_nodes_missing_one_key_at_once_compute_it_once(tmp_path):
+    a, b = pair(tmp_path)
+    try:
+        x = key_owned_by("b", ["a", "b"], 100)
+        ts, out = ask_both(a, b, x)
+        # both misses are in flight: a forwarded to b, and b's own miss and
+        # a's forwarded one share b's single computation, held at the gate
+        wait_for(lambda: a.stats()["leases"]["lease_forwarded"] == 1
+                 and b.stats()["leases"]["lease_joined"] == 1 and RUNS[x] == 1,
+                 "both misses to wait on b's one computation")
+        GATES[x].set()
+        for t in ts:
+            t.join(30)
+        assert out == {"a": x * 10, "b": x * 10}
+        assert RUNS[x] == 1
+        assert a.stats()["leases"]["lease_local"] == 0
+        assert b.stats()["leases"]["lease_local"] == 1
+        # both hold it now: the next asks are hits everywhere
+        assert gated.request(x).key in a.cassette and gated.request(x).key in b.cassette
+    finally:
+        GATES[x].set()
+        b.stop()
+        a.stop()
+
+
+def test_without_a_link_each_node_computes_its_own(tmp_path):
+    """The contrast: the same two misses on nodes that do not know each other."""
+    cfg = GossipConfig(interval=0.05, fanout=0)
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=cfg).start()
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=cfg).start()
+    x = 5000
+    try:
+        ts, out = ask_both(a, b, x)
+        wait_for(lambda: RUNS[x] == 2, "both nodes to compute")
+        GATES[x].set()
+        for t in ts:
+            t.join(30)
+        assert out == {"a": x * 10, "b": x * 10}
+    finally:
+        GATES[x].set()
+        b.stop()
+        a.stop()
+
+
+def test_a_holder_that_dies_mid_computation_does_not_wedge_the_key(tmp_path):
+    a, b = pair(tmp_path)
+    x = key_owned_by("b", ["a", "b"], 200)
+    try:
+        out = {}
+
+        def call():
+            with fabric.connect(a.url) as c:
+                out["a"] = c.evaluate(gated.request(x)).value
+
+        t = threading.Thread(target=call)
+        t.start()
+        wait_for(lambda: RUNS[x] == 1, "b to start computing for a")
+        b.stop()  # the holder dies: its computation is never answered
+        wait_for(lambda: RUNS[x] == 2, "a to compute it itself")
+        GATES[x].set()
+        t.join(30)
+        assert out == {"a": x * 10}
+        assert a.stats()["leases"]["lease_fallbacks"] == 1
+    finally:
+        GATES[x].set()
+        b.stop()
+        a.stop()
+
+
+def test_a_hung_holder_costs_one_lease_then_the_asker_computes(tmp_path):
+    a, b = pair(tmp_path, lease=0.3)
+    x = key_owned_by("b", ["a", "b"], 300)
+    try:
+        with fabric.connect(a.url) as c:
+            t = threading.Thread(target=lambda: c.evaluate(gated.request(x)))
+            # b computes and hangs at the gate; after its lease a computes too
+            # (also at the gate, so both runs are counted before either ends)
+            t.start()
+            wait_for(lambda: RUNS[x] == 2, "a to give up on b's lease and compute")
+            assert a.stats()["leases"]["lease_fallbacks"] == 1
+            GATES[x].set()
+            t.join(30)
+            assert c.evaluate(gated.request(x)).value == x * 10
+    finally:
+        GATES[x].set()
+        b.stop()
+        a.stop()
+
+
+def test_recorded_ops_take_no_lease(tmp_path):
+    @fabric.op("lease.recorded", sharing="recorded")
+    def rec(x):
+        return x
+
+    a, b = pair(tmp_path)
+    try:
+        for x in range(20):  # some of these keys are b's by rendezvous: never forwarded
+            assert a.fabric.evaluate(rec.request(x)).value == x
+        assert a.stats()["leases"]["lease_forwarded"] == 0
+        assert a.stats()["leases"]["lease_local"] == 20
+    finally:
+        b.stop()
+        a.stop()

@@ -1,0 +1,311 @@
+"""Fleet gossip in real nodes on loopback: membership beyond --peer URLs, learned
+links up to the fanout, bounded delta messages, anti-entropy pulls with epochs,
+malformed gossip refused, 'recorded' replies kept home, and the warning for
+unauthenticated non-loopback links (decided on addresses: no such socket is opened)."""
+
+import logging
+import random
+
+import pytest
+
+import fabric
+from fabric import ContentKey
+from fabric.node import Node, NodeLimits
+from fabric.node import protocol as P
+from fabric.node.client import NodeClient
+from fabric.node.gossip import (MAX_FACTS, MAX_MEMBERS, GossipConfig, Member, Membership,
+                                check_members, link_warning, recorded_identity, split_delta,
+                                warn_link)
+
+from conftest import wait_for
+
+FAST = GossipConfig(interval=0.05, fanout=3)
+
+
+@fabric.op("gossip.llm", sharing="recorded")
+def llm(prompt):
+    return f"answer to {prompt}"
+
+
+@fabric.op("gossip.pure")
+def pure(x):
+    return x + 1
+
+
+def keys(n, seed=0):
+    r = random.Random(seed)
+    return [ContentKey(r.randbytes(32)) for _ in range(n)]
+
+
+# ---- units -------------------------------------------------------------------
+
+def test_split_delta_bounds_each_message_by_count_and_frame():
+    facts = [(k, "holder-%d" % (i % 7)) for i, k in enumerate(keys(10_000))]
+    msgs = split_delta("a", 5, 100, facts, 1 << 20)
+    assert [len(m["facts"]) for m in msgs] == [MAX_FACTS, MAX_FACTS, 10_000 - 2 * MAX_FACTS]
+    assert msgs[0]["start"] == 100 and msgs[-1]["end"] == 10_100
+    assert all(a["end"] == b["start"] for a, b in zip(msgs, msgs[1:]))
+    small = split_delta("a", 5, 0, facts, 8192)
+    assert sum(len(m["facts"]) for m in small) == 10_000
+    for m in small:
+        assert len(P.canonical_bytes(m)) <= 8192
+    got = [(ContentKey(k), h) for m in small for k, h in m["facts"]]
+    assert got == facts
+
+
+def test_check_members_refuses_what_is_malformed_or_too_long():
+    ok = check_members({"members": [["a", "fabric://127.0.0.1:7411", True]]})
+    assert ok == [Member("a", "fabric://127.0.0.1:7411", True)]
+    too_many = {"members": [[f"n{i}", f"fabric://127.0.0.1:{1000 + i}", False]
+                            for i in range(MAX_MEMBERS + 1)]}
+    bad = [too_many, {"members": "x"}, {"members": [["a", "http://x:1", True]]},
+           {"members": [["a", "fabric://127.0.0.1", True]]},
+           {"members": [["", "fabric://127.0.0.1:1", True]]},
+           {"members": [["a" * 129, "fabric://127.0.0.1:1", True]]},
+           {"members": [["a", "fabric://h:1/" + "x" * 300, True]]},
+           {"members": [["a", "fabric://127.0.0.1:1", 1]]},
+           {"members": [["a", "fabric://127.0.0.1:99999", True]]}]
+    for body in bad:
+        with pytest.raises(P.ProtocolError, match="members"):
+            check_members(body)
+
+
+def test_membership_view_is_bounded_and_never_holds_itself():
+    me = Member("me", "fabric://127.0.0.1:1", True)
+    m = Membership(me, view=10, rng=random.Random(3))
+    new = m.learn([Member(f"n{i}", f"fabric://127.0.0.1:{100 + i}", False) for i in range(50)]
+                  + [me, Member("me", "fabric://127.0.0.1:2", False)])
+    assert len(new) == 50 and len(m.members) == 10 and "me" not in m.members
+    s = m.sample(5)
+    assert s[0] == me and len(s) == 5 and len({x.node for x in s}) == 5
+    cands = m.candidates({"n49", m.sample(2)[1].url})
+    assert len(cands) <= 9 and all(c.node != "n49" for c in cands)
+
+
+def test_gossip_config_is_checked():
+    for bad in (dict(interval=0), dict(fanout=-1), dict(fanout=65), dict(view=0),
+                dict(lease=-1), dict(fanout=True)):
+        with pytest.raises(ValueError, match="GossipConfig"):
+            GossipConfig(**bad).check()
+
+
+def test_link_warning_decides_on_the_address_and_the_trust():
+    for host in ("127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost"):
+        assert link_warning(host, tls=False, token=False) is None
+    for host in ("10.0.0.5", "192.168.1.2", "2001:db8::1", "example.org"):
+        assert "not authenticated" in link_warning(host, tls=False, token=False)
+        assert link_warning(host, tls=True, token=False) is None
+        assert link_warning(host, tls=False, token=True) is None
+        assert link_warning(host, tls=False, token=False, trust="fleet-key") is None
+    assert "listening on 10.0.0.5" in link_warning("10.0.0.5", tls=False, token=False,
+                                                    listening=True)
+
+
+def test_warn_link_logs_a_warning_only_for_unauthenticated_remote_links(caplog):
+    with caplog.at_level(logging.WARNING, logger="fabric.node"):
+        assert warn_link("fabric://127.0.0.1:7411", tls=False, token=False, node="a") is None
+        assert warn_link("fabrics://10.1.2.3:7411", tls=False, token=False, node="a") is None
+        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=True, node="a") is None
+        assert not caplog.records
+        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=False, node="a")
+    [rec] = caplog.records
+    assert rec.levelno == logging.WARNING and "node a: linking to 10.1.2.3" in rec.getMessage()
+
+
+def test_a_loopback_node_with_loopback_peers_warns_nothing(caplog, tmp_path):
+    with caplog.at_level(logging.WARNING, logger="fabric.node"):
+        with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0") as a, \
+                Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+                     peers=[a.url]) as b:
+            wait_for(lambda: b.fabric.peers, "b's link to a")
+    assert not [r for r in caplog.records if "authenticated" in r.getMessage()]
+
+
+def test_recorded_identity_reads_the_sharing_class():
+    assert recorded_identity(llm.request("x").identity_bytes())
+    assert not recorded_identity(pure.request(1).identity_bytes())
+    assert not recorded_identity(None) and not recorded_identity(b"\xa8recorded")
+
+
+# ---- real nodes ----------------------------------------------------------------
+
+def test_a_node_learns_members_beyond_its_peers_and_links_to_them(tmp_path):
+    """a <- b <- c by --peer only: c learns a through b and links to it."""
+    nodes = []
+    try:
+        a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+                 gossip=FAST).start()
+        nodes.append(a)
+        b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+                 peers=[a.url], gossip=FAST).start()
+        nodes.append(b)
+        c = Node(str(tmp_path / "c.ledger"), node_id="c", listen="127.0.0.1:0",
+                 peers=[b.url], gossip=FAST).start()
+        nodes.append(c)
+        wait_for(lambda: "a" in c.stats()["gossip"]["links"], "c to link to a")
+        wait_for(lambda: {"b", "c"} <= set(a.stats()["gossip"]["links"]),
+                 "a to link to b and c (it had no --peer)")
+        g = c.stats()["gossip"]
+        assert g["links_learned"] >= 1 and g["members"] == 2 and g["members_in"] >= 1
+        # a fact announced on a reaches c, and c fetches it from a directly
+        k = keys(1, seed=9)[0]
+        a.fabric.holders.announce(k, "a")
+        wait_for(lambda: c.fabric.holders.holds(k, "a"), "a's fact to reach c")
+        assert "a" in {p.node for p in c.fabric.peers}
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+
+
+def test_fanout_bounds_the_learned_links(tmp_path):
+    cfg = GossipConfig(interval=0.05, fanout=1)
+    hub = Node(str(tmp_path / "hub.ledger"), node_id="hub", listen="127.0.0.1:0",
+               gossip=cfg).start()
+    spokes = []
+    try:
+        for i in range(4):
+            spokes.append(Node(str(tmp_path / f"s{i}.ledger"), node_id=f"s{i}",
+                               listen="127.0.0.1:0", peers=[hub.url], gossip=cfg).start())
+        wait_for(lambda: all(s.stats()["gossip"]["members"] == 4 for s in spokes),
+                 "every spoke to know the other four members")
+        wait_for(lambda: all(len(s.stats()["gossip"]["links"]) == 2 for s in spokes),
+                 "every spoke to have its learned link")
+        for s in spokes + [hub]:
+            g = s.stats()["gossip"]
+            assert g["links_learned"] - g["links_dropped"] <= 1
+        assert len(hub.stats()["gossip"]["links"]) == 1
+    finally:
+        for n in spokes + [hub]:
+            n.stop()
+
+
+def observe(url, **kw):
+    """A gossip observer: a client that collects the deltas a node pushes."""
+    got = []
+    cl = NodeClient(url, scope="held", on_gossip=got.append, **kw)
+    cl.wait_connected(20)
+    return cl, got
+
+
+def facts_of(msgs):
+    return {(bytes(k), h) for m in msgs if "facts" in m for k, h in m["facts"]}
+
+
+def test_deltas_are_cut_to_the_frame_agreed(tmp_path):
+    lim = NodeLimits(max_frame=16384, window=16384)
+    ks = keys(5000, seed=4)
+    with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+              limits=lim) as a:
+        a.fabric.holders.announce_keys(ks, "a")
+        cl, got = observe(a.url, max_frame=16384)
+        try:
+            wait_for(lambda: len(facts_of(got)) == 5000, "all 5000 facts")
+        finally:
+            cl.close()
+        assert len(got) >= 5000 * 40 // 16384
+        for m in got:
+            assert len(P.canonical_bytes(m)) <= 16384 and len(m["facts"]) <= MAX_FACTS
+            assert m["origin"] == "a" and m["epoch"] == a._gossip.epoch
+        assert {(k.digest, "a") for k in ks} == facts_of(got)
+
+
+def test_anti_entropy_pull_sends_what_is_missing_and_all_for_another_epoch(tmp_path):
+    ks = keys(30, seed=5)
+    with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0") as a:
+        a.fabric.holders.announce_keys(ks[:20], "a")
+        cl, got = observe(a.url)
+        try:
+            wait_for(lambda: len(facts_of(got)) == 20, "the first 20 facts")
+            epoch = got[-1]["epoch"]
+            end = max(m["end"] for m in got)
+            assert end == 20
+            # a pull from the bookmark with nothing missing gets nothing back;
+            # the next announce is pushed as one delta from the bookmark on
+            cl._send_gossip({"pull": end, "epoch": epoch})
+            a.fabric.holders.announce_keys(ks[20:], "a")
+            wait_for(lambda: len(facts_of(got)) == 30, "the last 10 facts")
+            last = [m for m in got if m["start"] >= 20]
+            assert facts_of(last) == {(k.digest, "a") for k in ks[20:]}
+            # pulling from version 10 sends the facts after 10 again
+            n = len(got)
+            cl._send_gossip({"pull": 10, "epoch": epoch})
+            wait_for(lambda: sum(len(m["facts"]) for m in got[n:]) == 20, "versions 10..30")
+            assert got[n]["start"] == 10
+            # a bookmark of another epoch (the node restarted): everything
+            n = len(got)
+            cl._send_gossip({"pull": 25, "epoch": epoch ^ 1})
+            wait_for(lambda: sum(len(m["facts"]) for m in got[n:]) == 30, "all 30 again")
+            assert got[n]["start"] == 0
+        finally:
+            cl.close()
+        assert a.stats()["gossip"]["pulls_in"] >= 4
+
+
+def test_malformed_gossip_closes_the_connection(tmp_path):
+    with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0") as a:
+        for n, body in enumerate([
+                {"members": [[f"n{i}", f"fabric://127.0.0.1:{1000 + i}", False]
+                             for i in range(MAX_MEMBERS + 1)]},
+                {"origin": "x", "start": 0, "end": 1, "facts": [[b"short", "x"]]},
+                {"origin": "x", "start": 0, "end": 1, "facts": [[b"k" * 32, "x"]] * (MAX_FACTS + 1)},
+                {"pull": "0"}, {"something": 1}], start=1):
+            cl = NodeClient(a.url, scope="held", on_gossip=lambda b: None, reconnect=False)
+            cl.wait_connected(20)
+            try:
+                cl._send_gossip(body)
+                wait_for(lambda: a.stats().get("refused_ProtocolError", 0) == n,
+                         f"the node to refuse {str(body)[:40]}")
+            finally:
+                cl.close()
+        assert a.fabric.holders.version == 0
+
+
+def test_recorded_replies_are_neither_announced_nor_served_to_nodes(tmp_path):
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=FAST).start()
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             peers=[b.url], gossip=FAST).start()
+    try:
+        wait_for(lambda: a.fabric.peers, "a's link to b")
+        secret, shared = llm.request("q"), pure.request(1)
+        assert b.fabric.evaluate(secret).value == "answer to q"
+        assert b.fabric.evaluate(shared).value == 2
+        # the pure fact, announced after the recorded one, reaches a: the
+        # recorded one would have come first (deltas are in index order)
+        wait_for(lambda: a.fabric.holders.holds(shared.key, "b"), "the pure fact")
+        assert not a.fabric.holders.holds(secret.key, "b")
+        assert b.stats()["gossip"]["recorded_withheld"] >= 1
+        # a asks b for it as a node: b does not serve it (a has no home)
+        with pytest.raises(fabric.NoHolderError) as ei:
+            a.fabric.evaluate(secret)
+        [(who, why)] = ei.value.attempts
+        assert who == "b" and isinstance(why, fabric.ContentNotHeld)
+        assert "'recorded' reply" in str(why)
+        assert a.fabric.evaluate(shared).source == "peer:b"
+        # b's own users still get it replayed from b's cassette
+        with fabric.connect(b.url) as user:
+            got = user.evaluate(secret)
+            assert got.value == "answer to q"
+        assert secret.key in b.cassette and secret.key not in a.cassette
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_recorded_keys_replayed_at_start_are_not_announced_either(tmp_path):
+    path = str(tmp_path / "b.ledger")
+    with fabric.EvalCassette(path) as c:
+        f = fabric.LedgeredRelayFabric(fabric.LocalFabric(), c)
+        f.evaluate(llm.request("old"))
+        f.evaluate(pure.request(5))
+    b = Node(path, node_id="b", listen="127.0.0.1:0").start()
+    try:
+        cl, got = observe(b.url)
+        try:
+            wait_for(lambda: (pure.request(5).key.digest, "b") in facts_of(got),
+                     "the pure key replayed from b's ledger")
+        finally:
+            cl.close()
+        assert (llm.request("old").key.digest, "b") not in facts_of(got)
+    finally:
+        b.stop()
