@@ -592,6 +592,7 @@ class Node:
                 conn.send_error(0, P.LimitExceeded(
                     f"node {self.node_id} is at max_connections="
                     f"{self.limits.max_connections}"))
+                await _linger(conn)
                 return
             self._conns.add(conn)
             dec = FrameDecoder(P.node_limits(self.limits.max_frame))
@@ -1020,6 +1021,29 @@ class _ConnProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
+
+
+async def _linger(conn: _Conn) -> None:
+    """Half-close after a refusal and read what the peer still sends (its
+    HELLO) until it closes, for at most a second and 64 KiB: closing with
+    unread input would send a reset, and a reset can discard the ERROR
+    frame before the peer has read it."""
+    transport = conn.writer.transport
+    try:
+        if transport.can_write_eof():
+            conn.writer.write_eof()
+        end = time.monotonic() + 1.0
+        left = 1 << 16
+        while left > 0:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                break
+            data = await asyncio.wait_for(conn.reader.read(left), wait)
+            if not data:
+                break
+            left -= len(data)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
 
 
 async def _items(stream: Any) -> Any:
