@@ -457,8 +457,10 @@ class NodeClient:
             except (OSError, asyncio.IncompleteReadError, FrameError, DecodeError,
                     P.ProtocolError, FabricError) as exc:
                 if first and not self._first.done():
-                    self._first.set_exception(FabricUnavailable(
-                        f"cannot connect to {self.url}: {exc}"))
+                    # A node at max_connections says so: its LimitExceeded as is.
+                    self._first.set_exception(exc if isinstance(exc, P.LimitExceeded) else
+                                              FabricUnavailable(
+                                                  f"cannot connect to {self.url}: {exc}"))
                     if not self.reconnect:
                         self._closed = True
                         break
