@@ -1,4 +1,4 @@
-"""``fabric serve``: run a node from the command line.
+"""``fabric serve`` runs a node; ``fabric status URL`` shows one's health.
 
 Prints one readiness line, ``fabric serve: node ID listening on URL``, on
 stdout once it accepts connections (scripts and tests wait for it), logs
@@ -6,6 +6,15 @@ through ``logging`` on stderr, and stops cleanly on SIGTERM or SIGINT:
 new requests are refused, those in flight (streams too) may finish for up
 to ``--drain-timeout`` seconds (default 10), what still runs then ends with
 an error frame, connections close, the cassette is closed.
+
+``--metrics HOST:PORT`` also serves the node's Prometheus metrics at
+``http://HOST:PORT/metrics`` (``fabric.node.metrics``); a second line,
+``fabric serve: metrics on URL``, follows the readiness line.
+
+``fabric status URL`` asks a node for its status (the protocol's status op)
+and prints one screen: identity and uptime, connections, requests, lookups,
+streams, cassette, holdings, peers' health; ``--json`` prints the whole map.
+A node it cannot reach is one line on stderr and exit status 2.
 
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
@@ -22,7 +31,7 @@ import signal
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_parser", "cmd_serve", "cmd_status"]
 
 
 def _load(spec: str) -> Any:
@@ -47,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
     from .auth import client_tls, server_tls
+    from .metrics import MetricsServer
     from .server import Node, NodeLimits
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
@@ -84,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
                 peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip, **keys)
 
+    metrics = MetricsServer(node, args.metrics) if args.metrics else None
+
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,9 +103,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         task = asyncio.create_task(node.serve())
         while node._address is None and not task.done():
             await asyncio.sleep(0.01)
-        if node._address is not None:
-            print(f"fabric serve: node {node.node_id} listening on {node.url}", flush=True)
-        await task
+        try:
+            if node._address is not None:
+                if metrics is not None:  # up before the readiness line says so
+                    await metrics.start()
+                print(f"fabric serve: node {node.node_id} listening on {node.url}",
+                      flush=True)
+                if metrics is not None:
+                    print(f"fabric serve: metrics on {metrics.url}", flush=True)
+            await task
+        finally:
+            if metrics is not None:
+                await metrics.close()
+            if not task.done():  # the metrics address was refused: the node stops too
+                node.request_stop()
+                await task
 
     try:
         asyncio.run(run())
@@ -147,8 +171,55 @@ def _replicas(args: argparse.Namespace) -> Any:
                         secrets=SecretStore(args.secrets))
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a node's status (``--json``: the whole map)."""
+    import json
+
+    from .._core import FabricError
+    from ..cli import CLIError
+    from .client import connect
+    from .status import format_status
+
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise CLIError("--tls-cert and --tls-key go together")
+        tls = {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+    token = args.token
+    if token is None and args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    try:
+        with connect(args.url, tls=tls, token=token, timeout=args.timeout,
+                     reconnect=False) as client:
+            st = client.node_status()
+    except ValueError:
+        raise
+    except (FabricError, OSError) as exc:
+        raise CLIError(f"cannot get the status of {args.url}: {exc}") from None
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(format_status(st))
+    return 0
+
+
 def add_parser(sub: Any) -> None:
-    """Add ``serve`` to the ``fabric`` command's sub-parsers."""
+    """Add ``serve`` and ``status`` to the ``fabric`` command's sub-parsers."""
+    p = sub.add_parser("status", help="print a node's health, peers and holdings")
+    p.add_argument("url", metavar="URL", help="the node, fabric://HOST:PORT or fabrics://")
+    p.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the node (default 10)")
+    p.add_argument("--token", default=None, help="a bearer token (visible in ps: prefer "
+                                                 "--token-file)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="a file holding the bearer token")
+    p.add_argument("--tls-ca", default=None, help="CA of the node's certificate")
+    p.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("serve", help="run a network node")
     p.add_argument("--listen", default="127.0.0.1:7411", metavar="HOST:PORT",
                    help="where to listen (default 127.0.0.1:7411; port 0 picks one)")
@@ -198,6 +269,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lease", type=float, default=None, metavar="SECONDS",
                    help="how long a miss waits for the key's lease holder (default 30)")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="also serve Prometheus metrics at http://HOST:PORT/metrics")
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),

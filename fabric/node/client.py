@@ -41,6 +41,7 @@ __all__ = ["NodeClient", "connect"]
 
 log = logging.getLogger("fabric.node")
 _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+_STATS = ("stream.stats", "stream.remote.network")
 _END = object()
 
 
@@ -479,8 +480,10 @@ class NodeClient:
             except (OSError, asyncio.IncompleteReadError, FrameError, DecodeError,
                     P.ProtocolError, FabricError) as exc:
                 if first and not self._first.done():
-                    self._first.set_exception(FabricUnavailable(
-                        f"cannot connect to {self.url}: {exc}"))
+                    # A node at max_connections says so: its LimitExceeded as is.
+                    self._first.set_exception(exc if isinstance(exc, P.LimitExceeded) else
+                                              FabricUnavailable(
+                                                  f"cannot connect to {self.url}: {exc}"))
                     if not self.reconnect:
                         self._closed = True
                         break
@@ -690,6 +693,9 @@ class NodeClient:
             return None
         try:
             ch = _Channel(self, t)
+        except FabricError:  # the node refused it (max_connections, a token): as it said
+            self.stats_counters["failed_fast"] += 1
+            raise
         except (OSError, FrameError, DecodeError) as exc:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"cannot connect to {self.url}: {exc}") from None
@@ -893,6 +899,37 @@ class NodeClient:
             asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(10)
         except (concurrent.futures.CancelledError, RuntimeError):
             pass
+
+    async def _status_on_loop(self, t: float | None) -> dict[str, Any]:
+        if self._writer is None:
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        sid = self.next_sid
+        self.next_sid = sid + 1
+        c = self._calls[sid] = _Call(sid, "value")
+        self._writer.write(StreamControl.stats(sid).to_frame(_STATS).encode())
+        try:
+            got = await asyncio.wait_for(c.q.get(), t)
+        except asyncio.TimeoutError:
+            self._calls.pop(sid, None)
+            raise DeadlineExceeded(f"node {self.node} sent no status within {t} s") from None
+        if isinstance(got, BaseException):
+            raise got
+        if not isinstance(got, dict) or not isinstance(got.get("node"), str):
+            raise P.ProtocolError(f"{self.url} answered the status op with "
+                                  f"{type(got).__name__}, not a status map")
+        return got
+
+    def node_status(self, timeout: float | None = None) -> dict[str, Any]:
+        """The node's status (docs/spec/protocol.md section 9; ``status`` is
+        this link's own: connected / reconnecting / disconnected): its id,
+        uptime, connections, requests, streams, cassette, holdings, peers'
+        health and counters, as a dict (``fabric status URL`` prints it)."""
+        t = self.timeout if timeout is None else timeout
+        fut = asyncio.run_coroutine_threadsafe(self._status_on_loop(t), self._loop)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise FabricUnavailable(f"the status call to {self.url} was cancelled") from None
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, reconnects, calls failed fast, credit grants sent."""

@@ -44,6 +44,7 @@ from .credit import Credit, StreamTable
 from .scheduler import FairQueue
 from .secrets import SecretStore
 from . import snapshot as _snap
+from . import status as _status
 from .snapshot import NodeState, SnapshotBusy
 from ..governor import PeerGovernor
 from ..claims import StreamDigest
@@ -57,7 +58,9 @@ log = logging.getLogger("fabric.node")
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
 # Control ops a connected principal may send (the node's own protocol needs them).
-_CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+# (``stream.stats`` asks for the node's status: docs/spec/protocol.md section 9.)
+_CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
+                             "stream.remote.network"))
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,14 @@ class _Conn:
         self.gossip_sent = 0
         self.closed = False
         self.frames_in = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return
+        self.bytes_out += len(data)
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
@@ -319,6 +325,20 @@ class Node:
                 "leases": self.home.stats() if self.home is not None else {},
                 "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
 
+    def status(self) -> dict[str, Any]:
+        """What ``fabric status`` shows: identity, uptime, connections,
+        requests, streams, cassette, holdings, peers' health and every
+        counter (``fabric.node.status.node_status``). Safe from any thread:
+        a running node builds it on its own loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._thread is None \
+                or threading.current_thread() is self._thread:
+            return _status.node_status(self)
+
+        async def build() -> dict[str, Any]:
+            return _status.node_status(self)
+        return asyncio.run_coroutine_threadsafe(build(), loop).result(30)
+
     def snapshot(self) -> bytes:
         """The node's state as bytes (docs/spec/snapshot.md): holding index,
         governor (health and backoff table), counters, the gossip each peer
@@ -376,6 +396,7 @@ class Node:
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
         self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
@@ -411,6 +432,8 @@ class Node:
             await self._shutdown(pumps)
 
     async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
+        log.info("node %s shutting down (%d connection(s), %d request(s) running)",
+                 self.node_id, len(self._conns), self._running)
         if self._server is not None:
             self._server.close()
         if self._drain:
@@ -595,9 +618,13 @@ class Node:
         try:
             if len(self._conns) >= self.limits.max_connections:
                 self._stat("refused_connections")
+                log.warning("refusing a connection from %s: node %s is at "
+                            "max_connections=%d", conn.peer, self.node_id,
+                            self.limits.max_connections)
                 conn.send_error(0, P.LimitExceeded(
                     f"node {self.node_id} is at max_connections="
                     f"{self.limits.max_connections}"))
+                await _linger(conn)
                 return
             self._conns.add(conn)
             dec = FrameDecoder(P.node_limits(self.limits.max_frame))
@@ -606,6 +633,8 @@ class Node:
                                        self.limits.handshake_timeout)
             except asyncio.TimeoutError:
                 self._stat("handshake_timeouts")
+                log.info("closing %s: no handshake within %s s", conn.peer,
+                         self.limits.handshake_timeout)
                 conn.send_error(0, P.ProtocolError(
                     f"no handshake within {self.limits.handshake_timeout} s"))
                 return
@@ -613,7 +642,12 @@ class Node:
         except (P.ProtocolError, FrameError, DecodeError, P.Unauthenticated,
                 P.LimitExceeded, CapabilityDenied) as exc:
             self._stat("refused_" + type(exc).__name__)
-            log.info("closing %s: %s", conn.peer, exc)
+            # An auth refusal or a limit is what an operator looks for: a
+            # warning (the message names the rule, never a token's value).
+            level = logging.WARNING if isinstance(exc, (P.Unauthenticated, P.LimitExceeded)) \
+                else logging.INFO
+            log.log(level, "closing %s (principal %s): %s: %s", conn.peer, conn.principal,
+                    type(exc).__name__, exc)
             conn.send_error(0, exc if not isinstance(exc, (FrameError, DecodeError))
                             else P.ProtocolError(str(exc)))
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -626,7 +660,12 @@ class Node:
         finally:
             if not conn.ended.done():
                 conn.ended.set_result(None)
+            if conn in self._conns:
+                log.info("connection from %s (principal %s) closed after %d frame(s)",
+                         conn.peer, conn.principal, conn.frames_in)
             self._conns.discard(conn)
+            self._stat("bytes_in", conn.bytes_in)
+            self._stat("bytes_out", conn.bytes_out)
             for t in list(conn.tasks.values()):
                 t.cancel()
             for cr in conn.credits.values():
@@ -651,6 +690,7 @@ class Node:
             if not data:
                 dec.finish()  # raises FrameError("truncated") inside a frame
                 return None
+            conn.bytes_in += len(data)
             dec.feed(data)
 
     async def _handshake(self, conn: _Conn, dec: FrameDecoder) -> None:
@@ -732,6 +772,8 @@ class Node:
                             self._opens.pop(next(iter(self._opens)))
                         self._opens[payload] = (ctl, parsed)
                 self._queue_request(conn, sid, parsed)
+            elif ctl.op == "stats":
+                _status.answer(self, conn, sid)
             elif ctl.op in ("cancel", "close"):
                 t = conn.tasks.get(sid)
                 if t is not None:
@@ -975,6 +1017,8 @@ class _ConnProtocol(asyncio.Protocol):
             return
         self.timer = None
         self.node._stat("idle_timeouts")
+        log.info("closing %s (principal %s): idle for %s s", self.conn.peer,
+                 self.conn.principal, idle)
         self.conn.send_error(0, P.ProtocolError(f"idle for {idle} s"))
         self._end()
 
@@ -982,6 +1026,7 @@ class _ConnProtocol(asyncio.Protocol):
         if self.done.done():
             return
         self.last_rx = time.monotonic()
+        self.conn.bytes_in += len(data)
         try:
             if data:
                 self.dec.feed(data)
@@ -1012,6 +1057,29 @@ class _ConnProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
+
+
+async def _linger(conn: _Conn) -> None:
+    """Half-close after a refusal and read what the peer still sends (its
+    HELLO) until it closes, for at most a second and 64 KiB: closing with
+    unread input would send a reset, and a reset can discard the ERROR
+    frame before the peer has read it."""
+    transport = conn.writer.transport
+    try:
+        if transport.can_write_eof():
+            conn.writer.write_eof()
+        end = time.monotonic() + 1.0
+        left = 1 << 16
+        while left > 0:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                break
+            data = await asyncio.wait_for(conn.reader.read(left), wait)
+            if not data:
+                break
+            left -= len(data)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
 
 
 async def _items(stream: Any) -> Any:
