@@ -87,15 +87,18 @@ class _Channel:
     """A blocking connection owned by one caller thread: a sync ``evaluate``
     does its whole round trip on the caller's thread (send the request, read
     the reply), no event loop hand-off. One per thread and client; it carries
-    single replies only (streams and gossip use the client's main connection)."""
+    single replies and sync streams, one call at a time (a call made while
+    it is busy, and gossip, use the client's main connection)."""
 
-    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node",
-                 "__weakref__")
+    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
+                 "buf", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
         self.busy = False
         self.dead = False
+        self.buf: bytearray | None = None
+        self.window = 0
         self.ids = itertools.count(1)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
@@ -116,6 +119,7 @@ class _Channel:
                                       f"{f.kind_name}")
             body = P.check_hello(f.decode_payload(self.dec.limits), server=True)
             self.node = body["node"]
+            self.window = body["window"]
             self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
         except BaseException:
             sock.close()
@@ -125,10 +129,17 @@ class _Channel:
         while True:
             for f in self.dec:
                 return f
-            data = self.sock.recv(1 << 18)
-            if not data:
-                raise ConnectionResetError(f"{self.client.url} closed the connection")
-            self.dec.feed(data)
+            self._fill()
+
+    def _fill(self) -> None:
+        """Read what the socket has (at least one byte) into the decoder."""
+        buf = self.buf
+        if buf is None:
+            buf = self.buf = bytearray(1 << 18)
+        n = self.sock.recv_into(buf)
+        if not n:
+            raise ConnectionResetError(f"{self.client.url} closed the connection")
+        self.dec.feed(memoryview(buf)[:n])
 
     def __del__(self) -> None:  # its thread ended: close quietly
         sock = getattr(self, "sock", None)
@@ -194,6 +205,129 @@ class _Channel:
         if err is not None:
             raise err
         return reply_from_record(record, request.key, source)
+
+
+    def stream(self, request: EvalRequest, g: frozenset[str],
+               t: float | None) -> "_BlockingStream":
+        """Send a stream request; its events are read on the caller's thread
+        (``_BlockingStream``), credit granted from there as items are taken."""
+        sid = next(self.ids)
+        frame = self.client._open_frame(request, "stream", g, t, sid, self.enc)
+        self.busy = True
+        try:
+            self.sock.settimeout(t)
+            self.sock.sendall(frame)
+        except OSError as exc:
+            self.busy = False
+            self.close()
+            self.client.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"connection to {self.client.url} ({self.node}) was "
+                                    f"lost: {exc}") from None
+        self.client.stats_counters["requests"] += 1
+        return _BlockingStream(self, request, sid, t)
+
+
+class _BlockingStream:
+    """The events of one stream on a ``_Channel``, read by the consumer's
+    thread: no hand-off per item. Credit (the cumulative bytes consumed) is
+    granted once a quarter of the window was taken, and always before the
+    consumer would block on the socket, so the sender never waits on a grant
+    this side holds back. ``close()`` before the end cancels the request;
+    the frames still in flight for it are skipped by the channel's next call."""
+
+    __slots__ = ("ch", "request", "sid", "t", "consumed", "granted", "finished",
+                 "__weakref__")
+
+    def __init__(self, ch: _Channel, request: EvalRequest, sid: int, t: float | None):
+        self.ch = ch
+        self.request = request
+        self.sid = sid
+        self.t = t
+        self.consumed = 0
+        self.granted = 0
+        self.finished = False
+
+    def __iter__(self) -> "_BlockingStream":
+        return self
+
+    def _grant(self) -> None:
+        ch = self.ch
+        self.granted = self.consumed
+        ch.client.stats_counters["grants_sent"] += 1
+        ch.sock.sendall(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
+                                            stream_id=self.sid))
+
+    def __next__(self) -> tuple[int, Any]:
+        if self.finished:
+            raise StopIteration
+        ch = self.ch
+        dec, sid, limits = ch.dec, self.sid, ch.dec.limits
+        quarter = max(1, ch.window // 4)
+        try:
+            while True:
+                f = None
+                for f in dec:
+                    break
+                if f is None:
+                    if self.consumed > self.granted:
+                        self._grant()  # before blocking: the sender may be waiting on it
+                    ch._fill()
+                    continue
+                if f.stream_id != sid:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        raise FabricUnavailable(
+                            f"{ch.client.url} ended the connection: "
+                            f"{P.error_from_payload(f.decode_payload(limits), ch.client.url)}")
+                    continue  # PONG, or a frame of a call given up on
+                kind = f.kind
+                if kind == FrameKind.STREAM_CHUNK:
+                    size = len(f.payload)
+                    ev = (DIAG if f.is_diagnostic else ITEM, f.decode_payload(limits))
+                    self.consumed += size
+                    if self.consumed - self.granted >= quarter:
+                        self._grant()
+                    return ev
+                if kind == FrameKind.STREAM_END:
+                    self._finish()
+                    raise StopIteration
+                if kind == FrameKind.ERROR:
+                    self._finish()
+                    raise P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
+        except socket.timeout:
+            self._finish()
+            ch.close()  # the rest of the stream must not reach the next call
+            raise DeadlineExceeded(f"node {ch.node} sent nothing for {self.request.op!r} "
+                                   f"within {self.t} s") from None
+        except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
+            self._finish()
+            ch.close()
+            ch.client.stats_counters["failed_fast"] += 1
+            if isinstance(exc, FabricUnavailable):
+                raise
+            raise FabricUnavailable(f"connection to {ch.client.url} ({ch.node}) was lost: "
+                                    f"{exc}") from None
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.ch.busy = False
+
+    def close(self) -> None:
+        """Stop early: the node is told to cancel the request."""
+        if self.finished:
+            return
+        self._finish()
+        ch = self.ch
+        if not ch.dead:
+            try:
+                ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
+            except OSError:
+                ch.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class _AsyncChannel(asyncio.Protocol):
@@ -787,6 +921,9 @@ class NodeClient:
         """A stream from the node; items arrive as it produces them, under
         per-stream credit. Closing it early cancels the producer."""
         g, t = self._prepare(request, grants, timeout)
+        ch = self._channel(t)
+        if ch is not None:
+            return EvalStream(ch.stream(request, g, t), request.key, f"peer:{self.node}")
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
                                              self._loop).result()
         s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")

@@ -50,6 +50,7 @@ from ..governor import PeerGovernor
 __all__ = ["Node", "NodeLimits"]
 
 log = logging.getLogger("fabric.node")
+_HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -840,22 +841,24 @@ class Node:
         truncated = False
         try:
             async for tag, payload in (events if events is not None else _items(stream)):
-                body = canonical_bytes(payload)
-                if len(body) > conn.max_frame:
-                    raise P.LimitExceeded(f"an item of {len(body)} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})")
-                await credit.wait(len(body))
+                flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
+                try:  # one copy: the item is packed straight into its frame
+                    frame = enc.encode_value(FrameKind.STREAM_CHUNK, payload, stream_id=sid,
+                                             seq=seq + 1, flags=flags)
+                except FrameError:
+                    size = len(canonical_bytes(payload))
+                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
+                                          f"largest frame agreed ({conn.max_frame})") from None
+                size = len(frame) - _HEADER
+                await credit.wait(size)
                 if self._out_q.lost(key):
                     truncated = True
                     break
                 seq += 1
-                flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
                 if tag != DIAG:
                     chunks += 1
-                    total += len(body)
-                self._enqueue(conn, key, enc.encode(FrameKind.STREAM_CHUNK, body,
-                                                    stream_id=sid, seq=seq, flags=flags),
-                              len(body))
+                    total += size
+                self._enqueue(conn, key, frame, size)
         finally:
             aclose = getattr(events if events is not None else stream, "aclose", None)
             if aclose is not None:
