@@ -168,11 +168,17 @@ class _Channel:
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
             source = f"peer:{self.node}"
-            limits = self.dec.limits
+            dec = self.dec
+            limits = dec.limits
             while True:
-                if deadline is not None:
-                    self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
-                f = self._frame()
+                f = None
+                for f in dec:
+                    break
+                if f is None:
+                    if deadline is not None:
+                        self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                    self._fill()
+                    continue
                 if f.stream_id != sid:
                     if f.stream_id == 0 and f.kind == FrameKind.ERROR:
                         raise FabricUnavailable(f"{client.url} ended the connection: "
@@ -180,11 +186,15 @@ class _Channel:
                     continue  # PONG, or a frame of a call given up on
                 kind = f.kind
                 if kind == FrameKind.STREAM_CHUNK:
+                    _in_order(f, len(parts) + 1, self.node)
                     parts.append(bytes(f.decode_payload(limits)))
                 elif kind == FrameKind.STREAM_START:
                     source = _source(f.decode_payload(limits), self.node)
                 elif kind == FrameKind.STREAM_END:
-                    record = unpack(b"".join(parts))
+                    _in_order(f, len(parts) + 1, self.node)
+                    data = b"".join(parts)
+                    _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+                    record = unpack(data)
                     break
                 elif kind == FrameKind.ERROR:
                     err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
@@ -193,6 +203,9 @@ class _Channel:
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                    f"within {t} s") from None
+        except P.ProtocolError:
+            self.close()  # what follows on it cannot be trusted
+            raise
         except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
             self.close()
             client.stats_counters["failed_fast"] += 1
@@ -235,8 +248,8 @@ class _BlockingStream:
     this side holds back. ``close()`` before the end cancels the request;
     the frames still in flight for it are skipped by the channel's next call."""
 
-    __slots__ = ("ch", "request", "sid", "t", "consumed", "granted", "finished",
-                 "__weakref__")
+    __slots__ = ("ch", "request", "sid", "t", "consumed", "granted", "finished", "seq",
+                 "chunks", "bytes", "__weakref__")
 
     def __init__(self, ch: _Channel, request: EvalRequest, sid: int, t: float | None):
         self.ch = ch
@@ -246,6 +259,9 @@ class _BlockingStream:
         self.consumed = 0
         self.granted = 0
         self.finished = False
+        self.seq = 0  # of the last chunk taken
+        self.chunks = 0
+        self.bytes = 0
 
     def __iter__(self) -> "_BlockingStream":
         return self
@@ -281,18 +297,28 @@ class _BlockingStream:
                     continue  # PONG, or a frame of a call given up on
                 kind = f.kind
                 if kind == FrameKind.STREAM_CHUNK:
+                    self.seq = _in_order(f, self.seq + 1, ch.node)
                     size = len(f.payload)
                     ev = (DIAG if f.is_diagnostic else ITEM, f.decode_payload(limits))
+                    if not f.is_diagnostic:
+                        self.chunks += 1
+                        self.bytes += size
                     self.consumed += size
                     if self.consumed - self.granted >= quarter:
                         self._grant()
                     return ev
                 if kind == FrameKind.STREAM_END:
+                    _in_order(f, self.seq + 1, ch.node)
+                    _complete(f.decode_payload(limits), self.chunks, self.bytes, ch.node)
                     self._finish()
                     raise StopIteration
                 if kind == FrameKind.ERROR:
                     self._finish()
                     raise P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
+        except P.ProtocolError:
+            self._finish()
+            ch.close()  # what follows on it cannot be trusted
+            raise
         except socket.timeout:
             self._finish()
             ch.close()  # the rest of the stream must not reach the next call
@@ -495,6 +521,27 @@ async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
         yield
     finally:
         ch.abort()
+
+
+def _in_order(f: Any, expect: int, node: str | None) -> int:
+    """A reply's chunks and end come with seq 1, 2, ...: anything else means
+    frames were lost, repeated or reordered (``ProtocolError``)."""
+    if f.seq != expect:
+        raise P.ProtocolError(f"node {node} sent {f.kind_name} seq {f.seq} on stream "
+                              f"{f.stream_id} where seq {expect} was due: frames were "
+                              f"lost, repeated or reordered")
+    return expect
+
+
+def _complete(body: Any, chunks: int, size: int, node: str | None) -> None:
+    """A STREAM_END must account for exactly what arrived (a stream the node
+    truncated says so, with a ``LimitExceeded`` diagnostic before its end)."""
+    if isinstance(body, dict) and body.get("truncated") is True:
+        return
+    if (not isinstance(body, dict) or body.get("chunks") != chunks
+            or body.get("bytes") != size):
+        raise P.ProtocolError(f"node {node} ended a reply with {body!r}, but {chunks} "
+                              f"chunk(s) of {size} bytes arrived")
 
 
 def _source(body: Any, node: str | None) -> str:

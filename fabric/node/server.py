@@ -41,6 +41,7 @@ from ..resolving import ContentAddressedFabric
 from . import protocol as P
 from .auth import COMPUTE, Grants, Tokens, tls_principal
 from .credit import Credit, StreamTable
+from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import FairQueue
 from .secrets import SecretStore
 from . import snapshot as _snap
@@ -146,12 +147,23 @@ class _Conn:
         self.gossip_sent = 0
         self.closed = False
         self.frames_in = 0
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        # Test faults (fabric.node.faults), only when the node was given some.
+        self.faults = None if node.faults is None else node.faults.connection(
+            self._write, self.abort, loop.call_later)
+
+    def _write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return
-        self.writer.write(data)
+        if self.faults is None:
+            self.writer.write(data)
+        else:
+            self.faults.send(data)
         if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
@@ -197,7 +209,8 @@ class Node:
                  tls: Any = None, tokens: Any = None, grants: Any = None,
                  secrets: str | None = None, limits: NodeLimits | None = None,
                  insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
-                 governor: PeerGovernor | None = None, _restored: NodeState | None = None):
+                 governor: PeerGovernor | None = None, faults: Faults | None = None,
+                 _restored: NodeState | None = None):
         self.host, self.port = _split_listen(listen)
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
@@ -215,6 +228,12 @@ class Node:
         #: Starts at 0; ``Node.restore`` sets the snapshot's + 1.
         self.incarnation = 0 if _restored is None else _restored.incarnation + 1
         self.limits = limits or NodeLimits()
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a fabric.node.faults.Faults, not "
+                            f"{type(faults).__name__}")
+        #: Test faults this node injects (None, the default: none, and the
+        #: ``fault`` control operation is refused).
+        self.faults = faults
         self.tls = tls
         self.tokens = None if tokens is None else Tokens(tokens)
         self.grants = Grants(grants)
@@ -706,6 +725,8 @@ class Node:
                 if t is not None:
                     self._stat("cancels")
                     t.cancel()
+            elif ctl.op == "fault":
+                self._arm_fault(conn, sid, ctl.fields)
             else:
                 raise P.ProtocolError(f"control op {ctl.op!r} is not served by nodes")
         elif kind == FrameKind.CREDIT:
@@ -735,6 +756,21 @@ class Node:
         else:
             raise P.ProtocolError(f"unexpected {f.kind_name} frame from a client "
                                   f"(stream {sid})")
+
+    def _arm_fault(self, conn: _Conn, sid: int, fields: Any) -> None:
+        """The ``fault`` control operation: only on a node given test faults."""
+        if conn.faults is None:
+            raise P.ProtocolError(f"node {self.node_id} does not inject test faults (a "
+                                  f"node serves the fault operation only when started "
+                                  f"with Node(faults=...))")
+        kind = fields.get("kind")
+        if kind not in WIRE_ACTIONS:
+            raise P.ProtocolError(f"fault kind {kind!r} is not served by nodes (served: "
+                                  f"{', '.join(WIRE_ACTIONS)})")
+        self._stat("faults_armed")
+        # on the stream's data frames (a disconnect: before any next frame)
+        conn.faults.arm(Fault(kind, kind=None if kind == "disconnect" else "STREAM_CHUNK",
+                              count=fields["count"], stream=sid or None))
 
     # -- requests ----------------------------------------------------------------
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any) -> None:
