@@ -19,8 +19,8 @@ the node sends after the handshake, by kind and stream id, and acts on the
 
 A node with faults enabled also serves the ``fault`` control operation of
 docs/spec/frames.md (kinds ``drop``, ``duplicate``, ``reorder``, ``delay``,
-``disconnect``; ``count`` frames of the stream id it names, stream 0 = any
-stream): a peer arms it on its own connection. Without ``Faults`` that
+``disconnect``; ``count`` chunks of the stream id it names, stream 0 = any
+stream): a peer arms it on its own connection, counted there. Without ``Faults`` that
 operation is refused.
 
 ``Faults.fired(action)`` counts what fired, and ``Faults.wait(action)``
@@ -46,8 +46,8 @@ _HEADER = 36
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``action`` on the ``nth`` (1-based) frame a connection sends
-    that matches ``kind`` (a ``FrameKind`` name, None = any kind) and
+    """One fault: ``action`` on the ``nth`` (1-based) frame the node sends
+    (over all its connections) that matches ``kind`` (a ``FrameKind`` name, None = any kind) and
     ``stream`` (a stream id, None = any), and on the ``count - 1`` matching
     frames after it. ``delay`` is the seconds of a ``delay``."""
 
@@ -91,13 +91,16 @@ class Fault:
 
 
 class Faults:
-    """The faults a node injects (every connection counts its own frames)."""
+    """The faults a node injects; each counts the frames it matched across
+    the node's connections, so a fault fires once (``count`` frames), not
+    once per connection."""
 
     def __init__(self, *faults: Fault):
         for f in faults:
             if not isinstance(f, Fault):
                 raise TypeError(f"Faults takes Fault objects, not {type(f).__name__}")
         self.faults = tuple(faults)
+        self.armed: list[list[Any]] = [[f, 0] for f in faults]  # [fault, frames matched]
         self._fired: dict[str, int] = {}
         self._cond = threading.Condition()
 
@@ -133,7 +136,7 @@ class ConnectionFaults:
     def __init__(self, faults: Faults, write: Callable[[bytes], None],
                  abort: Callable[[], None], call_later: Callable[..., Any]):
         self.owner = faults
-        self.armed: list[list[Any]] = [[f, 0] for f in faults.faults]  # [fault, matched]
+        self.armed: list[list[Any]] = []  # armed on this connection: [fault, matched]
         self._write = write
         self._abort = abort
         self._call_later = call_later
@@ -167,7 +170,7 @@ class ConnectionFaults:
         action = None
         fault = None
         if kind != FrameKind.HELLO:
-            for entry in self.armed:
+            for entry in self.owner.armed + self.armed:
                 f = entry[0]
                 if f._matches(kind, sid):
                     entry[1] += 1
