@@ -29,6 +29,7 @@ blocks until one did (a handshake for tests: no sleeping).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +43,7 @@ ACTIONS = ("drop", "duplicate", "reorder", "delay", "corrupt", "stall", "disconn
 #: The kinds the ``fault`` control operation may arm over the wire.
 WIRE_ACTIONS = ("drop", "duplicate", "reorder", "delay", "disconnect")
 _HEADER = 36
+log = logging.getLogger("fabric.node")
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ class ConnectionFaults:
             self._out(frame)
             return
         self.owner._fire(action)
+        log.warning("test fault %s fired on a %s frame of stream %d", action,
+                    FrameKind(kind).name, sid)
         if action == "drop":
             return
         if action == "duplicate":
