@@ -91,7 +91,7 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "__weakref__")
+                 "buf", "tmo", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
@@ -99,6 +99,7 @@ class _Channel:
         self.dead = False
         self.buf: bytearray | None = None
         self.window = 0
+        self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
@@ -130,6 +131,11 @@ class _Channel:
             for f in self.dec:
                 return f
             self._fill()
+
+    def _timeout(self, t: float | None) -> None:
+        if t != self.tmo:  # settimeout is a system call: only when it changes
+            self.sock.settimeout(t)
+            self.tmo = t
 
     def _fill(self) -> None:
         """Read what the socket has (at least one byte) into the decoder."""
@@ -163,20 +169,22 @@ class _Channel:
         err: BaseException | None = None
         self.busy = True
         try:
-            self.sock.settimeout(t)
+            self._timeout(t)
             self.sock.sendall(frame)
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
             source = f"peer:{self.node}"
             dec = self.dec
             limits = dec.limits
+            first = True  # the first read waits up to t (the timeout set above)
             while True:
                 f = None
                 for f in dec:
                     break
                 if f is None:
-                    if deadline is not None:
-                        self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                    if deadline is not None and not first:
+                        self._timeout(max(1e-3, deadline - time.monotonic()))
+                    first = False
                     self._fill()
                     continue
                 if f.stream_id != sid:
@@ -192,7 +200,7 @@ class _Channel:
                     source = _source(f.decode_payload(limits), self.node)
                 elif kind == FrameKind.STREAM_END:
                     _in_order(f, len(parts) + 1, self.node)
-                    data = b"".join(parts)
+                    data = parts[0] if len(parts) == 1 else b"".join(parts)
                     _complete(f.decode_payload(limits), len(parts), len(data), self.node)
                     record = unpack(data)
                     break
@@ -228,7 +236,7 @@ class _Channel:
         frame = self.client._open_frame(request, "stream", g, t, sid, self.enc)
         self.busy = True
         try:
-            self.sock.settimeout(t)
+            self._timeout(t)
             self.sock.sendall(frame)
         except OSError as exc:
             self.busy = False
@@ -606,6 +614,9 @@ class NodeClient:
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
         self._channels_lock = threading.Lock()
         self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
+        # Requests checked lately for Secrets (the object is kept: its id stays its own).
+        self._no_secret: dict[int, EvalRequest] = {}
+        self._where = f"connect({url})"
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
         self._loop_thread = _LoopThread.thread
@@ -820,14 +831,19 @@ class NodeClient:
         if not isinstance(request, EvalRequest):
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
-        check_grants(request, g, f"connect({self.url})")
+        check_grants(request, g, self._where)
         if self.principal is not None and "*" not in self.server_grants:
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
                                        f"{self.principal!r} {', '.join(missing)}")
-        P.check_no_secret(request.args, "args")
-        P.check_no_secret(dict(request.kwargs), "kwargs")
+        if self._no_secret.get(id(request)) is not request:  # requests are immutable
+            P.check_no_secret(request.args, "args")
+            P.check_no_secret(dict(request.kwargs), "kwargs")
+            with self._channels_lock:
+                if len(self._no_secret) >= 256:
+                    self._no_secret.pop(next(iter(self._no_secret)))
+                self._no_secret[id(request)] = request
         t = self.timeout if timeout is None else timeout
         if request.deadline is not None:
             t = request.deadline if t is None else min(t, request.deadline)
