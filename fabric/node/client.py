@@ -511,8 +511,10 @@ class _AsyncChannel(asyncio.Protocol):
         self.calls[sid] = [fut, [], f"peer:{self.node}"]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
+        # A timer, not wait_for: wait_for's own future costs a loop turn per call.
+        timer = None if t is None else self.loop.call_later(t, _expire, fut)
         try:
-            record, source = await asyncio.wait_for(fut, t)
+            record, source = await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if self.calls.pop(sid, None) is not None and not self.dead:
                 self.transport.write(  # type: ignore[union-attr]
@@ -521,7 +523,15 @@ class _AsyncChannel(asyncio.Protocol):
                 raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                        f"within {t} s") from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return reply_from_record(record, request.key, source)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
