@@ -52,6 +52,7 @@ __all__ = ["Node", "NodeLimits"]
 
 log = logging.getLogger("fabric.node")
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
+_START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -145,6 +146,7 @@ class _Conn:
         self.credits: dict[int, Credit] = {}
         self.gossip = False
         self.gossip_sent = 0
+        self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         self.closed = False
         self.frames_in = 0
         loop = asyncio.get_running_loop()
@@ -813,7 +815,12 @@ class Node:
     def _target(self, conn: _Conn, parsed: Any) -> tuple[Any, frozenset[str]]:
         """Which fabric answers a request, and with which grants (checks ``node.compute``)."""
         _req, _want, scope, claimed, _timeout, via = parsed
-        g = Grants.effective(conn.grants - _CONTROL_GRANTS, claimed)
+        g = conn.effective.get(claimed)
+        if g is None:  # per connection and claimed grants: both are frozen
+            if len(conn.effective) >= 64:
+                conn.effective.clear()
+            g = conn.effective[claimed] = Grants.effective(conn.grants - _CONTROL_GRANTS,
+                                                           claimed)
         if scope == "compute" and not Grants.allows(conn.grants, COMPUTE):
             self._stat("denied_compute")
             raise CapabilityDenied(f"principal {conn.principal!r} is not granted "
@@ -853,10 +860,16 @@ class Node:
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
         data = canonical_bytes(reply_record(reply))
         part = max(1024, conn.max_frame - 16)
-        parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
+        parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
+            else [data]
         enc = conn.enc
-        out = [enc.encode_value(FrameKind.STREAM_START,
-                                {"metadata": {"source": reply.source}}, stream_id=sid)]
+        start = _START.get(reply.source)
+        if start is None:  # a few sources ("held", "local", "home", peers): kept encoded
+            if len(_START) >= 256:
+                _START.clear()
+            start = _START[reply.source] = canonical_bytes({"metadata": {"source":
+                                                                         reply.source}})
+        out = [enc.encode(FrameKind.STREAM_START, start, stream_id=sid)]
         for i, p in enumerate(parts):
             out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
         out.append(enc.encode_value(FrameKind.STREAM_END, {
