@@ -159,3 +159,18 @@ def test_the_wire_fault_operation_arms_a_fault_on_the_callers_connection(node):
         chunks = [f.seq for f in got if f.kind == FrameKind.STREAM_CHUNK]
         assert chunks == [1, 1, 2, 3]  # the first chunk twice, as armed
         assert n.stats()["faults_armed"] == 1
+
+
+def test_a_dropped_chunk_reaches_aevaluate_as_a_protocol_error(node):
+    import asyncio
+    from fabric.node import NodeLimits
+    n = node(Fault("drop", kind="STREAM_CHUNK", nth=2),
+             limits=NodeLimits(max_frame=4096, window=4096))
+    big = "z" * 3000
+    with connect(n.url, timeout=60, max_frame=4096) as c:
+        async def run():
+            with pytest.raises(P.ProtocolError, match="lost, repeated or reordered"):
+                await c.aevaluate(node_ops.double.request(big))
+            return (await c.aevaluate(node_ops.double.request(big))).value  # a new channel
+
+        assert asyncio.run(run()) == big * 2

@@ -448,15 +448,28 @@ class _AsyncChannel(asyncio.Protocol):
         call = self.calls.get(sid)
         if call is None:
             return  # a call given up on
-        if kind == FrameKind.STREAM_CHUNK:
-            call[1].append(bytes(f.decode_payload(limits)))
-        elif kind == FrameKind.STREAM_START:
+        try:
+            if kind == FrameKind.STREAM_CHUNK:
+                _in_order(f, len(call[1]) + 1, self.node)
+                call[1].append(bytes(f.decode_payload(limits)))
+                return
+            if kind == FrameKind.STREAM_END:
+                _in_order(f, len(call[1]) + 1, self.node)
+                parts = call[1]
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+        except P.ProtocolError as exc:  # this call fails with it; the channel closes
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(exc)
+            raise
+        if kind == FrameKind.STREAM_START:
             call[2] = _source(f.decode_payload(limits), self.node)
         elif kind == FrameKind.STREAM_END:
             del self.calls[sid]
             if not call[0].done():
                 try:
-                    call[0].set_result((unpack(b"".join(call[1])), call[2]))
+                    call[0].set_result((unpack(data), call[2]))
                 except DecodeError as exc:
                     call[0].set_exception(exc)
         elif kind == FrameKind.ERROR:
@@ -946,7 +959,9 @@ class NodeClient:
         g, t = self._prepare(request, grants, timeout)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            ch = await self._achannel(loop, t)
+            ch = self._achannels.get(loop)
+            if ch is None or ch.dead or not ch.ready.done():
+                ch = await self._achannel(loop, t)
             return await ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
