@@ -13,6 +13,7 @@ from fabric.node import Node, connect, protocol as P
 from fabric.node.faults import Fault, Faults
 
 import node_ops
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -174,3 +175,24 @@ def test_a_dropped_chunk_reaches_aevaluate_as_a_protocol_error(node):
             return (await c.aevaluate(node_ops.double.request(big))).value  # a new channel
 
         assert asyncio.run(run()) == big * 2
+
+
+def test_a_duplicated_chunk_of_an_async_stream_is_a_protocol_error(node):
+    import asyncio
+    n = node(Fault("duplicate", kind="STREAM_CHUNK", nth=2))
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            got = []
+            with pytest.raises(P.ProtocolError, match="lost, repeated or reordered"):
+                async for x in c.astream(node_ops.count.request(6)):
+                    got.append(x)
+            return got
+
+        assert asyncio.run(run()) == [0, 1]
+        wait_for(lambda: c.status == "connected", "the client to reconnect")
+        # the main connection came back: a whole stream again
+        assert asyncio.run(_alist(c.astream(node_ops.count.request(6)))) == list(range(6))
+
+
+async def _alist(s):
+    return [x async for x in s]

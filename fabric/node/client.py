@@ -66,7 +66,7 @@ class _Call:
     """One request in flight: its events, in order, as they arrive."""
 
     __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
-                 "done", "error", "chunks", "bytes")
+                 "done", "error", "chunks", "bytes", "seq")
 
     def __init__(self, sid: int, want: str):
         self.sid = sid
@@ -81,6 +81,7 @@ class _Call:
         self.error: BaseException | None = None
         self.chunks = 0
         self.bytes = 0
+        self.seq = 0  # of the last chunk
 
 
 class _Channel:
@@ -754,6 +755,20 @@ class NodeClient:
         c = self._calls.get(sid)
         if c is None:
             return  # a frame for a request this side gave up on
+        if kind == FrameKind.STREAM_CHUNK or kind == FrameKind.STREAM_END:
+            try:
+                c.seq = _in_order(f, c.seq + 1, self.node)
+                if kind == FrameKind.STREAM_END:
+                    if c.want == "value":
+                        _complete(f.decode_payload(dec.limits), len(c.parts),
+                                  sum(map(len, c.parts)), self.node)
+                    else:
+                        _complete(f.decode_payload(dec.limits), c.chunks, c.bytes, self.node)
+            except P.ProtocolError as exc:  # this call fails with it; the connection ends
+                self._calls.pop(sid, None)
+                c.done = True
+                c.q.put_nowait(exc)
+                raise
         if kind == FrameKind.STREAM_START:
             c.source = _source(f.decode_payload(dec.limits), self.node)
             c.started = True
