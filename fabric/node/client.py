@@ -1,8 +1,10 @@
 """``fabric.connect(url)``: a client with the fabric interface, over one connection.
 
-The connection lives on a private event loop thread shared by every client
-of the process, so sync code needs no event loop and async code awaits the
-same calls (``aevaluate``, ``astream``). Each request opens a stream id;
+The main connection lives on a private event loop thread shared by every
+client of the process, so sync code needs no event loop and async code
+awaits the same calls (``aevaluate``, ``astream``). A sync ``evaluate`` or
+``stream`` goes over a blocking connection of its own thread and an
+``aevaluate`` over one of the caller's loop, so neither crosses threads. Each request opens a stream id;
 the client waits at most its ``timeout`` itself (``honours_timeout``), and
 a request in flight when the connection drops fails at once with
 ``FabricUnavailable``. The client reconnects by itself (exponential backoff
