@@ -584,11 +584,15 @@ def test_four_writers_one_killed_lose_nothing_acknowledged(tmp_path, compaction)
     assert not [n for n in os.listdir(tmp_path) if ".compact.tmp." in n]
 
 
-def test_torn_tail_of_a_dead_writer_is_repaired_by_the_next_lock_holder(tmp_path):
+def test_torn_tail_of_a_dead_writer_is_repaired_by_the_next_lock_holder(tmp_path, monkeypatch):
     """A writer killed mid-append leaves part of a record at the end while
     other writers have the cassette open. The next to take the append lock
     (here the second handle, which never saw the torn bytes) cuts it before
-    appending, so no record ever follows it and a strict open succeeds."""
+    appending, so no record ever follows it and a strict open succeeds.
+    Here with the OFD append lock (no lock directory), where the torn bytes
+    can be planted by hand; with the lock page, see
+    test_writer_killed_holding_the_append_lock."""
+    monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", "")
     path = str(tmp_path / "torn.fabl")
     a = EvalCassette(path, durability="os")
     b = EvalCassette(path, durability="os")
