@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import html
 import logging
 import math
@@ -814,20 +815,26 @@ class LocalFabric(_FabricBase):
                                             else None, request.key, "computed"))
 
     def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
-        """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
+        """Events of a sync stream op run in this thread, cut at ``answer_limit``.
+
+        The generator runs in its own copy of the context it started in, with
+        the diagnostics collector set there (as an asyncio task runs in its
+        own context): each step is one ``Context.run``, and the consumer's
+        code between items never sees the collector.
+        """
         gen = op.fn(*request.args, **_op_kwargs(request))
         limit = request.answer_limit
         n = 0
         mine: list[dict[str, Any]] = []
+        ctx = contextvars.copy_context()
+        ctx.run(_collector.set, mine)
+        run, step = ctx.run, gen.__next__
         try:
             while limit is None or n < limit:
-                token = _collector.set(mine)
                 try:
-                    item = next(gen)
+                    item = run(step)
                 except StopIteration:
                     break
-                finally:
-                    _collector.reset(token)
                 while mine:
                     yield DIAG, mine.pop(0)
                 n += 1
@@ -835,7 +842,7 @@ class LocalFabric(_FabricBase):
             while mine:
                 yield DIAG, mine.pop(0)
         finally:
-            gen.close()
+            run(gen.close)
 
     async def _async_op_events(self, op: Op[..., Any],
                                request: EvalRequest) -> AsyncIterator[Event]:

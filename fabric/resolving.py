@@ -54,7 +54,7 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
 from .fabrics import ContentPeer, _FabricBase, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
-                      _collect, _events_of, _recording, _replay_events, reply_record)
+                      _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
@@ -980,28 +980,37 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             self._end(res)
             raise
         self._keep_trail(key, res._trail())
-        head, events = got
+        head, events, src = got
+        return EvalStream(self._relay(res, head, events, src,
+                                      request.sharing != "uncacheable"),  # never recorded
+                          key, source)
 
-        def done() -> None:
-            res.held(EvalReply(None, (), None, key, source))
-            self._stats.add(res.outcome or "failures")
+    def _relay(self, res: Resolution, head: list, events: Iterator, src: Any,
+               record: bool) -> Iterator:
+        """The events of a started stream (``head``, those already pulled,
+        then ``events`` of the source's stream ``src``), the deadline checked
+        before each, recorded frame by frame when ``record`` and held once they
+        end normally. A failure ends the stream with a diagnostic and an error
+        (never a restart), and nothing is recorded; so does closing it early.
 
-        relayed = self._relay(res, itertools.chain(head, events), events)
-        if request.sharing == "uncacheable":  # never recorded
-            return EvalStream(relayed, key, source)
-        return EvalStream(_recording(relayed, self.cassette, key, done, res.request), key,
-                          source)
-
-    def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:
-        """The events of a started stream, the deadline checked before each; a
-        failure ends the stream with a diagnostic and an error (never a restart)."""
+        Relaying, the deadline and recording are one loop: one Python frame
+        per event. (The cassette's writer batches the frames: an ``append``
+        encodes one into memory, a batch is written in one call.)
+        """
+        writer = _stream_writer(self.cassette, res.key, res.request) if record else None
+        append = writer.append if writer is not None else None
+        t_end = res.t_end
+        clock = res._plan.clock
         items = 0
         ok = False
         try:
-            for ev in events:
-                res.check(items)
+            for ev in itertools.chain(head, events) if head else events:
+                if t_end is not None and clock() >= t_end:
+                    res.check(items)
                 if ev[0] == ITEM:
                     items += 1
+                if append is not None:
+                    append([ev[0], ev[1]])  # a frame is [tag, payload] (fabric-records.md)
                 yield ev
             ok = True
         except GeneratorExit:
@@ -1015,8 +1024,15 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 raise
             raise err from exc
         finally:
-            if not ok:
-                close = getattr(source_events, "close", None)
+            if ok:
+                if writer is not None:
+                    writer.close()
+                res.held(EvalReply(None, (), None, res.key, res.source))
+                self._stats.add(res.outcome or "failures")
+            else:
+                if writer is not None:
+                    writer.abort()
+                close = getattr(src, "close", None) or getattr(events, "close", None)
                 if close is not None:
                     close()
 
@@ -1079,19 +1095,24 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"
 
 
-def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator]]:
+def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator, Any]]:
     """A call that starts ``target``'s stream and pulls its events up to and
     including the first item (all of them if it has none): until then a
-    failing source can be passed over."""
+    failing source can be passed over. Gives ``(head, events, stream)``:
+    the events pulled, the rest, and the stream itself (to close). The
+    events of an ``EvalStream`` are taken from it directly (its own
+    bookkeeping of items and diagnostics is for a consumer; this relay
+    keeps its own)."""
 
-    def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator]:
-        events = _events_of(target.stream(request, **kw))
+    def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator, Any]:
+        s = target.stream(request, **kw)
+        events = s._events if isinstance(s, EvalStream) else _events_of(s)
         head = []
         for ev in events:
             head.append(ev)
             if ev[0] == ITEM:
                 break
-        return head, events
+        return head, events, s
 
     return start
 
