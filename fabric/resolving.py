@@ -981,11 +981,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             raise
         self._keep_trail(key, res._trail())
         head, events, src = got
-        return EvalStream(self._relay(res, head, events, src,
+        return EvalStream(self._relay(res, source, head, events, src,
                                       request.sharing != "uncacheable"),  # never recorded
                           key, source)
 
-    def _relay(self, res: Resolution, head: list, events: Iterator, src: Any,
+    def _relay(self, res: Resolution, source: str, head: list, events: Iterator, src: Any,
                record: bool) -> Iterator:
         """The events of a started stream (``head``, those already pulled,
         then ``events`` of the source's stream ``src``), the deadline checked
@@ -1027,7 +1027,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             if ok:
                 if writer is not None:
                     writer.close()
-                res.held(EvalReply(None, (), None, res.key, res.source))
+                res.held(EvalReply(None, (), None, res.key, source))
                 self._stats.add(res.outcome or "failures")
             else:
                 if writer is not None:
