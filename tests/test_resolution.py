@@ -331,3 +331,72 @@ def test_home_error_is_raised_with_what_the_peers_said(reg, cassette_factory):
     assert ei.value.__notes__ == ["peers asked first; peers asked: e: not held"]
     assert req.key not in b.cassette and b.stats()["failures"] == 1
     assert b.explain(req).steps[-1] == ("home", "home", "ValueError: cannot handle 3")
+
+
+class NeverAnswersAsync:
+    """An async peer that never answers and does not honour timeouts itself
+    (no ``honours_timeout``, no ``timeout=``): its ``aevaluate`` waits on an
+    event nobody sets. It says when it was called and when its call was
+    cancelled (events made on the test's loop)."""
+
+    def __init__(self):
+        self.called = self.cancelled = None
+
+    def evaluate(self, request, *, grants=None):
+        raise AssertionError("an async peer is awaited, not called")
+
+    async def aevaluate(self, request, *, grants=None):
+        self.called.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    def stream(self, request, *, grants=None):
+        raise AssertionError("not streamed here")
+
+
+# How long a test waits for what must happen within a 0.01 s peer timeout
+# before calling it a hang: not a speed claim, a bound so that a resolution
+# that no longer enforces the timeout fails instead of hanging the suite.
+HANG = 5.0
+
+
+@pytest.mark.parametrize("home", [False, True])
+def test_aevaluate_bounds_an_async_peer_without_a_timeout_of_its_own(reg, cassette_factory,
+                                                                    home):
+    # An async peer that does not honour timeouts is awaited at most
+    # peer_timeout: then its call is cancelled and the next source asked.
+    # (Awaiting it without the bound made the suite hang; HANG turns that
+    # into a failure.)
+    peer = NeverAnswersAsync()
+    b = ContentAddressedFabric("b", cassette_factory("b"), peer_timeout=0.01,
+                               home=LocalFabric(reg) if home else None,
+                               peers=[ContentPeer("slow", peer)])
+    req = fabric.EvalRequest("embed", ("abc",), version=1)
+
+    async def main():
+        peer.called, peer.cancelled = asyncio.Event(), asyncio.Event()
+        try:
+            got = await asyncio.wait_for(b.aevaluate(req), HANG)
+        except (NoHolderError, asyncio.TimeoutError) as exc:
+            got = exc
+        assert peer.called.is_set()
+        # Handshake: the resolution cancelled the call it gave up on.
+        await asyncio.wait_for(peer.cancelled.wait(), HANG)
+        return got
+
+    got = asyncio.run(main())
+    assert not isinstance(got, asyncio.TimeoutError), \
+        "the resolution did not bound the async peer's call by peer_timeout"
+    if home:
+        assert got.source == "home" and got.value == [3.0]
+        assert ("peer", "slow", "DeadlineExceeded: peer 'slow' did not answer within 0.01 s") \
+            in b.explain(req).steps
+    else:
+        assert isinstance(got, NoHolderError)
+        (name, exc), = got.attempts
+        assert name == "slow" and isinstance(exc, DeadlineExceeded)
+    assert b.holders.failures("slow") == 1
