@@ -822,7 +822,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         """A resolution ended (either way): count it and keep its trail."""
         self._stats.add(res.outcome or "failures")
         trails = self._trails
-        trails[res.key] = res._trail()
+        steps = res._steps  # res._trail(), written out: every miss ends here
+        trails[res.key] = (res.source, tuple(steps) if steps else None,
+                           res._cur if res._state == _HELD else None)
         if len(trails) >= self._remember:
             self._trails_old, self._trails = trails, {}
 
@@ -841,7 +843,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         """evaluate()'s miss (grants already checked): the sync driver."""
         if request.stream:
             return _collect(self.stream(request, grants=g, timeout=timeout), request.key)
-        res = Resolution.of(self._plan, request, timeout)
+        res = _new_resolution(Resolution)  # Resolution.of, written out
+        res._start(self._plan, request, request.key, timeout)
         try:
             while True:
                 ask = res.next()
