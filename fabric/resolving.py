@@ -660,7 +660,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
     not honour timeouts itself (see the module doc). ``stream``, ``aevaluate``
     and ``astream`` resolve the same way; ``stats()`` counts local hits, peer
-    hits, home computes, failures, denials and bytes recorded.
+    hits, home computes, failures, denials and bytes recorded. ``explain()``
+    knows how the last ``remember`` resolutions (at least; at most twice as
+    many) went.
     """
 
     #: This fabric takes ``timeout=`` and gives up within it itself.
