@@ -400,3 +400,22 @@ def test_aevaluate_bounds_an_async_peer_without_a_timeout_of_its_own(reg, casset
         (name, exc), = got.attempts
         assert name == "slow" and isinstance(exc, DeadlineExceeded)
     assert b.holders.failures("slow") == 1
+
+
+def test_explain_keeps_the_trails_of_the_last_resolutions_bounded(reg, cassette_factory):
+    b = ContentAddressedFabric("b", cassette_factory("b"), home=LocalFabric(reg),
+                               peer_timeout=None, remember=4)
+    reqs = [fabric.EvalRequest("embed", (f"t{i}",), version=1) for i in range(20)]
+    for r in reqs:
+        assert b.evaluate(r).source == "home"
+    for r in reqs[-4:]:  # at least the last `remember` are explained as they went
+        assert b.explain(r).steps == [("local", "b", "not held"), ("home", "home", "computed"),
+                                      ("local", "b", "held now (first from home)")]
+    forgotten = [r for r in reqs if b.explain(r).steps == [("local", "b", "held")]]
+    assert len(forgotten) >= len(reqs) - 2 * 4  # at most twice `remember` are kept
+    # A failure is kept the same way, with what the source said.
+    with pytest.raises(NoHolderError):
+        b.evaluate(fabric.EvalRequest("embed", ("x",), version=1, consistency="no-home"))
+    ex = b.explain(fabric.EvalRequest("embed", ("x",), version=1))
+    assert ex.source is None and ex.steps == [("local", "b", "not held"),
+                                              ("home", "-", "request is no-home")]
