@@ -1105,13 +1105,13 @@ def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator, Any]]:
     including the first item (all of them if it has none): until then a
     failing source can be passed over. Gives ``(head, events, stream)``:
     the events pulled, the rest, and the stream itself (to close). The
-    events of an ``EvalStream`` are taken from it directly (its own
-    bookkeeping of items and diagnostics is for a consumer; this relay
-    keeps its own)."""
+    events of an ``EvalStream`` (not of a subclass, which may iterate its
+    own way) are taken from it directly: its bookkeeping of items and
+    diagnostics is for a consumer, and this relay keeps its own."""
 
     def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator, Any]:
         s = target.stream(request, **kw)
-        events = s._events if isinstance(s, EvalStream) else _events_of(s)
+        events = s._events if type(s) is EvalStream else _events_of(s)
         head = []
         for ev in events:
             head.append(ev)
