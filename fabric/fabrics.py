@@ -1047,7 +1047,10 @@ class LocalFabric(_FabricBase):
                 sink: list[dict[str, Any]] = []
                 token = _collector.set(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
-                kw = _op_kwargs(request)
+                kw: Any = request.kwargs  # _op_kwargs(request), written out
+                vol = request.volatile_kwargs
+                if vol:
+                    kw = {**kw, **vol}
                 try:
                     value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
@@ -1055,8 +1058,9 @@ class LocalFabric(_FabricBase):
                     self._end(key, flight, None, exc)
                     raise
                 _collector.reset(token)
-                reply = cast(EvalReply, _core._reply(
-                    value, sink, self._trace(request, t0) if t0 else None, key, "computed"))
+                reply: EvalReply = _core._reply(  # type: ignore[assignment]
+                    value, sink, self._trace(request, t0) if t0 else None, key, "computed")
+                # (the C reply is of this module's EvalReply class; typing.cast is a call)
                 with self._lock:
                     if inflight.get(key) is flight:
                         del inflight[key]
