@@ -215,15 +215,15 @@ def _asks_a(client):
 
 def test_unchecked_non_loopback_peers_are_warned_about(caplog, tmp_path):
     with caplog.at_level("WARNING", logger="fabric.node"):
-        n = Node(str(tmp_path / "w.ledger"), node_id="w", peers=["fabric://192.0.2.1:7411", "fabric://127.0.0.1:1"],
-                 listen="127.0.0.1:0")
+        n = Node(str(tmp_path / "w.ledger"), node_id="w", listen="127.0.0.1:0",
+                 peers=["fabric://192.0.2.1:7411", "fabric://127.0.0.1:1"])
     try:
         warned = [r.getMessage() for r in caplog.records if "without checking claims" in
                   r.getMessage()]
         assert len(warned) == 1 and "192.0.2.1" in warned[0] and "127.0.0.1" not in warned[0]
         caplog.clear()
-        Node(str(tmp_path / "v.ledger"), node_id="v", peers=["fabric://192.0.2.1:7411"], listen="127.0.0.1:0",
-             trusted_keys=TrustedKeys({})).cassette.close()
+        Node(str(tmp_path / "v.ledger"), node_id="v", peers=["fabric://192.0.2.1:7411"],
+             listen="127.0.0.1:0", trusted_keys=TrustedKeys({})).cassette.close()
         assert not [r for r in caplog.records if "without checking" in r.getMessage()]
     finally:
         n.cassette.close()
