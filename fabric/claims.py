@@ -221,7 +221,10 @@ class _Verifier:
             length, sha = covered.length, covered.digest()
             what = "stream"
         else:
-            data = _covered(kind, covered)
+            try:
+                data = _covered(kind, covered)
+            except Exception as exc:  # a value the claim's encoding cannot hold
+                return f"the reply cannot be encoded as a {kind!r} ({type(exc).__name__})"
             length, sha = len(data), hashlib.sha256(data).digest()
             what = "reply"
         if length != claim.length:

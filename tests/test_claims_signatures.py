@@ -367,3 +367,13 @@ def test_the_signer_object_signs_as_the_one_shot_call_and_keeps_its_seed():
     with pytest.raises(ValueError, match="signature must be 64 bytes"):
         fabric._core.ed25519_verify(PUBLIC, b"", b"x")
     assert fabric._core.ed25519_verify(bytes(32), b"", bytes(64)) is False
+
+
+def test_a_reply_the_claims_encoding_cannot_hold_is_refused_not_raised():
+    nk = NodeKey("n1", "a", SEED)
+    key = fabric.ContentKey(bytes(32))
+    good = EvalReply([1], (), None, key, "held")
+    claim = nk.sign(key, good, "a", kind="record")
+    odd = EvalReply(object(), (), None, key, "held")
+    why = TrustedKeys.of(nk).check(claim, key, odd, "a")
+    assert why is not None and why.startswith("the reply cannot be encoded as a 'record'")
