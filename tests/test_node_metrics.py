@@ -128,6 +128,9 @@ def test_scrape_counts_requests_hits_misses_bytes_and_peers(node):
     assert value(samples, "fabric_node_peer_down", peer="a") == 0
     assert value(samples, "fabric_node_holding_keys") >= 1
     assert value(samples, "fabric_node_gossip_facts_received_total") >= 1
+    assert value(samples, "fabric_node_gossip_facts_total", direction="in") >= 1
+    assert value(samples, "fabric_node_gossip_messages_total", direction="in") >= 1
+    assert value(samples, "fabric_node_stream_credit_remaining_bytes") == 0  # none open
     assert value(samples, "fabric_node_connections") == 0  # the client closed
     assert value(samples, "fabric_node_events_total", event="requests") == 4
     assert types["fabric_node_uptime_seconds"] == "gauge"

@@ -81,6 +81,33 @@ def test_status_counts_what_the_node_did(node):
     assert "node a (incarnation 0)" in text and "3 received: 3 replied" in text
 
 
+def test_status_shows_an_open_stream_and_its_credit(node):
+    go_on = threading.Event()
+
+    @fabric.op("node.test.status.slow_stream")
+    def slow(n):
+        yield "first"
+        assert go_on.wait(60)
+        yield from range(n)
+
+    n = node("s", home=fabric.LocalFabric())
+    with connect(n.url) as c:
+        s = iter(c.stream(slow.request(3)))
+        try:
+            assert next(s) == "first"  # the op now waits: the stream stays open
+            st = c.node_status()
+            assert st["streams"]["open"] == 1 and st["requests"]["running"] == 1
+            assert 0 < st["streams"]["credit_remaining"] <= n.limits.window
+            assert "1 open" in format_status(st).split("streams")[1]
+        finally:
+            go_on.set()
+        assert list(s) == [0, 1, 2]
+        wait_for(lambda: c.node_status()["streams"]["open"] == 0, "the stream to end")
+        st = c.node_status()
+    assert st["requests"]["running"] == 0 and st["requests"]["replied"] == 1
+    assert isinstance(st["gossip"], dict) and isinstance(st["leases"], dict)
+
+
 def test_status_shows_a_peer_down_in_the_governor(node):
     a = node("a", home=fabric.LocalFabric())
     b = node("b", peers=[a.url], governor=PeerGovernor(down_after=1))

@@ -120,6 +120,12 @@ def render(st: dict[str, Any]) -> str:
     o.family("streams_open", "gauge", "Reply streams open now.", s["open"])
     o.family("stream_frames_queued", "gauge", "Stream frames waiting for the writer.",
              s["queued_frames"])
+    o.family("stream_credit_remaining_bytes", "gauge",
+             "Credit left on the open reply streams (bounded windows), in all.",
+             s.get("credit_remaining", 0))
+    o.family("stream_backpressure_events_total", "counter",
+             "Sends on the open reply streams that found no credit.",
+             s.get("backpressure_events", 0))
     o.family("stream_evictions_total", "counter",
              "Stream frames evicted over a principal's byte budget.", s["evictions"])
     if "error" not in cas:
@@ -137,6 +143,26 @@ def render(st: dict[str, Any]) -> str:
              counters.get("gossip_facts_in", 0))
     o.family("gossip_redelivered_total", "counter",
              "Gossip deltas sent again after a restore.", counters.get("gossip_redelivered", 0))
+    g = st.get("gossip") or {}
+    if g:
+        o.family("gossip_members", "gauge", "Fleet members this node knows.", g.get("members", 0))
+        o.family("gossip_links", "gauge", "Peers linked and connected now.",
+                 len(g.get("links", [])))
+        o.family("gossip_messages_total", "counter", "Gossip messages, by direction.",
+                 [({"direction": "in"}, g.get("messages_in", 0)),
+                  ({"direction": "out"}, g.get("messages_out", 0))])
+        o.family("gossip_bytes_sent_total", "counter", "Bytes of gossip sent.",
+                 g.get("bytes_out", 0))
+        o.family("gossip_facts_total", "counter",
+                 "Holding facts gossiped: sent, received, new to this node.",
+                 [({"direction": "out"}, g.get("facts_out", 0)),
+                  ({"direction": "in"}, g.get("facts_in", 0)),
+                  ({"direction": "new"}, g.get("facts_new", 0))])
+    le = st.get("leases") or {}
+    if le:
+        o.family("leases_total", "counter", "Misses under a computing lease, by how they went.",
+                 [({"how": k[len("lease_"):]}, v) for k, v in sorted(le.items())
+                  if k.startswith("lease_") and isinstance(v, (int, float))])
     peers = st["peers"]
     o.family("peers", "gauge", "Peers this node links to or heard of.", len(peers))
     o.family("peer_connected", "gauge", "1 while the link to the peer is connected.",
