@@ -211,3 +211,14 @@ def test_fabric_serve_metrics_flag(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_endpoint_stops_with_the_node(tmp_path):
+    import socket
+    n = Node(str(tmp_path / "s.ledger"), node_id="s", listen="127.0.0.1:0").start()
+    ms = start_metrics(n, "127.0.0.1:0")
+    assert scrape(ms.address)[0] == 200
+    n.stop()  # joins the node's thread: its loop and the endpoint are gone
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(ms.address, timeout=30).close()
+    stop_metrics(ms)  # harmless afterwards

@@ -194,7 +194,8 @@ class MetricsServer:
 
     ``MetricsServer(node, listen="127.0.0.1:9411")``; ``await start()`` on
     the loop the node serves on (``start_metrics`` does it for a node run
-    with ``node.start()``); ``address`` once listening; ``await close()``.
+    with ``node.start()``); ``address`` once listening; ``await close()``,
+    or it closes when the node stops.
     One request per connection, a request head of at most 8 KiB read within
     10 s, at most 16 connections at once (more are closed unanswered).
     """
@@ -211,6 +212,7 @@ class MetricsServer:
             log.warning("metrics of node %s on %s: plain HTTP, no authentication "
                         "(counts and names only)", node.node_id, self.host)
         self._server: asyncio.AbstractServer | None = None
+        self._watch: asyncio.Future[None] | None = None
         self._clients = 0
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
@@ -229,15 +231,33 @@ class MetricsServer:
                                                   limit=self.max_head)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        self._watch = asyncio.ensure_future(self._close_with_node())
         log.info("node %s: metrics on %s", self.node.node_id, self.url)
         return self
 
     async def close(self) -> None:
         """Stop listening."""
+        if self._watch is not None and self._watch is not asyncio.current_task():
+            self._watch.cancel()
+        self._watch = None
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
+
+    async def _close_with_node(self) -> None:
+        # The endpoint lives as long as the node serves: it closes when the
+        # node is asked to stop, or when the node's loop cancels its tasks.
+        evt = getattr(self.node, "_stop_evt", None)
+        try:
+            if evt is not None:
+                await evt.wait()
+            else:
+                await asyncio.get_running_loop().create_future()
+        finally:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= self.max_clients:
@@ -292,7 +312,7 @@ def start_metrics(node: Any, listen: str = "127.0.0.1:9411",
                   timeout: float = 30.0) -> MetricsServer:
     """A ``MetricsServer`` for ``node`` listening on its loop; for a node run
     by ``node.start()`` (a background thread), called from another thread.
-    Stop it with ``stop_metrics`` (it also ends when the node's loop does)."""
+    It stops with the node, or earlier with ``stop_metrics``."""
     loop = node._loop
     if loop is None or loop.is_closed() or threading.current_thread() is node._thread:
         raise RuntimeError("start_metrics needs a node started with node.start(), called "
