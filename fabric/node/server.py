@@ -1022,6 +1022,10 @@ class Node:
                 self._out_q.forget(e.stream)
                 out = b""
                 if lost:
+                    self._stat("streams_truncated")
+                    log.warning("stream %d to %s (principal %s) ended truncated: over the "
+                                "principal's byte budget (%d), its data was evicted", sid,
+                                conn.peer, conn.principal, self.limits.principal_budget)
                     seq += 1
                     out += conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
                         "kind": "LimitExceeded", "limit": "principal_budget",
