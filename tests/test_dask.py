@@ -249,7 +249,7 @@ def test_secret_refs_resolve_on_the_worker_and_never_leak(client, tmp_path, capl
     import json
     import logging
 
-    from fabric.node import SecretRef
+    SecretRef = fabric.SecretRef  # the public spelling
     caplog.set_level(logging.DEBUG)
     value = "planted-secret-db-do-not-leak"
     path = tmp_path / "secrets.json"  # as a worker's machine holds it
