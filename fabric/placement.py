@@ -29,6 +29,12 @@ and the end frame; through the fabric interface it raises
 stream is never recorded. ``realize_events`` turns any fabric's stream into
 ``Started`` / ``Chunk`` / ``Done`` events.
 
+Identical requests in flight at once are placed once (``_Shared``, used by
+``ReplicaGroup`` too). A request holding a ``fabric.Secret`` never goes to
+a worker; its ``SecretRef`` objects are resolved in the worker, from the
+secret store the fabric was given (sent once, at spawn), and a ``Secret``
+in the op's output comes back as ``fabric.REDACTED``.
+
 This module imports the core, ``ops``, ``replies``, ``frames`` and the
 fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
 """
