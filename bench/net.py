@@ -1,6 +1,7 @@
 """The network node over loopback: latency, throughput, streams, TLS, memory.
 
-    PYTHONPATH=. python bench/net.py [--n 2000] [--only hit,redis,stream,fair,tls,mem]
+    PYTHONPATH=. python -P bench/net.py [--n 2000] [--rounds 3]
+        [--only hit,redis,stream,fair,tls,mem]
 
 Side by side in one run (every server a separate process, every socket on
 127.0.0.1, every loop bounded in count):
@@ -8,13 +9,19 @@ Side by side in one run (every server a separate process, every socket on
 - ``hit``: p50 / p99 of a small held value (64 B) fetched through
   ``fabric.connect`` from sync code and from asyncio, against a bare Python
   socket ping-pong (blocking sockets; the echo server is a process) of the
-  same size;
+  same size, and an asyncio Protocol echo process (the floor of any server
+  on asyncio); every contender once per round, interleaved, ``--rounds``
+  rounds, each row keeping its best round; the CPU per call of the client
+  and of the node process (scheduling on a loaded machine moves the
+  latency, the CPU much less);
 - ``redis``: the same hit against redis-py GET on a real ``redis-server``
   (started here on a free loopback port, stopped at the end; installed
   with apt-get if missing and allowed), throughput with 1 and 16
   concurrent clients (threads), TLS and tokens off on both;
 - ``stream``: one 256 MiB stream (``--stream-mib``) to a consumer that does
-  not record it, against a raw socket send loop of the same bytes; the same
+  not record it, held by the node (and, first, computed by its home, which
+  the node records as it streams), against a raw socket send loop of the
+  same bytes; the same
   stream recorded by the receiving node, against raw append speed
   (``EvalCassette`` stream records written directly) in the same run;
 - ``fair``: 100 concurrent streams on one node, Jain's fairness index of the
@@ -170,6 +177,13 @@ def serve_node(a):
     asyncio.run(run())
 
 
+def proc_cpu(pid):
+    """Seconds of CPU (user + system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -307,7 +321,7 @@ def timed(n, call):
     return out
 
 
-def section_hit_redis(a, url, rows, only):
+def section_hit_redis(a, url, rows, only, node_pid, cpu):
     """Latency rows and throughput, every contender measured once per round,
     interleaved, ``--rounds`` rounds: each row keeps its best round (by p50),
     so a burst of load on this shared machine hits one round, not one row."""
@@ -350,7 +364,11 @@ def section_hit_redis(a, url, rows, only):
         call(min(a.n, 200))
     for _ in range(a.rounds):
         for name, call in zip(names, calls):
+            c0, n0 = time.process_time(), proc_cpu(node_pid)
             xs = call(a.n)
+            used = ((time.process_time() - c0) / a.n, (proc_cpu(node_pid) - n0) / a.n)
+            if name.startswith("fabric"):  # CPU per call: client process, node process
+                cpu[name] = min(cpu.get(name, used), used, key=sum)
             if name not in lat or statistics.median(xs) < statistics.median(lat[name]):
                 lat[name] = xs
     base = statistics.median(lat[names[0]])
@@ -544,11 +562,15 @@ def main():
     try:
         rows, tput, streams = [], [], []
         if only & {"hit", "redis"}:
-            tput = section_hit_redis(a, url, rows, only)
+            cpu = {}
+            tput = section_hit_redis(a, url, rows, only, node.pid, cpu)
             print(f"{'what':44} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
             for name, xs, base in rows:
                 print(f"{name:44} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
                       f"{statistics.median(xs) / base:16.2f}")
+            for name, (cl, nd) in cpu.items():
+                print(f"{name:44} CPU per call: client {cl * 1e6:5.1f} us, node "
+                      f"{nd * 1e6:5.1f} us (best round)")
             for name, ops in tput:
                 print(f"{name:44} {ops:12,.0f} ops/s")
         if "tls" in only:

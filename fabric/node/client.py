@@ -367,10 +367,12 @@ class _BlockingStream:
             pass
 
 
-class _AsyncChannel(asyncio.Protocol):
+class _AsyncChannel(asyncio.BufferedProtocol):
     """A connection owned by one caller's event loop: ``aevaluate`` sends and
     is answered on the caller's loop, with no hop to the client's thread.
-    Single replies only (streams and gossip use the main connection)."""
+    Single replies only (streams and gossip use the main connection). The
+    transport reads into the channel's own buffer (no new bytes object per
+    read)."""
 
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
@@ -385,6 +387,7 @@ class _AsyncChannel(asyncio.Protocol):
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
+        self.buf = memoryview(bytearray(1 << 16))
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -420,7 +423,13 @@ class _AsyncChannel(asyncio.Protocol):
             FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
                                      caps=[], token=c._token, proto=c.proto)))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buf[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             self.dec.feed(data)
             for f in self.dec:
