@@ -388,6 +388,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
+        self.watch: asyncio.TimerHandle | None = None
+        self.watch_at: float | None = None
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -533,11 +535,14 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         sid = next(self.ids)
         frame = c._open_frame(request, "value", g, t, sid, self.enc)
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self.calls[sid] = [fut, [], f"peer:{self.node}"]
+        # Not wait_for (its own future costs a loop turn per call) nor a timer
+        # per call: one watchdog per channel, due at the earliest deadline.
+        deadline = None if t is None else self.loop.time() + t
+        self.calls[sid] = [fut, [], f"peer:{self.node}", deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
-        # A timer, not wait_for: wait_for's own future costs a loop turn per call.
-        timer = None if t is None else self.loop.call_later(t, _expire, fut)
+        if deadline is not None and (self.watch_at is None or deadline < self.watch_at):
+            self._watch(deadline)
         try:
             record, source = await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
@@ -548,15 +553,31 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                        f"within {t} s") from None
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
         return reply_from_record(record, request.key, source)
 
+    def _watch(self, at: float) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+        self.watch_at = at
+        self.watch = self.loop.call_at(at, self._expire)
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+    def _expire(self) -> None:
+        """The watchdog: calls past their deadline fail with a timeout (their
+        awaiting coroutine cancels them at the node); the next is watched."""
+        self.watch = self.watch_at = None
+        now = self.loop.time()
+        nxt = None
+        for call in list(self.calls.values()):
+            d = call[3]
+            if d is None:
+                continue
+            if d <= now:
+                if not call[0].done():
+                    call[0].set_exception(asyncio.TimeoutError())
+            elif nxt is None or d < nxt:
+                nxt = d
+        if nxt is not None:
+            self._watch(nxt)
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
