@@ -352,13 +352,13 @@ class _BlockingStream:
         """Stop early: the node is told to cancel the request."""
         if self.finished:
             return
-        self._finish()
         ch = self.ch
-        if not ch.dead:
+        if not ch.dead:  # sent while the channel is still this stream's (busy)
             try:
                 ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
             except OSError:
                 ch.close()
+        self._finish()
 
     def __del__(self) -> None:
         try:
