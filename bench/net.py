@@ -25,7 +25,9 @@ Side by side in one run (every server a separate process, every socket on
   stream recorded by the receiving node, against raw append speed
   (``EvalCassette`` stream records written directly) in the same run;
 - ``fair``: 100 concurrent streams on one node, Jain's fairness index of the
-  bytes each received by the time the first one finished;
+  bytes each received by the time the first one finished: from 100 threads
+  (each on its thread's connection), then from 100 asyncio tasks (all on
+  one connection);
 - ``tls``: the hit's p50 with TLS against without;
 - ``mem``: the node process's RSS growth per idle connection.
 """
@@ -159,8 +161,12 @@ def serve_sink():
 def serve_node(a):
     from fabric.node.auth import server_tls
     tls = server_tls(a.tls_cert, a.tls_key) if a.tls_cert else None
+    # Sized for the fairness run: 100 streams on one connection may each have
+    # a window (at least one 1 MiB frame) in flight: 100 MiB over the default
+    # 64 MiB output buffer would disconnect the reader as a slow one.
     limits = NodeLimits(max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096),
-                        principal_budget=1 << 30, max_running=256)
+                        principal_budget=1 << 30, max_running=256,
+                        output_buffer=256 << 20)
     cassette = a.cassette or None
     node = Node(cassette, node_id="bench", home=fabric.LocalFabric(), listen="127.0.0.1:0",
                 tls=tls, limits=limits)
@@ -511,6 +517,33 @@ def section_fair(a, url):
     return jain, min(xs), max(xs)
 
 
+def section_fair_one_connection(a, url):
+    """The same with asyncio: 100 ``astream`` on one client's main connection
+    (streams multiplexed on one connection, credit per stream)."""
+    k = 100
+    c = connect(url, max_frame=CHUNK + 4096, window=4 * (64 << 10), timeout=600)
+    got = [0] * k
+    snapshot = []
+
+    async def consume(i):
+        req = bulk.request(a.fair_mib, (96 << 10) + i)  # keys of their own
+        async for item in c.astream(req):
+            got[i] += len(item)
+        if not snapshot:
+            snapshot.append(list(got))
+
+    async def run():
+        await asyncio.gather(*(consume(i) for i in range(k)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        c.close()
+    xs = snapshot[0]
+    jain = sum(xs) ** 2 / (k * sum(x * x for x in xs)) if any(xs) else 0.0
+    return jain, min(xs), max(xs)
+
+
 def section_tls(a, tmp):
     from fabric.node.auth import client_tls
     cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
@@ -606,6 +639,9 @@ def main():
         if "fair" in only:
             jain, lo, hi = section_fair(a, url)
             print(f"100 concurrent streams: Jain's index {jain:.3f} "
+                  f"(bytes received when the first ended: min {lo}, max {hi})")
+            jain, lo, hi = section_fair_one_connection(a, url)
+            print(f"100 concurrent astreams on one connection: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
     finally:
         stop(node)
