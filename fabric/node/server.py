@@ -198,7 +198,8 @@ class Node:
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
     secret values for ``SecretRef``. ``peer_tls`` / ``peer_token`` are what
-    this node presents to its peers.
+    this node presents to its peers. ``faults``: test faults to inject
+    (``fabric.node.faults.Faults``; none by default).
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
