@@ -27,11 +27,35 @@ static void test_hw_matches_sw_and_chains(void)
         CHECK_EQ(fab_crc32c(fab_crc32c(0, buf, cut), buf + cut, sizeof(buf) - cut), whole);
 }
 
+/* Lengths around the three-lane block sizes (768 bytes and 12 KiB) and
+ * across many blocks, at every alignment of the start. */
+static void test_hw_lanes_match_sw(void)
+{
+    static uint8_t big[3 * 12288 * 3 + 4096];
+    uint32_t x = 12345;
+    for (size_t i = 0; i < sizeof(big); i++) {
+        x = x * 1103515245u + 12345u;
+        big[i] = (uint8_t)(x >> 16);
+    }
+    static const size_t lens[] = {767, 768, 769, 1535, 1536, 2303, 12287, 12288, 12289,
+                                  12288 + 768, 12288 + 767, 24576 + 1000, 36864,
+                                  sizeof(big) - 8};
+    for (size_t start = 0; start < 8; start++)
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+            CHECK_EQ(fab_crc32c(7, big + start, lens[i]), fab_crc32c_sw(7, big + start, lens[i]));
+    for (size_t len = 0; len <= sizeof(big); len += 4093)
+        CHECK_EQ(fab_crc32c(0, big, len), fab_crc32c_sw(0, big, len));
+    uint8_t zeros[12288] = {0};
+    uint32_t z = fab_crc32c(0, zeros, sizeof(zeros));
+    CHECK_EQ(z, fab_crc32c_sw(0, zeros, sizeof(zeros)));
+}
+
 int main(void)
 {
     static const check_case cases[] = {
         {"known_answers", test_known_answers},
         {"hw_matches_sw_and_chains", test_hw_matches_sw_and_chains},
+        {"hw_lanes_match_sw", test_hw_lanes_match_sw},
         {NULL, NULL},
     };
     printf("crc32c: hardware %s\n", fab_crc32c_hw_available() ? "yes" : "no");
