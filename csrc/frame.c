@@ -99,8 +99,8 @@ int fab_frame_error_format(const fab_frame_error *e, char *buf, size_t n)
 
 /* ---- encoder ------------------------------------------------------------------- */
 
-int fab_frame_header_write(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_header *h,
-                           const void *payload, size_t len)
+int fab_frame_header_write_crc(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_header *h,
+                               size_t len, uint32_t crc)
 {
     if (fab_frame_kind_name(h->kind) == NULL || (h->flags & ~FAB_FRAME_FLAGS_KNOWN) != 0 ||
         (h->version != 0 && h->version != FAB_FRAME_VERSION))
@@ -114,9 +114,17 @@ int fab_frame_header_write(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_he
     fab_store_be64(out + 8, h->stream_id);
     fab_store_be64(out + 16, h->seq);
     fab_store_be32(out + 24, (uint32_t)len);
-    fab_store_be32(out + 28, fab_crc32c(0, payload, len));
+    fab_store_be32(out + 28, crc);
     fab_store_be32(out + 32, fab_crc32c(0, out, 32));
     return FAB_OK;
+}
+
+int fab_frame_header_write(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_header *h,
+                           const void *payload, size_t len)
+{
+    if (len > FAB_FRAME_FORMAT_MAX_PAYLOAD)
+        return FAB_ELIMIT;
+    return fab_frame_header_write_crc(out, h, len, fab_crc32c(0, payload, len));
 }
 
 int fab_frame_encode(fab_sink_fn sink, void *ctx, const fab_frame_header *h,

@@ -8,7 +8,7 @@ the built extension (bash dev.sh test runs it).
 
 import sys
 from _typeshed import ReadableBuffer, StrOrBytesPath, structseq
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, final, overload
 
@@ -384,6 +384,7 @@ class CassetteStream:
 
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
+    def next_raw(self) -> memoryview | None: ...
 
 @final
 class CassetteStreamWriter:
@@ -696,6 +697,15 @@ class FrameEncoder:
         *,
         stream_id: int = 0,
         first_seq: int = 0,
+        flags: int = 0,
+    ) -> bytes: ...
+    def header(
+        self,
+        kind: int,
+        parts: Sequence[ReadableBuffer],
+        *,
+        stream_id: int = 0,
+        seq: int = 0,
         flags: int = 0,
     ) -> bytes: ...
 

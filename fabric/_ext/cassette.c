@@ -508,8 +508,69 @@ static PyObject *Stream_next(PyObject *self)
     return out;
 }
 
+/*
+ * next_raw(): the next item's recorded bytes (the record's payload: the
+ * value encoding of [tag, item]) as a read-only memoryview over the ledger's
+ * mapping, no copy and no decode; None at the end. The same checks and
+ * errors as iteration (records the ledger did not validate at open are
+ * validated before they are returned). For a sender that forwards recorded
+ * items as they are; the view keeps the mapping alive.
+ */
+static PyObject *Stream_next_raw(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    StreamObject *s = (StreamObject *)self;
+    CassetteObject *c = s->c;
+    if (s->done)
+        Py_RETURN_NONE;
+    fab_state *st = cassette_state((PyObject *)c);
+    if (st == NULL || enter(c) < 0)
+        return NULL;
+    fab_ledger_ref item;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_next(c->l, &s->cur, 1, &item);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (rc == 1) {
+        out = make_view(st, &item);
+    } else {
+        s->done = 1;
+        fab_ledger_error err = {0};
+        if (rc == 0) {
+            out = Py_NewRef(Py_None);
+        } else if (rc == FAB_ECORRUPT) {
+            snprintf(err.msg, sizeof(err.msg),
+                     "the stream whose END record is at offset %llu promises %llu items "
+                     "but has %llu", (unsigned long long)s->cur.end,
+                     (unsigned long long)s->cur.count, (unsigned long long)s->cur.seen);
+            err.has_offset = 1;
+            err.offset = s->cur.end;
+            raise_ledger(st, c->path, FAB_ECORRUPT, &err);
+        } else {
+            snprintf(err.msg, sizeof(err.msg), "%s",
+                     rc == FAB_ESTATE
+                         ? "the ledger was replaced (compacted, restored) while this stream "
+                           "was being read: get the stream again"
+                         : "the ledger shrank while this stream was being read");
+            err.sys_errno = rc == FAB_ESTATE ? ESTALE : EIO;
+            raise_ledger(st, c->path, rc == FAB_ESTATE ? FAB_ESTATE : FAB_EIO, &err);
+        }
+    }
+    leave(c);
+    return out;
+}
+
+static PyMethodDef Stream_methods[] = {
+    {"next_raw", Stream_next_raw, METH_NOARGS,
+     "next_raw($self, /)\n--\n\n"
+     "The next item's recorded bytes (the value encoding of [tag, item]) as a\n"
+     "read-only memoryview over the ledger's mapping, or None at the end."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot Stream_slots[] = {
     {Py_tp_doc, "The items of a streamed reply, read lazily from the ledger."},
+    {Py_tp_methods, Stream_methods},
     {Py_tp_dealloc, Stream_dealloc},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, Stream_next},

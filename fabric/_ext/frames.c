@@ -5,6 +5,7 @@
  */
 #include "glue.h"
 
+#include "fabric/crc32c.h"
 #include "fabric/frame.h"
 #include "fabric/mpdec.h"
 
@@ -937,6 +938,63 @@ done:
     return out;
 }
 
+/*
+ * header(kind, parts, *, stream_id=0, seq=0, flags=0): the 36-byte header of
+ * a frame whose payload is the concatenation of parts (bytes-like objects),
+ * the CRC computed over each part where it lies: the caller sends the header
+ * and the parts as they are (scatter-gather), nothing is assembled.
+ */
+static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    static const char *const kw[] = {"kind", "parts", "stream_id", "seq", "flags"};
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    PyObject *a[5];
+    fab_frame_header h;
+    if (st == NULL || parse_args("header", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
+        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(a[1], "parts must be a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_buffer views[8];
+    PyObject *out = NULL;
+    if (n > 8) {
+        PyErr_Format(PyExc_ValueError, "parts holds %zd buffers; at most 8", n);
+        goto done;
+    }
+    size_t total = 0;
+    for (; got < n; got++) {
+        if (PyUnicode_Check(items[got]) ||
+            PyObject_GetBuffer(items[got], &views[got], PyBUF_SIMPLE) < 0) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_TypeError, "parts[%zd] must be a bytes-like object, not %s",
+                             got, Py_TYPE(items[got])->tp_name);
+            }
+            goto done;
+        }
+        total += (size_t)views[got].len;
+    }
+    if (check_size(st, self->max_payload, total) < 0)
+        goto done;
+    uint32_t crc = 0;
+    Py_BEGIN_ALLOW_THREADS /* the views hold their exporters' buffers fixed */
+    for (Py_ssize_t i = 0; i < n; i++)
+        crc = fab_crc32c(crc, views[i].buf, (size_t)views[i].len);
+    Py_END_ALLOW_THREADS
+    out = PyBytes_FromStringAndSize(NULL, FAB_FRAME_HEADER_LEN);
+    if (out != NULL)
+        fab_frame_header_write_crc((uint8_t *)PyBytes_AS_STRING(out), &h, total, crc);
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyObject *encoder_get_limits(EncoderObject *self, void *closure)
 {
     FAB_UNUSED(closure);
@@ -952,6 +1010,12 @@ static PyMethodDef encoder_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "encode_value($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"
      "One frame whose payload is the canonical msgpack encoding of value."},
+    {"header", (PyCFunction)(void (*)(void))encoder_header, METH_FASTCALL | METH_KEYWORDS,
+     "header($self, /, kind, parts, *, stream_id=0, seq=0, flags=0)\n--\n\n"
+     "The 36-byte header of a frame whose payload is the concatenation of\n"
+     "parts (a sequence of at most 8 bytes-like objects), its CRC computed\n"
+     "over each part in place: send the header, then the parts as they are.\n"
+     "A payload above limits.max_frame_payload_bytes raises FrameError."},
     {"encode_many", (PyCFunction)(void (*)(void))encoder_encode_many,
      METH_FASTCALL | METH_KEYWORDS,
      "encode_many($self, /, kind, payloads, *, stream_id=0, first_seq=0, flags=0)\n--\n\n"

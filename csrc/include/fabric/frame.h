@@ -129,6 +129,16 @@ int fab_frame_header_write(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_he
                            const void *payload, size_t len);
 
 /*
+ * Fills out[] with the header of a frame carrying len payload bytes whose
+ * CRC-32C the caller computed (crc = fab_crc32c(0, payload, len), chained
+ * over its parts when the payload is not contiguous): for a sender that
+ * writes the header and the payload's parts as they lie (scatter-gather),
+ * without assembling them. Same checks and codes as fab_frame_header_write.
+ */
+int fab_frame_header_write_crc(uint8_t out[FAB_FRAME_HEADER_LEN], const fab_frame_header *h,
+                               size_t len, uint32_t crc);
+
+/*
  * Writes a whole frame (header then payload) to sink. Returns 0, the codes of
  * fab_frame_header_write, or the sink's error code.
  */
