@@ -486,3 +486,57 @@ def test_one_principal_flooding_while_another_still_gets_its_replies(node):
         fc.close()
         cc.close()
     assert flood_done.is_set() and sorted(r.value for r in flood_done.result) == list(range(40))
+
+
+# ---- held streams: sent as recorded ------------------------------------------------
+
+def _record(n, req, events):
+    with n.cassette.record_stream(req.key) as w:
+        for ev in events:
+            w.append(ev)
+
+
+def test_a_held_stream_is_sent_as_recorded_with_diagnostics_and_types(node):
+    n = node()
+    req = node_ops.count.request(1234)
+    diag = {"kind": "Diagnostic", "message": "half way"}
+    _record(n, req, [[0, b"\x00" * 70_000], [0, (1, "two")], [1, diag], [0, {"a": [1.5]}]])
+    for scope, source in (("compute", "local"), ("held", "held")):
+        with connect(n.url, scope=scope) as c:
+            s = c.stream(req)
+            assert list(s) == [b"\x00" * 70_000, (1, "two"), {"a": [1.5]}]
+            assert s.diagnostics == [diag]
+
+            async def main():
+                return [x async for x in c.astream(req)]
+            assert asyncio.run(main()) == [b"\x00" * 70_000, (1, "two"), {"a": [1.5]}]
+        counts = n.serve_held.stats() if scope == "held" else n.fabric.stats()
+        assert counts["served" if scope == "held" else "local_hits"] >= 2
+
+
+def test_a_held_stream_still_checks_grants_and_frame_size(node):
+    n = node(limits=NodeLimits(max_frame=64 * 1024))
+    gated = node_ops.gpu.request(3)
+    _record(n, gated, [[0, 1]])
+    with connect(n.url, scope="held") as c:
+        with pytest.raises(fabric.CapabilityDenied):
+            list(c.stream(gated))
+        big = node_ops.count.request(4321)
+        _record(n, big, [[0, b"x" * 10], [0, b"x" * 100_000]])
+        s = c.stream(big)
+        assert next(s) == b"x" * 10
+        with pytest.raises(fabric.FabricError, match="larger than the largest frame"):
+            next(s)
+
+
+def test_recorded_item_split():
+    from fabric.node.server import _recorded_item
+    rec = memoryview(fabric.canonical_bytes([0, b"ab"]))  # a v1 record: plain msgpack
+    prefix, tag, body = _recorded_item(rec, 0)
+    assert (prefix, tag, bytes(body)) == (b"", 0, fabric.canonical_bytes(b"ab"))
+    rec = memoryview(fabric.encode_value([1, (1, 2)]))
+    prefix, tag, body = _recorded_item(rec, 0)
+    assert tag == 1 and fabric.decode_value(prefix + bytes(body)) == (1, 2)
+    for bad in (fabric.encode_value([2, 1]), fabric.encode_value((0,)), b"\xc1\x01", b""):
+        with pytest.raises(fabric.FabricError, match="frame 7 is not"):
+            _recorded_item(memoryview(bad), 7)
