@@ -156,6 +156,8 @@ class _Conn:
         self.gossip_sent = 0
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         self.closed = False
+        self.paused = False  # the transport's buffer is over its high mark
+        self._drained: asyncio.Event | None = None
         self.frames_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -206,6 +208,25 @@ class _Conn:
         if not self.closed:
             self.closed = True
             self.writer.transport.abort()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None:
+            self._drained.set()
+
+    async def drained(self) -> None:
+        """Wait until the transport has handed what it buffered to the
+        socket (its low mark is 0): the next write goes to the socket from
+        the caller's buffer, not through a copy into the transport's."""
+        while self.paused and not self.closed:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            await self._drained.wait()
 
 
 class Node:
@@ -768,6 +789,9 @@ class Node:
         proto = _ConnProtocol(self, conn, dec, loop.create_future())
         transport = conn.writer.transport
         transport.set_protocol(proto)
+        # Paused over one frame, resumed when empty: a held stream waits for
+        # that before each item (Node._send_held).
+        transport.set_write_buffer_limits(high=1 << 16, low=0)
         reader = conn.reader
         left = bytes(getattr(reader, "_buffer", b""))  # read by the stream, not yet taken
         if left:
@@ -1060,7 +1084,10 @@ class Node:
                 chunks += 1
                 total += size
             self._enqueue(conn, key, [hdr + prefix, body], size)
-            await asyncio.sleep(0)  # the ledger never blocks: let the loop serve others
+            if conn.paused:
+                await conn.drained()
+            else:
+                await asyncio.sleep(0)  # the ledger never blocks: let the loop serve others
         self._end_stream(conn, key, sid, seq, chunks, total, truncated)
 
     def _end_stream(self, conn: _Conn, key: Any, sid: int, seq: int, chunks: int,
@@ -1202,7 +1229,14 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self._end()
         return None
 
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.resume_writing()
         self._end()
 
 
