@@ -309,6 +309,24 @@ int fab_frame_decoder_next(fab_frame_decoder *d, const uint8_t *data, size_t len
     return finish_frame(d, d->pay, 0, out);
 }
 
+int fab_frame_decoder_peek(fab_frame_decoder *d, const uint8_t *data, size_t len,
+                           size_t *total)
+{
+    *total = 0;
+    if (d->state == ST_FAILED)
+        return d->err.code;
+    if (d->state != ST_HEADER || d->hdr_have != 0)
+        return FAB_ESTATE;
+    size_t have = len < FAB_FRAME_HEADER_LEN ? len : FAB_FRAME_HEADER_LEN;
+    d->frame_start = d->offset;
+    int rc = check_header(d, data, 0, have);
+    if (rc != FAB_OK)
+        return rc;
+    if (have == FAB_FRAME_HEADER_LEN)
+        *total = fab_frame_size(d->cur.payload_len);
+    return FAB_OK;
+}
+
 int fab_frame_decoder_finish(fab_frame_decoder *d)
 {
     if (d->state == ST_FAILED)

@@ -180,6 +180,62 @@ static void test_header_from_parts_crc(void)
     CHECK_EQ(fab_frame_header_write_crc(parts, &h, 0, 0), FAB_EINVAL);
 }
 
+/* peek checks a header in place, names stream offsets, never allocates. */
+static void test_peek(void)
+{
+    uint8_t payload[100] = {1, 2, 3};
+    fab_frame_header h = {0};
+    h.kind = FAB_FRAME_STREAM_CHUNK;
+    uint8_t frame[2 * (FAB_FRAME_HEADER_LEN + sizeof(payload))];
+    size_t one = FAB_FRAME_HEADER_LEN + sizeof(payload);
+    for (int i = 0; i < 2; i++) {
+        h.seq = (uint64_t)i + 1;
+        CHECK_EQ(fab_frame_header_write(frame + i * one, &h, payload, sizeof(payload)), 0);
+        memcpy(frame + i * one + FAB_FRAME_HEADER_LEN, payload, sizeof(payload));
+    }
+    fab_frame_decoder d;
+    fab_frame_decoder_init(&d, 0);
+    size_t total = 99, used;
+    fab_frame f;
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame, 3, &total), 0);
+    CHECK_EQ(total, 0);
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame, FAB_FRAME_HEADER_LEN, &total), 0);
+    CHECK_EQ(total, one);
+    CHECK_EQ(fab_frame_decoder_next(&d, frame, total, &used, &f), FAB_FRAME_READY);
+    CHECK(f.payload_in_input);
+    CHECK_EQ(d.pay_cap, 0);
+    /* the second frame, its magic corrupted: refused with its stream offset */
+    frame[one + 1] ^= 0xff;
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame + one, 2, &total), FAB_EFORMAT);
+    CHECK_EQ(d.err.violation, FAB_FV_MAGIC);
+    CHECK_EQ(d.err.offset, one + 1);
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame + one, one, &total), FAB_EFORMAT); /* failed for good */
+    fab_frame_decoder_destroy(&d);
+    frame[one + 1] ^= 0xff;
+
+    /* a declared length over the limit: refused on the header, nothing allocated */
+    fab_frame_decoder_init(&d, 50);
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame, FAB_FRAME_HEADER_LEN, &total), FAB_ELIMIT);
+    CHECK_EQ(d.err.violation, FAB_FV_TOO_LARGE);
+    CHECK_EQ(d.err.offset, 24);
+    CHECK_EQ(d.pay_cap, 0);
+    fab_frame_decoder_destroy(&d);
+
+    /* a corrupt header checksum */
+    fab_frame_decoder_init(&d, 0);
+    frame[20] ^= 1;
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame, one, &total), FAB_ECORRUPT);
+    CHECK_EQ(d.err.violation, FAB_FV_HEADER_CHECKSUM);
+    fab_frame_decoder_destroy(&d);
+    frame[20] ^= 1;
+
+    /* not at a frame boundary */
+    fab_frame_decoder_init(&d, 0);
+    CHECK_EQ(fab_frame_decoder_next(&d, frame, 40, &used, &f), FAB_FRAME_CONTINUE);
+    CHECK_EQ(fab_frame_decoder_peek(&d, frame + 40, one - 40, &total), FAB_ESTATE);
+    fab_frame_decoder_destroy(&d);
+}
+
 /* Feeds data one byte at a time into a fresh decoder and returns the error. */
 static int refuse(const uint8_t *data, size_t len, uint32_t max, fab_frame_error *err)
 {
@@ -361,6 +417,7 @@ int main(void)
         {"golden_header", test_golden_header},
         {"encoder_refusals", test_encoder_refusals},
         {"header_from_parts_crc", test_header_from_parts_crc},
+        {"peek", test_peek},
         {"refusals_with_offsets", test_refusals_with_offsets},
         {"length_bomb_allocates_nothing", test_length_bomb_allocates_nothing},
         {"payload_points_into_input_when_whole", test_payload_points_into_input_when_whole},

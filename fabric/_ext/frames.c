@@ -1148,6 +1148,69 @@ done:
     return res;
 }
 
+/*
+ * feed_whole(data): queues the whole frames at the start of data and returns
+ * how many bytes they took; an incomplete frame after them is left (its
+ * header, as far as it goes, checked already). The queued frames' payloads
+ * are views of data (any bytes-like object), never copies: the caller keeps
+ * data unchanged while it uses them, and passes what was left again with
+ * more bytes after it. For a reader that keeps a frame's bytes in its own
+ * buffer until the frame is whole; not to be mixed with a feed() that left a
+ * partial frame (ValueError).
+ */
+static PyObject *decoder_feed_whole(DecoderObject *self, PyObject *data)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    Py_buffer view;
+    if (st == NULL || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (self->head > 0 && self->head * 2 >= PyList_GET_SIZE(self->ready)) {
+        if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        self->head = 0;
+    }
+    const uint8_t *p = view.buf;
+    size_t len = (size_t)view.len, pos = 0;
+    PyObject *res = NULL;
+    while (pos < len) {
+        size_t total, used;
+        fab_frame f;
+        int rc = fab_frame_decoder_peek(&self->dec, p + pos, len - pos, &total);
+        if (rc == FAB_ESTATE) {
+            PyErr_SetString(PyExc_ValueError,
+                            "feed_whole() after a feed() that left part of a frame");
+            goto done;
+        }
+        if (rc < 0) {
+            fab_py_raise_frame_error(st, &self->dec.err);
+            goto done;
+        }
+        if (total == 0 || total > len - pos)
+            break;
+        rc = fab_frame_decoder_next(&self->dec, p + pos, total, &used, &f);
+        if (rc < 0) {
+            fab_py_raise_frame_error(st, &self->dec.err);
+            goto done;
+        }
+        FAB_ASSERT(rc == FAB_FRAME_READY && used == total && f.payload_in_input);
+        pos += total;
+        PyObject *frame = frame_make(st, &f.h, data, f.payload, f.h.payload_len,
+                                     (long long)f.offset);
+        if (frame == NULL)
+            goto done;
+        int err = PyList_Append(self->ready, frame);
+        Py_DECREF(frame);
+        if (err < 0)
+            goto done;
+    }
+    res = PyLong_FromSize_t(pos);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
 static PyObject *decoder_iternext(DecoderObject *self)
 {
     if (self->head >= PyList_GET_SIZE(self->ready))
@@ -1214,6 +1277,13 @@ static PyMethodDef decoder_methods[] = {
      ".frame_offset and .violation; frames completed before it stay queued, and\n"
      "the decoder stays failed. Payloads of frames that lie wholly inside a bytes\n"
      "object share it (zero-copy); other inputs are copied."},
+    {"feed_whole", (PyCFunction)decoder_feed_whole, METH_O,
+     "feed_whole($self, data, /)\n--\n\n"
+     "Queue the whole frames at the start of data and return how many bytes\n"
+     "they took; an incomplete frame after them is left (its header checked as\n"
+     "far as it goes). Their payloads are views of data, never copies: keep\n"
+     "data unchanged while the frames are used, and pass what was left again\n"
+     "with more bytes after it. Bad input raises FrameError as feed() does."},
     {"finish", (PyCFunction)decoder_finish, METH_NOARGS,
      "finish($self, /)\n--\n\n"
      "Declare the end of the stream: raises FrameError (violation 'truncated')\n"

@@ -45,6 +45,8 @@ log = logging.getLogger("fabric.node")
 _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
 _STATS = ("stream.stats", "stream.remote.network")
 _END = object()
+_HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
+_READ = 1 << 18  # a channel's first read buffer
 
 
 class _LoopThread:
@@ -98,13 +100,14 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "tmo", "__weakref__")
+                 "buf", "start", "end", "tmo", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
         self.busy = False
         self.dead = False
         self.buf: bytearray | None = None
+        self.start = self.end = 0  # buf[start:end]: read, not yet a whole frame
         self.window = 0
         self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
@@ -145,14 +148,38 @@ class _Channel:
             self.tmo = t
 
     def _fill(self) -> None:
-        """Read what the socket has (at least one byte) into the decoder."""
-        buf = self.buf
+        """Read what the socket has (at least one byte) and queue the frames
+        it completes. A frame's bytes stay in the channel's buffer until the
+        frame is whole, then the decoder takes it there: its payload is a
+        view of the buffer, never copied (``FrameDecoder.feed_whole``). The
+        frames are used up before the next read (this is only called when
+        the decoder has none left), so the buffer can be read into again.
+        It grows to four times the largest frame seen (whose header the
+        decoder has checked, so at most four of the agreed largest frame)."""
+        buf, start, end = self.buf, self.start, self.end
         if buf is None:
-            buf = self.buf = bytearray(1 << 18)
-        n = self.sock.recv_into(buf)
+            buf = self.buf = bytearray(_READ)
+        elif start == end:
+            start = end = 0
+        else:
+            need = _HEADER
+            if end - start >= _HEADER:  # the frame in progress (its header checked)
+                need += int.from_bytes(buf[start + 24:start + 28], "big")
+            if 4 * need > len(buf):
+                grown = bytearray(4 * need)
+                grown[:end - start] = memoryview(buf)[start:end]
+                buf = self.buf = grown
+                start, end = 0, end - start
+            elif start + need > len(buf) or len(buf) - end < _READ // 4:
+                view = memoryview(buf)
+                view[:end - start] = view[start:end]
+                start, end = 0, end - start
+        n = self.sock.recv_into(memoryview(buf)[end:])
         if not n:
             raise ConnectionResetError(f"{self.client.url} closed the connection")
-        self.dec.feed(memoryview(buf)[:n])
+        end += n
+        self.start = start + self.dec.feed_whole(memoryview(buf)[start:end])
+        self.end = end
 
     def __del__(self) -> None:  # its thread ended: close quietly
         sock = getattr(self, "sock", None)

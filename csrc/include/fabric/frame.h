@@ -204,6 +204,20 @@ int fab_frame_decoder_next(fab_frame_decoder *d, const uint8_t *data, size_t len
                            size_t *consumed, fab_frame *out);
 
 /*
+ * Checks the header at the start of data/len (the first min(len, 36) bytes)
+ * as fab_frame_decoder_next would, without consuming anything, for a caller
+ * that keeps its input until a frame is whole and then passes exactly that
+ * frame (so its payload is never copied into the decoder). The decoder must
+ * be at a frame boundary (no partial frame held: FAB_ESTATE otherwise).
+ * Returns 0 with *total = the frame's encoded size once the header is
+ * complete and valid, or *total = 0 when fewer than 36 bytes are at hand and
+ * those are valid so far; or a negative code: the decoder is failed, as by
+ * fab_frame_decoder_next, with d->err naming the field's stream offset.
+ */
+int fab_frame_decoder_peek(fab_frame_decoder *d, const uint8_t *data, size_t len,
+                           size_t *total);
+
+/*
  * Declares the end of the stream. Returns 0 when the decoder stopped at a frame
  * boundary, FAB_ETRUNCATED (violation "truncated", offset = end of stream)
  * when a frame was cut short, or the decoder's earlier error.
