@@ -161,6 +161,40 @@ static uint32_t crc32c_hw(uint32_t crc, const void *data, size_t len)
 }
 #endif
 
+/* a * b modulo the polynomial, both reflected (bit 31 is x^0). */
+static uint32_t multmodp(uint32_t a, uint32_t b)
+{
+    uint32_t m = 1u << 31, p = 0;
+    for (;;) {
+        if (a & m) {
+            p ^= b;
+            if ((a & (m - 1)) == 0)
+                break;
+        }
+        m >>= 1;
+        b = (b & 1) ? (b >> 1) ^ POLY : b >> 1;
+    }
+    return p;
+}
+
+uint32_t fab_crc32c_shift(uint32_t crc, uint64_t len)
+{
+    /* crc * x^(8 len): x^(2^k) for each bit k of 8 len, squared as it goes. */
+    uint32_t x2k = 1u << 30; /* x^1 */
+    uint32_t p = 1u << 31;   /* x^0 */
+    uint64_t n = len;
+    for (int k = 0; k < 3; k++)
+        x2k = multmodp(x2k, x2k); /* x^8: one byte */
+    while (n) {
+        if (n & 1)
+            p = multmodp(x2k, p);
+        n >>= 1;
+        if (n)
+            x2k = multmodp(x2k, x2k);
+    }
+    return crc ? multmodp(p, crc) : 0;
+}
+
 static int hw_state = -1; /* -1 unknown, 0 no, 1 yes */
 
 int fab_crc32c_hw_available(void)

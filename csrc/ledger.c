@@ -3589,6 +3589,20 @@ out:
     return rc;
 }
 
+int fab_ledger_ref_crc(const fab_ledger_ref *ref, uint32_t *crc)
+{
+    if (ref->map == NULL)
+        return FAB_EINVAL;
+    const uint8_t *rec = ref->map->base + ref->offset;
+    const uint8_t *body = rec + FAB_LEDGER_REC_HEADER; /* key, then payload */
+    const uint8_t *end = rec + FAB_LEDGER_REC_OVERHEAD + rec_payload_len(rec);
+    if (ref->data < body || ref->data > end || (size_t)(end - ref->data) != ref->len)
+        return FAB_EINVAL;
+    uint32_t head = fab_crc32c(SEED_BODY, body, (size_t)(ref->data - body));
+    *crc = fab_load_le32(rec + 12) ^ fab_crc32c_shift(head, ref->len);
+    return FAB_OK;
+}
+
 void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
 {
     memset(st, 0, sizeof(*st));

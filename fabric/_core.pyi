@@ -384,7 +384,7 @@ class CassetteStream:
 
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
-    def next_raw(self) -> memoryview | None: ...
+    def next_raw(self) -> tuple[memoryview, int | None] | None: ...
 
 @final
 class CassetteStreamWriter:
@@ -707,6 +707,7 @@ class FrameEncoder:
         stream_id: int = 0,
         seq: int = 0,
         flags: int = 0,
+        crc_of: tuple[ReadableBuffer, int] | None = None,
     ) -> bytes: ...
 
 @final

@@ -285,3 +285,47 @@ def test_frames_before_an_error_stay_queued():
     assert info.value.violation == "unsupported-version"
     assert "version 9" in str(info.value)
     assert len(list(dec)) == 2
+
+
+def test_encoder_header_over_parts_and_a_known_crc():
+    from frames_ref import crc32c
+    enc = fabric.FrameEncoder()
+    whole = bytes(range(256)) * 40
+    body = memoryview(whole)[100:]
+    want = enc.encode(3, b"\xc1\x01" + bytes(body), stream_id=5, seq=2, flags=1)
+    kw = dict(stream_id=5, seq=2, flags=1)
+    assert enc.header(3, [b"\xc1\x01", body], **kw) == want[:36]
+    assert enc.header(3, [b"\xc1\x01", body], crc_of=(whole, crc32c(whole)), **kw) == want[:36]
+    assert enc.header(3, [body], crc_of=(whole, crc32c(whole)), **kw) == \
+        enc.encode(3, bytes(body), **kw)[:36]
+    # a wrong known CRC gives a frame the decoder refuses
+    bad = enc.header(3, [b"\xc1\x01", body], crc_of=(whole, crc32c(whole) ^ 1), **kw)
+    dec = fabric.FrameDecoder()
+    with pytest.raises(fabric.FrameError, match="payload checksum"):
+        dec.feed(bad + b"\xc1\x01" + bytes(body))
+    with pytest.raises(ValueError, match="does not lie at the end"):
+        enc.header(3, [memoryview(whole)[:10]], crc_of=(whole, 0))
+    with pytest.raises(TypeError):
+        enc.header(3, ["text"])
+    with pytest.raises(fabric.FrameError, match="exceeds"):
+        enc.header(3, [bytes(1 << 20), b"x"])
+
+
+def test_decoder_feed_whole_takes_frames_where_they_lie():
+    enc = fabric.FrameEncoder()
+    data = bytearray(enc.encode(3, b"\xc4\x01a", seq=1) + enc.encode(3, b"\xc4\x02bc", seq=2))
+    dec = fabric.FrameDecoder()
+    assert dec.feed_whole(memoryview(data)[:50]) == 39  # the second frame is not whole
+    assert dec.feed_whole(memoryview(data)[39:]) == len(data) - 39
+    frames = list(dec)
+    assert [f.decode_payload() for f in frames] == [b"a", b"bc"]
+    data[-1] = ord("z")  # the payload is a view of data, not a copy
+    assert bytes(frames[1].payload) == b"\xc4\x02bz"
+    bad = bytearray(data)
+    bad[1] = 0
+    with pytest.raises(fabric.FrameError, match="bad magic at offset 1"):
+        fabric.FrameDecoder().feed_whole(bad[:2])  # refused on the byte, not at 36
+    dec = fabric.FrameDecoder()
+    dec.feed(bytes(data[:40]))
+    with pytest.raises(ValueError, match="left part of a frame"):
+        dec.feed_whole(data[40:])

@@ -50,12 +50,34 @@ static void test_hw_lanes_match_sw(void)
     CHECK_EQ(z, fab_crc32c_sw(0, zeros, sizeof(zeros)));
 }
 
+static void test_shift(void)
+{
+    static uint8_t zeros[70000], data[70000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 29 + 5);
+    static const size_t lens[] = {0, 1, 2, 3, 7, 8, 255, 256, 4096, 12289, 69999};
+    static const uint32_t crcs[] = {0, 1, 0x80000000u, 0xe3069283u, 0xdeadbeefu};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+        for (size_t j = 0; j < sizeof(crcs) / sizeof(crcs[0]); j++) {
+            uint32_t c = crcs[j];
+            size_t n = lens[i];
+            CHECK_EQ(fab_crc32c_shift(c, n),
+                     fab_crc32c(c, zeros, n) ^ fab_crc32c(0, zeros, n));
+            CHECK_EQ(fab_crc32c(c, data, n), fab_crc32c(0, data, n) ^ fab_crc32c_shift(c, n));
+        }
+    /* a tail's CRC from the whole's and the head's */
+    uint32_t whole = fab_crc32c(0, data, sizeof(data)), head = fab_crc32c(0, data, 1000);
+    CHECK_EQ(whole ^ fab_crc32c_shift(head, sizeof(data) - 1000),
+             fab_crc32c(0, data + 1000, sizeof(data) - 1000));
+}
+
 int main(void)
 {
     static const check_case cases[] = {
         {"known_answers", test_known_answers},
         {"hw_matches_sw_and_chains", test_hw_matches_sw_and_chains},
         {"hw_lanes_match_sw", test_hw_lanes_match_sw},
+        {"shift", test_shift},
         {NULL, NULL},
     };
     printf("crc32c: hardware %s\n", fab_crc32c_hw_available() ? "yes" : "no");

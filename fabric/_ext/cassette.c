@@ -511,10 +511,12 @@ static PyObject *Stream_next(PyObject *self)
 /*
  * next_raw(): the next item's recorded bytes (the record's payload: the
  * value encoding of [tag, item]) as a read-only memoryview over the ledger's
- * mapping, no copy and no decode; None at the end. The same checks and
- * errors as iteration (records the ledger did not validate at open are
- * validated before they are returned). For a sender that forwards recorded
- * items as they are; the view keeps the mapping alive.
+ * mapping, no copy and no decode, with their CRC-32C derived from the
+ * record's validated checksum (fab_ledger_ref_crc; None if it cannot be):
+ * (view, crc), or None at the end. The same checks and errors as iteration
+ * (records the ledger did not validate at open are validated before they
+ * are returned). For a sender that forwards recorded items as they are; the
+ * view keeps the mapping alive.
  */
 static PyObject *Stream_next_raw(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -532,7 +534,13 @@ static PyObject *Stream_next_raw(PyObject *self, PyObject *Py_UNUSED(ignored))
     Py_END_ALLOW_THREADS
     PyObject *out = NULL;
     if (rc == 1) {
-        out = make_view(st, &item);
+        uint32_t crc = 0;
+        int known = fab_ledger_ref_crc(&item, &crc) == FAB_OK;
+        PyObject *view = make_view(st, &item);
+        if (view != NULL) {
+            out = known ? Py_BuildValue("(Nk)", view, (unsigned long)crc)
+                        : Py_BuildValue("(NO)", view, Py_None);
+        }
     } else {
         s->done = 1;
         fab_ledger_error err = {0};
@@ -564,7 +572,9 @@ static PyMethodDef Stream_methods[] = {
     {"next_raw", Stream_next_raw, METH_NOARGS,
      "next_raw($self, /)\n--\n\n"
      "The next item's recorded bytes (the value encoding of [tag, item]) as a\n"
-     "read-only memoryview over the ledger's mapping, or None at the end."},
+     "read-only memoryview over the ledger's mapping and their CRC-32C, derived\n"
+     "from the record's validated checksum (None if it cannot be): (view, crc);\n"
+     "None at the end."},
     {NULL, NULL, 0, NULL},
 };
 

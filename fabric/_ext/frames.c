@@ -939,19 +939,23 @@ done:
 }
 
 /*
- * header(kind, parts, *, stream_id=0, seq=0, flags=0): the 36-byte header of
- * a frame whose payload is the concatenation of parts (bytes-like objects),
- * the CRC computed over each part where it lies: the caller sends the header
- * and the parts as they are (scatter-gather), nothing is assembled.
+ * header(kind, parts, *, stream_id=0, seq=0, flags=0, crc_of=None): the
+ * 36-byte header of a frame whose payload is the concatenation of parts
+ * (bytes-like objects), the CRC computed over each part where it lies: the
+ * caller sends the header and the parts as they are (scatter-gather),
+ * nothing is assembled. crc_of = (whole, crc): the last part lies at the end
+ * of whole, whose CRC-32C is crc (a checksum validated already, e.g. a
+ * ledger record's): the last part's CRC follows from crc and whole's bytes
+ * before it (fab_crc32c_shift), its own bytes are not read.
  */
 static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    static const char *const kw[] = {"kind", "parts", "stream_id", "seq", "flags"};
+    static const char *const kw[] = {"kind", "parts", "stream_id", "seq", "flags", "crc_of"};
     fab_state *st = fab_state_from_type(Py_TYPE(self));
-    PyObject *a[5];
+    PyObject *a[6];
     fab_frame_header h;
-    if (st == NULL || parse_args("header", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
+    if (st == NULL || parse_args("header", args, nargs, kwnames, kw, 6, 2, 2, a) < 0 ||
         header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
         return NULL;
     PyObject *seq = PySequence_Fast(a[1], "parts must be a sequence of bytes-like objects");
@@ -959,7 +963,9 @@ static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_s
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    Py_buffer views[8];
+    Py_buffer views[8], whole = {0};
+    int have_whole = 0;
+    uint64_t known = 0;
     PyObject *out = NULL;
     if (n > 8) {
         PyErr_Format(PyExc_ValueError, "parts holds %zd buffers; at most 8", n);
@@ -980,10 +986,39 @@ static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_s
     }
     if (check_size(st, self->max_payload, total) < 0)
         goto done;
+    if (a[5] != NULL && a[5] != Py_None) {
+        PyObject *w = NULL, *c = NULL;
+        if (!PyTuple_Check(a[5]) || PyTuple_GET_SIZE(a[5]) != 2 || n == 0) {
+            PyErr_SetString(PyExc_TypeError, "crc_of must be a (whole, crc) tuple, with parts");
+            goto done;
+        }
+        w = PyTuple_GET_ITEM(a[5], 0);
+        c = PyTuple_GET_ITEM(a[5], 1);
+        if (get_uint(c, "crc_of's crc", UINT32_MAX, &known) < 0 ||
+            PyObject_GetBuffer(w, &whole, PyBUF_SIMPLE) < 0)
+            goto done;
+        have_whole = 1;
+        const uint8_t *wb = whole.buf, *lb = views[n - 1].buf;
+        size_t wl = (size_t)whole.len, ll = (size_t)views[n - 1].len;
+        if (ll > wl || lb != wb + (wl - ll)) {
+            PyErr_SetString(PyExc_ValueError, "crc_of: the last part does not lie at the "
+                                              "end of whole");
+            goto done;
+        }
+    }
     uint32_t crc = 0;
     Py_BEGIN_ALLOW_THREADS /* the views hold their exporters' buffers fixed */
-    for (Py_ssize_t i = 0; i < n; i++)
+    Py_ssize_t last = have_whole ? n - 1 : n;
+    for (Py_ssize_t i = 0; i < last; i++)
         crc = fab_crc32c(crc, views[i].buf, (size_t)views[i].len);
+    if (have_whole) {
+        /* crc(whole) = crc(tail) ^ shift(crc(head), |tail|), and the same to
+         * append the tail to the parts before it */
+        size_t ll = (size_t)views[n - 1].len, hl = (size_t)whole.len - ll;
+        uint32_t head = fab_crc32c(0, whole.buf, hl);
+        uint32_t tail = (uint32_t)known ^ fab_crc32c_shift(head, ll);
+        crc = tail ^ fab_crc32c_shift(crc, ll);
+    }
     Py_END_ALLOW_THREADS
     out = PyBytes_FromStringAndSize(NULL, FAB_FRAME_HEADER_LEN);
     if (out != NULL)
@@ -991,6 +1026,8 @@ static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_s
 done:
     for (Py_ssize_t i = 0; i < got; i++)
         PyBuffer_Release(&views[i]);
+    if (have_whole)
+        PyBuffer_Release(&whole);
     Py_DECREF(seq);
     return out;
 }
@@ -1011,11 +1048,14 @@ static PyMethodDef encoder_methods[] = {
      "encode_value($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"
      "One frame whose payload is the canonical msgpack encoding of value."},
     {"header", (PyCFunction)(void (*)(void))encoder_header, METH_FASTCALL | METH_KEYWORDS,
-     "header($self, /, kind, parts, *, stream_id=0, seq=0, flags=0)\n--\n\n"
+     "header($self, /, kind, parts, *, stream_id=0, seq=0, flags=0, crc_of=None)\n--\n\n"
      "The 36-byte header of a frame whose payload is the concatenation of\n"
      "parts (a sequence of at most 8 bytes-like objects), its CRC computed\n"
      "over each part in place: send the header, then the parts as they are.\n"
-     "A payload above limits.max_frame_payload_bytes raises FrameError."},
+     "crc_of=(whole, crc): the last part lies at the end of whole, whose\n"
+     "CRC-32C (already validated) is crc: the last part's CRC is derived from\n"
+     "it, its bytes are not read. A payload above\n"
+     "limits.max_frame_payload_bytes raises FrameError."},
     {"encode_many", (PyCFunction)(void (*)(void))encoder_encode_many,
      METH_FASTCALL | METH_KEYWORDS,
      "encode_many($self, /, kind, payloads, *, stream_id=0, first_seq=0, flags=0)\n--\n\n"

@@ -1053,8 +1053,11 @@ class Node:
     async def _send_held(self, conn: _Conn, sid: int, raw: Any, source: str) -> None:
         """A held stream sent as recorded: each item's frame is its header
         and the item's recorded bytes, a view over the ledger's mapping (no
-        decode, no re-encode, no copy before the socket's), the CRC computed
-        over them in place (``FrameEncoder.header``)."""
+        decode, no re-encode, no copy before the socket's). The frame's CRC
+        is derived from the record's checksum, which the ledger validated
+        (``FrameEncoder.header(crc_of=...)``): the bytes are not read for it,
+        and bytes changed since they were validated fail the receiver's
+        check."""
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
@@ -1064,14 +1067,16 @@ class Node:
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
         while True:
-            rec = raw.next_raw()
-            if rec is None:
+            got = raw.next_raw()
+            if got is None:
                 break
+            rec, crc = got
             prefix, tag, body = _recorded_item(rec, seq)
             size = len(prefix) + len(body)
-            try:
+            try:  # the item's CRC follows from its record's (validated) checksum
                 hdr = header(chunk, (prefix, body), stream_id=sid, seq=seq + 1,
-                             flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0)
+                             flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
+                             crc_of=None if crc is None else (rec, crc))
             except FrameError:
                 raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
                                       f"largest frame agreed ({conn.max_frame})") from None

@@ -16,6 +16,14 @@
  */
 uint32_t fab_crc32c(uint32_t crc, const void *data, size_t len);
 
+/*
+ * What len zero bytes do to a CRC: fab_crc32c(c, data, len) ==
+ * fab_crc32c(0, data, len) ^ fab_crc32c_shift(c, len) for any data. So the
+ * CRC of a buffer's tail follows from the CRC of the whole and of its head
+ * without reading the tail (O(log len) steps, no table).
+ */
+uint32_t fab_crc32c_shift(uint32_t crc, uint64_t len);
+
 /* The portable implementation, always available; for tests and benchmarks. */
 uint32_t fab_crc32c_sw(uint32_t crc, const void *data, size_t len);
 

@@ -348,6 +348,17 @@ int fab_ledger_stream_open(fab_ledger *l, const uint8_t key[32], fab_ledger_curs
 int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
                            fab_ledger_ref *item);
 
+/*
+ * The CRC-32C (fab_crc32c(0, ...)) of ref->data[0..len), derived from its
+ * record's body checksum and the record's bytes before it, without reading
+ * ref->data: for a sender whose frame CRC covers the same bytes. The ledger
+ * validated that checksum (at open, on write, or in the read that filled
+ * ref), so the CRC is that of the bytes as recorded: a later change to them
+ * makes the receiver's check fail. ref must hold its mapping (want_map) and
+ * end where its record ends (a stream item, a reply); FAB_EINVAL otherwise.
+ */
+int fab_ledger_ref_crc(const fab_ledger_ref *ref, uint32_t *crc);
+
 /* ---- in-memory scanning, for tests and tools ---------------------------- */
 
 /* What a replay of a byte image found. */
