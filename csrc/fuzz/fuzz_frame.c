@@ -5,6 +5,10 @@
  * size and, separately, in one piece. Both must yield the same frames and the
  * same verdict (error code, violation and offset), every payload must match
  * its CRC, and the decoder's buffer must stay within fed bytes + 64 KiB.
+ * A third run takes whole frames where they lie as the pieces arrive
+ * (fab_frame_decoder_peek, then the frame alone): the same frames and
+ * verdict, a cut frame left unconsumed instead of "truncated", and the
+ * decoder allocates nothing.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +70,49 @@ static void run(const uint8_t *data, size_t len, size_t piece, outcome *o)
     fab_frame_decoder_destroy(&d);
 }
 
+/* Whole frames only, as a reader with its own buffer takes them. o->rc is 1
+ * when the input ends inside a frame (left unconsumed). */
+static void run_whole(const uint8_t *data, size_t len, size_t piece, outcome *o)
+{
+    fab_frame_decoder d;
+    fab_frame_decoder_init(&d, 4096);
+    o->n = 0;
+    o->rc = 0;
+    size_t avail = 0, start = 0;
+    while (avail < len && o->rc >= 0) {
+        avail = len - avail < piece ? len : avail + piece;
+        for (;;) {
+            size_t total, used;
+            fab_frame f;
+            int rc = fab_frame_decoder_peek(&d, data + start, avail - start, &total);
+            if (rc < 0) {
+                o->rc = rc;
+                break;
+            }
+            if (total == 0 || total > avail - start)
+                break;
+            if (fab_frame_decoder_next(&d, data + start, total, &used, &f) != FAB_FRAME_READY) {
+                o->rc = d.err.code; /* the payload's checksum */
+                break;
+            }
+            if (used != total || !f.payload_in_input || d.pay_cap != 0)
+                abort();
+            if (o->n < MAX_FRAMES) {
+                o->crc[o->n] = f.h.payload_crc;
+                o->offset[o->n] = f.offset;
+            }
+            o->n++;
+            start += total;
+            if (start == avail)
+                break;
+        }
+    }
+    if (o->rc >= 0)
+        o->rc = start < len ? 1 : fab_frame_decoder_finish(&d);
+    o->err = d.err;
+    fab_frame_decoder_destroy(&d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -81,5 +128,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
     if (a.rc < 0 && (a.err.offset != b.err.offset || a.err.violation != b.err.violation))
         abort();
+    static outcome w;
+    run_whole(data + 1, size - 1, piece, &w);
+    if (w.n != b.n)
+        abort();
+    for (int i = 0; i < w.n && i < MAX_FRAMES; i++)
+        if (w.crc[i] != b.crc[i] || w.offset[i] != b.offset[i])
+            abort();
+    if (b.rc < 0 && b.err.violation == FAB_FV_TRUNCATED) {
+        if (w.rc != 1)
+            abort();
+    } else if (w.rc != b.rc ||
+               (b.rc < 0 && (w.err.offset != b.err.offset || w.err.violation != b.err.violation))) {
+        abort();
+    }
     return 0;
 }
