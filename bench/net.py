@@ -56,7 +56,7 @@ import fabric  # noqa: E402
 from fabric.node import Node, NodeLimits, connect  # noqa: E402
 
 VALUE = b"x" * 64
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # the stream's item (and the raw loop's block) size: --chunk-kib
 
 
 @fabric.op("bench.small")
@@ -427,7 +427,7 @@ def section_stream(a, url, out):
         return took
 
     c = connect(url, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
-    req = bulk.request(mib)
+    req = bulk.request(mib, CHUNK)
 
     def fabric_stream():
         t0 = time.perf_counter()
@@ -581,12 +581,14 @@ def section_mem(url, pid, k=200):
 
 
 def main():
+    global CHUNK
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--only", default="hit,redis,stream,fair,tls,mem")
     ap.add_argument("--stream-mib", type=int, default=256)
     ap.add_argument("--fair-mib", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-kib", type=int, default=1024)
     ap.add_argument("--serve-echo", action="store_true")
     ap.add_argument("--serve-aecho", action="store_true")
     ap.add_argument("--serve-sink", action="store_true")
@@ -595,6 +597,7 @@ def main():
     ap.add_argument("--tls-key")
     ap.add_argument("--cassette")
     a = ap.parse_args()
+    CHUNK = a.chunk_kib << 10
     if a.serve_echo:
         return serve_echo()
     if a.serve_aecho:
@@ -605,7 +608,8 @@ def main():
         return serve_node(a)
     only = set(a.only.split(","))
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
-    node, url = child(["--serve-node", "--cassette", os.path.join(tmp, "node.ledger")])
+    node, url = child(["--serve-node", "--cassette", os.path.join(tmp, "node.ledger"),
+                       "--chunk-kib", str(a.chunk_kib)])
     try:
         rows, tput, streams = [], [], []
         if only & {"hit", "redis"}:
