@@ -405,52 +405,69 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
     return list(tput.items())
 
 
-def section_stream(a, url, out):
+def own_cpu():
+    """Seconds of CPU (user + system) this process has used."""
+    t = os.times()
+    return t.user + t.system
+
+
+def section_stream(a, url, out, node_pid=None, cpu=None):
     """The raw send loop and the held stream once per round, interleaved,
     each keeping its best round; the first stream (computed by the node's
-    home, recorded by the node as it streams) is measured once."""
+    home, recorded by the node as it streams) is measured once. ``cpu``
+    gets each contender's CPU seconds (sender, receiver) in its best round:
+    on a loaded machine the wall time moves with scheduling, the CPU much
+    less."""
     mib = a.stream_mib
     total = mib << 20
     sink, sport = child(["--serve-sink"])
     block = b"\0" * CHUNK
+    cpu = {} if cpu is None else cpu
 
     def raw_loop():
         s = socket.create_connection(("127.0.0.1", int(sport)))
+        c0, s0 = own_cpu(), proc_cpu(sink.pid)
         t0 = time.perf_counter()
         for _ in range(total // CHUNK):
             s.sendall(block)
         s.shutdown(socket.SHUT_WR)
         got = int(s.recv(64))
         took = time.perf_counter() - t0
+        used = (own_cpu() - c0, proc_cpu(sink.pid) - s0)
         s.close()
         assert got == total, got
-        return took
+        return took, used
 
     c = connect(url, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
     req = bulk.request(mib, CHUNK)
 
     def fabric_stream():
+        n0 = proc_cpu(node_pid) if node_pid else 0.0
+        c0 = own_cpu()
         t0 = time.perf_counter()
         n = 0
         with c.stream(req) as st:
             for item in st:
                 n += len(item)
         took = time.perf_counter() - t0
+        used = ((proc_cpu(node_pid) - n0) if node_pid else float("nan"), own_cpu() - c0)
         assert n == total, n
-        return took
+        return took, used
 
     try:
-        computed = fabric_stream()  # the node's home computes it, the node records it
-        raw = held = float("inf")
+        computed, _ = fabric_stream()  # the node's home computes it, the node records it
+        raw = held = (float("inf"), None)
         for _ in range(a.rounds):
-            raw = min(raw, raw_loop())
-            held = min(held, fabric_stream())
+            raw = min(raw, raw_loop(), key=lambda r: r[0])
+            held = min(held, fabric_stream(), key=lambda r: r[0])
     finally:
         stop(sink)
         c.close()
-    out.append((f"raw socket send loop, {mib} MiB (sink process)", total / raw))
+    cpu["raw socket send loop"] = raw[1]
+    cpu["fabric stream held by the node"] = held[1]
+    out.append((f"raw socket send loop, {mib} MiB (sink process)", total / raw[0]))
     out.append((f"fabric stream, {mib} MiB held by the node, consumer not recording",
-                total / held))
+                total / held[0]))
     out.append((f"fabric stream, {mib} MiB computed by the node's home (the node "
                 f"records it), consumer not recording", total / computed))
     # recorded by the receiving node: a second node with the first as its home
@@ -637,9 +654,13 @@ def main():
             print(f"memory per idle connection: {section_mem(url, node.pid) / 1024:.1f} KiB "
                   f"(node RSS growth over 200 handshaken connections)")
         if "stream" in only:
-            section_stream(a, url, streams)
+            scpu = {}
+            section_stream(a, url, streams, node.pid, scpu)
             for name, bps in streams:
                 print(f"{name:56} {bps / 2**20:9.1f} MiB/s")
+            for name, (tx, rx) in scpu.items():
+                print(f"{name:44} CPU per {a.stream_mib} MiB (best round): sender "
+                      f"{tx * 1e3:5.0f} ms, receiver {rx * 1e3:5.0f} ms")
         if "fair" in only:
             jain, lo, hi = section_fair(a, url)
             print(f"100 concurrent streams: Jain's index {jain:.3f} "
