@@ -1286,7 +1286,7 @@ def _recorded_item(rec: memoryview, index: int) -> tuple[bytes, int, memoryview]
     item bytes, the item alone in the same encoding."""
     prefix = b""
     at = 0
-    if rec[:2] == b"\xc1\x01":
+    if len(rec) >= 2 and rec[0] == 0xc1 and rec[1] == 0x01:
         prefix, at = b"\xc1\x01", 2
     if len(rec) < at + 3 or rec[at] != 0x92 or rec[at + 1] > 1:
         raise FabricError(f"recorded stream: frame {index} is not [tag, payload]")
