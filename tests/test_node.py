@@ -233,6 +233,11 @@ def test_tls_matrix(node, certs):
     with attempt("alice") as c:
         assert c.principal == "CN=alice"
         assert c.evaluate(node_ops.double.request(2)).value == 4
+        # a held stream over TLS: items above the transport's write buffer
+        # limits (the sender waits for it to drain between items)
+        held = node_ops.count.request(777)
+        _record(n, held, [[0, bytes([i]) * 300_000] for i in range(6)])
+        assert list(c.stream(held)) == [bytes([i]) * 300_000 for i in range(6)]
 
 
 # ---- secrets -----------------------------------------------------------------------
@@ -540,3 +545,15 @@ def test_recorded_item_split():
     for bad in (fabric.encode_value([2, 1]), fabric.encode_value((0,)), b"\xc1\x01", b""):
         with pytest.raises(fabric.FabricError, match="frame 7 is not"):
             _recorded_item(memoryview(bad), 7)
+
+
+def test_a_held_stream_closed_early_frees_the_channel(node):
+    n = node(limits=NodeLimits(window=256 * 1024, max_frame=128 * 1024))
+    req = node_ops.count.request(4444)
+    _record(n, req, [[0, bytes(100_000)] for _ in range(40)])
+    with connect(n.url, window=256 * 1024) as c:
+        s = c.stream(req)
+        assert len(next(s)) == 100_000
+        s.close()  # the node is told to cancel; the rest is skipped
+        assert c.evaluate(node_ops.double.request(21)).value == 42
+        assert sum(len(x) for x in c.stream(req)) == 40 * 100_000

@@ -1081,7 +1081,7 @@ class Node:
                 raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
                                       f"largest frame agreed ({conn.max_frame})") from None
             await credit.wait(size)
-            if self._out_q.lost(key):
+            if self._out_q.lost(key) or conn.closed:
                 truncated = True
                 break
             seq += 1
