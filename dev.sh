@@ -3,6 +3,7 @@
 #
 #   bash dev.sh demo     install what is missing, build, run the demo
 #   bash dev.sh test     install what is missing, build, run every quick test
+#                        (and a 30 s soak of a 3-node fleet, bench/soak.py)
 #   bash dev.sh fuzz [SECONDS]   long libFuzzer runs of every C decoder
 #   bash dev.sh bench    run the benchmarks in bench/
 #   bash dev.sh wheel    a wheel repaired by auditwheel (libcrypto bundled),
@@ -105,6 +106,8 @@ case "$cmd" in
         "$VENV/bin/python" -m mypy fabric
         say "documentation site (warnings are errors)"
         "$VENV/bin/python" -m sphinx -W --keep-going -q -b html docs docs/_build/html
+        say "soak: 3 fabric serve processes, mixed load, one SIGKILL and restart (30 s)"
+        "$VENV/bin/python" bench/soak.py --seconds 30
         say "pytest"
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;

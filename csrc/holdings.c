@@ -565,7 +565,10 @@ static int read_restore(fab_holdings *h, reader *r)
             last_name = name;
             last_len = len;
         }
-        add_reserved(h, key, last);
+        /* A fact twice would be dropped, and every version after it would
+         * then be one less than the writer's: refuse it. */
+        if (!add_reserved(h, key, last))
+            return FAB_EDUPKEY;
     }
     if ((rc = need(r, SNAP_TAIL_LEN)) < 0)
         return rc;

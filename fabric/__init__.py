@@ -106,6 +106,8 @@ _LAZY = {
     "Claim": "claims",
     "ClaimRejected": "claims",
     "FleetKeys": "claims",
+    "NodeKey": "claims",
+    "TrustedKeys": "claims",
     "PeerGovernor": "governor",
     "PeerHealth": "governor",
     "PeerSkipped": "governor",
@@ -152,7 +154,7 @@ if TYPE_CHECKING:
     from .ops import Op, OpRegistry, diagnostic, op
     from .holders import HoldingDelta, HoldingIndex
     from .governor import PeerGovernor, PeerHealth, PeerSkipped
-    from .claims import Claim, ClaimRejected, FleetKeys
+    from .claims import Claim, ClaimRejected, FleetKeys, NodeKey, TrustedKeys
     from .replies import AsyncEvalStream, EvalReply, EvalStream
     from .fabrics import (ContentPeer, ContentServeFabric, EvalFabric, LedgeredRelayFabric,
                           LocalFabric, RelayFabric, RelayStatus)
@@ -242,6 +244,7 @@ __all__ = [
     "LedgeredRelayFabric",
     "LocalFabric",
     "NoHolderError",
+    "NodeKey",
     "Op",
     "OpNotFound",
     "OpRegistry",
@@ -251,6 +254,7 @@ __all__ = [
     "RelayFabric",
     "RelayStatus",
     "RemoteError",
+    "TrustedKeys",
     "diagnostic",
     "op",
     "FRAME_FLAG_DIAGNOSTIC",

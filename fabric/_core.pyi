@@ -857,3 +857,14 @@ class _Holdings:
     @property
     def nkeys(self) -> int: ...
     def __len__(self) -> int: ...
+
+# sign.c: Ed25519 (RFC 8032) over raw keys, for fabric.claims.
+def ed25519_generate() -> tuple[bytes, bytes]:
+    """A new key pair: (32-byte seed, 32-byte public key)."""
+def ed25519_public(seed: ReadableBuffer, /) -> bytes:
+    """The 32-byte public key of a 32-byte seed."""
+def ed25519_sign(seed: ReadableBuffer, message: ReadableBuffer, /) -> bytes:
+    """The 64-byte signature of message under seed."""
+def ed25519_verify(public_key: ReadableBuffer, message: ReadableBuffer,
+                   signature: ReadableBuffer, /) -> bool:
+    """Whether signature is public_key's signature of message."""

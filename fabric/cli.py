@@ -1,5 +1,5 @@
 """The ``fabric`` command line: ``fabric demo``, ``fabric key``, ``fabric cassette``,
-``fabric serve``.
+``fabric serve``, ``fabric status``.
 
 Each command is a small function taking parsed arguments; ``main`` wires
 them to ``argparse`` sub-commands. An expected failure (a missing file, bad

@@ -41,6 +41,15 @@ records them in its cassette (a hit never reaches the cluster).
 - **Grants.** The caller's grants must cover the op's capabilities and the
   request's; a request that declares fewer capabilities than its op is
   refused, as ``LocalFabric`` refuses it.
+- **Secrets.** A request holding a ``fabric.Secret`` is refused before it
+  is submitted (``CapabilityDenied``): its value never leaves this process.
+  A ``fabric.SecretRef(name)`` travels by name (the caller needs the grant
+  ``secret:<name>``) and is resolved on the worker that runs the op, from
+  that worker's own environment (``FABRIC_SECRET_<NAME>``) and, when
+  ``secrets`` is given, the secrets file at that path on the worker's
+  machine (only the path travels): the cluster's machines hold their
+  secrets, the client never sends values. A ``Secret`` in the op's output
+  comes back as ``fabric.REDACTED``.
 
 Imports ``dask.distributed`` (the ``dask`` extra), the core, ``ops``,
 ``replies`` and the fabrics' shared helpers.
@@ -66,6 +75,7 @@ from . import _core
 from ._core import CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError
 from .fabrics import _bound, _check_declared, _Counters, _FabricBase, _pending
 from .ops import REGISTRY, Op, OpRegistry, _collector
+from .placement import check_ref_grant, scrub_secrets, secret_refs
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
 
 __all__ = ["DaskFabric"]
@@ -133,10 +143,30 @@ def _events(op: Op[..., Any], request: EvalRequest) -> Iterator[tuple[Any, ...]]
         _collector.reset(token)
 
 
-def _run_value(op: Op[..., Any], request: EvalRequest) -> tuple[Any, list[Any]]:
-    """The task of a value request: ``(value, diagnostics)``."""
+_STORES: dict[str, Any] = {}
+
+
+def _resolve(request: EvalRequest, secrets: str | None) -> EvalRequest:
+    """On a worker: the request with its SecretRefs resolved from this
+    worker's environment and the secrets file at ``secrets`` (its store
+    made once per worker process and path)."""
+    from .node.secrets import SecretStore
+    key = secrets or ""
+    store = _STORES.get(key)
+    if store is None:
+        store = _STORES[key] = SecretStore(secrets)
+    return store.resolve(request, ("*",)) or request  # grants checked by the caller
+
+
+def _run_value(op: Op[..., Any], request: EvalRequest,
+               refs: tuple[str | None] | None = None) -> tuple[Any, list[Any]]:
+    """The task of a value request: ``(value, diagnostics)``. ``refs``:
+    the request holds SecretRefs, resolved here from ``refs[0]``."""
+    if refs is not None:
+        request = _resolve(request, refs[0])
     for ev in _events(op, request):
-        return ev[1], ev[2]
+        return (scrub_secrets(ev[1]), scrub_secrets(ev[2])) if refs is not None \
+            else (ev[1], ev[2])
     raise FabricError(f"op {op.name!r} gave no value")  # unreachable for a value op
 
 
@@ -148,7 +178,8 @@ class _Stopped(Exception):
     pass
 
 
-def _run_stream(op: Op[..., Any], request: EvalRequest, queue_name: str) -> int:
+def _run_stream(op: Op[..., Any], request: EvalRequest, queue_name: str,
+                refs: tuple[str | None] | None = None) -> int:
     """The task of a stream request: every event goes into the queue, which
     the caller drains. ``put`` blocks while the window is full; the task
     stops when the caller cancelled it (its key no longer wanted here)."""
@@ -166,6 +197,8 @@ def _run_stream(op: Op[..., Any], request: EvalRequest, queue_name: str) -> int:
         return ts is not None and ts.state in ("executing", "long-running")
 
     def put(msg: tuple[Any, ...]) -> None:
+        if refs is not None:
+            msg = scrub_secrets(msg)
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         while wanted():
             try:
@@ -178,6 +211,8 @@ def _run_stream(op: Op[..., Any], request: EvalRequest, queue_name: str) -> int:
     n = 0
     try:
         put(("start", attempt))
+        if refs is not None:
+            request = _resolve(request, refs[0])
         for ev in _events(op, request):
             put((ev[0], attempt, ev[1]))
             n += 1
@@ -206,14 +241,17 @@ class DaskFabric(_FabricBase):
     ``OpRegistry`` or iterable of ``Op``; default every registered op)
     says which ops it runs; the workers import them. ``stream_window`` is
     how many stream items may wait between a worker and the caller when
-    the request sets no ``stream_buffer``. See the module's docstring for
-    keys, errors, streams and cancellation.
+    the request sets no ``stream_buffer``. ``secrets`` is the path of a
+    secrets file on the workers' machines (their environment is read
+    too) for the ``SecretRef`` objects of requests. See the module's
+    docstring for keys, errors, streams, cancellation and secrets.
     """
 
     honours_timeout = True
 
     def __init__(self, client: Any, *, ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
-                 grants: Iterable[str] = (), name: str = "dask", stream_window: int = 16):
+                 grants: Iterable[str] = (), name: str = "dask", stream_window: int = 16,
+                 secrets: str | None = None):
         if getattr(client, "asynchronous", False):
             raise TypeError("DaskFabric needs a synchronous distributed.Client "
                             "(made without asynchronous=True)")
@@ -223,8 +261,12 @@ class DaskFabric(_FabricBase):
         if isinstance(stream_window, bool) or not isinstance(stream_window, int) \
                 or stream_window <= 0:
             raise ValueError(f"stream_window must be an int > 0, got {stream_window!r}")
+        if secrets is not None and not isinstance(secrets, str):
+            raise TypeError(f"DaskFabric secrets is the path of a secrets file on the workers "
+                            f"(a str) or None, not {type(secrets).__name__}")
         if ops is None:
             ops = REGISTRY
+        self.secrets = secrets
         self.client = client
         self.ops = ops if isinstance(ops, OpRegistry) else OpRegistry(ops)
         self.grants = frozenset(grants)
@@ -249,10 +291,17 @@ class DaskFabric(_FabricBase):
             _core._check_grants(request, g, self._where, op.capabilities)
             if op.capabilities:
                 _check_declared(request, op, self._where)
+            for name in secret_refs(request, self._where):
+                check_ref_grant(name, g, self._where)
         except CapabilityDenied:
             self._stats.add("denied")
             raise
         return op
+
+    def _refs(self, request: EvalRequest) -> tuple[str | None] | None:
+        """What a task resolving ``request``'s SecretRefs gets: the secrets
+        file's path on the workers, or None when it holds none."""
+        return (self.secrets,) if secret_refs(request, self._where) else None
 
     def _submit(self, request: EvalRequest, grants: Iterable[str] | None) -> Future:
         if self.__dict__.get("_closed"):
@@ -261,7 +310,11 @@ class DaskFabric(_FabricBase):
         if op.is_stream:
             raise TypeError(f"op {op.name!r} is a stream op: use stream()")
         self._stats.add("submitted")
-        return self.client.submit(_run_value, op, request, key=self.task_key(request),
+        refs = self._refs(request)
+        if refs is None:
+            return self.client.submit(_run_value, op, request, key=self.task_key(request),
+                                      pure=False)
+        return self.client.submit(_run_value, op, request, refs, key=self.task_key(request),
                                   pure=False)
 
     def _reply(self, fut: Future, request: EvalRequest) -> EvalReply:
@@ -405,7 +458,8 @@ class DaskFabric(_FabricBase):
         q = Queue(name, client=self.client, maxsize=window)
         self._stats.add("submitted")
         self._stats.add("streams")
-        fut = self.client.submit(_run_stream, op, request, name, key=name, pure=False)
+        fut = self.client.submit(_run_stream, op, request, name, self._refs(request), key=name,
+                                 pure=False)
         return EvalStream(self._stream_events(request, fut, q, bound), request.key, "computed")
 
     def _stream_events(self, request: EvalRequest, fut: Future, q: Queue,

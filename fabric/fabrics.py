@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from enum import Enum
-from typing import (TYPE_CHECKING, Any, AsyncIterator, ClassVar, Coroutine,
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar, Coroutine,
                     Iterable, Iterator, Literal, ParamSpec, Protocol, TypeVar, cast, overload,
                     runtime_checkable)
 
@@ -640,6 +640,35 @@ _Counters = _core._Counters
 def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:
     """Says on ``exc`` that the computation goes on (see ``EvalFabric``)."""
     exc.pending_reply = future  # type: ignore[attr-defined]
+
+
+def _record_late(exc: BaseException, record: Callable[[EvalReply], None]) -> None:
+    """A recording layer's part when its source stopped waiting for a
+    computation that goes on: if ``exc`` carries ``pending_reply``, call
+    ``record(reply)`` when the reply comes, and replace ``pending_reply``
+    with a future settled once it is recorded (with the reply, or with the
+    computation's or the recording's error). The one implementation, shared
+    by ``LedgeredRelayFabric`` and ``ContentAddressedFabric``."""
+    pending = getattr(exc, "pending_reply", None)
+    if not isinstance(pending, concurrent.futures.Future):
+        return
+    recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
+
+    def settle(f: concurrent.futures.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            recorded.set_exception(f.exception() if not f.cancelled()
+                                   else FabricError("the computation was cancelled"))
+            return
+        reply = f.result()
+        try:
+            record(reply)
+        except BaseException as e:
+            recorded.set_exception(e)
+            return
+        recorded.set_result(reply)
+
+    pending.add_done_callback(settle)
+    _pending(exc, recorded)
 
 
 async def _within(events: AsyncIterator[Event], bound: float, what: str) -> AsyncIterator[Event]:
@@ -1256,28 +1285,18 @@ class LedgeredRelayFabric(_FabricBase):
         keep = request.sharing != "uncacheable"
         if isinstance(exc, Exception):
             self._stats.add("errors")
-        pending = getattr(exc, "pending_reply", None)
-        if not keep or not isinstance(pending, concurrent.futures.Future):
+        if not keep:
             return
-        recorded: concurrent.futures.Future[EvalReply] = concurrent.futures.Future()
 
-        def record(f: concurrent.futures.Future[Any]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                recorded.set_exception(f.exception() if not f.cancelled()
-                                       else FabricError("the computation was cancelled"))
-                return
-            reply = f.result()
+        def record(reply: EvalReply) -> None:
             try:
                 _record(self.cassette, key, reply_record(reply), request)
-            except BaseException as e:
+            except BaseException:
                 self._stats.add("errors")
-                recorded.set_exception(e)
-                return
+                raise
             self._stats.add("recorded")
-            recorded.set_result(reply)
 
-        pending.add_done_callback(record)
-        _pending(exc, recorded)
+        _record_late(exc, record)
 
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
@@ -1492,8 +1511,10 @@ class ContentServeFabric(_FabricBase):
     checked against the request's declared capabilities (``CapabilityDenied``,
     counted as ``denied`` in ``stats()``). Answers come from the local
     cassette at once, so ``timeout`` never needs to cut a wait short.
-    With ``fleet_keys`` (a ``fabric.claims.FleetKeys``) each single reply
-    carries a claim (``reply.claim``) that its receiver verifies.
+    With ``fleet_keys`` (a ``fabric.claims.FleetKeys``, or a ``NodeKey``
+    for signatures) each single reply carries a claim (``reply.claim``) and
+    each stream one over all its events (``stream.claim``, once it ended)
+    that its receiver verifies.
     """
 
     def __init__(self, cassette: Any, *, grants: Iterable[str] = (), node: str | None = None,
@@ -1503,7 +1524,7 @@ class ContentServeFabric(_FabricBase):
         self.node = node
         if fleet_keys is not None and not node:
             raise ValueError("a ContentServeFabric that signs claims needs its node id")
-        #: A fabric.claims.FleetKeys: every single reply served carries a claim.
+        #: A fabric.claims.FleetKeys or NodeKey: every reply served carries a claim.
         self.fleet_keys = fleet_keys
         self._stats = _Counters("served", "not_held", "denied")
 
@@ -1568,6 +1589,10 @@ class ContentServeFabric(_FabricBase):
         if key not in self.cassette:
             raise self._not_held(key)
         self._stats.add("served")
+        if self.fleet_keys is not None:  # a claim over the whole stream, once it ends
+            from .claims import signed_stream
+            return signed_stream(_replay_events(self.cassette, key), key, "held",
+                                 self.fleet_keys, self.node)  # type: ignore[arg-type]
         return EvalStream(_replay_events(self.cassette, key), key, "held")
 
 

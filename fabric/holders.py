@@ -258,11 +258,17 @@ def _decode_snapshot(data: bytes) -> list[tuple[ContentKey, str]]:
     if not isinstance(facts, list):
         raise ValueError("holding index snapshot: 'facts' is missing or not an array")
     out = []
+    seen: dict[tuple[bytes, str], int] = {}
     for i, fact in enumerate(facts):
         if (not isinstance(fact, list) or len(fact) != 2
                 or not isinstance(fact[0], bytes) or len(fact[0]) != 32
                 or not isinstance(fact[1], str) or not fact[1]):
             raise ValueError(f"holding index snapshot: facts[{i}] is not "
                              f"[32-byte digest, holder str]")
+        first = seen.setdefault((fact[0], fact[1]), i)
+        if first != i:  # dropping it would shift every later version by one
+            raise ValueError(f"holding index snapshot: facts[{i}] repeats facts[{first}] "
+                             f"({ContentKey(fact[0])} held by {fact[1]!r}); a snapshot "
+                             f"holds each fact once")
         out.append((ContentKey(fact[0]), fact[1]))
     return out

@@ -20,7 +20,8 @@ placement, enforced there, not just declared:
   ``import numpy``.
 - **Output caps**: data frames, frames in flight (the start frame included),
   bytes per frame and accounted bytes of all payloads, checked on each frame
-  in the seed's order; the worker is killed on a breach.
+  in the seed's order, then the rate (``max_rate_hz``: more output chunks
+  than that within any one second); the worker is killed on a breach.
 
 A breach ends the frames with a ``ServerPlacementRefused`` diagnostic frame
 and the end frame; through the fabric interface it raises
@@ -34,6 +35,9 @@ fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
 import itertools
 import math
 import multiprocessing
@@ -41,13 +45,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import _core
-from ._core import (CapabilityDenied, EvalRequest, FabricError, Frame, OpNotFound,
+from ._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError, Frame,
+                    OpNotFound,
                     PlacementResourceLimits, ServerPlacementRequest, canonical_bytes,
                     redact_placement)
-from .fabrics import _FabricBase, _Counters
+from .fabrics import (_bound, _check_declared, _check_sharing, _Counters, _FabricBase,
+                      _pending)
 from .frames import FRAME_FLAG_DIAGNOSTIC, FrameKind
 from .ops import REGISTRY, Op, OpRegistry
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -79,6 +85,113 @@ class PlacementRefused(FabricError, RuntimeError):
 
 
 # ===========================================================================
+# Secrets: a Secret never travels to a worker; a SecretRef is resolved there
+# ===========================================================================
+
+def _is_ref(v: Any) -> bool:
+    # fabric.node.secrets.SecretRef, named without importing the node package.
+    t = type(v)
+    return t.__name__ == "SecretRef" and t.__module__ == "fabric.node.secrets"
+
+
+def secret_refs(request: EvalRequest, where: str) -> list[str]:
+    """The names of the ``SecretRef`` objects ``request`` holds (args and kwargs,
+    nested); ``CapabilityDenied`` if it holds a ``fabric.Secret``: its value
+    never leaves this process, so the request does not travel to a worker."""
+    names: list[str] = []
+
+    def walk(v: Any, path: str, depth: int) -> None:
+        if isinstance(v, _core.Secret):
+            raise CapabilityDenied(
+                f"{where}: {path} of the request for {request.op!r} holds a fabric.Secret: "
+                f"its value never leaves this process, so the request does not travel to a "
+                f"worker; pass fabric.SecretRef(name) instead and give the fabric a secret "
+                f"store (secrets=fabric.node.SecretStore(...)): the worker resolves it")
+        if depth > 300:
+            return  # the key encoder already refused anything this deep
+        if _is_ref(v):
+            names.append(v.name)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]", depth + 1)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k, f"{path} key {k!r}", depth + 1)
+                walk(x, f"{path}[{k!r}]", depth + 1)
+
+    for i, a in enumerate(request.args):
+        walk(a, f"args[{i}]", 0)
+    for k, v in request.kwargs.items():
+        walk(v, f"kwargs[{k!r}]", 0)
+    return names
+
+
+def check_secrets(request: EvalRequest, grants: frozenset[str], store: Any,
+                  where: str) -> bool:
+    """Before a request goes to a worker: no ``Secret`` in it, and each
+    ``SecretRef`` allowed by the caller's grants (``secret:<name>``,
+    ``secret:*`` or ``*``) and known to ``store`` (None: the fabric has no
+    store, so it resolves none). True when the worker has refs to resolve."""
+    names = secret_refs(request, where)
+    for name in names:
+        if store is None:
+            raise CapabilityDenied(
+                f"{where}: the request for {request.op!r} holds SecretRef({name!r}) but this "
+                f"fabric has no secret store to resolve it; give it one "
+                f"(secrets=fabric.node.SecretStore(...))")
+        check_ref_grant(name, grants, where)
+        if store.value(name) is None:
+            raise CapabilityDenied(f"{where}: its secret store has no secret named {name!r}")
+    return bool(names)
+
+
+def check_ref_grant(name: str, grants: frozenset[str], where: str) -> None:
+    """``CapabilityDenied`` unless ``grants`` allow resolving the secret
+    ``name`` (``secret:<name>``, ``secret:*`` or ``*``)."""
+    if f"secret:{name}" not in grants and "secret:*" not in grants and "*" not in grants:
+        raise CapabilityDenied(f"{where}: resolving SecretRef({name!r}) needs the grant "
+                               f"'secret:{name}'")
+
+
+def _redacted() -> Any:
+    return _core.REDACTED
+
+
+class _RedactedMark:
+    """What a ``Secret`` in an op's output becomes in the worker: it loads
+    as ``fabric.REDACTED`` where the output arrives (the value stays)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Any:
+        return (_redacted, ())
+
+
+_MARK = _RedactedMark()
+
+
+def scrub_secrets(value: Any, depth: int = 0) -> Any:
+    """``value`` with every ``fabric.Secret`` in it (nested in lists,
+    tuples, dicts and sets) replaced by a mark that loads as
+    ``fabric.REDACTED``: what a worker sends back never holds a value."""
+    if isinstance(value, _core.Secret):
+        return _MARK
+    if depth > 300:
+        return value
+    t = type(value)
+    if t is list:
+        return [scrub_secrets(x, depth + 1) for x in value]
+    if t is tuple:
+        return tuple(scrub_secrets(x, depth + 1) for x in value)
+    if t is dict:
+        return {scrub_secrets(k, depth + 1): scrub_secrets(x, depth + 1)
+                for k, x in value.items()}
+    if t in (set, frozenset):
+        return t(scrub_secrets(x, depth + 1) for x in value)
+    return value
+
+
+# ===========================================================================
 # The worker process
 # ===========================================================================
 
@@ -87,9 +200,12 @@ class PlacementRefused(FabricError, RuntimeError):
 _START_TIMEOUT = 60.0
 
 
-def _worker_main(conn: Any) -> None:
+def _worker_main(conn: Any, secrets: Any = None) -> None:
     """A worker: runs one op at a time under the limits it is sent.
 
+    ``secrets`` is the fabric's secret store, sent once at spawn (in the
+    process's start-up arguments, never framed, recorded or logged); it
+    resolves the ``SecretRef`` objects of a request here, where the op runs.
     Messages in: ``(op, request, limits)``; out: ``("item", x)`` per item of
     a stream op, ``("value", v, diags)`` for an op's value, ``("end",
     cpu_ms)``, ``("error", type, message)``, ``("breach", limit, message)``.
@@ -115,8 +231,17 @@ def _worker_main(conn: Any) -> None:
             return
         op, request, limits = msg
         used = time.process_time()
+        scrub = False
+        if secrets is not None:
+            try:
+                resolved = secrets.resolve(request, ("*",))  # grants checked by the fabric
+            except Exception as exc:
+                conn.send(("error", type(exc).__name__, str(exc)))
+                continue
+            if resolved is not None:
+                request, scrub = resolved, True
         if limits is None:  # a replica's op: no limits
-            _serve_one(conn, op, request, used)
+            _serve_one(conn, op, request, used, scrub)
             continue
         # The op and its request are here (its module imported, which in a
         # fresh worker can take longer than the op): its time starts now.
@@ -131,7 +256,7 @@ def _worker_main(conn: Any) -> None:
                 cap = min(cap, data_hard)
             resource.setrlimit(resource.RLIMIT_DATA, (cap, data_hard))
         try:
-            _run_op(conn, op, request)
+            _run_op(conn, op, request, scrub)
         except MemoryError:
             conn.send(("breach", "max_rss_bytes",
                        f"memory limit exceeded: the worker's data passed "
@@ -150,9 +275,10 @@ def _worker_main(conn: Any) -> None:
         conn.send(("end", (time.process_time() - used) * 1000.0))
 
 
-def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float) -> None:
+def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float,
+               scrub: bool = False) -> None:
     try:
-        _run_op(conn, op, request)
+        _run_op(conn, op, request, scrub)
     except BaseException as exc:
         try:
             conn.send(("error", type(exc).__name__, str(exc)))
@@ -162,10 +288,16 @@ def _serve_one(conn: Any, op: Op[..., Any], request: EvalRequest, used: float) -
     conn.send(("end", (time.process_time() - used) * 1000.0))
 
 
-def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest) -> None:
+def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest, scrub: bool = False) -> None:
+    """Runs the op, sending its output; with ``scrub`` (its request held
+    resolved secrets) every ``Secret`` in the output becomes the redacted
+    mark first."""
     from .ops import _collector
     sink: list[dict[str, Any]] = []
     token = _collector.set(sink)
+    if scrub:
+        send = conn.send
+        conn = _Scrubbing(send)
     try:
         if op.is_stream:
             limit = request.answer_limit
@@ -188,12 +320,23 @@ def _run_op(conn: Any, op: Op[..., Any], request: EvalRequest) -> None:
         _collector.reset(token)
 
 
-class _Worker:
-    """One worker process and the parent's end of its pipe."""
+class _Scrubbing:
+    """A pipe end whose messages have their secrets scrubbed."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, send: Callable[[Any], None]):
+        self._send = send
+
+    def send(self, msg: Any) -> None:
+        self._send(scrub_secrets(msg))
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe; ``secrets`` (a
+    secret store or None) goes to the process once, at spawn."""
+
+    def __init__(self, ctx: Any, secrets: Any = None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+        self.proc = ctx.Process(target=_worker_main, args=(child, secrets), daemon=True,
                                 name="fabric-placement-worker")
         self.proc.start()
         child.close()
@@ -221,11 +364,127 @@ class _Worker:
 
 
 # ===========================================================================
+# Identical requests in flight at once: computed once
+# ===========================================================================
+
+class _Shared:
+    """Identical concurrent requests (one content key) computed once.
+
+    The first caller computes, under its own deadline; a caller that comes
+    while it does waits for that computation and gets the same reply, or
+    the same error. A waiter whose own deadline passes first gets
+    ``DeadlineExceeded`` carrying ``pending_reply`` (the shared computation
+    goes on). Never for an op whose sharing class is ``uncacheable``: each
+    of its calls runs.
+    """
+
+    def __init__(self, stats: Any, where: str):
+        self._lock = threading.Lock()
+        self._flights: dict[Any, concurrent.futures.Future[EvalReply]] = {}
+        self._stats = stats
+        self._where = where
+
+    @staticmethod
+    def shareable(op: Op[..., Any], request: EvalRequest) -> bool:
+        return request.sharing != "uncacheable" and op.sharing != "uncacheable"
+
+    def join(self, op: Op[..., Any], request: EvalRequest
+             ) -> tuple[concurrent.futures.Future[EvalReply] | None, bool]:
+        """``(flight, owner)``: the owner computes and settles the flight;
+        ``(None, True)`` for a request that is never shared."""
+        if not self.shareable(op, request):
+            return None, True
+        key = request.key
+        with self._lock:
+            fut = self._flights.get(key)
+            if fut is not None:
+                self._stats.add("coalesced")
+                return fut, False
+            fut = concurrent.futures.Future()
+            self._flights[key] = fut
+            return fut, True
+
+    def settle(self, request: EvalRequest, fut: concurrent.futures.Future[EvalReply] | None,
+               compute: Callable[[], EvalReply]) -> EvalReply:
+        """The owner's part: ``compute()``, its outcome given to the waiters."""
+        if fut is None:
+            return compute()
+        try:
+            reply = compute()
+        except BaseException as exc:
+            with self._lock:
+                self._flights.pop(request.key, None)
+            fut.set_exception(exc)
+            raise
+        with self._lock:
+            self._flights.pop(request.key, None)
+        fut.set_result(reply)
+        return reply
+
+    def late(self, request: EvalRequest, bound: float | None) -> DeadlineExceeded:
+        return DeadlineExceeded(f"{self._where}: the computation of {request.op!r} this "
+                                f"caller shares did not finish within {bound:.3g} s (the "
+                                f"request's deadline or the timeout)")
+
+    def wait(self, request: EvalRequest, fut: concurrent.futures.Future[EvalReply],
+             bound: float | None) -> EvalReply:
+        """A waiter's part: the shared outcome, within ``bound`` seconds."""
+        try:
+            return fut.result(timeout=bound)
+        except concurrent.futures.TimeoutError:
+            exc = self.late(request, bound)
+            _pending(exc, fut)
+            raise exc from None
+
+    def run(self, op: Op[..., Any], request: EvalRequest, bound: float | None,
+            compute: Callable[[], EvalReply]) -> EvalReply:
+        fut, owner = self.join(op, request)
+        if owner:
+            return self.settle(request, fut, compute)
+        assert fut is not None
+        return self.wait(request, fut, bound)
+
+    async def arun(self, fab: _FabricBase, op: Op[..., Any], request: EvalRequest,
+                   bound: float | None, compute: Callable[[], EvalReply]) -> EvalReply:
+        """``run`` for a caller on an event loop: the owner computes on a
+        worker thread, waiters await the flight (no thread each)."""
+        fut, owner = self.join(op, request)
+        if owner:
+            try:
+                running = fab._pool().submit(self.settle, request, fut, compute)
+            except BaseException as exc:  # the fabric is closed: nobody computes
+                if fut is not None:
+                    with self._lock:
+                        self._flights.pop(request.key, None)
+                    fut.set_exception(exc)
+                raise
+            try:
+                return await asyncio.shield(asyncio.wrap_future(running))
+            except asyncio.CancelledError as exc:
+                # The caller left; the computation goes on (its waiters, or
+                # a recording layer, take its reply).
+                _pending(exc, fut if fut is not None else running)
+                raise
+        assert fut is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), bound)
+        except asyncio.TimeoutError:
+            late = self.late(request, bound)
+            _pending(late, fut)
+            raise late from None
+        except asyncio.CancelledError as cancelled:
+            _pending(cancelled, fut)
+            raise
+
+
+# ===========================================================================
 # The placement frames
 # ===========================================================================
 
 class _Cutoff:
-    """The seed's cut-off check on each frame, in its order."""
+    """The seed's cut-off check on each frame, in its order, then the rate:
+    more than ``max_rate_hz`` output chunks within any one second (as the
+    frame limits count it, docs/spec/frames.md) cuts the stream too."""
 
     def __init__(self, limits: PlacementResourceLimits):
         self.limits = limits
@@ -233,8 +492,9 @@ class _Cutoff:
         self.frames = 1  # the start frame
         self.bytes = 0  # accounted: the start frame's payload included
         self.data_bytes = 0
+        self.recent: collections.deque[float] = collections.deque()  # output chunks' times
 
-    def check(self, payload: bytes) -> tuple[str, str] | None:
+    def check(self, payload: bytes, chunk: bool = False) -> tuple[str, str] | None:
         lim = self.limits
         n = len(payload)
         if self.data_frames >= lim.max_stream_frames:
@@ -249,6 +509,15 @@ class _Cutoff:
         if self.bytes + n > lim.max_memory_bytes:
             return ("max_memory_bytes", f"memory limit exceeded: {self.bytes + n} bytes > "
                                         f"{lim.max_memory_bytes} bytes")
+        if chunk:
+            now = time.monotonic()
+            recent = self.recent
+            while recent and recent[0] <= now - 1.0:
+                recent.popleft()
+            if len(recent) >= lim.max_rate_hz:
+                return ("max_rate_hz", f"rate limit exceeded: more than {lim.max_rate_hz} "
+                                       f"chunks within one second")
+            recent.append(now)
         self.bytes += n
         self.data_bytes += n
         self.data_frames += 1
@@ -273,7 +542,11 @@ class PlacementFabric(_FabricBase):
     ``grants`` are the capabilities of callers that pass none.
     ``workers`` worker processes run ops side by side (a request waits for
     a free one); ``start_method`` is multiprocessing's (``spawn`` by
-    default: forking a threaded parent is unsafe).
+    default: forking a threaded parent is unsafe). ``secrets`` (a
+    ``fabric.node.SecretStore``, or None) is sent to each worker once, at
+    spawn: a request's ``SecretRef`` objects are resolved there, where the op
+    runs, and the op gets ``fabric.Secret(value)``; a request holding a
+    ``fabric.Secret`` itself is refused (``CapabilityDenied``).
 
     ``place(placement)`` yields the seed's frames: start, the request report
     (redacted), the result report, the output chunks, the end; a refusal or
@@ -284,10 +557,17 @@ class PlacementFabric(_FabricBase):
 
     honours_timeout = True
 
+    @property
+    def resolves_secret_refs(self) -> bool:
+        """Whether this fabric's workers resolve ``SecretRef`` objects (it was
+        given a secret store): a node then hands them on unresolved."""
+        return self.secrets is not None
+
     def __init__(self, site: str = SITE, *, ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
                  limits: PlacementResourceLimits | None = None,
                  profile: str = "stream/profile/server-render-return",
-                 grants: Iterable[str] = (), workers: int = 1, start_method: str = "spawn"):
+                 grants: Iterable[str] = (), workers: int = 1, start_method: str = "spawn",
+                 secrets: Any = None):
         if not isinstance(site, str) or not site:
             raise TypeError(f"PlacementFabric site must be a non-empty str, not {site!r}")
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -304,6 +584,7 @@ class PlacementFabric(_FabricBase):
         ServerPlacementRequest(EvalRequest("probe"), profile=profile)
         self.profile = profile
         self.grants = frozenset(grants)
+        self.secrets = _check_store(secrets, "PlacementFabric")
         self._ctx = multiprocessing.get_context(start_method)
         self._idle: list[_Worker] = []
         self._slots = threading.BoundedSemaphore(workers)
@@ -311,7 +592,8 @@ class PlacementFabric(_FabricBase):
         self._closed = False
         self._ids = itertools.count(1)
         self._stats = _Counters("placed", "refused", "breaches", "workers_started",
-                                "workers_killed")
+                                "workers_killed", "coalesced")
+        self._shared = _Shared(self._stats, f"PlacementFabric {site!r}")
 
     def _describe(self) -> str:
         return f"site={self.site!r}, {len(self.ops)} ops"
@@ -327,7 +609,7 @@ class PlacementFabric(_FabricBase):
                     return w
                 w.kill()
         self._stats.add("workers_started")
-        return _Worker(self._ctx)
+        return _Worker(self._ctx, self.secrets)
 
     def _give_back(self, w: _Worker) -> None:
         with self._lock:
@@ -368,8 +650,14 @@ class PlacementFabric(_FabricBase):
                 raise CapabilityDenied(f"server placement of {placement.fragment.op!r} needs "
                                        f"capability {cap!r}, which the caller's grants lack")
         op = self.ops.find(placement.fragment)
-        _core._check_grants(placement.fragment, g, f"PlacementFabric {self.site!r}",
-                            op.capabilities)
+        where = f"PlacementFabric {self.site!r}"
+        frag = placement.fragment
+        _core._check_grants(frag, g, where, op.capabilities)
+        if op.capabilities:
+            _check_declared(frag, op, where)
+        if frag.sharing != op.sharing:
+            _check_sharing(frag, op, where)
+        check_secrets(frag, g, self.secrets, where)
         return op
 
     def place(self, placement: ServerPlacementRequest, *,
@@ -406,9 +694,10 @@ class PlacementFabric(_FabricBase):
                         seq=s, flags=FRAME_FLAG_DIAGNOSTIC)
             yield end(True)
 
-        def data(payload: Any) -> tuple[Frame | None, tuple[str, str] | None]:
+        def data(payload: Any, chunk: bool = False
+                 ) -> tuple[Frame | None, tuple[str, str] | None]:
             body = canonical_bytes(payload)
-            breach = cut.check(body)
+            breach = cut.check(body, chunk)
             if breach is not None:
                 return None, breach
             return Frame(FrameKind.STREAM_CHUNK, body, stream_id=stream_id,
@@ -534,7 +823,7 @@ class PlacementFabric(_FabricBase):
                 else:
                     items += 1
                     payload = {"item": msg[1]}
-                f, breach = data(payload)
+                f, breach = data(payload, True)
                 if breach is not None:
                     self._stats.add("breaches")
                     yield from refusal(f"server placement resource cutoff: {breach[1]}",
@@ -579,8 +868,7 @@ class PlacementFabric(_FabricBase):
         return f"server placement failed: the worker process ended (exit code {code})"
 
     # -- the fabric interface ------------------------------------------------------
-    def _events(self, placement: ServerPlacementRequest, g: frozenset[str]) -> Iterator[Event]:
-        op = self._check(placement, g)
+    def _events(self, op: Op[..., Any], placement: ServerPlacementRequest) -> Iterator[Event]:
         for frame in self._frames(op, placement):
             if frame.kind != FrameKind.STREAM_CHUNK:
                 continue
@@ -597,15 +885,11 @@ class PlacementFabric(_FabricBase):
             else:
                 yield ITEM, payload
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                 timeout: float | None = None) -> EvalReply:
-        """Place ``request`` under this fabric's limits and profile; its reply,
-        or ``PlacementRefused`` when a limit cut it."""
-        g = self._grants(grants)
-        placement = self._bounded(self.placement_for(request), request, timeout)
+    def _reply(self, op: Op[..., Any], placement: ServerPlacementRequest) -> EvalReply:
+        request = placement.fragment
         value: Any = [] if request.stream else None
         diags: list[Any] = []
-        for tag, p in self._events(placement, g):
+        for tag, p in self._events(op, placement):
             if tag == DIAG:
                 diags.append(p)
             elif request.stream:
@@ -615,18 +899,40 @@ class PlacementFabric(_FabricBase):
                 diags.extend(p["diagnostics"])
         return EvalReply(value, diags, None, request.key, "computed")
 
+    def _prepare(self, request: EvalRequest, grants: Iterable[str] | None,
+                 timeout: float | None) -> tuple[Op[..., Any], ServerPlacementRequest]:
+        g = self._grants(grants)
+        placement = self._bounded(self.placement_for(request), request, timeout)
+        return self._check(placement, g), placement
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Place ``request`` under this fabric's limits and profile; its reply,
+        or ``PlacementRefused`` when a limit cut it. Identical requests in
+        flight at once run once (not an ``uncacheable`` op's): a caller that
+        comes while one runs waits for it and gets its reply or error."""
+        op, placement = self._prepare(request, grants, timeout)
+        return self._shared.run(op, request, _bound(request, timeout),
+                                lambda: self._reply(op, placement))
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: the placement runs on a worker thread;
+        callers sharing it await it without a thread each."""
+        op, placement = self._prepare(request, grants, timeout)
+        return await self._shared.arun(self, op, request, _bound(request, timeout),
+                                       lambda: self._reply(op, placement))
+
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                timeout: float | None = None) -> EvalStream[Any]:
         """Place a stream op; items arrive as the worker yields them. A cut
         stream ends with a ``ServerPlacementRefused`` diagnostic and raises
         ``PlacementRefused``, so no recording layer holds it."""
-        g = self._grants(grants)
-        placement = self._bounded(self.placement_for(request), request, timeout)
-        op = self._check(placement, g)
+        op, placement = self._prepare(request, grants, timeout)
         if not op.is_stream:
             raise TypeError(f"op {op.name!r} is not a stream op (it returns one value): "
                             f"use evaluate()")
-        return EvalStream(self._events(placement, g), request.key, "computed")
+        return EvalStream(self._events(op, placement), request.key, "computed")
 
     @staticmethod
     def _bounded(placement: ServerPlacementRequest, request: EvalRequest,
@@ -643,9 +949,21 @@ class PlacementFabric(_FabricBase):
         return placement
 
 
+def _check_store(secrets: Any, where: str) -> Any:
+    """A fabric's ``secrets=``: None or a secret store (``value(name)`` and
+    ``resolve(request, grants)``, as ``fabric.node.SecretStore``)."""
+    if secrets is not None and not (callable(getattr(secrets, "value", None)) and
+                                    callable(getattr(secrets, "resolve", None))):
+        raise TypeError(f"{where} secrets must be a fabric.node.SecretStore or None, not "
+                        f"{type(secrets).__name__}")
+    return secrets
+
+
 def _remote_error(frag: EvalRequest, type_name: str, message: str) -> Exception:
     if type_name == "OpNotFound":
         return OpNotFound(message)
+    if type_name == "CapabilityDenied":
+        return CapabilityDenied(message)
     err = _core.RemoteError(f"placed op {frag.op!r} raised {type_name}: {message}")
     err.remote_type = type_name
     err.node = SITE

@@ -39,9 +39,9 @@ from typing import Any, Iterable, Iterator
 
 from . import _core
 from ._core import DeadlineExceeded, EvalRequest, FabricError
-from .fabrics import _bound, _FabricBase, _Counters
+from .fabrics import _bound, _check_declared, _check_sharing, _Counters, _FabricBase
 from .ops import REGISTRY, Op, OpRegistry
-from .placement import _remote_error, _Worker
+from .placement import _check_store, _remote_error, _Shared, _Worker, check_secrets
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
 
 __all__ = ["ReplicaGroup", "GroupHealth", "replica_identity", "STRATEGIES"]
@@ -66,16 +66,17 @@ class GroupHealth:
 
 
 class _Replica:
-    def __init__(self, index: int, identity: bytes, ctx: Any):
+    def __init__(self, index: int, identity: bytes, ctx: Any, secrets: Any = None):
         self.index = index
         self.identity = identity
         self.ctx = ctx
+        self.secrets = secrets
         self.lock = threading.Lock()  # one request at a time on its pipe
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
         self.respawns = 0
-        self.worker = _Worker(ctx)
+        self.worker = _Worker(ctx, secrets)
 
     def alive(self) -> bool:
         return self.worker.proc.is_alive()
@@ -83,7 +84,7 @@ class _Replica:
     def respawn(self) -> None:
         """A new process in this slot: same index, same identity."""
         self.worker.kill()
-        self.worker = _Worker(self.ctx)
+        self.worker = _Worker(self.ctx, self.secrets)
         self.respawns += 1
 
 
@@ -114,14 +115,25 @@ class ReplicaGroup(_FabricBase):
     fixes every replica's identity; ``lb_strategy`` is one of
     ``STRATEGIES``. ``replicas()`` lists the members, ``health()`` tells
     the group's health, ``replica_stats()`` the per-replica counters.
+    ``secrets`` (a ``fabric.node.SecretStore``, or None) is sent to each
+    replica once, at spawn: a request's ``SecretRef`` objects are resolved in the
+    replica that runs it; a request holding a ``fabric.Secret`` is refused
+    (``CapabilityDenied``).
     """
 
     honours_timeout = True
 
+    @property
+    def resolves_secret_refs(self) -> bool:
+        """Whether this fabric's workers resolve ``SecretRef`` objects (it was
+        given a secret store): a node then hands them on unresolved."""
+        return self.secrets is not None
+
     def __init__(self, kind: str, replica_count: int, *, group_seed: bytes,
                  lb_strategy: str = "round-robin",
                  ops: OpRegistry | Iterable[Op[..., Any]] | None = None,
-                 grants: Iterable[str] = (), start_method: str = "spawn"):
+                 grants: Iterable[str] = (), start_method: str = "spawn",
+                 secrets: Any = None):
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"ReplicaGroup kind must be a non-empty str, not {kind!r}")
         if not isinstance(group_seed, (bytes, bytearray)) or len(group_seed) != 32:
@@ -138,12 +150,15 @@ class ReplicaGroup(_FabricBase):
             ops = REGISTRY
         self.ops = ops if isinstance(ops, OpRegistry) else OpRegistry(ops)
         self.grants = frozenset(grants)
+        self.secrets = _check_store(secrets, "ReplicaGroup")
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._rr = itertools.count()
         self._rng = random.Random(self.group_id)
         self._replicas: list[_Replica] = []
-        self._stats = _Counters("computed", "errors", "retried", "respawned", "denied")
+        self._stats = _Counters("computed", "errors", "retried", "respawned", "denied",
+                                "coalesced")
+        self._shared = _Shared(self._stats, f"ReplicaGroup {kind!r}")
         self.scale_to(replica_count)
 
     @staticmethod
@@ -168,7 +183,7 @@ class ReplicaGroup(_FabricBase):
         with self._lock:
             current = len(self._replicas)
         for i in range(current, n):
-            r = _Replica(i, replica_identity(self.group_seed, i), self._ctx)
+            r = _Replica(i, replica_identity(self.group_seed, i), self._ctx, self.secrets)
             with self._lock:
                 self._replicas.append(r)
         while True:
@@ -246,11 +261,17 @@ class ReplicaGroup(_FabricBase):
     # -- running ----------------------------------------------------------------
     def _op_for(self, request: EvalRequest, g: frozenset[str]) -> Op[..., Any]:
         op = self.ops.find(request)
+        where = f"ReplicaGroup {self.kind!r}"
         try:
-            _core._check_grants(request, g, f"ReplicaGroup {self.kind!r}", op.capabilities)
+            _core._check_grants(request, g, where, op.capabilities)
+            if op.capabilities:
+                _check_declared(request, op, where)
+            check_secrets(request, g, self.secrets, where)
         except _core.CapabilityDenied:
             self._stats.add("denied")
             raise
+        if request.sharing != op.sharing:
+            _check_sharing(request, op, where)
         return op
 
     def _messages(self, r: _Replica, op: Op[..., Any], request: EvalRequest,
@@ -339,12 +360,7 @@ class ReplicaGroup(_FabricBase):
             raise FabricError(f"ReplicaGroup {self.kind!r}: {request.op!r} crashed replica "
                               f"{r.index} and, retried, replica {other.index}") from None
 
-    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                 timeout: float | None = None) -> EvalReply:
-        """Run ``request`` on one replica and return its reply."""
-        g = self._grants(grants)
-        op = self._op_for(request, g)
-        t_end = _t_end(request, timeout)
+    def _reply(self, op: Op[..., Any], request: EvalRequest, t_end: float | None) -> EvalReply:
         value: Any = [] if op.is_stream else None
         diags: list[Any] = []
         for msg in self._run(op, request, t_end):
@@ -360,6 +376,28 @@ class ReplicaGroup(_FabricBase):
                 diags.append(msg[1])
         self._stats.add("computed")
         return EvalReply(value, diags, None, request.key, "computed")
+
+    def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                 timeout: float | None = None) -> EvalReply:
+        """Run ``request`` on one replica and return its reply. Identical
+        requests in flight at once run once (not an ``uncacheable`` op's):
+        a caller that comes while one runs waits for it and gets its reply
+        or error."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        t_end = _t_end(request, timeout)
+        return self._shared.run(op, request, _bound(request, timeout),
+                                lambda: self._reply(op, request, t_end))
+
+    async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
+                        timeout: float | None = None) -> EvalReply:
+        """Async twin of ``evaluate``: the request runs on a worker thread;
+        callers sharing it await it without a thread each."""
+        g = self._grants(grants)
+        op = self._op_for(request, g)
+        t_end = _t_end(request, timeout)
+        return await self._shared.arun(self, op, request, _bound(request, timeout),
+                                       lambda: self._reply(op, request, t_end))
 
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                timeout: float | None = None) -> EvalStream[Any]:

@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _warn_torn
+from .fabrics import ContentPeer, _FabricBase, _record_late, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _recording, _replay_events, reply_record)
-from .claims import ClaimRejected, FleetKeys
+from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
 from .ops import Op
@@ -164,7 +164,8 @@ class Resolution:
                  peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
                  peer_timeout: float | None = None, timeout: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 governor: PeerGovernor | None = None, trust: FleetKeys | None = None):
+                 governor: PeerGovernor | None = None,
+                 trust: FleetKeys | TrustedKeys | None = None):
         self.request = request
         self.trust = trust
         self.key = key
@@ -415,7 +416,7 @@ class Resolution:
             log.warning("node %r marked peer %r failed: %s", self.node, name, message)
             self.holders.mark_failed(name)
         if self.governor is not None:
-            self.governor.failed(name, what)
+            self.governor.failed(name, what, penalty=isinstance(exc, ClaimRejected))
         remote = RemoteError(message)
         remote.node = name
         remote.remote_type = type(exc).__name__
@@ -506,8 +507,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     verifies every peer's reply against the claim it carries
     (docs/spec/claims.md) before recording it: a reply that fails is
     discarded (``ClaimRejected`` in the attempts and ``explain()``), the peer
-    penalised in the governor, and the next source asked. Streams from
-    peers are not covered by claims yet.
+    penalised in the governor, and the next source asked.
+    ``trust="signatures"`` (the default when ``trusted_keys``, a
+    ``TrustedKeys``, is given) does the same with Ed25519 claims, each
+    under the key trusted for the node that made it. A peer's stream is
+    checked against its claim when it ends: one that fails is not recorded
+    and ends with an error (its items were already given: it cannot fall
+    back), the peer penalised.
     ``peer_timeout`` (seconds, None for none) bounds each peer call;
     ``timeout=`` on a call and the request's ``deadline`` bound the whole
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
@@ -528,7 +534,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                  grants: Iterable[str] = (), peer_timeout: float | None = 10.0,
                  max_peer_calls: int = 8, remember: int = 256,
                  governor: PeerGovernor | None = None, trust: str | None = None,
-                 fleet_keys: FleetKeys | None = None):
+                 fleet_keys: FleetKeys | None = None, trusted_keys: TrustedKeys | None = None):
         if not isinstance(node, str) or not node:
             raise TypeError(f"node must be a non-empty str, not {node!r}")
         if peer_timeout is not None and not (isinstance(peer_timeout, (int, float))
@@ -556,15 +562,20 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         #: The PeerGovernor (None: every peer is asked, in the holders' order).
         self.governor = governor
         if trust is None:
-            trust = "fleet-key" if fleet_keys is not None else "none"
-        if trust not in ("fleet-key", "none"):
-            raise ValueError(f"trust must be 'fleet-key' or 'none', not {trust!r} "
-                             f"('signatures' is not implemented yet)")
+            trust = ("signatures" if trusted_keys is not None else
+                     "fleet-key" if fleet_keys is not None else "none")
+        if trust not in ("fleet-key", "signatures", "none"):
+            raise ValueError(f"trust must be 'fleet-key', 'signatures' or 'none', not {trust!r}")
         if trust == "fleet-key" and not isinstance(fleet_keys, FleetKeys):
             raise ValueError("trust='fleet-key' needs fleet_keys (a FleetKeys)")
-        #: "fleet-key" (every peer's reply is verified against its claim) or "none".
+        if trust == "signatures" and not isinstance(trusted_keys, TrustedKeys):
+            raise ValueError("trust='signatures' needs trusted_keys (a TrustedKeys)")
+        #: "fleet-key" or "signatures" (every peer's reply is verified against
+        #: its claim), or "none".
         self.trust = trust
-        self._verifier = fleet_keys if trust == "fleet-key" else None
+        self._verifier: FleetKeys | TrustedKeys | None = (
+            fleet_keys if trust == "fleet-key" else trusted_keys if trust == "signatures"
+            else None)
         self.peer_timeout = peer_timeout
         _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
@@ -653,6 +664,25 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             while len(self._trails) > self._remember:
                 self._trails.popitem(last=False)
 
+    def _late(self, res: Resolution, exc: BaseException) -> None:
+        """Home stopped waiting for a computation that goes on
+        (``pending_reply`` on ``exc``, see ``EvalFabric``): its reply is
+        recorded and announced when it comes, for later callers (never an
+        uncacheable op's)."""
+        if res.request.sharing == "uncacheable":
+            return
+        key, request = res.key, res.request
+
+        def record(reply: EvalReply) -> None:
+            self._hold(key, reply, request)
+            if self.holders is not None:
+                self.holders.announce(key, self.node)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s (%r): home's late reply recorded and announced", self.node,
+                          key, request.op)
+
+        _record_late(exc, record)
+
     # -- evaluate: the C base answers hits and calls this on a miss --------------
     def _miss(self, request: EvalRequest, g: frozenset, timeout: float | None) -> EvalReply:
         """evaluate()'s miss (grants already checked): the sync driver."""
@@ -669,6 +699,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                         reply = self._call(ask, ask.target.evaluate, request, g)
                 except Exception as exc:
                     if res.failed(exc):
+                        self._late(res, exc)
                         raise
                     continue
                 if reply is _BUSY:
@@ -709,8 +740,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 ask = res.next()
                 try:
                     got = await self._acall(ask, request, g)
+                except asyncio.CancelledError as exc:
+                    if ask.stage == "home":  # the caller left; home may compute on
+                        self._late(res, exc)
+                    raise
                 except Exception as exc:
                     if res.failed(exc):
+                        self._late(res, exc)
                         raise
                     continue
                 if got is _BUSY:
@@ -794,13 +830,16 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             self._end(res)
             raise
         self._remember_trail(key, source, res.steps)
-        head, events = got
+        head, events, started = got
+        chain: Iterator = itertools.chain(head, events)
+        if self._verifier is not None and res._cur[1] != "home":
+            chain = verified_events(chain, started, self._verifier, key, res._cur[0])
 
         def done() -> None:
             res.held(EvalReply(None, (), None, key, source))
             self._stats.add(res.outcome or "failures")
 
-        relayed = self._relay(res, itertools.chain(head, events), events)
+        relayed = self._relay(res, chain, events)
         if request.sharing == "uncacheable":  # never recorded
             return EvalStream(relayed, key, source)
         return EvalStream(_recording(relayed, self.cassette, key, done, res.request), key,
@@ -893,19 +932,21 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         return f"node={self.node!r}, held={held}, peers=[{peers}], home={home}"
 
 
-def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator]]:
+def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator, Any]]:
     """A call that starts ``target``'s stream and pulls its events up to and
     including the first item (all of them if it has none): until then a
-    failing source can be passed over."""
+    failing source can be passed over. Returns the head, the rest and the
+    stream (whose ``.claim`` a verifier reads once it ended)."""
 
-    def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator]:
-        events = _events_of(target.stream(request, **kw))
+    def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator, Any]:
+        stream = target.stream(request, **kw)
+        events = _events_of(stream)
         head = []
         for ev in events:
             head.append(ev)
             if ev[0] == ITEM:
                 break
-        return head, events
+        return head, events, stream
 
     return start
 

@@ -70,3 +70,19 @@ def mark(path):
     """Leaves a file at ``path``: proof the op ran."""
     open(path, "w").close()
     return path
+
+
+@fabric.op("dask.use_secret", registry=REG)
+def use_secret(name, token):
+    """Whether ``token`` (a Secret, resolved on this worker) holds the value
+    the test planted for ``name``; returns the Secret itself too."""
+    assert isinstance(token, fabric.Secret), type(token)
+    return {"ok": token.reveal() == f"planted-secret-{name}-do-not-leak",
+            "token": token, "pid": os.getpid()}
+
+
+@fabric.op("dask.use_secret_stream", registry=REG)
+def use_secret_stream(name, token):
+    for j in range(3):
+        yield {"j": j, "ok": token.reveal() == f"planted-secret-{name}-do-not-leak",
+               "token": token}

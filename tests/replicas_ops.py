@@ -1,4 +1,5 @@
-"""Ops a `fabric serve --workers N` test process imports (``--import replicas_ops``)."""
+"""Ops worker processes import by reference: `fabric serve --workers N` (``--import
+replicas_ops``) and the coalescing tests of ReplicaGroup and PlacementFabric."""
 
 import os
 
@@ -8,4 +9,49 @@ import fabric
 @fabric.op("serve.pid")
 def pid(_x):
     """The pid of the process that computed it."""
+    return os.getpid()
+
+
+# -- gated ops: the test opens a file gate once every caller is waiting ----------
+
+def _gate(d):
+    """Counts the run (a line in ``d/count``), then waits for ``d/gate``."""
+    import time
+    with open(os.path.join(d, "count"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    for _ in range(12000):  # bounded: a test that never opens the gate fails here
+        if os.path.exists(os.path.join(d, "gate")):
+            return
+        time.sleep(0.005)
+    raise TimeoutError("the test never opened the gate")
+
+
+def runs(d):
+    """How many times a gated op ran (started) with directory ``d``."""
+    try:
+        with open(os.path.join(d, "count")) as f:
+            return len(f.read().split())
+    except FileNotFoundError:
+        return 0
+
+
+def open_gate(d):
+    open(os.path.join(d, "gate"), "w").close()
+
+
+@fabric.op("gated.count")
+def gated_count(d):
+    _gate(d)
+    return "opened"
+
+
+@fabric.op("gated.fail")
+def gated_fail(d):
+    _gate(d)
+    raise ValueError("the shared computation failed")
+
+
+@fabric.op("gated.uncacheable", sharing="uncacheable")
+def gated_uncacheable(d):
+    _gate(d)
     return os.getpid()

@@ -243,3 +243,58 @@ def test_async_twins(client, dfab, tmp_path):
     reply, items = asyncio.run(go())
     assert reply.value[0] == 81 and reply.value[1] != os.getpid()
     assert items == [0, 1, 2, 3]
+
+
+def test_secret_refs_resolve_on_the_worker_and_never_leak(client, tmp_path, caplog):
+    import json
+    import logging
+
+    from fabric.node import SecretRef
+    caplog.set_level(logging.DEBUG)
+    value = "planted-secret-db-do-not-leak"
+    path = tmp_path / "secrets.json"  # as a worker's machine holds it
+    path.write_text(json.dumps({"db": value}))
+    fab = DaskFabric(client, ops=ops.REG, secrets=str(path), grants=["secret:db"])
+    with EvalCassette(str(tmp_path / "n.fab")) as cas:
+        node = ContentAddressedFabric("n1", cas, home=fab)
+        r = ops.use_secret.request("db", SecretRef("db"))
+        reply = node.evaluate(r, grants=["secret:db"])
+        assert reply.value["ok"] is True and reply.value["pid"] != os.getpid()
+        assert reply.value["token"] is fabric.REDACTED  # the Secret stayed on the worker
+        items = list(node.stream(ops.use_secret_stream.request("db", SecretRef("db")),
+                                 grants=["secret:db"]))
+        assert [i["ok"] for i in items] == [True] * 3
+        assert all(i["token"] is fabric.REDACTED for i in items)
+        submitted = fab.stats()["submitted"]
+        with pytest.raises(CapabilityDenied, match="does not travel to a worker"):
+            fab.evaluate(ops.use_secret.request("db", fabric.Secret(value)))
+        with pytest.raises(CapabilityDenied, match="secret:other"):
+            fab.evaluate(ops.use_secret.request("other", SecretRef("other")))
+        assert fab.stats()["submitted"] == submitted  # refused before the cluster
+        with pytest.raises(CapabilityDenied, match="no secret named 'gone'"):
+            fab.evaluate(ops.use_secret.request("gone", SecretRef("gone")), grants=["*"])
+        texts = [repr(reply), repr(items), repr(node.stats()), repr(fab.stats())]
+    texts.append((tmp_path / "n.fab").read_bytes().decode("latin-1"))
+    texts.append(caplog.text)
+    assert value not in "\n".join(texts)
+    fab.close()
+
+
+def test_a_running_tasks_late_reply_is_recorded_by_the_node(client, dfab, tmp_path):
+    # The same through ContentAddressedFabric: home's pending_reply is
+    # recorded and announced when the task ends.
+    started, release = _name(), _name()
+    with EvalCassette(str(tmp_path / "n.fab")) as cas:
+        node = ContentAddressedFabric("n1", cas, home=dfab)
+        r = ops.block.request(started, release)
+        with pytest.raises(fabric.DeadlineExceeded) as info:
+            # The op waits for the release: always late. (The bound leaves the
+            # task time to start; one not started would be cancelled instead.)
+            node.evaluate(r, timeout=3)
+        assert distributed.Event(started, client=client).wait(timeout=60)
+        assert r.key not in cas
+        distributed.Event(release, client=client).set()
+        pid = info.value.pending_reply.result(timeout=60).value
+        assert r.key in cas and "n1" in node.holders.holders_of(r.key)
+        reply = node.evaluate(r)
+        assert reply.value == pid and reply.source == "local"

@@ -225,3 +225,100 @@ def test_frame_flood_is_cut_and_never_recorded(tmp_path):
             grants=ALL))
         assert refusal(fs)["limit"] == "max_memory_bytes"
     cas.close()
+
+
+# -- identical requests in flight at once run once ------------------------------------
+
+def test_concurrent_identical_placements_run_once(tmp_path):
+    import asyncio
+    import threading
+
+    import replicas_ops
+    from conftest import wait_for
+    n = 5
+    with PlacementFabric(ops=[replicas_ops.gated_count, replicas_ops.gated_uncacheable],
+                         grants=ALL, workers=2) as f:
+        d = str(tmp_path / "threads")
+        (tmp_path / "threads").mkdir()
+        request = replicas_ops.gated_count.request(d)
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(f.evaluate(request)))
+                   for _ in range(n)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: f.stats()["coalesced"] == n - 1, "every caller to join")
+        replicas_ops.open_gate(d)
+        for t in threads:
+            t.join(60)
+        assert [r.value for r in out] == ["opened"] * n
+        assert replicas_ops.runs(d) == 1
+        assert f.stats()["placed"] == 1
+
+        d = str(tmp_path / "async")
+        (tmp_path / "async").mkdir()
+        request = replicas_ops.gated_count.request(d)
+
+        async def main():
+            calls = [asyncio.ensure_future(f.aevaluate(request)) for _ in range(3 * n)]
+            await asyncio.to_thread(wait_for, lambda: f.stats()["coalesced"] == 4 * n - 2,
+                                    "every async caller to join")
+            replicas_ops.open_gate(d)
+            return await asyncio.gather(*calls)
+
+        assert [r.value for r in asyncio.run(main())] == ["opened"] * (3 * n)
+        assert replicas_ops.runs(d) == 1
+
+        # An uncacheable op is never shared: two calls, two runs (two workers).
+        d = str(tmp_path / "unc")
+        (tmp_path / "unc").mkdir()
+        request = replicas_ops.gated_uncacheable.request(d)
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(f.evaluate(request)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: replicas_ops.runs(d) == 2, "both calls to run")
+        replicas_ops.open_gate(d)
+        for t in threads:
+            t.join(60)
+        assert len(out) == 2 and replicas_ops.runs(d) == 2
+
+
+def test_rate_limit_cuts_a_flood_and_lets_a_stream_within_it_through(tmp_path):
+    with PlacementFabric(ops=REG, grants=ALL) as f:
+        lim = PlacementResourceLimits(max_rate_hz=5, max_stream_frames=100_000,
+                                      max_inflight_work=100_000)
+        # An endless flood passes 5 chunks within one second: cut, never recorded.
+        fs = list(f.place(ServerPlacementRequest.render_return(flood.request(),
+                                                               resource_limits=lim),
+                          grants=ALL))
+        d = refusal(fs)
+        assert d["limit"] == "max_rate_hz" and "rate limit exceeded" in d["message"]
+        assert d["count"] == 2 + 5  # the two reports and the five chunks allowed
+        cas = fabric.EvalCassette(str(tmp_path / "c.ledger"))
+        rel = fabric.LedgeredRelayFabric(PlacementFabric(ops=REG, grants=ALL, limits=lim),
+                                         cas, grants=ALL)
+        with pytest.raises(PlacementRefused, match="rate limit"):
+            list(rel.stream(flood.request()))
+        assert flood.request().key not in cas
+        rel.inner.close()
+        cas.close()
+        # Five chunks can never pass five per second.
+        fs = list(f.place(ServerPlacementRequest.render_return(render.request(5),
+                                                               resource_limits=lim),
+                          grants=ALL))
+        assert not any(x.flags & FRAME_FLAG_DIAGNOSTIC for x in fs)
+        assert len(fs) == 1 + 2 + 5 + 1
+
+
+@fabric.op("place.fetch", registry=REG, capabilities=["net.fetch"])
+def fetch(x):
+    return x
+
+
+def test_a_fragment_that_under_declares_its_op_is_refused(fab):
+    with pytest.raises(CapabilityDenied, match="net.fetch"):
+        fab.evaluate(EvalRequest("place.fetch", (1,)), grants=ALL + ("net.fetch",))
+    with pytest.raises(fabric.OpNotFound, match="sharing"):
+        fab.evaluate(EvalRequest("place.analyse", (1,), sharing="uncacheable"))
+    assert fab.evaluate(fetch.request(3), grants=ALL + ("net.fetch",)).value == 3

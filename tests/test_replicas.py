@@ -6,7 +6,7 @@ import signal
 import pytest
 
 import fabric
-from fabric import ReplicaGroup
+from fabric import CapabilityDenied, ReplicaGroup
 from fabric.replicas import replica_identity
 
 REG = fabric.OpRegistry()
@@ -180,3 +180,137 @@ def test_consistent_hash_is_sticky_and_moves_few_keys():
         # Rendezvous hashing: only keys that now prefer replica 4 move.
         assert all(g.route(r) == 4 for r, a in zip(reqs, first) if g.route(r) != a)
         assert 0 < moved < 100
+
+
+# -- identical requests in flight at once run once ------------------------------------
+
+import asyncio  # noqa: E402
+import threading  # noqa: E402
+
+import replicas_ops  # noqa: E402
+from conftest import wait_for  # noqa: E402
+
+GATED = [replicas_ops.gated_count, replicas_ops.gated_fail, replicas_ops.gated_uncacheable]
+N = 6
+
+
+def concurrently(fab, request, n=N):
+    """n threads evaluate ``request`` at once; once the op started and every
+    other caller joined it, the gate opens. Their outcomes."""
+    out = [None] * n
+
+    def call(i):
+        try:
+            out[i] = fab.evaluate(request)
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
+@pytest.fixture
+def gated_group():
+    g = ReplicaGroup("gated", 3, group_seed=SEED, ops=GATED)
+    yield g
+    g.close()
+
+
+def test_concurrent_identical_requests_run_once(gated_group, tmp_path):
+    d = str(tmp_path)
+    threads, out = concurrently(gated_group, replicas_ops.gated_count.request(d))
+    wait_for(lambda: gated_group.stats()["coalesced"] == N - 1, "every caller to join")
+    replicas_ops.open_gate(d)
+    for t in threads:
+        t.join(60)
+    assert [r.value for r in out] == ["opened"] * N
+    assert replicas_ops.runs(d) == 1
+    # Not a cache: once it ended, the same request runs again.
+    assert gated_group.evaluate(replicas_ops.gated_count.request(d)).value == "opened"
+    assert replicas_ops.runs(d) == 2
+
+
+def test_every_caller_gets_the_same_error(gated_group, tmp_path):
+    d = str(tmp_path)
+    threads, out = concurrently(gated_group, replicas_ops.gated_fail.request(d))
+    wait_for(lambda: gated_group.stats()["coalesced"] == N - 1, "every caller to join")
+    replicas_ops.open_gate(d)
+    for t in threads:
+        t.join(60)
+    assert all(isinstance(e, fabric.RemoteError) for e in out)
+    assert len({id(e) for e in out}) == 1
+    assert "the shared computation failed" in str(out[0])
+    assert replicas_ops.runs(d) == 1
+
+
+def test_concurrent_async_callers_run_once(gated_group, tmp_path):
+    d = str(tmp_path)
+    request = replicas_ops.gated_count.request(d)
+
+    async def main():
+        calls = [asyncio.ensure_future(gated_group.aevaluate(request)) for _ in range(N * 3)]
+        await asyncio.to_thread(wait_for, lambda: gated_group.stats()["coalesced"] == N * 3 - 1,
+                                "every async caller to join")
+        replicas_ops.open_gate(d)
+        return await asyncio.gather(*calls)
+
+    replies = asyncio.run(main())
+    assert [r.value for r in replies] == ["opened"] * (N * 3)
+    assert replicas_ops.runs(d) == 1
+
+
+def test_a_waiter_past_its_deadline_gets_the_pending_reply(gated_group, tmp_path):
+    d = str(tmp_path)
+    request = replicas_ops.gated_count.request(d)
+    threads, out = concurrently(gated_group, request, n=1)
+    wait_for(lambda: replicas_ops.runs(d) == 1, "the op to start")
+    with pytest.raises(fabric.DeadlineExceeded) as info:
+        gated_group.evaluate(request, timeout=0.05)  # joins; the gate is shut
+    replicas_ops.open_gate(d)
+    assert info.value.pending_reply.result(timeout=60).value == "opened"
+    threads[0].join(60)
+    assert out[0].value == "opened" and replicas_ops.runs(d) == 1
+
+
+def test_uncacheable_requests_are_never_shared(gated_group, tmp_path):
+    d = str(tmp_path)
+    threads, out = concurrently(gated_group, replicas_ops.gated_uncacheable.request(d), n=2)
+    wait_for(lambda: replicas_ops.runs(d) == 2, "both calls to run")  # on two replicas
+    replicas_ops.open_gate(d)
+    for t in threads:
+        t.join(60)
+    assert len({r.value for r in out}) == 2
+    assert gated_group.stats()["coalesced"] == 0
+
+
+@fabric.op("rep.fetch", registry=REG, capabilities=["net.fetch"])
+def fetch(x):
+    return x
+
+
+def test_a_request_that_under_declares_its_op_is_refused(group):
+    # Its reply would be recorded under a key that does not name what the
+    # op needs (or calls an uncacheable op pure).
+    short = fabric.EvalRequest("rep.fetch", (1,))
+    with pytest.raises(CapabilityDenied, match="net.fetch"):
+        group.evaluate(short, grants=["net.fetch"])
+    with pytest.raises(fabric.OpNotFound, match="sharing"):
+        group.evaluate(fabric.EvalRequest("rep.square", (2,), sharing="uncacheable"))
+    assert group.evaluate(fetch.request(1), grants=["net.fetch"]).value == 1
+
+
+def test_a_closed_group_refuses_async_callers_and_leaves_no_flight(tmp_path):
+    g = ReplicaGroup("closed", 1, group_seed=SEED, ops=GATED)
+    g.close()
+    request = replicas_ops.gated_count.request(str(tmp_path))
+
+    async def twice():
+        for _ in range(2):  # the second would wait forever on a flight left behind
+            with pytest.raises(fabric.FabricUnavailable):
+                await asyncio.wait_for(g.aevaluate(request), 30)
+
+    asyncio.run(twice())
+    with pytest.raises(fabric.FabricUnavailable):
+        g.evaluate(request)

@@ -216,6 +216,44 @@ static void test_snapshot_round_trip_and_refusals(void)
     fab_holdings_free(h);
 }
 
+/* Regression: a snapshot naming one fact twice was loaded with the copy
+ * dropped, so every later fact's version was one less than the writer's. */
+static void test_restore_refuses_a_duplicated_fact(void)
+{
+    fab_holdings *h;
+    fab_holdings_new(&h);
+    uint32_t a;
+    fab_holdings_intern(h, "a", 1, &a);
+    uint8_t k[32];
+    for (uint32_t i = 0; i < 3; i++) {
+        key_of(i, k);
+        fab_holdings_add(h, k, a);
+    }
+    size_t len;
+    uint8_t *buf = snap(h, &len);
+    /* Each fact is 92 c4 20 <key> a1 'a'; the 9-byte tail follows the
+     * last. Fact 1 written again over fact 2: facts 0, 1, 1. */
+    const size_t fact_len = 3 + 32 + 2;
+    const uint8_t *facts = buf + (len - 9 - 3 * fact_len);
+    CHECK_EQ(facts[-1], 0x93);
+    uint8_t *dup = malloc(len);
+    memcpy(dup, buf, len);
+    memcpy(dup + (facts - buf) + 2 * fact_len, facts + fact_len, fact_len);
+    fab_holdings *t;
+    fab_holdings_new(&t);
+    CHECK_EQ(fab_holdings_restore(t, dup, len), FAB_EDUPKEY);
+    CHECK_EQ(fab_holdings_nfacts(t), 0); /* all or nothing */
+    CHECK_EQ(fab_holdings_nkeys(t), 0);
+    CHECK_EQ(fab_holdings_nholders(t), 0);
+    /* The emptied store still takes the original. */
+    CHECK_EQ(fab_holdings_restore(t, buf, len), 0);
+    CHECK_EQ(fab_holdings_nfacts(t), 3);
+    free(dup);
+    free(buf);
+    fab_holdings_free(t);
+    fab_holdings_free(h);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -224,6 +262,7 @@ int main(void)
         {"add_many_and_merge", test_add_many_and_merge},
         {"snapshot_golden", test_snapshot_golden},
         {"snapshot_round_trip_and_refusals", test_snapshot_round_trip_and_refusals},
+        {"restore_refuses_a_duplicated_fact", test_restore_refuses_a_duplicated_fact},
         {NULL, NULL},
     };
     return check_run("holdings", cases);

@@ -241,6 +241,7 @@ int fab_py_frames_exec(PyObject *module, fab_state *st);
 int fab_py_placement_exec(PyObject *module, fab_state *st);
 int fab_py_reprs_exec(PyObject *module, fab_state *st);
 int fab_py_holdings_exec(PyObject *module, fab_state *st);
+int fab_py_sign_exec(PyObject *module, fab_state *st); /* sign.c: Ed25519, no state */
 int fab_py_control_exec(PyObject *module, fab_state *st);
 
 /* Part traverse/clear, for the module's GC support. */

@@ -438,6 +438,11 @@ static PyObject *Holdings_restore(PyObject *op, PyObject *data)
         return NULL;
     int rc = fab_holdings_restore(self->h, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
+    if (rc == FAB_EDUPKEY) {
+        PyErr_SetString(PyExc_ValueError, "holding index snapshot: a fact appears twice "
+                                          "(every later version would shift by one)");
+        return NULL;
+    }
     if (rc < 0)
         return raise_core(op, rc, "holding index snapshot");
     if (sync_names(self) < 0)

@@ -41,6 +41,7 @@ static const struct part {
     {"reprs", fab_py_reprs_exec, NULL, NULL},
     {"holdings", fab_py_holdings_exec, fab_py_holdings_traverse, fab_py_holdings_clear},
     {"control", fab_py_control_exec, fab_py_control_traverse, fab_py_control_clear},
+    {"sign", fab_py_sign_exec, NULL, NULL},
 };
 
 #define NPARTS (sizeof(parts) / sizeof(parts[0]))

@@ -1,4 +1,4 @@
-"""``fabric serve``: run a node from the command line.
+"""``fabric serve`` runs a node; ``fabric status URL`` shows one's health.
 
 Prints one readiness line, ``fabric serve: node ID listening on URL``, on
 stdout once it accepts connections (scripts and tests wait for it), logs
@@ -6,6 +6,15 @@ through ``logging`` on stderr, and stops cleanly on SIGTERM or SIGINT:
 new requests are refused, those in flight (streams too) may finish for up
 to ``--drain-timeout`` seconds (default 10), what still runs then ends with
 an error frame, connections close, the cassette is closed.
+
+``--metrics HOST:PORT`` also serves the node's Prometheus metrics at
+``http://HOST:PORT/metrics`` (``fabric.node.metrics``); a second line,
+``fabric serve: metrics on URL``, follows the readiness line.
+
+``fabric status URL`` asks a node for its status (the protocol's status op)
+and prints one screen: identity and uptime, connections, requests, lookups,
+streams, cassette, holdings, peers' health; ``--json`` prints the whole map.
+A node it cannot reach is one line on stderr and exit status 2.
 
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
@@ -22,7 +31,7 @@ import signal
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "cmd_serve"]
+__all__ = ["add_parser", "cmd_serve", "cmd_status"]
 
 
 def _load(spec: str) -> Any:
@@ -47,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
     from .auth import client_tls, server_tls
+    from .metrics import MetricsServer
     from .server import Node, NodeLimits
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
@@ -67,6 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("drain_timeout", args.drain_timeout)) if v is not None})
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
+    keys = _claim_keys(args)
+    if keys.get("node_key") is not None and args.node_id is None:
+        args.node_id = keys["node_key"].node  # the key names its node
     home = _load(args.home) if args.home else _replicas(args) if args.workers is not None \
         else None
     from .gossip import GossipConfig
@@ -79,7 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
-                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip)
+                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip, **keys)
+
+    metrics = MetricsServer(node, args.metrics) if args.metrics else None
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -88,9 +103,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         task = asyncio.create_task(node.serve())
         while node._address is None and not task.done():
             await asyncio.sleep(0.01)
-        if node._address is not None:
-            print(f"fabric serve: node {node.node_id} listening on {node.url}", flush=True)
-        await task
+        try:
+            if node._address is not None:
+                if metrics is not None:  # up before the readiness line says so
+                    await metrics.start()
+                print(f"fabric serve: node {node.node_id} listening on {node.url}",
+                      flush=True)
+                if metrics is not None:
+                    print(f"fabric serve: metrics on {metrics.url}", flush=True)
+            await task
+        finally:
+            if metrics is not None:
+                await metrics.close()
+            if not task.done():  # the metrics address was refused: the node stops too
+                node.request_stop()
+                await task
 
     try:
         asyncio.run(run())
@@ -98,6 +125,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.workers is not None and home is not None:
             home.close()  # the replicas' processes end with the node
     return 0
+
+
+def _claim_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """``--node-key`` / ``--trusted-keys`` / ``--fleet-keys``: the claim keys
+    read from their files (docs/spec/claims.md), a CLIError naming the file."""
+    from ..claims import FleetKeys, NodeKey, TrustedKeys
+    from ..cli import CLIError
+    out: dict[str, Any] = {}
+    for opt, name, cls in (("--node-key", "node_key", NodeKey),
+                           ("--trusted-keys", "trusted_keys", TrustedKeys),
+                           ("--fleet-keys", "fleet_keys", FleetKeys)):
+        path = getattr(args, name)
+        if path is not None:
+            try:
+                out[name] = cls.from_file(path)
+            except (OSError, ValueError) as exc:
+                raise CLIError(f"{opt} {path}: {exc}") from None
+    return out
 
 
 def _replicas(args: argparse.Namespace) -> Any:
@@ -120,11 +165,61 @@ def _replicas(args: argparse.Namespace) -> Any:
             raise CLIError(f"--group-seed is 64 hex digits (32 bytes), not {args.group_seed!r}")
     else:
         seed = hashlib.sha256(f"fabric serve {args.node_id or ''}".encode()).digest()
-    return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy)
+    from .secrets import SecretStore
+    # The replicas resolve SecretRefs where the op runs, from the node's store.
+    return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy,
+                        secrets=SecretStore(args.secrets))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a node's status (``--json``: the whole map)."""
+    import json
+
+    from .._core import FabricError
+    from ..cli import CLIError
+    from .client import connect
+    from .status import format_status
+
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise CLIError("--tls-cert and --tls-key go together")
+        tls = {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+    token = args.token
+    if token is None and args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
+    try:
+        with connect(args.url, tls=tls, token=token, timeout=args.timeout,
+                     reconnect=False) as client:
+            st = client.node_status()
+    except ValueError:
+        raise
+    except (FabricError, OSError) as exc:
+        raise CLIError(f"cannot get the status of {args.url}: {exc}") from None
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(format_status(st))
+    return 0
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``serve`` to the ``fabric`` command's sub-parsers."""
+    """Add ``serve`` and ``status`` to the ``fabric`` command's sub-parsers."""
+    p = sub.add_parser("status", help="print a node's health, peers and holdings")
+    p.add_argument("url", metavar="URL", help="the node, fabric://HOST:PORT or fabrics://")
+    p.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the node (default 10)")
+    p.add_argument("--token", default=None, help="a bearer token (visible in ps: prefer "
+                                                 "--token-file)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="a file holding the bearer token")
+    p.add_argument("--tls-ca", default=None, help="CA of the node's certificate")
+    p.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("serve", help="run a network node")
     p.add_argument("--listen", default="127.0.0.1:7411", metavar="HOST:PORT",
                    help="where to listen (default 127.0.0.1:7411; port 0 picks one)")
@@ -155,6 +250,16 @@ def add_parser(sub: Any) -> None:
                    help="JSON object principal -> [capability]")
     p.add_argument("--secrets", default=None, metavar="FILE",
                    help="JSON object secret name -> value, for SecretRef")
+    p.add_argument("--node-key", default=None, metavar="FILE",
+                   help="this node's Ed25519 key (KEY_ID NODE_ID HEX_SEED): it signs the "
+                        "claim of every reply and stream it sends")
+    p.add_argument("--trusted-keys", default=None, metavar="FILE",
+                   help="public keys (KEY_ID NODE_ID HEX_PUBLIC_KEY lines): record a peer's "
+                        "reply only if its signed claim verifies (trust=signatures)")
+    p.add_argument("--fleet-keys", default=None, metavar="FILE",
+                   help="shared fleet keys (KEY_ID HEX_SECRET lines): sign claims with the "
+                        "first, and verify peers' claims (trust=fleet-key) unless "
+                        "--trusted-keys is given")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without TLS or tokens")
     p.add_argument("--gossip-interval", type=float, default=None, metavar="SECONDS",
@@ -164,6 +269,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--lease", type=float, default=None, metavar="SECONDS",
                    help="how long a miss waits for the key's lease holder (default 30)")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="also serve Prometheus metrics at http://HOST:PORT/metrics")
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),

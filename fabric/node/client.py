@@ -33,6 +33,7 @@ from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
+from ..claims import attach, from_wire
 from . import protocol as P
 from .auth import client_tls
 
@@ -40,6 +41,7 @@ __all__ = ["NodeClient", "connect"]
 
 log = logging.getLogger("fabric.node")
 _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+_STATS = ("stream.stats", "stream.remote.network")
 _END = object()
 
 
@@ -66,7 +68,7 @@ class _Call:
     """One request in flight: its events, in order, as they arrive."""
 
     __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
-                 "done", "error", "chunks", "bytes")
+                 "done", "error", "chunks", "bytes", "claim", "owner")
 
     def __init__(self, sid: int, want: str):
         self.sid = sid
@@ -81,6 +83,8 @@ class _Call:
         self.error: BaseException | None = None
         self.chunks = 0
         self.bytes = 0
+        self.claim: Any = None  # the STREAM_END's claim bytes, if any
+        self.owner: Any = None  # the stream given to the caller (gets .claim at the end)
 
 
 class _Channel:
@@ -150,6 +154,7 @@ class _Channel:
         deadline = None if t is None else time.monotonic() + t
         record: Any = None
         err: BaseException | None = None
+        claim: Any = None
         self.busy = True
         try:
             self.sock.settimeout(t)
@@ -174,6 +179,7 @@ class _Channel:
                     source = _source(f.decode_payload(limits), self.node)
                 elif kind == FrameKind.STREAM_END:
                     record = unpack(b"".join(parts))
+                    claim = _end_claim(f, limits)
                     break
                 elif kind == FrameKind.ERROR:
                     err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
@@ -193,7 +199,7 @@ class _Channel:
             self.busy = False
         if err is not None:
             raise err
-        return reply_from_record(record, request.key, source)
+        return _claimed(reply_from_record(record, request.key, source), claim)
 
 
 class _AsyncChannel(asyncio.Protocol):
@@ -288,7 +294,8 @@ class _AsyncChannel(asyncio.Protocol):
             del self.calls[sid]
             if not call[0].done():
                 try:
-                    call[0].set_result((unpack(b"".join(call[1])), call[2]))
+                    call[0].set_result((unpack(b"".join(call[1])), call[2],
+                                        _end_claim(f, limits)))
                 except DecodeError as exc:
                     call[0].set_exception(exc)
         elif kind == FrameKind.ERROR:
@@ -344,7 +351,7 @@ class _AsyncChannel(asyncio.Protocol):
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
         try:
-            record, source = await asyncio.wait_for(fut, t)
+            record, source, claim = await asyncio.wait_for(fut, t)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if self.calls.pop(sid, None) is not None and not self.dead:
                 self.transport.write(  # type: ignore[union-attr]
@@ -353,7 +360,7 @@ class _AsyncChannel(asyncio.Protocol):
                 raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                        f"within {t} s") from None
             raise
-        return reply_from_record(record, request.key, source)
+        return _claimed(reply_from_record(record, request.key, source), claim)
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
@@ -361,6 +368,20 @@ async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
         yield
     finally:
         ch.abort()
+
+
+def _end_claim(f: Any, limits: Any) -> Any:
+    """A STREAM_END's ``claim`` field (docs/spec/protocol.md), or None. An
+    end without a claim is under 100 bytes: it is not decoded."""
+    if len(f.payload) < 100:
+        return None
+    body = f.decode_payload(limits)
+    return body.get("claim") if isinstance(body, dict) else None
+
+
+def _claimed(reply: EvalReply, raw: Any) -> EvalReply:
+    """The reply, with the claim its node sent attached (``.claim``)."""
+    return reply if raw is None else attach(reply, from_wire(raw))
 
 
 def _source(body: Any, node: str | None) -> str:
@@ -459,8 +480,10 @@ class NodeClient:
             except (OSError, asyncio.IncompleteReadError, FrameError, DecodeError,
                     P.ProtocolError, FabricError) as exc:
                 if first and not self._first.done():
-                    self._first.set_exception(FabricUnavailable(
-                        f"cannot connect to {self.url}: {exc}"))
+                    # A node at max_connections says so: its LimitExceeded as is.
+                    self._first.set_exception(exc if isinstance(exc, P.LimitExceeded) else
+                                              FabricUnavailable(
+                                                  f"cannot connect to {self.url}: {exc}"))
                     if not self.reconnect:
                         self._closed = True
                         break
@@ -558,6 +581,7 @@ class NodeClient:
         elif kind == FrameKind.STREAM_END:
             self._calls.pop(sid, None)
             c.done = True
+            c.claim = _end_claim(f, dec.limits)
             if c.want == "value":
                 try:
                     record = unpack(b"".join(c.parts))
@@ -669,6 +693,9 @@ class NodeClient:
             return None
         try:
             ch = _Channel(self, t)
+        except FabricError:  # the node refused it (max_connections, a token): as it said
+            self.stats_counters["failed_fast"] += 1
+            raise
         except (OSError, FrameError, DecodeError) as exc:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"cannot connect to {self.url}: {exc}") from None
@@ -721,7 +748,7 @@ class NodeClient:
             raise
         if isinstance(got, BaseException):
             raise got
-        return reply_from_record(got, request.key, c.source)
+        return _claimed(reply_from_record(got, request.key, c.source), c.claim)
 
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
@@ -777,6 +804,8 @@ class NodeClient:
                 for ev in batch:
                     if ev is _END:
                         done = True
+                        if c.owner is not None:
+                            c.owner.claim = from_wire(c.claim)
                         return
                     if isinstance(ev, BaseException):
                         done = True
@@ -794,6 +823,8 @@ class NodeClient:
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
                                              self._loop).result()
         s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")
+        s.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+        c.owner = s
         return s
 
     async def _aevents(self, c: _Call, t: float | None) -> AsyncIterator[Any]:
@@ -805,6 +836,8 @@ class NodeClient:
                 for ev in batch:
                     if ev is _END:
                         done = True
+                        if c.owner is not None:
+                            c.owner.claim = from_wire(c.claim)
                         return
                     if isinstance(ev, BaseException):
                         done = True
@@ -820,7 +853,11 @@ class NodeClient:
         g, t = self._prepare(request, grants, timeout)
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
                                              self._loop).result()
-        return AsyncEvalStream(self._aevents(c, t), request.key, f"peer:{self.node}")
+        s: AsyncEvalStream[Any] = AsyncEvalStream(self._aevents(c, t), request.key,
+                                                  f"peer:{self.node}")
+        s.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+        c.owner = s
+        return s
 
     # -- life cycle ----------------------------------------------------------
     def wait_connected(self, timeout: float | None = None) -> "NodeClient":
@@ -862,6 +899,37 @@ class NodeClient:
             asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(10)
         except (concurrent.futures.CancelledError, RuntimeError):
             pass
+
+    async def _status_on_loop(self, t: float | None) -> dict[str, Any]:
+        if self._writer is None:
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        sid = self.next_sid
+        self.next_sid = sid + 1
+        c = self._calls[sid] = _Call(sid, "value")
+        self._writer.write(StreamControl.stats(sid).to_frame(_STATS).encode())
+        try:
+            got = await asyncio.wait_for(c.q.get(), t)
+        except asyncio.TimeoutError:
+            self._calls.pop(sid, None)
+            raise DeadlineExceeded(f"node {self.node} sent no status within {t} s") from None
+        if isinstance(got, BaseException):
+            raise got
+        if not isinstance(got, dict) or not isinstance(got.get("node"), str):
+            raise P.ProtocolError(f"{self.url} answered the status op with "
+                                  f"{type(got).__name__}, not a status map")
+        return got
+
+    def node_status(self, timeout: float | None = None) -> dict[str, Any]:
+        """The node's status (docs/spec/protocol.md section 9; ``status`` is
+        this link's own: connected / reconnecting / disconnected): its id,
+        uptime, connections, requests, streams, cassette, holdings, peers'
+        health and counters, as a dict (``fabric status URL`` prints it)."""
+        t = self.timeout if timeout is None else timeout
+        fut = asyncio.run_coroutine_threadsafe(self._status_on_loop(t), self._loop)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise FabricUnavailable(f"the status call to {self.url} was cancelled") from None
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, reconnects, calls failed fast, credit grants sent."""

@@ -68,6 +68,16 @@ class SecretStore:
                 raise ValueError(f"{path}: a secrets file is a JSON object of name -> str")
             self._file = data
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled only to reach a worker process of this machine's fabrics
+        # (PlacementFabric, ReplicaGroup), once at spawn: just what resolves,
+        # the FABRIC_SECRET_* variables and the file's entries.
+        env = {k: v for k, v in self._env.items() if k.startswith("FABRIC_SECRET_")}
+        return {"_env": env, "_file": dict(self._file)}
+
+    def __repr__(self) -> str:
+        return f"<fabric.SecretStore: {len(self._file)} from a file, values not shown>"
+
     def value(self, name: str) -> str | None:
         env = "FABRIC_SECRET_" + re.sub(r"[-.]", "_", name).upper()
         if env in self._env:

@@ -44,8 +44,10 @@ from .credit import Credit, StreamTable
 from .scheduler import FairQueue
 from .secrets import SecretStore
 from . import snapshot as _snap
+from . import status as _status
 from .snapshot import NodeState, SnapshotBusy
 from ..governor import PeerGovernor
+from ..claims import StreamDigest
 from . import gossip as _gossip
 from . import leases as _leases
 
@@ -56,7 +58,9 @@ log = logging.getLogger("fabric.node")
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
 # Control ops a connected principal may send (the node's own protocol needs them).
-_CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
+# (``stream.stats`` asks for the node's status: docs/spec/protocol.md section 9.)
+_CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
+                             "stream.remote.network"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class _SecretHome:
         self.store = store
 
     def _resolved(self, request: Any) -> Any:
+        if getattr(self.inner, "resolves_secret_refs", False):
+            return request  # resolved in the worker process that runs the op
         return self.store.resolve(request, _GRANTS.get()) or request
 
     def evaluate(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
@@ -147,11 +153,14 @@ class _Conn:
         self.gossip_sent = 0
         self.closed = False
         self.frames_in = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return
+        self.bytes_out += len(data)
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
@@ -185,7 +194,13 @@ class Node:
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
     secret values for ``SecretRef``. ``peer_tls`` / ``peer_token`` are what
-    this node presents to its peers. ``gossip`` a ``GossipConfig``
+    this node presents to its peers. Claims (docs/spec/claims.md): with
+    ``node_key`` (a ``NodeKey``) or ``fleet_keys`` (a ``FleetKeys``) every
+    reply and stream this node sends carries a claim it signed; with
+    ``trusted_keys`` (a ``TrustedKeys``: ``trust="signatures"``) or
+    ``fleet_keys`` (``trust="fleet-key"``) a peer's reply or stream is
+    recorded only if its claim verifies.
+    ``gossip`` a ``GossipConfig``
     (anti-entropy interval, learned-link fanout, view size, lease): the node
     learns the fleet's members through gossip and links to a few of them,
     and a miss that reaches home is computed by the key's lease holder
@@ -204,7 +219,8 @@ class Node:
                  insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
                  governor: PeerGovernor | None = None,
                  gossip: _gossip.GossipConfig | None = None,
-                 _restored: NodeState | None = None):
+                 _restored: NodeState | None = None,
+                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
         self.host, self.port = _split_listen(listen)
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
@@ -229,11 +245,24 @@ class Node:
         self.secrets = SecretStore(secrets)
         self.home = None if home is None else _leases.LeasedHome(
             _SecretHome(home, self.secrets), self)
+        if node_key is not None and node_key.node != self.node_id:
+            raise ValueError(f"node key {node_key.key_id!r} is node {node_key.node!r}'s, "
+                             f"this node is {self.node_id!r}")
+        #: What signs the claims this node sends (a NodeKey, a FleetKeys, or None).
+        self.signer = node_key if node_key is not None else fleet_keys
         self.fabric = ContentAddressedFabric(
             self.node_id, self.cassette, home=self.home, governor=governor,
-            holders=None if _restored is None else _restored.holders)
+            holders=None if _restored is None else _restored.holders,
+            fleet_keys=fleet_keys if trusted_keys is None else None, trusted_keys=trusted_keys)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = list(peers)
+        if self.fabric.trust == "none":
+            from urllib.parse import urlsplit
+            remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
+            if remote:
+                log.warning("node %s records replies of peers %s without checking claims "
+                            "(no trusted_keys or fleet_keys): any of them can make up "
+                            "replies", self.node_id, ", ".join(remote))
         #: Membership, deltas and anti-entropy (fabric.node.gossip).
         self._gossip = _gossip.FleetGossip(self, gossip)
         self.peer_tls = peer_tls
@@ -296,6 +325,20 @@ class Node:
                 "leases": self.home.stats() if self.home is not None else {},
                 "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
 
+    def status(self) -> dict[str, Any]:
+        """What ``fabric status`` shows: identity, uptime, connections,
+        requests, streams, cassette, holdings, peers' health and every
+        counter (``fabric.node.status.node_status``). Safe from any thread:
+        a running node builds it on its own loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._thread is None \
+                or threading.current_thread() is self._thread:
+            return _status.node_status(self)
+
+        async def build() -> dict[str, Any]:
+            return _status.node_status(self)
+        return asyncio.run_coroutine_threadsafe(build(), loop).result(30)
+
     def snapshot(self) -> bytes:
         """The node's state as bytes (docs/spec/snapshot.md): holding index,
         governor (health and backoff table), counters, the gossip each peer
@@ -353,6 +396,7 @@ class Node:
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
         self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
@@ -388,6 +432,8 @@ class Node:
             await self._shutdown(pumps)
 
     async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
+        log.info("node %s shutting down (%d connection(s), %d request(s) running)",
+                 self.node_id, len(self._conns), self._running)
         if self._server is not None:
             self._server.close()
         if self._drain:
@@ -572,9 +618,13 @@ class Node:
         try:
             if len(self._conns) >= self.limits.max_connections:
                 self._stat("refused_connections")
+                log.warning("refusing a connection from %s: node %s is at "
+                            "max_connections=%d", conn.peer, self.node_id,
+                            self.limits.max_connections)
                 conn.send_error(0, P.LimitExceeded(
                     f"node {self.node_id} is at max_connections="
                     f"{self.limits.max_connections}"))
+                await _linger(conn)
                 return
             self._conns.add(conn)
             dec = FrameDecoder(P.node_limits(self.limits.max_frame))
@@ -583,6 +633,8 @@ class Node:
                                        self.limits.handshake_timeout)
             except asyncio.TimeoutError:
                 self._stat("handshake_timeouts")
+                log.info("closing %s: no handshake within %s s", conn.peer,
+                         self.limits.handshake_timeout)
                 conn.send_error(0, P.ProtocolError(
                     f"no handshake within {self.limits.handshake_timeout} s"))
                 return
@@ -590,7 +642,12 @@ class Node:
         except (P.ProtocolError, FrameError, DecodeError, P.Unauthenticated,
                 P.LimitExceeded, CapabilityDenied) as exc:
             self._stat("refused_" + type(exc).__name__)
-            log.info("closing %s: %s", conn.peer, exc)
+            # An auth refusal or a limit is what an operator looks for: a
+            # warning (the message names the rule, never a token's value).
+            level = logging.WARNING if isinstance(exc, (P.Unauthenticated, P.LimitExceeded)) \
+                else logging.INFO
+            log.log(level, "closing %s (principal %s): %s: %s", conn.peer, conn.principal,
+                    type(exc).__name__, exc)
             conn.send_error(0, exc if not isinstance(exc, (FrameError, DecodeError))
                             else P.ProtocolError(str(exc)))
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -603,7 +660,12 @@ class Node:
         finally:
             if not conn.ended.done():
                 conn.ended.set_result(None)
+            if conn in self._conns:
+                log.info("connection from %s (principal %s) closed after %d frame(s)",
+                         conn.peer, conn.principal, conn.frames_in)
             self._conns.discard(conn)
+            self._stat("bytes_in", conn.bytes_in)
+            self._stat("bytes_out", conn.bytes_out)
             for t in list(conn.tasks.values()):
                 t.cancel()
             for cr in conn.credits.values():
@@ -628,6 +690,7 @@ class Node:
             if not data:
                 dec.finish()  # raises FrameError("truncated") inside a frame
                 return None
+            conn.bytes_in += len(data)
             dec.feed(data)
 
     async def _handshake(self, conn: _Conn, dec: FrameDecoder) -> None:
@@ -709,6 +772,8 @@ class Node:
                             self._opens.pop(next(iter(self._opens)))
                         self._opens[payload] = (ctl, parsed)
                 self._queue_request(conn, sid, parsed)
+            elif ctl.op == "stats":
+                _status.answer(self, conn, sid)
             elif ctl.op in ("cancel", "close"):
                 t = conn.tasks.get(sid)
                 if t is not None:
@@ -817,6 +882,9 @@ class Node:
 
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
         data = canonical_bytes(reply_record(reply))
+        end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
+        if self.signer is not None and reply.key is not None:
+            end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
         part = max(1024, conn.max_frame - 16)
         parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
         enc = conn.enc
@@ -824,9 +892,9 @@ class Node:
                                 {"metadata": {"source": reply.source}}, stream_id=sid)]
         for i, p in enumerate(parts):
             out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
-        out.append(enc.encode_value(FrameKind.STREAM_END, {
-            "chunks": len(parts), "bytes": len(data), "truncated": False},
-            stream_id=sid, seq=len(parts) + 1))
+        end["chunks"] = len(parts)
+        out.append(enc.encode_value(FrameKind.STREAM_END, end,
+                                    stream_id=sid, seq=len(parts) + 1))
         conn.send(b"".join(out))
 
     async def _send_stream(self, conn: _Conn, sid: int, stream: Any) -> None:
@@ -840,9 +908,12 @@ class Node:
         self._enqueue(conn, key, enc.encode_value(
             FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
         truncated = False
+        digest = StreamDigest() if self.signer is not None else None
         try:
             async for tag, payload in (events if events is not None else _items(stream)):
                 body = canonical_bytes(payload)
+                if digest is not None:
+                    digest.update_encoded(tag, body)
                 if len(body) > conn.max_frame:
                     raise P.LimitExceeded(f"an item of {len(body)} bytes is larger than the "
                                           f"largest frame agreed ({conn.max_frame})")
@@ -862,13 +933,16 @@ class Node:
             aclose = getattr(events if events is not None else stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        self._end_stream(conn, key, sid, seq, chunks, total, truncated)
+        claim = None
+        if digest is not None and not truncated and getattr(stream, "key", None) is not None:
+            claim = self.signer.sign_stream(stream.key, digest, self.node_id).encode()
+        self._end_stream(conn, key, sid, seq, chunks, total, truncated, claim)
 
     def _end_stream(self, conn: _Conn, key: Any, sid: int, seq: int, chunks: int,
-                    total: int, truncated: bool) -> None:
+                    total: int, truncated: bool, claim: bytes | None = None) -> None:
         # The terminator is never evicted; a stream that lost data says so.
         self._out_q.push(conn.principal, key, 0, (conn, ("end", sid, seq, chunks, total,
-                                                         truncated)), terminator=True)
+                                                         truncated, claim)), terminator=True)
         self._out_wake.set()  # type: ignore[union-attr]
 
     def _enqueue(self, conn: _Conn, key: Any, data: bytes, size: int) -> None:
@@ -886,7 +960,7 @@ class Node:
                 continue
             conn, data = e.item
             if isinstance(data, tuple):
-                _end, sid, seq, chunks, total, truncated = data
+                _end, sid, seq, chunks, total, truncated, claim = data
                 lost = self._out_q.lost(e.stream)
                 self._out_q.forget(e.stream)
                 out = b""
@@ -898,9 +972,11 @@ class Node:
                         "message": f"principal {conn.principal!r} over its byte budget: "
                                    f"stream data was evicted"},
                         stream_id=sid, seq=seq, flags=FRAME_FLAG_DIAGNOSTIC)
-                data = out + conn.enc.encode_value(FrameKind.STREAM_END, {
-                    "chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)},
-                    stream_id=sid, seq=seq + 1)
+                end = {"chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)}
+                if claim is not None and not lost:
+                    end["claim"] = claim
+                data = out + conn.enc.encode_value(FrameKind.STREAM_END, end,
+                                                   stream_id=sid, seq=seq + 1)
             conn.send(data)
             if len(self._out_q) and not self._out_q._active:
                 await asyncio.sleep(0)
@@ -941,6 +1017,8 @@ class _ConnProtocol(asyncio.Protocol):
             return
         self.timer = None
         self.node._stat("idle_timeouts")
+        log.info("closing %s (principal %s): idle for %s s", self.conn.peer,
+                 self.conn.principal, idle)
         self.conn.send_error(0, P.ProtocolError(f"idle for {idle} s"))
         self._end()
 
@@ -948,6 +1026,7 @@ class _ConnProtocol(asyncio.Protocol):
         if self.done.done():
             return
         self.last_rx = time.monotonic()
+        self.conn.bytes_in += len(data)
         try:
             if data:
                 self.dec.feed(data)
@@ -978,6 +1057,29 @@ class _ConnProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
+
+
+async def _linger(conn: _Conn) -> None:
+    """Half-close after a refusal and read what the peer still sends (its
+    HELLO) until it closes, for at most a second and 64 KiB: closing with
+    unread input would send a reset, and a reset can discard the ERROR
+    frame before the peer has read it."""
+    transport = conn.writer.transport
+    try:
+        if transport.can_write_eof():
+            conn.writer.write_eof()
+        end = time.monotonic() + 1.0
+        left = 1 << 16
+        while left > 0:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                break
+            data = await asyncio.wait_for(conn.reader.read(left), wait)
+            if not data:
+                break
+            left -= len(data)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        pass
 
 
 async def _items(stream: Any) -> Any:

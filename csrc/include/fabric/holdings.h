@@ -102,7 +102,8 @@ void fab_holdings_snapshot_write(const fab_holdings *h, uint8_t *buf);
 /* Loads a snapshot into h, which must be empty (else FAB_ESTATE). All or
  * nothing: on failure h is left empty. 0, FAB_EFORMAT (not the canonical
  * version-1 shape: wrong spec or version, a bad fact, trailing bytes),
- * FAB_ETRUNCATED, FAB_EINVAL (an empty holder), FAB_ENOMEM. */
+ * FAB_ETRUNCATED, FAB_EINVAL (an empty holder), FAB_EDUPKEY (a fact given
+ * twice: dropping it would shift every later version by one), FAB_ENOMEM. */
 int fab_holdings_restore(fab_holdings *h, const uint8_t *data, size_t len);
 
 #endif

@@ -1,0 +1,210 @@
+"""``fabric serve --metrics``: /metrics scraped over loopback and parsed by a
+strict reader of the Prometheus text exposition format (version 0.0.4)."""
+
+import http.client
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import fabric
+from fabric.governor import PeerGovernor
+from fabric.node import Node, connect
+from fabric.node.metrics import CONTENT_TYPE, render, start_metrics, stop_metrics
+
+import node_ops
+from conftest import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"'
+_SAMPLE = re.compile(rf"^({_NAME})(?:\{{((?:{_LABEL})(?:,{_LABEL})*)?\}})? (\S+)$")
+
+
+def parse(text):
+    """{(name, frozenset(labels)): value} and {name: type}; AssertionError on
+    anything the exposition format does not allow."""
+    assert text.endswith("\n"), "the exposition ends with a line feed"
+    types, helps, samples = {}, {}, {}
+    for n, line in enumerate(text[:-1].split("\n"), 1):
+        if line.startswith("# HELP "):
+            name, _, help_ = line[7:].partition(" ")
+            assert re.fullmatch(_NAME, name) and name not in helps, (n, line)
+            helps[name] = help_
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert re.fullmatch(_NAME, name) and name not in types, (n, line)
+            assert kind in ("counter", "gauge"), (n, line)
+            assert not any(s[0] == name for s in samples), f"TYPE after samples: {line}"
+            types[name] = kind
+        else:
+            m = _SAMPLE.match(line)
+            assert m, f"line {n} is not a sample: {line!r}"
+            name, labels, value = m.group(1), m.group(2), m.group(m.lastindex)
+            assert name in types, f"line {n}: {name} has no TYPE"
+            if types[name] == "counter":
+                assert name.endswith("_total"), name
+            lab = frozenset(re.findall(_LABEL, labels or ""))
+            assert len(lab) == len(re.findall(_LABEL, labels or "")), f"repeated label: {line}"
+            v = float(value)
+            assert not math.isnan(v)
+            if types[name] == "counter":
+                assert v >= 0, line
+            key = (name, lab)
+            assert key not in samples, f"line {n} repeats {key}"
+            samples[key] = v
+    assert set(helps) == set(types)
+    return samples, types
+
+
+def scrape(url_or_addr, path="/metrics", method="GET"):
+    host, port = url_or_addr
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        conn.close()
+
+
+def value(samples, name, **labels):
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def node(tmp_path):
+    started = []
+
+    def make(name, **kw):
+        kw.setdefault("listen", "127.0.0.1:0")
+        n = Node(str(tmp_path / f"{name}.ledger"), node_id=name, **kw).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def test_scrape_counts_requests_hits_misses_bytes_and_peers(node):
+    a = node("a", home=fabric.LocalFabric())
+    b = node("b", peers=[a.url], governor=PeerGovernor())
+    ms = start_metrics(b, "127.0.0.1:0")
+    try:
+        with connect(a.url) as ca:
+            assert ca.evaluate(node_ops.double.request(5)).value == 10  # a computes
+        wait_for(lambda: b.status()["counters"].get("gossip_facts_in", 0) >= 1,
+                 "a's announce to reach b by gossip")
+        with connect(b.url) as cb:
+            assert cb.evaluate(node_ops.double.request(5)).value == 10  # b from peer a
+            assert cb.evaluate(node_ops.double.request(5)).value == 10  # b holds it now
+            with pytest.raises(fabric.FabricError):
+                cb.evaluate(node_ops.double.request(6))  # nobody holds it, b has no home
+            with pytest.raises(fabric.FabricError):
+                list(cb.stream(node_ops.count.request(2)))  # the same for a stream
+        status, ctype, text = scrape(ms.address)
+    finally:
+        stop_metrics(ms)
+    assert status == 200 and ctype == CONTENT_TYPE
+    samples, types = parse(text)
+    assert value(samples, "fabric_node_info", node="b", version=fabric.__version__,
+                 protocol="1.0") == 1
+    assert value(samples, "fabric_node_requests_received_total") == 4
+    assert value(samples, "fabric_node_requests_total", outcome="replied") + value(
+        samples, "fabric_node_requests_total", outcome="error") == 4
+    assert value(samples, "fabric_node_requests_total", outcome="error") == 2
+    assert value(samples, "fabric_node_hits_total", source="peer") == 1
+    assert value(samples, "fabric_node_hits_total", source="local") == 1
+    assert value(samples, "fabric_node_bytes_received_total") > 0
+    assert value(samples, "fabric_node_bytes_sent_total") > 0
+    assert value(samples, "fabric_node_peer_connected", peer="a", url=a.url) == 1
+    assert value(samples, "fabric_node_peer_down", peer="a") == 0
+    assert value(samples, "fabric_node_holding_keys") >= 1
+    assert value(samples, "fabric_node_gossip_facts_received_total") >= 1
+    assert value(samples, "fabric_node_connections") == 0  # the client closed
+    assert value(samples, "fabric_node_events_total", event="requests") == 4
+    assert types["fabric_node_uptime_seconds"] == "gauge"
+
+
+def test_http_edges(node):
+    n = node("h")
+    ms = start_metrics(n, "127.0.0.1:0")
+    try:
+        assert scrape(ms.address, "/")[0] == 404
+        assert scrape(ms.address, "/metrics", "POST")[0] == 405
+        status, _ctype, body = scrape(ms.address, "/metrics?x=1", "HEAD")
+        assert status == 200 and body == ""
+        # a head that never ends within the limit is refused, not buffered
+        import socket
+        with socket.create_connection(ms.address, timeout=30) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000)
+            reply = b""
+            while True:
+                data = s.recv(1 << 16)
+                if not data:
+                    break
+                reply += data
+        assert reply.startswith(b"HTTP/1.1 400 ")
+        assert ms.scrapes == 1  # only the HEAD was a scrape
+    finally:
+        stop_metrics(ms)
+
+
+def test_label_values_are_escaped():
+    st = {"node": 'we"ird\\node\n', "version": "0", "protocol": [1, 0], "incarnation": 0,
+          "uptime": 1.5, "url": None,
+          "connections": {"open": 0, "max": 1, "accepted": 0, "refused": 0, "gossip": 0,
+                          "by_principal": {}},
+          "requests": {"received": 0, "replied": 0, "errors": 0, "cancelled": 0,
+                       "denied_compute": 0, "hits_inline": 0, "running": 0, "queued": 0,
+                       "max_running": 1},
+          "streams": {"open": 0, "queued_frames": 0, "evictions": 0},
+          "bytes": {"in": 0, "out": 0}, "cassette": {"error": "closed"},
+          "holdings": {"facts": 0, "keys": 0, "version": 0, "memory": 0},
+          "fabric": {}, "served": {}, "peers": [], "counters": {"refused_Unauthenticated": 2}}
+    samples, _ = parse(render(st))
+    assert value(samples, "fabric_node_info", node='we\\"ird\\\\node\\n', version="0",
+                 protocol="1.0") == 1
+    assert value(samples, "fabric_node_cassette_failed") == 1
+    assert value(samples, "fabric_node_connections_closed_total",
+                 reason="Unauthenticated") == 2
+
+
+def test_fabric_serve_metrics_flag(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id", "m",
+         "--import", "node_ops", "--home", "node_ops:home",
+         "--cassette", str(tmp_path / "m.ledger"), "--metrics", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = proc.stdout.readline()
+        mline = proc.stdout.readline()
+        assert "listening on" in ready, (ready, proc.stderr.read() if not mline else "")
+        assert mline.startswith("fabric serve: metrics on http://127.0.0.1:"), mline
+        url = ready.rsplit(" ", 1)[1].strip()
+        with connect(url) as c:
+            assert c.evaluate(node_ops.double.request(3)).value == 6
+        hostport = mline.rsplit("//", 1)[1].split("/", 1)[0]
+        host, port = hostport.rsplit(":", 1)
+        status, ctype, text = scrape((host, int(port)))
+        assert status == 200 and ctype == CONTENT_TYPE
+        samples, _ = parse(text)
+        assert value(samples, "fabric_node_misses_total", outcome="computed") == 1
+        assert value(samples, "fabric_node_requests_total", outcome="replied") == 1
+        assert value(samples, "fabric_node_cassette_keys") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,236 @@
+"""The status op and ``fabric status URL``: real nodes on loopback, the
+command line as a real process, the op's frame against its golden vector,
+and connections from many threads counted against ``max_connections``."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import fabric
+from fabric.frames import FrameKind
+from fabric.governor import PeerGovernor
+from fabric.node import Node, NodeLimits, connect, protocol as P
+from fabric.node.status import format_status
+
+import node_ops
+from conftest import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GOLDEN = os.path.join(HERE, "golden", "protocol_status.json")
+TOKEN = "t0ken-of-the-operator-0123456789"
+
+
+@pytest.fixture
+def node(tmp_path):
+    started = []
+
+    def make(name=None, **kw):
+        kw.setdefault("listen", "127.0.0.1:0")
+        name = name or f"n{len(started)}"
+        n = Node(str(tmp_path / f"{name}.ledger"), node_id=name, **kw).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def fabric_cli(*args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    return subprocess.run([sys.executable, "-m", "fabric", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_status_counts_what_the_node_did(node):
+    n = node("a", home=fabric.LocalFabric())
+    with connect(n.url) as c:
+        assert c.evaluate(node_ops.double.request(4)).value == 8   # computed
+        assert c.evaluate(node_ops.double.request(4)).value == 8   # held: a hit
+        assert list(c.stream(node_ops.count.request(3))) == [0, 1, 2]
+        st = c.node_status()
+    assert st["node"] == "a" and st["url"] == n.url and st["incarnation"] == 0
+    assert st["protocol"] == list(P.PROTOCOL_VERSION)
+    assert st["uptime"] >= 0
+    # the main connection and this thread's own one, both anonymous
+    assert st["connections"]["open"] == 2
+    assert st["connections"]["by_principal"] == {"anonymous": 2}
+    r = st["requests"]
+    assert r["received"] == 3 and r["replied"] == 3 and r["errors"] == 0
+    assert r["running"] == 0 and r["queued"] == 0
+    assert st["fabric"]["home_computes"] == 2  # the value and the stream
+    assert st["counters"]["hits_inline"] == 1
+    assert st["fabric"]["local_hits"] + st["served"]["served"] == 1
+    assert st["cassette"]["records"] >= 2 and st["cassette"]["keys"] == 2
+    assert "path" not in st["cassette"]  # the node's disk layout is not shown
+    assert st["holdings"]["keys"] == 2
+    assert st["bytes"]["in"] > 0 and st["bytes"]["out"] > 0
+    assert st["peers"] == []
+    assert st["counters"]["status_requests"] == 1
+    # Node.status() from another thread gives the same map (the counters moved on)
+    local = n.status()
+    assert local["node"] == "a" and local["requests"]["received"] == 3
+    text = format_status(st)
+    assert "node a (incarnation 0)" in text and "3 received: 3 replied" in text
+
+
+def test_status_shows_a_peer_down_in_the_governor(node):
+    a = node("a", home=fabric.LocalFabric())
+    b = node("b", peers=[a.url], governor=PeerGovernor(down_after=1))
+    with connect(b.url) as c:
+        st = c.node_status()
+        (p,) = st["peers"]
+        assert (p["url"], p["node"], p["link"]) == (a.url, "a", "connected")
+        a.stop()
+        wait_for(lambda: c.node_status()["peers"][0]["link"] != "connected",
+                 "b to see its link to a go")
+        with pytest.raises(fabric.FabricError):
+            c.evaluate(node_ops.double.request(99))  # a cannot be asked; b has no home
+        st = c.node_status()
+    (p,) = st["peers"]
+    assert p["health"]["failures"] >= 1 and p["health"]["down"] is True
+    assert st["fabric"]["peers_down"] == 1
+    assert "a " + a.url in format_status(st) and "DOWN" in format_status(st)
+
+
+def test_status_needs_an_authenticated_connection(node):
+    n = node(tokens={"ops": TOKEN})
+    with pytest.raises(P.Unauthenticated):
+        connect(n.url, token="wrong-token-0000000000", reconnect=False)
+    with connect(n.url, token=TOKEN) as c:
+        st = c.node_status()
+    assert st["connections"]["by_principal"] == {"ops": 1}
+    assert TOKEN not in json.dumps(st)
+
+
+def test_status_op_on_stream_0_is_a_protocol_error(node):
+    n = node()
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
+            node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW)))
+        s.sendall(fabric.StreamControl.stats(0).to_frame(
+            ["stream.stats", "stream.remote.network"]).encode())
+        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+        frames = []
+        while True:
+            data = s.recv(1 << 16)
+            if not data:
+                break
+            dec.feed(data)
+            frames.extend(dec)
+    assert [f.kind for f in frames] == [FrameKind.HELLO, FrameKind.ERROR]
+    body = frames[-1].decode_payload()
+    assert body["kind"] == "ProtocolError" and "fresh stream id" in body["message"]
+
+
+def test_status_request_frame_matches_its_golden_vector():
+    with open(GOLDEN) as f:
+        golden = json.load(f)
+    frame = fabric.StreamControl.stats(1).to_frame(["stream.stats", "stream.remote.network"])
+    assert frame.encode().hex() == golden["frames"]["status_request"]
+    # and the reply's first frame (the payload after it is the status map)
+    start = P.encoder().encode_value(FrameKind.STREAM_START, {"metadata": {"source": "status"}},
+                                     stream_id=1)
+    assert start.hex() == golden["frames"]["status_reply_start"]
+
+
+def test_cli_status_readable_and_json(node):
+    n = node("cli", home=fabric.LocalFabric())
+    with connect(n.url) as c:
+        c.evaluate(node_ops.double.request(21))
+    r = fabric_cli("status", n.url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"node cli (incarnation 0) at {n.url}\n")
+    assert re.search(r"^cassette +\d+ records, 1 keys", r.stdout, re.M), r.stdout
+    r = fabric_cli("status", n.url, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["node"] == "cli" and st["fabric"]["home_computes"] == 1
+
+
+def test_cli_status_with_a_token_file(node, tmp_path):
+    n = node(tokens={"ops": TOKEN})
+    tf = tmp_path / "token"
+    tf.write_text(TOKEN + "\n")
+    r = fabric_cli("status", n.url, "--token-file", str(tf), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["connections"]["by_principal"] == {"ops": 1}
+    r = fabric_cli("status", n.url, "--token", "not-the-token-000000000")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "bearer token was refused" in r.stderr
+    assert "not-the-token" not in r.stderr
+
+
+def test_cli_status_of_an_unreachable_node_is_one_line_and_exit_2():
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        r = fabric_cli("status", f"fabric://127.0.0.1:{port}", "--timeout", "5")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"fabric status: error: cannot get the status of "
+                               f"fabric://127.0.0.1:{port}")
+    r = fabric_cli("status", "http://127.0.0.1:1")
+    assert r.returncode == 2 and "fabric://HOST:PORT" in r.stderr
+
+
+# ---- every connection counts towards max_connections ------------------------------
+
+def test_connections_from_threads_count_towards_max_connections(node):
+    n = node(home=fabric.LocalFabric(), limits=NodeLimits(max_connections=3))
+    c = connect(n.url)  # connection 1: the client's main one
+    ready = [threading.Event(), threading.Event()]
+    release = threading.Event()
+    out = {}
+
+    def worker(i):
+        out[i] = c.evaluate(node_ops.double.request(i)).value  # its own connection
+        ready[i].set()
+        release.wait(60)  # the thread lives on, and so does its connection
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    try:
+        for t in ts:
+            t.start()
+        for e in ready:
+            assert e.wait(60)
+        assert out == {0: 0, 1: 2}
+        assert n.status()["connections"]["open"] == 3
+        # a third thread's connection is the fourth: refused, and it says why
+        err = {}
+
+        def third():
+            try:
+                c.evaluate(node_ops.double.request(7))
+            except Exception as exc:  # noqa: BLE001 - what the test inspects
+                err["exc"] = exc
+
+        t3 = threading.Thread(target=third)
+        t3.start()
+        t3.join(60)
+        exc = err["exc"]
+        assert isinstance(exc, P.LimitExceeded), repr(exc)
+        assert "max_connections=3" in str(exc)
+        st = n.status()
+        assert st["connections"]["refused"] == 1 and st["connections"]["open"] == 3
+        # and from asyncio: the loop's own connection is counted and refused too
+        import asyncio
+        with pytest.raises(P.LimitExceeded, match="max_connections=3"):
+            asyncio.run(c.aevaluate(node_ops.double.request(8)))
+        assert n.status()["connections"]["refused"] == 2
+    finally:
+        release.set()
+        for t in ts:
+            t.join(60)
+        c.close()
+    # once the client closed, its connections are gone and new ones are served
+    wait_for(lambda: n.status()["connections"]["open"] == 0, "the connections to close")
+    with connect(n.url) as c2:
+        assert c2.evaluate(node_ops.double.request(7)).value == 14
