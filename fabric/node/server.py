@@ -565,8 +565,10 @@ class Node:
         with the first outcome; a peer down at start is added when it comes)."""
         from .client import NodeClient
         loop = asyncio.get_running_loop()
-        _gossip.warn_link(url, tls=self.peer_tls is not None, token=self.peer_token is not None,
-                          trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
+        if learned:  # (--peer URLs were warned about at construction)
+            _gossip.warn_link(url, tls=self.peer_tls is not None,
+                              token=self.peer_token is not None,
+                              trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
         gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
                             node_id=self.node_id, reconnect=not learned,
