@@ -363,3 +363,22 @@ def test_a_restarted_node_is_pulled_from_zero_under_its_new_epoch(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_status_shows_the_fleet_and_the_leases(tmp_path):
+    from fabric.node.status import format_status, node_status
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=FAST).start()
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             peers=[a.url], gossip=FAST).start()
+    try:
+        wait_for(lambda: b.stats()["gossip"]["members"] == 1, "b to know a as a member")
+        st = node_status(b)
+        assert st["gossip"]["links"] == ["a"] and st["leases"] == {}
+        text = format_status(st)
+        assert "fleet        1 members known, links to [a]" in text
+        assert "leases" not in text
+        assert "leases       0 computed here" in format_status(node_status(a))
+    finally:
+        b.stop()
+        a.stop()

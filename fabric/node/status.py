@@ -141,6 +141,8 @@ def node_status(node: Any) -> dict[str, Any]:
         },
         "fabric": node.fabric.stats(),
         "served": node.serve_held.stats(),
+        "gossip": node._gossip.stats(),
+        "leases": node.home.stats() if node.home is not None else {},
         "peers": _peers(node, now),
         "counters": dict(sorted(stats.items())),
     }
@@ -214,6 +216,15 @@ def format_status(st: dict[str, Any]) -> str:
                      + (" (FAILED)" if cas.get("failed") else ""))
     lines.append(f"holdings     {h['facts']} facts on {h['keys']} keys "
                  f"(index version {h['version']}, {h['memory']} bytes)")
+    g, ls = st.get("gossip"), st.get("leases") or {}
+    if g is not None:
+        lines.append(f"fleet        {g['members']} members known, links to "
+                     f"[{', '.join(g['links'])}], {g['links_learned']} learned through gossip; "
+                     f"{g['messages_out']} gossip messages out, {g['messages_in']} in")
+    if ls:
+        lines.append(f"leases       {ls['lease_local']} computed here, {ls['lease_forwarded']} "
+                     f"asked of their holder, {ls['lease_fallbacks']} fell back, "
+                     f"{ls['lease_joined']} joined a computation")
     peers = st["peers"]
     if not peers:
         lines.append("peers        none")
