@@ -294,19 +294,26 @@ def test_recorded_replies_are_neither_announced_nor_served_to_nodes(tmp_path):
 
 def test_recorded_keys_replayed_at_start_are_not_announced_either(tmp_path):
     path = str(tmp_path / "b.ledger")
-    with fabric.EvalCassette(path) as c:
+    # 1,500 records: more than the node checks inline, so the check of the
+    # replayed ledger runs on a worker thread before anything is pushed
+    with fabric.EvalCassette(path, durability="os") as c:
         f = fabric.LedgeredRelayFabric(fabric.LocalFabric(), c)
+        for x in range(750):
+            f.evaluate(pure.request(x))
         f.evaluate(llm.request("old"))
-        f.evaluate(pure.request(5))
+        for x in range(750, 1500):
+            f.evaluate(pure.request(x))
     b = Node(path, node_id="b", listen="127.0.0.1:0").start()
     try:
         cl, got = observe(b.url)
         try:
-            wait_for(lambda: (pure.request(5).key.digest, "b") in facts_of(got),
-                     "the pure key replayed from b's ledger")
+            wait_for(lambda: len(facts_of(got)) == 1500, "the pure keys replayed from b's ledger")
         finally:
             cl.close()
         assert (llm.request("old").key.digest, "b") not in facts_of(got)
+        assert facts_of(got) == {(pure.request(x).key.digest, "b") for x in range(1500)}
+        assert b.stats()["gossip"]["recorded_withheld"] == 1
+        assert max(m["end"] for m in got) == 1501  # versions count the withheld fact
     finally:
         b.stop()
 

@@ -35,6 +35,7 @@ through the ``Node`` object it is given).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
@@ -272,8 +273,11 @@ class FleetGossip:
         self.learned: set[str] = set()  # URLs of learned links
         self._next_tick = 0.0
         self._pulled: set[int] = set()  # connections whose pull is not answered yet
-        # Keys whose request says 'recorded' (checked once per key).
-        self._private: dict[ContentKey, bool] = {}
+        # This node's keys whose request says 'recorded' (never announced),
+        # checked for every own fact up to index version _checked.
+        self._private: set[ContentKey] = set()
+        self._checked = 0
+        self._checking = False
         self.counters = {k: 0 for k in (
             "messages_out", "messages_in", "bytes_out", "facts_out", "facts_in",
             "facts_new", "pulls_out", "pulls_in", "members_out", "members_in",
@@ -305,46 +309,79 @@ class FleetGossip:
             self.counters[kind] += 1
 
     # -- what leaves the node --------------------------------------------------
-    def _withheld(self, key: ContentKey) -> bool:
-        hit = self._private.get(key)
-        if hit is None:
-            try:
-                hit = recorded_identity(self.node.cassette.request_bytes(key))
-            except (ValueError, OSError, TypeError):
-                hit = False
-            if len(self._private) >= 1 << 16:
-                self._private.clear()
-            self._private[key] = hit
-        return hit
+    def _recorded_in(self, start: int, end: int) -> set[ContentKey]:
+        """This node's own facts between index versions ``start`` and ``end``
+        whose reply was recorded under the ``recorded`` sharing class (read
+        from the request the ledger keeps beside it: ~2 us a key)."""
+        me, cassette = self.node.node_id, self.node.cassette
+        out = set()
+        for k, h in self.node.fabric.holders.delta_since(start).facts[:end - start]:
+            if h == me:
+                try:
+                    if recorded_identity(cassette.request_bytes(k)):
+                        out.add(k)
+                except (ValueError, OSError, TypeError):
+                    pass  # a key without a readable request is shared as before
+        return out
 
-    def _deltas(self, since: int, max_frame: int,
+    def _check_recorded(self) -> None:
+        """Advance ``_checked`` (the index version up to which own facts were
+        checked for ``recorded``): inline for a few facts, on a worker thread
+        for many (a restart's ledger), so the loop is never held for long.
+        Nothing past ``_checked`` is pushed."""
+        version = self.node.fabric.holders.version
+        start = self._checked
+        if start >= version or self._checking:
+            return
+        if version - start <= 1024:
+            self._private |= self._recorded_in(start, version)
+            self._checked = version
+            return
+        self._checking = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self._recorded_in, start, version)
+
+        def done(f: asyncio.Future[set[ContentKey]]) -> None:
+            self._checking = False
+            if not f.cancelled() and f.exception() is None:
+                self._private |= f.result()
+                self._checked = version
+                if self.node._gossip_wake is not None:
+                    self.node._gossip_wake.set()
+
+        fut.add_done_callback(done)
+
+    def _deltas(self, since: int, limit: int, max_frame: int,
                 to: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """Messages carrying this node's facts after ``since`` for node ``to``,
-        and the version they reach. Left out: a fact that this node holds a
-        ``recorded`` reply (never announced) and ``to``'s own holdings (it
-        knows them); versions still count them, so bookmarks hold."""
-        d = self.node.fabric.holders.delta_since(since)
-        me = self.node.node_id
-        facts = [(k, h) for k, h in d.facts
-                 if h != to and (h != me or not self._withheld(k))]
-        if len(facts) != len(d.facts):
+        """Messages carrying this node's facts between versions ``since`` and
+        ``limit`` for node ``to``, and the version they reach. Left out: a
+        fact that this node holds a ``recorded`` reply (never announced) and
+        ``to``'s own holdings (it knows them); versions still count them, so
+        bookmarks hold."""
+        all_facts = self.node.fabric.holders.delta_since(since).facts[:limit - since]
+        end = since + len(all_facts)
+        me, private = self.node.node_id, self._private
+        facts = [(k, h) for k, h in all_facts
+                 if h != to and (h != me or k not in private)]
+        if len(facts) != len(all_facts) and private:
             self.counters["recorded_withheld"] += sum(
-                1 for k, h in d.facts if h == me and h != to and self._withheld(k))
+                1 for k, h in all_facts if h == me and h != to and k in private)
         if not facts:
-            return [], d.end
-        if len(facts) == len(d.facts):
-            return split_delta(me, self.epoch, d.start, facts, max_frame), d.end
-        # Facts were left out: one message per batch, versions spanning the gap.
-        msgs = split_delta(me, self.epoch, d.start, facts, max_frame)
-        msgs[-1]["end"] = d.end
-        for a, b in zip(msgs, msgs[1:]):
-            b["start"] = a["end"]
-        return msgs, d.end
+            return [], end
+        msgs = split_delta(me, self.epoch, since, facts, max_frame)
+        if len(facts) != len(all_facts):
+            # Facts were left out: the versions of the messages span the gaps.
+            msgs[0]["start"] = since
+            msgs[-1]["end"] = end
+            for a, b in zip(msgs, msgs[1:]):
+                b["start"] = a["end"]
+        return msgs, end
 
     def push(self) -> None:
         """Send every gossiping link and connection what it has not had yet."""
         node = self.node
-        version = node.fabric.holders.version
+        self._check_recorded()
+        version = self._checked  # what was checked for 'recorded' may go out
         # A node this one links to gets the pushes on that link only, not also
         # on the connection it made here (a pull on it is still answered).
         linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
@@ -353,7 +390,7 @@ class FleetGossip:
                 continue
             self._pulled.discard(id(c))
             if c.gossip and c.gossip_sent < version and not c.closed:
-                msgs, end = self._deltas(c.gossip_sent, c.max_frame, c.remote_node)
+                msgs, end = self._deltas(c.gossip_sent, version, c.max_frame, c.remote_node)
                 for body in msgs:
                     data = c.enc.encode_value(FrameKind.GOSSIP, body)
                     c.send(data)
@@ -362,8 +399,8 @@ class FleetGossip:
                 c.gossip_sent = end
         for cl in node._clients:
             if cl.gossip_sent < version and cl.status == "connected":
-                msgs, end = self._deltas(cl.gossip_sent, cl._enc.limits.max_frame_payload_bytes,
-                                         cl.node)
+                msgs, end = self._deltas(cl.gossip_sent, version,
+                                         cl._enc.limits.max_frame_payload_bytes, cl.node)
                 ok = True
                 for body in msgs:
                     ok = cl._send_gossip(body)
