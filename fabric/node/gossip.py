@@ -480,7 +480,11 @@ class FleetGossip:
         if self._is_delta(body):
             epoch = body.get("epoch")
             seen_epoch, seen = self.seen.get(client.url, (None, 0))
-            self._apply(body, client.node)
+            try:
+                self._apply(body, client.node)
+            except P.ProtocolError as exc:  # dropped, as a link's junk always is
+                log.warning("node %s: link %s sent %s", self.node.node_id, client.url, exc)
+                return
             if epoch is not None:
                 if epoch != seen_epoch:
                     seen = 0
