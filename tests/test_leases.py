@@ -232,3 +232,25 @@ def test_a_lease_holder_whose_claim_fails_is_penalised_and_the_asker_computes(tm
     finally:
         b.stop()
         a.stop()
+
+
+def test_the_fleet_and_the_leases_in_the_metrics(tmp_path):
+    from fabric.node.metrics import render
+    from fabric.node.status import node_status
+    from test_node_metrics import parse, value
+
+    a, b = pair(tmp_path)
+    x = key_owned_by("b", ["a", "b"], 500)
+    GATES[x].set()
+    try:
+        assert a.fabric.evaluate(gated.request(x)).value == x * 10
+        samples, types = parse(render(node_status(a)))
+        assert value(samples, "fabric_node_gossip_members") == 1
+        assert value(samples, "fabric_node_gossip_links") == 1
+        assert value(samples, "fabric_node_lease_misses_total", outcome="forwarded") == 1
+        assert value(samples, "fabric_node_lease_misses_total", outcome="local") == 0
+        assert value(samples, "fabric_node_gossip_messages_total", direction="out") > 0
+        assert types["fabric_node_lease_misses_total"] == "counter"
+    finally:
+        b.stop()
+        a.stop()

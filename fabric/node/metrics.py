@@ -137,6 +137,22 @@ def render(st: dict[str, Any]) -> str:
              counters.get("gossip_facts_in", 0))
     o.family("gossip_redelivered_total", "counter",
              "Gossip deltas sent again after a restore.", counters.get("gossip_redelivered", 0))
+    g = st.get("gossip")
+    if g is not None:  # fleet membership and gossip traffic (fabric.node.gossip)
+        o.family("gossip_members", "gauge", "Fleet members this node knows.", g["members"])
+        o.family("gossip_links", "gauge", "Links to other nodes connected now.",
+                 len(g["links"]))
+        o.family("gossip_messages_total", "counter", "GOSSIP messages, by direction.",
+                 [({"direction": "out"}, g["messages_out"]),
+                  ({"direction": "in"}, g["messages_in"])])
+        o.family("gossip_facts_sent_total", "counter", "Holding facts sent by gossip.",
+                 g["facts_out"])
+        o.family("gossip_links_learned_total", "counter",
+                 "Links made to members learned through gossip.", g["links_learned"])
+    ls = st.get("leases") or {}
+    if ls:  # one computation per fleet (fabric.node.leases)
+        o.family("lease_misses_total", "counter", "Misses that reached home, by outcome.",
+                 [({"outcome": k[len("lease_"):]}, v) for k, v in sorted(ls.items())])
     peers = st["peers"]
     o.family("peers", "gauge", "Peers this node links to or heard of.", len(peers))
     o.family("peer_connected", "gauge", "1 while the link to the peer is connected.",
