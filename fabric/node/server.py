@@ -575,7 +575,7 @@ class Node:
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 gossip.on_link, client, body))
-        client.gossip_pull = lambda: gossip.pull_body(url)
+        client.gossip_pull = lambda: gossip.pull_body(client.node)
         start, redo = self._resume.get(url, (0, False))
         client.gossip_sent = start
         client.next_sid = max(client.next_sid, self._peer_streams.get(url, 1))
