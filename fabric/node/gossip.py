@@ -10,11 +10,15 @@ Owns what a ``fabric.Node`` says and hears in ``GOSSIP`` frames
   random number drawn when the node starts), so a receiver's bookmark
   ``(epoch, version)`` of what it has seen from a link survives only as
   long as the version numbering it refers to.
-- **Anti-entropy**: on connect, and every ``interval`` seconds to one
-  random link, a node pulls what it has not seen from that link (``{"pull":
-  version, "epoch": epoch}``); the other side answers with the facts after
-  that version, or all of them if the epoch is not its own (it restarted).
-  Pushes ride TCP, so this only repairs what a dropped connection lost.
+- **Anti-entropy**: a node keeps, per origin node, a bookmark ``(epoch,
+  version)`` of that node's index seen contiguously. A link pulls with it
+  when it (re)connects (``{"pull": version, "epoch": epoch}``) and the other
+  side starts that connection's pushes there (from 0 if the epoch is not
+  its own: it restarted). Every ``interval`` seconds a node also pulls on
+  one random link: on a live connection that only reports its bookmark
+  (what was pushed since is in flight), which a node whose own link to the
+  puller reconnects goes back to. Pushes wait a tick while a connection's
+  buffer is full, so a peer catching up is never cut off as slow.
 - **Membership**: every ``interval`` a node sends one random link a sample
   of at most ``MAX_MEMBERS`` members it knows (``[node id, URL, computes]``,
   itself first); the receiver merges them into its view (at most ``view``
