@@ -21,6 +21,12 @@ otherwise pick, and reported as a ratio against it (the goals of issue 12):
    and replayed (local hit), in items per second against a plain generator
    [>= 1/15 and >= 1/5].
 
+Figures 4 and 5 are mostly the cassette's append (one ``record`` with the
+request's bytes, durability ``"os"``) and its lookup miss; to show the
+fabric's own share, the same run also times them alone and the same misses
+over ``MemoryCassette``, a dict standing in for the cassette (printed
+below the table as a breakdown, no goal of their own).
+
 These replace the tests that used to pin how the hit path was built (no
 Python frame at all): what matters is its speed, and that is guarded here.
 Absolute times drift on a shared machine; the ratios are the figures. The
@@ -44,6 +50,17 @@ import fabric  # noqa: E402
 
 KWARGS = {f"k{i}": (i * 7919) % 1000 for i in range(10)}  # the 10-keyword call
 STREAM_ITEMS = 1000
+
+
+class MemoryCassette(dict):
+    """A dict standing in for the cassette (key -> reply record): what a
+    fabric costs without the ledger's append and lookup."""
+
+    get = dict.get
+
+    def record(self, key, record):
+        self[key] = record
+        return True
 
 
 def work(**kw):
@@ -81,6 +98,7 @@ def main() -> int:
     rounds = 3 if opts.quick else 7
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
     rows = []  # (figure, ours, peer's name, peer's time, goal text, goal met)
+    parts = []  # (figure's number, what, time, ratio, against what)
     opened = []
 
     def cassette(name, **kw):
@@ -117,10 +135,21 @@ def main() -> int:
     local = fabric.LocalFabric(reg)
     caf = fabric.ContentAddressedFabric("miss", cassette("miss-os", durability="os"),
                                         home=fabric.LocalFabric(reg))
+    caf_mem = fabric.ContentAddressedFabric("miss-mem", MemoryCassette(),
+                                            home=fabric.LocalFabric(reg))
+    appended = cassette("append-os", durability="os")
+
+    def append():
+        r = echo.request(next(counter))
+        appended.record(r.key, [r.args[0], [], None], request=r)
+
     t = side_by_side({
         "build": lambda: echo.request(next(counter)).key,
         "local": lambda: local.evaluate(echo.request(next(counter))),
         "caf": lambda: caf.evaluate(echo.request(next(counter))),
+        "caf_mem": lambda: caf_mem.evaluate(echo.request(next(counter))),
+        "append": append,
+        "lookup": lambda: appended.get(echo.request(next(counter)).key),
     }, m, rounds)
     rows.append(("miss of a trivial op through `LocalFabric`", t["local"],
                  "building its request and key", t["build"], "<= 4",
@@ -128,6 +157,13 @@ def main() -> int:
     rows.append(("miss through `ContentAddressedFabric` (home, durability 'os')", t["caf"],
                  "building its request and key", t["build"], "<= 10",
                  t["caf"] / t["build"] <= 10))
+    app, look = t["append"] - t["build"], t["lookup"] - t["build"]
+    parts.append(("4", "the same miss over a `MemoryCassette` (no ledger)", t["caf_mem"],
+                  t["caf_mem"] / t["build"], "building its request and key"))
+    parts.append(("4", "the append alone (`record` with the request, durability 'os')", app,
+                  app / t["build"], "building its request and key"))
+    parts.append(("4", "the cassette's lookup miss alone (`get`)", look,
+                  look / t["build"], "building its request and key"))
 
     # -- 5: node b resolving from node a --------------------------------------------
     cas_a = cassette("node-a", durability="os")
@@ -138,17 +174,25 @@ def main() -> int:
         cas_a.record(echo.request(v).key, [v, [], None])
     b = fabric.ContentAddressedFabric("b", cassette("node-b", durability="os"),
                                       peers=[fabric.ContentPeer("a", serve)])
+    b_mem = fabric.ContentAddressedFabric("b-mem", MemoryCassette(),
+                                          peers=[fabric.ContentPeer("a", serve)])
     held = itertools.cycle(range(base, base + nheld))
     fresh = iter(range(base, base + nheld))
+    fresh_mem = iter(range(base, base + nheld))
     got = b.evaluate(echo.request(next(fresh)))
     assert got.source == "peer:a", got.source
+    assert b_mem.evaluate(echo.request(next(fresh_mem))).source == "peer:a"
     t = side_by_side({
         "serve": lambda: serve.evaluate(echo.request(next(held))),
         "resolve": lambda: b.evaluate(echo.request(next(fresh))),
+        "resolve_mem": lambda: b_mem.evaluate(echo.request(next(fresh_mem))),
     }, m, rounds)
     rows.append(("node b resolving from node a in-process (default timeout)", t["resolve"],
                  "direct `ContentServeFabric.evaluate`", t["serve"], "<= 5",
                  t["resolve"] / t["serve"] <= 5))
+    parts.append(("5", "the same with node b over a `MemoryCassette` (no ledger)",
+                  t["resolve_mem"], t["resolve_mem"] / t["serve"],
+                  "direct `ContentServeFabric.evaluate`"))
 
     # -- 6: streams -----------------------------------------------------------------
     @fabric.op("bench.count", version=1, registry=reg)
@@ -194,6 +238,12 @@ def main() -> int:
             ratio = f"{ours / theirs:.2f}×"
         print(f"| {name} | {fmt(ours)} | {peer} | {fmt(theirs)} | {ratio} | {goal} | "
               f"{'yes' if ok else 'NO'} |")
+    print("\nBreakdown of the misses (same run; the append and lookup are their time "
+          "beyond building the request):\n")
+    print("| figure | part | time | ratio | against |")
+    print("|---|---|---:|---:|---|")
+    for num, what, secs, ratio, against in parts:
+        print(f"| {num} | {what} | {fmt(secs)} | {ratio:.2f}× | {against} |")
     return 0
 
 

@@ -135,6 +135,43 @@ typedef struct ckpt {
     int bad;              /* a page failed its checksum: rebuild */
 } ckpt;
 
+/* The append lock page (see its section below). */
+#define LOCK_IDENT ((off_t)1 << 61)
+#define IDENT_BITS 40
+#define SHL_SIZE 4096
+#define SHL_VERSION 1
+/* The page's layout depends on the C library's pthread_mutex_t: the
+ * library's name is part of the file name, so a process of another C
+ * library makes another file (and writer_identity refuses the mix). */
+#ifdef __GLIBC__
+#define SHL_LIBC "glibc"
+#else
+#define SHL_LIBC "libc"
+#endif
+static const uint8_t SHL_MAGIC[8] = {0x89, 'F', 'A', 'B', 'L', 'C', 'K', '\n'};
+
+typedef struct shl_page {
+    uint8_t magic[8];
+    uint32_t version;
+    uint32_t mutex_size;   /* sizeof(pthread_mutex_t) of the creator */
+    uint64_t id;           /* the lock identity, 1 .. 2^40 - 1 */
+    uint64_t dev, ino;     /* the ledger file it serves */
+    _Atomic uint64_t end;  /* the ledger's end after the last append under the mutex; 0 unknown */
+    _Atomic uint64_t owner_dead; /* holders found dead (EOWNERDEAD) */
+    uint8_t reserved[8];
+    pthread_mutex_t mu;    /* at offset 64 */
+} shl_page;
+
+_Static_assert(sizeof(shl_page) <= SHL_SIZE, "the lock page fits in its file");
+
+/* One handle's hold on a lock file. */
+typedef struct shl {
+    int fd;                /* -1: none (OFD lock, or exclusive) */
+    shl_page *p;
+    uint64_t id;
+    int inherited;         /* a forked child's copy of its parent's: never removes the file */
+} shl;
+
 struct fab_ledger {
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -147,7 +184,15 @@ struct fab_ledger {
     dev_t dev;            /* of fd */
     ino_t ino;
     int forked;           /* fd and its locks are the parent's (after fork) */
-    int append_locked;    /* LOCK_APPEND held */
+    int append_locked;    /* 1: LOCK_APPEND held; 2: the lock page's mutex held */
+    int append_ok;        /* begin_append succeeded: end_append publishes l->end */
+    shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
+    uint64_t owner_dead;  /* lock page holders this handle found dead */
+    /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
+     * record append, inside the append lock, write (torn: half the
+     * record, then) one byte to FD and wait for ever. */
+    uint64_t hold_n;
+    int hold_fd, hold_torn;
     uint64_t gen;         /* incremented at each move to another file */
     uint64_t scanned_size; /* file size at the last replay */
     uint64_t reloads, foreign_records, leftovers_removed;
@@ -294,6 +339,254 @@ static int lock_holders(dev_t dev, ino_t ino, long *pid)
 }
 
 /* ======================================================================== */
+/* The append lock page (spec: Concurrency)                                  */
+/* ======================================================================== */
+
+/*
+ * A writer that is not exclusive serializes its appends with a robust,
+ * process-shared pthread mutex in a 4 KiB lock file in /dev/shm (or
+ * $FABRIC_LEDGER_LOCK_DIR), one per ledger file (device and inode), not
+ * beside the ledger. Uncontended it costs two atomic operations instead of
+ * two fcntl calls; a holder killed by SIGKILL leaves the mutex to the next
+ * locker with EOWNERDEAD (the kernel walks the dead thread's robust list),
+ * which repairs the tail as any appender does and marks it consistent.
+ * The page also holds the ledger's end after the last append under the
+ * mutex: a writer that finds it equal to its own end knows that nobody
+ * appended since its last look and skips the fstat.
+ *
+ * Where the lock file cannot be used (no such directory, another user's
+ * file, a different layout), the writer falls back to the OFD lock on
+ * LOCK_APPEND. The two must never be mixed on one ledger: every writer
+ * holds a shared OFD lock on the byte LOCK_IDENT + its lock identity (the
+ * page's random id, or 0 for the OFD lock) for its life, and at open
+ * checks that no other identity is held (writer_identity).
+ */
+
+static const char *shl_dir(void)
+{
+    const char *d = getenv("FABRIC_LEDGER_LOCK_DIR");
+    return d ? d : "/dev/shm";
+}
+
+static void shl_name(char *out, size_t n, const char *dir, dev_t dev, ino_t ino)
+{
+    snprintf(out, n, "%s/fabric-ledger-%llx-%llx.%s.lock", dir, (unsigned long long)dev,
+             (unsigned long long)ino, SHL_LIBC);
+}
+
+static uint64_t shl_random_id(void)
+{
+    uint64_t v = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+            v = 0;
+        close(fd);
+    }
+    v ^= now_ns(CLOCK_MONOTONIC) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() << 20;
+    v &= ((uint64_t)1 << IDENT_BITS) - 1;
+    return v ? v : 1;
+}
+
+/* Makes an initialized lock file under name (a new file linked there
+ * only once complete, so nobody maps a half-made page). 0, or -1 when it
+ * cannot (errno EEXIST: someone else made it first). */
+static int shl_create(const char *name, const char *dir, const struct stat *ledger)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", name, (long)getpid());
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    FAB_UNUSED(dir);
+    if (fd < 0)
+        return -1;
+    int ok = 0;
+    shl_page *p = MAP_FAILED;
+    /* Writable by whoever may write the ledger's owner's files. */
+    (void)fchmod(fd, ledger->st_mode & 0660);
+    if (ftruncate(fd, SHL_SIZE) == 0 &&
+        (p = mmap(NULL, SHL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) != MAP_FAILED) {
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        if (pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) == 0 &&
+            pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) == 0 &&
+            pthread_mutex_init(&p->mu, &a) == 0) {
+            memcpy(p->magic, SHL_MAGIC, 8);
+            p->version = SHL_VERSION;
+            p->mutex_size = (uint32_t)sizeof(pthread_mutex_t);
+            p->id = shl_random_id();
+            p->dev = (uint64_t)ledger->st_dev;
+            p->ino = (uint64_t)ledger->st_ino;
+            atomic_store(&p->end, 0);
+            ok = link(tmp, name) == 0;
+        }
+        pthread_mutexattr_destroy(&a);
+        munmap(p, SHL_SIZE);
+    }
+    int e = errno;
+    unlink(tmp);
+    close(fd);
+    errno = e;
+    return ok ? 0 : -1;
+}
+
+/*
+ * Removes the lock files in dir that nobody uses (every user holds a
+ * shared lock on byte 0): left by a last writer killed while open. Run
+ * when a lock file is created, so they never pile up. Best effort.
+ */
+static void shl_sweep(const char *dir)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    DIR *dp = fdopendir(dfd);
+    if (dp == NULL) {
+        close(dfd);
+        return;
+    }
+    static const char suffix[] = "." SHL_LIBC ".lock";
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "fabric-ledger-", 14) != 0 || n < sizeof(suffix) ||
+            strcmp(e->d_name + n - (sizeof(suffix) - 1), suffix) != 0)
+            continue;
+        int fd = openat(dirfd(dp), e->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue;
+        struct stat a, b;
+        if (ofd_lock(fd, F_WRLCK, 0, 0) == 0 && fstat(fd, &a) == 0 &&
+            fstatat(dirfd(dp), e->d_name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+            a.st_ino == b.st_ino && a.st_uid == geteuid())
+            unlinkat(dirfd(dp), e->d_name, 0);
+        close(fd);
+    }
+    closedir(dp);
+}
+
+/*
+ * Opens (creating it when missing) the lock file of the ledger file sb
+ * describes and maps it. 0 and *out filled, or -1 when this process cannot
+ * use one (the caller then uses the OFD lock).
+ */
+static int shl_open(const struct stat *ledger, shl *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->fd = -1;
+    const char *dir = shl_dir();
+    struct statfs fs;
+    /* Only in a tmpfs, which a reboot empties: a robust mutex whose owner
+     * died with the machine (no thread exit to mark it) stays locked. */
+    if (dir[0] == '\0' || statfs(dir, &fs) < 0 || (unsigned long)fs.f_type != 0x01021994UL)
+        return -1;
+    char name[4096];
+    shl_name(name, sizeof(name), dir, ledger->st_dev, ledger->st_ino);
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int fd = open(name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            if (errno != ENOENT)
+                return -1;
+            shl_sweep(dir);
+            if (shl_create(name, dir, ledger) < 0 && errno != EEXIST)
+                return -1;
+            continue;
+        }
+        /* Users hold a shared lock on its byte 0 for as long as they use
+         * it; the last one out removes it under an exclusive one (shl_close). */
+        struct stat a, b;
+        if (ofd_lock(fd, F_RDLCK, 0, 1) < 0 || fstat(fd, &a) < 0) {
+            close(fd);
+            return -1;
+        }
+        if (stat(name, &b) < 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+            close(fd); /* removed by the last user meanwhile: again */
+            continue;
+        }
+        /* Only a lock file of this user or of the ledger's owner: anyone
+         * else could hold the mutex for ever. */
+        if (!S_ISREG(a.st_mode) || a.st_size != SHL_SIZE ||
+            (a.st_uid != geteuid() && a.st_uid != ledger->st_uid)) {
+            close(fd);
+            return -1;
+        }
+        shl_page *p = mmap(NULL, SHL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            close(fd);
+            return -1;
+        }
+        if (memcmp(p->magic, SHL_MAGIC, 8) != 0 || p->version != SHL_VERSION ||
+            p->mutex_size != sizeof(pthread_mutex_t) || p->dev != (uint64_t)ledger->st_dev ||
+            p->ino != (uint64_t)ledger->st_ino || p->id == 0 ||
+            p->id >= ((uint64_t)1 << IDENT_BITS)) {
+            munmap(p, SHL_SIZE);
+            close(fd);
+            return -1;
+        }
+        out->fd = fd;
+        out->p = p;
+        out->id = p->id;
+        return 0;
+    }
+    return -1;
+}
+
+/* Stops using a lock file; the last user (unlink 1, and no other shared
+ * lock on it) removes it. */
+static void shl_close(shl *s, int unlink_last)
+{
+    if (s->fd < 0)
+        return;
+    if (unlink_last && !s->inherited && ofd_lock(s->fd, F_WRLCK, 0, 0) == 0) {
+        char name[4096];
+        struct stat a, b;
+        shl_name(name, sizeof(name), shl_dir(), (dev_t)s->p->dev, (ino_t)s->p->ino);
+        if (fstat(s->fd, &a) == 0 && stat(name, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev)
+            unlink(name);
+    }
+    munmap(s->p, SHL_SIZE);
+    close(s->fd);
+    memset(s, 0, sizeof(*s));
+    s->fd = -1;
+}
+
+/*
+ * Declares fd's writer's lock identity (the lock page's id, 0 for the OFD
+ * lock) with a shared OFD lock on LOCK_IDENT + id, held for the life of
+ * the open file, then looks for any other identity held by another
+ * writer. 0 when none; 1 when there is one. Taking one's own lock before
+ * looking at the others' (both ways) means that of two writers with
+ * different identities, at least one sees the other.
+ */
+static int writer_identity(int fd, uint64_t id, int *err_out)
+{
+    *err_out = 0;
+    if (ofd_lock(fd, F_RDLCK, LOCK_IDENT + (off_t)id, 0) < 0) {
+        *err_out = errno;
+        return -1;
+    }
+    struct flock fl;
+    off_t ranges[2][2] = {{LOCK_IDENT, (off_t)id},
+                          {LOCK_IDENT + (off_t)id + 1, ((off_t)1 << IDENT_BITS) - (off_t)id - 1}};
+    for (int i = 0; i < 2; i++) {
+        if (ranges[i][1] <= 0)
+            continue;
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = ranges[i][0];
+        fl.l_len = ranges[i][1];
+        if (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+            *err_out = errno;
+            return -1;
+        }
+        if (fl.l_type != F_UNLCK)
+            return 1;
+    }
+    return 0;
+}
+
+/* ======================================================================== */
 /* The process's open ledgers, for fork                                      */
 /* ======================================================================== */
 
@@ -324,6 +617,7 @@ static void atfork_child(void)
     for (fab_ledger *l = reg_head; l; l = l->reg_next) {
         l->forked = 1;
         l->append_locked = 0;
+        l->sh.inherited = 1;
         l->syncing = 0;
         l->leader_waiting = 0;
         l->n_pending = 0;
@@ -1465,7 +1759,7 @@ static int find_key(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_
 /* ======================================================================== */
 
 static int check_header(const uint8_t *h, uint64_t avail, fab_ledger_error *err);
-static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
+static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb, shl *sh,
                             fab_ledger_error *err);
 
 /* The state that belongs to one file, saved while a reload builds the next. */
@@ -1485,6 +1779,7 @@ typedef struct file_view {
     uint64_t lazy_end, last_rec;
     uint64_t sent_at, sent_val;
     int sent_ok;
+    shl sh;
     uint8_t header[FAB_LEDGER_HEADER_SIZE];
 } file_view;
 
@@ -1515,6 +1810,7 @@ static void view_take(fab_ledger *l, file_view *v)
     v->sent_at = l->sent_at;
     v->sent_val = l->sent_val;
     v->sent_ok = l->sent_ok;
+    v->sh = l->sh;
     memcpy(v->header, l->header, sizeof(v->header));
 }
 
@@ -1545,6 +1841,7 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->sent_at = v->sent_at;
     l->sent_val = v->sent_val;
     l->sent_ok = v->sent_ok;
+    l->sh = v->sh;
     memcpy(l->header, v->header, sizeof(l->header));
 }
 
@@ -1552,6 +1849,7 @@ static void view_free(file_view *v)
 {
     if (v->fd >= 0)
         close(v->fd); /* drops this handle's OFD locks on the old file */
+    shl_close(&v->sh, 1);
     fab_lmap_release(v->map);
     fab_lindex_destroy(&v->ix);
     free(v->skips);
@@ -1586,13 +1884,15 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
         close(fd);
         return rc;
     }
-    if (writer && (rc = take_writer_lock(l, fd, &sb, err)) != FAB_OK) {
+    shl nsh = {.fd = -1};
+    if (writer && (rc = take_writer_lock(l, fd, &sb, &nsh, err)) != FAB_OK) {
         close(fd);
         return rc;
     }
     file_view old;
     view_take(l, &old);
     l->fd = fd;
+    l->sh = nsh;
     l->dev = sb.st_dev;
     l->ino = sb.st_ino;
     l->map = NULL;
@@ -1757,9 +2057,14 @@ static int on_network_fs(int fd)
  * exclusive for an exclusive writer. FAB_ELOCKED (err->pid when known) when
  * it conflicts.
  */
-static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
+static int take_append_identity(fab_ledger *l, int fd, const struct stat *sb, shl *sh,
+                                fab_ledger_error *err);
+
+static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb, shl *sh,
                             fab_ledger_error *err)
 {
+    memset(sh, 0, sizeof(*sh));
+    sh->fd = -1;
     if (!l->exclusive && on_network_fs(fd)) {
         set_err(err, FAB_EIO, ENOLCK, 0, 0,
                 "the ledger is on a network file system, where locks between hosts are "
@@ -1769,7 +2074,7 @@ static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
     }
     if (ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_WRITERS, 0) == 0) {
         (void)ofd_lock(fd, l->exclusive ? F_WRLCK : F_RDLCK, LOCK_PID, 2);
-        return FAB_OK;
+        return take_append_identity(l, fd, sb, sh, err);
     }
     if (errno != EAGAIN)
         return sys_fail(err, errno, "locking the ledger");
@@ -1788,6 +2093,41 @@ static int take_writer_lock(fab_ledger *l, int fd, const struct stat *sb,
                 pid == (long)getpid() ? "handle of this process" : "process", pid);
     if (err)
         err->pid = pid;
+    return FAB_ELOCKED;
+}
+
+/*
+ * Chooses how the writer on fd (the file sb describes; its WRITERS lock
+ * held) serializes its appends: the lock page when it can use one and
+ * every other writer uses the same, else the OFD lock on LOCK_APPEND.
+ * Refused (FAB_ELOCKED) when other writers use a lock page this process
+ * cannot use: mixing the two would let two appends run at once. An
+ * exclusive writer needs neither. *sh filled (fd -1: the OFD lock).
+ */
+static int take_append_identity(fab_ledger *l, int fd, const struct stat *sb, shl *sh,
+                                fab_ledger_error *err)
+{
+    if (l->exclusive)
+        return FAB_OK;
+    int e, r;
+    if (shl_open(sb, sh) == 0) {
+        if ((r = writer_identity(fd, sh->id, &e)) == 0)
+            return FAB_OK;
+        (void)ofd_lock(fd, F_UNLCK, LOCK_IDENT + (off_t)sh->id, 0);
+        shl_close(sh, 1);
+        if (r < 0)
+            return sys_fail(err, e, "locking the ledger");
+    }
+    if ((r = writer_identity(fd, 0, &e)) == 0)
+        return FAB_OK;
+    (void)ofd_lock(fd, F_UNLCK, LOCK_IDENT, 0);
+    if (r < 0)
+        return sys_fail(err, e, "locking the ledger");
+    set_err(err, FAB_ELOCKED, EWOULDBLOCK, 0, 0,
+            "other writers of the ledger lock its appends through a lock file that this "
+            "process cannot use (in %s: another user's, or another FABRIC_LEDGER_LOCK_DIR "
+            "or /dev/shm); open it for writing from processes that share one",
+            shl_dir());
     return FAB_ELOCKED;
 }
 
@@ -1925,6 +2265,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         return FAB_ENOMEM;
     int rc = FAB_OK;
     l->fd = -1;
+    l->sh.fd = -1;
     l->mode = opt->mode;
     l->durability = opt->durability;
     l->recover = opt->recover;
@@ -1946,6 +2287,16 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
     int writer = opt->mode == FAB_LEDGER_WRITE;
     if (writer)
         l->leftovers_removed = (uint64_t)remove_leftovers(path);
+    const char *hold = writer ? getenv("FABRIC_LEDGER_TEST_HOLD") : NULL;
+    if (hold != NULL) {
+        unsigned long long n = 0;
+        int fd = -1, pos = 0;
+        if (sscanf(hold, "%llu:%d%n", &n, &fd, &pos) == 2 && fd >= 0) {
+            l->hold_n = n;
+            l->hold_fd = fd;
+            l->hold_torn = strcmp(hold + pos, ":torn") == 0;
+        }
+    }
     for (int attempt = 0;; attempt++) {
         if (attempt >= MAX_MOVES) {
             set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced while opening");
@@ -1999,7 +2350,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
                 goto fail;
             continue;
         }
-        if (writer && (rc = take_writer_lock(l, l->fd, &sb, err)) != FAB_OK)
+        if (writer && (rc = take_writer_lock(l, l->fd, &sb, &l->sh, err)) != FAB_OK)
             goto fail;
         ssize_t got = pread(l->fd, l->header, sizeof(l->header), 0);
         if (got < 0) {
@@ -2061,6 +2412,7 @@ void fab_ledger_close(fab_ledger *l)
     reg_remove(l);
     if (l->fd >= 0)
         close(l->fd); /* releases this handle's OFD locks */
+    shl_close(&l->sh, 1);
     fab_lmap_release(l->map);
     fab_lindex_destroy(&l->ix);
     ckpt_drop(&l->ck);
@@ -2114,13 +2466,16 @@ static int after_fork_locked(fab_ledger *l, fab_ledger_error *err)
             l->forked = 0;
         return rc < 0 ? rc : FAB_OK;
     }
-    int rc = take_writer_lock(l, fd, &sb, err);
+    shl nsh;
+    int rc = take_writer_lock(l, fd, &sb, &nsh, err);
     if (rc != FAB_OK) {
         close(fd);
         return rc;
     }
     close(l->fd); /* the parent's locks stay with the parent's descriptor */
+    shl_close(&l->sh, 0); /* the parent's lock page stays the parent's */
     l->fd = fd;
+    l->sh = nsh;
     l->forked = 0;
     return FAB_OK;
 }
@@ -2144,9 +2499,46 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced");
             return FAB_EIO;
         }
-        if (!l->exclusive && ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
-            return sys_fail(err, errno, "locking the ledger for an append");
-        l->append_locked = !l->exclusive;
+        l->append_ok = 0;
+        if (l->sh.p != NULL) {
+            int r = pthread_mutex_lock(&l->sh.p->mu);
+            if (r == EOWNERDEAD) {
+                /* Its holder died inside an append. The page's end was
+                 * set to 0 when that append began, so the check below
+                 * looks at the file, replays and cuts a torn record. */
+                atomic_store(&l->sh.p->end, 0);
+                atomic_fetch_add(&l->sh.p->owner_dead, 1);
+                l->owner_dead++;
+                r = pthread_mutex_consistent(&l->sh.p->mu);
+                if (r != 0) {
+                    pthread_mutex_unlock(&l->sh.p->mu);
+                    return sys_fail(err, r, "recovering the ledger's append lock");
+                }
+            } else if (r != 0) {
+                return sys_fail(err, r, "locking the ledger for an append");
+            }
+            l->append_locked = 2;
+            /* Nobody appended since this handle's last look, it saw no
+             * torn tail then, and the file still holds what it indexed:
+             * no fstat needed. */
+            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) == l->end &&
+                l->scanned_size <= l->end && l->sent_ok && sentinel_read(l) == 1) {
+                atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                l->append_ok = 1;
+                return FAB_OK;
+            }
+            /* The file is in doubt until end_append publishes its end. */
+            atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+        } else if (!l->exclusive) {
+            if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
+                return sys_fail(err, errno, "locking the ledger for an append");
+            l->append_locked = 1;
+        } else if (l->sent_ok && l->scanned_size <= l->end && sentinel_read(l) == 1) {
+            /* The only writer: nobody else appends; the sentinel tells
+             * that the file still holds what this handle indexed. */
+            l->append_ok = 1;
+            return FAB_OK;
+        }
         struct stat sb;
         if (fstat(l->fd, &sb) < 0) {
             rc = sys_fail(err, errno, "examining the ledger");
@@ -2181,15 +2573,41 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 l->scanned_size = res.torn_at;
             }
         }
+        l->append_ok = 1;
         return FAB_OK;
     }
 }
 
+/* Releases the append lock. With the lock page, publishes the ledger's
+ * end for the next holder, unless the append left the file in doubt (a
+ * failed begin_append, a failed write not cut back): then the page keeps
+ * 0 and the next holder looks at the file. */
 static void end_append(fab_ledger *l)
 {
-    if (l->append_locked)
+    if (l->append_locked == 2) {
+        if (l->append_ok && !l->failed)
+            atomic_store_explicit(&l->sh.p->end, l->end, memory_order_relaxed);
+        pthread_mutex_unlock(&l->sh.p->mu);
+    } else if (l->append_locked == 1) {
         (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
+    }
     l->append_locked = 0;
+    l->append_ok = 0;
+}
+
+/* The test hook (FABRIC_LEDGER_TEST_HOLD): at the chosen append, inside
+ * the append lock, writes half of the record (torn) and then one byte to
+ * the test's pipe, and waits to be killed. */
+static void test_hold(fab_ledger *l, const void *rec, size_t len, uint64_t off)
+{
+    if (l->hold_n == 0 || --l->hold_n != 0)
+        return;
+    if (l->hold_torn && len > 1)
+        (void)write_all(&l->io, l->fd, rec, len / 2, off);
+    char c = 'H';
+    (void)!write(l->hold_fd, &c, 1);
+    for (;;)
+        pause();
 }
 
 /*
@@ -2222,8 +2640,10 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
     if (total <= SMALL_RECORD) {
         if (dlen)
             memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
+        test_hold(l, h, (size_t)total, off);
         e = write_all(&l->io, l->fd, h, (size_t)total, off);
     } else {
+        test_hold(l, h, FAB_LEDGER_REC_OVERHEAD + plen, off);
         e = write_all(&l->io, l->fd, h, FAB_LEDGER_REC_OVERHEAD + plen, off);
         if (e == 0)
             e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
@@ -2313,6 +2733,7 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
     if (inline_data && dlen)
         memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
+    test_hold(l, b, blen, start);
     int e = write_all(&l->io, l->fd, b, blen, start);
     free(b);
     if (e == 0 && !inline_data)
@@ -2782,6 +3203,7 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
         pos += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
         at += 4 + dlen;
     }
+    test_hold(l, buf, (size_t)total, off);
     int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
     free(buf);
     if (e != 0) {
@@ -3190,6 +3612,8 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->foreign_records = l->foreign_records;
     st->leftovers_removed = l->leftovers_removed;
     st->exclusive = l->exclusive;
+    st->append_lock = l->mode != FAB_LEDGER_WRITE || l->exclusive ? 0 : l->sh.p ? 2 : 1;
+    st->owner_dead = l->owner_dead;
     st->ckpt_state = l->ckpt_state;
     st->ckpt_covered = l->ck.base ? l->ck.covered : 0;
     st->ckpt_keys = l->ck.base ? l->ck.count : 0;
@@ -3528,6 +3952,8 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
         e = errno;
         goto done;
     }
+    if (locked) /* the next holder must look at the file: it has no name left */
+        l->append_ok = 0;
     if (inplace) { /* the checkpoint describes the old file */
         char *cp = ckpt_path_of(target);
         if (cp)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import html
 import logging
 import math
@@ -843,20 +844,26 @@ class LocalFabric(_FabricBase):
                                             else None, request.key, "computed"))
 
     def _op_events(self, op: Op[..., Any], request: EvalRequest) -> Iterator[Event]:
-        """Events of a sync stream op run in this thread, cut at ``answer_limit``."""
+        """Events of a sync stream op run in this thread, cut at ``answer_limit``.
+
+        The generator runs in its own copy of the context it started in, with
+        the diagnostics collector set there (as an asyncio task runs in its
+        own context): each step is one ``Context.run``, and the consumer's
+        code between items never sees the collector.
+        """
         gen = op.fn(*request.args, **_op_kwargs(request))
         limit = request.answer_limit
         n = 0
         mine: list[dict[str, Any]] = []
+        ctx = contextvars.copy_context()
+        ctx.run(_collector.set, mine)
+        run, step = ctx.run, gen.__next__
         try:
             while limit is None or n < limit:
-                token = _collector.set(mine)
                 try:
-                    item = next(gen)
+                    item = run(step)
                 except StopIteration:
                     break
-                finally:
-                    _collector.reset(token)
                 while mine:
                     yield DIAG, mine.pop(0)
                 n += 1
@@ -864,7 +871,7 @@ class LocalFabric(_FabricBase):
             while mine:
                 yield DIAG, mine.pop(0)
         finally:
-            gen.close()
+            run(gen.close)
 
     async def _async_op_events(self, op: Op[..., Any],
                                request: EvalRequest) -> AsyncIterator[Event]:
@@ -1069,7 +1076,10 @@ class LocalFabric(_FabricBase):
                 sink: list[dict[str, Any]] = []
                 token = _collector.set(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
-                kw = _op_kwargs(request)
+                kw: Any = request.kwargs  # _op_kwargs(request), written out
+                vol = request.volatile_kwargs
+                if vol:
+                    kw = {**kw, **vol}
                 try:
                     value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
@@ -1077,8 +1087,9 @@ class LocalFabric(_FabricBase):
                     self._end(key, flight, None, exc)
                     raise
                 _collector.reset(token)
-                reply = cast(EvalReply, _core._reply(
-                    value, sink, self._trace(request, t0) if t0 else None, key, "computed"))
+                reply: EvalReply = _core._reply(  # type: ignore[assignment]
+                    value, sink, self._trace(request, t0) if t0 else None, key, "computed")
+                # (the C reply is of this module's EvalReply class; typing.cast is a call)
                 with self._lock:
                     if inflight.get(key) is flight:
                         del inflight[key]

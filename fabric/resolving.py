@@ -40,7 +40,6 @@ This module may import ``fabric._core``, ``fabric.fabrics`` and
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import html
 import itertools
@@ -53,9 +52,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _record_late, _warn_torn
+from .fabrics import ContentPeer, _FabricBase, _pending, _record_late, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
-                      _collect, _events_of, _recording, _replay_events, reply_record)
+                      _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
@@ -92,13 +91,20 @@ def peer_order(key: ContentKey, peers: dict[str, Any],
     if not peers:
         return []
     order = []
-    seen = set()
-    if holders is not None:
-        for h in holders.holders_of(key):
+    seen: set[str] | tuple[()] = ()
+    held_by = holders.holders_of(key) if holders is not None else None
+    if held_by:
+        seen = set()
+        for h in held_by:
             serve = peers.get(h)
             if serve is not None and h not in seen:
                 order.append((h, serve, True))
                 seen.add(h)
+    if len(peers) - len(seen) < 2:  # one other peer at most: no order to work out
+        for name, serve in peers.items():
+            if name not in seen:
+                order.append((name, serve, False))
+        return order
     late = []
     for name, serve in peers.items():
         if name in seen:
@@ -120,15 +126,52 @@ class Ask(NamedTuple):
     timeout: float | None
 
 
-_OPEN, _ASKING, _HOLDING, _STREAMING, _DONE = range(5)
+# The states of a Resolution. _HELD is _DONE after a reply was held (its
+# last step, "computed" or "hit", is then read off the source asked).
+_OPEN, _ASKING, _HOLDING, _STREAMING, _DONE, _HELD = range(6)
 _HOME = ("home", "home", False)
 #: The resolution's decisions at DEBUG (which source is asked, why it moved
 #: on, where the reply came from); a peer marked failed at WARNING. Records
 #: name keys, ops, nodes and what a source answered, never arguments.
 log = logging.getLogger("fabric.resolving")
+_DEBUG = logging.DEBUG
 
 # An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
 _new_ask = tuple.__new__
+
+
+class Plan:
+    """What every resolution of one fabric shares: this node's id, its peers
+    (node id -> serve fabric, in the order given), the holding index, home,
+    the per-peer timeout, the governor, the verifier of peers' claims and
+    the clock. A fabric keeps one and changes it in place (``add_peer``),
+    so a miss copies none of it."""
+
+    __slots__ = ("node", "peers", "holders", "peer_timeout", "governor", "trust", "clock",
+                 "_home_ask")
+
+    def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
+                 home: Any, peer_timeout: float | None = None,
+                 governor: PeerGovernor | None = None,
+                 trust: FleetKeys | TrustedKeys | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.node = node
+        self.peers = peers
+        self.holders = holders
+        self.governor = governor
+        self.trust = trust
+        self.peer_timeout = peer_timeout
+        self.clock = clock
+        self.home = home
+
+    @property
+    def home(self) -> Any:
+        return self._home_ask.target
+
+    @home.setter
+    def home(self, home: Any) -> None:
+        # Asking home without a deadline is the same Ask every time.
+        self._home_ask = _new_ask(Ask, ("home", "home", home, None))
 
 
 class Resolution:
@@ -153,12 +196,17 @@ class Resolution:
     peer is asked), which passes over a refused peer (the skip is an
     attempt, reported like an answer) and is told of each peer's failures
     and successes; ``clock`` the monotonic clock (for tests).
+
+    A fabric makes its resolutions with ``Resolution.of(plan, request,
+    timeout)`` over the ``Plan`` it keeps. The common miss (no peer, home
+    computes) then allocates nothing but the resolution itself: the peer
+    order is worked out only when there are peers, the list of attempts and
+    the steps of ``explain()`` only when a source was passed over, and the
+    ``Ask`` for home without a deadline is the plan's.
     """
 
-    __slots__ = ("request", "key", "node", "home", "holders", "governor", "trust",
-                 "peer_timeout", "t_end",
-                 "steps", "attempts", "source", "outcome", "_order", "_idx", "_cur",
-                 "_state", "_clock", "_deadline")
+    __slots__ = ("request", "key", "t_end", "source", "outcome", "_plan", "_attempts",
+                 "_steps", "_order", "_idx", "_cur", "_state", "_deadline", "_debug")
 
     def __init__(self, request: EvalRequest, key: ContentKey, *, node: str,
                  peers: dict[str, Any], holders: HoldingIndex | None, home: Any,
@@ -166,28 +214,95 @@ class Resolution:
                  clock: Callable[[], float] = time.monotonic,
                  governor: PeerGovernor | None = None,
                  trust: FleetKeys | TrustedKeys | None = None):
+        self._start(Plan(node, peers, holders, home, peer_timeout, governor, trust, clock),
+                    request, key, timeout)
+
+    @classmethod
+    def of(cls, plan: Plan, request: EvalRequest, timeout: float | None) -> Resolution:
+        """A resolution of ``request`` over ``plan`` (bounded by ``timeout``
+        seconds as well as by the request's deadline)."""
+        res = _new_resolution(cls)
+        res._start(plan, request, request.key, timeout)
+        return res
+
+    def _start(self, plan: Plan, request: EvalRequest, key: ContentKey,
+               timeout: float | None) -> None:
+        self._plan = plan
         self.request = request
-        self.trust = trust
         self.key = key
-        self.node = node
-        self.home = home
-        self.holders = holders
-        self.governor = governor
-        self.peer_timeout = peer_timeout
-        self._clock = clock
         deadline = request.deadline
         if timeout is not None and (deadline is None or timeout < deadline):
             deadline = timeout
         self._deadline = deadline
-        self.t_end = None if deadline is None else clock() + deadline
-        self.steps: list[tuple[str, str, str]] = [("local", node, "not held")]
-        self.attempts: list[tuple[str, BaseException]] = []
+        self.t_end = None if deadline is None else plan.clock() + deadline
         self.source: str | None = None
         self.outcome: str | None = None  # the counter of a success
-        self._order = peer_order(key, peers, holders) if peers else ()
+        self._attempts: list[tuple[str, BaseException]] | None = None
+        self._steps: list[tuple[str, str, str]] | None = None  # between "local" and the end
+        self._order: Any = None  # the peers in the order to ask them, worked out on first use
         self._idx = 0
         self._cur: tuple[str, str, bool] = _HOME
         self._state = _OPEN
+        self._debug = log.isEnabledFor(_DEBUG)
+
+    # -- what it knows -------------------------------------------------------------
+    @property
+    def node(self) -> str:
+        """This node's id."""
+        return self._plan.node
+
+    @property
+    def home(self) -> Any:
+        """The home fabric (None: none)."""
+        return self._plan.home
+
+    @property
+    def holders(self) -> HoldingIndex | None:
+        """The holding index."""
+        return self._plan.holders
+
+    @property
+    def governor(self) -> PeerGovernor | None:
+        """The peer governor (None: every peer is asked)."""
+        return self._plan.governor
+
+    @property
+    def peer_timeout(self) -> float | None:
+        """Seconds each peer call may take (None: no limit but the deadline)."""
+        return self._plan.peer_timeout
+
+    @property
+    def attempts(self) -> list[tuple[str, BaseException]]:
+        """``(peer, what it answered)`` for every peer asked or passed over, in order."""
+        if self._attempts is None:
+            self._attempts = []
+        return self._attempts
+
+    @property
+    def steps(self) -> list[tuple[str, str, str]]:
+        """The trail ``explain()`` shows: ``(stage, target, outcome)`` each,
+        starting with the local miss (a new list each time)."""
+        return _trail_steps(self._plan.node, self._trail())
+
+    def _trail(self) -> tuple[str | None, tuple | None, tuple[str, str, bool] | None]:
+        """What ``explain()`` keeps of this resolution (the steps, compactly):
+        ``(source, steps between the local miss and the end, the source that
+        gave the held reply or None)``."""
+        steps = self._steps
+        return (self.source, tuple(steps) if steps else None,
+                self._cur if self._state == _HELD else None)
+
+    def _step(self, stage: str, name: str, outcome: str) -> None:
+        if self._steps is None:
+            self._steps = [(stage, name, outcome)]
+        else:
+            self._steps.append((stage, name, outcome))
+
+    def _attempt(self, name: str, exc: BaseException) -> None:
+        if self._attempts is None:
+            self._attempts = [(name, exc)]
+        else:
+            self._attempts.append((name, exc))
 
     # -- asking -----------------------------------------------------------------
     def _expect(self, state: int, what: str) -> None:
@@ -197,30 +312,29 @@ class Resolution:
                 _ASKING: "a source is being asked (report its answer first)",
                 _HOLDING: "the reply is being recorded (call held())",
                 _STREAMING: "a stream is being relayed",
-                _DONE: "the resolution is finished"}[self._state])
+                _DONE: "the resolution is finished",
+                _HELD: "the resolution is finished"}[self._state])
 
     def _end(self, exc: BaseException) -> BaseException:
         self._state = _DONE
         return exc
 
     def _with_attempts(self, exc: BaseException) -> BaseException:
-        exc.attempts = list(self.attempts)  # type: ignore[attr-defined]
+        exc.attempts = list(self._attempts or ())  # type: ignore[attr-defined]
         return self._end(exc)
 
     def _attempts_text(self) -> str:
-        if not self.attempts:
+        if not self._attempts:
             return "; no peer was asked"
         return "; peers asked: " + "; ".join(f"{n}: {describe_answer(e)}"
-                                             for n, e in self.attempts)
+                                             for n, e in self._attempts)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (the request's or the call's), or None."""
-        return None if self.t_end is None else self.t_end - self._clock()
+        return None if self.t_end is None else self.t_end - self._plan.clock()
 
-    def _left(self) -> float | None:
-        if self.t_end is None:
-            return None
-        left = self.t_end - self._clock()
+    def _left(self) -> float:
+        left = self.t_end - self._plan.clock()  # type: ignore[operator]
         if left <= 0:
             raise self._with_attempts(DeadlineExceeded(
                 f"the request's deadline passed while resolving {self.key}"
@@ -233,50 +347,58 @@ class Resolution:
         ``DeadlineExceeded``."""
         if self._state != _OPEN:
             self._expect(_OPEN, "next")
+        plan = self._plan
         consistency = self.request.consistency
         if consistency == "local-only":
-            log.debug("%s %s (%r): not held and the request is local-only", self.node,
+            log.debug("%s %s (%r): not held and the request is local-only", plan.node,
                       self.key, self.request.op)
-            self.steps.append(("policy", "local-only", "peers and home not asked"))
-            raise self._end(ContentNotHeld(f"node {self.node!r} does not hold {self.key} "
+            self._step("policy", "local-only", "peers and home not asked")
+            raise self._end(ContentNotHeld(f"node {plan.node!r} does not hold {self.key} "
                                            f"and the request is local-only"))
-        left = self._left()
-        governor = self.governor
-        while governor is not None and self._idx < len(self._order):
-            name, serve, announced = self._order[self._idx]
-            refused = governor.skip(name)
-            if refused is None:
-                break
-            self._idx += 1
-            self.steps.append(("holder" if announced else "peer", name,
-                               describe_answer(refused)))
-            self.attempts.append((name, refused))
-        if self._idx < len(self._order):
-            name, serve, announced = self._order[self._idx]
-            self._idx += 1
-            t = self.peer_timeout
-            if left is not None and (t is None or left < t):
-                t = left
-            self._cur = (name, "holder" if announced else "peer", announced)
-            self._state = _ASKING
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s (%r): asking %s %r", self.node, self.key, self.request.op,
-                          self._cur[1], name)
-            return _new_ask(Ask, (name, self._cur[1], serve, t))
-        if self.home is None or consistency == "no-home":
-            why = "no home" if self.home is None else "request is no-home"
-            log.debug("%s %s (%r): no holder answered and %s", self.node, self.key,
+        left = None if self.t_end is None else self._left()
+        order = self._order
+        if order is None:
+            order = self._order = (peer_order(self.key, plan.peers, plan.holders)
+                                   if plan.peers else ())
+        if order:
+            governor = plan.governor
+            while governor is not None and self._idx < len(order):
+                name, serve, announced = order[self._idx]
+                refused = governor.skip(name)
+                if refused is None:
+                    break
+                self._idx += 1
+                self._step("holder" if announced else "peer", name, describe_answer(refused))
+                self._attempt(name, refused)
+            if self._idx < len(order):
+                name, serve, announced = order[self._idx]
+                self._idx += 1
+                t = plan.peer_timeout
+                if left is not None and (t is None or left < t):
+                    t = left
+                self._cur = (name, "holder" if announced else "peer", announced)
+                self._state = _ASKING
+                if self._debug:
+                    log.debug("%s %s (%r): asking %s %r", plan.node, self.key,
+                              self.request.op, self._cur[1], name)
+                return _new_ask(Ask, (name, self._cur[1], serve, t))
+        home_ask = plan._home_ask
+        if home_ask.target is None or consistency == "no-home":
+            why = "no home" if home_ask.target is None else "request is no-home"
+            log.debug("%s %s (%r): no holder answered and %s", plan.node, self.key,
                       self.request.op, why)
-            self.steps.append(("home", "-", why))
+            self._step("home", "-", why)
             raise self._with_attempts(NoHolderError(
                 f"no holder answered for {self.key} ({self.request.op!r}) and {why}"
                 + self._attempts_text()))
         self._cur = _HOME
         self._state = _ASKING
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s (%r): asking home %s", self.node, self.key, self.request.op,
-                      type(self.home).__name__)
-        return _new_ask(Ask, ("home", "home", self.home, left))
+        if self._debug:
+            log.debug("%s %s (%r): asking home %s", plan.node, self.key, self.request.op,
+                      type(home_ask.target).__name__)
+        if left is None:
+            return home_ask
+        return _new_ask(Ask, ("home", "home", home_ask.target, left))
 
     # -- answers ----------------------------------------------------------------
     def failed(self, exc: BaseException) -> bool:
@@ -286,33 +408,34 @@ class Resolution:
         self._expect(_ASKING, "failed")
         if not isinstance(exc, BaseException):
             raise TypeError("Resolution.failed() takes an exception instance")
+        plan = self._plan
         name, stage, announced = self._cur
         answer = describe_answer(exc)
-        self.steps.append((stage, name, answer))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s (%r): %s %r answered %s%s", self.node, self.key, self.request.op,
-                      stage, name, answer, "" if stage == "home" else "; moving on")
+        self._step(stage, name, answer)
+        if self._debug:
+            log.debug("%s %s (%r): %s %r answered %s%s", plan.node, self.key,
+                      self.request.op, stage, name, answer,
+                      "" if stage == "home" else "; moving on")
         if stage == "home":
-            if self.attempts:
+            if self._attempts:
                 exc.add_note("peers asked first" + self._attempts_text())
             self._end(exc)
             return True
-        self.attempts.append((name, exc))
+        self._attempt(name, exc)
         # A peer that is not an announced holder may simply not hold the key;
         # an announced holder that does not (stale), or any peer that errs or
         # times out, goes to the back of the queue next time. A busy peer is
         # only skipped: its hung calls time out (and count) on their own.
         benign = isinstance(exc, (ContentNotHeld, CapabilityDenied)) and not announced
         if not benign and not isinstance(exc, PeerBusy):
-            if self.holders is not None:
+            if plan.holders is not None:
                 log.warning("node %r marked peer %r failed (%s); it is asked last until it "
-                            "answers again", self.node, name, answer)
-                self.holders.mark_failed(name)
-            if self.governor is not None:
-                self.governor.failed(name, describe_answer(exc),
-                                     penalty=isinstance(exc, ClaimRejected))
-        elif benign and self.governor is not None:
-            self.governor.ok(name)  # it answered: the link and the peer work
+                            "answers again", plan.node, name, answer)
+                plan.holders.mark_failed(name)
+            if plan.governor is not None:
+                plan.governor.failed(name, answer, penalty=isinstance(exc, ClaimRejected))
+        elif benign and plan.governor is not None:
+            plan.governor.ok(name)  # it answered: the link and the peer work
         self._state = _OPEN
         return False
 
@@ -321,18 +444,21 @@ class Resolution:
         self.failed(PeerBusy(f"peer {self._cur[0]!r} was skipped: {running} calls to it "
                              f"are still running"))
 
-    def timed_out(self, timeout: float) -> bool:
-        """The source did not answer within ``timeout`` s; like ``failed``."""
+    def timed_out(self, timeout: float) -> BaseException | None:
+        """The source did not answer within ``timeout`` s; like ``failed``,
+        but returns the error to raise when it ends the resolution (home's
+        ``DeadlineExceeded``), else None (ask the next)."""
         what = "home" if self._cur[1] == "home" else f"peer {self._cur[0]!r}"
-        return self.failed(DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s"))
+        exc = DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s")
+        return exc if self.failed(exc) else None
 
     def answered(self, reply: Any) -> EvalReply | None:
         """The source asked answered ``reply``: the reply to record, or None if
         a peer's reply was refused (one for another key: ask the next)."""
         if self._state != _ASKING:
             self._expect(_ASKING, "answered")
-        name, stage, _ = self._cur
-        if stage != "home":
+        if self._cur is not _HOME:
+            name = self._cur[0]
             rkey = getattr(reply, "key", None)
             if not isinstance(reply, _core.EvalReply) or (rkey is not None
                                                            and rkey != self.key):
@@ -341,8 +467,9 @@ class Resolution:
                 err.node = name
                 self.failed(err)
                 return None
-            if self.trust is not None:
-                why = self.trust.check(getattr(reply, "claim", None), self.key, reply, name)
+            trust = self._plan.trust
+            if trust is not None:
+                why = trust.check(getattr(reply, "claim", None), self.key, reply, name)
                 if why is not None:
                     rej = ClaimRejected(f"peer {name!r}'s reply for {self.key} was "
                                         f"discarded: {why}")
@@ -356,26 +483,32 @@ class Resolution:
     def held(self, reply: EvalReply) -> EvalReply:
         """The reply is recorded (or a stream ended and is held): announce this
         node as a holder; the reply with its source."""
-        if self._state != _STREAMING and self._state != _HOLDING:
+        state = self._state
+        if state != _STREAMING and state != _HOLDING:
             self._expect(_HOLDING, "held")
-        name, stage, _ = self._cur
-        if stage == "home":
-            self.source, self.outcome = "home", "home_computes"
+        plan = self._plan
+        cur = self._cur
+        if cur is _HOME:
+            source = self.source = "home"
+            self.outcome = "home_computes"
         else:
-            self.source, self.outcome = f"peer:{name}", "peer_hits"
-            if self.holders is not None:
-                self.holders.mark_ok(name)
-            if self.governor is not None:
-                self.governor.ok(name)
-        if self._state == _HOLDING:
-            self.steps.append((stage, name, "computed" if stage == "home" else "hit"))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s (%r): answered by %s, recorded and announced", self.node,
-                      self.key, self.request.op, self.source)
-        if self.holders is not None and self.request.sharing != "uncacheable":
-            self.holders.announce(self.key, self.node)  # (an uncacheable reply is not held)
-        self._state = _DONE
-        return reply._with_source(self.source)
+            name = cur[0]
+            source = self.source = "peer:" + name
+            self.outcome = "peer_hits"
+            holders = plan.holders
+            if holders is not None and holders.failures(name):
+                holders.mark_ok(name)  # (it takes a lock: only when there is a failure to forget)
+            if plan.governor is not None:
+                plan.governor.ok(name)
+        if self._debug:
+            log.debug("%s %s (%r): answered by %s, recorded and announced", plan.node,
+                      self.key, self.request.op, source)
+        if plan.holders is not None and self.request.sharing != "uncacheable":
+            plan.holders.announce(self.key, plan.node)  # (an uncacheable reply is not held)
+        # A stream's trail already says "streaming"; a single reply's ends
+        # with what its source did ("computed" or "hit").
+        self._state = _HELD if state == _HOLDING else _DONE
+        return reply._with_source(source)
 
     # -- streams ----------------------------------------------------------------
     def started(self) -> str:
@@ -383,7 +516,7 @@ class Resolution:
         from now on it cannot be passed over. Returns the stream's source."""
         self._expect(_ASKING, "started")
         name, stage, _ = self._cur
-        self.steps.append((stage, name, "streaming"))
+        self._step(stage, name, "streaming")
         self.source = "home" if stage == "home" else f"peer:{name}"
         self._state = _STREAMING
         return self.source
@@ -391,8 +524,7 @@ class Resolution:
     def check(self, items: int) -> None:
         """Before each event of a started stream: ``DeadlineExceeded`` once the
         deadline has passed."""
-        left = self.remaining()
-        if left is not None and left <= 0:
+        if self.t_end is not None and self.t_end - self._plan.clock() <= 0:
             self._state = _DONE
             raise DeadlineExceeded(f"the request's deadline of {self._deadline} s passed "
                                    f"after {items} items of the stream for {self.key} from "
@@ -402,25 +534,44 @@ class Resolution:
         """A started stream failed after ``items`` items: it cannot restart
         elsewhere and is not held. Returns the error to raise and the message
         of the ``StreamInterrupted`` diagnostic."""
+        plan = self._plan
         name, stage, _ = self._cur
         what = describe_answer(exc)
         message = (f"the stream for {self.key} from {self.source} failed after {items} "
                    f"items ({what}); it cannot restart elsewhere and is not recorded")
-        self.steps.append((stage, name, f"failed after {items} items: {what}"))
+        self._step(stage, name, f"failed after {items} items: {what}")
         self.source = None
         self._state = _DONE
         if stage == "home" or isinstance(exc, DeadlineExceeded):
             exc.add_note(message)
             return exc, message
-        if self.holders is not None:
-            log.warning("node %r marked peer %r failed: %s", self.node, name, message)
-            self.holders.mark_failed(name)
-        if self.governor is not None:
-            self.governor.failed(name, what, penalty=isinstance(exc, ClaimRejected))
+        if plan.holders is not None:
+            log.warning("node %r marked peer %r failed: %s", plan.node, name, message)
+            plan.holders.mark_failed(name)
+        if plan.governor is not None:
+            plan.governor.failed(name, what, penalty=isinstance(exc, ClaimRejected))
         remote = RemoteError(message)
         remote.node = name
         remote.remote_type = type(exc).__name__
         return remote, message
+
+
+# A Resolution made without running __init__ (Resolution.of sets every slot).
+_new_resolution = object.__new__
+
+
+def _trail_steps(node: str, trail: tuple) -> list[tuple[str, str, str]]:
+    """The steps of a kept trail (``Resolution._trail()``): the local miss,
+    what each source passed over answered, then what the one that gave the
+    reply did."""
+    _source, between, held = trail
+    steps = [("local", node, "not held")]
+    if between:
+        steps.extend(between)
+    if held is not None:
+        name, stage, _ = held
+        steps.append((stage, name, "computed" if stage == "home" else "hit"))
+    return steps
 
 
 class _PeerCalls:
@@ -473,7 +624,16 @@ class _PeerCalls:
 
 
 _BUSY = object()      # a call outcome: the peer was at its bound
-_TIMED_OUT = object()  # a call outcome: no answer within the timeout
+
+
+class _TimedOut:
+    """A call outcome: no answer within the timeout; ``future`` is the call
+    still running on the source's worker thread (None: it was cancelled)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future | None):
+        self.future = future
 
 
 class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[override]
@@ -519,7 +679,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     call. ``max_peer_calls`` bounds the calls in flight to a peer that does
     not honour timeouts itself (see the module doc). ``stream``, ``aevaluate``
     and ``astream`` resolve the same way; ``stats()`` counts local hits, peer
-    hits, home computes, failures, denials and bytes recorded.
+    hits, home computes, failures, denials and bytes recorded. ``explain()``
+    knows how the last ``remember`` resolutions (at least; at most twice as
+    many) went.
     """
 
     #: This fabric takes ``timeout=`` and gives up within it itself.
@@ -554,13 +716,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                                                   op_class=Op if own else None,
                                                   request_of=Op.request,
                                                   general_call=_FabricBase.call)
-        self.home = home
-        self.holders = HoldingIndex() if holders is None else holders
         if governor is not None and not isinstance(governor, PeerGovernor):
             raise TypeError(f"governor must be a PeerGovernor or None, not "
                             f"{type(governor).__name__}")
-        #: The PeerGovernor (None: every peer is asked, in the holders' order).
-        self.governor = governor
         if trust is None:
             trust = ("signatures" if trusted_keys is not None else
                      "fleet-key" if fleet_keys is not None else "none")
@@ -576,19 +734,61 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         self._verifier: FleetKeys | TrustedKeys | None = (
             fleet_keys if trust == "fleet-key" else trusted_keys if trust == "signatures"
             else None)
-        self.peer_timeout = peer_timeout
+        # What every resolution shares (home, holders, governor, peer_timeout
+        # and the peers are read and set through it).
+        self._plan = Plan(node, {}, HoldingIndex() if holders is None else holders, home,
+                          peer_timeout, governor,
+                          self._verifier)
         _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
-        self._serves: dict[str, Any] = {}  # node id -> its serve fabric, as _peers
         for p in peers:
             self.add_peer(p)
         self._calls: dict[str, _PeerCalls] = {}
         self._calls_lock = threading.Lock()
-        self._remember = remember
-        self._trails: collections.OrderedDict[ContentKey, tuple[str | None, list]] = \
-            collections.OrderedDict()
-        self._trail_lock = threading.Lock()
+        # The trails explain() shows, of at least the last `remember`
+        # resolutions (at most twice that): two generations of dicts, the
+        # newer one replacing the older when it is full. No lock: a trail
+        # lost to a race between two threads is only a shorter explain().
+        self._remember = max(1, remember)
+        self._trails: dict[ContentKey, tuple] = {}
+        self._trails_old: dict[ContentKey, tuple] = {}
+
+    @property
+    def home(self) -> Any:
+        """The fabric that computes what no peer holds (None: none)."""
+        return self._plan.home
+
+    @home.setter
+    def home(self, home: Any) -> None:
+        self._plan.home = home
+
+    @property
+    def holders(self) -> HoldingIndex:
+        """The holding index: who holds which key."""
+        return self._plan.holders  # type: ignore[return-value]
+
+    @holders.setter
+    def holders(self, holders: HoldingIndex) -> None:
+        self._plan.holders = holders
+
+    @property
+    def governor(self) -> PeerGovernor | None:
+        """The PeerGovernor (None: every peer is asked, in the holders' order)."""
+        return self._plan.governor
+
+    @governor.setter
+    def governor(self, governor: PeerGovernor | None) -> None:
+        self._plan.governor = governor
+
+    @property
+    def peer_timeout(self) -> float | None:
+        """Seconds each peer call may take (None: no bound but the deadline)."""
+        return self._plan.peer_timeout
+
+    @peer_timeout.setter
+    def peer_timeout(self, peer_timeout: float | None) -> None:
+        self._plan.peer_timeout = peer_timeout
 
     # -- peers ----------------------------------------------------------------
     @property
@@ -602,7 +802,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             raise TypeError(f"peers are ContentPeer objects, not {type(peer).__name__}")
         if peer.node != self.node:
             self._peers[peer.node] = peer
-            self._serves = {n: p.serve for n, p in self._peers.items()}
+            # A new dict: a resolution under way keeps the order it worked out.
+            self._plan.peers = {n: p.serve for n, p in self._peers.items()}
 
     def announce_held(self) -> int:
         """Announce every key of the cassette as held by this node (after a
@@ -615,10 +816,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     # -- the shared parts of the drivers -----------------------------------------
     def _resolution(self, request: EvalRequest, timeout: float | None) -> Resolution:
-        return Resolution(request, request.key, node=self.node, peers=self._serves,
-                          holders=self.holders, home=self.home,
-                          peer_timeout=self.peer_timeout, timeout=timeout,
-                          governor=self.governor, trust=self._verifier)
+        return Resolution.of(self._plan, request, timeout)
 
     def _peer_calls(self, name: str) -> _PeerCalls:
         calls = self._calls.get(name)
@@ -630,7 +828,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def _call(self, ask: Ask, fn: Callable[..., Any], request: EvalRequest, g: frozenset) -> Any:
         """``fn(request, grants=g)`` within ``ask.timeout``: directly when there
         is no timeout or the source honours it, else on the source's own
-        workers (``_BUSY`` at their bound, ``_TIMED_OUT`` past the timeout)."""
+        workers (``_BUSY`` at their bound, a ``_TimedOut`` past the timeout)."""
         if ask.timeout is None:
             return fn(request, grants=g)
         if honours_timeout(ask.target):
@@ -642,7 +840,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         try:
             return fut.result(timeout=ask.timeout)
         except concurrent.futures.TimeoutError:
-            return _TIMED_OUT
+            return _TimedOut(fut)
 
     # _hold(key, reply): records a reply in the local cassette and counts its
     # bytes (bytes_recorded): the C base's, one call.
@@ -651,18 +849,21 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         """A resolution ended (either way): count it and keep its trail."""
         self._stats.add(res.outcome or "failures")
         trails = self._trails
-        with self._trail_lock:
-            trails[res.key] = (res.source, res.steps)  # the resolution is over
-            trails.move_to_end(res.key)
-            if len(trails) > self._remember:
-                trails.popitem(last=False)
+        steps = res._steps  # res._trail(), written out: every miss ends here
+        trails[res.key] = (res.source, tuple(steps) if steps else None,
+                           res._cur if res._state == _HELD else None)
+        if len(trails) >= self._remember:
+            self._trails_old, self._trails = trails, {}
 
-    def _remember_trail(self, key: ContentKey, source: str | None, steps: list) -> None:
-        with self._trail_lock:
-            self._trails[key] = (source, list(steps))
-            self._trails.move_to_end(key)
-            while len(self._trails) > self._remember:
-                self._trails.popitem(last=False)
+    def _keep_trail(self, key: ContentKey, trail: tuple) -> None:
+        trails = self._trails
+        trails[key] = trail
+        if len(trails) >= self._remember:
+            self._trails_old, self._trails = trails, {}
+
+    def _trail_of(self, key: ContentKey) -> tuple | None:
+        trail = self._trails.get(key)
+        return self._trails_old.get(key) if trail is None else trail
 
     def _late(self, res: Resolution, exc: BaseException) -> None:
         """Home stopped waiting for a computation that goes on
@@ -683,18 +884,31 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
         _record_late(exc, record)
 
+    def _home_late(self, res: Resolution, exc: BaseException, out: _TimedOut) -> BaseException:
+        """Home did not answer in time and does not bound its own wait: its
+        call runs on in a worker thread (``out.future``), which becomes the
+        error's ``pending_reply``, recorded when it comes. The error."""
+        if out.future is not None:
+            _pending(exc, out.future)
+            self._late(res, exc)
+        return exc
+
     # -- evaluate: the C base answers hits and calls this on a miss --------------
     def _miss(self, request: EvalRequest, g: frozenset, timeout: float | None) -> EvalReply:
         """evaluate()'s miss (grants already checked): the sync driver."""
         if request.stream:
             return _collect(self.stream(request, grants=g, timeout=timeout), request.key)
-        res = self._resolution(request, timeout)
+        res = _new_resolution(Resolution)  # Resolution.of, written out
+        res._start(self._plan, request, request.key, timeout)
         try:
             while True:
                 ask = res.next()
                 try:
-                    if ask.timeout is None:  # no deadline: called directly
+                    t = ask.timeout
+                    if t is None:  # no deadline: called directly
                         reply = ask.target.evaluate(request, grants=g)
+                    elif honours_timeout(ask.target):  # it gives up in time by itself
+                        reply = ask.target.evaluate(request, grants=g, timeout=t)
                     else:
                         reply = self._call(ask, ask.target.evaluate, request, g)
                 except Exception as exc:
@@ -704,11 +918,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if reply is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif reply is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(reply, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise self._home_late(res, late, reply)
                 elif res.answered(reply) is not None:
                     if request.sharing != "uncacheable":  # never recorded
-                        self._hold(res.key, reply, res.request)
+                        self._hold(res.key, reply, request)
                     return res.held(reply)
         finally:
             self._end(res)
@@ -751,8 +967,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if got is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif got is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(got, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise self._home_late(res, late, got)
                 elif res.answered(got) is not None:
                     if request.sharing != "uncacheable":  # never recorded
                         await asyncio.to_thread(self._hold, res.key, got, res.request)
@@ -785,7 +1003,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             raise
         if not done:
             task.cancel()
-            return _TIMED_OUT
+            return _TimedOut(fut if aevaluate is None else None)
         return task.result()
 
     # -- streams ----------------------------------------------------------------
@@ -821,40 +1039,52 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if got is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif got is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(got, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise late  # home's stream did not start in time
                 else:
                     break
             source = res.started()
         except BaseException:
             self._end(res)
             raise
-        self._remember_trail(key, source, res.steps)
-        head, events, started = got
-        chain: Iterator = itertools.chain(head, events)
+        self._keep_trail(key, res._trail())
+        head, events, src = got
         if self._verifier is not None and res._cur[1] != "home":
-            chain = verified_events(chain, started, self._verifier, key, res._cur[0])
+            events = verified_events(itertools.chain(head, events), src, self._verifier, key,
+                                     res._cur[0])
+            head = []
+        return EvalStream(self._relay(res, source, head, events, src,
+                                      request.sharing != "uncacheable"),  # never recorded
+                          key, source)
 
-        def done() -> None:
-            res.held(EvalReply(None, (), None, key, source))
-            self._stats.add(res.outcome or "failures")
+    def _relay(self, res: Resolution, source: str, head: list, events: Iterator, src: Any,
+               record: bool) -> Iterator:
+        """The events of a started stream (``head``, those already pulled,
+        then ``events`` of the source's stream ``src``), the deadline checked
+        before each, recorded frame by frame when ``record`` and held once they
+        end normally. A failure ends the stream with a diagnostic and an error
+        (never a restart), and nothing is recorded; so does closing it early.
 
-        relayed = self._relay(res, chain, events)
-        if request.sharing == "uncacheable":  # never recorded
-            return EvalStream(relayed, key, source)
-        return EvalStream(_recording(relayed, self.cassette, key, done, res.request), key,
-                          source)
-
-    def _relay(self, res: Resolution, events: Iterator, source_events: Any) -> Iterator:
-        """The events of a started stream, the deadline checked before each; a
-        failure ends the stream with a diagnostic and an error (never a restart)."""
+        Relaying, the deadline and recording are one loop: one Python frame
+        per event. (The cassette's writer batches the frames: an ``append``
+        encodes one into memory, a batch is written in one call.)
+        """
+        writer = _stream_writer(self.cassette, res.key, res.request) if record else None
+        append = writer.append if writer is not None else None
+        t_end = res.t_end
+        clock = res._plan.clock
         items = 0
         ok = False
         try:
-            for ev in events:
-                res.check(items)
+            for ev in itertools.chain(head, events) if head else events:
+                if t_end is not None and clock() >= t_end:
+                    res.check(items)
                 if ev[0] == ITEM:
                     items += 1
+                if append is not None:
+                    append([ev[0], ev[1]])  # a frame is [tag, payload] (fabric-records.md)
                 yield ev
             ok = True
         except GeneratorExit:
@@ -862,14 +1092,21 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         except Exception as exc:
             self._stats.add("failures")
             err, message = res.broke(exc, items)
-            self._remember_trail(res.key, None, res.steps)
+            self._keep_trail(res.key, res._trail())
             yield DIAG, {"kind": "StreamInterrupted", "message": message}
             if err is exc:
                 raise
             raise err from exc
         finally:
-            if not ok:
-                close = getattr(source_events, "close", None)
+            if ok:
+                if writer is not None:
+                    writer.close()
+                res.held(EvalReply(None, (), None, res.key, source))
+                self._stats.add(res.outcome or "failures")
+            else:
+                if writer is not None:
+                    writer.abort()
+                close = getattr(src, "close", None) or getattr(events, "close", None)
                 if close is not None:
                     close()
 
@@ -892,19 +1129,19 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def explain(self, request: EvalRequest) -> Explanation:
         """Where ``request`` was (or would be) answered from, and why each step missed."""
         key = request.key
-        with self._trail_lock:
-            trail = self._trails.get(key)
+        trail = self._trail_of(key)
         if key in self.cassette:
             if trail is None or trail[0] is None:
                 return Explanation(key, "local", [("local", self.node, "held")])
             # Resolved here earlier and recorded: say how, then that it is held now.
-            steps = list(trail[1]) + [("local", self.node, f"held now (first from {trail[0]})")]
+            steps = _trail_steps(self.node, trail)
+            steps.append(("local", self.node, f"held now (first from {trail[0]})"))
             return Explanation(key, "local", steps)
         if trail is not None:
-            return Explanation(key, trail[0], trail[1])
+            return Explanation(key, trail[0], _trail_steps(self.node, trail))
         steps = [("local", self.node, "not held")]
         governor = self.governor
-        for name, _serve, announced in peer_order(key, self._serves, self.holders):
+        for name, _serve, announced in peer_order(key, self._plan.peers, self.holders):
             why = governor.would_refuse(name) if governor is not None else None
             steps.append(("holder" if announced else "peer", name,
                           "would be asked" if why is None else f"would be skipped: {why}"))
@@ -935,18 +1172,22 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 def _stream_head_of(target: Any) -> Callable[..., tuple[list, Iterator, Any]]:
     """A call that starts ``target``'s stream and pulls its events up to and
     including the first item (all of them if it has none): until then a
-    failing source can be passed over. Returns the head, the rest and the
-    stream (whose ``.claim`` a verifier reads once it ended)."""
+    failing source can be passed over. Gives ``(head, events, stream)``:
+    the events pulled, the rest, and the stream itself (to close, and whose
+    ``.claim`` a verifier reads once it ended). The
+    events of an ``EvalStream`` (not of a subclass, which may iterate its
+    own way) are taken from it directly: its bookkeeping of items and
+    diagnostics is for a consumer, and this relay keeps its own."""
 
     def start(request: EvalRequest, **kw: Any) -> tuple[list, Iterator, Any]:
-        stream = target.stream(request, **kw)
-        events = _events_of(stream)
+        s = target.stream(request, **kw)
+        events = s._events if type(s) is EvalStream else _events_of(s)
         head = []
         for ev in events:
             head.append(ev)
             if ev[0] == ITEM:
                 break
-        return head, events, stream
+        return head, events, s
 
     return start
 

@@ -584,11 +584,15 @@ def test_four_writers_one_killed_lose_nothing_acknowledged(tmp_path, compaction)
     assert not [n for n in os.listdir(tmp_path) if ".compact.tmp." in n]
 
 
-def test_torn_tail_of_a_dead_writer_is_repaired_by_the_next_lock_holder(tmp_path):
+def test_torn_tail_of_a_dead_writer_is_repaired_by_the_next_lock_holder(tmp_path, monkeypatch):
     """A writer killed mid-append leaves part of a record at the end while
     other writers have the cassette open. The next to take the append lock
     (here the second handle, which never saw the torn bytes) cuts it before
-    appending, so no record ever follows it and a strict open succeeds."""
+    appending, so no record ever follows it and a strict open succeeds.
+    Here with the OFD append lock (no lock directory), where the torn bytes
+    can be planted by hand; with the lock page, see
+    test_writer_killed_holding_the_append_lock."""
+    monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", "")
     path = str(tmp_path / "torn.fabl")
     a = EvalCassette(path, durability="os")
     b = EvalCassette(path, durability="os")
@@ -615,3 +619,94 @@ def test_torn_tail_of_a_dead_writer_is_repaired_by_the_next_lock_holder(tmp_path
     with EvalCassette(path, "r", recover="strict") as r:
         assert [r.get(key(i)) for i in (1, 2, 3, 4)] == [1, None, 3, 4]
         assert r.stats()["torn_bytes"] == 0
+
+
+# ---- the append lock page: a writer killed while holding the lock ---------------
+
+HOLDER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+path, n = sys.argv[1], int(sys.argv[2])
+c = EvalCassette(path, durability="os")
+for i in range(n - 1):
+    assert c.record(EvalRequest("op", [i]).key, f"holder {i}") is True
+print(c.stats()["append_lock"], n - 1, flush=True)  # all acknowledged
+# the n-th append never returns: the test hook holds the lock
+c.record(EvalRequest("op", [n - 1]).key, "never")
+"""
+
+LATECOMER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+c = EvalCassette(sys.argv[1], durability="os")
+assert c.record(EvalRequest("op", ["late"]).key, "late") is True
+s = c.stats()
+print(s["lock_owners_dead"], s["torn_tails_cut"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["before-write", "mid-write"])
+def test_writer_killed_holding_the_append_lock(tmp_path, torn):
+    """A writer SIGKILLed while it holds the append lock (the test hook
+    FABRIC_LEDGER_TEST_HOLD stops it inside the lock, before its write or
+    after half of it, and says so on a pipe): another writer then takes
+    the lock (the robust mutex reports its owner dead), repairs the tail
+    and appends; every record the dead writer acknowledged is there and
+    the ledger opens strictly."""
+    path = str(tmp_path / "held.fabl")
+    n = 40
+    r, w = os.pipe()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               FABRIC_LEDGER_TEST_HOLD=f"{n}:{w}" + (":torn" if torn else ""))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(n)],
+                              stdout=subprocess.PIPE, env=env, text=True, pass_fds=(w,))
+    os.close(w)
+    try:
+        assert readline(holder) == f"mutex {n - 1}\n"
+        acked = range(n - 1)
+        ready, _, _ = select.select([r], [], [], 120.0)
+        assert ready and os.read(r, 1) == b"H"  # inside the lock, at append n
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    finally:
+        os.close(r)
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    late = spawn(LATECOMER, path)
+    dead, cut = map(int, readline(late).split())  # never blocks on the dead holder
+    assert late.wait() == 0
+    assert dead == 1 and cut == (1 if torn else 0)
+    with EvalCassette(path, "r", recover="strict") as c:
+        assert [c.get(key(i)) for i in acked] == [f"holder {i}" for i in range(n - 1)]
+        assert c.get(key("late")) == "late" and key(n - 1) not in c
+        assert len(c) == n
+    data = open(path, "rb").read()
+    assert len(list(cassette_ref.read(data))) == n  # the reference reader agrees
+
+
+def test_lock_page_and_ofd_lock_never_mix(tmp_path, monkeypatch):
+    """A writer that cannot use the lock page (here: no lock directory)
+    while others append through it is refused at open; alone, it appends
+    under the OFD lock, and a later lock-page writer then falls back to it."""
+    path = str(tmp_path / "mix.fabl")
+    a = EvalCassette(path, durability="os")
+    assert a.stats()["append_lock"] == "mutex"
+    monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", "")
+    with pytest.raises(fabric.LedgerLockedError, match="lock file"):
+        EvalCassette(path, durability="os")
+    a.close()
+    b = EvalCassette(path, durability="os")
+    assert b.stats()["append_lock"] == "ofd"
+    monkeypatch.delenv("FABRIC_LEDGER_LOCK_DIR")
+    c = EvalCassette(path, durability="os")
+    assert c.stats()["append_lock"] == "ofd"
+    for i in range(50):
+        assert b.record(key(("b", i)), i) is True
+        assert c.record(key(("c", i)), i) is True
+    b.close()
+    c.close()
+    with EvalCassette(path, "r", recover="strict") as r:
+        assert len(r) == 100
+    with EvalCassette(path, exclusive=True) as x:
+        assert x.stats()["append_lock"] == "none"

@@ -618,3 +618,48 @@ def test_reply_record_golden_vector_matches_the_spec():
     assert fabric.canonical_bytes(reply_record(r)).hex() == (
         "9392cb3fe0000000000000cb3ff00000000000009182a46b696e64aa446961676e6f73746963"
         "a76d657373616765a7726f756e646564c0")
+
+
+def test_a_generator_op_runs_in_its_own_context_and_only_it_sees_the_collector(reg):
+    import contextvars
+    seen = contextvars.ContextVar("seen", default="unset")
+
+    @fabric.op("ctx.gen", registry=reg)
+    def gen():
+        fabric.diagnostic("Diagnostic", "first")
+        yield seen.get()
+        seen.set("set by the op")  # stays in the op's context
+        fabric.diagnostic("Diagnostic", "second")
+        yield seen.get()
+
+    seen.set("the caller's")
+    s = LocalFabric(reg).stream(gen.request())
+    got = []
+    for x in s:
+        got.append(x)
+        # The consumer's code between items is not inside the op.
+        with pytest.raises(RuntimeError, match="outside a running op"):
+            fabric.diagnostic("Diagnostic", "from the consumer")
+    assert got == ["the caller's", "set by the op"] and seen.get() == "the caller's"
+    assert [d["message"] for d in s.diagnostics] == ["first", "second"]
+
+
+def test_closing_a_stream_through_content_addressed_fabric_stops_the_op(reg,
+                                                                        cassette_factory):
+    stopped = threading.Event()
+
+    @fabric.op("ctx.long", registry=reg)
+    def long(n):
+        try:
+            yield from range(n)
+        finally:
+            stopped.set()
+
+    caf = fabric.ContentAddressedFabric("n", cassette_factory(), home=LocalFabric(reg))
+    s = caf.stream(long.request(100))
+    assert next(s) == 0 and next(s) == 1
+    assert not stopped.is_set()
+    s.close()
+    assert stopped.is_set() and long.request(100).key not in caf.cassette
+    assert list(caf.stream(long.request(3))) == [0, 1, 2]
+    assert long.request(3).key in caf.cassette and caf.stats()["home_computes"] == 1

@@ -247,10 +247,10 @@ def test_the_fleet_and_the_leases_in_the_metrics(tmp_path):
         samples, types = parse(render(node_status(a)))
         assert value(samples, "fabric_node_gossip_members") == 1
         assert value(samples, "fabric_node_gossip_links") == 1
-        assert value(samples, "fabric_node_lease_misses_total", outcome="forwarded") == 1
-        assert value(samples, "fabric_node_lease_misses_total", outcome="local") == 0
+        assert value(samples, "fabric_node_leases_total", how="forwarded") == 1
+        assert value(samples, "fabric_node_leases_total", how="local") == 0
         assert value(samples, "fabric_node_gossip_messages_total", direction="out") > 0
-        assert types["fabric_node_lease_misses_total"] == "counter"
+        assert types["fabric_node_leases_total"] == "counter"
     finally:
         b.stop()
         a.stop()

@@ -331,3 +331,91 @@ def test_home_error_is_raised_with_what_the_peers_said(reg, cassette_factory):
     assert ei.value.__notes__ == ["peers asked first; peers asked: e: not held"]
     assert req.key not in b.cassette and b.stats()["failures"] == 1
     assert b.explain(req).steps[-1] == ("home", "home", "ValueError: cannot handle 3")
+
+
+class NeverAnswersAsync:
+    """An async peer that never answers and does not honour timeouts itself
+    (no ``honours_timeout``, no ``timeout=``): its ``aevaluate`` waits on an
+    event nobody sets. It says when it was called and when its call was
+    cancelled (events made on the test's loop)."""
+
+    def __init__(self):
+        self.called = self.cancelled = None
+
+    def evaluate(self, request, *, grants=None):
+        raise AssertionError("an async peer is awaited, not called")
+
+    async def aevaluate(self, request, *, grants=None):
+        self.called.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    def stream(self, request, *, grants=None):
+        raise AssertionError("not streamed here")
+
+
+# How long a test waits for what must happen within a 0.01 s peer timeout
+# before calling it a hang: not a speed claim, a bound so that a resolution
+# that no longer enforces the timeout fails instead of hanging the suite.
+HANG = 5.0
+
+
+@pytest.mark.parametrize("home", [False, True])
+def test_aevaluate_bounds_an_async_peer_without_a_timeout_of_its_own(reg, cassette_factory,
+                                                                    home):
+    # An async peer that does not honour timeouts is awaited at most
+    # peer_timeout: then its call is cancelled and the next source asked.
+    # (Awaiting it without the bound made the suite hang; HANG turns that
+    # into a failure.)
+    peer = NeverAnswersAsync()
+    b = ContentAddressedFabric("b", cassette_factory("b"), peer_timeout=0.01,
+                               home=LocalFabric(reg) if home else None,
+                               peers=[ContentPeer("slow", peer)])
+    req = fabric.EvalRequest("embed", ("abc",), version=1)
+
+    async def main():
+        peer.called, peer.cancelled = asyncio.Event(), asyncio.Event()
+        try:
+            got = await asyncio.wait_for(b.aevaluate(req), HANG)
+        except (NoHolderError, asyncio.TimeoutError) as exc:
+            got = exc
+        assert peer.called.is_set()
+        # Handshake: the resolution cancelled the call it gave up on.
+        await asyncio.wait_for(peer.cancelled.wait(), HANG)
+        return got
+
+    got = asyncio.run(main())
+    assert not isinstance(got, asyncio.TimeoutError), \
+        "the resolution did not bound the async peer's call by peer_timeout"
+    if home:
+        assert got.source == "home" and got.value == [3.0]
+        assert ("peer", "slow", "DeadlineExceeded: peer 'slow' did not answer within 0.01 s") \
+            in b.explain(req).steps
+    else:
+        assert isinstance(got, NoHolderError)
+        (name, exc), = got.attempts
+        assert name == "slow" and isinstance(exc, DeadlineExceeded)
+    assert b.holders.failures("slow") == 1
+
+
+def test_explain_keeps_the_trails_of_the_last_resolutions_bounded(reg, cassette_factory):
+    b = ContentAddressedFabric("b", cassette_factory("b"), home=LocalFabric(reg),
+                               peer_timeout=None, remember=4)
+    reqs = [fabric.EvalRequest("embed", (f"t{i}",), version=1) for i in range(20)]
+    for r in reqs:
+        assert b.evaluate(r).source == "home"
+    for r in reqs[-4:]:  # at least the last `remember` are explained as they went
+        assert b.explain(r).steps == [("local", "b", "not held"), ("home", "home", "computed"),
+                                      ("local", "b", "held now (first from home)")]
+    forgotten = [r for r in reqs if b.explain(r).steps == [("local", "b", "held")]]
+    assert len(forgotten) >= len(reqs) - 2 * 4  # at most twice `remember` are kept
+    # A failure is kept the same way, with what the source said.
+    with pytest.raises(NoHolderError):
+        b.evaluate(fabric.EvalRequest("embed", ("x",), version=1, consistency="no-home"))
+    ex = b.explain(fabric.EvalRequest("embed", ("x",), version=1))
+    assert ex.source is None and ex.steps == [("local", "b", "not held"),
+                                              ("home", "-", "request is no-home")]

@@ -182,6 +182,57 @@ static PyType_Spec EvalReply_spec = {
 /* ======================================================================== */
 
 /*
+ * _Replay(frames, key): the events of a recorded stream, from the frames a
+ * cassette's get_stream gives ([tag, payload] each); FabricError for a
+ * frame that is not one, naming its index. The one check of recorded
+ * frames (fabric.replies' _replay_events is this).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *frames; /* iterator */
+    PyObject *key;
+    Py_ssize_t index;
+} ReplayObject;
+
+/* The next recorded frame of r, checked: 1 with *frame (a new reference to
+ * the [tag, payload] list or tuple), *tag (0 or 1) and *payload (borrowed
+ * from *frame); 0 at the end (no exception unless the frames' iterator
+ * failed); -1 with FabricError for a frame that is not [tag, payload]. */
+static int replay_pull(ReplayObject *r, PyObject **frame, long *tag, PyObject **payload)
+{
+    if (r->frames == NULL)
+        return 0;
+    PyObject *f = Py_TYPE(r->frames)->tp_iternext(r->frames);
+    if (f == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *t = NULL, *p = NULL;
+    if (PyList_Check(f) && PyList_GET_SIZE(f) == 2) {
+        t = PyList_GET_ITEM(f, 0);
+        p = PyList_GET_ITEM(f, 1);
+    } else if (PyTuple_Check(f) && PyTuple_GET_SIZE(f) == 2) {
+        t = PyTuple_GET_ITEM(f, 0);
+        p = PyTuple_GET_ITEM(f, 1);
+    }
+    long v = t != NULL && PyLong_CheckExact(t) ? PyLong_AsLong(t) : -1;
+    if (v != 0 && v != 1) {
+        PyErr_Clear();
+        Py_DECREF(f);
+        fab_state *st = fab_state_from_type(Py_TYPE(r));
+        if (st != NULL)
+            PyErr_Format(st->exc[FAB_PYEXC_FabricError],
+                         "recorded stream %S: frame %zd is not [tag, payload]", r->key, r->index);
+        return -1;
+    }
+    r->index++;
+    *frame = f;
+    *tag = v;
+    *payload = p;
+    return 1;
+}
+
+static PyObject *Replay_next(ReplayObject *r);
+
+/*
  * _EventStream(events, key, source="computed") is the base of
  * fabric.EvalStream: next() pulls (tag, payload) events from `events` and
  * gives the items (tag 0), appending diagnostics (tag 1) to .diagnostics on
@@ -264,6 +315,33 @@ static PyObject *EventStream_next(EventStreamObject *self)
         return NULL;
     }
     iternextfunc next = Py_TYPE(self->events)->tp_iternext;
+    if (next == (iternextfunc)Replay_next) {
+        /* A recorded stream: the frames are taken apart here, with no
+         * (tag, payload) tuple made per item. */
+        ReplayObject *r = (ReplayObject *)self->events;
+        for (;;) {
+            PyObject *frame, *payload;
+            long tag;
+            int rc = replay_pull(r, &frame, &tag, &payload);
+            if (rc <= 0) {
+                if (rc == 0 && (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration))) {
+                    PyErr_Clear();
+                    self->done = 1;
+                }
+                return NULL;
+            }
+            if (tag == 0) {
+                Py_INCREF(payload);
+                Py_DECREF(frame);
+                self->items_seen++;
+                return payload;
+            }
+            rc = PyList_Append(self->diagnostics, payload);
+            Py_DECREF(frame);
+            if (rc < 0)
+                return NULL;
+        }
+    }
     for (;;) {
         PyObject *ev = next(self->events);
         if (ev == NULL) {
@@ -336,18 +414,6 @@ static PyType_Spec EventStream_spec = {
     .slots = EventStream_slots,
 };
 
-/*
- * _Replay(frames, key): the events of a recorded stream, from the frames a
- * cassette's get_stream gives ([tag, payload] each); FabricError for a
- * frame that is not one, naming its index. The one check of recorded
- * frames (fabric.replies' _replay_events is this).
- */
-typedef struct {
-    PyObject_HEAD
-    PyObject *frames; /* iterator */
-    PyObject *key;
-    Py_ssize_t index;
-} ReplayObject;
 
 static PyObject *Replay_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -394,32 +460,13 @@ static void Replay_dealloc(ReplayObject *r)
 
 static PyObject *Replay_next(ReplayObject *r)
 {
-    if (r->frames == NULL)
+    PyObject *frame, *payload;
+    long tag;
+    if (replay_pull(r, &frame, &tag, &payload) <= 0)
         return NULL;
-    PyObject *f = Py_TYPE(r->frames)->tp_iternext(r->frames);
-    if (f == NULL)
-        return NULL;
-    PyObject *tag = NULL, *payload = NULL;
-    if (PyList_Check(f) && PyList_GET_SIZE(f) == 2) {
-        tag = PyList_GET_ITEM(f, 0);
-        payload = PyList_GET_ITEM(f, 1);
-    } else if (PyTuple_Check(f) && PyTuple_GET_SIZE(f) == 2) {
-        tag = PyTuple_GET_ITEM(f, 0);
-        payload = PyTuple_GET_ITEM(f, 1);
-    }
-    long t = tag != NULL && PyLong_CheckExact(tag) ? PyLong_AsLong(tag) : -1;
-    if (t != 0 && t != 1) {
-        PyErr_Clear();
-        Py_DECREF(f);
-        fab_state *st = fab_state_from_type(Py_TYPE(r));
-        if (st != NULL)
-            PyErr_Format(st->exc[FAB_PYEXC_FabricError],
-                         "recorded stream %S: frame %zd is not [tag, payload]", r->key, r->index);
-        return NULL;
-    }
-    r->index++;
-    PyObject *ev = PyTuple_Pack(2, tag, payload);
-    Py_DECREF(f);
+    PyObject *ev = PyTuple_Pack(2, PyTuple_Check(frame) ? PyTuple_GET_ITEM(frame, 0)
+                                                        : PyList_GET_ITEM(frame, 0), payload);
+    Py_DECREF(frame);
     return ev;
 }
 

@@ -92,7 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
-                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip, **keys)
+                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
+                faults=_faults(args.test_faults), **keys)
 
     metrics = MetricsServer(node, args.metrics) if args.metrics else None
 
@@ -143,6 +144,18 @@ def _claim_keys(args: argparse.Namespace) -> dict[str, Any]:
             except (OSError, ValueError) as exc:
                 raise CLIError(f"{opt} {path}: {exc}") from None
     return out
+
+
+def _faults(specs: list[str]) -> Any:
+    """``--test-fault SPEC`` (repeatable): test faults; none by default."""
+    if not specs:
+        return None
+    from ..cli import CLIError
+    from .faults import Fault, Faults
+    try:
+        return Faults(*(Fault.parse(s) for s in specs))
+    except ValueError as exc:
+        raise CLIError(f"--test-fault: {exc}") from None
 
 
 def _replicas(args: argparse.Namespace) -> Any:
@@ -271,6 +284,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--log-level", default="warning")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT",
                    help="also serve Prometheus metrics at http://HOST:PORT/metrics")
+    p.add_argument("--test-fault", dest="test_faults", action="append", default=[],
+                   metavar="ACTION[:KIND[:NTH[:COUNT]]]",
+                   help="for tests only: inject a fault (fabric.node.faults), e.g. "
+                        "stall:STREAM_CHUNK:3; repeatable; none by default")
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),

@@ -1,8 +1,10 @@
 """``fabric.connect(url)``: a client with the fabric interface, over one connection.
 
-The connection lives on a private event loop thread shared by every client
-of the process, so sync code needs no event loop and async code awaits the
-same calls (``aevaluate``, ``astream``). Each request opens a stream id;
+The main connection lives on a private event loop thread shared by every
+client of the process, so sync code needs no event loop and async code
+awaits the same calls (``aevaluate``, ``astream``). A sync ``evaluate`` or
+``stream`` goes over a blocking connection of its own thread and an
+``aevaluate`` over one of the caller's loop, so neither crosses threads. Each request opens a stream id;
 the client waits at most its ``timeout`` itself (``honours_timeout``), and
 a request in flight when the connection drops fails at once with
 ``FabricUnavailable``. The client reconnects by itself (exponential backoff
@@ -68,7 +70,7 @@ class _Call:
     """One request in flight: its events, in order, as they arrive."""
 
     __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
-                 "done", "error", "chunks", "bytes", "claim", "owner")
+                 "done", "error", "chunks", "bytes", "claim", "owner", "seq")
 
     def __init__(self, sid: int, want: str):
         self.sid = sid
@@ -85,21 +87,26 @@ class _Call:
         self.bytes = 0
         self.claim: Any = None  # the STREAM_END's claim bytes, if any
         self.owner: Any = None  # the stream given to the caller (gets .claim at the end)
+        self.seq = 0  # of the last chunk
 
 
 class _Channel:
     """A blocking connection owned by one caller thread: a sync ``evaluate``
     does its whole round trip on the caller's thread (send the request, read
     the reply), no event loop hand-off. One per thread and client; it carries
-    single replies only (streams and gossip use the client's main connection)."""
+    single replies and sync streams, one call at a time (a call made while
+    it is busy, and gossip, use the client's main connection)."""
 
-    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node",
-                 "__weakref__")
+    __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
+                 "buf", "tmo", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
         self.busy = False
         self.dead = False
+        self.buf: bytearray | None = None
+        self.window = 0
+        self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
@@ -120,6 +127,7 @@ class _Channel:
                                       f"{f.kind_name}")
             body = P.check_hello(f.decode_payload(self.dec.limits), server=True)
             self.node = body["node"]
+            self.window = body["window"]
             self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
         except BaseException:
             sock.close()
@@ -129,10 +137,22 @@ class _Channel:
         while True:
             for f in self.dec:
                 return f
-            data = self.sock.recv(1 << 18)
-            if not data:
-                raise ConnectionResetError(f"{self.client.url} closed the connection")
-            self.dec.feed(data)
+            self._fill()
+
+    def _timeout(self, t: float | None) -> None:
+        if t != self.tmo:  # settimeout is a system call: only when it changes
+            self.sock.settimeout(t)
+            self.tmo = t
+
+    def _fill(self) -> None:
+        """Read what the socket has (at least one byte) into the decoder."""
+        buf = self.buf
+        if buf is None:
+            buf = self.buf = bytearray(1 << 18)
+        n = self.sock.recv_into(buf)
+        if not n:
+            raise ConnectionResetError(f"{self.client.url} closed the connection")
+        self.dec.feed(memoryview(buf)[:n])
 
     def __del__(self) -> None:  # its thread ended: close quietly
         sock = getattr(self, "sock", None)
@@ -157,16 +177,24 @@ class _Channel:
         claim: Any = None
         self.busy = True
         try:
-            self.sock.settimeout(t)
+            self._timeout(t)
             self.sock.sendall(frame)
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
             source = f"peer:{self.node}"
-            limits = self.dec.limits
+            dec = self.dec
+            limits = dec.limits
+            first = True  # the first read waits up to t (the timeout set above)
             while True:
-                if deadline is not None:
-                    self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
-                f = self._frame()
+                f = None
+                for f in dec:
+                    break
+                if f is None:
+                    if deadline is not None and not first:
+                        self._timeout(max(1e-3, deadline - time.monotonic()))
+                    first = False
+                    self._fill()
+                    continue
                 if f.stream_id != sid:
                     if f.stream_id == 0 and f.kind == FrameKind.ERROR:
                         raise FabricUnavailable(f"{client.url} ended the connection: "
@@ -174,11 +202,15 @@ class _Channel:
                     continue  # PONG, or a frame of a call given up on
                 kind = f.kind
                 if kind == FrameKind.STREAM_CHUNK:
+                    _in_order(f, len(parts) + 1, self.node)
                     parts.append(bytes(f.decode_payload(limits)))
                 elif kind == FrameKind.STREAM_START:
                     source = _source(f.decode_payload(limits), self.node)
                 elif kind == FrameKind.STREAM_END:
-                    record = unpack(b"".join(parts))
+                    _in_order(f, len(parts) + 1, self.node)
+                    data = parts[0] if len(parts) == 1 else b"".join(parts)
+                    _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+                    record = unpack(data)
                     claim = _end_claim(f, limits)
                     break
                 elif kind == FrameKind.ERROR:
@@ -188,6 +220,9 @@ class _Channel:
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                    f"within {t} s") from None
+        except P.ProtocolError:
+            self.close()  # what follows on it cannot be trusted
+            raise
         except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
             self.close()
             client.stats_counters["failed_fast"] += 1
@@ -200,6 +235,145 @@ class _Channel:
         if err is not None:
             raise err
         return _claimed(reply_from_record(record, request.key, source), claim)
+
+
+    def stream(self, request: EvalRequest, g: frozenset[str],
+               t: float | None) -> "_BlockingStream":
+        """Send a stream request; its events are read on the caller's thread
+        (``_BlockingStream``), credit granted from there as items are taken."""
+        sid = next(self.ids)
+        frame = self.client._open_frame(request, "stream", g, t, sid, self.enc)
+        self.busy = True
+        try:
+            self._timeout(t)
+            self.sock.sendall(frame)
+        except OSError as exc:
+            self.busy = False
+            self.close()
+            self.client.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"connection to {self.client.url} ({self.node}) was "
+                                    f"lost: {exc}") from None
+        self.client.stats_counters["requests"] += 1
+        return _BlockingStream(self, request, sid, t)
+
+
+class _BlockingStream:
+    """The events of one stream on a ``_Channel``, read by the consumer's
+    thread: no hand-off per item. Credit (the cumulative bytes consumed) is
+    granted once a quarter of the window was taken, and always before the
+    consumer would block on the socket, so the sender never waits on a grant
+    this side holds back. ``close()`` before the end cancels the request;
+    the frames still in flight for it are skipped by the channel's next call."""
+
+    __slots__ = ("ch", "request", "sid", "t", "consumed", "granted", "finished", "seq",
+                 "chunks", "bytes", "owner", "__weakref__")
+
+    def __init__(self, ch: _Channel, request: EvalRequest, sid: int, t: float | None):
+        self.ch = ch
+        self.owner: Any = None  # the EvalStream given to the caller (gets .claim at the end)
+        self.request = request
+        self.sid = sid
+        self.t = t
+        self.consumed = 0
+        self.granted = 0
+        self.finished = False
+        self.seq = 0  # of the last chunk taken
+        self.chunks = 0
+        self.bytes = 0
+
+    def __iter__(self) -> "_BlockingStream":
+        return self
+
+    def _grant(self) -> None:
+        ch = self.ch
+        self.granted = self.consumed
+        ch.client.stats_counters["grants_sent"] += 1
+        ch.sock.sendall(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
+                                            stream_id=self.sid))
+
+    def __next__(self) -> tuple[int, Any]:
+        if self.finished:
+            raise StopIteration
+        ch = self.ch
+        dec, sid, limits = ch.dec, self.sid, ch.dec.limits
+        quarter = max(1, ch.window // 4)
+        try:
+            while True:
+                f = None
+                for f in dec:
+                    break
+                if f is None:
+                    if self.consumed > self.granted:
+                        self._grant()  # before blocking: the sender may be waiting on it
+                    ch._fill()
+                    continue
+                if f.stream_id != sid:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        raise FabricUnavailable(
+                            f"{ch.client.url} ended the connection: "
+                            f"{P.error_from_payload(f.decode_payload(limits), ch.client.url)}")
+                    continue  # PONG, or a frame of a call given up on
+                kind = f.kind
+                if kind == FrameKind.STREAM_CHUNK:
+                    self.seq = _in_order(f, self.seq + 1, ch.node)
+                    size = len(f.payload)
+                    ev = (DIAG if f.is_diagnostic else ITEM, f.decode_payload(limits))
+                    if not f.is_diagnostic:
+                        self.chunks += 1
+                        self.bytes += size
+                    self.consumed += size
+                    if self.consumed - self.granted >= quarter:
+                        self._grant()
+                    return ev
+                if kind == FrameKind.STREAM_END:
+                    _in_order(f, self.seq + 1, ch.node)
+                    _complete(f.decode_payload(limits), self.chunks, self.bytes, ch.node)
+                    self._finish()
+                    if self.owner is not None:
+                        self.owner.claim = from_wire(_end_claim(f, limits))
+                    raise StopIteration
+                if kind == FrameKind.ERROR:
+                    self._finish()
+                    raise P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
+        except P.ProtocolError:
+            self._finish()
+            ch.close()  # what follows on it cannot be trusted
+            raise
+        except socket.timeout:
+            self._finish()
+            ch.close()  # the rest of the stream must not reach the next call
+            raise DeadlineExceeded(f"node {ch.node} sent nothing for {self.request.op!r} "
+                                   f"within {self.t} s") from None
+        except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
+            self._finish()
+            ch.close()
+            ch.client.stats_counters["failed_fast"] += 1
+            if isinstance(exc, FabricUnavailable):
+                raise
+            raise FabricUnavailable(f"connection to {ch.client.url} ({ch.node}) was lost: "
+                                    f"{exc}") from None
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.ch.busy = False
+
+    def close(self) -> None:
+        """Stop early: the node is told to cancel the request."""
+        if self.finished:
+            return
+        self._finish()
+        ch = self.ch
+        if not ch.dead:
+            try:
+                ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
+            except OSError:
+                ch.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class _AsyncChannel(asyncio.Protocol):
@@ -286,16 +460,28 @@ class _AsyncChannel(asyncio.Protocol):
         call = self.calls.get(sid)
         if call is None:
             return  # a call given up on
-        if kind == FrameKind.STREAM_CHUNK:
-            call[1].append(bytes(f.decode_payload(limits)))
-        elif kind == FrameKind.STREAM_START:
+        try:
+            if kind == FrameKind.STREAM_CHUNK:
+                _in_order(f, len(call[1]) + 1, self.node)
+                call[1].append(bytes(f.decode_payload(limits)))
+                return
+            if kind == FrameKind.STREAM_END:
+                _in_order(f, len(call[1]) + 1, self.node)
+                parts = call[1]
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+        except P.ProtocolError as exc:  # this call fails with it; the channel closes
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(exc)
+            raise
+        if kind == FrameKind.STREAM_START:
             call[2] = _source(f.decode_payload(limits), self.node)
         elif kind == FrameKind.STREAM_END:
             del self.calls[sid]
             if not call[0].done():
                 try:
-                    call[0].set_result((unpack(b"".join(call[1])), call[2],
-                                        _end_claim(f, limits)))
+                    call[0].set_result((unpack(data), call[2], _end_claim(f, limits)))
                 except DecodeError as exc:
                     call[0].set_exception(exc)
         elif kind == FrameKind.ERROR:
@@ -350,8 +536,10 @@ class _AsyncChannel(asyncio.Protocol):
         self.calls[sid] = [fut, [], f"peer:{self.node}"]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
+        # A timer, not wait_for: wait_for's own future costs a loop turn per call.
+        timer = None if t is None else self.loop.call_later(t, _expire, fut)
         try:
-            record, source, claim = await asyncio.wait_for(fut, t)
+            record, source, claim = await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             if self.calls.pop(sid, None) is not None and not self.dead:
                 self.transport.write(  # type: ignore[union-attr]
@@ -360,7 +548,15 @@ class _AsyncChannel(asyncio.Protocol):
                 raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                        f"within {t} s") from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return _claimed(reply_from_record(record, request.key, source), claim)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
@@ -382,6 +578,27 @@ def _end_claim(f: Any, limits: Any) -> Any:
 def _claimed(reply: EvalReply, raw: Any) -> EvalReply:
     """The reply, with the claim its node sent attached (``.claim``)."""
     return reply if raw is None else attach(reply, from_wire(raw))
+
+
+def _in_order(f: Any, expect: int, node: str | None) -> int:
+    """A reply's chunks and end come with seq 1, 2, ...: anything else means
+    frames were lost, repeated or reordered (``ProtocolError``)."""
+    if f.seq != expect:
+        raise P.ProtocolError(f"node {node} sent {f.kind_name} seq {f.seq} on stream "
+                              f"{f.stream_id} where seq {expect} was due: frames were "
+                              f"lost, repeated or reordered")
+    return expect
+
+
+def _complete(body: Any, chunks: int, size: int, node: str | None) -> None:
+    """A STREAM_END must account for exactly what arrived (a stream the node
+    truncated says so, with a ``LimitExceeded`` diagnostic before its end)."""
+    if isinstance(body, dict) and body.get("truncated") is True:
+        return
+    if (not isinstance(body, dict) or body.get("chunks") != chunks
+            or body.get("bytes") != size):
+        raise P.ProtocolError(f"node {node} ended a reply with {body!r}, but {chunks} "
+                              f"chunk(s) of {size} bytes arrived")
 
 
 def _source(body: Any, node: str | None) -> str:
@@ -449,6 +666,9 @@ class NodeClient:
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
         self._channels_lock = threading.Lock()
         self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
+        # Requests checked lately for Secrets (the object is kept: its id stays its own).
+        self._no_secret: dict[int, EvalRequest] = {}
+        self._where = f"connect({url})"
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
         self._loop_thread = _LoopThread.thread
@@ -566,6 +786,20 @@ class NodeClient:
         c = self._calls.get(sid)
         if c is None:
             return  # a frame for a request this side gave up on
+        if kind == FrameKind.STREAM_CHUNK or kind == FrameKind.STREAM_END:
+            try:
+                c.seq = _in_order(f, c.seq + 1, self.node)
+                if kind == FrameKind.STREAM_END:
+                    if c.want == "value":
+                        _complete(f.decode_payload(dec.limits), len(c.parts),
+                                  sum(map(len, c.parts)), self.node)
+                    else:
+                        _complete(f.decode_payload(dec.limits), c.chunks, c.bytes, self.node)
+            except P.ProtocolError as exc:  # this call fails with it; the connection ends
+                self._calls.pop(sid, None)
+                c.done = True
+                c.q.put_nowait(exc)
+                raise
         if kind == FrameKind.STREAM_START:
             c.source = _source(f.decode_payload(dec.limits), self.node)
             c.started = True
@@ -667,14 +901,19 @@ class NodeClient:
         if not isinstance(request, EvalRequest):
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
-        check_grants(request, g, f"connect({self.url})")
+        check_grants(request, g, self._where)
         if self.principal is not None and "*" not in self.server_grants:
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
                                        f"{self.principal!r} {', '.join(missing)}")
-        P.check_no_secret(request.args, "args")
-        P.check_no_secret(dict(request.kwargs), "kwargs")
+        if self._no_secret.get(id(request)) is not request:  # requests are immutable
+            P.check_no_secret(request.args, "args")
+            P.check_no_secret(dict(request.kwargs), "kwargs")
+            with self._channels_lock:
+                if len(self._no_secret) >= 256:
+                    self._no_secret.pop(next(iter(self._no_secret)))
+                self._no_secret[id(request)] = request
         t = self.timeout if timeout is None else timeout
         if request.deadline is not None:
             t = request.deadline if t is None else min(t, request.deadline)
@@ -770,7 +1009,9 @@ class NodeClient:
         g, t = self._prepare(request, grants, timeout)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            ch = await self._achannel(loop, t)
+            ch = self._achannels.get(loop)
+            if ch is None or ch.dead or not ch.ready.done():
+                ch = await self._achannel(loop, t)
             return await ch.evaluate(request, g, t)
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
                                                self._loop)
@@ -820,6 +1061,13 @@ class NodeClient:
         """A stream from the node; items arrive as it produces them, under
         per-stream credit. Closing it early cancels the producer."""
         g, t = self._prepare(request, grants, timeout)
+        ch = self._channel(t)
+        if ch is not None:
+            bs = ch.stream(request, g, t)
+            out: EvalStream[Any] = EvalStream(bs, request.key, f"peer:{self.node}")
+            out.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+            bs.owner = out
+            return out
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
                                              self._loop).result()
         s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")

@@ -137,6 +137,17 @@ class FairQueue:
             self.evictions += 1
             self._lost.add(sid)
 
+    def count_direct(self, principal: str, size: int) -> None:
+        """Count an entry the caller sent at once because nothing was queued
+        (``empty()``): what ``push`` then ``pop`` would have counted."""
+        p = self._p.get(principal)
+        if p is None:
+            p = self._p[principal] = _Principal()
+        st = p.stats
+        st["queued"] += 1
+        st["served"] += 1
+        st["bytes_served"] += size
+
     def pop(self) -> Entry | None:
         """The next entry by deficit round robin, or None when empty."""
         while self._active:

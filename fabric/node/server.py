@@ -41,6 +41,7 @@ from ..resolving import ContentAddressedFabric
 from . import protocol as P
 from .auth import COMPUTE, Grants, Tokens, tls_principal
 from .credit import Credit, StreamTable
+from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import FairQueue
 from .secrets import SecretStore
 from . import snapshot as _snap
@@ -54,6 +55,8 @@ from . import leases as _leases
 __all__ = ["Node", "NodeLimits"]
 
 log = logging.getLogger("fabric.node")
+_HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
+_START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -151,17 +154,29 @@ class _Conn:
         self.credits: dict[int, Credit] = {}
         self.gossip = False
         self.gossip_sent = 0
+        self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         self.closed = False
         self.frames_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = loop.create_future()
+        # Test faults (fabric.node.faults), only when the node was given some.
+        self.faults = None if node.faults is None else node.faults.connection(
+            self._write, self.abort, loop.call_later)
+
+    def _write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
 
     def send(self, data: bytes) -> None:
         if self.closed:
             return
         self.bytes_out += len(data)
-        self.writer.write(data)
+        if self.faults is None:
+            self.writer.write(data)
+        else:
+            self.faults.send(data)
         if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
@@ -217,7 +232,7 @@ class Node:
                  tls: Any = None, tokens: Any = None, grants: Any = None,
                  secrets: str | None = None, limits: NodeLimits | None = None,
                  insecure: bool = False, peer_tls: Any = None, peer_token: str | None = None,
-                 governor: PeerGovernor | None = None,
+                 governor: PeerGovernor | None = None, faults: Faults | None = None,
                  gossip: _gossip.GossipConfig | None = None,
                  _restored: NodeState | None = None,
                  fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
@@ -239,6 +254,12 @@ class Node:
         #: Starts at 0; ``Node.restore`` sets the snapshot's + 1.
         self.incarnation = 0 if _restored is None else _restored.incarnation + 1
         self.limits = limits or NodeLimits()
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a fabric.node.faults.Faults, not "
+                            f"{type(faults).__name__}")
+        #: Test faults this node injects (None, the default: none, and the
+        #: ``fault`` control operation is refused).
+        self.faults = faults
         self.tls = tls
         self.tokens = None if tokens is None else Tokens(tokens)
         self.grants = Grants(grants)
@@ -781,6 +802,8 @@ class Node:
                 if t is not None:
                     self._stat("cancels")
                     t.cancel()
+            elif ctl.op == "fault":
+                self._arm_fault(conn, sid, ctl.fields)
             else:
                 raise P.ProtocolError(f"control op {ctl.op!r} is not served by nodes")
         elif kind == FrameKind.CREDIT:
@@ -801,6 +824,21 @@ class Node:
         else:
             raise P.ProtocolError(f"unexpected {f.kind_name} frame from a client "
                                   f"(stream {sid})")
+
+    def _arm_fault(self, conn: _Conn, sid: int, fields: Any) -> None:
+        """The ``fault`` control operation: only on a node given test faults."""
+        if conn.faults is None:
+            raise P.ProtocolError(f"node {self.node_id} does not inject test faults (a "
+                                  f"node serves the fault operation only when started "
+                                  f"with Node(faults=...))")
+        kind = fields.get("kind")
+        if kind not in WIRE_ACTIONS:
+            raise P.ProtocolError(f"fault kind {kind!r} is not served by nodes (served: "
+                                  f"{', '.join(WIRE_ACTIONS)})")
+        self._stat("faults_armed")
+        # on the stream's data frames (a disconnect: before any next frame)
+        conn.faults.arm(Fault(kind, kind=None if kind == "disconnect" else "STREAM_CHUNK",
+                              count=fields["count"], stream=sid or None))
 
     # -- requests ----------------------------------------------------------------
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any) -> None:
@@ -844,7 +882,12 @@ class Node:
         """Which fabric answers a request, and with which grants (checks ``node.compute``)."""
         _req, _want, scope, claimed, _timeout, via = parsed
         _gossip.shareable(_req, via)  # a 'recorded' reply never goes to another node
-        g = Grants.effective(conn.grants - _CONTROL_GRANTS, claimed)
+        g = conn.effective.get(claimed)
+        if g is None:  # per connection and claimed grants: both are frozen
+            if len(conn.effective) >= 64:
+                conn.effective.clear()
+            g = conn.effective[claimed] = Grants.effective(conn.grants - _CONTROL_GRANTS,
+                                                           claimed)
         if scope == "compute" and not Grants.allows(conn.grants, COMPUTE):
             self._stat("denied_compute")
             raise CapabilityDenied(f"principal {conn.principal!r} is not granted "
@@ -888,10 +931,16 @@ class Node:
         if self.signer is not None and reply.key is not None:
             end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
         part = max(1024, conn.max_frame - 16)
-        parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
+        parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
+            else [data]
         enc = conn.enc
-        out = [enc.encode_value(FrameKind.STREAM_START,
-                                {"metadata": {"source": reply.source}}, stream_id=sid)]
+        start = _START.get(reply.source)
+        if start is None:  # a few sources ("held", "local", "home", peers): kept encoded
+            if len(_START) >= 256:
+                _START.clear()
+            start = _START[reply.source] = canonical_bytes({"metadata": {"source":
+                                                                         reply.source}})
+        out = [enc.encode(FrameKind.STREAM_START, start, stream_id=sid)]
         for i, p in enumerate(parts):
             out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
         end["chunks"] = len(parts)
@@ -913,24 +962,26 @@ class Node:
         digest = StreamDigest() if self.signer is not None else None
         try:
             async for tag, payload in (events if events is not None else _items(stream)):
-                body = canonical_bytes(payload)
                 if digest is not None:
-                    digest.update_encoded(tag, body)
-                if len(body) > conn.max_frame:
-                    raise P.LimitExceeded(f"an item of {len(body)} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})")
-                await credit.wait(len(body))
+                    digest.update_encoded(tag, canonical_bytes(payload))
+                flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
+                try:  # one copy: the item is packed straight into its frame
+                    frame = enc.encode_value(FrameKind.STREAM_CHUNK, payload, stream_id=sid,
+                                             seq=seq + 1, flags=flags)
+                except FrameError:
+                    size = len(canonical_bytes(payload))
+                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
+                                          f"largest frame agreed ({conn.max_frame})") from None
+                size = len(frame) - _HEADER
+                await credit.wait(size)
                 if self._out_q.lost(key):
                     truncated = True
                     break
                 seq += 1
-                flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
                 if tag != DIAG:
                     chunks += 1
-                    total += len(body)
-                self._enqueue(conn, key, enc.encode(FrameKind.STREAM_CHUNK, body,
-                                                    stream_id=sid, seq=seq, flags=flags),
-                              len(body))
+                    total += size
+                self._enqueue(conn, key, frame, size)
         finally:
             aclose = getattr(events if events is not None else stream, "aclose", None)
             if aclose is not None:
@@ -948,6 +999,12 @@ class Node:
         self._out_wake.set()  # type: ignore[union-attr]
 
     def _enqueue(self, conn: _Conn, key: Any, data: bytes, size: int) -> None:
+        if self._out_q.empty():
+            # Nothing waits: the fair queue would hand this straight to the
+            # pump, so it goes out now (no wake-up and task switch per item).
+            self._out_q.count_direct(conn.principal, size)
+            conn.send(data)
+            return
         self._out_q.push(conn.principal, key, max(size, 1), (conn, data))
         self._out_wake.set()  # type: ignore[union-attr]
 
@@ -967,6 +1024,10 @@ class Node:
                 self._out_q.forget(e.stream)
                 out = b""
                 if lost:
+                    self._stat("streams_truncated")
+                    log.warning("stream %d to %s (principal %s) ended truncated: over the "
+                                "principal's byte budget (%d), its data was evicted", sid,
+                                conn.peer, conn.principal, self.limits.principal_budget)
                     seq += 1
                     out += conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
                         "kind": "LimitExceeded", "limit": "principal_budget",

@@ -154,6 +154,9 @@ typedef struct fab_ledger_stats {
     int exclusive;
     int version;
     int failed;              /* 1 after an fdatasync failure: appends refused */
+    int append_lock;         /* how appends are serialized: 0 none (reader, exclusive writer),
+                              * 1 the OFD lock on the ledger, 2 the lock page's robust mutex */
+    uint64_t owner_dead;     /* lock page holders this handle found dead and recovered from */
     char creator[FAB_LEDGER_CREATOR_LEN + 1];
 } fab_ledger_stats;
 

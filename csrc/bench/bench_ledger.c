@@ -1,0 +1,142 @@
+/*
+ * Ledger append micro-benchmark: 100-byte replies appended with durability
+ * os by 1, 2 and 4 processes into one ledger (each opens it itself, all
+ * start together), and the same with a 100-byte request before each reply
+ * (REQUEST + REPLY in one append). Aggregate records/s, best of rounds;
+ * the C core's ceiling under bench/cassette.py's writer processes.
+ *
+ *   build/bench_ledger [records-per-process [rounds]]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fabric/ledger.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void fill_keys(uint8_t *k, size_t n, unsigned seed)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
+    for (size_t i = 0; i < n * 32; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        k[i] = (uint8_t)x;
+    }
+}
+
+/* One writer process: opens, says ready, waits for go, appends n records,
+ * writes its seconds to out. */
+static void writer(const char *path, int exclusive, int with_req, size_t n, unsigned seed,
+                   int ready, int go, int out)
+{
+    uint8_t *keys = malloc(n * 32);
+    if (keys == NULL)
+        _exit(2);
+    fill_keys(keys, n, seed);
+    uint8_t value[100], req[100];
+    memset(value, 'v', sizeof(value));
+    memset(req, 'r', sizeof(req));
+    fab_ledger_options o = {0};
+    o.mode = FAB_LEDGER_WRITE;
+    o.durability = FAB_DUR_OS;
+    o.exclusive = exclusive;
+    o.no_checkpoint = 1;
+    fab_ledger *l;
+    fab_ledger_error e;
+    if (fab_ledger_open(&l, path, &o, &e) != 0) {
+        fprintf(stderr, "open: %s\n", e.msg);
+        _exit(2);
+    }
+    char c = 'r';
+    if (write(ready, &c, 1) != 1 || read(go, &c, 1) != 1)
+        _exit(2);
+    double t = now();
+    for (size_t i = 0; i < n; i++) {
+        int rc = fab_ledger_record_req(l, keys + 32 * i, with_req ? req : NULL,
+                                       with_req ? sizeof(req) : 0, value, sizeof(value), 0, &e);
+        if (rc != 1) {
+            fprintf(stderr, "record: %d %s\n", rc, e.msg);
+            _exit(2);
+        }
+    }
+    t = now() - t;
+    fab_ledger_close(l);
+    if (write(out, &t, sizeof(t)) != sizeof(t))
+        _exit(2);
+    _exit(0);
+}
+
+/* Aggregate records/s of procs processes appending n records each. */
+static double run(const char *path, int procs, int exclusive, int with_req, size_t n)
+{
+    unlink(path);
+    int ready[2], go[2], out[2];
+    if (pipe(ready) || pipe(go) || pipe(out))
+        abort();
+    for (int i = 0; i < procs; i++) {
+        if (fork() == 0)
+            writer(path, exclusive, with_req, n, (unsigned)i + 1, ready[1], go[0], out[1]);
+    }
+    char c;
+    for (int i = 0; i < procs; i++)
+        if (read(ready[0], &c, 1) != 1)
+            abort();
+    double t = now();
+    for (int i = 0; i < procs; i++)
+        if (write(go[1], "g", 1) != 1)
+            abort();
+    for (int i = 0; i < procs; i++) {
+        double s;
+        if (read(out[0], &s, sizeof(s)) != sizeof(s))
+            abort();
+    }
+    t = now() - t;
+    int ok = 1;
+    for (int i = 0; i < procs; i++) {
+        int st;
+        wait(&st);
+        ok &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    close(ready[0]); close(ready[1]); close(go[0]); close(go[1]); close(out[0]); close(out[1]);
+    if (!ok)
+        abort();
+    unlink(path);
+    return (double)procs * (double)n / t;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = argc > 1 ? (size_t)atol(argv[1]) : 200000;
+    int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    char path[64];
+    snprintf(path, sizeof(path), "bench-ledger-%ld.fabl", (long)getpid());
+    static const struct { const char *name; int procs, exclusive, req; } cases[] = {
+        {"1 process, exclusive", 1, 1, 0},
+        {"1 process", 1, 0, 0},
+        {"2 processes", 2, 0, 0},
+        {"4 processes", 4, 0, 0},
+        {"1 process, request+reply", 1, 0, 1},
+        {"2 processes, request+reply", 2, 0, 1},
+    };
+    enum { NC = sizeof(cases) / sizeof(cases[0]) };
+    double best[NC] = {0};
+    for (int r = 0; r < rounds; r++)
+        for (int i = 0; i < NC; i++) {
+            double v = run(path, cases[i].procs, cases[i].exclusive, cases[i].req, n);
+            if (v > best[i])
+                best[i] = v;
+        }
+    for (int i = 0; i < NC; i++)
+        printf("ledger appends, 100 B, os, %-28s %9.0f records/s\n", cases[i].name, best[i]);
+    return 0;
+}
