@@ -588,15 +588,17 @@ class Node:
         with the first outcome; a peer down at start is added when it comes)."""
         from .client import NodeClient
         loop = asyncio.get_running_loop()
-        _gossip.warn_link(url, tls=self.peer_tls is not None, token=self.peer_token is not None,
-                          trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
+        if learned:  # (--peer URLs were warned about at construction)
+            _gossip.warn_link(url, tls=self.peer_tls is not None,
+                              token=self.peer_token is not None,
+                              trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
         gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
                             node_id=self.node_id, reconnect=not learned,
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 gossip.on_link, client, body))
-        client.gossip_pull = lambda: gossip.pull_body(url)
+        client.gossip_pull = lambda: gossip.pull_body(client.node)
         start, redo = self._resume.get(url, (0, False))
         client.gossip_sent = start
         client.next_sid = max(client.next_sid, self._peer_streams.get(url, 1))
