@@ -1,6 +1,7 @@
 """The network node over loopback: latency, throughput, streams, TLS, memory.
 
-    PYTHONPATH=. python bench/net.py [--n 2000] [--only hit,redis,stream,fair,tls,mem]
+    PYTHONPATH=. python -P bench/net.py [--n 2000] [--rounds 3]
+        [--only hit,redis,stream,fair,tls,mem]
 
 Side by side in one run (every server a separate process, every socket on
 127.0.0.1, every loop bounded in count):
@@ -8,17 +9,25 @@ Side by side in one run (every server a separate process, every socket on
 - ``hit``: p50 / p99 of a small held value (64 B) fetched through
   ``fabric.connect`` from sync code and from asyncio, against a bare Python
   socket ping-pong (blocking sockets; the echo server is a process) of the
-  same size;
+  same size, and an asyncio Protocol echo process (the floor of any server
+  on asyncio); every contender once per round, interleaved, ``--rounds``
+  rounds, each row keeping its best round; the CPU per call of the client
+  and of the node process (scheduling on a loaded machine moves the
+  latency, the CPU much less);
 - ``redis``: the same hit against redis-py GET on a real ``redis-server``
   (started here on a free loopback port, stopped at the end; installed
   with apt-get if missing and allowed), throughput with 1 and 16
   concurrent clients (threads), TLS and tokens off on both;
 - ``stream``: one 256 MiB stream (``--stream-mib``) to a consumer that does
-  not record it, against a raw socket send loop of the same bytes; the same
+  not record it, held by the node (and, first, computed by its home, which
+  the node records as it streams), against a raw socket send loop of the
+  same bytes; the same
   stream recorded by the receiving node, against raw append speed
   (``EvalCassette`` stream records written directly) in the same run;
 - ``fair``: 100 concurrent streams on one node, Jain's fairness index of the
-  bytes each received by the time the first one finished;
+  bytes each received by the time the first one finished: from 100 threads
+  (each on its thread's connection), then from 100 asyncio tasks (all on
+  one connection);
 - ``tls``: the hit's p50 with TLS against without;
 - ``mem``: the node process's RSS growth per idle connection.
 """
@@ -152,8 +161,12 @@ def serve_sink():
 def serve_node(a):
     from fabric.node.auth import server_tls
     tls = server_tls(a.tls_cert, a.tls_key) if a.tls_cert else None
+    # Sized for the fairness run: 100 streams on one connection may each have
+    # a window (at least one 1 MiB frame) in flight: 100 MiB over the default
+    # 64 MiB output buffer would disconnect the reader as a slow one.
     limits = NodeLimits(max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096),
-                        principal_budget=1 << 30, max_running=256)
+                        principal_budget=1 << 30, max_running=256,
+                        output_buffer=256 << 20)
     cassette = a.cassette or None
     node = Node(cassette, node_id="bench", home=fabric.LocalFabric(), listen="127.0.0.1:0",
                 tls=tls, limits=limits)
@@ -168,6 +181,13 @@ def serve_node(a):
         await task
 
     asyncio.run(run())
+
+
+def proc_cpu(pid):
+    """Seconds of CPU (user + system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        x = f.read().rsplit(")", 1)[1].split()
+    return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -307,7 +327,7 @@ def timed(n, call):
     return out
 
 
-def section_hit_redis(a, url, rows, only):
+def section_hit_redis(a, url, rows, only, node_pid, cpu):
     """Latency rows and throughput, every contender measured once per round,
     interleaved, ``--rounds`` rounds: each row keeps its best round (by p50),
     so a burst of load on this shared machine hits one round, not one row."""
@@ -350,7 +370,11 @@ def section_hit_redis(a, url, rows, only):
         call(min(a.n, 200))
     for _ in range(a.rounds):
         for name, call in zip(names, calls):
+            c0, n0 = time.process_time(), proc_cpu(node_pid)
             xs = call(a.n)
+            used = ((time.process_time() - c0) / a.n, (proc_cpu(node_pid) - n0) / a.n)
+            if name.startswith("fabric"):  # CPU per call: client process, node process
+                cpu[name] = min(cpu.get(name, used), used, key=sum)
             if name not in lat or statistics.median(xs) < statistics.median(lat[name]):
                 lat[name] = xs
     base = statistics.median(lat[names[0]])
@@ -382,39 +406,53 @@ def section_hit_redis(a, url, rows, only):
 
 
 def section_stream(a, url, out):
+    """The raw send loop and the held stream once per round, interleaved,
+    each keeping its best round; the first stream (computed by the node's
+    home, recorded by the node as it streams) is measured once."""
     mib = a.stream_mib
     total = mib << 20
     sink, sport = child(["--serve-sink"])
-    try:
-        block = b"\0" * CHUNK
+    block = b"\0" * CHUNK
+
+    def raw_loop():
         s = socket.create_connection(("127.0.0.1", int(sport)))
         t0 = time.perf_counter()
         for _ in range(total // CHUNK):
             s.sendall(block)
         s.shutdown(socket.SHUT_WR)
         got = int(s.recv(64))
-        raw = time.perf_counter() - t0
+        took = time.perf_counter() - t0
         s.close()
         assert got == total, got
-    finally:
-        stop(sink)
+        return took
+
     c = connect(url, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
     req = bulk.request(mib)
-    took = []
-    for _ in range(2):  # computed by the node's home (and recorded there), then held
+
+    def fabric_stream():
         t0 = time.perf_counter()
         n = 0
         with c.stream(req) as st:
             for item in st:
                 n += len(item)
-        took.append(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
         assert n == total, n
-    c.close()
+        return took
+
+    try:
+        computed = fabric_stream()  # the node's home computes it, the node records it
+        raw = held = float("inf")
+        for _ in range(a.rounds):
+            raw = min(raw, raw_loop())
+            held = min(held, fabric_stream())
+    finally:
+        stop(sink)
+        c.close()
     out.append((f"raw socket send loop, {mib} MiB (sink process)", total / raw))
     out.append((f"fabric stream, {mib} MiB held by the node, consumer not recording",
-                total / took[1]))
+                total / held))
     out.append((f"fabric stream, {mib} MiB computed by the node's home (the node "
-                f"records it), consumer not recording", total / took[0]))
+                f"records it), consumer not recording", total / computed))
     # recorded by the receiving node: a second node with the first as its home
     d = tempfile.mkdtemp(prefix="fabric-bench-net-")
     try:
@@ -474,6 +512,33 @@ def section_fair(a, url):
     for t in ts:
         t.join()
     c.close()
+    xs = snapshot[0]
+    jain = sum(xs) ** 2 / (k * sum(x * x for x in xs)) if any(xs) else 0.0
+    return jain, min(xs), max(xs)
+
+
+def section_fair_one_connection(a, url):
+    """The same with asyncio: 100 ``astream`` on one client's main connection
+    (streams multiplexed on one connection, credit per stream)."""
+    k = 100
+    c = connect(url, max_frame=CHUNK + 4096, window=4 * (64 << 10), timeout=600)
+    got = [0] * k
+    snapshot = []
+
+    async def consume(i):
+        req = bulk.request(a.fair_mib, (96 << 10) + i)  # keys of their own
+        async for item in c.astream(req):
+            got[i] += len(item)
+        if not snapshot:
+            snapshot.append(list(got))
+
+    async def run():
+        await asyncio.gather(*(consume(i) for i in range(k)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        c.close()
     xs = snapshot[0]
     jain = sum(xs) ** 2 / (k * sum(x * x for x in xs)) if any(xs) else 0.0
     return jain, min(xs), max(xs)
@@ -544,11 +609,15 @@ def main():
     try:
         rows, tput, streams = [], [], []
         if only & {"hit", "redis"}:
-            tput = section_hit_redis(a, url, rows, only)
+            cpu = {}
+            tput = section_hit_redis(a, url, rows, only, node.pid, cpu)
             print(f"{'what':44} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
             for name, xs, base in rows:
                 print(f"{name:44} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
                       f"{statistics.median(xs) / base:16.2f}")
+            for name, (cl, nd) in cpu.items():
+                print(f"{name:44} CPU per call: client {cl * 1e6:5.1f} us, node "
+                      f"{nd * 1e6:5.1f} us (best round)")
             for name, ops in tput:
                 print(f"{name:44} {ops:12,.0f} ops/s")
         if "tls" in only:
@@ -570,6 +639,9 @@ def main():
         if "fair" in only:
             jain, lo, hi = section_fair(a, url)
             print(f"100 concurrent streams: Jain's index {jain:.3f} "
+                  f"(bytes received when the first ended: min {lo}, max {hi})")
+            jain, lo, hi = section_fair_one_connection(a, url)
+            print(f"100 concurrent astreams on one connection: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
     finally:
         stop(node)

@@ -3,6 +3,8 @@
  */
 #include "fabric/sign.h"
 
+#include <stdlib.h>
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -63,22 +65,62 @@ int fab_ed25519_public(const uint8_t seed[FAB_ED25519_SEED_LEN],
     return rc;
 }
 
+struct fab_ed25519_signer {
+    EVP_PKEY *pk; /* only read once made: OpenSSL allows concurrent signing */
+};
+
+int fab_ed25519_signer_new(const uint8_t seed[FAB_ED25519_SEED_LEN], fab_ed25519_signer **out)
+{
+    fab_ed25519_signer *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return FAB_ENOMEM;
+    int rc = private_key(seed, &s->pk);
+    if (rc != FAB_OK) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return FAB_OK;
+}
+
+void fab_ed25519_signer_free(fab_ed25519_signer *s)
+{
+    if (s == NULL)
+        return;
+    EVP_PKEY_free(s->pk);
+    free(s);
+}
+
+int fab_ed25519_signer_public(const fab_ed25519_signer *s,
+                              uint8_t public_key[FAB_ED25519_PUBLIC_LEN])
+{
+    return public_of(s->pk, public_key);
+}
+
+int fab_ed25519_signer_sign(const fab_ed25519_signer *s, const void *msg, size_t len,
+                            uint8_t sig[FAB_ED25519_SIG_LEN])
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return FAB_ENOMEM;
+    int rc = FAB_OK;
+    size_t n = FAB_ED25519_SIG_LEN;
+    if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, s->pk) != 1 ||
+        EVP_DigestSign(ctx, sig, &n, msg, len) != 1 || n != FAB_ED25519_SIG_LEN)
+        rc = crypto_fail();
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
 int fab_ed25519_sign(const uint8_t seed[FAB_ED25519_SEED_LEN], const void *msg, size_t len,
                      uint8_t sig[FAB_ED25519_SIG_LEN])
 {
-    EVP_PKEY *pk;
-    int rc = private_key(seed, &pk);
+    fab_ed25519_signer *s;
+    int rc = fab_ed25519_signer_new(seed, &s);
     if (rc != FAB_OK)
         return rc;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    size_t n = FAB_ED25519_SIG_LEN;
-    if (ctx == NULL)
-        rc = FAB_ENOMEM;
-    else if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, pk) != 1 ||
-             EVP_DigestSign(ctx, sig, &n, msg, len) != 1 || n != FAB_ED25519_SIG_LEN)
-        rc = crypto_fail();
-    EVP_MD_CTX_free(ctx);
-    EVP_PKEY_free(pk);
+    rc = fab_ed25519_signer_sign(s, msg, len, sig);
+    fab_ed25519_signer_free(s);
     return rc;
 }
 

@@ -868,3 +868,11 @@ def ed25519_sign(seed: ReadableBuffer, message: ReadableBuffer, /) -> bytes:
 def ed25519_verify(public_key: ReadableBuffer, message: ReadableBuffer,
                    signature: ReadableBuffer, /) -> bool:
     """Whether signature is public_key's signature of message."""
+
+@final
+class Ed25519Signer:
+    """An Ed25519 private key (its 32-byte seed) made once, for signing many messages."""
+    def __new__(cls, seed: ReadableBuffer, /) -> Self: ...
+    def sign(self, message: ReadableBuffer, /) -> bytes: ...
+    @property
+    def public_key(self) -> bytes: ...

@@ -221,7 +221,10 @@ class _Verifier:
             length, sha = covered.length, covered.digest()
             what = "stream"
         else:
-            data = _covered(kind, covered)
+            try:
+                data = _covered(kind, covered)
+            except Exception as exc:  # a value the claim's encoding cannot hold
+                return f"the reply cannot be encoded as a {kind!r} ({type(exc).__name__})"
             length, sha = len(data), hashlib.sha256(data).digest()
             what = "reply"
         if length != claim.length:
@@ -398,7 +401,7 @@ class NodeKey(_Signer):
     """
 
     scheme = "ed25519"
-    __slots__ = ("key_id", "node", "_seed", "public_key")
+    __slots__ = ("key_id", "node", "_seed", "_signer", "public_key")
 
     def __init__(self, key_id: str, node: str, seed: bytes):
         if not isinstance(key_id, str) or not key_id or any(c.isspace() for c in key_id):
@@ -410,8 +413,9 @@ class NodeKey(_Signer):
         self.key_id = key_id
         self.node = node
         self._seed = seed
+        self._signer = _core.Ed25519Signer(seed)  # the key made once
         #: The 32-byte Ed25519 public key.
-        self.public_key = _core.ed25519_public(seed)
+        self.public_key = self._signer.public_key
 
     @classmethod
     def generate(cls, key_id: str, node: str) -> "NodeKey":
@@ -448,7 +452,7 @@ class NodeKey(_Signer):
         return self.key_id
 
     def _auth(self, claim: Claim) -> bytes:
-        return _core.ed25519_sign(self._seed, claim.signed_bytes())
+        return self._signer.sign(claim.signed_bytes())
 
     def _make(self, key: ContentKey, kind: str, sha: bytes, length: int, producer: str,
               time_ns: int | None, version: int = CLAIM_VERSION) -> Claim:

@@ -19,7 +19,9 @@ records them in its cassette (a hit never reaches the cluster).
   the content key's hex (a tokenizer registered for ``EvalRequest`` when
   this module is imported), so Dask's own deduplication agrees with ours:
   identical requests in flight at once share one task. A stream request's
-  key adds a per-call suffix (each caller reads its own stream).
+  key adds a per-call suffix (each caller reads its own stream), and so does
+  the key of an op whose sharing class is ``uncacheable``: each of its calls
+  runs.
 - **Errors are never held.** Every future, failed or not, is released as
   soon as its result or error is taken, so a later identical request
   computes again instead of getting a held error.
@@ -73,7 +75,7 @@ except ImportError as _exc:  # pragma: no cover - the dask extra not installed
 
 from . import _core
 from ._core import CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError
-from .fabrics import _bound, _check_declared, _Counters, _FabricBase, _pending
+from .fabrics import _bound, _check_declared, _check_sharing, _Counters, _FabricBase, _pending
 from .ops import REGISTRY, Op, OpRegistry, _collector
 from .placement import check_ref_grant, scrub_secrets, secret_refs
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
@@ -296,6 +298,8 @@ class DaskFabric(_FabricBase):
         except CapabilityDenied:
             self._stats.add("denied")
             raise
+        if request.sharing != op.sharing:
+            _check_sharing(request, op, self._where)
         return op
 
     def _refs(self, request: EvalRequest) -> tuple[str | None] | None:
@@ -311,11 +315,12 @@ class DaskFabric(_FabricBase):
             raise TypeError(f"op {op.name!r} is a stream op: use stream()")
         self._stats.add("submitted")
         refs = self._refs(request)
+        key = self.task_key(request)
+        if request.sharing == "uncacheable":
+            key = f"{key}-call-{uuid.uuid4().hex}"  # never shared with another call
         if refs is None:
-            return self.client.submit(_run_value, op, request, key=self.task_key(request),
-                                      pure=False)
-        return self.client.submit(_run_value, op, request, refs, key=self.task_key(request),
-                                  pure=False)
+            return self.client.submit(_run_value, op, request, key=key, pure=False)
+        return self.client.submit(_run_value, op, request, refs, key=key, pure=False)
 
     def _reply(self, fut: Future, request: EvalRequest) -> EvalReply:
         """The finished task's reply, or its error; the future is released

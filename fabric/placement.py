@@ -29,6 +29,12 @@ and the end frame; through the fabric interface it raises
 stream is never recorded. ``realize_events`` turns any fabric's stream into
 ``Started`` / ``Chunk`` / ``Done`` events.
 
+Identical requests in flight at once are placed once (``_Shared``, used by
+``ReplicaGroup`` too). A request holding a ``fabric.Secret`` never goes to
+a worker; its ``SecretRef`` objects are resolved in the worker, from the
+secret store the fabric was given (sent once, at spawn), and a ``Secret``
+in the op's output comes back as ``fabric.REDACTED``.
+
 This module imports the core, ``ops``, ``replies``, ``frames`` and the
 fabrics' shared helpers; nothing imports it but ``fabric/__init__``.
 """
@@ -42,6 +48,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -88,10 +95,11 @@ class PlacementRefused(FabricError, RuntimeError):
 # Secrets: a Secret never travels to a worker; a SecretRef is resolved there
 # ===========================================================================
 
-def _is_ref(v: Any) -> bool:
-    # fabric.node.secrets.SecretRef, named without importing the node package.
-    t = type(v)
-    return t.__name__ == "SecretRef" and t.__module__ == "fabric.node.secrets"
+def _ref_type() -> Any:
+    """``fabric.node.secrets.SecretRef``, without importing the node
+    package: no SecretRef exists before that module is loaded."""
+    mod = sys.modules.get("fabric.node.secrets")
+    return None if mod is None else mod.SecretRef
 
 
 def secret_refs(request: EvalRequest, where: str) -> list[str]:
@@ -99,6 +107,7 @@ def secret_refs(request: EvalRequest, where: str) -> list[str]:
     nested); ``CapabilityDenied`` if it holds a ``fabric.Secret``: its value
     never leaves this process, so the request does not travel to a worker."""
     names: list[str] = []
+    ref = _ref_type() or ()
 
     def walk(v: Any, path: str, depth: int) -> None:
         if isinstance(v, _core.Secret):
@@ -109,7 +118,7 @@ def secret_refs(request: EvalRequest, where: str) -> list[str]:
                 f"store (secrets=fabric.node.SecretStore(...)): the worker resolves it")
         if depth > 300:
             return  # the key encoder already refused anything this deep
-        if _is_ref(v):
+        if isinstance(v, ref):
             names.append(v.name)
         elif isinstance(v, (list, tuple, set, frozenset)):
             for i, x in enumerate(v):

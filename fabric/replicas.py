@@ -20,6 +20,8 @@ it again could repeat what it did. A caller's ``timeout`` (or the request's
 deadline) bounds the wait: past it the replica running the op is restarted
 (the only way to stop it) and the caller gets ``DeadlineExceeded``. Health is
 ``healthy`` (every replica's process alive), ``degraded`` or ``dead``.
+Identical requests in flight at once run once (never an ``uncacheable``
+op's); ``SecretRef`` objects are resolved in the replica (``secrets=``).
 
 This module imports the core, ``ops``, ``replies``, ``placement`` (the
 worker process) and the fabrics' shared helpers.

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _record_late, _warn_torn
+from .fabrics import ContentPeer, _FabricBase, _pending, _record_late, _warn_torn
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
@@ -444,10 +444,13 @@ class Resolution:
         self.failed(PeerBusy(f"peer {self._cur[0]!r} was skipped: {running} calls to it "
                              f"are still running"))
 
-    def timed_out(self, timeout: float) -> bool:
-        """The source did not answer within ``timeout`` s; like ``failed``."""
+    def timed_out(self, timeout: float) -> BaseException | None:
+        """The source did not answer within ``timeout`` s; like ``failed``,
+        but returns the error to raise when it ends the resolution (home's
+        ``DeadlineExceeded``), else None (ask the next)."""
         what = "home" if self._cur[1] == "home" else f"peer {self._cur[0]!r}"
-        return self.failed(DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s"))
+        exc = DeadlineExceeded(f"{what} did not answer within {timeout:.3g} s")
+        return exc if self.failed(exc) else None
 
     def answered(self, reply: Any) -> EvalReply | None:
         """The source asked answered ``reply``: the reply to record, or None if
@@ -621,7 +624,16 @@ class _PeerCalls:
 
 
 _BUSY = object()      # a call outcome: the peer was at its bound
-_TIMED_OUT = object()  # a call outcome: no answer within the timeout
+
+
+class _TimedOut:
+    """A call outcome: no answer within the timeout; ``future`` is the call
+    still running on the source's worker thread (None: it was cancelled)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future | None):
+        self.future = future
 
 
 class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[override]
@@ -816,7 +828,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def _call(self, ask: Ask, fn: Callable[..., Any], request: EvalRequest, g: frozenset) -> Any:
         """``fn(request, grants=g)`` within ``ask.timeout``: directly when there
         is no timeout or the source honours it, else on the source's own
-        workers (``_BUSY`` at their bound, ``_TIMED_OUT`` past the timeout)."""
+        workers (``_BUSY`` at their bound, a ``_TimedOut`` past the timeout)."""
         if ask.timeout is None:
             return fn(request, grants=g)
         if honours_timeout(ask.target):
@@ -828,7 +840,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         try:
             return fut.result(timeout=ask.timeout)
         except concurrent.futures.TimeoutError:
-            return _TIMED_OUT
+            return _TimedOut(fut)
 
     # _hold(key, reply): records a reply in the local cassette and counts its
     # bytes (bytes_recorded): the C base's, one call.
@@ -872,6 +884,15 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
         _record_late(exc, record)
 
+    def _home_late(self, res: Resolution, exc: BaseException, out: _TimedOut) -> BaseException:
+        """Home did not answer in time and does not bound its own wait: its
+        call runs on in a worker thread (``out.future``), which becomes the
+        error's ``pending_reply``, recorded when it comes. The error."""
+        if out.future is not None:
+            _pending(exc, out.future)
+            self._late(res, exc)
+        return exc
+
     # -- evaluate: the C base answers hits and calls this on a miss --------------
     def _miss(self, request: EvalRequest, g: frozenset, timeout: float | None) -> EvalReply:
         """evaluate()'s miss (grants already checked): the sync driver."""
@@ -897,8 +918,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if reply is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif reply is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(reply, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise self._home_late(res, late, reply)
                 elif res.answered(reply) is not None:
                     if request.sharing != "uncacheable":  # never recorded
                         self._hold(res.key, reply, request)
@@ -944,8 +967,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if got is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif got is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(got, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise self._home_late(res, late, got)
                 elif res.answered(got) is not None:
                     if request.sharing != "uncacheable":  # never recorded
                         await asyncio.to_thread(self._hold, res.key, got, res.request)
@@ -978,7 +1003,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             raise
         if not done:
             task.cancel()
-            return _TIMED_OUT
+            return _TimedOut(fut if aevaluate is None else None)
         return task.result()
 
     # -- streams ----------------------------------------------------------------
@@ -1014,8 +1039,10 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if got is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif got is _TIMED_OUT:
-                    res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif isinstance(got, _TimedOut):
+                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                    if late is not None:
+                        raise late  # home's stream did not start in time
                 else:
                     break
             source = res.started()

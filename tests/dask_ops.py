@@ -86,3 +86,23 @@ def use_secret_stream(name, token):
     for j in range(3):
         yield {"j": j, "ok": token.reveal() == f"planted-secret-{name}-do-not-leak",
                "token": token}
+
+
+def _counted_wait(log, release):
+    """Appends this run to ``log``, then waits for the distributed Event ``release``."""
+    from distributed import Event
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if not Event(release).wait(timeout=120):
+        raise TimeoutError("the test never released the op")
+    return os.getpid()
+
+
+@fabric.op("dask.counted", registry=REG)
+def counted(log, release):
+    return _counted_wait(log, release)
+
+
+@fabric.op("dask.counted_uncacheable", registry=REG, sharing="uncacheable")
+def counted_uncacheable(log, release):
+    return _counted_wait(log, release)

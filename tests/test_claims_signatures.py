@@ -351,3 +351,29 @@ def test_a_signed_stream_is_recorded_and_a_tampered_one_is_not(reg, cassette_fac
         assert req.key not in c.cassette  # never recorded
         assert c.stats()["peer_penalties"] == 1
         assert g.health("a").last_event.startswith("penalised:")
+
+
+def test_the_signer_object_signs_as_the_one_shot_call_and_keeps_its_seed():
+    s = fabric._core.Ed25519Signer(SEED)
+    assert s.public_key == PUBLIC and "9d61" not in repr(s)
+    assert s.sign(b"") == fabric._core.ed25519_sign(SEED, b"") == bytes.fromhex(
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc6"
+        "1e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")  # RFC 8032 test 1
+    import pickle
+    with pytest.raises(TypeError):
+        pickle.dumps(s)
+    with pytest.raises(ValueError, match="must be 32 bytes, not 3"):
+        fabric._core.Ed25519Signer(b"abc")
+    with pytest.raises(ValueError, match="signature must be 64 bytes"):
+        fabric._core.ed25519_verify(PUBLIC, b"", b"x")
+    assert fabric._core.ed25519_verify(bytes(32), b"", bytes(64)) is False
+
+
+def test_a_reply_the_claims_encoding_cannot_hold_is_refused_not_raised():
+    nk = NodeKey("n1", "a", SEED)
+    key = fabric.ContentKey(bytes(32))
+    good = EvalReply([1], (), None, key, "held")
+    claim = nk.sign(key, good, "a", kind="record")
+    odd = EvalReply(object(), (), None, key, "held")
+    why = TrustedKeys.of(nk).check(claim, key, odd, "a")
+    assert why is not None and why.startswith("the reply cannot be encoded as a 'record'")

@@ -215,15 +215,109 @@ def _asks_a(client):
 
 def test_unchecked_non_loopback_peers_are_warned_about(caplog, tmp_path):
     with caplog.at_level("WARNING", logger="fabric.node"):
-        n = Node(str(tmp_path / "w.ledger"), node_id="w", peers=["fabric://192.0.2.1:7411", "fabric://127.0.0.1:1"],
-                 listen="127.0.0.1:0")
+        n = Node(str(tmp_path / "w.ledger"), node_id="w", listen="127.0.0.1:0",
+                 peers=["fabric://192.0.2.1:7411", "fabric://127.0.0.1:1"])
     try:
         warned = [r.getMessage() for r in caplog.records if "without checking claims" in
                   r.getMessage()]
         assert len(warned) == 1 and "192.0.2.1" in warned[0] and "127.0.0.1" not in warned[0]
         caplog.clear()
-        Node(str(tmp_path / "v.ledger"), node_id="v", peers=["fabric://192.0.2.1:7411"], listen="127.0.0.1:0",
-             trusted_keys=TrustedKeys({})).cassette.close()
+        Node(str(tmp_path / "v.ledger"), node_id="v", peers=["fabric://192.0.2.1:7411"],
+             listen="127.0.0.1:0", trusted_keys=TrustedKeys({})).cassette.close()
         assert not [r for r in caplog.records if "without checking" in r.getMessage()]
     finally:
         n.cassette.close()
+
+
+class RandomForger:
+    """A signer whose claim bytes on the wire are forged at random: bits
+    flipped anywhere in them, cut short, another key's valid claim, an old
+    claim of this key replayed for other bytes, garbage, the right claim
+    re-signed by an untrusted key under a's id."""
+
+    KINDS = ("flip", "cut", "other_key", "other_bytes", "garbage", "untrusted")
+
+    def __init__(self, ka, rng, keys):
+        self.ka, self.rng, self.keys = ka, rng, keys
+        self.untrusted = NodeKey.generate("ka", "a")
+        self.done = []
+
+    def _wire(self, claim, forged):
+        class Wire:
+            def encode(self_inner):
+                return forged
+        self.done.append(claim.kind)
+        return Wire()
+
+    def _forge(self, claim, redo):
+        rng = self.rng
+        kind = rng.choice(self.KINDS)
+        raw = claim.encode()
+        if kind == "flip":
+            b = bytearray(raw)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            return bytes(b)
+        if kind == "cut":
+            return raw[:rng.randrange(len(raw))]
+        if kind == "other_key":  # a's valid claim for the same bytes under another key
+            return redo(rng.choice([k for k in self.keys if k != claim.key])).encode()
+        if kind == "other_bytes":  # a's valid signature over another digest
+            return self._resign_other(claim)
+        if kind == "garbage":
+            return rng.randbytes(rng.randrange(0, 300))
+        return self.untrusted._make(claim.key, claim.kind, claim.reply_sha256, claim.length,
+                                    "a", None).encode()
+
+    def _resign_other(self, claim):
+        sha = bytearray(claim.reply_sha256)
+        sha[self.rng.randrange(32)] ^= 1
+        return self.ka._make(claim.key, claim.kind, bytes(sha), claim.length, "a",
+                             None).encode()
+
+    def sign_record(self, key, data, producer):
+        claim = self.ka.sign_record(key, data, producer)
+        return self._wire(claim, self._forge(
+            claim, lambda other: self.ka.sign_record(other, data, producer)))
+
+    def sign_stream(self, key, digest, producer):
+        claim = self.ka.sign_stream(key, digest, producer)
+        return self._wire(claim, self._forge(
+            claim, lambda other: self.ka.sign_stream(other, digest, producer)))
+
+
+def test_randomized_forged_claims_over_the_wire_none_accepted(nodes):
+    import random
+    ka = NodeKey.generate("ka", "a")
+    a = nodes("a", home=LocalFabric(), node_key=ka)
+    reqs = [pair.request(i) for i in range(20)]
+    sreqs = [count.request(i + 1) for i in range(5)]
+    for r in reqs:
+        a.fabric.evaluate(r)
+    for r in sreqs:
+        list(a.fabric.stream(r))
+    forger = RandomForger(ka, random.Random(77), [r.key for r in reqs + sreqs])
+    a.signer = forger
+    gov = fabric.PeerGovernor(backoff_base=0.0, backoff_cap=0.0)
+    b = _receiver(nodes, a, trusted_keys=TrustedKeys.of(ka), governor=gov)
+    rng = random.Random(78)
+    refused = 0
+    for i in range(600):
+        if i % 6 == 5:
+            req = rng.choice(sreqs)
+            with pytest.raises(fabric.RemoteError) as ei:
+                list(b.fabric.stream(req))
+            assert isinstance(ei.value.__cause__, ClaimRejected), ei.value
+        else:
+            req = rng.choice(reqs)
+            with pytest.raises(NoHolderError) as ei:
+                b.fabric.evaluate(req)
+            assert isinstance(ei.value.attempts[0][1], ClaimRejected)
+        refused += 1
+    assert refused == 600 and len(b.cassette) == 0
+    assert b.fabric.stats()["peer_penalties"] == 600
+    assert len(forger.done) == 600 and forger.done.count("stream") == 100
+    # The control: the same node signing honestly is accepted.
+    a.signer = ka
+    assert b.fabric.evaluate(reqs[0]).source == "peer:a"
+    assert [x["i"] for x in b.fabric.stream(sreqs[2])] == [0, 1, 2]

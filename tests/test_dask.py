@@ -249,7 +249,7 @@ def test_secret_refs_resolve_on_the_worker_and_never_leak(client, tmp_path, capl
     import json
     import logging
 
-    from fabric.node import SecretRef
+    SecretRef = fabric.SecretRef  # the public spelling
     caplog.set_level(logging.DEBUG)
     value = "planted-secret-db-do-not-leak"
     path = tmp_path / "secrets.json"  # as a worker's machine holds it
@@ -298,3 +298,45 @@ def test_a_running_tasks_late_reply_is_recorded_by_the_node(client, dfab, tmp_pa
         assert r.key in cas and "n1" in node.holders.holders_of(r.key)
         reply = node.evaluate(r)
         assert reply.value == pid and reply.source == "local"
+
+
+def _runs(log):
+    try:
+        with open(log) as f:
+            return len(f.read().split())
+    except FileNotFoundError:
+        return 0
+
+
+def _concurrently(fab, request, n):
+    import threading
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(fab.evaluate(request)))
+               for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
+def test_identical_requests_in_flight_share_one_task_but_never_uncacheable(client, dfab,
+                                                                            tmp_path):
+    from conftest import wait_for
+    log, release = str(tmp_path / "shared.log"), _name()
+    r = ops.counted.request(log, release)
+    threads, out = _concurrently(dfab, r, 4)
+    # Every caller holds a future of the one task before it may end.
+    key = DaskFabric.task_key(r)
+    wait_for(lambda: client.refcount.get(key, 0) == 4 and _runs(log) == 1,
+             "four futures of one running task")
+    distributed.Event(release, client=client).set()
+    for t in threads:
+        t.join(60)
+    assert len(out) == 4 and len({rep.value for rep in out}) == 1 and _runs(log) == 1
+
+    log, release = str(tmp_path / "unc.log"), _name()
+    threads, out = _concurrently(dfab, ops.counted_uncacheable.request(log, release), 2)
+    wait_for(lambda: _runs(log) == 2, "both calls to run (one per worker)")
+    distributed.Event(release, client=client).set()
+    for t in threads:
+        t.join(60)
+    assert len(out) == 2 and _runs(log) == 2

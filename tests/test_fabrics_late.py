@@ -107,3 +107,65 @@ def test_a_late_error_or_an_uncacheable_reply_is_not_recorded(node):
     release.set()
     assert home_pending.result(timeout=30).value == "unc"
     assert request.key not in node.cassette
+
+
+class SlowHome:
+    """A home that does not bound its own wait (no ``timeout`` keyword, no
+    ``honours_timeout``): the node runs it on a worker thread of its own."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+
+    def evaluate(self, request, grants=None):
+        self.calls += 1
+        self.started.set()
+        if not self.gate.wait(60):
+            raise TimeoutError("the test never opened the gate")
+        return fabric.EvalReply("slow", [], None, request.key, "computed")
+
+    def stream(self, request, grants=None):
+        self.started.set()
+        self.gate.wait(60)
+        return iter(["slow"])
+
+
+@pytest.fixture
+def slow(cassette_factory):
+    home = SlowHome()
+    yield home, fabric.ContentAddressedFabric("n2", cassette_factory("n2"), home=home)
+    home.gate.set()
+
+
+def test_a_home_that_does_not_bound_its_wait_times_out_and_its_reply_is_recorded(slow):
+    home, node = slow
+    request = fabric.EvalRequest("late.slow", (1,))
+    with pytest.raises(fabric.DeadlineExceeded, match="home did not answer") as info:
+        node.evaluate(request, timeout=0.05)  # the home waits on the gate
+    assert home.started.is_set() and request.key not in node.cassette
+    home.gate.set()
+    assert info.value.pending_reply.result(timeout=30).value == "slow"
+    assert request.key in node.cassette
+    assert node.evaluate(request).source == "local" and home.calls == 1
+
+
+def test_the_same_from_asyncio(slow):
+    home, node = slow
+    request = fabric.EvalRequest("late.slow", (2,))
+
+    async def main():
+        with pytest.raises(fabric.DeadlineExceeded, match="home did not answer") as info:
+            await node.aevaluate(request, timeout=0.05)
+        return info.value
+
+    exc = asyncio.run(main())
+    home.gate.set()
+    assert exc.pending_reply.result(timeout=30).value == "slow"
+    assert request.key in node.cassette
+
+
+def test_a_home_stream_that_does_not_start_in_time(slow):
+    home, node = slow
+    with pytest.raises(fabric.DeadlineExceeded, match="home did not answer"):
+        node.stream(fabric.EvalRequest("late.slow", (3,), stream=True), timeout=0.05)

@@ -196,3 +196,23 @@ def test_a_duplicated_chunk_of_an_async_stream_is_a_protocol_error(node):
 
 async def _alist(s):
     return [x async for x in s]
+
+
+def test_aevaluate_meets_its_deadline_on_a_stalled_node(node):
+    import asyncio
+    n = node(Fault("stall", kind="STREAM_START", nth=2))
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            assert (await c.aevaluate(node_ops.double.request(7))).value == 14  # the channel
+            slow = asyncio.ensure_future(c.aevaluate(node_ops.double.request(8), timeout=60))
+            await asyncio.sleep(0)  # the first call is sent and watched (60 s)
+            # a later call with an earlier deadline moves the channel's watchdog
+            with pytest.raises(fabric.DeadlineExceeded, match="did not answer"):
+                await c.aevaluate(node_ops.double.request(9), timeout=0.3)
+            assert not slow.done()
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+
+        asyncio.run(run())
+        n.faults.wait("stall")

@@ -128,6 +128,9 @@ def test_scrape_counts_requests_hits_misses_bytes_and_peers(node):
     assert value(samples, "fabric_node_peer_down", peer="a") == 0
     assert value(samples, "fabric_node_holding_keys") >= 1
     assert value(samples, "fabric_node_gossip_facts_received_total") >= 1
+    assert value(samples, "fabric_node_gossip_facts_total", direction="in") >= 1
+    assert value(samples, "fabric_node_gossip_messages_total", direction="in") >= 1
+    assert value(samples, "fabric_node_stream_credit_remaining_bytes") == 0  # none open
     assert value(samples, "fabric_node_connections") == 0  # the client closed
     assert value(samples, "fabric_node_events_total", event="requests") == 4
     assert types["fabric_node_uptime_seconds"] == "gauge"
@@ -208,3 +211,14 @@ def test_fabric_serve_metrics_flag(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_endpoint_stops_with_the_node(tmp_path):
+    import socket
+    n = Node(str(tmp_path / "s.ledger"), node_id="s", listen="127.0.0.1:0").start()
+    ms = start_metrics(n, "127.0.0.1:0")
+    assert scrape(ms.address)[0] == 200
+    n.stop()  # joins the node's thread: its loop and the endpoint are gone
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(ms.address, timeout=30).close()
+    stop_metrics(ms)  # harmless afterwards

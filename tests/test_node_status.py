@@ -81,6 +81,33 @@ def test_status_counts_what_the_node_did(node):
     assert "node a (incarnation 0)" in text and "3 received: 3 replied" in text
 
 
+def test_status_shows_an_open_stream_and_its_credit(node):
+    go_on = threading.Event()
+
+    @fabric.op("node.test.status.slow_stream")
+    def slow(n):
+        yield "first"
+        assert go_on.wait(60)
+        yield from range(n)
+
+    n = node("s", home=fabric.LocalFabric())
+    with connect(n.url) as c:
+        s = iter(c.stream(slow.request(3)))
+        try:
+            assert next(s) == "first"  # the op now waits: the stream stays open
+            st = c.node_status()
+            assert st["streams"]["open"] == 1 and st["requests"]["running"] == 1
+            assert 0 < st["streams"]["credit_remaining"] <= n.limits.window
+            assert "1 open" in format_status(st).split("streams")[1]
+        finally:
+            go_on.set()
+        assert list(s) == [0, 1, 2]
+        wait_for(lambda: c.node_status()["streams"]["open"] == 0, "the stream to end")
+        st = c.node_status()
+    assert st["requests"]["running"] == 0 and st["requests"]["replied"] == 1
+    assert isinstance(st["gossip"], dict) and isinstance(st["leases"], dict)
+
+
 def test_status_shows_a_peer_down_in_the_governor(node):
     a = node("a", home=fabric.LocalFabric())
     b = node("b", peers=[a.url], governor=PeerGovernor(down_after=1))
@@ -234,3 +261,36 @@ def test_connections_from_threads_count_towards_max_connections(node):
     wait_for(lambda: n.status()["connections"]["open"] == 0, "the connections to close")
     with connect(n.url) as c2:
         assert c2.evaluate(node_ops.double.request(7)).value == 14
+
+
+def test_cli_status_over_mutual_tls(node, tmp_path):
+    from fabric.node.auth import server_tls
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=ca")
+    for name, cn, san in (("server", "localhost", "IP:127.0.0.1"), ("alice", "alice", None)):
+        openssl("req", *curve, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={cn}")
+        ext = []
+        if san:
+            (tmp_path / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+            ext = ["-extfile", f"{name}.ext"]
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-out", f"{name}.pem", "-days", "2", *ext)
+    n = node(tls=server_tls(str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
+                            str(tmp_path / "ca.pem")))
+    assert n.url.startswith("fabrics://")
+    r = fabric_cli("status", n.url, "--json", "--tls-ca", str(tmp_path / "ca.pem"),
+                   "--tls-cert", str(tmp_path / "alice.pem"),
+                   "--tls-key", str(tmp_path / "alice.key"))
+    assert r.returncode == 0, r.stderr
+    (principal,) = json.loads(r.stdout)["connections"]["by_principal"]
+    assert "alice" in principal
+    # without a client certificate the node refuses: one line, exit status 2
+    r = fabric_cli("status", n.url, "--tls-ca", str(tmp_path / "ca.pem"))
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"fabric status: error: cannot get the status of {n.url}")

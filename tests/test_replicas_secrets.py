@@ -10,7 +10,9 @@ import pytest
 
 import fabric
 from fabric import CapabilityDenied, PlacementFabric, ReplicaGroup, ServerPlacementRequest
-from fabric.node import SecretRef, SecretStore
+from fabric.node import SecretStore
+
+SecretRef = fabric.SecretRef  # the public spelling (which renames its __module__ to fabric)
 
 REG = fabric.OpRegistry()
 SEED = bytes([3]) * 32

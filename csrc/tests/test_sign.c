@@ -94,6 +94,28 @@ static void test_generated_keys_sign_and_verify(void)
     free(m);
 }
 
+static void test_a_signer_signs_as_the_one_shot_calls(void)
+{
+    for (size_t v = 0; v < sizeof(rfc8032) / sizeof(rfc8032[0]); v++) {
+        uint8_t seed[32], pub[32], want[64], msg[8], got_pub[32], sig[64];
+        size_t mlen = strlen(rfc8032[v].msg) / 2;
+        unhex(rfc8032[v].seed, seed, 32);
+        unhex(rfc8032[v].public_key, pub, 32);
+        unhex(rfc8032[v].sig, want, 64);
+        unhex(rfc8032[v].msg, msg, mlen);
+        fab_ed25519_signer *s = NULL;
+        CHECK_EQ(fab_ed25519_signer_new(seed, &s), FAB_OK);
+        CHECK_EQ(fab_ed25519_signer_public(s, got_pub), FAB_OK);
+        CHECK_MEM(got_pub, pub, 32);
+        for (int again = 0; again < 3; again++) { /* reused */
+            CHECK_EQ(fab_ed25519_signer_sign(s, msg, mlen, sig), FAB_OK);
+            CHECK_MEM(sig, want, 64);
+        }
+        fab_ed25519_signer_free(s);
+    }
+    fab_ed25519_signer_free(NULL);
+}
+
 static void test_a_public_key_that_is_not_a_point(void)
 {
     /* y = 2 is not the y of a curve point; all-ones is y >= p. Neither
@@ -112,6 +134,7 @@ int main(void)
         {"rfc8032_vectors", test_rfc8032_vectors},
         {"every_flipped_bit_is_refused", test_every_flipped_bit_is_refused},
         {"generated_keys_sign_and_verify", test_generated_keys_sign_and_verify},
+        {"a_signer_signs_as_the_one_shot_calls", test_a_signer_signs_as_the_one_shot_calls},
         {"a_public_key_that_is_not_a_point", test_a_public_key_that_is_not_a_point},
         {NULL, NULL},
     };

@@ -361,13 +361,13 @@ class _BlockingStream:
         """Stop early: the node is told to cancel the request."""
         if self.finished:
             return
-        self._finish()
         ch = self.ch
-        if not ch.dead:
+        if not ch.dead:  # sent while the channel is still this stream's (busy)
             try:
                 ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
             except OSError:
                 ch.close()
+        self._finish()
 
     def __del__(self) -> None:
         try:
@@ -376,10 +376,12 @@ class _BlockingStream:
             pass
 
 
-class _AsyncChannel(asyncio.Protocol):
+class _AsyncChannel(asyncio.BufferedProtocol):
     """A connection owned by one caller's event loop: ``aevaluate`` sends and
     is answered on the caller's loop, with no hop to the client's thread.
-    Single replies only (streams and gossip use the main connection)."""
+    Single replies only (streams and gossip use the main connection). The
+    transport reads into the channel's own buffer (no new bytes object per
+    read)."""
 
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
@@ -394,6 +396,9 @@ class _AsyncChannel(asyncio.Protocol):
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
+        self.buf = memoryview(bytearray(1 << 16))
+        self.watch: asyncio.TimerHandle | None = None
+        self.watch_at: float | None = None
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -429,7 +434,13 @@ class _AsyncChannel(asyncio.Protocol):
             FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
                                      caps=[], token=c._token, proto=c.proto)))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buf[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         try:
             self.dec.feed(data)
             for f in self.dec:
@@ -533,11 +544,14 @@ class _AsyncChannel(asyncio.Protocol):
         sid = next(self.ids)
         frame = c._open_frame(request, "value", g, t, sid, self.enc)
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self.calls[sid] = [fut, [], f"peer:{self.node}"]
+        # Not wait_for (its own future costs a loop turn per call) nor a timer
+        # per call: one watchdog per channel, due at the earliest deadline.
+        deadline = None if t is None else self.loop.time() + t
+        self.calls[sid] = [fut, [], f"peer:{self.node}", deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
-        # A timer, not wait_for: wait_for's own future costs a loop turn per call.
-        timer = None if t is None else self.loop.call_later(t, _expire, fut)
+        if deadline is not None and (self.watch_at is None or deadline < self.watch_at):
+            self._watch(deadline)
         try:
             record, source, claim = await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
@@ -548,15 +562,31 @@ class _AsyncChannel(asyncio.Protocol):
                 raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                        f"within {t} s") from None
             raise
-        finally:
-            if timer is not None:
-                timer.cancel()
         return _claimed(reply_from_record(record, request.key, source), claim)
 
+    def _watch(self, at: float) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+        self.watch_at = at
+        self.watch = self.loop.call_at(at, self._expire)
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+    def _expire(self) -> None:
+        """The watchdog: calls past their deadline fail with a timeout (their
+        awaiting coroutine cancels them at the node); the next is watched."""
+        self.watch = self.watch_at = None
+        now = self.loop.time()
+        nxt = None
+        for call in list(self.calls.values()):
+            d = call[3]
+            if d is None:
+                continue
+            if d <= now:
+                if not call[0].done():
+                    call[0].set_exception(asyncio.TimeoutError())
+            elif nxt is None or d < nxt:
+                nxt = d
+        if nxt is not None:
+            self._watch(nxt)
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:

@@ -120,6 +120,12 @@ def render(st: dict[str, Any]) -> str:
     o.family("streams_open", "gauge", "Reply streams open now.", s["open"])
     o.family("stream_frames_queued", "gauge", "Stream frames waiting for the writer.",
              s["queued_frames"])
+    o.family("stream_credit_remaining_bytes", "gauge",
+             "Credit left on the open reply streams (bounded windows), in all.",
+             s.get("credit_remaining", 0))
+    o.family("stream_backpressure_events_total", "counter",
+             "Sends on the open reply streams that found no credit.",
+             s.get("backpressure_events", 0))
     o.family("stream_evictions_total", "counter",
              "Stream frames evicted over a principal's byte budget.", s["evictions"])
     if "error" not in cas:
@@ -137,6 +143,26 @@ def render(st: dict[str, Any]) -> str:
              counters.get("gossip_facts_in", 0))
     o.family("gossip_redelivered_total", "counter",
              "Gossip deltas sent again after a restore.", counters.get("gossip_redelivered", 0))
+    g = st.get("gossip") or {}
+    if g:
+        o.family("gossip_members", "gauge", "Fleet members this node knows.", g.get("members", 0))
+        o.family("gossip_links", "gauge", "Peers linked and connected now.",
+                 len(g.get("links", [])))
+        o.family("gossip_messages_total", "counter", "Gossip messages, by direction.",
+                 [({"direction": "in"}, g.get("messages_in", 0)),
+                  ({"direction": "out"}, g.get("messages_out", 0))])
+        o.family("gossip_bytes_sent_total", "counter", "Bytes of gossip sent.",
+                 g.get("bytes_out", 0))
+        o.family("gossip_facts_total", "counter",
+                 "Holding facts gossiped: sent, received, new to this node.",
+                 [({"direction": "out"}, g.get("facts_out", 0)),
+                  ({"direction": "in"}, g.get("facts_in", 0)),
+                  ({"direction": "new"}, g.get("facts_new", 0))])
+    le = st.get("leases") or {}
+    if le:
+        o.family("leases_total", "counter", "Misses under a computing lease, by how they went.",
+                 [({"how": k[len("lease_"):]}, v) for k, v in sorted(le.items())
+                  if k.startswith("lease_") and isinstance(v, (int, float))])
     peers = st["peers"]
     o.family("peers", "gauge", "Peers this node links to or heard of.", len(peers))
     o.family("peer_connected", "gauge", "1 while the link to the peer is connected.",
@@ -168,7 +194,8 @@ class MetricsServer:
 
     ``MetricsServer(node, listen="127.0.0.1:9411")``; ``await start()`` on
     the loop the node serves on (``start_metrics`` does it for a node run
-    with ``node.start()``); ``address`` once listening; ``await close()``.
+    with ``node.start()``); ``address`` once listening; ``await close()``,
+    or it closes when the node stops.
     One request per connection, a request head of at most 8 KiB read within
     10 s, at most 16 connections at once (more are closed unanswered).
     """
@@ -185,6 +212,7 @@ class MetricsServer:
             log.warning("metrics of node %s on %s: plain HTTP, no authentication "
                         "(counts and names only)", node.node_id, self.host)
         self._server: asyncio.AbstractServer | None = None
+        self._watch: asyncio.Future[None] | None = None
         self._clients = 0
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
@@ -203,15 +231,33 @@ class MetricsServer:
                                                   limit=self.max_head)
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        self._watch = asyncio.ensure_future(self._close_with_node())
         log.info("node %s: metrics on %s", self.node.node_id, self.url)
         return self
 
     async def close(self) -> None:
         """Stop listening."""
+        if self._watch is not None and self._watch is not asyncio.current_task():
+            self._watch.cancel()
+        self._watch = None
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
+
+    async def _close_with_node(self) -> None:
+        # The endpoint lives as long as the node serves: it closes when the
+        # node is asked to stop, or when the node's loop cancels its tasks.
+        evt = getattr(self.node, "_stop_evt", None)
+        try:
+            if evt is not None:
+                await evt.wait()
+            else:
+                await asyncio.get_running_loop().create_future()
+        finally:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= self.max_clients:
@@ -266,7 +312,7 @@ def start_metrics(node: Any, listen: str = "127.0.0.1:9411",
                   timeout: float = 30.0) -> MetricsServer:
     """A ``MetricsServer`` for ``node`` listening on its loop; for a node run
     by ``node.start()`` (a background thread), called from another thread.
-    Stop it with ``stop_metrics`` (it also ends when the node's loop does)."""
+    It stops with the node, or earlier with ``stop_metrics``."""
     loop = node._loop
     if loop is None or loop.is_closed() or threading.current_thread() is node._thread:
         raise RuntimeError("start_metrics needs a node started with node.start(), called "

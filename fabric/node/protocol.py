@@ -15,7 +15,8 @@ payloads; it does no I/O, so the server, the client and the tests share it
   "via": [str]}``.
 - ``CONTROL`` ``cancel`` / ``close`` on a request's stream id.
 - The reply on the request's stream id: ``STREAM_START`` ``{"metadata":
-  {"source": str}}``, then ``STREAM_CHUNK`` frames, then ``STREAM_END``.
+  {"source": str}}``, then ``STREAM_CHUNK`` frames, then ``STREAM_END``
+  (with a ``claim``, docs/spec/claims.md, when the node signs what it sends).
   For ``want="value"`` the chunks are bin slices of the reply record's
   canonical bytes (``[value, diagnostics, trace]``); for ``want="stream"``
   each chunk is one item, diagnostics as ``DIAGNOSTIC`` chunks.

@@ -220,6 +220,8 @@ class Node:
     learns the fleet's members through gossip and links to a few of them,
     and a miss that reaches home is computed by the key's lease holder
     (docs/spec/protocol.md section 5).
+    ``faults``: test faults to inject (``fabric.node.faults.Faults``; none
+    by default).
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
@@ -1022,6 +1024,10 @@ class Node:
                 self._out_q.forget(e.stream)
                 out = b""
                 if lost:
+                    self._stat("streams_truncated")
+                    log.warning("stream %d to %s (principal %s) ended truncated: over the "
+                                "principal's byte budget (%d), its data was evicted", sid,
+                                conn.peer, conn.principal, self.limits.principal_budget)
                     seq += 1
                     out += conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
                         "kind": "LimitExceeded", "limit": "principal_budget",
@@ -1039,9 +1045,14 @@ class Node:
                 await asyncio.sleep(0)
 
 
-class _ConnProtocol(asyncio.Protocol):
+class _ConnProtocol(asyncio.BufferedProtocol):
     """A connection past its handshake: frames are decoded and dispatched as
-    bytes arrive; ``done`` resolves (or fails with the reason) when it ends."""
+    bytes arrive; ``done`` resolves (or fails with the reason) when it ends.
+
+    A buffered protocol: the transport reads into one buffer shared by the
+    node's connections (each read is fed to the decoder, which copies it,
+    before the next read on the loop), not into a new 256 KiB bytes object
+    per read (an mmap and munmap each, with glibc's default threshold)."""
 
     def __init__(self, node: Node, conn: _Conn, dec: FrameDecoder, done: asyncio.Future[None]):
         self.node = node
@@ -1079,7 +1090,13 @@ class _ConnProtocol(asyncio.Protocol):
         self.conn.send_error(0, P.ProtocolError(f"idle for {idle} s"))
         self._end()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_read_buffer()[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.done.done():
             return
         self.last_rx = time.monotonic()
@@ -1137,6 +1154,18 @@ async def _linger(conn: _Conn) -> None:
             left -= len(data)
     except (asyncio.TimeoutError, ConnectionError, OSError):
         pass
+
+
+_LOCAL = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """The read buffer of this thread's event loop (one loop per thread; it
+    goes with the thread)."""
+    buf: memoryview | None = getattr(_LOCAL, "buf", None)
+    if buf is None:
+        buf = _LOCAL.buf = memoryview(bytearray(1 << 18))
+    return buf
 
 
 async def _items(stream: Any) -> Any:

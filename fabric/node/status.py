@@ -77,6 +77,18 @@ def _health(h: Any, now: float) -> dict[str, Any] | None:
             else round(h.retry_at - now, 3)}
 
 
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as they are, lists of names as lists of str (a stats dict of
+    a part of the node that may grow: nothing unencodable slips in)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            out[str(k)] = sorted(str(x) for x in v)
+    return out
+
+
 def node_status(node: Any) -> dict[str, Any]:
     """The status of ``node`` (a ``fabric.Node``) as one plain map; call it
     on the node's loop thread (or on a stopped node)."""
@@ -87,7 +99,9 @@ def node_status(node: Any) -> dict[str, Any]:
     by_principal: dict[str, int] = {}
     for c in conns:
         by_principal[c.principal] = by_principal.get(c.principal, 0) + 1
-    open_streams = sum(len(c.credits) for c in conns)
+    credits = [cr for c in conns for cr in list(c.credits.values())]
+    gossip = getattr(node, "_gossip", None)
+    home_stats = getattr(node.home, "stats", None)
     started = getattr(node, "_started", None)
     gov = node.fabric.governor
     now = gov._clock() if gov is not None else time.monotonic()
@@ -124,9 +138,12 @@ def node_status(node: Any) -> dict[str, Any]:
             "max_running": node.limits.max_running,
         },
         "streams": {
-            "open": open_streams,
+            "open": len(credits),
             "queued_frames": len(oq),
             "evictions": oq.evictions,
+            # 0 for a stream whose window is unbounded (window 0)
+            "credit_remaining": sum(max(0, cr.remaining) for cr in credits if cr.window),
+            "backpressure_events": sum(cr.backpressure_events for cr in credits),
         },
         "bytes": {
             "in": stats.get("bytes_in", 0) + sum(c.bytes_in for c in conns),
@@ -141,6 +158,8 @@ def node_status(node: Any) -> dict[str, Any]:
         },
         "fabric": node.fabric.stats(),
         "served": node.serve_held.stats(),
+        "gossip": {} if gossip is None else _plain(gossip.stats()),
+        "leases": {} if home_stats is None else _plain(home_stats()),
         "peers": _peers(node, now),
         "counters": dict(sorted(stats.items())),
     }
@@ -203,7 +222,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"{f.get('peer_hits', 0)} peer hits, {f.get('home_computes', 0)} computed, "
         f"{srv.get('not_held', 0)} not held, {f.get('failures', 0)} failed",
         f"streams      {s['open']} open, {s['queued_frames']} frames queued, "
-        f"{s['evictions']} evicted",
+        f"{s['evictions']} evicted, {s.get('credit_remaining', 0)} bytes of credit left",
         f"bytes        {b['in']} in, {b['out']} out",
     ]
     if "error" in cas:
@@ -214,6 +233,17 @@ def format_status(st: dict[str, Any]) -> str:
                      + (" (FAILED)" if cas.get("failed") else ""))
     lines.append(f"holdings     {h['facts']} facts on {h['keys']} keys "
                  f"(index version {h['version']}, {h['memory']} bytes)")
+    g = st.get("gossip") or {}
+    if g:
+        lines.append(f"gossip       {g.get('members', 0)} members, {len(g.get('links', []))} "
+                     f"links, epoch {g.get('epoch', 0)}; {g.get('messages_in', 0)} messages in, "
+                     f"{g.get('messages_out', 0)} out; facts {g.get('facts_in', 0)} in "
+                     f"({g.get('facts_new', 0)} new), {g.get('facts_out', 0)} out")
+    le = st.get("leases") or {}
+    if le:
+        lines.append(f"leases       {le.get('lease_local', 0)} computed here, "
+                     f"{le.get('lease_forwarded', 0)} forwarded, {le.get('lease_joined', 0)} "
+                     f"joined, {le.get('lease_fallbacks', 0)} fallbacks")
     peers = st["peers"]
     if not peers:
         lines.append("peers        none")

@@ -4,8 +4,10 @@
  * Keys are raw bytes: a private key is its 32-byte seed (RFC 8032 section
  * 5.1.5), a public key the 32-byte encoded point. Signing and verifying go
  * through EVP_DigestSign / EVP_DigestVerify with no message digest (Ed25519
- * hashes the message itself). Every call makes and frees its own EVP_PKEY:
- * thread-safe, no state between calls.
+ * hashes the message itself). The one-shot calls make and free their own
+ * EVP_PKEY; a signer keeps one (making it from a seed derives the public
+ * key, about as costly as a signature), for a node that signs every reply.
+ * Everything here is thread-safe: a signer is read-only once made.
  */
 #ifndef FABRIC_SIGN_H
 #define FABRIC_SIGN_H
@@ -35,5 +37,24 @@ int fab_ed25519_sign(const uint8_t seed[FAB_ED25519_SEED_LEN], const void *msg, 
  * FAB_ENOMEM or FAB_ECRYPTO when the check could not run. */
 int fab_ed25519_verify(const uint8_t public_key[FAB_ED25519_PUBLIC_LEN], const void *msg,
                        size_t len, const uint8_t sig[FAB_ED25519_SIG_LEN]);
+
+/* A signer: the seed's key, made once. */
+typedef struct fab_ed25519_signer fab_ed25519_signer;
+
+/* A signer for seed in *out (free it with fab_ed25519_signer_free).
+ * 0, FAB_ENOMEM or FAB_ECRYPTO. */
+int fab_ed25519_signer_new(const uint8_t seed[FAB_ED25519_SEED_LEN], fab_ed25519_signer **out);
+
+/* Frees a signer; NULL is a no-op. */
+void fab_ed25519_signer_free(fab_ed25519_signer *s);
+
+/* The signer's public key. 0 or FAB_ECRYPTO. */
+int fab_ed25519_signer_public(const fab_ed25519_signer *s,
+                              uint8_t public_key[FAB_ED25519_PUBLIC_LEN]);
+
+/* fab_ed25519_sign with the signer's key; several threads may sign with one
+ * signer at once. 0, FAB_ENOMEM or FAB_ECRYPTO. */
+int fab_ed25519_signer_sign(const fab_ed25519_signer *s, const void *msg, size_t len,
+                            uint8_t sig[FAB_ED25519_SIG_LEN]);
 
 #endif
