@@ -8,7 +8,8 @@ to ``--drain-timeout`` seconds (default 10), what still runs then ends with
 an error frame, connections close, the cassette is closed.
 
 ``--metrics HOST:PORT`` also serves the node's Prometheus metrics at
-``http://HOST:PORT/metrics`` (``fabric.node.metrics``); a second line,
+``http://HOST:PORT/metrics`` (``fabric.node.metrics``, through ``prometheus_client``:
+the ``metrics`` extra); a second line,
 ``fabric serve: metrics on URL``, follows the readiness line.
 
 ``fabric status URL`` asks a node for its status (the protocol's status op)
@@ -56,9 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
     from .auth import client_tls, server_tls
-    from .metrics import MetricsServer
     from .server import Node, NodeLimits
 
+    if args.metrics:  # before anything starts: the extra may be missing
+        try:
+            from .metrics import MetricsServer
+        except ImportError as exc:
+            raise CLIError(f"--metrics needs prometheus_client ({exc.__cause__}): "
+                           "pip install 'stream-fabric[metrics]'") from None
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for m in args.imports:
