@@ -277,9 +277,9 @@ def test_metrics_without_the_extra_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
-    assert lines == ["fabric serve: error: --metrics needs prometheus_client (import of "
-                     "prometheus_client halted; None in sys.modules): "
-                     "pip install 'stream-fabric[metrics]'"], r.stderr
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("fabric serve: error: --metrics needs prometheus_client ("), r
+    assert lines[0].endswith("): pip install 'stream-fabric[metrics]'"), r.stderr
     assert not ledger.exists() and r.stdout == ""
     r = subprocess.run([sys.executable, "-c", code, "status", "--help"],
                        capture_output=True, text=True, env=_env(), timeout=120)
