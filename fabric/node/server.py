@@ -812,9 +812,12 @@ class Node:
             body = f.decode_payload(dec.limits)
             if not isinstance(body, dict) or set(body) != {"consumed"}:
                 raise P.ProtocolError("a CREDIT payload is {\"consumed\": int}")
+            consumed = body["consumed"]
+            if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
+                raise P.ProtocolError(f"a CREDIT's consumed is an int >= 0, not {consumed!r}")
             cr = conn.credits.get(sid)
             if cr is not None:  # a grant for a just-closed stream is dropped
-                cr.grant(body["consumed"])
+                cr.grant(consumed)
             else:
                 conn.streams.dropped_grants += 1
         elif kind == FrameKind.GOSSIP:
