@@ -186,6 +186,7 @@ struct fab_ledger {
     int forked;           /* fd and its locks are the parent's (after fork) */
     int append_locked;    /* 1: LOCK_APPEND held; 2: the lock page's mutex held */
     int append_ok;        /* begin_append succeeded: end_append publishes l->end */
+    int append_fresh;     /* begin_append found nothing new: the index is unchanged */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
@@ -2500,6 +2501,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             return FAB_EIO;
         }
         l->append_ok = 0;
+        l->append_fresh = 0;
         if (l->sh.p != NULL) {
             int r = pthread_mutex_lock(&l->sh.p->mu);
             if (r == EOWNERDEAD) {
@@ -2525,6 +2527,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 l->scanned_size <= l->end && l->sent_ok && sentinel_read(l) == 1) {
                 atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
                 l->append_ok = 1;
+                l->append_fresh = 1;
                 return FAB_OK;
             }
             /* The file is in doubt until end_append publishes its end. */
@@ -2537,6 +2540,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* The only writer: nobody else appends; the sentinel tells
              * that the file still holds what this handle indexed. */
             l->append_ok = 1;
+            l->append_fresh = 1;
             return FAB_OK;
         }
         struct stat sb;
@@ -2938,7 +2942,9 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     if ((rc = begin_append(l, err)) != FAB_OK)
         goto out;
     hash = fab_lindex_hash(&l->ix, key); /* a move re-seeds the index */
-    if (indexed(l, key, hash)) { /* another writer recorded it first */
+    /* another writer recorded it first (when begin_append replayed nothing,
+     * the index is as held_locked saw it: no second probe) */
+    if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         rc = held_locked(l, key, hash, err);
         rc = rc == 1 ? 0 : rc;
@@ -3084,7 +3090,7 @@ int fab_ledger_stream_begin_req(fab_ledger *l, const uint8_t key[32], const void
     if ((rc = begin_append(l, err)) != FAB_OK)
         goto out;
     hash = fab_lindex_hash(&l->ix, key);
-    if (indexed(l, key, hash)) {
+    if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         rc = held_locked(l, key, hash, err);
         rc = rc == 1 ? 0 : rc;
