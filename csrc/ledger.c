@@ -1321,6 +1321,37 @@ static void sentinel_set(fab_ledger *l)
     }
 }
 
+/* sentinel_set after an append, from the bytes just written (tail: the n
+ * bytes that end at l->end), without reading them back through the
+ * mapping (which would fault a new page in for every few records). The
+ * same bytes, so the same sentinel; when the sentinel would need bytes
+ * before tail, sentinel_set. */
+static void sentinel_written(fab_ledger *l, const uint8_t *tail, size_t n)
+{
+    uint64_t end = l->end;
+    if (l->map == NULL || end < 8 || n > end) {
+        sentinel_set(l);
+        return;
+    }
+    uint64_t lo = (end - 1) & ~(page_size - 1), start = end - n;
+    for (uint64_t z = end; z > lo && z > start; z--) {
+        if (tail[z - 1 - start] != 0) {
+            if (z < 8 || z - 8 < start)
+                break;
+            l->sent_at = z - 8;
+            memcpy(&l->sent_val, tail + (z - 8 - start), 8);
+            l->sent_ok = 1;
+#ifdef FAB_DEBUG
+            uint64_t at = l->sent_at, val = l->sent_val;
+            sentinel_set(l); /* the tests check that both agree */
+            FAB_ASSERT(l->sent_ok && l->sent_at == at && l->sent_val == val);
+#endif
+            return;
+        }
+    }
+    sentinel_set(l);
+}
+
 /* 1 when the sentinel reads as it was, 0 when it differs, -1 when reading
  * it faulted (its page is beyond the file's end). Under the lock. */
 static int sentinel_read(const fab_ledger *l)
@@ -2660,7 +2691,10 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    if (total <= SMALL_RECORD)
+        sentinel_written(l, h, (size_t)total);
+    else
+        sentinel_written(l, data, dlen);
     l->last_rec = off;
     l->records++;
     if (l->leader_waiting)
@@ -2739,10 +2773,10 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
     test_hold(l, b, blen, start);
     int e = write_all(&l->io, l->fd, b, blen, start);
-    free(b);
     if (e == 0 && !inline_data)
         e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
     if (e != 0) {
+        free(b);
         if (l->io.ftruncate(l->fd, (off_t)start) < 0) {
             l->failed = 1;
             l->failed_errno = e;
@@ -2750,7 +2784,11 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    if (inline_data)
+        sentinel_written(l, b, blen);
+    else
+        sentinel_written(l, data, dlen);
+    free(b);
     l->last_rec = off;
     l->records += 2;
     if (l->leader_waiting)
@@ -3211,8 +3249,8 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
     }
     test_hold(l, buf, (size_t)total, off);
     int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
-    free(buf);
     if (e != 0) {
+        free(buf);
         if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
             l->failed = 1;
             l->failed_errno = e;
@@ -3220,7 +3258,8 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    sentinel_written(l, buf, (size_t)total);
+    free(buf);
     l->last_rec = last;
     l->records += n;
     if (l->leader_waiting)
