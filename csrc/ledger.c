@@ -30,6 +30,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,8 @@ typedef struct shl_page {
 } shl_page;
 
 _Static_assert(sizeof(shl_page) <= SHL_SIZE, "the lock page fits in its file");
+_Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, mu) == 64,
+               "the lock page's layout is the spec's");
 
 /* One handle's hold on a lock file. */
 typedef struct shl {
