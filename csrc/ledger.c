@@ -69,6 +69,10 @@ static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 /* Compaction copies this many bytes between progress reports, letting
  * other threads in. */
 #define COMPACT_STEP ((uint64_t)4 << 20)
+/* A writer with the lock page that was the last to append skips the
+ * fstat for this long after its last one (a file renamed over the ledger
+ * by another program is noticed within it). */
+#define LOOK_EVERY_NS 1000000u
 /* A writer retries this often when the file keeps being replaced. */
 #define MAX_MOVES 100
 
@@ -190,6 +194,7 @@ struct fab_ledger {
     int append_locked;    /* 1: LOCK_APPEND held; 2: the lock page's mutex held */
     int append_ok;        /* begin_append succeeded: end_append publishes l->end */
     int append_fresh;     /* begin_append found nothing new: the index is unchanged */
+    uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
@@ -2557,8 +2562,10 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* Nobody appended since this handle's last look, it saw no
              * torn tail then, and the file still holds what it indexed:
              * no fstat needed. */
+            uint64_t t = now_ns(CLOCK_MONOTONIC);
             if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) == l->end &&
-                l->scanned_size <= l->end && l->sent_ok && sentinel_read(l) == 1) {
+                l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS && l->sent_ok &&
+                sentinel_read(l) == 1) {
                 atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
                 l->append_ok = 1;
                 l->append_fresh = 1;
@@ -2583,6 +2590,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             end_append(l);
             return rc;
         }
+        l->looked_ns = now_ns(CLOCK_MONOTONIC);
         uint64_t size = (uint64_t)sb.st_size;
         /* A file renamed over ours (a compaction, a restore) leaves ours
          * with no name: one fstat tells, no path lookup per append. */
