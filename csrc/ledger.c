@@ -2521,6 +2521,34 @@ static int after_fork_locked(fab_ledger *l, fab_ledger_error *err)
 }
 
 /*
+ * Replays the records others appended up to pend, the end the lock page
+ * published (under the lock page's mutex): 1 when done, 0 when the file
+ * does not hold them as the page says (the caller then looks at the file
+ * with fstat), or an error. The last byte is read under the SIGBUS guard
+ * first: a file shrunk below it by another program faults there, not in
+ * the replay.
+ */
+static int catch_up_to(fab_ledger *l, uint64_t pend, fab_ledger_error *err)
+{
+    int rc = ensure_map(l, pend, err);
+    if (rc != FAB_OK)
+        return rc;
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return 0;
+    bus_enter(&g);
+    volatile uint8_t last = l->map->base[pend - 1];
+    bus_leave();
+    FAB_UNUSED(last);
+    uint64_t before = l->records;
+    fab_ledger_scan_result res;
+    if ((rc = replay(l, pend, NULL, NULL, &res, err)) != FAB_OK)
+        return rc;
+    l->foreign_records += l->records - before;
+    return res.torn_at == NONE && l->end == pend;
+}
+
+/*
  * Takes the append lock and brings the ledger up to the file's end: moves
  * to a replaced or shrunk file, replays records other writers appended,
  * and cuts a torn tail (nobody else can be appending: a torn record under
@@ -2559,17 +2587,30 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 return sys_fail(err, r, "locking the ledger for an append");
             }
             l->append_locked = 2;
-            /* Nobody appended since this handle's last look, it saw no
-             * torn tail then, and the file still holds what it indexed:
-             * no fstat needed. */
+            /* The file still holds what this handle indexed, it saw no
+             * torn tail then, it looked at the file less than 1 ms ago,
+             * and the others' appends since end where the page says (each
+             * written whole under this lock): no fstat needed. */
             uint64_t t = now_ns(CLOCK_MONOTONIC);
-            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) == l->end &&
-                l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS && l->sent_ok &&
-                sentinel_read(l) == 1) {
-                atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
-                l->append_ok = 1;
-                l->append_fresh = 1;
-                return FAB_OK;
+            uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+            if (pend >= l->end && l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS &&
+                l->sent_ok && sentinel_read(l) == 1) {
+                if (pend == l->end) { /* nobody appended */
+                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                    l->append_ok = 1;
+                    l->append_fresh = 1;
+                    return FAB_OK;
+                }
+                rc = catch_up_to(l, pend, err);
+                if (rc < 0) {
+                    end_append(l);
+                    return rc;
+                }
+                if (rc == 1) {
+                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                    l->append_ok = 1;
+                    return FAB_OK;
+                }
             }
             /* The file is in doubt until end_append publishes its end. */
             atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
