@@ -410,8 +410,9 @@ static int shl_create(const char *name, const char *dir, const struct stat *ledg
         return -1;
     int ok = 0;
     shl_page *p = MAP_FAILED;
-    /* Writable by whoever may write the ledger's owner's files. */
-    (void)fchmod(fd, ledger->st_mode & 0660);
+    /* Readable and writable as the ledger is by its owner's group (and
+     * always by its creator). */
+    (void)fchmod(fd, (ledger->st_mode & 0660) | 0600);
     if (ftruncate(fd, SHL_SIZE) == 0 &&
         (p = mmap(NULL, SHL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) != MAP_FAILED) {
         pthread_mutexattr_t a;
