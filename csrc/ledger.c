@@ -946,6 +946,8 @@ typedef struct scan_state {
 } scan_state;
 
 #define PREFAULT_CHUNK ((uint64_t)8 << 20)
+/* A replay of less than this reads through page faults (see replay_scan). */
+#define PREFAULT_MIN ((uint64_t)1 << 20)
 
 /* Prefaults base[from, from + PREFAULT_CHUNK) of a file mapping (best
  * effort: errors, e.g. from kernels without MADV_POPULATE_READ, are
@@ -1407,7 +1409,9 @@ static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn prog
         return rc;
     replay_ctx r = {.l = l, .base = l->map->base, .len = size, .start = l->end};
     scan_state s = {l->map->base, size, l->recover, replay_record, &r, progress, pctx, replay_skip};
-    s.prefault = 1;
+    /* Prefaulting costs two madvise calls: worth it for an open, not for
+     * the few records another writer appended since this one looked. */
+    s.prefault = size > l->end && size - l->end >= PREFAULT_MIN;
     rc = scan(&s, l->end, res, err);
     if (rc != FAB_OK)
         return rc;
