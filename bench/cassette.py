@@ -387,24 +387,33 @@ def _writers(script, n_proc, args):
     return time.perf_counter() - t
 
 
-def bench_writer_processes(tmp, n):
+def bench_writer_processes(tmp, n, rounds=3):
+    """Aggregate records/s of 1, 2 and 4 writer processes (os; group with
+    fewer records) and of 2 sqlite3 WAL writer processes, best of rounds
+    run interleaved (the machine is shared: one round can be unlucky)."""
     out = {}
-    for mode, count in (("os", n), ("group", max(200, n // 100))):
-        for n_proc in (1, 2, 4):
-            p = os.path.join(tmp, f"w-{mode}-{n_proc}.fabl")
-            wall = _writers(WRITER_PROC, n_proc, (p, str(count), mode))
-            out[f"{mode}, {n_proc} process(es)"] = n_proc * count / wall
-            with EvalCassette(p, "r") as c:
-                assert len(c) == n_proc * count
-            os.unlink(p)
-    q = os.path.join(tmp, "w.db")
-    db = sqlite3.connect(q, isolation_level=None)
-    db.execute("pragma journal_mode=wal")
-    db.execute("create table t (k blob primary key, v blob)")
-    db.close()
-    count = max(200, n // 20)
-    wall = _writers(SQLITE_WRITER, 2, (q, str(count)))
-    out["sqlite3 WAL autocommit, 2 processes"] = 2 * count / wall
+    for _ in range(rounds):
+        for mode, count in (("os", n), ("group", max(200, n // 100))):
+            for n_proc in (1, 2, 4):
+                p = os.path.join(tmp, f"w-{mode}-{n_proc}.fabl")
+                wall = _writers(WRITER_PROC, n_proc, (p, str(count), mode))
+                name = f"{mode}, {n_proc} process(es)"
+                out[name] = max(out.get(name, 0.0), n_proc * count / wall)
+                with EvalCassette(p, "r") as c:
+                    assert len(c) == n_proc * count
+                os.unlink(p)
+        q = os.path.join(tmp, "w.db")
+        db = sqlite3.connect(q, isolation_level=None)
+        db.execute("pragma journal_mode=wal")
+        db.execute("create table t (k blob primary key, v blob)")
+        db.close()
+        count = max(200, n // 20)
+        wall = _writers(SQLITE_WRITER, 2, (q, str(count)))
+        name = "sqlite3 WAL autocommit, 2 processes"
+        out[name] = max(out.get(name, 0.0), 2 * count / wall)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(q + suffix):
+                os.unlink(q + suffix)
     return out
 
 

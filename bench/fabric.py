@@ -95,7 +95,7 @@ def main() -> int:
     opts = ap.parse_args()
     n = 20_000 if opts.quick else 100_000
     m = 2_000 if opts.quick else 10_000
-    rounds = 3 if opts.quick else 7
+    rounds = 5 if opts.quick else 9
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
     rows = []  # (figure, ours, peer's name, peer's time, goal text, goal met)
     parts = []  # (figure's number, what, time, ratio, against what)

@@ -263,6 +263,32 @@ def processes(n: int, fanout: int, interval: float = 0.1) -> tuple[int, int, int
         return max(d(x) for x in names), msgs, nbytes, round(other / n / elapsed, 1)
 
 
+def bulk(n: int) -> tuple[float, int, int]:
+    """A node holding n facts, and a new node linking to it: (seconds until
+    the new node holds all n, delta messages, bytes) in one process, real
+    sockets on loopback (the first pull of a link, cut into bounded
+    messages; the sender checks its own facts for 'recorded' first)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from fabric.node import Node
+
+    with tempfile.TemporaryDirectory(prefix="fabric-gossip-bulk-") as tmp:
+        a = Node(os.path.join(tmp, "a.ledger"), node_id="a", listen="127.0.0.1:0").start()
+        try:
+            a.fabric.holders.announce_keys(random.Random(1).randbytes(32 * n), "a")
+            t0 = time.perf_counter()
+            b = Node(os.path.join(tmp, "b.ledger"), node_id="b", listen="127.0.0.1:0",
+                     peers=[a.url]).start()
+            try:
+                _wait(lambda: len(b.fabric.holders) >= n, "all facts", bound=600)
+                el = time.perf_counter() - t0
+            finally:
+                b.stop()
+            g = a.stats()["gossip"]
+            return el, g["messages_out"], g["bytes_out"]
+        finally:
+            a.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
@@ -271,7 +297,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--processes", type=int, default=0, metavar="N",
                     help="measure N real fabric serve processes instead (chain + fanout)")
+    ap.add_argument("--bulk", type=int, default=0, metavar="N",
+                    help="time a new link receiving a node's N facts instead")
     args = ap.parse_args()
+    if args.bulk:
+        el, msgs, nbytes = bulk(args.bulk)
+        print(f"{args.bulk} facts to a new link: {el:.2f} s ({el / args.bulk * 1e6:.2f} us/fact),"
+              f" {msgs} messages, {nbytes} bytes ({nbytes / args.bulk:.1f} B/fact)")
+        return
     if args.processes:
         print("| processes | fanout | hops (median, max) | delta messages / fact "
               "| delta bytes / fact | membership + pull msgs / node / s |")

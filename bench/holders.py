@@ -2,11 +2,22 @@
 1e6 facts, next to the dict-of-sets a user would otherwise write.
 
     python bench/holders.py [--facts N] [--holders H]
+    python bench/holders.py --envelope [--nodes 100] [--holdings 1000000]
+        [--disjoint-holdings 100000]
 
 Prints per-fact build times, snapshot / restore times, repr and
 _repr_html_ times, memory per fact (the store's own count and the process's
 RSS growth) and announce_held() on an N-record cassette. Figures go into
 docs/benchmarks.md (the fleet section).
+
+``--envelope`` measures what every node of a fleet keeps when each of
+``--nodes`` nodes holds ``--holdings`` keys: the whole fleet's facts in one
+index (every node gossips every fact), built as a node builds it
+(``announce_keys`` of each holder's packed digests). Two shapes: every node
+holds the same keys (a fleet replaying one workload), and every node holds
+keys of its own (``--disjoint-holdings`` per node: 100 × 1e6 disjoint
+facts, 1e8 distinct keys, would need about 6 GB, so this shape is measured
+smaller and the figure per fact carried over).
 """
 
 from __future__ import annotations
@@ -39,11 +50,49 @@ def rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def envelope(nodes: int, holdings: int, disjoint: int) -> None:
+    names = [f"node-{i:03d}" for i in range(nodes)]
+    for shape, per in (("same keys on every node", holdings),
+                       ("keys of its own on every node", disjoint)):
+        shared = os.urandom(32 * per)
+        before = rss_kib()
+        idx = HoldingIndex()
+        t = time.perf_counter()
+        for i, name in enumerate(names):
+            own = shared if i == 0 or shape.startswith("same") else os.urandom(32 * per)
+            idx.announce_keys(own, name)
+            del own
+        t = time.perf_counter() - t
+        grown = (rss_kib() - before) * 1024
+        n = len(idx)
+        assert n == nodes * per, (n, nodes, per)
+        first = ContentKey(shared[:32])
+        t_h = min(timed(lambda: idx.holders_of(first))[0] for _ in range(5))
+        t_d, d = timed(lambda: idx.delta_since(idx.version - per))
+        print(f"{shape}: {nodes} nodes x {per} holdings = {n} facts, {idx.key_count} keys")
+        print(f"  build (announce_keys per node) {t:8.3f} s  {t / n * 1e6:6.3f} us/fact")
+        print(f"  store memory                   {idx.memory() / 1e6:8.1f} MB"
+              f"  {idx.memory() / n:6.1f} B/fact   (RSS growth {grown / 1e6:.1f} MB,"
+              f" {grown / n:.1f} B/fact)")
+        print(f"  holders_of(a key)              {t_h * 1e6:8.1f} us"
+              f"   ({len(idx.holders_of(first))} holders)")
+        print(f"  delta_since(one node's facts)  {t_d:8.3f} s   ({len(d.facts)} facts)")
+        del idx, d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--facts", type=int, default=1_000_000)
     ap.add_argument("--holders", type=int, default=10)
+    ap.add_argument("--envelope", action="store_true",
+                    help="the fleet's envelope instead: --nodes x --holdings")
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--holdings", type=int, default=1_000_000)
+    ap.add_argument("--disjoint-holdings", type=int, default=100_000)
     args = ap.parse_args()
+    if args.envelope:
+        envelope(args.nodes, args.holdings, args.disjoint_holdings)
+        return
     n, nh = args.facts, args.holders
     names = [f"node-{i:02d}" for i in range(nh)]
     keys = [ContentKey(os.urandom(32)) for _ in range(n)]

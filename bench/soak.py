@@ -97,7 +97,8 @@ class Proc:
 
     def start(self, bound: float = 60.0) -> None:
         root = os.path.dirname(os.path.dirname(os.path.abspath(fabric.__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, _HERE]))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (root, _HERE, os.environ.get("PYTHONPATH")) if p))
         self.incarnation += 1
         err = open(os.path.join(self.workdir, f"{self.name}.{self.incarnation}.log"), "w")
         cmd = [sys.executable, "-m", "fabric", "serve", "--listen", f"127.0.0.1:{self.port}",

@@ -30,6 +30,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,10 @@ static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 /* Compaction copies this many bytes between progress reports, letting
  * other threads in. */
 #define COMPACT_STEP ((uint64_t)4 << 20)
+/* A writer with the lock page that was the last to append skips the
+ * fstat for this long after its last one (a file renamed over the ledger
+ * by another program is noticed within it). */
+#define LOOK_EVERY_NS 1000000u
 /* A writer retries this often when the file keeps being replaced. */
 #define MAX_MOVES 100
 
@@ -163,6 +168,8 @@ typedef struct shl_page {
 } shl_page;
 
 _Static_assert(sizeof(shl_page) <= SHL_SIZE, "the lock page fits in its file");
+_Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, mu) == 64,
+               "the lock page's layout is the spec's");
 
 /* One handle's hold on a lock file. */
 typedef struct shl {
@@ -186,6 +193,8 @@ struct fab_ledger {
     int forked;           /* fd and its locks are the parent's (after fork) */
     int append_locked;    /* 1: LOCK_APPEND held; 2: the lock page's mutex held */
     int append_ok;        /* begin_append succeeded: end_append publishes l->end */
+    int append_fresh;     /* begin_append found nothing new: the index is unchanged */
+    uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
@@ -401,8 +410,9 @@ static int shl_create(const char *name, const char *dir, const struct stat *ledg
         return -1;
     int ok = 0;
     shl_page *p = MAP_FAILED;
-    /* Writable by whoever may write the ledger's owner's files. */
-    (void)fchmod(fd, ledger->st_mode & 0660);
+    /* Readable and writable as the ledger is by its owner's group (and
+     * always by its creator). */
+    (void)fchmod(fd, (ledger->st_mode & 0660) | 0600);
     if (ftruncate(fd, SHL_SIZE) == 0 &&
         (p = mmap(NULL, SHL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) != MAP_FAILED) {
         pthread_mutexattr_t a;
@@ -936,6 +946,8 @@ typedef struct scan_state {
 } scan_state;
 
 #define PREFAULT_CHUNK ((uint64_t)8 << 20)
+/* A replay of less than this reads through page faults (see replay_scan). */
+#define PREFAULT_MIN ((uint64_t)1 << 20)
 
 /* Prefaults base[from, from + PREFAULT_CHUNK) of a file mapping (best
  * effort: errors, e.g. from kernels without MADV_POPULATE_READ, are
@@ -1320,6 +1332,37 @@ static void sentinel_set(fab_ledger *l)
     }
 }
 
+/* sentinel_set after an append, from the bytes just written (tail: the n
+ * bytes that end at l->end), without reading them back through the
+ * mapping (which would fault a new page in for every few records). The
+ * same bytes, so the same sentinel; when the sentinel would need bytes
+ * before tail, sentinel_set. */
+static void sentinel_written(fab_ledger *l, const uint8_t *tail, size_t n)
+{
+    uint64_t end = l->end;
+    if (l->map == NULL || end < 8 || n > end) {
+        sentinel_set(l);
+        return;
+    }
+    uint64_t lo = (end - 1) & ~(page_size - 1), start = end - n;
+    for (uint64_t z = end; z > lo && z > start; z--) {
+        if (tail[z - 1 - start] != 0) {
+            if (z < 8 || z - 8 < start)
+                break;
+            l->sent_at = z - 8;
+            memcpy(&l->sent_val, tail + (z - 8 - start), 8);
+            l->sent_ok = 1;
+#ifdef FAB_DEBUG
+            uint64_t at = l->sent_at, val = l->sent_val;
+            sentinel_set(l); /* the tests check that both agree */
+            FAB_ASSERT(l->sent_ok && l->sent_at == at && l->sent_val == val);
+#endif
+            return;
+        }
+    }
+    sentinel_set(l);
+}
+
 /* 1 when the sentinel reads as it was, 0 when it differs, -1 when reading
  * it faulted (its page is beyond the file's end). Under the lock. */
 static int sentinel_read(const fab_ledger *l)
@@ -1366,7 +1409,9 @@ static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn prog
         return rc;
     replay_ctx r = {.l = l, .base = l->map->base, .len = size, .start = l->end};
     scan_state s = {l->map->base, size, l->recover, replay_record, &r, progress, pctx, replay_skip};
-    s.prefault = 1;
+    /* Prefaulting costs two madvise calls: worth it for an open, not for
+     * the few records another writer appended since this one looked. */
+    s.prefault = size > l->end && size - l->end >= PREFAULT_MIN;
     rc = scan(&s, l->end, res, err);
     if (rc != FAB_OK)
         return rc;
@@ -2481,6 +2526,34 @@ static int after_fork_locked(fab_ledger *l, fab_ledger_error *err)
 }
 
 /*
+ * Replays the records others appended up to pend, the end the lock page
+ * published (under the lock page's mutex): 1 when done, 0 when the file
+ * does not hold them as the page says (the caller then looks at the file
+ * with fstat), or an error. The last byte is read under the SIGBUS guard
+ * first: a file shrunk below it by another program faults there, not in
+ * the replay.
+ */
+static int catch_up_to(fab_ledger *l, uint64_t pend, fab_ledger_error *err)
+{
+    int rc = ensure_map(l, pend, err);
+    if (rc != FAB_OK)
+        return rc;
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return 0;
+    bus_enter(&g);
+    volatile uint8_t last = l->map->base[pend - 1];
+    bus_leave();
+    FAB_UNUSED(last);
+    uint64_t before = l->records;
+    fab_ledger_scan_result res;
+    if ((rc = replay(l, pend, NULL, NULL, &res, err)) != FAB_OK)
+        return rc;
+    l->foreign_records += l->records - before;
+    return res.torn_at == NONE && l->end == pend;
+}
+
+/*
  * Takes the append lock and brings the ledger up to the file's end: moves
  * to a replaced or shrunk file, replays records other writers appended,
  * and cuts a torn tail (nobody else can be appending: a torn record under
@@ -2500,6 +2573,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             return FAB_EIO;
         }
         l->append_ok = 0;
+        l->append_fresh = 0;
         if (l->sh.p != NULL) {
             int r = pthread_mutex_lock(&l->sh.p->mu);
             if (r == EOWNERDEAD) {
@@ -2518,14 +2592,30 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 return sys_fail(err, r, "locking the ledger for an append");
             }
             l->append_locked = 2;
-            /* Nobody appended since this handle's last look, it saw no
-             * torn tail then, and the file still holds what it indexed:
-             * no fstat needed. */
-            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) == l->end &&
-                l->scanned_size <= l->end && l->sent_ok && sentinel_read(l) == 1) {
-                atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
-                l->append_ok = 1;
-                return FAB_OK;
+            /* The file still holds what this handle indexed, it saw no
+             * torn tail then, it looked at the file less than 1 ms ago,
+             * and the others' appends since end where the page says (each
+             * written whole under this lock): no fstat needed. */
+            uint64_t t = now_ns(CLOCK_MONOTONIC);
+            uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+            if (pend >= l->end && l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS &&
+                l->sent_ok && sentinel_read(l) == 1) {
+                if (pend == l->end) { /* nobody appended */
+                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                    l->append_ok = 1;
+                    l->append_fresh = 1;
+                    return FAB_OK;
+                }
+                rc = catch_up_to(l, pend, err);
+                if (rc < 0) {
+                    end_append(l);
+                    return rc;
+                }
+                if (rc == 1) {
+                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                    l->append_ok = 1;
+                    return FAB_OK;
+                }
             }
             /* The file is in doubt until end_append publishes its end. */
             atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
@@ -2537,6 +2627,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* The only writer: nobody else appends; the sentinel tells
              * that the file still holds what this handle indexed. */
             l->append_ok = 1;
+            l->append_fresh = 1;
             return FAB_OK;
         }
         struct stat sb;
@@ -2545,6 +2636,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             end_append(l);
             return rc;
         }
+        l->looked_ns = now_ns(CLOCK_MONOTONIC);
         uint64_t size = (uint64_t)sb.st_size;
         /* A file renamed over ours (a compaction, a restore) leaves ours
          * with no name: one fstat tells, no path lookup per append. */
@@ -2656,7 +2748,10 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    if (total <= SMALL_RECORD)
+        sentinel_written(l, h, (size_t)total);
+    else
+        sentinel_written(l, data, dlen);
     l->last_rec = off;
     l->records++;
     if (l->leader_waiting)
@@ -2735,10 +2830,10 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
     test_hold(l, b, blen, start);
     int e = write_all(&l->io, l->fd, b, blen, start);
-    free(b);
     if (e == 0 && !inline_data)
         e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
     if (e != 0) {
+        free(b);
         if (l->io.ftruncate(l->fd, (off_t)start) < 0) {
             l->failed = 1;
             l->failed_errno = e;
@@ -2746,7 +2841,11 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    if (inline_data)
+        sentinel_written(l, b, blen);
+    else
+        sentinel_written(l, data, dlen);
+    free(b);
     l->last_rec = off;
     l->records += 2;
     if (l->leader_waiting)
@@ -2938,7 +3037,9 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     if ((rc = begin_append(l, err)) != FAB_OK)
         goto out;
     hash = fab_lindex_hash(&l->ix, key); /* a move re-seeds the index */
-    if (indexed(l, key, hash)) { /* another writer recorded it first */
+    /* another writer recorded it first (when begin_append replayed nothing,
+     * the index is as held_locked saw it: no second probe) */
+    if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         rc = held_locked(l, key, hash, err);
         rc = rc == 1 ? 0 : rc;
@@ -3084,7 +3185,7 @@ int fab_ledger_stream_begin_req(fab_ledger *l, const uint8_t key[32], const void
     if ((rc = begin_append(l, err)) != FAB_OK)
         goto out;
     hash = fab_lindex_hash(&l->ix, key);
-    if (indexed(l, key, hash)) {
+    if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         rc = held_locked(l, key, hash, err);
         rc = rc == 1 ? 0 : rc;
@@ -3205,8 +3306,8 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
     }
     test_hold(l, buf, (size_t)total, off);
     int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
-    free(buf);
     if (e != 0) {
+        free(buf);
         if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
             l->failed = 1;
             l->failed_errno = e;
@@ -3214,7 +3315,8 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
         return sys_fail(err, e, "appending to the ledger");
     }
     l->end = off + total;
-    sentinel_set(l);
+    sentinel_written(l, buf, (size_t)total);
+    free(buf);
     l->last_rec = last;
     l->records += n;
     if (l->leader_waiting)

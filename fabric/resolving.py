@@ -60,7 +60,7 @@ from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
 from .ops import Op
 
-__all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask"]
+__all__ = ["ContentAddressedFabric", "Explanation", "PeerBusy", "Resolution", "Ask", "Plan"]
 
 
 class PeerBusy(FabricUnavailable):

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -645,8 +646,21 @@ print(s["lock_owners_dead"], s["torn_tails_cut"], flush=True)
 """
 
 
+@pytest.fixture
+def lock_dir(monkeypatch):
+    """A lock directory of the test's own (a tmpfs): a writer opening
+    elsewhere on this machine sweeps unused lock files, a dead holder's
+    among them, which would hide the owner-died path these tests watch."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    d = tempfile.mkdtemp(prefix="fab-lock-test-", dir="/dev/shm")
+    monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.parametrize("torn", [False, True], ids=["before-write", "mid-write"])
-def test_writer_killed_holding_the_append_lock(tmp_path, torn):
+def test_writer_killed_holding_the_append_lock(tmp_path, torn, lock_dir):
     """A writer SIGKILLed while it holds the append lock (the test hook
     FABRIC_LEDGER_TEST_HOLD stops it inside the lock, before its write or
     after half of it, and says so on a pipe): another writer then takes
@@ -683,9 +697,10 @@ def test_writer_killed_holding_the_append_lock(tmp_path, torn):
         assert len(c) == n
     data = open(path, "rb").read()
     assert len(list(cassette_ref.read(data))) == n  # the reference reader agrees
+    assert os.listdir(lock_dir) == []  # the last writer out removed the lock file
 
 
-def test_lock_page_and_ofd_lock_never_mix(tmp_path, monkeypatch):
+def test_lock_page_and_ofd_lock_never_mix(tmp_path, monkeypatch, lock_dir):
     """A writer that cannot use the lock page (here: no lock directory)
     while others append through it is refused at open; alone, it appends
     under the OFD lock, and a later lock-page writer then falls back to it."""
@@ -698,7 +713,7 @@ def test_lock_page_and_ofd_lock_never_mix(tmp_path, monkeypatch):
     a.close()
     b = EvalCassette(path, durability="os")
     assert b.stats()["append_lock"] == "ofd"
-    monkeypatch.delenv("FABRIC_LEDGER_LOCK_DIR")
+    monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", lock_dir)
     c = EvalCassette(path, durability="os")
     assert c.stats()["append_lock"] == "ofd"
     for i in range(50):

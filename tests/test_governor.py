@@ -202,3 +202,53 @@ def test_a_peer_that_does_not_hold_a_key_is_not_penalised(reg, cassette_factory)
     for i in range(5):
         assert b.evaluate(fabric.EvalRequest("double", (i,))).source == "home"
     assert g.health("a").failures == 0 and g.refusal("a") is None
+
+
+def test_a_peer_that_flaps_is_marked_down_each_time_and_its_backoff_restarts(
+        reg, cassette_factory):
+    """A link that comes and goes: each run of 3 counted failures marks it
+    down, one answer brings it back up and resets its backoff, and the
+    jittered retries of each down run are spaced by the backoff of their
+    failure count (between half and all of it: jitter only shortens)."""
+    clock = Clock()
+    _, flap, g, b = _fleet(reg, cassette_factory, clock, backoff_base=1.0, backoff_cap=8.0,
+                           down_after=3, jitter=0.5, rng=random.Random(14))
+    tick = 0
+
+    def miss():
+        nonlocal tick
+        before = flap.calls
+        r = b.evaluate(fabric.EvalRequest("double", (tick,)))
+        assert r.value == 2 * tick and r.source == "home"
+        tick += 1
+        asked = flap.calls > before
+        clock.t += 0.25
+        return asked
+
+    for run in range(4):
+        flap.down = True
+        asked_at, fails = [], 0
+        while fails < 5:  # five failures in a row: down after the third
+            t = clock.t
+            if miss():
+                fails += 1
+                asked_at.append(t)
+                h = g.health("a")
+                assert h.consecutive == fails and h.down == (fails >= 3)
+        for n, (t0, t1) in enumerate(zip(asked_at, asked_at[1:]), 1):
+            full = g.backoff(n)
+            # the next miss on or after retry_at asks; misses come every 0.25 s
+            assert full * 0.5 <= t1 - t0 < full + 0.25, (run, n, t1 - t0)
+        # the link is back: the first miss after the backoff asks, it answers
+        # (it does not hold the key, which is no failure), the peer is up
+        flap.down = False
+        while not miss():
+            pass
+        h = g.health("a")
+        assert not h.down and h.consecutive == 0 and h.retry_at is None
+        assert h.failures == 5 * (run + 1)
+        before = flap.calls
+        miss()
+        assert flap.calls == before + 1  # asked at once again
+    s = b.stats()
+    assert s["peers_down"] == 0 and s["peer_skips"] > 0

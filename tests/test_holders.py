@@ -1,5 +1,6 @@
 """HoldingIndex: grow-only facts, merge, gossip deltas, snapshots, health."""
 
+import os
 import random
 import threading
 
@@ -228,3 +229,23 @@ def test_display_costs_do_not_grow_with_the_index():
     html_text = idx._repr_html_()
     assert html_text.count("<tr><td><code>") == 20 and "2980 more keys" in html_text
     assert "3000 facts" in repr(idx) and idx.memory() > 3000 * 32
+
+
+def test_the_benchmark_script_runs_small():
+    """bench/holders.py (figures in docs/benchmarks.md) runs at a small size,
+    its envelope mode too; each build holds every fact it reports."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    run = [sys.executable, os.path.join(root, "bench", "holders.py")]
+    out = subprocess.run(run + ["--facts", "3000", "--holders", "3"], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "3000 facts over 3000 keys, 3 holders" in out and "announce_held()" in out
+    out = subprocess.run(run + ["--envelope", "--nodes", "4", "--holdings", "500",
+                                "--disjoint-holdings", "200"], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "4 nodes x 500 holdings = 2000 facts, 500 keys" in out
+    assert "(4 holders)" in out
+    assert "4 nodes x 200 holdings = 800 facts, 800 keys" in out

@@ -80,12 +80,12 @@ def test_single_flight_shares_one_run_and_not_a_failure():
     assert sf.run(k2, lambda: "again") == "again"  # a failure is not kept
 
 
-def pair(tmp_path, lease=30.0):
+def pair(tmp_path, lease=30.0, a_kw={}, b_kw={}):
     cfg = GossipConfig(interval=0.05, fanout=2, lease=lease)
     a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
-             home=fabric.LocalFabric(), gossip=cfg).start()
+             home=fabric.LocalFabric(), gossip=cfg, **a_kw).start()
     b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
-             home=fabric.LocalFabric(), peers=[a.url], gossip=cfg).start()
+             home=fabric.LocalFabric(), peers=[a.url], gossip=cfg, **b_kw).start()
     wait_for(lambda: a.stats()["gossip"]["computing"] == ["b"]
              and b.stats()["gossip"]["computing"] == ["a"],
              "a and b to link to each other and know both compute")
@@ -208,6 +208,49 @@ def test_recorded_ops_take_no_lease(tmp_path):
             assert a.fabric.evaluate(rec.request(x)).value == x
         assert a.stats()["leases"]["lease_forwarded"] == 0
         assert a.stats()["leases"]["lease_local"] == 20
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_lease_holder_whose_claim_fails_is_penalised_and_the_asker_computes(tmp_path):
+    good = fabric.FleetKeys({"f1": bytes(range(32))}, current="f1")
+    forged = fabric.FleetKeys({"f1": bytes(32)}, current="f1")  # b signs with another key
+    a, b = pair(tmp_path, a_kw={"fleet_keys": good, "governor": fabric.PeerGovernor()},
+                b_kw={"fleet_keys": forged})
+    x = key_owned_by("b", ["a", "b"], 400)
+    GATES[x].set()
+    try:
+        got = a.fabric.evaluate(gated.request(x))
+        assert got.value == x * 10 and got.source == "home"
+        leases = a.stats()["leases"]
+        assert leases["lease_forwarded"] == 1 and leases["lease_rejected"] == 1
+        assert leases["lease_fallbacks"] == 1 and leases["lease_local"] == 1
+        assert RUNS[x] == 2  # b's (discarded) and a's own
+        health = a.fabric.governor.peers()["b"]
+        assert "lease reply" in health.last_event and "bad MAC" in health.last_event
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_the_fleet_and_the_leases_in_the_metrics(tmp_path):
+    from fabric.node.metrics import render
+    from fabric.node.status import node_status
+    from test_node_metrics import parse, value
+
+    a, b = pair(tmp_path)
+    x = key_owned_by("b", ["a", "b"], 500)
+    GATES[x].set()
+    try:
+        assert a.fabric.evaluate(gated.request(x)).value == x * 10
+        samples, types = parse(render(node_status(a)))
+        assert value(samples, "fabric_node_gossip_members") == 1
+        assert value(samples, "fabric_node_gossip_links") == 1
+        assert value(samples, "fabric_node_leases_total", how="forwarded") == 1
+        assert value(samples, "fabric_node_leases_total", how="local") == 0
+        assert value(samples, "fabric_node_gossip_messages_total", direction="out") > 0
+        assert types["fabric_node_leases_total"] == "counter"
     finally:
         b.stop()
         a.stop()

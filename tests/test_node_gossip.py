@@ -209,7 +209,10 @@ def test_deltas_are_cut_to_the_frame_agreed(tmp_path):
         assert {(k.digest, "a") for k in ks} == facts_of(got)
 
 
-def test_anti_entropy_pull_sends_what_is_missing_and_all_for_another_epoch(tmp_path):
+def test_a_pull_on_connect_sends_what_is_missing_and_all_for_another_epoch(tmp_path):
+    """A connection's first pull says where to start (its bookmark of the
+    node's index); later pulls on the same live connection only report the
+    bookmark (what was pushed since is in flight), so nothing is sent twice."""
     ks = keys(30, seed=5)
     with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0") as a:
         a.fabric.holders.announce_keys(ks[:20], "a")
@@ -217,28 +220,40 @@ def test_anti_entropy_pull_sends_what_is_missing_and_all_for_another_epoch(tmp_p
         try:
             wait_for(lambda: len(facts_of(got)) == 20, "the first 20 facts")
             epoch = got[-1]["epoch"]
-            end = max(m["end"] for m in got)
-            assert end == 20
-            # a pull from the bookmark with nothing missing gets nothing back;
-            # the next announce is pushed as one delta from the bookmark on
-            cl._send_gossip({"pull": end, "epoch": epoch})
+            assert max(m["end"] for m in got) == 20
+            # a later pull on the live connection re-sends nothing, even one
+            # from an earlier version; the next announce is pushed from 20 on
+            cl._send_gossip({"pull": 10, "epoch": epoch})
             a.fabric.holders.announce_keys(ks[20:], "a")
             wait_for(lambda: len(facts_of(got)) == 30, "the last 10 facts")
-            last = [m for m in got if m["start"] >= 20]
-            assert facts_of(last) == {(k.digest, "a") for k in ks[20:]}
-            # pulling from version 10 sends the facts after 10 again
-            n = len(got)
-            cl._send_gossip({"pull": 10, "epoch": epoch})
+            assert sum(len(m["facts"]) for m in got) == 30
+            assert [m for m in got if m["start"] >= 20][0]["start"] == 20
+
+            def reconnect_pulling(body):
+                n = len(got)
+                before = cl.stats_counters["reconnects"]
+                cl.gossip_pull = lambda: body
+                cl._loop.call_soon_threadsafe(lambda: cl._writer.transport.abort())
+                wait_for(lambda: cl.stats_counters["reconnects"] == before + 1
+                         and cl.status == "connected", "the observer to reconnect")
+                return n
+
+            # a new connection pulling from version 10 gets the facts after 10
+            n = reconnect_pulling({"pull": 10, "epoch": epoch})
             wait_for(lambda: sum(len(m["facts"]) for m in got[n:]) == 20, "versions 10..30")
             assert got[n]["start"] == 10
             # a bookmark of another epoch (the node restarted): everything
-            n = len(got)
-            cl._send_gossip({"pull": 25, "epoch": epoch ^ 1})
+            n = reconnect_pulling({"pull": 25, "epoch": epoch ^ 1})
             wait_for(lambda: sum(len(m["facts"]) for m in got[n:]) == 30, "all 30 again")
             assert got[n]["start"] == 0
+            # nothing missing: nothing sent
+            n = reconnect_pulling({"pull": 30, "epoch": epoch})
+            a.fabric.holders.announce(keys(1, seed=99)[0], "a")
+            wait_for(lambda: len(got) > n, "the next push")
+            assert [m["start"] for m in got[n:]] == [30]
         finally:
             cl.close()
-        assert a.stats()["gossip"]["pulls_in"] >= 4
+        assert a.stats()["gossip"]["pulls_in"] >= 5
 
 
 def test_malformed_gossip_closes_the_connection(tmp_path):
@@ -294,18 +309,117 @@ def test_recorded_replies_are_neither_announced_nor_served_to_nodes(tmp_path):
 
 def test_recorded_keys_replayed_at_start_are_not_announced_either(tmp_path):
     path = str(tmp_path / "b.ledger")
-    with fabric.EvalCassette(path) as c:
+    # 1,500 records: more than the node checks inline, so the check of the
+    # replayed ledger runs on a worker thread before anything is pushed
+    with fabric.EvalCassette(path, durability="os") as c:
         f = fabric.LedgeredRelayFabric(fabric.LocalFabric(), c)
+        for x in range(750):
+            f.evaluate(pure.request(x))
         f.evaluate(llm.request("old"))
-        f.evaluate(pure.request(5))
+        for x in range(750, 1500):
+            f.evaluate(pure.request(x))
     b = Node(path, node_id="b", listen="127.0.0.1:0").start()
     try:
         cl, got = observe(b.url)
         try:
-            wait_for(lambda: (pure.request(5).key.digest, "b") in facts_of(got),
-                     "the pure key replayed from b's ledger")
+            wait_for(lambda: len(facts_of(got)) == 1500, "the pure keys replayed from b's ledger")
         finally:
             cl.close()
         assert (llm.request("old").key.digest, "b") not in facts_of(got)
+        assert facts_of(got) == {(pure.request(x).key.digest, "b") for x in range(1500)}
+        assert b.stats()["gossip"]["recorded_withheld"] == 1
+        assert max(m["end"] for m in got) == 1501  # versions count the withheld fact
     finally:
         b.stop()
+
+
+def test_a_reconnecting_link_pulls_from_its_bookmark_not_from_zero(tmp_path):
+    ks = keys(1000, seed=8)
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0").start()
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             peers=[b.url]).start()
+    try:
+        b.fabric.holders.announce_keys(ks[:999], "b")
+        wait_for(lambda: len(a.fabric.holders) == 999, "b's 999 facts at a")
+        [link] = a._clients
+        wait_for(lambda: a._gossip.seen.get("b", (0, 0))[1] == 999, "a's bookmark of b")
+        sent = b.stats()["gossip"]["facts_out"]
+        link._loop.call_soon_threadsafe(lambda: link._writer.transport.abort())
+        wait_for(lambda: link.stats_counters["reconnects"] == 1 and link.status == "connected",
+                 "a's link to reconnect")
+        b.fabric.holders.announce(ks[999], "b")
+        wait_for(lambda: a.fabric.holders.holds(ks[999], "b"), "the 1000th fact")
+        # the reconnect pulled from (epoch, 999): only the new fact was sent again
+        assert b.stats()["gossip"]["facts_out"] - sent == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_restarted_node_is_pulled_from_zero_under_its_new_epoch(tmp_path):
+    path = str(tmp_path / "b.ledger")
+    with fabric.EvalCassette(path) as c:
+        for x in range(5):
+            fabric.LedgeredRelayFabric(fabric.LocalFabric(), c).evaluate(pure.request(x))
+    slow = GossipConfig(interval=600)  # no periodic pull: the reconnect's pull does it
+    b = Node(path, node_id="b", listen="127.0.0.1:0", gossip=slow).start()
+    port = b.address[1]
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             peers=[b.url], gossip=slow).start()
+    try:
+        wait_for(lambda: len(a.fabric.holders) == 5, "b's 5 facts at a")
+        [link] = a._clients
+        old_epoch = a._gossip.seen["b"][0]
+        b.stop()
+        # b comes back on the same port with another ledger (it lost its
+        # disk and computed 7 other keys): the same versions 0..4 name other
+        # facts now, so a bookmark of version 5 would miss 5 of them
+        path2 = str(tmp_path / "b2.ledger")
+        with fabric.EvalCassette(path2) as c:
+            for x in range(100, 107):
+                fabric.LedgeredRelayFabric(fabric.LocalFabric(), c).evaluate(pure.request(x))
+        b = Node(path2, node_id="b", listen=f"127.0.0.1:{port}", gossip=slow).start()
+        wait_for(lambda: len(a.fabric.holders) == 12, "b's 7 new facts at a after its restart")
+        assert a._gossip.seen["b"][0] == b._gossip.epoch != old_epoch
+        assert b.stats()["gossip"]["pulls_in"] >= 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_status_shows_the_fleet_and_the_leases(tmp_path):
+    from fabric.node.status import format_status, node_status
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=FAST).start()
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             peers=[a.url], gossip=FAST).start()
+    try:
+        wait_for(lambda: b.stats()["gossip"]["members"] == 1, "b to know a as a member")
+        st = node_status(b)
+        assert st["gossip"]["links"] == ["a"] and st["gossip"]["members"] == 1
+        assert st["leases"] == {}
+        text = format_status(st)
+        assert "gossip       1 members, 1 links" in text
+        assert "leases" not in text
+        assert "leases       0 computed here" in format_status(node_status(a))
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_big_delta_waits_for_the_reader_instead_of_overflowing_its_buffer(tmp_path):
+    """2.4 MB of facts through a connection whose output buffer cap is 1 MiB:
+    the pushes wait a tick whenever 256 KiB are buffered, so the reader is
+    never cut off as a slow reader (it used to be, with the whole delta
+    written at once)."""
+    ks = keys(60_000, seed=11)
+    with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+              limits=NodeLimits(output_buffer=1 << 20)) as a:
+        a.fabric.holders.announce_keys(ks, "a")
+        cl, got = observe(a.url)
+        try:
+            wait_for(lambda: len(facts_of(got)) == 60_000, "all 60,000 facts")
+        finally:
+            cl.close()
+        assert a.stats().get("disconnected_slow_reader", 0) == 0
+        assert cl.stats()["reconnects"] == 0

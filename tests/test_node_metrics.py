@@ -1,5 +1,6 @@
-"""``fabric serve --metrics``: /metrics scraped over loopback and parsed by a
-strict reader of the Prometheus text exposition format (version 0.0.4)."""
+"""``fabric serve --metrics``: /metrics scraped over loopback and parsed twice:
+by a strict reader of the Prometheus text exposition format (version 0.0.4)
+written here, and by ``prometheus_client``'s own parser; the two must agree."""
 
 import http.client
 import math
@@ -15,6 +16,7 @@ import fabric
 from fabric.governor import PeerGovernor
 from fabric.node import Node, connect
 from fabric.node.metrics import CONTENT_TYPE, render, start_metrics, stop_metrics
+from prometheus_client.parser import text_string_to_metric_families
 
 import node_ops
 from conftest import wait_for
@@ -25,6 +27,10 @@ ROOT = os.path.dirname(HERE)
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"'
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{((?:{_LABEL})(?:,{_LABEL})*)?\}})? (\S+)$")
+
+
+def _unescape(v):
+    return re.sub(r'\\(.)', lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
 
 
 def parse(text):
@@ -50,7 +56,7 @@ def parse(text):
             assert name in types, f"line {n}: {name} has no TYPE"
             if types[name] == "counter":
                 assert name.endswith("_total"), name
-            lab = frozenset(re.findall(_LABEL, labels or ""))
+            lab = frozenset((k, _unescape(v)) for k, v in re.findall(_LABEL, labels or ""))
             assert len(lab) == len(re.findall(_LABEL, labels or "")), f"repeated label: {line}"
             v = float(value)
             assert not math.isnan(v)
@@ -60,7 +66,22 @@ def parse(text):
             assert key not in samples, f"line {n} repeats {key}"
             samples[key] = v
     assert set(helps) == set(types)
+    # prometheus_client's parser reads the same samples, no more, no fewer.
+    theirs = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            key = (smp.name, frozenset(smp.labels.items()))
+            assert key not in theirs, key
+            theirs[key] = smp.value
+            kind = types.get(smp.name)
+            assert kind == fam.type, (smp.name, kind, fam.type)
+    assert theirs == samples
     return samples, types
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, HERE, os.environ.get("PYTHONPATH")) if p))
 
 
 def scrape(url_or_addr, path="/metrics", method="GET"):
@@ -160,20 +181,27 @@ def test_http_edges(node):
         stop_metrics(ms)
 
 
+def _status(node):
+    return {"node": node, "version": "0", "protocol": [1, 0], "incarnation": 0,
+            "uptime": 1.5, "url": None,
+            "connections": {"open": 0, "max": 1, "accepted": 0, "refused": 0, "gossip": 0,
+                            "by_principal": {}},
+            "requests": {"received": 0, "replied": 0, "errors": 0, "cancelled": 0,
+                         "denied_compute": 0, "hits_inline": 0, "running": 0, "queued": 0,
+                         "max_running": 1},
+            "streams": {"open": 0, "queued_frames": 0, "evictions": 0},
+            "bytes": {"in": 0, "out": 0}, "cassette": {"error": "closed"},
+            "holdings": {"facts": 0, "keys": 0, "version": 0, "memory": 0},
+            "fabric": {}, "served": {}, "peers": [], "counters": {}}
+
+
 def test_label_values_are_escaped():
-    st = {"node": 'we"ird\\node\n', "version": "0", "protocol": [1, 0], "incarnation": 0,
-          "uptime": 1.5, "url": None,
-          "connections": {"open": 0, "max": 1, "accepted": 0, "refused": 0, "gossip": 0,
-                          "by_principal": {}},
-          "requests": {"received": 0, "replied": 0, "errors": 0, "cancelled": 0,
-                       "denied_compute": 0, "hits_inline": 0, "running": 0, "queued": 0,
-                       "max_running": 1},
-          "streams": {"open": 0, "queued_frames": 0, "evictions": 0},
-          "bytes": {"in": 0, "out": 0}, "cassette": {"error": "closed"},
-          "holdings": {"facts": 0, "keys": 0, "version": 0, "memory": 0},
-          "fabric": {}, "served": {}, "peers": [], "counters": {"refused_Unauthenticated": 2}}
-    samples, _ = parse(render(st))
-    assert value(samples, "fabric_node_info", node='we\\"ird\\\\node\\n', version="0",
+    st = _status('we"ird\\node\n')
+    st["counters"] = {"refused_Unauthenticated": 2}
+    text = render(st)
+    assert 'node="we\\"ird\\\\node\\n"' in text  # escaped as the format says
+    samples, _ = parse(text)
+    assert value(samples, "fabric_node_info", node='we"ird\\node\n', version="0",
                  protocol="1.0") == 1
     assert value(samples, "fabric_node_cassette_failed") == 1
     assert value(samples, "fabric_node_connections_closed_total",
@@ -181,7 +209,7 @@ def test_label_values_are_escaped():
 
 
 def test_fabric_serve_metrics_flag(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    env = _env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id", "m",
          "--import", "node_ops", "--home", "node_ops:home",
@@ -222,3 +250,37 @@ def test_the_endpoint_stops_with_the_node(tmp_path):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(ms.address, timeout=30).close()
     stop_metrics(ms)  # harmless afterwards
+
+
+def test_families_are_prometheus_client_metrics():
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from fabric.node.metrics import StatusCollector
+    st = _status(node="n")
+    st["counters"] = {"requests": 3}
+    fams = {f.name: f for f in StatusCollector(lambda: st).collect()}
+    # A counter family is named without _total; its sample has it.
+    assert isinstance(fams["fabric_node_events"], CounterMetricFamily)
+    assert [(s.name, s.labels, s.value) for s in fams["fabric_node_events"].samples] == [
+        ("fabric_node_events_total", {"event": "requests"}, 3.0)]
+    assert isinstance(fams["fabric_node_connections"], GaugeMetricFamily)
+
+
+def test_metrics_without_the_extra_is_a_clear_error(tmp_path):
+    # prometheus_client made unimportable in a real `fabric serve` process:
+    # --metrics is refused in one line naming the extra, before any node
+    # starts (no cassette made); without --metrics the node needs no extra.
+    code = ("import sys; sys.modules['prometheus_client'] = None; "
+            "from fabric.cli import main; sys.exit(main(sys.argv[1:]))")
+    ledger = tmp_path / "x.ledger"
+    r = subprocess.run([sys.executable, "-c", code, "serve", "--listen", "127.0.0.1:0",
+                        "--cassette", str(ledger), "--metrics", "127.0.0.1:0"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("fabric serve: error: --metrics needs prometheus_client ("), r
+    assert lines[0].endswith("): pip install 'stream-fabric[metrics]'"), r.stderr
+    assert not ledger.exists() and r.stdout == ""
+    r = subprocess.run([sys.executable, "-c", code, "status", "--help"],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr

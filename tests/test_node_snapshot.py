@@ -202,3 +202,139 @@ def test_pending_gossip_is_redelivered(tmp_path):
                      "the redelivered facts on b")
             wait_for(lambda: a2.stats().get("gossip_redelivered") == 1, "the count")
             assert S.decode(a2.snapshot()).pending == []
+
+
+# ---- the decoder fuzzed ----------------------------------------------------------
+# Whatever the bytes, decode() returns a NodeState or raises SnapshotError:
+# never another exception, never a hang. Two layers: damage to a real
+# snapshot's bytes (the checksum catches most; the header checks the rest),
+# and damage inside the state map *with the checksum made right*, so the
+# field checks behind it are reached.
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_FUZZ = settings(max_examples=400, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                        HealthCheck.too_slow])
+
+
+def _good_snapshot():
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        import pathlib
+        n = make_node(pathlib.Path(d))
+        try:
+            return n.snapshot()
+        finally:
+            n.cassette.close()
+
+
+_GOOD = None
+
+
+def good():
+    global _GOOD
+    if _GOOD is None:
+        _GOOD = _good_snapshot()
+    return _GOOD
+
+
+def _decode_or_refuse(data):
+    try:
+        return S.decode(data)
+    except S.SnapshotError as exc:
+        assert str(exc)  # says what is wrong
+        return None
+
+
+@_FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data):
+    _decode_or_refuse(data)
+    _decode_or_refuse(S.MAGIC + data)
+    _decode_or_refuse(S.MAGIC + struct.pack(">H", S.SPEC_VERSION) + data)
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_damaged_snapshot_bytes(data):
+    b = bytearray(good())
+    for _ in range(data.draw(st.integers(1, 4))):
+        how = data.draw(st.sampled_from(["flip", "cut", "insert", "set"]))
+        i = data.draw(st.integers(0, max(0, len(b) - 1)))
+        if how == "flip" and b:
+            b[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "cut":
+            del b[i:i + data.draw(st.integers(1, 16))]
+        elif how == "insert":
+            b[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+        elif b:
+            b[i] = data.draw(st.integers(0, 255))
+    _decode_or_refuse(bytes(b))
+
+
+_plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=8)
+    | st.floats(allow_nan=True),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+
+
+def _rebuild(state, holdings):
+    import zlib
+    import fabric
+    sb = fabric.canonical_bytes(state)
+    crc = zlib.crc32(holdings, zlib.crc32(sb))
+    return S.HEADER.pack(S.MAGIC, S.SPEC_VERSION, 0, len(sb), len(holdings), crc) + sb + holdings
+
+
+def _paths(v, path=()):
+    yield path
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from _paths(x, path + (k,))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _paths(x, path + (i,))
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_state_fields_with_a_valid_checksum(data):
+    import fabric
+    raw = good()
+    _m, _v, _f, nstate, _nhold, _crc = S.HEADER.unpack_from(raw)
+    state = fabric.unpack(raw[S.HEADER.size:S.HEADER.size + nstate])
+    holdings = raw[S.HEADER.size + nstate:]
+    path = data.draw(st.sampled_from(list(_paths(state))[1:]))
+    target = state
+    for p in path[:-1]:
+        target = target[p]
+    how = data.draw(st.sampled_from(["replace", "delete", "add"]))
+    if how == "replace":
+        target[path[-1]] = data.draw(_plain)
+    elif how == "delete":
+        del target[path[-1]]
+    elif isinstance(target, dict):
+        target[data.draw(st.text(max_size=6))] = data.draw(_plain)
+    else:
+        target.append(data.draw(_plain))
+    if data.draw(st.booleans()):
+        holdings = holdings[:data.draw(st.integers(0, len(holdings)))]
+    try:
+        bytes_ = _rebuild(state, holdings)
+    except (TypeError, ValueError, OverflowError):
+        return  # not encodable (a NaN in a float spot is, a huge int may not be)
+    got = _decode_or_refuse(bytes_)
+    if got is not None:  # accepted: what restore builds from it builds
+        assert isinstance(got.incarnation, int) and got.incarnation >= 0
+        if got.governor is not None:
+            PeerGovernor.from_state(got.governor)
+
+
+def test_a_fuzzed_snapshot_that_decodes_also_restores(tmp_path):
+    """Restore runs the same decoder: a refusal there makes no cassette."""
+    b = bytearray(good())
+    b[S.HEADER.size + 2] ^= 0x01
+    bad(bytes(b), "checksum mismatch", tmp_path)

@@ -294,3 +294,81 @@ def test_cli_status_over_mutual_tls(node, tmp_path):
     r = fabric_cli("status", n.url, "--tls-ca", str(tmp_path / "ca.pem"))
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"fabric status: error: cannot get the status of {n.url}")
+
+
+def _serve(tmp_path, name, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, HERE, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id", name,
+         "--import", "node_ops", "--cassette", str(tmp_path / f"{name}.ledger"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ready = proc.stdout.readline()  # the readiness line: a handshake, not a wait
+    if "listening on" not in ready:
+        proc.kill()
+        raise AssertionError((ready, proc.communicate(timeout=60)))
+    return proc, ready.rsplit(" ", 1)[1].strip()
+
+
+def _end(proc):
+    proc.terminate()
+    try:
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
+    """A blocklisted peer is never asked, though gossip names it the holder;
+    the settings and the skip show in fabric status."""
+    a, a_url = _serve(tmp_path, "a", "--home", "node_ops:home")
+    try:
+        b, b_url = _serve(tmp_path, "b", "--peer", a_url, "--block-peer", "a",
+                          "--down-after", "2", "--backoff-base", "1", "--backoff-cap", "4")
+        try:
+            req = node_ops.double.request(7)
+            with connect(a_url) as ca:
+                assert ca.evaluate(req).value == 14
+            with connect(b_url) as cb:
+                wait_for(lambda: cb.node_status()["holdings"]["keys"] >= 1,
+                         "a's holding to reach b by gossip")
+                with pytest.raises(fabric.FabricError, match="blocklisted"):
+                    cb.evaluate(req)
+            r = fabric_cli("status", b_url, "--json")
+            assert r.returncode == 0, r.stderr
+            st = json.loads(r.stdout)
+            assert st["governor"] == {"allow": None, "block": ["a"], "down_after": 2,
+                                      "backoff_base": 1.0, "backoff_cap": 4.0, "jitter": 0.5}
+            assert st["fabric"]["peer_skips"] >= 1 and st["fabric"]["peer_hits"] == 0
+            r = fabric_cli("status", b_url)
+            assert ("governor     open, blocklist a; down after 2 failures in a row; "
+                    "backoff 1 s doubling to 4 s") in r.stdout, r.stdout
+        finally:
+            _end(b)
+        # The control: the same fleet without the blocklist gets it from a.
+        c, c_url = _serve(tmp_path, "c", "--peer", a_url)
+        try:
+            with connect(c_url) as cc:
+                wait_for(lambda: cc.node_status()["holdings"]["keys"] >= 1,
+                         "a's holding to reach c by gossip")
+                got = cc.evaluate(req)
+                assert got.value == 14
+                assert cc.node_status()["fabric"]["peer_hits"] == 1
+        finally:
+            _end(c)
+    finally:
+        _end(a)
+
+
+def test_fabric_serve_refuses_bad_governor_settings(tmp_path):
+    for args, says in ((["--down-after", "0"], "down_after must be an int >= 1"),
+                       (["--backoff-base", "5", "--backoff-cap", "1"], "below backoff_base"),
+                       (["--backoff-base", "-1"], "backoff_base")):
+        r = fabric_cli("serve", "--listen", "127.0.0.1:0",
+                       "--cassette", str(tmp_path / "x.ledger"), *args)
+        assert r.returncode == 2, r
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("fabric serve: error: peer governor: ") and says in line, line
+        assert not (tmp_path / "x.ledger").exists()

@@ -1501,6 +1501,112 @@ static void test_requests(void)
     fab_ledger_close(a);
 }
 
+/* ---- the append lock page ------------------------------------------------ */
+
+/* A writer SIGKILLed while it holds the append lock (the test hook stops it
+ * inside the lock at its n-th append, before its write or after half of
+ * it, and says so on a pipe): the next writer gets the lock (EOWNERDEAD),
+ * cuts the torn record, appends; nothing acknowledged is lost. Then a
+ * writer that cannot use the lock page is refused while lock page writers
+ * are open, and works alone with the OFD lock. */
+static void test_lock_page(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    int rc;
+    fab_ledger_error err;
+    /* A lock directory of its own: a writer opening elsewhere on this
+     * machine sweeps unused lock files (the dead holder's is one). */
+    char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    for (int torn = 0; torn < 2; torn++) {
+        path_for(path, sizeof(path), torn ? "held-torn.fabl" : "held.fabl");
+        int p[2];
+        CHECK_EQ(pipe(p), 0);
+        const unsigned n = 30;
+        pid_t pid = fork();
+        if (pid == 0) {
+            char hold[64];
+            snprintf(hold, sizeof(hold), "%u:%d%s", n, p[1], torn ? ":torn" : "");
+            setenv("FABRIC_LEDGER_TEST_HOLD", hold, 1);
+            fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            if (w == NULL)
+                _exit(3);
+            for (unsigned i = 0; i < n; i++) { /* the n-th never returns */
+                key_of(key, i);
+                if (fab_ledger_record(w, key, buf, reply_of(buf, i), NULL) != 1)
+                    _exit(4);
+            }
+            _exit(5);
+        }
+        close(p[1]);
+        char c = 0;
+        CHECK_EQ(read(p[0], &c, 1), 1); /* inside the lock, n - 1 acknowledged */
+        CHECK_EQ(c, 'H');
+        close(p[0]);
+        CHECK_EQ(kill(pid, SIGKILL), 0);
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFSIGNALED(status));
+        fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        key_of(key, 1000);
+        CHECK_EQ(fab_ledger_record(w, key, "\xc3", 1, NULL), 1);
+        fab_ledger_get_stats(w, &st);
+        CHECK_EQ(st.append_lock, 2);
+        CHECK_EQ(st.owner_dead, 1);
+        CHECK_EQ(st.torn_tails_cut, (uint64_t)torn);
+        fab_ledger_close(w);
+        fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(fab_ledger_count(r), n);
+        for (unsigned i = 0; i + 1 < n; i++) {
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+            CHECK_MEM(ref.data, buf, reply_of(buf, i));
+        }
+        key_of(key, n - 1);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 0);
+        fab_ledger_close(r);
+    }
+
+    /* the lock page and the OFD lock never serve one ledger at once */
+    path_for(path, sizeof(path), "mix.fabl");
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    setenv("FABRIC_LEDGER_LOCK_DIR", "", 1);
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, &err);
+    CHECK(b == NULL);
+    CHECK_EQ(rc, FAB_ELOCKED);
+    CHECK(strstr(err.msg, "lock file") != NULL);
+    fab_ledger_close(a);
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.append_lock, 1); /* fell back to b's OFD lock */
+    for (unsigned i = 0; i < 40; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(i % 2 ? a : b, key, buf, reply_of(buf, i), NULL), 1);
+        CHECK_EQ(fab_ledger_record(i % 2 ? b : a, key, "\xc3", 1, NULL), 0);
+    }
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 40);
+    fab_ledger_close(r);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1523,6 +1629,7 @@ int main(void)
         {"group_commit", test_group_commit},
         {"index_many", test_index_many},
         {"requests", test_requests},
+        {"lock_page", test_lock_page},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)

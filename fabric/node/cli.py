@@ -8,13 +8,21 @@ to ``--drain-timeout`` seconds (default 10), what still runs then ends with
 an error frame, connections close, the cassette is closed.
 
 ``--metrics HOST:PORT`` also serves the node's Prometheus metrics at
-``http://HOST:PORT/metrics`` (``fabric.node.metrics``); a second line,
+``http://HOST:PORT/metrics`` (``fabric.node.metrics``, through ``prometheus_client``:
+the ``metrics`` extra); a second line,
 ``fabric serve: metrics on URL``, follows the readiness line.
 
 ``fabric status URL`` asks a node for its status (the protocol's status op)
 and prints one screen: identity and uptime, connections, requests, lookups,
 streams, cassette, holdings, peers' health; ``--json`` prints the whole map.
 A node it cannot reach is one line on stderr and exit status 2.
+
+Every node has a peer governor (``fabric.governor``): ``--allow-peer`` and
+``--block-peer`` (node ids, repeatable; no allowlist = every peer),
+``--down-after N`` failures in a row mark a peer down, and a failed peer is
+asked again only after a backoff from ``--backoff-base`` doubling to
+``--backoff-cap`` seconds, with jitter. ``fabric status`` shows each
+peer's health and the governor's settings.
 
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
@@ -56,9 +64,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
     from .auth import client_tls, server_tls
-    from .metrics import MetricsServer
     from .server import Node, NodeLimits
 
+    if args.metrics:  # before anything starts: the extra may be missing
+        try:
+            from .metrics import MetricsServer
+        except ImportError as exc:
+            raise CLIError(f"--metrics needs prometheus_client ({exc.__cause__}): "
+                           "pip install 'stream-fabric[metrics]'") from None
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for m in args.imports:
@@ -77,6 +90,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("drain_timeout", args.drain_timeout)) if v is not None})
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
+    from ..governor import PeerGovernor
+    try:  # every node has a peer governor; by default it asks every peer
+        governor = PeerGovernor(allow=args.allow_peers, block=args.block_peers,
+                                down_after=args.down_after, backoff_base=args.backoff_base,
+                                backoff_cap=args.backoff_cap)
+    except ValueError as exc:
+        raise CLIError(f"peer governor: {exc}") from None
     keys = _claim_keys(args)
     if keys.get("node_key") is not None and args.node_id is None:
         args.node_id = keys["node_key"].node  # the key names its node
@@ -90,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
+                governor=governor,
                 listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
                 peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
@@ -252,6 +273,17 @@ def add_parser(sub: Any) -> None:
                    metavar="MODULE", help="import MODULE first (registers ops; repeatable)")
     p.add_argument("--peer", dest="peers", action="append", default=[], metavar="URL",
                    help="a node asked for held content (repeatable)")
+    p.add_argument("--allow-peer", dest="allow_peers", action="append", default=None,
+                   metavar="NODE", help="ask only these peers (node ids; repeatable; "
+                                        "none given: every peer)")
+    p.add_argument("--block-peer", dest="block_peers", action="append", default=[],
+                   metavar="NODE", help="never ask this peer (a node id; repeatable)")
+    p.add_argument("--down-after", type=int, default=3, metavar="N",
+                   help="failures in a row that mark a peer down (default 3)")
+    p.add_argument("--backoff-base", type=float, default=0.5, metavar="SECONDS",
+                   help="a failed peer's first backoff, doubled per failure (default 0.5)")
+    p.add_argument("--backoff-cap", type=float, default=30.0, metavar="SECONDS",
+                   help="the longest backoff (default 30)")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.add_argument("--tls-ca", default=None,

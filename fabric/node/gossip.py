@@ -10,11 +10,15 @@ Owns what a ``fabric.Node`` says and hears in ``GOSSIP`` frames
   random number drawn when the node starts), so a receiver's bookmark
   ``(epoch, version)`` of what it has seen from a link survives only as
   long as the version numbering it refers to.
-- **Anti-entropy**: on connect, and every ``interval`` seconds to one
-  random link, a node pulls what it has not seen from that link (``{"pull":
-  version, "epoch": epoch}``); the other side answers with the facts after
-  that version, or all of them if the epoch is not its own (it restarted).
-  Pushes ride TCP, so this only repairs what a dropped connection lost.
+- **Anti-entropy**: a node keeps, per origin node, a bookmark ``(epoch,
+  version)`` of that node's index seen contiguously. A link pulls with it
+  when it (re)connects (``{"pull": version, "epoch": epoch}``) and the other
+  side starts that connection's pushes there (from 0 if the epoch is not
+  its own: it restarted). Every ``interval`` seconds a node also pulls on
+  one random link: on a live connection that only reports its bookmark
+  (what was pushed since is in flight), which a node whose own link to the
+  puller reconnects goes back to. Pushes wait a tick while a connection's
+  buffer is full, so a peer catching up is never cut off as slow.
 - **Membership**: every ``interval`` a node sends one random link a sample
   of at most ``MAX_MEMBERS`` members it knows (``[node id, URL, computes]``,
   itself first); the receiver merges them into its view (at most ``view``
@@ -35,11 +39,12 @@ through the ``Node`` object it is given).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 from urllib.parse import urlsplit
 
 from .._core import ContentKey, ContentNotHeld, EvalRequest
@@ -131,25 +136,34 @@ def check_members(body: Any) -> list[Member]:
 
 
 def split_delta(origin: str, epoch: int, start: int,
-                facts: Iterable[tuple[ContentKey, str]], max_frame: int) -> list[dict[str, Any]]:
-    """A delta of ``origin``'s index from version ``start`` as messages of at
-    most ``MAX_FACTS`` facts, each within ``max_frame`` payload bytes."""
+                facts: Iterable[tuple[ContentKey, str]], max_frame: int,
+                keep: Callable[[ContentKey, str], bool] | None = None) -> list[dict[str, Any]]:
+    """A delta of ``origin``'s index from version ``start`` (``facts`` are
+    its facts from there, in order) as messages of at most ``MAX_FACTS``
+    facts, each within ``max_frame`` payload bytes. With ``keep``, only the
+    facts it keeps travel; the messages' versions still span the others, so
+    the last message ends where ``facts`` do."""
     out: list[dict[str, Any]] = []
     batch: list[list[Any]] = []
     size = _DELTA_OVERHEAD
-    v = start
+    v0 = pos = start
     for key, holder in facts:
+        pos += 1
+        if keep is not None and not keep(key, holder):
+            continue
         fsize = _FACT_OVERHEAD + len(holder.encode())
         if batch and (len(batch) >= MAX_FACTS or size + fsize > max_frame):
-            out.append({"origin": origin, "start": v, "end": v + len(batch), "facts": batch,
+            out.append({"origin": origin, "start": v0, "end": pos - 1, "facts": batch,
                         "epoch": epoch})
-            v += len(batch)
+            v0 = pos - 1
             batch, size = [], _DELTA_OVERHEAD
         batch.append([key.digest, holder])
         size += fsize
     if batch:
-        out.append({"origin": origin, "start": v, "end": v + len(batch), "facts": batch,
+        out.append({"origin": origin, "start": v0, "end": pos, "facts": batch,
                     "epoch": epoch})
+    elif out:
+        out[-1]["end"] = pos
     return out
 
 
@@ -267,13 +281,23 @@ class FleetGossip:
         #: Changes whenever the holding index's version numbering does (a new process).
         self.epoch = self.rng.getrandbits(62)
         self.members = Membership(None, view=self.config.view, rng=self.rng)
-        # Per link URL: (epoch, version) of the linked node's index seen so far.
+        # Per origin node id: (epoch, version) of its index seen contiguously,
+        # on any channel (what this node pulls with).
         self.seen: dict[str, tuple[int, int]] = {}
+        # Per node id: the version of this node's index it last reported having.
+        self.acked: dict[str, int] = {}
+        self._pulled_once: set[int] = set()  # connections that pulled once
+        self._link_sessions: dict[int, int] = {}  # link -> its reconnect count
         self.learned: set[str] = set()  # URLs of learned links
         self._next_tick = 0.0
         self._pulled: set[int] = set()  # connections whose pull is not answered yet
-        # Keys whose request says 'recorded' (checked once per key).
-        self._private: dict[ContentKey, bool] = {}
+        #: Bytes a connection's write buffer may hold before pushes wait a tick.
+        self.push_buffer = min(8 << 20, node.limits.output_buffer // 4)
+        # This node's keys whose request says 'recorded' (never announced),
+        # checked for every own fact up to index version _checked.
+        self._private: set[ContentKey] = set()
+        self._checked = 0
+        self._checking = False
         self.counters = {k: 0 for k in (
             "messages_out", "messages_in", "bytes_out", "facts_out", "facts_in",
             "facts_new", "pulls_out", "pulls_in", "members_out", "members_in",
@@ -305,46 +329,74 @@ class FleetGossip:
             self.counters[kind] += 1
 
     # -- what leaves the node --------------------------------------------------
-    def _withheld(self, key: ContentKey) -> bool:
-        hit = self._private.get(key)
-        if hit is None:
-            try:
-                hit = recorded_identity(self.node.cassette.request_bytes(key))
-            except (ValueError, OSError, TypeError):
-                hit = False
-            if len(self._private) >= 1 << 16:
-                self._private.clear()
-            self._private[key] = hit
-        return hit
+    def _recorded_in(self, start: int, end: int) -> set[ContentKey]:
+        """This node's own facts between index versions ``start`` and ``end``
+        whose reply was recorded under the ``recorded`` sharing class (read
+        from the request the ledger keeps beside it: ~2 us a key)."""
+        me, cassette = self.node.node_id, self.node.cassette
+        out = set()
+        for k, h in self.node.fabric.holders.delta_since(start).facts[:end - start]:
+            if h == me:
+                try:
+                    if recorded_identity(cassette.request_bytes(k)):
+                        out.add(k)
+                except (ValueError, OSError, TypeError):
+                    pass  # a key without a readable request is shared as before
+        return out
 
-    def _deltas(self, since: int, max_frame: int,
+    def _check_recorded(self) -> None:
+        """Advance ``_checked`` (the index version up to which own facts were
+        checked for ``recorded``): inline for a few facts, on a worker thread
+        for many (a restart's ledger), so the loop is never held for long.
+        Nothing past ``_checked`` is pushed."""
+        version = self.node.fabric.holders.version
+        start = self._checked
+        if start >= version or self._checking:
+            return
+        if version - start <= 1024:
+            self._private |= self._recorded_in(start, version)
+            self._checked = version
+            return
+        self._checking = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self._recorded_in, start, version)
+
+        def done(f: asyncio.Future[set[ContentKey]]) -> None:
+            self._checking = False
+            if not f.cancelled() and f.exception() is None:
+                self._private |= f.result()
+                self._checked = version
+                if self.node._gossip_wake is not None:
+                    self.node._gossip_wake.set()
+
+        fut.add_done_callback(done)
+
+    def _deltas(self, since: int, limit: int, max_frame: int,
                 to: str | None = None) -> tuple[list[dict[str, Any]], int]:
-        """Messages carrying this node's facts after ``since`` for node ``to``,
-        and the version they reach. Left out: a fact that this node holds a
-        ``recorded`` reply (never announced) and ``to``'s own holdings (it
-        knows them); versions still count them, so bookmarks hold."""
-        d = self.node.fabric.holders.delta_since(since)
-        me = self.node.node_id
-        facts = [(k, h) for k, h in d.facts
-                 if h != to and (h != me or not self._withheld(k))]
-        if len(facts) != len(d.facts):
-            self.counters["recorded_withheld"] += sum(
-                1 for k, h in d.facts if h == me and h != to and self._withheld(k))
-        if not facts:
-            return [], d.end
-        if len(facts) == len(d.facts):
-            return split_delta(me, self.epoch, d.start, facts, max_frame), d.end
-        # Facts were left out: one message per batch, versions spanning the gap.
-        msgs = split_delta(me, self.epoch, d.start, facts, max_frame)
-        msgs[-1]["end"] = d.end
-        for a, b in zip(msgs, msgs[1:]):
-            b["start"] = a["end"]
-        return msgs, d.end
+        """Messages carrying this node's facts between versions ``since`` and
+        ``limit`` for node ``to``, and the version they reach. Left out: a
+        fact that this node holds a ``recorded`` reply (never announced) and
+        ``to``'s own holdings (it knows them); versions still count them, so
+        bookmarks hold."""
+        all_facts = self.node.fabric.holders.delta_since(since).facts[:limit - since]
+        me, private = self.node.node_id, self._private
+
+        def keep(k: ContentKey, h: str) -> bool:
+            if h == to:
+                return False
+            if h == me and k in private:
+                self.counters["recorded_withheld"] += 1
+                return False
+            return True
+
+        return (split_delta(me, self.epoch, since, all_facts, max_frame, keep),
+                since + len(all_facts))
 
     def push(self) -> None:
         """Send every gossiping link and connection what it has not had yet."""
         node = self.node
-        version = node.fabric.holders.version
+        self._check_recorded()
+        version = self._checked  # what was checked for 'recorded' may go out
         # A node this one links to gets the pushes on that link only, not also
         # on the connection it made here (a pull on it is still answered).
         linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
@@ -353,24 +405,55 @@ class FleetGossip:
                 continue
             self._pulled.discard(id(c))
             if c.gossip and c.gossip_sent < version and not c.closed:
-                msgs, end = self._deltas(c.gossip_sent, c.max_frame, c.remote_node)
+                msgs, end = self._deltas(c.gossip_sent, version, c.max_frame, c.remote_node)
+                transport = c.writer.transport
                 for body in msgs:
+                    if transport.get_write_buffer_size() > self.push_buffer:
+                        break  # the rest next tick, once the peer has read some
                     data = c.enc.encode_value(FrameKind.GOSSIP, body)
                     c.send(data)
                     self._count_out(data)
                     self.counters["facts_out"] += len(body["facts"])
-                c.gossip_sent = end
+                    c.gossip_sent = body["end"]
+                else:
+                    c.gossip_sent = end
+        # What a node has had through the connection it made here also counts
+        # for this node's own link to it (the same index, the same versions):
+        # a link made later does not start again from 0.
+        had: dict[str, int] = {}
+        for c in node._conns:
+            if c.gossip and c.remote_node:
+                had[c.remote_node] = max(had.get(c.remote_node, 0), c.gossip_sent)
         for cl in node._clients:
+            sessions = cl.stats_counters["reconnects"]
+            if self._link_sessions.setdefault(id(cl), sessions) != sessions:
+                # The link reconnected: what went into the old connection may
+                # be lost; go back to what the node last reported having.
+                self._link_sessions[id(cl)] = sessions
+                cl.gossip_sent = min(cl.gossip_sent, self.acked.get(cl.node or "", 0))
+            if cl.node in had and cl.gossip_sent < had[cl.node]:
+                cl.gossip_sent = had[cl.node]
             if cl.gossip_sent < version and cl.status == "connected":
-                msgs, end = self._deltas(cl.gossip_sent, cl._enc.limits.max_frame_payload_bytes,
-                                         cl.node)
+                msgs, end = self._deltas(cl.gossip_sent, version,
+                                         cl._enc.limits.max_frame_payload_bytes, cl.node)
                 ok = True
+                sent = 0  # the link writes on its own loop: count what this tick queued
                 for body in msgs:
+                    w = cl._writer
+                    if sent > self.push_buffer or (
+                            w is not None
+                            and w.transport.get_write_buffer_size() > self.push_buffer):
+                        ok = False  # the rest next tick, once the peer has read some
+                        break
                     ok = cl._send_gossip(body)
                     if not ok:
                         break
-                    self._count_out(node_bytes(body))
+                    n = len(node_bytes(body))
+                    sent += n
+                    self.counters["messages_out"] += 1
+                    self.counters["bytes_out"] += n
                     self.counters["facts_out"] += len(body["facts"])
+                    cl.gossip_sent = body["end"]
                 if ok:
                     cl.gossip_sent = end
                     if node._resume.get(cl.url, (0, False))[1]:
@@ -418,6 +501,14 @@ class FleetGossip:
             v = max(0, min(body["pull"], version))
             if "epoch" in body and body["epoch"] != self.epoch:
                 v = 0  # a bookmark of another incarnation's numbering
+            if conn.remote_node and "epoch" in body:
+                self._note_ack(conn.remote_node, v)
+            if id(conn) in self._pulled_once and conn.gossip:
+                # A later pull on a live connection reports the puller's
+                # bookmark; what was pushed on it since is in flight (TCP
+                # delivers it or the connection ends), so nothing is re-sent.
+                return
+            self._pulled_once.add(id(conn))
             conn.gossip = True
             conn.gossip_sent = v
             self._pulled.add(id(conn))
@@ -425,6 +516,7 @@ class FleetGossip:
                 self.node._gossip_wake.set()
         elif self._is_delta(body):
             self._apply(body, conn.remote_node)
+            self._note_seen(body)
         elif isinstance(body, dict) and set(body) == {"members"}:
             self.counters["members_in"] += 1
             self.members.learn(check_members(body))
@@ -441,15 +533,12 @@ class FleetGossip:
             return
         self.counters["messages_in"] += 1
         if self._is_delta(body):
-            epoch = body.get("epoch")
-            seen_epoch, seen = self.seen.get(client.url, (None, 0))
-            self._apply(body, client.node)
-            if epoch is not None:
-                if epoch != seen_epoch:
-                    seen = 0
-                if body["start"] <= seen:
-                    seen = max(seen, body["end"])
-                self.seen[client.url] = (epoch, seen)
+            try:
+                self._apply(body, client.node)
+            except P.ProtocolError as exc:  # dropped, as a link's junk always is
+                log.warning("node %s: link %s sent %s", self.node.node_id, client.url, exc)
+                return
+            self._note_seen(body)
         elif isinstance(body, dict) and set(body) == {"members"}:
             self.counters["members_in"] += 1
             try:
@@ -458,9 +547,30 @@ class FleetGossip:
                 log.warning("node %s: link %s sent %s", self.node.node_id, client.url, exc)
         # anything else from a linked node is ignored (the link is ours, not theirs)
 
-    def pull_body(self, url: str) -> dict[str, Any]:
-        """What a link pulls with when it (re)connects."""
-        epoch, seen = self.seen.get(url, (None, 0))
+    def _note_seen(self, body: dict[str, Any]) -> None:
+        """Advance the bookmark of the delta's origin (on whichever channel it
+        came): the origin's epoch and the version seen contiguously."""
+        origin, epoch = body["origin"], body.get("epoch")
+        if not isinstance(origin, str) or epoch is None:
+            return
+        e, v = self.seen.get(origin, (None, 0))
+        if epoch != e:
+            v = 0
+        if body["start"] <= v:
+            v = max(v, body["end"])
+        if origin not in self.seen and len(self.seen) >= 4 * self.config.view:
+            del self.seen[self.rng.choice(list(self.seen))]
+        self.seen[origin] = (epoch, v)
+
+    def _note_ack(self, node: str, v: int) -> None:
+        """``node`` reported having this node's index up to version ``v``."""
+        if node not in self.acked and len(self.acked) >= 4 * self.config.view:
+            del self.acked[self.rng.choice(list(self.acked))]
+        self.acked[node] = v
+
+    def pull_body(self, node: str | None) -> dict[str, Any]:
+        """What a pull to ``node`` says: the bookmark of its index."""
+        epoch, seen = self.seen.get(node or "", (None, 0))
         return {"pull": seen} if epoch is None else {"pull": seen, "epoch": epoch}
 
     def _members_body(self) -> dict[str, Any]:
@@ -477,10 +587,14 @@ class FleetGossip:
             return
         self._next_tick = now + self.config.interval * self.rng.uniform(0.75, 1.25)
         node = self.node
+        live_conns = {id(c) for c in node._conns}
+        self._pulled_once &= live_conns
+        self._pulled &= live_conns
         for cl in list(node._clients):  # learned links that ended are dropped
             if cl.url in self.learned and cl.status != "connected" and (
                     cl._closed or cl._task.done()):
                 node._clients.remove(cl)
+                self._link_sessions.pop(id(cl), None)
                 self.learned.discard(cl.url)
                 self.counters["links_dropped"] += 1
                 if cl.node:
@@ -489,7 +603,7 @@ class FleetGossip:
         if live:
             cl = self.rng.choice(live)
             for body, kind in ((self._members_body(), "members_out"),
-                               (self.pull_body(cl.url), "pulls_out")):
+                               (self.pull_body(cl.node), "pulls_out")):
                 if cl._send_gossip(body):
                     self._count_out(node_bytes(body), kind)
         self._dial()

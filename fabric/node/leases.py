@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .._core import (CapabilityDenied, ContentKey, DeadlineExceeded, FabricError,
                      FabricUnavailable, OpNotFound)
+from ..claims import ClaimRejected
 from . import protocol as P
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ VIA: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
 
 # What a lease holder may answer that makes the asking node compute itself:
 # gone, slow, or unable (another error, e.g. the op's own, is the answer).
-_FALL_BACK = (FabricUnavailable, DeadlineExceeded, OpNotFound, CapabilityDenied,
-              P.LimitExceeded, P.ProtocolError, P.Unauthenticated, ConnectionError,
+_FALL_BACK = (ClaimRejected, FabricUnavailable, DeadlineExceeded, OpNotFound,
+              CapabilityDenied, P.LimitExceeded, P.ProtocolError, P.Unauthenticated, ConnectionError,
               asyncio.TimeoutError)
 
 
@@ -164,7 +165,9 @@ class LeasedHome:
     ``lease_local`` (this node computed as holder or for another node),
     ``lease_forwarded`` (the holder was asked), ``lease_fallbacks`` (the
     holder was gone or the lease ran out: computed here) and
-    ``lease_joined`` (a miss shared a computation in flight).
+    ``lease_joined`` (a miss shared a computation in flight) and
+    ``lease_rejected`` (the holder's reply failed its claim: discarded, the
+    holder penalised in the governor, computed here).
     """
 
     honours_timeout = True
@@ -174,7 +177,8 @@ class LeasedHome:
         self.inner = getattr(wrapped, "inner", wrapped)
         self.node = node
         self.flight = SingleFlight()
-        self.counters = {"lease_local": 0, "lease_forwarded": 0, "lease_fallbacks": 0}
+        self.counters = {"lease_local": 0, "lease_forwarded": 0, "lease_fallbacks": 0,
+                         "lease_rejected": 0}
         self._clients: dict[str, Any] = {}  # holder URL -> compute-scope NodeClient
 
     def stats(self) -> dict[str, int]:
@@ -207,6 +211,26 @@ class LeasedHome:
             return None
         return self._compute_client(link)
 
+    def _verified(self, remote: Any, request: Any, reply: Any) -> Any:
+        """The holder's reply, once its claim verifies when this node checks
+        claims (``ClaimRejected`` otherwise, after penalising the holder in
+        the governor: the asking node then computes the key itself)."""
+        verifier = getattr(self.node.fabric, "_verifier", None)
+        if verifier is None:
+            return reply
+        who = remote.node or remote.url
+        why = verifier.check(getattr(reply, "claim", None), request.key, reply, who)
+        if why is None:
+            return reply
+        self.counters["lease_rejected"] += 1
+        gov = self.node.fabric.governor
+        if gov is not None:
+            gov.failed(who, f"lease reply: {why}", penalty=True)
+        log.warning("node %s: lease holder %s's reply for %s was discarded: %s",
+                    self.node.node_id, who, request.key, why)
+        raise ClaimRejected(f"lease holder {who!r}'s reply for {request.key} was "
+                            f"discarded: {why}")
+
     def _lease(self, timeout: float | None) -> float:
         t = self.node._gossip.config.lease
         return t if timeout is None else min(t, timeout)
@@ -222,8 +246,8 @@ class LeasedHome:
             try:
                 if remote.status != "connected":  # a compute link made just now
                     await asyncio.wait_for(asyncio.shield(remote._connected_once()), lease)
-                return await remote.aevaluate(request, grants=grants,
-                                              timeout=max(1e-3, lease - (time.monotonic() - t0)))
+                return self._verified(remote, request, await remote.aevaluate(
+                    request, grants=grants, timeout=max(1e-3, lease - (time.monotonic() - t0))))
             except Exception as exc:
                 if not _falls_back(exc):
                     raise
@@ -254,8 +278,8 @@ class LeasedHome:
             lease = self._lease(timeout)
             try:
                 remote.wait_connected(lease)
-                return remote.evaluate(request, grants=grants,
-                                       timeout=max(1e-3, lease - (time.monotonic() - t0)))
+                return self._verified(remote, request, remote.evaluate(
+                    request, grants=grants, timeout=max(1e-3, lease - (time.monotonic() - t0))))
             except Exception as exc:
                 if not _falls_back(exc):
                     raise

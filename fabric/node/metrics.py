@@ -1,18 +1,18 @@
 """Prometheus metrics of a node: ``fabric serve --metrics HOST:PORT``.
 
-``render(status)`` turns a node's status (``fabric.node.status``) into the
-Prometheus text exposition format (version 0.0.4): counters end in
-``_total``, gauges do not, each family has its ``# HELP`` and ``# TYPE``.
-``MetricsServer`` answers ``GET /metrics`` with it over plain HTTP on the
-node's own event loop, so a scrape reads one consistent moment of the node
-and costs no thread.
+The exposition is ``prometheus_client``'s (the ``metrics`` extra:
+``pip install 'stream-fabric[metrics]'``): ``StatusCollector`` is a custom
+collector that turns a node's status map (``fabric.node.status``) into
+gauge and counter families at each collection, and ``render(status)``
+writes them in the text exposition format (version 0.0.4) with
+``generate_latest``. Counters end in ``_total``, gauges do not.
 
-Why not ``prometheus_client``: the node already keeps every figure (its
-status map); the client library would add a dependency, a registry of
-collector objects mirroring those figures and, for its HTTP server, a
-thread outside the node's loop reading the node's state unlocked. The text
-format is a few lines of stable, documented syntax, and the test suite
-parses what this module writes.
+``MetricsServer`` answers ``GET /metrics`` over plain HTTP on the node's
+own event loop and calls ``generate_latest`` there, so a scrape reads one
+consistent moment of the node and no thread ever reads the node's state
+(``prometheus_client``'s own HTTP server would read it from a thread of
+its own, unlocked). Nothing else of the library is used: no global
+registry, no metric objects mirroring figures the node already keeps.
 
 The endpoint is unauthenticated HTTP, like most exporters: it shows counts,
 names of principals and peers, never a token or a value. Binding an
@@ -23,48 +23,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+try:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+except ImportError as _exc:  # the metrics extra not installed
+    raise ImportError("fabric.node.metrics needs prometheus_client: "
+                      "pip install 'stream-fabric[metrics]'") from _exc
 
 from .status import node_status
 
-__all__ = ["render", "MetricsServer", "start_metrics", "CONTENT_TYPE"]
+__all__ = ["render", "families", "StatusCollector", "MetricsServer", "start_metrics",
+           "stop_metrics", "CONTENT_TYPE"]
 
 log = logging.getLogger("fabric.node")
 
-#: The Content-Type of the text exposition format.
+#: The Content-Type of the text exposition format ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _Sample = tuple[dict[str, str], float]
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _num(v: Any) -> str:
-    f = float(v)
-    if math.isnan(f):
-        return "NaN"
-    if math.isinf(f):
-        return "+Inf" if f > 0 else "-Inf"
-    return str(int(f)) if f.is_integer() and abs(f) < 2 ** 53 else repr(f)
-
-
 class _Out:
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.metrics: list[Metric] = []
 
     def family(self, name: str, kind: str, help_: str,
                samples: Iterable[_Sample] | float | int) -> None:
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        full = f"fabric_node_{name}"
         if isinstance(samples, (int, float)):
-            samples = [({}, samples)]
-        self.lines.append(f"# HELP fabric_node_{name} {help_}")
-        self.lines.append(f"# TYPE fabric_node_{name} {kind}")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-            self.lines.append(f"fabric_node_{name}{'{' + lab + '}' if lab else ''} {_num(value)}")
+            self.metrics.append(cls(full, help_, value=float(samples)))
+            return
+        rows = list(samples)
+        names = sorted(rows[0][0]) if rows else []
+        fam = cls(full, help_, labels=names)
+        for labels, v in rows:
+            if sorted(labels) != names:
+                raise ValueError(f"metric {full}: labels {sorted(labels)} where the family "
+                                 f"has {names}")
+            fam.add_metric([str(labels[k]) for k in names], float(v))
+        self.metrics.append(fam)
 
 
 # Raw counters that are connections the node closed or refused, and why.
@@ -73,8 +74,8 @@ _CLOSED = {"refused_connections": "max_connections", "handshake_timeouts": "hand
            "internal_errors": "internal_error"}
 
 
-def render(st: dict[str, Any]) -> str:
-    """The Prometheus text exposition of a node's status map."""
+def families(st: dict[str, Any]) -> list[Metric]:
+    """The metric families of a node's status map."""
     o = _Out()
     c, r, s, b = st["connections"], st["requests"], st["streams"], st["bytes"]
     f, srv, h, cas = st["fabric"], st["served"], st["holdings"], st["cassette"]
@@ -186,7 +187,36 @@ def render(st: dict[str, Any]) -> str:
     # before it has a family of its own.
     o.family("events_total", "counter", "Every raw counter of the node, by name.",
              [({"event": k}, v) for k, v in sorted(counters.items())])
-    return "\n".join(o.lines) + "\n"
+    return o.metrics
+
+
+class StatusCollector:
+    """A ``prometheus_client`` collector of a node's figures: each
+    ``collect()`` calls ``status()`` (a status map, ``node_status``) and
+    yields its families. Call it where reading the node is safe: on the
+    node's loop (``MetricsServer`` does)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]):
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.status())
+
+    def describe(self) -> list[Metric]:
+        # Nothing up front: a registry then never collects at registration
+        # (from whatever thread registers it).
+        return []
+
+
+def _registry(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StatusCollector(status))
+    return reg
+
+
+def render(st: dict[str, Any]) -> str:
+    """The Prometheus text exposition (0.0.4) of a node's status map."""
+    return generate_latest(_registry(lambda: st)).decode()
 
 
 class MetricsServer:
@@ -216,6 +246,7 @@ class MetricsServer:
         self._clients = 0
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
+        self._registry = _registry(lambda: node_status(self.node))
 
     @property
     def url(self) -> str:
@@ -288,7 +319,7 @@ class MetricsServer:
                             extra="Allow: GET, HEAD\r\n")
                 return
             self.scrapes += 1
-            body = render(node_status(self.node))
+            body = generate_latest(self._registry)  # here, on the node's loop
             self._reply(writer, 200, "OK", body, ctype=CONTENT_TYPE, head_only=method == "HEAD")
         finally:
             self._clients -= 1
@@ -299,10 +330,10 @@ class MetricsServer:
                 writer.transport.abort()
 
     @staticmethod
-    def _reply(writer: asyncio.StreamWriter, code: int, reason: str, body: str, *,
+    def _reply(writer: asyncio.StreamWriter, code: int, reason: str, body: str | bytes, *,
                ctype: str = "text/plain; charset=utf-8", extra: str = "",
                head_only: bool = False) -> None:
-        data = body.encode()
+        data = body.encode() if isinstance(body, str) else body
         writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n{extra}\r\n"
                      .encode("latin-1") + (b"" if head_only else data))
@@ -331,5 +362,3 @@ def stop_metrics(ms: MetricsServer, timeout: float = 30.0) -> None:
         except RuntimeError:  # the loop ended in between: the server ended with it
             pass
 
-
-__all__ += ["stop_metrics"]

@@ -619,15 +619,17 @@ class Node:
         with the first outcome; a peer down at start is added when it comes)."""
         from .client import NodeClient
         loop = asyncio.get_running_loop()
-        _gossip.warn_link(url, tls=self.peer_tls is not None, token=self.peer_token is not None,
-                          trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
+        if learned:  # (--peer URLs were warned about at construction)
+            _gossip.warn_link(url, tls=self.peer_tls is not None,
+                              token=self.peer_token is not None,
+                              trust=getattr(self.fabric, "trust", "none"), node=self.node_id)
         gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
                             node_id=self.node_id, reconnect=not learned,
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 gossip.on_link, client, body))
-        client.gossip_pull = lambda: gossip.pull_body(url)
+        client.gossip_pull = lambda: gossip.pull_body(client.node)
         start, redo = self._resume.get(url, (0, False))
         client.gossip_sent = start
         client.next_sid = max(client.next_sid, self._peer_streams.get(url, 1))
@@ -844,9 +846,12 @@ class Node:
             body = f.decode_payload(dec.limits)
             if not isinstance(body, dict) or set(body) != {"consumed"}:
                 raise P.ProtocolError("a CREDIT payload is {\"consumed\": int}")
+            consumed = body["consumed"]
+            if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
+                raise P.ProtocolError(f"a CREDIT's consumed is an int >= 0, not {consumed!r}")
             cr = conn.credits.get(sid)
             if cr is not None:  # a grant for a just-closed stream is dropped
-                cr.grant(body["consumed"])
+                cr.grant(consumed)
             else:
                 conn.streams.dropped_grants += 1
         elif kind == FrameKind.GOSSIP:

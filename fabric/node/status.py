@@ -160,9 +160,17 @@ def node_status(node: Any) -> dict[str, Any]:
         "served": node.serve_held.stats(),
         "gossip": {} if gossip is None else _plain(gossip.stats()),
         "leases": {} if home_stats is None else _plain(home_stats()),
+        "governor": None if gov is None else _governor(gov),
         "peers": _peers(node, now),
         "counters": dict(sorted(stats.items())),
     }
+
+
+def _governor(gov: Any) -> dict[str, Any]:
+    return {"allow": None if gov.allow is None else sorted(gov.allow),
+            "block": sorted(gov.block), "down_after": gov.down_after,
+            "backoff_base": gov.backoff_base, "backoff_cap": gov.backoff_cap,
+            "jitter": gov.jitter}
 
 
 def answer(node: Any, conn: Any, sid: int) -> None:
@@ -244,6 +252,13 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"leases       {le.get('lease_local', 0)} computed here, "
                      f"{le.get('lease_forwarded', 0)} forwarded, {le.get('lease_joined', 0)} "
                      f"joined, {le.get('lease_fallbacks', 0)} fallbacks")
+    gv = st.get("governor")
+    if gv:
+        asked = "open" if gv["allow"] is None else "allowlist " + ", ".join(gv["allow"])
+        lines.append(f"governor     {asked}"
+                     + (f", blocklist {', '.join(gv['block'])}" if gv["block"] else "")
+                     + f"; down after {gv['down_after']} failures in a row; backoff "
+                     f"{gv['backoff_base']:g} s doubling to {gv['backoff_cap']:g} s")
     peers = st["peers"]
     if not peers:
         lines.append("peers        none")
