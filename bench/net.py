@@ -10,7 +10,8 @@ Side by side in one run (every server a separate process, every socket on
   ``fabric.connect`` from sync code and from asyncio, against a bare Python
   socket ping-pong (blocking sockets; the echo server is a process) of the
   same size, and an asyncio Protocol echo process (the floor of any server
-  on asyncio); every contender once per round, interleaved, ``--rounds``
+  on asyncio), also pinged from an asyncio client (the floor of a call from
+  asyncio to a server on asyncio); every contender once per round, interleaved, ``--rounds``
   rounds, each row keeping its best round; the CPU per call of the client
   and of the node process (scheduling on a loaded machine moves the
   latency, the CPU much less);
@@ -216,6 +217,43 @@ def ping_pong(n, port):
     return out
 
 
+class _PingClient(asyncio.BufferedProtocol):
+    """An asyncio client's ping-pong: the floor of any call from asyncio
+    (reading into one buffer, as the fabric client's channel does: a plain
+    Protocol gets a new 256 KiB bytes per read, an mmap or not depending on
+    what the process freed before)."""
+
+    def connection_made(self, transport):
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
+                                                      socket.TCP_NODELAY, 1)
+        self.transport = transport
+        self.buf = memoryview(bytearray(1 << 16))
+        self.fut = None
+        self.got = 0
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += nbytes
+        if self.got >= 100 and self.fut is not None and not self.fut.done():
+            self.fut.set_result(None)
+
+
+async def aping_pong(n, proto):
+    loop = asyncio.get_running_loop()
+    msg = b"x" * 100
+    out = []
+    for _ in range(n):
+        proto.got = 0
+        proto.fut = loop.create_future()
+        t0 = time.perf_counter()
+        proto.transport.write(msg)
+        await proto.fut
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def hit_latency(url, n, tls=None):
     c = connect(url, tls=tls)
     req = small.request(1)
@@ -355,11 +393,15 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
             out.append(time.perf_counter() - t0)
         return out
 
+    _t, aproto = loop.run_until_complete(
+        loop.create_connection(_PingClient, "127.0.0.1", int(aport)))
     lat = {}
     names = ["socket ping-pong (100 B, echo process)",
              "asyncio Protocol echo (100 B, echo process)",
+             "asyncio client and echo (100 B, both on asyncio)",
              "fabric.connect evaluate (sync)", "fabric.connect aevaluate (asyncio)"]
     calls = [lambda n: ping_pong(n, int(eport)), lambda n: ping_pong(n, int(aport)),
+             lambda n: loop.run_until_complete(aping_pong(n, aproto)),
              lambda n: timed(n, lambda: c.evaluate(req)),
              lambda n: loop.run_until_complete(alat(n))]
     if rp is not None:
@@ -395,6 +437,8 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
             for _ in range(a.rounds):
                 for name, run in contenders:
                     tput[name] = max(tput.get(name, 0.0), run())
+    _t.close()
+    loop.run_until_complete(asyncio.sleep(0))
     loop.close()
     c.close()
     for p in (echo, aecho):
