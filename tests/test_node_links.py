@@ -210,3 +210,45 @@ def test_the_standalone_client_keeps_its_own_schedule():
             assert cl.stats()["dials"] == 1 and cl.stats()["handshakes"] == 1
     finally:
         b.stop()
+
+
+def test_peer_lists_files_are_read_and_checked(tmp_path):
+    import argparse
+    import os
+    import subprocess
+    import sys
+    from fabric.node.cli import _lists
+
+    def args(path, allow=None, block=()):
+        return argparse.Namespace(allow_peers=allow, block_peers=list(block),
+                                  peer_lists=None if path is None else str(path))
+
+    f = tmp_path / "lists.json"
+    assert _lists(args(None, None, ["x"])) == (None, ["x"])
+    f.write_text('{"block": ["b", "fabric://127.0.0.1:9"]}')
+    assert _lists(args(f, None, ["x"])) == (None, ["x", "b", "fabric://127.0.0.1:9"])
+    f.write_text('{"allow": ["a"], "block": []}')
+    assert _lists(args(f, ["c"])) == (["c", "a"], [])
+    f.write_text('{"allow": null}')
+    assert _lists(args(f)) == (None, [])
+    for text, says in (("[1]", "a JSON object"), ('{"deny": []}', "a JSON object"),
+                       ('{"block": "b"}', '"block" is a list'),
+                       ('{"block": [""]}', '"block" is a list'),
+                       ('{"allow": [3]}', '"allow" is a list'), ("{", "lists.json")):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=says):
+            _lists(args(f))
+    with pytest.raises(ValueError, match="nope.json"):
+        _lists(args(tmp_path / "nope.json"))
+    # fabric serve refuses it in one line, before anything starts
+    r = subprocess.run([sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+                        "--cassette", str(tmp_path / "x.ledger"),
+                        "--peer-lists", str(tmp_path / "nope.json")],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                           os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 2, r
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("fabric serve: error: peer governor: --peer-lists ") and \
+        "nope.json" in line, line
+    assert not (tmp_path / "x.ledger").exists()
