@@ -12,6 +12,12 @@ backoff (one probe), and up again at its first success.
 Admission is policy, not health: with an ``allow`` list (None: open) only
 the peers on it are asked; a peer on the ``block`` list never is.
 
+A node's links to its peers (``fabric.node``) dial through the governor:
+a lost link or a failed dial is a failure of that peer, the next dial waits
+its backoff, a handshake is a success, and a peer refused by the lists is
+never dialled (a link to it is closed when the lists change to refuse it,
+and dialled again when they change back: ``watch``).
+
 The governor is local: nothing of it is gossiped. It reads time only
 through its ``clock`` (monotonic seconds; tests pass their own) and draws
 jitter from its ``rng``. Thread-safe: one lock per governor.
@@ -92,6 +98,7 @@ class PeerGovernor:
         self._health: dict[str, PeerHealth] = {}
         self._skips = 0
         self._penalties = 0
+        self._watchers: list[Callable[[], None]] = []
 
     # -- policy -----------------------------------------------------------------
     def set_lists(self, *, allow: Iterable[str] | None = None,
@@ -101,6 +108,36 @@ class PeerGovernor:
             self.allow = None if allow is None else frozenset(allow)
             if block is not None:
                 self.block = frozenset(block)
+            watchers = list(self._watchers)
+        for cb in watchers:  # outside the lock: a watcher may ask the governor
+            cb()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on the thread of ``set_lists``) whenever the
+        lists change: a node's links re-check whether they may dial."""
+        with self._lock:
+            self._watchers.append(callback)
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (no error if it was not watching)."""
+        with self._lock:
+            try:
+                self._watchers.remove(callback)
+            except ValueError:
+                pass
+
+    def policy_refusal(self, node: str | None, url: str | None = None) -> str | None:
+        """Why the lists refuse the peer with node id ``node`` at ``url``
+        (either may be None: not known), or None. The blocklist refuses
+        either name; the allowlist admits either, and a peer whose node id
+        is not known yet is admitted (its handshake tells it). Health and
+        backoff are not considered, and nothing is counted."""
+        block, allow = self.block, self.allow
+        if node in block or url in block:
+            return "blocklisted"
+        if allow is not None and node is not None and node not in allow and url not in allow:
+            return "not on the allowlist"
+        return None
 
     def refusal(self, peer: str) -> str | None:
         """Why ``peer`` may not be asked now (None: it may). Counts a skip."""
@@ -158,6 +195,32 @@ class PeerGovernor:
             if penalty:
                 self._penalties += 1
             return new
+
+    def wait_time(self, peer: str) -> float:
+        """Seconds from now until ``peer``'s backoff ends (0: it may be asked)."""
+        h = self._health.get(peer)
+        if h is None or h.retry_at is None:
+            return 0.0
+        return max(0.0, h.retry_at - self._clock())
+
+    def alias(self, old: str, new: str) -> None:
+        """``old`` and ``new`` name one peer (a URL whose handshake told its
+        node id): ``old``'s record is folded into ``new``'s (failures
+        added, the later event kept) and forgotten."""
+        if old == new:
+            return
+        with self._lock:
+            h = self._health.pop(old, None)
+            if h is None:
+                return
+            n = self._health.get(new)
+            if n is None:
+                self._health[new] = h
+                return
+            later = h if (h.last_at or 0.0) > (n.last_at or 0.0) else n
+            self._health[new] = PeerHealth(
+                h.failures + n.failures, later.consecutive, later.last_event, later.last_at,
+                later.down, later.retry_at)
 
     def ok(self, peer: str) -> None:
         """Note that ``peer`` answered: no backoff, not down."""

@@ -252,3 +252,45 @@ def test_a_peer_that_flaps_is_marked_down_each_time_and_its_backoff_restarts(
         assert flap.calls == before + 1  # asked at once again
     s = b.stats()
     assert s["peers_down"] == 0 and s["peer_skips"] > 0
+
+
+def test_the_lists_refuse_by_node_id_or_url_and_watchers_hear_of_changes():
+    g = PeerGovernor(block=["b", "fabric://127.0.0.1:9"])
+    assert g.policy_refusal("b") == "blocklisted"
+    assert g.policy_refusal(None, "fabric://127.0.0.1:9") == "blocklisted"
+    assert g.policy_refusal("c", "fabric://127.0.0.1:9") == "blocklisted"
+    assert g.policy_refusal("c", "fabric://127.0.0.1:10") is None
+    heard = []
+    g.watch(lambda: heard.append(g.policy_refusal("b")))
+    g.set_lists(allow=["a"], block=())
+    assert heard == ["not on the allowlist"]
+    # an allowlist of node ids: a URL whose node id is not known yet may be
+    # dialled (its handshake tells who it is), a known one is checked
+    assert g.policy_refusal(None, "fabric://127.0.0.1:10") is None
+    assert g.policy_refusal("a", "fabric://127.0.0.1:10") is None
+    assert g.policy_refusal("x", "fabric://127.0.0.1:10") == "not on the allowlist"
+    assert g.counters()["peer_skips"] == 0  # policy_refusal counts nothing
+
+
+def test_wait_time_and_alias_fold_a_urls_failures_into_its_node_id():
+    clock = Clock()
+    g = PeerGovernor(backoff_base=1.0, backoff_cap=4.0, jitter=0.0, down_after=2, clock=clock)
+    url = "fabric://127.0.0.1:9"
+    assert g.wait_time(url) == 0.0
+    g.failed(url, "cannot connect")
+    g.failed(url, "cannot connect")
+    assert g.wait_time(url) == 2.0 and g.health(url).down
+    clock.t += 0.5
+    assert g.wait_time(url) == 1.5
+    g.failed("b", "link lost")
+    clock.t += 0.5
+    g.alias(url, "b")  # the handshake told the URL's node id
+    assert url not in g.peers()
+    h = g.health("b")
+    # failures add up; the later event (b's, half a second after) is kept
+    assert h.failures == 3 and h.consecutive == 1 and not h.down
+    assert h.last_event == "failed: link lost" and h.last_at == 1000.5
+    g.alias("nobody", "b")  # nothing to fold: unchanged
+    assert g.health("b") == h
+    g.ok("b")
+    assert g.wait_time("b") == 0.0 and not g.health("b").down

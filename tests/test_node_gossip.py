@@ -423,3 +423,64 @@ def test_a_big_delta_waits_for_the_reader_instead_of_overflowing_its_buffer(tmp_
             cl.close()
         assert a.stats().get("disconnected_slow_reader", 0) == 0
         assert cl.stats()["reconnects"] == 0
+
+
+def test_records_without_a_request_are_announced_but_a_recorded_one_is_never_served(tmp_path):
+    """The decision of docs/spec/protocol.md section 5.3: a reply recorded
+    with no REQUEST beside it (EvalCassette.record without request=) has no
+    sharing class the node can read, and its fact is announced as a pure
+    one's would be. Serving is decided by the asking node's request, whose
+    key commits its sharing class: a 'recorded' op's reply recorded that way
+    is announced, yet never served to another node (the asker moves on), and
+    still replayed to the holder's own users."""
+    from fabric.replies import reply_record
+    path = str(tmp_path / "b.ledger")
+    shared, secret = pure.request(1), llm.request("q")
+    home = fabric.LocalFabric()
+    with fabric.EvalCassette(path, durability="os") as c:
+        for req in (shared, secret):
+            assert c.record(req.key, reply_record(home.evaluate(req)))  # no request=
+            assert c.request_bytes(req.key) is None
+    b = Node(path, node_id="b", listen="127.0.0.1:0", gossip=FAST).start()
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             peers=[b.url], gossip=FAST).start()
+    try:
+        wait_for(lambda: a.fabric.peers and a.fabric.holders.holds(shared.key, "b")
+                 and a.fabric.holders.holds(secret.key, "b"), "both facts at a")
+        assert b.stats()["gossip"]["recorded_withheld"] == 0
+        assert a.fabric.evaluate(shared).source == "peer:b"
+        with pytest.raises(fabric.NoHolderError) as ei:
+            a.fabric.evaluate(secret)
+        [(who, why)] = ei.value.attempts
+        assert who == "b" and isinstance(why, fabric.ContentNotHeld)
+        assert "'recorded' reply" in str(why)
+        assert secret.key not in a.cassette
+        with fabric.connect(b.url) as user:
+            assert user.evaluate(secret).value == "answer to q"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_version_1_ledger_is_announced_whole(tmp_path):
+    """A version 1 ledger has no REQUEST records (its replies were made
+    before sharing classes): every key it holds is announced, none withheld,
+    and the file is read, not upgraded, by announcing."""
+    import pathlib
+    import shutil
+    path = tmp_path / "v1.fabl"
+    shutil.copyfile(pathlib.Path(__file__).parent / "golden" / "ledger-v1.fabl", path)
+    with fabric.EvalCassette(str(path)) as c:
+        held = {k.digest for k in c}
+    assert held
+    b = Node(str(path), node_id="b", listen="127.0.0.1:0").start()
+    try:
+        cl, got = observe(b.url)
+        try:
+            wait_for(lambda: {k for k, _ in facts_of(got)} == held, "every v1 key announced")
+        finally:
+            cl.close()
+        assert b.stats()["gossip"]["recorded_withheld"] == 0
+    finally:
+        b.stop()
+    assert open(path, "rb").read()[8] == 1

@@ -1,7 +1,9 @@
 """Five real `fabric serve` processes on loopback, linked only as a chain by --peer:
 a fact announced on one reaches all five through gossip (membership adds the
-links the chain lacks), measured in relay hops and delta messages; and a chain
-cut in the middle (a node SIGKILLed) heals when the node comes back.
+links the chain lacks), measured in relay hops and delta messages; a chain
+cut in the middle (a node SIGKILLed) heals when the node comes back; and a
+partition made with every node alive (the bridge's --peer-lists blocks the
+other side, SIGHUP) heals to the union of what each side learned.
 
 Measurement: every node logs (DEBUG) one line per delta it receives, naming
 the sender and how many facts were new. With one fact announced on a quiet
@@ -194,5 +196,70 @@ def test_a_chain_cut_in_the_middle_heals_when_the_node_returns(fleet):
             with pytest.raises(fabric.ContentNotHeld):
                 c.evaluate(req)  # n1 knows the holder; it holds nothing itself
     finally:
+        for o in obs.values():
+            o.close()
+
+
+def test_a_partition_with_both_sides_alive_heals_to_the_union(fleet, tmp_path):
+    """Two groups, {n1, n2} and {n3, n4, n5}, joined by one link (n3 -> n2;
+    --fanout 0: the chain is the only path). The link is cut without
+    stopping anyone: n3's --peer-lists file blocks n2 and SIGHUP reloads it
+    (the link is closed, and not dialled while blocked). Each side learns a
+    fact of its own; neither crosses. The file is emptied, SIGHUP again: the
+    link comes back, the pulls on connect carry each side's fact across, and
+    all five hold the union."""
+    lists = tmp_path / "n3-lists.json"
+    lists.write_text("{}")
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    fast = ("--gossip-interval", "0.1", "--fanout", "0")
+    fleet.start("n1", *fast)
+    fleet.start("n2", "--peer", fleet.urls["n1"], *fast)
+    fleet.start("n3", "--peer", fleet.urls["n2"], "--peer-lists", str(lists), *fast)
+    fleet.start("n4", "--peer", fleet.urls["n3"], *fast)
+    fleet.start("n5", "--peer", fleet.urls["n4"], *fast)
+    obs = {n: Observer(fleet.urls[n]) for n in names}
+    status = connect(fleet.urls["n3"])
+
+    def bridge():
+        [p] = [p for p in status.node_status()["peers"] if p["url"] == fleet.urls["n2"]]
+        return p
+
+    def announce(name, x):
+        req = node_ops.double.request(x)
+        with connect(fleet.urls[name]) as c:
+            assert c.evaluate(req).value == 2 * x
+        return (req.key.digest, name)
+
+    try:
+        # the bridge works: a fact from one end reaches the other
+        before = announce("n1", 500)
+        wait_for(lambda: all(before in o.facts for o in obs.values()), "n1's fact everywhere")
+        assert bridge()["link"] == "connected"
+
+        # cut: n3 blocks n2 (both stay up)
+        lists.write_text('{"block": ["n2"]}')
+        fleet.procs["n3"].send_signal(signal.SIGHUP)
+        wait_for(lambda: bridge()["link"] == "not dialled: blocklisted", "the bridge to be cut")
+        left, right = announce("n1", 501), announce("n5", 502)
+        wait_for(lambda: left in obs["n2"].facts, "n1's new fact to reach n2")
+        wait_for(lambda: right in obs["n3"].facts, "n5's new fact to reach n3")
+        for n in ("n3", "n4", "n5"):
+            assert left not in obs[n].facts, n
+        for n in ("n1", "n2"):
+            assert right not in obs[n].facts, n
+        assert all(p.poll() is None for p in fleet.procs.values())  # nobody stopped
+
+        # heal: the lists are open again
+        lists.write_text("{}")
+        fleet.procs["n3"].send_signal(signal.SIGHUP)
+        wait_for(lambda: all({before, left, right} <= o.facts for o in obs.values()),
+                 "every node to hold the union")
+        p = bridge()
+        assert p["link"] == "connected"
+        # the cut was the lists' doing, not a failure of n2
+        assert p["health"]["failures"] == 0 and not p["health"]["down"]
+        assert all(p.poll() is None for p in fleet.procs.values())
+    finally:
+        status.close()
         for o in obs.values():
             o.close()

@@ -321,32 +321,39 @@ def _end(proc):
 
 
 def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
-    """A blocklisted peer is never asked, though gossip names it the holder;
-    the settings and the skip show in fabric status."""
+    """A blocklisted peer is never dialled nor asked, though gossip (relayed
+    by m) names it the holder; the settings and the refused link show in
+    fabric status."""
     a, a_url = _serve(tmp_path, "a", "--home", "node_ops:home")
     try:
-        b, b_url = _serve(tmp_path, "b", "--peer", a_url, "--block-peer", "a",
-                          "--down-after", "2", "--backoff-base", "1", "--backoff-cap", "4")
+        m, m_url = _serve(tmp_path, "m", "--peer", a_url)
+        b, b_url = _serve(tmp_path, "b", "--peer", m_url, "--peer", a_url, "--block-peer", "a",
+                          "--block-peer", a_url, "--down-after", "2", "--backoff-base", "1",
+                          "--backoff-cap", "4")
         try:
             req = node_ops.double.request(7)
             with connect(a_url) as ca:
                 assert ca.evaluate(req).value == 14
             with connect(b_url) as cb:
                 wait_for(lambda: cb.node_status()["holdings"]["keys"] >= 1,
-                         "a's holding to reach b by gossip")
-                with pytest.raises(fabric.FabricError, match="blocklisted"):
+                         "a's holding to reach b by gossip, through m")
+                with pytest.raises(fabric.NoHolderError):  # m does not hold it; a is not asked
                     cb.evaluate(req)
             r = fabric_cli("status", b_url, "--json")
             assert r.returncode == 0, r.stderr
             st = json.loads(r.stdout)
-            assert st["governor"] == {"allow": None, "block": ["a"], "down_after": 2,
+            assert st["governor"] == {"allow": None, "block": ["a", a_url], "down_after": 2,
                                       "backoff_base": 1.0, "backoff_cap": 4.0, "jitter": 0.5}
-            assert st["fabric"]["peer_skips"] >= 1 and st["fabric"]["peer_hits"] == 0
+            assert st["fabric"]["peer_hits"] == 0
+            [pa] = [p for p in st["peers"] if p["url"] == a_url]
+            assert pa["link"] == "not dialled: blocklisted" and pa["health"] is None
             r = fabric_cli("status", b_url)
-            assert ("governor     open, blocklist a; down after 2 failures in a row; "
-                    "backoff 1 s doubling to 4 s") in r.stdout, r.stdout
+            assert ("governor     open, blocklist a, " + a_url + "; down after 2 failures in "
+                    "a row; backoff 1 s doubling to 4 s") in r.stdout, r.stdout
+            assert "[not dialled: blocklisted]" in r.stdout, r.stdout
         finally:
             _end(b)
+            _end(m)
         # The control: the same fleet without the blocklist gets it from a.
         c, c_url = _serve(tmp_path, "c", "--peer", a_url)
         try:

@@ -18,7 +18,8 @@ streams, cassette, holdings, peers' health; ``--json`` prints the whole map.
 A node it cannot reach is one line on stderr and exit status 2.
 
 Every node has a peer governor (``fabric.governor``): ``--allow-peer`` and
-``--block-peer`` (node ids, repeatable; no allowlist = every peer),
+``--block-peer`` (node ids or URLs, repeatable; no allowlist = every peer;
+``--peer-lists FILE`` adds a JSON file's lists, read again on SIGHUP),
 ``--down-after N`` failures in a row mark a peer down, and a failed peer is
 asked again only after a backoff from ``--backoff-base`` doubling to
 ``--backoff-cap`` seconds, with jitter. ``fabric status`` shows each
@@ -92,11 +93,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--workers and --home are two homes: give one")
     from ..governor import PeerGovernor
     try:  # every node has a peer governor; by default it asks every peer
-        governor = PeerGovernor(allow=args.allow_peers, block=args.block_peers,
+        allow, block = _lists(args)
+        governor = PeerGovernor(allow=allow, block=block,
                                 down_after=args.down_after, backoff_base=args.backoff_base,
                                 backoff_cap=args.backoff_cap)
     except ValueError as exc:
         raise CLIError(f"peer governor: {exc}") from None
+
+    def reload_lists() -> None:  # SIGHUP: the --peer-lists file again
+        try:
+            allow, block = _lists(args)
+        except ValueError as exc:
+            logging.getLogger("fabric.node").error(
+                "node %s: peer lists not reloaded (kept as they were): %s", node.node_id, exc)
+            return
+        governor.set_lists(allow=allow, block=block)
+        logging.getLogger("fabric.node").warning(
+            "node %s: peer lists reloaded: allow %s, block %s", node.node_id,
+            "all" if allow is None else sorted(allow), sorted(block))
     keys = _claim_keys(args)
     if keys.get("node_key") is not None and args.node_id is None:
         args.node_id = keys["node_key"].node  # the key names its node
@@ -122,6 +136,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, node.request_stop, True)  # drain first
+        if args.peer_lists:
+            loop.add_signal_handler(signal.SIGHUP, reload_lists)
         task = asyncio.create_task(node.serve())
         while node._address is None and not task.done():
             await asyncio.sleep(0.01)
@@ -147,6 +163,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.workers is not None and home is not None:
             home.close()  # the replicas' processes end with the node
     return 0
+
+
+def _lists(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
+    """The governor's allowlist (None: open) and blocklist: ``--allow-peer``
+    and ``--block-peer``, joined by those of the ``--peer-lists`` file (a
+    JSON object ``{"allow": [...] or null, "block": [...]}``, both optional).
+    ``ValueError`` naming the file when it cannot be read or is malformed."""
+    allow = None if args.allow_peers is None else list(args.allow_peers)
+    block = list(args.block_peers)
+    path = args.peer_lists
+    if path is None:
+        return allow, block
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--peer-lists {path}: {exc}") from None
+    if not isinstance(doc, dict) or not set(doc) <= {"allow", "block"}:
+        raise ValueError(f"--peer-lists {path}: a JSON object with \"allow\" and \"block\" "
+                         f"lists, not {str(doc)[:60]}")
+    for name in ("allow", "block"):
+        v = doc.get(name, None if name == "allow" else [])
+        if v is None and name == "allow":
+            continue
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ValueError(f"--peer-lists {path}: \"{name}\" is a list of node ids or "
+                             f"URLs{' or null' if name == 'allow' else ''}, not {v!r}"[:200])
+    if doc.get("allow") is not None:
+        allow = (allow or []) + doc["allow"]
+    return allow, block + doc.get("block", [])
 
 
 def _claim_keys(args: argparse.Namespace) -> dict[str, Any]:
@@ -278,6 +325,9 @@ def add_parser(sub: Any) -> None:
                                         "none given: every peer)")
     p.add_argument("--block-peer", dest="block_peers", action="append", default=[],
                    metavar="NODE", help="never ask this peer (a node id; repeatable)")
+    p.add_argument("--peer-lists", default=None, metavar="FILE",
+                   help="a JSON file {\"allow\": [...] or null, \"block\": [...]} adding to "
+                        "--allow-peer / --block-peer; read again on SIGHUP")
     p.add_argument("--down-after", type=int, default=3, metavar="N",
                    help="failures in a row that mark a peer down (default 3)")
     p.add_argument("--backoff-base", type=float, default=0.5, metavar="SECONDS",

@@ -8,7 +8,9 @@ awaits the same calls (``aevaluate``, ``astream``). A sync ``evaluate`` or
 the client waits at most its ``timeout`` itself (``honours_timeout``), and
 a request in flight when the connection drops fails at once with
 ``FabricUnavailable``. The client reconnects by itself (exponential backoff
-with jitter); while it is not connected a request fails at once, never
+with jitter: 0.05 s doubling to 5 s, or, for a node's links, given a
+``PeerGovernor``, that governor's backoff for the peer, and never while its
+lists refuse the peer); while it is not connected a request fails at once, never
 silently retried. ``status`` is ``connected`` / ``reconnecting`` /
 ``disconnected``; ``relay()`` gives a ``RelayFabric`` whose status follows it.
 """
@@ -665,6 +667,10 @@ def _source(body: Any, node: str | None) -> str:
     return str(meta.get("source"))
 
 
+class _Refused(Exception):
+    """The handshake named a node the governor's lists refuse."""
+
+
 class NodeClient:
     """A connection to a node with the fabric interface (see ``fabric.connect``)."""
 
@@ -677,7 +683,7 @@ class NodeClient:
                  window: int = P.DEFAULT_WINDOW, max_frame: int = P.DEFAULT_MAX_FRAME,
                  on_gossip: Callable[[Any], object] | None = None,
                  reconnect: bool = True, loop: Any = None,
-                 proto: tuple[int, int] = P.PROTOCOL_VERSION):
+                 proto: tuple[int, int] = P.PROTOCOL_VERSION, governor: Any = None):
         u = urlsplit(url)
         if u.scheme not in ("fabric", "fabrics") or not u.hostname or not u.port:
             raise ValueError(f"a node URL is fabric://HOST:PORT or fabrics://HOST:PORT "
@@ -701,6 +707,12 @@ class NodeClient:
         self.on_gossip = on_gossip
         self.reconnect = reconnect
         self.proto = proto
+        #: A ``PeerGovernor`` (a node's links): it decides when to dial again
+        #: and whether to dial at all; None: the client's own schedule.
+        self.governor = governor
+        #: Why the governor's lists refuse this peer (None: they do not).
+        self.refused: str | None = None
+        self._lists_changed: asyncio.Event | None = None
         self.node: str | None = None  # the remote node's id, after the handshake
         self.principal: str | None = None
         self.server_grants: frozenset[str] = frozenset()
@@ -716,6 +728,7 @@ class NodeClient:
         #: The next stream id this client opens (saved in a node snapshot).
         self.next_sid = 1
         self._closed = False
+        self._closing = False  # close() was called (not a failure of the peer)
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._relays: list[RelayFabric] = []
@@ -729,9 +742,9 @@ class NodeClient:
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
         self._loop_thread = _LoopThread.thread
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
-                               "grants_sent": 0}
+                               "grants_sent": 0, "dials": 0, "handshakes": 0}
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     # -- connection management (on the private loop) ---------------------------
     def _set_status(self, status: str) -> None:
@@ -741,19 +754,42 @@ class NodeClient:
 
     async def _run(self) -> None:
         self._up = asyncio.Event()
+        gov = self.governor
+        if gov is not None:
+            self._lists_changed = asyncio.Event()
+            gov.watch(self._on_lists)
+        try:
+            await self._dial_loop(gov)
+        finally:
+            if gov is not None:
+                gov.unwatch(self._on_lists)
+            self._set_status("disconnected")
+
+    async def _dial_loop(self, gov: Any) -> None:
         delay = 0.05
         first = True
         while not self._closed:
+            if gov is not None and await self._wait_admitted(gov):
+                break
+            self.stats_counters["dials"] += 1
+            shook = self.stats_counters["handshakes"]
+            what = None
+            refused = False
             try:
                 await self._session()
                 delay = 0.05
+            except _Refused as exc:  # the lists refuse its node id: not a failure
+                log.info("connection to %s closed: %s", self.url, exc)
+                refused = True
             except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
                     ssl.SSLError) as exc:
                 if first and not self._first.done():
                     self._first.set_exception(exc)
                     self._closed = True
+                    what = f"refused: {exc}"
                     break
                 log.warning("connection to %s refused: %s", self.url, exc)
+                what = f"refused: {exc}"
             except (OSError, asyncio.IncompleteReadError, FrameError, DecodeError,
                     P.ProtocolError, FabricError) as exc:
                 if first and not self._first.done():
@@ -763,20 +799,94 @@ class NodeClient:
                                                   f"cannot connect to {self.url}: {exc}"))
                     if not self.reconnect:
                         self._closed = True
+                        what = f"cannot connect: {exc}"
                         break
                 log.info("connection to %s lost: %s", self.url, exc)
+                what = (f"link lost: {exc}" if self.stats_counters["handshakes"] > shook
+                        else f"cannot connect: {exc}")
             finally:
-                self._up.clear()
+                self._up.clear()  # type: ignore[union-attr]
                 self._fail_all(FabricUnavailable(f"connection to {self.url} "
                                                  f"({self.node}) was lost"))
+                if what is not None:
+                    self._note_failure(what)
             first = False
+            if refused:
+                continue  # waits in _wait_admitted until the lists change
             if self._closed or not self.reconnect:
                 break
             self._set_status("reconnecting")
             self.stats_counters["reconnects"] += 1
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 5.0)
-        self._set_status("disconnected")
+            if gov is None:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+            else:
+                await self._backoff(gov)
+
+    def _gov_name(self) -> str:
+        """The peer's name in the governor: its node id once known, else its URL."""
+        return self.node or self.url
+
+    def _note_failure(self, what: str) -> None:
+        """A failed dial or a lost link is a failure of the peer, unless this
+        client closed it or the governor's lists now refuse the peer."""
+        gov = self.governor
+        if gov is None or self._closing:
+            return  # closed by this side (the node stopped)
+        if gov.policy_refusal(self.node, self.url) is not None:
+            return  # cut by the lists, not a failure of the peer
+        gov.failed(self._gov_name(), what)
+
+    async def _backoff(self, gov: Any) -> None:
+        """Wait the governor's backoff for this peer (at least 10 ms, so a
+        governor without backoff does not spin), or until its lists change."""
+        assert self._lists_changed is not None
+        while not self._closed:
+            wait = max(gov.wait_time(self._gov_name()), 0.01)
+            self._lists_changed.clear()
+            try:
+                await asyncio.wait_for(self._lists_changed.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            if gov.wait_time(self._gov_name()) <= 0 or \
+                    gov.policy_refusal(self.node, self.url) is not None:
+                return
+
+    async def _wait_admitted(self, gov: Any) -> bool:
+        """Wait while the governor's lists refuse this peer (it is never
+        dialled then); True when the client closed meanwhile."""
+        assert self._lists_changed is not None
+        while not self._closed:
+            self._lists_changed.clear()
+            why = gov.policy_refusal(self.node, self.url)
+            self.refused = why
+            if why is None:
+                return False
+            if not self._first.done():
+                self._first.set_exception(FabricUnavailable(
+                    f"peer {self._gov_name()!r} is not dialled: {why}"))
+            if not self.reconnect:
+                return True
+            self._set_status("disconnected")
+            await self._lists_changed.wait()
+        return True
+
+    def _on_lists(self) -> None:
+        """The governor's lists changed (any thread): re-check on this loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._recheck)
+        except RuntimeError:  # the loop is closed: nothing to re-check
+            pass
+
+    def _recheck(self) -> None:
+        gov = self.governor
+        if self._lists_changed is not None:
+            self._lists_changed.set()
+        if gov is not None and self._writer is not None and \
+                gov.policy_refusal(self.node, self.url) is not None:
+            log.info("connection to %s (%s) closed: the governor refuses it now",
+                     self.url, self.node)
+            self._writer.transport.abort()  # the session ends; the dial loop waits
 
     def _fail_all(self, exc: BaseException) -> None:
         w, self._writer = self._writer, None
@@ -806,6 +916,15 @@ class NodeClient:
                 raise P.ProtocolError(f"{self.url} answered the handshake with {f.kind_name}")
             body = P.check_hello(f.decode_payload(dec.limits), server=True)
             self.node = body["node"]
+            self.stats_counters["handshakes"] += 1
+            gov = self.governor
+            if gov is not None:
+                gov.alias(self.url, self.node)  # failures before its id was known
+                why = gov.policy_refusal(self.node, self.url)
+                if why is not None:  # its node id is refused: hang up, dial no more
+                    self.refused = why
+                    raise _Refused(f"peer {self.node!r} at {self.url}: {why}")
+                gov.ok(self.node)
             self.principal = body["principal"]
             self.server_grants = frozenset(body["grants"])
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
@@ -1181,6 +1300,7 @@ class NodeClient:
         return r
 
     async def _aclose(self) -> None:
+        self._closing = True
         self._closed = True
         with self._channels_lock:
             channels = list(self._channels)

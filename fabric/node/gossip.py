@@ -620,7 +620,12 @@ class FleetGossip:
         room = self.config.fanout - len(self.learned)
         if room <= 0 or self.node._stop_evt is None or self.node._stop_evt.is_set():
             return
-        for m in self.members.candidates(self.linked())[:room]:
+        gov = self.node.fabric.governor
+        cands = self.members.candidates(self.linked())
+        if gov is not None:  # never dial a refused member, nor one still backing off
+            cands = [m for m in cands if gov.policy_refusal(m.node, m.url) is None
+                     and gov.wait_time(m.node) <= 0 and gov.wait_time(m.url) <= 0]
+        for m in cands[:room]:
             self.learned.add(m.url)
             self.counters["links_learned"] += 1
             self.node._link(m.url, learned=True)

@@ -375,9 +375,24 @@ class Node:
         return {"node": self.node_id, "incarnation": self.incarnation,
                 "connections": len(self._conns), **self._stats,
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
-                "gossip": self._gossip.stats(),
+                "gossip": self._gossip.stats(), "links": self._links(),
                 "leases": self.home.stats() if self.home is not None else {},
                 "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
+
+    def _links(self) -> list[dict[str, Any]]:
+        """Each peer link: URL, node id, state, dials, handshakes, reconnects,
+        why the governor's lists refuse it (None) and the governor's health
+        of the peer (None: no event yet)."""
+        gov = self.fabric.governor
+        out = []
+        for cl in list(self._clients):
+            h = None if gov is None else gov.peers().get(cl.node or cl.url)
+            out.append({"url": cl.url, "node": cl.node, "link": cl.status,
+                        "refused": cl.refused, "dials": cl.stats_counters["dials"],
+                        "handshakes": cl.stats_counters["handshakes"],
+                        "reconnects": cl.stats_counters["reconnects"],
+                        "health": None if h is None else h._asdict()})
+        return out
 
     def status(self) -> dict[str, Any]:
         """What ``fabric status`` shows: identity, uptime, connections,
@@ -626,6 +641,7 @@ class Node:
         gossip = self._gossip
         client = NodeClient(url, tls=self.peer_tls, token=self.peer_token, scope="held",
                             node_id=self.node_id, reconnect=not learned,
+                            governor=self.fabric.governor,  # its backoff and lists
                             # the client's callbacks run on its own loop thread
                             on_gossip=lambda body: loop.call_soon_threadsafe(
                                 gossip.on_link, client, body))

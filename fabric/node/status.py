@@ -54,7 +54,9 @@ def _peers(node: Any, now: float) -> list[dict[str, Any]]:
     for cl in list(node._clients):
         name = cl.node or cl.url
         seen.add(name)
-        out.append({"url": cl.url, "node": cl.node, "link": cl.status,
+        refused = getattr(cl, "refused", None)  # the governor's lists refuse it
+        out.append({"url": cl.url, "node": cl.node,
+                    "link": cl.status if refused is None else f"not dialled: {refused}",
                     "health": _health(health.get(name), now),
                     "requests": cl.stats_counters.get("requests", 0),
                     "reconnects": cl.stats_counters.get("reconnects", 0)})
