@@ -401,6 +401,8 @@ class FleetGossip:
         # on the connection it made here (a pull on it is still answered).
         linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
         for c in list(node._conns):
+            if id(c) not in self._pulled_once:
+                continue  # its pushes start where its first pull says, not at 0
             if c.remote_node in linked and id(c) not in self._pulled:
                 continue
             self._pulled.discard(id(c))
