@@ -170,6 +170,9 @@ def test_fanout_bounds_the_learned_links(tmp_path):
                  "every spoke to know the other four members")
         wait_for(lambda: all(len(s.stats()["gossip"]["links"]) == 2 for s in spokes),
                  "every spoke to have its learned link")
+        # the hub's own learned link connects on its own time (no spoke's
+        # view waits for it)
+        wait_for(lambda: hub.stats()["gossip"]["links"], "the hub's learned link")
         for s in spokes + [hub]:
             g = s.stats()["gossip"]
             assert g["links_learned"] - g["links_dropped"] <= 1
