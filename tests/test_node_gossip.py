@@ -170,6 +170,9 @@ def test_fanout_bounds_the_learned_links(tmp_path):
                  "every spoke to know the other four members")
         wait_for(lambda: all(len(s.stats()["gossip"]["links"]) == 2 for s in spokes),
                  "every spoke to have its learned link")
+        # the hub's own learned link connects on its own time (no spoke's
+        # view waits for it)
+        wait_for(lambda: hub.stats()["gossip"]["links"], "the hub's learned link")
         for s in spokes + [hub]:
             g = s.stats()["gossip"]
             assert g["links_learned"] - g["links_dropped"] <= 1
@@ -254,6 +257,55 @@ def test_a_pull_on_connect_sends_what_is_missing_and_all_for_another_epoch(tmp_p
         finally:
             cl.close()
         assert a.stats()["gossip"]["pulls_in"] >= 5
+
+
+def test_nothing_is_pushed_to_a_gossiping_connection_before_its_pull(tmp_path):
+    """Between the node's HELLO answer and the connection's pull, a gossip
+    tick pushes nothing there: pushes start where the pull says, so a
+    reconnect is not sent the whole index again."""
+    import socket
+    from fabric import FrameDecoder
+    from fabric.frames import FrameKind
+    ks = keys(5, seed=6)
+    with Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0") as a:
+        enc = P.encoder()
+        dec = FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+        with socket.create_connection(a.address, timeout=30) as s:
+
+            def frames_until(kind):
+                out = []
+                while not out or out[-1].kind != kind:
+                    for f in dec:
+                        out.append(f)
+                        break
+                    else:
+                        data = s.recv(1 << 16)
+                        assert data, "the node closed the connection"
+                        dec.feed(data)
+                return out
+
+            s.sendall(enc.encode_value(FrameKind.HELLO, P.hello(
+                node="x", max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
+                caps=["gossip"])))
+            assert [f.kind for f in frames_until(FrameKind.HELLO)] == [FrameKind.HELLO]
+            a.fabric.holders.announce_keys(ks, "a")
+            # an observer that pulled has had the 5 facts: the tick that pushed
+            # them has passed this connection too (one loop, one push over all)
+            cl, got = observe(a.url)
+            try:
+                wait_for(lambda: len(facts_of(got)) == 5, "the observer's 5 facts")
+                epoch = got[-1]["epoch"]
+            finally:
+                cl.close()
+            # a PING's PONG comes after anything that tick wrote here
+            s.sendall(enc.encode(FrameKind.PING, b"", stream_id=0))
+            assert [f.kind for f in frames_until(FrameKind.PONG)] == [FrameKind.PONG]
+            s.sendall(enc.encode_value(FrameKind.GOSSIP, {"pull": 3, "epoch": epoch}))
+            [delta] = frames_until(FrameKind.GOSSIP)
+            body = delta.decode_payload(dec.limits)
+            assert (body["start"], body["end"]) == (3, 5)
+            assert {(bytes(k), h) for k, h in body["facts"]} == {(k.digest, "a")
+                                                                 for k in ks[3:]}
 
 
 def test_malformed_gossip_closes_the_connection(tmp_path):
@@ -343,14 +395,18 @@ def test_a_reconnecting_link_pulls_from_its_bookmark_not_from_zero(tmp_path):
         wait_for(lambda: len(a.fabric.holders) == 999, "b's 999 facts at a")
         [link] = a._clients
         wait_for(lambda: a._gossip.seen.get("b", (0, 0))[1] == 999, "a's bookmark of b")
-        sent = b.stats()["gossip"]["facts_out"]
+        # b counts a delta once it is written, so a may hold it before b's
+        # counter moves: status() reads the counters on b's loop, after the
+        # push that wrote them has finished (stats() from here could read 0)
+        sent = b.status()["gossip"]["facts_out"]
+        assert sent >= 999
         link._loop.call_soon_threadsafe(lambda: link._writer.transport.abort())
         wait_for(lambda: link.stats_counters["reconnects"] == 1 and link.status == "connected",
                  "a's link to reconnect")
         b.fabric.holders.announce(ks[999], "b")
         wait_for(lambda: a.fabric.holders.holds(ks[999], "b"), "the 1000th fact")
         # the reconnect pulled from (epoch, 999): only the new fact was sent again
-        assert b.stats()["gossip"]["facts_out"] - sent == 1
+        assert b.status()["gossip"]["facts_out"] - sent == 1
     finally:
         a.stop()
         b.stop()

@@ -286,11 +286,13 @@ class FleetGossip:
         self.seen: dict[str, tuple[int, int]] = {}
         # Per node id: the version of this node's index it last reported having.
         self.acked: dict[str, int] = {}
-        self._pulled_once: set[int] = set()  # connections that pulled once
+        # Connections (the objects, not their ids: an id is reused once a
+        # closed connection is freed) that pulled once
+        self._pulled_once: set[Any] = set()
         self._link_sessions: dict[int, int] = {}  # link -> its reconnect count
         self.learned: set[str] = set()  # URLs of learned links
         self._next_tick = 0.0
-        self._pulled: set[int] = set()  # connections whose pull is not answered yet
+        self._pulled: set[Any] = set()  # connections whose pull is not answered yet
         #: Bytes a connection's write buffer may hold before pushes wait a tick.
         self.push_buffer = min(8 << 20, node.limits.output_buffer // 4)
         # This node's keys whose request says 'recorded' (never announced),
@@ -401,9 +403,11 @@ class FleetGossip:
         # on the connection it made here (a pull on it is still answered).
         linked = {cl.node for cl in node._clients if cl.status == "connected" and cl.node}
         for c in list(node._conns):
-            if c.remote_node in linked and id(c) not in self._pulled:
+            if c not in self._pulled_once:
+                continue  # its pushes start where its first pull says, not at 0
+            if c.remote_node in linked and c not in self._pulled:
                 continue
-            self._pulled.discard(id(c))
+            self._pulled.discard(c)
             if c.gossip and c.gossip_sent < version and not c.closed:
                 msgs, end = self._deltas(c.gossip_sent, version, c.max_frame, c.remote_node)
                 transport = c.writer.transport
@@ -503,15 +507,15 @@ class FleetGossip:
                 v = 0  # a bookmark of another incarnation's numbering
             if conn.remote_node and "epoch" in body:
                 self._note_ack(conn.remote_node, v)
-            if id(conn) in self._pulled_once and conn.gossip:
+            if conn in self._pulled_once and conn.gossip:
                 # A later pull on a live connection reports the puller's
                 # bookmark; what was pushed on it since is in flight (TCP
                 # delivers it or the connection ends), so nothing is re-sent.
                 return
-            self._pulled_once.add(id(conn))
+            self._pulled_once.add(conn)
             conn.gossip = True
             conn.gossip_sent = v
-            self._pulled.add(id(conn))
+            self._pulled.add(conn)
             if self.node._gossip_wake is not None:
                 self.node._gossip_wake.set()
         elif self._is_delta(body):
@@ -587,7 +591,7 @@ class FleetGossip:
             return
         self._next_tick = now + self.config.interval * self.rng.uniform(0.75, 1.25)
         node = self.node
-        live_conns = {id(c) for c in node._conns}
+        live_conns = set(node._conns)
         self._pulled_once &= live_conns
         self._pulled &= live_conns
         for cl in list(node._clients):  # learned links that ended are dropped
