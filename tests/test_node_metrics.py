@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import fabric
+from fabric.node.gossip import GossipConfig
 from fabric.governor import PeerGovernor
 from fabric.node import Node, connect
 from fabric.node.metrics import CONTENT_TYPE, render, start_metrics, stop_metrics
@@ -115,7 +116,10 @@ def node(tmp_path):
 
 
 def test_scrape_counts_requests_hits_misses_bytes_and_peers(node):
-    a = node("a", home=fabric.LocalFabric())
+    # fanout 0: a never dials b through membership (a link to b would make
+    # a's miss ask b first, a 5th request at b); b's own link still carries
+    # a's gossip to b.
+    a = node("a", home=fabric.LocalFabric(), gossip=GossipConfig(fanout=0))
     b = node("b", peers=[a.url], governor=PeerGovernor())
     ms = start_metrics(b, "127.0.0.1:0")
     try:
