@@ -62,12 +62,15 @@ import time
 from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# bench/fabric.py would shadow the package: this folder goes last.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+# bench/fabric.py would shadow the package: the package is imported with
+# this folder off the path (an editable install's finder comes after every
+# path entry), and the folder goes back, last, for _soak_ops.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import fabric  # noqa: E402
 from fabric.node import connect  # noqa: E402
 
+sys.path.append(_HERE)
 import _soak_ops as ops  # noqa: E402
 
 EXPECTED = (fabric.FabricUnavailable, fabric.NoHolderError, fabric.DeadlineExceeded)
