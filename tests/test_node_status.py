@@ -19,7 +19,7 @@ from fabric.node import Node, NodeLimits, connect, protocol as P
 from fabric.node.status import format_status
 
 import node_ops
-from conftest import wait_for
+from conftest import hello_bytes, read_frames, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -140,18 +140,10 @@ def test_status_needs_an_authenticated_connection(node):
 def test_status_op_on_stream_0_is_a_protocol_error(node):
     n = node()
     with socket.create_connection(n.address, timeout=30) as s:
-        s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
-            node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW)))
+        s.sendall(hello_bytes())
         s.sendall(fabric.StreamControl.stats(0).to_frame(
             ["stream.stats", "stream.remote.network"]).encode())
-        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
-        frames = []
-        while True:
-            data = s.recv(1 << 16)
-            if not data:
-                break
-            dec.feed(data)
-            frames.extend(dec)
+        frames = read_frames(s)
     assert [f.kind for f in frames] == [FrameKind.HELLO, FrameKind.ERROR]
     body = frames[-1].decode_payload()
     assert body["kind"] == "ProtocolError" and "fresh stream id" in body["message"]
