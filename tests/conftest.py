@@ -59,6 +59,18 @@ def hello_bytes(**kw):
     return P.encoder().encode_value(FrameKind.HELLO, body)
 
 
+def end_process(proc, bound=60):
+    """SIGTERM to a served node's process, which must then exit with status
+    0 (within bound seconds); killed and reaped if it has not."""
+    proc.terminate()
+    try:
+        assert proc.wait(bound) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(cond, what, bound=20.0):
     """A bounded wait for a condition another thread or process makes true
     (polled: the condition is the handshake, never the time it takes)."""
