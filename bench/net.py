@@ -260,21 +260,12 @@ def hit_latency(url, n, tls=None):
     c.evaluate(req)  # now held: every call below is a remote hit
     for _ in range(min(n, 200)):
         c.evaluate(req)
-    sync = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c.evaluate(req)
-        sync.append(time.perf_counter() - t0)
+    sync = timed(n, lambda: c.evaluate(req))
 
     async def run():
         for _ in range(min(n, 200)):
             await c.aevaluate(req)
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await c.aevaluate(req)
-            out.append(time.perf_counter() - t0)
-        return out
+        return await atimed(n, lambda: c.aevaluate(req))
 
     asy = asyncio.run(run())
     c.close()
@@ -365,6 +356,16 @@ def timed(n, call):
     return out
 
 
+async def atimed(n, call):
+    """timed() for a coroutine function: n awaited calls, each one's seconds."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def section_hit_redis(a, url, rows, only, node_pid, cpu):
     """Latency rows and throughput, every contender measured once per round,
     interleaved, ``--rounds`` rounds: each row keeps its best round (by p50),
@@ -384,15 +385,6 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
     req = small.request(1)
     c.evaluate(req)  # now held: every call below is a remote hit
     loop = asyncio.new_event_loop()
-
-    async def alat(n):
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await c.aevaluate(req)
-            out.append(time.perf_counter() - t0)
-        return out
-
     _t, aproto = loop.run_until_complete(
         loop.create_connection(_PingClient, "127.0.0.1", int(aport)))
     lat = {}
@@ -403,7 +395,7 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
     calls = [lambda n: ping_pong(n, int(eport)), lambda n: ping_pong(n, int(aport)),
              lambda n: loop.run_until_complete(aping_pong(n, aproto)),
              lambda n: timed(n, lambda: c.evaluate(req)),
-             lambda n: loop.run_until_complete(alat(n))]
+             lambda n: loop.run_until_complete(atimed(n, lambda: c.aevaluate(req)))]
     if rp is not None:
         names.append("redis-py GET (64 B)")
         get = redis_get(rport)

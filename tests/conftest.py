@@ -6,6 +6,8 @@ import time
 import pytest
 
 import fabric
+from fabric.frames import FrameKind
+from fabric.node import protocol as P
 
 
 @pytest.fixture
@@ -32,6 +34,41 @@ def cassette_factory(tmp_path):
 
 # pytester runs the pytest plugin's own tests (tests/test_pytest_plugin.py).
 pytest_plugins = ["pytester"]
+
+
+def read_frames(sock, until_close=True, limit=10):
+    """The frames a node sends on a raw socket: until it closes the
+    connection (or the first read's, until_close=False), at most limit."""
+    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+    out = []
+    while len(out) < limit:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        dec.feed(data)
+        out.extend(dec)
+        if not until_close and out:
+            break
+    return out
+
+
+def hello_bytes(**kw):
+    """A client's HELLO frame with the protocol's defaults (kw: more fields)."""
+    body = P.hello(node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
+                   **kw)
+    return P.encoder().encode_value(FrameKind.HELLO, body)
+
+
+def end_process(proc, bound=60):
+    """SIGTERM to a served node's process, which must then exit with status
+    0 (within bound seconds); killed and reaped if it has not."""
+    proc.terminate()
+    try:
+        assert proc.wait(bound) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(cond, what, bound=20.0):

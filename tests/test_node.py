@@ -18,6 +18,7 @@ from fabric.node import Node, NodeLimits, connect, protocol as P
 from fabric.node.client import NodeClient
 
 import node_ops
+from conftest import hello_bytes, read_frames
 
 TOKEN = "t0ken-for-alice-0123456789"
 
@@ -42,26 +43,6 @@ def node(tmp_path):
 def raw_socket(n):
     s = socket.create_connection(n.address, timeout=30)
     return s
-
-
-def read_frames(sock, until_close=True, limit=10):
-    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
-    out = []
-    while len(out) < limit:
-        data = sock.recv(1 << 16)
-        if not data:
-            break
-        dec.feed(data)
-        out.extend(dec)
-        if not until_close and out:
-            break
-    return out
-
-
-def hello_bytes(**kw):
-    body = P.hello(node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
-                   **kw)
-    return P.encoder().encode_value(FrameKind.HELLO, body)
 
 
 # ---- the basics ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from fabric.node import Node, connect, protocol as P
 from fabric.node.faults import Fault, Faults
 
 import node_ops
-from conftest import wait_for
+from conftest import hello_bytes, read_frames, wait_for
 
 
 @pytest.fixture
@@ -41,20 +41,12 @@ def test_faults_are_off_by_default_and_the_wire_fault_is_refused(node):
     n = node(grants=STATS)
     assert n.faults is None
     with socket.create_connection(n.address, timeout=30) as s:
-        s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
-            node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW)))
+        s.sendall(hello_bytes())
         s.sendall(StreamControl.fault(3, "drop", 1).to_frame(
             ["stream.stats", "stream.remote.network"]).encode())
-        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
-        frames = []
-        while True:  # bounded by the node closing the connection
-            data = s.recv(1 << 16)
-            if not data:
-                break
-            dec.feed(data)
-            frames.extend(dec)
+        frames = read_frames(s)
     assert [f.kind for f in frames] == [FrameKind.HELLO, FrameKind.ERROR]
-    body = frames[1].decode_payload(dec.limits)
+    body = frames[1].decode_payload(P.node_limits(P.DEFAULT_MAX_FRAME))
     assert body["kind"] == "ProtocolError" and "does not inject test faults" in body["message"]
 
 

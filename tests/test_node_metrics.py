@@ -6,7 +6,6 @@ import http.client
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from fabric.node.metrics import CONTENT_TYPE, render, start_metrics, stop_metric
 from prometheus_client.parser import text_string_to_metric_families
 
 import node_ops
-from conftest import wait_for
+from conftest import end_process, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -236,13 +235,7 @@ def test_fabric_serve_metrics_flag(tmp_path):
         assert value(samples, "fabric_node_requests_total", outcome="replied") == 1
         assert value(samples, "fabric_node_cassette_keys") == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        end_process(proc, 30)
 
 
 def test_the_endpoint_stops_with_the_node(tmp_path):

@@ -19,7 +19,7 @@ from fabric.node import Node, NodeLimits, connect, protocol as P
 from fabric.node.status import format_status
 
 import node_ops
-from conftest import wait_for
+from conftest import end_process, hello_bytes, read_frames, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -140,18 +140,10 @@ def test_status_needs_an_authenticated_connection(node):
 def test_status_op_on_stream_0_is_a_protocol_error(node):
     n = node()
     with socket.create_connection(n.address, timeout=30) as s:
-        s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
-            node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW)))
+        s.sendall(hello_bytes())
         s.sendall(fabric.StreamControl.stats(0).to_frame(
             ["stream.stats", "stream.remote.network"]).encode())
-        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
-        frames = []
-        while True:
-            data = s.recv(1 << 16)
-            if not data:
-                break
-            dec.feed(data)
-            frames.extend(dec)
+        frames = read_frames(s)
     assert [f.kind for f in frames] == [FrameKind.HELLO, FrameKind.ERROR]
     body = frames[-1].decode_payload()
     assert body["kind"] == "ProtocolError" and "fresh stream id" in body["message"]
@@ -310,16 +302,6 @@ def _serve(tmp_path, name, *args):
     return proc, ready.rsplit(" ", 1)[1].strip()
 
 
-def _end(proc):
-    proc.terminate()
-    try:
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
     """A blocklisted peer is never dialled nor asked, though gossip (relayed
     by m) names it the holder; the settings and the refused link show in
@@ -352,8 +334,8 @@ def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
                     "a row; backoff 1 s doubling to 4 s") in r.stdout, r.stdout
             assert "[not dialled: blocklisted]" in r.stdout, r.stdout
         finally:
-            _end(b)
-            _end(m)
+            end_process(b)
+            end_process(m)
         # The control: the same fleet without the blocklist gets it from a.
         c, c_url = _serve(tmp_path, "c", "--peer", a_url)
         try:
@@ -364,9 +346,9 @@ def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
                 assert got.value == 14
                 assert cc.node_status()["fabric"]["peer_hits"] == 1
         finally:
-            _end(c)
+            end_process(c)
     finally:
-        _end(a)
+        end_process(a)
 
 
 def test_fabric_serve_refuses_bad_governor_settings(tmp_path):

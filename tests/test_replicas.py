@@ -195,8 +195,8 @@ N = 6
 
 
 def concurrently(fab, request, n=N):
-    """n threads evaluate ``request`` at once; once the op started and every
-    other caller joined it, the gate opens. Their outcomes."""
+    """n threads evaluate ``request`` at once: the threads and their
+    outcomes (each filled in as its thread ends)."""
     out = [None] * n
 
     def call(i):
@@ -211,6 +211,17 @@ def concurrently(fab, request, n=N):
     return threads, out
 
 
+def all_joined(group, request, d):
+    """N callers of a gated ``request`` at once; once every other caller
+    joined the first, the gate (under d) opens. Their outcomes."""
+    threads, out = concurrently(group, request)
+    wait_for(lambda: group.stats()["coalesced"] == N - 1, "every caller to join")
+    replicas_ops.open_gate(d)
+    for t in threads:
+        t.join(60)
+    return out
+
+
 @pytest.fixture
 def gated_group():
     g = ReplicaGroup("gated", 3, group_seed=SEED, ops=GATED)
@@ -220,11 +231,7 @@ def gated_group():
 
 def test_concurrent_identical_requests_run_once(gated_group, tmp_path):
     d = str(tmp_path)
-    threads, out = concurrently(gated_group, replicas_ops.gated_count.request(d))
-    wait_for(lambda: gated_group.stats()["coalesced"] == N - 1, "every caller to join")
-    replicas_ops.open_gate(d)
-    for t in threads:
-        t.join(60)
+    out = all_joined(gated_group, replicas_ops.gated_count.request(d), d)
     assert [r.value for r in out] == ["opened"] * N
     assert replicas_ops.runs(d) == 1
     # Not a cache: once it ended, the same request runs again.
@@ -234,11 +241,7 @@ def test_concurrent_identical_requests_run_once(gated_group, tmp_path):
 
 def test_every_caller_gets_the_same_error(gated_group, tmp_path):
     d = str(tmp_path)
-    threads, out = concurrently(gated_group, replicas_ops.gated_fail.request(d))
-    wait_for(lambda: gated_group.stats()["coalesced"] == N - 1, "every caller to join")
-    replicas_ops.open_gate(d)
-    for t in threads:
-        t.join(60)
+    out = all_joined(gated_group, replicas_ops.gated_fail.request(d), d)
     assert all(isinstance(e, fabric.RemoteError) for e in out)
     assert len({id(e) for e in out}) == 1
     assert "the shared computation failed" in str(out[0])

@@ -28,15 +28,24 @@ static const struct vector {
      "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a"},
 };
 
+/* Vector v's seed, public key, signature and message (at most 8 bytes);
+ * returns the message's length. */
+static size_t vector_bytes(size_t v, uint8_t seed[32], uint8_t pub[32], uint8_t sig[64],
+                           uint8_t msg[8])
+{
+    size_t mlen = strlen(rfc8032[v].msg) / 2;
+    unhex(rfc8032[v].seed, seed, 32);
+    unhex(rfc8032[v].public_key, pub, 32);
+    unhex(rfc8032[v].sig, sig, 64);
+    unhex(rfc8032[v].msg, msg, mlen);
+    return mlen;
+}
+
 static void test_rfc8032_vectors(void)
 {
     for (size_t v = 0; v < sizeof(rfc8032) / sizeof(rfc8032[0]); v++) {
         uint8_t seed[32], pub[32], want[64], msg[8], got_pub[32], sig[64];
-        size_t mlen = strlen(rfc8032[v].msg) / 2;
-        unhex(rfc8032[v].seed, seed, 32);
-        unhex(rfc8032[v].public_key, pub, 32);
-        unhex(rfc8032[v].sig, want, 64);
-        unhex(rfc8032[v].msg, msg, mlen);
+        size_t mlen = vector_bytes(v, seed, pub, want, msg);
         CHECK_EQ(fab_ed25519_public(seed, got_pub), FAB_OK);
         CHECK_MEM(got_pub, pub, 32);
         CHECK_EQ(fab_ed25519_sign(seed, msg, mlen, sig), FAB_OK);
@@ -98,11 +107,7 @@ static void test_a_signer_signs_as_the_one_shot_calls(void)
 {
     for (size_t v = 0; v < sizeof(rfc8032) / sizeof(rfc8032[0]); v++) {
         uint8_t seed[32], pub[32], want[64], msg[8], got_pub[32], sig[64];
-        size_t mlen = strlen(rfc8032[v].msg) / 2;
-        unhex(rfc8032[v].seed, seed, 32);
-        unhex(rfc8032[v].public_key, pub, 32);
-        unhex(rfc8032[v].sig, want, 64);
-        unhex(rfc8032[v].msg, msg, mlen);
+        size_t mlen = vector_bytes(v, seed, pub, want, msg);
         fab_ed25519_signer *s = NULL;
         CHECK_EQ(fab_ed25519_signer_new(seed, &s), FAB_OK);
         CHECK_EQ(fab_ed25519_signer_public(s, got_pub), FAB_OK);

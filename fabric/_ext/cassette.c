@@ -464,47 +464,59 @@ static PyType_Spec Iter_spec = {
     .slots = Iter_slots,
 };
 
+/*
+ * The step of iteration and next_raw(): the stream's next item into *item
+ * (item->map a new reference) with the cassette entered, 1: the caller uses
+ * it, then leave()s. 0 at the end, -1 with an exception set; both with the
+ * cassette left and (unless it could not be entered) the stream done.
+ */
+static int stream_step(StreamObject *s, fab_state *st, fab_ledger_ref *item)
+{
+    CassetteObject *c = s->c;
+    if (enter(c) < 0)
+        return -1;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fab_ledger_stream_next(c->l, &s->cur, 1, item);
+    Py_END_ALLOW_THREADS
+    if (rc == 1)
+        return 1;
+    s->done = 1;
+    if (rc == FAB_ECORRUPT) {
+        fab_ledger_error err = {0};
+        snprintf(err.msg, sizeof(err.msg),
+                 "the stream whose END record is at offset %llu promises %llu items "
+                 "but has %llu", (unsigned long long)s->cur.end,
+                 (unsigned long long)s->cur.count, (unsigned long long)s->cur.seen);
+        err.has_offset = 1;
+        err.offset = s->cur.end;
+        raise_ledger(st, c->path, FAB_ECORRUPT, &err);
+    } else if (rc < 0) {
+        fab_ledger_error err = {0};
+        snprintf(err.msg, sizeof(err.msg), "%s",
+                 rc == FAB_ESTATE
+                     ? "the ledger was replaced (compacted, restored) while this stream "
+                       "was being read: get the stream again"
+                     : "the ledger shrank while this stream was being read");
+        err.sys_errno = rc == FAB_ESTATE ? ESTALE : EIO;
+        raise_ledger(st, c->path, rc == FAB_ESTATE ? FAB_ESTATE : FAB_EIO, &err);
+    }
+    leave(c);
+    return rc < 0 ? -1 : 0;
+}
+
 static PyObject *Stream_next(PyObject *self)
 {
     StreamObject *s = (StreamObject *)self;
-    CassetteObject *c = s->c;
     if (s->done)
         return NULL;
-    fab_state *st = cassette_state((PyObject *)c);
-    if (st == NULL || enter(c) < 0)
-        return NULL;
+    fab_state *st = cassette_state((PyObject *)s->c);
     fab_ledger_ref item;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_stream_next(c->l, &s->cur, 1, &item);
-    Py_END_ALLOW_THREADS
-    PyObject *out = NULL;
-    if (rc == 1) {
-        out = decode(st, &item);
-        fab_lmap_release(item.map);
-    } else {
-        s->done = 1;
-        if (rc == FAB_ECORRUPT) {
-            fab_ledger_error err = {0};
-            snprintf(err.msg, sizeof(err.msg),
-                     "the stream whose END record is at offset %llu promises %llu items "
-                     "but has %llu", (unsigned long long)s->cur.end,
-                     (unsigned long long)s->cur.count, (unsigned long long)s->cur.seen);
-            err.has_offset = 1;
-            err.offset = s->cur.end;
-            raise_ledger(st, c->path, FAB_ECORRUPT, &err);
-        } else if (rc < 0) {
-            fab_ledger_error err = {0};
-            snprintf(err.msg, sizeof(err.msg), "%s",
-                     rc == FAB_ESTATE
-                         ? "the ledger was replaced (compacted, restored) while this stream "
-                           "was being read: get the stream again"
-                         : "the ledger shrank while this stream was being read");
-            err.sys_errno = rc == FAB_ESTATE ? ESTALE : EIO;
-            raise_ledger(st, c->path, rc == FAB_ESTATE ? FAB_ESTATE : FAB_EIO, &err);
-        }
-    }
-    leave(c);
+    if (st == NULL || stream_step(s, st, &item) <= 0)
+        return NULL; /* without an exception: the end */
+    PyObject *out = decode(st, &item);
+    fab_lmap_release(item.map);
+    leave(s->c);
     return out;
 }
 
@@ -521,50 +533,23 @@ static PyObject *Stream_next(PyObject *self)
 static PyObject *Stream_next_raw(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     StreamObject *s = (StreamObject *)self;
-    CassetteObject *c = s->c;
     if (s->done)
         Py_RETURN_NONE;
-    fab_state *st = cassette_state((PyObject *)c);
-    if (st == NULL || enter(c) < 0)
+    fab_state *st = cassette_state((PyObject *)s->c);
+    if (st == NULL)
         return NULL;
     fab_ledger_ref item;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_stream_next(c->l, &s->cur, 1, &item);
-    Py_END_ALLOW_THREADS
-    PyObject *out = NULL;
-    if (rc == 1) {
-        uint32_t crc = 0;
-        int known = fab_ledger_ref_crc(&item, &crc) == FAB_OK;
-        PyObject *view = make_view(st, &item);
-        if (view != NULL) {
-            out = known ? Py_BuildValue("(Nk)", view, (unsigned long)crc)
-                        : Py_BuildValue("(NO)", view, Py_None);
-        }
-    } else {
-        s->done = 1;
-        fab_ledger_error err = {0};
-        if (rc == 0) {
-            out = Py_NewRef(Py_None);
-        } else if (rc == FAB_ECORRUPT) {
-            snprintf(err.msg, sizeof(err.msg),
-                     "the stream whose END record is at offset %llu promises %llu items "
-                     "but has %llu", (unsigned long long)s->cur.end,
-                     (unsigned long long)s->cur.count, (unsigned long long)s->cur.seen);
-            err.has_offset = 1;
-            err.offset = s->cur.end;
-            raise_ledger(st, c->path, FAB_ECORRUPT, &err);
-        } else {
-            snprintf(err.msg, sizeof(err.msg), "%s",
-                     rc == FAB_ESTATE
-                         ? "the ledger was replaced (compacted, restored) while this stream "
-                           "was being read: get the stream again"
-                         : "the ledger shrank while this stream was being read");
-            err.sys_errno = rc == FAB_ESTATE ? ESTALE : EIO;
-            raise_ledger(st, c->path, rc == FAB_ESTATE ? FAB_ESTATE : FAB_EIO, &err);
-        }
+    int rc = stream_step(s, st, &item);
+    if (rc <= 0)
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    uint32_t crc = 0;
+    int known = fab_ledger_ref_crc(&item, &crc) == FAB_OK;
+    PyObject *out = NULL, *view = make_view(st, &item);
+    if (view != NULL) {
+        out = known ? Py_BuildValue("(Nk)", view, (unsigned long)crc)
+                    : Py_BuildValue("(NO)", view, Py_None);
     }
-    leave(c);
+    leave(s->c);
     return out;
 }
 

@@ -1132,20 +1132,45 @@ static void decoder_dealloc(DecoderObject *self)
     Py_DECREF(tp);
 }
 
-static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
+/*
+ * The opening of feed() and feed_whole(): data's buffer into view, and the
+ * queue compacted before it grows (taken frames are dropped). The module
+ * state, or NULL with an exception set and view not held.
+ */
+static fab_state *decoder_begin(DecoderObject *self, PyObject *data, Py_buffer *view)
 {
     fab_state *st = fab_state_from_type(Py_TYPE(self));
-    Py_buffer view;
-    if (st == NULL || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    if (st == NULL || PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0)
         return NULL;
-    /* Compact the queue before it grows: taken frames are dropped. */
     if (self->head > 0 && self->head * 2 >= PyList_GET_SIZE(self->ready)) {
         if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
-            PyBuffer_Release(&view);
+            PyBuffer_Release(view);
             return NULL;
         }
         self->head = 0;
     }
+    return st;
+}
+
+/* Queues the decoded frame f, its payload at payload inside owner. 0 or -1. */
+static int decoder_queue(fab_state *st, DecoderObject *self, const fab_frame *f,
+                         PyObject *owner, const uint8_t *payload)
+{
+    PyObject *frame = frame_make(st, &f->h, owner, payload, f->h.payload_len,
+                                 (long long)f->offset);
+    if (frame == NULL)
+        return -1;
+    int err = PyList_Append(self->ready, frame);
+    Py_DECREF(frame);
+    return err;
+}
+
+static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
+{
+    Py_buffer view;
+    fab_state *st = decoder_begin(self, data, &view);
+    if (st == NULL)
+        return NULL;
     int zero_copy = PyBytes_CheckExact(data);
     const uint8_t *p = view.buf;
     size_t len = (size_t)view.len, pos = 0;
@@ -1162,21 +1187,16 @@ static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
             fab_py_raise_frame_error(st, &self->dec.err);
             goto done;
         }
-        PyObject *frame;
+        int err;
         if (f.payload_in_input && zero_copy) {
-            frame = frame_make(st, &f.h, data, f.payload, f.h.payload_len, (long long)f.offset);
+            err = decoder_queue(st, self, &f, data, f.payload);
         } else {
             PyObject *owner = PyBytes_FromStringAndSize((const char *)f.payload, f.h.payload_len);
             if (owner == NULL)
                 goto done;
-            frame = frame_make(st, &f.h, owner, (const uint8_t *)PyBytes_AS_STRING(owner),
-                               f.h.payload_len, (long long)f.offset);
+            err = decoder_queue(st, self, &f, owner, (const uint8_t *)PyBytes_AS_STRING(owner));
             Py_DECREF(owner);
         }
-        if (frame == NULL)
-            goto done;
-        int err = PyList_Append(self->ready, frame);
-        Py_DECREF(frame);
         if (err < 0)
             goto done;
         if (pos == len)
@@ -1200,17 +1220,10 @@ done:
  */
 static PyObject *decoder_feed_whole(DecoderObject *self, PyObject *data)
 {
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
     Py_buffer view;
-    if (st == NULL || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    fab_state *st = decoder_begin(self, data, &view);
+    if (st == NULL)
         return NULL;
-    if (self->head > 0 && self->head * 2 >= PyList_GET_SIZE(self->ready)) {
-        if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        self->head = 0;
-    }
     const uint8_t *p = view.buf;
     size_t len = (size_t)view.len, pos = 0;
     PyObject *res = NULL;
@@ -1236,13 +1249,7 @@ static PyObject *decoder_feed_whole(DecoderObject *self, PyObject *data)
         }
         FAB_ASSERT(rc == FAB_FRAME_READY && used == total && f.payload_in_input);
         pos += total;
-        PyObject *frame = frame_make(st, &f.h, data, f.payload, f.h.payload_len,
-                                     (long long)f.offset);
-        if (frame == NULL)
-            goto done;
-        int err = PyList_Append(self->ready, frame);
-        Py_DECREF(frame);
-        if (err < 0)
+        if (decoder_queue(st, self, &f, data, f.payload) < 0)
             goto done;
     }
     res = PyLong_FromSize_t(pos);

@@ -71,6 +71,15 @@ def _falls_back(exc: BaseException) -> bool:
     return isinstance(exc, _FALL_BACK) or type(exc) is FabricError
 
 
+def _left(timeout: float | None, t0: float) -> dict[str, Any] | None:
+    """The keywords of the local computation that takes over a call begun
+    at t0 with timeout, or None once the timeout is spent."""
+    if timeout is None:
+        return {}
+    left = timeout - (time.monotonic() - t0)
+    return {"timeout": left} if left > 0 else None
+
+
 def owner(key: ContentKey, nodes: Iterable[str]) -> str | None:
     """The lease holder of ``key`` among ``nodes`` (rendezvous hashing), or None."""
     best, best_w = None, b""
@@ -235,31 +244,41 @@ class LeasedHome:
         t = self.node._gossip.config.lease
         return t if timeout is None else min(t, timeout)
 
+    def _forwarding(self, timeout: float | None) -> tuple[float, float]:
+        """Counts a call forwarded to its lease holder: (when it starts, the
+        time the holder has: the lease, within timeout)."""
+        self.counters["lease_forwarded"] += 1
+        return time.monotonic(), self._lease(timeout)
+
+    def _falling_back(self, exc: BaseException) -> bool:
+        """Whether the lease holder's failure exc makes this node compute
+        the key itself (counted), rather than raise it."""
+        if not _falls_back(exc):
+            return False
+        self.counters["lease_fallbacks"] += 1
+        return True
+
     # -- the fabric interface --------------------------------------------------
     async def aevaluate(self, request: Any, *, grants: Any = None, timeout: Any = None) -> Any:
         remote = self._plan(request)
         kw = {} if timeout is None else {"timeout": timeout}
         if remote is not None:
-            self.counters["lease_forwarded"] += 1
-            t0 = time.monotonic()
-            lease = self._lease(timeout)
+            t0, lease = self._forwarding(timeout)
             try:
                 if remote.status != "connected":  # a compute link made just now
                     await asyncio.wait_for(asyncio.shield(remote._connected_once()), lease)
                 return self._verified(remote, request, await remote.aevaluate(
                     request, grants=grants, timeout=max(1e-3, lease - (time.monotonic() - t0))))
             except Exception as exc:
-                if not _falls_back(exc):
+                if not self._falling_back(exc):
                     raise
-                self.counters["lease_fallbacks"] += 1
                 log.info("node %s: lease holder %s of %s did not answer (%s): computing it "
                          "here", self.node.node_id, remote.node or remote.url, request.key,
                          type(exc).__name__)
-                if timeout is not None:
-                    left = timeout - (time.monotonic() - t0)
-                    if left <= 0:
-                        raise
-                    kw = {"timeout": left}
+                rest = _left(timeout, t0)
+                if rest is None:
+                    raise
+                kw = rest
 
         async def compute() -> Any:
             self.counters["lease_local"] += 1
@@ -273,22 +292,18 @@ class LeasedHome:
         remote = self._plan(request)
         kw = {} if timeout is None else {"timeout": timeout}
         if remote is not None:
-            self.counters["lease_forwarded"] += 1
-            t0 = time.monotonic()
-            lease = self._lease(timeout)
+            t0, lease = self._forwarding(timeout)
             try:
                 remote.wait_connected(lease)
                 return self._verified(remote, request, remote.evaluate(
                     request, grants=grants, timeout=max(1e-3, lease - (time.monotonic() - t0))))
             except Exception as exc:
-                if not _falls_back(exc):
+                if not self._falling_back(exc):
                     raise
-                self.counters["lease_fallbacks"] += 1
-                if timeout is not None:
-                    left = timeout - (time.monotonic() - t0)
-                    if left <= 0:
-                        raise
-                    kw = {"timeout": left}
+                rest = _left(timeout, t0)
+                if rest is None:
+                    raise
+                kw = rest
 
         def compute() -> Any:
             self.counters["lease_local"] += 1

@@ -134,6 +134,24 @@ class _SecretHome:
                                   **({"timeout": timeout} if timeout else {}))
 
 
+class _Sent:
+    """A stream's running count for its END frame: the frames after its
+    START (seq), the items among them (chunks; diagnostics aside) and the
+    items' bytes (total)."""
+
+    __slots__ = ("seq", "chunks", "total")
+
+    def __init__(self) -> None:
+        self.seq = self.chunks = self.total = 0
+
+    def count(self, tag: Any, size: int) -> None:
+        """One more frame, an item of size bytes unless tag is DIAG."""
+        self.seq += 1
+        if tag != DIAG:
+            self.chunks += 1
+            self.total += size
+
+
 class _Conn:
     """One accepted connection's state."""
 
@@ -1011,8 +1029,7 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
-        seq = 0
-        chunks = total = 0
+        sent = _Sent()
         events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
         source = getattr(stream, "source", "computed")
         self._enqueue(conn, key, enc.encode_value(
@@ -1026,7 +1043,7 @@ class Node:
                 flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
                 try:  # one copy: the item is packed straight into its frame
                     frame = enc.encode_value(FrameKind.STREAM_CHUNK, payload, stream_id=sid,
-                                             seq=seq + 1, flags=flags)
+                                             seq=sent.seq + 1, flags=flags)
                 except FrameError:
                     size = len(canonical_bytes(payload))
                     raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
@@ -1036,10 +1053,7 @@ class Node:
                 if self._out_q.lost(key):
                     truncated = True
                     break
-                seq += 1
-                if tag != DIAG:
-                    chunks += 1
-                    total += size
+                sent.count(tag, size)
                 self._enqueue(conn, key, frame, size)
         finally:
             aclose = getattr(events if events is not None else stream, "aclose", None)
@@ -1048,7 +1062,7 @@ class Node:
         claim = None
         if digest is not None and not truncated and getattr(stream, "key", None) is not None:
             claim = self.signer.sign_stream(stream.key, digest, self.node_id).encode()
-        self._end_stream(conn, key, sid, seq, chunks, total, truncated, claim)
+        self._end_stream(conn, key, sid, sent, truncated, claim)
 
     def _held_stream(self, target: Any, req: Any, g: frozenset[str]) -> tuple[Any, str] | None:
         """A stream this node holds in its ledger, as (its recorded items'
@@ -1084,7 +1098,7 @@ class Node:
         key = (id(conn), sid)
         self._enqueue(conn, key, enc.encode_value(
             FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
-        seq = chunks = total = 0
+        sent = _Sent()
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
         while True:
@@ -1092,10 +1106,10 @@ class Node:
             if got is None:
                 break
             rec, crc = got
-            prefix, tag, body = _recorded_item(rec, seq)
+            prefix, tag, body = _recorded_item(rec, sent.seq)
             size = len(prefix) + len(body)
             try:  # the item's CRC follows from its record's (validated) checksum
-                hdr = header(chunk, (prefix, body), stream_id=sid, seq=seq + 1,
+                hdr = header(chunk, (prefix, body), stream_id=sid, seq=sent.seq + 1,
                              flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
                              crc_of=None if crc is None else (rec, crc))
             except FrameError:
@@ -1105,22 +1119,20 @@ class Node:
             if self._out_q.lost(key) or conn.closed:
                 truncated = True
                 break
-            seq += 1
-            if tag != DIAG:
-                chunks += 1
-                total += size
+            sent.count(tag, size)
             self._enqueue(conn, key, [hdr + prefix, body], size)
             if conn.paused:
                 await conn.drained()
             else:
                 await asyncio.sleep(0)  # the ledger never blocks: let the loop serve others
-        self._end_stream(conn, key, sid, seq, chunks, total, truncated)
+        self._end_stream(conn, key, sid, sent, truncated)
 
-    def _end_stream(self, conn: _Conn, key: Any, sid: int, seq: int, chunks: int,
-                    total: int, truncated: bool, claim: bytes | None = None) -> None:
+    def _end_stream(self, conn: _Conn, key: Any, sid: int, sent: _Sent, truncated: bool,
+                    claim: bytes | None = None) -> None:
         # The terminator is never evicted; a stream that lost data says so.
-        self._out_q.push(conn.principal, key, 0, (conn, ("end", sid, seq, chunks, total,
-                                                         truncated, claim)), terminator=True)
+        self._out_q.push(conn.principal, key, 0,
+                         (conn, ("end", sid, sent.seq, sent.chunks, sent.total, truncated,
+                                 claim)), terminator=True)
         self._out_wake.set()  # type: ignore[union-attr]
 
     def _enqueue(self, conn: _Conn, key: Any, data: bytes | list[Any], size: int) -> None:
