@@ -233,7 +233,9 @@ def test_display_costs_do_not_grow_with_the_index():
 
 def test_the_benchmark_script_runs_small():
     """bench/holders.py (figures in docs/benchmarks.md) runs at a small size,
-    its envelope mode too; each build holds every fact it reports."""
+    its envelope modes too; each build holds every fact it reports, and the
+    Bloom filter model finds every key it inserted and names wrong holders at
+    the rate its sizing implies."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,3 +251,17 @@ def test_the_benchmark_script_runs_small():
     assert "4 nodes x 500 holdings = 2000 facts, 500 keys" in out
     assert "(4 holders)" in out
     assert "4 nodes x 200 holdings = 800 facts, 800 keys" in out
+    out = subprocess.run(run + ["--envelope-bloom", "--nodes", "4", "--holdings", "2000",
+                                "--probes", "20000"], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    import re
+    assert "4 holders x 2000 keys = 8000 keys, m = 19200 bits" in out and "k = 7" in out
+    assert "false negatives 0 of 8000" in out
+    # 1 % sized: 80,000 tests of unheld keys against a filter; 14 standard
+    # deviations either side of 1 % would still fall inside these bounds.
+    per_filter = float(re.search(r"false positives per filter\s+([0-9.]+)", out)[1])
+    assert 0.005 < per_filter < 0.015, out
+    # At least one of 4 wrong: 1 - 0.99^4 = 0.039 (20,000 probes).
+    any_wrong = float(re.search(r"at least one wrong holder named\s+([0-9.]+)", out)[1])
+    assert 0.02 < any_wrong < 0.06, out
+    assert "1.20 B/key" in out
