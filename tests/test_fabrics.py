@@ -6,11 +6,11 @@ threads and event loops are real.
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 import fabric
+from conftest import wait_for
 from fabric import (CapabilityDenied, ContentNotHeld, EvalReply, EvalRequest,
                     FabricUnavailable, LedgeredRelayFabric, LocalFabric, OpNotFound,
                     OpRegistry, RelayFabric, RelayStatus, ContentServeFabric)
@@ -182,9 +182,7 @@ def test_concurrent_identical_requests_compute_once_threads(reg):
     for t in threads:
         t.start()
     # Wait until every caller is either computing or waiting on the computation.
-    deadline = time.monotonic() + 10
-    while fab.stats()["coalesced"] < 7 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: fab.stats()["coalesced"] >= 7, "7 callers joined")
     gate.set()
     for t in threads:
         t.join(10)
@@ -219,9 +217,7 @@ def test_concurrent_identical_errors_are_shared_not_cached(reg):
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
-    while fab.stats()["coalesced"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: fab.stats()["coalesced"] >= 3, "3 callers joined")
     gate.set()
     for t in threads:
         t.join(10)
