@@ -685,21 +685,19 @@ static PyObject *EvalRequest_repr(EvalRequestObject *r)
         }                                                              \
         Py_DECREF(t_);                                                 \
     } while (0)
+/* name=repr(v), cut to 120 characters, when size (v's) is not 0. */
+#define ADD_CUT(name, v, size)                                         \
+    do {                                                               \
+        if (size) {                                                    \
+            if ((s = cut_repr(v, 120)) == NULL)                        \
+                goto done;                                             \
+            ADD(name "=%U", s);                                        \
+            Py_CLEAR(s);                                               \
+        }                                                              \
+    } while (0)
     ADD("%R", r->op);
-    if (PyTuple_GET_SIZE(r->args)) {
-        s = cut_repr(r->args, 120);
-        if (s == NULL)
-            goto done;
-        ADD("args=%U", s);
-        Py_CLEAR(s);
-    }
-    if (PyDict_GET_SIZE(r->kwargs)) {
-        s = cut_repr(r->kwargs, 120);
-        if (s == NULL)
-            goto done;
-        ADD("kwargs=%U", s);
-        Py_CLEAR(s);
-    }
+    ADD_CUT("args", r->args, PyTuple_GET_SIZE(r->args));
+    ADD_CUT("kwargs", r->kwargs, PyDict_GET_SIZE(r->kwargs));
     ADD("version=%R", r->version);
     if (PyTuple_GET_SIZE(r->capabilities))
         ADD("required_capabilities=%R", r->capabilities);
@@ -715,19 +713,14 @@ static PyObject *EvalRequest_repr(EvalRequestObject *r)
         ADD("%s", "trace=True");
     if (r->sharing != SHARING_PURE)
         ADD("sharing='%s'", sharing_names[(int)r->sharing]);
-    if (PyDict_GET_SIZE(r->volatile_kwargs)) {
-        s = cut_repr(r->volatile_kwargs, 120);
-        if (s == NULL)
-            goto done;
-        ADD("volatile_kwargs=%U", s);
-        Py_CLEAR(s);
-    }
+    ADD_CUT("volatile_kwargs", r->volatile_kwargs, PyDict_GET_SIZE(r->volatile_kwargs));
     if (PyUnicode_CompareWithASCIIString(r->consistency, "local-first") != 0)
         ADD("consistency=%R", r->consistency);
     if (r->deadline != Py_None)
         ADD("deadline=%R", r->deadline);
     ADD("key=sha256:%02x%02x%02x%02x%02x%02x...", r->digest[0], r->digest[1], r->digest[2],
         r->digest[3], r->digest[4], r->digest[5]);
+#undef ADD_CUT
 #undef ADD
     sep = PyUnicode_FromString(", ");
     if (sep == NULL)
