@@ -557,41 +557,20 @@ static PyObject *request_key(EvalRequestObject *r)
     return Py_NewRef(r->key);
 }
 
-static PyObject *EvalRequest_get_stream(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyBool_FromLong(r->stream);
-}
-
-static PyObject *EvalRequest_get_trace(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyBool_FromLong(r->trace);
-}
-
-static PyObject *EvalRequest_get_kwargs(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyDictProxy_New(r->kwargs);
-}
-
-static PyObject *EvalRequest_get_volatile(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyDictProxy_New(r->volatile_kwargs);
-}
-
-static PyObject *EvalRequest_get_sharing(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyUnicode_InternFromString(sharing_names[(int)r->sharing]);
-}
-
-static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return Py_NewRef(r->capabilities);
-}
+/* EvalRequest_get_<name>: the getter that returns expr (of r). */
+#define GETTER(name, expr)                                                       \
+    static PyObject *EvalRequest_get_##name(EvalRequestObject *r, void *closure) \
+    {                                                                            \
+        FAB_UNUSED(closure);                                                     \
+        return expr;                                                             \
+    }
+GETTER(stream, PyBool_FromLong(r->stream))
+GETTER(trace, PyBool_FromLong(r->trace))
+GETTER(kwargs, PyDictProxy_New(r->kwargs))
+GETTER(volatile, PyDictProxy_New(r->volatile_kwargs))
+GETTER(sharing, PyUnicode_InternFromString(sharing_names[(int)r->sharing]))
+GETTER(caps, Py_NewRef(r->capabilities))
+#undef GETTER
 
 /* The fields that are plain objects are members: the interpreter reads
  * them without a call. */
