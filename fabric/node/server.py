@@ -44,6 +44,7 @@ from .credit import Credit, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import FairQueue
 from .secrets import SecretStore
+from .loops import loop_factory, loop_name
 from . import snapshot as _snap
 from . import status as _status
 from .snapshot import NodeState, SnapshotBusy
@@ -270,7 +271,11 @@ class Node:
     and a miss that reaches home is computed by the key's lease holder
     (docs/spec/protocol.md section 5).
     ``faults``: test faults to inject (``fabric.node.faults.Faults``; none
-    by default).
+    by default). ``loop``: the event loop ``start()`` runs the node on,
+    ``"auto"`` (uvloop when it is installed, the ``fast`` extra; asyncio's
+    own otherwise), ``"uvloop"`` (``ImportError`` without it) or
+    ``"asyncio"`` (``fabric.node.loops``); ``serve()`` runs on the loop
+    that awaits it.
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
@@ -286,8 +291,12 @@ class Node:
                  governor: PeerGovernor | None = None, faults: Faults | None = None,
                  gossip: _gossip.GossipConfig | None = None,
                  _restored: NodeState | None = None,
-                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
+                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None,
+                 loop: str = "auto"):
         self.host, self.port = _split_listen(listen)
+        self._new_loop, _ = loop_factory(loop)  # a missing uvloop fails here, not in start()
+        #: The event loop serving (``"asyncio"``, ``"uvloop"``), once serving.
+        self.event_loop: str | None = None
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
                              f"insecure=True (--insecure)")
@@ -483,6 +492,7 @@ class Node:
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
         self._loop = asyncio.get_running_loop()
+        self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
@@ -491,7 +501,8 @@ class Node:
                                                   ssl=self.tls, limit=1 << 16)
         sock = self._server.sockets[0].getsockname()
         self._bound = (sock[0], sock[1])
-        log.info("node %s listening on %s:%d", self.node_id, *self._bound)
+        log.info("node %s listening on %s:%d (event loop: %s)", self.node_id, *self._bound,
+                 self.event_loop)
         self._gossip.started(self._bound, self.tls is not None)
         pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
         loop = asyncio.get_running_loop()
@@ -560,7 +571,7 @@ class Node:
             raise FabricError("the node is already started")
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = self._new_loop()
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.serve())
