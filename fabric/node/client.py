@@ -617,8 +617,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if self.sock is not None:
                 self.sock.close()
 
-    async def evaluate(self, request: EvalRequest, g: frozenset[str],
-                       t: float | None) -> EvalReply:
+    def send(self, request: EvalRequest, g: frozenset[str],
+             t: float | None) -> tuple[int, asyncio.Future[Any]]:
+        """Send a request for a single reply: its stream id and the future
+        its (record, source, claim) arrives on (awaited by ``aevaluate``
+        itself: no coroutine of the channel's in between)."""
         c = self.client
         sid = next(self.ids)
         frame = c._open_frame(request, "value", g, t, sid, self.enc)
@@ -634,18 +637,13 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.calls[sid] = [fut, [], self.source, deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
-        try:
-            record, source, claim = await fut
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            if self.calls.pop(sid, None) is not None and not self.dead:
-                self.transport.write(  # type: ignore[union-attr]
-                    StreamControl.cancel(sid).to_frame(_OPEN).encode())
-            if isinstance(exc, asyncio.TimeoutError):
-                raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
-                                       f"within {t} s") from None
-            raise
-        reply = reply_from_record(record, request.key, source)
-        return reply if claim is None else _claimed(reply, claim)
+        return sid, fut
+
+    def gave_up(self, sid: int) -> None:
+        """A call's waiter timed out or was cancelled: the node is told."""
+        if self.calls.pop(sid, None) is not None and not self.dead:
+            self.transport.write(  # type: ignore[union-attr]
+                StreamControl.cancel(sid).to_frame(_OPEN).encode())
 
     def _watch(self, at: float) -> None:
         if self.watch is not None:
@@ -1240,21 +1238,31 @@ class NodeClient:
         g, t = self._prepare(request, grants, timeout)
         loop = asyncio.get_running_loop()
         ch = self._last_achannel  # the common case: the loop that called last
-        if ch is not None and ch.loop is loop and ch.up and not ch.dead:
-            return await ch.evaluate(request, g, t)
-        if loop is not self._loop:
+        if ch is None or ch.loop is not loop or not ch.up or ch.dead:
+            if loop is self._loop:  # the client's own loop: its main connection
+                cf = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
+                                                      self._loop)
+                try:
+                    return await asyncio.wrap_future(cf)
+                except asyncio.CancelledError:
+                    cf.cancel()
+                    raise
             ch = self._achannels.get(loop)
             if ch is None or ch.dead or not ch.up:
                 ch = await self._achannel(loop, t)
             self._last_achannel = ch
-            return await ch.evaluate(request, g, t)
-        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
-                                               self._loop)
+        sid, fut = ch.send(request, g, t)
         try:
-            return await asyncio.wrap_future(fut)
+            record, source, claim = await fut
+        except asyncio.TimeoutError:  # the channel's watchdog
+            ch.gave_up(sid)
+            raise DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} "
+                                   f"within {t} s") from None
         except asyncio.CancelledError:
-            fut.cancel()
+            ch.gave_up(sid)
             raise
+        reply = reply_from_record(record, request.key, source)
+        return reply if claim is None else _claimed(reply, claim)
 
     async def _next_events(self, c: _Call, t: float | None) -> list[Any]:
         """The events that arrived (at least one), granting credit for them."""
