@@ -75,13 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            "pip install 'stream-fabric[metrics]'") from None
     from .loops import loop_factory
     try:  # before anything starts: uvloop (the fast extra) may be missing
-        new_loop, loop_kind = loop_factory(args.loop)
+        new_loop, _kind = loop_factory(args.loop)  # the node logs it as it listens
     except ImportError as exc:
         raise CLIError(f"--loop {args.loop}: {exc}") from None
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("fabric.node").info("fabric serve: event loop %s (--loop %s)",
-                                          loop_kind, args.loop)
     for m in args.imports:
         importlib.import_module(m)
     if bool(args.tls_cert) != bool(args.tls_key):
