@@ -793,6 +793,22 @@ static int enc_dict_value(walker *w, PyObject *v)
     if (enter(w, v) < 0)
         return -1;
     int rc = -1;
+    if (w->borrowed) {
+        /* A borrowed walk runs no Python code: the dict cannot change
+         * under it, so its entries are encoded where they are. */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        if (room(w, FAB_PUT_MAX) < 0)
+            goto out;
+        w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+        while (PyDict_Next(v, &pos, &key, &value)) {
+            if (enc_value(w, key) < 0 || room(w, FAB_PUT_MAX) < 0 ||
+                (!put_scalar(w->out, value, 1) && enc_value(w, value) < 0))
+                goto out; /* (a borrowed failure has no path to add) */
+        }
+        rc = 0;
+        goto out;
+    }
     snapshot snap;
     if (snapshot_alloc(w, &snap, 2 * n) < 0)
         goto out;
