@@ -101,10 +101,8 @@ static inline uint32_t short_hash(const uint8_t *p, uint32_t n)
     return (uint32_t)(h >> 32) | 1;
 }
 
-/* The str of a short map key (len <= KEY_CACHE_LEN) from the table, or
- * decoded and remembered. valid: the reader has checked the bytes are
- * UTF-8; when not, a hit needs no check (what is cached is ASCII) and a
- * miss is checked here. NULL with an exception on invalid UTF-8. */
+/* The str of a short map key (len <= KEY_CACHE_LEN, valid UTF-8) from the
+ * table, or decoded and remembered when it is ASCII. */
 static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
 {
     uint32_t tag = short_hash(p, len);
@@ -789,7 +787,8 @@ static inline int fast_next(fab_mp_reader *r, fab_mp_item *out)
 static PyObject *dec_value(dctx *d, int in_key)
 {
     fab_mp_item it;
-    if (!fast_next(d->r, &it)) {
+    int ascii = fast_next(d->r, &it); /* a str read inline is ASCII */
+    if (!ascii) {
         int rc = fab_mp_next(d->r, &it);
         if (rc != FAB_OK)
             return reader_error(d, rc);
@@ -811,6 +810,14 @@ static PyObject *dec_value(dctx *d, int in_key)
     case FAB_MP_STR:
         if (in_key && d->keys && it.v.s.len <= KEY_CACHE_LEN)
             return cached_key(d, it.v.s.p, it.v.s.len);
+        if (ascii && it.v.s.len > 1) {
+            /* Known ASCII: a copy, no second look at the bytes (shorter
+             * strs are CPython's shared singletons). */
+            PyObject *s = PyUnicode_New(it.v.s.len, 127);
+            if (s != NULL)
+                memcpy(PyUnicode_DATA(s), it.v.s.p, it.v.s.len);
+            return s;
+        }
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
     case FAB_MP_BIN:
         return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
