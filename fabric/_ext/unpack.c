@@ -674,17 +674,26 @@ static PyObject *dec_ext(dctx *d, const fab_mp_item *it, int in_key)
     }
 }
 
-/* Whether n bytes are all ASCII, a word at a time. */
+/* Whether n bytes are all ASCII: words (the last one overlapping), or
+ * for fewer than 4 bytes each of them. */
 static inline int all_ascii(const uint8_t *p, size_t n)
 {
     uint64_t acc = 0, w;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&w, p + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, p + n - 8, 8);
         acc |= w;
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        acc = a | b;
+    } else if (n > 0) {
+        acc = (uint64_t)(p[0] | p[n / 2] | p[n - 1]);
     }
-    for (; i < n; i++)
-        acc |= p[i];
     return (acc & 0x8080808080808080ULL) == 0;
 }
 
