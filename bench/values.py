@@ -36,6 +36,7 @@ import argparse
 import hashlib
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -96,7 +97,15 @@ def main(argv=None):
                     help="time with perf_counter (wall) or process_time (cpu)")
     args = ap.parse_args(argv)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    tmp = tempfile.mkdtemp()
+    # The ledger grows by 1-3 GB over a run: removed at the end.
+    tmp = tempfile.mkdtemp(prefix="fabric-values-")
+    try:
+        run(args, clock, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, clock, tmp):
     cas = EvalCassette(os.path.join(tmp, "v.fabl"), durability="os")
     rec, get = cas.record, cas.get
 
