@@ -93,6 +93,7 @@ typedef struct fab_state {
     PyTypeObject *Timestamp_Type;
     PyObject *redacted; /* fabric.REDACTED */
     PyObject *key_cache[64]; /* recent short ASCII map keys (str), kept across decodes */
+    uint32_t key_cache_tag[64]; /* a hash of each key_cache entry's bytes (0: none) */
 
     /* cassette.c */
     PyTypeObject *EvalCassette_Type;
@@ -334,6 +335,13 @@ int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char
  * reader with the cassette's limits could not read it back; a record may
  * nest FAB_MAX_RECORD_DEPTH deep. 0 or -1. */
 int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
+/* walk.c: the same encoding, handed to use(ctx, data, len) in one piece
+ * (a small value's bytes where the walker made them, with no copy); the
+ * bytes are valid during the call only. use returns 0, or -1 with an
+ * exception set. 0 or -1. */
+int fab_py_with_record(fab_state *st, PyObject *value, const char *root,
+                       int (*use)(void *ctx, const uint8_t *data, size_t len), void *ctx);
 
 /* unpack.c: decodes a cassette record or a frame's value payload: the value
  * encoding when data starts with its prefix, else msgpack as fab_py_decode

@@ -21,36 +21,111 @@ typedef struct dctx {
     size_t nans; /* NaN floats decoded so far (a key holding one needs a byte check) */
     int vmode;   /* the value encoding (docs/spec/values.md): tags are read */
     PyObject **keys; /* KEY_CACHE recent short ASCII map keys, or NULL */
+    uint32_t *key_tags; /* their tags */
 } dctx;
 
 /*
  * Map keys repeat (a list of records has the same few keys in every row, and
  * the replies of one op the same keys in every reply): the str objects of
- * short ASCII keys are remembered in a small direct-mapped table in the
- * module state, kept across decode calls, so a repeated key costs a compare
- * instead of an allocation, a UTF-8 decode and a hash computation (a str
- * keeps its hash). Strings are immutable, and a lookup or replacement runs
- * no Python code, so the GIL makes each one atomic; the table holds at most
- * KEY_CACHE strings of at most KEY_CACHE_LEN characters.
+ * short ASCII keys are remembered in a small table in the module state, kept
+ * across decode calls, so a repeated key costs a hash of a few words and a
+ * compare instead of an allocation, a UTF-8 decode and a hash computation (a
+ * str keeps its hash). The table is 4-way set associative (16 sets of 4), so
+ * the dozen keys of one reply do not evict each other by a collision; each
+ * entry's tag is a hash of its bytes, so a probe compares bytes only on a tag
+ * match. Strings are immutable, and a lookup or replacement runs no Python
+ * code, so the GIL makes each one atomic; the table holds at most KEY_CACHE
+ * strings of at most KEY_CACHE_LEN characters.
  */
 #define KEY_CACHE 64
+#define KEY_CACHE_WAYS 4
 _Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache) / sizeof(PyObject *),
                "the key cache's size");
+_Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache_tag) / sizeof(uint32_t),
+               "the key cache's tags");
 #define KEY_CACHE_LEN 32
 
+/* Whether n bytes (at most KEY_CACHE_LEN) at a and b are equal: a few
+ * possibly overlapping word compares, no call. */
+static inline int same_short(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+    uint64_t x, y, u, v;
+    if (n >= 8) {
+        for (uint32_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, b + i, 8);
+            if (x != y)
+                return 0;
+        }
+        memcpy(&x, a + n - 8, 8);
+        memcpy(&y, b + n - 8, 8);
+        return x == y;
+    }
+    if (n >= 4) {
+        uint32_t x4, y4, u4, v4;
+        memcpy(&x4, a, 4);
+        memcpy(&y4, b, 4);
+        memcpy(&u4, a + n - 4, 4);
+        memcpy(&v4, b + n - 4, 4);
+        return x4 == y4 && u4 == v4;
+    }
+    if (n == 0)
+        return 1;
+    x = a[0], y = b[0], u = a[n - 1], v = b[n - 1];
+    return x == y && u == v && a[n / 2] == b[n / 2];
+}
+
+/* A hash of n bytes (at most KEY_CACHE_LEN) from their first and last
+ * words and their length; never 0 (0 marks an empty slot). */
+static inline uint32_t short_hash(const uint8_t *p, uint32_t n)
+{
+    uint64_t a = 0, b = 0;
+    if (n >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        if (n > 16) {
+            uint64_t m;
+            memcpy(&m, p + 8, 8);
+            a ^= m * 0xff51afd7ed558ccdULL;
+        }
+    } else if (n >= 4) {
+        uint32_t a4, b4;
+        memcpy(&a4, p, 4);
+        memcpy(&b4, p + n - 4, 4);
+        a = a4;
+        b = b4;
+    } else if (n > 0) {
+        a = (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 | (uint64_t)p[n - 1] << 16;
+    }
+    uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ULL) ^ n) * 0xbf58476d1ce4e5b9ULL;
+    return (uint32_t)(h >> 32) | 1;
+}
+
+/* The str of a short map key (len <= KEY_CACHE_LEN, valid UTF-8) from the
+ * table, or decoded and remembered when it is ASCII. */
 static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
 {
-    uint32_t h = 2166136261u;
-    for (uint32_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    PyObject **slot = &d->keys[(h ^ (h >> 16)) & (KEY_CACHE - 1)];
-    PyObject *k = *slot;
-    if (k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
-        memcmp(PyUnicode_DATA(k), p, len) == 0)
-        return Py_NewRef(k);
-    k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
-    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k))
-        Py_XSETREF(*slot, Py_NewRef(k));
+    uint32_t tag = short_hash(p, len);
+    size_t set = (size_t)(tag >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
+    PyObject **slots = d->keys + set;
+    uint32_t *tags = d->key_tags + set;
+    for (int i = 0; i < KEY_CACHE_WAYS; i++) {
+        PyObject *k = slots[i];
+        if (tags[i] == tag && k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
+            same_short(PyUnicode_DATA(k), p, len))
+            return Py_NewRef(k);
+    }
+    PyObject *k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
+    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k)) {
+        /* The newest first: the oldest of the set is dropped. */
+        Py_XDECREF(slots[KEY_CACHE_WAYS - 1]);
+        for (int i = KEY_CACHE_WAYS - 1; i > 0; i--) {
+            slots[i] = slots[i - 1];
+            tags[i] = tags[i - 1];
+        }
+        slots[0] = Py_NewRef(k);
+        tags[0] = tag;
+    }
     return k;
 }
 
@@ -178,7 +253,7 @@ static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held
         j = (j + 1) & (c->cap - 1);
     c->t[j].h = h;
     if (++c->t[j].count > FAB_MAX_HASH_RUN) {
-        dctx abs = {d->st, d->r, 0, 0, d->vmode, NULL};
+        dctx abs = {d->st, d->r, 0, 0, d->vmode, NULL, NULL};
         dec_error(&abs, c->at_abs, "more than %d %ss share one hash (refused: building it "
                   "would cost quadratic time)", FAB_MAX_HASH_RUN, c->what);
         return -1;
@@ -227,7 +302,7 @@ static PyObject *dec_set(dctx *d, const fab_mp_item *it)
     if (fab_mp_reader_init(&sub, it->v.s.p, it->v.s.len, &lim) != FAB_OK)
         return dec_error(d, it->offset, "invalid limits");
     sub.tags = d->r->tags; /* read as the enclosing payload is */
-    dctx sd = {d->st, &sub, d->base + payload_off, 0, d->vmode, d->keys};
+    dctx sd = {d->st, &sub, d->base + payload_off, 0, d->vmode, d->keys, d->key_tags};
     fab_mp_item head;
     int rc = fab_mp_next(&sub, &head);
     if (rc != FAB_OK)
@@ -599,12 +674,135 @@ static PyObject *dec_ext(dctx *d, const fab_mp_item *it, int in_key)
     }
 }
 
+/* Whether n bytes are all ASCII: words (the last one overlapping), or
+ * for fewer than 4 bytes each of them. */
+static inline int all_ascii(const uint8_t *p, size_t n)
+{
+    uint64_t acc = 0, w;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&w, p + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, p + n - 8, 8);
+        acc |= w;
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        acc = a | b;
+    } else if (n > 0) {
+        acc = (uint64_t)(p[0] | p[n / 2] | p[n - 1]);
+    }
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
+/*
+ * The common scalars read inline: positive and negative fixints, nil,
+ * bools, float64, the integer forms, short ASCII strs (fixstr and str8) and
+ * bin8. Each is read exactly as fab_mp_next would read it (the same
+ * checks, the same effect on the reader: its position, item count and the
+ * containers it closes), and only when it is well formed, within the limits
+ * and wholly present; anything else, including every error, is left to
+ * fab_mp_next (0 returned, the reader untouched). 1 when *out was read.
+ */
+static inline int fast_next(fab_mp_reader *r, fab_mp_item *out)
+{
+    size_t start = r->pos, left;
+    if (start >= r->len || r->items >= r->lim.max_items)
+        return 0;
+    left = r->len - start - 1; /* bytes after the type byte */
+    const uint8_t *p = r->data + start;
+    uint8_t c = p[0];
+    size_t used = 1;
+    if (c <= 0x7f) {
+        out->type = FAB_MP_UINT;
+        out->v.u = c;
+    } else if (c >= 0xe0) {
+        out->type = FAB_MP_INT;
+        out->v.i = (int8_t)c;
+    } else if ((c & 0xe0) == 0xa0 || c == 0xd9) {
+        size_t n = c == 0xd9 ? (left >= 1 ? p[1] : SIZE_MAX) : (size_t)(c & 0x1f);
+        size_t head = c == 0xd9 ? 2 : 1;
+        if (n > r->lim.max_str || n > left + 1 - head || !all_ascii(p + head, n))
+            return 0;
+        out->type = FAB_MP_STR;
+        out->v.s.p = p + head;
+        out->v.s.len = (uint32_t)n;
+        used = head + n;
+    } else if (c == 0xc0) {
+        out->type = FAB_MP_NIL;
+    } else if (c == 0xc2 || c == 0xc3) {
+        out->type = FAB_MP_BOOL;
+        out->v.b = c == 0xc3;
+    } else if (c == 0xcb) {
+        if (left < 8)
+            return 0;
+        uint64_t bits = fab_load_be64(p + 1);
+        memcpy(&out->v.f, &bits, 8);
+        out->type = FAB_MP_FLOAT;
+        used = 9;
+    } else if (c >= 0xcc && c <= 0xd3) {
+        size_t n = (size_t)1 << ((c - 0xcc) & 3);
+        if (left < n)
+            return 0;
+        uint64_t u = 0;
+        for (size_t i = 1; i <= n; i++)
+            u = (u << 8) | p[i];
+        if (c <= 0xcf) {
+            out->type = FAB_MP_UINT;
+            out->v.u = u;
+        } else {
+            int64_t v;
+            if (n == 1) v = (int8_t)u;
+            else if (n == 2) v = (int16_t)u;
+            else if (n == 4) v = (int32_t)u;
+            else memcpy(&v, &u, 8);
+            if (v >= 0) {
+                out->type = FAB_MP_UINT;
+                out->v.u = (uint64_t)v;
+            } else {
+                out->type = FAB_MP_INT;
+                out->v.i = v;
+            }
+        }
+        used = 1 + n;
+    } else if (c == 0xc4) {
+        if (left < 1 || p[1] > r->lim.max_bin || p[1] > left - 1)
+            return 0;
+        out->type = FAB_MP_BIN;
+        out->v.s.p = p + 2;
+        out->v.s.len = p[1];
+        used = 2 + (size_t)p[1];
+    } else {
+        return 0;
+    }
+    out->offset = start;
+    r->pos = start + used;
+    r->items++;
+    r->after_tag = 0;
+    /* A scalar opens nothing: it closes each container it was the last
+     * child of. */
+    uint32_t depth = r->depth;
+    if (depth > 0 && --r->remaining[depth - 1] == 0) {
+        do
+            depth--;
+        while (depth > 0 && r->remaining[depth - 1] == 0);
+        r->depth = depth;
+    }
+    return 1;
+}
+
 static PyObject *dec_value(dctx *d, int in_key)
 {
     fab_mp_item it;
-    int rc = fab_mp_next(d->r, &it);
-    if (rc != FAB_OK)
-        return reader_error(d, rc);
+    int ascii = fast_next(d->r, &it); /* a str read inline is ASCII */
+    if (!ascii) {
+        int rc = fab_mp_next(d->r, &it);
+        if (rc != FAB_OK)
+            return reader_error(d, rc);
+    }
+    int rc;
     switch (it.type) {
     case FAB_MP_NIL:
         Py_RETURN_NONE;
@@ -621,6 +819,14 @@ static PyObject *dec_value(dctx *d, int in_key)
     case FAB_MP_STR:
         if (in_key && d->keys && it.v.s.len <= KEY_CACHE_LEN)
             return cached_key(d, it.v.s.p, it.v.s.len);
+        if (ascii && it.v.s.len > 1) {
+            /* Known ASCII: a copy, no second look at the bytes (shorter
+             * strs are CPython's shared singletons). */
+            PyObject *s = PyUnicode_New(it.v.s.len, 127);
+            if (s != NULL)
+                memcpy(PyUnicode_DATA(s), it.v.s.p, it.v.s.len);
+            return s;
+        }
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
     case FAB_MP_BIN:
         return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
@@ -662,7 +868,9 @@ static PyObject *dec_value(dctx *d, int in_key)
             PyObject *k = dec_value(d, 1);
             if (k == NULL)
                 goto map_fail;
-            if (keycheck_add(d, &kc, k, at, d->nans != nans) < 0) {
+            /* (A str key without a NaN needs no check: inline.) */
+            if ((d->nans != nans || !PyUnicode_CheckExact(k)) &&
+                keycheck_add(d, &kc, k, at, d->nans != nans) < 0) {
                 Py_DECREF(k);
                 goto map_fail;
             }
@@ -706,7 +914,7 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
         PyErr_SetString(PyExc_ValueError, "decode limits must all be positive");
         return NULL;
     }
-    dctx d = {st, &r, base_offset, 0, 0, st->key_cache};
+    dctx d = {st, &r, base_offset, 0, 0, st->key_cache, st->key_cache_tag};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
@@ -740,7 +948,7 @@ PyObject *fab_py_decode_tagged(fab_state *st, const uint8_t *data, size_t len,
         return NULL;
     }
     fab_mp_reader_tags(&r);
-    dctx d = {st, &r, base_offset, 0, 1, st->key_cache};
+    dctx d = {st, &r, base_offset, 0, 1, st->key_cache, st->key_cache_tag};
     if (len == 0)
         return fab_py_decode_error(st, base_offset, "empty input (no value)");
     PyObject *v = dec_value(&d, 0);
@@ -1011,6 +1219,8 @@ void fab_py_unpack_clear(fab_state *st)
     Py_CLEAR(st->Ext_Type);
     Py_CLEAR(st->Timestamp_Type);
     Py_CLEAR(st->redacted);
-    for (int i = 0; i < KEY_CACHE; i++)
+    for (int i = 0; i < KEY_CACHE; i++) {
         Py_CLEAR(st->key_cache[i]);
+        st->key_cache_tag[i] = 0;
+    }
 }

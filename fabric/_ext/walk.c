@@ -793,6 +793,22 @@ static int enc_dict_value(walker *w, PyObject *v)
     if (enter(w, v) < 0)
         return -1;
     int rc = -1;
+    if (w->borrowed) {
+        /* A borrowed walk runs no Python code: the dict cannot change
+         * under it, so its entries are encoded where they are. */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        if (room(w, FAB_PUT_MAX) < 0)
+            goto out;
+        w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
+        while (PyDict_Next(v, &pos, &key, &value)) {
+            if (enc_value(w, key) < 0 || room(w, FAB_PUT_MAX) < 0 ||
+                (!put_scalar(w->out, value, 1) && enc_value(w, value) < 0))
+                goto out; /* (a borrowed failure has no path to add) */
+        }
+        rc = 0;
+        goto out;
+    }
     snapshot snap;
     if (snapshot_alloc(w, &snap, 2 * n) < 0)
         goto out;
@@ -1461,12 +1477,30 @@ static int value_walker(walker *w, int max_depth)
     return 0;
 }
 
+/* The owned walk of a record, straight into enc's sink (so a large body
+ * is not copied twice): what a borrowed walk that gave up falls back to.
+ * 0, or -1 with the exception raised. */
+static int encode_record_owned(walker *w, fab_state *st, fab_enc *enc, PyObject *value,
+                               const char *root)
+{
+    walker_init(w, st, NULL, enc);
+    int rc = value_walker(w, FAB_MAX_RECORD_DEPTH);
+    if (rc == 0)
+        rc = enc_value(w, value);
+    if (rc == 0)
+        rc = out_flush(w, &w->main);
+    if (rc < 0)
+        walker_raise(w, root);
+    walker_destroy(w);
+    return rc;
+}
+
 int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
 {
     walker w;
     /* A borrowed walk in memory first, handed over in one piece; when it
      * gives up (a registered type, an array, a large buffer), an owned walk
-     * straight into the sink, so large bodies are not copied twice. */
+     * straight into the sink. */
     walker_init(&w, st, NULL, NULL);
     w.borrowed = 1;
     int rc = value_walker(&w, FAB_MAX_RECORD_DEPTH);
@@ -1474,18 +1508,46 @@ int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const cha
         rc = enc_value(&w, value);
     if (rc < 0 && w.restart) {
         walker_destroy(&w);
-        walker_init(&w, st, NULL, enc);
-        rc = value_walker(&w, FAB_MAX_RECORD_DEPTH);
-        if (rc == 0)
-            rc = enc_value(&w, value);
-        if (rc == 0)
-            rc = out_flush(&w, &w.main);
-    } else if (rc == 0) {
-        rc = check(&w, enc->sink(enc->ctx, w.main.data, w.main.len));
+        return encode_record_owned(&w, st, enc, value, root);
     }
+    if (rc == 0)
+        rc = check(&w, enc->sink(enc->ctx, w.main.data, w.main.len));
     if (rc < 0)
         walker_raise(&w, root);
     walker_destroy(&w);
+    return rc;
+}
+
+int fab_py_with_record(fab_state *st, PyObject *value, const char *root,
+                       int (*use)(void *ctx, const uint8_t *data, size_t len), void *ctx)
+{
+    walker w;
+    /* The borrowed walk's bytes are handed to use() where they lie, in the
+     * walker's stage (on this C stack for a small value): no copy. */
+    walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    int rc = value_walker(&w, FAB_MAX_RECORD_DEPTH);
+    if (rc == 0)
+        rc = enc_value(&w, value);
+    if (rc == 0) {
+        rc = use(ctx, w.main.data, w.main.len);
+        walker_destroy(&w);
+        return rc;
+    }
+    if (!w.restart) {
+        walker_raise(&w, root);
+        walker_destroy(&w);
+        return -1;
+    }
+    walker_destroy(&w);
+    fab_buf buf;
+    fab_enc enc;
+    fab_buf_init(&buf);
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    rc = encode_record_owned(&w, st, &enc, value, root);
+    if (rc == 0)
+        rc = use(ctx, buf.data, buf.len);
+    fab_buf_destroy(&buf);
     return rc;
 }
 
