@@ -137,6 +137,9 @@ _EMPTY: frozenset[str] = frozenset()
 #: ContentAddressedFabric's hit path.
 check_grants = _core._check_grants
 
+#: ``reply_from_record`` itself (the glue's), without its wrapper's frame.
+_reply_from_record: Any = _core._reply_from_record
+
 
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
@@ -954,7 +957,7 @@ class LocalFabric(_FabricBase):
                     # Its owner finished without the lock (the common miss)
                     # and may have looked for a future before this one was
                     # made: it left its reply on the flight.
-                    _resolve(fut, flight.reply)  # type: ignore[arg-type]
+                    _resolve(fut, flight.reply)
             self._stats.add("coalesced")
             return flight, False
 
@@ -1582,13 +1585,17 @@ class ContentServeFabric(_FabricBase):
 
     def _held(self, request: EvalRequest, g: frozenset[str]) -> EvalReply:
         """The shared body of ``evaluate`` and ``aevaluate`` (single replies)."""
-        self._check(request, g)
+        try:
+            check_grants(request, g, "ContentServeFabric")
+        except CapabilityDenied:
+            self._stats.add("denied")
+            raise
         key = request.key
         record = self.cassette.get(key)
         if record is None:
             raise self._not_held(key)
         self._stats.add("served")
-        reply = reply_from_record(record, key, "held")
+        reply: EvalReply = _reply_from_record(record, key, "held")
         if self.fleet_keys is not None:
             from .claims import attach
             return attach(reply, self.fleet_keys.sign(key, reply, self.node))
@@ -1597,8 +1604,9 @@ class ContentServeFabric(_FabricBase):
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
         """The held reply for the request's key, else ``ContentNotHeld``."""
-        _check_timeout(timeout)
-        g = self._grants(grants)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # (a float >= 0 needs no look: the common case)
+        g = self.grants if grants is None else _core._as_grants(grants, self.grants)
         if request.stream:
             return _collect(self.stream(request, grants=g), request.key)
         return self._held(request, g)

@@ -143,6 +143,7 @@ class Ask(NamedTuple):
 # last step, "computed" or "hit", is then read off the source asked).
 _OPEN, _ASKING, _HOLDING, _STREAMING, _DONE, _HELD = range(6)
 _HOME = ("home", "home", False)
+_HOME_HELD = ("home", None, _HOME)  # the trail of a miss that home answered at once
 #: The resolution's decisions at DEBUG (which source is asked, why it moved
 #: on, where the reply came from); a peer marked failed at WARNING. Records
 #: name keys, ops, nodes and what a source answered, never arguments.
@@ -151,6 +152,8 @@ _DEBUG = logging.DEBUG
 
 # An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
 _new_ask = tuple.__new__
+# Every reply the resolution accepts is one (fabric.EvalReply, or a subclass).
+_ReplyBase = _core.EvalReply
 
 
 class Plan:
@@ -162,6 +165,11 @@ class Plan:
 
     __slots__ = ("node", "peers", "peer_timeout", "governor", "trust", "clock", "_home_ask",
                  "_holders", "_announce", "_holders_of", "_failures_of")
+
+    _holders: HoldingIndex | None
+    _announce: Callable[[ContentKey, str], Any] | None
+    _holders_of: Callable[[ContentKey], list[str]] | None
+    _failures_of: Callable[[str], int | None] | None
 
     def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
                  home: Any, peer_timeout: float | None = None,
@@ -494,11 +502,15 @@ class Resolution:
         a peer's reply was refused (one for another key: ask the next)."""
         if self._state != _ASKING:
             self._expect(_ASKING, "answered")
-        if self._cur is not _HOME:
-            name = self._cur[0]
-            rkey = getattr(reply, "key", None)
-            if not isinstance(reply, _core.EvalReply) or (rkey is not None
-                                                           and rkey != self.key):
+        cur = self._cur
+        if cur is not _HOME:
+            name = cur[0]
+            if isinstance(reply, _ReplyBase):
+                rkey = reply.key
+                ok = rkey is None or rkey == self.key
+            else:
+                rkey, ok = getattr(reply, "key", None), False
+            if not ok:
                 err = RemoteError(f"peer {name!r} answered with a reply for another key "
                                   f"({rkey})")
                 err.node = name
@@ -534,7 +546,8 @@ class Resolution:
             self.outcome = "peer_hits"
             failures_of = plan._failures_of
             if failures_of is not None and failures_of(name):
-                plan._holders.mark_ok(name)  # (it takes a lock: only when there is a failure to forget)
+                # (it takes a lock: only when there is a failure to forget)
+                plan._holders.mark_ok(name)  # type: ignore[union-attr]
             if plan.governor is not None:
                 plan.governor.ok(name)
         if self._debug:
@@ -888,8 +901,12 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         self._stats.add(res.outcome or "failures")
         trails = self._trails
         steps = res._steps  # res._trail(), written out: every miss ends here
-        trails[res.key] = (res.source, tuple(steps) if steps else None,
-                           res._cur if res._state == _HELD else None)
+        if steps is None and res._state == _HELD:
+            cur = res._cur
+            trails[res.key] = _HOME_HELD if cur is _HOME else (res.source, None, cur)
+        else:
+            trails[res.key] = (res.source, tuple(steps) if steps else None,
+                               res._cur if res._state == _HELD else None)
         if len(trails) >= self._remember:
             self._trails_old, self._trails = trails, {}
 
@@ -957,7 +974,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 if reply is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
                 elif type(reply) is _TimedOut:
-                    late = res.timed_out(t)
+                    late = res.timed_out(t)  # type: ignore[arg-type]
                     if late is not None:
                         raise self._home_late(res, late, reply)
                 elif res.answered(reply) is not None:
