@@ -584,7 +584,9 @@ static PyObject *EvalRequest_get_volatile(EvalRequestObject *r, void *closure)
 static PyObject *EvalRequest_get_sharing(EvalRequestObject *r, void *closure)
 {
     FAB_UNUSED(closure);
-    return PyUnicode_InternFromString(sharing_names[(int)r->sharing]);
+    /* The module's interned str: read on every miss, made once. */
+    fab_state *st = fab_state_from_type(Py_TYPE(r));
+    return st ? Py_NewRef(st->str_sharing[(int)r->sharing]) : NULL;
 }
 
 static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
@@ -931,6 +933,11 @@ int fab_py_request_exec(PyObject *module, fab_state *st)
     for (int i = 0; i < KW_COUNT; i++)
         if ((st->kw_names[i] = PyUnicode_InternFromString(kw_strings[i])) == NULL)
             return -1;
+    _Static_assert(SHARING_COUNT == sizeof(st->str_sharing) / sizeof(st->str_sharing[0]),
+                   "one str per sharing class");
+    for (int i = 0; i < SHARING_COUNT; i++)
+        if ((st->str_sharing[i] = PyUnicode_InternFromString(sharing_names[i])) == NULL)
+            return -1;
     if (PyModule_AddStringConstant(module, "KEY_SCHEME", KEY_SCHEME_TAG) < 0)
         return -1;
     return 0;
@@ -952,6 +959,8 @@ void fab_py_request_clear(fab_state *st)
     Py_CLEAR(st->empty_dict);
     for (int i = 0; i < KW_COUNT; i++)
         Py_CLEAR(st->kw_names[i]);
+    for (int i = 0; i < SHARING_COUNT; i++)
+        Py_CLEAR(st->str_sharing[i]);
 }
 
 /* ======================================================================== */
