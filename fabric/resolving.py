@@ -163,13 +163,14 @@ class Plan:
     the clock. A fabric keeps one and changes it in place (``add_peer``),
     so a miss copies none of it."""
 
-    __slots__ = ("node", "peers", "peer_timeout", "governor", "trust", "clock", "_home_ask",
-                 "_holders", "_announce", "_holders_of", "_failures_of")
+    __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
+                 "_holders", "_announce", "_holders_of", "_failures_of", "_peers", "_lone")
 
     _holders: HoldingIndex | None
     _announce: Callable[[ContentKey, str], Any] | None
     _holders_of: Callable[[ContentKey], list[str]] | None
     _failures_of: Callable[[str], int | None] | None
+    _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
 
     def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
                  home: Any, peer_timeout: float | None = None,
@@ -184,6 +185,21 @@ class Plan:
         self.peer_timeout = peer_timeout
         self.clock = clock
         self.home = home
+
+    @property
+    def peers(self) -> dict[str, Any]:
+        return self._peers
+
+    @peers.setter
+    def peers(self, peers: dict[str, Any]) -> None:
+        # With one peer the order to ask is that peer, announced as a holder
+        # of the key or not: both orders are made once, here.
+        self._peers = peers
+        if len(peers) == 1:
+            ((name, serve),) = peers.items()
+            self._lone = (((name, serve, False),), ((name, serve, True),))
+        else:
+            self._lone = None
 
     @property
     def holders(self) -> HoldingIndex | None:
@@ -402,9 +418,15 @@ class Resolution:
         left = None if self.t_end is None else self._left()
         order = self._order
         if order is None:
-            order = self._order = (_peer_order(self.key, plan.peers, plan._holders,
-                                               plan._holders_of, plan._failures_of)
-                                   if plan.peers else ())
+            lone = plan._lone
+            if lone is not None:  # one peer: announced as a holder of the key or not
+                holders_of = plan._holders_of
+                order = lone[1 if holders_of is not None and lone[0][0][0] in holders_of(self.key)
+                             else 0]
+            else:
+                order = (_peer_order(self.key, plan._peers, plan._holders, plan._holders_of,
+                                     plan._failures_of) if plan._peers else ())
+            self._order = order
         if order:
             governor = plan.governor
             while governor is not None and self._idx < len(order):
