@@ -32,7 +32,7 @@ struct fab_holdings {
     uint8_t (*keys)[KLEN];
     uint32_t *head;
     size_t nkeys, kcap;
-    uint64_t *slots; /* key index + 1 (0 = empty), the hash's high half above (see key_slot) */
+    uint32_t *slots; /* key index + 1; 0 = empty */
     size_t mask;     /* slot count - 1 (a power of two), or 0 before the first key */
     /* the log of facts, in learned order */
     fact *log;
@@ -200,29 +200,15 @@ const char *fab_holdings_holder_name(const fab_holdings *h, uint32_t id, size_t 
 
 /* -- keys and facts --------------------------------------------------------- */
 
-/* A slot holds a key's index + 1 in its low 32 bits (0: empty) and the high
- * 32 bits of the key's hash above: a probe compares a key only when that
- * tag matches. In a large index every key compared is a cache miss (the
- * keys are far from the slots), so a probe past occupied slots costs
- * almost nothing more than reading them. */
-#define SLOT_INDEX(s) ((uint32_t)(s))
-#define SLOT_TAG(hash) ((hash) >> 32)
-
-/* The slot of key (whose key_hash is hash): holding its index + 1, or the
- * empty slot it would take. */
-static uint64_t *key_slot(const fab_holdings *h, const uint8_t *key, uint64_t hash)
+/* The slot of key: holding its index + 1, or the empty slot it would take. */
+static uint32_t *key_slot(const fab_holdings *h, const uint8_t *key)
 {
-    uint64_t tag = SLOT_TAG(hash);
-    for (size_t i = hash & h->mask;; i = (i + 1) & h->mask) {
-        uint64_t *s = &h->slots[i];
-        uint32_t k = SLOT_INDEX(*s);
-        if (k == 0 || (*s >> 32 == tag && memcmp(h->keys[k - 1], key, KLEN) == 0))
+    for (size_t i = key_hash(h, key) & h->mask;; i = (i + 1) & h->mask) {
+        uint32_t *s = &h->slots[i];
+        if (*s == 0 || memcmp(h->keys[*s - 1], key, KLEN) == 0)
             return s;
     }
 }
-
-/* A slot's value for the key of index k and hash hash. */
-static uint64_t slot_of(uint32_t k, uint64_t hash) { return SLOT_TAG(hash) << 32 | (k + 1u); }
 
 static int rehash(fab_holdings *h, size_t nkeys)
 {
@@ -234,16 +220,14 @@ static int rehash(fab_holdings *h, size_t nkeys)
     }
     if (h->slots != NULL && n <= h->mask + 1)
         return 0;
-    uint64_t *slots = calloc(n, sizeof(uint64_t));
+    uint32_t *slots = calloc(n, sizeof(uint32_t));
     if (slots == NULL)
         return FAB_ENOMEM;
     free(h->slots);
     h->slots = slots;
     h->mask = n - 1;
-    for (size_t i = 0; i < h->nkeys; i++) {
-        uint64_t hash = key_hash(h, h->keys[i]);
-        *key_slot(h, h->keys[i], hash) = slot_of((uint32_t)i, hash);
-    }
+    for (size_t i = 0; i < h->nkeys; i++)
+        *key_slot(h, h->keys[i]) = (uint32_t)i + 1;
     return 0;
 }
 
@@ -270,16 +254,15 @@ int fab_holdings_reserve(fab_holdings *h, size_t nkeys, size_t nfacts)
 /* Adds with room already made: never fails. */
 static int add_reserved(fab_holdings *h, const uint8_t *key, uint32_t holder)
 {
-    uint64_t hash = key_hash(h, key);
-    uint64_t *s = key_slot(h, key, hash);
+    uint32_t *s = key_slot(h, key);
     uint32_t k;
-    if (SLOT_INDEX(*s) == 0) {
+    if (*s == 0) {
         k = (uint32_t)h->nkeys++;
         memcpy(h->keys[k], key, KLEN);
         h->head[k] = NONE;
-        *s = slot_of(k, hash);
+        *s = k + 1;
     } else {
-        k = SLOT_INDEX(*s) - 1;
+        k = *s - 1;
         for (uint32_t f = h->head[k]; f != NONE; f = h->log[f].next)
             if (h->log[f].holder == holder)
                 return 0;
@@ -328,7 +311,7 @@ int fab_holdings_has(const fab_holdings *h, const uint8_t key[KLEN], uint32_t ho
 {
     if (h->slots == NULL)
         return 0;
-    uint32_t s = SLOT_INDEX(*key_slot(h, key, key_hash(h, key)));
+    uint32_t s = *key_slot(h, key);
     if (s == 0)
         return 0;
     for (uint32_t f = h->head[s - 1]; f != NONE; f = h->log[f].next)
@@ -342,7 +325,7 @@ size_t fab_holdings_holders_of(const fab_holdings *h, const uint8_t key[KLEN], u
 {
     if (h->slots == NULL)
         return 0;
-    uint32_t s = SLOT_INDEX(*key_slot(h, key, key_hash(h, key)));
+    uint32_t s = *key_slot(h, key);
     if (s == 0)
         return 0;
     size_t n = 0;
@@ -398,7 +381,7 @@ size_t fab_holdings_memory(const fab_holdings *h)
 {
     size_t m = sizeof(*h);
     m += h->kcap * (KLEN + sizeof(uint32_t));
-    m += h->slots ? (h->mask + 1) * sizeof(uint64_t) : 0;
+    m += h->slots ? (h->mask + 1) * sizeof(uint32_t) : 0;
     m += h->fcap * sizeof(fact);
     m += h->hcap * sizeof(holder);
     m += h->hslots ? (h->hmask + 1) * sizeof(uint32_t) : 0;
