@@ -164,12 +164,14 @@ class Plan:
     so a miss copies none of it."""
 
     __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
-                 "_holders", "_announce", "_holders_of", "_failures_of", "_peers", "_lone")
+                 "_holders", "_announce", "_holders_of", "_failures_of", "_holds", "_peers",
+                 "_lone")
 
     _holders: HoldingIndex | None
     _announce: Callable[[ContentKey, str], Any] | None
     _holders_of: Callable[[ContentKey], list[str]] | None
     _failures_of: Callable[[str], int | None] | None
+    _holds: Callable[[ContentKey, str], bool] | None
     _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
 
     def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
@@ -212,6 +214,7 @@ class Plan:
         # its own way) the resolution calls its fact store and reads its
         # failure counts directly, one Python frame fewer each.
         self._holders = holders
+        self._holds = None
         if holders is None:
             self._announce = self._holders_of = self._failures_of = None
         elif type(holders) is HoldingIndex:
@@ -219,6 +222,9 @@ class Plan:
             self._announce = store.add
             self._holders_of = store.holders_of  # sorted by the index only when >= 2
             self._failures_of = holders._failures.get  # (a dict changed in place, never replaced)
+            # Whether one holder holds a key: no look at the key at all when
+            # the index never heard of that holder.
+            self._holds = store.has
         else:
             self._announce = holders.announce
             self._holders_of = holders.holders_of
@@ -420,9 +426,12 @@ class Resolution:
         if order is None:
             lone = plan._lone
             if lone is not None:  # one peer: announced as a holder of the key or not
-                holders_of = plan._holders_of
-                order = lone[1 if holders_of is not None and lone[0][0][0] in holders_of(self.key)
-                             else 0]
+                holds, holders_of, name = plan._holds, plan._holders_of, lone[0][0][0]
+                if holds is not None:
+                    announced = holds(self.key, name)
+                else:
+                    announced = holders_of is not None and name in holders_of(self.key)
+                order = lone[1 if announced else 0]
             else:
                 order = (_peer_order(self.key, plan._peers, plan._holders, plan._holders_of,
                                      plan._failures_of) if plan._peers else ())
