@@ -14,12 +14,21 @@ change to StreamControl) to compare them; record the figures in
 docs/benchmarks.md ("Frames").
 """
 
-import time
+import os
+import sys
 
 import msgpack
 
-import fabric
-from fabric import FrameDecoder, StreamControl
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# bench/fabric.py would shadow the package: the package is imported with this
+# folder off the path, and the folder goes back, last, for _common.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import fabric  # noqa: E402
+from fabric import FrameDecoder, StreamControl  # noqa: E402
+
+sys.path.append(_HERE)
+from _common import best  # noqa: E402
 
 ALL = {"stream.open", "stream.read", "stream.push", "stream.cancel", "stream.stats",
        "stream.remote.network"}
@@ -33,15 +42,6 @@ MIXES = {
         lambda i: StreamControl.cancel(i, reason="user pressed stop"),
         {"op": "cancel", "reason": "user pressed stop"}),
 }
-
-
-def best(fn, repeat=5):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def round_trips(make, n):

@@ -16,26 +16,20 @@ ratios in docs/benchmarks.md ("Decoding hostile maps").
 
 import os
 import sys
-import time
 
-# bench/fabric.py would shadow the package: import it from the repository.
+# bench/fabric.py would shadow the package: import it from the repository,
+# with this folder off the path; the folder goes back, last, for _common.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import fabric  # noqa: E402
 
+sys.path.append(_HERE)
+from _common import best  # noqa: E402
+
 M61 = (1 << 61) - 1
 N = 8000
-
-
-def best(fn, repeat=5):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main():

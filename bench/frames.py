@@ -9,23 +9,23 @@ payload; batched: one Unpacker fed the concatenation). Prints ratios; record
 them in docs/benchmarks.md ("Frames").
 """
 
-import time
+import os
+import sys
 
 import msgpack
 
-import fabric
-from fabric import FrameDecoder, FrameEncoder, FrameKind
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# bench/fabric.py would shadow the package: the package is imported with this
+# folder off the path, and the folder goes back, last, for _common.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import fabric  # noqa: E402
+from fabric import FrameDecoder, FrameEncoder, FrameKind  # noqa: E402
+
+sys.path.append(_HERE)
+from _common import best  # noqa: E402
 
 CHUNK = FrameKind.STREAM_CHUNK
-
-
-def best(fn, repeat=7):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def big(n=128, size=64 * 1024):
@@ -42,7 +42,7 @@ def big(n=128, size=64 * 1024):
         for _ in range(n):
             msgpack.unpackb(msgpack.packb(payload))
 
-    a, b = best(ours), best(theirs)
+    a, b = best(ours, 7), best(theirs, 7)
     gb = n * size / 1e9
     return gb / a, gb / b
 

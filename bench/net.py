@@ -1,7 +1,8 @@
 """The network node over loopback: latency, throughput, streams, TLS, memory.
 
     PYTHONPATH=. python -P bench/net.py [--n 2000] [--rounds 3]
-        [--only hit,redis,stream,fair,tls,mem]
+        [--only hit,redis,stream,fair,tls,mem] [--pin CPU]
+        [--loop asyncio|uvloop|both]
 
 Side by side in one run (every server a separate process, every socket on
 127.0.0.1, every loop bounded in count):
@@ -31,6 +32,20 @@ Side by side in one run (every server a separate process, every socket on
   one connection);
 - ``tls``: the hit's p50 with TLS against without;
 - ``mem``: the node process's RSS growth per idle connection.
+
+``--loop`` is the event loop of everything on asyncio here: the node
+process, the asyncio echo process and the asyncio client (``both``, the
+default when uvloop is installed: each of those once per loop, side by
+side in the same rounds; the other sections use the first). ``--pin CPU``
+pins this process and every process it starts (they inherit the mask) to
+that one CPU: on an otherwise idle machine a blocked process's core goes
+to a deep idle state, and waking it costs tens of µs, so unpinned
+latencies are bimodal from run to run (the same ping-pong 13 or 54 µs).
+On one CPU the client, the server and the kernel's loopback run back to
+back with no cross-core wake-up, and the time per call is the whole CPU
+path of a call (p99 close to p50): the figure to compare code by. Both
+ways are worth reporting; unpinned is what two processes on an idle
+machine see.
 """
 
 import argparse
@@ -55,6 +70,7 @@ if ROOT not in sys.path:
 
 import fabric  # noqa: E402
 from fabric.node import Node, NodeLimits, connect  # noqa: E402
+from fabric.node.loops import loop_factory  # noqa: E402
 
 VALUE = b"x" * 64
 CHUNK = 1 << 20  # the stream's item (and the raw loop's block) size: --chunk-kib
@@ -120,7 +136,13 @@ def serve_echo():
         threading.Thread(target=echo, args=(c,), daemon=True).start()
 
 
-def serve_aecho():
+def run_on(loop, main):
+    """``main()`` (a coroutine) to completion on a new loop of kind ``loop``."""
+    with asyncio.Runner(loop_factory=loop_factory(loop)[0]) as runner:
+        return runner.run(main)
+
+
+def serve_aecho(loop):
     """The same echo as an asyncio Protocol: the floor of a server on asyncio."""
 
     class Echo(asyncio.Protocol):
@@ -137,7 +159,7 @@ def serve_aecho():
         print("ready", srv.sockets[0].getsockname()[1], flush=True)
         await srv.serve_forever()
 
-    asyncio.run(run())
+    run_on(loop, run())
 
 
 def serve_sink():
@@ -170,7 +192,7 @@ def serve_node(a):
                         output_buffer=256 << 20)
     cassette = a.cassette or None
     node = Node(cassette, node_id="bench", home=fabric.LocalFabric(), listen="127.0.0.1:0",
-                tls=tls, limits=limits)
+                tls=tls, limits=limits, loop=a.loop)
 
     async def run():
         loop = asyncio.get_running_loop()
@@ -178,14 +200,25 @@ def serve_node(a):
         task = asyncio.create_task(node.serve())
         while node._address is None and not task.done():
             await asyncio.sleep(0.01)
+        assert node.event_loop == a.loop, (node.event_loop, a.loop)
         print("ready", node.url, flush=True)
         await task
 
-    asyncio.run(run())
+    run_on(a.loop, run())
 
 
 def proc_cpu(pid):
-    """Seconds of CPU (user + system) process ``pid`` has used."""
+    """Seconds of CPU process ``pid`` has used: the scheduler's nanosecond
+    count summed over its threads (``/proc/PID/task/*/schedstat``), or where
+    that is missing user + system time in clock ticks (10 ms: coarse)."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     with open(f"/proc/{pid}/stat") as f:
         x = f.read().rsplit(")", 1)[1].split()
     return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
@@ -254,7 +287,7 @@ async def aping_pong(n, proto):
     return out
 
 
-def hit_latency(url, n, tls=None):
+def hit_latency(url, n, tls=None, loop="asyncio"):
     c = connect(url, tls=tls)
     req = small.request(1)
     c.evaluate(req)  # now held: every call below is a remote hit
@@ -267,7 +300,7 @@ def hit_latency(url, n, tls=None):
             await c.aevaluate(req)
         return await atimed(n, lambda: c.aevaluate(req))
 
-    asy = asyncio.run(run())
+    asy = run_on(loop, run())
     c.close()
     return sync, asy
 
@@ -292,7 +325,7 @@ def threads_throughput(clients, n, make_call):
     return clients * n / (time.perf_counter() - t0)
 
 
-def async_throughput(url, clients, n):
+def async_throughput(url, clients, n, loop="asyncio"):
     c = connect(url)
     req = small.request(1)
 
@@ -307,7 +340,7 @@ def async_throughput(url, clients, n):
         return clients * n / (time.perf_counter() - t0)
 
     try:
-        return asyncio.run(run())
+        return run_on(loop, run())
     finally:
         c.close()
 
@@ -366,12 +399,14 @@ async def atimed(n, call):
     return out
 
 
-def section_hit_redis(a, url, rows, only, node_pid, cpu):
+def section_hit_redis(a, nodes, rows, only, cpu):
     """Latency rows and throughput, every contender measured once per round,
     interleaved, ``--rounds`` rounds: each row keeps its best round (by p50),
-    so a burst of load on this shared machine hits one round, not one row."""
+    so a burst of load on this shared machine hits one round, not one row.
+    ``nodes``: {loop: (url, pid)}, a node process per event loop measured;
+    the asyncio echo process and the asyncio client run on each loop too."""
     echo, eport = child(["--serve-echo"])
-    aecho, aport = child(["--serve-aecho"])
+    procs = [echo]
     rp = rport = None
     if "redis" in only:
         try:
@@ -381,33 +416,48 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
                 print("redis-server not found and not installable: redis rows skipped")
         except ImportError:
             print("redis-py is not installed (pip install redis): redis rows skipped")
-    c = connect(url)
     req = small.request(1)
-    c.evaluate(req)  # now held: every call below is a remote hit
-    loop = asyncio.new_event_loop()
-    _t, aproto = loop.run_until_complete(
-        loop.create_connection(_PingClient, "127.0.0.1", int(aport)))
-    lat = {}
-    names = ["socket ping-pong (100 B, echo process)",
-             "asyncio Protocol echo (100 B, echo process)",
-             "asyncio client and echo (100 B, both on asyncio)",
-             "fabric.connect evaluate (sync)", "fabric.connect aevaluate (asyncio)"]
-    calls = [lambda n: ping_pong(n, int(eport)), lambda n: ping_pong(n, int(aport)),
-             lambda n: loop.run_until_complete(aping_pong(n, aproto)),
-             lambda n: timed(n, lambda: c.evaluate(req)),
-             lambda n: loop.run_until_complete(atimed(n, lambda: c.aevaluate(req)))]
+    names = ["socket ping-pong (100 B, echo process)"]
+    calls = [lambda n: ping_pong(n, int(eport))]
+    pids = [None]
+    clients, loops, transports = [], [], []
+    for lp, (url, pid) in nodes.items():
+        aecho, aport = child(["--serve-aecho", "--loop", lp])
+        procs.append(aecho)
+        c = connect(url)
+        c.evaluate(req)  # now held: every call below is a remote hit
+        clients.append(c)
+        loop = loop_factory(lp)[0]()
+        loops.append(loop)
+        _t, aproto = loop.run_until_complete(
+            loop.create_connection(_PingClient, "127.0.0.1", int(aport)))
+        transports.append(_t)
+        names += [f"asyncio Protocol echo (100 B) [{lp}]",
+                  f"asyncio client and echo (100 B) [{lp}]",
+                  f"fabric.connect evaluate (sync) [{lp} node]",
+                  f"fabric.connect aevaluate [{lp}]"]
+        calls += [lambda n, aport=aport: ping_pong(n, int(aport)),
+                  lambda n, loop=loop, aproto=aproto: loop.run_until_complete(
+                      aping_pong(n, aproto)),
+                  lambda n, c=c: timed(n, lambda: c.evaluate(req)),
+                  lambda n, c=c, loop=loop: loop.run_until_complete(
+                      atimed(n, lambda: c.aevaluate(req)))]
+        pids += [None, None, pid, pid]
     if rp is not None:
         names.append("redis-py GET (64 B)")
         get = redis_get(rport)
         calls.append(lambda n: timed(n, get))
+        pids.append(rp.pid)
+    lat = {}
     for call in calls:  # warm up
         call(min(a.n, 200))
     for _ in range(a.rounds):
-        for name, call in zip(names, calls):
-            c0, n0 = time.process_time(), proc_cpu(node_pid)
+        for name, call, pid in zip(names, calls, pids):
+            c0, n0 = time.process_time(), proc_cpu(pid) if pid else 0.0
             xs = call(a.n)
-            used = ((time.process_time() - c0) / a.n, (proc_cpu(node_pid) - n0) / a.n)
-            if name.startswith("fabric"):  # CPU per call: client process, node process
+            used = ((time.process_time() - c0) / a.n,
+                    ((proc_cpu(pid) - n0) / a.n) if pid else 0.0)
+            if pid:  # CPU per call: client process, server process
                 cpu[name] = min(cpu.get(name, used), used, key=sum)
             if name not in lat or statistics.median(xs) < statistics.median(lat[name]):
                 lat[name] = xs
@@ -419,21 +469,26 @@ def section_hit_redis(a, url, rows, only, node_pid, cpu):
         for k in (1, 16):
             def mk_redis():
                 return redis_get(rport)
-            contenders = [
-                (f"redis-py GET, {k} client(s)",
-                 lambda: threads_throughput(k, a.n // k or 1, mk_redis)),
-                (f"fabric evaluate, {k} thread(s), one client",
-                 lambda: threads_throughput(k, a.n // k or 1, lambda: lambda: c.evaluate(req))),
-                (f"fabric aevaluate, {k} task(s), one client",
-                 lambda: async_throughput(url, k, a.n // k or 1))]
+            contenders = [(f"redis-py GET, {k} client(s)",
+                           lambda: threads_throughput(k, a.n // k or 1, mk_redis))]
+            for (lp, (url, _pid)), c in zip(nodes.items(), clients):
+                contenders += [
+                    (f"fabric evaluate, {k} thread(s), one client [{lp} node]",
+                     lambda c=c: threads_throughput(k, a.n // k or 1,
+                                                    lambda: lambda: c.evaluate(req))),
+                    (f"fabric aevaluate, {k} task(s), one client [{lp}]",
+                     lambda url=url, lp=lp: async_throughput(url, k, a.n // k or 1, lp))]
             for _ in range(a.rounds):
                 for name, run in contenders:
                     tput[name] = max(tput.get(name, 0.0), run())
-    _t.close()
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    c.close()
-    for p in (echo, aecho):
+    for loop, t in zip(loops, transports):  # each ping transport closes on its loop
+        t.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    for c in clients:
+        c.close()
+    for p in procs:
         stop(p)
     if rp is not None:
         rp.terminate()
@@ -597,7 +652,7 @@ def section_fair_one_connection(a, url):
     return jain, min(xs), max(xs)
 
 
-def section_tls(a, tmp):
+def section_tls(a, tmp, loop):
     from fabric.node.auth import client_tls
     cert, key = os.path.join(tmp, "c.pem"), os.path.join(tmp, "k.pem")
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
@@ -606,9 +661,9 @@ def section_tls(a, tmp):
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if r.returncode:
         return None
-    p, url = child(["--serve-node", "--tls-cert", cert, "--tls-key", key])
+    p, url = child(["--serve-node", "--tls-cert", cert, "--tls-key", key, "--loop", loop])
     try:
-        sync, asy = hit_latency(url, a.n, tls=client_tls(cert))
+        sync, asy = hit_latency(url, a.n, tls=client_tls(cert), loop=loop)
     finally:
         stop(p)
     return sync, asy
@@ -642,6 +697,11 @@ def main():
     ap.add_argument("--fair-mib", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chunk-kib", type=int, default=1024)
+    ap.add_argument("--pin", type=int, default=None, metavar="CPU",
+                    help="run this process and every process it starts on that one CPU")
+    ap.add_argument("--loop", default=None, choices=("asyncio", "uvloop", "both"),
+                    help="the event loop of the node, the asyncio echo and the asyncio "
+                         "client (default: both when uvloop is installed, else asyncio)")
     ap.add_argument("--serve-echo", action="store_true")
     ap.add_argument("--serve-aecho", action="store_true")
     ap.add_argument("--serve-sink", action="store_true")
@@ -651,47 +711,70 @@ def main():
     ap.add_argument("--cassette")
     a = ap.parse_args()
     CHUNK = a.chunk_kib << 10
+    if a.pin is not None:  # the children inherit the mask (fork and exec keep it)
+        os.sched_setaffinity(0, {a.pin})
     if a.serve_echo:
         return serve_echo()
     if a.serve_aecho:
-        return serve_aecho()
+        return serve_aecho(a.loop or "asyncio")
     if a.serve_sink:
         return serve_sink()
     if a.serve_node:
+        a.loop = a.loop or "asyncio"
         return serve_node(a)
+    if a.loop is None:
+        a.loop = "both" if loop_factory("auto")[1] == "uvloop" else "asyncio"
+    loops = ["asyncio", "uvloop"] if a.loop == "both" else [a.loop]
+    for lp in loops:
+        loop_factory(lp)  # uvloop asked for but missing: says so now
+    print(f"event loops: {', '.join(loops)}; "
+          + (f"pinned to CPU {a.pin} (this process and its children)" if a.pin is not None
+             else f"not pinned (CPUs {sorted(os.sched_getaffinity(0))})"), flush=True)
     only = set(a.only.split(","))
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
-    node, url = child(["--serve-node", "--cassette", os.path.join(tmp, "node.ledger"),
-                       "--chunk-kib", str(a.chunk_kib)])
+    nodes = {}
     try:
+        for lp in loops:
+            p, url = child(["--serve-node", "--cassette", os.path.join(tmp, f"{lp}.ledger"),
+                            "--chunk-kib", str(a.chunk_kib), "--loop", lp])
+            nodes[lp] = (url, p)
+        lp0 = loops[0]
+        url, node = nodes[lp0]
         rows, tput, streams = [], [], []
         if only & {"hit", "redis"}:
             cpu = {}
-            tput = section_hit_redis(a, url, rows, only, node.pid, cpu)
-            print(f"{'what':44} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
+            tput = section_hit_redis(a, {lp: (u, p.pid) for lp, (u, p) in nodes.items()},
+                                     rows, only, cpu)
+            print(f"{'what':48} {'p50 us':>9} {'p99 us':>9} {'p50 / ping-pong':>16}")
             for name, xs, base in rows:
-                print(f"{name:44} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
+                print(f"{name:48} {pct(xs, .5):9.1f} {pct(xs, .99):9.1f} "
                       f"{statistics.median(xs) / base:16.2f}")
             for name, (cl, nd) in cpu.items():
-                print(f"{name:44} CPU per call: client {cl * 1e6:5.1f} us, node "
+                print(f"{name:48} CPU per call: client {cl * 1e6:5.1f} us, server "
                       f"{nd * 1e6:5.1f} us (best round)")
+            base = dict(tput)
             for name, ops in tput:
-                print(f"{name:44} {ops:12,.0f} ops/s")
+                ref = base.get(f"redis-py GET, {name.split(', ')[1].split()[0]} client(s)")
+                rel = f" ({ops / ref:.2f}x redis-py)" if ref and not name.startswith("redis") \
+                    else ""
+                print(f"{name:56} {ops:12,.0f} ops/s{rel}")
         if "tls" in only:
-            got = section_tls(a, tmp)
+            got = section_tls(a, tmp, lp0)
             if got is None:
                 print("tls: openssl not found, skipped")
             else:
-                plain = hit_latency(url, a.n)
+                plain = hit_latency(url, a.n, loop=lp0)
                 for what, xs, ys in (("sync", got[0], plain[0]), ("asyncio", got[1], plain[1])):
-                    print(f"TLS hit p50 ({what}) {pct(xs, .5):9.1f} us vs plain "
+                    print(f"TLS hit p50 ({what}) [{lp0}] {pct(xs, .5):9.1f} us vs plain "
                           f"{pct(ys, .5):9.1f} us: {statistics.median(xs) / statistics.median(ys):.2f}x")
         if "mem" in only:
-            print(f"memory per idle connection: {section_mem(url, node.pid) / 1024:.1f} KiB "
+            print(f"memory per idle connection [{lp0}]: "
+                  f"{section_mem(url, node.pid) / 1024:.1f} KiB "
                   f"(node RSS growth over 200 handshaken connections)")
         if "stream" in only:
             scpu = {}
             section_stream(a, url, streams, node.pid, scpu)
+            print(f"streams [{lp0} node]:")
             for name, bps in streams:
                 print(f"{name:56} {bps / 2**20:9.1f} MiB/s")
             for name, (tx, rx) in scpu.items():
@@ -699,13 +782,14 @@ def main():
                       f"{tx * 1e3:5.0f} ms, receiver {rx * 1e3:5.0f} ms")
         if "fair" in only:
             jain, lo, hi = section_fair(a, url)
-            print(f"100 concurrent streams: Jain's index {jain:.3f} "
+            print(f"100 concurrent streams [{lp0} node]: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
             jain, lo, hi = section_fair_one_connection(a, url)
             print(f"100 concurrent astreams on one connection: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
     finally:
-        stop(node)
+        for _url, p in nodes.values():
+            stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

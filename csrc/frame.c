@@ -69,10 +69,12 @@ int fab_frame_error_format(const fab_frame_error *e, char *buf, size_t n)
                         "frame version %llu at offset %llu is not supported "
                         "(this peer speaks version %llu)", found, off, expected);
     case FAB_FV_HEADER_CHECKSUM:
+    case FAB_FV_PAYLOAD_CHECKSUM:
         return snprintf(buf, n,
-                        "header checksum mismatch at offset %llu: stored 0x%08llx, "
+                        "%s checksum mismatch at offset %llu: stored 0x%08llx, "
                         "computed 0x%08llx (frame starts at offset %llu)",
-                        off, found, expected, start);
+                        e->violation == FAB_FV_HEADER_CHECKSUM ? "header" : "payload", off,
+                        found, expected, start);
     case FAB_FV_KIND:
         return snprintf(buf, n, "unknown frame kind %llu at offset %llu (known kinds: 1..%d)",
                         found, off, FAB_FRAME_KIND_MAX);
@@ -83,11 +85,6 @@ int fab_frame_error_format(const fab_frame_error *e, char *buf, size_t n)
         return snprintf(buf, n,
                         "payload length %llu at offset %llu exceeds the limit of %llu bytes",
                         found, off, expected);
-    case FAB_FV_PAYLOAD_CHECKSUM:
-        return snprintf(buf, n,
-                        "payload checksum mismatch at offset %llu: stored 0x%08llx, "
-                        "computed 0x%08llx (frame starts at offset %llu)",
-                        off, found, expected, start);
     case FAB_FV_TRUNCATED:
         return snprintf(buf, n,
                         "stream ends at offset %llu inside a frame that starts at offset "

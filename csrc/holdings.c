@@ -44,16 +44,6 @@ struct fab_holdings {
     size_t hmask;
 };
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 static uint64_t key_hash(const fab_holdings *h, const uint8_t *key)
 {
     /* Keys are digests, but a peer may gossip any 32 bytes: every byte
@@ -61,7 +51,7 @@ static uint64_t key_hash(const fab_holdings *h, const uint8_t *key)
      * (see fab_lindex). */
     uint64_t w[4];
     memcpy(w, key, 32);
-    return mix64(mix64(mix64(mix64(w[0] ^ h->seed) ^ w[1]) ^ w[2]) ^ w[3]);
+    return fab__mix64(fab__mix64(fab__mix64(fab__mix64(w[0] ^ h->seed) ^ w[1]) ^ w[2]) ^ w[3]);
 }
 
 static uint64_t name_hash(const fab_holdings *h, const char *s, size_t len)
@@ -69,7 +59,7 @@ static uint64_t name_hash(const fab_holdings *h, const char *s, size_t len)
     uint64_t x = h->seed ^ 0xcbf29ce484222325ULL;
     for (size_t i = 0; i < len; i++)
         x = (x ^ (uint8_t)s[i]) * 0x100000001b3ULL;
-    return mix64(x);
+    return fab__mix64(x);
 }
 
 int fab_holdings_new(fab_holdings **out)
@@ -79,8 +69,8 @@ int fab_holdings_new(fab_holdings **out)
         return FAB_ENOMEM;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    h->seed = mix64((uint64_t)(uintptr_t)h ^ ((uint64_t)ts.tv_nsec << 20) ^
-                    (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
+    h->seed = fab__mix64((uint64_t)(uintptr_t)h ^ ((uint64_t)ts.tv_nsec << 20) ^
+                         (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
     *out = h;
     return 0;
 }

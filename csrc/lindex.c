@@ -12,17 +12,6 @@
 
 #define MIN_CAPACITY 64
 
-static uint64_t mix64(uint64_t x)
-{
-    /* The finalizer of splitmix64: a bijection with good avalanche. */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 void fab_lindex_init(fab_lindex *ix, fab_lindex_eq_fn eq, void *ctx)
 {
     memset(ix, 0, sizeof(*ix));
@@ -35,8 +24,8 @@ void fab_lindex_init(fab_lindex *ix, fab_lindex_eq_fn eq, void *ctx)
      */
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    ix->seed = mix64((uint64_t)(uintptr_t)ix ^ ((uint64_t)ts.tv_nsec << 20) ^
-                     (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
+    ix->seed = fab__mix64((uint64_t)(uintptr_t)ix ^ ((uint64_t)ts.tv_nsec << 20) ^
+                          (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
 }
 
 void fab_lindex_destroy(fab_lindex *ix)
@@ -53,7 +42,7 @@ uint64_t fab_lindex_hash(const fab_lindex *ix, const uint8_t key[32])
     for (int i = 0; i < 4; i++) {
         uint64_t w;
         memcpy(&w, key + 8 * i, 8);
-        h = mix64(h ^ w) + (uint64_t)i;
+        h = fab__mix64(h ^ w) + (uint64_t)i;
     }
     return h ? h : 1;
 }

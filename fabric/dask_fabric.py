@@ -64,7 +64,7 @@ import concurrent.futures
 import pickle
 import time
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 try:
     from dask.base import normalize_token
@@ -109,36 +109,37 @@ def _events(op: Op[..., Any], request: EvalRequest) -> Iterator[tuple[Any, ...]]
             return
         limit = request.answer_limit
         n = 0
+        # One loop for both kinds of op: pull() gives the next item or raises
+        # end; close() finishes the generator (and an async op's event loop).
+        pull: Callable[[], Any]
+        close: Callable[[], None]
+        end: type[Exception]
         if op.is_async:
             loop = asyncio.new_event_loop()
             agen = fn(*args, **kwargs)
-            try:
-                while limit is None or n < limit:
-                    try:
-                        item = loop.run_until_complete(agen.__anext__())
-                    except StopAsyncIteration:
-                        break
-                    while sink:
-                        yield ("diag", sink.pop(0))
-                    n += 1
-                    yield ("item", item)
-            finally:
+            end = StopAsyncIteration
+
+            def pull() -> Any:
+                return loop.run_until_complete(agen.__anext__())
+
+            def close() -> None:
                 loop.run_until_complete(agen.aclose())
                 loop.close()
         else:
             gen = fn(*args, **kwargs)
-            try:
-                while limit is None or n < limit:
-                    try:
-                        item = next(gen)
-                    except StopIteration:
-                        break
-                    while sink:
-                        yield ("diag", sink.pop(0))
-                    n += 1
-                    yield ("item", item)
-            finally:
-                gen.close()
+            pull, close, end = gen.__next__, gen.close, StopIteration
+        try:
+            while limit is None or n < limit:
+                try:
+                    item = pull()
+                except end:
+                    break
+                while sink:
+                    yield ("diag", sink.pop(0))
+                n += 1
+                yield ("item", item)
+        finally:
+            close()
         while sink:
             yield ("diag", sink.pop(0))
     finally:

@@ -64,6 +64,7 @@ from .fabrics import (_bound, _check_declared, _check_sharing, _Counters, _Fabri
 from .frames import FRAME_FLAG_DIAGNOSTIC, FrameKind
 from .ops import REGISTRY, Op, OpRegistry
 from .replies import DIAG, ITEM, EvalReply, EvalStream, Event
+from .values import walk
 
 __all__ = ["PlacementFabric", "PlacementRefused", "PlacementError", "realize_events",
            "RealizeStarted", "RealizeChunk", "RealizeDone", "SITE"]
@@ -108,30 +109,19 @@ def secret_refs(request: EvalRequest, where: str) -> list[str]:
     never leaves this process, so the request does not travel to a worker."""
     names: list[str] = []
     ref = _ref_type() or ()
-
-    def walk(v: Any, path: str, depth: int) -> None:
-        if isinstance(v, _core.Secret):
-            raise CapabilityDenied(
-                f"{where}: {path} of the request for {request.op!r} holds a fabric.Secret: "
-                f"its value never leaves this process, so the request does not travel to a "
-                f"worker; pass fabric.SecretRef(name) instead and give the fabric a secret "
-                f"store (secrets=fabric.node.SecretStore(...)): the worker resolves it")
-        if depth > 300:
-            return  # the key encoder already refused anything this deep
-        if isinstance(v, ref):
-            names.append(v.name)
-        elif isinstance(v, (list, tuple, set, frozenset)):
-            for i, x in enumerate(v):
-                walk(x, f"{path}[{i}]", depth + 1)
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                walk(k, f"{path} key {k!r}", depth + 1)
-                walk(x, f"{path}[{k!r}]", depth + 1)
-
-    for i, a in enumerate(request.args):
-        walk(a, f"args[{i}]", 0)
-    for k, v in request.kwargs.items():
-        walk(v, f"kwargs[{k!r}]", 0)
+    tops = [(a, f"args[{i}]") for i, a in enumerate(request.args)]
+    tops += [(v, f"kwargs[{k!r}]") for k, v in request.kwargs.items()]
+    for top, where_top in tops:
+        for path, v in walk(top, where_top):
+            if isinstance(v, _core.Secret):
+                raise CapabilityDenied(
+                    f"{where}: {path} of the request for {request.op!r} holds a "
+                    f"fabric.Secret: its value never leaves this process, so the request "
+                    f"does not travel to a worker; pass fabric.SecretRef(name) instead and "
+                    f"give the fabric a secret store (secrets=fabric.node.SecretStore(...)): "
+                    f"the worker resolves it")
+            if isinstance(v, ref):
+                names.append(v.name)
     return names
 
 

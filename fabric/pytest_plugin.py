@@ -32,6 +32,7 @@ interrupted run leaves the committed cassettes as they were.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -165,35 +166,34 @@ class _ReplayFabric(ContentAddressedFabric):
         miss.attempts = getattr(exc, "attempts", [])
         return miss
 
-    def evaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
-        if request.sharing == "uncacheable":
-            return self._uncacheable().evaluate(request, *args, **kwargs)
+    @contextlib.contextmanager
+    def _misses(self, request: EvalRequest) -> Iterator[None]:
+        """A ``NoHolderError`` inside becomes the ``CassetteMiss`` that says
+        how to record ``request``."""
         try:
-            return super().evaluate(request, *args, **kwargs)
+            yield
         except CassetteMiss:
             raise
         except NoHolderError as exc:
             raise self._cassette_miss(request, exc) from None
+
+    def evaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.sharing == "uncacheable":
+            return self._uncacheable().evaluate(request, *args, **kwargs)
+        with self._misses(request):
+            return super().evaluate(request, *args, **kwargs)
 
     async def aevaluate(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
         if request.sharing == "uncacheable":
             return await self._uncacheable().aevaluate(request, *args, **kwargs)
-        try:
+        with self._misses(request):
             return await super().aevaluate(request, *args, **kwargs)
-        except CassetteMiss:
-            raise
-        except NoHolderError as exc:
-            raise self._cassette_miss(request, exc) from None
 
     def stream(self, request: EvalRequest, *args: Any, **kwargs: Any) -> Any:
         if request.sharing == "uncacheable":
             return self._uncacheable().stream(request, *args, **kwargs)
-        try:
+        with self._misses(request):
             return super().stream(request, *args, **kwargs)
-        except CassetteMiss:
-            raise
-        except NoHolderError as exc:
-            raise self._cassette_miss(request, exc) from None
 
 
 def _lines(fields: dict[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ import decimal
 import pathlib
 import sys
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import _core
 
@@ -43,6 +43,25 @@ _by_name: dict[str, Any] = {}
 # Names fabric gives the types it supports itself. A user's name may not
 # take one of them, nor start with "fabric.".
 _RESERVED_PREFIX = "fabric."
+
+
+def walk(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """``(path, v)`` for ``value`` and each value nested in it, depth first:
+    the items of lists, tuples, sets and frozensets (``path[i]``), the keys
+    (``path key k``) and values (``path[k]``) of dicts. What stands more than
+    300 levels down is not visited: the key encoder refuses anything that deep
+    (FAB_MAX_DEPTH), so no request holds it. The one walk of the checks that
+    look for ``fabric.Secret`` and ``SecretRef`` in a request's arguments."""
+    if depth > 300:
+        return
+    yield path, value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for i, v in enumerate(value):
+            yield from walk(v, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from walk(k, f"{path} key {k!r}", depth + 1)
+            yield from walk(v, f"{path}[{k!r}]", depth + 1)
 
 
 class Opaque:

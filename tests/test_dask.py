@@ -340,3 +340,47 @@ def test_identical_requests_in_flight_share_one_task_but_never_uncacheable(clien
     for t in threads:
         t.join(60)
     assert len(out) == 2 and _runs(log) == 2
+
+
+_EVENTS = fabric.OpRegistry()
+_EVENTS_CLOSED = []
+
+
+@fabric.op("dask.events.sync", registry=_EVENTS)
+def _events_sync(n):
+    try:
+        for i in range(n):
+            if i % 2:
+                fabric.diagnostic("Note", f"after {i - 1}")
+            yield i
+        fabric.diagnostic("Tail", "end")
+    finally:
+        _EVENTS_CLOSED.append("sync")
+
+
+@fabric.op("dask.events.async", registry=_EVENTS)
+async def _events_async(n):
+    try:
+        for i in range(n):
+            if i % 2:
+                fabric.diagnostic("Note", f"after {i - 1}")
+            await asyncio.sleep(0)
+            yield i
+        fabric.diagnostic("Tail", "end")
+    finally:
+        _EVENTS_CLOSED.append("async")
+
+
+def test_a_worker_streams_sync_and_async_ops_alike():
+    # What a worker task runs (no cluster needed): items with each diagnostic
+    # before the item after it, cut at answer_limit, the generator closed.
+    from fabric.dask_fabric import _events
+
+    note = ("diag", {"kind": "Note", "message": "after 0"})
+    whole = [("item", 0), note, ("item", 1), ("item", 2),
+             ("diag", {"kind": "Tail", "message": "end"})]
+    for op, kind in ((_events_sync, "sync"), (_events_async, "async")):
+        _EVENTS_CLOSED.clear()
+        assert list(_events(op, op.request(3))) == whole
+        assert list(_events(op, op.request(3).replace(answer_limit=2))) == whole[:3]
+        assert _EVENTS_CLOSED == [kind, kind]

@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -16,6 +17,7 @@ import fabric
 from fabric.frames import FrameKind
 from fabric.node import Node, NodeLimits, connect, protocol as P
 from fabric.node.client import NodeClient
+from fabric.node.loops import loop_factory, loop_name
 
 import node_ops
 from conftest import hello_bytes, read_frames
@@ -47,19 +49,70 @@ def raw_socket(n):
 
 # ---- the basics ------------------------------------------------------------------
 
-def test_evaluate_stream_and_async_through_a_client(node):
-    n = node()
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_evaluate_stream_and_async_through_a_client(node, loop):
+    """The same on both event loops: the node's (Node(loop=...)) and the
+    asyncio caller's (aevaluate runs on the caller's loop)."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    n = node(loop=loop)
+    assert n.event_loop == loop
     with connect(n.url) as c:
         assert c.node == n.node_id and c.status == "connected"
         assert c.evaluate(node_ops.double.request(4)).value == 8
         assert list(c.stream(node_ops.count.request(5))) == [0, 1, 2, 3, 4]
 
         async def main():
+            assert loop_name(asyncio.get_running_loop()) == loop
             r = await c.aevaluate(node_ops.double.request(5))
+            again = await c.aevaluate(node_ops.double.request(5))  # now held: a hit
             items = [x async for x in c.astream(node_ops.count.request(3))]
-            return r.value, items
-        assert asyncio.run(main()) == (10, [0, 1, 2])
-    assert n.stats()["replies"] == 4
+            return r.value, again.value, items
+        with asyncio.Runner(loop_factory=loop_factory(loop)[0]) as runner:
+            assert runner.run(main()) == (10, 10, [0, 1, 2])
+    assert n.stats()["replies"] == 5
+
+
+_NO_UVLOOP = "import sys; sys.modules['uvloop'] = None\n"  # as if it were not installed
+
+
+def test_the_uvloop_loop_without_uvloop_is_a_clear_error(tmp_path):
+    """Node(loop="uvloop") and fabric serve --loop uvloop say what is missing
+    and how to get it, before anything starts; auto falls back to asyncio."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    code = _NO_UVLOOP + """
+import fabric
+from fabric.node import Node
+try:
+    Node(sys.argv[1], loop="uvloop")
+except ImportError as exc:
+    print("ImportError:", exc)
+n = Node(sys.argv[1], listen="127.0.0.1:0").start()
+print("auto:", n.event_loop)
+n.stop()
+try:
+    Node(sys.argv[1], loop="libuv")
+except ValueError as exc:
+    print("ValueError:", exc)
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.ledger")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("ImportError: event loop 'uvloop' was asked for, but uvloop "
+                               "cannot be imported") and "stream-fabric[fast]" in lines[0]
+    assert lines[1] == "auto: asyncio"
+    assert lines[2] == "ValueError: event loop 'libuv' is not one of auto, asyncio, uvloop"
+    r = subprocess.run([sys.executable, "-c", _NO_UVLOOP + "from fabric.cli import main; "
+                        "sys.exit(main(sys.argv[1:]))", "serve", "--listen", "127.0.0.1:0",
+                        "--cassette", str(tmp_path / "x.ledger"), "--loop", "uvloop"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("fabric serve: error: --loop uvloop: event loop 'uvloop' was "
+                           "asked for") and "pip install 'stream-fabric[fast]'" in line, line
+    assert r.stdout == "" and not (tmp_path / "x.ledger").exists()
 
 
 def test_a_reply_larger_than_a_frame_travels_in_several(node):

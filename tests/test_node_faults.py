@@ -208,3 +208,87 @@ def test_aevaluate_meets_its_deadline_on_a_stalled_node(node):
 
         asyncio.run(run())
         n.faults.wait("stall")
+
+
+@pytest.mark.parametrize("action", ["drop", "duplicate"])
+def test_a_one_chunk_reply_missing_or_repeating_its_chunk_fails_aevaluate(node, action):
+    """The usual reply (START, one CHUNK, END) has a short path in the async
+    channel: a lost or repeated chunk still fails there, by name."""
+    import asyncio
+    n = node(Fault(action, kind="STREAM_CHUNK"))
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            with pytest.raises(P.ProtocolError, match="lost, repeated or reordered"):
+                await c.aevaluate(node_ops.double.request(11))
+            first = (await c.aevaluate(node_ops.double.request(11))).value  # a new channel
+            return first, (await c.aevaluate(node_ops.double.request(11))).value  # a hit
+
+        assert asyncio.run(run()) == (22, 22)
+    assert n.faults.fired(action) == 1
+
+
+def test_an_end_seen_before_must_still_account_for_its_chunk():
+    """A STREAM_END payload the async channel checked once is not decoded
+    again, but it is still held against the chunk that came with it: a
+    reply whose chunk is not the size its END says fails (a fake node on a
+    raw socket answers the second request with the first one's END)."""
+    import asyncio
+    import threading
+    from fabric._core import canonical_bytes
+    from fabric.replies import reply_record
+
+    local = fabric.LocalFabric()
+    records = [canonical_bytes(reply_record(local.evaluate(node_ops.double.request(x))))
+               for x in (3, "abcdef")]
+    assert len(records[0]) != len(records[1])
+    enc, limits = P.encoder(), P.node_limits(P.DEFAULT_MAX_FRAME)
+    end = canonical_bytes({"chunks": 1, "bytes": len(records[0]), "truncated": False})
+    srv = socket.create_server(("127.0.0.1", 0))
+    conns = []
+
+    def serve_one(s):
+        dec = fabric.FrameDecoder(limits)
+        answered = 0
+        with s:
+            while True:
+                data = s.recv(1 << 16)
+                if not data:
+                    return
+                dec.feed(data)
+                for f in dec:
+                    if f.kind == FrameKind.HELLO:
+                        s.sendall(enc.encode_value(FrameKind.HELLO, P.hello(
+                            node="fake", max_frame=P.DEFAULT_MAX_FRAME,
+                            window=P.DEFAULT_WINDOW, principal="anonymous", grants=["*"])))
+                    elif f.kind == FrameKind.CONTROL:  # an open: reply with records[answered]
+                        sid, rec = f.stream_id, records[min(answered, 1)]
+                        answered += 1
+                        s.sendall(enc.encode_value(FrameKind.STREAM_START, {"metadata": {
+                            "source": "held"}}, stream_id=sid)
+                            + enc.encode_value(FrameKind.STREAM_CHUNK, rec, stream_id=sid,
+                                               seq=1)
+                            + enc.encode(FrameKind.STREAM_END, end, stream_id=sid, seq=2))
+
+    def accept():
+        for _ in range(2):  # the client's main connection, then its loop's channel
+            s, _ = srv.accept()
+            t = threading.Thread(target=serve_one, args=(s,), daemon=True)
+            t.start()
+            conns.append(t)
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        with connect(f"fabric://127.0.0.1:{srv.getsockname()[1]}", timeout=60) as c:
+            async def run():
+                ok = await c.aevaluate(node_ops.double.request(3))
+                with pytest.raises(P.ProtocolError, match="ended a reply with"):
+                    await c.aevaluate(node_ops.double.request("abcdef"))
+                return ok.value
+
+            assert asyncio.run(run()) == 6
+    finally:
+        srv.close()
+        acceptor.join(30)
+        for t in conns:
+            t.join(30)

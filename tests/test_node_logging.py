@@ -35,7 +35,9 @@ def test_listen_connections_and_shutdown(tmp_path, logs):
              home=fabric.LocalFabric()).start()
     try:
         host, port = n.address
-        assert f"node a listening on {host}:{port}" in logs()
+        # the loop it runs on is said (auto: uvloop when installed)
+        assert f"node a listening on {host}:{port} (event loop: {n.event_loop})" in logs()
+        assert n.event_loop in ("asyncio", "uvloop")
         c = connect(n.url)
         assert c.evaluate(node_ops.double.request(2)).value == 4
         opened = [m for m in logs() if " connected from " in m]

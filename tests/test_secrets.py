@@ -78,3 +78,25 @@ def test_planted_secrets_never_leak(tmp_path, caplog):
     # And the values really were used: every reply was computed and recorded.
     with fabric.EvalCassette(str(path), "r") as cassette:
         assert len(cassette) >= N
+
+
+def test_the_node_and_the_worker_checks_walk_a_request_alike():
+    # Both walk a request's values with fabric.values.walk: the same place
+    # named for a nested Secret, and every SecretRef found, depth first.
+    from fabric.node import SecretRef
+    from fabric.node.protocol import check_no_secret
+    from fabric.placement import secret_refs
+
+    secret = fabric.Secret(planted(1))
+    request = use_secret.request(1, [0, {"k": (1, secret)}])
+    with pytest.raises(fabric.CapabilityDenied) as node:
+        check_no_secret(request.args, "args")
+    with pytest.raises(fabric.CapabilityDenied) as worker:
+        secret_refs(request, "here")
+    assert str(node.value).startswith("args[1][1]['k'][1] holds a fabric.Secret")
+    assert str(worker.value).startswith("here: args[1][1]['k'][1] of the request")
+    assert planted(1) not in str(node.value) + str(worker.value)
+
+    refs = use_secret.request(SecretRef("a"), [{"x": SecretRef("b")}, (SecretRef("c"),)])
+    check_no_secret(refs.args, "args")
+    assert secret_refs(refs, "here") == ["a", "b", "c"]

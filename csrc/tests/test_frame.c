@@ -308,6 +308,8 @@ static void test_refusals_with_offsets(void)
     CHECK_EQ(refuse(b.data, b.len, 0, &e), FAB_ECORRUPT);
     CHECK_EQ(e.violation, FAB_FV_HEADER_CHECKSUM);
     CHECK_EQ(e.offset, first + 32);
+    fab_frame_error_format(&e, msg, sizeof(msg));
+    CHECK(strncmp(msg, "header checksum mismatch at offset 70:", 38) == 0);
     f[10] ^= 1;
 
     f[5] = 200;
@@ -336,6 +338,8 @@ static void test_refusals_with_offsets(void)
     CHECK_EQ(refuse(b.data, b.len, 0, &e), FAB_ECORRUPT);
     CHECK_EQ(e.violation, FAB_FV_PAYLOAD_CHECKSUM);
     CHECK_EQ(e.offset, first + 28);
+    fab_frame_error_format(&e, msg, sizeof(msg));
+    CHECK(strncmp(msg, "payload checksum mismatch at offset 66:", 39) == 0);
     f[FAB_FRAME_HEADER_LEN + 1] ^= 0x20;
 
     for (size_t cut = first + 1; cut < b.len; cut++) {

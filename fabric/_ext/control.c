@@ -183,27 +183,35 @@ static void control_dealloc(ControlObject *self)
 
 /* ---- constructors, one per operation --------------------------------------- */
 
-/* cls(op, stream_id, **{name: value for the given optional fields}). */
+/* cls(op, stream_id, **{name: value for the given optional fields}); with
+ * last_one, the last field is 1 when not given (next(limit=1),
+ * fault(count=1)). */
 static PyObject *construct(PyObject *cls, const char *op, PyObject *sid, const char *const *names,
-                           PyObject *const *values, int n)
+                           PyObject *const *values, int n, int last_one)
 {
     fab_state *st = fab_state_from_type((PyTypeObject *)cls);
     if (st == NULL)
         return NULL;
-    PyObject *fields = PyDict_New(), *opname = PyUnicode_FromString(op), *out = NULL;
+    PyObject *fields = PyDict_New(), *opname = PyUnicode_FromString(op), *one = NULL;
+    PyObject *out = NULL;
     if (fields == NULL || opname == NULL)
         goto done;
-    for (int i = 0; i < n; i++)
-        if (values[i] && PyDict_SetItemString(fields, names[i], values[i]) < 0)
+    for (int i = 0; i < n; i++) {
+        PyObject *v = values[i];
+        if (v == NULL && last_one && i == n - 1 && (v = one = PyLong_FromLong(1)) == NULL)
             goto done;
+        if (v && PyDict_SetItemString(fields, names[i], v) < 0)
+            goto done;
+    }
     out = control_make(st, (PyTypeObject *)cls, opname, sid, fields);
 done:
     Py_XDECREF(fields);
     Py_XDECREF(opname);
+    Py_XDECREF(one);
     return out;
 }
 
-#define CONSTRUCTOR(fn, opname, nparams, nrequired, ...)                                 \
+#define CONSTRUCTOR(fn, opname, nparams, nrequired, last_one, ...)                       \
     static PyObject *fn(PyObject *cls, PyObject *const *args, Py_ssize_t nargs,           \
                         PyObject *kwnames)                                                \
     {                                                                                     \
@@ -212,56 +220,17 @@ done:
         PyObject *a[nparams + 1] = {NULL};                                                \
         if (fab_py_parse(&p, args, nargs, kwnames, a) < 0)                                \
             return NULL;                                                                  \
-        return construct(cls, opname, a[0], names + 1, a + 1, nparams - 1);               \
+        return construct(cls, opname, a[0], names + 1, a + 1, nparams - 1, last_one);     \
     }
 
-/* The default 1 of next(limit=1) and fault(count=1): a new reference in
- * *slot, which the caller releases. */
-static PyObject *one_default(PyObject **slot)
-{
-    if (*slot == NULL)
-        *slot = PyLong_FromLong(1);
-    return *slot;
-}
-
-CONSTRUCTOR(ctor_open, "open", 2, 1, "metadata")
-CONSTRUCTOR(ctor_push, "push", 2, 2, "item")
-CONSTRUCTOR(ctor_close, "close", 1, 1, NULL)
-CONSTRUCTOR(ctor_cancel, "cancel", 2, 1, "reason")
-CONSTRUCTOR(ctor_stats, "stats", 1, 1, NULL)
-CONSTRUCTOR(ctor_metadata, "metadata", 1, 1, NULL)
-
-static PyObject *ctor_next(PyObject *cls, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
-{
-    static const char *const names[] = {"stream_id", "limit"};
-    static const fab_py_params p = {"next", names, 2, 0, 2, 1};
-    PyObject *a[2] = {NULL, NULL};
-    if (fab_py_parse(&p, args, nargs, kwnames, a) < 0)
-        return NULL;
-    PyObject *one = NULL;
-    if (a[1] == NULL && (a[1] = one_default(&one)) == NULL)
-        return NULL;
-    PyObject *out = construct(cls, "next", a[0], names + 1, a + 1, 1);
-    Py_XDECREF(one);
-    return out;
-}
-
-static PyObject *ctor_fault(PyObject *cls, PyObject *const *args, Py_ssize_t nargs,
-                            PyObject *kwnames)
-{
-    static const char *const names[] = {"stream_id", "kind", "count"};
-    static const fab_py_params p = {"fault", names, 3, 0, 3, 2};
-    PyObject *a[3] = {NULL, NULL, NULL};
-    if (fab_py_parse(&p, args, nargs, kwnames, a) < 0)
-        return NULL;
-    PyObject *one = NULL;
-    if (a[2] == NULL && (a[2] = one_default(&one)) == NULL)
-        return NULL;
-    PyObject *out = construct(cls, "fault", a[0], names + 1, a + 1, 2);
-    Py_XDECREF(one);
-    return out;
-}
+CONSTRUCTOR(ctor_open, "open", 2, 1, 0, "metadata")
+CONSTRUCTOR(ctor_next, "next", 2, 1, 1, "limit")
+CONSTRUCTOR(ctor_push, "push", 2, 2, 0, "item")
+CONSTRUCTOR(ctor_close, "close", 1, 1, 0, NULL)
+CONSTRUCTOR(ctor_cancel, "cancel", 2, 1, 0, "reason")
+CONSTRUCTOR(ctor_stats, "stats", 1, 1, 0, NULL)
+CONSTRUCTOR(ctor_metadata, "metadata", 1, 1, 0, NULL)
+CONSTRUCTOR(ctor_fault, "fault", 3, 2, 1, "kind", "count")
 
 /* ---- capabilities ---------------------------------------------------------------- */
 

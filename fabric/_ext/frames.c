@@ -497,6 +497,28 @@ static int header_args(fab_state *st, PyObject *kind, PyObject *stream_id, PyObj
     return 0;
 }
 
+/* kind, payload, stream_id, seq, flags: Frame() and FrameEncoder.encode. */
+static const char *const header_kw[] = {"kind", "payload", "stream_id", "seq", "flags"};
+
+/*
+ * The opening of each call that takes a frame's header fields (Frame(), and
+ * FrameEncoder's encode, encode_value, encode_many and header): parses the
+ * arguments into a[0..n) (names: kind, what the payload comes from,
+ * stream_id, seq, flags, then any others; the first two by position or
+ * keyword, the first nreq required) and checks the header fields into h.
+ * The module state of tp, or NULL with an exception set.
+ */
+static fab_state *header_call(PyTypeObject *tp, const char *fname, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                              int n, int nreq, PyObject **a, fab_frame_header *h)
+{
+    fab_state *st = fab_state_from_type(tp);
+    if (st == NULL || parse_args(fname, args, nargs, kwnames, names, n, 2, nreq, a) < 0 ||
+        header_args(st, a[0], a[2], a[3], a[4], h) < 0)
+        return NULL;
+    return st;
+}
+
 /* A bytes object holding payload: the object itself when it is bytes, else a
  * copy of its buffer. New reference or NULL. */
 static PyObject *payload_bytes(PyObject *payload)
@@ -513,18 +535,14 @@ static PyObject *payload_bytes(PyObject *payload)
     return PyBytes_FromObject(payload);
 }
 
-static const char *const frame_kw[] = {"kind", "payload", "stream_id", "seq", "flags"};
-
 static PyObject *frame_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames)
 {
-    fab_state *st = fab_state_from_type((PyTypeObject *)type);
     PyObject *a[5];
     fab_frame_header h;
-    if (st == NULL || parse_args("Frame", args, PyVectorcall_NARGS(nargsf), kwnames, frame_kw,
-                                 5, 2, 1, a) < 0)
-        return NULL;
-    if (header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+    fab_state *st = header_call((PyTypeObject *)type, "Frame", args, PyVectorcall_NARGS(nargsf),
+                                kwnames, header_kw, 5, 1, a, &h);
+    if (st == NULL)
         return NULL;
     PyObject *owner = payload_bytes(a[1]);
     if (owner == NULL)
@@ -823,16 +841,14 @@ static int check_size(fab_state *st, uint64_t max, size_t len)
     return 0;
 }
 
-static const char *const enc_kw[] = {"kind", "payload", "stream_id", "seq", "flags"};
-
 static PyObject *encoder_encode(EncoderObject *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
     PyObject *a[5];
     fab_frame_header h;
-    if (st == NULL || parse_args("encode", args, nargs, kwnames, enc_kw, 5, 2, 1, a) < 0 ||
-        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+    fab_state *st =
+        header_call(Py_TYPE(self), "encode", args, nargs, kwnames, header_kw, 5, 1, a, &h);
+    if (st == NULL)
         return NULL;
     Py_buffer view = {0};
     if (a[1] && PyObject_GetBuffer(a[1], &view, PyBUF_SIMPLE) < 0)
@@ -878,11 +894,11 @@ static PyObject *encoder_encode_value(EncoderObject *self, PyObject *const *args
                                       Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"kind", "value", "stream_id", "seq", "flags"};
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
     PyObject *a[5];
     fab_frame_header h;
-    if (st == NULL || parse_args("encode_value", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
-        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+    fab_state *st =
+        header_call(Py_TYPE(self), "encode_value", args, nargs, kwnames, kw, 5, 2, a, &h);
+    if (st == NULL)
         return NULL;
     fab_buf buf;
     fab_buf_init(&buf);
@@ -897,11 +913,11 @@ static PyObject *encoder_encode_many(EncoderObject *self, PyObject *const *args,
                                      Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"kind", "payloads", "stream_id", "first_seq", "flags"};
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
     PyObject *a[5];
     fab_frame_header h;
-    if (st == NULL || parse_args("encode_many", args, nargs, kwnames, kw, 5, 2, 2, a) < 0 ||
-        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+    fab_state *st =
+        header_call(Py_TYPE(self), "encode_many", args, nargs, kwnames, kw, 5, 2, a, &h);
+    if (st == NULL)
         return NULL;
     PyObject *seq = PySequence_Fast(a[1], "payloads must be an iterable of bytes-like objects");
     if (seq == NULL)
@@ -952,11 +968,10 @@ static PyObject *encoder_header(EncoderObject *self, PyObject *const *args, Py_s
                                 PyObject *kwnames)
 {
     static const char *const kw[] = {"kind", "parts", "stream_id", "seq", "flags", "crc_of"};
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
     PyObject *a[6];
     fab_frame_header h;
-    if (st == NULL || parse_args("header", args, nargs, kwnames, kw, 6, 2, 2, a) < 0 ||
-        header_args(st, a[0], a[2], a[3], a[4], &h) < 0)
+    fab_state *st = header_call(Py_TYPE(self), "header", args, nargs, kwnames, kw, 6, 2, a, &h);
+    if (st == NULL)
         return NULL;
     PyObject *seq = PySequence_Fast(a[1], "parts must be a sequence of bytes-like objects");
     if (seq == NULL)

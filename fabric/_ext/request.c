@@ -557,43 +557,28 @@ static PyObject *request_key(EvalRequestObject *r)
     return Py_NewRef(r->key);
 }
 
-static PyObject *EvalRequest_get_stream(EvalRequestObject *r, void *closure)
+/* The module's interned str of the request's sharing class: read on every
+ * miss, made once (new reference, or NULL with an exception). */
+static PyObject *sharing_str(EvalRequestObject *r)
 {
-    FAB_UNUSED(closure);
-    return PyBool_FromLong(r->stream);
-}
-
-static PyObject *EvalRequest_get_trace(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyBool_FromLong(r->trace);
-}
-
-static PyObject *EvalRequest_get_kwargs(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyDictProxy_New(r->kwargs);
-}
-
-static PyObject *EvalRequest_get_volatile(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return PyDictProxy_New(r->volatile_kwargs);
-}
-
-static PyObject *EvalRequest_get_sharing(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    /* The module's interned str: read on every miss, made once. */
     fab_state *st = fab_state_from_type(Py_TYPE(r));
     return st ? Py_NewRef(st->str_sharing[(int)r->sharing]) : NULL;
 }
 
-static PyObject *EvalRequest_get_caps(EvalRequestObject *r, void *closure)
-{
-    FAB_UNUSED(closure);
-    return Py_NewRef(r->capabilities);
-}
+/* EvalRequest_get_<name>: the getter that returns expr (of r). */
+#define GETTER(name, expr)                                                       \
+    static PyObject *EvalRequest_get_##name(EvalRequestObject *r, void *closure) \
+    {                                                                            \
+        FAB_UNUSED(closure);                                                     \
+        return expr;                                                             \
+    }
+GETTER(stream, PyBool_FromLong(r->stream))
+GETTER(trace, PyBool_FromLong(r->trace))
+GETTER(kwargs, PyDictProxy_New(r->kwargs))
+GETTER(volatile, PyDictProxy_New(r->volatile_kwargs))
+GETTER(sharing, sharing_str(r))
+GETTER(caps, Py_NewRef(r->capabilities))
+#undef GETTER
 
 /* The fields that are plain objects are members: the interpreter reads
  * them without a call. */
@@ -687,21 +672,19 @@ static PyObject *EvalRequest_repr(EvalRequestObject *r)
         }                                                              \
         Py_DECREF(t_);                                                 \
     } while (0)
+/* name=repr(v), cut to 120 characters, when size (v's) is not 0. */
+#define ADD_CUT(name, v, size)                                         \
+    do {                                                               \
+        if (size) {                                                    \
+            if ((s = cut_repr(v, 120)) == NULL)                        \
+                goto done;                                             \
+            ADD(name "=%U", s);                                        \
+            Py_CLEAR(s);                                               \
+        }                                                              \
+    } while (0)
     ADD("%R", r->op);
-    if (PyTuple_GET_SIZE(r->args)) {
-        s = cut_repr(r->args, 120);
-        if (s == NULL)
-            goto done;
-        ADD("args=%U", s);
-        Py_CLEAR(s);
-    }
-    if (PyDict_GET_SIZE(r->kwargs)) {
-        s = cut_repr(r->kwargs, 120);
-        if (s == NULL)
-            goto done;
-        ADD("kwargs=%U", s);
-        Py_CLEAR(s);
-    }
+    ADD_CUT("args", r->args, PyTuple_GET_SIZE(r->args));
+    ADD_CUT("kwargs", r->kwargs, PyDict_GET_SIZE(r->kwargs));
     ADD("version=%R", r->version);
     if (PyTuple_GET_SIZE(r->capabilities))
         ADD("required_capabilities=%R", r->capabilities);
@@ -717,19 +700,14 @@ static PyObject *EvalRequest_repr(EvalRequestObject *r)
         ADD("%s", "trace=True");
     if (r->sharing != SHARING_PURE)
         ADD("sharing='%s'", sharing_names[(int)r->sharing]);
-    if (PyDict_GET_SIZE(r->volatile_kwargs)) {
-        s = cut_repr(r->volatile_kwargs, 120);
-        if (s == NULL)
-            goto done;
-        ADD("volatile_kwargs=%U", s);
-        Py_CLEAR(s);
-    }
+    ADD_CUT("volatile_kwargs", r->volatile_kwargs, PyDict_GET_SIZE(r->volatile_kwargs));
     if (PyUnicode_CompareWithASCIIString(r->consistency, "local-first") != 0)
         ADD("consistency=%R", r->consistency);
     if (r->deadline != Py_None)
         ADD("deadline=%R", r->deadline);
     ADD("key=sha256:%02x%02x%02x%02x%02x%02x...", r->digest[0], r->digest[1], r->digest[2],
         r->digest[3], r->digest[4], r->digest[5]);
+#undef ADD_CUT
 #undef ADD
     sep = PyUnicode_FromString(", ");
     if (sep == NULL)

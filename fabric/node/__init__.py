@@ -8,6 +8,8 @@
 - ``gossip``: holding-index deltas, anti-entropy, membership, learned links,
   what may be shared, the unauthenticated-link warning (``GossipConfig``);
 - ``leases``: one computation per fleet (rendezvous lease holders);
+- ``loops``: which event loop a node runs on (asyncio's, or uvloop: the
+  ``fast`` extra);
 - ``server``: ``Node``; ``client``: ``connect`` / ``NodeClient``.
 
 This package imports the rest of ``fabric``; nothing in ``fabric`` imports it

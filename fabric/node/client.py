@@ -48,6 +48,12 @@ _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
 _STATS = ("stream.stats", "stream.remote.network")
 _END = object()
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
+_START, _CHUNK, _STREAM_END, _ERROR = (int(k) for k in (
+    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.ERROR))
+# A single-chunk reply's STREAM_END payload that passed the checks (no claim,
+# not truncated) -> the chunk's size it accounts for: the same bytes again
+# need no decoding (bounded; any process-wide payload is as good as checked).
+_ENDS: dict[bytes, int] = {}
 _READ = 1 << 18  # a channel's first read buffer
 
 
@@ -418,10 +424,13 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
         self.node: str | None = None
+        self.source = "peer:None"  # a reply's source unless its STREAM_START names one
         self.transport: asyncio.Transport | None = None
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
-        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source]
+        self.up = False  # the handshake is done (ready has its result)
+        self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
+        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source, deadline]
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
@@ -472,8 +481,43 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         try:
             self.dec.feed(data)
+            if not self.up:
+                for f in self.dec:
+                    self._frame(f)
+                return
+            # A reply's frames, inline (a call per frame showed in the
+            # profile): START, then CHUNKs with seq 1, 2, ..., then END; a
+            # START or END whose payload was seen before is not decoded again.
+            calls, limits = self.calls, self.dec.limits
             for f in self.dec:
-                self._frame(f)
+                call = calls.get(f.stream_id)
+                kind = f.kind
+                if call is None or kind == _ERROR:
+                    self._frame(f)
+                elif kind == _CHUNK:
+                    parts = call[1]
+                    if f.seq != len(parts) + 1:
+                        self._frame(f)  # raises, naming what arrived
+                    parts.append(bytes(f.decode_payload(limits)))
+                elif kind == _START:
+                    key = bytes(f.payload)
+                    src = self.sources.get(key)
+                    if src is None:
+                        src = _source(f.decode_payload(limits), self.node)
+                        if len(self.sources) >= 64:
+                            self.sources.clear()
+                        self.sources[key] = src
+                    call[2] = src
+                elif kind == _STREAM_END and len(call[1]) == 1 and f.seq == 2 \
+                        and _ENDS.get(bytes(f.payload)) == len(call[1][0]):
+                    del calls[f.stream_id]  # one chunk, accounted for: the usual reply
+                    if not call[0].done():
+                        try:
+                            call[0].set_result((unpack(call[1][0]), call[2], None))
+                        except DecodeError as exc:
+                            call[0].set_exception(exc)
+                else:
+                    self._frame(f)
         except Exception as exc:  # a broken stream or a refusal: the channel ends
             self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
                        FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
@@ -481,7 +525,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def _frame(self, f: Any) -> None:
         limits = self.dec.limits
         kind, sid = f.kind, f.stream_id
-        if not self.ready.done():
+        if not self.up:
             if kind == FrameKind.ERROR:
                 raise P.error_from_payload(f.decode_payload(limits), self.client.url)
             if kind != FrameKind.HELLO:
@@ -489,8 +533,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                                       f"{f.kind_name}")
             body = P.check_hello(f.decode_payload(limits), server=True)
             self.node = body["node"]
+            self.source = f"peer:{self.node}"
             self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
             self.ready.set_result(None)
+            self.up = True
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
@@ -509,7 +555,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 _in_order(f, len(call[1]) + 1, self.node)
                 parts = call[1]
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
-                _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+                body = f.decode_payload(limits)
+                _complete(body, len(parts), len(data), self.node)
+                if len(parts) == 1 and len(f.payload) < 100 and len(_ENDS) < 256 and \
+                        body.get("truncated") is False:  # this payload passes: kept
+                    _ENDS[bytes(f.payload)] = len(data)
         except P.ProtocolError as exc:  # this call fails with it; the channel closes
             del self.calls[sid]
             if not call[0].done():
@@ -567,31 +617,33 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if self.sock is not None:
                 self.sock.close()
 
-    async def evaluate(self, request: EvalRequest, g: frozenset[str],
-                       t: float | None) -> EvalReply:
+    def send(self, request: EvalRequest, g: frozenset[str],
+             t: float | None) -> tuple[int, asyncio.Future[Any]]:
+        """Send a request for a single reply: its stream id and the future
+        its (record, source, claim) arrives on (awaited by ``aevaluate``
+        itself: no coroutine of the channel's in between)."""
         c = self.client
         sid = next(self.ids)
         frame = c._open_frame(request, "value", g, t, sid, self.enc)
         fut: asyncio.Future[Any] = self.loop.create_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline.
-        deadline = None if t is None else self.loop.time() + t
-        self.calls[sid] = [fut, [], f"peer:{self.node}", deadline]
+        if t is None:
+            deadline = None
+        else:
+            deadline = self.loop.time() + t
+            if self.watch_at is None or deadline < self.watch_at:
+                self._watch(deadline)
+        self.calls[sid] = [fut, [], self.source, deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
         c.stats_counters["requests"] += 1
-        if deadline is not None and (self.watch_at is None or deadline < self.watch_at):
-            self._watch(deadline)
-        try:
-            record, source, claim = await fut
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            if self.calls.pop(sid, None) is not None and not self.dead:
-                self.transport.write(  # type: ignore[union-attr]
-                    StreamControl.cancel(sid).to_frame(_OPEN).encode())
-            if isinstance(exc, asyncio.TimeoutError):
-                raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
-                                       f"within {t} s") from None
-            raise
-        return _claimed(reply_from_record(record, request.key, source), claim)
+        return sid, fut
+
+    def gave_up(self, sid: int) -> None:
+        """A call's waiter timed out or was cancelled: the node is told."""
+        if self.calls.pop(sid, None) is not None and not self.dead:
+            self.transport.write(  # type: ignore[union-attr]
+                StreamControl.cancel(sid).to_frame(_OPEN).encode())
 
     def _watch(self, at: float) -> None:
         if self.watch is not None:
@@ -742,6 +794,7 @@ class NodeClient:
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
         self._loop_thread = _LoopThread.thread
+        self._last_achannel: _AsyncChannel | None = None
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0, "dials": 0, "handshakes": 0}
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
@@ -1184,18 +1237,32 @@ class NodeClient:
         """Async twin of ``evaluate`` (from any event loop)."""
         g, t = self._prepare(request, grants, timeout)
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        ch = self._last_achannel  # the common case: the loop that called last
+        if ch is None or ch.loop is not loop or not ch.up or ch.dead:
+            if loop is self._loop:  # the client's own loop: its main connection
+                cf = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
+                                                      self._loop)
+                try:
+                    return await asyncio.wrap_future(cf)
+                except asyncio.CancelledError:
+                    cf.cancel()
+                    raise
             ch = self._achannels.get(loop)
-            if ch is None or ch.dead or not ch.ready.done():
+            if ch is None or ch.dead or not ch.up:
                 ch = await self._achannel(loop, t)
-            return await ch.evaluate(request, g, t)
-        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
-                                               self._loop)
+            self._last_achannel = ch
+        sid, fut = ch.send(request, g, t)
         try:
-            return await asyncio.wrap_future(fut)
+            record, source, claim = await fut
+        except asyncio.TimeoutError:  # the channel's watchdog
+            ch.gave_up(sid)
+            raise DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} "
+                                   f"within {t} s") from None
         except asyncio.CancelledError:
-            fut.cancel()
+            ch.gave_up(sid)
             raise
+        reply = reply_from_record(record, request.key, source)
+        return reply if claim is None else _claimed(reply, claim)
 
     async def _next_events(self, c: _Call, t: float | None) -> list[Any]:
         """The events that arrived (at least one), granting credit for them."""

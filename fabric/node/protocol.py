@@ -42,6 +42,7 @@ from .._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExcee
                      NoHolderError, OpNotFound, RemoteError, Secret, StreamFrameLimits,
                      canonical_bytes)
 from ..frames import FrameKind, StreamDiagnostic
+from ..values import walk
 
 __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_WINDOW", "DEFAULT_MAX_FRAME", "ProtocolError",
@@ -103,21 +104,13 @@ def node_limits(max_frame: int) -> StreamFrameLimits:
 def check_no_secret(value: Any, where: str = "args", depth: int = 0) -> None:
     """Raise ``CapabilityDenied`` if ``value`` holds a ``fabric.Secret``: its
     value never enters frames, so the request cannot be computed remotely."""
-    if depth > 300:
-        return  # the key encoder already refused anything this deep
-    if isinstance(value, Secret):
-        raise CapabilityDenied(
-            f"{where} holds a fabric.Secret: its value never leaves this process, so the "
-            f"request is not sent for remote compute; pass fabric.SecretRef(name) instead "
-            f"and give the computing node the secret (environment FABRIC_SECRET_<NAME> or "
-            f"its --secrets file)")
-    if isinstance(value, (list, tuple, set, frozenset)):
-        for i, v in enumerate(value):
-            check_no_secret(v, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_no_secret(k, f"{where} key {k!r}", depth + 1)
-            check_no_secret(v, f"{where}[{k!r}]", depth + 1)
+    for path, v in walk(value, where, depth):
+        if isinstance(v, Secret):
+            raise CapabilityDenied(
+                f"{path} holds a fabric.Secret: its value never leaves this process, so the "
+                f"request is not sent for remote compute; pass fabric.SecretRef(name) instead "
+                f"and give the computing node the secret (environment FABRIC_SECRET_<NAME> or "
+                f"its --secrets file)")
 
 
 def request_to_wire(request: EvalRequest) -> dict[str, Any]:

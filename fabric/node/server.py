@@ -44,6 +44,7 @@ from .credit import Credit, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import FairQueue
 from .secrets import SecretStore
+from .loops import loop_factory, loop_name
 from . import snapshot as _snap
 from . import status as _status
 from .snapshot import NodeState, SnapshotBusy
@@ -57,6 +58,9 @@ __all__ = ["Node", "NodeLimits"]
 log = logging.getLogger("fabric.node")
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
 _START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
+_END1: dict[int, bytes] = {}  # a one-chunk reply's size -> its STREAM_END payload
+_START_KIND, _CHUNK_KIND, _END_KIND = (int(k) for k in (
+    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END))
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -160,6 +164,7 @@ class _Conn:
         self.node = node
         self.reader = reader
         self.writer = writer
+        self.transport = writer.transport  # written to directly (StreamWriter.write is a hop)
         self.peer = writer.get_extra_info("peername")
         self.principal = "anonymous"
         self.grants: frozenset[str] = frozenset()
@@ -193,21 +198,22 @@ class _Conn:
         """Write one frame: bytes, or a list of its parts (written in turn)."""
         if self.closed:
             return
+        transport = self.transport
         if isinstance(data, list):
             if self.faults is not None:  # faults act on whole frames
                 data = b"".join(data)
             else:
                 for part in data:
                     self.bytes_out += len(part)
-                    self.writer.write(part)
+                    transport.write(part)
                 data = b""
         if data:
             self.bytes_out += len(data)
             if self.faults is None:
-                self.writer.write(data)
+                transport.write(data)
             else:
                 self.faults.send(data)
-        if self.writer.transport.get_write_buffer_size() > self.node.limits.output_buffer:
+        if transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
                         self.peer, self.node.limits.output_buffer)
@@ -270,7 +276,11 @@ class Node:
     and a miss that reaches home is computed by the key's lease holder
     (docs/spec/protocol.md section 5).
     ``faults``: test faults to inject (``fabric.node.faults.Faults``; none
-    by default).
+    by default). ``loop``: the event loop ``start()`` runs the node on,
+    ``"auto"`` (uvloop when it is installed, the ``fast`` extra; asyncio's
+    own otherwise), ``"uvloop"`` (``ImportError`` without it) or
+    ``"asyncio"`` (``fabric.node.loops``); ``serve()`` runs on the loop
+    that awaits it.
 
     Run it with ``await node.serve()`` (until cancelled) or
     ``node.start()`` / ``node.stop()`` (a background thread). ``address``
@@ -286,8 +296,12 @@ class Node:
                  governor: PeerGovernor | None = None, faults: Faults | None = None,
                  gossip: _gossip.GossipConfig | None = None,
                  _restored: NodeState | None = None,
-                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None):
+                 fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None,
+                 loop: str = "auto"):
         self.host, self.port = _split_listen(listen)
+        self._new_loop, _ = loop_factory(loop)  # a missing uvloop fails here, not in start()
+        #: The event loop serving (``"asyncio"``, ``"uvloop"``), once serving.
+        self.event_loop: str | None = None
         if not _loopback(self.host) and tls is None and tokens is None and not insecure:
             raise ValueError(f"binding {self.host} (not loopback) without TLS or tokens needs "
                              f"insecure=True (--insecure)")
@@ -483,6 +497,7 @@ class Node:
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
         self._loop = asyncio.get_running_loop()
+        self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
@@ -491,7 +506,8 @@ class Node:
                                                   ssl=self.tls, limit=1 << 16)
         sock = self._server.sockets[0].getsockname()
         self._bound = (sock[0], sock[1])
-        log.info("node %s listening on %s:%d", self.node_id, *self._bound)
+        log.info("node %s listening on %s:%d (event loop: %s)", self.node_id, *self._bound,
+                 self.event_loop)
         self._gossip.started(self._bound, self.tls is not None)
         pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
         loop = asyncio.get_running_loop()
@@ -560,7 +576,7 @@ class Node:
             raise FabricError("the node is already started")
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = self._new_loop()
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.serve())
@@ -915,7 +931,8 @@ class Node:
 
     # -- requests ----------------------------------------------------------------
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any) -> None:
-        self._stat("requests")
+        stats = self._stats
+        stats["requests"] = stats.get("requests", 0) + 1
         if self._stop_evt is not None and self._stop_evt.is_set():
             conn.send_error(sid, FabricUnavailable(f"node {self.node_id} is shutting down"))
             return
@@ -933,8 +950,8 @@ class Node:
                 conn.send_error(sid, exc)
                 return
             self._send_value(conn, sid, reply)
-            self._stat("replies")
-            self._stat("hits_inline")
+            stats["replies"] = stats.get("replies", 0) + 1
+            stats["hits_inline"] = stats.get("hits_inline", 0) + 1
             return
         self._run_q.push(conn.principal, (id(conn), sid), 1, (conn, sid, parsed))
         self._admit()
@@ -1004,12 +1021,6 @@ class Node:
 
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
         data = canonical_bytes(reply_record(reply))
-        end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
-        if self.signer is not None and reply.key is not None:
-            end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
-        part = max(1024, conn.max_frame - 16)
-        parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
-            else [data]
         enc = conn.enc
         start = _START.get(reply.source)
         if start is None:  # a few sources ("held", "local", "home", peers): kept encoded
@@ -1017,6 +1028,25 @@ class Node:
                 _START.clear()
             start = _START[reply.source] = canonical_bytes({"metadata": {"source":
                                                                          reply.source}})
+        part = max(1024, conn.max_frame - 16)
+        if len(data) <= part and self.signer is None:
+            # The usual reply, one chunk and no claim: its STREAM_END payload
+            # depends on the size alone, kept encoded.
+            end1 = _END1.get(len(data))
+            if end1 is None:
+                if len(_END1) >= 1024:
+                    _END1.clear()
+                end1 = _END1[len(data)] = canonical_bytes(
+                    {"chunks": 1, "bytes": len(data), "truncated": False})
+            conn.send(enc.encode(_START_KIND, start, stream_id=sid)
+                      + enc.encode_value(_CHUNK_KIND, data, stream_id=sid, seq=1)
+                      + enc.encode(_END_KIND, end1, stream_id=sid, seq=2))
+            return
+        end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
+        if self.signer is not None and reply.key is not None:
+            end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
+        parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
+            else [data]
         out = [enc.encode(FrameKind.STREAM_START, start, stream_id=sid)]
         for i, p in enumerate(parts):
             out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
@@ -1202,6 +1232,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.last_rx = self.window_start
         self.timer: asyncio.TimerHandle | None = done.get_loop().call_later(
             node.limits.idle_timeout, self._idle_check)
+        self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
         if not self.done.done():
@@ -1229,10 +1260,10 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self._end()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_buffer()
+        return self.buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_read_buffer()[:nbytes])
+        self.data_received(self.buf[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self.done.done():

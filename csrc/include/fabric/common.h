@@ -31,6 +31,18 @@
 
 #define FAB_UNUSED(x) ((void)(x))
 
+/* The finalizer of splitmix64: a bijection with good avalanche, the mixer of
+ * the core's hash tables (holdings, the ledger index). */
+static inline uint64_t fab__mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
 /* Big-endian loads and stores, alignment-free. */
 static inline void fab_store_be16(uint8_t *p, uint16_t v)
 {
