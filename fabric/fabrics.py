@@ -137,6 +137,9 @@ _EMPTY: frozenset[str] = frozenset()
 #: ContentAddressedFabric's hit path.
 check_grants = _core._check_grants
 
+#: ``reply_from_record`` itself (the glue's), without its wrapper's frame.
+_reply_from_record: Any = _core._reply_from_record
+
 
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
@@ -638,6 +641,15 @@ def _check_declared(request: EvalRequest, op: Op[..., Any], where: str) -> None:
 _Counters = _core._Counters
 
 
+def _resolve(fut: concurrent.futures.Future[Any], reply: Any) -> None:
+    """Sets ``fut``'s result unless it is already set (by another thread)."""
+    if not fut.done():
+        try:
+            fut.set_result(reply)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
 def _pending(exc: BaseException, future: concurrent.futures.Future[Any]) -> None:
     """Says on ``exc`` that the computation goes on (see ``EvalFabric``)."""
     exc.pending_reply = future  # type: ignore[attr-defined]
@@ -740,6 +752,10 @@ class _Flight:
     # needs none, which keeps the common miss cheap.
     future: concurrent.futures.Future[EvalReply] | None = None
     finished = False
+    # The reply of a flight finished without the lock (the common miss, see
+    # LocalFabric.evaluate): a joiner that made the future after its owner
+    # looked for one settles it with this.
+    reply: EvalReply | None = None
     waiters = 1
     # For an async op: the task running it and its loop, so the last
     # waiter to leave can cancel it.
@@ -936,7 +952,12 @@ class LocalFabric(_FabricBase):
                 return mine, True
             flight.waiters += 1
             if flight.future is None:
-                flight.future = concurrent.futures.Future()
+                fut = flight.future = concurrent.futures.Future()
+                if flight.finished:
+                    # Its owner finished without the lock (the common miss)
+                    # and may have looked for a future before this one was
+                    # made: it left its reply on the flight.
+                    _resolve(fut, flight.reply)
             self._stats.add("coalesced")
             return flight, False
 
@@ -1090,14 +1111,18 @@ class LocalFabric(_FabricBase):
                 reply: EvalReply = _core._reply(  # type: ignore[assignment]
                     value, sink, self._trace(request, t0) if t0 else None, key, "computed")
                 # (the C reply is of this module's EvalReply class; typing.cast is a call)
-                with self._lock:
-                    if inflight.get(key) is flight:
-                        del inflight[key]
-                    flight.finished = True
-                    fut = flight.future
+                # Finished without the lock: the reply and then `finished` are
+                # set before the flight leaves the table and its future is
+                # read, so a joiner that made the future after that read sees
+                # `finished` and settles it itself (_join).
+                flight.reply = reply
+                flight.finished = True
+                if inflight.get(key) is flight:
+                    del inflight[key]
                 self._stats.add("computed")
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
+                fut = flight.future
+                if fut is not None:
+                    _resolve(fut, reply)
                 return reply
             del flight
         bound = None if timeout is None and request.deadline is None else \
@@ -1560,13 +1585,17 @@ class ContentServeFabric(_FabricBase):
 
     def _held(self, request: EvalRequest, g: frozenset[str]) -> EvalReply:
         """The shared body of ``evaluate`` and ``aevaluate`` (single replies)."""
-        self._check(request, g)
+        try:
+            check_grants(request, g, "ContentServeFabric")
+        except CapabilityDenied:
+            self._stats.add("denied")
+            raise
         key = request.key
         record = self.cassette.get(key)
         if record is None:
             raise self._not_held(key)
         self._stats.add("served")
-        reply = reply_from_record(record, key, "held")
+        reply: EvalReply = _reply_from_record(record, key, "held")
         if self.fleet_keys is not None:
             from .claims import attach
             return attach(reply, self.fleet_keys.sign(key, reply, self.node))
@@ -1575,8 +1604,9 @@ class ContentServeFabric(_FabricBase):
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
         """The held reply for the request's key, else ``ContentNotHeld``."""
-        _check_timeout(timeout)
-        g = self._grants(grants)
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            _check_timeout(timeout)  # (a float >= 0 needs no look: the common case)
+        g = self.grants if grants is None else _core._as_grants(grants, self.grants)
         if request.stream:
             return _collect(self.stream(request, grants=g), request.key)
         return self._held(request, g)

@@ -62,6 +62,8 @@ class HoldingIndex:
     """Grow-only set of ``(key, holder)`` facts with gossip deltas and snapshots."""
 
     def __init__(self, facts: Iterable[tuple[ContentKey, str]] = ()):
+        # Neither _store nor _failures is ever replaced (only changed in
+        # place): a resolution's Plan keeps their bound methods.
         self._lock = threading.Lock()  # guards _failures only
         self._store = _Holdings()
         self._failures: dict[str, int] = {}

@@ -88,12 +88,25 @@ def peer_order(key: ContentKey, peers: dict[str, Any],
     """The peers in the order a miss of ``key`` asks them: ``(node, serve,
     announced)`` for the announced holders (as the index sorts them, healthy
     first), then the other peers healthy first, each group in the order given."""
+    if holders is None:
+        return _peer_order(key, peers, None, None, None)
+    return _peer_order(key, peers, holders, holders.holders_of, holders.failures)
+
+
+def _peer_order(key: ContentKey, peers: dict[str, Any], holders: HoldingIndex | None,
+                holders_of: Callable[[ContentKey], list[str]] | None,
+                failures_of: Callable[[str], int | None] | None) -> list[tuple[str, Any, bool]]:
+    """``peer_order`` over the index's ``holders_of`` and ``failures`` as
+    given (a plan's: its fact store's, whose list of two holders or more is
+    not sorted yet; the index then sorts it)."""
     if not peers:
         return []
     order = []
     seen: set[str] | tuple[()] = ()
-    held_by = holders.holders_of(key) if holders is not None else None
+    held_by = holders_of(key) if holders_of is not None else None
     if held_by:
+        if len(held_by) > 1:
+            held_by = holders.holders_of(key)  # type: ignore[union-attr]
         seen = set()
         for h in held_by:
             serve = peers.get(h)
@@ -109,7 +122,7 @@ def peer_order(key: ContentKey, peers: dict[str, Any],
     for name, serve in peers.items():
         if name in seen:
             continue
-        if holders is not None and holders.failures(name):
+        if failures_of is not None and failures_of(name):
             late.append((name, serve, False))
         else:
             order.append((name, serve, False))
@@ -130,6 +143,7 @@ class Ask(NamedTuple):
 # last step, "computed" or "hit", is then read off the source asked).
 _OPEN, _ASKING, _HOLDING, _STREAMING, _DONE, _HELD = range(6)
 _HOME = ("home", "home", False)
+_HOME_HELD = ("home", None, _HOME)  # the trail of a miss that home answered at once
 #: The resolution's decisions at DEBUG (which source is asked, why it moved
 #: on, where the reply came from); a peer marked failed at WARNING. Records
 #: name keys, ops, nodes and what a source answered, never arguments.
@@ -138,6 +152,8 @@ _DEBUG = logging.DEBUG
 
 # An Ask made without NamedTuple's Python-level __new__ (every miss makes one).
 _new_ask = tuple.__new__
+# Every reply the resolution accepts is one (fabric.EvalReply, or a subclass).
+_ReplyBase = _core.EvalReply
 
 
 class Plan:
@@ -147,8 +163,16 @@ class Plan:
     the clock. A fabric keeps one and changes it in place (``add_peer``),
     so a miss copies none of it."""
 
-    __slots__ = ("node", "peers", "holders", "peer_timeout", "governor", "trust", "clock",
-                 "_home_ask")
+    __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
+                 "_holders", "_announce", "_holders_of", "_failures_of", "_holds", "_peers",
+                 "_lone")
+
+    _holders: HoldingIndex | None
+    _announce: Callable[[ContentKey, str], Any] | None
+    _holders_of: Callable[[ContentKey], list[str]] | None
+    _failures_of: Callable[[str], int | None] | None
+    _holds: Callable[[ContentKey, str], bool] | None
+    _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
 
     def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
                  home: Any, peer_timeout: float | None = None,
@@ -163,6 +187,48 @@ class Plan:
         self.peer_timeout = peer_timeout
         self.clock = clock
         self.home = home
+
+    @property
+    def peers(self) -> dict[str, Any]:
+        return self._peers
+
+    @peers.setter
+    def peers(self, peers: dict[str, Any]) -> None:
+        # With one peer the order to ask is that peer, announced as a holder
+        # of the key or not: both orders are made once, here.
+        self._peers = peers
+        if len(peers) == 1:
+            ((name, serve),) = peers.items()
+            self._lone = (((name, serve, False),), ((name, serve, True),))
+        else:
+            self._lone = None
+
+    @property
+    def holders(self) -> HoldingIndex | None:
+        return self._holders
+
+    @holders.setter
+    def holders(self, holders: HoldingIndex | None) -> None:
+        # Every miss announces, and one with peers reads the holders of its
+        # key: for a HoldingIndex itself (not a subclass, which may do these
+        # its own way) the resolution calls its fact store and reads its
+        # failure counts directly, one Python frame fewer each.
+        self._holders = holders
+        self._holds = None
+        if holders is None:
+            self._announce = self._holders_of = self._failures_of = None
+        elif type(holders) is HoldingIndex:
+            store = holders._store
+            self._announce = store.add
+            self._holders_of = store.holders_of  # sorted by the index only when >= 2
+            self._failures_of = holders._failures.get  # (a dict changed in place, never replaced)
+            # Whether one holder holds a key: no look at the key at all when
+            # the index never heard of that holder.
+            self._holds = store.has
+        else:
+            self._announce = holders.announce
+            self._holders_of = holders.holders_of
+            self._failures_of = holders.failures
 
     @property
     def home(self) -> Any:
@@ -358,8 +424,18 @@ class Resolution:
         left = None if self.t_end is None else self._left()
         order = self._order
         if order is None:
-            order = self._order = (peer_order(self.key, plan.peers, plan.holders)
-                                   if plan.peers else ())
+            lone = plan._lone
+            if lone is not None:  # one peer: announced as a holder of the key or not
+                holds, holders_of, name = plan._holds, plan._holders_of, lone[0][0][0]
+                if holds is not None:
+                    announced = holds(self.key, name)
+                else:
+                    announced = holders_of is not None and name in holders_of(self.key)
+                order = lone[1 if announced else 0]
+            else:
+                order = (_peer_order(self.key, plan._peers, plan._holders, plan._holders_of,
+                                     plan._failures_of) if plan._peers else ())
+            self._order = order
         if order:
             governor = plan.governor
             while governor is not None and self._idx < len(order):
@@ -457,11 +533,15 @@ class Resolution:
         a peer's reply was refused (one for another key: ask the next)."""
         if self._state != _ASKING:
             self._expect(_ASKING, "answered")
-        if self._cur is not _HOME:
-            name = self._cur[0]
-            rkey = getattr(reply, "key", None)
-            if not isinstance(reply, _core.EvalReply) or (rkey is not None
-                                                           and rkey != self.key):
+        cur = self._cur
+        if cur is not _HOME:
+            name = cur[0]
+            if isinstance(reply, _ReplyBase):
+                rkey = reply.key
+                ok = rkey is None or rkey == self.key
+            else:
+                rkey, ok = getattr(reply, "key", None), False
+            if not ok:
                 err = RemoteError(f"peer {name!r} answered with a reply for another key "
                                   f"({rkey})")
                 err.node = name
@@ -495,16 +575,18 @@ class Resolution:
             name = cur[0]
             source = self.source = "peer:" + name
             self.outcome = "peer_hits"
-            holders = plan.holders
-            if holders is not None and holders.failures(name):
-                holders.mark_ok(name)  # (it takes a lock: only when there is a failure to forget)
+            failures_of = plan._failures_of
+            if failures_of is not None and failures_of(name):
+                # (it takes a lock: only when there is a failure to forget)
+                plan._holders.mark_ok(name)  # type: ignore[union-attr]
             if plan.governor is not None:
                 plan.governor.ok(name)
         if self._debug:
             log.debug("%s %s (%r): answered by %s, recorded and announced", plan.node,
                       self.key, self.request.op, source)
-        if plan.holders is not None and self.request.sharing != "uncacheable":
-            plan.holders.announce(self.key, plan.node)  # (an uncacheable reply is not held)
+        announce = plan._announce
+        if announce is not None and self.request.sharing != "uncacheable":
+            announce(self.key, plan.node)  # (an uncacheable reply is not held)
         # A stream's trail already says "streaming"; a single reply's ends
         # with what its source did ("computed" or "hit").
         self._state = _HELD if state == _HOLDING else _DONE
@@ -850,8 +932,12 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         self._stats.add(res.outcome or "failures")
         trails = self._trails
         steps = res._steps  # res._trail(), written out: every miss ends here
-        trails[res.key] = (res.source, tuple(steps) if steps else None,
-                           res._cur if res._state == _HELD else None)
+        if steps is None and res._state == _HELD:
+            cur = res._cur
+            trails[res.key] = _HOME_HELD if cur is _HOME else (res.source, None, cur)
+        else:
+            trails[res.key] = (res.source, tuple(steps) if steps else None,
+                               res._cur if res._state == _HELD else None)
         if len(trails) >= self._remember:
             self._trails_old, self._trails = trails, {}
 
@@ -903,14 +989,14 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         try:
             while True:
                 ask = res.next()
+                target, t = ask.target, ask.timeout
                 try:
-                    t = ask.timeout
                     if t is None:  # no deadline: called directly
-                        reply = ask.target.evaluate(request, grants=g)
-                    elif honours_timeout(ask.target):  # it gives up in time by itself
-                        reply = ask.target.evaluate(request, grants=g, timeout=t)
+                        reply = target.evaluate(request, grants=g)
+                    elif getattr(type(target), "honours_timeout", False) is True:
+                        reply = target.evaluate(request, grants=g, timeout=t)  # gives up in time
                     else:
-                        reply = self._call(ask, ask.target.evaluate, request, g)
+                        reply = self._call(ask, target.evaluate, request, g)
                 except Exception as exc:
                     if res.failed(exc):
                         self._late(res, exc)
@@ -918,8 +1004,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     continue
                 if reply is _BUSY:
                     res.busy(self._peer_calls(ask.name).running)
-                elif isinstance(reply, _TimedOut):
-                    late = res.timed_out(ask.timeout)  # type: ignore[arg-type]
+                elif type(reply) is _TimedOut:
+                    late = res.timed_out(t)  # type: ignore[arg-type]
                     if late is not None:
                         raise self._home_late(res, late, reply)
                 elif res.answered(reply) is not None:

@@ -195,6 +195,37 @@ def test_concurrent_identical_requests_compute_once_threads(reg):
     assert calls.n == 2
 
 
+def test_a_joiner_settles_a_flight_its_owner_finished_without_the_lock(reg):
+    """The common miss finishes its flight without the lock: it leaves its
+    reply on the flight, sets ``finished``, takes the flight out of the table
+    and only then looks for a future. A joiner that found the flight in the
+    table before it left and made the future after the owner looked (no
+    thread interleaving can be forced at that point, so the state is set up
+    here) must settle the future itself from the reply left on the flight,
+    or it would wait forever."""
+    from fabric.fabrics import _Flight
+
+    @fabric.op("t.finished", version=1, registry=reg)
+    def finished(x):
+        return x
+
+    fab = LocalFabric(reg)
+    req = finished.request(1)
+    flight = _Flight()
+    fab._inflight[req.key] = flight  # still in the table: the owner is between its steps
+    reply = EvalReply(1, (), None, req.key, "computed")
+    flight.reply, flight.finished = reply, True  # the owner finished and saw no future
+    joined, owner = fab._join(req.key)
+    assert joined is flight and not owner
+    assert flight.future is not None and flight.future.done()
+    assert flight.future.result() is reply
+    assert fab.stats()["coalesced"] == 1
+    # The owner's own look at the future, coming after, leaves it as it is.
+    from fabric.fabrics import _resolve
+    _resolve(flight.future, EvalReply(2, (), None, req.key, "computed"))
+    assert flight.future.result() is reply
+
+
 def test_concurrent_identical_errors_are_shared_not_cached(reg):
     calls = Calls()
     gate = threading.Event()

@@ -736,3 +736,67 @@ def test_aevaluate_fails_closed_like_evaluate(reg, cassette_factory):
     assert [n for n, _ in err.attempts] == ["p0"] and dead.calls == 1
     assert "p0: ConnectionRefusedError: partitioned" in str(err)
     assert b.stats()["failures"] == 1 and req.key not in b.cassette
+
+
+# ----------------------------------------------------- the plan's holding index
+
+def test_a_holding_index_subclass_is_called_through_its_own_methods(reg, cassette_factory):
+    """The resolution calls a HoldingIndex's fact store directly; a subclass
+    (which may override announce, holders_of or failures) is called through
+    its methods, and an index set later is the one used."""
+
+    class Watched(HoldingIndex):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def announce(self, key, holder):
+            self.calls.append(("announce", holder))
+            return super().announce(key, holder)
+
+        def holders_of(self, key):
+            self.calls.append(("holders_of",))
+            return super().holders_of(key)
+
+    a, peer_a = node("a", cassette_factory, home=Home(reg))
+    req = reg.find(fabric.EvalRequest("embed", ("watched",), version=1)).request("watched")
+    a.evaluate(req)
+    watched = Watched()
+    b, _ = node("b", cassette_factory, peers=[peer_a], holders=watched)
+    assert b.evaluate(req).source == "peer:a"
+    assert watched.calls == [("holders_of",), ("announce", "b")]
+    assert watched.holds(req.key, "b")
+    # A plain index set afterwards takes the announcements from then on.
+    plain = HoldingIndex()
+    b.holders = plain
+    req2 = reg.find(fabric.EvalRequest("embed", ("plain",), version=1)).request("plain")
+    a.evaluate(req2)
+    assert b.evaluate(req2).source == "peer:a"
+    assert plain.holds(req2.key, "b") and not watched.holds(req2.key, "b")
+    assert len(watched.calls) == 2
+
+
+def test_a_lone_peer_is_asked_as_a_holder_only_when_announced(reg, cassette_factory):
+    """With one peer the order is made once per plan: the peer is asked as
+    an announced holder when the index says it holds the key (a failure then
+    marks it failed), else as a plain peer (its "not held" is benign)."""
+    holders = HoldingIndex()
+    a_cas = cassette_factory("a")
+    a = ContentServeFabric(a_cas, node="a")
+    b = ContentAddressedFabric("b", cassette_factory("b"), peers=[ContentPeer("a", a)],
+                               holders=holders)
+    req = reg.find(fabric.EvalRequest("embed", ("lone",), version=1)).request("lone")
+    with pytest.raises(fabric.NoHolderError):
+        b.evaluate(req)
+    assert ("peer", "a", "not held") in b.explain(req).steps
+    assert holders.failures("a") == 0
+    holders.announce(req.key, "a")  # stale: a does not hold it
+    with pytest.raises(fabric.NoHolderError):
+        b.evaluate(req)
+    assert ("holder", "a", "not held") in b.explain(req).steps
+    assert holders.failures("a") == 1
+    a_cas.record(req.key, [[1.0, 2.0], [], None])
+    got = b.evaluate(req)
+    assert got.source == "peer:a" and got.value == [1.0, 2.0]
+    assert b.explain(req).steps[:2] == [("local", "b", "not held"), ("holder", "a", "hit")]
+    assert holders.failures("a") == 0  # it answered

@@ -84,6 +84,7 @@ typedef struct fab_state {
     PyTypeObject *EvalRequest_Type;
     PyObject *str_eval;
     PyObject *str_local_first;
+    PyObject *str_sharing[3]; /* interned sharing class names, by SHARING_* index */
     PyObject *empty_tuple;
     PyObject *empty_dict; /* the kwargs of every request without keyword arguments */
     PyObject *kw_names[14]; /* interned EvalRequest keyword names */

@@ -557,6 +557,14 @@ static PyObject *request_key(EvalRequestObject *r)
     return Py_NewRef(r->key);
 }
 
+/* The module's interned str of the request's sharing class: read on every
+ * miss, made once (new reference, or NULL with an exception). */
+static PyObject *sharing_str(EvalRequestObject *r)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(r));
+    return st ? Py_NewRef(st->str_sharing[(int)r->sharing]) : NULL;
+}
+
 /* EvalRequest_get_<name>: the getter that returns expr (of r). */
 #define GETTER(name, expr)                                                       \
     static PyObject *EvalRequest_get_##name(EvalRequestObject *r, void *closure) \
@@ -568,7 +576,7 @@ GETTER(stream, PyBool_FromLong(r->stream))
 GETTER(trace, PyBool_FromLong(r->trace))
 GETTER(kwargs, PyDictProxy_New(r->kwargs))
 GETTER(volatile, PyDictProxy_New(r->volatile_kwargs))
-GETTER(sharing, PyUnicode_InternFromString(sharing_names[(int)r->sharing]))
+GETTER(sharing, sharing_str(r))
 GETTER(caps, Py_NewRef(r->capabilities))
 #undef GETTER
 
@@ -903,6 +911,11 @@ int fab_py_request_exec(PyObject *module, fab_state *st)
     for (int i = 0; i < KW_COUNT; i++)
         if ((st->kw_names[i] = PyUnicode_InternFromString(kw_strings[i])) == NULL)
             return -1;
+    _Static_assert(SHARING_COUNT == sizeof(st->str_sharing) / sizeof(st->str_sharing[0]),
+                   "one str per sharing class");
+    for (int i = 0; i < SHARING_COUNT; i++)
+        if ((st->str_sharing[i] = PyUnicode_InternFromString(sharing_names[i])) == NULL)
+            return -1;
     if (PyModule_AddStringConstant(module, "KEY_SCHEME", KEY_SCHEME_TAG) < 0)
         return -1;
     return 0;
@@ -924,6 +937,8 @@ void fab_py_request_clear(fab_state *st)
     Py_CLEAR(st->empty_dict);
     for (int i = 0; i < KW_COUNT; i++)
         Py_CLEAR(st->kw_names[i]);
+    for (int i = 0; i < SHARING_COUNT; i++)
+        Py_CLEAR(st->str_sharing[i]);
 }
 
 /* ======================================================================== */
