@@ -610,6 +610,50 @@ def test_each_identity_field_alone_matches_reference():
     assert EvalRequest("op", (), {}, mode=fresh_eval).key == EvalRequest("op").key
 
 
+def test_identity_bytes_match_reference_and_hash_to_the_key():
+    """identity_bytes writes the key's pieces straight into a buffer: the
+    bytes must equal the reference encoding of the identity array, and hash
+    to the key, for every field and combination (routing fields excluded)."""
+    import hashlib
+    import random
+
+    import reference_encoder
+
+    rng = random.Random(12)
+    ops = ["op", "pkg.mod:fn", "é" * 40, "x" * 300]
+    argsets = [(), (1,), (None, True, -1.5, b"\x00"), ({"x": [1, 2]}, {3, 1}),
+               ("s" * 70000,), tuple(range(20)), ((1, (2, (3,))),)]
+    kwsets = [None, {}, {"a": 1}, {"b": [1], "a": {"z": None}}]
+    for i in range(300):
+        kw = {}
+        if rng.random() < 0.3:
+            kw["version"] = rng.choice([0, 1, 2**40, "v2"])
+        if rng.random() < 0.3:
+            kw["required_capabilities"] = rng.choice([[], ["gpu"], ["gpu", "db", "gpu"]])
+        if rng.random() < 0.2:
+            kw["mode"] = rng.choice(["eval", "explain"])
+        if rng.random() < 0.2:
+            kw["answer_limit"] = rng.choice([None, 1, 1000])
+        if rng.random() < 0.2:
+            kw["stream_buffer"] = rng.choice([None, 2, 64])
+        stream, trace = rng.random() < 0.3, rng.random() < 0.3
+        if stream:
+            kw["stream"] = True
+        if trace:
+            kw["trace"] = True
+        if rng.random() < 0.4:
+            kw["sharing"] = rng.choice(["pure", "recorded", "uncacheable"])
+        op, args, kwargs = rng.choice(ops), rng.choice(argsets), rng.choice(kwsets)
+        routing = dict(consistency=rng.choice(["local-first", "local-only"]),
+                       deadline=rng.choice([None, 2.5]))
+        req = EvalRequest(op, args, kwargs, **kw, **routing)
+        got = req.identity_bytes()
+        assert got == reference_encoder.identity_bytes(op, args, kwargs, **kw), (i, op, kw)
+        assert hashlib.sha256(got).digest() == req.key.digest, i
+        assert req.identity_bytes() == got  # again: nothing kept between calls changes it
+        assert req.replace(deadline=None).identity_bytes() == got
+
+
 def test_containers_nested_inside_keys_match_reference():
     import reference_encoder
 

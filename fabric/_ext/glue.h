@@ -366,6 +366,10 @@ typedef struct fab_py_piece {
  * the value. 0, or -1 with an exception set. */
 int fab_py_digest_pieces(fab_state *st, const char *whole, const fab_py_piece *pieces, size_t n,
                          uint8_t out[FAB_SHA256_LEN]);
+/* walk.c: the same pieces' canonical bytes, in order, into enc: the bytes
+ * whose SHA-256 fab_py_digest_pieces gives. 0, or -1 with an exception set. */
+int fab_py_encode_pieces(fab_state *st, fab_enc *enc, const char *whole,
+                         const fab_py_piece *pieces, size_t n);
 
 /* unpack.c: decodes one msgpack value from untrusted bytes under limits
  * (NULL = defaults). Errors raise fabric.DecodeError with .offset, counted

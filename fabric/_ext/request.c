@@ -173,9 +173,10 @@ static PyObject *sorted_capabilities(PyObject *caps)
     return t;
 }
 
-/* The identity of a request (the key's input) as the walker's pieces, and
- * its digest into r->digest. */
-static int request_digest(fab_state *st, EvalRequestObject *r)
+/* The identity of a request (the key's input) as the walker's pieces, into
+ * p (11 of them; flags holds the last piece's bytes): their count. */
+static size_t request_pieces(fab_state *st, EvalRequestObject *r, fab_py_piece p[11],
+                             uint8_t flags[2 + sizeof(sharing_enc[0].bytes)])
 {
     /* The array header (12 fields) and the scheme tag never change. */
     static const uint8_t prefix[] = "\x9c\xac" KEY_SCHEME_TAG;
@@ -185,11 +186,9 @@ static int request_digest(fab_state *st, EvalRequestObject *r)
      * ({}, [], "eval", nil, nil), written after args. */
     static const uint8_t defaults[] = "\x80\x90\xa4" "eval" "\xc0\xc0";
     /* stream, trace and the sharing class: the array's last three fields. */
-    uint8_t flags[2 + sizeof(sharing_enc[0].bytes)];
     fab_put_bool(flags, r->stream);
     fab_put_bool(flags + 1, r->trace);
     memcpy(flags + 2, sharing_enc[(int)r->sharing].bytes, sharing_enc[(int)r->sharing].len);
-    fab_py_piece p[11];
     size_t n = 0;
     p[n++] = (fab_py_piece){NULL, NULL, prefix, sizeof(prefix) - 1};
     p[n++] = (fab_py_piece){r->op, "op", NULL, 0};
@@ -206,6 +205,15 @@ static int request_digest(fab_state *st, EvalRequestObject *r)
         p[n++] = (fab_py_piece){r->stream_buffer, "stream_buffer", NULL, 0};
     }
     p[n++] = (fab_py_piece){NULL, NULL, flags, 2 + (size_t)sharing_enc[(int)r->sharing].len};
+    return n;
+}
+
+/* The request's digest into r->digest. */
+static int request_digest(fab_state *st, EvalRequestObject *r)
+{
+    fab_py_piece p[11];
+    uint8_t flags[2 + sizeof(sharing_enc[0].bytes)];
+    size_t n = request_pieces(st, r, p, flags);
     return fab_py_digest_pieces(st, "request", p, n, r->digest);
 }
 
@@ -723,28 +731,23 @@ done:
     return out;
 }
 
+/* The bytes the key hashes, written from the same pieces in one pass. */
 static PyObject *EvalRequest_identity_bytes(EvalRequestObject *r, PyObject *Py_UNUSED(ignored))
 {
     fab_state *st = fab_state_from_type(Py_TYPE(r));
     if (st == NULL)
         return NULL;
-    PyObject *fields = Py_BuildValue("[sOOOOOOOOOOs]", KEY_SCHEME_TAG, r->op, r->version,
-                                     r->args, r->kwargs, r->capabilities, r->mode,
-                                     r->answer_limit, r->stream_buffer,
-                                     r->stream ? Py_True : Py_False,
-                                     r->trace ? Py_True : Py_False,
-                                     sharing_names[(int)r->sharing]);
-    if (fields == NULL)
-        return NULL;
+    fab_py_piece p[11];
+    uint8_t flags[2 + sizeof(sharing_enc[0].bytes)];
+    size_t n = request_pieces(st, r, p, flags);
     fab_buf buf;
     fab_enc enc;
     fab_buf_init(&buf);
     fab_enc_init(&enc, fab_buf_sink, &buf);
     PyObject *out = NULL;
-    if (fab_py_encode_value(st, &enc, fields, "request") == 0)
+    if (fab_py_encode_pieces(st, &enc, "request", p, n) == 0)
         out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
     fab_buf_destroy(&buf);
-    Py_DECREF(fields);
     return out;
 }
 

@@ -11,7 +11,7 @@
  *
  * The whole walk stays in this one file so the compiler can inline the
  * dispatch (enc_value) into each container loop; request.c and the other
- * parts reach it through fab_py_encode_value and fab_py_digest_pieces.
+ * parts reach it through fab_py_encode_value, fab_py_encode_pieces and fab_py_digest_pieces.
  */
 #include "glue.h"
 
@@ -1674,6 +1674,19 @@ static int walk_pieces(walker *w, const fab_py_piece *pieces, size_t n, const ch
     }
     *root = whole;
     return out_flush(w, &w->main);
+}
+
+int fab_py_encode_pieces(fab_state *st, fab_enc *enc, const char *whole,
+                         const fab_py_piece *pieces, size_t n)
+{
+    const char *root = whole;
+    walker w;
+    walker_init(&w, st, NULL, enc);
+    int rc = walk_pieces(&w, pieces, n, whole, &root);
+    if (rc < 0)
+        walker_raise(&w, root);
+    walker_destroy(&w);
+    return rc;
 }
 
 /* A borrowed walk first, an owned one when the borrowed walk gives up. */
