@@ -3452,6 +3452,38 @@ static int find_live(fab_ledger *l, const uint8_t key[32], uint64_t *off, fab_le
     return rec_live(l, *off);
 }
 
+/*
+ * A miss's look at the file without a system call, through the append
+ * lock page (spec: Seeing the others' records): when this handle looked
+ * at the file (fstat) less than 1 ms ago, saw no torn tail then, the
+ * sentinel reads as it was and the page's end equals the handle's, nobody
+ * appended since: 0. When the page's end is larger, the others' records
+ * (each written whole under the page's mutex before its end was
+ * published) end there: they are replayed up to it, 1 when that worked.
+ * 2 when the page cannot answer (no page, an end of 0 while an append is
+ * under way or after a compaction, a look too old, a torn or faulting
+ * tail): the caller fstat's. Under the lock.
+ *
+ * The page's end is read without its mutex: the bytes below a published
+ * end are only ever read (appends go after it, a compaction renames a new
+ * file over the path and leaves the end 0), and the replay checks every
+ * record's checksums, falling back to the fstat when it meets anything
+ * but whole records up to the end.
+ */
+static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err)
+{
+    if (l->sh.p == NULL || l->forked || !l->sent_ok || l->scanned_size > l->end)
+        return 2;
+    uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_acquire);
+    if (pend < l->end || pend == 0 || now_ns(CLOCK_MONOTONIC) - l->looked_ns >= LOOK_EVERY_NS ||
+        sentinel_read(l) != 1)
+        return 2;
+    if (pend == l->end)
+        return 0;
+    int rc = catch_up_to(l, pend, err);
+    return rc < 0 ? rc : rc == 1 ? 1 : 2;
+}
+
 int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
                       fab_ledger_error *err)
 {
@@ -3463,8 +3495,14 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
     if (found == FAB_OK) {
         found = find_live(l, key, &off, err);
         if (found == 0) {
-            /* A miss looks at the file: others' appends, a replacement. */
-            int rc = catch_up_locked(l, 2, err);
+            /* A miss looks at the file: others' appends, a replacement;
+             * through the lock page when it can tell, else by fstat. */
+            int rc = miss_look_by_page(l, err);
+            if (rc == 2) {
+                rc = catch_up_locked(l, 2, err);
+                if (rc >= 0)
+                    l->looked_ns = now_ns(CLOCK_MONOTONIC);
+            }
             found = rc < 0 ? rc : rc > 0 ? find_live(l, key, &off, err) : 0;
         }
     }

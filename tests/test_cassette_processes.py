@@ -728,3 +728,76 @@ def test_lock_page_and_ofd_lock_never_mix(tmp_path, monkeypatch, lock_dir):
         assert len(r) == 100
     with EvalCassette(path, exclusive=True) as x:
         assert x.stats()["append_lock"] == "none"
+
+
+# ---- a miss looks at the others' appends through the lock page ----------------
+
+APPENDER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+c = EvalCassette(sys.argv[1], durability="os")
+print(c.stats()["append_lock"], flush=True)
+for line in sys.stdin:
+    i = int(line)
+    assert c.record(EvalRequest("op", [("child", i)]).key, {"child": i}) is True
+    print("done", flush=True)
+"""
+
+
+def test_a_miss_finds_what_another_process_just_appended(tmp_path, lock_dir):
+    """A miss right after another process's append (it says so on a pipe)
+    finds the record: the page's end tells that the file grew without an
+    fstat when this handle looked at the file less than 1 ms ago, and the
+    fstat tells otherwise. This handle's own appends interleave, so the
+    page's end and the handle's differ in both directions."""
+    path = str(tmp_path / "miss.fabl")
+    a = EvalCassette(path, durability="os")
+    assert a.stats()["append_lock"] == "mutex"
+    child = spawn(APPENDER, path, stdin=True)
+    try:
+        assert readline(child) == "mutex\n"
+        for i in range(300):
+            k = key(("child", i))
+            assert a.get(k) is None  # a miss: looks at the file, finds nothing new
+            tell(child, str(i))
+            assert readline(child) == "done\n"
+            assert a.get(k) == {"child": i}
+            if i % 3 == 0:
+                assert a.record(key(("parent", i)), i) is True
+        assert a.stats()["foreign_records"] == 300
+    finally:
+        child.stdin.close()
+        assert child.wait() == 0
+    assert len(a) == 400
+    a.close()
+
+
+def test_a_miss_follows_appends_and_a_compaction_of_another_handle(tmp_path, lock_dir):
+    """Two writer handles of one process share the lock page: each miss of
+    one finds what the other just appended (well within the 1 ms in which
+    the page's end answers for the file), and a compaction by the other
+    (which leaves the page's end unknown) moves it to the new file at its
+    next miss."""
+    path = str(tmp_path / "two.fabl")
+    a = EvalCassette(path, durability="os")
+    b = EvalCassette(path, durability="os")
+    assert a.stats()["append_lock"] == b.stats()["append_lock"] == "mutex"
+    for i in range(500):
+        assert a.get(key(("b", i))) is None
+        assert b.record(key(("b", i)), i) is True
+        assert a.get(key(("b", i))) == i
+        if i % 7 == 0:
+            assert a.record(key(("a", i)), -i) is True
+            assert b.get(key(("a", i))) == -i
+    assert a.stats()["foreign_records"] == 500 and a.stats()["reloads"] == 0
+    assert a.get(key("fresh")) is None  # a's look at the file is fresh
+    b.compact()
+    assert b.record(key("after"), "after") is True
+    assert a.get(key("after")) == "after"
+    assert a.stats()["reloads"] == 1
+    assert a.record(key("a-after"), 1) is True
+    assert b.get(key("a-after")) == 1
+    a.close()
+    b.close()
+    with EvalCassette(path, "r", recover="strict") as r:
+        assert len(r) == 500 + 72 + 2
