@@ -3453,6 +3453,25 @@ static int find_live(fab_ledger *l, const uint8_t key[32], uint64_t *off, fab_le
 }
 
 /*
+ * Without the lock: the index may be growing or replaced by another thread
+ * meanwhile, so its fields are read relaxed and may be stale or mixed (the
+ * slot address then is wrong, even freed or outside the table). That is
+ * harmless for a prefetch, which never faults (x86 PREFETCH, ARM PRFM):
+ * the address is never dereferenced.
+ */
+void fab_ledger_prefetch(const fab_ledger *l, const uint8_t key[32])
+{
+    fab_lindex ix = {0};
+    ix.slots = __atomic_load_n(&l->ix.slots, __ATOMIC_RELAXED);
+    ix.mask = __atomic_load_n(&l->ix.mask, __ATOMIC_RELAXED);
+    ix.seed = __atomic_load_n(&l->ix.seed, __ATOMIC_RELAXED);
+    if (ix.slots != NULL) {
+        size_t i = (size_t)fab_lindex_hash(&ix, key) & ix.mask;
+        __builtin_prefetch((const void *)((uintptr_t)ix.slots + i * sizeof(fab_lindex_slot)));
+    }
+}
+
+/*
  * A miss's look at the file without a system call, through the append
  * lock page (spec: Seeing the others' records): when this handle looked
  * at the file (fstat) less than 1 ms ago, saw no torn tail then, the

@@ -1037,6 +1037,9 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     PyObject *req;
     if (st == NULL || get_key(args[0], key) < 0 || request_arg(st, request, &req) < 0)
         return NULL;
+    /* The key's index slot loads while the reply encodes. */
+    if (c->l != NULL)
+        fab_ledger_prefetch(c->l, key);
     /* The reply is encoded and written in one go: the ledger reads the
      * walker's bytes where they were made. */
     record_job job = {st, c, key, expires_ns, req, 0, -1};

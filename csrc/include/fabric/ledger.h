@@ -229,6 +229,10 @@ int fab_ledger_clear(fab_ledger *l, fab_ledger_error *err);
 int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_ledger_ref *ref,
                       fab_ledger_error *err);
 
+/* A hint that key is about to be looked up or recorded: starts loading
+ * its index slot into the cache. Takes no lock and reads nothing. */
+void fab_ledger_prefetch(const fab_ledger *l, const uint8_t key[32]);
+
 /* Number of committed keys. */
 size_t fab_ledger_count(fab_ledger *l);
 
