@@ -2678,7 +2678,9 @@ static void end_append(fab_ledger *l)
 {
     if (l->append_locked == 2) {
         if (l->append_ok && !l->failed)
-            atomic_store_explicit(&l->sh.p->end, l->end, memory_order_relaxed);
+            /* Release: a miss reads the end without the mutex
+             * (miss_look_by_page) and then the records below it. */
+            atomic_store_explicit(&l->sh.p->end, l->end, memory_order_release);
         pthread_mutex_unlock(&l->sh.p->mu);
     } else if (l->append_locked == 1) {
         (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
