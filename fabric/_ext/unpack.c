@@ -101,31 +101,70 @@ static inline uint32_t short_hash(const uint8_t *p, uint32_t n)
     return (uint32_t)(h >> 32) | 1;
 }
 
-/* The str of a short map key (len <= KEY_CACHE_LEN, valid UTF-8) from the
- * table, or decoded and remembered when it is ASCII. */
-static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
+/* The kept str of a short map key (len <= KEY_CACHE_LEN), a new reference,
+ * or NULL (no exception) when the table does not hold it; *tag is set to
+ * the bytes' tag either way. */
+static inline PyObject *find_key(dctx *d, const uint8_t *p, uint32_t len, uint32_t *tag)
 {
-    uint32_t tag = short_hash(p, len);
-    size_t set = (size_t)(tag >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
+    uint32_t t = short_hash(p, len);
+    size_t set = (size_t)(t >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
     PyObject **slots = d->keys + set;
     uint32_t *tags = d->key_tags + set;
+    *tag = t;
     for (int i = 0; i < KEY_CACHE_WAYS; i++) {
         PyObject *k = slots[i];
-        if (tags[i] == tag && k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
+        if (tags[i] == t && k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
             same_short(PyUnicode_DATA(k), p, len))
             return Py_NewRef(k);
     }
-    PyObject *k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
-    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k)) {
-        /* The newest first: the oldest of the set is dropped. */
-        Py_XDECREF(slots[KEY_CACHE_WAYS - 1]);
-        for (int i = KEY_CACHE_WAYS - 1; i > 0; i--) {
-            slots[i] = slots[i - 1];
-            tags[i] = tags[i - 1];
-        }
-        slots[0] = Py_NewRef(k);
-        tags[0] = tag;
+    return NULL;
+}
+
+/* Keeps k (a compact ASCII str of the bytes tagged tag) in the table: the
+ * newest first, the oldest of its set dropped. */
+static void keep_key(dctx *d, PyObject *k, uint32_t tag)
+{
+    size_t set = (size_t)(tag >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
+    PyObject **slots = d->keys + set;
+    uint32_t *tags = d->key_tags + set;
+    Py_XDECREF(slots[KEY_CACHE_WAYS - 1]);
+    for (int i = KEY_CACHE_WAYS - 1; i > 0; i--) {
+        slots[i] = slots[i - 1];
+        tags[i] = tags[i - 1];
     }
+    slots[0] = Py_NewRef(k);
+    tags[0] = tag;
+}
+
+/* The str of a short map key of len ASCII bytes the table does not hold
+ * (tagged tag), made and kept. */
+static PyObject *new_key(dctx *d, const uint8_t *p, uint32_t len, uint32_t tag)
+{
+    PyObject *k;
+    if (len > 1) {
+        k = PyUnicode_New((Py_ssize_t)len, 127);
+        if (k != NULL)
+            memcpy(PyUnicode_DATA(k), p, len);
+    } else {
+        /* CPython's shared empty and one-character strs. */
+        k = len ? PyUnicode_FromOrdinal(p[0]) : PyUnicode_New(0, 0);
+    }
+    if (k != NULL)
+        keep_key(d, k, tag);
+    return k;
+}
+
+/* The str of a short map key (len <= KEY_CACHE_LEN, valid UTF-8) from the
+ * table, or decoded and kept when it is ASCII. */
+static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
+{
+    uint32_t tag;
+    PyObject *k = find_key(d, p, len, &tag);
+    if (k != NULL)
+        return k;
+    k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
+    if (k != NULL && PyUnicode_IS_COMPACT_ASCII(k))
+        keep_key(d, k, tag);
     return k;
 }
 
@@ -686,50 +725,87 @@ static inline int all_ascii(const uint8_t *p, size_t n)
     return (acc & 0x8080808080808080ULL) == 0;
 }
 
-/*
- * The common scalars read inline: positive and negative fixints, nil,
- * bools, float64, the integer forms, short ASCII strs (fixstr and str8) and
- * bin8. Each is read exactly as fab_mp_next would read it (the same
- * checks, the same effect on the reader: its position, item count and the
- * containers it closes), and only when it is well formed, within the limits
- * and wholly present; anything else, including every error, is left to
- * fab_mp_next (0 returned, the reader untouched). 1 when *out was read.
- */
-static inline int fast_next(fab_mp_reader *r, fab_mp_item *out)
+/* Moves the reader past a scalar of `used` bytes at `start` as fab_mp_next
+ * would: one more item, no tag pending, and each container the scalar was
+ * the last child of closed (a scalar opens nothing). */
+static inline void took_scalar(fab_mp_reader *r, size_t start, size_t used)
 {
-    size_t start = r->pos, left;
+    r->pos = start + used;
+    r->items++;
+    r->after_tag = 0;
+    uint32_t depth = r->depth;
+    if (depth > 0 && --r->remaining[depth - 1] == 0) {
+        do
+            depth--;
+        while (depth > 0 && r->remaining[depth - 1] == 0);
+        r->depth = depth;
+    }
+}
+
+/*
+ * The common scalars read inline and made into their objects in one
+ * dispatch on the type byte: positive and negative fixints, nil, bools,
+ * float64, the integer forms, short ASCII strs (fixstr and str8: a map key
+ * from the key table when it is there) and bin8. Each is read exactly as
+ * fab_mp_next would read it (the same checks, the same effect on the
+ * reader: its position, item count and the containers it closes), and only
+ * when it is well formed, within the limits and wholly present; anything
+ * else, including every error, is left to fab_mp_next (0 returned, the
+ * reader untouched). 1 when the item was read: *out is its object, or NULL
+ * with an exception when making that failed.
+ */
+static inline int fast_value(dctx *d, int in_key, PyObject **out)
+{
+    fab_mp_reader *r = d->r;
+    size_t start = r->pos;
     if (start >= r->len || r->items >= r->lim.max_items)
         return 0;
-    left = r->len - start - 1; /* bytes after the type byte */
+    size_t left = r->len - start - 1; /* bytes after the type byte */
     const uint8_t *p = r->data + start;
     uint8_t c = p[0];
     size_t used = 1;
+    PyObject *o;
     if (c <= 0x7f) {
-        out->type = FAB_MP_UINT;
-        out->v.u = c;
+        o = PyLong_FromLong(c);
     } else if (c >= 0xe0) {
-        out->type = FAB_MP_INT;
-        out->v.i = (int8_t)c;
+        o = PyLong_FromLong((int8_t)c);
     } else if ((c & 0xe0) == 0xa0 || c == 0xd9) {
         size_t n = c == 0xd9 ? (left >= 1 ? p[1] : SIZE_MAX) : (size_t)(c & 0x1f);
         size_t head = c == 0xd9 ? 2 : 1;
-        if (n > r->lim.max_str || n > left + 1 - head || !all_ascii(p + head, n))
+        if (n > r->lim.max_str || n > left + 1 - head)
             return 0;
-        out->type = FAB_MP_STR;
-        out->v.s.p = p + head;
-        out->v.s.len = (uint32_t)n;
+        const uint8_t *s = p + head;
+        uint32_t tag = 0;
+        /* A key the table holds is ASCII (its bytes are a kept str's). */
+        if (in_key && d->keys && n <= KEY_CACHE_LEN &&
+            (o = find_key(d, s, (uint32_t)n, &tag)) != NULL) {
+            /* found */
+        } else if (!all_ascii(s, n)) {
+            return 0; /* UTF-8 to validate: fab_mp_next */
+        } else if (tag != 0) {
+            o = new_key(d, s, (uint32_t)n, tag);
+        } else if (n > 1) {
+            o = PyUnicode_New((Py_ssize_t)n, 127);
+            if (o != NULL)
+                memcpy(PyUnicode_DATA(o), s, n);
+        } else {
+            /* CPython's shared empty and one-character strs. */
+            o = n ? PyUnicode_FromOrdinal(s[0]) : PyUnicode_New(0, 0);
+        }
         used = head + n;
     } else if (c == 0xc0) {
-        out->type = FAB_MP_NIL;
+        o = Py_NewRef(Py_None);
     } else if (c == 0xc2 || c == 0xc3) {
-        out->type = FAB_MP_BOOL;
-        out->v.b = c == 0xc3;
+        o = Py_NewRef(c == 0xc3 ? Py_True : Py_False);
     } else if (c == 0xcb) {
         if (left < 8)
             return 0;
         uint64_t bits = fab_load_be64(p + 1);
-        memcpy(&out->v.f, &bits, 8);
-        out->type = FAB_MP_FLOAT;
+        double f;
+        memcpy(&f, &bits, 8);
+        if (f != f)
+            d->nans++;
+        o = PyFloat_FromDouble(f);
         used = 9;
     } else if (c >= 0xcc && c <= 0xd3) {
         size_t n = (size_t)1 << ((c - 0xcc) & 3);
@@ -739,59 +815,40 @@ static inline int fast_next(fab_mp_reader *r, fab_mp_item *out)
         for (size_t i = 1; i <= n; i++)
             u = (u << 8) | p[i];
         if (c <= 0xcf) {
-            out->type = FAB_MP_UINT;
-            out->v.u = u;
+            o = PyLong_FromUnsignedLongLong(u);
         } else {
             int64_t v;
             if (n == 1) v = (int8_t)u;
             else if (n == 2) v = (int16_t)u;
             else if (n == 4) v = (int32_t)u;
             else memcpy(&v, &u, 8);
-            if (v >= 0) {
-                out->type = FAB_MP_UINT;
-                out->v.u = (uint64_t)v;
-            } else {
-                out->type = FAB_MP_INT;
-                out->v.i = v;
-            }
+            o = PyLong_FromLongLong(v);
         }
         used = 1 + n;
     } else if (c == 0xc4) {
         if (left < 1 || p[1] > r->lim.max_bin || p[1] > left - 1)
             return 0;
-        out->type = FAB_MP_BIN;
-        out->v.s.p = p + 2;
-        out->v.s.len = p[1];
+        o = PyBytes_FromStringAndSize((const char *)p + 2, p[1]);
         used = 2 + (size_t)p[1];
     } else {
         return 0;
     }
-    out->offset = start;
-    r->pos = start + used;
-    r->items++;
-    r->after_tag = 0;
-    /* A scalar opens nothing: it closes each container it was the last
-     * child of. */
-    uint32_t depth = r->depth;
-    if (depth > 0 && --r->remaining[depth - 1] == 0) {
-        do
-            depth--;
-        while (depth > 0 && r->remaining[depth - 1] == 0);
-        r->depth = depth;
-    }
+    took_scalar(r, start, used);
+    *out = o;
     return 1;
 }
 
+/* An item's object: the common scalars inline, the rest through the
+ * core's reader. */
 static PyObject *dec_value(dctx *d, int in_key)
 {
+    PyObject *o;
+    if (fast_value(d, in_key, &o))
+        return o;
     fab_mp_item it;
-    int ascii = fast_next(d->r, &it); /* a str read inline is ASCII */
-    if (!ascii) {
-        int rc = fab_mp_next(d->r, &it);
-        if (rc != FAB_OK)
-            return reader_error(d, rc);
-    }
-    int rc;
+    int rc = fab_mp_next(d->r, &it);
+    if (rc != FAB_OK)
+        return reader_error(d, rc);
     switch (it.type) {
     case FAB_MP_NIL:
         Py_RETURN_NONE;
@@ -808,14 +865,6 @@ static PyObject *dec_value(dctx *d, int in_key)
     case FAB_MP_STR:
         if (in_key && d->keys && it.v.s.len <= KEY_CACHE_LEN)
             return cached_key(d, it.v.s.p, it.v.s.len);
-        if (ascii && it.v.s.len > 1) {
-            /* Known ASCII: a copy, no second look at the bytes (shorter
-             * strs are CPython's shared singletons). */
-            PyObject *s = PyUnicode_New(it.v.s.len, 127);
-            if (s != NULL)
-                memcpy(PyUnicode_DATA(s), it.v.s.p, it.v.s.len);
-            return s;
-        }
         return PyUnicode_DecodeUTF8((const char *)it.v.s.p, it.v.s.len, "strict");
     case FAB_MP_BIN:
         return PyBytes_FromStringAndSize((const char *)it.v.s.p, it.v.s.len);
@@ -828,7 +877,9 @@ static PyObject *dec_value(dctx *d, int in_key)
         if (seq == NULL)
             return NULL;
         for (uint32_t i = 0; i < it.v.count; i++) {
-            PyObject *x = dec_value(d, in_key);
+            PyObject *x;
+            if (!fast_value(d, in_key, &x))
+                x = dec_value(d, in_key);
             if (x == NULL) {
                 Py_DECREF(seq);
                 return NULL;
@@ -854,7 +905,9 @@ static PyObject *dec_value(dctx *d, int in_key)
         for (uint32_t i = 0; i < it.v.count; i++) {
             size_t at = d->r->pos;
             size_t nans = d->nans;
-            PyObject *k = dec_value(d, 1);
+            PyObject *k, *v;
+            if (!fast_value(d, 1, &k))
+                k = dec_value(d, 1);
             if (k == NULL)
                 goto map_fail;
             /* (A str key without a NaN needs no check: inline.) */
@@ -863,7 +916,8 @@ static PyObject *dec_value(dctx *d, int in_key)
                 Py_DECREF(k);
                 goto map_fail;
             }
-            PyObject *v = dec_value(d, 0);
+            if (!fast_value(d, 0, &v))
+                v = dec_value(d, 0);
             if (v == NULL) {
                 Py_DECREF(k);
                 goto map_fail;
