@@ -117,6 +117,24 @@ def test_repeated_keys_are_shared_between_decodes():
     assert all(a is b for a, b in zip(first["where"], second["where"]))
 
 
+def test_short_keys_are_found_whatever_follows_them():
+    # A key of at most 7 bytes is looked up by its item (header and bytes)
+    # read as one word: the bytes after it are masked off, and near the
+    # end of the input they are read one at a time. Whatever follows, the
+    # key is the same kept str; longer keys are looked up by a hash.
+    for k in ["", "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh", "a\x00"]:
+        found = [
+            fabric.unpack(msgpack.packb({k: 0})),  # the input ends within 8 bytes of the key
+            fabric.unpack(msgpack.packb({k: "x" * 40})),
+            fabric.unpack(msgpack.packb({k: 1, k + "z": 2})),
+            fabric.decode_value(fabric.encode_value({k: [1, 2, 3]})),
+        ]
+        first = [next(iter(d)) for d in found]
+        assert first == [k] * 4
+        assert all(f is first[0] for f in first), k
+        assert list(found[2]) == [k, k + "z"]
+
+
 def test_duplicate_keys_still_refused():
     with pytest.raises(fabric.DecodeError, match="duplicate map key"):
         fabric.unpack(b"\x82\xa1a\x01\xa1a\x02")

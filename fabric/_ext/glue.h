@@ -94,7 +94,7 @@ typedef struct fab_state {
     PyTypeObject *Timestamp_Type;
     PyObject *redacted; /* fabric.REDACTED */
     PyObject *key_cache[64]; /* recent short ASCII map keys (str), kept across decodes */
-    uint32_t key_cache_tag[64]; /* a hash of each key_cache entry's bytes (0: none) */
+    uint64_t key_cache_tag[64]; /* each key_cache entry's tag (unpack.c; 0: none) */
 
     /* cassette.c */
     PyTypeObject *EvalCassette_Type;

@@ -21,7 +21,7 @@ typedef struct dctx {
     size_t nans; /* NaN floats decoded so far (a key holding one needs a byte check) */
     int vmode;   /* the value encoding (docs/spec/values.md): tags are read */
     PyObject **keys; /* KEY_CACHE recent short ASCII map keys, or NULL */
-    uint32_t *key_tags; /* their tags */
+    uint64_t *key_tags; /* their tags */
 } dctx;
 
 /*
@@ -31,9 +31,13 @@ typedef struct dctx {
  * across decode calls, so a repeated key costs a hash of a few words and a
  * compare instead of an allocation, a UTF-8 decode and a hash computation (a
  * str keeps its hash). The table is 4-way set associative (16 sets of 4), so
- * the dozen keys of one reply do not evict each other by a collision; each
- * entry's tag is a hash of its bytes, so a probe compares bytes only on a tag
- * match. Strings are immutable, and a lookup or replacement runs no Python
+ * the dozen keys of one reply do not evict each other by a collision. Each
+ * entry has a 64-bit tag: for a fixstr key of at most 7 bytes (most keys)
+ * the encoded item itself, header and bytes, read as one word, so a tag
+ * match is the key and nothing is hashed or compared byte by byte; for
+ * longer keys a hash of the bytes, its low byte 0x01 (never a fixstr
+ * header), and a probe compares bytes only on a tag match. Strings are
+ * immutable, and a lookup or replacement runs no Python
  * code, so the GIL makes each one atomic; the table holds at most KEY_CACHE
  * strings of at most KEY_CACHE_LEN characters.
  */
@@ -41,7 +45,7 @@ typedef struct dctx {
 #define KEY_CACHE_WAYS 4
 _Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache) / sizeof(PyObject *),
                "the key cache's size");
-_Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache_tag) / sizeof(uint32_t),
+_Static_assert(KEY_CACHE == sizeof(((fab_state *)0)->key_cache_tag) / sizeof(uint64_t),
                "the key cache's tags");
 #define KEY_CACHE_LEN 32
 
@@ -75,9 +79,10 @@ static inline int same_short(const uint8_t *a, const uint8_t *b, uint32_t n)
     return x == y && u == v && a[n / 2] == b[n / 2];
 }
 
-/* A hash of n bytes (at most KEY_CACHE_LEN) from their first and last
- * words and their length; never 0 (0 marks an empty slot). */
-static inline uint32_t short_hash(const uint8_t *p, uint32_t n)
+/* The tag of a key of n bytes (at most KEY_CACHE_LEN) at p, hashed from
+ * their first and last words and their length: low byte 0x01, so never 0
+ * (an empty slot) nor a word tag. */
+static inline uint64_t hash_tag(const uint8_t *p, uint32_t n)
 {
     uint64_t a = 0, b = 0;
     if (n >= 8) {
@@ -98,23 +103,47 @@ static inline uint32_t short_hash(const uint8_t *p, uint32_t n)
         a = (uint64_t)p[0] | (uint64_t)p[n / 2] << 8 | (uint64_t)p[n - 1] << 16;
     }
     uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ULL) ^ n) * 0xbf58476d1ce4e5b9ULL;
-    return (uint32_t)(h >> 32) | 1;
+    return (h & ~(uint64_t)0xff) | 0x01;
 }
 
-/* The kept str of a short map key (len <= KEY_CACHE_LEN), a new reference,
- * or NULL (no exception) when the table does not hold it; *tag is set to
- * the bytes' tag either way. */
-static inline PyObject *find_key(dctx *d, const uint8_t *p, uint32_t len, uint32_t *tag)
+/* The tag of a fixstr of n <= 7 bytes whose item (header and bytes) starts
+ * at item, with avail bytes readable from there (at least n + 1): the item
+ * as a little-endian word, the bytes after it masked off. Never 0 (the
+ * header is 0xa0 | n). */
+static inline uint64_t word_tag(const uint8_t *item, size_t n, size_t avail)
 {
-    uint32_t t = short_hash(p, len);
-    size_t set = (size_t)(t >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
+    uint64_t w = 0;
+    if (avail >= 8) {
+        w = fab_load_le64(item);
+        if (n < 7)
+            w &= ((uint64_t)1 << (8 * (n + 1))) - 1;
+    } else {
+        for (size_t i = 0; i <= n; i++)
+            w |= (uint64_t)item[i] << (8 * i);
+    }
+    return w;
+}
+
+/* The first of a tag's set in the table. */
+static inline size_t tag_set(uint64_t tag)
+{
+    return (size_t)((tag * 0x9e3779b97f4a7c15ULL) >> 60) * KEY_CACHE_WAYS;
+}
+
+/* The kept str of the short map key of len bytes at p (len <=
+ * KEY_CACHE_LEN) tagged tag, a new reference, or NULL (no exception) when
+ * the table does not hold it. */
+static inline PyObject *find_key(dctx *d, uint64_t tag, const uint8_t *p, uint32_t len)
+{
+    size_t set = tag_set(tag);
     PyObject **slots = d->keys + set;
-    uint32_t *tags = d->key_tags + set;
-    *tag = t;
+    uint64_t *tags = d->key_tags + set;
+    int exact = (tag & 0xff) != 0x01; /* a word tag is the key itself */
     for (int i = 0; i < KEY_CACHE_WAYS; i++) {
         PyObject *k = slots[i];
-        if (tags[i] == t && k != NULL && (uint32_t)PyUnicode_GET_LENGTH(k) == len &&
-            same_short(PyUnicode_DATA(k), p, len))
+        if (tags[i] == tag && k != NULL &&
+            (exact || ((uint32_t)PyUnicode_GET_LENGTH(k) == len &&
+                       same_short(PyUnicode_DATA(k), p, len))))
             return Py_NewRef(k);
     }
     return NULL;
@@ -122,11 +151,11 @@ static inline PyObject *find_key(dctx *d, const uint8_t *p, uint32_t len, uint32
 
 /* Keeps k (a compact ASCII str of the bytes tagged tag) in the table: the
  * newest first, the oldest of its set dropped. */
-static void keep_key(dctx *d, PyObject *k, uint32_t tag)
+static void keep_key(dctx *d, PyObject *k, uint64_t tag)
 {
-    size_t set = (size_t)(tag >> 1) % (KEY_CACHE / KEY_CACHE_WAYS) * KEY_CACHE_WAYS;
+    size_t set = tag_set(tag);
     PyObject **slots = d->keys + set;
-    uint32_t *tags = d->key_tags + set;
+    uint64_t *tags = d->key_tags + set;
     Py_XDECREF(slots[KEY_CACHE_WAYS - 1]);
     for (int i = KEY_CACHE_WAYS - 1; i > 0; i--) {
         slots[i] = slots[i - 1];
@@ -138,7 +167,7 @@ static void keep_key(dctx *d, PyObject *k, uint32_t tag)
 
 /* The str of a short map key of len ASCII bytes the table does not hold
  * (tagged tag), made and kept. */
-static PyObject *new_key(dctx *d, const uint8_t *p, uint32_t len, uint32_t tag)
+static PyObject *new_key(dctx *d, const uint8_t *p, uint32_t len, uint64_t tag)
 {
     PyObject *k;
     if (len > 1) {
@@ -158,8 +187,8 @@ static PyObject *new_key(dctx *d, const uint8_t *p, uint32_t len, uint32_t tag)
  * table, or decoded and kept when it is ASCII. */
 static PyObject *cached_key(dctx *d, const uint8_t *p, uint32_t len)
 {
-    uint32_t tag;
-    PyObject *k = find_key(d, p, len, &tag);
+    uint64_t tag = hash_tag(p, len);
+    PyObject *k = find_key(d, tag, p, len);
     if (k != NULL)
         return k;
     k = PyUnicode_DecodeUTF8((const char *)p, len, "strict");
@@ -775,10 +804,11 @@ static inline int fast_value(dctx *d, int in_key, PyObject **out)
         if (n > r->lim.max_str || n > left + 1 - head)
             return 0;
         const uint8_t *s = p + head;
-        uint32_t tag = 0;
+        uint64_t tag = 0;
+        if (in_key && d->keys && n <= KEY_CACHE_LEN)
+            tag = head == 1 && n < 8 ? word_tag(p, n, left + 1) : hash_tag(s, (uint32_t)n);
         /* A key the table holds is ASCII (its bytes are a kept str's). */
-        if (in_key && d->keys && n <= KEY_CACHE_LEN &&
-            (o = find_key(d, s, (uint32_t)n, &tag)) != NULL) {
+        if (tag != 0 && (o = find_key(d, tag, s, (uint32_t)n)) != NULL) {
             /* found */
         } else if (!all_ascii(s, n)) {
             return 0; /* UTF-8 to validate: fab_mp_next */
