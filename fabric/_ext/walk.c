@@ -515,6 +515,24 @@ static inline int put_tag(walker *w, int8_t tag)
     return 0;
 }
 
+/* Writes a str of at most SHORT_STR ASCII characters (most map keys, many
+ * short values) inline, into room already made for FAB_PUT_MAX + SHORT_STR
+ * bytes: 1 when v was one, 0 to leave it to enc_value (as enc_str would
+ * write it: ASCII is its own UTF-8). */
+#define SHORT_STR 31
+static inline int put_short_str(wout *o, PyObject *v)
+{
+    if (!Py_IS_TYPE(v, &PyUnicode_Type) || !PyUnicode_IS_COMPACT_ASCII(v))
+        return 0;
+    size_t n = (size_t)PyUnicode_GET_LENGTH(v);
+    if (n > SHORT_STR)
+        return 0;
+    o->len += fab_put_str_header(o->data + o->len, (uint32_t)n);
+    fab_copy(o->data + o->len, (const uint8_t *)PyUnicode_DATA(v), n);
+    o->len += n;
+    return 1;
+}
+
 static int enc_sequence(walker *w, PyObject *v)
 {
     int rc = -1;
@@ -558,6 +576,10 @@ static int enc_sequence(walker *w, PyObject *v)
         goto done;
     w->out->len += fab_put_array_header(w->out->data + w->out->len, (uint32_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (room(w, FAB_PUT_MAX + SHORT_STR) < 0)
+            goto done;
+        if (put_short_str(w->out, items[i]))
+            continue;
         if (enc_value(w, items[i]) < 0) {
             add_segment(w, "[%zd]", i);
             goto done;
@@ -802,8 +824,11 @@ static int enc_dict_value(walker *w, PyObject *v)
             goto out;
         w->out->len += fab_put_map_header(w->out->data + w->out->len, (uint32_t)n);
         while (PyDict_Next(v, &pos, &key, &value)) {
-            if (enc_value(w, key) < 0 || room(w, FAB_PUT_MAX) < 0 ||
-                (!put_scalar(w->out, value, 1) && enc_value(w, value) < 0))
+            if (room(w, FAB_PUT_MAX + SHORT_STR) < 0 ||
+                (!put_short_str(w->out, key) && enc_value(w, key) < 0) ||
+                room(w, FAB_PUT_MAX + SHORT_STR) < 0 ||
+                (!put_scalar(w->out, value, 1) && !put_short_str(w->out, value) &&
+                 enc_value(w, value) < 0))
                 goto out; /* (a borrowed failure has no path to add) */
         }
         rc = 0;
