@@ -158,6 +158,17 @@ static int get_key(PyObject *obj, uint8_t key[32])
     return 0;
 }
 
+/* get_key for the hot calls (record, get): a ContentKey's digest is read
+ * in place, with no buffer export. */
+static inline int read_key(fab_state *st, PyObject *obj, uint8_t key[32])
+{
+    const uint8_t *digest = fab_py_key_digest(st, obj);
+    if (digest == NULL)
+        return get_key(obj, key);
+    memcpy(key, digest, 32);
+    return 0;
+}
+
 static PyObject *make_key(fab_state *st, const uint8_t key[32])
 {
     PyObject *digest = PyBytes_FromStringAndSize((const char *)key, 32);
@@ -1035,7 +1046,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     PyObject *req;
-    if (st == NULL || get_key(args[0], key) < 0 || request_arg(st, request, &req) < 0)
+    if (st == NULL || read_key(st, args[0], key) < 0 || request_arg(st, request, &req) < 0)
         return NULL;
     /* The key's index slot loads while the reply encodes. */
     if (c->l != NULL)
@@ -1116,15 +1127,17 @@ int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyO
  * under the ledger's mutex; a miss also looks at the file's tail and
  * replays what other processes appended since (or the file that replaced
  * this one). -1 with an exception. */
-static int lookup(CassetteObject *c, PyObject *key_obj, fab_ledger_ref *ref, uint8_t key[32])
+static int lookup(fab_state *st, CassetteObject *c, PyObject *key_obj, fab_ledger_ref *ref,
+                  uint8_t key[32])
 {
-    if (get_key(key_obj, key) < 0 || enter(c) < 0)
+    if ((st ? read_key(st, key_obj, key) : get_key(key_obj, key)) < 0 || enter(c) < 0)
         return -1;
     fab_ledger_error err = {0};
     int found = fab_ledger_lookup(c->l, key, 1, ref, &err);
     leave(c);
     if (found < 0) {
-        fab_state *st = cassette_state((PyObject *)c);
+        if (st == NULL)
+            st = cassette_state((PyObject *)c);
         if (st)
             raise_ledger(st, c->path, found, &err);
         return -1;
@@ -1144,7 +1157,7 @@ static int lookup_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return -1;
     }
     *st = cassette_state(self);
-    return *st ? lookup((CassetteObject *)self, args[0], ref, key) : -1;
+    return *st ? lookup(*st, (CassetteObject *)self, args[0], ref, key) : -1;
 }
 
 static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1185,7 +1198,7 @@ static int Cassette_contains(PyObject *self, PyObject *key_obj)
 {
     fab_ledger_ref ref;
     uint8_t key[32];
-    int found = lookup((CassetteObject *)self, key_obj, &ref, key);
+    int found = lookup(NULL, (CassetteObject *)self, key_obj, &ref, key);
     if (found == 1)
         fab_lmap_release(ref.map);
     return found;

@@ -275,6 +275,9 @@ PyObject *fab_py_secret_value(PyObject *secret, int *commit);
 
 /* key.c: a new ContentKey holding the 32-byte digest. */
 PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest);
+/* key.c: the digest of a ContentKey (of exactly that type), read in place,
+ * or NULL for any other object. */
+const uint8_t *fab_py_key_digest(fab_state *st, PyObject *obj);
 
 /* request.c: a borrowed view of an EvalRequest for other parts: its 32-byte
  * digest (valid while req lives), its sorted capability tuple (borrowed) and

@@ -161,6 +161,11 @@ PyObject *fab_py_key_from_digest(fab_state *st, const uint8_t *digest)
     return (PyObject *)k;
 }
 
+const uint8_t *fab_py_key_digest(fab_state *st, PyObject *obj)
+{
+    return Py_IS_TYPE(obj, st->ContentKey_Type) ? ((ContentKeyObject *)obj)->digest : NULL;
+}
+
 static PyObject *ContentKey_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     Py_buffer view;
