@@ -783,7 +783,7 @@ static inline void took_scalar(fab_mp_reader *r, size_t start, size_t used)
  * reader untouched). 1 when the item was read: *out is its object, or NULL
  * with an exception when making that failed.
  */
-static inline int fast_value(dctx *d, int in_key, PyObject **out)
+static inline __attribute__((always_inline)) int fast_value(dctx *d, int in_key, PyObject **out)
 {
     fab_mp_reader *r = d->r;
     size_t start = r->pos;
