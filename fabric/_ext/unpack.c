@@ -28,9 +28,9 @@ typedef struct dctx {
  * Map keys repeat (a list of records has the same few keys in every row, and
  * the replies of one op the same keys in every reply): the str objects of
  * short ASCII keys are remembered in a small table in the module state, kept
- * across decode calls, so a repeated key costs a hash of a few words and a
- * compare instead of an allocation, a UTF-8 decode and a hash computation (a
- * str keeps its hash). The table is 4-way set associative (16 sets of 4), so
+ * across decode calls, so a repeated key costs a probe of the table instead
+ * of an allocation, a UTF-8 decode and a hash computation (a str keeps its
+ * hash). The table is 4-way set associative (16 sets of 4), so
  * the dozen keys of one reply do not evict each other by a collision. Each
  * entry has a 64-bit tag: for a fixstr key of at most 7 bytes (most keys)
  * the encoded item itself, header and bytes, read as one word, so a tag
