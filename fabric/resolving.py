@@ -291,6 +291,16 @@ class Resolution:
         res._start(plan, request, request.key, timeout)
         return res
 
+    @classmethod
+    def _asking_home(cls, plan: Plan, request: EvalRequest, key: ContentKey) -> Resolution:
+        """A resolution (no deadline) as ``next()`` leaves it when it asks home
+        at once, there being no peer: where a miss that called home without
+        one (``ContentAddressedFabric._miss``) takes up home's error."""
+        res = _new_resolution(cls)
+        res._start(plan, request, key, None)
+        res._state = _ASKING  # (its source, _cur, is home from the start)
+        return res
+
     def _start(self, plan: Plan, request: EvalRequest, key: ContentKey,
                timeout: float | None) -> None:
         self._plan = plan
@@ -984,6 +994,46 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         """evaluate()'s miss (grants already checked): the sync driver."""
         if request.stream:
             return _collect(self.stream(request, grants=g, timeout=timeout), request.key)
+        plan = self._plan
+        home = plan._home_ask.target
+        if (home is not None and timeout is None and not plan._peers
+                and request.deadline is None and request.consistency == "local-first"
+                and not log.isEnabledFor(_DEBUG)):
+            # No peer to order, no deadline, no policy: the resolution could
+            # only ask home, directly, and hold its reply (the common miss of
+            # a node with a home). Its steps are written out here, with the
+            # counters and the trail a Resolution would leave
+            # (tests/test_resolution.py compares the two); an error re-enters
+            # the Resolution where it stands.
+            key = request.key
+            try:
+                reply = home.evaluate(request, grants=g)
+            except BaseException as exc:
+                res = Resolution._asking_home(plan, request, key)
+                try:
+                    if isinstance(exc, Exception) and res.failed(exc):
+                        self._late(res, exc)
+                    raise
+                finally:
+                    self._end(res)
+            held = 0  # 1: recorded (source and outcome known), 2: held and announced
+            try:
+                if request.sharing != "uncacheable":  # never recorded nor announced
+                    self._hold(key, reply, request)
+                    held = 1
+                    announce = plan._announce
+                    if announce is not None:
+                        announce(key, plan.node)
+                held = 2
+                return reply._with_source("home")
+            finally:
+                # Resolution.held() and _end(), written out.
+                self._stats.add("home_computes" if held else "failures")
+                trails = self._trails
+                trails[key] = (_HOME_HELD if held == 2 else
+                               ("home", None, None) if held else (None, None, None))
+                if len(trails) >= self._remember:
+                    self._trails_old, self._trails = trails, {}
         res = _new_resolution(Resolution)  # Resolution.of, written out
         res._start(self._plan, request, request.key, timeout)
         try:
