@@ -190,6 +190,11 @@ class _FabricBase:
     grants: frozenset[str] = _EMPTY
     honours_timeout: ClassVar[bool] = True
     _max_workers: int | None = None
+    # The worker threads (made on first use) and whether close() was called.
+    # Plain attributes, not read through __dict__: reading an object's
+    # __dict__ makes every later read of its attributes slower.
+    _workers: Workers | None = None
+    _closed = False
 
     if TYPE_CHECKING:
         # What each fabric built on this base provides (the EvalFabric
@@ -209,15 +214,15 @@ class _FabricBase:
     # -- background work ------------------------------------------------------
     def _pool(self) -> Workers:
         """This fabric's worker threads (made on first use)."""
-        pool: Workers | None = self.__dict__.get("_workers")
+        pool = self._workers
         if pool is None:
             with _POOL_LOCK:
-                pool = self.__dict__.get("_workers")
+                pool = self._workers
                 if pool is None:
-                    if self.__dict__.get("_closed"):
+                    if self._closed:
                         raise FabricUnavailable(f"{type(self).__name__} is closed")
-                    pool = Workers(self._max_workers, f"fabric-{type(self).__name__}")
-                    self.__dict__["_workers"] = pool
+                    pool = self._workers = Workers(self._max_workers,
+                                                   f"fabric-{type(self).__name__}")
         return pool
 
     def close(self) -> None:
@@ -232,8 +237,8 @@ class _FabricBase:
         ``with fab: ...`` closes ``fab`` at the end of the block.
         """
         with _POOL_LOCK:
-            self.__dict__["_closed"] = True
-            pool = self.__dict__.pop("_workers", None)
+            self._closed = True
+            pool, self._workers = self._workers, None
         if pool is not None:
             pool.close()
 
