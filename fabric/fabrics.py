@@ -139,6 +139,12 @@ check_grants = _core._check_grants
 
 #: ``reply_from_record`` itself (the glue's), without its wrapper's frame.
 _reply_from_record: Any = _core._reply_from_record
+# The common miss's calls, bound once. (Python 3.11 reads `_collector.set`
+# and `_core._reply` as attributes of a name that an import bound, making a
+# bound method each time, instead of calling the method directly.)
+_set_collector = _collector.set
+_reset_collector = _collector.reset
+_new_reply: Any = _core._reply
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -1079,11 +1085,14 @@ class LocalFabric(_FabricBase):
         """Run the request's op here (coalescing identical concurrent requests)
         and return its reply; ``DeadlineExceeded`` when the request's
         deadline (or ``timeout``) passes first."""
-        g = self.grants if grants is None else _core._as_grants(grants, self.grants)
+        # (A frozenset is taken as it is: a ContentAddressedFabric's home gets one.)
+        g = grants if type(grants) is frozenset else \
+            self.grants if grants is None else _core._as_grants(grants, self.grants)
         op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
+        caps = op.capabilities
         try:
-            check_grants(request, g, self._where, op.capabilities)
-            if op.capabilities:
+            check_grants(request, g, self._where, caps)
+            if caps:
                 _check_declared(request, op, self._where)
         except CapabilityDenied:
             self._stats.add("denied")
@@ -1100,7 +1109,7 @@ class LocalFabric(_FabricBase):
             inflight = self._inflight
             if inflight.setdefault(key, flight) is flight:
                 sink: list[dict[str, Any]] = []
-                token = _collector.set(sink)
+                token = _set_collector(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
                 kw: Any = request.kwargs  # _op_kwargs(request), written out
                 vol = request.volatile_kwargs
@@ -1109,11 +1118,11 @@ class LocalFabric(_FabricBase):
                 try:
                     value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
-                    _collector.reset(token)
+                    _reset_collector(token)
                     self._end(key, flight, None, exc)
                     raise
-                _collector.reset(token)
-                reply: EvalReply = _core._reply(  # type: ignore[assignment]
+                _reset_collector(token)
+                reply: EvalReply = _new_reply(
                     value, sink, self._trace(request, t0) if t0 else None, key, "computed")
                 # (the C reply is of this module's EvalReply class; typing.cast is a call)
                 # Finished without the lock: the reply and then `finished` are

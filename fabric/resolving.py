@@ -1039,7 +1039,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             held = 0  # 1: recorded (source and outcome known), 2: held and announced
             try:
                 if request.sharing != "uncacheable":  # never recorded nor announced
-                    plan._hold(key, reply, request)  # type: ignore[misc]
+                    hold = plan._hold  # (called through a local: 3.11 then calls it directly)
+                    hold(key, reply, request)  # type: ignore[misc]
                     held = 1
                     announce = plan._announce
                     if announce is not None:
@@ -1048,7 +1049,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 return reply._with_source("home")
             finally:
                 # Resolution.held() and _end(), written out.
-                plan._count("home_computes" if held else "failures")  # type: ignore[misc]
+                count = plan._count
+                count("home_computes" if held else "failures")  # type: ignore[misc]
                 trails = plan._trails
                 trails[key] = (_HOME_HELD if held == 2 else
                                ("home", None, None) if held else (None, None, None))
