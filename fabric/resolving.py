@@ -287,8 +287,10 @@ class Resolution:
     and successes; ``clock`` the monotonic clock (for tests).
 
     A fabric makes its resolutions with ``Resolution.of(plan, request,
-    timeout)`` over the ``Plan`` it keeps. The common miss (no peer, home
-    computes) then allocates nothing but the resolution itself: the peer
+    timeout)`` over the ``Plan`` it keeps. (A ``ContentAddressedFabric``
+    with a home and no peer asks home without one when there is nothing to
+    resolve: see ``ContentAddressedFabric._miss``.) A miss home answers
+    allocates nothing but the resolution itself: the peer
     order is worked out only when there are peers, the list of attempts and
     the steps of ``explain()`` only when a source was passed over, and the
     ``Ask`` for home without a deadline is the plan's.
