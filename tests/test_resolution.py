@@ -567,3 +567,23 @@ def test_a_miss_without_peers_leaves_what_the_resolution_leaves(tmp_path, scenar
         assert s["failures"] == 1 and s["home_computes"] == 0
     assert short["got"][1] is {"home-error": ValueError, "interrupt": KeyboardInterrupt,
                                "full-disk": OSError}.get(scenario, short["got"][1])
+
+
+def test_a_peer_or_home_changed_later_is_seen_by_the_next_miss(reg, cassette_factory):
+    # The miss without a Resolution is taken only while there is a home and
+    # no peer: a peer added later is asked first, and a node whose home is
+    # taken away fails closed, as the Resolution decides.
+    log = []
+    b = ContentAddressedFabric("b", cassette_factory("b"), home=LocalFabric(reg),
+                               peer_timeout=None)
+    assert b.evaluate(fabric.EvalRequest("embed", ("one",), version=1)).source == "home"
+    b.add_peer(ContentPeer("a", Serving("a", held_by(cassette_factory, "a", reg, "two"), log)))
+    assert b.evaluate(fabric.EvalRequest("embed", ("two",), version=1)).source == "peer:a"
+    assert [n for n, _ in log] == ["a"]
+    c = ContentAddressedFabric("c", cassette_factory("c"), home=LocalFabric(reg))
+    c.home = None
+    with pytest.raises(NoHolderError, match="no home"):
+        c.evaluate(fabric.EvalRequest("embed", ("three",), version=1))
+    c.home = LocalFabric(reg)
+    assert c.evaluate(fabric.EvalRequest("embed", ("three",), version=1)).source == "home"
+    assert c.stats()["failures"] == 1 and c.stats()["home_computes"] == 1
