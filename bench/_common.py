@@ -1,5 +1,5 @@
-"""Helpers shared by the micro-benchmarks in this folder (bench/control.py,
-bench/decode.py, bench/frames.py).
+"""Helpers shared by the micro-benchmarks in this folder (bench/cassette.py,
+bench/control.py, bench/decode.py, bench/frames.py).
 
 A script imports it after the package, with this folder appended last to
 ``sys.path`` (bench/fabric.py would otherwise shadow the package)::

@@ -22,24 +22,18 @@ import time
 import diskcache
 
 # bench/fabric.py (the fabrics benchmark) would shadow the package when this
-# file runs as a script: drop this directory from the import path.
+# file runs as a script: the package is imported with this directory off the
+# import path, and the directory goes back, last, for _common.
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _here]
 
 import fabric  # noqa: E402
 from fabric import EvalCassette  # noqa: E402
 
+sys.path.append(_here)
+from _common import best  # noqa: E402
+
 GROUP_THREADS = (8, 16, 32, 64)
-
-
-def best(fn, repeat=5):
-    """Best time of repeat runs of fn (seconds)."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def interleaved(fns, rounds):

@@ -33,7 +33,11 @@ struct fab_holdings {
     uint32_t *head;
     size_t nkeys, kcap;
     uint32_t *slots; /* key index + 1; 0 = empty */
-    size_t mask;     /* slot count - 1 (a power of two), or 0 before the first key */
+    /* The top byte of the hash of the key in each used slot: a probe reads
+     * a key (a cache miss in a large store) only when its byte matches, so
+     * adding a new key reads ~none of the keys on its probe chain. */
+    uint8_t *tags;
+    size_t mask; /* slot count - 1 (a power of two), or 0 before the first key */
     /* the log of facts, in learned order */
     fact *log;
     size_t nfacts, fcap;
@@ -84,6 +88,7 @@ static void clear_all(fab_holdings *h)
     free(h->keys);
     free(h->head);
     free(h->slots);
+    free(h->tags);
     free(h->log);
     uint64_t seed = h->seed;
     memset(h, 0, sizeof(*h));
@@ -190,13 +195,17 @@ const char *fab_holdings_holder_name(const fab_holdings *h, uint32_t id, size_t 
 
 /* -- keys and facts --------------------------------------------------------- */
 
-/* The slot of key: holding its index + 1, or the empty slot it would take. */
-static uint32_t *key_slot(const fab_holdings *h, const uint8_t *key)
+/* The slot of key (an index into slots and tags): holding its index + 1,
+ * or the empty slot it would take; *tag is the byte its slot's tag holds. */
+static size_t key_slot(const fab_holdings *h, const uint8_t *key, uint8_t *tag)
 {
-    for (size_t i = key_hash(h, key) & h->mask;; i = (i + 1) & h->mask) {
-        uint32_t *s = &h->slots[i];
-        if (*s == 0 || memcmp(h->keys[*s - 1], key, KLEN) == 0)
-            return s;
+    uint64_t x = key_hash(h, key);
+    uint8_t t = (uint8_t)(x >> 56); /* (the slot's index is from the low bits) */
+    *tag = t;
+    for (size_t i = x & h->mask;; i = (i + 1) & h->mask) {
+        uint32_t s = h->slots[i];
+        if (s == 0 || (h->tags[i] == t && memcmp(h->keys[s - 1], key, KLEN) == 0))
+            return i;
     }
 }
 
@@ -211,13 +220,23 @@ static int rehash(fab_holdings *h, size_t nkeys)
     if (h->slots != NULL && n <= h->mask + 1)
         return 0;
     uint32_t *slots = calloc(n, sizeof(uint32_t));
-    if (slots == NULL)
+    uint8_t *tags = malloc(n); /* (read only where a slot is used) */
+    if (slots == NULL || tags == NULL) {
+        free(slots);
+        free(tags);
         return FAB_ENOMEM;
+    }
     free(h->slots);
+    free(h->tags);
     h->slots = slots;
+    h->tags = tags;
     h->mask = n - 1;
-    for (size_t i = 0; i < h->nkeys; i++)
-        *key_slot(h, h->keys[i]) = (uint32_t)i + 1;
+    for (size_t i = 0; i < h->nkeys; i++) {
+        uint8_t tag;
+        size_t j = key_slot(h, h->keys[i], &tag);
+        slots[j] = (uint32_t)i + 1;
+        tags[j] = tag;
+    }
     return 0;
 }
 
@@ -244,13 +263,16 @@ int fab_holdings_reserve(fab_holdings *h, size_t nkeys, size_t nfacts)
 /* Adds with room already made: never fails. */
 static int add_reserved(fab_holdings *h, const uint8_t *key, uint32_t holder)
 {
-    uint32_t *s = key_slot(h, key);
+    uint8_t tag;
+    size_t i = key_slot(h, key, &tag);
+    uint32_t *s = &h->slots[i];
     uint32_t k;
     if (*s == 0) {
         k = (uint32_t)h->nkeys++;
         memcpy(h->keys[k], key, KLEN);
         h->head[k] = NONE;
         *s = k + 1;
+        h->tags[i] = tag;
     } else {
         k = *s - 1;
         for (uint32_t f = h->head[k]; f != NONE; f = h->log[f].next)
@@ -301,7 +323,8 @@ int fab_holdings_has(const fab_holdings *h, const uint8_t key[KLEN], uint32_t ho
 {
     if (h->slots == NULL)
         return 0;
-    uint32_t s = *key_slot(h, key);
+    uint8_t tag;
+    uint32_t s = h->slots[key_slot(h, key, &tag)];
     if (s == 0)
         return 0;
     for (uint32_t f = h->head[s - 1]; f != NONE; f = h->log[f].next)
@@ -315,7 +338,8 @@ size_t fab_holdings_holders_of(const fab_holdings *h, const uint8_t key[KLEN], u
 {
     if (h->slots == NULL)
         return 0;
-    uint32_t s = *key_slot(h, key);
+    uint8_t tag;
+    uint32_t s = h->slots[key_slot(h, key, &tag)];
     if (s == 0)
         return 0;
     size_t n = 0;
@@ -371,7 +395,7 @@ size_t fab_holdings_memory(const fab_holdings *h)
 {
     size_t m = sizeof(*h);
     m += h->kcap * (KLEN + sizeof(uint32_t));
-    m += h->slots ? (h->mask + 1) * sizeof(uint32_t) : 0;
+    m += h->slots ? (h->mask + 1) * (sizeof(uint32_t) + 1) : 0; /* slots and tags */
     m += h->fcap * sizeof(fact);
     m += h->hcap * sizeof(holder);
     m += h->hslots ? (h->hmask + 1) * sizeof(uint32_t) : 0;

@@ -139,6 +139,12 @@ check_grants = _core._check_grants
 
 #: ``reply_from_record`` itself (the glue's), without its wrapper's frame.
 _reply_from_record: Any = _core._reply_from_record
+# The common miss's calls, bound once. (Python 3.11 reads `_collector.set`
+# and `_core._reply` as attributes of a name that an import bound, making a
+# bound method each time, instead of calling the method directly.)
+_set_collector = _collector.set
+_reset_collector = _collector.reset
+_new_reply: Any = _core._reply
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -190,6 +196,11 @@ class _FabricBase:
     grants: frozenset[str] = _EMPTY
     honours_timeout: ClassVar[bool] = True
     _max_workers: int | None = None
+    # The worker threads (made on first use) and whether close() was called.
+    # Plain attributes, not read through __dict__: reading an object's
+    # __dict__ makes every later read of its attributes slower.
+    _workers: Workers | None = None
+    _closed = False
 
     if TYPE_CHECKING:
         # What each fabric built on this base provides (the EvalFabric
@@ -209,15 +220,15 @@ class _FabricBase:
     # -- background work ------------------------------------------------------
     def _pool(self) -> Workers:
         """This fabric's worker threads (made on first use)."""
-        pool: Workers | None = self.__dict__.get("_workers")
+        pool = self._workers
         if pool is None:
             with _POOL_LOCK:
-                pool = self.__dict__.get("_workers")
+                pool = self._workers
                 if pool is None:
-                    if self.__dict__.get("_closed"):
+                    if self._closed:
                         raise FabricUnavailable(f"{type(self).__name__} is closed")
-                    pool = Workers(self._max_workers, f"fabric-{type(self).__name__}")
-                    self.__dict__["_workers"] = pool
+                    pool = self._workers = Workers(self._max_workers,
+                                                   f"fabric-{type(self).__name__}")
         return pool
 
     def close(self) -> None:
@@ -232,8 +243,8 @@ class _FabricBase:
         ``with fab: ...`` closes ``fab`` at the end of the block.
         """
         with _POOL_LOCK:
-            self.__dict__["_closed"] = True
-            pool = self.__dict__.pop("_workers", None)
+            self._closed = True
+            pool, self._workers = self._workers, None
         if pool is not None:
             pool.close()
 
@@ -1074,11 +1085,14 @@ class LocalFabric(_FabricBase):
         """Run the request's op here (coalescing identical concurrent requests)
         and return its reply; ``DeadlineExceeded`` when the request's
         deadline (or ``timeout``) passes first."""
-        g = self.grants if grants is None else _core._as_grants(grants, self.grants)
+        # (A frozenset is taken as it is: a ContentAddressedFabric's home gets one.)
+        g = grants if type(grants) is frozenset else \
+            self.grants if grants is None else _core._as_grants(grants, self.grants)
         op = self.ops._ops.get((request.op, request.version)) or self.ops.find(request)
+        caps = op.capabilities
         try:
-            check_grants(request, g, self._where, op.capabilities)
-            if op.capabilities:
+            check_grants(request, g, self._where, caps)
+            if caps:
                 _check_declared(request, op, self._where)
         except CapabilityDenied:
             self._stats.add("denied")
@@ -1095,7 +1109,7 @@ class LocalFabric(_FabricBase):
             inflight = self._inflight
             if inflight.setdefault(key, flight) is flight:
                 sink: list[dict[str, Any]] = []
-                token = _collector.set(sink)
+                token = _set_collector(sink)
                 t0 = time.perf_counter() if request.trace else 0.0
                 kw: Any = request.kwargs  # _op_kwargs(request), written out
                 vol = request.volatile_kwargs
@@ -1104,11 +1118,11 @@ class LocalFabric(_FabricBase):
                 try:
                     value = op.fn(*request.args, **kw) if kw else op.fn(*request.args)
                 except BaseException as exc:
-                    _collector.reset(token)
+                    _reset_collector(token)
                     self._end(key, flight, None, exc)
                     raise
-                _collector.reset(token)
-                reply: EvalReply = _core._reply(  # type: ignore[assignment]
+                _reset_collector(token)
+                reply: EvalReply = _new_reply(
                     value, sink, self._trace(request, t0) if t0 else None, key, "computed")
                 # (the C reply is of this module's EvalReply class; typing.cast is a call)
                 # Finished without the lock: the reply and then `finished` are

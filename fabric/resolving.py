@@ -161,11 +161,18 @@ class Plan:
     (node id -> serve fabric, in the order given), the holding index, home,
     the per-peer timeout, the governor, the verifier of peers' claims and
     the clock. A fabric keeps one and changes it in place (``add_peer``),
-    so a miss copies none of it."""
+    so a miss copies none of it.
+
+    It also holds what ``ContentAddressedFabric``'s miss reads besides:
+    home when there is no peer (``_direct``), the fabric's ``_hold`` and its
+    counters' ``add`` (``_count``), and the trails ``explain()`` shows. A
+    miss reads them here, in slots, rather than off the fabric, whose
+    attributes (a subclass of a C type) Python reads the slow way.
+    """
 
     __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
                  "_holders", "_announce", "_holders_of", "_failures_of", "_holds", "_peers",
-                 "_lone")
+                 "_lone", "_direct", "_hold", "_count", "_trails", "_trails_old", "_remember")
 
     _holders: HoldingIndex | None
     _announce: Callable[[ContentKey, str], Any] | None
@@ -173,13 +180,19 @@ class Plan:
     _failures_of: Callable[[str], int | None] | None
     _holds: Callable[[ContentKey, str], bool] | None
     _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
+    _direct: Any
+    _hold: Callable[[ContentKey, EvalReply, EvalRequest], None] | None
+    _count: Callable[[str], None] | None
+    _trails: dict[ContentKey, tuple]
+    _trails_old: dict[ContentKey, tuple]
 
     def __init__(self, node: str, peers: dict[str, Any], holders: HoldingIndex | None,
                  home: Any, peer_timeout: float | None = None,
                  governor: PeerGovernor | None = None,
                  trust: FleetKeys | TrustedKeys | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, remember: int = 256):
         self.node = node
+        self._home_ask = _new_ask(Ask, ("home", "home", None, None))
         self.peers = peers
         self.holders = holders
         self.governor = governor
@@ -187,6 +200,14 @@ class Plan:
         self.peer_timeout = peer_timeout
         self.clock = clock
         self.home = home
+        self._hold = self._count = None
+        # The trails explain() shows, of at least the last `remember`
+        # resolutions (at most twice that): two generations of dicts, the
+        # newer one replacing the older when it is full. No lock: a trail
+        # lost to a race between two threads is only a shorter explain().
+        self._remember = max(1, remember)
+        self._trails = {}
+        self._trails_old = {}
 
     @property
     def peers(self) -> dict[str, Any]:
@@ -202,6 +223,7 @@ class Plan:
             self._lone = (((name, serve, False),), ((name, serve, True),))
         else:
             self._lone = None
+        self._direct = None if peers else self._home_ask.target
 
     @property
     def holders(self) -> HoldingIndex | None:
@@ -238,6 +260,7 @@ class Plan:
     def home(self, home: Any) -> None:
         # Asking home without a deadline is the same Ask every time.
         self._home_ask = _new_ask(Ask, ("home", "home", home, None))
+        self._direct = None if self._peers else home
 
 
 class Resolution:
@@ -264,8 +287,10 @@ class Resolution:
     and successes; ``clock`` the monotonic clock (for tests).
 
     A fabric makes its resolutions with ``Resolution.of(plan, request,
-    timeout)`` over the ``Plan`` it keeps. The common miss (no peer, home
-    computes) then allocates nothing but the resolution itself: the peer
+    timeout)`` over the ``Plan`` it keeps. (A ``ContentAddressedFabric``
+    with a home and no peer asks home without one when there is nothing to
+    resolve: see ``ContentAddressedFabric._miss``.) A miss home answers
+    allocates nothing but the resolution itself: the peer
     order is worked out only when there are peers, the list of attempts and
     the steps of ``explain()`` only when a source was passed over, and the
     ``Ask`` for home without a deadline is the plan's.
@@ -289,6 +314,16 @@ class Resolution:
         seconds as well as by the request's deadline)."""
         res = _new_resolution(cls)
         res._start(plan, request, request.key, timeout)
+        return res
+
+    @classmethod
+    def _asking_home(cls, plan: Plan, request: EvalRequest, key: ContentKey) -> Resolution:
+        """A resolution (no deadline) as ``next()`` leaves it when it asks home
+        at once, there being no peer: where a miss that called home without
+        one (``ContentAddressedFabric._miss``) takes up home's error."""
+        res = _new_resolution(cls)
+        res._start(plan, request, key, None)
+        res._state = _ASKING  # (its source, _cur, is home from the start)
         return res
 
     def _start(self, plan: Plan, request: EvalRequest, key: ContentKey,
@@ -818,9 +853,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             else None)
         # What every resolution shares (home, holders, governor, peer_timeout
         # and the peers are read and set through it).
-        self._plan = Plan(node, {}, HoldingIndex() if holders is None else holders, home,
-                          peer_timeout, governor,
-                          self._verifier)
+        plan = self._plan = Plan(node, {}, HoldingIndex() if holders is None else holders,
+                                 home, peer_timeout, governor, self._verifier,
+                                 remember=remember)
+        plan._hold = self._hold
+        plan._count = self._stats.add
         _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
         self._peers: dict[str, ContentPeer] = {}
@@ -828,13 +865,6 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             self.add_peer(p)
         self._calls: dict[str, _PeerCalls] = {}
         self._calls_lock = threading.Lock()
-        # The trails explain() shows, of at least the last `remember`
-        # resolutions (at most twice that): two generations of dicts, the
-        # newer one replacing the older when it is full. No lock: a trail
-        # lost to a race between two threads is only a shorter explain().
-        self._remember = max(1, remember)
-        self._trails: dict[ContentKey, tuple] = {}
-        self._trails_old: dict[ContentKey, tuple] = {}
 
     @property
     def home(self) -> Any:
@@ -929,8 +959,9 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     def _end(self, res: Resolution) -> None:
         """A resolution ended (either way): count it and keep its trail."""
-        self._stats.add(res.outcome or "failures")
-        trails = self._trails
+        plan = self._plan
+        plan._count(res.outcome or "failures")  # type: ignore[misc]
+        trails = plan._trails
         steps = res._steps  # res._trail(), written out: every miss ends here
         if steps is None and res._state == _HELD:
             cur = res._cur
@@ -938,18 +969,20 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         else:
             trails[res.key] = (res.source, tuple(steps) if steps else None,
                                res._cur if res._state == _HELD else None)
-        if len(trails) >= self._remember:
-            self._trails_old, self._trails = trails, {}
+        if len(trails) >= plan._remember:
+            plan._trails_old, plan._trails = trails, {}
 
     def _keep_trail(self, key: ContentKey, trail: tuple) -> None:
-        trails = self._trails
+        plan = self._plan
+        trails = plan._trails
         trails[key] = trail
-        if len(trails) >= self._remember:
-            self._trails_old, self._trails = trails, {}
+        if len(trails) >= plan._remember:
+            plan._trails_old, plan._trails = trails, {}
 
     def _trail_of(self, key: ContentKey) -> tuple | None:
-        trail = self._trails.get(key)
-        return self._trails_old.get(key) if trail is None else trail
+        plan = self._plan
+        trail = plan._trails.get(key)
+        return plan._trails_old.get(key) if trail is None else trail
 
     def _late(self, res: Resolution, exc: BaseException) -> None:
         """Home stopped waiting for a computation that goes on
@@ -984,6 +1017,47 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         """evaluate()'s miss (grants already checked): the sync driver."""
         if request.stream:
             return _collect(self.stream(request, grants=g, timeout=timeout), request.key)
+        plan = self._plan
+        home = plan._direct  # (home, when there is no peer)
+        if (home is not None and timeout is None and request.deadline is None
+                and request.consistency == "local-first" and not log.isEnabledFor(_DEBUG)):
+            # No peer to order, no deadline, no policy: the resolution could
+            # only ask home, directly, and hold its reply (the common miss of
+            # a node with a home). Its steps are written out here, with the
+            # counters and the trail a Resolution would leave
+            # (tests/test_resolution.py compares the two); an error re-enters
+            # the Resolution where it stands.
+            key = request.key
+            try:
+                reply = home.evaluate(request, grants=g)
+            except BaseException as exc:
+                res = Resolution._asking_home(plan, request, key)
+                try:
+                    if isinstance(exc, Exception) and res.failed(exc):
+                        self._late(res, exc)
+                    raise
+                finally:
+                    self._end(res)
+            held = 0  # 1: recorded (source and outcome known), 2: held and announced
+            try:
+                if request.sharing != "uncacheable":  # never recorded nor announced
+                    hold = plan._hold  # (called through a local: 3.11 then calls it directly)
+                    hold(key, reply, request)  # type: ignore[misc]
+                    held = 1
+                    announce = plan._announce
+                    if announce is not None:
+                        announce(key, plan.node)
+                held = 2
+                return reply._with_source("home")
+            finally:
+                # Resolution.held() and _end(), written out.
+                count = plan._count
+                count("home_computes" if held else "failures")  # type: ignore[misc]
+                trails = plan._trails
+                trails[key] = (_HOME_HELD if held == 2 else
+                               ("home", None, None) if held else (None, None, None))
+                if len(trails) >= plan._remember:
+                    plan._trails_old, plan._trails = trails, {}
         res = _new_resolution(Resolution)  # Resolution.of, written out
         res._start(self._plan, request, request.key, timeout)
         try:

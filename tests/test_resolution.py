@@ -419,3 +419,171 @@ def test_explain_keeps_the_trails_of_the_last_resolutions_bounded(reg, cassette_
     ex = b.explain(fabric.EvalRequest("embed", ("x",), version=1))
     assert ex.source is None and ex.steps == [("local", "b", "not held"),
                                               ("home", "-", "request is no-home")]
+
+
+# -- the miss without peers, written out, against the full resolution ---------------
+# A node with a home and no peer answers a miss without a Resolution when the
+# request has no deadline and the DEBUG log is off (ContentAddressedFabric._miss).
+# With DEBUG on, the same miss goes through the Resolution: both must leave
+# the same reply, counters, trail, recorded bytes and announcements, and a
+# miss with a peer that holds nothing the same reply, counters and records.
+
+class FullDisk(dict):
+    """A cassette whose records fail (lookups work)."""
+
+    get = dict.get
+
+    def record(self, key, reply):
+        raise OSError(28, "No space left on device")
+
+
+class LateHome:
+    """A home that stops waiting at once and hands over the computation as
+    ``pending_reply`` (a future the test settles)."""
+
+    def __init__(self):
+        import concurrent.futures
+        self.pending = concurrent.futures.Future()
+
+    def evaluate(self, request, *, grants=None):
+        exc = DeadlineExceeded("home gave up")
+        exc.pending_reply = self.pending
+        raise exc
+
+
+def _miss_reg():
+    r = OpRegistry()
+
+    @fabric.op("say", version=1, registry=r)
+    def say(text):
+        fabric.diagnostic("said", text)
+        return {"text": text, "n": [len(text)]}
+
+    @fabric.op("clock", version=1, registry=r, sharing="uncacheable")
+    def clock(text):
+        return [text]
+
+    @fabric.op("bad", version=1, registry=r)
+    def bad(text):
+        raise ValueError(f"bad input {text!r}")
+
+    @fabric.op("stop", version=1, registry=r)
+    def stop(text):
+        raise KeyboardInterrupt
+
+    return r
+
+
+def _observe_miss(tmp_path, how, scenario, monkeypatch):
+    """One miss of ``scenario`` on a fresh node, ``how`` it is resolved:
+    everything it leaves behind."""
+    import logging
+    reg = _miss_reg()
+    tag = f"{how}-{scenario}"
+    cas = (FullDisk() if scenario == "full-disk" else
+           fabric.EvalCassette(str(tmp_path / f"{tag}.ledger"), durability="os"))
+    home = LateHome() if scenario == "late" else LocalFabric(reg)
+    peers = []
+    if how == "peer":  # a peer that holds nothing: it answers "not held"
+        empty = fabric.EvalCassette(str(tmp_path / f"{tag}-peer.ledger"), durability="os")
+        peers = [ContentPeer("p", ContentServeFabric(empty, node="p"))]
+    b = ContentAddressedFabric("b", cas, peers=peers, home=home, peer_timeout=None)
+    op = {"uncacheable": "clock", "home-error": "bad", "interrupt": "stop"}.get(scenario, "say")
+    req = fabric.EvalRequest(op, ("hello",), version=1,
+                             sharing="uncacheable" if op == "clock" else "pure")
+    started = []
+    real_start = Resolution._start
+    monkeypatch.setattr(Resolution, "_start",
+                        lambda self, *a: (started.append(1), real_start(self, *a))[1])
+    logger = logging.getLogger("fabric.resolving")
+    level = logger.level
+    if how == "resolution":
+        logger.setLevel(logging.DEBUG)
+    try:
+        out = b.evaluate(req)
+        got = ("reply", out.value, out.diagnostics, out.source, out.key)
+    except BaseException as exc:  # KeyboardInterrupt too: it is the home's answer
+        got = ("error", type(exc), str(exc), getattr(exc, "__notes__", None))
+        if scenario == "late":
+            home.pending.set_result(fabric.EvalReply([7], [], None, req.key, "computed"))
+            assert exc.pending_reply.result().value == [7]  # recorded, then settled
+    finally:
+        logger.setLevel(level)
+        monkeypatch.setattr(Resolution, "_start", real_start)
+    held = req.key in cas
+    return {
+        "got": got, "stats": b.stats(), "held": held,
+        "record": cas.get(req.key) if held else None,
+        "request bytes": (cas.request_bytes(req.key)
+                          if isinstance(cas, fabric.EvalCassette) and held else None),
+        "holders": b.holders.holders_of(req.key),
+        "explained": (b.explain(req).source, b.explain(req).steps),
+        "resolutions": len(started),
+    }
+
+
+@pytest.mark.parametrize("scenario", ["computed", "uncacheable", "home-error", "interrupt",
+                                      "full-disk", "late"])
+def test_a_miss_without_peers_leaves_what_the_resolution_leaves(tmp_path, scenario,
+                                                                monkeypatch):
+    short = _observe_miss(tmp_path, "written-out", scenario, monkeypatch)
+    full = _observe_miss(tmp_path, "resolution", scenario, monkeypatch)
+    peer = _observe_miss(tmp_path, "peer", scenario, monkeypatch)
+    assert full["resolutions"] == 1 and peer["resolutions"] == 1
+    # The short path makes a Resolution only to take up home's error.
+    assert short["resolutions"] == (1 if short["got"][0] == "error" and
+                                    scenario != "full-disk" else 0)
+    assert {k: v for k, v in short.items() if k != "resolutions"} == \
+        {k: v for k, v in full.items() if k != "resolutions"}
+    # With a peer asked first (it holds nothing), the same outcome but for
+    # the peer's step in the trail and the error's note.
+    for k in ("stats", "held", "record", "request bytes", "holders"):
+        assert short[k] == peer[k], k
+    assert short["got"][:3] == peer["got"][:3]
+    source, steps = peer["explained"]
+    assert source == short["explained"][0]
+    if steps == [("local", "b", "held")]:  # recorded late: explain() says only that
+        assert short["explained"][1] == steps and scenario == "late"
+    else:
+        assert steps[1] == ("peer", "p", "not held")
+        assert [steps[0]] + steps[2:] == short["explained"][1]
+    # What each scenario leaves (so the comparison above compares something).
+    s = short["stats"]
+    if scenario == "computed":
+        assert short["got"][1:4] == ({"text": "hello", "n": [5]},
+                                     ({"kind": "said", "message": "hello"},), "home")
+        assert short["held"] and short["holders"] == ["b"] and s["home_computes"] == 1
+        assert short["request bytes"] == fabric.EvalRequest("say", ("hello",),
+                                                            version=1).identity_bytes()
+        assert s["bytes_recorded"] > 0
+    elif scenario == "uncacheable":
+        assert short["got"][3] == "home" and not short["held"] and short["holders"] == []
+        assert s["home_computes"] == 1 and s["bytes_recorded"] == 0
+    elif scenario == "late":
+        assert short["got"][1] is DeadlineExceeded and short["held"]
+        assert short["holders"] == ["b"] and s["failures"] == 1
+    else:
+        assert short["got"][0] == "error" and not short["held"] and short["holders"] == []
+        assert s["failures"] == 1 and s["home_computes"] == 0
+    assert short["got"][1] is {"home-error": ValueError, "interrupt": KeyboardInterrupt,
+                               "full-disk": OSError}.get(scenario, short["got"][1])
+
+
+def test_a_peer_or_home_changed_later_is_seen_by_the_next_miss(reg, cassette_factory):
+    # The miss without a Resolution is taken only while there is a home and
+    # no peer: a peer added later is asked first, and a node whose home is
+    # taken away fails closed, as the Resolution decides.
+    log = []
+    b = ContentAddressedFabric("b", cassette_factory("b"), home=LocalFabric(reg),
+                               peer_timeout=None)
+    assert b.evaluate(fabric.EvalRequest("embed", ("one",), version=1)).source == "home"
+    b.add_peer(ContentPeer("a", Serving("a", held_by(cassette_factory, "a", reg, "two"), log)))
+    assert b.evaluate(fabric.EvalRequest("embed", ("two",), version=1)).source == "peer:a"
+    assert [n for n, _ in log] == ["a"]
+    c = ContentAddressedFabric("c", cassette_factory("c"), home=LocalFabric(reg))
+    c.home = None
+    with pytest.raises(NoHolderError, match="no home"):
+        c.evaluate(fabric.EvalRequest("embed", ("three",), version=1))
+    c.home = LocalFabric(reg)
+    assert c.evaluate(fabric.EvalRequest("embed", ("three",), version=1)).source == "home"
+    assert c.stats()["failures"] == 1 and c.stats()["home_computes"] == 1

@@ -254,6 +254,40 @@ static void test_restore_refuses_a_duplicated_fact(void)
     fab_holdings_free(h);
 }
 
+/* A store grown through many rehashes finds each key it holds and none it
+ * does not. A probe compares a key only when its slot's tag (a byte of the
+ * hash) matches: with 300,000 keys, thousands of probes meet a slot whose
+ * tag matches and whose key does not, and must walk on past it. */
+static void test_many_keys_tags(void)
+{
+    fab_holdings *h;
+    CHECK_EQ(fab_holdings_new(&h), 0);
+    uint32_t a;
+    CHECK_EQ(fab_holdings_intern(h, "a", 1, &a), 0);
+    uint8_t k[32];
+    const uint32_t n = 300000;
+    for (uint32_t i = 0; i < n; i++) {
+        key_of(i, k);
+        CHECK_EQ(fab_holdings_add(h, k, a), 1);
+    }
+    CHECK_EQ(fab_holdings_nkeys(h), n);
+    size_t found = 0, absent = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        key_of(i, k);
+        found += (size_t)fab_holdings_has(h, k, a);
+        CHECK_EQ(fab_holdings_add(h, k, a), 0); /* already there: no second key */
+        k[0] = 1;                               /* a key it never saw */
+        absent += (size_t)!fab_holdings_has(h, k, a);
+        uint32_t out[1];
+        CHECK_EQ(fab_holdings_holders_of(h, k, out, 1), 0);
+    }
+    CHECK_EQ(found, n);
+    CHECK_EQ(absent, n);
+    CHECK_EQ(fab_holdings_nkeys(h), n);
+    CHECK_EQ(fab_holdings_nfacts(h), n);
+    fab_holdings_free(h);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -263,6 +297,7 @@ int main(void)
         {"snapshot_golden", test_snapshot_golden},
         {"snapshot_round_trip_and_refusals", test_snapshot_round_trip_and_refusals},
         {"restore_refuses_a_duplicated_fact", test_restore_refuses_a_duplicated_fact},
+        {"many_keys_tags", test_many_keys_tags},
         {NULL, NULL},
     };
     return check_run("holdings", cases);

@@ -4,8 +4,10 @@
  *
  * Holders (node ids, UTF-8 names) are interned to small integers. Each
  * distinct key is stored once (32 bytes) in an open-addressing table with
- * linear probing (4-byte slots, load at most 3/4, seeded hash so crafted
- * keys cannot pile into one probe chain). Every fact is one 12-byte entry
+ * linear probing (4-byte slots, each with a 1-byte tag from the key's hash
+ * so a probe reads a key only when its tag matches; load at most 3/4,
+ * seeded hash so crafted keys cannot pile into one probe chain). Every
+ * fact is one 12-byte entry
  * of a log in the order the store learned it: a version is a position in
  * that log, and each key chains its facts through the log, so the holders
  * of a key are found without a second table.
