@@ -561,6 +561,60 @@ static void shl_close(shl *s, int unlink_last)
 }
 
 /*
+ * Takes the page's mutex. Under contention glibc's robust mutex spins
+ * not at all: the waiter sleeps in futex_wait and the holder pays a
+ * futex_wake at its unlock, a few microseconds of system calls and
+ * context switches against an append of about one. So a waiter first
+ * spins, for at most LOCK_SPIN_NS, reading the mutex's word (glibc: the
+ * owner's thread id, 0 when free; one cache line read, no write, while
+ * the holder works) and trying the lock when it looks free or its owner
+ * died; then it blocks as before. Returns what pthread_mutex_trylock or
+ * pthread_mutex_lock returned: 0, EOWNERDEAD (the lock is held, its
+ * previous holder died: the caller repairs), or an error.
+ */
+#ifndef LOCK_SPIN_NS
+#define LOCK_SPIN_NS 20000u
+#endif
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* 1 when the mutex may be free (or its owner dead): worth a trylock. */
+static inline int shl_maybe_free(pthread_mutex_t *mu)
+{
+#ifdef __GLIBC__
+    /* The robust futex word: the owner's tid in its low 30 bits,
+     * FUTEX_OWNER_DIED (0x40000000) and FUTEX_WAITERS above. */
+    return (__atomic_load_n(&mu->__data.__lock, __ATOMIC_RELAXED) & 0x3fffffff) == 0;
+#else
+    (void)mu;
+    return 1;
+#endif
+}
+
+static int shl_lock(shl_page *p)
+{
+    int r = pthread_mutex_trylock(&p->mu);
+    if (r != EBUSY)
+        return r;
+    uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+    for (unsigned i = 1;; i++) {
+        cpu_relax();
+        if (shl_maybe_free(&p->mu) && (r = pthread_mutex_trylock(&p->mu)) != EBUSY)
+            return r;
+        if ((i & 31) == 0 && now_ns(CLOCK_MONOTONIC) - t0 >= LOCK_SPIN_NS)
+            break;
+    }
+    return pthread_mutex_lock(&p->mu);
+}
+
+/*
  * Declares fd's writer's lock identity (the lock page's id, 0 for the OFD
  * lock) with a shared OFD lock on LOCK_IDENT + id, held for the life of
  * the open file, then looks for any other identity held by another
@@ -2575,7 +2629,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
         l->append_ok = 0;
         l->append_fresh = 0;
         if (l->sh.p != NULL) {
-            int r = pthread_mutex_lock(&l->sh.p->mu);
+            int r = shl_lock(l->sh.p);
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append. The page's end was
                  * set to 0 when that append began, so the check below
