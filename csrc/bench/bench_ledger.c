@@ -132,6 +132,24 @@ static double run(const char *path, int procs, int exclusive, int with_req, size
     close(ready[0]); close(ready[1]); close(go[0]); close(go[1]); close(out[0]); close(out[1]);
     if (!ok)
         abort();
+    /* every record there, once (a strict open validates the file) */
+    fab_ledger_options o = {0};
+    o.mode = FAB_LEDGER_READ;
+    o.no_checkpoint = 1;
+    fab_ledger *l;
+    fab_ledger_error e;
+    if (fab_ledger_open(&l, path, &o, &e) != 0) {
+        fprintf(stderr, "reopen: %s\n", e.msg);
+        abort();
+    }
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    if (fab_ledger_count(l) != (size_t)procs * n || st.records != (uint64_t)procs * n * (with_req ? 2 : 1)) {
+        fprintf(stderr, "%zu keys, %llu records after %d x %zu appends\n", fab_ledger_count(l),
+                (unsigned long long)st.records, procs, n);
+        abort();
+    }
+    fab_ledger_close(l);
     unlink(path);
     return (double)procs * (double)n / t;
 }
