@@ -1702,7 +1702,6 @@ static void test_deferred_index(void)
     CHECK_EQ(st.duplicates, 0);
     fab_ledger_close(b);
     fab_ledger_close(c);
-    fab_ledger_close(a);
     fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
     CHECK_EQ(rc, 0);
     /* 3 + 10 + 100..102 + 200 + 500, key 0 deleted */
@@ -1710,6 +1709,43 @@ static void test_deferred_index(void)
     fab_ledger_get_stats(r, &st);
     CHECK_EQ(st.duplicates, 0); /* nothing was written twice */
     fab_ledger_close(r);
+    /* a key recorded and then deleted among them, and a clear after
+     * others: each tombstone ends what came before it */
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 600);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 600), NULL), 1);
+    CHECK_EQ(fab_ledger_delete(a, key, NULL), 1);
+    key_of(key, 601);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 601), NULL), 1);
+    key_of(key, 603);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 603), NULL), 1);
+    key_of(key, 600);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    key_of(key, 601);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+    fab_ledger_close(b);
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 604);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 604), NULL), 1);
+    CHECK(fab_ledger_clear(a, NULL) > 200);
+    key_of(key, 605);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 605), NULL), 1);
+    key_of(key, 606);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 606), NULL), 1);
+    static const unsigned gone[] = {1, 390, 601, 603, 604};
+    for (unsigned i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        key_of(key, gone[i]);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    }
+    for (unsigned i = 605; i < 607; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+    }
+    CHECK_EQ(fab_ledger_count(b), 2);
+    fab_ledger_close(b);
+    fab_ledger_close(a);
 }
 
 /* A holder of the lock page's mutex SIGKILLed while another writer waits
