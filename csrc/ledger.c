@@ -206,10 +206,10 @@ struct fab_ledger {
     int defer_ix;         /* replay_record defers (begin_append's replays) */
     unsigned n_def;
     uint64_t def_off[DEFER_MAX];
+    uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
-    uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
      * record append, inside the append lock, write (torn: half the
      * record, then) one byte to FD and wait for ever. */
