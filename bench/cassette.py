@@ -344,9 +344,10 @@ c = EvalCassette(path, durability=mode)
 print("ready", flush=True)
 sys.stdin.readline()
 t = time.perf_counter()
+cpu = time.process_time()
 for k in ks:
     c.record(k, b"v" * 100)
-print(time.perf_counter() - t, flush=True)
+print(time.perf_counter() - t, time.process_time() - cpu, flush=True)
 """
 
 SQLITE_WRITER = """
@@ -364,12 +365,13 @@ print(time.perf_counter() - t, flush=True)
 """
 
 
-def _writers(script, n_proc, args):
+def _writers(script, n_proc, args, cpu=None):
     """Starts n_proc writer processes, releases them together (a line on
     each stdin after every one said ready), returns the wall time from the
     release to the last process's last append (its line; the processes'
     exits, which close their cassettes, are not appends and are not
-    counted)."""
+    counted). cpu: a list that gets the processes' CPU seconds (user +
+    system) in their loops, when their lines give them."""
     procs = [subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(n_proc)]
     for pr in procs:
@@ -378,26 +380,36 @@ def _writers(script, n_proc, args):
     for pr in procs:
         pr.stdin.write("go\n")
         pr.stdin.flush()
-    for pr in procs:
-        pr.stdout.readline()
+    lines = [pr.stdout.readline() for pr in procs]
     wall = time.perf_counter() - t
+    if cpu is not None:
+        cpu.append(sum(float(line.split()[1]) for line in lines))
     for pr in procs:
         assert pr.wait() == 0
     return wall
 
 
-def bench_writer_processes(tmp, n, rounds=3):
+def bench_writer_processes(tmp, n, rounds=3, modes=("os", "group")):
     """Aggregate records/s of 1, 2 and 4 writer processes (os; group with
     fewer records) and of 2 sqlite3 WAL writer processes, best of rounds
-    run interleaved (the machine is shared: one round can be unlucky)."""
+    run interleaved (the machine is shared: one round can be unlucky).
+    With os, also the writers' CPU time per record (user + system, best
+    round): on a machine whose other jobs leave the writers one CPU
+    between them, the aggregate rate is bound by it."""
     out = {}
     for _ in range(rounds):
         for mode, count in (("os", n), ("group", max(200, n // 100))):
+            if mode not in modes:
+                continue
             for n_proc in (1, 2, 4):
                 p = os.path.join(tmp, f"w-{mode}-{n_proc}.fabl")
-                wall = _writers(WRITER_PROC, n_proc, (p, str(count), mode))
+                cpu = []
+                wall = _writers(WRITER_PROC, n_proc, (p, str(count), mode), cpu)
                 name = f"{mode}, {n_proc} process(es)"
                 out[name] = max(out.get(name, 0.0), n_proc * count / wall)
+                if mode == "os":
+                    name = f"{mode}, {n_proc} process(es), CPU us per record"
+                    out[name] = min(out.get(name, 1e9), cpu[0] / (n_proc * count) * 1e6)
                 with EvalCassette(p, "r") as c:
                     assert len(c) == n_proc * count
                 os.unlink(p)
@@ -472,9 +484,15 @@ def main():
                   f"{f[1]/sq[1]:.2f}x RSS   (python -c 'import fabric': {imp*1e3:.1f} ms)")
         if want("writers"):
             print("writer processes on one cassette, 100 B replies (aggregate records/s):")
-        for name, rate in (bench_writer_processes(tmp, args.records).items()
-                           if want("writers") else ()):
-            print(f"  {name:<38} {rate:>12,.0f}")
+        res = bench_writer_processes(tmp, args.records) if want("writers") else {}
+        for name, rate in res.items():
+            if name.endswith("per record"):
+                print(f"  {name:<50} {rate:12.2f}")
+            else:
+                print(f"  {name:<50} {rate:>12,.0f}")
+        if res:
+            print(f"  2 processes / 1 process, os: {res['os, 2 process(es)'] / res['os, 1 process(es)']:.2f}x"
+                  f"   (load average {os.getloadavg()[0]:.1f})")
         for reply_size in (100, args.replay_big) if want("replay") else ():
             rps, gbs, per_key, size = bench_replay(tmp, args.replay, reply_size)
             print(f"open/replay of {args.replay:,} records of {reply_size} B replies "

@@ -75,6 +75,9 @@ static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 #define LOOK_EVERY_NS 1000000u
 /* A writer retries this often when the file keeps being replaced. */
 #define MAX_MOVES 100
+/* At most this many of the others' records have their index entries
+ * deferred past the append lock (see defer_ok). */
+#define DEFER_MAX 64
 
 /* ======================================================================== */
 /* Mappings                                                                  */
@@ -194,6 +197,16 @@ struct fab_ledger {
     int append_locked;    /* 1: LOCK_APPEND held; 2: the lock page's mutex held */
     int append_ok;        /* begin_append succeeded: end_append publishes l->end */
     int append_fresh;     /* begin_append found nothing new: the index is unchanged */
+    /* The others' records replayed under the append lock for a record
+     * (defer_ok) have their index entries made after the lock is released
+     * (spec: Seeing the others' records): def_off holds the offsets of
+     * the n_def commits (REPLY, END) replayed but not indexed yet, in
+     * order. Under l->mu, always empty when l->mu is released. */
+    int defer_ok;         /* fab_ledger_record_req's begin_append: defer */
+    int defer_ix;         /* replay_record defers (begin_append's replays) */
+    unsigned n_def;
+    uint64_t def_off[DEFER_MAX];
+    uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
@@ -558,6 +571,60 @@ static void shl_close(shl *s, int unlink_last)
     close(s->fd);
     memset(s, 0, sizeof(*s));
     s->fd = -1;
+}
+
+/*
+ * Takes the page's mutex. Under contention glibc's robust mutex spins
+ * not at all: the waiter sleeps in futex_wait and the holder pays a
+ * futex_wake at its unlock, a few microseconds of system calls and
+ * context switches against an append of about one. So a waiter first
+ * spins, for at most LOCK_SPIN_NS, reading the mutex's word (glibc: the
+ * owner's thread id, 0 when free; one cache line read, no write, while
+ * the holder works) and trying the lock when it looks free or its owner
+ * died; then it blocks as before. Returns what pthread_mutex_trylock or
+ * pthread_mutex_lock returned: 0, EOWNERDEAD (the lock is held, its
+ * previous holder died: the caller repairs), or an error.
+ */
+#ifndef LOCK_SPIN_NS
+#define LOCK_SPIN_NS 20000u
+#endif
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* 1 when the mutex may be free (or its owner dead): worth a trylock. */
+static inline int shl_maybe_free(pthread_mutex_t *mu)
+{
+#ifdef __GLIBC__
+    /* The robust futex word: the owner's tid in its low 30 bits,
+     * FUTEX_OWNER_DIED (0x40000000) and FUTEX_WAITERS above. */
+    return (__atomic_load_n(&mu->__data.__lock, __ATOMIC_RELAXED) & 0x3fffffff) == 0;
+#else
+    (void)mu;
+    return 1;
+#endif
+}
+
+static int shl_lock(shl_page *p, uint64_t spin_ns)
+{
+    int r = pthread_mutex_trylock(&p->mu);
+    if (r != EBUSY || spin_ns == 0)
+        return r != EBUSY ? r : pthread_mutex_lock(&p->mu);
+    uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+    for (unsigned i = 1;; i++) {
+        cpu_relax();
+        if (shl_maybe_free(&p->mu) && (r = pthread_mutex_trylock(&p->mu)) != EBUSY)
+            return r;
+        if ((i & 31) == 0 && now_ns(CLOCK_MONOTONIC) - t0 >= spin_ns)
+            break;
+    }
+    return pthread_mutex_lock(&p->mu);
 }
 
 /*
@@ -1250,6 +1317,47 @@ static uint64_t index_keys(const fab_ledger *l)
     return n > dead ? n - dead : 0;
 }
 
+/* The index entry of the commit (REPLY or END) at off, replayed: the
+ * first commit in force wins. */
+static int replay_commit(fab_ledger *l, uint64_t off, const uint8_t *key, uint64_t hash)
+{
+    uint64_t at;
+    int in_ix = 0;
+    int found = index_entry(l, key, hash, &at, &in_ix);
+    if (found < 0)
+        return found;
+    if (!found)
+        return index_insert(l, key, hash, off, 0);
+    if (l->map->base[at + 4] != FAB_REC_TOMBSTONE && !rec_expired(l, at)) {
+        l->duplicates++; /* first write wins */
+        return FAB_OK;
+    }
+    return index_commit(l, key, hash, off, in_ix); /* after a delete or an expiry */
+}
+
+/* Makes the deferred index entries, in order (their slots prefetched
+ * first). 0 or an error (the entries not made yet are kept). */
+static int defer_index(fab_ledger *l)
+{
+    uint64_t hash[DEFER_MAX];
+    for (unsigned i = 0; i < l->n_def; i++) {
+        hash[i] = fab_lindex_hash(&l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
+        if (l->ix.slots)
+            __builtin_prefetch(&l->ix.slots[(size_t)hash[i] & l->ix.mask], 1);
+    }
+    unsigned done = 0;
+    int rc = FAB_OK;
+    for (; done < l->n_def; done++) {
+        uint64_t off = l->def_off[done];
+        rc = replay_commit(l, off, l->map->base + off + FAB_LEDGER_REC_HEADER, hash[done]);
+        if (rc < 0)
+            break;
+    }
+    l->n_def -= done;
+    memmove(l->def_off, l->def_off + done, l->n_def * sizeof(l->def_off[0]));
+    return rc;
+}
+
 static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
                          const uint8_t *payload, size_t len)
 {
@@ -1260,6 +1368,25 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
     r->seen++;
     if (!r->sized)
         replay_estimate(r, off);
+    if (l->defer_ix && type != FAB_REC_TOMBSTONE) {
+        l->last_rec = off;
+        if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
+            return FAB_OK;
+        int rc = l->n_def == DEFER_MAX ? defer_index(l) : FAB_OK;
+        /* room for every deferred entry and the appender's own: making
+         * them cannot fail for want of memory */
+        if (rc == FAB_OK)
+            rc = fab_lindex_reserve(&l->ix, l->ix.count + l->n_def + 2);
+        if (rc != FAB_OK)
+            return rc;
+        l->def_off[l->n_def++] = off;
+        return FAB_OK;
+    }
+    if (l->n_def) { /* a tombstone comes after the deferred commits */
+        int rc = defer_index(l);
+        if (rc < 0)
+            return rc;
+    }
     uint64_t hash = replay_hash(r, off, key);
     l->last_rec = off;
     if (type == FAB_REC_TOMBSTONE && len == 1) { /* a clear */
@@ -1268,24 +1395,18 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
     }
     if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END && type != FAB_REC_TOMBSTONE)
         return FAB_OK;
-    uint64_t at;
-    int in_ix = 0;
-    int found = index_entry(l, key, hash, &at, &in_ix);
-    if (found < 0)
-        return found;
     if (type == FAB_REC_TOMBSTONE) {
+        uint64_t at;
+        int in_ix = 0;
+        int found = index_entry(l, key, hash, &at, &in_ix);
+        if (found < 0)
+            return found;
         /* ends a commit in force or expired; nothing to end otherwise */
         if (found && l->map->base[at + 4] != FAB_REC_TOMBSTONE)
             return index_tombstone(l, key, hash, off, in_ix);
         return FAB_OK;
     }
-    if (!found)
-        return index_insert(l, key, hash, off, 0);
-    if (l->map->base[at + 4] != FAB_REC_TOMBSTONE && !rec_expired(l, at)) {
-        l->duplicates++; /* first write wins */
-        return FAB_OK;
-    }
-    return index_commit(l, key, hash, off, in_ix); /* after a delete or an expiry */
+    return replay_commit(l, off, key, hash);
 }
 
 static int replay_skip(void *ctx, uint64_t start, uint64_t end)
@@ -1766,6 +1887,7 @@ static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger
     l->records = l->duplicates = l->last_rec = 0;
     l->salvage_skips = l->salvage_bytes = 0;
     l->n_skips = 0;
+    l->n_def = 0; /* replayed again */
     uint64_t size = l->scanned_size;
     struct stat sb;
     if (fstat(l->fd, &sb) == 0)
@@ -2287,6 +2409,7 @@ done:
 
 static int begin_append(fab_ledger *l, fab_ledger_error *err);
 static void end_append(fab_ledger *l);
+static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err);
 
 int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options *opt,
                     fab_ledger_error *err)
@@ -2332,6 +2455,12 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
     int writer = opt->mode == FAB_LEDGER_WRITE;
     if (writer)
         l->leftovers_removed = (uint64_t)remove_leftovers(path);
+    /* Test hook (FABRIC_LEDGER_TEST_SPIN_NS): the bound of the spin for
+     * the lock page's mutex, in ns (0: block at once). */
+    const char *spin = getenv("FABRIC_LEDGER_TEST_SPIN_NS");
+    char *spin_end = NULL;
+    unsigned long long spin_ns = spin ? strtoull(spin, &spin_end, 10) : LOCK_SPIN_NS;
+    l->spin_ns = spin && (spin_end == spin || *spin_end) ? LOCK_SPIN_NS : spin_ns;
     const char *hold = writer ? getenv("FABRIC_LEDGER_TEST_HOLD") : NULL;
     if (hold != NULL) {
         unsigned long long n = 0;
@@ -2553,6 +2682,29 @@ static int catch_up_to(fab_ledger *l, uint64_t pend, fab_ledger_error *err)
     return res.torn_at == NONE && l->end == pend;
 }
 
+/* 1 when one of the deferred commits is key's. */
+static int defer_holds(const fab_ledger *l, const uint8_t key[32])
+{
+    for (unsigned i = 0; i < l->n_def; i++)
+        if (memcmp(l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER, key, 32) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * Makes the deferred index entries (defer_ok). When that fails (a corrupt
+ * checkpoint page or record met on the way), the index is rebuilt from
+ * the file, as a replay does. 0 done, 1 rebuilt (the index has a new
+ * seed: hashes are computed again), or an error.
+ */
+static int defer_settle(fab_ledger *l, fab_ledger_error *err)
+{
+    if (l->n_def == 0 || defer_index(l) == FAB_OK)
+        return 0;
+    int rc = rebuild_locked(l, NULL, err);
+    return rc < 0 ? rc : 1;
+}
+
 /*
  * Takes the append lock and brings the ledger up to the file's end: moves
  * to a replaced or shrunk file, replays records other writers appended,
@@ -2567,6 +2719,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
         return rc;
     if (l->forked && (rc = after_fork_locked(l, err)) != FAB_OK)
         return rc;
+    int changed = 0; /* the index changed here (a catch-up, a move): not fresh */
     for (int moves = 0;; moves++) {
         if (moves >= MAX_MOVES) {
             set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced");
@@ -2575,11 +2728,21 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
         l->append_ok = 0;
         l->append_fresh = 0;
         if (l->sh.p != NULL) {
-            int r = pthread_mutex_lock(&l->sh.p->mu);
+            /* Others' records published since this handle last looked are
+             * replayed before the mutex is taken, as a miss does, so that
+             * under it only what was appended meanwhile is. */
+            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end &&
+                (rc = miss_look_by_page(l, err)) != 0) {
+                if (rc < 0)
+                    return rc;
+                changed = 1;
+            }
+            int r = shl_lock(l->sh.p, l->spin_ns);
             if (r == EOWNERDEAD) {
-                /* Its holder died inside an append. The page's end was
-                 * set to 0 when that append began, so the check below
-                 * looks at the file, replays and cuts a torn record. */
+                /* Its holder died inside an append, after the end the
+                 * page holds: set it to 0, so that the check below looks
+                 * at the file, replays and cuts a torn record (and a miss
+                 * looks at the file too). */
                 atomic_store(&l->sh.p->end, 0);
                 atomic_fetch_add(&l->sh.p->owner_dead, 1);
                 l->owner_dead++;
@@ -2600,25 +2763,31 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
             if (pend >= l->end && l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS &&
                 l->sent_ok && sentinel_read(l) == 1) {
-                if (pend == l->end) { /* nobody appended */
-                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+                if (pend == l->end) { /* nobody appended since */
                     l->append_ok = 1;
-                    l->append_fresh = 1;
+                    l->append_fresh = !changed;
                     return FAB_OK;
                 }
+                l->defer_ix = l->defer_ok;
                 rc = catch_up_to(l, pend, err);
+                l->defer_ix = 0;
                 if (rc < 0) {
                     end_append(l);
                     return rc;
                 }
                 if (rc == 1) {
-                    atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
                     l->append_ok = 1;
                     return FAB_OK;
                 }
+                if (l->n_def && (rc = defer_settle(l, err)) < 0) {
+                    end_append(l);
+                    return rc;
+                }
             }
-            /* The file is in doubt until end_append publishes its end. */
-            atomic_store_explicit(&l->sh.p->end, 0, memory_order_relaxed);
+            /* The page's end stays as it was while the lock is held: the
+             * records below it are whole, and this append goes after it.
+             * end_append publishes the new end, or 0 when the file is in
+             * doubt. */
         } else if (!l->exclusive) {
             if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
                 return sys_fail(err, errno, "locking the ledger for an append");
@@ -2627,7 +2796,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* The only writer: nobody else appends; the sentinel tells
              * that the file still holds what this handle indexed. */
             l->append_ok = 1;
-            l->append_fresh = 1;
+            l->append_fresh = !changed;
             return FAB_OK;
         }
         struct stat sb;
@@ -2644,12 +2813,16 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             end_append(l);
             if ((rc = reload_locked(l, err)) < 0)
                 return rc;
+            changed = 1;
             continue;
         }
         if (size > l->end) {
             uint64_t before = l->records;
             fab_ledger_scan_result res;
-            if ((rc = replay(l, size, NULL, NULL, &res, err)) != FAB_OK) {
+            l->defer_ix = l->defer_ok;
+            rc = replay(l, size, NULL, NULL, &res, err);
+            l->defer_ix = 0;
+            if (rc != FAB_OK) {
                 end_append(l);
                 return rc;
             }
@@ -2672,15 +2845,16 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
 
 /* Releases the append lock. With the lock page, publishes the ledger's
  * end for the next holder, unless the append left the file in doubt (a
- * failed begin_append, a failed write not cut back): then the page keeps
- * 0 and the next holder looks at the file. */
+ * failed begin_append, a failed write not cut back, a compaction's
+ * rename): then the page gets 0 and the next holder looks at the file. */
 static void end_append(fab_ledger *l)
 {
     if (l->append_locked == 2) {
-        if (l->append_ok && !l->failed)
-            /* Release: a miss reads the end without the mutex
-             * (miss_look_by_page) and then the records below it. */
-            atomic_store_explicit(&l->sh.p->end, l->end, memory_order_release);
+        /* Release: a miss, and an appender before it takes the mutex,
+         * read the end without the mutex (miss_look_by_page) and then the
+         * records below it. */
+        atomic_store_explicit(&l->sh.p->end, l->append_ok && !l->failed ? l->end : 0,
+                              memory_order_release);
         pthread_mutex_unlock(&l->sh.p->mu);
     } else if (l->append_locked == 1) {
         (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
@@ -3036,18 +3210,30 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
-    if ((rc = begin_append(l, err)) != FAB_OK)
+    l->defer_ok = 1; /* the others' records: index entries after the lock */
+    rc = begin_append(l, err);
+    l->defer_ok = 0;
+    if (rc != FAB_OK)
         goto out;
-    hash = fab_lindex_hash(&l->ix, key); /* a move re-seeds the index */
-    /* another writer recorded it first (when begin_append replayed nothing,
-     * the index is as held_locked saw it: no second probe) */
-    if (!l->append_fresh && indexed(l, key, hash)) {
+    /* Another writer recorded it first (when begin_append replayed nothing,
+     * the index is as held_locked saw it: no second probe). The others'
+     * records whose entries are deferred are looked at directly: when one
+     * is key's, they are indexed now. */
+    if (!l->append_fresh && l->n_def && defer_holds(l, key) && (rc = defer_settle(l, err)) < 0) {
         end_append(l);
-        rc = held_locked(l, key, hash, err);
-        rc = rc == 1 ? 0 : rc;
         goto out;
     }
-    if ((rc = fab_lindex_reserve(&l->ix, l->ix.count + 1)) != FAB_OK) {
+    hash = fab_lindex_hash(&l->ix, key); /* a move (or a rebuild) re-seeds the index */
+    if (!l->append_fresh && indexed(l, key, hash)) {
+        end_append(l);
+        /* the index whole before held_locked may wait (releasing l->mu) */
+        if ((rc = defer_settle(l, err)) >= 0) {
+            rc = held_locked(l, key, fab_lindex_hash(&l->ix, key), err);
+            rc = rc == 1 ? 0 : rc;
+        }
+        goto out;
+    }
+    if ((rc = fab_lindex_reserve(&l->ix, l->ix.count + l->n_def + 1)) != FAB_OK) {
         end_append(l);
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
@@ -3061,12 +3247,22 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     rc = append_req_locked(l, req, rlen, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0,
                            key, expiry, expires_ns ? 8 : 0, data, len, &off, err);
     end_append(l);
+    /* the others' records first, then this one (commit_locked may wait,
+     * releasing l->mu) */
+    int frc = defer_settle(l, rc == FAB_OK ? err : NULL);
     if (rc != FAB_OK)
         goto out;
-    rc = commit_locked(l, key, hash, off, err);
+    if ((rc = frc) < 0)
+        goto out;
+    rc = commit_locked(l, key, frc == 1 ? fab_lindex_hash(&l->ix, key) : hash, off, err);
     if (rc == FAB_OK)
         rc = 1;
 out:
+    if (l->n_def) { /* an error on the way: the index is made whole all the same */
+        int e = defer_settle(l, rc < 0 ? NULL : err);
+        if (e < 0 && rc >= 0)
+            rc = e;
+    }
     pthread_mutex_unlock(&l->mu);
     return rc;
 }
@@ -3481,15 +3677,19 @@ void fab_ledger_prefetch(const fab_ledger *l, const uint8_t key[32])
  * appended since: 0. When the page's end is larger, the others' records
  * (each written whole under the page's mutex before its end was
  * published) end there: they are replayed up to it, 1 when that worked.
- * 2 when the page cannot answer (no page, an end of 0 while an append is
- * under way or after a compaction, a look too old, a torn or faulting
- * tail): the caller fstat's. Under the lock.
+ * 2 when the page cannot answer (no page, an end of 0 after a failed
+ * append, a dead holder or a compaction, a look too old, a torn or
+ * faulting tail): the caller fstat's. Under the lock. An append under way
+ * in another process leaves the page's end as it was until it returns
+ * (it publishes its end before it releases the mutex), so a record is
+ * found by the first miss after its append returned.
  *
  * The page's end is read without its mutex: the bytes below a published
  * end are only ever read (appends go after it, a compaction renames a new
  * file over the path and leaves the end 0), and the replay checks every
  * record's checksums, falling back to the fstat when it meets anything
- * but whole records up to the end.
+ * but whole records up to the end. begin_append uses it too, before it
+ * takes the mutex.
  */
 static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err)
 {

@@ -4,14 +4,21 @@
  * start together), and the same with a 100-byte request before each reply
  * (REQUEST + REPLY in one append). Aggregate records/s (wall), best of
  * rounds, and the CPU time per record (user + system of the writers:
- * steadier than the wall time on a loaded machine); the C core's ceiling
- * under bench/cassette.py's writer processes.
+ * steadier than the wall time on a loaded machine), the writers' context
+ * switches per record (voluntary: waits for the append lock in the
+ * kernel), and the ratio of 2 processes' aggregate rate to 1 process's.
+ * The C core's ceiling under bench/cassette.py's writer processes.
  *
- *   build/bench_ledger [records-per-process [rounds]]
+ *   build/bench_ledger [records-per-process [rounds [cases]]]
+ *
+ * cases: a comma-separated subset of x1,1,2,4,r1,r2 (1 process
+ * exclusive, 1, 2 and 4 processes, 1 and 2 processes with a request
+ * before each reply); all by default.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,9 +88,10 @@ static void writer(const char *path, int exclusive, int with_req, size_t n, unsi
 }
 
 /* Aggregate records/s of procs processes appending n records each;
- * *cpu the CPU seconds per record. */
+ * *cpu the CPU seconds per record, *csw the writers' voluntary context
+ * switches per record. */
 static double run(const char *path, int procs, int exclusive, int with_req, size_t n,
-                  double *cpu)
+                  double *cpu, double *csw)
 {
     unlink(path);
     int ready[2], go[2], out[2];
@@ -111,14 +119,37 @@ static double run(const char *path, int procs, int exclusive, int with_req, size
     t = now() - t;
     *cpu = cpu_s / ((double)procs * (double)n);
     int ok = 1;
+    long vcsw = 0;
     for (int i = 0; i < procs; i++) {
         int st;
-        wait(&st);
+        struct rusage ru;
+        if (wait4(-1, &st, 0, &ru) < 0)
+            abort();
+        vcsw += ru.ru_nvcsw;
         ok &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
     }
+    *csw = (double)vcsw / ((double)procs * (double)n);
     close(ready[0]); close(ready[1]); close(go[0]); close(go[1]); close(out[0]); close(out[1]);
     if (!ok)
         abort();
+    /* every record there, once (a strict open validates the file) */
+    fab_ledger_options o = {0};
+    o.mode = FAB_LEDGER_READ;
+    o.no_checkpoint = 1;
+    fab_ledger *l;
+    fab_ledger_error e;
+    if (fab_ledger_open(&l, path, &o, &e) != 0) {
+        fprintf(stderr, "reopen: %s\n", e.msg);
+        abort();
+    }
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    if (fab_ledger_count(l) != (size_t)procs * n || st.records != (uint64_t)procs * n * (with_req ? 2 : 1)) {
+        fprintf(stderr, "%zu keys, %llu records after %d x %zu appends\n", fab_ledger_count(l),
+                (unsigned long long)st.records, procs, n);
+        abort();
+    }
+    fab_ledger_close(l);
     unlink(path);
     return (double)procs * (double)n / t;
 }
@@ -127,31 +158,51 @@ int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? (size_t)atol(argv[1]) : 200000;
     int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    const char *only = argc > 3 ? argv[3] : "x1,1,2,4,r1,r2";
     char path[64];
     snprintf(path, sizeof(path), "bench-ledger-%ld.fabl", (long)getpid());
-    static const struct { const char *name; int procs, exclusive, req; } cases[] = {
-        {"1 process, exclusive", 1, 1, 0},
-        {"1 process", 1, 0, 0},
-        {"2 processes", 2, 0, 0},
-        {"4 processes", 4, 0, 0},
-        {"1 process, request+reply", 1, 0, 1},
-        {"2 processes, request+reply", 2, 0, 1},
+    static const struct { const char *id, *name; int procs, exclusive, req; } cases[] = {
+        {"x1", "1 process, exclusive", 1, 1, 0},
+        {"1", "1 process", 1, 0, 0},
+        {"2", "2 processes", 2, 0, 0},
+        {"4", "4 processes", 4, 0, 0},
+        {"r1", "1 process, request+reply", 1, 0, 1},
+        {"r2", "2 processes, request+reply", 2, 0, 1},
     };
     enum { NC = sizeof(cases) / sizeof(cases[0]) };
-    double best[NC] = {0}, cpu[NC];
+    int want[NC];
+    for (int i = 0; i < NC; i++) {
+        size_t k = strlen(cases[i].id);
+        want[i] = 0;
+        for (const char *p = only; *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
+            if (strncmp(p, cases[i].id, k) == 0 && (p[k] == ',' || p[k] == '\0'))
+                want[i] = 1;
+        }
+    }
+    double best[NC] = {0}, cpu[NC], csw[NC];
     for (int i = 0; i < NC; i++)
-        cpu[i] = 1e9;
+        cpu[i] = csw[i] = 1e9;
     for (int r = 0; r < rounds; r++)
         for (int i = 0; i < NC; i++) {
-            double c;
-            double v = run(path, cases[i].procs, cases[i].exclusive, cases[i].req, n, &c);
+            if (!want[i])
+                continue;
+            double c, w;
+            double v = run(path, cases[i].procs, cases[i].exclusive, cases[i].req, n, &c, &w);
             if (v > best[i])
                 best[i] = v;
             if (c < cpu[i])
                 cpu[i] = c;
+            if (w < csw[i])
+                csw[i] = w;
         }
     for (int i = 0; i < NC; i++)
-        printf("ledger appends, 100 B, os, %-28s %9.0f records/s  %5.2f us CPU per record\n",
-               cases[i].name, best[i], cpu[i] * 1e6);
+        if (want[i])
+            printf("ledger appends, 100 B, os, %-28s %9.0f records/s  %5.2f us CPU per record"
+                   "  %6.3f waits per record\n",
+                   cases[i].name, best[i], cpu[i] * 1e6, csw[i]);
+    if (want[1] && want[2])
+        printf("2 processes / 1 process: %.2fx\n", best[2] / best[1]);
+    if (want[4] && want[5])
+        printf("2 processes / 1 process, request+reply: %.2fx\n", best[5] / best[4]);
     return 0;
 }

@@ -1608,6 +1608,239 @@ static void test_lock_page(void)
     CHECK_EQ(system(cmd), 0);
 }
 
+/* The others' records that a writer replays under the append lock before
+ * its own record have their index entries made after the lock (deferred):
+ * first write wins all the same (the deferred records are looked at), every
+ * record is found afterwards, a tombstone among them comes after them, and
+ * more of them than the deferral holds keep their order. A handle's first
+ * append replays what others appended since it opened under the lock. */
+static void test_deferred_index(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "deferred.fabl");
+    int rc;
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    /* the key another handle recorded since, among 3 */
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    for (unsigned i = 0; i < 3; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    key_of(key, 1);
+    CHECK_EQ(fab_ledger_record(b, key, "\xc3", 1, NULL), 0); /* held: nothing written */
+    for (unsigned i = 0; i < 3; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, i));
+    }
+    fab_ledger_get_stats(b, &st);
+    CHECK_EQ(st.records, 3);
+    CHECK_EQ(st.duplicates, 0);
+    fab_ledger_close(b);
+    /* the last of them, and the first */
+    for (unsigned first = 0; first < 2; first++) {
+        b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        unsigned base = 10 + 10 * first;
+        for (unsigned i = base; i < base + 5; i++) {
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, i), NULL), 1);
+        }
+        key_of(key, first ? base : base + 4);
+        CHECK_EQ(fab_ledger_record(b, key, "\xc3", 1, NULL), 0);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, first ? base : base + 4));
+        fab_ledger_close(b);
+    }
+    /* a tombstone after deferred records, and a record after it */
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 100);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 100), NULL), 1);
+    key_of(key, 0);
+    CHECK_EQ(fab_ledger_delete(a, key, NULL), 1);
+    key_of(key, 101);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 101), NULL), 1);
+    key_of(key, 102);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 102), NULL), 1);
+    key_of(key, 0);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    for (unsigned i = 100; i < 103; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, i));
+    }
+    fab_ledger_close(b);
+    /* more than the deferral holds (64), after a key a third handle
+     * recorded first; one of them recorded again */
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger *c = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 200);
+    CHECK_EQ(fab_ledger_record(c, key, buf, reply_of(buf, 200), NULL), 1);
+    for (unsigned i = 200; i < 400; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, i), NULL), i == 200 ? 0 : 1);
+    }
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 400), NULL), 0);
+    key_of(key, 390);
+    CHECK_EQ(fab_ledger_record(b, key, "\xc3", 1, NULL), 0);
+    key_of(key, 500);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 500), NULL), 1);
+    for (unsigned i = 200; i < 400; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, i));
+    }
+    fab_ledger_get_stats(b, &st);
+    CHECK_EQ(st.duplicates, 0);
+    fab_ledger_close(b);
+    fab_ledger_close(c);
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    /* 3 + 10 + 100..102 + 200 + 500, key 0 deleted */
+    CHECK_EQ(fab_ledger_count(r), 3 + 10 + 3 + 200 + 1 - 1);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(st.duplicates, 0); /* nothing was written twice */
+    fab_ledger_close(r);
+    /* a key recorded and then deleted among them, and a clear after
+     * others: each tombstone ends what came before it */
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 600);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 600), NULL), 1);
+    CHECK_EQ(fab_ledger_delete(a, key, NULL), 1);
+    key_of(key, 601);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 601), NULL), 1);
+    key_of(key, 603);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 603), NULL), 1);
+    key_of(key, 600);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    key_of(key, 601);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+    fab_ledger_close(b);
+    b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 604);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 604), NULL), 1);
+    CHECK(fab_ledger_clear(a, NULL) > 200);
+    key_of(key, 605);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 605), NULL), 1);
+    key_of(key, 606);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 606), NULL), 1);
+    static const unsigned gone[] = {1, 390, 601, 603, 604};
+    for (unsigned i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        key_of(key, gone[i]);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    }
+    for (unsigned i = 605; i < 607; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+    }
+    CHECK_EQ(fab_ledger_count(b), 2);
+    fab_ledger_close(b);
+    fab_ledger_close(a);
+}
+
+/* A holder of the lock page's mutex SIGKILLed while another writer waits
+ * for it, spinning (the spin's bound made longer than the test) or
+ * blocked at once (bound 0): the waiter gets the mutex (EOWNERDEAD, from
+ * pthread_mutex_trylock or pthread_mutex_lock), cuts the torn record and
+ * appends; nothing acknowledged is lost. */
+static void test_lock_dead_while_waiting(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    static const char *spins[] = {"60000000000", "0"};
+    for (int k = 0; k < 2; k++) {
+        path_for(path, sizeof(path), k ? "dead-block.fabl" : "dead-spin.fabl");
+        const unsigned n = 10;
+        /* the waiter opens first (an open that finds a torn tail takes
+         * the lock to cut it), then the holder stops inside the lock,
+         * then the waiter records */
+        int hp[2], wp[2], gp[2];
+        CHECK_EQ(pipe(hp), 0);
+        CHECK_EQ(pipe(wp), 0);
+        CHECK_EQ(pipe(gp), 0);
+        char c = 0;
+        pid_t waiter = fork();
+        if (waiter == 0) {
+            setenv("FABRIC_LEDGER_TEST_SPIN_NS", spins[k], 1);
+            fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            if (w == NULL)
+                _exit(3);
+            if (write(wp[1], "O", 1) != 1 || read(gp[0], &c, 1) != 1 ||
+                write(wp[1], "W", 1) != 1) /* about to wait for the lock */
+                _exit(4);
+            key_of(key, 1000);
+            if (fab_ledger_record(w, key, "\xc3", 1, NULL) != 1)
+                _exit(5);
+            fab_ledger_stats st;
+            fab_ledger_get_stats(w, &st);
+            fab_ledger_close(w);
+            _exit(st.owner_dead == 1 && st.torn_tails_cut == 1 ? 0 : 6);
+        }
+        close(wp[1]);
+        close(gp[0]);
+        CHECK_EQ(read(wp[0], &c, 1), 1); /* opened */
+        pid_t holder = fork();
+        if (holder == 0) {
+            char hold[64];
+            snprintf(hold, sizeof(hold), "%u:%d:torn", n, hp[1]);
+            setenv("FABRIC_LEDGER_TEST_HOLD", hold, 1);
+            fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            if (w == NULL)
+                _exit(3);
+            for (unsigned i = 0; i < n; i++) { /* the n-th never returns */
+                key_of(key, i);
+                if (fab_ledger_record(w, key, buf, reply_of(buf, i), NULL) != 1)
+                    _exit(4);
+            }
+            _exit(5);
+        }
+        close(hp[1]);
+        CHECK_EQ(read(hp[0], &c, 1), 1); /* inside the lock, n - 1 acknowledged */
+        close(hp[0]);
+        CHECK_EQ(write(gp[1], "G", 1), 1);
+        close(gp[1]);
+        CHECK_EQ(read(wp[0], &c, 1), 1);
+        close(wp[0]);
+        CHECK_EQ(kill(holder, SIGKILL), 0);
+        int status;
+        CHECK_EQ(waitpid(holder, &status, 0), holder);
+        CHECK(WIFSIGNALED(status));
+        CHECK_EQ(waitpid(waiter, &status, 0), waiter);
+        CHECK(WIFEXITED(status));
+        CHECK_EQ(WEXITSTATUS(status), 0);
+        fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(fab_ledger_count(r), n);
+        for (unsigned i = 0; i + 1 < n; i++) {
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+            CHECK_MEM(ref.data, buf, reply_of(buf, i));
+        }
+        key_of(key, 1000);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+        fab_ledger_close(r);
+    }
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1631,6 +1864,8 @@ int main(void)
         {"index_many", test_index_many},
         {"requests", test_requests},
         {"lock_page", test_lock_page},
+        {"deferred_index", test_deferred_index},
+        {"lock_dead_while_waiting", test_lock_dead_while_waiting},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)
