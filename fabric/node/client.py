@@ -48,8 +48,9 @@ _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
 _STATS = ("stream.stats", "stream.remote.network")
 _END = object()
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
-_START, _CHUNK, _STREAM_END, _ERROR = (int(k) for k in (
-    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.ERROR))
+_START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
+    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.ERROR,
+    FrameKind.CONTROL))
 # A single-chunk reply's STREAM_END payload that passed the checks (no claim,
 # not truncated) -> the chunk's size it accounts for: the same bytes again
 # need no decoding (bounded; any process-wide payload is as good as checked).
@@ -437,6 +438,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.buf = memoryview(bytearray(1 << 16))
         self.watch: asyncio.TimerHandle | None = None
         self.watch_at: float | None = None
+        # (request, grants, timeout, the open's payload) of the last send
+        self.last_open: tuple[EvalRequest, frozenset[str], float | None, bytes] | None = None
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -535,6 +538,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.node = body["node"]
             self.source = f"peer:{self.node}"
             self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
+            self.last_open = None  # checked against the encoder's limit: a new one
             self.ready.set_result(None)
             self.up = True
             return
@@ -622,9 +626,13 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         """Send a request for a single reply: its stream id and the future
         its (record, source, claim) arrives on (awaited by ``aevaluate``
         itself: no coroutine of the channel's in between)."""
-        c = self.client
         sid = next(self.ids)
-        frame = c._open_frame(request, "value", g, t, sid, self.enc)
+        last = self.last_open  # the request asked last on this channel: its open's bytes
+        if last is not None and last[0] is request and last[1] is g and last[2] == t:
+            frame = self.enc.encode(_CONTROL, last[3], stream_id=sid)
+        else:
+            frame = self.client._open_frame(request, "value", g, t, sid, self.enc)
+            self.last_open = (request, g, t, frame[_HEADER:])  # checked against enc's limit
         fut: asyncio.Future[Any] = self.loop.create_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline.
@@ -636,7 +644,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 self._watch(deadline)
         self.calls[sid] = [fut, [], self.source, deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
-        c.stats_counters["requests"] += 1
+        self.client.stats_counters["requests"] += 1
         return sid, fut
 
     def gave_up(self, sid: int) -> None:
