@@ -483,16 +483,40 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         try:
-            self.dec.feed(data)
+            dec = self.dec
+            dec.feed(data)
             if not self.up:
-                for f in self.dec:
+                for f in dec:
                     self._frame(f)
                 return
-            # A reply's frames, inline (a call per frame showed in the
-            # profile): START, then CHUNKs with seq 1, 2, ..., then END; a
-            # START or END whose payload was seen before is not decoded again.
-            calls, limits = self.calls, self.dec.limits
-            for f in self.dec:
+            calls, limits = self.calls, dec.limits
+            # The usual reply, START, one CHUNK of bytes and END on one stream
+            # with seq 0, 1, 2, is taken in one call (FrameDecoder.take_reply);
+            # a START or END whose payload was seen before is not decoded again.
+            while True:
+                r = dec.take_reply(limits)
+                if r is None:
+                    break
+                sid, start, skey, data_, end, ekey = r
+                call = calls.get(sid)
+                if call is None:
+                    continue  # a call given up on: its frames are dropped
+                src = self.sources.get(skey)
+                if src is None:
+                    src = self._source_of(start, skey)
+                if call[1] or _ENDS.get(ekey) != len(data_):
+                    claim = self._checked_end(call, sid, data_, end)
+                else:
+                    claim = None
+                del calls[sid]
+                if not call[0].done():
+                    try:
+                        call[0].set_result((unpack(data_), src, claim))
+                    except DecodeError as exc:
+                        call[0].set_exception(exc)
+            # Anything else: a reply's frames, inline (a call per frame showed
+            # in the profile): START, then CHUNKs with seq 1, 2, ..., then END.
+            for f in dec:
                 call = calls.get(f.stream_id)
                 kind = f.kind
                 if call is None or kind == _ERROR:
@@ -505,12 +529,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 elif kind == _START:
                     key = bytes(f.payload)
                     src = self.sources.get(key)
-                    if src is None:
-                        src = _source(f.decode_payload(limits), self.node)
-                        if len(self.sources) >= 64:
-                            self.sources.clear()
-                        self.sources[key] = src
-                    call[2] = src
+                    call[2] = self._source_of(f, key) if src is None else src
                 elif kind == _STREAM_END and len(call[1]) == 1 and f.seq == 2 \
                         and _ENDS.get(bytes(f.payload)) == len(call[1][0]):
                     del calls[f.stream_id]  # one chunk, accounted for: the usual reply
@@ -524,6 +543,37 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         except Exception as exc:  # a broken stream or a refusal: the channel ends
             self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
                        FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
+
+    def _source_of(self, start: Any, key: bytes) -> str:
+        """A STREAM_START's source (decoded once per payload, kept per channel)."""
+        src = _source(start.decode_payload(self.dec.limits), self.node)
+        if len(self.sources) >= 64:
+            self.sources.clear()
+        self.sources[key] = src
+        return src
+
+    def _checked_end(self, call: list[Any], sid: int, data: bytes, end: Any) -> Any:
+        """A one-chunk reply taken whole whose END was not seen before (or
+        that follows chunks of its stream: frames lost or repeated): checked
+        as ``_frame`` checks it; its claim, or ``ProtocolError`` (the call
+        fails with it)."""
+        limits = self.dec.limits
+        try:
+            if call[1]:
+                raise P.ProtocolError(
+                    f"node {self.node} sent STREAM_CHUNK seq 1 on stream {sid} where seq "
+                    f"{len(call[1]) + 1} was due: frames were lost, repeated or reordered")
+            body = end.decode_payload(limits)
+            _complete(body, 1, len(data), self.node)
+        except P.ProtocolError as exc:
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(exc)
+            raise
+        if len(end.payload) < 100 and len(_ENDS) < 256 and isinstance(body, dict) and \
+                body.get("truncated") is False:  # this payload passes: kept
+            _ENDS[bytes(end.payload)] = len(data)
+        return _end_claim(end, limits)
 
     def _frame(self, f: Any) -> None:
         limits = self.dec.limits

@@ -59,8 +59,7 @@ log = logging.getLogger("fabric.node")
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
 _START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
 _END1: dict[int, bytes] = {}  # a one-chunk reply's size -> its STREAM_END payload
-_START_KIND, _CHUNK_KIND, _END_KIND, _CONTROL_KIND = (int(k) for k in (
-    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.CONTROL))
+_CONTROL_KIND = int(FrameKind.CONTROL)
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -1072,9 +1071,7 @@ class Node:
                     _END1.clear()
                 end1 = _END1[len(data)] = canonical_bytes(
                     {"chunks": 1, "bytes": len(data), "truncated": False})
-            conn.send(enc.encode(_START_KIND, start, stream_id=sid)
-                      + enc.encode_value(_CHUNK_KIND, data, stream_id=sid, seq=1)
-                      + enc.encode(_END_KIND, end1, stream_id=sid, seq=2))
+            conn.send(enc.encode_reply(sid, start, data, end1))  # the three frames, one call
             return
         end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
         if self.signer is not None and reply.key is not None:

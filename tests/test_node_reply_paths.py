@@ -1,0 +1,149 @@
+"""The short paths of a remote hit: the async client's channel taking a
+one-chunk reply in one call (FrameDecoder.take_reply), whatever the reads
+it arrives in, and the node answering an open its connection sent before
+(kept per connection, never across principals)."""
+
+import asyncio
+import json
+
+import pytest
+
+import fabric
+from fabric._core import canonical_bytes
+from fabric.frames import FrameKind
+from fabric.node import Node, connect, protocol as P
+from fabric.replies import reply_record
+
+import node_ops
+
+TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef0"}
+
+
+@pytest.fixture
+def node(tmp_path):
+    started = []
+
+    def make(**kw):
+        kw.setdefault("listen", "127.0.0.1:0")
+        kw.setdefault("home", fabric.LocalFabric())
+        n = Node(str(tmp_path / f"r{len(started)}.ledger"), node_id=f"r{len(started)}",
+                 **kw).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def _reply_wire(sid, record, *, end=None):
+    enc = P.encoder()
+    end = end or canonical_bytes({"chunks": 1, "bytes": len(record), "truncated": False})
+    return enc.encode_reply(sid, canonical_bytes({"metadata": {"source": "held"}}),
+                            record, end)
+
+
+def test_a_reply_split_across_reads_at_every_byte_is_taken_whole(node):
+    n = node()
+    record = canonical_bytes(reply_record(fabric.LocalFabric().evaluate(
+        node_ops.double.request(4))))
+    odd = record + b""  # a size no END was seen with: checked, not looked up
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            await c.aevaluate(node_ops.double.request(4))  # the loop's channel
+            ch = c._last_achannel
+            loop = asyncio.get_running_loop()
+            sid = 1 << 20
+            for end in (None, canonical_bytes({"bytes": len(odd), "chunks": 1,
+                                               "truncated": False, "x": 1})):
+                wire = _reply_wire(sid, odd, end=end)
+                for cut in range(len(wire) + 1):
+                    sid += 1
+                    wire = _reply_wire(sid, odd, end=end)
+                    fut = loop.create_future()
+                    ch.calls[sid] = [fut, [], ch.source, None]
+                    ch.data_received(memoryview(wire)[:cut])
+                    assert fut.done() == (cut == len(wire))
+                    ch.data_received(memoryview(wire)[cut:])
+                    record_back, source, claim = fut.result()
+                    assert (record_back, source, claim) == (
+                        fabric.unpack(odd), f"peer:{n.node_id}", None)
+                    assert sid not in ch.calls
+            # frames of a call given up on are dropped; the channel goes on
+            ch.data_received(_reply_wire(sid + 1, odd))
+            assert not ch.dead
+            return (await c.aevaluate(node_ops.double.request(4))).value
+
+        assert asyncio.run(run()) == 8
+
+
+def test_a_whole_reply_after_chunks_of_its_stream_fails_its_call_by_name(node):
+    n = node()
+    record = canonical_bytes(reply_record(fabric.LocalFabric().evaluate(
+        node_ops.double.request(2))))
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            await c.aevaluate(node_ops.double.request(2))
+            ch = c._last_achannel
+            fut = asyncio.get_running_loop().create_future()
+            ch.calls[99] = [fut, [record], ch.source, None]  # a chunk came before
+            ch.data_received(_reply_wire(99, record))
+            with pytest.raises(P.ProtocolError, match="lost, repeated or reordered"):
+                fut.result()
+            assert ch.dead  # the channel ends; the next call makes a new one
+            return (await c.aevaluate(node_ops.double.request(2))).value
+
+        assert asyncio.run(run()) == 4
+
+
+def test_an_end_that_does_not_account_for_the_chunk_fails_on_the_short_path(node):
+    n = node()
+    record = canonical_bytes(reply_record(fabric.LocalFabric().evaluate(
+        node_ops.double.request(3))))
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            await c.aevaluate(node_ops.double.request(3))
+            ch = c._last_achannel
+            fut = asyncio.get_running_loop().create_future()
+            ch.calls[77] = [fut, [], ch.source, None]
+            lie = canonical_bytes({"chunks": 1, "bytes": len(record) + 1, "truncated": False})
+            ch.data_received(_reply_wire(77, record, end=lie))
+            with pytest.raises(P.ProtocolError, match="ended a reply with"):
+                fut.result()
+            assert ch.dead
+
+        asyncio.run(run())
+
+
+def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(node, tmp_path):
+    """Alice (granted node.compute) asks a compute-scope request twice: the
+    second is a hit answered from her connection's kept open. Bob sends the
+    same open bytes (same request, grants and scope) and is still refused:
+    what a connection keeps was checked against its own grants."""
+    grants = tmp_path / "grants.json"
+    grants.write_text(json.dumps({"alice": ["node.compute"], "bob": []}))
+    n = node(tokens=dict(TOKENS), grants=str(grants))
+    req = node_ops.double.request(21)
+    with connect(n.url, token=TOKENS["alice"]) as alice:
+        assert alice.evaluate(req).value == 42  # computed, now held
+        before = n.stats().get("hits_inline", 0)
+        assert alice.evaluate(req).value == 42
+        assert alice.evaluate(req).value == 42  # the kept open
+
+        async def twice():
+            return [(await alice.aevaluate(req)).value for _ in range(3)]
+
+        assert asyncio.run(twice()) == [42, 42, 42]
+        assert n.stats()["hits_inline"] - before == 5
+    with connect(n.url, token=TOKENS["bob"]) as bob:
+        for _ in range(2):
+            with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
+                bob.evaluate(req)
+
+        async def refused():
+            for _ in range(2):
+                with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
+                    await bob.aevaluate(req)
+
+        asyncio.run(refused())
+    assert n.stats()["denied_compute"] == 4
