@@ -514,6 +514,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                         call[0].set_result((unpack(data_), src, claim))
                     except DecodeError as exc:
                         call[0].set_exception(exc)
+                if not dec.pending:
+                    return
             # Anything else: a reply's frames, inline (a call per frame showed
             # in the profile): START, then CHUNKs with seq 1, 2, ..., then END.
             for f in dec:
