@@ -147,3 +147,29 @@ def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(no
 
         asyncio.run(refused())
     assert n.stats()["denied_compute"] == 4
+
+
+def test_the_deadline_watchdog_leaves_no_timer_on_the_callers_loop(node):
+    """aevaluate's deadline is watched from the client's own loop thread: the
+    caller's loop holds no timer of the channel's (a loop holding one waits
+    for I/O with a finite timeout, a kernel timer per wait), and a deadline
+    still fails the call that misses it."""
+    n = node()
+    with connect(n.url, timeout=30) as c:
+        async def run():
+            loop = asyncio.get_running_loop()
+            for i in range(3):
+                assert (await c.aevaluate(node_ops.double.request(i))).value == 2 * i
+            # asyncio's own loop keeps its timers in _scheduled
+            assert [h for h in loop._scheduled if not h.cancelled()] == []
+            ch = c._last_achannel
+            fut = loop.create_future()
+            ch.calls[12345] = [fut, [], ch.source, 0.0]  # a call long past its deadline
+            ch._watch(0.0)  # an earlier deadline than the one watched: re-armed
+            await asyncio.wait({fut}, timeout=30)  # bounded; the watchdog fails it at once
+            assert fut.done() and isinstance(fut.exception(), asyncio.TimeoutError)
+            assert 12345 in ch.calls  # failed by the watchdog; its waiter gives it up
+            ch.calls.pop(12345)
+            return (await c.aevaluate(node_ops.double.request(5))).value
+
+        assert asyncio.run(run()) == 10

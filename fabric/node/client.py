@@ -436,7 +436,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
-        self.watch: asyncio.TimerHandle | None = None
+        self.watch: asyncio.TimerHandle | None = None  # only when the client's loop is closed
+        self.bg_watch: asyncio.TimerHandle | None = None  # on the client's loop thread
         self.watch_at: float | None = None
         # (request, grants, timeout, the open's payload) of the last send
         self.last_open: tuple[EvalRequest, frozenset[str], float | None, bytes] | None = None
@@ -687,11 +688,12 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.last_open = (request, g, t, frame[_HEADER:])  # checked against enc's limit
         fut: asyncio.Future[Any] = self.loop.create_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
-        # per call: one watchdog per channel, due at the earliest deadline.
+        # per call: one watchdog per channel, due at the earliest deadline
+        # (kept on the client's loop thread: _watch).
         if t is None:
             deadline = None
         else:
-            deadline = self.loop.time() + t
+            deadline = time.monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
         self.calls[sid] = [fut, [], self.source, deadline]
@@ -706,16 +708,40 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 StreamControl.cancel(sid).to_frame(_OPEN).encode())
 
     def _watch(self, at: float) -> None:
-        if self.watch is not None:
-            self.watch.cancel()
+        """Watch the earliest deadline (``time.monotonic()``) from the client's
+        own loop thread, not with a timer on this loop: a loop holding a
+        timer waits for I/O with a finite timeout, which costs each of its
+        waits a kernel timer (and asyncio's own loop two clock reads and a
+        heap look per turn). Only an earlier deadline re-arms it."""
         self.watch_at = at
-        self.watch = self.loop.call_at(at, self._expire)
+        try:
+            self.client._loop.call_soon_threadsafe(self._arm, at)
+        except RuntimeError:  # the client's loop is closed: a timer on this one
+            if self.watch is not None:
+                self.watch.cancel()
+            self.watch = self.loop.call_later(max(0.0, at - time.monotonic()), self._expire)
+
+    def _arm(self, at: float) -> None:
+        """On the client's loop thread: the watchdog, due at ``at``."""
+        if self.bg_watch is not None:
+            self.bg_watch.cancel()
+        self.bg_watch = None if self.dead else asyncio.get_running_loop().call_later(
+            max(0.0, at - time.monotonic()), self._due)
+
+    def _due(self) -> None:
+        """On the client's loop thread: the check runs on the channel's loop."""
+        self.bg_watch = None
+        if not self.dead and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self._expire)
+            except RuntimeError:  # closed in between
+                pass
 
     def _expire(self) -> None:
         """The watchdog: calls past their deadline fail with a timeout (their
         awaiting coroutine cancels them at the node); the next is watched."""
         self.watch = self.watch_at = None
-        now = self.loop.time()
+        now = time.monotonic()
         nxt = None
         for call in list(self.calls.values()):
             d = call[3]
