@@ -126,7 +126,7 @@ def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(no
     req = node_ops.double.request(21)
     with connect(n.url, token=TOKENS["alice"]) as alice:
         assert alice.evaluate(req).value == 42  # computed, now held
-        before = n.stats().get("hits_inline", 0)
+        before = n.stats()
         assert alice.evaluate(req).value == 42
         assert alice.evaluate(req).value == 42  # the kept open
 
@@ -134,7 +134,12 @@ def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(no
             return [(await alice.aevaluate(req)).value for _ in range(3)]
 
         assert asyncio.run(twice()) == [42, 42, 42]
-        assert n.stats()["hits_inline"] - before == 5
+        after = n.stats()
+        for name in ("hits_inline", "requests", "replies"):  # counted apart, folded in
+            assert after[name] - before.get(name, 0) == 5, name
+        req_status = n.status()["requests"]
+        assert (req_status["received"], req_status["replied"], req_status["hits_inline"]) \
+            == (after["requests"], after["replies"], after["hits_inline"])
     with connect(n.url, token=TOKENS["bob"]) as bob:
         for _ in range(2):
             with pytest.raises(fabric.CapabilityDenied, match="node.compute"):

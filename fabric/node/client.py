@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
-                     unpack)
+                     unpack, _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
@@ -1347,7 +1347,9 @@ class NodeClient:
         except asyncio.CancelledError:
             ch.gave_up(sid)
             raise
-        reply = reply_from_record(record, request.key, source)
+        # replies.reply_from_record without its wrapper (an EvalReply of replies')
+        reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
+            record, request.key, source)
         return reply if claim is None else _claimed(reply, claim)
 
     async def _next_events(self, c: _Call, t: float | None) -> list[Any]:

@@ -364,6 +364,7 @@ class Node:
         self._clients: list[Any] = []
         self._conns: set[_Conn] = set()
         self._stats: dict[str, int] = {}
+        self._inline_hits = 0  # answered by _answer_hit: folded in by _counters()
         self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
@@ -413,7 +414,7 @@ class Node:
     def stats(self) -> dict[str, Any]:
         """Counters: connections, requests, refusals, queues, the fabric's own."""
         return {"node": self.node_id, "incarnation": self.incarnation,
-                "connections": len(self._conns), **self._stats,
+                "connections": len(self._conns), **self._counters(),
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
                 "gossip": self._gossip.stats(), "links": self._links(),
                 "leases": self.home.stats() if self.home is not None else {},
@@ -480,7 +481,7 @@ class Node:
         gov = self.fabric.governor
         return _snap.encode(self.node_id, self.incarnation, holdings,
                             None if gov is None else gov.export_state(),
-                            {k: v for k, v in self._stats.items()}, pending, streams)
+                            self._counters(), pending, streams)
 
     @classmethod
     def restore(cls, data: bytes, cassette: Any = None, **kwargs: Any) -> "Node":
@@ -498,6 +499,16 @@ class Node:
         if "governor" not in kwargs and state.governor is not None:
             kwargs["governor"] = PeerGovernor.from_state(state.governor)
         return cls(cassette, _restored=state, **kwargs)
+
+    def _counters(self) -> dict[str, int]:
+        """The node's counters (a copy), the hits answered inline folded in
+        (counted apart, one int, on their path)."""
+        stats = dict(self._stats)
+        hits = self._inline_hits
+        if hits:
+            for name in ("requests", "replies", "hits_inline"):
+                stats[name] = stats.get(name, 0) + hits
+        return stats
 
     def _stat(self, name: str, n: int = 1) -> None:
         self._stats[name] = self._stats.get(name, 0) + n
@@ -948,17 +959,15 @@ class Node:
                 or self._run_q._active or (self._stop_evt is not None and self._stop_evt.is_set())
                 or req.key not in self.cassette):
             return False
-        stats = self._stats
-        stats["requests"] = stats.get("requests", 0) + 1
         try:
             reply = target.evaluate(req, grants=g)
         except Exception as exc:
+            self._stat("requests")
             self._stat("errors")
             conn.send_error(sid, exc)
             return True
         self._send_value(conn, sid, reply)
-        stats["replies"] = stats.get("replies", 0) + 1
-        stats["hits_inline"] = stats.get("hits_inline", 0) + 1
+        self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
         return True
 
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any, payload: bytes = b"") -> None:
