@@ -178,3 +178,51 @@ def test_the_deadline_watchdog_leaves_no_timer_on_the_callers_loop(node):
             return (await c.aevaluate(node_ops.double.request(5))).value
 
         assert asyncio.run(run()) == 10
+
+
+def test_an_idle_connection_is_closed_on_the_nodes_tick_and_the_loop_holds_no_timer(node):
+    """Past its handshake, a connection that sends nothing for idle_timeout
+    is told so and closed (checked on the node's tick, which comes from its
+    clock thread); one that keeps sending is not. Between requests the
+    node's loop holds no timer (its waits for I/O have no timeout)."""
+    import socket
+    import threading
+
+    from conftest import hello_bytes, read_frames
+    from fabric.node import NodeLimits
+
+    n = node(limits=NodeLimits(idle_timeout=0.5), loop="asyncio")
+    quiet = socket.create_connection(n.address, timeout=30)
+    busy = socket.create_connection(n.address, timeout=30)
+    with quiet, busy:
+        for s in (quiet, busy):
+            s.sendall(hello_bytes())
+            assert read_frames(s, until_close=False)[0].kind == FrameKind.HELLO
+        ping = P.encoder().encode(FrameKind.PING, b"", stream_id=0)
+        stop = threading.Event()
+
+        def keep_busy():
+            while not stop.wait(0.1):  # (a bounded loop: the test ends it)
+                busy.sendall(ping)
+
+        t = threading.Thread(target=keep_busy, daemon=True)
+        t.start()
+        try:
+            frames = read_frames(quiet)  # until the node closes it (socket timeout 30 s)
+            assert [f.kind for f in frames] == [FrameKind.ERROR]
+            err = P.error_from_payload(frames[0].decode_payload(), "node")
+            assert "idle for 0.5 s" in str(err)
+            assert n.stats()["idle_timeouts"] == 1
+            assert n.stats()["connections"] == 1  # the busy one is still there
+
+            async def timers():
+                loop = asyncio.get_running_loop()  # asyncio's own loop keeps them here
+                return [h for h in loop._scheduled if not h.cancelled()]
+
+            assert asyncio.run_coroutine_threadsafe(timers(), n._loop).result(30) == []
+        finally:
+            stop.set()
+            t.join(30)
+    clock = n._ticker
+    n.stop()
+    assert clock is not None and not clock.is_alive()

@@ -191,6 +191,7 @@ class _Conn:
         self.bytes_out = 0
         loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[None] = loop.create_future()
+        self.proto: _ConnProtocol | None = None  # past the handshake
         # Test faults (fabric.node.faults), only when the node was given some.
         self.faults = None if node.faults is None else node.faults.connection(
             self._write, self.abort, loop.call_later)
@@ -373,6 +374,11 @@ class Node:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
+        # The node's clock runs on a thread of its own (_ticks): its loop
+        # holds no timer between requests (see serve()).
+        self._tick_evt: asyncio.Event | None = None
+        self._tick_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
         self._start_error: BaseException | None = None
         # Requests count 1 each and a principal's turn admits one: round robin
         # (a budget-sized quantum would let a flooding principal go first for long).
@@ -521,8 +527,18 @@ class Node:
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
+        # A loop holding a timer waits for I/O with a finite timeout, which
+        # costs each wait a kernel timer (and asyncio's own loop two clock
+        # reads and a heap look per turn): the node's periodic work (gossip
+        # ticks, idle connections) is woken from a thread, not by a timer.
+        self._tick_evt = asyncio.Event()
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
                                                   ssl=self.tls, limit=1 << 16)
+        self._tick_stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=_ticks, args=(self._loop, self._tick_evt, self._tick_stop),
+            name=f"fabric-node-{self.node_id}-clock", daemon=True)
+        self._ticker.start()
         sock = self._server.sockets[0].getsockname()
         self._bound = (sock[0], sock[1])
         log.info("node %s listening on %s:%d (event loop: %s)", self.node_id, *self._bound,
@@ -578,6 +594,10 @@ class Node:
         for t in [*pumps, *self._link_tasks]:
             t.cancel()
         await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
+        self._tick_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)  # it waits at most one tick
+            self._ticker = None
         for cl in self._clients:
             await cl._aclose()
         if self.home is not None:
@@ -723,17 +743,29 @@ class Node:
                 first.set_result(None)
 
     async def _gossip_pump(self) -> None:
-        assert self._gossip_wake is not None
+        """Every tick (_TICK, from the clock thread): idle connections are
+        closed, and gossip runs (a tick also catches announces made by
+        threads: the holding index has no listener hook)."""
+        assert self._gossip_wake is not None and self._tick_evt is not None
         while True:
-            # A short tick, not wait_for(event): this pump must end at once
-            # when cancelled, and a tick also catches announces made by
-            # threads (the holding index has no listener hook).
-            await asyncio.sleep(0.05)
+            await self._tick_evt.wait()  # ends at once when cancelled
+            self._tick_evt.clear()
             self._gossip_wake.clear()
+            self._close_idle()
             try:
                 self._gossip.tick()  # deltas, anti-entropy, membership, learned links
             except Exception:  # a bug must not end gossip for good
                 log.exception("node %s: gossip tick failed", self.node_id)
+
+    def _close_idle(self) -> None:
+        """Close the connections past their handshake that received nothing
+        for ``limits.idle_timeout`` seconds (checked every tick)."""
+        now = time.monotonic()
+        idle = self.limits.idle_timeout
+        for conn in list(self._conns):
+            proto = conn.proto
+            if proto is not None and now - proto.last_rx >= idle:
+                proto.idle_out(idle)
 
     # -- connections -------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader,
@@ -873,10 +905,11 @@ class Node:
         elif hasattr(transport, "is_reading") and not transport.is_reading():
             # the stream paused reading when its buffer was full
             transport.resume_reading()  # type: ignore[attr-defined]
+        conn.proto = proto  # for the idle check on the node's tick
         try:
             await proto.done
         finally:
-            proto.stop_timer()
+            conn.proto = None
 
     def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder) -> None:
         kind, sid = f.kind, f.stream_id
@@ -1273,9 +1306,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.done = done
         self.window_start = time.monotonic()
         self.count = 0
-        self.last_rx = self.window_start
-        self.timer: asyncio.TimerHandle | None = done.get_loop().call_later(
-            node.limits.idle_timeout, self._idle_check)
+        self.last_rx = self.window_start  # the idle check reads it (Node._close_idle)
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
@@ -1285,18 +1316,11 @@ class _ConnProtocol(asyncio.BufferedProtocol):
             else:
                 self.done.set_exception(exc)
 
-    def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _idle_check(self) -> None:
-        idle = self.node.limits.idle_timeout
-        quiet = time.monotonic() - self.last_rx
-        if quiet < idle:
-            self.timer = self.done.get_loop().call_later(idle - quiet, self._idle_check)
+    def idle_out(self, idle: float) -> None:
+        """Nothing arrived for ``idle`` seconds: the peer is told, the
+        connection ends."""
+        if self.done.done():
             return
-        self.timer = None
         self.node._stat("idle_timeouts")
         log.info("closing %s (principal %s): idle for %s s", self.conn.peer,
                  self.conn.principal, idle)
@@ -1383,6 +1407,17 @@ async def _linger(conn: _Conn) -> None:
 
 
 _LOCAL = threading.local()
+_TICK = 0.05  # seconds between the node's ticks (gossip, idle connections)
+
+
+def _ticks(loop: asyncio.AbstractEventLoop, tick: asyncio.Event, stop: threading.Event) -> None:
+    """The node's clock, on a thread of its own: sets ``tick`` on ``loop``
+    every ``_TICK`` seconds until ``stop`` is set or the loop closes."""
+    while not stop.wait(_TICK):
+        try:
+            loop.call_soon_threadsafe(tick.set)
+        except RuntimeError:  # the loop closed
+            return
 
 
 def _read_buffer() -> memoryview:
