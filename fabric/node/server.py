@@ -221,8 +221,12 @@ class _Conn:
                 self.faults.send(data)
         # Unpaused, the transport holds at most its high mark (64 KiB, set
         # with the protocol): measured only when paused or the cap is below it.
-        if (self.paused or self.small_cap) and \
-                transport.get_write_buffer_size() > self.node.limits.output_buffer:
+        if self.paused or self.small_cap:
+            self.check_output()
+
+    def check_output(self) -> None:
+        """Disconnect a peer whose unread output is over the node's cap."""
+        if self.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
                         self.peer, self.node.limits.output_buffer)
@@ -999,7 +1003,17 @@ class Node:
             self._stat("errors")
             conn.send_error(sid, exc)
             return True
-        self._send_value(conn, sid, reply)
+        data = canonical_bytes(reply_record(reply))
+        start, end1 = _START.get(reply.source), _END1.get(len(data))
+        if (start is None or end1 is None or self.signer is not None or conn.closed
+                or conn.faults is not None or len(data) > conn.max_frame - 16):
+            self._send_value(conn, sid, reply)  # the general path (it fills the caches)
+        else:  # _send_value's usual reply and conn.send's write, inline
+            out = conn.enc.encode_reply(sid, start, data, end1)
+            conn.bytes_out += len(out)
+            conn.transport.write(out)
+            if conn.paused or conn.small_cap:
+                conn.check_output()
         self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
         return True
 
