@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import random
@@ -439,6 +440,12 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.watch: asyncio.TimerHandle | None = None  # only when the client's loop is closed
         self.bg_watch: asyncio.TimerHandle | None = None  # on the client's loop thread
         self.watch_at: float | None = None
+        # asyncio's own loop makes a future in a Python method: the same future
+        # is made directly (any other loop's create_future is kept)
+        self.new_future: Callable[[], asyncio.Future[Any]] = (
+            functools.partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is asyncio.BaseEventLoop.create_future
+            else loop.create_future)
         # (request, grants, timeout, the open's payload) of the last send
         self.last_open: tuple[EvalRequest, frozenset[str], float | None, bytes] | None = None
 
@@ -686,7 +693,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         else:
             frame = self.client._open_frame(request, "value", g, t, sid, self.enc)
             self.last_open = (request, g, t, frame[_HEADER:])  # checked against enc's limit
-        fut: asyncio.Future[Any] = self.loop.create_future()
+        fut: asyncio.Future[Any] = self.new_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline
         # (kept on the client's loop thread: _watch).
