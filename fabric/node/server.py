@@ -71,7 +71,8 @@ _CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
 
 @dataclass(frozen=True)
 class NodeLimits:
-    """A node's limits (seconds, bytes, counts); every one must be positive."""
+    """A node's limits (seconds, bytes, counts); every one must be positive.
+    ``idle_timeout`` is checked on the node's tick (every 50 ms)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
