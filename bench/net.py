@@ -361,16 +361,30 @@ def start_redis():
     p = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                           "--appendonly", "no", "--dir", d, "--protected-mode", "yes"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p.bench_dir = d  # removed by stop_redis
     for _ in range(500):  # bounded: up to ~5 s for it to accept
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return p, port
         except OSError:
             if p.poll() is not None:
+                stop_redis(p)
                 return None, None
             time.sleep(0.01)
-    p.kill()
+    stop_redis(p)
     return None, None
+
+
+def stop_redis(p):
+    """Stop the bench's redis-server and remove its directory."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    shutil.rmtree(p.bench_dir, ignore_errors=True)
 
 
 def redis_get(port):
@@ -491,8 +505,7 @@ def section_hit_redis(a, nodes, rows, only, cpu):
     for p in procs:
         stop(p)
     if rp is not None:
-        rp.terminate()
-        rp.wait(10)
+        stop_redis(rp)
     return list(tput.items())
 
 

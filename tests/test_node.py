@@ -398,16 +398,18 @@ def test_max_connections_refused_in_the_handshake(node):
         b.close()
 
 
-def test_a_peer_that_never_reads_is_disconnected(node):
-    n = node(limits=NodeLimits(output_buffer=1 << 20))
-    req = node_ops.double.request("x" * 200_000)  # a 400 kB reply
+@pytest.mark.parametrize("cap, size", [(1 << 20, 200_000), (16 << 10, 10_000)])
+def test_a_peer_that_never_reads_is_disconnected(node, cap, size):
+    # (a cap under the transport's 64 KiB high mark is measured on every send)
+    n = node(limits=NodeLimits(output_buffer=cap))
+    req = node_ops.double.request("x" * size)  # a reply of 2 * size bytes
     with connect(n.url) as c:
         c.evaluate(req)
     with raw_socket(n) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(hello_bytes())
         meta = P.open_metadata(req, want="value", scope="held", grants=(), timeout=None)
-        for sid in range(1, 200):
+        for sid in range(1, 2000):
             try:
                 s.sendall(fabric.StreamControl.open(sid, meta).to_frame(
                     ["stream.open", "stream.remote.network"]).encode())

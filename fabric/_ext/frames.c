@@ -909,6 +909,70 @@ static PyObject *encoder_encode_value(EncoderObject *self, PyObject *const *args
     return out;
 }
 
+/*
+ * encode_reply(stream_id, start, data, end): a one-chunk reply's three
+ * frames in one bytes object: STREAM_START (seq 0) with payload start,
+ * STREAM_CHUNK (seq 1) whose payload is the value encoding of data (a
+ * bytes object: what encode_value(STREAM_CHUNK, data) writes), STREAM_END
+ * (seq 2) with payload end. The same bytes as the three encode calls joined.
+ */
+static PyObject *encoder_encode_reply(EncoderObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"stream_id", "start", "data", "end"};
+    PyObject *a[4];
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL || parse_args("encode_reply", args, nargs, kwnames, kw, 4, 4, 4, a) < 0)
+        return NULL;
+    fab_frame_header h = {0};
+    uint64_t sid;
+    if (get_uint(a[0], "stream_id", UINT64_MAX, &sid) < 0)
+        return NULL;
+    if (!PyBytes_Check(a[1]) || !PyBytes_Check(a[2]) || !PyBytes_Check(a[3])) {
+        PyErr_SetString(PyExc_TypeError, "encode_reply: start, data and end must be bytes");
+        return NULL;
+    }
+    size_t slen = (size_t)PyBytes_GET_SIZE(a[1]), elen = (size_t)PyBytes_GET_SIZE(a[3]);
+    if (check_size(st, self->max_payload, slen) < 0 ||
+        check_size(st, self->max_payload, elen) < 0)
+        return NULL;
+    h.stream_id = sid;
+    fab_buf buf;
+    fab_buf_init(&buf);
+    PyObject *out = NULL;
+    uint8_t *p;
+    h.kind = FAB_FRAME_STREAM_START;
+    h.seq = 0;
+    if (fab_buf_reserve(&buf, 3 * FAB_FRAME_HEADER_LEN + slen + elen +
+                        (size_t)PyBytes_GET_SIZE(a[2]) + 16) != FAB_OK) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    p = buf.data;
+    fab_frame_header_write(p, &h, PyBytes_AS_STRING(a[1]), slen);
+    memcpy(p + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(a[1]), slen);
+    buf.len = FAB_FRAME_HEADER_LEN + slen;
+    h.kind = FAB_FRAME_STREAM_CHUNK;
+    h.seq = 1;
+    if (encode_value_frame(st, self->max_payload, &buf, &h, a[2]) < 0)
+        goto done;
+    h.kind = FAB_FRAME_STREAM_END;
+    h.seq = 2;
+    size_t at = buf.len;
+    if (fab_buf_reserve(&buf, FAB_FRAME_HEADER_LEN + elen) != FAB_OK) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    p = buf.data + at;
+    fab_frame_header_write(p, &h, PyBytes_AS_STRING(a[3]), elen);
+    memcpy(p + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(a[3]), elen);
+    buf.len = at + FAB_FRAME_HEADER_LEN + elen;
+    out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+done:
+    fab_buf_destroy(&buf);
+    return out;
+}
+
 static PyObject *encoder_encode_many(EncoderObject *self, PyObject *const *args,
                                      Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1054,6 +1118,13 @@ static PyObject *encoder_get_limits(EncoderObject *self, void *closure)
 }
 
 static PyMethodDef encoder_methods[] = {
+    {"encode_reply", (PyCFunction)(void (*)(void))encoder_encode_reply,
+     METH_FASTCALL | METH_KEYWORDS,
+     "encode_reply($self, stream_id, start, data, end, /)\n--\n\n"
+     "A one-chunk reply's frames in one bytes object: STREAM_START (seq 0,\n"
+     "payload start), STREAM_CHUNK (seq 1, payload the value encoding of the\n"
+     "bytes data, as encode_value writes it) and STREAM_END (seq 2, payload\n"
+     "end): the three encode calls joined, in one call."},
     {"encode", (PyCFunction)(void (*)(void))encoder_encode, METH_FASTCALL | METH_KEYWORDS,
      "encode($self, /, kind, payload=b'', *, stream_id=0, seq=0, flags=0)\n--\n\n"
      "The wire bytes of one frame carrying payload (any bytes-like object).\n"
@@ -1292,6 +1363,85 @@ static PyObject *decoder_iternext(DecoderObject *self)
     return f;
 }
 
+/*
+ * take_reply(limits=None): when the next three queued frames are one
+ * stream's STREAM_START (seq 0), a STREAM_CHUNK (seq 1, no flags) whose
+ * payload decodes (under limits, as Frame.decode_payload) to a bytes object,
+ * and a STREAM_END (seq 2), all on one stream id other than 0: takes them
+ * and returns (stream_id, start, start_payload, data, end, end_payload),
+ * start and end the Frame objects, their payloads as bytes, data the
+ * chunk's bytes. Otherwise None, and nothing is taken (the frames are
+ * iterated as usual). A chunk payload that does not decode raises as
+ * decode_payload does, nothing taken. What the frames say (which call,
+ * what the END accounts for) is the caller's to check.
+ */
+static PyObject *payload_of(FrameObject *f)
+{
+    if (PyBytes_CheckExact(f->owner) && PyBytes_GET_SIZE(f->owner) == f->len &&
+        (const uint8_t *)PyBytes_AS_STRING(f->owner) == f->ptr)
+        return Py_NewRef(f->owner);
+    return PyBytes_FromStringAndSize((const char *)f->ptr, f->len);
+}
+
+static PyObject *decoder_take_reply(DecoderObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"limits"};
+    PyObject *a[1];
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL || parse_args("take_reply", args, nargs, kwnames, kw, 1, 1, 0, a) < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(self->ready);
+    if (n - self->head < 3)
+        Py_RETURN_NONE;
+    FrameObject *s0 = (FrameObject *)PyList_GET_ITEM(self->ready, self->head);
+    FrameObject *c1 = (FrameObject *)PyList_GET_ITEM(self->ready, self->head + 1);
+    FrameObject *e2 = (FrameObject *)PyList_GET_ITEM(self->ready, self->head + 2);
+    if (s0->kind != FAB_FRAME_STREAM_START || s0->seq != 0 || s0->stream_id == 0 ||
+        c1->kind != FAB_FRAME_STREAM_CHUNK || c1->seq != 1 || c1->flags != 0 ||
+        c1->stream_id != s0->stream_id || e2->kind != FAB_FRAME_STREAM_END ||
+        e2->seq != 2 || e2->stream_id != s0->stream_id)
+        Py_RETURN_NONE;
+    fab_mp_limits lim;
+    if (payload_limits(st, a[0], &lim) < 0)
+        return NULL;
+    size_t base = c1->offset < 0 ? 0 : (size_t)c1->offset + FAB_FRAME_HEADER_LEN;
+    PyObject *data = fab_py_decode_record(st, c1->ptr, (size_t)c1->len, &lim, base);
+    if (data == NULL)
+        return NULL;
+    if (!PyBytes_CheckExact(data)) {
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    PyObject *sp = payload_of(s0), *ep = sp ? payload_of(e2) : NULL;
+    PyObject *sid = ep ? PyLong_FromUnsignedLongLong(s0->stream_id) : NULL;
+    PyObject *out = NULL;
+    if (sid != NULL)
+        out = PyTuple_Pack(6, sid, (PyObject *)s0, sp, data, (PyObject *)e2, ep);
+    Py_XDECREF(sid);
+    Py_XDECREF(sp);
+    Py_XDECREF(ep);
+    Py_DECREF(data);
+    if (out == NULL)
+        return NULL;
+    /* taken: the list lets go of the three (the tuple holds them) */
+    for (int i = 0; i < 3; i++)
+        PyList_SET_ITEM(self->ready, self->head + i, Py_NewRef(Py_None));
+    /* the references the list held (replaced by None above) */
+    Py_DECREF(s0);
+    Py_DECREF(c1);
+    Py_DECREF(e2);
+    self->head += 3;
+    if (self->head == PyList_GET_SIZE(self->ready)) {
+        if (PyList_SetSlice(self->ready, 0, self->head, NULL) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        self->head = 0;
+    }
+    return out;
+}
+
 static PyObject *decoder_finish(DecoderObject *self, PyObject *Py_UNUSED(ignored))
 {
     fab_state *st = fab_state_from_type(Py_TYPE(self));
@@ -1346,6 +1496,15 @@ static PyMethodDef decoder_methods[] = {
      "far as it goes). Their payloads are views of data, never copies: keep\n"
      "data unchanged while the frames are used, and pass what was left again\n"
      "with more bytes after it. Bad input raises FrameError as feed() does."},
+    {"take_reply", (PyCFunction)(void (*)(void))decoder_take_reply,
+     METH_FASTCALL | METH_KEYWORDS,
+     "take_reply($self, /, limits=None)\n--\n\n"
+     "When the next three queued frames are one stream's STREAM_START (seq 0),\n"
+     "STREAM_CHUNK (seq 1, no flags, its payload decoding to bytes under limits)\n"
+     "and STREAM_END (seq 2) on a stream id other than 0: takes them and returns\n"
+     "(stream_id, start, start_payload, data, end, end_payload) (the START and\n"
+     "END frames, their payloads as bytes, the chunk's bytes); else None with\n"
+     "nothing taken. A chunk that does not decode raises as decode_payload."},
     {"finish", (PyCFunction)decoder_finish, METH_NOARGS,
      "finish($self, /)\n--\n\n"
      "Declare the end of the stream: raises FrameError (violation 'truncated')\n"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import itertools
 import logging
 import random
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
-                     unpack)
+                     unpack, _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
@@ -48,8 +49,9 @@ _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
 _STATS = ("stream.stats", "stream.remote.network")
 _END = object()
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
-_START, _CHUNK, _STREAM_END, _ERROR = (int(k) for k in (
-    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.ERROR))
+_START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
+    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END, FrameKind.ERROR,
+    FrameKind.CONTROL))
 # A single-chunk reply's STREAM_END payload that passed the checks (no claim,
 # not truncated) -> the chunk's size it accounts for: the same bytes again
 # need no decoding (bounded; any process-wide payload is as good as checked).
@@ -435,8 +437,17 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
-        self.watch: asyncio.TimerHandle | None = None
+        self.watch: asyncio.TimerHandle | None = None  # only when the client's loop is closed
+        self.bg_watch: asyncio.TimerHandle | None = None  # on the client's loop thread
         self.watch_at: float | None = None
+        # asyncio's own loop makes a future in a Python method: the same future
+        # is made directly (any other loop's create_future is kept)
+        self.new_future: Callable[[], asyncio.Future[Any]] = (
+            functools.partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is asyncio.BaseEventLoop.create_future
+            else loop.create_future)
+        # (request, grants, timeout, the open's payload) of the last send
+        self.last_open: tuple[EvalRequest, frozenset[str], float | None, bytes] | None = None
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -480,16 +491,42 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         try:
-            self.dec.feed(data)
+            dec = self.dec
+            dec.feed(data)
             if not self.up:
-                for f in self.dec:
+                for f in dec:
                     self._frame(f)
                 return
-            # A reply's frames, inline (a call per frame showed in the
-            # profile): START, then CHUNKs with seq 1, 2, ..., then END; a
-            # START or END whose payload was seen before is not decoded again.
-            calls, limits = self.calls, self.dec.limits
-            for f in self.dec:
+            calls, limits = self.calls, dec.limits
+            # The usual reply, START, one CHUNK of bytes and END on one stream
+            # with seq 0, 1, 2, is taken in one call (FrameDecoder.take_reply);
+            # a START or END whose payload was seen before is not decoded again.
+            while True:
+                r = dec.take_reply(limits)
+                if r is None:
+                    break
+                sid, start, skey, data_, end, ekey = r
+                call = calls.get(sid)
+                if call is None:
+                    continue  # a call given up on: its frames are dropped
+                src = self.sources.get(skey)
+                if src is None:
+                    src = self._source_of(start, skey)
+                if call[1] or _ENDS.get(ekey) != len(data_):
+                    claim = self._checked_end(call, sid, data_, end)
+                else:
+                    claim = None
+                del calls[sid]
+                if not call[0].done():
+                    try:
+                        call[0].set_result((unpack(data_), src, claim))
+                    except DecodeError as exc:
+                        call[0].set_exception(exc)
+                if not dec.pending:
+                    return
+            # Anything else: a reply's frames, inline (a call per frame showed
+            # in the profile): START, then CHUNKs with seq 1, 2, ..., then END.
+            for f in dec:
                 call = calls.get(f.stream_id)
                 kind = f.kind
                 if call is None or kind == _ERROR:
@@ -502,12 +539,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 elif kind == _START:
                     key = bytes(f.payload)
                     src = self.sources.get(key)
-                    if src is None:
-                        src = _source(f.decode_payload(limits), self.node)
-                        if len(self.sources) >= 64:
-                            self.sources.clear()
-                        self.sources[key] = src
-                    call[2] = src
+                    call[2] = self._source_of(f, key) if src is None else src
                 elif kind == _STREAM_END and len(call[1]) == 1 and f.seq == 2 \
                         and _ENDS.get(bytes(f.payload)) == len(call[1][0]):
                     del calls[f.stream_id]  # one chunk, accounted for: the usual reply
@@ -522,6 +554,37 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
                        FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
 
+    def _source_of(self, start: Any, key: bytes) -> str:
+        """A STREAM_START's source (decoded once per payload, kept per channel)."""
+        src = _source(start.decode_payload(self.dec.limits), self.node)
+        if len(self.sources) >= 64:
+            self.sources.clear()
+        self.sources[key] = src
+        return src
+
+    def _checked_end(self, call: list[Any], sid: int, data: bytes, end: Any) -> Any:
+        """A one-chunk reply taken whole whose END was not seen before (or
+        that follows chunks of its stream: frames lost or repeated): checked
+        as ``_frame`` checks it; its claim, or ``ProtocolError`` (the call
+        fails with it)."""
+        limits = self.dec.limits
+        try:
+            if call[1]:
+                raise P.ProtocolError(
+                    f"node {self.node} sent STREAM_CHUNK seq 1 on stream {sid} where seq "
+                    f"{len(call[1]) + 1} was due: frames were lost, repeated or reordered")
+            body = end.decode_payload(limits)
+            _complete(body, 1, len(data), self.node)
+        except P.ProtocolError as exc:
+            del self.calls[sid]
+            if not call[0].done():
+                call[0].set_exception(exc)
+            raise
+        if len(end.payload) < 100 and len(_ENDS) < 256 and isinstance(body, dict) and \
+                body.get("truncated") is False:  # this payload passes: kept
+            _ENDS[bytes(end.payload)] = len(data)
+        return _end_claim(end, limits)
+
     def _frame(self, f: Any) -> None:
         limits = self.dec.limits
         kind, sid = f.kind, f.stream_id
@@ -535,6 +598,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.node = body["node"]
             self.source = f"peer:{self.node}"
             self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
+            self.last_open = None  # checked against the encoder's limit: a new one
             self.ready.set_result(None)
             self.up = True
             return
@@ -622,21 +686,26 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         """Send a request for a single reply: its stream id and the future
         its (record, source, claim) arrives on (awaited by ``aevaluate``
         itself: no coroutine of the channel's in between)."""
-        c = self.client
         sid = next(self.ids)
-        frame = c._open_frame(request, "value", g, t, sid, self.enc)
-        fut: asyncio.Future[Any] = self.loop.create_future()
+        last = self.last_open  # the request asked last on this channel: its open's bytes
+        if last is not None and last[0] is request and last[1] is g and last[2] == t:
+            frame = self.enc.encode(_CONTROL, last[3], stream_id=sid)
+        else:
+            frame = self.client._open_frame(request, "value", g, t, sid, self.enc)
+            self.last_open = (request, g, t, frame[_HEADER:])  # checked against enc's limit
+        fut: asyncio.Future[Any] = self.new_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
-        # per call: one watchdog per channel, due at the earliest deadline.
+        # per call: one watchdog per channel, due at the earliest deadline
+        # (kept on the client's loop thread: _watch).
         if t is None:
             deadline = None
         else:
-            deadline = self.loop.time() + t
+            deadline = time.monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
         self.calls[sid] = [fut, [], self.source, deadline]
         self.transport.write(frame)  # type: ignore[union-attr]
-        c.stats_counters["requests"] += 1
+        self.client.stats_counters["requests"] += 1
         return sid, fut
 
     def gave_up(self, sid: int) -> None:
@@ -646,16 +715,40 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 StreamControl.cancel(sid).to_frame(_OPEN).encode())
 
     def _watch(self, at: float) -> None:
-        if self.watch is not None:
-            self.watch.cancel()
+        """Watch the earliest deadline (``time.monotonic()``) from the client's
+        own loop thread, not with a timer on this loop: a loop holding a
+        timer waits for I/O with a finite timeout, which costs each of its
+        waits a kernel timer (and asyncio's own loop two clock reads and a
+        heap look per turn). Only an earlier deadline re-arms it."""
         self.watch_at = at
-        self.watch = self.loop.call_at(at, self._expire)
+        try:
+            self.client._loop.call_soon_threadsafe(self._arm, at)
+        except RuntimeError:  # the client's loop is closed: a timer on this one
+            if self.watch is not None:
+                self.watch.cancel()
+            self.watch = self.loop.call_later(max(0.0, at - time.monotonic()), self._expire)
+
+    def _arm(self, at: float) -> None:
+        """On the client's loop thread: the watchdog, due at ``at``."""
+        if self.bg_watch is not None:
+            self.bg_watch.cancel()
+        self.bg_watch = None if self.dead else asyncio.get_running_loop().call_later(
+            max(0.0, at - time.monotonic()), self._due)
+
+    def _due(self) -> None:
+        """On the client's loop thread: the check runs on the channel's loop."""
+        self.bg_watch = None
+        if not self.dead and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self._expire)
+            except RuntimeError:  # closed in between
+                pass
 
     def _expire(self) -> None:
         """The watchdog: calls past their deadline fail with a timeout (their
         awaiting coroutine cancels them at the node); the next is watched."""
         self.watch = self.watch_at = None
-        now = self.loop.time()
+        now = time.monotonic()
         nxt = None
         for call in list(self.calls.values()):
             d = call[3]
@@ -1261,7 +1354,9 @@ class NodeClient:
         except asyncio.CancelledError:
             ch.gave_up(sid)
             raise
-        reply = reply_from_record(record, request.key, source)
+        # replies.reply_from_record without its wrapper (an EvalReply of replies')
+        reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
+            record, request.key, source)
         return reply if claim is None else _claimed(reply, claim)
 
     async def _next_events(self, c: _Call, t: float | None) -> list[Any]:

@@ -59,8 +59,7 @@ log = logging.getLogger("fabric.node")
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
 _START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
 _END1: dict[int, bytes] = {}  # a one-chunk reply's size -> its STREAM_END payload
-_START_KIND, _CHUNK_KIND, _END_KIND = (int(k) for k in (
-    FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END))
+_CONTROL_KIND = int(FrameKind.CONTROL)
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "fabric_node_principal_grants", default=frozenset())
@@ -72,7 +71,8 @@ _CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
 
 @dataclass(frozen=True)
 class NodeLimits:
-    """A node's limits (seconds, bytes, counts); every one must be positive."""
+    """A node's limits (seconds, bytes, counts); every one must be positive.
+    ``idle_timeout`` is checked on the node's tick (every 50 ms)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
@@ -178,14 +178,21 @@ class _Conn:
         self.gossip = False
         self.gossip_sent = 0
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
+        # An open's payload -> (request, target, grants) once that open was
+        # checked against this connection's grants and is a single reply:
+        # asked again, it is answered without parsing or checking it again
+        # (the payload and the connection's grants are what the checks read).
+        self.hits: dict[bytes, tuple[Any, Any, frozenset[str]]] = {}
         self.closed = False
         self.paused = False  # the transport's buffer is over its high mark
+        self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
         self._drained: asyncio.Event | None = None
         self.frames_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
         loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[None] = loop.create_future()
+        self.proto: _ConnProtocol | None = None  # past the handshake
         # Test faults (fabric.node.faults), only when the node was given some.
         self.faults = None if node.faults is None else node.faults.connection(
             self._write, self.abort, loop.call_later)
@@ -213,7 +220,14 @@ class _Conn:
                 transport.write(data)
             else:
                 self.faults.send(data)
-        if transport.get_write_buffer_size() > self.node.limits.output_buffer:
+        # Unpaused, the transport holds at most its high mark (64 KiB, set
+        # with the protocol): measured only when paused or the cap is below it.
+        if self.paused or self.small_cap:
+            self.check_output()
+
+    def check_output(self) -> None:
+        """Disconnect a peer whose unread output is over the node's cap."""
+        if self.transport.get_write_buffer_size() > self.node.limits.output_buffer:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
                         self.peer, self.node.limits.output_buffer)
@@ -356,6 +370,7 @@ class Node:
         self._clients: list[Any] = []
         self._conns: set[_Conn] = set()
         self._stats: dict[str, int] = {}
+        self._inline_hits = 0  # answered by _answer_hit: folded in by _counters()
         self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
@@ -364,6 +379,11 @@ class Node:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
+        # The node's clock runs on a thread of its own (_ticks): its loop
+        # holds no timer between requests (see serve()).
+        self._tick_evt: asyncio.Event | None = None
+        self._tick_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
         self._start_error: BaseException | None = None
         # Requests count 1 each and a principal's turn admits one: round robin
         # (a budget-sized quantum would let a flooding principal go first for long).
@@ -405,7 +425,7 @@ class Node:
     def stats(self) -> dict[str, Any]:
         """Counters: connections, requests, refusals, queues, the fabric's own."""
         return {"node": self.node_id, "incarnation": self.incarnation,
-                "connections": len(self._conns), **self._stats,
+                "connections": len(self._conns), **self._counters(),
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
                 "gossip": self._gossip.stats(), "links": self._links(),
                 "leases": self.home.stats() if self.home is not None else {},
@@ -472,7 +492,7 @@ class Node:
         gov = self.fabric.governor
         return _snap.encode(self.node_id, self.incarnation, holdings,
                             None if gov is None else gov.export_state(),
-                            {k: v for k, v in self._stats.items()}, pending, streams)
+                            self._counters(), pending, streams)
 
     @classmethod
     def restore(cls, data: bytes, cassette: Any = None, **kwargs: Any) -> "Node":
@@ -491,6 +511,16 @@ class Node:
             kwargs["governor"] = PeerGovernor.from_state(state.governor)
         return cls(cassette, _restored=state, **kwargs)
 
+    def _counters(self) -> dict[str, int]:
+        """The node's counters (a copy), the hits answered inline folded in
+        (counted apart, one int, on their path)."""
+        stats = dict(self._stats)
+        hits = self._inline_hits
+        if hits:
+            for name in ("requests", "replies", "hits_inline"):
+                stats[name] = stats.get(name, 0) + hits
+        return stats
+
     def _stat(self, name: str, n: int = 1) -> None:
         self._stats[name] = self._stats.get(name, 0) + n
 
@@ -502,8 +532,18 @@ class Node:
         self._stop_evt = asyncio.Event()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
+        # A loop holding a timer waits for I/O with a finite timeout, which
+        # costs each wait a kernel timer (and asyncio's own loop two clock
+        # reads and a heap look per turn): the node's periodic work (gossip
+        # ticks, idle connections) is woken from a thread, not by a timer.
+        self._tick_evt = asyncio.Event()
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
                                                   ssl=self.tls, limit=1 << 16)
+        self._tick_stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=_ticks, args=(self._loop, self._tick_evt, self._tick_stop),
+            name=f"fabric-node-{self.node_id}-clock", daemon=True)
+        self._ticker.start()
         sock = self._server.sockets[0].getsockname()
         self._bound = (sock[0], sock[1])
         log.info("node %s listening on %s:%d (event loop: %s)", self.node_id, *self._bound,
@@ -559,6 +599,10 @@ class Node:
         for t in [*pumps, *self._link_tasks]:
             t.cancel()
         await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
+        self._tick_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)  # it waits at most one tick
+            self._ticker = None
         for cl in self._clients:
             await cl._aclose()
         if self.home is not None:
@@ -704,17 +748,29 @@ class Node:
                 first.set_result(None)
 
     async def _gossip_pump(self) -> None:
-        assert self._gossip_wake is not None
+        """Every tick (_TICK, from the clock thread): idle connections are
+        closed, and gossip runs (a tick also catches announces made by
+        threads: the holding index has no listener hook)."""
+        assert self._gossip_wake is not None and self._tick_evt is not None
         while True:
-            # A short tick, not wait_for(event): this pump must end at once
-            # when cancelled, and a tick also catches announces made by
-            # threads (the holding index has no listener hook).
-            await asyncio.sleep(0.05)
+            await self._tick_evt.wait()  # ends at once when cancelled
+            self._tick_evt.clear()
             self._gossip_wake.clear()
+            self._close_idle()
             try:
                 self._gossip.tick()  # deltas, anti-entropy, membership, learned links
             except Exception:  # a bug must not end gossip for good
                 log.exception("node %s: gossip tick failed", self.node_id)
+
+    def _close_idle(self) -> None:
+        """Close the connections past their handshake that received nothing
+        for ``limits.idle_timeout`` seconds (checked every tick)."""
+        now = time.monotonic()
+        idle = self.limits.idle_timeout
+        for conn in list(self._conns):
+            proto = conn.proto
+            if proto is not None and now - proto.last_rx >= idle:
+                proto.idle_out(idle)
 
     # -- connections -------------------------------------------------------------
     async def _accept(self, reader: asyncio.StreamReader,
@@ -854,10 +910,11 @@ class Node:
         elif hasattr(transport, "is_reading") and not transport.is_reading():
             # the stream paused reading when its buffer was full
             transport.resume_reading()  # type: ignore[attr-defined]
+        conn.proto = proto  # for the idle check on the node's tick
         try:
             await proto.done
         finally:
-            proto.stop_timer()
+            conn.proto = None
 
     def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder) -> None:
         kind, sid = f.kind, f.stream_id
@@ -880,7 +937,7 @@ class Node:
                         if len(self._opens) >= 1024:
                             self._opens.pop(next(iter(self._opens)))
                         self._opens[payload] = (ctl, parsed)
-                self._queue_request(conn, sid, parsed)
+                self._queue_request(conn, sid, parsed, payload)
             elif ctl.op == "stats":
                 _status.answer(self, conn, sid)
             elif ctl.op in ("cancel", "close"):
@@ -930,7 +987,38 @@ class Node:
                               count=fields["count"], stream=sid or None))
 
     # -- requests ----------------------------------------------------------------
-    def _queue_request(self, conn: _Conn, sid: int, parsed: Any) -> None:
+    def _answer_hit(self, conn: _Conn, sid: int, hit: tuple[Any, Any, frozenset[str]]) -> bool:
+        """An open this connection sent before (checked then: ``conn.hits``),
+        answered from the read callback when it is held, a slot is free and
+        nobody waits; False when it must take the general path (which
+        checks and queues it as any open)."""
+        req, target, g = hit
+        if (sid == 0 or sid in conn.tasks or self._running >= self.limits.max_running
+                or self._run_q._active or (self._stop_evt is not None and self._stop_evt.is_set())
+                or req.key not in self.cassette):
+            return False
+        try:
+            reply = target.evaluate(req, grants=g)
+        except Exception as exc:
+            self._stat("requests")
+            self._stat("errors")
+            conn.send_error(sid, exc)
+            return True
+        data = canonical_bytes(reply_record(reply))
+        start, end1 = _START.get(reply.source), _END1.get(len(data))
+        if (start is None or end1 is None or self.signer is not None or conn.closed
+                or conn.faults is not None or len(data) > conn.max_frame - 16):
+            self._send_value(conn, sid, reply)  # the general path (it fills the caches)
+        else:  # _send_value's usual reply and conn.send's write, inline
+            out = conn.enc.encode_reply(sid, start, data, end1)
+            conn.bytes_out += len(out)
+            conn.transport.write(out)
+            if conn.paused or conn.small_cap:
+                conn.check_output()
+        self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
+        return True
+
+    def _queue_request(self, conn: _Conn, sid: int, parsed: Any, payload: bytes = b"") -> None:
         stats = self._stats
         stats["requests"] = stats.get("requests", 0) + 1
         if self._stop_evt is not None and self._stop_evt.is_set():
@@ -944,6 +1032,12 @@ class Node:
             # matters when requests wait).
             try:
                 target, g = self._target(conn, parsed)
+                if payload and len(payload) <= 4096:
+                    # checked against this connection's grants and targeted:
+                    # asked again, answered by _answer_hit (bounded per connection)
+                    if len(conn.hits) >= 256:
+                        conn.hits.pop(next(iter(conn.hits)))
+                    conn.hits[payload] = (req, target, g)
                 reply = target.evaluate(req, grants=g)
             except Exception as exc:
                 self._stat("errors")
@@ -1038,9 +1132,7 @@ class Node:
                     _END1.clear()
                 end1 = _END1[len(data)] = canonical_bytes(
                     {"chunks": 1, "bytes": len(data), "truncated": False})
-            conn.send(enc.encode(_START_KIND, start, stream_id=sid)
-                      + enc.encode_value(_CHUNK_KIND, data, stream_id=sid, seq=1)
-                      + enc.encode(_END_KIND, end1, stream_id=sid, seq=2))
+            conn.send(enc.encode_reply(sid, start, data, end1))  # the three frames, one call
             return
         end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
         if self.signer is not None and reply.key is not None:
@@ -1229,9 +1321,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.done = done
         self.window_start = time.monotonic()
         self.count = 0
-        self.last_rx = self.window_start
-        self.timer: asyncio.TimerHandle | None = done.get_loop().call_later(
-            node.limits.idle_timeout, self._idle_check)
+        self.last_rx = self.window_start  # the idle check reads it (Node._close_idle)
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
@@ -1241,18 +1331,11 @@ class _ConnProtocol(asyncio.BufferedProtocol):
             else:
                 self.done.set_exception(exc)
 
-    def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _idle_check(self) -> None:
-        idle = self.node.limits.idle_timeout
-        quiet = time.monotonic() - self.last_rx
-        if quiet < idle:
-            self.timer = self.done.get_loop().call_later(idle - quiet, self._idle_check)
+    def idle_out(self, idle: float) -> None:
+        """Nothing arrived for ``idle`` seconds: the peer is told, the
+        connection ends."""
+        if self.done.done():
             return
-        self.timer = None
         self.node._stat("idle_timeouts")
         log.info("closing %s (principal %s): idle for %s s", self.conn.peer,
                  self.conn.principal, idle)
@@ -1284,6 +1367,12 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                         raise P.LimitExceeded(f"more than max_frame_rate={rate} frames "
                                               f"in one second")
                     self.window_start, self.count = now, 1
+                if f.kind == _CONTROL_KIND:  # an open asked before: answered at once
+                    hit = conn.hits.get(bytes(f.payload))
+                    if hit is not None and node._answer_hit(conn, f.stream_id, hit):
+                        if conn.closed:
+                            break
+                        continue
                 node._dispatch(conn, f, dec)
                 if conn.closed:
                     break
@@ -1333,6 +1422,17 @@ async def _linger(conn: _Conn) -> None:
 
 
 _LOCAL = threading.local()
+_TICK = 0.05  # seconds between the node's ticks (gossip, idle connections)
+
+
+def _ticks(loop: asyncio.AbstractEventLoop, tick: asyncio.Event, stop: threading.Event) -> None:
+    """The node's clock, on a thread of its own: sets ``tick`` on ``loop``
+    every ``_TICK`` seconds until ``stop`` is set or the loop closes."""
+    while not stop.wait(_TICK):
+        try:
+            loop.call_soon_threadsafe(tick.set)
+        except RuntimeError:  # the loop closed
+            return
 
 
 def _read_buffer() -> memoryview:

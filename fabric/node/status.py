@@ -96,7 +96,7 @@ def node_status(node: Any) -> dict[str, Any]:
     on the node's loop thread (or on a stopped node)."""
     from .. import __version__
 
-    stats = dict(node._stats)
+    stats = node._counters()
     conns = list(node._conns)
     by_principal: dict[str, int] = {}
     for c in conns:
