@@ -3022,16 +3022,23 @@ static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t bl
                 copy_records(dst, buf, blen, blen / 2);
             hold_wait(l);
         }
-        if (store_guarded(dst, buf, blen, data, dlen) < 0) {
-            /* The file was cut short underneath (another program): the
-             * page keeps end 0, and the next holder looks at the file. */
-            l->append_ok = 0;
-            l->reserved = l->end;
-            set_err(err, FAB_EIO, EIO, off, 1,
-                    "the ledger file was truncated by another program during an append");
-            return FAB_EIO;
-        }
-        return FAB_OK;
+        if (store_guarded(dst, buf, blen, data, dlen) == 0)
+            return FAB_OK;
+        /* The file is shorter than the space this handle knew reserved:
+         * cut by another program above the records. Reserve again and
+         * store again (over the same bytes). */
+        l->reserved = l->end;
+        if ((rc = reserve_locked(l, off + total, err)) == 0 &&
+            store_guarded(dst, buf, blen, data, dlen) == 0)
+            return FAB_OK;
+        /* The page keeps end 0: the next holder looks at the file. */
+        l->append_ok = 0;
+        l->reserved = l->end;
+        if (rc < 0)
+            return rc;
+        set_err(err, FAB_EIO, EIO, off, 1,
+                "the ledger file was truncated by another program during an append");
+        return FAB_EIO;
     }
     if (hold_here(l)) {
         if (l->hold_torn && blen > 1)
