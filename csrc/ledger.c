@@ -18,6 +18,12 @@
  * other's lock. A forked child shares its parent's open files (and so
  * their locks): the pthread_atfork child handler marks every ledger, and
  * the child's first append reopens the path.
+ *
+ * Writers under the lock page, and exclusive writers, copy their records
+ * into a writable shared mapping of space reserved ahead with fallocate
+ * (put_locked; spec: Appends through the mapping): the file ends with
+ * zeros after the records, a zero magic at a record boundary ends them,
+ * and the last writer to close trims the zeros.
  */
 #include "fabric/ledger.h"
 
