@@ -977,17 +977,20 @@ static int all_zero(const uint8_t *base, uint64_t from, uint64_t to)
 }
 
 /*
- * From off, where a zero magic stands: walks over the records of an
+ * From off, where a zero magic stood: walks over the records of an
  * unfinished append through the mapping (a zero magic, then a header that
  * is valid with the magic put back, whose claimed extent lies in the file;
- * the records of one append get their magics last, first to last). Returns
- * where the search for a following valid record starts: after the last of
- * them, else off + 1 (a reply holding ledger bytes cannot fake a record).
+ * the records of one append get their magics last, first to last). A
+ * record whose magic is there by now counts alike: a live writer may be
+ * storing the magics while this looks. Returns where the search for a
+ * following valid record starts: after the last of them, else off + 1 (a
+ * reply holding ledger bytes cannot fake a record).
  */
 static uint64_t skip_unfinished(const uint8_t *base, uint64_t len, uint64_t off)
 {
     uint64_t at = off;
-    while (len - at >= FAB_LEDGER_REC_OVERHEAD && zero_magic(base, len, at)) {
+    while (len - at >= FAB_LEDGER_REC_OVERHEAD &&
+           (zero_magic(base, len, at) || memcmp(base + at, REC_MAGIC, 4) == 0)) {
         uint8_t h[16];
         memcpy(h, REC_MAGIC, 4);
         memcpy(h + 4, base + at + 4, 12);
@@ -1073,7 +1076,7 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
                 fab_ledger_error *err)
 {
     uint64_t off = start, size, claimed, next_progress = start + PROGRESS_STEP;
-    uint64_t next_prefault = start;
+    uint64_t next_prefault = start, looked_again = NONE;
     res->torn_at = NONE;
     res->corrupt_at = NONE;
     if (s->prefault && s->len > start) {
@@ -1085,7 +1088,13 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
             prefault(s, off);
             next_prefault = (off & ~(PREFAULT_CHUNK - 1)) + PREFAULT_CHUNK;
         }
-        if (rec_valid(s->base, s->len, off, &size, &claimed)) {
+        /* An invalid record whose magic is there when looked at again was
+         * being appended through the mapping while this looked (its magic
+         * is stored last): valid now. */
+        int zero = 0;
+        if (rec_valid(s->base, s->len, off, &size, &claimed) ||
+            (!(zero = zero_magic(s->base, s->len, off)) &&
+             rec_valid(s->base, s->len, off, &size, &claimed))) {
             const uint8_t *p = s->base + off;
             if (s->fn) {
                 int rc = s->fn(s->ctx, off, p[4], p + FAB_LEDGER_REC_HEADER,
@@ -1105,7 +1114,7 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
             continue;
         }
         uint64_t from = off + 1, next;
-        if (zero_magic(s->base, s->len, off)) {
+        if (zero) {
             int clean;
             if (s->quick || look_after_zero(s, off, &next, &clean) < 0)
                 break; /* the end of the records (res->valid_end = off) */
@@ -1124,6 +1133,16 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
                 res->torn_at = off;
                 break;
             }
+        }
+        /* A valid record after a bad one. The bad one may be an append in
+         * progress in another process when this looked at it, finished
+         * since (and followed by the next append): look at it once more.
+         * A record stays valid once written whole, and a later append
+         * starts after it is, so a record that became valid was being
+         * appended; one still bad is corruption. */
+        if (looked_again != off) {
+            looked_again = off;
+            continue;
         }
         if (s->recover != FAB_RECOVER_SALVAGE) {
             res->corrupt_at = off;

@@ -169,3 +169,47 @@ def test_golden_files_with_reserved_space_read_alike_and_append(tmp_path):
         assert recs[-1][0] == len(data) and len(out) == len(data) + 52 + len(recs[-1][3])
         with EvalCassette(str(p), "r", recover="strict") as c:
             assert c.get(key("new")) == "new"
+
+
+BATCHER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+c = EvalCassette(sys.argv[1], durability="os")
+for i in range(int(sys.argv[2])):
+    req = EvalRequest("op", ["r", i])
+    assert c.record(req.key, {"i": i}, request=req) is True
+    w = c.record_stream(EvalRequest("op", ["s", i]).key)
+    for j in range(i % 5 + 2):
+        w.append(j)
+    assert w.close() is True
+    if i == 100:
+        print("appending", flush=True)
+print("done", flush=True)
+"""
+
+
+def test_strict_opens_while_a_writer_appends_batches(tmp_path):
+    """A strict open reads the file while another process stores appends
+    of several records (a REQUEST and its REPLY, a batch of stream items)
+    into the mapping, their magics last: a record whose magic appears
+    while the open looks at it is an append in progress, never corruption
+    (the open looks at a bad record again before it says so)."""
+    import select
+
+    path = str(tmp_path / "b.fabl")
+    n = 20000
+    child = spawn(BATCHER, path, n)
+    try:
+        assert readline(child) == "appending\n"
+        seen = opens = 0
+        while not select.select([child.stdout], [], [], 0)[0]:  # until it says done
+            with EvalCassette(path, "r", recover="strict", checkpoint=False) as r:
+                assert len(r) >= seen
+                seen = len(r)
+            opens += 1
+        assert readline(child) == "done\n"
+    finally:
+        child.kill()
+        child.wait()
+    with EvalCassette(path, "r", recover="strict") as r:
+        assert len(r) == 2 * n >= seen
