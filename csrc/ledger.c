@@ -551,6 +551,18 @@ static int shl_open(const struct stat *ledger, shl *out)
             close(fd);
             return -1;
         }
+        /* A page nobody else uses may be a leftover of a file whose inode
+         * number this ledger reuses (its last user killed): forget what it
+         * says of the file (0 is always safe: unknown, look at the file). */
+        struct flock fl;
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_len = 1;
+        if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK) {
+            atomic_store(&p->end, 0);
+            atomic_store(&p->reserved, 0);
+        }
         out->fd = fd;
         out->p = p;
         out->id = p->id;
@@ -2101,6 +2113,7 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     view_free(&old);
     l->gen++;
     l->reloads++;
+    l->looked_ns = 0; /* the first append to this file looks at it (fstat) */
     return (int)(l->records > INT32_MAX ? INT32_MAX : l->records);
 }
 
