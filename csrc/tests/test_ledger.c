@@ -310,13 +310,22 @@ static void test_exhaustive_corruption(void)
                 fprintf(stderr, "    truncation at %zu misclassified\n", p);
         }
     }
-    /* Zero-filled regions never validate: zero the tail from each record on. */
+    /* Zero-filled regions never validate: zero the tail from each record
+     * on. At a record's start that is the end of the records (the space a
+     * writer reserves after them), not a torn tail; from inside a record
+     * it is torn. */
     for (size_t r = 0; r < im.n; r++) {
         memcpy(work, im.data, im.len);
         memset(work + im.starts[r], 0, im.len - im.starts[r]);
         collect c = {&im, 0, 0};
         fab_ledger_scan_result res;
         CHECK_EQ(fab_ledger_scan_mem(work, im.len, 0, collect_rec, &c, &res, NULL), 0);
+        CHECK_EQ(res.records, r);
+        CHECK_EQ(res.torn_at, UINT64_MAX);
+        CHECK_EQ(res.valid_end, im.starts[r]);
+        memcpy(work, im.data, im.len);
+        memset(work + im.starts[r] + 5, 0, im.len - im.starts[r] - 5);
+        CHECK_EQ(fab_ledger_scan_mem(work, im.len, 0, NULL, NULL, &res, NULL), 0);
         CHECK_EQ(res.records, r);
         CHECK_EQ(res.torn_at, im.starts[r]);
     }
@@ -378,12 +387,12 @@ static void test_salvage(void)
 
 /* ---- fault injection ---------------------------------------------------------- */
 
-enum { F_WRITE, F_SYNC, F_TRUNC };
+enum { F_WRITE, F_SYNC, F_TRUNC, F_FALLOC };
 static struct {
     int kind;      /* which call fails */
     int nth;       /* the N-th call of that kind (1-based) fails */
     int err;       /* errno, or 0 for a short write followed by ENOSPC */
-    int calls[3];
+    int calls[4];
     int fired;
     int also_trunc; /* when a write fails, the truncate fails too */
     int short_pending;
@@ -431,11 +440,25 @@ static int f_ftruncate(int fd, off_t len)
     return ftruncate(fd, len);
 }
 
-static const fab_ledger_io fault_io = {f_pwrite, f_fdatasync, f_ftruncate};
+static int f_fallocate(int fd, off_t off, off_t len)
+{
+    int n = ++fault.calls[F_FALLOC];
+    if (fault.kind == F_FALLOC && (n == fault.nth || fault.nth < 0)) {
+        fault.fired = 1;
+        errno = fault.err;
+        return -1;
+    }
+    return fallocate(fd, 0, off, len);
+}
+
+/* Without fallocate every append is a pwrite; with it, appends go
+ * through the mapping (spec: Appends through the mapping). */
+static const fab_ledger_io fault_io = {f_pwrite, f_fdatasync, f_ftruncate, NULL};
+static const fab_ledger_io fault_io_mapped = {f_pwrite, f_fdatasync, f_ftruncate, f_fallocate};
 
 /* Runs one workload with the fault armed; checks what survives. Returns 1
  * while the fault fired (so the caller tries the next N). */
-static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
+static int fault_round(int kind, int nth, int err, int also_trunc, int dur, int mapped)
 {
     char path[512];
     path_for(path, sizeof(path), "fault.fabl");
@@ -448,7 +471,8 @@ static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
     int acked[N] = {0}, stream_acked = 0;
     int rc;
     fab_ledger_error e;
-    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0, &fault_io, &rc, &e);
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0,
+                                mapped ? &fault_io_mapped : &fault_io, &rc, &e);
     uint8_t key[32], buf[400];
     if (l) {
         int sync_failed = 0;
@@ -531,19 +555,25 @@ static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
 static void test_fault_injection(void)
 {
     static const struct {
-        int kind, err, also_trunc, dur;
+        int kind, err, also_trunc, dur, mapped;
     } plans[] = {
-        {F_WRITE, ENOSPC, 0, FAB_DUR_FSYNC}, {F_WRITE, EIO, 0, FAB_DUR_FSYNC},
-        {F_WRITE, 0, 0, FAB_DUR_FSYNC},      {F_WRITE, ENOSPC, 1, FAB_DUR_FSYNC},
-        {F_SYNC, EIO, 0, FAB_DUR_FSYNC},     {F_SYNC, ENOSPC, 0, FAB_DUR_FSYNC},
-        {F_SYNC, EIO, 0, FAB_DUR_GROUP},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC},
-        {F_WRITE, ENOSPC, 0, FAB_DUR_OS},    {F_WRITE, 0, 1, FAB_DUR_OS},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_FSYNC, 0}, {F_WRITE, EIO, 0, FAB_DUR_FSYNC, 0},
+        {F_WRITE, 0, 0, FAB_DUR_FSYNC, 0},      {F_WRITE, ENOSPC, 1, FAB_DUR_FSYNC, 0},
+        {F_SYNC, EIO, 0, FAB_DUR_FSYNC, 0},     {F_SYNC, ENOSPC, 0, FAB_DUR_FSYNC, 0},
+        {F_SYNC, EIO, 0, FAB_DUR_GROUP, 0},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC, 0},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_OS, 0},    {F_WRITE, 0, 1, FAB_DUR_OS, 0},
+        /* through the mapping: the reservation, the sync, the trims fail */
+        {F_FALLOC, ENOSPC, 0, FAB_DUR_FSYNC, 1}, {F_FALLOC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_FALLOC, EOPNOTSUPP, 0, FAB_DUR_OS, 1}, {F_SYNC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_SYNC, EIO, 0, FAB_DUR_GROUP, 1},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_OS, 1},
     };
     int rounds = 0;
     for (size_t p = 0; p < sizeof(plans) / sizeof(plans[0]); p++)
         for (int nth = 1; nth < 200; nth++) {
             rounds++;
-            if (!fault_round(plans[p].kind, nth, plans[p].err, plans[p].also_trunc, plans[p].dur))
+            if (!fault_round(plans[p].kind, nth, plans[p].err, plans[p].also_trunc, plans[p].dur,
+                             plans[p].mapped))
                 break;
         }
     printf("    %d fault-injection rounds\n", rounds);
@@ -1425,9 +1455,12 @@ static void test_requests(void)
     struct stat sb;
     key_of(key, 1);
     CHECK_EQ(fab_ledger_record_req(a, key, "req-one", 7, "\x01", 1, 0, NULL), 1);
+    fab_ledger_stats st0;
+    fab_ledger_get_stats(a, &st0);
+    CHECK_EQ(st0.bytes, 64 + 52 + 7 + 52 + 1);
     CHECK_EQ(stat(path, &sb), 0);
-    off_t size = sb.st_size;
-    CHECK_EQ((uint64_t)size, 64 + 52 + 7 + 52 + 1);
+    off_t size = sb.st_size; /* the records and the space reserved after them */
+    CHECK_EQ((uint64_t)size, st0.bytes + st0.reserved_bytes);
     /* held: neither a second REQUEST nor a REPLY */
     CHECK_EQ(fab_ledger_record_req(a, key, "req-two", 7, "\x02", 1, 0, NULL), 0);
     CHECK_EQ(stat(path, &sb), 0);
@@ -1608,6 +1641,189 @@ static void test_lock_page(void)
     CHECK_EQ(system(cmd), 0);
 }
 
+/* Appends through the mapping (spec: Appends through the mapping): space
+ * reserved ahead reads as the end of the records (strict), a reader sees
+ * records appended into it, a dead writer's unfinished append (a zero
+ * magic, then its bytes, even a reply holding ledger bytes) is a torn tail
+ * that the next writer cuts, zeros followed by a valid record are
+ * corruption, a full disk fails at the reservation, a file system without
+ * fallocate gets pwrite, and the last writer to close trims the tail. */
+static size_t make_record(uint8_t *out, unsigned k, const void *payload, size_t n)
+{
+    uint8_t key[32];
+    key_of(key, k);
+    fab_ledger_make_rec_header(out, FAB_REC_REPLY, key, payload, n);
+    memcpy(out + FAB_LEDGER_REC_HEADER, key, 32);
+    memcpy(out + FAB_LEDGER_REC_OVERHEAD, payload, n);
+    return FAB_LEDGER_REC_OVERHEAD + n;
+}
+
+static void test_reserved_tail(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    fab_ledger_error err;
+    struct stat sb;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-tail-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    path_for(path, sizeof(path), "tail.fabl");
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    for (unsigned i = 0; i < 50; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    fab_ledger_get_stats(w, &st);
+    CHECK_EQ(st.append_lock, 2);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK(st.reserved_bytes > 0);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes + st.reserved_bytes);
+
+    /* a strict open: the zero tail is the end of the records, not torn */
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 50);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(st.torn_bytes, 0);
+    /* records appended into the tail (the file does not grow) are seen */
+    key_of(key, 50);
+    CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, 50), NULL), 1);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.len, reply_of(buf, 50));
+    CHECK_MEM(ref.data, buf, ref.len);
+    CHECK_EQ(stat(path, &sb), 0);
+    fab_ledger_get_stats(w, &st);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes + st.reserved_bytes);
+    uint64_t end = st.bytes;
+
+    /* a dead writer's unfinished append: every byte but the magic, its
+     * reply a whole valid record (ledger bytes), which must not pass for
+     * a record after a gap */
+    uint8_t inner[64], outer[256];
+    size_t ni = make_record(inner, 60, "in", 2);
+    size_t no = make_record(outer, 51, inner, ni);
+    memset(outer, 0, 4);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0);
+    CHECK_EQ(pwrite(fd, outer, no, (off_t)end), (ssize_t)no);
+    fab_ledger *r2 = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r2), 51);
+    fab_ledger_get_stats(r2, &st);
+    CHECK(st.torn_bytes > 0);
+    fab_ledger_close(r2);
+    /* the next writer cuts it when it opens (a lock holder in doubt) */
+    fab_ledger *w2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_get_stats(w2, &st);
+    CHECK_EQ(st.torn_tails_cut, 1);
+    key_of(key, 52);
+    CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, 52), NULL), 1);
+    key_of(key, 53);
+    CHECK_EQ(fab_ledger_record(w2, key, buf, reply_of(buf, 53), NULL), 1);
+    fab_ledger_close(w2);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK((uint64_t)sb.st_size > end); /* w still open: its tail stays */
+    fab_ledger_close(w);
+    fab_ledger_close(r);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 53);
+    key_of(key, 51);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 0);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes); /* the last to close trimmed it */
+    CHECK_EQ(st.reserved_bytes, 0);
+    end = st.bytes;
+    fab_ledger_close(r);
+
+    /* zeros, then a valid record: corruption, at the zeros */
+    uint8_t zeros[100] = {0};
+    CHECK_EQ(pwrite(fd, zeros, sizeof(zeros), (off_t)end), (ssize_t)sizeof(zeros));
+    ni = make_record(inner, 61, "late", 4);
+    CHECK_EQ(pwrite(fd, inner, ni, (off_t)end + 100), (ssize_t)ni);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, &err);
+    CHECK_EQ(rc, FAB_ECORRUPT);
+    CHECK_EQ(err.offset, end);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_SALVAGE, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 54);
+    fab_ledger_close(r);
+    CHECK_EQ(ftruncate(fd, (off_t)end), 0);
+    close(fd);
+
+    /* a full disk: the reservation fails, nothing is written, the ledger
+     * goes on once there is room */
+    memset(&fault, 0, sizeof(fault));
+    fault.kind = F_FALLOC;
+    fault.nth = -1;
+    fault.err = ENOSPC;
+    fab_ledger *x = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, &fault_io_mapped, &rc,
+                                NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 70);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 70), &err), FAB_EIO);
+    CHECK_EQ(err.sys_errno, ENOSPC);
+    CHECK(strstr(err.msg, "reserving space") != NULL);
+    CHECK_EQ(fab_ledger_lookup(x, key, 0, &ref, NULL), 0);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, end);
+    fault.kind = -1;
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 70), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK_EQ(st.failed, 0);
+    fab_ledger_close(x);
+    /* a file system without fallocate: pwrite */
+    memset(&fault, 0, sizeof(fault));
+    fault.kind = F_FALLOC;
+    fault.nth = -1;
+    fault.err = EOPNOTSUPP;
+    x = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, &fault_io_mapped, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 71);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 71), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 0);
+    CHECK_EQ(st.reserved_bytes, 0);
+    fab_ledger_close(x);
+
+    /* an exclusive writer whose reserved space another program cut (to
+     * the page after the records): the store faults in the guard, and the
+     * space is reserved and the record stored again */
+    x = open_exclusive(path, &rc, &err);
+    CHECK_EQ(rc, 0);
+    key_of(key, 72);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 72), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK_EQ(truncate(path, (off_t)((st.bytes + 4095) & ~(uint64_t)4095)), 0);
+    static uint8_t big[9000];
+    memset(big, 0x5a, sizeof(big));
+    key_of(key, 73);
+    CHECK_EQ(fab_ledger_record(x, key, big, sizeof(big), NULL), 1);
+    fab_ledger_close(x);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 57);
+    for (unsigned i = 70; i < 74; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    }
+    CHECK_EQ(ref.len, sizeof(big));
+    CHECK_MEM(ref.data, big, sizeof(big));
+    fab_ledger_close(r);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1631,6 +1847,7 @@ int main(void)
         {"index_many", test_index_many},
         {"requests", test_requests},
         {"lock_page", test_lock_page},
+        {"reserved_tail", test_reserved_tail},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)
