@@ -185,17 +185,6 @@ static uint64_t hash_seed(void)
     return seed;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    /* splitmix64's finalizer */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 /* 0 if key may be added; -1 with an exception (a DecodeError naming the
  * duplicate or the flood, at offset `at` of d's reader) if not. held_nan:
  * the key holds a NaN. */
@@ -248,7 +237,7 @@ static int keycheck_add(dctx *d, keycheck *c, PyObject *key, size_t at, int held
         }
         c->cap = cap;
     }
-    size_t j = (size_t)mix64((uint64_t)h ^ hash_seed()) & (c->cap - 1);
+    size_t j = (size_t)fab__mix64((uint64_t)h ^ hash_seed()) & (c->cap - 1);
     while (c->t[j].count != 0 && c->t[j].h != h)
         j = (j + 1) & (c->cap - 1);
     c->t[j].h = h;
