@@ -1226,8 +1226,13 @@ static int ix_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t
  * are already in the mapping, so their keys are hashed and their slots
  * prefetched PF_DEPTH records in advance (following the unvalidated length
  * fields: a wrong guess only wastes a prefetch, since the slot address is
- * masked into the table). The index is also sized once from an early
- * estimate instead of doubling its way up, rehashing every key each time.
+ * masked into the table). A hash made ahead is used only for the key it
+ * was made from: the bytes ahead may change before the replay gets there
+ * (past the last record lie the reserved zeros, where another process's
+ * append through the mapping lands while an unlocked replay runs), and a
+ * key indexed under another key's hash is never found again. The index is
+ * also sized once from an early estimate instead of doubling its way up,
+ * rehashing every key each time.
  */
 #define PF_DEPTH 8
 
@@ -1238,19 +1243,21 @@ typedef struct replay_ctx {
     uint64_t pf;                 /* next offset to hash and prefetch */
     uint64_t ring_off[PF_DEPTH]; /* offsets hashed ahead, in order */
     uint64_t ring_hash[PF_DEPTH];
+    uint8_t ring_key[PF_DEPTH][32]; /* the bytes each was made from */
     unsigned head, n;
     uint64_t seen;               /* records replayed */
     int sized;                   /* the size estimate was made */
 } replay_ctx;
 
-/* The index hash of the key of the record at off, from the ring when it
- * was hashed ahead; then refills the ring. */
+/* The index hash of the key of the record at off (validated), from the
+ * ring when it was hashed ahead from the same bytes; then refills the
+ * ring. */
 static uint64_t replay_hash(replay_ctx *r, uint64_t off, const uint8_t *key)
 {
     fab_lindex *ix = &r->l->ix;
     uint64_t hash = 0;
     while (r->n && r->ring_off[r->head] <= off) {
-        if (r->ring_off[r->head] == off)
+        if (r->ring_off[r->head] == off && memcmp(r->ring_key[r->head], key, 32) == 0)
             hash = r->ring_hash[r->head];
         r->head = (r->head + 1) % PF_DEPTH;
         r->n--;
@@ -1263,10 +1270,12 @@ static uint64_t replay_hash(replay_ctx *r, uint64_t off, const uint8_t *key)
     }
     while (r->n < PF_DEPTH && r->pf < r->len && r->len - r->pf >= FAB_LEDGER_REC_OVERHEAD) {
         const uint8_t *p = r->base + r->pf;
-        uint64_t h = fab_lindex_hash(ix, p + FAB_LEDGER_REC_HEADER);
+        unsigned tail = (r->head + r->n) % PF_DEPTH;
+        /* hashed from a copy: the mapping may change under the hash */
+        memcpy(r->ring_key[tail], p + FAB_LEDGER_REC_HEADER, 32);
+        uint64_t h = fab_lindex_hash(ix, r->ring_key[tail]);
         if (ix->slots)
             __builtin_prefetch(&ix->slots[(size_t)h & ix->mask], 1);
-        unsigned tail = (r->head + r->n) % PF_DEPTH;
         r->ring_off[tail] = r->pf;
         r->ring_hash[tail] = h;
         r->n++;
