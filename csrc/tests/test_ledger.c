@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -1897,6 +1898,244 @@ static void test_replay_beside_an_append(void)
     unlink(path);
 }
 
+/* Writer processes appending through the mapping while another compacts
+ * in place again and again, one writer SIGKILLed midway: every record a
+ * writer was told is recorded is in the ledger afterwards, once, and it
+ * opens strictly. Small files and many compactions, so that the
+ * compaction's unlocked first pass often replays up to an append in
+ * progress. FABRIC_LEDGER_STRESS_ROUNDS rounds (2; more for a soak). */
+enum { STRESS_WRITERS = 3, STRESS_RECORDS = 4000, STRESS_COMPACTIONS = 8 };
+
+static void stress_writer(const char *path, unsigned serial, int out)
+{
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    if (w == NULL)
+        _exit(2);
+    uint8_t key[32], buf[400];
+    /* the victim (serial 1) has no end of its own: killed while appending */
+    unsigned n = serial == 1 ? 1u << 20 : STRESS_RECORDS;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = serial << 20 | i;
+        key_of(key, k);
+        if (fab_ledger_record(w, key, buf, reply_of(buf, k), NULL) != 1)
+            _exit(3);
+        if (write(out, &k, sizeof(k)) != (ssize_t)sizeof(k))
+            _exit(4);
+    }
+    fab_ledger_close(w);
+    _exit(0);
+}
+
+/* Compacts in place until told to stop (its pipe closed), at least
+ * STRESS_COMPACTIONS times; writes the count to out. */
+static void stress_compactor(const char *path, int stop, int out)
+{
+    fab_ledger *c = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    if (c == NULL)
+        _exit(2);
+    struct pollfd pf = {stop, POLLIN, 0};
+    unsigned n = 0;
+    while (n < STRESS_COMPACTIONS || poll(&pf, 1, 0) == 0) {
+        if (fab_ledger_compact(c, NULL, NULL, NULL, NULL) != FAB_OK)
+            _exit(3);
+        n++;
+    }
+    fab_ledger_close(c);
+    if (write(out, &n, sizeof(n)) != (ssize_t)sizeof(n))
+        _exit(4);
+    _exit(0);
+}
+
+static void test_writers_and_compactions(void)
+{
+    char path[512];
+    char lockdir[] = "/dev/shm/fab-ledger-stress-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
+    int rounds = env ? atoi(env) : 2;
+    /* room for every key a round can acknowledge */
+    unsigned *acked = malloc(((1u << 20) + STRESS_WRITERS * STRESS_RECORDS) * sizeof(unsigned));
+    CHECK(acked != NULL);
+    if (acked == NULL)
+        return;
+    unsigned long long total_acked = 0, lost = 0, total_compactions = 0;
+    for (int round = 0; round < rounds; round++) {
+        path_for(path, sizeof(path), "stress.fabl");
+        int rc;
+        fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        fab_ledger_close(l);
+        pid_t pids[STRESS_WRITERS + 1];
+        struct pollfd fds[STRESS_WRITERS];
+        size_t got[STRESS_WRITERS] = {0}, n = 0;
+        for (unsigned w = 0; w < STRESS_WRITERS; w++) {
+            int p[2];
+            CHECK_EQ(pipe(p), 0);
+            if ((pids[w] = fork()) == 0) {
+                close(p[0]);
+                stress_writer(path, w + 1, p[1]);
+            }
+            close(p[1]);
+            fds[w].fd = p[0];
+            fds[w].events = POLLIN;
+        }
+        int stop[2], count[2];
+        CHECK_EQ(pipe(stop), 0);
+        CHECK_EQ(pipe(count), 0);
+        if ((pids[STRESS_WRITERS] = fork()) == 0) {
+            close(stop[1]);
+            close(count[0]);
+            for (unsigned w = 0; w < STRESS_WRITERS; w++)
+                close(fds[w].fd);
+            stress_compactor(path, stop[0], count[1]);
+        }
+        close(stop[0]);
+        close(count[1]);
+        /* writer 0 is the victim: killed once it acknowledged half */
+        int open_pipes = STRESS_WRITERS, killed = 0;
+        unsigned partial[STRESS_WRITERS] = {0};
+        size_t have[STRESS_WRITERS] = {0};
+        while (open_pipes > 0) {
+            CHECK(poll(fds, STRESS_WRITERS, -1) > 0);
+            for (unsigned w = 0; w < STRESS_WRITERS; w++) {
+                if (fds[w].fd < 0 || !(fds[w].revents & (POLLIN | POLLHUP)))
+                    continue;
+                uint8_t *dst = (uint8_t *)&partial[w] + have[w];
+                ssize_t r = read(fds[w].fd, dst, sizeof(unsigned) - have[w]);
+                if (r <= 0) { /* EOF; a key cut short by the kill was never acknowledged */
+                    close(fds[w].fd);
+                    fds[w].fd = -1;
+                    open_pipes--;
+                    continue;
+                }
+                have[w] += (size_t)r;
+                if (have[w] < sizeof(unsigned))
+                    continue;
+                have[w] = 0;
+                acked[n++] = partial[w];
+                if (++got[w] == STRESS_RECORDS / 2 && w == 0) {
+                    kill(pids[0], SIGKILL);
+                    killed = 1;
+                }
+            }
+            if (stop[1] >= 0 && got[1] == STRESS_RECORDS && got[2] == STRESS_RECORDS) {
+                close(stop[1]); /* the compactor ran while they appended */
+                stop[1] = -1;
+            }
+        }
+        if (stop[1] >= 0)
+            close(stop[1]);
+        unsigned compactions = 0;
+        CHECK_EQ(read(count[0], &compactions, sizeof(compactions)), (long long)sizeof(compactions));
+        close(count[0]);
+        total_compactions += compactions;
+        for (unsigned i = 0; i <= STRESS_WRITERS; i++) {
+            int status;
+            CHECK_EQ(waitpid(pids[i], &status, 0), pids[i]);
+            if (i == 0)
+                CHECK(killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+            else
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        for (unsigned w = 1; w < STRESS_WRITERS; w++)
+            CHECK_EQ(got[w], STRESS_RECORDS);
+        l = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        if (l == NULL)
+            break;
+        uint8_t key[32];
+        fab_ledger_ref ref;
+        for (size_t i = 0; i < n; i++) {
+            key_of(key, acked[i]);
+            lost += fab_ledger_lookup(l, key, 0, &ref, NULL) != 1;
+        }
+        fab_ledger_stats st;
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.duplicates, 0);
+        /* the victim's last record may be there without its acknowledgement */
+        CHECK(fab_ledger_count(l) == n || fab_ledger_count(l) == n + 1);
+        fab_ledger_close(l);
+        total_acked += n;
+    }
+    CHECK_EQ(lost, 0);
+    printf("    %d rounds of %d writers (one killed), %llu compactions: %llu acknowledged, "
+           "%llu lost\n", rounds, STRESS_WRITERS, total_compactions, total_acked, lost);
+    free(acked);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
+/* A reader catching up (refresh) again and again while another process
+ * appends through the mapping: every record it replays is found by its
+ * key (the keys the iteration yields, which looks each record's key up,
+ * are as many as the index holds). FABRIC_LEDGER_STRESS_ROUNDS rounds. */
+static void test_reader_beside_appends(void)
+{
+    char path[512];
+    char lockdir[] = "/dev/shm/fab-ledger-beside-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
+    int rounds = env ? atoi(env) : 2;
+    unsigned long long refreshes = 0, missing = 0;
+    for (int round = 0; round < rounds; round++) {
+        path_for(path, sizeof(path), "beside-live.fabl");
+        int rc;
+        fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        fab_ledger_close(l);
+        l = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        int p[2];
+        CHECK_EQ(pipe(p), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(p[0]);
+            fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            uint8_t key[32], buf[400];
+            for (unsigned i = 0; w != NULL && i < 20000; i++) {
+                key_of(key, 5000000 + i);
+                if (fab_ledger_record(w, key, buf, reply_of(buf, i), NULL) != 1)
+                    _exit(3);
+            }
+            _exit(w == NULL ? 2 : 0); /* no close: no trim, the zeros stay */
+        }
+        close(p[1]);
+        fab_ledger_pos pos = {0};
+        uint8_t key[32];
+        fab_ledger_ref ref;
+        size_t yielded = 0;
+        struct pollfd pf = {p[0], POLLIN, 0};
+        for (int last = 0; !last;) {
+            last = poll(&pf, 1, 0) != 0; /* the writer exited: one more look */
+            CHECK(fab_ledger_refresh(l, NULL) >= 0);
+            refreshes++;
+            while (fab_ledger_next(l, &pos, key, 0, &ref, NULL) == 1)
+                yielded++;
+            if (yielded != fab_ledger_count(l)) {
+                missing += fab_ledger_count(l) - yielded;
+                yielded = fab_ledger_count(l);
+            }
+        }
+        close(p[0]);
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK_EQ(fab_ledger_count(l), 20000);
+        fab_ledger_close(l);
+    }
+    CHECK_EQ(missing, 0);
+    printf("    %d rounds: %llu refreshes beside the appends, %llu records not found by key\n",
+           rounds, refreshes, missing);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1922,6 +2161,8 @@ int main(void)
         {"lock_page", test_lock_page},
         {"reserved_tail", test_reserved_tail},
         {"replay_beside_an_append", test_replay_beside_an_append},
+        {"writers_and_compactions", test_writers_and_compactions},
+        {"reader_beside_appends", test_reader_beside_appends},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)
