@@ -2774,6 +2774,35 @@ static int catch_up_to(fab_ledger *l, uint64_t pend, fab_ledger_error *err)
     return res.torn_at == NONE && l->end == pend;
 }
 
+/* A wait for the lock page's mutex lasts at most this long before it looks
+ * again (shl_lock). */
+#define SHL_WAIT_NS 20000000L
+
+/*
+ * Locks the lock page's mutex: 0, EOWNERDEAD, or an error. An unlock wakes
+ * one waiter; a waiter killed after that wake-up and before it took the
+ * mutex takes the wake-up with it, and when another process took the
+ * mutex meanwhile (uncontended, so it will wake nobody) the kernel wakes
+ * no one else either: the other waiters would sleep until someone else
+ * contends. So a wait is bounded and tried again. Uncontended, this is
+ * one trylock, as a lock would be.
+ */
+static int shl_lock(shl_page *p)
+{
+    int r = pthread_mutex_trylock(&p->mu);
+    while (r == EBUSY || r == ETIMEDOUT) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += SHL_WAIT_NS;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        r = pthread_mutex_timedlock(&p->mu, &ts);
+    }
+    return r;
+}
+
 /*
  * Takes the append lock and brings the ledger up to the file's end: moves
  * to a replaced or shrunk file, replays records other writers appended,
@@ -2801,7 +2830,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
          * finds) instead of stopping there. */
         int doubt = l->torn_bytes != 0;
         if (l->sh.p != NULL) {
-            int r = pthread_mutex_lock(&l->sh.p->mu);
+            int r = shl_lock(l->sh.p);
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append. The page's end was
                  * set to 0 when that append began, so the check below
