@@ -18,6 +18,12 @@
  * other's lock. A forked child shares its parent's open files (and so
  * their locks): the pthread_atfork child handler marks every ledger, and
  * the child's first append reopens the path.
+ *
+ * Writers under the lock page, and exclusive writers, copy their records
+ * into a writable shared mapping of space reserved ahead with fallocate
+ * (put_locked; spec: Appends through the mapping): the file ends with
+ * zeros after the records, a zero magic at a record boundary ends them,
+ * and the last writer to close trims the zeros.
  */
 #include "fabric/ledger.h"
 
@@ -105,15 +111,16 @@ void fab_lmap_release(fab_lmap *m)
 }
 
 /* Maps len bytes of fd (more than the file holds is fine: only the part
- * inside the file is ever touched). */
-static int lmap_new(int fd, size_t len, fab_lmap **out)
+ * inside the file is ever touched), writable for a writer (appends through
+ * the mapping). */
+static int lmap_new(int fd, size_t len, int writable, fab_lmap **out)
 {
     long page = sysconf(_SC_PAGESIZE);
     len = (len + (size_t)page - 1) & ~((size_t)page - 1);
     fab_lmap *m = malloc(sizeof(*m));
     if (m == NULL)
         return FAB_ENOMEM;
-    m->base = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    m->base = mmap(NULL, len, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
     if (m->base == MAP_FAILED) {
         free(m);
         return FAB_ENOMEM;
@@ -147,7 +154,7 @@ typedef struct ckpt {
 #define LOCK_IDENT ((off_t)1 << 61)
 #define IDENT_BITS 40
 #define SHL_SIZE 4096
-#define SHL_VERSION 1
+#define SHL_VERSION 2
 /* The page's layout depends on the C library's pthread_mutex_t: the
  * library's name is part of the file name, so a process of another C
  * library makes another file (and writer_identity refuses the mix). */
@@ -166,12 +173,14 @@ typedef struct shl_page {
     uint64_t dev, ino;     /* the ledger file it serves */
     _Atomic uint64_t end;  /* the ledger's end after the last append under the mutex; 0 unknown */
     _Atomic uint64_t owner_dead; /* holders found dead (EOWNERDEAD) */
-    uint8_t reserved[8];
+    _Atomic uint64_t reserved; /* the file is at least this long (space reserved
+                                * after end, zero); 0 unknown. Valid with end. */
     pthread_mutex_t mu;    /* at offset 64 */
 } shl_page;
 
 _Static_assert(sizeof(shl_page) <= SHL_SIZE, "the lock page fits in its file");
-_Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, mu) == 64,
+_Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, reserved) == 56 &&
+                   offsetof(shl_page, mu) == 64,
                "the lock page's layout is the spec's");
 
 /* One handle's hold on a lock file. */
@@ -210,6 +219,14 @@ struct fab_ledger {
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
     uint64_t owner_dead;  /* lock page holders this handle found dead */
+    /* Appends through the mapping (spec: Appends through the mapping):
+     * under the append lock, the file is known to be at least reserved
+     * bytes long, zero after end. no_reserve: fallocate is not supported
+     * here (or the io has none): every append is a pwrite. */
+    uint64_t reserved;
+    int no_reserve;
+    int mapped_appends;   /* the last append went through the mapping */
+    int opened;           /* fab_ledger_open succeeded */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
      * record append, inside the append lock, write (torn: half the
      * record, then) one byte to FD and wait for ever. */
@@ -294,8 +311,10 @@ static ssize_t default_pwrite(int fd, const void *buf, size_t len, off_t off)
 }
 static int default_fdatasync(int fd) { return fdatasync(fd); }
 static int default_ftruncate(int fd, off_t len) { return ftruncate(fd, len); }
+static int default_fallocate(int fd, off_t off, off_t len) { return fallocate(fd, 0, off, len); }
 
-static const fab_ledger_io default_io = {default_pwrite, default_fdatasync, default_ftruncate};
+static const fab_ledger_io default_io = {default_pwrite, default_fdatasync, default_ftruncate,
+                                         default_fallocate};
 
 /* ======================================================================== */
 /* Locks between processes                                                   */
@@ -545,6 +564,18 @@ static int shl_open(const struct stat *ledger, shl *out)
             close(fd);
             return -1;
         }
+        /* A page nobody else uses may be a leftover of a file whose inode
+         * number this ledger reuses (its last user killed): forget what it
+         * says of the file (0 is always safe: unknown, look at the file). */
+        struct flock fl;
+        memset(&fl, 0, sizeof(fl));
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_len = 1;
+        if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK) {
+            atomic_store(&p->end, 0);
+            atomic_store(&p->reserved, 0);
+        }
         out->fd = fd;
         out->p = p;
         out->id = p->id;
@@ -611,11 +642,39 @@ static inline int shl_maybe_free(pthread_mutex_t *mu)
 #endif
 }
 
+/* A wait for the lock page's mutex lasts at most this long before it looks
+ * again (shl_wait). */
+#define SHL_WAIT_NS 20000000L
+
+/*
+ * Blocks for the lock page's mutex: 0, EOWNERDEAD, or an error. An unlock
+ * wakes one waiter; a waiter killed after that wake-up and before it took
+ * the mutex takes the wake-up with it, and when another process took the
+ * mutex meanwhile (uncontended, so it will wake nobody) the kernel wakes
+ * no one else either: the other waiters would sleep until someone else
+ * contends. So a wait is bounded and tried again.
+ */
+static int shl_wait(shl_page *p)
+{
+    int r;
+    do {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += SHL_WAIT_NS;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        r = pthread_mutex_timedlock(&p->mu, &ts);
+    } while (r == ETIMEDOUT);
+    return r;
+}
+
 static int shl_lock(shl_page *p, uint64_t spin_ns)
 {
     int r = pthread_mutex_trylock(&p->mu);
     if (r != EBUSY || spin_ns == 0)
-        return r != EBUSY ? r : pthread_mutex_lock(&p->mu);
+        return r != EBUSY ? r : shl_wait(p);
     uint64_t t0 = now_ns(CLOCK_MONOTONIC);
     for (unsigned i = 1;; i++) {
         cpu_relax();
@@ -624,7 +683,7 @@ static int shl_lock(shl_page *p, uint64_t spin_ns)
         if ((i & 31) == 0 && now_ns(CLOCK_MONOTONIC) - t0 >= spin_ns)
             break;
     }
-    return pthread_mutex_lock(&p->mu);
+    return shl_wait(p);
 }
 
 /*
@@ -923,6 +982,9 @@ static int rec_valid(const uint8_t *base, uint64_t len, uint64_t off, uint64_t *
     const uint8_t *p = base + off;
     if (memcmp(p, REC_MAGIC, 4) != 0)
         return 0;
+    /* A record appended through the mapping gets its magic last, with a
+     * release store (put_mapped): seen, the rest is seen too. */
+    atomic_thread_fence(memory_order_acquire);
     if (fab_load_le32(p + 16) != fab_crc32c(SEED_HEAD, p, 16))
         return 0;
     int type = p[4], flags = p[5];
@@ -996,10 +1058,68 @@ static uint64_t find_next_valid(const uint8_t *base, uint64_t len, uint64_t from
     return NONE;
 }
 
+/* 1 when the 4 bytes at off (fewer at the end of base[0..len)) are zero:
+ * no record starts there; the file's reserved tail, or an append through
+ * the mapping that has not stored its magic yet. */
+static int zero_magic(const uint8_t *base, uint64_t len, uint64_t off)
+{
+    uint64_t n = len - off < 4 ? len - off : 4;
+    for (uint64_t i = 0; i < n; i++)
+        if (base[off + i] != 0)
+            return 0;
+    return 1;
+}
+
+/* 1 when base[from..to) is all zero. */
+static int all_zero(const uint8_t *base, uint64_t from, uint64_t to)
+{
+    static const uint8_t zero[4096];
+    while (from < to) {
+        uint64_t n = to - from < sizeof(zero) ? to - from : sizeof(zero);
+        if (memcmp(base + from, zero, (size_t)n) != 0)
+            return 0;
+        from += n;
+    }
+    return 1;
+}
+
+/*
+ * From off, where a zero magic stood: walks over the records of an
+ * unfinished append through the mapping (a zero magic, then a header that
+ * is valid with the magic put back, whose claimed extent lies in the file;
+ * the records of one append get their magics last, first to last). A
+ * record whose magic is there by now counts alike: a live writer may be
+ * storing the magics while this looks. Returns where the search for a
+ * following valid record starts: after the last of them, else off + 1 (a
+ * reply holding ledger bytes cannot fake a record).
+ */
+static uint64_t skip_unfinished(const uint8_t *base, uint64_t len, uint64_t off)
+{
+    uint64_t at = off;
+    while (len - at >= FAB_LEDGER_REC_OVERHEAD &&
+           (zero_magic(base, len, at) || memcmp(base + at, REC_MAGIC, 4) == 0)) {
+        uint8_t h[16];
+        memcpy(h, REC_MAGIC, 4);
+        memcpy(h + 4, base + at + 4, 12);
+        if (fab_load_le32(base + at + 16) != fab_crc32c(SEED_HEAD, h, 16))
+            break;
+        uint64_t total = FAB_LEDGER_REC_OVERHEAD + (uint64_t)fab_load_le32(h + 8);
+        if (fab_load_le32(h + 8) > FAB_LEDGER_MAX_PAYLOAD || len - at < total)
+            break;
+        at += total;
+    }
+    return at > off ? at : off + 1;
+}
+
 typedef struct scan_state {
     const uint8_t *base;
     uint64_t len;
     int recover;
+    /* Stop at a zero magic without looking at what follows (a catch-up
+     * with the file: the tail is known clean, or a reader, which ignores
+     * what lies after the last record anyway). 0: look (open, a writer in
+     * doubt), telling a zero tail from a torn append and corruption. */
+    int quick;
     fab_ledger_record_fn fn;
     void *ctx;
     fab_ledger_progress_fn progress;
@@ -1011,6 +1131,31 @@ typedef struct scan_state {
      * few pages) */
     int prefault;
 } scan_state;
+
+/*
+ * After a zero magic at off: *next is the first valid record after the
+ * unfinished append there (if any; NONE otherwise), *clean 1 when
+ * everything from off on is zero. Under the SIGBUS guard: the last writer
+ * to close trims the reserved tail (fab_ledger_close), perhaps while this
+ * looks at it; -1 then (the records end at off).
+ */
+static __attribute__((noinline)) void look_after_zero_in(const scan_state *s, uint64_t off,
+                                                         uint64_t *next, int *clean)
+{
+    *next = find_next_valid(s->base, s->len, skip_unfinished(s->base, s->len, off));
+    *clean = *next == NONE && all_zero(s->base, off, s->len);
+}
+
+static int look_after_zero(const scan_state *s, uint64_t off, uint64_t *next, int *clean)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return -1;
+    bus_enter(&g);
+    look_after_zero_in(s, off, next, clean);
+    bus_leave();
+    return 0;
+}
 
 #define PREFAULT_CHUNK ((uint64_t)8 << 20)
 /* A replay of less than this reads through page faults (see replay_scan). */
@@ -1038,7 +1183,7 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
                 fab_ledger_error *err)
 {
     uint64_t off = start, size, claimed, next_progress = start + PROGRESS_STEP;
-    uint64_t next_prefault = start;
+    uint64_t next_prefault = start, looked_again = NONE;
     res->torn_at = NONE;
     res->corrupt_at = NONE;
     if (s->prefault && s->len > start) {
@@ -1050,7 +1195,13 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
             prefault(s, off);
             next_prefault = (off & ~(PREFAULT_CHUNK - 1)) + PREFAULT_CHUNK;
         }
-        if (rec_valid(s->base, s->len, off, &size, &claimed)) {
+        /* An invalid record whose magic is there when looked at again was
+         * being appended through the mapping while this looked (its magic
+         * is stored last): valid now. */
+        int zero = 0;
+        if (rec_valid(s->base, s->len, off, &size, &claimed) ||
+            (!(zero = zero_magic(s->base, s->len, off)) &&
+             rec_valid(s->base, s->len, off, &size, &claimed))) {
             const uint8_t *p = s->base + off;
             if (s->fn) {
                 int rc = s->fn(s->ctx, off, p[4], p + FAB_LEDGER_REC_HEADER,
@@ -1069,15 +1220,36 @@ static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res
             }
             continue;
         }
-        uint64_t from = off + 1;
-        if (claimed && claimed <= s->len - off)
-            from = off + claimed;
-        else if (claimed)
-            from = s->len;
-        uint64_t next = find_next_valid(s->base, s->len, from);
-        if (next == NONE) {
-            res->torn_at = off;
-            break;
+        uint64_t from = off + 1, next;
+        if (zero) {
+            int clean;
+            if (s->quick || look_after_zero(s, off, &next, &clean) < 0)
+                break; /* the end of the records (res->valid_end = off) */
+            if (next == NONE) {
+                if (!clean) /* all zero: the reserved tail, not torn */
+                    res->torn_at = off;
+                break;
+            }
+        } else {
+            if (claimed && claimed <= s->len - off)
+                from = off + claimed;
+            else if (claimed)
+                from = s->len;
+            next = find_next_valid(s->base, s->len, from);
+            if (next == NONE) {
+                res->torn_at = off;
+                break;
+            }
+        }
+        /* A valid record after a bad one. The bad one may be an append in
+         * progress in another process when this looked at it, finished
+         * since (and followed by the next append): look at it once more.
+         * A record stays valid once written whole, and a later append
+         * starts after it is, so a record that became valid was being
+         * appended; one still bad is corruption. */
+        if (looked_again != off) {
+            looked_again = off;
+            continue;
         }
         if (s->recover != FAB_RECOVER_SALVAGE) {
             res->corrupt_at = off;
@@ -1115,7 +1287,7 @@ int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger
     int rc = check_header(data, len, err);
     if (rc != FAB_OK)
         return rc;
-    scan_state s = {data, len, recover, fn, ctx, NULL, NULL, NULL, 0};
+    scan_state s = {data, len, recover, 0, fn, ctx, NULL, NULL, NULL, 0};
     return scan(&s, FAB_LEDGER_HEADER_SIZE, res, err);
 }
 
@@ -1149,8 +1321,13 @@ static int ix_find(fab_ledger *l, const uint8_t key[32], uint64_t hash, uint64_t
  * are already in the mapping, so their keys are hashed and their slots
  * prefetched PF_DEPTH records in advance (following the unvalidated length
  * fields: a wrong guess only wastes a prefetch, since the slot address is
- * masked into the table). The index is also sized once from an early
- * estimate instead of doubling its way up, rehashing every key each time.
+ * masked into the table). A hash made ahead is used only for the key it
+ * was made from: the bytes ahead may change before the replay gets there
+ * (past the last record lie the reserved zeros, where another process's
+ * append through the mapping lands while an unlocked replay runs), and a
+ * key indexed under another key's hash is never found again. The index is
+ * also sized once from an early estimate instead of doubling its way up,
+ * rehashing every key each time.
  */
 #define PF_DEPTH 8
 
@@ -1161,19 +1338,21 @@ typedef struct replay_ctx {
     uint64_t pf;                 /* next offset to hash and prefetch */
     uint64_t ring_off[PF_DEPTH]; /* offsets hashed ahead, in order */
     uint64_t ring_hash[PF_DEPTH];
+    uint8_t ring_key[PF_DEPTH][32]; /* the bytes each was made from */
     unsigned head, n;
     uint64_t seen;               /* records replayed */
     int sized;                   /* the size estimate was made */
 } replay_ctx;
 
-/* The index hash of the key of the record at off, from the ring when it
- * was hashed ahead; then refills the ring. */
+/* The index hash of the key of the record at off (validated), from the
+ * ring when it was hashed ahead from the same bytes; then refills the
+ * ring. */
 static uint64_t replay_hash(replay_ctx *r, uint64_t off, const uint8_t *key)
 {
     fab_lindex *ix = &r->l->ix;
     uint64_t hash = 0;
     while (r->n && r->ring_off[r->head] <= off) {
-        if (r->ring_off[r->head] == off)
+        if (r->ring_off[r->head] == off && memcmp(r->ring_key[r->head], key, 32) == 0)
             hash = r->ring_hash[r->head];
         r->head = (r->head + 1) % PF_DEPTH;
         r->n--;
@@ -1186,10 +1365,12 @@ static uint64_t replay_hash(replay_ctx *r, uint64_t off, const uint8_t *key)
     }
     while (r->n < PF_DEPTH && r->pf < r->len && r->len - r->pf >= FAB_LEDGER_REC_OVERHEAD) {
         const uint8_t *p = r->base + r->pf;
-        uint64_t h = fab_lindex_hash(ix, p + FAB_LEDGER_REC_HEADER);
+        unsigned tail = (r->head + r->n) % PF_DEPTH;
+        /* hashed from a copy: the mapping may change under the hash */
+        memcpy(r->ring_key[tail], p + FAB_LEDGER_REC_HEADER, 32);
+        uint64_t h = fab_lindex_hash(ix, r->ring_key[tail]);
         if (ix->slots)
             __builtin_prefetch(&ix->slots[(size_t)h & ix->mask], 1);
-        unsigned tail = (r->head + r->n) % PF_DEPTH;
         r->ring_off[tail] = r->pf;
         r->ring_hash[tail] = h;
         r->n++;
@@ -1512,7 +1693,7 @@ static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
         len *= 2;
     }
     fab_lmap *m;
-    int rc = lmap_new(l->fd, len, &m);
+    int rc = lmap_new(l->fd, len, l->mode == FAB_LEDGER_WRITE, &m);
     if (rc != FAB_OK)
         return sys_fail(err, errno ? errno : ENOMEM, "mapping the ledger");
     fab_lmap_release(l->map);
@@ -1521,15 +1702,16 @@ static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
 }
 
 /* Replays [l->end, size) into the index. Under the lock (or before sharing). */
-static int replay_scan(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
-                       fab_ledger_scan_result *res, fab_ledger_error *err)
+static int replay_scan(fab_ledger *l, uint64_t size, int quick, fab_ledger_progress_fn progress,
+                       void *pctx, fab_ledger_scan_result *res, fab_ledger_error *err)
 {
     memset(res, 0, sizeof(*res));
     int rc = ensure_map(l, size, err);
     if (rc != FAB_OK)
         return rc;
     replay_ctx r = {.l = l, .base = l->map->base, .len = size, .start = l->end};
-    scan_state s = {l->map->base, size, l->recover, replay_record, &r, progress, pctx, replay_skip};
+    scan_state s = {l->map->base, size, l->recover, quick, replay_record, &r, progress, pctx,
+                    replay_skip, 0};
     /* Prefaulting costs two madvise calls: worth it for an open, not for
      * the few records another writer appended since this one looked. */
     s.prefault = size > l->end && size - l->end >= PREFAULT_MIN;
@@ -1893,16 +2075,16 @@ static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger
     if (fstat(l->fd, &sb) == 0)
         size = (uint64_t)sb.st_size;
     fab_ledger_scan_result mine;
-    return replay_scan(l, size, NULL, NULL, res ? res : &mine, err);
+    return replay_scan(l, size, 0, NULL, NULL, res ? res : &mine, err);
 }
 
 /* Replays [l->end, size) into the index (spec: Replay). A corrupt
  * checkpoint page met on the way drops the checkpoint and replays the
  * whole file instead. Under the lock (or before sharing). */
-static int replay(fab_ledger *l, uint64_t size, fab_ledger_progress_fn progress, void *pctx,
-                  fab_ledger_scan_result *res, fab_ledger_error *err)
+static int replay(fab_ledger *l, uint64_t size, int quick, fab_ledger_progress_fn progress,
+                  void *pctx, fab_ledger_scan_result *res, fab_ledger_error *err)
 {
-    int rc = replay_scan(l, size, progress, pctx, res, err);
+    int rc = replay_scan(l, size, quick, progress, pctx, res, err);
     if (rc == FAB_OK || !l->ck.bad)
         return rc;
     return rebuild_locked(l, res, err);
@@ -1936,7 +2118,7 @@ typedef struct file_view {
     ino_t ino;
     fab_lmap *map;
     fab_lindex ix;
-    uint64_t end, visible_end, scanned_size;
+    uint64_t end, visible_end, scanned_size, reserved;
     skip_region *skips;
     size_t n_skips, cap_skips;
     uint64_t records, duplicates, torn_bytes, salvage_skips, salvage_bytes;
@@ -1960,6 +2142,7 @@ static void view_take(fab_ledger *l, file_view *v)
     v->end = l->end;
     v->visible_end = l->visible_end;
     v->scanned_size = l->scanned_size;
+    v->reserved = l->reserved;
     v->skips = l->skips;
     v->n_skips = l->n_skips;
     v->cap_skips = l->cap_skips;
@@ -1991,6 +2174,7 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->end = v->end;
     l->visible_end = v->visible_end;
     l->scanned_size = v->scanned_size;
+    l->reserved = v->reserved;
     l->skips = v->skips;
     l->n_skips = v->n_skips;
     l->cap_skips = v->cap_skips;
@@ -2075,8 +2259,9 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     memset(&l->ck, 0, sizeof(l->ck));
     l->lazy_end = l->last_rec = 0;
     memcpy(l->header, h, sizeof(h));
+    l->reserved = (uint64_t)sb.st_size;
     fab_ledger_scan_result res;
-    rc = replay(l, (uint64_t)sb.st_size, NULL, NULL, &res, err);
+    rc = replay(l, (uint64_t)sb.st_size, 0, NULL, NULL, &res, err);
     if (rc != FAB_OK) {
         file_view fresh;
         view_take(l, &fresh);
@@ -2087,6 +2272,7 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     view_free(&old);
     l->gen++;
     l->reloads++;
+    l->looked_ns = 0; /* the first append to this file looks at it (fstat) */
     return (int)(l->records > INT32_MAX ? INT32_MAX : l->records);
 }
 
@@ -2097,6 +2283,22 @@ static int replaced(const fab_ledger *l)
 {
     struct stat ps;
     return stat(l->path, &ps) == 0 && (ps.st_dev != l->dev || ps.st_ino != l->ino);
+}
+
+/* 1 when the file has a non-zero byte where the next record would start
+ * (the file is known to extend past l->end): read under the SIGBUS guard,
+ * a fault is "no". Under the lock. */
+static int record_at_end(fab_ledger *l)
+{
+    if (ensure_map(l, l->end + 1, NULL) != FAB_OK)
+        return 1;
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return 0;
+    bus_enter(&g);
+    int nz = l->map->base[l->end] != 0;
+    bus_leave();
+    return nz;
 }
 
 /*
@@ -2117,11 +2319,17 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
         (check_path == 1 && replaced(l)) ||
         (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
         return reload_locked(l, err);
-    if (size == l->scanned_size || size <= l->end)
+    if (size <= l->end)
+        return 0;
+    /* A file with a reserved tail (spec: Appends through the mapping) does
+     * not grow with each append: a record after the end shows in its
+     * first byte. A torn tail seen before (size unchanged) is not read
+     * again. */
+    if (size == l->scanned_size && (l->torn_bytes != 0 || !record_at_end(l)))
         return 0;
     uint64_t before = l->records;
     fab_ledger_scan_result res;
-    int rc = replay(l, size, NULL, NULL, &res, err);
+    int rc = replay(l, size, 1, NULL, NULL, &res, err);
     if (rc != FAB_OK)
         return rc;
     l->foreign_records += l->records - before;
@@ -2542,9 +2750,10 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         if (l->use_ckpt)
             ckpt_load(l, (uint64_t)sb.st_size);
         uint64_t from_ckpt = l->records;
-        if ((rc = replay(l, (uint64_t)sb.st_size, opt->progress, opt->progress_ctx, &res, err)) != FAB_OK)
+        if ((rc = replay(l, (uint64_t)sb.st_size, 0, opt->progress, opt->progress_ctx, &res, err)) != FAB_OK)
             goto fail;
         l->open_replayed = l->ck.base ? l->records - from_ckpt : l->records;
+        l->reserved = (uint64_t)sb.st_size; /* an exclusive writer's; the others' come from the lock page */
         if (res.torn_at != NONE && writer) {
             /* Cut it now, under the append lock (it may also be another
              * writer's append in progress: then it is complete by the
@@ -2569,6 +2778,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
         pthread_mutex_unlock(&l->mu);
     }
     l->open_ns = now_ns(CLOCK_MONOTONIC) - t0;
+    l->opened = 1;
     reg_add(l);
     *out = l;
     return FAB_OK;
@@ -2579,11 +2789,50 @@ fail:
     return rc;
 }
 
+/* 1 when a writer handle other than l's open file holds WRITERS. */
+static int other_writers(const fab_ledger *l)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = LOCK_WRITERS;
+    fl.l_len = 1;
+    return fcntl(l->fd, F_OFD_GETLK, &fl) < 0 || fl.l_type != F_UNLCK;
+}
+
+/*
+ * The last writer to close trims the space reserved after the records
+ * (spec: Appends through the mapping), under the append lock, so a closed
+ * ledger ends with its last record. Best effort: a tail left (a failure, a
+ * writer killed while open) is read as the end of the records.
+ */
+static void trim_at_close(fab_ledger *l)
+{
+    if (!l->opened || l->mode != FAB_LEDGER_WRITE || l->fd < 0 || l->forked || l->failed)
+        return;
+    pthread_mutex_lock(&l->mu);
+    struct stat sb;
+    fab_ledger_error e;
+    if (fstat(l->fd, &sb) == 0 && (uint64_t)sb.st_size > l->end &&
+        (l->exclusive || !other_writers(l)) && begin_append(l, &e) == FAB_OK) {
+        if (fstat(l->fd, &sb) == 0 && (uint64_t)sb.st_size > l->end &&
+            (l->exclusive || !other_writers(l)) &&
+            l->io.ftruncate(l->fd, (off_t)l->end) == 0) {
+            l->reserved = l->end;
+            l->scanned_size = l->end;
+        }
+        end_append(l);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
 void fab_ledger_close(fab_ledger *l)
 {
     if (l == NULL)
         return;
     reg_remove(l);
+    trim_at_close(l);
     if (l->fd >= 0)
         close(l->fd); /* releases this handle's OFD locks */
     shl_close(&l->sh, 1);
@@ -2676,7 +2925,7 @@ static int catch_up_to(fab_ledger *l, uint64_t pend, fab_ledger_error *err)
     FAB_UNUSED(last);
     uint64_t before = l->records;
     fab_ledger_scan_result res;
-    if ((rc = replay(l, pend, NULL, NULL, &res, err)) != FAB_OK)
+    if ((rc = replay(l, pend, 1, NULL, NULL, &res, err)) != FAB_OK)
         return rc;
     l->foreign_records += l->records - before;
     return res.torn_at == NONE && l->end == pend;
@@ -2727,6 +2976,11 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
         }
         l->append_ok = 0;
         l->append_fresh = 0;
+        /* doubt: a writer may have died inside an append through the
+         * mapping, leaving an unfinished record after a zero magic; the
+         * replay below then looks past a zero magic (and cuts what it
+         * finds) instead of stopping there. */
+        int doubt = l->torn_bytes != 0;
         if (l->sh.p != NULL) {
             /* Others' records published since this handle last looked are
              * replayed before the mutex is taken, as a miss does, so that
@@ -2737,6 +2991,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                     return rc;
                 changed = 1;
             }
+            doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
             int r = shl_lock(l->sh.p, l->spin_ns);
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append, after the end the
@@ -2761,8 +3016,13 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
              * written whole under this lock): no fstat needed. */
             uint64_t t = now_ns(CLOCK_MONOTONIC);
             uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
-            if (pend >= l->end && l->scanned_size <= l->end && t - l->looked_ns < LOOK_EVERY_NS &&
+            uint64_t pres = atomic_load_explicit(&l->sh.p->reserved, memory_order_relaxed);
+            doubt |= pend == 0;
+            if (pend >= l->end && l->torn_bytes == 0 && t - l->looked_ns < LOOK_EVERY_NS &&
                 l->sent_ok && sentinel_read(l) == 1) {
+                /* the page's reserved size goes with its end; 0: unknown,
+                 * the file holds at least what it indexes */
+                l->reserved = pres > pend ? pres : pend;
                 if (pend == l->end) { /* nobody appended since */
                     l->append_ok = 1;
                     l->append_fresh = !changed;
@@ -2792,9 +3052,10 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
                 return sys_fail(err, errno, "locking the ledger for an append");
             l->append_locked = 1;
-        } else if (l->sent_ok && l->scanned_size <= l->end && sentinel_read(l) == 1) {
+        } else if (l->sent_ok && l->torn_bytes == 0 && sentinel_read(l) == 1) {
             /* The only writer: nobody else appends; the sentinel tells
-             * that the file still holds what this handle indexed. */
+             * that the file still holds what this handle indexed (and
+             * l->reserved is what it left). */
             l->append_ok = 1;
             l->append_fresh = !changed;
             return FAB_OK;
@@ -2816,11 +3077,12 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             changed = 1;
             continue;
         }
+        l->reserved = size;
         if (size > l->end) {
             uint64_t before = l->records;
             fab_ledger_scan_result res;
             l->defer_ix = l->defer_ok;
-            rc = replay(l, size, NULL, NULL, &res, err);
+            rc = replay(l, size, !doubt, NULL, NULL, &res, err);
             l->defer_ix = 0;
             if (rc != FAB_OK) {
                 end_append(l);
@@ -2836,6 +3098,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 l->torn_cut++;
                 l->torn_bytes = 0;
                 l->scanned_size = res.torn_at;
+                l->reserved = res.torn_at;
             }
         }
         l->append_ok = 1;
@@ -2844,17 +3107,22 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
 }
 
 /* Releases the append lock. With the lock page, publishes the ledger's
- * end for the next holder, unless the append left the file in doubt (a
- * failed begin_append, a failed write not cut back, a compaction's
- * rename): then the page gets 0 and the next holder looks at the file. */
+ * end (and the size reserved after it) for the next holder, unless the
+ * append left the file in doubt (a failed begin_append, a failed write not
+ * cut back, a compaction's rename): then the page gets 0 and the next
+ * holder looks at the file. */
 static void end_append(fab_ledger *l)
 {
     if (l->append_locked == 2) {
-        /* Release: a miss, and an appender before it takes the mutex,
-         * read the end without the mutex (miss_look_by_page) and then the
-         * records below it. */
-        atomic_store_explicit(&l->sh.p->end, l->append_ok && !l->failed ? l->end : 0,
-                              memory_order_release);
+        if (l->append_ok && !l->failed) {
+            atomic_store_explicit(&l->sh.p->reserved, l->reserved, memory_order_relaxed);
+            /* Release: a miss, and an appender before it takes the mutex,
+             * read the end without the mutex (miss_look_by_page) and then
+             * the records below it. */
+            atomic_store_explicit(&l->sh.p->end, l->end, memory_order_release);
+        } else {
+            atomic_store_explicit(&l->sh.p->end, 0, memory_order_release);
+        }
         pthread_mutex_unlock(&l->sh.p->mu);
     } else if (l->append_locked == 1) {
         (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
@@ -2863,19 +3131,188 @@ static void end_append(fab_ledger *l)
     l->append_ok = 0;
 }
 
-/* The test hook (FABRIC_LEDGER_TEST_HOLD): at the chosen append, inside
- * the append lock, writes half of the record (torn) and then one byte to
- * the test's pipe, and waits to be killed. */
-static void test_hold(fab_ledger *l, const void *rec, size_t len, uint64_t off)
+/* The test hook (FABRIC_LEDGER_TEST_HOLD): 1 at the chosen append, which
+ * then writes half of its bytes (torn) and calls hold_wait. */
+static int hold_here(fab_ledger *l)
 {
-    if (l->hold_n == 0 || --l->hold_n != 0)
-        return;
-    if (l->hold_torn && len > 1)
-        (void)write_all(&l->io, l->fd, rec, len / 2, off);
+    return l->hold_n != 0 && --l->hold_n == 0;
+}
+
+/* Writes one byte to the test's pipe and waits to be killed. */
+static void hold_wait(fab_ledger *l)
+{
     char c = 'H';
     (void)!write(l->hold_fd, &c, 1);
     for (;;)
         pause();
+}
+
+/* Reservations grow the file by an eighth of the ledger, within these
+ * bounds (spec: Appends through the mapping). */
+#define RESERVE_MIN ((uint64_t)64 << 10)
+#define RESERVE_MAX ((uint64_t)8 << 20)
+
+/*
+ * Makes sure the file is at least need bytes long, zero after l->end, by
+ * reserving space ahead with fallocate. Under the append lock. 0 done; 1
+ * when the file system (or the io) cannot reserve: the append is a
+ * pwrite, as every later one of this handle; or an error (a full disk:
+ * ENOSPC, nothing written).
+ */
+static int reserve_locked(fab_ledger *l, uint64_t need, fab_ledger_error *err)
+{
+    if (need <= l->reserved)
+        return 0;
+    uint64_t chunk = l->end / 8;
+    chunk = chunk < RESERVE_MIN ? RESERVE_MIN : chunk > RESERVE_MAX ? RESERVE_MAX : chunk;
+    uint64_t target = (need + chunk + page_size - 1) & ~(page_size - 1);
+    uint64_t from = l->reserved > l->end ? l->reserved : l->end;
+    for (;;) {
+        if (l->io.fallocate(l->fd, (off_t)from, (off_t)(target - from)) == 0)
+            break;
+        int e = errno;
+        if (e == EINTR)
+            continue;
+        if (e == EOPNOTSUPP || e == ENOSYS) {
+            l->no_reserve = 1;
+            return 1;
+        }
+        if ((e == ENOSPC || e == EDQUOT) && target > need) {
+            target = need; /* room for this append alone, then */
+            continue;
+        }
+        return sys_fail(err, e, "reserving space in the ledger for an append");
+    }
+    l->reserved = target;
+    return 0;
+}
+
+/* Copies n bytes forward (a piece at a time, so an append killed midway
+ * has written a prefix, give or take a piece). */
+static void copy_forward(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    while (n > 0) {
+        size_t k = n < 4096 ? n : 4096;
+        memcpy(dst, src, k);
+        dst += k;
+        src += k;
+        n -= k;
+    }
+}
+
+/* Copies the first n bytes of the records in buf to dst, every record's
+ * 4-byte magic left zero. */
+static void copy_records(uint8_t *dst, const uint8_t *buf, size_t blen, size_t n)
+{
+    size_t pos = 0;
+    while (pos < n) {
+        size_t next = pos + FAB_LEDGER_REC_OVERHEAD + fab_load_le32(buf + pos + 8);
+        size_t to = next < n ? next : n;
+        if (pos + 4 < to)
+            copy_forward(dst + pos + 4, buf + pos + 4, to - pos - 4);
+        pos = next;
+        if (pos >= blen)
+            break;
+    }
+}
+
+/* put_locked's stores through the mapping (see there). */
+static __attribute__((noinline)) void store_records(uint8_t *dst, const uint8_t *buf,
+                                                    size_t blen, const void *data, size_t dlen)
+{
+    copy_records(dst, buf, blen, blen);
+    if (dlen)
+        copy_forward(dst + blen, data, dlen);
+    for (size_t pos = 0; pos < blen;
+         pos += FAB_LEDGER_REC_OVERHEAD + fab_load_le32(buf + pos + 8)) {
+        atomic_thread_fence(memory_order_release);
+        memcpy(dst + pos, REC_MAGIC, 4);
+    }
+}
+
+/* store_records under the SIGBUS guard: 0, or -1 when a store faulted
+ * (the file is shorter than the space reserved: cut by another program). */
+static int store_guarded(uint8_t *dst, const uint8_t *buf, size_t blen, const void *data,
+                         size_t dlen)
+{
+    bus_guard g;
+    if (sigsetjmp(g.jb, 0) != 0)
+        return -1;
+    bus_enter(&g);
+    store_records(dst, buf, blen, data, dlen);
+    bus_leave();
+    return 0;
+}
+
+/*
+ * Writes the records of one append at off: buf[0..blen) (whole records,
+ * except that the last record's payload may go on in data[0..dlen)). With
+ * the lock page or exclusively, and space reserved, through the mapping:
+ * every byte but the records' magics, then a release fence, then the
+ * magics, first to last, so that a record is never seen (by a reader, or
+ * after a SIGKILL) with a magic before its bytes; an append cut short
+ * leaves a zero magic where it began (spec: Appends through the mapping).
+ * Else with pwrite. On failure the file is cut back to off (when even
+ * that fails the ledger refuses appends). Under the append lock.
+ */
+static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t blen,
+                      const void *data, size_t dlen, fab_ledger_error *err)
+{
+    uint64_t total = (uint64_t)blen + dlen;
+    int rc;
+    int mapped = l->io.fallocate != NULL && !l->no_reserve &&
+                 (l->exclusive || l->append_locked == 2);
+    if (mapped && (rc = reserve_locked(l, off + total, err)) != 0) {
+        if (rc < 0)
+            return rc;
+        mapped = 0;
+    }
+    l->mapped_appends = mapped;
+    if (mapped) {
+        if ((rc = ensure_map(l, off + total, err)) != FAB_OK)
+            return rc;
+        uint8_t *dst = l->map->base + off;
+        if (hold_here(l)) {
+            if (l->hold_torn)
+                copy_records(dst, buf, blen, blen / 2);
+            hold_wait(l);
+        }
+        if (store_guarded(dst, buf, blen, data, dlen) == 0)
+            return FAB_OK;
+        /* The file is shorter than the space this handle knew reserved:
+         * cut by another program above the records. Reserve again and
+         * store again (over the same bytes). */
+        l->reserved = l->end;
+        if ((rc = reserve_locked(l, off + total, err)) == 0 &&
+            store_guarded(dst, buf, blen, data, dlen) == 0)
+            return FAB_OK;
+        /* The page keeps end 0: the next holder looks at the file. */
+        l->append_ok = 0;
+        l->reserved = l->end;
+        if (rc < 0)
+            return rc;
+        set_err(err, FAB_EIO, EIO, off, 1,
+                "the ledger file was truncated by another program during an append");
+        return FAB_EIO;
+    }
+    if (hold_here(l)) {
+        if (l->hold_torn && blen > 1)
+            (void)write_all(&l->io, l->fd, buf, blen / 2, off);
+        hold_wait(l);
+    }
+    int e = write_all(&l->io, l->fd, buf, blen, off);
+    if (e == 0 && dlen)
+        e = write_all(&l->io, l->fd, data, dlen, off + blen);
+    if (e != 0) {
+        if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
+            l->failed = 1;
+            l->failed_errno = e;
+        } else if (l->reserved > off) {
+            l->reserved = off;
+        }
+        return sys_fail(err, e, "appending to the ledger");
+    }
+    return FAB_OK;
 }
 
 /*
@@ -2904,25 +3341,15 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
     memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
     if (plen)
         memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
-    int e;
     if (total <= SMALL_RECORD) {
         if (dlen)
             memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
-        test_hold(l, h, (size_t)total, off);
-        e = write_all(&l->io, l->fd, h, (size_t)total, off);
+        rc = put_locked(l, off, h, (size_t)total, NULL, 0, err);
     } else {
-        test_hold(l, h, FAB_LEDGER_REC_OVERHEAD + plen, off);
-        e = write_all(&l->io, l->fd, h, FAB_LEDGER_REC_OVERHEAD + plen, off);
-        if (e == 0)
-            e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
+        rc = put_locked(l, off, h, FAB_LEDGER_REC_OVERHEAD + plen, data, dlen, err);
     }
-    if (e != 0) {
-        if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
-            l->failed = 1;
-            l->failed_errno = e;
-        }
-        return sys_fail(err, e, "appending to the ledger");
-    }
+    if (rc != FAB_OK)
+        return rc;
     l->end = off + total;
     if (total <= SMALL_RECORD)
         sentinel_written(l, h, (size_t)total);
@@ -3004,17 +3431,10 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
         memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
     if (inline_data && dlen)
         memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
-    test_hold(l, b, blen, start);
-    int e = write_all(&l->io, l->fd, b, blen, start);
-    if (e == 0 && !inline_data)
-        e = write_all(&l->io, l->fd, data, dlen, off + FAB_LEDGER_REC_OVERHEAD + plen);
-    if (e != 0) {
+    rc = put_locked(l, start, b, blen, inline_data ? NULL : data, inline_data ? 0 : dlen, err);
+    if (rc != FAB_OK) {
         free(b);
-        if (l->io.ftruncate(l->fd, (off_t)start) < 0) {
-            l->failed = 1;
-            l->failed_errno = e;
-        }
-        return sys_fail(err, e, "appending to the ledger");
+        return rc;
     }
     l->end = off + total;
     if (inline_data)
@@ -3502,15 +3922,10 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
         pos += FAB_LEDGER_REC_OVERHEAD + 8 + dlen;
         at += 4 + dlen;
     }
-    test_hold(l, buf, (size_t)total, off);
-    int e = write_all(&l->io, l->fd, buf, (size_t)total, off);
-    if (e != 0) {
+    rc = put_locked(l, off, buf, (size_t)total, NULL, 0, err);
+    if (rc != FAB_OK) {
         free(buf);
-        if (l->io.ftruncate(l->fd, (off_t)off) < 0) {
-            l->failed = 1;
-            l->failed_errno = e;
-        }
-        return sys_fail(err, e, "appending to the ledger");
+        return rc;
     }
     l->end = off + total;
     sentinel_written(l, buf, (size_t)total);
@@ -3989,6 +4404,10 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->exclusive = l->exclusive;
     st->append_lock = l->mode != FAB_LEDGER_WRITE || l->exclusive ? 0 : l->sh.p ? 2 : 1;
     st->owner_dead = l->owner_dead;
+    st->mapped_appends = l->mapped_appends;
+    struct stat sb;
+    if (l->fd >= 0 && fstat(l->fd, &sb) == 0 && (uint64_t)sb.st_size > l->end)
+        st->reserved_bytes = (uint64_t)sb.st_size - l->end;
     st->ckpt_state = l->ckpt_state;
     st->ckpt_covered = l->ck.base ? l->ck.covered : 0;
     st->ckpt_keys = l->ck.base ? l->ck.count : 0;

@@ -59,12 +59,15 @@ def read(data: bytes):
 
 
 def read_flags(data: bytes):
-    """Yields (offset, type, flags, key, payload) of each record."""
+    """Yields (offset, type, flags, key, payload) of each record; zero bytes
+    after the last record (a writer's reserved tail) end the records."""
     assert data[:8] == FILE_MAGIC
     assert struct.unpack_from("<I", data, 60)[0] == crc32c(SEED_FILE, data[:60])
     off = 64
     while off < len(data):
         head = data[off : off + 16]
+        if not any(data[off:]):  # the space a writer reserved after the records
+            return
         assert head[:4] == REC_MAGIC, off
         (hcrc,) = struct.unpack_from("<I", data, off + 16)
         assert hcrc == crc32c(SEED_HEAD, head), off

@@ -634,7 +634,7 @@ path, n = sys.argv[1], int(sys.argv[2])
 c = EvalCassette(path, durability="os")
 for i in range(n - 1):
     assert c.record(EvalRequest("op", [i]).key, f"holder {i}") is True
-print(c.stats()["append_lock"], n - 1, flush=True)  # all acknowledged
+print(c.stats()["append_lock"], c.stats()["mapped_appends"], n - 1, flush=True)  # all acknowledged
 # the n-th append never returns: the test hook holds the lock
 c.record(EvalRequest("op", [n - 1]).key, "never")
 """
@@ -679,7 +679,7 @@ def test_writer_killed_holding_the_append_lock(tmp_path, torn, lock_dir):
                               stdout=subprocess.PIPE, env=env, text=True, pass_fds=(w,))
     os.close(w)
     try:
-        assert readline(holder) == f"mutex {n - 1}\n"
+        assert readline(holder) == f"mutex True {n - 1}\n"  # through the mapping
         acked = range(n - 1)
         ready, _, _ = select.select([r], [], [], 120.0)
         assert ready and os.read(r, 1) == b"H"  # inside the lock, at append n
@@ -690,6 +690,11 @@ def test_writer_killed_holding_the_append_lock(tmp_path, torn, lock_dir):
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+    # Before any repair: a strict open sees every acknowledged record, and
+    # the dead append (a zero magic, then half its bytes) as a torn tail.
+    with EvalCassette(path, "r", recover="strict") as c:
+        assert [c.get(key(i)) for i in acked] == [f"holder {i}" for i in range(n - 1)]
+        assert len(c) == n - 1 and (c.stats()["torn_bytes"] > 0) == torn
     late = spawn(LATECOMER, path)
     dead, cut = map(int, readline(late).split())  # never blocks on the dead holder
     assert late.wait() == 0

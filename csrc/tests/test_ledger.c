@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -310,13 +311,22 @@ static void test_exhaustive_corruption(void)
                 fprintf(stderr, "    truncation at %zu misclassified\n", p);
         }
     }
-    /* Zero-filled regions never validate: zero the tail from each record on. */
+    /* Zero-filled regions never validate: zero the tail from each record
+     * on. At a record's start that is the end of the records (the space a
+     * writer reserves after them), not a torn tail; from inside a record
+     * it is torn. */
     for (size_t r = 0; r < im.n; r++) {
         memcpy(work, im.data, im.len);
         memset(work + im.starts[r], 0, im.len - im.starts[r]);
         collect c = {&im, 0, 0};
         fab_ledger_scan_result res;
         CHECK_EQ(fab_ledger_scan_mem(work, im.len, 0, collect_rec, &c, &res, NULL), 0);
+        CHECK_EQ(res.records, r);
+        CHECK_EQ(res.torn_at, UINT64_MAX);
+        CHECK_EQ(res.valid_end, im.starts[r]);
+        memcpy(work, im.data, im.len);
+        memset(work + im.starts[r] + 5, 0, im.len - im.starts[r] - 5);
+        CHECK_EQ(fab_ledger_scan_mem(work, im.len, 0, NULL, NULL, &res, NULL), 0);
         CHECK_EQ(res.records, r);
         CHECK_EQ(res.torn_at, im.starts[r]);
     }
@@ -378,12 +388,12 @@ static void test_salvage(void)
 
 /* ---- fault injection ---------------------------------------------------------- */
 
-enum { F_WRITE, F_SYNC, F_TRUNC };
+enum { F_WRITE, F_SYNC, F_TRUNC, F_FALLOC };
 static struct {
     int kind;      /* which call fails */
     int nth;       /* the N-th call of that kind (1-based) fails */
     int err;       /* errno, or 0 for a short write followed by ENOSPC */
-    int calls[3];
+    int calls[4];
     int fired;
     int also_trunc; /* when a write fails, the truncate fails too */
     int short_pending;
@@ -431,11 +441,25 @@ static int f_ftruncate(int fd, off_t len)
     return ftruncate(fd, len);
 }
 
-static const fab_ledger_io fault_io = {f_pwrite, f_fdatasync, f_ftruncate};
+static int f_fallocate(int fd, off_t off, off_t len)
+{
+    int n = ++fault.calls[F_FALLOC];
+    if (fault.kind == F_FALLOC && (n == fault.nth || fault.nth < 0)) {
+        fault.fired = 1;
+        errno = fault.err;
+        return -1;
+    }
+    return fallocate(fd, 0, off, len);
+}
+
+/* Without fallocate every append is a pwrite; with it, appends go
+ * through the mapping (spec: Appends through the mapping). */
+static const fab_ledger_io fault_io = {f_pwrite, f_fdatasync, f_ftruncate, NULL};
+static const fab_ledger_io fault_io_mapped = {f_pwrite, f_fdatasync, f_ftruncate, f_fallocate};
 
 /* Runs one workload with the fault armed; checks what survives. Returns 1
  * while the fault fired (so the caller tries the next N). */
-static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
+static int fault_round(int kind, int nth, int err, int also_trunc, int dur, int mapped)
 {
     char path[512];
     path_for(path, sizeof(path), "fault.fabl");
@@ -448,7 +472,8 @@ static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
     int acked[N] = {0}, stream_acked = 0;
     int rc;
     fab_ledger_error e;
-    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0, &fault_io, &rc, &e);
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, dur, 0,
+                                mapped ? &fault_io_mapped : &fault_io, &rc, &e);
     uint8_t key[32], buf[400];
     if (l) {
         int sync_failed = 0;
@@ -531,19 +556,25 @@ static int fault_round(int kind, int nth, int err, int also_trunc, int dur)
 static void test_fault_injection(void)
 {
     static const struct {
-        int kind, err, also_trunc, dur;
+        int kind, err, also_trunc, dur, mapped;
     } plans[] = {
-        {F_WRITE, ENOSPC, 0, FAB_DUR_FSYNC}, {F_WRITE, EIO, 0, FAB_DUR_FSYNC},
-        {F_WRITE, 0, 0, FAB_DUR_FSYNC},      {F_WRITE, ENOSPC, 1, FAB_DUR_FSYNC},
-        {F_SYNC, EIO, 0, FAB_DUR_FSYNC},     {F_SYNC, ENOSPC, 0, FAB_DUR_FSYNC},
-        {F_SYNC, EIO, 0, FAB_DUR_GROUP},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC},
-        {F_WRITE, ENOSPC, 0, FAB_DUR_OS},    {F_WRITE, 0, 1, FAB_DUR_OS},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_FSYNC, 0}, {F_WRITE, EIO, 0, FAB_DUR_FSYNC, 0},
+        {F_WRITE, 0, 0, FAB_DUR_FSYNC, 0},      {F_WRITE, ENOSPC, 1, FAB_DUR_FSYNC, 0},
+        {F_SYNC, EIO, 0, FAB_DUR_FSYNC, 0},     {F_SYNC, ENOSPC, 0, FAB_DUR_FSYNC, 0},
+        {F_SYNC, EIO, 0, FAB_DUR_GROUP, 0},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC, 0},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_OS, 0},    {F_WRITE, 0, 1, FAB_DUR_OS, 0},
+        /* through the mapping: the reservation, the sync, the trims fail */
+        {F_FALLOC, ENOSPC, 0, FAB_DUR_FSYNC, 1}, {F_FALLOC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_FALLOC, EOPNOTSUPP, 0, FAB_DUR_OS, 1}, {F_SYNC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_SYNC, EIO, 0, FAB_DUR_GROUP, 1},     {F_TRUNC, EIO, 0, FAB_DUR_FSYNC, 1},
+        {F_WRITE, ENOSPC, 0, FAB_DUR_OS, 1},
     };
     int rounds = 0;
     for (size_t p = 0; p < sizeof(plans) / sizeof(plans[0]); p++)
         for (int nth = 1; nth < 200; nth++) {
             rounds++;
-            if (!fault_round(plans[p].kind, nth, plans[p].err, plans[p].also_trunc, plans[p].dur))
+            if (!fault_round(plans[p].kind, nth, plans[p].err, plans[p].also_trunc, plans[p].dur,
+                             plans[p].mapped))
                 break;
         }
     printf("    %d fault-injection rounds\n", rounds);
@@ -1425,9 +1456,12 @@ static void test_requests(void)
     struct stat sb;
     key_of(key, 1);
     CHECK_EQ(fab_ledger_record_req(a, key, "req-one", 7, "\x01", 1, 0, NULL), 1);
+    fab_ledger_stats st0;
+    fab_ledger_get_stats(a, &st0);
+    CHECK_EQ(st0.bytes, 64 + 52 + 7 + 52 + 1);
     CHECK_EQ(stat(path, &sb), 0);
-    off_t size = sb.st_size;
-    CHECK_EQ((uint64_t)size, 64 + 52 + 7 + 52 + 1);
+    off_t size = sb.st_size; /* the records and the space reserved after them */
+    CHECK_EQ((uint64_t)size, st0.bytes + st0.reserved_bytes);
     /* held: neither a second REQUEST nor a REPLY */
     CHECK_EQ(fab_ledger_record_req(a, key, "req-two", 7, "\x02", 1, 0, NULL), 0);
     CHECK_EQ(stat(path, &sb), 0);
@@ -1841,6 +1875,500 @@ static void test_lock_dead_while_waiting(void)
     CHECK_EQ(system(cmd), 0);
 }
 
+/* Appends through the mapping (spec: Appends through the mapping): space
+ * reserved ahead reads as the end of the records (strict), a reader sees
+ * records appended into it, a dead writer's unfinished append (a zero
+ * magic, then its bytes, even a reply holding ledger bytes) is a torn tail
+ * that the next writer cuts, zeros followed by a valid record are
+ * corruption, a full disk fails at the reservation, a file system without
+ * fallocate gets pwrite, and the last writer to close trims the tail. */
+static size_t make_record(uint8_t *out, unsigned k, const void *payload, size_t n)
+{
+    uint8_t key[32];
+    key_of(key, k);
+    fab_ledger_make_rec_header(out, FAB_REC_REPLY, key, payload, n);
+    memcpy(out + FAB_LEDGER_REC_HEADER, key, 32);
+    memcpy(out + FAB_LEDGER_REC_OVERHEAD, payload, n);
+    return FAB_LEDGER_REC_OVERHEAD + n;
+}
+
+static void test_reserved_tail(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    fab_ledger_error err;
+    struct stat sb;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-tail-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    path_for(path, sizeof(path), "tail.fabl");
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    for (unsigned i = 0; i < 50; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    fab_ledger_get_stats(w, &st);
+    CHECK_EQ(st.append_lock, 2);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK(st.reserved_bytes > 0);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes + st.reserved_bytes);
+
+    /* a strict open: the zero tail is the end of the records, not torn */
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 50);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(st.torn_bytes, 0);
+    /* records appended into the tail (the file does not grow) are seen */
+    key_of(key, 50);
+    CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, 50), NULL), 1);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    CHECK_EQ(ref.len, reply_of(buf, 50));
+    CHECK_MEM(ref.data, buf, ref.len);
+    CHECK_EQ(stat(path, &sb), 0);
+    fab_ledger_get_stats(w, &st);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes + st.reserved_bytes);
+    uint64_t end = st.bytes;
+
+    /* a dead writer's unfinished append: every byte but the magic, its
+     * reply a whole valid record (ledger bytes), which must not pass for
+     * a record after a gap */
+    uint8_t inner[64], outer[256];
+    size_t ni = make_record(inner, 60, "in", 2);
+    size_t no = make_record(outer, 51, inner, ni);
+    memset(outer, 0, 4);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0);
+    CHECK_EQ(pwrite(fd, outer, no, (off_t)end), (ssize_t)no);
+    fab_ledger *r2 = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r2), 51);
+    fab_ledger_get_stats(r2, &st);
+    CHECK(st.torn_bytes > 0);
+    fab_ledger_close(r2);
+    /* the next writer cuts it when it opens (a lock holder in doubt) */
+    fab_ledger *w2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_get_stats(w2, &st);
+    CHECK_EQ(st.torn_tails_cut, 1);
+    key_of(key, 52);
+    CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, 52), NULL), 1);
+    key_of(key, 53);
+    CHECK_EQ(fab_ledger_record(w2, key, buf, reply_of(buf, 53), NULL), 1);
+    fab_ledger_close(w2);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK((uint64_t)sb.st_size > end); /* w still open: its tail stays */
+    fab_ledger_close(w);
+    fab_ledger_close(r);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 53);
+    key_of(key, 51);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 0);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, st.bytes); /* the last to close trimmed it */
+    CHECK_EQ(st.reserved_bytes, 0);
+    end = st.bytes;
+    fab_ledger_close(r);
+
+    /* zeros, then a valid record: corruption, at the zeros */
+    uint8_t zeros[100] = {0};
+    CHECK_EQ(pwrite(fd, zeros, sizeof(zeros), (off_t)end), (ssize_t)sizeof(zeros));
+    ni = make_record(inner, 61, "late", 4);
+    CHECK_EQ(pwrite(fd, inner, ni, (off_t)end + 100), (ssize_t)ni);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, &err);
+    CHECK_EQ(rc, FAB_ECORRUPT);
+    CHECK_EQ(err.offset, end);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_SALVAGE, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 54);
+    fab_ledger_close(r);
+    CHECK_EQ(ftruncate(fd, (off_t)end), 0);
+    close(fd);
+
+    /* a full disk: the reservation fails, nothing is written, the ledger
+     * goes on once there is room */
+    memset(&fault, 0, sizeof(fault));
+    fault.kind = F_FALLOC;
+    fault.nth = -1;
+    fault.err = ENOSPC;
+    fab_ledger *x = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, &fault_io_mapped, &rc,
+                                NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 70);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 70), &err), FAB_EIO);
+    CHECK_EQ(err.sys_errno, ENOSPC);
+    CHECK(strstr(err.msg, "reserving space") != NULL);
+    CHECK_EQ(fab_ledger_lookup(x, key, 0, &ref, NULL), 0);
+    CHECK_EQ(stat(path, &sb), 0);
+    CHECK_EQ((uint64_t)sb.st_size, end);
+    fault.kind = -1;
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 70), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK_EQ(st.failed, 0);
+    fab_ledger_close(x);
+    /* a file system without fallocate: pwrite */
+    memset(&fault, 0, sizeof(fault));
+    fault.kind = F_FALLOC;
+    fault.nth = -1;
+    fault.err = EOPNOTSUPP;
+    x = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, &fault_io_mapped, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    key_of(key, 71);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 71), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 0);
+    CHECK_EQ(st.reserved_bytes, 0);
+    fab_ledger_close(x);
+
+    /* an exclusive writer whose reserved space another program cut (to
+     * the page after the records): the store faults in the guard, and the
+     * space is reserved and the record stored again */
+    x = open_exclusive(path, &rc, &err);
+    CHECK_EQ(rc, 0);
+    key_of(key, 72);
+    CHECK_EQ(fab_ledger_record(x, key, buf, reply_of(buf, 72), NULL), 1);
+    fab_ledger_get_stats(x, &st);
+    CHECK_EQ(st.mapped_appends, 1);
+    CHECK_EQ(truncate(path, (off_t)((st.bytes + 4095) & ~(uint64_t)4095)), 0);
+    static uint8_t big[9000];
+    memset(big, 0x5a, sizeof(big));
+    key_of(key, 73);
+    CHECK_EQ(fab_ledger_record(x, key, big, sizeof(big), NULL), 1);
+    fab_ledger_close(x);
+    r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 57);
+    for (unsigned i = 70; i < 74; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    }
+    CHECK_EQ(ref.len, sizeof(big));
+    CHECK_MEM(ref.data, big, sizeof(big));
+    fab_ledger_close(r);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
+/* A replay hashes the keys of the records ahead of the one it is at (to
+ * prefetch their index slots). Past the last record lie the reserved
+ * zeros, where another process's append through the mapping may land
+ * while the replay runs (a compaction's first pass, a reader's miss): the
+ * hash made ahead from the bytes there before the append must not be the
+ * one the record is indexed under, or the key is never found again (and a
+ * compaction leaves it out). The open's progress callback, called at the
+ * end of the records, stores a record there as such an append would. */
+typedef struct {
+    int fd;
+    uint64_t at;
+    const uint8_t *rec;
+    size_t n;
+    int stored;
+} append_beside;
+
+static void store_at_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    append_beside *a = ctx;
+    FAB_UNUSED(total);
+    if (!a->stored && done == a->at) {
+        CHECK_EQ(pwrite(a->fd, a->rec, a->n, (off_t)a->at), (long long)a->n);
+        a->stored = 1;
+    }
+}
+
+static void test_replay_beside_an_append(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "beside.fabl");
+    /* 16 records of 1 MiB: the replay's first progress call (every 16 MiB)
+     * comes right after the last, at the end of the records */
+    size_t plen = (size_t)1 << 20, rlen = FAB_LEDGER_REC_OVERHEAD + plen;
+    size_t end = FAB_LEDGER_HEADER_SIZE + 16 * rlen;
+    uint8_t *img = calloc(1, end), *payload = malloc(plen);
+    fab_ledger_make_header(img, 1700000000000000000ull, "test");
+    for (unsigned i = 0; i < 16; i++) {
+        memset(payload, (int)(0x41 + i), plen);
+        make_record(img + FAB_LEDGER_HEADER_SIZE + i * rlen, 900 + i, payload, plen);
+    }
+    write_file(path, img, end);
+    CHECK_EQ(truncate(path, (off_t)(end + 65536)), 0); /* a reserved tail */
+    uint8_t rec[FAB_LEDGER_REC_OVERHEAD + 100];
+    memset(payload, 0x7a, 100);
+    append_beside a = {open(path, O_RDWR), end, rec, make_record(rec, 916, payload, 100), 0};
+    fab_ledger_options opt = {0};
+    opt.mode = FAB_LEDGER_READ;
+    opt.recover = FAB_RECOVER_STRICT;
+    opt.progress = store_at_progress;
+    opt.progress_ctx = &a;
+    fab_ledger *l = NULL;
+    CHECK_EQ(fab_ledger_open(&l, path, &opt, NULL), 0);
+    CHECK_EQ(a.stored, 1);
+    CHECK_EQ(fab_ledger_count(l), 17);
+    uint8_t key[32];
+    fab_ledger_ref ref;
+    for (unsigned i = 900; i <= 916; i++) {
+        key_of(key, i);
+        memset(&ref, 0, sizeof(ref));
+        CHECK_EQ(fab_ledger_lookup(l, key, 1, &ref, NULL), 1);
+        if (i == 916 && ref.map != NULL) {
+            CHECK_EQ(ref.len, 100);
+            CHECK_MEM(ref.data, payload, 100);
+        }
+        fab_lmap_release(ref.map);
+    }
+    fab_ledger_close(l);
+    close(a.fd);
+    free(img);
+    free(payload);
+    unlink(path);
+}
+
+/* Writer processes appending through the mapping while another compacts
+ * in place again and again, one writer SIGKILLed midway: every record a
+ * writer was told is recorded is in the ledger afterwards, once, and it
+ * opens strictly. Small files and many compactions, so that the
+ * compaction's unlocked first pass often replays up to an append in
+ * progress. FABRIC_LEDGER_STRESS_ROUNDS rounds (2; more for a soak). */
+enum { STRESS_WRITERS = 3, STRESS_RECORDS = 4000, STRESS_COMPACTIONS = 8 };
+
+static void stress_writer(const char *path, unsigned serial, int out)
+{
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    if (w == NULL)
+        _exit(2);
+    uint8_t key[32], buf[400];
+    /* the victim (serial 1) has no end of its own: killed while appending */
+    unsigned n = serial == 1 ? 1u << 20 : STRESS_RECORDS;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = serial << 20 | i;
+        key_of(key, k);
+        if (fab_ledger_record(w, key, buf, reply_of(buf, k), NULL) != 1)
+            _exit(3);
+        if (write(out, &k, sizeof(k)) != (ssize_t)sizeof(k))
+            _exit(4);
+    }
+    fab_ledger_close(w);
+    _exit(0);
+}
+
+/* Compacts in place until told to stop (its pipe closed), at least
+ * STRESS_COMPACTIONS times; writes the count to out. */
+static void stress_compactor(const char *path, int stop, int out)
+{
+    fab_ledger *c = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    if (c == NULL)
+        _exit(2);
+    struct pollfd pf = {stop, POLLIN, 0};
+    unsigned n = 0;
+    while (n < STRESS_COMPACTIONS || poll(&pf, 1, 0) == 0) {
+        if (fab_ledger_compact(c, NULL, NULL, NULL, NULL) != FAB_OK)
+            _exit(3);
+        n++;
+    }
+    fab_ledger_close(c);
+    if (write(out, &n, sizeof(n)) != (ssize_t)sizeof(n))
+        _exit(4);
+    _exit(0);
+}
+
+static void test_writers_and_compactions(void)
+{
+    char path[512];
+    char lockdir[] = "/dev/shm/fab-ledger-stress-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
+    int rounds = env ? atoi(env) : 2;
+    /* room for every key a round can acknowledge */
+    unsigned *acked = malloc(((1u << 20) + STRESS_WRITERS * STRESS_RECORDS) * sizeof(unsigned));
+    CHECK(acked != NULL);
+    if (acked == NULL)
+        return;
+    unsigned long long total_acked = 0, lost = 0, total_compactions = 0;
+    for (int round = 0; round < rounds; round++) {
+        path_for(path, sizeof(path), "stress.fabl");
+        int rc;
+        fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        fab_ledger_close(l);
+        pid_t pids[STRESS_WRITERS + 1];
+        struct pollfd fds[STRESS_WRITERS];
+        size_t got[STRESS_WRITERS] = {0}, n = 0;
+        for (unsigned w = 0; w < STRESS_WRITERS; w++) {
+            int p[2];
+            CHECK_EQ(pipe(p), 0);
+            if ((pids[w] = fork()) == 0) {
+                close(p[0]);
+                stress_writer(path, w + 1, p[1]);
+            }
+            close(p[1]);
+            fds[w].fd = p[0];
+            fds[w].events = POLLIN;
+        }
+        int stop[2], count[2];
+        CHECK_EQ(pipe(stop), 0);
+        CHECK_EQ(pipe(count), 0);
+        if ((pids[STRESS_WRITERS] = fork()) == 0) {
+            close(stop[1]);
+            close(count[0]);
+            for (unsigned w = 0; w < STRESS_WRITERS; w++)
+                close(fds[w].fd);
+            stress_compactor(path, stop[0], count[1]);
+        }
+        close(stop[0]);
+        close(count[1]);
+        /* writer 0 is the victim: killed once it acknowledged half */
+        int open_pipes = STRESS_WRITERS, killed = 0;
+        unsigned partial[STRESS_WRITERS] = {0};
+        size_t have[STRESS_WRITERS] = {0};
+        while (open_pipes > 0) {
+            CHECK(poll(fds, STRESS_WRITERS, -1) > 0);
+            for (unsigned w = 0; w < STRESS_WRITERS; w++) {
+                if (fds[w].fd < 0 || !(fds[w].revents & (POLLIN | POLLHUP)))
+                    continue;
+                uint8_t *dst = (uint8_t *)&partial[w] + have[w];
+                ssize_t r = read(fds[w].fd, dst, sizeof(unsigned) - have[w]);
+                if (r <= 0) { /* EOF; a key cut short by the kill was never acknowledged */
+                    close(fds[w].fd);
+                    fds[w].fd = -1;
+                    open_pipes--;
+                    continue;
+                }
+                have[w] += (size_t)r;
+                if (have[w] < sizeof(unsigned))
+                    continue;
+                have[w] = 0;
+                acked[n++] = partial[w];
+                if (++got[w] == STRESS_RECORDS / 2 && w == 0) {
+                    kill(pids[0], SIGKILL);
+                    killed = 1;
+                }
+            }
+            if (stop[1] >= 0 && got[1] == STRESS_RECORDS && got[2] == STRESS_RECORDS) {
+                close(stop[1]); /* the compactor ran while they appended */
+                stop[1] = -1;
+            }
+        }
+        if (stop[1] >= 0)
+            close(stop[1]);
+        unsigned compactions = 0;
+        CHECK_EQ(read(count[0], &compactions, sizeof(compactions)), (long long)sizeof(compactions));
+        close(count[0]);
+        total_compactions += compactions;
+        for (unsigned i = 0; i <= STRESS_WRITERS; i++) {
+            int status;
+            CHECK_EQ(waitpid(pids[i], &status, 0), pids[i]);
+            if (i == 0)
+                CHECK(killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+            else
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        for (unsigned w = 1; w < STRESS_WRITERS; w++)
+            CHECK_EQ(got[w], STRESS_RECORDS);
+        l = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        if (l == NULL)
+            break;
+        uint8_t key[32];
+        fab_ledger_ref ref;
+        for (size_t i = 0; i < n; i++) {
+            key_of(key, acked[i]);
+            lost += fab_ledger_lookup(l, key, 0, &ref, NULL) != 1;
+        }
+        fab_ledger_stats st;
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.duplicates, 0);
+        /* the victim's last record may be there without its acknowledgement */
+        CHECK(fab_ledger_count(l) == n || fab_ledger_count(l) == n + 1);
+        fab_ledger_close(l);
+        total_acked += n;
+    }
+    CHECK_EQ(lost, 0);
+    printf("    %d rounds of %d writers (one killed), %llu compactions: %llu acknowledged, "
+           "%llu lost\n", rounds, STRESS_WRITERS, total_compactions, total_acked, lost);
+    free(acked);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
+/* A reader catching up (refresh) again and again while another process
+ * appends through the mapping: every record it replays is found by its
+ * key (the keys the iteration yields, which looks each record's key up,
+ * are as many as the index holds). FABRIC_LEDGER_STRESS_ROUNDS rounds. */
+static void test_reader_beside_appends(void)
+{
+    char path[512];
+    char lockdir[] = "/dev/shm/fab-ledger-beside-XXXXXX";
+    CHECK(mkdtemp(lockdir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
+    int rounds = env ? atoi(env) : 2;
+    unsigned long long refreshes = 0, missing = 0;
+    for (int round = 0; round < rounds; round++) {
+        path_for(path, sizeof(path), "beside-live.fabl");
+        int rc;
+        fab_ledger *l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        fab_ledger_close(l);
+        l = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        int p[2];
+        CHECK_EQ(pipe(p), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(p[0]);
+            fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            uint8_t key[32], buf[400];
+            for (unsigned i = 0; w != NULL && i < 20000; i++) {
+                key_of(key, 5000000 + i);
+                if (fab_ledger_record(w, key, buf, reply_of(buf, i), NULL) != 1)
+                    _exit(3);
+            }
+            _exit(w == NULL ? 2 : 0); /* no close: no trim, the zeros stay */
+        }
+        close(p[1]);
+        fab_ledger_pos pos = {0};
+        uint8_t key[32];
+        fab_ledger_ref ref;
+        size_t yielded = 0;
+        struct pollfd pf = {p[0], POLLIN, 0};
+        for (int last = 0; !last;) {
+            last = poll(&pf, 1, 0) != 0; /* the writer exited: one more look */
+            CHECK(fab_ledger_refresh(l, NULL) >= 0);
+            refreshes++;
+            while (fab_ledger_next(l, &pos, key, 0, &ref, NULL) == 1)
+                yielded++;
+            if (yielded != fab_ledger_count(l)) {
+                missing += fab_ledger_count(l) - yielded;
+                yielded = fab_ledger_count(l);
+            }
+        }
+        close(p[0]);
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK_EQ(fab_ledger_count(l), 20000);
+        fab_ledger_close(l);
+    }
+    CHECK_EQ(missing, 0);
+    printf("    %d rounds: %llu refreshes beside the appends, %llu records not found by key\n",
+           rounds, refreshes, missing);
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -1866,6 +2394,10 @@ int main(void)
         {"lock_page", test_lock_page},
         {"deferred_index", test_deferred_index},
         {"lock_dead_while_waiting", test_lock_dead_while_waiting},
+        {"reserved_tail", test_reserved_tail},
+        {"replay_beside_an_append", test_replay_beside_an_append},
+        {"writers_and_compactions", test_writers_and_compactions},
+        {"reader_beside_appends", test_reader_beside_appends},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)

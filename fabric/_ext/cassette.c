@@ -1460,7 +1460,9 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
               PyDict_SetItemString(d, "leftovers_removed", lr) < 0 ||
               dict_set_u64(d, "tombstones", s.tombstones) < 0 ||
               PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0 ||
-              dict_set_u64(d, "lock_owners_dead", s.owner_dead) < 0;
+              dict_set_u64(d, "lock_owners_dead", s.owner_dead) < 0 ||
+              dict_set_u64(d, "reserved_bytes", s.reserved_bytes) < 0 ||
+              PyDict_SetItemString(d, "mapped_appends", s.mapped_appends ? Py_True : Py_False) < 0;
     static const char *const lock_names[] = {"none", "ofd", "mutex"};
     PyObject *al = bad ? NULL : PyUnicode_FromString(lock_names[s.append_lock % 3]);
     bad = bad || al == NULL || PyDict_SetItemString(d, "append_lock", al) < 0;

@@ -67,11 +67,18 @@ enum fab_ledger_recover { FAB_RECOVER_STRICT = 0, FAB_RECOVER_SALVAGE = 1 };
  * The system calls that change the file, swappable so tests can make the
  * N-th call fail (fault injection). Each behaves like the libc function:
  * returns -1 with errno set on failure.
+ *
+ * fallocate reserves [off, off + len) of the file (extending it, like
+ * fallocate(2) with mode 0). With it, a writer that appends under the lock
+ * page or exclusively writes its records through a writable mapping of
+ * space reserved ahead (spec: Appends through the mapping); NULL (every io
+ * written before it existed) keeps every append a pwrite.
  */
 typedef struct fab_ledger_io {
     ssize_t (*pwrite)(int fd, const void *buf, size_t len, off_t off);
     int (*fdatasync)(int fd);
     int (*ftruncate)(int fd, off_t len);
+    int (*fallocate)(int fd, off_t off, off_t len);
 } fab_ledger_io;
 
 /* Called during replay with bytes done and total, about every 16 MiB. */
@@ -157,6 +164,8 @@ typedef struct fab_ledger_stats {
     int append_lock;         /* how appends are serialized: 0 none (reader, exclusive writer),
                               * 1 the OFD lock on the ledger, 2 the lock page's robust mutex */
     uint64_t owner_dead;     /* lock page holders this handle found dead and recovered from */
+    uint64_t reserved_bytes; /* zero bytes reserved after the valid region (file size - bytes) */
+    int mapped_appends;      /* 1: this handle appends through the mapping (spec: Appends) */
     char creator[FAB_LEDGER_CREATOR_LEN + 1];
 } fab_ledger_stats;
 
