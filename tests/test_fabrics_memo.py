@@ -122,7 +122,8 @@ def test_an_ops_identity_is_fixed(reg):
     def fixed():
         return 1
 
-    for name, value in (("version", 2), ("name", "other"), ("capabilities", ("x",))):
+    for name, value in (("version", 2), ("name", "other"), ("capabilities", ("x",)),
+                        ("fn", len), ("is_stream", True), ("_made", False)):
         with pytest.raises(AttributeError, match="fixed"):
             setattr(fixed, name, value)
     fixed.note = "free"  # other attributes stay free
