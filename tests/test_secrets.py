@@ -100,3 +100,29 @@ def test_the_node_and_the_worker_checks_walk_a_request_alike():
     refs = use_secret.request(SecretRef("a"), [{"x": SecretRef("b")}, (SecretRef("c"),)])
     check_no_secret(refs.args, "args")
     assert secret_refs(refs, "here") == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("where, value", [
+    ("args", (fabric.Secret(b"s"),)),
+    ("args", [1, "x", fabric.Secret(b"s")]),
+    ("kwargs", {"a": 1, "b": fabric.Secret(b"s")}),
+    ("kwargs", {"a": [1, {"c": fabric.Secret(b"s")}]}),
+    ("args", ({fabric.SecretRef("k"): 1}, fabric.Secret(b"s"))),
+    ("args", fabric.Secret(b"s")),
+])
+def test_a_secret_is_found_past_the_flat_fast_path(where, value):
+    # Flat tuples, lists and dicts of plain scalars skip the walk: anything
+    # else, a Secret at the top or nested, is still found and refused.
+    from fabric.node.protocol import check_no_secret
+    with pytest.raises(fabric.CapabilityDenied, match="holds a fabric.Secret"):
+        check_no_secret(value, where)
+
+
+def test_the_client_checks_a_request_once_before_it_is_sent():
+    # request_to_wire checks unless told the caller did (the client's
+    # _prepare): a Secret is refused either way by whoever checks.
+    from fabric.node.protocol import request_to_wire
+    request = use_secret.request(1, [fabric.Secret(planted(2))])
+    with pytest.raises(fabric.CapabilityDenied):
+        request_to_wire(request)
+    assert request_to_wire(use_secret.request(1, [0]))["args"] == [1, [0]]

@@ -1176,7 +1176,8 @@ class NodeClient:
         else:
             meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
                                    timeout=timeout,
-                                   via=[self.node_id] if self.node_id else [])
+                                   via=[self.node_id] if self.node_id else [],
+                                   checked=True)  # by _prepare, before every send
             payload = bytes(StreamControl.open(sid, meta).to_frame(_OPEN).payload)
             with self._channels_lock:
                 if len(self._payloads) >= 256:

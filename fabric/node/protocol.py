@@ -101,9 +101,23 @@ def node_limits(max_frame: int) -> StreamFrameLimits:
 
 # ---- requests ----------------------------------------------------------------
 
+# Exact types that neither are nor hold a Secret: a value of these, or a
+# flat tuple, list or dict of them (the usual arguments), needs no walk.
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+
+
 def check_no_secret(value: Any, where: str = "args", depth: int = 0) -> None:
     """Raise ``CapabilityDenied`` if ``value`` holds a ``fabric.Secret``: its
     value never enters frames, so the request cannot be computed remotely."""
+    t = type(value)
+    if t in _PLAIN:
+        return
+    if t is tuple or t is list:
+        if all(type(v) in _PLAIN for v in value):
+            return
+    elif t is dict:
+        if all(type(k) in _PLAIN and type(v) in _PLAIN for k, v in value.items()):
+            return
     for path, v in walk(value, where, depth):
         if isinstance(v, Secret):
             raise CapabilityDenied(
@@ -113,10 +127,12 @@ def check_no_secret(value: Any, where: str = "args", depth: int = 0) -> None:
                 f"its --secrets file)")
 
 
-def request_to_wire(request: EvalRequest) -> dict[str, Any]:
-    """The request map (identity fields plus routing policy)."""
-    check_no_secret(request.args, "args")
-    check_no_secret(dict(request.kwargs), "kwargs")
+def request_to_wire(request: EvalRequest, *, checked: bool = False) -> dict[str, Any]:
+    """The request map (identity fields plus routing policy). ``checked``:
+    the caller already made sure no ``fabric.Secret`` is in it."""
+    if not checked:
+        check_no_secret(request.args, "args")
+        check_no_secret(dict(request.kwargs), "kwargs")
     return {"op": request.op, "args": list(request.args), "kwargs": dict(request.kwargs),
             "version": request.version, "caps": list(request.required_capabilities),
             "mode": request.mode, "answer_limit": request.answer_limit,
@@ -172,9 +188,11 @@ def request_from_wire(body: Any, key: Any) -> EvalRequest:
 
 
 def open_metadata(request: EvalRequest, *, want: str, scope: str, grants: Iterable[str],
-                  timeout: float | None, via: Iterable[str] = ()) -> dict[str, Any]:
-    """The ``metadata`` of the CONTROL ``open`` that carries a request."""
-    return {"request": request_to_wire(request), "key": request.key.digest, "want": want,
+                  timeout: float | None, via: Iterable[str] = (),
+                  checked: bool = False) -> dict[str, Any]:
+    """The ``metadata`` of the CONTROL ``open`` that carries a request
+    (``checked``: as for ``request_to_wire``)."""
+    return {"request": request_to_wire(request, checked=checked), "key": request.key.digest, "want": want,
             "scope": scope, "grants": sorted(grants), "timeout": timeout, "via": list(via)}
 
 
