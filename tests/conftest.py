@@ -79,3 +79,24 @@ def wait_for(cond, what, bound=20.0):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@pytest.fixture
+def node(tmp_path):
+    """Starts nodes on loopback (a port of their own, a ledger in tmp_path,
+    ``home`` a LocalFabric unless given) and stops them after the test:
+    ``node(**Node kwargs)``."""
+    from fabric.node import Node
+    started = []
+
+    def make(**kw):
+        kw.setdefault("listen", "127.0.0.1:0")
+        kw.setdefault("home", fabric.LocalFabric())
+        n = Node(str(tmp_path / f"n{len(started)}.ledger"), node_id=f"n{len(started)}",
+                 **kw).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.stop()

@@ -25,23 +25,6 @@ from conftest import hello_bytes, read_frames
 TOKEN = "t0ken-for-alice-0123456789"
 
 
-@pytest.fixture
-def node(tmp_path):
-    started = []
-
-    def make(**kw):
-        kw.setdefault("listen", "127.0.0.1:0")
-        kw.setdefault("home", fabric.LocalFabric())
-        n = Node(str(tmp_path / f"n{len(started)}.ledger"), node_id=f"n{len(started)}",
-                 **kw).start()
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
-
-
 def raw_socket(n):
     s = socket.create_connection(n.address, timeout=30)
     return s

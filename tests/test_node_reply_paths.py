@@ -11,29 +11,12 @@ import pytest
 import fabric
 from fabric._core import canonical_bytes
 from fabric.frames import FrameKind
-from fabric.node import Node, connect, protocol as P
+from fabric.node import connect, protocol as P
 from fabric.replies import reply_record
 
 import node_ops
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef0"}
-
-
-@pytest.fixture
-def node(tmp_path):
-    started = []
-
-    def make(**kw):
-        kw.setdefault("listen", "127.0.0.1:0")
-        kw.setdefault("home", fabric.LocalFabric())
-        n = Node(str(tmp_path / f"r{len(started)}.ledger"), node_id=f"r{len(started)}",
-                 **kw).start()
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
 
 
 def _reply_wire(sid, record, *, end=None):

@@ -1538,6 +1538,24 @@ static void test_requests(void)
 
 /* ---- the append lock page ------------------------------------------------ */
 
+
+/* Makes dir (a mkdtemp template) and has the lock pages made there
+ * (FABRIC_LEDGER_LOCK_DIR) instead of beside the other tests' and users'. */
+static void lockdir_use(char *dir)
+{
+    CHECK(mkdtemp(dir) != NULL);
+    setenv("FABRIC_LEDGER_LOCK_DIR", dir, 1);
+}
+
+/* Undoes lockdir_use: the default folder again, dir and its pages removed. */
+static void lockdir_drop(const char *dir)
+{
+    unsetenv("FABRIC_LEDGER_LOCK_DIR");
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CHECK_EQ(system(cmd), 0);
+}
+
 /* A writer SIGKILLed while it holds the append lock (the test hook stops it
  * inside the lock at its n-th append, before its write or after half of
  * it, and says so on a pipe): the next writer gets the lock (EOWNERDEAD),
@@ -1555,8 +1573,7 @@ static void test_lock_page(void)
     /* A lock directory of its own: a writer opening elsewhere on this
      * machine sweeps unused lock files (the dead holder's is one). */
     char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
-    CHECK(mkdtemp(lockdir) != NULL);
-    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    lockdir_use(lockdir);
     for (int torn = 0; torn < 2; torn++) {
         path_for(path, sizeof(path), torn ? "held-torn.fabl" : "held.fabl");
         int p[2];
@@ -1636,10 +1653,7 @@ static void test_lock_page(void)
     CHECK_EQ(rc, 0);
     CHECK_EQ(fab_ledger_count(r), 40);
     fab_ledger_close(r);
-    unsetenv("FABRIC_LEDGER_LOCK_DIR");
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
-    CHECK_EQ(system(cmd), 0);
+    lockdir_drop(lockdir);
 }
 
 /* The others' records that a writer replays under the append lock before
@@ -1794,8 +1808,7 @@ static void test_lock_dead_while_waiting(void)
     fab_ledger_ref ref;
     int rc;
     char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
-    CHECK(mkdtemp(lockdir) != NULL);
-    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    lockdir_use(lockdir);
     static const char *spins[] = {"60000000000", "0"};
     for (int k = 0; k < 2; k++) {
         path_for(path, sizeof(path), k ? "dead-block.fabl" : "dead-spin.fabl");
@@ -1869,10 +1882,7 @@ static void test_lock_dead_while_waiting(void)
         CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
         fab_ledger_close(r);
     }
-    unsetenv("FABRIC_LEDGER_LOCK_DIR");
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
-    CHECK_EQ(system(cmd), 0);
+    lockdir_drop(lockdir);
 }
 
 /* Appends through the mapping (spec: Appends through the mapping): space
@@ -1902,8 +1912,7 @@ static void test_reserved_tail(void)
     struct stat sb;
     int rc;
     char lockdir[] = "/dev/shm/fab-ledger-tail-XXXXXX";
-    CHECK(mkdtemp(lockdir) != NULL);
-    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    lockdir_use(lockdir);
     path_for(path, sizeof(path), "tail.fabl");
     fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
     for (unsigned i = 0; i < 50; i++) {
@@ -2052,10 +2061,7 @@ static void test_reserved_tail(void)
     CHECK_EQ(ref.len, sizeof(big));
     CHECK_MEM(ref.data, big, sizeof(big));
     fab_ledger_close(r);
-    unsetenv("FABRIC_LEDGER_LOCK_DIR");
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
-    CHECK_EQ(system(cmd), 0);
+    lockdir_drop(lockdir);
 }
 
 /* A replay hashes the keys of the records ahead of the one it is at (to
@@ -2183,8 +2189,7 @@ static void test_writers_and_compactions(void)
 {
     char path[512];
     char lockdir[] = "/dev/shm/fab-ledger-stress-XXXXXX";
-    CHECK(mkdtemp(lockdir) != NULL);
-    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    lockdir_use(lockdir);
     const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
     int rounds = env ? atoi(env) : 2;
     /* room for every key a round can acknowledge */
@@ -2295,10 +2300,7 @@ static void test_writers_and_compactions(void)
     printf("    %d rounds of %d writers (one killed), %llu compactions: %llu acknowledged, "
            "%llu lost\n", rounds, STRESS_WRITERS, total_compactions, total_acked, lost);
     free(acked);
-    unsetenv("FABRIC_LEDGER_LOCK_DIR");
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
-    CHECK_EQ(system(cmd), 0);
+    lockdir_drop(lockdir);
 }
 
 /* A reader catching up (refresh) again and again while another process
@@ -2309,8 +2311,7 @@ static void test_reader_beside_appends(void)
 {
     char path[512];
     char lockdir[] = "/dev/shm/fab-ledger-beside-XXXXXX";
-    CHECK(mkdtemp(lockdir) != NULL);
-    setenv("FABRIC_LEDGER_LOCK_DIR", lockdir, 1);
+    lockdir_use(lockdir);
     const char *env = getenv("FABRIC_LEDGER_STRESS_ROUNDS");
     int rounds = env ? atoi(env) : 2;
     unsigned long long refreshes = 0, missing = 0;
@@ -2363,10 +2364,7 @@ static void test_reader_beside_appends(void)
     CHECK_EQ(missing, 0);
     printf("    %d rounds: %llu refreshes beside the appends, %llu records not found by key\n",
            rounds, refreshes, missing);
-    unsetenv("FABRIC_LEDGER_LOCK_DIR");
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", lockdir);
-    CHECK_EQ(system(cmd), 0);
+    lockdir_drop(lockdir);
 }
 
 int main(void)
