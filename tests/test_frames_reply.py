@@ -3,6 +3,7 @@ usual answer) and ``FrameDecoder.take_reply`` (the async client's), checked
 against the frame-by-frame calls they stand for."""
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import fabric
 from fabric._core import FrameDecoder, FrameEncoder, canonical_bytes
@@ -127,3 +128,77 @@ def test_take_reply_decodes_the_chunk_under_the_limits_and_takes_nothing_on_erro
     # decoded under limits that allow it, the chunk is a list, not bytes: left queued
     assert dec.take_reply(limits=StreamFrameLimits(max_depth=8)) is None
     assert dec.pending == 3
+
+
+_ERRORS = (fabric.FrameError, fabric.DecodeError)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.data())
+def test_take_reply_on_mutated_bytes_refuses_or_agrees_with_the_frames(data):
+    # Untrusted bytes: a reply with bits flipped, bytes cut or inserted.
+    # take_reply raises a fabric error, takes nothing, or takes exactly
+    # what the frame-by-frame decoder reads from the same bytes.
+    wire = bytearray(FrameEncoder().encode_reply(5, START, DATA, END))
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(("flip", "cut", "insert")))
+        i = data.draw(st.integers(0, max(0, len(wire) - 1)))
+        if op == "flip" and wire:
+            wire[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del wire[i:i + data.draw(st.integers(1, 8))]
+        else:
+            wire[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+    dec = FrameDecoder()
+    try:
+        dec.feed(bytes(wire))
+        pending = dec.pending
+        got = dec.take_reply()
+    except _ERRORS:
+        return
+    ref = FrameDecoder()
+    ref.feed(bytes(wire))
+    frames = list(ref)
+    if got is None:
+        assert dec.pending == pending == len(frames)
+        return
+    sid, start, start_payload, value, end, end_payload = got
+    assert [f.kind for f in frames[:3]] == [FrameKind.STREAM_START, FrameKind.STREAM_CHUNK,
+                                            FrameKind.STREAM_END]
+    assert {f.stream_id for f in frames[:3]} == {sid}
+    assert (bytes(frames[0].payload), bytes(frames[2].payload)) == (start_payload, end_payload)
+    assert frames[1].decode_payload() == value
+    assert dec.pending == pending - 3
+
+
+_KINDS = (FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END,
+          FrameKind.ERROR, FrameKind.PING)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(kinds=st.one_of(st.just(_KINDS[:3]), st.tuples(*[st.sampled_from(_KINDS)] * 3)),
+       seqs=st.one_of(st.just((0, 1, 2)), st.tuples(*[st.integers(0, 3)] * 3)),
+       sids=st.one_of(st.just((5, 5, 5)), st.tuples(*[st.sampled_from((0, 5, 6))] * 3)),
+       flags=st.sampled_from((0, 0, 0, fabric.FRAME_FLAG_DIAGNOSTIC)),
+       value=st.one_of(st.binary(max_size=40), st.binary(min_size=1, max_size=9), st.lists(st.integers(), max_size=3),
+                       st.text(max_size=5), st.none()),
+       payloads=st.tuples(st.binary(max_size=12), st.binary(max_size=12)))
+def test_take_reply_takes_exactly_the_one_chunk_reply_shape(kinds, seqs, sids, flags, value,
+                                                           payloads):
+    # Well-formed frames of every shape near a reply's: taken when, and only
+    # when, they are START seq 0, CHUNK seq 1 holding bytes, END seq 2 of one
+    # stream other than 0, with no flags; then exactly what they hold.
+    enc = FrameEncoder()
+    wire = three(enc, 0, payloads[0], value, payloads[1], seqs=seqs, flags=flags,
+                 sids=sids, kinds=kinds)
+    dec = FrameDecoder()
+    dec.feed(wire)
+    got = dec.take_reply()
+    shape = (kinds == _KINDS[:3] and seqs == (0, 1, 2) and sids[0] != 0
+             and len(set(sids)) == 1 and flags == 0 and isinstance(value, bytes))
+    assert (got is not None) == shape
+    if got is None:
+        assert dec.pending == 3
+    else:
+        assert got[0] == sids[0] and got[2:4] == (payloads[0], value)
+        assert got[5] == payloads[1] and dec.pending == 0
