@@ -146,18 +146,43 @@ _REQUEST_FIELDS = frozenset(("op", "args", "kwargs", "version", "caps", "mode",
                              "sharing", "consistency", "deadline"))
 
 
+_SecretRef: Any = None  # fabric.node.secrets.SecretRef (that module imports this one)
+
+
 def _refs(value: Any, depth: int = 0) -> Any:
     """Lists shaped [SECRET_REF_TAG, name] become SecretRef objects again."""
-    from .secrets import SecretRef
+    global _SecretRef
+    if _SecretRef is None:
+        from .secrets import SecretRef
+        _SecretRef = SecretRef
     if depth > 300:
         return value
     if isinstance(value, list):
         if len(value) == 2 and value[0] == SECRET_REF_TAG and isinstance(value[1], str):
-            return SecretRef(value[1])
+            return _SecretRef(value[1])
         return [_refs(v, depth + 1) for v in value]
     if isinstance(value, dict):
         return {k: _refs(v, depth + 1) for k, v in value.items()}
     return value
+
+
+def _args_from_wire(args: list[Any]) -> tuple[Any, ...]:
+    """``tuple(_refs(args))``: a flat array of scalars (the usual arguments)
+    holds no SecretRef below it, so only its own shape is looked at."""
+    for v in args:
+        if type(v) not in _PLAIN:
+            return tuple(_refs(args))
+    if len(args) == 2 and args[0] == SECRET_REF_TAG and type(args[1]) is str:
+        return tuple(_refs(args))  # as _refs reads it (one SecretRef)
+    return tuple(args)
+
+
+def _kwargs_from_wire(kwargs: dict[Any, Any]) -> dict[Any, Any]:
+    """``_refs(kwargs)``: a flat map of scalars is returned as it is."""
+    for v in kwargs.values():
+        if type(v) not in _PLAIN:
+            return _refs(kwargs)
+    return kwargs
 
 
 def request_from_wire(body: Any, key: Any) -> EvalRequest:
@@ -170,7 +195,8 @@ def request_from_wire(body: Any, key: Any) -> EvalRequest:
     if not isinstance(body["args"], list) or not isinstance(body["kwargs"], dict):
         raise ProtocolError("request args must be an array and kwargs a map")
     try:
-        req = EvalRequest(body["op"], tuple(_refs(body["args"])), _refs(body["kwargs"]),
+        req = EvalRequest(body["op"], _args_from_wire(body["args"]),
+                          _kwargs_from_wire(body["kwargs"]),
                           version=body["version"],
                           required_capabilities=tuple(body["caps"] or ()),
                           mode=body["mode"], answer_limit=body["answer_limit"],
@@ -194,6 +220,26 @@ def open_metadata(request: EvalRequest, *, want: str, scope: str, grants: Iterab
     (``checked``: as for ``request_to_wire``)."""
     return {"request": request_to_wire(request, checked=checked), "key": request.key.digest, "want": want,
             "scope": scope, "grants": sorted(grants), "timeout": timeout, "via": list(via)}
+
+
+def open_payload(request: EvalRequest, *, want: str, scope: str, grants: Iterable[str],
+                 timeout: float | None, via: Iterable[str] = ()) -> bytes:
+    """The payload of the CONTROL ``open`` that carries a request: the bytes
+    ``StreamControl.open(sid, open_metadata(...)).to_frame(...)`` carries (the
+    control map's canonical encoding; the stream id is in the frame header),
+    built in one encoding pass. The caller has made sure no ``fabric.Secret``
+    is in the request (``check_no_secret``), as for ``checked=True``; the
+    receiver checks the control as any other (``StreamControl.from_frame``)."""
+    return canonical_bytes({"op": "open", "metadata": {
+        "request": {"op": request.op, "args": list(request.args),
+                    "kwargs": dict(request.kwargs), "version": request.version,
+                    "caps": list(request.required_capabilities), "mode": request.mode,
+                    "answer_limit": request.answer_limit,
+                    "stream_buffer": request.stream_buffer, "stream": request.stream,
+                    "trace": request.trace, "sharing": request.sharing,
+                    "consistency": request.consistency, "deadline": request.deadline},
+        "key": request.key.digest, "want": want, "scope": scope, "grants": sorted(grants),
+        "timeout": timeout, "via": list(via)}})
 
 
 _OPEN_FIELDS = frozenset(("request", "key", "want", "scope", "grants", "timeout", "via"))
@@ -321,5 +367,5 @@ def key_of(raw: Any) -> ContentKey:
     return ContentKey(bytes(raw))
 
 
-__all__ += ["FrameKind", "canonical_bytes", "open_metadata", "check_open", "key_of",
-            "node_limits", "encoder"]
+__all__ += ["FrameKind", "canonical_bytes", "open_metadata", "open_payload", "check_open",
+            "key_of", "node_limits", "encoder"]
