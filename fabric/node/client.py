@@ -1174,11 +1174,10 @@ class NodeClient:
         if hit is not None and hit[0] is request:
             payload = hit[1]
         else:
-            meta = P.open_metadata(request, want=want, scope=self.scope, grants=grants,
-                                   timeout=timeout,
-                                   via=[self.node_id] if self.node_id else [],
-                                   checked=True)  # by _prepare, before every send
-            payload = bytes(StreamControl.open(sid, meta).to_frame(_OPEN).payload)
+            # checked for Secrets by _prepare, before every send
+            payload = P.open_payload(request, want=want, scope=self.scope, grants=grants,
+                                     timeout=timeout,
+                                     via=(self.node_id,) if self.node_id else ())
             with self._channels_lock:
                 if len(self._payloads) >= 256:
                     self._payloads.pop(next(iter(self._payloads)))
