@@ -119,3 +119,21 @@ def test_a_secret_in_a_new_request_is_never_sent(node, where):
             ok = node_ops.double.request(i)
             assert c.evaluate(ok).value == 2 * i
     assert n.stats()["requests"] == 300  # the 300 without a Secret only
+
+
+def test_check_request_no_secret_walks_only_what_is_not_flat():
+    s = fabric.Secret("hunter2")
+    flat = [fabric.EvalRequest("node.x", (1, "a", b"b", None, 1.5, True), {"k": 2}),
+            fabric.EvalRequest("node.x", (), {})]
+    for req in flat:
+        assert P.check_request_no_secret(req) is False
+    walked = [fabric.EvalRequest("node.x", ([1, 2],), {}),
+              fabric.EvalRequest("node.x", (1,), {"k": {"a": [REF]}}),
+              fabric.EvalRequest("node.x", (REF,), {})]
+    for req in walked:
+        assert P.check_request_no_secret(req) is True
+    for args, kwargs, where in [((s,), {}, r"args\[0\]"), ((1, [2, s]), {}, r"args\[1\]"),
+                                ((), {"k": s}, "kwargs"), ((1,), {"k": {"n": (s,)}}, "kwargs"),
+                                (({"a": s},), {}, r"args\[0\]")]:
+        with pytest.raises(fabric.CapabilityDenied, match=where):
+            P.check_request_no_secret(fabric.EvalRequest("node.x", args, kwargs))

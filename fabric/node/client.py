@@ -1229,9 +1229,10 @@ class NodeClient:
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
                                        f"{self.principal!r} {', '.join(missing)}")
-        if self._no_secret.get(id(request)) is not request:  # requests are immutable
-            P.check_no_secret(request.args, "args")
-            P.check_no_secret(dict(request.kwargs), "kwargs")
+        # requests are immutable: one walked for a Secret is remembered (flat
+        # scalar arguments are checked again, at less than the bookkeeping)
+        if (self._no_secret.get(id(request)) is not request
+                and P.check_request_no_secret(request)):
             with self._channels_lock:
                 if len(self._no_secret) >= 256:
                     self._no_secret.pop(next(iter(self._no_secret)))

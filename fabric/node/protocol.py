@@ -48,7 +48,7 @@ __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_WINDOW", "DEFAULT_MAX_FRAME", "ProtocolError",
     "VersionMismatch", "Unauthenticated", "LimitExceeded", "Backpressure",
     "request_to_wire", "request_from_wire", "hello", "check_hello", "error_payload",
-    "error_from_payload", "check_no_secret", "SECRET_REF_TAG",
+    "error_from_payload", "check_no_secret", "check_request_no_secret", "SECRET_REF_TAG",
 ]
 
 #: (major, minor). A peer with a newer major version is refused.
@@ -125,6 +125,24 @@ def check_no_secret(value: Any, where: str = "args", depth: int = 0) -> None:
                 f"request is not sent for remote compute; pass fabric.SecretRef(name) instead "
                 f"and give the computing node the secret (environment FABRIC_SECRET_<NAME> or "
                 f"its --secrets file)")
+
+
+def check_request_no_secret(request: EvalRequest) -> bool:
+    """``check_no_secret`` on a request's args and kwargs. False when they
+    are flat scalars (the usual arguments: nothing walked, nothing worth
+    remembering), True when they were walked and hold no Secret."""
+    for v in request.args:
+        if type(v) not in _PLAIN:
+            break
+    else:
+        for v in request.kwargs.values():  # (its keys are str: EvalRequest's rule)
+            if type(v) not in _PLAIN:
+                break
+        else:
+            return False
+    check_no_secret(request.args, "args")
+    check_no_secret(dict(request.kwargs), "kwargs")
+    return True
 
 
 def request_to_wire(request: EvalRequest, *, checked: bool = False) -> dict[str, Any]:
