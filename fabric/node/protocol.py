@@ -206,7 +206,7 @@ def _kwargs_from_wire(kwargs: dict[Any, Any]) -> dict[Any, Any]:
 def request_from_wire(body: Any, key: Any) -> EvalRequest:
     """The request a peer sent; ``ProtocolError`` if the map is malformed or
     its content key differs from ``key`` (what the sender computed)."""
-    if not isinstance(body, dict) or set(body) != _REQUEST_FIELDS:
+    if not isinstance(body, dict) or body.keys() != _REQUEST_FIELDS:
         got = sorted(body) if isinstance(body, dict) else type(body).__name__
         raise ProtocolError(f"a request map has exactly the fields "
                             f"{sorted(_REQUEST_FIELDS)}, got {got}")
@@ -266,7 +266,7 @@ _OPEN_FIELDS = frozenset(("request", "key", "want", "scope", "grants", "timeout"
 def check_open(meta: Any) -> tuple[EvalRequest, str, str, frozenset[str], float | None,
                                    list[str]]:
     """Check an ``open``'s metadata: (request, want, scope, grants, timeout, via)."""
-    if not isinstance(meta, dict) or set(meta) != _OPEN_FIELDS:
+    if not isinstance(meta, dict) or meta.keys() != _OPEN_FIELDS:
         got = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise ProtocolError(f"open metadata has exactly the fields {sorted(_OPEN_FIELDS)}, "
                             f"got {got}")
@@ -279,12 +279,16 @@ def check_open(meta: Any) -> tuple[EvalRequest, str, str, frozenset[str], float 
                                 or isinstance(timeout, bool) or not timeout > 0):
         raise ProtocolError(f"timeout must be a positive number or nil, not {timeout!r}")
     grants, via = meta["grants"], meta["via"]
-    if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
+    if not isinstance(grants, list) or (grants and not all(isinstance(g, str) for g in grants)):
         raise ProtocolError("grants must be an array of str")
-    if not isinstance(via, list) or not all(isinstance(v, str) for v in via) or len(via) > 16:
+    if not isinstance(via, list) or len(via) > 16 or (
+            via and not all(isinstance(v, str) for v in via)):
         raise ProtocolError("via must be an array of at most 16 node ids")
-    return (request_from_wire(meta["request"], meta["key"]), want, scope, frozenset(grants),
-            timeout, via)
+    return (request_from_wire(meta["request"], meta["key"]), want, scope,
+            frozenset(grants) if grants else _NO_GRANTS, timeout, via)
+
+
+_NO_GRANTS: frozenset[str] = frozenset()
 
 
 # ---- handshake ---------------------------------------------------------------

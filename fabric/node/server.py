@@ -916,10 +916,14 @@ class Node:
         finally:
             conn.proto = None
 
-    def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder) -> None:
+    def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder,
+                  payload: bytes | None = None) -> None:
+        """One frame from a client (``payload``: a CONTROL frame's payload
+        as bytes, when the caller has them already)."""
         kind, sid = f.kind, f.stream_id
         if kind == FrameKind.CONTROL:
-            payload = bytes(f.payload)
+            if payload is None:
+                payload = bytes(f.payload)
             hit = self._opens.get(payload)
             if hit is not None:  # an open seen before: checked and parsed then
                 ctl, parsed = hit
@@ -1368,12 +1372,15 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                                               f"in one second")
                     self.window_start, self.count = now, 1
                 if f.kind == _CONTROL_KIND:  # an open asked before: answered at once
-                    hit = conn.hits.get(bytes(f.payload))
+                    payload = bytes(f.payload)
+                    hit = conn.hits.get(payload)
                     if hit is not None and node._answer_hit(conn, f.stream_id, hit):
                         if conn.closed:
                             break
                         continue
-                node._dispatch(conn, f, dec)
+                    node._dispatch(conn, f, dec, payload)  # (hashed once, above)
+                else:
+                    node._dispatch(conn, f, dec)
                 if conn.closed:
                     break
         except Exception as exc:
