@@ -241,6 +241,14 @@ class EvalRequest:
     def __hash__(self) -> int: ...
     def __eq__(self, other: object, /) -> bool: ...
 
+# The payload of a network open (request.c): protocol.open_payload's bytes,
+# or None when the request holds a Secret or a subclass of a builtin
+# container, or an argument is not of the plain type the client passes.
+def _open_payload(
+    request: EvalRequest, want: str, scope: str, grants: Iterable[str],
+    timeout: float | None, via: Sequence[str], /
+) -> bytes | None: ...
+
 # ---------------------------------------------------------------------------
 # unpack.c: the hardened msgpack decoder
 # ---------------------------------------------------------------------------

@@ -373,6 +373,11 @@ int fab_py_digest_pieces(fab_state *st, const char *whole, const fab_py_piece *p
  * whose SHA-256 fab_py_digest_pieces gives. 0, or -1 with an exception set. */
 int fab_py_encode_pieces(fab_state *st, fab_enc *enc, const char *whole,
                          const fab_py_piece *pieces, size_t n);
+/* walk.c: the same pieces' canonical bytes as a new bytes object, or None
+ * (a new reference) when the walk met a fabric.Secret or a subclass of
+ * tuple, list, dict, set or frozenset. NULL with an exception on error. */
+PyObject *fab_py_pieces_bytes_plain(fab_state *st, const char *whole, const fab_py_piece *pieces,
+                                    size_t n);
 
 /* unpack.c: decodes one msgpack value from untrusted bytes under limits
  * (NULL = defaults). Errors raise fabric.DecodeError with .offset, counted

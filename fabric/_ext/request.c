@@ -897,11 +897,158 @@ static PyType_Spec EvalRequest_spec = {
 };
 
 /* ======================================================================== */
+/* The payload of a network open (docs/spec/protocol.md)                    */
+/* ======================================================================== */
+
+/* v's items if they are all exact str, as a new reference: a tuple or list
+ * as it is; a frozenset or set (sort) as a sorted list. NULL with no
+ * exception for anything else. */
+static PyObject *str_items(PyObject *v, int sort)
+{
+    PyObject *seq;
+    if (PyTuple_CheckExact(v) || PyList_CheckExact(v)) {
+        if (sort && PySequence_Fast_GET_SIZE(v) > 1)
+            return NULL; /* only sets are sorted here */
+        seq = Py_NewRef(v);
+    } else if (sort && (PyFrozenSet_CheckExact(v) || PySet_CheckExact(v))) {
+        if (PySet_GET_SIZE(v) == 0)
+            return PyTuple_New(0);
+        if ((seq = PySequence_List(v)) == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+    } else {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(items[i])) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    /* exact str only: the sort runs no user code */
+    if (sort && PyList_CheckExact(seq) && PyList_Sort(seq) < 0) {
+        PyErr_Clear();
+        Py_DECREF(seq);
+        return NULL;
+    }
+    return seq;
+}
+
+#define K(lit) (const uint8_t *)(lit), sizeof(lit) - 1
+#define M(r) "value['metadata']" r
+
+/* _open_payload(request, want, scope, grants, timeout, via): the canonical
+ * bytes of {"op": "open", "metadata": {"request": <the request map>, "key":
+ * digest, "want", "scope", "grants": sorted, "timeout", "via"}} written
+ * from the request's fields in one walk: the bytes protocol.open_payload
+ * builds through dicts. None (build it that way, after the Secret check)
+ * when an argument holds a fabric.Secret or a subclass of a builtin
+ * container, or when want, scope, grants or via are not of the plain types
+ * the client passes. */
+static PyObject *open_payload(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_open_payload(request, want, scope, grants, timeout, via) takes 6 "
+                        "positional arguments");
+        return NULL;
+    }
+    fab_state *st = fab_get_state(module);
+    PyObject *req = args[0], *want = args[1], *scope = args[2], *timeout = args[4];
+    if (Py_TYPE(req) != st->EvalRequest_Type) {
+        PyErr_Format(PyExc_TypeError, "expected an EvalRequest, not %.100s",
+                     Py_TYPE(req)->tp_name);
+        return NULL;
+    }
+    EvalRequestObject *r = (EvalRequestObject *)req;
+    if (!PyUnicode_CheckExact(want) || !PyUnicode_CheckExact(scope) || r->key == NULL ||
+        r->op == NULL)
+        Py_RETURN_NONE; /* (a request cleared by the collector has no fields) */
+    PyObject *grants = str_items(args[3], 1);
+    if (grants == NULL)
+        Py_RETURN_NONE;
+    PyObject *via = str_items(args[5], 0);
+    if (via == NULL) {
+        Py_DECREF(grants);
+        Py_RETURN_NONE;
+    }
+    uint8_t trace[1], stream[1];
+    fab_put_bool(trace, r->trace);
+    fab_put_bool(stream, r->stream);
+    /* The maps' keys in canonical order (shorter encodings first). */
+    const fab_py_piece p[] = {
+        {NULL, NULL, K("\x82\xa2" "op" "\xa4" "open" "\xa8" "metadata" "\x87\xa3" "key"
+                       "\xc4\x20")},
+        {NULL, NULL, r->digest, FAB_SHA256_LEN},
+        {NULL, NULL, K("\xa3" "via")},
+        {via, M("['via']"), NULL, 0},
+        {NULL, NULL, K("\xa4" "want")},
+        {want, M("['want']"), NULL, 0},
+        {NULL, NULL, K("\xa5" "scope")},
+        {scope, M("['scope']"), NULL, 0},
+        {NULL, NULL, K("\xa6" "grants")},
+        {grants, M("['grants']"), NULL, 0},
+        {NULL, NULL, K("\xa7" "request" "\x8d\xa2" "op")},
+        {r->op, M("['request']['op']"), NULL, 0},
+        {NULL, NULL, K("\xa4" "args")},
+        {r->args, M("['request']['args']"), NULL, 0},
+        {NULL, NULL, K("\xa4" "caps")},
+        {r->capabilities, M("['request']['caps']"), NULL, 0},
+        {NULL, NULL, K("\xa4" "mode")},
+        {r->mode, M("['request']['mode']"), NULL, 0},
+        {NULL, NULL, K("\xa5" "trace")},
+        {NULL, NULL, trace, 1},
+        {NULL, NULL, K("\xa6" "kwargs")},
+        {r->kwargs, M("['request']['kwargs']"), NULL, 0},
+        {NULL, NULL, K("\xa6" "stream")},
+        {NULL, NULL, stream, 1},
+        {NULL, NULL, K("\xa7" "sharing")},
+        {NULL, NULL, sharing_enc[(int)r->sharing].bytes, sharing_enc[(int)r->sharing].len},
+        {NULL, NULL, K("\xa7" "version")},
+        {r->version, M("['request']['version']"), NULL, 0},
+        {NULL, NULL, K("\xa8" "deadline")},
+        {r->deadline, M("['request']['deadline']"), NULL, 0},
+        {NULL, NULL, K("\xab" "consistency")},
+        {r->consistency, M("['request']['consistency']"), NULL, 0},
+        {NULL, NULL, K("\xac" "answer_limit")},
+        {r->answer_limit, M("['request']['answer_limit']"), NULL, 0},
+        {NULL, NULL, K("\xad" "stream_buffer")},
+        {r->stream_buffer, M("['request']['stream_buffer']"), NULL, 0},
+        {NULL, NULL, K("\xa7" "timeout")},
+        {timeout, M("['timeout']"), NULL, 0},
+    };
+    PyObject *out = fab_py_pieces_bytes_plain(st, "value", p, sizeof(p) / sizeof(p[0]));
+    Py_DECREF(grants);
+    Py_DECREF(via);
+    return out;
+}
+
+#undef M
+#undef K
+
+static PyMethodDef request_functions[] = {
+    {"_open_payload", (PyCFunction)(void (*)(void))open_payload, METH_FASTCALL,
+     "_open_payload(request, want, scope, grants, timeout, via, /)\n--\n\n"
+     "Internal: the payload of the CONTROL open that carries request (the bytes\n"
+     "fabric.node.protocol.open_payload builds), or None when the request holds\n"
+     "a fabric.Secret or a subclass of a builtin container, or an argument is not\n"
+     "of the plain type the client passes (then build it that way, after the\n"
+     "Secret check)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ======================================================================== */
 /* Module part                                                              */
 /* ======================================================================== */
 
 int fab_py_request_exec(PyObject *module, fab_state *st)
 {
+    if (PyModule_AddFunctions(module, request_functions) < 0)
+        return -1;
+
     if ((st->EvalRequest_Type = fab_py_add_type(module, &EvalRequest_spec, NULL)) == NULL)
         return -1;
     /* Calling the type goes straight to the vectorcall constructor. */

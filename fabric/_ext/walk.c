@@ -56,6 +56,8 @@ typedef struct walker {
     int vmode;       /* the value encoding (docs/spec/values.md), not the canonical one */
     int max_depth;   /* FAB_MAX_DEPTH, or FAB_MAX_RECORD_DEPTH for a cassette record */
     int read_limits; /* refuse what a reader with the default limits would refuse */
+    int spot;        /* stop at a Secret or a subclass of a builtin container */
+    int spotted;     /* spot stopped the walk (no error recorded) */
     uint64_t items;  /* msgpack items written so far (counted when read_limits) */
     PyObject *stack[FAB_MAX_RECORD_DEPTH]; /* containers being visited, for cycles */
     PyObject *err_type;             /* borrowed; set with err_msg */
@@ -82,6 +84,8 @@ static void walker_init(walker *w, fab_state *st, fab_sha256 *hasher, fab_enc *e
     w->vmode = 0;
     w->max_depth = FAB_MAX_DEPTH;
     w->read_limits = 0;
+    w->spot = 0;
+    w->spotted = 0;
     w->items = 1; /* the root */
     w->err_type = NULL;
     w->err_msg = NULL;
@@ -1385,6 +1389,43 @@ out:
     return rc;
 }
 
+/*
+ * What fab_py_pieces_bytes_plain stops at (w->spot): where a walk for
+ * Secrets as fabric.values.walk makes it (every item of a list, tuple, set,
+ * frozenset or dict, subclasses too, through their iteration) could see
+ * other items than this walk, which reads the items a container holds: a
+ * registered subclass (its adapter's data is walked instead), a dict
+ * subclass (walk calls its items()), and a subclass with an iterator of its
+ * own. A subclass that iterates as its kind (SecretRef, a namedtuple not
+ * registered) is walked here as its kind, item by item.
+ */
+static int spotted(walker *w)
+{
+    w->spotted = 1; /* no error recorded: the caller's own check decides */
+    return -1;
+}
+
+static int container_kind(PyObject *v)
+{
+    return PyTuple_Check(v) || PyList_Check(v) || PyDict_Check(v) || PyAnySet_Check(v);
+}
+
+/* A subclass of tuple, list, set or frozenset that iterates otherwise than
+ * its kind, or a dict subclass (v is not of an exact builtin type). */
+static int own_items(PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (PyTuple_Check(v))
+        return tp->tp_iter != PyTuple_Type.tp_iter;
+    if (PyList_Check(v))
+        return tp->tp_iter != PyList_Type.tp_iter;
+    if (PyFrozenSet_Check(v))
+        return tp->tp_iter != PyFrozenSet_Type.tp_iter;
+    if (PyAnySet_Check(v))
+        return tp->tp_iter != PySet_Type.tp_iter;
+    return PyDict_Check(v);
+}
+
 static int enc_entry(walker *w, PyObject *v, PyObject *entry)
 {
     long kind = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
@@ -1406,6 +1447,8 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
         return -1;
     if (put_scalar(w->out, v, w->vmode))
         return 0; /* when enc_value found no room for it */
+    if (w->spot && tp == w->st->Secret_Type)
+        return spotted(w);
     if (tp == w->st->Secret_Type || v == w->st->redacted) {
         int commit = 0;
         if (tp == w->st->Secret_Type && !w->vmode)
@@ -1427,6 +1470,10 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
         int found = lookup_type(w, tp, &entry);
         if (found < 0)
             return -1;
+        if (found && w->spot && container_kind(v)) {
+            Py_DECREF(entry); /* a registered container: its items as its adapter says */
+            return spotted(w);
+        }
         if (found) {
             int rc = enc_entry(w, v, entry);
             Py_DECREF(entry);
@@ -1434,6 +1481,8 @@ static __attribute__((noinline)) int enc_other(walker *w, PyObject *v)
         }
     }
     /* Subclasses of the builtin kinds encode as their kind. */
+    if (w->spot && own_items(v))
+        return spotted(w);
     if (PyUnicode_Check(v))
         return enc_str(w, v);
     if (PyLong_Check(v))
@@ -1712,6 +1761,39 @@ int fab_py_encode_pieces(fab_state *st, fab_enc *enc, const char *whole,
         walker_raise(&w, root);
     walker_destroy(&w);
     return rc;
+}
+
+/* The pieces' canonical bytes as a new bytes object (a borrowed walk first,
+ * as canonical_bytes), or None when the walk met a fabric.Secret or a
+ * subclass of tuple, list, dict, set or frozenset: what a caller that must
+ * look for Secrets the way fabric.values.walk does checks itself. */
+PyObject *fab_py_pieces_bytes_plain(fab_state *st, const char *whole, const fab_py_piece *pieces,
+                                    size_t n)
+{
+    const char *root = whole;
+    walker w;
+    walker_init(&w, st, NULL, NULL);
+    w.borrowed = 1;
+    w.spot = 1;
+    int rc = walk_pieces(&w, pieces, n, whole, &root);
+    if (rc < 0 && w.restart && !w.spotted) {
+        walker_destroy(&w);
+        walker_init(&w, st, NULL, NULL);
+        w.spot = 1;
+        root = whole;
+        rc = walk_pieces(&w, pieces, n, whole, &root);
+    }
+    PyObject *out = NULL;
+    if (rc < 0 && w.spotted && w.err_type == NULL && !PyErr_Occurred()) {
+        Py_CLEAR(w.path);
+        out = Py_NewRef(Py_None);
+    } else if (rc < 0) {
+        walker_raise(&w, root);
+    } else {
+        out = PyBytes_FromStringAndSize((const char *)w.main.data, (Py_ssize_t)w.main.len);
+    }
+    walker_destroy(&w);
+    return out;
 }
 
 /* A borrowed walk first, an owned one when the borrowed walk gives up. */

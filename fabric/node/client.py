@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
-                     unpack, _reply_from_record)
+                     unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, RelayStatus, check_grants
 from ..frames import FrameKind, StreamDiagnostic
@@ -204,10 +204,10 @@ class _Channel:
             pass
         self.sock.close()
 
-    def evaluate(self, request: EvalRequest, g: frozenset[str], t: float | None) -> EvalReply:
+    def evaluate(self, request: EvalRequest, payload: bytes, t: float | None) -> EvalReply:
         client = self.client
         sid = next(self.ids)
-        frame = client._open_frame(request, "value", g, t, sid, self.enc)
+        frame = client._open_frame(request, payload, sid, self.enc)
         deadline = None if t is None else time.monotonic() + t
         record: Any = None
         err: BaseException | None = None
@@ -274,12 +274,12 @@ class _Channel:
         return _claimed(reply_from_record(record, request.key, source), claim)
 
 
-    def stream(self, request: EvalRequest, g: frozenset[str],
+    def stream(self, request: EvalRequest, payload: bytes,
                t: float | None) -> "_BlockingStream":
         """Send a stream request; its events are read on the caller's thread
         (``_BlockingStream``), credit granted from there as items are taken."""
         sid = next(self.ids)
-        frame = self.client._open_frame(request, "stream", g, t, sid, self.enc)
+        frame = self.client._open_frame(request, payload, sid, self.enc)
         self.busy = True
         try:
             self._timeout(t)
@@ -446,8 +446,6 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             functools.partial(asyncio.Future, loop=loop)
             if type(loop).create_future is asyncio.BaseEventLoop.create_future
             else loop.create_future)
-        # (request, grants, timeout, the open's payload) of the last send
-        self.last_open: tuple[EvalRequest, frozenset[str], float | None, bytes] | None = None
 
     async def connect(self, timeout: float | None) -> None:
         c = self.client
@@ -598,7 +596,6 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.node = body["node"]
             self.source = f"peer:{self.node}"
             self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
-            self.last_open = None  # checked against the encoder's limit: a new one
             self.ready.set_result(None)
             self.up = True
             return
@@ -681,18 +678,14 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if self.sock is not None:
                 self.sock.close()
 
-    def send(self, request: EvalRequest, g: frozenset[str],
+    def send(self, request: EvalRequest, payload: bytes,
              t: float | None) -> tuple[int, asyncio.Future[Any]]:
-        """Send a request for a single reply: its stream id and the future
-        its (record, source, claim) arrives on (awaited by ``aevaluate``
-        itself: no coroutine of the channel's in between)."""
+        """Send a request for a single reply (``payload``: its open's, from
+        ``NodeClient._prepare``): its stream id and the future its (record,
+        source, claim) arrives on (awaited by ``aevaluate`` itself: no
+        coroutine of the channel's in between)."""
         sid = next(self.ids)
-        last = self.last_open  # the request asked last on this channel: its open's bytes
-        if last is not None and last[0] is request and last[1] is g and last[2] == t:
-            frame = self.enc.encode(_CONTROL, last[3], stream_id=sid)
-        else:
-            frame = self.client._open_frame(request, "value", g, t, sid, self.enc)
-            self.last_open = (request, g, t, frame[_HEADER:])  # checked against enc's limit
+        frame = self.client._open_frame(request, payload, sid, self.enc)
         fut: asyncio.Future[Any] = self.new_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline
@@ -880,9 +873,12 @@ class NodeClient:
         self._local = threading.local()
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
         self._channels_lock = threading.Lock()
+        # Payloads built by _checked_payload (the request is kept: its id stays its own).
         self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
-        # Requests checked lately for Secrets (the object is kept: its id stays its own).
-        self._no_secret: dict[int, EvalRequest] = {}
+        # (request, want, grants, timeout, payload, scope, node_id) of the last
+        # open _prepare made
+        self._last_open: tuple[EvalRequest, str, frozenset[str], float | None, bytes, str,
+                               str | None] | None = None
         self._where = f"connect({url})"
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
@@ -1152,41 +1148,27 @@ class NodeClient:
             c.q.put_nowait(P.error_from_payload(f.decode_payload(dec.limits),
                                                 f"node {self.node}"))
 
-    async def _open(self, request: EvalRequest, want: str, grants: frozenset[str],
-                    timeout: float | None) -> _Call:
+    async def _open(self, request: EvalRequest, want: str, payload: bytes) -> _Call:
         if self._writer is None:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
         sid = self.next_sid  # on the client's loop thread only
         self.next_sid = sid + 1
-        frame = self._open_frame(request, want, grants, timeout, sid, self._enc)
+        frame = self._open_frame(request, payload, sid, self._enc)
         c = self._calls[sid] = _Call(sid, want)
         self._writer.write(frame)
         self.stats_counters["requests"] += 1
         return c
 
-    def _open_frame(self, request: EvalRequest, want: str, grants: frozenset[str],
-                    timeout: float | None, sid: int, enc: FrameEncoder) -> bytes:
-        # The open's payload does not name the stream id: a request asked
-        # again (the same object, want, grants and timeout) reuses its bytes.
-        ck = (id(request), want, grants, timeout)
-        hit = self._payloads.get(ck)
-        if hit is not None and hit[0] is request:
-            payload = hit[1]
-        else:
-            # checked for Secrets by _prepare, before every send
-            payload = P.open_payload(request, want=want, scope=self.scope, grants=grants,
-                                     timeout=timeout,
-                                     via=(self.node_id,) if self.node_id else ())
-            with self._channels_lock:
-                if len(self._payloads) >= 256:
-                    self._payloads.pop(next(iter(self._payloads)))
-                self._payloads[ck] = (request, payload)
+    def _open_frame(self, request: EvalRequest, payload: bytes, sid: int,
+                    enc: FrameEncoder) -> bytes:
+        """The CONTROL frame of an open on stream ``sid`` (its payload from
+        ``_prepare``), checked against the largest frame agreed with ``enc``."""
         if len(payload) > enc.limits.max_frame_payload_bytes:
             raise P.LimitExceeded(f"the request {request.op!r} takes {len(payload)} bytes, "
                                   f"more than the largest frame agreed with {self.url} "
                                   f"({enc.limits.max_frame_payload_bytes})")
-        return enc.encode(FrameKind.CONTROL, payload, stream_id=sid)
+        return enc.encode(_CONTROL, payload, stream_id=sid)
 
     def _cancel(self, c: _Call) -> None:
         if self._calls.pop(c.sid, None) is not None and self._writer is not None:
@@ -1219,7 +1201,10 @@ class NodeClient:
 
     # -- checks shared by every call --------------------------------------------
     def _prepare(self, request: EvalRequest, grants: Iterable[str] | None,
-                 timeout: float | None) -> tuple[frozenset[str], float | None]:
+                 timeout: float | None,
+                 want: str = "value") -> tuple[frozenset[str], float | None, bytes]:
+        """The checks of every call, then its grants, its timeout and the
+        payload of its open (the open's bytes do not name the stream id)."""
         if not isinstance(request, EvalRequest):
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
@@ -1229,18 +1214,42 @@ class NodeClient:
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
                                        f"{self.principal!r} {', '.join(missing)}")
-        # requests are immutable: one walked for a Secret is remembered (flat
-        # scalar arguments are checked again, at less than the bookkeeping)
-        if (self._no_secret.get(id(request)) is not request
-                and P.check_request_no_secret(request)):
-            with self._channels_lock:
-                if len(self._no_secret) >= 256:
-                    self._no_secret.pop(next(iter(self._no_secret)))
-                self._no_secret[id(request)] = request
         t = self.timeout if timeout is None else timeout
         if request.deadline is not None:
             t = request.deadline if t is None else min(t, request.deadline)
-        return g, t
+        last = self._last_open  # the request asked just before, asked again
+        if (last is not None and last[0] is request and last[1] is want and last[2] is g
+                and last[3] == t and last[5] is self.scope and last[6] is self.node_id):
+            return g, t, last[4]
+        via = (self.node_id,) if self.node_id else ()
+        # One walk writes the open and looks for a Secret (a request holding
+        # one is never sent): None when it met a Secret or an argument of a
+        # kind the Secret check walks its own way (a subclass of a builtin
+        # container), which then takes that check and the dict-built payload.
+        payload = _open_payload(request, want, self.scope, g, t, via)
+        if payload is None:
+            payload = self._checked_payload(request, want, g, t, via)
+        self._last_open = (request, want, g, t, payload, self.scope, self.node_id)
+        return g, t, payload
+
+    def _checked_payload(self, request: EvalRequest, want: str, g: frozenset[str],
+                         t: float | None, via: tuple[str, ...]) -> bytes:
+        """The open's payload of a request ``_open_payload`` leaves to the
+        Secret check: refused (``CapabilityDenied``) if it holds a Secret,
+        else built through ``protocol.open_payload``, and kept for the
+        request asked again (the last 256; requests are immutable)."""
+        ck = (id(request), want, g, t, via, self.scope)
+        hit = self._payloads.get(ck)
+        if hit is not None and hit[0] is request:
+            return hit[1]
+        P.check_request_no_secret(request)
+        payload = P.open_payload(request, want=want, scope=self.scope, grants=g, timeout=t,
+                                 via=via)
+        with self._channels_lock:
+            if len(self._payloads) >= 256:
+                self._payloads.pop(next(iter(self._payloads)))
+            self._payloads[ck] = (request, payload)
+        return payload
 
     def _channel(self, t: float | None) -> _Channel | None:
         """This thread's blocking connection (made on first use), or None on
@@ -1296,9 +1305,9 @@ class NodeClient:
         return ch
 
     # -- the fabric interface ------------------------------------------------
-    async def _evaluate_on_loop(self, request: EvalRequest, g: frozenset[str],
+    async def _evaluate_on_loop(self, request: EvalRequest, payload: bytes,
                                 t: float | None) -> EvalReply:
-        c = await self._open(request, "value", g, t)
+        c = await self._open(request, "value", payload)
         try:
             got = await asyncio.wait_for(c.q.get(), t)
         except asyncio.TimeoutError:
@@ -1315,11 +1324,11 @@ class NodeClient:
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
         """Evaluate on the node; its reply, or its error raised here."""
-        g, t = self._prepare(request, grants, timeout)
+        _g, t, payload = self._prepare(request, grants, timeout)
         ch = self._channel(t)
         if ch is not None:
-            return ch.evaluate(request, g, t)
-        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
+            return ch.evaluate(request, payload, t)
+        fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, payload, t),
                                                self._loop)
         try:
             return fut.result()
@@ -1329,13 +1338,13 @@ class NodeClient:
     async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
-        g, t = self._prepare(request, grants, timeout)
+        _g, t, payload = self._prepare(request, grants, timeout)
         loop = asyncio.get_running_loop()
         ch = self._last_achannel  # the common case: the loop that called last
         if ch is None or ch.loop is not loop or not ch.up or ch.dead:
             if loop is self._loop:  # the client's own loop: its main connection
-                cf = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, g, t),
-                                                      self._loop)
+                cf = asyncio.run_coroutine_threadsafe(
+                    self._evaluate_on_loop(request, payload, t), self._loop)
                 try:
                     return await asyncio.wrap_future(cf)
                 except asyncio.CancelledError:
@@ -1345,7 +1354,7 @@ class NodeClient:
             if ch is None or ch.dead or not ch.up:
                 ch = await self._achannel(loop, t)
             self._last_achannel = ch
-        sid, fut = ch.send(request, g, t)
+        sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
         except asyncio.TimeoutError:  # the channel's watchdog
@@ -1399,15 +1408,15 @@ class NodeClient:
                timeout: float | None = None) -> EvalStream[Any]:
         """A stream from the node; items arrive as it produces them, under
         per-stream credit. Closing it early cancels the producer."""
-        g, t = self._prepare(request, grants, timeout)
+        _g, t, payload = self._prepare(request, grants, timeout, "stream")
         ch = self._channel(t)
         if ch is not None:
-            bs = ch.stream(request, g, t)
+            bs = ch.stream(request, payload, t)
             out: EvalStream[Any] = EvalStream(bs, request.key, f"peer:{self.node}")
             out.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
             bs.owner = out
             return out
-        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
+        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", payload),
                                              self._loop).result()
         s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")
         s.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
@@ -1437,8 +1446,8 @@ class NodeClient:
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                 timeout: float | None = None) -> AsyncEvalStream[Any]:
         """Async twin of ``stream``."""
-        g, t = self._prepare(request, grants, timeout)
-        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", g, t),
+        _g, t, payload = self._prepare(request, grants, timeout, "stream")
+        c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", payload),
                                              self._loop).result()
         s: AsyncEvalStream[Any] = AsyncEvalStream(self._aevents(c, t), request.key,
                                                   f"peer:{self.node}")
