@@ -28,6 +28,8 @@ import ssl
 import threading
 import time
 import weakref
+from asyncio import get_running_loop as _running_loop
+from time import monotonic as _monotonic
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -110,7 +112,7 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "start", "end", "tmo", "sources", "__weakref__")
+                 "buf", "start", "end", "tmo", "sources", "source", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
@@ -141,6 +143,7 @@ class _Channel:
                                       f"{f.kind_name}")
             body = P.check_hello(f.decode_payload(self.dec.limits), server=True)
             self.node = body["node"]
+            self.source = f"peer:{self.node}"  # a reply's source unless its START names one
             self.window = body["window"]
             self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
         except BaseException:
@@ -209,7 +212,7 @@ class _Channel:
         client = self.client
         sid = next(self.ids)
         frame = client._open_frame(request, payload, sid, self.enc)
-        deadline = None if t is None else time.monotonic() + t
+        deadline = None if t is None else _monotonic() + t
         record: Any = None
         err: BaseException | None = None
         claim: Any = None
@@ -219,29 +222,29 @@ class _Channel:
             self.sock.sendall(frame)
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
-            source = f"peer:{self.node}"
+            source = self.source
             dec = self.dec
             limits = dec.limits
             first = True  # the first read waits up to t (the timeout set above)
             while True:
-                # The usual reply (START, one CHUNK of bytes, END: seq 0, 1,
-                # 2) is taken in one call, as _AsyncChannel.data_received
-                # does; anything else frame by frame below.
-                r = dec.take_reply(limits) if dec.pending >= 3 else None
-                if r is not None:
-                    if r[0] != sid:
-                        continue  # a call given up on
-                    record, source, claim = self._usual(parts, sid, r)
-                    break
-                f = None
-                for f in dec:
-                    break
-                if f is None:
+                pending = dec.pending
+                if not pending:
                     if deadline is not None and not first:
-                        self._timeout(max(1e-3, deadline - time.monotonic()))
+                        self._timeout(max(1e-3, deadline - _monotonic()))
                     first = False
                     self._fill()
                     continue
+                if pending >= 3:
+                    # The usual reply (START, one CHUNK of bytes, END: seq 0,
+                    # 1, 2) is taken in one call, as _AsyncChannel's
+                    # data_received does; anything else frame by frame below.
+                    r = dec.take_reply(limits)
+                    if r is not None:
+                        if r[0] != sid:
+                            continue  # a call given up on
+                        record, source, claim = self._usual(parts, sid, r)
+                        break
+                f = next(dec)
                 if f.stream_id != sid:
                     if f.stream_id == 0 and f.kind == FrameKind.ERROR:
                         raise FabricUnavailable(f"{client.url} ended the connection: "
@@ -462,6 +465,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.loop = loop
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
+        self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
         self.node: str | None = None
         self.source = "peer:None"  # a reply's source unless its STREAM_START names one
         self.transport: asyncio.Transport | None = None
@@ -633,6 +637,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.node = body["node"]
             self.source = f"peer:{self.node}"
             self.enc = P.encoder(min(self.client.max_frame, body["max_frame"]))
+            self.max_payload = self.enc.limits.max_frame_payload_bytes
             self.ready.set_result(None)
             self.up = True
             return
@@ -722,7 +727,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         source, claim) arrives on (awaited by ``aevaluate`` itself: no
         coroutine of the channel's in between)."""
         sid = next(self.ids)
-        frame = self.client._open_frame(request, payload, sid, self.enc)
+        if len(payload) > self.max_payload:
+            self.client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
+        frame = self.enc.encode(_CONTROL, payload, stream_id=sid)
         fut: asyncio.Future[Any] = self.new_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline
@@ -730,7 +737,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         if t is None:
             deadline = None
         else:
-            deadline = time.monotonic() + t
+            deadline = _monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
         self.calls[sid] = [fut, [], self.source, deadline]
@@ -1376,7 +1383,7 @@ class NodeClient:
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
         _g, t, payload = self._prepare(request, grants, timeout)
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
         ch = self._last_achannel  # the common case: the loop that called last
         if ch is None or ch.loop is not loop or not ch.up or ch.dead:
             if loop is self._loop:  # the client's own loop: its main connection
