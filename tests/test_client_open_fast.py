@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fabric
 from fabric._core import _open_payload
-from fabric.node import connect, protocol as P
+from fabric.node import NodeLimits, connect, protocol as P
 from fabric.values import walk
 
 import node_ops  # noqa: F401  (the node's ops: node.double, node.reveal)
@@ -254,3 +254,24 @@ def test_the_open_kept_for_the_request_asked_again_follows_its_inputs(node):
         late = fabric.EvalRequest("node.double", (5,), deadline=1.5)
         assert c._prepare(late, None, None)[2] == _old(late, "value", "held", c.grants, 1.5,
                                                        ("me",))
+
+
+def test_an_open_larger_than_the_agreed_frame_is_refused_before_it_is_sent(node):
+    n = node(limits=NodeLimits(max_frame=4096, window=4096))
+    big = node_ops.double.request("x" * 5000)
+    with connect(n.url, timeout=30) as c:
+        for _ in range(2):  # the open kept for the request asked again is checked too
+            with pytest.raises(P.LimitExceeded, match="more than the largest frame agreed"):
+                c.evaluate(big)
+            with pytest.raises(P.LimitExceeded, match="more than the largest frame agreed"):
+                c.stream(big)
+
+        async def run():
+            for _ in range(2):
+                with pytest.raises(P.LimitExceeded, match="more than the largest frame"):
+                    await c.aevaluate(big)
+            return (await c.aevaluate(node_ops.double.request(4))).value
+
+        assert asyncio.run(run()) == 8
+        assert c.evaluate(node_ops.double.request(3)).value == 6
+    assert n.stats()["requests"] == 2
