@@ -243,21 +243,21 @@ def test_the_open_kept_for_the_request_asked_again_follows_its_inputs(node):
     n = node()
     with connect(n.url, timeout=30.0) as c:
         req = node_ops.double.request(5)
-        first = c._prepare(req, None, None)[2]
+        first = c._prepare(req, None, None)[1]
         assert first == _old(req, "value", c.scope, c.grants, 30.0, ())
-        assert c._prepare(req, None, None)[2] is first  # asked again: kept
-        assert c._prepare(req, None, 2.0)[2] == _old(req, "value", c.scope, c.grants, 2.0, ())
-        assert c._prepare(req, None, None, "stream")[2] == _old(req, "stream", c.scope,
+        assert c._prepare(req, None, None)[1] is first  # asked again: kept
+        assert c._prepare(req, None, 2.0)[1] == _old(req, "value", c.scope, c.grants, 2.0, ())
+        assert c._prepare(req, None, None, "stream")[1] == _old(req, "stream", c.scope,
                                                                  c.grants, 30.0, ())
-        assert c._prepare(req, ["x.y"], None)[2] == _old(req, "value", c.scope,
+        assert c._prepare(req, ["x.y"], None)[1] == _old(req, "value", c.scope,
                                                           frozenset({"x.y"}), 30.0, ())
         c.scope = "held"
-        assert c._prepare(req, None, None)[2] == _old(req, "value", "held", c.grants, 30.0, ())
+        assert c._prepare(req, None, None)[1] == _old(req, "value", "held", c.grants, 30.0, ())
         c.node_id = "me"
-        assert c._prepare(req, None, None)[2] == _old(req, "value", "held", c.grants, 30.0,
+        assert c._prepare(req, None, None)[1] == _old(req, "value", "held", c.grants, 30.0,
                                                       ("me",))
         late = fabric.EvalRequest("node.double", (5,), deadline=1.5)
-        assert c._prepare(late, None, None)[2] == _old(late, "value", "held", c.grants, 1.5,
+        assert c._prepare(late, None, None)[1] == _old(late, "value", "held", c.grants, 1.5,
                                                        ("me",))
 
 

@@ -288,7 +288,6 @@ class _Channel:
             record, request.key, source)  # replies.reply_from_record, without its wrapper
         return reply if claim is None else _claimed(reply, claim)
 
-
     def _usual(self, parts: list[bytes], sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
         """A reply taken whole (``FrameDecoder.take_reply``): its (record,
         source, claim), checked as the frame-by-frame path checks it."""
@@ -1246,9 +1245,9 @@ class NodeClient:
     # -- checks shared by every call --------------------------------------------
     def _prepare(self, request: EvalRequest, grants: Iterable[str] | None,
                  timeout: float | None,
-                 want: str = "value") -> tuple[frozenset[str], float | None, bytes]:
-        """The checks of every call, then its grants, its timeout and the
-        payload of its open (the open's bytes do not name the stream id)."""
+                 want: str = "value") -> tuple[float | None, bytes]:
+        """The checks of every call, then its timeout and the payload of its
+        open (the open's bytes do not name the stream id)."""
         if not isinstance(request, EvalRequest):
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
@@ -1264,7 +1263,7 @@ class NodeClient:
         last = self._last_open  # the request asked just before, asked again
         if (last is not None and last[0] is request and last[1] is want and last[2] is g
                 and last[3] == t and last[5] is self.scope and last[6] is self.node_id):
-            return g, t, last[4]
+            return t, last[4]
         via = (self.node_id,) if self.node_id else ()
         # One walk writes the open and looks for a Secret (a request holding
         # one is never sent): None when it met a Secret or an argument of a
@@ -1274,7 +1273,7 @@ class NodeClient:
         if payload is None:
             payload = self._checked_payload(request, want, g, t, via)
         self._last_open = (request, want, g, t, payload, self.scope, self.node_id)
-        return g, t, payload
+        return t, payload
 
     def _checked_payload(self, request: EvalRequest, want: str, g: frozenset[str],
                          t: float | None, via: tuple[str, ...]) -> bytes:
@@ -1368,7 +1367,7 @@ class NodeClient:
     def evaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                  timeout: float | None = None) -> EvalReply:
         """Evaluate on the node; its reply, or its error raised here."""
-        _g, t, payload = self._prepare(request, grants, timeout)
+        t, payload = self._prepare(request, grants, timeout)
         ch = self._channel(t)
         if ch is not None:
             return ch.evaluate(request, payload, t)
@@ -1382,7 +1381,7 @@ class NodeClient:
     async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
-        _g, t, payload = self._prepare(request, grants, timeout)
+        t, payload = self._prepare(request, grants, timeout)
         loop = _running_loop()
         ch = self._last_achannel  # the common case: the loop that called last
         if ch is None or ch.loop is not loop or not ch.up or ch.dead:
@@ -1452,7 +1451,7 @@ class NodeClient:
                timeout: float | None = None) -> EvalStream[Any]:
         """A stream from the node; items arrive as it produces them, under
         per-stream credit. Closing it early cancels the producer."""
-        _g, t, payload = self._prepare(request, grants, timeout, "stream")
+        t, payload = self._prepare(request, grants, timeout, "stream")
         ch = self._channel(t)
         if ch is not None:
             bs = ch.stream(request, payload, t)
@@ -1490,7 +1489,7 @@ class NodeClient:
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                 timeout: float | None = None) -> AsyncEvalStream[Any]:
         """Async twin of ``stream``."""
-        _g, t, payload = self._prepare(request, grants, timeout, "stream")
+        t, payload = self._prepare(request, grants, timeout, "stream")
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", payload),
                                              self._loop).result()
         s: AsyncEvalStream[Any] = AsyncEvalStream(self._aevents(c, t), request.key,
