@@ -965,7 +965,9 @@ static PyObject *open_payload(PyObject *module, PyObject *const *args, Py_ssize_
     }
     EvalRequestObject *r = (EvalRequestObject *)req;
     if (!PyUnicode_CheckExact(want) || !PyUnicode_CheckExact(scope) || r->key == NULL ||
-        r->op == NULL)
+        r->op == NULL || r->args == NULL || r->kwargs == NULL || r->version == NULL ||
+        r->capabilities == NULL || r->mode == NULL || r->answer_limit == NULL ||
+        r->stream_buffer == NULL || r->consistency == NULL || r->deadline == NULL)
         Py_RETURN_NONE; /* (a request cleared by the collector has no fields) */
     PyObject *grants = str_items(args[3], 1);
     if (grants == NULL)
