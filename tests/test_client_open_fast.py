@@ -1,8 +1,8 @@
 """The client's open of a request written in one C walk (``_core._open_payload``):
 the same bytes as ``protocol.open_payload`` for any request, a request
 holding a ``fabric.Secret`` still refused with the same error, and what the
-walk leaves to the Python check (a subclass of a builtin container) checked
-and sent as before."""
+walk leaves to the Python check (a container that check reads otherwise)
+checked and sent as before."""
 
 import asyncio
 import collections
@@ -18,7 +18,7 @@ from fabric._core import _open_payload
 from fabric.node import NodeLimits, connect, protocol as P
 from fabric.values import walk
 
-import node_ops  # noqa: F401  (the node's ops: node.double, node.reveal)
+import node_ops
 
 REF = fabric.SecretRef("db-password")
 SECRET = fabric.Secret("hunter2")
