@@ -461,3 +461,145 @@ int fab_control_encode(const fab_control *c, fab_buf *out)
         out->len = start;
     return rc;
 }
+
+/* ---- the node protocol's request open ---------------------------------------------- */
+
+static const char *const open_fields[FAB_OPEN_NFIELDS] = {
+    "request", "key", "want", "scope", "grants", "timeout", "via",
+};
+static const char *const request_fields[FAB_OPEN_REQUEST_NFIELDS] = {
+    "op", "args", "kwargs", "version", "caps", "mode", "answer_limit", "stream_buffer",
+    "stream", "trace", "sharing", "consistency", "deadline",
+};
+enum { REQ_ARGS = 1, REQ_KWARGS = 2 };
+
+const char *fab_open_field(int i)
+{
+    return i >= 0 && i < FAB_OPEN_NFIELDS ? open_fields[i] : NULL;
+}
+
+const char *fab_open_request_field(int i)
+{
+    return i >= 0 && i < FAB_OPEN_REQUEST_NFIELDS ? request_fields[i] : NULL;
+}
+
+/* Reads the map whose header *it is (at depth0): each value's span in
+ * spans[], by the index of its key in names[]; exactly those keys, once
+ * each. first[] gets each value's first item. */
+static int read_fields(fab_mp_reader *r, const fab_mp_item *it, const char *const *names,
+                       int n, fab_open_span *spans, fab_mp_item *first, const char *what,
+                       fab_control_error *err, size_t base)
+{
+    if (it->type != FAB_MP_MAP || it->v.count != (uint32_t)n)
+        return refuse(err, it->type != FAB_MP_MAP ? FAB_ETYPE : FAB_EFORMAT, base + it->offset,
+                      what, "%s must be a map of exactly its %d fields", what, n);
+    unsigned long have = 0;
+    for (uint32_t i = 0; i < it->v.count; i++) {
+        fab_mp_item k;
+        int rc = fab_mp_next(r, &k);
+        if (rc)
+            return rc;
+        int f = k.type == FAB_MP_STR ? lookup(names, n, k.v.s.p, k.v.s.len) : -1;
+        if (f < 0 || (have & (1ul << f)))
+            return refuse(err, FAB_EFORMAT, base + k.offset, what,
+                          "%s has a field that is unknown or repeated", what);
+        have |= 1ul << f;
+        uint32_t depth0 = r->depth;
+        if ((rc = fab_mp_next(r, &first[f])) != 0)
+            return rc;
+        fab_mp_item skip;
+        while (r->depth > depth0)
+            if ((rc = fab_mp_next(r, &skip)) != 0)
+                return rc;
+        spans[f].p = r->data + first[f].offset;
+        spans[f].len = r->pos - first[f].offset;
+    }
+    return 0;
+}
+
+/* 0 when the array at span (its first item *it) holds at most max str. */
+static int str_array(const fab_open_span *span, const fab_mp_item *it, uint32_t max,
+                     const fab_mp_limits *limits)
+{
+    if (it->type != FAB_MP_ARRAY || it->v.count > max)
+        return FAB_ETYPE;
+    fab_mp_reader r;
+    fab_mp_item x;
+    int rc = fab_mp_reader_init(&r, span->p, span->len, limits);
+    if (rc == 0)
+        rc = fab_mp_next(&r, &x);
+    for (uint32_t i = 0; rc == 0 && i < it->v.count; i++) {
+        rc = fab_mp_next(&r, &x);
+        if (rc == 0 && x.type != FAB_MP_STR)
+            rc = FAB_ETYPE;
+    }
+    return rc;
+}
+
+static int choice(const fab_mp_item *it, const char *a, const char *b)
+{
+    if (it->type != FAB_MP_STR)
+        return -1;
+    const char *const names[2] = {a, b};
+    return lookup(names, 2, it->v.s.p, it->v.s.len);
+}
+
+int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *limits,
+                          fab_control_open *out, fab_control_error *err)
+{
+    fab_control_error scratch;
+    if (err == NULL)
+        err = &scratch;
+    memset(out, 0, sizeof(*out));
+    fab_control c;
+    int rc = fab_control_decode(payload, len, limits, &c, err);
+    if (rc)
+        return rc;
+    if (c.tagged)
+        return refuse(err, FAB_EVERSION, 0, NULL, "a request open is plain msgpack");
+    if (c.op != FAB_CTL_OPEN || !(c.present & FAB_CTL_F_METADATA))
+        return refuse(err, FAB_EFORMAT, 0, "metadata",
+                      "a request is a control 'open' with metadata");
+    size_t base = (size_t)(c.metadata - (const uint8_t *)payload);
+    fab_mp_reader r;
+    fab_mp_item it, first[FAB_OPEN_NFIELDS], rfirst[FAB_OPEN_REQUEST_NFIELDS];
+    if ((rc = fab_mp_reader_init(&r, c.metadata, c.metadata_len, limits)) != 0 ||
+        (rc = fab_mp_next(&r, &it)) != 0)
+        return rc;
+    if ((rc = read_fields(&r, &it, open_fields, FAB_OPEN_NFIELDS, out->meta, first,
+                          "open metadata", err, base)) != 0)
+        return rc;
+    const fab_open_span *m = out->meta;
+#define AT(f) (base + (size_t)(m[f].p - c.metadata))
+    if ((out->want = choice(&first[FAB_OPEN_WANT], "value", "stream")) < 0)
+        return refuse(err, FAB_ERANGE, AT(FAB_OPEN_WANT), "want",
+                      "want must be \"value\" or \"stream\"");
+    if ((out->scope = choice(&first[FAB_OPEN_SCOPE], "held", "compute")) < 0)
+        return refuse(err, FAB_ERANGE, AT(FAB_OPEN_SCOPE), "scope",
+                      "scope must be \"held\" or \"compute\"");
+    const fab_mp_item *t = &first[FAB_OPEN_TIMEOUT];
+    if (!(t->type == FAB_MP_NIL || (t->type == FAB_MP_UINT && t->v.u > 0) ||
+          (t->type == FAB_MP_FLOAT && t->v.f > 0)))
+        return refuse(err, FAB_ERANGE, AT(FAB_OPEN_TIMEOUT), "timeout",
+                      "timeout must be a positive number or nil");
+    if (str_array(&m[FAB_OPEN_GRANTS], &first[FAB_OPEN_GRANTS], UINT32_MAX, limits) != 0)
+        return refuse(err, FAB_ETYPE, AT(FAB_OPEN_GRANTS), "grants",
+                      "grants must be an array of str");
+    if (str_array(&m[FAB_OPEN_VIA], &first[FAB_OPEN_VIA], FAB_OPEN_MAX_VIA, limits) != 0)
+        return refuse(err, FAB_ETYPE, AT(FAB_OPEN_VIA), "via",
+                      "via must be an array of at most 16 str");
+    /* The request map: its own reader over its span. */
+    fab_mp_reader q;
+    if ((rc = fab_mp_reader_init(&q, m[FAB_OPEN_REQUEST].p, m[FAB_OPEN_REQUEST].len,
+                                 limits)) != 0 ||
+        (rc = fab_mp_next(&q, &it)) != 0)
+        return rc;
+    if ((rc = read_fields(&q, &it, request_fields, FAB_OPEN_REQUEST_NFIELDS, out->request,
+                          rfirst, "the request", err, AT(FAB_OPEN_REQUEST))) != 0)
+        return rc;
+    if (rfirst[REQ_ARGS].type != FAB_MP_ARRAY || rfirst[REQ_KWARGS].type != FAB_MP_MAP)
+        return refuse(err, FAB_ETYPE, AT(FAB_OPEN_REQUEST), "request",
+                      "request args must be an array and kwargs a map");
+#undef AT
+    return 0;
+}
