@@ -67,6 +67,9 @@ _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 # (``stream.stats`` asks for the node's status: docs/spec/protocol.md section 9.)
 _CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
                              "stream.remote.network"))
+# What a remote open needs (StreamControl.from_frame checks it; an open read
+# in one pass, StreamControl.read_open, is taken only when they are granted).
+_OPEN_CAPS = frozenset(StreamControl.open(1).required_capabilities(remote=True))
 
 
 @dataclass(frozen=True)
@@ -395,10 +398,10 @@ class Node:
                                 max_count=self.limits.principal_max_queued)
         self._running = 0
         self._drain = False
-        # CONTROL open payloads seen lately -> (control, parsed request, its
-        # route or None: _route_of): a request asked again, on any connection,
-        # skips its decode and key computation.
-        self._opens: dict[bytes, tuple[Any, Any, Any]] = {}
+        # CONTROL open payloads seen lately -> (parsed request, its route or
+        # None: _route_of): a request asked again, on any connection, skips
+        # its decode and key computation.
+        self._opens: dict[bytes, tuple[Any, Any]] = {}
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -929,23 +932,35 @@ class Node:
             if payload is None:
                 payload = bytes(f.payload)
                 seen = self._opens.get(payload)
-            if seen is not None:  # a control seen before: checked and parsed then
-                ctl, parsed, route = seen
-                ctl.check(conn.grants, remote=True)
-            else:
+            ctl: Any = None
+            parsed = route = None
+            if not _OPEN_CAPS <= conn.grants:
+                pass  # from_frame refuses an open with CapabilityDenied
+            elif seen is not None:  # an open parsed and checked before
+                parsed, route = seen
+            else:  # a request's open in one pass (None: any other control, or a refusal)
+                read = StreamControl.read_open(payload, limits=dec.limits)
+                if read is not None:
+                    parsed = P.open_from_read(read)
+            if parsed is None:  # the general path: it raises what is wrong
                 ctl = StreamControl.from_frame(f, conn.grants, limits=dec.limits)
-                parsed = route = None
-            if ctl.op == "open":
+            if parsed is not None or ctl.op == "open":
                 if sid == 0 or sid in conn.tasks:
                     raise P.ProtocolError(f"open on stream {sid}: stream 0 is the "
                                           f"connection's and an open id cannot be reused")
-                if parsed is None:
-                    parsed = P.check_open(ctl.fields.get("metadata"))
+                if seen is None:
+                    if parsed is None:
+                        parsed = P.check_open(ctl.fields.get("metadata"))
                     route = self._route_of(parsed)
                     if len(payload) <= 4096:  # bounded: 1024 entries of <= 4 KiB
                         if len(self._opens) >= 1024:
                             self._opens.pop(next(iter(self._opens)))
-                        self._opens[payload] = (ctl, parsed, route)
+                        self._opens[payload] = (parsed, route)
+                    if route is not None:  # a route this connection checked: at once
+                        routed = conn.routes.get(route)
+                        if routed is not None and self._answer_hit(conn, sid, parsed[0],
+                                                                    routed):
+                            return
                 self._queue_request(conn, sid, parsed, route)
             elif ctl.op == "stats":
                 _status.answer(self, conn, sid)
@@ -1399,10 +1414,10 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                     seen = opens.get(payload)
                     # an open parsed before, of a route this connection checked:
                     # answered at once (_answer_hit; False: the general path)
-                    if seen is not None and seen[2] is not None:
-                        routed = conn.routes.get(seen[2])
+                    if seen is not None and seen[1] is not None:
+                        routed = conn.routes.get(seen[1])
                         if routed is not None and node._answer_hit(
-                                conn, f.stream_id, seen[1][0], routed):
+                                conn, f.stream_id, seen[0][0], routed):
                             if conn.closed:
                                 break
                             continue
