@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
@@ -400,8 +401,9 @@ class Node:
         self._drain = False
         # CONTROL open payloads seen lately -> (parsed request, its route or
         # None: _route_of): a request asked again, on any connection, skips
-        # its decode and key computation.
-        self._opens: dict[bytes, tuple[Any, Any]] = {}
+        # its decode and key computation. (An OrderedDict: a dict's oldest
+        # entry, next(iter(d)), is found by scanning past the deleted ones.)
+        self._opens: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -954,7 +956,7 @@ class Node:
                     route = self._route_of(parsed)
                     if len(payload) <= 4096:  # bounded: 1024 entries of <= 4 KiB
                         if len(self._opens) >= 1024:
-                            self._opens.pop(next(iter(self._opens)))
+                            self._opens.popitem(last=False)
                         self._opens[payload] = (parsed, route)
                     if route is not None:  # a route this connection checked: at once
                         routed = conn.routes.get(route)
