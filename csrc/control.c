@@ -461,3 +461,275 @@ int fab_control_encode(const fab_control *c, fab_buf *out)
         out->len = start;
     return rc;
 }
+
+/* ---- the node protocol's request open ---------------------------------------------- */
+
+/* A name and its length (no strlen per lookup: this runs per request). */
+typedef struct name_len {
+    const char *s;
+    size_t n;
+} name_len;
+#define NL(x) {x, sizeof(x) - 1}
+
+static const name_len open_fields[FAB_OPEN_NFIELDS] = {
+    NL("request"), NL("key"), NL("want"), NL("scope"), NL("grants"), NL("timeout"), NL("via"),
+};
+static const name_len request_fields[FAB_OPEN_REQUEST_NFIELDS] = {
+    NL("op"), NL("args"), NL("kwargs"), NL("version"), NL("caps"), NL("mode"),
+    NL("answer_limit"), NL("stream_buffer"), NL("stream"), NL("trace"), NL("sharing"),
+    NL("consistency"), NL("deadline"),
+};
+enum { REQ_ARGS = 1, REQ_KWARGS = 2 };
+
+const char *fab_open_field(int i)
+{
+    return i >= 0 && i < FAB_OPEN_NFIELDS ? open_fields[i].s : NULL;
+}
+
+const char *fab_open_request_field(int i)
+{
+    return i >= 0 && i < FAB_OPEN_REQUEST_NFIELDS ? request_fields[i].s : NULL;
+}
+
+/* The index of the str item *it among names, or -1. */
+static int match(const name_len *names, int n, const fab_mp_item *it)
+{
+    if (it->type != FAB_MP_STR)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (names[i].n == it->v.s.len && memcmp(names[i].s, it->v.s.p, names[i].n) == 0)
+            return i;
+    return -1;
+}
+
+/* Reads the rest of the value whose first item is *first (read at depth0). */
+static int skip_rest(fab_mp_reader *r, uint32_t depth0)
+{
+    fab_mp_item skip;
+    while (r->depth > depth0) {
+        int rc = fab_mp_next(r, &skip);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Reads the value after the key of field f: its first item into *first,
+ * the rest skipped, its bytes into *span. */
+static int read_value(fab_mp_reader *r, fab_mp_item *first, fab_open_span *span)
+{
+    uint32_t depth0 = r->depth;
+    int rc = fab_mp_next(r, first);
+    if (rc == 0)
+        rc = skip_rest(r, depth0);
+    span->p = r->data + first->offset;
+    span->len = r->pos - first->offset;
+    return rc;
+}
+
+/* Reads the elements of an array whose header *it was just read: *ok is
+ * whether it is an array of at most max str (anything else is left to the
+ * caller to skip). */
+static int str_array(fab_mp_reader *r, const fab_mp_item *it, uint32_t max, int *ok)
+{
+    *ok = it->type == FAB_MP_ARRAY && it->v.count <= max;
+    if (it->type != FAB_MP_ARRAY)
+        return 0;
+    for (uint32_t i = 0; i < it->v.count; i++) {
+        fab_mp_item x;
+        fab_open_span span;
+        int rc = read_value(r, &x, &span);
+        if (rc)
+            return rc;
+        if (x.type != FAB_MP_STR)
+            *ok = 0;
+    }
+    return 0;
+}
+
+/* Reads a map's key into *it: all of it (a key may be a container). */
+static int read_key(fab_mp_reader *r, fab_mp_item *it)
+{
+    uint32_t depth0 = r->depth;
+    int rc = fab_mp_next(r, it);
+    return rc ? rc : skip_rest(r, depth0);
+}
+
+static int reader_refusal(const fab_mp_reader *r, int rc, fab_control_error *err)
+{
+    err->msgpack = 1;
+    err->offset = r->err_offset;
+    snprintf(err->msg, sizeof(err->msg), "%s", r->err[0] ? r->err : "malformed msgpack");
+    return rc;
+}
+
+int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *limits,
+                          fab_control_open *out, fab_control_error *err)
+{
+    fab_control_error scratch;
+    if (err == NULL)
+        err = &scratch;
+    memset(err, 0, sizeof(*err));
+    memset(out, 0, sizeof(*out));
+    out->want = out->scope = -1;
+    const uint8_t *p = payload;
+    if (len > 0 && p[0] == FAB_VALUE_MAGIC)
+        return refuse(err, FAB_EVERSION, 0, NULL, "a request open is plain msgpack");
+    /* One pass over every item of the payload, with the reader's checks and
+     * limits (as fab_mp_validate's), and the shape checked as it goes. */
+    fab_mp_reader r;
+    fab_mp_item it, first[FAB_OPEN_NFIELDS], rfirst[FAB_OPEN_REQUEST_NFIELDS];
+    int rc = fab_mp_reader_init(&r, p, len, limits);
+    if (rc)
+        return rc;
+#define NEXT(x)                                                                          \
+    do {                                                                                 \
+        if ((rc = fab_mp_next(&r, (x))) != 0)                                            \
+            return reader_refusal(&r, rc, err);                                          \
+    } while (0)
+#define KEY(x)                                                                           \
+    do {                                                                                 \
+        if ((rc = read_key(&r, (x))) != 0)                                               \
+            return reader_refusal(&r, rc, err);                                          \
+    } while (0)
+#define SHAPE(code, at, field, ...)                                                      \
+    do {                                                                                 \
+        if (!shape_rc)                                                                   \
+            shape_rc = refuse(err, (code), (at), (field), __VA_ARGS__);                  \
+    } while (0)
+    int shape_rc = 0; /* the first shape refusal; reading goes on (a reader error wins) */
+    if (len == 0)
+        return refuse(err, FAB_ETRUNCATED, 0, NULL, "empty input (no value)");
+    NEXT(&it);
+    if (it.type != FAB_MP_MAP || it.v.count != 2)
+        SHAPE(FAB_EFORMAT, it.offset, NULL, "a request open is a map {op, metadata}");
+    unsigned have_top = 0;
+    uint32_t top = it.type == FAB_MP_MAP ? it.v.count : 0;
+    for (uint32_t i = 0; i < top; i++) {
+        KEY(&it);
+        int is_op = it.type == FAB_MP_STR && it.v.s.len == 2 && memcmp(it.v.s.p, "op", 2) == 0;
+        int is_meta = it.type == FAB_MP_STR && it.v.s.len == 8 &&
+                      memcmp(it.v.s.p, "metadata", 8) == 0;
+        unsigned bit = is_op ? 1u : is_meta ? 2u : 0u;
+        if (!bit || (have_top & bit))
+            SHAPE(FAB_EFORMAT, it.offset, NULL, "a request open is a map {op, metadata}");
+        have_top |= bit;
+        if (!is_meta) {
+            fab_open_span span;
+            if ((rc = read_value(&r, &it, &span)) != 0)
+                return reader_refusal(&r, rc, err);
+            if (is_op && !(it.type == FAB_MP_STR && it.v.s.len == 4 &&
+                           memcmp(it.v.s.p, "open", 4) == 0))
+                SHAPE(FAB_EFORMAT, it.offset, "op", "a request is a control 'open'");
+            continue;
+        }
+        /* the metadata */
+        uint32_t depth0 = r.depth;
+        NEXT(&it);
+        if (it.type != FAB_MP_MAP || it.v.count != FAB_OPEN_NFIELDS)
+            SHAPE(FAB_EFORMAT, it.offset, "metadata",
+                  "open metadata must be a map of exactly its 7 fields");
+        unsigned have = 0;
+        uint32_t pairs = it.type == FAB_MP_MAP ? it.v.count : 0;
+        for (uint32_t k = 0; k < pairs; k++) {
+            KEY(&it);
+            int f = match(open_fields, FAB_OPEN_NFIELDS, &it);
+            if (f < 0 || (have & (1u << f))) {
+                SHAPE(FAB_EFORMAT, it.offset, "metadata",
+                      "open metadata has a field that is unknown or repeated");
+                f = -1;
+            } else {
+                have |= 1u << f;
+            }
+            if (f == FAB_OPEN_GRANTS || f == FAB_OPEN_VIA) {
+                uint32_t d = r.depth;
+                NEXT(&first[f]);
+                int ok;
+                if ((rc = str_array(&r, &first[f], f == FAB_OPEN_VIA ? FAB_OPEN_MAX_VIA
+                                                                      : UINT32_MAX, &ok)) ||
+                    (rc = skip_rest(&r, d)) != 0)
+                    return reader_refusal(&r, rc, err);
+                out->meta[f].p = p + first[f].offset;
+                out->meta[f].len = r.pos - first[f].offset;
+                if (!ok)
+                    SHAPE(FAB_ETYPE, first[f].offset, open_fields[f].s,
+                          f == FAB_OPEN_VIA ? "via must be an array of at most 16 str"
+                                            : "grants must be an array of str");
+            } else if (f == FAB_OPEN_REQUEST) {
+                uint32_t d = r.depth;
+                NEXT(&first[f]);
+                if (first[f].type != FAB_MP_MAP || first[f].v.count != FAB_OPEN_REQUEST_NFIELDS)
+                    SHAPE(FAB_EFORMAT, first[f].offset, "request",
+                          "the request must be a map of exactly its 13 fields");
+                unsigned long rhave = 0;
+                uint32_t rpairs = first[f].type == FAB_MP_MAP ? first[f].v.count : 0;
+                for (uint32_t q = 0; q < rpairs; q++) {
+                    KEY(&it);
+                    int g = match(request_fields, FAB_OPEN_REQUEST_NFIELDS, &it);
+                    fab_open_span scratch_span;
+                    fab_mp_item scratch_item;
+                    if (g < 0 || (rhave & (1ul << g))) {
+                        SHAPE(FAB_EFORMAT, it.offset, "request",
+                              "the request has a field that is unknown or repeated");
+                        g = -1;
+                    } else {
+                        rhave |= 1ul << g;
+                    }
+                    if ((rc = read_value(&r, g < 0 ? &scratch_item : &rfirst[g],
+                                         g < 0 ? &scratch_span : &out->request[g])) != 0)
+                        return reader_refusal(&r, rc, err);
+                }
+                if ((rc = skip_rest(&r, d)) != 0)
+                    return reader_refusal(&r, rc, err);
+                out->meta[f].p = p + first[f].offset;
+                out->meta[f].len = r.pos - first[f].offset;
+                if (rpairs == FAB_OPEN_REQUEST_NFIELDS && !shape_rc &&
+                    (rfirst[REQ_ARGS].type != FAB_MP_ARRAY || rfirst[REQ_KWARGS].type != FAB_MP_MAP))
+                    SHAPE(FAB_ETYPE, first[f].offset, "request",
+                          "request args must be an array and kwargs a map");
+            } else {
+                fab_open_span scratch_span;
+                fab_mp_item scratch_item;
+                if ((rc = read_value(&r, f < 0 ? &scratch_item : &first[f],
+                                     f < 0 ? &scratch_span : &out->meta[f])) != 0)
+                    return reader_refusal(&r, rc, err);
+            }
+        }
+        if ((rc = skip_rest(&r, depth0)) != 0)
+            return reader_refusal(&r, rc, err);
+        if (have == (1u << FAB_OPEN_NFIELDS) - 1 && !shape_rc) {
+            out->want = match((const name_len[]){NL("value"), NL("stream")}, 2,
+                              &first[FAB_OPEN_WANT]);
+            out->scope = match((const name_len[]){NL("held"), NL("compute")}, 2,
+                               &first[FAB_OPEN_SCOPE]);
+            const fab_mp_item *t = &first[FAB_OPEN_TIMEOUT];
+            if (out->want < 0)
+                SHAPE(FAB_ERANGE, first[FAB_OPEN_WANT].offset, "want",
+                      "want must be \"value\" or \"stream\"");
+            else if (out->scope < 0)
+                SHAPE(FAB_ERANGE, first[FAB_OPEN_SCOPE].offset, "scope",
+                      "scope must be \"held\" or \"compute\"");
+            else if (!(t->type == FAB_MP_NIL || (t->type == FAB_MP_UINT && t->v.u > 0) ||
+                       (t->type == FAB_MP_FLOAT && t->v.f > 0)))
+                SHAPE(FAB_ERANGE, t->offset, "timeout", "timeout must be a positive number or nil");
+        }
+    }
+    if ((rc = skip_rest(&r, 0)) != 0) /* what is left of a top value of another shape */
+        return reader_refusal(&r, rc, err);
+    if (r.pos != len) {
+        err->msgpack = 1;
+        err->offset = r.pos;
+        snprintf(err->msg, sizeof(err->msg), "%zu trailing bytes after the value", len - r.pos);
+        return FAB_EFORMAT;
+    }
+    if (!shape_rc && have_top != 3u)
+        SHAPE(FAB_EFORMAT, 0, "metadata", "a request is a control 'open' with metadata");
+    if (shape_rc) {
+        out->want = out->scope = -1;
+        return shape_rc;
+    }
+#undef NEXT
+#undef KEY
+#undef SHAPE
+    return 0;
+}

@@ -23,12 +23,41 @@ static void same(const fab_control *a, const fab_control *b)
         abort();
 }
 
+/* The node's request open read in one pass (fab_control_open_read): when
+ * it accepts, the payload is a control open, and every span it gives is one
+ * whole value inside the payload. */
+static void check_open(const uint8_t *p, size_t len, const fab_mp_limits *lim, int control_rc,
+                       const fab_control *c)
+{
+    fab_control_open o;
+    fab_control_error err;
+    int rc = fab_control_open_read(p, len, lim, &o, &err);
+    if (rc > 0 || (rc < 0 && err.msg[0] == '\0') || (rc < 0 && err.offset > len))
+        abort();
+    if (rc < 0)
+        return;
+    if (control_rc != 0 || c->op != FAB_CTL_OPEN || c->tagged || o.want < 0 || o.want > 1 ||
+        o.scope < 0 || o.scope > 1)
+        abort();
+    for (int i = 0; i < FAB_OPEN_NFIELDS + FAB_OPEN_REQUEST_NFIELDS; i++) {
+        const fab_open_span *s = i < FAB_OPEN_NFIELDS ? &o.meta[i]
+                                                      : &o.request[i - FAB_OPEN_NFIELDS];
+        if (s->p < p || s->len == 0 || s->p + s->len > p + len ||
+            fab_mp_validate(s->p, s->len, lim, NULL, 0, NULL) != 0)
+            abort();
+    }
+}
+
 /* 0 for an accepted control payload, else the code. */
 static int check_control(const uint8_t *p, size_t len)
 {
     fab_mp_limits lim;
     fab_mp_limits_default(&lim);
     lim.max_depth = 64;
+    {
+        fab_control c0;
+        check_open(p, len, &lim, fab_control_decode(p, len, &lim, &c0, NULL), &c0);
+    }
     fab_control c;
     fab_control_error err;
     int rc = fab_control_decode(p, len, &lim, &c, &err);

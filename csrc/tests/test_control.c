@@ -1,4 +1,5 @@
 /* Unit tests of the control codec (csrc/control.c). */
+#include <stdio.h>
 #include <string.h>
 
 #include "check.h"
@@ -242,6 +243,157 @@ static void test_encoder_refuses_broken_structs(void)
     }
 }
 
+/* ---- the node protocol's request open ------------------------------------------------ */
+
+/* An open of the node protocol, with one thing changed by variant (0: none). */
+enum {
+    V_NONE, V_WANT, V_SCOPE, V_TIMEOUT_ZERO, V_TIMEOUT_NEG, V_TIMEOUT_BOOL, V_TIMEOUT_NAN,
+    V_GRANTS_INT, V_GRANTS_MAP, V_VIA_17, V_DROP_VIA, V_EXTRA, V_DUP_WANT, V_ARGS_MAP,
+    V_KWARGS_ARRAY, V_REQ_DROP, V_REQ_DUP, V_OP_NEXT, V_NO_META, V_META_ARRAY,
+    V_TIMEOUT_FLOAT, V_TIMEOUT_INT, V_VIA_16, V_NVARIANTS
+};
+
+static void put_str(fab_enc *e, const char *s) { CHECK_EQ(fab_enc_str(e, s, strlen(s)), 0); }
+
+static void build_open(fab_buf *b, int v)
+{
+    fab_enc e;
+    fab_enc_init(&e, fab_buf_sink, b);
+    if (v == V_OP_NEXT) {
+        CHECK_EQ(fab_enc_map_header(&e, 2), 0);
+        put_str(&e, "op");
+        put_str(&e, "next");
+        put_str(&e, "limit");
+        CHECK_EQ(fab_enc_uint64(&e, 1), 0);
+        return;
+    }
+    CHECK_EQ(fab_enc_map_header(&e, v == V_NO_META ? 1 : 2), 0);
+    put_str(&e, "op");
+    put_str(&e, "open");
+    if (v == V_NO_META)
+        return;
+    put_str(&e, "metadata");
+    if (v == V_META_ARRAY) {
+        CHECK_EQ(fab_enc_array_header(&e, 0), 0);
+        return;
+    }
+    int n = 7 + (v == V_EXTRA || v == V_DUP_WANT) - (v == V_DROP_VIA);
+    CHECK_EQ(fab_enc_map_header(&e, (size_t)n), 0);
+    put_str(&e, "want");
+    put_str(&e, v == V_WANT ? "values" : "value");
+    if (v == V_DUP_WANT) {
+        put_str(&e, "want");
+        put_str(&e, "stream");
+    }
+    put_str(&e, "scope");
+    put_str(&e, v == V_SCOPE ? "HELD" : "compute");
+    put_str(&e, "timeout");
+    switch (v) {
+    case V_TIMEOUT_ZERO: CHECK_EQ(fab_enc_uint64(&e, 0), 0); break;
+    case V_TIMEOUT_NEG: CHECK_EQ(fab_enc_int64(&e, -1), 0); break;
+    case V_TIMEOUT_BOOL: CHECK_EQ(fab_enc_bool(&e, 1), 0); break;
+    case V_TIMEOUT_NAN: CHECK_EQ(fab_enc_double(&e, 0.0 / 0.0), 0); break;
+    case V_TIMEOUT_FLOAT: CHECK_EQ(fab_enc_double(&e, 0.25), 0); break;
+    case V_TIMEOUT_INT: CHECK_EQ(fab_enc_uint64(&e, 30), 0); break;
+    default: CHECK_EQ(fab_enc_nil(&e), 0);
+    }
+    put_str(&e, "grants");
+    CHECK_EQ(fab_enc_array_header(&e, 2), 0);
+    put_str(&e, "a");
+    if (v == V_GRANTS_INT)
+        CHECK_EQ(fab_enc_uint64(&e, 1), 0);
+    else if (v == V_GRANTS_MAP)
+        CHECK_EQ(fab_enc_map_header(&e, 0), 0);
+    else
+        put_str(&e, "node.compute");
+    if (v != V_DROP_VIA) {
+        put_str(&e, "via");
+        size_t k = v == V_VIA_17 ? 17 : v == V_VIA_16 ? 16 : 1;
+        CHECK_EQ(fab_enc_array_header(&e, k), 0);
+        for (size_t i = 0; i < k; i++)
+            put_str(&e, "n1");
+    }
+    if (v == V_EXTRA) {
+        put_str(&e, "extra");
+        CHECK_EQ(fab_enc_nil(&e), 0);
+    }
+    put_str(&e, "key");
+    uint8_t key[32] = {7};
+    CHECK_EQ(fab_enc_bin(&e, key, sizeof(key)), 0);
+    put_str(&e, "request");
+    int rn = 13 - (v == V_REQ_DROP) + (v == V_REQ_DUP);
+    CHECK_EQ(fab_enc_map_header(&e, (size_t)rn), 0);
+    for (int i = 0; i < 13; i++) {
+        const char *name = fab_open_request_field(i);
+        if (v == V_REQ_DROP && i == 12)
+            continue;
+        put_str(&e, name);
+        if (i == 1 && v != V_ARGS_MAP) { /* args: [1, [2, 3]] */
+            CHECK_EQ(fab_enc_array_header(&e, 2), 0);
+            CHECK_EQ(fab_enc_uint64(&e, 1), 0);
+            CHECK_EQ(fab_enc_array_header(&e, 2), 0);
+            CHECK_EQ(fab_enc_uint64(&e, 2), 0);
+            CHECK_EQ(fab_enc_uint64(&e, 3), 0);
+        } else if ((i == 2 && v != V_KWARGS_ARRAY) || (i == 1 && v == V_ARGS_MAP)) {
+            CHECK_EQ(fab_enc_map_header(&e, 1), 0);
+            put_str(&e, "k");
+            put_str(&e, "v");
+        } else if (i == 2) {
+            CHECK_EQ(fab_enc_array_header(&e, 0), 0);
+        } else {
+            put_str(&e, name); /* any value: the node's checks read them */
+        }
+    }
+    if (v == V_REQ_DUP) {
+        put_str(&e, "op");
+        put_str(&e, "x");
+    }
+}
+
+static void test_open_read(void)
+{
+    for (int v = 0; v < V_NVARIANTS; v++) {
+        fab_buf b;
+        fab_buf_init(&b);
+        build_open(&b, v);
+        fab_control_open o;
+        fab_control_error err;
+        int rc = fab_control_open_read(b.data, b.len, NULL, &o, &err);
+        int good = v == V_NONE || v == V_TIMEOUT_FLOAT || v == V_TIMEOUT_INT || v == V_VIA_16;
+        if (good != (rc == 0))
+            fprintf(stderr, "variant %d: rc %d (%s)\n", v, rc, err.msg);
+        CHECK_EQ(rc == 0, good);
+        if (!good) {
+            CHECK(err.msg[0] != '\0');
+            CHECK(err.offset <= b.len);
+        } else {
+            CHECK_EQ(o.want, 0);
+            CHECK_EQ(o.scope, 1);
+            for (int f = 0; f < FAB_OPEN_NFIELDS; f++)
+                CHECK(o.meta[f].p >= b.data && o.meta[f].p + o.meta[f].len <= b.data + b.len);
+            CHECK_EQ(o.meta[FAB_OPEN_KEY].len, 34);
+            CHECK_EQ(o.meta[FAB_OPEN_KEY].p[0], 0xc4);
+            CHECK_EQ(o.meta[FAB_OPEN_KEY].p[2], 7);
+            CHECK_EQ(o.request[1].len, 5); /* [1, [2, 3]] */
+            CHECK_EQ(o.request[1].p[0], 0x92);
+            CHECK_EQ(o.request[12].len, 9); /* "deadline" */
+            CHECK_MEM(o.request[12].p + 1, "deadline", 8);
+            CHECK(o.meta[FAB_OPEN_REQUEST].p < o.request[0].p);
+            /* every prefix is refused (never read past the end) */
+            for (size_t k = 0; k < b.len; k++)
+                CHECK(fab_control_open_read(b.data, k, NULL, &o, NULL) < 0);
+        }
+        fab_buf_destroy(&b);
+    }
+    CHECK(strcmp(fab_open_field(FAB_OPEN_VIA), "via") == 0);
+    CHECK(fab_open_field(FAB_OPEN_NFIELDS) == NULL);
+    CHECK(fab_open_request_field(FAB_OPEN_REQUEST_NFIELDS) == NULL);
+    /* a payload in the value encoding is not read here */
+    fab_control_open o;
+    CHECK_EQ(fab_control_open_read("\xc1\x01\x81\xa2op\xa4open", 11, NULL, &o, NULL),
+             FAB_EVERSION);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -252,6 +404,7 @@ int main(void)
         {"limits_apply", test_limits_apply},
         {"capabilities", test_capabilities},
         {"encoder_refuses_broken_structs", test_encoder_refuses_broken_structs},
+        {"open_read", test_open_read},
         {NULL, NULL},
     };
     return check_run("control", cases);

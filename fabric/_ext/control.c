@@ -450,6 +450,52 @@ static PyObject *control_from_frame(PyObject *cls, PyObject *const *args, Py_ssi
     return (PyObject *)self;
 }
 
+/* StreamControl.read_open(payload, *, limits=None): the node protocol's
+ * request open read in one pass (fab_control_open_read): a tuple of the
+ * request's 13 fields, then key, want, scope, grants, timeout, via, each
+ * decoded; None for any payload it does not read (the node's general path,
+ * from_frame and check_open, reads those and says what is wrong). */
+static PyObject *control_read_open(PyObject *cls, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    static const char *const names[] = {"payload", "limits"};
+    static const fab_py_params p = {"read_open", names, 2, 1, 1, 1};
+    PyObject *a[2] = {NULL, NULL};
+    fab_state *st = fab_state_from_type((PyTypeObject *)cls);
+    if (st == NULL || fab_py_parse(&p, args, nargs, kwnames, a) < 0)
+        return NULL;
+    if (!PyBytes_Check(a[0]))
+        return PyErr_Format(PyExc_TypeError, "read_open() takes the payload as bytes, not %s",
+                            Py_TYPE(a[0])->tp_name);
+    fab_mp_limits lim;
+    if (fab_py_payload_limits(st, a[1], &lim) < 0)
+        return NULL;
+    const uint8_t *data = (const uint8_t *)PyBytes_AS_STRING(a[0]);
+    fab_control_open o;
+    int rc = fab_control_open_read(data, (size_t)PyBytes_GET_SIZE(a[0]), &lim, &o, NULL);
+    if (rc == FAB_ENOMEM)
+        return PyErr_NoMemory();
+    if (rc != 0)
+        Py_RETURN_NONE;
+    enum { NREQ = FAB_OPEN_REQUEST_NFIELDS, N = NREQ + FAB_OPEN_NFIELDS - 1 };
+    PyObject *out = PyTuple_New(N);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < N; i++) {
+        const fab_open_span *sp = i < NREQ ? &o.request[i] : &o.meta[i - NREQ + 1];
+        PyObject *v = fab_py_decode(st, sp->p, sp->len, &lim, (size_t)(sp->p - data));
+        if (v == NULL) {
+            Py_DECREF(out);
+            if (!PyErr_ExceptionMatches(PyExc_ValueError))
+                return NULL;
+            PyErr_Clear(); /* e.g. a map key the decoder refuses: the general path says */
+            Py_RETURN_NONE;
+        }
+        PyTuple_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 /* ---- the rest of the Python face ------------------------------------------------ */
 
 static PyObject *control_get_op(ControlObject *self, void *closure)
@@ -611,6 +657,18 @@ static PyMethodDef control_methods[] = {
          "not a map of known fields for a known operation; DecodeError for a\n"
          "payload that is not valid msgpack within limits; CapabilityDenied\n"
          "when grants lack the operation's capability or stream.remote.network."),
+    CTOR("read_open", control_read_open, "($type, /, payload, *, limits=None)",
+         "A node request's open read in one pass, or None.\n\n"
+         "payload is a CONTROL frame's payload (bytes). For an ``open`` whose\n"
+         "metadata has the node protocol's shape (docs/spec/protocol.md section\n"
+         "2: exactly its seven fields, want, scope, timeout, grants and via of\n"
+         "their types, a request map of exactly its thirteen fields with args an\n"
+         "array and kwargs a map), a tuple of the request's fields (op, args,\n"
+         "kwargs, version, caps, mode, answer_limit, stream_buffer, stream,\n"
+         "trace, sharing, consistency, deadline) then key, want, scope, grants,\n"
+         "timeout and via, decoded under limits as from_frame decodes them.\n"
+         "None for any other payload, which from_frame and the node's checks\n"
+         "read and refuse with the reason. No capability is checked here."),
     {"required_capabilities", (PyCFunction)(void (*)(void))control_required, FASTKW,
      "required_capabilities($self, /, *, remote=True)\n--\n\n"
      "The capabilities this operation needs (remote use adds\n"

@@ -291,6 +291,27 @@ def check_open(meta: Any) -> tuple[EvalRequest, str, str, frozenset[str], float 
 _NO_GRANTS: frozenset[str] = frozenset()
 
 
+def open_from_read(read: tuple[Any, ...]) -> tuple[EvalRequest, str, str, frozenset[str],
+                                                  float | None, list[str]] | None:
+    """``check_open``'s result for an open read in one pass
+    (``StreamControl.read_open``: the payload's shape is checked there), or
+    None when the request's fields are refused or its key does not match
+    them: the caller then takes the general path, which says why."""
+    (op, args, kwargs, version, caps, mode, answer_limit, stream_buffer, stream, trace,
+     sharing, consistency, deadline, key, want, scope, grants, timeout, via) = read
+    try:
+        req = EvalRequest(op, _args_from_wire(args), _kwargs_from_wire(kwargs),
+                          version=version, required_capabilities=tuple(caps or ()),
+                          mode=mode, answer_limit=answer_limit, stream_buffer=stream_buffer,
+                          stream=stream, trace=trace, sharing=sharing,
+                          consistency=consistency, deadline=deadline)
+    except (TypeError, ValueError):
+        return None
+    if type(key) is not bytes or key != req.key.digest:
+        return None
+    return req, want, scope, frozenset(grants) if grants else _NO_GRANTS, timeout, via
+
+
 # ---- handshake ---------------------------------------------------------------
 
 def hello(*, node: str | None, max_frame: int, window: int, caps: Iterable[str] = (),
@@ -390,4 +411,5 @@ def key_of(raw: Any) -> ContentKey:
 
 
 __all__ += ["FrameKind", "canonical_bytes", "open_metadata", "open_payload", "check_open",
+            "open_from_read",
             "key_of", "node_limits", "encoder"]

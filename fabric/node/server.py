@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
@@ -67,6 +68,9 @@ _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 # (``stream.stats`` asks for the node's status: docs/spec/protocol.md section 9.)
 _CONTROL_GRANTS = frozenset(("stream.open", "stream.cancel", "stream.stats",
                              "stream.remote.network"))
+# What a remote open needs (StreamControl.from_frame checks it; an open read
+# in one pass, StreamControl.read_open, is taken only when they are granted).
+_OPEN_CAPS = frozenset(StreamControl.open(1).required_capabilities(remote=True))
 
 
 @dataclass(frozen=True)
@@ -178,11 +182,13 @@ class _Conn:
         self.gossip = False
         self.gossip_sent = 0
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
-        # An open's payload -> (request, target, grants) once that open was
-        # checked against this connection's grants and is a single reply:
-        # asked again, it is answered without parsing or checking it again
-        # (the payload and the connection's grants are what the checks read).
-        self.hits: dict[bytes, tuple[Any, Any, frozenset[str]]] = {}
+        # A route (Node._route_of: scope, claimed grants, this node in via)
+        # -> (target, grants), once an open of that route was checked against
+        # this connection's grants and answered: an open the node parsed
+        # before (Node._opens) with the same route is answered from the read
+        # callback without checking it again (the route and the connection's
+        # grants, fixed at the handshake, are all that the checks read).
+        self.routes: dict[tuple[str, frozenset[str], bool], tuple[Any, frozenset[str]]] = {}
         self.closed = False
         self.paused = False  # the transport's buffer is over its high mark
         self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
@@ -393,9 +399,11 @@ class Node:
                                 max_count=self.limits.principal_max_queued)
         self._running = 0
         self._drain = False
-        # CONTROL open payloads seen lately -> (control, parsed request): a
-        # request asked again skips its decode and key computation.
-        self._opens: dict[bytes, tuple[Any, Any]] = {}
+        # CONTROL open payloads seen lately -> (parsed request, its route or
+        # None: _route_of): a request asked again, on any connection, skips
+        # its decode and key computation. (An OrderedDict: a dict's oldest
+        # entry, next(iter(d)), is found by scanning past the deleted ones.)
+        self._opens: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -917,31 +925,45 @@ class Node:
             conn.proto = None
 
     def _dispatch(self, conn: _Conn, f: Any, dec: FrameDecoder,
-                  payload: bytes | None = None) -> None:
+                  payload: bytes | None = None, seen: Any = None) -> None:
         """One frame from a client (``payload``: a CONTROL frame's payload
-        as bytes, when the caller has them already)."""
+        as bytes, when the caller has them already; ``seen``: its entry in
+        ``_opens``, when the caller looked it up)."""
         kind, sid = f.kind, f.stream_id
         if kind == FrameKind.CONTROL:
             if payload is None:
                 payload = bytes(f.payload)
-            hit = self._opens.get(payload)
-            if hit is not None:  # an open seen before: checked and parsed then
-                ctl, parsed = hit
-                ctl.check(conn.grants, remote=True)
-            else:
+                seen = self._opens.get(payload)
+            ctl: Any = None
+            parsed = route = None
+            if not _OPEN_CAPS <= conn.grants:
+                pass  # from_frame refuses an open with CapabilityDenied
+            elif seen is not None:  # an open parsed and checked before
+                parsed, route = seen
+            else:  # a request's open in one pass (None: any other control, or a refusal)
+                read = StreamControl.read_open(payload, limits=dec.limits)
+                if read is not None:
+                    parsed = P.open_from_read(read)
+            if parsed is None:  # the general path: it raises what is wrong
                 ctl = StreamControl.from_frame(f, conn.grants, limits=dec.limits)
-                parsed = None
-            if ctl.op == "open":
+            if parsed is not None or ctl.op == "open":
                 if sid == 0 or sid in conn.tasks:
                     raise P.ProtocolError(f"open on stream {sid}: stream 0 is the "
                                           f"connection's and an open id cannot be reused")
-                if parsed is None:
-                    parsed = P.check_open(ctl.fields.get("metadata"))
+                if seen is None:
+                    if parsed is None:
+                        parsed = P.check_open(ctl.fields.get("metadata"))
+                    route = self._route_of(parsed)
                     if len(payload) <= 4096:  # bounded: 1024 entries of <= 4 KiB
                         if len(self._opens) >= 1024:
-                            self._opens.pop(next(iter(self._opens)))
-                        self._opens[payload] = (ctl, parsed)
-                self._queue_request(conn, sid, parsed, payload)
+                            self._opens.popitem(last=False)
+                        self._opens[payload] = (parsed, route)
+                    if route is not None:  # a route this connection checked: at once
+                        routed = conn.routes.get(route)
+                        if routed is not None and self._answer_hit(conn, sid, parsed[0],
+                                                                    routed):
+                            return
+                self._queue_request(conn, sid, parsed, route)
             elif ctl.op == "stats":
                 _status.answer(self, conn, sid)
             elif ctl.op in ("cancel", "close"):
@@ -991,16 +1013,32 @@ class Node:
                               count=fields["count"], stream=sid or None))
 
     # -- requests ----------------------------------------------------------------
-    def _answer_hit(self, conn: _Conn, sid: int, hit: tuple[Any, Any, frozenset[str]]) -> bool:
-        """An open this connection sent before (checked then: ``conn.hits``),
-        answered from the read callback when it is held, a slot is free and
-        nobody waits; False when it must take the general path (which
-        checks and queues it as any open)."""
-        req, target, g = hit
+    def _route_of(self, parsed: Any) -> tuple[str, frozenset[str], bool] | None:
+        """What ``_target`` reads of an open besides the connection (scope,
+        claimed grants, whether this node is in ``via``), for an open a hit
+        may answer from the read callback (a single reply that may go where
+        it is asked); None for any other (it always takes the general path)."""
+        req, want, scope, claimed, _timeout, via = parsed
+        if want != "value" or req.stream:
+            return None
+        try:
+            _gossip.shareable(req, via)
+        except FabricError:
+            return None  # refused by _target on the general path, every time
+        return (scope, claimed, self.node_id in via)
+
+    def _answer_hit(self, conn: _Conn, sid: int, req: Any,
+                    routed: tuple[Any, frozenset[str]]) -> bool:
+        """An open the node parsed before whose route this connection had
+        checked (``conn.routes``: its target and grants), answered from the
+        read callback when it is held, a slot is free and nobody waits;
+        False when it must take the general path (which checks and queues it
+        as any open)."""
         if (sid == 0 or sid in conn.tasks or self._running >= self.limits.max_running
                 or self._run_q._active or (self._stop_evt is not None and self._stop_evt.is_set())
                 or req.key not in self.cassette):
             return False
+        target, g = routed
         try:
             reply = target.evaluate(req, grants=g)
         except Exception as exc:
@@ -1022,7 +1060,8 @@ class Node:
         self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
         return True
 
-    def _queue_request(self, conn: _Conn, sid: int, parsed: Any, payload: bytes = b"") -> None:
+    def _queue_request(self, conn: _Conn, sid: int, parsed: Any,
+                       route: tuple[str, frozenset[str], bool] | None = None) -> None:
         stats = self._stats
         stats["requests"] = stats.get("requests", 0) + 1
         if self._stop_evt is not None and self._stop_evt.is_set():
@@ -1036,12 +1075,12 @@ class Node:
             # matters when requests wait).
             try:
                 target, g = self._target(conn, parsed)
-                if payload and len(payload) <= 4096:
+                if route is not None and route not in conn.routes:
                     # checked against this connection's grants and targeted:
-                    # asked again, answered by _answer_hit (bounded per connection)
-                    if len(conn.hits) >= 256:
-                        conn.hits.pop(next(iter(conn.hits)))
-                    conn.hits[payload] = (req, target, g)
+                    # an open of this route is answered by _answer_hit from now on
+                    if len(conn.routes) >= 64:
+                        conn.routes.clear()
+                    conn.routes[route] = (target, g)
                 reply = target.evaluate(req, grants=g)
             except Exception as exc:
                 self._stat("errors")
@@ -1362,6 +1401,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                 self.dec.feed(data)
             node, conn, dec = self.node, self.conn, self.dec
             rate = node.limits.max_frame_rate
+            opens = node._opens
             for f in dec:
                 conn.frames_in += 1
                 self.count += 1
@@ -1371,14 +1411,19 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                         raise P.LimitExceeded(f"more than max_frame_rate={rate} frames "
                                               f"in one second")
                     self.window_start, self.count = now, 1
-                if f.kind == _CONTROL_KIND:  # an open asked before: answered at once
+                if f.kind == _CONTROL_KIND:
                     payload = bytes(f.payload)
-                    hit = conn.hits.get(payload)
-                    if hit is not None and node._answer_hit(conn, f.stream_id, hit):
-                        if conn.closed:
-                            break
-                        continue
-                    node._dispatch(conn, f, dec, payload)  # (hashed once, above)
+                    seen = opens.get(payload)
+                    # an open parsed before, of a route this connection checked:
+                    # answered at once (_answer_hit; False: the general path)
+                    if seen is not None and seen[1] is not None:
+                        routed = conn.routes.get(seen[1])
+                        if routed is not None and node._answer_hit(
+                                conn, f.stream_id, seen[0][0], routed):
+                            if conn.closed:
+                                break
+                            continue
+                    node._dispatch(conn, f, dec, payload, seen)  # (hashed once, above)
                 else:
                     node._dispatch(conn, f, dec)
                 if conn.closed:

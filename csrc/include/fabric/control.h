@@ -127,4 +127,53 @@ int fab_control_check(int op, const char *const *grants, const size_t *lens, siz
  */
 int fab_control_encode(const fab_control *c, fab_buf *out);
 
+/* ---- the node protocol's request open (docs/spec/protocol.md section 2) ------------ */
+
+/* The fields of an open's metadata and of its request map, in the order of
+ * fab_control_open's spans. */
+enum {
+    FAB_OPEN_REQUEST, FAB_OPEN_KEY, FAB_OPEN_WANT, FAB_OPEN_SCOPE, FAB_OPEN_GRANTS,
+    FAB_OPEN_TIMEOUT, FAB_OPEN_VIA, FAB_OPEN_NFIELDS
+};
+#define FAB_OPEN_REQUEST_NFIELDS 13
+#define FAB_OPEN_MAX_VIA 16
+
+/* One value's bytes inside a payload. */
+typedef struct fab_open_span {
+    const uint8_t *p;
+    size_t len;
+} fab_open_span;
+
+typedef struct fab_control_open {
+    fab_open_span meta[FAB_OPEN_NFIELDS];             /* each metadata field's value */
+    fab_open_span request[FAB_OPEN_REQUEST_NFIELDS];  /* each request field's value, in the
+                                                  * order of fab_open_request_field() */
+    int want;   /* 0 "value", 1 "stream" */
+    int scope;  /* 0 "held", 1 "compute" */
+} fab_control_open;
+
+/* The name of metadata field i (FAB_OPEN_*) / of request field i, or NULL. */
+const char *fab_open_field(int i);
+const char *fab_open_request_field(int i);
+
+/*
+ * Reads a CONTROL payload that carries a node request in one pass: a control
+ * (fab_control_decode, under limits) "open" in plain msgpack whose metadata
+ * has exactly the fields request, key, want, scope, grants, timeout and via,
+ * each once, where want is "value" or "stream", scope "held" or "compute",
+ * timeout nil or a number > 0 (not a bool), grants an array of str, via an
+ * array of at most FAB_OPEN_MAX_VIA str, and request a map with exactly the
+ * FAB_OPEN_REQUEST_NFIELDS request fields, each once, its "args" an array
+ * and its "kwargs" a map. The key is not looked at (the caller compares it
+ * with the key of the request's fields). Returns 0 and fills *out (spans of
+ * payload), or a code with err filled as fab_control_decode: its own codes,
+ * FAB_EVERSION for a payload in the value encoding, FAB_EFORMAT for another
+ * operation or a missing, unknown or repeated field, FAB_ETYPE or FAB_ERANGE
+ * for a value of the wrong type or out of range. The node's own checks
+ * (fabric.node.protocol.check_open) accept every payload this accepts; a
+ * payload refused here is read by them, which say why.
+ */
+int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *limits,
+                          fab_control_open *out, fab_control_error *err);
+
 #endif
