@@ -215,6 +215,11 @@ struct fab_ledger {
     int defer_ix;         /* replay_record defers (begin_append's replays) */
     unsigned n_def;
     uint64_t def_off[DEFER_MAX];
+    /* their keys' index hashes under the seed def_seed, made (and their
+     * slots prefetched) when they were replayed, so that the slots are in
+     * the cache by the time the entries are made */
+    uint64_t def_hash[DEFER_MAX];
+    uint64_t def_seed;
     uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
@@ -1529,12 +1534,15 @@ static int replay_commit(fab_ledger *l, uint64_t off, const uint8_t *key, uint64
  * first). 0 or an error (the entries not made yet are kept). */
 static int defer_index(fab_ledger *l)
 {
-    uint64_t hash[DEFER_MAX];
-    for (unsigned i = 0; i < l->n_def; i++) {
-        hash[i] = fab_lindex_hash(&l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
-        if (l->ix.slots)
-            __builtin_prefetch(&l->ix.slots[(size_t)hash[i] & l->ix.mask], 1);
+    uint64_t *hash = l->def_hash;
+    if (l->def_seed != l->ix.seed) { /* re-seeded since (a rebuild) */
+        for (unsigned i = 0; i < l->n_def; i++)
+            hash[i] = fab_lindex_hash(&l->ix,
+                                      l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
+        l->def_seed = l->ix.seed;
     }
+    for (unsigned i = 0; l->ix.slots && i < l->n_def; i++)
+        __builtin_prefetch(&l->ix.slots[(size_t)hash[i] & l->ix.mask], 1);
     unsigned done = 0;
     int rc = FAB_OK;
     for (; done < l->n_def; done++) {
@@ -1545,6 +1553,7 @@ static int defer_index(fab_ledger *l)
     }
     l->n_def -= done;
     memmove(l->def_off, l->def_off + done, l->n_def * sizeof(l->def_off[0]));
+    memmove(l->def_hash, l->def_hash + done, l->n_def * sizeof(l->def_hash[0]));
     return rc;
 }
 
@@ -1569,6 +1578,19 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
             rc = fab_lindex_reserve(&l->ix, l->ix.count + l->n_def + 2);
         if (rc != FAB_OK)
             return rc;
+        if (l->n_def == 0 || l->def_seed != l->ix.seed) {
+            for (unsigned i = 0; i < l->n_def; i++)
+                l->def_hash[i] = fab_lindex_hash(
+                    &l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
+            l->def_seed = l->ix.seed;
+        }
+        /* hashed from a copy: the bytes are read once */
+        uint8_t k[32];
+        memcpy(k, key, 32);
+        uint64_t hash = fab_lindex_hash(&l->ix, k);
+        if (l->ix.slots)
+            __builtin_prefetch(&l->ix.slots[(size_t)hash & l->ix.mask], 1);
+        l->def_hash[l->n_def] = hash;
         l->def_off[l->n_def++] = off;
         return FAB_OK;
     }
@@ -2996,11 +3018,14 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* Others' records published since this handle last looked are
              * replayed before the mutex is taken, as a miss does, so that
              * under it only what was appended meanwhile is. */
-            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end &&
-                (rc = miss_look_by_page(l, err)) != 0) {
+            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end) {
+                /* a record's: their index entries after the lock too */
+                l->defer_ix = l->defer_ok;
+                rc = miss_look_by_page(l, err);
+                l->defer_ix = 0;
                 if (rc < 0)
                     return rc;
-                changed = 1;
+                changed |= rc != 0;
             }
             doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
             int r = shl_lock(l->sh.p, l->spin_ns);
@@ -3058,7 +3083,12 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* The page's end stays as it was while the lock is held: the
              * records below it are whole, and this append goes after it.
              * end_append publishes the new end, or 0 when the file is in
-             * doubt. */
+             * doubt. The entries deferred before the lock are made before
+             * the file is looked at (it may have moved). */
+            if (l->n_def && (rc = defer_settle(l, err)) < 0) {
+                end_append(l);
+                return rc;
+            }
         } else if (!l->exclusive) {
             if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
                 return sys_fail(err, errno, "locking the ledger for an append");
@@ -3148,7 +3178,7 @@ static void end_append(fab_ledger *l)
  * least this far past the end of the records, and populate_ahead faults
  * it in (spec: Appends through the mapping).
  */
-#define POPULATE_AHEAD ((uint64_t)64 << 10)
+#define POPULATE_AHEAD ((uint64_t)256 << 10)
 
 static int populating(const fab_ledger *l)
 {
@@ -3526,6 +3556,114 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
 }
 
 /*
+ * A REPLY (after its REQUEST, when there is one) made before the append
+ * lock is taken: a record's bytes do not depend on where it goes, so only
+ * the copy into the file is left for under the lock. buf holds whole
+ * records, except that the REPLY's payload may go on in data[0..dlen)
+ * (not copied).
+ */
+typedef struct built_reply {
+    uint8_t *buf;       /* small, or malloc'ed */
+    size_t blen;
+    const void *data;
+    size_t dlen;
+    uint64_t total;     /* blen + dlen */
+    uint64_t reply_at;  /* the REPLY's offset from the start */
+    unsigned nrec;
+    int has_req;
+    uint8_t small[SMALL_RECORD];
+} built_reply;
+
+static void built_free(built_reply *b)
+{
+    if (b->buf != b->small)
+        free(b->buf);
+    b->buf = b->small;
+}
+
+/* Builds key's REPLY (prefix, data) with flags, after its REQUEST (req,
+ * rlen) when req is not NULL (the REPLY then flagged REQUESTED); as
+ * append_locked_f and append_req_locked did under the lock. */
+static int build_reply(built_reply *b, const void *req, size_t rlen, int flags,
+                       const uint8_t key[32], const void *prefix, size_t plen, const void *data,
+                       size_t dlen, fab_ledger_error *err)
+{
+    b->buf = b->small;
+    b->has_req = req != NULL;
+    if (req != NULL && rlen > FAB_LEDGER_MAX_PAYLOAD) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
+                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
+        return FAB_ERANGE;
+    }
+    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
+                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
+        return FAB_ERANGE;
+    }
+    uint64_t rtotal = req != NULL ? FAB_LEDGER_REC_OVERHEAD + (uint64_t)rlen : 0;
+    uint64_t total = FAB_LEDGER_REC_OVERHEAD + plen + dlen;
+    int inline_data = req != NULL ? dlen <= REQ_INLINE_MAX : total <= SMALL_RECORD;
+    size_t blen = (size_t)rtotal + FAB_LEDGER_REC_OVERHEAD + plen + (inline_data ? dlen : 0);
+    if (blen > SMALL_RECORD && (b->buf = malloc(blen)) == NULL) {
+        b->buf = b->small;
+        set_err(err, FAB_ENOMEM, 0, 0, 0, "out of memory for a ledger append");
+        return FAB_ENOMEM;
+    }
+    if (req != NULL) {
+        rec_header_f(b->buf, FAB_REC_REQUEST, 0, key, NULL, 0, req, rlen);
+        memcpy(b->buf + FAB_LEDGER_REC_HEADER, key, 32);
+        if (rlen)
+            memcpy(b->buf + FAB_LEDGER_REC_OVERHEAD, req, rlen);
+        flags |= FAB_REC_FLAG_REQUESTED;
+    }
+    uint8_t *h = b->buf + rtotal;
+    rec_header_f(h, FAB_REC_REPLY, flags, key, prefix, plen, data, dlen);
+    memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
+    if (plen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
+    if (inline_data && dlen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
+    b->blen = blen;
+    b->data = inline_data ? NULL : data;
+    b->dlen = inline_data ? 0 : dlen;
+    b->total = rtotal + total;
+    b->reply_at = rtotal;
+    b->nrec = req != NULL ? 2 : 1;
+    return FAB_OK;
+}
+
+/* Writes the records b holds at l->end, as append_req_locked. *off_out is
+ * the REPLY's offset. Under the lock. */
+static int put_built_locked(fab_ledger *l, const built_reply *b, uint64_t *off_out,
+                            fab_ledger_error *err)
+{
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    if (b->has_req && (rc = upgrade_locked(l, err)) != FAB_OK) /* version 1 knows no REQUEST */
+        return rc;
+    uint64_t start = l->end;
+    if ((rc = ensure_map(l, start + b->total, err)) != FAB_OK)
+        return rc;
+    rc = put_locked(l, start, b->buf, b->blen, b->data, b->dlen, err);
+    if (rc != FAB_OK)
+        return rc;
+    l->end = start + b->total;
+    if (b->dlen)
+        sentinel_written(l, b->data, b->dlen);
+    else
+        sentinel_written(l, b->buf, b->blen);
+    l->last_rec = start + b->reply_at;
+    l->records += b->nrec;
+    if (l->leader_waiting)
+        pthread_cond_signal(&l->lead_cond);
+    if (l->durability == FAB_DUR_OS)
+        l->visible_end = l->end;
+    *off_out = start + b->reply_at;
+    return FAB_OK;
+}
+
+/*
  * Before the first record a version 1 reader does not know (a tombstone,
  * an expiring reply), a version 1 ledger's header is rewritten in place
  * as version 2 (one 64-byte pwrite; spec: Versions). Under the append lock.
@@ -3694,8 +3832,10 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
                           const void *data, size_t len, uint64_t expires_ns,
                           fab_ledger_error *err)
 {
+    built_reply bb, *b = &bb;
+    bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    uint64_t hash = fab_lindex_hash(&l->ix, key), off;
+    uint64_t hash = fab_lindex_hash(&l->ix, key), off = 0;
     int rc = refuse(l, err);
     if (rc == FAB_OK)
         rc = held_locked(l, key, hash, err);
@@ -3703,6 +3843,11 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
+    uint8_t expiry[8];
+    fab_store_le64(expiry, expires_ns);
+    if ((rc = build_reply(b, req, rlen, expires_ns ? FAB_REC_FLAG_EXPIRES : 0, key, expiry,
+                          expires_ns ? 8 : 0, data, len, err)) != FAB_OK)
+        goto out;
     /* The index grows (a rehash of every entry) here rather than under
      * the append lock, where the other writers would wait for it: room
      * for this record and the others' that the lock's catch-up may defer
@@ -3737,14 +3882,11 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
     }
-    uint8_t expiry[8];
-    fab_store_le64(expiry, expires_ns);
     if (expires_ns && (rc = upgrade_locked(l, err)) != FAB_OK) {
         end_append(l);
         goto out;
     }
-    rc = append_req_locked(l, req, rlen, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0,
-                           key, expiry, expires_ns ? 8 : 0, data, len, &off, err);
+    rc = put_built_locked(l, b, &off, err);
     end_append(l);
     /* the others' records first, then this one (commit_locked may wait,
      * releasing l->mu) */
@@ -3763,6 +3905,7 @@ out:
             rc = e;
     }
     pthread_mutex_unlock(&l->mu);
+    built_free(b);
     return rc;
 }
 
