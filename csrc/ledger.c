@@ -3028,7 +3028,15 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 changed |= rc != 0;
             }
             doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
-            int r = shl_lock(l->sh.p, l->spin_ns);
+            int r = EBUSY;
+            if (l->n_def && (r = pthread_mutex_trylock(&l->sh.p->mu)) == EBUSY) {
+                /* Held by another writer: make the deferred entries while
+                 * it appends, rather than spin and make them after. */
+                if ((rc = defer_settle(l, err)) < 0)
+                    return rc;
+            }
+            if (r == EBUSY)
+                r = shl_lock(l->sh.p, l->spin_ns);
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append, after the end the
                  * page holds: set it to 0, so that the check below looks
