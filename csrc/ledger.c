@@ -3843,7 +3843,7 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     built_reply bb, *b = &bb;
     bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    uint64_t hash = fab_lindex_hash(&l->ix, key), off = 0;
+    uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;
     int rc = refuse(l, err);
     if (rc == FAB_OK)
         rc = held_locked(l, key, hash, err);
@@ -3875,7 +3875,8 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         end_append(l);
         goto out;
     }
-    hash = fab_lindex_hash(&l->ix, key); /* a move (or a rebuild) re-seeds the index */
+    if (l->ix.seed != seed) /* a move (or a rebuild) re-seeds the index */
+        hash = fab_lindex_hash(&l->ix, key);
     if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         /* the index whole before held_locked may wait (releasing l->mu) */
