@@ -1584,10 +1584,7 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
                     &l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
             l->def_seed = l->ix.seed;
         }
-        /* hashed from a copy: the bytes are read once */
-        uint8_t k[32];
-        memcpy(k, key, 32);
-        uint64_t hash = fab_lindex_hash(&l->ix, k);
+        uint64_t hash = fab_lindex_hash(&l->ix, key); /* a validated record's */
         if (l->ix.slots)
             __builtin_prefetch(&l->ix.slots[(size_t)hash & l->ix.mask], 1);
         l->def_hash[l->n_def] = hash;
@@ -3190,7 +3187,12 @@ static void end_append(fab_ledger *l)
 
 static int populating(const fab_ledger *l)
 {
+#ifdef MADV_POPULATE_WRITE
     return l->durability == FAB_DUR_OS && l->append_locked == 2 && !l->no_populate;
+#else
+    (void)l;
+    return 0;
+#endif
 }
 
 /*
