@@ -13,7 +13,8 @@
  *
  * cases: a comma-separated subset of x1,1,2,4,r1,r2 (1 process
  * exclusive, 1, 2 and 4 processes, 1 and 2 processes with a request
- * before each reply); all by default.
+ * before each reply); all by default. BENCH_PIN=1 pins writer i to CPU i
+ * (mod the CPUs), BENCH_PIN=same every writer to CPU 0.
  */
 #include <sched.h>
 #include <stdio.h>
