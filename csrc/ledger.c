@@ -215,6 +215,11 @@ struct fab_ledger {
     int defer_ix;         /* replay_record defers (begin_append's replays) */
     unsigned n_def;
     uint64_t def_off[DEFER_MAX];
+    /* their keys' index hashes under the seed def_seed, made (and their
+     * slots prefetched) when they were replayed, so that the slots are in
+     * the cache by the time the entries are made */
+    uint64_t def_hash[DEFER_MAX];
+    uint64_t def_seed;
     uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
@@ -226,6 +231,11 @@ struct fab_ledger {
     uint64_t reserved;
     int no_reserve;
     int mapped_appends;   /* the last append went through the mapping */
+    /* populate_ahead: [0, populated) of populated_map is faulted in for
+     * writing (as far as this handle knows) */
+    const fab_lmap *populated_map;
+    uint64_t populated;
+    int no_populate;      /* the kernel has no MADV_POPULATE_WRITE */
     int opened;           /* fab_ledger_open succeeded */
     /* Test hook (FABRIC_LEDGER_TEST_HOLD="N:FD[:torn]"): at the N-th
      * record append, inside the append lock, write (torn: half the
@@ -1182,16 +1192,20 @@ static void prefault(const scan_state *s, uint64_t from)
 static int scan(const scan_state *s, uint64_t start, fab_ledger_scan_result *res,
                 fab_ledger_error *err)
 {
-    uint64_t off = start, size, claimed, next_progress = start + PROGRESS_STEP;
-    uint64_t next_prefault = start, looked_again = NONE;
+    uint64_t off = start, size, claimed, next_prefault = start + PREFAULT_MIN;
+    uint64_t next_progress = start + PROGRESS_STEP, looked_again = NONE;
     res->torn_at = NONE;
     res->corrupt_at = NONE;
-    if (s->prefault && s->len > start) {
-        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), a = start & ~(page - 1);
-        (void)madvise((void *)(s->base + a), (size_t)(s->len - a), MADV_SEQUENTIAL);
-    }
     while (off < s->len) {
+        /* Prefaulting starts once PREFAULT_MIN bytes of records are read:
+         * the file's size, which bounds the scan, may be mostly space
+         * reserved for appends (zeros), and a writer catching up with a
+         * few records would fault it all in (under the append lock). */
         if (s->prefault && off >= next_prefault) {
+            if (next_prefault == start + PREFAULT_MIN) {
+                uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), a = off & ~(page - 1);
+                (void)madvise((void *)(s->base + a), (size_t)(s->len - a), MADV_SEQUENTIAL);
+            }
             prefault(s, off);
             next_prefault = (off & ~(PREFAULT_CHUNK - 1)) + PREFAULT_CHUNK;
         }
@@ -1520,12 +1534,15 @@ static int replay_commit(fab_ledger *l, uint64_t off, const uint8_t *key, uint64
  * first). 0 or an error (the entries not made yet are kept). */
 static int defer_index(fab_ledger *l)
 {
-    uint64_t hash[DEFER_MAX];
-    for (unsigned i = 0; i < l->n_def; i++) {
-        hash[i] = fab_lindex_hash(&l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
-        if (l->ix.slots)
-            __builtin_prefetch(&l->ix.slots[(size_t)hash[i] & l->ix.mask], 1);
+    uint64_t *hash = l->def_hash;
+    if (l->def_seed != l->ix.seed) { /* re-seeded since (a rebuild) */
+        for (unsigned i = 0; i < l->n_def; i++)
+            hash[i] = fab_lindex_hash(&l->ix,
+                                      l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
+        l->def_seed = l->ix.seed;
     }
+    for (unsigned i = 0; l->ix.slots && i < l->n_def; i++)
+        __builtin_prefetch(&l->ix.slots[(size_t)hash[i] & l->ix.mask], 1);
     unsigned done = 0;
     int rc = FAB_OK;
     for (; done < l->n_def; done++) {
@@ -1536,6 +1553,7 @@ static int defer_index(fab_ledger *l)
     }
     l->n_def -= done;
     memmove(l->def_off, l->def_off + done, l->n_def * sizeof(l->def_off[0]));
+    memmove(l->def_hash, l->def_hash + done, l->n_def * sizeof(l->def_hash[0]));
     return rc;
 }
 
@@ -1560,6 +1578,16 @@ static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
             rc = fab_lindex_reserve(&l->ix, l->ix.count + l->n_def + 2);
         if (rc != FAB_OK)
             return rc;
+        if (l->n_def == 0 || l->def_seed != l->ix.seed) {
+            for (unsigned i = 0; i < l->n_def; i++)
+                l->def_hash[i] = fab_lindex_hash(
+                    &l->ix, l->map->base + l->def_off[i] + FAB_LEDGER_REC_HEADER);
+            l->def_seed = l->ix.seed;
+        }
+        uint64_t hash = fab_lindex_hash(&l->ix, key); /* a validated record's */
+        if (l->ix.slots)
+            __builtin_prefetch(&l->ix.slots[(size_t)hash & l->ix.mask], 1);
+        l->def_hash[l->n_def] = hash;
         l->def_off[l->n_def++] = off;
         return FAB_OK;
     }
@@ -1698,6 +1726,7 @@ static int ensure_map(fab_ledger *l, uint64_t need, fab_ledger_error *err)
         return sys_fail(err, errno ? errno : ENOMEM, "mapping the ledger");
     fab_lmap_release(l->map);
     l->map = m;
+    l->populated = 0;
     return FAB_OK;
 }
 
@@ -2617,6 +2646,7 @@ done:
 
 static int begin_append(fab_ledger *l, fab_ledger_error *err);
 static void end_append(fab_ledger *l);
+static void populate_ahead(fab_ledger *l);
 static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err);
 
 int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options *opt,
@@ -2985,14 +3015,25 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* Others' records published since this handle last looked are
              * replayed before the mutex is taken, as a miss does, so that
              * under it only what was appended meanwhile is. */
-            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end &&
-                (rc = miss_look_by_page(l, err)) != 0) {
+            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end) {
+                /* a record's: their index entries after the lock too */
+                l->defer_ix = l->defer_ok;
+                rc = miss_look_by_page(l, err);
+                l->defer_ix = 0;
                 if (rc < 0)
                     return rc;
-                changed = 1;
+                changed |= rc != 0;
             }
             doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
-            int r = shl_lock(l->sh.p, l->spin_ns);
+            int r = EBUSY;
+            if (l->n_def && (r = pthread_mutex_trylock(&l->sh.p->mu)) == EBUSY) {
+                /* Held by another writer: make the deferred entries while
+                 * it appends, rather than spin and make them after. */
+                if ((rc = defer_settle(l, err)) < 0)
+                    return rc;
+            }
+            if (r == EBUSY)
+                r = shl_lock(l->sh.p, l->spin_ns);
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append, after the end the
                  * page holds: set it to 0, so that the check below looks
@@ -3047,7 +3088,12 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             /* The page's end stays as it was while the lock is held: the
              * records below it are whole, and this append goes after it.
              * end_append publishes the new end, or 0 when the file is in
-             * doubt. */
+             * doubt. The entries deferred before the lock are made before
+             * the file is looked at (it may have moved). */
+            if (l->n_def && (rc = defer_settle(l, err)) < 0) {
+                end_append(l);
+                return rc;
+            }
         } else if (!l->exclusive) {
             if (ofd_lock(l->fd, F_WRLCK, LOCK_APPEND, 1) < 0)
                 return sys_fail(err, errno, "locking the ledger for an append");
@@ -3124,11 +3170,74 @@ static void end_append(fab_ledger *l)
             atomic_store_explicit(&l->sh.p->end, 0, memory_order_release);
         }
         pthread_mutex_unlock(&l->sh.p->mu);
+        populate_ahead(l);
     } else if (l->append_locked == 1) {
         (void)ofd_lock(l->fd, F_UNLCK, LOCK_APPEND, 0);
     }
     l->append_locked = 0;
     l->append_ok = 0;
+}
+
+/*
+ * Under the lock page, with durability os, the space reserved reaches at
+ * least this far past the end of the records, and populate_ahead faults
+ * it in (spec: Appends through the mapping).
+ */
+#define POPULATE_AHEAD ((uint64_t)256 << 10)
+
+static int populating(const fab_ledger *l)
+{
+#ifdef MADV_POPULATE_WRITE
+    return l->durability == FAB_DUR_OS && l->append_locked == 2 && !l->no_populate;
+#else
+    (void)l;
+    return 0;
+#endif
+}
+
+/*
+ * A store into a page of the mapping that this process has not written
+ * yet takes a write fault (the file system marks the page dirty; a page
+ * not in the page cache yet is read or zeroed first): about 4 us here,
+ * once per 4 KiB, that is 0.15 us per 100-byte record, and up to 0.3 ms
+ * for the first page after a reservation. Under the lock page the other
+ * writers wait for it. So, with durability os, after releasing the lock
+ * the next pages of the space reserved, up to POPULATE_AHEAD past the end
+ * (which reserve_locked keeps reserved), are faulted in for writing with
+ * MADV_POPULATE_WRITE: the kernel's write fault without a store, the
+ * bytes left as they are (another writer may be storing into them). Not
+ * with fsync or group: a sync cleans the pages again, and the zeros
+ * faulted in ahead would be written with it. Best effort: a failure (the
+ * file cut meanwhile, an old kernel) leaves the faults to the stores.
+ */
+static void populate_ahead(fab_ledger *l)
+{
+#ifdef MADV_POPULATE_WRITE
+    if (l->durability != FAB_DUR_OS || !l->mapped_appends || l->map == NULL || l->no_populate)
+        return;
+    if (l->populated_map != l->map) {
+        l->populated_map = l->map;
+        l->populated = 0;
+    }
+    if (l->populated >= l->end + POPULATE_AHEAD / 2)
+        return;
+    uint64_t from = l->end & ~(page_size - 1);
+    uint64_t to = (l->end + POPULATE_AHEAD) & ~(page_size - 1);
+    if (from < l->populated)
+        from = l->populated;
+    if (to > (l->reserved & ~(page_size - 1)))
+        to = l->reserved & ~(page_size - 1);
+    if (to > (l->map->len & ~(page_size - 1)))
+        to = l->map->len & ~(page_size - 1);
+    if (to <= from)
+        return;
+    if (madvise(l->map->base + from, (size_t)(to - from), MADV_POPULATE_WRITE) < 0 &&
+        (errno == EINVAL || errno == ENOSYS))
+        l->no_populate = 1;
+    l->populated = to;
+#else
+    l->no_populate = 1;
+#endif
 }
 
 /* The test hook (FABRIC_LEDGER_TEST_HOLD): 1 at the chosen append, which
@@ -3154,18 +3263,19 @@ static void hold_wait(fab_ledger *l)
 
 /*
  * Makes sure the file is at least need bytes long, zero after l->end, by
- * reserving space ahead with fallocate. Under the append lock. 0 done; 1
- * when the file system (or the io) cannot reserve: the append is a
- * pwrite, as every later one of this handle; or an error (a full disk:
- * ENOSPC, nothing written).
+ * reserving space ahead with fallocate; when it is shorter than need +
+ * ahead, reserves anew (a full disk then only fails when need does not
+ * fit). Under the append lock. 0 done; 1 when the file system (or the io)
+ * cannot reserve: the append is a pwrite, as every later one of this
+ * handle; or an error (a full disk: ENOSPC, nothing written).
  */
-static int reserve_locked(fab_ledger *l, uint64_t need, fab_ledger_error *err)
+static int reserve_locked(fab_ledger *l, uint64_t need, uint64_t ahead, fab_ledger_error *err)
 {
-    if (need <= l->reserved)
+    if (need + ahead <= l->reserved)
         return 0;
     uint64_t chunk = l->end / 8;
     chunk = chunk < RESERVE_MIN ? RESERVE_MIN : chunk > RESERVE_MAX ? RESERVE_MAX : chunk;
-    uint64_t target = (need + chunk + page_size - 1) & ~(page_size - 1);
+    uint64_t target = (need + ahead + chunk + page_size - 1) & ~(page_size - 1);
     uint64_t from = l->reserved > l->end ? l->reserved : l->end;
     for (;;) {
         if (l->io.fallocate(l->fd, (off_t)from, (off_t)(target - from)) == 0)
@@ -3178,6 +3288,8 @@ static int reserve_locked(fab_ledger *l, uint64_t need, fab_ledger_error *err)
             return 1;
         }
         if ((e == ENOSPC || e == EDQUOT) && target > need) {
+            if (need <= l->reserved)
+                return 0; /* the append fits; nothing more ahead for now */
             target = need; /* room for this append alone, then */
             continue;
         }
@@ -3262,7 +3374,8 @@ static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t bl
     int rc;
     int mapped = l->io.fallocate != NULL && !l->no_reserve &&
                  (l->exclusive || l->append_locked == 2);
-    if (mapped && (rc = reserve_locked(l, off + total, err)) != 0) {
+    uint64_t ahead = populating(l) ? POPULATE_AHEAD : 0;
+    if (mapped && (rc = reserve_locked(l, off + total, ahead, err)) != 0) {
         if (rc < 0)
             return rc;
         mapped = 0;
@@ -3283,7 +3396,7 @@ static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t bl
          * cut by another program above the records. Reserve again and
          * store again (over the same bytes). */
         l->reserved = l->end;
-        if ((rc = reserve_locked(l, off + total, err)) == 0 &&
+        if ((rc = reserve_locked(l, off + total, 0, err)) == 0 &&
             store_guarded(dst, buf, blen, data, dlen) == 0)
             return FAB_OK;
         /* The page keeps end 0: the next holder looks at the file. */
@@ -3449,6 +3562,114 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
     if (l->durability == FAB_DUR_OS)
         l->visible_end = l->end;
     *off_out = off;
+    return FAB_OK;
+}
+
+/*
+ * A REPLY (after its REQUEST, when there is one) made before the append
+ * lock is taken: a record's bytes do not depend on where it goes, so only
+ * the copy into the file is left for under the lock. buf holds whole
+ * records, except that the REPLY's payload may go on in data[0..dlen)
+ * (not copied).
+ */
+typedef struct built_reply {
+    uint8_t *buf;       /* small, or malloc'ed */
+    size_t blen;
+    const void *data;
+    size_t dlen;
+    uint64_t total;     /* blen + dlen */
+    uint64_t reply_at;  /* the REPLY's offset from the start */
+    unsigned nrec;
+    int has_req;
+    uint8_t small[SMALL_RECORD];
+} built_reply;
+
+static void built_free(built_reply *b)
+{
+    if (b->buf != b->small)
+        free(b->buf);
+    b->buf = b->small;
+}
+
+/* Builds key's REPLY (prefix, data) with flags, after its REQUEST (req,
+ * rlen) when req is not NULL (the REPLY then flagged REQUESTED); as
+ * append_locked_f and append_req_locked did under the lock. */
+static int build_reply(built_reply *b, const void *req, size_t rlen, int flags,
+                       const uint8_t key[32], const void *prefix, size_t plen, const void *data,
+                       size_t dlen, fab_ledger_error *err)
+{
+    b->buf = b->small;
+    b->has_req = req != NULL;
+    if (req != NULL && rlen > FAB_LEDGER_MAX_PAYLOAD) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
+                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
+        return FAB_ERANGE;
+    }
+    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
+                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
+        return FAB_ERANGE;
+    }
+    uint64_t rtotal = req != NULL ? FAB_LEDGER_REC_OVERHEAD + (uint64_t)rlen : 0;
+    uint64_t total = FAB_LEDGER_REC_OVERHEAD + plen + dlen;
+    int inline_data = req != NULL ? dlen <= REQ_INLINE_MAX : total <= SMALL_RECORD;
+    size_t blen = (size_t)rtotal + FAB_LEDGER_REC_OVERHEAD + plen + (inline_data ? dlen : 0);
+    if (blen > SMALL_RECORD && (b->buf = malloc(blen)) == NULL) {
+        b->buf = b->small;
+        set_err(err, FAB_ENOMEM, 0, 0, 0, "out of memory for a ledger append");
+        return FAB_ENOMEM;
+    }
+    if (req != NULL) {
+        rec_header_f(b->buf, FAB_REC_REQUEST, 0, key, NULL, 0, req, rlen);
+        memcpy(b->buf + FAB_LEDGER_REC_HEADER, key, 32);
+        if (rlen)
+            memcpy(b->buf + FAB_LEDGER_REC_OVERHEAD, req, rlen);
+        flags |= FAB_REC_FLAG_REQUESTED;
+    }
+    uint8_t *h = b->buf + rtotal;
+    rec_header_f(h, FAB_REC_REPLY, flags, key, prefix, plen, data, dlen);
+    memcpy(h + FAB_LEDGER_REC_HEADER, key, 32);
+    if (plen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD, prefix, plen);
+    if (inline_data && dlen)
+        memcpy(h + FAB_LEDGER_REC_OVERHEAD + plen, data, dlen);
+    b->blen = blen;
+    b->data = inline_data ? NULL : data;
+    b->dlen = inline_data ? 0 : dlen;
+    b->total = rtotal + total;
+    b->reply_at = rtotal;
+    b->nrec = req != NULL ? 2 : 1;
+    return FAB_OK;
+}
+
+/* Writes the records b holds at l->end, as append_req_locked. *off_out is
+ * the REPLY's offset. Under the lock. */
+static int put_built_locked(fab_ledger *l, const built_reply *b, uint64_t *off_out,
+                            fab_ledger_error *err)
+{
+    int rc = refuse(l, err);
+    if (rc != FAB_OK)
+        return rc;
+    if (b->has_req && (rc = upgrade_locked(l, err)) != FAB_OK) /* version 1 knows no REQUEST */
+        return rc;
+    uint64_t start = l->end;
+    if ((rc = ensure_map(l, start + b->total, err)) != FAB_OK)
+        return rc;
+    rc = put_locked(l, start, b->buf, b->blen, b->data, b->dlen, err);
+    if (rc != FAB_OK)
+        return rc;
+    l->end = start + b->total;
+    if (b->dlen)
+        sentinel_written(l, b->data, b->dlen);
+    else
+        sentinel_written(l, b->buf, b->blen);
+    l->last_rec = start + b->reply_at;
+    l->records += b->nrec;
+    if (l->leader_waiting)
+        pthread_cond_signal(&l->lead_cond);
+    if (l->durability == FAB_DUR_OS)
+        l->visible_end = l->end;
+    *off_out = start + b->reply_at;
     return FAB_OK;
 }
 
@@ -3621,8 +3842,10 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
                           const void *data, size_t len, uint64_t expires_ns,
                           fab_ledger_error *err)
 {
+    built_reply bb, *b = &bb;
+    bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    uint64_t hash = fab_lindex_hash(&l->ix, key), off;
+    uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;
     int rc = refuse(l, err);
     if (rc == FAB_OK)
         rc = held_locked(l, key, hash, err);
@@ -3630,6 +3853,17 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         rc = rc == 1 ? 0 : rc;
         goto out;
     }
+    uint8_t expiry[8];
+    fab_store_le64(expiry, expires_ns);
+    if ((rc = build_reply(b, req, rlen, expires_ns ? FAB_REC_FLAG_EXPIRES : 0, key, expiry,
+                          expires_ns ? 8 : 0, data, len, err)) != FAB_OK)
+        goto out;
+    /* The index grows (a rehash of every entry) here rather than under
+     * the append lock, where the other writers would wait for it: room
+     * for this record and the others' that the lock's catch-up may defer
+     * (failing here is not an error: the reservation under the lock
+     * reports it). */
+    (void)fab_lindex_reserve(&l->ix, l->ix.count + 2 * DEFER_MAX + 2);
     l->defer_ok = 1; /* the others' records: index entries after the lock */
     rc = begin_append(l, err);
     l->defer_ok = 0;
@@ -3643,7 +3877,8 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         end_append(l);
         goto out;
     }
-    hash = fab_lindex_hash(&l->ix, key); /* a move (or a rebuild) re-seeds the index */
+    if (l->ix.seed != seed) /* a move (or a rebuild) re-seeds the index */
+        hash = fab_lindex_hash(&l->ix, key);
     if (!l->append_fresh && indexed(l, key, hash)) {
         end_append(l);
         /* the index whole before held_locked may wait (releasing l->mu) */
@@ -3658,14 +3893,11 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
         set_err(err, rc, 0, 0, 0, "growing the ledger index: %s", fab_strerror(rc));
         goto out;
     }
-    uint8_t expiry[8];
-    fab_store_le64(expiry, expires_ns);
     if (expires_ns && (rc = upgrade_locked(l, err)) != FAB_OK) {
         end_append(l);
         goto out;
     }
-    rc = append_req_locked(l, req, rlen, FAB_REC_REPLY, expires_ns ? FAB_REC_FLAG_EXPIRES : 0,
-                           key, expiry, expires_ns ? 8 : 0, data, len, &off, err);
+    rc = put_built_locked(l, b, &off, err);
     end_append(l);
     /* the others' records first, then this one (commit_locked may wait,
      * releasing l->mu) */
@@ -3684,6 +3916,7 @@ out:
             rc = e;
     }
     pthread_mutex_unlock(&l->mu);
+    built_free(b);
     return rc;
 }
 

@@ -5,12 +5,57 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fabric/common.h"
 
 #define MIN_CAPACITY 64
+
+/*
+ * A table of at least HUGE_TABLE bytes is mapped on its own, aligned to
+ * and in multiples of 2 MiB, and asked for transparent huge pages: every
+ * probe of a large index is a random access (a cache miss), and with 4 KiB
+ * pages also a TLB miss and a page walk (a 16 MiB table spans 4096 pages;
+ * 8 huge ones). Where the kernel gives none, it is an ordinary mapping.
+ * Smaller tables come from malloc.
+ */
+#define HUGE_TABLE ((size_t)2 << 20)
+
+static size_t table_bytes(size_t cap) { return cap * sizeof(fab_lindex_slot); }
+
+static fab_lindex_slot *table_alloc(size_t cap)
+{
+    size_t n = table_bytes(cap);
+    if (n < HUGE_TABLE)
+        return calloc(cap, sizeof(fab_lindex_slot));
+    /* n is a power of two times 16 >= 2 MiB: a multiple of 2 MiB */
+    uint8_t *m = mmap(NULL, n + HUGE_TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)m + HUGE_TABLE - 1) & ~(uintptr_t)(HUGE_TABLE - 1);
+    size_t lead = (size_t)(a - (uintptr_t)m);
+    if (lead)
+        munmap(m, lead);
+    if (HUGE_TABLE - lead)
+        munmap((uint8_t *)a + n, HUGE_TABLE - lead);
+#ifdef MADV_HUGEPAGE
+    (void)madvise((void *)a, n, MADV_HUGEPAGE);
+#endif
+    return (fab_lindex_slot *)a; /* zero, as calloc's */
+}
+
+static void table_free(fab_lindex_slot *slots, size_t cap)
+{
+    if (slots == NULL)
+        return;
+    if (table_bytes(cap) < HUGE_TABLE)
+        free(slots);
+    else
+        munmap(slots, table_bytes(cap));
+}
 
 void fab_lindex_init(fab_lindex *ix, fab_lindex_eq_fn eq, void *ctx)
 {
@@ -30,7 +75,7 @@ void fab_lindex_init(fab_lindex *ix, fab_lindex_eq_fn eq, void *ctx)
 
 void fab_lindex_destroy(fab_lindex *ix)
 {
-    free(ix->slots);
+    table_free(ix->slots, ix->slots ? ix->mask + 1 : 0);
     ix->slots = NULL;
     ix->mask = 0;
     ix->count = 0;
@@ -82,7 +127,7 @@ static int grow(fab_lindex *ix)
     size_t cap = ix->slots ? (ix->mask + 1) * 2 : MIN_CAPACITY;
     if (cap == 0 || cap > SIZE_MAX / sizeof(fab_lindex_slot))
         return FAB_EOVERFLOW;
-    fab_lindex_slot *slots = calloc(cap, sizeof(fab_lindex_slot));
+    fab_lindex_slot *slots = table_alloc(cap);
     if (slots == NULL)
         return FAB_ENOMEM;
     size_t mask = cap - 1;
@@ -96,7 +141,7 @@ static int grow(fab_lindex *ix)
                 i = (i + 1) & mask;
             slots[i] = s;
         }
-        free(ix->slots);
+        table_free(ix->slots, ix->mask + 1);
     }
     ix->slots = slots;
     ix->mask = mask;

@@ -13,8 +13,10 @@
  *
  * cases: a comma-separated subset of x1,1,2,4,r1,r2 (1 process
  * exclusive, 1, 2 and 4 processes, 1 and 2 processes with a request
- * before each reply); all by default.
+ * before each reply); all by default. BENCH_PIN=1 pins writer i to CPU i
+ * (mod the CPUs), BENCH_PIN=same every writer to CPU 0.
  */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,8 +100,20 @@ static double run(const char *path, int procs, int exclusive, int with_req, size
     if (pipe(ready) || pipe(go) || pipe(out))
         abort();
     for (int i = 0; i < procs; i++) {
-        if (fork() == 0)
+        if (fork() == 0) {
+            /* BENCH_PIN=1: writer i on CPU i (mod the CPUs), to tell the
+             * critical section's cost (writers on CPUs of their own) from
+             * the machine's other load; BENCH_PIN=same: all on CPU 0 */
+            const char *pin = getenv("BENCH_PIN");
+            if (pin != NULL) {
+                cpu_set_t set;
+                CPU_ZERO(&set);
+                long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+                CPU_SET(strcmp(pin, "same") == 0 ? 0 : i % (ncpu > 0 ? ncpu : 1), &set);
+                (void)sched_setaffinity(0, sizeof(set), &set);
+            }
             writer(path, exclusive, with_req, n, (unsigned)i + 1, ready[1], go[0], out[1]);
+        }
     }
     char c;
     for (int i = 0; i < procs; i++)

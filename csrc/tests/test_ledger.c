@@ -1902,6 +1902,107 @@ static size_t make_record(uint8_t *out, unsigned k, const void *payload, size_t 
     return FAB_LEDGER_REC_OVERHEAD + n;
 }
 
+/* Faulting in ahead (spec: Appends through the mapping): under the lock
+ * page with durability os, an append leaves at least 256 KiB reserved
+ * past the end, which the writer faults in for writing after the mutex
+ * (MADV_POPULATE_WRITE) while another handle (its own mapping, as another
+ * process's) stores its records into the same pages: both write 1.2 MiB
+ * of records at once, across several windows and reservations; every
+ * record is then found by both, byte for byte, and a strict open finds
+ * them all and nothing torn. An exclusive writer and one with fsync
+ * reserve nothing ahead (a sync would write the zeros faulted in). */
+typedef struct ahead_worker {
+    fab_ledger *l;
+    unsigned first, n;
+    int failed;
+} ahead_worker;
+
+static void *ahead_work(void *arg)
+{
+    ahead_worker *w = arg;
+    uint8_t key[32], buf[400];
+    for (unsigned i = w->first; i < w->first + w->n; i++) {
+        key_of(key, i);
+        if (fab_ledger_record(w->l, key, buf, reply_of(buf, i), NULL) != 1)
+            w->failed++;
+    }
+    return NULL;
+}
+
+static void test_fault_in_ahead(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-ahead-XXXXXX";
+    lockdir_use(lockdir);
+    path_for(path, sizeof(path), "ahead.fabl");
+    enum { PER = 4000 };
+    ahead_worker w[2];
+    pthread_t t[2];
+    for (unsigned i = 0; i < 2; i++) {
+        w[i].l = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        w[i].first = i * PER;
+        w[i].n = PER;
+        w[i].failed = 0;
+    }
+    for (unsigned i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, ahead_work, &w[i]), 0);
+    for (unsigned i = 0; i < 2; i++) {
+        CHECK_EQ(pthread_join(t[i], NULL), 0);
+        CHECK_EQ(w[i].failed, 0);
+    }
+    /* one more append each: the reservation ahead after it */
+    for (unsigned i = 0; i < 2; i++) {
+        key_of(key, 2 * PER + i);
+        CHECK_EQ(fab_ledger_record(w[i].l, key, buf, reply_of(buf, 2 * PER + i), NULL), 1);
+        fab_ledger_get_stats(w[i].l, &st);
+        CHECK_EQ(st.append_lock, 2);
+        CHECK_EQ(st.mapped_appends, 1);
+        CHECK(st.reserved_bytes >= (256u << 10));
+    }
+    CHECK(st.bytes > (1u << 20));
+    for (unsigned h = 0; h < 2; h++) {
+        for (unsigned i = 0; i < 2 * PER + 2; i++) {
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_lookup(w[h].l, key, 0, &ref, NULL), 1);
+            CHECK_EQ(ref.len, reply_of(buf, i));
+            CHECK_MEM(ref.data, buf, ref.len);
+        }
+        CHECK_EQ(fab_ledger_count(w[h].l), 2 * PER + 2);
+    }
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_count(r), 2 * PER + 2);
+    fab_ledger_get_stats(r, &st);
+    CHECK_EQ(st.torn_bytes, 0);
+    CHECK_EQ(st.duplicates, 0);
+    fab_ledger_close(r);
+    fab_ledger_close(w[0].l);
+    fab_ledger_close(w[1].l);
+
+    /* nothing ahead for an exclusive writer, or with fsync */
+    for (unsigned mode = 0; mode < 2; mode++) {
+        path_for(path, sizeof(path), "ahead.fabl");
+        fab_ledger *l = mode == 0 ? open_exclusive(path, &rc, NULL)
+                                  : open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_FSYNC, 0, NULL,
+                                                &rc, NULL);
+        CHECK_EQ(rc, 0);
+        key_of(key, 1);
+        CHECK_EQ(fab_ledger_record(l, key, buf, reply_of(buf, 1), NULL), 1);
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.append_lock, mode == 0 ? 0 : 2);
+        CHECK_EQ(st.mapped_appends, 1);
+        CHECK(st.reserved_bytes > 0 && st.reserved_bytes < (256u << 10));
+        fab_ledger_close(l);
+    }
+    unlink(path);
+    lockdir_drop(lockdir);
+}
+
 static void test_reserved_tail(void)
 {
     char path[512];
@@ -2393,6 +2494,7 @@ int main(void)
         {"deferred_index", test_deferred_index},
         {"lock_dead_while_waiting", test_lock_dead_while_waiting},
         {"reserved_tail", test_reserved_tail},
+        {"fault_in_ahead", test_fault_in_ahead},
         {"replay_beside_an_append", test_replay_beside_an_append},
         {"writers_and_compactions", test_writers_and_compactions},
         {"reader_beside_appends", test_reader_beside_appends},
