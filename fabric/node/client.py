@@ -464,7 +464,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.client = client
         self.loop = loop
         # asyncio's own loop (its _thread_id names the thread running it), or None
-        self.base: Any = loop if isinstance(loop, asyncio.BaseEventLoop) else None
+        self.base: Any = loop if (isinstance(loop, asyncio.BaseEventLoop)
+                                  and hasattr(loop, "_thread_id")) else None
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
         self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
