@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from asyncio import get_running_loop as _running_loop
+from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
@@ -462,6 +463,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
+        # asyncio's own loop (its _thread_id names the thread running it), or None
+        self.base: Any = loop if (isinstance(loop, asyncio.BaseEventLoop)
+                                  and hasattr(loop, "_thread_id")) else None
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
         self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
@@ -1382,21 +1386,27 @@ class NodeClient:
                         timeout: float | None = None) -> EvalReply:
         """Async twin of ``evaluate`` (from any event loop)."""
         t, payload = self._prepare(request, grants, timeout)
-        loop = _running_loop()
         ch = self._last_achannel  # the common case: the loop that called last
-        if ch is None or ch.loop is not loop or not ch.up or ch.dead:
-            if loop is self._loop:  # the client's own loop: its main connection
-                cf = asyncio.run_coroutine_threadsafe(
-                    self._evaluate_on_loop(request, payload, t), self._loop)
-                try:
-                    return await asyncio.wrap_future(cf)
-                except asyncio.CancelledError:
-                    cf.cancel()
-                    raise
-            ch = self._achannels.get(loop)
-            if ch is None or ch.dead or not ch.up:
-                ch = await self._achannel(loop, t)
-            self._last_achannel = ch
+        # asyncio's own loop records the thread running it and a thread runs
+        # one loop at a time, so that thread being this one says the running
+        # loop is the channel's without get_running_loop (a getpid syscall per
+        # call on Python 3.11). Any other loop, or any doubt, asks.
+        if ch is None or ch.base is None or ch.base._thread_id != _get_ident() \
+                or not ch.up or ch.dead:
+            loop = _running_loop()
+            if ch is None or ch.loop is not loop or not ch.up or ch.dead:
+                if loop is self._loop:  # the client's own loop: its main connection
+                    cf = asyncio.run_coroutine_threadsafe(
+                        self._evaluate_on_loop(request, payload, t), self._loop)
+                    try:
+                        return await asyncio.wrap_future(cf)
+                    except asyncio.CancelledError:
+                        cf.cancel()
+                        raise
+                ch = self._achannels.get(loop)
+                if ch is None or ch.dead or not ch.up:
+                    ch = await self._achannel(loop, t)
+                self._last_achannel = ch
         sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
