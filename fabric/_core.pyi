@@ -723,6 +723,9 @@ class FrameEncoder:
         flags: int = 0,
         crc_of: tuple[ReadableBuffer, int] | None = None,
     ) -> bytes: ...
+    def encode_held_reply(
+        self, stream_id: int, start: bytes, reply: EvalReply, limit: int, /
+    ) -> bytes | None: ...
 
 @final
 class FrameDecoder:
