@@ -1121,14 +1121,23 @@ done:
  * limit (the caller splits the record over several chunks). The same bytes
  * as those calls made one by one; one C call for a node's usual reply.
  */
-static int put_end1(fab_enc *e, uint64_t n)
+/* The END payload of one chunk of n bytes at p (room for 32 bytes): its
+ * length. Canonical: the keys in order, n in its shortest form. */
+static size_t put_end1(uint8_t *p, uint64_t n)
 {
-    int rc;
-    if ((rc = fab_enc_map_header(e, 3)) != 0 || (rc = fab_enc_str(e, "bytes", 5)) != 0 ||
-        (rc = fab_enc_uint64(e, n)) != 0 || (rc = fab_enc_str(e, "chunks", 6)) != 0 ||
-        (rc = fab_enc_uint64(e, 1)) != 0 || (rc = fab_enc_str(e, "truncated", 9)) != 0)
-        return rc;
-    return fab_enc_bool(e, 0);
+    size_t k = fab_put_map_header(p, 3);
+    k += fab_put_str_header(p + k, 5);
+    memcpy(p + k, "bytes", 5);
+    k += 5;
+    k += fab_put_uint64(p + k, n);
+    k += fab_put_str_header(p + k, 6);
+    memcpy(p + k, "chunks", 6);
+    k += 6;
+    k += fab_put_uint64(p + k, 1);
+    k += fab_put_str_header(p + k, 9);
+    memcpy(p + k, "truncated", 9);
+    k += 9;
+    return k + fab_put_bool(p + k, 0);
 }
 
 static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const *args,
@@ -1165,22 +1174,16 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     PyList_SET_ITEM(rec, 0, Py_NewRef(value));
     PyList_SET_ITEM(rec, 1, dl);
     PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
-    fab_buf data, buf;
-    fab_buf_init(&data);
-    fab_buf_init(&buf);
-    PyObject *out = NULL;
-    fab_enc enc;
-    fab_enc_init(&enc, fab_buf_sink, &data);
-    if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
-        goto done;
-    if ((uint64_t)data.len > limit) {
-        out = Py_NewRef(Py_None);
-        goto done;
-    }
     fab_frame_header h = {0};
     h.stream_id = sid;
-    /* the three frames: START's payload, CHUNK's (bin header + data), END's (< 40) */
-    if (fab_buf_reserve(&buf, 3 * FAB_FRAME_HEADER_LEN + slen + data.len + 64) != FAB_OK) {
+    fab_buf buf;
+    fab_buf_init(&buf);
+    PyObject *out = NULL;
+    /* START, then CHUNK's header and room for the longest bin header (5):
+     * the record is encoded in place after it, its bin header written when
+     * its length is known (and the record moved down to meet a shorter one) */
+    size_t at = FAB_FRAME_HEADER_LEN + slen, data_at = at + FAB_FRAME_HEADER_LEN + 5;
+    if (fab_buf_reserve(&buf, data_at + 256) != FAB_OK) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1188,38 +1191,42 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     h.seq = 0;
     fab_frame_header_write(buf.data, &h, PyBytes_AS_STRING(a[1]), slen);
     memcpy(buf.data + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(a[1]), slen);
-    buf.len = FAB_FRAME_HEADER_LEN + slen;
-    uint8_t zero[FAB_FRAME_HEADER_LEN] = {0};
-    size_t at = buf.len;
-    int rc;
+    buf.len = data_at;
+    fab_enc enc;
     fab_enc_init(&enc, fab_buf_sink, &buf);
-    if ((rc = fab_buf_append(&buf, zero, sizeof(zero))) != FAB_OK ||
-        (rc = fab_enc_bin(&enc, data.data, data.len)) != 0) {
-        PyErr_NoMemory();
+    if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
+        goto done;
+    size_t n = buf.len - data_at;
+    if ((uint64_t)n > limit || (uint64_t)n > UINT32_MAX) {
+        out = Py_NewRef(Py_None);
         goto done;
     }
-    size_t plen = buf.len - at - FAB_FRAME_HEADER_LEN;
+    uint8_t bh[FAB_PUT_MAX];
+    size_t bhl = fab_put_bin_header(bh, (uint32_t)n);
+    uint8_t *payload = buf.data + at + FAB_FRAME_HEADER_LEN;
+    if (bhl < 5)
+        memmove(payload + bhl, payload + 5, n);
+    memcpy(payload, bh, bhl);
+    size_t plen = bhl + n;
     if (check_size(st, self->max_payload, plen) < 0)
         goto done;
     h.kind = FAB_FRAME_STREAM_CHUNK;
     h.seq = 1;
-    fab_frame_header_write(buf.data + at, &h, buf.data + at + FAB_FRAME_HEADER_LEN, plen);
-    at = buf.len;
-    if ((rc = fab_buf_append(&buf, zero, sizeof(zero))) != FAB_OK ||
-        (rc = put_end1(&enc, (uint64_t)data.len)) != 0) {
+    fab_frame_header_write(buf.data + at, &h, payload, plen);
+    buf.len = at += FAB_FRAME_HEADER_LEN + plen;
+    if (fab_buf_reserve(&buf, FAB_FRAME_HEADER_LEN + 32) != FAB_OK) {
         PyErr_NoMemory();
         goto done;
     }
-    plen = buf.len - at - FAB_FRAME_HEADER_LEN;
-    if (check_size(st, self->max_payload, plen) < 0)
-        goto done;
+    payload = buf.data + at + FAB_FRAME_HEADER_LEN;
+    plen = put_end1(payload, (uint64_t)n);
     h.kind = FAB_FRAME_STREAM_END;
     h.seq = 2;
-    fab_frame_header_write(buf.data + at, &h, buf.data + at + FAB_FRAME_HEADER_LEN, plen);
+    fab_frame_header_write(buf.data + at, &h, payload, plen);
+    buf.len = at + FAB_FRAME_HEADER_LEN + plen;
     out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
 done:
     Py_DECREF(rec);
-    fab_buf_destroy(&data);
     fab_buf_destroy(&buf);
     return out;
 }
