@@ -202,6 +202,8 @@ class _Conn:
         # Test faults (fabric.node.faults), only when the node was given some.
         self.faults = None if node.faults is None else node.faults.connection(
             self._write, self.abort, loop.call_later)
+        # no claim to sign, no faults: a reply may be written as one bytes object
+        self.plain = node.signer is None and self.faults is None
 
     def _write(self, data: bytes) -> None:
         if not self.closed:
@@ -385,6 +387,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
+        self._stopping = False  # _stop_evt is set (_set_stopping)
         # The node's clock runs on a thread of its own (_ticks): its loop
         # holds no timer between requests (see serve()).
         self._tick_evt: asyncio.Event | None = None
@@ -538,6 +541,7 @@ class Node:
         self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
+        self._stopping = False
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
         # A loop holding a timer waits for I/O with a finite timeout, which
@@ -660,7 +664,7 @@ class Node:
         if self._loop is not None and self._stop_evt is not None \
                 and not self._loop.is_closed():
             try:
-                self._loop.call_soon_threadsafe(self._stop_evt.set)
+                self._loop.call_soon_threadsafe(self._set_stopping)
             except RuntimeError:  # the loop closed in between: already stopped
                 pass
         if self._thread is not None:
@@ -674,7 +678,13 @@ class Node:
         ones; what is still running then ends with an error frame."""
         self._drain = self._drain or drain
         if self._stop_evt is not None:
-            self._stop_evt.set()
+            self._set_stopping()
+
+    def _set_stopping(self) -> None:
+        # (a bool besides the event: the read callback's hit reads it)
+        self._stopping = True
+        assert self._stop_evt is not None
+        self._stop_evt.set()
 
     async def _drain_requests(self) -> None:
         busy = self._running + len(self._run_q)
@@ -1039,7 +1049,7 @@ class Node:
         False when it must take the general path (which checks and queues it
         as any open)."""
         if (sid == 0 or sid in conn.tasks or self._running >= self.limits.max_running
-                or self._run_q._active or (self._stop_evt is not None and self._stop_evt.is_set())):
+                or self._run_q._active or self._stopping):
             return False
         target, g = routed
         try:
@@ -1060,8 +1070,7 @@ class Node:
             return True
         start = _START.get(reply.source)
         out = None
-        if (start is not None and self.signer is None and not conn.closed
-                and conn.faults is None):
+        if start is not None and conn.plain and not conn.closed:
             # _send_value's usual reply in one C call (None: over one chunk)
             out = conn.enc.encode_held_reply(sid, start, reply, conn.max_frame - 16)
         if out is None:
@@ -1376,6 +1385,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.conn = conn
         self.dec = dec
         self.done = done
+        self.finished = False
         self.window_start = time.monotonic()
         self.count = 0
         # The idle check (Node._close_idle, every tick) notes when conn.bytes_in
@@ -1385,6 +1395,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
+        self.finished = True  # (done is resolved here only: read per read callback)
         if not self.done.done():
             if exc is None:
                 self.done.set_result(None)
@@ -1409,7 +1420,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.data_received(self.buf[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        if self.done.done():
+        if self.finished:
             return
         self.conn.bytes_in += len(data)
         try:
