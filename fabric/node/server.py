@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
                      FabricUnavailable,
                      FrameDecoder, FrameError, DecodeError, canonical_bytes,
-                     FRAME_FLAG_DIAGNOSTIC)
+                     FRAME_FLAG_DIAGNOSTIC, _known_open, _open_crc)
 from ..control import StreamControl
 from ..fabrics import ContentPeer, ContentServeFabric
 from ..frames import FrameKind
@@ -407,6 +407,11 @@ class Node:
         # its decode and key computation. (An OrderedDict: a dict's oldest
         # entry, next(iter(d)), is found by scanning past the deleted ones.)
         self._opens: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
+        # The same entries by their payload's CRC-32C -> (payload, entry): the
+        # read callback finds an open with _known_open (the payload compared
+        # in C, not copied and hashed); a payload whose CRC another one took
+        # is found in _opens.
+        self._opens_crc: OrderedDict[int, tuple[bytes, tuple[Any, Any]]] = OrderedDict()
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -969,9 +974,7 @@ class Node:
                         parsed = P.check_open(ctl.fields.get("metadata"))
                     route = self._route_of(parsed)
                     if len(payload) <= 4096:  # bounded: 1024 entries of <= 4 KiB
-                        if len(self._opens) >= 1024:
-                            self._opens.popitem(last=False)
-                        self._opens[payload] = (parsed, route)
+                        self._file_open(payload, (parsed, route))
                     if route is not None:  # a route this connection checked: at once
                         routed = conn.routes.get(route)
                         if routed is not None and self._answer_hit(conn, sid, parsed[0],
@@ -1010,6 +1013,17 @@ class Node:
         else:
             raise P.ProtocolError(f"unexpected {f.kind_name} frame from a client "
                                   f"(stream {sid})")
+
+    def _file_open(self, payload: bytes, entry: tuple[Any, Any]) -> None:
+        """Files a parsed open by its payload (``_opens``) and by its
+        payload's CRC-32C (``_opens_crc``), each at most 1024 entries."""
+        opens, by_crc = self._opens, self._opens_crc
+        if len(opens) >= 1024:
+            opens.popitem(last=False)
+        opens[payload] = entry
+        if len(by_crc) >= 1024:
+            by_crc.popitem(last=False)
+        by_crc[_open_crc(payload)] = (payload, entry)
 
     def _arm_fault(self, conn: _Conn, sid: int, fields: Any) -> None:
         """The ``fault`` control operation: only on a node given test faults."""
@@ -1428,7 +1442,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                 self.dec.feed(data)
             node, conn, dec = self.node, self.conn, self.dec
             rate = node.limits.max_frame_rate
-            opens = node._opens
+            opens, by_crc = node._opens, node._opens_crc
             for f in dec:
                 conn.frames_in += 1
                 self.count += 1
@@ -1439,8 +1453,12 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                                               f"in one second")
                     self.window_start, self.count = now, 1
                 if f.kind == _CONTROL_KIND:
-                    payload = bytes(f.payload)
-                    seen = opens.get(payload)
+                    known = _known_open(f, by_crc)  # (payload, entry) or None
+                    if known is not None:
+                        payload, seen = known
+                    else:
+                        payload = bytes(f.payload)
+                        seen = opens.get(payload)
                     # an open parsed before, of a route this connection checked:
                     # answered at once (_answer_hit; False: the general path)
                     if seen is not None and seen[1] is not None:
