@@ -199,3 +199,41 @@ def test_a_malformed_open_after_short_path_hits_gets_its_error_frame(node, tmp_p
     finally:
         gate.write_text("")
         a.close()
+
+
+@fabric.op("node.hit_fast.until_file")
+def _until_file(x, path):
+    if not __import__("os").path.exists(path):
+        raise ValueError(f"no file {path} yet")
+    return x + 1
+
+
+def test_a_checked_compute_route_with_content_not_held_takes_the_general_path(node, tmp_path):
+    """The short path asks the fabric's C hit path (``_lookup``): an open
+    parsed before whose reply is not held goes to the general path, which
+    computes it (an error while the op fails, then its value), and only a
+    held reply is answered inline after that."""
+    n = node()
+    gate = str(tmp_path / "gate")
+    held, flaky = node_ops.double.request(60), _until_file.request(5, gate)
+    a = Raw(n.address)
+    for sid in (1, 6, 7):  # computed; then held, the route checked and kept; inline
+        assert a.ask(_open(held, scope="compute"), sid)[1][-1].kind == FrameKind.STREAM_END
+    assert n._inline_hits == 1
+    b = Raw(n.address)  # parses the flaky open (it fails: nothing held)
+    body = _error(b.ask(_open(flaky, scope="compute"), 1)[1], 1)
+    assert "no file" in body["message"]
+    b.close()
+    before = n._inline_hits
+    for sid in (2, 3):  # a's route is checked, the open parsed: not held, so not inline
+        body = _error(a.ask(_open(flaky, scope="compute"), sid)[1], sid)
+        assert "no file" in body["message"]
+    assert n._inline_hits == before
+    open(gate, "w").close()
+    _raw, frames = a.ask(_open(flaky, scope="compute"), 4)  # computed now, and held
+    assert fabric.unpack(fabric.unpack(bytes(frames[1].payload)))[0] == 6
+    assert n._inline_hits == before
+    _raw, frames = a.ask(_open(flaky, scope="compute"), 5)  # held: inline
+    assert fabric.unpack(fabric.unpack(bytes(frames[1].payload)))[0] == 6
+    assert n._inline_hits == before + 1
+    a.close()

@@ -13,6 +13,7 @@
 #include "glue.h"
 
 #include "fabric/control.h"
+#include "fabric/crc32c.h"
 #include "fabric/frame.h"
 #include "fabric/mpdec.h"
 
@@ -727,8 +728,76 @@ static PyType_Spec control_spec = {
     .slots = control_slots,
 };
 
+/* ======================================================================== */
+/* A node's index of the opens it parsed, by the CRC-32C of their payloads  */
+/* ======================================================================== */
+
+/* _open_crc(data): the CRC-32C of a bytes-like object, as an int: the key
+ * under which a node files an open's payload for _known_open. */
+static PyObject *open_crc(PyObject *module, PyObject *data)
+{
+    FAB_UNUSED(module);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t crc = fab_crc32c(0, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+/* _known_open(frame, index): the entry of index (a dict) filed under the
+ * CRC-32C of frame's payload (_open_crc) when that entry is a tuple whose
+ * first item is a bytes object equal to the payload, else None: a frame's
+ * payload looked up among those seen before without copying it or hashing
+ * it as bytes. TypeError when frame is not a Frame or index not a dict. */
+static PyObject *known_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    fab_state *st = fab_get_state(module);
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "_known_open() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    fab_py_frame_info fi;
+    if (fab_py_frame_view(st, args[0], &fi) < 0) {
+        PyErr_Format(PyExc_TypeError, "_known_open: frame must be a Frame, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    if (!PyDict_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError, "_known_open: index must be a dict, not %.100s",
+                     Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    PyObject *key = PyLong_FromUnsignedLong(fab_crc32c(0, fi.payload, fi.len));
+    if (key == NULL)
+        return NULL;
+    PyObject *e = PyDict_GetItemWithError(args[1], key); /* borrowed */
+    Py_DECREF(key);
+    if (e == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (PyTuple_Check(e) && PyTuple_GET_SIZE(e) > 0) {
+        PyObject *b = PyTuple_GET_ITEM(e, 0);
+        if (PyBytes_Check(b) && (size_t)PyBytes_GET_SIZE(b) == fi.len &&
+            (fi.len == 0 || memcmp(PyBytes_AS_STRING(b), fi.payload, fi.len) == 0))
+            return Py_NewRef(e);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef control_functions[] = {
+    {"_open_crc", open_crc, METH_O,
+     "_open_crc(data, /)\n--\n\nThe CRC-32C of data (bytes-like), the key _known_open looks up."},
+    {"_known_open", (PyCFunction)(void (*)(void))known_open, METH_FASTCALL,
+     "_known_open(frame, index, /)\n--\n\n"
+     "index[_open_crc(frame's payload)] when it is a tuple whose first item\n"
+     "is bytes equal to the payload, else None."},
+    {NULL, NULL, 0, NULL},
+};
+
 int fab_py_control_exec(PyObject *module, fab_state *st)
 {
+    if (PyModule_AddFunctions(module, control_functions) < 0)
+        return -1;
     st->StreamControl_Type = fab_py_add_type(module, &control_spec, NULL);
     if (st->StreamControl_Type == NULL)
         return -1;

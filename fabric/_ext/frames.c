@@ -1111,6 +1111,126 @@ done:
     return out;
 }
 
+/*
+ * encode_held_reply(stream_id, start, reply, limit): encode_reply(stream_id,
+ * start, data, end) for an EvalReply whose record fits one chunk: data is
+ * the record's canonical bytes (canonical_bytes([reply.value,
+ * list(reply.diagnostics), reply.trace]), fabric.replies.reply_record) and
+ * end the canonical STREAM_END payload of one chunk of len(data) bytes
+ * ({"bytes": n, "chunks": 1, "truncated": false}). None when len(data) >
+ * limit (the caller splits the record over several chunks). The same bytes
+ * as those calls made one by one; one C call for a node's usual reply.
+ */
+/* The END payload of one chunk of n bytes at p (room for 32 bytes): its
+ * length. Canonical: the keys in order, n in its shortest form. */
+static size_t put_end1(uint8_t *p, uint64_t n)
+{
+    size_t k = fab_put_map_header(p, 3);
+    k += fab_put_str_header(p + k, 5);
+    memcpy(p + k, "bytes", 5);
+    k += 5;
+    k += fab_put_uint64(p + k, n);
+    k += fab_put_str_header(p + k, 6);
+    memcpy(p + k, "chunks", 6);
+    k += 6;
+    k += fab_put_uint64(p + k, 1);
+    k += fab_put_str_header(p + k, 9);
+    memcpy(p + k, "truncated", 9);
+    k += 9;
+    return k + fab_put_bool(p + k, 0);
+}
+
+static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const *args,
+                                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"stream_id", "start", "reply", "limit"};
+    PyObject *a[4];
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL ||
+        parse_args("encode_held_reply", args, nargs, kwnames, kw, 4, 4, 4, a) < 0)
+        return NULL;
+    uint64_t sid, limit;
+    if (get_uint(a[0], "stream_id", UINT64_MAX, &sid) < 0 ||
+        get_uint(a[3], "limit", UINT64_MAX, &limit) < 0)
+        return NULL;
+    if (!PyBytes_Check(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_held_reply: start must be bytes");
+        return NULL;
+    }
+    size_t slen = (size_t)PyBytes_GET_SIZE(a[1]);
+    if (check_size(st, self->max_payload, slen) < 0)
+        return NULL;
+    PyObject *value, *diags, *trace;
+    if (fab_py_reply_parts(st, a[2], &value, &diags, &trace) < 0)
+        return NULL;
+    PyObject *dl = PySequence_List(diags);
+    if (dl == NULL)
+        return NULL;
+    PyObject *rec = PyList_New(3);
+    if (rec == NULL) {
+        Py_DECREF(dl);
+        return NULL;
+    }
+    PyList_SET_ITEM(rec, 0, Py_NewRef(value));
+    PyList_SET_ITEM(rec, 1, dl);
+    PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
+    fab_frame_header h = {0};
+    h.stream_id = sid;
+    fab_buf buf;
+    fab_buf_init(&buf);
+    PyObject *out = NULL;
+    /* START, then CHUNK's header and room for the longest bin header (5):
+     * the record is encoded in place after it, its bin header written when
+     * its length is known (and the record moved down to meet a shorter one) */
+    size_t at = FAB_FRAME_HEADER_LEN + slen, data_at = at + FAB_FRAME_HEADER_LEN + 5;
+    if (fab_buf_reserve(&buf, data_at + 256) != FAB_OK) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    h.kind = FAB_FRAME_STREAM_START;
+    h.seq = 0;
+    fab_frame_header_write(buf.data, &h, PyBytes_AS_STRING(a[1]), slen);
+    memcpy(buf.data + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(a[1]), slen);
+    buf.len = data_at;
+    fab_enc enc;
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
+        goto done;
+    size_t n = buf.len - data_at;
+    if ((uint64_t)n > limit || (uint64_t)n > UINT32_MAX) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    uint8_t bh[FAB_PUT_MAX];
+    size_t bhl = fab_put_bin_header(bh, (uint32_t)n);
+    uint8_t *payload = buf.data + at + FAB_FRAME_HEADER_LEN;
+    if (bhl < 5)
+        memmove(payload + bhl, payload + 5, n);
+    memcpy(payload, bh, bhl);
+    size_t plen = bhl + n;
+    if (check_size(st, self->max_payload, plen) < 0)
+        goto done;
+    h.kind = FAB_FRAME_STREAM_CHUNK;
+    h.seq = 1;
+    fab_frame_header_write(buf.data + at, &h, payload, plen);
+    buf.len = at += FAB_FRAME_HEADER_LEN + plen;
+    if (fab_buf_reserve(&buf, FAB_FRAME_HEADER_LEN + 32) != FAB_OK) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    payload = buf.data + at + FAB_FRAME_HEADER_LEN;
+    plen = put_end1(payload, (uint64_t)n);
+    h.kind = FAB_FRAME_STREAM_END;
+    h.seq = 2;
+    fab_frame_header_write(buf.data + at, &h, payload, plen);
+    buf.len = at + FAB_FRAME_HEADER_LEN + plen;
+    out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+done:
+    Py_DECREF(rec);
+    fab_buf_destroy(&buf);
+    return out;
+}
+
 static PyObject *encoder_get_limits(EncoderObject *self, void *closure)
 {
     FAB_UNUSED(closure);
@@ -1147,6 +1267,13 @@ static PyMethodDef encoder_methods[] = {
      "encode_many($self, /, kind, payloads, *, stream_id=0, first_seq=0, flags=0)\n--\n\n"
      "The concatenated wire bytes of one frame per bytes payload, with\n"
      "consecutive sequence numbers from first_seq (batching for throughput)."},
+    {"encode_held_reply", (PyCFunction)(void (*)(void))encoder_encode_held_reply,
+     METH_FASTCALL | METH_KEYWORDS,
+     "encode_held_reply($self, stream_id, start, reply, limit, /)\n--\n\n"
+     "encode_reply(stream_id, start, data, end) for an EvalReply, in one call:\n"
+     "data is the canonical encoding of its record ([value, diagnostics,\n"
+     "trace]), end the STREAM_END payload of one chunk of len(data) bytes.\n"
+     "None when len(data) > limit (it takes several chunks)."},
     {NULL, NULL, 0, NULL},
 };
 

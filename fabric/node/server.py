@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
                      FabricUnavailable,
                      FrameDecoder, FrameError, DecodeError, canonical_bytes,
-                     FRAME_FLAG_DIAGNOSTIC)
+                     FRAME_FLAG_DIAGNOSTIC, _known_open, _open_crc)
 from ..control import StreamControl
 from ..fabrics import ContentPeer, ContentServeFabric
 from ..frames import FrameKind
@@ -202,6 +202,8 @@ class _Conn:
         # Test faults (fabric.node.faults), only when the node was given some.
         self.faults = None if node.faults is None else node.faults.connection(
             self._write, self.abort, loop.call_later)
+        # no claim to sign, no faults: a reply may be written as one bytes object
+        self.plain = node.signer is None and self.faults is None
 
     def _write(self, data: bytes) -> None:
         if not self.closed:
@@ -385,6 +387,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
+        self._stopping = False  # _stop_evt is set (_set_stopping)
         # The node's clock runs on a thread of its own (_ticks): its loop
         # holds no timer between requests (see serve()).
         self._tick_evt: asyncio.Event | None = None
@@ -404,6 +407,11 @@ class Node:
         # its decode and key computation. (An OrderedDict: a dict's oldest
         # entry, next(iter(d)), is found by scanning past the deleted ones.)
         self._opens: OrderedDict[bytes, tuple[Any, Any]] = OrderedDict()
+        # The same entries by their payload's CRC-32C -> (payload, entry): the
+        # read callback finds an open with _known_open (the payload compared
+        # in C, not copied and hashed); a payload whose CRC another one took
+        # is found in _opens.
+        self._opens_crc: OrderedDict[int, tuple[bytes, tuple[Any, Any]]] = OrderedDict()
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -538,6 +546,7 @@ class Node:
         self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
+        self._stopping = False
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
         # A loop holding a timer waits for I/O with a finite timeout, which
@@ -660,7 +669,7 @@ class Node:
         if self._loop is not None and self._stop_evt is not None \
                 and not self._loop.is_closed():
             try:
-                self._loop.call_soon_threadsafe(self._stop_evt.set)
+                self._loop.call_soon_threadsafe(self._set_stopping)
             except RuntimeError:  # the loop closed in between: already stopped
                 pass
         if self._thread is not None:
@@ -674,7 +683,13 @@ class Node:
         ones; what is still running then ends with an error frame."""
         self._drain = self._drain or drain
         if self._stop_evt is not None:
-            self._stop_evt.set()
+            self._set_stopping()
+
+    def _set_stopping(self) -> None:
+        # (a bool besides the event: the read callback's hit reads it)
+        self._stopping = True
+        assert self._stop_evt is not None
+        self._stop_evt.set()
 
     async def _drain_requests(self) -> None:
         busy = self._running + len(self._run_q)
@@ -777,7 +792,11 @@ class Node:
         idle = self.limits.idle_timeout
         for conn in list(self._conns):
             proto = conn.proto
-            if proto is not None and now - proto.last_rx >= idle:
+            if proto is None:
+                continue
+            if conn.bytes_in != proto.rx_seen:  # bytes arrived since the last tick
+                proto.rx_seen, proto.last_rx = conn.bytes_in, now
+            elif now - proto.last_rx >= idle:
                 proto.idle_out(idle)
 
     # -- connections -------------------------------------------------------------
@@ -955,9 +974,7 @@ class Node:
                         parsed = P.check_open(ctl.fields.get("metadata"))
                     route = self._route_of(parsed)
                     if len(payload) <= 4096:  # bounded: 1024 entries of <= 4 KiB
-                        if len(self._opens) >= 1024:
-                            self._opens.popitem(last=False)
-                        self._opens[payload] = (parsed, route)
+                        self._file_open(payload, (parsed, route))
                     if route is not None:  # a route this connection checked: at once
                         routed = conn.routes.get(route)
                         if routed is not None and self._answer_hit(conn, sid, parsed[0],
@@ -997,6 +1014,17 @@ class Node:
             raise P.ProtocolError(f"unexpected {f.kind_name} frame from a client "
                                   f"(stream {sid})")
 
+    def _file_open(self, payload: bytes, entry: tuple[Any, Any]) -> None:
+        """Files a parsed open by its payload (``_opens``) and by its
+        payload's CRC-32C (``_opens_crc``), each at most 1024 entries."""
+        opens, by_crc = self._opens, self._opens_crc
+        if len(opens) >= 1024:
+            opens.popitem(last=False)
+        opens[payload] = entry
+        if len(by_crc) >= 1024:
+            by_crc.popitem(last=False)
+        by_crc[_open_crc(payload)] = (payload, entry)
+
     def _arm_fault(self, conn: _Conn, sid: int, fields: Any) -> None:
         """The ``fault`` control operation: only on a node given test faults."""
         if conn.faults is None:
@@ -1035,24 +1063,33 @@ class Node:
         False when it must take the general path (which checks and queues it
         as any open)."""
         if (sid == 0 or sid in conn.tasks or self._running >= self.limits.max_running
-                or self._run_q._active or (self._stop_evt is not None and self._stop_evt.is_set())
-                or req.key not in self.cassette):
+                or self._run_q._active or self._stopping):
             return False
         target, g = routed
         try:
-            reply = target.evaluate(req, grants=g)
+            if target is self.fabric:
+                # its C hit path (grants checked, the hit counted; None when
+                # not held): one ledger lookup, and never the miss path here
+                reply = target._lookup(req, grants=g)
+                if reply is None:
+                    return False
+            elif req.key not in self.cassette:
+                return False
+            else:
+                reply = target.evaluate(req, grants=g)
         except Exception as exc:
             self._stat("requests")
             self._stat("errors")
             conn.send_error(sid, exc)
             return True
-        data = canonical_bytes(reply_record(reply))
-        start, end1 = _START.get(reply.source), _END1.get(len(data))
-        if (start is None or end1 is None or self.signer is not None or conn.closed
-                or conn.faults is not None or len(data) > conn.max_frame - 16):
+        start = _START.get(reply.source)
+        out = None
+        if start is not None and conn.plain and not conn.closed:
+            # _send_value's usual reply in one C call (None: over one chunk)
+            out = conn.enc.encode_held_reply(sid, start, reply, conn.max_frame - 16)
+        if out is None:
             self._send_value(conn, sid, reply)  # the general path (it fills the caches)
-        else:  # _send_value's usual reply and conn.send's write, inline
-            out = conn.enc.encode_reply(sid, start, data, end1)
+        else:  # and conn.send's write, inline
             conn.bytes_out += len(out)
             conn.transport.write(out)
             if conn.paused or conn.small_cap:
@@ -1362,12 +1399,17 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.conn = conn
         self.dec = dec
         self.done = done
+        self.finished = False
         self.window_start = time.monotonic()
         self.count = 0
-        self.last_rx = self.window_start  # the idle check reads it (Node._close_idle)
+        # The idle check (Node._close_idle, every tick) notes when conn.bytes_in
+        # last moved: no clock read per read callback.
+        self.last_rx = self.window_start
+        self.rx_seen = conn.bytes_in
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
+        self.finished = True  # (done is resolved here only: read per read callback)
         if not self.done.done():
             if exc is None:
                 self.done.set_result(None)
@@ -1392,16 +1434,15 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.data_received(self.buf[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
-        if self.done.done():
+        if self.finished:
             return
-        self.last_rx = time.monotonic()
         self.conn.bytes_in += len(data)
         try:
             if data:
                 self.dec.feed(data)
             node, conn, dec = self.node, self.conn, self.dec
             rate = node.limits.max_frame_rate
-            opens = node._opens
+            opens, by_crc = node._opens, node._opens_crc
             for f in dec:
                 conn.frames_in += 1
                 self.count += 1
@@ -1412,8 +1453,12 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                                               f"in one second")
                     self.window_start, self.count = now, 1
                 if f.kind == _CONTROL_KIND:
-                    payload = bytes(f.payload)
-                    seen = opens.get(payload)
+                    known = _known_open(f, by_crc)  # (payload, entry) or None
+                    if known is not None:
+                        payload, seen = known
+                    else:
+                        payload = bytes(f.payload)
+                        seen = opens.get(payload)
                     # an open parsed before, of a route this connection checked:
                     # answered at once (_answer_hit; False: the general path)
                     if seen is not None and seen[1] is not None:
