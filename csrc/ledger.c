@@ -84,6 +84,10 @@ static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 /* At most this many of the others' records have their index entries
  * deferred past the append lock (see defer_ok). */
 #define DEFER_MAX 64
+/* A catch-up of at most this many bytes before the append lock leaves the
+ * clock read before it fresh enough for the look at the file's age (tens
+ * of microseconds against 1 ms). */
+#define FRESH_CATCH_UP ((uint64_t)64 << 10)
 
 /* ======================================================================== */
 /* Mappings                                                                  */
@@ -680,18 +684,29 @@ static int shl_wait(shl_page *p)
     return r;
 }
 
-static int shl_lock(shl_page *p, uint64_t spin_ns)
+static int shl_lock(shl_page *p, uint64_t spin_ns, int *waited)
 {
     int r = pthread_mutex_trylock(&p->mu);
+    *waited = r == EBUSY;
     if (r != EBUSY || spin_ns == 0)
         return r != EBUSY ? r : shl_wait(p);
-    uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+    /* The spin's clock starts at its 32nd poll: most waits (another
+     * writer's critical section, a few hundred cycles) end before it, and
+     * read no clock. */
+    uint64_t t0 = 0;
     for (unsigned i = 1;; i++) {
         cpu_relax();
-        if (shl_maybe_free(&p->mu) && (r = pthread_mutex_trylock(&p->mu)) != EBUSY)
+        if (shl_maybe_free(&p->mu) && (r = pthread_mutex_trylock(&p->mu)) != EBUSY) {
+            *waited = t0 != 0;
             return r;
-        if ((i & 31) == 0 && now_ns(CLOCK_MONOTONIC) - t0 >= spin_ns)
-            break;
+        }
+        if ((i & 31) == 0) {
+            uint64_t t = now_ns(CLOCK_MONOTONIC);
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 >= spin_ns)
+                break;
+        }
     }
     return shl_wait(p);
 }
@@ -2647,7 +2662,7 @@ done:
 static int begin_append(fab_ledger *l, fab_ledger_error *err);
 static void end_append(fab_ledger *l);
 static void populate_ahead(fab_ledger *l);
-static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err);
+static int miss_look_by_page(fab_ledger *l, uint64_t now, fab_ledger_error *err);
 
 int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options *opt,
                     fab_ledger_error *err)
@@ -3012,17 +3027,24 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
          * finds) instead of stopping there. */
         int doubt = l->torn_bytes != 0;
         if (l->sh.p != NULL) {
+            /* One clock read per append, before the mutex and out of the
+             * others' way, for step 2's look at the file's age: read again
+             * after a wait for the mutex or a long catch-up (spec: An
+             * append, step 2). */
+            uint64_t t = now_ns(CLOCK_MONOTONIC), at = l->end;
+            int stale = 0;
             /* Others' records published since this handle last looked are
              * replayed before the mutex is taken, as a miss does, so that
              * under it only what was appended meanwhile is. */
             if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end) {
                 /* a record's: their index entries after the lock too */
                 l->defer_ix = l->defer_ok;
-                rc = miss_look_by_page(l, err);
+                rc = miss_look_by_page(l, t, err);
                 l->defer_ix = 0;
                 if (rc < 0)
                     return rc;
                 changed |= rc != 0;
+                stale = l->end - at > FRESH_CATCH_UP;
             }
             doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
             int r = EBUSY;
@@ -3032,8 +3054,10 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 if ((rc = defer_settle(l, err)) < 0)
                     return rc;
             }
+            int waited = 0;
             if (r == EBUSY)
-                r = shl_lock(l->sh.p, l->spin_ns);
+                r = shl_lock(l->sh.p, l->spin_ns, &waited);
+            stale |= waited;
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append, after the end the
                  * page holds: set it to 0, so that the check below looks
@@ -3055,7 +3079,8 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
              * torn tail then, it looked at the file less than 1 ms ago,
              * and the others' appends since end where the page says (each
              * written whole under this lock): no fstat needed. */
-            uint64_t t = now_ns(CLOCK_MONOTONIC);
+            if (stale)
+                t = now_ns(CLOCK_MONOTONIC);
             uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
             uint64_t pres = atomic_load_explicit(&l->sh.p->reserved, memory_order_relaxed);
             doubt |= pend == 0;
@@ -4339,12 +4364,12 @@ void fab_ledger_prefetch(const fab_ledger *l, const uint8_t key[32])
  * but whole records up to the end. begin_append uses it too, before it
  * takes the mutex.
  */
-static int miss_look_by_page(fab_ledger *l, fab_ledger_error *err)
+static int miss_look_by_page(fab_ledger *l, uint64_t now, fab_ledger_error *err)
 {
     if (l->sh.p == NULL || l->forked || !l->sent_ok || l->scanned_size > l->end)
         return 2;
     uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_acquire);
-    if (pend < l->end || pend == 0 || now_ns(CLOCK_MONOTONIC) - l->looked_ns >= LOOK_EVERY_NS ||
+    if (pend < l->end || pend == 0 || now - l->looked_ns >= LOOK_EVERY_NS ||
         sentinel_read(l) != 1)
         return 2;
     if (pend == l->end)
@@ -4366,7 +4391,7 @@ int fab_ledger_lookup(fab_ledger *l, const uint8_t key[32], int want_map, fab_le
         if (found == 0) {
             /* A miss looks at the file: others' appends, a replacement;
              * through the lock page when it can tell, else by fstat. */
-            int rc = miss_look_by_page(l, err);
+            int rc = miss_look_by_page(l, now_ns(CLOCK_MONOTONIC), err);
             if (rc == 2) {
                 rc = catch_up_locked(l, 2, err);
                 if (rc >= 0)
