@@ -334,6 +334,26 @@ typedef struct {
     PyObject *value, *diags, *trace; /* NULL: the slot is empty */
 } reply_slot;
 
+/*
+ * The memo of held records' bytes (_lookup_record, a node's hit): the
+ * canonical bytes of a held reply's record ([value, list(diagnostics),
+ * trace], fabric.replies.reply_record), as encode_held_reply writes them,
+ * kept for RECORD_SLOTS keys (direct-mapped by the digest). Sound as the
+ * memo above is (a held record never changes; each hit still asks the
+ * cassette whether it holds the key), and only for a reply the memo above
+ * could keep (immutable leaves whose encoding cannot change: no object of
+ * a registered type) whose record is at most RECORD_MAX_BYTES: at most
+ * RECORD_SLOTS * RECORD_MAX_BYTES (4 MiB) of bytes. A hit decodes and
+ * encodes nothing, and builds no reply.
+ */
+#define RECORD_SLOTS 4096
+#define RECORD_MAX_BYTES 1024
+
+typedef struct {
+    uint8_t digest[FAB_SHA256_LEN];
+    PyObject *data; /* bytes; NULL: the slot is empty */
+} record_slot;
+
 /* 0: o is immutable (shared as is); 1: it holds lists or dicts (thawed on
  * each hit); -1: not memoizable. *budget counts objects down. */
 static int frozen_kind(fab_state *st, PyObject *o, int depth, Py_ssize_t *budget)
@@ -564,8 +584,9 @@ typedef struct {
     CountersObject *stats;
     /* call(): the Op class, Op.request, and the general call (Python) */
     PyObject *op_class, *request_of, *general_call;
-    reply_slot *replies; /* REPLY_SLOTS, made on first use */
-    call_slot *calls;    /* CALL_SLOTS, made on first use */
+    reply_slot *replies;   /* REPLY_SLOTS, made on first use */
+    record_slot *records;  /* RECORD_SLOTS, made on first use */
+    call_slot *calls;      /* CALL_SLOTS, made on first use */
 } CAFObject;
 
 static void memo_clear(CAFObject *self)
@@ -578,6 +599,13 @@ static void memo_clear(CAFObject *self)
             Py_XDECREF(r[i].diags);
             Py_XDECREF(r[i].trace);
         }
+        PyMem_Free(r);
+    }
+    if (self->records != NULL) {
+        record_slot *r = self->records;
+        self->records = NULL;
+        for (int i = 0; i < RECORD_SLOTS; i++)
+            Py_XDECREF(r[i].data);
         PyMem_Free(r);
     }
     if (self->calls != NULL) {
@@ -828,6 +856,104 @@ static PyObject *lookup(fab_state *st, CAFObject *self, PyObject *request, PyObj
     return held(st, self, request, digest);
 }
 
+/* The canonical bytes of reply's record ([value, list(diagnostics),
+ * trace]): what encode_held_reply writes for it. New reference. */
+static PyObject *record_bytes(fab_state *st, PyObject *reply)
+{
+    PyObject *value, *diags, *trace;
+    if (fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0)
+        return NULL;
+    PyObject *dl = PySequence_List(diags);
+    if (dl == NULL)
+        return NULL;
+    PyObject *rec = PyList_New(3);
+    if (rec == NULL) {
+        Py_DECREF(dl);
+        return NULL;
+    }
+    PyList_SET_ITEM(rec, 0, Py_NewRef(value));
+    PyList_SET_ITEM(rec, 1, dl);
+    PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
+    fab_buf buf;
+    fab_buf_init(&buf);
+    fab_enc enc;
+    fab_enc_init(&enc, fab_buf_sink, &buf);
+    PyObject *out = NULL;
+    if (fab_py_encode_value(st, &enc, rec, "reply") == 0)
+        out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
+    fab_buf_destroy(&buf);
+    Py_DECREF(rec);
+    return out;
+}
+
+static Py_ssize_t record_slot_of(const uint8_t *digest)
+{
+    return (Py_ssize_t)(((unsigned)digest[2] | (unsigned)digest[3] << 8) % RECORD_SLOTS);
+}
+
+/* Keeps data (reply's record bytes) for key (digest) when the memo of
+ * replies could keep reply and data is small enough. Never fails. */
+static void record_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyObject *reply,
+                        PyObject *data)
+{
+    PyObject *value, *diags, *trace;
+    Py_ssize_t budget = REPLY_MAX_NODES;
+    if (PyBytes_GET_SIZE(data) > RECORD_MAX_BYTES ||
+        fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0 ||
+        frozen_kind(st, value, 0, &budget) < 0 || frozen_kind(st, diags, 0, &budget) < 0 ||
+        frozen_kind(st, trace, 0, &budget) < 0)
+        goto done;
+    if (self->records == NULL &&
+        (self->records = PyMem_Calloc(RECORD_SLOTS, sizeof(record_slot))) == NULL)
+        goto done;
+    record_slot *s = &self->records[record_slot_of(digest)];
+    memcpy(s->digest, digest, FAB_SHA256_LEN);
+    Py_XSETREF(s->data, Py_NewRef(data));
+done:
+    PyErr_Clear();
+}
+
+/* _lookup_record: the held reply's record bytes (at most limit of them),
+ * else the reply itself (its record is longer), Py_None when not held or a
+ * stream; grants checked first, the hit counted, as lookup(). */
+static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request, PyObject *g,
+                               uint64_t limit)
+{
+    int stream;
+    const uint8_t *digest;
+    if (check(st, self, request, g, &stream, &digest) < 0)
+        return NULL;
+    if (stream || fab_py_request_uncacheable(request))
+        Py_RETURN_NONE;
+    record_slot *s = self->records ? &self->records[record_slot_of(digest)] : NULL;
+    if (s != NULL && s->data != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0 &&
+        (uint64_t)PyBytes_GET_SIZE(s->data) <= limit) {
+        /* In the memo: the cassette still holds it? (no decode) */
+        int has = fab_py_request_key_in(st, request, self->cassette);
+        if (has < 0)
+            return NULL;
+        if (has) {
+            self->stats->v[CAF_local_hits]++;
+            return Py_NewRef(s->data);
+        }
+    }
+    PyObject *reply = held(st, self, request, digest);
+    if (reply == NULL || reply == Py_None)
+        return reply;
+    PyObject *data = record_bytes(st, reply);
+    if (data == NULL) {
+        Py_DECREF(reply);
+        return NULL;
+    }
+    record_keep(st, self, digest, reply, data);
+    if ((uint64_t)PyBytes_GET_SIZE(data) > limit) {
+        Py_DECREF(data);
+        return reply;
+    }
+    Py_DECREF(reply);
+    return data;
+}
+
 static const char *const call_names[] = {"request", "grants", "timeout"};
 static const fab_py_params evaluate_params = {"evaluate", call_names, 3, 1, 1, 1};
 static const fab_py_params lookup_params = {"_lookup", call_names, 2, 1, 1, 1};
@@ -867,6 +993,42 @@ static PyObject *CAF_lookup(CAFObject *self, PyTypeObject *defining_class,
     PyObject *reply = lookup(st, self, a[0], g);
     Py_DECREF(g);
     return reply;
+}
+
+static const char *const record_names[] = {"request", "limit", "grants"};
+static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 3, 2, 2, 2};
+
+static PyObject *CAF_lookup_record(CAFObject *self, PyTypeObject *defining_class,
+                                   PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    fab_state *st = PyType_GetModuleState(defining_class);
+    PyObject *a[3] = {NULL, NULL, Py_None};
+    if (ready(self) < 0 || fab_py_parse(&lookup_record_params, args, nargsf, kwnames, a) < 0)
+        return NULL;
+    if (!PyLong_Check(a[1])) {
+        PyErr_Format(PyExc_TypeError, "_lookup_record(): limit must be an int, not %.100s",
+                     Py_TYPE(a[1])->tp_name);
+        return NULL;
+    }
+    unsigned long long limit = PyLong_AsUnsignedLongLong(a[1]);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            if (_PyLong_Sign(a[1]) < 0) {
+                PyErr_SetString(PyExc_ValueError, "_lookup_record(): limit must be >= 0");
+                return NULL;
+            }
+            limit = UINT64_MAX;
+        } else {
+            return NULL;
+        }
+    }
+    PyObject *g = call_grants(a[2], self->grants);
+    if (g == NULL)
+        return NULL;
+    PyObject *out = lookup_record(st, self, a[0], g, (uint64_t)limit);
+    Py_DECREF(g);
+    return out;
 }
 
 static PyObject *CAF_check(CAFObject *self, PyTypeObject *defining_class,
@@ -1095,6 +1257,13 @@ static PyMethodDef CAF_methods[] = {
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "_lookup($self, request, /, *, grants=None)\n--\n\n"
      "The local hit for request, or None (grants are checked first)."},
+    {"_lookup_record", (PyCFunction)(void (*)(void))CAF_lookup_record,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "_lookup_record($self, request, limit, /, *, grants=None)\n--\n\n"
+     "The local hit for request as its record's canonical bytes ([value,\n"
+     "list(diagnostics), trace], as FrameEncoder.encode_held_reply writes\n"
+     "them) when they are at most limit bytes, else the reply itself; None\n"
+     "when not held (grants are checked first, the hit counted as _lookup's)."},
     {"_check", (PyCFunction)(void (*)(void))CAF_check,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "_check($self, request, /, *, grants=None)\n--\n\n"

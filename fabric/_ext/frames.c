@@ -1160,20 +1160,25 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     size_t slen = (size_t)PyBytes_GET_SIZE(a[1]);
     if (check_size(st, self->max_payload, slen) < 0)
         return NULL;
-    PyObject *value, *diags, *trace;
-    if (fab_py_reply_parts(st, a[2], &value, &diags, &trace) < 0)
-        return NULL;
-    PyObject *dl = PySequence_List(diags);
-    if (dl == NULL)
-        return NULL;
-    PyObject *rec = PyList_New(3);
-    if (rec == NULL) {
-        Py_DECREF(dl);
-        return NULL;
+    /* reply: an EvalReply, or its record's bytes as they are
+     * (ContentAddressedFabric._lookup_record) */
+    PyObject *rec = NULL;
+    if (!PyBytes_CheckExact(a[2])) {
+        PyObject *value, *diags, *trace;
+        if (fab_py_reply_parts(st, a[2], &value, &diags, &trace) < 0)
+            return NULL;
+        PyObject *dl = PySequence_List(diags);
+        if (dl == NULL)
+            return NULL;
+        rec = PyList_New(3);
+        if (rec == NULL) {
+            Py_DECREF(dl);
+            return NULL;
+        }
+        PyList_SET_ITEM(rec, 0, Py_NewRef(value));
+        PyList_SET_ITEM(rec, 1, dl);
+        PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
     }
-    PyList_SET_ITEM(rec, 0, Py_NewRef(value));
-    PyList_SET_ITEM(rec, 1, dl);
-    PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
     fab_frame_header h = {0};
     h.stream_id = sid;
     fab_buf buf;
@@ -1192,10 +1197,24 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     fab_frame_header_write(buf.data, &h, PyBytes_AS_STRING(a[1]), slen);
     memcpy(buf.data + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(a[1]), slen);
     buf.len = data_at;
-    fab_enc enc;
-    fab_enc_init(&enc, fab_buf_sink, &buf);
-    if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
-        goto done;
+    if (rec == NULL) {
+        size_t dn = (size_t)PyBytes_GET_SIZE(a[2]);
+        if ((uint64_t)dn > limit) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (fab_buf_reserve(&buf, dn) != FAB_OK) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(buf.data + data_at, PyBytes_AS_STRING(a[2]), dn);
+        buf.len = data_at + dn;
+    } else {
+        fab_enc enc;
+        fab_enc_init(&enc, fab_buf_sink, &buf);
+        if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
+            goto done;
+    }
     size_t n = buf.len - data_at;
     if ((uint64_t)n > limit || (uint64_t)n > UINT32_MAX) {
         out = Py_NewRef(Py_None);
@@ -1226,7 +1245,7 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     buf.len = at + FAB_FRAME_HEADER_LEN + plen;
     out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
 done:
-    Py_DECREF(rec);
+    Py_XDECREF(rec);
     fab_buf_destroy(&buf);
     return out;
 }
@@ -1273,6 +1292,8 @@ static PyMethodDef encoder_methods[] = {
      "encode_reply(stream_id, start, data, end) for an EvalReply, in one call:\n"
      "data is the canonical encoding of its record ([value, diagnostics,\n"
      "trace]), end the STREAM_END payload of one chunk of len(data) bytes.\n"
+     "reply may also be those record bytes themselves (bytes: written as\n"
+     "they are, ContentAddressedFabric._lookup_record).\n"
      "None when len(data) > limit (it takes several chunks)."},
     {NULL, NULL, 0, NULL},
 };

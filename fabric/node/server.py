@@ -1066,11 +1066,18 @@ class Node:
                 or self._run_q._active or self._stopping):
             return False
         target, g = routed
+        start = _START.get("local")  # (a hit's source, once a reply filled it)
+        limit = conn.max_frame - 16
         try:
             if target is self.fabric:
                 # its C hit path (grants checked, the hit counted; None when
-                # not held): one ledger lookup, and never the miss path here
-                reply = target._lookup(req, grants=g)
+                # not held): one ledger lookup, and never the miss path here.
+                # Its record's bytes (no decode, no encode when the fabric
+                # kept them) when they fit one chunk, else the reply.
+                if start is not None and conn.plain:
+                    reply = target._lookup_record(req, limit, grants=g)
+                else:
+                    reply = target._lookup(req, grants=g)
                 if reply is None:
                     return False
             elif req.key not in self.cassette:
@@ -1082,13 +1089,15 @@ class Node:
             self._stat("errors")
             conn.send_error(sid, exc)
             return True
-        start = _START.get(reply.source)
         out = None
+        if not isinstance(reply, bytes):
+            start = _START.get(reply.source)
         if start is not None and conn.plain and not conn.closed:
             # _send_value's usual reply in one C call (None: over one chunk)
-            out = conn.enc.encode_held_reply(sid, start, reply, conn.max_frame - 16)
+            out = conn.enc.encode_held_reply(sid, start, reply, limit)
         if out is None:
-            self._send_value(conn, sid, reply)  # the general path (it fills the caches)
+            if not isinstance(reply, bytes):  # (bytes: a connection closed, writes dropped)
+                self._send_value(conn, sid, reply)  # the general path (it fills the caches)
         else:  # and conn.send's write, inline
             conn.bytes_out += len(out)
             conn.transport.write(out)
