@@ -4269,6 +4269,7 @@ static void fill_ref(fab_ledger *l, uint64_t off, int want_map, fab_ledger_ref *
 {
     const uint8_t *p = l->map->base + off;
     ref->offset = off;
+    ref->gen = l->gen;
     ref->type = p[4];
     ref->flags = p[5];
     ref->expires_ns = 0;
@@ -4454,6 +4455,7 @@ int fab_ledger_request(fab_ledger *l, const uint8_t key[32], int want_map, fab_l
         if (at != NONE) {
             const uint8_t *q = l->map->base + at;
             ref->offset = at;
+            ref->gen = l->gen;
             ref->type = FAB_REC_REQUEST;
             ref->flags = q[5];
             ref->expires_ns = 0;

@@ -312,11 +312,15 @@ static PyType_Spec Counters_spec = {
 /*
  * A hit decodes nothing when the reply is in the memo: a direct-mapped
  * table of REPLY_SLOTS entries, indexed by the key's digest (uniformly
- * random), holding the reply's parts as decoded once. It is sound because a
- * held record never changes (a cassette is first-write-wins and never
- * forgets a key while open); the hit still asks the cassette whether it
- * holds the key (`key in cassette`, no decode), so a closed cassette or
- * one that lost the key answers as before.
+ * random), holding the reply's parts as decoded once, with the stamp of
+ * the record they were decoded from (its offset and the ledger's
+ * generation). It is sound because a record never changes; but a key can
+ * be deleted (or expire, or be evicted by a compaction) and recorded again,
+ * so each hit asks the cassette where the key's record is now (a lookup,
+ * no decode) and uses the memo only when that is the same record. A closed
+ * cassette or one that lost the key answers as before. Only an EvalCassette
+ * (exactly that type) is memoized: any other cassette is asked for the
+ * reply on every hit.
  *
  * No caller ever gets an object another caller can reach: the memo keeps
  * its own copy and every hit gets fresh lists and dicts (thaw), sharing
@@ -331,6 +335,7 @@ static PyType_Spec Counters_spec = {
 
 typedef struct {
     uint8_t digest[FAB_SHA256_LEN];
+    uint64_t stamp[2];               /* where the record was (fab_py_cassette_stamp) */
     PyObject *value, *diags, *trace; /* NULL: the slot is empty */
 } reply_slot;
 
@@ -338,9 +343,9 @@ typedef struct {
  * The memo of held records' bytes (_lookup_record, a node's hit): the
  * canonical bytes of a held reply's record ([value, list(diagnostics),
  * trace], fabric.replies.reply_record), as encode_held_reply writes them,
- * kept for RECORD_SLOTS keys (direct-mapped by the digest). Sound as the
- * memo above is (a held record never changes; each hit still asks the
- * cassette whether it holds the key), and only for a reply the memo above
+ * kept for RECORD_SLOTS keys (direct-mapped by the digest), with their
+ * record's stamp. Sound as the memo above is (each hit asks the cassette
+ * whether the key's record is still the one stamped), and only for a reply the memo above
  * could keep (immutable leaves whose encoding cannot change: no object of
  * a registered type) whose record is at most RECORD_MAX_BYTES: at most
  * RECORD_SLOTS * RECORD_MAX_BYTES (4 MiB) of bytes. A hit decodes and
@@ -351,7 +356,8 @@ typedef struct {
 
 typedef struct {
     uint8_t digest[FAB_SHA256_LEN];
-    PyObject *data; /* bytes; NULL: the slot is empty */
+    uint64_t stamp[2]; /* where the record was (fab_py_cassette_stamp) */
+    PyObject *data;    /* bytes; NULL: the slot is empty */
 } record_slot;
 
 /* 0: o is immutable (shared as is); 1: it holds lists or dicts (thawed on
@@ -749,15 +755,18 @@ static int check(fab_state *st, CAFObject *self, PyObject *request, PyObject *g,
     return 0;
 }
 
-/* Whether container holds the request's key (`key in container`). 1, 0, -1. */
-static int fab_py_request_key_in(fab_state *st, PyObject *request, PyObject *container)
+/* Whether the fabric's cassette still holds the request's key at the
+ * record stamped (a memo entry is still good). 1, 0, -1. */
+static int memo_still(fab_state *st, CAFObject *self, PyObject *request, const uint64_t stamp[2])
 {
     PyObject *key = fab_py_request_key(st, request);
     if (key == NULL)
         return -1;
-    int has = PySequence_Contains(container, key);
+    uint64_t now[2];
+    int has = Py_IS_TYPE(self->cassette, st->EvalCassette_Type)
+                  ? fab_py_cassette_stamp(st, self->cassette, key, now) : 0;
     Py_DECREF(key);
-    return has;
+    return has < 0 ? -1 : has && now[0] == stamp[0] && now[1] == stamp[1];
 }
 
 static Py_ssize_t reply_slot_of(const uint8_t *digest)
@@ -768,7 +777,8 @@ static Py_ssize_t reply_slot_of(const uint8_t *digest)
 /* Keeps the parts of a reply just decoded for key (digest) in the memo, if
  * they are memoizable; the memo's copy is its own. Never fails (a reply
  * that cannot be kept is simply not kept). */
-static void memo_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyObject *reply)
+static void memo_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyObject *reply,
+                      const uint64_t stamp[2])
 {
     PyObject *value, *diags, *trace;
     Py_ssize_t budget = REPLY_MAX_NODES;
@@ -789,6 +799,8 @@ static void memo_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyO
     reply_slot *s = &self->replies[reply_slot_of(digest)];
     PyObject *ov = s->value, *od = s->diags, *ot = s->trace;
     memcpy(s->digest, digest, FAB_SHA256_LEN);
+    s->stamp[0] = stamp[0];
+    s->stamp[1] = stamp[1];
     s->value = v;
     s->diags = d;
     s->trace = t;
@@ -800,39 +812,69 @@ done:
 }
 
 /* The hit path for a checked, non-stream request: a new reference to the
- * held reply, Py_None (new reference) on a miss, NULL on error. */
-static PyObject *held(fab_state *st, CAFObject *self, PyObject *request, const uint8_t *digest)
+ * held reply, Py_None (new reference) on a miss, NULL on error. *stamped
+ * (when not NULL) is set to 1 when the reply came from an EvalCassette
+ * record whose stamp is in stamp (it may be memoized), else 0. */
+static PyObject *held(fab_state *st, CAFObject *self, PyObject *request, const uint8_t *digest,
+                      uint64_t stamp[2], int *stamped)
 {
     PyObject *key = fab_py_request_key(st, request);
     if (key == NULL)
         return NULL;
-    PyObject *reply = NULL;
+    if (stamped != NULL)
+        *stamped = 0;
+    PyObject *reply = NULL, *rec;
+    if (!Py_IS_TYPE(self->cassette, st->EvalCassette_Type)) {
+        /* Another cassette: asked every time, nothing memoized. */
+        rec = PyObject_Vectorcall(self->get, &key, 1, NULL);
+        reply = rec;
+        if (rec != NULL && rec != Py_None) {
+            reply = fab_py_reply_from_record(st, rec, key, st->str_local);
+            Py_DECREF(rec);
+            if (reply != NULL)
+                self->stats->v[CAF_local_hits]++;
+        }
+        goto done;
+    }
     reply_slot *s = self->replies ? &self->replies[reply_slot_of(digest)] : NULL;
     if (s != NULL && s->value != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0) {
-        /* In the memo: the cassette still holds it? (no decode) */
-        int has = PySequence_Contains(self->cassette, key);
+        /* In the memo: the cassette still holds that record? (no decode) */
+        uint64_t now[2];
+        int has = fab_py_cassette_stamp(st, self->cassette, key, now);
         if (has < 0)
             goto done;
-        if (has) {
+        if (has && now[0] == s->stamp[0] && now[1] == s->stamp[1]) {
             PyObject *v = thaw(s->value), *d = thaw(s->diags), *t = thaw(s->trace);
             if (v != NULL && d != NULL && t != NULL)
                 reply = fab_py_reply_make(st, v, d, t, key, st->str_local);
             Py_XDECREF(v);
             Py_XDECREF(d);
             Py_XDECREF(t);
-            if (reply != NULL)
+            if (reply != NULL) {
                 self->stats->v[CAF_local_hits]++;
+                if (stamped != NULL) {
+                    stamp[0] = now[0];
+                    stamp[1] = now[1];
+                    *stamped = 1;
+                }
+            }
             goto done;
         }
     }
-    PyObject *rec = PyObject_Vectorcall(self->get, &key, 1, NULL);
+    uint64_t at[2];
+    rec = fab_py_cassette_get_stamped(st, self->cassette, key, at);
     reply = rec;
     if (rec != NULL && rec != Py_None) {
         reply = fab_py_reply_from_record(st, rec, key, st->str_local);
         Py_DECREF(rec);
         if (reply != NULL) {
             self->stats->v[CAF_local_hits]++;
-            memo_keep(st, self, digest, reply);
+            memo_keep(st, self, digest, reply, at);
+            if (stamped != NULL) {
+                stamp[0] = at[0];
+                stamp[1] = at[1];
+                *stamped = 1;
+            }
         }
     }
 done:
@@ -853,7 +895,7 @@ static PyObject *lookup(fab_state *st, CAFObject *self, PyObject *request, PyObj
      * by hand under its key is not served), is resolved by the miss path. */
     if (stream || fab_py_request_uncacheable(request))
         Py_RETURN_NONE;
-    return held(st, self, request, digest);
+    return held(st, self, request, digest, NULL, NULL);
 }
 
 /* The canonical bytes of reply's record ([value, list(diagnostics),
@@ -894,7 +936,7 @@ static Py_ssize_t record_slot_of(const uint8_t *digest)
 /* Keeps data (reply's record bytes) for key (digest) when the memo of
  * replies could keep reply and data is small enough. Never fails. */
 static void record_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyObject *reply,
-                        PyObject *data)
+                        PyObject *data, const uint64_t stamp[2])
 {
     PyObject *value, *diags, *trace;
     Py_ssize_t budget = REPLY_MAX_NODES;
@@ -908,6 +950,8 @@ static void record_keep(fab_state *st, CAFObject *self, const uint8_t *digest, P
         goto done;
     record_slot *s = &self->records[record_slot_of(digest)];
     memcpy(s->digest, digest, FAB_SHA256_LEN);
+    s->stamp[0] = stamp[0];
+    s->stamp[1] = stamp[1];
     Py_XSETREF(s->data, Py_NewRef(data));
 done:
     PyErr_Clear();
@@ -928,8 +972,8 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
     record_slot *s = self->records ? &self->records[record_slot_of(digest)] : NULL;
     if (s != NULL && s->data != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0 &&
         (uint64_t)PyBytes_GET_SIZE(s->data) <= limit) {
-        /* In the memo: the cassette still holds it? (no decode) */
-        int has = fab_py_request_key_in(st, request, self->cassette);
+        /* In the memo: the cassette still holds that record? (no decode) */
+        int has = memo_still(st, self, request, s->stamp);
         if (has < 0)
             return NULL;
         if (has) {
@@ -937,7 +981,9 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
             return Py_NewRef(s->data);
         }
     }
-    PyObject *reply = held(st, self, request, digest);
+    uint64_t stamp[2];
+    int stamped;
+    PyObject *reply = held(st, self, request, digest, stamp, &stamped);
     if (reply == NULL || reply == Py_None)
         return reply;
     PyObject *data = record_bytes(st, reply);
@@ -945,7 +991,8 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
         Py_DECREF(reply);
         return NULL;
     }
-    record_keep(st, self, digest, reply, data);
+    if (stamped)
+        record_keep(st, self, digest, reply, data, stamp);
     if ((uint64_t)PyBytes_GET_SIZE(data) > limit) {
         Py_DECREF(data);
         return reply;
@@ -1113,7 +1160,7 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
             reply_slot *s = self->replies && cacheable
                                 ? &self->replies[reply_slot_of(digest)] : NULL;
             if (s != NULL && s->value != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0) {
-                int has = fab_py_request_key_in(st, request, self->cassette);
+                int has = memo_still(st, self, request, s->stamp);
                 if (has < 0) {
                     Py_DECREF(request);
                     return NULL;
@@ -1124,7 +1171,8 @@ static PyObject *CAF_call(CAFObject *self, PyTypeObject *defining_class, PyObjec
                     return thaw(s->value);
                 }
             }
-            reply = cacheable ? held(st, self, request, digest) : Py_NewRef(Py_None);
+            reply = cacheable ? held(st, self, request, digest, NULL, NULL)
+                              : Py_NewRef(Py_None);
             if (reply == Py_None) {
                 Py_DECREF(reply);
                 PyObject *argv[] = {(PyObject *)self, request, self->grants, Py_None};

@@ -1176,6 +1176,37 @@ static PyObject *Cassette_get(PyObject *self, PyObject *const *args, Py_ssize_t 
     return v;
 }
 
+int fab_py_cassette_stamp(fab_state *st, PyObject *cassette, PyObject *key, uint64_t stamp[2])
+{
+    fab_ledger_ref ref;
+    uint8_t k[32];
+    int found = lookup(st, (CassetteObject *)cassette, key, &ref, k);
+    if (found == 1) {
+        stamp[0] = ref.offset;
+        stamp[1] = ref.gen;
+        fab_lmap_release(ref.map);
+    }
+    return found;
+}
+
+PyObject *fab_py_cassette_get_stamped(fab_state *st, PyObject *cassette, PyObject *key,
+                                      uint64_t stamp[2])
+{
+    fab_ledger_ref ref;
+    uint8_t k[32];
+    stamp[0] = stamp[1] = 0;
+    int found = lookup(st, (CassetteObject *)cassette, key, &ref, k);
+    if (found < 0)
+        return NULL;
+    if (!found)
+        Py_RETURN_NONE;
+    stamp[0] = ref.offset;
+    stamp[1] = ref.gen;
+    PyObject *v = value_of((CassetteObject *)cassette, st, k, &ref);
+    fab_lmap_release(ref.map);
+    return v;
+}
+
 static PyObject *Cassette_get_raw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     fab_state *st;

@@ -310,6 +310,21 @@ void fab_py_holdings_clear(fab_state *st);
 int fab_py_cassette_record(fab_state *st, PyObject *cassette, PyObject *key, PyObject *record,
                            PyObject *request, size_t *nbytes);
 
+/* cassette.c, for the fabric's memos of held replies: a stamp of where
+ * key's committed reply is now in an EvalCassette (stamp[0] its record's
+ * offset, stamp[1] the ledger's generation; a key deleted and recorded
+ * again, or a move to a compacted file, changes it). 1 held (stamp set), 0
+ * not held, -1 with an exception. Only for cassette of exactly the
+ * EvalCassette type. */
+int fab_py_cassette_stamp(fab_state *st, PyObject *cassette, PyObject *key, uint64_t stamp[2]);
+
+/* cassette.c: cassette.get(key) of an EvalCassette (exactly that type), with
+ * the stamp (as fab_py_cassette_stamp's) of the record it read, from the
+ * same lookup; stamp is {0, 0} when not held (Py_None returned). New
+ * reference or NULL. */
+PyObject *fab_py_cassette_get_stamped(fab_state *st, PyObject *cassette, PyObject *key,
+                                      uint64_t stamp[2]);
+
 /* reply.c: the reply (of the reply class) that a cassette record [value,
  * diagnostics, trace] holds, for key with the given source (all borrowed);
  * FabricError if record is not such a record. New reference or NULL. */

@@ -133,6 +133,10 @@ typedef struct fab_ledger_ref {
     int type;             /* FAB_REC_REPLY or FAB_REC_STREAM_END */
     int flags;            /* the record's flags (FAB_REC_FLAG_*) */
     uint64_t expires_ns;  /* a REPLY's expiry time, 0 when it has none */
+    uint64_t gen;         /* the ledger's generation when found: with offset,
+                             names this record (a key deleted and recorded
+                             again, or a move to a compacted file, gives
+                             another offset or generation) */
 } fab_ledger_ref;
 
 typedef struct fab_ledger_stats {
