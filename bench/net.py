@@ -473,6 +473,16 @@ def section_hit_redis(a, nodes, rows, only, cpu):
                   lambda n, c=c, loop=loop: loop.run_until_complete(
                       atimed(n, _rotate(c, many)))]
         pids += [None, None, pid, pid, pid]
+    if {"asyncio", "uvloop"} <= set(nodes):
+        # what `fabric serve` runs where uvloop installs (a dependency there),
+        # called from a user's code on asyncio's own loop
+        aloop = loops[list(nodes).index("asyncio")]
+        uc, upid = clients[list(nodes).index("uvloop")], nodes["uvloop"][1]
+        names += ["fabric.connect aevaluate [asyncio client, uvloop node]",
+                  "fabric.connect aevaluate, 1,000 keys [asyncio client, uvloop node]"]
+        calls += [lambda n: aloop.run_until_complete(atimed(n, lambda: uc.aevaluate(req))),
+                  lambda n: aloop.run_until_complete(atimed(n, _rotate(uc, many)))]
+        pids += [upid, upid]
     if rp is not None:
         names.append("redis-py GET (64 B)")
         get = redis_get(rport)

@@ -60,6 +60,8 @@ _START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
 # need no decoding (bounded; any process-wide payload is as good as checked).
 _ENDS: dict[bytes, int] = {}
 _READ = 1 << 18  # a channel's first read buffer
+_OUT_CAP = 64 << 20  # bytes a channel that owns its socket lets wait for it (_SocketWriter)
+_SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
 
 class _LoopThread:
@@ -456,9 +458,11 @@ class _BlockingStream:
 class _AsyncChannel(asyncio.BufferedProtocol):
     """A connection owned by one caller's event loop: ``aevaluate`` sends and
     is answered on the caller's loop, with no hop to the client's thread.
-    Single replies only (streams and gossip use the main connection). The
-    transport reads into the channel's own buffer (no new bytes object per
-    read)."""
+    Single replies only (streams and gossip use the main connection). Reads
+    go into the channel's own buffer (no new bytes object per read). Plain
+    TCP on asyncio's own loop reads and writes the socket itself
+    (``_SocketWriter``: no transport's layers per call); TLS and any other
+    loop (uvloop's transports are native code) go through a transport."""
 
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
@@ -471,7 +475,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
         self.node: str | None = None
         self.source = "peer:None"  # a reply's source unless its STREAM_START names one
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | _SocketWriter | None = None
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.up = False  # the handshake is done (ready has its result)
@@ -501,9 +505,14 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.wait_for(self.loop.sock_connect(sock, addr), timeout or 10.0)
-            await self.loop.create_connection(
-                lambda: self, sock=sock, ssl=c.tls,
-                server_hostname=c.host if c.tls is not None else None)
+            if c.tls is None and isinstance(self.loop, _SelectorLoop):
+                self.transport = _SocketWriter(self, sock)
+                self._hello()
+                self.loop.add_reader(sock.fileno(), self._readable)
+            else:
+                await self.loop.create_connection(
+                    lambda: self, sock=sock, ssl=c.tls,
+                    server_hostname=c.host if c.tls is not None else None)
             await asyncio.wait_for(asyncio.shield(self.ready), timeout or 10.0)
             # Closed when the loop shuts down its async generators (asyncio.run
             # does, before it closes the loop): the transport ends on its loop.
@@ -519,9 +528,12 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             raise
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        c = self.client
         self.transport = transport  # type: ignore[assignment]
-        transport.write(self.enc.encode_value(  # type: ignore[attr-defined]
+        self._hello()
+
+    def _hello(self) -> None:
+        c = self.client
+        self.transport.write(self.enc.encode_value(  # type: ignore[union-attr]
             FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
                                      caps=[], token=c._token, proto=c.proto)))
 
@@ -530,6 +542,22 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self.buf[:nbytes])
+
+    def _readable(self) -> None:
+        """The socket can be read (plain TCP on asyncio's own loop): what a
+        transport's reader does, without its layers."""
+        try:
+            n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) "
+                                         f"was lost: {exc}"))
+            return
+        if n:
+            self.data_received(self.buf[:n])
+        else:  # the node closed it
+            self.connection_lost(None)
 
     def data_received(self, data: bytes | memoryview) -> None:
         try:
@@ -801,6 +829,73 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 nxt = d
         if nxt is not None:
             self._watch(nxt)
+
+
+class _SocketWriter:
+    """The writing half of an ``_AsyncChannel`` that owns its socket (plain
+    TCP on asyncio's own loop): a write goes to the socket at once; what the
+    socket does not take waits, in order, for it to be writable. More than
+    ``_OUT_CAP`` bytes waiting (a node that does not read) ends the channel
+    (``FabricUnavailable``): memory stays bounded."""
+
+    __slots__ = ("ch", "sock", "fd", "out", "closed")
+
+    def __init__(self, ch: _AsyncChannel, sock: socket.socket):
+        self.ch, self.sock, self.fd = ch, sock, sock.fileno()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.out:  # earlier bytes still wait: these go after them
+            self.out += data
+            if len(self.out) > _OUT_CAP:
+                self._lost(f"the node read none of the last {len(self.out)} bytes sent")
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._lost(str(exc))
+            return
+        if n < len(data):
+            self.out += memoryview(data)[n:]
+            self.ch.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(str(exc))
+            return
+        del self.out[:n]
+        if not self.out:
+            self.ch.loop.remove_writer(self.fd)
+
+    def _lost(self, why: str) -> None:
+        ch = self.ch
+        ch._fail(FabricUnavailable(f"connection to {ch.client.url} ({ch.node}) was lost: "
+                                   f"{why}"))
+
+    def abort(self) -> None:
+        """Stop watching the socket and close it (on the channel's loop; a
+        closed loop watches nothing); as a transport's abort, the channel's
+        ``connection_lost`` follows on the loop (calls in flight fail)."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.ch.loop
+        if not loop.is_closed():
+            loop.remove_reader(self.fd)
+            if self.out:
+                loop.remove_writer(self.fd)
+            loop.call_soon(self.ch.connection_lost, None)
+        self.out = bytearray()
+        self.sock.close()
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
