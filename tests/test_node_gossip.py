@@ -403,6 +403,9 @@ def test_a_reconnecting_link_pulls_from_its_bookmark_not_from_zero(tmp_path):
         link._loop.call_soon_threadsafe(lambda: link._writer.transport.abort())
         wait_for(lambda: link.stats_counters["reconnects"] == 1 and link.status == "connected",
                  "a's link to reconnect")
+        # b notices the old connection's end on its own: until then a push
+        # would also go (and be counted) on the connection a dropped
+        wait_for(lambda: b.stats()["connections"] == 1, "b to let go of the old connection")
         b.fabric.holders.announce(ks[999], "b")
         wait_for(lambda: a.fabric.holders.holds(ks[999], "b"), "the 1000th fact")
         # the reconnect pulled from (epoch, 999): only the new fact was sent again
