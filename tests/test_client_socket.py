@@ -132,3 +132,4 @@ def test_uvloop_keeps_a_transport(node):
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
             r.run(run())
+

@@ -250,6 +250,14 @@ def test_tls_matrix(node, certs):
     with attempt("alice") as c:
         assert c.principal == "CN=alice"
         assert c.evaluate(node_ops.double.request(2)).value == 4
+
+        async def over_tls():  # from asyncio: the channel keeps a TLS transport
+            from fabric.node.client import _SocketWriter
+            assert (await c.aevaluate(node_ops.double.request(6))).value == 12
+            assert not isinstance(c._last_achannel.transport, _SocketWriter)
+            return (await c.aevaluate(node_ops.double.request(7))).value
+
+        assert asyncio.run(over_tls()) == 14
         # a held stream over TLS: items above the transport's write buffer
         # limits (the sender waits for it to drain between items)
         held = node_ops.count.request(777)
