@@ -1226,6 +1226,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         except BaseException:
             self._end(res)
             raise
+        res._attempts = None  # (as _end: the stream's relay needs none of them)
         self._keep_trail(key, res._trail())
         head, events, src = got
         if self._verifier is not None and res._cur[1] != "home":

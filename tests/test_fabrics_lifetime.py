@@ -89,3 +89,27 @@ def test_a_fabric_dropped_after_async_misses_is_freed_without_the_cyclic_gc(
         del fab
         assert gone() is None
         assert sys.getrefcount(cas) == refs
+
+
+def test_a_fabric_dropped_after_a_stream_is_freed_without_the_cyclic_gc(
+        tmp_path, no_cyclic_gc):
+    reg = fabric.OpRegistry()
+
+    @fabric.op("life.count", registry=reg)
+    def count(n):
+        yield from range(n)
+
+    with fabric.EvalCassette(str(tmp_path / "b.ledger")) as other, \
+            fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        fab = fabric.ContentAddressedFabric(
+            "a", cas, peers=[fabric.ContentPeer("b", fabric.ContentServeFabric(other))],
+            home=fabric.LocalFabric(reg))
+        s = fab.stream(count.request(3))  # the peer does not hold it: home streams
+        assert list(s) == [0, 1, 2] and s.source == "home"
+        assert list(fab.stream(count.request(3))) == [0, 1, 2]  # replayed
+        del s
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs
