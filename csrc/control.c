@@ -152,6 +152,30 @@ static int refuse(fab_control_error *err, int code, size_t offset, const char *f
     return code;
 }
 
+/* The start of every decoder: err (or the caller's scratch when err is NULL)
+ * and *out cleared; returns the error record to fill. */
+static fab_control_error *begin(fab_control_error *err, fab_control_error *scratch, void *out,
+                                size_t out_size)
+{
+    if (err == NULL)
+        err = scratch;
+    memset(err, 0, sizeof(*err));
+    memset(out, 0, out_size);
+    return err;
+}
+
+/* Reads the rest of the value whose first item was read at depth0. */
+static int skip_rest(fab_mp_reader *r, uint32_t depth0)
+{
+    fab_mp_item skip;
+    while (r->depth > depth0) {
+        int rc = fab_mp_next(r, &skip);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 /* ---- decoding ---------------------------------------------------------------- */
 
 /* What the pass saw of one pair. */
@@ -173,13 +197,7 @@ static int finish_value(fab_mp_reader *r, fab_mp_item *it, uint32_t depth0, int 
         if (rc)
             return rc;
     }
-    fab_mp_item skip;
-    while (r->depth > depth0) {
-        int rc = fab_mp_next(r, &skip);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return skip_rest(r, depth0);
 }
 
 static int positive(const seen *v, uint64_t *out)
@@ -195,10 +213,7 @@ int fab_control_decode(const void *payload, size_t len, const fab_mp_limits *lim
                        fab_control *out, fab_control_error *err)
 {
     fab_control_error scratch;
-    if (err == NULL)
-        err = &scratch;
-    memset(err, 0, sizeof(*err));
-    memset(out, 0, sizeof(*out));
+    err = begin(err, &scratch, out, sizeof(*out));
     const uint8_t *p = payload;
     size_t base = 0;
     if (len > 0 && p[0] == FAB_VALUE_MAGIC) {
@@ -479,7 +494,8 @@ static const name_len request_fields[FAB_OPEN_REQUEST_NFIELDS] = {
     NL("answer_limit"), NL("stream_buffer"), NL("stream"), NL("trace"), NL("sharing"),
     NL("consistency"), NL("deadline"),
 };
-enum { REQ_ARGS = 1, REQ_KWARGS = 2 };
+static const name_len open_top[2] = {NL("op"), NL("metadata")};
+enum { REQ_ARGS = 1, REQ_KWARGS = 2, TOP_OP = 0, TOP_METADATA = 1 };
 
 const char *fab_open_field(int i)
 {
@@ -502,16 +518,15 @@ static int match(const name_len *names, int n, const fab_mp_item *it)
     return -1;
 }
 
-/* Reads the rest of the value whose first item is *first (read at depth0). */
-static int skip_rest(fab_mp_reader *r, uint32_t depth0)
+/* Ends the value whose first item *first was read at depth0: the rest
+ * skipped, its bytes into *span. */
+static int end_value(fab_mp_reader *r, const fab_mp_item *first, uint32_t depth0,
+                     fab_open_span *span)
 {
-    fab_mp_item skip;
-    while (r->depth > depth0) {
-        int rc = fab_mp_next(r, &skip);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    int rc = skip_rest(r, depth0);
+    span->p = r->data + first->offset;
+    span->len = r->pos - first->offset;
+    return rc;
 }
 
 /* Reads the value after the key of field f: its first item into *first,
@@ -520,11 +535,18 @@ static int read_value(fab_mp_reader *r, fab_mp_item *first, fab_open_span *span)
 {
     uint32_t depth0 = r->depth;
     int rc = fab_mp_next(r, first);
-    if (rc == 0)
-        rc = skip_rest(r, depth0);
-    span->p = r->data + first->offset;
-    span->len = r->pos - first->offset;
-    return rc;
+    return rc ? rc : end_value(r, first, depth0, span);
+}
+
+/* The field the key *it names among names, marked in *have; -1 for a key
+ * that is not one of them or that *have already holds. */
+static int claim(const name_len *names, int n, const fab_mp_item *it, unsigned *have)
+{
+    int f = match(names, n, it);
+    if (f < 0 || (*have & (1u << f)))
+        return -1;
+    *have |= 1u << f;
+    return f;
 }
 
 /* Reads the elements of an array whose header *it was just read: *ok is
@@ -567,10 +589,7 @@ int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *
                           fab_control_open *out, fab_control_error *err)
 {
     fab_control_error scratch;
-    if (err == NULL)
-        err = &scratch;
-    memset(err, 0, sizeof(*err));
-    memset(out, 0, sizeof(*out));
+    err = begin(err, &scratch, out, sizeof(*out));
     out->want = out->scope = -1;
     const uint8_t *p = payload;
     if (len > 0 && p[0] == FAB_VALUE_MAGIC)
@@ -607,13 +626,10 @@ int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *
     uint32_t top = it.type == FAB_MP_MAP ? it.v.count : 0;
     for (uint32_t i = 0; i < top; i++) {
         KEY(&it);
-        int is_op = it.type == FAB_MP_STR && it.v.s.len == 2 && memcmp(it.v.s.p, "op", 2) == 0;
-        int is_meta = it.type == FAB_MP_STR && it.v.s.len == 8 &&
-                      memcmp(it.v.s.p, "metadata", 8) == 0;
-        unsigned bit = is_op ? 1u : is_meta ? 2u : 0u;
-        if (!bit || (have_top & bit))
+        int t = claim(open_top, 2, &it, &have_top);
+        if (t < 0)
             SHAPE(FAB_EFORMAT, it.offset, NULL, "a request open is a map {op, metadata}");
-        have_top |= bit;
+        int is_op = t == TOP_OP, is_meta = t == TOP_METADATA;
         if (!is_meta) {
             fab_open_span span;
             if ((rc = read_value(&r, &it, &span)) != 0)
@@ -633,24 +649,18 @@ int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *
         uint32_t pairs = it.type == FAB_MP_MAP ? it.v.count : 0;
         for (uint32_t k = 0; k < pairs; k++) {
             KEY(&it);
-            int f = match(open_fields, FAB_OPEN_NFIELDS, &it);
-            if (f < 0 || (have & (1u << f))) {
+            int f = claim(open_fields, FAB_OPEN_NFIELDS, &it, &have);
+            if (f < 0)
                 SHAPE(FAB_EFORMAT, it.offset, "metadata",
                       "open metadata has a field that is unknown or repeated");
-                f = -1;
-            } else {
-                have |= 1u << f;
-            }
             if (f == FAB_OPEN_GRANTS || f == FAB_OPEN_VIA) {
                 uint32_t d = r.depth;
                 NEXT(&first[f]);
                 int ok;
                 if ((rc = str_array(&r, &first[f], f == FAB_OPEN_VIA ? FAB_OPEN_MAX_VIA
                                                                       : UINT32_MAX, &ok)) ||
-                    (rc = skip_rest(&r, d)) != 0)
+                    (rc = end_value(&r, &first[f], d, &out->meta[f])) != 0)
                     return reader_refusal(&r, rc, err);
-                out->meta[f].p = p + first[f].offset;
-                out->meta[f].len = r.pos - first[f].offset;
                 if (!ok)
                     SHAPE(FAB_ETYPE, first[f].offset, open_fields[f].s,
                           f == FAB_OPEN_VIA ? "via must be an array of at most 16 str"
@@ -661,28 +671,22 @@ int fab_control_open_read(const void *payload, size_t len, const fab_mp_limits *
                 if (first[f].type != FAB_MP_MAP || first[f].v.count != FAB_OPEN_REQUEST_NFIELDS)
                     SHAPE(FAB_EFORMAT, first[f].offset, "request",
                           "the request must be a map of exactly its 13 fields");
-                unsigned long rhave = 0;
+                unsigned rhave = 0;
                 uint32_t rpairs = first[f].type == FAB_MP_MAP ? first[f].v.count : 0;
                 for (uint32_t q = 0; q < rpairs; q++) {
                     KEY(&it);
-                    int g = match(request_fields, FAB_OPEN_REQUEST_NFIELDS, &it);
+                    int g = claim(request_fields, FAB_OPEN_REQUEST_NFIELDS, &it, &rhave);
                     fab_open_span scratch_span;
                     fab_mp_item scratch_item;
-                    if (g < 0 || (rhave & (1ul << g))) {
+                    if (g < 0)
                         SHAPE(FAB_EFORMAT, it.offset, "request",
                               "the request has a field that is unknown or repeated");
-                        g = -1;
-                    } else {
-                        rhave |= 1ul << g;
-                    }
                     if ((rc = read_value(&r, g < 0 ? &scratch_item : &rfirst[g],
                                          g < 0 ? &scratch_span : &out->request[g])) != 0)
                         return reader_refusal(&r, rc, err);
                 }
-                if ((rc = skip_rest(&r, d)) != 0)
+                if ((rc = end_value(&r, &first[f], d, &out->meta[f])) != 0)
                     return reader_refusal(&r, rc, err);
-                out->meta[f].p = p + first[f].offset;
-                out->meta[f].len = r.pos - first[f].offset;
                 if (rpairs == FAB_OPEN_REQUEST_NFIELDS && !shape_rc &&
                     (rfirst[REQ_ARGS].type != FAB_MP_ARRAY || rfirst[REQ_KWARGS].type != FAB_MP_MAP))
                     SHAPE(FAB_ETYPE, first[f].offset, "request",

@@ -164,10 +164,15 @@ class Plan:
     so a miss copies none of it.
 
     It also holds what ``ContentAddressedFabric``'s miss reads besides:
-    home when there is no peer (``_direct``), the fabric's ``_hold`` and its
-    counters' ``add`` (``_count``), and the trails ``explain()`` shows. A
-    miss reads them here, in slots, rather than off the fabric, whose
-    attributes (a subclass of a C type) Python reads the slow way.
+    home when there is no peer (``_direct``), the fabric class's ``_hold``
+    and the counters' ``add`` (``_count``), and the trails ``explain()``
+    shows. A miss reads them here, in slots, rather than off the fabric,
+    whose attributes (a subclass of a C type) Python reads the slow way.
+    Nothing here refers to the fabric: ``_hold`` is the class's function,
+    called with the fabric (``hold(fabric, key, reply, request)``), not a
+    method bound to it, so a fabric the user drops is freed at once by
+    reference counting (fabric -> plan -> bound method -> fabric was a
+    cycle, left to the cyclic collector with the cassette open).
     """
 
     __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
@@ -181,7 +186,7 @@ class Plan:
     _holds: Callable[[ContentKey, str], bool] | None
     _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
     _direct: Any
-    _hold: Callable[[ContentKey, EvalReply, EvalRequest], None] | None
+    _hold: Callable[[Any, ContentKey, EvalReply, EvalRequest], None] | None
     _count: Callable[[str], None] | None
     _trails: dict[ContentKey, tuple]
     _trails_old: dict[ContentKey, tuple]
@@ -856,7 +861,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         plan = self._plan = Plan(node, {}, HoldingIndex() if holders is None else holders,
                                  home, peer_timeout, governor, self._verifier,
                                  remember=remember)
-        plan._hold = self._hold
+        plan._hold = type(self)._hold  # the function: no reference to self (see Plan)
         plan._count = self._stats.add
         _warn_torn(cassette, f"node {node!r}")
         self.max_peer_calls = max_peer_calls
@@ -958,7 +963,13 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     # bytes (bytes_recorded): the C base's, one call.
 
     def _end(self, res: Resolution) -> None:
-        """A resolution ended (either way): count it and keep its trail."""
+        """A resolution ended (either way): count it and keep its trail.
+
+        Its peers' exceptions are let go (an error raised to the caller keeps
+        its own list, ``attempts``): their tracebacks hold the driver's frame,
+        which holds the resolution, a cycle that kept the fabric alive until
+        the cyclic collector ran."""
+        res._attempts = None
         plan = self._plan
         plan._count(res.outcome or "failures")  # type: ignore[misc]
         trails = plan._trails
@@ -1042,7 +1053,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             try:
                 if request.sharing != "uncacheable":  # never recorded nor announced
                     hold = plan._hold  # (called through a local: 3.11 then calls it directly)
-                    hold(key, reply, request)  # type: ignore[misc]
+                    hold(self, key, reply, request)  # type: ignore[misc]
                     held = 1
                     announce = plan._announce
                     if announce is not None:
@@ -1154,17 +1165,23 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             if fut is None:
                 return _BUSY
             task = asyncio.wrap_future(fut)
-        if t is None or honours:
-            return await task
         try:
-            done, _ = await asyncio.wait((task,), timeout=t)
-        except BaseException:
-            task.cancel()
-            raise
-        if not done:
-            task.cancel()
-            return _TimedOut(fut if aevaluate is None else None)
-        return task.result()
+            if t is None or honours:
+                return await task
+            try:
+                done, _ = await asyncio.wait((task,), timeout=t)
+            except BaseException:
+                task.cancel()
+                raise
+            if not done:
+                task.cancel()
+                return _TimedOut(fut if aevaluate is None else None)
+            return task.result()
+        finally:
+            # A failed task keeps its exception, whose traceback holds this
+            # frame, which holds the task (and the fabric): a cycle only the
+            # cyclic collector would free. The frame lets go of the task.
+            del task
 
     # -- streams ----------------------------------------------------------------
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
@@ -1209,6 +1226,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         except BaseException:
             self._end(res)
             raise
+        res._attempts = None  # (as _end: the stream's relay needs none of them)
         self._keep_trail(key, res._trail())
         head, events, src = got
         if self._verifier is not None and res._cur[1] != "home":

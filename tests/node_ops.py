@@ -1,9 +1,10 @@
 """Ops that the node tests' `fabric serve` processes import (``--import node_ops``)."""
 
-import os
 import time
 
 import fabric
+
+import gates
 
 
 @fabric.op("node.double")
@@ -41,11 +42,9 @@ def home():
 
 @fabric.op("node.gated_count")
 def gated_count(n, gate_path):
-    """0, then (once ``gate_path`` exists; the test creates it) 1 .. n-1."""
+    """0, then (once the test opens the gate at ``gate_path``: gates.open_gate)
+    1 .. n-1. The gate not opened in 60 s ends the stream with TimeoutError."""
     yield 0
-    for _ in range(6000):  # bounded: 60 s
-        if os.path.exists(gate_path):
-            break
-        time.sleep(0.01)
+    gates.wait(gate_path, 60.0)
     for i in range(1, n):
         yield i

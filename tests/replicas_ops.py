@@ -5,6 +5,8 @@ import os
 
 import fabric
 
+import gates
+
 
 @fabric.op("serve.pid")
 def pid(_x):
@@ -12,18 +14,14 @@ def pid(_x):
     return os.getpid()
 
 
-# -- gated ops: the test opens a file gate once every caller is waiting ----------
+# -- gated ops: the test opens a gate (gates.py) once every caller is waiting ----
 
 def _gate(d):
-    """Counts the run (a line in ``d/count``), then waits for ``d/gate``."""
-    import time
+    """Counts the run (a line in ``d/count``), then waits for the gate ``d/gate``
+    (TimeoutError if the test never opens it)."""
     with open(os.path.join(d, "count"), "a") as f:
         f.write(f"{os.getpid()}\n")
-    for _ in range(12000):  # bounded: a test that never opens the gate fails here
-        if os.path.exists(os.path.join(d, "gate")):
-            return
-        time.sleep(0.005)
-    raise TimeoutError("the test never opened the gate")
+    gates.wait(os.path.join(d, "gate"), 60.0)
 
 
 def runs(d):
@@ -36,7 +34,7 @@ def runs(d):
 
 
 def open_gate(d):
-    open(os.path.join(d, "gate"), "w").close()
+    gates.open_gate(os.path.join(d, "gate"))
 
 
 @fabric.op("gated.count")

@@ -11,6 +11,7 @@ import pytest
 import fabric
 from fabric.node import Node, connect
 
+import gates
 import node_ops
 from conftest import wait_for
 
@@ -147,7 +148,7 @@ def test_sigterm_drains_a_stream_in_flight_then_exits(fleet, tmp_path):
         # a new request is refused while the node drains
         with pytest.raises(fabric.FabricUnavailable):
             c.evaluate(node_ops.double.request(3))
-        gate.touch()
+        gates.open_gate(str(gate))
         assert list(s) == list(range(1, 50)) and s.done
     assert pc.wait(20) == 0
     # the drained stream was recorded before the cassette closed: a restart holds it

@@ -15,6 +15,7 @@ import fabric
 from fabric.frames import FrameKind
 from fabric.node import connect, protocol as P
 
+import gates
 import node_ops
 from conftest import hello_bytes
 
@@ -197,7 +198,7 @@ def test_a_malformed_open_after_short_path_hits_gets_its_error_frame(node, tmp_p
         with pytest.raises(AssertionError, match="closed the connection"):
             a._until(lambda fs: False)  # and the node closes it
     finally:
-        gate.write_text("")
+        gates.open_gate(str(gate))
         a.close()
 
 

@@ -101,6 +101,30 @@ def test_bad_limits_are_refused(tmp_path):
         assert type(fab._lookup_record(r, 1 << 80)) is bytes  # any large limit
 
 
+def test_lookup_and_lookup_record_read_their_arguments_alike(tmp_path):
+    """The two share their argument handling: each names itself, takes
+    grants by keyword only, and reads the limit before the grants."""
+    cas, fab = _fabric(tmp_path)
+    with cas:
+        r = echo.request(1)
+        fab.evaluate(r)
+        with pytest.raises(TypeError, match=r"_lookup\(\)"):
+            fab._lookup()
+        with pytest.raises(TypeError, match=r"_lookup\(\)"):
+            fab._lookup(r, 1)  # no limit
+        with pytest.raises(TypeError, match=r"_lookup_record\(\)"):
+            fab._lookup_record(r, 1, ())  # grants by keyword only
+        with pytest.raises(TypeError, match="limit must be an int"):
+            fab._lookup_record(r, "1", grants=5)  # the limit first
+        g = node_ops.gpu.request(1)
+        with pytest.raises(CapabilityDenied):
+            fab._lookup(g, grants=())
+        with pytest.raises(CapabilityDenied):
+            fab._lookup_record(g, 1, grants=())
+        assert fab._lookup(r, grants=None).source == "local"
+        assert type(fab._lookup_record(r, 1 << 20, grants=None)) is bytes
+
+
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
     | st.binary(),

@@ -394,6 +394,52 @@ static void test_open_read(void)
              FAB_EVERSION);
 }
 
+/* The first place of key (a str's encoded bytes) in b, renamed to other (as long). */
+static size_t rename_key(fab_buf *b, const char *key, const char *other)
+{
+    size_t n = strlen(key);
+    for (size_t i = 0; i + n <= b->len; i++)
+        if (memcmp(b->data + i, key, n) == 0) {
+            memcpy(b->data + i, other, n);
+            return i;
+        }
+    CHECK(0);
+    return 0;
+}
+
+/* A key unknown or repeated where the count of keys is right: refused at the
+ * key, for each of the open's three maps (the top, metadata, request). */
+#define META_KEY "open metadata has a field that is unknown or repeated"
+#define REQUEST_KEY "the request has a field that is unknown or repeated"
+static void test_open_read_keys(void)
+{
+    static const struct {
+        const char *key, *other, *field, *msg;
+    } cases[] = {
+        {"\xa8metadata", "\xa8metadatx", "", "a request open is a map {op, metadata}"},
+        {"\xa2op", "\xa2ox", "", "a request open is a map {op, metadata}"},
+        {"\xa3via", "\xa3vib", "metadata", META_KEY},
+        {"\xa3key", "\xa3via", "metadata", META_KEY},
+        {"\xa4mode", "\xa4" "args", "request", REQUEST_KEY},
+        {"\xa4mode", "\xa4mod_", "request", REQUEST_KEY},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fab_buf b;
+        fab_buf_init(&b);
+        build_open(&b, V_NONE);
+        size_t at = rename_key(&b, cases[i].key, cases[i].other);
+        fab_control_open o;
+        fab_control_error err;
+        CHECK_EQ(fab_control_open_read(b.data, b.len, NULL, &o, &err), FAB_EFORMAT);
+        CHECK_EQ(err.msgpack, 0);
+        CHECK_EQ(err.offset, at);
+        CHECK(strcmp(err.field, cases[i].field) == 0);
+        CHECK(strcmp(err.msg, cases[i].msg) == 0);
+        CHECK_EQ(o.want, -1);
+        fab_buf_destroy(&b);
+    }
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -405,6 +451,7 @@ int main(void)
         {"capabilities", test_capabilities},
         {"encoder_refuses_broken_structs", test_encoder_refuses_broken_structs},
         {"open_read", test_open_read},
+        {"open_read_keys", test_open_read_keys},
         {NULL, NULL},
     };
     return check_run("control", cases);

@@ -1027,55 +1027,63 @@ static PyObject *CAF_evaluate(CAFObject *self, PyTypeObject *defining_class,
     return reply;
 }
 
+static const char *const record_names[] = {"request", "limit", "grants"};
+static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 3, 2, 2, 2};
+
+/* _lookup_record's limit argument: an int >= 0 (beyond UINT64_MAX counts as it). */
+static int record_limit(PyObject *arg, uint64_t *out)
+{
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "_lookup_record(): limit must be an int, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        if (_PyLong_Sign(arg) < 0) {
+            PyErr_SetString(PyExc_ValueError, "_lookup_record(): limit must be >= 0");
+            return -1;
+        }
+        limit = UINT64_MAX;
+    }
+    *out = (uint64_t)limit;
+    return 0;
+}
+
+/* _lookup (record 0) and _lookup_record (record 1): the arguments are
+ * (request, [limit,] *, grants=None), read in that order. */
+static PyObject *lookup_call(CAFObject *self, PyTypeObject *defining_class, int record,
+                             PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    fab_state *st = PyType_GetModuleState(defining_class);
+    PyObject *a[3] = {NULL, record ? NULL : Py_None, Py_None};
+    uint64_t limit = 0;
+    if (ready(self) < 0 ||
+        fab_py_parse(record ? &lookup_record_params : &lookup_params, args, nargsf, kwnames,
+                     a) < 0 ||
+        (record && record_limit(a[1], &limit) < 0))
+        return NULL;
+    PyObject *g = call_grants(a[record ? 2 : 1], self->grants);
+    if (g == NULL)
+        return NULL;
+    PyObject *out = record ? lookup_record(st, self, a[0], g, limit) : lookup(st, self, a[0], g);
+    Py_DECREF(g);
+    return out;
+}
+
 static PyObject *CAF_lookup(CAFObject *self, PyTypeObject *defining_class,
                             PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
-    fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[2] = {NULL, Py_None};
-    if (ready(self) < 0 || fab_py_parse(&lookup_params, args, nargsf, kwnames, a) < 0)
-        return NULL;
-    PyObject *g = call_grants(a[1], self->grants);
-    if (g == NULL)
-        return NULL;
-    PyObject *reply = lookup(st, self, a[0], g);
-    Py_DECREF(g);
-    return reply;
+    return lookup_call(self, defining_class, 0, args, nargsf, kwnames);
 }
-
-static const char *const record_names[] = {"request", "limit", "grants"};
-static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 3, 2, 2, 2};
 
 static PyObject *CAF_lookup_record(CAFObject *self, PyTypeObject *defining_class,
                                    PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
-    fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[3] = {NULL, NULL, Py_None};
-    if (ready(self) < 0 || fab_py_parse(&lookup_record_params, args, nargsf, kwnames, a) < 0)
-        return NULL;
-    if (!PyLong_Check(a[1])) {
-        PyErr_Format(PyExc_TypeError, "_lookup_record(): limit must be an int, not %.100s",
-                     Py_TYPE(a[1])->tp_name);
-        return NULL;
-    }
-    unsigned long long limit = PyLong_AsUnsignedLongLong(a[1]);
-    if (limit == (unsigned long long)-1 && PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            PyErr_Clear();
-            if (_PyLong_Sign(a[1]) < 0) {
-                PyErr_SetString(PyExc_ValueError, "_lookup_record(): limit must be >= 0");
-                return NULL;
-            }
-            limit = UINT64_MAX;
-        } else {
-            return NULL;
-        }
-    }
-    PyObject *g = call_grants(a[2], self->grants);
-    if (g == NULL)
-        return NULL;
-    PyObject *out = lookup_record(st, self, a[0], g, (uint64_t)limit);
-    Py_DECREF(g);
-    return out;
+    return lookup_call(self, defining_class, 1, args, nargsf, kwnames);
 }
 
 static PyObject *CAF_check(CAFObject *self, PyTypeObject *defining_class,

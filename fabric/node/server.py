@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import logging
 import os
 import shutil
@@ -275,13 +276,85 @@ class _Conn:
             await self._drained.wait()
 
 
+# A node without a cassette keeps its ledger in a temporary directory,
+# fabric-node-<pid>-<random>, removed by stop(). A node killed (SIGKILL, a
+# crash) cannot remove it, so the directory holds owner.lock, locked (flock)
+# by its node for as long as that node lives: the kernel lets go of the lock
+# when the process dies, however it dies. The next node that makes a
+# temporary ledger removes those of this user whose lock it can take. The
+# lock, not the pid, says a node is gone: a pid is reused, and is another
+# process's in another pid namespace sharing /tmp.
+_TEMP_PREFIX = "fabric-node-"
+_TEMP_LOCK = "owner.lock"
+
+
+def _sweep_temp_ledgers(tmpdir: str) -> int:
+    """Removes the temporary ledger directories in ``tmpdir`` (``fabric-node-*``,
+    this user's) whose node is gone: their ``owner.lock`` is not locked.
+    Directories without one (made by an older version, or being made) are
+    left alone. Returns how many it removed."""
+    swept = 0
+    uid = os.getuid()
+    try:
+        entries = os.scandir(tmpdir)
+    except OSError:
+        return 0
+    with entries:
+        for e in entries:
+            if not e.name.startswith(_TEMP_PREFIX):
+                continue
+            try:
+                if not e.is_dir(follow_symlinks=False) or \
+                        e.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                fd = os.open(os.path.join(e.path, _TEMP_LOCK),
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # its node lives
+                continue
+            try:
+                shutil.rmtree(e.path, ignore_errors=True)
+                swept += 1
+            finally:
+                os.close(fd)
+    return swept
+
+
+def _temp_ledger_dir() -> tuple[str, Any]:
+    """Sweeps the temporary ledgers of nodes that are gone, then makes this
+    node's directory: ``(path, lock)``, ``lock`` the open ``owner.lock``,
+    locked until it is closed (by ``stop()``, or the process's end)."""
+    tmpdir = tempfile.gettempdir()
+    _sweep_temp_ledgers(tmpdir)
+    d = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=tmpdir)
+    try:
+        # Locked under another name, then renamed: a sweep never sees an
+        # owner.lock that is not locked yet.
+        new = os.path.join(d, _TEMP_LOCK + ".new")
+        lock = open(os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600),
+                    "r+b", buffering=0)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        os.rename(new, os.path.join(d, _TEMP_LOCK))
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d, lock
+
+
 class Node:
     """A network node serving a ``ContentAddressedFabric``.
 
     ``Node(cassette, node_id=..., home=None, peers=(), listen="127.0.0.1:7411",
     tls=None, tokens=None, grants=None, secrets=None, limits=NodeLimits(),
     insecure=False)``. ``cassette`` is an ``EvalCassette`` or a path (None:
-    a temporary one, removed by ``stop()``); ``home`` a fabric that computes;
+    a temporary one in ``$TMPDIR/fabric-node-<pid>-*``, removed by
+    ``stop()``; one whose node was killed is removed by the next node of
+    the same user that makes a temporary one: a lock the node holds while
+    it lives tells the two apart); ``home`` a fabric that computes;
     ``peers`` URLs (``fabric://host:port``) of nodes asked for held content;
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
@@ -331,12 +404,6 @@ class Node:
                                     listening=True)
         if warn:
             log.warning("node %s: %s", node_id or "?", warn)
-        self._tmp = None
-        if cassette is None:
-            self._tmp = tempfile.mkdtemp(prefix="fabric-node-")
-            cassette = os.path.join(self._tmp, "node.ledger")
-        self._own_cassette = isinstance(cassette, (str, os.PathLike))
-        self.cassette = EvalCassette(cassette) if self._own_cassette else cassette
         self.node_id = node_id or f"node-{os.getpid()}-{id(self) & 0xffff:x}"
         #: Starts at 0; ``Node.restore`` sets the snapshot's + 1.
         self.incarnation = 0 if _restored is None else _restored.incarnation + 1
@@ -358,6 +425,15 @@ class Node:
                              f"this node is {self.node_id!r}")
         #: What signs the claims this node sends (a NodeKey, a FleetKeys, or None).
         self.signer = node_key if node_key is not None else fleet_keys
+        # The cassette once the arguments are checked: a temporary ledger is
+        # not made for a node refused (one refused later is swept: see
+        # _sweep_temp_ledgers).
+        self._tmp = self._tmp_lock = None
+        if cassette is None:
+            self._tmp, self._tmp_lock = _temp_ledger_dir()
+            cassette = os.path.join(self._tmp, "node.ledger")
+        self._own_cassette = isinstance(cassette, (str, os.PathLike))
+        self.cassette = EvalCassette(cassette) if self._own_cassette else cassette
         self.fabric = ContentAddressedFabric(
             self.node_id, self.cassette, home=self.home, governor=governor,
             holders=None if _restored is None else _restored.holders,
@@ -629,6 +705,8 @@ class Node:
             self.cassette.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp_lock is not None:
+            self._tmp_lock.close()  # (after: a sweep never removes a live node's)
         log.info("node %s stopped", self.node_id)
 
     def start(self) -> "Node":

@@ -1,0 +1,64 @@
+"""A gate that a test opens for ops waiting in other processes (node and worker
+processes import it beside node_ops / replicas_ops).
+
+The gate at ``path`` is a FIFO beside a marker file ``path + ".open"``. An op
+waits (``wait``) with the FIFO open for reading and blocks in ``select`` with
+a timeout; the test opens the gate (``open_gate``): it makes the marker,
+then opens the FIFO for writing and closes it, which wakes every reader at
+once (the FIFO reports the writer's hang-up as readable). The marker is what
+says the gate is open: an op that comes after the gate opened sees it and
+does not wait, and a wake-up without it (another writer) waits again.
+POSIX FIFOs: the processes share a file system, as the tests' do.
+"""
+
+import errno
+import os
+import select
+import time
+
+
+def _fifo(path):
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        pass
+
+
+def wait(path, timeout=60.0, ready=None):
+    """Returns once the gate at ``path`` is open; TimeoutError when it is not
+    within ``timeout`` seconds (a test that never opens it fails, not hangs).
+    ``ready()``, if given, is called once waiting (the FIFO open)."""
+    _fifo(path)
+    deadline = time.monotonic() + timeout
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if ready is not None:
+            ready()
+        while not os.path.exists(path + ".open"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the test never opened the gate {path}")
+            readable, _, _ = select.select([fd], [], [], left)
+            if readable and not os.path.exists(path + ".open"):
+                # a writer came and went, not the test's opening: the hang-up
+                # stays readable, so wait on a new descriptor
+                os.close(fd)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    finally:
+        os.close(fd)
+
+
+def open_gate(path):
+    """Opens the gate at ``path``: ops waiting wake now, later ones pass."""
+    open(path + ".open", "w").close()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.ENOENT):  # no op waits (yet): the marker will do
+            return
+        raise
+    os.close(fd)  # the hang-up wakes every reader
+
+
+def is_open(path):
+    return os.path.exists(path + ".open")

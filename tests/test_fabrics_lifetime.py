@@ -1,0 +1,115 @@
+"""A ContentAddressedFabric the user drops is freed at once, by reference
+counting: nothing it keeps refers back to it, so it lets go of its
+cassette without waiting for the cyclic garbage collector."""
+
+import asyncio
+import gc
+import sys
+import weakref
+
+import pytest
+
+import fabric
+
+
+@pytest.fixture
+def no_cyclic_gc():
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _use(fab):
+    """Takes the fabric through the plan's paths: a miss held on the direct
+    home path, a hit, a full resolution's miss, a call and explain()."""
+    reg = fabric.OpRegistry()
+
+    @fabric.op("life.double", registry=reg)
+    def double(x):
+        return 2 * x
+
+    fab.home = fabric.LocalFabric(reg)
+    assert fab.evaluate(double.request(1)).source == "home"
+    assert fab.evaluate(double.request(1)).source == "local"
+    assert fab.evaluate(double.request(2), timeout=30).value == 4
+    assert fab.call(double, 3) == 6
+    assert fab.explain(double.request(1)) is not None
+
+
+def test_a_dropped_fabric_is_freed_without_the_cyclic_gc(tmp_path, no_cyclic_gc):
+    with fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        fab = fabric.ContentAddressedFabric("a", cas)
+        _use(fab)
+        assert sys.getrefcount(cas) > refs  # the fabric holds it
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs  # let go: the user's alone again
+
+
+def test_a_dropped_fabric_with_peers_is_freed_without_the_cyclic_gc(tmp_path, no_cyclic_gc):
+    with fabric.EvalCassette(str(tmp_path / "b.ledger")) as other, \
+            fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        peer = fabric.ContentPeer("b", fabric.ContentServeFabric(other))
+        fab = fabric.ContentAddressedFabric("a", cas, peers=[peer])
+        _use(fab)
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs
+
+
+def test_a_fabric_dropped_after_async_misses_is_freed_without_the_cyclic_gc(
+        tmp_path, no_cyclic_gc):
+    reg = fabric.OpRegistry()
+
+    @fabric.op("life.triple", registry=reg)
+    def triple(x):
+        return 3 * x
+
+    async def use(fab):
+        assert (await fab.aevaluate(triple.request(1))).source == "home"  # the peer first
+        assert (await fab.aevaluate(triple.request(1))).source == "local"
+
+    with fabric.EvalCassette(str(tmp_path / "b.ledger")) as other, \
+            fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        fab = fabric.ContentAddressedFabric(
+            "a", cas, peers=[fabric.ContentPeer("b", fabric.ContentServeFabric(other))],
+            home=fabric.LocalFabric(reg))
+        asyncio.run(use(fab))
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs
+
+
+def test_a_fabric_dropped_after_a_stream_is_freed_without_the_cyclic_gc(
+        tmp_path, no_cyclic_gc):
+    reg = fabric.OpRegistry()
+
+    @fabric.op("life.count", registry=reg)
+    def count(n):
+        yield from range(n)
+
+    with fabric.EvalCassette(str(tmp_path / "b.ledger")) as other, \
+            fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        fab = fabric.ContentAddressedFabric(
+            "a", cas, peers=[fabric.ContentPeer("b", fabric.ContentServeFabric(other))],
+            home=fabric.LocalFabric(reg))
+        s = fab.stream(count.request(3))  # the peer does not hold it: home streams
+        assert list(s) == [0, 1, 2] and s.source == "home"
+        assert list(fab.stream(count.request(3))) == [0, 1, 2]  # replayed
+        del s
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs

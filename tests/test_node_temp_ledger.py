@@ -1,0 +1,118 @@
+"""A node without a cassette keeps its ledger in a temporary directory: removed
+by stop(); left by a node that is SIGKILLed, and then removed by the next node
+of the same user that makes one (the directory's owner.lock, locked while its
+node lives, tells a killed node's from a live one's). Real processes, each
+waited for by its readiness line; each test has a TMPDIR of its own."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fabric.node import Node
+from fabric.node.server import _sweep_temp_ledgers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path, monkeypatch):
+    """A TMPDIR of this test's own (for this process and the nodes it starts)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    return d
+
+
+def temp_ledgers(d):
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("fabric-node-"))
+
+
+def serve(d, name):
+    """`fabric serve` without --cassette, TMPDIR=d; returns once it is listening."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]), TMPDIR=str(d))
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+                             "--node-id", name], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    line = proc.stdout.readline()  # the readiness line, or '' if it died
+    if "listening on" not in line:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
+                             f"{proc.stderr.read()[-2000:]}")
+    return proc
+
+
+def kill(proc):
+    proc.kill()  # SIGKILL: the node removes nothing
+    assert proc.wait(30) == -signal.SIGKILL
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_a_killed_nodes_temp_ledger_is_swept_by_the_next_node(tmpdir_env):
+    d = tmpdir_env
+    a = serve(d, "a")
+    try:
+        (mine,) = temp_ledgers(d)
+        assert mine.startswith(f"fabric-node-{a.pid}-")
+        assert {"owner.lock", "node.ledger"} <= set(os.listdir(d / mine))
+        assert _sweep_temp_ledgers(str(d)) == 0  # a live node's is kept
+        assert temp_ledgers(d) == [mine]
+    finally:
+        kill(a)
+    assert temp_ledgers(d) == [mine]  # left by the killed node
+    b = serve(d, "b")  # makes its own: sweeps a's first
+    try:
+        (theirs,) = temp_ledgers(d)
+        assert theirs.startswith(f"fabric-node-{b.pid}-")
+    finally:
+        kill(b)
+    assert _sweep_temp_ledgers(str(d)) == 1  # the sweep alone, in this process
+    assert temp_ledgers(d) == []
+
+
+def test_a_stopped_node_removes_its_temp_ledger_and_a_sweep_spares_live_ones(tmpdir_env):
+    d = tmpdir_env
+    old = d / "fabric-node-old"  # no owner.lock: not known to be a node's, kept
+    old.mkdir()
+    (old / "node.ledger").write_bytes(b"")
+    n = Node(node_id="n", listen="127.0.0.1:0").start()
+    try:
+        (mine,) = [x for x in temp_ledgers(d) if x != old.name]
+        # Another node of this process sweeping does not take a live one's.
+        m = Node(node_id="m", listen="127.0.0.1:0").start()
+        m.stop()
+        assert temp_ledgers(d) == sorted([old.name, mine])
+    finally:
+        n.stop()
+    assert temp_ledgers(d) == [old.name]
+    assert _sweep_temp_ledgers(str(d)) == 0
+    assert old.is_dir()
+
+
+def test_a_node_refused_makes_no_temp_ledger(tmpdir_env):
+    with pytest.raises(TypeError, match="faults"):
+        Node(listen="127.0.0.1:0", faults=["drop"])
+    assert temp_ledgers(tmpdir_env) == []
+
+
+def test_the_serve_tests_that_kill_nodes_give_them_a_cassette():
+    """Every test that starts `fabric serve` names its cassette under its
+    tmp_path, so a node it kills leaves nothing in the shared /tmp (this
+    file's tests, which mean to, run with a TMPDIR of their own)."""
+    missing = []
+    for name in sorted(os.listdir(HERE)):
+        if not name.startswith("test_") or not name.endswith(".py") or \
+                name == os.path.basename(__file__):
+            continue
+        with open(os.path.join(HERE, name), encoding="utf-8") as f:
+            text = f.read()
+        if '"serve"' in text and "--cassette" not in text:
+            missing.append(name)
+    assert missing == []
