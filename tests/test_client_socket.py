@@ -1,8 +1,8 @@
 """On asyncio's own loop over plain TCP, an ``aevaluate`` channel reads and
 writes its socket itself (``_SocketWriter``): a write the socket does not
 take whole waits, in order, for the socket to be writable; more than the cap
-waiting ends the channel (memory stays bounded); TLS and uvloop keep a
-transport."""
+waiting ends the channel (memory stays bounded), as it does a channel that
+keeps a transport (TLS, uvloop)."""
 
 import asyncio
 import socket
@@ -133,3 +133,30 @@ def test_uvloop_keeps_a_transport(node):
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
             r.run(run())
 
+
+
+def test_more_than_the_cap_waiting_ends_a_transport_channel_too(node, monkeypatch):
+    uvloop = pytest.importorskip("uvloop")
+    n = node()
+    monkeypatch.setattr(client_mod, "_OUT_CAP", 1 << 20)
+    blob = b"\x07" * (600 << 10)
+    with connect(n.url, timeout=60) as c:
+        async def run():
+            assert (await c.aevaluate(node_ops.double.request(1))).value == 2
+            ch = c._last_achannel
+            assert not isinstance(ch.transport, client_mod._SocketWriter)
+            ch.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            futs = []
+            for i in range(2):  # no loop turn in between: nothing drains
+                r = size.request(blob + bytes([i]))
+                t, payload = c._prepare(r, None, None)
+                futs.append(ch.send(r, payload, t)[1])
+            assert ch.dead and ch.calls == {}
+            for f in futs:
+                with pytest.raises(fabric.FabricUnavailable, match="read none of the last"):
+                    await f
+            assert (await c.aevaluate(node_ops.double.request(8))).value == 16
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+            r.run(run())

@@ -529,7 +529,16 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # past _OUT_CAP waiting the transport pauses this protocol: the end
+        transport.set_write_buffer_limits(high=_OUT_CAP)  # type: ignore[attr-defined]
         self._hello()
+
+    def pause_writing(self) -> None:
+        """Over ``_OUT_CAP`` bytes wait in the transport (a node that does
+        not read): the channel ends, as ``_SocketWriter``'s does."""
+        size = self.transport.get_write_buffer_size()  # type: ignore[union-attr]
+        self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) was "
+                                     f"lost: the node read none of the last {size} bytes sent"))
 
     def _hello(self) -> None:
         c = self.client
