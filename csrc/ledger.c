@@ -169,6 +169,8 @@ typedef struct ckpt {
 #endif
 static const uint8_t SHL_MAGIC[8] = {0x89, 'F', 'A', 'B', 'L', 'C', 'K', '\n'};
 
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "the lock page's mutex ends before its opens");
+
 typedef struct shl_page {
     uint8_t magic[8];
     uint32_t version;
@@ -3487,6 +3489,27 @@ static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t bl
 }
 
 /*
+ * FAB_ERANGE (err set) when a record would be larger than the ledger's
+ * limit: the REQUEST's rlen bytes (when req is not NULL), or the reply's
+ * payload, a prefix of plen bytes and dlen of data; else FAB_OK.
+ */
+static int check_sizes(const void *req, size_t rlen, size_t plen, size_t dlen,
+                       fab_ledger_error *err)
+{
+    if (req != NULL && rlen > FAB_LEDGER_MAX_PAYLOAD) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
+                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
+        return FAB_ERANGE;
+    }
+    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
+        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
+                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
+        return FAB_ERANGE;
+    }
+    return FAB_OK;
+}
+
+/*
  * Writes one record at l->end. Under the lock. On failure the file is cut
  * back to where it was; if even that fails the ledger refuses appends.
  */
@@ -3497,11 +3520,8 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
     int rc = refuse(l, err);
     if (rc != FAB_OK)
         return rc;
-    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
-        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
-                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
-        return FAB_ERANGE;
-    }
+    if ((rc = check_sizes(NULL, 0, plen, dlen, err)) != FAB_OK)
+        return rc;
     uint64_t off = l->end;
     uint64_t total = FAB_LEDGER_REC_OVERHEAD + plen + dlen;
     if ((rc = ensure_map(l, off + total, err)) != FAB_OK)
@@ -3565,16 +3585,8 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
     int rc = refuse(l, err);
     if (rc != FAB_OK)
         return rc;
-    if (rlen > FAB_LEDGER_MAX_PAYLOAD) {
-        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
-                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
-        return FAB_ERANGE;
-    }
-    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
-        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
-                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
-        return FAB_ERANGE;
-    }
+    if ((rc = check_sizes(req, rlen, plen, dlen, err)) != FAB_OK)
+        return rc;
     if ((rc = upgrade_locked(l, err)) != FAB_OK) /* version 1 knows no REQUEST */
         return rc;
     flags |= FAB_REC_FLAG_REQUESTED;
@@ -3658,16 +3670,9 @@ static int build_reply(built_reply *b, const void *req, size_t rlen, int flags,
 {
     b->buf = b->small;
     b->has_req = req != NULL;
-    if (req != NULL && rlen > FAB_LEDGER_MAX_PAYLOAD) {
-        set_err(err, FAB_ERANGE, 0, 0, 0, "a request of %zu bytes is larger than the "
-                "ledger's limit of %zu bytes", rlen, (size_t)FAB_LEDGER_MAX_PAYLOAD);
-        return FAB_ERANGE;
-    }
-    if (dlen > FAB_LEDGER_MAX_PAYLOAD - plen) {
-        set_err(err, FAB_ERANGE, 0, 0, 0, "a reply of %zu bytes is larger than the ledger's "
-                "limit of %zu bytes", dlen, (size_t)FAB_LEDGER_MAX_PAYLOAD - plen);
-        return FAB_ERANGE;
-    }
+    int rc = check_sizes(req, rlen, plen, dlen, err);
+    if (rc != FAB_OK)
+        return rc;
     uint64_t rtotal = req != NULL ? FAB_LEDGER_REC_OVERHEAD + (uint64_t)rlen : 0;
     uint64_t total = FAB_LEDGER_REC_OVERHEAD + plen + dlen;
     int inline_data = req != NULL ? dlen <= REQ_INLINE_MAX : total <= SMALL_RECORD;
