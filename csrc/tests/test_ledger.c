@@ -18,6 +18,7 @@
 #include "fabric/common.h"
 #include "fabric/crc32c.h"
 #include "fabric/ledger.h"
+#include "fabric/lindex.h"
 
 static char tmpdir[] = "/tmp/fab-ledger-test-XXXXXX";
 
@@ -1796,6 +1797,97 @@ static void test_deferred_index(void)
     fab_ledger_close(a);
 }
 
+/* The pages of checkpoint slots that a key's probe reads (from its home
+ * slot to the first empty one), as a bit set (at most 64 pages). */
+static uint64_t probe_pages(const uint8_t *cimg, const uint8_t key[32])
+{
+    fab_lindex ix;
+    memset(&ix, 0, sizeof(ix));
+    ix.seed = fab_load_le64(cimg + 16);
+    uint64_t cap = fab_load_le64(cimg + 24), pages = 0;
+    const uint8_t *slots = cimg + 4096;
+    for (uint64_t i = fab_lindex_hash(&ix, key) & (cap - 1);; i = (i + 1) & (cap - 1)) {
+        pages |= 1ull << (i * 16 / 4096);
+        if (fab_load_le64(slots + i * 16) == 0)
+            return pages;
+    }
+}
+
+/* The deferred index entries of another writer's records meet a page of
+ * the checkpoint that fails its checksum: the index is rebuilt from the
+ * ledger, with a new seed, and the record just appended is indexed under
+ * its key's new hash (an entry under the old one would count the key twice
+ * and never be found by it). The appender's own key probes only intact
+ * pages; the other writer opened before the checkpoint. */
+static void test_deferred_reseed(void)
+{
+    char path[512], cpath[600];
+    path_for(path, sizeof(path), "reseed.fabl");
+    snprintf(cpath, sizeof(cpath), "%s.ckpt", path);
+    unlink(cpath);
+    int rc;
+    uint8_t key[32], buf[400];
+    const unsigned n = 1000;
+    fab_ledger *w = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    for (unsigned i = 0; i < n; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(fab_ledger_checkpoint(w, NULL), 0);
+    fab_ledger_close(w);
+    size_t clen;
+    uint8_t *cimg = read_file(cpath, &clen);
+    uint64_t cap = fab_load_le64(cimg + 24), npages = cap * 16 / 4096;
+    CHECK(npages >= 4 && npages <= 64);
+    CHECK_EQ(clen, 4096 + cap * 16 + npages * 4);
+    /* b's new key z, and a's new key y whose probe pages are not z's */
+    uint8_t z[32], y[32];
+    key_of(z, 5000);
+    uint64_t zp = probe_pages(cimg, z), yp = zp;
+    unsigned yi = 6000;
+    for (; yi < 7000 && (yp & zp) != 0; yi++) {
+        key_of(y, yi);
+        yp = probe_pages(cimg, y);
+    }
+    CHECK((yp & zp) == 0);
+    /* z's pages fail their checksums (the slots stay as they were) */
+    for (uint64_t pg = 0; pg < npages; pg++) {
+        if (zp & (1ull << pg))
+            cimg[4096 + cap * 16 + pg * 4] ^= 0x01;
+    }
+    write_file(cpath, cimg, clen);
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.ckpt_state, FAB_CKPT_USED);
+    CHECK_EQ(st.ckpt_keys, n);
+    CHECK_EQ(fab_ledger_record(b, z, "\xc3", 1, NULL), 1);
+    /* a catches up with z before its lock, defers z's entry, appends y,
+     * then meets z's pages making z's entry */
+    CHECK_EQ(fab_ledger_record(a, y, buf, reply_of(buf, yi), NULL), 1);
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.ckpt_state, FAB_CKPT_REBUILT);
+    CHECK_EQ(st.keys, n + 2);
+    CHECK_EQ(fab_ledger_count(a), n + 2);
+    fab_ledger_ref ref;
+    CHECK_EQ(fab_ledger_lookup(a, y, 0, &ref, NULL), 1);
+    CHECK_MEM(ref.data, buf, reply_of(buf, yi));
+    CHECK_EQ(fab_ledger_lookup(a, z, 0, &ref, NULL), 1);
+    CHECK_MEM(ref.data, "\xc3", 1);
+    CHECK_EQ(fab_ledger_record(a, y, "\xc3", 1, NULL), 0); /* held: found by its new hash */
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.keys, n + 2);
+    CHECK_EQ(st.duplicates, 0);
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    unlink(cpath);
+    free(cimg);
+}
+
 /* A holder of the lock page's mutex SIGKILLed while another writer waits
  * for it, spinning (the spin's bound made longer than the test) or
  * blocked at once (bound 0): the waiter gets the mutex (EOWNERDEAD, from
@@ -2492,6 +2584,7 @@ int main(void)
         {"requests", test_requests},
         {"lock_page", test_lock_page},
         {"deferred_index", test_deferred_index},
+        {"deferred_reseed", test_deferred_reseed},
         {"lock_dead_while_waiting", test_lock_dead_while_waiting},
         {"reserved_tail", test_reserved_tail},
         {"fault_in_ahead", test_fault_in_ahead},
