@@ -60,7 +60,9 @@ _START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
 # need no decoding (bounded; any process-wide payload is as good as checked).
 _ENDS: dict[bytes, int] = {}
 _READ = 1 << 18  # a channel's first read buffer
-_OUT_CAP = 64 << 20  # bytes a channel that owns its socket lets wait for it (_SocketWriter)
+# Bytes waiting to be sent on a loop's channel past which its new calls wait
+# (backpressure), and under which they go on.
+_OUT_HIGH, _OUT_LOW = 4 << 20, 1 << 20
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
 
@@ -485,6 +487,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
+        self.paused = False  # over _OUT_HIGH bytes wait to be sent: new calls wait
+        self.drained: asyncio.Future[None] | None = None  # what they wait on
         self.watch: asyncio.TimerHandle | None = None  # only when the client's loop is closed
         self.bg_watch: asyncio.TimerHandle | None = None  # on the client's loop thread
         self.watch_at: float | None = None
@@ -506,9 +510,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.wait_for(self.loop.sock_connect(sock, addr), timeout or 10.0)
             if c.tls is None and isinstance(self.loop, _SelectorLoop):
+                # watched before the hello: a failed send closes the socket,
+                # and the handshake's wait below then raises why
+                self.loop.add_reader(sock.fileno(), self._readable)
                 self.transport = _SocketWriter(self, sock)
                 self._hello()
-                self.loop.add_reader(sock.fileno(), self._readable)
             else:
                 await self.loop.create_connection(
                     lambda: self, sock=sock, ssl=c.tls,
@@ -529,16 +535,28 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # past _OUT_CAP waiting the transport pauses this protocol: the end
-        transport.set_write_buffer_limits(high=_OUT_CAP)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=_OUT_HIGH, low=_OUT_LOW)
         self._hello()
 
     def pause_writing(self) -> None:
-        """Over ``_OUT_CAP`` bytes wait in the transport (a node that does
-        not read): the channel ends, as ``_SocketWriter``'s does."""
-        size = self.transport.get_write_buffer_size()  # type: ignore[union-attr]
-        self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) was "
-                                     f"lost: the node read none of the last {size} bytes sent"))
+        """Over ``_OUT_HIGH`` bytes wait to be sent: new calls wait (``writable``)."""
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        """Under ``_OUT_LOW`` again: the calls waiting go on."""
+        self.paused = False
+        d, self.drained = self.drained, None
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    async def writable(self, t: float | None) -> None:
+        """Wait while the channel is paused (``pause_writing``): until it is
+        resumed, it ends (its error is raised) or ``t`` seconds pass
+        (``asyncio.TimeoutError``)."""
+        if self.drained is None:
+            self.drained = self.new_future()
+        await asyncio.wait_for(asyncio.shield(self.drained), t)
 
     def _hello(self) -> None:
         c = self.client
@@ -733,6 +751,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if not call[0].done():
                 self.client.stats_counters["failed_fast"] += 1
                 call[0].set_exception(exc)
+        d, self.drained = self.drained, None
+        if d is not None and not d.done():  # the calls waiting to be sent fail too
+            d.set_exception(exc)
+            d.exception()  # (retrieved: a waiter that timed out meanwhile)
         self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -843,9 +865,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 class _SocketWriter:
     """The writing half of an ``_AsyncChannel`` that owns its socket (plain
     TCP on asyncio's own loop): a write goes to the socket at once; what the
-    socket does not take waits, in order, for it to be writable. More than
-    ``_OUT_CAP`` bytes waiting (a node that does not read) ends the channel
-    (``FabricUnavailable``): memory stays bounded."""
+    socket does not take waits, in order, for it to be writable. Over
+    ``_OUT_HIGH`` bytes waiting the channel is paused (new calls wait, as a
+    transport's protocol is) until under ``_OUT_LOW``: memory stays bounded
+    by the high mark and one frame a caller."""
 
     __slots__ = ("ch", "sock", "fd", "out", "closed")
 
@@ -859,8 +882,8 @@ class _SocketWriter:
             return
         if self.out:  # earlier bytes still wait: these go after them
             self.out += data
-            if len(self.out) > _OUT_CAP:
-                self._lost(f"the node read none of the last {len(self.out)} bytes sent")
+            if len(self.out) > _OUT_HIGH and not self.ch.paused:
+                self.ch.pause_writing()
             return
         try:
             n = self.sock.send(data)
@@ -872,6 +895,8 @@ class _SocketWriter:
         if n < len(data):
             self.out += memoryview(data)[n:]
             self.ch.loop.add_writer(self.fd, self._writable)
+            if len(self.out) > _OUT_HIGH:
+                self.ch.pause_writing()
 
     def _writable(self) -> None:
         try:
@@ -884,6 +909,8 @@ class _SocketWriter:
         del self.out[:n]
         if not self.out:
             self.ch.loop.remove_writer(self.fd)
+        if self.ch.paused and len(self.out) <= _OUT_LOW:
+            self.ch.resume_writing()
 
     def _lost(self, why: str) -> None:
         ch = self.ch
@@ -1036,7 +1063,8 @@ class NodeClient:
         self._loop_thread = _LoopThread.thread
         self._last_achannel: _AsyncChannel | None = None
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
-                               "grants_sent": 0, "dials": 0, "handshakes": 0}
+                               "grants_sent": 0, "dials": 0, "handshakes": 0,
+                               "backpressure_waits": 0}
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     # -- connection management (on the private loop) ---------------------------
@@ -1511,6 +1539,8 @@ class NodeClient:
                 if ch is None or ch.dead or not ch.up:
                     ch = await self._achannel(loop, t)
                 self._last_achannel = ch
+        if ch.paused:  # over _OUT_HIGH bytes wait to be sent: this call waits
+            await self._backpressure(ch, request, t)
         sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
@@ -1525,6 +1555,25 @@ class NodeClient:
         reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
             record, request.key, source)
         return reply if claim is None else _claimed(reply, claim)
+
+    async def _backpressure(self, ch: _AsyncChannel, request: EvalRequest,
+                            t: float | None) -> None:
+        """Wait until ``ch`` takes a call again (``DeadlineExceeded`` after
+        ``t`` seconds; the channel's error if it ends meanwhile)."""
+        self.stats_counters["backpressure_waits"] += 1
+        end = None if t is None else _monotonic() + t
+        while ch.paused and not ch.dead:
+            left = None if end is None else end - _monotonic()
+            try:
+                if left is not None and left <= 0:
+                    raise asyncio.TimeoutError
+                await ch.writable(left)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"node {ch.node} did not take {request.op!r} within "
+                                       f"{t} s: the connection's {_OUT_HIGH} bytes to send "
+                                       f"were not read") from None
+        if ch.dead:
+            raise FabricUnavailable(f"connection to {self.url} ({ch.node}) was lost")
 
     async def _next_events(self, c: _Call, t: float | None) -> list[Any]:
         """The events that arrived (at least one), granting credit for them."""
@@ -1686,7 +1735,9 @@ class NodeClient:
             raise FabricUnavailable(f"the status call to {self.url} was cancelled") from None
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, reconnects, calls failed fast, credit grants sent."""
+        """Counters: requests, reconnects, calls failed fast, credit grants
+        sent, calls that waited for a loop's connection to take them
+        (``backpressure_waits``)."""
         return dict(self.stats_counters, status=self.status, in_flight=len(self._calls))
 
     def __enter__(self) -> "NodeClient":
