@@ -243,6 +243,8 @@ class _Conn:
             self.abort()
 
     def send_error(self, sid: int, exc: BaseException) -> None:
+        if self.closed or self.transport.is_closing():
+            return  # the peer is gone (uvloop's transport raises on a write then)
         try:
             self.send(self.enc.encode_value(FrameKind.ERROR, P.error_payload(exc),
                                             stream_id=sid))
