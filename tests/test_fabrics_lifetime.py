@@ -5,6 +5,7 @@ cassette without waiting for the cyclic garbage collector."""
 import asyncio
 import gc
 import sys
+import traceback
 import weakref
 
 import pytest
@@ -140,12 +141,16 @@ def _ops():
     def square(x):
         return x * x
 
-    return reg, square
+    @fabric.op("life.fails", registry=reg)
+    def fails(x):
+        raise ValueError(f"home fails on {x}")
+
+    return reg, square, fails
 
 
 def test_a_fabric_whose_peer_failed_within_a_timeout_is_freed_without_the_cyclic_gc(
         tmp_path, no_cyclic_gc):
-    reg, square = _ops()
+    reg, square, _ = _ops()
     with fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
         refs = sys.getrefcount(cas)
         peer = _NotHeldPeer()
@@ -162,7 +167,7 @@ def test_a_fabric_whose_peer_failed_within_a_timeout_is_freed_without_the_cyclic
 @pytest.mark.parametrize("peer_class", [_NotHeldPeer, _AsyncNotHeldPeer])
 def test_a_fabric_whose_peer_failed_within_a_timeout_async_is_freed_without_the_cyclic_gc(
         tmp_path, no_cyclic_gc, peer_class):
-    reg, square = _ops()
+    reg, square, _ = _ops()
 
     async def use(fab):
         reply = await fab.aevaluate(square.request(4), timeout=30)
@@ -179,3 +184,21 @@ def test_a_fabric_whose_peer_failed_within_a_timeout_async_is_freed_without_the_
         assert gone() is None
         assert sys.getrefcount(cas) == refs
 
+
+@pytest.mark.parametrize("timeout", [None, 30])
+def test_a_fabric_whose_home_op_failed_is_freed_without_the_cyclic_gc(
+        tmp_path, no_cyclic_gc, timeout):
+    reg, _, fails = _ops()
+    with fabric.EvalCassette(str(tmp_path / "a.ledger")) as cas:
+        refs = sys.getrefcount(cas)
+        fab = fabric.ContentAddressedFabric("a", cas, home=fabric.LocalFabric(reg))
+        with pytest.raises(ValueError, match="home fails on 5") as info:
+            fab.evaluate(fails.request(5), timeout=timeout)
+        # the caller still gets the op's own traceback, down to the raise
+        names = [f.f_code.co_name for f, _ in traceback.walk_tb(info.value.__traceback__)]
+        assert names[-1] == "fails", names
+        del info
+        gone = weakref.ref(fab)
+        del fab
+        assert gone() is None
+        assert sys.getrefcount(cas) == refs
