@@ -116,3 +116,41 @@ def test_the_serve_tests_that_kill_nodes_give_them_a_cassette():
         if '"serve"' in text and "--cassette" not in text:
             missing.append(name)
     assert missing == []
+
+
+def _sweep_in_a_process(d):
+    """_sweep_temp_ledgers(d) in a process of its own, so one that blocks is
+    bounded (killed at the timeout) and fails the test instead of hanging it."""
+    code = ("import sys; from fabric.node.server import _sweep_temp_ledgers; "
+            "print(_sweep_temp_ledgers(sys.argv[1]), flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the sweep blocked (60 s)") from None
+    assert proc.returncode == 0, err
+    return int(out)
+
+
+def test_a_sweep_does_not_block_on_an_owner_lock_that_is_a_fifo(tmpdir_env):
+    d = tmpdir_env
+    x = d / "fabric-node-x"
+    x.mkdir()
+    os.mkfifo(x / "owner.lock")  # opening it for reading would wait for a writer
+    gone = d / "fabric-node-gone"  # a killed node's: its lock is not held
+    gone.mkdir()
+    (gone / "owner.lock").write_bytes(b"")
+    assert _sweep_in_a_process(d) == 1
+    assert temp_ledgers(d) == ["fabric-node-x"]  # not a lock file: left alone
+    assert os.listdir(x) == ["owner.lock"]
+
+
+def test_a_sweep_leaves_an_owner_lock_that_is_not_a_regular_file(tmpdir_env):
+    d = tmpdir_env
+    (d / "fabric-node-y" / "owner.lock").mkdir(parents=True)  # a directory
+    assert _sweep_temp_ledgers(str(d)) == 0
+    assert temp_ledgers(d) == ["fabric-node-y"]

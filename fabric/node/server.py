@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -291,8 +292,8 @@ _TEMP_LOCK = "owner.lock"
 def _sweep_temp_ledgers(tmpdir: str) -> int:
     """Removes the temporary ledger directories in ``tmpdir`` (``fabric-node-*``,
     this user's) whose node is gone: their ``owner.lock`` is not locked.
-    Directories without one (made by an older version, or being made) are
-    left alone. Returns how many it removed."""
+    Directories without one (made by an older version, or being made), or
+    whose ``owner.lock`` is not a regular file, are left alone. Returns how many it removed."""
     swept = 0
     uid = os.getuid()
     try:
@@ -307,11 +308,16 @@ def _sweep_temp_ledgers(tmpdir: str) -> int:
                 if not e.is_dir(follow_symlinks=False) or \
                         e.stat(follow_symlinks=False).st_uid != uid:
                     continue
+                # Non-blocking: an owner.lock that is a FIFO would otherwise
+                # wait for a writer (and the node being made with it).
                 fd = os.open(os.path.join(e.path, _TEMP_LOCK),
-                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)  # not a node's lock file: not known to be a node's
+                    continue
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)  # its node lives
