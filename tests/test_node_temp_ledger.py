@@ -154,3 +154,28 @@ def test_a_sweep_leaves_an_owner_lock_that_is_not_a_regular_file(tmpdir_env):
     (d / "fabric-node-y" / "owner.lock").mkdir(parents=True)  # a directory
     assert _sweep_temp_ledgers(str(d)) == 0
     assert temp_ledgers(d) == ["fabric-node-y"]
+
+
+def test_a_sweep_counts_only_the_directories_it_removed(tmpdir_env, monkeypatch):
+    """A sweep that takes the lock of a node just stopped, whose stop()
+    removes the directory first (the race, made to happen here: the real
+    rmtree of stop() runs just before the sweep's), does not count it."""
+    import shutil
+
+    from fabric.node import server
+
+    d = tmpdir_env
+    for name in ("fabric-node-raced", "fabric-node-killed"):
+        (d / name).mkdir()
+        (d / name / "owner.lock").write_bytes(b"")
+        (d / name / "node.ledger").write_bytes(b"x")
+    rmtree = shutil.rmtree
+
+    def stop_first(path, *args, **kwargs):
+        if os.path.basename(path) == "fabric-node-raced" and os.path.isdir(path):
+            rmtree(path)  # the stopping node removes its own directory first
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(server.shutil, "rmtree", stop_first)
+    assert _sweep_temp_ledgers(str(d)) == 1  # the killed node's alone
+    assert temp_ledgers(d) == []

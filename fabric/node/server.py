@@ -293,7 +293,8 @@ def _sweep_temp_ledgers(tmpdir: str) -> int:
     """Removes the temporary ledger directories in ``tmpdir`` (``fabric-node-*``,
     this user's) whose node is gone: their ``owner.lock`` is not locked.
     Directories without one (made by an older version, or being made), or
-    whose ``owner.lock`` is not a regular file, are left alone. Returns how many it removed."""
+    whose ``owner.lock`` is not a regular file, are left alone. Returns how
+    many it removed (all of the directory, itself)."""
     swept = 0
     uid = os.getuid()
     try:
@@ -323,7 +324,13 @@ def _sweep_temp_ledgers(tmpdir: str) -> int:
                 os.close(fd)  # its node lives
                 continue
             try:
-                shutil.rmtree(e.path, ignore_errors=True)
+                # Counted only when this sweep removed it all: not when a
+                # node's stop() removed it first (the lock is let go of
+                # before), nor when some of it could not be removed.
+                shutil.rmtree(e.path)
+            except OSError:
+                shutil.rmtree(e.path, ignore_errors=True)  # what is left
+            else:
                 swept += 1
             finally:
                 os.close(fd)
