@@ -5,6 +5,7 @@ node lives, tells a killed node's from a live one's). Real processes, each
 waited for by its readiness line; each test has a TMPDIR of its own."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -179,3 +180,40 @@ def test_a_sweep_counts_only_the_directories_it_removed(tmpdir_env, monkeypatch)
     monkeypatch.setattr(server.shutil, "rmtree", stop_first)
     assert _sweep_temp_ledgers(str(d)) == 1  # the killed node's alone
     assert temp_ledgers(d) == []
+
+
+_NODE_THAT_FORKS = """
+import os, sys
+from fabric.node import Node
+n = Node(node_id="f", listen="127.0.0.1:0").start()
+pid = os.fork()
+if pid == 0:  # a child forked without exec: it shares the node's open files
+    os.read(0, 1)  # until the test closes its stdin
+    os._exit(0)
+print(pid, flush=True)
+os.read(0, 1)  # killed here
+"""
+
+
+def test_a_killed_nodes_temp_ledger_stays_while_a_child_it_forked_lives(tmpdir_env):
+    """As the Node docstring and README say: the forked child shares the lock."""
+    d = tmpdir_env
+    proc = subprocess.Popen([sys.executable, "-c", _NODE_THAT_FORKS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(d)))
+    child = int(proc.stdout.readline())  # the readiness line: the child's pid
+    pidfd = os.pidfd_open(child)
+    try:
+        (mine,) = temp_ledgers(d)
+        kill(proc)  # SIGKILL the node; its child lives on
+        assert _sweep_temp_ledgers(str(d)) == 0
+        assert temp_ledgers(d) == [mine]
+        proc.stdin.close()  # the child reads EOF and ends
+        p = select.poll()
+        p.register(pidfd, select.POLLIN)
+        assert p.poll(60_000), "the forked child did not end"  # bounded
+        assert _sweep_temp_ledgers(str(d)) == 1
+        assert temp_ledgers(d) == []
+    finally:
+        proc.stdin.close()  # (again, if the test failed before: the child ends)
+        os.close(pidfd)

@@ -281,10 +281,14 @@ class _Conn:
 # fabric-node-<pid>-<random>, removed by stop(). A node killed (SIGKILL, a
 # crash) cannot remove it, so the directory holds owner.lock, locked (flock)
 # by its node for as long as that node lives: the kernel lets go of the lock
-# when the process dies, however it dies. The next node that makes a
-# temporary ledger removes those of this user whose lock it can take. The
-# lock, not the pid, says a node is gone: a pid is reused, and is another
-# process's in another pid namespace sharing /tmp.
+# when the process dies, however it dies. The lock belongs to the open file,
+# which a child forked without exec (multiprocessing's fork) shares: a node
+# killed while such a child lives keeps its directory until the child ends
+# too (the safe way round; the file is close-on-exec, so a child that execs,
+# a subprocess, does not keep it). The next node that makes a temporary
+# ledger removes those of this user whose lock it can take. The lock, not
+# the pid, says a node is gone: a pid is reused, and is another process's
+# in another pid namespace sharing /tmp.
 _TEMP_PREFIX = "fabric-node-"
 _TEMP_LOCK = "owner.lock"
 
@@ -367,7 +371,10 @@ class Node:
     a temporary one in ``$TMPDIR/fabric-node-<pid>-*``, removed by
     ``stop()``; one whose node was killed is removed by the next node of
     the same user that makes a temporary one: a lock the node holds while
-    it lives tells the two apart); ``home`` a fabric that computes;
+    it lives tells the two apart. A child the node's process forked
+    without exec shares that lock, so a node killed while such a child
+    lives keeps its directory until the child ends too); ``home`` a
+    fabric that computes;
     ``peers`` URLs (``fabric://host:port``) of nodes asked for held content;
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
