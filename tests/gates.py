@@ -41,9 +41,12 @@ def wait(path, timeout=60.0, ready=None):
             readable, _, _ = select.select([fd], [], [], left)
             if readable and not os.path.exists(path + ".open"):
                 # a writer came and went, not the test's opening: the hang-up
-                # stays readable, so wait on a new descriptor
+                # stays readable, so wait on a new descriptor (opened before
+                # the old one is closed: if the open fails, its error is
+                # raised and the old one closed once, by the finally)
+                new = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
                 os.close(fd)
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                fd = new
     finally:
         os.close(fd)
 

@@ -5,6 +5,7 @@ through fails with TimeoutError. Real processes, readiness lines."""
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -65,3 +66,33 @@ def test_a_writer_that_is_not_the_test_does_not_open_it(tmp_path):
 def test_a_gate_never_opened_ends_the_wait_with_timeout_error(tmp_path):
     with pytest.raises(TimeoutError, match="never opened the gate"):
         gates.wait(str(tmp_path / "gate"), 0.05)
+
+
+def test_a_reopen_that_fails_raises_its_own_error(tmp_path):
+    """A foreign writer wakes the waiter, and the gate is gone when it opens
+    it again: the waiter raises that (FileNotFoundError), not an EBADF from
+    closing its old descriptor twice (which, in a threaded process, may by
+    then be another thread's)."""
+    gate = str(tmp_path / "gate")
+    waiting = threading.Event()
+    raised = []
+
+    def waiter_thread():
+        try:
+            gates.wait(gate, 60.0, ready=waiting.set)
+        except BaseException as e:  # noqa: BLE001 (handed to the test)
+            raised.append(e)
+
+    t = threading.Thread(target=waiter_thread)
+    t.start()
+    try:
+        assert waiting.wait(60)
+        w = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)  # a writer not the test's opening
+        os.unlink(gate)
+        os.close(w)  # wakes the waiter: no marker, and nothing to open again
+    finally:
+        t.join(60)  # bounded: the wait ends at once (its error), or at 60 s
+    assert not t.is_alive()
+    assert len(raised) == 1 and type(raised[0]) is FileNotFoundError, raised
+    assert raised[0].filename == gate
+
