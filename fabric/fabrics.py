@@ -1170,6 +1170,17 @@ class LocalFabric(_FabricBase):
         finally:
             if not left:
                 self._leave(key, flight)
+            # A failed op's exception (raised on from the future, which keeps
+            # it) has a traceback holding this frame and the worker's (whose
+            # callers hold the flight), and the flight holds the future: a
+            # cycle that would keep the caller's frames (a
+            # ContentAddressedFabric's) until the cyclic collector ran. Once
+            # the flight is finished and its last waiter gone, nobody can
+            # join it (it left the table when it finished) or read its
+            # future, so the flight lets go of it.
+            if flight.finished and flight.waiters == 0:
+                flight.future = None
+            del fut, flight
 
     async def aevaluate(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                         timeout: float | None = None) -> EvalReply:

@@ -958,6 +958,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             return fut.result(timeout=ask.timeout)
         except concurrent.futures.TimeoutError:
             return _TimedOut(fut)
+        finally:
+            # A failed call's future keeps its exception, whose traceback
+            # holds this frame, which holds the future: a cycle (keeping the
+            # fabric) only the cyclic collector would free.
+            del fut
 
     # _hold(key, reply): records a reply in the local cassette and counts its
     # bytes (bytes_recorded): the C base's, one call.
@@ -1180,8 +1185,11 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         finally:
             # A failed task keeps its exception, whose traceback holds this
             # frame, which holds the task (and the fabric): a cycle only the
-            # cyclic collector would free. The frame lets go of the task.
+            # cyclic collector would free. The frame lets go of the task and
+            # of everything else that holds it (the worker's future, the
+            # set of done tasks).
             del task
+            fut = done = _ = None  # type: ignore[assignment]
 
     # -- streams ----------------------------------------------------------------
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,

@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -282,10 +283,14 @@ class _Conn:
 # fabric-node-<pid>-<random>, removed by stop(). A node killed (SIGKILL, a
 # crash) cannot remove it, so the directory holds owner.lock, locked (flock)
 # by its node for as long as that node lives: the kernel lets go of the lock
-# when the process dies, however it dies. The next node that makes a
-# temporary ledger removes those of this user whose lock it can take. The
-# lock, not the pid, says a node is gone: a pid is reused, and is another
-# process's in another pid namespace sharing /tmp.
+# when the process dies, however it dies. The lock belongs to the open file,
+# which a child forked without exec (multiprocessing's fork) shares: a node
+# killed while such a child lives keeps its directory until the child ends
+# too (the safe way round; the file is close-on-exec, so a child that execs,
+# a subprocess, does not keep it). The next node that makes a temporary
+# ledger removes those of this user whose lock it can take. The lock, not
+# the pid, says a node is gone: a pid is reused, and is another process's
+# in another pid namespace sharing /tmp.
 _TEMP_PREFIX = "fabric-node-"
 _TEMP_LOCK = "owner.lock"
 
@@ -293,8 +298,9 @@ _TEMP_LOCK = "owner.lock"
 def _sweep_temp_ledgers(tmpdir: str) -> int:
     """Removes the temporary ledger directories in ``tmpdir`` (``fabric-node-*``,
     this user's) whose node is gone: their ``owner.lock`` is not locked.
-    Directories without one (made by an older version, or being made) are
-    left alone. Returns how many it removed."""
+    Directories without one (made by an older version, or being made), or
+    whose ``owner.lock`` is not a regular file, are left alone. Returns how
+    many it removed (all of the directory, itself)."""
     swept = 0
     uid = os.getuid()
     try:
@@ -309,17 +315,28 @@ def _sweep_temp_ledgers(tmpdir: str) -> int:
                 if not e.is_dir(follow_symlinks=False) or \
                         e.stat(follow_symlinks=False).st_uid != uid:
                     continue
+                # Non-blocking: an owner.lock that is a FIFO would otherwise
+                # wait for a writer (and the node being made with it).
                 fd = os.open(os.path.join(e.path, _TEMP_LOCK),
-                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)  # not a node's lock file: not known to be a node's
+                    continue
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)  # its node lives
                 continue
             try:
-                shutil.rmtree(e.path, ignore_errors=True)
+                # Counted only when this sweep removed it all: not when a
+                # node's stop() removed it first (the lock is let go of
+                # before), nor when some of it could not be removed.
+                shutil.rmtree(e.path)
+            except OSError:
+                shutil.rmtree(e.path, ignore_errors=True)  # what is left
+            else:
                 swept += 1
             finally:
                 os.close(fd)
@@ -356,7 +373,10 @@ class Node:
     a temporary one in ``$TMPDIR/fabric-node-<pid>-*``, removed by
     ``stop()``; one whose node was killed is removed by the next node of
     the same user that makes a temporary one: a lock the node holds while
-    it lives tells the two apart); ``home`` a fabric that computes;
+    it lives tells the two apart. A child the node's process forked
+    without exec shares that lock, so a node killed while such a child
+    lives keeps its directory until the child ends too); ``home`` a
+    fabric that computes;
     ``peers`` URLs (``fabric://host:port``) of nodes asked for held content;
     ``tls`` a server ``ssl.SSLContext``; ``tokens`` / ``grants`` dicts or
     JSON file paths (see ``fabric.node.auth``); ``secrets`` a JSON file of
