@@ -311,7 +311,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--listen", default="127.0.0.1:7411", metavar="HOST:PORT",
                    help="where to listen (default 127.0.0.1:7411; port 0 picks one)")
     p.add_argument("--cassette", default=None, metavar="PATH",
-                   help="the node's cassette (default: a temporary one)")
+                   help="the node's cassette (default: a temporary one in $TMPDIR/fabric-node-<pid>-*, "
+                        "removed when the node stops, or by the next node if it was killed)")
     p.add_argument("--node-id", default=None, help="this node's id")
     p.add_argument("--home", default=None, metavar="MODULE:OBJECT",
                    help="a fabric that computes (or a node URL); absent: serve held content")
