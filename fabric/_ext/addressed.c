@@ -902,20 +902,9 @@ static PyObject *lookup(fab_state *st, CAFObject *self, PyObject *request, PyObj
  * trace]): what encode_held_reply writes for it. New reference. */
 static PyObject *record_bytes(fab_state *st, PyObject *reply)
 {
-    PyObject *value, *diags, *trace;
-    if (fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0)
+    PyObject *rec = fab_py_reply_record(st, reply);
+    if (rec == NULL)
         return NULL;
-    PyObject *dl = PySequence_List(diags);
-    if (dl == NULL)
-        return NULL;
-    PyObject *rec = PyList_New(3);
-    if (rec == NULL) {
-        Py_DECREF(dl);
-        return NULL;
-    }
-    PyList_SET_ITEM(rec, 0, Py_NewRef(value));
-    PyList_SET_ITEM(rec, 1, dl);
-    PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
     fab_buf buf;
     fab_buf_init(&buf);
     fab_enc enc;
@@ -1221,19 +1210,10 @@ static PyObject *CAF_hold(CAFObject *self, PyTypeObject *defining_class, PyObjec
     static const char *const names[] = {"key", "reply", "request"};
     static const fab_py_params params = {"_hold", names, 3, 2, 3, 2};
     fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[3] = {NULL, NULL, Py_None}, *value, *diags, *trace;
+    PyObject *a[3] = {NULL, NULL, Py_None}, *record;
     if (ready(self) < 0 || fab_py_parse(&params, args, nargsf, kwnames, a) < 0 ||
-        fab_py_reply_parts(st, a[1], &value, &diags, &trace) < 0)
+        (record = fab_py_reply_record(st, a[1])) == NULL)
         return NULL;
-    PyObject *d = PySequence_List(diags);
-    PyObject *record = d ? PyList_New(3) : NULL;
-    if (record == NULL) {
-        Py_XDECREF(d);
-        return NULL;
-    }
-    PyList_SET_ITEM(record, 0, Py_NewRef(value));
-    PyList_SET_ITEM(record, 1, d);
-    PyList_SET_ITEM(record, 2, Py_NewRef(trace));
     size_t nbytes = 0;
     int rc = fab_py_cassette_record(st, self->cassette, a[0], record, a[2], &nbytes);
     Py_DECREF(record);

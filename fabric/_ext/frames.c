@@ -1164,20 +1164,8 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
      * (ContentAddressedFabric._lookup_record) */
     PyObject *rec = NULL;
     if (!PyBytes_CheckExact(a[2])) {
-        PyObject *value, *diags, *trace;
-        if (fab_py_reply_parts(st, a[2], &value, &diags, &trace) < 0)
+        if ((rec = fab_py_reply_record(st, a[2])) == NULL)
             return NULL;
-        PyObject *dl = PySequence_List(diags);
-        if (dl == NULL)
-            return NULL;
-        rec = PyList_New(3);
-        if (rec == NULL) {
-            Py_DECREF(dl);
-            return NULL;
-        }
-        PyList_SET_ITEM(rec, 0, Py_NewRef(value));
-        PyList_SET_ITEM(rec, 1, dl);
-        PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
     }
     fab_frame_header h = {0};
     h.stream_id = sid;

@@ -341,6 +341,10 @@ PyObject *fab_py_reply_make(fab_state *st, PyObject *value, PyObject *diags, PyO
 int fab_py_reply_parts(fab_state *st, PyObject *reply, PyObject **value, PyObject **diags,
                        PyObject **trace);
 
+/* reply.c: an EvalReply's record, [value, list(diagnostics), trace] (a new
+ * list), or NULL with TypeError when reply is not one. */
+PyObject *fab_py_reply_record(fab_state *st, PyObject *reply);
+
 /* reply.c: the value of an EvalReply (new reference), or NULL with
  * TypeError when reply is not one. */
 PyObject *fab_py_reply_value(fab_state *st, PyObject *reply);

@@ -554,6 +554,23 @@ int fab_py_reply_parts(fab_state *st, PyObject *reply, PyObject **value, PyObjec
     return 0;
 }
 
+PyObject *fab_py_reply_record(fab_state *st, PyObject *reply)
+{
+    PyObject *value, *diags, *trace;
+    if (fab_py_reply_parts(st, reply, &value, &diags, &trace) < 0)
+        return NULL;
+    PyObject *dl = PySequence_List(diags);
+    PyObject *rec = dl ? PyList_New(3) : NULL;
+    if (rec == NULL) {
+        Py_XDECREF(dl);
+        return NULL;
+    }
+    PyList_SET_ITEM(rec, 0, Py_NewRef(value));
+    PyList_SET_ITEM(rec, 1, dl);
+    PyList_SET_ITEM(rec, 2, Py_NewRef(trace));
+    return rec;
+}
+
 PyObject *fab_py_reply_value(fab_state *st, PyObject *reply)
 {
     PyObject *value, *diags, *trace;
