@@ -271,7 +271,8 @@ def test_async_callers_coalesce_and_do_not_block_the_loop(reg):
         tasks = [asyncio.ensure_future(fab.aevaluate(blocking.request(1))) for _ in range(5)]
         # The loop keeps running while the op blocks its worker thread.
         ticks = 0
-        while fab.stats()["coalesced"] < 4:
+        while fab.stats()["coalesced"] < 4:  # bounded: 60 s of 1 ms turns
+            assert ticks < 60_000, "the 4 other callers never joined the flight"
             await asyncio.sleep(0.001)
             ticks += 1
         assert ticks >= 1
