@@ -338,3 +338,12 @@ int fab_frame_decoder_finish(fab_frame_decoder *d)
     d->err.offset = end;
     return d->err.code;
 }
+
+int fab_frame_is_reply(const fab_frame_header *s, const fab_frame_header *c,
+                       const fab_frame_header *e)
+{
+    return s->kind == FAB_FRAME_STREAM_START && s->seq == 0 && s->stream_id != 0 &&
+           c->kind == FAB_FRAME_STREAM_CHUNK && c->seq == 1 && c->flags == 0 &&
+           c->stream_id == s->stream_id && e->kind == FAB_FRAME_STREAM_END && e->seq == 2 &&
+           e->stream_id == s->stream_id;
+}

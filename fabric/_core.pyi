@@ -752,6 +752,9 @@ class FrameDecoder:
     def take_reply(
         self, limits: Any = None
     ) -> tuple[int, Frame, bytes, bytes, Frame, bytes] | None: ...
+    def feed_reply(
+        self, data: ReadableBuffer, limits: Any = None
+    ) -> tuple[int, Frame, bytes, bytes, Frame, bytes] | None: ...
 
 def _frame_from_bytes(data: ReadableBuffer, /) -> Frame: ...
 

@@ -406,6 +406,36 @@ static void test_payload_points_into_input_when_whole(void)
     fab_buf_destroy(&b);
 }
 
+/* The usual reply's three headers, each field in turn made wrong. */
+static void test_is_reply(void)
+{
+    fab_frame_header s = {1, FAB_FRAME_STREAM_START, 0, 7, 0, 0, 0};
+    fab_frame_header c = {1, FAB_FRAME_STREAM_CHUNK, 0, 7, 1, 0, 0};
+    fab_frame_header e = {1, FAB_FRAME_STREAM_END, 0, 7, 2, 0, 0};
+    CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 1);
+    fab_frame_header *hs[3] = {&s, &c, &e};
+    for (int i = 0; i < 3; i++) {
+        fab_frame_header keep = *hs[i];
+        hs[i]->kind = FAB_FRAME_STREAM_CHUNK + (i == 1); /* another kind */
+        CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 0);
+        *hs[i] = keep;
+        hs[i]->seq += 1;
+        CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 0);
+        *hs[i] = keep;
+        hs[i]->stream_id = 8; /* another stream than the other two */
+        CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 0);
+        *hs[i] = keep;
+        CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 1);
+    }
+    c.flags = FAB_FRAME_FLAG_DIAGNOSTIC; /* a diagnostic is not the reply's value */
+    CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 0);
+    c.flags = 0;
+    s.stream_id = c.stream_id = e.stream_id = 0; /* stream 0 is the connection's */
+    CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 0);
+    s.stream_id = c.stream_id = e.stream_id = UINT64_MAX;
+    CHECK_EQ(fab_frame_is_reply(&s, &c, &e), 1);
+}
+
 static void test_names(void)
 {
     CHECK(strcmp(fab_frame_kind_name(FAB_FRAME_GOSSIP), "GOSSIP") == 0);
@@ -426,6 +456,7 @@ int main(void)
         {"length_bomb_allocates_nothing", test_length_bomb_allocates_nothing},
         {"payload_points_into_input_when_whole", test_payload_points_into_input_when_whole},
         {"names", test_names},
+        {"is_reply", test_is_reply},
         {NULL, NULL},
     };
     return check_run("frame", cases);

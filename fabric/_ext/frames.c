@@ -1319,6 +1319,9 @@ typedef struct {
     PyObject *ready; /* list of decoded frames; ready[head:] not yet taken */
     Py_ssize_t head;
     fab_frame_decoder dec;
+    /* feed_reply's last START and END payloads (bytes or NULL): the same
+     * bytes again are this object again (no new bytes, its hash kept) */
+    PyObject *last_start, *last_end;
 } DecoderObject;
 
 static PyObject *decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -1349,6 +1352,8 @@ static void decoder_dealloc(DecoderObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     Py_XDECREF(self->limits);
     Py_XDECREF(self->ready);
+    Py_XDECREF(self->last_start);
+    Py_XDECREF(self->last_end);
     fab_frame_decoder_destroy(&self->dec);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -1578,6 +1583,174 @@ static PyObject *decoder_take_reply(DecoderObject *self, PyObject *const *args,
     return out;
 }
 
+/*
+ * feed_reply(data, limits=None): feed(data), then take_reply(limits), in one
+ * call and with the same result, the same frames left queued and the same
+ * errors. When nothing is queued and no partial frame is held, the frames
+ * of data are decoded first (a FrameError leaves those before it queued, as
+ * feed does) and, when the first three are the usual reply
+ * (fab_frame_is_reply) whose chunk decodes to bytes, those three are never
+ * queued: no Frame for the chunk, no copy of its payload besides its bytes;
+ * the START's and END's payloads are the objects of the last call when
+ * their bytes are the same.
+ */
+static PyObject *cached_payload(PyObject **slot, const fab_frame *f)
+{
+    PyObject *b = *slot;
+    if (b != NULL && (size_t)PyBytes_GET_SIZE(b) == f->h.payload_len &&
+        memcmp(PyBytes_AS_STRING(b), f->payload, f->h.payload_len) == 0)
+        return Py_NewRef(b);
+    b = PyBytes_FromStringAndSize((const char *)f->payload, f->h.payload_len);
+    if (b != NULL)
+        Py_XSETREF(*slot, Py_NewRef(b));
+    return b;
+}
+
+/* Queues frames fs[i..n) of data (owner: data when bytes, else a copy). */
+static int queue_from(fab_state *st, DecoderObject *self, PyObject *data, const fab_frame *fs,
+                      size_t i, size_t n)
+{
+    int zero_copy = PyBytes_CheckExact(data);
+    for (; i < n; i++) {
+        const fab_frame *f = &fs[i];
+        int err;
+        if (zero_copy) {
+            err = decoder_queue(st, self, f, data, f->payload);
+        } else {
+            PyObject *owner = PyBytes_FromStringAndSize((const char *)f->payload,
+                                                        f->h.payload_len);
+            if (owner == NULL)
+                return -1;
+            err = decoder_queue(st, self, f, owner, (const uint8_t *)PyBytes_AS_STRING(owner));
+            Py_DECREF(owner);
+        }
+        if (err < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const kw[] = {"data", "limits"};
+    PyObject *a[2];
+    if (parse_args("feed_reply", args, nargs, kwnames, kw, 2, 2, 1, a) < 0)
+        return NULL;
+    if (self->head < PyList_GET_SIZE(self->ready) || fab_frame_decoder_partial(&self->dec)) {
+        PyObject *n = decoder_feed(self, a[0]); /* the frames before come first */
+        if (n == NULL)
+            return NULL;
+        Py_DECREF(n);
+        PyObject *targs[1] = {a[1]};
+        return decoder_take_reply(self, targs, a[1] ? 1 : 0, NULL);
+    }
+    Py_buffer view;
+    fab_state *st = decoder_begin(self, a[0], &view);
+    if (st == NULL)
+        return NULL;
+    const uint8_t *p = view.buf;
+    size_t len = (size_t)view.len, pos = 0, n = 0, cap = 8;
+    fab_frame local[8], *fs = local;
+    PyObject *res = NULL;
+    int failed = 0;
+    while (pos < len) { /* every frame of data first, as feed() */
+        size_t used;
+        if (n == cap) {
+            fab_frame *more = PyMem_Malloc(2 * cap * sizeof(fab_frame));
+            if (more == NULL) {
+                PyErr_NoMemory();
+                failed = 1;
+                break;
+            }
+            memcpy(more, fs, n * sizeof(fab_frame));
+            if (fs != local)
+                PyMem_Free(fs);
+            fs = more;
+            cap *= 2;
+        }
+        int rc = fab_frame_decoder_next(&self->dec, p + pos, len - pos, &used, &fs[n]);
+        pos += used;
+        if (rc == FAB_FRAME_CONTINUE)
+            break;
+        if (rc < 0) {
+            fab_py_raise_frame_error(st, &self->dec.err);
+            failed = 1;
+            break;
+        }
+        FAB_ASSERT(fs[n].payload_in_input); /* begun at a frame boundary */
+        n++;
+    }
+    if (failed) { /* those before stay queued, as feed() leaves them */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (queue_from(st, self, a[0], fs, 0, n) < 0) {
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        } else {
+            PyErr_Restore(et, ev, tb);
+        }
+        goto done;
+    }
+    size_t taken = 0;
+    if (n >= 3 && fab_frame_is_reply(&fs[0].h, &fs[1].h, &fs[2].h)) {
+        fab_mp_limits lim;
+        if (payload_limits(st, a[1], &lim) < 0)
+            goto done;
+        PyObject *data = fab_py_decode_record(
+            st, fs[1].payload, fs[1].h.payload_len, &lim,
+            (size_t)fs[1].offset + FAB_FRAME_HEADER_LEN);
+        if (data == NULL) { /* as take_reply raises: nothing taken */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            if (queue_from(st, self, a[0], fs, 0, n) < 0) {
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(tb);
+            } else {
+                PyErr_Restore(et, ev, tb);
+            }
+            goto done;
+        }
+        if (PyBytes_CheckExact(data)) {
+            PyObject *sp = cached_payload(&self->last_start, &fs[0]);
+            PyObject *ep = sp ? cached_payload(&self->last_end, &fs[2]) : NULL;
+            PyObject *sf = ep ? frame_make(st, &fs[0].h, sp, (const uint8_t *)PyBytes_AS_STRING(sp),
+                                           PyBytes_GET_SIZE(sp), (long long)fs[0].offset)
+                              : NULL;
+            PyObject *ef = sf ? frame_make(st, &fs[2].h, ep, (const uint8_t *)PyBytes_AS_STRING(ep),
+                                           PyBytes_GET_SIZE(ep), (long long)fs[2].offset)
+                              : NULL;
+            PyObject *sid = ef ? PyLong_FromUnsignedLongLong(fs[0].h.stream_id) : NULL;
+            if (sid != NULL)
+                res = PyTuple_Pack(6, sid, sf, sp, data, ef, ep);
+            Py_XDECREF(sid);
+            Py_XDECREF(sf);
+            Py_XDECREF(ef);
+            Py_XDECREF(sp);
+            Py_XDECREF(ep);
+            Py_DECREF(data);
+            if (res == NULL)
+                goto done;
+            taken = 3;
+        } else {
+            Py_DECREF(data);
+        }
+    }
+    if (queue_from(st, self, a[0], fs, taken, n) < 0) {
+        Py_CLEAR(res);
+        goto done;
+    }
+    if (res == NULL)
+        res = Py_NewRef(Py_None);
+done:
+    if (fs != local)
+        PyMem_Free(fs);
+    PyBuffer_Release(&view);
+    return res;
+}
+
 static PyObject *decoder_finish(DecoderObject *self, PyObject *Py_UNUSED(ignored))
 {
     fab_state *st = fab_state_from_type(Py_TYPE(self));
@@ -1641,6 +1814,13 @@ static PyMethodDef decoder_methods[] = {
      "(stream_id, start, start_payload, data, end, end_payload) (the START and\n"
      "END frames, their payloads as bytes, the chunk's bytes); else None with\n"
      "nothing taken. A chunk that does not decode raises as decode_payload."},
+    {"feed_reply", (PyCFunction)(void (*)(void))decoder_feed_reply,
+     METH_FASTCALL | METH_KEYWORDS,
+     "feed_reply($self, /, data, limits=None)\n--\n\n"
+     "feed(data), then take_reply(limits), in one call: the same result, the\n"
+     "same frames left queued, the same errors. The usual reply's frames, when\n"
+     "they are the first whole frames of data and nothing was queued or held\n"
+     "before, are never queued (no Frame for the chunk)."},
     {"finish", (PyCFunction)decoder_finish, METH_NOARGS,
      "finish($self, /)\n--\n\n"
      "Declare the end of the stream: raises FrameError (violation 'truncated')\n"

@@ -589,23 +589,24 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         try:
             dec = self.dec
-            dec.feed(data)
             if not self.up:
+                dec.feed(data)
                 for f in dec:
                     self._frame(f)
                 return
             calls, limits = self.calls, dec.limits
             # The usual reply, START, one CHUNK of bytes and END on one stream
-            # with seq 0, 1, 2, is taken in one call (FrameDecoder.take_reply);
-            # a START or END whose payload was seen before is not decoded again.
-            while True:
-                r = dec.take_reply(limits)
-                if r is None:
-                    break
+            # with seq 0, 1, 2, is taken in one call with the read's bytes
+            # (FrameDecoder.feed_reply: feed, then take_reply), the next ones
+            # by take_reply; a START or END whose payload was seen before is
+            # not decoded again.
+            r = dec.feed_reply(data, limits)
+            while r is not None:
                 sid, start, skey, data_, end, ekey = r
                 call = calls.get(sid)
-                if call is None:
-                    continue  # a call given up on: its frames are dropped
+                if call is None:  # a call given up on: its frames are dropped
+                    r = dec.take_reply(limits)
+                    continue
                 src = self.sources.get(skey)
                 if src is None:
                     src = self._source_of(start, skey)
@@ -621,6 +622,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                         call[0].set_exception(exc)
                 if not dec.pending:
                     return
+                r = dec.take_reply(limits)
             # Anything else: a reply's frames, inline (a call per frame showed
             # in the profile): START, then CHUNKs with seq 1, 2, ..., then END.
             for f in dec:

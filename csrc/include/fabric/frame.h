@@ -224,6 +224,15 @@ int fab_frame_decoder_peek(fab_frame_decoder *d, const uint8_t *data, size_t len
  */
 int fab_frame_decoder_finish(fab_frame_decoder *d);
 
+/*
+ * 1 when s, c and e are the usual single-chunk reply of one stream: a
+ * STREAM_START with seq 0, a STREAM_CHUNK with seq 1 and no flags (not a
+ * diagnostic), a STREAM_END with seq 2, all three on one stream id other
+ * than 0; else 0. What the frames carry is the caller's to check.
+ */
+int fab_frame_is_reply(const fab_frame_header *s, const fab_frame_header *c,
+                       const fab_frame_header *e);
+
 /* 1 when the decoder holds part of a frame, else 0. */
 static inline int fab_frame_decoder_partial(const fab_frame_decoder *d)
 {
