@@ -869,6 +869,41 @@ done:
     return out;
 }
 
+/* encode_control(stream_id, payload): encode(CONTROL, payload,
+ * stream_id=stream_id) with positional arguments only (payload: bytes), for
+ * a caller that sends one per call (the async client's open). */
+static PyObject *encoder_encode_control(EncoderObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs)
+{
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "encode_control() takes 2 positional arguments "
+                     "(%zd given)", nargs);
+        return NULL;
+    }
+    fab_frame_header h = {0};
+    h.kind = FAB_FRAME_CONTROL;
+    if (get_uint(args[0], "stream_id", UINT64_MAX, &h.stream_id) < 0)
+        return NULL;
+    if (!PyBytes_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError, "encode_control: payload must be bytes, not %.100s",
+                     Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    size_t len = (size_t)PyBytes_GET_SIZE(args[1]);
+    if (check_size(st, self->max_payload, len) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(FAB_FRAME_HEADER_LEN + len));
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    fab_frame_header_write(p, &h, PyBytes_AS_STRING(args[1]), len);
+    memcpy(p + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(args[1]), len);
+    return out;
+}
+
 /* The canonical encoding of value into buf after a reserved header. 0 or -1. */
 static int encode_value_frame(fab_state *st, uint64_t max, fab_buf *buf,
                               const fab_frame_header *h, PyObject *value)
@@ -1287,6 +1322,9 @@ static PyMethodDef encoder_methods[] = {
      "encode($self, /, kind, payload=b'', *, stream_id=0, seq=0, flags=0)\n--\n\n"
      "The wire bytes of one frame carrying payload (any bytes-like object).\n"
      "A payload above limits.max_frame_payload_bytes raises FrameError."},
+    {"encode_control", (PyCFunction)(void (*)(void))encoder_encode_control, METH_FASTCALL,
+     "encode_control($self, stream_id, payload, /)\n--\n\n"
+     "encode(FrameKind.CONTROL, payload, stream_id=stream_id), payload bytes."},
     {"encode_value", (PyCFunction)(void (*)(void))encoder_encode_value,
      METH_FASTCALL | METH_KEYWORDS,
      "encode_value($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"

@@ -793,7 +793,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         sid = next(self.ids)
         if len(payload) > self.max_payload:
             self.client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
-        frame = self.enc.encode(_CONTROL, payload, stream_id=sid)
+        frame = self.enc.encode_control(sid, payload)
         fut: asyncio.Future[Any] = self.new_future()
         # Not wait_for (its own future costs a loop turn per call) nor a timer
         # per call: one watchdog per channel, due at the earliest deadline
