@@ -67,6 +67,19 @@ def test_the_usual_reply_is_taken_and_what_follows_left_queued():
         assert out[1][0] == 5 and state[2] == 3  # the second reply's frames, queued
 
 
+def test_many_frames_in_one_read():
+    # more frames than feed_reply keeps on its stack (8): the rest queued alike
+    enc = FrameEncoder()
+    wire = b"".join(enc.encode_reply(sid, START, DATA, END) for sid in range(1, 12))
+    for kind in (bytes, memoryview):
+        out, state = same([wire], kind=kind)
+        assert out[1][0] == 1 and state[2] == 30
+        bad = bytearray(wire)
+        bad[-1] ^= 1  # the last END fails its CRC: the 32 frames before it stay queued
+        out, state = same([bytes(bad)], kind=kind)
+        assert out[0] == "FrameError" and state[2] == 32
+
+
 def test_any_split_of_two_replies_and_a_partial_one():
     enc = FrameEncoder()
     wire = (enc.encode_reply(1, START, DATA, END) + enc.encode_reply(3, START, b"", END)
