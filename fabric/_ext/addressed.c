@@ -1020,11 +1020,11 @@ static const char *const record_names[] = {"request", "limit", "grants"};
 static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 3, 2, 2, 2};
 
 /* _lookup_record's limit argument: an int >= 0 (beyond UINT64_MAX counts as it). */
-static int record_limit(PyObject *arg, const char *fname, uint64_t *out)
+static int record_limit(PyObject *arg, uint64_t *out)
 {
     if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "%s(): limit must be an int, not %.100s",
-                     fname, Py_TYPE(arg)->tp_name);
+        PyErr_Format(PyExc_TypeError, "_lookup_record(): limit must be an int, not %.100s",
+                     Py_TYPE(arg)->tp_name);
         return -1;
     }
     unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
@@ -1033,7 +1033,7 @@ static int record_limit(PyObject *arg, const char *fname, uint64_t *out)
             return -1;
         PyErr_Clear();
         if (_PyLong_Sign(arg) < 0) {
-            PyErr_Format(PyExc_ValueError, "%s(): limit must be >= 0", fname);
+            PyErr_SetString(PyExc_ValueError, "_lookup_record(): limit must be >= 0");
             return -1;
         }
         limit = UINT64_MAX;
@@ -1053,7 +1053,7 @@ static PyObject *lookup_call(CAFObject *self, PyTypeObject *defining_class, int 
     if (ready(self) < 0 ||
         fab_py_parse(record ? &lookup_record_params : &lookup_params, args, nargsf, kwnames,
                      a) < 0 ||
-        (record && record_limit(a[1], "_lookup_record", &limit) < 0))
+        (record && record_limit(a[1], &limit) < 0))
         return NULL;
     PyObject *g = call_grants(a[record ? 2 : 1], self->grants);
     if (g == NULL)
@@ -1073,33 +1073,6 @@ static PyObject *CAF_lookup_record(CAFObject *self, PyTypeObject *defining_class
                                    PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     return lookup_call(self, defining_class, 1, args, nargsf, kwnames);
-}
-
-static const char *const frames_names[] = {"request", "stream_id", "start", "limit",
-                                           "encoder", "grants"};
-static const fab_py_params held_frames_params = {"_held_frames", frames_names, 6, 5, 5, 5};
-
-/* _held_frames: _lookup_record, then the record's bytes as the three frames
- * of encoder.encode_held_reply(stream_id, start, record, limit). */
-static PyObject *CAF_held_frames(CAFObject *self, PyTypeObject *defining_class,
-                                 PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
-{
-    fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[6] = {NULL, NULL, NULL, NULL, NULL, Py_None};
-    uint64_t limit = 0, sid = 0;
-    if (ready(self) < 0 || fab_py_parse(&held_frames_params, args, nargsf, kwnames, a) < 0 ||
-        record_limit(a[3], "_held_frames", &limit) < 0 || fab_py_held_args(st, a[4], a[1], a[2], &sid) < 0)
-        return NULL;
-    PyObject *g = call_grants(a[5], self->grants);
-    if (g == NULL)
-        return NULL;
-    PyObject *out = lookup_record(st, self, a[0], g, limit);
-    Py_DECREF(g);
-    if (out == NULL || !PyBytes_CheckExact(out))
-        return out; /* the reply (over limit), None (not held), or an error */
-    PyObject *frames = fab_py_held_frames(st, a[4], sid, a[2], out, limit);
-    Py_DECREF(out);
-    return frames;
 }
 
 static PyObject *CAF_check(CAFObject *self, PyTypeObject *defining_class,
@@ -1327,15 +1300,6 @@ static PyMethodDef CAF_methods[] = {
      "list(diagnostics), trace], as FrameEncoder.encode_held_reply writes\n"
      "them) when they are at most limit bytes, else the reply itself; None\n"
      "when not held (grants are checked first, the hit counted as _lookup's)."},
-    {"_held_frames", (PyCFunction)(void (*)(void))CAF_held_frames,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
-     "_held_frames($self, request, stream_id, start, limit, encoder, /, *, grants=None)\n"
-     "--\n\n"
-     "_lookup_record(request, limit, grants=grants), its record's bytes\n"
-     "returned as encoder.encode_held_reply(stream_id, start, record, limit)\n"
-     "would: the three frames of the usual reply; the reply itself when its\n"
-     "record is over limit, None when not held (grants checked first, the\n"
-     "hit counted as _lookup's; the arguments checked before the lookup)."},
     {"_check", (PyCFunction)(void (*)(void))CAF_check,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "_check($self, request, /, *, grants=None)\n--\n\n"

@@ -1175,13 +1175,23 @@ static size_t put_end1(uint8_t *p, uint64_t n)
     return k + fab_put_bool(p + k, 0);
 }
 
-/* encode_held_reply's work, its arguments checked (start: bytes; reply: an
- * EvalReply or its record's bytes), for the encoder self: also
- * ContentAddressedFabric._held_frames's (fab_py_held_frames). */
-static PyObject *held_reply(fab_state *st, EncoderObject *self, uint64_t sid, PyObject *start,
-                            PyObject *reply, uint64_t limit)
+static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const *args,
+                                           Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3] = {NULL, start, reply};
+    static const char *const kw[] = {"stream_id", "start", "reply", "limit"};
+    PyObject *a[4];
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL ||
+        parse_args("encode_held_reply", args, nargs, kwnames, kw, 4, 4, 4, a) < 0)
+        return NULL;
+    uint64_t sid, limit;
+    if (get_uint(a[0], "stream_id", UINT64_MAX, &sid) < 0 ||
+        get_uint(a[3], "limit", UINT64_MAX, &limit) < 0)
+        return NULL;
+    if (!PyBytes_Check(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_held_reply: start must be bytes");
+        return NULL;
+    }
     size_t slen = (size_t)PyBytes_GET_SIZE(a[1]);
     if (check_size(st, self->max_payload, slen) < 0)
         return NULL;
@@ -1261,47 +1271,6 @@ done:
     Py_XDECREF(rec);
     fab_buf_destroy(&buf);
     return out;
-}
-
-static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const *args,
-                                           Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const kw[] = {"stream_id", "start", "reply", "limit"};
-    PyObject *a[4];
-    fab_state *st = fab_state_from_type(Py_TYPE(self));
-    if (st == NULL ||
-        parse_args("encode_held_reply", args, nargs, kwnames, kw, 4, 4, 4, a) < 0)
-        return NULL;
-    uint64_t sid, limit;
-    if (get_uint(a[0], "stream_id", UINT64_MAX, &sid) < 0 ||
-        get_uint(a[3], "limit", UINT64_MAX, &limit) < 0)
-        return NULL;
-    if (!PyBytes_Check(a[1])) {
-        PyErr_SetString(PyExc_TypeError, "encode_held_reply: start must be bytes");
-        return NULL;
-    }
-    return held_reply(st, self, sid, a[1], a[2], limit);
-}
-
-int fab_py_held_args(fab_state *st, PyObject *encoder, PyObject *sid, PyObject *start,
-                     uint64_t *sid_out)
-{
-    if (!PyObject_TypeCheck(encoder, st->FrameEncoder_Type)) {
-        PyErr_Format(PyExc_TypeError, "_held_frames(): encoder must be a FrameEncoder, "
-                     "not %.100s", Py_TYPE(encoder)->tp_name);
-        return -1;
-    }
-    if (!PyBytes_Check(start)) {
-        PyErr_SetString(PyExc_TypeError, "_held_frames(): start must be bytes");
-        return -1;
-    }
-    return get_uint(sid, "stream_id", UINT64_MAX, sid_out);
-}
-
-PyObject *fab_py_held_frames(fab_state *st, PyObject *encoder, uint64_t sid, PyObject *start,
-                             PyObject *record, uint64_t limit)
-{
-    return held_reply(st, (EncoderObject *)encoder, sid, start, record, limit);
 }
 
 static PyObject *encoder_get_limits(EncoderObject *self, void *closure)

@@ -230,16 +230,6 @@ typedef struct fab_py_params {
 int fab_py_parse(const fab_py_params *p, PyObject *const *args, Py_ssize_t nargsf,
                  PyObject *kwnames, PyObject **out);
 
-/* frames.c: ContentAddressedFabric._held_frames's arguments checked (encoder
- * a FrameEncoder, start bytes, sid an int in range into *sid_out); 0 or -1. */
-int fab_py_held_args(fab_state *st, PyObject *encoder, PyObject *sid, PyObject *start,
-                     uint64_t *sid_out);
-
-/* frames.c: FrameEncoder.encode_held_reply(sid, start, record, limit) of
- * encoder (checked by fab_py_held_args). */
-PyObject *fab_py_held_frames(fab_state *st, PyObject *encoder, uint64_t sid, PyObject *start,
-                             PyObject *record, uint64_t limit);
-
 /* Part exec functions, called in order by module.c; each returns 0 or -1. */
 int fab_py_errors_exec(PyObject *module, fab_state *st);
 int fab_py_walk_exec(PyObject *module, fab_state *st);

@@ -1172,11 +1172,10 @@ class Node:
             if target is self.fabric:
                 # its C hit path (grants checked, the hit counted; None when
                 # not held): one ledger lookup, and never the miss path here.
-                # The reply's three frames from its record's bytes (no
-                # decode, no encode when the fabric kept them) when they fit
-                # one chunk, else the reply.
+                # Its record's bytes (no decode, no encode when the fabric
+                # kept them) when they fit one chunk, else the reply.
                 if start is not None and conn.plain:
-                    reply = target._held_frames(req, sid, start, limit, conn.enc, grants=g)
+                    reply = target._lookup_record(req, limit, grants=g)
                 else:
                     reply = target._lookup(req, grants=g)
                 if reply is None:
@@ -1190,17 +1189,16 @@ class Node:
             self._stat("errors")
             conn.send_error(sid, exc)
             return True
-        if isinstance(reply, bytes):  # the frames (_held_frames)
-            out = None if conn.closed else reply  # (closed: writes dropped)
-        else:
-            out = None
+        out = None
+        if not isinstance(reply, bytes):
             start = _START.get(reply.source)
-            if start is not None and conn.plain and not conn.closed:
-                # _send_value's usual reply in one C call (None: over one chunk)
-                out = conn.enc.encode_held_reply(sid, start, reply, limit)
-            if out is None:
+        if start is not None and conn.plain and not conn.closed:
+            # _send_value's usual reply in one C call (None: over one chunk)
+            out = conn.enc.encode_held_reply(sid, start, reply, limit)
+        if out is None:
+            if not isinstance(reply, bytes):  # (bytes: a connection closed, writes dropped)
                 self._send_value(conn, sid, reply)  # the general path (it fills the caches)
-        if out is not None:  # and conn.send's write, inline
+        else:  # and conn.send's write, inline
             conn.bytes_out += len(out)
             conn.transport.write(out)
             if conn.paused or conn.small_cap:
