@@ -4146,6 +4146,23 @@ static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
     return rec_live(l, off);
 }
 
+/*
+ * 1 when a key this handle holds may have been deleted by records it has
+ * not replayed (spec: The key filter): others appended since it last
+ * looked, and the key filter cannot tell that none of their records
+ * deletes it (a tombstone of its key, a clear). Under the lock.
+ */
+static int held_in_doubt(fab_ledger *l, const uint8_t key[32])
+{
+    if (l->sh.p == NULL || l->forked)
+        return 0;
+    uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+    if (pe == l->end && l->lazy_from == NONE)
+        return 0; /* nobody appended since: the index is the file's */
+    return !filter_absent(l->sh.p, l->seen_clears, key,
+                          l->lazy_from != NONE ? l->lazy_from : l->end);
+}
+
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                       fab_ledger_error *err)
 {
@@ -4172,6 +4189,19 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     int rc = refuse(l, err);
     if (rc == FAB_OK)
         rc = held_locked(l, key, hash, err);
+    if (rc == 1 && held_in_doubt(l, key)) {
+        /* Held as far as this handle has replayed, but the records after
+         * that may delete it: caught up as a miss is, then looked at again. */
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        rc = miss_look_by_page(l, now, err);
+        if (rc == 2 && (rc = catch_up_locked(l, 2, err)) >= 0)
+            l->looked_ns = now;
+        if (rc >= 0) {
+            seed = l->ix.seed;
+            hash = fab_lindex_hash(&l->ix, key);
+            rc = held_locked(l, key, hash, err);
+        }
+    }
     if (rc != 0) { /* held (1: nothing to write) or an error */
         rc = rc == 1 ? 0 : rc;
         goto out;
