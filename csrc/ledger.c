@@ -2174,17 +2174,13 @@ static void slot_put(fab_lindex_slot *slots, uint64_t mask, uint64_t hash, uint6
  * PATH.ckpt. Not synced: a torn one fails its checksums and is rebuilt.
  * Under the lock. 0, or an error (the ledger is unaffected).
  */
-static int replay(fab_ledger *l, uint64_t size, int quick, fab_ledger_progress_fn progress,
-                  void *pctx, fab_ledger_scan_result *res, fab_ledger_error *err);
+static int fill_gap_locked(fab_ledger *l, fab_ledger_error *err);
 
 static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
 {
-    if (l->lazy_from != NONE) { /* a checkpoint covers everything before its end */
-        fab_ledger_scan_result res;
-        int rc = replay(l, l->end, 1, NULL, NULL, &res, err);
-        if (rc != FAB_OK)
-            return rc;
-    }
+    int gap = fill_gap_locked(l, err); /* a checkpoint covers everything before its end */
+    if (gap != FAB_OK)
+        return gap;
     if (!l->use_ckpt || l->n_skips || l->n_pending || l->end != l->visible_end ||
         l->ck.bad) {
         set_err(err, FAB_ESTATE, 0, 0, 0,
@@ -4821,9 +4817,25 @@ uint64_t fab_ledger_generation(fab_ledger *l)
     return g;
 }
 
+/* Replays the others' records that this handle's lazy appends went past
+ * (spec: The key filter), so that its view is again a prefix of the file.
+ * Under the lock. 0 or an error. */
+static int fill_gap_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    if (l->lazy_from == NONE)
+        return FAB_OK;
+    uint64_t before = l->records;
+    fab_ledger_scan_result res;
+    int rc = replay(l, l->end, 1, NULL, NULL, &res, err);
+    if (rc == FAB_OK)
+        l->foreign_records += l->records - before;
+    return rc;
+}
+
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
+    (void)fill_gap_locked(l, NULL); /* else the count is this handle's view */
     size_t n = (size_t)index_keys(l);
     pthread_mutex_unlock(&l->mu);
     return n;
@@ -4864,6 +4876,8 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
     if (pos->off == 0)
         pos->gen = l->gen;
     if ((rc = check_size_locked(l, err)) != FAB_OK)
+        goto out;
+    if (pos->off == 0 && (rc = fill_gap_locked(l, err)) != FAB_OK)
         goto out;
     if (pos->gen != l->gen) {
         set_err(err, FAB_ESTATE, 0, 0, 0,
