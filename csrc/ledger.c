@@ -4178,7 +4178,8 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     built_reply bb, *b = &bb;
     bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    if (l->sh.p != NULL) /* the key's block of the filter: a miss, while the reply is built */
+    if (l->sh.p != NULL && /* the key's block of the filter: a miss, while the reply is built */
+        atomic_load_explicit(&l->sh.p->filter_base, memory_order_relaxed) != FILTER_INVALID)
         __builtin_prefetch((const void *)(shl_filter(l->sh.p) +
                                           (fab_load_le64(key) & (SHL_FILTER_BITS / 512 - 1)) * 8));
     uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;
