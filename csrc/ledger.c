@@ -157,8 +157,23 @@ typedef struct ckpt {
 /* The append lock page (see its section below). */
 #define LOCK_IDENT ((off_t)1 << 61)
 #define IDENT_BITS 40
-#define SHL_SIZE 4096
-#define SHL_VERSION 2
+#define SHL_HEAD 4096
+/* The key filter after the header (spec: The lock page, The key filter):
+ * 2 MiB, 2^24 bits; a tmpfs file allocates only the pages touched. */
+#define SHL_FILTER_BITS ((uint64_t)1 << 24)
+#define SHL_FILTER_WORDS (SHL_FILTER_BITS / 64)
+#define SHL_SIZE (SHL_HEAD + SHL_FILTER_BITS / 8)
+#define SHL_VERSION 3
+/* filter_base when the filter is not valid */
+#define FILTER_INVALID UINT64_MAX
+/* Bits per key, all in one 512-bit block (one cache line). */
+#define FILTER_K 6
+/* Keys added since filter_base above which the filter counts as
+ * saturated: with k = 6 bits of m = 2^24, n keys leave a false positive
+ * rate of about (1 - e^(-6n/m))^6: 0.0005% at 200,000 keys, 0.8% at
+ * n = m / 10 = 1,677,721 (somewhat more with the bits in one block, which
+ * some blocks fill faster than others: still well under 5%). */
+#define FILTER_SATURATED (SHL_FILTER_BITS / 10)
 /* The page's layout depends on the C library's pthread_mutex_t: the
  * library's name is part of the file name, so a process of another C
  * library makes another file (and writer_identity refuses the mix). */
@@ -185,11 +200,20 @@ typedef struct shl_page {
     uint8_t pad_[128 - 64 - sizeof(pthread_mutex_t)];
     _Atomic uint64_t opens; /* at offset 128: the opens of the page, each handle's
                              * populate phase (populate_ahead); a hint */
+    /* The key filter (version 3; spec: The key filter). Under the mutex,
+     * except for an appender's look before it (a hint). */
+    _Atomic uint64_t filter_base; /* at 136: the filter holds the keys of every
+                                   * commit and tombstone appended at or after
+                                   * this offset; FILTER_INVALID: none */
+    _Atomic uint64_t filter_keys; /* at 144: keys added since filter_base */
+    _Atomic uint64_t clears;      /* at 152: clears appended under the mutex */
 } shl_page;
 
-_Static_assert(sizeof(shl_page) <= SHL_SIZE, "the lock page fits in its file");
+_Static_assert(sizeof(shl_page) <= SHL_HEAD, "the lock page's header fits in its page");
 _Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, reserved) == 56 &&
-                   offsetof(shl_page, mu) == 64 && offsetof(shl_page, opens) == 128,
+                   offsetof(shl_page, mu) == 64 && offsetof(shl_page, opens) == 128 &&
+                   offsetof(shl_page, filter_base) == 136 &&
+                   offsetof(shl_page, filter_keys) == 144 && offsetof(shl_page, clears) == 152,
                "the lock page's layout is the spec's");
 
 /* One handle's hold on a lock file. */
@@ -230,6 +254,20 @@ struct fab_ledger {
      * the cache by the time the entries are made */
     uint64_t def_hash[DEFER_MAX];
     uint64_t def_seed;
+    /* The lazy catch-up (spec: The key filter): an append whose key the
+     * lock page's filter says nobody committed or deleted since this
+     * handle's replayed end goes at the page's end without replaying the
+     * others' records before it. Then [lazy_from, end) holds records this
+     * handle has not replayed, among them its own (indexed at once);
+     * lazy_from is NONE when everything below end is replayed. A replay
+     * starts at lazy_from and sees the gap_records own records again
+     * (replay_commit keeps their entries). */
+    uint64_t lazy_from;
+    uint64_t gap_records;
+    uint64_t seen_clears; /* the page's clears when this handle was last caught up
+                           * under the mutex (NONE: unknown) */
+    const uint8_t *lazy_key; /* fab_ledger_record_req's key, for begin_append */
+    uint64_t lazy_appends;   /* appends that took the lazy path (a statistic) */
     uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
     shl sh;               /* the append lock page, or fd -1 (OFD lock, exclusive, reader) */
@@ -479,6 +517,7 @@ static int shl_create(const char *name, const char *dir, const struct stat *ledg
             p->dev = (uint64_t)ledger->st_dev;
             p->ino = (uint64_t)ledger->st_ino;
             atomic_store(&p->end, 0);
+            atomic_store(&p->filter_base, FILTER_INVALID);
             ok = link(tmp, name) == 0;
         }
         pthread_mutexattr_destroy(&a);
@@ -595,6 +634,7 @@ static int shl_open(const struct stat *ledger, shl *out)
         if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_UNLCK) {
             atomic_store(&p->end, 0);
             atomic_store(&p->reserved, 0);
+            atomic_store(&p->filter_base, FILTER_INVALID);
         }
         out->fd = fd;
         out->p = p;
@@ -623,6 +663,128 @@ static void shl_close(shl *s, int unlink_last)
     close(s->fd);
     memset(s, 0, sizeof(*s));
     s->fd = -1;
+}
+
+/*
+ * The key filter (spec: The key filter): a Bloom filter of 2^24 bits
+ * after the page's header, six bits per key taken from the key itself (a
+ * SHA-256), all in one 64-byte block (one cache line, one miss): the
+ * block is the key's first 64-bit word (little-endian) modulo 2^15, the
+ * bits in it the six 9-bit fields of its second word, lowest first. Every
+ * holder of the mutex adds the key of every commit (REPLY, STREAM_END)
+ * and tombstone it appends before writing it, and counts its clears in
+ * the page's clears. So when filter_base <= h and one of a key's bits is
+ * clear, no record in [h, end) commits or deletes it. Its words are read
+ * and written relaxed: under the mutex, except for an appender's look
+ * before it, a hint only.
+ */
+static inline _Atomic uint64_t *shl_filter(shl_page *p)
+{
+    return (_Atomic uint64_t *)(void *)((uint8_t *)p + SHL_HEAD);
+}
+
+static inline void filter_bits(const uint8_t key[32], uint64_t b[FILTER_K])
+{
+    uint64_t block = (fab_load_le64(key) & (SHL_FILTER_BITS / 512 - 1)) * 512;
+    uint64_t w = fab_load_le64(key + 8);
+    for (int i = 0; i < FILTER_K; i++)
+        b[i] = block + ((w >> (9 * i)) & 511);
+}
+
+/* Adds key before its record is written. Under the mutex. A holder killed
+ * after this leaves false positives only. */
+static void filter_add(shl_page *p, const uint8_t key[32])
+{
+    uint64_t keys = atomic_load_explicit(&p->filter_keys, memory_order_relaxed);
+    if (atomic_load_explicit(&p->filter_base, memory_order_relaxed) == FILTER_INVALID ||
+        keys > FILTER_SATURATED) /* unused until it is emptied again */
+        return;
+    /* counted first: a filter with a count of 0 has no bit set */
+    atomic_store_explicit(&p->filter_keys, keys + 1, memory_order_relaxed);
+    uint64_t b[FILTER_K];
+    filter_bits(key, b);
+    _Atomic uint64_t *f = shl_filter(p);
+    for (int i = 0; i < FILTER_K; i++) {
+        uint64_t w = atomic_load_explicit(&f[b[i] >> 6], memory_order_relaxed);
+        uint64_t bit = (uint64_t)1 << (b[i] & 63);
+        if (!(w & bit))
+            atomic_store_explicit(&f[b[i] >> 6], w | bit, memory_order_relaxed);
+    }
+}
+
+/* The filter's part of one append's records (buf: whole records, the last
+ * one's payload perhaps going on elsewhere): their commits' and
+ * tombstones' keys, and their clears. Under the mutex, before they are
+ * written. */
+static void filter_records(shl_page *p, const uint8_t *buf, size_t blen)
+{
+    for (size_t pos = 0; pos + FAB_LEDGER_REC_OVERHEAD <= blen;
+         pos += FAB_LEDGER_REC_OVERHEAD + fab_load_le32(buf + pos + 8)) {
+        int type = buf[pos + 4];
+        if (type == FAB_REC_TOMBSTONE && fab_load_le32(buf + pos + 8) == 1)
+            atomic_store_explicit(&p->clears,
+                                  atomic_load_explicit(&p->clears, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
+        else if (type == FAB_REC_REPLY || type == FAB_REC_STREAM_END ||
+                 type == FAB_REC_TOMBSTONE)
+            filter_add(p, buf + pos + FAB_LEDGER_REC_HEADER);
+    }
+}
+
+/* 1 when the filter tells that no record at or after h commits or deletes
+ * key and that no clear was appended since this handle last caught up
+ * under the mutex (seen_clears): the filter is valid, based at or before
+ * h, not saturated, and one of key's bits is clear. Under the mutex
+ * (before it: a hint). */
+static int filter_absent(const shl_page *p, uint64_t seen_clears, const uint8_t key[32],
+                         uint64_t h)
+{
+    shl_page *q = (shl_page *)p;
+    uint64_t base = atomic_load_explicit(&q->filter_base, memory_order_relaxed);
+    if (base == FILTER_INVALID || base > h || seen_clears == NONE ||
+        atomic_load_explicit(&q->clears, memory_order_relaxed) != seen_clears ||
+        atomic_load_explicit(&q->filter_keys, memory_order_relaxed) > FILTER_SATURATED)
+        return 0;
+    uint64_t b[FILTER_K];
+    filter_bits(key, b);
+    _Atomic uint64_t *f = shl_filter(q);
+    for (int i = 0; i < FILTER_K; i++)
+        if (!((atomic_load_explicit(&f[b[i] >> 6], memory_order_relaxed) >> (b[i] & 63)) & 1))
+            return 1;
+    return 0;
+}
+
+/* The filter's validity ends (a dead holder, a failed append, a
+ * compaction: the page's end goes to 0). Under the mutex. */
+static void filter_invalidate(shl_page *p)
+{
+    atomic_store_explicit(&p->filter_base, FILTER_INVALID, memory_order_relaxed);
+}
+
+/*
+ * After a full catch-up under the mutex (everything below end replayed,
+ * end the end of the records): a filter that is not valid, or saturated,
+ * is emptied (its pages given back to the tmpfs, else zeroed) and based
+ * at end, when the catch-up met another writer's records (others): a
+ * writer alone never looks at the filter, and does not keep one (a
+ * cache miss per append). Returns the page's clears, which the handle
+ * now has seen.
+ */
+static uint64_t filter_settle(shl *sh, uint64_t end, int others)
+{
+    shl_page *p = sh->p;
+    uint64_t base = atomic_load_explicit(&p->filter_base, memory_order_relaxed);
+    uint64_t keys = atomic_load_explicit(&p->filter_keys, memory_order_relaxed);
+    if (others && (base == FILTER_INVALID || keys > FILTER_SATURATED)) {
+        filter_invalidate(p);
+        if (keys != 0 &&
+            fallocate(sh->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, SHL_HEAD,
+                      SHL_FILTER_BITS / 8) < 0)
+            memset((void *)shl_filter(p), 0, SHL_FILTER_BITS / 8);
+        atomic_store_explicit(&p->filter_keys, 0, memory_order_relaxed);
+        atomic_store_explicit(&p->filter_base, end, memory_order_relaxed);
+    }
+    return atomic_load_explicit(&p->clears, memory_order_relaxed);
 }
 
 /*
@@ -1545,6 +1707,8 @@ static int replay_commit(fab_ledger *l, uint64_t off, const uint8_t *key, uint64
         return found;
     if (!found)
         return index_insert(l, key, hash, off, 0);
+    if (at == off) /* this handle's own, appended lazily: seen again (replay_scan) */
+        return FAB_OK;
     if (l->map->base[at + 4] != FAB_REC_TOMBSTONE && !rec_expired(l, at)) {
         l->duplicates++; /* first write wins */
         return FAB_OK;
@@ -1760,6 +1924,15 @@ static int replay_scan(fab_ledger *l, uint64_t size, int quick, fab_ledger_progr
     int rc = ensure_map(l, size, err);
     if (rc != FAB_OK)
         return rc;
+    /* After lazy appends, from the first record not replayed: this
+     * handle's own records after it are seen again, and counted once. */
+    uint64_t top = l->end, own = 0;
+    if (l->lazy_from != NONE) {
+        l->end = l->lazy_from;
+        own = l->gap_records;
+        l->lazy_from = NONE;
+        l->gap_records = 0;
+    }
     replay_ctx r = {.l = l, .base = l->map->base, .len = size, .start = l->end};
     scan_state s = {l->map->base, size, l->recover, quick, replay_record, &r, progress, pctx,
                     replay_skip, 0};
@@ -1767,9 +1940,16 @@ static int replay_scan(fab_ledger *l, uint64_t size, int quick, fab_ledger_progr
      * the few records another writer appended since this one looked. */
     s.prefault = size > l->end && size - l->end >= PREFAULT_MIN;
     rc = scan(&s, l->end, res, err);
-    if (rc != FAB_OK)
+    if (rc != FAB_OK) {
+        if (l->end < top) { /* nothing changed: the gap stays to replay */
+            l->lazy_from = l->end;
+            l->gap_records = own;
+            l->end = top;
+        }
         return rc;
-    l->records += res->records;
+    }
+    FAB_ASSERT(res->valid_end >= top || own == 0 || l->recover != FAB_RECOVER_STRICT);
+    l->records += res->records - own;
     l->salvage_skips += res->salvage_skips;
     l->salvage_bytes += res->salvage_bytes;
     l->end = res->valid_end;
@@ -1994,8 +2174,13 @@ static void slot_put(fab_lindex_slot *slots, uint64_t mask, uint64_t hash, uint6
  * PATH.ckpt. Not synced: a torn one fails its checksums and is rebuilt.
  * Under the lock. 0, or an error (the ledger is unaffected).
  */
+static int fill_gap_locked(fab_ledger *l, fab_ledger_error *err);
+
 static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
 {
+    int gap = fill_gap_locked(l, err); /* a checkpoint covers everything before its end */
+    if (gap != FAB_OK)
+        return gap;
     if (!l->use_ckpt || l->n_skips || l->n_pending || l->end != l->visible_end ||
         l->ck.bad) {
         set_err(err, FAB_ESTATE, 0, 0, 0,
@@ -2121,6 +2306,8 @@ static int rebuild_locked(fab_ledger *l, fab_ledger_scan_result *res, fab_ledger
     l->salvage_skips = l->salvage_bytes = 0;
     l->n_skips = 0;
     l->n_def = 0; /* replayed again */
+    l->lazy_from = NONE; /* the whole file, this handle's records with it */
+    l->gap_records = 0;
     uint64_t size = l->scanned_size;
     struct stat sb;
     if (fstat(l->fd, &sb) == 0)
@@ -2177,6 +2364,7 @@ typedef struct file_view {
     uint64_t tomb, shadow;
     ckpt ck;
     uint64_t lazy_end, last_rec;
+    uint64_t lazy_from, gap_records, seen_clears;
     uint64_t sent_at, sent_val;
     int sent_ok;
     shl sh;
@@ -2208,6 +2396,9 @@ static void view_take(fab_ledger *l, file_view *v)
     v->ck = l->ck;
     v->lazy_end = l->lazy_end;
     v->last_rec = l->last_rec;
+    v->lazy_from = l->lazy_from;
+    v->gap_records = l->gap_records;
+    v->seen_clears = l->seen_clears;
     v->sent_at = l->sent_at;
     v->sent_val = l->sent_val;
     v->sent_ok = l->sent_ok;
@@ -2240,6 +2431,9 @@ static void view_put(fab_ledger *l, const file_view *v)
     l->ck = v->ck;
     l->lazy_end = v->lazy_end;
     l->last_rec = v->last_rec;
+    l->lazy_from = v->lazy_from;
+    l->gap_records = v->gap_records;
+    l->seen_clears = v->seen_clears;
     l->sent_at = v->sent_at;
     l->sent_val = v->sent_val;
     l->sent_ok = v->sent_ok;
@@ -2300,6 +2494,9 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     l->map = NULL;
     fab_lindex_init(&l->ix, old.ix.eq, old.ix.ctx);
     l->end = l->visible_end = FAB_LEDGER_HEADER_SIZE;
+    l->lazy_from = NONE;
+    l->gap_records = 0;
+    l->seen_clears = NONE; /* another lock page */
     l->sent_ok = 0;
     l->scanned_size = 0;
     l->skips = NULL;
@@ -2370,13 +2567,14 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
         (check_path == 1 && replaced(l)) ||
         (check_path == 2 && sb.st_nlink == 0 && replaced(l)))
         return reload_locked(l, err);
-    if (size <= l->end)
+    if (size <= l->end && l->lazy_from == NONE)
         return 0;
     /* A file with a reserved tail (spec: Appends through the mapping) does
      * not grow with each append: a record after the end shows in its
      * first byte. A torn tail seen before (size unchanged) is not read
-     * again. */
-    if (size == l->scanned_size && (l->torn_bytes != 0 || !record_at_end(l)))
+     * again. The records before this handle's lazy appends are. */
+    if (size == l->scanned_size && l->lazy_from == NONE &&
+        (l->torn_bytes != 0 || !record_at_end(l)))
         return 0;
     uint64_t before = l->records;
     fab_ledger_scan_result res;
@@ -2694,6 +2892,8 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
     int rc = FAB_OK;
     l->fd = -1;
     l->sh.fd = -1;
+    l->lazy_from = NONE;
+    l->seen_clears = NONE;
     l->mode = opt->mode;
     l->durability = opt->durability;
     l->recover = opt->recover;
@@ -2951,6 +3151,7 @@ static int after_fork_locked(fab_ledger *l, fab_ledger_error *err)
     shl_close(&l->sh, 0); /* the parent's lock page stays the parent's */
     l->fd = fd;
     l->sh = nsh;
+    l->seen_clears = NONE;
     l->forked = 0;
     return FAB_OK;
 }
@@ -3021,6 +3222,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
     if (l->forked && (rc = after_fork_locked(l, err)) != FAB_OK)
         return rc;
     int changed = 0; /* the index changed here (a catch-up, a move): not fresh */
+    uint64_t foreign0 = l->foreign_records; /* others' records met (filter_settle) */
     for (int moves = 0;; moves++) {
         if (moves >= MAX_MOVES) {
             set_err(err, FAB_EIO, EAGAIN, 0, 0, "the ledger kept being replaced");
@@ -3042,8 +3244,14 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             int stale = 0;
             /* Others' records published since this handle last looked are
              * replayed before the mutex is taken, as a miss does, so that
-             * under it only what was appended meanwhile is. */
-            if (atomic_load_explicit(&l->sh.p->end, memory_order_relaxed) > l->end) {
+             * under it only what was appended meanwhile is; unless the
+             * key filter will likely let the append go without them (a
+             * look without the mutex: a hint, decided under it). */
+            uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+            if ((pe > l->end || (pe == l->end && l->lazy_from != NONE)) &&
+                !(l->lazy_key != NULL &&
+                  filter_absent(l->sh.p, l->seen_clears, l->lazy_key,
+                                l->lazy_from != NONE ? l->lazy_from : l->end))) {
                 /* a record's: their index entries after the lock too */
                 l->defer_ix = l->defer_ok;
                 rc = miss_look_by_page(l, t, err);
@@ -3071,6 +3279,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                  * at the file, replays and cuts a torn record (and a miss
                  * looks at the file too). */
                 atomic_store(&l->sh.p->end, 0);
+                filter_invalidate(l->sh.p);
                 atomic_fetch_add(&l->sh.p->owner_dead, 1);
                 l->owner_dead++;
                 r = pthread_mutex_consistent(&l->sh.p->mu);
@@ -3091,12 +3300,43 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             uint64_t pend = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
             uint64_t pres = atomic_load_explicit(&l->sh.p->reserved, memory_order_relaxed);
             doubt |= pend == 0;
-            if (pend >= l->end && l->torn_bytes == 0 && t - l->looked_ns < LOOK_EVERY_NS &&
-                l->sent_ok && sentinel_read(l) == 1) {
+            int fresh = t - l->looked_ns < LOOK_EVERY_NS;
+            /* The lazy catch-up (spec: The key filter): nobody committed
+             * or deleted the key, nor cleared, since this handle's
+             * replayed end: the others' records before the page's end
+             * are not replayed, the append goes after them. */
+            int lazy = l->lazy_key != NULL && pend != 0 && pend >= l->end &&
+                       (pend > l->end || l->lazy_from != NONE) && l->torn_bytes == 0 &&
+                       filter_absent(l->sh.p, l->seen_clears, l->lazy_key,
+                                     l->lazy_from != NONE ? l->lazy_from : l->end);
+            if (lazy && !fresh && l->sent_ok && sentinel_read(l) == 1) {
+                /* the look at the file of step 3 (its fstat), without the
+                 * replay that would follow it */
+                struct stat sb;
+                if (fstat(l->fd, &sb) == 0 && (uint64_t)sb.st_size >= pend &&
+                    !(sb.st_nlink == 0 && replaced(l))) {
+                    l->looked_ns = now_ns(CLOCK_MONOTONIC);
+                    fresh = 1;
+                }
+            }
+            if (pend >= l->end && l->torn_bytes == 0 && fresh && l->sent_ok &&
+                sentinel_read(l) == 1) {
                 /* the page's reserved size goes with its end; 0: unknown,
                  * the file holds at least what it indexes */
                 l->reserved = pres > pend ? pres : pend;
-                if (pend == l->end) { /* nobody appended since */
+                if (lazy) {
+                    if (pend > l->end) {
+                        if (l->lazy_from == NONE)
+                            l->lazy_from = l->end;
+                        l->end = pend;
+                    }
+                    l->lazy_appends++;
+                    l->append_ok = 1;
+                    l->append_fresh = !changed;
+                    return FAB_OK;
+                }
+                if (pend == l->end && l->lazy_from == NONE) { /* nobody appended since */
+                    l->seen_clears = filter_settle(&l->sh, l->end, l->foreign_records != foreign0);
                     l->append_ok = 1;
                     l->append_fresh = !changed;
                     return FAB_OK;
@@ -3109,6 +3349,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                     return rc;
                 }
                 if (rc == 1) {
+                    l->seen_clears = filter_settle(&l->sh, l->end, l->foreign_records != foreign0);
                     l->append_ok = 1;
                     return FAB_OK;
                 }
@@ -3156,7 +3397,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             continue;
         }
         l->reserved = size;
-        if (size > l->end) {
+        if (size > l->end || l->lazy_from != NONE) {
             uint64_t before = l->records;
             fab_ledger_scan_result res;
             l->defer_ix = l->defer_ok;
@@ -3179,6 +3420,9 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
                 l->reserved = res.torn_at;
             }
         }
+        /* everything below the end is replayed now */
+        if (l->append_locked == 2 && l->lazy_from == NONE)
+            l->seen_clears = filter_settle(&l->sh, l->end, l->foreign_records != foreign0);
         l->append_ok = 1;
         return FAB_OK;
     }
@@ -3199,6 +3443,7 @@ static void end_append(fab_ledger *l)
              * the records below it. */
             atomic_store_explicit(&l->sh.p->end, l->end, memory_order_release);
         } else {
+            filter_invalidate(l->sh.p);
             atomic_store_explicit(&l->sh.p->end, 0, memory_order_release);
         }
         pthread_mutex_unlock(&l->sh.p->mu);
@@ -3432,6 +3677,8 @@ static int put_locked(fab_ledger *l, uint64_t off, const uint8_t *buf, size_t bl
 {
     uint64_t total = (uint64_t)blen + dlen;
     int rc;
+    if (l->append_locked == 2)
+        filter_records(l->sh.p, buf, blen); /* before the record is written */
     int mapped = l->io.fallocate != NULL && !l->no_reserve &&
                  (l->exclusive || l->append_locked == 2);
     uint64_t ahead = populating(l) ? POPULATE_AHEAD : 0;
@@ -3548,6 +3795,8 @@ static int append_locked_f(fab_ledger *l, int type, int flags, const uint8_t key
         sentinel_written(l, data, dlen);
     l->last_rec = off;
     l->records++;
+    if (l->lazy_from != NONE)
+        l->gap_records++;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
     if (l->durability == FAB_DUR_OS)
@@ -3627,6 +3876,8 @@ static int append_req_locked(fab_ledger *l, const void *req, size_t rlen, int ty
     free(b);
     l->last_rec = off;
     l->records += 2;
+    if (l->lazy_from != NONE)
+        l->gap_records += 2;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
     if (l->durability == FAB_DUR_OS)
@@ -3728,6 +3979,8 @@ static int put_built_locked(fab_ledger *l, const built_reply *b, uint64_t *off_o
         sentinel_written(l, b->buf, b->blen);
     l->last_rec = start + b->reply_at;
     l->records += b->nrec;
+    if (l->lazy_from != NONE)
+        l->gap_records += b->nrec;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
     if (l->durability == FAB_DUR_OS)
@@ -3889,6 +4142,23 @@ static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
     return rec_live(l, off);
 }
 
+/*
+ * 1 when a key this handle holds may have been deleted by records it has
+ * not replayed (spec: The key filter): others appended since it last
+ * looked, and the key filter cannot tell that none of their records
+ * deletes it (a tombstone of its key, a clear). Under the lock.
+ */
+static int held_in_doubt(fab_ledger *l, const uint8_t key[32])
+{
+    if (l->sh.p == NULL || l->forked)
+        return 0;
+    uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+    if (pe == l->end && l->lazy_from == NONE)
+        return 0; /* nobody appended since: the index is the file's */
+    return !filter_absent(l->sh.p, l->seen_clears, key,
+                          l->lazy_from != NONE ? l->lazy_from : l->end);
+}
+
 int fab_ledger_record(fab_ledger *l, const uint8_t key[32], const void *data, size_t len,
                       fab_ledger_error *err)
 {
@@ -3908,10 +4178,27 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     built_reply bb, *b = &bb;
     bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
+    if (l->sh.p != NULL && /* the key's block of the filter: a miss, while the reply is built */
+        atomic_load_explicit(&l->sh.p->filter_base, memory_order_relaxed) != FILTER_INVALID)
+        __builtin_prefetch((const void *)(shl_filter(l->sh.p) +
+                                          (fab_load_le64(key) & (SHL_FILTER_BITS / 512 - 1)) * 8));
     uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;
     int rc = refuse(l, err);
     if (rc == FAB_OK)
         rc = held_locked(l, key, hash, err);
+    if (rc == 1 && held_in_doubt(l, key)) {
+        /* Held as far as this handle has replayed, but the records after
+         * that may delete it: caught up as a miss is, then looked at again. */
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        rc = miss_look_by_page(l, now, err);
+        if (rc == 2 && (rc = catch_up_locked(l, 2, err)) >= 0)
+            l->looked_ns = now;
+        if (rc >= 0) {
+            seed = l->ix.seed;
+            hash = fab_lindex_hash(&l->ix, key);
+            rc = held_locked(l, key, hash, err);
+        }
+    }
     if (rc != 0) { /* held (1: nothing to write) or an error */
         rc = rc == 1 ? 0 : rc;
         goto out;
@@ -3928,7 +4215,9 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
      * reports it). */
     (void)fab_lindex_reserve(&l->ix, l->ix.count + 2 * DEFER_MAX + 2);
     l->defer_ok = 1; /* the others' records: index entries after the lock */
+    l->lazy_key = key; /* and perhaps none of them (the key filter) */
     rc = begin_append(l, err);
+    l->lazy_key = NULL;
     l->defer_ok = 0;
     if (rc != FAB_OK)
         goto out;
@@ -4228,6 +4517,8 @@ static int append_chunks_locked(fab_ledger *l, const uint8_t key[32], uint64_t b
     free(buf);
     l->last_rec = last;
     l->records += n;
+    if (l->lazy_from != NONE)
+        l->gap_records += n;
     if (l->leader_waiting)
         pthread_cond_signal(&l->lead_cond);
     if (l->durability == FAB_DUR_OS)
@@ -4411,7 +4702,7 @@ static int miss_look_by_page(fab_ledger *l, uint64_t now, fab_ledger_error *err)
     if (pend < l->end || pend == 0 || now - l->looked_ns >= LOOK_EVERY_NS ||
         sentinel_read(l) != 1)
         return 2;
-    if (pend == l->end)
+    if (pend == l->end && l->lazy_from == NONE)
         return 0;
     int rc = catch_up_to(l, pend, err);
     return rc < 0 ? rc : rc == 1 ? 1 : 2;
@@ -4527,9 +4818,25 @@ uint64_t fab_ledger_generation(fab_ledger *l)
     return g;
 }
 
+/* Replays the others' records that this handle's lazy appends went past
+ * (spec: The key filter), so that its view is again a prefix of the file.
+ * Under the lock. 0 or an error. */
+static int fill_gap_locked(fab_ledger *l, fab_ledger_error *err)
+{
+    if (l->lazy_from == NONE)
+        return FAB_OK;
+    uint64_t before = l->records;
+    fab_ledger_scan_result res;
+    int rc = replay(l, l->end, 1, NULL, NULL, &res, err);
+    if (rc == FAB_OK)
+        l->foreign_records += l->records - before;
+    return rc;
+}
+
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
+    (void)fill_gap_locked(l, NULL); /* else the count is this handle's view */
     size_t n = (size_t)index_keys(l);
     pthread_mutex_unlock(&l->mu);
     return n;
@@ -4570,6 +4877,8 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
     if (pos->off == 0)
         pos->gen = l->gen;
     if ((rc = check_size_locked(l, err)) != FAB_OK)
+        goto out;
+    if (pos->off == 0 && (rc = fill_gap_locked(l, err)) != FAB_OK)
         goto out;
     if (pos->gen != l->gen) {
         set_err(err, FAB_ESTATE, 0, 0, 0,
@@ -4702,6 +5011,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
     st->exclusive = l->exclusive;
     st->append_lock = l->mode != FAB_LEDGER_WRITE || l->exclusive ? 0 : l->sh.p ? 2 : 1;
     st->owner_dead = l->owner_dead;
+    st->lazy_appends = l->lazy_appends;
     st->mapped_appends = l->mapped_appends;
     struct stat sb;
     if (l->fd >= 0 && fstat(l->fd, &sb) == 0 && (uint64_t)sb.st_size > l->end)

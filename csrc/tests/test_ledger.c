@@ -2560,6 +2560,433 @@ static void test_reader_beside_appends(void)
     lockdir_drop(lockdir);
 }
 
+/* ---- the lock page's key filter (spec: The key filter) ------------------ */
+
+/* The lock page of the ledger at path, mapped (writable: a test may play
+ * another holder), in lockdir; NULL when there is none. */
+typedef struct test_page {
+    uint8_t *p;
+    size_t len;
+} test_page;
+
+#define TP_END 40
+#define TP_FILTER_BASE 136
+#define TP_FILTER_KEYS 144
+#define TP_CLEARS 152
+
+static int page_map(test_page *tp, const char *path, const char *lockdir)
+{
+    struct stat sb;
+    char name[700];
+    if (stat(path, &sb) != 0)
+        return -1;
+    snprintf(name, sizeof(name), "%s/fabric-ledger-%llx-%llx.glibc.lock", lockdir,
+             (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+    int fd = open(name, O_RDWR);
+    if (fd < 0)
+        return -1;
+    struct stat ps;
+    CHECK_EQ(fstat(fd, &ps), 0);
+    tp->len = (size_t)ps.st_size;
+    tp->p = mmap(NULL, tp->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    CHECK(tp->p != MAP_FAILED);
+    return 0;
+}
+
+static uint64_t page_u64(const test_page *tp, size_t at)
+{
+    return __atomic_load_n((const uint64_t *)(const void *)(tp->p + at), __ATOMIC_SEQ_CST);
+}
+
+static void page_unmap(test_page *tp)
+{
+    munmap(tp->p, tp->len);
+}
+
+static uint64_t lazy_of(fab_ledger *l)
+{
+    fab_ledger_stats st;
+    fab_ledger_get_stats(l, &st);
+    return st.lazy_appends;
+}
+
+/* The records and duplicates a strict open of path finds. */
+static void strict_count(const char *path, uint64_t *records, uint64_t *dups, size_t *keys)
+{
+    int rc;
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(r, &st);
+    *records = st.records;
+    *dups = st.duplicates;
+    *keys = fab_ledger_count(r);
+    fab_ledger_close(r);
+}
+
+typedef struct race_worker {
+    fab_ledger *l;
+    unsigned first, n;
+    int reverse;
+    unsigned won;
+    int failed;
+} race_worker;
+
+static void *race_work(void *arg)
+{
+    race_worker *w = arg;
+    uint8_t key[32], buf[400];
+    for (unsigned j = 0; j < w->n; j++) {
+        unsigned i = w->first + (w->reverse ? w->n - 1 - j : j);
+        key_of(key, i);
+        int rc = fab_ledger_record(w->l, key, buf, reply_of(buf, i), NULL);
+        if (rc == 1)
+            w->won++;
+        else if (rc != 0)
+            w->failed++;
+    }
+    return NULL;
+}
+
+/* Two writer handles (two open files, as two processes) under one lock
+ * page: once both appended, the filter is valid and their appends of new
+ * keys go past the other's records without replaying them (lazy); an
+ * append of a key the other recorded is not lazy (the filter has it) and
+ * writes nothing: first write wins, sequentially and with both racing over
+ * the same keys; each finds the other's keys at a miss; a strict open
+ * finds every key once. A fresh page has no valid filter; a handle whose
+ * replayed end is below the filter's base takes the full catch-up. */
+static void test_key_filter_lazy(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    fab_ledger_stats st;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
+    lockdir_use(lockdir);
+    path_for(path, sizeof(path), "filter.fabl");
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    test_page tp;
+    CHECK_EQ(page_map(&tp, path, lockdir), 0);
+    CHECK_EQ(tp.len, 4096 + ((size_t)2 << 20));
+    CHECK_EQ(page_u64(&tp, TP_FILTER_BASE), UINT64_MAX); /* fresh: no filter */
+    /* a writer alone keeps no filter */
+    for (unsigned i = 0; i < 10; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    CHECK_EQ(page_u64(&tp, TP_FILTER_BASE), UINT64_MAX);
+    unsigned n = 10;
+    for (unsigned i = 10; i < 400; i++, n++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(i % 2 ? a : b, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    CHECK(page_u64(&tp, TP_FILTER_BASE) != UINT64_MAX);
+    CHECK(page_u64(&tp, TP_FILTER_KEYS) > 300);
+    CHECK(lazy_of(a) > 150 && lazy_of(b) > 150);
+    /* first write wins: b's append of a's key is not lazy, writes nothing */
+    for (unsigned i = 1000; i < 1200; i++, n++) {
+        key_of(key, i);
+        fab_ledger *w = i % 2 ? a : b, *o = i % 2 ? b : a;
+        CHECK_EQ(fab_ledger_record(w, key, buf, reply_of(buf, i), NULL), 1);
+        uint64_t lz = lazy_of(o);
+        CHECK_EQ(fab_ledger_record(o, key, "\xc3", 1, NULL), 0);
+        CHECK_EQ(lazy_of(o), lz);
+        CHECK_EQ(fab_ledger_lookup(o, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, i));
+    }
+    /* both racing over the same keys, in opposite orders */
+    for (int round = 0; round < 3; round++) {
+        race_worker wa = {a, 2000 + 1000 * (unsigned)round, 1000, 0, 0, 0};
+        race_worker wb = {b, 2000 + 1000 * (unsigned)round, 1000, round != 1, 0, 0};
+        pthread_t ta, tb;
+        CHECK_EQ(pthread_create(&ta, NULL, race_work, &wa), 0);
+        CHECK_EQ(pthread_create(&tb, NULL, race_work, &wb), 0);
+        CHECK_EQ(pthread_join(ta, NULL), 0);
+        CHECK_EQ(pthread_join(tb, NULL), 0);
+        CHECK_EQ(wa.failed + wb.failed, 0);
+        CHECK_EQ(wa.won + wb.won, 1000); /* exactly one record per key */
+        n += 1000;
+    }
+    /* each finds the other's keys (a miss catches up) */
+    for (unsigned i = 10; i < 400; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_lookup(i % 2 ? b : a, key, 0, &ref, NULL), 1);
+        CHECK_MEM(ref.data, buf, reply_of(buf, i));
+    }
+    /* a handle whose replayed end is below the filter's base (another
+     * holder emptied it since) catches up in full */
+    key_of(key, 6000);
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 6000), NULL), 1);
+    n++;
+    fab_ledger_get_stats(a, &st);
+    uint64_t lz = st.lazy_appends, foreign = st.foreign_records;
+    __atomic_store_n((uint64_t *)(void *)(tp.p + TP_FILTER_BASE), page_u64(&tp, TP_END),
+                     __ATOMIC_SEQ_CST);
+    key_of(key, 6001);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 6001), NULL), 1);
+    n++;
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.lazy_appends, lz);
+    CHECK(st.foreign_records > foreign);
+    key_of(key, 6002); /* and then it is lazy again */
+    CHECK_EQ(fab_ledger_record(b, key, buf, reply_of(buf, 6002), NULL), 1);
+    key_of(key, 6003);
+    CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 6003), NULL), 1);
+    n += 2;
+    CHECK_EQ(lazy_of(a), lz + 1);
+    /* the count replays what a skipped first (a's last append was the
+     * page's last: nothing after it) */
+    CHECK_EQ(fab_ledger_count(a), n);
+    /* a refresh replays what a skipped, its own records again: counted once */
+    CHECK(fab_ledger_refresh(a, NULL) >= 0);
+    CHECK(fab_ledger_refresh(b, NULL) >= 0);
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.records, n);
+    CHECK_EQ(st.duplicates, 0);
+    CHECK_EQ(fab_ledger_count(a), n);
+    CHECK_EQ(fab_ledger_count(b), n);
+    page_unmap(&tp);
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    uint64_t records, dups;
+    size_t keys;
+    strict_count(path, &records, &dups, &keys);
+    CHECK_EQ(records, n);
+    CHECK_EQ(dups, 0);
+    CHECK_EQ(keys, n);
+    lockdir_drop(lockdir);
+}
+
+/* A key a handle holds from before the filter's base, deleted (or
+ * cleared) by the other handle in records the first has not replayed
+ * (its appends in between are lazy): recording it again appends it,
+ * because the filter has the tombstone's key (the clear's count moved);
+ * the first handle's view and a strict open agree afterwards. */
+static void test_key_filter_deletes(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
+    lockdir_use(lockdir);
+    for (int clear = 0; clear < 2; clear++) {
+        path_for(path, sizeof(path), clear ? "filter-clear.fabl" : "filter-delete.fabl");
+        fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        key_of(key, 7000); /* before any filter */
+        CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 7000), NULL), 1);
+        fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        for (unsigned i = 0; i < 20; i++) {
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_record(i % 2 ? a : b, key, buf, reply_of(buf, i), NULL), 1);
+        }
+        uint64_t lz = lazy_of(a);
+        CHECK(lz > 0);
+        key_of(key, 7000);
+        if (clear)
+            CHECK_EQ(fab_ledger_clear(b, NULL), 21);
+        else
+            CHECK_EQ(fab_ledger_delete(b, key, NULL), 1);
+        if (!clear) { /* a's next append of another key is lazy: the tombstone not replayed */
+            key_of(key, 100);
+            CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, 100), NULL), 1);
+            CHECK_EQ(lazy_of(a), lz + 1);
+        }
+        key_of(key, 7000);
+        CHECK_EQ(fab_ledger_record(a, key, "\xc3", 1, NULL), 1); /* appended again */
+        CHECK_EQ(fab_ledger_lookup(a, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 1);
+        CHECK(fab_ledger_refresh(a, NULL) >= 0);
+        CHECK_EQ(fab_ledger_lookup(a, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 1);
+        CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 1);
+        size_t held = clear ? 1 : 22;
+        CHECK_EQ(fab_ledger_count(a), held);
+        CHECK_EQ(fab_ledger_count(b), held);
+        fab_ledger_close(a);
+        fab_ledger_close(b);
+        fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_STRICT, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(fab_ledger_count(r), held);
+        CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+        CHECK_EQ(ref.len, 1);
+        fab_ledger_close(r);
+    }
+    lockdir_drop(lockdir);
+}
+
+/* A holder killed inside an append after it added its key to the filter
+ * (the test hook stops it there, its record half written or not at all):
+ * the next holder finds it dead, the filter is not valid until a holder
+ * caught up in full empties it again; the dead writer's key is recorded
+ * once by the survivor, nothing acknowledged is lost or doubled. A page
+ * left by a killed last user is reset when the next writer opens it. */
+static void test_key_filter_killed(void)
+{
+    char path[512];
+    uint8_t key[32], buf[400];
+    fab_ledger_ref ref;
+    int rc;
+    char lockdir[] = "/dev/shm/fab-ledger-test-XXXXXX";
+    lockdir_use(lockdir);
+    for (int torn = 0; torn < 2; torn++) {
+        path_for(path, sizeof(path), torn ? "filter-held-torn.fabl" : "filter-held.fabl");
+        fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+        CHECK_EQ(rc, 0);
+        int p[2], g[2];
+        CHECK_EQ(pipe(p), 0);
+        CHECK_EQ(pipe(g), 0);
+        const unsigned n = 40; /* the child's second handle stops at its n-th */
+        pid_t pid = fork();
+        if (pid == 0) {
+            fab_ledger *w1 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            char hold[64];
+            snprintf(hold, sizeof(hold), "%u:%d%s", n, p[1], torn ? ":torn" : "");
+            setenv("FABRIC_LEDGER_TEST_HOLD", hold, 1);
+            fab_ledger *w2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+            if (w1 == NULL || w2 == NULL)
+                _exit(3);
+            for (unsigned i = 0;; i++) { /* w2's n-th never returns */
+                key_of(key, i);
+                if (fab_ledger_record(i % 2 ? w2 : w1, key, buf, reply_of(buf, i), NULL) != 1)
+                    _exit(4);
+            }
+        }
+        close(p[1]);
+        char c = 0;
+        CHECK_EQ(read(p[0], &c, 1), 1); /* inside the lock: keys 0 .. 2n - 2 acknowledged */
+        CHECK_EQ(c, 'H');
+        close(p[0]);
+        close(g[0]);
+        close(g[1]);
+        test_page tp;
+        CHECK_EQ(page_map(&tp, path, lockdir), 0);
+        CHECK(page_u64(&tp, TP_FILTER_BASE) != UINT64_MAX); /* the child's handles kept one */
+        uint64_t keys_before = page_u64(&tp, TP_FILTER_KEYS);
+        CHECK_EQ(kill(pid, SIGKILL), 0);
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFSIGNALED(status));
+        CHECK(keys_before >= 2 * n - 1); /* the held key's bits were set */
+        unsigned held = 2 * n - 1;       /* w2's n-th: key 2n - 1 */
+        key_of(key, held);
+        CHECK_EQ(fab_ledger_record(a, key, buf, reply_of(buf, held), NULL), 1);
+        fab_ledger_stats st;
+        fab_ledger_get_stats(a, &st);
+        CHECK_EQ(st.owner_dead, 1);
+        CHECK_EQ(st.torn_tails_cut, (uint64_t)torn);
+        /* a caught up in full on the others' records: the filter anew */
+        CHECK(page_u64(&tp, TP_FILTER_BASE) != UINT64_MAX);
+        CHECK(page_u64(&tp, TP_FILTER_KEYS) <= 1);
+        for (unsigned i = 0; i < held; i++) { /* every acknowledged one is there */
+            key_of(key, i);
+            CHECK_EQ(fab_ledger_record(a, key, "\xc3", 1, NULL), 0);
+            CHECK_EQ(fab_ledger_lookup(a, key, 0, &ref, NULL), 1);
+            CHECK_MEM(ref.data, buf, reply_of(buf, i));
+        }
+        page_unmap(&tp);
+        fab_ledger_close(a);
+        uint64_t records, dups;
+        size_t keys;
+        strict_count(path, &records, &dups, &keys);
+        CHECK_EQ(keys, held + 1);
+        CHECK_EQ(records, held + 1);
+        CHECK_EQ(dups, 0);
+    }
+
+    /* a page left by a killed last user, with a filter: reset at the next
+     * open (its file may be another's by now), rebuilt by two writers */
+    path_for(path, sizeof(path), "filter-leftover.fabl");
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        fab_ledger *w1 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+        fab_ledger *w2 = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+        if (w1 == NULL || w2 == NULL)
+            _exit(3);
+        for (unsigned i = 0; i < 50; i++) {
+            key_of(key, i);
+            if (fab_ledger_record(i % 2 ? w2 : w1, key, buf, reply_of(buf, i), NULL) != 1)
+                _exit(4);
+        }
+        if (write(p[1], "R", 1) != 1)
+            _exit(5);
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    char c = 0;
+    CHECK_EQ(read(p[0], &c, 1), 1);
+    close(p[0]);
+    test_page tp;
+    CHECK_EQ(page_map(&tp, path, lockdir), 0);
+    CHECK(page_u64(&tp, TP_FILTER_BASE) != UINT64_MAX);
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(page_u64(&tp, TP_FILTER_BASE), UINT64_MAX);
+    CHECK_EQ(page_u64(&tp, TP_END), 0);
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    for (unsigned i = 100; i < 140; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(i % 2 ? a : b, key, buf, reply_of(buf, i), NULL), 1);
+    }
+    CHECK(page_u64(&tp, TP_FILTER_BASE) != UINT64_MAX);
+    CHECK(lazy_of(a) > 0 && lazy_of(b) > 0);
+    for (unsigned i = 0; i < 50; i++) { /* the dead writer's records: held */
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(i % 2 ? a : b, key, "\xc3", 1, NULL), 0);
+    }
+    page_unmap(&tp);
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    uint64_t records, dups;
+    size_t keys;
+    strict_count(path, &records, &dups, &keys);
+    CHECK_EQ(keys, 90);
+    CHECK_EQ(dups, 0);
+
+    /* a lock file of the earlier version (4096 bytes) is not used: the
+     * writer appends under the OFD lock instead */
+    path_for(path, sizeof(path), "filter-v2.fabl");
+    a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_close(a);
+    struct stat sb;
+    CHECK_EQ(stat(path, &sb), 0);
+    char name[700];
+    snprintf(name, sizeof(name), "%s/fabric-ledger-%llx-%llx.glibc.lock", lockdir,
+             (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino);
+    int fd = open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(fd >= 0);
+    uint8_t v2[4096] = {0x89, 'F', 'A', 'B', 'L', 'C', 'K', '\n', 2};
+    CHECK_EQ(write(fd, v2, sizeof(v2)), (ssize_t)sizeof(v2));
+    a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, &rc, NULL);
+    CHECK_EQ(rc, 0);
+    fab_ledger_stats st;
+    fab_ledger_get_stats(a, &st);
+    CHECK_EQ(st.append_lock, 1);
+    key_of(key, 1);
+    CHECK_EQ(fab_ledger_record(a, key, "\xc3", 1, NULL), 1);
+    fab_ledger_close(a);
+    close(fd);
+    unlink(name);
+    lockdir_drop(lockdir);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -2591,6 +3018,9 @@ int main(void)
         {"replay_beside_an_append", test_replay_beside_an_append},
         {"writers_and_compactions", test_writers_and_compactions},
         {"reader_beside_appends", test_reader_beside_appends},
+        {"key_filter_lazy", test_key_filter_lazy},
+        {"key_filter_deletes", test_key_filter_deletes},
+        {"key_filter_killed", test_key_filter_killed},
         {NULL, NULL},
     };
     if (mkdtemp(tmpdir) == NULL)

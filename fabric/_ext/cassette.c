@@ -1492,6 +1492,7 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
               dict_set_u64(d, "tombstones", s.tombstones) < 0 ||
               PyDict_SetItemString(d, "exclusive", s.exclusive ? Py_True : Py_False) < 0 ||
               dict_set_u64(d, "lock_owners_dead", s.owner_dead) < 0 ||
+              dict_set_u64(d, "lazy_appends", s.lazy_appends) < 0 ||
               dict_set_u64(d, "reserved_bytes", s.reserved_bytes) < 0 ||
               PyDict_SetItemString(d, "mapped_appends", s.mapped_appends ? Py_True : Py_False) < 0;
     static const char *const lock_names[] = {"none", "ofd", "mutex"};

@@ -168,6 +168,8 @@ typedef struct fab_ledger_stats {
     int append_lock;         /* how appends are serialized: 0 none (reader, exclusive writer),
                               * 1 the OFD lock on the ledger, 2 the lock page's robust mutex */
     uint64_t owner_dead;     /* lock page holders this handle found dead and recovered from */
+    uint64_t lazy_appends;   /* appends that went past others' records not replayed (the lock
+                              * page's key filter; spec: The key filter) */
     uint64_t reserved_bytes; /* zero bytes reserved after the valid region (file size - bytes) */
     int mapped_appends;      /* 1: this handle appends through the mapping (spec: Appends) */
     char creator[FAB_LEDGER_CREATOR_LEN + 1];
