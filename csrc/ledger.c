@@ -223,6 +223,8 @@ typedef struct shl {
     uint64_t id;
     uint64_t nth;          /* this open's number (the page's opens before it) */
     int inherited;         /* a forked child's copy of its parent's: never removes the file */
+    uint64_t filter_retry; /* the key filter's space could not be allocated: not
+                            * tried again before the ledger's end reaches this */
 } shl;
 
 struct fab_ledger {
@@ -503,7 +505,10 @@ static int shl_create(const char *name, const char *dir, const struct stat *ledg
     /* Readable and writable as the ledger is by its owner's group (and
      * always by its creator). */
     (void)fchmod(fd, (ledger->st_mode & 0660) | 0600);
-    if (ftruncate(fd, SHL_SIZE) == 0 &&
+    /* The header's page allocated before it is written through the
+     * mapping (a full tmpfs: an error here, not SIGBUS there); the filter's
+     * only when it is first used (filter_settle). */
+    if (ftruncate(fd, SHL_SIZE) == 0 && fallocate(fd, 0, 0, SHL_HEAD) == 0 &&
         (p = mmap(NULL, SHL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) != MAP_FAILED) {
         pthread_mutexattr_t a;
         pthread_mutexattr_init(&a);
@@ -775,11 +780,21 @@ static uint64_t filter_settle(shl *sh, uint64_t end, int others)
     shl_page *p = sh->p;
     uint64_t base = atomic_load_explicit(&p->filter_base, memory_order_relaxed);
     uint64_t keys = atomic_load_explicit(&p->filter_keys, memory_order_relaxed);
-    if (others && (base == FILTER_INVALID || keys > FILTER_SATURATED)) {
+    if (others && (base == FILTER_INVALID || keys > FILTER_SATURATED) &&
+        end >= sh->filter_retry) {
         filter_invalidate(p);
-        if (keys != 0 &&
-            fallocate(sh->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, SHL_HEAD,
-                      SHL_FILTER_BITS / 8) < 0)
+        /* The filter's pages are allocated before it is used (a tmpfs file
+         * made by ftruncate is a hole: a write into it on a full tmpfs is
+         * SIGBUS, a fault no caller could handle), and stay allocated while
+         * the file lives, so a reader of a valid filter never faults a page
+         * in. A full tmpfs leaves the filter invalid (every append catches
+         * up, as without one); this handle tries again 1 MiB of records
+         * later, not at every append. */
+        if (fallocate(sh->fd, 0, SHL_HEAD, SHL_FILTER_BITS / 8) < 0) {
+            sh->filter_retry = end + ((uint64_t)1 << 20);
+            return atomic_load_explicit(&p->clears, memory_order_relaxed);
+        }
+        if (keys != 0)
             memset((void *)shl_filter(p), 0, SHL_FILTER_BITS / 8);
         atomic_store_explicit(&p->filter_keys, 0, memory_order_relaxed);
         atomic_store_explicit(&p->filter_base, end, memory_order_relaxed);

@@ -971,3 +971,62 @@ def test_writer_killed_after_adding_its_key_to_the_filter(tmp_path, torn, lock_d
         assert len(c) == 2 * n and c.stats()["duplicates"] == 0
         assert [c.get(key(i)) for i in range(2 * n - 1)] == [f"holder {i}" for i in range(2 * n - 1)]
         assert c.get(key(2 * n - 1)) == "late"
+
+
+FULL_LOCK_DIR = """
+import os, sys
+from fabric import EvalCassette, EvalRequest
+path, n = sys.argv[1], int(sys.argv[2])
+a = EvalCassette(path, durability="os")
+b = EvalCassette(path, durability="os")
+for i in range(n):  # in turn: each append of one follows a record of the other
+    assert (b if i % 2 else a).record(EvalRequest("op", [i]).key, i) is True
+assert all(a.get(EvalRequest("op", [i]).key) == i for i in range(n))
+print(a.stats()["append_lock"], a.stats()["lazy_appends"] + b.stats()["lazy_appends"], flush=True)
+a.close()
+b.close()
+"""
+
+
+@pytest.mark.parametrize("room", ["none", "full", "roomy"])
+def test_key_filter_in_a_full_lock_directory(tmp_path, room, monkeypatch):
+    """The key filter's 2 MiB are allocated before it is used: in a lock
+    directory whose tmpfs is full, two writers that take turns keep
+    appending (the filter stays invalid, every append catches up) where a
+    write into the filter's unallocated pages would be SIGBUS. With no room
+    even for the lock page's header, the writers lock with OFD locks. With
+    room, the same turns go lazily (the control: the filter is in use)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    d = tmp_path / "locks"
+    d.mkdir()
+    size = "256k" if room == "full" else "8m"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        if room != "roomy":  # fill it up (but the lock file's header page)
+            fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, b"\1" * 4096) == 4096:
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            if room == "full":
+                os.truncate(d / "filler", os.path.getsize(d / "filler") - 8192)
+        monkeypatch.setenv("FABRIC_LEDGER_LOCK_DIR", str(d))
+        out = subprocess.run([sys.executable, "-c", FULL_LOCK_DIR, str(tmp_path / "l.fabl"),
+                              "4000"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        lock, lazy = out.stdout.split()
+        assert lock == ("ofd" if room == "none" else "mutex")
+        if room != "roomy":
+            assert int(lazy) == 0
+        else:
+            assert int(lazy) > 1000
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+    with EvalCassette(str(tmp_path / "l.fabl"), "r", recover="strict") as r:
+        assert len(r) == 4000 and r.stats()["duplicates"] == 0
