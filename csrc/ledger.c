@@ -1964,7 +1964,9 @@ static int replay_scan(fab_ledger *l, uint64_t size, int quick, fab_ledger_progr
         return rc;
     }
     FAB_ASSERT(res->valid_end >= top || own == 0 || l->recover != FAB_RECOVER_STRICT);
-    l->records += res->records - own;
+    /* (a scan that stopped short of the handle's own records, on damage a
+     * recover mode other than strict passes over, met fewer than them) */
+    l->records += res->records > own ? res->records - own : 0;
     l->salvage_skips += res->salvage_skips;
     l->salvage_bytes += res->salvage_bytes;
     l->end = res->valid_end;
@@ -4165,8 +4167,8 @@ static int indexed(fab_ledger *l, const uint8_t key[32], uint64_t hash)
  */
 static int held_in_doubt(fab_ledger *l, const uint8_t key[32])
 {
-    if (l->sh.p == NULL || l->forked)
-        return 0;
+    if (l->sh.p == NULL)
+        return 0; /* a fork child reads the page it inherited: the same file */
     uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
     if (pe == l->end && l->lazy_from == NONE)
         return 0; /* nobody appended since: the index is the file's */
@@ -5005,6 +5007,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
 {
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&l->mu);
+    (void)fill_gap_locked(l, NULL); /* the counts of a view that is a prefix of the file */
     st->records = l->records;
     st->keys = index_keys(l);
     st->tombstones = l->tomb;
