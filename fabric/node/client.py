@@ -512,7 +512,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if c.tls is None and isinstance(self.loop, _SelectorLoop):
                 # watched before the hello: a failed send closes the socket,
                 # and the handshake's wait below then raises why
-                self.loop.add_reader(sock.fileno(), self._readable)
+                self.loop.add_reader(sock.fileno(), self.data_received)  # (reads it)
                 self.transport = _SocketWriter(self, sock)
                 self._hello()
             else:
@@ -570,23 +570,24 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self.buf[:nbytes])
 
-    def _readable(self) -> None:
-        """The socket can be read (plain TCP on asyncio's own loop): what a
-        transport's reader does, without its layers."""
-        try:
-            n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) "
-                                         f"was lost: {exc}"))
-            return
-        if n:
-            self.data_received(self.buf[:n])
-        else:  # the node closed it
-            self.connection_lost(None)
-
-    def data_received(self, data: bytes | memoryview) -> None:
+    def data_received(self, data: bytes | memoryview | None = None) -> None:
+        """What arrived, decoded and handed to its calls. Called with None by
+        the loop when the channel owns its socket (plain TCP on asyncio's own
+        loop, the socket's reader): it reads the socket first, as a
+        transport's reader would, without its layers (and in one frame)."""
+        if data is None:
+            try:
+                n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(FabricUnavailable(f"connection to {self.client.url} "
+                                             f"({self.node}) was lost: {exc}"))
+                return
+            if not n:  # the node closed it
+                self.connection_lost(None)
+                return
+            data = self.buf[:n]
         try:
             dec = self.dec
             if not self.up:
