@@ -483,7 +483,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.up = False  # the handshake is done (ready has its result)
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source, deadline]
+        # sid -> [future, parts (() until the first chunk), source, deadline]
+        self.calls: dict[int, list[Any]] = {}
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
@@ -636,6 +637,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                     parts = call[1]
                     if f.seq != len(parts) + 1:
                         self._frame(f)  # raises, naming what arrived
+                    if not parts:  # (a call's parts start as (): no list per call)
+                        parts = call[1] = []
                     parts.append(bytes(f.decode_payload(limits)))
                 elif kind == _START:
                     key = bytes(f.payload)
@@ -714,6 +717,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         try:
             if kind == FrameKind.STREAM_CHUNK:
                 _in_order(f, len(call[1]) + 1, self.node)
+                if not call[1]:  # (a call's parts start as (): no list per call)
+                    call[1] = []
                 call[1].append(bytes(f.decode_payload(limits)))
                 return
             if kind == FrameKind.STREAM_END:
@@ -807,7 +812,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             deadline = _monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
-        self.calls[sid] = [fut, [], self.source, deadline]
+        self.calls[sid] = [fut, (), self.source, deadline]  # parts: a list from the first
         self.transport.write(frame)  # type: ignore[union-attr]
         self.client.stats_counters["requests"] += 1
         return sid, fut
@@ -1563,7 +1568,7 @@ class NodeClient:
             deadline = _monotonic() + t
             if ch.watch_at is None or deadline < ch.watch_at:
                 ch._watch(deadline)
-        ch.calls[sid] = [fut, [], ch.source, deadline]
+        ch.calls[sid] = [fut, (), ch.source, deadline]
         w = ch.writer
         if w is None or w.out or w.closed:
             ch.transport.write(frame)  # type: ignore[union-attr]
