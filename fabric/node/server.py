@@ -1536,7 +1536,10 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.done = done
         self.finished = False
         self.window_start = time.monotonic()
-        self.count = 0
+        # The frame rate's window: over max_frame_rate frames in it (conn.frames_in
+        # past rate_until) within a second of its start is refused.
+        self.rate = node.limits.max_frame_rate
+        self.rate_until = conn.frames_in + self.rate
         # The idle check (Node._close_idle, every tick) notes when conn.bytes_in
         # last moved: no clock read per read callback.
         self.last_rx = self.window_start
@@ -1576,17 +1579,15 @@ class _ConnProtocol(asyncio.BufferedProtocol):
             if data:
                 self.dec.feed(data)
             node, conn, dec = self.node, self.conn, self.dec
-            rate = node.limits.max_frame_rate
             opens, by_crc = node._opens, node._opens_crc
             for f in dec:
-                conn.frames_in += 1
-                self.count += 1
-                if self.count > rate:
+                n = conn.frames_in = conn.frames_in + 1
+                if n > self.rate_until:
                     now = time.monotonic()
                     if now - self.window_start < 1.0:
-                        raise P.LimitExceeded(f"more than max_frame_rate={rate} frames "
+                        raise P.LimitExceeded(f"more than max_frame_rate={self.rate} frames "
                                               f"in one second")
-                    self.window_start, self.count = now, 1
+                    self.window_start, self.rate_until = now, n - 1 + self.rate
                 if f.kind == _CONTROL_KIND:
                     known = _known_open(f, by_crc)  # (payload, entry) or None
                     if known is not None:
