@@ -469,9 +469,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
-        # asyncio's own loop (its _thread_id names the thread running it), or None
+        # asyncio's own loop (its _thread_id names the thread running it), or
+        # for any other loop _NO_THREAD (a _thread_id no thread has)
         self.base: Any = loop if (isinstance(loop, asyncio.BaseEventLoop)
-                                  and hasattr(loop, "_thread_id")) else None
+                                  and hasattr(loop, "_thread_id")) else _NO_THREAD
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
         self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
@@ -482,6 +483,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.up = False  # the handshake is done (ready has its result)
+        self.live = False  # up and not dead (aevaluate's one check): set with them
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
         # sid -> [future, parts (() until the first chunk), source, deadline]
         self.calls: dict[int, list[Any]] = {}
@@ -705,6 +707,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.max_payload = self.enc.limits.max_frame_payload_bytes
             self.ready.set_result(None)
             self.up = True
+            self.live = not self.dead
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
@@ -751,6 +754,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                                                            f"node {self.node}"))
 
     def _fail(self, exc: BaseException) -> None:
+        self.live = False
         self.dead = True
         if not self.ready.done():
             self.ready.set_exception(exc)
@@ -772,6 +776,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close from this loop's thread."""
+        self.live = False
         self.dead = True
         if self.transport is not None:
             self.transport.abort()
@@ -780,6 +785,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def close_from_anywhere(self) -> None:
         """Close from any thread (the owning loop may have ended)."""
+        self.live = False
         self.dead = True
         if self.loop.is_closed():
             if self.sock is not None:
@@ -870,6 +876,17 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 nxt = d
         if nxt is not None:
             self._watch(nxt)
+
+
+class _NoThread:
+    """The ``base`` of a channel on a loop other than asyncio's own: no
+    thread's ident is its ``_thread_id``, so ``aevaluate`` asks for the
+    running loop."""
+
+    _thread_id = None
+
+
+_NO_THREAD = _NoThread()
 
 
 class _SocketWriter:
@@ -1538,8 +1555,7 @@ class NodeClient:
         # one loop at a time, so that thread being this one says the running
         # loop is the channel's without get_running_loop (a getpid syscall per
         # call on Python 3.11). Any other loop, or any doubt, asks.
-        if ch is None or ch.base is None or ch.base._thread_id != _get_ident() \
-                or not ch.up or ch.dead:
+        if ch is None or not ch.live or ch.base._thread_id != _get_ident():
             loop = _running_loop()
             if ch is None or ch.loop is not loop or not ch.up or ch.dead:
                 if loop is self._loop:  # the client's own loop: its main connection
