@@ -1064,6 +1064,7 @@ class NodeClient:
         self.node: str | None = None  # the remote node's id, after the handshake
         self.principal: str | None = None
         self.server_grants: frozenset[str] = frozenset()
+        self._held_to_grants = False  # principal set and "*" not granted: set with them
         self.status = "disconnected"
         self.gossip_sent = 0
         #: What a gossiping client pulls with on each connect (a node sets it:
@@ -1280,6 +1281,8 @@ class NodeClient:
                 gov.ok(self.node)
             self.principal = body["principal"]
             self.server_grants = frozenset(body["grants"])
+            self._held_to_grants = (self.principal is not None
+                                    and "*" not in self.server_grants)
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
             self._writer = writer
             if self.on_gossip:
@@ -1420,7 +1423,7 @@ class NodeClient:
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
         check_grants(request, g, self._where)
-        if self.principal is not None and "*" not in self.server_grants:
+        if self._held_to_grants:  # (a principal, and not every grant)
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
