@@ -186,12 +186,14 @@ class _Conn:
         self.gossip_sent = 0
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         # A route (Node._route_of: scope, claimed grants, this node in via)
-        # -> (target, grants), once an open of that route was checked against
+        # -> (target, grants, usual: the fabric's own on a plain connection),
+        # once an open of that route was checked against
         # this connection's grants and answered: an open the node parsed
         # before (Node._opens) with the same route is answered from the read
         # callback without checking it again (the route and the connection's
         # grants, fixed at the handshake, are all that the checks read).
-        self.routes: dict[tuple[str, frozenset[str], bool], tuple[Any, frozenset[str]]] = {}
+        self.routes: dict[tuple[str, frozenset[str], bool],
+                          tuple[Any, frozenset[str], bool]] = {}
         self.closed = False
         self.paused = False  # the transport's buffer is over its high mark
         self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
@@ -1163,15 +1165,16 @@ class Node:
         return (scope, claimed, self.node_id in via)
 
     def _answer_hit(self, conn: _Conn, sid: int, req: Any,
-                    routed: tuple[Any, frozenset[str]]) -> bool:
+                    routed: tuple[Any, frozenset[str], bool]) -> bool:
         """An open the node parsed before whose route this connection had
-        checked (``conn.routes``: its target and grants), answered from the
+        checked (``conn.routes``: its target, grants, and whether the read
+        callback answers it itself: the fabric's own, on a plain connection), answered from the
         read callback when it is held, a slot is free and nobody waits;
         False when it must take the general path (which checks and queues it
         as any open)."""
         if sid == 0 or sid in conn.tasks or not self._inline_ok:
             return False
-        target, g = routed
+        target, g, _usual = routed
         start = _START.get("local")  # (a hit's source, once a reply filled it)
         limit = conn.hit_limit
         try:
@@ -1243,7 +1246,9 @@ class Node:
                     # an open of this route is answered by _answer_hit from now on
                     if len(conn.routes) >= 64:
                         conn.routes.clear()
-                    conn.routes[route] = (target, g)
+                    # (third: the fabric's own hit path may answer it, in the
+                    # read callback's frame)
+                    conn.routes[route] = (target, g, target is self.fabric and conn.plain)
                 reply = target.evaluate(req, grants=g)
             except Exception as exc:
                 self._stat("errors")
@@ -1568,17 +1573,23 @@ class _ConnProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.buf[:nbytes])
-
     def data_received(self, data: bytes | memoryview) -> None:
+        self.buffer_updated(len(data), data)
+
+    def buffer_updated(self, nbytes: int, data: bytes | memoryview | None = None) -> None:
+        """``nbytes`` read into the buffer (or ``data``, from ``data_received``):
+        decoded and dispatched, a hit answered here."""
         if self.finished:
             return
-        self.conn.bytes_in += len(data)
+        if data is None:
+            data = self.buf[:nbytes]
+        conn = self.conn
+        conn.bytes_in += nbytes
         try:
-            if data:
-                self.dec.feed(data)
-            node, conn, dec = self.node, self.conn, self.dec
+            dec = self.dec
+            if nbytes:
+                dec.feed(data)
+            node = self.node
             opens, by_crc = node._opens, node._opens_crc
             for f in dec:
                 n = conn.frames_in = conn.frames_in + 1
@@ -1602,8 +1613,8 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                         if routed is not None:
                             sid = f.stream_id
                             start = _START.get("local")
-                            if (routed[0] is node.fabric and start is not None and conn.plain
-                                    and node._inline_ok and sid and sid not in conn.tasks):
+                            if (routed[2] and start is not None and node._inline_ok
+                                    and sid and sid not in conn.tasks):
                                 # _answer_hit's usual case, in this frame: the
                                 # fabric's held record (grants checked, the hit
                                 # counted), its three frames, one write
