@@ -1168,10 +1168,10 @@ class Node:
                     routed: tuple[Any, frozenset[str], bool]) -> bool:
         """An open the node parsed before whose route this connection had
         checked (``conn.routes``: its target, grants, and whether the read
-        callback answers it itself: the fabric's own, on a plain connection), answered from the
-        read callback when it is held, a slot is free and nobody waits;
-        False when it must take the general path (which checks and queues it
-        as any open)."""
+        callback answers it itself: the fabric's own, on a plain connection),
+        answered from the read callback when it is held, a slot is free and
+        nobody waits; False when it must take the general path (which checks
+        and queues it as any open)."""
         if sid == 0 or sid in conn.tasks or not self._inline_ok:
             return False
         target, g, _usual = routed
