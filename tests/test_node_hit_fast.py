@@ -8,12 +8,13 @@ opens)."""
 
 import json
 import socket
+import threading
 
 import pytest
 
 import fabric
 from fabric.frames import FrameKind
-from fabric.node import connect, protocol as P
+from fabric.node import NodeLimits, connect, protocol as P
 
 import gates
 import node_ops
@@ -238,3 +239,46 @@ def test_a_checked_compute_route_with_content_not_held_takes_the_general_path(no
     assert fabric.unpack(fabric.unpack(bytes(frames[1].payload)))[0] == 6
     assert n._inline_hits == before + 1
     a.close()
+
+
+_SLOT_TAKEN = threading.Event()
+
+
+@fabric.op("test.hit_fast.slot_holder")
+def _slot_holder(x, gate_path):
+    _SLOT_TAKEN.set()
+    gates.wait(gate_path, 60.0)
+    return x + 1
+
+
+def test_a_hit_waits_its_turn_while_every_slot_is_taken(node, tmp_path):
+    """The read callback answers a hit only while a slot is free and nobody
+    waits (``Node._inline_ok``, kept where those change): with the node's
+    one slot taken by a running request, a hit of a checked route is
+    queued, answered once the slot frees, and the next one is inline again."""
+    n = node(limits=NodeLimits(max_running=1))
+    held = node_ops.double.request(61)
+    gate = str(tmp_path / "gate")
+    a, b = Raw(n.address), Raw(n.address)
+    for sid in (1, 2, 3):  # computed; then held, the route checked and kept; inline
+        assert a.ask(_open(held, scope="compute"), sid)[1][-1].kind == FrameKind.STREAM_END
+    assert n._inline_hits == 1 and n._inline_ok
+    _SLOT_TAKEN.clear()
+    b.s.sendall(P.encoder().encode(FrameKind.CONTROL,
+                                   _open(_slot_holder.request(1, gate), scope="compute"),
+                                   stream_id=1))
+    assert _SLOT_TAKEN.wait(30)
+    assert not n._inline_ok  # the one slot is running the holder
+    a.s.sendall(P.encoder().encode(FrameKind.CONTROL, _open(held, scope="compute"),
+                                   stream_id=4))
+    gates.open_gate(gate)
+    _raw, frames = b._until(lambda fs: any(f.kind in _DONE for f in fs))
+    assert fabric.unpack(fabric.unpack(bytes(frames[1].payload)))[0] == 2
+    _raw, frames = a._until(lambda fs: any(f.kind in _DONE for f in fs))
+    assert [f.stream_id for f in frames] == [4, 4, 4]
+    assert fabric.unpack(fabric.unpack(bytes(frames[1].payload)))[0] == 122
+    assert n._inline_hits == 1  # queued, answered by its task: not inline
+    assert a.ask(_open(held, scope="compute"), 5)[1][-1].kind == FrameKind.STREAM_END
+    assert n._inline_hits == 2 and n._inline_ok  # the slot is free again
+    a.close()
+    b.close()

@@ -469,20 +469,24 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
-        # asyncio's own loop (its _thread_id names the thread running it), or None
+        # asyncio's own loop (its _thread_id names the thread running it), or
+        # for any other loop _NO_THREAD (a _thread_id no thread has)
         self.base: Any = loop if (isinstance(loop, asyncio.BaseEventLoop)
-                                  and hasattr(loop, "_thread_id")) else None
+                                  and hasattr(loop, "_thread_id")) else _NO_THREAD
         self.dec = FrameDecoder(P.node_limits(client.max_frame))
         self.enc = P.encoder(client.max_frame)
         self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
         self.node: str | None = None
         self.source = "peer:None"  # a reply's source unless its STREAM_START names one
         self.transport: asyncio.Transport | _SocketWriter | None = None
+        self.writer: _SocketWriter | None = None  # the transport when it is one
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.up = False  # the handshake is done (ready has its result)
+        self.live = False  # up and not dead (aevaluate's one check): set with them
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        self.calls: dict[int, list[Any]] = {}  # sid -> [future, parts, source, deadline]
+        # sid -> [future, parts (() until the first chunk), source, deadline]
+        self.calls: dict[int, list[Any]] = {}
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
@@ -512,8 +516,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if c.tls is None and isinstance(self.loop, _SelectorLoop):
                 # watched before the hello: a failed send closes the socket,
                 # and the handshake's wait below then raises why
-                self.loop.add_reader(sock.fileno(), self._readable)
-                self.transport = _SocketWriter(self, sock)
+                self.loop.add_reader(sock.fileno(), self.data_received)  # (reads it)
+                self.transport = self.writer = _SocketWriter(self, sock)
                 self._hello()
             else:
                 await self.loop.create_connection(
@@ -570,23 +574,24 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(self.buf[:nbytes])
 
-    def _readable(self) -> None:
-        """The socket can be read (plain TCP on asyncio's own loop): what a
-        transport's reader does, without its layers."""
-        try:
-            n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(FabricUnavailable(f"connection to {self.client.url} ({self.node}) "
-                                         f"was lost: {exc}"))
-            return
-        if n:
-            self.data_received(self.buf[:n])
-        else:  # the node closed it
-            self.connection_lost(None)
-
-    def data_received(self, data: bytes | memoryview) -> None:
+    def data_received(self, data: bytes | memoryview | None = None) -> None:
+        """What arrived, decoded and handed to its calls. Called with None by
+        the loop when the channel owns its socket (plain TCP on asyncio's own
+        loop, the socket's reader): it reads the socket first, as a
+        transport's reader would, without its layers (and in one frame)."""
+        if data is None:
+            try:
+                n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(FabricUnavailable(f"connection to {self.client.url} "
+                                             f"({self.node}) was lost: {exc}"))
+                return
+            if not n:  # the node closed it
+                self.connection_lost(None)
+                return
+            data = self.buf[:n]
         try:
             dec = self.dec
             if not self.up:
@@ -634,6 +639,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                     parts = call[1]
                     if f.seq != len(parts) + 1:
                         self._frame(f)  # raises, naming what arrived
+                    if not parts:  # (a call's parts start as (): no list per call)
+                        parts = call[1] = []
                     parts.append(bytes(f.decode_payload(limits)))
                 elif kind == _START:
                     key = bytes(f.payload)
@@ -700,6 +707,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self.max_payload = self.enc.limits.max_frame_payload_bytes
             self.ready.set_result(None)
             self.up = True
+            self.live = not self.dead
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
@@ -712,6 +720,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         try:
             if kind == FrameKind.STREAM_CHUNK:
                 _in_order(f, len(call[1]) + 1, self.node)
+                if not call[1]:  # (a call's parts start as (): no list per call)
+                    call[1] = []
                 call[1].append(bytes(f.decode_payload(limits)))
                 return
             if kind == FrameKind.STREAM_END:
@@ -744,6 +754,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                                                            f"node {self.node}"))
 
     def _fail(self, exc: BaseException) -> None:
+        self.live = False
         self.dead = True
         if not self.ready.done():
             self.ready.set_exception(exc)
@@ -765,6 +776,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close from this loop's thread."""
+        self.live = False
         self.dead = True
         if self.transport is not None:
             self.transport.abort()
@@ -773,6 +785,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def close_from_anywhere(self) -> None:
         """Close from any thread (the owning loop may have ended)."""
+        self.live = False
         self.dead = True
         if self.loop.is_closed():
             if self.sock is not None:
@@ -789,7 +802,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         """Send a request for a single reply (``payload``: its open's, from
         ``NodeClient._prepare``): its stream id and the future its (record,
         source, claim) arrives on (awaited by ``aevaluate`` itself: no
-        coroutine of the channel's in between)."""
+        coroutine of the channel's in between). ``aevaluate`` does the same
+        in its own frame: a change here goes there too."""
         sid = next(self.ids)
         if len(payload) > self.max_payload:
             self.client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
@@ -804,7 +818,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             deadline = _monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
-        self.calls[sid] = [fut, [], self.source, deadline]
+        self.calls[sid] = [fut, (), self.source, deadline]  # parts: a list from the first
         self.transport.write(frame)  # type: ignore[union-attr]
         self.client.stats_counters["requests"] += 1
         return sid, fut
@@ -864,6 +878,17 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             self._watch(nxt)
 
 
+class _NoThread:
+    """The ``base`` of a channel on a loop other than asyncio's own: no
+    thread's ident is its ``_thread_id``, so ``aevaluate`` asks for the
+    running loop."""
+
+    _thread_id = None
+
+
+_NO_THREAD = _NoThread()
+
+
 class _SocketWriter:
     """The writing half of an ``_AsyncChannel`` that owns its socket (plain
     TCP on asyncio's own loop): a write goes to the socket at once; what the
@@ -895,10 +920,15 @@ class _SocketWriter:
             self._lost(str(exc))
             return
         if n < len(data):
-            self.out += memoryview(data)[n:]
-            self.ch.loop.add_writer(self.fd, self._writable)
-            if len(self.out) > _OUT_HIGH:
-                self.ch.pause_writing()
+            self.rest(data, n)
+
+    def rest(self, data: bytes, n: int) -> None:
+        """The socket took ``n`` bytes of ``data`` (nothing was waiting): the
+        rest waits for it to be writable."""
+        self.out += memoryview(data)[n:]
+        self.ch.loop.add_writer(self.fd, self._writable)
+        if len(self.out) > _OUT_HIGH:
+            self.ch.pause_writing()
 
     def _writable(self) -> None:
         try:
@@ -1034,6 +1064,7 @@ class NodeClient:
         self.node: str | None = None  # the remote node's id, after the handshake
         self.principal: str | None = None
         self.server_grants: frozenset[str] = frozenset()
+        self._held_to_grants = False  # principal set and "*" not granted: set with them
         self.status = "disconnected"
         self.gossip_sent = 0
         #: What a gossiping client pulls with on each connect (a node sets it:
@@ -1250,6 +1281,8 @@ class NodeClient:
                 gov.ok(self.node)
             self.principal = body["principal"]
             self.server_grants = frozenset(body["grants"])
+            self._held_to_grants = (self.principal is not None
+                                    and "*" not in self.server_grants)
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
             self._writer = writer
             if self.on_gossip:
@@ -1390,7 +1423,7 @@ class NodeClient:
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         g = self.grants if grants is None else frozenset(grants)
         check_grants(request, g, self._where)
-        if self.principal is not None and "*" not in self.server_grants:
+        if self._held_to_grants:  # (a principal, and not every grant)
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
@@ -1525,8 +1558,7 @@ class NodeClient:
         # one loop at a time, so that thread being this one says the running
         # loop is the channel's without get_running_loop (a getpid syscall per
         # call on Python 3.11). Any other loop, or any doubt, asks.
-        if ch is None or ch.base is None or ch.base._thread_id != _get_ident() \
-                or not ch.up or ch.dead:
+        if ch is None or not ch.live or ch.base._thread_id != _get_ident():
             loop = _running_loop()
             if ch is None or ch.loop is not loop or not ch.up or ch.dead:
                 if loop is self._loop:  # the client's own loop: its main connection
@@ -1543,7 +1575,31 @@ class NodeClient:
                 self._last_achannel = ch
         if ch.paused:  # over _OUT_HIGH bytes wait to be sent: this call waits
             await self._backpressure(ch, request, t)
-        sid, fut = ch.send(request, payload, t)
+        # ch.send(request, payload, t), in this frame (one Python call less a call)
+        sid = next(ch.ids)
+        if len(payload) > ch.max_payload:
+            self._open_frame(request, payload, sid, ch.enc)  # raises LimitExceeded
+        frame = ch.enc.encode_control(sid, payload)
+        fut: asyncio.Future[Any] = ch.new_future()
+        if t is None:
+            deadline = None
+        else:
+            deadline = _monotonic() + t
+            if ch.watch_at is None or deadline < ch.watch_at:
+                ch._watch(deadline)
+        ch.calls[sid] = [fut, (), ch.source, deadline]
+        w = ch.writer
+        if w is None or w.out or w.closed:
+            ch.transport.write(frame)  # type: ignore[union-attr]
+        else:  # _SocketWriter.write's usual case, in this frame: the socket takes it
+            try:
+                n = w.sock.send(frame)
+            except OSError:  # would block, interrupted or lost: as write has it
+                w.write(frame)
+            else:
+                if n < len(frame):
+                    w.rest(frame, n)
+        self.stats_counters["requests"] += 1
         try:
             record, source, claim = await fut
         except asyncio.TimeoutError:  # the channel's watchdog

@@ -176,6 +176,7 @@ class _Conn:
         self.grants: frozenset[str] = frozenset()
         self.remote_node: str | None = None
         self.max_frame = node.limits.max_frame  # what the peer accepts from us
+        self.hit_limit = self.max_frame - 16  # (kept with max_frame: _answer_hit)
         self.window = node.limits.window
         self.enc = P.encoder(node.limits.max_frame)
         self.streams = StreamTable()
@@ -185,12 +186,14 @@ class _Conn:
         self.gossip_sent = 0
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         # A route (Node._route_of: scope, claimed grants, this node in via)
-        # -> (target, grants), once an open of that route was checked against
+        # -> (target, grants, usual: the fabric's own on a plain connection),
+        # once an open of that route was checked against
         # this connection's grants and answered: an open the node parsed
         # before (Node._opens) with the same route is answered from the read
         # callback without checking it again (the route and the connection's
         # grants, fixed at the handshake, are all that the checks read).
-        self.routes: dict[tuple[str, frozenset[str], bool], tuple[Any, frozenset[str]]] = {}
+        self.routes: dict[tuple[str, frozenset[str], bool],
+                          tuple[Any, frozenset[str], bool]] = {}
         self.closed = False
         self.paused = False  # the transport's buffer is over its high mark
         self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
@@ -486,6 +489,9 @@ class Node:
         self._ready = threading.Event()
         self._stop_evt: asyncio.Event | None = None
         self._stopping = False  # _stop_evt is set (_set_stopping)
+        # A hit may be answered from the read callback: not stopping, a slot
+        # free and nobody queued (_update_inline, where any of them changes).
+        self._inline_ok = True
         # The node's clock runs on a thread of its own (_ticks): its loop
         # holds no timer between requests (see serve()).
         self._tick_evt: asyncio.Event | None = None
@@ -645,6 +651,7 @@ class Node:
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._stopping = False
+        self._update_inline()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
         # A loop holding a timer waits for I/O with a finite timeout, which
@@ -788,6 +795,7 @@ class Node:
     def _set_stopping(self) -> None:
         # (a bool besides the event: the read callback's hit reads it)
         self._stopping = True
+        self._inline_ok = False
         assert self._stop_evt is not None
         self._stop_evt.set()
 
@@ -1004,6 +1012,7 @@ class Node:
         conn.grants = self.grants.of(conn.principal) | _CONTROL_GRANTS
         conn.remote_node = body["node"]
         conn.max_frame = min(body["max_frame"], self.limits.max_frame)
+        conn.hit_limit = conn.max_frame - 16  # a held reply's record in one chunk
         conn.enc = P.encoder(conn.max_frame)
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
@@ -1156,18 +1165,18 @@ class Node:
         return (scope, claimed, self.node_id in via)
 
     def _answer_hit(self, conn: _Conn, sid: int, req: Any,
-                    routed: tuple[Any, frozenset[str]]) -> bool:
+                    routed: tuple[Any, frozenset[str], bool]) -> bool:
         """An open the node parsed before whose route this connection had
-        checked (``conn.routes``: its target and grants), answered from the
-        read callback when it is held, a slot is free and nobody waits;
-        False when it must take the general path (which checks and queues it
-        as any open)."""
-        if (sid == 0 or sid in conn.tasks or self._running >= self.limits.max_running
-                or self._run_q._active or self._stopping):
+        checked (``conn.routes``: its target, grants, and whether the read
+        callback answers it itself: the fabric's own, on a plain connection),
+        answered from the read callback when it is held, a slot is free and
+        nobody waits; False when it must take the general path (which checks
+        and queues it as any open)."""
+        if sid == 0 or sid in conn.tasks or not self._inline_ok:
             return False
-        target, g = routed
+        target, g, _usual = routed
         start = _START.get("local")  # (a hit's source, once a reply filled it)
-        limit = conn.max_frame - 16
+        limit = conn.hit_limit
         try:
             if target is self.fabric:
                 # its C hit path (grants checked, the hit counted; None when
@@ -1185,10 +1194,22 @@ class Node:
             else:
                 reply = target.evaluate(req, grants=g)
         except Exception as exc:
-            self._stat("requests")
-            self._stat("errors")
-            conn.send_error(sid, exc)
+            self._hit_failed(conn, sid, exc)
             return True
+        self._hit_reply(conn, sid, reply, start, limit)
+        return True
+
+    def _hit_failed(self, conn: _Conn, sid: int, exc: Exception) -> None:
+        """A hit answered from the read callback whose lookup raised (a
+        denial): counted as a request and an error, the error sent."""
+        self._stat("requests")
+        self._stat("errors")
+        conn.send_error(sid, exc)
+
+    def _hit_reply(self, conn: _Conn, sid: int, reply: Any, start: bytes | None,
+                   limit: int) -> None:
+        """A held reply found from the read callback (its record's bytes, or
+        the reply), written and counted."""
         out = None
         if not isinstance(reply, bytes):
             start = _START.get(reply.source)
@@ -1204,7 +1225,6 @@ class Node:
             if conn.paused or conn.small_cap:
                 conn.check_output()
         self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
-        return True
 
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any,
                        route: tuple[str, frozenset[str], bool] | None = None) -> None:
@@ -1226,7 +1246,9 @@ class Node:
                     # an open of this route is answered by _answer_hit from now on
                     if len(conn.routes) >= 64:
                         conn.routes.clear()
-                    conn.routes[route] = (target, g)
+                    # (third: the fabric's own hit path may answer it, in the
+                    # read callback's frame)
+                    conn.routes[route] = (target, g, target is self.fabric and conn.plain)
                 reply = target.evaluate(req, grants=g)
             except Exception as exc:
                 self._stat("errors")
@@ -1243,13 +1265,22 @@ class Node:
         while self._running < self.limits.max_running:
             e = self._run_q.pop()
             if e is None:
-                return
+                break
             conn, sid, parsed = e.item
             if conn.closed:
                 continue
             self._running += 1
             t = asyncio.get_running_loop().create_task(self._request(conn, sid, parsed))
             conn.tasks[sid] = t
+        self._update_inline()
+
+    def _update_inline(self) -> None:
+        """``_inline_ok``: a hit may be answered from the read callback (not
+        stopping, a slot free, nobody queued). Called where those change:
+        ``_admit`` (after every push, pop and finished request), ``serve``;
+        ``_set_stopping`` clears it."""
+        self._inline_ok = (not self._stopping and self._running < self.limits.max_running
+                           and not self._run_q._active)
 
     def _target(self, conn: _Conn, parsed: Any) -> tuple[Any, frozenset[str]]:
         """Which fabric answers a request, and with which grants (checks ``node.compute``)."""
@@ -1510,7 +1541,10 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.done = done
         self.finished = False
         self.window_start = time.monotonic()
-        self.count = 0
+        # The frame rate's window: over max_frame_rate frames in it (conn.frames_in
+        # past rate_until) within a second of its start is refused.
+        self.rate = node.limits.max_frame_rate
+        self.rate_until = conn.frames_in + self.rate
         # The idle check (Node._close_idle, every tick) notes when conn.bytes_in
         # last moved: no clock read per read callback.
         self.last_rx = self.window_start
@@ -1539,28 +1573,32 @@ class _ConnProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.buf[:nbytes])
-
     def data_received(self, data: bytes | memoryview) -> None:
+        self.buffer_updated(len(data), data)
+
+    def buffer_updated(self, nbytes: int, data: bytes | memoryview | None = None) -> None:
+        """``nbytes`` read into the buffer (or ``data``, from ``data_received``):
+        decoded and dispatched, a hit answered here."""
         if self.finished:
             return
-        self.conn.bytes_in += len(data)
+        if data is None:
+            data = self.buf[:nbytes]
+        conn = self.conn
+        conn.bytes_in += nbytes
         try:
-            if data:
-                self.dec.feed(data)
-            node, conn, dec = self.node, self.conn, self.dec
-            rate = node.limits.max_frame_rate
+            dec = self.dec
+            if nbytes:
+                dec.feed(data)
+            node = self.node
             opens, by_crc = node._opens, node._opens_crc
             for f in dec:
-                conn.frames_in += 1
-                self.count += 1
-                if self.count > rate:
+                n = conn.frames_in = conn.frames_in + 1
+                if n > self.rate_until:
                     now = time.monotonic()
                     if now - self.window_start < 1.0:
-                        raise P.LimitExceeded(f"more than max_frame_rate={rate} frames "
+                        raise P.LimitExceeded(f"more than max_frame_rate={self.rate} frames "
                                               f"in one second")
-                    self.window_start, self.count = now, 1
+                    self.window_start, self.rate_until = now, n - 1 + self.rate
                 if f.kind == _CONTROL_KIND:
                     known = _known_open(f, by_crc)  # (payload, entry) or None
                     if known is not None:
@@ -1572,11 +1610,40 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                     # answered at once (_answer_hit; False: the general path)
                     if seen is not None and seen[1] is not None:
                         routed = conn.routes.get(seen[1])
-                        if routed is not None and node._answer_hit(
-                                conn, f.stream_id, seen[0][0], routed):
-                            if conn.closed:
-                                break
-                            continue
+                        if routed is not None:
+                            sid = f.stream_id
+                            start = _START.get("local")
+                            if (routed[2] and start is not None and node._inline_ok
+                                    and sid and sid not in conn.tasks):
+                                # _answer_hit's usual case, in this frame: the
+                                # fabric's held record (grants checked, the hit
+                                # counted), its three frames, one write
+                                limit = conn.hit_limit
+                                try:
+                                    rec = routed[0]._lookup_record(seen[0][0], limit,
+                                                                   grants=routed[1])
+                                except Exception as exc:
+                                    node._hit_failed(conn, sid, exc)
+                                else:
+                                    if rec is None:  # not held: the general path
+                                        node._dispatch(conn, f, dec, payload, seen)
+                                    elif type(rec) is bytes and not conn.closed and (
+                                            out := conn.enc.encode_held_reply(
+                                                sid, start, rec, limit)) is not None:
+                                        conn.bytes_out += len(out)
+                                        conn.transport.write(out)
+                                        if conn.paused or conn.small_cap:
+                                            conn.check_output()
+                                        node._inline_hits += 1
+                                    else:
+                                        node._hit_reply(conn, sid, rec, start, limit)
+                                if conn.closed:
+                                    break
+                                continue
+                            if node._answer_hit(conn, sid, seen[0][0], routed):
+                                if conn.closed:
+                                    break
+                                continue
                     node._dispatch(conn, f, dec, payload, seen)  # (hashed once, above)
                 else:
                     node._dispatch(conn, f, dec)
