@@ -479,7 +479,6 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.node: str | None = None
         self.source = "peer:None"  # a reply's source unless its STREAM_START names one
         self.transport: asyncio.Transport | _SocketWriter | None = None
-        self.writer: _SocketWriter | None = None  # the transport when it is one
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] = loop.create_future()
         self.up = False  # the handshake is done (ready has its result)
@@ -517,7 +516,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 # watched before the hello: a failed send closes the socket,
                 # and the handshake's wait below then raises why
                 self.loop.add_reader(sock.fileno(), self.data_received)  # (reads it)
-                self.transport = self.writer = _SocketWriter(self, sock)
+                self.transport = _SocketWriter(self, sock)
                 self._hello()
             else:
                 await self.loop.create_connection(
@@ -920,15 +919,10 @@ class _SocketWriter:
             self._lost(str(exc))
             return
         if n < len(data):
-            self.rest(data, n)
-
-    def rest(self, data: bytes, n: int) -> None:
-        """The socket took ``n`` bytes of ``data`` (nothing was waiting): the
-        rest waits for it to be writable."""
-        self.out += memoryview(data)[n:]
-        self.ch.loop.add_writer(self.fd, self._writable)
-        if len(self.out) > _OUT_HIGH:
-            self.ch.pause_writing()
+            self.out += memoryview(data)[n:]
+            self.ch.loop.add_writer(self.fd, self._writable)
+            if len(self.out) > _OUT_HIGH:
+                self.ch.pause_writing()
 
     def _writable(self) -> None:
         try:
@@ -1588,17 +1582,7 @@ class NodeClient:
             if ch.watch_at is None or deadline < ch.watch_at:
                 ch._watch(deadline)
         ch.calls[sid] = [fut, (), ch.source, deadline]
-        w = ch.writer
-        if w is None or w.out or w.closed:
-            ch.transport.write(frame)  # type: ignore[union-attr]
-        else:  # _SocketWriter.write's usual case, in this frame: the socket takes it
-            try:
-                n = w.sock.send(frame)
-            except OSError:  # would block, interrupted or lost: as write has it
-                w.write(frame)
-            else:
-                if n < len(frame):
-                    w.rest(frame, n)
+        ch.transport.write(frame)  # type: ignore[union-attr]
         self.stats_counters["requests"] += 1
         try:
             record, source, claim = await fut
