@@ -801,8 +801,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         """Send a request for a single reply (``payload``: its open's, from
         ``NodeClient._prepare``): its stream id and the future its (record,
         source, claim) arrives on (awaited by ``aevaluate`` itself: no
-        coroutine of the channel's in between). ``aevaluate`` does the same
-        in its own frame: a change here goes there too."""
+        coroutine of the channel's in between)."""
         sid = next(self.ids)
         if len(payload) > self.max_payload:
             self.client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
@@ -1569,21 +1568,7 @@ class NodeClient:
                 self._last_achannel = ch
         if ch.paused:  # over _OUT_HIGH bytes wait to be sent: this call waits
             await self._backpressure(ch, request, t)
-        # ch.send(request, payload, t), in this frame (one Python call less a call)
-        sid = next(ch.ids)
-        if len(payload) > ch.max_payload:
-            self._open_frame(request, payload, sid, ch.enc)  # raises LimitExceeded
-        frame = ch.enc.encode_control(sid, payload)
-        fut: asyncio.Future[Any] = ch.new_future()
-        if t is None:
-            deadline = None
-        else:
-            deadline = _monotonic() + t
-            if ch.watch_at is None or deadline < ch.watch_at:
-                ch._watch(deadline)
-        ch.calls[sid] = [fut, (), ch.source, deadline]
-        ch.transport.write(frame)  # type: ignore[union-attr]
-        self.stats_counters["requests"] += 1
+        sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
         except asyncio.TimeoutError:  # the channel's watchdog
