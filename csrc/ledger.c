@@ -159,7 +159,8 @@ typedef struct ckpt {
 #define IDENT_BITS 40
 #define SHL_HEAD 4096
 /* The key filter after the header (spec: The lock page, The key filter):
- * 2 MiB, 2^24 bits; a tmpfs file allocates only the pages touched. */
+ * 2 MiB, 2^24 bits; allocated in the tmpfs (fallocate) when it is first
+ * used, never touched before (a page a tmpfs cannot allocate is SIGBUS). */
 #define SHL_FILTER_BITS ((uint64_t)1 << 24)
 #define SHL_FILTER_WORDS (SHL_FILTER_BITS / 64)
 #define SHL_SIZE (SHL_HEAD + SHL_FILTER_BITS / 8)
