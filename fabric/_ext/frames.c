@@ -1668,6 +1668,22 @@ static int queue_from(fab_state *st, DecoderObject *self, PyObject *data, const 
     return 0;
 }
 
+/* Queues frames fs[0..n) of data with an exception set: the exception
+ * stays (or, when queueing fails, the queueing's own error replaces it). */
+static void queue_keeping_error(fab_state *st, DecoderObject *self, PyObject *data,
+                                const fab_frame *fs, size_t n)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (queue_from(st, self, data, fs, 0, n) < 0) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Restore(et, ev, tb);
+    }
+}
+
 static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1720,15 +1736,7 @@ static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
         n++;
     }
     if (failed) { /* those before stay queued, as feed() leaves them */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (queue_from(st, self, a[0], fs, 0, n) < 0) {
-            Py_XDECREF(et);
-            Py_XDECREF(ev);
-            Py_XDECREF(tb);
-        } else {
-            PyErr_Restore(et, ev, tb);
-        }
+        queue_keeping_error(st, self, a[0], fs, n);
         goto done;
     }
     size_t taken = 0;
@@ -1740,15 +1748,7 @@ static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
             st, fs[1].payload, fs[1].h.payload_len, &lim,
             (size_t)fs[1].offset + FAB_FRAME_HEADER_LEN);
         if (data == NULL) { /* as take_reply raises: nothing taken */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            if (queue_from(st, self, a[0], fs, 0, n) < 0) {
-                Py_XDECREF(et);
-                Py_XDECREF(ev);
-                Py_XDECREF(tb);
-            } else {
-                PyErr_Restore(et, ev, tb);
-            }
+            queue_keeping_error(st, self, a[0], fs, n);
             goto done;
         }
         if (PyBytes_CheckExact(data)) {
