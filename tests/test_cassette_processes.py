@@ -47,6 +47,15 @@ def readline(child, timeout=120.0):
     return child.stdout.readline()
 
 
+def kill_inside_the_lock(holder, r):
+    """Waits for the byte a writer stopped by FABRIC_LEDGER_TEST_HOLD writes
+    to r once inside the append lock (the handshake), then SIGKILLs it."""
+    ready, _, _ = select.select([r], [], [], 120.0)
+    assert ready and os.read(r, 1) == b"H"  # inside the lock
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+
 def tell(child, line):
     child.stdin.write(line + "\n")
     child.stdin.flush()
@@ -681,10 +690,7 @@ def test_writer_killed_holding_the_append_lock(tmp_path, torn, lock_dir):
     try:
         assert readline(holder) == f"mutex True {n - 1}\n"  # through the mapping
         acked = range(n - 1)
-        ready, _, _ = select.select([r], [], [], 120.0)
-        assert ready and os.read(r, 1) == b"H"  # inside the lock, at append n
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        kill_inside_the_lock(holder, r)  # at append n
     finally:
         os.close(r)
         if holder.poll() is None:
@@ -953,10 +959,7 @@ def test_writer_killed_after_adding_its_key_to_the_filter(tmp_path, torn, lock_d
     os.close(w)
     try:
         assert readline(holder) == "True\n"
-        ready, _, _ = select.select([r], [], [], 120.0)
-        assert ready and os.read(r, 1) == b"H"  # inside the lock, at key 2n - 1
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        kill_inside_the_lock(holder, r)  # at key 2n - 1
     finally:
         os.close(r)
         if holder.poll() is None:
