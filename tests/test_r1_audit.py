@@ -1,0 +1,105 @@
+"""Reviewer repros for issue 13 (audit r1): behaviours the issue asks for
+that no other test pins down."""
+
+import asyncio
+import threading
+
+import pytest
+
+import fabric
+from fabric.node import NodeLimits, connect
+
+import node_ops
+
+
+def _bounded_until(pred, n=2_000_000):
+    for _ in range(n):
+        if pred():
+            return True
+    return False
+
+
+def test_credit_keeps_the_producer_within_the_window(node):
+    produced = []
+
+    @fabric.op("r1.big_items")
+    def big_items():
+        for i in range(64):
+            produced.append(i)
+            yield bytes(64 * 1024)
+
+    n = node(limits=NodeLimits(window=256 * 1024, max_frame=128 * 1024))
+    with connect(n.url, window=256 * 1024) as c:
+        s = c.stream(big_items.request())
+        assert len(next(s)) == 65536
+        # the node's sender runs out of credit (a handshake, no sleep)
+        assert _bounded_until(
+            lambda: c.node_status()["streams"]["backpressure_events"] >= 1, 2000)
+        # 4 items fit in the window, +1 taken, +1 waiting for credit
+        assert len(produced) <= 8, len(produced)
+        s.close()
+
+
+def test_a_cancelled_stream_is_not_recorded(node):
+    started = threading.Event()
+
+    @fabric.op("r1.endless")
+    def endless():
+        for i in range(10_000_000):
+            started.set()
+            yield i
+
+    n = node()
+    req = endless.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == 0
+        s.close()
+        assert _bounded_until(lambda: n.stats().get("cancels", 0) >= 1)
+        assert _bounded_until(lambda: n.status()["streams"]["open"] == 0, 5000)
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
+
+
+def test_cancel_reaches_an_async_generator_op(node):
+    closed = threading.Event()
+
+    @fabric.op("r1.aendless")
+    async def aendless():
+        try:
+            for i in range(10_000_000):
+                yield i
+                await asyncio.sleep(0)
+        finally:
+            closed.set()
+
+    n = node()
+    with connect(n.url) as c:
+        s = c.stream(aendless.request())
+        assert next(s) == 0
+        s.close()
+        assert closed.wait(30), "the async producer was not cancelled"
+
+
+def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp_path):
+    """Repro (fails at 461a078): the client says "connected" again after its
+    node restarted, yet the first sync evaluate of a thread that used the
+    client before fails with the OLD connection's error."""
+    from fabric.node import Node
+    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0").start()
+    port = a.address[1]
+    c = connect(a.url, timeout=10)
+    b = None
+    try:
+        assert c.evaluate(node_ops.double.request(1)).value == 2
+        a.stop()
+        assert _bounded_until(lambda: c.status != "connected")
+        b = Node(str(tmp_path / "b.ledger"), home=fabric.LocalFabric(),
+                 listen=f"127.0.0.1:{port}").start()
+        assert _bounded_until(lambda: c.status == "connected", 50_000_000)
+        assert c.evaluate(node_ops.double.request(2)).value == 4
+    finally:
+        c.close()
+        if b is not None:
+            b.stop()
