@@ -103,3 +103,37 @@ def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp
         c.close()
         if b is not None:
             b.stop()
+
+
+def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
+    """Repro: a principal whose connection does not read, with 16 streams
+    open, gets 16 windows (the client's HELLO asks 4 MiB) of data queued at
+    the node, ~59 MB against a 1 MiB byte budget, and nothing is evicted:
+    the fair queue is emptied into the transport's buffer whether or not the
+    socket can take it (fails at 461a078)."""
+    import socket
+    from fabric.frames import FrameKind
+    from fabric.node import protocol as P
+    from conftest import hello_bytes
+
+    @fabric.op("r1.fat_stream")
+    def fat(i):
+        for _ in range(64):
+            yield bytes(256 * 1024)
+
+    budget, window = 1 << 20, 1 << 20
+    n = node(limits=NodeLimits(principal_budget=budget, window=window, max_frame=512 * 1024,
+                               output_buffer=256 << 20))
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(hello_bytes())
+        for sid in range(1, 17):
+            meta = P.open_metadata(fat.request(sid), want="stream", scope="compute",
+                                   grants=(), timeout=None)
+            s.sendall(fabric.StreamControl.open(sid, meta).to_frame(
+                ["stream.open", "stream.remote.network"]).encode())
+        assert _bounded_until(
+            lambda: n.status()["streams"]["backpressure_events"] >= 16, 20_000)
+        held = sum(c.transport.get_write_buffer_size() for c in list(n._conns))
+        q = n.stats()["stream_queue"]
+        assert held <= 2 * budget or q["evictions"] > 0, (held, q)
