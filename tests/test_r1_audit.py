@@ -137,3 +137,28 @@ def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
         held = sum(c.transport.get_write_buffer_size() for c in list(n._conns))
         q = n.stats()["stream_queue"]
         assert held <= 2 * budget or q["evictions"] > 0, (held, q)
+
+
+def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reader(node):
+    """Repro (fails at 461a078, 3 runs of 3): 40 astreams of 8 items just
+    under 1 MiB on one connection, default limits, the client reading as fast
+    as it can: the node puts every stream's whole credit window (4 MiB) into
+    the transport's buffer whether or not the socket takes it, passes the
+    64 MiB output cap and disconnects the client as a slow reader."""
+    item = (1 << 20) - 64
+
+    @fabric.op("r1.fat_items")
+    def fat(i):
+        for _ in range(8):
+            yield bytes(item)
+
+    n = node()
+    with connect(n.url, timeout=60) as c:
+        async def one(i):
+            return sum([len(x) async for x in c.astream(fat.request(i))])
+
+        async def main():
+            return await asyncio.gather(*(one(i) for i in range(40)), return_exceptions=True)
+        res = asyncio.run(main())
+    assert n.stats().get("disconnected_slow_reader", 0) == 0
+    assert res == [8 * item] * 40
