@@ -162,3 +162,28 @@ def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reade
         res = asyncio.run(main())
     assert n.stats().get("disconnected_slow_reader", 0) == 0
     assert res == [8 * item] * 40
+
+
+def test_connect_from_a_coroutine_to_a_node_served_on_the_same_loop(tmp_path):
+    """Repro (fails at 461a078): fabric.connect blocks the calling event loop
+    until the handshake is done, so `await node.serve()` and a client in the
+    same asyncio program deadlock until connect's timeout (no async connect)."""
+    from fabric.node import Node
+
+    async def main():
+        n = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0")
+        t = asyncio.create_task(n.serve())
+        for _ in range(10_000):
+            try:
+                n.address
+                break
+            except Exception:
+                await asyncio.sleep(0)
+        try:
+            with connect(n.url, timeout=2) as c:
+                return (await c.aevaluate(node_ops.double.request(4))).value
+        finally:
+            n.request_stop()
+            await asyncio.wait_for(t, 30)
+
+    assert asyncio.run(main()) == 8
