@@ -187,3 +187,21 @@ def test_connect_from_a_coroutine_to_a_node_served_on_the_same_loop(tmp_path):
             await asyncio.wait_for(t, 30)
 
     assert asyncio.run(main()) == 8
+
+
+def test_a_stream_ended_by_a_limit_is_not_recorded(node):
+    @fabric.op("r1.then_too_big")
+    def then_too_big():
+        yield b"small"
+        yield bytes(200_000)
+
+    n = node(limits=NodeLimits(max_frame=64 * 1024, window=64 * 1024))
+    req = then_too_big.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == b"small"
+        with pytest.raises(fabric.FabricError, match="larger than the largest frame"):
+            next(s)
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
