@@ -205,3 +205,15 @@ def test_a_stream_ended_by_a_limit_is_not_recorded(node):
     with connect(n.url, scope="held") as held:
         with pytest.raises(fabric.ContentNotHeld):
             list(held.stream(req))
+
+
+def test_relay_fabric_built_on_a_client_follows_its_connection(node):
+    """Repro (fails at 461a078): the issue says RelayFabric(client) plugs in
+    unchanged and its status follows the connection; only client.relay()
+    does, a RelayFabric(client) says CONNECTED after the client closed."""
+    n = node()
+    c = connect(n.url)
+    r = fabric.RelayFabric(c)
+    assert r.status == fabric.RelayStatus.CONNECTED
+    c.close()
+    assert r.status == fabric.RelayStatus.DISCONNECTED
