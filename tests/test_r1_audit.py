@@ -82,6 +82,7 @@ def test_cancel_reaches_an_async_generator_op(node):
         assert closed.wait(30), "the async producer was not cancelled"
 
 
+@pytest.mark.xfail(strict=True, reason="a thread's sync channel outlives a reconnect (issue 13 audit)")
 def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp_path):
     """Repro (fails at 461a078): the client says "connected" again after its
     node restarted, yet the first sync evaluate of a thread that used the
@@ -105,6 +106,7 @@ def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp
             b.stop()
 
 
+@pytest.mark.xfail(strict=True, reason="the pump empties the fair queue into the transport's buffer (issue 13 audit)")
 def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
     """Repro: a principal whose connection does not read, with 16 streams
     open, gets 16 windows (the client's HELLO asks 4 MiB) of data queued at
@@ -139,6 +141,7 @@ def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
         assert held <= 2 * budget or q["evictions"] > 0, (held, q)
 
 
+@pytest.mark.xfail(strict=True, reason='streams x window pass the output cap (issue 13 audit)')
 def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reader(node):
     """Repro (fails at 461a078, 3 runs of 3): 40 astreams of 8 items just
     under 1 MiB on one connection, default limits, the client reading as fast
@@ -164,6 +167,7 @@ def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reade
     assert res == [8 * item] * 40
 
 
+@pytest.mark.xfail(strict=True, reason="connect blocks the caller's loop (issue 13 audit)")
 def test_connect_from_a_coroutine_to_a_node_served_on_the_same_loop(tmp_path):
     """Repro (fails at 461a078): fabric.connect blocks the calling event loop
     until the handshake is done, so `await node.serve()` and a client in the
@@ -207,6 +211,7 @@ def test_a_stream_ended_by_a_limit_is_not_recorded(node):
             list(held.stream(req))
 
 
+@pytest.mark.xfail(strict=True, reason='only client.relay() follows the status (issue 13 audit)')
 def test_relay_fabric_built_on_a_client_follows_its_connection(node):
     """Repro (fails at 461a078): the issue says RelayFabric(client) plugs in
     unchanged and its status follows the connection; only client.relay()
@@ -219,6 +224,7 @@ def test_relay_fabric_built_on_a_client_follows_its_connection(node):
     assert r.status == fabric.RelayStatus.DISCONNECTED
 
 
+@pytest.mark.xfail(strict=True, reason='the count cap closes the connection (issue 13 audit)')
 def test_a_request_over_the_principals_count_cap_is_refused_alone(node):
     """Repro (fails at 461a078): one request over principal_max_queued closes
     the whole connection, so the requests already admitted (running or
