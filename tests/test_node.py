@@ -59,6 +59,16 @@ def test_evaluate_stream_and_async_through_a_client(node, loop):
 _NO_UVLOOP = "import sys; sys.modules['uvloop'] = None\n"  # as if it were not installed
 
 
+def test_import_fabric_does_not_import_uvloop():
+    """uvloop is a dependency for the node's loop only: ``import fabric``
+    (a cassette in a pytest suite, say) never pays for importing it."""
+    r = subprocess.run([sys.executable, "-c", "import sys, fabric, fabric.node\n"
+                        "print('uvloop' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "False\n"
+
+
 def test_the_uvloop_loop_without_uvloop_is_a_clear_error(tmp_path):
     """Node(loop="uvloop") and fabric serve --loop uvloop say what is missing
     and how to get it, before anything starts; auto falls back to asyncio."""
@@ -84,7 +94,7 @@ except ValueError as exc:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("ImportError: event loop 'uvloop' was asked for, but uvloop "
-                               "cannot be imported") and "stream-fabric[fast]" in lines[0]
+                               "cannot be imported") and "pip install 'uvloop>=0.19'" in lines[0]
     assert lines[1] == "auto: asyncio"
     assert lines[2] == "ValueError: event loop 'libuv' is not one of auto, asyncio, uvloop"
     r = subprocess.run([sys.executable, "-c", _NO_UVLOOP + "from fabric.cli import main; "
@@ -94,7 +104,7 @@ except ValueError as exc:
     assert r.returncode == 2, r
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("fabric serve: error: --loop uvloop: event loop 'uvloop' was "
-                           "asked for") and "pip install 'stream-fabric[fast]'" in line, line
+                           "asked for") and "pip install 'uvloop>=0.19'" in line, line
     assert r.stdout == "" and not (tmp_path / "x.ledger").exists()
 
 

@@ -1,10 +1,13 @@
-"""Which event loop a node runs on: asyncio's own, or uvloop when chosen.
+"""Which event loop a node runs on: uvloop by default, or asyncio's own.
 
-uvloop (the ``fast`` extra) is an optional accelerator: a loop written over
-libuv that does the same work with less CPU per wake-up. ``"auto"`` takes it
-when it is importable and asyncio's loop otherwise; ``"uvloop"`` insists on
-it (``ImportError`` naming the extra when it is missing); ``"asyncio"``
-never uses it. Behaviour is the same on both: only the cost per call moves.
+uvloop, a loop written over libuv, does the same work as asyncio's own loop
+with less CPU per wake-up; stream-fabric depends on it (on every platform
+but Windows, which uvloop does not support). ``"auto"``, the default, takes
+it when it is importable and asyncio's loop otherwise; ``"uvloop"`` insists
+on it (``ImportError`` saying how to install it when it is missing);
+``"asyncio"`` never uses it. Behaviour is the same on both: only the cost
+per call moves. uvloop is imported when a node makes its loop, never by
+``import fabric``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ def loop_factory(choice: str = "auto") -> tuple[Callable[[], asyncio.AbstractEve
         except ImportError as exc:
             if choice == "uvloop":
                 raise ImportError(f"event loop 'uvloop' was asked for, but uvloop cannot be "
-                                  f"imported ({exc}): pip install 'stream-fabric[fast]', "
-                                  f"or choose loop 'asyncio'") from None
+                                  f"imported ({exc}): pip install 'uvloop>=0.19' (a "
+                                  f"dependency of stream-fabric), or choose loop "
+                                  f"'asyncio'") from None
         else:
             return uvloop.new_event_loop, "uvloop"
     return asyncio.new_event_loop, "asyncio"
