@@ -128,6 +128,10 @@ def golden_frames():
             ["stream.open", "stream.remote.network"]).encode(),
         "cancel": fabric.StreamControl.cancel(1).to_frame(
             ["stream.cancel", "stream.remote.network"]).encode(),
+        "close": fabric.StreamControl.close(1).to_frame(
+            ["stream.cancel", "stream.remote.network"]).encode(),
+        "end_drained": enc.encode_value(FrameKind.STREAM_END, {
+            "chunks": 2, "bytes": 2000, "truncated": True}, stream_id=1, seq=3),
         "credit": enc.encode_value(FrameKind.CREDIT, {"consumed": 65536}, stream_id=3),
         "gossip_delta": enc.encode_value(FrameKind.GOSSIP, {
             "origin": "a", "start": 0, "end": 1,
