@@ -193,3 +193,22 @@ def test_random_frames_never_crash_the_checks():
                 check(body)
             except P.ProtocolError:
                 pass
+
+
+def test_discarding_a_stream_drops_its_entries_and_keeps_the_others():
+    q = FairQueue(budget=1 << 20)
+    for i in range(3):
+        q.push("p", "dropped", 100, ("d", i))
+        q.push("p", "kept", 100, ("k", i))
+    q.push("p", "dropped", 0, ("d", "end"), terminator=True)
+    q.push("other", "alone", 50, ("o", 0))
+    assert q.discard("dropped") == 4
+    assert q.discard("dropped") == 0 and q.discard("never") == 0
+    assert len(q) == 4
+    served = []
+    while (e := q.pop()) is not None:
+        served.append(e.item)
+    assert sorted(served) == [("k", 0), ("k", 1), ("k", 2), ("o", 0)]
+    assert q.stats()["principals"]["p"]["pending_bytes"] == 0
+    q.push("solo", "s", 10, "x")
+    assert q.discard("s") == 1 and q.empty() and q.pop() is None
