@@ -100,9 +100,11 @@ def test_a_new_open_of_a_checked_route_is_answered_inline_with_the_general_paths
 
 def test_a_checked_route_does_not_carry_over_to_another_scope_or_principal(node, tmp_path):
     """Alice is granted node.compute, Bob is not. Both get held content by
-    the short path; a compute-scope open, held or not, is refused for Bob
-    every time (the route is never kept for him), also when it is the very
-    payload Alice's connection had answered by the short path."""
+    the short path; a compute-scope open of a key the node does not hold is
+    refused for Bob every time (the route to compute is never kept for
+    him), while one of a key it holds is served to him, also when it is the
+    very payload Alice's connection had answered by the short path (held
+    content goes to any authenticated peer: only compute is refused)."""
     grants = tmp_path / "grants.json"
     grants.write_text(json.dumps({"alice": ["node.compute"], "bob": []}))
     n = node(tokens=dict(TOKENS), grants=str(grants))
@@ -129,11 +131,19 @@ def test_a_checked_route_does_not_carry_over_to_another_scope_or_principal(node,
     _raw, frames = bob.ask(_open(reqs[1]), 2)
     assert frames[-1].kind == FrameKind.STREAM_END and n._inline_hits == before + 1
     denied = n.stats().get("denied_compute", 0)
-    for i, r in enumerate(reqs + reqs):  # alice's very payloads, then again
+    unheld = [node_ops.double.request(i) for i in range(40, 44)]
+    for i, r in enumerate(unheld + unheld):  # refused, then again
         body = _error(bob.ask(_open(r, scope="compute"), 10 + i)[1], 10 + i)
         assert body["kind"] == "CapabilityDenied" and "node.compute" in body["message"]
-    assert n.stats()["denied_compute"] - denied == 2 * len(reqs)
+    assert n.stats()["denied_compute"] - denied == 2 * len(unheld)
     assert n._inline_hits == before + 1
+    for i, r in enumerate(reqs + reqs):  # alice's very payloads, then again: held
+        _raw, frames = bob.ask(_open(r, scope="compute"), 30 + i)
+        assert frames[-1].kind == FrameKind.STREAM_END
+    for i, r in enumerate(unheld):  # and compute is still refused
+        body = _error(bob.ask(_open(r, scope="compute"), 50 + i)[1], 50 + i)
+        assert body["kind"] == "CapabilityDenied"
+    assert n.stats()["denied_compute"] - denied == 3 * len(unheld)
     # the connection goes on: held content is still served to bob
     assert bob.ask(_open(reqs[2]), 99)[1][-1].kind == FrameKind.STREAM_END
     bob.close()

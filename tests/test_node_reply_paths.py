@@ -101,8 +101,10 @@ def test_an_end_that_does_not_account_for_the_chunk_fails_on_the_short_path(node
 def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(node, tmp_path):
     """Alice (granted node.compute) asks a compute-scope request twice: the
     second is a hit answered from her connection's kept open. Bob sends the
-    same open bytes (same request, grants and scope) and is still refused:
-    what a connection keeps was checked against its own grants."""
+    same open bytes (same request, grants and scope) and gets what the node
+    holds (held content goes to any authenticated peer), but a request the
+    node would compute is still refused: what a connection keeps was
+    checked against its own grants."""
     grants = tmp_path / "grants.json"
     grants.write_text(json.dumps({"alice": ["node.compute"], "bob": []}))
     n = node(tokens=dict(TOKENS), grants=str(grants))
@@ -123,18 +125,22 @@ def test_an_open_kept_by_one_connection_is_not_answered_for_another_principal(no
         req_status = n.status()["requests"]
         assert (req_status["received"], req_status["replied"], req_status["hits_inline"]) \
             == (after["requests"], after["replies"], after["hits_inline"])
+    unheld = node_ops.double.request(22)
     with connect(n.url, token=TOKENS["bob"]) as bob:
         for _ in range(2):
+            assert bob.evaluate(req).value == 42  # held: served to bob too
             with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
-                bob.evaluate(req)
+                bob.evaluate(unheld)
 
         async def refused():
             for _ in range(2):
+                assert (await bob.aevaluate(req)).value == 42
                 with pytest.raises(fabric.CapabilityDenied, match="node.compute"):
-                    await bob.aevaluate(req)
+                    await bob.aevaluate(unheld)
 
         asyncio.run(refused())
     assert n.stats()["denied_compute"] == 4
+    assert unheld.key not in n.cassette  # never computed for bob
 
 
 def test_the_deadline_watchdog_leaves_no_timer_on_the_callers_loop(node):

@@ -128,6 +128,10 @@ def golden_frames():
             ["stream.open", "stream.remote.network"]).encode(),
         "cancel": fabric.StreamControl.cancel(1).to_frame(
             ["stream.cancel", "stream.remote.network"]).encode(),
+        "close": fabric.StreamControl.close(1).to_frame(
+            ["stream.cancel", "stream.remote.network"]).encode(),
+        "end_drained": enc.encode_value(FrameKind.STREAM_END, {
+            "chunks": 2, "bytes": 2000, "truncated": True}, stream_id=1, seq=3),
         "credit": enc.encode_value(FrameKind.CREDIT, {"consumed": 65536}, stream_id=3),
         "gossip_delta": enc.encode_value(FrameKind.GOSSIP, {
             "origin": "a", "start": 0, "end": 1,
@@ -189,3 +193,22 @@ def test_random_frames_never_crash_the_checks():
                 check(body)
             except P.ProtocolError:
                 pass
+
+
+def test_discarding_a_stream_drops_its_entries_and_keeps_the_others():
+    q = FairQueue(budget=1 << 20)
+    for i in range(3):
+        q.push("p", "dropped", 100, ("d", i))
+        q.push("p", "kept", 100, ("k", i))
+    q.push("p", "dropped", 0, ("d", "end"), terminator=True)
+    q.push("other", "alone", 50, ("o", 0))
+    assert q.discard("dropped") == 4
+    assert q.discard("dropped") == 0 and q.discard("never") == 0
+    assert len(q) == 4
+    served = []
+    while (e := q.pop()) is not None:
+        served.append(e.item)
+    assert sorted(served) == [("k", 0), ("k", 1), ("k", 2), ("o", 0)]
+    assert q.stats()["principals"]["p"]["pending_bytes"] == 0
+    q.push("solo", "s", 10, "x")
+    assert q.discard("s") == 1 and q.empty() and q.pop() is None

@@ -31,7 +31,7 @@ import weakref
 from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
@@ -45,9 +45,10 @@ from ..claims import attach, from_wire
 from . import protocol as P
 from .auth import client_tls
 
-__all__ = ["NodeClient", "connect"]
+__all__ = ["NodeClient", "connect", "RemoteStream", "AsyncRemoteStream"]
 
 log = logging.getLogger("fabric.node")
+T = TypeVar("T")
 _OPEN = frozenset(("stream.open", "stream.cancel", "stream.remote.network"))
 _STATS = ("stream.stats", "stream.remote.network")
 _END = object()
@@ -89,7 +90,8 @@ class _Call:
     """One request in flight: its events, in order, as they arrive."""
 
     __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
-                 "done", "error", "chunks", "bytes", "claim", "owner", "seq")
+                 "done", "error", "chunks", "bytes", "claim", "owner", "seq", "received",
+                 "tx_seq", "grants_sent", "draining")
 
     def __init__(self, sid: int, want: str):
         self.sid = sid
@@ -107,6 +109,10 @@ class _Call:
         self.claim: Any = None  # the STREAM_END's claim bytes, if any
         self.owner: Any = None  # the stream given to the caller (gets .claim at the end)
         self.seq = 0  # of the last chunk
+        self.received = 0  # payload bytes of its chunks (what the sender's credit counts)
+        self.tx_seq = 1  # frames this side sent on it: the open, grants, close or cancel
+        self.grants_sent = 0
+        self.draining = False  # close(drain=True) was sent
 
 
 class _Channel:
@@ -347,7 +353,8 @@ class _BlockingStream:
     the frames still in flight for it are skipped by the channel's next call."""
 
     __slots__ = ("ch", "request", "sid", "t", "consumed", "granted", "finished", "seq",
-                 "chunks", "bytes", "owner", "__weakref__")
+                 "chunks", "bytes", "owner", "tx_seq", "grants_sent", "draining",
+                 "__weakref__")
 
     def __init__(self, ch: _Channel, request: EvalRequest, sid: int, t: float | None):
         self.ch = ch
@@ -361,6 +368,9 @@ class _BlockingStream:
         self.seq = 0  # of the last chunk taken
         self.chunks = 0
         self.bytes = 0
+        self.tx_seq = 1  # frames sent on it: the open, grants, close or cancel
+        self.grants_sent = 0
+        self.draining = False
 
     def __iter__(self) -> "_BlockingStream":
         return self
@@ -369,6 +379,8 @@ class _BlockingStream:
         ch = self.ch
         self.granted = self.consumed
         ch.client.stats_counters["grants_sent"] += 1
+        self.grants_sent += 1
+        self.tx_seq += 1
         ch.sock.sendall(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
                                             stream_id=self.sid))
 
@@ -415,7 +427,11 @@ class _BlockingStream:
                     raise StopIteration
                 if kind == FrameKind.ERROR:
                     self._finish()
-                    raise P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
+                    # raised below, not in this try: a refusal that is an
+                    # OSError (CapabilityDenied, LimitExceeded) is the
+                    # stream's error, not a lost connection
+                    err = P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
+                    break
         except P.ProtocolError:
             self._finish()
             ch.close()  # what follows on it cannot be trusted
@@ -433,22 +449,45 @@ class _BlockingStream:
                 raise
             raise FabricUnavailable(f"connection to {ch.client.url} ({ch.node}) was lost: "
                                     f"{exc}") from None
+        raise err
 
     def _finish(self) -> None:
         self.finished = True
         self.ch.busy = False
 
     def close(self) -> None:
-        """Stop early: the node is told to cancel the request."""
+        """Stop early, drop-and-close: the node is told to cancel the request."""
         if self.finished:
             return
         ch = self.ch
         if not ch.dead:  # sent while the channel is still this stream's (busy)
             try:
+                self.tx_seq += 1
                 ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
             except OSError:
                 ch.close()
         self._finish()
+
+    def drain(self) -> None:
+        """Drain-then-close: the node stops the producer and sends what it
+        queued, then the stream's end; iterating goes on until that end."""
+        if self.finished or self.draining or self.ch.dead:
+            return
+        self.draining = True
+        self.tx_seq += 1
+        try:
+            self.ch.sock.sendall(StreamControl.close(self.sid).to_frame(_OPEN).encode())
+        except OSError as exc:
+            self._finish()
+            self.ch.close()
+            raise FabricUnavailable(f"connection to {self.ch.client.url} ({self.ch.node}) "
+                                    f"was lost: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        """This stream's figures (``RemoteStream.stats``)."""
+        return _stream_stats(self.sid, self.tx_seq, self.seq, self.ch.dec.pending,
+                             self.ch.window, self.consumed, self.granted, self.grants_sent,
+                             self.finished, self.draining)
 
     def __del__(self) -> None:
         try:
@@ -710,8 +749,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
-                raise FabricUnavailable(f"{self.client.url} ended the connection: "
-                                        f"{P.error_from_payload(f.decode_payload(limits), '')}")
+                why = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
+                raise FabricUnavailable(f"{self.client.url} ended the connection: {why}")
             return
         call = self.calls.get(sid)
         if call is None:
@@ -1333,6 +1372,7 @@ class NodeClient:
                 c.parts.append(bytes(f.decode_payload(dec.limits)))
             else:
                 size = len(f.payload)
+                c.received += size
                 c.chunks += 0 if f.is_diagnostic else 1
                 c.bytes += 0 if f.is_diagnostic else size
                 c.q.put_nowait((DIAG if f.is_diagnostic else ITEM,
@@ -1379,7 +1419,16 @@ class NodeClient:
 
     def _cancel(self, c: _Call) -> None:
         if self._calls.pop(c.sid, None) is not None and self._writer is not None:
+            c.tx_seq += 1
             self._writer.write(StreamControl.cancel(c.sid).to_frame(_OPEN).encode())
+
+    def _drain(self, c: _Call) -> None:
+        """On the client's loop: ask the node to drain-then-close ``c``."""
+        if c.draining or c.done or self._calls.get(c.sid) is not c or self._writer is None:
+            return
+        c.draining = True
+        c.tx_seq += 1
+        self._writer.write(StreamControl.close(c.sid).to_frame(_OPEN).encode())
 
     def _grant(self, c: _Call, size: int) -> None:
         c.consumed += size
@@ -1387,6 +1436,8 @@ class NodeClient:
                 c.consumed - c.granted >= max(1, self.window // 4) or c.q.empty()):
             c.granted = c.consumed
             self.stats_counters["grants_sent"] += 1
+            c.grants_sent += 1
+            c.tx_seq += 1
             self._writer.write(self._enc.encode_value(FrameKind.CREDIT,
                                                       {"consumed": c.consumed},
                                                       stream_id=c.sid))
@@ -1638,21 +1689,20 @@ class NodeClient:
                 self._loop.call_soon_threadsafe(self._cancel, c)
 
     def stream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-               timeout: float | None = None) -> EvalStream[Any]:
+               timeout: float | None = None) -> RemoteStream[Any]:
         """A stream from the node; items arrive as it produces them, under
         per-stream credit. Closing it early cancels the producer."""
         t, payload = self._prepare(request, grants, timeout, "stream")
         ch = self._channel(t)
         if ch is not None:
             bs = ch.stream(request, payload, t)
-            out: EvalStream[Any] = EvalStream(bs, request.key, f"peer:{self.node}")
-            out.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+            out: RemoteStream[Any] = RemoteStream(bs, request.key, f"peer:{self.node}", bs)
             bs.owner = out
             return out
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", payload),
                                              self._loop).result()
-        s: EvalStream[Any] = EvalStream(self._events(c, t), request.key, f"peer:{self.node}")
-        s.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+        s: RemoteStream[Any] = RemoteStream(self._events(c, t), request.key,
+                                            f"peer:{self.node}", _CallHandle(self, c))
         c.owner = s
         return s
 
@@ -1677,14 +1727,13 @@ class NodeClient:
                 self._loop.call_soon_threadsafe(self._cancel, c)
 
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
-                timeout: float | None = None) -> AsyncEvalStream[Any]:
+                timeout: float | None = None) -> AsyncRemoteStream[Any]:
         """Async twin of ``stream``."""
         t, payload = self._prepare(request, grants, timeout, "stream")
         c = asyncio.run_coroutine_threadsafe(self._open(request, "stream", payload),
                                              self._loop).result()
-        s: AsyncEvalStream[Any] = AsyncEvalStream(self._aevents(c, t), request.key,
-                                                  f"peer:{self.node}")
-        s.claim = None  # type: ignore[attr-defined]  # the node's claim, once it ended
+        s: AsyncRemoteStream[Any] = AsyncRemoteStream(self._aevents(c, t), request.key,
+                                                      f"peer:{self.node}", _CallHandle(self, c))
         c.owner = s
         return s
 
@@ -1775,6 +1824,101 @@ class NodeClient:
 
     def __repr__(self) -> str:
         return f"fabric.connect({self.url!r}) [{self.status}, node={self.node!r}]"
+
+
+def _stream_stats(sid: int, tx_seq: int, rx_seq: int, pending: int, window: int,
+                  received: int, granted: int, grants_sent: int, ended: bool,
+                  draining: bool) -> dict[str, Any]:
+    """A stream's figures on the receiving side (the seed's per-stream stats)."""
+    return {"stream": sid, "state": "ended" if ended else "draining" if draining else "open",
+            "tx_seq": tx_seq, "rx_seq": rx_seq, "inbound_pending": pending,
+            "backpressure_events": 0,  # this side sends no data on it: it never waits
+            # the sender's credit as this side knows it (-1: unbounded)
+            "credit_remaining": -1 if not window else max(0, window - (received - granted)),
+            "window": window, "bytes_received": received, "grants_sent": grants_sent,
+            "grants_received": 0}
+
+
+class _CallHandle:
+    """A stream on the client's main connection, for its ``RemoteStream``."""
+
+    __slots__ = ("client", "call")
+
+    def __init__(self, client: NodeClient, call: _Call):
+        self.client, self.call = client, call
+
+    def drain(self) -> None:
+        self.client._loop.call_soon_threadsafe(self.client._drain, self.call)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.call
+        return _stream_stats(c.sid, c.tx_seq, c.seq, c.q.qsize(), self.client.window,
+                             c.received, c.granted, c.grants_sent, c.done and c.q.empty(),
+                             c.draining)
+
+
+class RemoteStream(EvalStream[T]):
+    """A stream from a node (``NodeClient.stream``): an ``EvalStream`` with
+    the stream's figures (``stats()``) and both ways to close it early.
+
+    ``close()`` (or ``cancel()``, or leaving a ``with`` block) is
+    drop-and-close: the node stops the producer and drops what it queued,
+    and iteration stops at once. ``close(drain=True)`` is drain-then-close:
+    the node stops the producer and sends what it had queued, then the
+    stream's end; iterating goes on with those items and stops at the end
+    (a stream so ended is incomplete and never recorded)."""
+
+    claim: Any
+
+    def __init__(self, events: Any, key: Any, source: str, handle: Any):
+        super().__init__(events, key, source)
+        self._handle = handle
+        self.claim = None  # the node's claim, once it ended
+
+    def close(self, drain: bool = False) -> None:
+        """Stop the stream: drop-and-close, or with ``drain`` drain-then-close."""
+        if drain:
+            self._handle.drain()
+        else:
+            super().close()
+
+    def cancel(self) -> None:
+        """Drop-and-close (``close()``)."""
+        super().close()
+
+    def stats(self) -> dict[str, Any]:
+        """tx_seq (frames sent on it: the open, grants, a close), rx_seq (the
+        seq of the last frame taken), inbound_pending (frames arrived, not
+        taken yet), backpressure_events, credit_remaining (the sender's, as
+        far as this side knows; -1 unbounded), grants sent and received."""
+        return self._handle.stats()
+
+
+class AsyncRemoteStream(AsyncEvalStream[T]):
+    """The async twin of ``RemoteStream`` (``NodeClient.astream``):
+    ``await s.aclose()`` drops, ``await s.aclose(drain=True)`` drains."""
+
+    claim: Any
+
+    def __init__(self, events: Any, key: Any, source: str, handle: _CallHandle):
+        super().__init__(events, key, source)
+        self._handle = handle
+        self.claim = None  # the node's claim, once it ended
+
+    async def aclose(self, drain: bool = False) -> None:
+        """Stop the stream: drop-and-close, or with ``drain`` drain-then-close."""
+        if drain:
+            self._handle.drain()
+        else:
+            await super().aclose()
+
+    async def cancel(self) -> None:
+        """Drop-and-close (``aclose()``)."""
+        await super().aclose()
+
+    def stats(self) -> dict[str, Any]:
+        """As ``RemoteStream.stats``."""
+        return self._handle.stats()
 
 
 def _diag_or_item(ev: tuple[int, Any, int]) -> Any:

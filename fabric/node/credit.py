@@ -138,6 +138,15 @@ class StreamTable:
         entry = self._open.get(stream_id)
         return None if entry is None else entry[1]
 
+    def handle(self, stream_id: int) -> tuple[int, int] | None:
+        """The handle (id, epoch) of the open stream ``stream_id``, or None."""
+        entry = self._open.get(stream_id)
+        return None if entry is None else (stream_id, entry[0])
+
+    def items(self) -> list[tuple[int, int, Any]]:
+        """(id, epoch, state) of each open stream (a copy: safe from any thread)."""
+        return [(sid, e, st) for sid, (e, st) in list(self._open.items())]
+
     def close(self, handle: tuple[int, int]) -> Any:
         state = self.get(handle)
         del self._open[handle[0]]

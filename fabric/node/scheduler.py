@@ -183,6 +183,25 @@ class FairQueue:
             return head
         return None
 
+    def discard(self, stream: Hashable) -> int:
+        """Drop every queued entry of ``stream``, its terminator too (a
+        stream ended by drop-and-close); returns how many were dropped."""
+        dropped = 0
+        for name, p in list(self._p.items()):
+            q = p.streams.pop(stream, None)
+            if q is None:
+                continue
+            p.order.remove(stream)
+            for e in q:
+                p.bytes -= e.size
+                p.count -= 1
+                dropped += 1
+            if not p.count and name in self._active:
+                self._active.remove(name)
+                p.deficit = 0
+        self._lost.discard(stream)
+        return dropped
+
     def stats(self) -> dict[str, Any]:
         """Counters per principal (queued, served, evicted, refused, bytes)."""
         return {"principals": {n: dict(p.stats, pending=p.count, pending_bytes=p.bytes)

@@ -43,7 +43,7 @@ from ..replies import DIAG, EvalReply, reply_record
 from ..resolving import ContentAddressedFabric
 from . import protocol as P
 from .auth import COMPUTE, Grants, Tokens, tls_principal
-from .credit import Credit, StreamTable
+from .credit import Credit, StaleStream, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import FairQueue
 from .secrets import SecretStore
@@ -160,6 +160,20 @@ class _Sent:
         if tag != DIAG:
             self.chunks += 1
             self.total += size
+
+
+class _Stream:
+    """A request's stream on a connection, from its open to its end (its
+    entry in the connection's ``StreamTable``, under its epoch): what was
+    received on it, how it is being closed, what its sender counted."""
+
+    __slots__ = ("rx_seq", "closing", "sent", "task")
+
+    def __init__(self) -> None:
+        self.rx_seq = 1  # frames received on it: the open, then grants and controls
+        self.closing: str | None = None  # "drain" (CONTROL close) or "drop" (cancel)
+        self.sent: _Sent | None = None  # once its reply started (STREAM_START queued)
+        self.task: asyncio.Task[Any] | None = None  # once admitted
 
 
 class _Conn:
@@ -506,6 +520,8 @@ class Node:
                                 max_count=self.limits.principal_max_queued)
         self._running = 0
         self._drain = False
+        # Why the requests still running end (set at shutdown: _end_all).
+        self._end_reason: str | None = None
         # CONTROL open payloads seen lately -> (parsed request, its route or
         # None: _route_of): a request asked again, on any connection, skips
         # its decode and key computation. (An OrderedDict: a dict's oldest
@@ -549,7 +565,8 @@ class Node:
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
                 "gossip": self._gossip.stats(), "links": self._links(),
                 "leases": self.home.stats() if self.home is not None else {},
-                "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats()}
+                "requests_queue": self._run_q.stats(), "stream_queue": self._out_q.stats(),
+                "streams": self._stream_stats()}
 
     def _links(self) -> list[dict[str, Any]]:
         """Each peer link: URL, node id, state, dials, handshakes, reconnects,
@@ -703,10 +720,16 @@ class Node:
             self._server.close()
         if self._drain:
             await self._drain_requests()
-        for c in list(self._conns):
-            for t in list(c.tasks.values()):
-                t.cancel()  # each ends with an ERROR frame on its stream
-        await asyncio.sleep(0)  # let the cancelled requests send their ERROR frames
+            why = (f"node {self.node_id} shut down after its drain timeout "
+                   f"({self.limits.drain_timeout} s) with this request still running; "
+                   f"raise the timeout with fabric serve --drain-timeout SECONDS "
+                   f"(NodeLimits.drain_timeout)")
+        else:
+            why = f"node {self.node_id} stopped (Node.stop() does not drain)"
+        self._end_all(why)
+        ending = [t for c in list(self._conns) for t in c.tasks.values()]
+        if ending:  # their ERROR frames go out before stream 0's (bounded)
+            await asyncio.wait(ending, timeout=1.0)
         for c in list(self._conns):
             c.send_error(0, FabricError(f"node {self.node_id} is shutting down"))
             try:
@@ -816,6 +839,24 @@ class Node:
         if left:
             log.warning("node %s: %d request(s) still running after %s s: ended with an "
                         "error", self.node_id, left, bound)
+
+    def _end_all(self, why: str) -> None:
+        """At shutdown: every request still queued or running ends with an
+        ``ERROR`` (``FabricUnavailable``, ``why``) on its stream id."""
+        self._end_reason = why
+        while True:
+            e = self._run_q.pop()
+            if e is None:
+                break
+            conn, sid, _parsed, handle = e.item
+            try:
+                conn.streams.close(handle)
+            except StaleStream:
+                continue  # closed by its consumer while it waited (answered then)
+            conn.send_error(sid, FabricUnavailable(why))
+        for c in list(self._conns):
+            for t in list(c.tasks.values()):
+                t.cancel()  # _request sends the ERROR (with _end_reason)
 
     def __enter__(self) -> "Node":
         return self.start()
@@ -1093,10 +1134,7 @@ class Node:
             elif ctl.op == "stats":
                 _status.answer(self, conn, sid)
             elif ctl.op in ("cancel", "close"):
-                t = conn.tasks.get(sid)
-                if t is not None:
-                    self._stat("cancels")
-                    t.cancel()
+                self._close_stream(conn, sid, "drop" if ctl.op == "cancel" else "drain")
             elif ctl.op == "fault":
                 self._arm_fault(conn, sid, ctl.fields)
             else:
@@ -1108,11 +1146,15 @@ class Node:
             consumed = body["consumed"]
             if not isinstance(consumed, int) or isinstance(consumed, bool) or consumed < 0:
                 raise P.ProtocolError(f"a CREDIT's consumed is an int >= 0, not {consumed!r}")
+            st = conn.streams.find(sid)
+            if st is not None:
+                st.rx_seq += 1
             cr = conn.credits.get(sid)
-            if cr is not None:  # a grant for a just-closed stream is dropped
+            if cr is not None:
                 cr.grant(consumed)
-            else:
+            else:  # a grant for a just-closed stream (or one not sending yet) is dropped
                 conn.streams.dropped_grants += 1
+                self._stat("dropped_grants")
         elif kind == FrameKind.GOSSIP:
             self._gossip.on_conn(conn, f.decode_payload(dec.limits))
         elif kind == FrameKind.PING:
@@ -1258,7 +1300,24 @@ class Node:
             stats["replies"] = stats.get("replies", 0) + 1
             stats["hits_inline"] = stats.get("hits_inline", 0) + 1
             return
-        self._run_q.push(conn.principal, (id(conn), sid), 1, (conn, sid, parsed))
+        try:  # a new epoch of the id: a handle of an earlier one fails (StaleStream)
+            handle = conn.streams.open(sid, _Stream())
+        except FabricError:
+            raise P.ProtocolError(f"open on stream {sid}: that id is open (its request "
+                                  f"waits for a slot)") from None
+        try:
+            self._run_q.push(conn.principal, (id(conn), sid), 1, (conn, sid, parsed, handle))
+        except P.LimitExceeded as exc:
+            conn.streams.close(handle)
+            # Over the principal's count cap: this request is refused alone
+            # (an ERROR on its stream id); the connection and the principal's
+            # other requests go on.
+            self._stat("refused_over_count_cap")
+            self._stat("errors")
+            conn.send_error(sid, P.LimitExceeded(
+                f"{exc}: request refused (NodeLimits.principal_max_queued="
+                f"{self.limits.principal_max_queued} requests waiting per principal)"))
+            return
         self._admit()
 
     def _admit(self) -> None:
@@ -1266,12 +1325,17 @@ class Node:
             e = self._run_q.pop()
             if e is None:
                 break
-            conn, sid, parsed = e.item
+            conn, sid, parsed, handle = e.item
             if conn.closed:
                 continue
+            try:
+                st = conn.streams.get(handle)
+            except StaleStream:  # closed by its consumer while it waited: never run
+                continue
             self._running += 1
-            t = asyncio.get_running_loop().create_task(self._request(conn, sid, parsed))
-            conn.tasks[sid] = t
+            t = asyncio.get_running_loop().create_task(
+                self._request(conn, sid, parsed, handle))
+            conn.tasks[sid] = st.task = t
         self._update_inline()
 
     def _update_inline(self) -> None:
@@ -1293,14 +1357,20 @@ class Node:
             g = conn.effective[claimed] = Grants.effective(conn.grants - _CONTROL_GRANTS,
                                                            claimed)
         if scope == "compute" and not Grants.allows(conn.grants, COMPUTE):
+            if _req.key in self.cassette:
+                # held content goes to any authenticated peer: only compute is refused
+                return self.serve_held, g
             self._stat("denied_compute")
             raise CapabilityDenied(f"principal {conn.principal!r} is not granted "
-                                   f"{COMPUTE!r} on node {self.node_id}")
+                                   f"{COMPUTE!r} on node {self.node_id}, which does not "
+                                   f"hold {_req.op!r} (held content is served to any "
+                                   f"authenticated peer; computing needs the grant)")
         if scope == "compute" and self.node_id not in via:
             return self.fabric, g
         return self.serve_held, g  # held only (or a loop of nodes: what is held only)
 
-    async def _request(self, conn: _Conn, sid: int, parsed: Any) -> None:
+    async def _request(self, conn: _Conn, sid: int, parsed: Any,
+                       handle: tuple[int, int]) -> None:
         req, want, scope, claimed, timeout, via = parsed
         token = _GRANTS.set(conn.grants)
         _leases.VIA.set(tuple(via))  # (this task's own context)
@@ -1319,19 +1389,108 @@ class Node:
             self._stat("replies")
         except asyncio.CancelledError:
             if not conn.closed:
-                conn.send_error(sid, FabricError("cancelled"))
+                self._ended_early(conn, sid, handle)
         except Exception as exc:
             self._stat("errors")
             conn.send_error(sid, exc)
         finally:
             _GRANTS.reset(token)
             conn.tasks.pop(sid, None)
+            try:
+                conn.streams.close(handle)
+            except StaleStream:
+                pass
             cr = conn.credits.pop(sid, None)
             if cr is not None:
                 cr.close()
             self._running -= 1
             self._admit()
             self._gossip_wake.set()  # type: ignore[union-attr]
+
+    def _close_stream(self, conn: _Conn, sid: int, mode: str) -> None:
+        """A consumer's ``close`` (``mode`` "drain": what is queued goes out,
+        then the stream ends) or ``cancel`` ("drop": what is queued is
+        dropped, the stream ends at once with a diagnostic). The producer
+        stops either way; a request still waiting for a slot never runs."""
+        handle = conn.streams.handle(sid)
+        if handle is None:
+            self._stat("closes_after_end")  # it ended already: its end crossed this
+            return
+        st = conn.streams.get(handle)
+        st.rx_seq += 1
+        self._stat("cancels")
+        if st.task is None:  # still queued
+            conn.streams.close(handle)
+            conn.send_error(sid, FabricError(
+                f"stream {sid} was closed by its consumer before it started: not run"))
+            return
+        if st.closing is None:
+            st.closing = mode
+            st.task.cancel()  # _request ends the stream: _ended_early
+        elif mode == "drop":
+            st.closing = "drop"  # a drain not ended yet becomes a drop
+
+    def _ended_early(self, conn: _Conn, sid: int, handle: tuple[int, int]) -> None:
+        """A request's task was cancelled: by the node's shutdown (the
+        reason it gives), by its consumer's ``close`` (drain-then-close: the
+        stream's end is queued after its data) or ``cancel`` (drop-and-close:
+        its queued frames are dropped and an ERROR says so)."""
+        why = self._end_reason
+        if why is not None:
+            conn.send_error(sid, FabricUnavailable(why))
+            return
+        try:
+            st = conn.streams.get(handle)
+        except StaleStream:
+            st = None
+        key = (id(conn), sid)
+        closing = None if st is None else st.closing
+        if closing == "drain" and st is not None:
+            self._stat("streams_drained")
+            if st.sent is not None:  # its queued frames, then its end
+                self._end_stream(conn, key, sid, st.sent, True)
+            else:
+                conn.send_error(sid, FabricError(f"stream {sid} was closed by its consumer "
+                                                 f"before its reply started"))
+            return
+        if closing is None:  # not by its consumer (its connection is ending)
+            conn.send_error(sid, FabricError("cancelled"))
+            return
+        dropped = self._out_q.discard(key)
+        self._stat("streams_dropped")
+        self._stat("frames_dropped", dropped)
+        conn.send_error(sid, FabricError(
+            f"stream {sid} was cancelled by its consumer (drop-and-close): its producer "
+            f"was stopped and {dropped} queued frame(s) dropped"))
+
+    def _sent_for(self, conn: _Conn, sid: int) -> _Sent:
+        """A stream's running count, kept on its entry (a drain ends it with it)."""
+        sent = _Sent()
+        st = conn.streams.find(sid)
+        if st is not None:
+            st.sent = sent
+        return sent
+
+    def _stream_stats(self) -> list[dict[str, Any]]:
+        """Each open request stream of each connection, the seed's per-stream
+        figures (a node sends on them: grants are received, never sent)."""
+        out = []
+        for conn in list(self._conns):
+            for sid, epoch, st in conn.streams.items():
+                cr = conn.credits.get(sid)
+                c = cr.stats() if cr is not None else {}
+                state = st.closing and {"drain": "draining", "drop": "dropping"}[st.closing]
+                out.append({
+                    "peer": f"{conn.peer[0]}:{conn.peer[1]}" if conn.peer else "?",
+                    "principal": conn.principal, "stream": sid, "epoch": epoch,
+                    "state": state or ("running" if st.task is not None else "queued"),
+                    "tx_seq": 0 if st.sent is None else st.sent.seq + 1,
+                    "rx_seq": st.rx_seq, "inbound_pending": 0,
+                    "backpressure_events": c.get("backpressure_events", 0),
+                    "credit_remaining": c.get("credit_remaining", conn.window or -1),
+                    "window": conn.window, "bytes_sent": c.get("bytes_sent", 0),
+                    "grants_received": c.get("grants_received", 0), "grants_sent": 0})
+        return out
 
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
         data = canonical_bytes(reply_record(reply))
@@ -1371,7 +1530,7 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
-        sent = _Sent()
+        sent = self._sent_for(conn, sid)
         events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
         source = getattr(stream, "source", "computed")
         self._enqueue(conn, key, enc.encode_value(
@@ -1440,7 +1599,7 @@ class Node:
         key = (id(conn), sid)
         self._enqueue(conn, key, enc.encode_value(
             FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
-        sent = _Sent()
+        sent = self._sent_for(conn, sid)
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
         while True:
