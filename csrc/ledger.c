@@ -276,6 +276,10 @@ struct fab_ledger {
     uint64_t seen_clears; /* the page's clears when this handle was last caught up
                            * under the mutex (NONE: unknown) */
     const uint8_t *lazy_key; /* fab_ledger_record_req's key, for begin_append */
+    int filter_seen;         /* the key filter could rule keys out for this handle at
+                              * its last append under the mutex (filter_usable): a
+                              * hint, so that the next append reads none of the page
+                              * before it takes the mutex */
     uint64_t lazy_appends;   /* appends that took the lazy path (a statistic) */
     uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
@@ -746,19 +750,28 @@ static void filter_records(shl_page *p, const uint8_t *buf, size_t blen)
     }
 }
 
+/* 1 when the filter can tell about the records at or after h: it is
+ * valid, based at or before h, not saturated, and no clear was appended
+ * since this handle last caught up under the mutex (seen_clears). Under
+ * the mutex (before it: a hint). */
+static int filter_usable(const shl_page *p, uint64_t seen_clears, uint64_t h)
+{
+    shl_page *q = (shl_page *)p;
+    uint64_t base = atomic_load_explicit(&q->filter_base, memory_order_relaxed);
+    return !(base == FILTER_INVALID || base > h || seen_clears == NONE ||
+             atomic_load_explicit(&q->clears, memory_order_relaxed) != seen_clears ||
+             atomic_load_explicit(&q->filter_keys, memory_order_relaxed) > FILTER_SATURATED);
+}
+
 /* 1 when the filter tells that no record at or after h commits or deletes
  * key and that no clear was appended since this handle last caught up
- * under the mutex (seen_clears): the filter is valid, based at or before
- * h, not saturated, and one of key's bits is clear. Under the mutex
- * (before it: a hint). */
+ * under the mutex (seen_clears): it is usable (filter_usable) and one of
+ * key's bits is clear. Under the mutex (before it: a hint). */
 static int filter_absent(const shl_page *p, uint64_t seen_clears, const uint8_t key[32],
                          uint64_t h)
 {
     shl_page *q = (shl_page *)p;
-    uint64_t base = atomic_load_explicit(&q->filter_base, memory_order_relaxed);
-    if (base == FILTER_INVALID || base > h || seen_clears == NONE ||
-        atomic_load_explicit(&q->clears, memory_order_relaxed) != seen_clears ||
-        atomic_load_explicit(&q->filter_keys, memory_order_relaxed) > FILTER_SATURATED)
+    if (!filter_usable(p, seen_clears, h))
         return 0;
     uint64_t b[FILTER_K];
     filter_bits(key, b);
@@ -3371,7 +3384,9 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
              * under it only what was appended meanwhile is; unless the
              * key filter will likely let the append go without them (a
              * look without the mutex: a hint, decided under it). */
-            uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+            uint64_t pe = l->lazy_key != NULL && l->filter_seen
+                              ? 0 /* the filter decides under the mutex (filter_seen) */
+                              : atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
             if ((pe > l->end || (pe == l->end && l->lazy_from != NONE)) &&
                 !(l->lazy_key != NULL &&
                   filter_absent(l->sh.p, l->seen_clears, l->lazy_key,
@@ -3392,9 +3407,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             shl_hot hot = {{&l->sh.p->end, &l->sh.p->filter_keys, NULL, NULL},
                            l->map != NULL ? l->map->base : NULL,
                            l->map != NULL ? l->map->len : 0};
-            if (l->lazy_key != NULL && /* the key's filter block, when there is a filter */
-                atomic_load_explicit(&l->sh.p->filter_base, memory_order_relaxed) !=
-                    FILTER_INVALID)
+            if (l->lazy_key != NULL && l->filter_seen) /* the key's filter block */
                 hot.line[2] = shl_filter(l->sh.p) +
                               (fab_load_le64(l->lazy_key) & (SHL_FILTER_BITS / 512 - 1)) * 8;
             if (l->sent_ok && l->map != NULL)
@@ -3572,6 +3585,8 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
 static void end_append(fab_ledger *l)
 {
     if (l->append_locked == 2) {
+        l->filter_seen = filter_usable(l->sh.p, l->seen_clears,
+                                       l->lazy_from != NONE ? l->lazy_from : l->end);
         if (l->append_ok && !l->failed) {
             atomic_store_explicit(&l->sh.p->reserved, l->reserved, memory_order_relaxed);
             /* Release: a miss, and an appender before it takes the mutex,
@@ -4319,8 +4334,7 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     built_reply bb, *b = &bb;
     bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    if (l->sh.p != NULL && /* the key's block of the filter: a miss, while the reply is built */
-        atomic_load_explicit(&l->sh.p->filter_base, memory_order_relaxed) != FILTER_INVALID)
+    if (l->sh.p != NULL && l->filter_seen) /* the key's filter block: a miss, while the reply is built */
         __builtin_prefetch((const void *)(shl_filter(l->sh.p) +
                                           (fab_load_le64(key) & (SHL_FILTER_BITS / 512 - 1)) * 8));
     uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;
