@@ -187,6 +187,11 @@ static const uint8_t SHL_MAGIC[8] = {0x89, 'F', 'A', 'B', 'L', 'C', 'K', '\n'};
 
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "the lock page's mutex ends before its opens");
 
+/* The end hint's offset, in the mutex's cache line after the mutex, when
+ * the C library's pthread_mutex_t leaves room for it (spec: The lock
+ * page). */
+#define SHL_HINT_AT 120
+
 typedef struct shl_page {
     uint8_t magic[8];
     uint32_t version;
@@ -211,6 +216,7 @@ typedef struct shl_page {
 } shl_page;
 
 _Static_assert(sizeof(shl_page) <= SHL_HEAD, "the lock page's header fits in its page");
+_Static_assert(SHL_HINT_AT % 8 == 0 && SHL_HINT_AT + 8 <= 128, "the end hint is in the mutex's line");
 _Static_assert(offsetof(shl_page, end) == 40 && offsetof(shl_page, reserved) == 56 &&
                    offsetof(shl_page, mu) == 64 && offsetof(shl_page, opens) == 128 &&
                    offsetof(shl_page, filter_base) == 136 &&
@@ -270,6 +276,10 @@ struct fab_ledger {
     uint64_t seen_clears; /* the page's clears when this handle was last caught up
                            * under the mutex (NONE: unknown) */
     const uint8_t *lazy_key; /* fab_ledger_record_req's key, for begin_append */
+    int filter_seen;         /* the key filter could rule keys out for this handle at
+                              * its last append under the mutex (filter_usable): a
+                              * hint, so that the next append reads none of the page
+                              * before it takes the mutex */
     uint64_t lazy_appends;   /* appends that took the lazy path (a statistic) */
     uint64_t spin_ns;     /* spinning for the lock page's mutex (shl_lock) */
     uint64_t looked_ns;   /* CLOCK_MONOTONIC of the last append that fstat'ed the file */
@@ -576,8 +586,11 @@ static void shl_sweep(const char *dir)
  * describes and maps it. 0 and *out filled, or -1 when this process cannot
  * use one (the caller then uses the OFD lock).
  */
+static void prefetchw_probe(void);
+
 static int shl_open(const struct stat *ledger, shl *out)
 {
+    prefetchw_probe();
     memset(out, 0, sizeof(*out));
     out->fd = -1;
     const char *dir = shl_dir();
@@ -737,19 +750,28 @@ static void filter_records(shl_page *p, const uint8_t *buf, size_t blen)
     }
 }
 
+/* 1 when the filter can tell about the records at or after h: it is
+ * valid, based at or before h, not saturated, and no clear was appended
+ * since this handle last caught up under the mutex (seen_clears). Under
+ * the mutex (before it: a hint). */
+static int filter_usable(const shl_page *p, uint64_t seen_clears, uint64_t h)
+{
+    shl_page *q = (shl_page *)p;
+    uint64_t base = atomic_load_explicit(&q->filter_base, memory_order_relaxed);
+    return !(base == FILTER_INVALID || base > h || seen_clears == NONE ||
+             atomic_load_explicit(&q->clears, memory_order_relaxed) != seen_clears ||
+             atomic_load_explicit(&q->filter_keys, memory_order_relaxed) > FILTER_SATURATED);
+}
+
 /* 1 when the filter tells that no record at or after h commits or deletes
  * key and that no clear was appended since this handle last caught up
- * under the mutex (seen_clears): the filter is valid, based at or before
- * h, not saturated, and one of key's bits is clear. Under the mutex
- * (before it: a hint). */
+ * under the mutex (seen_clears): it is usable (filter_usable) and one of
+ * key's bits is clear. Under the mutex (before it: a hint). */
 static int filter_absent(const shl_page *p, uint64_t seen_clears, const uint8_t key[32],
                          uint64_t h)
 {
     shl_page *q = (shl_page *)p;
-    uint64_t base = atomic_load_explicit(&q->filter_base, memory_order_relaxed);
-    if (base == FILTER_INVALID || base > h || seen_clears == NONE ||
-        atomic_load_explicit(&q->clears, memory_order_relaxed) != seen_clears ||
-        atomic_load_explicit(&q->filter_keys, memory_order_relaxed) > FILTER_SATURATED)
+    if (!filter_usable(p, seen_clears, h))
         return 0;
     uint64_t b[FILTER_K];
     filter_bits(key, b);
@@ -828,6 +850,103 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/*
+ * A handoff of the lock page's mutex between processes on two CPUs moves
+ * every cache line the append touches from the last holder's CPU to the
+ * next one's, each a miss that costs as much as the rest of the append
+ * (about 250 ns between the two CPUs of the machine in docs/benchmarks.md)
+ * and, taken one after another as the code meets them, most of the time
+ * the mutex is held. So the waiter fetches them for writing all at once,
+ * when it sees the mutex free and before it takes it (they are the last
+ * holder's no longer): the page's end and filter words, the key's filter
+ * block, the sentinel, and the first lines after the ledger's end as the
+ * page's end hint tells it (the last holder's end, in the mutex's own
+ * cache line, which the waiter has then: spec, The lock page). A prefetch
+ * never faults and changes nothing but the cache, so a stale hint, or a
+ * line beyond the file, costs a wasted fetch at most.
+ */
+typedef struct shl_hot {
+    const void *line[4];  /* lines fetched for writing; NULL: none */
+    const uint8_t *base;  /* the ledger's mapping, for the lines at the end hint; NULL: none */
+    uint64_t len;         /* the mapping's length */
+} shl_hot;
+
+/* The lines after the end hint that are fetched: a small append's. */
+#define SHL_HOT_SPAN 192
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+/* 1 when the CPU has PREFETCHW (CPUID 0x80000001, ECX bit 8), 0 when not,
+ * -1 before the first look (shl_open). */
+static _Atomic int have_prefetchw = -1;
+
+static void prefetchw_probe(void)
+{
+    unsigned a, b, c, d;
+    if (atomic_load_explicit(&have_prefetchw, memory_order_relaxed) < 0)
+        atomic_store_explicit(&have_prefetchw,
+                              __get_cpuid(0x80000001u, &a, &b, &c, &d) && (c & (1u << 8)),
+                              memory_order_relaxed);
+}
+#else
+static void prefetchw_probe(void)
+{
+}
+#endif
+
+/* Fetches p's cache line for writing (for reading where the CPU has no
+ * such prefetch). */
+static inline void prefetch_w(const void *p)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (atomic_load_explicit(&have_prefetchw, memory_order_relaxed) > 0)
+        __asm__ __volatile__("prefetchw %0" ::"m"(*(const char *)p));
+    else
+        __builtin_prefetch(p, 1);
+#else
+    __builtin_prefetch(p, 1);
+#endif
+}
+
+/* The page's end hint, or NULL when the mutex leaves no room for it. */
+static inline _Atomic uint64_t *shl_end_hint(shl_page *p)
+{
+    return sizeof(pthread_mutex_t) + 64 <= SHL_HINT_AT
+               ? (_Atomic uint64_t *)(void *)((uint8_t *)p + SHL_HINT_AT)
+               : NULL;
+}
+
+/* Fetches hot's lines (see shl_hot). Only once the mutex is seen free:
+ * before, they are its holder's. */
+static inline void shl_fetch(shl_page *p, const shl_hot *hot)
+{
+    for (int i = 0; i < 4; i++)
+        if (hot->line[i] != NULL)
+            prefetch_w(hot->line[i]);
+    _Atomic uint64_t *hint = shl_end_hint(p);
+    if (hot->base == NULL || hint == NULL)
+        return;
+    uint64_t e = atomic_load_explicit(hint, memory_order_relaxed);
+    if (e != 0 && e <= hot->len && hot->len - e >= SHL_HOT_SPAN)
+        for (uint64_t o = 0; o < SHL_HOT_SPAN; o += 64)
+            prefetch_w(hot->base + e + o);
+}
+
+static inline int shl_maybe_free(pthread_mutex_t *mu);
+
+/* pthread_mutex_trylock, hot's lines fetched first when the mutex looks
+ * free (its line fetched for writing first: one miss, not a read and
+ * then the trylock's write). */
+static inline int shl_trylock(shl_page *p, const shl_hot *hot)
+{
+    if (hot != NULL) {
+        prefetch_w(&p->mu);
+        if (shl_maybe_free(&p->mu))
+            shl_fetch(p, hot);
+    }
+    return pthread_mutex_trylock(&p->mu);
+}
+
 /* 1 when the mutex may be free (or its owner dead): worth a trylock. */
 static inline int shl_maybe_free(pthread_mutex_t *mu)
 {
@@ -869,9 +988,9 @@ static int shl_wait(shl_page *p)
     return r;
 }
 
-static int shl_lock(shl_page *p, uint64_t spin_ns, int *waited)
+static int shl_lock(shl_page *p, uint64_t spin_ns, const shl_hot *hot, int *waited)
 {
-    int r = pthread_mutex_trylock(&p->mu);
+    int r = shl_trylock(p, hot);
     *waited = r == EBUSY;
     if (r != EBUSY || spin_ns == 0)
         return r != EBUSY ? r : shl_wait(p);
@@ -881,7 +1000,7 @@ static int shl_lock(shl_page *p, uint64_t spin_ns, int *waited)
     uint64_t t0 = 0;
     for (unsigned i = 1;; i++) {
         cpu_relax();
-        if (shl_maybe_free(&p->mu) && (r = pthread_mutex_trylock(&p->mu)) != EBUSY) {
+        if (shl_maybe_free(&p->mu) && (r = shl_trylock(p, hot)) != EBUSY) {
             *waited = t0 != 0;
             return r;
         }
@@ -3265,7 +3384,9 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
              * under it only what was appended meanwhile is; unless the
              * key filter will likely let the append go without them (a
              * look without the mutex: a hint, decided under it). */
-            uint64_t pe = atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
+            uint64_t pe = l->lazy_key != NULL && l->filter_seen
+                              ? 0 /* the filter decides under the mutex (filter_seen) */
+                              : atomic_load_explicit(&l->sh.p->end, memory_order_relaxed);
             if ((pe > l->end || (pe == l->end && l->lazy_from != NONE)) &&
                 !(l->lazy_key != NULL &&
                   filter_absent(l->sh.p, l->seen_clears, l->lazy_key,
@@ -3281,7 +3402,17 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             }
             doubt |= l->torn_bytes != 0; /* the catch-up may find a torn tail */
             int r = EBUSY;
-            if (l->n_def && (r = pthread_mutex_trylock(&l->sh.p->mu)) == EBUSY) {
+            /* the lines the append touches first, fetched when the mutex
+             * is seen free (shl_hot) */
+            shl_hot hot = {{&l->sh.p->end, &l->sh.p->filter_keys, NULL, NULL},
+                           l->map != NULL ? l->map->base : NULL,
+                           l->map != NULL ? l->map->len : 0};
+            if (l->lazy_key != NULL && l->filter_seen) /* the key's filter block */
+                hot.line[2] = shl_filter(l->sh.p) +
+                              (fab_load_le64(l->lazy_key) & (SHL_FILTER_BITS / 512 - 1)) * 8;
+            if (l->sent_ok && l->map != NULL)
+                hot.line[3] = l->map->base + l->sent_at;
+            if (l->n_def && (r = shl_trylock(l->sh.p, &hot)) == EBUSY) {
                 /* Held by another writer: make the deferred entries while
                  * it appends, rather than spin and make them after. */
                 if ((rc = defer_settle(l, err)) < 0)
@@ -3289,7 +3420,7 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
             }
             int waited = 0;
             if (r == EBUSY)
-                r = shl_lock(l->sh.p, l->spin_ns, &waited);
+                r = shl_lock(l->sh.p, l->spin_ns, &hot, &waited);
             stale |= waited;
             if (r == EOWNERDEAD) {
                 /* Its holder died inside an append, after the end the
@@ -3454,12 +3585,19 @@ static int begin_append(fab_ledger *l, fab_ledger_error *err)
 static void end_append(fab_ledger *l)
 {
     if (l->append_locked == 2) {
+        l->filter_seen = filter_usable(l->sh.p, l->seen_clears,
+                                       l->lazy_from != NONE ? l->lazy_from : l->end);
         if (l->append_ok && !l->failed) {
             atomic_store_explicit(&l->sh.p->reserved, l->reserved, memory_order_relaxed);
             /* Release: a miss, and an appender before it takes the mutex,
              * read the end without the mutex (miss_look_by_page) and then
              * the records below it. */
             atomic_store_explicit(&l->sh.p->end, l->end, memory_order_release);
+            /* where the next holder will write, for its shl_fetch: in the
+             * mutex's line, which the unlock writes next */
+            _Atomic uint64_t *hint = shl_end_hint(l->sh.p);
+            if (hint != NULL)
+                atomic_store_explicit(hint, l->end, memory_order_relaxed);
         } else {
             filter_invalidate(l->sh.p);
             atomic_store_explicit(&l->sh.p->end, 0, memory_order_release);
@@ -4196,8 +4334,7 @@ int fab_ledger_record_req(fab_ledger *l, const uint8_t key[32], const void *req,
     built_reply bb, *b = &bb;
     bb.buf = bb.small;
     pthread_mutex_lock(&l->mu);
-    if (l->sh.p != NULL && /* the key's block of the filter: a miss, while the reply is built */
-        atomic_load_explicit(&l->sh.p->filter_base, memory_order_relaxed) != FILTER_INVALID)
+    if (l->sh.p != NULL && l->filter_seen) /* the key's filter block: a miss, while the reply is built */
         __builtin_prefetch((const void *)(shl_filter(l->sh.p) +
                                           (fab_load_le64(key) & (SHL_FILTER_BITS / 512 - 1)) * 8));
     uint64_t seed = l->ix.seed, hash = fab_lindex_hash(&l->ix, key), off = 0;

@@ -287,3 +287,49 @@ def test_a_lock_tmpfs_filled_after_the_filter_started(tmp_path, roomy_tmpfs):
             if c.poll() is None:
                 c.stdin.close()
                 c.wait()
+
+
+def test_the_end_hint_follows_the_end_and_any_value_of_it_is_safe(tmp_path, lock_dir):
+    """The lock page's end hint (offset 120, in the mutex's cache line) is
+    the end the last holder published; it only tells a waiter which lines
+    to fetch, so any value written over it (0, past the file, far past the
+    mapping, inside a record) changes nothing: every record lands, the
+    first write wins across the processes, and the ledger opens strictly
+    with every key once."""
+    import mmap
+    import struct
+    path = str(tmp_path / "hint.fabl")
+    b = spawn(STEPPER, path, "b", stdin=True)
+    try:
+        assert readline(b) == "mutex\n"
+        with EvalCassette(path, durability="os") as a:
+            assert a.record(key("a0"), 0) is True
+            assert _step(b, "r b0") == "True"
+            with open(_lock_name(lock_dir, path), "r+b") as f:
+                page = mmap.mmap(f.fileno(), 4096)
+            try:
+                end, = struct.unpack_from("=Q", page, 40)
+                assert end > 64
+                assert struct.unpack_from("=Q", page, 120) == (end,)
+                wild = [0, 1, 63, end - 1, end + 1, 1 << 40, 2**63, 2**64 - 1]
+                for i, bad in enumerate(wild):
+                    struct.pack_into("=Q", page, 120, bad)
+                    assert a.record(key(f"a{i + 1}"), i) is True
+                    struct.pack_into("=Q", page, 120, bad)
+                    assert _step(b, f"r b{i + 1}") == "True"
+                    struct.pack_into("=Q", page, 120, bad)
+                    assert _step(b, f"r a{i + 1}") == "False"  # a's, first
+                    assert a.record(key(f"b{i + 1}"), -1) is False  # b's, first
+                end, = struct.unpack_from("=Q", page, 40)
+                assert struct.unpack_from("=Q", page, 120) == (end,)
+            finally:
+                page.close()
+    finally:
+        b.stdin.close()
+        assert b.wait() == 0
+    with EvalCassette(path, "r") as r:
+        assert len(r) == 2 * (len(wild) + 1)
+        assert r.stats()["duplicates"] == 0
+        for i in range(len(wild) + 1):
+            assert r.get(key(f"a{i}")) == (i - 1 if i else 0)
+            assert r.get(key(f"b{i}")) == f"b b{i}"
