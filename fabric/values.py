@@ -18,17 +18,21 @@ inert :class:`Opaque`, so bytes never import a module or run code.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
-import datetime as _dt
-import decimal
-import pathlib
 import sys
-import uuid
-from typing import Any, Callable, Iterator
 
 from . import _core
+
+# typing, dataclasses and the modules of the standard library types below
+# are imported when they are needed, not by ``import fabric`` (issue 11: the
+# import's cost is part of every short-lived process that opens a cassette).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import datetime as _dt
+    import decimal
+    import uuid
+    from typing import Any, Callable, Iterator
 
 __all__ = ["Opaque", "register_type", "register_dataclass", "set_commit_key"]
 
@@ -143,6 +147,8 @@ def register_type(cls: type, name: str, to_data: Callable[[Any], Any],
     if not isinstance(cls, type):
         raise TypeError("register_type() needs a class")
     _check_name(name)
+    if getattr(cls, "__module__", None) in _STDLIB_MODULES:
+        _stdlib()  # its own entry first, as if registered at import
     if name.startswith(_RESERVED_PREFIX):
         raise ValueError(f"type names starting with {_RESERVED_PREFIX!r} are fabric's own")
     if not callable(to_data) or not callable(from_data):
@@ -162,6 +168,8 @@ def register_dataclass(cls: type, name: str | None = None) -> type:
     ``__init__`` takes, in declaration order; decoding calls ``cls(**data)``.
     Returns ``cls``, so it can be used as a decorator.
     """
+    import dataclasses
+
     if not dataclasses.is_dataclass(cls) or not isinstance(cls, type):
         raise TypeError("register_dataclass() needs a dataclass (the class, not an instance)")
     names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
@@ -179,67 +187,106 @@ def register_dataclass(cls: type, name: str | None = None) -> type:
 # ---------------------------------------------------------------------------
 # The standard library
 # ---------------------------------------------------------------------------
+#
+# Registered on first need, so that ``import fabric`` imports none of their
+# modules: a type's entry when the extension first meets one of its
+# instances (``_hook``: an instance exists, so its module is imported and
+# the import here costs nothing), a name's decoder when a value of it is
+# first read (the placeholders below import, register, then decode).
 
-_MICRO = _dt.timedelta(microseconds=1)
-
-
-def _offset(value: Any) -> Any:
-    off = value.utcoffset()
-    return None if off is None else off // _MICRO
-
-
-def _tz(offset: Any) -> Any:
-    if offset is None:
-        return None
-    return _dt.timezone(_dt.timedelta(microseconds=offset))
-
-
-def _datetime_data(v: _dt.datetime) -> tuple:
-    return (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold,
-            _offset(v))
+_STDLIB_MODULES = frozenset(("datetime", "decimal", "uuid", "pathlib"))
+_STDLIB_NAMES = ("decimal.Decimal", "uuid.UUID", "datetime.datetime", "datetime.date",
+                 "datetime.time", "datetime.timedelta", "pathlib.PurePosixPath",
+                 "pathlib.PureWindowsPath", "pathlib.PosixPath", "pathlib.WindowsPath")
+_stdlib_done = False
 
 
-def _datetime_from(d: Any) -> _dt.datetime:
-    y, mo, da, h, mi, s, us, fold, off = d
-    return _dt.datetime(y, mo, da, h, mi, s, us, tzinfo=_tz(off), fold=fold)
+def _stdlib() -> None:
+    """Registers the standard library types (once). A class the user
+    registered meanwhile keeps the user's entry."""
+    global _stdlib_done
+    if _stdlib_done:
+        return
+    import datetime as _dt
+    import decimal
+    import pathlib
+    import uuid
+
+    micro = _dt.timedelta(microseconds=1)
+
+    def offset(value: Any) -> Any:
+        off = value.utcoffset()
+        return None if off is None else off // micro
+
+    def tz(off: Any) -> Any:
+        return None if off is None else _dt.timezone(_dt.timedelta(microseconds=off))
+
+    def datetime_data(v: _dt.datetime) -> tuple:
+        return (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold,
+                offset(v))
+
+    def datetime_from(d: Any) -> _dt.datetime:
+        y, mo, da, h, mi, s, us, fold, off = d
+        return _dt.datetime(y, mo, da, h, mi, s, us, tzinfo=tz(off), fold=fold)
+
+    def time_data(v: _dt.time) -> tuple:
+        return (v.hour, v.minute, v.second, v.microsecond, v.fold, offset(v))
+
+    def time_from(d: Any) -> _dt.time:
+        h, mi, s, us, fold, off = d
+        return _dt.time(h, mi, s, us, tzinfo=tz(off), fold=fold)
+
+    def decimal_from(d: Any) -> decimal.Decimal:
+        if not isinstance(d, str):
+            raise TypeError("Decimal data must be a str")
+        return decimal.Decimal(d)
+
+    def uuid_from(d: Any) -> uuid.UUID:
+        return uuid.UUID(bytes=bytes(d))
+
+    def path_from(cls: type) -> Callable[[Any], Any]:
+        def from_data(d: Any) -> Any:
+            return cls(_path_str(d))
+        return from_data
+
+    entries: list[tuple[type, str, Callable[[Any], Any], Callable[[Any], Any]]] = [
+        (decimal.Decimal, "decimal.Decimal", str, decimal_from),
+        (uuid.UUID, "uuid.UUID", lambda u: u.bytes, uuid_from),
+        (_dt.datetime, "datetime.datetime", datetime_data, datetime_from),
+        (_dt.date, "datetime.date", lambda v: (v.year, v.month, v.day),
+         lambda d: _dt.date(*d)),
+        (_dt.time, "datetime.time", time_data, time_from),
+        (_dt.timedelta, "datetime.timedelta", lambda v: (v.days, v.seconds, v.microseconds),
+         lambda d: _dt.timedelta(*d))]
+    for pcls in (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath,
+                 pathlib.WindowsPath):
+        entries.append((pcls, f"pathlib.{pcls.__name__}", str, path_from(pcls)))
+    for cls, name, to_data, from_data in entries:
+        entry = (_ADAPTER, name, to_data, from_data)
+        if _by_type.get(cls) is None:  # absent, or the hook's "no entry" (None)
+            _by_type[cls] = entry
+        if _by_name.get(name) is _placeholders.get(name):
+            _by_name[name] = entry
+    _stdlib_done = True
 
 
-def _time_data(v: _dt.time) -> tuple:
-    return (v.hour, v.minute, v.second, v.microsecond, v.fold, _offset(v))
+def _placeholder(name: str) -> tuple:
+    """The entry a standard library name has until ``_stdlib`` runs."""
+    def to_data(v: Any) -> Any:
+        _stdlib()
+        return _by_name[name][2](v)
 
-
-def _time_from(d: Any) -> _dt.time:
-    h, mi, s, us, fold, off = d
-    return _dt.time(h, mi, s, us, tzinfo=_tz(off), fold=fold)
-
-
-def _decimal_from(d: Any) -> decimal.Decimal:
-    if not isinstance(d, str):
-        raise TypeError("Decimal data must be a str")
-    return decimal.Decimal(d)
-
-
-def _uuid_from(d: Any) -> uuid.UUID:
-    return uuid.UUID(bytes=bytes(d))
-
-
-_register(decimal.Decimal, _ADAPTER, "decimal.Decimal", str, _decimal_from)
-_register(uuid.UUID, _ADAPTER, "uuid.UUID", lambda u: u.bytes, _uuid_from)
-_register(_dt.datetime, _ADAPTER, "datetime.datetime", _datetime_data, _datetime_from)
-_register(_dt.date, _ADAPTER, "datetime.date", lambda v: (v.year, v.month, v.day),
-          lambda d: _dt.date(*d))
-_register(_dt.time, _ADAPTER, "datetime.time", _time_data, _time_from)
-_register(_dt.timedelta, _ADAPTER, "datetime.timedelta",
-          lambda v: (v.days, v.seconds, v.microseconds), lambda d: _dt.timedelta(*d))
-def _path_from(cls: type) -> Callable[[Any], Any]:
     def from_data(d: Any) -> Any:
-        return cls(_path_str(d))
-    return from_data
+        _stdlib()
+        entry = _by_name.get(name)
+        if entry is None or entry[3] is from_data:
+            raise TypeError(f"no decoder for the type name {name!r}")
+        return entry[3](d)
+    return (_ADAPTER, name, to_data, from_data)
 
 
-for _cls in (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath,
-             pathlib.WindowsPath):
-    _register(_cls, _ADAPTER, f"pathlib.{_cls.__name__}", str, _path_from(_cls))
+_placeholders = {n: _placeholder(n) for n in _STDLIB_NAMES}
+_by_name.update(_placeholders)
 _register(Opaque, _OPAQUE, "fabric.Opaque", lambda o: (o.name, o.data), lambda d: d)
 _by_name.pop("fabric.Opaque")  # never read back by this name
 
@@ -314,6 +361,11 @@ def _hook(tp: type) -> Any:
     """Says what to do with a type the registry does not know (once per
     type; walk.c keeps the answer): an entry, None for "its builtin kind
     decides", or a refusal message."""
+    if getattr(tp, "__module__", None) in _STDLIB_MODULES:
+        _stdlib()
+        entry = _by_type.get(tp)
+        if entry is not None:
+            return entry
     np = sys.modules.get("numpy")
     if np is not None:
         if tp is np.ndarray:

@@ -216,6 +216,60 @@ def test_importing_fabric_does_not_import_numpy():
     assert out.stdout.strip() == "False", out.stderr
 
 
+_LAZY = ("typing", "dataclasses", "inspect", "datetime", "decimal", "uuid")
+
+
+def test_importing_fabric_imports_none_of_the_standard_library_kinds_modules():
+    """``import fabric`` (every short-lived process that opens a cassette
+    pays it) leaves typing, dataclasses and the modules of the standard
+    library kinds unimported; they are registered when first needed."""
+    code = ("import sys; before = set(sys.modules); import fabric; "
+            f"print(sorted(m for m in {_LAZY!r} if m in sys.modules and m not in before))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": ":".join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+_STD_VALUES = ("[datetime.datetime(2024, 5, 6, 7, 8, 9, 10, tzinfo=datetime.timezone("
+               "datetime.timedelta(hours=-3))), datetime.date(2024, 1, 2), "
+               "datetime.time(1, 2, 3, fold=1), datetime.timedelta(days=-2, seconds=5), "
+               "decimal.Decimal('-1.50'), uuid.UUID(int=7), pathlib.PurePosixPath('/a/b'), "
+               "pathlib.PureWindowsPath('C:/x')]")
+
+
+def test_standard_library_kinds_read_back_by_a_process_that_never_imported_them(tmp_path):
+    """Values of the standard library kinds, recorded by one process, come
+    back equal and of their type in a fresh process that decodes them before
+    it imports any of their modules itself (the decoders register on first
+    read); their keys are the same in both processes and in this one."""
+    path = str(tmp_path / "std.fabl")
+    write = ("import sys, datetime, decimal, uuid, pathlib, fabric\n"
+             f"v = {_STD_VALUES}\n"
+             "c = fabric.EvalCassette(sys.argv[1], durability='os')\n"
+             "r = fabric.EvalRequest('std', [v])\n"
+             "c.record(r.key, v); c.close(); print(r.key.hex)\n")
+    read = ("import sys, fabric\n"
+            "c = fabric.EvalCassette(sys.argv[1], 'r')\n"
+            "(k,) = list(c)\n"
+            "got = c.get(k)\n"
+            "import datetime, decimal, uuid, pathlib\n"
+            f"want = {_STD_VALUES}\n"
+            "print(k.hex, got == want, [type(a) is type(b) for a, b in zip(got, want)] "
+            "== [True] * len(want), fabric.EvalRequest('std', [want]).key.hex)\n")
+    env = {"PYTHONPATH": ":".join(sys.path)}
+    w = subprocess.run([sys.executable, "-P", "-c", write, path], capture_output=True,
+                       text=True, env=env)
+    assert w.returncode == 0, w.stderr
+    r = subprocess.run([sys.executable, "-P", "-c", read, path], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    key = w.stdout.strip()
+    here = EvalRequest("std", [eval(_STD_VALUES, {"datetime": dt, "decimal": decimal,
+                                                  "uuid": uuid, "pathlib": pathlib})]).key
+    assert r.stdout.split() == [key, "True", "True", key] and here.hex == key
+
+
 # ---------------------------------------------------------------------------
 # Keys of the standard library kinds
 # ---------------------------------------------------------------------------
