@@ -20,7 +20,7 @@ from fabric.node.client import NodeClient
 from fabric.node.loops import loop_factory, loop_name
 
 import node_ops
-from conftest import hello_bytes, read_frames
+from conftest import hello_bytes, read_frames, wait_for
 
 TOKEN = "t0ken-for-alice-0123456789"
 
@@ -302,20 +302,101 @@ def test_cancel_reaches_the_producing_op(node):
             i = 0
             while i < 10_000_000:
                 produced.append(i)
-                yield i
+                yield bytes(1024)
                 i += 1
+        finally:
+            closed.set()
+
+    window = 64 * 1024
+    n = node(limits=NodeLimits(window=window, max_frame=window))
+    with connect(n.url, window=window) as c:
+        s = c.stream(endless.request())
+        assert len(next(s)) == 1024
+        s.close()
+        assert closed.wait(30), "the producer was not closed"
+    assert n.stats()["cancels"] == 1
+    # credit kept the producer near the consumer: no grant was sent (one item
+    # taken), so at most a window of items went ahead, and one waited for credit
+    assert len(produced) <= window // 1024 + 1, len(produced)
+
+
+def test_cancel_reaches_an_async_generator_op(node):
+    closed = threading.Event()
+
+    @fabric.op("node.test.aendless")
+    async def aendless():
+        try:
+            for i in range(10_000_000):
+                yield i
+                await asyncio.sleep(0)
         finally:
             closed.set()
 
     n = node()
     with connect(n.url) as c:
-        s = c.stream(endless.request())
+        s = c.stream(aendless.request())
         assert next(s) == 0
         s.close()
-        assert closed.wait(30), "the producer was not closed"
+        assert closed.wait(30), "the async producer was not cancelled"
     assert n.stats()["cancels"] == 1
-    # credit kept the producer near the consumer: it never ran far ahead
-    assert len(produced) < 10_000_000
+
+
+def test_a_cancelled_stream_is_not_recorded(node):
+    @fabric.op("node.test.endless_ints")
+    def endless():
+        for i in range(10_000_000):
+            yield i
+
+    n = node()
+    req = endless.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == 0
+        s.close()
+        wait_for(lambda: n.stats().get("cancels", 0) >= 1, "the node to cancel it")
+        wait_for(lambda: n.status()["streams"]["open"] == 0, "the stream to end")
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
+
+
+def test_a_stream_ended_by_a_limit_is_not_recorded(node):
+    @fabric.op("node.test.then_too_big")
+    def then_too_big():
+        yield b"small"
+        yield bytes(200_000)
+
+    n = node(limits=NodeLimits(max_frame=64 * 1024, window=64 * 1024))
+    req = then_too_big.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == b"small"
+        with pytest.raises(fabric.FabricError, match="larger than the largest frame"):
+            next(s)
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
+
+
+def test_credit_keeps_the_producer_within_the_window(node):
+    produced = []
+
+    @fabric.op("node.test.big_items_counted")
+    def big_items():
+        for i in range(64):
+            produced.append(i)
+            yield bytes(64 * 1024)
+
+    n = node(limits=NodeLimits(window=256 * 1024, max_frame=128 * 1024))
+    with connect(n.url, window=256 * 1024) as c:
+        s = c.stream(big_items.request())
+        assert len(next(s)) == 65536
+        # the node's sender runs out of credit (what it reports, not a time)
+        wait_for(lambda: c.node_status()["streams"]["backpressure_events"] >= 1,
+                 "the node's sender to wait for credit")
+        # 4 items fit in the window, +1 taken, +1 waiting for credit
+        assert len(produced) <= 8, len(produced)
+        s.close()
 
 
 def test_credit_window_bounds_what_is_sent_ahead(node):
