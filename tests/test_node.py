@@ -265,6 +265,47 @@ def test_tls_matrix(node, certs):
         assert list(c.stream(held)) == [bytes([i]) * 300_000 for i in range(6)]
 
 
+def test_a_plain_url_to_a_tls_node_says_it_looks_like_one(node, certs):
+    """fabric:// to a node that speaks TLS (here mutual TLS): the node closes
+    at the handshake, and the error says it looks like a TLS node and which
+    URL to use, not only 'closed the connection'."""
+    from fabric.node.auth import server_tls
+    n = node(tls=server_tls(str(certs / "server.pem"), str(certs / "server.key"),
+                            str(certs / "ca.pem")))
+    port = n.address[1]
+    with pytest.raises(fabric.FabricUnavailable,
+                       match=rf"looks like a TLS node \(use fabrics://127.0.0.1:{port}"):
+        connect(f"fabric://127.0.0.1:{port}", timeout=10, reconnect=False)
+
+
+def test_a_node_that_closes_at_the_handshake_is_not_called_tls():
+    """A listener that accepts and closes (no TLS) is not said to be a TLS node."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_and_close():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    t = threading.Thread(target=accept_and_close, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(fabric.FabricUnavailable,
+                           match="closed the connection|reset by peer") as e:
+            connect(f"fabric://127.0.0.1:{srv.getsockname()[1]}", timeout=10,
+                    reconnect=False)
+        assert "TLS" not in str(e.value)
+    finally:
+        stop.set()
+        srv.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        srv.close()
+        t.join(10)
+
+
 # ---- secrets -----------------------------------------------------------------------
 
 def test_a_secret_is_refused_for_remote_compute(node):
@@ -288,6 +329,24 @@ def test_a_secret_ref_is_resolved_on_the_computing_node(node, tmp_path):
             c.evaluate(node_ops.reveal.request(fabric.SecretRef("other")))
     raw = bytes(n.cassette.get_raw(req.key))
     assert b"hunter22" not in raw
+
+
+def test_a_secret_ref_is_resolved_from_the_computing_nodes_environment(node, tmp_path,
+                                                                       monkeypatch):
+    """FABRIC_SECRET_<NAME> (upper-cased, - and . as _) on the computing
+    node; it comes before the secrets file's entry of the same name."""
+    monkeypatch.setenv("FABRIC_SECRET_API_KEY_V2", "from-the-env")
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"api-key.v2": "file"}))
+    n = node(secrets=str(secrets), grants={"*": ["node.compute", "secret:api-key.v2"]})
+    with connect(n.url) as c:
+        r = c.evaluate(node_ops.reveal.request(fabric.SecretRef("api-key.v2")))
+        assert r.value == "len=12"  # len("from-the-env"), not len("file")
+    monkeypatch.delenv("FABRIC_SECRET_API_KEY_V2")
+    n2 = node(grants={"*": ["node.compute", "secret:api-key.v2"]})  # no file, no env
+    with connect(n2.url) as c:
+        with pytest.raises(fabric.CapabilityDenied, match="no secret named 'api-key.v2'"):
+            c.evaluate(node_ops.reveal.request(fabric.SecretRef("api-key.v2")))
 
 
 # ---- streams: cancel, credit -------------------------------------------------------
