@@ -1910,6 +1910,11 @@ def connect(url: str, *, tls: Any = None, token: str | None = None,
     Options: ``scope`` (``"compute"``, the default, or ``"held"``),
     ``grants`` (the caller's default grants), ``window``, ``max_frame``,
     ``reconnect``.
+
+    It blocks until the handshake: called inside a running event loop it
+    stops that loop meanwhile and warns so (``RuntimeWarning``); a node
+    served on that loop cannot answer, and the error at ``timeout`` says
+    so. From a coroutine use ``await fabric.aconnect(url, ...)``.
     """
     try:
         asyncio.get_running_loop()
