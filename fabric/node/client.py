@@ -1603,8 +1603,9 @@ class NodeClient:
         """A loop's connection made before the main link's last reconnect
         (on its loop): closed now if idle, else left to answer the calls it
         carries (no new call goes to it) and closed with the client."""
-        if self._achannels.get(ch.loop) is ch:
-            del self._achannels[ch.loop]
+        with self._channels_lock:  # (the main link's handshake walks them under it)
+            if self._achannels.get(ch.loop) is ch:
+                del self._achannels[ch.loop]
         if self._last_achannel is ch:
             self._last_achannel = None
         if ch.calls:
