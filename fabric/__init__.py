@@ -137,6 +137,7 @@ _LAZY = {
     "NodeLimits": "node",
     "SecretRef": "node",
     "VersionMismatch": "node",
+    "aconnect": "node",
     "connect": "node",
     "PlacementError": "placement",
     "PlacementFabric": "placement",
@@ -163,7 +164,8 @@ if TYPE_CHECKING:
                          cassette_to_stream_frames, stream_frames_to_cassette,
                          stream_frames_to_events, stream_frames_to_stream, stream_to_frames)
     from .control import StreamControl
-    from .node import Backpressure, Node, NodeLimits, SecretRef, VersionMismatch, connect
+    from .node import (Backpressure, Node, NodeLimits, SecretRef, VersionMismatch, aconnect,
+                       connect)
     from .placement import (PlacementError, PlacementFabric, PlacementRefused, RealizeChunk,
                             RealizeDone, RealizeStarted, realize_events)
     from .replicas import GroupHealth, ReplicaGroup
@@ -275,6 +277,7 @@ __all__ = [
     "NodeLimits",
     "SecretRef",
     "VersionMismatch",
+    "aconnect",
     "connect",
     # placement and home sites (issue 15)
     "PlacementCapability",

@@ -3,19 +3,19 @@
 Two nodes in one process, each with its own durable ledger under
 ``$FABRIC_HOME/demo`` (default ``~/.cache/fabric/demo``):
 
-1. ops are registered with ``@fabric.op``;
-2. node *a* evaluates them through a ``ContentAddressedFabric``: unheld work
+0. ops are registered with ``@fabric.op``;
+1. node *a* evaluates them through a ``ContentAddressedFabric``: unheld work
    is computed on its home site and recorded;
-3. the same requests again are local hits (timed);
-4. node *b*, with no home, resolves them from *a* as a peer, then holds them;
-5. a stream op is streamed, recorded frame by frame and replayed;
-6. ``explain`` and ``stats`` say what happened;
-7. over the network: two ``fabric serve`` processes on loopback (``net-a``
+2. the same requests again are local hits (timed);
+3. node *b*, with no home, resolves them from *a* as a peer, then holds them;
+4. a stream op is streamed, recorded frame by frame and replayed;
+5. ``explain`` and ``stats`` say what happened;
+6. over the network: two ``fabric serve`` processes on loopback (``net-a``
    computes, ``net-b`` has no home and ``net-a`` as its peer) and a client
    that resolves across them with ``fabric.connect``.
 
 Node *a*'s ledger is kept between runs (a second run shows its holdings
-replayed at open); node *b*'s is started afresh each run so step 4 always
+replayed at open); node *b*'s is started afresh each run so step 3 always
 shows peer resolution.
 """
 
@@ -197,10 +197,10 @@ def _stop(proc) -> None:
 
 
 def network_demo(embed, tokens) -> None:
-    """Step 7: two node processes on loopback and a client resolving across them."""
+    """Step 6: two node processes on loopback and a client resolving across them."""
     import tempfile
     from .node import connect
-    print("\n7. over the network: two `fabric serve` processes on loopback")
+    print("\n6. over the network: two `fabric serve` processes on loopback")
     procs = []
     with tempfile.TemporaryDirectory(prefix="fabric-demo-") as tmp:
         try:

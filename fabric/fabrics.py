@@ -1462,6 +1462,10 @@ class RelayStatus(str, Enum):
     DISCONNECTED = "disconnected"
 
 
+#: A link status by its value (a connection's ``status`` is one of them).
+_LINK: dict[str, RelayStatus] = {s.value: s for s in RelayStatus}
+
+
 class RelayFabric(_FabricBase):
     """A gate in front of a (remote) fabric: link status, then capabilities.
 
@@ -1471,33 +1475,43 @@ class RelayFabric(_FabricBase):
     capability outside ``allowed_capabilities`` (or outside the caller's
     grants) fails with ``CapabilityDenied``. No caching, no silent retry:
     each call reaches ``inner`` at most once, with the caller's ``timeout``.
+
+    The link status follows ``inner`` when it has one (a ``status`` of
+    ``connected`` / ``reconnecting`` / ``disconnected``: a ``fabric.connect``
+    client, or another ``RelayFabric``), read at each call; otherwise it is
+    ``status=`` (default ``connected``), changed by ``set_status``. Giving
+    ``status=`` or calling ``set_status`` stops following ``inner``.
     """
 
     def __init__(self, inner: Any, allowed_capabilities: Iterable[str] = (), *,
-                 status: RelayStatus | str = RelayStatus.CONNECTED, grants: Iterable[str] = ()):
+                 status: RelayStatus | str | None = None, grants: Iterable[str] = ()):
         if isinstance(allowed_capabilities, str):
             raise TypeError("allowed_capabilities must be an iterable of str, not a str")
         self.inner = inner
         self.allowed_capabilities = frozenset(allowed_capabilities)
         self.grants = frozenset(grants)
-        self._status = RelayStatus(status)
+        # the inner's own link status, followed, or None (this relay's _status)
+        link = getattr(inner, "status", None)
+        self._follows = status is None and isinstance(link, str) and link in _LINK
+        self._status = RelayStatus.CONNECTED if status is None else RelayStatus(status)
         self._stats = _Counters("forwarded", "refused_status", "refused_capability", "errors")
 
     @property
     def status(self) -> RelayStatus:
         """The link status (``connected``, ``reconnecting`` or ``disconnected``)."""
-        return self._status
+        return _LINK[self.inner.status] if self._follows else self._status
 
     def set_status(self, status: RelayStatus | str) -> None:
-        """Change the link status (the network layer calls this)."""
+        """Set the link status (it no longer follows ``inner``'s)."""
         self._status = RelayStatus(status)
+        self._follows = False
 
     def _describe(self) -> str:
-        return f"status={self._status.value}, inner={type(self.inner).__name__}"
+        return f"status={self.status.value}, inner={type(self.inner).__name__}"
 
     def _gate(self, request: EvalRequest, grants: Iterable[str] | None) -> frozenset[str]:
         g = self._grants(grants)
-        status = self._status
+        status = _LINK[self.inner.status] if self._follows else self._status
         if status is not RelayStatus.CONNECTED:
             self._stats.add("refused_status")
             raise FabricUnavailable(f"RelayFabric: link is {status.value}; {request.op!r} "

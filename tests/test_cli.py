@@ -111,3 +111,35 @@ def test_unknown_op_and_module(tmp_path):
                    "'cli.nothing' is not registered", "cli.payroll")
     one_line_error(run("key", "--import", "no_such_module_here", "x"),
                    "ModuleNotFoundError", "no_such_module_here")
+
+
+def test_fabric_demo_runs_and_shows_each_step(tmp_path):
+    """``fabric demo`` exits 0 and its output says what each step shows:
+    home computes, local hits, a peer resolves, a stream replayed, explain,
+    and two node processes resolving across the network."""
+    env = dict(os.environ, FABRIC_HOME=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH"))
+                                          if p))
+    proc = subprocess.run([sys.executable, "-m", "fabric", "demo"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    steps = [line.split(".")[0] for line in out.splitlines() if line[:2] in
+             {f"{i}." for i in range(10)}]
+    assert steps == ["1", "2", "3", "4", "5", "6"], out
+    assert f"ledgers under {tmp_path / 'demo'}" in out
+    embeds = [x for x in out.splitlines() if x.startswith("   embed(")]
+    # four requests: computed at home, then local hits, then resolved by b from a
+    assert ["from home" in x for x in embeds[:4]] == [True] * 4, embeds
+    assert ["from local" in x and "per call" in x for x in embeds[4:8]] == [True] * 4
+    assert ["from peer:a" in x for x in embeds[8:]] == [True] * 4
+    assert "holders of the first request: ['a', 'b']" in out
+    assert "(identical: True)" in out and "third token reached" in out
+    assert "explain sha256:" in out and "holder a            hit" in out
+    assert "net-a (computes) listening on fabric://127.0.0.1:" in out
+    assert "client -> net-b: resolved from peer:net-a" in out
+    assert "client -> net-b again: now held by peer:net-b" in out
+    assert "a stream from net-a: streams cross processes with credit" in out
+    assert out.rstrip().endswith("both nodes stopped (SIGTERM: streams drained, "
+                                 "cassettes closed)")
+    assert "Traceback" not in proc.stderr

@@ -20,7 +20,7 @@ from fabric.node.client import NodeClient
 from fabric.node.loops import loop_factory, loop_name
 
 import node_ops
-from conftest import hello_bytes, read_frames
+from conftest import hello_bytes, read_frames, wait_for
 
 TOKEN = "t0ken-for-alice-0123456789"
 
@@ -275,6 +275,47 @@ def test_tls_matrix(node, certs):
         assert list(c.stream(held)) == [bytes([i]) * 300_000 for i in range(6)]
 
 
+def test_a_plain_url_to_a_tls_node_says_it_looks_like_one(node, certs):
+    """fabric:// to a node that speaks TLS (here mutual TLS): the node closes
+    at the handshake, and the error says it looks like a TLS node and which
+    URL to use, not only 'closed the connection'."""
+    from fabric.node.auth import server_tls
+    n = node(tls=server_tls(str(certs / "server.pem"), str(certs / "server.key"),
+                            str(certs / "ca.pem")))
+    port = n.address[1]
+    with pytest.raises(fabric.FabricUnavailable,
+                       match=rf"looks like a TLS node \(use fabrics://127.0.0.1:{port}"):
+        connect(f"fabric://127.0.0.1:{port}", timeout=10, reconnect=False)
+
+
+def test_a_node_that_closes_at_the_handshake_is_not_called_tls():
+    """A listener that accepts and closes (no TLS) is not said to be a TLS node."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_and_close():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    t = threading.Thread(target=accept_and_close, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(fabric.FabricUnavailable,
+                           match="closed the connection|reset by peer") as e:
+            connect(f"fabric://127.0.0.1:{srv.getsockname()[1]}", timeout=10,
+                    reconnect=False)
+        assert "TLS" not in str(e.value)
+    finally:
+        stop.set()
+        srv.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        srv.close()
+        t.join(10)
+
+
 # ---- secrets -----------------------------------------------------------------------
 
 def test_a_secret_is_refused_for_remote_compute(node):
@@ -300,6 +341,24 @@ def test_a_secret_ref_is_resolved_on_the_computing_node(node, tmp_path):
     assert b"hunter22" not in raw
 
 
+def test_a_secret_ref_is_resolved_from_the_computing_nodes_environment(node, tmp_path,
+                                                                       monkeypatch):
+    """FABRIC_SECRET_<NAME> (upper-cased, - and . as _) on the computing
+    node; it comes before the secrets file's entry of the same name."""
+    monkeypatch.setenv("FABRIC_SECRET_API_KEY_V2", "from-the-env")
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"api-key.v2": "file"}))
+    n = node(secrets=str(secrets), grants={"*": ["node.compute", "secret:api-key.v2"]})
+    with connect(n.url) as c:
+        r = c.evaluate(node_ops.reveal.request(fabric.SecretRef("api-key.v2")))
+        assert r.value == "len=12"  # len("from-the-env"), not len("file")
+    monkeypatch.delenv("FABRIC_SECRET_API_KEY_V2")
+    n2 = node(grants={"*": ["node.compute", "secret:api-key.v2"]})  # no file, no env
+    with connect(n2.url) as c:
+        with pytest.raises(fabric.CapabilityDenied, match="no secret named 'api-key.v2'"):
+            c.evaluate(node_ops.reveal.request(fabric.SecretRef("api-key.v2")))
+
+
 # ---- streams: cancel, credit -------------------------------------------------------
 
 def test_cancel_reaches_the_producing_op(node):
@@ -312,20 +371,101 @@ def test_cancel_reaches_the_producing_op(node):
             i = 0
             while i < 10_000_000:
                 produced.append(i)
-                yield i
+                yield bytes(1024)
                 i += 1
+        finally:
+            closed.set()
+
+    window = 64 * 1024
+    n = node(limits=NodeLimits(window=window, max_frame=window))
+    with connect(n.url, window=window) as c:
+        s = c.stream(endless.request())
+        assert len(next(s)) == 1024
+        s.close()
+        assert closed.wait(30), "the producer was not closed"
+    assert n.stats()["cancels"] == 1
+    # credit kept the producer near the consumer: no grant was sent (one item
+    # taken), so at most a window of items went ahead, and one waited for credit
+    assert len(produced) <= window // 1024 + 1, len(produced)
+
+
+def test_cancel_reaches_an_async_generator_op(node):
+    closed = threading.Event()
+
+    @fabric.op("node.test.aendless")
+    async def aendless():
+        try:
+            for i in range(10_000_000):
+                yield i
+                await asyncio.sleep(0)
         finally:
             closed.set()
 
     n = node()
     with connect(n.url) as c:
-        s = c.stream(endless.request())
+        s = c.stream(aendless.request())
         assert next(s) == 0
         s.close()
-        assert closed.wait(30), "the producer was not closed"
+        assert closed.wait(30), "the async producer was not cancelled"
     assert n.stats()["cancels"] == 1
-    # credit kept the producer near the consumer: it never ran far ahead
-    assert len(produced) < 10_000_000
+
+
+def test_a_cancelled_stream_is_not_recorded(node):
+    @fabric.op("node.test.endless_ints")
+    def endless():
+        for i in range(10_000_000):
+            yield i
+
+    n = node()
+    req = endless.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == 0
+        s.close()
+        wait_for(lambda: n.stats().get("cancels", 0) >= 1, "the node to cancel it")
+        wait_for(lambda: n.status()["streams"]["open"] == 0, "the stream to end")
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
+
+
+def test_a_stream_ended_by_a_limit_is_not_recorded(node):
+    @fabric.op("node.test.then_too_big")
+    def then_too_big():
+        yield b"small"
+        yield bytes(200_000)
+
+    n = node(limits=NodeLimits(max_frame=64 * 1024, window=64 * 1024))
+    req = then_too_big.request()
+    with connect(n.url) as c:
+        s = c.stream(req)
+        assert next(s) == b"small"
+        with pytest.raises(fabric.FabricError, match="larger than the largest frame"):
+            next(s)
+    with connect(n.url, scope="held") as held:
+        with pytest.raises(fabric.ContentNotHeld):
+            list(held.stream(req))
+
+
+def test_credit_keeps_the_producer_within_the_window(node):
+    produced = []
+
+    @fabric.op("node.test.big_items_counted")
+    def big_items():
+        for i in range(64):
+            produced.append(i)
+            yield bytes(64 * 1024)
+
+    n = node(limits=NodeLimits(window=256 * 1024, max_frame=128 * 1024))
+    with connect(n.url, window=256 * 1024) as c:
+        s = c.stream(big_items.request())
+        assert len(next(s)) == 65536
+        # the node's sender runs out of credit (what it reports, not a time)
+        wait_for(lambda: c.node_status()["streams"]["backpressure_events"] >= 1,
+                 "the node's sender to wait for credit")
+        # 4 items fit in the window, +1 taken, +1 waiting for credit
+        assert len(produced) <= 8, len(produced)
+        s.close()
 
 
 def test_credit_window_bounds_what_is_sent_ahead(node):

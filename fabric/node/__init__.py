@@ -1,4 +1,4 @@
-"""The network node: ``fabric.Node``, ``fabric.connect`` and their protocol.
+"""The network node: ``fabric.Node``, ``fabric.connect`` (``aconnect``) and their protocol.
 
 - ``protocol``: the messages over the frame codec (docs/spec/protocol.md);
 - ``auth``: tokens, TLS subjects, grants;
@@ -10,13 +10,13 @@
 - ``leases``: one computation per fleet (rendezvous lease holders);
 - ``loops``: which event loop a node runs on (asyncio's, or uvloop: the
   ``fast`` extra);
-- ``server``: ``Node``; ``client``: ``connect`` / ``NodeClient``.
+- ``server``: ``Node``; ``client``: ``connect`` / ``aconnect`` / ``NodeClient``.
 
 This package imports the rest of ``fabric``; nothing in ``fabric`` imports it
 but the package's ``__init__``.
 """
 
-from .client import NodeClient, connect
+from .client import NodeClient, aconnect, connect
 from .credit import Credit, StaleStream, StreamTable
 from .gossip import GossipConfig
 from .protocol import (PROTOCOL_VERSION, Backpressure, LimitExceeded, ProtocolError,
@@ -25,7 +25,7 @@ from .scheduler import FairQueue
 from .secrets import SecretRef, SecretStore
 from .server import Node, NodeLimits
 
-__all__ = ["Node", "NodeLimits", "NodeClient", "connect", "SecretRef", "SecretStore",
+__all__ = ["Node", "NodeLimits", "NodeClient", "aconnect", "connect", "SecretRef", "SecretStore",
            "PROTOCOL_VERSION", "Backpressure", "LimitExceeded", "ProtocolError",
            "Unauthenticated", "VersionMismatch", "Credit", "StreamTable", "StaleStream",
            "FairQueue", "GossipConfig"]

@@ -27,24 +27,34 @@ COMPUTE = "node.compute"
 
 
 def _load_json(path: str, what: str) -> Any:
+    """A JSON file's content (``OSError`` if it cannot be read; ``ValueError``
+    naming the file if it is not JSON)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: the {what} file is not valid JSON ({exc.msg} at line "
                          f"{exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: the {what} file is not UTF-8 text ({exc.reason} at "
+                         f"byte {exc.start})") from None
 
 
 class Tokens:
-    """Bearer tokens by principal (from a dict or a JSON tokens file)."""
+    """Bearer tokens by principal (from a dict, a JSON tokens file, or a
+    ``Tokens`` already read)."""
 
-    def __init__(self, tokens: Mapping[str, str] | str):
+    def __init__(self, tokens: "Mapping[str, str] | str | Tokens"):
+        if isinstance(tokens, Tokens):
+            self._entries: list[tuple[str, bytes]] = list(tokens._entries)
+            return
         data = _load_json(tokens, "tokens") if isinstance(tokens, str) else tokens
         if not isinstance(data, Mapping) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and len(v) >= 16
                 for k, v in data.items()):
-            raise ValueError("a tokens file is a JSON object of principal -> token "
-                             "(tokens of at least 16 characters)")
+            where = f"{tokens}: " if isinstance(tokens, str) else ""
+            raise ValueError(f"{where}a tokens file is a JSON object of principal -> token "
+                             f"(tokens of at least 16 characters)")
         self._entries = [(p, t.encode()) for p, t in data.items()]
 
     def principal(self, token: Any) -> str | None:
@@ -63,16 +73,22 @@ class Tokens:
 
 
 class Grants:
-    """Capabilities by principal (from a dict or a JSON grants file)."""
+    """Capabilities by principal (from a dict, a JSON grants file, or a
+    ``Grants`` already read)."""
 
-    def __init__(self, grants: Mapping[str, Iterable[str]] | str | None = None):
+    def __init__(self, grants: "Mapping[str, Iterable[str]] | str | Grants | None" = None):
+        if isinstance(grants, Grants):
+            self._grants: dict[str, frozenset[str]] = dict(grants._grants)
+            return
         data = _load_json(grants, "grants") if isinstance(grants, str) else grants
         if data is None:
             data = {"*": ["*"]}
         if not isinstance(data, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
                 for k, v in data.items()):
-            raise ValueError("a grants file is a JSON object of principal -> [capability]")
+            where = f"{grants}: " if isinstance(grants, str) else ""
+            raise ValueError(f"{where}a grants file is a JSON object of principal -> "
+                             f"[capability]")
         self._grants = {k: frozenset(v) for k, v in data.items()}
 
     def of(self, principal: str) -> frozenset[str]:

@@ -64,7 +64,7 @@ def _load(spec: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
-    from .auth import client_tls, server_tls
+    from .auth import Grants, Tokens, client_tls, server_tls
     from .server import Node, NodeLimits
 
     if args.metrics:  # before anything starts: the extra may be missing
@@ -82,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for m in args.imports:
         importlib.import_module(m)
+    tokens = _read_file("--tokens", args.tokens, Tokens)
+    grants = _read_file("--grants", args.grants, Grants)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CLIError("--tls-cert and --tls-key go together")
     tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
@@ -130,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
                 governor=governor,
-                listen=args.listen, tls=tls, tokens=args.tokens, grants=args.grants,
+                listen=args.listen, tls=tls, tokens=tokens, grants=grants,
                 secrets=args.secrets, limits=limits, insecure=args.insecure,
                 peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
                 faults=_faults(args.test_faults), loop=args.loop, **keys)
@@ -169,6 +171,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.workers is not None and home is not None:
             home.close()  # the replicas' processes end with the node
     return 0
+
+
+def _read_file(flag: str, path: str | None, cls: Any) -> Any:
+    """``cls(path)`` for a ``--tokens`` / ``--grants`` file (None without
+    one), or a CLIError naming the flag and the file and what is wrong."""
+    from ..cli import CLIError
+    if path is None:
+        return None
+    try:
+        return cls(path)
+    except OSError as exc:
+        raise CLIError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:  # (its text starts with the file's path)
+        raise CLIError(f"{flag} {exc}") from None
 
 
 def _lists(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:

@@ -8,16 +8,21 @@ awaits the same calls (``aevaluate``, ``astream``). A sync ``evaluate`` or
 the client waits at most its ``timeout`` itself (``honours_timeout``), and
 a request in flight when the connection drops fails at once with
 ``FabricUnavailable``. The client reconnects by itself (exponential backoff
-with jitter: 0.05 s doubling to 5 s, or, for a node's links, given a
+with jitter, ``Backoff``: 0.05 s doubling to 5 s, or, for a node's links, given a
 ``PeerGovernor``, that governor's backoff for the peer, and never while its
 lists refuse the peer); while it is not connected a request fails at once, never
 silently retried. ``status`` is ``connected`` / ``reconnecting`` /
-``disconnected``; ``relay()`` gives a ``RelayFabric`` whose status follows it.
+``disconnected``; a ``RelayFabric(client)`` (``client.relay()``) follows it.
+The blocking and loop connections are made again after a reconnect: a call
+never fails with the error of a connection that ended before it. From a
+coroutine, ``await fabric.aconnect(url)`` connects without blocking the
+caller's loop (``connect`` blocks it until the handshake).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import functools
 import itertools
@@ -27,6 +32,7 @@ import socket
 import ssl
 import threading
 import time
+import warnings
 import weakref
 from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
@@ -38,14 +44,14 @@ from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricErro
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
                      unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
-from ..fabrics import RelayFabric, RelayStatus, check_grants
+from ..fabrics import RelayFabric, check_grants
 from ..frames import FrameKind, StreamDiagnostic
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
 from ..claims import attach, from_wire
 from . import protocol as P
 from .auth import client_tls
 
-__all__ = ["NodeClient", "connect", "RemoteStream", "AsyncRemoteStream"]
+__all__ = ["AsyncRemoteStream", "Backoff", "NodeClient", "RemoteStream", "aconnect", "connect"]
 
 log = logging.getLogger("fabric.node")
 T = TypeVar("T")
@@ -68,11 +74,15 @@ _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 
 
 class _LoopThread:
-    """One event loop on a daemon thread, shared by the clients of a process."""
+    """One event loop on a daemon thread, shared by the clients of a process.
+    At the interpreter's exit the clients left open are closed and the loop
+    ends (no task of theirs is destroyed pending)."""
 
     _lock = threading.Lock()
     _loop: asyncio.AbstractEventLoop | None = None
     thread: threading.Thread | None = None
+    clients: "weakref.WeakSet[NodeClient]" = weakref.WeakSet()
+    _hooked = False
 
     @classmethod
     def get(cls) -> asyncio.AbstractEventLoop:
@@ -83,7 +93,35 @@ class _LoopThread:
                                      daemon=True)
                 t.start()
                 cls._loop, cls.thread = loop, t
+                if not cls._hooked:
+                    atexit.register(cls.at_exit)
+                    cls._hooked = True
             return cls._loop
+
+    @classmethod
+    def at_exit(cls) -> None:
+        """Close the clients left open, end their tasks and the loop (bounded)."""
+        with cls._lock:
+            loop, t = cls._loop, cls.thread
+        if loop is None or loop.is_closed() or t is None or not t.is_alive():
+            return
+
+        async def end() -> None:
+            for c in list(cls.clients):
+                await c._aclose()
+            tasks = [x for x in asyncio.all_tasks() if x is not asyncio.current_task()]
+            for x in tasks:
+                x.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=2.0)
+        try:
+            asyncio.run_coroutine_threadsafe(end(), loop).result(5.0)
+            loop.call_soon_threadsafe(loop.stop)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return
+        t.join(5.0)
+        if not t.is_alive():
+            loop.close()
 
 
 class _Call:
@@ -123,10 +161,11 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "start", "end", "tmo", "sources", "source", "__weakref__")
+                 "buf", "start", "end", "tmo", "sources", "source", "session", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
+        self.session = client.sessions  # made while this session of the main link was up
         self.busy = False
         self.dead = False
         self.buf: bytearray | None = None
@@ -508,6 +547,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
         self.loop = loop
+        self.session = client.sessions  # made while this session of the main link was up
         # asyncio's own loop (its _thread_id names the thread running it), or
         # for any other loop _NO_THREAD (a _thread_id no thread has)
         self.base: Any = loop if (isinstance(loop, asyncio.BaseEventLoop)
@@ -1047,6 +1087,33 @@ def _source(body: Any, node: str | None) -> str:
     return str(meta.get("source"))
 
 
+class Backoff:
+    """A standalone client's reconnect schedule: the wait before each dial
+    after a failed one doubles from ``base`` to ``cap`` seconds, and each is
+    jittered to between half and all of it (``rng()`` in [0, 1): jitter only
+    shortens a wait, so none passes the cap, and clients that lost one node
+    together do not dial it again together). A handshake resets it."""
+
+    __slots__ = ("base", "cap", "delay", "rng")
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0,
+                 rng: Callable[[], float] = random.random):
+        if not 0 < base <= cap:
+            raise ValueError(f"a backoff needs 0 < base <= cap, not base={base}, cap={cap}")
+        self.base, self.cap, self.rng = base, cap, rng
+        self.delay = base  # the next wait, before its jitter
+
+    def next(self) -> float:
+        """The wait before the next dial (seconds); the one after doubles."""
+        wait = self.delay * (0.5 + 0.5 * self.rng())
+        self.delay = min(self.delay * 2, self.cap)
+        return wait
+
+    def reset(self) -> None:
+        """A handshake succeeded: the next failure waits ``base`` again."""
+        self.delay = self.base
+
+
 class _Refused(Exception):
     """The handshake named a node the governor's lists refuse."""
 
@@ -1098,6 +1165,9 @@ class NodeClient:
         self.server_grants: frozenset[str] = frozenset()
         self._held_to_grants = False  # principal set and "*" not granted: set with them
         self.status = "disconnected"
+        #: Handshakes of the main link so far: a thread's or a loop's
+        #: connection made in an earlier one is made again before its next call.
+        self.sessions = 0
         self.gossip_sent = 0
         #: What a gossiping client pulls with on each connect (a node sets it:
         #: its bookmark of this link, docs/spec/protocol.md section 5).
@@ -1112,7 +1182,6 @@ class NodeClient:
         self._closing = False  # close() was called (not a failure of the peer)
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._relays: list[RelayFabric] = []
         self._local = threading.local()
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
         self._channels_lock = threading.Lock()
@@ -1125,18 +1194,21 @@ class NodeClient:
         self._where = f"connect({url})"
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
+        # loop connections of an earlier session still finishing their calls
+        self._retired: weakref.WeakSet[_AsyncChannel] = weakref.WeakSet()
         self._loop_thread = _LoopThread.thread
         self._last_achannel: _AsyncChannel | None = None
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0, "dials": 0, "handshakes": 0,
                                "backpressure_waits": 0}
+        _LoopThread.clients.add(self)
+        #: The reconnect schedule without a governor.
+        self.backoff = Backoff()
         self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     # -- connection management (on the private loop) ---------------------------
     def _set_status(self, status: str) -> None:
-        self.status = status
-        for r in self._relays:
-            r.set_status(RelayStatus(status))
+        self.status = status  # (a RelayFabric(client) reads it on each call)
 
     async def _run(self) -> None:
         self._up = asyncio.Event()
@@ -1152,7 +1224,6 @@ class NodeClient:
             self._set_status("disconnected")
 
     async def _dial_loop(self, gov: Any) -> None:
-        delay = 0.05
         first = True
         while not self._closed:
             if gov is not None and await self._wait_admitted(gov):
@@ -1163,7 +1234,6 @@ class NodeClient:
             refused = False
             try:
                 await self._session()
-                delay = 0.05
             except _Refused as exc:  # the lists refuse its node id: not a failure
                 log.info("connection to %s closed: %s", self.url, exc)
                 refused = True
@@ -1204,8 +1274,7 @@ class NodeClient:
             self._set_status("reconnecting")
             self.stats_counters["reconnects"] += 1
             if gov is None:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(self.backoff.next())
             else:
                 await self._backoff(gov)
 
@@ -1295,7 +1364,15 @@ class NodeClient:
                 caps=["gossip"] if self.on_gossip else [], token=self._token,
                 proto=self.proto)))
             dec = FrameDecoder(P.node_limits(self.max_frame))
-            f = await self._frame(reader, dec)
+            try:
+                f = await self._frame(reader, dec)
+            except ConnectionResetError as exc:
+                if self.tls is None and await _speaks_tls(self.host, self.port):
+                    raise FabricUnavailable(
+                        f"{self.url} closed the connection at the handshake: it looks like a "
+                        f"TLS node (use fabrics://{self.host}:{self.port}, with tls= its CA)") \
+                        from exc
+                raise
             if f.kind == FrameKind.ERROR:
                 raise P.error_from_payload(f.decode_payload(dec.limits), self.url)
             if f.kind != FrameKind.HELLO:
@@ -1317,6 +1394,11 @@ class NodeClient:
                                     and "*" not in self.server_grants)
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
             self._writer = writer
+            self.sessions += 1
+            self.backoff.reset()  # (a session ends by an exception: reset here)
+            with self._channels_lock:  # their next call checks their session first
+                for ach in self._achannels.values():
+                    ach.live = False
             if self.on_gossip:
                 writer.write(self._enc.encode_value(FrameKind.GOSSIP, self.gossip_pull()
                                                     if self.gossip_pull else {"pull": 0}))
@@ -1514,7 +1596,11 @@ class NodeClient:
         the client's own loop thread or in a nested call (they go by the loop)."""
         ch = getattr(self._local, "channel", None)
         if ch is not None and not ch.dead:
-            return None if ch.busy else ch
+            if ch.busy:
+                return None
+            if ch.session == self.sessions:
+                return ch
+            ch.close()  # made before the main link's last reconnect: made again
         if self.status != "connected" or threading.current_thread() is self._loop_thread:
             if self.status != "connected":
                 self.stats_counters["failed_fast"] += 1
@@ -1542,8 +1628,10 @@ class NodeClient:
         calls share the one being made)."""
         ch = self._achannels.get(loop)
         if ch is not None and not ch.dead:
-            await ch.ready
-            return ch
+            if ch.session == self.sessions:
+                await ch.ready
+                return ch
+            self._retire(ch)
         if self.status != "connected":
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
@@ -1561,6 +1649,20 @@ class NodeClient:
             self.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"cannot connect to {self.url}: {exc!r}") from None
         return ch
+
+    def _retire(self, ch: _AsyncChannel) -> None:
+        """A loop's connection made before the main link's last reconnect
+        (on its loop): closed now if idle, else left to answer the calls it
+        carries (no new call goes to it) and closed with the client."""
+        with self._channels_lock:  # (the main link's handshake walks them under it)
+            if self._achannels.get(ch.loop) is ch:
+                del self._achannels[ch.loop]
+        if self._last_achannel is ch:
+            self._last_achannel = None
+        if ch.calls:
+            self._retired.add(ch)
+        else:
+            ch.abort()
 
     # -- the fabric interface ------------------------------------------------
     async def _evaluate_on_loop(self, request: EvalRequest, payload: bytes,
@@ -1604,7 +1706,8 @@ class NodeClient:
         # call on Python 3.11). Any other loop, or any doubt, asks.
         if ch is None or not ch.live or ch.base._thread_id != _get_ident():
             loop = _running_loop()
-            if ch is None or ch.loop is not loop or not ch.up or ch.dead:
+            if ch is None or ch.loop is not loop or not ch.up or ch.dead or \
+                    ch.session != self.sessions:
                 if loop is self._loop:  # the client's own loop: its main connection
                     cf = asyncio.run_coroutine_threadsafe(
                         self._evaluate_on_loop(request, payload, t), self._loop)
@@ -1614,7 +1717,7 @@ class NodeClient:
                         cf.cancel()
                         raise
                 ch = self._achannels.get(loop)
-                if ch is None or ch.dead or not ch.up:
+                if ch is None or ch.dead or not ch.up or ch.session != self.sessions:
                     ch = await self._achannel(loop, t)
                 self._last_achannel = ch
         if ch.paused:  # over _OUT_HIGH bytes wait to be sent: this call waits
@@ -1748,17 +1851,16 @@ class NodeClient:
         return self
 
     def relay(self, allowed_capabilities: Iterable[str] = (), **kw: Any) -> RelayFabric:
-        """A ``RelayFabric`` in front of this client whose status follows the connection."""
-        r = RelayFabric(self, allowed_capabilities, status=self.status, **kw)
-        self._relays.append(r)
-        return r
+        """``RelayFabric(self, ...)``: its status follows the connection."""
+        return RelayFabric(self, allowed_capabilities, **kw)
 
     async def _aclose(self) -> None:
         self._closing = True
         self._closed = True
+        _LoopThread.clients.discard(self)
         with self._channels_lock:
             channels = list(self._channels)
-            achannels = list(self._achannels.values())
+            achannels = [*self._achannels.values(), *self._retired]
         for ch in channels:
             ch.close()
         for ach in achannels:
@@ -1777,6 +1879,16 @@ class NodeClient:
         try:
             asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(10)
         except (concurrent.futures.CancelledError, RuntimeError):
+            pass
+
+    async def aclose(self) -> None:
+        """Async twin of ``close`` (the caller's loop is not blocked)."""
+        if self._closed and self._task.done():
+            return
+        try:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._aclose(), self._loop))
+        except (asyncio.CancelledError, RuntimeError):
             pass
 
     async def _status_on_loop(self, t: float | None) -> dict[str, Any]:
@@ -1821,6 +1933,12 @@ class NodeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> "NodeClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"fabric.connect({self.url!r}) [{self.status}, node={self.node!r}]"
@@ -1937,11 +2055,79 @@ def connect(url: str, *, tls: Any = None, token: str | None = None,
     Options: ``scope`` (``"compute"``, the default, or ``"held"``),
     ``grants`` (the caller's default grants), ``window``, ``max_frame``,
     ``reconnect``.
+
+    It blocks until the handshake: called inside a running event loop it
+    stops that loop meanwhile and warns so (``RuntimeWarning``); a node
+    served on that loop cannot answer, and the error at ``timeout`` says
+    so. From a coroutine use ``await fabric.aconnect(url, ...)``.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        in_loop = False
+    else:  # this thread's loop stops until the handshake: say so, and what to use
+        in_loop = True
+        warnings.warn(_BLOCKS, RuntimeWarning, stacklevel=2)
     client = NodeClient(url, tls=tls, token=token, timeout=timeout, **options)
     try:
         client.wait_connected(timeout)
+    except FabricUnavailable as exc:
+        client.close()
+        if in_loop and "no handshake" in str(exc):
+            raise FabricUnavailable(f"{exc}; {_BLOCKS}") from None
+        raise
     except BaseException:
         client.close()
         raise
     return client
+
+
+_BLOCKS = ("fabric.connect() blocks the running event loop until the handshake is "
+           "done (a node served on that loop cannot answer it): from a coroutine, use "
+           "`await fabric.aconnect(url, ...)`")
+
+
+async def aconnect(url: str, *, tls: Any = None, token: str | None = None,
+                   timeout: float | None = 30.0, **options: Any) -> NodeClient:
+    """Connect from a coroutine: ``client = await fabric.aconnect(url)``.
+
+    The same arguments, client and errors as ``connect``, but the caller's
+    event loop runs while the handshake is made (on the clients' own loop
+    thread), so a node served on that same loop (``await node.serve()``)
+    answers it. ``async with await fabric.aconnect(url) as client:`` closes
+    it at the end (``await client.aclose()``).
+    """
+    client = NodeClient(url, tls=tls, token=token, timeout=timeout, **options)
+    first = asyncio.wrap_future(client._first)  # (waited on, never cancelled: not shared)
+    try:
+        done, _ = await asyncio.wait((first,), timeout=timeout)
+        if not done:
+            first.add_done_callback(_retrieved)
+            raise FabricUnavailable(f"no handshake with {url} within {timeout} s")
+        first.result()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+def _retrieved(f: "asyncio.Future[Any]") -> None:
+    if not f.cancelled():
+        f.exception()
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """Whether ``host:port`` answers a TLS handshake (the certificate is not
+    checked: this only tells a TLS node from one that closed for another
+    reason, to say so)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), 2.0)
+    except ssl.SSLError as exc:  # an alert (a client certificate asked for): TLS
+        return "alert" in str(exc).lower()
+    except (OSError, asyncio.TimeoutError):
+        return False
+    w.transport.abort()
+    return True

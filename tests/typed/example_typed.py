@@ -61,3 +61,13 @@ async def arun(fab: fabric.LocalFabric) -> None:
     reveal_type(await fab.aevaluate(embed.request("x")))  # fabric.replies.EvalReply
     async for t in await fab.acall(atokens, "a b"):
         reveal_type(t)  # str
+
+
+async def anode(url: str) -> None:
+    client = await fabric.aconnect(url, timeout=5.0)
+    reveal_type(client)  # fabric.node.client.NodeClient
+    reveal_type(await client.aevaluate(embed.request("x")))  # fabric.replies.EvalReply
+    reveal_type(fabric.RelayFabric(client).status)  # fabric.fabrics.RelayStatus
+    async with client as c:
+        reveal_type(c)  # fabric.node.client.NodeClient
+    await client.aclose()
