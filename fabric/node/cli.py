@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CLIError(f"--metrics needs prometheus_client ({exc.__cause__}): "
                            "pip install 'stream-fabric[metrics]'") from None
     from .loops import loop_factory
-    try:  # before anything starts: uvloop (the fast extra) may be missing
+    try:  # before anything starts: uvloop (a dependency) may be missing
         new_loop, _kind = loop_factory(args.loop)  # the node logs it as it listens
     except ImportError as exc:
         raise CLIError(f"--loop {args.loop}: {exc}") from None
@@ -388,9 +388,8 @@ def add_parser(sub: Any) -> None:
                    help="how long a miss waits for the key's lease holder (default 30)")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                   help="the event loop: uvloop (the fast extra: less CPU per request) "
-                        "or asyncio's own; auto (the default) takes uvloop when it is "
-                        "installed")
+                   help="the event loop: uvloop (less CPU per request) or asyncio's "
+                        "own; auto (the default) takes uvloop when it imports")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT",
                    help="also serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--test-fault", dest="test_faults", action="append", default=[],
