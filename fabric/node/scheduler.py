@@ -266,20 +266,27 @@ class FairQueue:
         if channel in self._held:
             return
         self._held.add(channel)
-        for stream in self._by_chan.get(channel, ()):
-            p = self._where[stream][1]
-            try:
-                p.order.remove(stream)
-            except ValueError:
-                pass
+        streams = self._by_chan.get(channel)
+        if not streams:
+            return
+        chan = self._chan
+        for p in {id(w[1]): w[1] for s in streams if (w := self._where[s])}.values():
+            # one pass per principal (not a remove per stream: O(n) each)
+            p.order = collections.deque(s for s in p.order if chan.get(s) is not channel)
 
     def release(self, channel: Hashable) -> None:
-        """Put ``channel``'s streams back in the rotation."""
+        """Put ``channel``'s streams back in the rotation, those whose head
+        waited longest first (a fixed order would serve the same streams
+        first after every pause)."""
         if channel not in self._held:
             return
         self._held.discard(channel)
-        for stream in self._by_chan.get(channel, ()):
-            name, p = self._where[stream]
+        streams = self._by_chan.get(channel)
+        if not streams:
+            return
+        where = self._where
+        for stream in sorted(streams, key=lambda s: where[s][1].streams[s][0].seq):
+            name, p = where[stream]
             p.order.append(stream)
             self._activate(name, p)
 
