@@ -28,21 +28,45 @@ def test_5000_principals_of_one_request_each_are_all_served():
     assert all(s["served"] == 1 for s in q.stats()["principals"].values())
 
 
+def _exact(q):
+    """Every principal's counters add up: queued = served + evicted + dropped + pending."""
+    for name, st in q.stats()["principals"].items():
+        assert st["queued"] == st["served"] + st["evicted"] + st["dropped"] + st["pending"], \
+            (name, st)
+
+
 def test_a_flooding_principal_does_not_starve_another():
     # quantum = max(4 KiB, budget / principals) = 32 KiB: 8 items a turn
     q = FairQueue(budget=64 * 1024, min_quantum=4096)
-    for i in range(10_000):
+    for i in range(16):
         q.push("flood", ("f", i % 8), 4096, ("flood", i))
     for i in range(10):
         q.push("quiet", ("q", 0), 4096, ("quiet", i))
     order = []
     while (e := q.pop()) is not None:
-        order.append(e.item[0])
-    assert order.count("quiet") == 10
-    assert max(i for i, who in enumerate(order) if who == "quiet") < 26
-    # the flood stayed within its budget by losing its oldest heads, counted
+        order.append(e.item)
+    who = [w for w, _ in order]
+    assert who == ["flood"] * 8 + ["quiet"] * 8 + ["flood"] * 8 + ["quiet"] * 2
+    # round robin among the flood's streams: its 8 streams, then again
+    assert [i % 8 for w, i in order if w == "flood"] == list(range(8)) * 2
+    _exact(q)
+
+
+def test_a_flood_over_its_budget_loses_its_streams_and_not_anothers():
+    q = FairQueue(budget=64 * 1024, min_quantum=4096)
+    for i in range(10):
+        q.push("quiet", ("q", 0), 4096, ("quiet", i))
+    for i in range(10_000):
+        q.push("flood", ("f", i % 8), 4096, ("flood", i))
+        assert q.stats()["principals"]["flood"]["pending_bytes"] <= 64 * 1024
     stats = q.stats()["principals"]
-    assert stats["flood"]["evicted"] == 10_000 - 16 and stats["quiet"]["evicted"] == 0
+    assert all(q.lost(("f", k)) for k in range(8)) and not q.lost(("q", 0))
+    assert stats["quiet"]["evicted"] == 0 and stats["flood"]["evicted"] > 0
+    quiet = []
+    while (e := q.pop()) is not None:
+        quiet.append(e.item)
+    assert [i for w, i in quiet if w == "quiet"] == list(range(10))
+    _exact(q)
 
 
 def test_eviction_takes_the_oldest_head_and_never_a_terminator():
@@ -66,6 +90,67 @@ def test_count_cap_refuses_with_limit_exceeded():
     with pytest.raises(P.LimitExceeded, match="cap 3"):
         q.push("p", "s", 1, 99)
     q.push("p", "s", 0, "end", terminator=True)  # a terminator is still taken
+    assert q.stats()["principals"]["p"]["refused"] == 1
+    _exact(q)
+
+
+def test_a_stream_that_lost_its_head_loses_what_followed_but_not_its_start_or_end():
+    # a stream is delivered in order without a gap: what followed a lost
+    # entry could not be delivered either, and what comes later is evicted
+    q = FairQueue(budget=10_000)
+    q.push("p", "s1", 1, "start1", pinned=True)
+    q.push("p", "s1", 3000, "a1")
+    q.push("p", "s1", 3000, "a2")
+    q.push("p", "s2", 3000, "b1")
+    q.push("p", "s2", 3000, "b2")  # over: s1's a1 is the oldest head past its start
+    assert q.lost("s1") and q.lost_entry("s1").item == "a1" and not q.lost("s2")
+    q.push("p", "s1", 3000, "a3")  # on a lost stream: evicted at once
+    q.push("p", "s1", 0, "end1", terminator=True)
+    items = []
+    while (e := q.pop()) is not None:
+        items.append(e.item)
+    assert sorted(items) == ["b1", "b2", "end1", "start1"]
+    assert q.stats()["principals"]["p"]["evicted"] == 3
+    q.forget("s1")
+    assert not q.lost("s1")
+    _exact(q)
+
+
+def test_a_held_channel_waits_out_of_the_rotation_and_counts_against_the_budget():
+    emptied = []
+    q = FairQueue(budget=1 << 20, on_empty=emptied.append)
+    q.hold("c1")
+    q.push("p", "s1", 100, "x1", channel="c1")
+    q.push("p", "s2", 100, "y1", channel="c2")
+    q.push("p", "s1", 100, "x2", channel="c1")
+    assert q.queued("s1") == 2 and q.pending("c1") == 1 and len(q) == 3
+    assert q.pop().item == "y1" and q.pop() is None and not q.empty() and not q.ready()
+    assert emptied == ["s2"]
+    q.release("c1")
+    assert q.ready() and [q.pop().item, q.pop().item] == ["x1", "x2"]
+    assert emptied == ["s2", "s1"] and q.empty() and q.queued("s1") == 0
+    # held entries stay under the budget: the oldest head goes, held or not
+    q = FairQueue(budget=250)
+    q.hold("c1")
+    q.push("p", "s1", 100, "x1", channel="c1")
+    q.push("p", "s2", 100, "y1", channel="c2")
+    q.push("p", "s2", 100, "y2", channel="c2")
+    assert q.lost("s1") and q.stats()["principals"]["p"]["pending_bytes"] == 200
+    _exact(q)
+
+
+def test_a_channel_that_went_away_drops_its_entries_counted():
+    emptied = []
+    q = FairQueue(on_empty=emptied.append)
+    q.hold("c1")
+    q.push("p", "s1", 100, "x1", channel="c1")
+    q.push("p", "s1", 0, "end", terminator=True, channel="c1")
+    q.push("p", "s2", 100, "y1", channel="c2")
+    assert q.discard("c1") == 2
+    assert emptied == ["s1"] and [e.item for e in iter(q.pop, None)] == ["y1"]
+    st = q.stats()["principals"]["p"]
+    assert st["dropped"] == 2 and st["served"] == 1 and q.empty()
+    _exact(q)
 
 
 # ---- credit and epochs ----------------------------------------------------------------
@@ -195,15 +280,17 @@ def test_random_frames_never_crash_the_checks():
                 pass
 
 
-def test_discarding_a_stream_drops_its_entries_and_keeps_the_others():
+def test_dropping_a_stream_drops_its_entries_and_keeps_the_others():
+    """drop_stream (drop-and-close): its entries and terminator go, counted
+    as dropped; the other streams and principals are served as before."""
     q = FairQueue(budget=1 << 20)
     for i in range(3):
         q.push("p", "dropped", 100, ("d", i))
         q.push("p", "kept", 100, ("k", i))
     q.push("p", "dropped", 0, ("d", "end"), terminator=True)
     q.push("other", "alone", 50, ("o", 0))
-    assert q.discard("dropped") == 4
-    assert q.discard("dropped") == 0 and q.discard("never") == 0
+    assert q.drop_stream("dropped") == 4
+    assert q.drop_stream("dropped") == 0 and q.drop_stream("never") == 0
     assert len(q) == 4
     served = []
     while (e := q.pop()) is not None:
@@ -211,4 +298,4 @@ def test_discarding_a_stream_drops_its_entries_and_keeps_the_others():
     assert sorted(served) == [("k", 0), ("k", 1), ("k", 2), ("o", 0)]
     assert q.stats()["principals"]["p"]["pending_bytes"] == 0
     q.push("solo", "s", 10, "x")
-    assert q.discard("s") == 1 and q.empty() and q.pop() is None
+    assert q.drop_stream("s") == 1 and q.empty() and q.pop() is None

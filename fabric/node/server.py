@@ -45,7 +45,7 @@ from . import protocol as P
 from .auth import COMPUTE, Grants, Tokens, tls_principal
 from .credit import Credit, StaleStream, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
-from .scheduler import FairQueue
+from .scheduler import Entry, FairQueue
 from .secrets import SecretStore
 from .loops import loop_factory, loop_name
 from . import snapshot as _snap
@@ -153,6 +153,10 @@ class _Sent:
 
     def __init__(self) -> None:
         self.seq = self.chunks = self.total = 0
+
+    def mark(self) -> tuple[int, int, int]:
+        """The next frame's seq, and the items and their bytes before it."""
+        return self.seq + 1, self.chunks, self.total
 
     def count(self, tag: Any, size: int) -> None:
         """One more frame, an item of size bytes unless tag is DIAG."""
@@ -264,24 +268,52 @@ class _Conn:
         if self.closed or self.transport.is_closing():
             return  # the peer is gone (uvloop's transport raises on a write then)
         try:
-            self.send(self.enc.encode_value(FrameKind.ERROR, P.error_payload(exc),
-                                            stream_id=sid))
+            frame = self.enc.encode_value(FrameKind.ERROR, P.error_payload(exc),
+                                          stream_id=sid)
         except (ValueError, TypeError):
-            self.send(self.enc.encode_value(FrameKind.ERROR, {
+            frame = self.enc.encode_value(FrameKind.ERROR, {
                 "kind": "RemoteError", "message": "the error could not be encoded"},
-                stream_id=sid))
+                stream_id=sid)
+        out_q = self.node._out_q
+        key = (id(self), sid)
+        if sid and out_q.queued(key):
+            # after the stream's frames still waiting in the fair queue (its
+            # terminator: never evicted)
+            out_q.push(self.principal, key, 0, (self, frame, None), terminator=True,
+                       channel=self)
+            self.node._wake_pump(self)
+        else:
+            self.send(frame)
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
             self.writer.transport.abort()
-        self.resume_writing()
+        self.gone()
 
     def pause_writing(self) -> None:
+        """The transport's buffer passed its high mark: this connection's
+        streams leave the fair queue's rotation (their frames wait there)."""
         self.paused = True
+        self.node._out_q.hold(self)
 
     def resume_writing(self) -> None:
+        """The transport's buffer is empty (low mark 0): the connection's
+        streams are served by the fair queue again."""
         self.paused = False
+        node = self.node
+        if not self.closed:
+            node._out_q.release(self)
+            node._wake_pump(self)
+        if self._drained is not None:
+            self._drained.set()
+
+    def gone(self) -> None:
+        """Nothing more can be written: what waits for this connection in
+        the fair queue is dropped (its producers, woken, see it closed)."""
+        self.closed = True
+        self.paused = False
+        self.node._out_q.discard(self)
         if self._drained is not None:
             self._drained.set()
 
@@ -516,8 +548,13 @@ class Node:
         # (a budget-sized quantum would let a flooding principal go first for long).
         self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued,
                                 quantum=1)
+        # Stream frames wait here while their connection's transport is paused
+        # (each stream has at most one data frame waiting: _out_turn).
         self._out_q = FairQueue(budget=self.limits.principal_budget,
-                                max_count=self.limits.principal_max_queued)
+                                max_count=self.limits.principal_max_queued,
+                                on_empty=self._out_room)
+        # A stream's producer waiting for its frame in the queue to go (_out_turn)
+        self._out_waiters: dict[Any, asyncio.Future[None]] = {}
         self._running = 0
         self._drain = False
         # Why the requests still running end (set at shutdown: _end_all).
@@ -1074,9 +1111,12 @@ class Node:
         proto = _ConnProtocol(self, conn, dec, loop.create_future())
         transport = conn.writer.transport
         transport.set_protocol(proto)
-        # Paused over one frame, resumed when empty: a held stream waits for
-        # that before each item (Node._send_held).
-        transport.set_write_buffer_limits(high=1 << 16, low=0)
+        # Paused over one frame, resumed when empty (the next write goes to
+        # the socket from the caller's buffer): while paused, the connection's
+        # stream frames wait in the fair queue (Node._enqueue).
+        # (Under a small output cap, a quarter of it: the pause comes first.)
+        transport.set_write_buffer_limits(
+            high=min(1 << 16, max(1, self.limits.output_buffer // 4)), low=0)
         reader = conn.reader
         left = bytes(getattr(reader, "_buffer", b""))  # read by the stream, not yet taken
         if left:
@@ -1456,7 +1496,7 @@ class Node:
         if closing is None:  # not by its consumer (its connection is ending)
             conn.send_error(sid, FabricError("cancelled"))
             return
-        dropped = self._out_q.discard(key)
+        dropped = self._out_q.drop_stream(key)
         self._stat("streams_dropped")
         self._stat("frames_dropped", dropped)
         conn.send_error(sid, FabricError(
@@ -1530,11 +1570,13 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
+        out_q = self._out_q
         sent = self._sent_for(conn, sid)
         events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
         source = getattr(stream, "source", "computed")
         self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
+            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
+            start=True)
         truncated = False
         digest = StreamDigest() if self.signer is not None else None
         try:
@@ -1551,11 +1593,17 @@ class Node:
                                           f"largest frame agreed ({conn.max_frame})") from None
                 size = len(frame) - _HEADER
                 await credit.wait(size)
-                if self._out_q.lost(key):
+                if out_q.queued(key):
+                    await self._out_turn(conn, key)
+                if out_q.lost(key) or conn.closed:
                     truncated = True
                     break
+                mark = sent.mark()
                 sent.count(tag, size)
-                self._enqueue(conn, key, frame, size)
+                self._enqueue(conn, key, frame, size, mark)
+        except BaseException:
+            self._out_ended(key)
+            raise
         finally:
             aclose = getattr(events if events is not None else stream, "aclose", None)
             if aclose is not None:
@@ -1597,90 +1645,171 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
+        out_q = self._out_q
         self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0)
+            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
+            start=True)
         sent = self._sent_for(conn, sid)
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
-        while True:
-            got = raw.next_raw()
-            if got is None:
-                break
-            rec, crc = got
-            prefix, tag, body = _recorded_item(rec, sent.seq)
-            size = len(prefix) + len(body)
-            try:  # the item's CRC follows from its record's (validated) checksum
-                hdr = header(chunk, (prefix, body), stream_id=sid, seq=sent.seq + 1,
-                             flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
-                             crc_of=None if crc is None else (rec, crc))
-            except FrameError:
-                raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
-                                      f"largest frame agreed ({conn.max_frame})") from None
-            await credit.wait(size)
-            if self._out_q.lost(key) or conn.closed:
-                truncated = True
-                break
-            sent.count(tag, size)
-            self._enqueue(conn, key, [hdr + prefix, body], size)
-            if conn.paused:
-                await conn.drained()
-            else:
-                await asyncio.sleep(0)  # the ledger never blocks: let the loop serve others
+        try:
+            while True:
+                got = raw.next_raw()
+                if got is None:
+                    break
+                rec, crc = got
+                prefix, tag, body = _recorded_item(rec, sent.seq)
+                size = len(prefix) + len(body)
+                try:  # the item's CRC follows from its record's (validated) checksum
+                    hdr = header(chunk, (prefix, body), stream_id=sid, seq=sent.seq + 1,
+                                 flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
+                                 crc_of=None if crc is None else (rec, crc))
+                except FrameError:
+                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
+                                          f"largest frame agreed ({conn.max_frame})") from None
+                await credit.wait(size)
+                if out_q.queued(key):
+                    await self._out_turn(conn, key)
+                if out_q.lost(key) or conn.closed:
+                    truncated = True
+                    break
+                mark = sent.mark()
+                sent.count(tag, size)
+                self._enqueue(conn, key, [hdr + prefix, body], size, mark)
+                if not out_q.queued(key):  # written at once: the ledger never blocks,
+                    await asyncio.sleep(0)  # let the loop serve others
+        except BaseException:
+            self._out_ended(key)
+            raise
         self._end_stream(conn, key, sid, sent, truncated)
+
+    # -- the outbound stream queue -------------------------------------------------
+    # A stream's frames go to its connection's transport at once while that
+    # transport is not paused (its buffer under the high mark) and nothing of
+    # the connection's waits; otherwise they wait in the fair queue (_out_q),
+    # which the pump serves by deficit round robin across principals as the
+    # connections resume. Each stream's producer waits until its frame in
+    # the queue was written (_out_turn) before it queues the next: what a
+    # principal's streams hold at the node is one frame each, bounded by its
+    # byte budget (oldest head evicted, the stream then ending truncated with
+    # a LimitExceeded diagnostic), whatever their credit windows allow.
 
     def _end_stream(self, conn: _Conn, key: Any, sid: int, sent: _Sent, truncated: bool,
                     claim: bytes | None = None) -> None:
         # The terminator is never evicted; a stream that lost data says so.
-        self._out_q.push(conn.principal, key, 0,
-                         (conn, ("end", sid, sent.seq, sent.chunks, sent.total, truncated,
-                                 claim)), terminator=True)
-        self._out_wake.set()  # type: ignore[union-attr]
+        end = ("end", sid, sent.mark(), truncated, claim)
+        out_q = self._out_q
+        if conn.closed:
+            self._out_ended(key)
+        elif conn.paused or out_q.pending(conn):
+            out_q.push(conn.principal, key, 0, (conn, end, None), terminator=True,
+                       channel=conn)
+            self._wake_pump(conn)
+        else:  # nothing waits: at once (no pump wake-up per stream)
+            out_q.count_direct(conn.principal, 0)
+            conn.send(self._end_frames(conn, key, end))
 
-    def _enqueue(self, conn: _Conn, key: Any, data: bytes | list[Any], size: int) -> None:
-        """Queue (or send at once) one frame: bytes, or a list of its parts."""
-        if self._out_q.empty():
-            # Nothing waits: the fair queue would hand this straight to the
-            # pump, so it goes out now (no wake-up and task switch per item).
-            self._out_q.count_direct(conn.principal, size)
+    def _end_frames(self, conn: _Conn, key: Any, end: tuple[Any, ...]) -> bytes:
+        """A stream's last frames: its STREAM_END, after a ``LimitExceeded``
+        diagnostic when it lost data (numbered after the last frame
+        delivered, the counts those of the items delivered)."""
+        _end, sid, (seq, chunks, total), truncated, claim = end  # seq: the END's
+        first = self._out_q.lost_entry(key)
+        self._out_q.forget(key)
+        out = b""
+        if first is not None:
+            seq, chunks, total = first.item[2]  # the first frame lost: seq, counts before it
+            self._stat("streams_truncated")
+            log.warning("stream %d to %s (principal %s) ended truncated: over the "
+                        "principal's byte budget (%d), its data was evicted", sid,
+                        conn.peer, conn.principal, self.limits.principal_budget)
+            out = conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
+                "kind": "LimitExceeded", "limit": "principal_budget",
+                "count": self.limits.principal_budget,
+                "message": f"principal {conn.principal!r} over its byte budget: "
+                           f"stream data was evicted"},
+                stream_id=sid, seq=seq, flags=FRAME_FLAG_DIAGNOSTIC)
+            seq += 1
+        body = {"chunks": chunks, "bytes": total,
+                "truncated": bool(first is not None or truncated)}
+        if claim is not None and first is None:
+            body["claim"] = claim
+        return out + conn.enc.encode_value(FrameKind.STREAM_END, body, stream_id=sid,
+                                           seq=seq)
+
+    def _enqueue(self, conn: _Conn, key: Any, data: bytes | list[Any], size: int,
+                 mark: tuple[int, int, int] = (0, 0, 0), start: bool = False) -> None:
+        """Send one frame of a stream (bytes, or a list of its parts) now, or
+        queue it (``mark``: its seq and the items and bytes sent before it;
+        ``start``: the stream's START, never evicted)."""
+        out_q = self._out_q
+        if not conn.paused and not out_q.pending(conn):
+            # The transport takes it and nothing of this connection's waits:
+            # the fair queue would hand it straight to the pump, so it goes
+            # out now (no wake-up and task switch per item).
+            out_q.count_direct(conn.principal, size)
             conn.send(data)
             return
-        self._out_q.push(conn.principal, key, max(size, 1), (conn, data))
-        self._out_wake.set()  # type: ignore[union-attr]
+        if conn.closed:
+            return
+        item = (conn, data, mark)
+        try:
+            out_q.push(conn.principal, key, max(size, 1), item, channel=conn, pinned=start)
+        except P.LimitExceeded:  # over the principal's count cap: the stream lost it
+            out_q.lose(key, Entry(conn.principal, key, size, item, False))
+            return
+        self._wake_pump(conn)
+
+    async def _out_turn(self, conn: _Conn, key: Any) -> None:
+        """Wait until no frame of stream ``key`` waits in the fair queue
+        (written, evicted, or its connection gone)."""
+        out_q = self._out_q
+        while out_q.queued(key) and not conn.closed:
+            fut = self._out_waiters.get(key)
+            if fut is None or fut.done():
+                fut = self._out_waiters[key] = asyncio.get_running_loop().create_future()
+            await fut
+
+    def _out_room(self, key: Any) -> None:
+        """The fair queue's ``on_empty``: nothing of stream ``key`` waits."""
+        fut = self._out_waiters.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _out_ended(self, key: Any) -> None:
+        """A stream ended without its terminator queued (an error, a
+        cancel): its ``lost`` mark goes, unless a frame still waits."""
+        if not self._out_q.queued(key):
+            self._out_q.forget(key)
+
+    def _wake_pump(self, conn: _Conn) -> None:
+        """Wake the pump when ``conn``'s frames may be written now."""
+        if not conn.paused and self._out_wake is not None and self._out_q.ready():
+            self._out_wake.set()
 
     async def _pump(self) -> None:
-        """Writes stream frames in deficit-round-robin order across principals."""
+        """Writes queued stream frames in deficit-round-robin order across
+        principals, to connections whose transport is not paused (those
+        paused are held out of the rotation until they resume)."""
         assert self._out_wake is not None
+        out_q, wake = self._out_q, self._out_wake
+        written = 0
         while True:
-            e = self._out_q.pop()
+            e = out_q.pop()
             if e is None:
-                self._out_wake.clear()
-                await self._out_wake.wait()
+                wake.clear()
+                await wake.wait()
                 continue
-            conn, data = e.item
-            if isinstance(data, tuple):
-                _end, sid, seq, chunks, total, truncated, claim = data
-                lost = self._out_q.lost(e.stream)
-                self._out_q.forget(e.stream)
-                out = b""
-                if lost:
-                    self._stat("streams_truncated")
-                    log.warning("stream %d to %s (principal %s) ended truncated: over the "
-                                "principal's byte budget (%d), its data was evicted", sid,
-                                conn.peer, conn.principal, self.limits.principal_budget)
-                    seq += 1
-                    out += conn.enc.encode_value(FrameKind.STREAM_CHUNK, {
-                        "kind": "LimitExceeded", "limit": "principal_budget",
-                        "count": self.limits.principal_budget,
-                        "message": f"principal {conn.principal!r} over its byte budget: "
-                                   f"stream data was evicted"},
-                        stream_id=sid, seq=seq, flags=FRAME_FLAG_DIAGNOSTIC)
-                end = {"chunks": chunks, "bytes": total, "truncated": bool(lost or truncated)}
-                if claim is not None and not lost:
-                    end["claim"] = claim
-                data = out + conn.enc.encode_value(FrameKind.STREAM_END, end,
-                                                   stream_id=sid, seq=seq + 1)
-            conn.send(data)
-            if len(self._out_q) and not self._out_q._active:
+            conn, data, _mark = e.item
+            if e.terminator:
+                if isinstance(data, tuple):
+                    data = self._end_frames(conn, e.stream, data)
+                else:  # an ERROR after the stream's frames
+                    out_q.forget(e.stream)
+            if not conn.closed and not conn.transport.is_closing():
+                conn.send(data)
+            written += 1
+            if not written & 63:  # a long run: let the loop read (grants, requests)
                 await asyncio.sleep(0)
 
 
@@ -1826,7 +1955,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.conn.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.resume_writing()
+        self.conn.gone()
         self._end()
 
 

@@ -1,0 +1,203 @@
+"""The node's outbound stream data over real connections: written while the
+connection's transport takes it, otherwise waiting in the fair queue per
+principal (byte budget, oldest-head eviction that ends a stream with a
+LimitExceeded diagnostic, deficit round robin): a reading client is never
+cut as a slow reader for having many streams, and a principal that floods
+streams neither holds unbounded memory nor holds another's stream back."""
+
+import asyncio
+import socket
+
+import fabric
+from fabric.frames import FrameKind
+from fabric.node import NodeLimits, connect
+from fabric.node import protocol as P
+
+
+ITEM = 256 * 1024
+
+
+@fabric.op("node.streams.fat")
+def fat(i, n=64, size=ITEM):
+    for _ in range(n):
+        yield bytes(size)
+
+
+@fabric.op("node.streams.calm")
+def calm(n):
+    for i in range(n):
+        yield i.to_bytes(4, "big") * 16384  # 64 KiB, numbered
+
+
+def _until(pred, n=2_000_000):
+    for _ in range(n):
+        if pred():
+            return True
+    return False
+
+
+def _hello(window, token=None):
+    return P.encoder().encode_value(FrameKind.HELLO, P.hello(
+        node=None, max_frame=P.DEFAULT_MAX_FRAME, window=window, token=token))
+
+
+def _open_streams(sock, sids, request_of):
+    for sid in sids:
+        meta = P.open_metadata(request_of(sid), want="stream", scope="compute", grants=(),
+                               timeout=None)
+        sock.sendall(fabric.StreamControl.open(sid, meta).to_frame(
+            ["stream.open", "stream.remote.network"]).encode())
+
+
+def _read_streams(sock, sids):
+    """Reads the node's frames on a raw connection until every stream of
+    ``sids`` ended, granting credit for each chunk as it arrives; checks
+    each stream's frames come in order (START, chunks seq 1, 2, ..., END
+    with the next seq). Returns {sid: (items, diagnostics, end body)}."""
+    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+    enc = P.encoder()
+    state = {sid: {"seq": None, "items": 0, "bytes": 0, "consumed": 0, "diags": []}
+             for sid in sids}
+    ended = {}
+    sock.settimeout(60)
+    while len(ended) < len(sids):
+        data = sock.recv(1 << 20)
+        assert data, f"the node closed the connection; ended: {sorted(ended)}"
+        dec.feed(data)
+        grants = []
+        for f in dec:
+            st = state.get(f.stream_id)
+            if st is None:
+                continue
+            assert f.kind != FrameKind.ERROR, f.decode_payload(dec.limits)
+            if f.kind == FrameKind.STREAM_START:
+                assert st["seq"] is None and f.seq == 0
+                st["seq"] = 0
+                continue
+            assert st["seq"] is not None and f.seq == st["seq"] + 1, (f.stream_id, f.seq, st)
+            st["seq"] = f.seq
+            if f.kind == FrameKind.STREAM_CHUNK:
+                if f.is_diagnostic:
+                    st["diags"].append(f.decode_payload(dec.limits))
+                else:
+                    st["items"] += 1
+                    st["bytes"] += len(f.payload)
+                st["consumed"] += len(f.payload)
+                grants.append(enc.encode_value(FrameKind.CREDIT,
+                                               {"consumed": st["consumed"]},
+                                               stream_id=f.stream_id))
+            elif f.kind == FrameKind.STREAM_END:
+                ended[f.stream_id] = (st["items"], st["diags"], f.decode_payload(dec.limits))
+        if grants:
+            sock.sendall(b"".join(grants))
+    return ended
+
+
+def _check_ends(ended, complete_items):
+    """Each stream ended complete, or truncated after a LimitExceeded
+    diagnostic with counts of what was delivered; returns how many were
+    truncated."""
+    truncated = 0
+    for sid, (items, diags, end) in ended.items():
+        if end["truncated"]:
+            truncated += 1
+            assert [d["kind"] for d in diags] == ["LimitExceeded"], (sid, diags)
+            assert diags[0]["limit"] == "principal_budget"
+            assert end["chunks"] == items < complete_items, (sid, end, items)
+        else:
+            assert (items, diags, end["chunks"]) == (complete_items, [], complete_items), sid
+    return truncated
+
+
+def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reader(node):
+    """40 astreams of 8 items just under 1 MiB on one connection, default
+    limits, the client reading as fast as it can: 40 credit windows (4 MiB
+    each) are more than the 64 MiB output cap, yet what the transport holds
+    stays under its high mark plus a frame (the rest waits at the
+    producers, one frame each in the fair queue): the reader is never
+    disconnected and every stream arrives whole."""
+    item = (1 << 20) - 64
+
+    @fabric.op("node.streams.fat_items")
+    def fat_items(i):
+        for _ in range(8):
+            yield bytes(item)
+
+    n = node()
+    with connect(n.url, timeout=60) as c:
+        async def one(i):
+            return sum([len(x) async for x in c.astream(fat_items.request(i))])
+
+        async def main():
+            return await asyncio.gather(*(one(i) for i in range(40)), return_exceptions=True)
+        res = asyncio.run(main())
+    assert n.stats().get("disconnected_slow_reader", 0) == 0
+    assert res == [8 * item] * 40
+    q = n.stats()["stream_queue"]
+    assert q["evictions"] == 0 and q["pending"] == 0
+    (st,) = q["principals"].values()
+    # every frame (40 x (START, 8 chunks, END)) queued once and served once
+    assert st["queued"] == st["served"] == 40 * 10 and st["evicted"] == st["dropped"] == 0
+
+
+def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
+    """A principal whose connection does not read, with 16 streams open
+    (a 1 MiB credit window each, 16 MiB in all) against a 1 MiB byte budget:
+    what it holds at the node stays within the budget (the transport's
+    buffer within its high mark and a frame) by evicting the oldest heads;
+    once it reads, every stream is either whole or a prefix in order ended
+    by a LimitExceeded diagnostic and a truncated END (never a gap)."""
+    budget = 1 << 20
+    n = node(limits=NodeLimits(principal_budget=budget, window=budget, max_frame=512 * 1024,
+                               output_buffer=256 << 20))
+    sids = list(range(1, 17))
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.sendall(_hello(budget))
+        assert s.recv(1 << 16)  # the node's HELLO
+        _open_streams(s, sids, lambda sid: fat.request(sid))
+        assert _until(lambda: n.stats()["stream_queue"]["evictions"] > 0, 200_000)
+        for _ in range(50):  # whenever looked at (the producers keep going)
+            held = sum(c.transport.get_write_buffer_size() for c in list(n._conns))
+            assert held <= (1 << 16) + 512 * 1024 + 4096, held
+            (st,) = n.stats()["stream_queue"]["principals"].values()
+            assert st["pending_bytes"] <= budget, st
+        ended = _read_streams(s, sids)
+    truncated = _check_ends(ended, 64)
+    assert truncated >= 1
+    assert _until(lambda: n.stats().get("streams_truncated", 0) == truncated, 20_000)
+    q = n.stats()["stream_queue"]
+    (st,) = q["principals"].values()
+    assert st["queued"] == st["served"] + st["evicted"] + st["dropped"] + st["pending"]
+    assert q["evictions"] == st["evicted"] > 0
+    assert n.stats().get("disconnected_slow_reader", 0) == 0
+
+
+def test_a_principal_flooding_streams_does_not_hold_anothers_stream_back(node):
+    """Two principals over real connections: "flood" opens 30 streams of
+    16 MiB and reads nothing (a 4 MiB budget: one frame of each waiting
+    is over it); meanwhile "calm" streams 100 items and gets
+    every one, in order, with none of its data evicted. The flood's data
+    waits at the node within its own budget (its connection not cut, its
+    streams truncated with a diagnostic where data was evicted), and once
+    it reads, each of its streams ends whole or truncated with a
+    LimitExceeded diagnostic."""
+    tokens = {"flood": "token-of-the-flooder-000", "calm": "token-of-the-calm-one-00"}
+    budget = 4 << 20  # 16 frames: 30 streams with one each are over it
+    n = node(tokens=tokens, limits=NodeLimits(principal_budget=budget, max_running=64))
+    sids = list(range(1, 31))
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.sendall(_hello(P.DEFAULT_WINDOW, token=tokens["flood"]))
+        assert s.recv(1 << 16)  # the node's HELLO
+        _open_streams(s, sids, lambda sid: fat.request(sid, 64, ITEM))
+        assert _until(lambda: n.stats()["stream_queue"]["evictions"] > 0, 200_000)
+        with connect(n.url, token=tokens["calm"], timeout=60) as c:
+            got = list(c.stream(calm.request(100)))
+            assert n.status()["connections"]["by_principal"]["flood"] == 1  # not cut
+        assert [int.from_bytes(x[:4], "big") for x in got] == list(range(100))
+        assert all(len(x) == 65536 for x in got)
+        per = n.stats()["stream_queue"]["principals"]
+        assert per["calm"]["evicted"] == 0 and per["calm"]["served"] == per["calm"]["queued"]
+        assert per["flood"]["evicted"] > 0 and per["flood"]["pending_bytes"] <= budget
+        ended = _read_streams(s, sids)
+    assert _check_ends(ended, 64) >= 1
+    assert n.stats().get("disconnected_slow_reader", 0) == 0
