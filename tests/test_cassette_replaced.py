@@ -164,6 +164,8 @@ def test_a_compaction_while_a_reader_iterates(tmp_path, handle_env):
             next(items)
         # A new iteration reads the new file.
         now = held_now(path)
+        packed = h.keys_packed()
+        assert {packed[i:i + 32] for i in range(0, len(packed), 32)} == {bytes(k) for k in now}
         assert set(h) == now and first not in now
         assert {k for k, _ in h.items()} == now
     finally:
