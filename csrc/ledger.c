@@ -56,6 +56,10 @@ static const uint8_t FILE_MAGIC[8] = {0x89, 'F', 'A', 'B', 'L', 'D', 'G', '\n'};
 static const uint8_t REC_MAGIC[4] = {0xe7, 'R', 'E', 'C'};
 
 #define SEED_FILE 0x4C444752u /* "LDGR" */
+/* The header's `replaced` word (spec: File header): changed in a file
+ * that a compaction replaced, so that every handle of it notices at its
+ * next call (sentinel_read). */
+#define HDR_REPLACED 56
 #define SEED_BODY 0x424F4459u /* "BODY" */
 #define SEED_HEAD 0x48445221u /* "HDR!" */
 
@@ -2014,8 +2018,11 @@ static void sentinel_written(fab_ledger *l, const uint8_t *tail, size_t n)
     sentinel_set(l);
 }
 
-/* 1 when the sentinel reads as it was, 0 when it differs, -1 when reading
- * it faulted (its page is beyond the file's end). Under the lock. */
+/* 1 when the sentinel reads as it was and the header's `replaced` word
+ * as it was when the handle read the header (a compaction that renamed a
+ * new file over this one changes it: mark_replaced), 0 when either
+ * differs, -1 when reading faulted (a page beyond the file's end). Under
+ * the lock. */
 static int sentinel_read(const fab_ledger *l)
 {
     bus_guard g;
@@ -2023,9 +2030,13 @@ static int sentinel_read(const fab_ledger *l)
         return -1;
     bus_enter(&g);
     uint64_t v;
+    uint32_t m;
     memcpy(&v, l->map->base + l->sent_at, 8);
+    memcpy(&m, l->map->base + HDR_REPLACED, 4);
     bus_leave();
-    return v == l->sent_val;
+    uint32_t was;
+    memcpy(&was, l->header + HDR_REPLACED, 4);
+    return v == l->sent_val && m == was;
 }
 
 /* Makes the mapping cover at least need bytes. Under the lock. */
@@ -2670,6 +2681,28 @@ static int replaced(const fab_ledger *l)
     return stat(l->path, &ps) == 0 && (ps.st_dev != l->dev || ps.st_ino != l->ino);
 }
 
+/*
+ * After a compaction renamed a new file over the path and synced the
+ * directory: when the open file has no name left (a second hard link
+ * keeps it a ledger that others may still open: left alone), adds 1 to
+ * its header's `replaced` word (and rewrites the header checksum, so the
+ * file stays valid), one pwrite of 8 bytes. Every handle of the old file
+ * compares that word at each call that reads the mapping (sentinel_read)
+ * and moves to the file at the path. Best effort: a failure leaves the
+ * others to find the new file at their next miss, append or refresh().
+ */
+static void mark_replaced(fab_ledger *l)
+{
+    struct stat sb;
+    uint8_t h[FAB_LEDGER_HEADER_SIZE];
+    if (fstat(l->fd, &sb) < 0 || sb.st_nlink != 0 ||
+        pread(l->fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || check_header(h, sizeof(h), NULL))
+        return;
+    fab_store_le32(h + HDR_REPLACED, fab_load_le32(h + HDR_REPLACED) + 1);
+    fab_store_le32(h + 60, fab_crc32c(SEED_FILE, h, 60));
+    (void)write_all(&l->io, l->fd, h + HDR_REPLACED, 8, HDR_REPLACED);
+}
+
 /* 1 when the file has a non-zero byte where the next record would start
  * (the file is known to extend past l->end): read under the SIGBUS guard,
  * a fault is "no". Under the lock. */
@@ -2724,9 +2757,11 @@ static int catch_up_locked(fab_ledger *l, int check_path, fab_ledger_error *err)
 
 /* Before reading the mapping: the file must still hold everything indexed
  * (a shrunk file would fault with SIGBUS). Moves to the file as it is now
- * when it shrank or its indexed bytes changed. The sentinel answers
+ * when it shrank, its indexed bytes changed, or a compaction replaced it
+ * (its header's `replaced` word changed). The sentinel answers
  * without a system call; only a ledger whose last page has no non-zero
- * byte pays an fstat. Under the lock. 0 or an error. */
+ * byte pays an fstat (and a stat of the path when the file lost its
+ * name). Under the lock. 0 or an error. */
 static int check_size_locked(fab_ledger *l, fab_ledger_error *err)
 {
     if (l->sent_ok) {
@@ -2738,7 +2773,7 @@ static int check_size_locked(fab_ledger *l, fab_ledger_error *err)
     struct stat sb;
     if (fstat(l->fd, &sb) < 0)
         return sys_fail(err, errno, "examining the ledger");
-    if ((uint64_t)sb.st_size >= l->end)
+    if ((uint64_t)sb.st_size >= l->end && !(sb.st_nlink == 0 && replaced(l)))
         return FAB_OK;
     int rc = reload_locked(l, err);
     return rc < 0 ? rc : FAB_OK;
@@ -4991,6 +5026,7 @@ static int fill_gap_locked(fab_ledger *l, fab_ledger_error *err)
 size_t fab_ledger_count(fab_ledger *l)
 {
     pthread_mutex_lock(&l->mu);
+    (void)check_size_locked(l, NULL); /* a compacted file: count the new one */
     (void)fill_gap_locked(l, NULL); /* else the count is this handle's view */
     size_t n = (size_t)index_keys(l);
     pthread_mutex_unlock(&l->mu);
@@ -5029,10 +5065,10 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
 {
     int rc = 0;
     pthread_mutex_lock(&l->mu);
-    if (pos->off == 0)
-        pos->gen = l->gen;
     if ((rc = check_size_locked(l, err)) != FAB_OK)
         goto out;
+    if (pos->off == 0) /* a new iteration reads the file moved to, if any */
+        pos->gen = l->gen;
     if (pos->off == 0 && (rc = fill_gap_locked(l, err)) != FAB_OK)
         goto out;
     if (pos->gen != l->gen) {
@@ -5145,6 +5181,7 @@ void fab_ledger_get_stats(fab_ledger *l, fab_ledger_stats *st)
 {
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&l->mu);
+    (void)check_size_locked(l, NULL); /* a compacted file: describe the new one */
     (void)fill_gap_locked(l, NULL); /* the counts of a view that is a prefix of the file */
     st->records = l->records;
     st->keys = index_keys(l);
@@ -5520,6 +5557,8 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
     }
     what = "syncing the compacted ledger's directory";
     e = fsync_dir_of(target);
+    if (inplace && e == 0) /* never before the rename is durable */
+        mark_replaced(l);
     if (locked) {
         end_append(l);
         locked = 0;

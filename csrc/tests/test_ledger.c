@@ -796,6 +796,46 @@ static void test_compact_in_place(void)
     CHECK(access(tmp, F_OK) != 0);
 }
 
+/* A compaction in place marks the file it replaced (its header's
+ * `replaced` word, the header still valid): the other handles' next hit
+ * moves, so a key deleted and compacted away is not served from the old
+ * file, and their count is the new file's. */
+static void test_compact_marks_replaced(void)
+{
+    char path[512];
+    path_for(path, sizeof(path), "marked.fabl");
+    fab_ledger *a = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    uint8_t key[32];
+    for (unsigned i = 0; i < 20; i++) {
+        key_of(key, i);
+        CHECK_EQ(fab_ledger_record(a, key, "\x01", 1, NULL), 1);
+    }
+    fab_ledger *b = open_ledger(path, FAB_LEDGER_WRITE, FAB_DUR_OS, 0, NULL, NULL, NULL);
+    fab_ledger *r = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, NULL, NULL);
+    int old = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(old >= 0);
+    fab_ledger_ref ref;
+    key_of(key, 3);
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 1);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 1);
+    CHECK_EQ(fab_ledger_delete(a, key, NULL), 1);
+    CHECK_EQ(fab_ledger_compact(a, NULL, NULL, NULL, NULL), 0);
+    uint8_t h[64];
+    CHECK_EQ(pread(old, h, sizeof(h), 0), 64);
+    CHECK_EQ(fab_load_le32(h + 56), 1);
+    CHECK_EQ(fab_load_le32(h + 60), fab_crc32c(0x4C444752u, h, 60));
+    close(old);
+    /* hits, no miss and no refresh before */
+    CHECK_EQ(fab_ledger_lookup(r, key, 0, &ref, NULL), 0);
+    CHECK_EQ(fab_ledger_generation(r), 1);
+    CHECK_EQ(fab_ledger_count(b), 19);
+    CHECK_EQ(fab_ledger_generation(b), 1);
+    CHECK_EQ(fab_ledger_lookup(b, key, 0, &ref, NULL), 0);
+    fab_ledger_close(a);
+    fab_ledger_close(b);
+    fab_ledger_close(r);
+}
+
 /* A file that shrinks under an open handle: lookups move to what is
  * there now instead of touching the mapping beyond the end (SIGBUS). */
 static void test_shrink(void)
@@ -2998,6 +3038,7 @@ int main(void)
         {"streams", test_streams},
         {"many_handles", test_many_handles},
         {"compact_in_place", test_compact_in_place},
+        {"compact_marks_replaced", test_compact_marks_replaced},
         {"shrink", test_shrink},
         {"shrink_guard", test_shrink_guard},
         {"delete", test_delete},

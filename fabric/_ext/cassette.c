@@ -1792,7 +1792,8 @@ static PyMethodDef Cassette_methods[] = {
      "Deletes key: writes a durable tombstone (synced per the durability mode) and returns "
      "True when it was held, False when not (nothing written). This handle sees it at once, "
      "other handles and processes at their next miss or refresh(); a get() there that hits "
-     "before may still return the reply. The key can be recorded again."},
+     "before may still return the reply, until a compaction drops the key (then at their "
+     "next call). The key can be recorded again."},
     {"clear", Cassette_clear, METH_NOARGS,
      "clear($self, /)\n--\n\n"
      "Deletes every key recorded so far (one durable record); returns how many were held. "
@@ -1845,8 +1846,9 @@ static PyMethodDef Cassette_methods[] = {
      "streams, without torn, duplicate or bad records, to dest atomically (temporary file "
      "DEST.compact.tmp.PID, fsync, rename, fsync of the directory). dest must not be this "
      "ledger. Without dest (a writer only) the ledger is compacted in place: other processes "
-     "may keep it open and appending; they move to the new file at their next append, miss "
-     "or refresh(). Leftover temporary files of dead processes are removed first. "
+     "may keep it open and appending; they move to the new file at their next call that "
+     "reads it (get, a hit as well as a miss, len(), stats(), a new iteration; an iteration "
+     "begun before raises LedgerError) or append. Leftover temporary files of dead processes are removed first. "
      "progress: callable(done, total), called as source bytes are copied. max_bytes: keep "
      "at most that many bytes, leaving out the oldest recorded replies and streams first (a "
      "stream whole); records others append meanwhile are kept. Deleted and expired replies "
