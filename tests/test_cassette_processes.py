@@ -1087,3 +1087,48 @@ def test_key_filter_in_a_full_lock_directory(tmp_path, room, monkeypatch):
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
     with EvalCassette(str(tmp_path / "l.fabl"), "r", recover="strict") as r:
         assert len(r) == 4000 and r.stats()["duplicates"] == 0
+
+
+HOLDER = """
+import sys
+from fabric import EvalCassette, EvalRequest
+path, base = sys.argv[1], int(sys.argv[2])
+c = EvalCassette(path, durability=sys.argv[3])
+for i in range(100):
+    assert c.record(EvalRequest("op", [base + i]).key, i) is True
+print("open", flush=True)
+assert sys.stdin.readline() == "close\\n"
+c.close()
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("durability", ["os", "group"])
+def test_nothing_sits_beside_a_cassette_that_several_writers_have_open(tmp_path, durability):
+    """No lock file, no side file in the cassette's directory while three
+    writers (two processes and this one) append to it, nor after: a
+    cassette is committed to a repository as its one file (a checkpoint
+    appears beside it only after 65,536 records, and may be left out)."""
+    path = str(tmp_path / "shared.fabl")
+    mine = EvalCassette(path, durability=durability)
+    kids = [spawn(HOLDER, path, b * 1000, durability, stdin=True) for b in (1, 2)]
+    reads = [Lines(child) for child in kids]
+    try:
+        for read in reads:
+            assert read() == "open\n"
+        assert mine.record(key(-1), "mine") is True
+        assert mine.get(key(1001)) == 1 and mine.get(key(2099)) == 99  # theirs
+        assert os.listdir(tmp_path) == ["shared.fabl"]
+        for child, read in zip(kids, reads):
+            tell(child, "close")
+            assert read() == "closed\n"
+            assert child.wait(120) == 0
+    finally:
+        for child in kids:
+            child.kill()
+            child.communicate()
+    assert os.listdir(tmp_path) == ["shared.fabl"]
+    mine.close()
+    assert os.listdir(tmp_path) == ["shared.fabl"]
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 201
