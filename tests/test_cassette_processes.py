@@ -229,6 +229,28 @@ def test_shrink_under_this_process_with_faulthandler(tmp_path):
         assert c.stats()["reloads"] == 1 and 0 < len(c) < 300 and c.get(key(299)) is None
 
 
+@pytest.mark.parametrize("first", ["iter", "keys_packed"])
+def test_an_iteration_started_after_a_shrink_reads_what_is_left(tmp_path, first):
+    """Only an iteration under way when the file shrank says so; one
+    started after it (or keys_packed()) runs on the file as it is now."""
+    path = str(tmp_path / "shrink.fabl")
+    _fill(path, 300)
+    with EvalCassette(path, "r") as c:
+        before = iter(c)
+        assert next(before) == key(0)
+        os.truncate(path, os.path.getsize(path) // 2)
+        if first == "iter":
+            keys = list(c)
+        else:
+            packed = c.keys_packed()
+            keys = [packed[i:i + 32] for i in range(0, len(packed), 32)]
+        assert 0 < len(keys) < 300 and len(keys) == len(c)
+        assert [bytes(k) for k in keys] == [bytes(key(i)) for i in range(len(keys))]
+        assert c.stats()["reloads"] == 1
+        with pytest.raises(fabric.LedgerError, match="shrank during the iteration"):
+            next(before)
+
+
 def test_get_raw_view_outlives_a_move(tmp_path):
     """A view from get_raw() keeps the mapping of the file it came from; after
     the cassette moves (here: a replacement) the view still reads its bytes."""
