@@ -1111,7 +1111,7 @@ def test_key_filter_in_a_full_lock_directory(tmp_path, room, monkeypatch):
         assert len(r) == 4000 and r.stats()["duplicates"] == 0
 
 
-HOLDER = """
+STAYS_OPEN = """
 import sys
 from fabric import EvalCassette, EvalRequest
 path, base = sys.argv[1], int(sys.argv[2])
@@ -1133,7 +1133,7 @@ def test_nothing_sits_beside_a_cassette_that_several_writers_have_open(tmp_path,
     appears beside it only after 65,536 records, and may be left out)."""
     path = str(tmp_path / "shared.fabl")
     mine = EvalCassette(path, durability=durability)
-    kids = [spawn(HOLDER, path, b * 1000, durability, stdin=True) for b in (1, 2)]
+    kids = [spawn(STAYS_OPEN, path, b * 1000, durability, stdin=True) for b in (1, 2)]
     reads = [Lines(child) for child in kids]
     try:
         for read in reads:
