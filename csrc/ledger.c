@@ -2223,41 +2223,26 @@ static char *ckpt_path_of(const char *path)
 }
 
 /*
- * Maps the checkpoint beside the ledger when it describes a prefix of the
- * file (l->header, size bytes, mapped): sets l->ck and prepares the
- * replay of the rest. Anything wrong: no checkpoint (ckpt_state says why).
+ * Checks a checkpoint's header h (its file fsize bytes) against the
+ * ledger's first size bytes (l->header, mapped): 0 when it describes a
+ * prefix of them, -1 when not.
  */
-static void ckpt_load(fab_ledger *l, uint64_t size)
+static int ckpt_head_ok(const fab_ledger *l, const uint8_t h[CKPT_HEAD], uint64_t fsize,
+                        uint64_t size)
 {
-    char *cp = ckpt_path_of(l->path);
-    if (cp == NULL)
-        return;
-    int fd = open(cp, O_RDONLY | O_CLOEXEC);
-    free(cp);
-    if (fd < 0) {
-        l->ckpt_state = FAB_CKPT_NONE;
-        return;
-    }
-    l->ckpt_state = FAB_CKPT_IGNORED;
-    struct stat sb;
-    uint8_t h[CKPT_HEAD];
-    if (fstat(fd, &sb) < 0 || (uint64_t)sb.st_size < CKPT_HEAD ||
-        pread(fd, h, CKPT_HEAD, 0) != CKPT_HEAD)
-        goto out;
-    if (memcmp(h, CKPT_MAGIC, 8) != 0 || fab_load_le16(h + 8) != CKPT_VERSION ||
-        fab_load_le32(h + 12) != CKPT_PAGE ||
+    if (fsize < CKPT_HEAD || memcmp(h, CKPT_MAGIC, 8) != 0 ||
+        fab_load_le16(h + 8) != CKPT_VERSION || fab_load_le32(h + 12) != CKPT_PAGE ||
         fab_load_le32(h + CKPT_HEAD - 4) != fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4))
-        goto out;
+        return -1;
     uint64_t cap = fab_load_le64(h + 24), count = fab_load_le64(h + 32);
     uint64_t covered = fab_load_le64(h + 40), last = fab_load_le64(h + 128);
     if (cap < CKPT_MIN_CAP || (cap & (cap - 1)) || cap > ((uint64_t)1 << 40) ||
         count > cap / 4 * 3 || covered > size || covered < FAB_LEDGER_HEADER_SIZE ||
         memcmp(h + 64, l->header, FAB_LEDGER_HEADER_SIZE) != 0)
-        goto out;
+        return -1;
     uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
-    uint64_t want = CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages;
-    if ((uint64_t)sb.st_size != want)
-        goto out;
+    if (fsize != CKPT_HEAD + cap * sizeof(fab_lindex_slot) + 4 * pages)
+        return -1;
     /* The last record it covers must end exactly at covered, byte for
      * byte as then, and the sampled windows must match. */
     const uint8_t *base = l->map->base;
@@ -2267,10 +2252,55 @@ static void ckpt_load(fab_ledger *l, uint64_t size)
             memcmp(base + last, h + 136, FAB_LEDGER_REC_HEADER) != 0 ||
             last + FAB_LEDGER_REC_OVERHEAD + rec_payload_len(base + last) != covered ||
             fab_load_le32(base + last + 16) != fab_crc32c(SEED_HEAD, base + last, 16))
-            goto out;
+            return -1;
         if (ckpt_samples(base, covered) != fab_load_le32(h + 156))
-            goto out;
+            return -1;
     }
+    return 0;
+}
+
+/* Opens the checkpoint beside the ledger and reads its header: the fd (its
+ * size in *fsize), or -1 when there is none (errno) or it is too short. */
+static int ckpt_open_head(const fab_ledger *l, uint8_t h[CKPT_HEAD], uint64_t *fsize)
+{
+    char *cp = ckpt_path_of(l->path);
+    if (cp == NULL)
+        return -1;
+    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    free(cp);
+    if (fd < 0)
+        return -1;
+    struct stat sb;
+    *fsize = 0;
+    if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= CKPT_HEAD &&
+        pread(fd, h, CKPT_HEAD, 0) == CKPT_HEAD)
+        *fsize = (uint64_t)sb.st_size;
+    else
+        memset(h, 0, CKPT_HEAD); /* fails every check */
+    return fd;
+}
+
+/*
+ * Maps the checkpoint beside the ledger when it describes a prefix of the
+ * file (l->header, size bytes, mapped): sets l->ck and prepares the
+ * replay of the rest. Anything wrong: no checkpoint (ckpt_state says why).
+ */
+static void ckpt_load(fab_ledger *l, uint64_t size)
+{
+    uint8_t h[CKPT_HEAD];
+    uint64_t fsize = 0;
+    int fd = ckpt_open_head(l, h, &fsize);
+    if (fd < 0) {
+        l->ckpt_state = FAB_CKPT_NONE;
+        return;
+    }
+    l->ckpt_state = FAB_CKPT_IGNORED;
+    if (ckpt_head_ok(l, h, fsize, size) != 0)
+        goto out;
+    uint64_t cap = fab_load_le64(h + 24), count = fab_load_le64(h + 32);
+    uint64_t covered = fab_load_le64(h + 40), last = fab_load_le64(h + 128);
+    uint64_t pages = cap * sizeof(fab_lindex_slot) / CKPT_PAGE;
+    uint64_t want = fsize;
     uint8_t *m = mmap(NULL, (size_t)want, PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
         goto out;
@@ -2433,6 +2463,35 @@ static int ckpt_write_locked(fab_ledger *l, fab_ledger_error *err)
 out:
     free(buf);
     return rc;
+}
+
+static int replaced(const fab_ledger *l);
+
+/*
+ * Best effort, when a writer closes and after a compaction: writes a
+ * checkpoint when the next open would otherwise replay CKPT_AUTO records or
+ * more, counted from the checkpoint on disk that describes this handle's
+ * view (from the start without one). A checkpoint on disk that covers more
+ * than this handle has replayed, or a path now naming another file, is
+ * left alone. Under the lock.
+ */
+static void ckpt_auto_locked(fab_ledger *l)
+{
+    if (!l->use_ckpt || l->forked || l->failed || l->fd < 0 || l->map == NULL || replaced(l))
+        return;
+    uint8_t h[CKPT_HEAD];
+    uint64_t fsize = 0, covered_records = 0;
+    int fd = ckpt_open_head(l, h, &fsize);
+    if (fd >= 0) {
+        close(fd);
+        if (fab_load_le64(h + 40) > l->end && memcmp(h + 64, l->header, 64) == 0 &&
+            fab_load_le32(h + CKPT_HEAD - 4) == fab_crc32c(SEED_CKPT, h, CKPT_HEAD - 4))
+            return; /* another handle saw more */
+        if (ckpt_head_ok(l, h, fsize, l->end) == 0)
+            covered_records = fab_load_le64(h + 48);
+    }
+    if (l->records >= covered_records + CKPT_AUTO)
+        (void)ckpt_write_locked(l, NULL);
 }
 
 /* Forgets the checkpoint (found corrupt) and rebuilds the index from the
@@ -2827,13 +2886,9 @@ static int write_all(const fab_ledger_io *io, int fd, const void *buf, size_t le
     return 0;
 }
 
-/* 1 when fd is on a network file system, where locks are unreliable. */
-static int on_network_fs(int fd)
+int fab_ledger_fs_is_network(unsigned long f_type)
 {
-    struct statfs fs;
-    if (fstatfs(fd, &fs) < 0)
-        return 0;
-    switch ((unsigned long)fs.f_type) {
+    switch (f_type) {
     case 0x6969UL:     /* NFS */
     case 0x517BUL:     /* SMB */
     case 0xFF534D42UL: /* CIFS */
@@ -2842,10 +2897,24 @@ static int on_network_fs(int fd)
     case 0x73757245UL: /* Coda */
     case 0x47504653UL: /* GPFS */
     case 0x0BD00BD0UL: /* Lustre */
+    case 0x01021997UL: /* 9p (v9fs: WSL, virtio-9p, QEMU shares) */
+    case 0x65735546UL: /* FUSE (sshfs, s3fs, rclone, GlusterFS...) */
+    case 0x5346414FUL: /* AFS (kernel kAFS and OpenAFS) */
+    case 0x6B414653UL: /* AFS (kAFS dynamic root) */
+    case 0x00C36400UL: /* CephFS */
         return 1;
     default:
         return 0;
     }
+}
+
+/* 1 when fd is on a network file system, where locks are unreliable. */
+static int on_network_fs(int fd)
+{
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0)
+        return 0;
+    return fab_ledger_fs_is_network((unsigned long)fs.f_type);
 }
 
 /*
@@ -3256,6 +3325,11 @@ void fab_ledger_close(fab_ledger *l)
     if (l == NULL)
         return;
     reg_remove(l);
+    if (l->opened && l->mode == FAB_LEDGER_WRITE) {
+        pthread_mutex_lock(&l->mu);
+        ckpt_auto_locked(l); /* spec: Checkpoint, Writing */
+        pthread_mutex_unlock(&l->mu);
+    }
     trim_at_close(l);
     if (l->fd >= 0)
         close(l->fd); /* releases this handle's OFD locks */
@@ -5067,7 +5141,7 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
     pthread_mutex_lock(&l->mu);
     if ((rc = check_size_locked(l, err)) != FAB_OK)
         goto out;
-    if (pos->off == 0) /* a new iteration reads the file moved to, if any */
+    if (pos->off == 0) /* a new iteration starts on the file as it is now (moved to, if any) */
         pos->gen = l->gen;
     if (pos->off == 0 && (rc = fill_gap_locked(l, err)) != FAB_OK)
         goto out;
@@ -5564,6 +5638,8 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
         locked = 0;
         if (e == 0 && reload_locked(l, err) < 0)
             e = 0; /* the next operation retries the move */
+        else if (e == 0)
+            ckpt_auto_locked(l); /* this handle now reads the new file */
     }
 done:
     if (locked)
@@ -5577,8 +5653,17 @@ done:
         rc = sys_fail(err, e, what);
     } else if (rc != FAB_OK) {
         unlink(tmp);
-    } else if (progress) {
-        progress(progress_ctx, total, total);
+    } else {
+        if (!inplace && l->use_ckpt) {
+            /* Its open writes the copy's checkpoint when it replays
+             * CKPT_AUTO records or more (best effort). */
+            fab_ledger_options ro = {0};
+            fab_ledger *d = NULL;
+            if (fab_ledger_open(&d, dest, &ro, NULL) == FAB_OK)
+                fab_ledger_close(d);
+        }
+        if (progress)
+            progress(progress_ctx, total, total);
     }
     free(o.buf);
     free(tmp);

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -187,3 +188,63 @@ def test_rekey_merges_two_old_records_of_one_new_key(tmp_path):
     assert counts["rekeyed"] == 1 and counts["merged"] == 1 and counts["unchanged"] == 0
     with EvalCassette.from_ledger(path) as c:  # ledger order: the old record came first
         assert len(c) == 1 and c.get(q.key) == "first"
+
+
+def _compact_on_a_terminal(path, *extra, tqdm_off=False):
+    """Runs `fabric cassette compact` with its stderr on a pseudo-terminal
+    (what the progress honours: someone watches); its (stdout, terminal)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    master, slave = pty.openpty()
+    # a terminal of 80 columns (a new pseudo-terminal has 0: nothing fits)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "fabric", "cassette", "compact", path,
+                                  *extra], stdout=subprocess.PIPE, stderr=slave, env=env)
+    finally:
+        os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120.0)
+            assert ready, "the compaction wrote nothing for 120 s"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0, seen
+    return out.decode(), seen.decode(errors="replace")
+
+
+def test_compact_shows_progress_on_a_terminal_with_a_writer_open(tmp_path):
+    path = str(tmp_path / "p.fabl")
+    with EvalCassette(path, durability="os") as c:  # stays open meanwhile
+        for i in range(20_000):
+            c.record(key(i), "x" * (i % 100))
+        for i in range(0, 20_000, 2):
+            c.delete(key(i))
+        out, term = _compact_on_a_terminal(path)
+        # a bar with its total, the ledger's size (tqdm, or the plain line
+        # without it), redrawn as the copy goes
+        assert re.search(r"compacting p\.fabl:? +(\[[#.]*\] +)?\d+%", term), term
+        assert ": 10000 -> 10000 keys" in out  # the deleted ones were not counted
+        # the writer follows the new file and goes on
+        assert c.get(key(1)) == "x"
+        assert c.get(key(2)) is None
+        assert c.record(key(20_001), "after") is True
+    with EvalCassette(path, "r") as r:
+        assert len(r) == 10_001 and r.get(key(20_001)) == "after"
+    # without a terminal: no progress at all (logs and pipes stay clean)
+    quiet = run("compact", path)
+    assert quiet.returncode == 0 and "compacting" not in quiet.stderr

@@ -1873,7 +1873,11 @@ static PyGetSetDef Cassette_getset[] = {
     {"path", Cassette_get_path, NULL, "The ledger's path.", NULL},
     {"closed", Cassette_get_closed, NULL, "True after close().", NULL},
     {"mode", Cassette_get_mode, NULL, "\"a\" (writer) or \"r\" (reader).", NULL},
-    {"durability", Cassette_get_durability, NULL, "The writer's durability mode.", NULL},
+    {"durability", Cassette_get_durability, NULL,
+     "The writer's durability mode. With \"fsync\" and \"group\" a record is invisible "
+     "through this handle until synced; another process's miss or refresh() may find it "
+     "before its fdatasync (docs/spec/ledger.md, Appends and durability).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1890,12 +1894,18 @@ static PyType_Slot Cassette_slots[] = {
      "writers (LedgerLockedError) while this handle is open. After os.fork() the child's "
      "first append reopens the file: it never writes through the parent's descriptor or "
      "lock. durability: \"fsync\" (fdatasync before record() returns), "
-     "\"group\" (concurrent records share one fdatasync; still durable on return) or \"os\". "
+     "\"group\" (concurrent records share one fdatasync; still durable on return) or \"os\"; "
+     "with \"fsync\" and \"group\" a record is invisible through this handle until synced, "
+     "but another process's miss or refresh() may find it before its fdatasync. len() and "
+     "iteration count this handle's view: other processes' records from its last miss or "
+     "refresh(). "
      "recover: \"strict\" refuses a corrupt ledger with LedgerCorruptionError, \"salvage\" "
      "skips bad records. progress: callable(done, total) during replay. created_ns: the "
      "creation time written into a new ledger (0 = now), for reproducible files. "
      "checkpoint: use (and write) the index checkpoint PATH.ckpt so that open replays only "
-     "the records after it; False replays (and checks) the whole ledger."},
+     "the records after it (an open that replayed 65,536 records or more, a writer closing "
+     "with that many beyond PATH.ckpt and a compaction write one, best effort); False "
+     "replays (and checks) the whole ledger."},
     {Py_tp_new, Cassette_new},
     {Py_tp_dealloc, Cassette_dealloc},
     {Py_tp_repr, Cassette_repr},

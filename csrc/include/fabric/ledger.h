@@ -403,6 +403,12 @@ typedef int (*fab_ledger_record_fn)(void *ctx, uint64_t offset, int type,
 int fab_ledger_scan_mem(const uint8_t *data, size_t len, int recover, fab_ledger_record_fn fn,
                         void *ctx, fab_ledger_scan_result *res, fab_ledger_error *err);
 
+/* 1 when a file system of this statfs f_type shares files between hosts
+ * (NFS, SMB/CIFS, NCP, Coda, GPFS, Lustre, 9p, FUSE, AFS, CephFS): locks
+ * there are unreliable, several writers are refused (spec: Network file
+ * systems). 0 otherwise. */
+int fab_ledger_fs_is_network(unsigned long f_type);
+
 /* Builds the 64-byte file header (for tests and tools). */
 void fab_ledger_make_header(uint8_t out[FAB_LEDGER_HEADER_SIZE], uint64_t created_ns,
                             const char *creator);
