@@ -1,8 +1,7 @@
-"""Reviewer r2's audit of issue 11: scenarios the suite does not cover.
-
-Each is a real-process scenario with handshakes (no sleeps). Those that
-pass document coverage the issue asks for; known failures are strict
-xfails that flip when fixed."""
+"""A writer killed inside the append lock (a torn write or not) while an
+in-place compaction is held in its first pass: every acknowledged record
+is in the compacted file and a strict open succeeds. Real processes,
+synchronized by handshakes (no sleeps)."""
 
 from __future__ import annotations
 
