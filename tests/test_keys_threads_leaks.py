@@ -174,9 +174,12 @@ def test_no_leak_on_error(name):
 
 
 def test_leak_check_catches_a_leak():
-    """The tolerance above is tight enough to see one object per call."""
+    """The tolerance above (< 200 blocks) is tight enough to see one object
+    per call: 2,000 calls keeping one object each count about 2,000 blocks,
+    give or take the few dozen other blocks the process frees or makes
+    meanwhile (1,992 under load), far above the tolerance."""
     hoard = []
-    assert _leaks(lambda: hoard.append(object())) >= 2000
+    assert _leaks(lambda: hoard.append(object())) >= 1800
 
 
 def test_key_memo_holds_a_bounded_number_of_keys():
