@@ -159,7 +159,7 @@ def test_a_node_key_must_be_its_own():
 def test_fabric_serve_processes_with_key_files(tmp_path):
     """`fabric serve --node-key / --trusted-keys`: a node trusting a's key
     records a's reply; one trusting another key for "a" refuses it."""
-    from test_node_fleet import serve, stop
+    from served import serve, stop
 
     import node_ops
     ka = NodeKey.generate("ka", "a")
