@@ -78,3 +78,16 @@ def fleet(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def read_until(proc, text, lines=200):
+    """Read a node's log (its stderr) until a line says ``text``: what the
+    node reports itself, the handshake (bounded by its lines, and by its end:
+    a node that exits first fails here with the line it ended on)."""
+    line = ""
+    for _ in range(lines):
+        line = proc.stderr.readline()
+        if not line or text in line:
+            break
+    assert text in line, f"no {text!r} in the log of the node: {line!r}"
+    return line
