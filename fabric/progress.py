@@ -7,7 +7,9 @@ terminal), else as one plain line rewritten in place, on a terminal only.
 Nothing is drawn when nobody watches: by default (``enabled=None``) a bar
 appears only when the stream is a terminal or the process is a Jupyter
 kernel, so logs, pipes and CI stay clean. tqdm is optional (the ``tqdm``
-extra); fabric never requires it.
+extra); fabric never requires it. On a terminal that says it has 0 columns
+or 0 rows (a pseudo-terminal whose size was never set) tqdm would draw
+nothing: its bar gets ``Progress.FALLBACK_COLUMNS`` and ``FALLBACK_ROWS``.
 
 An instance is also the ``progress=`` callback the cassette takes
 (``EvalCassette(path, progress=Progress("opening", unit="B"))``,
@@ -21,6 +23,7 @@ Imports nothing from the package.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from typing import IO, Any
@@ -52,6 +55,22 @@ def watched(stream: IO[str] | None = None) -> bool:
         return False
 
 
+def _tqdm_size(stream: IO[str], columns: int, rows: int) -> dict[str, Any]:
+    """tqdm's size keywords for a bar on ``stream``: it follows the
+    terminal's size as it changes, except where the terminal says 0 columns
+    or 0 rows. tqdm then draws nothing (it takes one less than the size,
+    -1), so the bar gets a fixed size: the terminal's where it has one,
+    else ``columns`` / ``rows``."""
+    try:
+        have_cols, have_rows = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor, no terminal, closed
+        return {"dynamic_ncols": True}
+    if have_cols and have_rows:
+        return {"dynamic_ncols": True}
+    return {"ncols": have_cols - 1 if have_cols else columns,
+            "nrows": have_rows - 1 if have_rows else rows}
+
+
 def _tqdm_class() -> Any:
     """tqdm's automatic bar class (the notebook widget in Jupyter), or None."""
     # By name: tqdm is optional and ships no type stubs.
@@ -72,6 +91,10 @@ class Progress:
 
     #: The plain line is redrawn at most this often (seconds).
     PLAIN_INTERVAL = 0.1
+    #: The width of a tqdm bar on a terminal that reports 0 columns.
+    FALLBACK_COLUMNS = 80
+    #: The rows tqdm may use on a terminal that reports 0 rows.
+    FALLBACK_ROWS = 24
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "it",
                  enabled: bool | None = None, stream: IO[str] | None = None):
@@ -91,8 +114,9 @@ class Progress:
             return
         tqdm = _tqdm_class()
         if tqdm is not None:
+            size = _tqdm_size(self.stream, self.FALLBACK_COLUMNS, self.FALLBACK_ROWS)
             self._bar = tqdm(total=total, desc=label, unit=unit, unit_scale=unit == "B",
-                             file=self.stream, leave=False, dynamic_ncols=True)
+                             file=self.stream, leave=False, **size)
         else:
             self._plain = True
 

@@ -55,7 +55,8 @@ class EvalReply(_core.EvalReply):
     list of steps when the request asked for one, else None; ``key`` the
     request's content key; ``source`` where this reply came from on this
     call (``"computed"``, ``"local"``, ``"peer:<node>"``, ``"home"``,
-    ``"ledger"``, ``"held"``). Two replies are equal when value,
+    ``"lease:<node>"`` (a node's home passed the miss to the key's lease
+    holder), ``"ledger"``, ``"held"``). Two replies are equal when value,
     diagnostics, trace and key are: the source is not part of the answer.
 
     Fabrics build replies; build one yourself (``EvalReply(value,

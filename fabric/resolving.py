@@ -177,7 +177,8 @@ class Plan:
 
     __slots__ = ("node", "peer_timeout", "governor", "trust", "clock", "_home_ask",
                  "_holders", "_announce", "_holders_of", "_failures_of", "_holds", "_peers",
-                 "_lone", "_direct", "_hold", "_count", "_trails", "_trails_old", "_remember")
+                 "_lone", "_direct", "_hold", "_count", "_trails", "_trails_old", "_remember",
+                 "_home_names")
 
     _holders: HoldingIndex | None
     _announce: Callable[[ContentKey, str], Any] | None
@@ -186,6 +187,7 @@ class Plan:
     _holds: Callable[[ContentKey, str], bool] | None
     _lone: tuple[tuple[tuple[str, Any, bool]], tuple[tuple[str, Any, bool]]] | None
     _direct: Any
+    _home_names: bool
     _hold: Callable[[Any, ContentKey, EvalReply, EvalRequest], None] | None
     _count: Callable[[str], None] | None
     _trails: dict[ContentKey, tuple]
@@ -266,6 +268,10 @@ class Plan:
         # Asking home without a deadline is the same Ask every time.
         self._home_ask = _new_ask(Ask, ("home", "home", home, None))
         self._direct = None if self._peers else home
+        # A home that may pass a miss on to another node in its stead (a
+        # node's LeasedHome: the key's lease holder) says which node answered
+        # in its reply's source; any other home's reply is "home".
+        self._home_names = getattr(type(home), "names_sources", False) is True
 
 
 class Resolution:
@@ -609,7 +615,7 @@ class Resolution:
         plan = self._plan
         cur = self._cur
         if cur is _HOME:
-            source = self.source = "home"
+            source = self.source = reply.source if plan._home_names else "home"
             self.outcome = "home_computes"
         else:
             name = cur[0]
@@ -686,13 +692,17 @@ def _trail_steps(node: str, trail: tuple) -> list[tuple[str, str, str]]:
     """The steps of a kept trail (``Resolution._trail()``): the local miss,
     what each source passed over answered, then what the one that gave the
     reply did."""
-    _source, between, held = trail
+    source, between, held = trail
     steps = [("local", node, "not held")]
     if between:
         steps.extend(between)
     if held is not None:
         name, stage, _ = held
-        steps.append((stage, name, "computed" if stage == "home" else "hit"))
+        if stage != "home":
+            steps.append((stage, name, "hit"))
+        else:  # home computed, or passed it on to the node the source names
+            steps.append((stage, name, "computed" if source == "home" else
+                          f"answered by {source}"))
     return steps
 
 
@@ -981,7 +991,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         steps = res._steps  # res._trail(), written out: every miss ends here
         if steps is None and res._state == _HELD:
             cur = res._cur
-            trails[res.key] = _HOME_HELD if cur is _HOME else (res.source, None, cur)
+            trails[res.key] = (_HOME_HELD if cur is _HOME and res.source == "home"
+                               else (res.source, None, cur))
         else:
             trails[res.key] = (res.source, tuple(steps) if steps else None,
                                res._cur if res._state == _HELD else None)
@@ -1064,14 +1075,18 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                     if announce is not None:
                         announce(key, plan.node)
                 held = 2
-                return reply._with_source("home")
+                return reply if plan._home_names else reply._with_source("home")
             finally:
                 # Resolution.held() and _end(), written out.
                 count = plan._count
                 count("home_computes" if held else "failures")  # type: ignore[misc]
                 trails = plan._trails
-                trails[key] = (_HOME_HELD if held == 2 else
-                               ("home", None, None) if held else (None, None, None))
+                if not held:
+                    trails[key] = (None, None, None)
+                else:
+                    source = reply.source if plan._home_names else "home"
+                    trails[key] = ((source, None, None) if held == 1 else
+                                   _HOME_HELD if source == "home" else (source, None, _HOME))
                 if len(trails) >= plan._remember:
                     plan._trails_old, plan._trails = trails, {}
         res = _new_resolution(Resolution)  # Resolution.of, written out

@@ -1,6 +1,8 @@
 """Shared fixtures of the test suite."""
 
+import asyncio
 import itertools
+import threading
 import time
 
 import pytest
@@ -100,3 +102,30 @@ def node(tmp_path):
     yield make
     for n in started:
         n.stop()
+
+
+@pytest.fixture
+def gated(node):
+    """``(op, gate)``: an op whose calls wait at ``gate`` (a threading.Event,
+    at most 30 s) and then return their argument. The gate is opened at the
+    end of the test in any case, before its nodes stop (after ``node``)."""
+    gate = threading.Event()
+
+    @fabric.op("tests.gated")
+    def gated_op(i):
+        gate.wait(30)
+        return i
+
+    yield gated_op, gate
+    gate.set()
+
+
+async def spin_until(cond):
+    """Yield to the event loop until ``cond()`` holds (bounded: a million
+    turns); whether it held. Each turn lets the client read what the node
+    sent: the node's answers are the handshake."""
+    for _ in range(1_000_000):
+        if cond():
+            return True
+        await asyncio.sleep(0)
+    return cond()

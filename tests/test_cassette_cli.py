@@ -190,9 +190,10 @@ def test_rekey_merges_two_old_records_of_one_new_key(tmp_path):
         assert len(c) == 1 and c.get(q.key) == "first"
 
 
-def _compact_on_a_terminal(path, *extra, tqdm_off=False):
+def _compact_on_a_terminal(path, *extra, columns=80):
     """Runs `fabric cassette compact` with its stderr on a pseudo-terminal
-    (what the progress honours: someone watches); its (stdout, terminal)."""
+    (what the progress honours: someone watches) of 24 rows of ``columns``
+    (None: the 0 x 0 a new pseudo-terminal has); its (stdout, terminal)."""
     import fcntl
     import pty
     import select
@@ -201,8 +202,8 @@ def _compact_on_a_terminal(path, *extra, tqdm_off=False):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     master, slave = pty.openpty()
-    # a terminal of 80 columns (a new pseudo-terminal has 0: nothing fits)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         child = subprocess.Popen([sys.executable, "-m", "fabric", "cassette", "compact", path,
                                   *extra], stdout=subprocess.PIPE, stderr=slave, env=env)
@@ -248,3 +249,15 @@ def test_compact_shows_progress_on_a_terminal_with_a_writer_open(tmp_path):
     # without a terminal: no progress at all (logs and pipes stay clean)
     quiet = run("compact", path)
     assert quiet.returncode == 0 and "compacting" not in quiet.stderr
+
+
+def test_compact_shows_progress_on_a_terminal_that_says_0_columns(tmp_path):
+    """A pseudo-terminal whose size was never set (0 x 0): the bar is drawn
+    at a fallback width (tqdm alone drew nothing in 0 columns)."""
+    path = str(tmp_path / "z.fabl")
+    with EvalCassette(path, durability="os") as c:
+        for i in range(20_000):
+            c.record(key(i), "x" * (i % 100))
+    out, term = _compact_on_a_terminal(path, columns=None)
+    assert re.search(r"compacting z\.fabl:? +(\[[#.]*\] +)?\d+%", term), term
+    assert ": 20000 -> 20000 keys" in out

@@ -254,3 +254,43 @@ def test_the_fleet_and_the_leases_in_the_metrics(tmp_path):
     finally:
         b.stop()
         a.stop()
+
+
+def test_the_readme_fleet_says_the_lease_holder_answered_not_home(tmp_path):
+    """The README's fleet: c computes, b's home is c, a's home is b and a
+    links to c. A key whose lease holder is c goes from a straight to c,
+    past b: the reply says "lease:c" (c answered it), not "home" (b, which
+    never saw the request), on the node and to its clients."""
+    from fabric.node import NodeClient
+
+    cfg = GossipConfig(interval=0.05)
+    c = Node(str(tmp_path / "c.ledger"), node_id="c", listen="127.0.0.1:0",
+             home=fabric.LocalFabric(), gossip=cfg).start()
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             home=NodeClient(c.url, scope="compute"), gossip=cfg).start()
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             home=NodeClient(b.url, scope="compute"), peers=[c.url], gossip=cfg).start()
+    try:
+        wait_for(lambda: a.stats()["gossip"]["computing"] == ["c"],
+                 "a to link to c and know it computes")
+        # c's among all three: so among any of them a links to (rendezvous)
+        x = key_owned_by("c", ["a", "b", "c"], 600)
+        y = key_owned_by("c", ["a", "b", "c"], x + 1)
+        GATES[x].set()
+        GATES[y].set()
+        got = a.fabric.evaluate(gated.request(x))
+        assert got.value == x * 10 and got.source == "lease:c"
+        steps = a.fabric.explain(gated.request(x)).steps  # held now: how it came
+        assert ("home", "home", "answered by lease:c") in steps, steps
+        assert steps[-1] == ("local", "a", "held now (first from lease:c)"), steps
+        with fabric.connect(a.url) as cl:  # what a's clients are told
+            assert cl.evaluate(gated.request(y)).source == "lease:c"
+        assert a.stats()["leases"]["lease_forwarded"] == 2
+        assert a.stats()["leases"]["lease_local"] == 0
+        for k in (gated.request(x).key, gated.request(y).key):
+            assert k in a.cassette and k in c.cassette
+            assert k not in b.cassette  # b was bypassed
+    finally:
+        a.stop()
+        b.stop()
+        c.stop()

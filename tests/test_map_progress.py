@@ -20,14 +20,29 @@ def no_tqdm(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
 
 
+def _pty(size):
+    """A real terminal (a pseudo-terminal pair) of ``size`` (rows, columns),
+    or the size a new one has (0 x 0) when None: (stream to draw on, the fd
+    of the other end, where it is read)."""
+    main, sub = os.openpty()
+    if size is not None:
+        fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    return os.fdopen(sub, "w", encoding="utf-8"), main
+
+
 @pytest.fixture
 def terminal():
-    """A real terminal (a pseudo-terminal pair): what is drawn on one end is
-    read on the other."""
-    main, sub = os.openpty()
-    # 24 rows of 100 columns, as a terminal window has (a new pty has 0 x 0).
-    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    stream = os.fdopen(sub, "w", encoding="utf-8")
+    """A terminal of 24 rows of 100 columns, as a terminal window has."""
+    stream, main = _pty((24, 100))
+    yield stream, main
+    stream.close()
+    os.close(main)
+
+
+@pytest.fixture
+def sizeless_terminal():
+    """A terminal whose size was never set: it says 0 x 0."""
+    stream, main = _pty(None)
     yield stream, main
     stream.close()
     os.close(main)
@@ -86,6 +101,25 @@ def test_tqdm_draws_when_installed(terminal):
         for _ in range(4):
             bar.update()
     assert "compacting" in _read(main)
+
+
+def test_tqdm_draws_a_bar_of_80_columns_on_a_terminal_of_0(sizeless_terminal):
+    """A terminal that says it has 0 columns: tqdm alone draws nothing there;
+    the bar has the fallback width instead."""
+    pytest.importorskip("tqdm")
+    stream, main = sizeless_terminal
+    assert os.get_terminal_size(stream.fileno()).columns == 0
+    with Progress("compacting", 4, stream=stream) as bar:
+        assert bar.kind == "tqdm"
+        bar.update()
+        bar._bar.refresh()  # drawn now, whatever tqdm's redraw interval
+        for _ in range(3):
+            bar.update()
+    text = _read(main)
+    drawn = [line for line in text.split("\r") if "compacting" in line]
+    assert drawn, repr(text)
+    assert all(len(line) == Progress.FALLBACK_COLUMNS for line in drawn), drawn
+    assert any("1/4" in line for line in drawn), drawn
 
 
 def test_the_cassette_takes_it_as_its_progress_callback(tmp_path, no_tqdm):

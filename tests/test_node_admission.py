@@ -4,7 +4,6 @@ compute needs the grant ``node.compute``."""
 
 import asyncio
 import json
-import threading
 
 import pytest
 
@@ -12,32 +11,24 @@ import fabric
 from fabric.node import NodeLimits, connect, protocol as P
 
 import node_ops
+from conftest import spin_until
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdefgh"
 
 
-def test_a_request_over_the_principals_count_cap_is_refused_alone(node):
+def test_a_request_over_the_principals_count_cap_is_refused_alone(node, gated):
     """One slot, a cap of 5 requests waiting per principal, 20 requests at
     once: the one running and the 5 queued are answered, the rest refused
     each with its own LimitExceeded naming the principal and the cap; the
     connection stays up and serves the next request."""
-    gate = threading.Event()
-
-    @fabric.op("admission.block")
-    def block(i):
-        gate.wait(30)
-        return i
-
+    block, gate = gated
     n = node(limits=NodeLimits(max_running=1, principal_max_queued=5))
     with connect(n.url, timeout=30) as c:
         async def main():
             ts = [asyncio.ensure_future(c.aevaluate(block.request(i))) for i in range(20)]
             # the refusals arrive while the admitted requests still wait at the gate
-            for _ in range(1_000_000):
-                if sum(t.done() for t in ts) >= 14:
-                    break
-                await asyncio.sleep(0)
+            await spin_until(lambda: sum(t.done() for t in ts) >= 14)
             refused_early = sum(t.done() for t in ts)
             gate.set()
             return refused_early, await asyncio.gather(*ts, return_exceptions=True)
@@ -57,16 +48,10 @@ def test_a_request_over_the_principals_count_cap_is_refused_alone(node):
     assert st["requests_queue"]["principals"]["anonymous"]["refused"] == 14
 
 
-def test_a_connection_error_names_the_node_not_an_empty_prefix(node):
+def test_a_connection_error_names_the_node_not_an_empty_prefix(node, gated):
     """An ERROR on stream 0 ends an aevaluate's connection with a message
     that names the node (it read 'ended the connection: : ...')."""
-    gate = threading.Event()
-
-    @fabric.op("admission.wait")
-    def wait(i):
-        gate.wait(30)
-        return i
-
+    wait, gate = gated
     n = node(limits=NodeLimits(idle_timeout=0.2))
     try:
         with connect(n.url, timeout=30) as c:

@@ -1,10 +1,7 @@
 """Nodes as real `fabric serve` processes on loopback: a->b->c resolution,
 gossip, a holder SIGKILLed mid-stream, a restart that re-announces its ledger."""
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -14,51 +11,7 @@ from fabric.node import Node, connect
 import gates
 import node_ops
 from conftest import wait_for
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def serve(tmp_path, name, *args):
-    """Start `fabric serve` and wait for its readiness line; returns (proc, url)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-           "--node-id", name, "--import", "node_ops",
-           "--cassette", str(tmp_path / f"{name}.ledger"), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
-    line = proc.stdout.readline()  # the readiness line, or '' if it died
-    if "listening on" not in line:
-        proc.kill()
-        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
-                             f"{proc.stderr.read()[-2000:]}")
-    return proc, line.rsplit(" ", 1)[1].strip()
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    procs = []
-
-    def start(name, *args):
-        p, url = serve(tmp_path, name, *args)
-        procs.append(p)
-        return p, url
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+from served import fleet, serve, stop  # noqa: F401 (fleet: the fixture; serve: imported from here)
 
 
 def test_three_processes_resolve_a_to_b_to_c(fleet):

@@ -4,21 +4,14 @@ use is one line naming the flag and the file), binding off loopback
 Ctrl-C (SIGINT) stopping it cleanly. Only loopback is ever connected to."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
 from fabric.node import connect
 
 import node_ops
+from served import interrupt, served
 from test_cli import one_line_error, run
-from test_node_fleet import serve
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 @pytest.mark.parametrize("flag", ["--tokens", "--grants"])
@@ -45,24 +38,13 @@ def test_binding_off_loopback_needs_tls_tokens_or_insecure(tmp_path):
                    "fabric serve: error:", "binding 0.0.0.0 (not loopback) without TLS or "
                    "tokens", "--insecure")
     assert not (tmp_path / "refused.ledger").exists()  # refused before anything started
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "serve", "--listen", "0.0.0.0:0", "--insecure",
-         "--node-id", "wide", "--import", "node_ops", "--home", "node_ops:home",
-         "--cassette", str(tmp_path / "wide.ledger")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert "listening on fabric://0.0.0.0:" in line, (line, proc.stderr.read()[-2000:])
-        port = int(line.rsplit(":", 1)[1])
+    with served(tmp_path, "wide", "--listen", "0.0.0.0:0", "--insecure",
+                "--home", "node_ops:home") as (proc, url):
+        assert url.startswith("fabric://0.0.0.0:"), url
+        port = int(url.rsplit(":", 1)[1])
         with connect(f"fabric://127.0.0.1:{port}", timeout=30) as c:
             assert c.evaluate(node_ops.double.request(21)).value == 42
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
     err = proc.stderr.read()
     assert "WARNING" in err and "listening on 0.0.0.0 without TLS or tokens" in err, err
 
@@ -70,27 +52,16 @@ def test_binding_off_loopback_needs_tls_tokens_or_insecure(tmp_path):
 def test_sigint_stops_a_node_cleanly_its_cassette_closed(tmp_path):
     """Ctrl-C: the node logs its shutdown, exits 0, and what it recorded is
     held by the node started again on its cassette."""
-    proc, url = serve(tmp_path, "int", "--home", "node_ops:home", "--log-level", "info")
     req = node_ops.double.request(8)
-    try:
+    with served(tmp_path, "int", "--home", "node_ops:home", "--log-level", "info") \
+            as (proc, url):
         with connect(url, timeout=30) as c:
             assert c.evaluate(req).value == 16
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        interrupt(proc)
     err = proc.stderr.read()
     assert "node int shutting down" in err and "node int stopped" in err, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
-    again, url = serve(tmp_path, "int")  # the same cassette, no home
-    try:
+    with served(tmp_path, "int") as (again, url):  # the same cassette, no home
         with connect(url, timeout=30, scope="held") as c:
             assert c.evaluate(req).value == 16
-        again.send_signal(signal.SIGINT)
-        assert again.wait(30) == 0
-    finally:
-        if again.poll() is None:
-            again.kill()
-            again.wait()
+        interrupt(again)

@@ -10,7 +10,8 @@ from fabric.node import connect
 
 import gates
 import node_ops
-from test_node_fleet import fleet, serve  # noqa: F401 (the fixture)
+from conftest import spin_until
+from served import fleet  # noqa: F401 (the fixture)
 
 
 def test_a_stream_open_at_the_drain_timeout_ends_with_a_diagnostic(fleet, tmp_path):
@@ -36,32 +37,22 @@ def test_a_stream_open_at_the_drain_timeout_ends_with_a_diagnostic(fleet, tmp_pa
     assert "still running after 0.5 s" in err, err[-2000:]
 
 
-def test_requests_running_or_waiting_at_the_drain_timeout_say_why(node):
+def test_requests_running_or_waiting_at_the_drain_timeout_say_why(node, gated):
     """In process: one slot held by a blocked request, a second one waiting
     for it; a drained stop whose timeout expires ends both with the
     diagnostic (the waiting one was answered with nothing before)."""
     import asyncio
-    import threading
 
     from fabric.node import NodeLimits
 
-    gate = threading.Event()
-
-    @fabric.op("shutdown.block")
-    def block(i):
-        gate.wait(30)
-        return i
-
+    block, gate = gated
     n = node(limits=NodeLimits(max_running=1, drain_timeout=0.3))
     try:
         with connect(n.url, timeout=60) as c:
             async def main():
                 ts = [asyncio.ensure_future(c.aevaluate(block.request(i))) for i in range(2)]
-                for _ in range(1_000_000):  # both reached the node: one runs, one waits
-                    st = n.stats()
-                    if st.get("requests", 0) >= 2:
-                        break
-                    await asyncio.sleep(0)
+                # both reached the node: one runs, one waits
+                await spin_until(lambda: n.stats().get("requests", 0) >= 2)
                 assert [e["state"] for e in n.stats()["streams"]] == ["running", "queued"]
                 n._loop.call_soon_threadsafe(n.request_stop, True)
                 return await asyncio.gather(*ts, return_exceptions=True)

@@ -177,9 +177,17 @@ class LeasedHome:
     ``lease_joined`` (a miss shared a computation in flight) and
     ``lease_rejected`` (the holder's reply failed its claim: discarded, the
     holder penalised in the governor, computed here).
+
+    A reply's source says which node answered: ``"lease:<node>"`` when the
+    key's lease holder did (this node's own home never saw the request),
+    ``"home"`` when this node's home did. The node's
+    ``ContentAddressedFabric`` keeps it (``names_sources``), so the node and
+    its clients are told where a reply was really computed.
     """
 
     honours_timeout = True
+    #: Its replies' sources name what answered (fabric.resolving keeps them).
+    names_sources = True
 
     def __init__(self, wrapped: Any, node: "Node"):
         self.wrapped = wrapped
@@ -221,16 +229,16 @@ class LeasedHome:
         return self._compute_client(link)
 
     def _verified(self, remote: Any, request: Any, reply: Any) -> Any:
-        """The holder's reply, once its claim verifies when this node checks
-        claims (``ClaimRejected`` otherwise, after penalising the holder in
-        the governor: the asking node then computes the key itself)."""
-        verifier = getattr(self.node.fabric, "_verifier", None)
-        if verifier is None:
-            return reply
+        """The holder's reply, its source ``"lease:<holder>"``, once its claim
+        verifies when this node checks claims (``ClaimRejected`` otherwise,
+        after penalising the holder in the governor: the asking node then
+        computes the key itself)."""
         who = remote.node or remote.url
-        why = verifier.check(getattr(reply, "claim", None), request.key, reply, who)
+        verifier = getattr(self.node.fabric, "_verifier", None)
+        why = None if verifier is None else verifier.check(getattr(reply, "claim", None),
+                                                          request.key, reply, who)
         if why is None:
-            return reply
+            return reply._with_source("lease:" + who)
         self.counters["lease_rejected"] += 1
         gov = self.node.fabric.governor
         if gov is not None:
@@ -282,7 +290,8 @@ class LeasedHome:
 
         async def compute() -> Any:
             self.counters["lease_local"] += 1
-            return await self.wrapped.aevaluate(request, grants=grants, **kw)
+            reply = await self.wrapped.aevaluate(request, grants=grants, **kw)
+            return reply._with_source("home")
 
         if request.sharing != "pure" or request.stream:
             return await compute()
@@ -307,7 +316,7 @@ class LeasedHome:
 
         def compute() -> Any:
             self.counters["lease_local"] += 1
-            return self.wrapped.evaluate(request, grants=grants, **kw)
+            return self.wrapped.evaluate(request, grants=grants, **kw)._with_source("home")
 
         if request.sharing != "pure" or request.stream:
             return compute()

@@ -1,0 +1,93 @@
+"""``fabric serve`` processes for the tests: started on loopback with the
+tests' ops importable, synchronised on their readiness line (a handshake,
+never a sleep), and always reaped."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def serve(tmp_path, name, *args):
+    """Start `fabric serve` as node ``name`` (its cassette ``name.ledger``
+    in tmp_path; ``args`` after the defaults, so a later ``--listen`` wins)
+    and wait for its readiness line; returns (proc, url)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+           "--node-id", name, "--import", "node_ops",
+           "--cassette", str(tmp_path / f"{name}.ledger"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+    line = proc.stdout.readline()  # the readiness line, or '' if it died
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
+                             f"{proc.stderr.read()[-2000:]}")
+    return proc, line.rsplit(" ", 1)[1].strip()
+
+
+def stop(proc):
+    """SIGTERM to a node still running, which must then exit with status 0."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def interrupt(proc):
+    """Ctrl-C (SIGINT) to a node, which must then exit with status 0."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+
+
+@contextlib.contextmanager
+def served(tmp_path, name, *args):
+    """``serve`` as a context: (proc, url), the process killed and reaped
+    at the end if the block did not end it."""
+    proc, url = serve(tmp_path, name, *args)
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """``fleet(name, *args)`` starts a node as ``serve`` does; each one
+    still running at the end of the test is killed."""
+    procs = []
+
+    def start(name, *args):
+        p, url = serve(tmp_path, name, *args)
+        procs.append(p)
+        return p, url
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def read_until(proc, text, lines=200):
+    """Read a node's log (its stderr) until a line says ``text``: what the
+    node reports itself, the handshake (bounded by its lines, and by its end:
+    a node that exits first fails here with the line it ended on)."""
+    line = ""
+    for _ in range(lines):
+        line = proc.stderr.readline()
+        if not line or text in line:
+            break
+    assert text in line, f"no {text!r} in the log of the node: {line!r}"
+    return line
