@@ -373,6 +373,25 @@ static int sys_fail(fab_ledger_error *err, int e, const char *what)
     return FAB_EIO;
 }
 
+/*
+ * open(2) of a path that ought to name a regular file (the ledger, its
+ * checkpoint), never waiting on one that does not: a FIFO opened for
+ * reading blocks until a writer opens it, forever when none comes. With
+ * O_NONBLOCK the open returns at once and the caller's fstat refuses (or
+ * ignores) what is not a regular file; the flag is cleared again so the
+ * descriptor has the flags asked for. Returns the fd, or -1 (errno).
+ */
+static int open_file(const char *path, int flags)
+{
+    int fd = open(path, flags | O_NONBLOCK);
+    if (fd >= 0) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    }
+    return fd;
+}
+
 static uint64_t now_ns(int clock)
 {
     struct timespec ts;
@@ -2266,7 +2285,7 @@ static int ckpt_open_head(const fab_ledger *l, uint8_t h[CKPT_HEAD], uint64_t *f
     char *cp = ckpt_path_of(l->path);
     if (cp == NULL)
         return -1;
-    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    int fd = open_file(cp, O_RDONLY | O_CLOEXEC);
     free(cp);
     if (fd < 0)
         return -1;
@@ -2671,7 +2690,7 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     while (l->syncing)
         pthread_cond_wait(&l->cond, &l->mu);
     int writer = l->mode == FAB_LEDGER_WRITE;
-    int fd = open(l->path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    int fd = open_file(l->path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0)
         return sys_fail(err, errno, "reopening the ledger, which was replaced or shrank");
     struct stat sb;
@@ -3178,7 +3197,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
             rc = FAB_EIO;
             goto fail;
         }
-        l->fd = open(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        l->fd = open_file(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (l->fd < 0) {
             if (errno == ENOENT && writer && attempt < 3) {
                 if ((rc = create_ledger(l, opt, 0, err)) != FAB_OK)
