@@ -59,3 +59,19 @@ def test_a_fifo_in_place_of_the_checkpoint_is_ignored_not_waited_on(tmp_path):
     """)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split()[0] == "one"
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**70)])
+def test_compact_max_bytes_below_the_header_is_a_value_error(tmp_path, bad):
+    with EvalCassette(str(tmp_path / "c.fabl")) as c:
+        c.record(key(1), "one")
+        with pytest.raises(ValueError, match=f"max_bytes must be at least 64 .*not {bad}"):
+            c.compact(str(tmp_path / "d.fabl"), max_bytes=bad)
+
+
+def test_compact_max_bytes_beyond_any_file_keeps_everything(tmp_path):
+    with EvalCassette(str(tmp_path / "c.fabl")) as c:
+        c.record(key(1), "one")
+        assert c.compact(str(tmp_path / "d.fabl"), max_bytes=2**70) == 0
+    with EvalCassette(str(tmp_path / "d.fabl"), "r") as d:
+        assert d.get(key(1)) == "one"

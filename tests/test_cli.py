@@ -57,6 +57,16 @@ def test_not_a_cassette(tmp_path):
                    "LedgerFormatError")
 
 
+def test_compact_max_bytes_below_the_header_is_one_line(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    with fabric.EvalCassette(path) as c:
+        c.record(fabric.EvalRequest("op", [1]).key, "one")
+    one_line_error(run("cassette", "compact", "--max-bytes", "-1", path),
+                   "max_bytes must be at least 64", "not -1")
+    with fabric.EvalCassette(path, "r") as c:
+        assert len(c) == 1
+
+
 def test_bad_json():
     one_line_error(run("key", "op", "[1, 2"), "fabric key: error:", "not valid JSON")
     one_line_error(run("key", "op", '{"a": 1}'), "must be a JSON array")

@@ -1606,11 +1606,17 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
             return NULL;
         }
         max_bytes = PyLong_AsUnsignedLongLong(max_obj);
-        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
-        if (max_bytes < FAB_LEDGER_HEADER_SIZE) {
+        int negative = 0;
+        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return NULL;
+            /* Beyond 64 bits is more than any file: no limit. */
+            PyErr_Clear();
+            negative = _PyLong_Sign(max_obj) < 0;
+        }
+        if (negative || max_bytes < FAB_LEDGER_HEADER_SIZE) {
             PyErr_Format(PyExc_ValueError, "max_bytes must be at least %d (the ledger header), "
-                         "not %llu", FAB_LEDGER_HEADER_SIZE, max_bytes);
+                         "not %R", FAB_LEDGER_HEADER_SIZE, max_obj);
             return NULL;
         }
     }
