@@ -75,3 +75,19 @@ def test_compact_max_bytes_beyond_any_file_keeps_everything(tmp_path):
         assert c.compact(str(tmp_path / "d.fabl"), max_bytes=2**70) == 0
     with EvalCassette(str(tmp_path / "d.fabl"), "r") as d:
         assert d.get(key(1)) == "one"
+
+
+@pytest.mark.parametrize("bad", [-1, 2**64, 2**70])
+def test_created_ns_out_of_range_is_refused_not_wrapped(tmp_path, bad):
+    path = str(tmp_path / "c.fabl")
+    with pytest.raises(ValueError, match=f"created_ns must be .*not {bad}"):
+        EvalCassette(path, created_ns=bad)
+    assert not os.path.exists(path)
+
+
+def test_created_ns_is_written_as_given(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    with EvalCassette(path, created_ns=2**64 - 1) as c:
+        assert c.stats()["created_ns"] == 2**64 - 1
+    with pytest.raises(TypeError, match="created_ns must be an int"):
+        EvalCassette(path, created_ns=1.5)

@@ -866,12 +866,30 @@ static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     static char *kwlist[] = {"path", "mode", "durability", "recover", "progress", "created_ns",
                              "exclusive", "checkpoint", NULL};
     PyObject *path, *mode_o = NULL, *dur_o = NULL, *rec_o = NULL, *progress = NULL;
+    PyObject *created_o = NULL;
     unsigned long long created_ns = 0;
     int exclusive = 0, checkpoint = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOKpp:EvalCassette", kwlist, &path,
-                                     &mode_o, &dur_o, &rec_o, &progress, &created_ns,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOpp:EvalCassette", kwlist, &path,
+                                     &mode_o, &dur_o, &rec_o, &progress, &created_o,
                                      &exclusive, &checkpoint))
         return NULL;
+    /* Not the "K" format: it wraps -1 and 2**70 into the header's 64 bits. */
+    if (created_o != NULL) {
+        if (!PyLong_Check(created_o) || PyBool_Check(created_o)) {
+            PyErr_Format(PyExc_TypeError, "created_ns must be an int (nanoseconds since the "
+                         "Unix epoch, 0 = now), not %.100s", Py_TYPE(created_o)->tp_name);
+            return NULL;
+        }
+        created_ns = PyLong_AsUnsignedLongLong(created_o);
+        if (created_ns == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return NULL;
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "created_ns must be from 0 to 2**64 - 1 "
+                         "(nanoseconds since the Unix epoch, 0 = now), not %R", created_o);
+            return NULL;
+        }
+    }
     int mode = FAB_LEDGER_WRITE, dur = FAB_DUR_GROUP, rec = FAB_RECOVER_STRICT;
     if (parse_choice(mode_o, "mode", mode_names, 2, &mode) < 0 ||
         parse_choice(dur_o, "durability", durability_names, 3, &dur) < 0 ||
