@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import json
 import math
 import os
@@ -40,6 +41,14 @@ def _open(path: str, recover: Literal["strict", "salvage"] = "strict",
                                               checkpoint=checkpoint)
     finally:
         bar.done()
+
+
+def _existing(path: str) -> str:
+    """path, when something is there: compact and rekey open their ledger
+    for writing, which would make a new empty one of a mistyped path."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no cassette ledger there", path)
+    return path
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -199,7 +208,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
             left_out = f", {evicted} oldest left out to fit {args.max_bytes} bytes"
         print(f"{args.path} -> {dest}: {keys - evicted} keys{left_out}")
         return 0
-    with _core.EvalCassette(args.path, "a", recover=args.recover) as c:
+    with _core.EvalCassette(_existing(args.path), "a", recover=args.recover) as c:
         before = c.stats()
         bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
         try:
@@ -290,10 +299,12 @@ def rekey(path: str, *, drop_unkeyed: bool = False) -> dict[str, int]:
     request keep their old key, unless ``drop_unkeyed``, which leaves them
     out. The new file is written beside the ledger, synced and renamed over
     it (atomic); the ledger must not be open elsewhere meanwhile
-    (``LedgerLockedError``). Expiry times are not carried over.
+    (``LedgerLockedError``). Expiry times are not carried over. A path
+    with no file is ``FileNotFoundError`` (no new ledger is made).
     """
     counts = dict.fromkeys(("rekeyed", "unchanged", "merged", "unkeyed", "unreadable",
                             "dropped"), 0)
+    _existing(path)
     tmp = f"{path}.rekey.tmp.{os.getpid()}"
     if os.path.exists(tmp):
         os.unlink(tmp)

@@ -50,6 +50,14 @@ def test_missing_cassette_file(tmp_path):
         assert "nope.fabl" in proc.stderr
 
 
+def test_compact_and_rekey_of_a_missing_file_make_none(tmp_path):
+    # They rewrite a ledger: a mistyped path is an error, not a new empty ledger.
+    missing = str(tmp_path / "nope.fabl")
+    for sub in ("compact", "rekey"):
+        one_line_error(run("cassette", sub, missing), "nope.fabl", "no cassette ledger")
+        assert os.listdir(tmp_path) == []
+
+
 def test_not_a_cassette(tmp_path):
     path = tmp_path / "junk.fabl"
     path.write_bytes(b"this is not a ledger at all, not even close" * 3)
