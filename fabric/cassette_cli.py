@@ -51,6 +51,17 @@ def _existing(path: str) -> str:
     return path
 
 
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {n}")
+    return n
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the ledger's statistics: a summary, or every figure as JSON."""
     with _open(args.path, args.recover) as c:
@@ -400,7 +411,7 @@ def add_parser(sub) -> None:
                            help="JSON (dump: one object per key and line)")
         if name == "dump":
             q.add_argument("--key", help="only this key (sha256:...)")
-            q.add_argument("--limit", type=int, metavar="N", help="only the first N keys")
+            q.add_argument("--limit", type=_count, metavar="N", help="only the first N keys")
             q.add_argument("--op", help="only the records of this op (records that keep "
                                         "their request)")
         q.set_defaults(func=func)

@@ -58,6 +58,18 @@ def test_compact_and_rekey_of_a_missing_file_make_none(tmp_path):
         assert os.listdir(tmp_path) == []
 
 
+def test_dump_limit_below_zero_is_refused(tmp_path):
+    # Not an empty dump with exit status 0.
+    path = str(tmp_path / "c.fabl")
+    with fabric.EvalCassette(path) as c:
+        c.record(fabric.EvalRequest("op", [1]).key, "one")
+    proc = run("cassette", "dump", "--limit", "-1", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--limit" in proc.stderr and "at least 0" in proc.stderr
+    assert proc.stdout == ""
+    assert run("cassette", "dump", "--limit", "0", path).stdout == ""
+
+
 def test_not_a_cassette(tmp_path):
     path = tmp_path / "junk.fabl"
     path.write_bytes(b"this is not a ledger at all, not even close" * 3)
