@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _pending, _record_late, _warn_torn
+from .fabrics import (ContentPeer, _check_timeout, _FabricBase, _pending, _record_late,
+                      _warn_torn)
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
@@ -1115,6 +1116,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         worker thread; the reply is recorded from a worker thread (recording
         may fsync).
         """
+        _check_timeout(timeout)  # (evaluate's, in C, checks it as this does)
         g = _core._as_grants(grants, self.grants)
         reply = self._lookup(request, grants=g)  # the C hit path, grants checked
         if reply is not None:
@@ -1207,6 +1209,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         peer, home's own exception from home), and nothing is recorded. The
         deadline (the request's, or ``timeout``) is checked before every event.
         """
+        _check_timeout(timeout)
         g = self._check(request, grants=grants)
         key = request.key
         if key in self.cassette:
@@ -1300,6 +1303,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 timeout: float | None = None) -> AsyncEvalStream:
         """Async twin of ``stream``: the same resolution, started and pulled
         from worker threads so the event loop never blocks on a source."""
+        _check_timeout(timeout)
         g = self._check(request, grants=grants)
 
         async def events() -> Any:
