@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import (ContentPeer, _check_timeout, _FabricBase, _pending, _record_late,
-                      _warn_torn)
+from .fabrics import (ContentPeer, _check_cassette, _check_timeout, _FabricBase, _pending,
+                      _record_late, _warn_torn)
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
@@ -82,6 +82,15 @@ def describe_answer(exc: BaseException) -> str:
 def honours_timeout(fabric: Any) -> bool:
     """Whether ``fabric`` takes ``timeout=`` and gives up within it itself."""
     return getattr(type(fabric), "honours_timeout", False) is True
+
+
+def _check_home(home: Any) -> None:
+    """A ``TypeError`` that says what is wrong when ``home`` is neither None
+    nor a fabric (an object with ``evaluate``), before a miss finds out."""
+    if home is not None and not callable(getattr(home, "evaluate", None)):
+        raise TypeError(f"home must be a fabric (an object with evaluate(), as "
+                        f"fabric.LocalFabric() or fabric.connect(url)) or None, "
+                        f"not {type(home).__name__}")
 
 
 def peer_order(key: ContentKey, peers: dict[str, Any],
@@ -828,6 +837,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                              f"not {peer_timeout!r}")
         if not isinstance(max_peer_calls, int) or max_peer_calls < 1:
             raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
+        _check_cassette(cassette, f"node {node!r}")
+        _check_home(home)
         # The C base answers hits with cassette.get and hands misses to _miss.
         # call(op, ...) builds an Op's request with Op.request (kept for
         # repeated arguments) and evaluates it in C, unless a subclass
@@ -879,6 +890,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     @home.setter
     def home(self, home: Any) -> None:
+        _check_home(home)
         self._plan.home = home
 
     @property
@@ -1318,6 +1330,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     # -- explain and display ----------------------------------------------------------
     def explain(self, request: EvalRequest) -> Explanation:
         """Where ``request`` was (or would be) answered from, and why each step missed."""
+        if not isinstance(request, EvalRequest):
+            raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         key = request.key
         trail = self._trail_of(key)
         if key in self.cassette:

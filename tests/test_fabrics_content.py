@@ -491,6 +491,27 @@ def test_a_bad_timeout_is_refused_on_a_hit_and_a_miss_alike(reg, cassette_factor
     assert fab.stats()["local_hits"] == 0 and len(fab.cassette) == 1
 
 
+def test_a_cassette_home_or_request_of_the_wrong_kind_is_named(reg, cassette_factory,
+                                                                tmp_path):
+    cas = cassette_factory("n")
+    with pytest.raises(TypeError, match=r"cassette must be an EvalCassette .*not str "
+                                        r"\(open one: fabric\.EvalCassette\(path\)\)"):
+        ContentAddressedFabric("n", str(tmp_path / "n.fabl"))
+    with pytest.raises(TypeError, match="cassette must be an EvalCassette .*not NoneType"):
+        ContentAddressedFabric("n", None)
+    with pytest.raises(TypeError, match="cassette must be an EvalCassette .*not str"):
+        fabric.LedgeredRelayFabric(Home(reg), str(tmp_path / "n.fabl"))
+    with pytest.raises(TypeError, match=r"home must be a fabric .*not int"):
+        ContentAddressedFabric("n", cas, home=3)
+    fab = ContentAddressedFabric("n", cas, home=Home(reg))
+    with pytest.raises(TypeError, match=r"home must be a fabric .*not str"):
+        fab.home = "fabric://127.0.0.1:7411"
+    assert isinstance(fab.home, Home)
+    fab.home = None
+    with pytest.raises(TypeError, match="expected an EvalRequest, not int"):
+        fab.explain(3)
+
+
 def test_a_miss_asks_in_order_and_explains_it(reg, cassette_factory):
     home = Home(reg)
     a, peer_a = node("a", cassette_factory, home=home)
