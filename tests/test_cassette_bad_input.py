@@ -91,3 +91,51 @@ def test_created_ns_is_written_as_given(tmp_path):
         assert c.stats()["created_ns"] == 2**64 - 1
     with pytest.raises(TypeError, match="created_ns must be an int"):
         EvalCassette(path, created_ns=1.5)
+
+
+def _bad_under_the_checkpoint(path):
+    """A ledger of 2000 replies and its checkpoint, then one reply (key(1050))
+    changed on disk where the checkpoint's open does not look."""
+    with EvalCassette(path, durability="os") as c:
+        for i in range(2000):
+            c.record(key(i), f"value {i:04}")
+        c.checkpoint()
+    with open(path, "r+b") as f:  # a byte of one reply between two of the 16 windows the
+        # checkpoint samples (a 16th of the file apart: 1000 is on one)
+        data = f.read()
+        at = data.index(b"value 1050")
+        f.seek(at)
+        f.write(b"V")
+
+
+def test_a_bad_record_under_the_checkpoint_says_what_and_how_to_read_past_it(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    _bad_under_the_checkpoint(path)
+    with EvalCassette(path, "r") as c:
+        assert c.stats()["checkpoint"]["state"] == "used"  # validated as read
+        for what in (lambda: list(c), lambda: list(c.items()), lambda: c.get(key(1050))):
+            with pytest.raises(fabric.LedgerCorruptionError) as info:
+                what()
+            text = str(info.value)
+            assert path in text and "the record the checkpoint names there is bad" in text
+            assert 'recover="salvage"' in text
+    with EvalCassette(path, "r", recover="salvage") as c:
+        assert len(c) == 1999 and key(1050) not in c
+        assert c.get(key(1051)) == "value 1051"
+
+
+def test_compacting_past_a_bad_record_under_the_checkpoint_blames_the_source(tmp_path):
+    # Not "[Errno 5] writing the compacted ledger: Input/output error",
+    # which sends one looking at the destination's disk.
+    path = str(tmp_path / "c.fabl")
+    _bad_under_the_checkpoint(path)
+    before = sorted(os.listdir(tmp_path))
+    for dest, max_bytes in ((None, None), (str(tmp_path / "d.fabl"), None),
+                            (str(tmp_path / "d.fabl"), 100_000)):
+        with EvalCassette(path) as c:
+            with pytest.raises(fabric.LedgerCorruptionError) as info:
+                c.compact(dest, max_bytes=max_bytes)
+        text = str(info.value)
+        assert text.startswith(f"{path}: ledger corrupt at offset ")
+        assert "the record the checkpoint names there is bad" in text
+        assert sorted(os.listdir(tmp_path)) == before

@@ -1663,7 +1663,9 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     if (rc < 0) {
-        PyObject *dp = dest ? PyUnicode_DecodeFSDefault(dest) : Py_NewRef(c->path);
+        /* A corrupt record is in the source, whatever the destination. */
+        PyObject *dp = dest && rc != FAB_ECORRUPT ? PyUnicode_DecodeFSDefault(dest)
+                                                  : Py_NewRef(c->path);
         Py_XDECREF(fs);
         if (dp) {
             raise_ledger(st, dp, rc, &err);
