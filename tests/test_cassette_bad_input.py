@@ -139,3 +139,19 @@ def test_compacting_past_a_bad_record_under_the_checkpoint_blames_the_source(tmp
         assert text.startswith(f"{path}: ledger corrupt at offset ")
         assert "the record the checkpoint names there is bad" in text
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_request_of_another_key_is_refused(tmp_path):
+    # Kept beside the reply it would be that reply's request: request_bytes()
+    # would say so, and 'fabric cassette rekey' would move the reply to the
+    # other request's key.
+    with EvalCassette(str(tmp_path / "c.fabl")) as c:
+        other = EvalRequest("op", [2])
+        for record in (lambda: c.record(key(1), "one", request=other),
+                       lambda: c.record_stream(key(1), request=other)):
+            with pytest.raises(ValueError, match=f"request= is the request of {key(2)}, "
+                                                 f"not of the key given, {key(1)}"):
+                record()
+        assert len(c) == 0
+        assert c.record(key(1), "one", request=EvalRequest("op", [1]))
+        assert c.request_bytes(key(1)) == EvalRequest("op", [1]).identity_bytes()

@@ -929,14 +929,29 @@ static void Cassette_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-/* The request bytes of request= (None: NULL; an EvalRequest: its identity
- * bytes; else any bytes-like object) as a new bytes object in *out. -1 with
- * an exception. */
-static int request_arg(fab_state *st, PyObject *request, PyObject **out)
+/* The request bytes of request= (None: NULL; an EvalRequest of key: its
+ * identity bytes; else any bytes-like object, kept as given) as a new bytes
+ * object in *out. -1 with an exception. */
+static int request_arg(fab_state *st, PyObject *request, const uint8_t key[32], PyObject **out)
 {
     *out = NULL;
     if (request == NULL || request == Py_None)
         return 0;
+    const uint8_t *digest;
+    if (PyObject_TypeCheck(request, st->EvalRequest_Type) &&
+        fab_py_request_info(st, request, &digest, NULL, NULL) == 0 &&
+        memcmp(digest, key, 32) != 0) {
+        /* Kept beside the reply it would pass for that reply's request
+         * (request_bytes(), a rekey moving the reply to its key). */
+        PyObject *mine = fab_py_key_from_digest(st, digest);
+        PyObject *given = fab_py_key_from_digest(st, key);
+        if (mine && given)
+            PyErr_Format(PyExc_ValueError, "request= is the request of %S, not of the key "
+                         "given, %S", mine, given);
+        Py_XDECREF(mine);
+        Py_XDECREF(given);
+        return -1;
+    }
     if (PyObject_TypeCheck(request, st->EvalRequest_Type))
         *out = fab_py_request_identity(st, request);
     else if (PyObject_CheckBuffer(request) && !PyUnicode_Check(request))
@@ -1064,7 +1079,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     PyObject *req;
-    if (st == NULL || read_key(st, args[0], key) < 0 || request_arg(st, request, &req) < 0)
+    if (st == NULL || read_key(st, args[0], key) < 0 || request_arg(st, request, key, &req) < 0)
         return NULL;
     /* The key's index slot loads while the reply encodes. */
     if (c->l != NULL)
@@ -1091,7 +1106,7 @@ static int fabric_use(void *ctx, const uint8_t *data, size_t len)
     fabric_job *f = ctx;
     uint8_t k[32];
     f->job.nbytes = len;
-    if (get_key(f->key, k) < 0 || request_arg(f->job.st, f->request, &f->job.req) < 0)
+    if (get_key(f->key, k) < 0 || request_arg(f->job.st, f->request, k, &f->job.req) < 0)
         return -1;
     f->job.key = k;
     int rc = record_use(&f->job, data, len);
@@ -1412,7 +1427,7 @@ static PyObject *Cassette_record_stream(PyObject *self, PyObject *args, PyObject
     CassetteObject *c = (CassetteObject *)self;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
-    if (st == NULL || get_key(key_obj, key) < 0 || request_arg(st, request, &req) < 0)
+    if (st == NULL || get_key(key_obj, key) < 0 || request_arg(st, request, key, &req) < 0)
         return NULL;
     if (enter(c) < 0) {
         Py_XDECREF(req);
