@@ -373,6 +373,25 @@ static int sys_fail(fab_ledger_error *err, int e, const char *what)
     return FAB_EIO;
 }
 
+/*
+ * open(2) of a path that ought to name a regular file (the ledger, its
+ * checkpoint), never waiting on one that does not: a FIFO opened for
+ * reading blocks until a writer opens it, forever when none comes. With
+ * O_NONBLOCK the open returns at once and the caller's fstat refuses (or
+ * ignores) what is not a regular file; the flag is cleared again so the
+ * descriptor has the flags asked for. Returns the fd, or -1 (errno).
+ */
+static int open_file(const char *path, int flags)
+{
+    int fd = open(path, flags | O_NONBLOCK);
+    if (fd >= 0) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    }
+    return fd;
+}
+
 static uint64_t now_ns(int clock)
 {
     struct timespec ts;
@@ -2266,7 +2285,7 @@ static int ckpt_open_head(const fab_ledger *l, uint8_t h[CKPT_HEAD], uint64_t *f
     char *cp = ckpt_path_of(l->path);
     if (cp == NULL)
         return -1;
-    int fd = open(cp, O_RDONLY | O_CLOEXEC);
+    int fd = open_file(cp, O_RDONLY | O_CLOEXEC);
     free(cp);
     if (fd < 0)
         return -1;
@@ -2671,7 +2690,7 @@ static int reload_locked(fab_ledger *l, fab_ledger_error *err)
     while (l->syncing)
         pthread_cond_wait(&l->cond, &l->mu);
     int writer = l->mode == FAB_LEDGER_WRITE;
-    int fd = open(l->path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    int fd = open_file(l->path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0)
         return sys_fail(err, errno, "reopening the ledger, which was replaced or shrank");
     struct stat sb;
@@ -3178,7 +3197,7 @@ int fab_ledger_open(fab_ledger **out, const char *path, const fab_ledger_options
             rc = FAB_EIO;
             goto fail;
         }
-        l->fd = open(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        l->fd = open_file(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (l->fd < 0) {
             if (errno == ENOENT && writer && attempt < 3) {
                 if ((rc = create_ledger(l, opt, 0, err)) != FAB_OK)
@@ -4892,6 +4911,16 @@ static int find_visible(fab_ledger *l, const uint8_t key[32], uint64_t *off)
            *off < l->visible_end;
 }
 
+/* The error of a bad record at off that the checkpoint names. */
+static int lazy_bad(fab_ledger_error *err, uint64_t off)
+{
+    set_err(err, FAB_ECORRUPT, 0, off, 1,
+            "ledger corrupt at offset %llu: the record the checkpoint names there is bad "
+            "(open with recover=\"salvage\" to skip it)",
+            (unsigned long long)off);
+    return FAB_ECORRUPT;
+}
+
 /* A record below lazy_end was not validated at open (it came from the
  * checkpoint): validate it the first time... every time it is read (the
  * CRC of a small reply costs tens of nanoseconds). 0 or FAB_ECORRUPT. */
@@ -4900,10 +4929,7 @@ static int check_lazy(fab_ledger *l, uint64_t off, fab_ledger_error *err)
     uint64_t size, claimed;
     if (off >= l->lazy_end || rec_valid(l->map->base, l->end, off, &size, &claimed))
         return FAB_OK;
-    set_err(err, FAB_ECORRUPT, 0, off, 1,
-            "ledger corrupt at offset %llu: the record the checkpoint names there is bad",
-            (unsigned long long)off);
-    return FAB_ECORRUPT;
+    return lazy_bad(err, off);
 }
 
 /* The visible commit in force of key: 1 and *off, 0 (none, deleted or
@@ -5117,8 +5143,10 @@ static uint64_t skip_bad(const fab_ledger *l, uint64_t pos)
 }
 
 /* The next record at or after *pos below visible_end; 1, 0 at the end, or
- * FAB_ECORRUPT (a record named by the checkpoint is bad). */
-static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64_t *size)
+ * FAB_ECORRUPT (a record named by the checkpoint is bad: err, when not NULL,
+ * says where). */
+static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64_t *size,
+                       fab_ledger_error *err)
 {
     if (*pos < FAB_LEDGER_HEADER_SIZE)
         *pos = FAB_LEDGER_HEADER_SIZE;
@@ -5126,7 +5154,7 @@ static int next_record(fab_ledger *l, uint64_t *pos, const uint8_t **rec, uint64
         *pos = skip_bad(l, *pos);
     if (*pos >= l->visible_end)
         return 0;
-    if (*pos < l->lazy_end && check_lazy(l, *pos, NULL) != FAB_OK)
+    if (*pos < l->lazy_end && check_lazy(l, *pos, err) != FAB_OK)
         return FAB_ECORRUPT; /* never walk by an unvalidated length */
     const uint8_t *p = l->map->base + *pos;
     *rec = p;
@@ -5154,7 +5182,7 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
     const uint8_t *p;
     uint64_t size;
     int more;
-    while ((more = next_record(l, &pos->off, &p, &size)) > 0) {
+    while ((more = next_record(l, &pos->off, &p, &size, err)) > 0) {
         uint64_t off = pos->off, at;
         pos->off += size;
         if (p[4] != FAB_REC_REPLY && p[4] != FAB_REC_STREAM_END)
@@ -5168,11 +5196,8 @@ int fab_ledger_next(fab_ledger *l, fab_ledger_pos *pos, uint8_t key[32], int wan
             break;
         }
     }
-    if (more < 0) {
-        set_err(err, FAB_ECORRUPT, 0, pos->off, 1, "ledger corrupt at offset %llu",
-                (unsigned long long)pos->off);
-        rc = FAB_ECORRUPT;
-    }
+    if (more < 0)
+        rc = FAB_ECORRUPT; /* err says where and why (check_lazy) */
 out:
     pthread_mutex_unlock(&l->mu);
     return rc;
@@ -5217,7 +5242,7 @@ int fab_ledger_stream_next(fab_ledger *l, fab_ledger_cursor *c, int want_map,
     }
     const uint8_t *p;
     uint64_t size;
-    while (c->pos < c->end && next_record(l, &c->pos, &p, &size) > 0) {
+    while (c->pos < c->end && next_record(l, &c->pos, &p, &size, NULL) > 0) {
         uint64_t off = c->pos;
         c->pos += size;
         if (p[4] != FAB_REC_STREAM_CHUNK ||
@@ -5315,6 +5340,7 @@ typedef struct out_file {
     uint8_t *buf;
     size_t used, cap;
     int e;         /* first errno */
+    uint64_t bad;  /* 1 + the offset of a bad record the checkpoint names (e is EIO) */
     int dry;       /* count the bytes only (sizing for eviction) */
     int phase2;    /* copy every tombstone: it may end a commit already copied */
     uint64_t evict_left; /* leave out the oldest keys until this many bytes were left out */
@@ -5393,10 +5419,12 @@ static int compact_range(fab_ledger *l, out_file *o, uint64_t *pos, uint64_t lim
     while (o->e == 0 && *pos < limit && *pos < stop) {
         uint64_t end_was = l->visible_end;
         l->visible_end = limit; /* next_record stops at visible_end */
-        int more = next_record(l, pos, &p, &size);
+        int more = next_record(l, pos, &p, &size, NULL);
         l->visible_end = end_was;
-        if (more < 0)
-            o->e = EIO; /* a bad record the checkpoint names: never copy garbage */
+        if (more < 0) { /* a bad record the checkpoint names: never copy garbage */
+            o->e = EIO;
+            o->bad = *pos + 1;
+        }
         if (more <= 0)
             break;
         uint64_t off = *pos;
@@ -5464,10 +5492,12 @@ static void copy_stream(fab_ledger *l, out_file *o, const uint8_t *k, const uint
         while (cpos < off) {
             uint64_t end_was2 = l->visible_end;
             l->visible_end = off;
-            int ok = next_record(l, &cpos, &c, &csize);
+            int ok = next_record(l, &cpos, &c, &csize, NULL);
             l->visible_end = end_was2;
-            if (ok < 0)
+            if (ok < 0) {
                 o->e = EIO;
+                o->bad = cpos + 1;
+            }
             if (ok <= 0)
                 break;
             cpos += csize;
@@ -5556,6 +5586,7 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
             ;
         if (d.e) {
             e = d.e;
+            o.bad = d.bad;
             what = "reading the ledger to compact";
             goto done;
         }
@@ -5650,7 +5681,8 @@ done:
         close(o.fd);
     if (e) {
         unlink(tmp);
-        rc = sys_fail(err, e, what);
+        /* Not an EIO "writing the compacted ledger": the source is corrupt. */
+        rc = o.bad ? lazy_bad(err, o.bad - 1) : sys_fail(err, e, what);
     } else if (rc != FAB_OK) {
         unlink(tmp);
     } else {

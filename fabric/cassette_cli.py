@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import json
 import math
 import os
@@ -40,6 +41,25 @@ def _open(path: str, recover: Literal["strict", "salvage"] = "strict",
                                               checkpoint=checkpoint)
     finally:
         bar.done()
+
+
+def _existing(path: str) -> str:
+    """path, when something is there: compact and rekey open their ledger
+    for writing, which would make a new empty one of a mistyped path."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(errno.ENOENT, "no cassette ledger there", path)
+    return path
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {n}")
+    return n
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -199,7 +219,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
             left_out = f", {evicted} oldest left out to fit {args.max_bytes} bytes"
         print(f"{args.path} -> {dest}: {keys - evicted} keys{left_out}")
         return 0
-    with _core.EvalCassette(args.path, "a", recover=args.recover) as c:
+    with _core.EvalCassette(_existing(args.path), "a", recover=args.recover) as c:
         before = c.stats()
         bar = ProgressBar(f"compacting {os.path.basename(args.path)}")
         try:
@@ -290,10 +310,12 @@ def rekey(path: str, *, drop_unkeyed: bool = False) -> dict[str, int]:
     request keep their old key, unless ``drop_unkeyed``, which leaves them
     out. The new file is written beside the ledger, synced and renamed over
     it (atomic); the ledger must not be open elsewhere meanwhile
-    (``LedgerLockedError``). Expiry times are not carried over.
+    (``LedgerLockedError``). Expiry times are not carried over. A path
+    with no file is ``FileNotFoundError`` (no new ledger is made).
     """
     counts = dict.fromkeys(("rekeyed", "unchanged", "merged", "unkeyed", "unreadable",
                             "dropped"), 0)
+    _existing(path)
     tmp = f"{path}.rekey.tmp.{os.getpid()}"
     if os.path.exists(tmp):
         os.unlink(tmp)
@@ -389,7 +411,7 @@ def add_parser(sub) -> None:
                            help="JSON (dump: one object per key and line)")
         if name == "dump":
             q.add_argument("--key", help="only this key (sha256:...)")
-            q.add_argument("--limit", type=int, metavar="N", help="only the first N keys")
+            q.add_argument("--limit", type=_count, metavar="N", help="only the first N keys")
             q.add_argument("--op", help="only the records of this op (records that keep "
                                         "their request)")
         q.set_defaults(func=func)

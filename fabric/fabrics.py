@@ -42,6 +42,7 @@ import contextvars
 import html
 import logging
 import math
+import os
 import threading
 import time
 from enum import Enum
@@ -546,6 +547,17 @@ class _FabricBase:
 
 
 _F = TypeVar("_F", bound=_FabricBase)
+
+
+def _check_cassette(cassette: Any, where: str) -> None:
+    """A ``TypeError`` that says what is wrong when ``cassette`` is not one
+    (a path, None): an ``EvalCassette``, or a stand-in with its ``get``."""
+    if callable(getattr(cassette, "get", None)):
+        return
+    hint = (" (open one: fabric.EvalCassette(path))"
+            if isinstance(cassette, (str, bytes, os.PathLike)) else "")
+    raise TypeError(f"{where}: cassette must be an EvalCassette (or an object with its get), "
+                    f"not {type(cassette).__name__}{hint}")
 
 
 def _warn_torn(cassette: Any, where: str) -> None:
@@ -1307,6 +1319,7 @@ class LedgeredRelayFabric(_FabricBase):
     """
 
     def __init__(self, inner: Any, cassette: Any, *, grants: Iterable[str] = ()):
+        _check_cassette(cassette, "LedgeredRelayFabric")
         self.inner = inner
         self.cassette = cassette
         self.grants = frozenset(grants)

@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 from . import _core
 from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                     EvalRequest, FabricUnavailable, NoHolderError, RemoteError)
-from .fabrics import ContentPeer, _FabricBase, _pending, _record_late, _warn_torn
+from .fabrics import (ContentPeer, _check_cassette, _check_timeout, _FabricBase, _pending,
+                      _record_late, _warn_torn)
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
                       _collect, _events_of, _replay_events, _stream_writer, reply_record)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
@@ -81,6 +82,15 @@ def describe_answer(exc: BaseException) -> str:
 def honours_timeout(fabric: Any) -> bool:
     """Whether ``fabric`` takes ``timeout=`` and gives up within it itself."""
     return getattr(type(fabric), "honours_timeout", False) is True
+
+
+def _check_home(home: Any) -> None:
+    """A ``TypeError`` that says what is wrong when ``home`` is neither None
+    nor a fabric (an object with ``evaluate``), before a miss finds out."""
+    if home is not None and not callable(getattr(home, "evaluate", None)):
+        raise TypeError(f"home must be a fabric (an object with evaluate(), as "
+                        f"fabric.LocalFabric() or fabric.connect(url)) or None, "
+                        f"not {type(home).__name__}")
 
 
 def peer_order(key: ContentKey, peers: dict[str, Any],
@@ -837,6 +847,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                              f"not {peer_timeout!r}")
         if not isinstance(max_peer_calls, int) or max_peer_calls < 1:
             raise ValueError(f"max_peer_calls must be an int >= 1, not {max_peer_calls!r}")
+        _check_cassette(cassette, f"node {node!r}")
+        _check_home(home)
         # The C base answers hits with cassette.get and hands misses to _miss.
         # call(op, ...) builds an Op's request with Op.request (kept for
         # repeated arguments) and evaluates it in C, unless a subclass
@@ -888,6 +900,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
 
     @home.setter
     def home(self, home: Any) -> None:
+        _check_home(home)
         self._plan.home = home
 
     @property
@@ -1130,6 +1143,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         worker thread; the reply is recorded from a worker thread (recording
         may fsync).
         """
+        _check_timeout(timeout)  # (evaluate's, in C, checks it as this does)
         g = _core._as_grants(grants, self.grants)
         reply = self._lookup(request, grants=g)  # the C hit path, grants checked
         if reply is not None:
@@ -1222,6 +1236,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         peer, home's own exception from home), and nothing is recorded. The
         deadline (the request's, or ``timeout``) is checked before every event.
         """
+        _check_timeout(timeout)
         g = self._check(request, grants=grants)
         key = request.key
         if key in self.cassette:
@@ -1315,6 +1330,7 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
                 timeout: float | None = None) -> AsyncEvalStream:
         """Async twin of ``stream``: the same resolution, started and pulled
         from worker threads so the event loop never blocks on a source."""
+        _check_timeout(timeout)
         g = self._check(request, grants=grants)
 
         async def events() -> Any:
@@ -1329,6 +1345,8 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     # -- explain and display ----------------------------------------------------------
     def explain(self, request: EvalRequest) -> Explanation:
         """Where ``request`` was (or would be) answered from, and why each step missed."""
+        if not isinstance(request, EvalRequest):
+            raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
         key = request.key
         trail = self._trail_of(key)
         if key in self.cassette:

@@ -50,11 +50,41 @@ def test_missing_cassette_file(tmp_path):
         assert "nope.fabl" in proc.stderr
 
 
+def test_compact_and_rekey_of_a_missing_file_make_none(tmp_path):
+    # They rewrite a ledger: a mistyped path is an error, not a new empty ledger.
+    missing = str(tmp_path / "nope.fabl")
+    for sub in ("compact", "rekey"):
+        one_line_error(run("cassette", sub, missing), "nope.fabl", "no cassette ledger")
+        assert os.listdir(tmp_path) == []
+
+
+def test_dump_limit_below_zero_is_refused(tmp_path):
+    # Not an empty dump with exit status 0.
+    path = str(tmp_path / "c.fabl")
+    with fabric.EvalCassette(path) as c:
+        c.record(fabric.EvalRequest("op", [1]).key, "one")
+    proc = run("cassette", "dump", "--limit", "-1", path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--limit" in proc.stderr and "at least 0" in proc.stderr
+    assert proc.stdout == ""
+    assert run("cassette", "dump", "--limit", "0", path).stdout == ""
+
+
 def test_not_a_cassette(tmp_path):
     path = tmp_path / "junk.fabl"
     path.write_bytes(b"this is not a ledger at all, not even close" * 3)
     one_line_error(run("cassette", "stats", str(path)), "fabric cassette: error:",
                    "LedgerFormatError")
+
+
+def test_compact_max_bytes_below_the_header_is_one_line(tmp_path):
+    path = str(tmp_path / "c.fabl")
+    with fabric.EvalCassette(path) as c:
+        c.record(fabric.EvalRequest("op", [1]).key, "one")
+    one_line_error(run("cassette", "compact", "--max-bytes", "-1", path),
+                   "max_bytes must be at least 64", "not -1")
+    with fabric.EvalCassette(path, "r") as c:
+        assert len(c) == 1
 
 
 def test_bad_json():

@@ -8,6 +8,7 @@ the way a network node will serve them.
 import asyncio
 import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -462,6 +463,53 @@ def test_hit_path_answers_and_refuses_bad_arguments(reg, cassette_factory):
         fab.evaluate(req, grant=())
     with pytest.raises(TypeError, match="single string"):
         fab.evaluate(req, grants="model.call")
+
+
+@pytest.mark.parametrize("bad, exc, message", [
+    ("1", TypeError, "timeout must be a number of seconds or None, not str"),
+    (True, TypeError, "timeout must be a number of seconds or None, not bool"),
+    (-1, ValueError, "timeout must be >= 0 seconds or None, not -1"),
+    (float("nan"), ValueError, "timeout must be >= 0 seconds or None, not nan"),
+])
+def test_a_bad_timeout_is_refused_on_a_hit_and_a_miss_alike(reg, cassette_factory, bad, exc,
+                                                             message):
+    # As LocalFabric refuses it (test_fabrics_time), not a TypeError from
+    # float + str on a miss, a DeadlineExceeded for -1, or nothing on a hit.
+    fab = ContentAddressedFabric("t", cassette_factory("t"), home=Home(reg))
+    held = fabric.EvalRequest("embed", ("held",), version=1)
+    fab.evaluate(held)
+    for req in (held, fabric.EvalRequest("embed", ("missed",), version=1)):
+        with pytest.raises(exc, match=re.escape(message)):
+            fab.evaluate(req, timeout=bad)
+        with pytest.raises(exc, match=re.escape(message)):
+            asyncio.run(fab.aevaluate(req, timeout=bad))
+    sreq = fabric.EvalRequest("tokens", ("a b",), stream=True)
+    with pytest.raises(exc, match=re.escape(message)):
+        fab.stream(sreq, timeout=bad)
+    with pytest.raises(exc, match=re.escape(message)):
+        fab.astream(sreq, timeout=bad)
+    assert fab.stats()["local_hits"] == 0 and len(fab.cassette) == 1
+
+
+def test_a_cassette_home_or_request_of_the_wrong_kind_is_named(reg, cassette_factory,
+                                                                tmp_path):
+    cas = cassette_factory("n")
+    with pytest.raises(TypeError, match=r"cassette must be an EvalCassette .*not str "
+                                        r"\(open one: fabric\.EvalCassette\(path\)\)"):
+        ContentAddressedFabric("n", str(tmp_path / "n.fabl"))
+    with pytest.raises(TypeError, match="cassette must be an EvalCassette .*not NoneType"):
+        ContentAddressedFabric("n", None)
+    with pytest.raises(TypeError, match="cassette must be an EvalCassette .*not str"):
+        fabric.LedgeredRelayFabric(Home(reg), str(tmp_path / "n.fabl"))
+    with pytest.raises(TypeError, match=r"home must be a fabric .*not int"):
+        ContentAddressedFabric("n", cas, home=3)
+    fab = ContentAddressedFabric("n", cas, home=Home(reg))
+    with pytest.raises(TypeError, match=r"home must be a fabric .*not str"):
+        fab.home = "fabric://127.0.0.1:7411"
+    assert isinstance(fab.home, Home)
+    fab.home = None
+    with pytest.raises(TypeError, match="expected an EvalRequest, not int"):
+        fab.explain(3)
 
 
 def test_a_miss_asks_in_order_and_explains_it(reg, cassette_factory):

@@ -169,6 +169,26 @@ def test_bad_limits_are_refused():
         fabric.unpack("not bytes")
 
 
+@pytest.mark.parametrize("limits", [3, "max_depth=3", 2.5, b"x", object()])
+def test_limits_that_name_no_limit_are_refused_not_ignored(limits):
+    # Each would have decoded under the defaults, as if no limit were given.
+    for decode in (fabric.unpack, fabric.decode_value):
+        with pytest.raises(TypeError, match=f"limits must be None, a dict .* not "
+                                            f"{type(limits).__name__}"):
+            decode(b"\x00", limits)
+
+
+def test_limits_from_any_object_with_some_of_the_names():
+    class Shallow:
+        max_depth = 1
+        other = "ignored"
+
+    assert fabric.unpack(b"\x91\x00", Shallow()) == [0]
+    with pytest.raises(fabric.DecodeError, match="nesting deeper"):
+        fabric.unpack(b"\x91\x91\x00", Shallow())
+    assert fabric.unpack(b"\x00", {}) == 0
+
+
 def test_length_bomb_allocates_little():
     import tracemalloc
 

@@ -17,6 +17,7 @@
  */
 #include "glue.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <structmember.h>
 
@@ -995,12 +996,34 @@ static const fab_py_params evaluate_params = {"evaluate", call_names, 3, 1, 1, 1
 static const fab_py_params lookup_params = {"_lookup", call_names, 2, 1, 1, 1};
 static const fab_py_params check_params = {"_check", call_names, 2, 1, 1, 1};
 
+/* evaluate()'s timeout: None or seconds >= 0, refused with the messages the
+ * Python fabrics give (fabrics._check_timeout), on a hit as on a miss. */
+static int check_timeout(PyObject *t)
+{
+    if (t == Py_None)
+        return 0;
+    if (PyBool_Check(t) || !(PyLong_Check(t) || PyFloat_Check(t))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not %.100s",
+                     Py_TYPE(t)->tp_name);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(t);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(v) || v < 0) {
+        PyErr_Format(PyExc_ValueError, "timeout must be >= 0 seconds or None, not %R", t);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *CAF_evaluate(CAFObject *self, PyTypeObject *defining_class,
                               PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     fab_state *st = PyType_GetModuleState(defining_class);
     PyObject *a[3] = {NULL, Py_None, Py_None};
-    if (ready(self) < 0 || fab_py_parse(&evaluate_params, args, nargsf, kwnames, a) < 0)
+    if (ready(self) < 0 || fab_py_parse(&evaluate_params, args, nargsf, kwnames, a) < 0 ||
+        check_timeout(a[2]) < 0)
         return NULL;
     PyObject *g = call_grants(a[1], self->grants);
     if (g == NULL)

@@ -866,12 +866,30 @@ static PyObject *Cassette_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     static char *kwlist[] = {"path", "mode", "durability", "recover", "progress", "created_ns",
                              "exclusive", "checkpoint", NULL};
     PyObject *path, *mode_o = NULL, *dur_o = NULL, *rec_o = NULL, *progress = NULL;
+    PyObject *created_o = NULL;
     unsigned long long created_ns = 0;
     int exclusive = 0, checkpoint = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOKpp:EvalCassette", kwlist, &path,
-                                     &mode_o, &dur_o, &rec_o, &progress, &created_ns,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO$OOOpp:EvalCassette", kwlist, &path,
+                                     &mode_o, &dur_o, &rec_o, &progress, &created_o,
                                      &exclusive, &checkpoint))
         return NULL;
+    /* Not the "K" format: it wraps -1 and 2**70 into the header's 64 bits. */
+    if (created_o != NULL) {
+        if (!PyLong_Check(created_o) || PyBool_Check(created_o)) {
+            PyErr_Format(PyExc_TypeError, "created_ns must be an int (nanoseconds since the "
+                         "Unix epoch, 0 = now), not %.100s", Py_TYPE(created_o)->tp_name);
+            return NULL;
+        }
+        created_ns = PyLong_AsUnsignedLongLong(created_o);
+        if (created_ns == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return NULL;
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "created_ns must be from 0 to 2**64 - 1 "
+                         "(nanoseconds since the Unix epoch, 0 = now), not %R", created_o);
+            return NULL;
+        }
+    }
     int mode = FAB_LEDGER_WRITE, dur = FAB_DUR_GROUP, rec = FAB_RECOVER_STRICT;
     if (parse_choice(mode_o, "mode", mode_names, 2, &mode) < 0 ||
         parse_choice(dur_o, "durability", durability_names, 3, &dur) < 0 ||
@@ -911,14 +929,29 @@ static void Cassette_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-/* The request bytes of request= (None: NULL; an EvalRequest: its identity
- * bytes; else any bytes-like object) as a new bytes object in *out. -1 with
- * an exception. */
-static int request_arg(fab_state *st, PyObject *request, PyObject **out)
+/* The request bytes of request= (None: NULL; an EvalRequest of key: its
+ * identity bytes; else any bytes-like object, kept as given) as a new bytes
+ * object in *out. -1 with an exception. */
+static int request_arg(fab_state *st, PyObject *request, const uint8_t key[32], PyObject **out)
 {
     *out = NULL;
     if (request == NULL || request == Py_None)
         return 0;
+    const uint8_t *digest;
+    if (PyObject_TypeCheck(request, st->EvalRequest_Type) &&
+        fab_py_request_info(st, request, &digest, NULL, NULL) == 0 &&
+        memcmp(digest, key, 32) != 0) {
+        /* Kept beside the reply it would pass for that reply's request
+         * (request_bytes(), a rekey moving the reply to its key). */
+        PyObject *mine = fab_py_key_from_digest(st, digest);
+        PyObject *given = fab_py_key_from_digest(st, key);
+        if (mine && given)
+            PyErr_Format(PyExc_ValueError, "request= is the request of %S, not of the key "
+                         "given, %S", mine, given);
+        Py_XDECREF(mine);
+        Py_XDECREF(given);
+        return -1;
+    }
     if (PyObject_TypeCheck(request, st->EvalRequest_Type))
         *out = fab_py_request_identity(st, request);
     else if (PyObject_CheckBuffer(request) && !PyUnicode_Check(request))
@@ -1046,7 +1079,7 @@ static PyObject *Cassette_record(PyObject *self, PyObject *const *args, Py_ssize
     fab_state *st = cassette_state(self);
     uint8_t key[32];
     PyObject *req;
-    if (st == NULL || read_key(st, args[0], key) < 0 || request_arg(st, request, &req) < 0)
+    if (st == NULL || read_key(st, args[0], key) < 0 || request_arg(st, request, key, &req) < 0)
         return NULL;
     /* The key's index slot loads while the reply encodes. */
     if (c->l != NULL)
@@ -1073,7 +1106,7 @@ static int fabric_use(void *ctx, const uint8_t *data, size_t len)
     fabric_job *f = ctx;
     uint8_t k[32];
     f->job.nbytes = len;
-    if (get_key(f->key, k) < 0 || request_arg(f->job.st, f->request, &f->job.req) < 0)
+    if (get_key(f->key, k) < 0 || request_arg(f->job.st, f->request, k, &f->job.req) < 0)
         return -1;
     f->job.key = k;
     int rc = record_use(&f->job, data, len);
@@ -1394,7 +1427,7 @@ static PyObject *Cassette_record_stream(PyObject *self, PyObject *args, PyObject
     CassetteObject *c = (CassetteObject *)self;
     fab_state *st = cassette_state(self);
     uint8_t key[32];
-    if (st == NULL || get_key(key_obj, key) < 0 || request_arg(st, request, &req) < 0)
+    if (st == NULL || get_key(key_obj, key) < 0 || request_arg(st, request, key, &req) < 0)
         return NULL;
     if (enter(c) < 0) {
         Py_XDECREF(req);
@@ -1606,11 +1639,17 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
             return NULL;
         }
         max_bytes = PyLong_AsUnsignedLongLong(max_obj);
-        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
-        if (max_bytes < FAB_LEDGER_HEADER_SIZE) {
+        int negative = 0;
+        if (max_bytes == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return NULL;
+            /* Beyond 64 bits is more than any file: no limit. */
+            PyErr_Clear();
+            negative = _PyLong_Sign(max_obj) < 0;
+        }
+        if (negative || max_bytes < FAB_LEDGER_HEADER_SIZE) {
             PyErr_Format(PyExc_ValueError, "max_bytes must be at least %d (the ledger header), "
-                         "not %llu", FAB_LEDGER_HEADER_SIZE, max_bytes);
+                         "not %R", FAB_LEDGER_HEADER_SIZE, max_obj);
             return NULL;
         }
     }
@@ -1639,7 +1678,9 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     if (rc < 0) {
-        PyObject *dp = dest ? PyUnicode_DecodeFSDefault(dest) : Py_NewRef(c->path);
+        /* A corrupt record is in the source, whatever the destination. */
+        PyObject *dp = dest && rc != FAB_ECORRUPT ? PyUnicode_DecodeFSDefault(dest)
+                                                  : Py_NewRef(c->path);
         Py_XDECREF(fs);
         if (dp) {
             raise_ledger(st, dp, rc, &err);

@@ -1032,8 +1032,9 @@ PyObject *fab_py_decode_tagged(fab_state *st, const uint8_t *data, size_t len,
     return v;
 }
 
-/* Reads one limit attribute when the object has it. 0, or -1 on error. */
-static int limit_attr(PyObject *obj, const char *name, uint64_t max, uint64_t *out)
+/* Reads one limit attribute when the object has it (*found is set then).
+ * 0, or -1 on error. */
+static int limit_attr(PyObject *obj, const char *name, uint64_t max, uint64_t *out, int *found)
 {
     PyObject *v = PyObject_GetAttrString(obj, name);
     if (v == NULL) {
@@ -1043,6 +1044,7 @@ static int limit_attr(PyObject *obj, const char *name, uint64_t max, uint64_t *o
         }
         return -1;
     }
+    *found = 1;
     if (v == Py_None) {
         Py_DECREF(v);
         return 0;
@@ -1106,9 +1108,10 @@ int fab_py_limits_from_object(PyObject *obj, fab_mp_limits *lim)
         obj = ns;
     }
     uint64_t v;
+    int found = 0;
 #define ONE(field, name, max)                                   \
     v = lim->field;                                             \
-    if (limit_attr(obj, name, max, &v) < 0) {                   \
+    if (limit_attr(obj, name, max, &v, &found) < 0) {           \
         Py_XDECREF(ns);                                         \
         return -1;                                              \
     }                                                           \
@@ -1121,6 +1124,15 @@ int fab_py_limits_from_object(PyObject *obj, fab_mp_limits *lim)
     ONE(max_map, "max_map", UINT32_MAX)
     ONE(max_items, "max_items", UINT64_MAX)
 #undef ONE
+    if (!found && ns == NULL) {
+        /* An int, a str, an object whose names are all misspelt: no limit
+         * it meant would be applied, silently. (A dict, even {}, is read.) */
+        PyErr_Format(PyExc_TypeError, "limits must be None, a dict of decode limits or an "
+                     "object with some of their names as attributes (max_depth, max_str, "
+                     "max_bin, max_ext, max_array, max_map, max_items), not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
     Py_XDECREF(ns);
     return 0;
 }
