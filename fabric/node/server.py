@@ -1570,13 +1570,10 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
-        out_q = self._out_q
         sent = self._sent_for(conn, sid)
         events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
         source = getattr(stream, "source", "computed")
-        self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
-            start=True)
+        self._start_stream(conn, key, sid, source)
         truncated = False
         digest = StreamDigest() if self.signer is not None else None
         try:
@@ -1589,18 +1586,11 @@ class Node:
                                              seq=sent.seq + 1, flags=flags)
                 except FrameError:
                     size = len(canonical_bytes(payload))
-                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})") from None
-                size = len(frame) - _HEADER
-                await credit.wait(size)
-                if out_q.queued(key):
-                    await self._out_turn(conn, key)
-                if out_q.lost(key) or conn.closed:
+                    raise _too_large(conn, size) from None
+                if not await self._send_item(conn, key, credit, sent, tag, frame,
+                                             len(frame) - _HEADER):
                     truncated = True
                     break
-                mark = sent.mark()
-                sent.count(tag, size)
-                self._enqueue(conn, key, frame, size, mark)
         except BaseException:
             self._out_ended(key)
             raise
@@ -1612,6 +1602,30 @@ class Node:
         if digest is not None and not truncated and getattr(stream, "key", None) is not None:
             claim = self.signer.sign_stream(stream.key, digest, self.node_id).encode()
         self._end_stream(conn, key, sid, sent, truncated, claim)
+
+    def _start_stream(self, conn: _Conn, key: Any, sid: int, source: str) -> None:
+        """Send (or queue, never evicted) a stream's ``STREAM_START``."""
+        self._enqueue(conn, key, conn.enc.encode_value(
+            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
+            start=True)
+
+    async def _send_item(self, conn: _Conn, key: Any, credit: Credit, sent: _Sent, tag: Any,
+                         frame: bytes | list[Any], size: int) -> bool:
+        """One item's frame of a stream (``size``: its payload bytes): waits
+        for credit and for the stream's previous frame to leave the fair
+        queue, then sends or queues it, counted in ``sent``. False when
+        the stream lost data or its connection closed: the frame is not
+        sent and the stream ends truncated."""
+        await credit.wait(size)
+        out_q = self._out_q
+        if out_q.queued(key):
+            await self._out_turn(conn, key)
+        if out_q.lost(key) or conn.closed:
+            return False
+        mark = sent.mark()
+        sent.count(tag, size)
+        self._enqueue(conn, key, frame, size, mark)
+        return True
 
     def _held_stream(self, target: Any, req: Any, g: frozenset[str]) -> tuple[Any, str] | None:
         """A stream this node holds in its ledger, as (its recorded items'
@@ -1646,9 +1660,7 @@ class Node:
         enc = conn.enc
         key = (id(conn), sid)
         out_q = self._out_q
-        self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
-            start=True)
+        self._start_stream(conn, key, sid, source)
         sent = self._sent_for(conn, sid)
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
@@ -1665,17 +1677,11 @@ class Node:
                                  flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
                                  crc_of=None if crc is None else (rec, crc))
                 except FrameError:
-                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})") from None
-                await credit.wait(size)
-                if out_q.queued(key):
-                    await self._out_turn(conn, key)
-                if out_q.lost(key) or conn.closed:
+                    raise _too_large(conn, size) from None
+                if not await self._send_item(conn, key, credit, sent, tag,
+                                             [hdr + prefix, body], size):
                     truncated = True
                     break
-                mark = sent.mark()
-                sent.count(tag, size)
-                self._enqueue(conn, key, [hdr + prefix, body], size, mark)
                 if not out_q.queued(key):  # written at once: the ledger never blocks,
                     await asyncio.sleep(0)  # let the loop serve others
         except BaseException:
@@ -2016,6 +2022,12 @@ def _recorded_item(rec: memoryview, index: int) -> tuple[bytes, int, memoryview]
     if len(rec) < at + 3 or rec[at] != 0x92 or rec[at + 1] > 1:
         raise FabricError(f"recorded stream: frame {index} is not [tag, payload]")
     return prefix, rec[at + 1], rec[at + 2:]
+
+
+def _too_large(conn: _Conn, size: int) -> P.LimitExceeded:
+    """The error for an item whose frame is over the largest frame agreed."""
+    return P.LimitExceeded(f"an item of {size} bytes is larger than the largest frame "
+                           f"agreed ({conn.max_frame})")
 
 
 async def _items(stream: Any) -> Any:
