@@ -146,10 +146,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.peer_lists:
             loop.add_signal_handler(signal.SIGHUP, reload_lists)
         task = asyncio.create_task(node.serve())
-        while node._address is None and not task.done():
-            await asyncio.sleep(0.01)
         try:
-            if node._address is not None:
+            try:
+                await node.listening()
+            except Exception:
+                pass  # serve() ended before it listened: awaiting it raises why
+            else:
                 if metrics is not None:  # up before the readiness line says so
                     await metrics.start()
                 print(f"fabric serve: node {node.node_id} listening on {node.url}",

@@ -459,9 +459,11 @@ class Node:
     ``"asyncio"`` (``fabric.node.loops``); ``serve()`` runs on the loop
     that awaits it.
 
-    Run it with ``await node.serve()`` (until cancelled) or
-    ``node.start()`` / ``node.stop()`` (a background thread). ``address``
-    is ``(host, port)`` once listening; ``stats()`` counts connections,
+    Run it with ``await node.serve()`` (until cancelled; ``await
+    node.listening()`` waits, in another task, until it accepts
+    connections) or ``node.start()`` / ``node.stop()`` (a background
+    thread, returning once listening). ``address`` is ``(host, port)`` once
+    listening; ``stats()`` counts connections,
     requests, refusals and the fair queues' counters.
     """
 
@@ -544,6 +546,9 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # listening(): resolved by serve() with the address once ready (or
+        # failed with why it ended before); made on the loop that awaits it.
+        self._listen_fut: asyncio.Future[tuple[str, int]] | None = None
         self._stop_evt: asyncio.Event | None = None
         self._stopping = False  # _stop_evt is set (_set_stopping)
         # A hit may be answered from the read callback: not stopping, a slot
@@ -605,6 +610,52 @@ class Node:
         h, p = self.address
         h = f"[{h}]" if ":" in h else h
         return f"{'fabrics' if self.tls else 'fabric'}://{h}:{p}"
+
+    async def listening(self) -> tuple[str, int]:
+        """Wait until the node accepts connections (its address bound, its
+        ``--peer``s and node home answered or ``limits.handshake_timeout``
+        passed: when ``fabric serve`` prints its readiness line); returns
+        ``address``. For a task running ``await node.serve()``::
+
+            task = asyncio.create_task(node.serve())
+            host, port = await node.listening()
+
+        May be awaited before ``serve()`` started, on the loop that runs it
+        or on any other (a node ``start()`` ran is listening once that
+        returns). Raises what ended ``serve()`` before it listened (an
+        address in use: ``OSError``), or ``FabricError`` when it was
+        stopped or cancelled first."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:  # served elsewhere
+            await asyncio.to_thread(self._ready.wait)
+            if self._start_error is not None:
+                raise self._start_error
+            if self._address is None:
+                raise FabricError(f"node {self.node_id} stopped before it listened")
+            return self._address
+        return await asyncio.shield(self._listen_future(loop))
+
+    def _listen_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[tuple[str, int]]:
+        """The future ``listening()`` awaits (a new one once the last is done
+        and a new ``serve()`` starts: see ``serve``)."""
+        fut = self._listen_fut
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._listen_fut = loop.create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        return fut
+
+    def _listen_ended(self, exc: BaseException | None) -> None:
+        """Resolve ``listening()``: with the address (``exc`` None), else
+        with why ``serve()`` ended before it listened."""
+        fut = self._listen_fut
+        if fut is None or fut.done():
+            return
+        if exc is None and self._address is not None:
+            fut.set_result(self._address)
+        elif isinstance(exc, Exception):
+            fut.set_exception(exc)
+        else:
+            fut.set_exception(FabricError(f"node {self.node_id} stopped before it listened"))
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections, requests, refusals, queues, the fabric's own."""
@@ -710,8 +761,27 @@ class Node:
         self._stats[name] = self._stats.get(name, 0) + n
 
     async def serve(self) -> None:
-        """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
+        """Listen and serve until cancelled (or ``stop()``); cleans up on the
+        way out. ``listening()`` tells when it accepts connections."""
         self._loop = asyncio.get_running_loop()
+        if self._listen_fut is not None and self._listen_fut.done():
+            self._listen_fut = None  # served again: a new one
+        self._listen_future(self._loop)
+        try:
+            pumps = await self._listen()
+        except BaseException as exc:
+            self._listen_ended(exc)
+            raise
+        self._listen_ended(None)
+        try:
+            await self._stop_evt.wait()  # type: ignore[union-attr]
+        finally:
+            await self._shutdown(pumps)
+
+    async def _listen(self) -> list[asyncio.Task[Any]]:
+        """Bind, start the clock, the pumps and the peer links; returns once
+        ready (``address`` set): the pumps and links, for ``_shutdown``."""
+        assert self._loop is not None
         self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
@@ -756,10 +826,7 @@ class Node:
                                 f"within {self.limits.handshake_timeout} s")
         self._address = self._bound
         self._ready.set()
-        try:
-            await self._stop_evt.wait()
-        finally:
-            await self._shutdown(pumps)
+        return pumps
 
     async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
         log.info("node %s shutting down (%d connection(s), %d request(s) running)",
