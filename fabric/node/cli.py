@@ -25,6 +25,14 @@ asked again only after a backoff from ``--backoff-base`` doubling to
 ``--backoff-cap`` seconds, with jitter. ``fabric status`` shows each
 peer's health and the governor's settings.
 
+The node's limits (``NodeLimits``) are flags of their own names:
+``--max-connections``, ``--handshake-timeout``, ``--idle-timeout``,
+``--max-frame``, ``--window``, ``--output-buffer``, ``--max-frame-rate``,
+``--max-running``, ``--principal-budget``, ``--principal-max-queued`` (the
+requests one principal may have waiting for a slot; one over it is refused
+alone, ``LimitExceeded``) and ``--drain-timeout``; a value that is not
+positive is one line naming the limit.
+
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
 ``--import`` modules registered; the workers stop with the node.
@@ -95,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("window", args.window), ("output_buffer", args.output_buffer),
         ("max_frame_rate", args.max_frame_rate), ("max_running", args.max_running),
         ("principal_budget", args.principal_budget),
+        ("principal_max_queued", args.principal_max_queued),
         ("drain_timeout", args.drain_timeout)) if v is not None})
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
@@ -146,10 +155,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.peer_lists:
             loop.add_signal_handler(signal.SIGHUP, reload_lists)
         task = asyncio.create_task(node.serve())
-        while node._address is None and not task.done():
-            await asyncio.sleep(0.01)
         try:
-            if node._address is not None:
+            try:
+                await node.listening()
+            except Exception:
+                pass  # serve() ended before it listened: awaiting it raises why
+            else:
                 if metrics is not None:  # up before the readiness line says so
                     await metrics.start()
                 print(f"fabric serve: node {node.node_id} listening on {node.url}",
@@ -399,6 +410,8 @@ def add_parser(sub: Any) -> None:
     for name, typ in (("max-connections", int), ("handshake-timeout", float),
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),
-                      ("principal-budget", int), ("drain-timeout", float)):
-        p.add_argument(f"--{name}", type=typ, default=None, help="a NodeLimits limit")
+                      ("principal-budget", int), ("principal-max-queued", int),
+                      ("drain-timeout", float)):
+        p.add_argument(f"--{name}", type=typ, default=None,
+                       help=f"NodeLimits.{name.replace('-', '_')} (docs/spec/protocol.md)")
     p.set_defaults(func=cmd_serve)

@@ -55,8 +55,11 @@ __all__ = [
 PROTOCOL_VERSION = (1, 0)
 #: Default per-stream credit window in bytes.
 DEFAULT_WINDOW = 4 << 20
-#: Default largest frame payload a node accepts.
-DEFAULT_MAX_FRAME = 1 << 20
+#: Default largest frame payload a node (and a client) accepts: 1 MiB and
+#: 4 KiB for the encoding around it, so an item of 1 MiB (bytes, str, an
+#: array and its header) travels in one frame (docs/spec/protocol.md
+#: section 3).
+DEFAULT_MAX_FRAME = (1 << 20) + 4096
 #: The smallest ``max_frame`` a peer may announce.
 MIN_MAX_FRAME = 4096
 #: A SecretRef travels (and keys) as the array [SECRET_REF_TAG, name].

@@ -262,13 +262,21 @@ class FairQueue:
         if self.on_empty is not None:
             self.on_empty(stream)
 
+    def _mark_held(self, channel: Hashable, held: bool) -> set[Hashable] | None:
+        """Marks ``channel`` held (or not); returns its streams with entries
+        when the mark changed (None: it was so already, or it has none)."""
+        if (channel in self._held) == held:
+            return None
+        if held:
+            self._held.add(channel)
+        else:
+            self._held.discard(channel)
+        return self._by_chan.get(channel) or None
+
     def hold(self, channel: Hashable) -> None:
         """Take ``channel``'s streams out of the rotation until ``release``."""
-        if channel in self._held:
-            return
-        self._held.add(channel)
-        streams = self._by_chan.get(channel)
-        if not streams:
+        streams = self._mark_held(channel, True)
+        if streams is None:
             return
         chan = self._chan
         for p in {id(w[1]): w[1] for s in streams if (w := self._where[s])}.values():
@@ -279,11 +287,8 @@ class FairQueue:
         """Put ``channel``'s streams back in the rotation, those whose head
         waited longest first (a fixed order would serve the same streams
         first after every pause)."""
-        if channel not in self._held:
-            return
-        self._held.discard(channel)
-        streams = self._by_chan.get(channel)
-        if not streams:
+        streams = self._mark_held(channel, False)
+        if streams is None:
             return
         where = self._where
         for stream in sorted(streams, key=lambda s: where[s][1].streams[s][0].seq):

@@ -9,8 +9,9 @@ granted ``node.compute``. Holding-index deltas are pulled on connect and
 pushed when this node's index grows.
 
 Requests wait for a slot (``max_running``) in a fair queue per principal;
-stream data goes out through a second one (deficit round robin, a byte
-budget per principal, oldest-head eviction). Limits: connections,
+stream data, and a single reply too large to write at once, go out through
+a second one (deficit round robin, a byte budget per principal, oldest-head
+eviction; a single reply's frames are never evicted). Limits: connections,
 handshake and idle timeouts, the largest frame (checked on the header,
 before anything is allocated), a frame-rate cap, an output buffer cap per
 connection. Malformed input gets an ERROR frame and the connection closes.
@@ -62,6 +63,11 @@ log = logging.getLogger("fabric.node")
 _HEADER = 36  # bytes of a frame header (docs/spec/frames.md)
 _START: dict[str, bytes] = {}  # a reply's source -> its STREAM_START payload
 _END1: dict[int, bytes] = {}  # a one-chunk reply's size -> its STREAM_END payload
+# A single reply of at most this many bytes is written at once even while its
+# connection's transport is paused (its bytes count towards output_buffer,
+# which cuts a peer that does not read); a larger one waits for the transport
+# (Node._value_now, docs/spec/protocol.md section 3).
+_SMALL_REPLY = 1 << 16
 _CONTROL_KIND = int(FrameKind.CONTROL)
 
 _GRANTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
@@ -194,7 +200,9 @@ class _Conn:
         self.grants: frozenset[str] = frozenset()
         self.remote_node: str | None = None
         self.max_frame = node.limits.max_frame  # what the peer accepts from us
-        self.hit_limit = self.max_frame - 16  # (kept with max_frame: _answer_hit)
+        # the largest reply record a hit writes at once (kept with max_frame and
+        # the pause: _answer_hit; Node._value_now says the same)
+        self.hit_limit = self.max_frame - 16
         self.window = node.limits.window
         self.enc = P.encoder(node.limits.max_frame)
         self.streams = StreamTable()
@@ -293,14 +301,17 @@ class _Conn:
 
     def pause_writing(self) -> None:
         """The transport's buffer passed its high mark: this connection's
-        streams leave the fair queue's rotation (their frames wait there)."""
+        streams leave the fair queue's rotation (their frames wait there),
+        and only a small reply is written at once (``_SMALL_REPLY``)."""
         self.paused = True
+        self.hit_limit = min(self.max_frame - 16, _SMALL_REPLY)
         self.node._out_q.hold(self)
 
     def resume_writing(self) -> None:
         """The transport's buffer is empty (low mark 0): the connection's
         streams are served by the fair queue again."""
         self.paused = False
+        self.hit_limit = self.max_frame - 16
         node = self.node
         if not self.closed:
             node._out_q.release(self)
@@ -448,9 +459,11 @@ class Node:
     ``"asyncio"`` (``fabric.node.loops``); ``serve()`` runs on the loop
     that awaits it.
 
-    Run it with ``await node.serve()`` (until cancelled) or
-    ``node.start()`` / ``node.stop()`` (a background thread). ``address``
-    is ``(host, port)`` once listening; ``stats()`` counts connections,
+    Run it with ``await node.serve()`` (until cancelled; ``await
+    node.listening()`` waits, in another task, until it accepts
+    connections) or ``node.start()`` / ``node.stop()`` (a background
+    thread, returning once listening). ``address`` is ``(host, port)`` once
+    listening; ``stats()`` counts connections,
     requests, refusals and the fair queues' counters.
     """
 
@@ -533,6 +546,9 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # listening(): resolved by serve() with the address once ready (or
+        # failed with why it ended before); made on the loop that awaits it.
+        self._listen_fut: asyncio.Future[tuple[str, int]] | None = None
         self._stop_evt: asyncio.Event | None = None
         self._stopping = False  # _stop_evt is set (_set_stopping)
         # A hit may be answered from the read callback: not stopping, a slot
@@ -594,6 +610,52 @@ class Node:
         h, p = self.address
         h = f"[{h}]" if ":" in h else h
         return f"{'fabrics' if self.tls else 'fabric'}://{h}:{p}"
+
+    async def listening(self) -> tuple[str, int]:
+        """Wait until the node accepts connections (its address bound, its
+        ``--peer``s and node home answered or ``limits.handshake_timeout``
+        passed: when ``fabric serve`` prints its readiness line); returns
+        ``address``. For a task running ``await node.serve()``::
+
+            task = asyncio.create_task(node.serve())
+            host, port = await node.listening()
+
+        May be awaited before ``serve()`` started, on the loop that runs it
+        or on any other (a node ``start()`` ran is listening once that
+        returns). Raises what ended ``serve()`` before it listened (an
+        address in use: ``OSError``), or ``FabricError`` when it was
+        stopped or cancelled first."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:  # served elsewhere
+            await asyncio.to_thread(self._ready.wait)
+            if self._start_error is not None:
+                raise self._start_error
+            if self._address is None:
+                raise FabricError(f"node {self.node_id} stopped before it listened")
+            return self._address
+        return await asyncio.shield(self._listen_future(loop))
+
+    def _listen_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[tuple[str, int]]:
+        """The future ``listening()`` awaits (a new one once the last is done
+        and a new ``serve()`` starts: see ``serve``)."""
+        fut = self._listen_fut
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._listen_fut = loop.create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        return fut
+
+    def _listen_ended(self, exc: BaseException | None) -> None:
+        """Resolve ``listening()``: with the address (``exc`` None), else
+        with why ``serve()`` ended before it listened."""
+        fut = self._listen_fut
+        if fut is None or fut.done():
+            return
+        if exc is None and self._address is not None:
+            fut.set_result(self._address)
+        elif isinstance(exc, Exception):
+            fut.set_exception(exc)
+        else:
+            fut.set_exception(FabricError(f"node {self.node_id} stopped before it listened"))
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections, requests, refusals, queues, the fabric's own."""
@@ -699,8 +761,27 @@ class Node:
         self._stats[name] = self._stats.get(name, 0) + n
 
     async def serve(self) -> None:
-        """Listen and serve until cancelled (or ``stop()``); cleans up on the way out."""
+        """Listen and serve until cancelled (or ``stop()``); cleans up on the
+        way out. ``listening()`` tells when it accepts connections."""
         self._loop = asyncio.get_running_loop()
+        if self._listen_fut is not None and self._listen_fut.done():
+            self._listen_fut = None  # served again: a new one
+        self._listen_future(self._loop)
+        try:
+            pumps = await self._listen()
+        except BaseException as exc:
+            self._listen_ended(exc)
+            raise
+        self._listen_ended(None)
+        try:
+            await self._stop_evt.wait()  # type: ignore[union-attr]
+        finally:
+            await self._shutdown(pumps)
+
+    async def _listen(self) -> list[asyncio.Task[Any]]:
+        """Bind, start the clock, the pumps and the peer links; returns once
+        ready (``address`` set): the pumps and links, for ``_shutdown``."""
+        assert self._loop is not None
         self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
@@ -745,10 +826,7 @@ class Node:
                                 f"within {self.limits.handshake_timeout} s")
         self._address = self._bound
         self._ready.set()
-        try:
-            await self._stop_evt.wait()
-        finally:
-            await self._shutdown(pumps)
+        return pumps
 
     async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
         log.info("node %s shutting down (%d connection(s), %d request(s) running)",
@@ -1048,7 +1126,11 @@ class Node:
             try:
                 if not conn.closed:
                     await asyncio.wait_for(writer.drain(), 1.0)
-                writer.close()
+                writer.close()  # flushes what is buffered, then closes
+                if writer.transport.get_write_buffer_size():
+                    # A peer that does not read would keep the connection (and
+                    # the replies waiting for it) forever: not waited for long.
+                    asyncio.get_running_loop().call_later(1.0, writer.transport.abort)
             except Exception:
                 conn.abort()
             conn.closed = True
@@ -1091,6 +1173,8 @@ class Node:
         conn.remote_node = body["node"]
         conn.max_frame = min(body["max_frame"], self.limits.max_frame)
         conn.hit_limit = conn.max_frame - 16  # a held reply's record in one chunk
+        if conn.paused:  # (the HELLO did not fit the buffer)
+            conn.hit_limit = min(conn.hit_limit, _SMALL_REPLY)
         conn.enc = P.encoder(conn.max_frame)
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
@@ -1299,8 +1383,13 @@ class Node:
             # _send_value's usual reply in one C call (None: over one chunk)
             out = conn.enc.encode_held_reply(sid, start, reply, limit)
         if out is None:
-            if not isinstance(reply, bytes):  # (bytes: a connection closed, writes dropped)
-                self._send_value(conn, sid, reply)  # the general path (it fills the caches)
+            # (bytes: a connection closed, writes dropped)
+            if not isinstance(reply, bytes) and not self._send_value(conn, sid, reply):
+                # the general path (it fills the caches) handed it to a task,
+                # which counts the reply
+                self._stat("requests")
+                self._stat("hits_inline")
+                return
         else:  # and conn.send's write, inline
             conn.bytes_out += len(out)
             conn.transport.write(out)
@@ -1336,8 +1425,8 @@ class Node:
                 self._stat("errors")
                 conn.send_error(sid, exc)
                 return
-            self._send_value(conn, sid, reply)
-            stats["replies"] = stats.get("replies", 0) + 1
+            if self._send_value(conn, sid, reply):  # (else its task counts the reply)
+                stats["replies"] = stats.get("replies", 0) + 1
             stats["hits_inline"] = stats.get("hits_inline", 0) + 1
             return
         try:  # a new epoch of the id: a handle of an earlier one fails (StaleStream)
@@ -1366,17 +1455,20 @@ class Node:
             if e is None:
                 break
             conn, sid, parsed, handle = e.item
-            if conn.closed:
+            if conn.closed or conn not in self._conns:  # (its connection is ending)
                 continue
             try:
                 st = conn.streams.get(handle)
             except StaleStream:  # closed by its consumer while it waited: never run
                 continue
-            self._running += 1
-            t = asyncio.get_running_loop().create_task(
-                self._request(conn, sid, parsed, handle))
-            conn.tasks[sid] = st.task = t
+            self._run(conn, sid, st, self._request(conn, sid, parsed, handle))
         self._update_inline()
+
+    def _run(self, conn: _Conn, sid: int, st: _Stream, coro: Any) -> None:
+        """Run a request's task in a slot (the caller checked one is free)."""
+        self._running += 1
+        t = asyncio.get_running_loop().create_task(coro)
+        conn.tasks[sid] = st.task = t
 
     def _update_inline(self) -> None:
         """``_inline_ok``: a hit may be answered from the read callback (not
@@ -1410,22 +1502,15 @@ class Node:
         return self.serve_held, g  # held only (or a loop of nodes: what is held only)
 
     async def _request(self, conn: _Conn, sid: int, parsed: Any,
-                       handle: tuple[int, int]) -> None:
-        req, want, scope, claimed, timeout, via = parsed
+                       handle: tuple[int, int], value: tuple[Any, bytes] | None = None) -> None:
+        """A request run in a slot: evaluated and answered (``value``: a
+        single reply found already, with its record's bytes, only sent)."""
         token = _GRANTS.set(conn.grants)
-        _leases.VIA.set(tuple(via))  # (this task's own context)
         try:
-            target, g = self._target(conn, parsed)
-            kw = {} if timeout is None else {"timeout": timeout}
-            if want == "value":
-                reply = await target.aevaluate(req, grants=g, **kw)
-                self._send_value(conn, sid, reply)
+            if value is not None:
+                await self._queue_value(conn, sid, *value)
             else:
-                held = self._held_stream(target, req, g)
-                if held is not None:
-                    await self._send_held(conn, sid, *held)
-                else:
-                    await self._send_stream(conn, sid, target.astream(req, grants=g, **kw))
+                await self._answer(conn, sid, parsed)
             self._stat("replies")
         except asyncio.CancelledError:
             if not conn.closed:
@@ -1446,6 +1531,26 @@ class Node:
             self._running -= 1
             self._admit()
             self._gossip_wake.set()  # type: ignore[union-attr]
+
+    async def _answer(self, conn: _Conn, sid: int, parsed: Any) -> None:
+        """Evaluate a request and send its reply or stream."""
+        req, want, scope, claimed, timeout, via = parsed
+        _leases.VIA.set(tuple(via))  # (this task's own context)
+        target, g = self._target(conn, parsed)
+        kw = {} if timeout is None else {"timeout": timeout}
+        if want == "value":
+            reply = await target.aevaluate(req, grants=g, **kw)
+            data = canonical_bytes(reply_record(reply))
+            if self._value_now(conn, len(data)):
+                self._write_value(conn, sid, reply, data)
+            else:
+                await self._queue_value(conn, sid, reply, data)
+        else:
+            held = self._held_stream(target, req, g)
+            if held is not None:
+                await self._send_held(conn, sid, *held)
+            else:
+                await self._send_stream(conn, sid, target.astream(req, grants=g, **kw))
 
     def _close_stream(self, conn: _Conn, sid: int, mode: str) -> None:
         """A consumer's ``close`` (``mode`` "drain": what is queued goes out,
@@ -1532,8 +1637,62 @@ class Node:
                     "grants_received": c.get("grants_received", 0), "grants_sent": 0})
         return out
 
-    def _send_value(self, conn: _Conn, sid: int, reply: Any) -> None:
+    def _value_now(self, conn: _Conn, size: int) -> bool:
+        """Whether a single reply of ``size`` bytes (its record's) is written
+        at once: a small one always (``_SMALL_REPLY``), one that fits one
+        frame while the transport is not paused. Any other is sent frame by
+        frame through the fair queue (``_queue_value``)."""
+        return size <= _SMALL_REPLY or (size <= max(1024, conn.max_frame - 16)
+                                        and not conn.paused)
+
+    def _send_value(self, conn: _Conn, sid: int, reply: Any) -> bool:
+        """A single reply, from the read callback: written at once
+        (``_value_now``; True), or handed to a task in a request slot (the
+        caller checked one is free) that sends it through the fair queue
+        (False: the task counts the reply)."""
         data = canonical_bytes(reply_record(reply))
+        if self._value_now(conn, len(data)):
+            self._write_value(conn, sid, reply, data)
+            return True
+        try:
+            handle = conn.streams.open(sid, _Stream())
+        except FabricError:
+            raise P.ProtocolError(f"open on stream {sid}: that id is open (its request "
+                                  f"waits for a slot)") from None
+        self._run(conn, sid, conn.streams.get(handle),
+                  self._request(conn, sid, None, handle, (reply, data)))
+        self._update_inline()
+        return False
+
+    async def _queue_value(self, conn: _Conn, sid: int, reply: Any, data: bytes) -> None:
+        """A single reply sent as its stream's frames are: one at a time,
+        each written while the transport takes it, else waiting in the fair
+        queue (pinned: a reply is never evicted, never cut short), the next
+        made once it went. What waits is at most one frame per reply, and
+        a reply waits in a request slot."""
+        key = (id(conn), sid)
+        sent = self._sent_for(conn, sid)
+        enc = conn.enc
+        part = max(1024, conn.max_frame - 16)
+        self._start_stream(conn, key, sid, reply.source)
+        try:
+            for i in range(0, len(data), part):
+                chunk = data[i:i + part]
+                frame = enc.encode_value(FrameKind.STREAM_CHUNK, chunk, stream_id=sid,
+                                         seq=sent.seq + 1)
+                if not await self._send_item(conn, key, None, sent, 0, frame,
+                                             len(frame) - _HEADER, len(chunk), pinned=True):
+                    break  # its connection closed
+        except BaseException:
+            self._out_ended(key)
+            raise
+        claim = None
+        if self.signer is not None and reply.key is not None:
+            claim = self.signer.sign_record(reply.key, data, self.node_id).encode()
+        self._end_stream(conn, key, sid, sent, False, claim)
+
+    def _write_value(self, conn: _Conn, sid: int, reply: Any, data: bytes) -> None:
+        """A single reply's frames, written at once (``data``: its record's bytes)."""
         enc = conn.enc
         start = _START.get(reply.source)
         if start is None:  # a few sources ("held", "local", "home", peers): kept encoded
@@ -1570,13 +1729,10 @@ class Node:
         credit = conn.credits[sid] = Credit(conn.window)
         enc = conn.enc
         key = (id(conn), sid)
-        out_q = self._out_q
         sent = self._sent_for(conn, sid)
         events = stream.aiter_events() if hasattr(stream, "aiter_events") else None
         source = getattr(stream, "source", "computed")
-        self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
-            start=True)
+        self._start_stream(conn, key, sid, source)
         truncated = False
         digest = StreamDigest() if self.signer is not None else None
         try:
@@ -1589,18 +1745,11 @@ class Node:
                                              seq=sent.seq + 1, flags=flags)
                 except FrameError:
                     size = len(canonical_bytes(payload))
-                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})") from None
-                size = len(frame) - _HEADER
-                await credit.wait(size)
-                if out_q.queued(key):
-                    await self._out_turn(conn, key)
-                if out_q.lost(key) or conn.closed:
+                    raise _too_large(conn, size) from None
+                if not await self._send_item(conn, key, credit, sent, tag, frame,
+                                             len(frame) - _HEADER):
                     truncated = True
                     break
-                mark = sent.mark()
-                sent.count(tag, size)
-                self._enqueue(conn, key, frame, size, mark)
         except BaseException:
             self._out_ended(key)
             raise
@@ -1612,6 +1761,34 @@ class Node:
         if digest is not None and not truncated and getattr(stream, "key", None) is not None:
             claim = self.signer.sign_stream(stream.key, digest, self.node_id).encode()
         self._end_stream(conn, key, sid, sent, truncated, claim)
+
+    def _start_stream(self, conn: _Conn, key: Any, sid: int, source: str) -> None:
+        """Send (or queue, never evicted) a stream's ``STREAM_START``."""
+        self._enqueue(conn, key, conn.enc.encode_value(
+            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
+            pinned=True)
+
+    async def _send_item(self, conn: _Conn, key: Any, credit: Credit | None, sent: _Sent,
+                         tag: Any, frame: bytes | list[Any], size: int,
+                         counted: int | None = None, pinned: bool = False) -> bool:
+        """One item's frame of a stream (``size``: its payload bytes): waits
+        for credit (None: not covered by credit, a single reply's chunk) and
+        for the stream's previous frame to leave the fair queue, then sends
+        or queues it (``pinned``: never evicted), counted in ``sent`` as
+        ``counted`` bytes (default ``size``). False when the stream lost data
+        or its connection closed: the frame is not sent and the stream ends
+        truncated."""
+        if credit is not None:
+            await credit.wait(size)
+        out_q = self._out_q
+        if out_q.queued(key):
+            await self._out_turn(conn, key)
+        if out_q.lost(key) or conn.closed:
+            return False
+        mark = sent.mark()
+        sent.count(tag, size if counted is None else counted)
+        self._enqueue(conn, key, frame, size, mark, pinned)
+        return True
 
     def _held_stream(self, target: Any, req: Any, g: frozenset[str]) -> tuple[Any, str] | None:
         """A stream this node holds in its ledger, as (its recorded items'
@@ -1646,9 +1823,7 @@ class Node:
         enc = conn.enc
         key = (id(conn), sid)
         out_q = self._out_q
-        self._enqueue(conn, key, enc.encode_value(
-            FrameKind.STREAM_START, {"metadata": {"source": source}}, stream_id=sid), 0,
-            start=True)
+        self._start_stream(conn, key, sid, source)
         sent = self._sent_for(conn, sid)
         truncated = False
         header, chunk = enc.header, FrameKind.STREAM_CHUNK
@@ -1665,17 +1840,11 @@ class Node:
                                  flags=FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0,
                                  crc_of=None if crc is None else (rec, crc))
                 except FrameError:
-                    raise P.LimitExceeded(f"an item of {size} bytes is larger than the "
-                                          f"largest frame agreed ({conn.max_frame})") from None
-                await credit.wait(size)
-                if out_q.queued(key):
-                    await self._out_turn(conn, key)
-                if out_q.lost(key) or conn.closed:
+                    raise _too_large(conn, size) from None
+                if not await self._send_item(conn, key, credit, sent, tag,
+                                             [hdr + prefix, body], size):
                     truncated = True
                     break
-                mark = sent.mark()
-                sent.count(tag, size)
-                self._enqueue(conn, key, [hdr + prefix, body], size, mark)
                 if not out_q.queued(key):  # written at once: the ledger never blocks,
                     await asyncio.sleep(0)  # let the loop serve others
         except BaseException:
@@ -1738,10 +1907,10 @@ class Node:
                                            seq=seq)
 
     def _enqueue(self, conn: _Conn, key: Any, data: bytes | list[Any], size: int,
-                 mark: tuple[int, int, int] = (0, 0, 0), start: bool = False) -> None:
+                 mark: tuple[int, int, int] = (0, 0, 0), pinned: bool = False) -> None:
         """Send one frame of a stream (bytes, or a list of its parts) now, or
         queue it (``mark``: its seq and the items and bytes sent before it;
-        ``start``: the stream's START, never evicted)."""
+        ``pinned``: never evicted, a stream's START or a single reply's chunk)."""
         out_q = self._out_q
         if not conn.paused and not out_q.pending(conn):
             # The transport takes it and nothing of this connection's waits:
@@ -1754,7 +1923,7 @@ class Node:
             return
         item = (conn, data, mark)
         try:
-            out_q.push(conn.principal, key, max(size, 1), item, channel=conn, pinned=start)
+            out_q.push(conn.principal, key, max(size, 1), item, channel=conn, pinned=pinned)
         except P.LimitExceeded:  # over the principal's count cap: the stream lost it
             out_q.lose(key, Entry(conn.principal, key, size, item, False))
             return
@@ -2016,6 +2185,12 @@ def _recorded_item(rec: memoryview, index: int) -> tuple[bytes, int, memoryview]
     if len(rec) < at + 3 or rec[at] != 0x92 or rec[at + 1] > 1:
         raise FabricError(f"recorded stream: frame {index} is not [tag, payload]")
     return prefix, rec[at + 1], rec[at + 2:]
+
+
+def _too_large(conn: _Conn, size: int) -> P.LimitExceeded:
+    """The error for an item whose frame is over the largest frame agreed."""
+    return P.LimitExceeded(f"an item of {size} bytes is larger than the largest frame "
+                           f"agreed ({conn.max_frame})")
 
 
 async def _items(stream: Any) -> Any:

@@ -1,0 +1,102 @@
+"""``await node.listening()``: the signal that a node run with ``await
+node.serve()`` in a task accepts connections (its address, once its peers
+answered), or why it never will (an address in use, stopped first); and
+from another loop, for a node ``start()`` runs."""
+
+import asyncio
+import socket
+
+import pytest
+
+import fabric
+from fabric.frames import FrameKind
+from fabric.node import Node
+from fabric.node import protocol as P
+
+from conftest import hello_bytes
+
+
+async def _handshake(address):
+    """A raw client's HELLO and the node's answer, over asyncio."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(hello_bytes())
+    await writer.drain()
+    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+    while True:
+        data = await reader.read(1 << 16)
+        assert data, "the node closed the connection"
+        dec.feed(data)
+        frames = list(dec)
+        if frames:
+            writer.close()
+            return frames[0]
+
+
+def test_listening_resolves_once_the_node_accepts_connections(tmp_path):
+    """Awaited before ``serve()`` even started: resolves with the address,
+    where a handshake then succeeds; ``listening()`` again returns at once."""
+    async def main():
+        node = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0")
+        waiting = asyncio.create_task(node.listening())
+        task = asyncio.create_task(node.serve())
+        address = await waiting
+        assert address == node.address and address[1] != 0
+        f = await _handshake(address)
+        assert f.kind == FrameKind.HELLO
+        assert await node.listening() == address
+        node.request_stop()
+        await task
+    asyncio.run(main())
+
+
+def test_listening_raises_why_serve_ended_an_address_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def main():
+            node = Node(str(tmp_path / "b.ledger"), node_id="b",
+                        listen=f"127.0.0.1:{port}")
+            task = asyncio.create_task(node.serve())
+            with pytest.raises(OSError):
+                await node.listening()
+            with pytest.raises(OSError):
+                await task
+        asyncio.run(main())
+
+
+def test_listening_raises_when_serve_is_cancelled_before_it_listened(tmp_path):
+    """A node waits for its ``--peer``'s handshake before it is ready; its
+    serve task cancelled meanwhile: ``listening()`` says it stopped first."""
+    with socket.socket() as mute:  # accepts, never answers a HELLO
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        mute.setblocking(False)
+        url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+
+        async def main():
+            node = Node(str(tmp_path / "c.ledger"), node_id="c", listen="127.0.0.1:0",
+                        peers=[url])
+            task = asyncio.create_task(node.serve())
+            loop = asyncio.get_running_loop()
+            conn, _ = await loop.sock_accept(mute)  # the node dialled its peer
+            try:
+                waiting = asyncio.create_task(node.listening())
+                assert node._address is None  # not ready: its peer has not answered
+                task.cancel()
+                with pytest.raises(fabric.FabricError, match="stopped before it listened"):
+                    await waiting
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            finally:
+                conn.close()
+        asyncio.run(main())
+
+
+def test_listening_from_another_loop_for_a_started_node(tmp_path):
+    node = Node(str(tmp_path / "d.ledger"), node_id="d", listen="127.0.0.1:0").start()
+    try:
+        assert asyncio.run(node.listening()) == node.address
+    finally:
+        node.stop()
