@@ -161,14 +161,16 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "start", "end", "tmo", "sources", "source", "session", "__weakref__")
+                 "buf", "view", "start", "end", "tmo", "sources", "source", "session",
+                 "max_payload", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
         self.session = client.sessions  # made while this session of the main link was up
         self.busy = False
         self.dead = False
-        self.buf: bytearray | None = None
+        self.buf = bytearray(_READ)
+        self.view = memoryview(self.buf)  # (made again when buf grows)
         self.start = self.end = 0  # buf[start:end]: read, not yet a whole frame
         self.window = 0
         self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
@@ -196,6 +198,7 @@ class _Channel:
             self.source = f"peer:{self.node}"  # a reply's source unless its START names one
             self.window = body["window"]
             self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
+            self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
         except BaseException:
             sock.close()
             raise
@@ -219,11 +222,17 @@ class _Channel:
         frames are used up before the next read (this is only called when
         the decoder has none left), so the buffer can be read into again.
         It grows to four times the largest frame seen (whose header the
-        decoder has checked, so at most four of the agreed largest frame)."""
+        decoder has checked, so at most four of the agreed largest frame).
+        A frame begun in a read that ``evaluate`` gave to ``feed_reply`` is
+        held by the decoder itself: the reads go on there until it ends."""
+        if self.dec.partial:
+            n = self.sock.recv_into(self.view)
+            if not n:
+                raise ConnectionResetError(f"{self.client.url} closed the connection")
+            self.dec.feed(self.view[:n])  # (copies what it keeps: the buffer is free)
+            return
         buf, start, end = self.buf, self.start, self.end
-        if buf is None:
-            buf = self.buf = bytearray(_READ)
-        elif start == end:
+        if start == end:
             start = end = 0
         else:
             need = _HEADER
@@ -233,16 +242,18 @@ class _Channel:
                 grown = bytearray(4 * need)
                 grown[:end - start] = memoryview(buf)[start:end]
                 buf = self.buf = grown
+                self.view = memoryview(grown)
                 start, end = 0, end - start
             elif start + need > len(buf) or len(buf) - end < _READ // 4:
-                view = memoryview(buf)
+                view = self.view
                 view[:end - start] = view[start:end]
                 start, end = 0, end - start
-        n = self.sock.recv_into(memoryview(buf)[end:])
+        view = self.view
+        n = self.sock.recv_into(view[end:] if end else view)
         if not n:
             raise ConnectionResetError(f"{self.client.url} closed the connection")
         end += n
-        self.start = start + self.dec.feed_whole(memoryview(buf)[start:end])
+        self.start = start + self.dec.feed_whole(view[start:end])
         self.end = end
 
     def __del__(self) -> None:  # its thread ended: close quietly
@@ -261,22 +272,42 @@ class _Channel:
     def evaluate(self, request: EvalRequest, payload: bytes, t: float | None) -> EvalReply:
         client = self.client
         sid = next(self.ids)
-        frame = client._open_frame(request, payload, sid, self.enc)
+        if len(payload) > self.max_payload:
+            client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
+        frame = self.enc.encode_control(sid, payload)
         deadline = None if t is None else _monotonic() + t
         record: Any = None
         err: BaseException | None = None
         claim: Any = None
         self.busy = True
         try:
-            self._timeout(t)
-            self.sock.sendall(frame)
+            if t != self.tmo:
+                self._timeout(t)
+            sock = self.sock
+            sock.sendall(frame)
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
             source = self.source
             dec = self.dec
             limits = dec.limits
             first = True  # the first read waits up to t (the timeout set above)
-            while True:
+            taken = False
+            if self.start == self.end and not dec.pending and not dec.partial:
+                # Nothing held from an earlier read (the usual case): the
+                # first read's usual reply (START, one CHUNK of bytes, END)
+                # is taken from its bytes in one call (feed_reply, as
+                # _AsyncChannel's data_received takes it); anything else it
+                # holds is queued (a frame begun stays in the decoder: _fill
+                # goes on there) for the frame-by-frame path below.
+                n = sock.recv_into(self.view)
+                if not n:
+                    raise ConnectionResetError(f"{client.url} closed the connection")
+                first = False
+                r = dec.feed_reply(self.view[:n], limits)
+                if r is not None and r[0] == sid:
+                    record, source, claim = self._usual(parts, sid, r)
+                    taken = True
+            while not taken:
                 pending = dec.pending
                 if not pending:
                     if deadline is not None and not first:
