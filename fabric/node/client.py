@@ -11,7 +11,10 @@ a request in flight when the connection drops fails at once with
 with jitter, ``Backoff``: 0.05 s doubling to 5 s, or, for a node's links, given a
 ``PeerGovernor``, that governor's backoff for the peer, and never while its
 lists refuse the peer); while it is not connected a request fails at once, never
-silently retried. ``status`` is ``connected`` / ``reconnecting`` /
+silently retried. The one call sent again is one whose connection the node
+closed idle (``IdleTimeout``) before it read the call's open: never
+processed, it goes once more on a new connection (docs/spec/protocol.md
+section 6); a main link closed idle is made again at once. ``status`` is ``connected`` / ``reconnecting`` /
 ``disconnected``; a ``RelayFabric(client)`` (``client.relay()``) follows it.
 The blocking and loop connections are made again after a reconnect: a call
 never fails with the error of a connection that ended before it. From a
@@ -153,6 +156,28 @@ class _Call:
         self.draining = False  # close(drain=True) was sent
 
 
+class _IdleCut(FabricUnavailable):
+    """The node closed a call's connection idle (``IdleTimeout``) before it
+    had read the whole of the call's open: the call was never processed,
+    so it is sent again, once, on a new connection (docs/spec/protocol.md
+    section 6). ``received``: the bytes the node had read on it."""
+
+    def __init__(self, message: str, received: int):
+        super().__init__(message)
+        self.received = received
+
+
+def _ended(err: BaseException, url: str, sent: int) -> FabricUnavailable:
+    """The error of a call whose connection the node ended with ``err`` (an
+    ERROR on stream 0), the call's open ending at byte ``sent`` of what was
+    sent on it: ``_IdleCut`` if the node closed it idle having read fewer
+    bytes, else ``FabricUnavailable``."""
+    text = f"{url} ended the connection: {err}"
+    if isinstance(err, P.IdleTimeout) and err.received is not None and err.received < sent:
+        return _IdleCut(text, err.received)
+    return FabricUnavailable(text)
+
+
 class _Channel:
     """A blocking connection owned by one caller thread: a sync ``evaluate``
     does its whole round trip on the caller's thread (send the request, read
@@ -162,7 +187,7 @@ class _Channel:
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
                  "buf", "view", "start", "end", "tmo", "sources", "source", "session",
-                 "max_payload", "__weakref__")
+                 "max_payload", "sent", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
@@ -176,6 +201,7 @@ class _Channel:
         self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
+        self.sent = 0  # bytes sent on it (an idle cut says how many the node read)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
         try:
@@ -184,7 +210,7 @@ class _Channel:
                 sock = client.tls.wrap_socket(sock, server_hostname=client.host)
             self.sock = sock
             self.dec = FrameDecoder(P.node_limits(client.max_frame))
-            sock.sendall(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
+            self.send(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
                 node=client.node_id, max_frame=client.max_frame, window=client.window,
                 caps=[], token=client._token, proto=client.proto)))
             f = self._frame()
@@ -208,6 +234,35 @@ class _Channel:
             for f in self.dec:
                 return f
             self._fill()
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` whole (counted in ``sent``)."""
+        self.sent += len(data)
+        self.sock.sendall(data)
+
+    def _ended(self, f: Any) -> FabricUnavailable:
+        """The error of an ERROR on stream 0 read by a call (one at a time):
+        the node ended the connection. ``_IdleCut`` when it closed it idle
+        before it read the whole of the call's open (the call was never
+        processed: it may be sent again), else ``FabricUnavailable``."""
+        return _ended(P.error_from_payload(f.decode_payload(self.dec.limits), self.client.url),
+                      self.client.url, self.sent)
+
+    def _cut_under_send(self) -> _IdleCut | None:
+        """A send failed: ``_IdleCut`` when what the socket still holds is the
+        node's ERROR of an idle cut that read none of this call (the node
+        closed the connection idle before the call), else None."""
+        try:
+            self.sock.settimeout(0.0)
+            self.tmo = 0.0
+            while True:
+                for f in self.dec:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        exc = self._ended(f)
+                        return exc if isinstance(exc, _IdleCut) else None
+                self._fill()
+        except (OSError, FrameError, DecodeError, FabricError):
+            return None
 
     def _timeout(self, t: float | None) -> None:
         if t != self.tmo:  # settimeout is a system call: only when it changes
@@ -284,7 +339,14 @@ class _Channel:
             if t != self.tmo:
                 self._timeout(t)
             sock = self.sock
-            sock.sendall(frame)
+            self.sent += len(frame)
+            try:
+                sock.sendall(frame)
+            except OSError:  # the node closed it: idle (said so), or not
+                cut = self._cut_under_send()
+                if cut is not None:
+                    raise cut from None
+                raise
             client.stats_counters["requests"] += 1
             parts: list[bytes] = []
             source = self.source
@@ -328,8 +390,7 @@ class _Channel:
                 f = next(dec)
                 if f.stream_id != sid:
                     if f.stream_id == 0 and f.kind == FrameKind.ERROR:
-                        raise FabricUnavailable(f"{client.url} ended the connection: "
-                                                f"{P.error_from_payload(f.decode_payload(limits), client.url)}")
+                        raise self._ended(f)
                     continue  # PONG, or a frame of a call given up on
                 kind = f.kind
                 if kind == FrameKind.STREAM_CHUNK:
@@ -356,9 +417,11 @@ class _Channel:
             raise
         except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
             self.close()
-            client.stats_counters["failed_fast"] += 1
             if isinstance(exc, FabricUnavailable):
+                if not isinstance(exc, _IdleCut):  # (an idle cut's call is sent again)
+                    client.stats_counters["failed_fast"] += 1
                 raise
+            client.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"connection to {client.url} ({self.node}) was lost: "
                                     f"{exc}") from None
         finally:
@@ -403,7 +466,7 @@ class _Channel:
         self.busy = True
         try:
             self._timeout(t)
-            self.sock.sendall(frame)
+            self.send(frame)
         except OSError as exc:
             self.busy = False
             self.close()
@@ -451,8 +514,8 @@ class _BlockingStream:
         ch.client.stats_counters["grants_sent"] += 1
         self.grants_sent += 1
         self.tx_seq += 1
-        ch.sock.sendall(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
-                                            stream_id=self.sid))
+        ch.send(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
+                                    stream_id=self.sid))
 
     def __next__(self) -> tuple[int, Any]:
         if self.finished:
@@ -533,7 +596,7 @@ class _BlockingStream:
         if not ch.dead:  # sent while the channel is still this stream's (busy)
             try:
                 self.tx_seq += 1
-                ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
+                ch.send(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
             except OSError:
                 ch.close()
         self._finish()
@@ -546,7 +609,7 @@ class _BlockingStream:
         self.draining = True
         self.tx_seq += 1
         try:
-            self.ch.sock.sendall(StreamControl.close(self.sid).to_frame(_OPEN).encode())
+            self.ch.send(StreamControl.close(self.sid).to_frame(_OPEN).encode())
         except OSError as exc:
             self._finish()
             self.ch.close()
@@ -594,9 +657,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.up = False  # the handshake is done (ready has its result)
         self.live = False  # up and not dead (aevaluate's one check): set with them
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        # sid -> [future, parts (() until the first chunk), source, deadline]
+        # sid -> [future, parts (() until the first chunk), source, deadline,
+        #         the byte of what was sent on the channel its open ends at]
         self.calls: dict[int, list[Any]] = {}
         self.ids = itertools.count(1)
+        self.sent = 0  # bytes sent on it (an idle cut says how many the node read)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
@@ -673,9 +738,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def _hello(self) -> None:
         c = self.client
-        self.transport.write(self.enc.encode_value(  # type: ignore[union-attr]
-            FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
-                                     caps=[], token=c._token, proto=c.proto)))
+        data = self.enc.encode_value(FrameKind.HELLO, P.hello(
+            node=c.node_id, max_frame=c.max_frame, window=c.window, caps=[], token=c._token,
+            proto=c.proto))
+        self.sent += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buf
@@ -766,7 +833,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 else:
                     self._frame(f)
         except Exception as exc:  # a broken stream or a refusal: the channel ends
-            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
+            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done()
+                       or isinstance(exc, _IdleCut) else
                        FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
 
     def _source_of(self, start: Any, key: bytes) -> str:
@@ -820,8 +888,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
-                why = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
-                raise FabricUnavailable(f"{self.client.url} ended the connection: {why}")
+                raise _ended(P.error_from_payload(f.decode_payload(limits), f"node {self.node}"),
+                             self.client.url, self.sent)
             return
         call = self.calls.get(sid)
         if call is None:
@@ -863,6 +931,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                                                            f"node {self.node}"))
 
     def _fail(self, exc: BaseException) -> None:
+        """The channel ends with ``exc``: its calls fail with it. An idle cut
+        (``_IdleCut``) fails with it only the calls whose open the node had
+        not read whole (``aevaluate`` sends them again); the others get a
+        ``FabricUnavailable`` that says so."""
         self.live = False
         self.dead = True
         if not self.ready.done():
@@ -871,8 +943,15 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         calls, self.calls = self.calls, {}
         for call in calls.values():
             if not call[0].done():
+                if isinstance(exc, _IdleCut):
+                    if call[4] > exc.received:
+                        call[0].set_exception(_IdleCut(str(exc), exc.received))
+                        continue
+                    call[0].set_exception(FabricUnavailable(
+                        f"connection to {self.client.url} ended: {exc}"))
+                else:
+                    call[0].set_exception(exc)
                 self.client.stats_counters["failed_fast"] += 1
-                call[0].set_exception(exc)
         d, self.drained = self.drained, None
         if d is not None and not d.done():  # the calls waiting to be sent fail too
             d.set_exception(exc)
@@ -926,7 +1005,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             deadline = _monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
-        self.calls[sid] = [fut, (), self.source, deadline]  # parts: a list from the first
+        self.sent = sent = self.sent + len(frame)
+        self.calls[sid] = [fut, (), self.source, deadline, sent]  # parts: a list from the first
         self.transport.write(frame)  # type: ignore[union-attr]
         self.client.stats_counters["requests"] += 1
         return sid, fut
@@ -934,8 +1014,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def gave_up(self, sid: int) -> None:
         """A call's waiter timed out or was cancelled: the node is told."""
         if self.calls.pop(sid, None) is not None and not self.dead:
-            self.transport.write(  # type: ignore[union-attr]
-                StreamControl.cancel(sid).to_frame(_OPEN).encode())
+            data = StreamControl.cancel(sid).to_frame(_OPEN).encode()
+            self.sent += len(data)
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _watch(self, at: float) -> None:
         """Watch the earliest deadline (``time.monotonic()``) from the client's
@@ -1085,6 +1166,16 @@ def _end_claim(f: Any, limits: Any) -> Any:
     return body.get("claim") if isinstance(body, dict) else None
 
 
+def _gave_up(ch: _AsyncChannel, sid: int, exc: BaseException, request: EvalRequest,
+             t: float | None) -> BaseException:
+    """An ``aevaluate`` whose wait ended with ``exc`` (the channel's watchdog's
+    timeout, or a cancel): the node is told; the error to raise."""
+    ch.gave_up(sid)
+    if isinstance(exc, asyncio.TimeoutError):
+        return DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} within {t} s")
+    return exc
+
+
 def _claimed(reply: EvalReply, raw: Any) -> EvalReply:
     """The reply, with the claim its node sent attached (``.claim``)."""
     return reply if raw is None else attach(reply, from_wire(raw))
@@ -1231,7 +1322,7 @@ class NodeClient:
         self._last_achannel: _AsyncChannel | None = None
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0, "dials": 0, "handshakes": 0,
-                               "backpressure_waits": 0}
+                               "backpressure_waits": 0, "idle_redials": 0}
         _LoopThread.clients.add(self)
         #: The reconnect schedule without a governor.
         self.backoff = Backoff()
@@ -1262,12 +1353,15 @@ class NodeClient:
             self.stats_counters["dials"] += 1
             shook = self.stats_counters["handshakes"]
             what = None
-            refused = False
+            refused = idle = False
             try:
                 await self._session()
             except _Refused as exc:  # the lists refuse its node id: not a failure
                 log.info("connection to %s closed: %s", self.url, exc)
                 refused = True
+            except P.IdleTimeout as exc:  # nothing was sent on it for the node's idle_timeout
+                log.debug("connection to %s closed idle: %s", self.url, exc)
+                idle = True
             except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
                     ssl.SSLError) as exc:
                 if first and not self._first.done():
@@ -1302,6 +1396,12 @@ class NodeClient:
                 continue  # waits in _wait_admitted until the lists change
             if self._closed or not self.reconnect:
                 break
+            if idle:
+                # Not a failure of the peer: the link is made again at once,
+                # its status kept (a call meanwhile goes by its own connection);
+                # if the dial fails, that failure is the link's.
+                self.stats_counters["idle_redials"] += 1
+                continue
             self._set_status("reconnecting")
             self.stats_counters["reconnects"] += 1
             if gov is None:
@@ -1718,7 +1818,16 @@ class NodeClient:
         t, payload = self._prepare(request, grants, timeout)
         ch = self._channel(t)
         if ch is not None:
-            return ch.evaluate(request, payload, t)
+            try:
+                return ch.evaluate(request, payload, t)
+            except _IdleCut:  # the node closed it idle before it read this call: once more
+                ch = self._channel(t)
+                if ch is not None:
+                    try:
+                        return ch.evaluate(request, payload, t)
+                    except _IdleCut as exc:
+                        self.stats_counters["failed_fast"] += 1
+                        raise FabricUnavailable(str(exc)) from None
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, payload, t),
                                                self._loop)
         try:
@@ -1756,14 +1865,35 @@ class NodeClient:
         sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
-        except asyncio.TimeoutError:  # the channel's watchdog
-            ch.gave_up(sid)
-            raise DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} "
-                                   f"within {t} s") from None
-        except asyncio.CancelledError:
-            ch.gave_up(sid)
-            raise
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            raise _gave_up(ch, sid, exc, request, t) from None
+        except _IdleCut:  # the node closed it idle before it read this call
+            return await self._aevaluate_again(request, payload, t)
         # replies.reply_from_record without its wrapper (an EvalReply of replies')
+        reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
+            record, request.key, source)
+        return reply if claim is None else _claimed(reply, claim)
+
+    async def _aevaluate_again(self, request: EvalRequest, payload: bytes,
+                               t: float | None) -> EvalReply:
+        """``aevaluate``'s call, sent once more on a new connection of the
+        running loop: the node closed the last one idle before it read the
+        call (never processed). A second such cut is ``FabricUnavailable``."""
+        loop = _running_loop()
+        ch = self._achannels.get(loop)
+        if ch is None or ch.dead or not ch.up or ch.session != self.sessions:
+            ch = await self._achannel(loop, t)
+        self._last_achannel = ch
+        if ch.paused:
+            await self._backpressure(ch, request, t)
+        sid, fut = ch.send(request, payload, t)
+        try:
+            record, source, claim = await fut
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            raise _gave_up(ch, sid, exc, request, t) from None
+        except _IdleCut as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(str(exc)) from None
         reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
             record, request.key, source)
         return reply if claim is None else _claimed(reply, claim)
@@ -1956,7 +2086,8 @@ class NodeClient:
     def stats(self) -> dict[str, Any]:
         """Counters: requests, reconnects, calls failed fast, credit grants
         sent, calls that waited for a loop's connection to take them
-        (``backpressure_waits``)."""
+        (``backpressure_waits``), main links made again after the node
+        closed them idle (``idle_redials``)."""
         return dict(self.stats_counters, status=self.status, in_flight=len(self._calls))
 
     def __enter__(self) -> "NodeClient":
