@@ -17,7 +17,7 @@ from fabric.node import NodeLimits, connect
 from fabric.node import protocol as P
 from fabric.node.client import _IdleCut, _ended
 
-IDLE = 0.3
+IDLE = 1.0  # seconds: a margin over the Pinger's turns on a loaded machine
 computed = []
 
 
@@ -54,7 +54,7 @@ def _idle_cuts(n, k):
     wait_for(lambda: n.stats().get("idle_timeouts", 0) >= k, f"{k} idle cuts")
 
 
-def test_the_idle_error_says_how_many_bytes_the_node_read():
+def test_the_idle_error_says_how_many_frames_the_node_read():
     exc = P.IdleTimeout("idle for 0.5 s", 1234)
     body = P.error_payload(exc)
     assert body == {"kind": "IdleTimeout", "message": "idle for 0.5 s", "received": 1234}
@@ -68,10 +68,10 @@ def test_the_idle_error_says_how_many_bytes_the_node_read():
     assert type(_ended(old, "u", 10)) is fabric.FabricUnavailable
 
 
-def test_a_call_is_sent_again_only_if_its_open_was_not_read_whole():
+def test_a_call_is_sent_again_only_if_its_open_was_not_read():
     cut = P.IdleTimeout("idle", 100)
-    assert isinstance(_ended(cut, "u", 101), _IdleCut)  # its last byte unread
-    assert type(_ended(cut, "u", 100)) is fabric.FabricUnavailable  # read whole
+    assert isinstance(_ended(cut, "u", 101), _IdleCut)  # its open is frame 101: unread
+    assert type(_ended(cut, "u", 100)) is fabric.FabricUnavailable  # frame 100: read
     assert type(_ended(P.IdleTimeout("idle"), "u", 101)) is fabric.FabricUnavailable
 
 
@@ -143,7 +143,7 @@ def test_a_call_the_node_read_before_closing_idle_is_not_sent_again(node):
     n = node(limits=NodeLimits(idle_timeout=IDLE))
     try:
         with connect(n.url, timeout=30) as c:
-            with pytest.raises(fabric.FabricUnavailable, match="idle for 0.3 s") as ei:
+            with pytest.raises(fabric.FabricUnavailable, match="idle for 1.0 s") as ei:
                 c.evaluate(wait.request(1))
             assert not isinstance(ei.value, _IdleCut)
     finally:

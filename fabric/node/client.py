@@ -157,23 +157,25 @@ class _Call:
 
 
 class _IdleCut(FabricUnavailable):
-    """The node closed a call's connection idle (``IdleTimeout``) before it
-    had read the whole of the call's open: the call was never processed,
-    so it is sent again, once, on a new connection (docs/spec/protocol.md
-    section 6). ``received``: the bytes the node had read on it."""
+    """The node closed a connection idle (``IdleTimeout``) and said how many
+    frames it had read on it (``received``): a call whose open is a later
+    frame was never processed, so it is sent again, once, on a new
+    connection (docs/spec/protocol.md section 6)."""
 
     def __init__(self, message: str, received: int):
         super().__init__(message)
         self.received = received
 
 
-def _ended(err: BaseException, url: str, sent: int) -> FabricUnavailable:
+def _ended(err: BaseException, url: str, frame: int | None) -> FabricUnavailable:
     """The error of a call whose connection the node ended with ``err`` (an
-    ERROR on stream 0), the call's open ending at byte ``sent`` of what was
-    sent on it: ``_IdleCut`` if the node closed it idle having read fewer
-    bytes, else ``FabricUnavailable``."""
+    ERROR on stream 0), the call's open being at least the ``frame``-th
+    frame sent on it (the HELLO the first): ``_IdleCut`` if the node closed
+    it idle having read fewer frames (``frame`` None: having said how many,
+    the caller decides per call), else ``FabricUnavailable``."""
     text = f"{url} ended the connection: {err}"
-    if isinstance(err, P.IdleTimeout) and err.received is not None and err.received < sent:
+    if isinstance(err, P.IdleTimeout) and err.received is not None and (
+            frame is None or err.received < frame):
         return _IdleCut(text, err.received)
     return FabricUnavailable(text)
 
@@ -201,7 +203,7 @@ class _Channel:
         self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        self.sent = 0  # bytes sent on it (an idle cut says how many the node read)
+        self.sent = 0  # frames sent on it (an idle cut says how many the node read)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
         try:
@@ -235,16 +237,16 @@ class _Channel:
                 return f
             self._fill()
 
-    def send(self, data: bytes) -> None:
-        """Send ``data`` whole (counted in ``sent``)."""
-        self.sent += len(data)
-        self.sock.sendall(data)
+    def send(self, frame: bytes) -> None:
+        """Send one frame whole (counted in ``sent``)."""
+        self.sent += 1
+        self.sock.sendall(frame)
 
     def _ended(self, f: Any) -> FabricUnavailable:
-        """The error of an ERROR on stream 0 read by a call (one at a time):
-        the node ended the connection. ``_IdleCut`` when it closed it idle
-        before it read the whole of the call's open (the call was never
-        processed: it may be sent again), else ``FabricUnavailable``."""
+        """The error of an ERROR on stream 0 read by a call (one at a time,
+        its open the last frame sent): the node ended the connection.
+        ``_IdleCut`` when it closed it idle before it read the call's open
+        (never processed: it may be sent again), else ``FabricUnavailable``."""
         return _ended(P.error_from_payload(f.decode_payload(self.dec.limits), self.client.url),
                       self.client.url, self.sent)
 
@@ -339,7 +341,7 @@ class _Channel:
             if t != self.tmo:
                 self._timeout(t)
             sock = self.sock
-            self.sent += len(frame)
+            self.sent += 1
             try:
                 sock.sendall(frame)
             except OSError:  # the node closed it: idle (said so), or not
@@ -657,11 +659,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.up = False  # the handshake is done (ready has its result)
         self.live = False  # up and not dead (aevaluate's one check): set with them
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        # sid -> [future, parts (() until the first chunk), source, deadline,
-        #         the byte of what was sent on the channel its open ends at]
+        # sid -> [future, parts (() until the first chunk), source, deadline]
         self.calls: dict[int, list[Any]] = {}
         self.ids = itertools.count(1)
-        self.sent = 0  # bytes sent on it (an idle cut says how many the node read)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
         self.buf = memoryview(bytearray(1 << 16))
@@ -738,11 +738,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
 
     def _hello(self) -> None:
         c = self.client
-        data = self.enc.encode_value(FrameKind.HELLO, P.hello(
-            node=c.node_id, max_frame=c.max_frame, window=c.window, caps=[], token=c._token,
-            proto=c.proto))
-        self.sent += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(self.enc.encode_value(  # type: ignore[union-attr]
+            FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
+                                     caps=[], token=c._token, proto=c.proto)))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buf
@@ -889,7 +887,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         if sid == 0:
             if kind == FrameKind.ERROR:
                 raise _ended(P.error_from_payload(f.decode_payload(limits), f"node {self.node}"),
-                             self.client.url, self.sent)
+                             self.client.url, None)  # (_fail decides per call)
             return
         call = self.calls.get(sid)
         if call is None:
@@ -933,18 +931,21 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def _fail(self, exc: BaseException) -> None:
         """The channel ends with ``exc``: its calls fail with it. An idle cut
         (``_IdleCut``) fails with it only the calls whose open the node had
-        not read whole (``aevaluate`` sends them again); the others get a
-        ``FabricUnavailable`` that says so."""
+        not read (``aevaluate`` sends them again); the others get a
+        ``FabricUnavailable`` that says so. The open of the call on stream
+        ``sid`` is at least frame ``sid + 1`` sent on the channel (its HELLO,
+        the opens of streams 1 to ``sid``, and any cancel before it): fewer
+        frames read, it was not read."""
         self.live = False
         self.dead = True
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()
         calls, self.calls = self.calls, {}
-        for call in calls.values():
+        for sid, call in calls.items():
             if not call[0].done():
                 if isinstance(exc, _IdleCut):
-                    if call[4] > exc.received:
+                    if exc.received < sid + 1:
                         call[0].set_exception(_IdleCut(str(exc), exc.received))
                         continue
                     call[0].set_exception(FabricUnavailable(
@@ -1005,8 +1006,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             deadline = _monotonic() + t
             if self.watch_at is None or deadline < self.watch_at:
                 self._watch(deadline)
-        self.sent = sent = self.sent + len(frame)
-        self.calls[sid] = [fut, (), self.source, deadline, sent]  # parts: a list from the first
+        self.calls[sid] = [fut, (), self.source, deadline]  # parts: a list from the first
         self.transport.write(frame)  # type: ignore[union-attr]
         self.client.stats_counters["requests"] += 1
         return sid, fut
@@ -1014,9 +1014,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     def gave_up(self, sid: int) -> None:
         """A call's waiter timed out or was cancelled: the node is told."""
         if self.calls.pop(sid, None) is not None and not self.dead:
-            data = StreamControl.cancel(sid).to_frame(_OPEN).encode()
-            self.sent += len(data)
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(  # type: ignore[union-attr]
+                StreamControl.cancel(sid).to_frame(_OPEN).encode())
 
     def _watch(self, at: float) -> None:
         """Watch the earliest deadline (``time.monotonic()``) from the client's

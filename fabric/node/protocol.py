@@ -76,10 +76,10 @@ class VersionMismatch(ProtocolError):
 
 class IdleTimeout(ProtocolError):
     """The node closed a connection that sent nothing for its ``idle_timeout``
-    (docs/spec/protocol.md section 6). ``received``: the bytes the node had
-    read on that connection when it closed it (None when the ERROR did not
-    say): a request whose frame ends past them was never read, so never
-    processed."""
+    (docs/spec/protocol.md section 6). ``received``: the frames the node had
+    read on that connection when it closed it, its HELLO included (None
+    when the ERROR did not say): a request whose open came later was never
+    read, so never processed."""
 
     def __init__(self, message: str, received: int | None = None):
         super().__init__(message)
