@@ -333,9 +333,6 @@ class _Channel:
             client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
         frame = self.enc.encode_control(sid, payload)
         deadline = None if t is None else _monotonic() + t
-        record: Any = None
-        err: BaseException | None = None
-        claim: Any = None
         self.busy = True
         try:
             if t != self.tmo:
@@ -350,66 +347,24 @@ class _Channel:
                     raise cut from None
                 raise
             client.stats_counters["requests"] += 1
-            parts: list[bytes] = []
-            source = self.source
             dec = self.dec
-            limits = dec.limits
-            first = True  # the first read waits up to t (the timeout set above)
-            taken = False
             if self.start == self.end and not dec.pending and not dec.partial:
                 # Nothing held from an earlier read (the usual case): the
                 # first read's usual reply (START, one CHUNK of bytes, END)
                 # is taken from its bytes in one call (feed_reply, as
                 # _AsyncChannel's data_received takes it); anything else it
                 # holds is queued (a frame begun stays in the decoder: _fill
-                # goes on there) for the frame-by-frame path below.
+                # goes on there) for the frame-by-frame path (_rest).
                 n = sock.recv_into(self.view)
                 if not n:
                     raise ConnectionResetError(f"{client.url} closed the connection")
-                first = False
-                r = dec.feed_reply(self.view[:n], limits)
+                r = dec.feed_reply(self.view[:n], dec.limits)
                 if r is not None and r[0] == sid:
-                    record, source, claim = self._usual(parts, sid, r)
-                    taken = True
-            while not taken:
-                pending = dec.pending
-                if not pending:
-                    if deadline is not None and not first:
-                        self._timeout(max(1e-3, deadline - _monotonic()))
-                    first = False
-                    self._fill()
-                    continue
-                if pending >= 3:
-                    # The usual reply (START, one CHUNK of bytes, END: seq 0,
-                    # 1, 2) is taken in one call, as _AsyncChannel's
-                    # data_received does; anything else frame by frame below.
-                    r = dec.take_reply(limits)
-                    if r is not None:
-                        if r[0] != sid:
-                            continue  # a call given up on
-                        record, source, claim = self._usual(parts, sid, r)
-                        break
-                f = next(dec)
-                if f.stream_id != sid:
-                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
-                        raise self._ended(f)
-                    continue  # PONG, or a frame of a call given up on
-                kind = f.kind
-                if kind == FrameKind.STREAM_CHUNK:
-                    _in_order(f, len(parts) + 1, self.node)
-                    parts.append(bytes(f.decode_payload(limits)))
-                elif kind == FrameKind.STREAM_START:
-                    source = _source(f.decode_payload(limits), self.node)
-                elif kind == FrameKind.STREAM_END:
-                    _in_order(f, len(parts) + 1, self.node)
-                    data = parts[0] if len(parts) == 1 else b"".join(parts)
-                    _complete(f.decode_payload(limits), len(parts), len(data), self.node)
-                    record = unpack(data)
-                    claim = _end_claim(f, limits)
-                    break
-                elif kind == FrameKind.ERROR:
-                    err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
-                    break
+                    record, source, claim = self._usual((), sid, r)
+                else:
+                    record, source, claim = self._rest(sid, deadline, False)
+            else:
+                record, source, claim = self._rest(sid, deadline, True)
         except socket.timeout:
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
@@ -428,13 +383,59 @@ class _Channel:
                                     f"{exc}") from None
         finally:
             self.busy = False
-        if err is not None:
-            raise err
+        if source is None:  # the node's ERROR on the call's stream (claim)
+            raise claim
         reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
             record, request.key, source)  # replies.reply_from_record, without its wrapper
         return reply if claim is None else _claimed(reply, claim)
 
-    def _usual(self, parts: list[bytes], sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
+    def _rest(self, sid: int, deadline: float | None, first: bool) -> tuple[Any, Any, Any]:
+        """The reply of the call on ``sid`` frame by frame, reading until it
+        ends (``first``: the next read is the call's first, which waits up to
+        its timeout as set; later ones up to ``deadline``): its (record,
+        source, claim), or (None, None, the error) for an ERROR on its stream."""
+        parts: list[bytes] = []
+        source = self.source
+        dec = self.dec
+        limits = dec.limits
+        while True:
+            pending = dec.pending
+            if not pending:
+                if deadline is not None and not first:
+                    self._timeout(max(1e-3, deadline - _monotonic()))
+                first = False
+                self._fill()
+                continue
+            if pending >= 3:
+                # The usual reply (START, one CHUNK of bytes, END: seq 0,
+                # 1, 2) is taken in one call, as _AsyncChannel's
+                # data_received does; anything else frame by frame below.
+                r = dec.take_reply(limits)
+                if r is not None:
+                    if r[0] != sid:
+                        continue  # a call given up on
+                    return self._usual(parts, sid, r)
+            f = next(dec)
+            if f.stream_id != sid:
+                if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                    raise self._ended(f)
+                continue  # PONG, or a frame of a call given up on
+            kind = f.kind
+            if kind == FrameKind.STREAM_CHUNK:
+                _in_order(f, len(parts) + 1, self.node)
+                parts.append(bytes(f.decode_payload(limits)))
+            elif kind == FrameKind.STREAM_START:
+                source = _source(f.decode_payload(limits), self.node)
+            elif kind == FrameKind.STREAM_END:
+                _in_order(f, len(parts) + 1, self.node)
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+                return unpack(data), source, _end_claim(f, limits)
+            elif kind == FrameKind.ERROR:
+                return None, None, P.error_from_payload(f.decode_payload(limits),
+                                                        f"node {self.node}")
+
+    def _usual(self, parts: Any, sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
         """A reply taken whole (``FrameDecoder.take_reply``): its (record,
         source, claim), checked as the frame-by-frame path checks it."""
         _sid, start, skey, data, end, ekey = r
