@@ -1,13 +1,15 @@
 """Instructions per remote hit of a new request (issue 13), by callgrind:
 the client process, or the node process, alone.
 
-    PYTHONPATH=. python -P bench/net_callgrind.py client|node [--calls 2000,4000]
+    PYTHONPATH=. python -P bench/net_callgrind.py client|sync|node [--calls 2000,4000]
     PYTHONPATH=. python -P bench/net_callgrind.py hit [--calls 3000]
 
 A node process on asyncio's own loop (``bench/net.py --serve-node``) holds
 1,000 requests; a client process awaits ``aevaluate`` of them in turn (200
 calls first, then N), on asyncio's own loop. ``client``: the client runs
-under ``valgrind --tool=callgrind``; ``node``: the node does. Each side is
+under ``valgrind --tool=callgrind``; ``sync``: the same with sync
+``evaluate`` calls (the client's blocking channel, no event loop);
+``node``: the node does. Each side is
 run for two N and the difference of the totals, divided by the difference
 of N, is its instructions a call: start-up, imports and the holding of the
 1,000 requests cancel out. Load-independent, so the figure to compare code
@@ -62,14 +64,21 @@ def drive(side, n, out):
         for r in many:
             c.evaluate(r)  # held from now on
 
-        async def run():
+        if side == "sync":
             for r in many[:200]:
-                await c.aevaluate(r)
+                c.evaluate(r)
             it = itertools.cycle(many)
             for _ in range(n):
-                await c.aevaluate(next(it))
+                c.evaluate(next(it))
+        else:
+            async def run():
+                for r in many[:200]:
+                    await c.aevaluate(r)
+                it = itertools.cycle(many)
+                for _ in range(n):
+                    await c.aevaluate(next(it))
 
-        asyncio.run(run())
+            asyncio.run(run())
         c.close()
     finally:
         net.stop(p)
@@ -154,7 +163,7 @@ def total(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("side", choices=("client", "node", "hit"))
+    ap.add_argument("side", choices=("client", "sync", "node", "hit"))
     ap.add_argument("--calls", default=None)
     ap.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -182,7 +191,7 @@ def main():
         out = os.path.join(tmp, f"{a.side}.{n}.out")
         cmd = [sys.executable, "-P", os.path.abspath(__file__), a.side, "--drive", str(n),
                "--out", out]
-        if a.side == "client":
+        if a.side in ("client", "sync"):
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)

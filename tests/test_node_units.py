@@ -224,6 +224,8 @@ def golden_frames():
         "gossip_pull": enc.encode_value(FrameKind.GOSSIP, {"pull": 0}),
         "error": enc.encode_value(FrameKind.ERROR, P.error_payload(
             fabric.ContentNotHeld("node 'a' does not hold it")), stream_id=1),
+        "error_idle": enc.encode_value(FrameKind.ERROR, P.error_payload(
+            P.IdleTimeout("idle for 300.0 s", 1234))),
     }
 
 

@@ -11,7 +11,10 @@ a request in flight when the connection drops fails at once with
 with jitter, ``Backoff``: 0.05 s doubling to 5 s, or, for a node's links, given a
 ``PeerGovernor``, that governor's backoff for the peer, and never while its
 lists refuse the peer); while it is not connected a request fails at once, never
-silently retried. ``status`` is ``connected`` / ``reconnecting`` /
+silently retried. The one call sent again is one whose connection the node
+closed idle (``IdleTimeout``) before it read the call's open: never
+processed, it goes once more on a new connection (docs/spec/protocol.md
+section 6); a main link closed idle is made again at once. ``status`` is ``connected`` / ``reconnecting`` /
 ``disconnected``; a ``RelayFabric(client)`` (``client.relay()``) follows it.
 The blocking and loop connections are made again after a reconnect: a call
 never fails with the error of a connection that ended before it. From a
@@ -153,6 +156,30 @@ class _Call:
         self.draining = False  # close(drain=True) was sent
 
 
+class _IdleCut(FabricUnavailable):
+    """The node closed a connection idle (``IdleTimeout``) and said how many
+    frames it had read on it (``received``): a call whose open is a later
+    frame was never processed, so it is sent again, once, on a new
+    connection (docs/spec/protocol.md section 6)."""
+
+    def __init__(self, message: str, received: int):
+        super().__init__(message)
+        self.received = received
+
+
+def _ended(err: BaseException, url: str, frame: int | None) -> FabricUnavailable:
+    """The error of a call whose connection the node ended with ``err`` (an
+    ERROR on stream 0), the call's open being at least the ``frame``-th
+    frame sent on it (the HELLO the first): ``_IdleCut`` if the node closed
+    it idle having read fewer frames (``frame`` None: having said how many,
+    the caller decides per call), else ``FabricUnavailable``."""
+    text = f"{url} ended the connection: {err}"
+    if isinstance(err, P.IdleTimeout) and err.received is not None and (
+            frame is None or err.received < frame):
+        return _IdleCut(text, err.received)
+    return FabricUnavailable(text)
+
+
 class _Channel:
     """A blocking connection owned by one caller thread: a sync ``evaluate``
     does its whole round trip on the caller's thread (send the request, read
@@ -161,19 +188,22 @@ class _Channel:
     it is busy, and gossip, use the client's main connection)."""
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
-                 "buf", "start", "end", "tmo", "sources", "source", "session", "__weakref__")
+                 "buf", "view", "start", "end", "tmo", "sources", "source", "session",
+                 "max_payload", "sent", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
         self.session = client.sessions  # made while this session of the main link was up
         self.busy = False
         self.dead = False
-        self.buf: bytearray | None = None
+        self.buf = bytearray(_READ)
+        self.view = memoryview(self.buf)  # (made again when buf grows)
         self.start = self.end = 0  # buf[start:end]: read, not yet a whole frame
         self.window = 0
         self.tmo: float | None = -1.0  # the socket's timeout (set when it changes)
         self.ids = itertools.count(1)
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
+        self.sent = 0  # frames sent on it (an idle cut says how many the node read)
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
         try:
@@ -182,7 +212,7 @@ class _Channel:
                 sock = client.tls.wrap_socket(sock, server_hostname=client.host)
             self.sock = sock
             self.dec = FrameDecoder(P.node_limits(client.max_frame))
-            sock.sendall(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
+            self.send(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
                 node=client.node_id, max_frame=client.max_frame, window=client.window,
                 caps=[], token=client._token, proto=client.proto)))
             f = self._frame()
@@ -196,6 +226,7 @@ class _Channel:
             self.source = f"peer:{self.node}"  # a reply's source unless its START names one
             self.window = body["window"]
             self.enc = P.encoder(min(client.max_frame, body["max_frame"]))
+            self.max_payload = self.enc.limits.max_frame_payload_bytes  # of enc, kept with it
         except BaseException:
             sock.close()
             raise
@@ -205,6 +236,35 @@ class _Channel:
             for f in self.dec:
                 return f
             self._fill()
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame whole (counted in ``sent``)."""
+        self.sent += 1
+        self.sock.sendall(frame)
+
+    def _ended(self, f: Any) -> FabricUnavailable:
+        """The error of an ERROR on stream 0 read by a call (one at a time,
+        its open the last frame sent): the node ended the connection.
+        ``_IdleCut`` when it closed it idle before it read the call's open
+        (never processed: it may be sent again), else ``FabricUnavailable``."""
+        return _ended(P.error_from_payload(f.decode_payload(self.dec.limits), self.client.url),
+                      self.client.url, self.sent)
+
+    def _cut_under_send(self) -> _IdleCut | None:
+        """A send failed: ``_IdleCut`` when what the socket still holds is the
+        node's ERROR of an idle cut that read none of this call (the node
+        closed the connection idle before the call), else None."""
+        try:
+            self.sock.settimeout(0.0)
+            self.tmo = 0.0
+            while True:
+                for f in self.dec:
+                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                        exc = self._ended(f)
+                        return exc if isinstance(exc, _IdleCut) else None
+                self._fill()
+        except (OSError, FrameError, DecodeError, FabricError):
+            return None
 
     def _timeout(self, t: float | None) -> None:
         if t != self.tmo:  # settimeout is a system call: only when it changes
@@ -219,11 +279,17 @@ class _Channel:
         frames are used up before the next read (this is only called when
         the decoder has none left), so the buffer can be read into again.
         It grows to four times the largest frame seen (whose header the
-        decoder has checked, so at most four of the agreed largest frame)."""
+        decoder has checked, so at most four of the agreed largest frame).
+        A frame begun in a read that ``evaluate`` gave to ``feed_reply`` is
+        held by the decoder itself: the reads go on there until it ends."""
+        if self.dec.partial:
+            n = self.sock.recv_into(self.view)
+            if not n:
+                raise ConnectionResetError(f"{self.client.url} closed the connection")
+            self.dec.feed(self.view[:n])  # (copies what it keeps: the buffer is free)
+            return
         buf, start, end = self.buf, self.start, self.end
-        if buf is None:
-            buf = self.buf = bytearray(_READ)
-        elif start == end:
+        if start == end:
             start = end = 0
         else:
             need = _HEADER
@@ -233,16 +299,18 @@ class _Channel:
                 grown = bytearray(4 * need)
                 grown[:end - start] = memoryview(buf)[start:end]
                 buf = self.buf = grown
+                self.view = memoryview(grown)
                 start, end = 0, end - start
             elif start + need > len(buf) or len(buf) - end < _READ // 4:
-                view = memoryview(buf)
+                view = self.view
                 view[:end - start] = view[start:end]
                 start, end = 0, end - start
-        n = self.sock.recv_into(memoryview(buf)[end:])
+        view = self.view
+        n = self.sock.recv_into(view[end:] if end else view)
         if not n:
             raise ConnectionResetError(f"{self.client.url} closed the connection")
         end += n
-        self.start = start + self.dec.feed_whole(memoryview(buf)[start:end])
+        self.start = start + self.dec.feed_whole(view[start:end])
         self.end = end
 
     def __del__(self) -> None:  # its thread ended: close quietly
@@ -261,61 +329,42 @@ class _Channel:
     def evaluate(self, request: EvalRequest, payload: bytes, t: float | None) -> EvalReply:
         client = self.client
         sid = next(self.ids)
-        frame = client._open_frame(request, payload, sid, self.enc)
+        if len(payload) > self.max_payload:
+            client._open_frame(request, payload, sid, self.enc)  # raises LimitExceeded
+        frame = self.enc.encode_control(sid, payload)
         deadline = None if t is None else _monotonic() + t
-        record: Any = None
-        err: BaseException | None = None
-        claim: Any = None
         self.busy = True
         try:
-            self._timeout(t)
-            self.sock.sendall(frame)
+            if t != self.tmo:
+                self._timeout(t)
+            sock = self.sock
+            self.sent += 1
+            try:
+                sock.sendall(frame)
+            except OSError:  # the node closed it: idle (said so), or not
+                cut = self._cut_under_send()
+                if cut is not None:
+                    raise cut from None
+                raise
             client.stats_counters["requests"] += 1
-            parts: list[bytes] = []
-            source = self.source
             dec = self.dec
-            limits = dec.limits
-            first = True  # the first read waits up to t (the timeout set above)
-            while True:
-                pending = dec.pending
-                if not pending:
-                    if deadline is not None and not first:
-                        self._timeout(max(1e-3, deadline - _monotonic()))
-                    first = False
-                    self._fill()
-                    continue
-                if pending >= 3:
-                    # The usual reply (START, one CHUNK of bytes, END: seq 0,
-                    # 1, 2) is taken in one call, as _AsyncChannel's
-                    # data_received does; anything else frame by frame below.
-                    r = dec.take_reply(limits)
-                    if r is not None:
-                        if r[0] != sid:
-                            continue  # a call given up on
-                        record, source, claim = self._usual(parts, sid, r)
-                        break
-                f = next(dec)
-                if f.stream_id != sid:
-                    if f.stream_id == 0 and f.kind == FrameKind.ERROR:
-                        raise FabricUnavailable(f"{client.url} ended the connection: "
-                                                f"{P.error_from_payload(f.decode_payload(limits), client.url)}")
-                    continue  # PONG, or a frame of a call given up on
-                kind = f.kind
-                if kind == FrameKind.STREAM_CHUNK:
-                    _in_order(f, len(parts) + 1, self.node)
-                    parts.append(bytes(f.decode_payload(limits)))
-                elif kind == FrameKind.STREAM_START:
-                    source = _source(f.decode_payload(limits), self.node)
-                elif kind == FrameKind.STREAM_END:
-                    _in_order(f, len(parts) + 1, self.node)
-                    data = parts[0] if len(parts) == 1 else b"".join(parts)
-                    _complete(f.decode_payload(limits), len(parts), len(data), self.node)
-                    record = unpack(data)
-                    claim = _end_claim(f, limits)
-                    break
-                elif kind == FrameKind.ERROR:
-                    err = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
-                    break
+            if self.start == self.end and not dec.pending and not dec.partial:
+                # Nothing held from an earlier read (the usual case): the
+                # first read's usual reply (START, one CHUNK of bytes, END)
+                # is taken from its bytes in one call (feed_reply, as
+                # _AsyncChannel's data_received takes it); anything else it
+                # holds is queued (a frame begun stays in the decoder: _fill
+                # goes on there) for the frame-by-frame path (_rest).
+                n = sock.recv_into(self.view)
+                if not n:
+                    raise ConnectionResetError(f"{client.url} closed the connection")
+                r = dec.feed_reply(self.view[:n], dec.limits)
+                if r is not None and r[0] == sid:
+                    record, source, claim = self._usual((), sid, r)
+                else:
+                    record, source, claim = self._rest(sid, deadline, False)
+            else:
+                record, source, claim = self._rest(sid, deadline, True)
         except socket.timeout:
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
@@ -325,20 +374,68 @@ class _Channel:
             raise
         except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
             self.close()
-            client.stats_counters["failed_fast"] += 1
             if isinstance(exc, FabricUnavailable):
+                if not isinstance(exc, _IdleCut):  # (an idle cut's call is sent again)
+                    client.stats_counters["failed_fast"] += 1
                 raise
+            client.stats_counters["failed_fast"] += 1
             raise FabricUnavailable(f"connection to {client.url} ({self.node}) was lost: "
                                     f"{exc}") from None
         finally:
             self.busy = False
-        if err is not None:
-            raise err
+        if source is None:  # the node's ERROR on the call's stream (claim)
+            raise claim
         reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
             record, request.key, source)  # replies.reply_from_record, without its wrapper
         return reply if claim is None else _claimed(reply, claim)
 
-    def _usual(self, parts: list[bytes], sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
+    def _rest(self, sid: int, deadline: float | None, first: bool) -> tuple[Any, Any, Any]:
+        """The reply of the call on ``sid`` frame by frame, reading until it
+        ends (``first``: the next read is the call's first, which waits up to
+        its timeout as set; later ones up to ``deadline``): its (record,
+        source, claim), or (None, None, the error) for an ERROR on its stream."""
+        parts: list[bytes] = []
+        source = self.source
+        dec = self.dec
+        limits = dec.limits
+        while True:
+            pending = dec.pending
+            if not pending:
+                if deadline is not None and not first:
+                    self._timeout(max(1e-3, deadline - _monotonic()))
+                first = False
+                self._fill()
+                continue
+            if pending >= 3:
+                # The usual reply (START, one CHUNK of bytes, END: seq 0,
+                # 1, 2) is taken in one call, as _AsyncChannel's
+                # data_received does; anything else frame by frame below.
+                r = dec.take_reply(limits)
+                if r is not None:
+                    if r[0] != sid:
+                        continue  # a call given up on
+                    return self._usual(parts, sid, r)
+            f = next(dec)
+            if f.stream_id != sid:
+                if f.stream_id == 0 and f.kind == FrameKind.ERROR:
+                    raise self._ended(f)
+                continue  # PONG, or a frame of a call given up on
+            kind = f.kind
+            if kind == FrameKind.STREAM_CHUNK:
+                _in_order(f, len(parts) + 1, self.node)
+                parts.append(bytes(f.decode_payload(limits)))
+            elif kind == FrameKind.STREAM_START:
+                source = _source(f.decode_payload(limits), self.node)
+            elif kind == FrameKind.STREAM_END:
+                _in_order(f, len(parts) + 1, self.node)
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                _complete(f.decode_payload(limits), len(parts), len(data), self.node)
+                return unpack(data), source, _end_claim(f, limits)
+            elif kind == FrameKind.ERROR:
+                return None, None, P.error_from_payload(f.decode_payload(limits),
+                                                        f"node {self.node}")
+
+    def _usual(self, parts: Any, sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
         """A reply taken whole (``FrameDecoder.take_reply``): its (record,
         source, claim), checked as the frame-by-frame path checks it."""
         _sid, start, skey, data, end, ekey = r
@@ -372,7 +469,7 @@ class _Channel:
         self.busy = True
         try:
             self._timeout(t)
-            self.sock.sendall(frame)
+            self.send(frame)
         except OSError as exc:
             self.busy = False
             self.close()
@@ -420,8 +517,8 @@ class _BlockingStream:
         ch.client.stats_counters["grants_sent"] += 1
         self.grants_sent += 1
         self.tx_seq += 1
-        ch.sock.sendall(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
-                                            stream_id=self.sid))
+        ch.send(ch.enc.encode_value(FrameKind.CREDIT, {"consumed": self.consumed},
+                                    stream_id=self.sid))
 
     def __next__(self) -> tuple[int, Any]:
         if self.finished:
@@ -502,7 +599,7 @@ class _BlockingStream:
         if not ch.dead:  # sent while the channel is still this stream's (busy)
             try:
                 self.tx_seq += 1
-                ch.sock.sendall(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
+                ch.send(StreamControl.cancel(self.sid).to_frame(_OPEN).encode())
             except OSError:
                 ch.close()
         self._finish()
@@ -515,7 +612,7 @@ class _BlockingStream:
         self.draining = True
         self.tx_seq += 1
         try:
-            self.ch.sock.sendall(StreamControl.close(self.sid).to_frame(_OPEN).encode())
+            self.ch.send(StreamControl.close(self.sid).to_frame(_OPEN).encode())
         except OSError as exc:
             self._finish()
             self.ch.close()
@@ -735,7 +832,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 else:
                     self._frame(f)
         except Exception as exc:  # a broken stream or a refusal: the channel ends
-            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done() else
+            self._fail(exc if isinstance(exc, FabricError) and not self.ready.done()
+                       or isinstance(exc, _IdleCut) else
                        FabricUnavailable(f"connection to {self.client.url} ended: {exc}"))
 
     def _source_of(self, start: Any, key: bytes) -> str:
@@ -789,8 +887,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             return
         if sid == 0:
             if kind == FrameKind.ERROR:
-                why = P.error_from_payload(f.decode_payload(limits), f"node {self.node}")
-                raise FabricUnavailable(f"{self.client.url} ended the connection: {why}")
+                raise _ended(P.error_from_payload(f.decode_payload(limits), f"node {self.node}"),
+                             self.client.url, None)  # (_fail decides per call)
             return
         call = self.calls.get(sid)
         if call is None:
@@ -832,16 +930,30 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                                                            f"node {self.node}"))
 
     def _fail(self, exc: BaseException) -> None:
+        """The channel ends with ``exc``: its calls fail with it. An idle cut
+        (``_IdleCut``) fails with it only the calls whose open the node had
+        not read (``aevaluate`` sends them again); the others get a
+        ``FabricUnavailable`` that says so. The open of the call on stream
+        ``sid`` is at least frame ``sid + 1`` sent on the channel (its HELLO,
+        the opens of streams 1 to ``sid``, and any cancel before it): fewer
+        frames read, it was not read."""
         self.live = False
         self.dead = True
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()
         calls, self.calls = self.calls, {}
-        for call in calls.values():
+        for sid, call in calls.items():
             if not call[0].done():
+                if isinstance(exc, _IdleCut):
+                    if exc.received < sid + 1:
+                        call[0].set_exception(_IdleCut(str(exc), exc.received))
+                        continue
+                    call[0].set_exception(FabricUnavailable(
+                        f"connection to {self.client.url} ended: {exc}"))
+                else:
+                    call[0].set_exception(exc)
                 self.client.stats_counters["failed_fast"] += 1
-                call[0].set_exception(exc)
         d, self.drained = self.drained, None
         if d is not None and not d.done():  # the calls waiting to be sent fail too
             d.set_exception(exc)
@@ -1054,6 +1166,16 @@ def _end_claim(f: Any, limits: Any) -> Any:
     return body.get("claim") if isinstance(body, dict) else None
 
 
+def _gave_up(ch: _AsyncChannel, sid: int, exc: BaseException, request: EvalRequest,
+             t: float | None) -> BaseException:
+    """An ``aevaluate`` whose wait ended with ``exc`` (the channel's watchdog's
+    timeout, or a cancel): the node is told; the error to raise."""
+    ch.gave_up(sid)
+    if isinstance(exc, asyncio.TimeoutError):
+        return DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} within {t} s")
+    return exc
+
+
 def _claimed(reply: EvalReply, raw: Any) -> EvalReply:
     """The reply, with the claim its node sent attached (``.claim``)."""
     return reply if raw is None else attach(reply, from_wire(raw))
@@ -1200,7 +1322,7 @@ class NodeClient:
         self._last_achannel: _AsyncChannel | None = None
         self.stats_counters = {"requests": 0, "reconnects": 0, "failed_fast": 0,
                                "grants_sent": 0, "dials": 0, "handshakes": 0,
-                               "backpressure_waits": 0}
+                               "backpressure_waits": 0, "idle_redials": 0}
         _LoopThread.clients.add(self)
         #: The reconnect schedule without a governor.
         self.backoff = Backoff()
@@ -1231,12 +1353,15 @@ class NodeClient:
             self.stats_counters["dials"] += 1
             shook = self.stats_counters["handshakes"]
             what = None
-            refused = False
+            refused = idle = False
             try:
                 await self._session()
             except _Refused as exc:  # the lists refuse its node id: not a failure
                 log.info("connection to %s closed: %s", self.url, exc)
                 refused = True
+            except P.IdleTimeout as exc:  # nothing was sent on it for the node's idle_timeout
+                log.debug("connection to %s closed idle: %s", self.url, exc)
+                idle = True
             except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
                     ssl.SSLError) as exc:
                 if first and not self._first.done():
@@ -1271,6 +1396,12 @@ class NodeClient:
                 continue  # waits in _wait_admitted until the lists change
             if self._closed or not self.reconnect:
                 break
+            if idle:
+                # Not a failure of the peer: the link is made again at once,
+                # its status kept (a call meanwhile goes by its own connection);
+                # if the dial fails, that failure is the link's.
+                self.stats_counters["idle_redials"] += 1
+                continue
             self._set_status("reconnecting")
             self.stats_counters["reconnects"] += 1
             if gov is None:
@@ -1687,7 +1818,16 @@ class NodeClient:
         t, payload = self._prepare(request, grants, timeout)
         ch = self._channel(t)
         if ch is not None:
-            return ch.evaluate(request, payload, t)
+            try:
+                return ch.evaluate(request, payload, t)
+            except _IdleCut:  # the node closed it idle before it read this call: once more
+                ch = self._channel(t)
+                if ch is not None:
+                    try:
+                        return ch.evaluate(request, payload, t)
+                    except _IdleCut as exc:
+                        self.stats_counters["failed_fast"] += 1
+                        raise FabricUnavailable(str(exc)) from None
         fut = asyncio.run_coroutine_threadsafe(self._evaluate_on_loop(request, payload, t),
                                                self._loop)
         try:
@@ -1725,14 +1865,35 @@ class NodeClient:
         sid, fut = ch.send(request, payload, t)
         try:
             record, source, claim = await fut
-        except asyncio.TimeoutError:  # the channel's watchdog
-            ch.gave_up(sid)
-            raise DeadlineExceeded(f"node {ch.node} did not answer {request.op!r} "
-                                   f"within {t} s") from None
-        except asyncio.CancelledError:
-            ch.gave_up(sid)
-            raise
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            raise _gave_up(ch, sid, exc, request, t) from None
+        except _IdleCut:  # the node closed it idle before it read this call
+            return await self._aevaluate_again(request, payload, t)
         # replies.reply_from_record without its wrapper (an EvalReply of replies')
+        reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
+            record, request.key, source)
+        return reply if claim is None else _claimed(reply, claim)
+
+    async def _aevaluate_again(self, request: EvalRequest, payload: bytes,
+                               t: float | None) -> EvalReply:
+        """``aevaluate``'s call, sent once more on a new connection of the
+        running loop: the node closed the last one idle before it read the
+        call (never processed). A second such cut is ``FabricUnavailable``."""
+        loop = _running_loop()
+        ch = self._achannels.get(loop)
+        if ch is None or ch.dead or not ch.up or ch.session != self.sessions:
+            ch = await self._achannel(loop, t)
+        self._last_achannel = ch
+        if ch.paused:
+            await self._backpressure(ch, request, t)
+        sid, fut = ch.send(request, payload, t)
+        try:
+            record, source, claim = await fut
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            raise _gave_up(ch, sid, exc, request, t) from None
+        except _IdleCut as exc:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(str(exc)) from None
         reply: EvalReply = _reply_from_record(  # type: ignore[assignment]
             record, request.key, source)
         return reply if claim is None else _claimed(reply, claim)
@@ -1925,7 +2086,8 @@ class NodeClient:
     def stats(self) -> dict[str, Any]:
         """Counters: requests, reconnects, calls failed fast, credit grants
         sent, calls that waited for a loop's connection to take them
-        (``backpressure_waits``)."""
+        (``backpressure_waits``), main links made again after the node
+        closed them idle (``idle_redials``)."""
         return dict(self.stats_counters, status=self.status, in_flight=len(self._calls))
 
     def __enter__(self) -> "NodeClient":

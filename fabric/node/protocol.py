@@ -46,7 +46,7 @@ from ..values import walk
 
 __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_WINDOW", "DEFAULT_MAX_FRAME", "ProtocolError",
-    "VersionMismatch", "Unauthenticated", "LimitExceeded", "Backpressure",
+    "VersionMismatch", "IdleTimeout", "Unauthenticated", "LimitExceeded", "Backpressure",
     "request_to_wire", "request_from_wire", "hello", "check_hello", "error_payload",
     "error_from_payload", "check_no_secret", "check_request_no_secret", "SECRET_REF_TAG",
 ]
@@ -75,6 +75,18 @@ class ProtocolError(FabricError, ValueError):
 
 class VersionMismatch(ProtocolError):
     """The peer speaks a protocol major version this node does not."""
+
+
+class IdleTimeout(ProtocolError):
+    """The node closed a connection that sent nothing for its ``idle_timeout``
+    (docs/spec/protocol.md section 6). ``received``: the frames the node had
+    read on that connection when it closed it, its HELLO included (None
+    when the ERROR did not say): a request whose open came later was never
+    read, so never processed."""
+
+    def __init__(self, message: str, received: int | None = None):
+        super().__init__(message)
+        self.received = received
 
 
 class Unauthenticated(FabricError, PermissionError):
@@ -376,10 +388,10 @@ _ERRORS: Mapping[str, type[BaseException]] = {
     cls.__name__: cls for cls in (
         CapabilityDenied, ContentNotHeld, DeadlineExceeded, FabricUnavailable, NoHolderError,
         OpNotFound, RemoteError, ProtocolError, VersionMismatch, Unauthenticated,
-        LimitExceeded, FabricError)}
+        LimitExceeded, FabricError, IdleTimeout)}
 
 
-def error_payload(exc: BaseException) -> dict[str, str]:
+def error_payload(exc: BaseException) -> dict[str, Any]:
     """An ERROR frame's payload for ``exc`` (never a Secret's value: the
     message is the exception's text, which fabric keeps secret-free)."""
     kind = type(exc).__name__
@@ -388,6 +400,8 @@ def error_payload(exc: BaseException) -> dict[str, str]:
     elif kind not in _ERRORS:
         kind = "RemoteError"
         return {"kind": kind, "message": f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, IdleTimeout) and exc.received is not None:
+        return {"kind": kind, "message": str(exc), "received": exc.received}
     return {"kind": kind, "message": str(exc)}
 
 
@@ -400,6 +414,9 @@ def error_from_payload(body: Any, where: str) -> BaseException:
     text = f"{where}: {message}"
     if kind == "LimitExceeded":
         return LimitExceeded(text)
+    if kind == "IdleTimeout":
+        got = body.get("received")
+        return IdleTimeout(text, got if type(got) is int and got >= 0 else None)
     cls = _ERRORS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return RemoteError(f"{where}: {kind}: {message}")

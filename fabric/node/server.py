@@ -2024,7 +2024,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.node._stat("idle_timeouts")
         log.info("closing %s (principal %s): idle for %s s", self.conn.peer,
                  self.conn.principal, idle)
-        self.conn.send_error(0, P.ProtocolError(f"idle for {idle} s"))
+        self.conn.send_error(0, P.IdleTimeout(f"idle for {idle} s", self.conn.frames_in))
         self._end()
 
     def get_buffer(self, sizehint: int) -> memoryview:
