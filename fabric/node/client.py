@@ -47,7 +47,7 @@ from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricErro
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
                      unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
-from ..fabrics import RelayFabric, check_grants
+from ..fabrics import RelayFabric, _check_timeout, check_grants
 from ..frames import FrameKind, StreamDiagnostic
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
 from ..claims import attach, from_wire
@@ -1253,14 +1253,22 @@ class NodeClient:
                  on_gossip: Callable[[Any], object] | None = None,
                  reconnect: bool = True, loop: Any = None,
                  proto: tuple[int, int] = P.PROTOCOL_VERSION, governor: Any = None):
-        u = urlsplit(url)
-        if u.scheme not in ("fabric", "fabrics") or not u.hostname or not u.port:
+        if not isinstance(url, str):
+            raise TypeError(f"a node URL is a str, fabric://HOST:PORT or fabrics://HOST:PORT "
+                            f"(TLS), not {type(url).__name__}")
+        try:
+            u = urlsplit(url)
+            port = u.port
+        except ValueError:  # a port out of range or not a number, a broken [IPv6]
+            u, port = None, None
+        if u is None or u.scheme not in ("fabric", "fabrics") or not u.hostname or not port:
             raise ValueError(f"a node URL is fabric://HOST:PORT or fabrics://HOST:PORT "
                              f"(TLS), not {url!r}")
+        _check_timeout(timeout)
         if scope not in P.SCOPES:
             raise ValueError(f"scope must be one of {P.SCOPES}, not {scope!r}")
         self.url = url
-        self.host, self.port = u.hostname, u.port
+        self.host, self.port = u.hostname, port
         if isinstance(tls, dict):
             tls = client_tls(**tls)
         if tls is None and u.scheme == "fabrics":
