@@ -716,6 +716,9 @@ class FrameEncoder:
     def encode_value(
         self, kind: int, value: object, *, stream_id: int = 0, seq: int = 0, flags: int = 0
     ) -> bytes: ...
+    def encode_item(
+        self, kind: int, value: object, *, stream_id: int = 0, seq: int = 0, flags: int = 0
+    ) -> bytes: ...
     def encode_reply(self, stream_id: int, start: bytes, data: bytes, end: bytes, /) -> bytes: ...
     def encode_many(
         self,

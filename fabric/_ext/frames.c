@@ -904,9 +904,10 @@ static PyObject *encoder_encode_control(EncoderObject *self, PyObject *const *ar
     return out;
 }
 
-/* The canonical encoding of value into buf after a reserved header. 0 or -1. */
+/* The canonical encoding of value (typed: the value encoding of a stream
+ * item) into buf after a reserved header. 0 or -1. */
 static int encode_value_frame(fab_state *st, uint64_t max, fab_buf *buf,
-                              const fab_frame_header *h, PyObject *value)
+                              const fab_frame_header *h, PyObject *value, int typed)
 {
     size_t start = buf->len;
     fab_enc enc;
@@ -916,7 +917,8 @@ static int encode_value_frame(fab_state *st, uint64_t max, fab_buf *buf,
         return -1;
     }
     fab_enc_init(&enc, fab_buf_sink, buf);
-    if (fab_py_encode_value(st, &enc, value, "payload") < 0)
+    if ((typed ? fab_py_encode_item(st, &enc, value, "item")
+               : fab_py_encode_value(st, &enc, value, "payload")) < 0)
         return -1;
     size_t plen = buf->len - start - FAB_FRAME_HEADER_LEN;
     if (check_size(st, max, plen) < 0)
@@ -925,23 +927,34 @@ static int encode_value_frame(fab_state *st, uint64_t max, fab_buf *buf,
     return 0;
 }
 
-static PyObject *encoder_encode_value(EncoderObject *self, PyObject *const *args,
-                                      Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *encode_one_value(EncoderObject *self, const char *name, int typed,
+                                  PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const kw[] = {"kind", "value", "stream_id", "seq", "flags"};
     PyObject *a[5];
     fab_frame_header h;
-    fab_state *st =
-        header_call(Py_TYPE(self), "encode_value", args, nargs, kwnames, kw, 5, 2, a, &h);
+    fab_state *st = header_call(Py_TYPE(self), name, args, nargs, kwnames, kw, 5, 2, a, &h);
     if (st == NULL)
         return NULL;
     fab_buf buf;
     fab_buf_init(&buf);
     PyObject *out = NULL;
-    if (encode_value_frame(st, self->max_payload, &buf, &h, a[1]) == 0)
+    if (encode_value_frame(st, self->max_payload, &buf, &h, a[1], typed) == 0)
         out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
     fab_buf_destroy(&buf);
     return out;
+}
+
+static PyObject *encoder_encode_value(EncoderObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    return encode_one_value(self, "encode_value", 0, args, nargs, kwnames);
+}
+
+static PyObject *encoder_encode_item(EncoderObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
+{
+    return encode_one_value(self, "encode_item", 1, args, nargs, kwnames);
 }
 
 /*
@@ -989,7 +1002,7 @@ static PyObject *encoder_encode_reply(EncoderObject *self, PyObject *const *args
     buf.len = FAB_FRAME_HEADER_LEN + slen;
     h.kind = FAB_FRAME_STREAM_CHUNK;
     h.seq = 1;
-    if (encode_value_frame(st, self->max_payload, &buf, &h, a[2]) < 0)
+    if (encode_value_frame(st, self->max_payload, &buf, &h, a[2], 0) < 0)
         goto done;
     h.kind = FAB_FRAME_STREAM_END;
     h.seq = 2;
@@ -1298,6 +1311,11 @@ static PyMethodDef encoder_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "encode_value($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"
      "One frame whose payload is the canonical msgpack encoding of value."},
+    {"encode_item", (PyCFunction)(void (*)(void))encoder_encode_item,
+     METH_FASTCALL | METH_KEYWORDS,
+     "encode_item($self, /, kind, value, *, stream_id=0, seq=0, flags=0)\n--\n\n"
+     "One frame whose payload is the value encoding of value (fabric.encode_value:\n"
+     "a stream item keeps its types), packed straight into the frame."},
     {"header", (PyCFunction)(void (*)(void))encoder_header, METH_FASTCALL | METH_KEYWORDS,
      "header($self, /, kind, parts, *, stream_id=0, seq=0, flags=0, crc_of=None)\n--\n\n"
      "The 36-byte header of a frame whose payload is the concatenation of\n"

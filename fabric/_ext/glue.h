@@ -359,6 +359,11 @@ int fab_py_encode_value(fab_state *st, fab_enc *enc, PyObject *value, const char
  * nest FAB_MAX_RECORD_DEPTH deep. 0 or -1. */
 int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
 
+/* walk.c: the value encoding of a stream item (docs/spec/values.md),
+ * prefix included, as fabric.encode_value writes it (nesting at most
+ * FAB_MAX_DEPTH), straight into an encoder. 0 or -1. */
+int fab_py_encode_item(fab_state *st, fab_enc *enc, PyObject *value, const char *root);
+
 /* walk.c: the same encoding, handed to use(ctx, data, len) in one piece
  * (a small value's bytes where the walker made them, with no copy); the
  * bytes are valid during the call only. use returns 0, or -1 with an

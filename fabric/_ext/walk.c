@@ -1555,10 +1555,10 @@ static int value_walker(walker *w, int max_depth)
  * is not copied twice): what a borrowed walk that gave up falls back to.
  * 0, or -1 with the exception raised. */
 static int encode_record_owned(walker *w, fab_state *st, fab_enc *enc, PyObject *value,
-                               const char *root)
+                               const char *root, int max_depth)
 {
     walker_init(w, st, NULL, enc);
-    int rc = value_walker(w, FAB_MAX_RECORD_DEPTH);
+    int rc = value_walker(w, max_depth);
     if (rc == 0)
         rc = enc_value(w, value);
     if (rc == 0)
@@ -1582,7 +1582,7 @@ int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const cha
         rc = enc_value(&w, value);
     if (rc < 0 && w.restart) {
         walker_destroy(&w);
-        return encode_record_owned(&w, st, enc, value, root);
+        return encode_record_owned(&w, st, enc, value, root, FAB_MAX_RECORD_DEPTH);
     }
     if (rc == 0)
         rc = check(&w, enc->sink(enc->ctx, w.main.data, w.main.len));
@@ -1590,6 +1590,12 @@ int fab_py_encode_record(fab_state *st, fab_enc *enc, PyObject *value, const cha
         walker_raise(&w, root);
     walker_destroy(&w);
     return rc;
+}
+
+int fab_py_encode_item(fab_state *st, fab_enc *enc, PyObject *value, const char *root)
+{
+    walker w;
+    return encode_record_owned(&w, st, enc, value, root, FAB_MAX_DEPTH);
 }
 
 int fab_py_with_record(fab_state *st, PyObject *value, const char *root,
@@ -1618,7 +1624,7 @@ int fab_py_with_record(fab_state *st, PyObject *value, const char *root,
     fab_enc enc;
     fab_buf_init(&buf);
     fab_enc_init(&enc, fab_buf_sink, &buf);
-    rc = encode_record_owned(&w, st, &enc, value, root);
+    rc = encode_record_owned(&w, st, &enc, value, root, FAB_MAX_RECORD_DEPTH);
     if (rc == 0)
         rc = use(ctx, buf.data, buf.len);
     fab_buf_destroy(&buf);

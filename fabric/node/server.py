@@ -1741,8 +1741,8 @@ class Node:
                     digest.update_encoded(tag, canonical_bytes(payload))
                 flags = FRAME_FLAG_DIAGNOSTIC if tag == DIAG else 0
                 try:  # one copy: the item is packed straight into its frame
-                    frame = enc.encode_value(FrameKind.STREAM_CHUNK, payload, stream_id=sid,
-                                             seq=sent.seq + 1, flags=flags)
+                    frame = enc.encode_item(FrameKind.STREAM_CHUNK, payload, stream_id=sid,
+                                            seq=sent.seq + 1, flags=flags)
                 except FrameError:
                     size = len(canonical_bytes(payload))
                     raise _too_large(conn, size) from None
