@@ -1382,20 +1382,22 @@ class Node:
         if start is not None and conn.plain and not conn.closed:
             # _send_value's usual reply in one C call (None: over one chunk)
             out = conn.enc.encode_held_reply(sid, start, reply, limit)
+        # a request, a reply and a hit inline (_counters), counted before
+        # the reply is written: its reader may look at the count at once
+        self._inline_hits += 1
         if out is None:
             # (bytes: a connection closed, writes dropped)
             if not isinstance(reply, bytes) and not self._send_value(conn, sid, reply):
                 # the general path (it fills the caches) handed it to a task,
                 # which counts the reply
+                self._inline_hits -= 1
                 self._stat("requests")
                 self._stat("hits_inline")
-                return
         else:  # and conn.send's write, inline
             conn.bytes_out += len(out)
             conn.transport.write(out)
             if conn.paused or conn.small_cap:
                 conn.check_output()
-        self._inline_hits += 1  # a request, a reply and a hit inline (_counters)
 
     def _queue_request(self, conn: _Conn, sid: int, parsed: Any,
                        route: tuple[str, frozenset[str], bool] | None = None) -> None:
@@ -2088,10 +2090,10 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                                             out := conn.enc.encode_held_reply(
                                                 sid, start, rec, limit)) is not None:
                                         conn.bytes_out += len(out)
+                                        node._inline_hits += 1  # before its reader sees it
                                         conn.transport.write(out)
                                         if conn.paused or conn.small_cap:
                                             conn.check_output()
-                                        node._inline_hits += 1
                                     else:
                                         node._hit_reply(conn, sid, rec, start, limit)
                                 if conn.closed:
