@@ -430,6 +430,29 @@ def key_of(raw: Any) -> ContentKey:
     return ContentKey(bytes(raw))
 
 
+def reply_part(max_frame: int) -> int:
+    """The most bytes of a single reply's record one chunk carries under
+    ``max_frame`` (its bin header fits in the rest)."""
+    return max(1024, max_frame - 16)
+
+
+def reply_frames(enc: FrameEncoder, sid: int, start: bytes, data: bytes,
+                 end: dict[str, Any], max_frame: int) -> bytes:
+    """A single reply's frames in one bytes object (section 3): STREAM_START
+    with payload ``start``, ``data`` (the record's bytes) in chunks of
+    ``reply_part(max_frame)`` bytes, then STREAM_END with the fields of
+    ``end`` and the chunk count."""
+    part = reply_part(max_frame)
+    parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
+        else [data]
+    out = [enc.encode(FrameKind.STREAM_START, start, stream_id=sid)]
+    for i, p in enumerate(parts):
+        out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
+    end["chunks"] = len(parts)
+    out.append(enc.encode_value(FrameKind.STREAM_END, end, stream_id=sid, seq=len(parts) + 1))
+    return b"".join(out)
+
+
 __all__ += ["FrameKind", "canonical_bytes", "open_metadata", "open_payload", "check_open",
             "open_from_read",
-            "key_of", "node_limits", "encoder"]
+            "key_of", "node_limits", "encoder", "reply_part", "reply_frames"]

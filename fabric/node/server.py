@@ -1675,7 +1675,7 @@ class Node:
         key = (id(conn), sid)
         sent = self._sent_for(conn, sid)
         enc = conn.enc
-        part = max(1024, conn.max_frame - 16)
+        part = P.reply_part(conn.max_frame)
         self._start_stream(conn, key, sid, reply.source)
         try:
             for i in range(0, len(data), part):
@@ -1702,7 +1702,7 @@ class Node:
                 _START.clear()
             start = _START[reply.source] = canonical_bytes({"metadata": {"source":
                                                                          reply.source}})
-        part = max(1024, conn.max_frame - 16)
+        part = P.reply_part(conn.max_frame)
         if len(data) <= part and self.signer is None:
             # The usual reply, one chunk and no claim: its STREAM_END payload
             # depends on the size alone, kept encoded.
@@ -1717,15 +1717,7 @@ class Node:
         end: dict[str, Any] = {"chunks": 0, "bytes": len(data), "truncated": False}
         if self.signer is not None and reply.key is not None:
             end["claim"] = self.signer.sign_record(reply.key, data, self.node_id).encode()
-        parts = [data[i:i + part] for i in range(0, len(data), part)] if len(data) > part \
-            else [data]
-        out = [enc.encode(FrameKind.STREAM_START, start, stream_id=sid)]
-        for i, p in enumerate(parts):
-            out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
-        end["chunks"] = len(parts)
-        out.append(enc.encode_value(FrameKind.STREAM_END, end,
-                                    stream_id=sid, seq=len(parts) + 1))
-        conn.send(b"".join(out))
+        conn.send(P.reply_frames(enc, sid, start, data, end, conn.max_frame))
 
     async def _send_stream(self, conn: _Conn, sid: int, stream: Any) -> None:
         credit = conn.credits[sid] = Credit(conn.window)

@@ -28,13 +28,13 @@ import time
 from typing import Any
 
 from .._core import canonical_bytes
-from ..frames import FrameKind
 from . import protocol as P
 
 __all__ = ["node_status", "answer", "format_status", "STATUS_SOURCE"]
 
 #: The ``source`` a status reply's ``STREAM_START`` metadata names.
 STATUS_SOURCE = "status"
+_STATUS_START = canonical_bytes({"metadata": {"source": STATUS_SOURCE}})
 
 
 def _cassette(node: Any) -> dict[str, Any]:
@@ -183,17 +183,8 @@ def answer(node: Any, conn: Any, sid: int) -> None:
                               f"stream id, never 0 or one in use")
     node._stat("status_requests")
     data = canonical_bytes(node_status(node))
-    part = max(1024, conn.max_frame - 16)
-    parts = [data[i:i + part] for i in range(0, len(data), part)] or [b""]
-    enc = conn.enc
-    out = [enc.encode_value(FrameKind.STREAM_START,
-                            {"metadata": {"source": STATUS_SOURCE}}, stream_id=sid)]
-    for i, p in enumerate(parts):
-        out.append(enc.encode_value(FrameKind.STREAM_CHUNK, p, stream_id=sid, seq=i + 1))
-    out.append(enc.encode_value(FrameKind.STREAM_END, {
-        "chunks": len(parts), "bytes": len(data), "truncated": False},
-        stream_id=sid, seq=len(parts) + 1))
-    conn.send(b"".join(out))
+    conn.send(P.reply_frames(conn.enc, sid, _STATUS_START, data,
+                             {"bytes": len(data), "truncated": False}, conn.max_frame))
 
 
 def _dur(seconds: float) -> str:
