@@ -5518,14 +5518,14 @@ static int compact_moved(fab_ledger_error *err)
     return FAB_ESTATE;
 }
 
-int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
+int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_stop_fn progress,
                        void *progress_ctx, fab_ledger_error *err)
 {
     return fab_ledger_compact_ex(l, dest, 0, progress, progress_ctx, NULL, err);
 }
 
 int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
-                          fab_ledger_progress_fn progress, void *progress_ctx,
+                          fab_ledger_stop_fn progress, void *progress_ctx,
                           uint64_t *evicted, fab_ledger_error *err)
 {
     if (evicted)
@@ -5603,8 +5603,11 @@ int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
         int finished = compact_range(l, &o, &pos, total);
         pthread_mutex_unlock(&l->mu);
         mu_held = 0;
-        if (progress)
-            progress(progress_ctx, pos, total);
+        if (progress && progress(progress_ctx, pos, total)) {
+            set_err(err, FAB_ECANCELED, 0, 0, 0, "the compaction was stopped by its caller");
+            rc = FAB_ECANCELED;
+            goto done;
+        }
         what = "writing the compacted ledger";
         if ((e = o.e) != 0)
             goto done;
@@ -5695,7 +5698,7 @@ done:
                 fab_ledger_close(d);
         }
         if (progress)
-            progress(progress_ctx, total, total);
+            (void)progress(progress_ctx, total, total); /* done: nothing to stop */
     }
     free(o.buf);
     free(tmp);

@@ -157,11 +157,6 @@ def test_a_request_of_another_key_is_refused(tmp_path):
         assert c.request_bytes(key(1)) == EvalRequest("op", [1]).identity_bytes()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the defect
-@pytest.mark.xfail(strict=True, reason="the glue's progress_cb writes the callback's exception "
-                                       "as unraisable and the core's progress callback returns "
-                                       "void, so nothing can stop the compaction (Ctrl-C in a "
-                                       "'fabric cassette compact' included): see the audit report")
 def test_an_exception_in_the_progress_callback_stops_the_compaction(tmp_path):
     class Stop(Exception):
         pass
@@ -175,4 +170,10 @@ def test_an_exception_in_the_progress_callback_stops_the_compaction(tmp_path):
             c.record(key(i), "x" * 500)
         with pytest.raises(Stop):
             c.compact(dest, progress=progress)
+        with pytest.raises(Stop):  # in place too
+            c.compact(progress=progress)
+        assert len(c) == 3000 and c.get(key(2999)) is not None
     assert not os.path.exists(dest)
+    assert [f for f in os.listdir(tmp_path) if "compact" in f] == []  # no temporary left
+    with EvalCassette(path, "r") as c:
+        assert len(c) == 3000

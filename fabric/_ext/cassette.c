@@ -796,15 +796,32 @@ static PyType_Spec Writer_spec = {
 /* EvalCassette                                                              */
 /* ======================================================================== */
 
-static void progress_cb(void *ctx, uint64_t done, uint64_t total)
+/* Calls the progress callable ctx(done, total) from a thread without the
+ * GIL: 0, or -1 with its exception left set when stop, else written as
+ * unraisable. */
+static int call_progress(void *ctx, uint64_t done, uint64_t total, int stop)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     PyObject *r = PyObject_CallFunction((PyObject *)ctx, "KK", (unsigned long long)done,
                                         (unsigned long long)total);
-    if (r == NULL)
+    if (r == NULL && !stop)
         PyErr_WriteUnraisable((PyObject *)ctx);
     Py_XDECREF(r);
     PyGILState_Release(g);
+    return r == NULL ? -1 : 0;
+}
+
+/* An open's replay reports progress; it cannot be stopped halfway. */
+static void progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    (void)call_progress(ctx, done, total, 0);
+}
+
+/* A compaction's: an exception in the callback (a KeyboardInterrupt
+ * included) stops it, the ledger unchanged, and is raised by compact(). */
+static int stop_cb(void *ctx, uint64_t done, uint64_t total)
+{
+    return call_progress(ctx, done, total, 1);
 }
 
 static PyObject *cassette_open(PyTypeObject *type, PyObject *path_arg, int mode, int durability,
@@ -1669,7 +1686,7 @@ static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssiz
     const char *dest = fs ? PyBytes_AS_STRING(fs) : NULL;
     uint64_t evicted = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_compact_ex(c->l, dest, max_bytes, progress ? progress_cb : NULL, progress,
+    rc = fab_ledger_compact_ex(c->l, dest, max_bytes, progress ? stop_cb : NULL, progress,
                                &evicted, &err);
     Py_END_ALLOW_THREADS
     leave(c);
@@ -1890,7 +1907,9 @@ static PyMethodDef Cassette_methods[] = {
      "may keep it open and appending; they move to the new file at their next call that "
      "reads it (get, a hit as well as a miss, len(), stats(), a new iteration; an iteration "
      "begun before raises LedgerError) or append. Leftover temporary files of dead processes are removed first. "
-     "progress: callable(done, total), called as source bytes are copied. max_bytes: keep "
+     "progress: callable(done, total), called as source bytes are copied; an exception it "
+     "raises (KeyboardInterrupt included) stops the compaction, the ledger and dest left as "
+     "they were, and is raised here. max_bytes: keep "
      "at most that many bytes, leaving out the oldest recorded replies and streams first (a "
      "stream whole); records others append meanwhile are kept. Deleted and expired replies "
      "are always left out. Returns the number of keys left out to fit max_bytes."},

@@ -27,7 +27,8 @@
     XX(NOTFOUND,  -16, "not found")                                         \
     XX(STATE,     -17, "operation not allowed in the current state")        \
     XX(OVERFLOW,  -18, "size computation overflowed")                       \
-    XX(DUPKEY,    -19, "duplicate key after canonical encoding")
+    XX(DUPKEY,    -19, "duplicate key after canonical encoding")            \
+    XX(CANCELED,  -20, "stopped by the caller")
 
 enum fab_err {
     FAB_OK = 0,

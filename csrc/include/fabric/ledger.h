@@ -84,6 +84,10 @@ typedef struct fab_ledger_io {
 /* Called during replay with bytes done and total, about every 16 MiB. */
 typedef void (*fab_ledger_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
+/* Called during a compaction with bytes done and total; a non-zero return
+ * stops the compaction (FAB_ECANCELED, the ledger unchanged). */
+typedef int (*fab_ledger_stop_fn)(void *ctx, uint64_t done, uint64_t total);
+
 typedef struct fab_ledger_options {
     int mode;              /* FAB_LEDGER_READ or FAB_LEDGER_WRITE */
     int durability;        /* enum fab_ledger_durability */
@@ -291,11 +295,13 @@ uint64_t fab_ledger_generation(fab_ledger *l);
  * NULL compacts in place (a writer only), replacing the ledger's file while
  * other processes keep appending. A temporary file DEST.compact.tmp.PID is
  * written, synced and renamed. progress (may be NULL) is called without any
- * lock held with bytes done and total. dest must not be the ledger itself
- * (FAB_EINVAL). 0, FAB_EIO, FAB_ENOMEM, FAB_ESTATE (the ledger moved
- * meanwhile; try again) or FAB_EINVAL.
+ * lock held with bytes done and total; when it returns non-zero the
+ * compaction stops, the temporary file is removed and the ledger and dest
+ * are left as they were (FAB_ECANCELED). dest must not be the ledger
+ * itself (FAB_EINVAL). 0, FAB_EIO, FAB_ENOMEM, FAB_ESTATE (the ledger moved
+ * meanwhile; try again), FAB_ECANCELED or FAB_EINVAL.
  */
-int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn progress,
+int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_stop_fn progress,
                        void *progress_ctx, fab_ledger_error *err);
 
 /* fab_ledger_compact keeping at most max_bytes (0 = no limit): the oldest
@@ -304,7 +310,7 @@ int fab_ledger_compact(fab_ledger *l, const char *dest, fab_ledger_progress_fn p
  * during the compaction are kept and may exceed the limit. *evicted (may
  * be NULL) is set to the number of keys left out. */
 int fab_ledger_compact_ex(fab_ledger *l, const char *dest, uint64_t max_bytes,
-                          fab_ledger_progress_fn progress, void *progress_ctx,
+                          fab_ledger_stop_fn progress, void *progress_ctx,
                           uint64_t *evicted, fab_ledger_error *err);
 
 /* ---- streams ------------------------------------------------------------ */
