@@ -359,6 +359,32 @@ def test_a_secret_ref_is_resolved_from_the_computing_nodes_environment(node, tmp
             c.evaluate(node_ops.reveal.request(fabric.SecretRef("api-key.v2")))
 
 
+@fabric.op("node.test.secret_places")
+def secret_places(in_set, in_frozenset, as_key, *, nested):
+    """Where each argument's SecretRef arrived: resolved (a Secret) or not."""
+    def kinds(values):
+        return sorted(type(v).__name__ for v in values)
+    return [kinds(in_set), kinds(in_frozenset), kinds(as_key), kinds(nested[0]),
+            sorted(len(v.reveal()) for v in (*in_set, *as_key) if isinstance(v, fabric.Secret))]
+
+
+def test_a_secret_ref_in_a_set_or_a_maps_key_is_resolved_on_the_computing_node(node,
+                                                                                tmp_path):
+    """Sets and map keys travel too (an array in them decodes as a tuple):
+    the node resolves the SecretRef there as in a list, where the op saw a
+    bare ("fabric.SecretRef", name) tuple before."""
+    n = node(secrets={"db": "hunter22"}, grants={"*": ["node.compute", "secret:db"]})
+    ref = fabric.SecretRef("db")
+    req = secret_places.request({ref}, frozenset([ref, 1]), {ref: 1}, nested=[(ref, 2)])
+    with connect(n.url) as c:
+        assert c.evaluate(req).value == [["Secret"], ["Secret", "int"], ["Secret"],
+                                         ["Secret", "int"], [8, 8]]
+        with pytest.raises(fabric.CapabilityDenied, match="secret:other"):
+            c.evaluate(secret_places.request(set(), frozenset([fabric.SecretRef("other")]),
+                                             {}, nested=[()]))
+    assert b"hunter22" not in bytes(n.cassette.get_raw(req.key))
+
+
 # ---- streams: cancel, credit -------------------------------------------------------
 
 def test_cancel_reaches_the_producing_op(node):

@@ -543,3 +543,11 @@ def test_a_version_1_ledger_is_announced_whole(tmp_path):
     finally:
         b.stop()
     assert open(path, "rb").read()[8] == 1
+
+
+@pytest.mark.parametrize("config", [{}, {"interval": 1.0}, 5])
+def test_a_gossip_config_that_is_not_one_is_a_type_error(tmp_path, config):
+    # ({} was taken as no config at all, a non-empty dict failed on an attribute)
+    with pytest.raises(TypeError, match="gossip must be a fabric.node.gossip.GossipConfig, "
+                                        f"not {type(config).__name__}"):
+        Node(str(tmp_path / "n.ledger"), listen="127.0.0.1:0", gossip=config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import ssl
 from typing import Any, Iterable, Mapping
 
@@ -49,12 +50,18 @@ class Tokens:
             self._entries: list[tuple[str, bytes]] = list(tokens._entries)
             return
         data = _load_json(tokens, "tokens") if isinstance(tokens, str) else tokens
+        where = f"{tokens}: " if isinstance(tokens, str) else ""
         if not isinstance(data, Mapping) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and len(v) >= 16
                 for k, v in data.items()):
-            where = f"{tokens}: " if isinstance(tokens, str) else ""
             raise ValueError(f"{where}a tokens file is a JSON object of principal -> token "
                              f"(tokens of at least 16 characters)")
+        by_token: dict[str, str] = {}
+        for p, t in data.items():
+            if t in by_token:  # (the token itself is never put in an error)
+                raise ValueError(f"{where}principals {by_token[t]!r} and {p!r} have the same "
+                                 f"token: a token names one principal")
+            by_token[t] = p
         self._entries = [(p, t.encode()) for p, t in data.items()]
 
     def principal(self, token: Any) -> str | None:
@@ -109,13 +116,49 @@ class Grants:
         return "*" in grants or capability in grants
 
 
+def _readable(**files: str | None) -> None:
+    """Each file given (``ca``, ``cert``, ``key``) can be opened: else an
+    ``OSError`` naming it and its role (ssl's own names neither)."""
+    for role, path in files.items():
+        if path is None:
+            continue
+        what = {"ca": "TLS CA", "cert": "TLS certificate", "key": "TLS key"}[role]
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"the {what} file is a path, not {type(path).__name__}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"{exc.strerror} (the {what} file)",
+                            os.fspath(path)) from None
+
+
+def _not_pem(what: str, exc: ssl.SSLError, needs: str) -> ValueError:
+    return ValueError(f"{what} cannot be used: {exc.reason or exc} ({needs})")
+
+
+def _load_cert(ctx: ssl.SSLContext, cert: str | None, key: str | None) -> None:
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise _not_pem(f"the TLS certificate {cert} and key {key or cert}", exc,
+                           "PEM files, the key the certificate's") from None
+
+
 def server_tls(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
-    """A server context; with ``ca`` client certificates are required (mutual TLS)."""
+    """A server context; with ``ca`` client certificates are required
+    (mutual TLS). A file that cannot be read is an ``OSError`` naming it and
+    its role, one that cannot be used a ``ValueError`` naming it."""
+    _readable(ca=ca, cert=cert, key=key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+    _load_cert(ctx, cert, key)
     if ca is not None:
-        ctx.load_verify_locations(ca)
+        try:
+            ctx.load_verify_locations(ca)
+        except ssl.SSLError as exc:
+            raise _not_pem(f"the TLS CA file {ca}", exc, "PEM certificates") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -123,11 +166,15 @@ def server_tls(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
 def client_tls(ca: str | None = None, cert: str | None = None,
                key: str | None = None) -> ssl.SSLContext:
     """A client context trusting ``ca`` (else the system's), presenting
-    ``cert``/``key`` when given. Host names are checked against the URL's host."""
-    ctx = ssl.create_default_context(cafile=ca)
+    ``cert``/``key`` when given. Host names are checked against the URL's
+    host. Files are refused as by ``server_tls``."""
+    _readable(ca=ca, cert=cert, key=key)
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise _not_pem(f"the TLS CA file {ca}", exc, "PEM certificates") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        ctx.load_cert_chain(cert, key)
+    _load_cert(ctx, cert, key)
     return ctx
 
 

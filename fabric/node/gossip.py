@@ -276,6 +276,9 @@ class FleetGossip:
 
     def __init__(self, node: "Node", config: GossipConfig | None = None):
         self.node = node
+        if config is not None and not isinstance(config, GossipConfig):
+            raise TypeError(f"gossip must be a fabric.node.gossip.GossipConfig, not "
+                            f"{type(config).__name__}")
         self.config = (config or GossipConfig()).check()
         self.rng = random.Random()
         #: Changes whenever the holding index's version numbering does (a new process).

@@ -183,19 +183,25 @@ _SecretRef: Any = None  # fabric.node.secrets.SecretRef (that module imports thi
 
 
 def _refs(value: Any, depth: int = 0) -> Any:
-    """Lists shaped [SECRET_REF_TAG, name] become SecretRef objects again."""
+    """Arrays shaped [SECRET_REF_TAG, name] become SecretRef objects again:
+    lists, and the tuples an array decodes to inside a set or as a map's
+    key (sets and map keys are walked too)."""
     global _SecretRef
     if _SecretRef is None:
         from .secrets import SecretRef
         _SecretRef = SecretRef
     if depth > 300:
         return value
-    if isinstance(value, list):
-        if len(value) == 2 and value[0] == SECRET_REF_TAG and isinstance(value[1], str):
+    t = type(value)
+    if t is list or t is tuple:
+        if (len(value) == 2 and type(value[0]) is str and value[0] == SECRET_REF_TAG
+                and type(value[1]) is str):
             return _SecretRef(value[1])
-        return [_refs(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: _refs(v, depth + 1) for k, v in value.items()}
+        return t(_refs(v, depth + 1) for v in value)
+    if t is dict:
+        return {_refs(k, depth + 1): _refs(v, depth + 1) for k, v in value.items()}
+    if t is frozenset or t is set:
+        return t(_refs(v, depth + 1) for v in value)
     return value
 
 

@@ -14,12 +14,12 @@ or its secrets file (JSON object name -> str). A principal needs the grant
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Iterable, Mapping
 
 from .._core import CapabilityDenied, EvalRequest, Secret
+from .auth import _load_json
 from .protocol import SECRET_REF_TAG
 
 __all__ = ["SecretRef", "SecretStore"]
@@ -57,16 +57,25 @@ class SecretStore:
     """Where a computing node finds secret values: its environment, then a
     secrets file (a JSON object of name -> str)."""
 
-    def __init__(self, path: str | None = None, environ: Mapping[str, str] | None = None):
+    def __init__(self, path: "str | os.PathLike[str] | Mapping[str, str] | None" = None,
+                 environ: Mapping[str, str] | None = None):
         self._env = os.environ if environ is None else environ
         self._file: dict[str, str] = {}
-        if path is not None:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-                raise ValueError(f"{path}: a secrets file is a JSON object of name -> str")
-            self._file = data
+        if path is None:
+            return
+        if isinstance(path, Mapping):
+            data: Any = dict(path)
+            where = "secrets (a dict)"
+        elif isinstance(path, (str, os.PathLike)):
+            where = os.fspath(path)
+            data = _load_json(where, "secrets")  # (OSError if it cannot be read)
+        else:
+            raise TypeError(f"secrets must be the path of a JSON secrets file or a dict of "
+                            f"name -> str, not {type(path).__name__}")
+        if not isinstance(data, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError(f"{where}: a secrets file is a JSON object of name -> str")
+        self._file = data
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled only to reach a worker process of this machine's fabrics
@@ -105,11 +114,13 @@ class SecretStore:
                 return Secret(value)
             if depth > 300:
                 return v
-            if isinstance(v, (list, tuple)):
-                return type(v)(sub(x, depth + 1) for x in v) if type(v) in (list, tuple) \
-                    else [sub(x, depth + 1) for x in v]
-            if isinstance(v, dict):
-                return {k: sub(x, depth + 1) for k, x in v.items()}
+            t = type(v)
+            if t is list or t is tuple or t is set or t is frozenset:
+                return t(sub(x, depth + 1) for x in v)
+            if isinstance(v, (list, tuple)):  # (a subclass: as a list)
+                return [sub(x, depth + 1) for x in v]
+            if isinstance(v, dict):  # its keys too (a SecretRef is hashable, so is a Secret)
+                return {sub(k, depth + 1): sub(x, depth + 1) for k, x in v.items()}
             return v
 
         args = tuple(sub(a, 0) for a in request.args)

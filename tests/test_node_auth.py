@@ -1,0 +1,146 @@
+"""fabric.node.auth and the secrets store given what a user hands them:
+tokens compared in constant time with every entry, a token shared by two
+principals refused, TLS and secrets files that cannot be read or used named
+with their role; a SecretRef anywhere in a request (a set, a map's key) is
+resolved on the computing node."""
+
+import json
+import ssl
+import subprocess
+
+import pytest
+
+import fabric
+from fabric.node import auth
+from fabric.node.auth import Tokens, client_tls, server_tls
+from fabric.node.secrets import SecretStore
+
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789abc",
+          "carol": "carol-token-0123456789"}
+
+
+def test_a_token_is_compared_with_every_entry_in_constant_time(monkeypatch):
+    """Every entry goes through hmac.compare_digest, the one that matches
+    first or last or none alike (an ``==``, or a loop that stops at the
+    match, would tell which principal's token it was by its time)."""
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def recording(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
+    t = Tokens(TOKENS)
+    for presented, principal in [(TOKENS["alice"], "alice"), (TOKENS["carol"], "carol"),
+                                 ("not-a-token-of-anyone", None)]:
+        calls.clear()
+        assert t.principal(presented) == principal
+        assert [b for _, b in calls] == [v.encode() for v in TOKENS.values()]
+        assert all(a == presented.encode() for a, _ in calls)
+    calls.clear()
+    assert t.principal(None) is None and t.principal(7) is None and not calls
+
+
+def test_a_token_shared_by_two_principals_is_refused_without_showing_it():
+    shared = "the-same-token-0123456789"
+    with pytest.raises(ValueError, match="principals 'alice' and 'bob' have the same token"
+                       ) as e:
+        Tokens({"alice": shared, "bob": shared})
+    assert shared not in str(e.value)
+    assert shared not in repr(Tokens({"alice": shared}))
+
+
+def test_a_tokens_file_sharing_a_token_is_named(tmp_path):
+    f = tmp_path / "tokens.json"
+    f.write_text(json.dumps({"alice": "x" * 16, "bob": "x" * 16}))
+    with pytest.raises(ValueError, match=f"^{f}: principals 'alice' and 'bob'"):
+        Tokens(str(f))
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pem")
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key", "-out",
+                        f"{name}.pem", "-days", "2", "-subj", f"/CN={name}"],
+                       cwd=d, check=True, capture_output=True)
+    (d / "text.pem").write_text("not a certificate\n")
+    return d
+
+
+@pytest.mark.parametrize("make", [server_tls, client_tls])
+def test_tls_files_that_cannot_be_read_are_named_with_their_role(pem, make):
+    cert, key, missing = str(pem / "a.pem"), str(pem / "a.key"), str(pem / "none.pem")
+    args = {server_tls: lambda c, k, ca: make(c, k, ca),
+            client_tls: lambda c, k, ca: make(ca, c, k)}[make]
+    for c, k, ca, role in [(missing, key, None, "TLS certificate"),
+                           (cert, missing, None, "TLS key"),
+                           (cert, key, missing, "TLS CA")]:
+        with pytest.raises(FileNotFoundError) as e:
+            args(c, k, ca)
+        assert e.value.filename == missing and f"(the {role} file)" in e.value.strerror
+    with pytest.raises(IsADirectoryError, match="the TLS CA file"):
+        args(cert, key, str(pem))
+    with pytest.raises(TypeError, match="the TLS key file is a path, not int"):
+        args(cert, 5, None)
+
+
+@pytest.mark.parametrize("make", [server_tls, client_tls])
+def test_tls_files_that_cannot_be_used_are_a_value_error_naming_them(pem, make):
+    cert, key, text = str(pem / "a.pem"), str(pem / "a.key"), str(pem / "text.pem")
+    args = {server_tls: lambda c, k, ca: make(c, k, ca),
+            client_tls: lambda c, k, ca: make(ca, c, k)}[make]
+    with pytest.raises(ValueError, match=f"the TLS certificate {text} and key {key} cannot"):
+        args(text, key, None)
+    # a key that is another certificate's
+    with pytest.raises(ValueError, match="the key the certificate's"):
+        args(cert, str(pem / "b.key"), None)
+    with pytest.raises(ValueError, match=f"the TLS CA file {text} cannot be used"):
+        args(cert, key, text)
+    ctx = args(cert, key, str(pem / "b.pem"))  # and the good ones make a context
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_secrets_file_that_cannot_be_used_is_named(tmp_path):
+    missing = tmp_path / "none.json"
+    with pytest.raises(FileNotFoundError) as e:
+        SecretStore(str(missing))
+    assert e.value.filename == str(missing)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=f"^{bad}: the secrets file is not valid JSON"):
+        SecretStore(str(bad))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"db": 7}))
+    with pytest.raises(ValueError, match=f"^{wrong}: a secrets file is a JSON object"):
+        SecretStore(wrong)  # (a Path too)
+    with pytest.raises(TypeError, match="secrets must be the path of a JSON secrets file "
+                                        "or a dict of name -> str, not int"):
+        SecretStore(7)
+    with pytest.raises(ValueError, match=r"secrets \(a dict\): .*name -> str"):
+        SecretStore({"db": b"bytes"})
+    assert SecretStore({"db": "hunter22"}, environ={}).value("db") == "hunter22"
+
+
+def test_a_secret_ref_in_a_set_or_a_maps_key_is_resolved_too():
+    """The store replaces a SecretRef wherever the request's walk finds one
+    (fabric.values.walk: sets and map keys too), not only in lists and map
+    values: a ref it skipped reached the op as a bare tuple."""
+    store = SecretStore({"db": "hunter22"}, environ={})
+    ref = fabric.SecretRef("db")
+
+    @fabric.op("node.test.auth.anything")
+    def anything(*a, **k):
+        return None
+
+    req = anything.request({ref}, frozenset([ref, 1]), {ref: 1}, [(ref,)], k={"x": [ref]})
+    out = store.resolve(req, ["secret:db"])
+    a, kw = out.args, out.kwargs
+    secrets = [next(iter(a[0])), next(v for v in a[1] if v != 1), next(iter(a[2])),
+               a[3][0][0], kw["k"]["x"][0]]
+    assert all(isinstance(s, fabric.Secret) and s.reveal() == "hunter22" for s in secrets)
+    assert type(a[0]) is set and type(a[1]) is frozenset and type(a[3][0]) is tuple
+    with pytest.raises(fabric.CapabilityDenied, match="secret:db"):
+        store.resolve(anything.request(frozenset([ref])), ["secret:other"])
