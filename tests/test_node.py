@@ -209,6 +209,54 @@ def test_version_mismatch_names_both_versions(node):
             c.close()
 
 
+def test_the_server_is_authoritative_for_a_client_that_claims_grants_it_lacks(node):
+    """A client that skips its own check and claims ``gpu`` (raw frames: a
+    lying peer) is refused by the node, which checks the principal's grants."""
+    from fabric.control import StreamControl
+    n = node(tokens={"carol": TOKEN}, grants={"carol": ["node.compute"]})
+    meta = P.open_metadata(node_ops.gpu.request(1), want="value", scope="compute",
+                           grants=["gpu"], timeout=10.0)
+    ctl = StreamControl.open(1, meta).to_frame(["stream.open", "stream.remote.network"])
+    with raw_socket(n) as s:
+        s.sendall(hello_bytes(token=TOKEN))
+        s.sendall(P.encoder().encode(FrameKind.CONTROL, ctl.payload, stream_id=1))
+        frames = read_frames(s, until_close=False)
+        while not any(f.kind == FrameKind.ERROR for f in frames):
+            frames += read_frames(s, until_close=False)
+    hello, err = frames[0], next(f for f in frames if f.kind == FrameKind.ERROR)
+    assert hello.decode_payload()["grants"] == ["node.compute"]
+    body = err.decode_payload()
+    assert err.stream_id == 1 and body["kind"] == "CapabilityDenied", body
+    assert "requires capabilities gpu not granted" in body["message"]
+
+
+def test_a_server_with_a_newer_major_version_is_refused_naming_both(node):
+    """The other way round: the client refuses a server HELLO of protocol 2.3."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    got = {}
+
+    def future_node():
+        conn, _ = srv.accept()
+        with conn:
+            got["hello"] = read_frames(conn, until_close=False)[0]
+            conn.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
+                node="future", max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
+                principal="anonymous", grants=[], proto=(2, 3))))
+            got["after"] = conn.recv(1 << 16)  # the client hangs up
+
+    t = threading.Thread(target=future_node, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(P.VersionMismatch, match=r"2\.3.*1\.0: major versions differ"):
+            connect(f"fabric://127.0.0.1:{srv.getsockname()[1]}", timeout=30,
+                    reconnect=False)
+        t.join(30)
+        assert got["hello"].decode_payload()["proto"] == list(P.PROTOCOL_VERSION)
+        assert got["after"] == b""
+    finally:
+        srv.close()
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("certs")
