@@ -257,3 +257,38 @@ def test_a_grant_for_a_just_closed_stream_is_dropped_and_counted(node):
         assert raw.next().kind == FrameKind.STREAM_START
     finally:
         raw.close()
+
+
+def test_a_connections_stream_table_stays_bounded_as_ids_come_and_go():
+    """A client opens a fresh id per request: the table keeps the last
+    epoch of recently closed ids only (it kept every id ever opened: one
+    entry a request for as long as the connection lived), and an id it
+    forgot still never gives an earlier epoch's handle to a new open."""
+    import tracemalloc
+
+    from fabric.node.credit import StaleStream, StreamTable
+    t = StreamTable()
+    old = t.open(1, "first")
+    t.close(old)
+    reopened = t.open(1, "second")
+    t.close(reopened)
+    assert reopened == (1, 2)
+
+    def requests(first, n):
+        for sid in range(first, first + 2 * n, 2):
+            t.close(t.open(sid, None))
+
+    tracemalloc.start()
+    try:
+        requests(3, 50_000)
+        before = tracemalloc.get_traced_memory()[0]
+        requests(100_003, 100_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown  # (every id kept: several MB)
+    again = t.open(1, "third")  # id 1 was forgotten long ago
+    assert again[1] > 2 and t.get(again) == "third"
+    for h in (old, reopened):
+        with pytest.raises(StaleStream, match=f"epoch {h[1]} is not open"):
+            t.get(h)

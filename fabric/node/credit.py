@@ -16,6 +16,7 @@ id gets a new epoch and a handle from an earlier epoch fails
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Any
 
 from .._core import FabricError
@@ -107,21 +108,39 @@ class Credit:
 
 
 class StreamTable:
-    """The open streams of one connection, with an epoch per open of an id."""
+    """The open streams of one connection, with an epoch per open of an id.
+
+    What it keeps is bounded by the streams open plus ``KEEP_CLOSED``: the
+    last epoch of the ids closed most recently (a client opens a fresh id
+    for each request, so a table that kept every id closed grew by one
+    entry a request for as long as its connection lived). An id forgotten
+    that way starts again above every epoch forgotten (``_floor``), so a
+    handle of an earlier epoch of it still fails."""
+
+    #: How many closed ids keep their last epoch (the rest share ``_floor``).
+    KEEP_CLOSED = 4096
 
     def __init__(self) -> None:
         self._open: dict[int, tuple[int, Any]] = {}
-        self._epochs: dict[int, int] = {}
+        # closed id -> its last epoch, oldest close first (at most KEEP_CLOSED)
+        self._closed: OrderedDict[int, int] = OrderedDict()
+        self._floor = 0  # the highest epoch of an id no longer in _closed
         self.dropped_grants = 0
 
     def open(self, stream_id: int, state: Any) -> tuple[int, int]:
         """Open ``stream_id`` with ``state``; returns its handle (id, epoch)."""
         if stream_id in self._open:
             raise FabricError(f"stream {stream_id} is already open")
-        epoch = self._epochs.get(stream_id, 0) + 1
-        self._epochs[stream_id] = epoch
+        epoch = self._closed.pop(stream_id, self._floor) + 1
         self._open[stream_id] = (epoch, state)
         return stream_id, epoch
+
+    def _epoch(self, stream_id: int) -> int:
+        """The current (open) or last (closed) epoch of ``stream_id``."""
+        entry = self._open.get(stream_id)
+        if entry is not None:
+            return entry[0]
+        return self._closed.get(stream_id, self._floor)
 
     def get(self, handle: tuple[int, int]) -> Any:
         """The state of an open stream; ``StaleStream`` for an old epoch or a closed id."""
@@ -129,7 +148,7 @@ class StreamTable:
         entry = self._open.get(sid)
         if entry is None or entry[0] != epoch:
             raise StaleStream(f"stream {sid} epoch {epoch} is not open "
-                              f"(current epoch {self._epochs.get(sid, 0)})")
+                              f"(current epoch {self._epoch(sid)})")
         return entry[1]
 
     def find(self, stream_id: int) -> Any:
@@ -149,7 +168,12 @@ class StreamTable:
 
     def close(self, handle: tuple[int, int]) -> Any:
         state = self.get(handle)
-        del self._open[handle[0]]
+        sid, epoch = handle
+        del self._open[sid]
+        self._closed[sid] = epoch
+        if len(self._closed) > self.KEEP_CLOSED:
+            _sid, forgotten = self._closed.popitem(last=False)
+            self._floor = max(self._floor, forgotten)
         return state
 
     def __len__(self) -> int:
