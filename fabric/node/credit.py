@@ -118,7 +118,7 @@ class StreamTable:
     handle of an earlier epoch of it still fails."""
 
     #: How many closed ids keep their last epoch (the rest share ``_floor``).
-    KEEP_CLOSED = 4096
+    KEEP_CLOSED = 64
 
     def __init__(self) -> None:
         self._open: dict[int, tuple[int, Any]] = {}
