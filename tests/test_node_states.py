@@ -3,7 +3,9 @@ open / data / grant / cancel / close, gossip, keepalive), driven by
 hypothesis with well-formed, malformed and reordered frames over a real
 loopback socket to one node. After every step the node answers a PING on a
 live connection (or has closed it after an ERROR frame on stream 0), never
-crashes or hangs; after every run a fresh client is still served."""
+crashes or hangs; a stream's frames come only between an open of its id and
+that open's one end (STREAM_END or ERROR); after every run a fresh client is
+still served."""
 
 import socket
 
@@ -48,6 +50,8 @@ def machine(node):
             self.dec = None
             self.pings = 0
             self.open_ids = []
+            self.opens = {}  # stream id -> opens sent on this connection
+            self.ends = {}  # stream id -> its ends received (STREAM_END or ERROR)
 
         def _connect(self):
             if self.sock is not None:
@@ -56,6 +60,21 @@ def machine(node):
             self.dec = fabric.FrameDecoder(P.node_limits(1 << 20))
             self.greeted = False
             self.closed = False
+            self.opens, self.ends = {}, {}
+
+        def _check_stream_frame(self, f):
+            """A stream's frames come between an open of its id and that
+            open's one end: never for an id not opened, never after its
+            end (a late grant, cancel or close, a reordered or repeated
+            frame does not bring a stream back), at most one end an open."""
+            sid = f.stream_id
+            if sid == 0 or f.kind not in STREAM_KINDS:
+                return
+            opened, ended = self.opens.get(sid, 0), self.ends.get(sid, 0)
+            assert ended < opened, (
+                f"{f.kind_name} on stream {sid}: opened {opened} time(s), ended {ended}")
+            if f.kind in (FrameKind.STREAM_END, FrameKind.ERROR):
+                self.ends[sid] = ended + 1
 
         def _read_until(self, pong=None):
             """Frames until a PONG with ``pong`` (None: until the node closes)."""
@@ -63,6 +82,7 @@ def machine(node):
             while True:
                 for f in self.dec:
                     got.append(f)
+                    self._check_stream_frame(f)
                     if pong is not None and f.kind == FrameKind.PONG and f.payload == pong:
                         return got, False
                 try:
@@ -141,6 +161,8 @@ def machine(node):
                 abs(x))
             meta = P.open_metadata(req, want=want, scope="compute", grants=(), timeout=10.0)
             frame = StreamControl.open(sid, meta).to_frame(OPEN_GRANTS)
+            # (an open of an id still open ends the connection: counted or not)
+            self.opens[sid] = self.opens.get(sid, 0) + 1
             self._send(ENC.encode(FrameKind.CONTROL, frame.payload, stream_id=sid))
 
         @precondition(lambda self: not self.closed and self.greeted)
@@ -194,6 +216,8 @@ def machine(node):
 
 
 WANTS = ("value", "stream")
+STREAM_KINDS = (FrameKind.STREAM_START, FrameKind.STREAM_CHUNK, FrameKind.STREAM_END,
+                FrameKind.ERROR)
 
 
 def test_protocol_state_machine(shared_node):
