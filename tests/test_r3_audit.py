@@ -188,3 +188,41 @@ def test_a_secrets_file_that_cannot_be_used_names_its_flag(tmp_path):
     bad.write_text("{not json")
     one_line_error(run("serve", "--listen", "127.0.0.1:0", "--secrets", str(bad)),
                    "fabric serve: error:", f"--secrets {bad}: the secrets file is not valid")
+
+
+# ---- a node's life: start, serve, stop ----------------------------------------------
+
+@xfail("server.py Node.start (~l.907: self._ready is still set from the first run): "
+       "start() after stop() returns at once with the old address, where nothing "
+       "listens, while the new serve() binds another port later (and its own cassette "
+       "was closed by stop()); neither refused nor a working restart")
+def test_start_after_stop_is_refused_or_serves_where_it_says(tmp_path):
+    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0")
+    n.start()
+    n.stop()
+    try:
+        try:
+            n.start()
+        except fabric.FabricError as exc:  # refused: it must say why
+            assert "stopped" in str(exc)
+            return
+        with connect(n.url, timeout=10, reconnect=False) as c:
+            assert c.evaluate(node_ops.double.request(4)).value == 8
+    finally:
+        n.stop()
+
+
+@xfail("server.py Node.serve (~l.764): serve() on a node already serving on its "
+       "start() thread is not refused: it waits forever (start() refuses a second start "
+       "with 'the node is already started')")
+def test_serve_on_a_started_node_is_refused(tmp_path):
+    import asyncio
+    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(),
+             listen="127.0.0.1:0").start()
+    try:
+        async def main():
+            await asyncio.wait_for(n.serve(), 3)
+        with pytest.raises(fabric.FabricError, match="already"):
+            asyncio.run(main())
+    finally:
+        n.stop()
