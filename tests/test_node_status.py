@@ -361,3 +361,18 @@ def test_fabric_serve_refuses_bad_governor_settings(tmp_path):
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith("fabric serve: error: peer governor: ") and says in line, line
         assert not (tmp_path / "x.ledger").exists()
+
+
+def test_a_status_not_of_this_form_is_a_value_error_pointing_at_json(node):
+    """``fabric status`` prints another node's map: one of another version
+    (or made up) says what it lacks and where to see it whole, not a bare
+    KeyError from the middle of the formatting."""
+    st = node().status()
+    for broken, what in [({}, "no 'connections'"),
+                         ({**st, "requests": 7}, "not subscriptable"),
+                         ({**st, "protocol": []}, "index out of range"),
+                         ({**st, "peers": [{"url": None}]}, "no 'health'")]:
+        with pytest.raises(ValueError, match=f"a node status this version cannot print "
+                                             f"\\(.*{what}.*\\); `fabric status --json`"):
+            format_status(broken)
+    assert format_status(st).startswith(f"node {st['node']} (incarnation 0)")

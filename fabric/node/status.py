@@ -202,7 +202,19 @@ def _dur(seconds: float) -> str:
 
 
 def format_status(st: dict[str, Any]) -> str:
-    """A node's status as one screen of text (what ``fabric status`` prints)."""
+    """A node's status as one screen of text (what ``fabric status`` prints).
+    A map not of this form (another node's: another version, or a peer that
+    makes one up) is a ``ValueError`` saying what is missing or of a wrong
+    type, never a ``KeyError`` out of the middle of it."""
+    try:
+        return _format_status(st)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ValueError(f"a node status this version cannot print ({what}); `fabric status "
+                         f"--json` shows it as it came") from None
+
+
+def _format_status(st: dict[str, Any]) -> str:
     c, r, s, b = st["connections"], st["requests"], st["streams"], st["bytes"]
     cas, h, f, srv = st["cassette"], st["holdings"], st["fabric"], st["served"]
     lines = [
