@@ -57,6 +57,10 @@ def test_fault_specs_are_checked():
             Fault.parse(bad)
     with pytest.raises(TypeError):
         Faults("drop")
+    with pytest.raises(TypeError, match="a fault is a str ACTION"):
+        Fault.parse(5)  # (was an AttributeError on split)
+    with pytest.raises(ValueError, match="Fault.stream must be a stream id"):
+        Fault("drop", stream=True)
     with pytest.raises(TypeError):
         Node(None, listen="127.0.0.1:0", faults=[Fault("drop")])
 

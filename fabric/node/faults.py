@@ -69,7 +69,8 @@ class Fault:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Fault.{name} must be an int >= 1, not {v!r}")
-        if self.stream is not None and (not isinstance(self.stream, int) or self.stream < 0):
+        if self.stream is not None and (not isinstance(self.stream, int)
+                                        or isinstance(self.stream, bool) or self.stream < 0):
             raise ValueError(f"Fault.stream must be a stream id >= 0 or None, not "
                              f"{self.stream!r}")
         if not isinstance(self.delay, (int, float)) or not 0 <= self.delay <= 60:
@@ -78,6 +79,9 @@ class Fault:
     @classmethod
     def parse(cls, spec: str) -> "Fault":
         """``ACTION[:KIND[:NTH[:COUNT]]]``, e.g. ``stall:STREAM_CHUNK:3``."""
+        if not isinstance(spec, str):
+            raise TypeError(f"a fault is a str ACTION[:KIND[:NTH[:COUNT]]], not "
+                            f"{type(spec).__name__}")
         parts = spec.split(":")
         try:
             return cls(parts[0], (parts[1] or None) if len(parts) > 1 else None,
