@@ -14,12 +14,12 @@ or its secrets file (JSON object name -> str). A principal needs the grant
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Iterable, Mapping
 
 from .._core import CapabilityDenied, EvalRequest, Secret
+from .auth import read_json_file
 from .protocol import SECRET_REF_TAG
 
 __all__ = ["SecretRef", "SecretStore"]
@@ -61,8 +61,7 @@ class SecretStore:
         self._env = os.environ if environ is None else environ
         self._file: dict[str, str] = {}
         if path is not None:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = read_json_file(path, "secrets")
             if not isinstance(data, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
                 raise ValueError(f"{path}: a secrets file is a JSON object of name -> str")
