@@ -216,28 +216,25 @@ int fab_control_decode(const void *payload, size_t len, const fab_mp_limits *lim
     err = begin(err, &scratch, out, sizeof(*out));
     const uint8_t *p = payload;
     size_t base = 0;
-    if (len > 0 && p[0] == FAB_VALUE_MAGIC) {
+    int rc = fab_value_prefix(p, len, &base, err->msg, sizeof(err->msg), &err->offset);
+    if (rc != FAB_OK) {
         err->msgpack = 1;
-        if (len < 2 || p[1] != FAB_VALUE_VERSION) {
-            snprintf(err->msg, sizeof(err->msg),
-                     "value encoding version %d is not known (1 is)", len < 2 ? -1 : (int)p[1]);
-            return FAB_EVERSION;
-        }
-        out->tagged = 1;
-        base = 2;
+        return rc;
     }
+    out->tagged = base > 0;
     if (len == base) {
         err->msgpack = 1;
         err->offset = base;
-        snprintf(err->msg, sizeof(err->msg), "empty input (no value)");
+        snprintf(err->msg, sizeof(err->msg), "%s",
+                 base ? "no value after the value encoding's prefix c1 01"
+                      : "empty input (no value)");
         return FAB_ETRUNCATED;
     }
     size_t off = 0;
-    int rc = out->tagged
-                 ? fab_mp_validate_tagged(p + base, len - base, limits, err->msg,
-                                          sizeof(err->msg), &off)
-                 : fab_mp_validate(p + base, len - base, limits, err->msg, sizeof(err->msg),
-                                   &off);
+    rc = out->tagged ? fab_mp_validate_tagged(p + base, len - base, limits, err->msg,
+                                              sizeof(err->msg), &off)
+                     : fab_mp_validate(p + base, len - base, limits, err->msg, sizeof(err->msg),
+                                       &off);
     if (rc) {
         err->msgpack = 1;
         err->offset = base + off;

@@ -371,6 +371,30 @@ int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
     return validate(data, len, limits, 0, err, err_size, err_offset);
 }
 
+int fab_value_prefix(const void *data, size_t len, size_t *body, char *err, size_t err_size,
+                     size_t *err_offset)
+{
+    const uint8_t *p = data;
+    *body = 0;
+    if (len == 0 || p[0] != FAB_VALUE_MAGIC)
+        return FAB_OK;
+    if (len >= 2 && p[1] == FAB_VALUE_VERSION) {
+        *body = 2;
+        return FAB_OK;
+    }
+    if (err && err_size) {
+        if (len < 2)
+            snprintf(err, err_size, "missing version byte: the input ends after the value "
+                                    "encoding's prefix c1");
+        else
+            snprintf(err, err_size, "unknown value encoding version %u (this reader knows %d)",
+                     (unsigned)p[1], FAB_VALUE_VERSION);
+    }
+    if (err_offset)
+        *err_offset = 1;
+    return FAB_EVERSION;
+}
+
 int fab_mp_validate_tagged(const void *data, size_t len, const fab_mp_limits *limits,
                            char *err, size_t err_size, size_t *err_offset)
 {

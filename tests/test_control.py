@@ -185,6 +185,19 @@ def test_received_refusals_say_where_in_the_payload(payload, field, code_at):
     assert "byte %d of the payload" % code_at in str(info.value)
 
 
+@pytest.mark.parametrize("payload, says, at", [
+    (b"\xc1", "missing version byte: the input ends after the value encoding's prefix c1", 1),
+    (b"\xc1\x02\x80", "unknown value encoding version 2 (this reader knows 1)", 1),
+    (b"\xc1\x01", "no value after the value encoding's prefix c1 01", 2),
+])
+def test_a_bad_value_prefix_says_what_and_where(payload, says, at):
+    frame, start = _received(payload)  # (start: where the payload is in the stream)
+    with pytest.raises(fabric.DecodeError) as info:
+        StreamControl.from_frame(frame, ALL)
+    assert str(info.value) == f"at offset {start + at}: {says}"
+    assert info.value.offset == start + at
+
+
 def test_value_encoded_payload_is_read_with_its_tags():
     # c1 01, then {"op": "push", "item": <tuple tag> [1]}.
     frame, _ = _received(bytes.fromhex("c10182a26f70a470757368a46974656dc700119101"))

@@ -20,6 +20,7 @@ from fabric.node.client import NodeClient
 from fabric.node.loops import loop_factory, loop_name
 
 import node_ops
+from certs import make_certs
 from conftest import hello_bytes, read_frames, wait_for
 
 TOKEN = "t0ken-for-alice-0123456789"
@@ -259,33 +260,7 @@ def test_a_server_with_a_newer_major_version_is_refused_naming_both(node):
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("certs")
-
-    def run(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    for ca in ("ca", "otherca"):
-        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-            "-subj", f"/CN={ca}")
-
-    def leaf(name, ca, cn, days="2", san=None):
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-        ext = []
-        if san:
-            (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-            ext = ["-extfile", f"{name}.ext"]
-        # "expired": -days -1 gives a notAfter one day in the past
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey",
-            f"{ca}.key", "-out", f"{name}.pem", "-days", "-1" if days == "expired" else days,
-            *ext)
-
-    leaf("server", "ca", "localhost", san="IP:127.0.0.1,DNS:localhost")
-    leaf("alice", "ca", "alice")
-    leaf("mallory", "otherca", "mallory")
-    leaf("old", "ca", "old", days="expired")
-    return d
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def test_tls_matrix(node, certs):

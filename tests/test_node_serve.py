@@ -1,7 +1,7 @@
-"""``fabric serve`` as a real process: its files' flags (a file it cannot
-use is one line naming the flag and the file), binding off loopback
+"""``fabric serve`` as a real process: binding off loopback
 (refused without TLS, tokens or ``--insecure``; warned with it), and
-Ctrl-C (SIGINT) stopping it cleanly. Only loopback is ever connected to."""
+Ctrl-C (SIGINT) stopping it cleanly. Only loopback is ever connected to.
+(Its files' flags: test_node_cli_files.)"""
 
 import json
 
@@ -12,22 +12,6 @@ from fabric.node import connect
 import node_ops
 from served import interrupt, served
 from test_cli import one_line_error, run
-
-
-@pytest.mark.parametrize("flag", ["--tokens", "--grants"])
-def test_a_tokens_or_grants_file_that_cannot_be_used_names_its_flag_and_file(tmp_path, flag):
-    missing = str(tmp_path / "nonexistent.json")
-    one_line_error(run("serve", "--listen", "127.0.0.1:0", flag, missing),
-                   "fabric serve: error:", f"{flag} {missing}: cannot read it",
-                   "No such file or directory")
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    one_line_error(run("serve", "--listen", "127.0.0.1:0", flag, str(bad)),
-                   f"{flag} {bad}: the {flag[2:]} file is not valid JSON")
-    wrong = tmp_path / "wrong.json"
-    wrong.write_text(json.dumps({"alice": 7}))
-    one_line_error(run("serve", "--listen", "127.0.0.1:0", flag, str(wrong)),
-                   f"{flag} {wrong}: a {flag[2:]} file is a JSON object of principal")
 
 
 def test_binding_off_loopback_needs_tls_tokens_or_insecure(tmp_path):

@@ -19,6 +19,7 @@ from fabric.node import Node, NodeLimits, connect, protocol as P
 from fabric.node.status import format_status
 
 import node_ops
+from certs import make_certs
 from conftest import end_process, hello_bytes, read_frames, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -258,21 +259,7 @@ def test_connections_from_threads_count_towards_max_connections(node):
 def test_cli_status_over_mutual_tls(node, tmp_path):
     from fabric.node.auth import server_tls
 
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=ca")
-    for name, cn, san in (("server", "localhost", "IP:127.0.0.1"), ("alice", "alice", None)):
-        openssl("req", *curve, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={cn}")
-        ext = []
-        if san:
-            (tmp_path / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-            ext = ["-extfile", f"{name}.ext"]
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-out", f"{name}.pem", "-days", "2", *ext)
+    make_certs(tmp_path)
     n = node(tls=server_tls(str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
                             str(tmp_path / "ca.pem")))
     assert n.url.startswith("fabrics://")

@@ -540,8 +540,13 @@ if __name__ == "__main__":  # rewrite the golden vectors
 # ---------------------------------------------------------------------------
 
 MALFORMED = [
-    ("no body", "c101", 2, "empty input"),
-    ("unknown version", "c10201", 0, "value encoding version 2 is not known"),
+    ("empty", "", 0, "at offset 0: empty input (no value)"),
+    ("no body", "c101", 2, "at offset 2: no value after the value encoding's prefix c1 01"),
+    ("no version byte", "c1", 1, "at offset 1: missing version byte: the input ends after "
+                                 "the value encoding's prefix c1"),
+    ("unknown version", "c10201", 1, "at offset 1: unknown value encoding version 2 (this "
+                                     "reader knows 1)"),
+    ("version 0", "c100c0", 1, "unknown value encoding version 0 (this reader knows 1)"),
     ("tag at the end", "c101c70011", 5, "input ends"),
     ("tuple tag before a map", "c101c7001180", 2, "a tuple tag not followed by an array"),
     ("bytearray tag before a str", "c101c70014a0", 2, "a bytearray tag not followed by a bin"),

@@ -106,8 +106,10 @@ static void test_refusals(void)
         const char *in_msg;
     } cases[] = {
         {"", FAB_ETRUNCATED, 1, "", 0, "empty"},
-        {"c1", FAB_EVERSION, 1, "", 0, "version -1"},
-        {"c102", FAB_EVERSION, 1, "", 0, "version 2"},
+        {"c1", FAB_EVERSION, 1, "", 1, "missing version byte"},
+        {"c102", FAB_EVERSION, 1, "", 1, "unknown value encoding version 2"},
+        {"c101", FAB_ETRUNCATED, 1, "", 2, "no value after the value encoding's prefix"},
+        {"c1ff81", FAB_EVERSION, 1, "", 1, "unknown value encoding version 255 (this"},
         {"82a26f70", FAB_ETRUNCATED, 1, "", 0, "map declares 2"},
         {"82a26f70a5636c6f7365a178c1", FAB_EFORMAT, 1, "", 12, ""},      /* c1 inside */
         {"81a26f70a5636c6f7365c0", FAB_EFORMAT, 1, "", 10, "trailing"},  /* trailing byte */

@@ -187,6 +187,37 @@ static void test_reads_what_enc_writes(void)
     fab_buf_destroy(&b);
 }
 
+static void test_value_prefix(void)
+{
+    /* c1 01 starts a body; no c1: plain msgpack; c1 alone or with another
+     * version byte: FAB_EVERSION, named, at offset 1 (the version byte's). */
+    static const struct {
+        const char *bytes;
+        size_t len;
+        int rc;
+        size_t body;
+        const char *says;
+    } cases[] = {
+        {"\xc1\x01\x90", 3, FAB_OK, 2, NULL},
+        {"\x90", 1, FAB_OK, 0, NULL},
+        {"", 0, FAB_OK, 0, NULL},
+        {"\xc1", 1, FAB_EVERSION, 0, "missing version byte"},
+        {"\xc1\x02\x90", 3, FAB_EVERSION, 0, "unknown value encoding version 2 (this reader"},
+        {"\xc1\x00", 2, FAB_EVERSION, 0, "unknown value encoding version 0 "},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[96] = "";
+        size_t body = 99, off = 99;
+        CHECK_EQ(fab_value_prefix(cases[i].bytes, cases[i].len, &body, err, sizeof(err), &off),
+                 cases[i].rc);
+        CHECK_EQ(body, cases[i].body);
+        CHECK_EQ(off, cases[i].rc ? (size_t)1 : (size_t)99);
+        CHECK(cases[i].says == NULL || strstr(err, cases[i].says) != NULL);
+    }
+    size_t body;  /* err and err_offset may be NULL */
+    CHECK_EQ(fab_value_prefix("\xc1", 1, &body, NULL, 0, NULL), FAB_EVERSION);
+}
+
 int main(void)
 {
     static const check_case cases[] = {
@@ -196,6 +227,7 @@ int main(void)
         {"limits_at_boundaries", test_limits_at_boundaries},
         {"nesting_bookkeeping", test_nesting_bookkeeping},
         {"reads_what_enc_writes", test_reads_what_enc_writes},
+        {"value_prefix", test_value_prefix},
         {NULL, NULL},
     };
     return check_run("mpdec", cases);

@@ -1968,10 +1968,14 @@ static PyObject *payload_violation(PyObject *module, PyObject *const *args, Py_s
     char err[160];
     size_t off = 0;
     /* A value-encoded payload (docs/spec/values.md) is checked after its prefix. */
-    size_t skip = view.len >= 2 && ((const uint8_t *)view.buf)[0] == FAB_VALUE_MAGIC ? 2 : 0;
-    int rc = (skip ? fab_mp_validate_tagged : fab_mp_validate)(
-        (const uint8_t *)view.buf + skip, (size_t)view.len - skip, &lim, err, sizeof(err), &off);
-    off += skip;
+    size_t skip = 0;
+    int rc = fab_value_prefix(view.buf, (size_t)view.len, &skip, err, sizeof(err), &off);
+    if (rc == FAB_OK) {
+        rc = (skip ? fab_mp_validate_tagged : fab_mp_validate)(
+            (const uint8_t *)view.buf + skip, (size_t)view.len - skip, &lim, err, sizeof(err),
+            &off);
+        off += skip;
+    }
     PyBuffer_Release(&view);
     if (rc == FAB_OK)
         Py_RETURN_NONE;

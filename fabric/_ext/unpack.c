@@ -1001,15 +1001,16 @@ PyObject *fab_py_decode(fab_state *st, const uint8_t *data, size_t len,
 PyObject *fab_py_decode_record(fab_state *st, const uint8_t *data, size_t len,
                                const fab_mp_limits *limits, size_t base_offset)
 {
-    if (len == 0 || data[0] != FAB_VALUE_MAGIC)
+    char msg[96];
+    size_t body = 0, at = 0;
+    if (fab_value_prefix(data, len, &body, msg, sizeof(msg), &at) != FAB_OK)
+        return fab_py_decode_error(st, base_offset + at, msg);
+    if (body == 0)
         return fab_py_decode(st, data, len, limits, base_offset);
-    if (len < 2 || data[1] != FAB_VALUE_VERSION) {
-        char msg[80];
-        snprintf(msg, sizeof(msg), "value encoding version %d is not known (1 is)",
-                 len < 2 ? -1 : (int)data[1]);
-        return fab_py_decode_error(st, base_offset, msg);
-    }
-    return fab_py_decode_tagged(st, data + 2, len - 2, limits, base_offset + 2);
+    if (len == body)
+        return fab_py_decode_error(st, base_offset + body,
+                                   "no value after the value encoding's prefix c1 01");
+    return fab_py_decode_tagged(st, data + body, len - body, limits, base_offset + body);
 }
 
 PyObject *fab_py_decode_tagged(fab_state *st, const uint8_t *data, size_t len,

@@ -27,9 +27,9 @@ __all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COM
 COMPUTE = "node.compute"
 
 
-def _load_json(path: str, what: str) -> Any:
+def read_json_file(path: str, what: str) -> Any:
     """A JSON file's content (``OSError`` if it cannot be read; ``ValueError``
-    naming the file if it is not JSON)."""
+    naming the file, ``PATH: the WHAT file is ...``, if it is not UTF-8 JSON)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -49,7 +49,7 @@ class Tokens:
         if isinstance(tokens, Tokens):
             self._entries: list[tuple[str, bytes]] = list(tokens._entries)
             return
-        data = _load_json(tokens, "tokens") if isinstance(tokens, str) else tokens
+        data = read_json_file(tokens, "tokens") if isinstance(tokens, str) else tokens
         where = f"{tokens}: " if isinstance(tokens, str) else ""
         if not isinstance(data, Mapping) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and len(v) >= 16
@@ -87,7 +87,7 @@ class Grants:
         if isinstance(grants, Grants):
             self._grants: dict[str, frozenset[str]] = dict(grants._grants)
             return
-        data = _load_json(grants, "grants") if isinstance(grants, str) else grants
+        data = read_json_file(grants, "grants") if isinstance(grants, str) else grants
         if data is None:
             data = {"*": ["*"]}
         if not isinstance(data, Mapping) or not all(

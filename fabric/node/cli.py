@@ -17,6 +17,12 @@ and prints one screen: identity and uptime, connections, requests, lookups,
 streams, cassette, holdings, peers' health; ``--json`` prints the whole map.
 A node it cannot reach is one line on stderr and exit status 2.
 
+A file a flag names (``--cassette``, ``--tokens``, ``--grants``,
+``--secrets``, ``--peer-lists``, ``--node-key``, ``--trusted-keys``,
+``--fleet-keys``, ``--tls-cert``, ``--tls-key``, ``--tls-ca``,
+``--token-file``) that cannot be used is one line, ``--FLAG PATH: what is
+wrong``, and exit status 2, before anything starts.
+
 Every node has a peer governor (``fabric.governor``): ``--allow-peer`` and
 ``--block-peer`` (node ids or URLs, repeatable; no allowlist = every peer;
 ``--peer-lists FILE`` adds a JSON file's lists, read again on SIGHUP),
@@ -46,9 +52,11 @@ import importlib
 import logging
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 __all__ = ["add_parser", "cmd_serve", "cmd_status"]
+
+T = TypeVar("T")
 
 
 def _load(spec: str) -> Any:
@@ -72,7 +80,9 @@ def _load(spec: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node until SIGTERM / SIGINT."""
     from ..cli import CLIError
+    from .._core import LedgerError, LedgerFormatError
     from .auth import Grants, Tokens, client_tls, server_tls
+    from .secrets import SecretStore
     from .server import Node, NodeLimits
 
     if args.metrics:  # before anything starts: the extra may be missing
@@ -90,10 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for m in args.imports:
         importlib.import_module(m)
-    tokens = _read_file("--tokens", args.tokens, Tokens)
-    grants = _read_file("--grants", args.grants, Grants)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise CLIError("--tls-cert and --tls-key go together")
+    tokens = _file_arg("--tokens", args.tokens, Tokens)
+    grants = _file_arg("--grants", args.grants, Grants)
+    secrets = _file_arg("--secrets", args.secrets, SecretStore)
+    _check_tls_files(args)
     tls = server_tls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     peer_tls = client_tls(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     limits = NodeLimits(**{k: v for k, v in (
@@ -108,8 +118,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
     from ..governor import PeerGovernor
-    try:  # every node has a peer governor; by default it asks every peer
+    try:
         allow, block = _lists(args)
+    except ValueError as exc:  # (it names the flag and the file)
+        raise CLIError(str(exc)) from None
+    try:  # every node has a peer governor; by default it asks every peer
         governor = PeerGovernor(allow=allow, block=block,
                                 down_after=args.down_after, backoff_base=args.backoff_base,
                                 backoff_cap=args.backoff_cap)
@@ -130,8 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = _claim_keys(args)
     if keys.get("node_key") is not None and args.node_id is None:
         args.node_id = keys["node_key"].node  # the key names its node
-    home = _load(args.home) if args.home else _replicas(args) if args.workers is not None \
-        else None
+    home = _load(args.home) if args.home else _replicas(args, secrets) \
+        if args.workers is not None else None
     from .gossip import GossipConfig
     try:
         gossip = GossipConfig(**{k: v for k, v in (
@@ -139,12 +152,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ("lease", args.lease)) if v is not None}).check()
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
-                governor=governor,
-                listen=args.listen, tls=tls, tokens=tokens, grants=grants,
-                secrets=args.secrets, limits=limits, insecure=args.insecure,
-                peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
-                faults=_faults(args.test_faults), loop=args.loop, **keys)
+    try:
+        node = Node(args.cassette, node_id=args.node_id, home=home, peers=args.peers,
+                    governor=governor,
+                    listen=args.listen, tls=tls, tokens=tokens, grants=grants,
+                    secrets=args.secrets, limits=limits, insecure=args.insecure,
+                    peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
+                    faults=_faults(args.test_faults), loop=args.loop, **keys)
+    except (LedgerError, LedgerFormatError) as exc:  # the only ledger is the cassette
+        if args.cassette is None:
+            raise
+        raise CLIError(_file_problem("--cassette", args.cassette, exc)) from None
 
     metrics = MetricsServer(node, args.metrics) if args.metrics else None
 
@@ -184,18 +202,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_file(flag: str, path: str | None, cls: Any) -> Any:
-    """``cls(path)`` for a ``--tokens`` / ``--grants`` file (None without
-    one), or a CLIError naming the flag and the file and what is wrong."""
+def _file_problem(flag: str, path: str, exc: Exception, what: str = "") -> str:
+    """``FLAG PATH: what is wrong``, the one line for a file a flag names
+    that ``exc`` refused. ``what`` says what the file should be, for
+    errors that do not (a TLS library's)."""
+    import ssl
+
+    from .._core import FabricError
+    if isinstance(exc, ssl.SSLError):  # (an OSError, but the file was read)
+        why = what or "not usable"
+        if exc.reason:  # (without one, OpenSSL's text names only its own source line)
+            why += f" ({exc.library or 'SSL'}: {exc.reason.replace('_', ' ').lower()})"
+    elif isinstance(exc, OSError) and not isinstance(exc, FabricError):
+        why = f"cannot read it: {exc.strerror or exc}"
+    elif isinstance(exc, OSError):  # a ledger's: says what it was doing
+        why = exc.strerror or str(exc)
+    elif isinstance(exc, UnicodeDecodeError):
+        why = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    else:
+        why = str(exc)  # many start with the path, or PATH:LINE:
+        if why.startswith(f"{path}: "):
+            why = why[len(path) + 2:]
+        elif why.startswith(f"{path}:"):
+            why = f"line {why[len(path) + 1:]}"
+    return f"{flag} {path}: {why}"
+
+
+def _file_arg(flag: str, path: str | None, load: Callable[[str], T], what: str = "") -> T | None:
+    """``load(path)`` for the file a flag names (None without one), or a
+    CLIError ``FLAG PATH: what is wrong`` (see ``_file_problem``)."""
     from ..cli import CLIError
     if path is None:
         return None
     try:
-        return cls(path)
-    except OSError as exc:
-        raise CLIError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
-    except ValueError as exc:  # (its text starts with the file's path)
-        raise CLIError(f"{flag} {exc}") from None
+        return load(path)
+    except (OSError, ValueError) as exc:
+        raise CLIError(_file_problem(flag, path, exc, what)) from None
+
+
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """``--tls-cert``, ``--tls-key`` and ``--tls-ca`` each readable and what
+    it should be (the key the certificate's), else a CLIError naming it."""
+    import ssl
+
+    from ..cli import CLIError
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CLIError("--tls-cert and --tls-key go together")
+
+    def certificates(path: str) -> None:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(path)
+
+    def key(path: str) -> None:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(args.tls_cert, path)
+
+    _file_arg("--tls-ca", args.tls_ca, certificates, "holds no PEM certificate")
+    _file_arg("--tls-cert", args.tls_cert, certificates, "holds no PEM certificate")
+    _file_arg("--tls-key", args.tls_key, key,
+              f"not a PEM private key of the --tls-cert {args.tls_cert} certificate")
+
+
+def _token_file(path: str) -> str:
+    """The bearer token a ``--token-file`` holds (``ValueError`` if none)."""
+    with open(path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise ValueError("holds no token (it is empty)")
+    return token
 
 
 def _lists(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
@@ -208,12 +280,11 @@ def _lists(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
     path = args.peer_lists
     if path is None:
         return allow, block
-    import json
+    from .auth import read_json_file
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = read_json_file(path, "peer lists")
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--peer-lists {path}: {exc}") from None
+        raise ValueError(_file_problem("--peer-lists", path, exc)) from None
     if not isinstance(doc, dict) or not set(doc) <= {"allow", "block"}:
         raise ValueError(f"--peer-lists {path}: a JSON object with \"allow\" and \"block\" "
                          f"lists, not {str(doc)[:60]}")
@@ -233,17 +304,13 @@ def _claim_keys(args: argparse.Namespace) -> dict[str, Any]:
     """``--node-key`` / ``--trusted-keys`` / ``--fleet-keys``: the claim keys
     read from their files (docs/spec/claims.md), a CLIError naming the file."""
     from ..claims import FleetKeys, NodeKey, TrustedKeys
-    from ..cli import CLIError
     out: dict[str, Any] = {}
     for opt, name, cls in (("--node-key", "node_key", NodeKey),
                            ("--trusted-keys", "trusted_keys", TrustedKeys),
                            ("--fleet-keys", "fleet_keys", FleetKeys)):
-        path = getattr(args, name)
-        if path is not None:
-            try:
-                out[name] = cls.from_file(path)
-            except (OSError, ValueError) as exc:
-                raise CLIError(f"{opt} {path}: {exc}") from None
+        key = _file_arg(opt, getattr(args, name), cls.from_file)
+        if key is not None:
+            out[name] = key
     return out
 
 
@@ -259,11 +326,12 @@ def _faults(specs: list[str]) -> Any:
         raise CLIError(f"--test-fault: {exc}") from None
 
 
-def _replicas(args: argparse.Namespace) -> Any:
+def _replicas(args: argparse.Namespace, secrets: Any) -> Any:
     """``--workers N``: a ReplicaGroup of N worker processes running every
     registered op (those the ``--import`` modules registered). Its group
     seed is ``--group-seed`` (64 hex digits), else SHA-256 of the node id,
-    so a restarted node's replicas keep their identities."""
+    so a restarted node's replicas keep their identities. ``secrets``: the
+    node's ``SecretStore`` of ``--secrets`` (None: none)."""
     import hashlib
 
     from ..cli import CLIError
@@ -282,7 +350,7 @@ def _replicas(args: argparse.Namespace) -> Any:
     from .secrets import SecretStore
     # The replicas resolve SecretRefs where the op runs, from the node's store.
     return ReplicaGroup("serve", args.workers, group_seed=seed, lb_strategy=args.lb_strategy,
-                        secrets=SecretStore(args.secrets))
+                        secrets=SecretStore() if secrets is None else secrets)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -291,18 +359,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from .._core import FabricError
     from ..cli import CLIError
+    from .auth import client_tls
     from .client import connect
     from .status import format_status
 
-    tls = None
-    if args.tls_ca or args.tls_cert:
-        if bool(args.tls_cert) != bool(args.tls_key):
-            raise CLIError("--tls-cert and --tls-key go together")
-        tls = {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+    _check_tls_files(args)
+    tls = client_tls(args.tls_ca, args.tls_cert, args.tls_key) \
+        if args.tls_ca or args.tls_cert else None
     token = args.token
-    if token is None and args.token_file:
-        with open(args.token_file) as f:
-            token = f.read().strip()
+    if token is None:
+        token = _file_arg("--token-file", args.token_file, _token_file)
     try:
         with connect(args.url, tls=tls, token=token, timeout=args.timeout,
                      reconnect=False) as client:

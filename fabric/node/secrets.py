@@ -19,7 +19,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from .._core import CapabilityDenied, EvalRequest, Secret
-from .auth import _load_json
+from .auth import read_json_file
 from .protocol import SECRET_REF_TAG
 
 __all__ = ["SecretRef", "SecretStore"]
@@ -68,7 +68,7 @@ class SecretStore:
             where = "secrets (a dict)"
         elif isinstance(path, (str, os.PathLike)):
             where = os.fspath(path)
-            data = _load_json(where, "secrets")  # (OSError if it cannot be read)
+            data = read_json_file(where, "secrets")  # (OSError if it cannot be read)
         else:
             raise TypeError(f"secrets must be the path of a JSON secrets file or a dict of "
                             f"name -> str, not {type(path).__name__}")

@@ -132,7 +132,7 @@ def payload_cases():
         case("payload_" + name, good("STREAM_CHUNK", payload, stream_id=1, seq=1), "payload",
              exception, H + bad_at)
 
-    pf("reserved_c1", b"\xc1", 0)
+    pf("reserved_c1", b"\xc1", 1)  # the value encoding's prefix, its version byte missing
     pf("reserved_c1_in_array", b"\x93\x01\x02\xc1", 3)
     pf("reserved_c1_as_map_key", b"\x81\xc1\x01", 1)
     pf("reserved_c1_deep", b"\x91\x91\x91\xc1", 3)
@@ -356,7 +356,7 @@ def control_cases():
     cf("fault_count_zero", {"op": "fault", "kind": "drop", "count": 0})
     cf("wrong_frame_kind", {"op": "close"}, kind="STREAM_CHUNK")
     cf("ping_frame", None, kind="PING")
-    cf("payload_c1", None, bad=0, raw=b"\xc1", exception="DecodeError")
+    cf("payload_c1", None, bad=1, raw=b"\xc1", exception="DecodeError")  # (as reserved_c1)
     cf("payload_truncated_map", None, bad=0, raw=b"\x82\xa2op", exception="DecodeError")
     cf("payload_deep", None, bad=2 + 256, raw=b"\x81\xa1x" + b"\x91" * 300 + b"\x01",
        exception="DecodeError")

@@ -116,6 +116,17 @@ int fab_mp_validate(const void *data, size_t len, const fab_mp_limits *limits,
 int fab_mp_validate_tagged(const void *data, size_t len, const fab_mp_limits *limits,
                            char *err, size_t err_size, size_t *err_offset);
 
+/*
+ * The value encoding's prefix (docs/spec/values.md §1): sets *body to where
+ * the body item starts, 2 after c1 01, or 0 when data does not start with c1
+ * (plain msgpack, read as it always was), and returns 0. A c1 without the
+ * version byte 01 after it returns FAB_EVERSION: err (err_size bytes, when
+ * non-NULL) says whether the version byte is missing or which version it
+ * names, and *err_offset is 1, where the version byte is or would be.
+ */
+int fab_value_prefix(const void *data, size_t len, size_t *body, char *err, size_t err_size,
+                     size_t *err_offset);
+
 /* 1 when p/len is well-formed UTF-8 (no overlong forms, no surrogates,
  * nothing above U+10FFFF), else 0. */
 int fab_utf8_valid(const uint8_t *p, size_t len);
