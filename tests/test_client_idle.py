@@ -162,3 +162,134 @@ def test_the_main_link_closed_idle_is_made_again_at_once_its_status_kept(node):
         assert c.stats()["reconnects"] == 0 and c.stats()["failed_fast"] == 0
         assert c.node_status(timeout=30)["node"] == n.node_id  # over the new main link
         assert c.evaluate(tag.request(32)).value == "tag-32"
+
+
+# ---- the main link: a call in the moment the node closes it idle ----------------
+
+runs = []
+
+
+@fabric.op("idle.count")
+def count(tag, n):
+    runs.append(tag)
+    yield from range(n)
+
+
+async def _items(stream):
+    return [x async for x in stream]
+
+
+def test_a_stream_made_right_after_the_main_link_was_closed_idle_arrives(node):
+    """Right after each idle cut of the client's main link (the node's count
+    says so), a stream and a status call over the main link succeed: they
+    go on the link being made again, never failing with "not connected"."""
+    n = node(limits=NodeLimits(idle_timeout=IDLE))
+    runs.clear()
+    with connect(n.url, timeout=30) as c:
+        for k in range(2):
+            _idle_cuts(n, k + 1)  # only the main link is open: it is the one closed
+            assert asyncio.run(_items(c.astream(count.request(f"right-after-{k}", 4)))) \
+                == [0, 1, 2, 3]
+            assert c.node_status()["node"] == n.node_id
+        assert c.stats()["failed_fast"] == 0 and c.stats()["reconnects"] == 0
+        assert runs == ["right-after-0", "right-after-1"]
+
+
+def _hold_after_idle_cut(n, held, release):
+    """The node's loop, held (until ``release``) in the tick that closed a
+    connection idle, right after its ERROR was written: a client's new
+    connection then waits for the node's HELLO."""
+    check = n._check_conns
+
+    def check_then_hold():
+        before = n._stats.get("idle_timeouts", 0)
+        check()
+        if n._stats.get("idle_timeouts", 0) > before and not held.is_set():
+            held.set()
+            release.wait(30)
+    n._check_conns = check_then_hold
+
+
+def test_a_call_made_while_the_main_link_is_made_again_waits_for_it(node):
+    """The node closed the main link idle and the client is making it again
+    (its handshake held at the node): a stream and a status call made then
+    wait for the new link, bounded by their timeouts, and are sent on it."""
+    n = node(limits=NodeLimits(idle_timeout=IDLE))
+    runs.clear()
+    held, release = threading.Event(), threading.Event()
+    with connect(n.url, timeout=30) as c:
+        sessions, redials = c.sessions, c.stats()["idle_redials"]
+        _hold_after_idle_cut(n, held, release)
+        try:
+            assert held.wait(30)
+            wait_for(lambda: c.stats()["idle_redials"] > redials, "the client to dial again")
+            assert c.status == "connected" and c.sessions == sessions  # its handshake waits
+            s = c.astream(count.request("while-redialing", 3))  # sent once the link is up
+            status = []
+            t = threading.Thread(target=lambda: status.append(c.node_status(timeout=30)))
+            t.start()
+        finally:
+            release.set()
+        assert asyncio.run(_items(s)) == [0, 1, 2]
+        t.join(30)
+        assert status[0]["node"] == n.node_id
+        assert c.sessions == sessions + 1
+        assert c.stats()["failed_fast"] == 0 and c.stats()["reconnects"] == 0
+    assert runs == ["while-redialing"]
+
+
+def test_a_call_waiting_for_the_main_link_fails_at_its_timeout(node):
+    """The same wait, the new link's handshake held past the call's timeout:
+    the call ends with DeadlineExceeded at its timeout, and is not sent on
+    the link once it is up."""
+    n = node(limits=NodeLimits(idle_timeout=IDLE))
+    held, release = threading.Event(), threading.Event()
+    with connect(n.url, timeout=30) as c:
+        sessions, redials = c.sessions, c.stats()["idle_redials"]
+        _hold_after_idle_cut(n, held, release)
+        try:
+            assert held.wait(30)
+            wait_for(lambda: c.stats()["idle_redials"] > redials, "the client to dial again")
+            with pytest.raises(fabric.DeadlineExceeded, match="sent no status within 0.2 s"):
+                c.node_status(timeout=0.2)
+        finally:
+            release.set()
+        wait_for(lambda: c.sessions == sessions + 1, "the new main link")
+        assert c.node_status(timeout=30)["node"] == n.node_id
+        assert c._tx == 2  # what it sent on the new link: its HELLO, then this call
+        assert c.stats()["in_flight"] == 0 and c.stats()["failed_fast"] == 0
+
+
+def test_a_call_sent_on_the_main_link_the_node_had_closed_is_sent_again_once(node):
+    """The client's loop is held while the node closes the main link idle,
+    so a stream's open is written on that link before the client reads the
+    node's ERROR: the node never read it (its IdleTimeout says how many
+    frames it read), so the client sends it again on the new link; it is
+    computed once."""
+    n = node(limits=NodeLimits(idle_timeout=IDLE))
+    runs.clear()
+    entered, release = threading.Event(), threading.Event()
+    with connect(n.url, timeout=30) as c:
+        sessions = c.sessions
+        cuts = n.stats().get("idle_timeouts", 0)
+
+        def hold():
+            entered.set()
+            release.wait(30)
+        c._loop.call_soon_threadsafe(hold)
+        try:
+            assert entered.wait(30)
+            _idle_cuts(n, cuts + 1)  # the ERROR waits, unread, at the client
+            req = count.request("sent-on-a-closed-link", 5)
+            _t, payload = c._prepare(req, None, None, "stream")
+            # (runs on the loop first once it is let go: before its reads)
+            opened = asyncio.run_coroutine_threadsafe(c._open(req, "stream", payload),
+                                                      c._loop)
+        finally:
+            release.set()
+        call = opened.result(30)
+        assert [x for _tag, x in c._events(call, 30)] == [0, 1, 2, 3, 4]
+        assert call.again  # sent on the closed link, then on the new one
+        assert c.sessions == sessions + 1
+        assert c.stats()["failed_fast"] == 0 and c.stats()["reconnects"] == 0
+    assert runs == ["sent-on-a-closed-link"]

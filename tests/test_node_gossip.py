@@ -387,7 +387,11 @@ def test_recorded_keys_replayed_at_start_are_not_announced_either(tmp_path):
 
 def test_a_reconnecting_link_pulls_from_its_bookmark_not_from_zero(tmp_path):
     ks = keys(1000, seed=8)
-    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0").start()
+    # b makes no learned link (fanout 0): one to a made while a's link was
+    # away would count its own pushes (a fresh link knows only what a last
+    # reported having: test_a_link_made_to_a_node_starts_at_what_it_reported)
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             gossip=GossipConfig(fanout=0)).start()
     a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
              peers=[b.url]).start()
     try:
@@ -410,6 +414,38 @@ def test_a_reconnecting_link_pulls_from_its_bookmark_not_from_zero(tmp_path):
         wait_for(lambda: a.fabric.holders.holds(ks[999], "b"), "the 1000th fact")
         # the reconnect pulled from (epoch, 999): only the new fact was sent again
         assert b.status()["gossip"]["facts_out"] - sent == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_link_made_to_a_node_starts_at_what_it_reported(tmp_path):
+    """b holds 999 facts; a linked to b, had them all and said so (its
+    reconnect's pull carries its bookmark), then closed its link. A link b
+    makes to a afterwards starts where a reported being (b's acked), not at
+    0: it sends none of the 999 again. (It sent them all, when made in the
+    moment a's own link was away: the cause of a flaky bookmark test.)"""
+    ks = keys(999, seed=9)
+    b = Node(str(tmp_path / "b.ledger"), node_id="b", listen="127.0.0.1:0",
+             gossip=GossipConfig(fanout=0)).start()
+    a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
+             peers=[b.url]).start()
+    try:
+        b.fabric.holders.announce_keys(ks, "b")
+        wait_for(lambda: a._gossip.seen.get("b", (0, 0))[1] == 999, "a's bookmark of b")
+        [link] = a._clients
+        link._loop.call_soon_threadsafe(lambda: link._writer.transport.abort())
+        wait_for(lambda: b._gossip.acked.get("a") == 999, "a's pull with its bookmark")
+        link.close()
+        wait_for(lambda: b.stats()["connections"] == 0, "b to let go of a's connection")
+        sent = b.status()["gossip"]["facts_out"]
+        b._loop.call_soon_threadsafe(b._link, a.url)
+        wait_for(lambda: any(cl.node == "a" and cl.status == "connected"
+                             for cl in b._clients), "b's link to a")
+        [back] = b._clients
+        wait_for(lambda: back.gossip_sent == 999, "b's push tick for its link")
+        assert b.status()["gossip"]["facts_out"] == sent
+        assert len(a.fabric.holders) == 999
     finally:
         a.stop()
         b.stop()

@@ -36,8 +36,10 @@ The node's limits (``NodeLimits``) are flags of their own names:
 ``--max-frame``, ``--window``, ``--output-buffer``, ``--max-frame-rate``,
 ``--max-running``, ``--principal-budget``, ``--principal-max-queued`` (the
 requests one principal may have waiting for a slot; one over it is refused
-alone, ``LimitExceeded``) and ``--drain-timeout``; a value that is not
-positive is one line naming the limit.
+alone, ``LimitExceeded``), ``--drain-timeout`` and ``--write-stall-timeout``
+(seconds a connection's output may stay unread, the transport paused,
+before it is closed; 0: never); a value that is not positive (0 for
+``--write-stall-timeout``) is one line naming the limit.
 
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
@@ -114,7 +116,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("max_frame_rate", args.max_frame_rate), ("max_running", args.max_running),
         ("principal_budget", args.principal_budget),
         ("principal_max_queued", args.principal_max_queued),
-        ("drain_timeout", args.drain_timeout)) if v is not None})
+        ("drain_timeout", args.drain_timeout),
+        ("write_stall_timeout", args.write_stall_timeout)) if v is not None})
     if args.workers is not None and args.home:
         raise CLIError("--workers and --home are two homes: give one")
     from ..governor import PeerGovernor
@@ -477,7 +480,7 @@ def add_parser(sub: Any) -> None:
                       ("idle-timeout", float), ("max-frame", int), ("window", int),
                       ("output-buffer", int), ("max-frame-rate", int), ("max-running", int),
                       ("principal-budget", int), ("principal-max-queued", int),
-                      ("drain-timeout", float)):
+                      ("drain-timeout", float), ("write-stall-timeout", float)):
         p.add_argument(f"--{name}", type=typ, default=None,
                        help=f"NodeLimits.{name.replace('-', '_')} (docs/spec/protocol.md)")
     p.set_defaults(func=cmd_serve)

@@ -14,7 +14,9 @@ lists refuse the peer); while it is not connected a request fails at once, never
 silently retried. The one call sent again is one whose connection the node
 closed idle (``IdleTimeout``) before it read the call's open: never
 processed, it goes once more on a new connection (docs/spec/protocol.md
-section 6); a main link closed idle is made again at once. ``status`` is ``connected`` / ``reconnecting`` /
+section 6); a main link closed idle is made again at once, and a call made
+on it meanwhile waits for it (within its timeout) rather than failing.
+``status`` is ``connected`` / ``reconnecting`` /
 ``disconnected``; a ``RelayFabric(client)`` (``client.relay()``) follows it.
 The blocking and loop connections are made again after a reconnect: a call
 never fails with the error of a connection that ended before it. From a
@@ -132,7 +134,7 @@ class _Call:
 
     __slots__ = ("sid", "want", "q", "source", "parts", "consumed", "granted", "started",
                  "done", "error", "chunks", "bytes", "claim", "owner", "seq", "received",
-                 "tx_seq", "grants_sent", "draining")
+                 "tx_seq", "grants_sent", "draining", "opener", "at", "again")
 
     def __init__(self, sid: int, want: str):
         self.sid = sid
@@ -154,6 +156,13 @@ class _Call:
         self.tx_seq = 1  # frames this side sent on it: the open, grants, close or cancel
         self.grants_sent = 0
         self.draining = False  # close(drain=True) was sent
+        # On the client's main link: what makes its open frame under an
+        # encoder (NodeClient._start), the frame it is of what the link's
+        # session sent (the HELLO the first; 0: not sent on it yet), and
+        # whether it was sent again after the node closed a link idle.
+        self.opener: Callable[[FrameEncoder], bytes] | None = None
+        self.at = 0
+        self.again = False
 
 
 class _IdleCut(FabricUnavailable):
@@ -1157,6 +1166,11 @@ async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
         ch.abort()
 
 
+def _stats_frame(sid: int, enc: FrameEncoder) -> bytes:
+    """The CONTROL frame of a status call on stream ``sid``."""
+    return StreamControl.stats(sid).to_frame(_STATS).encode()
+
+
 def _end_claim(f: Any, limits: Any) -> Any:
     """A STREAM_END's ``claim`` field (docs/spec/protocol.md), or None. An
     end without a claim is under 100 bytes: it is not decoded."""
@@ -1310,6 +1324,12 @@ class NodeClient:
         self.next_sid = 1
         self._closed = False
         self._closing = False  # close() was called (not a failure of the peer)
+        # Frames sent on the main link's session (its HELLO the first): a
+        # call's open is the frame ``_Call.at`` of it (an idle cut's count).
+        self._tx = 0
+        # The node closed the main link idle and it is being made again: a
+        # call meanwhile waits for it (_start) instead of failing.
+        self._redialing = False
         self._up: asyncio.Event | None = None
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._local = threading.local()
@@ -1362,6 +1382,7 @@ class NodeClient:
             shook = self.stats_counters["handshakes"]
             what = None
             refused = idle = False
+            received: int | None = None
             try:
                 await self._session()
             except _Refused as exc:  # the lists refuse its node id: not a failure
@@ -1370,6 +1391,7 @@ class NodeClient:
             except P.IdleTimeout as exc:  # nothing was sent on it for the node's idle_timeout
                 log.debug("connection to %s closed idle: %s", self.url, exc)
                 idle = True
+                received = exc.received
             except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
                     ssl.SSLError) as exc:
                 if first and not self._first.done():
@@ -1395,8 +1417,11 @@ class NodeClient:
                         else f"cannot connect: {exc}")
             finally:
                 self._up.clear()  # type: ignore[union-attr]
+                self._redialing = False
+                # (an idle cut: the calls the node did not read go on the next link)
                 self._fail_all(FabricUnavailable(f"connection to {self.url} "
-                                                 f"({self.node}) was lost"))
+                                                 f"({self.node}) was lost"),
+                               received if self.reconnect and not self._closed else None)
                 if what is not None:
                     self._note_failure(what)
             first = False
@@ -1406,9 +1431,11 @@ class NodeClient:
                 break
             if idle:
                 # Not a failure of the peer: the link is made again at once,
-                # its status kept (a call meanwhile goes by its own connection);
-                # if the dial fails, that failure is the link's.
+                # its status kept (a call meanwhile goes by its own connection,
+                # or waits for this one: _start); if the dial fails, that
+                # failure is the link's (and the waiting calls').
                 self.stats_counters["idle_redials"] += 1
+                self._redialing = True
                 continue
             self._set_status("reconnecting")
             self.stats_counters["reconnects"] += 1
@@ -1459,6 +1486,10 @@ class NodeClient:
             if not self._first.done():
                 self._first.set_exception(FabricUnavailable(
                     f"peer {self._gov_name()!r} is not dialled: {why}"))
+            if self._redialing:  # calls waiting for the link: it is not made now
+                self._redialing = False
+                self._fail_all(FabricUnavailable(f"peer {self._gov_name()!r} is not "
+                                                 f"dialled: {why}"))
             if not self.reconnect:
                 return True
             self._set_status("disconnected")
@@ -1482,16 +1513,26 @@ class NodeClient:
                      self.url, self.node)
             self._writer.transport.abort()  # the session ends; the dial loop waits
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_all(self, exc: BaseException, received: int | None = None) -> None:
+        """The main link ended: its calls fail with ``exc``, but for an idle
+        cut (``received``: the frames the node read of it) those whose open
+        it never read, and those not sent yet, which are kept for the next
+        link (sent once more, once: docs/spec/protocol.md section 6)."""
         w, self._writer = self._writer, None
         if w is not None:
             w.transport.abort()
         calls, self._calls = self._calls, {}
         for c in calls.values():
-            if not c.done:
-                self.stats_counters["failed_fast"] += 1
-                c.done = True
-                c.q.put_nowait(exc)
+            if c.done:
+                continue
+            if received is not None and (c.at == 0 or (c.at > received and not c.again)):
+                c.again = c.again or c.at > 0
+                c.at = 0
+                self._calls[c.sid] = c
+                continue
+            self.stats_counters["failed_fast"] += 1
+            c.done = True
+            c.q.put_nowait(exc)
 
     async def _session(self) -> None:
         reader, writer = await asyncio.open_connection(
@@ -1502,6 +1543,7 @@ class NodeClient:
                 node=self.node_id, max_frame=self.max_frame, window=self.window,
                 caps=["gossip"] if self.on_gossip else [], token=self._token,
                 proto=self.proto)))
+            self._tx = 1
             dec = FrameDecoder(P.node_limits(self.max_frame))
             try:
                 f = await self._frame(reader, dec)
@@ -1538,11 +1580,15 @@ class NodeClient:
             with self._channels_lock:  # their next call checks their session first
                 for ach in self._achannels.values():
                     ach.live = False
+            self._redialing = False
             if self.on_gossip:
-                writer.write(self._enc.encode_value(FrameKind.GOSSIP, self.gossip_pull()
-                                                    if self.gossip_pull else {"pull": 0}))
+                self._send(self._enc.encode_value(FrameKind.GOSSIP, self.gossip_pull()
+                                                  if self.gossip_pull else {"pull": 0}))
             self._set_status("connected")
             self._up.set()  # type: ignore[union-attr]
+            for c in list(self._calls.values()):  # kept or made while it was made again
+                if c.at == 0 and not c.done:
+                    self._send_open(c)
             if not self._first.done():
                 self._first.set_result(None)
             while True:
@@ -1617,16 +1663,51 @@ class NodeClient:
                                                 f"node {self.node}"))
 
     async def _open(self, request: EvalRequest, want: str, payload: bytes) -> _Call:
-        if self._writer is None:
-            self.stats_counters["failed_fast"] += 1
-            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
-        sid = self.next_sid  # on the client's loop thread only
-        self.next_sid = sid + 1
-        frame = self._open_frame(request, payload, sid, self._enc)
-        c = self._calls[sid] = _Call(sid, want)
-        self._writer.write(frame)
+        c = self._start(want, functools.partial(self._open_frame, request, payload))
         self.stats_counters["requests"] += 1
         return c
+
+    def _start(self, want: str, opener: Callable[[int, FrameEncoder], bytes]) -> _Call:
+        """A call on the main link (on the client's loop thread): a new
+        stream id, its open (``opener(sid, encoder)``) sent now, or, while
+        the link is made again after the node closed it idle, once it is up
+        (the caller's own timeout bounds the wait; a failed dial fails it).
+        ``FabricUnavailable`` at once when the link is down otherwise."""
+        if self._writer is None and not self._redialing:
+            self.stats_counters["failed_fast"] += 1
+            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
+        sid = self.next_sid
+        c = _Call(sid, want)
+        c.opener = functools.partial(opener, sid)
+        if self._writer is not None:
+            frame = c.opener(self._enc)  # (raises before the id is taken)
+            self.next_sid = sid + 1
+            self._calls[sid] = c
+            self._send(frame)
+            c.at = self._tx
+        else:
+            self.next_sid = sid + 1
+            self._calls[sid] = c
+        return c
+
+    def _send_open(self, c: _Call) -> None:
+        """Send a kept call's open on the new main link (one too large for
+        the frame it agreed fails alone)."""
+        assert c.opener is not None
+        try:
+            frame = c.opener(self._enc)
+        except P.LimitExceeded as exc:
+            self._calls.pop(c.sid, None)
+            c.done = True
+            c.q.put_nowait(exc)
+            return
+        self._send(frame)
+        c.at = self._tx
+
+    def _send(self, data: bytes) -> None:
+        """Write one frame on the main link (counted: ``_tx``)."""
+        self._tx += 1
+        self._writer.write(data)  # type: ignore[union-attr]
 
     def _open_frame(self, request: EvalRequest, payload: bytes, sid: int,
                     enc: FrameEncoder) -> bytes:
@@ -1639,9 +1720,9 @@ class NodeClient:
         return enc.encode(_CONTROL, payload, stream_id=sid)
 
     def _cancel(self, c: _Call) -> None:
-        if self._calls.pop(c.sid, None) is not None and self._writer is not None:
+        if self._calls.pop(c.sid, None) is not None and self._writer is not None and c.at:
             c.tx_seq += 1
-            self._writer.write(StreamControl.cancel(c.sid).to_frame(_OPEN).encode())
+            self._send(StreamControl.cancel(c.sid).to_frame(_OPEN).encode())
 
     def _drain(self, c: _Call) -> None:
         """On the client's loop: ask the node to drain-then-close ``c``."""
@@ -1649,7 +1730,7 @@ class NodeClient:
             return
         c.draining = True
         c.tx_seq += 1
-        self._writer.write(StreamControl.close(c.sid).to_frame(_OPEN).encode())
+        self._send(StreamControl.close(c.sid).to_frame(_OPEN).encode())
 
     def _grant(self, c: _Call, size: int) -> None:
         c.consumed += size
@@ -1659,9 +1740,8 @@ class NodeClient:
             self.stats_counters["grants_sent"] += 1
             c.grants_sent += 1
             c.tx_seq += 1
-            self._writer.write(self._enc.encode_value(FrameKind.CREDIT,
-                                                      {"consumed": c.consumed},
-                                                      stream_id=c.sid))
+            self._send(self._enc.encode_value(FrameKind.CREDIT, {"consumed": c.consumed},
+                                              stream_id=c.sid))
 
     def _send_gossip(self, body: Any) -> bool:
         """Push a holding-index delta to the server (from the node's loop thread)."""
@@ -1673,7 +1753,7 @@ class NodeClient:
 
     def _write_if_up(self, data: bytes) -> None:
         if self._writer is not None:
-            self._writer.write(data)
+            self._send(data)
 
     async def _connected_once(self) -> None:
         await asyncio.wrap_future(self._first)
@@ -2061,16 +2141,11 @@ class NodeClient:
             pass
 
     async def _status_on_loop(self, t: float | None) -> dict[str, Any]:
-        if self._writer is None:
-            raise FabricUnavailable(f"not connected to {self.url} (status {self.status})")
-        sid = self.next_sid
-        self.next_sid = sid + 1
-        c = self._calls[sid] = _Call(sid, "value")
-        self._writer.write(StreamControl.stats(sid).to_frame(_STATS).encode())
+        c = self._start("value", _stats_frame)
         try:
             got = await asyncio.wait_for(c.q.get(), t)
         except asyncio.TimeoutError:
-            self._calls.pop(sid, None)
+            self._calls.pop(c.sid, None)
             raise DeadlineExceeded(f"node {self.node} sent no status within {t} s") from None
         if isinstance(got, BaseException):
             raise got

@@ -426,8 +426,10 @@ class FleetGossip:
                     c.gossip_sent = end
         # What a node has had through the connection it made here also counts
         # for this node's own link to it (the same index, the same versions):
-        # a link made later does not start again from 0.
-        had: dict[str, int] = {}
+        # a link made later does not start again from 0. So does what it last
+        # reported having (its pulls' bookmark, acked), once that connection
+        # ended: a link made then starts there, not at 0.
+        had: dict[str, int] = dict(self.acked)
         for c in node._conns:
             if c.gossip and c.remote_node:
                 had[c.remote_node] = max(had.get(c.remote_node, 0), c.gossip_sent)

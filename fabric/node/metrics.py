@@ -71,7 +71,7 @@ class _Out:
 # Raw counters that are connections the node closed or refused, and why.
 _CLOSED = {"refused_connections": "max_connections", "handshake_timeouts": "handshake_timeout",
            "idle_timeouts": "idle_timeout", "disconnected_slow_reader": "slow_reader",
-           "internal_errors": "internal_error"}
+           "internal_errors": "internal_error", "write_stalls": "write_stall"}
 
 
 def families(st: dict[str, Any]) -> list[Metric]:

@@ -14,7 +14,9 @@ a second one (deficit round robin, a byte budget per principal, oldest-head
 eviction; a single reply's frames are never evicted). Limits: connections,
 handshake and idle timeouts, the largest frame (checked on the header,
 before anything is allocated), a frame-rate cap, an output buffer cap per
-connection. Malformed input gets an ERROR frame and the connection closes.
+connection, a write-stall timeout (a connection whose output stays unread
+is closed, its request slots let go of). Malformed input gets an ERROR
+frame and the connection closes.
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ _OPEN_CAPS = frozenset(StreamControl.open(1).required_capabilities(remote=True))
 
 @dataclass(frozen=True)
 class NodeLimits:
-    """A node's limits (seconds, bytes, counts); every one must be positive.
-    ``idle_timeout`` is checked on the node's tick (every 50 ms)."""
+    """A node's limits (seconds, bytes, counts); every one must be positive,
+    but ``write_stall_timeout``, where 0 turns the check off.
+    ``idle_timeout`` and ``write_stall_timeout`` are checked on the node's
+    tick (every 50 ms)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
@@ -97,12 +101,19 @@ class NodeLimits:
     principal_budget: int = 64 << 20
     principal_max_queued: int = 10_000
     drain_timeout: float = 10.0
+    # A connection whose transport stayed paused (its output unread) this
+    # long is closed (0: never): docs/spec/protocol.md section 6.
+    write_stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"NodeLimits.{f.name} must be a positive number, not {v!r}")
+            if f.name == "write_stall_timeout" and isinstance(v, (int, float)) \
+                    and not isinstance(v, bool) and v == 0:
+                continue  # 0: off
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ValueError(f"NodeLimits.{f.name} must be a positive number, not {v!r}"
+                                 + (" (0: off)" if f.name == "write_stall_timeout" else ""))
         if self.max_frame < P.MIN_MAX_FRAME or self.max_frame >= 1 << 32:
             raise ValueError(f"NodeLimits.max_frame must be in [{P.MIN_MAX_FRAME}, 2**32)")
         if self.window < self.max_frame:
@@ -199,10 +210,14 @@ class _Conn:
         self.principal = "anonymous"
         self.grants: frozenset[str] = frozenset()
         self.remote_node: str | None = None
+        self.paused = False  # the transport's buffer is over its high mark
+        self.paused_at = 0.0  # when it was last paused (time.monotonic())
         self.max_frame = node.limits.max_frame  # what the peer accepts from us
-        # the largest reply record a hit writes at once (kept with max_frame and
-        # the pause: _answer_hit; Node._value_now says the same)
-        self.hit_limit = self.max_frame - 16
+        # the largest reply record written at once while the transport is not
+        # paused, and the largest chunk of one sent through the fair queue
+        # (set_frame: kept with max_frame)
+        self.direct_max = self.hit_limit = 0
+        self.set_frame(self.max_frame)
         self.window = node.limits.window
         self.enc = P.encoder(node.limits.max_frame)
         self.streams = StreamTable()
@@ -221,7 +236,6 @@ class _Conn:
         self.routes: dict[tuple[str, frozenset[str], bool],
                           tuple[Any, frozenset[str], bool]] = {}
         self.closed = False
-        self.paused = False  # the transport's buffer is over its high mark
         self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
         self._drained: asyncio.Event | None = None
         self.frames_in = 0
@@ -235,6 +249,20 @@ class _Conn:
             self._write, self.abort, loop.call_later)
         # no claim to sign, no faults: a reply may be written as one bytes object
         self.plain = node.signer is None and self.faults is None
+
+    def set_frame(self, max_frame: int) -> None:
+        """The largest frame the peer accepts, and what follows from it:
+        ``direct_max``, the largest single reply (its record's bytes)
+        written at once while the transport is not paused, is one frame's
+        chunk, but at most half the output cap less the transport's high
+        mark (never under ``_SMALL_REPLY``): a reply written at once never
+        takes the buffer of a peer that reads over the cap
+        (docs/spec/protocol.md section 3). ``hit_limit``: the same for a
+        hit answered from the read callback, ``_SMALL_REPLY`` while paused."""
+        self.max_frame = max_frame
+        cap = self.node.limits.output_buffer
+        self.direct_max = min(P.reply_part(max_frame), max(_SMALL_REPLY, cap // 2 - _high(cap)))
+        self.hit_limit = min(self.direct_max, _SMALL_REPLY) if self.paused else self.direct_max
 
     def _write(self, data: bytes) -> None:
         if not self.closed:
@@ -272,6 +300,20 @@ class _Conn:
                         self.peer, self.node.limits.output_buffer)
             self.abort()
 
+    def stall_out(self, stall: float, paused: float) -> None:
+        """The transport stayed paused for ``paused`` seconds, over the
+        node's ``write_stall_timeout`` (``stall``), its peer reading none of
+        what waits: the connection is aborted (no ERROR: the peer would not
+        read it). Its running requests end with it, their slots let go of;
+        its streams end unrecorded, as on any lost connection."""
+        node = self.node
+        node._stat("write_stalls")
+        log.warning("closing %s (principal %s): its output stayed unread for %.1f s (the "
+                    "transport paused, %d bytes waiting; write_stall_timeout %s s), %d "
+                    "request(s) of it running", self.peer, self.principal, paused,
+                    self.transport.get_write_buffer_size(), stall, len(self.tasks))
+        self.abort()
+
     def send_error(self, sid: int, exc: BaseException) -> None:
         if self.closed or self.transport.is_closing():
             return  # the peer is gone (uvloop's transport raises on a write then)
@@ -304,14 +346,15 @@ class _Conn:
         streams leave the fair queue's rotation (their frames wait there),
         and only a small reply is written at once (``_SMALL_REPLY``)."""
         self.paused = True
-        self.hit_limit = min(self.max_frame - 16, _SMALL_REPLY)
+        self.paused_at = time.monotonic()  # (Node._check_conns: write_stall_timeout)
+        self.hit_limit = min(self.direct_max, _SMALL_REPLY)
         self.node._out_q.hold(self)
 
     def resume_writing(self) -> None:
         """The transport's buffer is empty (low mark 0): the connection's
         streams are served by the fair queue again."""
         self.paused = False
-        self.hit_limit = self.max_frame - 16
+        self.hit_limit = self.direct_max
         node = self.node
         if not self.closed:
             node._out_q.release(self)
@@ -1043,18 +1086,25 @@ class Node:
             await self._tick_evt.wait()  # ends at once when cancelled
             self._tick_evt.clear()
             self._gossip_wake.clear()
-            self._close_idle()
+            self._check_conns()
             try:
                 self._gossip.tick()  # deltas, anti-entropy, membership, learned links
             except Exception:  # a bug must not end gossip for good
                 log.exception("node %s: gossip tick failed", self.node_id)
 
-    def _close_idle(self) -> None:
-        """Close the connections past their handshake that received nothing
-        for ``limits.idle_timeout`` seconds (checked every tick)."""
+    def _check_conns(self) -> None:
+        """Every tick: close the connections past their handshake that
+        received nothing for ``limits.idle_timeout`` seconds, and those
+        whose transport stayed paused, with output its peer did not read,
+        for ``limits.write_stall_timeout`` seconds (0: never)."""
         now = time.monotonic()
         idle = self.limits.idle_timeout
+        stall = self.limits.write_stall_timeout
         for conn in list(self._conns):
+            if stall and conn.paused and not conn.closed and now - conn.paused_at >= stall \
+                    and conn.transport.get_write_buffer_size():
+                conn.stall_out(stall, now - conn.paused_at)
+                continue
             proto = conn.proto
             if proto is None:
                 continue
@@ -1171,10 +1221,7 @@ class Node:
         conn.principal = principal or "anonymous"
         conn.grants = self.grants.of(conn.principal) | _CONTROL_GRANTS
         conn.remote_node = body["node"]
-        conn.max_frame = min(body["max_frame"], self.limits.max_frame)
-        conn.hit_limit = conn.max_frame - 16  # a held reply's record in one chunk
-        if conn.paused:  # (the HELLO did not fit the buffer)
-            conn.hit_limit = min(conn.hit_limit, _SMALL_REPLY)
+        conn.set_frame(min(body["max_frame"], self.limits.max_frame))
         conn.enc = P.encoder(conn.max_frame)
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
@@ -1199,8 +1246,7 @@ class Node:
         # the socket from the caller's buffer): while paused, the connection's
         # stream frames wait in the fair queue (Node._enqueue).
         # (Under a small output cap, a quarter of it: the pause comes first.)
-        transport.set_write_buffer_limits(
-            high=min(1 << 16, max(1, self.limits.output_buffer // 4)), low=0)
+        transport.set_write_buffer_limits(high=_high(self.limits.output_buffer), low=0)
         reader = conn.reader
         left = bytes(getattr(reader, "_buffer", b""))  # read by the stream, not yet taken
         if left:
@@ -1641,11 +1687,16 @@ class Node:
 
     def _value_now(self, conn: _Conn, size: int) -> bool:
         """Whether a single reply of ``size`` bytes (its record's) is written
-        at once: a small one always (``_SMALL_REPLY``), one that fits one
-        frame while the transport is not paused. Any other is sent frame by
-        frame through the fair queue (``_queue_value``)."""
-        return size <= _SMALL_REPLY or (size <= max(1024, conn.max_frame - 16)
-                                        and not conn.paused)
+        at once: a small one always (``_SMALL_REPLY``); a larger one of at
+        most ``conn.direct_max`` bytes (one frame's chunk, at most half the
+        output cap) while the transport is not paused and what it buffers,
+        with the reply, stays within half the output cap: a peer that reads
+        is never cut by the replies written at once. Any other is sent
+        frame by frame through the fair queue (``_queue_value``)."""
+        return size <= _SMALL_REPLY or (
+            not conn.paused and size <= conn.direct_max
+            and conn.transport.get_write_buffer_size() + size
+            <= self.limits.output_buffer >> 1)
 
     def _send_value(self, conn: _Conn, sid: int, reply: Any) -> bool:
         """A single reply, from the read callback: written at once
@@ -1675,7 +1726,7 @@ class Node:
         key = (id(conn), sid)
         sent = self._sent_for(conn, sid)
         enc = conn.enc
-        part = P.reply_part(conn.max_frame)
+        part = conn.direct_max  # (a frame's chunk, within half the output cap)
         self._start_stream(conn, key, sid, reply.source)
         try:
             for i in range(0, len(data), part):
@@ -1996,7 +2047,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         # past rate_until) within a second of its start is refused.
         self.rate = node.limits.max_frame_rate
         self.rate_until = conn.frames_in + self.rate
-        # The idle check (Node._close_idle, every tick) notes when conn.bytes_in
+        # The idle check (Node._check_conns, every tick) notes when conn.bytes_in
         # last moved: no clock read per read callback.
         self.last_rx = self.window_start
         self.rx_seen = conn.bytes_in
@@ -2179,6 +2230,12 @@ def _recorded_item(rec: memoryview, index: int) -> tuple[bytes, int, memoryview]
     if len(rec) < at + 3 or rec[at] != 0x92 or rec[at + 1] > 1:
         raise FabricError(f"recorded stream: frame {index} is not [tag, payload]")
     return prefix, rec[at + 1], rec[at + 2:]
+
+
+def _high(output_buffer: int) -> int:
+    """A connection's transport's high mark (past its handshake): 64 KiB,
+    or a quarter of the output cap when that is smaller."""
+    return min(1 << 16, max(1, output_buffer // 4))
 
 
 def _too_large(conn: _Conn, size: int) -> P.LimitExceeded:
