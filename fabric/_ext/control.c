@@ -745,11 +745,33 @@ static PyObject *open_crc(PyObject *module, PyObject *data)
     return PyLong_FromUnsignedLong(crc);
 }
 
+/* The entry of index (a dict) filed under crc (the CRC-32C of payload,
+ * _open_crc) when it is a tuple whose first item is a bytes object equal to
+ * payload: borrowed. NULL with no exception when there is none, NULL with
+ * one on an error. */
+PyObject *fab_py_open_entry(PyObject *index, uint32_t crc, const uint8_t *payload, size_t len)
+{
+    PyObject *key = PyLong_FromUnsignedLong(crc);
+    if (key == NULL)
+        return NULL;
+    PyObject *e = PyDict_GetItemWithError(index, key); /* borrowed */
+    Py_DECREF(key);
+    if (e != NULL && PyTuple_Check(e) && PyTuple_GET_SIZE(e) > 0) {
+        PyObject *b = PyTuple_GET_ITEM(e, 0);
+        if (PyBytes_Check(b) && (size_t)PyBytes_GET_SIZE(b) == len &&
+            (len == 0 || memcmp(PyBytes_AS_STRING(b), payload, len) == 0))
+            return e;
+    }
+    return NULL;
+}
+
 /* _known_open(frame, index): the entry of index (a dict) filed under the
  * CRC-32C of frame's payload (_open_crc) when that entry is a tuple whose
  * first item is a bytes object equal to the payload, else None: a frame's
  * payload looked up among those seen before without copying it or hashing
- * it as bytes. TypeError when frame is not a Frame or index not a dict. */
+ * it as bytes (a decoded frame's CRC is its header's, checked against the
+ * payload: not computed again). TypeError when frame is not a Frame or
+ * index not a dict. */
 static PyObject *known_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     fab_state *st = fab_get_state(module);
@@ -768,20 +790,11 @@ static PyObject *known_open(PyObject *module, PyObject *const *args, Py_ssize_t 
                      Py_TYPE(args[1])->tp_name);
         return NULL;
     }
-    PyObject *key = PyLong_FromUnsignedLong(fab_crc32c(0, fi.payload, fi.len));
-    if (key == NULL)
-        return NULL;
-    PyObject *e = PyDict_GetItemWithError(args[1], key); /* borrowed */
-    Py_DECREF(key);
+    uint32_t crc = fi.crc_known ? fi.payload_crc : fab_crc32c(0, fi.payload, fi.len);
+    PyObject *e = fab_py_open_entry(args[1], crc, fi.payload, fi.len);
     if (e == NULL)
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (PyTuple_Check(e) && PyTuple_GET_SIZE(e) > 0) {
-        PyObject *b = PyTuple_GET_ITEM(e, 0);
-        if (PyBytes_Check(b) && (size_t)PyBytes_GET_SIZE(b) == fi.len &&
-            (fi.len == 0 || memcmp(PyBytes_AS_STRING(b), fi.payload, fi.len) == 0))
-            return Py_NewRef(e);
-    }
-    Py_RETURN_NONE;
+    return Py_NewRef(e);
 }
 
 static PyMethodDef control_functions[] = {

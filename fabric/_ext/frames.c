@@ -443,8 +443,10 @@ typedef struct {
     long long offset; /* stream offset of the frame, -1 when built locally */
     uint64_t stream_id;
     uint64_t seq;
+    uint32_t payload_crc; /* the header's, checked against the payload (crc_known) */
     uint16_t flags;
     uint8_t kind;
+    uint8_t crc_known;    /* a decoded frame (offset >= 0): payload_crc is its payload's */
 } FrameObject;
 
 static PyObject *frame_make(fab_state *st, const fab_frame_header *h, PyObject *owner,
@@ -460,6 +462,8 @@ static PyObject *frame_make(fab_state *st, const fab_frame_header *h, PyObject *
     f->offset = offset;
     f->stream_id = h->stream_id;
     f->seq = h->seq;
+    f->payload_crc = h->payload_crc;
+    f->crc_known = offset >= 0;
     f->flags = h->flags;
     f->kind = h->kind;
     return (PyObject *)f;
@@ -1448,17 +1452,23 @@ static int decoder_queue(fab_state *st, DecoderObject *self, const fab_frame *f,
     return err;
 }
 
-static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
+/*
+ * The loop of feed() over p[0:len], data's bytes (len may be less than
+ * data's length: then the payloads are copied). With index (feed_open):
+ * when nothing was queued before and p[0:len] is exactly one whole CONTROL
+ * frame whose payload is filed in index (fab_py_open_entry, by the
+ * header's CRC, checked against the payload by the decoder), that frame is
+ * not queued: (frame, entry) is returned, the frame's payload a view of
+ * entry's bytes (no copy). Otherwise the count of frames queued (feed), or
+ * None (feed_open).
+ */
+static PyObject *decoder_feed_bytes(DecoderObject *self, fab_state *st, PyObject *data,
+                                    const uint8_t *p, size_t len, int zero_copy,
+                                    PyObject *index)
 {
-    Py_buffer view;
-    fab_state *st = decoder_begin(self, data, &view);
-    if (st == NULL)
-        return NULL;
-    int zero_copy = PyBytes_CheckExact(data);
-    const uint8_t *p = view.buf;
-    size_t len = (size_t)view.len, pos = 0;
+    size_t pos = 0;
     Py_ssize_t before = PyList_GET_SIZE(self->ready);
-    PyObject *res = NULL;
+    int alone = index != NULL && self->head == before;
     for (;;) {
         size_t used;
         fab_frame f;
@@ -1468,7 +1478,24 @@ static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
             break;
         if (rc < 0) {
             fab_py_raise_frame_error(st, &self->dec.err);
-            goto done;
+            return NULL;
+        }
+        if (alone && pos == len && used == len && f.payload_in_input &&
+            f.h.kind == FAB_FRAME_CONTROL) {
+            PyObject *e = fab_py_open_entry(index, f.h.payload_crc, f.payload, f.h.payload_len);
+            if (e != NULL) {
+                PyObject *owner = PyTuple_GET_ITEM(e, 0);
+                PyObject *frame = frame_make(st, &f.h, owner,
+                                             (const uint8_t *)PyBytes_AS_STRING(owner),
+                                             f.h.payload_len, (long long)f.offset);
+                if (frame == NULL)
+                    return NULL;
+                PyObject *res = PyTuple_Pack(2, frame, e);
+                Py_DECREF(frame);
+                return res;
+            }
+            if (PyErr_Occurred())
+                return NULL;
         }
         int err;
         if (f.payload_in_input && zero_copy) {
@@ -1476,19 +1503,98 @@ static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
         } else {
             PyObject *owner = PyBytes_FromStringAndSize((const char *)f.payload, f.h.payload_len);
             if (owner == NULL)
-                goto done;
+                return NULL;
             err = decoder_queue(st, self, &f, owner, (const uint8_t *)PyBytes_AS_STRING(owner));
             Py_DECREF(owner);
         }
         if (err < 0)
-            goto done;
+            return NULL;
         if (pos == len)
             break;
     }
-    res = PyLong_FromSsize_t(PyList_GET_SIZE(self->ready) - before);
-done:
+    if (index != NULL)
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t(PyList_GET_SIZE(self->ready) - before);
+}
+
+/* The nbytes argument of feed_open and feed_reply: its value, -1 for None
+ * or absent (the whole of data), or -2 with an exception set. */
+static Py_ssize_t nbytes_arg(const char *fname, PyObject *arg)
+{
+    if (arg == NULL || arg == Py_None)
+        return -1;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return -2;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: nbytes must be >= 0, not %zd", fname, n);
+        return -2;
+    }
+    return n;
+}
+
+/* The length of view to decode: nbytes (>= 0) when it is at most view's
+ * length, the whole for -1; -2 with ValueError when nbytes is longer. */
+static Py_ssize_t nbytes_of(const char *fname, const Py_buffer *view, Py_ssize_t nbytes)
+{
+    if (nbytes < 0)
+        return view->len;
+    if (nbytes > view->len) {
+        PyErr_Format(PyExc_ValueError, "%s: nbytes must be in [0, %zd], not %zd", fname,
+                     view->len, nbytes);
+        return -2;
+    }
+    return nbytes;
+}
+
+/* feed(data[:nbytes]) (nbytes -1: the whole), or with index feed_open's. */
+static PyObject *decoder_feed_part(DecoderObject *self, const char *fname, PyObject *data,
+                                   Py_ssize_t nbytes, PyObject *index)
+{
+    Py_buffer view;
+    fab_state *st = decoder_begin(self, data, &view);
+    if (st == NULL)
+        return NULL;
+    PyObject *res = NULL;
+    Py_ssize_t n = nbytes_of(fname, &view, nbytes);
+    if (n >= 0)
+        res = decoder_feed_bytes(self, st, data, view.buf, (size_t)n, PyBytes_CheckExact(data),
+                                 index);
     PyBuffer_Release(&view);
     return res;
+}
+
+static PyObject *decoder_feed(DecoderObject *self, PyObject *data)
+{
+    return decoder_feed_part(self, "feed", data, -1, NULL);
+}
+
+/*
+ * feed_open(data, nbytes, index): feed(data[:nbytes]) without the slice,
+ * except for a node's usual read: when nothing is queued and those bytes
+ * are exactly one whole CONTROL frame whose payload index (a dict) has
+ * filed under its CRC-32C (as _known_open finds it), the frame is not
+ * queued and (frame, entry) is returned, the frame's payload a view of
+ * entry's first item. Otherwise None, the frames queued as feed queues
+ * them. Bad input raises FrameError as feed() does.
+ */
+static PyObject *decoder_feed_open(DecoderObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "feed_open() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyDict_Check(args[2])) {
+        PyErr_Format(PyExc_TypeError, "feed_open: index must be a dict, not %.100s",
+                     Py_TYPE(args[2])->tp_name);
+        return NULL;
+    }
+    if (args[1] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "feed_open: nbytes must be an int, not None");
+        return NULL;
+    }
+    Py_ssize_t n = nbytes_arg("feed_open", args[1]);
+    return n < -1 ? NULL : decoder_feed_part(self, "feed_open", args[0], n, args[2]);
 }
 
 /*
@@ -1705,12 +1811,16 @@ static void queue_keeping_error(fab_state *st, DecoderObject *self, PyObject *da
 static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    static const char *const kw[] = {"data", "limits"};
-    PyObject *a[2];
-    if (parse_args("feed_reply", args, nargs, kwnames, kw, 2, 2, 1, a) < 0)
+    static const char *const kw[] = {"data", "limits", "nbytes"};
+    PyObject *a[3];
+    if (parse_args("feed_reply", args, nargs, kwnames, kw, 3, 3, 1, a) < 0)
+        return NULL;
+    Py_ssize_t nbytes = nbytes_arg("feed_reply", a[2]);
+    if (nbytes < -1)
         return NULL;
     if (self->head < PyList_GET_SIZE(self->ready) || fab_frame_decoder_partial(&self->dec)) {
-        PyObject *n = decoder_feed(self, a[0]); /* the frames before come first */
+        /* the frames before come first */
+        PyObject *n = decoder_feed_part(self, "feed_reply", a[0], nbytes, NULL);
         if (n == NULL)
             return NULL;
         Py_DECREF(n);
@@ -1721,8 +1831,13 @@ static PyObject *decoder_feed_reply(DecoderObject *self, PyObject *const *args,
     fab_state *st = decoder_begin(self, a[0], &view);
     if (st == NULL)
         return NULL;
+    Py_ssize_t whole = nbytes_of("feed_reply", &view, nbytes);
+    if (whole < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     const uint8_t *p = view.buf;
-    size_t len = (size_t)view.len, pos = 0, n = 0, cap = 8;
+    size_t len = (size_t)whole, pos = 0, n = 0, cap = 8;
     fab_frame local[8], *fs = local;
     PyObject *res = NULL;
     int failed = 0;
@@ -1854,6 +1969,13 @@ static PyMethodDef decoder_methods[] = {
      ".frame_offset and .violation; frames completed before it stay queued, and\n"
      "the decoder stays failed. Payloads of frames that lie wholly inside a bytes\n"
      "object share it (zero-copy); other inputs are copied."},
+    {"feed_open", (PyCFunction)(void (*)(void))decoder_feed_open, METH_FASTCALL,
+     "feed_open($self, data, nbytes, index, /)\n--\n\n"
+     "feed(data[:nbytes]) without the slice; but when nothing is queued and\n"
+     "those bytes are exactly one whole CONTROL frame whose payload index (a\n"
+     "dict) files under its CRC-32C as _known_open finds it, that frame is not\n"
+     "queued: returns (frame, entry), the frame's payload a view of entry's\n"
+     "bytes. Otherwise None, the frames queued as feed queues them."},
     {"feed_whole", (PyCFunction)decoder_feed_whole, METH_O,
      "feed_whole($self, data, /)\n--\n\n"
      "Queue the whole frames at the start of data and return how many bytes\n"
@@ -1872,11 +1994,12 @@ static PyMethodDef decoder_methods[] = {
      "nothing taken. A chunk that does not decode raises as decode_payload."},
     {"feed_reply", (PyCFunction)(void (*)(void))decoder_feed_reply,
      METH_FASTCALL | METH_KEYWORDS,
-     "feed_reply($self, /, data, limits=None)\n--\n\n"
+     "feed_reply($self, /, data, limits=None, nbytes=None)\n--\n\n"
      "feed(data), then take_reply(limits), in one call: the same result, the\n"
      "same frames left queued, the same errors. The usual reply's frames, when\n"
      "they are the first whole frames of data and nothing was queued or held\n"
-     "before, are never queued (no Frame for the chunk)."},
+     "before, are never queued (no Frame for the chunk). nbytes: only\n"
+     "data[:nbytes] is fed (no slice made; ValueError past data's end)."},
     {"finish", (PyCFunction)decoder_finish, METH_NOARGS,
      "finish($self, /)\n--\n\n"
      "Declare the end of the stream: raises FrameError (violation 'truncated')\n"
@@ -2066,6 +2189,8 @@ int fab_py_frame_view(fab_state *st, PyObject *obj, fab_py_frame_info *out)
     out->offset = f->offset;
     out->stream_id = f->stream_id;
     out->kind = f->kind;
+    out->payload_crc = f->payload_crc;
+    out->crc_known = f->crc_known;
     return 0;
 }
 

@@ -438,7 +438,10 @@ typedef struct fab_py_frame_info {
     size_t len;
     long long offset;       /* stream offset of the frame, -1 when built locally */
     uint64_t stream_id;
+    uint32_t payload_crc;   /* the CRC-32C of the payload, when crc_known (a decoded
+                             * frame: the header's, checked against the payload) */
     uint8_t kind;
+    uint8_t crc_known;
 } fab_py_frame_info;
 
 /* frames.c: fills *out when obj is a Frame and returns 0; else -1 (no
@@ -453,6 +456,12 @@ PyObject *fab_py_frame_new(fab_state *st, uint8_t kind, uint64_t stream_id, PyOb
 /* frames.c: decode limits from limits (None, a StreamFrameLimits or what
  * Frame.decode_payload accepts), as decode_payload takes them. 0 or -1. */
 int fab_py_payload_limits(fab_state *st, PyObject *limits, struct fab_mp_limits *lim);
+
+/* control.c: the entry of index (a dict) filed under crc, the CRC-32C of
+ * payload, when it is a tuple whose first item is bytes equal to payload
+ * (borrowed); NULL with no exception when there is none, with one on an
+ * error (what _known_open looks up). */
+PyObject *fab_py_open_entry(PyObject *index, uint32_t crc, const uint8_t *payload, size_t len);
 
 /* control.c */
 int fab_py_control_traverse(fab_state *st, visitproc visit, void *arg);

@@ -367,7 +367,7 @@ class _Channel:
                 n = sock.recv_into(self.view)
                 if not n:
                     raise ConnectionResetError(f"{client.url} closed the connection")
-                r = dec.feed_reply(self.view[:n], dec.limits)
+                r = dec.feed_reply(self.view, dec.limits, n)
                 if r is not None and r[0] == sid:
                     record, source, claim = self._usual((), sid, r)
                 else:
@@ -756,30 +756,32 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         return self.buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.buf[:nbytes])
+        self.data_received(self.buf, nbytes)
 
-    def data_received(self, data: bytes | memoryview | None = None) -> None:
-        """What arrived, decoded and handed to its calls. Called with None by
-        the loop when the channel owns its socket (plain TCP on asyncio's own
-        loop, the socket's reader): it reads the socket first, as a
-        transport's reader would, without its layers (and in one frame)."""
+    def data_received(self, data: bytes | memoryview | None = None,
+                      nbytes: int | None = None) -> None:
+        """What arrived (``data``, or its first ``nbytes``), decoded and
+        handed to its calls. Called with None by the loop when the channel
+        owns its socket (plain TCP on asyncio's own loop, the socket's
+        reader): it reads the socket first, as a transport's reader would,
+        without its layers (and in one frame)."""
         if data is None:
             try:
-                n = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
+                nbytes = self.sock.recv_into(self.buf)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._fail(FabricUnavailable(f"connection to {self.client.url} "
                                              f"({self.node}) was lost: {exc}"))
                 return
-            if not n:  # the node closed it
+            if not nbytes:  # the node closed it
                 self.connection_lost(None)
                 return
-            data = self.buf[:n]
+            data = self.buf
         try:
             dec = self.dec
             if not self.up:
-                dec.feed(data)
+                dec.feed(data if nbytes is None else data[:nbytes])
                 for f in dec:
                     self._frame(f)
                 return
@@ -789,7 +791,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             # (FrameDecoder.feed_reply: feed, then take_reply), the next ones
             # by take_reply; a START or END whose payload was seen before is
             # not decoded again.
-            r = dec.feed_reply(data, limits)
+            r = dec.feed_reply(data, limits, nbytes)  # (nbytes None: the whole)
             while r is not None:
                 sid, start, skey, data_, end, ekey = r
                 call = calls.get(sid)

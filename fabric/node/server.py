@@ -628,6 +628,10 @@ class Node:
         # in C, not copied and hashed); a payload whose CRC another one took
         # is found in _opens.
         self._opens_crc: OrderedDict[int, tuple[bytes, tuple[Any, Any]]] = OrderedDict()
+        # One object per route (_route_of; at most 256, then begun again): the
+        # read callback's lookup in a connection's checked routes matches it
+        # by identity, without comparing the tuples.
+        self._route_ids: dict[tuple[str, frozenset[str], bool], Any] = {}
         self._out_wake: asyncio.Event | None = None
         self._gossip_wake: asyncio.Event | None = None
         # Per peer URL: where its gossip restarts, and whether it is a redelivery.
@@ -1374,7 +1378,11 @@ class Node:
             _gossip.shareable(req, via)
         except FabricError:
             return None  # refused by _target on the general path, every time
-        return (scope, claimed, self.node_id in via)
+        route = (scope, claimed, self.node_id in via)
+        ids = self._route_ids
+        if len(ids) >= 256 and route not in ids:
+            ids.clear()
+        return ids.setdefault(route, route)
 
     def _answer_hit(self, conn: _Conn, sid: int, req: Any,
                     routed: tuple[Any, frozenset[str], bool]) -> bool:
@@ -2083,17 +2091,18 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         decoded and dispatched, a hit answered here."""
         if self.finished:
             return
-        if data is None:
-            data = self.buf[:nbytes]
         conn = self.conn
         conn.bytes_in += nbytes
         try:
             dec = self.dec
-            if nbytes:
-                dec.feed(data)
             node = self.node
             opens, by_crc = node._opens, node._opens_crc
-            for f in dec:
+            # The usual read, one open parsed before and nothing else, is
+            # found by feed_open itself: (frame, (payload, entry)), the frame
+            # not queued (no slice of the buffer, no copy of its payload).
+            got = dec.feed_open(self.buf if data is None else data, nbytes,
+                                by_crc) if nbytes else None
+            for f in (dec if got is None else (got[0],)):
                 n = conn.frames_in = conn.frames_in + 1
                 if n > self.rate_until:
                     now = time.monotonic()
@@ -2102,7 +2111,8 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                                               f"in one second")
                     self.window_start, self.rate_until = now, n - 1 + self.rate
                 if f.kind == _CONTROL_KIND:
-                    known = _known_open(f, by_crc)  # (payload, entry) or None
+                    # (payload, entry) or None
+                    known = _known_open(f, by_crc) if got is None else got[1]
                     if known is not None:
                         payload, seen = known
                     else:
