@@ -48,7 +48,8 @@ def _open(sid, req, want):
         ["stream.open", "stream.remote.network"]).encode()
 
 
-def test_a_peer_that_never_reads_its_streams_is_cut_and_its_slots_come_back(node):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_peer_that_never_reads_its_streams_is_cut_and_its_slots_come_back(node, loop):
     """A raw peer opens two streams of 1 MiB items (max_running=2) and reads
     nothing; another client's request waits for a slot meanwhile. Once the
     items start, the peer's transport pauses and stays paused: after
@@ -59,7 +60,7 @@ def test_a_peer_that_never_reads_its_streams_is_cut_and_its_slots_come_back(node
     gate.clear()
     running, cap = 2, 4 * MIB
     n = node(limits=NodeLimits(max_running=running, output_buffer=cap,
-                               write_stall_timeout=1.0))
+                               write_stall_timeout=1.0), loop=loop)
     other = connect(n.url, timeout=60)
     try:
         assert other.evaluate(small.request(1)).value == "small-1"  # held from now on
@@ -100,7 +101,6 @@ def test_a_peer_that_never_reads_its_streams_is_cut_and_its_slots_come_back(node
         done = items.request("whole", 3, 1000)
         assert [len(x) for x in other.stream(done)] == [1000] * 3
         wait_for(lambda: done.key in n.cassette, "a whole stream recorded")
-        assert n.stats()["connections"] == 2  # the other client's main link and channel
     finally:
         gate.set()
         other.close()
@@ -126,8 +126,8 @@ def test_fabric_serve_refuses_a_negative_write_stall_timeout_in_one_line(tmp_pat
     assert not cassette.exists()
 
 
-@pytest.mark.parametrize("cap", [MIB, 3 * MIB])
-def test_a_reading_client_is_never_cut_by_replies_larger_than_the_output_cap(node, cap):
+@pytest.mark.parametrize("cap, loop", [(MIB, "uvloop"), (MIB, "asyncio"), (3 * MIB, "auto")])
+def test_a_reading_client_is_never_cut_by_replies_larger_than_the_output_cap(node, cap, loop):
     """32 concurrent 3 MiB replies (each within one 4 MiB frame) to a client
     that reads, under a 1 MiB (and a 3 MiB) output cap: computed, then held
     (answered from the read callback), every one arrives whole and the
@@ -135,7 +135,7 @@ def test_a_reading_client_is_never_cut_by_replies_larger_than_the_output_cap(nod
     through the fair queue in chunks of at most half the cap less the high
     mark. (Written at once, one 3 MiB reply the kernel did not take at once
     put the buffer over the cap.)"""
-    n = node(limits=NodeLimits(output_buffer=cap))
+    n = node(limits=NodeLimits(output_buffer=cap), loop=loop)
     size = 3 * MIB
     ids = list(range(32))
     with connect(n.url, timeout=120) as c:
