@@ -153,26 +153,28 @@ def test_a_reading_client_is_never_cut_by_replies_as_large_as_the_output_cap(nod
     assert st["hits_inline"] >= len(ids)
 
 
-def test_what_is_written_at_once_stays_within_half_the_cap():
+def test_what_is_written_at_once_stays_within_half_the_cap(tmp_path):
     """The largest reply written at once, and the largest chunk of one that
-    waits, for a few caps (the connection's set_frame)."""
+    waits, for a few caps and frames (a connection's direct_max)."""
+    from fabric.node import Node
     from fabric.node.server import _Conn, _SMALL_REPLY
 
-    class Limits:
-        def __init__(self, cap):
-            self.output_buffer, self.max_frame = cap, P.DEFAULT_MAX_FRAME
-
-    for cap, frame, want in [(64 << 20, P.DEFAULT_MAX_FRAME, P.DEFAULT_MAX_FRAME - 16),
-                             (MIB, P.DEFAULT_MAX_FRAME, MIB // 2 - (64 << 10)),
-                             (16 << 10, P.DEFAULT_MAX_FRAME, _SMALL_REPLY),
-                             (64 << 20, 8192, 8192 - 16)]:
-        conn = _Conn.__new__(_Conn)
-        conn.node = type("N", (), {"limits": Limits(cap)})()
-        conn.paused = False
-        conn.set_frame(frame)
-        assert conn.direct_max == conn.hit_limit == want, (cap, frame)
-        if want > _SMALL_REPLY:
-            assert conn.direct_max + _high(cap) <= cap // 2
-        conn.paused = True
-        conn.set_frame(frame)
-        assert conn.hit_limit == min(want, _SMALL_REPLY)
+    frame = P.DEFAULT_MAX_FRAME
+    for k, (cap, want) in enumerate([(64 << 20, frame - 16), (MIB, MIB // 2 - (64 << 10)),
+                                     (16 << 10, _SMALL_REPLY)]):
+        n = Node(str(tmp_path / f"{k}.ledger"), listen="127.0.0.1:0",
+                 limits=NodeLimits(output_buffer=cap))
+        try:
+            conn = _Conn.__new__(_Conn)
+            conn.node, conn.paused = n, False
+            for f, w in ((frame, want), (8192, min(want, 8192 - 16))):
+                conn.set_frame(f)
+                assert conn.direct_max() == conn.hit_limit == w, (cap, f)
+                if w > _SMALL_REPLY:
+                    assert w + _high(cap) <= cap // 2
+                conn.paused = True
+                conn.set_frame(f)
+                assert conn.hit_limit == min(w, _SMALL_REPLY)
+                conn.paused = False
+        finally:
+            n.cassette.close()
