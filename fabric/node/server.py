@@ -211,12 +211,10 @@ class _Conn:
         self.grants: frozenset[str] = frozenset()
         self.remote_node: str | None = None
         self.paused = False  # the transport's buffer is over its high mark
-        self.paused_at = 0.0  # when it was last paused (time.monotonic())
         self.max_frame = node.limits.max_frame  # what the peer accepts from us
-        # the largest reply record written at once while the transport is not
-        # paused, and the largest chunk of one sent through the fair queue
-        # (set_frame: kept with max_frame)
-        self.direct_max = self.hit_limit = 0
+        # the largest reply record a hit writes at once (set_frame: kept with
+        # max_frame and the pause; Node._value_now says the same)
+        self.hit_limit = 0
         self.set_frame(self.max_frame)
         self.window = node.limits.window
         self.enc = P.encoder(node.limits.max_frame)
@@ -251,18 +249,21 @@ class _Conn:
         self.plain = node.signer is None and self.faults is None
 
     def set_frame(self, max_frame: int) -> None:
-        """The largest frame the peer accepts, and what follows from it:
-        ``direct_max``, the largest single reply (its record's bytes)
-        written at once while the transport is not paused, is one frame's
-        chunk, but at most half the output cap less the transport's high
-        mark (never under ``_SMALL_REPLY``): a reply written at once never
-        takes the buffer of a peer that reads over the cap
-        (docs/spec/protocol.md section 3). ``hit_limit``: the same for a
-        hit answered from the read callback, ``_SMALL_REPLY`` while paused."""
+        """The largest frame the peer accepts, and the hit's limit with it."""
         self.max_frame = max_frame
-        cap = self.node.limits.output_buffer
-        self.direct_max = min(P.reply_part(max_frame), max(_SMALL_REPLY, cap // 2 - _high(cap)))
-        self.hit_limit = min(self.direct_max, _SMALL_REPLY) if self.paused else self.direct_max
+        direct = self.direct_max()
+        self.hit_limit = min(direct, _SMALL_REPLY) if self.paused else direct
+
+    def direct_max(self) -> int:
+        """The largest single reply (its record's bytes) written at once
+        while the transport is not paused, and the largest chunk of one
+        sent through the fair queue: one frame's chunk, but at most half
+        the output cap less the transport's high mark (never under
+        ``_SMALL_REPLY``), so a reply written at once never takes the
+        buffer of a peer that reads over the cap (docs/spec/protocol.md
+        section 3). ``hit_limit`` is the same for a hit answered from the
+        read callback, ``_SMALL_REPLY`` while paused."""
+        return min(P.reply_part(self.max_frame), self.node._direct_cap)
 
     def _write(self, data: bytes) -> None:
         if not self.closed:
@@ -346,16 +347,18 @@ class _Conn:
         streams leave the fair queue's rotation (their frames wait there),
         and only a small reply is written at once (``_SMALL_REPLY``)."""
         self.paused = True
-        self.paused_at = time.monotonic()  # (Node._check_conns: write_stall_timeout)
-        self.hit_limit = min(self.direct_max, _SMALL_REPLY)
-        self.node._out_q.hold(self)
+        node = self.node
+        node._paused[self] = time.monotonic()  # (Node._check_conns: write_stall_timeout)
+        self.hit_limit = min(self.direct_max(), _SMALL_REPLY)
+        node._out_q.hold(self)
 
     def resume_writing(self) -> None:
         """The transport's buffer is empty (low mark 0): the connection's
         streams are served by the fair queue again."""
         self.paused = False
-        self.hit_limit = self.direct_max
+        self.hit_limit = self.direct_max()
         node = self.node
+        node._paused.pop(self, None)
         if not self.closed:
             node._out_q.release(self)
             node._wake_pump(self)
@@ -367,6 +370,7 @@ class _Conn:
         the fair queue is dropped (its producers, woken, see it closed)."""
         self.closed = True
         self.paused = False
+        self.node._paused.pop(self, None)
         self.node._out_q.discard(self)
         if self._drained is not None:
             self._drained.set()
@@ -580,6 +584,13 @@ class Node:
         self.peer_token = peer_token
         self._clients: list[Any] = []
         self._conns: set[_Conn] = set()
+        # Connections whose transport is paused -> since when (time.monotonic()):
+        # _check_conns closes those paused over limits.write_stall_timeout.
+        self._paused: dict[_Conn, float] = {}
+        # What a single reply written at once may take of the output cap
+        # (_Conn.direct_max): half of it less the transport's high mark.
+        cap = self.limits.output_buffer
+        self._direct_cap = max(_SMALL_REPLY, cap // 2 - _high(cap))
         self._stats: dict[str, int] = {}
         self._inline_hits = 0  # answered by _answer_hit: folded in by _counters()
         self._link_tasks: set[asyncio.Task[Any]] = set()
@@ -1104,10 +1115,13 @@ class Node:
         now = time.monotonic()
         idle = self.limits.idle_timeout
         stall = self.limits.write_stall_timeout
+        if stall:
+            for conn, since in list(self._paused.items()):
+                if now - since >= stall and not conn.closed \
+                        and conn.transport.get_write_buffer_size():
+                    conn.stall_out(stall, now - since)
         for conn in list(self._conns):
-            if stall and conn.paused and not conn.closed and now - conn.paused_at >= stall \
-                    and conn.transport.get_write_buffer_size():
-                conn.stall_out(stall, now - conn.paused_at)
+            if conn.closed:
                 continue
             proto = conn.proto
             if proto is None:
@@ -1696,13 +1710,13 @@ class Node:
     def _value_now(self, conn: _Conn, size: int) -> bool:
         """Whether a single reply of ``size`` bytes (its record's) is written
         at once: a small one always (``_SMALL_REPLY``); a larger one of at
-        most ``conn.direct_max`` bytes (one frame's chunk, at most half the
+        most ``conn.direct_max()`` bytes (one frame's chunk, at most half the
         output cap) while the transport is not paused and what it buffers,
         with the reply, stays within half the output cap: a peer that reads
         is never cut by the replies written at once. Any other is sent
         frame by frame through the fair queue (``_queue_value``)."""
         return size <= _SMALL_REPLY or (
-            not conn.paused and size <= conn.direct_max
+            not conn.paused and size <= conn.direct_max()
             and conn.transport.get_write_buffer_size() + size
             <= self.limits.output_buffer >> 1)
 
@@ -1734,7 +1748,7 @@ class Node:
         key = (id(conn), sid)
         sent = self._sent_for(conn, sid)
         enc = conn.enc
-        part = conn.direct_max  # (a frame's chunk, within half the output cap)
+        part = conn.direct_max()  # (a frame's chunk, within half the output cap)
         self._start_stream(conn, key, sid, reply.source)
         try:
             for i in range(0, len(data), part):
