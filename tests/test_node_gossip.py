@@ -551,3 +551,59 @@ def test_a_gossip_config_that_is_not_one_is_a_type_error(tmp_path, config):
     with pytest.raises(TypeError, match="gossip must be a fabric.node.gossip.GossipConfig, "
                                         f"not {type(config).__name__}"):
         Node(str(tmp_path / "n.ledger"), listen="127.0.0.1:0", gossip=config)
+
+
+def test_only_a_principal_granted_node_gossip_can_name_members_for_the_node_to_dial(
+        tmp_path, caplog):
+    """A members message names addresses the node links to, presenting its
+    peer token there: from a principal without ``node.gossip`` it is
+    dropped (counted, logged once; the connection and its requests go on),
+    so the node dials nothing it named. Before, any principal (here one
+    granted nothing, not even asking for the gossip capability) made the
+    node dial an address of its choosing and hand its peer token to it.
+    The granted principal's message to a second listener is the control."""
+    import socket
+
+    from fabric.frames import FrameKind
+
+    from conftest import hello_bytes, read_frames
+
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    tokens = {"reader": "reader-token-0123456789", "peer": "peer-token-0123456789ab"}
+    n = Node(str(tmp_path / "n.ledger"), node_id="n", listen="127.0.0.1:0", tokens=tokens,
+             grants={"reader": [], "peer": ["node.gossip"]}, gossip=FAST,
+             peer_token="the-peer-token-of-node-n").start()
+    enc = P.encoder()
+    socks = []
+    try:
+        for principal, lst, name in (("reader", listeners[0], "evil"),
+                                     ("peer", listeners[1], "m")):
+            s = socket.create_connection(n.address, timeout=30)
+            socks.append(s)
+            s.sendall(hello_bytes(token=tokens[principal]))
+            assert read_frames(s, until_close=False)[0].kind == FrameKind.HELLO
+            url = f"fabric://127.0.0.1:{lst.getsockname()[1]}"
+            s.sendall(enc.encode_value(FrameKind.GOSSIP, {"members": [[name, url, True]]}))
+            s.sendall(enc.encode(FrameKind.PING, b"after", stream_id=0))
+            got = read_frames(s, until_close=False)
+            while not any(f.kind == FrameKind.PONG for f in got):
+                got += read_frames(s, until_close=False)  # (the peer's gets members back)
+            assert not any(f.kind == FrameKind.ERROR for f in got)
+        listeners[1].settimeout(30)
+        conn, _ = listeners[1].accept()  # the granted principal's member is dialled
+        conn.close()
+        assert n.status()["gossip"]["members"] == 1  # "m" only, never "evil"
+        listeners[0].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listeners[0].accept()
+        g = n.stats()["gossip"]
+        assert g["refused_in"] == 1 and g["members_in"] == 1
+    finally:
+        for s in socks:
+            s.close()
+        n.stop()
+        for lst in listeners:
+            lst.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+              and "dropping GOSSIP" in r.getMessage()]
+    assert len(warned) == 1 and "'reader'" in warned[0] and "node.gossip" in warned[0]

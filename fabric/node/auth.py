@@ -8,8 +8,11 @@
   (``CN=alice,O=example``), verified against ``--tls-ca``.
 - A grants file is a JSON object ``{principal: [capability, ...]}``; the key
   ``"*"`` gives the grants of principals not named. ``node.compute`` allows
-  home compute, ``secret:<name>`` a SecretRef's resolution; the rest are
-  the capabilities requests declare. Without a grants file every principal
+  home compute, ``node.gossip`` taking part in the node's gossip (pulling
+  its holdings, pushing holdings and fleet members: a member pushed is an
+  address the node may dial, presenting its peer token there),
+  ``secret:<name>`` a SecretRef's resolution; the rest are the
+  capabilities requests declare. Without a grants file every principal
   holds ``*`` (everything): the default node binds loopback only.
 """
 
@@ -21,10 +24,13 @@ import os
 import ssl
 from typing import Any, Iterable, Mapping
 
-__all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COMPUTE"]
+__all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COMPUTE",
+           "GOSSIP"]
 
 #: The grant that allows home compute.
 COMPUTE = "node.compute"
+#: The grant that allows gossip with the node (its holdings, its fleet's members).
+GOSSIP = "node.gossip"
 
 
 def _load_json(path: str, what: str) -> Any:
