@@ -144,3 +144,11 @@ def test_a_secret_ref_in_a_set_or_a_maps_key_is_resolved_too():
     assert type(a[0]) is set and type(a[1]) is frozenset and type(a[3][0]) is tuple
     with pytest.raises(fabric.CapabilityDenied, match="secret:db"):
         store.resolve(anything.request(frozenset([ref])), ["secret:other"])
+
+
+@pytest.mark.parametrize("name", ["db\n", "", "a b", "x" * 129, "ключ", 7])
+def test_a_secret_ref_name_outside_its_alphabet_is_refused(name):
+    # ("db\n" passed: the pattern's $ matches before a final newline)
+    with pytest.raises(ValueError, match="a SecretRef name is 1-128 of"):
+        fabric.SecretRef(name)
+    assert fabric.SecretRef("api-key.v2_1").name == "api-key.v2_1"
