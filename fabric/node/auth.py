@@ -184,14 +184,33 @@ def client_tls(ca: str | None = None, cert: str | None = None,
     return ctx
 
 
+_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+          "countryName": "C"}
+
+
+def _escape(value: str) -> str:
+    """An attribute value as RFC 4514 writes it: ``,`` ``+`` ``"`` ``\\`` ``<``
+    ``>`` ``;`` ``=`` escaped, and a leading ``#`` or space and a trailing
+    space, so no value can read as more attributes or other RDNs."""
+    chars = ["\\" + ch if ch in ',+"\\<>;=' else "\\00" if ch == "\0" else ch
+             for ch in value]
+    if chars and value[0] in "# ":
+        chars[0] = "\\" + chars[0]
+    if len(value) > 1 and value[-1] == " ":
+        chars[-1] = "\\ "
+    return "".join(chars)
+
+
 def tls_principal(peercert: Any) -> str | None:
-    """``CN=alice,O=example`` from ``SSLSocket.getpeercert()``, or None."""
+    """``CN=alice,O=example`` from ``SSLSocket.getpeercert()``, or None: the
+    subject's RDNs in order joined by ``,`` (the attributes of one RDN by
+    ``+``), values escaped as RFC 4514 says (a CN of ``alice,O=example`` is
+    ``CN=alice\\,O\\=example``, never the principal of a certificate with
+    CN ``alice`` and O ``example``)."""
     if not peercert:
         return None
-    parts = []
+    rdns = []
     for rdn in peercert.get("subject", ()):
-        for name, value in rdn:
-            short = {"commonName": "CN", "organizationName": "O",
-                     "organizationalUnitName": "OU", "countryName": "C"}.get(name, name)
-            parts.append(f"{short}={value}")
-    return ",".join(parts) or None
+        rdns.append("+".join(f"{_SHORT.get(name, name)}={_escape(value)}"
+                             for name, value in rdn))
+    return ",".join(rdns) or None
