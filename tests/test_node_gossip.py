@@ -95,21 +95,33 @@ def test_link_warning_decides_on_the_address_and_the_trust():
     for host in ("10.0.0.5", "192.168.1.2", "2001:db8::1", "example.org"):
         assert "not authenticated" in link_warning(host, tls=False, token=False)
         assert link_warning(host, tls=True, token=False) is None
-        assert link_warning(host, tls=False, token=True) is None
+        assert link_warning(host, tls=True, token=True) is None
+        # a bearer token without TLS crosses the network in clear, whatever the trust
+        for trust in ("none", "fleet-key"):
+            assert "token crosses the network in clear" in link_warning(
+                host, tls=False, token=True, trust=trust)
         assert link_warning(host, tls=False, token=False, trust="fleet-key") is None
     assert "listening on 10.0.0.5" in link_warning("10.0.0.5", tls=False, token=False,
                                                     listening=True)
+    assert "listening on 10.0.0.5 with bearer tokens but without TLS" in link_warning(
+        "10.0.0.5", tls=False, token=True, listening=True)
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert link_warning(host, tls=False, token=True, listening=True) is None
 
 
-def test_warn_link_logs_a_warning_only_for_unauthenticated_remote_links(caplog):
+def test_warn_link_warns_of_remote_links_unauthenticated_or_with_a_token_in_clear(caplog):
     with caplog.at_level(logging.WARNING, logger="fabric.node"):
         assert warn_link("fabric://127.0.0.1:7411", tls=False, token=False, node="a") is None
         assert warn_link("fabrics://10.1.2.3:7411", tls=False, token=False, node="a") is None
-        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=True, node="a") is None
+        assert warn_link("fabrics://10.1.2.3:7411", tls=False, token=True, node="a") is None
         assert not caplog.records
         assert warn_link("fabric://10.1.2.3:7411", tls=False, token=False, node="a")
-    [rec] = caplog.records
-    assert rec.levelno == logging.WARNING and "node a: linking to 10.1.2.3" in rec.getMessage()
+        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=True, node="a")
+    unauthenticated, clear = caplog.records
+    assert unauthenticated.levelno == logging.WARNING
+    assert "node a: linking to 10.1.2.3 without TLS or a token" in unauthenticated.getMessage()
+    assert "node a: linking to 10.1.2.3 with a bearer token but without TLS" in \
+        clear.getMessage()
 
 
 def test_a_loopback_node_with_loopback_peers_warns_nothing(caplog, tmp_path):
@@ -607,3 +619,15 @@ def test_only_a_principal_granted_node_gossip_can_name_members_for_the_node_to_d
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
               and "dropping GOSSIP" in r.getMessage()]
     assert len(warned) == 1 and "'reader'" in warned[0] and "node.gossip" in warned[0]
+
+
+def test_a_node_off_loopback_with_tokens_but_no_tls_warns_they_travel_in_clear(tmp_path,
+                                                                                caplog):
+    # (constructed only: nothing is bound, nothing is sent)
+    with caplog.at_level(logging.WARNING, logger="fabric.node"):
+        Node(str(tmp_path / "n.ledger"), node_id="n", listen="0.0.0.0:0",
+             tokens={"alice": "alice-token-0123456789"})
+    [rec] = [r for r in caplog.records if "in clear" in r.getMessage()]
+    assert rec.getMessage().startswith("node n: listening on 0.0.0.0 with bearer tokens but "
+                                       "without TLS")
+    assert "alice-token-0123456789" not in caplog.text

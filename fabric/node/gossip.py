@@ -181,10 +181,21 @@ def is_loopback(host: str) -> bool:
 def link_warning(host: str, *, tls: bool, token: bool, trust: str = "none",
                  listening: bool = False) -> str | None:
     """The warning a node logs for a link to (or, ``listening``, a socket on)
-    ``host`` that crosses the machine's boundary unauthenticated: a
-    non-loopback address, no TLS, no token and claims not checked (trust
-    ``"none"``). None when there is nothing to warn about."""
-    if is_loopback(host) or tls or token or trust != "none":
+    ``host`` that crosses the machine's boundary without TLS: with a bearer
+    token (it travels in clear: whoever reads it can use it), or
+    unauthenticated (no token, and claims not checked: trust ``"none"``).
+    None when there is nothing to warn about."""
+    if is_loopback(host) or tls:
+        return None
+    if token:
+        if listening:
+            return (f"listening on {host} with bearer tokens but without TLS: a client's "
+                    f"token crosses the network in clear, and whoever reads it can use it "
+                    f"(set up TLS: --tls-cert/--tls-key)")
+        return (f"linking to {host} with a bearer token but without TLS: the token crosses "
+                f"the network in clear, and whoever reads it can use it (use fabrics:// "
+                f"and --tls-ca)")
+    if trust != "none":
         return None
     if listening:
         return (f"listening on {host} without TLS or tokens and with trust 'none': anyone "
