@@ -144,3 +144,74 @@ def test_a_secret_ref_in_a_set_or_a_maps_key_is_resolved_too():
     assert type(a[0]) is set and type(a[1]) is frozenset and type(a[3][0]) is tuple
     with pytest.raises(fabric.CapabilityDenied, match="secret:db"):
         store.resolve(anything.request(frozenset([ref])), ["secret:other"])
+
+
+@pytest.mark.parametrize("name", ["db\n", "", "a b", "x" * 129, "ключ", 7])
+def test_a_secret_ref_name_outside_its_alphabet_is_refused(name):
+    # ("db\n" passed: the pattern's $ matches before a final newline)
+    with pytest.raises(ValueError, match="a SecretRef name is 1-128 of"):
+        fabric.SecretRef(name)
+    assert fabric.SecretRef("api-key.v2_1").name == "api-key.v2_1"
+
+
+def test_a_tls_subject_value_cannot_read_as_more_attributes():
+    """The principal of a certificate is its subject: a CN of
+    ``alice,O=example`` (a CA that signs the CN a requester asks for) must
+    not be the principal of a certificate with CN alice and O example."""
+    from fabric.node.auth import tls_principal
+
+    def principal(*rdns):
+        return tls_principal({"subject": rdns})
+
+    honest = principal((("commonName", "alice"),), (("organizationName", "example"),))
+    assert honest == "CN=alice,O=example"
+    forged = principal((("commonName", "alice,O=example"),))
+    assert forged == "CN=alice\\,O\\=example" and forged != honest
+    assert principal((("commonName", "a"), ("organizationName", "b"))) == "CN=a+O=b"
+    assert principal((("commonName", "x+y"),)) == "CN=x\\+y"
+    assert principal((("commonName", ' #q"<>;\\ '),)) == 'CN=\\ #q\\"\\<\\>\\;\\\\\\ '
+    assert principal((("commonName", " "),)) == "CN=\\ "
+    assert tls_principal(None) is None and tls_principal({}) is None
+
+
+def test_a_certificate_whose_cn_holds_a_comma_is_its_own_principal(pem, tmp_path):
+    """Over a real mutual-TLS connection (certificates made here)."""
+    import socket
+    import threading
+
+    from fabric.node.auth import tls_principal
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca")
+    for name, subj in (("srv", "/CN=localhost"), ("odd", "/CN=alice\\,O=example")):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj)
+        (tmp_path / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    sctx = server_tls(str(tmp_path / "srv.pem"), str(tmp_path / "srv.key"),
+                      str(tmp_path / "ca.pem"))
+    cctx = client_tls(str(tmp_path / "ca.pem"), str(tmp_path / "odd.pem"),
+                      str(tmp_path / "odd.key"))
+    lsock = socket.create_server(("127.0.0.1", 0))
+    seen = {}
+
+    def serve():
+        conn, _ = lsock.accept()
+        with sctx.wrap_socket(conn, server_side=True) as tconn:
+            seen["principal"] = tls_principal(tconn.getpeercert())
+            tconn.recv(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with socket.create_connection(lsock.getsockname(), timeout=30) as raw:
+            with cctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"x")
+        t.join(30)
+    finally:
+        lsock.close()
+    assert seen["principal"] == "CN=alice\\,O\\=example"

@@ -95,21 +95,33 @@ def test_link_warning_decides_on_the_address_and_the_trust():
     for host in ("10.0.0.5", "192.168.1.2", "2001:db8::1", "example.org"):
         assert "not authenticated" in link_warning(host, tls=False, token=False)
         assert link_warning(host, tls=True, token=False) is None
-        assert link_warning(host, tls=False, token=True) is None
+        assert link_warning(host, tls=True, token=True) is None
+        # a bearer token without TLS crosses the network in clear, whatever the trust
+        for trust in ("none", "fleet-key"):
+            assert "token crosses the network in clear" in link_warning(
+                host, tls=False, token=True, trust=trust)
         assert link_warning(host, tls=False, token=False, trust="fleet-key") is None
     assert "listening on 10.0.0.5" in link_warning("10.0.0.5", tls=False, token=False,
                                                     listening=True)
+    assert "listening on 10.0.0.5 with bearer tokens but without TLS" in link_warning(
+        "10.0.0.5", tls=False, token=True, listening=True)
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert link_warning(host, tls=False, token=True, listening=True) is None
 
 
-def test_warn_link_logs_a_warning_only_for_unauthenticated_remote_links(caplog):
+def test_warn_link_warns_of_remote_links_unauthenticated_or_with_a_token_in_clear(caplog):
     with caplog.at_level(logging.WARNING, logger="fabric.node"):
         assert warn_link("fabric://127.0.0.1:7411", tls=False, token=False, node="a") is None
         assert warn_link("fabrics://10.1.2.3:7411", tls=False, token=False, node="a") is None
-        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=True, node="a") is None
+        assert warn_link("fabrics://10.1.2.3:7411", tls=False, token=True, node="a") is None
         assert not caplog.records
         assert warn_link("fabric://10.1.2.3:7411", tls=False, token=False, node="a")
-    [rec] = caplog.records
-    assert rec.levelno == logging.WARNING and "node a: linking to 10.1.2.3" in rec.getMessage()
+        assert warn_link("fabric://10.1.2.3:7411", tls=False, token=True, node="a")
+    unauthenticated, clear = caplog.records
+    assert unauthenticated.levelno == logging.WARNING
+    assert "node a: linking to 10.1.2.3 without TLS or a token" in unauthenticated.getMessage()
+    assert "node a: linking to 10.1.2.3 with a bearer token but without TLS" in \
+        clear.getMessage()
 
 
 def test_a_loopback_node_with_loopback_peers_warns_nothing(caplog, tmp_path):
@@ -587,3 +599,71 @@ def test_a_gossip_config_that_is_not_one_is_a_type_error(tmp_path, config):
     with pytest.raises(TypeError, match="gossip must be a fabric.node.gossip.GossipConfig, "
                                         f"not {type(config).__name__}"):
         Node(str(tmp_path / "n.ledger"), listen="127.0.0.1:0", gossip=config)
+
+
+def test_only_a_principal_granted_node_gossip_can_name_members_for_the_node_to_dial(
+        tmp_path, caplog):
+    """A members message names addresses the node links to, presenting its
+    peer token there: from a principal without ``node.gossip`` it is
+    dropped (counted, logged once; the connection and its requests go on),
+    so the node dials nothing it named. Before, any principal (here one
+    granted nothing, not even asking for the gossip capability) made the
+    node dial an address of its choosing and hand its peer token to it.
+    The granted principal's message to a second listener is the control."""
+    import socket
+
+    from fabric.frames import FrameKind
+
+    from conftest import hello_bytes, read_frames
+
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    tokens = {"reader": "reader-token-0123456789", "peer": "peer-token-0123456789ab"}
+    n = Node(str(tmp_path / "n.ledger"), node_id="n", listen="127.0.0.1:0", tokens=tokens,
+             grants={"reader": [], "peer": ["node.gossip"]}, gossip=FAST,
+             peer_token="the-peer-token-of-node-n").start()
+    enc = P.encoder()
+    socks = []
+    try:
+        for principal, lst, name in (("reader", listeners[0], "evil"),
+                                     ("peer", listeners[1], "m")):
+            s = socket.create_connection(n.address, timeout=30)
+            socks.append(s)
+            s.sendall(hello_bytes(token=tokens[principal]))
+            assert read_frames(s, until_close=False)[0].kind == FrameKind.HELLO
+            url = f"fabric://127.0.0.1:{lst.getsockname()[1]}"
+            s.sendall(enc.encode_value(FrameKind.GOSSIP, {"members": [[name, url, True]]}))
+            s.sendall(enc.encode(FrameKind.PING, b"after", stream_id=0))
+            got = read_frames(s, until_close=False)
+            while not any(f.kind == FrameKind.PONG for f in got):
+                got += read_frames(s, until_close=False)  # (the peer's gets members back)
+            assert not any(f.kind == FrameKind.ERROR for f in got)
+        listeners[1].settimeout(30)
+        conn, _ = listeners[1].accept()  # the granted principal's member is dialled
+        conn.close()
+        assert n.status()["gossip"]["members"] == 1  # "m" only, never "evil"
+        listeners[0].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listeners[0].accept()
+        g = n.stats()["gossip"]
+        assert g["refused_in"] == 1 and g["members_in"] == 1
+    finally:
+        for s in socks:
+            s.close()
+        n.stop()
+        for lst in listeners:
+            lst.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+              and "dropping GOSSIP" in r.getMessage()]
+    assert len(warned) == 1 and "'reader'" in warned[0] and "node.gossip" in warned[0]
+
+
+def test_a_node_off_loopback_with_tokens_but_no_tls_warns_they_travel_in_clear(tmp_path,
+                                                                                caplog):
+    # (constructed only: nothing is bound, nothing is sent)
+    with caplog.at_level(logging.WARNING, logger="fabric.node"):
+        Node(str(tmp_path / "n.ledger"), node_id="n", listen="0.0.0.0:0",
+             tokens={"alice": "alice-token-0123456789"})
+    [rec] = [r for r in caplog.records if "in clear" in r.getMessage()]
+    assert rec.getMessage().startswith("node n: listening on 0.0.0.0 with bearer tokens but "
+                                       "without TLS")
+    assert "alice-token-0123456789" not in caplog.text

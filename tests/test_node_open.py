@@ -137,3 +137,31 @@ def test_check_request_no_secret_walks_only_what_is_not_flat():
                                 (({"a": s},), {}, r"args\[0\]")]:
         with pytest.raises(fabric.CapabilityDenied, match=where):
             P.check_request_no_secret(fabric.EvalRequest("node.x", args, kwargs))
+
+
+@fabric.op("node.test.open.count_for_timeout")
+def count_for_timeout(tag, n):
+    yield from range(n)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e308, 2**64])
+def test_an_open_with_a_timeout_past_the_clocks_range_is_served(node, timeout):
+    """A positive timeout is valid however large (the checks, C's and
+    Python's, allow it); past MAX_TIMEOUT it is read as MAX_TIMEOUT. A
+    computed stream opened with one failed with 'OverflowError: timestamp
+    out of range for platform time_t' (a RemoteError) where the node waited."""
+    n = node()
+    req = count_for_timeout.request(repr(timeout), 3)  # computed, not held
+    meta = P.open_metadata(req, want="stream", scope="compute", grants=(), timeout=None)
+    meta["timeout"] = timeout
+    assert P.check_open(meta)[4] == P.MAX_TIMEOUT
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.sendall(hello_bytes())
+        s.sendall(fabric.StreamControl.open(1, meta).to_frame(OPEN_GRANTS).encode())
+        frames = read_frames(s, until_close=False)
+        while frames[-1].kind not in (FrameKind.STREAM_END, FrameKind.ERROR):
+            frames += read_frames(s, until_close=False)
+    errors = [f.decode_payload() for f in frames if f.kind == FrameKind.ERROR]
+    assert not errors, errors
+    assert [f.kind for f in frames[1:]] == [FrameKind.STREAM_START] + \
+        [FrameKind.STREAM_CHUNK] * 3 + [FrameKind.STREAM_END]

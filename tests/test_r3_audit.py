@@ -264,3 +264,116 @@ def test_a_peer_trickling_a_frame_that_never_completes_is_cut_at_the_idle_timeou
                 break
     assert closed, "the node kept a connection that never completed a frame"
     assert n.stats().get("idle_timeouts", 0) == 1
+
+
+@xfail("server.py Node._handshake (caps = set(body['caps']) & {'gossip', 'streams'}, "
+       "~l.1181): the HELLO grants the gossip capability to a principal without the "
+       "grant node.gossip, whose GOSSIP the node then drops (fabric/node/gossip.py): the "
+       "answer should say what the node will take")
+def test_the_hello_grants_gossip_only_to_a_principal_holding_node_gossip(node):
+    import socket
+
+    from fabric.frames import FrameKind
+
+    from conftest import hello_bytes, read_frames
+    n = node(tokens={"reader": "reader-token-0123456789"}, grants={"reader": []})
+    with socket.create_connection(n.address, timeout=30) as s:
+        s.sendall(hello_bytes(token="reader-token-0123456789", caps=["gossip"]))
+        hello = read_frames(s, until_close=False)[0]
+    assert hello.kind == FrameKind.HELLO
+    assert hello.decode_payload()["caps"] == []
+
+
+# ---- the client facing a node that sends what no node sends -----------------------
+
+def _node_answering_an_open_with(frame_for):
+    """A fake node on loopback: the handshake, then ``frame_for(sid)`` for
+    each request's open (every connection the client makes)."""
+    import socket
+    import threading
+
+    from fabric.frames import FrameKind
+    from fabric.node import protocol as P
+    enc = P.encoder()
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def one(conn):
+        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+        with conn:
+            conn.sendall(enc.encode_value(FrameKind.HELLO, P.hello(
+                node="odd", max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW,
+                principal="anonymous", grants=["*"])))
+            while data := conn.recv(1 << 16):
+                dec.feed(data)
+                for f in dec:
+                    if f.kind == FrameKind.CONTROL and f.stream_id:
+                        conn.sendall(frame_for(f.stream_id))
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv
+
+
+@xfail("client.py _Channel.data_received (~l.888-893: on stream 0 anything but ERROR is "
+       "ignored; ~l.894-935: on a call's stream anything but START/CHUNK/END/ERROR) and "
+       "NodeClient._dispatch (~l.1563): a frame no node sends a client (a CONTROL, a "
+       "CREDIT, a second HELLO) is ignored, so the call waits for its deadline "
+       "(DeadlineExceeded) instead of failing at once as a ProtocolError")
+@pytest.mark.parametrize("odd", ["control", "credit", "hello"])
+def test_a_frame_no_node_sends_fails_the_call_at_once(odd):
+    from fabric.control import StreamControl
+    from fabric.frames import FrameKind
+    from fabric.node import protocol as P
+    enc = P.encoder()
+    frame_for = {
+        "control": lambda sid: StreamControl.cancel(sid).to_frame(
+            ["stream.cancel", "stream.remote.network"]).encode(),
+        "credit": lambda sid: enc.encode_value(FrameKind.CREDIT, {"consumed": 1},
+                                               stream_id=sid),
+        "hello": lambda sid: enc.encode_value(FrameKind.HELLO, {}, stream_id=0),
+    }[odd]
+    srv = _node_answering_an_open_with(frame_for)
+    try:
+        with connect(f"fabric://127.0.0.1:{srv.getsockname()[1]}", timeout=2,
+                     reconnect=False) as c:
+            with pytest.raises(P.ProtocolError):
+                c.evaluate(node_ops.double.request(1))
+    finally:
+        srv.close()
+
+
+@xfail("client.py (_check_timeout allows inf and 1e308; a wait then overflows): "
+       "connect(timeout=float('inf')) fails with OverflowError 'timestamp out of range for "
+       "platform time_t' instead of meaning no limit (or being refused naming timeout)")
+@pytest.mark.parametrize("timeout", [float("inf"), 1e308])
+def test_an_infinite_client_timeout_means_no_limit(node, timeout):
+    n = node()
+    with connect(n.url, timeout=timeout) as c:
+        assert c.evaluate(node_ops.double.request(5)).value == 10
+
+
+@xfail("fabric/_ext/request.c (~l.399: any finite positive deadline is accepted) with "
+       "fabrics.py _sync_within (~l.747, a wait of the deadline itself): a request's "
+       "deadline past threading.TIMEOUT_MAX (1e12 s here) makes a stream fail with "
+       "'OverflowError: timestamp out of range for platform time_t', locally and at a "
+       "node (a RemoteError); it should be refused at construction naming its bound, or "
+       "waited as no limit")
+def test_a_stream_with_a_deadline_past_the_clocks_range_is_refused_or_served():
+    @fabric.op("node.test.r3.count_deadline")
+    def count(n):
+        yield from range(n)
+
+    try:
+        req = fabric.EvalRequest("node.test.r3.count_deadline", (2,), {}, deadline=1e12,
+                                 stream=True)
+    except ValueError as exc:
+        assert "deadline" in str(exc)
+        return
+    assert list(fabric.LocalFabric().stream(req)) == [0, 1]

@@ -8,8 +8,11 @@
   (``CN=alice,O=example``), verified against ``--tls-ca``.
 - A grants file is a JSON object ``{principal: [capability, ...]}``; the key
   ``"*"`` gives the grants of principals not named. ``node.compute`` allows
-  home compute, ``secret:<name>`` a SecretRef's resolution; the rest are
-  the capabilities requests declare. Without a grants file every principal
+  home compute, ``node.gossip`` taking part in the node's gossip (pulling
+  its holdings, pushing holdings and fleet members: a member pushed is an
+  address the node may dial, presenting its peer token there),
+  ``secret:<name>`` a SecretRef's resolution; the rest are the
+  capabilities requests declare. Without a grants file every principal
   holds ``*`` (everything): the default node binds loopback only.
 """
 
@@ -21,10 +24,13 @@ import os
 import ssl
 from typing import Any, Iterable, Mapping
 
-__all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COMPUTE"]
+__all__ = ["Tokens", "Grants", "server_tls", "client_tls", "tls_principal", "COMPUTE",
+           "GOSSIP"]
 
 #: The grant that allows home compute.
 COMPUTE = "node.compute"
+#: The grant that allows gossip with the node (its holdings, its fleet's members).
+GOSSIP = "node.gossip"
 
 
 def read_json_file(path: str, what: str) -> Any:
@@ -178,14 +184,33 @@ def client_tls(ca: str | None = None, cert: str | None = None,
     return ctx
 
 
+_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+          "countryName": "C"}
+
+
+def _escape(value: str) -> str:
+    """An attribute value as RFC 4514 writes it: ``,`` ``+`` ``"`` ``\\`` ``<``
+    ``>`` ``;`` ``=`` escaped, and a leading ``#`` or space and a trailing
+    space, so no value can read as more attributes or other RDNs."""
+    chars = ["\\" + ch if ch in ',+"\\<>;=' else "\\00" if ch == "\0" else ch
+             for ch in value]
+    if chars and value[0] in "# ":
+        chars[0] = "\\" + chars[0]
+    if len(value) > 1 and value[-1] == " ":
+        chars[-1] = "\\ "
+    return "".join(chars)
+
+
 def tls_principal(peercert: Any) -> str | None:
-    """``CN=alice,O=example`` from ``SSLSocket.getpeercert()``, or None."""
+    """``CN=alice,O=example`` from ``SSLSocket.getpeercert()``, or None: the
+    subject's RDNs in order joined by ``,`` (the attributes of one RDN by
+    ``+``), values escaped as RFC 4514 says (a CN of ``alice,O=example`` is
+    ``CN=alice\\,O\\=example``, never the principal of a certificate with
+    CN ``alice`` and O ``example``)."""
     if not peercert:
         return None
-    parts = []
+    rdns = []
     for rdn in peercert.get("subject", ()):
-        for name, value in rdn:
-            short = {"commonName": "CN", "organizationName": "O",
-                     "organizationalUnitName": "OU", "countryName": "C"}.get(name, name)
-            parts.append(f"{short}={value}")
-    return ",".join(parts) or None
+        rdns.append("+".join(f"{_SHORT.get(name, name)}={_escape(value)}"
+                             for name, value in rdn))
+    return ",".join(rdns) or None

@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 from .._core import ContentKey, ContentNotHeld, EvalRequest
 from ..frames import FrameKind
 from . import protocol as P
+from .auth import GOSSIP, Grants
 
 if TYPE_CHECKING:
     from .server import Node
@@ -180,10 +181,21 @@ def is_loopback(host: str) -> bool:
 def link_warning(host: str, *, tls: bool, token: bool, trust: str = "none",
                  listening: bool = False) -> str | None:
     """The warning a node logs for a link to (or, ``listening``, a socket on)
-    ``host`` that crosses the machine's boundary unauthenticated: a
-    non-loopback address, no TLS, no token and claims not checked (trust
-    ``"none"``). None when there is nothing to warn about."""
-    if is_loopback(host) or tls or token or trust != "none":
+    ``host`` that crosses the machine's boundary without TLS: with a bearer
+    token (it travels in clear: whoever reads it can use it), or
+    unauthenticated (no token, and claims not checked: trust ``"none"``).
+    None when there is nothing to warn about."""
+    if is_loopback(host) or tls:
+        return None
+    if token:
+        if listening:
+            return (f"listening on {host} with bearer tokens but without TLS: a client's "
+                    f"token crosses the network in clear, and whoever reads it can use it "
+                    f"(set up TLS: --tls-cert/--tls-key)")
+        return (f"linking to {host} with a bearer token but without TLS: the token crosses "
+                f"the network in clear, and whoever reads it can use it (use fabrics:// "
+                f"and --tls-ca)")
+    if trust != "none":
         return None
     if listening:
         return (f"listening on {host} without TLS or tokens and with trust 'none': anyone "
@@ -306,7 +318,9 @@ class FleetGossip:
         self.counters = {k: 0 for k in (
             "messages_out", "messages_in", "bytes_out", "facts_out", "facts_in",
             "facts_new", "pulls_out", "pulls_in", "members_out", "members_in",
-            "links_learned", "links_dropped", "recorded_withheld")}
+            "links_learned", "links_dropped", "recorded_withheld", "refused_in")}
+        # Connections whose GOSSIP was dropped for want of the grant (logged once each).
+        self._refused: set[Any] = set()
 
     # -- lifecycle -------------------------------------------------------------
     def started(self, bound: tuple[str, int], tls: bool) -> None:
@@ -500,7 +514,20 @@ class FleetGossip:
                 and isinstance(body["end"], int) and isinstance(body.get("epoch", 0), int))
 
     def on_conn(self, conn: Any, body: Any) -> None:
-        """A GOSSIP frame from an accepted connection (a client or a node's link)."""
+        """A GOSSIP frame from an accepted connection (a client or a node's
+        link). Its principal needs the grant ``node.gossip`` (else it is
+        dropped, counted in ``refused_in`` and logged once a connection): a
+        members message names addresses this node may link to, presenting
+        its peer token there, and deltas steer where it asks for content."""
+        if not Grants.allows(conn.grants, GOSSIP):
+            # Dropped, not an ERROR: a node linking here as such a principal
+            # still gets its content (its link's pull would otherwise cut it).
+            self.counters["refused_in"] += 1
+            if conn not in self._refused:
+                self._refused.add(conn)
+                log.warning("node %s: dropping GOSSIP from %s (principal %r): it needs the "
+                            "grant %r", self.node.node_id, conn.peer, conn.principal, GOSSIP)
+            return
         self.counters["messages_in"] += 1
         if isinstance(body, dict) and "pull" in body and set(body) <= {"pull", "epoch"} \
                 and isinstance(body["pull"], int) and not isinstance(body["pull"], bool) \
@@ -598,6 +625,7 @@ class FleetGossip:
         node = self.node
         live_conns = set(node._conns)
         self._pulled_once &= live_conns
+        self._refused &= live_conns
         self._pulled &= live_conns
         for cl in list(node._clients):  # learned links that ended are dropped
             if cl.url in self.learned and cl.status != "connected" and (

@@ -62,6 +62,10 @@ DEFAULT_WINDOW = 4 << 20
 DEFAULT_MAX_FRAME = (1 << 20) + 4096
 #: The smallest ``max_frame`` a peer may announce.
 MIN_MAX_FRAME = 4096
+#: The longest timeout an open's ``timeout`` gives (seconds, ~31.7 years): one
+#: above it (1e308, inf, 2**64) is read as this, since waits of the platform's
+#: clock overflow past it ("timestamp out of range for platform time_t").
+MAX_TIMEOUT = 1e9
 #: A SecretRef travels (and keys) as the array [SECRET_REF_TAG, name].
 SECRET_REF_TAG = "fabric.SecretRef"
 
@@ -306,7 +310,12 @@ def check_open(meta: Any) -> tuple[EvalRequest, str, str, frozenset[str], float 
             via and not all(isinstance(v, str) for v in via)):
         raise ProtocolError("via must be an array of at most 16 node ids")
     return (request_from_wire(meta["request"], meta["key"]), want, scope,
-            frozenset(grants) if grants else _NO_GRANTS, timeout, via)
+            frozenset(grants) if grants else _NO_GRANTS, _bounded(timeout), via)
+
+
+def _bounded(timeout: float | None) -> float | None:
+    """A checked open's timeout, at most ``MAX_TIMEOUT``."""
+    return timeout if timeout is None or timeout <= MAX_TIMEOUT else MAX_TIMEOUT
 
 
 _NO_GRANTS: frozenset[str] = frozenset()
@@ -330,7 +339,8 @@ def open_from_read(read: tuple[Any, ...]) -> tuple[EvalRequest, str, str, frozen
         return None
     if type(key) is not bytes or key != req.key.digest:
         return None
-    return req, want, scope, frozenset(grants) if grants else _NO_GRANTS, timeout, via
+    return (req, want, scope, frozenset(grants) if grants else _NO_GRANTS,
+            _bounded(timeout), via)
 
 
 # ---- handshake ---------------------------------------------------------------

@@ -24,7 +24,7 @@ from .protocol import SECRET_REF_TAG
 
 __all__ = ["SecretRef", "SecretStore"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 class SecretRef(tuple):
@@ -37,7 +37,7 @@ class SecretRef(tuple):
     __slots__ = ()
 
     def __new__(cls, name: str) -> "SecretRef":
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"a SecretRef name is 1-128 of [A-Za-z0-9_.-], not {name!r}")
         return tuple.__new__(cls, (SECRET_REF_TAG, name))
 
