@@ -1,10 +1,11 @@
 """``FrameDecoder.feed_reply(data, limits, nbytes)``: the same as
-``feed_reply(data[:nbytes], limits)``. ``FrameDecoder.feed_open(data, nbytes, index)``: ``feed(data[:nbytes])``,
-except that a read holding exactly one whole CONTROL frame, nothing queued
-before, whose payload ``index`` files under its CRC-32C (as ``_known_open``
-finds it) is not queued: ``(frame, entry)`` comes back. Compared with a
-second decoder fed the same bytes by ``feed`` (and ``_known_open`` on its
-frames): the same frames in the same order, the same errors."""
+``feed_reply(data[:nbytes], limits)``. ``FrameDecoder.feed_open(data,
+nbytes, index)``: ``feed(data[:nbytes])``, except that a read holding
+exactly one whole CONTROL frame, nothing queued before, whose payload
+``index`` files under its CRC-32C (as ``_known_open`` finds it) is not
+queued: ``(frame, entry)`` comes back. Compared with a second decoder fed
+the same bytes by ``feed`` (and ``_known_open`` on its frames): the same
+frames in the same order, the same errors."""
 
 import pytest
 from hypothesis import given, settings, strategies as st

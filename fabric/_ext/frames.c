@@ -1192,6 +1192,44 @@ static size_t put_end1(uint8_t *p, uint64_t n)
     return k + fab_put_bool(p + k, 0);
 }
 
+/* encode_held_reply of a record's bytes (data): the three frames written
+ * straight into the bytes object returned (their size is known first), or
+ * None over limit. h has the stream id. */
+static PyObject *held_reply_of_bytes(fab_state *st, EncoderObject *self, fab_frame_header *h,
+                                     PyObject *start, PyObject *data, uint64_t limit)
+{
+    size_t slen = (size_t)PyBytes_GET_SIZE(start), dn = (size_t)PyBytes_GET_SIZE(data);
+    if ((uint64_t)dn > limit || (uint64_t)dn > UINT32_MAX)
+        Py_RETURN_NONE;
+    uint8_t bh[FAB_PUT_MAX], end[40]; /* (put_end1 of a u32: at most 31 bytes) */
+    size_t bhl = fab_put_bin_header(bh, (uint32_t)dn), plen = bhl + dn;
+    size_t elen = put_end1(end, (uint64_t)dn);
+    if (check_size(st, self->max_payload, plen) < 0)
+        return NULL;
+    size_t total = fab_frame_size(slen) + fab_frame_size(plen) + fab_frame_size(elen);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (out == NULL)
+        return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    h->kind = FAB_FRAME_STREAM_START;
+    h->seq = 0;
+    memcpy(p + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(start), slen);
+    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, slen);
+    p += fab_frame_size(slen);
+    uint8_t *payload = p + FAB_FRAME_HEADER_LEN;
+    memcpy(payload, bh, bhl);
+    memcpy(payload + bhl, PyBytes_AS_STRING(data), dn);
+    h->kind = FAB_FRAME_STREAM_CHUNK;
+    h->seq = 1;
+    fab_frame_header_write(p, h, payload, plen);
+    p += fab_frame_size(plen);
+    memcpy(p + FAB_FRAME_HEADER_LEN, end, elen);
+    h->kind = FAB_FRAME_STREAM_END;
+    h->seq = 2;
+    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, elen);
+    return out;
+}
+
 static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const *args,
                                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1221,6 +1259,8 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     }
     fab_frame_header h = {0};
     h.stream_id = sid;
+    if (rec == NULL)
+        return held_reply_of_bytes(st, self, &h, a[1], a[2], limit);
     fab_buf buf;
     fab_buf_init(&buf);
     PyObject *out = NULL;

@@ -1746,11 +1746,23 @@ static int walk_pieces(walker *w, const fab_py_piece *pieces, size_t n, const ch
                        const char **root)
 {
     for (size_t i = 0; i < n; i++) {
-        *root = pieces[i].root ? pieces[i].root : whole;
-        int rc = pieces[i].value ? enc_value(w, pieces[i].value)
-                                 : write_body(w, pieces[i].bytes, pieces[i].len);
-        if (rc < 0)
+        const fab_py_piece *pc = &pieces[i];
+        int rc;
+        if (pc->value != NULL) {
+            rc = enc_value(w, pc->value);
+        } else {
+            wout *o = w->out;
+            if (o->cap - o->len >= pc->len && pc->len < GIL_RELEASE_THRESHOLD) {
+                fab_copy(o->data + o->len, pc->bytes, pc->len); /* a key: inline */
+                o->len += pc->len;
+                continue;
+            }
+            rc = write_body(w, pc->bytes, pc->len);
+        }
+        if (rc < 0) {
+            *root = pc->root ? pc->root : whole; /* (read only to name a failure) */
             return -1;
+        }
     }
     *root = whole;
     return out_flush(w, &w->main);
