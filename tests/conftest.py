@@ -2,7 +2,9 @@
 
 import asyncio
 import contextlib
+import gc
 import itertools
+import sys
 import threading
 import time
 
@@ -82,6 +84,19 @@ def wait_for(cond, what, bound=20.0):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def blocks_kept(fn, n=2000):
+    """Blocks still allocated after n more calls of fn than after a warm-up
+    (a leak of one object per call shows as >= n; noise is a few dozen)."""
+    for _ in range(200):
+        fn()
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for _ in range(n):
+        fn()
+    gc.collect()
+    return sys.getallocatedblocks() - before
 
 
 @contextlib.contextmanager
