@@ -1901,16 +1901,59 @@ static int defer_index(fab_ledger *l)
     return rc;
 }
 
+/* Moves pos past a salvage-skipped region that starts there. Under the lock. */
+static uint64_t skip_bad(const fab_ledger *l, uint64_t pos)
+{
+    for (size_t i = 0; i < l->n_skips; i++)
+        if (l->skips[i].start == pos)
+            return l->skips[i].end;
+    return pos;
+}
+
+/*
+ * 1 when salvage cut the stream whose STREAM_END record is at end_off short
+ * (payload: the END's, its BEGIN's offset then its item count): a skipped
+ * region holds its BEGIN, or lies between its BEGIN and its END and took
+ * some of its chunks with it. Such an END commits nothing, as a stream
+ * without its END (docs/spec/ledger.md, Replay). 0 without a skipped region
+ * there: a stream's chunks lie between its BEGIN and its END. During the
+ * replay, whose scan validated every record outside the skipped regions
+ * below end_off.
+ */
+static int salvage_cut_stream(const fab_ledger *l, uint64_t end_off, const uint8_t *payload)
+{
+    uint64_t begin = fab_load_le64(payload), count = fab_load_le64(payload + 8);
+    int cut = 0;
+    for (size_t i = 0; i < l->n_skips; i++) {
+        if (l->skips[i].start <= begin && begin < l->skips[i].end)
+            return 1; /* its BEGIN is gone */
+        if (l->skips[i].end > begin && l->skips[i].start < end_off)
+            cut = 1;
+    }
+    if (!cut)
+        return 0;
+    uint64_t seen = 0, pos = begin;
+    while ((pos = skip_bad(l, pos)) < end_off) {
+        const uint8_t *p = l->map->base + pos;
+        if (p[4] == FAB_REC_STREAM_CHUNK && fab_load_le64(p + FAB_LEDGER_REC_OVERHEAD) == begin)
+            seen++;
+        pos += FAB_LEDGER_REC_OVERHEAD + rec_payload_len(p);
+    }
+    return seen != count;
+}
+
 static int replay_record(void *ctx, uint64_t off, int type, const uint8_t *key,
                          const uint8_t *payload, size_t len)
 {
-    FAB_UNUSED(payload);
-    FAB_UNUSED(len);
     replay_ctx *r = ctx;
     fab_ledger *l = r->l;
     r->seen++;
     if (!r->sized)
         replay_estimate(r, off);
+    if (type == FAB_REC_STREAM_END && l->n_skips && salvage_cut_stream(l, off, payload)) {
+        l->last_rec = off; /* a record all the same, never held */
+        return FAB_OK;
+    }
     if (l->defer_ix && type != FAB_REC_TOMBSTONE) {
         l->last_rec = off;
         if (type != FAB_REC_REPLY && type != FAB_REC_STREAM_END)
@@ -5133,14 +5176,6 @@ size_t fab_ledger_count(fab_ledger *l)
     return n;
 }
 
-/* Moves pos past a salvage-skipped region that starts there. Under the lock. */
-static uint64_t skip_bad(const fab_ledger *l, uint64_t pos)
-{
-    for (size_t i = 0; i < l->n_skips; i++)
-        if (l->skips[i].start == pos)
-            return l->skips[i].end;
-    return pos;
-}
 
 /* The next record at or after *pos below visible_end; 1, 0 at the end, or
  * FAB_ECORRUPT (a record named by the checkpoint is bad: err, when not NULL,

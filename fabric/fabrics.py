@@ -368,47 +368,21 @@ class _FabricBase:
         by default only on a terminal or in a notebook.
         """
         limit = self._map_concurrency(concurrency)
-        registry = getattr(self, "ops", None)
-        results: list[Any] = []
-        failed: list[int] = []
+        run = _MapRun(self, op, iterable, progress)
         pool = Workers(limit, f"fabric-map-{type(self).__name__}")
-        bar = Progress(f"map {_op_label(op)}", _size_of(iterable), enabled=progress)
-        inflight: dict[concurrent.futures.Future[Any], int] = {}
-
-        def settle(done: Iterable[concurrent.futures.Future[Any]]) -> None:
-            for fut in done:
-                i = inflight.pop(fut)
-                exc = fut.exception()
-                if exc is None:
-                    results[i] = fut.result()
-                elif isinstance(exc, Exception):
-                    results[i] = exc
-                    failed.append(i)
-                else:
-                    raise exc  # KeyboardInterrupt, SystemExit: not an item's error
-                bar.update()
-
         try:
-            for i, item in enumerate(iterable):
-                results.append(None)
-                try:
-                    request = _request_for(op, (item,), {}, registry)
-                except Exception as exc:  # the item cannot make a request
-                    results[i] = exc
-                    failed.append(i)
-                    bar.update()
-                    continue
-                while len(inflight) >= limit:
-                    settle(concurrent.futures.wait(
-                        inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
-                inflight[pool.submit(self._map_one, request)] = i
-            while inflight:
-                settle(concurrent.futures.wait(
-                    inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
+            for i, request in run.requests(iterable):
+                while len(run.inflight) >= limit:
+                    run.settle(concurrent.futures.wait(
+                        run.inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
+                run.inflight[pool.submit(self._map_one, request)] = i
+            while run.inflight:
+                run.settle(concurrent.futures.wait(
+                    run.inflight, return_when=concurrent.futures.FIRST_COMPLETED).done)
         finally:
             pool.close()  # an interrupted map cancels what has not started
-            bar.close()
-        return _mapped(results, failed, return_exceptions)
+            run.bar.close()
+        return run.outcome(return_exceptions)
 
     def _map_one(self, request: EvalRequest) -> Any:
         if request.stream:
@@ -458,47 +432,22 @@ class _FabricBase:
         (``astream`` for a stream op) in flight on the running loop; the same
         order, errors and progress. Cancelling it cancels the calls in flight."""
         limit = self._map_concurrency(concurrency)
-        registry = getattr(self, "ops", None)
-        results: list[Any] = []
-        failed: list[int] = []
-        bar = Progress(f"map {_op_label(op)}", _size_of(iterable), enabled=progress)
-        inflight: dict[asyncio.Future[Any], int] = {}
-
-        def settle(done: Iterable[asyncio.Future[Any]]) -> None:
-            for task in done:
-                i = inflight.pop(task)
-                exc = task.exception()
-                if exc is None:
-                    results[i] = task.result()
-                elif isinstance(exc, Exception):
-                    results[i] = exc
-                    failed.append(i)
-                else:
-                    raise exc
-                bar.update()
-
+        run = _MapRun(self, op, iterable, progress)
         try:
-            for i, item in enumerate(iterable):
-                results.append(None)
-                try:
-                    request = _request_for(op, (item,), {}, registry)
-                except Exception as exc:
-                    results[i] = exc
-                    failed.append(i)
-                    bar.update()
-                    continue
-                while len(inflight) >= limit:
-                    done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                    settle(done)
-                inflight[asyncio.ensure_future(self._amap_one(request))] = i
-            while inflight:
-                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                settle(done)
+            for i, request in run.requests(iterable):
+                while len(run.inflight) >= limit:
+                    done, _ = await asyncio.wait(run.inflight,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    run.settle(done)
+                run.inflight[asyncio.ensure_future(self._amap_one(request))] = i
+            while run.inflight:
+                done, _ = await asyncio.wait(run.inflight, return_when=asyncio.FIRST_COMPLETED)
+                run.settle(done)
         finally:
-            for task in inflight:
+            for task in run.inflight:
                 task.cancel()
-            bar.close()
-        return _mapped(results, failed, return_exceptions)
+            run.bar.close()
+        return run.outcome(return_exceptions)
 
     async def _amap_one(self, request: EvalRequest) -> Any:
         if request.stream:
@@ -586,15 +535,57 @@ def _size_of(iterable: Iterable[Any]) -> int | None:
         return None
 
 
-def _mapped(results: list[Any], failed: list[int], return_exceptions: bool) -> list[Any]:
-    """map's answer: the results, or the first failing item's error raised."""
-    if failed and not return_exceptions:
-        first = min(failed)
-        exc: Exception = results[first]
-        exc.add_note(f"raised for item {first} of map(); {len(failed)} of {len(results)} "
-                     f"items failed (return_exceptions=True gives every item's outcome)")
-        raise exc
-    return results
+class _MapRun:
+    """The bookkeeping of one ``map`` or ``amap``, whatever runs its calls:
+    each item's outcome in the items' order, the failed ones, the progress
+    bar, and the calls in flight (a future, thread or asyncio, -> its item)."""
+
+    def __init__(self, fabric: Any, op: Any, iterable: Iterable[Any], progress: bool | None):
+        self.op = op
+        self.registry = getattr(fabric, "ops", None)
+        self.results: list[Any] = []
+        self.failed: list[int] = []
+        self.inflight: dict[Any, int] = {}
+        self.bar = Progress(f"map {_op_label(op)}", _size_of(iterable), enabled=progress)
+
+    def requests(self, iterable: Iterable[Any]) -> Iterator[tuple[int, EvalRequest]]:
+        """(index, request) of each item, drawn as asked for; an item that
+        cannot make a request has its error for outcome."""
+        for i, item in enumerate(iterable):
+            self.results.append(None)
+            try:
+                request = _request_for(self.op, (item,), {}, self.registry)
+            except Exception as exc:  # the item cannot make a request
+                self.results[i] = exc
+                self.failed.append(i)
+                self.bar.update()
+                continue
+            yield i, request
+
+    def settle(self, done: Iterable[Any]) -> None:
+        """Takes the outcome of each finished call out of ``inflight``."""
+        for fut in done:
+            i = self.inflight.pop(fut)
+            exc = fut.exception()
+            if exc is None:
+                self.results[i] = fut.result()
+            elif isinstance(exc, Exception):
+                self.results[i] = exc
+                self.failed.append(i)
+            else:
+                raise exc  # KeyboardInterrupt, SystemExit: not an item's error
+            self.bar.update()
+
+    def outcome(self, return_exceptions: bool) -> list[Any]:
+        """map's answer: the results, or the first failing item's error raised."""
+        results, failed = self.results, self.failed
+        if failed and not return_exceptions:
+            first = min(failed)
+            exc: Exception = results[first]
+            exc.add_note(f"raised for item {first} of map(); {len(failed)} of {len(results)} "
+                         f"items failed (return_exceptions=True gives every item's outcome)")
+            raise exc
+        return results
 
 
 def _request_for(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],

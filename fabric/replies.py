@@ -176,13 +176,18 @@ class EvalStream(_core._EventStream, Generic[T]):
             pass
 
     def __repr__(self) -> str:
-        state = "done" if self.done else "open"
-        key = f", key={str(self.key)[:19]}..." if self.key is not None else ""
-        return (f"EvalStream({state}, source={self.source!r}, items={self.items_seen}, "
-                f"diagnostics={len(self.diagnostics)}{key})")
+        return _stream_repr("EvalStream", self)
 
     def _repr_html_(self) -> str:
         return f"<code>{html.escape(repr(self))}</code>"
+
+
+def _stream_repr(name: str, s: EvalStream[Any] | AsyncEvalStream[Any]) -> str:
+    """``NAME(open, source=..., items=N, diagnostics=N, key=...)``: a stream's repr."""
+    state = "done" if s.done else "open"
+    key = f", key={str(s.key)[:19]}..." if s.key is not None else ""
+    return (f"{name}({state}, source={s.source!r}, items={s.items_seen}, "
+            f"diagnostics={len(s.diagnostics)}{key})")
 
 
 class AsyncEvalStream(Generic[T]):
@@ -239,10 +244,7 @@ class AsyncEvalStream(Generic[T]):
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "done" if self.done else "open"
-        key = f", key={str(self.key)[:19]}..." if self.key is not None else ""
-        return (f"AsyncEvalStream({state}, source={self.source!r}, items={self.items_seen}, "
-                f"diagnostics={len(self.diagnostics)}{key})")
+        return _stream_repr("AsyncEvalStream", self)
 
     def _repr_html_(self) -> str:
         return f"<code>{html.escape(repr(self))}</code>"

@@ -14,21 +14,40 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def serve(tmp_path, name, *args):
-    """Start `fabric serve` as node ``name`` (its cassette ``name.ledger``
-    in tmp_path; ``args`` after the defaults, so a later ``--listen`` wins)
-    and wait for its readiness line; returns (proc, url)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-           "--node-id", name, "--import", "node_ops",
-           "--cassette", str(tmp_path / f"{name}.ledger"), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
+def serve_cmd(tmp_path, name, *args, ops="node_ops", cassette=True):
+    """The command line of `fabric serve` as node ``name``: on loopback,
+    importing ``ops`` (None: nothing), its cassette ``name.ledger`` in
+    tmp_path (``cassette=False``: none, a temporary one), then ``args``
+    (so a later ``--listen`` wins)."""
+    return [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
+            "--node-id", name, *(("--import", ops) if ops else ()),
+            *(("--cassette", str(tmp_path / f"{name}.ledger")) if cassette else ()), *args]
+
+
+def popen(cmd, *, env=None, log=None):
+    """``cmd`` as a process with the tests' ops importable, ``env`` added to
+    the environment; its stdout a pipe, its stderr too, or appended to the
+    file ``log``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]), **(env or {}))
+    if log is None:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                text=True)
+    with open(log, "a") as f:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=f, env=env, text=True)
+
+
+def serve(tmp_path, name, *args, ops="node_ops", cassette=True, env=None, log=None):
+    """Start `fabric serve` as node ``name`` (``serve_cmd``; ``env`` and
+    ``log`` as ``popen``'s) and wait for its readiness line; returns (proc,
+    url). One that does not start is killed and reaped, and fails the test
+    with what it said."""
+    proc = popen(serve_cmd(tmp_path, name, *args, ops=ops, cassette=cassette), env=env, log=log)
     line = proc.stdout.readline()  # the readiness line, or '' if it died
     if "listening on" not in line:
         proc.kill()
-        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
-                             f"{proc.stderr.read()[-2000:]}")
+        proc.wait()
+        said = proc.stderr.read() if log is None else open(log).read()
+        raise AssertionError(f"fabric serve {name} did not start: {line!r} {said[-2000:]}")
     return proc, line.rsplit(" ", 1)[1].strip()
 
 
@@ -50,10 +69,11 @@ def interrupt(proc):
 
 
 @contextlib.contextmanager
-def served(tmp_path, name, *args):
-    """``serve`` as a context: (proc, url), the process killed and reaped
-    at the end if the block did not end it."""
-    proc, url = serve(tmp_path, name, *args)
+def served(tmp_path, name, *args, **options):
+    """``serve`` (its options too) as a context: (proc, url), the process
+    killed at the end if the block did not end it, and reaped (its pipes
+    left open: what it said may be read after the block)."""
+    proc, url = serve(tmp_path, name, *args, **options)
     try:
         yield proc, url
     finally:
@@ -65,7 +85,7 @@ def served(tmp_path, name, *args):
 @pytest.fixture
 def fleet(tmp_path):
     """``fleet(name, *args)`` starts a node as ``serve`` does; each one
-    still running at the end of the test is killed."""
+    still running at the end of the test is killed, and every one reaped."""
     procs = []
 
     def start(name, *args):
@@ -77,7 +97,10 @@ def fleet(tmp_path):
     for p in procs:
         if p.poll() is None:
             p.kill()
-            p.wait()
+        p.wait()
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()
 
 
 def read_until(proc, text, lines=200):

@@ -588,6 +588,89 @@ def test_middle_corruption_and_salvage(path):
         assert c.stats()["salvage_skips"] == 1
 
 
+def _salvaged_streams(path, damage):
+    """A ledger of a reply, stream A (3 items) interleaved with stream B (2
+    items), and a reply after them; ``damage(records, a, b)`` names the
+    record to flip a byte of. Opened with recover="salvage": (which of "A",
+    "B" are held, the cassette's stats)."""
+    a, b = key(200), key(201)
+    if os.path.exists(path):
+        os.remove(path)  # (a new ledger each time)
+    with EvalCassette(path) as c:
+        c.record(key(0), "before")
+        wa, wb = c.record_stream(a), c.record_stream(b)
+        for i in range(3):
+            wa.append(f"a{i}")
+            if i < 2:
+                wb.append(f"b{i}")
+        wa.close()
+        wb.close()
+        c.record(key(1), "after")
+    data = bytearray(open(path, "rb").read())
+    recs = list(cassette_ref.read(bytes(data)))
+    off = damage(recs, a, b)
+    data[off + 40] ^= 1  # a byte of its key (a BEGIN has no payload)
+    open(path, "wb").write(bytes(data))
+    with EvalCassette(path, recover="salvage") as c:
+        held = {name for name, k in (("A", a), ("B", b)) if k in c}
+        listed = set(c)
+        assert listed == {key(0), key(1)} | {k for name, k in (("A", a), ("B", b))
+                                             if name in held}
+        assert len(c) == len(listed)
+        assert c.get(key(0)) == "before" and c.get(key(1)) == "after"
+        for name, k, items in (("A", a, ["a0", "a1", "a2"]), ("B", b, ["b0", "b1"])):
+            if name in held:
+                assert list(c.get_stream(k)) == items  # whole
+            else:
+                assert c.get_stream(k) is None and c.get_stream(k, "gone") == "gone"
+                assert k not in dict(c.items())
+        return held, c.stats()
+
+
+def _chunks(recs, k):
+    return [off for off, rtype, rkey, _ in recs if rtype == 3 and rkey == bytes(k)]
+
+
+def _record_of(recs, k, rtype):
+    (off,) = [off for off, t, rkey, _ in recs if t == rtype and rkey == bytes(k)]
+    return off
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_a_salvaged_stream_that_lost_an_item_is_not_held(path, which):
+    """A stream without its terminator is never held; nor is one whose END
+    survived salvage but not every item (docs/spec/ledger.md, Replay): it
+    is not listed, not counted, and get_stream misses, where it was listed
+    and failed when read. The stream beside it, all of whose records are
+    sound, is held whole."""
+    held, stats = _salvaged_streams(path, lambda recs, a, b: _chunks(recs, a)[which])
+    assert held == {"B"} and stats["salvage_skips"] == 1
+
+
+def test_a_salvaged_stream_that_lost_its_begin_or_end_is_not_held(path):
+    held, _ = _salvaged_streams(path, lambda recs, a, b: _record_of(recs, a, 2))
+    assert held == {"B"}
+    held, _ = _salvaged_streams(path, lambda recs, a, b: _record_of(recs, b, 4))
+    assert held == {"A"}
+
+
+def test_a_salvaged_stream_that_lost_only_a_neighbours_item_is_held(path):
+    held, _ = _salvaged_streams(path, lambda recs, a, b: _chunks(recs, b)[0])
+    assert held == {"A"}  # A's chunks sit on both sides of B's lost one
+
+
+def test_a_salvaged_stream_lost_an_item_is_not_compacted_and_can_be_recorded_again(path, tmp_path):
+    _salvaged_streams(path, lambda recs, a, b: _chunks(recs, a)[1])
+    with EvalCassette(path, recover="salvage") as c:
+        c.compact(str(tmp_path / "compacted.fabl"))
+        with c.record_stream(key(200)) as w:  # not held: recorded anew
+            w.append("again")
+        assert list(c.get_stream(key(200))) == ["again"]
+    with EvalCassette(str(tmp_path / "compacted.fabl"), "r") as c:
+        assert set(c) == {key(0), key(1), key(201)}
+        assert c.get_stream(key(200)) is None
+
+
 def test_corruption_sampled_never_returns_changed_reply(tmp_path):
     """Through real files: the exhaustive version runs in C (test_ledger.c)."""
     base = str(tmp_path / "base.fabl")

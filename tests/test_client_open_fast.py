@@ -6,9 +6,7 @@ checked and sent as before."""
 
 import asyncio
 import collections
-import gc
 import math
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -19,6 +17,7 @@ from fabric.node import NodeLimits, connect, protocol as P
 from fabric.values import walk
 
 import node_ops
+from conftest import blocks_kept
 
 REF = fabric.SecretRef("db-password")
 SECRET = fabric.Secret("hunter2")
@@ -282,23 +281,10 @@ def test_an_open_larger_than_the_agreed_frame_is_refused_before_it_is_sent(node)
     assert n.stats()["requests"] == 2
 
 
-def _blocks_kept(fn, n=2000):
-    """Blocks still allocated after n more calls of fn than after a warm-up
-    (a leak of one object per call shows as >= n; noise is a few dozen)."""
-    for _ in range(200):
-        fn()
-    gc.collect()
-    before = sys.getallocatedblocks()
-    for _ in range(n):
-        fn()
-    gc.collect()
-    return sys.getallocatedblocks() - before
-
-
 @pytest.mark.parametrize("args", [(1, "x", [1.5, {"k": b"v"}]), (SECRET,), ({1: {SECRET: 2}},),
                                   (frozenset({1, SECRET}),), ("y" * 10000, [SECRET]),
                                   (REF, Pair(1, 2)), (OwnIter([1]),)])
 def test_the_c_open_keeps_nothing(args):
     req = fabric.EvalRequest("node.x", args, {"k": [1, 2]})
     g = frozenset({"b", "a"})
-    assert _blocks_kept(lambda: _open_payload(req, "value", "compute", g, 2.5, ("n1",))) < 200
+    assert blocks_kept(lambda: _open_payload(req, "value", "compute", g, 2.5, ("n1",))) < 200

@@ -5,7 +5,6 @@ threads run Python (and key other values) in the middle of a keying; the
 keys must still be exactly the ones computed single-threaded.
 """
 
-import gc
 import pickle
 import sys
 import threading
@@ -14,6 +13,8 @@ import pytest
 
 import fabric
 from fabric import ContentKey, EvalRequest, Secret, canonical_bytes
+
+from conftest import blocks_kept
 
 
 class Foo:
@@ -93,19 +94,6 @@ def test_mutating_containers_while_other_threads_key():
 
 # ---- reference leaks ------------------------------------------------------------
 
-def _leaks(fn, n=2000):
-    """Blocks still allocated after n more calls of fn than after a warm-up.
-    A leak of one object per call shows as >= n; noise is a few dozen."""
-    for _ in range(200):
-        fn()
-    gc.collect()
-    before = sys.getallocatedblocks()
-    for _ in range(n):
-        fn()
-    gc.collect()
-    return sys.getallocatedblocks() - before
-
-
 def _raises(fn, exc_type):
     def call():
         try:
@@ -164,13 +152,13 @@ FAILURE = {
 
 @pytest.mark.parametrize("name", sorted(SUCCESS))
 def test_no_leak_on_success(name):
-    assert _leaks(SUCCESS[name]) < 200
+    assert blocks_kept(SUCCESS[name]) < 200
 
 
 @pytest.mark.parametrize("name", sorted(FAILURE))
 def test_no_leak_on_error(name):
     fn, exc_type = FAILURE[name]
-    assert _leaks(_raises(fn, exc_type)) < 200
+    assert blocks_kept(_raises(fn, exc_type)) < 200
 
 
 def test_leak_check_catches_a_leak():
@@ -179,7 +167,7 @@ def test_leak_check_catches_a_leak():
     give or take the few dozen other blocks the process frees or makes
     meanwhile (1,992 under load), far above the tolerance."""
     hoard = []
-    assert _leaks(lambda: hoard.append(object())) >= 1800
+    assert blocks_kept(lambda: hoard.append(object())) >= 1800
 
 
 def test_key_memo_holds_a_bounded_number_of_keys():
@@ -191,4 +179,4 @@ def test_key_memo_holds_a_bounded_number_of_keys():
         i = next(counter)
         canonical_bytes({"a%d" % i: 1, "b%d" % i: 2, "c%d" % i: [3]})
 
-    assert _leaks(fresh_keys, n=5000) < 200
+    assert blocks_kept(fresh_keys, n=5000) < 200

@@ -13,10 +13,7 @@ by a test fault at a chosen frame, then SIGKILLed:
 Synchronisation is by handshakes: readiness lines, the items the client
 has read, and node a's log line saying its fault fired."""
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -25,35 +22,9 @@ import fabric
 from fabric.node import connect
 
 import node_ops
+from served import fleet, read_until  # noqa: F401 (fleet: the fixture)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 N = 50  # items of the stream
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    procs = []
-
-    def start(name, *args):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-        cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-               "--node-id", name, "--import", "node_ops", "--log-level", "warning",
-               "--cassette", str(tmp_path / f"{name}.ledger"), *args]
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                             text=True)
-        procs.append(p)
-        line = p.stdout.readline()  # the readiness line, or '' if it died
-        assert "listening on" in line, f"{name} did not start: {line!r}"
-        return p, line.rsplit(" ", 1)[1].strip()
-
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        for f in (p.stdout, p.stderr):
-            f.close()
 
 
 def holder_with_fault(fleet, fault):
@@ -67,15 +38,6 @@ def holder_with_fault(fleet, fault):
     return fleet("a", "--test-fault", fault)  # the same cassette: it holds the stream
 
 
-def wait_for_fault(proc, action):
-    """Read node a's log until it says the fault fired (bounded by its lines)."""
-    for _ in range(200):
-        line = proc.stderr.readline()
-        if not line or f"test fault {action} fired" in line:
-            break
-    assert f"test fault {action} fired" in line, line
-
-
 def test_source_killed_after_the_first_item_ends_with_a_diagnostic_then_home_answers(fleet):
     pa, a_url = holder_with_fault(fleet, "stall:STREAM_CHUNK:3")
     pc, c_url = fleet("c", "--home", "node_ops:home")
@@ -85,7 +47,7 @@ def test_source_killed_after_the_first_item_ends_with_a_diagnostic_then_home_ans
         s = b.stream(req)
         got = [next(s), next(s)]  # a sent two chunks, then stalled
         assert got == [0, 1]
-        wait_for_fault(pa, "stall")
+        read_until(pa, "test fault stall fired")
         pa.send_signal(signal.SIGKILL)
         pa.wait()
         with pytest.raises(fabric.RemoteError, match="cannot restart elsewhere") as info:
@@ -125,7 +87,7 @@ def test_source_killed_before_the_first_item_fails_over_to_home(fleet):
 
     t = threading.Thread(target=consume)
     t.start()
-    wait_for_fault(pa, "stall")  # b asked a, and a stalls before any item
+    read_until(pa, "test fault stall fired")  # b asked a, and a stalls before any item
     pa.send_signal(signal.SIGKILL)
     pa.wait()
     t.join(60)

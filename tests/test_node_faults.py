@@ -13,24 +13,14 @@ from fabric.node import Node, connect, protocol as P
 from fabric.node.faults import Fault, Faults
 
 import node_ops
-from conftest import hello_bytes, read_frames, wait_for
+from conftest import hello_bytes, read_frames, started_nodes, wait_for
 
 
 @pytest.fixture
 def node(tmp_path):
-    started = []
-
-    def make(*faults, **kw):
-        kw.setdefault("listen", "127.0.0.1:0")
-        kw.setdefault("home", fabric.LocalFabric())
-        n = Node(str(tmp_path / f"f{len(started)}.ledger"), node_id=f"f{len(started)}",
-                 faults=Faults(*faults) if faults else None, **kw).start()
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
+    """``node(*faults, **Node kwargs)``: conftest's, injecting ``faults``."""
+    with started_nodes(tmp_path, prefix="f", local_home=True) as make:
+        yield lambda *faults, **kw: make(faults=Faults(*faults) if faults else None, **kw)
 
 
 # the principal may send the fault operation (it needs stream.stats)

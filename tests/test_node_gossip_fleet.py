@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
 
@@ -25,9 +24,8 @@ from fabric.node.client import NodeClient
 
 import node_ops
 from conftest import wait_for
+from served import serve
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 LINE = re.compile(r"node (\S+): gossip delta from (\S+): (\d+) fact\(s\), (\d+) new, (\d+) B")
 
 
@@ -38,21 +36,12 @@ class Fleet:
         self.urls = {}
 
     def start(self, name, *args):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-        log = open(self.tmp / f"{name}.log", "a")
-        cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-               "--node-id", name, "--import", "node_ops", "--home", "node_ops:home",
-               "--cassette", str(self.tmp / f"{name}.ledger"), "--log-level", "debug", *args]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-        log.close()
-        line = proc.stdout.readline()  # the readiness line, or '' if it died
-        if "listening on" not in line:
-            proc.kill()
-            raise AssertionError(f"fabric serve {name} did not start: {line!r} "
-                                 f"{(self.tmp / f'{name}.log').read_text()[-2000:]}")
+        """Node ``name`` computing at home, its log appended to ``name.log``."""
+        proc, url = serve(self.tmp, name, "--home", "node_ops:home", "--log-level", "debug",
+                          *args, log=self.tmp / f"{name}.log")
         self.procs[name] = proc
-        self.urls[name] = line.rsplit(" ", 1)[1].strip()
-        return self.urls[name]
+        self.urls[name] = url
+        return url
 
     def log_size(self, name):
         return os.path.getsize(self.tmp / f"{name}.log")

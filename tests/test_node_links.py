@@ -218,10 +218,10 @@ def test_the_standalone_client_keeps_its_own_schedule():
 
 def test_peer_lists_files_are_read_and_checked(tmp_path):
     import argparse
-    import os
-    import subprocess
-    import sys
+
     from fabric.node.cli import _lists
+
+    from test_cli import one_line_error, run
 
     def args(path, allow=None, block=()):
         return argparse.Namespace(allow_peers=allow, block_peers=list(block),
@@ -245,14 +245,8 @@ def test_peer_lists_files_are_read_and_checked(tmp_path):
     with pytest.raises(ValueError, match="nope.json"):
         _lists(args(tmp_path / "nope.json"))
     # fabric serve refuses it in one line, before anything starts
-    r = subprocess.run([sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-                        "--cassette", str(tmp_path / "x.ledger"),
-                        "--peer-lists", str(tmp_path / "nope.json")],
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=os.path.dirname(
-                           os.path.dirname(os.path.abspath(__file__)))))
-    assert r.returncode == 2, r
-    (line,) = r.stderr.strip().splitlines()
-    assert line == f"fabric serve: error: --peer-lists {tmp_path / 'nope.json'}: cannot " \
-        f"read it: No such file or directory", line
+    one_line_error(run("serve", "--listen", "127.0.0.1:0", "--cassette",
+                       str(tmp_path / "x.ledger"), "--peer-lists", str(tmp_path / "nope.json")),
+                   f"fabric serve: error: --peer-lists {tmp_path / 'nope.json'}: cannot read it: "
+                   f"No such file or directory")
     assert not (tmp_path / "x.ledger").exists()

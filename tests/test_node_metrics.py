@@ -19,7 +19,8 @@ from fabric.node.metrics import CONTENT_TYPE, render, start_metrics, stop_metric
 from prometheus_client.parser import text_string_to_metric_families
 
 import node_ops
-from conftest import end_process, wait_for
+from conftest import end_process, started_nodes, wait_for
+from served import serve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -101,17 +102,9 @@ def value(samples, name, **labels):
 
 @pytest.fixture
 def node(tmp_path):
-    started = []
-
-    def make(name, **kw):
-        kw.setdefault("listen", "127.0.0.1:0")
-        n = Node(str(tmp_path / f"{name}.ledger"), node_id=name, **kw).start()
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
+    """``node(name=None, **Node kwargs)``: started nodes, no home unless given."""
+    with started_nodes(tmp_path) as make:
+        yield make
 
 
 def test_scrape_counts_requests_hits_misses_bytes_and_peers(node):
@@ -212,18 +205,10 @@ def test_label_values_are_escaped():
 
 
 def test_fabric_serve_metrics_flag(tmp_path):
-    env = _env()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id", "m",
-         "--import", "node_ops", "--home", "node_ops:home",
-         "--cassette", str(tmp_path / "m.ledger"), "--metrics", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc, url = serve(tmp_path, "m", "--home", "node_ops:home", "--metrics", "127.0.0.1:0")
     try:
-        ready = proc.stdout.readline()
-        mline = proc.stdout.readline()
-        assert "listening on" in ready, (ready, proc.stderr.read() if not mline else "")
+        mline = proc.stdout.readline()  # the second line, after the readiness line
         assert mline.startswith("fabric serve: metrics on http://127.0.0.1:"), mline
-        url = ready.rsplit(" ", 1)[1].strip()
         with connect(url) as c:
             assert c.evaluate(node_ops.double.request(3)).value == 6
         hostport = mline.rsplit("//", 1)[1].split("/", 1)[0]

@@ -3,10 +3,6 @@
 Ctrl-C (SIGINT) stopping it cleanly. Only loopback is ever connected to.
 (Its files' flags: test_node_cli_files.)"""
 
-import json
-
-import pytest
-
 from fabric.node import connect
 
 import node_ops

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -15,39 +13,25 @@ import pytest
 import fabric
 from fabric.frames import FrameKind
 from fabric.governor import PeerGovernor
-from fabric.node import Node, NodeLimits, connect, protocol as P
+from fabric.node import NodeLimits, connect, protocol as P
 from fabric.node.status import format_status
 
 import node_ops
 from certs import make_certs
-from conftest import end_process, hello_bytes, read_frames, wait_for
+from conftest import end_process, hello_bytes, read_frames, started_nodes, wait_for
+from served import serve
+from test_cli import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 GOLDEN = os.path.join(HERE, "golden", "protocol_status.json")
 TOKEN = "t0ken-of-the-operator-0123456789"
 
 
 @pytest.fixture
 def node(tmp_path):
-    started = []
-
-    def make(name=None, **kw):
-        kw.setdefault("listen", "127.0.0.1:0")
-        name = name or f"n{len(started)}"
-        n = Node(str(tmp_path / f"{name}.ledger"), node_id=name, **kw).start()
-        started.append(n)
-        return n
-
-    yield make
-    for n in started:
-        n.stop()
-
-
-def fabric_cli(*args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    return subprocess.run([sys.executable, "-m", "fabric", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    """``node(name=None, **Node kwargs)``: started nodes, no home unless given."""
+    with started_nodes(tmp_path) as make:
+        yield make
 
 
 def test_status_counts_what_the_node_did(node):
@@ -165,11 +149,11 @@ def test_cli_status_readable_and_json(node):
     n = node("cli", home=fabric.LocalFabric())
     with connect(n.url) as c:
         c.evaluate(node_ops.double.request(21))
-    r = fabric_cli("status", n.url)
+    r = run("status", n.url)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"node cli (incarnation 0) at {n.url}\n")
     assert re.search(r"^cassette +\d+ records, 1 keys", r.stdout, re.M), r.stdout
-    r = fabric_cli("status", n.url, "--json")
+    r = run("status", n.url, "--json")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert st["node"] == "cli" and st["fabric"]["home_computes"] == 1
@@ -179,10 +163,10 @@ def test_cli_status_with_a_token_file(node, tmp_path):
     n = node(tokens={"ops": TOKEN})
     tf = tmp_path / "token"
     tf.write_text(TOKEN + "\n")
-    r = fabric_cli("status", n.url, "--token-file", str(tf), "--json")
+    r = run("status", n.url, "--token-file", str(tf), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["connections"]["by_principal"] == {"ops": 1}
-    r = fabric_cli("status", n.url, "--token", "not-the-token-000000000")
+    r = run("status", n.url, "--token", "not-the-token-000000000")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "bearer token was refused" in r.stderr
     assert "not-the-token" not in r.stderr
@@ -192,12 +176,12 @@ def test_cli_status_of_an_unreachable_node_is_one_line_and_exit_2():
     with socket.socket() as s:  # a port nothing listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        r = fabric_cli("status", f"fabric://127.0.0.1:{port}", "--timeout", "5")
+        r = run("status", f"fabric://127.0.0.1:{port}", "--timeout", "5")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"fabric status: error: cannot get the status of "
                                f"fabric://127.0.0.1:{port}")
-    r = fabric_cli("status", "http://127.0.0.1:1")
+    r = run("status", "http://127.0.0.1:1")
     assert r.returncode == 2 and "fabric://HOST:PORT" in r.stderr
 
 
@@ -263,40 +247,26 @@ def test_cli_status_over_mutual_tls(node, tmp_path):
     n = node(tls=server_tls(str(tmp_path / "server.pem"), str(tmp_path / "server.key"),
                             str(tmp_path / "ca.pem")))
     assert n.url.startswith("fabrics://")
-    r = fabric_cli("status", n.url, "--json", "--tls-ca", str(tmp_path / "ca.pem"),
+    r = run("status", n.url, "--json", "--tls-ca", str(tmp_path / "ca.pem"),
                    "--tls-cert", str(tmp_path / "alice.pem"),
                    "--tls-key", str(tmp_path / "alice.key"))
     assert r.returncode == 0, r.stderr
     (principal,) = json.loads(r.stdout)["connections"]["by_principal"]
     assert "alice" in principal
     # without a client certificate the node refuses: one line, exit status 2
-    r = fabric_cli("status", n.url, "--tls-ca", str(tmp_path / "ca.pem"))
+    r = run("status", n.url, "--tls-ca", str(tmp_path / "ca.pem"))
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"fabric status: error: cannot get the status of {n.url}")
-
-
-def _serve(tmp_path, name, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (ROOT, HERE, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0", "--node-id", name,
-         "--import", "node_ops", "--cassette", str(tmp_path / f"{name}.ledger"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    ready = proc.stdout.readline()  # the readiness line: a handshake, not a wait
-    if "listening on" not in ready:
-        proc.kill()
-        raise AssertionError((ready, proc.communicate(timeout=60)))
-    return proc, ready.rsplit(" ", 1)[1].strip()
 
 
 def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
     """A blocklisted peer is never dialled nor asked, though gossip (relayed
     by m) names it the holder; the settings and the refused link show in
     fabric status."""
-    a, a_url = _serve(tmp_path, "a", "--home", "node_ops:home")
+    a, a_url = serve(tmp_path, "a", "--home", "node_ops:home")
     try:
-        m, m_url = _serve(tmp_path, "m", "--peer", a_url)
-        b, b_url = _serve(tmp_path, "b", "--peer", m_url, "--peer", a_url, "--block-peer", "a",
+        m, m_url = serve(tmp_path, "m", "--peer", a_url)
+        b, b_url = serve(tmp_path, "b", "--peer", m_url, "--peer", a_url, "--block-peer", "a",
                           "--block-peer", a_url, "--down-after", "2", "--backoff-base", "1",
                           "--backoff-cap", "4")
         try:
@@ -308,7 +278,7 @@ def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
                          "a's holding to reach b by gossip, through m")
                 with pytest.raises(fabric.NoHolderError):  # m does not hold it; a is not asked
                     cb.evaluate(req)
-            r = fabric_cli("status", b_url, "--json")
+            r = run("status", b_url, "--json")
             assert r.returncode == 0, r.stderr
             st = json.loads(r.stdout)
             assert st["governor"] == {"allow": None, "block": ["a", a_url], "down_after": 2,
@@ -316,7 +286,7 @@ def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
             assert st["fabric"]["peer_hits"] == 0
             [pa] = [p for p in st["peers"] if p["url"] == a_url]
             assert pa["link"] == "not dialled: blocklisted" and pa["health"] is None
-            r = fabric_cli("status", b_url)
+            r = run("status", b_url)
             assert ("governor     open, blocklist a, " + a_url + "; down after 2 failures in "
                     "a row; backoff 1 s doubling to 4 s") in r.stdout, r.stdout
             assert "[not dialled: blocklisted]" in r.stdout, r.stdout
@@ -324,7 +294,7 @@ def test_fabric_serve_has_a_peer_governor_set_by_its_flags(tmp_path):
             end_process(b)
             end_process(m)
         # The control: the same fleet without the blocklist gets it from a.
-        c, c_url = _serve(tmp_path, "c", "--peer", a_url)
+        c, c_url = serve(tmp_path, "c", "--peer", a_url)
         try:
             with connect(c_url) as cc:
                 wait_for(lambda: cc.node_status()["holdings"]["keys"] >= 1,
@@ -342,7 +312,7 @@ def test_fabric_serve_refuses_bad_governor_settings(tmp_path):
     for args, says in ((["--down-after", "0"], "down_after must be an int >= 1"),
                        (["--backoff-base", "5", "--backoff-cap", "1"], "below backoff_base"),
                        (["--backoff-base", "-1"], "backoff_base")):
-        r = fabric_cli("serve", "--listen", "127.0.0.1:0",
+        r = run("serve", "--listen", "127.0.0.1:0",
                        "--cassette", str(tmp_path / "x.ledger"), *args)
         assert r.returncode == 2, r
         (line,) = r.stderr.strip().splitlines()

@@ -15,6 +15,8 @@ import pytest
 from fabric.node import Node
 from fabric.node.server import _sweep_temp_ledgers
 
+from served import serve
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -34,18 +36,9 @@ def temp_ledgers(d):
     return sorted(p.name for p in d.iterdir() if p.name.startswith("fabric-node-"))
 
 
-def serve(d, name):
+def serve_in(d, name):
     """`fabric serve` without --cassette, TMPDIR=d; returns once it is listening."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]), TMPDIR=str(d))
-    proc = subprocess.Popen([sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-                             "--node-id", name], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
-    line = proc.stdout.readline()  # the readiness line, or '' if it died
-    if "listening on" not in line:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"fabric serve {name} did not start: {line!r} "
-                             f"{proc.stderr.read()[-2000:]}")
+    proc, _url = serve(d, name, ops=None, cassette=False, env={"TMPDIR": str(d)})
     return proc
 
 
@@ -58,7 +51,7 @@ def kill(proc):
 
 def test_a_killed_nodes_temp_ledger_is_swept_by_the_next_node(tmpdir_env):
     d = tmpdir_env
-    a = serve(d, "a")
+    a = serve_in(d, "a")
     try:
         (mine,) = temp_ledgers(d)
         assert mine.startswith(f"fabric-node-{a.pid}-")
@@ -68,7 +61,7 @@ def test_a_killed_nodes_temp_ledger_is_swept_by_the_next_node(tmpdir_env):
     finally:
         kill(a)
     assert temp_ledgers(d) == [mine]  # left by the killed node
-    b = serve(d, "b")  # makes its own: sweeps a's first
+    b = serve_in(d, "b")  # makes its own: sweeps a's first
     try:
         (theirs,) = temp_ledgers(d)
         assert theirs.startswith(f"fabric-node-{b.pid}-")
@@ -105,7 +98,7 @@ def test_a_node_refused_makes_no_temp_ledger(tmpdir_env):
 
 def test_the_serve_tests_that_kill_nodes_give_them_a_cassette():
     """Every test that starts `fabric serve` names its cassette under its
-    tmp_path, so a node it kills leaves nothing in the shared /tmp (this
+    tmp_path (tests/served.py's do, but with cassette=False), so a node it kills leaves nothing in the shared /tmp (this
     file's tests, which mean to, run with a TMPDIR of their own)."""
     missing = []
     for name in sorted(os.listdir(HERE)):
@@ -114,7 +107,7 @@ def test_the_serve_tests_that_kill_nodes_give_them_a_cassette():
             continue
         with open(os.path.join(HERE, name), encoding="utf-8") as f:
             text = f.read()
-        if '"serve"' in text and "--cassette" not in text:
+        if '"serve"' in text and "--cassette" not in text or "cassette=False" in text:
             missing.append(name)
     assert missing == []
 

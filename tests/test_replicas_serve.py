@@ -2,34 +2,17 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from fabric.node import connect
 
 import replicas_ops
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def _serve(tmp_path, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-    cmd = [sys.executable, "-m", "fabric", "serve", "--listen", "127.0.0.1:0",
-           "--node-id", "w", "--import", "replicas_ops",
-           "--cassette", str(tmp_path / "w.ledger"), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
+from served import popen, serve_cmd, served
 
 
 def test_serve_workers_computes_in_two_worker_processes(tmp_path):
-    proc = _serve(tmp_path, "--workers", "2")
-    try:
-        line = proc.stdout.readline()  # the readiness line, or '' if it died
-        assert "listening on" in line, proc.stderr.read()[-2000:]
-        url = line.rsplit(" ", 1)[1].strip()
+    with served(tmp_path, "w", "--workers", "2", ops="replicas_ops") as (proc, url):
         with connect(url) as node:
             pids = [node.evaluate(replicas_ops.pid.request(i)).value for i in range(4)]
             # Held by the node: not computed again (the next replica in
@@ -43,12 +26,8 @@ def test_serve_workers_computes_in_two_worker_processes(tmp_path):
         for p in set(pids):  # the replicas ended with the node
             with pytest.raises(ProcessLookupError):
                 os.kill(p, 0)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+    proc.stdout.close()
+    proc.stderr.close()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -57,7 +36,7 @@ def test_serve_workers_computes_in_two_worker_processes(tmp_path):
     (["--workers", "1", "--group-seed", "abc"], "64 hex digits"),
 ])
 def test_serve_workers_bad_arguments(tmp_path, args, message):
-    proc = _serve(tmp_path, *args)
+    proc = popen(serve_cmd(tmp_path, "w", *args, ops="replicas_ops"))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "listening on" not in out
     assert message in err

@@ -1,4 +1,4 @@
-"""Rich display in notebooks: _repr_html_ of EvalRequest, Secret and EvalCassette."""
+"""Rich display in notebooks: _repr_html_ of EvalRequest, Secret, EvalCassette and the streams."""
 
 import html.parser
 
@@ -99,3 +99,27 @@ def test_cassette_html_of_a_closed_cassette(cassette_factory):
 def test_html_of_every_type_is_str(obj):
     o = fabric.EvalRequest("f") if obj == "request" else fabric.Secret(1)
     assert type(o._repr_html_()) is str
+
+
+def test_stream_reprs_say_their_state_source_items_and_key():
+    import asyncio
+
+    import node_ops
+    f = fabric.LocalFabric()
+    req = node_ops.count.request(3)
+    s = f.stream(req)
+    head = f"source={s.source!r}, items=0, diagnostics=0, key={str(req.key)[:19]}...)"
+    assert repr(s) == "EvalStream(open, " + head
+    assert list(s) == [0, 1, 2]
+    assert repr(s).startswith("EvalStream(done, ") and "items=3," in repr(s)
+    assert _parse(s._repr_html_())[1] == repr(s)
+
+    async def in_async():
+        async with f.astream(req) as a:
+            assert repr(a) == "AsyncEvalStream(open, " + head.replace(
+                f"source={s.source!r}", f"source={a.source!r}")
+            assert [x async for x in a] == [0, 1, 2]
+            assert repr(a).startswith("AsyncEvalStream(done, ") and "items=3," in repr(a)
+            assert _parse(a._repr_html_())[1] == repr(a)
+
+    asyncio.run(in_async())

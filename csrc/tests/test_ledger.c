@@ -346,6 +346,57 @@ static int stop_at_first(void *ctx, uint64_t done, uint64_t total)
     return 1;
 }
 
+/* A stream that lost a chunk to salvage is not held: its END commits
+ * nothing, as a stream without one (docs/spec/ledger.md, Replay). */
+static void test_salvage_stream(void)
+{
+    image im;
+    build_image(&im, "salvage-stream.fabl");
+    /* Records 7..10: key 7's BEGIN, two chunks, END. */
+    char path[512];
+    path_for(path, sizeof(path), "salvage-stream-clean.fabl");
+    write_file(path, im.data, im.len);
+    int rc;
+    fab_ledger_error err;
+    fab_ledger_stats clean;
+    fab_ledger *l = open_ledger(path, FAB_LEDGER_READ, 0, 0, NULL, &rc, &err);
+    CHECK_EQ(rc, 0);
+    fab_ledger_get_stats(l, &clean);
+    fab_ledger_close(l);
+    for (size_t broken = 7; broken <= 9; broken++) { /* the BEGIN, a chunk, the other */
+        uint8_t *data = malloc(im.len);
+        memcpy(data, im.data, im.len);
+        data[im.starts[broken] + FAB_LEDGER_REC_HEADER] ^= 0x40; /* a byte of its key */
+        path_for(path, sizeof(path), "salvage-stream2.fabl");
+        write_file(path, data, im.len);
+        l = open_ledger(path, FAB_LEDGER_READ, 0, FAB_RECOVER_SALVAGE, NULL, &rc, &err);
+        CHECK_EQ(rc, 0);
+        fab_ledger_stats st;
+        fab_ledger_get_stats(l, &st);
+        CHECK_EQ(st.salvage_skips, 1);
+        CHECK_EQ(st.keys, clean.keys - 1);
+        uint8_t key[32], got[32];
+        key_of(key, 7);
+        fab_ledger_ref ref;
+        CHECK_EQ(fab_ledger_lookup(l, key, 0, &ref, NULL), 0);
+        fab_ledger_cursor cur;
+        CHECK_EQ(fab_ledger_stream_open(l, key, &cur), FAB_ENOTFOUND);
+        fab_ledger_pos pos = {0};
+        size_t n = 0;
+        while (fab_ledger_next(l, &pos, got, 0, &ref, NULL) == 1) {
+            CHECK(memcmp(got, key, 32) != 0);
+            n++;
+        }
+        CHECK_EQ(n, st.keys);
+        /* the next stream, whole, is held (key 47: records 47..50 after key 7's) */
+        key_of(key, 47);
+        CHECK_EQ(fab_ledger_stream_open(l, key, &cur), FAB_OK);
+        fab_ledger_close(l);
+        free(data);
+    }
+    free(im.data);
+}
+
 static void test_salvage(void)
 {
     image im;
@@ -3045,6 +3096,7 @@ int main(void)
         {"torn_tail_every_offset", test_torn_tail_every_offset},
         {"exhaustive_corruption", test_exhaustive_corruption},
         {"salvage", test_salvage},
+        {"salvage_stream", test_salvage_stream},
         {"fault_injection", test_fault_injection},
         {"streams", test_streams},
         {"many_handles", test_many_handles},

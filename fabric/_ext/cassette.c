@@ -1570,24 +1570,40 @@ static PyObject *Cassette_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
     return d;
 }
 
-static PyObject *Cassette_sync(PyObject *self, PyObject *Py_UNUSED(ignored))
+static int no_ledger_op(fab_ledger *l, fab_ledger_error *err)
+{
+    FAB_UNUSED(l);
+    FAB_UNUSED(err);
+    return 0;
+}
+
+/* op(ledger, &err) on the cassette, entered, without the GIL: its result
+ * (>= 0), or -1 with the exception set (a closed cassette's, or the
+ * ledger's error). */
+static int call_ledger(PyObject *self, int (*op)(fab_ledger *, fab_ledger_error *))
 {
     CassetteObject *c = (CassetteObject *)self;
     fab_state *st = cassette_state(self);
     if (st == NULL || enter(c) < 0)
-        return NULL;
-    if (c->mode != FAB_LEDGER_WRITE) {
-        leave(c);
-        Py_RETURN_NONE;
-    }
+        return -1;
     fab_ledger_error err;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_sync(c->l, &err);
+    rc = op(c->l, &err);
     Py_END_ALLOW_THREADS
     leave(c);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
+    if (rc < 0) {
+        raise_ledger(st, c->path, rc, &err);
+        return -1;
+    }
+    return rc;
+}
+
+static PyObject *Cassette_sync(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int writer = ((CassetteObject *)self)->mode == FAB_LEDGER_WRITE; /* (set at open) */
+    if (call_ledger(self, writer ? fab_ledger_sync : no_ledger_op) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1602,19 +1618,8 @@ static PyObject *Cassette_flush(PyObject *self, PyObject *Py_UNUSED(ignored))
 
 static PyObject *Cassette_refresh(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
-    if (st == NULL || enter(c) < 0)
-        return NULL;
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_refresh(c->l, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
-    return PyLong_FromLong(rc);
+    int rc = call_ledger(self, fab_ledger_refresh);
+    return rc < 0 ? NULL : PyLong_FromLong(rc);
 }
 
 static PyObject *Cassette_compact(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -1729,35 +1734,14 @@ static PyObject *Cassette_delete(PyObject *self, PyObject *key_obj)
 
 static PyObject *Cassette_clear(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
-    if (st == NULL || enter(c) < 0)
-        return NULL;
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_clear(c->l, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
-    return PyLong_FromLong(rc);
+    int rc = call_ledger(self, fab_ledger_clear);
+    return rc < 0 ? NULL : PyLong_FromLong(rc);
 }
 
 static PyObject *Cassette_checkpoint(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    CassetteObject *c = (CassetteObject *)self;
-    fab_state *st = cassette_state(self);
-    if (st == NULL || enter(c) < 0)
+    if (call_ledger(self, fab_ledger_checkpoint) < 0)
         return NULL;
-    fab_ledger_error err;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fab_ledger_checkpoint(c->l, &err);
-    Py_END_ALLOW_THREADS
-    leave(c);
-    if (rc < 0)
-        return raise_ledger(st, c->path, rc, &err);
     Py_RETURN_NONE;
 }
 
