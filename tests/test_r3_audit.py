@@ -14,7 +14,6 @@ import fabric
 from fabric.node import Node, connect
 
 import node_ops
-from test_cli import one_line_error, run
 from test_node import certs  # noqa: F401  (the module's certificates, made at test time)
 
 
@@ -175,19 +174,6 @@ def test_an_untrusted_server_certificate_is_a_fabric_unavailable(node, certs):  
                      str(certs / "alice.key"))
     with pytest.raises(fabric.FabricUnavailable, match="certificate verify failed"):
         connect(n.url, tls=tls, timeout=10, reconnect=False)
-
-
-# ---- fabric serve: the secrets file named by its flag ------------------------------
-
-@xfail("cli.py cmd_serve (secrets=args.secrets passed to Node, ~l.145; _read_file "
-       "covers only --tokens/--grants): a --secrets file that cannot be used is not "
-       "named by its flag ('fabric serve: error: ValueError: PATH: the secrets file is "
-       "not valid JSON ...')")
-def test_a_secrets_file_that_cannot_be_used_names_its_flag(tmp_path):
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    one_line_error(run("serve", "--listen", "127.0.0.1:0", "--secrets", str(bad)),
-                   "fabric serve: error:", f"--secrets {bad}: the secrets file is not valid")
 
 
 # ---- a node's life: start, serve, stop ----------------------------------------------
