@@ -146,8 +146,9 @@ def check_secrets(request: EvalRequest, grants: frozenset[str], store: Any,
 
 def check_ref_grant(name: str, grants: frozenset[str], where: str) -> None:
     """``CapabilityDenied`` unless ``grants`` allow resolving the secret
-    ``name`` (``secret:<name>``, ``secret:*`` or ``*``)."""
-    if f"secret:{name}" not in grants and "secret:*" not in grants and "*" not in grants:
+    ``name`` (``secret:<name>`` in any spelling of it, ``secret:*`` or ``*``)."""
+    from .node.secrets import granted
+    if not granted(name, grants):
         raise CapabilityDenied(f"{where}: resolving SecretRef({name!r}) needs the grant "
                                f"'secret:{name}'")
 

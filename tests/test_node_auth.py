@@ -146,6 +146,36 @@ def test_a_secret_ref_in_a_set_or_a_maps_key_is_resolved_too():
         store.resolve(anything.request(frozenset([ref])), ["secret:other"])
 
 
+def test_spellings_of_one_variable_name_one_secret():
+    """``db-password``, ``db.password`` and ``DB_PASSWORD`` read one variable
+    (FABRIC_SECRET_DB_PASSWORD): they are one secret, in the file and in the
+    grants too, so the grant of one spelling reaches that secret and no
+    other (before, a grant of ``secret:db.password`` resolved the variable of
+    ``db-password``'s secret while naming another)."""
+    @fabric.op("node.test.auth.spellings")
+    def spelled(*a):
+        return None
+
+    env = {"FABRIC_SECRET_DB_PASSWORD": "from-env"}
+    store = SecretStore({"api.key": "from-file"}, environ=env)
+    for name in ("db-password", "db.password", "DB_PASSWORD", "Db-Password"):
+        assert store.value(name) == "from-env"
+    for name in ("api.key", "api-key", "API_KEY"):
+        assert store.value(name) == "from-file"
+    req = spelled.request(fabric.SecretRef("db.password"))
+    out = store.resolve(req, ["secret:DB-PASSWORD"])  # a grant of another spelling: the same secret
+    assert out.args[0].reveal() == "from-env"
+    with pytest.raises(fabric.CapabilityDenied, match="secret:db.password"):
+        store.resolve(req, ["secret:db-passwords", "secret:api.key"])
+    with pytest.raises(ValueError, match=r"'db-password' and 'DB_PASSWORD' name one secret "
+                                         r"\(FABRIC_SECRET_DB_PASSWORD\): keep one"):
+        SecretStore({"db-password": "a", "DB_PASSWORD": "b"}, environ={})
+    from fabric.placement import check_ref_grant
+    check_ref_grant("db.password", frozenset({"secret:db_password"}), "here")
+    with pytest.raises(fabric.CapabilityDenied, match="here: resolving SecretRef"):
+        check_ref_grant("db.password", frozenset({"secret:db"}), "here")
+
+
 @pytest.mark.parametrize("name", ["db\n", "", "a b", "x" * 129, "ключ", 7])
 def test_a_secret_ref_name_outside_its_alphabet_is_refused(name):
     # ("db\n" passed: the pattern's $ matches before a final newline)

@@ -10,6 +10,12 @@ before calling the op, the value read from its environment
 (``FABRIC_SECRET_<NAME>``, the name upper-cased with ``-`` and ``.`` as ``_``)
 or its secrets file (JSON object name -> str). A principal needs the grant
 ``secret:<name>`` (or ``secret:*``) for a node to resolve a secret for it.
+
+Names that spell one environment variable name one secret: ``db-password``,
+``db.password`` and ``DB_PASSWORD`` are the same secret everywhere (its
+variable, its file entry, its grant), so a grant of one spelling cannot
+reach another secret's value; a secrets file with two spellings of one
+name is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,21 @@ from .protocol import SECRET_REF_TAG
 __all__ = ["SecretRef", "SecretStore"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def secret_ident(name: str) -> str:
+    """The one spelling of a secret's name: upper-cased, ``-`` and ``.`` as
+    ``_`` (its variable is ``FABRIC_SECRET_`` + this)."""
+    return name.replace("-", "_").replace(".", "_").upper()
+
+
+def granted(name: str, grants: Iterable[str]) -> bool:
+    """Whether ``grants`` allow resolving the secret ``name``: ``*``,
+    ``secret:*`` or ``secret:<a spelling of name>``."""
+    if "*" in grants or "secret:*" in grants or f"secret:{name}" in grants:
+        return True
+    ident = secret_ident(name)
+    return any(g.startswith("secret:") and secret_ident(g[7:]) == ident for g in grants)
 
 
 class SecretRef(tuple):
@@ -75,7 +96,14 @@ class SecretStore:
         if not isinstance(data, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise ValueError(f"{where}: a secrets file is a JSON object of name -> str")
-        self._file = data
+        spelled: dict[str, str] = {}
+        for name, value in data.items():
+            ident = secret_ident(name)
+            if ident in spelled:
+                raise ValueError(f"{where}: {spelled[ident]!r} and {name!r} name one secret "
+                                 f"(FABRIC_SECRET_{ident}): keep one of them")
+            spelled[ident] = name
+            self._file[ident] = value
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled only to reach a worker process of this machine's fabrics
@@ -88,10 +116,12 @@ class SecretStore:
         return f"<fabric.SecretStore: {len(self._file)} from a file, values not shown>"
 
     def value(self, name: str) -> str | None:
-        env = "FABRIC_SECRET_" + re.sub(r"[-.]", "_", name).upper()
+        """The secret's value (its variable first, then the file), or None."""
+        ident = secret_ident(name)
+        env = "FABRIC_SECRET_" + ident
         if env in self._env:
             return self._env[env]
-        return self._file.get(name)
+        return self._file.get(ident)
 
     def resolve(self, request: EvalRequest, grants: Iterable[str]) -> EvalRequest | None:
         """The request with every SecretRef replaced by a Secret of its value,
@@ -105,7 +135,7 @@ class SecretStore:
             if isinstance(v, SecretRef):
                 found = True
                 name = v.name
-                if f"secret:{name}" not in g and "secret:*" not in g and "*" not in g:
+                if not granted(name, g):
                     raise CapabilityDenied(f"resolving SecretRef({name!r}) needs the grant "
                                            f"'secret:{name}'")
                 value = self.value(name)
