@@ -58,6 +58,7 @@ from ..governor import PeerGovernor
 from ..claims import StreamDigest
 from . import gossip as _gossip
 from . import leases as _leases
+from . import node_args as _args
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -525,6 +526,14 @@ class Node:
                  fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None,
                  loop: str = "auto"):
         self.host, self.port = _split_listen(listen)
+        _args.check_node_id(node_id)
+        _args.check_flag("insecure", insecure)
+        _args.check_tls(tls)
+        _args.check_home(home)
+        if limits is not None and not isinstance(limits, NodeLimits):
+            raise TypeError(f"limits must be a fabric.node.NodeLimits, not "
+                            f"{type(limits).__name__}")
+        peer_urls = _args.check_peers(peers)
         self._new_loop, _ = loop_factory(loop)  # a missing uvloop fails here, not in start()
         #: The event loop serving (``"asyncio"``, ``"uvloop"``), once serving.
         self.event_loop: str | None = None
@@ -570,7 +579,7 @@ class Node:
             holders=None if _restored is None else _restored.holders,
             fleet_keys=fleet_keys if trusted_keys is None else None, trusted_keys=trusted_keys)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
-        self.peer_urls = list(peers)
+        self.peer_urls = peer_urls
         if self.fabric.trust == "none":
             from urllib.parse import urlsplit
             remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
@@ -614,6 +623,8 @@ class Node:
         self._tick_stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._serving = False  # serve() runs (it refuses a second one)
+        self._stopped = False  # serve() ended, its cassette closed (it refuses to serve again)
         # Requests count 1 each and a principal's turn admits one: round robin
         # (a budget-sized quantum would let a flooding principal go first for long).
         self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued,
@@ -682,7 +693,8 @@ class Node:
         or on any other (a node ``start()`` ran is listening once that
         returns). Raises what ended ``serve()`` before it listened (an
         address in use: ``OSError``), or ``FabricError`` when it was
-        stopped or cancelled first."""
+        stopped or cancelled first; awaited after such a ``serve()`` ended,
+        it waits for the next one."""
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop:  # served elsewhere
             await asyncio.to_thread(self._ready.wait)
@@ -820,7 +832,28 @@ class Node:
 
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the
-        way out. ``listening()`` tells when it accepts connections."""
+        way out. ``listening()`` tells when it accepts connections.
+
+        A node serves once: ``serve()`` on a node serving already (on any
+        loop, ``start()``'s thread too) or on one that was stopped (its
+        cassette is closed) raises ``FabricError``. One whose ``serve()``
+        failed before it listened (an address in use) may serve again."""
+        self._check_servable()
+        self._serving = True
+        try:
+            await self._serve()
+        finally:
+            self._serving = False
+
+    def _check_servable(self) -> None:
+        if self._serving:
+            raise FabricError(f"node {self.node_id} is already serving (start() or serve())")
+        if self._stopped:
+            raise FabricError(f"node {self.node_id} was stopped: a node serves once (stop() "
+                              f"closed its cassette); make a new Node (Node.restore("
+                              f"node.snapshot()) carries its state over)")
+
+    async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._listen_fut is not None and self._listen_fut.done():
             self._listen_fut = None  # served again: a new one
@@ -829,6 +862,9 @@ class Node:
             pumps = await self._listen()
         except BaseException as exc:
             self._listen_ended(exc)
+            # (its waiters have it: a listening() from now on waits for the
+            # next serve(), not for this failed one)
+            self._listen_fut = None
             raise
         self._listen_ended(None)
         try:
@@ -926,6 +962,7 @@ class Node:
         if self.home is not None:
             await self.home.aclose()
         log.info("node %s gossip: %s", self.node_id, self._gossip.stats())
+        self._stopped = True  # (it will not serve again: see serve())
         if self._own_cassette:
             self.cassette.close()
         if self._tmp is not None:
@@ -935,9 +972,14 @@ class Node:
         log.info("node %s stopped", self.node_id)
 
     def start(self) -> "Node":
-        """Serve on a background thread; returns once listening (or raises why not)."""
+        """Serve on a background thread; returns once listening (or raises why not).
+
+        A node starts once: ``start()`` again raises ``FabricError``, before
+        ``stop()`` (it is started) and after it (it was stopped: make a new
+        ``Node``, see ``serve()``)."""
         if self._thread is not None:
             raise FabricError("the node is already started")
+        self._check_servable()
 
         def run() -> None:
             loop = self._new_loop()
@@ -2277,7 +2319,11 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not isinstance(listen, str) or ":" not in listen:
         raise ValueError(f"listen is HOST:PORT, not {listen!r}")
     host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        host = host[1:-1]
+    elif any(c in host for c in ":[]"):  # "::1" would be host ":" and port 1
+        raise ValueError(f"listen is HOST:PORT, an IPv6 host in brackets ([::1]:7411), "
+                         f"not {listen!r}")
     try:
         p = int(port)
     except ValueError:
