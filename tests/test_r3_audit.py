@@ -126,44 +126,6 @@ def test_an_untrusted_server_certificate_is_a_fabric_unavailable(node, certs):  
         connect(n.url, tls=tls, timeout=10, reconnect=False)
 
 
-# ---- slowloris past the handshake --------------------------------------------------
-
-@xfail("server.py Node._close_idle (~l.1062: any byte received, conn.bytes_in, restarts "
-       "the idle clock): a peer trickling one byte of a frame every 0.1 s, never "
-       "completing one, holds its connection (and a max_connections slot) forever with "
-       "idle_timeout=0.5 s; 1,024 such peers hold every slot for ~10 KB/s")
-def test_a_peer_trickling_a_frame_that_never_completes_is_cut_at_the_idle_timeout(node):
-    import socket
-    import time
-
-    from fabric.frames import FrameKind
-    from fabric.node import NodeLimits, protocol as P
-
-    from conftest import hello_bytes, read_frames
-    n = node(limits=NodeLimits(idle_timeout=0.5))
-    frame = P.encoder().encode(FrameKind.PING, b"x" * 60_000)
-    with socket.create_connection(n.address, timeout=30) as s:
-        s.sendall(hello_bytes())
-        assert read_frames(s, until_close=False)[0].kind == FrameKind.HELLO
-        s.settimeout(0.1)  # the attacker's pace: a byte, then a read of at most 0.1 s
-        closed = False
-        deadline = time.monotonic() + 5  # 10 idle timeouts
-        for i in range(len(frame)):
-            if time.monotonic() > deadline:
-                break
-            try:
-                s.sendall(frame[i:i + 1])
-                closed = s.recv(1 << 16) == b"" or closed
-            except socket.timeout:
-                continue
-            except OSError:
-                closed = True
-            if closed:
-                break
-    assert closed, "the node kept a connection that never completed a frame"
-    assert n.stats().get("idle_timeouts", 0) == 1
-
-
 @xfail("server.py Node._handshake (caps = set(body['caps']) & {'gossip', 'streams'}, "
        "~l.1181): the HELLO grants the gossip capability to a principal without the "
        "grant node.gossip, whose GOSSIP the node then drops (fabric/node/gossip.py): the "

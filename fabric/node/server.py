@@ -89,7 +89,8 @@ class NodeLimits:
     """A node's limits (seconds, bytes, counts); every one must be positive,
     but ``write_stall_timeout``, where 0 turns the check off.
     ``idle_timeout`` and ``write_stall_timeout`` are checked on the node's
-    tick (every 50 ms)."""
+    tick (every 50 ms); a connection is idle while it completes no frame
+    (bytes of one that never completes do not keep it)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
@@ -1151,7 +1152,8 @@ class Node:
 
     def _check_conns(self) -> None:
         """Every tick: close the connections past their handshake that
-        received nothing for ``limits.idle_timeout`` seconds, and those
+        completed no frame for ``limits.idle_timeout`` seconds (bytes of a
+        frame that does not complete keep nothing open), and those
         whose transport stayed paused, with output its peer did not read,
         for ``limits.write_stall_timeout`` seconds (0: never)."""
         now = time.monotonic()
@@ -1168,8 +1170,8 @@ class Node:
             proto = conn.proto
             if proto is None:
                 continue
-            if conn.bytes_in != proto.rx_seen:  # bytes arrived since the last tick
-                proto.rx_seen, proto.last_rx = conn.bytes_in, now
+            if conn.frames_in != proto.rx_seen:  # a frame completed since the last tick
+                proto.rx_seen, proto.last_rx = conn.frames_in, now
             elif now - proto.last_rx >= idle:
                 proto.idle_out(idle)
 
@@ -2111,10 +2113,11 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         # past rate_until) within a second of its start is refused.
         self.rate = node.limits.max_frame_rate
         self.rate_until = conn.frames_in + self.rate
-        # The idle check (Node._check_conns, every tick) notes when conn.bytes_in
-        # last moved: no clock read per read callback.
+        # The idle check (Node._check_conns, every tick) notes when conn.frames_in
+        # last moved (a frame completed, not a byte arrived: a peer trickling
+        # a frame it never completes is idle): no clock read per read callback.
         self.last_rx = self.window_start
-        self.rx_seen = conn.bytes_in
+        self.rx_seen = conn.frames_in
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
@@ -2126,7 +2129,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                 self.done.set_exception(exc)
 
     def idle_out(self, idle: float) -> None:
-        """Nothing arrived for ``idle`` seconds: the peer is told, the
+        """No frame completed for ``idle`` seconds: the peer is told, the
         connection ends."""
         if self.done.done():
             return
