@@ -126,24 +126,6 @@ def test_an_untrusted_server_certificate_is_a_fabric_unavailable(node, certs):  
         connect(n.url, tls=tls, timeout=10, reconnect=False)
 
 
-@xfail("server.py Node._handshake (caps = set(body['caps']) & {'gossip', 'streams'}, "
-       "~l.1181): the HELLO grants the gossip capability to a principal without the "
-       "grant node.gossip, whose GOSSIP the node then drops (fabric/node/gossip.py): the "
-       "answer should say what the node will take")
-def test_the_hello_grants_gossip_only_to_a_principal_holding_node_gossip(node):
-    import socket
-
-    from fabric.frames import FrameKind
-
-    from conftest import hello_bytes, read_frames
-    n = node(tokens={"reader": "reader-token-0123456789"}, grants={"reader": []})
-    with socket.create_connection(n.address, timeout=30) as s:
-        s.sendall(hello_bytes(token="reader-token-0123456789", caps=["gossip"]))
-        hello = read_frames(s, until_close=False)[0]
-    assert hello.kind == FrameKind.HELLO
-    assert hello.decode_payload()["caps"] == []
-
-
 # ---- the client facing a node that sends what no node sends -----------------------
 
 def _node_answering_an_open_with(frame_for):

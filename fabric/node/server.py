@@ -45,7 +45,7 @@ from ..frames import FrameKind
 from ..replies import DIAG, EvalReply, reply_record
 from ..resolving import ContentAddressedFabric
 from . import protocol as P
-from .auth import COMPUTE, Grants, Tokens, tls_principal
+from .auth import COMPUTE, GOSSIP, Grants, Tokens, tls_principal
 from .credit import Credit, StaleStream, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import Entry, FairQueue
@@ -1288,6 +1288,8 @@ class Node:
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
         caps = set(body["caps"]) & {"gossip", "streams"}
+        if not Grants.allows(conn.grants, GOSSIP):
+            caps.discard("gossip")  # the answer says what the node will take
         conn.gossip = "gossip" in caps
         shown = sorted(g for g in conn.grants if g not in _CONTROL_GRANTS)
         conn.send(conn.enc.encode_value(FrameKind.HELLO, P.hello(
