@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import shutil
+import ssl
 import stat
 import tempfile
 import threading
@@ -59,6 +60,7 @@ from ..claims import StreamDigest
 from . import gossip as _gossip
 from . import leases as _leases
 from . import node_args as _args
+from .tls_listen import TLSListener
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -606,7 +608,7 @@ class Node:
         self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | TLSListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -889,8 +891,14 @@ class Node:
         # reads and a heap look per turn): the node's periodic work (gossip
         # ticks, idle connections) is woken from a thread, not by a timer.
         self._tick_evt = asyncio.Event()
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  ssl=self.tls, limit=1 << 16)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                      limit=1 << 16)
+        else:  # its own TLS handshakes, so that a refused one is seen
+            self._server = await TLSListener.listen(
+                self.host, self.port, context=self.tls,
+                handshake_timeout=self.limits.handshake_timeout, connected=self._accept,
+                refused=self._tls_refused)
         self._tick_stop = threading.Event()
         self._ticker = threading.Thread(
             target=_ticks, args=(self._loop, self._tick_evt, self._tick_stop),
@@ -1246,6 +1254,19 @@ class Node:
             except Exception:
                 conn.abort()
             conn.closed = True
+
+    def _tls_refused(self, peer: Any, exc: BaseException) -> None:
+        """A TLS handshake that did not complete (the listener closed it):
+        one the node refused (no client certificate, another CA's, an
+        expired one, no TLS at all) is a warning and counted
+        (``tls_refused``); a peer gone or silent during it is logged only."""
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            self._stat("tls_refused")
+            why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            log.warning("refusing a connection from %s: TLS handshake failed: %s", peer, why)
+        else:  # closed mid-handshake (a probe), or silent past handshake_timeout
+            log.info("connection from %s: no TLS handshake: %s: %s", peer,
+                     type(exc).__name__, exc)
 
     async def _next_frame(self, conn: _Conn, dec: FrameDecoder, timeout: float | None) -> Any:
         while True:
