@@ -189,3 +189,36 @@ def test_a_node_whose_serve_failed_to_listen_may_serve_again(tmp_path):
         asyncio.run(main())
     finally:
         taken.close()
+
+
+def test_a_serve_cancelled_before_it_listened_lets_its_address_go(tmp_path):
+    """Cancelled while waiting for its --peer's handshake (bound, not ready):
+    the address it bound is let go of, and serve() again serves."""
+    with socket.socket() as mute:  # accepts, never answers a HELLO
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        mute.setblocking(False)
+        url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+
+        async def main():
+            node = Node(str(tmp_path / "g.ledger"), node_id="g", listen="127.0.0.1:0",
+                        peers=[url], limits=fabric.node.NodeLimits(handshake_timeout=30))
+            task = asyncio.create_task(node.serve())
+            loop = asyncio.get_running_loop()
+            conn, _ = await loop.sock_accept(mute)  # the node dialled its peer: bound
+            try:
+                bound = node._bound
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                with socket.socket() as again:  # its address is free
+                    again.bind(bound)
+            finally:
+                conn.close()
+            mute.close()  # the peer gone: the next serve() is ready without it
+            task = asyncio.create_task(node.serve())
+            f = await _handshake(await node.listening())
+            assert f.kind == FrameKind.HELLO
+            node.request_stop()
+            await task
+        asyncio.run(main())

@@ -868,6 +868,10 @@ class Node:
             # (its waiters have it: a listening() from now on waits for the
             # next serve(), not for this failed one)
             self._listen_fut = None
+            if self._server is not None:  # bound, then cancelled waiting for its peers
+                self._server.close()
+                self._server = None
+            self._tick_stop.set()  # (its clock, if it started)
             raise
         self._listen_ended(None)
         try:
