@@ -657,6 +657,33 @@ def test_only_a_principal_granted_node_gossip_can_name_members_for_the_node_to_d
     assert len(warned) == 1 and "'reader'" in warned[0] and "node.gossip" in warned[0]
 
 
+def test_the_hello_grants_gossip_only_to_a_principal_holding_node_gossip(tmp_path):
+    """Both ask for the gossip capability: the HELLO answer grants it to the
+    principal granted node.gossip and not to the other (whose GOSSIP the
+    node would drop, and to which it pushes none), saying what the node
+    will take."""
+    import socket
+
+    from fabric.frames import FrameKind
+
+    from conftest import hello_bytes, read_frames
+
+    tokens = {"reader": "reader-token-0123456789", "peer": "peer-token-0123456789ab"}
+    n = Node(str(tmp_path / "n.ledger"), node_id="n", listen="127.0.0.1:0", tokens=tokens,
+             grants={"reader": ["node.compute"], "peer": ["node.gossip"]}).start()
+    try:
+        caps = {}
+        for principal in tokens:
+            with socket.create_connection(n.address, timeout=30) as s:
+                s.sendall(hello_bytes(token=tokens[principal], caps=["gossip"]))
+                hello = read_frames(s, until_close=False)[0]
+            assert hello.kind == FrameKind.HELLO
+            caps[principal] = hello.decode_payload()["caps"]
+        assert caps == {"reader": [], "peer": ["gossip"]}
+    finally:
+        n.stop()
+
+
 def test_a_node_off_loopback_with_tokens_but_no_tls_warns_they_travel_in_clear(tmp_path,
                                                                                 caplog):
     # (constructed only: nothing is bound, nothing is sent)

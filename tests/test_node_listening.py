@@ -1,7 +1,8 @@
 """``await node.listening()``: the signal that a node run with ``await
 node.serve()`` in a task accepts connections (its address, once its peers
 answered), or why it never will (an address in use, stopped first); and
-from another loop, for a node ``start()`` runs."""
+from another loop, for a node ``start()`` runs. A node serves once:
+``serve()`` or ``start()`` on one serving, or stopped, is refused."""
 
 import asyncio
 import socket
@@ -10,9 +11,10 @@ import pytest
 
 import fabric
 from fabric.frames import FrameKind
-from fabric.node import Node
+from fabric.node import Node, connect
 from fabric.node import protocol as P
 
+import node_ops
 from conftest import hello_bytes
 
 
@@ -100,3 +102,123 @@ def test_listening_from_another_loop_for_a_started_node(tmp_path):
         assert asyncio.run(node.listening()) == node.address
     finally:
         node.stop()
+
+
+def test_start_after_stop_is_refused_saying_why(tmp_path):
+    """stop() closed the node's cassette: start() again is refused at once
+    (not an answer with the old address, where nothing listens), saying
+    what to do instead; the node that stopped is not started."""
+    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0")
+    n.start()
+    port = n.address[1]
+    n.stop()
+    with pytest.raises(fabric.FabricError, match=r"was stopped: a node serves once.*"
+                                                 r"make a new Node"):
+        n.start()
+    assert n._thread is None
+    with pytest.raises(OSError):  # nothing listens where it was
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+    async def main():
+        await n.serve()
+    with pytest.raises(fabric.FabricError, match="was stopped"):
+        asyncio.run(main())
+    # a new node on the same cassette serves what the first recorded
+    again = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(),
+                 listen="127.0.0.1:0").start()
+    try:
+        with connect(again.url, timeout=10, reconnect=False) as c:
+            assert c.evaluate(node_ops.double.request(4)).value == 8
+    finally:
+        again.stop()
+
+
+def test_serve_on_a_started_node_is_refused(tmp_path):
+    """serve() from another loop on a node serving on its start() thread
+    is refused (as start() twice is), and the node goes on serving."""
+    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(),
+             listen="127.0.0.1:0").start()
+    try:
+        async def main():
+            await n.serve()
+        with pytest.raises(fabric.FabricError, match="is already serving"):
+            asyncio.run(main())
+        with pytest.raises(fabric.FabricError, match="already started"):
+            n.start()
+        with connect(n.url, timeout=10, reconnect=False) as c:
+            assert c.evaluate(node_ops.double.request(5)).value == 10
+    finally:
+        n.stop()
+
+
+def test_serve_twice_on_one_loop_is_refused(tmp_path):
+    async def main():
+        node = Node(str(tmp_path / "e.ledger"), node_id="e", listen="127.0.0.1:0")
+        task = asyncio.create_task(node.serve())
+        await node.listening()
+        with pytest.raises(fabric.FabricError, match="is already serving"):
+            await node.serve()
+        node.request_stop()
+        await task
+        with pytest.raises(fabric.FabricError, match="was stopped"):
+            await node.serve()
+    asyncio.run(main())
+
+
+def test_a_node_whose_serve_failed_to_listen_may_serve_again(tmp_path):
+    """An address in use ends serve() before it listened: nothing was
+    closed, and serve() again (the address free) serves."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+
+    async def main():
+        node = Node(str(tmp_path / "f.ledger"), node_id="f", home=fabric.LocalFabric(),
+                    listen=f"127.0.0.1:{port}")
+        with pytest.raises(OSError):
+            await node.serve()
+        taken.close()
+        task = asyncio.create_task(node.serve())
+        assert await node.listening() == ("127.0.0.1", port)
+        f = await _handshake(node.address)
+        assert f.kind == FrameKind.HELLO
+        node.request_stop()
+        await task
+    try:
+        asyncio.run(main())
+    finally:
+        taken.close()
+
+
+def test_a_serve_cancelled_before_it_listened_lets_its_address_go(tmp_path):
+    """Cancelled while waiting for its --peer's handshake (bound, not ready):
+    the address it bound is let go of, and serve() again serves."""
+    with socket.socket() as mute:  # accepts, never answers a HELLO
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        mute.setblocking(False)
+        url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+
+        async def main():
+            node = Node(str(tmp_path / "g.ledger"), node_id="g", listen="127.0.0.1:0",
+                        peers=[url], limits=fabric.node.NodeLimits(handshake_timeout=30))
+            task = asyncio.create_task(node.serve())
+            loop = asyncio.get_running_loop()
+            conn, _ = await loop.sock_accept(mute)  # the node dialled its peer: bound
+            try:
+                bound = node._bound
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                with socket.socket() as again:  # its address is free
+                    again.bind(bound)
+            finally:
+                conn.close()
+            mute.close()  # the peer gone: the next serve() is ready without it
+            task = asyncio.create_task(node.serve())
+            f = await _handshake(await node.listening())
+            assert f.kind == FrameKind.HELLO
+            node.request_stop()
+            await task
+        asyncio.run(main())

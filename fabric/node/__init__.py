@@ -10,6 +10,8 @@
 - ``leases``: one computation per fleet (rendezvous lease holders);
 - ``loops``: which event loop a node runs on (asyncio's, or uvloop: the
   ``fast`` extra);
+- ``node_args``: ``Node``'s argument checks; ``tls_listen``: a TLS node's
+  listener (its own handshakes, so that a refused one is seen);
 - ``server``: ``Node``; ``client``: ``connect`` / ``aconnect`` / ``NodeClient``.
 
 This package imports the rest of ``fabric``; nothing in ``fabric`` imports it

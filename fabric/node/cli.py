@@ -405,7 +405,8 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="run a network node")
     p.add_argument("--listen", default="127.0.0.1:7411", metavar="HOST:PORT",
-                   help="where to listen (default 127.0.0.1:7411; port 0 picks one)")
+                   help="where to listen (default 127.0.0.1:7411; an IPv6 host in "
+                        "brackets, [::1]:7411; port 0 picks one)")
     p.add_argument("--cassette", default=None, metavar="PATH",
                    help="the node's cassette (default: a temporary one in $TMPDIR/fabric-node-<pid>-*, "
                         "removed when the node stops, or by the next node if it was killed)")

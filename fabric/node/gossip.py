@@ -125,12 +125,7 @@ def check_members(body: Any) -> list[Member]:
                 or not 0 < len(e[1]) <= MAX_URL or not isinstance(e[2], bool)):
             raise P.ProtocolError(f"GOSSIP members[{i}] is not [node id (1..{MAX_NODE_ID} "
                                   f"chars), URL (1..{MAX_URL} chars), bool]")
-        u = urlsplit(e[1])
-        try:
-            port = u.port
-        except ValueError:
-            port = None
-        if u.scheme not in ("fabric", "fabrics") or not u.hostname or not port:
+        if not P.is_node_url(e[1]):
             raise P.ProtocolError(f"GOSSIP members[{i}]: {e[1]!r} is not a node URL")
         out.append(Member(e[0], e[1], e[2]))
     return out

@@ -71,7 +71,8 @@ class _Out:
 # Raw counters that are connections the node closed or refused, and why.
 _CLOSED = {"refused_connections": "max_connections", "handshake_timeouts": "handshake_timeout",
            "idle_timeouts": "idle_timeout", "disconnected_slow_reader": "slow_reader",
-           "internal_errors": "internal_error", "write_stalls": "write_stall"}
+           "internal_errors": "internal_error", "write_stalls": "write_stall",
+           "tls_refused": "tls_refused"}
 
 
 def families(st: dict[str, Any]) -> list[Metric]:

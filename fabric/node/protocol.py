@@ -36,6 +36,7 @@ payloads; it does no I/O, so the server, the client and the tests share it
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                      EvalRequest, FabricError, FabricUnavailable, FrameEncoder,
@@ -103,6 +104,17 @@ class LimitExceeded(FabricError, OSError):
 
 class Backpressure(FabricError, BlockingIOError):
     """A non-blocking send found no credit left on its stream."""
+
+
+def is_node_url(url: str) -> bool:
+    """Whether ``url`` is a node URL: ``fabric://HOST:PORT`` or
+    ``fabrics://HOST:PORT`` (TLS), the port in [1, 65536)."""
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError:  # a port out of range or not a number, a broken [IPv6]
+        return False
+    return u.scheme in ("fabric", "fabrics") and bool(u.hostname) and bool(port)
 
 
 def encoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameEncoder:

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import shutil
+import ssl
 import stat
 import tempfile
 import threading
@@ -45,7 +46,7 @@ from ..frames import FrameKind
 from ..replies import DIAG, EvalReply, reply_record
 from ..resolving import ContentAddressedFabric
 from . import protocol as P
-from .auth import COMPUTE, Grants, Tokens, tls_principal
+from .auth import COMPUTE, GOSSIP, Grants, Tokens, tls_principal
 from .credit import Credit, StaleStream, StreamTable
 from .faults import WIRE_ACTIONS, Fault, Faults
 from .scheduler import Entry, FairQueue
@@ -58,6 +59,8 @@ from ..governor import PeerGovernor
 from ..claims import StreamDigest
 from . import gossip as _gossip
 from . import leases as _leases
+from . import node_args as _args
+from .tls_listen import TLSListener
 
 __all__ = ["Node", "NodeLimits"]
 
@@ -88,7 +91,8 @@ class NodeLimits:
     """A node's limits (seconds, bytes, counts); every one must be positive,
     but ``write_stall_timeout``, where 0 turns the check off.
     ``idle_timeout`` and ``write_stall_timeout`` are checked on the node's
-    tick (every 50 ms)."""
+    tick (every 50 ms); a connection is idle while it completes no frame
+    (bytes of one that never completes do not keep it)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
@@ -525,6 +529,14 @@ class Node:
                  fleet_keys: Any = None, node_key: Any = None, trusted_keys: Any = None,
                  loop: str = "auto"):
         self.host, self.port = _split_listen(listen)
+        _args.check_node_id(node_id)
+        _args.check_flag("insecure", insecure)
+        _args.check_tls(tls)
+        _args.check_home(home)
+        if limits is not None and not isinstance(limits, NodeLimits):
+            raise TypeError(f"limits must be a fabric.node.NodeLimits, not "
+                            f"{type(limits).__name__}")
+        peer_urls = _args.check_peers(peers)
         self._new_loop, _ = loop_factory(loop)  # a missing uvloop fails here, not in start()
         #: The event loop serving (``"asyncio"``, ``"uvloop"``), once serving.
         self.event_loop: str | None = None
@@ -570,7 +582,7 @@ class Node:
             holders=None if _restored is None else _restored.holders,
             fleet_keys=fleet_keys if trusted_keys is None else None, trusted_keys=trusted_keys)
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
-        self.peer_urls = list(peers)
+        self.peer_urls = peer_urls
         if self.fabric.trust == "none":
             from urllib.parse import urlsplit
             remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
@@ -596,7 +608,7 @@ class Node:
         self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | TLSListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -614,6 +626,8 @@ class Node:
         self._tick_stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._serving = False  # serve() runs (it refuses a second one)
+        self._stopped = False  # serve() ended, its cassette closed (it refuses to serve again)
         # Requests count 1 each and a principal's turn admits one: round robin
         # (a budget-sized quantum would let a flooding principal go first for long).
         self._run_q = FairQueue(budget=1 << 40, max_count=self.limits.principal_max_queued,
@@ -682,7 +696,8 @@ class Node:
         or on any other (a node ``start()`` ran is listening once that
         returns). Raises what ended ``serve()`` before it listened (an
         address in use: ``OSError``), or ``FabricError`` when it was
-        stopped or cancelled first."""
+        stopped or cancelled first; awaited after such a ``serve()`` ended,
+        it waits for the next one."""
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop:  # served elsewhere
             await asyncio.to_thread(self._ready.wait)
@@ -820,7 +835,28 @@ class Node:
 
     async def serve(self) -> None:
         """Listen and serve until cancelled (or ``stop()``); cleans up on the
-        way out. ``listening()`` tells when it accepts connections."""
+        way out. ``listening()`` tells when it accepts connections.
+
+        A node serves once: ``serve()`` on a node serving already (on any
+        loop, ``start()``'s thread too) or on one that was stopped (its
+        cassette is closed) raises ``FabricError``. One whose ``serve()``
+        failed before it listened (an address in use) may serve again."""
+        self._check_servable()
+        self._serving = True
+        try:
+            await self._serve()
+        finally:
+            self._serving = False
+
+    def _check_servable(self) -> None:
+        if self._serving:
+            raise FabricError(f"node {self.node_id} is already serving (start() or serve())")
+        if self._stopped:
+            raise FabricError(f"node {self.node_id} was stopped: a node serves once (stop() "
+                              f"closed its cassette); make a new Node (Node.restore("
+                              f"node.snapshot()) carries its state over)")
+
+    async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._listen_fut is not None and self._listen_fut.done():
             self._listen_fut = None  # served again: a new one
@@ -829,6 +865,13 @@ class Node:
             pumps = await self._listen()
         except BaseException as exc:
             self._listen_ended(exc)
+            # (its waiters have it: a listening() from now on waits for the
+            # next serve(), not for this failed one)
+            self._listen_fut = None
+            if self._server is not None:  # bound, then cancelled waiting for its peers
+                self._server.close()
+                self._server = None
+            self._tick_stop.set()  # (its clock, if it started)
             raise
         self._listen_ended(None)
         try:
@@ -852,8 +895,14 @@ class Node:
         # reads and a heap look per turn): the node's periodic work (gossip
         # ticks, idle connections) is woken from a thread, not by a timer.
         self._tick_evt = asyncio.Event()
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  ssl=self.tls, limit=1 << 16)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                      limit=1 << 16)
+        else:  # its own TLS handshakes, so that a refused one is seen
+            self._server = await TLSListener.listen(
+                self.host, self.port, context=self.tls,
+                handshake_timeout=self.limits.handshake_timeout, connected=self._accept,
+                refused=self._tls_refused)
         self._tick_stop = threading.Event()
         self._ticker = threading.Thread(
             target=_ticks, args=(self._loop, self._tick_evt, self._tick_stop),
@@ -926,6 +975,7 @@ class Node:
         if self.home is not None:
             await self.home.aclose()
         log.info("node %s gossip: %s", self.node_id, self._gossip.stats())
+        self._stopped = True  # (it will not serve again: see serve())
         if self._own_cassette:
             self.cassette.close()
         if self._tmp is not None:
@@ -935,9 +985,14 @@ class Node:
         log.info("node %s stopped", self.node_id)
 
     def start(self) -> "Node":
-        """Serve on a background thread; returns once listening (or raises why not)."""
+        """Serve on a background thread; returns once listening (or raises why not).
+
+        A node starts once: ``start()`` again raises ``FabricError``, before
+        ``stop()`` (it is started) and after it (it was stopped: make a new
+        ``Node``, see ``serve()``)."""
         if self._thread is not None:
             raise FabricError("the node is already started")
+        self._check_servable()
 
         def run() -> None:
             loop = self._new_loop()
@@ -1109,7 +1164,8 @@ class Node:
 
     def _check_conns(self) -> None:
         """Every tick: close the connections past their handshake that
-        received nothing for ``limits.idle_timeout`` seconds, and those
+        completed no frame for ``limits.idle_timeout`` seconds (bytes of a
+        frame that does not complete keep nothing open), and those
         whose transport stayed paused, with output its peer did not read,
         for ``limits.write_stall_timeout`` seconds (0: never)."""
         now = time.monotonic()
@@ -1126,8 +1182,8 @@ class Node:
             proto = conn.proto
             if proto is None:
                 continue
-            if conn.bytes_in != proto.rx_seen:  # bytes arrived since the last tick
-                proto.rx_seen, proto.last_rx = conn.bytes_in, now
+            if conn.frames_in != proto.rx_seen:  # a frame completed since the last tick
+                proto.rx_seen, proto.last_rx = conn.frames_in, now
             elif now - proto.last_rx >= idle:
                 proto.idle_out(idle)
 
@@ -1203,6 +1259,19 @@ class Node:
                 conn.abort()
             conn.closed = True
 
+    def _tls_refused(self, peer: Any, exc: BaseException) -> None:
+        """A TLS handshake that did not complete (the listener closed it):
+        one the node refused (no client certificate, another CA's, an
+        expired one, no TLS at all) is a warning and counted
+        (``tls_refused``); a peer gone or silent during it is logged only."""
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            self._stat("tls_refused")
+            why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            log.warning("refusing a connection from %s: TLS handshake failed: %s", peer, why)
+        else:  # closed mid-handshake (a probe), or silent past handshake_timeout
+            log.info("connection from %s: no TLS handshake: %s: %s", peer,
+                     type(exc).__name__, exc)
+
     async def _next_frame(self, conn: _Conn, dec: FrameDecoder, timeout: float | None) -> Any:
         while True:
             for f in dec:
@@ -1244,6 +1313,8 @@ class Node:
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
         caps = set(body["caps"]) & {"gossip", "streams"}
+        if not Grants.allows(conn.grants, GOSSIP):
+            caps.discard("gossip")  # the answer says what the node will take
         conn.gossip = "gossip" in caps
         shown = sorted(g for g in conn.grants if g not in _CONTROL_GRANTS)
         conn.send(conn.enc.encode_value(FrameKind.HELLO, P.hello(
@@ -2069,10 +2140,11 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         # past rate_until) within a second of its start is refused.
         self.rate = node.limits.max_frame_rate
         self.rate_until = conn.frames_in + self.rate
-        # The idle check (Node._check_conns, every tick) notes when conn.bytes_in
-        # last moved: no clock read per read callback.
+        # The idle check (Node._check_conns, every tick) notes when conn.frames_in
+        # last moved (a frame completed, not a byte arrived: a peer trickling
+        # a frame it never completes is idle): no clock read per read callback.
         self.last_rx = self.window_start
-        self.rx_seen = conn.bytes_in
+        self.rx_seen = conn.frames_in
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
 
     def _end(self, exc: BaseException | None = None) -> None:
@@ -2084,7 +2156,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                 self.done.set_exception(exc)
 
     def idle_out(self, idle: float) -> None:
-        """Nothing arrived for ``idle`` seconds: the peer is told, the
+        """No frame completed for ``idle`` seconds: the peer is told, the
         connection ends."""
         if self.done.done():
             return
@@ -2277,7 +2349,11 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not isinstance(listen, str) or ":" not in listen:
         raise ValueError(f"listen is HOST:PORT, not {listen!r}")
     host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        host = host[1:-1]
+    elif any(c in host for c in ":[]"):  # "::1" would be host ":" and port 1
+        raise ValueError(f"listen is HOST:PORT, an IPv6 host in brackets ([::1]:7411), "
+                         f"not {listen!r}")
     try:
         p = int(port)
     except ValueError:
