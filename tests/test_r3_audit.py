@@ -343,23 +343,3 @@ def test_an_infinite_client_timeout_means_no_limit(node, timeout):
     n = node()
     with connect(n.url, timeout=timeout) as c:
         assert c.evaluate(node_ops.double.request(5)).value == 10
-
-
-@xfail("fabric/_ext/request.c (~l.399: any finite positive deadline is accepted) with "
-       "fabrics.py _sync_within (~l.747, a wait of the deadline itself): a request's "
-       "deadline past threading.TIMEOUT_MAX (1e12 s here) makes a stream fail with "
-       "'OverflowError: timestamp out of range for platform time_t', locally and at a "
-       "node (a RemoteError); it should be refused at construction naming its bound, or "
-       "waited as no limit")
-def test_a_stream_with_a_deadline_past_the_clocks_range_is_refused_or_served():
-    @fabric.op("node.test.r3.count_deadline")
-    def count(n):
-        yield from range(n)
-
-    try:
-        req = fabric.EvalRequest("node.test.r3.count_deadline", (2,), {}, deadline=1e12,
-                                 stream=True)
-    except ValueError as exc:
-        assert "deadline" in str(exc)
-        return
-    assert list(fabric.LocalFabric().stream(req)) == [0, 1]
