@@ -159,9 +159,23 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def _bound(request: EvalRequest, timeout: float | None) -> float | None:
-    """The caller's wait: the shorter of the request's deadline and ``timeout``."""
+#: Seconds past which a wait is no limit (about 31.7 years; a request's
+#: deadline is at most this, docs/spec/content-key.md): the platform's
+#: clocks and waits end at ``threading.TIMEOUT_MAX`` (~9.2e9 s on Linux).
+NO_LIMIT = 1e9
+
+
+def _wait_timeout(timeout: float | None) -> float | None:
+    """``timeout`` checked (``_check_timeout``), None for no limit: None, or
+    past ``NO_LIMIT`` (infinity included)."""
     t = _check_timeout(timeout)
+    return None if t is not None and t > NO_LIMIT else t
+
+
+def _bound(request: EvalRequest, timeout: float | None) -> float | None:
+    """The caller's wait: the shorter of the request's deadline and ``timeout``
+    (None: no limit, as is a ``timeout`` past ``NO_LIMIT``)."""
+    t = _wait_timeout(timeout)
     d = request.deadline
     if d is None:
         return t

@@ -534,6 +534,29 @@ def test_a_stream_deadline_ends_a_stream_with_deadline_exceeded(reg):
     fab.close()
 
 
+def test_a_deadline_past_the_clocks_range_is_refused_and_inf_timeouts_are_no_limit(reg):
+    # (A deadline of 1e12 s made a stream fail with OverflowError "timestamp
+    # out of range for platform time_t", locally and at a node; so did a
+    # timeout of inf given to a stream.)
+    @fabric.op("count_to", registry=reg)
+    def count_to(n):
+        yield from range(n)
+
+    with pytest.raises(ValueError, match="deadline must be at most 1e9 seconds"):
+        count_to.request(2).replace(deadline=1e12)
+    req = count_to.request(2).replace(deadline=1e9)
+    assert req.deadline == 1e9
+    fab = LocalFabric(reg)
+    assert list(fab.stream(req)) == [0, 1]
+    for timeout in (float("inf"), 1e300):
+        assert list(fab.stream(count_to.request(3), timeout=timeout)) == [0, 1, 2]
+
+        async def main():
+            return [x async for x in fab.astream(count_to.request(2), timeout=timeout)]
+        assert asyncio.run(main()) == [0, 1]
+    fab.close()
+
+
 def test_content_serve_stream_checks_grants(reg, cassette_factory):
     @fabric.op("secret", capabilities=("vault",), registry=reg)
     def secret():

@@ -291,6 +291,9 @@ BAD_FIELDS = [
     (dict(deadline=float("nan")), ValueError,
      "EvalRequest deadline must be a positive, finite number of seconds, got nan"),
     (dict(deadline=10**400), ValueError, None),
+    (dict(deadline=1e12), ValueError,
+     "EvalRequest deadline must be at most 1e9 seconds (about 31 years; None for no "
+     "deadline), got 1000000000000.0"),
     (dict(deadline="5"), TypeError, "EvalRequest deadline must be None or seconds as a number, not str"),
     (dict(deadline=True), TypeError, "EvalRequest deadline must be None or seconds as a number, not bool"),
     (dict(colour="red"), TypeError, "EvalRequest() got an unexpected keyword argument 'colour'"),

@@ -42,3 +42,36 @@ def test_a_bad_timeout_is_refused_before_dialling(timeout, exc, message):
     # dialling. Port 9 on loopback: nothing listens there.)
     with pytest.raises(exc, match=re.escape(message)):
         fabric.connect("fabric://127.0.0.1:9", timeout=timeout)
+
+
+def test_tls_that_is_not_a_context_or_dict_is_a_type_error(node):
+    # (Kept, a path waited the whole timeout and said "no handshake ... within 2 s".)
+    n = node()
+    with pytest.raises(TypeError, match="tls must be an ssl.SSLContext or a dict"):
+        fabric.connect(n.url, tls="ca.pem", timeout=2, reconnect=False)
+
+
+@pytest.mark.parametrize("kw, exc, message", [
+    (dict(token=5), TypeError, "token must be a str or None, not int"),
+    (dict(window="big"), TypeError, "window must be an int (bytes), not str"),
+    (dict(window=-1), ValueError, "window must be an int >= 0 (0 = unbounded), not -1"),
+    (dict(max_frame=10), ValueError, "max_frame must be an int in [4096, 2**32), not 10"),
+    (dict(max_frame=True), TypeError, "max_frame must be an int (bytes), not bool"),
+    (dict(grants="gpu"), TypeError, "grants must be an iterable of str, not str"),
+    (dict(reconnect="no"), TypeError, "reconnect must be a bool, not str"),
+    (dict(max_reply=-1), ValueError,
+     "max_reply must be 0 (no bound) or at least max_frame (1052672) bytes, not -1"),
+    (dict(max_reply=8192, max_frame=8193), ValueError,
+     "max_reply must be 0 (no bound) or at least max_frame (8193) bytes, not 8192"),
+    (dict(max_reply=1.5), TypeError, "max_reply must be an int (bytes), not float"),
+])
+def test_connect_options_are_checked_before_dialling(node, kw, exc, message):
+    # (Unchecked, each was refused only by the handshake, after dialling, as a
+    # FabricUnavailable "cannot connect ... HELLO window must be ..."; a str
+    # for grants was taken as its characters, "no" for reconnect as True.)
+    n = node()
+    kw = dict(dict(reconnect=False), **kw)
+    with pytest.raises(exc, match=re.escape(message)):
+        fabric.connect(n.url, timeout=5, **kw).close()
+    with pytest.raises(exc, match=re.escape(message)):
+        asyncio.run(fabric.aconnect(n.url, timeout=5, **kw))

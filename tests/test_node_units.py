@@ -241,8 +241,12 @@ def test_golden_vectors_byte_for_byte():
 def test_hello_checks():
     ok = P.hello(node="x", max_frame=4096, window=0, token=None)
     assert P.check_hello(ok, server=False)["window"] == 0
-    with pytest.raises(P.VersionMismatch, match=r"2\.3.*1\.0"):
+    with pytest.raises(P.VersionMismatch, match=r"2\.3, this node speaks 1\.0"):
         P.check_hello(dict(ok, proto=[2, 3]), server=False)
+    # a client checks a server's HELLO: it speaks of itself as the client
+    served = P.hello(node="x", max_frame=4096, window=0, principal="p", grants=[])
+    with pytest.raises(P.VersionMismatch, match=r"2\.3, this client speaks 1\.0"):
+        P.check_hello(dict(served, proto=[2, 3]), server=True)
     for bad in (dict(ok, max_frame=10), dict(ok, max_frame=2**32), dict(ok, window=-1),
                 dict(ok, extra=1), dict(ok, caps="x"), "hello"):
         with pytest.raises(P.ProtocolError):

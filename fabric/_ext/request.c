@@ -14,6 +14,9 @@
 #include "fabric/hash.h"
 
 #define KEY_SCHEME_TAG "fabric.key/2"
+/* A request's largest deadline, seconds (fabrics.NO_LIMIT: a wait past it is
+ * past what the platform's clocks and waits take, threading.TIMEOUT_MAX). */
+#define DEADLINE_MAX 1e9
 
 /* ======================================================================== */
 /* EvalRequest                                                               */
@@ -397,6 +400,12 @@ static PyObject *request_build(fab_state *st, PyObject *const *kw)
         if (!(d > 0) || d == Py_HUGE_VAL) {
             PyErr_Format(PyExc_ValueError,
                          "EvalRequest deadline must be a positive, finite number of seconds, got %R", v);
+            goto fail;
+        }
+        if (d > DEADLINE_MAX) { /* a wait that long is past the platform clock's range */
+            PyErr_Format(PyExc_ValueError,
+                         "EvalRequest deadline must be at most 1e9 seconds (about 31 years; "
+                         "None for no deadline), got %R", v);
             goto fail;
         }
         r->deadline = PyFloat_FromDouble(d);

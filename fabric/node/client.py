@@ -49,7 +49,7 @@ from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricErro
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
                      unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
-from ..fabrics import RelayFabric, _check_timeout, check_grants
+from ..fabrics import RelayFabric, _wait_timeout, check_grants
 from ..frames import FrameKind, StreamDiagnostic
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
 from ..claims import attach, from_wire
@@ -72,10 +72,13 @@ _START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
 # need no decoding (bounded; any process-wide payload is as good as checked).
 _ENDS: dict[bytes, int] = {}
 _READ = 1 << 18  # a channel's first read buffer
+_UNBOUNDED = 1 << 62  # a channel's largest value reply when max_reply is 0
 # Bytes waiting to be sent on a loop's channel past which its new calls wait
 # (backpressure), and under which they go on.
 _OUT_HIGH, _OUT_LOW = 4 << 20, 1 << 20
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
+#: The largest value reply a client takes by default (``connect(max_reply=)``).
+DEFAULT_MAX_REPLY = 1 << 30
 
 
 class _LoopThread:
@@ -198,7 +201,7 @@ class _Channel:
 
     __slots__ = ("client", "sock", "dec", "enc", "ids", "busy", "dead", "node", "window",
                  "buf", "view", "start", "end", "tmo", "sources", "source", "session",
-                 "max_payload", "sent", "__weakref__")
+                 "max_payload", "sent", "cap", "__weakref__")
 
     def __init__(self, client: "NodeClient", timeout: float | None):
         self.client = client
@@ -213,6 +216,7 @@ class _Channel:
         self.ids = itertools.count(1)
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
         self.sent = 0  # frames sent on it (an idle cut says how many the node read)
+        self.cap = client.max_reply or _UNBOUNDED  # the largest value reply taken
         sock = socket.create_connection((client.host, client.port),
                                         timeout=10.0 if timeout is None else timeout)
         try:
@@ -378,8 +382,10 @@ class _Channel:
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                    f"within {t} s") from None
-        except P.ProtocolError:
-            self.close()  # what follows on it cannot be trusted
+        except (P.ProtocolError, P.LimitExceeded):
+            # what follows cannot be trusted, or is the rest of a reply too
+            # large to take: it must not reach the next call
+            self.close()
             raise
         except (OSError, FrameError, DecodeError, FabricUnavailable) as exc:
             self.close()
@@ -404,6 +410,7 @@ class _Channel:
         its timeout as set; later ones up to ``deadline``): its (record,
         source, claim), or (None, None, the error) for an ERROR on its stream."""
         parts: list[bytes] = []
+        size = 0
         source = self.source
         dec = self.dec
         limits = dec.limits
@@ -428,10 +435,16 @@ class _Channel:
             if f.stream_id != sid:
                 if f.stream_id == 0 and f.kind == FrameKind.ERROR:
                     raise self._ended(f)
+                odd = _odd(f, self.node)
+                if odd is not None:
+                    raise odd
                 continue  # PONG, or a frame of a call given up on
             kind = f.kind
             if kind == FrameKind.STREAM_CHUNK:
                 _in_order(f, len(parts) + 1, self.node)
+                size += _HEADER + len(f.payload)
+                if size > self.cap:
+                    raise _too_large(self.node, sid, size, self.cap)
                 parts.append(bytes(f.decode_payload(limits)))
             elif kind == FrameKind.STREAM_START:
                 source = _source(f.decode_payload(limits), self.node)
@@ -443,6 +456,10 @@ class _Channel:
             elif kind == FrameKind.ERROR:
                 return None, None, P.error_from_payload(f.decode_payload(limits),
                                                         f"node {self.node}")
+            else:
+                odd = _odd(f, self.node)
+                if odd is not None:
+                    raise odd
 
     def _usual(self, parts: Any, sid: int, r: tuple[Any, ...]) -> tuple[Any, str, Any]:
         """A reply taken whole (``FrameDecoder.take_reply``): its (record,
@@ -550,6 +567,9 @@ class _BlockingStream:
                         raise FabricUnavailable(
                             f"{ch.client.url} ended the connection: "
                             f"{P.error_from_payload(f.decode_payload(limits), ch.client.url)}")
+                    odd = _odd(f, ch.node)
+                    if odd is not None:
+                        raise odd
                     continue  # PONG, or a frame of a call given up on
                 kind = f.kind
                 if kind == FrameKind.STREAM_CHUNK:
@@ -577,6 +597,9 @@ class _BlockingStream:
                     # stream's error, not a lost connection
                     err = P.error_from_payload(f.decode_payload(limits), f"node {ch.node}")
                     break
+                odd = _odd(f, ch.node)  # (a START, a PONG: nothing to take)
+                if odd is not None:
+                    raise odd
         except P.ProtocolError:
             self._finish()
             ch.close()  # what follows on it cannot be trusted
@@ -669,8 +692,10 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.up = False  # the handshake is done (ready has its result)
         self.live = False  # up and not dead (aevaluate's one check): set with them
         self.sources: dict[bytes, str] = {}  # a STREAM_START payload -> its reply's source
-        # sid -> [future, parts (() until the first chunk), source, deadline]
+        # sid -> [future, parts (() until the first chunk), source, deadline],
+        # and from its first chunk the bytes of its chunks' frames so far
         self.calls: dict[int, list[Any]] = {}
+        self.cap = client.max_reply or _UNBOUNDED  # the largest value reply taken
         self.ids = itertools.count(1)
         self.dead = False
         self.closer: AsyncIterator[None] | None = None
@@ -827,6 +852,11 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                         self._frame(f)  # raises, naming what arrived
                     if not parts:  # (a call's parts start as (): no list per call)
                         parts = call[1] = []
+                        call.append(0)  # (nor a count: the usual reply needs none)
+                    call[4] += _HEADER + len(f.payload)
+                    if call[4] > self.cap:
+                        self._refuse(f.stream_id, call, call[4])
+                        continue
                     parts.append(bytes(f.decode_payload(limits)))
                 elif kind == _START:
                     key = bytes(f.payload)
@@ -900,15 +930,29 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if kind == FrameKind.ERROR:
                 raise _ended(P.error_from_payload(f.decode_payload(limits), f"node {self.node}"),
                              self.client.url, None)  # (_fail decides per call)
+            odd = _odd(f, self.node)
+            if odd is not None:  # every call fails with it; the channel closes
+                self._fail(odd)
+                raise odd
             return
         call = self.calls.get(sid)
+        odd = _odd(f, self.node)
         if call is None:
+            if odd is not None:
+                raise odd
             return  # a call given up on
         try:
+            if odd is not None:
+                raise odd
             if kind == FrameKind.STREAM_CHUNK:
                 _in_order(f, len(call[1]) + 1, self.node)
                 if not call[1]:  # (a call's parts start as (): no list per call)
                     call[1] = []
+                    call.append(0)  # (nor a count of its bytes)
+                call[4] += _HEADER + len(f.payload)
+                if call[4] > self.cap:
+                    self._refuse(sid, call, call[4])
+                    return
                 call[1].append(bytes(f.decode_payload(limits)))
                 return
             if kind == FrameKind.STREAM_END:
@@ -939,6 +983,14 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             if not call[0].done():
                 call[0].set_exception(P.error_from_payload(f.decode_payload(limits),
                                                            f"node {self.node}"))
+
+    def _refuse(self, sid: int, call: list[Any], size: int) -> None:
+        """A value reply past ``max_reply`` (``size`` bytes of it so far): its
+        call fails with ``LimitExceeded``, the node is told to cancel it and
+        the rest of its frames are dropped as they come (never held)."""
+        if not call[0].done():
+            call[0].set_exception(_too_large(self.node, sid, size, self.cap))
+        self.gave_up(sid)
 
     def _fail(self, exc: BaseException) -> None:
         """The channel ends with ``exc``: its calls fail with it. An idle cut
@@ -1218,6 +1270,33 @@ def _complete(body: Any, chunks: int, size: int, node: str | None) -> None:
                               f"chunk(s) of {size} bytes arrived")
 
 
+# The kinds a node sends a client after the handshake, on stream 0 and on a
+# call's stream (docs/spec/protocol.md section 3): a PONG answers a PING on
+# its stream, and a PING, which any peer may send, is let by.
+_ON_LINK = frozenset(int(k) for k in (FrameKind.ERROR, FrameKind.GOSSIP, FrameKind.PING,
+                                      FrameKind.PONG))
+_ON_STREAM = frozenset((_START, _CHUNK, _STREAM_END, _ERROR, int(FrameKind.PING),
+                        int(FrameKind.PONG)))
+
+
+def _odd(f: Any, node: str | None) -> P.ProtocolError | None:
+    """The ``ProtocolError`` of a frame no node sends a client (a CONTROL, a
+    CREDIT, a PLACEMENT, a second HELLO, a reply's frame on stream 0), or
+    None: what follows on that connection cannot be trusted."""
+    if f.kind in (_ON_LINK if f.stream_id == 0 else _ON_STREAM):
+        return None
+    return P.ProtocolError(f"node {node} sent {f.kind_name} on stream {f.stream_id}: no "
+                           f"node sends that to a client")
+
+
+def _too_large(node: str | None, sid: int, size: int, cap: int) -> P.LimitExceeded:
+    """The error of a value reply past the client's ``max_reply`` (counted
+    as its chunks' frames, header and payload: what holding it costs)."""
+    return P.LimitExceeded(f"node {node} sent a reply of more than {cap} bytes on stream "
+                           f"{sid} ({size} in its chunks' frames so far), the largest this "
+                           f"client takes (connect(max_reply=...)): the reply was dropped")
+
+
 def _source(body: Any, node: str | None) -> str:
     meta = body.get("metadata") if isinstance(body, dict) else None
     if not isinstance(meta, dict) or meta.get("source") in (None, "held", "local"):
@@ -1252,6 +1331,39 @@ class Backoff:
         self.delay = self.base
 
 
+def _check_options(tls: Any, token: Any, grants: Any, window: Any, max_frame: Any,
+                   reconnect: Any, max_reply: Any) -> None:
+    """``connect``'s options checked before dialling: a ``TypeError`` or
+    ``ValueError`` naming the one that cannot be used."""
+    if tls is not None and not isinstance(tls, (ssl.SSLContext, dict)):
+        raise TypeError(f"tls must be an ssl.SSLContext or a dict of client_tls's arguments "
+                        f"(ca, cert, key), not {type(tls).__name__}")
+    if token is not None and not isinstance(token, str):
+        raise TypeError(f"token must be a str or None, not {type(token).__name__}")
+    _check_grants_arg(grants)
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(f"window must be an int (bytes), not {type(window).__name__}")
+    if not P.valid_window(window):
+        raise ValueError(f"window must be {P.WINDOW_RANGE}, not {window!r}")
+    if not isinstance(max_frame, int) or isinstance(max_frame, bool):
+        raise TypeError(f"max_frame must be an int (bytes), not {type(max_frame).__name__}")
+    if not P.valid_max_frame(max_frame):
+        raise ValueError(f"max_frame must be {P.MAX_FRAME_RANGE}, not {max_frame!r}")
+    if not isinstance(reconnect, bool):
+        raise TypeError(f"reconnect must be a bool, not {type(reconnect).__name__}")
+    if not isinstance(max_reply, int) or isinstance(max_reply, bool):
+        raise TypeError(f"max_reply must be an int (bytes), not {type(max_reply).__name__}")
+    if max_reply != 0 and not max_frame <= max_reply:  # (a one-frame reply is always taken)
+        raise ValueError(f"max_reply must be 0 (no bound) or at least max_frame "
+                         f"({max_frame}) bytes, not {max_reply!r}")
+
+
+def _check_grants_arg(grants: Any) -> None:
+    """Grants are an iterable of str: one str (its characters) is refused."""
+    if isinstance(grants, (str, bytes)):
+        raise TypeError(f"grants must be an iterable of str, not {type(grants).__name__}")
+
+
 class _Refused(Exception):
     """The handshake named a node the governor's lists refuse."""
 
@@ -1268,7 +1380,8 @@ class NodeClient:
                  window: int = P.DEFAULT_WINDOW, max_frame: int = P.DEFAULT_MAX_FRAME,
                  on_gossip: Callable[[Any], object] | None = None,
                  reconnect: bool = True, loop: Any = None,
-                 proto: tuple[int, int] = P.PROTOCOL_VERSION, governor: Any = None):
+                 proto: tuple[int, int] = P.PROTOCOL_VERSION, governor: Any = None,
+                 max_reply: int = DEFAULT_MAX_REPLY):
         if not isinstance(url, str):
             raise TypeError(f"a node URL is a str, fabric://HOST:PORT or fabrics://HOST:PORT "
                             f"(TLS), not {type(url).__name__}")
@@ -1280,9 +1393,10 @@ class NodeClient:
         if u is None or u.scheme not in ("fabric", "fabrics") or not u.hostname or not port:
             raise ValueError(f"a node URL is fabric://HOST:PORT or fabrics://HOST:PORT "
                              f"(TLS), not {url!r}")
-        _check_timeout(timeout)
+        timeout = _wait_timeout(timeout)
         if scope not in P.SCOPES:
             raise ValueError(f"scope must be one of {P.SCOPES}, not {scope!r}")
+        _check_options(tls, token, grants, window, max_frame, reconnect, max_reply)
         self.url = url
         self.host, self.port = u.hostname, port
         if isinstance(tls, dict):
@@ -1291,12 +1405,18 @@ class NodeClient:
             tls = client_tls()
         self.tls: ssl.SSLContext | None = tls
         self._token = token
+        #: How long a call waits at most (seconds; None: no limit, as is a
+        #: timeout past ``fabrics.NO_LIMIT``, infinity included).
         self.timeout = timeout
         self.scope = scope
         self.grants = frozenset(grants)
         self.node_id = node_id
         self.window = window
         self.max_frame = max_frame
+        #: The largest value reply a call takes, in bytes of its chunks'
+        #: frames (0: no bound; else at least ``max_frame``, so a reply of
+        #: one frame, the usual one, needs no check).
+        self.max_reply = max_reply
         self.on_gossip = on_gossip
         self.reconnect = reconnect
         self.proto = proto
@@ -1396,8 +1516,11 @@ class NodeClient:
                 received = exc.received
             except (P.VersionMismatch, P.Unauthenticated, CapabilityDenied,
                     ssl.SSLError) as exc:
+                why: BaseException = exc
+                if isinstance(exc, ssl.SSLError):  # (the node's certificate, or an alert)
+                    why = FabricUnavailable(f"cannot connect to {self.url}: {exc}")
                 if first and not self._first.done():
-                    self._first.set_exception(exc)
+                    self._first.set_exception(why)
                     self._closed = True
                     what = f"refused: {exc}"
                     break
@@ -1555,6 +1678,12 @@ class NodeClient:
                         f"{self.url} closed the connection at the handshake: it looks like a "
                         f"TLS node (use fabrics://{self.host}:{self.port}, with tls= its CA)") \
                         from exc
+                if self.tls is not None:  # the TLS handshake was done: the node hung up
+                    raise FabricUnavailable(
+                        f"{self.url} closed the connection after the TLS handshake, without "
+                        f"answering the HELLO: a node does so when it refuses the client's "
+                        f"certificate (none given, not signed by a CA it trusts, or "
+                        f"expired)") from exc
                 raise
             if f.kind == FrameKind.ERROR:
                 raise P.error_from_payload(f.decode_payload(dec.limits), self.url)
@@ -1615,8 +1744,20 @@ class NodeClient:
                 raise P.error_from_payload(f.decode_payload(dec.limits), self.url)
             if kind == FrameKind.GOSSIP and self.on_gossip is not None:
                 self.on_gossip(f.decode_payload(dec.limits))
+                return
+            odd = _odd(f, self.node)
+            if odd is not None:  # every call fails with it; the connection ends
+                self._fail_all(odd)
+                raise odd
             return
         c = self._calls.get(sid)
+        odd = _odd(f, self.node)
+        if odd is not None:  # the call fails with it; the connection ends
+            if c is not None:
+                self._calls.pop(sid, None)
+                c.done = True
+                c.q.put_nowait(odd)
+            raise odd
         if c is None:
             return  # a frame for a request this side gave up on
         if kind == FrameKind.STREAM_CHUNK or kind == FrameKind.STREAM_END:
@@ -1638,6 +1779,13 @@ class NodeClient:
             c.started = True
         elif kind == FrameKind.STREAM_CHUNK:
             if c.want == "value":
+                c.received += _HEADER + len(f.payload)
+                cap = self.max_reply
+                if cap and c.received > cap:  # the call fails; the rest is dropped
+                    self._cancel(c)
+                    c.done = True
+                    c.q.put_nowait(_too_large(self.node, sid, c.received, cap))
+                    return
                 c.parts.append(bytes(f.decode_payload(dec.limits)))
             else:
                 size = len(f.payload)
@@ -1768,14 +1916,18 @@ class NodeClient:
         open (the open's bytes do not name the stream id)."""
         if not isinstance(request, EvalRequest):
             raise TypeError(f"expected an EvalRequest, not {type(request).__name__}")
-        g = self.grants if grants is None else frozenset(grants)
+        if grants is None:
+            g = self.grants
+        else:
+            _check_grants_arg(grants)
+            g = frozenset(grants)
         check_grants(request, g, self._where)
         if self._held_to_grants:  # (a principal, and not every grant)
             missing = [c for c in request.required_capabilities if c not in self.server_grants]
             if missing:
                 raise CapabilityDenied(f"node {self.node} does not grant principal "
                                        f"{self.principal!r} {', '.join(missing)}")
-        t = self.timeout if timeout is None else timeout
+        t = self.timeout if timeout is None else _wait_timeout(timeout)
         if request.deadline is not None:
             t = request.deadline if t is None else min(t, request.deadline)
         last = self._last_open  # the request asked just before, asked again
@@ -2095,7 +2247,7 @@ class NodeClient:
     def wait_connected(self, timeout: float | None = None) -> "NodeClient":
         """Block until the first handshake completed (or raise why it failed)."""
         try:
-            self._first.result(timeout)
+            self._first.result(_wait_timeout(timeout))
         except concurrent.futures.TimeoutError:
             raise FabricUnavailable(f"no handshake with {self.url} within {timeout} s") \
                 from None
@@ -2161,7 +2313,7 @@ class NodeClient:
         this link's own: connected / reconnecting / disconnected): its id,
         uptime, connections, requests, streams, cassette, holdings, peers'
         health and counters, as a dict (``fabric status URL`` prints it)."""
-        t = self.timeout if timeout is None else timeout
+        t = self.timeout if timeout is None else _wait_timeout(timeout)
         fut = asyncio.run_coroutine_threadsafe(self._status_on_loop(t), self._loop)
         try:
             return fut.result()
@@ -2298,10 +2450,16 @@ def connect(url: str, *, tls: Any = None, token: str | None = None,
     cannot be reached, ``VersionMismatch`` / ``Unauthenticated`` if it
     refuses). ``tls``: an ``ssl.SSLContext`` or ``{"ca":..., "cert":...,
     "key":...}`` (``fabrics://`` URLs use TLS by default); ``token``: a
-    bearer token; ``timeout``: how long a call waits at most (seconds).
-    Options: ``scope`` (``"compute"``, the default, or ``"held"``),
-    ``grants`` (the caller's default grants), ``window``, ``max_frame``,
-    ``reconnect``.
+    bearer token; ``timeout``: how long a call waits at most (seconds;
+    None, or past ``fabric.fabrics.NO_LIMIT`` such as ``float("inf")``: no
+    limit). Options: ``scope`` (``"compute"``, the default, or ``"held"``),
+    ``grants`` (the caller's default grants, an iterable of str),
+    ``window`` and ``max_frame`` (bytes, docs/spec/protocol.md section 1),
+    ``reconnect`` (a bool), ``max_reply`` (the largest value reply a call
+    takes, in bytes of its chunks' frames: 1 GiB by default, 0 for no
+    bound, else at least ``max_frame``; a reply past it fails its call with
+    ``LimitExceeded`` and is not held). Each is checked before dialling
+    (``TypeError`` / ``ValueError`` naming it).
 
     It blocks until the handshake: called inside a running event loop it
     stops that loop meanwhile and warns so (``RuntimeWarning``); a node
@@ -2317,7 +2475,7 @@ def connect(url: str, *, tls: Any = None, token: str | None = None,
         warnings.warn(_BLOCKS, RuntimeWarning, stacklevel=2)
     client = NodeClient(url, tls=tls, token=token, timeout=timeout, **options)
     try:
-        client.wait_connected(timeout)
+        client.wait_connected(client.timeout)
     except FabricUnavailable as exc:
         client.close()
         if in_loop and "no handshake" in str(exc):
@@ -2347,7 +2505,7 @@ async def aconnect(url: str, *, tls: Any = None, token: str | None = None,
     client = NodeClient(url, tls=tls, token=token, timeout=timeout, **options)
     first = asyncio.wrap_future(client._first)  # (waited on, never cancelled: not shared)
     try:
-        done, _ = await asyncio.wait((first,), timeout=timeout)
+        done, _ = await asyncio.wait((first,), timeout=client.timeout)
         if not done:
             first.add_done_callback(_retrieved)
             raise FabricUnavailable(f"no handshake with {url} within {timeout} s")

@@ -372,6 +372,20 @@ def hello(*, node: str | None, max_frame: int, window: int, caps: Iterable[str] 
     return body
 
 
+MAX_FRAME_RANGE = f"an int in [{MIN_MAX_FRAME}, 2**32)"
+WINDOW_RANGE = "an int >= 0 (0 = unbounded)"
+
+
+def valid_max_frame(mf: Any) -> bool:
+    """Whether ``mf`` is a HELLO's ``max_frame`` (``MAX_FRAME_RANGE``)."""
+    return isinstance(mf, int) and not isinstance(mf, bool) and MIN_MAX_FRAME <= mf < 1 << 32
+
+
+def valid_window(win: Any) -> bool:
+    """Whether ``win`` is a HELLO's ``window`` (``WINDOW_RANGE``)."""
+    return isinstance(win, int) and not isinstance(win, bool) and 0 <= win < 1 << 64
+
+
 def check_hello(body: Any, *, server: bool) -> dict[str, Any]:
     """Check a received HELLO (``server``: it came from a server). Raises
     ``VersionMismatch`` naming both versions for a newer major version,
@@ -385,18 +399,18 @@ def check_hello(body: Any, *, server: bool) -> dict[str, Any]:
         raise ProtocolError(f"HELLO proto must be [major, minor], not {proto!r}")
     if proto[0] != PROTOCOL_VERSION[0]:
         raise VersionMismatch(
-            f"peer speaks node protocol {proto[0]}.{proto[1]}, this node speaks "
+            f"peer speaks node protocol {proto[0]}.{proto[1]}, this "
+            f"{'client' if server else 'node'} speaks "
             f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}: major versions differ")
     want = {"proto", "node", "max_frame", "window", "caps"} | (
         {"principal", "grants"} if server else {"token"})
     if set(body) != want:
         raise ProtocolError(f"HELLO has exactly the fields {sorted(want)}, got {sorted(body)}")
     mf, win = body["max_frame"], body["window"]
-    if not isinstance(mf, int) or isinstance(mf, bool) or not MIN_MAX_FRAME <= mf < 1 << 32:
-        raise ProtocolError(f"HELLO max_frame must be an int in [{MIN_MAX_FRAME}, 2**32), "
-                            f"not {mf!r}")
-    if not isinstance(win, int) or isinstance(win, bool) or win < 0:
-        raise ProtocolError(f"HELLO window must be an int >= 0 (0 = unbounded), not {win!r}")
+    if not valid_max_frame(mf):
+        raise ProtocolError(f"HELLO max_frame must be {MAX_FRAME_RANGE}, not {mf!r}")
+    if not valid_window(win):
+        raise ProtocolError(f"HELLO window must be {WINDOW_RANGE}, not {win!r}")
     if body["node"] is not None and not isinstance(body["node"], str):
         raise ProtocolError("HELLO node must be a str or nil")
     caps = body["caps"]

@@ -224,6 +224,7 @@ REQUEST_ERRORS = [
     ("deadline negative", "EvalRequest('op', deadline=-1.5)"),
     ("deadline inf", "EvalRequest('op', deadline=inf)"),
     ("deadline nan", "EvalRequest('op', deadline=nan)"),
+    ("deadline past 1e9 s", "EvalRequest('op', deadline=1e12)"),
     ("deadline str", "EvalRequest('op', deadline='5')"),
     ("sharing unknown", "EvalRequest('op', sharing='shared')"),
     ("sharing not a str", "EvalRequest('op', sharing=1)"),
