@@ -164,3 +164,25 @@ def test_bad_input_after_hits_in_one_read_ends_the_connection_after_their_replie
     assert "magic" in frames[-1].decode_payload()["message"]
     assert _hits(n)[0] == batched + 2
     raw.close()
+
+
+def test_hits_split_across_reads_at_every_byte_are_answered_in_order(node):
+    """Two opens, the reads cut at every byte: a frame completed by a later
+    read (its payload then in the decoder's buffer) is answered as one read
+    whole, and the replies are the general path's bytes in order."""
+    n = node()
+    reqs = [node_ops.double.request(i) for i in range(540, 543)]
+    with fabric.node.connect(n.url) as c:
+        for r in reqs:
+            c.evaluate(r)
+    raw, general = _checked(n, reqs)
+    wire = _opens((100 + i, _open(r)) for i, r in enumerate(reqs[1:], 1))
+    batched = _hits(n)[0]
+    for cut in range(len(wire) + 1):
+        _read(n, raw, wire[:cut])
+        _read(n, raw, wire[cut:])
+        got, _frames = _until(raw, 2)
+        assert got == general[1] + general[2], cut
+    # every hit of them by the C call (a read with no whole frame answers none)
+    assert _hits(n)[0] == batched + 2 * (len(wire) + 1)
+    raw.close()
