@@ -11,7 +11,7 @@ import threading
 
 import fabric
 from fabric.frames import FrameKind
-from fabric.node import protocol as P
+from fabric.node import NodeLimits, protocol as P
 
 from test_node_hit_fast import Raw, _open as _held_open
 
@@ -185,4 +185,38 @@ def test_hits_split_across_reads_at_every_byte_are_answered_in_order(node):
         assert got == general[1] + general[2], cut
     # every hit of them by the C call (a read with no whole frame answers none)
     assert _hits(n)[0] == batched + 2 * (len(wire) + 1)
+    raw.close()
+
+
+def test_the_frame_rate_limit_holds_for_hits_answered_in_one_call(node):
+    """More hits in one read than the frame rate's window has room for: the
+    C call answers as many as it has room for, and the next frame is refused
+    as it always was (LimitExceeded, the connection closed)."""
+    n = node(limits=NodeLimits(max_frame_rate=12))
+    reqs = [node_ops.double.request(i) for i in range(550, 552)]
+    with fabric.node.connect(n.url) as c:
+        for r in reqs:
+            c.evaluate(r)
+    raw, general = _checked(n, reqs)
+    me = raw.s.getsockname()[:2]
+    got = []
+    ready = threading.Event()
+
+    def peek():
+        conn = next(c for c in n._conns if c.proto is not None and c.peer[:2] == me)
+        got.append(conn.proto.rate_until - conn.frames_in)
+        ready.set()
+
+    n._loop.call_soon_threadsafe(peek)
+    assert ready.wait(30)
+    room = got[0]
+    assert 0 < room < 12
+    batched = _hits(n)[0]
+    _read(n, raw, _opens((100 + i, _open(reqs[1])) for i in range(20)))
+    data, frames = raw._until(lambda fs: any(f.kind == FrameKind.ERROR for f in fs))
+    ends = [f for f in frames if f.kind == FrameKind.STREAM_END]
+    assert len(ends) == room and _hits(n)[0] == batched + room
+    assert [f.stream_id for f in ends] == [100 + i for i in range(room)]
+    error = frames[-1].decode_payload()
+    assert error["kind"] == "LimitExceeded" and "max_frame_rate=12" in error["message"]
     raw.close()
