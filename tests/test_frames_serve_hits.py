@@ -5,6 +5,7 @@ checked): it queues every frame, keeps the decoder's state and raises what
 only when every condition holds. (Its answers on a node:
 tests/test_node_hit_batch.py.)"""
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import fabric
@@ -93,7 +94,6 @@ def test_mutated_and_split_reads_agree_with_feed(data):
 
 def test_its_arguments_are_checked():
     dec = FrameDecoder()
-    import pytest
     with pytest.raises(TypeError, match="10 arguments"):
         dec.serve_hits(b"", 0)
     with pytest.raises(TypeError, match="dicts"):
