@@ -772,6 +772,12 @@ class FrameDecoder:
     def feed_open(
         self, data: ReadableBuffer, nbytes: int, index: dict[Any, Any], /
     ) -> tuple[Frame, Any] | None: ...
+    def serve_hits(
+        self, data: ReadableBuffer, nbytes: int, index: dict[Any, Any],
+        routes: dict[Any, Any], encoder: FrameEncoder, start: bytes, limit: int,
+        tasks: dict[Any, Any] | None, budget: int, room: int, /
+    ) -> tuple[bytes, int,
+               tuple[tuple[Frame, Any, Any] | None, BaseException | None] | None]: ...
 
 def _frame_from_bytes(data: ReadableBuffer, /) -> Frame: ...
 

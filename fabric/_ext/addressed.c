@@ -991,6 +991,19 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
     return data;
 }
 
+/* A node's hit answered in C (FrameDecoder.serve_hits): fabric (a
+ * ContentAddressedFabricCore) ._lookup_record(request, limit, grants=g). */
+PyObject *fab_py_caf_record(fab_state *st, PyObject *fabric, PyObject *request, PyObject *g,
+                            uint64_t limit)
+{
+    CAFObject *self = (CAFObject *)fabric;
+    if (ready(self) < 0 || (g = call_grants(g, self->grants)) == NULL)
+        return NULL;
+    PyObject *out = lookup_record(st, self, request, g, limit);
+    Py_DECREF(g);
+    return out;
+}
+
 static const char *const call_names[] = {"request", "grants", "timeout"};
 static const fab_py_params evaluate_params = {"evaluate", call_names, 3, 1, 1, 1};
 static const fab_py_params lookup_params = {"_lookup", call_names, 2, 1, 1, 1};

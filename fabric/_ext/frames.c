@@ -1192,6 +1192,46 @@ static size_t put_end1(uint8_t *p, uint64_t n)
     return k + fab_put_bool(p + k, 0);
 }
 
+/* The sizes of a held reply's three frames (encode_held_reply of a record's
+ * dn bytes, dn <= UINT32_MAX, after a START payload of slen bytes): the
+ * CHUNK's bin header and payload length, the END payload, the total. */
+typedef struct {
+    uint8_t bh[FAB_PUT_MAX], end[40]; /* (put_end1 of a u32: at most 31 bytes) */
+    size_t bhl, plen, elen, total;
+} held_layout;
+
+static void held_layout_of(held_layout *l, size_t slen, size_t dn)
+{
+    l->bhl = fab_put_bin_header(l->bh, (uint32_t)dn);
+    l->plen = l->bhl + dn;
+    l->elen = put_end1(l->end, (uint64_t)dn);
+    l->total = fab_frame_size(slen) + fab_frame_size(l->plen) + fab_frame_size(l->elen);
+}
+
+/* Writes the three frames laid out by l at p (l->total bytes): START with
+ * start (slen bytes), CHUNK with the record's data (dn bytes), END. h has
+ * the stream id. */
+static void held_reply_put(uint8_t *p, const held_layout *l, fab_frame_header *h,
+                           const void *start, size_t slen, const void *data, size_t dn)
+{
+    h->kind = FAB_FRAME_STREAM_START;
+    h->seq = 0;
+    memcpy(p + FAB_FRAME_HEADER_LEN, start, slen);
+    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, slen);
+    p += fab_frame_size(slen);
+    uint8_t *payload = p + FAB_FRAME_HEADER_LEN;
+    memcpy(payload, l->bh, l->bhl);
+    memcpy(payload + l->bhl, data, dn);
+    h->kind = FAB_FRAME_STREAM_CHUNK;
+    h->seq = 1;
+    fab_frame_header_write(p, h, payload, l->plen);
+    p += fab_frame_size(l->plen);
+    memcpy(p + FAB_FRAME_HEADER_LEN, l->end, l->elen);
+    h->kind = FAB_FRAME_STREAM_END;
+    h->seq = 2;
+    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, l->elen);
+}
+
 /* encode_held_reply of a record's bytes (data): the three frames written
  * straight into the bytes object returned (their size is known first), or
  * None over limit. h has the stream id. */
@@ -1201,32 +1241,15 @@ static PyObject *held_reply_of_bytes(fab_state *st, EncoderObject *self, fab_fra
     size_t slen = (size_t)PyBytes_GET_SIZE(start), dn = (size_t)PyBytes_GET_SIZE(data);
     if ((uint64_t)dn > limit || (uint64_t)dn > UINT32_MAX)
         Py_RETURN_NONE;
-    uint8_t bh[FAB_PUT_MAX], end[40]; /* (put_end1 of a u32: at most 31 bytes) */
-    size_t bhl = fab_put_bin_header(bh, (uint32_t)dn), plen = bhl + dn;
-    size_t elen = put_end1(end, (uint64_t)dn);
-    if (check_size(st, self->max_payload, plen) < 0)
+    held_layout l;
+    held_layout_of(&l, slen, dn);
+    if (check_size(st, self->max_payload, l.plen) < 0)
         return NULL;
-    size_t total = fab_frame_size(slen) + fab_frame_size(plen) + fab_frame_size(elen);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)l.total);
     if (out == NULL)
         return NULL;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
-    h->kind = FAB_FRAME_STREAM_START;
-    h->seq = 0;
-    memcpy(p + FAB_FRAME_HEADER_LEN, PyBytes_AS_STRING(start), slen);
-    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, slen);
-    p += fab_frame_size(slen);
-    uint8_t *payload = p + FAB_FRAME_HEADER_LEN;
-    memcpy(payload, bh, bhl);
-    memcpy(payload + bhl, PyBytes_AS_STRING(data), dn);
-    h->kind = FAB_FRAME_STREAM_CHUNK;
-    h->seq = 1;
-    fab_frame_header_write(p, h, payload, plen);
-    p += fab_frame_size(plen);
-    memcpy(p + FAB_FRAME_HEADER_LEN, end, elen);
-    h->kind = FAB_FRAME_STREAM_END;
-    h->seq = 2;
-    fab_frame_header_write(p, h, p + FAB_FRAME_HEADER_LEN, elen);
+    held_reply_put((uint8_t *)PyBytes_AS_STRING(out), &l, h, PyBytes_AS_STRING(start), slen,
+                   PyBytes_AS_STRING(data), dn);
     return out;
 }
 
@@ -1492,6 +1515,21 @@ static int decoder_queue(fab_state *st, DecoderObject *self, const fab_frame *f,
     return err;
 }
 
+/* Queues the decoded frame f of feed()'s data: its payload a view of data
+ * when it lies in it and zero_copy (data is bytes), else a copy. 0 or -1. */
+static int decoder_queue_input(fab_state *st, DecoderObject *self, const fab_frame *f,
+                               PyObject *data, int zero_copy)
+{
+    if (f->payload_in_input && zero_copy)
+        return decoder_queue(st, self, f, data, f->payload);
+    PyObject *owner = PyBytes_FromStringAndSize((const char *)f->payload, f->h.payload_len);
+    if (owner == NULL)
+        return -1;
+    int err = decoder_queue(st, self, f, owner, (const uint8_t *)PyBytes_AS_STRING(owner));
+    Py_DECREF(owner);
+    return err;
+}
+
 /*
  * The loop of feed() over p[0:len], data's bytes (len may be less than
  * data's length: then the payloads are copied). With index (feed_open):
@@ -1537,17 +1575,7 @@ static PyObject *decoder_feed_bytes(DecoderObject *self, fab_state *st, PyObject
             if (PyErr_Occurred())
                 return NULL;
         }
-        int err;
-        if (f.payload_in_input && zero_copy) {
-            err = decoder_queue(st, self, &f, data, f.payload);
-        } else {
-            PyObject *owner = PyBytes_FromStringAndSize((const char *)f.payload, f.h.payload_len);
-            if (owner == NULL)
-                return NULL;
-            err = decoder_queue(st, self, &f, owner, (const uint8_t *)PyBytes_AS_STRING(owner));
-            Py_DECREF(owner);
-        }
-        if (err < 0)
+        if (decoder_queue_input(st, self, &f, data, zero_copy) < 0)
             return NULL;
         if (pos == len)
             break;
@@ -1635,6 +1663,232 @@ static PyObject *decoder_feed_open(DecoderObject *self, PyObject *const *args, P
     }
     Py_ssize_t n = nbytes_arg("feed_open", args[1]);
     return n < -1 ? NULL : decoder_feed_part(self, "feed_open", args[0], n, args[2]);
+}
+
+/*
+ * serve_hits: a node's read callback's held hits in one call
+ * (fabric/node/server.py, _ConnProtocol.buffer_updated). The arguments:
+ * the read (data, nbytes), the node's index of parsed opens (index: CRC-32C
+ * -> (payload, (parsed, route)), as _known_open reads it), the
+ * connection's checked routes (routes: route -> (fabric, grants, usual)),
+ * its encoder, a reply's START payload (start), the largest record a hit
+ * writes (limit), its running requests (tasks: a dict by stream id, or
+ * None), how many frames may be answered (budget: the frame rate's
+ * window) and the output's size past which no more are (room).
+ */
+typedef struct {
+    fab_state *st;
+    PyObject *index, *routes, *tasks, *start;
+    EncoderObject *enc;
+    uint64_t limit;
+    fab_buf out;
+} hit_batch;
+
+/* The frame f answered into b->out when it is a held hit: an open on a
+ * stream id other than 0 and not running, filed in the index with a route
+ * the connection checked whose fabric answers it in C (usual: True), its
+ * record bytes of at most limit. 1: answered; 0: not such an open (f is to
+ * be queued); 2: such an open whose lookup gave something else, *pending
+ * (frame, entry, result: the reply, None, or the Exception it raised);
+ * -1 on an error. */
+static int serve_hit(hit_batch *b, const fab_frame *f, PyObject **pending)
+{
+    fab_state *st = b->st;
+    if (f->h.kind != FAB_FRAME_CONTROL || f->h.stream_id == 0)
+        return 0;
+    PyObject *e = fab_py_open_entry(b->index, f->h.payload_crc, f->payload, f->h.payload_len);
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *seen = PyTuple_GET_SIZE(e) == 2 ? PyTuple_GET_ITEM(e, 1) : NULL;
+    if (seen == NULL || !PyTuple_CheckExact(seen) || PyTuple_GET_SIZE(seen) != 2)
+        return 0;
+    PyObject *parsed = PyTuple_GET_ITEM(seen, 0), *route = PyTuple_GET_ITEM(seen, 1);
+    if (route == Py_None || !PyTuple_CheckExact(parsed) || PyTuple_GET_SIZE(parsed) < 1)
+        return 0;
+    PyObject *routed = PyDict_GetItemWithError(b->routes, route); /* borrowed */
+    if (routed == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(routed) || PyTuple_GET_SIZE(routed) != 3 ||
+        PyTuple_GET_ITEM(routed, 2) != Py_True ||
+        !PyObject_TypeCheck(PyTuple_GET_ITEM(routed, 0), st->CAFCore_Type))
+        return 0;
+    if (b->tasks != Py_None && PyDict_GET_SIZE(b->tasks) > 0) {
+        PyObject *sid = PyLong_FromUnsignedLongLong(f->h.stream_id);
+        int running = sid == NULL ? -1 : PyDict_Contains(b->tasks, sid);
+        Py_XDECREF(sid);
+        if (running != 0)
+            return running < 0 ? -1 : 0;
+    }
+    /* (held while the lookup runs: nothing it calls may free them under us) */
+    Py_INCREF(e);
+    Py_INCREF(routed);
+    int rc = -1;
+    PyObject *rec = fab_py_caf_record(st, PyTuple_GET_ITEM(routed, 0),
+                                      PyTuple_GET_ITEM(parsed, 0), PyTuple_GET_ITEM(routed, 1),
+                                      b->limit);
+    if (rec == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            goto done;
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        rec = value;
+    }
+    size_t slen = (size_t)PyBytes_GET_SIZE(b->start);
+    if (PyBytes_CheckExact(rec) && (uint64_t)PyBytes_GET_SIZE(rec) <= b->limit &&
+        (uint64_t)PyBytes_GET_SIZE(rec) <= UINT32_MAX && slen <= b->enc->max_payload) {
+        size_t dn = (size_t)PyBytes_GET_SIZE(rec);
+        held_layout l;
+        held_layout_of(&l, slen, dn);
+        if (l.plen <= b->enc->max_payload) {
+            if (fab_buf_reserve(&b->out, l.total) != FAB_OK) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            fab_frame_header h = {0};
+            h.stream_id = f->h.stream_id;
+            held_reply_put(b->out.data + b->out.len, &l, &h, PyBytes_AS_STRING(b->start), slen,
+                           PyBytes_AS_STRING(rec), dn);
+            b->out.len += l.total;
+            rc = 1;
+            goto done;
+        }
+    }
+    /* the caller's Python path writes (or refuses) it, as encode_held_reply does */
+    PyObject *owner = PyTuple_GET_ITEM(e, 0);
+    PyObject *frame = frame_make(st, &f->h, owner, (const uint8_t *)PyBytes_AS_STRING(owner),
+                                 f->h.payload_len, (long long)f->offset);
+    if (frame != NULL) {
+        *pending = PyTuple_Pack(3, frame, e, rec);
+        Py_DECREF(frame);
+        rc = *pending == NULL ? -1 : 2;
+    }
+done:
+    Py_XDECREF(rec);
+    Py_DECREF(routed);
+    Py_DECREF(e);
+    return rc;
+}
+
+/* The exception set, fetched: its value, normalized (new reference). */
+static PyObject *fetch_error(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static PyObject *decoder_serve_hits(DecoderObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "serve_hits() takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    fab_state *st = fab_state_from_type(Py_TYPE(self));
+    if (st == NULL)
+        return NULL;
+    hit_batch b = {.st = st, .index = args[2], .routes = args[3], .start = args[5],
+                   .tasks = args[7]};
+    if (!PyDict_Check(b.index) || !PyDict_Check(b.routes) ||
+        !(b.tasks == Py_None || PyDict_Check(b.tasks))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "serve_hits: index and routes must be dicts, tasks a dict or None");
+        return NULL;
+    }
+    if (!Py_IS_TYPE(args[4], st->FrameEncoder_Type) || !PyBytes_CheckExact(b.start)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "serve_hits: encoder must be a FrameEncoder, start bytes");
+        return NULL;
+    }
+    b.enc = (EncoderObject *)args[4];
+    if (args[1] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "serve_hits: nbytes must be an int, not None");
+        return NULL;
+    }
+    Py_ssize_t nbytes = nbytes_arg("serve_hits", args[1]);
+    if (nbytes < -1 || get_uint(args[6], "limit", UINT64_MAX, &b.limit) < 0)
+        return NULL;
+    Py_ssize_t budget = PyLong_AsSsize_t(args[8]), room = PyLong_AsSsize_t(args[9]);
+    if ((budget == -1 || room == -1) && PyErr_Occurred())
+        return NULL;
+    PyObject *data = args[0];
+    Py_buffer view;
+    if (decoder_begin(self, data, &view) == NULL)
+        return NULL;
+    PyObject *res = NULL, *pending = NULL, *error = NULL;
+    Py_ssize_t served = 0;
+    fab_buf_init(&b.out);
+    Py_ssize_t n = nbytes_of("serve_hits", &view, nbytes);
+    if (n < 0)
+        goto failed;
+    const uint8_t *p = view.buf;
+    size_t len = (size_t)n, pos = 0;
+    int zero_copy = PyBytes_CheckExact(data);
+    /* answered in turn while nothing waits before them (frames queued
+     * earlier come first) */
+    int answer = self->head == PyList_GET_SIZE(self->ready);
+    while (answer && pos < len && served < budget && (Py_ssize_t)b.out.len < room) {
+        size_t used;
+        fab_frame f;
+        int rc = fab_frame_decoder_next(&self->dec, p + pos, len - pos, &used, &f);
+        pos += used;
+        if (rc == FAB_FRAME_CONTINUE)
+            break;
+        if (rc < 0) {
+            fab_py_raise_frame_error(st, &self->dec.err);
+            goto failed;
+        }
+        rc = serve_hit(&b, &f, &pending);
+        if (rc < 0 || (rc == 0 && decoder_queue_input(st, self, &f, data, zero_copy) < 0))
+            goto failed;
+        if (rc != 1)
+            break;
+        served++;
+    }
+    if (pos < len) { /* the rest, queued in order as feed() queues it */
+        PyObject *count = decoder_feed_bytes(self, st, data, p + pos, len - pos, zero_copy, NULL);
+        if (count == NULL)
+            goto failed;
+        Py_DECREF(count);
+    }
+    goto build;
+failed:
+    /* after answers (or a pending open): they go out first, the error after them */
+    if (served == 0 && pending == NULL)
+        goto done;
+    if ((error = fetch_error()) == NULL)
+        goto done;
+build:
+    /* (out, answered, rest): rest None when the read is done (nothing queued,
+     * nothing pending, no error), else (pending, error) */
+    if ((res = PyTuple_New(3)) == NULL)
+        goto done;
+    PyObject *out = PyBytes_FromStringAndSize((const char *)b.out.data, (Py_ssize_t)b.out.len);
+    PyObject *count = PyLong_FromSsize_t(served);
+    PyObject *rest = pending == NULL && error == NULL &&
+                             self->head == PyList_GET_SIZE(self->ready)
+                         ? Py_NewRef(Py_None)
+                         : PyTuple_Pack(2, pending ? pending : Py_None, error ? error : Py_None);
+    PyTuple_SET_ITEM(res, 0, out);
+    PyTuple_SET_ITEM(res, 1, count);
+    PyTuple_SET_ITEM(res, 2, rest);
+    if (out == NULL || count == NULL || rest == NULL)
+        Py_CLEAR(res);
+done:
+    Py_XDECREF(pending);
+    Py_XDECREF(error);
+    fab_buf_destroy(&b.out);
+    PyBuffer_Release(&view);
+    return res;
 }
 
 /*
@@ -2016,6 +2270,26 @@ static PyMethodDef decoder_methods[] = {
      "dict) files under its CRC-32C as _known_open finds it, that frame is not\n"
      "queued: returns (frame, entry), the frame's payload a view of entry's\n"
      "bytes. Otherwise None, the frames queued as feed queues them."},
+    {"serve_hits", (PyCFunction)(void (*)(void))decoder_serve_hits, METH_FASTCALL,
+     "serve_hits($self, data, nbytes, index, routes, encoder, start, limit, tasks,\n"
+     "           budget, room, /)\n--\n\n"
+     "A node's held hits at the head of a read, answered in one call. Decodes\n"
+     "data[:nbytes] as feed() does; while nothing is queued, each whole frame\n"
+     "that is a CONTROL frame on a stream id other than 0 and not in tasks (a\n"
+     "dict, or None), whose payload index files as _known_open finds it, with\n"
+     "an entry (parsed, route) whose route routes (a dict) maps to (fabric,\n"
+     "grants, True), fabric a ContentAddressedFabricCore, is looked up as\n"
+     "fabric._lookup_record(parsed[0], limit, grants=grants) does; its record's\n"
+     "bytes (at most limit) are answered: encoder.encode_held_reply(stream id,\n"
+     "start, record, limit) appended to the output. At most budget frames are\n"
+     "answered, none once the output has room bytes. The first frame not\n"
+     "answered and every one after it are queued as feed() queues them, in\n"
+     "order, but a known open whose lookup gave anything else (the reply,\n"
+     "None, or the Exception it raised), which is returned instead.\n"
+     "Returns (out, answered, rest): rest None when nothing is left (nothing\n"
+     "queued or pending), else (pending, error): pending None or (frame,\n"
+     "entry, result), error None or what bad input raised after answers or a\n"
+     "pending open (the decoder stays failed); with neither, bad input raises."},
     {"feed_whole", (PyCFunction)decoder_feed_whole, METH_O,
      "feed_whole($self, data, /)\n--\n\n"
      "Queue the whole frames at the start of data and return how many bytes\n"

@@ -605,6 +605,7 @@ class Node:
         self._direct_cap = max(_SMALL_REPLY, cap // 2 - _high(cap))
         self._stats: dict[str, int] = {}
         self._inline_hits = 0  # answered by _answer_hit: folded in by _counters()
+        self._batched_hits = 0  # of them, answered by FrameDecoder.serve_hits
         self._link_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
@@ -828,6 +829,8 @@ class Node:
         if hits:
             for name in ("requests", "replies", "hits_inline"):
                 stats[name] = stats.get(name, 0) + hits
+        if self._batched_hits:
+            stats["hits_batched"] = self._batched_hits
         return stats
 
     def _stat(self, name: str, n: int = 1) -> None:
@@ -2146,6 +2149,9 @@ class _ConnProtocol(asyncio.BufferedProtocol):
         self.last_rx = self.window_start
         self.rx_seen = conn.frames_in
         self.buf = _read_buffer()  # made on the loop's thread: that thread's buffer
+        # the most a read's hits answered in one call write at once (serve_hits):
+        # the transport's high mark (then the rest is answered frame by frame)
+        self.room = _high(node.limits.output_buffer)
 
     def _end(self, exc: BaseException | None = None) -> None:
         self.finished = True  # (done is resolved here only: read per read callback)
@@ -2179,76 +2185,126 @@ class _ConnProtocol(asyncio.BufferedProtocol):
             return
         conn = self.conn
         conn.bytes_in += nbytes
+        node = self.node
+        start = _START.get("local")
         try:
-            dec = self.dec
-            node = self.node
-            opens, by_crc = node._opens, node._opens_crc
-            # The usual read, one open parsed before and nothing else, is
-            # found by feed_open itself: (frame, (payload, entry)), the frame
-            # not queued (no slice of the buffer, no copy of its payload).
-            got = dec.feed_open(self.buf if data is None else data, nbytes,
-                                by_crc) if nbytes else None
-            for f in (dec if got is None else (got[0],)):
-                n = conn.frames_in = conn.frames_in + 1
-                if n > self.rate_until:
-                    now = time.monotonic()
-                    if now - self.window_start < 1.0:
-                        raise P.LimitExceeded(f"more than max_frame_rate={self.rate} frames "
-                                              f"in one second")
-                    self.window_start, self.rate_until = now, n - 1 + self.rate
-                if f.kind == _CONTROL_KIND:
-                    # (payload, entry) or None
-                    known = _known_open(f, by_crc) if got is None else got[1]
-                    if known is not None:
-                        payload, seen = known
-                    else:
-                        payload = bytes(f.payload)
-                        seen = opens.get(payload)
-                    # an open parsed before, of a route this connection checked:
-                    # answered at once (_answer_hit; False: the general path)
-                    if seen is not None and seen[1] is not None:
-                        routed = conn.routes.get(seen[1])
-                        if routed is not None:
-                            sid = f.stream_id
-                            start = _START.get("local")
-                            if (routed[2] and start is not None and node._inline_ok
-                                    and sid and sid not in conn.tasks):
-                                # _answer_hit's usual case, in this frame: the
-                                # fabric's held record (grants checked, the hit
-                                # counted), its three frames, one write
-                                limit = conn.hit_limit
-                                try:
-                                    rec = routed[0]._lookup_record(seen[0][0], limit,
-                                                                   grants=routed[1])
-                                except Exception as exc:
-                                    node._hit_failed(conn, sid, exc)
-                                else:
-                                    if rec is None:  # not held: the general path
-                                        node._dispatch(conn, f, dec, payload, seen)
-                                    elif type(rec) is bytes and not conn.closed and (
-                                            out := conn.enc.encode_held_reply(
-                                                sid, start, rec, limit)) is not None:
-                                        conn.bytes_out += len(out)
-                                        node._inline_hits += 1  # before its reader sees it
-                                        conn.transport.write(out)
-                                        if conn.paused or conn.small_cap:
-                                            conn.check_output()
-                                    else:
-                                        node._hit_reply(conn, sid, rec, start, limit)
-                                if conn.closed:
-                                    break
-                                continue
-                            if node._answer_hit(conn, sid, seen[0][0], routed):
-                                if conn.closed:
-                                    break
-                                continue
-                    node._dispatch(conn, f, dec, payload, seen)  # (hashed once, above)
-                else:
-                    node._dispatch(conn, f, dec)
-                if conn.closed:
-                    break
+            if start is not None and nbytes and node._inline_ok and not conn.closed:
+                # The held hits at the head of the read (_answer_hit's usual
+                # case: the fabric's held records, grants checked, the hits
+                # counted) answered in one C call, their frames in one write;
+                # it queues the first frame it does not answer and the rest,
+                # in order (rest: None when there are none).
+                out, served, rest = self.dec.serve_hits(
+                    self.buf if data is None else data, nbytes, node._opens_crc,
+                    conn.routes, conn.enc, start, conn.hit_limit, conn.tasks,
+                    self.rate_until - conn.frames_in, self.room)
+                if served:
+                    conn.frames_in += served
+                    node._inline_hits += served  # before their reader sees them
+                    node._batched_hits += served
+                    conn.bytes_out += len(out)
+                    conn.transport.write(out)
+                    if conn.paused or conn.small_cap:
+                        conn.check_output()
+                if rest is not None:
+                    self._rest(rest, start)
+            elif nbytes:
+                # The usual read, one open parsed before and nothing else, is
+                # found by feed_open itself: (frame, (payload, entry)), the frame
+                # not queued (no slice of the buffer, no copy of its payload).
+                self._frames(self.dec.feed_open(self.buf if data is None else data, nbytes,
+                                                node._opens_crc))
+            else:
+                self._frames(None)
         except Exception as exc:
             self._end(exc)
+
+    def _rest(self, rest: Any, start: bytes) -> None:
+        """What ``serve_hits`` left of a read: an open it looked up whose
+        result is not a record to write (``pending``), then the frames it
+        queued, then the error of bad input after them."""
+        pending, error = rest
+        if pending is not None and not self.conn.closed:
+            f, (payload, seen), rec = pending
+            self._count_frame()
+            self._held(f, payload, seen, rec, start)
+        self._frames(None)
+        if error is not None:
+            raise error
+
+    def _frames(self, got: Any) -> None:
+        """The frames the decoder queued (or ``got``: feed_open's one open
+        parsed before, (frame, (payload, entry))), dispatched in turn, an
+        open of a route this connection checked answered at once."""
+        conn, node, dec = self.conn, self.node, self.dec
+        opens, by_crc = node._opens, node._opens_crc
+        for f in (() if conn.closed else dec if got is None else (got[0],)):
+            self._count_frame()
+            if f.kind == _CONTROL_KIND:
+                # (payload, entry) or None
+                known = _known_open(f, by_crc) if got is None else got[1]
+                if known is not None:
+                    payload, seen = known
+                else:
+                    payload = bytes(f.payload)
+                    seen = opens.get(payload)
+                # an open parsed before, of a route this connection checked:
+                # answered at once (_answer_hit; False: the general path)
+                routed = None if seen is None or seen[1] is None else conn.routes.get(seen[1])
+                sid = f.stream_id
+                start = _START.get("local")
+                if routed is None:
+                    node._dispatch(conn, f, dec, payload, seen)  # (hashed once, above)
+                elif (routed[2] and start is not None and node._inline_ok
+                        and sid and sid not in conn.tasks):
+                    # _answer_hit's usual case, in this frame (as serve_hits
+                    # answers it)
+                    try:
+                        rec = routed[0]._lookup_record(seen[0][0], conn.hit_limit,
+                                                       grants=routed[1])
+                    except Exception as exc:
+                        rec = exc
+                    self._held(f, payload, seen, rec, start)
+                elif not node._answer_hit(conn, sid, seen[0][0], routed):
+                    node._dispatch(conn, f, dec, payload, seen)
+            else:
+                node._dispatch(conn, f, dec)
+            if conn.closed:
+                break
+
+    def _count_frame(self) -> None:
+        """One more frame read: over ``max_frame_rate`` frames within a
+        second of the rate's window start is refused."""
+        conn = self.conn
+        n = conn.frames_in = conn.frames_in + 1
+        if n > self.rate_until:
+            now = time.monotonic()
+            if now - self.window_start < 1.0:
+                raise P.LimitExceeded(f"more than max_frame_rate={self.rate} frames "
+                                      f"in one second")
+            self.window_start, self.rate_until = now, n - 1 + self.rate
+
+    def _held(self, f: Any, payload: bytes, seen: Any, rec: Any, start: bytes) -> None:
+        """An open of a checked route looked up in the fabric's held records
+        (``rec``: what ``_lookup_record`` gave, or the exception it raised):
+        a record written as its three frames, a longer reply written by
+        ``_hit_reply``, a denial answered, a miss sent the general path."""
+        conn, node = self.conn, self.node
+        sid = f.stream_id
+        limit = conn.hit_limit
+        if isinstance(rec, Exception):
+            node._hit_failed(conn, sid, rec)
+        elif rec is None:  # not held: the general path
+            node._dispatch(conn, f, self.dec, payload, seen)
+        elif type(rec) is bytes and not conn.closed and (
+                out := conn.enc.encode_held_reply(sid, start, rec, limit)) is not None:
+            conn.bytes_out += len(out)
+            node._inline_hits += 1  # before its reader sees it
+            conn.transport.write(out)
+            if conn.paused or conn.small_cap:
+                conn.check_output()
+        else:
+            node._hit_reply(conn, sid, rec, start, limit)
 
     def eof_received(self) -> bool | None:
         try:
