@@ -607,6 +607,10 @@ class Node:
         self._inline_hits = 0  # answered by _answer_hit: folded in by _counters()
         self._batched_hits = 0  # of them, answered by FrameDecoder.serve_hits
         self._link_tasks: set[asyncio.Task[Any]] = set()
+        # Each accepted connection's task (_accept), from its accept to its
+        # end: the node's own (not the stream server's), so that shutdown
+        # cancels and awaits every one of them (_end_connections).
+        self._conn_tasks: set[asyncio.Task[Any]] = set()
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
         self._server: asyncio.Server | TLSListener | None = None
@@ -899,12 +903,12 @@ class Node:
         # ticks, idle connections) is woken from a thread, not by a timer.
         self._tick_evt = asyncio.Event()
         if self.tls is None:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+            self._server = await asyncio.start_server(self._connected, self.host, self.port,
                                                       limit=1 << 16)
         else:  # its own TLS handshakes, so that a refused one is seen
             self._server = await TLSListener.listen(
                 self.host, self.port, context=self.tls,
-                handshake_timeout=self.limits.handshake_timeout, connected=self._accept,
+                handshake_timeout=self.limits.handshake_timeout, connected=self._connected,
                 refused=self._tls_refused)
         self._tick_stop = threading.Event()
         self._ticker = threading.Thread(
@@ -966,6 +970,9 @@ class Node:
             await asyncio.wait(ended, timeout=1.0)
         for c in list(self._conns):
             c.abort()
+        await self._end_connections()
+        if isinstance(self._server, TLSListener):
+            await self._server.wait_closed()
         for t in [*pumps, *self._link_tasks]:
             t.cancel()
         await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
@@ -1191,6 +1198,32 @@ class Node:
                 proto.idle_out(idle)
 
     # -- connections -------------------------------------------------------------
+    def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection accepted (plain, or its TLS handshake made): served
+        by a task of the node's own. (Given a coroutine function, the stream
+        server would make the task itself, keep no handle the node could
+        await at shutdown, and log one that ends cancelled as an error.)"""
+        t = asyncio.get_running_loop().create_task(self._accept(reader, writer))
+        self._conn_tasks.add(t)
+        t.add_done_callback(self._conn_task_done)
+
+    def _conn_task_done(self, t: asyncio.Task[Any]) -> None:
+        self._conn_tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:  # (_accept catches Exception)
+            log.error("node %s: a connection's task failed", self.node_id,
+                      exc_info=t.exception())
+
+    async def _end_connections(self, bound: float = 2.0) -> None:
+        """At shutdown, once the connections were told and closed: every
+        connection's task (a refused one lingering too) is cancelled and
+        awaited, for ``bound`` seconds at most (each ends at once: its
+        transport is closed)."""
+        tasks = list(self._conn_tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=bound)
+
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         conn = _Conn(self, reader, writer)

@@ -94,6 +94,9 @@ class TLSListener:
         except (ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
             conn.close()
             self._refused(peer, exc)
+        except asyncio.CancelledError:  # close(): the handshake is abandoned
+            conn.close()
+            raise
         # (once made, the connection's protocol runs connected(): its own task)
 
     def close(self) -> None:
@@ -102,3 +105,10 @@ class TLSListener:
             t.cancel()
         for s in self.sockets:
             s.close()
+
+    async def wait_closed(self, bound: float = 2.0) -> None:
+        """After ``close()``: wait until its tasks (accepting, handshakes
+        abandoned) have ended, for ``bound`` seconds at most."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=bound)
