@@ -945,6 +945,14 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
             # A new dict: a resolution under way keeps the order it worked out.
             self._plan.peers = {n: p.serve for n, p in self._peers.items()}
 
+    def remove_peer(self, node: str) -> bool:
+        """Remove the peer ``node``; returns whether there was one. A
+        resolution under way keeps the peers it planned with."""
+        if self._peers.pop(node, None) is None:
+            return False
+        self._plan.peers = {n: p.serve for n, p in self._peers.items()}
+        return True
+
     def announce_held(self) -> int:
         """Announce every key of the cassette as held by this node (after a
         restart, so peers learn what the ledger replayed). Returns the count

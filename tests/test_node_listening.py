@@ -15,7 +15,7 @@ from fabric.node import Node, connect
 from fabric.node import protocol as P
 
 import node_ops
-from conftest import hello_bytes
+from conftest import hello_bytes, spin_until
 
 
 async def _handshake(address):
@@ -222,3 +222,87 @@ def test_a_serve_cancelled_before_it_listened_lets_its_address_go(tmp_path):
             node.request_stop()
             await task
         asyncio.run(main())
+
+
+def _left(node):
+    """What of a node's serve() is still there: tasks of the running loop
+    (but the caller's), link clients, peers in its fabric."""
+    return {"tasks": asyncio.all_tasks() - {asyncio.current_task()},
+            "clients": list(node._clients), "peers": node.fabric.peers}
+
+
+def test_a_serve_whose_address_is_taken_says_so_and_leaves_nothing(tmp_path):
+    """An address in use: ``OSError`` naming the node, the address and the
+    option; no task, link client or peer of that serve() is left."""
+    peer = Node(str(tmp_path / "p.ledger"), node_id="p", listen="127.0.0.1:0").start()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+
+            async def main():
+                node = Node(str(tmp_path / "h.ledger"), node_id="h",
+                            listen=f"127.0.0.1:{port}", peers=[peer.url])
+                with pytest.raises(OSError, match=rf"node h cannot listen on 127\.0\.0\.1:"
+                                                  rf"{port} \(--listen, Node\(listen=\.\.\.\)\)"
+                                                  rf": .*in use") as ei:
+                    await node.serve()
+                assert ei.value.errno is not None
+                assert _left(node) == {"tasks": set(), "clients": [], "peers": []}
+            asyncio.run(main())
+    finally:
+        peer.stop()
+
+
+def test_a_serve_cancelled_before_it_listened_ends_what_it_started(tmp_path):
+    """Cancelled while one ``--peer`` answered (a link up, a peer added)
+    and another does not: its pumps and link tasks end, both link clients
+    are closed (their sockets too: each peer sees its connection end),
+    the peer added is taken out of the fabric; serve() again serves."""
+    peer = Node(str(tmp_path / "p.ledger"), node_id="p", listen="127.0.0.1:0").start()
+    try:
+        with socket.socket() as mute:  # accepts, never answers a HELLO
+            mute.bind(("127.0.0.1", 0))
+            mute.listen()
+            mute.setblocking(False)
+            url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+
+            async def main():
+                node = Node(str(tmp_path / "i.ledger"), node_id="i", listen="127.0.0.1:0",
+                            peers=[peer.url, url],
+                            limits=fabric.node.NodeLimits(handshake_timeout=30))
+                task = asyncio.create_task(node.serve())
+                loop = asyncio.get_running_loop()
+                conn, _ = await loop.sock_accept(mute)  # the node dialled it
+                try:
+                    assert await spin_until(lambda: [p.node for p in node.fabric.peers]
+                                            == ["p"])  # the other one is up
+                    clients = list(node._clients)
+                    assert node._address is None  # not ready: one peer did not answer
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+                    assert _left(node) == {"tasks": set(), "clients": [], "peers": []}
+                    assert [(cl.status, cl._closed) for cl in clients] \
+                        == [("disconnected", True)] * 2
+                    # the mute peer's connection was closed by the node's side:
+                    # after its HELLO, the end of the stream
+                    got = b"x"
+                    for _ in range(100):
+                        got = await asyncio.wait_for(loop.sock_recv(conn, 1 << 16), 30)
+                        if not got:
+                            break
+                    assert got == b""
+                finally:
+                    conn.close()
+                assert await spin_until(lambda: peer.stats()["connections"] == 0)
+                mute.close()  # gone: the next serve() is ready with its other peer only
+                task = asyncio.create_task(node.serve())
+                await node.listening()
+                assert [p.node for p in node.fabric.peers] == ["p"]
+                node.request_stop()
+                await task
+            asyncio.run(main())
+    finally:
+        peer.stop()

@@ -868,17 +868,15 @@ class Node:
         if self._listen_fut is not None and self._listen_fut.done():
             self._listen_fut = None  # served again: a new one
         self._listen_future(self._loop)
+        pumps: list[asyncio.Future[Any]] = []
         try:
-            pumps = await self._listen()
+            await self._listen(pumps)
         except BaseException as exc:
             self._listen_ended(exc)
             # (its waiters have it: a listening() from now on waits for the
             # next serve(), not for this failed one)
             self._listen_fut = None
-            if self._server is not None:  # bound, then cancelled waiting for its peers
-                self._server.close()
-                self._server = None
-            self._tick_stop.set()  # (its clock, if it started)
+            await self._unlisten(pumps)
             raise
         self._listen_ended(None)
         try:
@@ -886,9 +884,11 @@ class Node:
         finally:
             await self._shutdown(pumps)
 
-    async def _listen(self) -> list[asyncio.Task[Any]]:
+    async def _listen(self, pumps: list[asyncio.Future[Any]]) -> None:
         """Bind, start the clock, the pumps and the peer links; returns once
-        ready (``address`` set): the pumps and links, for ``_shutdown``."""
+        ready (``address`` set). What it starts goes into ``pumps`` as it
+        goes, for ``_shutdown`` (or ``_unlisten``, when it fails or is
+        cancelled before it is ready)."""
         assert self._loop is not None
         self.event_loop = loop_name(self._loop)
         self._started = time.monotonic()
@@ -902,14 +902,19 @@ class Node:
         # reads and a heap look per turn): the node's periodic work (gossip
         # ticks, idle connections) is woken from a thread, not by a timer.
         self._tick_evt = asyncio.Event()
-        if self.tls is None:
-            self._server = await asyncio.start_server(self._connected, self.host, self.port,
-                                                      limit=1 << 16)
-        else:  # its own TLS handshakes, so that a refused one is seen
-            self._server = await TLSListener.listen(
-                self.host, self.port, context=self.tls,
-                handshake_timeout=self.limits.handshake_timeout, connected=self._connected,
-                refused=self._tls_refused)
+        try:
+            if self.tls is None:
+                self._server = await asyncio.start_server(self._connected, self.host,
+                                                          self.port, limit=1 << 16)
+            else:  # its own TLS handshakes, so that a refused one is seen
+                self._server = await TLSListener.listen(
+                    self.host, self.port, context=self.tls,
+                    handshake_timeout=self.limits.handshake_timeout,
+                    connected=self._connected, refused=self._tls_refused)
+        except OSError as exc:  # (asyncio's message names neither the node nor the option)
+            raise type(exc)(exc.errno, f"node {self.node_id} cannot listen on "
+                            f"{self.host}:{self.port} (--listen, Node(listen=...)): "
+                            f"{exc.strerror or exc}") from exc
         self._tick_stop = threading.Event()
         self._ticker = threading.Thread(
             target=_ticks, args=(self._loop, self._tick_evt, self._tick_stop),
@@ -920,7 +925,7 @@ class Node:
         log.info("node %s listening on %s:%d (event loop: %s)", self.node_id, *self._bound,
                  self.event_loop)
         self._gossip.started(self._bound, self.tls is not None)
-        pumps = [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
+        pumps += [asyncio.create_task(self._pump()), asyncio.create_task(self._gossip_pump())]
         loop = asyncio.get_running_loop()
         first: list[asyncio.Future[Any]] = []
         for url in self.peer_urls:
@@ -931,6 +936,8 @@ class Node:
         inner: Any = getattr(self.home, "inner", None)
         if hasattr(inner, "_connected_once"):
             first.append(asyncio.ensure_future(inner._connected_once()))
+            first[-1].add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+            pumps.append(first[-1])  # (cancelled with the pumps: it only waits)
         if first:
             done, _ = await asyncio.wait(first, timeout=self.limits.handshake_timeout)
             for t in first:
@@ -940,9 +947,43 @@ class Node:
                                 f"within {self.limits.handshake_timeout} s")
         self._address = self._bound
         self._ready.set()
-        return pumps
 
-    async def _shutdown(self, pumps: list[asyncio.Task[Any]]) -> None:
+    async def _unlisten(self, pumps: list[asyncio.Future[Any]]) -> None:
+        """``_listen`` failed or was cancelled before the node was ready:
+        what it started ends (the listener, the clock, the pumps, the peer
+        links and their clients, the peers they added to the fabric), so
+        that nothing of it outlives ``serve()`` and ``serve()`` may run
+        again. (Nothing was served: the cassette stays open for that.)"""
+        if self._server is not None:  # bound, then failed or cancelled before ready
+            self._server.close()
+            if isinstance(self._server, TLSListener):
+                await self._server.wait_closed()
+            self._server = None
+        await self._end_connections()  # (one accepted meanwhile: refused or waiting)
+        await self._end_links(pumps)
+        self._stop_clock()
+
+    async def _end_links(self, pumps: list[asyncio.Future[Any]]) -> None:
+        """Cancel and await ``pumps`` and the link tasks; close the link
+        clients (on their own loop: ``aclose``) and take their peers out of
+        the fabric."""
+        for t in [*pumps, *self._link_tasks]:
+            t.cancel()
+        await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
+        clients, self._clients = list(self._clients), []
+        for cl in clients:
+            await cl.aclose()
+        for p in self.fabric.peers:
+            if any(p.serve is cl for cl in clients):
+                self.fabric.remove_peer(p.node)
+
+    def _stop_clock(self) -> None:
+        self._tick_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)  # it waits at most one tick
+            self._ticker = None
+
+    async def _shutdown(self, pumps: list[asyncio.Future[Any]]) -> None:
         log.info("node %s shutting down (%d connection(s), %d request(s) running)",
                  self.node_id, len(self._conns), self._running)
         if self._server is not None:
@@ -973,15 +1014,8 @@ class Node:
         await self._end_connections()
         if isinstance(self._server, TLSListener):
             await self._server.wait_closed()
-        for t in [*pumps, *self._link_tasks]:
-            t.cancel()
-        await asyncio.gather(*pumps, *self._link_tasks, return_exceptions=True)
-        self._tick_stop.set()
-        if self._ticker is not None:
-            self._ticker.join(5.0)  # it waits at most one tick
-            self._ticker = None
-        for cl in self._clients:
-            await cl._aclose()
+        await self._end_links(pumps)
+        self._stop_clock()
         if self.home is not None:
             await self.home.aclose()
         log.info("node %s gossip: %s", self.node_id, self._gossip.stats())
