@@ -1,7 +1,9 @@
 """A node's limits past the handshake, met by a raw peer on loopback: a
 connection is idle while it completes no frame, so a peer trickling the
 bytes of a frame it never completes is cut at the idle timeout (it would
-otherwise hold its connection, and a max_connections slot, forever)."""
+otherwise hold its connection, and a max_connections slot, forever); a
+flood of connections beyond max_connections is refused without filling
+the log."""
 
 import socket
 import time
@@ -43,3 +45,43 @@ def test_a_peer_trickling_a_frame_that_never_completes_is_cut_at_the_idle_timeou
     assert closed, "the node kept a connection that never completed a frame"
     assert n.stats().get("idle_timeouts", 0) == 1
     assert b"IdleTimeout" in got
+
+
+def test_refusals_at_max_connections_are_logged_at_most_once_a_second(node, caplog):
+    """A flood of connections beyond ``max_connections``: each is refused
+    (its ERROR) and counted, but the WARNINGs come at most once a second,
+    the refusals they did not log one by one counted in the next one (or
+    in one logged on the node's tick once the second passed)."""
+    import logging
+    import re
+
+    from conftest import wait_for
+
+    n = node(limits=NodeLimits(max_connections=1, handshake_timeout=120))
+    caplog.set_level(logging.INFO, logger="fabric")
+    flood = 30
+    with socket.create_connection(n.address, timeout=30) as held:  # the only slot
+        wait_for(lambda: n.stats()["connections"] == 1, "the slot to be taken")
+        start = time.monotonic()
+        for _ in range(flood):
+            with socket.create_connection(n.address, timeout=30) as s:
+                (f,) = read_frames(s, until_close=False)
+                assert f.kind == FrameKind.ERROR and b"max_connections=1" in bytes(f.payload)
+        elapsed = time.monotonic() - start
+        assert n.stats()["refused_connections"] == flood
+        held.sendall(hello_bytes())  # (it is served all along)
+        assert read_frames(held, until_close=False)[0].kind == FrameKind.HELLO
+
+    def told():
+        n_told = n_warned = 0
+        for r in caplog.records:
+            m = r.getMessage()
+            if r.levelno == logging.WARNING and "max_connections=1" in m:
+                n_warned += 1
+                more = re.search(r"(\d+) more", m)
+                n_told += (m.startswith("refusing a connection from (")
+                           + (int(more.group(1)) if more else 0))
+        return n_told, n_warned
+
+    wait_for(lambda: told()[0] == flood, "the log to tell of every refusal")
+    assert told()[1] <= elapsed + 3, (told(), elapsed)

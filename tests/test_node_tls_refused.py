@@ -4,10 +4,13 @@ node: a warning naming the peer and why, and ``stats()["tls_refused"]``,
 as a refused bearer token is a warning and ``auth_failures``; a client
 the node takes is served after them, and a probe that closes during the
 handshake is not counted. Over both event loops (the node makes its TLS
-handshakes itself: fabric/node/tls_listen.py); loopback only."""
+handshakes itself: fabric/node/tls_listen.py); loopback only. Handshakes
+under way count towards max_connections."""
 
 import logging
+import re
 import socket
+import time
 
 import pytest
 
@@ -16,6 +19,7 @@ from fabric.node import connect
 from fabric.node.auth import client_tls, server_tls
 
 import node_ops
+from conftest import wait_for
 from test_node import certs  # noqa: F401  (the module's certificates, made at test time)
 
 
@@ -57,3 +61,85 @@ def test_a_refused_client_certificate_is_a_warning_and_counted(node, certs, capl
         connect(n.url.replace("fabrics://", "fabric://"), timeout=10, reconnect=False)
     assert any("WRONG_VERSION_NUMBER" in m for m in refusals()[3:]), refusals()
     assert n.stats()["tls_refused"] == len(refusals())
+
+
+def _closed_at_once(sock):
+    """Whether the node closed ``sock`` (an end of stream or a reset),
+    rather than holding it (the socket's timeout then raises)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_handshakes_under_way_count_towards_max_connections(node, certs, caplog,  # noqa: F811
+                                                                loop):
+    """Clients that open TCP and never begin TLS hold the node's
+    ``max_connections`` while their handshake may still come (for up to
+    ``handshake_timeout``): a connection beyond it is closed at once and
+    counted; the refusals of a flood are logged at most once a second,
+    the ones not logged counted in the next warning; the handshakes under
+    way are in ``stats()`` and the status. A slot they let go of serves a
+    client again."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from fabric.node import NodeLimits
+    from fabric.node.metrics import render
+    from fabric.node.status import format_status
+    from test_node_metrics import parse, value
+    n = node(loop=loop, tls=server_tls(str(certs / "server.pem"), str(certs / "server.key"),
+                                       str(certs / "ca.pem")),
+             limits=NodeLimits(max_connections=3, handshake_timeout=120))
+    caplog.set_level(logging.INFO, logger="fabric")
+    good = client_tls(str(certs / "ca.pem"), str(certs / "alice.pem"), str(certs / "alice.key"))
+    silent = [socket.create_connection(n.address, timeout=30) for _ in range(3)]
+    flood = []
+    try:
+        wait_for(lambda: n.stats()["tls_handshakes"] == 3, "the 3 handshakes under way")
+        st = n.status()
+        assert st["connections"]["handshaking"] == 3
+        assert "0 open, 3 in their TLS handshake (max 3)" in format_status(st)
+        assert value(parse(render(st))[0], "fabric_node_connections_handshaking") == 3
+        assert n.stats()["connections"] == 0
+        start = time.monotonic()
+        for _ in range(40):
+            flood.append(socket.create_connection(n.address, timeout=20))
+            assert _closed_at_once(flood[-1])  # not held for the handshake timeout
+        elapsed = time.monotonic() - start
+        with pytest.raises(fabric.FabricUnavailable):  # a client with a good certificate too
+            connect(n.url, tls=good, timeout=10, reconnect=False)
+        assert n.stats()["refused_connections"] == 41
+        assert n.stats()["tls_handshakes"] == 3
+
+        def refusals():
+            """Refusals the log tells of (one per WARNING, plus the count
+            of those it did not log one by one), and its WARNINGs."""
+            told, warned = 0, 0
+            for r in caplog.records:
+                m = r.getMessage()
+                if r.levelno == logging.WARNING and "max_connections=3" in m:
+                    warned += 1
+                    more = re.search(r"(\d+) more", m)
+                    if m.startswith("refusing a connection from ("):
+                        told += 1 + (int(more.group(1)) if more else 0)
+                    else:  # the count logged on the tick
+                        assert "more connection(s) refused (not logged one by one)" in m, m
+                        told += int(more.group(1))
+            return told, warned
+
+        wait_for(lambda: refusals()[0] == 41, "the log to tell of every refusal")
+        told, warned = refusals()
+        # at most one WARNING a second (the flood took `elapsed`; the count
+        # of those left over is logged once the second passed)
+        assert warned <= elapsed + 3, (warned, elapsed)
+        assert warned < 41
+        for s in silent[:2]:  # two handshakes end (the peer closed): room for a client
+            s.close()
+        wait_for(lambda: n.stats()["tls_handshakes"] == 1, "the handshakes to end")
+        with connect(n.url, tls=good, timeout=10, reconnect=False) as c:
+            assert c.evaluate(node_ops.double.request(4)).value == 8
+            assert n.stats()["connections"] == 2  # its main and sync connections
+    finally:
+        for s in silent + flood:
+            s.close()

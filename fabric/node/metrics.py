@@ -89,6 +89,8 @@ def families(st: dict[str, Any]) -> list[Metric]:
     o.family("uptime_seconds", "gauge", "Seconds since the node started serving.",
              st["uptime"])
     o.family("connections", "gauge", "Connections open now.", c["open"])
+    o.family("connections_handshaking", "gauge", "TLS handshakes under way (they count "
+             "towards max_connections).", c.get("handshaking", 0))
     o.family("connections_max", "gauge", "The max_connections limit.", c["max"])
     o.family("connections_gossip", "gauge", "Open connections that receive gossip.",
              c["gossip"])

@@ -611,6 +611,12 @@ class Node:
         # end: the node's own (not the stream server's), so that shutdown
         # cancels and awaits every one of them (_end_connections).
         self._conn_tasks: set[asyncio.Task[Any]] = set()
+        # Of those, the tasks not begun yet (_connected made them, _accept
+        # has not counted their connection): counted towards max_connections.
+        self._accepting = 0
+        # Refusals at max_connections: a WARNING at most once a second (a
+        # flood cannot fill the log), the others counted in the next one.
+        self._refusal_log = _LogEvery(1.0)
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
         self._server: asyncio.Server | TLSListener | None = None
@@ -736,9 +742,12 @@ class Node:
             fut.set_exception(FabricError(f"node {self.node_id} stopped before it listened"))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: connections, requests, refusals, queues, the fabric's own."""
+        """Counters: connections (open; ``tls_handshakes``: TLS handshakes
+        under way, counted towards ``max_connections`` too), requests,
+        refusals, queues, the fabric's own."""
         return {"node": self.node_id, "incarnation": self.incarnation,
-                "connections": len(self._conns), **self._counters(),
+                "connections": len(self._conns), "tls_handshakes": self._handshaking(),
+                **self._counters(),
                 "fabric": self.fabric.stats(), "holders": len(self.fabric.holders),
                 "gossip": self._gossip.stats(), "links": self._links(),
                 "leases": self.home.stats() if self.home is not None else {},
@@ -894,6 +903,9 @@ class Node:
         self._started = time.monotonic()
         self._stop_evt = asyncio.Event()
         self._stopping = False
+        # (a serve() that ended before it was ready may have cancelled a
+        # connection's task before it began, and so before it counted down)
+        self._accepting = 0
         self._update_inline()
         self._out_wake = asyncio.Event()
         self._gossip_wake = asyncio.Event()
@@ -910,7 +922,8 @@ class Node:
                 self._server = await TLSListener.listen(
                     self.host, self.port, context=self.tls,
                     handshake_timeout=self.limits.handshake_timeout,
-                    connected=self._connected, refused=self._tls_refused)
+                    connected=self._connected, refused=self._tls_refused,
+                    admit=self._tls_admit)
         except OSError as exc:  # (asyncio's message names neither the node nor the option)
             raise type(exc)(exc.errno, f"node {self.node_id} cannot listen on "
                             f"{self.host}:{self.port} (--listen, Node(listen=...)): "
@@ -1016,6 +1029,7 @@ class Node:
             await self._server.wait_closed()
         await self._end_links(pumps)
         self._stop_clock()
+        self._log_refusals(force=True)
         if self.home is not None:
             await self.home.aclose()
         log.info("node %s gossip: %s", self.node_id, self._gossip.stats())
@@ -1201,6 +1215,7 @@ class Node:
             self._tick_evt.clear()
             self._gossip_wake.clear()
             self._check_conns()
+            self._log_refusals()
             try:
                 self._gossip.tick()  # deltas, anti-entropy, membership, learned links
             except Exception:  # a bug must not end gossip for good
@@ -1238,6 +1253,7 @@ class Node:
         server would make the task itself, keep no handle the node could
         await at shutdown, and log one that ends cancelled as an error.)"""
         t = asyncio.get_running_loop().create_task(self._accept(reader, writer))
+        self._accepting += 1
         self._conn_tasks.add(t)
         t.add_done_callback(self._conn_task_done)
 
@@ -1258,16 +1274,47 @@ class Node:
         if tasks:
             await asyncio.wait(tasks, timeout=bound)
 
+    def _handshaking(self) -> int:
+        """TLS handshakes under way (they count towards ``max_connections``)."""
+        server = self._server
+        return server.handshaking if isinstance(server, TLSListener) else 0
+
+    def _refuse_at_max(self, peer: Any) -> None:
+        """A connection refused at ``max_connections``: counted, and logged
+        as a WARNING at most once a second (``_LogEvery``)."""
+        self._stat("refused_connections")
+        self._refusal_log.warning("refusing a connection from %s: node %s is at "
+                                  "max_connections=%d", peer, self.node_id,
+                                  self.limits.max_connections)
+
+    def _log_refusals(self, force: bool = False) -> None:
+        """The refusals at ``max_connections`` not logged one by one, once
+        the second passed (on the node's tick; ``force``: at shutdown)."""
+        self._refusal_log.flush("node %s is at max_connections=%d: %d more connection(s) "
+                                "refused (not logged one by one)", self.node_id,
+                                self.limits.max_connections, force=force)
+
+    def _tls_admit(self, peer: Any) -> bool:
+        """TLSListener's ``admit``: a connection is taken for its TLS handshake
+        while the connections open, those accepted and not begun yet, and
+        the handshakes under way are fewer than ``max_connections``;
+        otherwise it is closed at once (there is no TLS yet to send the
+        ``LimitExceeded`` in) and counted as refused."""
+        if len(self._conns) + self._accepting + self._handshaking() \
+                < self.limits.max_connections:
+            return True
+        self._stat("connections_accepted")
+        self._refuse_at_max(peer)
+        return False
+
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
+        self._accepting -= 1
         conn = _Conn(self, reader, writer)
         self._stat("connections_accepted")
         try:
             if len(self._conns) >= self.limits.max_connections:
-                self._stat("refused_connections")
-                log.warning("refusing a connection from %s: node %s is at "
-                            "max_connections=%d", conn.peer, self.node_id,
-                            self.limits.max_connections)
+                self._refuse_at_max(conn.peer)
                 conn.send_error(0, P.LimitExceeded(
                     f"node {self.node_id} is at max_connections="
                     f"{self.limits.max_connections}"))
@@ -2390,6 +2437,40 @@ class _ConnProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.gone()
         self._end()
+
+
+class _LogEvery:
+    """A WARNING logged at most once per ``period`` seconds: those that come
+    sooner are counted, and the next one logged says how many there were
+    (or ``flush``, called on the node's tick, once the period passed)."""
+
+    __slots__ = ("period", "last", "suppressed")
+
+    def __init__(self, period: float):
+        self.period = period
+        self.last = -period  # (time.monotonic() may start near 0)
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.period:
+            self.suppressed += 1
+            return
+        self.last = now
+        if self.suppressed:
+            msg += " (and %d more like it since the last one, not logged one by one)"
+            args += (self.suppressed,)
+            self.suppressed = 0
+        log.warning(msg, *args)
+
+    def flush(self, msg: str, *args: Any, force: bool = False) -> None:
+        """Log ``msg`` with ``args`` and the count of those not logged (its
+        last argument), if there are some and the period passed (or
+        ``force``: at shutdown)."""
+        now = time.monotonic()
+        if self.suppressed and (force or now - self.last >= self.period):
+            n, self.suppressed, self.last = self.suppressed, 0, now
+            log.warning(msg, *args, n)
 
 
 async def _linger(conn: _Conn) -> None:

@@ -122,6 +122,7 @@ def node_status(node: Any) -> dict[str, Any]:
         "uptime": 0.0 if started is None else round(time.monotonic() - started, 3),
         "connections": {
             "open": len(conns),
+            "handshaking": node._handshaking(),
             "max": node.limits.max_connections,
             "accepted": stats.get("connections_accepted", 0),
             "refused": stats.get("refused_connections", 0),
@@ -214,6 +215,13 @@ def format_status(st: dict[str, Any]) -> str:
                          f"--json` shows it as it came") from None
 
 
+def _handshaking(c: dict[str, Any]) -> str:
+    """", N in their TLS handshake" when there are some (a node of an older
+    version does not say: nothing)."""
+    n = c.get("handshaking", 0)
+    return f", {n} in their TLS handshake" if n else ""
+
+
 def _format_status(st: dict[str, Any]) -> str:
     c, r, s, b = st["connections"], st["requests"], st["streams"], st["bytes"]
     cas, h, f, srv = st["cassette"], st["holdings"], st["fabric"], st["served"]
@@ -221,8 +229,8 @@ def _format_status(st: dict[str, Any]) -> str:
         f"node {st['node']} (incarnation {st['incarnation']}) at {st['url']}",
         f"  stream-fabric {st['version']}, protocol {st['protocol'][0]}.{st['protocol'][1]},"
         f" up {_dur(st['uptime'])}",
-        f"connections  {c['open']} open (max {c['max']}), {c['accepted']} accepted, "
-        f"{c['refused']} refused, {c['gossip']} gossiping",
+        f"connections  {c['open']} open{_handshaking(c)} (max {c['max']}), "
+        f"{c['accepted']} accepted, {c['refused']} refused, {c['gossip']} gossiping",
     ]
     if c["by_principal"]:
         lines.append("  by principal: " + ", ".join(f"{p} {n}"

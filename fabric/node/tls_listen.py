@@ -31,19 +31,28 @@ class TLSListener:
     completed within ``handshake_timeout`` seconds; calls
     ``refused(peer, exc)`` for each whose did not (``exc`` the
     ``ssl.SSLError``, ``OSError`` or ``TimeoutError`` that ended it).
-    ``sockets`` and ``close()`` as an ``asyncio.Server``'s."""
+    ``admit(peer)``, when given, is asked as each connection is accepted,
+    before its handshake begins: False closes it at once (no byte read or
+    sent: a flood of connections that never finish their handshake costs
+    no more than what ``admit`` lets in). ``handshaking`` counts the
+    handshakes under way. ``sockets`` and ``close()`` as an
+    ``asyncio.Server``'s."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  context: ssl.SSLContext, handshake_timeout: float, connected: Connected,
-                 refused: Callable[[Any, BaseException], None], limit: int = 1 << 16):
+                 refused: Callable[[Any, BaseException], None], limit: int = 1 << 16,
+                 admit: Callable[[Any], bool] | None = None):
         self.sockets = sockets
         self._loop = loop
         self._context = context
         self._timeout = handshake_timeout
         self._connected = connected
         self._refused = refused
+        self._admit = admit
         self._limit = limit
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Handshakes under way: admitted, neither made nor failed yet.
+        self.handshaking = 0
         for s in sockets:
             self._spawn(self._accept_on(s))
 
@@ -67,10 +76,16 @@ class TLSListener:
             raise
         return cls(loop, socks, **kw)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = self._loop.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _handshake_ended(self, _t: asyncio.Task[Any]) -> None:
+        # (a callback of the task: counted down even when it is cancelled
+        # before it ran, by close())
+        self.handshaking -= 1
 
     async def _accept_on(self, sock: socket.socket) -> None:
         while True:
@@ -81,7 +96,11 @@ class TLSListener:
             except OSError:  # too many open files and the like: later
                 await asyncio.sleep(0.1)
                 continue
-            self._spawn(self._handshake(conn, peer))
+            if self._admit is not None and not self._admit(peer):
+                conn.close()
+                continue
+            self.handshaking += 1
+            self._spawn(self._handshake(conn, peer)).add_done_callback(self._handshake_ended)
 
     def _protocol(self) -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=self._limit, loop=self._loop)
