@@ -672,7 +672,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     go into the channel's own buffer (no new bytes object per read). Plain
     TCP on asyncio's own loop reads and writes the socket itself
     (``_SocketWriter``: no transport's layers per call); TLS and any other
-    loop (uvloop's transports are native code) go through a transport."""
+    loop (uvloop's transports are native code) go through a transport. The
+    usual reply steps its awaiting task from the read callback (``_wake``:
+    one loop turn a call, not two)."""
 
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
