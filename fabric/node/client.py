@@ -39,6 +39,7 @@ import threading
 import time
 import warnings
 import weakref
+from asyncio import current_task as _current_task
 from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
@@ -671,7 +672,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
     go into the channel's own buffer (no new bytes object per read). Plain
     TCP on asyncio's own loop reads and writes the socket itself
     (``_SocketWriter``: no transport's layers per call); TLS and any other
-    loop (uvloop's transports are native code) go through a transport."""
+    loop (uvloop's transports are native code) go through a transport. The
+    usual reply steps its awaiting task from the read callback (``_wake``:
+    one loop turn a call, not two)."""
 
     def __init__(self, client: "NodeClient", loop: asyncio.AbstractEventLoop):
         self.client = client
@@ -831,11 +834,14 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 else:
                     claim = None
                 del calls[sid]
-                if not call[0].done():
+                fut = call[0]
+                if not fut.done():
                     try:
-                        call[0].set_result((unpack(data_), src, claim))
+                        got = (unpack(data_), src, claim)
                     except DecodeError as exc:
-                        call[0].set_exception(exc)
+                        fut.set_exception(exc)
+                    else:
+                        _wake(fut, got, self.loop)
                 if not dec.pending:
                     return
                 r = dec.take_reply(limits)
@@ -1211,6 +1217,25 @@ class _SocketWriter:
             loop.call_soon(self.ch.connection_lost, None)
         self.out = bytearray()
         self.sock.close()
+
+
+def _wake(fut: asyncio.Future[Any], value: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """``fut.set_result(value)``, and the one task awaiting it stepped at
+    once rather than through the loop's ready queue (a ``call_soon`` and a
+    second turn of the loop a reply). Called only from the loop's read
+    callback, where no task runs; anything else (another callback, a task
+    already running) takes ``set_result``'s way. ``_callbacks`` is the
+    (callback, context) pairs of both of asyncio's futures (C: None when
+    there are none); the task's wake-up runs in its own context, as the
+    loop would run it."""
+    cbs = fut._callbacks
+    if not cbs or len(cbs) != 1 or _current_task(loop) is not None:
+        fut.set_result(value)
+        return
+    cb, ctx = cbs[0]
+    fut.remove_done_callback(cb)
+    fut.set_result(value)
+    ctx.run(cb, fut)
 
 
 async def _close_at_loop_end(ch: _AsyncChannel) -> AsyncIterator[None]:
