@@ -50,7 +50,7 @@ from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricErro
                      unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, _wait_timeout, check_grants
-from ..frames import FrameKind, StreamDiagnostic
+from ..frames import FrameKind
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
 from ..claims import attach, from_wire
 from . import protocol as P

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
-from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
+from .._core import (CapabilityDenied, EvalCassette, FabricError,
                      FabricUnavailable,
                      FrameDecoder, FrameError, DecodeError, canonical_bytes,
                      FRAME_FLAG_DIAGNOSTIC, _known_open, _open_crc)
