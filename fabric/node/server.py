@@ -606,8 +606,7 @@ class Node:
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = peer_urls
         if self.fabric.trust == "none":
-            from urllib.parse import urlsplit
-            remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
+            remote = [u for u in self.peer_urls if not _loopback(P.parse_node_url(u).host)]
             if remote:
                 log.warning("node %s records replies of peers %s without checking claims "
                             "(no trusted_keys or fleet_keys): any of them can make up "
