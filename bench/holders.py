@@ -47,7 +47,6 @@ import time
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [d for d in sys.path if os.path.abspath(d or os.curdir) != _here]
 
-import fabric  # noqa: E402
 from fabric import ContentKey, ContentAddressedFabric, EvalCassette, HoldingIndex  # noqa: E402
 
 

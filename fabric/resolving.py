@@ -55,7 +55,7 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from .fabrics import (ContentPeer, _check_cassette, _check_timeout, _FabricBase, _pending,
                       _record_late, _warn_torn)
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
-                      _collect, _events_of, _replay_events, _stream_writer, reply_record)
+                      _collect, _events_of, _replay_events, _stream_writer)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex

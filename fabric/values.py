@@ -29,9 +29,6 @@ from . import _core
 # import's cost is part of every short-lived process that opens a cassette).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import datetime as _dt
-    import decimal
-    import uuid
     from typing import Any, Callable, Iterator
 
 __all__ = ["Opaque", "register_type", "register_dataclass", "set_commit_key"]

@@ -12,7 +12,6 @@ import tempfile
 import textwrap
 import threading
 
-import msgpack
 import pytest
 
 import fabric

@@ -526,7 +526,7 @@ def test_writers_killed_in_a_loop_lose_nothing_acknowledged(tmp_path):
             if line.endswith("\n") and line[:2] in ("r ", "s "):
                 (acked if line[0] == "r" else streams).append(int(line[2:]))
     assert len(acked) > loops * 10
-    with EvalCassette(path) as c:  # a writer's open repairs a torn tail
+    with EvalCassette(path):  # a writer's open repairs a torn tail
         pass
     _check_all(path, acked, streams)
 

@@ -15,8 +15,7 @@ from fabric import (Claim, ClaimRejected, ContentAddressedFabric, ContentPeer,
                     ContentServeFabric, EvalReply, FleetKeys, LocalFabric, NoHolderError,
                     OpRegistry, PeerGovernor)
 from fabric._core import ed25519_verify
-from fabric.claims import (NodeKey, StreamDigest, TrustedKeys, attach, record_bytes,
-                           signed_stream)
+from fabric.claims import NodeKey, StreamDigest, TrustedKeys, attach, record_bytes
 
 # RFC 8032 section 7.1, test 1: the seed and its public key.
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -151,7 +150,7 @@ def test_signatures_hold_against_a_member(reg, cassette_factory):
 
     class Impostor:  # member "m" poses as "a": a forged reply, signed with m's own key
         def evaluate(self, request, *, grants=None):
-            honest = serve.evaluate(request)
+            serve.evaluate(request)  # (a holds the key: the honest reply is not used)
             forged = EvalReply("forged", (), None, request.key, "held")
             c = ka.sign(request.key, forged, "a")._replace(key_id="km", mac=b"")
             return attach(forged, c._replace(mac=fabric._core.ed25519_sign(

@@ -3,8 +3,6 @@
 import ast
 import os
 
-import pytest
-
 import fabric
 from fabric import _core
 

@@ -6,7 +6,6 @@ the way a network node will serve them.
 """
 
 import asyncio
-import functools
 import os
 import re
 import subprocess

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 
-import fabric
 from fabric import ContentKey, EvalRequest, Secret, canonical_bytes
 
 from conftest import blocks_kept

@@ -103,7 +103,7 @@ def test_a_torn_tail_is_a_warning(tmp_path, caplog):
 def test_silent_by_default_apart_from_warnings(tmp_path):
     """With no logging configured, DEBUG and INFO print nothing and a WARNING
     reaches stderr (Python's last-resort handler)."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import logging
         import fabric
         from fabric import resolving

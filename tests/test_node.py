@@ -15,7 +15,7 @@ import pytest
 
 import fabric
 from fabric.frames import FrameKind
-from fabric.node import Node, NodeLimits, connect, protocol as P
+from fabric.node import NodeLimits, connect, protocol as P
 from fabric.node.client import NodeClient
 from fabric.node.loops import loop_factory, loop_name
 

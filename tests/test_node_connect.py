@@ -18,7 +18,7 @@ from fabric.node.client import Backoff, NodeClient
 
 import node_ops
 from conftest import wait_for
-from test_node_fleet import serve, stop
+from served import serve, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -11,7 +11,7 @@ from fabric.node import Node, connect
 import gates
 import node_ops
 from conftest import wait_for
-from served import fleet, serve, stop  # noqa: F401 (fleet: the fixture; serve: imported from here)
+from served import fleet, stop  # noqa: F401 (the fixture)
 
 
 def test_three_processes_resolve_a_to_b_to_c(fleet):

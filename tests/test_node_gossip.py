@@ -5,6 +5,7 @@ unauthenticated non-loopback links (decided on addresses: no such socket is open
 
 import logging
 import random
+import re
 
 import pytest
 
@@ -68,6 +69,20 @@ def test_check_members_refuses_what_is_malformed_or_too_long():
     for body in bad:
         with pytest.raises(P.ProtocolError, match="members"):
             check_members(body)
+
+
+@pytest.mark.parametrize("url, why", [
+    ("fabric://::1:7411", "an IPv6 address goes in brackets: fabric://[::1]:7411"),
+    ("fabric://127.0.0.1:0", "its port 0 is not in 1..65535"),
+    ("fabric://:7411", "its host is empty"),
+    ("tcp://127.0.0.1:1", "its scheme 'tcp' is neither fabric nor fabrics"),
+])
+def test_a_members_url_is_refused_saying_what_is_wrong_with_it(url, why):
+    # (the node URL parser of the client and of --peer, fabric.node.protocol)
+    with pytest.raises(P.ProtocolError, match=re.escape("GOSSIP members[0]: a node URL is "
+                                                        "fabric://HOST:PORT") + ".*" +
+                       re.escape(f"not {url!r}: {why}")):
+        check_members({"members": [["a", url, True]]})
 
 
 def test_membership_view_is_bounded_and_never_holds_itself():

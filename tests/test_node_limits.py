@@ -8,8 +8,12 @@ the log."""
 import socket
 import time
 
+import pytest
+
+import fabric
+import node_ops
 from fabric.frames import FrameKind
-from fabric.node import NodeLimits, protocol as P
+from fabric.node import NodeLimits, connect, protocol as P
 
 from conftest import hello_bytes, read_frames
 
@@ -85,3 +89,27 @@ def test_refusals_at_max_connections_are_logged_at_most_once_a_second(node, capl
 
     wait_for(lambda: told()[0] == flood, "the log to tell of every refusal")
     assert told()[1] <= elapsed + 3, (told(), elapsed)
+
+
+@fabric.op("node.limits.sized_items")
+def _sized_items(count, size):
+    for i in range(count):
+        yield bytes([i]) * size
+
+
+@pytest.mark.parametrize("cap, size", [(16 << 10, 8 << 20), (1 << 20, 12 << 20)])
+def test_a_reading_client_is_not_cut_by_stream_items_larger_than_output_buffer(
+        node, cap, size):
+    """``output_buffer`` smaller than the frame agreed: a single frame,
+    written while the peer reads (the transport not paused), may exceed the
+    cap, so a client that reads a stream of items larger than the cap gets
+    them all (an item of 8 MiB is more than the kernel takes at once: most
+    of it waits in the node's buffer while the client reads it)."""
+    mf = 16 << 20
+    n = node(limits=NodeLimits(output_buffer=cap, max_frame=mf, window=mf))
+    assert cap < size < mf
+    with connect(n.url, timeout=60, max_frame=mf, window=mf) as c:
+        got = list(c.stream(_sized_items.request(4, size)))
+        assert [(len(x), x[:1]) for x in got] == [(size, bytes([i])) for i in range(4)]
+        assert c.evaluate(node_ops.double.request(3)).value == 6
+    assert n.stats().get("disconnected_slow_reader", 0) == 0

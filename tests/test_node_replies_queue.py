@@ -12,7 +12,6 @@ import socket
 import threading
 
 import fabric
-from fabric.frames import FrameKind
 from fabric.node import NodeLimits, connect
 from fabric.node import protocol as P
 

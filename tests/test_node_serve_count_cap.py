@@ -14,7 +14,7 @@ from fabric.node import protocol as P
 import gates
 import node_ops
 from test_cli import one_line_error, run
-from test_node_fleet import serve, stop
+from served import serve, stop
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])

@@ -32,9 +32,9 @@ def test_5000_principals_of_one_request_each_are_all_served():
 
 def _exact(q):
     """Every principal's counters add up: queued = served + evicted + dropped + pending."""
-    for name, st in q.stats()["principals"].items():
-        assert st["queued"] == st["served"] + st["evicted"] + st["dropped"] + st["pending"], \
-            (name, st)
+    for name, c in q.stats()["principals"].items():
+        assert c["queued"] == c["served"] + c["evicted"] + c["dropped"] + c["pending"], \
+            (name, c)
 
 
 def test_a_flooding_principal_does_not_starve_another():

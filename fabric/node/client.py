@@ -44,14 +44,13 @@ from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
-from urllib.parse import urlsplit
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
                      unpack, _open_payload, _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, _wait_timeout, check_grants
-from ..frames import FrameKind, StreamDiagnostic
+from ..frames import FrameKind
 from ..replies import DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, reply_from_record
 from ..claims import attach, from_wire
 from . import protocol as P
@@ -1410,23 +1409,16 @@ class NodeClient:
         if not isinstance(url, str):
             raise TypeError(f"a node URL is a str, fabric://HOST:PORT or fabrics://HOST:PORT "
                             f"(TLS), not {type(url).__name__}")
-        try:
-            u = urlsplit(url)
-            port = u.port
-        except ValueError:  # a port out of range or not a number, a broken [IPv6]
-            u, port = None, None
-        if u is None or u.scheme not in ("fabric", "fabrics") or not u.hostname or not port:
-            raise ValueError(f"a node URL is fabric://HOST:PORT or fabrics://HOST:PORT "
-                             f"(TLS), not {url!r}")
+        u = P.parse_node_url(url)  # NodeURLError (a ValueError) saying what is wrong
         timeout = _wait_timeout(timeout)
         if scope not in P.SCOPES:
             raise ValueError(f"scope must be one of {P.SCOPES}, not {scope!r}")
         _check_options(tls, token, grants, window, max_frame, reconnect, max_reply)
         self.url = url
-        self.host, self.port = u.hostname, port
+        self.host, self.port = u.host, u.port
         if isinstance(tls, dict):
             tls = client_tls(**tls)
-        if tls is None and u.scheme == "fabrics":
+        if tls is None and u.tls:
             tls = client_tls()
         self.tls: ssl.SSLContext | None = tls
         self._token = token

@@ -45,7 +45,6 @@ import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
-from urllib.parse import urlsplit
 
 from .._core import ContentKey, ContentNotHeld, EvalRequest
 from ..frames import FrameKind
@@ -125,8 +124,10 @@ def check_members(body: Any) -> list[Member]:
                 or not 0 < len(e[1]) <= MAX_URL or not isinstance(e[2], bool)):
             raise P.ProtocolError(f"GOSSIP members[{i}] is not [node id (1..{MAX_NODE_ID} "
                                   f"chars), URL (1..{MAX_URL} chars), bool]")
-        if not P.is_node_url(e[1]):
-            raise P.ProtocolError(f"GOSSIP members[{i}]: {e[1]!r} is not a node URL")
+        try:
+            P.parse_node_url(e[1])
+        except P.NodeURLError as exc:
+            raise P.ProtocolError(f"GOSSIP members[{i}]: {exc}") from None
         out.append(Member(e[0], e[1], e[2]))
     return out
 
@@ -204,9 +205,8 @@ def warn_link(url: str, *, tls: bool, token: bool, trust: str = "none",
               node: str = "?") -> str | None:
     """Log (WARNING, logger ``fabric.node``) and return ``link_warning``'s
     text for a link to the node at ``url``; None when it needs none."""
-    u = urlsplit(url)
-    text = link_warning(u.hostname or "", tls=tls or u.scheme == "fabrics", token=token,
-                        trust=trust)
+    u = P.parse_node_url(url)
+    text = link_warning(u.host, tls=tls or u.tls, token=token, trust=trust)
     if text:
         log.warning("node %s: %s", node, text)
     return text

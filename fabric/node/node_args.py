@@ -39,9 +39,10 @@ def check_peers(peers: Any) -> list[str]:
     for i, url in enumerate(out):
         if not isinstance(url, str):
             raise TypeError(f"peers[{i}]: a node URL is a str, not {type(url).__name__}")
-        if not P.is_node_url(url):
-            raise ValueError(f"peers[{i}]: a node URL is fabric://HOST:PORT or "
-                             f"fabrics://HOST:PORT (TLS), not {url!r}")
+        try:
+            P.parse_node_url(url)
+        except P.NodeURLError as exc:
+            raise P.NodeURLError(f"peers[{i}]: {exc}") from None
     return out
 
 

@@ -35,8 +35,8 @@ payloads; it does no I/O, so the server, the client and the tests share it
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
+import ipaddress
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from .._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceeded,
                      EvalRequest, FabricError, FabricUnavailable, FrameEncoder,
@@ -50,6 +50,7 @@ __all__ = [
     "VersionMismatch", "IdleTimeout", "Unauthenticated", "LimitExceeded", "Backpressure",
     "request_to_wire", "request_from_wire", "hello", "check_hello", "error_payload",
     "error_from_payload", "check_no_secret", "check_request_no_secret", "SECRET_REF_TAG",
+    "NodeURL", "NodeURLError", "parse_node_url", "is_node_url",
 ]
 
 #: (major, minor). A peer with a newer major version is refused.
@@ -106,15 +107,103 @@ class Backpressure(FabricError, BlockingIOError):
     """A non-blocking send found no credit left on its stream."""
 
 
-def is_node_url(url: str) -> bool:
-    """Whether ``url`` is a node URL: ``fabric://HOST:PORT`` or
-    ``fabrics://HOST:PORT`` (TLS), the port in [1, 65536)."""
+class NodeURLError(ValueError):
+    """A node URL that is not ``fabric://HOST:PORT`` or ``fabrics://HOST:PORT``."""
+
+
+class NodeURL(NamedTuple):
+    """A node URL's parts (``parse_node_url``): ``scheme`` ``"fabric"`` or
+    ``"fabrics"`` (TLS), ``host`` (a name in lower case, an IPv4 address, or
+    an IPv6 address without its brackets) and ``port`` (1..65535)."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        """Whether the node is reached over TLS (``fabrics://``)."""
+        return self.scheme == "fabrics"
+
+
+NODE_URL_FORM = "a node URL is fabric://HOST:PORT or fabrics://HOST:PORT (TLS)"
+
+
+def parse_node_url(url: str) -> NodeURL:
+    """``url`` as a ``NodeURL``: ``fabric://HOST:PORT`` or
+    ``fabrics://HOST:PORT`` (TLS; the scheme in any case), an IPv6 HOST in
+    brackets (``fabric://[::1]:7411``), the port in 1..65535, nothing after
+    it but an optional ``/``. The one parser of node URLs: the client, a
+    node's peers, the fleet's members and the command line use it.
+
+    Raises ``TypeError`` for a non-str, ``NodeURLError`` (a ``ValueError``)
+    naming the URL, the form and what is wrong with it otherwise."""
+    if not isinstance(url, str):
+        raise TypeError(f"{NODE_URL_FORM}: a str, not {type(url).__name__}")
+
+    def bad(why: str) -> NodeURLError:
+        return NodeURLError(f"{NODE_URL_FORM}, not {url!r}: {why}")
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise bad("it has no scheme (fabric:// or fabrics://)")
+    if scheme.lower() not in ("fabric", "fabrics"):
+        raise bad(f"its scheme {scheme!r} is neither fabric nor fabrics")
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    if any(c in rest for c in "/?#"):
+        raise bad("a node URL has no path, query or fragment")
+    if "@" in rest:
+        raise bad("a node URL has no user (a token goes in token=)")
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise bad("its IPv6 address has no closing ']'")
+        host, after = rest[1:end], rest[end + 1:]
+        if not host:
+            raise bad("its host is empty")
+        if not _is_ipv6(host.partition("%")[0]):  # (a zone, fe80::1%eth0, may follow)
+            raise bad(f"{host!r} is not an IPv6 address")
+        if after and not after.startswith(":"):
+            raise bad("a ':PORT' follows the ']' of an IPv6 address")
+        port_text = after[1:]
+    else:
+        if rest.count(":") > 1:
+            host, _, last = rest.rpartition(":")
+            example = f"[{host}]:{last}" if last.isdigit() and _is_ipv6(host) \
+                else f"[{rest}]:PORT"
+            raise bad(f"an IPv6 address goes in brackets: {scheme}://{example}")
+        host, _, port_text = rest.partition(":")
+        if not host:
+            raise bad("its host is empty")
+        host = host.lower()
+    if any(c.isspace() or not c.isprintable() for c in host):
+        raise bad("its host has a space or a control character")
+    if not port_text:
+        raise bad("it has no port (HOST:PORT)")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise bad(f"its port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise bad(f"its port {port} is not in 1..65535")
+    return NodeURL(scheme.lower(), host, port)
+
+
+def _is_ipv6(text: str) -> bool:
     try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError:  # a port out of range or not a number, a broken [IPv6]
+        ipaddress.IPv6Address(text)
+    except ValueError:
         return False
-    return u.scheme in ("fabric", "fabrics") and bool(u.hostname) and bool(port)
+    return True
+
+
+def is_node_url(url: str) -> bool:
+    """Whether ``url`` is a node URL (``parse_node_url`` takes it)."""
+    try:
+        parse_node_url(url)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def encoder(max_frame: int = DEFAULT_MAX_FRAME) -> FrameEncoder:

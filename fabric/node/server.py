@@ -36,7 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
-from .._core import (CapabilityDenied, DeadlineExceeded, EvalCassette, FabricError,
+from .._core import (CapabilityDenied, EvalCassette, FabricError,
                      FabricUnavailable,
                      FrameDecoder, FrameError, DecodeError, canonical_bytes,
                      FRAME_FLAG_DIAGNOSTIC, _known_open, _open_crc)
@@ -92,7 +92,9 @@ class NodeLimits:
     but ``write_stall_timeout``, where 0 turns the check off.
     ``idle_timeout`` and ``write_stall_timeout`` are checked on the node's
     tick (every 50 ms); a connection is idle while it completes no frame
-    (bytes of one that never completes do not keep it)."""
+    (bytes of one that never completes do not keep it).
+    ``output_buffer`` bounds a connection's unread output; one frame
+    written while its peer reads may go over it (``Node``)."""
 
     max_connections: int = 1024
     handshake_timeout: float = 10.0
@@ -239,6 +241,10 @@ class _Conn:
                           tuple[Any, frozenset[str], bool]] = {}
         self.closed = False
         self.small_cap = node.limits.output_buffer <= 1 << 16  # the cap under the high mark
+        # What check_output allows: output_buffer, and while paused the bytes
+        # by which the write that paused the transport went over its high mark
+        # (one frame written while the peer read: pause_writing).
+        self.out_cap = node.limits.output_buffer
         self._drained: asyncio.Event | None = None
         self.frames_in = 0
         self.bytes_in = 0
@@ -298,11 +304,12 @@ class _Conn:
             self.check_output()
 
     def check_output(self) -> None:
-        """Disconnect a peer whose unread output is over the node's cap."""
-        if self.transport.get_write_buffer_size() > self.node.limits.output_buffer:
+        """Disconnect a peer whose unread output is over the node's cap
+        (``out_cap``: a frame that paused the transport is let go over it)."""
+        if self.transport.get_write_buffer_size() > self.out_cap:
             self.node._stat("disconnected_slow_reader")
             log.warning("disconnecting %s: output buffer over %d bytes (peer not reading)",
-                        self.peer, self.node.limits.output_buffer)
+                        self.peer, self.out_cap)
             self.abort()
 
     def stall_out(self, stall: float, paused: float) -> None:
@@ -349,9 +356,16 @@ class _Conn:
     def pause_writing(self) -> None:
         """The transport's buffer passed its high mark: this connection's
         streams leave the fair queue's rotation (their frames wait there),
-        and only a small reply is written at once (``_SMALL_REPLY``)."""
+        and only a small reply is written at once (``_SMALL_REPLY``).
+        The write that paused it was made while the peer read (the
+        transport resumes only once empty): what it took over the high
+        mark, at most one frame, is allowed over ``output_buffer`` until
+        the transport resumes, so a frame larger than the cap does not cut
+        a peer that reads (docs/spec/protocol.md section 6)."""
         self.paused = True
         node = self.node
+        cap = node.limits.output_buffer
+        self.out_cap = cap + max(0, self.transport.get_write_buffer_size() - _high(cap))
         node._paused[self] = time.monotonic()  # (Node._check_conns: write_stall_timeout)
         self.hit_limit = min(self.direct_max(), _SMALL_REPLY)
         node._out_q.hold(self)
@@ -362,6 +376,7 @@ class _Conn:
         self.paused = False
         self.hit_limit = self.direct_max()
         node = self.node
+        self.out_cap = node.limits.output_buffer
         node._paused.pop(self, None)
         if not self.closed:
             node._out_q.release(self)
@@ -503,6 +518,13 @@ class Node:
     learns the fleet's members through gossip and links to a few of them,
     and a miss that reaches home is computed by the key's lease holder
     (docs/spec/protocol.md section 5).
+    ``limits`` a ``NodeLimits``. Its ``output_buffer`` may be smaller
+    than ``max_frame``: a frame written while the peer reads (the
+    connection's transport not paused) may take the buffer over the cap by
+    its own size, so a stream item or reply frame larger than the cap never
+    cuts a client that reads; a peer that does not read is cut once its
+    buffer is ``output_buffer`` past that frame (at most ``output_buffer`` +
+    ``max_frame`` bytes held for it, docs/spec/protocol.md section 6).
     ``faults``: test faults to inject (``fabric.node.faults.Faults``; none
     by default). ``loop``: the event loop ``start()`` runs the node on,
     ``"auto"`` (uvloop when it is installed, the ``fast`` extra; asyncio's
@@ -584,8 +606,7 @@ class Node:
         self.serve_held = ContentServeFabric(self.cassette, node=self.node_id)
         self.peer_urls = peer_urls
         if self.fabric.trust == "none":
-            from urllib.parse import urlsplit
-            remote = [u for u in self.peer_urls if not _loopback(urlsplit(u).hostname or "")]
+            remote = [u for u in self.peer_urls if not _loopback(P.parse_node_url(u).host)]
             if remote:
                 log.warning("node %s records replies of peers %s without checking claims "
                             "(no trusted_keys or fleet_keys): any of them can make up "
