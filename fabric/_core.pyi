@@ -261,6 +261,9 @@ def unpack(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
 def decode_value(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
     """Decode a value-encoded (or plain msgpack) payload from untrusted bytes."""
 
+def _decode_canonical(data: ReadableBuffer, limits: _DecodeLimits = None) -> Any:
+    """Decode the canonical encoding, its tags included, from untrusted bytes."""
+
 @final
 class Ext(structseq[Any], tuple[int, bytes]):
     """A msgpack extension value of a type fabric does not interpret."""

@@ -1153,6 +1153,12 @@ static PyObject *decode_value(PyObject *module, PyObject *const *args, Py_ssize_
     return unpack_impl(module, args, nargs, kwnames, 1);
 }
 
+static PyObject *decode_canonical(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    return unpack_impl(module, args, nargs, kwnames, 2);
+}
+
 static PyObject *unpack_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames, int values)
 {
@@ -1189,8 +1195,9 @@ static PyObject *unpack_impl(PyObject *module, PyObject *const *args, Py_ssize_t
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *out = values ? fab_py_decode_record(st, view.buf, (size_t)view.len, &lim, 0)
-                           : fab_py_decode(st, view.buf, (size_t)view.len, &lim, 0);
+    PyObject *out = values == 2 ? fab_py_decode_tagged(st, view.buf, (size_t)view.len, &lim, 0)
+                    : values ? fab_py_decode_record(st, view.buf, (size_t)view.len, &lim, 0)
+                             : fab_py_decode(st, view.buf, (size_t)view.len, &lim, 0);
     PyBuffer_Release(&view);
     return out;
 }
@@ -1254,6 +1261,13 @@ static PyMethodDef unpack_functions[] = {
      "when data starts with its prefix, else one msgpack value as unpack does.\n"
      "Registered types are rebuilt by their from_data; a type name this process has\n"
      "not registered comes back as an inert fabric.Opaque. Raises DecodeError."},
+    {"_decode_canonical", (PyCFunction)(void (*)(void))decode_canonical,
+     METH_FASTCALL | METH_KEYWORDS,
+     "_decode_canonical(data, limits=None)\n--\n\n"
+     "Decode the canonical encoding (docs/spec/content-key.md) from untrusted bytes,\n"
+     "its tags included: a registered type (tag 22), a complex, a timestamp come back\n"
+     "as decode_value rebuilds them (unpack would take a tag for an ext item). The\n"
+     "reader of a single reply's record over the node protocol. Raises DecodeError."},
     {NULL, NULL, 0, NULL},
 };
 

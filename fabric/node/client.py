@@ -47,7 +47,8 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
-                     unpack, _open_payload, _reply_from_record)
+                     _decode_canonical as unpack_record, _open_payload,
+                     _reply_from_record)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, _wait_timeout, check_grants
 from ..frames import FrameKind
@@ -452,7 +453,7 @@ class _Channel:
                 _in_order(f, len(parts) + 1, self.node)
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 _complete(f.decode_payload(limits), len(parts), len(data), self.node)
-                return unpack(data), source, _end_claim(f, limits)
+                return unpack_record(data), source, _end_claim(f, limits)
             elif kind == FrameKind.ERROR:
                 return None, None, P.error_from_payload(f.decode_payload(limits),
                                                         f"node {self.node}")
@@ -477,14 +478,14 @@ class _Channel:
                 sources.clear()
             sources[skey] = source
         if _ENDS.get(ekey) == len(data):  # an END seen before: no claim, accounts for it
-            return unpack(data), source, None
+            return unpack_record(data), source, None
         limits = self.dec.limits
         body = end.decode_payload(limits)
         _complete(body, 1, len(data), self.node)
         if len(ekey) < 100 and len(_ENDS) < 256 and isinstance(body, dict) and \
                 body.get("truncated") is False:  # this payload passes: kept
             _ENDS[ekey] = len(data)
-        return unpack(data), source, _end_claim(end, limits)
+        return unpack_record(data), source, _end_claim(end, limits)
 
     def stream(self, request: EvalRequest, payload: bytes,
                t: float | None) -> "_BlockingStream":
@@ -836,7 +837,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 fut = call[0]
                 if not fut.done():
                     try:
-                        got = (unpack(data_), src, claim)
+                        got = (unpack_record(data_), src, claim)
                     except DecodeError as exc:
                         fut.set_exception(exc)
                     else:
@@ -872,7 +873,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                     del calls[f.stream_id]  # one chunk, accounted for: the usual reply
                     if not call[0].done():
                         try:
-                            call[0].set_result((unpack(call[1][0]), call[2], None))
+                            call[0].set_result((unpack_record(call[1][0]), call[2], None))
                         except DecodeError as exc:
                             call[0].set_exception(exc)
                 else:
@@ -980,7 +981,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             del self.calls[sid]
             if not call[0].done():
                 try:
-                    call[0].set_result((unpack(data), call[2], _end_claim(f, limits)))
+                    call[0].set_result((unpack_record(data), call[2], _end_claim(f, limits)))
                 except DecodeError as exc:
                     call[0].set_exception(exc)
         elif kind == FrameKind.ERROR:
@@ -1817,7 +1818,7 @@ class NodeClient:
             c.claim = _end_claim(f, dec.limits)
             if c.want == "value":
                 try:
-                    record = unpack(b"".join(c.parts))
+                    record = unpack_record(b"".join(c.parts))
                     c.q.put_nowait(record)
                 except DecodeError as exc:
                     c.q.put_nowait(exc)
