@@ -217,6 +217,38 @@ def test_the_backoff_doubles_to_its_cap_with_jitter_that_only_shortens():
         Backoff(base=2.0, cap=1.0)
 
 
+def test_the_backoffs_jitter_never_moves_the_global_random_state():
+    """A client waiting to reconnect draws its jitter from its own generator:
+    an application's seeded ``random`` sequence is the same with or without
+    clients backing off beside it; a forked child's jitter is its own."""
+    import ast
+    import os
+    import random
+    random.seed(1234)
+    want = [random.random() for _ in range(3)]
+    random.seed(1234)
+    b = Backoff()
+    waits = [b.next() for _ in range(20)]
+    assert [random.random() for _ in range(3)] == want
+    assert len(set(waits)) == 20
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next draws, then exit at once
+        try:
+            os.write(w, repr([Backoff().rng() for _ in range(4)]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = b""
+    while chunk := os.read(r, 4096):
+        got += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    child = ast.literal_eval(got.decode())
+    parent = [Backoff().rng() for _ in range(4)]
+    assert len(child) == 4 and child != parent
+
+
 def test_a_standalone_client_redials_on_its_backoff_and_resets_it_at_a_handshake(tmp_path):
     """No node yet: the client dials again and again, each wait longer (its
     schedule doubled once per failed dial); a node appears: the handshake

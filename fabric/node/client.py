@@ -32,6 +32,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import os
 import random
 import socket
 import ssl
@@ -1329,6 +1330,14 @@ def _source(body: Any, node: str | None) -> str:
     return str(meta.get("source"))
 
 
+# The jitter's own generator: drawing from the random module's would move the
+# application's global random state (a seeded simulation, a test's random
+# order) every time a client waits to reconnect. Reseeded in a forked child,
+# as the random module's own is, so that forked clients do not wait alike.
+_JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)
+
+
 class Backoff:
     """A standalone client's reconnect schedule: the wait before each dial
     after a failed one doubles from ``base`` to ``cap`` seconds, and each is
@@ -1339,7 +1348,7 @@ class Backoff:
     __slots__ = ("base", "cap", "delay", "rng")
 
     def __init__(self, base: float = 0.05, cap: float = 5.0,
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = _JITTER.random):
         if not 0 < base <= cap:
             raise ValueError(f"a backoff needs 0 < base <= cap, not base={base}, cap={cap}")
         self.base, self.cap, self.rng = base, cap, rng
