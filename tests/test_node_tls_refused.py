@@ -8,7 +8,8 @@ of refused clients cannot fill the log): those in between are counted in
 the next one, or in one logged on the node's tick, each a DEBUG record.
 Over both event loops (the node makes its TLS handshakes itself:
 fabric/node/tls_listen.py); loopback only. Handshakes under way count
-towards max_connections."""
+towards max_connections. ``fabric serve`` over TLS, with tokens, says
+nothing of its private key or of a token."""
 
 import logging
 import re
@@ -218,3 +219,44 @@ def test_tls_handshakes_under_way_count_towards_max_connections(node, certs, cap
     finally:
         for s in silent + flood:
             s.close()
+
+
+def test_fabric_serve_over_tls_says_nothing_of_its_key_or_tokens(tmp_path, certs):  # noqa: F811
+    """``fabric serve`` with ``--tls-cert/--tls-key/--tls-ca``, ``--tokens``
+    and ``--peer-token``, at ``--log-level debug``: a client refused at its
+    TLS handshake, one refused for its token, one served, a peer it cannot
+    reach, then SIGTERM. Nothing it prints or logs holds a line of the
+    private key's file, or a token (the node's, the peer token, the one a
+    client presented)."""
+    from fabric.node import protocol as P
+    from served import served, stop
+    token, wrong, peer_token = ("alice-token-0123456789abcdef", "wrong-token-fedcba9876543210",
+                                "peer-token-0123456789abcdef")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"alice": "%s"}' % token)
+    with served(tmp_path, "tlsnode", "--tls-cert", str(certs / "server.pem"),
+                "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
+                "--tokens", str(tokens), "--peer-token", peer_token,
+                "--peer", "fabrics://127.0.0.1:1", "--home", "node_ops:home",
+                "--log-level", "debug") as (proc, url):
+        assert url.startswith("fabrics://127.0.0.1:"), url
+        good = client_tls(str(certs / "ca.pem"), str(certs / "alice.pem"),
+                          str(certs / "alice.key"))
+        with pytest.raises(fabric.FabricUnavailable):  # no client certificate
+            connect(url, tls=client_tls(str(certs / "ca.pem")), token=token, timeout=10,
+                    reconnect=False)
+        with pytest.raises(P.Unauthenticated):
+            connect(url, tls=good, token=wrong, timeout=10, reconnect=False)
+        with connect(url, tls=good, token=token, timeout=10, reconnect=False) as c:
+            assert c.evaluate(node_ops.double.request(6)).value == 12
+        stop(proc)
+        said = proc.stdout.read() + proc.stderr.read()
+    # what it said is meaningful: the refusals are there
+    assert "TLS handshake failed" in said and "Unauthenticated" in said, said[-3000:]
+    assert "PRIVATE KEY" not in said, said[-3000:]
+    key_lines = [ln.strip() for ln in (certs / "server.key").read_text().splitlines()
+                 if ln.strip() and not ln.startswith("-----")]
+    assert key_lines
+    assert not [ln for ln in key_lines if ln in said], said[-3000:]
+    for secret in (token, wrong, peer_token):
+        assert secret not in said, (secret, said[-3000:])
