@@ -638,6 +638,8 @@ class Node:
         # Refusals at max_connections: a WARNING at most once a second (a
         # flood cannot fill the log), the others counted in the next one.
         self._refusal_log = _LogEvery(1.0)
+        # TLS handshakes refused (_tls_refused): the same, a log of their own.
+        self._tls_refusal_log = _LogEvery(1.0)
         self._address: tuple[str, int] | None = None  # set once ready
         self._bound: tuple[str, int] = (self.host, self.port)
         self._server: asyncio.Server | TLSListener | None = None
@@ -1309,11 +1311,14 @@ class Node:
                                   self.limits.max_connections)
 
     def _log_refusals(self, force: bool = False) -> None:
-        """The refusals at ``max_connections`` not logged one by one, once
-        the second passed (on the node's tick; ``force``: at shutdown)."""
+        """The refusals at ``max_connections``, and the TLS handshakes
+        refused, not logged one by one, once the second passed (on the
+        node's tick; ``force``: at shutdown)."""
         self._refusal_log.flush("node %s is at max_connections=%d: %d more connection(s) "
                                 "refused (not logged one by one)", self.node_id,
                                 self.limits.max_connections, force=force)
+        self._tls_refusal_log.flush("node %s: %d more TLS handshake(s) refused (not logged "
+                                    "one by one)", self.node_id, force=force)
 
     def _tls_admit(self, peer: Any) -> bool:
         """TLSListener's ``admit``: a connection is taken for its TLS handshake
@@ -1400,12 +1405,18 @@ class Node:
     def _tls_refused(self, peer: Any, exc: BaseException) -> None:
         """A TLS handshake that did not complete (the listener closed it):
         one the node refused (no client certificate, another CA's, an
-        expired one, no TLS at all) is a warning and counted
-        (``tls_refused``); a peer gone or silent during it is logged only."""
+        expired one, no TLS at all) is counted (``tls_refused``) and a
+        WARNING at most once a second (``_LogEvery``: a flood of such
+        clients cannot fill the log; each one not logged so is a DEBUG
+        record, with its peer and why); a peer gone or silent during it is
+        logged only, at INFO."""
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
             self._stat("tls_refused")
             why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            log.warning("refusing a connection from %s: TLS handshake failed: %s", peer, why)
+            if not self._tls_refusal_log.warning(
+                    "refusing a connection from %s: TLS handshake failed: %s", peer, why):
+                log.debug("refusing a connection from %s: TLS handshake failed: %s "
+                          "(counted in the next warning)", peer, why)
         else:  # closed mid-handshake (a probe), or silent past handshake_timeout
             log.info("connection from %s: no TLS handshake: %s: %s", peer,
                      type(exc).__name__, exc)
@@ -2472,17 +2483,20 @@ class _LogEvery:
         self.last = -period  # (time.monotonic() may start near 0)
         self.suppressed = 0
 
-    def warning(self, msg: str, *args: Any) -> None:
+    def warning(self, msg: str, *args: Any) -> bool:
+        """Log ``msg`` with ``args`` as a WARNING unless one was logged
+        less than ``period`` seconds ago (then counted); whether it was."""
         now = time.monotonic()
         if now - self.last < self.period:
             self.suppressed += 1
-            return
+            return False
         self.last = now
         if self.suppressed:
             msg += " (and %d more like it since the last one, not logged one by one)"
             args += (self.suppressed,)
             self.suppressed = 0
         log.warning(msg, *args)
+        return True
 
     def flush(self, msg: str, *args: Any, force: bool = False) -> None:
         """Log ``msg`` with ``args`` and the count of those not logged (its
