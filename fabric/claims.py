@@ -65,10 +65,16 @@ def reply_bytes(reply: Any) -> bytes:
 
 
 def record_bytes(reply: Any) -> bytes:
-    """The bytes a claim of kind ``"record"`` covers: the canonical msgpack
-    of ``[value, diagnostics, trace]``, the bytes a node sends for a single
-    reply (docs/spec/protocol.md), which its receiver decodes and encodes
-    back to the same bytes."""
+    """The bytes a claim of kind ``"record"`` covers: a single reply's record
+    ``[value, diagnostics, trace]`` exactly as it travelled over the node
+    protocol (docs/spec/protocol.md section 3): the bytes received, which
+    the node protocol's client keeps on the reply it attaches the claim to
+    (``attach(..., data)``); for a reply without them, the record's
+    canonical msgpack (what a node sends a peer that did not announce
+    ``values``), which decodes and encodes back to the same bytes."""
+    data = getattr(reply, "record_data", None)
+    if data is not None:
+        return bytes(data)
     return canonical_bytes([reply.value, list(reply.diagnostics), reply.trace])
 
 
@@ -595,13 +601,18 @@ def from_wire(raw: Any) -> Claim | MalformedClaim | None:
         return MalformedClaim(str(exc))
 
 
-def attach(reply: Any, claim: Claim | MalformedClaim | None) -> Any:
-    """``reply`` with ``claim`` attached (as its ``.claim``), for a peer to verify."""
+def attach(reply: Any, claim: Claim | MalformedClaim | None,
+           data: bytes | None = None) -> Any:
+    """``reply`` with ``claim`` attached (as its ``.claim``), for a peer to
+    verify; ``data``: the record's bytes as they arrived, which the reply
+    was decoded from (``.record_data``, what a claim of kind ``record``
+    covers: ``record_bytes``)."""
     from .replies import EvalReply
 
     class_ = _claimed_class(EvalReply)
     out = class_(reply.value, reply.diagnostics, reply.trace, reply.key, reply.source)
     out.claim = claim
+    out.record_data = data
     return out
 
 
@@ -612,8 +623,9 @@ def _claimed_class(base: type) -> type:
     cls = _CLAIMED.get(base)
     if cls is None:
         cls = type("ClaimedReply", (base,), {
-            "__slots__": ("claim",),
-            "__doc__": "An EvalReply with the claim its producer attached (``.claim``).",
+            "__slots__": ("claim", "record_data"),
+            "__doc__": "An EvalReply with the claim its producer attached (``.claim``) "
+                       "and the record's bytes it came in (``.record_data``, or None).",
             "__module__": __name__})
         _CLAIMED[base] = cls
     return cls

@@ -71,7 +71,9 @@ def test_signed_replies_and_streams_cross_the_wire(nodes):
     b = _receiver(nodes, a, trusted_keys=TrustedKeys.of(ka))
     assert b.fabric.trust == "signatures"
     got = b.fabric.evaluate(req)
-    assert got.source == "peer:a" and got.value == [3, [3, "yyy"], {"k": [1.5, b"b"]}]
+    # the record travels in the value encoding between nodes: types kept
+    assert got.source == "peer:a" and got.value == (3, [3, "yyy"], {"k": (1.5, b"b")})
+    assert type(got.value) is tuple and type(got.value[2]["k"]) is tuple
     assert req.key in b.cassette and b.fabric.evaluate(req).source == "local"
     items = list(b.fabric.stream(sreq))
     assert [x["i"] for x in items] == list(range(6))
@@ -82,9 +84,37 @@ def test_signed_replies_and_streams_cross_the_wire(nodes):
         r = c.evaluate(req)
         assert r.claim.producer == "a" and r.claim.scheme == "ed25519"
         assert TrustedKeys.of(ka).check(r.claim, req.key, r, "a") is None
+        # the claim covers the bytes that travelled: the value encoding
+        assert r.claim.kind == "record" and r.record_data[:2] == b"\xc1\x01"
+        assert r.claim.length == len(r.record_data) == len(fabric.encode_value(
+            [r.value, list(r.diagnostics), r.trace]))
         s = c.stream(sreq)
         assert s.claim is None and len(list(s)) == 6
         assert s.claim.kind == "stream" and s.claim.length > 0
+
+
+def test_a_client_not_announcing_values_gets_a_canonical_record_and_its_claim(
+        nodes, monkeypatch):
+    """A peer whose HELLO does not announce ``values`` (an older client) is
+    sent the canonical record, and the claim covers those bytes."""
+    from fabric.claims import record_bytes
+    from fabric.node import client as client_mod
+    ka = NodeKey.generate("ka", "a")
+    a = nodes("a", home=LocalFabric(), node_key=ka)
+    req = pair.request(4)
+    monkeypatch.setattr(client_mod, "_CAPS", [])
+    with connect(a.url) as c:
+        for first in (True, False):  # computed, then held
+            r = c.evaluate(req)
+            assert (r.source == "home") == first
+            assert r.value == [4, [4, "yyyy"], {"k": [1.5, b"b"]}]
+            assert r.record_data[:2] != b"\xc1\x01"
+            assert r.record_data == fabric.canonical_bytes([r.value, [], None])
+            assert r.claim.kind == "record" and r.claim.length == len(r.record_data)
+            assert TrustedKeys.of(ka).check(r.claim, req.key, r, "a") is None
+            # without the bytes received, the canonical record is what it covers
+            assert record_bytes(fabric.EvalReply(r.value, (), None, req.key, "x")) \
+                == r.record_data
 
 
 @pytest.mark.parametrize("how", ["tampered", "untrusted_key", "no_claim"])

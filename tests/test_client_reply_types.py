@@ -1,12 +1,13 @@
-"""A single reply's value over the node protocol travels as the canonical
-msgpack of its record (docs/spec/protocol.md section 3), the encoding keys
-use: what shares a key comes back as one type. A tuple comes back as a list,
-a set as a frozenset, a bytearray as bytes, a dict with its keys in canonical
-order, a namedtuple as a list; the same value from a local hit (the node's
-own ledger) keeps its types, as a stream's items do over the protocol
-(tests/test_node.py, test_a_computed_stream_keeps_its_items_types). The
-canonical encoding's tags are read back: a registered type (a date, a numpy
-array), a complex come back as themselves."""
+"""A single reply's value over the node protocol keeps its types, as a local
+hit does (docs/spec/protocol.md section 3): a client announces the HELLO
+capability ``values`` and the node sends the reply's record in the value
+encoding (prefix ``c1 01``, docs/spec/values.md), so a tuple, a set, a
+bytearray, a dict's key order come back as they were recorded, computed or
+held, sync or async, as a stream's items do. A peer that does not announce
+``values`` (an older client) still gets the canonical record, the encoding
+keys use (a tuple as a list, a set as a frozenset, a bytearray as bytes,
+dict keys in canonical order), read with its tags: a registered type (a
+date, a numpy array), a complex come back as themselves either way."""
 
 import asyncio
 import collections
@@ -62,31 +63,64 @@ def _local_ok(v, n=2):
         [tuple, tuple, set, bytearray]
 
 
-def _remote_ok(v, n=2):
+def _canonical_ok(v, n=2):
     assert v == {"a": frozenset({n}), "ba": b"x" * n, "nt": [n, n], "z": [n, [n, [n]]]}
     assert list(v) == ["a", "z", "ba", "nt"]  # canonical order: by the keys' encoded bytes
     assert [type(v["z"]), type(v["z"][1][1]), type(v["a"]), type(v["ba"]), type(v["nt"])] \
         == [list, list, frozenset, bytes, list]
 
 
-def test_a_remote_reply_has_the_canonical_types_a_local_hit_keeps_its_own(node):
+def test_a_remote_reply_keeps_its_types_as_a_local_hit_does(node):
     n = node()
     req = mixed.request(2)
     with connect(n.url, timeout=30) as c:
         computed = c.evaluate(req)  # computed on the node's home
         assert computed.source == "home"
-        _remote_ok(computed.value)
+        _local_ok(computed.value)
         hit = n.fabric.evaluate(req)  # in the node's process: a hit on its ledger
         assert hit.source == "local"
         _local_ok(hit.value)
-        _remote_ok(c.evaluate(req).value)  # held by the node by now
+        for _ in range(3):  # held by the node by now (its hit path, its memo)
+            _local_ok(c.evaluate(req).value)
 
         async def main():
-            return (await c.aevaluate(req)).value
-        _remote_ok(asyncio.run(main()))
+            computed = (await c.aevaluate(mixed.request(3))).value
+            held = [(await c.aevaluate(req)).value for _ in range(3)]
+            return computed, held
+        computed3, held = asyncio.run(main())
+        _local_ok(computed3, 3)
+        for v in held:
+            _local_ok(v)
         # the same value as a stream's item keeps its types
         (item,) = list(c.stream(items.request(2)))
         _local_ok(item)
+
+
+def test_a_peer_not_announcing_values_gets_the_canonical_record(node, monkeypatch):
+    """An older client (its HELLO without ``values``) is sent the canonical
+    record, computed or held, sync or async; a client announcing it, on the
+    same node at the same time, keeps getting the types (the node keeps the
+    held record's bytes in both encodings apart)."""
+    from fabric.node import client as client_mod
+    n = node()
+    req = mixed.request(2)
+    monkeypatch.setattr(client_mod, "_CAPS", [])
+    with connect(n.url, timeout=30) as old:
+        first = old.evaluate(req)
+        assert first.source == "home"
+        _canonical_ok(first.value)
+        _canonical_ok(old.evaluate(req).value)  # held
+
+        async def main():
+            return [(await old.aevaluate(r)).value for r in (mixed.request(4), req)]
+        computed4, held = asyncio.run(main())
+        _canonical_ok(computed4, 4)
+        _canonical_ok(held)
+        monkeypatch.undo()  # (old's connection stays as it was made)
+        with connect(n.url, timeout=30) as new:
+            for _ in range(3):
+                _local_ok(new.evaluate(req).value)
+                _canonical_ok(old.evaluate(req).value)
 
 
 def test_a_remote_reply_holding_registered_types_is_read(node):

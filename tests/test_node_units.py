@@ -207,6 +207,9 @@ def golden_frames():
     return {
         "client_hello": enc.encode_value(FrameKind.HELLO, P.hello(
             node="b", max_frame=1 << 20, window=4 << 20, caps=["gossip"], token=None)),
+        # what fabric.connect sends: it asks for the value-encoded reply record
+        "client_hello_values": enc.encode_value(FrameKind.HELLO, P.hello(
+            node=None, max_frame=1 << 20, window=4 << 20, caps=["values"], token=None)),
         "server_hello": enc.encode_value(FrameKind.HELLO, P.hello(
             node="a", max_frame=1 << 20, window=4 << 20, caps=["gossip"],
             principal="alice", grants=["node.compute"])),

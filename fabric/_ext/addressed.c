@@ -342,9 +342,10 @@ typedef struct {
 
 /*
  * The memo of held records' bytes (_lookup_record, a node's hit): the
- * canonical bytes of a held reply's record ([value, list(diagnostics),
- * trace], fabric.replies.reply_record), as encode_held_reply writes them,
- * kept for RECORD_SLOTS keys (direct-mapped by the digest), with their
+ * bytes of a held reply's record ([value, list(diagnostics), trace],
+ * fabric.replies.reply_record) as encode_held_reply writes them, in either
+ * encoding a single reply travels in (canonical, or the value encoding for
+ * a peer that announced "values": data[1]), kept for RECORD_SLOTS keys (direct-mapped by the digest), with their
  * record's stamp. Sound as the memo above is (each hit asks the cassette
  * whether the key's record is still the one stamped), and only for a reply the memo above
  * could keep (immutable leaves whose encoding cannot change: no object of
@@ -358,7 +359,7 @@ typedef struct {
 typedef struct {
     uint8_t digest[FAB_SHA256_LEN];
     uint64_t stamp[2]; /* where the record was (fab_py_cassette_stamp) */
-    PyObject *data;    /* bytes; NULL: the slot is empty */
+    PyObject *data[2]; /* bytes, canonical and value-encoded; NULL: not kept */
 } record_slot;
 
 /* 0: o is immutable (shared as is); 1: it holds lists or dicts (thawed on
@@ -611,8 +612,10 @@ static void memo_clear(CAFObject *self)
     if (self->records != NULL) {
         record_slot *r = self->records;
         self->records = NULL;
-        for (int i = 0; i < RECORD_SLOTS; i++)
-            Py_XDECREF(r[i].data);
+        for (int i = 0; i < RECORD_SLOTS; i++) {
+            Py_XDECREF(r[i].data[0]);
+            Py_XDECREF(r[i].data[1]);
+        }
         PyMem_Free(r);
     }
     if (self->calls != NULL) {
@@ -899,9 +902,10 @@ static PyObject *lookup(fab_state *st, CAFObject *self, PyObject *request, PyObj
     return held(st, self, request, digest, NULL, NULL);
 }
 
-/* The canonical bytes of reply's record ([value, list(diagnostics),
- * trace]): what encode_held_reply writes for it. New reference. */
-static PyObject *record_bytes(fab_state *st, PyObject *reply)
+/* The bytes of reply's record ([value, list(diagnostics), trace]) in the
+ * canonical encoding, or the value encoding (prefix included) when values:
+ * what encode_held_reply writes for it. New reference. */
+static PyObject *record_bytes(fab_state *st, PyObject *reply, int values)
 {
     PyObject *rec = fab_py_reply_record(st, reply);
     if (rec == NULL)
@@ -911,7 +915,8 @@ static PyObject *record_bytes(fab_state *st, PyObject *reply)
     fab_enc enc;
     fab_enc_init(&enc, fab_buf_sink, &buf);
     PyObject *out = NULL;
-    if (fab_py_encode_value(st, &enc, rec, "reply") == 0)
+    if ((values ? fab_py_encode_item(st, &enc, rec, "reply")
+                : fab_py_encode_value(st, &enc, rec, "reply")) == 0)
         out = PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
     fab_buf_destroy(&buf);
     Py_DECREF(rec);
@@ -926,7 +931,7 @@ static Py_ssize_t record_slot_of(const uint8_t *digest)
 /* Keeps data (reply's record bytes) for key (digest) when the memo of
  * replies could keep reply and data is small enough. Never fails. */
 static void record_keep(fab_state *st, CAFObject *self, const uint8_t *digest, PyObject *reply,
-                        PyObject *data, const uint64_t stamp[2])
+                        PyObject *data, int values, const uint64_t stamp[2])
 {
     PyObject *value, *diags, *trace;
     Py_ssize_t budget = REPLY_MAX_NODES;
@@ -939,19 +944,25 @@ static void record_keep(fab_state *st, CAFObject *self, const uint8_t *digest, P
         (self->records = PyMem_Calloc(RECORD_SLOTS, sizeof(record_slot))) == NULL)
         goto done;
     record_slot *s = &self->records[record_slot_of(digest)];
-    memcpy(s->digest, digest, FAB_SHA256_LEN);
-    s->stamp[0] = stamp[0];
-    s->stamp[1] = stamp[1];
-    Py_XSETREF(s->data, Py_NewRef(data));
+    if (memcmp(s->digest, digest, FAB_SHA256_LEN) != 0 || s->stamp[0] != stamp[0] ||
+        s->stamp[1] != stamp[1]) {
+        /* another record: the other encoding's bytes are not its own */
+        Py_CLEAR(s->data[!values]);
+        memcpy(s->digest, digest, FAB_SHA256_LEN);
+        s->stamp[0] = stamp[0];
+        s->stamp[1] = stamp[1];
+    }
+    Py_XSETREF(s->data[values], Py_NewRef(data));
 done:
     PyErr_Clear();
 }
 
-/* _lookup_record: the held reply's record bytes (at most limit of them),
- * else the reply itself (its record is longer), Py_None when not held or a
- * stream; grants checked first, the hit counted, as lookup(). */
+/* _lookup_record: the held reply's record bytes (at most limit of them;
+ * canonical, or the value encoding when values), else the reply itself
+ * (its record is longer), Py_None when not held or a stream; grants
+ * checked first, the hit counted, as lookup(). */
 static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request, PyObject *g,
-                               uint64_t limit)
+                               uint64_t limit, int values)
 {
     int stream;
     const uint8_t *digest;
@@ -960,15 +971,16 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
     if (stream || fab_py_request_uncacheable(request))
         Py_RETURN_NONE;
     record_slot *s = self->records ? &self->records[record_slot_of(digest)] : NULL;
-    if (s != NULL && s->data != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0 &&
-        (uint64_t)PyBytes_GET_SIZE(s->data) <= limit) {
+    PyObject *kept = s != NULL ? s->data[values] : NULL;
+    if (kept != NULL && memcmp(s->digest, digest, FAB_SHA256_LEN) == 0 &&
+        (uint64_t)PyBytes_GET_SIZE(kept) <= limit) {
         /* In the memo: the cassette still holds that record? (no decode) */
         int has = memo_still(st, self, request, s->stamp);
         if (has < 0)
             return NULL;
         if (has) {
             self->stats->v[CAF_local_hits]++;
-            return Py_NewRef(s->data);
+            return Py_NewRef(kept);
         }
     }
     uint64_t stamp[2];
@@ -976,13 +988,13 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
     PyObject *reply = held(st, self, request, digest, stamp, &stamped);
     if (reply == NULL || reply == Py_None)
         return reply;
-    PyObject *data = record_bytes(st, reply);
+    PyObject *data = record_bytes(st, reply, values);
     if (data == NULL) {
         Py_DECREF(reply);
         return NULL;
     }
     if (stamped)
-        record_keep(st, self, digest, reply, data, stamp);
+        record_keep(st, self, digest, reply, data, values, stamp);
     if ((uint64_t)PyBytes_GET_SIZE(data) > limit) {
         Py_DECREF(data);
         return reply;
@@ -992,14 +1004,15 @@ static PyObject *lookup_record(fab_state *st, CAFObject *self, PyObject *request
 }
 
 /* A node's hit answered in C (FrameDecoder.serve_hits): fabric (a
- * ContentAddressedFabricCore) ._lookup_record(request, limit, grants=g). */
+ * ContentAddressedFabricCore) ._lookup_record(request, limit, grants=g,
+ * values=values). */
 PyObject *fab_py_caf_record(fab_state *st, PyObject *fabric, PyObject *request, PyObject *g,
-                            uint64_t limit)
+                            uint64_t limit, int values)
 {
     CAFObject *self = (CAFObject *)fabric;
     if (ready(self) < 0 || (g = call_grants(g, self->grants)) == NULL)
         return NULL;
-    PyObject *out = lookup_record(st, self, request, g, limit);
+    PyObject *out = lookup_record(st, self, request, g, limit, values);
     Py_DECREF(g);
     return out;
 }
@@ -1052,8 +1065,8 @@ static PyObject *CAF_evaluate(CAFObject *self, PyTypeObject *defining_class,
     return reply;
 }
 
-static const char *const record_names[] = {"request", "limit", "grants"};
-static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 3, 2, 2, 2};
+static const char *const record_names[] = {"request", "limit", "grants", "values"};
+static const fab_py_params lookup_record_params = {"_lookup_record", record_names, 4, 2, 2, 2};
 
 /* _lookup_record's limit argument: an int >= 0 (beyond UINT64_MAX counts as it). */
 static int record_limit(PyObject *arg, uint64_t *out)
@@ -1084,7 +1097,7 @@ static PyObject *lookup_call(CAFObject *self, PyTypeObject *defining_class, int 
                              PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     fab_state *st = PyType_GetModuleState(defining_class);
-    PyObject *a[3] = {NULL, record ? NULL : Py_None, Py_None};
+    PyObject *a[4] = {NULL, record ? NULL : Py_None, Py_None, Py_False};
     uint64_t limit = 0;
     if (ready(self) < 0 ||
         fab_py_parse(record ? &lookup_record_params : &lookup_params, args, nargsf, kwnames,
@@ -1094,7 +1107,13 @@ static PyObject *lookup_call(CAFObject *self, PyTypeObject *defining_class, int 
     PyObject *g = call_grants(a[record ? 2 : 1], self->grants);
     if (g == NULL)
         return NULL;
-    PyObject *out = record ? lookup_record(st, self, a[0], g, limit) : lookup(st, self, a[0], g);
+    int values = record ? PyObject_IsTrue(a[3]) : 0;
+    if (values < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    PyObject *out = record ? lookup_record(st, self, a[0], g, limit, values)
+                           : lookup(st, self, a[0], g);
     Py_DECREF(g);
     return out;
 }
@@ -1331,11 +1350,12 @@ static PyMethodDef CAF_methods[] = {
      "The local hit for request, or None (grants are checked first)."},
     {"_lookup_record", (PyCFunction)(void (*)(void))CAF_lookup_record,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
-     "_lookup_record($self, request, limit, /, *, grants=None)\n--\n\n"
-     "The local hit for request as its record's canonical bytes ([value,\n"
+     "_lookup_record($self, request, limit, /, *, grants=None, values=False)\n--\n\n"
+     "The local hit for request as its record's bytes ([value,\n"
      "list(diagnostics), trace], as FrameEncoder.encode_held_reply writes\n"
-     "them) when they are at most limit bytes, else the reply itself; None\n"
-     "when not held (grants are checked first, the hit counted as _lookup's)."},
+     "them: canonical, or the value encoding when values) when they are at\n"
+     "most limit bytes, else the reply itself; None when not held (grants\n"
+     "are checked first, the hit counted as _lookup's)."},
     {"_check", (PyCFunction)(void (*)(void))CAF_check,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "_check($self, request, /, *, grants=None)\n--\n\n"

@@ -805,6 +805,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *limits;
     uint64_t max_payload;
+    int values; /* a single reply's record in the value encoding (HELLO cap "values") */
 } EncoderObject;
 
 static PyObject *encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -1167,7 +1168,8 @@ done:
  * encode_held_reply(stream_id, start, reply, limit): encode_reply(stream_id,
  * start, data, end) for an EvalReply whose record fits one chunk: data is
  * the record's canonical bytes (canonical_bytes([reply.value,
- * list(reply.diagnostics), reply.trace]), fabric.replies.reply_record) and
+ * list(reply.diagnostics), reply.trace]), fabric.replies.reply_record), or
+ * its value encoding (encode_value of it) when self.values, and
  * end the canonical STREAM_END payload of one chunk of len(data) bytes
  * ({"bytes": n, "chunks": 1, "truncated": false}). None when len(data) >
  * limit (the caller splits the record over several chunks). The same bytes
@@ -1315,7 +1317,8 @@ static PyObject *encoder_encode_held_reply(EncoderObject *self, PyObject *const 
     } else {
         fab_enc enc;
         fab_enc_init(&enc, fab_buf_sink, &buf);
-        if (fab_py_encode_value(st, &enc, rec, "reply") < 0)
+        if ((self->values ? fab_py_encode_item(st, &enc, rec, "reply")
+                          : fab_py_encode_value(st, &enc, rec, "reply")) < 0)
             goto done;
     }
     size_t n = buf.len - data_at;
@@ -1402,15 +1405,37 @@ static PyMethodDef encoder_methods[] = {
      "encode_held_reply($self, stream_id, start, reply, limit, /)\n--\n\n"
      "encode_reply(stream_id, start, data, end) for an EvalReply, in one call:\n"
      "data is the canonical encoding of its record ([value, diagnostics,\n"
-     "trace]), end the STREAM_END payload of one chunk of len(data) bytes.\n"
+     "trace]), or its value encoding when self.values is True, end the\n"
+     "STREAM_END payload of one chunk of len(data) bytes.\n"
      "reply may also be those record bytes themselves (bytes: written as\n"
      "they are, ContentAddressedFabric._lookup_record).\n"
      "None when len(data) > limit (it takes several chunks)."},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *encoder_get_values(EncoderObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->values);
+}
+
+static int encoder_set_values(EncoderObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    int v = value == NULL ? 0 : PyObject_IsTrue(value);
+    if (v < 0)
+        return -1;
+    self->values = v;
+    return 0;
+}
+
 static PyGetSetDef encoder_getset[] = {
     {"limits", (getter)encoder_get_limits, NULL, "The StreamFrameLimits in force.", NULL},
+    {"values", (getter)encoder_get_values, (setter)encoder_set_values,
+     "Whether encode_held_reply (and FrameDecoder.serve_hits, with this\n"
+     "encoder) writes a single reply's record in the value encoding (prefix\n"
+     "c1 01, docs/spec/values.md) instead of the canonical one: for a peer\n"
+     "that announced the HELLO capability \"values\". False by default.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1725,7 +1750,7 @@ static int serve_hit(hit_batch *b, const fab_frame *f, PyObject **pending)
     int rc = -1;
     PyObject *rec = fab_py_caf_record(st, PyTuple_GET_ITEM(routed, 0),
                                       PyTuple_GET_ITEM(parsed, 0), PyTuple_GET_ITEM(routed, 1),
-                                      b->limit);
+                                      b->limit, b->enc->values);
     if (rec == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception))
             goto done;

@@ -264,9 +264,10 @@ void fab_py_reply_clear(fab_state *st);
 int fab_py_addressed_traverse(fab_state *st, visitproc visit, void *arg);
 void fab_py_addressed_clear(fab_state *st);
 /* addressed.c: fabric (a ContentAddressedFabricCore)._lookup_record(request,
- * limit, grants=g), for FrameDecoder.serve_hits. New reference or NULL. */
+ * limit, grants=g, values=values), for FrameDecoder.serve_hits. New
+ * reference or NULL. */
 PyObject *fab_py_caf_record(fab_state *st, PyObject *fabric, PyObject *request, PyObject *g,
-                            uint64_t limit);
+                            uint64_t limit, int values);
 
 /* reprs.c: text escaped for HTML (& < > " '), a new reference; and text
  * escaped inside <code> (with a title attribute when title is not NULL; the

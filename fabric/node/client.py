@@ -48,8 +48,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
 
 from .._core import (CapabilityDenied, DeadlineExceeded, EvalRequest, FabricError,
                      FabricUnavailable, FrameDecoder, FrameEncoder, FrameError, DecodeError,
-                     _decode_canonical as unpack_record, _open_payload,
-                     _reply_from_record)
+                     _decode_canonical, _open_payload, _reply_from_record, decode_value)
 from ..control import StreamControl
 from ..fabrics import RelayFabric, _wait_timeout, check_grants
 from ..frames import FrameKind
@@ -229,7 +228,7 @@ class _Channel:
             self.dec = FrameDecoder(P.node_limits(client.max_frame))
             self.send(P.encoder(client.max_frame).encode_value(FrameKind.HELLO, P.hello(
                 node=client.node_id, max_frame=client.max_frame, window=client.window,
-                caps=[], token=client._token, proto=client.proto)))
+                caps=_CAPS, token=client._token, proto=client.proto)))
             f = self._frame()
             if f.kind == FrameKind.ERROR:
                 raise P.error_from_payload(f.decode_payload(self.dec.limits), client.url)
@@ -454,7 +453,7 @@ class _Channel:
                 _in_order(f, len(parts) + 1, self.node)
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 _complete(f.decode_payload(limits), len(parts), len(data), self.node)
-                return unpack_record(data), source, _end_claim(f, limits)
+                return unpack_record(data), source, _with_data(_end_claim(f, limits), data)
             elif kind == FrameKind.ERROR:
                 return None, None, P.error_from_payload(f.decode_payload(limits),
                                                         f"node {self.node}")
@@ -486,7 +485,7 @@ class _Channel:
         if len(ekey) < 100 and len(_ENDS) < 256 and isinstance(body, dict) and \
                 body.get("truncated") is False:  # this payload passes: kept
             _ENDS[ekey] = len(data)
-        return unpack_record(data), source, _end_claim(end, limits)
+        return unpack_record(data), source, _with_data(_end_claim(end, limits), data)
 
     def stream(self, request: EvalRequest, payload: bytes,
                t: float | None) -> "_BlockingStream":
@@ -779,7 +778,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         c = self.client
         self.transport.write(self.enc.encode_value(  # type: ignore[union-attr]
             FrameKind.HELLO, P.hello(node=c.node_id, max_frame=c.max_frame, window=c.window,
-                                     caps=[], token=c._token, proto=c.proto)))
+                                     caps=_CAPS, token=c._token, proto=c.proto)))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buf
@@ -838,7 +837,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 fut = call[0]
                 if not fut.done():
                     try:
-                        got = (unpack_record(data_), src, claim)
+                        got = (unpack_record(data_), src, _with_data(claim, data_))
                     except DecodeError as exc:
                         fut.set_exception(exc)
                     else:
@@ -982,7 +981,8 @@ class _AsyncChannel(asyncio.BufferedProtocol):
             del self.calls[sid]
             if not call[0].done():
                 try:
-                    call[0].set_result((unpack_record(data), call[2], _end_claim(f, limits)))
+                    call[0].set_result((unpack_record(data), call[2],
+                                        _with_data(_end_claim(f, limits), data)))
                 except DecodeError as exc:
                     call[0].set_exception(exc)
         elif kind == FrameKind.ERROR:
@@ -1271,8 +1271,36 @@ def _gave_up(ch: _AsyncChannel, sid: int, exc: BaseException, request: EvalReque
 
 
 def _claimed(reply: EvalReply, raw: Any) -> EvalReply:
-    """The reply, with the claim its node sent attached (``.claim``)."""
-    return reply if raw is None else attach(reply, from_wire(raw))
+    """The reply, with the claim its node sent attached (``.claim``), and
+    the record's bytes as they arrived, which a claim of kind ``record``
+    covers (``_with_data``)."""
+    if raw is None:
+        return reply
+    if isinstance(raw, tuple):
+        return attach(reply, from_wire(raw[0]), raw[1])
+    return attach(reply, from_wire(raw))
+
+
+def _with_data(raw: Any, data: bytes) -> Any:
+    """A single reply's claim (None: none) with its record's bytes as they
+    arrived: what a claim of kind ``record`` covers (docs/spec/claims.md)."""
+    return None if raw is None else (raw, data)
+
+
+#: The capabilities every client asks for in its HELLO: ``values``, a single
+#: reply's record in the value encoding (docs/spec/protocol.md sections 1, 3).
+_CAPS = ["values"]
+_VALUE_PREFIX = b"\xc1\x01"
+
+
+def unpack_record(data: bytes) -> Any:
+    """A single reply's record ``[value, diagnostics, trace]`` from its bytes:
+    the value encoding (prefix ``c1 01``, from a node that granted
+    ``values``: the types kept) or the canonical encoding (an older node's;
+    read with its tags). ``DecodeError`` when they are neither."""
+    if data[:2] == _VALUE_PREFIX:
+        return decode_value(data)
+    return _decode_canonical(data)
 
 
 def _in_order(f: Any, expect: int, node: str | None) -> int:
@@ -1693,7 +1721,7 @@ class NodeClient:
         try:
             writer.write(self._enc.encode_value(FrameKind.HELLO, P.hello(
                 node=self.node_id, max_frame=self.max_frame, window=self.window,
-                caps=["gossip"] if self.on_gossip else [], token=self._token,
+                caps=[*_CAPS, "gossip"] if self.on_gossip else _CAPS, token=self._token,
                 proto=self.proto)))
             self._tx = 1
             dec = FrameDecoder(P.node_limits(self.max_frame))
@@ -1827,7 +1855,9 @@ class NodeClient:
             c.claim = _end_claim(f, dec.limits)
             if c.want == "value":
                 try:
-                    record = unpack_record(b"".join(c.parts))
+                    data = b"".join(c.parts)
+                    c.claim = _with_data(c.claim, data)
+                    record = unpack_record(data)
                     c.q.put_nowait(record)
                 except DecodeError as exc:
                     c.q.put_nowait(exc)

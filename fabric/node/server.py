@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 from .._core import (CapabilityDenied, EvalCassette, FabricError,
                      FabricUnavailable,
-                     FrameDecoder, FrameError, DecodeError, canonical_bytes,
+                     FrameDecoder, FrameError, DecodeError, canonical_bytes, encode_value,
                      FRAME_FLAG_DIAGNOSTIC, _known_open, _open_crc)
 from ..control import StreamControl
 from ..fabrics import ContentPeer, ContentServeFabric
@@ -229,6 +229,9 @@ class _Conn:
         self.credits: dict[int, Credit] = {}
         self.gossip = False
         self.gossip_sent = 0
+        # the peer announced "values": a single reply's record travels in the
+        # value encoding (types kept), else canonical (docs/spec/protocol.md)
+        self.values = False
         self.effective: dict[frozenset[str], frozenset[str]] = {}  # claimed -> granted
         # A route (Node._route_of: scope, claimed grants, this node in via)
         # -> (target, grants, usual: the fabric's own on a plain connection),
@@ -1461,10 +1464,11 @@ class Node:
         conn.enc = P.encoder(conn.max_frame)
         w = body["window"]
         conn.window = max(w, conn.max_frame) if w else 0
-        caps = set(body["caps"]) & {"gossip", "streams"}
+        caps = set(body["caps"]) & {"gossip", "streams", "values"}
         if not Grants.allows(conn.grants, GOSSIP):
             caps.discard("gossip")  # the answer says what the node will take
         conn.gossip = "gossip" in caps
+        conn.values = conn.enc.values = "values" in caps
         shown = sorted(g for g in conn.grants if g not in _CONTROL_GRANTS)
         conn.send(conn.enc.encode_value(FrameKind.HELLO, P.hello(
             node=self.node_id, max_frame=self.limits.max_frame, window=conn.window,
@@ -1638,7 +1642,7 @@ class Node:
                 # Its record's bytes (no decode, no encode when the fabric
                 # kept them) when they fit one chunk, else the reply.
                 if start is not None and conn.plain:
-                    reply = target._lookup_record(req, limit, grants=g)
+                    reply = target._lookup_record(req, limit, grants=g, values=conn.values)
                 else:
                     reply = target._lookup(req, grants=g)
                 if reply is None:
@@ -1830,7 +1834,7 @@ class Node:
         kw = {} if timeout is None else {"timeout": timeout}
         if want == "value":
             reply = await target.aevaluate(req, grants=g, **kw)
-            data = canonical_bytes(reply_record(reply))
+            data = _record_bytes(conn, reply)
             if self._value_now(conn, len(data)):
                 self._write_value(conn, sid, reply, data)
             else:
@@ -1945,7 +1949,7 @@ class Node:
         (``_value_now``; True), or handed to a task in a request slot (the
         caller checked one is free) that sends it through the fair queue
         (False: the task counts the reply)."""
-        data = canonical_bytes(reply_record(reply))
+        data = _record_bytes(conn, reply)
         if self._value_now(conn, len(data)):
             self._write_value(conn, sid, reply, data)
             return True
@@ -2407,7 +2411,7 @@ class _ConnProtocol(asyncio.BufferedProtocol):
                     # answers it)
                     try:
                         rec = routed[0]._lookup_record(seen[0][0], conn.hit_limit,
-                                                       grants=routed[1])
+                                                       grants=routed[1], values=conn.values)
                     except Exception as exc:
                         rec = exc
                     self._held(f, payload, seen, rec, start)
@@ -2532,6 +2536,14 @@ async def _linger(conn: _Conn) -> None:
 
 
 _LOCAL = threading.local()
+def _record_bytes(conn: _Conn, reply: Any) -> bytes:
+    """A single reply's record as it travels to ``conn``'s peer: the value
+    encoding (prefix ``c1 01``, the types kept) when the peer announced
+    ``values``, else the canonical bytes (docs/spec/protocol.md section 3)."""
+    rec = reply_record(reply)
+    return encode_value(rec) if conn.values else canonical_bytes(rec)
+
+
 _TICK = 0.05  # seconds between the node's ticks (gossip, idle connections)
 
 
