@@ -37,9 +37,9 @@ import socket
 import ssl
 import threading
 import time
+import types
 import warnings
 import weakref
-from asyncio import current_task as _current_task
 from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
@@ -1217,6 +1217,20 @@ class _SocketWriter:
             loop.call_soon(self.ch.connection_lost, None)
         self.out = bytearray()
         self.sock.close()
+
+
+def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], Any]:
+    """``asyncio.current_task(loop)`` for ``_wake``: where it is a Python
+    function over the C module's dict of running tasks (Python 3.11), that
+    dict's ``get`` (no Python frame a reply); else ``current_task`` itself."""
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(asyncio.current_task, types.FunctionType) and type(tasks) is dict and \
+            getattr(asyncio.tasks._enter_task, "__module__", None) == "_asyncio":
+        return tasks.get
+    return asyncio.current_task
+
+
+_current_task = _task_lookup()
 
 
 def _wake(fut: asyncio.Future[Any], value: Any, loop: asyncio.AbstractEventLoop) -> None:
