@@ -260,6 +260,32 @@ def test_the_open_kept_for_the_request_asked_again_follows_its_inputs(node):
                                                        ("me",))
 
 
+def test_the_opens_of_requests_asked_in_turn_are_kept_within_bounds(node):
+    from fabric.node import client as C
+    n = node()
+    with connect(n.url, timeout=30.0) as c:
+        reqs = [node_ops.double.request(i) for i in range(100)]
+        first = [c._prepare(r, None, None)[1] for r in reqs]
+        # each asked again after the others: its open kept, not built again
+        assert all(c._prepare(r, None, None)[1] is p for r, p in zip(reqs, first))
+        assert all(p == _old(r, "value", c.scope, c.grants, 30.0, ())
+                   for r, p in zip(reqs, first))
+        # a changed input is not answered from what was kept
+        assert c._prepare(reqs[3], None, 2.0)[1] == _old(reqs[3], "value", c.scope,
+                                                          c.grants, 2.0, ())
+        # bounded in count ...
+        for i in range(C._OPENS_KEPT + 10):
+            c._prepare(node_ops.double.request(1000 + i), None, None)
+        assert len(c._opens) <= C._OPENS_KEPT
+        # ... and in the bytes of the payloads kept
+        big = [node_ops.double.request("x" * (C._OPENS_BYTES // 8) + str(i))
+               for i in range(20)]
+        for r in big:
+            c._prepare(r, None, None)
+            assert c._opens_bytes <= C._OPENS_BYTES + len(r.args[0]) + 1024
+        assert sum(len(e[4]) for e in c._opens.values()) == c._opens_bytes
+
+
 def test_an_open_larger_than_the_agreed_frame_is_refused_before_it_is_sent(node):
     n = node(limits=NodeLimits(max_frame=4096, window=4096))
     big = node_ops.double.request("x" * 5000)

@@ -38,9 +38,9 @@ import socket
 import ssl
 import threading
 import time
+import types
 import warnings
 import weakref
-from asyncio import current_task as _current_task
 from asyncio import get_running_loop as _running_loop
 from threading import get_ident as _get_ident
 from time import monotonic as _monotonic
@@ -1220,6 +1220,27 @@ class _SocketWriter:
         self.sock.close()
 
 
+# The opens' payloads _prepare keeps for requests asked again (their count,
+# and the bytes of their payloads past which it starts over): a caller's set
+# of hot requests asked in turn is answered without building each open again.
+_OPENS_KEPT = 1024
+_OPENS_BYTES = 1 << 20
+
+
+def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], Any]:
+    """``asyncio.current_task(loop)`` for ``_wake``: where it is a Python
+    function over the C module's dict of running tasks (Python 3.11), that
+    dict's ``get`` (no Python frame a reply); else ``current_task`` itself."""
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(asyncio.current_task, types.FunctionType) and type(tasks) is dict and \
+            getattr(asyncio.tasks._enter_task, "__module__", None) == "_asyncio":
+        return tasks.get
+    return asyncio.current_task
+
+
+_current_task = _task_lookup()
+
+
 def _wake(fut: asyncio.Future[Any], value: Any, loop: asyncio.AbstractEventLoop) -> None:
     """``fut.set_result(value)``, and the one task awaiting it stepped at
     once rather than through the loop's ready queue (a ``call_soon`` and a
@@ -1514,10 +1535,13 @@ class NodeClient:
         self._channels_lock = threading.Lock()
         # Payloads built by _checked_payload (the request is kept: its id stays its own).
         self._payloads: dict[Any, tuple[EvalRequest, bytes]] = {}
-        # (request, want, grants, timeout, payload, scope, node_id) of the last
-        # open _prepare made
-        self._last_open: tuple[EvalRequest, str, frozenset[str], float | None, bytes, str,
-                               str | None] | None = None
+        # id(request) -> (request, want, grants, timeout, payload, scope,
+        # node_id) of the opens _prepare made (requests are immutable): the
+        # last _OPENS_KEPT requests, or fewer while their payloads pass
+        # _OPENS_BYTES bytes (then it starts over)
+        self._opens: dict[int, tuple[EvalRequest, str, frozenset[str], float | None, bytes,
+                                     str, str | None]] = {}
+        self._opens_bytes = 0
         self._where = f"connect({url})"
         self._achannels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                    _AsyncChannel] = weakref.WeakKeyDictionary()
@@ -1987,7 +2011,7 @@ class NodeClient:
         t = self.timeout if timeout is None else _wait_timeout(timeout)
         if request.deadline is not None:
             t = request.deadline if t is None else min(t, request.deadline)
-        last = self._last_open  # the request asked just before, asked again
+        last = self._opens.get(id(request))  # a request asked before, asked again
         if (last is not None and last[0] is request and last[1] is want and last[2] is g
                 and last[3] == t and last[5] is self.scope and last[6] is self.node_id):
             return t, last[4]
@@ -1999,7 +2023,12 @@ class NodeClient:
         payload = _open_payload(request, want, self.scope, g, t, via)
         if payload is None:
             payload = self._checked_payload(request, want, g, t, via)
-        self._last_open = (request, want, g, t, payload, self.scope, self.node_id)
+        opens = self._opens
+        if len(opens) >= _OPENS_KEPT or self._opens_bytes > _OPENS_BYTES:
+            opens.clear()  # (a dict's clear: safe against another thread's get)
+            self._opens_bytes = 0
+        opens[id(request)] = (request, want, g, t, payload, self.scope, self.node_id)
+        self._opens_bytes += len(payload)
         return t, payload
 
     def _checked_payload(self, request: EvalRequest, want: str, g: frozenset[str],
