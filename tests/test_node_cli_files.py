@@ -3,9 +3,15 @@ status``), as a real process: a file it cannot use is one line on stderr,
 ``--flag PATH: what is wrong``, exit status 2, no traceback, and a refused
 ``fabric serve`` starts nothing (its cassette is not made)."""
 
+import json
+
 import pytest
 
+import node_ops
 from certs import make_certs
+from fabric import NoHolderError
+from fabric.node import connect
+from served import read_until, serve, stop
 from test_cli import one_line_error, run
 
 GARBAGE = b"garbage \xff\n"  # not UTF-8, not JSON, not PEM
@@ -30,6 +36,8 @@ SERVE_FILES = {
     "--trusted-keys": [(GARBAGE, "not UTF-8 text"), ("k1 n1 zz\n", "line 1: ")],
     "--fleet-keys": [(GARBAGE, "not UTF-8 text"),
                      ("k1\n", "line 1: expected 'KEY_ID HEX_SECRET'")],
+    "--peer-token-file": [(GARBAGE, "not UTF-8 text"),
+                          (" \n\t\n", "holds no token (it is empty)")],
     "--tls-ca": [(GARBAGE, "holds no PEM certificate (X509: no certificate or crl found)"),
                  ("", "holds no PEM certificate")],
 }
@@ -120,6 +128,18 @@ def test_status_names_the_flag_of_a_file_it_cannot_use(tmp_path, flag):
                    "holds no token" if flag == "--token-file" else "holds no PEM certificate")
 
 
+def test_a_token_and_its_file_together_are_refused(tmp_path):
+    tf = tmp_path / "token"
+    tf.write_text("a-token-0123456789abcdef\n")
+    assert serve_refused(tmp_path, "--peer-token", "x", "--peer-token-file", str(tf)).endswith(
+        "error: --peer-token and --peer-token-file are the same token: give one "
+        "(--peer-token-file keeps it out of ps)")
+    one_line_error(run("status", "fabric://127.0.0.1:1", "--token", "x", "--token-file",
+                       str(tf)),
+                   "fabric status: error: --token and --token-file are the same token: "
+                   "give one")
+
+
 def test_status_names_the_tls_cert_or_the_tls_key(tmp_path, certs):
     url = "fabrics://127.0.0.1:1"
     cert, key = str(certs / "alice.pem"), str(certs / "alice.key")
@@ -135,3 +155,41 @@ def test_status_names_the_tls_cert_or_the_tls_key(tmp_path, certs):
                    f"mismatch)")
     one_line_error(run("status", url, "--tls-key", key),
                    "fabric status: error: --tls-cert and --tls-key go together")
+
+
+def test_serve_presents_the_peer_token_of_its_file(tmp_path):
+    """Node b links to node a, which takes only tokens, with the token of
+    its ``--peer-token-file`` (surrounded by whitespace): a answers its
+    link and b gets a's holdings through it. With a file holding another
+    token, a refuses the link and b gets nothing."""
+    peer_token = "peer-token-0123456789abcdef"
+    (tmp_path / "tokens.json").write_text(json.dumps({"peer": peer_token,
+                                                      "alice": "alice-token-0123456789ab"}))
+    (tmp_path / "peer-token").write_text(f"\n  {peer_token}\t\n")
+    (tmp_path / "wrong-token").write_text("wrong-token-fedcba987654321\n")
+    procs = []
+    try:
+        pa, a_url = serve(tmp_path, "a", "--tokens", str(tmp_path / "tokens.json"),
+                          "--home", "node_ops:home")
+        procs.append(pa)
+        req = node_ops.double.request(21)
+        with connect(a_url, token="alice-token-0123456789ab") as c:
+            assert c.evaluate(req).value == 42  # a holds it now
+        pb, b_url = serve(tmp_path, "b", "--peer", a_url, "--log-level", "info",
+                          "--peer-token-file", str(tmp_path / "peer-token"))
+        procs.append(pb)
+        read_until(pb, f"node b: peer {a_url} is a")  # a answered b's link
+        with connect(b_url) as b:
+            assert b.evaluate(req).value == 42  # from a, through the link
+        with connect(b_url, scope="held") as b:
+            assert b.evaluate(req).value == 42  # b recorded it
+        pc, c_url = serve(tmp_path, "c", "--peer", a_url, "--log-level", "info",
+                          "--peer-token-file", str(tmp_path / "wrong-token"))
+        procs.append(pc)
+        read_until(pc, f"node c: peer {a_url} refused: {a_url}: the bearer token was refused")
+        with connect(c_url) as c:
+            with pytest.raises(NoHolderError, match="no holder answered"):
+                c.evaluate(req)
+    finally:
+        for p in procs:
+            stop(p)

@@ -20,8 +20,13 @@ A node it cannot reach is one line on stderr and exit status 2.
 A file a flag names (``--cassette``, ``--tokens``, ``--grants``,
 ``--secrets``, ``--peer-lists``, ``--node-key``, ``--trusted-keys``,
 ``--fleet-keys``, ``--tls-cert``, ``--tls-key``, ``--tls-ca``,
-``--token-file``) that cannot be used is one line, ``--FLAG PATH: what is
-wrong``, and exit status 2, before anything starts.
+``--peer-token-file``, ``--token-file``) that cannot be used is one line,
+``--FLAG PATH: what is wrong``, and exit status 2, before anything starts.
+
+A token is best given in a file (``--peer-token-file``, ``--token-file``:
+the token, surrounding whitespace stripped), not on the command line
+(``--peer-token``, ``--token``), where ``ps`` shows it to every user of the
+machine; giving both forms of one is refused.
 
 Every node has a peer governor (``fabric.governor``): ``--allow-peer`` and
 ``--block-peer`` (node ids or URLs, repeatable; no allowlist = every peer;
@@ -102,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for m in args.imports:
         importlib.import_module(m)
+    peer_token = _token_arg(args.peer_token, "--peer-token", args.peer_token_file)
     tokens = _file_arg("--tokens", args.tokens, Tokens)
     grants = _file_arg("--grants", args.grants, Grants)
     secrets = _file_arg("--secrets", args.secrets, SecretStore)
@@ -160,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     governor=governor,
                     listen=args.listen, tls=tls, tokens=tokens, grants=grants,
                     secrets=args.secrets, limits=limits, insecure=args.insecure,
-                    peer_tls=peer_tls, peer_token=args.peer_token, gossip=gossip,
+                    peer_tls=peer_tls, peer_token=peer_token, gossip=gossip,
                     faults=_faults(args.test_faults), loop=args.loop, **keys)
     except (LedgerError, LedgerFormatError) as exc:  # the only ledger is the cassette
         if args.cassette is None:
@@ -273,6 +279,19 @@ def _token_file(path: str) -> str:
     return token
 
 
+def _token_arg(token: str | None, flag: str, path: str | None) -> str | None:
+    """The token of ``flag`` (``--peer-token``, ``--token``) or of its file
+    form ``FLAG-file`` (``path``), None without either; a CLIError when both
+    are given or the file holds no token (``--FLAG-file PATH: why``)."""
+    from ..cli import CLIError
+    if token is not None and path is not None:
+        raise CLIError(f"{flag} and {flag}-file are the same token: give one "
+                       f"({flag}-file keeps it out of ps)")
+    if token is not None:
+        return token
+    return _file_arg(f"{flag}-file", path, _token_file)
+
+
 def _lists(args: argparse.Namespace) -> tuple[list[str] | None, list[str]]:
     """The governor's allowlist (None: open) and blocklist: ``--allow-peer``
     and ``--block-peer``, joined by those of the ``--peer-lists`` file (a
@@ -369,9 +388,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _check_tls_files(args)
     tls = client_tls(args.tls_ca, args.tls_cert, args.tls_key) \
         if args.tls_ca or args.tls_cert else None
-    token = args.token
-    if token is None:
-        token = _file_arg("--token-file", args.token_file, _token_file)
+    token = _token_arg(args.token, "--token", args.token_file)
     try:
         with connect(args.url, tls=tls, token=token, timeout=args.timeout,
                      reconnect=False) as client:
@@ -397,7 +414,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--token", default=None, help="a bearer token (visible in ps: prefer "
                                                  "--token-file)")
     p.add_argument("--token-file", default=None, metavar="FILE",
-                   help="a file holding the bearer token")
+                   help="a file holding the bearer token (surrounding whitespace "
+                        "stripped; not with --token)")
     p.add_argument("--tls-ca", default=None, help="CA of the node's certificate")
     p.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
@@ -444,7 +462,12 @@ def add_parser(sub: Any) -> None:
                    help="CA of client certificates (mutual TLS) and of peers")
     p.add_argument("--tokens", default=None, metavar="FILE",
                    help="JSON object principal -> bearer token")
-    p.add_argument("--peer-token", default=None, help="the token this node presents to peers")
+    p.add_argument("--peer-token-file", default=None, metavar="FILE",
+                   help="a file holding the token this node presents to peers (surrounding "
+                        "whitespace stripped; not with --peer-token)")
+    p.add_argument("--peer-token", default=None, metavar="TOKEN",
+                   help="the token this node presents to peers (visible in ps: prefer "
+                        "--peer-token-file)")
     p.add_argument("--grants", default=None, metavar="FILE",
                    help="JSON object principal -> [capability]")
     p.add_argument("--secrets", default=None, metavar="FILE",
