@@ -103,14 +103,24 @@ def fleet(tmp_path):
                 f.close()
 
 
-def read_until(proc, text, lines=200):
+def read_until(proc, text, lines=200, timeout=120.0):
     """Read a node's log (its stderr) until a line says ``text``: what the
-    node reports itself, the handshake (bounded by its lines, and by its end:
-    a node that exits first fails here with the line it ended on)."""
+    node reports itself, the handshake (bounded by its lines, by its end:
+    a node that exits first fails here with the line it ended on, and by
+    ``timeout`` seconds: a node that stays up and never says it is killed,
+    which ends the read, so the test fails instead of hanging)."""
+    import threading
     line = ""
-    for _ in range(lines):
-        line = proc.stderr.readline()
-        if not line or text in line:
-            break
-    assert text in line, f"no {text!r} in the log of the node: {line!r}"
+    timer = threading.Timer(timeout, proc.kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        for _ in range(lines):
+            line = proc.stderr.readline()
+            if not line or text in line:
+                break
+    finally:
+        timer.cancel()
+    assert text in line, (f"no {text!r} in the log of the node within {lines} lines and "
+                          f"{timeout} s: {line!r}")
     return line
