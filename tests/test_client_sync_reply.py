@@ -4,7 +4,9 @@ scripted node on a loopback socket that answers each open with the bytes a
 test gives, in reads of any size."""
 
 import socket
+import struct
 import threading
+import time
 
 import pytest
 
@@ -184,3 +186,57 @@ def test_a_chunk_that_does_not_decode_ends_the_connection(scripted):
         with pytest.raises(fabric.FabricUnavailable, match="was lost"):
             c.evaluate(node_ops.double.request(4))
         assert c.evaluate(node_ops.double.request(4)).value == 8
+
+
+# ---- the blocking connection's time limits -----------------------------------------
+
+def test_the_blocking_connection_waits_in_the_kernel_not_in_poll(scripted):
+    # A socket with a Python timeout polls before every send and every read:
+    # the plain TCP connection stays in blocking mode, the kernel keeping the
+    # call's time limit (SO_RCVTIMEO, SO_SNDTIMEO), set when it changes.
+    record = _record(4)
+    n = scripted(lambda sid, i: _reply(sid, record))
+    with connect(n.url, timeout=30) as c:
+        assert c.evaluate(node_ops.double.request(4)).value == 8
+        sock = c._local.channel.sock
+        assert sock.gettimeout() is None
+        for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            assert struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, opt, 16)) == (30, 0)
+        assert c.evaluate(node_ops.double.request(4), timeout=2.5).value == 8
+        assert struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                                    16)) == (2, 500000)
+
+
+@pytest.mark.parametrize("cut", ["nothing", "half a reply"])
+def test_a_reply_that_does_not_come_misses_the_deadline_and_the_next_call_goes_on(
+        scripted, cut):
+    record = _record(9)
+    whole = _reply(1, record)
+
+    def answer(sid, i):
+        if i == 1:  # the first call: nothing, or half its reply, then silence
+            return b"" if cut == "nothing" else _reply(sid, record)[:len(whole) // 2]
+        return _reply(sid, record)
+
+    n = scripted(answer)
+    with connect(n.url, timeout=30) as c:
+        t0 = time.monotonic()
+        with pytest.raises(fabric.DeadlineExceeded, match="did not answer"):
+            c.evaluate(node_ops.double.request(9), timeout=0.3)
+        assert time.monotonic() - t0 >= 0.29  # waited its time limit, not less
+        assert c.evaluate(node_ops.double.request(9)).value == 18  # on a new connection
+
+
+def test_a_sync_stream_that_stalls_misses_its_deadline(scripted):
+    enc = P.encoder()
+
+    def answer(sid, i):  # START and one item, then silence
+        return (enc.encode(FrameKind.STREAM_START, _start(), stream_id=sid)
+                + enc.encode_item(FrameKind.STREAM_CHUNK, 7, stream_id=sid, seq=1))
+
+    n = scripted(answer)
+    with connect(n.url, timeout=30) as c:
+        it = iter(c.stream(node_ops.count.request(3), timeout=0.3))
+        assert next(it) == 7
+        with pytest.raises(fabric.DeadlineExceeded, match="sent nothing"):
+            next(it)

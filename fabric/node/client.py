@@ -36,6 +36,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 import types
@@ -73,6 +74,7 @@ _START, _CHUNK, _STREAM_END, _ERROR, _CONTROL = (int(k) for k in (
 # need no decoding (bounded; any process-wide payload is as good as checked).
 _ENDS: dict[bytes, int] = {}
 _READ = 1 << 18  # a channel's first read buffer
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _UNBOUNDED = 1 << 62  # a channel's largest value reply when max_reply is 0
 # Bytes waiting to be sent on a loop's channel past which its new calls wait
 # (backpressure), and under which they go on.
@@ -193,6 +195,16 @@ def _ended(err: BaseException, url: str, frame: int | None) -> FabricUnavailable
     return FabricUnavailable(text)
 
 
+def _timeval(t: float | None) -> bytes:
+    """``t`` seconds as the kernel's ``struct timeval`` for ``SO_RCVTIMEO``
+    and ``SO_SNDTIMEO``: None (no limit) is zero; any other at least one
+    microsecond (zero would mean no limit)."""
+    if t is None:
+        return _TIMEVAL.pack(0, 0)
+    us = max(1, int(t * 1e6 + 0.5))
+    return _TIMEVAL.pack(us // 1_000_000, us % 1_000_000)
+
+
 class _Channel:
     """A blocking connection owned by one caller thread: a sync ``evaluate``
     does its whole round trip on the caller's thread (send the request, read
@@ -281,9 +293,25 @@ class _Channel:
             return None
 
     def _timeout(self, t: float | None) -> None:
-        if t != self.tmo:  # settimeout is a system call: only when it changes
-            self.sock.settimeout(t)
-            self.tmo = t
+        """Each later send or read waits at most ``t`` seconds (None: no
+        limit). A plain TCP socket stays in blocking mode and the kernel
+        keeps the limit (``SO_RCVTIMEO``, ``SO_SNDTIMEO``; a read or send
+        past it raises ``BlockingIOError``, which the callers take as the
+        timeout): a socket with a Python timeout polls before every send
+        and every read, two system calls a call more. A TLS socket keeps
+        the Python timeout. Set only when it changes (system calls)."""
+        if t == self.tmo:
+            return
+        sock = self.sock
+        if type(sock) is socket.socket:
+            if sock.gettimeout() is not None:  # (the connect's, or non-blocking)
+                sock.settimeout(None)
+            tv = _timeval(t)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        else:
+            sock.settimeout(t)
+        self.tmo = t
 
     def _fill(self) -> None:
         """Read what the socket has (at least one byte) and queue the frames
@@ -379,7 +407,7 @@ class _Channel:
                     record, source, claim = self._rest(sid, deadline, False)
             else:
                 record, source, claim = self._rest(sid, deadline, True)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):  # (BlockingIOError: SO_RCVTIMEO's)
             self.close()  # the node's late reply must not reach the next call
             raise DeadlineExceeded(f"node {self.node} did not answer {request.op!r} "
                                    f"within {t} s") from None
@@ -605,7 +633,7 @@ class _BlockingStream:
             self._finish()
             ch.close()  # what follows on it cannot be trusted
             raise
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):  # (BlockingIOError: SO_RCVTIMEO's)
             self._finish()
             ch.close()  # the rest of the stream must not reach the next call
             raise DeadlineExceeded(f"node {ch.node} sent nothing for {self.request.op!r} "
