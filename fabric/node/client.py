@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import struct
@@ -80,6 +81,9 @@ _UNBOUNDED = 1 << 62  # a channel's largest value reply when max_reply is 0
 # (backpressure), and under which they go on.
 _OUT_HIGH, _OUT_LOW = 4 << 20, 1 << 20
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
+# The longest an aevaluate waits for its reply inside its own task
+# (_AsyncChannel.wait_inline), woken at once by any event of its loop.
+_INLINE_WAIT = 0.001
 #: The largest value reply a client takes by default (``connect(max_reply=)``).
 DEFAULT_MAX_REPLY = 1 << 30
 
@@ -726,6 +730,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         # sid -> [future, parts (() until the first chunk), source, deadline],
         # and from its first chunk the bytes of its chunks' frames so far
         self.calls: dict[int, list[Any]] = {}
+        # [the socket's fd, the loop's selector's fd] where a call may wait
+        # for its reply inside its task (wait_inline), else None
+        self.waits: list[int] | None = None
         self.cap = client.max_reply or _UNBOUNDED  # the largest value reply taken
         self.ids = itertools.count(1)
         self.dead = False
@@ -758,6 +765,7 @@ class _AsyncChannel(asyncio.BufferedProtocol):
                 # and the handshake's wait below then raises why
                 self.loop.add_reader(sock.fileno(), self.data_received)  # (reads it)
                 self.transport = _SocketWriter(self, sock)
+                self.waits = _inline_waits(self.loop, sock)
                 self._hello()
             else:
                 await self.loop.create_connection(
@@ -1110,6 +1118,32 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         self.client.stats_counters["requests"] += 1
         return sid, fut
 
+    def wait_inline(self) -> None:
+        """Wait for the reply of the one call in flight inside its task, as
+        a blocking call would: when the loop has nothing else to run (no
+        callback ready, no timer due within ``_INLINE_WAIT``), wait up to
+        ``_INLINE_WAIT`` for this socket or any event of the loop's selector
+        (``select`` on both: the loop's sockets, its wake-up pipe and its
+        signals end the wait at once, so nothing of the loop's waits
+        longer), and read a reply that came. Its future is then done and
+        ``aevaluate``'s await returns without a turn of the loop: on
+        asyncio's own loop a turn (``_run_once``, the selector's ``select``,
+        the ready queue, the task's step) costs about what a blocking
+        client's whole call does. Otherwise the loop reads it, as before."""
+        loop: Any = self.loop
+        if loop._ready or len(self.calls) != 1:
+            return
+        timers = loop._scheduled
+        if timers and timers[0]._when < loop.time() + _INLINE_WAIT:
+            return
+        waits = self.waits
+        try:
+            ready = _select(waits, (), (), _INLINE_WAIT)[0]  # type: ignore[arg-type]
+        except (OSError, ValueError):  # (the socket closed meanwhile: the loop says)
+            return
+        if ready and ready[0] == waits[0]:  # type: ignore[index]
+            self.data_received()
+
     def gave_up(self, sid: int) -> None:
         """A call's waiter timed out or was cancelled: the node is told."""
         if self.calls.pop(sid, None) is not None and not self.dead:
@@ -1267,6 +1301,27 @@ def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], Any]:
 
 
 _current_task = _task_lookup()
+
+
+_select = select.select
+
+
+def _inline_waits(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> list[int] | None:
+    """[the socket's fd, the loop's selector's fd] for ``wait_inline``
+    where the loop is asyncio's own (its ready queue and timers seen) with
+    a selector that has a file descriptor (epoll, kqueue), both under
+    ``select``'s limit (FD_SETSIZE, 1024); else None (no inline wait)."""
+    if type(loop)._run_once is not asyncio.BaseEventLoop._run_once:  # type: ignore[attr-defined]
+        return None
+    selector = getattr(loop, "_selector", None)
+    try:
+        fds = [sock.fileno(), selector.fileno()]  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not (hasattr(loop, "_ready") and hasattr(loop, "_scheduled")) or max(fds) >= 1024 \
+            or min(fds) < 0:
+        return None
+    return fds
 
 
 def _wake(fut: asyncio.Future[Any], value: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -2219,6 +2274,8 @@ class NodeClient:
         if ch.paused:  # over _OUT_HIGH bytes wait to be sent: this call waits
             await self._backpressure(ch, request, t)
         sid, fut = ch.send(request, payload, t)
+        if ch.waits is not None:  # (asyncio's own loop, this channel's own socket)
+            ch.wait_inline()
         try:
             record, source, claim = await fut
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
