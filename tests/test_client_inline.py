@@ -113,6 +113,36 @@ def test_no_wait_with_a_timer_due_within_it(node, long_wait, slow):
     assert took < LONG / 2, took
 
 
+def test_the_wait_ends_at_its_bound(node, slow):
+    # The default bound (a millisecond), and no event of the loop: the gate
+    # is opened by a thread once the call's task awaits its future (the
+    # wait ended and the loop turned), or after 40 s.
+    op, started, gate = slow
+    n = node()
+    loop = asyncio.new_event_loop()
+    with connect(n.url, timeout=60) as c:
+        def opener():
+            started.wait(30)  # the node runs the op: the call is in flight
+            end = time.monotonic() + 40
+            while time.monotonic() < end:
+                calls = list(c._last_achannel.calls.values())
+                if calls and calls[0][0]._callbacks:  # awaited: the wait is over
+                    break
+                time.sleep(0.001)  # (polling a condition of another thread's)
+            gate.set()
+
+        async def run():
+            await c.aevaluate(node_ops.double.request(1))
+            threading.Thread(target=opener, daemon=True).start()
+            t0 = time.monotonic()
+            got = await c.aevaluate(op.request(6))
+            return got.value, time.monotonic() - t0
+
+        value, took = _run(loop, run())
+    assert value == 12
+    assert took < LONG / 2, took
+
+
 def test_no_wait_with_another_task_ready(node, long_wait, slow):
     op, _started, gate = slow
     n = node()

@@ -82,7 +82,8 @@ _UNBOUNDED = 1 << 62  # a channel's largest value reply when max_reply is 0
 _OUT_HIGH, _OUT_LOW = 4 << 20, 1 << 20
 _SelectorLoop = asyncio.selector_events.BaseSelectorEventLoop
 # The longest an aevaluate waits for its reply inside its own task
-# (_AsyncChannel.wait_inline), woken at once by any event of its loop.
+# (_AsyncChannel.wait_inline), woken at once by any event of its loop
+# (epoll's resolution: a millisecond).
 _INLINE_WAIT = 0.001
 #: The largest value reply a client takes by default (``connect(max_reply=)``).
 DEFAULT_MAX_REPLY = 1 << 30
@@ -730,9 +731,9 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         # sid -> [future, parts (() until the first chunk), source, deadline],
         # and from its first chunk the bytes of its chunks' frames so far
         self.calls: dict[int, list[Any]] = {}
-        # [the socket's fd, the loop's selector's fd] where a call may wait
-        # for its reply inside its task (wait_inline), else None
-        self.waits: list[int] | None = None
+        # (the socket's fd, the loop's epoll) where a call may wait for its
+        # reply inside its task (wait_inline), else None
+        self.waits: tuple[int, Any] | None = None
         self.cap = client.max_reply or _UNBOUNDED  # the largest value reply taken
         self.ids = itertools.count(1)
         self.dead = False
@@ -1122,27 +1123,30 @@ class _AsyncChannel(asyncio.BufferedProtocol):
         """Wait for the reply of the one call in flight inside its task, as
         a blocking call would: when the loop has nothing else to run (no
         callback ready, no timer due within ``_INLINE_WAIT``), wait up to
-        ``_INLINE_WAIT`` for this socket or any event of the loop's selector
-        (``select`` on both: the loop's sockets, its wake-up pipe and its
-        signals end the wait at once, so nothing of the loop's waits
-        longer), and read a reply that came. Its future is then done and
-        ``aevaluate``'s await returns without a turn of the loop: on
-        asyncio's own loop a turn (``_run_once``, the selector's ``select``,
-        the ready queue, the task's step) costs about what a blocking
-        client's whole call does. Otherwise the loop reads it, as before."""
+        ``_INLINE_WAIT`` on the loop's own epoll (every socket of the loop,
+        its wake-up pipe and its signals: any of them ends the wait at
+        once, so nothing the loop waits for waits longer; level-triggered,
+        so an event this wait sees and leaves, the loop's next wait sees
+        again), and read this socket if its reply came. Its future is then
+        done and ``aevaluate``'s await returns without a turn of the loop:
+        on asyncio's own loop a turn (``_run_once``, the selector, the ready
+        queue, the task's step) costs about what a blocking client's whole
+        call does. Otherwise the loop reads it, as before."""
         loop: Any = self.loop
         if loop._ready or len(self.calls) != 1:
             return
         timers = loop._scheduled
         if timers and timers[0]._when < loop.time() + _INLINE_WAIT:
             return
-        waits = self.waits
+        fd, ep = self.waits  # type: ignore[misc]
         try:
-            ready = _select(waits, (), (), _INLINE_WAIT)[0]  # type: ignore[arg-type]
-        except (OSError, ValueError):  # (the socket closed meanwhile: the loop says)
+            events = ep.poll(_INLINE_WAIT, 8)
+        except (OSError, ValueError):  # (closed meanwhile: the loop says)
             return
-        if ready and ready[0] == waits[0]:  # type: ignore[index]
-            self.data_received()
+        for got, _mask in events:
+            if got == fd:
+                self.data_received()
+                return
 
     def gave_up(self, sid: int) -> None:
         """A call's waiter timed out or was cancelled: the node is told."""
@@ -1303,25 +1307,18 @@ def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], Any]:
 _current_task = _task_lookup()
 
 
-_select = select.select
-
-
-def _inline_waits(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> list[int] | None:
-    """[the socket's fd, the loop's selector's fd] for ``wait_inline``
-    where the loop is asyncio's own (its ready queue and timers seen) with
-    a selector that has a file descriptor (epoll, kqueue), both under
-    ``select``'s limit (FD_SETSIZE, 1024); else None (no inline wait)."""
+def _inline_waits(loop: asyncio.AbstractEventLoop,
+                  sock: socket.socket) -> tuple[int, Any] | None:
+    """(the socket's fd, the loop's ``select.epoll``) for ``wait_inline``
+    where the loop is asyncio's own (its ready queue and timers seen) on an
+    epoll selector (Linux); else None (no inline wait)."""
     if type(loop)._run_once is not asyncio.BaseEventLoop._run_once:  # type: ignore[attr-defined]
         return None
-    selector = getattr(loop, "_selector", None)
-    try:
-        fds = [sock.fileno(), selector.fileno()]  # type: ignore[union-attr]
-    except (AttributeError, OSError, ValueError):
+    ep = getattr(getattr(loop, "_selector", None), "_selector", None)
+    if not isinstance(ep, getattr(select, "epoll", ())) or \
+            not (hasattr(loop, "_ready") and hasattr(loop, "_scheduled")):
         return None
-    if not (hasattr(loop, "_ready") and hasattr(loop, "_scheduled")) or max(fds) >= 1024 \
-            or min(fds) < 0:
-        return None
-    return fds
+    return sock.fileno(), ep
 
 
 def _wake(fut: asyncio.Future[Any], value: Any, loop: asyncio.AbstractEventLoop) -> None:
