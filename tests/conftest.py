@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import random
+import socket
 import sys
 import threading
 import time
@@ -74,6 +76,39 @@ def end_process(proc, bound=60):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _ephemeral_low():
+    """The first port of the kernel's ephemeral range (0 if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def free_port():
+    """A port free on 127.0.0.1 now, for a node bound to it later (or a
+    client that dials it where nothing listens): below the kernel's
+    ephemeral range when there is room. The kernel never gives a port there
+    to an outgoing connection nor to a bind of port 0 (another node's
+    links, a client's dial, in this process or another), which could
+    otherwise take the port between this call and the later bind, or
+    answer a dial meant to find nothing."""
+    low = _ephemeral_low()
+    if low > 11024:
+        rng = random.Random()  # its own seed: not the one pytest-randomly sets
+        for _ in range(1000):
+            port = rng.randrange(low - 10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(cond, what, bound=20.0):

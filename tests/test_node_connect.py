@@ -17,7 +17,7 @@ from fabric.node import Node, aconnect, connect
 from fabric.node.client import Backoff, NodeClient
 
 import node_ops
-from conftest import wait_for
+from conftest import free_port, wait_for
 from served import serve, stop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,10 +62,7 @@ def test_aconnect_from_a_coroutine_to_a_node_served_on_the_same_loop(tmp_path):
 
 def test_aconnect_fails_as_connect_does(tmp_path):
     """Nothing listening: ``FabricUnavailable`` naming the URL; the client is closed."""
-    import socket
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
 
     async def main():
         with pytest.raises(fabric.FabricUnavailable, match=f"127.0.0.1:{port}"):
@@ -114,7 +111,8 @@ def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp
     """A thread's blocking connection made before the reconnect is made
     again for its next call, which is answered by the new node (before: it
     failed with the old connection's error though the client said connected)."""
-    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0").start()
+    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(),
+             listen=f"127.0.0.1:{free_port()}").start()  # restarted on that port
     c = connect(a.url, timeout=10)
     b = None
     try:
@@ -133,7 +131,8 @@ def test_the_first_sync_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp
 
 def test_the_first_async_call_after_a_reconnect_is_not_failed_by_the_old_link(tmp_path):
     """The same for a loop's connection (``aevaluate`` on one loop across the restart)."""
-    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0").start()
+    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(),
+             listen=f"127.0.0.1:{free_port()}").start()  # restarted on that port
     c = connect(a.url, timeout=10)
     b = None
     try:
@@ -155,7 +154,8 @@ def test_relay_fabric_built_on_a_client_follows_its_connection(tmp_path):
     """``RelayFabric(client)`` (not only ``client.relay()``) follows the link:
     connected, reconnecting while its node is away (calls refused at once,
     never sent), connected again, disconnected once the client closed."""
-    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0").start()
+    a = Node(str(tmp_path / "a.ledger"), home=fabric.LocalFabric(),
+             listen=f"127.0.0.1:{free_port()}").start()  # restarted on that port
     c = connect(a.url, timeout=10)
     r = fabric.RelayFabric(c)
     via = c.relay()
@@ -253,10 +253,7 @@ def test_a_standalone_client_redials_on_its_backoff_and_resets_it_at_a_handshake
     """No node yet: the client dials again and again, each wait longer (its
     schedule doubled once per failed dial); a node appears: the handshake
     resets the schedule."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     c = NodeClient(f"fabric://127.0.0.1:{port}", timeout=10)
     n = None
     try:

@@ -18,7 +18,7 @@ from fabric.node.gossip import (MAX_FACTS, MAX_MEMBERS, GossipConfig, Member, Me
                                 check_members, link_warning, recorded_identity, split_delta,
                                 warn_link)
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 FAST = GossipConfig(interval=0.05, fanout=3)
 
@@ -484,8 +484,8 @@ def test_a_restarted_node_is_pulled_from_zero_under_its_new_epoch(tmp_path):
         for x in range(5):
             fabric.LedgeredRelayFabric(fabric.LocalFabric(), c).evaluate(pure.request(x))
     slow = GossipConfig(interval=600)  # no periodic pull: the reconnect's pull does it
-    b = Node(path, node_id="b", listen="127.0.0.1:0", gossip=slow).start()
-    port = b.address[1]
+    port = free_port()  # b is restarted on it
+    b = Node(path, node_id="b", listen=f"127.0.0.1:{port}", gossip=slow).start()
     a = Node(str(tmp_path / "a.ledger"), node_id="a", listen="127.0.0.1:0",
              peers=[b.url], gossip=slow).start()
     try:

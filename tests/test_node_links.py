@@ -5,8 +5,6 @@ refuse is never dialled (a link is cut when the lists change to refuse it,
 and dialled again when they change back). Real nodes on 127.0.0.1; the
 tests count dials, handshakes and failures, never the time they take."""
 
-import socket
-
 import pytest
 
 import fabric
@@ -14,7 +12,7 @@ from fabric.governor import PeerGovernor
 from fabric.node import Node
 from fabric.node.gossip import GossipConfig
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 FAST = GossipConfig(interval=0.05, fanout=3)
 
@@ -35,14 +33,6 @@ class Recording(PeerGovernor):
         h = super().failed(peer, what, penalty=penalty)
         self.log.append((peer, h))
         return h
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def link(node, url):

@@ -15,7 +15,21 @@ from fabric.node import Node, connect
 from fabric.node import protocol as P
 
 import node_ops
-from conftest import hello_bytes, spin_until
+from conftest import free_port, hello_bytes, spin_until
+
+
+@pytest.fixture
+def mute_peer():
+    """``(sock, url)``: a peer that accepts a node's dial and never answers
+    its HELLO (a ``--peer`` that keeps the node from being ready). ``sock``
+    is listening and non-blocking (``loop.sock_accept(sock)`` is the
+    handshake that the node dialled it); closed after the test, or sooner by
+    the test (the peer gone)."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        mute.setblocking(False)
+        yield mute, "fabric://127.0.0.1:%d" % mute.getsockname()[1]
 
 
 async def _handshake(address):
@@ -68,32 +82,28 @@ def test_listening_raises_why_serve_ended_an_address_in_use(tmp_path):
         asyncio.run(main())
 
 
-def test_listening_raises_when_serve_is_cancelled_before_it_listened(tmp_path):
+def test_listening_raises_when_serve_is_cancelled_before_it_listened(tmp_path, mute_peer):
     """A node waits for its ``--peer``'s handshake before it is ready; its
     serve task cancelled meanwhile: ``listening()`` says it stopped first."""
-    with socket.socket() as mute:  # accepts, never answers a HELLO
-        mute.bind(("127.0.0.1", 0))
-        mute.listen()
-        mute.setblocking(False)
-        url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+    mute, url = mute_peer
 
-        async def main():
-            node = Node(str(tmp_path / "c.ledger"), node_id="c", listen="127.0.0.1:0",
-                        peers=[url])
-            task = asyncio.create_task(node.serve())
-            loop = asyncio.get_running_loop()
-            conn, _ = await loop.sock_accept(mute)  # the node dialled its peer
-            try:
-                waiting = asyncio.create_task(node.listening())
-                assert node._address is None  # not ready: its peer has not answered
-                task.cancel()
-                with pytest.raises(fabric.FabricError, match="stopped before it listened"):
-                    await waiting
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-            finally:
-                conn.close()
-        asyncio.run(main())
+    async def main():
+        node = Node(str(tmp_path / "c.ledger"), node_id="c", listen="127.0.0.1:0",
+                    peers=[url])
+        task = asyncio.create_task(node.serve())
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(mute)  # the node dialled its peer
+        try:
+            waiting = asyncio.create_task(node.listening())
+            assert node._address is None  # not ready: its peer has not answered
+            task.cancel()
+            with pytest.raises(fabric.FabricError, match="stopped before it listened"):
+                await waiting
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            conn.close()
+    asyncio.run(main())
 
 
 def test_listening_from_another_loop_for_a_started_node(tmp_path):
@@ -108,9 +118,10 @@ def test_start_after_stop_is_refused_saying_why(tmp_path):
     """stop() closed the node's cassette: start() again is refused at once
     (not an answer with the old address, where nothing listens), saying
     what to do instead; the node that stopped is not started."""
-    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(), listen="127.0.0.1:0")
+    port = free_port()  # nothing else binds it once the node stopped
+    n = Node(str(tmp_path / "n.ledger"), home=fabric.LocalFabric(),
+             listen=f"127.0.0.1:{port}")
     n.start()
-    port = n.address[1]
     n.stop()
     with pytest.raises(fabric.FabricError, match=r"was stopped: a node serves once.*"
                                                  r"make a new Node"):
@@ -168,10 +179,10 @@ def test_serve_twice_on_one_loop_is_refused(tmp_path):
 def test_a_node_whose_serve_failed_to_listen_may_serve_again(tmp_path):
     """An address in use ends serve() before it listened: nothing was
     closed, and serve() again (the address free) serves."""
+    port = free_port()  # bound again by the node once taken is closed
     taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
+    taken.bind(("127.0.0.1", port))
     taken.listen()
-    port = taken.getsockname()[1]
 
     async def main():
         node = Node(str(tmp_path / "f.ledger"), node_id="f", home=fabric.LocalFabric(),
@@ -191,37 +202,33 @@ def test_a_node_whose_serve_failed_to_listen_may_serve_again(tmp_path):
         taken.close()
 
 
-def test_a_serve_cancelled_before_it_listened_lets_its_address_go(tmp_path):
+def test_a_serve_cancelled_before_it_listened_lets_its_address_go(tmp_path, mute_peer):
     """Cancelled while waiting for its --peer's handshake (bound, not ready):
     the address it bound is let go of, and serve() again serves."""
-    with socket.socket() as mute:  # accepts, never answers a HELLO
-        mute.bind(("127.0.0.1", 0))
-        mute.listen()
-        mute.setblocking(False)
-        url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+    mute, url = mute_peer
 
-        async def main():
-            node = Node(str(tmp_path / "g.ledger"), node_id="g", listen="127.0.0.1:0",
-                        peers=[url], limits=fabric.node.NodeLimits(handshake_timeout=30))
-            task = asyncio.create_task(node.serve())
-            loop = asyncio.get_running_loop()
-            conn, _ = await loop.sock_accept(mute)  # the node dialled its peer: bound
-            try:
-                bound = node._bound
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                with socket.socket() as again:  # its address is free
-                    again.bind(bound)
-            finally:
-                conn.close()
-            mute.close()  # the peer gone: the next serve() is ready without it
-            task = asyncio.create_task(node.serve())
-            f = await _handshake(await node.listening())
-            assert f.kind == FrameKind.HELLO
-            node.request_stop()
-            await task
-        asyncio.run(main())
+    async def main():
+        node = Node(str(tmp_path / "g.ledger"), node_id="g", listen="127.0.0.1:0",
+                    peers=[url], limits=fabric.node.NodeLimits(handshake_timeout=30))
+        task = asyncio.create_task(node.serve())
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(mute)  # the node dialled its peer: bound
+        try:
+            bound = node._bound
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with socket.socket() as again:  # its address is free
+                again.bind(bound)
+        finally:
+            conn.close()
+        mute.close()  # the peer gone: the next serve() is ready without it
+        task = asyncio.create_task(node.serve())
+        f = await _handshake(await node.listening())
+        assert f.kind == FrameKind.HELLO
+        node.request_stop()
+        await task
+    asyncio.run(main())
 
 
 def _left(node):
@@ -255,54 +262,50 @@ def test_a_serve_whose_address_is_taken_says_so_and_leaves_nothing(tmp_path):
         peer.stop()
 
 
-def test_a_serve_cancelled_before_it_listened_ends_what_it_started(tmp_path):
+def test_a_serve_cancelled_before_it_listened_ends_what_it_started(tmp_path, mute_peer):
     """Cancelled while one ``--peer`` answered (a link up, a peer added)
     and another does not: its pumps and link tasks end, both link clients
     are closed (their sockets too: each peer sees its connection end),
     the peer added is taken out of the fabric; serve() again serves."""
     peer = Node(str(tmp_path / "p.ledger"), node_id="p", listen="127.0.0.1:0").start()
     try:
-        with socket.socket() as mute:  # accepts, never answers a HELLO
-            mute.bind(("127.0.0.1", 0))
-            mute.listen()
-            mute.setblocking(False)
-            url = "fabric://127.0.0.1:%d" % mute.getsockname()[1]
+        mute, url = mute_peer
 
-            async def main():
-                node = Node(str(tmp_path / "i.ledger"), node_id="i", listen="127.0.0.1:0",
-                            peers=[peer.url, url],
-                            limits=fabric.node.NodeLimits(handshake_timeout=30))
-                task = asyncio.create_task(node.serve())
-                loop = asyncio.get_running_loop()
-                conn, _ = await loop.sock_accept(mute)  # the node dialled it
-                try:
-                    assert await spin_until(lambda: [p.node for p in node.fabric.peers]
-                                            == ["p"])  # the other one is up
-                    clients = list(node._clients)
-                    assert node._address is None  # not ready: one peer did not answer
-                    task.cancel()
-                    with pytest.raises(asyncio.CancelledError):
-                        await task
-                    assert _left(node) == {"tasks": set(), "clients": [], "peers": []}
-                    assert [(cl.status, cl._closed) for cl in clients] \
-                        == [("disconnected", True)] * 2
-                    # the mute peer's connection was closed by the node's side:
-                    # after its HELLO, the end of the stream
-                    got = b"x"
-                    for _ in range(100):
-                        got = await asyncio.wait_for(loop.sock_recv(conn, 1 << 16), 30)
-                        if not got:
-                            break
-                    assert got == b""
-                finally:
-                    conn.close()
-                assert await spin_until(lambda: peer.stats()["connections"] == 0)
-                mute.close()  # gone: the next serve() is ready with its other peer only
-                task = asyncio.create_task(node.serve())
-                await node.listening()
-                assert [p.node for p in node.fabric.peers] == ["p"]
-                node.request_stop()
-                await task
-            asyncio.run(main())
+        async def main():
+            node = Node(str(tmp_path / "i.ledger"), node_id="i", listen="127.0.0.1:0",
+                        peers=[peer.url, url],
+                        limits=fabric.node.NodeLimits(handshake_timeout=30))
+            task = asyncio.create_task(node.serve())
+            loop = asyncio.get_running_loop()
+            conn, _ = await loop.sock_accept(mute)  # the node dialled it
+            try:
+                assert await spin_until(lambda: [p.node for p in node.fabric.peers]
+                                        == ["p"])  # the other one is up
+                clients = list(node._clients)
+                assert node._address is None  # not ready: one peer did not answer
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert _left(node) == {"tasks": set(), "clients": [], "peers": []}
+                assert [(cl.status, cl._closed) for cl in clients] \
+                    == [("disconnected", True)] * 2
+                # the mute peer's connection was closed by the node's side:
+                # after its HELLO, the end of the stream
+                got = b"x"
+                for _ in range(100):
+                    got = await asyncio.wait_for(loop.sock_recv(conn, 1 << 16), 30)
+                    if not got:
+                        break
+                assert got == b""
+            finally:
+                conn.close()
+            assert await spin_until(lambda: peer.stats()["connections"] == 0)
+            mute.close()  # gone: the next serve() is ready with its other peer only
+            task = asyncio.create_task(node.serve())
+            await node.listening()
+            assert [p.node for p in node.fabric.peers] == ["p"]
+            node.request_stop()
+            await task
+        asyncio.run(main())
     finally:
         peer.stop()
