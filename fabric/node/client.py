@@ -4,7 +4,13 @@ The main connection lives on a private event loop thread shared by every
 client of the process, so sync code needs no event loop and async code
 awaits the same calls (``aevaluate``, ``astream``). A sync ``evaluate`` or
 ``stream`` goes over a blocking connection of its own thread and an
-``aevaluate`` over one of the caller's loop, so neither crosses threads. Each request opens a stream id;
+``aevaluate`` over one of the caller's loop, so neither crosses threads.
+A blocking connection over plain TCP leaves its time limit to the kernel
+(``SO_RCVTIMEO``), so a call is one send and one read; an ``aevaluate``
+alone in flight on asyncio's own loop, with nothing else ready to run,
+waits for its reply in its own task on the loop's epoll (at most 1 ms,
+ended at once by any event of the loop: ``wait_inline``), so a hit costs
+no turn of the loop. Each request opens a stream id;
 the client waits at most its ``timeout`` itself (``honours_timeout``), and
 a request in flight when the connection drops fails at once with
 ``FabricUnavailable``. The client reconnects by itself (exponential backoff
