@@ -445,9 +445,10 @@ def section_hit_redis(a, nodes, rows, only, cpu):
     names = ["socket ping-pong (100 B, echo process)"]
     calls = [lambda n: ping_pong(n, int(eport))]
     pids = [None]
-    clients, loops, transports = [], [], []
+    clients, loops, transports, aports = [], [], [], {}
     for lp, (url, pid) in nodes.items():
         aecho, aport = child(["--serve-aecho", "--loop", lp])
+        aports[lp] = aport
         procs.append(aecho)
         c = connect(url)
         c.evaluate(req)  # now held: every call below is a remote hit
@@ -478,11 +479,18 @@ def section_hit_redis(a, nodes, rows, only, cpu):
         # called from a user's code on asyncio's own loop
         aloop = loops[list(nodes).index("asyncio")]
         uc, upid = clients[list(nodes).index("uvloop")], nodes["uvloop"][1]
-        names += ["fabric.connect aevaluate [asyncio client, uvloop node]",
+        # its floor: an asyncio client (on asyncio's own loop) of the echo on uvloop
+        _t, xproto = aloop.run_until_complete(
+            aloop.create_connection(_PingClient, "127.0.0.1", int(aports["uvloop"])))
+        transports.append(_t)
+        loops.append(aloop)
+        names += ["asyncio client and echo (100 B) [asyncio client, uvloop echo]",
+                  "fabric.connect aevaluate [asyncio client, uvloop node]",
                   "fabric.connect aevaluate, 1,000 keys [asyncio client, uvloop node]"]
-        calls += [lambda n: aloop.run_until_complete(atimed(n, lambda: uc.aevaluate(req))),
+        calls += [lambda n: aloop.run_until_complete(aping_pong(n, xproto)),
+                  lambda n: aloop.run_until_complete(atimed(n, lambda: uc.aevaluate(req))),
                   lambda n: aloop.run_until_complete(atimed(n, _rotate(uc, many)))]
-        pids += [upid, upid]
+        pids += [None, upid, upid]
     if rp is not None:
         names.append("redis-py GET (64 B)")
         get = redis_get(rport)
@@ -524,6 +532,7 @@ def section_hit_redis(a, nodes, rows, only, cpu):
     for loop, t in zip(loops, transports):  # each ping transport closes on its loop
         t.close()
         loop.run_until_complete(asyncio.sleep(0))
+    for loop in dict.fromkeys(loops):  # (asyncio's loop is there twice)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     for c in clients:
