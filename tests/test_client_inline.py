@@ -18,7 +18,7 @@ from fabric.node import client as client_mod
 from fabric.node import connect
 
 import node_ops
-from test_client_wake import CountingSelector
+from test_client_wake import CountingSelector, loop_waits_of_calls_in_turn
 
 LONG = 60.0
 
@@ -53,23 +53,31 @@ def _run(loop, coro):
         loop.close()
 
 
-def test_calls_in_turn_take_their_replies_without_a_turn_of_the_loop(node, long_wait):
+def _slow_call(node, op, x, arrange):
+    """On a new asyncio loop (its selector a ``CountingSelector``), the
+    channel up (a held call), then ``arrange(loop, selector)`` (what is to
+    end or prevent the wait; it may return an awaitable, awaited after the
+    call), then ``op(x)``'s call timed: (its value, its seconds)."""
     n = node()
     sel = CountingSelector()
     loop = asyncio.SelectorEventLoop(sel)
     with connect(n.url, timeout=60) as c:
-        reqs = [node_ops.double.request(x) for x in range(100)]
-
         async def run():
-            for r in reqs:  # held from now on; the channel is up
-                await c.aevaluate(r)
-            assert c._last_achannel.waits is not None
-            before = sel.waits
-            for r in reqs * 2:
-                assert (await c.aevaluate(r)).value == 2 * r.args[0]
-            return sel.waits - before
+            await c.aevaluate(node_ops.double.request(1))  # the channel is up
+            after = arrange(loop, sel)
+            t0 = time.monotonic()
+            got = await c.aevaluate(op.request(x))
+            took = time.monotonic() - t0
+            if after is not None:
+                await after
+            return got.value, took
 
-        waits = _run(loop, run())
+        return _run(loop, run())
+
+
+def test_calls_in_turn_take_their_replies_without_a_turn_of_the_loop(node, long_wait):
+    waits, inline = loop_waits_of_calls_in_turn(node())
+    assert inline
     # one wait a call through the loop (200); inline, none but a reply that
     # came in two reads (loopback: rare)
     assert waits < 20, waits
@@ -77,91 +85,60 @@ def test_calls_in_turn_take_their_replies_without_a_turn_of_the_loop(node, long_
 
 def test_an_event_of_the_loop_ends_the_wait_at_once(node, long_wait, slow):
     op, started, gate = slow
-    n = node()
-    loop = asyncio.new_event_loop()
-    with connect(n.url, timeout=60) as c:
-        async def run():
-            await c.aevaluate(node_ops.double.request(1))  # the channel is up
-            # another thread's callback for the loop (its wake-up pipe)
-            # opens the gate: the call's reply comes only after it ran
-            threading.Thread(target=lambda: (started.wait(30),
-                                             loop.call_soon_threadsafe(gate.set)),
-                             daemon=True).start()
-            t0 = time.monotonic()
-            got = await c.aevaluate(op.request(21))
-            return got.value, time.monotonic() - t0
 
-        value, took = _run(loop, run())
+    def arrange(loop, sel):
+        # another thread's callback for the loop (its wake-up pipe) opens
+        # the gate: the call's reply comes only after it ran
+        threading.Thread(target=lambda: (started.wait(30),
+                                         loop.call_soon_threadsafe(gate.set)),
+                         daemon=True).start()
+
+    value, took = _slow_call(node, op, 21, arrange)
     assert value == 42
     assert took < LONG / 2, took  # not held in a wait until its bound
 
 
 def test_no_wait_with_a_timer_due_within_it(node, long_wait, slow):
     op, _started, gate = slow
-    n = node()
-    loop = asyncio.new_event_loop()
-    with connect(n.url, timeout=60) as c:
-        async def run():
-            await c.aevaluate(node_ops.double.request(1))
-            loop.call_later(0.2, gate.set)  # due within the wait's bound
-            t0 = time.monotonic()
-            got = await c.aevaluate(op.request(4))
-            return got.value, time.monotonic() - t0
+    def arrange(loop, sel):
+        loop.call_later(0.2, gate.set)  # due within the wait's bound
 
-        value, took = _run(loop, run())
+    value, took = _slow_call(node, op, 4, arrange)
     assert value == 8
     assert took < LONG / 2, took
 
 
 def test_the_wait_ends_at_its_bound(node, slow):
-    # The default bound (a millisecond), and no event of the loop: the gate
-    # is opened by a thread once the call's task awaits its future (the
-    # wait ended and the loop turned), or after 40 s.
+    # The default bound (a millisecond), and no event of the loop: a thread
+    # opens the gate once the loop turns again (the wait is over and the
+    # call awaits its reply through the loop), or after 40 s.
     op, started, gate = slow
-    n = node()
-    loop = asyncio.new_event_loop()
-    with connect(n.url, timeout=60) as c:
-        def opener():
+
+    def opener(sel):
+        try:
             started.wait(30)  # the node runs the op: the call is in flight
-            end = time.monotonic() + 40
-            while time.monotonic() < end:
-                calls = list(c._last_achannel.calls.values())
-                if calls and calls[0][0]._callbacks:  # awaited: the wait is over
-                    break
-                time.sleep(0.001)  # (polling a condition of another thread's)
+            sel.turned.wait(40)
+        finally:
             gate.set()
 
-        async def run():
-            await c.aevaluate(node_ops.double.request(1))
-            threading.Thread(target=opener, daemon=True).start()
-            t0 = time.monotonic()
-            got = await c.aevaluate(op.request(6))
-            return got.value, time.monotonic() - t0
+    def arrange(loop, sel):
+        sel.turned.clear()  # (the loop does not turn before the call waits)
+        threading.Thread(target=opener, args=(sel,), daemon=True).start()
 
-        value, took = _run(loop, run())
+    value, took = _slow_call(node, op, 6, arrange)
     assert value == 12
     assert took < LONG / 2, took
 
 
 def test_no_wait_with_another_task_ready(node, long_wait, slow):
     op, _started, gate = slow
-    n = node()
-    loop = asyncio.new_event_loop()
-    with connect(n.url, timeout=60) as c:
-        async def opener():  # ready to run when the call starts
-            for _ in range(3):
-                await asyncio.sleep(0)
-            gate.set()
 
-        async def run():
-            await c.aevaluate(node_ops.double.request(1))
-            t0 = time.monotonic()
-            task = asyncio.ensure_future(opener())
-            got = await c.aevaluate(op.request(5))
-            await task
-            return got.value, time.monotonic() - t0
+    async def opener():  # ready to run when the call starts
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gate.set()
 
-        value, took = _run(loop, run())
+    value, took = _slow_call(node, op, 5, lambda loop, sel: asyncio.ensure_future(opener()))
     assert value == 10
     assert took < LONG / 2, took
 

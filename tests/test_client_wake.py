@@ -7,9 +7,11 @@ task is running (no read callback) takes the ordinary way."""
 import asyncio
 import contextvars
 import selectors
+import threading
 
 import pytest
 
+from fabric.node import client as client_mod
 from fabric.node import connect
 from fabric.node.client import _wake
 
@@ -17,19 +19,24 @@ import node_ops
 
 
 class CountingSelector(selectors.DefaultSelector):
-    """The loop's own selector, counting its waits (one a loop turn)."""
+    """The loop's own selector, counting its waits (one a loop turn);
+    ``turned`` is set at each (a thread's handshake with the loop's turns)."""
 
     def __init__(self):
         super().__init__()
         self.waits = 0
+        self.turned = threading.Event()
 
     def select(self, timeout=None):
         self.waits += 1
+        self.turned.set()
         return super().select(timeout)
 
 
-def test_a_reply_resumes_its_call_in_the_turn_that_read_it(node):
-    n = node()
+def loop_waits_of_calls_in_turn(n):
+    """``aevaluate`` of 100 requests, then of the same 200 times in turn
+    (held), on a new asyncio loop: (the waits of the loop's selector during
+    the 200, whether the channel may wait inline)."""
     sel = CountingSelector()
     loop = asyncio.SelectorEventLoop(sel)
     with connect(n.url, timeout=60) as c:
@@ -41,16 +48,23 @@ def test_a_reply_resumes_its_call_in_the_turn_that_read_it(node):
             before = sel.waits
             for r in reqs * 2:
                 assert (await c.aevaluate(r)).value == 2 * r.args[0]
-            return sel.waits - before
+            return sel.waits - before, c._last_achannel.waits is not None
 
         try:
-            waits = loop.run_until_complete(run())
+            return loop.run_until_complete(run())
         finally:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
-        # one wait a call (for the reply); the task's step through the
-        # ready queue was a second (400 and more)
-        assert waits < 300, waits
+
+
+def test_a_reply_resumes_its_call_in_the_turn_that_read_it(node, monkeypatch):
+    # the loop reads every reply (no call waits inline: test_client_inline)
+    monkeypatch.setattr(client_mod, "_inline_waits", lambda loop, sock: None)
+    waits, inline = loop_waits_of_calls_in_turn(node())
+    assert not inline
+    # one wait a call (for the reply); the task's step through the
+    # ready queue was a second (400 and more)
+    assert waits < 300, waits
 
 
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
