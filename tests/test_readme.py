@@ -50,10 +50,10 @@ def test_readme_fleet_runs_as_written(tmp_path, monkeypatch):
         return re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports[m.group(1)]}", s)
 
     (tmp_path / "myops.py").write_text(module)
-    monkeypatch.chdir(tmp_path)  # where the commands are run, their ledgers made
+    # run where myops.py is, as the README says: `python -m` puts the working
+    # directory first on the nodes' path, syspath_prepend on the client's
+    monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(tmp_path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     procs = []
     try:
         for command in commands:  # in order: c, then b (home c), then a (home b, peer c)
