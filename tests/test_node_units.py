@@ -3,6 +3,7 @@ golden vectors (tests/golden/protocol.json, byte for byte) and its checks."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -10,9 +11,12 @@ from hypothesis import strategies as st
 
 import fabric
 from fabric.frames import FrameKind
+from fabric.holders import HoldingIndex
+from fabric.node import gossip as G
 from fabric.node import protocol as P
 from fabric.node.credit import Credit, StaleStream, StreamTable
 from fabric.node.scheduler import FairQueue
+from golden import make_protocol
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "protocol.json")
 
@@ -201,44 +205,111 @@ def test_stream_epochs_make_old_handles_fail():
 
 # ---- the protocol --------------------------------------------------------------------
 
-def golden_frames():
-    req = fabric.EvalRequest("double", (21,), version=1)
-    enc = P.encoder()
-    return {
-        "client_hello": enc.encode_value(FrameKind.HELLO, P.hello(
-            node="b", max_frame=1 << 20, window=4 << 20, caps=["gossip"], token=None)),
-        # what fabric.connect sends: it asks for the value-encoded reply record
-        "client_hello_values": enc.encode_value(FrameKind.HELLO, P.hello(
-            node=None, max_frame=1 << 20, window=4 << 20, caps=["values"], token=None)),
-        "server_hello": enc.encode_value(FrameKind.HELLO, P.hello(
-            node="a", max_frame=1 << 20, window=4 << 20, caps=["gossip"],
-            principal="alice", grants=["node.compute"])),
-        "request_open": fabric.StreamControl.open(1, P.open_metadata(
-            req, want="value", scope="compute", grants=[], timeout=None)).to_frame(
-            ["stream.open", "stream.remote.network"]).encode(),
-        "cancel": fabric.StreamControl.cancel(1).to_frame(
-            ["stream.cancel", "stream.remote.network"]).encode(),
-        "close": fabric.StreamControl.close(1).to_frame(
-            ["stream.cancel", "stream.remote.network"]).encode(),
-        "end_drained": enc.encode_value(FrameKind.STREAM_END, {
-            "chunks": 2, "bytes": 2000, "truncated": True}, stream_id=1, seq=3),
-        "credit": enc.encode_value(FrameKind.CREDIT, {"consumed": 65536}, stream_id=3),
-        "gossip_delta": enc.encode_value(FrameKind.GOSSIP, {
-            "origin": "a", "start": 0, "end": 1,
-            "facts": [[req.key.digest, "a"]]}),
-        "gossip_pull": enc.encode_value(FrameKind.GOSSIP, {"pull": 0}),
-        "error": enc.encode_value(FrameKind.ERROR, P.error_payload(
-            fabric.ContentNotHeld("node 'a' does not hold it")), stream_id=1),
-        "error_idle": enc.encode_value(FrameKind.ERROR, P.error_payload(
-            P.IdleTimeout("idle for 300.0 s", 1234))),
-    }
-
-
 def test_golden_vectors_byte_for_byte():
+    """tests/golden/protocol.json is what make_protocol.py makes today: every
+    frame byte for byte (from the encoders the node and client send with)."""
     with open(GOLDEN) as f:
         golden = json.load(f)
-    made = {k: v.hex() for k, v in golden_frames().items()}
+    made = {k: v.hex() for k, v in make_protocol.golden_frames().items()}
     assert made == golden["frames"]
+    assert golden == make_protocol.build()
+    assert set(golden["notes"]) <= set(made)
+
+
+def _frame_of(hexed):
+    """The one frame of a golden vector, as a node's decoder reads it."""
+    dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+    dec.feed(bytes.fromhex(hexed))
+    (f,) = list(dec)
+    return f, f.decode_payload(dec.limits)
+
+
+def _gossip_node(node_id, facts=()):
+    """A node's gossip with a real holding index, outside a node (what
+    FleetGossip reads of its node when it receives)."""
+    holders = HoldingIndex(facts)
+    node = SimpleNamespace(node_id=node_id, limits=SimpleNamespace(output_buffer=64 << 20),
+                           fabric=SimpleNamespace(holders=holders), _gossip_wake=None,
+                           _stat=lambda *a: None, _clients=[])
+    g = G.FleetGossip(node)
+    g.epoch = make_protocol.EPOCH
+    return g, holders
+
+
+class _GossipConn:
+    """An accepted connection of principal b, granted node.gossip."""
+
+    def __init__(self):
+        self.grants, self.remote_node, self.peer, self.principal = \
+            frozenset(["node.gossip"]), "b", "127.0.0.1:1", "b"
+        self.gossip, self.gossip_sent, self.closed = False, 0, False
+        self.enc, self.sent = P.encoder(), []
+
+    def send(self, data):
+        self.sent.append(data)
+
+
+def test_golden_gossip_vectors_are_accepted_by_the_receiving_side():
+    """Each GOSSIP vector, read by a node's frame decoder, is taken by the
+    receiver's parser (FleetGossip.on_conn on a connection a node accepted,
+    on_link on a link it made) with the effect the spec gives it."""
+    with open(GOLDEN) as f:
+        frames = json.load(f)["frames"]
+    key = fabric.EvalRequest("double", (21,), version=1).key
+    bodies = {}
+    for name in ("gossip_delta", "gossip_delta_epoch", "gossip_pull", "gossip_pull_epoch",
+                 "gossip_members"):
+        f, bodies[name] = _frame_of(frames[name])
+        assert (f.kind, f.stream_id, f.seq) == (FrameKind.GOSSIP, 0, 0), name
+
+    # deltas: the fact is applied; with epoch, the origin's bookmark advances
+    for name, seen in (("gossip_delta_epoch", {"a": (make_protocol.EPOCH, 1)}),
+                       ("gossip_delta", {})):
+        for side in ("conn", "link"):
+            g, holders = _gossip_node("c")
+            if side == "conn":
+                g.on_conn(_GossipConn(), bodies[name])
+            else:
+                g.on_link(SimpleNamespace(_closed=False, node="a", url="fabric://x:1"),
+                          bodies[name])
+            assert holders.holders_of(key) == ["a"], (name, side)
+            assert g.seen == seen, (name, side)
+            assert g.counters["facts_new"] == 1
+
+    # pulls (node a, index at version 1, is asked): the connection's pushes
+    # start at the bookmark; with a's own epoch it is also b's report (acked)
+    for name, sent, acked in (("gossip_pull_epoch", 1, {"b": 1}), ("gossip_pull", 0, {})):
+        g, _ = _gossip_node("a", [(key, "a")])
+        conn = _GossipConn()
+        g.on_conn(conn, bodies[name])
+        assert (conn.gossip, conn.gossip_sent, g.acked) == (True, sent, acked), name
+        assert g.counters["pulls_in"] == 1
+    g, _ = _gossip_node("a", [(key, "a")])
+    g.epoch += 1  # a restarted: b's bookmark is of another numbering, pushes start at 0
+    conn = _GossipConn()
+    g.on_conn(conn, bodies["gossip_pull_epoch"])
+    assert conn.gossip_sent == 0
+
+    # members: merged into the view, answered with a sample (on a connection)
+    want = [G.Member("a", "fabric://127.0.0.1:7411", True),
+            G.Member("b", "fabric://127.0.0.1:7412", False)]
+    assert G.check_members(bodies["gossip_members"]) == want
+    g, _ = _gossip_node("c")
+    conn = _GossipConn()
+    g.on_conn(conn, bodies["gossip_members"])
+    assert sorted(g.members.members.values()) == want
+    (answer,) = conn.sent
+    f, body = _frame_of(answer.hex())
+    assert f.kind == FrameKind.GOSSIP and set(body) == {"members"}
+    g, _ = _gossip_node("c")
+    g.on_link(SimpleNamespace(_closed=False, node="a", url="fabric://x:1"),
+              bodies["gossip_members"])
+    assert sorted(g.members.members.values()) == want
+
+    # and the receiver is not accepting anything: a damaged pull is refused
+    g, _ = _gossip_node("a")
+    with pytest.raises(P.ProtocolError, match="a delta, a pull or a members list"):
+        g.on_conn(_GossipConn(), dict(bodies["gossip_pull_epoch"], epoch="x"))
 
 
 def test_hello_checks():
