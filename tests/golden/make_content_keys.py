@@ -12,7 +12,6 @@ write anything when the two disagree. A change to this file is a change of
 the key scheme: review its diff as such.
 """
 
-import json
 import os
 import sys
 
@@ -22,6 +21,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
 
 import fabric  # noqa: E402
 import reference_encoder  # noqa: E402
+from golden import write_or_check  # noqa: E402
 
 OUT = os.path.join(HERE, "content_keys.json")
 
@@ -297,17 +297,7 @@ def build():
 
 
 def main(argv):
-    text = json.dumps(build(), indent=1, ensure_ascii=True) + "\n"
-    if "--check" in argv:
-        with open(OUT) as f:
-            if f.read() != text:
-                print("%s is out of date" % OUT)
-                return 1
-        return 0
-    with open(OUT, "w") as f:
-        f.write(text)
-    print("wrote %s" % OUT)
-    return 0
+    return write_or_check(OUT, build(), argv)
 
 
 if __name__ == "__main__":

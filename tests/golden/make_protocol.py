@@ -5,17 +5,21 @@ the encoder the node or the client sends it with; tests/test_node_units.py
 checks the file byte for byte against ``golden_frames()`` and that the
 receiving side's parser accepts each gossip frame."""
 
-import json
 import os
 import sys
 from types import SimpleNamespace
 
-import fabric
-from fabric.frames import FrameKind
-from fabric.node import gossip as G
-from fabric.node import protocol as P
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The checkout's own fabric (built in place) and the tests' helpers.
+sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol.json")
+import fabric  # noqa: E402
+from fabric.frames import FrameKind  # noqa: E402
+from fabric.node import gossip as G  # noqa: E402
+from fabric.node import protocol as P  # noqa: E402
+from golden import write_or_check  # noqa: E402
+
+OUT = os.path.join(HERE, "protocol.json")
 
 #: The epoch of the gossiping node "a" in the vectors (a node draws a random
 #: 62-bit number when it starts: FleetGossip.epoch).
@@ -103,17 +107,7 @@ def build() -> dict:
 
 
 def main(argv):
-    text = json.dumps(build(), indent=1, ensure_ascii=True) + "\n"
-    if "--check" in argv:
-        with open(OUT) as f:
-            if f.read() != text:
-                print("%s is out of date" % OUT)
-                return 1
-        return 0
-    with open(OUT, "w") as f:
-        f.write(text)
-    print("wrote %s" % OUT)
-    return 0
+    return write_or_check(OUT, build(), argv)
 
 
 if __name__ == "__main__":
