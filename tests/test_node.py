@@ -537,6 +537,73 @@ def test_credit_window_bounds_what_is_sent_ahead(node):
         assert c.stats()["grants_sent"] >= 1
 
 
+def test_window_0_on_the_node_and_the_client_is_unbounded(node):
+    """``NodeLimits(window=0)`` and ``connect(window=0)``: a stream of 6 MiB
+    (more than the default 4 MiB window and one frame) is produced to its
+    end while the client took one item (a bounded window would let at most
+    4 MiB and one frame go ahead of it), its stats showing
+    an unbounded window and no wait for credit; then it arrives whole, in
+    order."""
+    mib, count = 1 << 20, 6
+    assert count * mib > P.DEFAULT_WINDOW + P.DEFAULT_MAX_FRAME
+    produced, gate = threading.Event(), threading.Event()
+
+    @fabric.op("node.test.unbounded_items")
+    def unbounded_items():
+        for i in range(count):
+            yield i.to_bytes(4, "big") + bytes(mib - 4)
+        produced.set()  # every item went through the sender's credit
+        gate.wait(30)
+
+    n = node(limits=NodeLimits(window=0))
+    try:
+        with connect(n.url, window=0, timeout=60) as c:
+            s = c.stream(unbounded_items.request())
+            items = [next(s)]
+            assert produced.wait(30), "the producer waited for credit"
+            [st] = n.stats()["streams"]
+            assert (st["window"], st["credit_remaining"], st["backpressure_events"]) == \
+                (0, -1, 0), st
+            assert st["bytes_sent"] >= count * mib, st
+            gate.set()
+            items += list(s)
+            assert s.stats()["credit_remaining"] == -1
+    finally:
+        gate.set()
+    assert [int.from_bytes(x[:4], "big") for x in items] == list(range(count))
+    assert all(len(x) == mib for x in items)
+
+
+@pytest.mark.parametrize("node_window, client_window, in_force", [
+    (0, 0, 0), (0, 2 << 20, 2 << 20), (2 << 20, 0, 2 << 20),
+    (2 << 20, 4 << 20, 2 << 20), (4 << 20, 2 << 20, 2 << 20),
+    (0, 5000, P.DEFAULT_MAX_FRAME)])  # never below the frame agreed
+def test_the_window_in_force_is_the_smaller_0_counting_as_none(node, node_window,
+                                                             client_window, in_force):
+    """The node's HELLO answers the window in force on the connection: the
+    smaller of its own and the client's, 0 (unbounded) on one side leaving
+    the other's, never below the agreed max_frame."""
+    n = node(limits=NodeLimits(window=node_window))
+    with raw_socket(n) as s:
+        s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
+            node=None, max_frame=P.DEFAULT_MAX_FRAME, window=client_window)))
+        hello = read_frames(s, until_close=False)[0]
+    assert hello.kind == FrameKind.HELLO
+    assert hello.decode_payload()["window"] == in_force
+
+
+@pytest.mark.parametrize("window, why", [
+    (-1, "NodeLimits.window must be an int >= 0 (0 = unbounded), not -1"),
+    (1.5, "NodeLimits.window must be an int >= 0 (0 = unbounded), not 1.5"),
+    (True, "NodeLimits.window must be an int >= 0 (0 = unbounded), not True"),
+    (4096, "NodeLimits.window (4096) must be at least max_frame")])
+def test_a_negative_non_integer_or_sub_frame_window_is_refused(window, why):
+    with pytest.raises(ValueError) as info:
+        NodeLimits(window=window)
+    assert why in str(info.value)
+    assert NodeLimits(window=0).window == 0
+
+
 # ---- limits and malformed input -----------------------------------------------------
 
 def test_a_frame_length_of_2_32_minus_1_is_refused_before_allocation(node):
