@@ -153,8 +153,9 @@ def test_in_flight_request_fails_fast_when_the_node_goes(node):
 
     t = threading.Thread(target=call)
     t.start()
-    while n.stats().get("requests", 0) < 1:
-        pass  # the request reached the node (bounded by the node's own test timeout)
+    wait_for(lambda: n.stats().get("requests", 0) >= 1 or not t.is_alive(),
+             "the request to reach the node")
+    assert t.is_alive(), box  # (the call has not failed before the node went)
     n._loop.call_soon_threadsafe(n.request_stop)  # stop without waiting for the op
     t.join(30)
     gate.set()
@@ -222,8 +223,12 @@ def test_the_server_is_authoritative_for_a_client_that_claims_grants_it_lacks(no
         s.sendall(hello_bytes(token=TOKEN))
         s.sendall(P.encoder().encode(FrameKind.CONTROL, ctl.payload, stream_id=1))
         frames = read_frames(s, until_close=False)
-        while not any(f.kind == FrameKind.ERROR for f in frames):
-            frames += read_frames(s, until_close=False)
+        for _ in range(10):  # the HELLO and the ERROR: a read or two (bounded)
+            if any(f.kind == FrameKind.ERROR for f in frames):
+                break
+            more = read_frames(s, until_close=False)
+            assert more, f"the node closed without an ERROR: {frames}"
+            frames += more
     hello, err = frames[0], next(f for f in frames if f.kind == FrameKind.ERROR)
     assert hello.decode_payload()["grants"] == ["node.compute"]
     body = err.decode_payload()
@@ -767,18 +772,21 @@ def test_one_principal_flooding_while_another_still_gets_its_replies(node):
     box = {}
     ct = None
     try:
-        while n.stats().get("requests", 0) < 40:  # all 40 arrived: 2 running, 38 queued
-            assert ft.is_alive()
+        # all 40 arrived: 2 running, 38 queued
+        wait_for(lambda: n.stats().get("requests", 0) >= 40 or not ft.is_alive(),
+                 "the 40 flood requests to reach the node")
+        assert ft.is_alive(), "the flooder ended before its requests all arrived"
         ct = threading.Thread(target=lambda: box.setdefault("r", cc.evaluate(calm.request(5))))
         ct.start()
-        while n.stats().get("requests", 0) < 41:
-            assert ct.is_alive() or "r" in box
+        wait_for(lambda: n.stats().get("requests", 0) >= 41 or not ct.is_alive(),
+                 "the calm request to reach the node")
+        assert n.stats().get("requests", 0) >= 41, "the calm call ended before it arrived"
         released = 0
         while "calm" not in order and released < 40:
             permits.release()  # one flood op may finish, freeing one slot
             released += 1
-            while len([o for o in order if o != "calm"]) < released:
-                pass  # that flood op finished (bounded by its own 60 s acquire)
+            wait_for(lambda: len([o for o in order if o != "calm"]) >= released,
+                     "the flood op released to finish")
         ct.join(30)
         assert box["r"].value == 5
         # round robin: calm went at the next turn, not behind the 38 queued floods
