@@ -469,6 +469,82 @@ def test_cancel_reaches_an_async_generator_op(node):
     assert n.stats()["cancels"] == 1
 
 
+def _open_frame(sid, req, want):
+    """A raw CONTROL open of ``req`` on stream ``sid`` (``want``: "stream" or "value")."""
+    from fabric.control import StreamControl
+    meta = P.open_metadata(req, want=want, scope="compute", grants=[], timeout=None)
+    ctl = StreamControl.open(sid, meta).to_frame(["stream.open", "stream.remote.network"])
+    return P.encoder().encode(FrameKind.CONTROL, ctl.payload, stream_id=sid)
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_cancel_closes_the_producer_before_the_node_answers_what_follows(node, kind):
+    """Cancel reaches the producer within one round trip, shown by order, not
+    time: a stream waits for credit (its producer suspended at a yield), and
+    the client writes its cancel and, behind it in the same write, an
+    evaluate. The node writes the cancel's ERROR only once the producer was
+    closed (its ``finally`` ran), and with one slot the evaluate runs only
+    once the cancelled stream's task ended: its reply follows the close too.
+    (A PING or a ``stats`` is answered from the read callback at once, before
+    the cancelled task runs: they are no such round trip.)"""
+    from fabric.control import StreamControl
+    events = []
+
+    @fabric.op("node.test.cancel_order_gen")
+    def gen():
+        try:
+            for _ in range(10_000):
+                yield bytes(1000)
+        except BaseException as exc:
+            events.append(type(exc).__name__)
+            raise
+        finally:
+            events.append("closed")
+
+    @fabric.op("node.test.cancel_order_agen")
+    async def agen():
+        try:
+            for _ in range(10_000):
+                yield bytes(1000)
+        except BaseException as exc:
+            events.append(type(exc).__name__)
+            raise
+        finally:
+            events.append("closed")
+
+    @fabric.op("node.test.cancel_order_mark")
+    def mark(x):
+        events.append("evaluated")
+        return x
+
+    n = node(limits=NodeLimits(window=4096, max_frame=4096, max_running=1))
+    producer = gen if kind == "generator" else agen
+    seen = []
+    with raw_socket(n) as s:
+        s.sendall(hello_bytes())
+        s.sendall(_open_frame(1, producer.request(), "stream"))
+        wait_for(lambda: any(st["backpressure_events"] for st in n.stats()["streams"]),
+                 "the stream to wait for credit")
+        cancel = StreamControl.cancel(1).to_frame(["stream.cancel", "stream.remote.network"])
+        s.sendall(P.encoder().encode(FrameKind.CONTROL, cancel.payload, stream_id=1)
+                  + _open_frame(3, mark.request(7), "value"))
+        dec = fabric.FrameDecoder(P.node_limits(P.DEFAULT_MAX_FRAME))
+        for _ in range(1000):  # bounded: each read brings a frame or more (30 s timeout)
+            data = s.recv(1 << 16)
+            assert data, f"the node closed the connection: {seen}"
+            dec.feed(data)
+            for f in dec:
+                if f.kind == FrameKind.ERROR or f.stream_id == 3:
+                    seen.append((f.kind, f.stream_id, list(events)))
+            if seen and seen[-1][:2] == (FrameKind.STREAM_END, 3):
+                break
+    err = [i for i, (k, sid, _e) in enumerate(seen) if (k, sid) == (FrameKind.ERROR, 1)]
+    assert err and seen[err[0]][2][:2] == ["GeneratorExit", "closed"], seen  # closed first
+    assert err[0] < seen.index(seen[-1]), seen  # the cancel's ERROR, then the reply
+    assert seen[-1][2] == ["GeneratorExit", "closed", "evaluated"], seen
+    assert n.stats()["cancels"] == 1
+
+
 def test_a_cancelled_stream_is_not_recorded(node):
     @fabric.op("node.test.endless_ints")
     def endless():
