@@ -157,7 +157,10 @@ class EvalStream(_core._EventStream, Generic[T]):
                     self.items_seen += 1
                 yield ev
         except GeneratorExit:
-            self.close()
+            try:  # (as __del__: the consumer stopped; a failing cleanup is not its error)
+                self.close()
+            except Exception:
+                pass
             raise
         self.done = True
 
@@ -238,7 +241,10 @@ class AsyncEvalStream(Generic[T]):
                     self.items_seen += 1
                 yield ev
         except GeneratorExit:
-            await self.aclose()
+            try:  # (as iter_events)
+                await self.aclose()
+            except Exception:
+                pass
             raise
         self.done = True
 
