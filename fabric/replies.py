@@ -145,13 +145,23 @@ class EvalStream(_core._EventStream, Generic[T]):
         return self
 
     def iter_events(self) -> Iterator[Event]:
-        """The remaining ``(tag, payload)`` events: items and diagnostics in order."""
-        for ev in self._events:
-            if ev[0] == DIAG:
-                self.diagnostics.append(ev[1])
-            else:
-                self.items_seen += 1
-            yield ev
+        """The remaining ``(tag, payload)`` events: items and diagnostics in
+        order. Closing this iterator before the end closes the stream (its
+        producer) as ``close()`` does, then and there: not when the stream
+        happens to be collected (a reference cycle may keep it for long)."""
+        try:
+            for ev in self._events:
+                if ev[0] == DIAG:
+                    self.diagnostics.append(ev[1])
+                else:
+                    self.items_seen += 1
+                yield ev
+        except GeneratorExit:
+            try:  # (as __del__: the consumer stopped; a failing cleanup is not its error)
+                self.close()
+            except Exception:
+                pass
+            raise
         self.done = True
 
     def close(self) -> None:
@@ -220,13 +230,22 @@ class AsyncEvalStream(Generic[T]):
         raise StopAsyncIteration
 
     async def aiter_events(self) -> AsyncIterator[Event]:
-        """The remaining ``(tag, payload)`` events: items and diagnostics in order."""
-        async for ev in self._events:
-            if ev[0] == DIAG:
-                self.diagnostics.append(ev[1])
-            else:
-                self.items_seen += 1
-            yield ev
+        """The remaining ``(tag, payload)`` events: items and diagnostics in
+        order. Closing this iterator before the end closes the stream (its
+        producer) as ``aclose()`` does, then and there (``iter_events``)."""
+        try:
+            async for ev in self._events:
+                if ev[0] == DIAG:
+                    self.diagnostics.append(ev[1])
+                else:
+                    self.items_seen += 1
+                yield ev
+        except GeneratorExit:
+            try:  # (as iter_events)
+                await self.aclose()
+            except Exception:
+                pass
+            raise
         self.done = True
 
     async def aclose(self) -> None:

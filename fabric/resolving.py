@@ -1344,8 +1344,15 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
         async def events() -> Any:
             s = await asyncio.to_thread(self.stream, request, grants=g, timeout=timeout)
             out.source = s.source
-            async for ev in _aevents_from_sync(s.iter_events(), self._pool()):
-                yield ev
+            # Closed here, not left to the loop's finalizer of async generators
+            # (a reference cycle may keep it for long): a consumer that stops
+            # (a node's cancel) has the producer closed before it goes on.
+            events = _aevents_from_sync(s.iter_events(), self._pool())
+            try:
+                async for ev in events:
+                    yield ev
+            finally:
+                await events.aclose()
 
         out: AsyncEvalStream[Any] = AsyncEvalStream(events(), request.key, "unresolved")
         return out

@@ -1,11 +1,17 @@
 """``fabric serve`` as a real process: binding off loopback
 (refused without TLS, tokens or ``--insecure``; warned with it), and
-Ctrl-C (SIGINT) stopping it cleanly. Only loopback is ever connected to.
-(Its files' flags: test_node_cli_files.)"""
+Ctrl-C (SIGINT) stopping it cleanly, ``--window 0`` (unbounded). Only
+loopback is ever connected to. (Its files' flags: test_node_cli_files.)"""
 
-from fabric.node import connect
+import socket
+
+import pytest
+
+from fabric.frames import FrameKind
+from fabric.node import connect, protocol as P
 
 import node_ops
+from conftest import read_frames
 from served import interrupt, served
 from test_cli import one_line_error, run
 
@@ -45,3 +51,41 @@ def test_sigint_stops_a_node_cleanly_its_cassette_closed(tmp_path):
         with connect(url, timeout=30, scope="held") as c:
             assert c.evaluate(req).value == 16
         interrupt(again)
+
+
+def test_window_0_is_accepted_and_unbounded(tmp_path):
+    """``--window 0``: the node starts, answers a client's window 0 with 0
+    (no bound on either side) and its streams flow; a client's own window
+    still bounds them (the smaller, 0 counting as none)."""
+    with served(tmp_path, "unbounded", "--home", "node_ops:home", "--window", "0") \
+            as (proc, url):
+        host, port = url.removeprefix("fabric://").rsplit(":", 1)
+        for client_window, in_force in ((0, 0), (P.DEFAULT_WINDOW, P.DEFAULT_WINDOW)):
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                s.sendall(P.encoder().encode_value(FrameKind.HELLO, P.hello(
+                    node=None, max_frame=P.DEFAULT_MAX_FRAME, window=client_window)))
+                hello = read_frames(s, until_close=False)[0]
+            assert hello.decode_payload()["window"] == in_force, client_window
+        with connect(url, window=0, timeout=30) as c:
+            s = c.stream(node_ops.count.request(2000))
+            assert list(s) == list(range(2000))
+            assert s.stats()["credit_remaining"] == -1
+        interrupt(proc)
+
+
+@pytest.mark.parametrize("value, why", [
+    ("-1", "NodeLimits.window must be an int >= 0 (0 = unbounded), not -1"),
+    ("1000", "NodeLimits.window (1000) must be at least max_frame")])
+def test_a_negative_or_sub_frame_window_is_one_line_naming_it(tmp_path, value, why):
+    cassette = tmp_path / "refused.ledger"
+    one_line_error(run("serve", "--listen", "127.0.0.1:0", "--cassette", str(cassette),
+                       "--window", value), "fabric serve: error:", why)
+    assert not cassette.exists()  # refused before anything started
+
+
+def test_a_window_that_is_not_an_integer_is_refused(tmp_path):
+    proc = run("serve", "--listen", "127.0.0.1:0", "--cassette",
+               str(tmp_path / "refused.ledger"), "--window", "1.5")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "argument --window: invalid int value: '1.5'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

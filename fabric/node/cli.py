@@ -43,8 +43,10 @@ The node's limits (``NodeLimits``) are flags of their own names:
 requests one principal may have waiting for a slot; one over it is refused
 alone, ``LimitExceeded``), ``--drain-timeout`` and ``--write-stall-timeout``
 (seconds a connection's output may stay unread, the transport paused,
-before it is closed; 0: never); a value that is not positive (0 for
-``--write-stall-timeout``) is one line naming the limit.
+before it is closed; 0: never); ``--window 0`` is unbounded (the smaller
+of the node's and a client's window is in force, 0 counting as none); a
+value that is not positive (0 for ``--write-stall-timeout`` and
+``--window``) is one line naming the limit.
 
 ``--workers N`` makes a ``ReplicaGroup`` of N worker processes the node's
 home: requests the node does not hold are computed there, by the ops the
@@ -404,6 +406,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+_WINDOW_HELP = ("NodeLimits.window: the per-stream credit window in bytes of the streams "
+                "the node sends, at least --max-frame; 0 = unbounded (a client's own "
+                "window still bounds its streams); default 4 MiB (docs/spec/protocol.md)")
+
+
 def add_parser(sub: Any) -> None:
     """Add ``serve`` and ``status`` to the ``fabric`` command's sub-parsers."""
     p = sub.add_parser("status", help="print a node's health, peers and holdings")
@@ -506,5 +513,6 @@ def add_parser(sub: Any) -> None:
                       ("principal-budget", int), ("principal-max-queued", int),
                       ("drain-timeout", float), ("write-stall-timeout", float)):
         p.add_argument(f"--{name}", type=typ, default=None,
-                       help=f"NodeLimits.{name.replace('-', '_')} (docs/spec/protocol.md)")
+                       help=_WINDOW_HELP if name == "window" else
+                       f"NodeLimits.{name.replace('-', '_')} (docs/spec/protocol.md)")
     p.set_defaults(func=cmd_serve)

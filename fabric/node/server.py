@@ -89,7 +89,11 @@ _OPEN_CAPS = frozenset(StreamControl.open(1).required_capabilities(remote=True))
 @dataclass(frozen=True)
 class NodeLimits:
     """A node's limits (seconds, bytes, counts); every one must be positive,
-    but ``write_stall_timeout``, where 0 turns the check off.
+    but ``write_stall_timeout``, where 0 turns the check off, and
+    ``window``, where 0 is unbounded (the node bounds no stream it sends;
+    a client's own window still does: the window in force on a connection
+    is the smaller of the two, 0 counting as no bound, and never below the
+    ``max_frame`` agreed).
     ``idle_timeout`` and ``write_stall_timeout`` are checked on the node's
     tick (every 50 ms); a connection is idle while it completes no frame
     (bytes of one that never completes do not keep it).
@@ -114,6 +118,10 @@ class NodeLimits:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "window":
+                if not P.valid_window(v):
+                    raise ValueError(f"NodeLimits.window must be {P.WINDOW_RANGE}, not {v!r}")
+                continue
             if f.name == "write_stall_timeout" and isinstance(v, (int, float)) \
                     and not isinstance(v, bool) and v == 0:
                 continue  # 0: off
@@ -122,7 +130,7 @@ class NodeLimits:
                                  + (" (0: off)" if f.name == "write_stall_timeout" else ""))
         if self.max_frame < P.MIN_MAX_FRAME or self.max_frame >= 1 << 32:
             raise ValueError(f"NodeLimits.max_frame must be in [{P.MIN_MAX_FRAME}, 2**32)")
-        if self.window < self.max_frame:
+        if self.window and self.window < self.max_frame:
             raise ValueError(f"NodeLimits.window ({self.window}) must be at least max_frame "
                              f"({self.max_frame}): a window smaller than one frame stalls")
 
@@ -1462,7 +1470,9 @@ class Node:
         conn.remote_node = body["node"]
         conn.set_frame(min(body["max_frame"], self.limits.max_frame))
         conn.enc = P.encoder(conn.max_frame)
-        w = body["window"]
+        # The window in force: the smaller of the client's and the node's,
+        # 0 (unbounded) on one side leaving the other's; never below a frame.
+        w = min((x for x in (body["window"], self.limits.window) if x), default=0)
         conn.window = max(w, conn.max_frame) if w else 0
         caps = set(body["caps"]) & {"gossip", "streams", "values"}
         if not Grants.allows(conn.grants, GOSSIP):
