@@ -109,6 +109,17 @@ def _check_ends(ended, complete_items):
     return truncated
 
 
+def _check_held(n, ended, request_of):
+    """A stream that lost data is never recorded (what reached the consumer
+    depends on load; the first write wins): after its END, its key is not
+    held by the node, while each stream that ended whole is."""
+    held = {sid: request_of(sid).key in n.cassette for sid in ended}
+    lost = {sid for sid, (_items, _diags, end) in ended.items() if end["truncated"]}
+    assert not [sid for sid in lost if held[sid]], ("truncated streams held", held)
+    assert all(held[sid] for sid in ended if sid not in lost), ("whole streams not held", held)
+    return len(ended) - len(lost)
+
+
 def test_many_concurrent_streams_of_a_reading_client_are_not_cut_as_a_slow_reader(node):
     """40 astreams of 8 items just under 1 MiB on one connection, default
     limits, the client reading as fast as it can: 40 credit windows (4 MiB
@@ -146,7 +157,9 @@ def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
     what it holds at the node stays within the budget (the transport's
     buffer within its high mark and a frame) by evicting the oldest heads;
     once it reads, every stream is either whole or a prefix in order ended
-    by a LimitExceeded diagnostic and a truncated END (never a gap)."""
+    by a LimitExceeded diagnostic and a truncated END (never a gap), and
+    only the whole ones are held by the node (a stream that lost data is
+    never recorded)."""
     budget = 1 << 20
     n = node(limits=NodeLimits(principal_budget=budget, window=budget, max_frame=512 * 1024,
                                output_buffer=256 << 20))
@@ -162,8 +175,15 @@ def test_a_principals_byte_budget_bounds_what_its_streams_hold(node):
             (st,) = n.stats()["stream_queue"]["principals"].values()
             assert st["pending_bytes"] <= budget, st
         ended = _read_streams(s, sids)
+        # one more stream once the others ended: nothing evicts it, it ends
+        # whole and is held (so the check below sees both kinds)
+        _open_streams(s, [17], lambda sid: fat.request(sid, 4))
+        (last,) = _read_streams(s, [17]).values()
     truncated = _check_ends(ended, 64)
     assert truncated >= 1
+    assert (last[0], last[1], last[2]["truncated"]) == (4, [], False)
+    _check_held(n, {**ended, 17: last}, lambda sid: fat.request(sid, 4) if sid == 17
+                else fat.request(sid))
     assert _until(lambda: n.stats().get("streams_truncated", 0) == truncated, 20_000)
     q = n.stats()["stream_queue"]
     (st,) = q["principals"].values()
@@ -180,7 +200,8 @@ def test_a_principal_flooding_streams_does_not_hold_anothers_stream_back(node):
     waits at the node within its own budget (its connection not cut, its
     streams truncated with a diagnostic where data was evicted), and once
     it reads, each of its streams ends whole or truncated with a
-    LimitExceeded diagnostic."""
+    LimitExceeded diagnostic; the truncated ones are not recorded, the whole
+    ones (calm's too) are."""
     tokens = {"flood": "token-of-the-flooder-000", "calm": "token-of-the-calm-one-00"}
     budget = 4 << 20  # 16 frames: 30 streams with one each are over it
     n = node(tokens=tokens, limits=NodeLimits(principal_budget=budget, max_running=64))
@@ -200,4 +221,6 @@ def test_a_principal_flooding_streams_does_not_hold_anothers_stream_back(node):
         assert per["flood"]["evicted"] > 0 and per["flood"]["pending_bytes"] <= budget
         ended = _read_streams(s, sids)
     assert _check_ends(ended, 64) >= 1
+    _check_held(n, ended, lambda sid: fat.request(sid, 64, ITEM))
+    assert calm.request(100).key in n.cassette  # whole: recorded
     assert n.stats().get("disconnected_slow_reader", 0) == 0
