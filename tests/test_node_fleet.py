@@ -69,21 +69,30 @@ def test_holder_killed_mid_stream_fails_the_stream_not_silently(fleet):
             c.evaluate(node_ops.double.request(1))
 
 
-def test_restart_from_the_ledger_reannounces_holdings(fleet, tmp_path):
+def test_restart_from_the_ledger_reannounces_holdings(fleet):
+    """c computes and records a reply, stops (SIGTERM), and is started again
+    from the same ledger without a home (held content only). d, a `fabric
+    serve` process with a fresh ledger, no home and c as its peer, learns
+    c's replayed holdings by gossip and resolves the request from c (the
+    only place it can come from), then holds it itself."""
     pc, c_url = fleet("c", "--home", "node_ops:home")
     req = node_ops.double.request(7)
     with connect(c_url) as c:
         assert c.evaluate(req).value == 14
     stop(pc)
     pc2, c_url2 = fleet("c")  # same cassette, no home now: held content only
-    d = Node(str(tmp_path / "d.ledger"), node_id="d", peers=[c_url2],
-             listen="127.0.0.1:0").start()
-    try:
-        wait_for(lambda: d.fabric.holders.holds(req.key, "c"), "c's replayed holdings")
-        assert d.fabric.evaluate(req).value == 14
-    finally:
-        d.stop()
-        stop(pc2)
+    pd, d_url = fleet("d", "--peer", c_url2)
+    with connect(d_url) as d:
+        assert d.node == "d"
+        # d holds nothing of its own: a fact in its holding index is c's replayed one
+        wait_for(lambda: d.node_status()["holdings"]["facts"] >= 1,
+                 "c's replayed holdings to reach d")
+        got = d.evaluate(req)
+        assert got.value == 14 and got.source == "peer:c", got.source
+    with connect(d_url, scope="held") as d:  # d recorded what it resolved
+        assert d.evaluate(req).value == 14
+    for p in (pd, pc2):
+        stop(p)
 
 
 def test_sigterm_drains_a_stream_in_flight_then_exits(fleet, tmp_path):
