@@ -1352,8 +1352,10 @@ class Node:
             self._conns.add(conn)
             dec = FrameDecoder(P.node_limits(self.limits.max_frame))
             try:
-                await asyncio.wait_for(self._handshake(conn, dec),
-                                       self.limits.handshake_timeout)
+                # (a timeout scope, not wait_for: no task of its own, whose
+                # start would be one more turn of a busy loop to wait for)
+                async with asyncio.timeout(self.limits.handshake_timeout):
+                    await self._handshake(conn, dec)
             except asyncio.TimeoutError:
                 self._stat("handshake_timeouts")
                 log.info("closing %s: no handshake within %s s", conn.peer,
