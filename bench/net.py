@@ -758,16 +758,12 @@ def consume_streams(a):
     begun = set()
 
     async def one(i):
-        held = a.hs_held_mib
-        # endless (computed on the node's worker threads), or a finite one
-        # asked for again and again (held by the node after its first run)
-        req = bulk.request(held or (1 << 30), CHUNK + 2 * i + 1)  # a key of its own
-        while True:
-            async for _item in c.astream(req):
-                if i not in begun:
-                    begun.add(i)
-                    if len(begun) == k:
-                        print("ready", k, flush=True)
+        # endless, computed on the node's worker threads; a key of its own
+        async for _item in c.astream(bulk.request(1 << 30, CHUNK + 2 * i + 1)):
+            if i not in begun:
+                begun.add(i)
+                if len(begun) == k:
+                    print("ready", k, flush=True)
 
     async def run():
         await asyncio.gather(*(one(i) for i in range(k)))
@@ -880,7 +876,6 @@ def main():
     ap.add_argument("--hs-n", type=int, default=100)
     ap.add_argument("--hs-burst", type=int, default=100)
     ap.add_argument("--hs-k", type=int, default=64)
-    ap.add_argument("--hs-held-mib", type=int, default=0)
     a = ap.parse_args()
     CHUNK = a.chunk_kib << 10
     if a.pin is not None:  # the children inherit the mask (fork and exec keep it)
