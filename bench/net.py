@@ -901,14 +901,7 @@ def main():
              else f"not pinned (CPUs {sorted(os.sched_getaffinity(0))})"), flush=True)
     only = set(a.only.split(","))
     if only == {"handshake"}:  # its own node: none of the shared ones
-        for lp in loops:
-            for what, xs in section_handshake(a, lp):
-                if xs is None:
-                    print(f"handshake [{lp} node], {what}")
-                    continue
-                print(f"handshake [{lp} node], {what:28} p50 {pct(xs, .5) / 1e3:8.2f} ms, "
-                      f"max {max(xs) * 1e3:8.2f} ms ({len(xs)})", flush=True)
-        return
+        return print_handshake(a, loops)
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
     nodes = {}
     try:
@@ -965,10 +958,22 @@ def main():
             jain, lo, hi = section_fair_one_connection(a, url)
             print(f"100 concurrent astreams on one connection: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
+        if "handshake" in only:
+            print_handshake(a, loops)
     finally:
         for _url, p in nodes.values():
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_handshake(a, loops):
+    for lp in loops:
+        for what, xs in section_handshake(a, lp):
+            if xs is None:
+                print(f"handshake [{lp} node], {what}")
+                continue
+            print(f"handshake [{lp} node], {what:28} p50 {pct(xs, .5) / 1e3:8.2f} ms, "
+                  f"max {max(xs) * 1e3:8.2f} ms ({len(xs)})", flush=True)
 
 
 if __name__ == "__main__":
