@@ -1,7 +1,7 @@
 """The network node over loopback: latency, throughput, streams, TLS, memory.
 
     PYTHONPATH=. python -P bench/net.py [--n 2000] [--rounds 3]
-        [--only hit,redis,stream,fair,tls,mem] [--pin CPU]
+        [--only hit,redis,stream,fair,tls,mem,handshake] [--pin CPU]
         [--loop asyncio|uvloop|both]
 
 Side by side in one run (every server a separate process, every socket on
@@ -32,6 +32,11 @@ Side by side in one run (every server a separate process, every socket on
   one connection);
 - ``tls``: the hit's p50 with TLS against without;
 - ``mem``: the node process's RSS growth per idle connection.
+- ``handshake`` (not in the default set): a fresh connection's HELLO round
+  trip (raw socket: connect, HELLO, the node's HELLO back), ``--hs-n``
+  one after another and ``--hs-burst`` arriving together, with the node idle
+  and while it streams to ``--hs-k`` streams (a consumer process, its
+  streams multiplexed on one connection); p50 and max of each.
 
 ``--loop`` is the event loop of everything on asyncio here: the node
 process, the asyncio echo process and the asyncio client (``both``, the
@@ -744,6 +749,108 @@ def section_mem(url, pid, k=200):
     return (after - before) * 1024 / k
 
 
+def consume_streams(a):
+    """Child mode (``--consume URL``): ``--hs-k`` endless streams of 1 MiB
+    items on one connection, consumed and dropped; prints ``ready`` once
+    every stream delivered its first item, then runs until killed."""
+    c = connect(a.consume, max_frame=CHUNK + 4096, window=8 * (CHUNK + 4096), timeout=600)
+    k = a.hs_k
+    begun = set()
+
+    async def one(i):
+        # endless, computed on the node's worker threads; a key of its own
+        async for _item in c.astream(bulk.request(1 << 30, CHUNK + 2 * i + 1)):
+            if i not in begun:
+                begun.add(i)
+                if len(begun) == k:
+                    print("ready", k, flush=True)
+
+    async def run():
+        await asyncio.gather(*(one(i) for i in range(k)))
+
+    run_on(a.loop or "asyncio", run())
+
+
+def _hello_bytes():
+    from fabric.node import protocol as P
+    from fabric.frames import FrameKind
+    return P.encoder().encode_value(FrameKind.HELLO, P.hello(
+        node=None, max_frame=P.DEFAULT_MAX_FRAME, window=P.DEFAULT_WINDOW))
+
+
+def handshakes_one_by_one(port, n):
+    """``n`` fresh connections one after another: seconds from connect to
+    the node's HELLO, each."""
+    hello, out = _hello_bytes(), []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(hello)
+        got = s.recv(4096)
+        out.append(time.perf_counter() - t0)
+        assert got, "the node closed a new connection"
+        s.close()
+    return out
+
+
+def handshakes_together(port, n):
+    """``n`` fresh connections made at once (non-blocking, one selector):
+    seconds from the first connect to each one's HELLO from the node."""
+    import selectors
+    hello = _hello_bytes()
+    sel = selectors.DefaultSelector()
+    t0 = time.perf_counter()
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        sel.register(s, selectors.EVENT_WRITE)
+        socks.append(s)
+    out, sent, deadline = [], set(), time.monotonic() + 60
+    while len(out) < n and time.monotonic() < deadline:
+        for key, ev in sel.select(1.0):
+            s = key.fileobj
+            if s not in sent:
+                s.sendall(hello)  # small: the fresh socket's buffer takes it
+                sent.add(s)
+                sel.modify(s, selectors.EVENT_READ)
+            else:
+                assert s.recv(4096), "the node closed a new connection"
+                out.append(time.perf_counter() - t0)
+                sel.unregister(s)
+    for s in socks:
+        s.close()
+    assert len(out) == n, f"{n - len(out)} handshake(s) not answered in 60 s"
+    return out
+
+
+def section_handshake(a, lp):
+    """A fresh connection's handshake, the node idle then streaming to
+    ``--hs-k`` streams (its own node process, no ledger: nothing recorded)."""
+    node, url = child(["--serve-node", "--chunk-kib", str(a.chunk_kib), "--loop", lp])
+    port = int(url.rsplit(":", 1)[1])
+    rows = []
+    try:
+        rows.append(("idle, one by one", handshakes_one_by_one(port, a.hs_n)))
+        rows.append(("idle, together", handshakes_together(port, a.hs_burst)))
+        cons, _ = child(["--consume", url, "--hs-k", str(a.hs_k), "--chunk-kib",
+                         str(a.chunk_kib), "--loop", lp])
+        try:
+            c0, t0 = proc_cpu(node.pid), time.perf_counter()
+            rows.append((f"{a.hs_k} streams, one by one", handshakes_one_by_one(port, a.hs_n)))
+            share = (proc_cpu(node.pid) - c0) / (time.perf_counter() - t0)
+            rows.append((f"(node CPU while streaming: {share:.0%} of a core)", None))
+            rows.append((f"{a.hs_k} streams, together", handshakes_together(port, a.hs_burst)))
+        finally:
+            cons.kill()
+            cons.wait()
+    finally:
+        stop(node)
+    return rows
+
+
 def main():
     global CHUNK
     ap = argparse.ArgumentParser()
@@ -765,6 +872,10 @@ def main():
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--cassette")
+    ap.add_argument("--consume", metavar="URL")
+    ap.add_argument("--hs-n", type=int, default=100)
+    ap.add_argument("--hs-burst", type=int, default=100)
+    ap.add_argument("--hs-k", type=int, default=64)
     a = ap.parse_args()
     CHUNK = a.chunk_kib << 10
     if a.pin is not None:  # the children inherit the mask (fork and exec keep it)
@@ -778,6 +889,8 @@ def main():
     if a.serve_node:
         a.loop = a.loop or "asyncio"
         return serve_node(a)
+    if a.consume:
+        return consume_streams(a)
     if a.loop is None:
         a.loop = "both" if loop_factory("auto")[1] == "uvloop" else "asyncio"
     loops = ["asyncio", "uvloop"] if a.loop == "both" else [a.loop]
@@ -787,6 +900,8 @@ def main():
           + (f"pinned to CPU {a.pin} (this process and its children)" if a.pin is not None
              else f"not pinned (CPUs {sorted(os.sched_getaffinity(0))})"), flush=True)
     only = set(a.only.split(","))
+    if only == {"handshake"}:  # its own node: none of the shared ones
+        return print_handshake(a, loops)
     tmp = tempfile.mkdtemp(prefix="fabric-bench-")
     nodes = {}
     try:
@@ -843,10 +958,22 @@ def main():
             jain, lo, hi = section_fair_one_connection(a, url)
             print(f"100 concurrent astreams on one connection: Jain's index {jain:.3f} "
                   f"(bytes received when the first ended: min {lo}, max {hi})")
+        if "handshake" in only:
+            print_handshake(a, loops)
     finally:
         for _url, p in nodes.values():
             stop(p)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_handshake(a, loops):
+    for lp in loops:
+        for what, xs in section_handshake(a, lp):
+            if xs is None:
+                print(f"handshake [{lp} node], {what}")
+                continue
+            print(f"handshake [{lp} node], {what:28} p50 {pct(xs, .5) / 1e3:8.2f} ms, "
+                  f"max {max(xs) * 1e3:8.2f} ms ({len(xs)})", flush=True)
 
 
 if __name__ == "__main__":

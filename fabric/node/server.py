@@ -950,8 +950,14 @@ class Node:
         self._tick_evt = asyncio.Event()
         try:
             if self.tls is None:
+                # The accept queue as long as max_connections (the kernel caps
+                # it at net.core.somaxconn), not asyncio's 100: connections
+                # arriving together while the loop is busy beyond that had
+                # their SYNs dropped, and waited the client's 1 s retransmit.
+                backlog = max(100, min(int(self.limits.max_connections), 1 << 16))
                 self._server = await asyncio.start_server(self._connected, self.host,
-                                                          self.port, limit=1 << 16)
+                                                          self.port, limit=1 << 16,
+                                                          backlog=backlog)
             else:  # its own TLS handshakes, so that a refused one is seen
                 self._server = await TLSListener.listen(
                     self.host, self.port, context=self.tls,
@@ -1360,8 +1366,10 @@ class Node:
             self._conns.add(conn)
             dec = FrameDecoder(P.node_limits(self.limits.max_frame))
             try:
-                await asyncio.wait_for(self._handshake(conn, dec),
-                                       self.limits.handshake_timeout)
+                # (a timeout scope, not wait_for: no task of its own, whose
+                # start would be one more turn of a busy loop to wait for)
+                async with asyncio.timeout(self.limits.handshake_timeout):
+                    await self._handshake(conn, dec)
             except asyncio.TimeoutError:
                 self._stat("handshake_timeouts")
                 log.info("closing %s: no handshake within %s s", conn.peer,
