@@ -123,14 +123,22 @@ def _listen_backlog(port):
     return int(out[2]) if len(out) > 2 else None
 
 
-def test_the_accept_queue_is_as_long_as_max_connections(node):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_the_accept_queue_is_as_long_as_max_connections(node, tls, tmp_path):
     """A burst of connections arriving while the loop is busy waits in the
     kernel's accept queue: as long as max_connections (capped by
     net.core.somaxconn), not asyncio's default of 100, beyond which the
-    SYNs were dropped and the clients waited their 1 s retransmit."""
+    SYNs were dropped and the clients waited their 1 s retransmit. The TLS
+    listener (its own accept loop) too."""
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
-    n = node(limits=NodeLimits(max_connections=1000))
+    kw = {}
+    if tls:
+        from certs import make_certs
+        from fabric.node.auth import server_tls
+        d = make_certs(tmp_path)
+        kw["tls"] = server_tls(str(d / "server.pem"), str(d / "server.key"), str(d / "ca.pem"))
+    n = node(limits=NodeLimits(max_connections=1000), **kw)
     got = _listen_backlog(n.address[1])
     if got is None:
         pytest.skip("ss (iproute2) is not installed")

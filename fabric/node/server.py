@@ -948,13 +948,13 @@ class Node:
         # reads and a heap look per turn): the node's periodic work (gossip
         # ticks, idle connections) is woken from a thread, not by a timer.
         self._tick_evt = asyncio.Event()
+        # The accept queue as long as max_connections (the kernel caps it at
+        # net.core.somaxconn), not asyncio's 100: connections arriving
+        # together while the loop is busy beyond that had their SYNs
+        # dropped, and waited the client's 1 s retransmit.
+        backlog = max(100, min(int(self.limits.max_connections), 1 << 16))
         try:
             if self.tls is None:
-                # The accept queue as long as max_connections (the kernel caps
-                # it at net.core.somaxconn), not asyncio's 100: connections
-                # arriving together while the loop is busy beyond that had
-                # their SYNs dropped, and waited the client's 1 s retransmit.
-                backlog = max(100, min(int(self.limits.max_connections), 1 << 16))
                 self._server = await asyncio.start_server(self._connected, self.host,
                                                           self.port, limit=1 << 16,
                                                           backlog=backlog)
@@ -963,7 +963,7 @@ class Node:
                     self.host, self.port, context=self.tls,
                     handshake_timeout=self.limits.handshake_timeout,
                     connected=self._connected, refused=self._tls_refused,
-                    admit=self._tls_admit)
+                    admit=self._tls_admit, backlog=backlog)
         except OSError as exc:  # (asyncio's message names neither the node nor the option)
             raise type(exc)(exc.errno, f"node {self.node_id} cannot listen on "
                             f"{self.host}:{self.port} (--listen, Node(listen=...)): "

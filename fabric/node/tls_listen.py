@@ -57,9 +57,12 @@ class TLSListener:
             self._spawn(self._accept_on(s))
 
     @classmethod
-    async def listen(cls, host: str, port: int, **kw: Any) -> "TLSListener":
+    async def listen(cls, host: str, port: int, *, backlog: int = 100,
+                     **kw: Any) -> "TLSListener":
         """Bind ``host:port`` as ``asyncio.start_server`` would (every
-        address ``host`` resolves to, port 0 picking one) and listen."""
+        address ``host`` resolves to, port 0 picking one) and listen, with an
+        accept queue of ``backlog`` connections (the kernel caps it at
+        ``net.core.somaxconn``)."""
         loop = asyncio.get_running_loop()
         bound = await loop.create_server(asyncio.Protocol, host, port, start_serving=False)
         try:  # the bound sockets, ours (dup'ed: the server closes its own)
@@ -69,7 +72,7 @@ class TLSListener:
         try:
             for s in socks:
                 s.setblocking(False)
-                s.listen(100)
+                s.listen(backlog)
         except BaseException:
             for s in socks:
                 s.close()
