@@ -997,3 +997,34 @@ def test_a_held_stream_closed_early_frees_the_channel(node):
         s.close()  # the node is told to cancel; the rest is skipped
         assert c.evaluate(node_ops.double.request(21)).value == 42
         assert sum(len(x) for x in c.stream(req)) == 40 * 100_000
+
+
+def test_the_client_paces_and_reports_by_the_window_in_force(node):
+    """A client asking for 8 MiB of a node whose window is 2 MiB: its
+    streams' stats give the 2 MiB in force (the node's HELLO), which its
+    grants are paced by, and a stream larger than both flows whole."""
+    @fabric.op("node.test.in_force_items")
+    def in_force_items():
+        for i in range(48):
+            yield i.to_bytes(4, "big") + bytes((128 << 10) - 4)
+
+    n = node(limits=NodeLimits(window=2 << 20))
+    with connect(n.url, window=8 << 20, timeout=60) as c:
+        assert c.window == 8 << 20  # what it asked for
+        assert c.window_in_force == 2 << 20  # the main connection's
+        s = c.stream(in_force_items.request())  # (the thread's own connection)
+        items = [next(s)]
+        assert s.stats()["window"] == 2 << 20
+        items += list(s)
+
+        async def on_main():  # (astream: the main connection)
+            s = c.astream(in_force_items.request())
+            got = [await s.__anext__()]
+            window = s.stats()["window"]
+            got += [x async for x in s]
+            return window, got
+
+        window, again = asyncio.run(on_main())
+        assert window == 2 << 20
+    for got in (items, again):
+        assert [int.from_bytes(x[:4], "big") for x in got] == list(range(48))

@@ -1574,6 +1574,10 @@ class NodeClient:
         self.grants = frozenset(grants)
         self.node_id = node_id
         self.window = window
+        #: The credit window in force on the main connection (the node's
+        #: HELLO: the smaller of this client's and the node's, 0 none):
+        #: what its streams' grants are paced by and their stats report.
+        self.window_in_force = window
         self.max_frame = max_frame
         #: The largest value reply a call takes, in bytes of its chunks'
         #: frames (0: no bound; else at least ``max_frame``, so a reply of
@@ -1867,6 +1871,7 @@ class NodeClient:
                 gov.ok(self.node)
             self.principal = body["principal"]
             self.server_grants = frozenset(body["grants"])
+            self.window_in_force = body["window"]
             self._held_to_grants = (self.principal is not None
                                     and "*" not in self.server_grants)
             self._enc = P.encoder(min(self.max_frame, body["max_frame"]))
@@ -2052,7 +2057,7 @@ class NodeClient:
     def _grant(self, c: _Call, size: int) -> None:
         c.consumed += size
         if self._writer is not None and not c.done and (
-                c.consumed - c.granted >= max(1, self.window // 4) or c.q.empty()):
+                c.consumed - c.granted >= max(1, self.window_in_force // 4) or c.q.empty()):
             c.granted = c.consumed
             self.stats_counters["grants_sent"] += 1
             c.grants_sent += 1
@@ -2543,7 +2548,7 @@ class _CallHandle:
 
     def stats(self) -> dict[str, Any]:
         c = self.call
-        return _stream_stats(c.sid, c.tx_seq, c.seq, c.q.qsize(), self.client.window,
+        return _stream_stats(c.sid, c.tx_seq, c.seq, c.q.qsize(), self.client.window_in_force,
                              c.received, c.granted, c.grants_sent, c.done and c.q.empty(),
                              c.draining)
 
