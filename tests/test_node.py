@@ -665,6 +665,17 @@ def test_window_0_on_the_node_and_the_client_is_unbounded(node):
             gate.set()
             items += list(s)
             assert s.stats()["credit_remaining"] == -1
+            assert s.stats()["grants_sent"] == 0  # no credit to give: none sent
+
+            async def on_main():  # (astream: the main connection)
+                s = c.astream(unbounded_items.request())
+                got = [x async for x in s]
+                return got, s.stats()["grants_sent"]
+
+            produced.clear()
+            again, grants = asyncio.run(on_main())
+            assert grants == 0 and c.stats()["grants_sent"] == 0
+            assert again == items
     finally:
         gate.set()
     assert [int.from_bytes(x[:4], "big") for x in items] == list(range(count))

@@ -579,6 +579,8 @@ class _BlockingStream:
 
     def _grant(self) -> None:
         ch = self.ch
+        if not ch.window:  # unbounded: the sender needs no credit
+            return
         self.granted = self.consumed
         ch.client.stats_counters["grants_sent"] += 1
         self.grants_sent += 1
@@ -2056,6 +2058,8 @@ class NodeClient:
 
     def _grant(self, c: _Call, size: int) -> None:
         c.consumed += size
+        if not self.window_in_force:  # unbounded: the node needs no credit
+            return
         if self._writer is not None and not c.done and (
                 c.consumed - c.granted >= max(1, self.window_in_force // 4) or c.q.empty()):
             c.granted = c.consumed
