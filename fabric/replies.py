@@ -23,8 +23,8 @@ import contextlib
 import contextvars
 import html
 import threading
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Generic, Iterable,
-                    Iterator, TypeVar, cast)
+from typing import (TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Callable, Generic,
+                    Iterable, Iterator, TypeVar, cast)
 
 from . import _core
 from ._core import ContentKey
@@ -383,7 +383,8 @@ def _under(interrupt: _Interrupt, fn: Callable[..., T]) -> Callable[..., T]:
     return call
 
 
-async def _aevents_from_sync(events: Iterator[Event], workers: Workers) -> AsyncIterator[Event]:
+async def _aevents_from_sync(events: Iterator[Event],
+                             workers: Workers) -> AsyncGenerator[Event, None]:
     """A blocking event iterator pulled one event at a time on ``workers``,
     so the event loop never blocks on the producer.
 

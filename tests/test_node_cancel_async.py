@@ -17,20 +17,22 @@ from conftest import wait_for
 
 @pytest.fixture
 def parked():
-    """``(op, seen)``: an async generator op that yields ``"first"`` and then
-    awaits an asyncio.Event nobody sets; what its ``except`` / ``finally``
-    saw goes to ``seen`` (a list, and ``seen.cancelled`` a threading.Event).
+    """``(op, seen)``: an async generator op that yields ``"first"`` (when
+    called with True) and then awaits an asyncio.Event nobody sets; what its
+    ``except`` / ``finally`` saw goes to ``seen`` (a list, and
+    ``seen.cancelled`` a threading.Event).
     At the end of the test the op is released in any case (its event set on
     its own loop), so a failing run leaves no op parked behind it."""
     seen = _Seen()
     held = {}
 
     @fabric.op("tests.node_cancel_async.parked")
-    async def parked_op(tag):
+    async def parked_op(first):
         never = asyncio.Event()
         held["loop"], held["event"] = asyncio.get_running_loop(), never
         try:
-            yield "first"
+            if first:
+                yield "first"
             seen.append("awaiting")
             await never.wait()
             seen.append("released")
@@ -55,14 +57,19 @@ class _Seen(list):
         self.cancelled = threading.Event()
 
 
-def test_cancel_reaches_an_async_generator_op_parked_at_an_await(node, parked):
+@pytest.mark.parametrize("first", [True, False], ids=["after-an-item", "before-any"])
+@pytest.mark.parametrize("timeout", [None, 60.0], ids=["no-timeout", "timeout"])
+def test_cancel_reaches_an_async_generator_op_parked_at_an_await(node, parked, first, timeout):
+    """Parked after its first item (the node pulls ahead under credit) or
+    before any (the stream's start); with a timeout the op's events are
+    pulled on one more worker thread (LocalFabric's ``_sync_within``)."""
     op, seen = parked
     n = node()
-    req = op.request("mid-await")
+    req = op.request(first)
     with connect(n.url) as c:
-        s = c.stream(req)
-        assert next(s) == "first"
-        # the node pulls ahead (credit): the op goes on to its await
+        s = c.stream(req, timeout=timeout)
+        if first:
+            assert next(s) == "first"
         wait_for(lambda: "awaiting" in seen, "the op to park at its await")
         s.close()
         assert seen.cancelled.wait(30), f"the parked op was not cancelled: {seen}"
