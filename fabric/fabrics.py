@@ -56,7 +56,7 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from ._workers import Workers, default_max_workers
 from .ops import REGISTRY, Op, OpRegistry, _collector
 from .progress import Progress
-from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, Event,
+from .replies import (_INTERRUPT, DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, Event,
                       _acollect, _aclose, _aevents_from_sync, _aevents_of, _arecording,
                       _close_quietly, _collect, _events_of, _recording, _replay_events,
                       reply_from_record, reply_record)
@@ -944,7 +944,17 @@ class LocalFabric(_FabricBase):
 
     def _drive(self, events: AsyncIterator[Event]) -> Iterator[Event]:
         """An async event iterator pulled from sync code on a private loop
-        (on a worker thread when this thread already runs a loop)."""
+        (on a worker thread when this thread already runs a loop).
+
+        A step pulled for ``_aevents_from_sync`` (an async consumer, such as
+        a node's stream) can be interrupted: it runs as a task on the private
+        loop, registered with the step's ``_Interrupt``, which cancels it
+        from the consumer's thread when the consumer stops mid-step (a
+        node's cancel). The async generator then gets ``CancelledError`` at
+        its await and this iterator ends with ``CancelledError``, so nothing
+        above it records the stream. (A sync generator op, not run here,
+        cannot be interrupted mid-item: it is closed once its item is
+        ready.)"""
         loop = asyncio.new_event_loop()
 
         def run(aw: Any) -> Any:
@@ -952,10 +962,28 @@ class LocalFabric(_FabricBase):
                 return self._pool().submit(loop.run_until_complete, aw).result()
             return loop.run_until_complete(aw)
 
+        def cancel(task: asyncio.Task[Any]) -> None:  # from any thread, even late
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: the step is over
+                pass
+
+        async def pull() -> Event:
+            _INTERRUPT.set(None)  # in the task's own context: the op's streams are its own
+            return await events.__anext__()
+
+        def step() -> Event:
+            interrupt = _INTERRUPT.get()
+            if interrupt is None:
+                return cast(Event, run(events.__anext__()))
+            task = loop.create_task(pull())
+            with interrupt.watching(lambda: cancel(task)):
+                return cast(Event, run(task))
+
         try:
             while True:
                 try:
-                    ev = run(events.__anext__())
+                    ev = step()
                 except StopAsyncIteration:
                     return
                 yield ev

@@ -19,9 +19,12 @@ This module imports only ``_core`` and ``_workers``; the fabrics import it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import html
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Generic, Iterable,
-                    Iterator, TypeVar, cast)
+import threading
+from typing import (TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Callable, Generic,
+                    Iterable, Iterator, TypeVar, cast)
 
 from . import _core
 from ._core import ContentKey
@@ -315,22 +318,95 @@ def _close_quietly(it: Any) -> None:
             pass
 
 
-async def _aevents_from_sync(events: Iterator[Event], workers: Workers) -> AsyncIterator[Event]:
+class _Interrupt:
+    """How a consumer that stopped interrupts the step a worker is running
+    for it, when that step can be interrupted.
+
+    A step of a blocking iterator (``_aevents_from_sync``) runs on a worker
+    thread and may, down its chain, run a step of an async generator on a
+    private loop (``LocalFabric._drive``). That step is a task: while it
+    runs it registers here how to cancel it (``watching``), and the
+    consumer that stopped asks for it (``interrupt``): the async generator
+    gets ``CancelledError`` at its await. Nothing else is interrupted (a
+    sync generator runs its item to the end, then is closed). The step finds
+    its ``_Interrupt`` in the context variable ``_INTERRUPT``, set by the
+    worker's call (``Workers`` runs a call in a copy of the submitter's
+    context, so a hop to another worker, as ``_sync_within`` makes, keeps
+    it). An interrupt asked for before the step registers is kept: the step
+    is cancelled as it registers.
+    """
+
+    __slots__ = ("_lock", "_cancel", "requested")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancel: Callable[[], None] | None = None
+        self.requested = False
+
+    def interrupt(self) -> None:
+        """Cancel the step registered now, or the next one to register."""
+        with self._lock:
+            self.requested = True
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    @contextlib.contextmanager
+    def watching(self, cancel: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, ``interrupt`` calls ``cancel`` (at once
+        when one was asked for already). ``cancel`` must be safe to call
+        from any thread, also once the step ended."""
+        with self._lock:
+            self._cancel = cancel
+            requested = self.requested
+        if requested:
+            cancel()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cancel = None
+
+
+#: The ``_Interrupt`` of the step this worker call runs (see ``_Interrupt``).
+_INTERRUPT: contextvars.ContextVar[_Interrupt | None] = \
+    contextvars.ContextVar("fabric_interrupt", default=None)
+
+
+def _under(interrupt: _Interrupt, fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` run with ``interrupt`` as the step's ``_INTERRUPT`` (a call
+    submitted to ``Workers``: it runs in a copy of the context)."""
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        _INTERRUPT.set(interrupt)
+        return fn(*args, **kwargs)
+    return call
+
+
+async def _aevents_from_sync(events: Iterator[Event],
+                             workers: Workers) -> AsyncGenerator[Event, None]:
     """A blocking event iterator pulled one event at a time on ``workers``,
     so the event loop never blocks on the producer.
 
     When the consumer stops early (``aclose``, ``break``, or its task is
     cancelled) the producer is closed: at once if it is between events, else
     as soon as the event it is producing is ready (a generator cannot be
-    closed while it runs: that is "generator already executing"). The
-    consumer is not kept waiting for that: a cancelled consumer gets its
-    ``CancelledError`` at once.
+    closed while it runs: that is "generator already executing"). An event
+    an async generator is producing (an async generator op run by
+    ``LocalFabric._drive``, down the producer's chain) is interrupted
+    instead: the step is cancelled (``_Interrupt``), the op gets
+    ``CancelledError`` at its await, and the producer ends with it. A sync
+    generator cannot be interrupted mid-item: it is closed once its item is
+    ready. The consumer is not kept waiting for either: a cancelled consumer
+    gets its ``CancelledError`` at once.
     """
     done = object()
     step = None
+    interrupt = _Interrupt()
+    pull = _under(interrupt, next)
     try:
         while True:
-            step = workers.submit(next, events, done)
+            step = workers.submit(pull, events, done)
             ev = await asyncio.wrap_future(step)
             step = None
             if ev is done:
@@ -339,6 +415,7 @@ async def _aevents_from_sync(events: Iterator[Event], workers: Workers) -> Async
     finally:
         if step is not None and not step.done():
             step.add_done_callback(lambda _f: _close_quietly(events))
+            interrupt.interrupt()
         elif getattr(events, "close", None) is not None:
             try:
                 closing = workers.submit(_close_quietly, events)

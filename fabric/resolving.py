@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import functools
 import html
 import itertools
 import logging
@@ -55,7 +57,8 @@ from ._core import (CapabilityDenied, ContentKey, ContentNotHeld, DeadlineExceed
 from .fabrics import (ContentPeer, _check_cassette, _check_timeout, _FabricBase, _pending,
                       _record_late, _warn_torn)
 from .replies import (DIAG, ITEM, AsyncEvalStream, EvalReply, EvalStream, _aevents_from_sync,
-                      _collect, _events_of, _replay_events, _stream_writer)
+                      _close_quietly, _collect, _events_of, _Interrupt, _replay_events,
+                      _stream_writer, _under)
 from .claims import ClaimRejected, FleetKeys, TrustedKeys, verified_events
 from .governor import PeerGovernor, PeerSkipped
 from .holders import HoldingIndex
@@ -1337,12 +1340,39 @@ class ContentAddressedFabric(_core.ContentAddressedFabricCore,  # type: ignore[o
     def astream(self, request: EvalRequest, *, grants: Iterable[str] | None = None,
                 timeout: float | None = None) -> AsyncEvalStream:
         """Async twin of ``stream``: the same resolution, started and pulled
-        from worker threads so the event loop never blocks on a source."""
+        from worker threads so the event loop never blocks on a source.
+
+        A consumer that stops (a node's cancel) while a step runs on a
+        worker interrupts it when it can (``_aevents_from_sync``): an async
+        generator op of a ``LocalFabric`` home is cancelled at its await,
+        also before its first item (the start); a sync generator is closed
+        once its item is ready, and a stream started after the consumer
+        left is closed."""
         _check_timeout(timeout)
         g = self._check(request, grants=grants)
 
+        def close_late(start: asyncio.Future[EvalStream]) -> None:
+            if start.cancelled() or start.exception() is not None:
+                return  # (exception() retrieved: nothing logged)
+            try:
+                self._pool().submit(_close_quietly, start.result())
+            except FabricUnavailable:  # the pool is closed: close here
+                _close_quietly(start.result())
+
         async def events() -> Any:
-            s = await asyncio.to_thread(self.stream, request, grants=g, timeout=timeout)
+            # As asyncio.to_thread, with the start's _Interrupt, and shielded
+            # so that a consumer that leaves still sees how the start ended.
+            interrupt = _Interrupt()
+            call = functools.partial(contextvars.copy_context().run, _under(interrupt, self.stream),
+                                     request, grants=g, timeout=timeout)
+            start = asyncio.get_running_loop().run_in_executor(None, call)
+            try:
+                s = await asyncio.shield(start)
+            except asyncio.CancelledError:
+                if not start.done():
+                    interrupt.interrupt()
+                    start.add_done_callback(close_late)
+                raise
             out.source = s.source
             # Closed here, not left to the loop's finalizer of async generators
             # (a reference cycle may keep it for long): a consumer that stops
