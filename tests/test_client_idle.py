@@ -83,7 +83,10 @@ def test_a_sync_call_on_a_connection_closed_idle_is_sent_again_once(node):
         sessions, accepted = c.sessions, n.stats()["connections_accepted"]
         with Pinger(c):
             _idle_cuts(n, 1)  # the channel, not the main link (kept busy)
-            assert n.stats()["connections"] == 1
+            # (the node counts the cut before the connection's task ends and
+            # leaves its set of connections: wait for that too)
+            wait_for(lambda: n.stats()["connections"] == 1, "the cut channel to end")
+            assert n.stats()["idle_timeouts"] == 1  # the channel's alone
         assert c.evaluate(tag.request(2)).value == "tag-2"
         assert c.sessions == sessions  # the same main link: the call found the cut itself
         assert n.stats()["connections_accepted"] == accepted + 1  # a new channel
